@@ -1,0 +1,75 @@
+"""The library's semantics in plain PyTorch: the CPU fallback and the tests' oracle.
+
+``masked_softmax_reference`` computes, for scores ``S [B, H, Q, K]``::
+
+    X[b,h,i,j] = scale * S[b,h,i,j] (+ additive mask)        where kept
+    Y[b,h,i,:] = softmax(X[b,h,i,kept])                        zeros elsewhere
+
+A position is kept when the padding / boolean / additive mask keeps it and, with ``causal=True``, when
+``j <= i + K - Q`` (bottom-right alignment, as with a KV cache). A row with nothing kept, or whose kept scores are all
+``-inf``, is all zeros. NaN in a kept score makes the row's kept entries NaN (as torch.softmax does); masked entries
+are exactly 0 regardless. Math runs in ``compute_dtype`` (fp32 by default; fp64 for the tests' oracle).
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from .masks import ADD4D, MaskSpec, keep_mask, prepare_mask
+
+
+def _softmax_kept(x: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    x = x.masked_fill(~keep, float("-inf"))
+    row_max = x.amax(dim=-1, keepdim=True)
+    # An empty (or all -inf) row has max -inf; shifting by 0 instead keeps exp() at 0 rather than NaN.
+    row_max = torch.where(row_max == float("-inf"), torch.zeros_like(row_max), row_max)
+    e = torch.exp(x - row_max)
+    denom = e.sum(dim=-1, keepdim=True)
+    denom = torch.where(denom == 0, torch.ones_like(denom), denom)
+    return (e / denom).masked_fill(~keep, 0.0)
+
+
+def masked_softmax_reference(
+    scores: torch.Tensor,
+    attention_mask: Optional[torch.Tensor] = None,
+    *,
+    causal: bool = False,
+    scale: float = 1.0,
+    compute_dtype: torch.dtype = torch.float32,
+    out_dtype: Optional[torch.dtype] = None,
+) -> torch.Tensor:
+    """Masked softmax of ``scores [B, H, Q, K]`` in ``compute_dtype``; returns ``out_dtype`` (default: scores')."""
+    spec = attention_mask if isinstance(attention_mask, MaskSpec) else prepare_mask(
+        attention_mask, tuple(scores.shape), scores.device
+    )
+    x = scores.to(compute_dtype) * scale
+    keep = keep_mask(spec, tuple(scores.shape), causal=causal, device=scores.device)
+    if spec.kind == ADD4D:
+        x = x + torch.where(keep, spec.tensor.to(compute_dtype), torch.zeros((), dtype=compute_dtype, device=x.device))
+    y = _softmax_kept(x, keep)
+    return y.to(out_dtype or scores.dtype)
+
+
+def attention_reference(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    attention_mask: Optional[torch.Tensor] = None,
+    *,
+    causal: bool = False,
+    scale: Optional[float] = None,
+    compute_dtype: torch.dtype = torch.float32,
+) -> torch.Tensor:
+    """``softmax_masked(q kᵀ · scale) v`` for ``q [B, H, Q, D]``, ``k, v [B, Hkv, K, D]`` (GQA by repetition)."""
+    H, Hkv = q.shape[1], k.shape[1]
+    if H % Hkv:
+        raise ValueError(f"query heads ({H}) must be a multiple of key/value heads ({Hkv})")
+    if Hkv != H:
+        k = k.repeat_interleave(H // Hkv, dim=1)
+        v = v.repeat_interleave(H // Hkv, dim=1)
+    if scale is None:
+        scale = q.shape[-1] ** -0.5
+    s = torch.matmul(q.to(compute_dtype), k.to(compute_dtype).transpose(-1, -2))
+    p = masked_softmax_reference(s, attention_mask, causal=causal, scale=scale, compute_dtype=compute_dtype)
+    return torch.matmul(p, v.to(compute_dtype)).to(q.dtype)
