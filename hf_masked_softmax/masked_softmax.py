@@ -1,6 +1,394 @@
-"""PLACEHOLDER: the Triton kernel is being written (issue 2); the reference stands in meanwhile."""
+"""Masked softmax over attention scores ``[B, H, Q, K]``: Triton kernels, launchers, autograd, public function.
+
+Forward, for every row ``r = (b, h, i)``::
+
+    x_j = scale * S[b,h,i,j] (+ A[b,h,i,j] for an additive mask)   for kept j
+    Y[b,h,i,j] = exp(x_j - max_kept x) / sum_kept exp(x - max_kept x) for kept j, 0 elsewhere
+
+where ``j`` is kept when the mask keeps it and, with ``causal``, ``j <= i + K - Q`` (bottom-right alignment). All math
+runs in fp32. A row with nothing kept (or whose kept scores are all ``-inf``) is all zeros.
+
+Backward (``Y`` saved, ``dY`` incoming)::
+
+    dS = scale * Y * (dY - sum_j dY_j Y_j)
+
+Masked entries have ``Y = 0`` and therefore ``dS = 0``; the kernels write those zeros without reading ``dY``.
+
+Two forward/backward paths, chosen by the launcher from ``K``:
+
+* single pass: a whole row fits a register tile (``K <= MAX_SINGLE_PASS_K``); ``BLOCK_M`` rows per program for short
+  rows, so small ``K`` still moves wide, coalesced tiles;
+* looped: one row per program, ``BLOCK_K`` columns at a time; an online max/sum pass, then a normalise-and-store pass.
+  There is no upper limit on ``K``.
+
+Entries that causality or a mask removes are never read from the scores: their loads are predicated off, and with
+``causal`` the looped path stops reading at the row's last visible key. Offsets are int64 throughout, so tensors of
+more than 2**31 elements work. Scores are read through their strides (transposed, sliced and stride-0 views) and
+never copied; the output is a fresh contiguous tensor.
+"""
+from __future__ import annotations
+
+import os
+from typing import Optional
+
+import torch
+import triton
+import triton.language as tl
+
+from . import masks as _masks
 from .reference import masked_softmax_reference
 
+MAX_SINGLE_PASS_K = 8192
+LOOP_BLOCK_K = 4096
+_SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
-def masked_softmax(scores, attention_mask=None, *, causal=False, scale=1.0):
-    return masked_softmax_reference(scores, attention_mask, causal=causal, scale=scale)
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Kernels
+# ----------------------------------------------------------------------------------------------------------------------
+@triton.jit
+def _row_coords(rows, H, Q):
+    """Split flat row indices (int64) into (batch, head, query)."""
+    q = rows % Q
+    bh = rows // Q
+    return bh // H, bh % H, q
+
+
+@triton.jit
+def _keep_tile(
+    mask_ptr,
+    b, h, q, cols, live,
+    mask_stride_b, mask_stride_h, mask_stride_q, mask_stride_k,
+    Q, K, add_threshold,
+    MASK_KIND: tl.constexpr,
+    CAUSAL: tl.constexpr,
+):
+    """Which entries of the ``[rows, cols]`` tile are kept, plus the additive mask values (0 where unused).
+
+    ``live`` is the in-bounds predicate; b/h/q are ``[rows, 1]`` and cols ``[1, cols]``.
+    """
+    keep = live
+    if CAUSAL:
+        keep = keep & (cols <= q + (K - Q))
+    add = tl.zeros(keep.shape, dtype=tl.float32)
+    if MASK_KIND == 1:  # 2D padding mask [B, K]
+        m = tl.load(mask_ptr + b * mask_stride_b + cols * mask_stride_k, mask=keep, other=0)
+        keep = keep & (m != 0)
+    elif MASK_KIND == 2:  # 4D boolean mask, True = attend
+        off = b * mask_stride_b + h * mask_stride_h + q * mask_stride_q + cols * mask_stride_k
+        m = tl.load(mask_ptr + off, mask=keep, other=0)
+        keep = keep & (m != 0)
+    elif MASK_KIND == 3:  # 4D additive mask; -inf and values <= threshold mean "masked"
+        off = b * mask_stride_b + h * mask_stride_h + q * mask_stride_q + cols * mask_stride_k
+        m = tl.load(mask_ptr + off, mask=keep, other=0).to(tl.float32)
+        keep = keep & (m > add_threshold)
+        add = tl.where(keep, m, 0.0)
+    return keep, add
+
+
+@triton.jit
+def _fwd_single_pass_kernel(
+    s_ptr, y_ptr, mask_ptr,
+    s_stride_b, s_stride_h, s_stride_q, s_stride_k,
+    mask_stride_b, mask_stride_h, mask_stride_q, mask_stride_k,
+    n_rows, H, Q, K, scale, add_threshold,
+    MASK_KIND: tl.constexpr,
+    CAUSAL: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+):
+    rows = tl.program_id(0).to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M).to(tl.int64)
+    cols = tl.arange(0, BLOCK_K).to(tl.int64)[None, :]
+    b, h, q = _row_coords(rows, H, Q)
+    b, h, q = b[:, None], h[:, None], q[:, None]
+    live = (rows < n_rows)[:, None] & (cols < K)
+    keep, add = _keep_tile(
+        mask_ptr, b, h, q, cols, live,
+        mask_stride_b, mask_stride_h, mask_stride_q, mask_stride_k,
+        Q, K, add_threshold, MASK_KIND, CAUSAL,
+    )
+    s_off = b * s_stride_b + h * s_stride_h + q * s_stride_q + cols * s_stride_k
+    x = tl.load(s_ptr + s_off, mask=keep, other=0.0).to(tl.float32) * scale + add
+    x = tl.where(keep, x, float("-inf"))
+    row_max = tl.max(x, axis=1)
+    # Empty rows (max = -inf) shift by 0 so that exp() gives 0 instead of NaN.
+    row_max = tl.where(row_max == float("-inf"), 0.0, row_max)
+    e = tl.where(keep, tl.exp(x - row_max[:, None]), 0.0)
+    denom = tl.sum(e, axis=1)
+    # An empty row has denom 0 and all-zero numerators: divide by 1 instead.
+    inv = 1.0 / tl.where(denom == 0.0, 1.0, denom)
+    y = tl.where(keep, e * inv[:, None], 0.0)
+    tl.store(y_ptr + rows[:, None] * K + cols, y.to(y_ptr.dtype.element_ty), mask=live)
+
+
+@triton.jit
+def _fwd_looped_kernel(
+    s_ptr, y_ptr, mask_ptr,
+    s_stride_b, s_stride_h, s_stride_q, s_stride_k,
+    mask_stride_b, mask_stride_h, mask_stride_q, mask_stride_k,
+    H, Q, K, scale, add_threshold,
+    MASK_KIND: tl.constexpr,
+    CAUSAL: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+):
+    row = tl.program_id(0).to(tl.int64)
+    b, h, q = _row_coords(row, H, Q)
+    s_row = s_ptr + b * s_stride_b + h * s_stride_h + q * s_stride_q
+    y_row = y_ptr + row * K
+    # With causality the row sees keys [0, q + K - Q]; later blocks are all zeros and never read.
+    k_end = K
+    if CAUSAL:
+        k_end = tl.minimum(K, q + (K - Q) + 1)
+
+    # Pass 1: running max and running sum of exp(x - max), one block of columns at a time.
+    run_max = tl.full([BLOCK_K], float("-inf"), tl.float32)
+    run_sum = tl.zeros([BLOCK_K], tl.float32)
+    for start in range(0, k_end, BLOCK_K):
+        cols = start + tl.arange(0, BLOCK_K).to(tl.int64)
+        keep, add = _keep_tile(
+            mask_ptr, b, h, q, cols, cols < k_end,
+            mask_stride_b, mask_stride_h, mask_stride_q, mask_stride_k,
+            Q, K, add_threshold, MASK_KIND, CAUSAL,
+        )
+        x = tl.load(s_row + cols * s_stride_k, mask=keep, other=0.0).to(tl.float32) * scale + add
+        x = tl.where(keep, x, float("-inf"))
+        new_max = tl.maximum(run_max, x)
+        safe_max = tl.where(new_max == float("-inf"), 0.0, new_max)
+        run_sum = run_sum * tl.exp(run_max - safe_max) + tl.where(keep, tl.exp(x - safe_max), 0.0)
+        run_max = new_max
+    row_max = tl.max(run_max, axis=0)
+    safe_row_max = tl.where(row_max == float("-inf"), 0.0, row_max)
+    lane_max = tl.where(run_max == float("-inf"), 0.0, run_max)
+    denom = tl.sum(tl.where(run_sum == 0.0, 0.0, run_sum * tl.exp(lane_max - safe_row_max)), axis=0)
+    inv = 1.0 / tl.where(denom == 0.0, 1.0, denom)
+
+    # Pass 2: normalise and store; the causal tail is written as zeros.
+    for start in range(0, K, BLOCK_K):
+        cols = start + tl.arange(0, BLOCK_K).to(tl.int64)
+        live = cols < K
+        keep, add = _keep_tile(
+            mask_ptr, b, h, q, cols, cols < k_end,
+            mask_stride_b, mask_stride_h, mask_stride_q, mask_stride_k,
+            Q, K, add_threshold, MASK_KIND, CAUSAL,
+        )
+        x = tl.load(s_row + cols * s_stride_k, mask=keep, other=0.0).to(tl.float32) * scale + add
+        y = tl.where(keep, tl.exp(x - safe_row_max) * inv, 0.0)
+        tl.store(y_row + cols, y.to(y_ptr.dtype.element_ty), mask=live)
+
+
+@triton.jit
+def _bwd_single_pass_kernel(
+    y_ptr, dy_ptr, ds_ptr, mask_ptr,
+    dy_stride_b, dy_stride_h, dy_stride_q, dy_stride_k,
+    mask_stride_b, mask_stride_h, mask_stride_q, mask_stride_k,
+    n_rows, H, Q, K, scale, add_threshold,
+    MASK_KIND: tl.constexpr,
+    CAUSAL: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+):
+    rows = tl.program_id(0).to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M).to(tl.int64)
+    cols = tl.arange(0, BLOCK_K).to(tl.int64)[None, :]
+    b, h, q = _row_coords(rows, H, Q)
+    b, h, q = b[:, None], h[:, None], q[:, None]
+    live = (rows < n_rows)[:, None] & (cols < K)
+    keep, _ = _keep_tile(
+        mask_ptr, b, h, q, cols, live,
+        mask_stride_b, mask_stride_h, mask_stride_q, mask_stride_k,
+        Q, K, add_threshold, MASK_KIND, CAUSAL,
+    )
+    y = tl.load(y_ptr + rows[:, None] * K + cols, mask=keep, other=0.0).to(tl.float32)
+    dy_off = b * dy_stride_b + h * dy_stride_h + q * dy_stride_q + cols * dy_stride_k
+    dy = tl.load(dy_ptr + dy_off, mask=keep, other=0.0).to(tl.float32)
+    dot = tl.sum(y * dy, axis=1)
+    ds = tl.where(keep, scale * y * (dy - dot[:, None]), 0.0)
+    tl.store(ds_ptr + rows[:, None] * K + cols, ds.to(ds_ptr.dtype.element_ty), mask=live)
+
+
+@triton.jit
+def _bwd_looped_kernel(
+    y_ptr, dy_ptr, ds_ptr, mask_ptr,
+    dy_stride_b, dy_stride_h, dy_stride_q, dy_stride_k,
+    mask_stride_b, mask_stride_h, mask_stride_q, mask_stride_k,
+    H, Q, K, scale, add_threshold,
+    MASK_KIND: tl.constexpr,
+    CAUSAL: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+):
+    row = tl.program_id(0).to(tl.int64)
+    b, h, q = _row_coords(row, H, Q)
+    y_row = y_ptr + row * K
+    dy_row = dy_ptr + b * dy_stride_b + h * dy_stride_h + q * dy_stride_q
+    ds_row = ds_ptr + row * K
+    k_end = K
+    if CAUSAL:
+        k_end = tl.minimum(K, q + (K - Q) + 1)
+
+    acc = tl.zeros([BLOCK_K], tl.float32)
+    for start in range(0, k_end, BLOCK_K):
+        cols = start + tl.arange(0, BLOCK_K).to(tl.int64)
+        keep, _ = _keep_tile(
+            mask_ptr, b, h, q, cols, cols < k_end,
+            mask_stride_b, mask_stride_h, mask_stride_q, mask_stride_k,
+            Q, K, add_threshold, MASK_KIND, CAUSAL,
+        )
+        y = tl.load(y_row + cols, mask=keep, other=0.0).to(tl.float32)
+        dy = tl.load(dy_row + cols * dy_stride_k, mask=keep, other=0.0).to(tl.float32)
+        acc += y * dy
+    dot = tl.sum(acc, axis=0)
+
+    for start in range(0, K, BLOCK_K):
+        cols = start + tl.arange(0, BLOCK_K).to(tl.int64)
+        keep, _ = _keep_tile(
+            mask_ptr, b, h, q, cols, cols < k_end,
+            mask_stride_b, mask_stride_h, mask_stride_q, mask_stride_k,
+            Q, K, add_threshold, MASK_KIND, CAUSAL,
+        )
+        y = tl.load(y_row + cols, mask=keep, other=0.0).to(tl.float32)
+        dy = tl.load(dy_row + cols * dy_stride_k, mask=keep, other=0.0).to(tl.float32)
+        ds = tl.where(keep, scale * y * (dy - dot), 0.0)
+        tl.store(ds_row + cols, ds.to(ds_ptr.dtype.element_ty), mask=cols < K)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Launchers
+# ----------------------------------------------------------------------------------------------------------------------
+def _launch_config(K: int, max_single_pass_k: int, loop_block_k: int):
+    """Pick the path and tile: (single_pass, BLOCK_M, BLOCK_K, num_warps)."""
+    if K <= max_single_pass_k:
+        block_k = triton.next_power_of_2(K)
+        # Several short rows per program keep the tile at >= 2048 elements: wide, coalesced loads for small K.
+        block_m = max(1, min(64, 2048 // block_k))
+        tile = block_m * block_k
+        num_warps = 4 if tile <= 2048 else (8 if tile <= 4096 else 16)
+        return True, block_m, block_k, num_warps
+    return False, 1, loop_block_k, 8 if loop_block_k >= 2048 else 4
+
+
+def _mask_args(spec: _masks.MaskSpec, dummy: torch.Tensor):
+    t = spec.tensor
+    if spec.kind == _masks.NONE:
+        return dummy, (0, 0, 0, 0)
+    if spec.kind == _masks.PAD2D:
+        return t, (t.stride(0), 0, 0, t.stride(1))
+    return t, tuple(t.stride())
+
+
+def _forward(scores, spec, causal, scale, max_single_pass_k, loop_block_k):
+    B, H, Q, K = scores.shape
+    y = torch.empty((B, H, Q, K), dtype=scores.dtype, device=scores.device)
+    n_rows = B * H * Q
+    if y.numel() == 0:
+        return y
+    mask_t, mstr = _mask_args(spec, scores)
+    single, block_m, block_k, num_warps = _launch_config(K, max_single_pass_k, loop_block_k)
+    common = dict(MASK_KIND=spec.kind, CAUSAL=causal, BLOCK_K=block_k, num_warps=num_warps)
+    if single:
+        _fwd_single_pass_kernel[(triton.cdiv(n_rows, block_m),)](
+            scores, y, mask_t, *scores.stride(), *mstr, n_rows, H, Q, K, float(scale), spec.threshold,
+            BLOCK_M=block_m, **common,
+        )
+    else:
+        _fwd_looped_kernel[(n_rows,)](
+            scores, y, mask_t, *scores.stride(), *mstr, H, Q, K, float(scale), spec.threshold, **common,
+        )
+    return y
+
+
+def _backward(y, dy, spec, causal, scale, max_single_pass_k, loop_block_k):
+    B, H, Q, K = y.shape
+    ds = torch.empty_like(y)
+    n_rows = B * H * Q
+    if ds.numel() == 0:
+        return ds
+    mask_t, mstr = _mask_args(spec, y)
+    single, block_m, block_k, num_warps = _launch_config(K, max_single_pass_k, loop_block_k)
+    common = dict(MASK_KIND=spec.kind, CAUSAL=causal, BLOCK_K=block_k, num_warps=num_warps)
+    if single:
+        _bwd_single_pass_kernel[(triton.cdiv(n_rows, block_m),)](
+            y, dy, ds, mask_t, *dy.stride(), *mstr, n_rows, H, Q, K, float(scale), spec.threshold,
+            BLOCK_M=block_m, **common,
+        )
+    else:
+        _bwd_looped_kernel[(n_rows,)](
+            y, dy, ds, mask_t, *dy.stride(), *mstr, H, Q, K, float(scale), spec.threshold, **common,
+        )
+    return ds
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Autograd
+# ----------------------------------------------------------------------------------------------------------------------
+class MaskedSoftmaxFunction(torch.autograd.Function):
+    """Triton forward and backward. ``spec`` is a validated :class:`~hf_masked_softmax.masks.MaskSpec`."""
+
+    @staticmethod
+    def forward(ctx, scores, spec, causal, scale, max_single_pass_k=MAX_SINGLE_PASS_K, loop_block_k=LOOP_BLOCK_K):
+        y = _forward(scores, spec, causal, scale, max_single_pass_k, loop_block_k)
+        ctx.save_for_backward(y)
+        ctx.spec, ctx.causal, ctx.scale = spec, causal, scale
+        ctx.blocks = (max_single_pass_k, loop_block_k)
+        return y
+
+    @staticmethod
+    def backward(ctx, dy):
+        (y,) = ctx.saved_tensors
+        ds = _backward(y, dy, ctx.spec, ctx.causal, ctx.scale, *ctx.blocks)
+        return ds, None, None, None, None, None
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Public function
+# ----------------------------------------------------------------------------------------------------------------------
+def _interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+def validate_scores(scores) -> None:
+    if not isinstance(scores, torch.Tensor):
+        raise TypeError(f"scores must be a torch.Tensor, got {type(scores).__name__}")
+    if scores.dim() != 4:
+        raise ValueError(
+            f"scores must be 4D [batch, heads, q_len, k_len], got {scores.dim()}D shape {list(scores.shape)}"
+        )
+    if scores.dtype not in _SUPPORTED_DTYPES:
+        raise TypeError(f"scores must be float32, float16 or bfloat16, got {scores.dtype}")
+
+
+def masked_softmax(
+    scores: torch.Tensor,
+    attention_mask: Optional[torch.Tensor] = None,
+    *,
+    causal: bool = False,
+    scale: float = 1.0,
+) -> torch.Tensor:
+    """Softmax of ``scale * scores`` over the last dim with padding / boolean / additive masks and causality fused.
+
+    Args:
+        scores: ``[B, H, Q, K]`` float32/float16/bfloat16, any strides (never copied).
+        attention_mask: ``None``; ``[B, K]`` bool/integer (nonzero = attend, as HF tokenizers give it); or 4D
+            broadcastable to ``[B, H, Q, K]``: bool (True = attend) or floating additive (added to
+            ``scale * scores``; ``-inf`` and values <= ``finfo(mask.dtype).min / 2`` are masked).
+        causal: query ``i`` sees key ``j`` iff ``j <= i + K - Q`` (bottom-right, as with a KV cache).
+        scale: multiplies the scores before the mask is added.
+
+    Returns:
+        ``[B, H, Q, K]`` contiguous, ``scores.dtype``; masked entries exactly 0, fully masked rows all 0.
+        Differentiable w.r.t. ``scores``.
+
+    CUDA tensors run the Triton kernels. CPU tensors run them in Triton's interpreter when ``TRITON_INTERPRET=1``
+    was set before import, and otherwise the plain-PyTorch reference with the same semantics.
+    """
+    validate_scores(scores)
+    scale = float(scale)
+    if scale != scale or scale in (float("inf"), float("-inf")):
+        raise ValueError(f"scale must be finite, got {scale}")
+    spec = _masks.prepare_mask(attention_mask, tuple(scores.shape), scores.device)
+    if scores.device.type == "cpu" and not _interpreting():
+        return masked_softmax_reference(scores, spec, causal=bool(causal), scale=scale)
+    if scores.device.type not in ("cuda", "cpu"):
+        raise ValueError(f"masked_softmax runs on CUDA (or CPU) tensors, got a tensor on {scores.device}")
+    if scores.device.type == "cuda":
+        with torch.cuda.device(scores.device):
+            return MaskedSoftmaxFunction.apply(scores, spec, bool(causal), scale)
+    return MaskedSoftmaxFunction.apply(scores, spec, bool(causal), scale)

@@ -54,7 +54,7 @@ def prepare_mask(attention_mask: Optional[torch.Tensor], shape, device: torch.de
     B, H, Q, K = shape
     if attention_mask.device != device:
         raise ValueError(
-            f"attention_mask is on {attention_mask.device} but the scores are on {device}; move it to {device}"
+            f"attention_mask is on device {attention_mask.device} but the scores are on device {device}; move it there"
         )
     dt = attention_mask.dtype
     if attention_mask.dim() == 2:
