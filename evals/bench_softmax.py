@@ -1,0 +1,212 @@
+"""Benchmark masked_softmax against the real alternatives (GPU).
+
+Providers, all computing softmax(scale * S + mask) over [B, H, Q, K] scores in the scores' dtype:
+  ours        hf_masked_softmax.masked_softmax with the compact 2D padding mask and causal=True/False
+  hf_eager    HF's eager recipe: add a prebuilt 4D additive mask, softmax in fp32, cast back
+  compiled    torch.compile of that recipe
+  softmax     torch.softmax without any mask (reads and writes everything; no masking work)
+
+"Bytes that must move": the kept scores read once, the whole output written once, the 2D mask read once (forward);
+the kept Y and dY read once and dS written once (backward). GB/s and % of the measured copy bandwidth use those bytes
+for every provider, so they compare time directly.
+
+    python evals/bench_softmax.py [--dtype float16] [--out DIR] [--quick]
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from benchutil import copy_bandwidth_gbs, environment, median_ms, out_dir, print_table, write_json  # noqa: E402
+from hf_masked_softmax import masked_softmax  # noqa: E402
+
+SHAPES = [
+    # name, (B, H, Q, K), causal, padded
+    ("gpt2_prefill", (8, 12, 1024, 1024), True, True),
+    ("bert", (32, 12, 512, 512), False, True),
+    ("causal_8192", (1, 16, 8192, 8192), True, False),
+    ("decode", (32, 12, 1, 2048), False, True),
+]
+SWEEP_ELEMENTS = 2**26
+SWEEP_K = [2**p for p in range(7, 17)]
+
+
+def make_case(shape, causal, padded, dtype, seed=0):
+    B, H, Q, K = shape
+    g = torch.Generator(device="cuda").manual_seed(seed)
+    scores = torch.randn(shape, device="cuda", dtype=dtype, generator=g)
+    mask2d = None
+    keep = torch.ones(B, 1, Q, K, dtype=torch.bool, device="cuda")
+    if padded:
+        lengths = torch.randint(K // 2, K + 1, (B,), device="cuda", generator=g)
+        # Left padding (generation style): the valid keys are the last `length` ones.
+        mask2d = (torch.arange(K, device="cuda")[None, :] >= (K - lengths)[:, None]).long()
+        keep &= mask2d.bool()[:, None, None, :]
+    if causal:
+        i = torch.arange(Q, device="cuda")[:, None]
+        j = torch.arange(K, device="cuda")[None, :]
+        keep &= (j <= i + (K - Q))[None, None]
+    additive = None
+    if padded or causal:
+        additive = torch.zeros(keep.shape, dtype=dtype, device="cuda").masked_fill_(~keep, torch.finfo(dtype).min)
+    kept = int(keep.sum().item()) * H
+    return scores, mask2d, additive, kept
+
+
+def hf_eager_recipe(scores, additive, scale):
+    x = scores * scale
+    if additive is not None:
+        x = x + additive
+    return torch.softmax(x, dim=-1, dtype=torch.float32).to(scores.dtype)
+
+
+_compiled_recipe = None
+
+
+def providers(scores, mask2d, additive, causal, scale):
+    global _compiled_recipe
+    if _compiled_recipe is None:
+        _compiled_recipe = torch.compile(hf_eager_recipe, dynamic=False)
+    return {
+        "ours": lambda s: masked_softmax(s, mask2d, causal=causal, scale=scale),
+        "hf_eager": lambda s: hf_eager_recipe(s, additive, scale),
+        "compiled": lambda s: _compiled_recipe(s, additive, scale),
+        "softmax": lambda s: torch.softmax(s, dim=-1),
+    }
+
+
+def time_provider(fn, scores, modes):
+    """{mode: median ms} for forward, forward+backward and backward alone."""
+    out = {}
+    if "fwd" in modes:
+        out["fwd"] = median_ms(lambda: fn(scores))
+    if "fwd_bwd" in modes or "bwd" in modes:
+        x = scores.detach().clone().requires_grad_(True)
+        dy = torch.randn_like(scores)
+
+        def fwd_bwd():
+            fn(x).backward(dy)
+
+        fwd_bwd()
+        if "fwd_bwd" in modes:
+            out["fwd_bwd"] = median_ms(fwd_bwd, grad_to_none=[x])
+        if "bwd" in modes:
+            y = fn(x)
+            out["bwd"] = median_ms(lambda: torch.autograd.grad(y, x, dy, retain_graph=True))
+            del y
+    return out
+
+
+def bytes_moved(shape, kept, elem, mask_bytes):
+    numel = shape[0] * shape[1] * shape[2] * shape[3]
+    return {
+        "fwd": kept * elem + numel * elem + mask_bytes,
+        "bwd": 2 * kept * elem + numel * elem + mask_bytes,
+        "fwd_bwd": 3 * kept * elem + 2 * numel * elem + 2 * mask_bytes,
+    }
+
+
+def run_case(name, shape, causal, padded, dtype, copy_gbs, names, modes, graph=False):
+    scores, mask2d, additive, kept = make_case(shape, causal, padded, dtype)
+    scale = 0.125
+    must = bytes_moved(shape, kept, scores.element_size(), 0 if mask2d is None else mask2d.numel() * 8)
+    rows = []
+    provs = providers(scores, mask2d, additive, causal, scale)
+    for prov in names:
+        times = time_provider(provs[prov], scores, modes)
+        for mode, ms in times.items():
+            gbs = must[mode] / (ms * 1e-3) / 1e9
+            rows.append(dict(shape=name, dims="x".join(map(str, shape)), causal=causal, padded=padded,
+                             provider=prov, mode=mode, ms=ms, gbs=gbs, pct_copy=100 * gbs / copy_gbs))
+    if graph:
+        ms = median_ms(lambda: provs["ours"](scores), cuda_graph=True)
+        rows.append(dict(shape=name, dims="x".join(map(str, shape)), causal=causal, padded=padded,
+                         provider="ours_cuda_graph", mode="fwd", ms=ms,
+                         gbs=must["fwd"] / (ms * 1e-3) / 1e9, pct_copy=100 * must["fwd"] / (ms * 1e-3) / 1e9 / copy_gbs))
+    del scores, mask2d, additive
+    torch.cuda.empty_cache()
+    return rows
+
+
+def add_speedups(rows):
+    base = {(r["shape"], r["mode"]): r["ms"] for r in rows if r["provider"] == "ours"}
+    for r in rows:
+        ours = base.get((r["shape"], r["mode"]))
+        r["ours_speedup"] = r["ms"] / ours if ours else float("nan")
+
+
+def plot(rows, copy_gbs, path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(14, 5))
+    named = [s[0] for s in SHAPES]
+    provs = ["ours", "compiled", "hf_eager", "softmax"]
+    width = 0.2
+    for n, prov in enumerate(provs):
+        vals = [next((r["ms"] for r in rows if r["shape"] == s and r["provider"] == prov and r["mode"] == "fwd"), 0)
+                for s in named]
+        ax1.bar([i + n * width for i in range(len(named))], vals, width, label=prov)
+    ax1.set_xticks([i + 1.5 * width for i in range(len(named))])
+    ax1.set_xticklabels(named)
+    ax1.set_yscale("log")
+    ax1.set_ylabel("forward median ms (log)")
+    ax1.set_title("masked softmax forward")
+    ax1.legend()
+    for prov in ["ours", "hf_eager", "softmax"]:
+        pts = sorted((int(r["dims"].split("x")[3]), r["gbs"]) for r in rows
+                     if r["shape"].startswith("sweep") and r["provider"] == prov and r["mode"] == "fwd")
+        if pts:
+            ax2.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=prov)
+    ax2.axhline(copy_gbs, color="gray", linestyle="--", label=f"copy {copy_gbs:.0f} GB/s")
+    ax2.set_xscale("log", base=2)
+    ax2.set_xlabel("K (2D padding, lengths in [K/2, K])")
+    ax2.set_ylabel("GB/s over the bytes that must move")
+    ax2.set_title("forward K sweep")
+    ax2.legend()
+    fig.suptitle(f"{torch.cuda.get_device_name()}  {rows[0].get('dtype', '')}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--dtype", default="float16", choices=["float16", "bfloat16", "float32"])
+    ap.add_argument("--out", default=None, help="folder for bench_softmax.json/.png (default $OUT or ./out)")
+    ap.add_argument("--quick", action="store_true", help="named shapes only, forward only, no torch.compile")
+    args = ap.parse_args(argv)
+    if not torch.cuda.is_available():
+        sys.exit("bench_softmax.py needs a CUDA GPU")
+    dtype = getattr(torch, args.dtype)
+    copy_gbs = copy_bandwidth_gbs()
+    print(f"{torch.cuda.get_device_name()}: copy bandwidth {copy_gbs:.0f} GB/s (read + write)")
+    names = ["ours", "hf_eager", "softmax"] if args.quick else ["ours", "hf_eager", "compiled", "softmax"]
+    modes = ["fwd"] if args.quick else ["fwd", "fwd_bwd", "bwd"]
+    rows = []
+    for name, shape, causal, padded in SHAPES:
+        rows += run_case(name, shape, causal, padded, dtype, copy_gbs, names, modes, graph=name == "decode")
+    if not args.quick:
+        for K in SWEEP_K:
+            shape = (1, 16, max(1, SWEEP_ELEMENTS // (16 * K)), K)
+            rows += run_case(f"sweep_K{K}", shape, False, True, dtype, copy_gbs, ["ours", "hf_eager", "softmax"],
+                             ["fwd", "bwd"])
+    for r in rows:
+        r["dtype"] = args.dtype
+    add_speedups(rows)
+    print_table(rows, ["shape", "dims", "provider", "mode", "ms", "gbs", "pct_copy", "ours_speedup"])
+    out = out_dir(args.out)
+    write_json(out / "bench_softmax.json", {"environment": environment(), "copy_gbs": copy_gbs, "rows": rows})
+    plot(rows, copy_gbs, out / "bench_softmax.png")
+    print(f"wrote {out / 'bench_softmax.json'} and {out / 'bench_softmax.png'}")
+
+
+if __name__ == "__main__":
+    main()

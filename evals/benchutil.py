@@ -1,0 +1,79 @@
+"""Shared bits of the GPU benchmark scripts: environment record, copy-bandwidth ceiling, timing, output files."""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+from pathlib import Path
+
+import torch
+
+
+def git_sha() -> str:
+    try:
+        root = Path(__file__).resolve().parent.parent
+        return subprocess.check_output(["git", "rev-parse", "HEAD"], cwd=root, text=True, stderr=subprocess.DEVNULL).strip()
+    except (OSError, subprocess.CalledProcessError):
+        return os.environ.get("GIT_SHA", "unknown")
+
+
+def environment() -> dict:
+    """GPU name and library versions, recorded next to every number."""
+    import transformers
+    import triton
+
+    env = {
+        "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+        "torch": torch.__version__,
+        "triton": triton.__version__,
+        "transformers": transformers.__version__,
+        "cuda": torch.version.cuda,
+        "python": platform.python_version(),
+        "git_sha": git_sha(),
+    }
+    if torch.cuda.is_available():
+        env["sm_count"] = torch.cuda.get_device_properties(0).multi_processor_count
+    return env
+
+
+def median_ms(fn, *, warmup: int = 25, rep: int = 100, cuda_graph: bool = False, grad_to_none=None) -> float:
+    """Median milliseconds of ``fn`` by CUDA events (triton.testing); optionally replayed inside a CUDA graph."""
+    import triton.testing
+
+    if cuda_graph:
+        return float(triton.testing.do_bench_cudagraph(fn, rep=rep, return_mode="median"))
+    return float(triton.testing.do_bench(fn, warmup=warmup, rep=rep, grad_to_none=grad_to_none, return_mode="median"))
+
+
+def copy_bandwidth_gbs(n_bytes: int = 2**30) -> float:
+    """Measured device-to-device copy bandwidth, counting bytes read plus bytes written."""
+    src = torch.empty(n_bytes // 2, dtype=torch.float16, device="cuda").normal_()
+    dst = torch.empty_like(src)
+    ms = median_ms(lambda: dst.copy_(src))
+    return 2 * n_bytes / (ms * 1e-3) / 1e9
+
+
+def out_dir(path: str | None) -> Path:
+    """``--out`` if given, else $OUT (the device machine's result folder), else ./out."""
+    p = Path(path or os.environ.get("OUT") or "out")
+    p.mkdir(parents=True, exist_ok=True)
+    return p
+
+
+def write_json(path: Path, payload: dict) -> None:
+    path.write_text(json.dumps(payload, indent=2, default=str))
+
+
+def print_table(rows: list[dict], columns: list[str]) -> None:
+    """A plain fixed-width table of ``rows`` (dicts) restricted to ``columns``."""
+    def fmt(v):
+        if isinstance(v, float):
+            return f"{v:.4g}"
+        return str(v)
+
+    cells = [[fmt(r.get(c, "")) for c in columns] for r in rows]
+    widths = [max(len(c), *(len(row[i]) for row in cells)) if cells else len(c) for i, c in enumerate(columns)]
+    print("  ".join(c.ljust(w) for c, w in zip(columns, widths)))
+    for row in cells:
+        print("  ".join(v.ljust(w) for v, w in zip(row, widths)))
