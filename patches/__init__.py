@@ -1,13 +1,155 @@
-"""Per-model patchers. PLACEHOLDER until the patcher lands (issue 3)."""
+"""Reversible, per-instance patching of Hugging Face models onto the ``hf_masked_softmax`` attention backend.
+
+``patch_model(model, mode=...)`` points every config that ``model``'s modules hold at the backend registered in
+``hf_masked_softmax.hf`` (attention implementation ``"hf_masked_softmax"``). To keep the change to this instance,
+even when several models were built from one config object, each such config is replaced by a shallow copy on this
+model's modules only; ``unpatch_model`` puts the original objects back (copying over any other setting changed in
+the meantime) so the model runs exactly as before. The mode is stored on the same modules, where the attention
+function reads it.
+
+Registry: ``config.model_type`` -> ``ModelSpec`` (``patches/gpt2.py``, ``patches/bert.py``). Composite wrappers
+without attention of their own (``EncoderDecoderModel``) are accepted when all their parts are supported.
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+
+import torch
+import transformers
+from transformers import PretrainedConfig
+
+from .. import hf
+from . import bert, gpt2
+
+REGISTRY = {spec.model_type: spec for spec in (gpt2.SPEC, bert.SPEC)}
+CONTAINERS = ("encoder-decoder",)
+_STATE_ATTR = "_hf_masked_softmax_patch"
+
+__all__ = ["patch_model", "unpatch_model", "patched", "REGISTRY", "NAME"]
+NAME = hf.NAME
 
 
-def patch_model(model, *, mode="auto"):
-    raise NotImplementedError("patch_model is not implemented yet")
+class _PatchState:
+    def __init__(self, mode, holders, configs):
+        self.mode = mode
+        self.holders = holders  # [(module, its original config)]
+        self.configs = configs  # id(original) -> (original, copy)
 
 
-def unpatch_model(model):
-    raise NotImplementedError("unpatch_model is not implemented yet")
+def _supported_text() -> str:
+    return f"supported model_types: {sorted(REGISTRY)} (and {', '.join(CONTAINERS)} compositions of them)"
 
 
-def patched(model, *, mode="auto"):
-    raise NotImplementedError("patched is not implemented yet")
+def _check_supported(model: torch.nn.Module) -> None:
+    """Raise ValueError, touching nothing, unless every Hugging Face model inside ``model`` is supported."""
+    submodels = [m for m in model.modules() if isinstance(m, transformers.PreTrainedModel)]
+    if not submodels:
+        raise ValueError(f"expected a transformers PreTrainedModel, got {type(model).__name__}; {_supported_text()}")
+    types = {m.config.model_type for m in submodels}
+    unsupported = sorted(t for t in types if t not in REGISTRY and t not in CONTAINERS)
+    if unsupported:
+        raise ValueError(f"cannot patch model_type {', '.join(map(repr, unsupported))}; {_supported_text()}")
+    class_names = {type(m).__name__ for m in model.modules()}
+    for t in sorted(types - set(CONTAINERS)):
+        spec = REGISTRY[t]
+        if not class_names.intersection(spec.attention_classes):
+            raise ValueError(
+                f"model_type {t!r} but none of its attention modules {spec.attention_classes} were found in "
+                f"{type(model).__name__}; a custom attention class cannot be patched"
+            )
+        if spec.check is not None:
+            for m in submodels:
+                if m.config.model_type == t:
+                    spec.check(m.config)
+
+
+def patch_model(model: torch.nn.Module, *, mode: str = "auto") -> torch.nn.Module:
+    """Run ``model``'s attention through hf_masked_softmax's kernels; returns ``model`` (patched in place).
+
+    ``mode``: ``"auto"`` (fused kernel unless attention probabilities are requested or attention dropout is active,
+    then softmax mode), ``"softmax"`` (torch matmuls around the masked-softmax kernel, probabilities available,
+    dropout in training) or ``"fused"`` (the fused attention kernel only). Patching a patched model changes its mode.
+    Raises ``ValueError`` (model untouched) for a model type outside the registry or an unknown mode.
+    """
+    if mode not in hf.MODES:
+        raise ValueError(f"mode must be one of {hf.MODES}, got {mode!r}")
+    if not hf.TRANSFORMERS_SUPPORTED:
+        raise RuntimeError(
+            f"hf_masked_softmax needs transformers >= {hf.MIN_TRANSFORMERS}, found {transformers.__version__}"
+        )
+    state = model.__dict__.get(_STATE_ATTR)
+    if state is not None:
+        _set_mode(state, mode)
+        return model
+    _check_supported(model)
+
+    configs, holders = {}, []
+    for m in model.modules():
+        c = m.__dict__.get("config")
+        if isinstance(c, PretrainedConfig):
+            if id(c) not in configs:
+                configs[id(c)] = (c, copy.copy(c))
+            holders.append((m, c))
+    for original, twin in configs.values():
+        twin._attn_implementation_internal = NAME  # set directly: the property setter recurses into sub-configs
+        for key in getattr(original, "sub_configs", {}):
+            sub = getattr(original, key, None)
+            if id(sub) in configs:
+                setattr(twin, key, configs[id(sub)][1])
+    for m, c in holders:
+        m.config = configs[id(c)][1]
+    state = _PatchState(mode, holders, configs)
+    _set_mode(state, mode)
+    model.__dict__[_STATE_ATTR] = state
+    return model
+
+
+def _set_mode(state: _PatchState, mode: str) -> None:
+    state.mode = mode
+    for m, _ in state.holders:
+        setattr(m, hf.MODE_ATTR, mode)
+
+
+def unpatch_model(model: torch.nn.Module) -> torch.nn.Module:
+    """Undo ``patch_model``: the original config objects (and attention implementation) return; returns ``model``.
+
+    Settings changed on the patched model's configs in the meantime (say ``model.config.use_cache``) are kept.
+    Raises ``ValueError`` if ``model`` is not patched.
+    """
+    state = model.__dict__.get(_STATE_ATTR)
+    if state is None:
+        raise ValueError(f"{type(model).__name__} is not patched by hf_masked_softmax")
+    twins = {id(twin) for _, twin in state.configs.values()}
+    for original, twin in state.configs.values():
+        for key, value in twin.__dict__.items():
+            if key == "_attn_implementation_internal" or id(value) in twins:
+                continue
+            if original.__dict__.get(key, object()) is not value:
+                original.__dict__[key] = value
+    for m, c in state.holders:
+        m.config = c
+        m.__dict__.pop(hf.MODE_ATTR, None)
+    del model.__dict__[_STATE_ATTR]
+    return model
+
+
+@contextlib.contextmanager
+def patched(model: torch.nn.Module, *, mode: str = "auto"):
+    """``with patched(model): ...`` runs the block patched, then restores the previous state (patched or not)."""
+    if mode not in hf.MODES:
+        raise ValueError(f"mode must be one of {hf.MODES}, got {mode!r}")
+    state = model.__dict__.get(_STATE_ATTR)
+    if state is not None:
+        previous = state.mode
+        _set_mode(state, mode)
+        try:
+            yield model
+        finally:
+            _set_mode(state, previous)
+        return
+    patch_model(model, mode=mode)
+    try:
+        yield model
+    finally:
+        unpatch_model(model)

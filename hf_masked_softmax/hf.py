@@ -1,0 +1,188 @@
+"""The Hugging Face backend: one attention function and one mask function, registered under ``NAME``.
+
+Importing this module registers ``NAME`` in transformers' ``AttentionInterface`` (the attention math) and
+``AttentionMaskInterface`` (what the model hands to that math as ``attention_mask``). It is imported by the package,
+so ``from_pretrained(..., attn_implementation="hf_masked_softmax")`` works after ``import hf_masked_softmax``;
+``patch_model`` switches an already loaded model to the same name.
+
+Masks. HF's eager and sdpa paths expand the tokenizer's ``[B, K]`` padding mask to a 4D ``[B, 1, Q, K]`` tensor with
+causality baked in. The mask function here returns the compact ``[B, K]`` bool mask instead (or ``None`` when nothing
+is padded), and the attention function adds causality itself from ``module.is_causal``, bottom-right aligned, which
+is exactly HF's causal mask whenever the last query is the last key (no cache, or a dynamic cache). Everything else
+that HF can ask for (a static cache whose keys run past the queries, packed sequences, sliding windows, custom
+``or``/``and`` mask functions) gets HF's own 4D boolean mask, which the attention function then uses as given, with no
+causality added, as eager and sdpa do with any 4D mask (user-supplied 4D masks, bool or additive, take the same path).
+
+Modes, read per call from the attention module's ``_hf_masked_softmax_mode`` (set by ``patch_model``):
+
+* ``"softmax"``: scores by ``torch.matmul``, probabilities by ``masked_softmax`` with scale, mask and causality fused
+  (no 4D mask is materialised), dropout on the probabilities in training, output by ``torch.matmul``. Returns the
+  probabilities (after dropout, as HF's eager path does).
+* ``"fused"``: ``hf_masked_softmax.attention``; scores never leave the kernel, so it has neither dropout nor
+  probabilities: asking for either is a ``ValueError``.
+* ``"auto"`` (default, and what ``from_pretrained(attn_implementation=NAME)`` gets): ``"fused"`` unless the caller
+  wants attention probabilities (``output_attentions``) or attention dropout is active; then ``"softmax"``.
+
+Supported transformers: 5.4 and newer (the first release whose mask interface passes ``q_offset`` and whose GPT-2
+passes ``scaling`` to the attention interface; BERT goes through the interface from 5.0 on).
+"""
+from __future__ import annotations
+
+import torch
+import transformers
+from packaging.version import Version
+from transformers import masking_utils
+from transformers.modeling_utils import AttentionInterface
+from transformers.utils.import_utils import is_tracing
+
+from .attention import attention
+from .masked_softmax import masked_softmax
+
+NAME = "hf_masked_softmax"
+MODES = ("auto", "softmax", "fused")
+MODE_ATTR = "_hf_masked_softmax_mode"
+MIN_TRANSFORMERS = "5.4.0"
+
+TRANSFORMERS_SUPPORTED = Version(transformers.__version__).release >= Version(MIN_TRANSFORMERS).release
+
+
+def _attention_probabilities_requested(kwargs) -> bool:
+    """Whether the model's caller asked for attention probabilities on this forward pass.
+
+    transformers >= 5.2 no longer passes ``output_attentions`` down to the attention function: the model's
+    ``capture_outputs`` wrapper records the attention modules' second output through forward hooks while a
+    collector naming ``attentions`` / ``cross_attentions`` is active. Read that collector.
+    """
+    if kwargs.get("output_attentions"):
+        return True
+    collector = _output_collector()
+    return bool(collector) and ("attentions" in collector or "cross_attentions" in collector)
+
+
+def _output_collector():
+    from transformers.utils import output_capturing
+
+    return output_capturing._active_collector.get()
+
+
+def _causal_for(module, attention_mask, is_causal) -> bool:
+    # A 4D mask already holds whatever causality the model wants (HF builds it so; users pass it so).
+    if attention_mask is not None and attention_mask.dim() == 4:
+        return False
+    if is_causal is None:
+        is_causal = getattr(module, "is_causal", True)
+    return bool(is_causal)
+
+
+def _pick_mode(module, dropout: float, kwargs) -> str:
+    mode = getattr(module, MODE_ATTR, "auto")
+    wants_probs = _attention_probabilities_requested(kwargs)
+    if mode == "auto":
+        return "softmax" if (wants_probs or dropout > 0.0) else "fused"
+    if mode == "fused" and (wants_probs or dropout > 0.0):
+        what = "attention probabilities (output_attentions=True)" if wants_probs else (
+            f"attention dropout (p={dropout} in training)"
+        )
+        raise ValueError(
+            f"patch mode 'fused' cannot provide {what}: the fused kernel never materialises the probabilities. "
+            "Patch with mode='auto' (switches to 'softmax' for such calls) or mode='softmax'."
+        )
+    return mode
+
+
+def _check_unsupported_features(kwargs) -> None:
+    # Score modifiers that some AttentionInterface models pass; neither kernel implements them.
+    for key, feature in (("softcap", "logit soft-capping"), ("s_aux", "attention sinks"),
+                         ("position_bias", "additive position bias")):
+        if kwargs.get(key) is not None:
+            raise ValueError(f"{NAME} does not support {feature} (`{key}`); use attn_implementation='eager' or 'sdpa'")
+
+
+def attention_forward(
+    module: torch.nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    dropout: float = 0.0,
+    scaling: float | None = None,
+    is_causal: bool | None = None,
+    **kwargs,
+):
+    """``AttentionInterface`` entry: ``query [B, H, Q, D]``, ``key/value [B, Hkv, K, D]`` -> (``[B, Q, H, D]``, probs).
+
+    ``attention_mask`` is what the mask function below produced (``None`` or ``[B, K]`` bool) or a 4D bool / additive
+    mask. Returns the probabilities ``[B, H, Q, K]`` in softmax mode, ``None`` in fused mode.
+    """
+    _check_unsupported_features(kwargs)
+    if scaling is None:
+        scaling = query.shape[-1] ** -0.5
+    causal = _causal_for(module, attention_mask, is_causal)
+    mode = _pick_mode(module, dropout, kwargs)
+
+    if mode == "fused":
+        out = attention(query, key, value, attention_mask, causal=causal, scale=scaling)
+        return out.transpose(1, 2).contiguous(), None
+
+    groups = query.shape[1] // key.shape[1]
+    if groups > 1:  # grouped-query attention: each key/value head serves `groups` query heads
+        key = key.repeat_interleave(groups, dim=1)
+        value = value.repeat_interleave(groups, dim=1)
+    if getattr(module, "reorder_and_upcast_attn", False):
+        # GPT-2's reorder_and_upcast_attn: scores in fp32 even under autocast, so fp16 QK^T cannot overflow.
+        with torch.autocast(query.device.type, enabled=False):
+            scores = torch.matmul(query.float(), key.float().transpose(-1, -2))
+    else:
+        scores = torch.matmul(query, key.transpose(-1, -2))
+    probs = masked_softmax(scores, attention_mask, causal=causal, scale=scaling).to(value.dtype)
+    if dropout > 0.0:
+        probs = torch.nn.functional.dropout(probs, p=dropout, training=True)
+    out = torch.matmul(probs, value)
+    return out.transpose(1, 2).contiguous(), probs
+
+
+def mask_function(
+    batch_size: int,
+    q_length: int,
+    kv_length: int,
+    q_offset=0,
+    kv_offset: int = 0,
+    mask_function=masking_utils.causal_mask_function,
+    attention_mask: torch.Tensor | None = None,
+    **kwargs,
+):
+    """``AttentionMaskInterface`` entry: the compact ``[B, kv_length]`` bool padding mask, ``None``, or a 4D bool mask.
+
+    The arguments are those of transformers' ``sdpa_mask``: ``attention_mask`` is the tokenizer's 2D mask (bool, may
+    be shorter than ``kv_offset + kv_length``: the rest is not attended), ``mask_function`` the pattern.
+    """
+    causal = mask_function is masking_utils.causal_mask_function
+    plain = causal or mask_function is masking_utils.bidirectional_mask_function
+    # Bottom-right causality equals HF's (query q_offset + i sees key kv_offset + j iff j + kv_offset <= q_offset + i)
+    # exactly when the last query is the last key. A static cache longer than what it holds breaks that.
+    aligned = not causal or int(q_offset) + q_length == kv_offset + kv_length
+    if plain and aligned:
+        if attention_mask is None:
+            return None
+        pad = attention_mask[:, kv_offset: kv_offset + kv_length].to(torch.bool)
+        if pad.shape[-1] < kv_length:
+            pad = torch.nn.functional.pad(pad, (0, kv_length - pad.shape[-1]), value=False)
+        if not is_tracing(pad) and bool(pad.all()):
+            return None  # no padding: the kernels' mask-free path
+        return pad
+    kwargs.update(allow_is_causal_skip=False, allow_is_bidirectional_skip=False)
+    return masking_utils.sdpa_mask(
+        batch_size=batch_size, q_length=q_length, kv_length=kv_length, q_offset=q_offset, kv_offset=kv_offset,
+        mask_function=mask_function, attention_mask=attention_mask, **kwargs,
+    )
+
+
+def register() -> None:
+    """Register ``NAME`` with transformers (idempotent). Does nothing on transformers older than 5.4."""
+    if not TRANSFORMERS_SUPPORTED:
+        return
+    AttentionInterface.register(NAME, attention_forward)
+    masking_utils.AttentionMaskInterface.register(NAME, mask_function)
+
+
+register()
