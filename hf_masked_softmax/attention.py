@@ -1,6 +1,790 @@
-"""Fused attention. PLACEHOLDER until the fused Triton kernel lands (issue 5): delegates to the reference."""
+"""Fused (flash-style) attention with Hugging Face masks: scores are never written to memory.
+
+For ``q [B, H, Q, D]`` and ``k, v [B, Hkv, K, D]`` (``H % Hkv == 0``; query head ``h`` reads key/value head
+``h // (H // Hkv)``)::
+
+    S[i, j] = scale * q[i] . k[j]   (+ additive mask)       for kept (i, j)
+    O[i, :] = sum_j softmax_kept(S[i, :])[j] * v[j, :]       (zeros for a row with nothing kept)
+
+Masks and causality are exactly those of :mod:`hf_masked_softmax.reference` (causal is bottom-right: query ``i``
+sees key ``j`` iff ``j <= i + K - Q``).
+
+How the forward kernel works: one program per (query block, batch x head) walks the key blocks with an online
+softmax in fp32 (running max ``m``, running sum ``l``, base-2 exponentials) and keeps ``O`` in registers. What it
+walks depends on the mask:
+
+* no mask / 2D padding mask: a tiny kernel first turns the ``[B, K]`` mask into one key range ``[start, end)`` per
+  sequence plus a "has holes" flag (left or right padding gives a contiguous range; no host sync is needed). Key
+  blocks outside the range, and past the causal diagonal, are never visited; a query block with nothing to see
+  writes zeros straight away. Only the blocks that straddle the range edges or the diagonal evaluate a mask;
+  interior blocks run unmasked. A sequence whose mask has holes (rare) instead reads its mask row block by block.
+* 4D bool / additive masks: every key block (up to the diagonal) loads its ``[BLOCK_M, BLOCK_N]`` mask tile through
+  the mask's strides, so broadcast (stride-0) masks cost no memory.
+
+The forward saves ``lse = m + log2(l)`` per row (``-inf`` for a row with nothing kept); the backward recomputes the
+probabilities from it (FlashAttention-2 style): one kernel per key block accumulates ``dk, dv`` over all query
+heads of its GQA group, another per query block accumulates ``dq``. ``delta = rowsum(dO * O)`` comes first.
+
+Decode (``Q <= 16``): too few query blocks to fill the GPU, so the key range of each sequence is split across
+``num_splits`` programs, each writing a partial ``O`` and ``lse`` in fp32, merged by a small combine kernel.
+
+Layout: the result is ``[B, H, Q, D]`` whose memory is ``[B, Q, H, D]`` (as SDPA's flash backend returns it), so
+``out.transpose(1, 2)`` — the layout Hugging Face wants — is already contiguous. :func:`attention_bqhd` returns that
+view directly.
+
+Limits: head dim 1..256 (padded to a power of two >= 16 inside the kernel), fp16 / bf16 / fp32 (fp32 dots run in
+full ieee precision), any strides, int64 offsets. CPU tensors run the same kernels under ``TRITON_INTERPRET=1``,
+otherwise the PyTorch reference.
+"""
+from __future__ import annotations
+
+import math
+import os
+import weakref
+from typing import Optional
+
+import torch
+import triton
+import triton.language as tl
+
+from .masks import ADD4D, BOOL4D, NONE, PAD2D, prepare_mask
 from .reference import attention_reference
 
+_INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
+_LOG2E = 1.4426950408889634
+_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
-def attention(q, k, v, attention_mask=None, *, causal=False, scale=None):
-    return attention_reference(q, k, v, attention_mask, causal=causal, scale=scale)
+# Mask kinds as the kernels see them: the key-range form replaces the 2D padding mask.
+_K_NONE, _K_RANGE, _K_BOOL, _K_ADD = 0, 1, 2, 3
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Kernels
+# ---------------------------------------------------------------------------------------------------------------
+
+@triton.jit
+def _pad_ranges_kernel(mask_ptr, ranges_ptr, stride_mb, stride_mk, K_LEN, BLOCK: tl.constexpr):
+    """Per sequence ``b`` of a ``[B, K]`` padding mask: first kept key, last kept key + 1, and whether the kept keys
+    have holes. A sequence with no kept key gets ``start = K, end = 0`` (an empty range)."""
+    b = tl.program_id(0).to(tl.int64)
+    offs = tl.arange(0, BLOCK)
+    first = K_LEN
+    last = -1
+    count = 0
+    for n0 in range(0, K_LEN, BLOCK):
+        cols = n0 + offs
+        kept = tl.load(mask_ptr + b * stride_mb + cols * stride_mk, mask=cols < K_LEN, other=0) != 0
+        first = tl.minimum(first, tl.min(tl.where(kept, cols, K_LEN), axis=0))
+        last = tl.maximum(last, tl.max(tl.where(kept, cols, -1), axis=0))
+        count += tl.sum(kept.to(tl.int32), axis=0)
+    end = last + 1
+    holes = (count > 0) & (count != end - first)
+    tl.store(ranges_ptr + b * 4 + 0, first)
+    tl.store(ranges_ptr + b * 4 + 1, end)
+    tl.store(ranges_ptr + b * 4 + 2, holes.to(tl.int32))
+
+
+@triton.jit
+def _load_2d(ptrs, row_ok, col_ok, CHECK_ROWS: tl.constexpr, CHECK_COLS: tl.constexpr):
+    if CHECK_ROWS and CHECK_COLS:
+        return tl.load(ptrs, mask=row_ok[:, None] & col_ok[None, :], other=0.0)
+    elif CHECK_ROWS:
+        return tl.load(ptrs, mask=row_ok[:, None], other=0.0)
+    elif CHECK_COLS:
+        return tl.load(ptrs, mask=col_ok[None, :], other=0.0)
+    else:
+        return tl.load(ptrs)
+
+
+@triton.jit
+def _mask_scores(s, rows, cols, start, end, has_holes, mask_base, stride_mm, stride_mk, Q_LEN, K_LEN, threshold,
+                 MASK_KIND: tl.constexpr, CAUSAL: tl.constexpr):
+    """Set the masked entries of the base-2 scores ``s [BLOCK_M, BLOCK_N]`` to -inf (adds an additive mask)."""
+    keep = (cols[None, :] >= start) & (cols[None, :] < end)
+    if CAUSAL:
+        keep = keep & (cols[None, :] <= rows[:, None] + (K_LEN - Q_LEN))
+    if MASK_KIND == 1:
+        if has_holes:
+            pm = tl.load(mask_base + cols * stride_mk, mask=cols < K_LEN, other=0)
+            keep = keep & (pm != 0)[None, :]
+    elif MASK_KIND == 2:
+        bm = tl.load(mask_base + rows[:, None] * stride_mm + cols[None, :] * stride_mk,
+                     mask=(rows < Q_LEN)[:, None] & (cols < K_LEN)[None, :], other=0)
+        keep = keep & (bm != 0)
+    elif MASK_KIND == 3:
+        am = tl.load(mask_base + rows[:, None] * stride_mm + cols[None, :] * stride_mk,
+                     mask=(rows < Q_LEN)[:, None] & (cols < K_LEN)[None, :], other=0.0).to(tl.float32)
+        keep = keep & ~(am <= threshold)
+        s = s + tl.where(keep, am, 0.0) * 1.4426950408889634
+    return tl.where(keep, s, float("-inf"))
+
+
+@triton.jit
+def _fwd_blocks(acc, l_i, m_i, q, k_base, v_base, mask_base, rows, offs_n, offs_d,
+                stride_kn, stride_kd, stride_vn, stride_vd, stride_mm, stride_mk,
+                lo, hi, start, end, has_holes, Q_LEN, K_LEN, qk_scale, threshold,
+                MASKED: tl.constexpr, MASK_KIND: tl.constexpr, CAUSAL: tl.constexpr, BLOCK_N: tl.constexpr,
+                HEAD_D: tl.constexpr, BLOCK_D: tl.constexpr, UPCAST: tl.constexpr, DOT_PREC: tl.constexpr):
+    """Online softmax over key blocks ``[lo, hi)``. ``MASKED=False`` only for blocks every row fully sees."""
+    d_ok = offs_d < HEAD_D
+    for n0 in range(lo, hi, BLOCK_N):
+        cols = n0 + offs_n
+        col_ok = cols < K_LEN
+        k = _load_2d(k_base + offs_d[:, None] * stride_kd + cols[None, :] * stride_kn, d_ok, col_ok,
+                     BLOCK_D != HEAD_D, MASKED)
+        if UPCAST:
+            k = k.to(tl.float32)
+        s = tl.dot(q, k, input_precision=DOT_PREC) * qk_scale
+        if MASKED:
+            s = _mask_scores(s, rows, cols, start, end, has_holes, mask_base, stride_mm, stride_mk, Q_LEN, K_LEN,
+                             threshold, MASK_KIND, CAUSAL)
+        m_new = tl.maximum(m_i, tl.max(s, axis=1))
+        if MASKED:
+            # a row with nothing kept so far has m = -inf: shift by 0 so exp2 gives 0, not NaN
+            m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
+        else:
+            m_use = m_new
+        p = tl.math.exp2(s - m_use[:, None])
+        alpha = tl.math.exp2(m_i - m_use)
+        l_i = l_i * alpha + tl.sum(p, axis=1)
+        acc = acc * alpha[:, None]
+        v = _load_2d(v_base + cols[:, None] * stride_vn + offs_d[None, :] * stride_vd, col_ok, d_ok,
+                     MASKED, BLOCK_D != HEAD_D)
+        if UPCAST:
+            v = v.to(tl.float32)
+        acc = tl.dot(p.to(v.dtype), v, acc, input_precision=DOT_PREC)
+        m_i = m_new
+    return acc, l_i, m_i
+
+
+@triton.jit
+def _key_range(ranges_ptr, b, K_LEN, MASK_KIND: tl.constexpr):
+    if MASK_KIND == 1:
+        start = tl.load(ranges_ptr + b * 4 + 0)
+        end = tl.load(ranges_ptr + b * 4 + 1)
+        has_holes = tl.load(ranges_ptr + b * 4 + 2)
+    else:
+        start = tl.full([], 0, tl.int32)
+        end = start + K_LEN
+        has_holes = start
+    return start, end, has_holes
+
+
+@triton.jit
+def _block_key_bounds(start, end, has_holes, m0, split, NUM_SPLITS, Q_LEN, K_LEN,
+                      MASK_KIND: tl.constexpr, CAUSAL: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """Key blocks for query rows ``[m0, m0 + BLOCK_M)``: this split's ``[s_lo, s_hi)`` (block aligned at the start)
+    and inside it ``[full_lo, full_hi)``, the blocks every row sees whole (no mask to evaluate there)."""
+    lo = (start // BLOCK_N) * BLOCK_N
+    hi = end
+    if CAUSAL:
+        hi = tl.minimum(hi, m0 + BLOCK_M + K_LEN - Q_LEN)
+    hi = tl.maximum(hi, lo)
+    per_split = tl.cdiv(tl.cdiv(hi - lo, BLOCK_N), NUM_SPLITS) * BLOCK_N
+    s_lo = tl.minimum(lo + split * per_split, hi)
+    s_hi = tl.minimum(s_lo + per_split, hi)
+    if MASK_KIND >= 2:
+        full_lo = s_lo
+        full_hi = s_lo
+    else:
+        full_lo = tl.maximum(s_lo, tl.cdiv(start, BLOCK_N) * BLOCK_N)
+        full_end = end
+        if CAUSAL:
+            full_end = tl.minimum(full_end, m0 + K_LEN - Q_LEN + 1)
+        full_hi = tl.minimum(s_hi, tl.maximum(full_end, 0) // BLOCK_N * BLOCK_N)
+        if has_holes:
+            full_lo = s_lo
+            full_hi = s_lo
+    return s_lo, s_hi, full_lo, full_hi
+
+
+@triton.jit
+def _attn_fwd_kernel(
+    q_ptr, k_ptr, v_ptr, o_ptr, lse_ptr, mask_ptr, ranges_ptr,
+    stride_qb, stride_qh, stride_qm, stride_qd,
+    stride_kb, stride_kh, stride_kn, stride_kd,
+    stride_vb, stride_vh, stride_vn, stride_vd,
+    stride_os, stride_ob, stride_oh, stride_om, stride_od,
+    stride_ls,
+    stride_mb, stride_mh, stride_mm, stride_mk,
+    H, GROUP, Q_LEN, K_LEN, NUM_SPLITS, qk_scale, threshold,
+    MASK_KIND: tl.constexpr, CAUSAL: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_D: tl.constexpr, BLOCK_D: tl.constexpr,
+    UPCAST: tl.constexpr, DOT_PREC: tl.constexpr,
+):
+    pid_m = tl.program_id(0)
+    bh = tl.program_id(1).to(tl.int64)
+    split = tl.program_id(2)
+    b = bh // H
+    h = bh % H
+    hk = h // GROUP
+
+    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, BLOCK_D)
+    row_ok = rows < Q_LEN
+    d_ok = offs_d < HEAD_D
+
+    start, end, has_holes = _key_range(ranges_ptr, b, K_LEN, MASK_KIND)
+    s_lo, s_hi, full_lo, full_hi = _block_key_bounds(start, end, has_holes, pid_m * BLOCK_M, split, NUM_SPLITS,
+                                                      Q_LEN, K_LEN, MASK_KIND, CAUSAL, BLOCK_M, BLOCK_N)
+
+    q = _load_2d(q_ptr + b * stride_qb + h * stride_qh + rows[:, None] * stride_qm + offs_d[None, :] * stride_qd,
+                 row_ok, d_ok, True, BLOCK_D != HEAD_D)
+    if UPCAST:
+        q = q.to(tl.float32)
+    k_base = k_ptr + b * stride_kb + hk * stride_kh
+    v_base = v_ptr + b * stride_vb + hk * stride_vh
+    mask_base = mask_ptr + b * stride_mb + h * stride_mh
+
+    m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
+    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
+
+    # leading partial block (left padding), interior blocks unmasked, trailing blocks (right edge, diagonal)
+    acc, l_i, m_i = _fwd_blocks(acc, l_i, m_i, q, k_base, v_base, mask_base, rows, offs_n, offs_d,
+                                stride_kn, stride_kd, stride_vn, stride_vd, stride_mm, stride_mk,
+                                s_lo, tl.minimum(full_lo, s_hi), start, end, has_holes, Q_LEN, K_LEN, qk_scale,
+                                threshold, True, MASK_KIND, CAUSAL, BLOCK_N, HEAD_D, BLOCK_D, UPCAST, DOT_PREC)
+    acc, l_i, m_i = _fwd_blocks(acc, l_i, m_i, q, k_base, v_base, mask_base, rows, offs_n, offs_d,
+                                stride_kn, stride_kd, stride_vn, stride_vd, stride_mm, stride_mk,
+                                full_lo, full_hi, start, end, has_holes, Q_LEN, K_LEN, qk_scale,
+                                threshold, False, MASK_KIND, CAUSAL, BLOCK_N, HEAD_D, BLOCK_D, UPCAST, DOT_PREC)
+    acc, l_i, m_i = _fwd_blocks(acc, l_i, m_i, q, k_base, v_base, mask_base, rows, offs_n, offs_d,
+                                stride_kn, stride_kd, stride_vn, stride_vd, stride_mm, stride_mk,
+                                tl.maximum(full_lo, full_hi), s_hi, start, end, has_holes, Q_LEN, K_LEN, qk_scale,
+                                threshold, True, MASK_KIND, CAUSAL, BLOCK_N, HEAD_D, BLOCK_D, UPCAST, DOT_PREC)
+
+    empty = l_i == 0.0
+    out = acc / tl.where(empty, 1.0, l_i)[:, None]
+    lse = tl.where(empty, float("-inf"), m_i + tl.math.log2(tl.where(empty, 1.0, l_i)))
+    o_ptrs = (o_ptr + split * stride_os + b * stride_ob + h * stride_oh + rows[:, None] * stride_om
+              + offs_d[None, :] * stride_od)
+    if BLOCK_D == HEAD_D:
+        tl.store(o_ptrs, out.to(o_ptr.dtype.element_ty), mask=row_ok[:, None])
+    else:
+        tl.store(o_ptrs, out.to(o_ptr.dtype.element_ty), mask=row_ok[:, None] & d_ok[None, :])
+    tl.store(lse_ptr + split * stride_ls + bh * Q_LEN + rows, lse, mask=row_ok)
+
+
+@triton.jit
+def _split_combine_kernel(
+    part_ptr, part_lse_ptr, o_ptr, lse_ptr,
+    stride_ps, stride_ls,
+    stride_ob, stride_oh, stride_om, stride_od,
+    H, Q_LEN, NUM_SPLITS,
+    HEAD_D: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_S: tl.constexpr,
+):
+    """Merge the splits of one query row (partials are contiguous ``[S, B, H, Q, D]`` and ``[S, B, H, Q]`` in
+    fp32): weights ``2^(lse_s - max)``; a row empty in every split stays zero with ``lse = -inf``."""
+    bh = tl.program_id(0).to(tl.int64)
+    row = tl.program_id(1)
+    b = bh // H
+    h = bh % H
+    offs_s = tl.arange(0, BLOCK_S)
+    offs_d = tl.arange(0, BLOCK_D)
+    s_ok = offs_s < NUM_SPLITS
+    d_ok = offs_d < HEAD_D
+    lse_s = tl.load(part_lse_ptr + offs_s * stride_ls + bh * Q_LEN + row, mask=s_ok, other=float("-inf"))
+    mx = tl.max(lse_s, axis=0)
+    mx_use = tl.where(mx == float("-inf"), 0.0, mx)
+    w = tl.math.exp2(lse_s - mx_use)
+    total = tl.sum(w, axis=0)
+    parts = tl.load(part_ptr + offs_s[:, None] * stride_ps + (bh * Q_LEN + row) * HEAD_D + offs_d[None, :],
+                    mask=s_ok[:, None] & d_ok[None, :], other=0.0)
+    empty = total == 0.0
+    out = tl.sum(parts * w[:, None], axis=0) / tl.where(empty, 1.0, total)
+    lse = tl.where(empty, float("-inf"), mx_use + tl.math.log2(tl.where(empty, 1.0, total)))
+    tl.store(o_ptr + b * stride_ob + h * stride_oh + row * stride_om + offs_d * stride_od,
+             out.to(o_ptr.dtype.element_ty), mask=d_ok)
+    tl.store(lse_ptr + bh * Q_LEN + row, lse)
+
+
+@triton.jit
+def _bwd_delta_kernel(o_ptr, do_ptr, delta_ptr,
+                      stride_ob, stride_oh, stride_om, stride_od,
+                      stride_dob, stride_doh, stride_dom, stride_dod,
+                      H, Q_LEN, BLOCK_M: tl.constexpr, HEAD_D: tl.constexpr, BLOCK_D: tl.constexpr):
+    """``delta = rowsum(dO * O)`` in fp32, ``[B, H, Q]``."""
+    bh = tl.program_id(1).to(tl.int64)
+    b = bh // H
+    h = bh % H
+    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    ok = (rows < Q_LEN)[:, None] & (offs_d < HEAD_D)[None, :]
+    o = tl.load(o_ptr + b * stride_ob + h * stride_oh + rows[:, None] * stride_om + offs_d[None, :] * stride_od,
+                mask=ok, other=0.0).to(tl.float32)
+    do = tl.load(do_ptr + b * stride_dob + h * stride_doh + rows[:, None] * stride_dom
+                 + offs_d[None, :] * stride_dod, mask=ok, other=0.0).to(tl.float32)
+    tl.store(delta_ptr + bh * Q_LEN + rows, tl.sum(o * do, axis=1), mask=rows < Q_LEN)
+
+
+@triton.jit
+def _dkdv_blocks(dk, dv, k, v, q_base, do_base, lse_base, delta_base, mask_base, cols, offs_m, offs_d,
+                 stride_qm, stride_qd, stride_dom, stride_dod, stride_mm, stride_mk,
+                 lo, hi, start, end, has_holes, Q_LEN, K_LEN, qk_scale, threshold,
+                 MASKED: tl.constexpr, MASK_KIND: tl.constexpr, CAUSAL: tl.constexpr, BLOCK_M: tl.constexpr,
+                 HEAD_D: tl.constexpr, BLOCK_D: tl.constexpr, UPCAST: tl.constexpr, DOT_PREC: tl.constexpr):
+    """Accumulate ``dk, dv`` of one key block over query blocks ``[lo, hi)`` of one query head."""
+    d_ok = offs_d < HEAD_D
+    for m0 in range(lo, hi, BLOCK_M):
+        rows = m0 + offs_m
+        row_ok = rows < Q_LEN
+        q = _load_2d(q_base + rows[:, None] * stride_qm + offs_d[None, :] * stride_qd, row_ok, d_ok,
+                     True, BLOCK_D != HEAD_D)
+        do = _load_2d(do_base + rows[:, None] * stride_dom + offs_d[None, :] * stride_dod, row_ok, d_ok,
+                      True, BLOCK_D != HEAD_D)
+        if UPCAST:
+            q = q.to(tl.float32)
+            do = do.to(tl.float32)
+        lse = tl.load(lse_base + rows, mask=row_ok, other=float("inf"))
+        # a row with nothing kept has lse = -inf and all-zero probabilities: +inf gives exp2(s - lse) = 0
+        lse = tl.where(lse == float("-inf"), float("inf"), lse)
+        delta = tl.load(delta_base + rows, mask=row_ok, other=0.0)
+        s = tl.dot(q, tl.trans(k), input_precision=DOT_PREC) * qk_scale
+        if MASKED:
+            s = _mask_scores(s, rows, cols, start, end, has_holes, mask_base, stride_mm, stride_mk, Q_LEN, K_LEN,
+                             threshold, MASK_KIND, CAUSAL)
+        p = tl.math.exp2(s - lse[:, None])
+        dv = tl.dot(tl.trans(p.to(do.dtype)), do, dv, input_precision=DOT_PREC)
+        dp = tl.dot(do, tl.trans(v), input_precision=DOT_PREC)
+        ds = p * (dp - delta[:, None])
+        dk = tl.dot(tl.trans(ds.to(q.dtype)), q, dk, input_precision=DOT_PREC)
+    return dk, dv
+
+
+@triton.jit
+def _bwd_dkdv_kernel(
+    q_ptr, k_ptr, v_ptr, do_ptr, lse_ptr, delta_ptr, dk_ptr, dv_ptr, mask_ptr, ranges_ptr,
+    stride_qb, stride_qh, stride_qm, stride_qd,
+    stride_kb, stride_kh, stride_kn, stride_kd,
+    stride_vb, stride_vh, stride_vn, stride_vd,
+    stride_dob, stride_doh, stride_dom, stride_dod,
+    stride_dkb, stride_dkh, stride_dkn, stride_dkd,
+    stride_dvb, stride_dvh, stride_dvn, stride_dvd,
+    stride_mb, stride_mh, stride_mm, stride_mk,
+    H, HKV, GROUP, Q_LEN, K_LEN, sm_scale, qk_scale, threshold,
+    MASK_KIND: tl.constexpr, CAUSAL: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_D: tl.constexpr, BLOCK_D: tl.constexpr,
+    UPCAST: tl.constexpr, DOT_PREC: tl.constexpr,
+):
+    """One key block of one key/value head; sums over the query heads of its GQA group (no atomics)."""
+    n0 = tl.program_id(0) * BLOCK_N
+    bhk = tl.program_id(1).to(tl.int64)
+    b = bhk // HKV
+    hk = bhk % HKV
+    cols = n0 + tl.arange(0, BLOCK_N)
+    offs_m = tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    col_ok = cols < K_LEN
+    d_ok = offs_d < HEAD_D
+
+    start, end, has_holes = _key_range(ranges_ptr, b, K_LEN, MASK_KIND)
+    q_lo = start * 0
+    if CAUSAL:
+        q_lo = tl.maximum(n0 - (K_LEN - Q_LEN), 0) // BLOCK_M * BLOCK_M
+    q_hi = q_lo
+    if (n0 < end) & (n0 + BLOCK_N > start):
+        q_hi = q_lo * 0 + Q_LEN
+    # query blocks past the diagonal see this key block whole, if the block lies inside the key range
+    q_full = q_hi
+    if MASK_KIND < 2:
+        if (n0 >= start) & (n0 + BLOCK_N <= end) & (has_holes == 0):
+            q_full = q_lo
+            if CAUSAL:
+                q_full = tl.minimum(tl.maximum(tl.cdiv(n0 + BLOCK_N - 1 - (K_LEN - Q_LEN), BLOCK_M) * BLOCK_M,
+                                               q_lo), q_hi)
+
+    k = _load_2d(k_ptr + b * stride_kb + hk * stride_kh + cols[:, None] * stride_kn + offs_d[None, :] * stride_kd,
+                 col_ok, d_ok, True, BLOCK_D != HEAD_D)
+    v = _load_2d(v_ptr + b * stride_vb + hk * stride_vh + cols[:, None] * stride_vn + offs_d[None, :] * stride_vd,
+                 col_ok, d_ok, True, BLOCK_D != HEAD_D)
+    if UPCAST:
+        k = k.to(tl.float32)
+        v = v.to(tl.float32)
+    dk = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
+    dv = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
+    for h in range(hk * GROUP, hk * GROUP + GROUP):
+        q_base = q_ptr + b * stride_qb + h * stride_qh
+        do_base = do_ptr + b * stride_dob + h * stride_doh
+        lse_base = lse_ptr + (b * H + h) * Q_LEN
+        delta_base = delta_ptr + (b * H + h) * Q_LEN
+        mask_base = mask_ptr + b * stride_mb + h * stride_mh
+        dk, dv = _dkdv_blocks(dk, dv, k, v, q_base, do_base, lse_base, delta_base, mask_base, cols, offs_m, offs_d,
+                              stride_qm, stride_qd, stride_dom, stride_dod, stride_mm, stride_mk,
+                              q_lo, q_full, start, end, has_holes, Q_LEN, K_LEN, qk_scale, threshold,
+                              True, MASK_KIND, CAUSAL, BLOCK_M, HEAD_D, BLOCK_D, UPCAST, DOT_PREC)
+        dk, dv = _dkdv_blocks(dk, dv, k, v, q_base, do_base, lse_base, delta_base, mask_base, cols, offs_m, offs_d,
+                              stride_qm, stride_qd, stride_dom, stride_dod, stride_mm, stride_mk,
+                              q_full, q_hi, start, end, has_holes, Q_LEN, K_LEN, qk_scale, threshold,
+                              False, MASK_KIND, CAUSAL, BLOCK_M, HEAD_D, BLOCK_D, UPCAST, DOT_PREC)
+    dk = dk * sm_scale
+    ok = col_ok[:, None] & d_ok[None, :]
+    tl.store(dk_ptr + b * stride_dkb + hk * stride_dkh + cols[:, None] * stride_dkn + offs_d[None, :] * stride_dkd,
+             dk.to(dk_ptr.dtype.element_ty), mask=ok)
+    tl.store(dv_ptr + b * stride_dvb + hk * stride_dvh + cols[:, None] * stride_dvn + offs_d[None, :] * stride_dvd,
+             dv.to(dv_ptr.dtype.element_ty), mask=ok)
+
+
+@triton.jit
+def _dq_blocks(dq, q, do, lse, delta, k_base, v_base, mask_base, rows, offs_n, offs_d,
+               stride_kn, stride_kd, stride_vn, stride_vd, stride_mm, stride_mk,
+               lo, hi, start, end, has_holes, Q_LEN, K_LEN, qk_scale, threshold,
+               MASKED: tl.constexpr, MASK_KIND: tl.constexpr, CAUSAL: tl.constexpr, BLOCK_N: tl.constexpr,
+               HEAD_D: tl.constexpr, BLOCK_D: tl.constexpr, UPCAST: tl.constexpr, DOT_PREC: tl.constexpr):
+    """Accumulate ``dq`` of one query block over key blocks ``[lo, hi)``."""
+    d_ok = offs_d < HEAD_D
+    for n0 in range(lo, hi, BLOCK_N):
+        cols = n0 + offs_n
+        col_ok = cols < K_LEN
+        kt = _load_2d(k_base + offs_d[:, None] * stride_kd + cols[None, :] * stride_kn, d_ok, col_ok,
+                      BLOCK_D != HEAD_D, MASKED)
+        vt = _load_2d(v_base + offs_d[:, None] * stride_vd + cols[None, :] * stride_vn, d_ok, col_ok,
+                      BLOCK_D != HEAD_D, MASKED)
+        if UPCAST:
+            kt = kt.to(tl.float32)
+            vt = vt.to(tl.float32)
+        s = tl.dot(q, kt, input_precision=DOT_PREC) * qk_scale
+        if MASKED:
+            s = _mask_scores(s, rows, cols, start, end, has_holes, mask_base, stride_mm, stride_mk, Q_LEN, K_LEN,
+                             threshold, MASK_KIND, CAUSAL)
+        p = tl.math.exp2(s - lse[:, None])
+        dp = tl.dot(do, vt, input_precision=DOT_PREC)
+        ds = p * (dp - delta[:, None])
+        dq = tl.dot(ds.to(kt.dtype), tl.trans(kt), dq, input_precision=DOT_PREC)
+    return dq
+
+
+@triton.jit
+def _bwd_dq_kernel(
+    q_ptr, k_ptr, v_ptr, do_ptr, lse_ptr, delta_ptr, dq_ptr, mask_ptr, ranges_ptr,
+    stride_qb, stride_qh, stride_qm, stride_qd,
+    stride_kb, stride_kh, stride_kn, stride_kd,
+    stride_vb, stride_vh, stride_vn, stride_vd,
+    stride_dob, stride_doh, stride_dom, stride_dod,
+    stride_dqb, stride_dqh, stride_dqm, stride_dqd,
+    stride_mb, stride_mh, stride_mm, stride_mk,
+    H, GROUP, Q_LEN, K_LEN, sm_scale, qk_scale, threshold,
+    MASK_KIND: tl.constexpr, CAUSAL: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_D: tl.constexpr, BLOCK_D: tl.constexpr,
+    UPCAST: tl.constexpr, DOT_PREC: tl.constexpr,
+):
+    """One query block of one head; visits the same key blocks as the forward."""
+    pid_m = tl.program_id(0)
+    bh = tl.program_id(1).to(tl.int64)
+    b = bh // H
+    h = bh % H
+    hk = h // GROUP
+    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, BLOCK_D)
+    row_ok = rows < Q_LEN
+    d_ok = offs_d < HEAD_D
+
+    start, end, has_holes = _key_range(ranges_ptr, b, K_LEN, MASK_KIND)
+    s_lo, s_hi, full_lo, full_hi = _block_key_bounds(start, end, has_holes, pid_m * BLOCK_M, 0, 1,
+                                                      Q_LEN, K_LEN, MASK_KIND, CAUSAL, BLOCK_M, BLOCK_N)
+    q = _load_2d(q_ptr + b * stride_qb + h * stride_qh + rows[:, None] * stride_qm + offs_d[None, :] * stride_qd,
+                 row_ok, d_ok, True, BLOCK_D != HEAD_D)
+    do = _load_2d(do_ptr + b * stride_dob + h * stride_doh + rows[:, None] * stride_dom
+                  + offs_d[None, :] * stride_dod, row_ok, d_ok, True, BLOCK_D != HEAD_D)
+    if UPCAST:
+        q = q.to(tl.float32)
+        do = do.to(tl.float32)
+    lse = tl.load(lse_ptr + bh * Q_LEN + rows, mask=row_ok, other=float("inf"))
+    lse = tl.where(lse == float("-inf"), float("inf"), lse)
+    delta = tl.load(delta_ptr + bh * Q_LEN + rows, mask=row_ok, other=0.0)
+    k_base = k_ptr + b * stride_kb + hk * stride_kh
+    v_base = v_ptr + b * stride_vb + hk * stride_vh
+    mask_base = mask_ptr + b * stride_mb + h * stride_mh
+
+    dq = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
+    dq = _dq_blocks(dq, q, do, lse, delta, k_base, v_base, mask_base, rows, offs_n, offs_d,
+                    stride_kn, stride_kd, stride_vn, stride_vd, stride_mm, stride_mk,
+                    s_lo, tl.minimum(full_lo, s_hi), start, end, has_holes, Q_LEN, K_LEN, qk_scale, threshold,
+                    True, MASK_KIND, CAUSAL, BLOCK_N, HEAD_D, BLOCK_D, UPCAST, DOT_PREC)
+    dq = _dq_blocks(dq, q, do, lse, delta, k_base, v_base, mask_base, rows, offs_n, offs_d,
+                    stride_kn, stride_kd, stride_vn, stride_vd, stride_mm, stride_mk,
+                    full_lo, full_hi, start, end, has_holes, Q_LEN, K_LEN, qk_scale, threshold,
+                    False, MASK_KIND, CAUSAL, BLOCK_N, HEAD_D, BLOCK_D, UPCAST, DOT_PREC)
+    dq = _dq_blocks(dq, q, do, lse, delta, k_base, v_base, mask_base, rows, offs_n, offs_d,
+                    stride_kn, stride_kd, stride_vn, stride_vd, stride_mm, stride_mk,
+                    tl.maximum(full_lo, full_hi), s_hi, start, end, has_holes, Q_LEN, K_LEN, qk_scale, threshold,
+                    True, MASK_KIND, CAUSAL, BLOCK_N, HEAD_D, BLOCK_D, UPCAST, DOT_PREC)
+    dq = dq * sm_scale
+    tl.store(dq_ptr + b * stride_dqb + h * stride_dqh + rows[:, None] * stride_dqm + offs_d[None, :] * stride_dqd,
+             dq.to(dq_ptr.dtype.element_ty), mask=row_ok[:, None] & d_ok[None, :])
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Launchers
+# ---------------------------------------------------------------------------------------------------------------
+
+_SM_COUNT = {}
+# id(mask) -> (weakref to mask, version, ranges). Keyed by identity: tensors compare elementwise, so a
+# WeakKeyDictionary would not do.
+_RANGE_CACHE: dict = {}
+
+
+def _forget_ranges(ref, key):
+    entry = _RANGE_CACHE.get(key)
+    if entry is not None and entry[0] is ref:
+        del _RANGE_CACHE[key]
+
+
+def _sm_count(device: torch.device) -> int:
+    if device.type != "cuda":
+        return 4
+    idx = device.index if device.index is not None else torch.cuda.current_device()
+    if idx not in _SM_COUNT:
+        _SM_COUNT[idx] = torch.cuda.get_device_properties(idx).multi_processor_count
+    return _SM_COUNT[idx]
+
+
+def _block_d(D: int) -> int:
+    return max(16, triton.next_power_of_2(D))
+
+
+def _fwd_config(D: int, Q: int, dtype: torch.dtype, decode: bool):
+    """(BLOCK_M, BLOCK_N, num_warps, num_stages) of the forward kernel."""
+    if _INTERPRET:
+        return 16, 16, 4, 1
+    bd = _block_d(D)
+    if decode:
+        return 16, 64 if bd <= 128 else 32, 4, 3
+    if dtype == torch.float32:
+        return (64, 32, 4, 2) if bd <= 64 else (32, 32, 4, 2)
+    if bd <= 64:
+        return 128, 64, 4, 3
+    if bd <= 128:
+        return 128, 64, 8, 3
+    return 64, 32, 4, 2
+
+
+def _bwd_config(D: int, dtype: torch.dtype):
+    """(inner BLOCK, resident BLOCK, num_warps, num_stages) of both backward kernels."""
+    if _INTERPRET:
+        return 16, 16, 4, 1
+    bd = _block_d(D)
+    if dtype == torch.float32 or bd > 128:
+        return 16, 32, 4, 2
+    if bd <= 64:
+        return 32, 128, 4, 3
+    return 32, 64, 8, 2
+
+
+def _pad_ranges(mask: torch.Tensor, user_mask: torch.Tensor) -> torch.Tensor:
+    """int32 ``[B, 4]`` (start, end, has_holes, unused) of a 2D padding mask; cached per mask tensor while the
+    tensor is unmodified (HF passes one mask object to every layer)."""
+    try:
+        version = user_mask._version
+    except RuntimeError:  # inference tensors carry no version counter: never cache them
+        version = None
+    key = id(user_mask)
+    if version is not None:
+        hit = _RANGE_CACHE.get(key)
+        if hit is not None and hit[0]() is user_mask and hit[1] == version:
+            return hit[2]
+    B, K = mask.shape
+    ranges = torch.empty((B, 4), dtype=torch.int32, device=mask.device)
+    _pad_ranges_kernel[(B,)](mask, ranges, mask.stride(0), mask.stride(1), K,
+                             BLOCK=min(1024, triton.next_power_of_2(max(K, 16))))
+    if version is not None:
+        _RANGE_CACHE[key] = (weakref.ref(user_mask, lambda ref, key=key: _forget_ranges(ref, key)), version, ranges)
+    return ranges
+
+
+def _mask_args(kind, mask_t, dummy):
+    """(pointer tensor, 4 strides [b, h, q, k]) for the kernels' mask arguments."""
+    if kind == _K_BOOL or kind == _K_ADD:
+        return mask_t, tuple(mask_t.stride())
+    if kind == _K_RANGE:
+        return mask_t, (mask_t.stride(0), 0, 0, mask_t.stride(1))
+    return dummy, (0, 0, 0, 0)
+
+
+def _num_splits(B, H, Q, K, block_m, block_n, device) -> int:
+    programs = B * H * triton.cdiv(Q, block_m)
+    target = 8 * _sm_count(device)
+    if programs >= target:
+        return 1
+    # at least two key blocks per split, so the combine stays cheap next to the work
+    return max(1, min(triton.cdiv(target, programs), triton.cdiv(K, 2 * block_n), 64))
+
+
+def _forward(q, k, v, kind, mask_t, ranges, threshold, causal, scale, num_splits=None, decode=None):
+    B, H, Q, D = q.shape
+    Hkv, K = k.shape[1], k.shape[2]
+    if decode is None:
+        decode = Q <= 16
+    block_m, block_n, warps, stages = _fwd_config(D, Q, q.dtype, decode)
+    if num_splits is None:
+        num_splits = _num_splits(B, H, Q, K, block_m, block_n, q.device) if decode else 1
+    out = torch.empty((B, Q, H, D), dtype=q.dtype, device=q.device).transpose(1, 2)
+    lse = torch.empty((B, H, Q), dtype=torch.float32, device=q.device)
+    mask_arg, mstr = _mask_args(kind, mask_t, q)
+    ranges_arg = ranges if ranges is not None else lse
+    upcast = _INTERPRET and q.dtype == torch.bfloat16
+    prec = "ieee" if (q.dtype == torch.float32 or upcast) else "tf32"
+    if num_splits == 1:
+        o_arg, l_arg, ostr, lstr = out, lse, (0,) + tuple(out.stride()), 0
+    else:
+        o_arg = torch.empty((num_splits, B, H, Q, D), dtype=torch.float32, device=q.device)
+        l_arg = torch.empty((num_splits, B, H, Q), dtype=torch.float32, device=q.device)
+        ostr, lstr = tuple(o_arg.stride()), l_arg.stride(0)
+    grid = (triton.cdiv(Q, block_m), B * H, num_splits)
+    _attn_fwd_kernel[grid](
+        q, k, v, o_arg, l_arg, mask_arg, ranges_arg,
+        *q.stride(), *k.stride(), *v.stride(), *ostr, lstr, *mstr,
+        H, H // Hkv, Q, K, num_splits, scale * _LOG2E, threshold,
+        MASK_KIND=kind, CAUSAL=causal, BLOCK_M=block_m, BLOCK_N=block_n, HEAD_D=D, BLOCK_D=_block_d(D),
+        UPCAST=upcast, DOT_PREC=prec, num_warps=warps, num_stages=stages,
+    )
+    if num_splits > 1:
+        _split_combine_kernel[(B * H, Q)](
+            o_arg, l_arg, out, lse, o_arg.stride(0), l_arg.stride(0), *out.stride(), H, Q, num_splits,
+            HEAD_D=D, BLOCK_D=_block_d(D), BLOCK_S=max(2, triton.next_power_of_2(num_splits)), num_warps=1,
+        )
+    return out, lse
+
+
+def _backward(do, q, k, v, out, lse, kind, mask_t, ranges, threshold, causal, scale):
+    B, H, Q, D = q.shape
+    Hkv, K = k.shape[1], k.shape[2]
+    bd = _block_d(D)
+    inner, resident, warps, stages = _bwd_config(D, q.dtype)
+    delta = torch.empty_like(lse)
+    _bwd_delta_kernel[(triton.cdiv(Q, 64), B * H)](
+        out, do, delta, *out.stride(), *do.stride(), H, Q, BLOCK_M=64, HEAD_D=D, BLOCK_D=bd,
+    )
+    dq = torch.empty_like(q)
+    dk = torch.empty_like(k)
+    dv = torch.empty_like(v)
+    mask_arg, mstr = _mask_args(kind, mask_t, q)
+    ranges_arg = ranges if ranges is not None else lse
+    upcast = _INTERPRET and q.dtype == torch.bfloat16
+    prec = "ieee" if (q.dtype == torch.float32 or upcast) else "tf32"
+    common = dict(MASK_KIND=kind, CAUSAL=causal, HEAD_D=D, BLOCK_D=bd, UPCAST=upcast, DOT_PREC=prec,
+                  num_warps=warps, num_stages=stages)
+    _bwd_dkdv_kernel[(triton.cdiv(K, resident), B * Hkv)](
+        q, k, v, do, lse, delta, dk, dv, mask_arg, ranges_arg,
+        *q.stride(), *k.stride(), *v.stride(), *do.stride(), *dk.stride(), *dv.stride(), *mstr,
+        H, Hkv, H // Hkv, Q, K, scale, scale * _LOG2E, threshold,
+        BLOCK_M=inner, BLOCK_N=resident, **common,
+    )
+    _bwd_dq_kernel[(triton.cdiv(Q, resident), B * H)](
+        q, k, v, do, lse, delta, dq, mask_arg, ranges_arg,
+        *q.stride(), *k.stride(), *v.stride(), *do.stride(), *dq.stride(), *mstr,
+        H, H // Hkv, Q, K, scale, scale * _LOG2E, threshold,
+        BLOCK_M=resident, BLOCK_N=inner, **common,
+    )
+    return dq, dk, dv
+
+
+class _FusedAttention(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, q, k, v, kind, mask_t, ranges, threshold, causal, scale, num_splits, decode):
+        out, lse = _forward(q, k, v, kind, mask_t, ranges, threshold, causal, scale, num_splits, decode)
+        ctx.save_for_backward(q, k, v, out, lse, mask_t, ranges)
+        ctx.args = (kind, threshold, causal, scale)
+        return out
+
+    @staticmethod
+    def backward(ctx, do):
+        q, k, v, out, lse, mask_t, ranges = ctx.saved_tensors
+        kind, threshold, causal, scale = ctx.args
+        dq, dk, dv = _backward(do, q, k, v, out, lse, kind, mask_t, ranges, threshold, causal, scale)
+        return dq, dk, dv, None, None, None, None, None, None, None, None
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Public function
+# ---------------------------------------------------------------------------------------------------------------
+
+def _validate(q, k, v, scale):
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+        if t.dim() != 4:
+            layout = "[batch, heads, q_len, head_dim]" if name == "q" else "[batch, kv_heads, k_len, head_dim]"
+            raise ValueError(f"{name} must be 4D {layout}, got {t.dim()}D shape {list(t.shape)}")
+        if t.dtype not in _DTYPES:
+            raise TypeError(f"{name} must be float16, bfloat16 or float32, got {t.dtype}")
+    if k.dtype != q.dtype or v.dtype != q.dtype:
+        raise TypeError(f"q, k and v must share one dtype, got q {q.dtype}, k {k.dtype}, v {v.dtype}")
+    if k.device != q.device or v.device != q.device:
+        raise ValueError(f"q, k and v must be on one device, got q {q.device}, k {k.device}, v {v.device}")
+    if k.shape != v.shape:
+        raise ValueError(f"k and v must have the same shape, got k {list(k.shape)} and v {list(v.shape)}")
+    B, H, Q, D = q.shape
+    if k.shape[0] != B:
+        raise ValueError(f"q and k must have the same batch size, got q {B} and k {k.shape[0]}")
+    if k.shape[3] != D:
+        raise ValueError(f"q and k must have the same head_dim, got q {D} and k {k.shape[3]}")
+    if k.shape[1] == 0 or H % k.shape[1]:
+        raise ValueError(f"query heads ({H}) must be a multiple of key/value heads ({k.shape[1]})")
+    if D > 256:
+        raise ValueError(f"head_dim must be at most 256, got {D}")
+    if scale is not None and (isinstance(scale, bool) or not isinstance(scale, (int, float))):
+        raise TypeError(f"scale must be a float or None, got {type(scale).__name__}")
+
+
+def _attention(q, k, v, attention_mask, causal, scale, num_splits=None, decode=None):
+    _validate(q, k, v, scale)
+    B, H, Q, D = q.shape
+    K = k.shape[2]
+    spec = prepare_mask(attention_mask, (B, H, Q, K), q.device)
+    scale = float(D ** -0.5 if scale is None else scale)
+    use_kernels = q.device.type == "cuda" or (_INTERPRET and q.device.type == "cpu")
+    if not use_kernels or q.numel() == 0 or K == 0:
+        return attention_reference(q, k, v, attention_mask, causal=causal, scale=scale)
+    kind, mask_t, ranges, threshold = _K_NONE, None, None, 0.0
+    if spec.kind == PAD2D:
+        kind, mask_t = _K_RANGE, spec.tensor
+        ranges = _pad_ranges(spec.tensor, attention_mask)
+    elif spec.kind == BOOL4D:
+        kind, mask_t = _K_BOOL, spec.tensor
+    elif spec.kind == ADD4D:
+        # masks wider than fp32 are compared after rounding to fp32, where their masked values become -inf
+        kind, mask_t, threshold = _K_ADD, spec.tensor, max(spec.threshold, float(torch.finfo(torch.float32).min))
+    else:
+        assert spec.kind == NONE
+    if torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad):
+        return _FusedAttention.apply(q, k, v, kind, mask_t, ranges, threshold, bool(causal), scale, num_splits,
+                                     decode)
+    return _forward(q, k, v, kind, mask_t, ranges, threshold, bool(causal), scale, num_splits, decode)[0]
+
+
+def attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    attention_mask: Optional[torch.Tensor] = None,
+    *,
+    causal: bool = False,
+    scale: Optional[float] = None,
+) -> torch.Tensor:
+    """Masked softmax attention ``softmax(scale * q kᵀ + mask) v`` without materialising the scores.
+
+    Args:
+        q: ``[B, H, Q, D]`` queries; fp16, bf16 or fp32; any strides.
+        k, v: ``[B, Hkv, K, D]`` keys and values, same dtype and device; ``H % Hkv == 0`` (GQA / MQA).
+        attention_mask: None; 2D ``[B, K]`` padding mask (bool / integer, nonzero = attend); or 4D broadcastable to
+            ``[B, H, Q, K]``: bool (True = attend) or floating additive (``-inf`` / ``<= finfo.min / 2`` = masked).
+        causal: bottom-right causal masking: query ``i`` sees key ``j`` iff ``j <= i + K - Q``.
+        scale: multiplies ``q kᵀ`` (default ``D ** -0.5``).
+
+    Returns:
+        ``[B, H, Q, D]`` in q's dtype, laid out in memory as ``[B, Q, H, D]`` (``out.transpose(1, 2)`` is
+        contiguous). Rows with nothing to attend to are zeros. Differentiable w.r.t. q, k and v.
+
+    Raises:
+        ValueError: wrong rank or shapes, head_dim > 256, tensors on different devices.
+        TypeError: unsupported or mismatched dtypes, a non-tensor argument.
+    """
+    return _attention(q, k, v, attention_mask, causal, scale)
+
+
+def attention_bqhd(q, k, v, attention_mask=None, *, causal=False, scale=None) -> torch.Tensor:
+    """:func:`attention`, returned as the contiguous ``[B, Q, H, D]`` tensor Hugging Face attention modules want."""
+    return _attention(q, k, v, attention_mask, causal, scale).transpose(1, 2).contiguous()
