@@ -72,6 +72,8 @@ _compiled_recipe = None
 def providers(scores, mask2d, additive, causal, scale):
     global _compiled_recipe
     if _compiled_recipe is None:
+        # The backward-only timing replays one graph (retain_graph=True), which donated buffers forbid.
+        torch._functorch.config.donated_buffer = False
         _compiled_recipe = torch.compile(hf_eager_recipe, dynamic=False)
     return {
         "ours": lambda s: masked_softmax(s, mask2d, causal=causal, scale=scale),

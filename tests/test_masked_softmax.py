@@ -221,7 +221,7 @@ def test_scale_zero_is_uniform_over_kept(device):
     scores = torch.randn(1, 1, 2, 10, device=device)
     mask = padding_mask([4], 10, device=device)
     out = masked_softmax(scores, mask, scale=0.0)
-    assert_close(out[..., :4], torch.full((1, 1, 2, 4), 0.25, dtype=torch.float64))
+    assert_close(out[..., :4], torch.full((1, 1, 2, 4), 0.25, dtype=torch.float64, device=device))
     assert torch.all(out[..., 4:] == 0)
 
 
