@@ -1,0 +1,70 @@
+"""Shared pieces of the patcher tests (tests/test_patch_*.py): tiny models, padded batches, eager-vs-patched runs."""
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import torch  # noqa: E402
+from transformers import BertConfig, GPT2Config  # noqa: E402
+
+from hf_masked_softmax import patched  # noqa: E402
+from tolerances import assert_close  # noqa: E402
+
+VOCAB = 64
+
+
+def gpt2_config(**overrides):
+    kw = dict(
+        n_layer=2, n_head=4, n_embd=32, vocab_size=VOCAB, n_positions=64, bos_token_id=1, eos_token_id=2,
+        pad_token_id=0, attn_pdrop=0.0, resid_pdrop=0.0, embd_pdrop=0.0, attn_implementation="eager",
+    )
+    kw.update(overrides)
+    return GPT2Config(**kw)
+
+
+def bert_config(**overrides):
+    kw = dict(
+        num_hidden_layers=2, num_attention_heads=4, hidden_size=32, intermediate_size=64, vocab_size=VOCAB,
+        max_position_embeddings=64, bos_token_id=1, eos_token_id=2, pad_token_id=0,
+        hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, attn_implementation="eager",
+    )
+    kw.update(overrides)
+    return BertConfig(**kw)
+
+
+def padded_batch(device, lengths=(12, 7, 3), total=12, side="right", seed=0):
+    """``input_ids [B, total]`` (pad id 0) and the 0/1 ``attention_mask`` for sequences of ``lengths``."""
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(3, VOCAB, (len(lengths), total), generator=g)
+    mask = torch.zeros(len(lengths), total, dtype=torch.long)
+    for b, n in enumerate(lengths):
+        if side == "right":
+            mask[b, :n] = 1
+        else:
+            mask[b, total - n:] = 1
+    ids = ids.masked_fill(mask == 0, 0)
+    return ids.to(device), mask.to(device)
+
+
+def eager_and_patched(model, run, mode="auto"):
+    """``run(model)`` unpatched (the model is eager) and under ``patched(model, mode=mode)``."""
+    assert model.config._attn_implementation == "eager"
+    ref = run(model)
+    with patched(model, mode=mode):
+        out = run(model)
+    return ref, out
+
+
+def assert_valid_close(out, ref, valid, *, scale=1.0):
+    """Patched ``out`` vs eager ``ref`` (same dtype) where ``valid [B, T]`` marks real (non-padding) positions."""
+    assert out.shape == ref.shape
+    assert_close(out[valid], ref[valid], dtype=out.dtype, scale=scale)
+
+
+def assert_probs_close(out, ref, query_valid):
+    """Attention probabilities ``[B, H, Q, K]`` compared on the rows of real queries (``query_valid [B, Q]``).
+
+    Rows of padding queries differ by design: eager spreads them uniformly over masked keys, the kernels write zeros.
+    """
+    assert out.shape == ref.shape
+    rows = query_valid[:, None, :].expand(-1, out.shape[1], -1)
+    assert_close(out[rows], ref[rows], dtype=out.dtype)

@@ -1,0 +1,238 @@
+"""GPT-2 patched vs eager on tiny random models: logits, generation, probabilities, dropout, gradients, masks.
+
+On CPU the kernels run in Triton's interpreter (tests/conftest.py), so every model here is tiny.
+"""
+import pytest
+import torch
+from transformers import GPT2LMHeadModel, GPT2Model
+
+from hf_masked_softmax import hf, patch_model, patched, unpatch_model
+from patch_helpers import (
+    assert_probs_close, assert_valid_close, eager_and_patched, gpt2_config, padded_batch,
+)
+from tolerances import assert_close
+
+MODES = ["softmax", "fused"]
+
+
+def lm(device, seed=0, **overrides):
+    torch.manual_seed(seed)
+    return GPT2LMHeadModel(gpt2_config(**overrides)).to(device).eval()
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("side", ["left", "right"])
+def test_logits_padded(device, mode, side):
+    model = lm(device)
+    ids, mask = padded_batch(device, side=side)
+    ref, out = eager_and_patched(model, lambda m: m(ids, attention_mask=mask).logits, mode)
+    assert_valid_close(out, ref, mask.bool())
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_logits_unpadded_and_without_mask(device, mode):
+    model = lm(device)
+    ids, mask = padded_batch(device, lengths=(10, 10), total=10)
+    ref, out = eager_and_patched(model, lambda m: (m(ids, attention_mask=mask).logits, m(ids).logits), mode)
+    for o, r in zip(out, ref):
+        assert_valid_close(o, r, mask.bool())
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_generate_dynamic_cache_left_padded(device, mode):
+    model = lm(device, seed=1)
+    ids, mask = padded_batch(device, lengths=(9, 5, 2), total=9, side="left", seed=1)
+
+    def gen(m):
+        return m.generate(ids, attention_mask=mask, max_new_tokens=6, do_sample=False, min_new_tokens=6)
+
+    ref, out = eager_and_patched(model, gen, mode)
+    assert ref.shape == (3, 15)
+    assert torch.equal(out, ref)
+
+
+def test_generate_static_cache_left_padded(device, monkeypatch):
+    # A static cache is longer than what it holds: the mask function hands over HF's 4D mask instead of the 2D one.
+    mask_dims = []
+    real = hf.attention
+    monkeypatch.setattr(hf, "attention", lambda q, k, v, m=None, **kw: mask_dims.append(m.dim()) or real(q, k, v, m, **kw))
+    model = lm(device, seed=2)
+    ids, mask = padded_batch(device, lengths=(8, 4), total=8, side="left", seed=2)
+
+    def gen(m):
+        return m.generate(
+            ids, attention_mask=mask, max_new_tokens=4, do_sample=False, min_new_tokens=4,
+            cache_implementation="static",
+        )
+
+    ref, out = eager_and_patched(model, gen, "auto")
+    assert ref.shape == (2, 12)
+    assert torch.equal(out, ref)
+    # 2 layers x (prefill + 3 one-token steps); the last step fills the cache, so the 2D mask is exact again
+    assert mask_dims == [4] * 6 + [2] * 2
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_scale_by_inverse_layer_idx_and_reorder_and_upcast(device, mode):
+    model = lm(device, scale_attn_by_inverse_layer_idx=True, reorder_and_upcast_attn=True)
+    ids, mask = padded_batch(device, side="left")
+    ref, out = eager_and_patched(model, lambda m: m(ids, attention_mask=mask).logits, mode)
+    assert_valid_close(out, ref, mask.bool())
+
+
+def test_reorder_and_upcast_scores_are_fp32(device, monkeypatch):
+    # The interface bypasses GPT-2's private upcast method; the backend must still compute fp32 scores for it.
+    model = lm(device, reorder_and_upcast_attn=True)
+    seen = []
+    real = hf.masked_softmax
+
+    def spy(scores, *args, **kwargs):
+        seen.append(scores.dtype)
+        return real(scores, *args, **kwargs)
+
+    monkeypatch.setattr(hf, "masked_softmax", spy)
+    ids, mask = padded_batch(device)
+    with patched(model, mode="softmax"), torch.autocast(device, dtype=torch.bfloat16):
+        model(ids, attention_mask=mask)
+    assert seen == [torch.float32] * 2
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_cross_attention(device, mode):
+    torch.manual_seed(3)
+    model = GPT2Model(gpt2_config(add_cross_attention=True)).to(device).eval()
+    ids, mask = padded_batch(device, side="left")
+    enc = torch.randn(3, 5, 32, device=device)
+    enc_mask = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0], [1, 0, 0, 0, 0]], device=device)
+
+    def run(m):
+        return m(ids, attention_mask=mask, encoder_hidden_states=enc, encoder_attention_mask=enc_mask).last_hidden_state
+
+    ref, out = eager_and_patched(model, run, mode)
+    assert_valid_close(out, ref, mask.bool())
+
+
+def test_output_attentions(device):
+    torch.manual_seed(3)
+    model = GPT2Model(gpt2_config(add_cross_attention=True)).to(device).eval()
+    ids, mask = padded_batch(device, side="left")
+    enc = torch.randn(3, 5, 32, device=device)
+    enc_mask = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0], [1, 0, 0, 0, 0]], device=device)
+
+    def run(m):
+        return m(ids, attention_mask=mask, encoder_hidden_states=enc, encoder_attention_mask=enc_mask,
+                 output_attentions=True)
+
+    ref, out = eager_and_patched(model, run, "auto")  # auto must switch to softmax mode to return probabilities
+    assert len(out.attentions) == len(ref.attentions) == 2
+    assert len(out.cross_attentions) == len(ref.cross_attentions) == 2
+    for o, r in zip(out.attentions + out.cross_attentions, ref.attentions + ref.cross_attentions):
+        assert_probs_close(o, r, mask.bool())
+    assert_valid_close(out.last_hidden_state, ref.last_hidden_state, mask.bool())
+
+
+def test_fused_mode_refuses_probabilities_and_dropout(device):
+    model = lm(device, attn_pdrop=0.1)
+    ids, mask = padded_batch(device)
+    with patched(model, mode="fused"):
+        with pytest.raises(ValueError, match="output_attentions"):
+            model(ids, attention_mask=mask, output_attentions=True)
+        model.train()
+        with pytest.raises(ValueError, match="dropout"):
+            model(ids, attention_mask=mask)
+
+
+def test_attention_dropout_in_training_matches_eager(device):
+    # Same seed, same random stream: HF eager and softmax mode draw the dropout mask on the same [B, H, Q, K] tensor.
+    model = lm(device, attn_pdrop=0.3, resid_pdrop=0.1, embd_pdrop=0.1).train()
+    ids, mask = padded_batch(device, side="left")
+
+    def run(m):
+        torch.manual_seed(123)
+        a = m(ids, attention_mask=mask).logits
+        b = m(ids, attention_mask=mask).logits
+        return a, b
+
+    ref, out = eager_and_patched(model, run, "auto")
+    assert_valid_close(out[0], ref[0], mask.bool())
+    assert_valid_close(out[1], ref[1], mask.bool())
+    assert not torch.allclose(ref[0][mask.bool()], ref[1][mask.bool()])  # dropout was really active
+
+
+@pytest.mark.parametrize("mode", ["auto", "softmax"])
+def test_gradients_match_eager(device, mode):
+    model = lm(device, seed=4).train()
+    ids, mask = padded_batch(device, side="left", seed=4)
+    weights = torch.randn(*ids.shape, 64, generator=torch.Generator().manual_seed(5)).to(device)
+
+    def grads(m):
+        m.zero_grad()
+        logits = m(ids, attention_mask=mask).logits
+        ((logits * weights)[mask.bool()]).sum().backward()
+        return {n: p.grad.clone() for n, p in m.named_parameters() if p.grad is not None}
+
+    ref, out = eager_and_patched(model, grads, mode)
+    assert ref.keys() == out.keys() and len(ref) > 10
+    for name in ref:
+        assert_close(out[name], ref[name], scale=10)
+
+
+def test_finetuning_step_reduces_loss(device):
+    model = lm(device, seed=6).train()
+    ids, mask = padded_batch(device, side="right", seed=6)
+    labels = ids.masked_fill(mask == 0, -100)
+    opt = torch.optim.SGD(model.parameters(), lr=0.5)
+    with patched(model):
+        losses = []
+        for _ in range(3):
+            opt.zero_grad()
+            loss = model(ids, attention_mask=mask, labels=labels).loss
+            loss.backward()
+            opt.step()
+            losses.append(loss.item())
+    assert losses[-1] < losses[0]
+
+
+@pytest.mark.parametrize("kind", ["bool", "additive"])
+def test_user_4d_mask(device, kind):
+    model = lm(device)
+    ids, mask = padded_batch(device, side="right")
+    T = ids.shape[1]
+    keep = torch.tril(torch.ones(T, T, dtype=torch.bool, device=device))[None, None] & mask.bool()[:, None, None, :]
+    additive = torch.zeros(keep.shape, device=device).masked_fill(~keep, torch.finfo(torch.float32).min)
+    ref = model(ids, attention_mask=additive).logits  # eager takes only additive 4D masks
+    with patched(model, mode="softmax"):
+        out = model(ids, attention_mask=keep if kind == "bool" else additive).logits
+    assert_valid_close(out, ref, mask.bool())
+
+
+def test_kernels_receive_compact_2d_mask(device, monkeypatch):
+    calls = []
+    real = hf.masked_softmax
+
+    def spy(scores, attention_mask=None, **kwargs):
+        calls.append((None if attention_mask is None else (attention_mask.dtype, tuple(attention_mask.shape)), kwargs))
+        return real(scores, attention_mask, **kwargs)
+
+    monkeypatch.setattr(hf, "masked_softmax", spy)
+    model = lm(device)
+    ids, mask = padded_batch(device, lengths=(12, 7, 3), total=12)
+    patch_model(model, mode="softmax")
+    model(ids, attention_mask=mask)
+    model(ids, attention_mask=torch.ones_like(mask))
+    unpatch_model(model)
+    assert [c[0] for c in calls] == [(torch.bool, (3, 12))] * 2 + [None] * 2
+    assert all(c[1]["causal"] is True and c[1]["scale"] == pytest.approx(8 ** -0.5) for c in calls)
+
+
+def test_auto_picks_fused_unless_probabilities_requested(device, monkeypatch):
+    used = []
+    real_softmax, real_attention = hf.masked_softmax, hf.attention
+    monkeypatch.setattr(hf, "masked_softmax", lambda *a, **k: used.append("softmax") or real_softmax(*a, **k))
+    monkeypatch.setattr(hf, "attention", lambda *a, **k: used.append("fused") or real_attention(*a, **k))
+    model = lm(device)
+    ids, mask = padded_batch(device)
+    with patched(model):
+        model(ids, attention_mask=mask)
+        model(ids, attention_mask=mask, output_attentions=True)
+    assert used == ["fused"] * 2 + ["softmax"] * 2
