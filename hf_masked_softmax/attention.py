@@ -606,7 +606,7 @@ def _mask_args(kind, mask_t, dummy):
 def _num_splits(B, H, Q, K, block_m, block_n, device) -> int:
     programs = B * H * triton.cdiv(Q, block_m)
     target = 8 * _sm_count(device)
-    if programs >= target:
+    if programs == 0 or programs >= target:
         return 1
     # at least two key blocks per split, so the combine stays cheap next to the work
     return max(1, min(triton.cdiv(target, programs), triton.cdiv(K, 2 * block_n), 64))
@@ -622,6 +622,8 @@ def _forward(q, k, v, kind, mask_t, ranges, threshold, causal, scale, num_splits
         num_splits = _num_splits(B, H, Q, K, block_m, block_n, q.device) if decode else 1
     out = torch.empty((B, Q, H, D), dtype=q.dtype, device=q.device).transpose(1, 2)
     lse = torch.empty((B, H, Q), dtype=torch.float32, device=q.device)
+    if out.numel() == 0:
+        return out, lse
     mask_arg, mstr = _mask_args(kind, mask_t, q)
     ranges_arg = ranges if ranges is not None else lse
     upcast = _INTERPRET and q.dtype == torch.bfloat16
@@ -653,6 +655,8 @@ def _backward(do, q, k, v, out, lse, kind, mask_t, ranges, threshold, causal, sc
     Hkv, K = k.shape[1], k.shape[2]
     bd = _block_d(D)
     inner, resident, warps, stages = _bwd_config(D, q.dtype)
+    if q.numel() == 0 or K == 0:  # nothing was attended to: every gradient is zero
+        return torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v)
     delta = torch.empty_like(lse)
     _bwd_delta_kernel[(triton.cdiv(Q, 64), B * H)](
         out, do, delta, *out.stride(), *do.stride(), H, Q, BLOCK_M=64, HEAD_D=D, BLOCK_D=bd,
@@ -736,7 +740,7 @@ def _attention(q, k, v, attention_mask, causal, scale, num_splits=None, decode=N
     spec = prepare_mask(attention_mask, (B, H, Q, K), q.device)
     scale = float(D ** -0.5 if scale is None else scale)
     use_kernels = q.device.type == "cuda" or (_INTERPRET and q.device.type == "cpu")
-    if not use_kernels or q.numel() == 0 or K == 0:
+    if not use_kernels:
         return attention_reference(q, k, v, attention_mask, causal=causal, scale=scale)
     kind, mask_t, ranges, threshold = _K_NONE, None, None, 0.0
     if spec.kind == PAD2D:

@@ -1,0 +1,353 @@
+"""Fused attention against the fp64 reference: every mask form, causal, GQA, odd lengths, dtypes, head dims, the
+decode (split-K) path, backward, layouts and errors. On CPU the real Triton kernels run in the interpreter, so the
+shapes stay tiny (blocks are 16 wide there, so lengths of 20..50 already cross several blocks)."""
+import pytest
+import torch
+
+import hf_masked_softmax
+from hf_masked_softmax import attention as attention_fn
+from hf_masked_softmax.reference import attention_reference
+from tolerances import assert_close
+
+import importlib
+
+attn_mod = importlib.import_module("hf_masked_softmax.attention")
+
+
+def _qkv(B, H, Hkv, Q, K, D, dtype, device, grad=False, seed=0, bthd=False):
+    g = torch.Generator(device="cpu").manual_seed(seed)
+    if bthd:  # HF layout: [B, T, H, D] storage seen as [B, H, T, D] views
+        q = torch.randn(B, Q, H, D, generator=g).to(device, dtype).transpose(1, 2)
+        k = torch.randn(B, K, Hkv, D, generator=g).to(device, dtype).transpose(1, 2)
+        v = torch.randn(B, K, Hkv, D, generator=g).to(device, dtype).transpose(1, 2)
+    else:
+        q = torch.randn(B, H, Q, D, generator=g).to(device, dtype)
+        k = torch.randn(B, Hkv, K, D, generator=g).to(device, dtype)
+        v = torch.randn(B, Hkv, K, D, generator=g).to(device, dtype)
+    if grad:
+        for t in (q, k, v):
+            t.requires_grad_(True)
+    return q, k, v
+
+
+def _ref(q, k, v, mask, causal, scale=None, do=None):
+    qd, kd, vd = (t.detach().double().requires_grad_(do is not None) for t in (q, k, v))
+    out = attention_reference(qd, kd, vd, mask, causal=causal, scale=scale, compute_dtype=torch.float64)
+    if do is None:
+        return out, None
+    return out, torch.autograd.grad(out, (qd, kd, vd), do.double())
+
+
+def _pad_mask(lengths, K, side, device, dtype=torch.bool):
+    m = torch.zeros(len(lengths), K, dtype=torch.bool)
+    for b, n in enumerate(lengths):
+        if side == "right":
+            m[b, :n] = True
+        else:
+            m[b, K - n:] = True
+    return m.to(device=device, dtype=dtype)
+
+
+# Output and gradient tolerance widenings (multiples of the table's row): an attention output sums K rounded
+# products, a gradient two chained matmuls of them; fp16/bf16 also round P to the input dtype before P.V.
+OUT_SCALE = {torch.float32: 4.0, torch.float16: 4.0, torch.bfloat16: 4.0}
+GRAD_SCALE = {torch.float32: 8.0, torch.float16: 10.0, torch.bfloat16: 10.0}
+
+
+def _check(q, k, v, mask, causal, *, scale=None, grad=False, **kw):
+    out = attn_mod._attention(q, k, v, mask, causal, scale, **kw)
+    assert out.shape == q.shape and out.dtype == q.dtype
+    assert torch.isfinite(out).all()
+    do = torch.randn(out.shape, generator=torch.Generator().manual_seed(7)).to(out.device, out.dtype) if grad \
+        else None
+    ref, ref_grads = _ref(q, k, v, mask, causal, scale, do)
+    assert_close(out, ref, scale=OUT_SCALE[q.dtype])
+    if grad:
+        grads = torch.autograd.grad(out, (q, k, v), do)
+        for name, g, r in zip("qkv", grads, ref_grads):
+            assert g.shape == r.shape, name
+            assert torch.isfinite(g).all(), name
+            assert_close(g, r, q.dtype, scale=GRAD_SCALE[q.dtype])
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Mask forms x causal, fp32 (forward and backward)
+# ---------------------------------------------------------------------------------------------------------------
+
+def _mask_case(name, B, H, Q, K, device):
+    g = torch.Generator().manual_seed(3)
+    if name == "none":
+        return None
+    if name == "pad-right":
+        return _pad_mask([K, K - 13, 5][:B], K, "right", device)
+    if name == "pad-left":
+        return _pad_mask([K - 17, K, 9][:B], K, "left", device)
+    if name == "pad-int64":
+        return _pad_mask([K - 3, 20, 7][:B], K, "left", device, torch.int64)
+    if name == "pad-holes":
+        m = _pad_mask([K, K - 5, 30][:B], K, "right", device)
+        m[0, 3] = False
+        m[0, 17:21] = False
+        m[1, 0] = False
+        return m
+    if name == "bool4d":
+        return (torch.rand(B, 1, Q, K, generator=g) > 0.3).to(device)
+    if name == "bool4d-full":
+        return (torch.rand(B, H, Q, K, generator=g) > 0.5).to(device)
+    if name == "add4d":  # HF eager style: 0 / finfo.min, broadcast over heads and queries
+        keep = torch.rand(B, 1, 1, K, generator=g) > 0.25
+        return torch.zeros(B, 1, 1, K).masked_fill(~keep, torch.finfo(torch.float32).min).to(device)
+    if name == "add4d-bias":  # finite bias plus -inf entries, broadcast over batch
+        m = torch.randn(1, H, Q, K, generator=g)
+        m[..., ::7] = float("-inf")
+        return m.to(device)
+    raise AssertionError(name)
+
+
+MASKS = ["none", "pad-right", "pad-left", "pad-int64", "pad-holes", "bool4d", "bool4d-full", "add4d", "add4d-bias"]
+
+
+@pytest.mark.parametrize("mask_name", MASKS)
+@pytest.mark.parametrize("causal", [False, True])
+def test_masks_forward_fp32(mask_name, causal, device):
+    B, H, Q, K, D = 3, 2, 21, 45, 16
+    q, k, v = _qkv(B, H, H, Q, K, D, torch.float32, device)
+    _check(q, k, v, _mask_case(mask_name, B, H, Q, K, device), causal)
+
+
+@pytest.mark.parametrize("mask_name", ["none", "pad-left", "pad-holes", "bool4d", "add4d-bias"])
+def test_masks_backward_fp32_gqa(mask_name, device):
+    B, H, Hkv, Q, K, D = 2, 4, 2, 19, 37, 16
+    q, k, v = _qkv(B, H, Hkv, Q, K, D, torch.float32, device, grad=True)
+    _check(q, k, v, _mask_case(mask_name, B, H, Q, K, device), True, grad=True)
+
+
+def test_causal_square_with_left_padding_backward(device):
+    # GPT-2 batched generation prefill: left padding + causal, Q == K, so leading rows see nothing at all
+    B, H, T, D = 2, 2, 40, 16
+    q, k, v = _qkv(B, H, H, T, T, D, torch.float32, device, grad=True, bthd=True)
+    mask = _pad_mask([T - 21, T], T, "left", device)
+    out = _check(q, k, v, mask, True, grad=True)
+    assert torch.equal(out[0, :, :21], torch.zeros_like(out[0, :, :21]))
+
+
+def test_q_longer_than_k_causal_rows_empty(device):
+    # bottom-right causal with Q > K: the first Q - K rows see no key
+    q, k, v = _qkv(1, 2, 1, 30, 12, 16, torch.float32, device, grad=True)
+    out = _check(q, k, v, None, True, grad=True)
+    assert torch.equal(out[:, :, :18], torch.zeros_like(out[:, :, :18]))
+
+
+def test_fully_masked_rows_are_zero_not_nan(device):
+    B, H, Q, K, D = 3, 2, 17, 23, 16
+    q, k, v = _qkv(B, H, H, Q, K, D, torch.float32, device, grad=True)
+    pad = _pad_mask([K, 0, 4], K, "right", device)  # sequence 1 has no key at all
+    out = _check(q, k, v, pad, False, grad=True)
+    assert torch.equal(out[1], torch.zeros_like(out[1]))
+    bool4d = torch.ones(B, H, Q, K, dtype=torch.bool, device=device)
+    bool4d[:, :, 5] = False
+    out = _check(q, k, v, bool4d, True, grad=True)
+    assert torch.equal(out[:, :, 5], torch.zeros_like(out[:, :, 5]))
+    add4d = torch.zeros(B, 1, Q, K, device=device)
+    add4d[:, :, 2] = float("-inf")
+    add4d[:, :, 3] = torch.finfo(torch.float32).min
+    out = _check(q, k, v, add4d, False, grad=True)
+    assert torch.equal(out[:, :, 2:4], torch.zeros_like(out[:, :, 2:4]))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Dtypes, head dims, scale, layouts
+# ---------------------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
+def test_dtypes_forward_backward(dtype, device):
+    B, H, Hkv, Q, K, D = 2, 2, 1, 23, 41, 32
+    q, k, v = _qkv(B, H, Hkv, Q, K, D, dtype, device, grad=True, bthd=True)
+    _check(q, k, v, _pad_mask([K - 9, K], K, "left", device), True, grad=True)
+
+
+@pytest.mark.parametrize("D", [24, 64, 80, 96, 128])
+def test_head_dims(D, device):
+    q, k, v = _qkv(1, 2, 2, 9, 20, D, torch.float16, device)
+    _check(q, k, v, _pad_mask([15], 20, "right", device), True)
+
+
+def test_head_dim_256_backward(device):
+    q, k, v = _qkv(1, 1, 1, 5, 18, 256, torch.float32, device, grad=True)
+    _check(q, k, v, None, False, grad=True)
+
+
+def test_custom_scale(device):
+    q, k, v = _qkv(1, 2, 2, 7, 19, 16, torch.float32, device, grad=True)
+    _check(q, k, v, None, True, scale=0.37, grad=True)
+
+
+def test_output_layout_is_bqhd(device):
+    q, k, v = _qkv(2, 3, 3, 5, 9, 16, torch.float16, device)
+    out = hf_masked_softmax.attention(q, k, v)
+    assert out.transpose(1, 2).is_contiguous()
+    bqhd = attn_mod.attention_bqhd(q, k, v)
+    assert bqhd.shape == (2, 5, 3, 16) and bqhd.is_contiguous()
+    torch.testing.assert_close(bqhd, out.transpose(1, 2), atol=0, rtol=0)
+
+
+def test_broadcast_kv_strides(device):
+    # stride-0 key/value heads (an expanded MQA cache) and a sliced query
+    q, _, _ = _qkv(2, 4, 4, 12, 12, 16, torch.float32, device)
+    kv = torch.randn(2, 1, 30, 16, device=device)
+    k = kv.expand(2, 4, 30, 16)
+    v = (kv * 0.5).expand(2, 4, 30, 16)
+    _check(q[:, :, 2:11], k, v, _pad_mask([28, 30], 30, "left", device), True)
+
+
+def test_padding_range_cache_sees_in_place_edits(device):
+    q, k, v = _qkv(2, 2, 2, 6, 33, 16, torch.float32, device)
+    mask = _pad_mask([33, 20], 33, "right", device)
+    _check(q, k, v, mask, False)
+    mask[1, 20:25] = True  # same tensor object, new contents: the cached key ranges must not be reused
+    _check(q, k, v, mask, False)
+    mask[0, 4] = False  # now with a hole
+    _check(q, k, v, mask, False)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Decode (split-K) path
+# ---------------------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("Q", [1, 5])
+@pytest.mark.parametrize("splits", [1, 3])
+def test_decode_split_k(Q, splits, device):
+    B, H, Hkv, K, D = 3, 4, 2, 70, 16
+    q, k, v = _qkv(B, H, Hkv, Q, K, D, torch.float16, device, grad=True)
+    mask = _pad_mask([K, 33, 0], K, "left", device)
+    out = _check(q, k, v, mask, True, grad=True, decode=True, num_splits=splits)
+    assert torch.equal(out[2], torch.zeros_like(out[2]))
+
+
+def test_decode_split_k_with_4d_mask(device):
+    q, k, v = _qkv(2, 2, 2, 2, 50, 16, torch.float32, device)
+    mask = (torch.rand(2, 1, 2, 50, generator=torch.Generator().manual_seed(1)) > 0.5).to(device)
+    _check(q, k, v, mask, False, decode=True, num_splits=4)
+
+
+def test_prefill_path_for_short_q(device):
+    q, k, v = _qkv(2, 2, 2, 3, 40, 16, torch.float32, device)
+    _check(q, k, v, _pad_mask([40, 11], 40, "right", device), True, decode=False)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Fallbacks and errors
+# ---------------------------------------------------------------------------------------------------------------
+
+def test_cpu_without_interpreter_uses_reference(monkeypatch):
+    q, k, v = _qkv(1, 2, 2, 4, 6, 16, torch.float32, "cpu")
+    monkeypatch.setattr(attn_mod, "_INTERPRET", False)
+    monkeypatch.setattr(attn_mod, "_forward", None)  # would raise if the kernels were launched
+    out = attn_mod.attention(q, k, v, causal=True)
+    torch.testing.assert_close(out, attention_reference(q, k, v, causal=True), atol=0, rtol=0)
+
+
+def test_empty_lengths(device):
+    q, k, v = _qkv(1, 2, 2, 3, 0, 16, torch.float32, device, grad=True)  # no keys: zeros, zero gradients
+    out = attn_mod.attention(q, k, v, torch.zeros(1, 0, dtype=torch.bool, device=device))
+    assert torch.equal(out, torch.zeros_like(out))
+    (gq,) = torch.autograd.grad(out.sum(), (q,))
+    assert torch.equal(gq, torch.zeros_like(gq))
+    q, k, v = _qkv(1, 2, 2, 0, 5, 16, torch.float32, device)  # no queries
+    assert attn_mod.attention(q, k, v, causal=True).shape == (1, 2, 0, 16)
+
+
+def test_errors(device):
+    q, k, v = _qkv(2, 4, 2, 5, 7, 16, torch.float32, device)
+    with pytest.raises(ValueError, match="q must be 4D"):
+        attention_fn(q[0], k, v)
+    with pytest.raises(ValueError, match="k must be 4D"):
+        attention_fn(q, k[0], v)
+    with pytest.raises(ValueError, match="k and v must have the same shape"):
+        attention_fn(q, k, v[:, :, :3])
+    with pytest.raises(ValueError, match="batch size"):
+        attention_fn(q[:1], k, v)
+    with pytest.raises(ValueError, match="head_dim"):
+        attention_fn(q[..., :8], k, v)
+    with pytest.raises(ValueError, match="multiple of key/value heads"):
+        attention_fn(q[:, :3], k, v)
+    with pytest.raises(ValueError, match="at most 256"):
+        big = torch.zeros(1, 1, 2, 264, device=device)
+        attention_fn(big, big, big)
+    with pytest.raises(TypeError, match="float16, bfloat16 or float32"):
+        attention_fn(q.double(), k.double(), v.double())
+    with pytest.raises(TypeError, match="share one dtype"):
+        attention_fn(q, k.half(), v)
+    with pytest.raises(TypeError, match="torch.Tensor"):
+        attention_fn(q.tolist(), k, v)
+    with pytest.raises(TypeError, match="scale"):
+        attention_fn(q, k, v, scale="0.1")
+    with pytest.raises(ValueError, match=r"\[batch, k_len\]"):
+        attention_fn(q, k, v, torch.ones(2, 6, dtype=torch.bool, device=device))
+    with pytest.raises(ValueError, match="broadcast"):
+        attention_fn(q, k, v, torch.ones(2, 4, 5, 6, dtype=torch.bool, device=device))
+    with pytest.raises(TypeError, match="bool or integer"):
+        attention_fn(q, k, v, torch.ones(2, 7, device=device))
+
+
+@pytest.mark.gpu
+def test_device_mismatch_errors():
+    q, k, v = _qkv(1, 2, 2, 4, 6, 16, torch.float16, "cuda")
+    with pytest.raises(ValueError, match="one device"):
+        attention_fn(q, k.cpu(), v)
+    with pytest.raises(ValueError, match="move it"):
+        attention_fn(q, k, v, torch.ones(1, 6, dtype=torch.bool))
+
+
+def test_device_mismatch_error_cpu_meta():
+    q, k, v = _qkv(1, 2, 2, 4, 6, 16, torch.float32, "cpu")
+    with pytest.raises(ValueError, match="one device"):
+        attention_fn(q, k.to("meta"), v)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# GPU, real sizes
+# ---------------------------------------------------------------------------------------------------------------
+
+def _gpu_lengths(B, K, lo, seed):
+    return torch.randint(lo, K + 1, (B,), generator=torch.Generator().manual_seed(seed)).tolist()
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("side", ["right", "left"])
+def test_gpu_gpt2_shape_causal_padding(dtype, side):
+    B, H, T, D = 2, 12, 1024, 64
+    q, k, v = _qkv(B, H, H, T, T, D, dtype, "cuda", grad=True, bthd=True)
+    _check(q, k, v, _pad_mask(_gpu_lengths(B, T, 512, 0), T, side, "cuda"), True, grad=True)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("D", [32, 64, 80, 96, 128, 256])
+def test_gpu_head_dims_bf16(D):
+    B, H, Hkv, Q, K = 2, 4, 2, 300, 517
+    q, k, v = _qkv(B, H, Hkv, Q, K, D, torch.bfloat16, "cuda", grad=True)
+    _check(q, k, v, _pad_mask(_gpu_lengths(B, K, 200, 1), K, "right", "cuda"), True, grad=True)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("mask_name", ["pad-holes", "bool4d", "add4d", "add4d-bias"])
+def test_gpu_general_masks_fp16(mask_name):
+    B, H, Q, K, D = 3, 2, 200, 333, 64
+    q, k, v = _qkv(B, H, H, Q, K, D, torch.float16, "cuda", grad=True)
+    _check(q, k, v, _mask_case(mask_name, B, H, Q, K, "cuda"), False, grad=True)
+
+
+@pytest.mark.gpu
+def test_gpu_fp32_exact_dots():
+    q, k, v = _qkv(2, 4, 4, 256, 256, 64, torch.float32, "cuda", grad=True)
+    _check(q, k, v, _pad_mask([256, 100], 256, "right", "cuda"), True, grad=True)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_gpu_decode(dtype):
+    B, H, K, D = 8, 12, 2048, 64
+    q, k, v = _qkv(B, H, H, 1, K, D, dtype, "cuda", bthd=True)
+    _check(q, k, v, _pad_mask(_gpu_lengths(B, K, 1024, 2), K, "left", "cuda"), True)
