@@ -1,0 +1,355 @@
+"""Benchmark the fused attention kernel against PyTorch's attention paths (GPU only).
+
+Shapes (fp16, D=64 by default), key lengths drawn uniformly per sequence:
+
+* gpt2-pad-right / gpt2-pad-left: B8 H12 1024x1024 causal, lengths in [512, 1024] (right padding as in scoring,
+  left padding as in batched generation);
+* gpt2-nopad: the same with no padding (the no-mask SDPA/cuDNN case);
+* bert: B32 H12 512x512 non-causal, lengths in [256, 512], right padding;
+* decode: B32 H12 Q=1 K=2048, lengths in [1024, 2048], left padding (one generation step with a KV cache).
+
+Providers: ``ours`` (key ranges cached per mask tensor, as every layer after the first sees them),
+``ours+ranges`` (range computation included), SDPA default dispatch and flash backend without a mask (they compute
+the whole rectangle: the speed anchor, not the same result on padded shapes), SDPA with the boolean padding mask
+(efficient and cuDNN backends), FlexAttention with a block mask (torch.compile'd), and the HF eager recipe
+(matmul, additive mask, fp32 softmax, matmul). Forward and backward (``dq, dk, dv``), median ms by
+``triton.testing.do_bench``; TFLOP/s count only the (query, key) pairs each provider's own problem keeps
+(backward = 2.5x forward). ``--tune`` also sweeps our block sizes. Writes a table, ``bench_attention.json`` and
+``bench_attention.png`` to ``--out`` (default $OUT or ./out).
+
+    python evals/bench_attention.py [--shapes gpt2-pad-right,bert,decode] [--tune] [--out DIR]
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+import traceback
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import benchutil  # noqa: E402
+
+attn_mod = importlib.import_module("hf_masked_softmax.attention")
+
+SHAPES = {
+    # name: (B, H, Q, K, causal, (lo, hi) lengths or None, padding side)
+    "gpt2-pad-right": (8, 12, 1024, 1024, True, (512, 1024), "right"),
+    "gpt2-pad-left": (8, 12, 1024, 1024, True, (512, 1024), "left"),
+    "gpt2-nopad": (8, 12, 1024, 1024, True, None, "right"),
+    "bert": (32, 12, 512, 512, False, (256, 512), "right"),
+    "decode": (32, 12, 1, 2048, True, (1024, 2048), "left"),
+}
+
+
+def make_inputs(name, D, dtype, seed=0):
+    B, H, Q, K, causal, lengths, side = SHAPES[name]
+    g = torch.Generator().manual_seed(seed)
+    # HF layout: projections give [B, T, H, D]; attention sees transposed views
+    q = torch.randn(B, Q, H, D, generator=g).to("cuda", dtype).transpose(1, 2)
+    k = torch.randn(B, K, H, D, generator=g).to("cuda", dtype).transpose(1, 2)
+    v = torch.randn(B, K, H, D, generator=g).to("cuda", dtype).transpose(1, 2)
+    if lengths is None:
+        lens = [K] * B
+    else:
+        lens = torch.randint(lengths[0], lengths[1] + 1, (B,), generator=g).tolist()
+    pad = torch.zeros(B, K, dtype=torch.bool)
+    for b, n in enumerate(lens):
+        if side == "right":
+            pad[b, :n] = True
+        else:
+            pad[b, K - n:] = True
+    pad = pad.cuda()
+    keep = pad[:, None, None, :].expand(B, 1, Q, K)
+    if causal:
+        i = torch.arange(Q, device="cuda")[:, None]
+        j = torch.arange(K, device="cuda")[None, :]
+        keep = keep & (j <= i + K - Q)
+    return dict(q=q, k=k, v=v, pad=None if lengths is None else pad, keep4d=keep.contiguous(), causal=causal,
+                lens=lens, B=B, H=H, Q=Q, K=K, D=D)
+
+
+def kept_pairs(inp, masked: bool) -> int:
+    """Kept (query, key) pairs over the batch for one head, with the padding mask (masked) or causal only."""
+    if masked:
+        return int(inp["keep4d"].sum().item())
+    Q, K, B = inp["Q"], inp["K"], inp["B"]
+    if not inp["causal"]:
+        return B * Q * K
+    i = torch.arange(Q)[:, None]
+    j = torch.arange(K)[None, :]
+    return B * int((j <= i + K - Q).sum().item())
+
+
+def providers(inp):
+    """name -> (forward callable, its problem keeps the padding mask?)."""
+    q, k, v, pad, keep, causal = inp["q"], inp["k"], inp["v"], inp["pad"], inp["keep4d"], inp["causal"]
+    has_pad = pad is not None
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    def ours():
+        return attn_mod.attention(q, k, v, pad, causal=causal)
+
+    def ours_ranges():
+        attn_mod._RANGE_CACHE.clear()
+        return attn_mod.attention(q, k, v, pad, causal=causal)
+
+    # SDPA cannot take is_causal together with a mask: causal is folded into the boolean mask, as HF does.
+    causal_nomask = causal and inp["Q"] > 1
+
+    def sdpa_default_nomask():
+        return F.scaled_dot_product_attention(q, k, v, is_causal=causal_nomask)
+
+    def sdpa_flash_nomask():
+        with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
+            return F.scaled_dot_product_attention(q, k, v, is_causal=causal_nomask)
+
+    def sdpa_mask(backend):
+        def run():
+            with sdpa_kernel(backend):
+                return F.scaled_dot_product_attention(q, k, v, attn_mask=keep)
+        return run
+
+    additive = torch.zeros(keep.shape, dtype=q.dtype, device=q.device).masked_fill(~keep, torch.finfo(q.dtype).min)
+
+    def eager():
+        s = torch.matmul(q, k.transpose(-1, -2)) * (inp["D"] ** -0.5) + additive
+        p = torch.softmax(s, dim=-1, dtype=torch.float32).to(q.dtype)
+        return torch.matmul(p, v)
+
+    out = {"ours": (ours, True)}
+    if has_pad:
+        out["ours+ranges"] = (ours_ranges, True)
+    out["sdpa-default-nomask"] = (sdpa_default_nomask, False)
+    out["sdpa-flash-nomask"] = (sdpa_flash_nomask, False)
+    out["sdpa-efficient-mask"] = (sdpa_mask(SDPBackend.EFFICIENT_ATTENTION), True)
+    out["sdpa-cudnn-mask"] = (sdpa_mask(SDPBackend.CUDNN_ATTENTION), True)
+    flex = flex_provider(inp)
+    if flex is not None:
+        out["flex-blockmask"] = (flex, True)
+    out["eager"] = (eager, True)
+    return out
+
+
+def flex_provider(inp):
+    try:
+        from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+    except ImportError:
+        return None
+    q, k, v, causal = inp["q"], inp["k"], inp["v"], inp["causal"]
+    B, Q, K = inp["B"], inp["Q"], inp["K"]
+    pad = inp["pad"] if inp["pad"] is not None else torch.ones(B, K, dtype=torch.bool, device="cuda")
+    offset = K - Q
+
+    def mask_mod(b, h, qi, kj):
+        ok = pad[b, kj]
+        if causal:
+            ok = ok & (kj <= qi + offset)
+        return ok
+
+    try:
+        block_mask = create_block_mask(mask_mod, B, None, Q, K, device="cuda")
+        compiled = torch.compile(flex_attention)
+        compiled(q, k, v, block_mask=block_mask)  # compile outside the timed region
+    except Exception as exc:  # noqa: BLE001 - a backend that does not run is reported, not fatal
+        print(f"  flex-blockmask unavailable: {type(exc).__name__}: {str(exc).splitlines()[0][:160]}")
+        return None
+    return lambda: compiled(q, k, v, block_mask=block_mask)
+
+
+def time_provider(fn, inp, backward: bool):
+    q, k, v = inp["q"], inp["k"], inp["v"]
+    if not backward:
+        with torch.no_grad():
+            fn()
+            return benchutil.median_ms(fn)
+    for t in (q, k, v):
+        t.requires_grad_(True)
+    try:
+        out = fn()
+        do = torch.randn_like(out)
+        torch.autograd.grad(out, (q, k, v), do, retain_graph=True)
+        return benchutil.median_ms(lambda: torch.autograd.grad(out, (q, k, v), do, retain_graph=True))
+    finally:
+        for t in (q, k, v):
+            t.requires_grad_(False)
+
+
+def check_ours(inp):
+    """Max abs error of ours vs an fp32 reference on this shape (a sanity check next to the timings)."""
+    from hf_masked_softmax.reference import attention_reference
+
+    with torch.no_grad():
+        out = attn_mod.attention(inp["q"], inp["k"], inp["v"], inp["pad"], causal=inp["causal"])
+        B = min(inp["B"], 4)
+        pad = inp["pad"][:B] if inp["pad"] is not None else None
+        ref = attention_reference(inp["q"][:B].float(), inp["k"][:B].float(), inp["v"][:B].float(), pad,
+                                  causal=inp["causal"])
+    return float((out[:B].float() - ref).abs().max().item())
+
+
+def bench_shape(name, args, rows):
+    inp = make_inputs(name, args.head_dim, args.dtype)
+    err = check_ours(inp)
+    print(f"[{name}] B{inp['B']} H{inp['H']} Q{inp['Q']} K{inp['K']} D{inp['D']} causal={inp['causal']} "
+          f"mean key length {sum(inp['lens']) / len(inp['lens']):.0f}; ours max|err| vs fp32 ref {err:.2e}")
+    pairs = {True: kept_pairs(inp, True), False: kept_pairs(inp, False)}
+    H, D = inp["H"], inp["D"]
+    passes = ["fwd"] if inp["Q"] <= 16 else ["fwd", "bwd"]
+    for prov, (fn, masked) in providers(inp).items():
+        for p in passes:
+            try:
+                ms = time_provider(fn, inp, p == "bwd")
+            except Exception as exc:  # noqa: BLE001
+                msg = str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__
+                print(f"  {prov:22s} {p}: not run ({type(exc).__name__}: {msg})")
+                rows.append(dict(shape=name, provider=prov, pass_=p, ms=None, error=msg))
+                continue
+            flops = 4 * D * H * pairs[masked] * (2.5 if p == "bwd" else 1.0)
+            row = dict(shape=name, provider=prov, pass_=p, ms=ms, tflops=flops / ms / 1e9,
+                       problem="padded" if masked else "no-mask")
+            if inp["Q"] <= 16 and masked:
+                # bytes that must move: the valid keys and values once, q and out
+                nbytes = 2 * H * D * q_bytes(inp) * sum(inp["lens"])
+                row["gbs"] = nbytes / ms / 1e6
+            rows.append(row)
+            print(f"  {prov:22s} {p}: {ms:.4f} ms  {row['tflops']:.1f} TFLOP/s" +
+                  (f"  {row['gbs']:.0f} GB/s" if "gbs" in row else ""))
+    return inp
+
+
+def q_bytes(inp):
+    return inp["q"].element_size()
+
+
+def tune(args, results):
+    """Sweep forward / backward block configurations and decode split counts of our kernel."""
+    fwd_cfgs = [(128, 64, 4, 3), (128, 64, 8, 3), (128, 128, 8, 3), (64, 64, 4, 3), (128, 32, 4, 3),
+                (128, 64, 4, 4), (64, 128, 4, 3), (128, 128, 4, 2)]
+    bwd_cfgs = [(32, 128, 4, 3), (64, 128, 8, 2), (32, 64, 4, 3), (64, 64, 4, 3), (16, 128, 4, 3),
+                (32, 128, 8, 3), (64, 128, 4, 2), (32, 128, 4, 4)]
+    orig_f, orig_b = attn_mod._fwd_config, attn_mod._bwd_config
+    try:
+        for name in ("gpt2-pad-right", "gpt2-nopad", "bert"):
+            inp = make_inputs(name, args.head_dim, args.dtype)
+            fn = lambda inp=inp: attn_mod.attention(inp["q"], inp["k"], inp["v"], inp["pad"], causal=inp["causal"])
+            for cfg in fwd_cfgs:
+                attn_mod._fwd_config = lambda *a, cfg=cfg: cfg
+                try:
+                    ms = time_provider(fn, inp, False)
+                except Exception as exc:  # noqa: BLE001
+                    ms = None
+                    print(f"  tune fwd {name} {cfg}: failed {type(exc).__name__}")
+                results.append(dict(kind="fwd", shape=name, cfg=cfg, ms=ms))
+                print(f"  tune fwd {name} {cfg}: {ms}")
+            attn_mod._fwd_config = orig_f
+            if name == "bert":
+                continue
+            for cfg in bwd_cfgs:
+                attn_mod._bwd_config = lambda *a, cfg=cfg: cfg
+                try:
+                    ms = time_provider(fn, inp, True)
+                except Exception as exc:  # noqa: BLE001
+                    ms = None
+                    print(f"  tune bwd {name} {cfg}: failed {type(exc).__name__}")
+                results.append(dict(kind="bwd", shape=name, cfg=cfg, ms=ms))
+                print(f"  tune bwd {name} {cfg}: {ms}")
+            attn_mod._bwd_config = orig_b
+        inp = make_inputs("decode", args.head_dim, args.dtype)
+        for bn in (64, 128):
+            attn_mod._fwd_config = lambda *a, bn=bn: (16, bn, 4, 3)
+            for splits in (1, 2, 3, 4, 6, 8, 12, 16):
+                fn = lambda inp=inp, s=splits: attn_mod._attention(inp["q"], inp["k"], inp["v"], inp["pad"], True,
+                                                                   None, num_splits=s)
+                ms = time_provider(fn, inp, False)
+                results.append(dict(kind="decode", shape="decode", cfg=(16, bn, 4, 3), splits=splits, ms=ms))
+                print(f"  tune decode BLOCK_N={bn} splits={splits}: {ms:.4f} ms")
+    finally:
+        attn_mod._fwd_config, attn_mod._bwd_config = orig_f, orig_b
+
+
+def plot(rows, env, path):
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib not installed: no PNG (rerun with --plot-from on the JSON elsewhere)")
+        return
+    panels = sorted({(r["shape"], r["pass_"]) for r in rows if r.get("ms")}, key=lambda x: (x[0], x[1]))
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 4.2), squeeze=False)
+    for ax, (shape, p) in zip(axes[0], panels):
+        sel = [r for r in rows if r["shape"] == shape and r["pass_"] == p and r.get("ms")]
+        names = [r["provider"] for r in sel]
+        colors = ["tab:red" if n.startswith("ours") else "tab:gray" if "nomask" in n else "tab:blue" for n in names]
+        ax.barh(names, [r["ms"] for r in sel], color=colors)
+        ax.set_title(f"{shape} {p}", fontsize=9)
+        ax.set_xlabel("ms (median)")
+        ax.tick_params(axis="y", labelsize=7)
+        ax.invert_yaxis()
+    fig.suptitle(f"fused attention vs PyTorch, {env.get('gpu')} (red: ours, gray: no mask = different problem)",
+                 fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    print(f"wrote {path}")
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--shapes", default=",".join(SHAPES), help="comma-separated subset of: " + ", ".join(SHAPES))
+    ap.add_argument("--head-dim", type=int, default=64)
+    ap.add_argument("--dtype", default="float16", choices=["float16", "bfloat16"])
+    ap.add_argument("--tune", action="store_true", help="also sweep our block sizes and decode splits")
+    ap.add_argument("--out", default=None, help="output folder (default $OUT or ./out)")
+    ap.add_argument("--plot-from", default=None, help="only redraw the PNG from an earlier JSON")
+    args = ap.parse_args(argv)
+    out = benchutil.out_dir(args.out)
+    if args.plot_from:
+        import json
+
+        data = json.load(open(args.plot_from))
+        plot(data["rows"], data["env"], out / "bench_attention.png")
+        return
+    if not torch.cuda.is_available():
+        sys.exit("bench_attention.py needs a CUDA GPU")
+    args.dtype = getattr(torch, args.dtype)
+    env = benchutil.environment()
+    print(env)
+    ceil = {"copy_gbs": benchutil.copy_bandwidth_gbs()}
+    a = torch.randn(8192, 8192, device="cuda", dtype=args.dtype)
+    ceil["matmul_tflops"] = 2 * 8192 ** 3 / benchutil.median_ms(lambda: a @ a) / 1e9
+    del a
+    print(f"ceilings: copy {ceil['copy_gbs']:.0f} GB/s, matmul {ceil['matmul_tflops']:.0f} TFLOP/s")
+    rows, tuning = [], []
+    for name in args.shapes.split(","):
+        if name not in SHAPES:
+            sys.exit(f"unknown shape {name!r}; choose from {', '.join(SHAPES)}")
+        try:
+            bench_shape(name, args, rows)
+        except Exception:  # noqa: BLE001 - keep the other shapes' numbers
+            traceback.print_exc()
+    if args.tune:
+        tune(args, tuning)
+    payload = dict(env=env, ceilings=ceil, dtype=str(args.dtype), head_dim=args.head_dim, shapes=SHAPES,
+                   rows=rows, tuning=tuning, command=" ".join(["python", "evals/bench_attention.py"] + sys.argv[1:]))
+    benchutil.write_json(out / "bench_attention.json", payload)
+    print()
+    for r in rows:
+        r["pass"] = r["pass_"]
+        base = next((x for x in rows if x["shape"] == r["shape"] and x["pass_"] == r["pass_"]
+                     and x["provider"] == "ours" and x.get("ms")), None)
+        if r.get("ms") and base:
+            r["ours_speedup"] = r["ms"] / base["ms"]
+    benchutil.print_table([r for r in rows if r.get("ms")],
+                          ["shape", "pass", "provider", "ms", "tflops", "gbs", "ours_speedup", "problem"])
+    plot(rows, env, out / "bench_attention.png")
+
+
+if __name__ == "__main__":
+    main()
