@@ -1,0 +1,133 @@
+"""patch_model / unpatch_model / patched: errors, isolation between instances, exact undo, from_pretrained."""
+import pytest
+import torch
+import transformers
+from transformers import AutoModelForCausalLM, GPT2LMHeadModel, OPTConfig, OPTForCausalLM
+
+from hf_masked_softmax import hf, patch_model, patched, unpatch_model
+from hf_masked_softmax.patches import NAME as PATCH_NAME, REGISTRY
+from patch_helpers import assert_valid_close, gpt2_config, padded_batch
+
+
+def lm(device, config=None, seed=0):
+    torch.manual_seed(seed)
+    return GPT2LMHeadModel(config or gpt2_config()).to(device).eval()
+
+
+def test_registered_under_one_name():
+    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+    assert PATCH_NAME == hf.NAME == "hf_masked_softmax"
+    assert ALL_ATTENTION_FUNCTIONS[hf.NAME] is hf.attention_forward
+    assert ALL_MASK_ATTENTION_FUNCTIONS[hf.NAME] is hf.mask_function
+    assert sorted(REGISTRY) == ["bert", "gpt2"]
+
+
+def test_unsupported_model_is_refused_and_untouched(device):
+    torch.manual_seed(0)
+    model = OPTForCausalLM(OPTConfig(num_hidden_layers=1, hidden_size=16, ffn_dim=32, num_attention_heads=2,
+                                     vocab_size=32, word_embed_proj_dim=16, attn_implementation="eager"))
+    config = model.config
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(ValueError, match=r"'opt'.*supported model_types: \['bert', 'gpt2'\]"):
+        patch_model(model)
+    assert model.config is config and config._attn_implementation == "eager"
+    assert all(m.__dict__.get("config", config) is config for m in model.modules())
+    assert not any(hf.MODE_ATTR in m.__dict__ for m in model.modules())
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    with pytest.raises(ValueError, match="not patched"):
+        unpatch_model(model)
+
+
+def test_bad_arguments(device):
+    model = lm(device)
+    with pytest.raises(ValueError, match="mode must be one of"):
+        patch_model(model, mode="flash")
+    with pytest.raises(ValueError, match="mode must be one of"):
+        with patched(model, mode="fast"):
+            pass
+    with pytest.raises(ValueError, match="expected a transformers PreTrainedModel"):
+        patch_model(torch.nn.Linear(2, 2))
+    assert model.config._attn_implementation == "eager"
+
+
+def test_unpatch_restores_bit_identical(device):
+    model = lm(device)
+    config = model.config
+    ids, mask = padded_batch(device, side="left")
+    before = model(ids, attention_mask=mask).logits
+    patch_model(model, mode="softmax")
+    assert model.config is not config and model.config._attn_implementation == hf.NAME
+    patched_logits = model(ids, attention_mask=mask).logits
+    unpatch_model(model)
+    after = model(ids, attention_mask=mask).logits
+    assert torch.equal(before, after)
+    assert not torch.equal(before, patched_logits)  # the patch did change the computation
+    assert model.config is config and config._attn_implementation == "eager"
+    assert all(m.__dict__.get("config", config) is config for m in model.modules())
+    assert not any(hf.MODE_ATTR in m.__dict__ for m in model.modules())
+
+
+def test_settings_changed_while_patched_survive_unpatch(device):
+    model = lm(device)
+    with patched(model):
+        model.config.use_cache = False
+    assert model.config.use_cache is False and model.config._attn_implementation == "eager"
+
+
+def test_isolation_between_instances_sharing_a_config(device):
+    config = gpt2_config()
+    a, b = lm(device, config, seed=0), lm(device, config, seed=1)
+    assert a.config is b.config
+    ids, mask = padded_batch(device)
+    b_before = b(ids, attention_mask=mask).logits
+    patch_model(a, mode="softmax")
+    assert b.config._attn_implementation == "eager" and config._attn_implementation == "eager"
+    assert torch.equal(b(ids, attention_mask=mask).logits, b_before)
+    assert not any(hf.MODE_ATTR in m.__dict__ for m in b.modules())
+    patch_model(b, mode="fused")
+    assert {m.__dict__[hf.MODE_ATTR] for m in a.modules() if hf.MODE_ATTR in m.__dict__} == {"softmax"}
+    unpatch_model(a)
+    assert b.config._attn_implementation == hf.NAME
+    unpatch_model(b)
+    assert a.config is b.config is config
+
+
+def test_repatch_changes_mode_and_patched_restores_it(device):
+    model = lm(device)
+    patch_model(model, mode="softmax")
+    config = model.config
+    patch_model(model, mode="fused")
+    assert model.config is config
+    attn = model.transformer.h[0].attn
+    assert getattr(attn, hf.MODE_ATTR) == "fused"
+    with patched(model, mode="softmax"):
+        assert getattr(attn, hf.MODE_ATTR) == "softmax"
+    assert getattr(attn, hf.MODE_ATTR) == "fused" and model.config._attn_implementation == hf.NAME
+    unpatch_model(model)
+    with patched(model):
+        assert getattr(attn, hf.MODE_ATTR) == "auto"
+    assert model.config._attn_implementation == "eager"
+
+
+def test_from_pretrained_with_attn_implementation(device, tmp_path):
+    model = lm(device)
+    model.save_pretrained(tmp_path)
+    ids, mask = padded_batch(device, side="left")
+    ref = model(ids, attention_mask=mask).logits
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path, attn_implementation=hf.NAME).to(device).eval()
+    assert loaded.config._attn_implementation == hf.NAME
+    out = loaded(ids, attention_mask=mask).logits
+    assert_valid_close(out, ref, mask.bool())
+    loaded_eager = AutoModelForCausalLM.from_pretrained(tmp_path, attn_implementation="eager")
+    assert loaded_eager.config._attn_implementation == "eager"
+
+
+def test_save_while_patched_keeps_checkpoint_clean(device, tmp_path):
+    model = lm(device)
+    with patched(model):
+        model.save_pretrained(tmp_path)
+    config = transformers.AutoConfig.from_pretrained(tmp_path)
+    assert "hf_masked_softmax" not in (tmp_path / "config.json").read_text()
+    assert config.model_type == "gpt2"
