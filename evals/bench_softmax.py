@@ -179,12 +179,43 @@ def plot(rows, copy_gbs, path):
     fig.savefig(path, dpi=120)
 
 
+def tune(dtype):
+    """Forward and backward ms of ours on the named shapes for several (rows per program, warps) settings."""
+    import hf_masked_softmax.masked_softmax as ms
+
+    default = ms._launch_config
+    rows = []
+    for name, shape, causal, padded in SHAPES:
+        scores, mask2d, _, _ = make_case(shape, causal, padded, dtype)
+        K = shape[3]
+        for tile in (1024, 2048, 4096, 8192):
+            for warps in (2, 4, 8, 16):
+                block_k = triton_next_pow2(K)
+                block_m = max(1, tile // block_k)
+                if block_m * block_k != max(tile, block_k) or warps * 32 * 4 > block_m * block_k:
+                    continue
+                ms._launch_config = lambda K, a, b, bm=block_m, bk=block_k, w=warps: (True, bm, bk, w)
+                t = time_provider(lambda s: masked_softmax(s, mask2d, causal=causal, scale=0.125), scores,
+                                  ["fwd", "bwd"])
+                rows.append(dict(shape=name, block_m=block_m, block_k=block_k, warps=warps, **t))
+        ms._launch_config = default
+        del scores, mask2d
+    print_table(rows, ["shape", "block_m", "block_k", "warps", "fwd", "bwd"])
+
+
+def triton_next_pow2(n):
+    return 1 << (n - 1).bit_length()
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--dtype", default="float16", choices=["float16", "bfloat16", "float32"])
     ap.add_argument("--out", default=None, help="folder for bench_softmax.json/.png (default $OUT or ./out)")
     ap.add_argument("--quick", action="store_true", help="named shapes only, forward only, no torch.compile")
+    ap.add_argument("--tune", action="store_true", help="time the single-pass kernel under several tile shapes")
     args = ap.parse_args(argv)
+    if args.tune:
+        return tune(getattr(torch, args.dtype))
     if not torch.cuda.is_available():
         sys.exit("bench_softmax.py needs a CUDA GPU")
     dtype = getattr(torch, args.dtype)

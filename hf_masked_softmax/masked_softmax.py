@@ -47,6 +47,28 @@ _SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 # Kernels
 # ----------------------------------------------------------------------------------------------------------------------
 @triton.jit
+def _pad_ranges_kernel(mask_ptr, ranges_ptr, mask_stride_b, mask_stride_k, K, BLOCK_K: tl.constexpr):
+    """Summarise row ``b`` of a 2D padding mask as (first kept key, last kept key + 1, has holes inside)."""
+    b = tl.program_id(0).to(tl.int64)
+    first = tl.full([BLOCK_K], 2147483647, tl.int32)
+    last = tl.full([BLOCK_K], -1, tl.int32)
+    count = tl.zeros([BLOCK_K], tl.int32)
+    for start in range(0, K, BLOCK_K):
+        cols = start + tl.arange(0, BLOCK_K)
+        m = tl.load(mask_ptr + b * mask_stride_b + cols.to(tl.int64) * mask_stride_k, mask=cols < K, other=0)
+        on = m != 0
+        first = tl.minimum(first, tl.where(on, cols, 2147483647))
+        last = tl.maximum(last, tl.where(on, cols, -1))
+        count += on.to(tl.int32)
+    lo = tl.minimum(tl.min(first, axis=0), K)
+    hi = tl.max(last, axis=0) + 1
+    n = tl.sum(count, axis=0)
+    tl.store(ranges_ptr + b * 3, lo)
+    tl.store(ranges_ptr + b * 3 + 1, hi)
+    tl.store(ranges_ptr + b * 3 + 2, (n < hi - lo).to(tl.int32))
+
+
+@triton.jit
 def _row_coords(rows, H, Q):
     """Split flat row indices (int64) into (batch, head, query)."""
     q = rows % Q
@@ -55,40 +77,59 @@ def _row_coords(rows, H, Q):
 
 
 @triton.jit
+def _row_window(ranges_ptr, b, q, Q, K, MASK_KIND: tl.constexpr, CAUSAL: tl.constexpr):
+    """The keys ``[lo, hi)`` a row can see, and whether its padding mask has holes inside that window."""
+    lo = tl.zeros_like(q).to(tl.int32)
+    hi = lo + K
+    holes = lo
+    if MASK_KIND == 1:
+        lo = tl.load(ranges_ptr + b * 3)
+        hi = tl.load(ranges_ptr + b * 3 + 1)
+        holes = tl.load(ranges_ptr + b * 3 + 2)
+    if CAUSAL:
+        hi = tl.minimum(hi, (q + (K - Q) + 1).to(tl.int32))
+    return lo, hi, holes
+
+
+@triton.jit
 def _keep_tile(
     mask_ptr,
-    b, h, q, cols, live,
+    b, h, q, cols, live, lo, hi, holes,
     mask_stride_b, mask_stride_h, mask_stride_q, mask_stride_k,
-    Q, K, add_threshold,
+    add_threshold,
     MASK_KIND: tl.constexpr,
-    CAUSAL: tl.constexpr,
+    GROUP: tl.constexpr,
 ):
-    """Which entries of the ``[rows, cols]`` tile are kept, plus the additive mask values (0 where unused).
+    """(keep, load predicate, additive values) for a ``[rows, cols]`` tile.
 
-    ``live`` is the in-bounds predicate; b/h/q are ``[rows, 1]`` and cols ``[1, cols]``.
+    ``keep`` is exact. The load predicate covers the row's window ``[lo, hi)`` rounded out to aligned groups of
+    ``GROUP`` columns: a predicate that is constant over such groups lets the compiler issue 16-byte loads, while
+    whole groups outside the window are still never read. Masked entries inside the loaded groups are discarded by
+    ``keep``. 4D masks decide per element, so there the predicate is ``keep`` itself.
     """
-    keep = live
-    if CAUSAL:
-        keep = keep & (cols <= q + (K - Q))
+    keep = live & (cols >= lo) & (cols < hi)
+    pred = live & (cols // GROUP >= lo // GROUP) & (cols // GROUP <= (hi - 1) // GROUP)
     add = tl.zeros(keep.shape, dtype=tl.float32)
-    if MASK_KIND == 1:  # 2D padding mask [B, K]
-        m = tl.load(mask_ptr + b * mask_stride_b + cols * mask_stride_k, mask=keep, other=0)
+    if MASK_KIND == 1:  # 2D padding mask [B, K]; only sequences with holes need their mask read
+        m = tl.load(mask_ptr + b * mask_stride_b + cols * mask_stride_k, mask=keep & (tl.zeros_like(cols) + holes != 0), other=1)
         keep = keep & (m != 0)
     elif MASK_KIND == 2:  # 4D boolean mask, True = attend
         off = b * mask_stride_b + h * mask_stride_h + q * mask_stride_q + cols * mask_stride_k
         m = tl.load(mask_ptr + off, mask=keep, other=0)
         keep = keep & (m != 0)
+        pred = keep
     elif MASK_KIND == 3:  # 4D additive mask; -inf and values <= threshold mean "masked"
         off = b * mask_stride_b + h * mask_stride_h + q * mask_stride_q + cols * mask_stride_k
         m = tl.load(mask_ptr + off, mask=keep, other=0).to(tl.float32)
         keep = keep & (m > add_threshold)
         add = tl.where(keep, m, 0.0)
-    return keep, add
+        pred = keep
+    return keep, pred, add
 
 
 @triton.jit
 def _fwd_single_pass_kernel(
-    s_ptr, y_ptr, mask_ptr,
+    s_ptr, y_ptr, mask_ptr, ranges_ptr,
     s_stride_b, s_stride_h, s_stride_q, s_stride_k,
     mask_stride_b, mask_stride_h, mask_stride_q, mask_stride_k,
     n_rows, H, Q, K, scale, add_threshold,
@@ -96,19 +137,21 @@ def _fwd_single_pass_kernel(
     CAUSAL: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_K: tl.constexpr,
+    GROUP: tl.constexpr,
 ):
     rows = tl.program_id(0).to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M).to(tl.int64)
-    cols = tl.arange(0, BLOCK_K).to(tl.int64)[None, :]
+    cols = tl.arange(0, BLOCK_K)[None, :]
     b, h, q = _row_coords(rows, H, Q)
     b, h, q = b[:, None], h[:, None], q[:, None]
     live = (rows < n_rows)[:, None] & (cols < K)
-    keep, add = _keep_tile(
-        mask_ptr, b, h, q, cols, live,
+    lo, hi, holes = _row_window(ranges_ptr, b, q, Q, K, MASK_KIND, CAUSAL)
+    keep, pred, add = _keep_tile(
+        mask_ptr, b, h, q, cols, live, lo, hi, holes,
         mask_stride_b, mask_stride_h, mask_stride_q, mask_stride_k,
-        Q, K, add_threshold, MASK_KIND, CAUSAL,
+        add_threshold, MASK_KIND, GROUP,
     )
-    s_off = b * s_stride_b + h * s_stride_h + q * s_stride_q + cols * s_stride_k
-    x = tl.load(s_ptr + s_off, mask=keep, other=0.0).to(tl.float32) * scale + add
+    s_row = s_ptr + (b * s_stride_b + h * s_stride_h + q * s_stride_q)
+    x = tl.load(s_row + cols * s_stride_k, mask=pred, other=0.0).to(tl.float32) * scale + add
     x = tl.where(keep, x, float("-inf"))
     row_max = tl.max(x, axis=1)
     # Empty rows (max = -inf) shift by 0 so that exp() gives 0 instead of NaN.
@@ -123,34 +166,34 @@ def _fwd_single_pass_kernel(
 
 @triton.jit
 def _fwd_looped_kernel(
-    s_ptr, y_ptr, mask_ptr,
+    s_ptr, y_ptr, mask_ptr, ranges_ptr,
     s_stride_b, s_stride_h, s_stride_q, s_stride_k,
     mask_stride_b, mask_stride_h, mask_stride_q, mask_stride_k,
     H, Q, K, scale, add_threshold,
     MASK_KIND: tl.constexpr,
     CAUSAL: tl.constexpr,
     BLOCK_K: tl.constexpr,
+    GROUP: tl.constexpr,
 ):
     row = tl.program_id(0).to(tl.int64)
     b, h, q = _row_coords(row, H, Q)
-    s_row = s_ptr + b * s_stride_b + h * s_stride_h + q * s_stride_q
+    s_row = s_ptr + (b * s_stride_b + h * s_stride_h + q * s_stride_q)
     y_row = y_ptr + row * K
-    # With causality the row sees keys [0, q + K - Q]; later blocks are all zeros and never read.
-    k_end = K
-    if CAUSAL:
-        k_end = tl.minimum(K, q + (K - Q) + 1)
+    lo, hi, holes = _row_window(ranges_ptr, b, q, Q, K, MASK_KIND, CAUSAL)
+    # Blocks wholly outside [lo, hi) hold only zeros: pass 1 never visits them.
+    first_block = (lo // BLOCK_K) * BLOCK_K
 
     # Pass 1: running max and running sum of exp(x - max), one block of columns at a time.
     run_max = tl.full([BLOCK_K], float("-inf"), tl.float32)
     run_sum = tl.zeros([BLOCK_K], tl.float32)
-    for start in range(0, k_end, BLOCK_K):
-        cols = start + tl.arange(0, BLOCK_K).to(tl.int64)
-        keep, add = _keep_tile(
-            mask_ptr, b, h, q, cols, cols < k_end,
+    for start in range(first_block, hi, BLOCK_K):
+        cols = start + tl.arange(0, BLOCK_K)
+        keep, pred, add = _keep_tile(
+            mask_ptr, b, h, q, cols, cols < K, lo, hi, holes,
             mask_stride_b, mask_stride_h, mask_stride_q, mask_stride_k,
-            Q, K, add_threshold, MASK_KIND, CAUSAL,
+            add_threshold, MASK_KIND, GROUP,
         )
-        x = tl.load(s_row + cols * s_stride_k, mask=keep, other=0.0).to(tl.float32) * scale + add
+        x = tl.load(s_row + cols * s_stride_k, mask=pred, other=0.0).to(tl.float32) * scale + add
         x = tl.where(keep, x, float("-inf"))
         new_max = tl.maximum(run_max, x)
         safe_max = tl.where(new_max == float("-inf"), 0.0, new_max)
@@ -162,23 +205,23 @@ def _fwd_looped_kernel(
     denom = tl.sum(tl.where(run_sum == 0.0, 0.0, run_sum * tl.exp(lane_max - safe_row_max)), axis=0)
     inv = 1.0 / tl.where(denom == 0.0, 1.0, denom)
 
-    # Pass 2: normalise and store; the causal tail is written as zeros.
+    # Pass 2: normalise and store; blocks outside the window are written as zeros without reading.
     for start in range(0, K, BLOCK_K):
-        cols = start + tl.arange(0, BLOCK_K).to(tl.int64)
+        cols = start + tl.arange(0, BLOCK_K)
         live = cols < K
-        keep, add = _keep_tile(
-            mask_ptr, b, h, q, cols, cols < k_end,
+        keep, pred, add = _keep_tile(
+            mask_ptr, b, h, q, cols, live, lo, hi, holes,
             mask_stride_b, mask_stride_h, mask_stride_q, mask_stride_k,
-            Q, K, add_threshold, MASK_KIND, CAUSAL,
+            add_threshold, MASK_KIND, GROUP,
         )
-        x = tl.load(s_row + cols * s_stride_k, mask=keep, other=0.0).to(tl.float32) * scale + add
+        x = tl.load(s_row + cols * s_stride_k, mask=pred, other=0.0).to(tl.float32) * scale + add
         y = tl.where(keep, tl.exp(x - safe_row_max) * inv, 0.0)
         tl.store(y_row + cols, y.to(y_ptr.dtype.element_ty), mask=live)
 
 
 @triton.jit
 def _bwd_single_pass_kernel(
-    y_ptr, dy_ptr, ds_ptr, mask_ptr,
+    y_ptr, dy_ptr, ds_ptr, mask_ptr, ranges_ptr,
     dy_stride_b, dy_stride_h, dy_stride_q, dy_stride_k,
     mask_stride_b, mask_stride_h, mask_stride_q, mask_stride_k,
     n_rows, H, Q, K, scale, add_threshold,
@@ -186,66 +229,70 @@ def _bwd_single_pass_kernel(
     CAUSAL: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_K: tl.constexpr,
+    GROUP: tl.constexpr,
 ):
     rows = tl.program_id(0).to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M).to(tl.int64)
-    cols = tl.arange(0, BLOCK_K).to(tl.int64)[None, :]
+    cols = tl.arange(0, BLOCK_K)[None, :]
     b, h, q = _row_coords(rows, H, Q)
     b, h, q = b[:, None], h[:, None], q[:, None]
     live = (rows < n_rows)[:, None] & (cols < K)
-    keep, _ = _keep_tile(
-        mask_ptr, b, h, q, cols, live,
+    lo, hi, holes = _row_window(ranges_ptr, b, q, Q, K, MASK_KIND, CAUSAL)
+    keep, pred, _ = _keep_tile(
+        mask_ptr, b, h, q, cols, live, lo, hi, holes,
         mask_stride_b, mask_stride_h, mask_stride_q, mask_stride_k,
-        Q, K, add_threshold, MASK_KIND, CAUSAL,
+        add_threshold, MASK_KIND, GROUP,
     )
-    y = tl.load(y_ptr + rows[:, None] * K + cols, mask=keep, other=0.0).to(tl.float32)
-    dy_off = b * dy_stride_b + h * dy_stride_h + q * dy_stride_q + cols * dy_stride_k
-    dy = tl.load(dy_ptr + dy_off, mask=keep, other=0.0).to(tl.float32)
+    y = tl.load(y_ptr + rows[:, None] * K + cols, mask=pred, other=0.0).to(tl.float32)
+    dy_row = dy_ptr + (b * dy_stride_b + h * dy_stride_h + q * dy_stride_q)
+    dy = tl.load(dy_row + cols * dy_stride_k, mask=pred, other=0.0).to(tl.float32)
+    y = tl.where(keep, y, 0.0)
+    dy = tl.where(keep, dy, 0.0)
     dot = tl.sum(y * dy, axis=1)
-    ds = tl.where(keep, scale * y * (dy - dot[:, None]), 0.0)
+    ds = scale * y * (dy - dot[:, None])
     tl.store(ds_ptr + rows[:, None] * K + cols, ds.to(ds_ptr.dtype.element_ty), mask=live)
 
 
 @triton.jit
 def _bwd_looped_kernel(
-    y_ptr, dy_ptr, ds_ptr, mask_ptr,
+    y_ptr, dy_ptr, ds_ptr, mask_ptr, ranges_ptr,
     dy_stride_b, dy_stride_h, dy_stride_q, dy_stride_k,
     mask_stride_b, mask_stride_h, mask_stride_q, mask_stride_k,
     H, Q, K, scale, add_threshold,
     MASK_KIND: tl.constexpr,
     CAUSAL: tl.constexpr,
     BLOCK_K: tl.constexpr,
+    GROUP: tl.constexpr,
 ):
     row = tl.program_id(0).to(tl.int64)
     b, h, q = _row_coords(row, H, Q)
     y_row = y_ptr + row * K
-    dy_row = dy_ptr + b * dy_stride_b + h * dy_stride_h + q * dy_stride_q
+    dy_row = dy_ptr + (b * dy_stride_b + h * dy_stride_h + q * dy_stride_q)
     ds_row = ds_ptr + row * K
-    k_end = K
-    if CAUSAL:
-        k_end = tl.minimum(K, q + (K - Q) + 1)
+    lo, hi, holes = _row_window(ranges_ptr, b, q, Q, K, MASK_KIND, CAUSAL)
+    first_block = (lo // BLOCK_K) * BLOCK_K
 
     acc = tl.zeros([BLOCK_K], tl.float32)
-    for start in range(0, k_end, BLOCK_K):
-        cols = start + tl.arange(0, BLOCK_K).to(tl.int64)
-        keep, _ = _keep_tile(
-            mask_ptr, b, h, q, cols, cols < k_end,
+    for start in range(first_block, hi, BLOCK_K):
+        cols = start + tl.arange(0, BLOCK_K)
+        keep, pred, _ = _keep_tile(
+            mask_ptr, b, h, q, cols, cols < K, lo, hi, holes,
             mask_stride_b, mask_stride_h, mask_stride_q, mask_stride_k,
-            Q, K, add_threshold, MASK_KIND, CAUSAL,
+            add_threshold, MASK_KIND, GROUP,
         )
-        y = tl.load(y_row + cols, mask=keep, other=0.0).to(tl.float32)
-        dy = tl.load(dy_row + cols * dy_stride_k, mask=keep, other=0.0).to(tl.float32)
-        acc += y * dy
+        y = tl.load(y_row + cols, mask=pred, other=0.0).to(tl.float32)
+        dy = tl.load(dy_row + cols * dy_stride_k, mask=pred, other=0.0).to(tl.float32)
+        acc += tl.where(keep, y * dy, 0.0)
     dot = tl.sum(acc, axis=0)
 
     for start in range(0, K, BLOCK_K):
-        cols = start + tl.arange(0, BLOCK_K).to(tl.int64)
-        keep, _ = _keep_tile(
-            mask_ptr, b, h, q, cols, cols < k_end,
+        cols = start + tl.arange(0, BLOCK_K)
+        keep, pred, _ = _keep_tile(
+            mask_ptr, b, h, q, cols, cols < K, lo, hi, holes,
             mask_stride_b, mask_stride_h, mask_stride_q, mask_stride_k,
-            Q, K, add_threshold, MASK_KIND, CAUSAL,
+            add_threshold, MASK_KIND, GROUP,
         )
-        y = tl.load(y_row + cols, mask=keep, other=0.0).to(tl.float32)
-        dy = tl.load(dy_row + cols * dy_stride_k, mask=keep, other=0.0).to(tl.float32)
+        y = tl.load(y_row + cols, mask=pred, other=0.0).to(tl.float32)
+        dy = tl.load(dy_row + cols * dy_stride_k, mask=pred, other=0.0).to(tl.float32)
         ds = tl.where(keep, scale * y * (dy - dot), 0.0)
         tl.store(ds_row + cols, ds.to(ds_ptr.dtype.element_ty), mask=cols < K)
 
@@ -266,53 +313,48 @@ def _launch_config(K: int, max_single_pass_k: int, loop_block_k: int):
 
 
 def _mask_args(spec: _masks.MaskSpec, dummy: torch.Tensor):
+    """(mask tensor, its 4 strides, per-sequence key ranges) for the kernels; dummies where unused."""
     t = spec.tensor
     if spec.kind == _masks.NONE:
-        return dummy, (0, 0, 0, 0)
+        return dummy, (0, 0, 0, 0), dummy
     if spec.kind == _masks.PAD2D:
-        return t, (t.stride(0), 0, 0, t.stride(1))
-    return t, tuple(t.stride())
+        B, K = t.shape
+        ranges = torch.empty((B, 3), dtype=torch.int32, device=t.device)
+        _pad_ranges_kernel[(B,)](t, ranges, t.stride(0), t.stride(1), K, BLOCK_K=min(4096, triton.next_power_of_2(K)))
+        return t, (t.stride(0), 0, 0, t.stride(1)), ranges
+    return t, tuple(t.stride()), dummy
 
 
-def _forward(scores, spec, causal, scale, max_single_pass_k, loop_block_k):
-    B, H, Q, K = scores.shape
-    y = torch.empty((B, H, Q, K), dtype=scores.dtype, device=scores.device)
+def _launch(single_kernel, looped_kernel, tensors, strides, spec, shape, causal, scale, blocks):
+    B, H, Q, K = shape
     n_rows = B * H * Q
-    if y.numel() == 0:
-        return y
-    mask_t, mstr = _mask_args(spec, scores)
-    single, block_m, block_k, num_warps = _launch_config(K, max_single_pass_k, loop_block_k)
-    common = dict(MASK_KIND=spec.kind, CAUSAL=causal, BLOCK_K=block_k, num_warps=num_warps)
+    mask_t, mstr, ranges = _mask_args(spec, tensors[0])
+    single, block_m, block_k, num_warps = _launch_config(K, *blocks)
+    common = dict(MASK_KIND=spec.kind, CAUSAL=causal, BLOCK_K=block_k, GROUP=min(16, block_k), num_warps=num_warps)
     if single:
-        _fwd_single_pass_kernel[(triton.cdiv(n_rows, block_m),)](
-            scores, y, mask_t, *scores.stride(), *mstr, n_rows, H, Q, K, float(scale), spec.threshold,
+        single_kernel[(triton.cdiv(n_rows, block_m),)](
+            *tensors, mask_t, ranges, *strides, *mstr, n_rows, H, Q, K, float(scale), spec.threshold,
             BLOCK_M=block_m, **common,
         )
     else:
-        _fwd_looped_kernel[(n_rows,)](
-            scores, y, mask_t, *scores.stride(), *mstr, H, Q, K, float(scale), spec.threshold, **common,
+        looped_kernel[(n_rows,)](
+            *tensors, mask_t, ranges, *strides, *mstr, H, Q, K, float(scale), spec.threshold, **common,
         )
+
+
+def _forward(scores, spec, causal, scale, blocks):
+    y = torch.empty(scores.shape, dtype=scores.dtype, device=scores.device)
+    if y.numel():
+        _launch(_fwd_single_pass_kernel, _fwd_looped_kernel, (scores, y), scores.stride(), spec, scores.shape,
+                causal, scale, blocks)
     return y
 
 
-def _backward(y, dy, spec, causal, scale, max_single_pass_k, loop_block_k):
-    B, H, Q, K = y.shape
+def _backward(y, dy, spec, causal, scale, blocks):
     ds = torch.empty_like(y)
-    n_rows = B * H * Q
-    if ds.numel() == 0:
-        return ds
-    mask_t, mstr = _mask_args(spec, y)
-    single, block_m, block_k, num_warps = _launch_config(K, max_single_pass_k, loop_block_k)
-    common = dict(MASK_KIND=spec.kind, CAUSAL=causal, BLOCK_K=block_k, num_warps=num_warps)
-    if single:
-        _bwd_single_pass_kernel[(triton.cdiv(n_rows, block_m),)](
-            y, dy, ds, mask_t, *dy.stride(), *mstr, n_rows, H, Q, K, float(scale), spec.threshold,
-            BLOCK_M=block_m, **common,
-        )
-    else:
-        _bwd_looped_kernel[(n_rows,)](
-            y, dy, ds, mask_t, *dy.stride(), *mstr, H, Q, K, float(scale), spec.threshold, **common,
-        )
+    if ds.numel():
+        _launch(_bwd_single_pass_kernel, _bwd_looped_kernel, (y, dy, ds), dy.stride(), spec, y.shape,
+                causal, scale, blocks)
     return ds
 
 
@@ -324,16 +366,16 @@ class MaskedSoftmaxFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, scores, spec, causal, scale, max_single_pass_k=MAX_SINGLE_PASS_K, loop_block_k=LOOP_BLOCK_K):
-        y = _forward(scores, spec, causal, scale, max_single_pass_k, loop_block_k)
+        blocks = (max_single_pass_k, loop_block_k)
+        y = _forward(scores, spec, causal, scale, blocks)
         ctx.save_for_backward(y)
-        ctx.spec, ctx.causal, ctx.scale = spec, causal, scale
-        ctx.blocks = (max_single_pass_k, loop_block_k)
+        ctx.spec, ctx.causal, ctx.scale, ctx.blocks = spec, causal, scale, blocks
         return y
 
     @staticmethod
     def backward(ctx, dy):
         (y,) = ctx.saved_tensors
-        ds = _backward(y, dy, ctx.spec, ctx.causal, ctx.scale, *ctx.blocks)
+        ds = _backward(y, dy, ctx.spec, ctx.causal, ctx.scale, ctx.blocks)
         return ds, None, None, None, None, None
 
 
