@@ -1,0 +1,90 @@
+"""GPU, fp16, real model sizes (random init): flash-attn's rule for patched models.
+
+The patched fp16 model's error against the fp32 eager model must be at most twice the fp16 eager model's error
+(max abs over real positions): the kernels may not add error beyond what fp16 eager itself has.
+"""
+import copy
+
+import pytest
+import torch
+from transformers import BertConfig, BertModel, GPT2Config, GPT2LMHeadModel
+
+from hf_masked_softmax import patched
+
+pytestmark = pytest.mark.gpu
+
+
+def padded(vocab, lengths, total, side, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(0, vocab, (len(lengths), total), generator=g)
+    mask = torch.zeros(len(lengths), total, dtype=torch.long)
+    for b, n in enumerate(lengths):
+        mask[b, :n] = 1
+    if side == "left":
+        mask = mask.flip(-1)
+    return ids.cuda(), mask.cuda()
+
+
+def max_err(x, ref, valid):
+    return (x.float() - ref.float())[valid].abs().max().item()
+
+
+def fp32_and_fp16(model):
+    model = model.cuda().eval()
+    return model, copy.deepcopy(model).half()
+
+
+@pytest.mark.parametrize("mode", ["softmax", "fused"])
+def test_gpt2_small_fp16_forward(mode):
+    torch.manual_seed(0)
+    m32, m16 = fp32_and_fp16(GPT2LMHeadModel(GPT2Config(attn_implementation="eager")))
+    ids, mask = padded(50257, (512, 397, 200, 31), 512, "left")
+    valid = mask.bool()
+    with torch.no_grad():
+        ref = m32(ids, attention_mask=mask).logits
+        eager = m16(ids, attention_mask=mask).logits
+        with patched(m16, mode=mode):
+            ours = m16(ids, attention_mask=mask).logits
+    e_eager, e_ours = max_err(eager, ref, valid), max_err(ours, ref, valid)
+    print(f"gpt2 fp16 {mode}: eager err {e_eager:.3e}, patched err {e_ours:.3e}")
+    assert 0 < e_eager and torch.isfinite(ours[valid]).all()
+    assert e_ours <= 2 * e_eager
+
+
+@pytest.mark.parametrize("mode", ["softmax", "fused"])
+def test_bert_base_fp16_forward(mode):
+    torch.manual_seed(0)
+    m32, m16 = fp32_and_fp16(BertModel(BertConfig(attn_implementation="eager")))
+    ids, mask = padded(30522, (256, 180, 77, 9), 256, "right")
+    valid = mask.bool()
+    with torch.no_grad():
+        ref = m32(ids, attention_mask=mask).last_hidden_state
+        eager = m16(ids, attention_mask=mask).last_hidden_state
+        with patched(m16, mode=mode):
+            ours = m16(ids, attention_mask=mask).last_hidden_state
+    e_eager, e_ours = max_err(eager, ref, valid), max_err(ours, ref, valid)
+    print(f"bert fp16 {mode}: eager err {e_eager:.3e}, patched err {e_ours:.3e}")
+    assert 0 < e_eager and torch.isfinite(ours[valid]).all()
+    assert e_ours <= 2 * e_eager
+
+
+@pytest.mark.parametrize("mode", ["softmax", "fused"])
+def test_gpt2_small_fp16_gradients(mode):
+    torch.manual_seed(0)
+    m32, m16 = fp32_and_fp16(GPT2LMHeadModel(GPT2Config(attn_implementation="eager", n_layer=4)))
+    ids, mask = padded(50257, (256, 190, 64, 20), 256, "right")
+    labels = ids.masked_fill(mask == 0, -100)
+
+    def grads(m):
+        m.zero_grad()
+        m(ids, attention_mask=mask, labels=labels).loss.backward()
+        return torch.cat([p.grad.float().flatten() for p in m.parameters()])
+
+    ref = grads(m32)
+    eager = grads(m16)
+    with patched(m16, mode=mode):
+        ours = grads(m16)
+    e_eager, e_ours = (eager - ref).abs().max().item(), (ours - ref).abs().max().item()
+    print(f"gpt2 fp16 grads {mode}: eager err {e_eager:.3e}, patched err {e_ours:.3e}")
+    assert 0 < e_eager and torch.isfinite(ours).all()
+    assert e_ours <= 2 * e_eager
