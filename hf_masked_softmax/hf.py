@@ -33,6 +33,7 @@ import transformers
 from packaging.version import Version
 from transformers import masking_utils
 from transformers.modeling_utils import AttentionInterface
+from transformers.utils import output_capturing
 from transformers.utils.import_utils import is_tracing
 
 from .attention import attention
@@ -55,14 +56,8 @@ def _attention_probabilities_requested(kwargs) -> bool:
     """
     if kwargs.get("output_attentions"):
         return True
-    collector = _output_collector()
+    collector = output_capturing._active_collector.get()
     return bool(collector) and ("attentions" in collector or "cross_attentions" in collector)
-
-
-def _output_collector():
-    from transformers.utils import output_capturing
-
-    return output_capturing._active_collector.get()
 
 
 def _causal_for(module, attention_mask, is_causal) -> bool:
