@@ -162,22 +162,38 @@ def flex_provider(inp):
     return lambda: compiled(q, k, v, block_mask=block_mask)
 
 
-def time_provider(fn, inp, backward: bool):
+def time_provider(fn, inp, backward: bool, graph: bool = True):
+    """Median ms of the forward (or of ``dq, dk, dv`` given a fixed forward). ``graph=True`` replays the call in a
+    CUDA graph: device time without the Python/launch overhead (which a model hides behind earlier kernels);
+    ``graph=False`` times plain calls, host overhead included."""
     q, k, v = inp["q"], inp["k"], inp["v"]
     if not backward:
         with torch.no_grad():
             fn()
-            return benchutil.median_ms(fn)
+            return benchutil.median_ms(fn, cuda_graph=graph)
     for t in (q, k, v):
         t.requires_grad_(True)
     try:
         out = fn()
         do = torch.randn_like(out)
         torch.autograd.grad(out, (q, k, v), do, retain_graph=True)
-        return benchutil.median_ms(lambda: torch.autograd.grad(out, (q, k, v), do, retain_graph=True))
+        return benchutil.median_ms(lambda: torch.autograd.grad(out, (q, k, v), do, retain_graph=True),
+                                   cuda_graph=graph)
     finally:
         for t in (q, k, v):
             t.requires_grad_(False)
+
+
+def time_both(fn, inp, backward):
+    """(graph ms or None, plain ms)."""
+    plain = time_provider(fn, inp, backward, graph=False)
+    try:
+        graphed = time_provider(fn, inp, backward, graph=True)
+    except Exception as exc:  # noqa: BLE001 - some providers cannot be captured
+        print(f"    (no CUDA-graph timing: {type(exc).__name__}: {str(exc).splitlines()[0][:100] if str(exc) else ''})")
+        torch.cuda.synchronize()
+        graphed = None
+    return graphed, plain
 
 
 def check_ours(inp):
@@ -204,21 +220,23 @@ def bench_shape(name, args, rows):
     for prov, (fn, masked) in providers(inp).items():
         for p in passes:
             try:
-                ms = time_provider(fn, inp, p == "bwd")
+                ms_graph, ms_plain = time_both(fn, inp, p == "bwd")
+                ms = ms_graph if ms_graph is not None else ms_plain
             except Exception as exc:  # noqa: BLE001
                 msg = str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__
                 print(f"  {prov:22s} {p}: not run ({type(exc).__name__}: {msg})")
                 rows.append(dict(shape=name, provider=prov, pass_=p, ms=None, error=msg))
                 continue
             flops = 4 * D * H * pairs[masked] * (2.5 if p == "bwd" else 1.0)
-            row = dict(shape=name, provider=prov, pass_=p, ms=ms, tflops=flops / ms / 1e9,
-                       problem="padded" if masked else "no-mask")
+            row = dict(shape=name, provider=prov, pass_=p, ms=ms, ms_graph=ms_graph, ms_plain=ms_plain,
+                       tflops=flops / ms / 1e9, problem="padded" if masked else "no-mask")
             if inp["Q"] <= 16 and masked:
                 # bytes that must move: the valid keys and values once, q and out
                 nbytes = 2 * H * D * q_bytes(inp) * sum(inp["lens"])
                 row["gbs"] = nbytes / ms / 1e6
             rows.append(row)
-            print(f"  {prov:22s} {p}: {ms:.4f} ms  {row['tflops']:.1f} TFLOP/s" +
+            print(f"  {prov:22s} {p}: {ms:.4f} ms (graph {ms_graph}, plain {ms_plain:.4f})  "
+                  f"{row['tflops']:.1f} TFLOP/s" +
                   (f"  {row['gbs']:.0f} GB/s" if "gbs" in row else ""))
     return inp
 
@@ -228,47 +246,42 @@ def q_bytes(inp):
 
 
 def tune(args, results):
-    """Sweep forward / backward block configurations and decode split counts of our kernel."""
-    fwd_cfgs = [(128, 64, 4, 3), (128, 64, 8, 3), (128, 128, 8, 3), (64, 64, 4, 3), (128, 32, 4, 3),
-                (128, 64, 4, 4), (64, 128, 4, 3), (128, 128, 4, 2)]
-    bwd_cfgs = [(32, 128, 4, 3), (64, 128, 8, 2), (32, 64, 4, 3), (64, 64, 4, 3), (16, 128, 4, 3),
-                (32, 128, 8, 3), (64, 128, 4, 2), (32, 128, 4, 4)]
+    """Sweep decode split counts, forward and backward block configurations of our kernel (CUDA-graph timing)."""
+    fwd_cfgs = [(128, 64, 4, 3), (128, 64, 8, 3), (64, 64, 4, 3), (128, 128, 8, 3), (64, 128, 4, 3)]
+    bwd_cfgs = [(32, 128, 4, 3), (32, 128, 8, 3), (64, 64, 4, 3), (32, 64, 4, 3), (64, 128, 8, 3)]
     orig_f, orig_b = attn_mod._fwd_config, attn_mod._bwd_config
+
+    def record(kind, shape, cfg, fn, inp, backward, **extra):
+        try:
+            ms = time_provider(fn, inp, backward)
+        except Exception as exc:  # noqa: BLE001
+            ms = None
+            print(f"  tune {kind} {shape} {cfg} {extra}: failed {type(exc).__name__}: {str(exc)[:100]}")
+        results.append(dict(kind=kind, shape=shape, cfg=cfg, ms=ms, **extra))
+        print(f"  tune {kind} {shape} {cfg} {extra}: {ms}")
+
     try:
+        inp = make_inputs("decode", args.head_dim, args.dtype)
+        for bn in (64, 128):
+            attn_mod._fwd_config = lambda *a, bn=bn: (16, bn, 4, 3)
+            for splits in (1, 2, 3, 4, 6, 8, 16):
+                fn = lambda inp=inp, s=splits: attn_mod._attention(inp["q"], inp["k"], inp["v"], inp["pad"], True,
+                                                                   None, num_splits=s)
+                record("decode", "decode", (16, bn, 4, 3), fn, inp, False, splits=splits)
+        attn_mod._fwd_config = orig_f
         for name in ("gpt2-pad-right", "gpt2-nopad", "bert"):
             inp = make_inputs(name, args.head_dim, args.dtype)
             fn = lambda inp=inp: attn_mod.attention(inp["q"], inp["k"], inp["v"], inp["pad"], causal=inp["causal"])
             for cfg in fwd_cfgs:
                 attn_mod._fwd_config = lambda *a, cfg=cfg: cfg
-                try:
-                    ms = time_provider(fn, inp, False)
-                except Exception as exc:  # noqa: BLE001
-                    ms = None
-                    print(f"  tune fwd {name} {cfg}: failed {type(exc).__name__}")
-                results.append(dict(kind="fwd", shape=name, cfg=cfg, ms=ms))
-                print(f"  tune fwd {name} {cfg}: {ms}")
+                record("fwd", name, cfg, fn, inp, False)
             attn_mod._fwd_config = orig_f
-            if name == "bert":
+            if name != "gpt2-pad-right":
                 continue
             for cfg in bwd_cfgs:
                 attn_mod._bwd_config = lambda *a, cfg=cfg: cfg
-                try:
-                    ms = time_provider(fn, inp, True)
-                except Exception as exc:  # noqa: BLE001
-                    ms = None
-                    print(f"  tune bwd {name} {cfg}: failed {type(exc).__name__}")
-                results.append(dict(kind="bwd", shape=name, cfg=cfg, ms=ms))
-                print(f"  tune bwd {name} {cfg}: {ms}")
+                record("bwd", name, cfg, fn, inp, True)
             attn_mod._bwd_config = orig_b
-        inp = make_inputs("decode", args.head_dim, args.dtype)
-        for bn in (64, 128):
-            attn_mod._fwd_config = lambda *a, bn=bn: (16, bn, 4, 3)
-            for splits in (1, 2, 3, 4, 6, 8, 12, 16):
-                fn = lambda inp=inp, s=splits: attn_mod._attention(inp["q"], inp["k"], inp["v"], inp["pad"], True,
-                                                                   None, num_splits=s)
-                ms = time_provider(fn, inp, False)
-                results.append(dict(kind="decode", shape="decode", cfg=(16, bn, 4, 3), splits=splits, ms=ms))
-                print(f"  tune decode BLOCK_N={bn} splits={splits}: {ms:.4f} ms")
     finally:
         attn_mod._fwd_config, attn_mod._bwd_config = orig_f, orig_b
 
@@ -306,6 +319,7 @@ def main(argv=None):
     ap.add_argument("--head-dim", type=int, default=64)
     ap.add_argument("--dtype", default="float16", choices=["float16", "bfloat16"])
     ap.add_argument("--tune", action="store_true", help="also sweep our block sizes and decode splits")
+    ap.add_argument("--tune-only", action="store_true", help="only the sweep (writes bench_attention_tune.json)")
     ap.add_argument("--out", default=None, help="output folder (default $OUT or ./out)")
     ap.add_argument("--plot-from", default=None, help="only redraw the PNG from an earlier JSON")
     args = ap.parse_args(argv)
@@ -327,7 +341,9 @@ def main(argv=None):
     del a
     print(f"ceilings: copy {ceil['copy_gbs']:.0f} GB/s, matmul {ceil['matmul_tflops']:.0f} TFLOP/s")
     rows, tuning = [], []
-    for name in args.shapes.split(","):
+    if args.tune_only:
+        args.tune, args.shapes = True, ""
+    for name in filter(None, args.shapes.split(",")):
         if name not in SHAPES:
             sys.exit(f"unknown shape {name!r}; choose from {', '.join(SHAPES)}")
         try:
@@ -336,6 +352,9 @@ def main(argv=None):
             traceback.print_exc()
     if args.tune:
         tune(args, tuning)
+    if args.tune_only:
+        benchutil.write_json(out / "bench_attention_tune.json", dict(env=env, tuning=tuning))
+        return
     payload = dict(env=env, ceilings=ceil, dtype=str(args.dtype), head_dim=args.head_dim, shapes=SHAPES,
                    rows=rows, tuning=tuning, command=" ".join(["python", "evals/bench_attention.py"] + sys.argv[1:]))
     benchutil.write_json(out / "bench_attention.json", payload)
@@ -347,7 +366,7 @@ def main(argv=None):
         if r.get("ms") and base:
             r["ours_speedup"] = r["ms"] / base["ms"]
     benchutil.print_table([r for r in rows if r.get("ms")],
-                          ["shape", "pass", "provider", "ms", "tflops", "gbs", "ours_speedup", "problem"])
+                          ["shape", "pass", "provider", "ms", "ms_plain", "tflops", "gbs", "ours_speedup", "problem"])
     plot(rows, env, out / "bench_attention.png")
 
 

@@ -97,23 +97,23 @@ def _load_2d(ptrs, row_ok, col_ok, CHECK_ROWS: tl.constexpr, CHECK_COLS: tl.cons
 
 
 @triton.jit
-def _mask_scores(s, rows, cols, start, end, has_holes, mask_base, stride_mm, stride_mk, Q_LEN, K_LEN, threshold,
+def _mask_scores(s, r2, c2, start, end, has_holes, mask_base, stride_mm, stride_mk, Q_LEN, K_LEN, threshold,
                  MASK_KIND: tl.constexpr, CAUSAL: tl.constexpr):
-    """Set the masked entries of the base-2 scores ``s [BLOCK_M, BLOCK_N]`` to -inf (adds an additive mask)."""
-    keep = (cols[None, :] >= start) & (cols[None, :] < end)
+    """Set the masked entries of the base-2 score tile ``s`` to -inf (and add an additive mask). ``r2`` / ``c2`` are
+    the query / key indices broadcastable to ``s``: ``rows[:, None], cols[None, :]`` or transposed."""
+    keep = (c2 >= start) & (c2 < end)
     if CAUSAL:
-        keep = keep & (cols[None, :] <= rows[:, None] + (K_LEN - Q_LEN))
+        keep = keep & (c2 <= r2 + (K_LEN - Q_LEN))
     if MASK_KIND == 1:
         if has_holes:
-            pm = tl.load(mask_base + cols * stride_mk, mask=cols < K_LEN, other=0)
-            keep = keep & (pm != 0)[None, :]
+            pm = tl.load(mask_base + c2 * stride_mk, mask=c2 < K_LEN, other=0)
+            keep = keep & (pm != 0)
     elif MASK_KIND == 2:
-        bm = tl.load(mask_base + rows[:, None] * stride_mm + cols[None, :] * stride_mk,
-                     mask=(rows < Q_LEN)[:, None] & (cols < K_LEN)[None, :], other=0)
+        bm = tl.load(mask_base + r2 * stride_mm + c2 * stride_mk, mask=(r2 < Q_LEN) & (c2 < K_LEN), other=0)
         keep = keep & (bm != 0)
     elif MASK_KIND == 3:
-        am = tl.load(mask_base + rows[:, None] * stride_mm + cols[None, :] * stride_mk,
-                     mask=(rows < Q_LEN)[:, None] & (cols < K_LEN)[None, :], other=0.0).to(tl.float32)
+        am = tl.load(mask_base + r2 * stride_mm + c2 * stride_mk, mask=(r2 < Q_LEN) & (c2 < K_LEN),
+                     other=0.0).to(tl.float32)
         keep = keep & ~(am <= threshold)
         s = s + tl.where(keep, am, 0.0) * 1.4426950408889634
     return tl.where(keep, s, float("-inf"))
@@ -136,8 +136,8 @@ def _fwd_blocks(acc, l_i, m_i, q, k_base, v_base, mask_base, rows, offs_n, offs_
             k = k.to(tl.float32)
         s = tl.dot(q, k, input_precision=DOT_PREC) * qk_scale
         if MASKED:
-            s = _mask_scores(s, rows, cols, start, end, has_holes, mask_base, stride_mm, stride_mk, Q_LEN, K_LEN,
-                             threshold, MASK_KIND, CAUSAL)
+            s = _mask_scores(s, rows[:, None], cols[None, :], start, end, has_holes, mask_base, stride_mm,
+                             stride_mk, Q_LEN, K_LEN, threshold, MASK_KIND, CAUSAL)
         m_new = tl.maximum(m_i, tl.max(s, axis=1))
         if MASKED:
             # a row with nothing kept so far has m = -inf: shift by 0 so exp2 gives 0, not NaN
@@ -325,31 +325,32 @@ def _dkdv_blocks(dk, dv, k, v, q_base, do_base, lse_base, delta_base, mask_base,
                  lo, hi, start, end, has_holes, Q_LEN, K_LEN, qk_scale, threshold,
                  MASKED: tl.constexpr, MASK_KIND: tl.constexpr, CAUSAL: tl.constexpr, BLOCK_M: tl.constexpr,
                  HEAD_D: tl.constexpr, BLOCK_D: tl.constexpr, UPCAST: tl.constexpr, DOT_PREC: tl.constexpr):
-    """Accumulate ``dk, dv`` of one key block over query blocks ``[lo, hi)`` of one query head."""
+    """Accumulate ``dk, dv`` of one key block over query blocks ``[lo, hi)`` of one query head. Works on the
+    transposed tiles ``S^T = k q^T [BLOCK_N, BLOCK_M]`` so that no register tile needs transposing."""
     d_ok = offs_d < HEAD_D
     for m0 in range(lo, hi, BLOCK_M):
         rows = m0 + offs_m
         row_ok = rows < Q_LEN
-        q = _load_2d(q_base + rows[:, None] * stride_qm + offs_d[None, :] * stride_qd, row_ok, d_ok,
-                     True, BLOCK_D != HEAD_D)
+        qt = _load_2d(q_base + offs_d[:, None] * stride_qd + rows[None, :] * stride_qm, d_ok, row_ok,
+                      BLOCK_D != HEAD_D, True)
         do = _load_2d(do_base + rows[:, None] * stride_dom + offs_d[None, :] * stride_dod, row_ok, d_ok,
                       True, BLOCK_D != HEAD_D)
         if UPCAST:
-            q = q.to(tl.float32)
+            qt = qt.to(tl.float32)
             do = do.to(tl.float32)
         lse = tl.load(lse_base + rows, mask=row_ok, other=float("inf"))
         # a row with nothing kept has lse = -inf and all-zero probabilities: +inf gives exp2(s - lse) = 0
         lse = tl.where(lse == float("-inf"), float("inf"), lse)
         delta = tl.load(delta_base + rows, mask=row_ok, other=0.0)
-        s = tl.dot(q, tl.trans(k), input_precision=DOT_PREC) * qk_scale
+        st = tl.dot(k, qt, input_precision=DOT_PREC) * qk_scale
         if MASKED:
-            s = _mask_scores(s, rows, cols, start, end, has_holes, mask_base, stride_mm, stride_mk, Q_LEN, K_LEN,
-                             threshold, MASK_KIND, CAUSAL)
-        p = tl.math.exp2(s - lse[:, None])
-        dv = tl.dot(tl.trans(p.to(do.dtype)), do, dv, input_precision=DOT_PREC)
-        dp = tl.dot(do, tl.trans(v), input_precision=DOT_PREC)
-        ds = p * (dp - delta[:, None])
-        dk = tl.dot(tl.trans(ds.to(q.dtype)), q, dk, input_precision=DOT_PREC)
+            st = _mask_scores(st, rows[None, :], cols[:, None], start, end, has_holes, mask_base, stride_mm,
+                              stride_mk, Q_LEN, K_LEN, threshold, MASK_KIND, CAUSAL)
+        pt = tl.math.exp2(st - lse[None, :])
+        dv = tl.dot(pt.to(do.dtype), do, dv, input_precision=DOT_PREC)
+        dpt = tl.dot(v, tl.trans(do), input_precision=DOT_PREC)
+        dst = pt * (dpt - delta[None, :])
+        dk = tl.dot(dst.to(qt.dtype), tl.trans(qt), dk, input_precision=DOT_PREC)
     return dk, dv
 
 
@@ -446,8 +447,8 @@ def _dq_blocks(dq, q, do, lse, delta, k_base, v_base, mask_base, rows, offs_n, o
             vt = vt.to(tl.float32)
         s = tl.dot(q, kt, input_precision=DOT_PREC) * qk_scale
         if MASKED:
-            s = _mask_scores(s, rows, cols, start, end, has_holes, mask_base, stride_mm, stride_mk, Q_LEN, K_LEN,
-                             threshold, MASK_KIND, CAUSAL)
+            s = _mask_scores(s, rows[:, None], cols[None, :], start, end, has_holes, mask_base, stride_mm,
+                             stride_mk, Q_LEN, K_LEN, threshold, MASK_KIND, CAUSAL)
         p = tl.math.exp2(s - lse[:, None])
         dp = tl.dot(do, vt, input_precision=DOT_PREC)
         ds = p * (dp - delta[:, None])
@@ -532,6 +533,15 @@ def _forget_ranges(ref, key):
         del _RANGE_CACHE[key]
 
 
+def _cdiv(a: int, b: int) -> int:
+    # plain Python: triton.cdiv / next_power_of_2 are jit wrappers costing microseconds per call on the host
+    return -(-a // b)
+
+
+def _next_pow2(n: int) -> int:
+    return 1 << max(0, (n - 1).bit_length())
+
+
 def _sm_count(device: torch.device) -> int:
     if device.type != "cuda":
         return 4
@@ -542,7 +552,7 @@ def _sm_count(device: torch.device) -> int:
 
 
 def _block_d(D: int) -> int:
-    return max(16, triton.next_power_of_2(D))
+    return max(16, _next_pow2(D))
 
 
 def _fwd_config(D: int, Q: int, dtype: torch.dtype, decode: bool):
@@ -588,7 +598,7 @@ def _pad_ranges(mask: torch.Tensor, user_mask: torch.Tensor) -> torch.Tensor:
     B, K = mask.shape
     ranges = torch.empty((B, 4), dtype=torch.int32, device=mask.device)
     _pad_ranges_kernel[(B,)](mask, ranges, mask.stride(0), mask.stride(1), K,
-                             BLOCK=min(1024, triton.next_power_of_2(max(K, 16))))
+                             BLOCK=min(1024, _next_pow2(max(K, 16))))
     if version is not None:
         _RANGE_CACHE[key] = (weakref.ref(user_mask, lambda ref, key=key: _forget_ranges(ref, key)), version, ranges)
     return ranges
@@ -604,12 +614,12 @@ def _mask_args(kind, mask_t, dummy):
 
 
 def _num_splits(B, H, Q, K, block_m, block_n, device) -> int:
-    programs = B * H * triton.cdiv(Q, block_m)
+    programs = B * H * _cdiv(Q, block_m)
     target = 8 * _sm_count(device)
     if programs == 0 or programs >= target:
         return 1
     # at least two key blocks per split, so the combine stays cheap next to the work
-    return max(1, min(triton.cdiv(target, programs), triton.cdiv(K, 2 * block_n), 64))
+    return max(1, min(_cdiv(target, programs), _cdiv(K, 2 * block_n), 64))
 
 
 def _forward(q, k, v, kind, mask_t, ranges, threshold, causal, scale, num_splits=None, decode=None):
@@ -634,7 +644,7 @@ def _forward(q, k, v, kind, mask_t, ranges, threshold, causal, scale, num_splits
         o_arg = torch.empty((num_splits, B, H, Q, D), dtype=torch.float32, device=q.device)
         l_arg = torch.empty((num_splits, B, H, Q), dtype=torch.float32, device=q.device)
         ostr, lstr = tuple(o_arg.stride()), l_arg.stride(0)
-    grid = (triton.cdiv(Q, block_m), B * H, num_splits)
+    grid = (_cdiv(Q, block_m), B * H, num_splits)
     _attn_fwd_kernel[grid](
         q, k, v, o_arg, l_arg, mask_arg, ranges_arg,
         *q.stride(), *k.stride(), *v.stride(), *ostr, lstr, *mstr,
@@ -645,7 +655,7 @@ def _forward(q, k, v, kind, mask_t, ranges, threshold, causal, scale, num_splits
     if num_splits > 1:
         _split_combine_kernel[(B * H, Q)](
             o_arg, l_arg, out, lse, o_arg.stride(0), l_arg.stride(0), *out.stride(), H, Q, num_splits,
-            HEAD_D=D, BLOCK_D=_block_d(D), BLOCK_S=max(2, triton.next_power_of_2(num_splits)), num_warps=1,
+            HEAD_D=D, BLOCK_D=_block_d(D), BLOCK_S=max(2, _next_pow2(num_splits)), num_warps=1,
         )
     return out, lse
 
@@ -658,7 +668,7 @@ def _backward(do, q, k, v, out, lse, kind, mask_t, ranges, threshold, causal, sc
     if q.numel() == 0 or K == 0:  # nothing was attended to: every gradient is zero
         return torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v)
     delta = torch.empty_like(lse)
-    _bwd_delta_kernel[(triton.cdiv(Q, 64), B * H)](
+    _bwd_delta_kernel[(_cdiv(Q, 64), B * H)](
         out, do, delta, *out.stride(), *do.stride(), H, Q, BLOCK_M=64, HEAD_D=D, BLOCK_D=bd,
     )
     dq = torch.empty_like(q)
@@ -670,13 +680,13 @@ def _backward(do, q, k, v, out, lse, kind, mask_t, ranges, threshold, causal, sc
     prec = "ieee" if (q.dtype == torch.float32 or upcast) else "tf32"
     common = dict(MASK_KIND=kind, CAUSAL=causal, HEAD_D=D, BLOCK_D=bd, UPCAST=upcast, DOT_PREC=prec,
                   num_warps=warps, num_stages=stages)
-    _bwd_dkdv_kernel[(triton.cdiv(K, resident), B * Hkv)](
+    _bwd_dkdv_kernel[(_cdiv(K, resident), B * Hkv)](
         q, k, v, do, lse, delta, dk, dv, mask_arg, ranges_arg,
         *q.stride(), *k.stride(), *v.stride(), *do.stride(), *dk.stride(), *dv.stride(), *mstr,
         H, Hkv, H // Hkv, Q, K, scale, scale * _LOG2E, threshold,
         BLOCK_M=inner, BLOCK_N=resident, **common,
     )
-    _bwd_dq_kernel[(triton.cdiv(Q, resident), B * H)](
+    _bwd_dq_kernel[(_cdiv(Q, resident), B * H)](
         q, k, v, do, lse, delta, dq, mask_arg, ranges_arg,
         *q.stride(), *k.stride(), *v.stride(), *do.stride(), *dq.stride(), *mstr,
         H, H // Hkv, Q, K, scale, scale * _LOG2E, threshold,
