@@ -14,7 +14,10 @@ the whole rectangle: the speed anchor, not the same result on padded shapes), SD
 (efficient and cuDNN backends), FlexAttention with a block mask (torch.compile'd), and the HF eager recipe
 (matmul, additive mask, fp32 softmax, matmul). Forward and backward (``dq, dk, dv``), median ms by
 ``triton.testing.do_bench``; TFLOP/s count only the (query, key) pairs each provider's own problem keeps
-(backward = 2.5x forward). ``--tune`` also sweeps our block sizes. Writes a table, ``bench_attention.json`` and
+(backward = 2.5x forward). Forward ``ms`` is the median of CUDA-graph replays (device time: in a model the Python
+and launch overhead hides behind earlier kernels); ``ms_plain`` times plain calls and ``us_per_call_b2b`` the wall
+time of back-to-back calls, which shows the host cost where the CPU is the bottleneck (decoding). Backward is
+timed plainly. ``--tune`` also sweeps our block sizes. Writes a table, ``bench_attention.json`` and
 ``bench_attention.png`` to ``--out`` (default $OUT or ./out).
 
     python evals/bench_attention.py [--shapes gpt2-pad-right,bert,decode] [--tune] [--out DIR]
@@ -185,15 +188,29 @@ def time_provider(fn, inp, backward: bool, graph: bool = True):
 
 
 def time_both(fn, inp, backward):
-    """(graph ms or None, plain ms)."""
+    """(graph ms or None, plain ms, host us per call). Backward is never graph-captured (a failed capture of the
+    autograd engine leaves the CUDA context unusable), and its host overhead is small next to its device time."""
     plain = time_provider(fn, inp, backward, graph=False)
-    try:
-        graphed = time_provider(fn, inp, backward, graph=True)
-    except Exception as exc:  # noqa: BLE001 - some providers cannot be captured
-        print(f"    (no CUDA-graph timing: {type(exc).__name__}: {str(exc).splitlines()[0][:100] if str(exc) else ''})")
-        torch.cuda.synchronize()
-        graphed = None
-    return graphed, plain
+    graphed = None
+    if not backward:
+        try:
+            graphed = time_provider(fn, inp, backward, graph=True)
+        except Exception as exc:  # noqa: BLE001 - some providers cannot be captured
+            print(f"    (no CUDA-graph timing: {type(exc).__name__}: {str(exc).splitlines()[0][:100]})")
+            torch.cuda.synchronize()
+    host_us = None
+    if not backward:
+        # back-to-back calls, one sync: when the CPU is the bottleneck this is the host cost of one call
+        import time
+
+        with torch.no_grad():
+            torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            for _ in range(200):
+                fn()
+            torch.cuda.synchronize()
+            host_us = (time.perf_counter() - t0) / 200 * 1e6
+    return graphed, plain, host_us
 
 
 def check_ours(inp):
@@ -220,7 +237,7 @@ def bench_shape(name, args, rows):
     for prov, (fn, masked) in providers(inp).items():
         for p in passes:
             try:
-                ms_graph, ms_plain = time_both(fn, inp, p == "bwd")
+                ms_graph, ms_plain, host_us = time_both(fn, inp, p == "bwd")
                 ms = ms_graph if ms_graph is not None else ms_plain
             except Exception as exc:  # noqa: BLE001
                 msg = str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__
@@ -229,13 +246,14 @@ def bench_shape(name, args, rows):
                 continue
             flops = 4 * D * H * pairs[masked] * (2.5 if p == "bwd" else 1.0)
             row = dict(shape=name, provider=prov, pass_=p, ms=ms, ms_graph=ms_graph, ms_plain=ms_plain,
+                       us_per_call_b2b=host_us,
                        tflops=flops / ms / 1e9, problem="padded" if masked else "no-mask")
             if inp["Q"] <= 16 and masked:
                 # bytes that must move: the valid keys and values once, q and out
                 nbytes = 2 * H * D * q_bytes(inp) * sum(inp["lens"])
                 row["gbs"] = nbytes / ms / 1e6
             rows.append(row)
-            print(f"  {prov:22s} {p}: {ms:.4f} ms (graph {ms_graph}, plain {ms_plain:.4f})  "
+            print(f"  {prov:22s} {p}: {ms:.4f} ms (plain {ms_plain:.4f}, back-to-back {host_us} us)  "
                   f"{row['tflops']:.1f} TFLOP/s" +
                   (f"  {row['gbs']:.0f} GB/s" if "gbs" in row else ""))
     return inp
@@ -246,14 +264,14 @@ def q_bytes(inp):
 
 
 def tune(args, results):
-    """Sweep decode split counts, forward and backward block configurations of our kernel (CUDA-graph timing)."""
+    """Sweep decode split counts, forward (CUDA-graph timing) and backward (plain timing) block configurations."""
     fwd_cfgs = [(128, 64, 4, 3), (128, 64, 8, 3), (64, 64, 4, 3), (128, 128, 8, 3), (64, 128, 4, 3)]
     bwd_cfgs = [(32, 128, 4, 3), (32, 128, 8, 3), (64, 64, 4, 3), (32, 64, 4, 3), (64, 128, 8, 3)]
     orig_f, orig_b = attn_mod._fwd_config, attn_mod._bwd_config
 
     def record(kind, shape, cfg, fn, inp, backward, **extra):
         try:
-            ms = time_provider(fn, inp, backward)
+            ms = time_provider(fn, inp, backward, graph=not backward)
         except Exception as exc:  # noqa: BLE001
             ms = None
             print(f"  tune {kind} {shape} {cfg} {extra}: failed {type(exc).__name__}: {str(exc)[:100]}")
@@ -262,9 +280,9 @@ def tune(args, results):
 
     try:
         inp = make_inputs("decode", args.head_dim, args.dtype)
-        for bn in (64, 128):
+        for bn in (64,):
             attn_mod._fwd_config = lambda *a, bn=bn: (16, bn, 4, 3)
-            for splits in (1, 2, 3, 4, 6, 8, 16):
+            for splits in (1, 2, 4):
                 fn = lambda inp=inp, s=splits: attn_mod._attention(inp["q"], inp["k"], inp["v"], inp["pad"], True,
                                                                    None, num_splits=s)
                 record("decode", "decode", (16, bn, 4, 3), fn, inp, False, splits=splits)
@@ -343,6 +361,11 @@ def main(argv=None):
     rows, tuning = [], []
     if args.tune_only:
         args.tune, args.shapes = True, ""
+    payload = dict(env=env, ceilings=ceil, dtype=str(args.dtype), head_dim=args.head_dim, shapes=SHAPES,
+                   rows=rows, tuning=tuning, command=" ".join(["python", "evals/bench_attention.py"] + sys.argv[1:]),
+                   timing="ms: median of CUDA-graph replays (device time) for forward, plain do_bench for backward; "
+                          "ms_plain: plain do_bench (host overhead included when the CPU is the bottleneck); "
+                          "us_per_call_b2b: wall time per call over 200 back-to-back calls")
     for name in filter(None, args.shapes.split(",")):
         if name not in SHAPES:
             sys.exit(f"unknown shape {name!r}; choose from {', '.join(SHAPES)}")
@@ -350,14 +373,12 @@ def main(argv=None):
             bench_shape(name, args, rows)
         except Exception:  # noqa: BLE001 - keep the other shapes' numbers
             traceback.print_exc()
+        benchutil.write_json(out / "bench_attention.json", payload)  # after each shape: partial runs keep data
     if args.tune:
         tune(args, tuning)
     if args.tune_only:
         benchutil.write_json(out / "bench_attention_tune.json", dict(env=env, tuning=tuning))
         return
-    payload = dict(env=env, ceilings=ceil, dtype=str(args.dtype), head_dim=args.head_dim, shapes=SHAPES,
-                   rows=rows, tuning=tuning, command=" ".join(["python", "evals/bench_attention.py"] + sys.argv[1:]))
-    benchutil.write_json(out / "bench_attention.json", payload)
     print()
     for r in rows:
         r["pass"] = r["pass_"]
@@ -365,8 +386,10 @@ def main(argv=None):
                      and x["provider"] == "ours" and x.get("ms")), None)
         if r.get("ms") and base:
             r["ours_speedup"] = r["ms"] / base["ms"]
+    benchutil.write_json(out / "bench_attention.json", payload)
     benchutil.print_table([r for r in rows if r.get("ms")],
-                          ["shape", "pass", "provider", "ms", "ms_plain", "tflops", "gbs", "ours_speedup", "problem"])
+                          ["shape", "pass", "provider", "ms", "ms_plain", "us_per_call_b2b", "tflops", "gbs",
+                           "ours_speedup", "problem"])
     plot(rows, env, out / "bench_attention.png")
 
 

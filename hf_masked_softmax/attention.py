@@ -212,8 +212,9 @@ def _attn_fwd_kernel(
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_D: tl.constexpr, BLOCK_D: tl.constexpr,
     UPCAST: tl.constexpr, DOT_PREC: tl.constexpr,
 ):
-    pid_m = tl.program_id(0)
-    bh = tl.program_id(1).to(tl.int64)
+    # (batch x head) fastest and query blocks in reverse: the longest causal rows start first, short ones fill in
+    bh = tl.program_id(0).to(tl.int64)
+    pid_m = tl.num_programs(1) - 1 - tl.program_id(1)
     split = tl.program_id(2)
     b = bh // H
     h = bh % H
@@ -370,8 +371,9 @@ def _bwd_dkdv_kernel(
     UPCAST: tl.constexpr, DOT_PREC: tl.constexpr,
 ):
     """One key block of one key/value head; sums over the query heads of its GQA group (no atomics)."""
-    n0 = tl.program_id(0) * BLOCK_N
-    bhk = tl.program_id(1).to(tl.int64)
+    # (batch x kv head) fastest; key blocks in order: under causality the first see the most queries
+    bhk = tl.program_id(0).to(tl.int64)
+    n0 = tl.program_id(1) * BLOCK_N
     b = bhk // HKV
     hk = bhk % HKV
     cols = n0 + tl.arange(0, BLOCK_N)
@@ -471,8 +473,8 @@ def _bwd_dq_kernel(
     UPCAST: tl.constexpr, DOT_PREC: tl.constexpr,
 ):
     """One query block of one head; visits the same key blocks as the forward."""
-    pid_m = tl.program_id(0)
-    bh = tl.program_id(1).to(tl.int64)
+    bh = tl.program_id(0).to(tl.int64)
+    pid_m = tl.num_programs(1) - 1 - tl.program_id(1)
     b = bh // H
     h = bh % H
     hk = h // GROUP
@@ -555,8 +557,9 @@ def _block_d(D: int) -> int:
     return max(16, _next_pow2(D))
 
 
-def _fwd_config(D: int, Q: int, dtype: torch.dtype, decode: bool):
-    """(BLOCK_M, BLOCK_N, num_warps, num_stages) of the forward kernel."""
+def _fwd_config(D: int, Q: int, dtype: torch.dtype, decode: bool, causal: bool):
+    """(BLOCK_M, BLOCK_N, num_warps, num_stages) of the forward kernel. D <= 64 entries measured on an H100
+    (evals/bench_attention.py --tune-only); causal prefers smaller query blocks (less work on the diagonal)."""
     if _INTERPRET:
         return 16, 16, 4, 1
     bd = _block_d(D)
@@ -565,7 +568,7 @@ def _fwd_config(D: int, Q: int, dtype: torch.dtype, decode: bool):
     if dtype == torch.float32:
         return (64, 32, 4, 2) if bd <= 64 else (32, 32, 4, 2)
     if bd <= 64:
-        return 128, 64, 4, 3
+        return (64, 64, 4, 3) if causal else (128, 64, 4, 3)
     if bd <= 128:
         return 128, 64, 8, 3
     return 64, 32, 4, 2
@@ -614,8 +617,10 @@ def _mask_args(kind, mask_t, dummy):
 
 
 def _num_splits(B, H, Q, K, block_m, block_n, device) -> int:
+    # Splitting costs a second launch and fp32 partials: on an H100 a B32 H12 step (384 programs) ran fastest
+    # unsplit, so split only when there are fewer than two programs per multiprocessor.
     programs = B * H * _cdiv(Q, block_m)
-    target = 8 * _sm_count(device)
+    target = 2 * _sm_count(device)
     if programs == 0 or programs >= target:
         return 1
     # at least two key blocks per split, so the combine stays cheap next to the work
@@ -627,7 +632,7 @@ def _forward(q, k, v, kind, mask_t, ranges, threshold, causal, scale, num_splits
     Hkv, K = k.shape[1], k.shape[2]
     if decode is None:
         decode = Q <= 16
-    block_m, block_n, warps, stages = _fwd_config(D, Q, q.dtype, decode)
+    block_m, block_n, warps, stages = _fwd_config(D, Q, q.dtype, decode, causal)
     if num_splits is None:
         num_splits = _num_splits(B, H, Q, K, block_m, block_n, q.device) if decode else 1
     out = torch.empty((B, Q, H, D), dtype=q.dtype, device=q.device).transpose(1, 2)
@@ -644,7 +649,7 @@ def _forward(q, k, v, kind, mask_t, ranges, threshold, causal, scale, num_splits
         o_arg = torch.empty((num_splits, B, H, Q, D), dtype=torch.float32, device=q.device)
         l_arg = torch.empty((num_splits, B, H, Q), dtype=torch.float32, device=q.device)
         ostr, lstr = tuple(o_arg.stride()), l_arg.stride(0)
-    grid = (_cdiv(Q, block_m), B * H, num_splits)
+    grid = (B * H, _cdiv(Q, block_m), num_splits)
     _attn_fwd_kernel[grid](
         q, k, v, o_arg, l_arg, mask_arg, ranges_arg,
         *q.stride(), *k.stride(), *v.stride(), *ostr, lstr, *mstr,
@@ -680,13 +685,13 @@ def _backward(do, q, k, v, out, lse, kind, mask_t, ranges, threshold, causal, sc
     prec = "ieee" if (q.dtype == torch.float32 or upcast) else "tf32"
     common = dict(MASK_KIND=kind, CAUSAL=causal, HEAD_D=D, BLOCK_D=bd, UPCAST=upcast, DOT_PREC=prec,
                   num_warps=warps, num_stages=stages)
-    _bwd_dkdv_kernel[(_cdiv(K, resident), B * Hkv)](
+    _bwd_dkdv_kernel[(B * Hkv, _cdiv(K, resident))](
         q, k, v, do, lse, delta, dk, dv, mask_arg, ranges_arg,
         *q.stride(), *k.stride(), *v.stride(), *do.stride(), *dk.stride(), *dv.stride(), *mstr,
         H, Hkv, H // Hkv, Q, K, scale, scale * _LOG2E, threshold,
         BLOCK_M=inner, BLOCK_N=resident, **common,
     )
-    _bwd_dq_kernel[(_cdiv(Q, resident), B * H)](
+    _bwd_dq_kernel[(B * H, _cdiv(Q, resident))](
         q, k, v, do, lse, delta, dq, mask_arg, ranges_arg,
         *q.stride(), *k.stride(), *v.stride(), *do.stride(), *dq.stride(), *mstr,
         H, H // Hkv, Q, K, scale, scale * _LOG2E, threshold,
