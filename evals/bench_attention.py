@@ -265,8 +265,8 @@ def q_bytes(inp):
 
 def tune(args, results):
     """Sweep decode split counts, forward (CUDA-graph timing) and backward (plain timing) block configurations."""
-    fwd_cfgs = [(128, 64, 4, 3), (128, 64, 8, 3), (64, 64, 4, 3), (128, 128, 8, 3), (64, 128, 4, 3)]
-    bwd_cfgs = [(32, 128, 4, 3), (32, 128, 8, 3), (64, 64, 4, 3), (32, 64, 4, 3), (64, 128, 8, 3)]
+    fwd_cfgs = [(128, 64, 4, 3), (64, 64, 4, 3), (128, 64, 8, 3), (64, 64, 4, 4)]
+    bwd_cfgs = [(32, 128, 4, 3), (32, 128, 8, 3), (64, 64, 4, 3), (32, 64, 4, 3), (64, 128, 8, 3), (32, 128, 4, 2)]
     orig_f, orig_b = attn_mod._fwd_config, attn_mod._bwd_config
 
     def record(kind, shape, cfg, fn, inp, backward, **extra):
@@ -337,6 +337,9 @@ def main(argv=None):
     ap.add_argument("--head-dim", type=int, default=64)
     ap.add_argument("--dtype", default="float16", choices=["float16", "bfloat16"])
     ap.add_argument("--tune", action="store_true", help="also sweep our block sizes and decode splits")
+    ap.add_argument("--bwd-config", default=None,
+                    help="override our backward blocks: 'inner,resident,warps,stages' or a tune JSON to take the "
+                         "fastest from")
     ap.add_argument("--tune-only", action="store_true", help="only the sweep (writes bench_attention_tune.json)")
     ap.add_argument("--out", default=None, help="output folder (default $OUT or ./out)")
     ap.add_argument("--plot-from", default=None, help="only redraw the PNG from an earlier JSON")
@@ -351,6 +354,16 @@ def main(argv=None):
     if not torch.cuda.is_available():
         sys.exit("bench_attention.py needs a CUDA GPU")
     args.dtype = getattr(torch, args.dtype)
+    if args.bwd_config:
+        if os.path.isfile(args.bwd_config):
+            import json
+
+            tuned = [t for t in json.load(open(args.bwd_config))["tuning"] if t["kind"] == "bwd" and t.get("ms")]
+            cfg = tuple(min(tuned, key=lambda t: t["ms"])["cfg"])
+        else:
+            cfg = tuple(int(x) for x in args.bwd_config.split(","))
+        print(f"backward blocks overridden: {cfg}")
+        attn_mod._bwd_config = lambda *a, cfg=cfg: cfg
     env = benchutil.environment()
     print(env)
     ceil = {"copy_gbs": benchutil.copy_bandwidth_gbs()}
@@ -362,6 +375,7 @@ def main(argv=None):
     if args.tune_only:
         args.tune, args.shapes = True, ""
     payload = dict(env=env, ceilings=ceil, dtype=str(args.dtype), head_dim=args.head_dim, shapes=SHAPES,
+                   bwd_config_override=args.bwd_config and list(attn_mod._bwd_config(args.head_dim, args.dtype)),
                    rows=rows, tuning=tuning, command=" ".join(["python", "evals/bench_attention.py"] + sys.argv[1:]),
                    timing="ms: median of CUDA-graph replays (device time) for forward, plain do_bench for backward; "
                           "ms_plain: plain do_bench (host overhead included when the CPU is the bottleneck); "
