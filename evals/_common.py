@@ -218,13 +218,14 @@ def load_tokenizer(name_or_path: str | None):
 # Reporting
 # ---------------------------------------------------------------------------------------------------------------
 
-def patched_path(device: str) -> str:
-    """Which implementation a patched model runs on ``device``."""
+def patched_path(device: str, mode: str = "auto") -> str:
+    """Which implementation a model patched with ``mode`` runs on ``device``."""
+    op = "masked-softmax kernel" if mode == "softmax" else "fused attention kernel"
     if str(device).startswith("cuda"):
-        return "Triton kernels on the GPU"
+        return f"Triton {op} on the GPU"
     if os.environ.get("TRITON_INTERPRET") == "1":
-        return "real Triton kernels in Triton's CPU interpreter (TRITON_INTERPRET=1)"
-    return "fp32 PyTorch reference (CPU fallback; set TRITON_INTERPRET=1 to run the Triton kernels)"
+        return f"the real Triton {op} in Triton's CPU interpreter (TRITON_INTERPRET=1)"
+    return f"fp32 PyTorch reference of the {op} (CPU fallback; TRITON_INTERPRET=1 runs the Triton kernels instead)"
 
 
 def system_info() -> dict:
