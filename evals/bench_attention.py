@@ -280,7 +280,7 @@ def tune(args, results):
 
     try:
         inp = make_inputs("decode", args.head_dim, args.dtype)
-        for bn in (64,):
+        for bn in (64,) if args.tune_what == "all" else ():
             attn_mod._fwd_config = lambda *a, bn=bn: (16, bn, 4, 3)
             for splits in (1, 2, 4):
                 fn = lambda inp=inp, s=splits: attn_mod._attention(inp["q"], inp["k"], inp["v"], inp["pad"], True,
@@ -290,7 +290,7 @@ def tune(args, results):
         for name in ("gpt2-pad-right", "gpt2-nopad", "bert"):
             inp = make_inputs(name, args.head_dim, args.dtype)
             fn = lambda inp=inp: attn_mod.attention(inp["q"], inp["k"], inp["v"], inp["pad"], causal=inp["causal"])
-            for cfg in fwd_cfgs:
+            for cfg in fwd_cfgs if args.tune_what == "all" else ():
                 attn_mod._fwd_config = lambda *a, cfg=cfg: cfg
                 record("fwd", name, cfg, fn, inp, False)
             attn_mod._fwd_config = orig_f
@@ -340,6 +340,7 @@ def main(argv=None):
     ap.add_argument("--bwd-config", default=None,
                     help="override our backward blocks: 'inner,resident,warps,stages' or a tune JSON to take the "
                          "fastest from")
+    ap.add_argument("--tune-what", default="all", choices=["all", "bwd"], help="what --tune sweeps")
     ap.add_argument("--tune-only", action="store_true", help="only the sweep (writes bench_attention_tune.json)")
     ap.add_argument("--out", default=None, help="output folder (default $OUT or ./out)")
     ap.add_argument("--plot-from", default=None, help="only redraw the PNG from an earlier JSON")
