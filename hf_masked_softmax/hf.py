@@ -93,7 +93,7 @@ def _check_unsupported_features(kwargs) -> None:
             raise ValueError(f"{NAME} does not support {feature} (`{key}`); use attn_implementation='eager' or 'sdpa'")
 
 
-def attention_forward(
+def _attention_forward(
     module: torch.nn.Module,
     query: torch.Tensor,
     key: torch.Tensor,
@@ -136,7 +136,7 @@ def attention_forward(
     return out.transpose(1, 2).contiguous(), probs
 
 
-def mask_function(
+def _mask_function(
     batch_size: int,
     q_length: int,
     kv_length: int,
@@ -170,6 +170,26 @@ def mask_function(
         batch_size=batch_size, q_length=q_length, kv_length=kv_length, q_offset=q_offset, kv_offset=kv_offset,
         mask_function=mask_function, attention_mask=attention_mask, **kwargs,
     )
+
+
+# Under torch.compile (generate() compiles the decoding step when the cache is static) the kernels' host code (mask
+# classification, grids, autograd.Function) is not traceable: the graph is broken around these two calls instead.
+_attention_forward_outside_graph = torch.compiler.disable(_attention_forward)
+_mask_function_outside_graph = torch.compiler.disable(_mask_function)
+
+
+def attention_forward(module, query, key, value, attention_mask, **kwargs):
+    """The registered attention function; see ``_attention_forward``."""
+    if torch.compiler.is_compiling():
+        return _attention_forward_outside_graph(module, query, key, value, attention_mask, **kwargs)
+    return _attention_forward(module, query, key, value, attention_mask, **kwargs)
+
+
+def mask_function(*args, **kwargs):
+    """The registered mask function; see ``_mask_function``."""
+    if torch.compiler.is_compiling():
+        return _mask_function_outside_graph(*args, **kwargs)
+    return _mask_function(*args, **kwargs)
 
 
 def register() -> None:
