@@ -50,9 +50,9 @@ TRANSFORMERS_SUPPORTED = Version(transformers.__version__).release >= Version(MI
 def _attention_probabilities_requested(kwargs) -> bool:
     """Whether the model's caller asked for attention probabilities on this forward pass.
 
-    transformers >= 5.2 no longer passes ``output_attentions`` down to the attention function: the model's
-    ``capture_outputs`` wrapper records the attention modules' second output through forward hooks while a
-    collector naming ``attentions`` / ``cross_attentions`` is active. Read that collector.
+    transformers 5 does not reliably pass ``output_attentions`` down to the attention function (GPT-2 drops it):
+    the model's ``capture_outputs`` wrapper records the attention modules' second output through forward hooks while
+    a collector naming ``attentions`` / ``cross_attentions`` is active. Read that collector.
     """
     if kwargs.get("output_attentions"):
         return True
