@@ -1,0 +1,339 @@
+"""End-to-end speed of HF GPT-2 and BERT: eager vs sdpa vs hf_masked_softmax's patch modes (GPU, fp16).
+
+Settings (weights random, they do not matter for speed; configs of GPT-2 small / medium and BERT-base):
+  gpt2-small forward B8 x T1024, right padding with key lengths uniform in [512, 1024]; and without padding
+  gpt2-small generate B8, 128-token left-padded prompts (lengths uniform in [64, 128]) + 64 new tokens, greedy
+  gpt2-medium forward B8 x T1024 padded as above; generate as above
+  bert-base encode B32 x T512: key lengths uniform in [256, 512]; ~59% fill (lengths uniform in [90, 512]); no padding
+Forward times are medians of triton.testing.do_bench (CUDA events); generate times the median of whole generate()
+calls. Peak memory is the allocator's peak during one call above what the model and inputs already hold. Speedups
+are against eager and sdpa measured in the same run. Prints a table; writes JSON and a PNG bar chart.
+
+    python evals/speed.py --out evals/results            # GPU; ~3 minutes on an H100
+    python evals/speed.py --tiny --device cpu             # smoke run of the script on tiny configs
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+
+import _common
+
+IMPLS = ("eager", "sdpa", "softmax", "fused", "auto")
+
+# Targets from the project's issues (H100, fp16): speedup of a patch mode over a baseline, per setting.
+TARGETS = {
+    ("gpt2-small fwd pad", "softmax", "eager"): 1.2,
+    ("bert-base enc 59%", "softmax", "eager"): 1.35,
+    ("gpt2-small generate", "softmax", "eager"): 1.3,
+    ("gpt2-small fwd pad", "fused", "eager"): 1.5,
+    ("gpt2-small fwd pad", "fused", "sdpa"): 1.03,
+    ("bert-base enc 59%", "fused", "eager"): 2.2,
+    ("bert-base enc 59%", "fused", "sdpa"): 1.12,
+    ("gpt2-small generate", "fused", "sdpa"): 1.0,
+}
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", default=None, help="folder for speed.json / speed.png (default $OUT or evals/results)")
+    p.add_argument("--device", default=None)
+    p.add_argument("--dtype", default=None, choices=["fp16", "bf16", "fp32"], help="default fp16 (GPU), fp32 (CPU)")
+    p.add_argument("--impls", default=",".join(IMPLS), help="subset of eager,sdpa,softmax,fused,auto")
+    p.add_argument("--only", default=None, help="comma-separated substrings: run only matching settings")
+    p.add_argument("--skip-medium", action="store_true", help="leave out GPT-2 medium")
+    p.add_argument("--generate-reps", type=int, default=5)
+    p.add_argument("--tiny", action="store_true", help="tiny configs and shapes (a smoke test of the script)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", default=None, help="JSON path (default OUT/speed.json)")
+    p.add_argument("--no-plot", action="store_true")
+    args = p.parse_args(argv)
+    args.impls = [i for i in args.impls.split(",") if i]
+    bad = [i for i in args.impls if i not in IMPLS]
+    if bad:
+        p.error(f"unknown impl(s) {bad}; choose from {list(IMPLS)}")
+    return args
+
+
+def settings(tiny: bool, skip_medium: bool):
+    """(name, arch, kind, batch, seq, (lo, hi) key lengths or None, padding side, new tokens)."""
+    if tiny:
+        return [
+            ("gpt2-small fwd pad", "gpt2-tiny", "forward", 2, 64, (32, 64), "right", 0),
+            ("gpt2-small generate", "gpt2-tiny", "generate", 2, 16, (8, 16), "left", 4),
+            ("bert-base enc 59%", "bert-tiny", "encode", 2, 64, (10, 64), "right", 0),
+        ]
+    out = [
+        ("gpt2-small fwd pad", "gpt2", "forward", 8, 1024, (512, 1024), "right", 0),
+        ("gpt2-small fwd nopad", "gpt2", "forward", 8, 1024, None, "right", 0),
+        ("gpt2-small generate", "gpt2", "generate", 8, 128, (64, 128), "left", 64),
+        ("bert-base enc [256,512]", "bert-base", "encode", 32, 512, (256, 512), "right", 0),
+        ("bert-base enc 59%", "bert-base", "encode", 32, 512, (90, 512), "right", 0),
+        ("bert-base enc nopad", "bert-base", "encode", 32, 512, None, "right", 0),
+    ]
+    if not skip_medium:
+        out += [
+            ("gpt2-medium fwd pad", "gpt2-medium", "forward", 8, 1024, (512, 1024), "right", 0),
+            ("gpt2-medium generate", "gpt2-medium", "generate", 8, 128, (64, 128), "left", 64),
+        ]
+    return out
+
+
+def build(arch: str, dtype, device):
+    from transformers import BertConfig, BertModel, GPT2Config, GPT2LMHeadModel
+
+    if arch == "gpt2":
+        model = GPT2LMHeadModel._from_config(GPT2Config(), attn_implementation="eager")
+    elif arch == "gpt2-medium":
+        model = GPT2LMHeadModel._from_config(GPT2Config(n_embd=1024, n_layer=24, n_head=16),
+                                             attn_implementation="eager")
+    elif arch == "gpt2-tiny":
+        cfg = GPT2Config(n_embd=64, n_layer=2, n_head=2, vocab_size=1000, bos_token_id=999, eos_token_id=999)
+        model = GPT2LMHeadModel._from_config(cfg, attn_implementation="eager")
+    elif arch == "bert-base":
+        model = BertModel._from_config(BertConfig(), attn_implementation="eager")
+    else:
+        model = BertModel._from_config(BertConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=2,
+                                                  intermediate_size=128, vocab_size=1000),
+                                       attn_implementation="eager")
+    return model.to(device, dtype).eval()
+
+
+def make_inputs(vocab, batch, seq, lengths, side, gen, device):
+    import torch
+
+    ids = torch.randint(0, vocab - 1, (batch, seq), generator=gen)
+    if lengths is None:
+        mask = torch.ones(batch, seq, dtype=torch.long)
+    else:
+        lens = torch.randint(lengths[0], lengths[1] + 1, (batch,), generator=gen)
+        pos = torch.arange(seq)
+        mask = (pos[None] < lens[:, None]) if side == "right" else (pos[None] >= (seq - lens)[:, None])
+        mask = mask.long()
+    return ids.to(device), mask.to(device)
+
+
+class Timer:
+    """Median milliseconds: CUDA events through triton.testing.do_bench on a GPU, perf_counter on a CPU."""
+
+    def __init__(self, device):
+        self.cuda = str(device).startswith("cuda")
+
+    def sync(self):
+        if self.cuda:
+            import torch
+
+            torch.cuda.synchronize()
+
+    def bench(self, fn, reps=None):
+        if self.cuda and reps is None:
+            import triton.testing
+
+            return float(triton.testing.do_bench(fn, warmup=50, rep=300, return_mode="median"))
+        fn()  # warm-up
+        times = []
+        for _ in range(reps or 5):
+            self.sync()
+            t0 = time.perf_counter()
+            fn()
+            self.sync()
+            times.append((time.perf_counter() - t0) * 1e3)
+        return statistics.median(times)
+
+    def peak_mb(self, fn):
+        if not self.cuda:
+            return None
+        import torch
+
+        self.sync()
+        base = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        fn()
+        self.sync()
+        return (torch.cuda.max_memory_allocated() - base) / 2**20
+
+
+def set_impl(model, impl):
+    """Put ``model`` on ``impl``; returns an undo callable."""
+    import hf_masked_softmax
+
+    if impl in ("eager", "sdpa"):
+        model.set_attn_implementation(impl)
+        return lambda: model.set_attn_implementation("eager")
+    hf_masked_softmax.patch_model(model, mode=impl)
+    return lambda: hf_masked_softmax.unpatch_model(model)
+
+
+def run_setting(setting, args, device, dtype, timer, models, bar):
+    import torch
+
+    name, arch, kind, batch, seq, lengths, side, new = setting
+    if arch not in models:
+        models.clear()  # one architecture on the GPU at a time
+        torch.manual_seed(args.seed)
+        models[arch] = build(arch, dtype, device)
+    model = models[arch]
+    gen = torch.Generator().manual_seed(args.seed)
+    ids, mask = make_inputs(model.config.vocab_size, batch, seq, lengths, side, gen, device)
+    fill = mask.float().mean().item()
+
+    if kind == "generate":
+        eos = model.config.eos_token_id
+
+        def fn():
+            with torch.no_grad():
+                return model.generate(ids, attention_mask=mask, max_new_tokens=new, min_new_tokens=new,
+                                      do_sample=False, pad_token_id=eos)
+    else:
+        def fn():
+            with torch.no_grad():
+                return model(input_ids=ids, attention_mask=mask)
+
+    rows, first_tokens = [], None
+    for impl in args.impls:
+        undo = set_impl(model, impl)
+        try:
+            out = fn()  # compile / warm up, and check generations agree
+            if kind == "generate":
+                toks = out[:, seq:].cpu()
+                agree = None if first_tokens is None else (toks == first_tokens).float().mean().item()
+                first_tokens = toks if first_tokens is None else first_tokens
+            else:
+                agree = None
+            ms = timer.bench(fn, reps=args.generate_reps if kind == "generate" else None)
+            peak = timer.peak_mb(fn)
+        finally:
+            undo()
+        row = {"setting": name, "kind": kind, "impl": impl, "batch": batch, "seq": seq, "key_lengths": lengths,
+               "fill": round(fill, 3), "ms": ms, "peak_mb": peak}
+        if kind == "generate":
+            row["new_tokens"] = new
+            row["tokens_per_s"] = batch * new / (ms / 1e3)
+            row["token_agreement_with_first_impl"] = agree
+        if kind == "encode":
+            row["sequences_per_s"] = batch / (ms / 1e3)
+        rows.append(row)
+        bar.update(1)
+    by_impl = {r["impl"]: r["ms"] for r in rows}
+    for r in rows:
+        for base in ("eager", "sdpa"):
+            if base in by_impl:
+                r[f"speedup_vs_{base}"] = by_impl[base] / r["ms"]
+    return rows
+
+
+def check_targets(rows):
+    results = []
+    idx = {(r["setting"], r["impl"]): r for r in rows}
+    for (setting, impl, base), target in TARGETS.items():
+        r = idx.get((setting, impl))
+        if r is None or f"speedup_vs_{base}" not in r:
+            continue
+        got = r[f"speedup_vs_{base}"]
+        results.append({"setting": setting, "impl": impl, "vs": base, "target": target, "speedup": got,
+                        "met": got >= target})
+    return results
+
+
+def plot(rows, path, title):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(dict.fromkeys(r["setting"] for r in rows))
+    impls = list(dict.fromkeys(r["impl"] for r in rows))
+    idx = {(r["setting"], r["impl"]): r for r in rows}
+    fig, ax = plt.subplots(figsize=(max(8, 1.6 * len(names)), 4.8))
+    width = 0.8 / len(impls)
+    for j, impl in enumerate(impls):
+        xs, ys, labels = [], [], []
+        for i, n in enumerate(names):
+            r = idx.get((n, impl))
+            if r is None or "speedup_vs_eager" not in r:
+                continue
+            xs.append(i + (j - (len(impls) - 1) / 2) * width)
+            ys.append(r["speedup_vs_eager"])
+            labels.append(f"{r['ms']:.3g}")
+        bars = ax.bar(xs, ys, width, label=impl)
+        for b, lab in zip(bars, labels):
+            ax.text(b.get_x() + b.get_width() / 2, b.get_height(), lab, ha="center", va="bottom", fontsize=6,
+                    rotation=90)
+    ax.axhline(1.0, color="grey", lw=0.8)
+    ax.set_xticks(range(len(names)))
+    ax.set_xticklabels(names, rotation=20, ha="right", fontsize=8)
+    ax.set_ylabel("speedup over eager (bar labels: ms)")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=130)
+    plt.close(fig)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    _common.go_offline()
+    _common.ensure_repo_on_path()
+    import torch
+    from tqdm.auto import tqdm
+
+    device = args.device or _common.default_device()
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        sys.exit("error: --device cuda but CUDA is not available")
+    if not device.startswith("cuda") and not args.tiny:
+        print("note: speed.py is meant for a GPU; on a CPU the patched path is "
+              f"{_common.patched_path(device)}", file=sys.stderr)
+    dtype = _common.parse_dtype(args.dtype or ("fp16" if device.startswith("cuda") else "fp32"))
+    out_dir = args.out or os.environ.get("OUT") or os.path.join(_common.EVALS_DIR, "results")
+    json_path = args.json or os.path.join(out_dir, "speed.json")
+    todo = settings(args.tiny, args.skip_medium)
+    if args.only:
+        keys = [k for k in args.only.split(",") if k]
+        todo = [s for s in todo if any(k in s[0] for k in keys)]
+        if not todo:
+            sys.exit(f"error: --only {args.only!r} matches no setting")
+
+    timer = Timer(device)
+    info = _common.system_info()
+    rows, models = [], {}
+    t0 = time.time()
+    bar = tqdm(total=len(todo) * len(args.impls), desc="speed")
+    for s in todo:
+        rows.extend(run_setting(s, args, device, dtype, timer, models, bar))
+        # Written after every setting so that a run cut short still leaves its numbers.
+        _common.write_json(json_path, {"rows": rows, "system": info, "dtype": str(dtype), "device": device})
+    bar.close()
+    models.clear()
+    targets = check_targets(rows) if not args.tiny else []
+
+    headers = ["setting", "impl", "fill", "ms", "x eager", "x sdpa", "peak MB", "tok/s | seq/s"]
+    table = [[r["setting"], r["impl"], f"{r['fill']:.2f}", r["ms"], r.get("speedup_vs_eager", ""),
+              r.get("speedup_vs_sdpa", ""), "" if r["peak_mb"] is None else f"{r['peak_mb']:.0f}",
+              r.get("tokens_per_s", r.get("sequences_per_s", ""))] for r in rows]
+    gpu = info.get("gpu") or "CPU"
+    title = (f"{gpu}, {str(dtype).replace('torch.', '')}; torch {info['torch']}, triton {info['triton']}, "
+             f"transformers {info['transformers']}")
+    print(title)
+    print(_common.fmt_table(headers, table))
+    if targets:
+        print("targets from the issues:")
+        print(_common.fmt_table(["setting", "mode", "vs", "target", "speedup", "met"],
+                                [[t["setting"], t["impl"], t["vs"], t["target"], t["speedup"],
+                                  "yes" if t["met"] else "NO"] for t in targets]))
+    _common.write_json(json_path, {"rows": rows, "targets": targets, "system": info, "dtype": str(dtype),
+                                   "device": device, "seconds": time.time() - t0})
+    if not args.no_plot:
+        try:
+            png = os.path.splitext(json_path)[0] + ".png"
+            plot(rows, png, title)
+            print(f"wrote {json_path} and {png}")
+        except ImportError:
+            print(f"wrote {json_path} (no PNG: matplotlib is not installed)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
