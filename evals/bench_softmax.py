@@ -150,13 +150,14 @@ def plot(rows, copy_gbs, path):
     import matplotlib.pyplot as plt
 
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(14, 5))
+    colors = {"ours": "tab:blue", "compiled": "tab:orange", "hf_eager": "tab:green", "softmax": "tab:red"}
     named = [s[0] for s in SHAPES]
     provs = ["ours", "compiled", "hf_eager", "softmax"]
     width = 0.2
     for n, prov in enumerate(provs):
         vals = [next((r["ms"] for r in rows if r["shape"] == s and r["provider"] == prov and r["mode"] == "fwd"), 0)
                 for s in named]
-        ax1.bar([i + n * width for i in range(len(named))], vals, width, label=prov)
+        ax1.bar([i + n * width for i in range(len(named))], vals, width, label=prov, color=colors[prov])
     ax1.set_xticks([i + 1.5 * width for i in range(len(named))])
     ax1.set_xticklabels(named)
     ax1.set_yscale("log")
@@ -167,7 +168,7 @@ def plot(rows, copy_gbs, path):
         pts = sorted((int(r["dims"].split("x")[3]), r["gbs"]) for r in rows
                      if r["shape"].startswith("sweep") and r["provider"] == prov and r["mode"] == "fwd")
         if pts:
-            ax2.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=prov)
+            ax2.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=prov, color=colors[prov])
     ax2.axhline(copy_gbs, color="gray", linestyle="--", label=f"copy {copy_gbs:.0f} GB/s")
     ax2.set_xscale("log", base=2)
     ax2.set_xlabel("K (2D padding, lengths in [K/2, K])")
