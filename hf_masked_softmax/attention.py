@@ -208,13 +208,19 @@ def _attn_fwd_kernel(
     stride_ls,
     stride_mb, stride_mh, stride_mm, stride_mk,
     H, GROUP, Q_LEN, K_LEN, NUM_SPLITS, qk_scale, threshold,
-    MASK_KIND: tl.constexpr, CAUSAL: tl.constexpr,
+    MASK_KIND: tl.constexpr, CAUSAL: tl.constexpr, BH_FIRST: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_D: tl.constexpr, BLOCK_D: tl.constexpr,
     UPCAST: tl.constexpr, DOT_PREC: tl.constexpr,
 ):
-    # (batch x head) fastest and query blocks in reverse: the longest causal rows start first, short ones fill in
-    bh = tl.program_id(0).to(tl.int64)
-    pid_m = tl.num_programs(1) - 1 - tl.program_id(1)
+    if BH_FIRST:
+        # causal: (batch x head) fastest and query blocks in reverse, so the longest rows start first and the
+        # short ones fill in the tail
+        bh = tl.program_id(0).to(tl.int64)
+        pid_m = tl.num_programs(1) - 1 - tl.program_id(1)
+    else:
+        # neighbouring programs share one head's keys and values in L2
+        pid_m = tl.program_id(0)
+        bh = tl.program_id(1).to(tl.int64)
     split = tl.program_id(2)
     b = bh // H
     h = bh % H
@@ -366,14 +372,18 @@ def _bwd_dkdv_kernel(
     stride_dvb, stride_dvh, stride_dvn, stride_dvd,
     stride_mb, stride_mh, stride_mm, stride_mk,
     H, HKV, GROUP, Q_LEN, K_LEN, sm_scale, qk_scale, threshold,
-    MASK_KIND: tl.constexpr, CAUSAL: tl.constexpr,
+    MASK_KIND: tl.constexpr, CAUSAL: tl.constexpr, BH_FIRST: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_D: tl.constexpr, BLOCK_D: tl.constexpr,
     UPCAST: tl.constexpr, DOT_PREC: tl.constexpr,
 ):
     """One key block of one key/value head; sums over the query heads of its GQA group (no atomics)."""
-    # (batch x kv head) fastest; key blocks in order: under causality the first see the most queries
-    bhk = tl.program_id(0).to(tl.int64)
-    n0 = tl.program_id(1) * BLOCK_N
+    if BH_FIRST:
+        # (batch x kv head) fastest; key blocks in order: under causality the first see the most queries
+        bhk = tl.program_id(0).to(tl.int64)
+        n0 = tl.program_id(1) * BLOCK_N
+    else:
+        n0 = tl.program_id(0) * BLOCK_N
+        bhk = tl.program_id(1).to(tl.int64)
     b = bhk // HKV
     hk = bhk % HKV
     cols = n0 + tl.arange(0, BLOCK_N)
@@ -468,13 +478,17 @@ def _bwd_dq_kernel(
     stride_dqb, stride_dqh, stride_dqm, stride_dqd,
     stride_mb, stride_mh, stride_mm, stride_mk,
     H, GROUP, Q_LEN, K_LEN, sm_scale, qk_scale, threshold,
-    MASK_KIND: tl.constexpr, CAUSAL: tl.constexpr,
+    MASK_KIND: tl.constexpr, CAUSAL: tl.constexpr, BH_FIRST: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_D: tl.constexpr, BLOCK_D: tl.constexpr,
     UPCAST: tl.constexpr, DOT_PREC: tl.constexpr,
 ):
     """One query block of one head; visits the same key blocks as the forward."""
-    bh = tl.program_id(0).to(tl.int64)
-    pid_m = tl.num_programs(1) - 1 - tl.program_id(1)
+    if BH_FIRST:
+        bh = tl.program_id(0).to(tl.int64)
+        pid_m = tl.num_programs(1) - 1 - tl.program_id(1)
+    else:
+        pid_m = tl.program_id(0)
+        bh = tl.program_id(1).to(tl.int64)
     b = bh // H
     h = bh % H
     hk = h // GROUP
@@ -582,8 +596,15 @@ def _bwd_config(D: int, dtype: torch.dtype):
     if dtype == torch.float32 or bd > 128:
         return 16, 32, 4, 2
     if bd <= 64:
-        return 32, 128, 4, 3
+        # fastest of a 6-config sweep on an H100 (GPT-2 shape, evals/bench_attention.py --tune-what bwd)
+        return 64, 128, 8, 3
     return 32, 64, 8, 2
+
+
+def _bh_first(causal: bool, bh: int) -> bool:
+    """Grid order: (batch x head) on axis 0 for causal (heaviest blocks first), else blocks on axis 0 (L2 reuse of
+    one head's tensors); also when batch x head exceeds the 65535 limit of grid axis 1."""
+    return causal or bh > 65535
 
 
 def _pad_ranges(mask: torch.Tensor, user_mask: torch.Tensor) -> torch.Tensor:
@@ -649,12 +670,14 @@ def _forward(q, k, v, kind, mask_t, ranges, threshold, causal, scale, num_splits
         o_arg = torch.empty((num_splits, B, H, Q, D), dtype=torch.float32, device=q.device)
         l_arg = torch.empty((num_splits, B, H, Q), dtype=torch.float32, device=q.device)
         ostr, lstr = tuple(o_arg.stride()), l_arg.stride(0)
-    grid = (B * H, _cdiv(Q, block_m), num_splits)
+    bh_first = _bh_first(causal, B * H)
+    grid = (B * H, _cdiv(Q, block_m), num_splits) if bh_first else (_cdiv(Q, block_m), B * H, num_splits)
     _attn_fwd_kernel[grid](
         q, k, v, o_arg, l_arg, mask_arg, ranges_arg,
         *q.stride(), *k.stride(), *v.stride(), *ostr, lstr, *mstr,
         H, H // Hkv, Q, K, num_splits, scale * _LOG2E, threshold,
-        MASK_KIND=kind, CAUSAL=causal, BLOCK_M=block_m, BLOCK_N=block_n, HEAD_D=D, BLOCK_D=_block_d(D),
+        MASK_KIND=kind, CAUSAL=causal, BH_FIRST=bh_first, BLOCK_M=block_m, BLOCK_N=block_n, HEAD_D=D,
+        BLOCK_D=_block_d(D),
         UPCAST=upcast, DOT_PREC=prec, num_warps=warps, num_stages=stages,
     )
     if num_splits > 1:
@@ -685,17 +708,19 @@ def _backward(do, q, k, v, out, lse, kind, mask_t, ranges, threshold, causal, sc
     prec = "ieee" if (q.dtype == torch.float32 or upcast) else "tf32"
     common = dict(MASK_KIND=kind, CAUSAL=causal, HEAD_D=D, BLOCK_D=bd, UPCAST=upcast, DOT_PREC=prec,
                   num_warps=warps, num_stages=stages)
-    _bwd_dkdv_kernel[(B * Hkv, _cdiv(K, resident))](
+    kv_first = _bh_first(causal, B * Hkv)
+    _bwd_dkdv_kernel[(B * Hkv, _cdiv(K, resident)) if kv_first else (_cdiv(K, resident), B * Hkv)](
         q, k, v, do, lse, delta, dk, dv, mask_arg, ranges_arg,
         *q.stride(), *k.stride(), *v.stride(), *do.stride(), *dk.stride(), *dv.stride(), *mstr,
         H, Hkv, H // Hkv, Q, K, scale, scale * _LOG2E, threshold,
-        BLOCK_M=inner, BLOCK_N=resident, **common,
+        BH_FIRST=kv_first, BLOCK_M=inner, BLOCK_N=resident, **common,
     )
-    _bwd_dq_kernel[(B * H, _cdiv(Q, resident))](
+    q_first = _bh_first(causal, B * H)
+    _bwd_dq_kernel[(B * H, _cdiv(Q, resident)) if q_first else (_cdiv(Q, resident), B * H)](
         q, k, v, do, lse, delta, dq, mask_arg, ranges_arg,
         *q.stride(), *k.stride(), *v.stride(), *do.stride(), *dq.stride(), *mstr,
         H, H // Hkv, Q, K, scale, scale * _LOG2E, threshold,
-        BLOCK_M=resident, BLOCK_N=inner, **common,
+        BH_FIRST=q_first, BLOCK_M=resident, BLOCK_N=inner, **common,
     )
     return dq, dk, dv
 
