@@ -310,24 +310,33 @@ def plot(rows, env, path):
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
+        import matplotlib.ticker
     except ImportError:
         print("matplotlib not installed: no PNG (rerun with --plot-from on the JSON elsewhere)")
         return
-    panels = sorted({(r["shape"], r["pass_"]) for r in rows if r.get("ms")}, key=lambda x: (x[0], x[1]))
-    fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 4.2), squeeze=False)
-    for ax, (shape, p) in zip(axes[0], panels):
-        sel = [r for r in rows if r["shape"] == shape and r["pass_"] == p and r.get("ms")]
-        names = [r["provider"] for r in sel]
-        colors = ["tab:red" if n.startswith("ours") else "tab:gray" if "nomask" in n else "tab:blue" for n in names]
-        ax.barh(names, [r["ms"] for r in sel], color=colors)
-        ax.set_title(f"{shape} {p}", fontsize=9)
-        ax.set_xlabel("ms (median)")
-        ax.tick_params(axis="y", labelsize=7)
-        ax.invert_yaxis()
-    fig.suptitle(f"fused attention vs PyTorch, {env.get('gpu')} (red: ours, gray: no mask = different problem)",
-                 fontsize=9)
+    shapes = list(dict.fromkeys(r["shape"] for r in rows if r.get("ms")))
+    fig, axes = plt.subplots(2, len(shapes), figsize=(3.4 * len(shapes), 7), squeeze=False)
+    for col, shape in enumerate(shapes):
+        for row, p in enumerate(("fwd", "bwd")):
+            ax = axes[row][col]
+            sel = [r for r in rows if r["shape"] == shape and r["pass_"] == p and r.get("ms")]
+            if not sel:
+                ax.axis("off")
+                continue
+            names = [r["provider"] for r in sel]
+            colors = ["tab:red" if n.startswith("ours") else "tab:gray" if "nomask" in n else "tab:blue"
+                      for n in names]
+            ax.barh(names, [r["ms"] for r in sel], color=colors)
+            ax.set_xscale("log")
+            ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+            ax.set_title(f"{shape} {p}", fontsize=9)
+            ax.set_xlabel("ms (median, log scale)", fontsize=8)
+            ax.tick_params(axis="both", labelsize=7)
+            ax.invert_yaxis()
+    fig.suptitle(f"fused attention vs PyTorch on {env.get('gpu')}, torch {env.get('torch')}, triton "
+                 f"{env.get('triton')} (red: ours; gray: no mask, a different problem on padded shapes)", fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=110)
     print(f"wrote {path}")
 
 
