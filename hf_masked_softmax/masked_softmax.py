@@ -28,6 +28,7 @@ never copied; the output is a fresh contiguous tensor.
 """
 from __future__ import annotations
 
+import numbers
 import os
 from typing import Optional
 
@@ -36,6 +37,7 @@ import triton
 import triton.language as tl
 
 from . import masks as _masks
+from . import ops as _ops
 from .reference import masked_softmax_reference
 
 MAX_SINGLE_PASS_K = 8192
@@ -121,7 +123,7 @@ def _keep_tile(
     elif MASK_KIND == 3:  # 4D additive mask; -inf and values <= threshold mean "masked"
         off = b * mask_stride_b + h * mask_stride_h + q * mask_stride_q + cols * mask_stride_k
         m = tl.load(mask_ptr + off, mask=keep, other=0).to(tl.float32)
-        keep = keep & (m > add_threshold)
+        keep = keep & ~(m <= add_threshold)  # NaN is kept (and poisons its row), never silently masked
         add = tl.where(keep, m, 0.0)
         pred = keep
     return keep, pred, add
@@ -362,7 +364,12 @@ def _backward(y, dy, spec, causal, scale, blocks):
 # Autograd
 # ----------------------------------------------------------------------------------------------------------------------
 class MaskedSoftmaxFunction(torch.autograd.Function):
-    """Triton forward and backward. ``spec`` is a validated :class:`~hf_masked_softmax.masks.MaskSpec`."""
+    """Triton forward and backward. ``spec`` is a validated :class:`~hf_masked_softmax.masks.MaskSpec`.
+
+    The public function goes through the custom operator ``torch.ops.hf_masked_softmax.masked_softmax`` instead
+    (:mod:`hf_masked_softmax.ops`, same host functions), which ``torch.compile`` can trace; this eager-only entry takes
+    a ready ``MaskSpec``.
+    """
 
     @staticmethod
     def forward(ctx, scores, spec, causal, scale, max_single_pass_k=MAX_SINGLE_PASS_K, loop_block_k=LOOP_BLOCK_K):
@@ -397,6 +404,16 @@ def validate_scores(scores) -> None:
         raise TypeError(f"scores must be float32, float16 or bfloat16, got {scores.dtype}")
 
 
+def validate_scale(scale) -> float:
+    """``scale`` as a float that stays finite in the kernels' fp32 math (1e39 is a finite double but fp32 inf)."""
+    if isinstance(scale, bool) or not isinstance(scale, (numbers.Real, torch.Tensor)):
+        raise TypeError(f"scale must be a float, got {type(scale).__name__}")
+    scale = float(scale)
+    if not abs(scale) <= torch.finfo(torch.float32).max:
+        raise ValueError(f"scale must be finite in float32 (|scale| <= 3.4e38), got {scale}")
+    return scale
+
+
 def masked_softmax(
     scores: torch.Tensor,
     attention_mask: Optional[torch.Tensor] = None,
@@ -422,15 +439,13 @@ def masked_softmax(
     was set before import, and otherwise the plain-PyTorch reference with the same semantics.
     """
     validate_scores(scores)
-    scale = float(scale)
-    if scale != scale or scale in (float("inf"), float("-inf")):
-        raise ValueError(f"scale must be finite, got {scale}")
+    scale = validate_scale(scale)
     spec = _masks.prepare_mask(attention_mask, tuple(scores.shape), scores.device)
     if scores.device.type == "cpu" and not _interpreting():
         return masked_softmax_reference(scores, spec, causal=bool(causal), scale=scale)
     if scores.device.type not in ("cuda", "cpu"):
         raise ValueError(f"masked_softmax runs on CUDA (or CPU) tensors, got a tensor on {scores.device}")
-    if scores.device.type == "cuda":
-        with torch.cuda.device(scores.device):
-            return MaskedSoftmaxFunction.apply(scores, spec, bool(causal), scale)
-    return MaskedSoftmaxFunction.apply(scores, spec, bool(causal), scale)
+    # One custom-operator call (torch.compile keeps it as one node); the mask travels as given, with its kind.
+    return _ops.masked_softmax_op(
+        scores, attention_mask, spec.kind, spec.threshold, bool(causal), scale, MAX_SINGLE_PASS_K, LOOP_BLOCK_K
+    )

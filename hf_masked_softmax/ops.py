@@ -1,0 +1,221 @@
+"""The two kernels as PyTorch custom operators, so that ``torch.compile`` traces through them without a graph break.
+
+Operators (namespace ``hf_masked_softmax``), all taking tensors and scalars only:
+
+* ``masked_softmax(scores, mask, mask_kind, threshold, causal, scale, max_single_pass_k, loop_block_k) -> y``
+* ``masked_softmax_backward(y, dy, mask, mask_kind, threshold, causal, scale, max_single_pass_k, loop_block_k) -> ds``
+* ``attention(q, k, v, mask, mask_kind, threshold, causal, scale) -> (out, lse)``
+* ``attention_backward(do, q, k, v, out, lse, mask, mask_kind, threshold, causal, scale) -> (dq, dk, dv)``
+
+``mask`` is the caller's mask tensor exactly as given (``[B, K]`` padding mask or a 4D mask that broadcasts to the
+scores), ``mask_kind`` one of :mod:`hf_masked_softmax.masks`' ``NONE / PAD2D / BOOL4D / ADD4D`` and ``threshold`` the
+additive value at or below which an entry counts as masked. The public functions validate their arguments once
+(that host code is plain PyTorch and traces fine) and then call one operator; the implementations are the kernels'
+host functions (``_forward`` / ``_backward`` of :mod:`~hf_masked_softmax.masked_softmax` and
+:mod:`~hf_masked_softmax.attention`). Fake (meta) implementations give the output shapes and strides, and autograd is
+registered with the backward operators, so compiled graphs hold one opaque node per kernel call, forward and backward.
+
+The user's mask object itself reaches the implementation (not a view of it): the fused attention caches the key
+ranges of a 2D padding mask per tensor object, and Hugging Face hands the same mask to every layer.
+"""
+from __future__ import annotations
+
+import contextlib
+import importlib
+from typing import Optional
+
+import torch
+
+from . import masks as _masks
+from .reference import attention_reference
+
+# The package re-exports functions under the modules' names, so reach the modules themselves through importlib.
+_ms = importlib.import_module(__package__ + ".masked_softmax")
+_attn = importlib.import_module(__package__ + ".attention")
+
+NAMESPACE = "hf_masked_softmax"
+
+
+def _spec(mask: Optional[torch.Tensor], kind: int, threshold: float, shape) -> _masks.MaskSpec:
+    """Rebuild the kernels' :class:`MaskSpec` from an operator's (mask, kind, threshold); the mask was validated."""
+    if kind == _masks.NONE:
+        return _masks.MaskSpec(_masks.NONE, None)
+    assert mask is not None
+    if kind != _masks.PAD2D:
+        mask = mask.expand(shape)
+    if mask.dtype == torch.bool and mask.numel():
+        mask = mask.view(torch.uint8)  # the element type the kernels load
+    return _masks.MaskSpec(kind, mask, threshold)
+
+
+def _on_device(t: torch.Tensor):
+    """Launch on ``t``'s CUDA device (Triton launches on the current device); a no-op for CPU tensors."""
+    if t.device.type == "cuda":
+        return torch.cuda.device(t.device)
+    return contextlib.nullcontext()
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# masked_softmax
+# ----------------------------------------------------------------------------------------------------------------------
+@torch.library.custom_op(f"{NAMESPACE}::masked_softmax", mutates_args=())
+def masked_softmax_op(
+    scores: torch.Tensor,
+    mask: Optional[torch.Tensor],
+    mask_kind: int,
+    threshold: float,
+    causal: bool,
+    scale: float,
+    max_single_pass_k: int,
+    loop_block_k: int,
+) -> torch.Tensor:
+    spec = _spec(mask, mask_kind, threshold, tuple(scores.shape))
+    with _on_device(scores):
+        return _ms._forward(scores, spec, causal, scale, (max_single_pass_k, loop_block_k))
+
+
+@masked_softmax_op.register_fake
+def _(scores, mask, mask_kind, threshold, causal, scale, max_single_pass_k, loop_block_k):
+    return scores.new_empty(scores.shape)
+
+
+@torch.library.custom_op(f"{NAMESPACE}::masked_softmax_backward", mutates_args=())
+def masked_softmax_backward_op(
+    y: torch.Tensor,
+    dy: torch.Tensor,
+    mask: Optional[torch.Tensor],
+    mask_kind: int,
+    threshold: float,
+    causal: bool,
+    scale: float,
+    max_single_pass_k: int,
+    loop_block_k: int,
+) -> torch.Tensor:
+    spec = _spec(mask, mask_kind, threshold, tuple(y.shape))
+    with _on_device(y):
+        return _ms._backward(y, dy, spec, causal, scale, (max_single_pass_k, loop_block_k))
+
+
+@masked_softmax_backward_op.register_fake
+def _(y, dy, mask, mask_kind, threshold, causal, scale, max_single_pass_k, loop_block_k):
+    return y.new_empty(y.shape)
+
+
+def _masked_softmax_setup(ctx, inputs, output):
+    _, mask, mask_kind, threshold, causal, scale, max_single_pass_k, loop_block_k = inputs
+    ctx.save_for_backward(output, mask)
+    ctx.args = (mask_kind, threshold, causal, scale, max_single_pass_k, loop_block_k)
+
+
+def _masked_softmax_backward(ctx, dy):
+    y, mask = ctx.saved_tensors
+    ds = masked_softmax_backward_op(y, dy, mask, *ctx.args)
+    return ds, None, None, None, None, None, None, None
+
+
+masked_softmax_op.register_autograd(_masked_softmax_backward, setup_context=_masked_softmax_setup)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# attention
+# ----------------------------------------------------------------------------------------------------------------------
+def _attn_mask_args(mask, mask_kind, threshold, shape):
+    """(kernel kind, mask tensor, key ranges, threshold) for the attention launchers; the kernels turn a 2D padding
+    mask into per-sequence key ranges."""
+    spec = _spec(mask, mask_kind, threshold, shape)
+    if mask_kind == _masks.PAD2D:
+        return _attn._K_RANGE, spec.tensor, _attn._pad_ranges(spec.tensor, mask), threshold
+    kind = {_masks.NONE: _attn._K_NONE, _masks.BOOL4D: _attn._K_BOOL, _masks.ADD4D: _attn._K_ADD}[mask_kind]
+    return kind, spec.tensor, None, threshold
+
+
+@torch.library.custom_op(f"{NAMESPACE}::attention", mutates_args=())
+def attention_op(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    mask: Optional[torch.Tensor],
+    mask_kind: int,
+    threshold: float,
+    causal: bool,
+    scale: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    B, H, Q, _ = q.shape
+    kind, mask_t, ranges, threshold = _attn_mask_args(mask, mask_kind, threshold, (B, H, Q, k.shape[2]))
+    with _on_device(q):
+        return _attn._forward(q, k, v, kind, mask_t, ranges, threshold, causal, scale)
+
+
+@attention_op.register_fake
+def _(q, k, v, mask, mask_kind, threshold, causal, scale):
+    B, H, Q, D = q.shape
+    # [B, H, Q, D] laid out as [B, Q, H, D], exactly as the kernel writes it
+    out = q.new_empty((B, Q, H, D)).transpose(1, 2)
+    lse = q.new_empty((B, H, Q), dtype=torch.float32)
+    return out, lse
+
+
+@torch.library.custom_op(f"{NAMESPACE}::attention_backward", mutates_args=())
+def attention_backward_op(
+    do: torch.Tensor,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    out: torch.Tensor,
+    lse: torch.Tensor,
+    mask: Optional[torch.Tensor],
+    mask_kind: int,
+    threshold: float,
+    causal: bool,
+    scale: float,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    B, H, Q, _ = q.shape
+    kind, mask_t, ranges, threshold = _attn_mask_args(mask, mask_kind, threshold, (B, H, Q, k.shape[2]))
+    with _on_device(q):
+        return _attn._backward(do, q, k, v, out, lse, kind, mask_t, ranges, threshold, causal, scale)
+
+
+@attention_backward_op.register_fake
+def _(do, q, k, v, out, lse, mask, mask_kind, threshold, causal, scale):
+    return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+
+
+def _attention_setup(ctx, inputs, output):
+    q, k, v, mask, mask_kind, threshold, causal, scale = inputs
+    out, lse = output
+    ctx.save_for_backward(q, k, v, out, lse, mask)
+    ctx.args = (mask_kind, threshold, causal, scale)
+
+
+def _attention_backward(ctx, do, _dlse):
+    q, k, v, out, lse, mask = ctx.saved_tensors
+    dq, dk, dv = attention_backward_op(do, q, k, v, out, lse, mask, *ctx.args)
+    return dq, dk, dv, None, None, None, None, None
+
+
+attention_op.register_autograd(_attention_backward, setup_context=_attention_setup)
+
+
+def attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    attention_mask: Optional[torch.Tensor] = None,
+    *,
+    causal: bool = False,
+    scale: Optional[float] = None,
+) -> torch.Tensor:
+    """:func:`hf_masked_softmax.attention` through the custom operator (same arguments, same contract)."""
+    _attn._validate(q, k, v, scale)
+    B, H, Q, D = q.shape
+    K = k.shape[2]
+    spec = _masks.prepare_mask(attention_mask, (B, H, Q, K), q.device)
+    scale = _ms.validate_scale(D ** -0.5 if scale is None else scale)
+    if not (q.device.type == "cuda" or (_attn._INTERPRET and q.device.type == "cpu")):
+        return attention_reference(q, k, v, attention_mask, causal=causal, scale=scale)
+    threshold = spec.threshold
+    if spec.kind == _masks.ADD4D:
+        # masks wider than fp32 are compared after rounding to fp32, where their masked values become -inf
+        threshold = max(threshold, float(torch.finfo(torch.float32).min))
+    out, _ = attention_op(q, k, v, attention_mask, spec.kind, threshold, bool(causal), scale)
+    return out
