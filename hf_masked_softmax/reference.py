@@ -20,6 +20,8 @@ from .masks import ADD4D, MaskSpec, keep_mask, prepare_mask
 
 
 def _softmax_kept(x: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    if x.shape[-1] == 0:  # no keys: nothing to normalise (amax over an empty dim would raise)
+        return x.clone()
     x = x.masked_fill(~keep, float("-inf"))
     row_max = x.amax(dim=-1, keepdim=True)
     # An empty (or all -inf) row has max -inf; shifting by 0 instead keeps exp() at 0 rather than NaN.
