@@ -86,9 +86,9 @@ def _pick_mode(module, dropout: float, kwargs) -> str:
 
 
 def _check_unsupported_features(kwargs) -> None:
-    # Score modifiers that some AttentionInterface models pass; neither kernel implements them.
+    # Score modifiers and key windows that some AttentionInterface models pass; neither kernel implements them.
     for key, feature in (("softcap", "logit soft-capping"), ("s_aux", "attention sinks"),
-                         ("position_bias", "additive position bias")):
+                         ("position_bias", "additive position bias"), ("sliding_window", "sliding-window attention")):
         if kwargs.get(key) is not None:
             raise ValueError(f"{NAME} does not support {feature} (`{key}`); use attn_implementation='eager' or 'sdpa'")
 
