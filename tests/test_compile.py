@@ -1,0 +1,184 @@
+"""torch.compile and the custom operators of hf_masked_softmax/ops.py.
+
+* the operators pass ``torch.library.opcheck`` (schema, fake implementation, autograd registration, AOT dispatch);
+* ``masked_softmax`` and ``attention`` compile with ``fullgraph=True`` (a graph break would raise) for every mask
+  form, forward and backward, and give the eager results;
+* ``torch._dynamo.explain`` counts 0 graph breaks.
+
+CPU runs use ``backend="aot_eager"`` (dynamo + AOT autograd with the fake implementations, no code generation:
+inductor's C++ compile of every graph would cost minutes on the 2-core CI machine); one test uses inductor.
+"""
+import pytest
+import torch
+
+from hf_masked_softmax import attention, masked_softmax, ops
+from hf_masked_softmax.masks import prepare_mask
+
+BACKEND = "aot_eager"
+
+
+def _mask(form, B, H, Q, K, device):
+    g = torch.Generator().manual_seed(1)
+    if form == "none":
+        return None
+    if form == "pad2d":
+        m = torch.ones(B, K, dtype=torch.bool)
+        m[0, : K // 3] = False  # left padding
+        m[-1, K - 2:] = False  # right padding
+        return m.to(device)
+    if form == "bool4d":
+        return (torch.rand(B, 1, Q, K, generator=g) < 0.7).to(device)
+    add = torch.randn(1, H, 1, K, generator=g)
+    add[..., :2] = torch.finfo(torch.float32).min
+    return add.to(device)
+
+
+FORMS = ["none", "pad2d", "bool4d", "add4d"]
+
+
+@pytest.fixture(autouse=True)
+def _fresh_dynamo():
+    torch._dynamo.reset()
+    yield
+    torch._dynamo.reset()
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# The operators themselves
+# ----------------------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("form", ["pad2d", "add4d"])
+def test_opcheck_masked_softmax(form, device):
+    B, H, Q, K = 2, 2, 3, 11
+    scores = torch.randn(B, H, K, Q, device=device).transpose(2, 3).requires_grad_(True)
+    mask = _mask(form, B, H, Q, K, device)
+    spec = prepare_mask(mask, (B, H, Q, K), scores.device)
+    torch.library.opcheck(ops.masked_softmax_op, (scores, mask, spec.kind, spec.threshold, True, 0.5, 8192, 4096))
+    y = ops.masked_softmax_op(scores, mask, spec.kind, spec.threshold, True, 0.5, 8192, 4096).detach()
+    torch.library.opcheck(ops.masked_softmax_backward_op,
+                          (y, torch.randn_like(y), mask, spec.kind, spec.threshold, True, 0.5, 8192, 4096))
+
+
+@pytest.mark.parametrize("form", ["pad2d", "bool4d"])
+def test_opcheck_attention(form, device):
+    B, H, Q, K, D = 2, 2, 5, 20, 16
+    q = torch.randn(B, Q, H, D, device=device).transpose(1, 2).requires_grad_(True)
+    k = torch.randn(B, 1, K, D, device=device).requires_grad_(True)
+    v = torch.randn(B, 1, K, D, device=device).requires_grad_(True)
+    mask = _mask(form, B, H, Q, K, device)
+    spec = prepare_mask(mask, (B, H, Q, K), q.device)
+    args = (q, k, v, mask, spec.kind, spec.threshold, True, 0.25)
+    torch.library.opcheck(ops.attention_op, args)
+    out, lse = ops.attention_op(*args)
+    torch.library.opcheck(ops.attention_backward_op,
+                          (torch.randn_like(out), q.detach(), k.detach(), v.detach(), out.detach(), lse.detach(), mask,
+                           spec.kind, spec.threshold, True, 0.25))
+
+
+def test_ops_are_registered_under_the_namespace():
+    for name in ("masked_softmax", "masked_softmax_backward", "attention", "attention_backward"):
+        assert hasattr(torch.ops.hf_masked_softmax, name)
+
+
+def test_fake_attention_output_has_the_kernel_layout(device):
+    # The fake implementation must promise the strides the kernel really returns ([B, Q, H, D] memory), or compiled
+    # code that relies on them (a free transpose(1, 2).contiguous()) would read the wrong elements.
+    q, k, v = torch.randn(2, 3, 5, 16, device=device), torch.randn(2, 3, 7, 16, device=device), \
+        torch.randn(2, 3, 7, 16, device=device)
+    real, _ = ops.attention_op(q, k, v, None, 0, 0.0, False, 0.25)
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    with FakeTensorMode() as mode:
+        fq, fk, fv = (mode.from_tensor(t) for t in (q, k, v))
+        fake, fake_lse = ops.attention_op(fq, fk, fv, None, 0, 0.0, False, 0.25)
+    assert fake.shape == real.shape and fake.stride() == real.stride()
+    assert fake_lse.shape == (2, 3, 5) and fake_lse.dtype == torch.float32
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# torch.compile of the public functions
+# ----------------------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("form", FORMS)
+def test_compiled_masked_softmax_fullgraph_forward_backward(form, device):
+    B, H, Q, K = 2, 2, 4, 13
+    mask = _mask(form, B, H, Q, K, device)
+    causal = form in ("none", "pad2d")
+
+    def fn(s, m):
+        return masked_softmax(s * 1.0, m, causal=causal, scale=0.3)
+
+    compiled = torch.compile(fn, backend=BACKEND, fullgraph=True)
+    base = torch.randn(B, H, Q, K, device=device)
+    s1, s2 = base.clone().requires_grad_(True), base.clone().requires_grad_(True)
+    dy = torch.randn(B, H, Q, K, device=device)
+    out_c = compiled(s1, mask)
+    out_e = fn(s2, mask)
+    torch.testing.assert_close(out_c, out_e, atol=0, rtol=0)
+    (g_c,) = torch.autograd.grad(out_c, s1, dy)
+    (g_e,) = torch.autograd.grad(out_e, s2, dy)
+    torch.testing.assert_close(g_c, g_e, atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("form", FORMS)
+def test_compiled_attention_fullgraph_forward_backward(form, device):
+    B, H, Hkv, Q, K, D = 2, 4, 2, 5, 18, 16
+    mask = _mask(form, B, H, Q, K, device)
+    causal = form in ("none", "pad2d")
+
+    def fn(q, k, v, m):
+        # HF's layout round trip: [B, T, H, D] projections in, [B, Q, H, D] out
+        out = attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), m, causal=causal)
+        return out.transpose(1, 2).reshape(B, Q, H * D)
+
+    compiled = torch.compile(fn, backend=BACKEND, fullgraph=True)
+    g = torch.Generator().manual_seed(0)
+    qkv = [torch.randn(B, T, h, D, generator=g).to(device) for T, h in ((Q, H), (K, Hkv), (K, Hkv))]
+    a = [t.clone().requires_grad_(True) for t in qkv]
+    b = [t.clone().requires_grad_(True) for t in qkv]
+    out_c, out_e = compiled(*a, mask), fn(*b, mask)
+    torch.testing.assert_close(out_c, out_e, atol=0, rtol=0)
+    do = torch.randn(out_c.shape, generator=g).to(device)
+    for gc, ge in zip(torch.autograd.grad(out_c, a, do), torch.autograd.grad(out_e, b, do)):
+        torch.testing.assert_close(gc, ge, atol=0, rtol=0)
+
+
+def test_explain_counts_zero_graph_breaks(device):
+    q = torch.randn(2, 4, 6, 16, device=device)
+    kv = torch.randn(2, 2, 6, 16, device=device)
+    pad = torch.tensor([[1, 1, 1, 1, 1, 1], [0, 0, 1, 1, 1, 1]], dtype=torch.bool, device=device)
+
+    def block(q, k, v, m):
+        s = torch.matmul(q, k.repeat_interleave(2, dim=1).transpose(-1, -2))
+        p = masked_softmax(s, m, causal=True, scale=0.25)
+        return attention(q, k, v, m, causal=True) + torch.matmul(p, v.repeat_interleave(2, dim=1))
+
+    explanation = torch._dynamo.explain(block)(q, kv, kv, pad)
+    assert explanation.graph_break_count == 0, explanation.break_reasons
+    assert explanation.graph_count == 1
+
+
+def test_dynamic_shapes_one_graph_for_new_lengths(device):
+    counts = {"frames": 0}
+
+    def backend(gm, example_inputs):
+        counts["frames"] += 1
+        return gm.forward
+
+    compiled = torch.compile(lambda q, k, v, m: attention(q, k, v, m, causal=True), backend=backend,
+                             fullgraph=True, dynamic=True)
+    for K in (9, 14, 23):
+        q, k, v = torch.randn(1, 2, 3, 16, device=device), torch.randn(1, 2, K, 16, device=device), \
+            torch.randn(1, 2, K, 16, device=device)
+        m = torch.ones(1, K, dtype=torch.bool, device=device)
+        m[0, :2] = False
+        torch.testing.assert_close(compiled(q, k, v, m), attention(q, k, v, m, causal=True), atol=0, rtol=0)
+    assert counts["frames"] == 1  # symbolic K: the fake implementations serve every length
+
+
+def test_inductor_masked_softmax(device):
+    # One real inductor compile (C++ codegen for the surrounding ops on CPU): the custom op stays an opaque call.
+    def fn(s, m):
+        return masked_softmax(s.float() * 2.0, m, causal=True, scale=0.5).sum(-1)
+
+    s = torch.randn(2, 2, 3, 9, device=device)
+    m = torch.tensor([[1] * 9, [0, 0, 0] + [1] * 6], device=device)
+    torch.testing.assert_close(torch.compile(fn, fullgraph=True)(s, m), fn(s, m))
