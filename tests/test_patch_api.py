@@ -21,7 +21,7 @@ def test_registered_under_one_name():
     assert PATCH_NAME == hf.NAME == "hf_masked_softmax"
     assert ALL_ATTENTION_FUNCTIONS[hf.NAME] is hf.attention_forward
     assert ALL_MASK_ATTENTION_FUNCTIONS[hf.NAME] is hf.mask_function
-    assert sorted(REGISTRY) == ["bert", "gpt2"]
+    assert sorted(REGISTRY) == ["bert", "gpt2", "granite", "llama", "mistral", "olmo2", "qwen2", "qwen3"]
 
 
 def test_unsupported_model_is_refused_and_untouched(device):
@@ -30,7 +30,7 @@ def test_unsupported_model_is_refused_and_untouched(device):
                                      vocab_size=32, word_embed_proj_dim=16, attn_implementation="eager"))
     config = model.config
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    with pytest.raises(ValueError, match=r"'opt'.*supported model_types: \['bert', 'gpt2'\]"):
+    with pytest.raises(ValueError, match=r"'opt'.*supported model_types: \['bert', 'gpt2', 'granite', 'llama', "):
         patch_model(model)
     assert model.config is config and config._attn_implementation == "eager"
     assert all(m.__dict__.get("config", config) is config for m in model.modules())

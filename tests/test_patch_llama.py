@@ -1,0 +1,173 @@
+"""Llama-style decoders (patches/decoders.py) patched vs eager on tiny random models with grouped-query attention.
+
+Every config: 2 layers, hidden 64, 4 query heads sharing 2 key/value heads (head_dim 16), vocabulary 100. On CPU the
+kernels run in Triton's interpreter (tests/conftest.py).
+"""
+import pytest
+import torch
+from transformers import (
+    GraniteConfig, GraniteForCausalLM, LlamaConfig, LlamaForCausalLM, MistralConfig, MistralForCausalLM, Olmo2Config,
+    Olmo2ForCausalLM, Phi3Config, Phi3ForCausalLM, Qwen2Config, Qwen2ForCausalLM, Qwen3Config, Qwen3ForCausalLM,
+)
+
+from hf_masked_softmax import hf, patch_model, patched, unpatch_model
+from patch_helpers import assert_valid_close, eager_and_patched
+from tolerances import assert_close
+
+VOCAB = 100
+TINY = dict(
+    num_hidden_layers=2, hidden_size=64, intermediate_size=128, num_attention_heads=4, num_key_value_heads=2,
+    head_dim=16, vocab_size=VOCAB, max_position_embeddings=64, pad_token_id=0, bos_token_id=1, eos_token_id=2,
+    attn_implementation="eager",
+)
+ARCHS = {
+    "llama": (LlamaForCausalLM, LlamaConfig, {}),
+    "qwen2": (Qwen2ForCausalLM, Qwen2Config, {}),  # use_sliding_window=False: its config drops the window
+    "mistral": (MistralForCausalLM, MistralConfig, {"sliding_window": None}),
+    "qwen3": (Qwen3ForCausalLM, Qwen3Config, {}),  # q/k RMS norms before the interface
+    # a custom scale (not head_dim ** -0.5) and scaled embeddings / residuals / logits
+    "granite": (GraniteForCausalLM, GraniteConfig, {"attention_multiplier": 0.3, "embedding_multiplier": 2.0,
+                                                    "residual_multiplier": 0.5, "logits_scaling": 1.5}),
+    "olmo2": (Olmo2ForCausalLM, Olmo2Config, {}),
+}
+MAIN = ["llama", "qwen2", "mistral"]
+MODES = ["softmax", "fused"]
+
+
+def decoder(arch, device, seed=0, **overrides):
+    cls, config_cls, extra = ARCHS[arch]
+    torch.manual_seed(seed)
+    return cls(config_cls(**{**TINY, **extra, **overrides})).to(device).eval()
+
+
+def left_padded(device, lengths=(12, 8, 3), seed=0):
+    """``input_ids [B, max(lengths)]`` left padded with id 0, and its 0/1 ``attention_mask``."""
+    total = max(lengths)
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(3, VOCAB, (len(lengths), total), generator=g)
+    mask = torch.zeros(len(lengths), total, dtype=torch.long)
+    for b, n in enumerate(lengths):
+        mask[b, total - n:] = 1
+    return ids.masked_fill(mask == 0, 0).to(device), mask.to(device)
+
+
+@pytest.mark.parametrize("arch,mode", [(a, m) for a in MAIN for m in MODES] + [(a, "fused") for a in ARCHS
+                                                                                if a not in MAIN])
+def test_logits_left_padded(device, arch, mode):
+    model = decoder(arch, device)
+    ids, mask = left_padded(device)
+    ref, out = eager_and_patched(model, lambda m: m(ids, attention_mask=mask).logits, mode)
+    assert_valid_close(out, ref, mask.bool())
+
+
+@pytest.mark.parametrize("arch", MAIN)
+def test_logits_unpadded_without_mask(device, arch):
+    model = decoder(arch, device, seed=1)
+    ids, _ = left_padded(device, lengths=(10, 10), seed=1)
+    ref, out = eager_and_patched(model, lambda m: m(ids).logits, "auto")
+    assert_close(out, ref)
+
+
+@pytest.mark.parametrize("arch", MAIN)
+def test_generate_left_padded(device, arch):
+    model = decoder(arch, device, seed=2)
+    ids, mask = left_padded(device, lengths=(8, 5, 2), seed=2)
+
+    def gen(m):
+        return m.generate(ids, attention_mask=mask, max_new_tokens=4, min_new_tokens=4, do_sample=False)
+
+    ref, out = eager_and_patched(model, gen, "auto")
+    assert ref.shape == (3, 12)
+    assert torch.equal(out, ref)
+
+
+@pytest.mark.parametrize("arch,mode", [("llama", "fused"), ("qwen2", "softmax"), ("mistral", "fused")])
+def test_gradients_match_eager(device, arch, mode):
+    model = decoder(arch, device, seed=3).train()
+    ids, mask = left_padded(device, seed=3)
+    weights = torch.randn(*ids.shape, VOCAB, generator=torch.Generator().manual_seed(4)).to(device)
+
+    def grads(m):
+        m.zero_grad()
+        logits = m(ids, attention_mask=mask).logits
+        ((logits * weights)[mask.bool()]).sum().backward()
+        return {n: p.grad.clone() for n, p in m.named_parameters() if p.grad is not None}
+
+    ref, out = eager_and_patched(model, grads, mode)
+    assert ref.keys() == out.keys() and any("k_proj" in n for n in ref)
+    for name in ref:
+        assert_close(out[name], ref[name], scale=10)
+
+
+def test_fused_kernel_gets_grouped_kv_heads_and_compact_mask(device, monkeypatch):
+    # GQA reaches the fused kernel as 2 key/value heads for 4 query heads (no repeat), the mask as [B, K] bool.
+    calls = []
+    real = hf.attention
+
+    def spy(q, k, v, attention_mask=None, **kwargs):
+        calls.append((q.shape[1], k.shape[1], v.shape[1], attention_mask.dtype, tuple(attention_mask.shape), kwargs))
+        return real(q, k, v, attention_mask, **kwargs)
+
+    monkeypatch.setattr(hf, "attention", spy)
+    model = decoder("llama", device)
+    ids, mask = left_padded(device)
+    with patched(model, mode="fused"):
+        model(ids, attention_mask=mask)
+    assert [c[:5] for c in calls] == [(4, 2, 2, torch.bool, (3, 12))] * 2
+    assert all(c[5] == {"causal": True, "scale": pytest.approx(16 ** -0.5)} for c in calls)
+
+
+@pytest.mark.parametrize("arch,overrides", [
+    ("mistral", {"sliding_window": 4096}),  # MistralConfig's default (checked below)
+    ("mistral", {"sliding_window": 4}),
+    ("qwen2", {"use_sliding_window": True, "sliding_window": 4, "max_window_layers": 1}),
+    ("qwen3", {"use_sliding_window": True, "sliding_window": 4, "max_window_layers": 0}),
+])
+def test_sliding_window_refused_and_untouched(device, arch, overrides):
+    model = decoder(arch, device, **overrides)
+    config = model.config
+    with pytest.raises(ValueError, match=rf"{arch} model: it uses sliding-window attention \(config.sliding_window="):
+        patch_model(model)
+    assert model.config is config and config._attn_implementation == "eager"
+    assert not any(hf.MODE_ATTR in m.__dict__ for m in model.modules())
+
+
+def test_mistral_default_config_has_a_window():
+    assert MistralConfig().sliding_window == 4096
+
+
+def test_qwen2_window_on_no_layer_is_accepted(device):
+    # use_sliding_window with max_window_layers >= num_hidden_layers: every layer is full attention.
+    model = decoder("qwen2", device, use_sliding_window=True, sliding_window=4, max_window_layers=2)
+    assert model.config.sliding_window == 4 and "sliding_attention" not in model.config.layer_types
+    ids, mask = left_padded(device)
+    ref, out = eager_and_patched(model, lambda m: m(ids, attention_mask=mask).logits, "fused")
+    assert_valid_close(out, ref, mask.bool())
+
+
+def test_sliding_window_refused_at_call_time_without_patch_model(device):
+    # attn_implementation set at construction (as from_pretrained(..., attn_implementation=NAME) does) skips
+    # patch_model's check; the attention function refuses the window itself.
+    model = decoder("mistral", device, sliding_window=4, attn_implementation=hf.NAME)
+    ids, mask = left_padded(device)
+    with pytest.raises(ValueError, match="sliding-window attention"):
+        model(ids, attention_mask=mask)
+
+
+def test_unlisted_decoder_is_refused_and_untouched(device):
+    torch.manual_seed(0)
+    model = Phi3ForCausalLM(Phi3Config(**{**TINY, "sliding_window": None})).eval()
+    config = model.config
+    with pytest.raises(ValueError, match=r"'phi3'.*supported model_types: \[.*'llama', 'mistral'"):
+        patch_model(model)
+    assert model.config is config and config._attn_implementation == "eager"
+
+
+def test_unpatch_restores_bit_identical(device):
+    model = decoder("qwen2", device)
+    ids, mask = left_padded(device)
+    before = model(ids, attention_mask=mask).logits
+    patch_model(model, mode="fused")
+    model(ids, attention_mask=mask)
+    unpatch_model(model)
+    assert torch.equal(model(ids, attention_mask=mask).logits, before)
