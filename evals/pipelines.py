@@ -55,6 +55,8 @@ def parse_args(argv=None):
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--max-new-tokens", type=int, default=20)
     p.add_argument("--reps", type=int, default=3, help="timed repetitions (median)")
+    p.add_argument("--max-inputs", type=int, default=None, help="use only the first N inputs of each task")
+    p.add_argument("--no-warmup", action="store_true", help="skip the untimed warm-up calls")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)
@@ -62,6 +64,8 @@ def parse_args(argv=None):
     bad = [t for t in args.tasks if t not in TASKS]
     if bad:
         p.error(f"unknown task(s) {bad}; choose from {list(TASKS)}")
+    if args.reps < 1 or (args.max_inputs is not None and args.max_inputs < 1):
+        p.error("--reps and --max-inputs must be positive")
     return args
 
 
@@ -121,7 +125,7 @@ def compare(task, a, b, rel_tol, lengths=None):
                                                f"max rel score diff {worst:.2e}")
 
 
-def timed_pair(pipe, inputs, kwargs, mode, reps, device):
+def timed_pair(pipe, inputs, kwargs, mode, reps, device, warmup=True):
     """Outputs and median ms, unpatched and patched, alternating so that both see the same machine load."""
     import torch
 
@@ -136,9 +140,10 @@ def timed_pair(pipe, inputs, kwargs, mode, reps, device):
             torch.cuda.synchronize()
         return out, (time.perf_counter() - t0) * 1e3
 
-    pipe(inputs, **kwargs)  # warm-up of both paths, untimed
-    with hf_masked_softmax.patched(pipe.model, mode=mode):
+    if warmup:  # both paths, untimed
         pipe(inputs, **kwargs)
+        with hf_masked_softmax.patched(pipe.model, mode=mode):
+            pipe(inputs, **kwargs)
     times = {"base": [], "patched": []}
     outs = {}
     for _ in range(reps):
@@ -168,7 +173,9 @@ def main(argv=None):
     rows, results = [], []
     for task in tqdm(args.tasks, desc="pipelines"):
         pipe, inputs, kwargs = build(task, args, device, dtype)
-        base, base_ms, patched, patched_ms = timed_pair(pipe, inputs, kwargs, args.mode, args.reps, device)
+        inputs = inputs[:args.max_inputs] if args.max_inputs else inputs
+        base, base_ms, patched, patched_ms = timed_pair(pipe, inputs, kwargs, args.mode, args.reps, device,
+                                                        warmup=not args.no_warmup)
         lengths = [len(pipe.tokenizer(x)["input_ids"]) for x in inputs]
         ok, detail = compare(task, base, patched, rel_tol, lengths)
         rows.append([task, base_ms, patched_ms, base_ms / patched_ms, "yes" if ok else "NO", detail])

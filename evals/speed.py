@@ -46,6 +46,7 @@ def parse_args(argv=None):
     p.add_argument("--only", default=None, help="comma-separated substrings: run only matching settings")
     p.add_argument("--skip-medium", action="store_true", help="leave out GPT-2 medium")
     p.add_argument("--generate-reps", type=int, default=5)
+    p.add_argument("--cpu-reps", type=int, default=5, help="timed repetitions on a CPU (GPUs use do_bench)")
     p.add_argument("--tiny", action="store_true", help="tiny configs and shapes (a smoke test of the script)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", default=None, help="JSON path (default OUT/speed.json)")
@@ -128,14 +129,14 @@ class Timer:
 
             torch.cuda.synchronize()
 
-    def bench(self, fn, reps=None):
+    def bench(self, fn, reps=None, cpu_reps=5):
         if self.cuda and reps is None:
             import triton.testing
 
             return float(triton.testing.do_bench(fn, warmup=50, rep=300, return_mode="median"))
         fn()  # warm-up
         times = []
-        for _ in range(reps or 5):
+        for _ in range(reps or cpu_reps):
             self.sync()
             t0 = time.perf_counter()
             fn()
@@ -203,7 +204,7 @@ def run_setting(setting, args, device, dtype, timer, models, bar):
                 first_tokens = toks if first_tokens is None else first_tokens
             else:
                 agree = None
-            ms = timer.bench(fn, reps=args.generate_reps if kind == "generate" else None)
+            ms = timer.bench(fn, reps=args.generate_reps if kind == "generate" else None, cpu_reps=args.cpu_reps)
             peak = timer.peak_mb(fn)
         finally:
             undo()

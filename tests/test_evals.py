@@ -1,0 +1,191 @@
+"""The eval scripts on tiny slices: patched == unpatched, exit codes, accelerate splits, pipelines, checkpoint.
+
+Scripts run in-process through their ``main(argv)`` (so the patched path is the real Triton kernels in the
+interpreter when conftest set TRITON_INTERPRET=1) or, for accelerate, as subprocesses on the PyTorch reference.
+"""
+import json
+import math
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+EVALS = os.path.join(ROOT, "evals")
+sys.path.insert(0, EVALS)
+
+import _common  # noqa: E402
+import logits as logits_script  # noqa: E402
+import perplexity  # noqa: E402
+
+PPL_SLICE = ["--max-tokens", "160", "--max-length", "64", "--stride", "32", "--batch-size", "3", "--no-progress"]
+
+
+def _read(path):
+    with open(path) as f:
+        return json.load(f)
+
+
+def test_embedded_checkpoint_is_small_gpt2_with_recorded_training():
+    folder = _common.EMBEDDED_GPT2
+    assert sorted(os.listdir(folder)) == ["config.json", "model.safetensors"]
+    assert os.path.getsize(os.path.join(folder, "model.safetensors")) <= 16 * 10**6
+    cfg = _read(os.path.join(folder, "config.json"))
+    assert cfg["model_type"] == "gpt2" and cfg["n_embd"] // cfg["n_head"] == 64 and cfg["vocab_size"] == 50257
+    meta = cfg["hf_masked_softmax_training"]
+    assert isinstance(meta["seed"], int)
+    assert all(len(part["sha256"]) == 64 for part in meta["data"]["train"])
+    assert meta["data"]["heldout_sha256"] == _common.sha256_text(_common.pydoc_text())
+    assert meta["heldout_ppl_untrained"] / meta["heldout_ppl_fp16_weights"] >= 20
+
+
+@pytest.mark.parametrize("n_tokens,max_length,stride", [(300, 64, 32), (257, 64, 64), (65, 64, 16), (10, 64, 8)])
+def test_windows_score_every_token_once(n_tokens, max_length, stride):
+    windows = perplexity.make_windows(n_tokens, max_length, stride)
+    assert windows[0][0] == 0 and windows[-1][1] == n_tokens
+    assert sum(n for _, _, n in windows) == n_tokens
+    for (b, e, n), (_, prev_end, _) in zip(windows[1:], windows):
+        assert e - b <= max_length and n == e - prev_end and 0 < n <= e - b
+
+
+@pytest.fixture(scope="module")
+def ppl_one(tmp_path_factory):
+    """One in-process run on a small slice, shared by the tests that read it."""
+    out = tmp_path_factory.mktemp("ppl") / "one.json"
+    assert perplexity.main(PPL_SLICE + ["--json", str(out)]) == 0
+    return _read(out)
+
+
+def test_perplexity_patched_equals_unpatched(ppl_one):
+    r = ppl_one
+    assert r["tokens_scored"] == 159 and r["windows"] == 4 and r["processes"] == 1
+    assert math.isfinite(r["perplexity_patched"]) and 1 < r["perplexity_patched"] < 50257
+    assert r["relative_difference"] <= 1e-5 and r["passed"]
+    expected = "interpreter" if os.environ.get("TRITON_INTERPRET") == "1" else "reference"
+    assert expected in r["patched_path"]
+
+
+def test_perplexity_batching_does_not_change_the_result(tmp_path):
+    a, b = tmp_path / "a.json", tmp_path / "b.json"
+    short = PPL_SLICE + ["--max-tokens", "100", "--mode", "softmax"]
+    assert perplexity.main(short + ["--json", str(a)]) == 0
+    assert perplexity.main(short + ["--batch-size", "1", "--json", str(b)]) == 0
+    ra, rb = _read(a), _read(b)
+    assert abs(ra["perplexity_patched"] - rb["perplexity_patched"]) <= 1e-6 * rb["perplexity_patched"]
+
+
+def test_perplexity_exits_nonzero_when_patched_differs(tmp_path, monkeypatch, capsys):
+    """A patcher that perturbs the logits by 1e-3 must fail the 1e-5 tolerance with exit status 1."""
+    import hf_masked_softmax
+
+    hooks = {}
+
+    def bad_patch(model, mode="auto"):
+        hooks[id(model)] = model.lm_head.register_forward_hook(lambda mod, inp, out: out + 1e-3 * out.abs())
+        return model
+
+    def bad_unpatch(model):
+        hooks.pop(id(model)).remove()
+        return model
+
+    monkeypatch.setattr(hf_masked_softmax, "patch_model", bad_patch)
+    monkeypatch.setattr(hf_masked_softmax, "unpatch_model", bad_unpatch)
+    out = tmp_path / "ppl.json"
+    assert perplexity.main(PPL_SLICE + ["--max-tokens", "100", "--json", str(out)]) == 1
+    r = _read(out)
+    assert not r["passed"] and r["relative_difference"] > 1e-5
+    assert "FAILED" in capsys.readouterr().out
+    assert not hooks
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _launch(script, args, processes=2):
+    """``script`` under ``accelerate launch`` with CPU processes, in this test session's environment."""
+    env = dict(os.environ, HF_HUB_OFFLINE="1")
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(processes),
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+           "--main_process_port", str(_free_port()), os.path.join(EVALS, script)] + args
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc
+
+
+def test_perplexity_two_accelerate_processes_equal_one(ppl_one, tmp_path):
+    two = tmp_path / "two.json"
+    _launch("perplexity.py", PPL_SLICE + ["--device", "cpu", "--json", str(two)])
+    r1, r2 = ppl_one, _read(two)
+    assert r2["processes"] == 2 and r2["tokens_scored"] == r1["tokens_scored"] == 159
+    assert r2["patched_path"] == r1["patched_path"]
+    for key in ("perplexity_unpatched", "perplexity_patched"):
+        assert abs(r1[key] - r2[key]) <= 1e-6 * r1[key], (key, r1[key], r2[key])
+
+
+LOGITS_ARGS = ["--models", "gpt2-tiny,minilm", "--dtypes", "fp32", "--modes", "fused", "--batch-size", "2",
+               "--seq-len", "16", "--no-progress"]
+
+
+@pytest.fixture(scope="module")
+def logits_one(tmp_path_factory):
+    out = tmp_path_factory.mktemp("logits") / "one.json"
+    assert logits_script.main(LOGITS_ARGS + ["--json", str(out)]) == 0
+    return _read(out)
+
+
+def test_logits_script_tiny(logits_one):
+    rows = logits_one["rows"]
+    assert len(rows) == 2 * 2 * 3  # models x padding sides x (eager, sdpa, fused)
+    for r in rows:
+        assert r["passed"], r
+        assert r["argmax_agree"] == 1.0 and r["max_rel_vs_eager"] <= 1e-5
+    assert {r["padding"] for r in rows} == {"left", "right"}
+    assert {r["impl"] for r in rows} == {"eager", "sdpa", "patched:fused"}
+
+
+def test_logits_two_accelerate_processes_equal_one(logits_one, tmp_path):
+    two = tmp_path / "two.json"
+    _launch("logits.py", LOGITS_ARGS + ["--device", "cpu", "--json", str(two)])
+    r2 = _read(two)
+    assert r2["processes"] == 2
+    rows1, rows2 = logits_one["rows"], r2["rows"]
+    assert [(r["model"], r["padding"], r["impl"]) for r in rows1] == [(r["model"], r["padding"], r["impl"])
+                                                                      for r in rows2]
+    for a, b in zip(rows1, rows2):
+        assert a["passed"] == b["passed"] and a["argmax_agree"] == b["argmax_agree"]
+        for key in ("max_abs_vs_eager", "max_abs_vs_fp32"):
+            assert abs(a[key] - b[key]) <= 1e-5, (a, b)
+
+
+def test_pipelines_identical_outputs(tmp_path):
+    import pipelines
+
+    out = tmp_path / "pipelines.json"
+    argv = ["--reps", "1", "--max-new-tokens", "3", "--batch-size", "3", "--max-inputs", "3", "--no-warmup",
+            "--json", str(out)]
+    assert pipelines.main(argv) == 0
+    tasks = {t["task"]: t for t in _read(out)["tasks"]}
+    assert set(tasks) == {"text-generation", "feature-extraction", "fill-mask"}
+    assert all(t["identical"] for t in tasks.values())
+    gen = tasks["text-generation"]
+    assert gen["unpatched_output"] == gen["patched_output"] and len(gen["patched_output"]) == 3
+
+
+def test_speed_script_smoke(tmp_path):
+    """Not a timing test: the script runs every setting and impl, and greedy generations agree across impls."""
+    import speed
+
+    out = tmp_path / "speed.json"
+    assert speed.main(["--tiny", "--device", "cpu", "--impls", "eager,fused", "--only", "generate,bert",
+                       "--generate-reps", "1", "--cpu-reps", "1", "--no-plot", "--json", str(out)]) == 0
+    rows = _read(out)["rows"]
+    assert len(rows) == 2 * 2
+    gen = [r for r in rows if r["kind"] == "generate"]
+    assert [r["token_agreement_with_first_impl"] for r in gen] == [None, 1.0]
+    assert all(r["ms"] > 0 and r["speedup_vs_eager"] > 0 for r in rows)
