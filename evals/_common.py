@@ -214,6 +214,17 @@ def load_tokenizer(name_or_path: str | None):
     return tok
 
 
+def set_attn_implementation(model, impl: str) -> None:
+    """Switch an unpatched model between HF's own implementations ("eager", "sdpa")."""
+    if hasattr(model, "set_attn_implementation"):
+        model.set_attn_implementation(impl)
+        return
+    for m in model.modules():  # older transformers: the configs hold the choice
+        cfg = getattr(m, "config", None)
+        if cfg is not None and hasattr(cfg, "_attn_implementation"):
+            cfg._attn_implementation = impl
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Reporting
 # ---------------------------------------------------------------------------------------------------------------

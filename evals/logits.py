@@ -140,11 +140,11 @@ def run_case(case, args, device, masters, progress=None):
             if impl == "eager":
                 out = eager
             elif impl == "sdpa":
-                model.set_attn_implementation("sdpa")
+                _common.set_attn_implementation(model, "sdpa")
                 try:
                     out = forward(model, kind, ids, mask)
                 finally:
-                    model.set_attn_implementation("eager")
+                    _common.set_attn_implementation(model, "eager")
             else:
                 with hf_masked_softmax.patched(model, mode=mode):
                     out = forward(model, kind, ids, mask)

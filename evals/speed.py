@@ -162,8 +162,8 @@ def set_impl(model, impl):
     import hf_masked_softmax
 
     if impl in ("eager", "sdpa"):
-        model.set_attn_implementation(impl)
-        return lambda: model.set_attn_implementation("eager")
+        _common.set_attn_implementation(model, impl)
+        return lambda: _common.set_attn_implementation(model, "eager")
     hf_masked_softmax.patch_model(model, mode=impl)
     return lambda: hf_masked_softmax.unpatch_model(model)
 
