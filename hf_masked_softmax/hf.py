@@ -36,8 +36,8 @@ from transformers.modeling_utils import AttentionInterface
 from transformers.utils import output_capturing
 from transformers.utils.import_utils import is_tracing
 
-from .attention import attention
 from .masked_softmax import masked_softmax
+from .ops import attention  # the custom-operator entry of hf_masked_softmax.attention
 
 NAME = "hf_masked_softmax"
 MODES = ("auto", "softmax", "fused")
@@ -172,23 +172,14 @@ def _mask_function(
     )
 
 
-# Under torch.compile (generate() compiles the decoding step when the cache is static) the kernels' host code (mask
-# classification, grids, autograd.Function) is not traceable: the graph is broken around these two calls instead.
-_attention_forward_outside_graph = torch.compiler.disable(_attention_forward)
-_mask_function_outside_graph = torch.compiler.disable(_mask_function)
-
-
 def attention_forward(module, query, key, value, attention_mask, **kwargs):
-    """The registered attention function; see ``_attention_forward``."""
-    if torch.compiler.is_compiling():
-        return _attention_forward_outside_graph(module, query, key, value, attention_mask, **kwargs)
+    """The registered attention function; see ``_attention_forward``. Under ``torch.compile`` it is traced like any
+    PyTorch code: the kernels are custom operators (:mod:`hf_masked_softmax.ops`), one graph node each."""
     return _attention_forward(module, query, key, value, attention_mask, **kwargs)
 
 
 def mask_function(*args, **kwargs):
     """The registered mask function; see ``_mask_function``."""
-    if torch.compiler.is_compiling():
-        return _mask_function_outside_graph(*args, **kwargs)
     return _mask_function(*args, **kwargs)
 
 

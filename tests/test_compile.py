@@ -182,3 +182,146 @@ def test_inductor_masked_softmax(device):
     s = torch.randn(2, 2, 3, 9, device=device)
     m = torch.tensor([[1] * 9, [0, 0, 0] + [1] * 6], device=device)
     torch.testing.assert_close(torch.compile(fn, fullgraph=True)(s, m), fn(s, m))
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# A patched Hugging Face model under torch.compile
+# ----------------------------------------------------------------------------------------------------------------------
+def _tiny_gpt2(device, seed=0):
+    from patch_helpers import gpt2_config
+    from transformers import GPT2LMHeadModel
+
+    torch.manual_seed(seed)
+    return GPT2LMHeadModel(gpt2_config()).to(device).eval()
+
+
+@pytest.mark.parametrize("mode", ["fused", "softmax"])
+def test_patched_gpt2_forward_has_no_graph_break(mode, device):
+    from patch_helpers import padded_batch
+
+    import hf_masked_softmax as hms
+
+    model = _tiny_gpt2(device)
+    ids, mask = padded_batch(device, side="left")
+    with torch.no_grad():
+        ref = model(input_ids=ids, attention_mask=mask).logits
+        with hms.patched(model, mode=mode):
+            explanation = torch._dynamo.explain(model)(input_ids=ids, attention_mask=mask)
+            compiled = torch.compile(model, backend=BACKEND, fullgraph=True)
+            out = compiled(input_ids=ids, attention_mask=mask).logits
+    assert explanation.graph_break_count == 0, explanation.break_reasons
+    assert explanation.graph_count == 1
+    op = "hf_masked_softmax.attention" if mode == "fused" else "hf_masked_softmax.masked_softmax"
+    assert op in explanation.graphs[0].code  # the kernels are in the graph, as custom-op nodes
+    valid = mask.bool()
+    torch.testing.assert_close(out[valid], ref[valid], atol=1e-5, rtol=1e-5)
+
+
+def test_patched_gpt2_compiled_training_step_matches_eager(device):
+    from patch_helpers import padded_batch
+
+    import hf_masked_softmax as hms
+
+    ids, mask = padded_batch(device, side="right")
+    grads = []
+    for compile_it in (False, True):
+        model = _tiny_gpt2(device, seed=3)
+        hms.patch_model(model, mode="fused")
+
+        def step(ids, mask):
+            logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1]
+            labels = ids[:, 1:].masked_fill(mask[:, 1:] == 0, -100)
+            return torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1))
+
+        fn = torch.compile(step, backend=BACKEND, fullgraph=True) if compile_it else step
+        fn(ids, mask).backward()
+        grads.append([p.grad for p in model.parameters()])
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
+
+
+def test_patched_gpt2_static_cache_compiled_generate_equals_eager(device):
+    # generate() compiles the decoding step when the cache is static (on CUDA by default; on CPU when asked to).
+    # fullgraph=True turns any graph break into an error.
+    from patch_helpers import padded_batch
+    from torch._dynamo.utils import counters
+    from transformers.generation.configuration_utils import CompileConfig
+
+    import hf_masked_softmax as hms
+
+    model = _tiny_gpt2(device, seed=2)
+    ids, mask = padded_batch(device, lengths=(8, 4), total=8, side="left", seed=2)
+
+    def gen(compile_config=None):
+        return model.generate(ids, attention_mask=mask, max_new_tokens=6, min_new_tokens=6, do_sample=False,
+                              cache_implementation="static", compile_config=compile_config)
+
+    eager = gen()
+    hms.patch_model(model)
+    config = CompileConfig(fullgraph=True, backend=BACKEND, mode=None) if device == "cpu" else CompileConfig(
+        fullgraph=True)
+    config._compile_all_devices = True
+    counters.clear()
+    compiled = gen(config)
+    assert hasattr(model, "_compiled_call")  # the decoding steps really ran compiled
+    assert counters["stats"]["unique_graphs"] >= 1
+    assert not counters["graph_break"]
+    assert torch.equal(compiled, eager)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# GPU: inductor's default static-cache compile (CUDA graphs) and a hand-captured decode step
+# ----------------------------------------------------------------------------------------------------------------------
+@pytest.mark.gpu
+def test_gpu_static_cache_generate_default_compile_equals_eager():
+    # On CUDA, generate() auto-compiles static-cache decoding with inductor, mode="reduce-overhead" (CUDA graphs).
+    from patch_helpers import padded_batch
+
+    import hf_masked_softmax as hms
+
+    model = _tiny_gpt2("cuda", seed=4)
+    ids, mask = padded_batch("cuda", lengths=(8, 5, 2), total=8, side="left", seed=4)
+
+    def gen():
+        return model.generate(ids, attention_mask=mask, max_new_tokens=8, min_new_tokens=8, do_sample=False,
+                              cache_implementation="static")
+
+    eager = gen()
+    hms.patch_model(model)
+    assert torch.equal(gen(), eager)
+    assert hasattr(model, "_compiled_call")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("mask_form", ["pad2d", "bool4d"])
+def test_gpu_cuda_graph_capture_of_decode_attention(mask_form):
+    # A decode step (1 query, a 300-key cache) captured in a CUDA graph and replayed on new queries and cache contents.
+    B, H, K, D = 3, 4, 300, 64
+    g = torch.Generator(device="cuda").manual_seed(0)
+    q = torch.randn(B, H, 1, D, device="cuda", dtype=torch.float16, generator=g)
+    k = torch.randn(B, H, K, D, device="cuda", dtype=torch.float16, generator=g)
+    v = torch.randn(B, H, K, D, device="cuda", dtype=torch.float16, generator=g)
+    pad = torch.ones(B, K, dtype=torch.bool, device="cuda")
+    pad[1, :100] = False
+    pad[2, :299] = False
+    mask = pad if mask_form == "pad2d" else pad[:, None, None, :].clone()
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):  # warm up (Triton compiles) outside the capture
+        attention(q, k, v, mask, causal=True)
+        masked_softmax(torch.matmul(q, k.transpose(-1, -2)), mask, causal=True)
+    torch.cuda.current_stream().wait_stream(s)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = attention(q, k, v, mask, causal=True)
+        probs = masked_softmax(torch.matmul(q, k.transpose(-1, -2)), mask, causal=True, scale=D ** -0.5)
+    for step in range(3):
+        q.copy_(torch.randn(q.shape, device="cuda", dtype=q.dtype, generator=g))
+        k[:, :, -1].normal_(generator=g)
+        graph.replay()
+        torch.cuda.synchronize()
+        ref_out = attention(q, k, v, mask, causal=True)
+        ref_probs = masked_softmax(torch.matmul(q, k.transpose(-1, -2)), mask, causal=True, scale=D ** -0.5)
+        torch.testing.assert_close(out, ref_out, atol=0, rtol=0)
+        torch.testing.assert_close(probs, ref_probs, atol=0, rtol=0)
+        assert torch.all(probs[2, :, :, :299] == 0)
