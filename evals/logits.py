@@ -26,7 +26,6 @@ import zlib
 import _common
 
 MODELS = ("gpt2-tiny", "gpt2-small", "minilm", "bert-base")
-IMPLS_BASE = ("sdpa",)
 FP32_RTOL = 1e-5
 RULE_FACTOR = 2.0
 

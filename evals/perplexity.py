@@ -141,7 +141,8 @@ def _sync(device):
 
 def main(argv=None):
     args = parse_args(argv)
-    _common.go_offline(needs_hub=(args.dataset is not None) or (args.model is not None and not os.path.isdir(args.model)))
+    hub_model = args.model is not None and not os.path.isdir(args.model)
+    _common.go_offline(needs_hub=args.dataset is not None or hub_model)
     _common.ensure_repo_on_path()
     t_start = time.time()
     import torch
@@ -201,10 +202,10 @@ def main(argv=None):
 
     if main_process:
         print(f"model: {args.model or 'embedded tiny GPT-2 (' + _common.EMBEDDED_GPT2 + ')'} {args.dtype} on "
-              f"{device}{f' x{world} processes' if world > 1 else ''}; text: {source}, {len(ids)} of {n_text_tokens} tokens; "
-              f"{len(windows)} windows of {max_length} (stride {stride}), batch {args.batch_size}")
-        print(f"patched path: mode={args.mode!r} -> {_common.patched_path(device, args.mode)}; baseline: {args.baseline}",
-              flush=True)
+              f"{device}{f' x{world} processes' if world > 1 else ''}; text: {source}, {len(ids)} of {n_text_tokens} "
+              f"tokens; {len(windows)} windows of {max_length} (stride {stride}), batch {args.batch_size}")
+        print(f"patched path: mode={args.mode!r} -> {_common.patched_path(device, args.mode)}; "
+              f"baseline: {args.baseline}", flush=True)
 
     keep_logits = "logits_to_keep" in inspect.signature(model.forward).parameters
     # Warm-up outside the timings: first calls pay for allocations and (on a GPU) kernel compilation.
