@@ -9,9 +9,10 @@ Masks. HF's eager and sdpa paths expand the tokenizer's ``[B, K]`` padding mask 
 causality baked in. The mask function here returns the compact ``[B, K]`` bool mask instead (or ``None`` when nothing
 is padded), and the attention function adds causality itself from ``module.is_causal``, bottom-right aligned, which
 is exactly HF's causal mask whenever the last query is the last key (no cache, or a dynamic cache). Everything else
-that HF can ask for (a static cache whose keys run past the queries, packed sequences, sliding windows, custom
-``or``/``and`` mask functions) gets HF's own 4D boolean mask, which the attention function then uses as given, with no
-causality added, as eager and sdpa do with any 4D mask (user-supplied 4D masks, bool or additive, take the same path).
+that HF can ask for (a static cache whose keys run past the queries, packed sequences, custom ``or``/``and`` mask
+functions) gets HF's own 4D boolean mask, which the attention function then uses as given, with no causality added,
+as eager and sdpa do with any 4D mask (user-supplied 4D masks, bool or additive, take the same path). Sliding-window
+models are refused: the attention function raises when the model passes it a ``sliding_window``.
 
 Modes, read per call from the attention module's ``_hf_masked_softmax_mode`` (set by ``patch_model``):
 
