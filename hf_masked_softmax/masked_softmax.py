@@ -130,6 +130,32 @@ def _keep_tile(
 
 
 @triton.jit
+def _single_pass_tile(
+    mask_ptr, ranges_ptr,
+    mask_stride_b, mask_stride_h, mask_stride_q, mask_stride_k,
+    n_rows, H, Q, K, add_threshold,
+    MASK_KIND: tl.constexpr,
+    CAUSAL: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    GROUP: tl.constexpr,
+):
+    """This program's ``[BLOCK_M, BLOCK_K]`` tile of whole rows: indices, coordinates, bounds and masks."""
+    rows = tl.program_id(0).to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M).to(tl.int64)
+    cols = tl.arange(0, BLOCK_K)[None, :]
+    b, h, q = _row_coords(rows, H, Q)
+    b, h, q = b[:, None], h[:, None], q[:, None]
+    live = (rows < n_rows)[:, None] & (cols < K)
+    lo, hi, holes = _row_window(ranges_ptr, b, q, Q, K, MASK_KIND, CAUSAL)
+    keep, pred, add = _keep_tile(
+        mask_ptr, b, h, q, cols, live, lo, hi, holes,
+        mask_stride_b, mask_stride_h, mask_stride_q, mask_stride_k,
+        add_threshold, MASK_KIND, GROUP,
+    )
+    return rows, cols, b, h, q, live, keep, pred, add
+
+
+@triton.jit
 def _fwd_single_pass_kernel(
     s_ptr, y_ptr, mask_ptr, ranges_ptr,
     s_stride_b, s_stride_h, s_stride_q, s_stride_k,
@@ -141,16 +167,9 @@ def _fwd_single_pass_kernel(
     BLOCK_K: tl.constexpr,
     GROUP: tl.constexpr,
 ):
-    rows = tl.program_id(0).to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M).to(tl.int64)
-    cols = tl.arange(0, BLOCK_K)[None, :]
-    b, h, q = _row_coords(rows, H, Q)
-    b, h, q = b[:, None], h[:, None], q[:, None]
-    live = (rows < n_rows)[:, None] & (cols < K)
-    lo, hi, holes = _row_window(ranges_ptr, b, q, Q, K, MASK_KIND, CAUSAL)
-    keep, pred, add = _keep_tile(
-        mask_ptr, b, h, q, cols, live, lo, hi, holes,
-        mask_stride_b, mask_stride_h, mask_stride_q, mask_stride_k,
-        add_threshold, MASK_KIND, GROUP,
+    rows, cols, b, h, q, live, keep, pred, add = _single_pass_tile(
+        mask_ptr, ranges_ptr, mask_stride_b, mask_stride_h, mask_stride_q, mask_stride_k,
+        n_rows, H, Q, K, add_threshold, MASK_KIND, CAUSAL, BLOCK_M, BLOCK_K, GROUP,
     )
     s_row = s_ptr + (b * s_stride_b + h * s_stride_h + q * s_stride_q)
     x = tl.load(s_row + cols * s_stride_k, mask=pred, other=0.0).to(tl.float32) * scale + add
@@ -233,16 +252,9 @@ def _bwd_single_pass_kernel(
     BLOCK_K: tl.constexpr,
     GROUP: tl.constexpr,
 ):
-    rows = tl.program_id(0).to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M).to(tl.int64)
-    cols = tl.arange(0, BLOCK_K)[None, :]
-    b, h, q = _row_coords(rows, H, Q)
-    b, h, q = b[:, None], h[:, None], q[:, None]
-    live = (rows < n_rows)[:, None] & (cols < K)
-    lo, hi, holes = _row_window(ranges_ptr, b, q, Q, K, MASK_KIND, CAUSAL)
-    keep, pred, _ = _keep_tile(
-        mask_ptr, b, h, q, cols, live, lo, hi, holes,
-        mask_stride_b, mask_stride_h, mask_stride_q, mask_stride_k,
-        add_threshold, MASK_KIND, GROUP,
+    rows, cols, b, h, q, live, keep, pred, _ = _single_pass_tile(
+        mask_ptr, ranges_ptr, mask_stride_b, mask_stride_h, mask_stride_q, mask_stride_k,
+        n_rows, H, Q, K, add_threshold, MASK_KIND, CAUSAL, BLOCK_M, BLOCK_K, GROUP,
     )
     y = tl.load(y_ptr + rows[:, None] * K + cols, mask=pred, other=0.0).to(tl.float32)
     dy_row = dy_ptr + (b * dy_stride_b + h * dy_stride_h + q * dy_stride_q)
