@@ -60,7 +60,7 @@ def decoder_spec(model_type: str, attention_class: str, *, window_follows_layer_
 
 
 SPECS = (
-    decoder_spec("llama", "LlamaAttention"),  # also SmolLM/SmolLM2, TinyLlama, Llama 2/3 (no rope-only changes)
+    decoder_spec("llama", "LlamaAttention"),  # also SmolLM/SmolLM2, TinyLlama, Llama 2/3.x (RoPE scaling is pre-call)
     decoder_spec("mistral", "MistralAttention"),  # with sliding_window=None (Mistral 7B v0.2 and later)
     decoder_spec("qwen2", "Qwen2Attention", window_follows_layer_types=True),
     decoder_spec("qwen3", "Qwen3Attention", window_follows_layer_types=True),
