@@ -826,9 +826,12 @@ def attention(
         ValueError: wrong rank or shapes, head_dim > 256, tensors on different devices.
         TypeError: unsupported or mismatched dtypes, a non-tensor argument.
     """
-    return _attention(q, k, v, attention_mask, causal, scale)
+    # Through the custom operator, so torch.compile traces it as one node (ops imports this module: import late).
+    from .ops import attention as attention_op
+
+    return attention_op(q, k, v, attention_mask, causal=causal, scale=scale)
 
 
 def attention_bqhd(q, k, v, attention_mask=None, *, causal=False, scale=None) -> torch.Tensor:
     """:func:`attention`, returned as the contiguous ``[B, Q, H, D]`` tensor Hugging Face attention modules want."""
-    return _attention(q, k, v, attention_mask, causal, scale).transpose(1, 2).contiguous()
+    return attention(q, k, v, attention_mask, causal=causal, scale=scale).transpose(1, 2).contiguous()
