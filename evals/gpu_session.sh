@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# GPU work in device-call-sized stages (each well under 10 minutes on an H100); results and logs under $OUT.
+#   bash evals/gpu_session.sh tests     # every GPU-marked test, then the whole suite on CUDA tensors
+#   bash evals/gpu_session.sh kernels   # bench_softmax.py + bench_attention.py
+#   bash evals/gpu_session.sh e2e       # speed.py, logits.py, perplexity.py on the GPU (needs .gpu_assets: evals/gpu_assets.py)
+#   bash evals/gpu_session.sh check     # python -m hf_masked_softmax.check + compute-sanitizer memcheck
+set -uo pipefail
+export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
+OUT=${OUT:-out}
+mkdir -p "$OUT"
+cd "$(dirname "$0")/.."
+pip install -e . --no-deps --no-build-isolation -q 2>&1 | grep -v -i warning
+nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"
+
+case "${1:-}" in
+  tests)
+    timeout 280 python -m pytest -q -m gpu -p no:cacheprovider 2>&1 | tee "$OUT/gpu_tests.log" | tail -15
+    timeout 250 python -m pytest -q -m "not gpu" -p no:cacheprovider -x 2>&1 | tee "$OUT/cuda_suite.log" | tail -8
+    ;;
+  kernels)
+    timeout 240 python evals/bench_softmax.py --out "$OUT" 2>&1 | tee "$OUT/bench_softmax.log" | grep -v sweep | tail -20
+    timeout 300 python evals/bench_attention.py --out "$OUT" 2>&1 | tee "$OUT/bench_attention.log" | tail -25
+    ;;
+  e2e)
+    timeout 300 python evals/speed.py --out "$OUT" 2>&1 | tee "$OUT/speed.log" | tail -45
+    timeout 120 python evals/logits.py --device cuda --no-progress --json "$OUT/logits_gpu.json" > "$OUT/logits_gpu.log" 2>&1
+    tail -5 "$OUT/logits_gpu.log"
+    timeout 60 python evals/perplexity.py --device cuda --dtype fp16 --no-progress --json "$OUT/perplexity_gpu_fp16.json" 2>&1 | tail -4
+    ;;
+  check)
+    timeout 120 python -m hf_masked_softmax.check --json "$OUT/check.json" 2>&1 | tail -25
+    timeout 420 python evals/memcheck.py --out "$OUT/memcheck.json" 2>&1 | tail -15
+    ;;
+  *)
+    echo "usage: bash evals/gpu_session.sh tests|kernels|e2e|check" >&2
+    exit 2
+    ;;
+esac
