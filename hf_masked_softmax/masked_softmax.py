@@ -1,4 +1,4 @@
-"""Masked softmax over attention scores ``[B, H, Q, K]``: Triton kernels, launchers, autograd, public function.
+"""Masked softmax over attention scores ``[B, H, Q, K]``: Triton kernels, launchers, public function.
 
 Forward, for every row ``r = (b, h, i)``::
 
@@ -21,10 +21,13 @@ Two forward/backward paths, chosen by the launcher from ``K``:
 * looped: one row per program, ``BLOCK_K`` columns at a time; an online max/sum pass, then a normalise-and-store pass.
   There is no upper limit on ``K``.
 
-Entries that causality or a mask removes are never read from the scores: their loads are predicated off, and with
-``causal`` the looped path stops reading at the row's last visible key. Offsets are int64 throughout, so tensors of
-more than 2**31 elements work. Scores are read through their strides (transposed, sliced and stride-0 views) and
-never copied; the output is a fresh contiguous tensor.
+A 2D padding mask is first summarised per sequence as a key window ``[lo, hi)`` plus a "holes inside" flag (a tiny
+kernel); with causality the window ends at ``i + K - Q``. Loads are predicated on the window rounded out to aligned
+16-column groups (so the compiler keeps 16-byte loads), and the looped path starts at the window's first block:
+scores outside a row's window are never read. Offsets are int64, so tensors of more than 2**31 elements work. Scores
+are read through their strides (transposed, sliced and stride-0 views) and never copied; the output is a fresh
+contiguous tensor. Autograd is registered on the custom operator in :mod:`hf_masked_softmax.ops`, whose forward and
+backward call ``_forward`` / ``_backward`` below.
 """
 from __future__ import annotations
 
@@ -370,32 +373,6 @@ def _backward(y, dy, spec, causal, scale, blocks):
         _launch(_bwd_single_pass_kernel, _bwd_looped_kernel, (y, dy, ds), dy.stride(), spec, y.shape,
                 causal, scale, blocks)
     return ds
-
-
-# ----------------------------------------------------------------------------------------------------------------------
-# Autograd
-# ----------------------------------------------------------------------------------------------------------------------
-class MaskedSoftmaxFunction(torch.autograd.Function):
-    """Triton forward and backward. ``spec`` is a validated :class:`~hf_masked_softmax.masks.MaskSpec`.
-
-    The public function goes through the custom operator ``torch.ops.hf_masked_softmax.masked_softmax`` instead
-    (:mod:`hf_masked_softmax.ops`, same host functions), which ``torch.compile`` can trace; this eager-only entry takes
-    a ready ``MaskSpec``.
-    """
-
-    @staticmethod
-    def forward(ctx, scores, spec, causal, scale, max_single_pass_k=MAX_SINGLE_PASS_K, loop_block_k=LOOP_BLOCK_K):
-        blocks = (max_single_pass_k, loop_block_k)
-        y = _forward(scores, spec, causal, scale, blocks)
-        ctx.save_for_backward(y)
-        ctx.spec, ctx.causal, ctx.scale, ctx.blocks = spec, causal, scale, blocks
-        return y
-
-    @staticmethod
-    def backward(ctx, dy):
-        (y,) = ctx.saved_tensors
-        ds = _backward(y, dy, ctx.spec, ctx.causal, ctx.scale, ctx.blocks)
-        return ds, None, None, None, None, None
 
 
 # ----------------------------------------------------------------------------------------------------------------------

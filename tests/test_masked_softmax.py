@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from hf_masked_softmax import masked_softmax
-from hf_masked_softmax.masked_softmax import MaskedSoftmaxFunction
+from hf_masked_softmax.ops import masked_softmax_op
 from hf_masked_softmax.masks import prepare_mask
 from hf_masked_softmax.reference import masked_softmax_reference
 from tolerances import assert_close
@@ -27,7 +27,9 @@ def ref64(scores, mask=None, causal=False, scale=1.0):
 def run(scores, mask=None, causal=False, scale=1.0, path="auto"):
     if path == "looped":
         spec = prepare_mask(mask, tuple(scores.shape), scores.device)
-        return MaskedSoftmaxFunction.apply(scores, spec, causal, scale, LOOPED["max_single_pass_k"], LOOPED["loop_block_k"])
+        return masked_softmax_op(
+            scores, mask, spec.kind, spec.threshold, causal, scale, LOOPED["max_single_pass_k"], LOOPED["loop_block_k"]
+        )
     return masked_softmax(scores, mask, causal=causal, scale=scale)
 
 
