@@ -267,7 +267,7 @@ def tune(args, results):
     """Sweep decode split counts, forward (CUDA-graph timing) and backward (plain timing) block configurations."""
     fwd_cfgs = [(128, 64, 4, 3), (64, 64, 4, 3), (128, 64, 8, 3), (64, 64, 4, 4)]
     bwd_cfgs = [(32, 128, 4, 3), (32, 128, 8, 3), (64, 64, 4, 3), (32, 64, 4, 3), (64, 128, 8, 3), (32, 128, 4, 2)]
-    orig_f, orig_b = attn_mod._fwd_config, attn_mod._bwd_config
+    orig_f, orig_b, orig_splits = attn_mod._fwd_config, attn_mod._bwd_config, attn_mod._num_splits
 
     def record(kind, shape, cfg, fn, inp, backward, **extra):
         try:
@@ -283,10 +283,10 @@ def tune(args, results):
         for bn in (64,) if args.tune_what == "all" else ():
             attn_mod._fwd_config = lambda *a, bn=bn: (16, bn, 4, 3)
             for splits in (1, 2, 4):
-                fn = lambda inp=inp, s=splits: attn_mod._attention(inp["q"], inp["k"], inp["v"], inp["pad"], True,
-                                                                   None, num_splits=s)
+                attn_mod._num_splits = lambda *a, s=splits: s
+                fn = lambda inp=inp: attn_mod.attention(inp["q"], inp["k"], inp["v"], inp["pad"], causal=True)
                 record("decode", "decode", (16, bn, 4, 3), fn, inp, False, splits=splits)
-        attn_mod._fwd_config = orig_f
+        attn_mod._fwd_config, attn_mod._num_splits = orig_f, orig_splits
         for name in ("gpt2-pad-right", "gpt2-nopad", "bert"):
             inp = make_inputs(name, args.head_dim, args.dtype)
             fn = lambda inp=inp: attn_mod.attention(inp["q"], inp["k"], inp["v"], inp["pad"], causal=inp["causal"])
@@ -301,7 +301,7 @@ def tune(args, results):
                 record("bwd", name, cfg, fn, inp, True)
             attn_mod._bwd_config = orig_b
     finally:
-        attn_mod._fwd_config, attn_mod._bwd_config = orig_f, orig_b
+        attn_mod._fwd_config, attn_mod._bwd_config, attn_mod._num_splits = orig_f, orig_b, orig_splits
 
 
 def plot(rows, env, path):

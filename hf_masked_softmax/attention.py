@@ -38,7 +38,6 @@ otherwise the PyTorch reference.
 """
 from __future__ import annotations
 
-import math
 import os
 import weakref
 from typing import Optional
@@ -47,8 +46,6 @@ import torch
 import triton
 import triton.language as tl
 
-from .masks import ADD4D, BOOL4D, NONE, PAD2D, prepare_mask
-from .reference import attention_reference
 
 _INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 _LOG2E = 1.4426950408889634
@@ -648,14 +645,17 @@ def _num_splits(B, H, Q, K, block_m, block_n, device) -> int:
     return max(1, min(_cdiv(target, programs), _cdiv(K, 2 * block_n), 64))
 
 
-def _forward(q, k, v, kind, mask_t, ranges, threshold, causal, scale, num_splits=None, decode=None):
+def _is_decode(Q: int) -> bool:
+    """Short query blocks (and possibly split keys) for a few queries: generation steps."""
+    return Q <= 16
+
+
+def _forward(q, k, v, kind, mask_t, ranges, threshold, causal, scale):
     B, H, Q, D = q.shape
     Hkv, K = k.shape[1], k.shape[2]
-    if decode is None:
-        decode = Q <= 16
+    decode = _is_decode(Q)
     block_m, block_n, warps, stages = _fwd_config(D, Q, q.dtype, decode, causal)
-    if num_splits is None:
-        num_splits = _num_splits(B, H, Q, K, block_m, block_n, q.device) if decode else 1
+    num_splits = _num_splits(B, H, Q, K, block_m, block_n, q.device) if decode else 1
     out = torch.empty((B, Q, H, D), dtype=q.dtype, device=q.device).transpose(1, 2)
     lse = torch.empty((B, H, Q), dtype=torch.float32, device=q.device)
     if out.numel() == 0:
@@ -725,22 +725,6 @@ def _backward(do, q, k, v, out, lse, kind, mask_t, ranges, threshold, causal, sc
     return dq, dk, dv
 
 
-class _FusedAttention(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, q, k, v, kind, mask_t, ranges, threshold, causal, scale, num_splits, decode):
-        out, lse = _forward(q, k, v, kind, mask_t, ranges, threshold, causal, scale, num_splits, decode)
-        ctx.save_for_backward(q, k, v, out, lse, mask_t, ranges)
-        ctx.args = (kind, threshold, causal, scale)
-        return out
-
-    @staticmethod
-    def backward(ctx, do):
-        q, k, v, out, lse, mask_t, ranges = ctx.saved_tensors
-        kind, threshold, causal, scale = ctx.args
-        dq, dk, dv = _backward(do, q, k, v, out, lse, kind, mask_t, ranges, threshold, causal, scale)
-        return dq, dk, dv, None, None, None, None, None, None, None, None
-
-
 # ---------------------------------------------------------------------------------------------------------------
 # Public function
 # ---------------------------------------------------------------------------------------------------------------
@@ -771,32 +755,6 @@ def _validate(q, k, v, scale):
         raise ValueError(f"head_dim must be at most 256, got {D}")
     if scale is not None and (isinstance(scale, bool) or not isinstance(scale, (int, float))):
         raise TypeError(f"scale must be a float or None, got {type(scale).__name__}")
-
-
-def _attention(q, k, v, attention_mask, causal, scale, num_splits=None, decode=None):
-    _validate(q, k, v, scale)
-    B, H, Q, D = q.shape
-    K = k.shape[2]
-    spec = prepare_mask(attention_mask, (B, H, Q, K), q.device)
-    scale = float(D ** -0.5 if scale is None else scale)
-    use_kernels = q.device.type == "cuda" or (_INTERPRET and q.device.type == "cpu")
-    if not use_kernels:
-        return attention_reference(q, k, v, attention_mask, causal=causal, scale=scale)
-    kind, mask_t, ranges, threshold = _K_NONE, None, None, 0.0
-    if spec.kind == PAD2D:
-        kind, mask_t = _K_RANGE, spec.tensor
-        ranges = _pad_ranges(spec.tensor, attention_mask)
-    elif spec.kind == BOOL4D:
-        kind, mask_t = _K_BOOL, spec.tensor
-    elif spec.kind == ADD4D:
-        # masks wider than fp32 are compared after rounding to fp32, where their masked values become -inf
-        kind, mask_t, threshold = _K_ADD, spec.tensor, max(spec.threshold, float(torch.finfo(torch.float32).min))
-    else:
-        assert spec.kind == NONE
-    if torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad):
-        return _FusedAttention.apply(q, k, v, kind, mask_t, ranges, threshold, bool(causal), scale, num_splits,
-                                     decode)
-    return _forward(q, k, v, kind, mask_t, ranges, threshold, bool(causal), scale, num_splits, decode)[0]
 
 
 def attention(

@@ -11,8 +11,7 @@ Operators (namespace ``hf_masked_softmax``), all taking tensors and scalars only
 scores), ``mask_kind`` one of :mod:`hf_masked_softmax.masks`' ``NONE / PAD2D / BOOL4D / ADD4D`` and ``threshold`` the
 additive value at or below which an entry counts as masked. The public functions validate their arguments once
 (that host code is plain PyTorch and traces fine) and then call one operator: ``masked_softmax()`` in its own module,
-``attention()`` through :func:`attention` below (its validation and reference fallback mirror
-``attention._attention``, plus the fp32-finite ``scale`` check). The implementations are the kernels'
+``attention()`` through :func:`attention` below. The implementations are the kernels'
 host functions (``_forward`` / ``_backward`` of :mod:`~hf_masked_softmax.masked_softmax` and
 :mod:`~hf_masked_softmax.attention`). Fake (meta) implementations give the output shapes and strides, and autograd is
 registered with the backward operators, so compiled graphs hold one opaque node per kernel call, forward and backward.

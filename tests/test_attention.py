@@ -1,6 +1,10 @@
 """Fused attention against the fp64 reference: every mask form, causal, GQA, odd lengths, dtypes, head dims, the
 decode (split-K) path, backward, layouts and errors. On CPU the real Triton kernels run in the interpreter, so the
 shapes stay tiny (blocks are 16 wide there, so lengths of 20..50 already cross several blocks)."""
+import contextlib
+import importlib
+from unittest import mock
+
 import pytest
 import torch
 
@@ -8,8 +12,6 @@ import hf_masked_softmax
 from hf_masked_softmax import attention as attention_fn
 from hf_masked_softmax.reference import attention_reference
 from tolerances import assert_close
-
-import importlib
 
 attn_mod = importlib.import_module("hf_masked_softmax.attention")
 
@@ -54,8 +56,14 @@ OUT_SCALE = {torch.float32: 4.0, torch.float16: 4.0, torch.bfloat16: 4.0}
 GRAD_SCALE = {torch.float32: 8.0, torch.float16: 10.0, torch.bfloat16: 10.0}
 
 
-def _check(q, k, v, mask, causal, *, scale=None, grad=False, **kw):
-    out = attn_mod._attention(q, k, v, mask, causal, scale, **kw)
+def _check(q, k, v, mask, causal, *, scale=None, grad=False, decode=None, num_splits=None):
+    """Public attention() vs the fp64 reference; ``decode`` / ``num_splits`` force the kernel's dispatch."""
+    with contextlib.ExitStack() as stack:
+        if decode is not None:
+            stack.enter_context(mock.patch.object(attn_mod, "_is_decode", lambda Q: decode))
+        if num_splits is not None:
+            stack.enter_context(mock.patch.object(attn_mod, "_num_splits", lambda *a: num_splits))
+        out = attention_fn(q, k, v, mask, causal=causal, scale=scale)
     assert out.shape == q.shape and out.dtype == q.dtype
     assert torch.isfinite(out).all()
     do = torch.randn(out.shape, generator=torch.Generator().manual_seed(7)).to(out.device, out.dtype) if grad \
