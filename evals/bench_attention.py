@@ -39,6 +39,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import benchutil  # noqa: E402
 
 attn_mod = importlib.import_module("hf_masked_softmax.attention")
+masks_mod = importlib.import_module("hf_masked_softmax.masks")
 
 SHAPES = {
     # name: (B, H, Q, K, causal, (lo, hi) lengths or None, padding side)
@@ -99,7 +100,7 @@ def providers(inp):
         return attn_mod.attention(q, k, v, pad, causal=causal)
 
     def ours_ranges():
-        attn_mod._RANGE_CACHE.clear()
+        masks_mod.RANGE_CACHE.clear()
         return attn_mod.attention(q, k, v, pad, causal=causal)
 
     # SDPA cannot take is_causal together with a mask: causal is folded into the boolean mask, as HF does.

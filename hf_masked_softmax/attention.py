@@ -39,7 +39,6 @@ otherwise the PyTorch reference.
 from __future__ import annotations
 
 import os
-import weakref
 from typing import Optional
 
 import torch
@@ -58,28 +57,6 @@ _K_NONE, _K_RANGE, _K_BOOL, _K_ADD = 0, 1, 2, 3
 # ---------------------------------------------------------------------------------------------------------------
 # Kernels
 # ---------------------------------------------------------------------------------------------------------------
-
-@triton.jit
-def _pad_ranges_kernel(mask_ptr, ranges_ptr, stride_mb, stride_mk, K_LEN, BLOCK: tl.constexpr):
-    """Per sequence ``b`` of a ``[B, K]`` padding mask: first kept key, last kept key + 1, and whether the kept keys
-    have holes. A sequence with no kept key gets ``start = K, end = 0`` (an empty range)."""
-    b = tl.program_id(0).to(tl.int64)
-    offs = tl.arange(0, BLOCK)
-    first = K_LEN
-    last = -1
-    count = 0
-    for n0 in range(0, K_LEN, BLOCK):
-        cols = n0 + offs
-        kept = tl.load(mask_ptr + b * stride_mb + cols * stride_mk, mask=cols < K_LEN, other=0) != 0
-        first = tl.minimum(first, tl.min(tl.where(kept, cols, K_LEN), axis=0))
-        last = tl.maximum(last, tl.max(tl.where(kept, cols, -1), axis=0))
-        count += tl.sum(kept.to(tl.int32), axis=0)
-    end = last + 1
-    holes = (count > 0) & (count != end - first)
-    tl.store(ranges_ptr + b * 4 + 0, first)
-    tl.store(ranges_ptr + b * 4 + 1, end)
-    tl.store(ranges_ptr + b * 4 + 2, holes.to(tl.int32))
-
 
 @triton.jit
 def _load_2d(ptrs, row_ok, col_ok, CHECK_ROWS: tl.constexpr, CHECK_COLS: tl.constexpr):
@@ -535,17 +512,6 @@ def _bwd_dq_kernel(
 # ---------------------------------------------------------------------------------------------------------------
 
 _SM_COUNT = {}
-# id(mask) -> (weakref to mask, version, ranges). Keyed by identity: tensors compare elementwise, so a
-# WeakKeyDictionary would not do.
-_RANGE_CACHE: dict = {}
-
-
-def _forget_ranges(ref, key):
-    entry = _RANGE_CACHE.get(key)
-    if entry is not None and entry[0] is ref:
-        del _RANGE_CACHE[key]
-
-
 def _cdiv(a: int, b: int) -> int:
     # plain Python: triton.cdiv / next_power_of_2 are jit wrappers costing microseconds per call on the host
     return -(-a // b)
@@ -602,27 +568,6 @@ def _bh_first(causal: bool, bh: int) -> bool:
     """Grid order: (batch x head) on axis 0 for causal (heaviest blocks first), else blocks on axis 0 (L2 reuse of
     one head's tensors); also when batch x head exceeds the 65535 limit of grid axis 1."""
     return causal or bh > 65535
-
-
-def _pad_ranges(mask: torch.Tensor, user_mask: torch.Tensor) -> torch.Tensor:
-    """int32 ``[B, 4]`` (start, end, has_holes, unused) of a 2D padding mask; cached per mask tensor while the
-    tensor is unmodified (HF passes one mask object to every layer)."""
-    try:
-        version = user_mask._version
-    except RuntimeError:  # inference tensors carry no version counter: never cache them
-        version = None
-    key = id(user_mask)
-    if version is not None:
-        hit = _RANGE_CACHE.get(key)
-        if hit is not None and hit[0]() is user_mask and hit[1] == version:
-            return hit[2]
-    B, K = mask.shape
-    ranges = torch.empty((B, 4), dtype=torch.int32, device=mask.device)
-    _pad_ranges_kernel[(B,)](mask, ranges, mask.stride(0), mask.stride(1), K,
-                             BLOCK=min(1024, _next_pow2(max(K, 16))))
-    if version is not None:
-        _RANGE_CACHE[key] = (weakref.ref(user_mask, lambda ref, key=key: _forget_ranges(ref, key)), version, ranges)
-    return ranges
 
 
 def _mask_args(kind, mask_t, dummy):

@@ -52,28 +52,6 @@ _SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 # Kernels
 # ----------------------------------------------------------------------------------------------------------------------
 @triton.jit
-def _pad_ranges_kernel(mask_ptr, ranges_ptr, mask_stride_b, mask_stride_k, K, BLOCK_K: tl.constexpr):
-    """Summarise row ``b`` of a 2D padding mask as (first kept key, last kept key + 1, has holes inside)."""
-    b = tl.program_id(0).to(tl.int64)
-    first = tl.full([BLOCK_K], 2147483647, tl.int32)
-    last = tl.full([BLOCK_K], -1, tl.int32)
-    count = tl.zeros([BLOCK_K], tl.int32)
-    for start in range(0, K, BLOCK_K):
-        cols = start + tl.arange(0, BLOCK_K)
-        m = tl.load(mask_ptr + b * mask_stride_b + cols.to(tl.int64) * mask_stride_k, mask=cols < K, other=0)
-        on = m != 0
-        first = tl.minimum(first, tl.where(on, cols, 2147483647))
-        last = tl.maximum(last, tl.where(on, cols, -1))
-        count += on.to(tl.int32)
-    lo = tl.minimum(tl.min(first, axis=0), K)
-    hi = tl.max(last, axis=0) + 1
-    n = tl.sum(count, axis=0)
-    tl.store(ranges_ptr + b * 3, lo)
-    tl.store(ranges_ptr + b * 3 + 1, hi)
-    tl.store(ranges_ptr + b * 3 + 2, (n < hi - lo).to(tl.int32))
-
-
-@triton.jit
 def _row_coords(rows, H, Q):
     """Split flat row indices (int64) into (batch, head, query)."""
     q = rows % Q
@@ -88,9 +66,10 @@ def _row_window(ranges_ptr, b, q, Q, K, MASK_KIND: tl.constexpr, CAUSAL: tl.cons
     hi = lo + K
     holes = lo
     if MASK_KIND == 1:
-        lo = tl.load(ranges_ptr + b * 3)
-        hi = tl.load(ranges_ptr + b * 3 + 1)
-        holes = tl.load(ranges_ptr + b * 3 + 2)
+        # rows of masks.pad_ranges: (start, end, has_holes, unused)
+        lo = tl.load(ranges_ptr + b * 4)
+        hi = tl.load(ranges_ptr + b * 4 + 1)
+        holes = tl.load(ranges_ptr + b * 4 + 2)
     if CAUSAL:
         hi = tl.minimum(hi, (q + (K - Q) + 1).to(tl.int32))
     return lo, hi, holes
@@ -335,10 +314,7 @@ def _mask_args(spec: _masks.MaskSpec, dummy: torch.Tensor):
     if spec.kind == _masks.NONE:
         return dummy, (0, 0, 0, 0), dummy
     if spec.kind == _masks.PAD2D:
-        B, K = t.shape
-        ranges = torch.empty((B, 3), dtype=torch.int32, device=t.device)
-        _pad_ranges_kernel[(B,)](t, ranges, t.stride(0), t.stride(1), K, BLOCK_K=min(4096, triton.next_power_of_2(K)))
-        return t, (t.stride(0), 0, 0, t.stride(1)), ranges
+        return t, (t.stride(0), 0, 0, t.stride(1)), _masks.pad_ranges(t)
     return t, tuple(t.stride()), dummy
 
 

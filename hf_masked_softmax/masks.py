@@ -9,14 +9,19 @@ Three forms reach the kernels, never expanded in memory:
   positions with ``finfo.min`` and may add two such masks, which must not wrap into a finite, attended score.
 
 4D masks become stride-0 ``expand`` views, so broadcasting costs no memory. Boolean tensors are reinterpreted as
-``uint8`` (same storage) because that is the element type the kernels load.
+``uint8`` (same storage) because that is the element type the kernels load. Both kernels read a 2D padding mask
+through its per-sequence key range (``pad_ranges``): they skip everything outside it and read the mask itself only for
+sequences with holes.
 """
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass
 from typing import Optional
 
 import torch
+import triton
+import triton.language as tl
 
 NONE, PAD2D, BOOL4D, ADD4D = 0, 1, 2, 3
 KIND_NAMES = {NONE: "none", PAD2D: "2d-padding", BOOL4D: "4d-bool", ADD4D: "4d-additive"}
@@ -106,3 +111,68 @@ def keep_mask(spec: MaskSpec, shape, *, causal: bool, device) -> torch.Tensor:
         j = torch.arange(K, device=device)[None, :]
         keep = keep & (j <= i + (K - Q))
     return keep
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Per-sequence key ranges of a 2D padding mask
+# ----------------------------------------------------------------------------------------------------------------------
+RANGES_WIDTH = 4  # int32 row per sequence: start, end, has_holes, (padding to 16 bytes)
+
+
+@triton.jit
+def _pad_ranges_kernel(mask_ptr, ranges_ptr, stride_mb, stride_mk, K_LEN, BLOCK: tl.constexpr):
+    """Per sequence ``b`` of a ``[B, K]`` padding mask: first kept key, last kept key + 1, and whether the kept keys
+    have holes. A sequence with no kept key gets ``start = K, end = 0`` (an empty range)."""
+    b = tl.program_id(0).to(tl.int64)
+    offs = tl.arange(0, BLOCK)
+    first = K_LEN
+    last = -1
+    count = 0
+    for n0 in range(0, K_LEN, BLOCK):
+        cols = n0 + offs
+        kept = tl.load(mask_ptr + b * stride_mb + cols * stride_mk, mask=cols < K_LEN, other=0) != 0
+        first = tl.minimum(first, tl.min(tl.where(kept, cols, K_LEN), axis=0))
+        last = tl.maximum(last, tl.max(tl.where(kept, cols, -1), axis=0))
+        count += tl.sum(kept.to(tl.int32), axis=0)
+    end = last + 1
+    holes = (count > 0) & (count != end - first)
+    tl.store(ranges_ptr + b * 4 + 0, first)
+    tl.store(ranges_ptr + b * 4 + 1, end)
+    tl.store(ranges_ptr + b * 4 + 2, holes.to(tl.int32))
+
+
+# id(mask) -> (weakref to mask, version, ranges). Keyed by identity: tensors compare elementwise, so a
+# WeakKeyDictionary would not do.
+RANGE_CACHE: dict = {}
+
+
+def _forget_ranges(ref, key):
+    entry = RANGE_CACHE.get(key)
+    if entry is not None and entry[0] is ref:
+        del RANGE_CACHE[key]
+
+
+def pad_ranges(mask: torch.Tensor, cache_key: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """int32 ``[B, RANGES_WIDTH]`` (start, end, has_holes, unused) of a ``[B, K]`` padding mask, by a tiny kernel.
+
+    With ``cache_key`` (the caller's mask object) the result is cached while that tensor is unmodified: HF passes one
+    mask object to every layer.
+    """
+    version = None
+    if cache_key is not None:
+        try:
+            version = cache_key._version
+        except RuntimeError:  # inference tensors carry no version counter: never cache them
+            version = None
+    key = id(cache_key)
+    if version is not None:
+        hit = RANGE_CACHE.get(key)
+        if hit is not None and hit[0]() is cache_key and hit[1] == version:
+            return hit[2]
+    B, K = mask.shape
+    ranges = torch.empty((B, RANGES_WIDTH), dtype=torch.int32, device=mask.device)
+    block = 1 << (max(K, 16) - 1).bit_length()  # plain Python: triton.next_power_of_2 costs microseconds here
+    _pad_ranges_kernel[(B,)](mask, ranges, mask.stride(0), mask.stride(1), K, BLOCK=min(1024, block))
+    if version is not None:
+        RANGE_CACHE[key] = (weakref.ref(cache_key, lambda ref, key=key: _forget_ranges(ref, key)), version, ranges)
+    return ranges

@@ -128,7 +128,7 @@ def _attn_mask_args(mask, mask_kind, threshold, shape):
         # recorded instead (a replay after an in-place update of the mask would otherwise read stale ranges): a
         # detached alias is a new object, so it misses the cache, and its entry dies with it.
         key = mask.detach() if mask.is_cuda and torch.cuda.is_current_stream_capturing() else mask
-        return _attn._K_RANGE, spec.tensor, _attn._pad_ranges(spec.tensor, key), threshold
+        return _attn._K_RANGE, spec.tensor, _masks.pad_ranges(spec.tensor, key), threshold
     kind = {_masks.NONE: _attn._K_NONE, _masks.BOOL4D: _attn._K_BOOL, _masks.ADD4D: _attn._K_ADD}[mask_kind]
     return kind, spec.tensor, None, threshold
 

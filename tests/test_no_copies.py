@@ -21,6 +21,7 @@ from hf_masked_softmax.masks import prepare_mask
 
 ms_mod = importlib.import_module("hf_masked_softmax.masked_softmax")
 attn_mod = importlib.import_module("hf_masked_softmax.attention")
+masks_mod = importlib.import_module("hf_masked_softmax.masks")
 
 COPY_OPS = {"clone", "contiguous", "_to_copy", "copy_", "copy", "to", "_copy_from", "index", "gather",
             "repeat", "repeat_interleave", "cat", "stack"}
@@ -136,11 +137,12 @@ class KernelSpy:
         return launch
 
 
-def _spy_on_all_kernels(module, monkeypatch, recorder):
+def _spy_on_all_kernels(modules, monkeypatch, recorder):
     log = []
-    for name, obj in list(vars(module).items()):
-        if name.endswith("_kernel") and hasattr(obj, "__getitem__") and not isinstance(obj, KernelSpy):
-            monkeypatch.setattr(module, name, KernelSpy(obj, log, recorder))
+    for module in modules:
+        for name, obj in list(vars(module).items()):
+            if name.endswith("_kernel") and hasattr(obj, "__getitem__") and not isinstance(obj, KernelSpy):
+                monkeypatch.setattr(module, name, KernelSpy(obj, log, recorder))
     return log
 
 
@@ -209,20 +211,20 @@ def test_masked_softmax_host_allocates_only_the_output(device, monkeypatch):
     mask = torch.ones(2, 24, dtype=torch.bool, device=device)
     spec = prepare_mask(mask, tuple(scores.shape), scores.device)
     rec = Recorder()
-    launches = _spy_on_all_kernels(ms_mod, monkeypatch, rec)
+    launches = _spy_on_all_kernels((ms_mod, masks_mod), monkeypatch, rec)
     with rec:
         y = ms_mod._forward(scores, spec, True, 0.5, (8192, 4096))
         ms_mod._backward(y, torch.randn_like(y), spec, True, 0.5, (8192, 4096))
     assert len(launches) == 4  # key ranges + forward, key ranges + backward
     big = [a for a in _allocations(rec, 2 * 24) if "randn" not in a[0]]
-    assert [s for _, s in big] == [tuple(scores.shape)] * 2, big  # y, then dS; the key ranges are [B, 3]
+    assert [s for _, s in big] == [tuple(scores.shape)] * 2, big  # y, then dS; the key ranges are [B, 4]
 
 
 def test_attention_host_allocates_only_outputs(device, monkeypatch):
     B, H, Q, K, D = 1, 2, 40, 24, 16  # Q > 16: the prefill path (decode may add fp32 split partials by design)
     q, k, v = (torch.randn(B, H, T, D, device=device) for T in (Q, K, K))
     rec = Recorder()
-    launches = _spy_on_all_kernels(attn_mod, monkeypatch, rec)
+    launches = _spy_on_all_kernels((attn_mod, masks_mod), monkeypatch, rec)
     with rec:
         out, lse = attn_mod._forward(q, k, v, attn_mod._K_NONE, None, None, 0.0, True, 0.25)
     assert len(launches) == 1
