@@ -5,6 +5,7 @@ Providers, all computing softmax(scale * S + mask) over [B, H, Q, K] scores in t
   hf_eager    HF's eager recipe: add a prebuilt 4D additive mask, softmax in fp32, cast back
   compiled    torch.compile of that recipe
   softmax     torch.softmax without any mask (reads and writes everything; no masking work)
+  zeros       torch.zeros_like(scores) (--quick only): writing the output alone, a floor no masked softmax beats
 
 "Bytes that must move": the kept scores read once, the whole output written once, the 2D mask read once (forward);
 the kept Y and dY read once and dS written once (backward). GB/s and % of the measured copy bandwidth use those bytes
@@ -80,6 +81,7 @@ def providers(scores, mask2d, additive, causal, scale):
         "hf_eager": lambda s: hf_eager_recipe(s, additive, scale),
         "compiled": lambda s: _compiled_recipe(s, additive, scale),
         "softmax": lambda s: torch.softmax(s, dim=-1),
+        "zeros": lambda s: torch.zeros_like(s),
     }
 
 
@@ -182,26 +184,30 @@ def plot(rows, copy_gbs, path):
 
 def tune(dtype):
     """Forward and backward ms of ours on the named shapes for several (rows per program, warps) settings."""
-    import hf_masked_softmax.masked_softmax as ms
+    ms = sys.modules["hf_masked_softmax.masked_softmax"]  # the package re-exports the function under this name
 
     default = ms._launch_config
     rows = []
     for name, shape, causal, padded in SHAPES:
         scores, mask2d, _, _ = make_case(shape, causal, padded, dtype)
         K = shape[3]
-        for tile in (1024, 2048, 4096, 8192):
-            for warps in (2, 4, 8, 16):
+        for tile in (1024, 2048, 4096, 8192, 16384):
+            for warps in (1, 2, 4, 8, 16, 32):
                 block_k = triton_next_pow2(K)
                 block_m = max(1, tile // block_k)
-                if block_m * block_k != max(tile, block_k) or warps * 32 * 4 > block_m * block_k:
+                if block_m * block_k != max(tile, block_k) or warps * 32 * 8 > block_m * block_k or warps * 32 * 64 < block_m * block_k:
                     continue
-                ms._launch_config = lambda K, a, b, bm=block_m, bk=block_k, w=warps: (True, bm, bk, w)
-                t = time_provider(lambda s: masked_softmax(s, mask2d, causal=causal, scale=0.125), scores,
-                                  ["fwd", "bwd"])
-                rows.append(dict(shape=name, block_m=block_m, block_k=block_k, warps=warps, **t))
+                for group in ((1, 16) if tile == 2048 else (16,)):
+                    ms._launch_config = lambda K, a, b, bm=block_m, bk=block_k, w=warps: (True, bm, bk, w)
+                    ms.LOAD_GROUP = group
+                    fn = lambda s: masked_softmax(s, mask2d, causal=causal, scale=0.125)  # noqa: E731
+                    t = time_provider(fn, scores, ["fwd", "bwd"])
+                    t["fwd_graph"] = median_ms(lambda: fn(scores), cuda_graph=True)
+                    rows.append(dict(shape=name, block_m=block_m, block_k=block_k, warps=warps, group=group, **t))
         ms._launch_config = default
+        ms.LOAD_GROUP = 16
         del scores, mask2d
-    print_table(rows, ["shape", "block_m", "block_k", "warps", "fwd", "bwd"])
+    print_table(rows, ["shape", "block_m", "block_k", "warps", "group", "fwd", "fwd_graph", "bwd"])
 
 
 def triton_next_pow2(n):
@@ -222,11 +228,11 @@ def main(argv=None):
     dtype = getattr(torch, args.dtype)
     copy_gbs = copy_bandwidth_gbs()
     print(f"{torch.cuda.get_device_name()}: copy bandwidth {copy_gbs:.0f} GB/s (read + write)")
-    names = ["ours", "hf_eager", "softmax"] if args.quick else ["ours", "hf_eager", "compiled", "softmax"]
+    names = ["ours", "hf_eager", "softmax", "zeros"] if args.quick else ["ours", "hf_eager", "compiled", "softmax"]
     modes = ["fwd"] if args.quick else ["fwd", "fwd_bwd", "bwd"]
     rows = []
     for name, shape, causal, padded in SHAPES:
-        rows += run_case(name, shape, causal, padded, dtype, copy_gbs, names, modes, graph=name == "decode")
+        rows += run_case(name, shape, causal, padded, dtype, copy_gbs, names, modes, graph=True)
     if not args.quick:
         for K in SWEEP_K:
             shape = (1, 16, max(1, SWEEP_ELEMENTS // (16 * K)), K)

@@ -184,7 +184,7 @@ def _attn_fwd_kernel(
     H, GROUP, Q_LEN, K_LEN, NUM_SPLITS, qk_scale, threshold,
     MASK_KIND: tl.constexpr, CAUSAL: tl.constexpr, BH_FIRST: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_D: tl.constexpr, BLOCK_D: tl.constexpr,
-    UPCAST: tl.constexpr, DOT_PREC: tl.constexpr,
+    UPCAST: tl.constexpr, DOT_PREC: tl.constexpr, WIDE: tl.constexpr,
 ):
     if BH_FIRST:
         # causal: (batch x head) fastest and query blocks in reverse, so the longest rows start first and the
@@ -202,6 +202,9 @@ def _attn_fwd_kernel(
 
     rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = tl.arange(0, BLOCK_N)
+    if WIDE:  # some tensor spans 2**31 elements or more: index math in int64
+        rows = rows.to(tl.int64)
+        offs_n = offs_n.to(tl.int64)
     offs_d = tl.arange(0, BLOCK_D)
     row_ok = rows < Q_LEN
     d_ok = offs_d < HEAD_D
@@ -348,7 +351,7 @@ def _bwd_dkdv_kernel(
     H, HKV, GROUP, Q_LEN, K_LEN, sm_scale, qk_scale, threshold,
     MASK_KIND: tl.constexpr, CAUSAL: tl.constexpr, BH_FIRST: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_D: tl.constexpr, BLOCK_D: tl.constexpr,
-    UPCAST: tl.constexpr, DOT_PREC: tl.constexpr,
+    UPCAST: tl.constexpr, DOT_PREC: tl.constexpr, WIDE: tl.constexpr,
 ):
     """One key block of one key/value head; sums over the query heads of its GQA group (no atomics)."""
     if BH_FIRST:
@@ -362,6 +365,9 @@ def _bwd_dkdv_kernel(
     hk = bhk % HKV
     cols = n0 + tl.arange(0, BLOCK_N)
     offs_m = tl.arange(0, BLOCK_M)
+    if WIDE:
+        cols = cols.to(tl.int64)
+        offs_m = offs_m.to(tl.int64)
     offs_d = tl.arange(0, BLOCK_D)
     col_ok = cols < K_LEN
     d_ok = offs_d < HEAD_D
@@ -454,7 +460,7 @@ def _bwd_dq_kernel(
     H, GROUP, Q_LEN, K_LEN, sm_scale, qk_scale, threshold,
     MASK_KIND: tl.constexpr, CAUSAL: tl.constexpr, BH_FIRST: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_D: tl.constexpr, BLOCK_D: tl.constexpr,
-    UPCAST: tl.constexpr, DOT_PREC: tl.constexpr,
+    UPCAST: tl.constexpr, DOT_PREC: tl.constexpr, WIDE: tl.constexpr,
 ):
     """One query block of one head; visits the same key blocks as the forward."""
     if BH_FIRST:
@@ -468,6 +474,9 @@ def _bwd_dq_kernel(
     hk = h // GROUP
     rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = tl.arange(0, BLOCK_N)
+    if WIDE:
+        rows = rows.to(tl.int64)
+        offs_n = offs_n.to(tl.int64)
     offs_d = tl.arange(0, BLOCK_D)
     row_ok = rows < Q_LEN
     d_ok = offs_d < HEAD_D
@@ -590,6 +599,15 @@ def _num_splits(B, H, Q, K, block_m, block_n, device) -> int:
     return max(1, min(_cdiv(target, programs), _cdiv(K, 2 * block_n), 64))
 
 
+def _wide(*tensors) -> bool:
+    """Whether an element offset inside any of ``tensors`` (views included) can reach 2**31: then the kernels do
+    their index math in int64 (a compile-time switch, so ordinary sizes keep the cheaper int32 math)."""
+    for t in tensors:
+        if t is not None and sum((n - 1) * abs(st) for n, st in zip(t.shape, t.stride()) if n) >= 2**31 - 1:
+            return True
+    return False
+
+
 def _is_decode(Q: int) -> bool:
     """Short query blocks (and possibly split keys) for a few queries: generation steps."""
     return Q <= 16
@@ -623,7 +641,7 @@ def _forward(q, k, v, kind, mask_t, ranges, threshold, causal, scale):
         H, H // Hkv, Q, K, num_splits, scale * _LOG2E, threshold,
         MASK_KIND=kind, CAUSAL=causal, BH_FIRST=bh_first, BLOCK_M=block_m, BLOCK_N=block_n, HEAD_D=D,
         BLOCK_D=_block_d(D),
-        UPCAST=upcast, DOT_PREC=prec, num_warps=warps, num_stages=stages,
+        UPCAST=upcast, DOT_PREC=prec, WIDE=_wide(q, k, v, o_arg, mask_t), num_warps=warps, num_stages=stages,
     )
     if num_splits > 1:
         _split_combine_kernel[(B * H, Q)](
@@ -652,7 +670,7 @@ def _backward(do, q, k, v, out, lse, kind, mask_t, ranges, threshold, causal, sc
     upcast = _INTERPRET and q.dtype == torch.bfloat16
     prec = "ieee" if (q.dtype == torch.float32 or upcast) else "tf32"
     common = dict(MASK_KIND=kind, CAUSAL=causal, HEAD_D=D, BLOCK_D=bd, UPCAST=upcast, DOT_PREC=prec,
-                  num_warps=warps, num_stages=stages)
+                  WIDE=_wide(q, k, v, do, mask_t), num_warps=warps, num_stages=stages)
     kv_first = _bh_first(causal, B * Hkv)
     _bwd_dkdv_kernel[(B * Hkv, _cdiv(K, resident)) if kv_first else (_cdiv(K, resident), B * Hkv)](
         q, k, v, do, lse, delta, dk, dv, mask_arg, ranges_arg,

@@ -45,6 +45,7 @@ from .reference import masked_softmax_reference
 
 MAX_SINGLE_PASS_K = 8192
 LOOP_BLOCK_K = 4096
+LOAD_GROUP = 16  # load predicates are constant over aligned groups of this many columns (16-byte fp16 loads)
 _SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
@@ -95,8 +96,9 @@ def _keep_tile(
     pred = live & (cols // GROUP >= lo // GROUP) & (cols // GROUP <= (hi - 1) // GROUP)
     add = tl.zeros(keep.shape, dtype=tl.float32)
     if MASK_KIND == 1:  # 2D padding mask [B, K]; only sequences with holes need their mask read
-        m = tl.load(mask_ptr + b * mask_stride_b + cols * mask_stride_k, mask=keep & (tl.zeros_like(cols) + holes != 0), other=1)
-        keep = keep & (m != 0)
+        if tl.max(holes + tl.zeros_like(keep).to(tl.int32), axis=None) != 0:  # one branch, not per-element predicates
+            m = tl.load(mask_ptr + b * mask_stride_b + cols * mask_stride_k, mask=keep & (tl.zeros_like(cols) + holes != 0), other=1)
+            keep = keep & (m != 0)
     elif MASK_KIND == 2:  # 4D boolean mask, True = attend
         off = b * mask_stride_b + h * mask_stride_h + q * mask_stride_q + cols * mask_stride_k
         m = tl.load(mask_ptr + off, mask=keep, other=0)
@@ -121,10 +123,14 @@ def _single_pass_tile(
     BLOCK_M: tl.constexpr,
     BLOCK_K: tl.constexpr,
     GROUP: tl.constexpr,
+    WIDE: tl.constexpr,
 ):
     """This program's ``[BLOCK_M, BLOCK_K]`` tile of whole rows: indices, coordinates, bounds and masks."""
-    rows = tl.program_id(0).to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M).to(tl.int64)
+    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     cols = tl.arange(0, BLOCK_K)[None, :]
+    if WIDE:  # an offset can reach 2**31: int64 index math (int32 otherwise: int64 division is slow)
+        rows = rows.to(tl.int64)
+        cols = cols.to(tl.int64)
     b, h, q = _row_coords(rows, H, Q)
     b, h, q = b[:, None], h[:, None], q[:, None]
     live = (rows < n_rows)[:, None] & (cols < K)
@@ -148,10 +154,11 @@ def _fwd_single_pass_kernel(
     BLOCK_M: tl.constexpr,
     BLOCK_K: tl.constexpr,
     GROUP: tl.constexpr,
+    WIDE: tl.constexpr,
 ):
     rows, cols, b, h, q, live, keep, pred, add = _single_pass_tile(
         mask_ptr, ranges_ptr, mask_stride_b, mask_stride_h, mask_stride_q, mask_stride_k,
-        n_rows, H, Q, K, add_threshold, MASK_KIND, CAUSAL, BLOCK_M, BLOCK_K, GROUP,
+        n_rows, H, Q, K, add_threshold, MASK_KIND, CAUSAL, BLOCK_M, BLOCK_K, GROUP, WIDE,
     )
     s_row = s_ptr + (b * s_stride_b + h * s_stride_h + q * s_stride_q)
     x = tl.load(s_row + cols * s_stride_k, mask=pred, other=0.0).to(tl.float32) * scale + add
@@ -177,6 +184,7 @@ def _fwd_looped_kernel(
     CAUSAL: tl.constexpr,
     BLOCK_K: tl.constexpr,
     GROUP: tl.constexpr,
+    WIDE: tl.constexpr,
 ):
     row = tl.program_id(0).to(tl.int64)
     b, h, q = _row_coords(row, H, Q)
@@ -191,6 +199,8 @@ def _fwd_looped_kernel(
     run_sum = tl.zeros([BLOCK_K], tl.float32)
     for start in range(first_block, hi, BLOCK_K):
         cols = start + tl.arange(0, BLOCK_K)
+        if WIDE:
+            cols = cols.to(tl.int64)
         keep, pred, add = _keep_tile(
             mask_ptr, b, h, q, cols, cols < K, lo, hi, holes,
             mask_stride_b, mask_stride_h, mask_stride_q, mask_stride_k,
@@ -211,6 +221,8 @@ def _fwd_looped_kernel(
     # Pass 2: normalise and store; blocks outside the window are written as zeros without reading.
     for start in range(0, K, BLOCK_K):
         cols = start + tl.arange(0, BLOCK_K)
+        if WIDE:
+            cols = cols.to(tl.int64)
         live = cols < K
         keep, pred, add = _keep_tile(
             mask_ptr, b, h, q, cols, live, lo, hi, holes,
@@ -233,10 +245,11 @@ def _bwd_single_pass_kernel(
     BLOCK_M: tl.constexpr,
     BLOCK_K: tl.constexpr,
     GROUP: tl.constexpr,
+    WIDE: tl.constexpr,
 ):
     rows, cols, b, h, q, live, keep, pred, _ = _single_pass_tile(
         mask_ptr, ranges_ptr, mask_stride_b, mask_stride_h, mask_stride_q, mask_stride_k,
-        n_rows, H, Q, K, add_threshold, MASK_KIND, CAUSAL, BLOCK_M, BLOCK_K, GROUP,
+        n_rows, H, Q, K, add_threshold, MASK_KIND, CAUSAL, BLOCK_M, BLOCK_K, GROUP, WIDE,
     )
     y = tl.load(y_ptr + rows[:, None] * K + cols, mask=pred, other=0.0).to(tl.float32)
     dy_row = dy_ptr + (b * dy_stride_b + h * dy_stride_h + q * dy_stride_q)
@@ -258,6 +271,7 @@ def _bwd_looped_kernel(
     CAUSAL: tl.constexpr,
     BLOCK_K: tl.constexpr,
     GROUP: tl.constexpr,
+    WIDE: tl.constexpr,
 ):
     row = tl.program_id(0).to(tl.int64)
     b, h, q = _row_coords(row, H, Q)
@@ -270,6 +284,8 @@ def _bwd_looped_kernel(
     acc = tl.zeros([BLOCK_K], tl.float32)
     for start in range(first_block, hi, BLOCK_K):
         cols = start + tl.arange(0, BLOCK_K)
+        if WIDE:
+            cols = cols.to(tl.int64)
         keep, pred, _ = _keep_tile(
             mask_ptr, b, h, q, cols, cols < K, lo, hi, holes,
             mask_stride_b, mask_stride_h, mask_stride_q, mask_stride_k,
@@ -282,6 +298,8 @@ def _bwd_looped_kernel(
 
     for start in range(0, K, BLOCK_K):
         cols = start + tl.arange(0, BLOCK_K)
+        if WIDE:
+            cols = cols.to(tl.int64)
         keep, pred, _ = _keep_tile(
             mask_ptr, b, h, q, cols, cols < K, lo, hi, holes,
             mask_stride_b, mask_stride_h, mask_stride_q, mask_stride_k,
@@ -308,6 +326,17 @@ def _launch_config(K: int, max_single_pass_k: int, loop_block_k: int):
     return False, 1, loop_block_k, 8 if loop_block_k >= 2048 else 4
 
 
+def _wide(shape, *stride_sets) -> bool:
+    """Whether an element offset can reach 2**31 in the output (contiguous ``shape``) or in a strided input: then the
+    kernels index in int64 (a compile-time switch: int32 index math, int64 division above all, is much cheaper)."""
+    numel = 1
+    for n in shape:
+        numel *= n
+    if numel >= 2**31 - 1:
+        return True
+    return any(sum((n - 1) * abs(st) for n, st in zip(shape, strides) if n) >= 2**31 - 1 for strides in stride_sets)
+
+
 def _mask_args(spec: _masks.MaskSpec, dummy: torch.Tensor):
     """(mask tensor, its 4 strides, per-sequence key ranges) for the kernels; dummies where unused."""
     t = spec.tensor
@@ -323,7 +352,9 @@ def _launch(single_kernel, looped_kernel, tensors, strides, spec, shape, causal,
     n_rows = B * H * Q
     mask_t, mstr, ranges = _mask_args(spec, tensors[0])
     single, block_m, block_k, num_warps = _launch_config(K, *blocks)
-    common = dict(MASK_KIND=spec.kind, CAUSAL=causal, BLOCK_K=block_k, GROUP=min(16, block_k), num_warps=num_warps)
+    wide = _wide(shape, strides, mstr)
+    common = dict(MASK_KIND=spec.kind, CAUSAL=causal, BLOCK_K=block_k, GROUP=min(LOAD_GROUP, block_k), WIDE=wide,
+                  num_warps=num_warps)
     if single:
         single_kernel[(triton.cdiv(n_rows, block_m),)](
             *tensors, mask_t, ranges, *strides, *mstr, n_rows, H, Q, K, float(scale), spec.threshold,

@@ -248,6 +248,24 @@ def test_prefill_path_for_short_q(device):
 # Fallbacks and errors
 # ---------------------------------------------------------------------------------------------------------------
 
+@pytest.mark.parametrize("decode", [False, True])
+@pytest.mark.parametrize("mask_name", ["pad-left", "bool4d"])
+def test_int64_index_math(mask_name, decode, device, monkeypatch):
+    # the int64 variant of the kernels (used when a tensor spans 2**31 elements) on small tensors, fwd and bwd
+    monkeypatch.setattr(attn_mod, "_wide", lambda *tensors: True)
+    B, H, Q, K, D = 2, 2, (3 if decode else 21), 37, 16
+    q, k, v = _qkv(B, H, H, Q, K, D, torch.float32, device, grad=not decode)
+    _check(q, k, v, _mask_case(mask_name, B, H, Q, K, device), True, grad=not decode, decode=decode,
+           num_splits=2 if decode else None)
+
+
+def test_wide_threshold():
+    small = torch.empty((4, 8), device="meta")
+    assert not attn_mod._wide(small, None)
+    big = torch.empty((2, 2**30 + 1), device="meta")  # last offset 2**31 + 1, no memory on the meta device
+    assert attn_mod._wide(small, big)
+
+
 def test_cpu_without_interpreter_uses_reference(monkeypatch):
     q, k, v = _qkv(1, 2, 2, 4, 6, 16, torch.float32, "cpu")
     monkeypatch.setattr(attn_mod, "_INTERPRET", False)

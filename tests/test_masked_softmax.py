@@ -200,6 +200,22 @@ def test_scores_from_hf_layout_are_not_copied(device):
     check(masked_softmax(s, scale=8 ** -0.5), s, scale=8 ** -0.5)
 
 
+@pytest.mark.parametrize("path", ["single", "looped"])
+def test_int64_index_math(device, path, monkeypatch):
+    # the int64 variant (used when an offset can reach 2**31) on a small strided view, 4D and 2D masks
+    ms_mod = __import__("sys").modules["hf_masked_softmax.masked_softmax"]
+    assert not ms_mod._wide((8, 12, 1024, 1024), (12 << 20, 1 << 20, 1024, 1), (1024, 0, 0, 1))
+    assert ms_mod._wide((2, 16, 8192, 8192), (1 << 30, 1 << 26, 8192, 1))  # 2**31 elements
+    assert ms_mod._wide((1, 1, 2, 2**20), (2**21, 2**21, 2**20, 1), (0, 0, 0, 2**12))  # a mask's offsets
+    monkeypatch.setattr(ms_mod, "_wide", lambda *a: True)
+    g = torch.Generator().manual_seed(5)
+    scores = torch.randn(2, 3, 29, 6, generator=g).to(device).transpose(-1, -2)  # K stride 29
+    mask = (torch.rand(2, 1, 6, 29, generator=g) > 0.3).to(device)
+    check(run(scores, mask, causal=True, path=path), scores, mask, causal=True)
+    pad = padding_mask([29, 11], 29, left=True, device=device)
+    check(run(scores, pad, causal=True, path=path), scores, pad, causal=True)
+
+
 def test_single_and_looped_paths_agree(device):
     scores = torch.randn(2, 2, 5, 40, device=device)
     mask = padding_mask([40, 13], 40, left=True, device=device)
