@@ -156,9 +156,14 @@ def pad_ranges(mask: torch.Tensor, cache_key: Optional[torch.Tensor] = None) -> 
     """int32 ``[B, RANGES_WIDTH]`` (start, end, has_holes, unused) of a ``[B, K]`` padding mask, by a tiny kernel.
 
     With ``cache_key`` (the caller's mask object) the result is cached while that tensor is unmodified: HF passes one
-    mask object to every layer.
+    mask object to every layer. Only eager calls pass a key: inside compiled graphs (whose CUDA-graph trees forbid
+    allocations that outlive a replay) and while a CUDA graph is captured the kernel runs every time.
     """
     version = None
+    if cache_key is not None and mask.is_cuda and torch.cuda.is_current_stream_capturing():
+        # record the ranges kernel in the graph: a replay after an in-place update of the mask must not read ranges
+        # computed at capture time
+        cache_key = None
     if cache_key is not None:
         try:
             version = cache_key._version

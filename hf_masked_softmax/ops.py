@@ -48,11 +48,33 @@ def _spec(mask: Optional[torch.Tensor], kind: int, threshold: float, shape) -> _
     return _masks.MaskSpec(kind, mask, threshold)
 
 
-def _on_device(t: torch.Tensor):
+def on_device(t: torch.Tensor):
     """Launch on ``t``'s CUDA device (Triton launches on the current device); a no-op for CPU tensors."""
     if t.device.type == "cuda":
         return torch.cuda.device(t.device)
     return contextlib.nullcontext()
+
+
+_on_device = on_device
+
+
+def _dispatch_modes_active() -> bool:
+    try:
+        return torch._C._len_torch_dispatch_stack() > 0
+    except AttributeError:  # private API: when in doubt, dispatch
+        return True
+
+
+def needs_dispatch(*tensors: torch.Tensor) -> bool:
+    """Whether a call must go through the custom operator rather than straight to the launcher: while torch.compile
+    traces (the graph keeps one node), when autograd must record it, and for tensor subclasses or under dispatch modes
+    (fake tensors, functionalization). Eager inference skips the dispatcher, whose Python costs ~100 us per call on
+    an H100 host: more than a decode step's kernel."""
+    if torch.compiler.is_compiling():
+        return True
+    if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
+        return True
+    return any(type(t) is not torch.Tensor for t in tensors) or _dispatch_modes_active()
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -119,16 +141,13 @@ masked_softmax_op.register_autograd(_masked_softmax_backward, setup_context=_mas
 # ----------------------------------------------------------------------------------------------------------------------
 # attention
 # ----------------------------------------------------------------------------------------------------------------------
-def _attn_mask_args(mask, mask_kind, threshold, shape):
+def _attn_mask_args(mask, mask_kind, threshold, shape, cache=False):
     """(kernel kind, mask tensor, key ranges, threshold) for the attention launchers; the kernels turn a 2D padding
     mask into per-sequence key ranges."""
     spec = _spec(mask, mask_kind, threshold, shape)
     if mask_kind == _masks.PAD2D:
-        # The key ranges are cached per mask object. While a CUDA graph is being captured the ranges kernel must be
-        # recorded instead (a replay after an in-place update of the mask would otherwise read stale ranges): a
-        # detached alias is a new object, so it misses the cache, and its entry dies with it.
-        key = mask.detach() if mask.is_cuda and torch.cuda.is_current_stream_capturing() else mask
-        return _attn._K_RANGE, spec.tensor, _masks.pad_ranges(spec.tensor, key), threshold
+        # key ranges are cached per mask object on the eager path only (see masks.pad_ranges)
+        return _attn._K_RANGE, spec.tensor, _masks.pad_ranges(spec.tensor, mask if cache else None), threshold
     kind = {_masks.NONE: _attn._K_NONE, _masks.BOOL4D: _attn._K_BOOL, _masks.ADD4D: _attn._K_ADD}[mask_kind]
     return kind, spec.tensor, None, threshold
 
@@ -221,5 +240,10 @@ def attention(
     if spec.kind == _masks.ADD4D:
         # masks wider than fp32 are compared after rounding to fp32, where their masked values become -inf
         threshold = max(threshold, float(torch.finfo(torch.float32).min))
+    if not needs_dispatch(q, k, v):
+        # eager inference: straight to the launcher (see needs_dispatch)
+        kind, mask_t, ranges, threshold = _attn_mask_args(attention_mask, spec.kind, threshold, (B, H, Q, K), True)
+        with on_device(q):
+            return _attn._forward(q, k, v, kind, mask_t, ranges, threshold, bool(causal), scale)[0]
     out, _ = attention_op(q, k, v, attention_mask, spec.kind, threshold, bool(causal), scale)
     return out

@@ -328,3 +328,30 @@ def test_gpu_cuda_graph_capture_of_decode_attention(mask_form):
         torch.testing.assert_close(probs, ref_probs, atol=0, rtol=0)
         assert torch.all(probs[2, :, :, :299] == 0)
         assert step < 1 or torch.all(probs[0, :, :, :40] == 0)
+
+
+def test_eager_inference_skips_the_dispatcher_and_autograd_uses_it(monkeypatch):
+    # eager calls without autograd go straight to the launchers (host cost); calls that need autograd use the ops
+    from hf_masked_softmax import attention, masked_softmax
+
+    g = torch.Generator().manual_seed(0)
+    scores = torch.randn(2, 2, 5, 9, generator=g)
+    mask = torch.ones(2, 9, dtype=torch.long)
+    q = torch.randn(2, 2, 5, 16, generator=g)
+    k, v = (torch.randn(2, 2, 9, 16, generator=g) for _ in range(2))
+    expected_y = masked_softmax(scores, mask, causal=True)
+    expected_o = attention(q, k, v, mask, causal=True)
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the custom operator was called")
+
+    monkeypatch.setattr(ops, "masked_softmax_op", refuse)
+    monkeypatch.setattr(ops, "attention_op", refuse)
+    assert torch.equal(masked_softmax(scores, mask, causal=True), expected_y)
+    assert torch.equal(attention(q, k, v, mask, causal=True), expected_o)
+    with pytest.raises(AssertionError, match="custom operator"):
+        masked_softmax(scores.requires_grad_(), mask, causal=True)
+    with pytest.raises(AssertionError, match="custom operator"):
+        attention(q.requires_grad_(), k, v, mask, causal=True)
+    with torch.no_grad():  # no autograd needed: direct again
+        assert torch.equal(attention(q, k, v, mask, causal=True), expected_o)
