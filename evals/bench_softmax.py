@@ -183,31 +183,55 @@ def plot(rows, copy_gbs, path):
 
 
 def tune(dtype):
-    """Forward and backward ms of ours on the named shapes for several (rows per program, warps) settings."""
+    """Kernel-only forward and backward ms (CUDA graphs) of ours on the named shapes for several launch settings:
+    rows per program, chunk width (chunk >= K: one register chunk) and warps."""
     ms = sys.modules["hf_masked_softmax.masked_softmax"]  # the package re-exports the function under this name
+    from hf_masked_softmax.masks import prepare_mask
 
     default = ms._launch_config
     rows = []
     for name, shape, causal, padded in SHAPES:
         scores, mask2d, _, _ = make_case(shape, causal, padded, dtype)
+        spec = prepare_mask(mask2d, shape, scores.device)
         K = shape[3]
-        for tile in (1024, 2048, 4096, 8192, 16384):
-            for warps in (1, 2, 4, 8, 16, 32):
-                block_k = triton_next_pow2(K)
-                block_m = max(1, tile // block_k)
-                if block_m * block_k != max(tile, block_k) or warps * 32 * 8 > block_m * block_k or warps * 32 * 64 < block_m * block_k:
+        n_rows = shape[0] * shape[1] * shape[2]
+        configs = []
+        for chunk in sorted({256, 512, 1024, 2048, triton_next_pow2(K)}):
+            if chunk > triton_next_pow2(K) or (chunk >= K and chunk > 8192):
+                continue
+            for tile in (1024, 2048, 4096, 8192):
+                block_m = tile // chunk
+                if block_m < 1 or block_m > 16 or (n_rows < 2000 and block_m > 1):
                     continue
-                for group in ((1, 16) if tile == 2048 else (16,)):
-                    ms._launch_config = lambda K, a, b, bm=block_m, bk=block_k, w=warps: (True, bm, bk, w)
-                    ms.LOAD_GROUP = group
-                    fn = lambda s: masked_softmax(s, mask2d, causal=causal, scale=0.125)  # noqa: E731
-                    t = time_provider(fn, scores, ["fwd", "bwd"])
-                    t["fwd_graph"] = median_ms(lambda: fn(scores), cuda_graph=True)
-                    rows.append(dict(shape=name, block_m=block_m, block_k=block_k, warps=warps, group=group, **t))
+                for per_thread in (16, 32, 64):
+                    warps = tile // (32 * per_thread)
+                    if 1 <= warps <= 16:
+                        configs.append((block_m, chunk, chunk >= K, warps))
+        dy = torch.randn_like(scores)
+        blocks = (ms.MAX_SINGLE_PASS_K, ms.LOOP_BLOCK_K)
+        for cfg in configs:
+            ms._launch_config = lambda *a, cfg=cfg: cfg
+            y = ms._forward(scores, spec, causal, 0.125, blocks)
+            fwd = median_ms(lambda: ms._forward(scores, spec, causal, 0.125, blocks), cuda_graph=True, rep=40)
+            bwd = median_ms(lambda: ms._backward(y, dy, spec, causal, 0.125, blocks), cuda_graph=True, rep=40)
+            rows.append(dict(shape=name, block_m=cfg[0], chunk=cfg[1], one_chunk=cfg[2], warps=cfg[3], fwd=fwd,
+                             bwd=bwd))
         ms._launch_config = default
-        ms.LOAD_GROUP = 16
-        del scores, mask2d
-    print_table(rows, ["shape", "block_m", "block_k", "warps", "group", "fwd", "fwd_graph", "bwd"])
+        rows.append(dict(shape=name, block_m="default", chunk=str(default(K, n_rows, ms.MAX_SINGLE_PASS_K,
+                                                                            ms.LOOP_BLOCK_K, 132)),
+                         fwd=median_ms(lambda: masked_softmax(scores, mask2d, causal=causal, scale=0.125),
+                                       cuda_graph=True, rep=40)))
+        del scores, mask2d, dy
+    print_table(rows, ["shape", "block_m", "chunk", "one_chunk", "warps", "fwd", "bwd"])
+    best = {}
+    for r in rows:
+        if isinstance(r["block_m"], int):
+            for mode in ("fwd", "bwd"):
+                k = (r["shape"], mode)
+                if k not in best or r[mode] < best[k][0]:
+                    best[k] = (r[mode], r["block_m"], r["chunk"], r["warps"])
+    for k, v in sorted(best.items()):
+        print("best", k, v)
 
 
 def triton_next_pow2(n):

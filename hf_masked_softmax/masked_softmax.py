@@ -43,9 +43,12 @@ from . import masks as _masks
 from . import ops as _ops
 from .reference import masked_softmax_reference
 
-MAX_SINGLE_PASS_K = 8192
-LOOP_BLOCK_K = 4096
+MAX_SINGLE_PASS_K = 8192  # rows up to this many keys may be held in registers whole (decode steps)
+SHORT_K = 512  # rows up to this many keys always are
+LOOP_BLOCK_K = 512  # longer rows go in chunks of this many columns
+TILE = 2048  # elements per program and chunk: rows per program = TILE // chunk
 LOAD_GROUP = 16  # load predicates are constant over aligned groups of this many columns (16-byte fp16 loads)
+_LOG2E = 1.4426950408889634
 _SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
@@ -53,277 +56,274 @@ _SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 # Kernels
 # ----------------------------------------------------------------------------------------------------------------------
 @triton.jit
-def _row_coords(rows, H, Q):
-    """Split flat row indices (int64) into (batch, head, query)."""
+def _rows_and_windows(ranges_ptr, n_rows, H, Q, K, MASK_KIND: tl.constexpr, CAUSAL: tl.constexpr,
+                      BLOCK_M: tl.constexpr, WIDE: tl.constexpr):
+    """This program's rows and, per row, the keys ``[lo, hi)`` it may see and whether its padding mask has holes.
+
+    Rows past ``n_rows`` get the empty window ``[K, 0)``. Row math is int32 unless ``WIDE`` (int64 division is slow).
+    """
+    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    if WIDE:
+        rows = rows.to(tl.int64)
+    row_ok = rows < n_rows
     q = rows % Q
     bh = rows // Q
-    return bh // H, bh % H, q
-
-
-@triton.jit
-def _row_window(ranges_ptr, b, q, Q, K, MASK_KIND: tl.constexpr, CAUSAL: tl.constexpr):
-    """The keys ``[lo, hi)`` a row can see, and whether its padding mask has holes inside that window."""
-    lo = tl.zeros_like(q).to(tl.int32)
+    b = bh // H
+    h = bh % H
+    lo = tl.zeros([BLOCK_M], tl.int32)
     hi = lo + K
     holes = lo
     if MASK_KIND == 1:
         # rows of masks.pad_ranges: (start, end, has_holes, unused)
-        lo = tl.load(ranges_ptr + b * 4)
-        hi = tl.load(ranges_ptr + b * 4 + 1)
-        holes = tl.load(ranges_ptr + b * 4 + 2)
+        lo = tl.load(ranges_ptr + b * 4, mask=row_ok, other=0)
+        hi = tl.load(ranges_ptr + b * 4 + 1, mask=row_ok, other=0)
+        holes = tl.load(ranges_ptr + b * 4 + 2, mask=row_ok, other=0)
     if CAUSAL:
         hi = tl.minimum(hi, (q + (K - Q) + 1).to(tl.int32))
-    return lo, hi, holes
+    lo = tl.where(row_ok, lo, K)
+    hi = tl.where(row_ok, hi, 0)
+    return rows, row_ok, b, h, q, lo, hi, holes
 
 
 @triton.jit
-def _keep_tile(
-    mask_ptr,
-    b, h, q, cols, live, lo, hi, holes,
-    mask_stride_b, mask_stride_h, mask_stride_q, mask_stride_k,
-    add_threshold,
-    MASK_KIND: tl.constexpr,
-    GROUP: tl.constexpr,
-):
-    """(keep, load predicate, additive values) for a ``[rows, cols]`` tile.
+def _program_bounds(lo, hi, holes, K, MASK_KIND: tl.constexpr, CHUNK: tl.constexpr):
+    """Scalar bounds for the program's rows: chunks ``[c_lo, c_hi)`` hold every key any row sees (chunk-aligned start),
+    and chunks inside ``[f_lo, f_hi)`` are seen whole by every row (no per-element mask there)."""
+    c_lo = tl.min(lo, axis=0) // CHUNK * CHUNK
+    c_hi = tl.max(hi, axis=0)
+    f_lo = tl.cdiv(tl.max(lo, axis=0), CHUNK) * CHUNK
+    f_hi = tl.maximum(tl.min(hi, axis=0), 0) // CHUNK * CHUNK
+    any_holes = tl.max(holes, axis=0)
+    if MASK_KIND >= 2:  # 4D masks decide per element everywhere
+        f_hi = f_lo
+    if any_holes != 0:
+        f_hi = f_lo
+    return c_lo, c_hi, f_lo, f_hi, any_holes
 
-    ``keep`` is exact. The load predicate covers the row's window ``[lo, hi)`` rounded out to aligned groups of
-    ``GROUP`` columns: a predicate that is constant over such groups lets the compiler issue 16-byte loads, while
-    whole groups outside the window are still never read. Masked entries inside the loaded groups are discarded by
-    ``keep``. 4D masks decide per element, so there the predicate is ``keep`` itself.
-    """
-    keep = live & (cols >= lo) & (cols < hi)
-    pred = live & (cols // GROUP >= lo // GROUP) & (cols // GROUP <= (hi - 1) // GROUP)
-    add = tl.zeros(keep.shape, dtype=tl.float32)
-    if MASK_KIND == 1:  # 2D padding mask [B, K]; only sequences with holes need their mask read
-        if tl.max(holes + tl.zeros_like(keep).to(tl.int32), axis=None) != 0:  # one branch, not per-element predicates
-            m = tl.load(mask_ptr + b * mask_stride_b + cols * mask_stride_k, mask=keep & (tl.zeros_like(cols) + holes != 0), other=1)
+
+@triton.jit
+def _chunk_keep(cols, lo, hi, holes, any_holes, mask_ptr, b, h, q, add_threshold,
+                mask_stride_b, mask_stride_h, mask_stride_q, mask_stride_k,
+                MASK_KIND: tl.constexpr, GROUP: tl.constexpr):
+    """(keep, load predicate, additive values in log2 units) of a ``[BLOCK_M, CHUNK]`` chunk that needs masking.
+
+    ``keep`` is exact. The load predicate covers each row's window rounded out to aligned groups of ``GROUP`` columns:
+    constant over such groups, it lets the compiler keep 16-byte loads while whole groups outside the window are never
+    read. 4D masks decide per element, so there the predicate is ``keep`` itself."""
+    lo2 = lo[:, None]
+    hi2 = hi[:, None]
+    keep = (cols >= lo2) & (cols < hi2)
+    g = cols // GROUP
+    pred = (g >= lo2 // GROUP) & (g <= (hi2 - 1) // GROUP) & (hi2 > lo2)
+    add = tl.zeros([1, 1], tl.float32)  # used by additive masks only (dead code elsewhere)
+    if MASK_KIND == 1:  # 2D padding mask [B, K]: read only for sequences with holes
+        if any_holes != 0:
+            m = tl.load(mask_ptr + b[:, None] * mask_stride_b + cols * mask_stride_k,
+                        mask=keep & (holes[:, None] != 0), other=1)
             keep = keep & (m != 0)
     elif MASK_KIND == 2:  # 4D boolean mask, True = attend
-        off = b * mask_stride_b + h * mask_stride_h + q * mask_stride_q + cols * mask_stride_k
+        off = (b * mask_stride_b + h * mask_stride_h + q * mask_stride_q)[:, None] + cols * mask_stride_k
         m = tl.load(mask_ptr + off, mask=keep, other=0)
         keep = keep & (m != 0)
         pred = keep
     elif MASK_KIND == 3:  # 4D additive mask; -inf and values <= threshold mean "masked"
-        off = b * mask_stride_b + h * mask_stride_h + q * mask_stride_q + cols * mask_stride_k
+        off = (b * mask_stride_b + h * mask_stride_h + q * mask_stride_q)[:, None] + cols * mask_stride_k
         m = tl.load(mask_ptr + off, mask=keep, other=0).to(tl.float32)
         keep = keep & ~(m <= add_threshold)  # NaN is kept (and poisons its row), never silently masked
-        add = tl.where(keep, m, 0.0)
+        add = tl.where(keep, m, 0.0) * 1.4426950408889634
         pred = keep
     return keep, pred, add
 
 
 @triton.jit
-def _single_pass_tile(
-    mask_ptr, ranges_ptr,
-    mask_stride_b, mask_stride_h, mask_stride_q, mask_stride_k,
-    n_rows, H, Q, K, add_threshold,
-    MASK_KIND: tl.constexpr,
-    CAUSAL: tl.constexpr,
-    BLOCK_M: tl.constexpr,
-    BLOCK_K: tl.constexpr,
-    GROUP: tl.constexpr,
-    WIDE: tl.constexpr,
-):
-    """This program's ``[BLOCK_M, BLOCK_K]`` tile of whole rows: indices, coordinates, bounds and masks."""
-    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
-    cols = tl.arange(0, BLOCK_K)[None, :]
-    if WIDE:  # an offset can reach 2**31: int64 index math (int32 otherwise: int64 division is slow)
-        rows = rows.to(tl.int64)
-        cols = cols.to(tl.int64)
-    b, h, q = _row_coords(rows, H, Q)
-    b, h, q = b[:, None], h[:, None], q[:, None]
-    live = (rows < n_rows)[:, None] & (cols < K)
-    lo, hi, holes = _row_window(ranges_ptr, b, q, Q, K, MASK_KIND, CAUSAL)
-    keep, pred, add = _keep_tile(
-        mask_ptr, b, h, q, cols, live, lo, hi, holes,
-        mask_stride_b, mask_stride_h, mask_stride_q, mask_stride_k,
-        add_threshold, MASK_KIND, GROUP,
-    )
-    return rows, cols, b, h, q, live, keep, pred, add
-
-
-@triton.jit
-def _fwd_single_pass_kernel(
-    s_ptr, y_ptr, mask_ptr, ranges_ptr,
-    s_stride_b, s_stride_h, s_stride_q, s_stride_k,
-    mask_stride_b, mask_stride_h, mask_stride_q, mask_stride_k,
-    n_rows, H, Q, K, scale, add_threshold,
-    MASK_KIND: tl.constexpr,
-    CAUSAL: tl.constexpr,
-    BLOCK_M: tl.constexpr,
-    BLOCK_K: tl.constexpr,
-    GROUP: tl.constexpr,
-    WIDE: tl.constexpr,
-):
-    rows, cols, b, h, q, live, keep, pred, add = _single_pass_tile(
-        mask_ptr, ranges_ptr, mask_stride_b, mask_stride_h, mask_stride_q, mask_stride_k,
-        n_rows, H, Q, K, add_threshold, MASK_KIND, CAUSAL, BLOCK_M, BLOCK_K, GROUP, WIDE,
-    )
-    s_row = s_ptr + (b * s_stride_b + h * s_stride_h + q * s_stride_q)
-    x = tl.load(s_row + cols * s_stride_k, mask=pred, other=0.0).to(tl.float32) * scale + add
-    x = tl.where(keep, x, float("-inf"))
-    row_max = tl.max(x, axis=1)
-    # Empty rows (max = -inf) shift by 0 so that exp() gives 0 instead of NaN.
-    row_max = tl.where(row_max == float("-inf"), 0.0, row_max)
-    e = tl.where(keep, tl.exp(x - row_max[:, None]), 0.0)
-    denom = tl.sum(e, axis=1)
-    # An empty row has denom 0 and all-zero numerators: divide by 1 instead.
-    inv = 1.0 / tl.where(denom == 0.0, 1.0, denom)
-    y = tl.where(keep, e * inv[:, None], 0.0)
-    tl.store(y_ptr + rows[:, None] * K + cols, y.to(y_ptr.dtype.element_ty), mask=live)
-
-
-@triton.jit
-def _fwd_looped_kernel(
-    s_ptr, y_ptr, mask_ptr, ranges_ptr,
-    s_stride_b, s_stride_h, s_stride_q, s_stride_k,
-    mask_stride_b, mask_stride_h, mask_stride_q, mask_stride_k,
-    H, Q, K, scale, add_threshold,
-    MASK_KIND: tl.constexpr,
-    CAUSAL: tl.constexpr,
-    BLOCK_K: tl.constexpr,
-    GROUP: tl.constexpr,
-    WIDE: tl.constexpr,
-):
-    row = tl.program_id(0).to(tl.int64)
-    b, h, q = _row_coords(row, H, Q)
-    s_row = s_ptr + (b * s_stride_b + h * s_stride_h + q * s_stride_q)
-    y_row = y_ptr + row * K
-    lo, hi, holes = _row_window(ranges_ptr, b, q, Q, K, MASK_KIND, CAUSAL)
-    # Blocks wholly outside [lo, hi) hold only zeros: pass 1 never visits them.
-    first_block = (lo // BLOCK_K) * BLOCK_K
-
-    # Pass 1: running max and running sum of exp(x - max), one block of columns at a time.
-    run_max = tl.full([BLOCK_K], float("-inf"), tl.float32)
-    run_sum = tl.zeros([BLOCK_K], tl.float32)
-    for start in range(first_block, hi, BLOCK_K):
-        cols = start + tl.arange(0, BLOCK_K)
-        if WIDE:
-            cols = cols.to(tl.int64)
-        keep, pred, add = _keep_tile(
-            mask_ptr, b, h, q, cols, cols < K, lo, hi, holes,
-            mask_stride_b, mask_stride_h, mask_stride_q, mask_stride_k,
-            add_threshold, MASK_KIND, GROUP,
-        )
-        x = tl.load(s_row + cols * s_stride_k, mask=pred, other=0.0).to(tl.float32) * scale + add
+def _scores_chunk(s_row, cols, stride_k, scale2, keep, pred, add, MASKED: tl.constexpr, MASK_KIND: tl.constexpr):
+    """Scores of a chunk in log2 units (``scale * log2(e) * S (+ mask)``); -inf where not kept."""
+    if MASKED:
+        x = tl.load(s_row + cols * stride_k, mask=pred).to(tl.float32) * scale2
+        if MASK_KIND == 3:
+            x = x + add
         x = tl.where(keep, x, float("-inf"))
-        new_max = tl.maximum(run_max, x)
-        safe_max = tl.where(new_max == float("-inf"), 0.0, new_max)
-        run_sum = run_sum * tl.exp(run_max - safe_max) + tl.where(keep, tl.exp(x - safe_max), 0.0)
-        run_max = new_max
-    row_max = tl.max(run_max, axis=0)
-    safe_row_max = tl.where(row_max == float("-inf"), 0.0, row_max)
-    lane_max = tl.where(run_max == float("-inf"), 0.0, run_max)
-    denom = tl.sum(tl.where(run_sum == 0.0, 0.0, run_sum * tl.exp(lane_max - safe_row_max)), axis=0)
-    inv = 1.0 / tl.where(denom == 0.0, 1.0, denom)
-
-    # Pass 2: normalise and store; blocks outside the window are written as zeros without reading.
-    for start in range(0, K, BLOCK_K):
-        cols = start + tl.arange(0, BLOCK_K)
-        if WIDE:
-            cols = cols.to(tl.int64)
-        live = cols < K
-        keep, pred, add = _keep_tile(
-            mask_ptr, b, h, q, cols, live, lo, hi, holes,
-            mask_stride_b, mask_stride_h, mask_stride_q, mask_stride_k,
-            add_threshold, MASK_KIND, GROUP,
-        )
-        x = tl.load(s_row + cols * s_stride_k, mask=pred, other=0.0).to(tl.float32) * scale + add
-        y = tl.where(keep, tl.exp(x - safe_row_max) * inv, 0.0)
-        tl.store(y_row + cols, y.to(y_ptr.dtype.element_ty), mask=live)
+    else:
+        x = tl.load(s_row + cols * stride_k).to(tl.float32) * scale2
+    return x
 
 
 @triton.jit
-def _bwd_single_pass_kernel(
+def _fwd_kernel(
+    s_ptr, y_ptr, mask_ptr, ranges_ptr,
+    s_stride_b, s_stride_h, s_stride_q, s_stride_k,
+    mask_stride_b, mask_stride_h, mask_stride_q, mask_stride_k,
+    n_rows, H, Q, K, scale2, add_threshold,
+    MASK_KIND: tl.constexpr, CAUSAL: tl.constexpr, BLOCK_M: tl.constexpr, CHUNK: tl.constexpr,
+    ONE_CHUNK: tl.constexpr, EVEN: tl.constexpr, GROUP: tl.constexpr, WIDE: tl.constexpr,
+):
+    """``BLOCK_M`` rows per program. ``ONE_CHUNK`` (``K <= CHUNK``): the rows stay in registers, one read. Otherwise
+    two passes over ``CHUNK``-wide column chunks: online max / sum over the chunks some row sees, then normalise and
+    store; chunks no row sees are stored as zeros without being read or computed."""
+    rows, row_ok, b, h, q, lo, hi, holes = _rows_and_windows(ranges_ptr, n_rows, H, Q, K, MASK_KIND, CAUSAL,
+                                                             BLOCK_M, WIDE)
+    offs = tl.arange(0, CHUNK)[None, :]
+    if WIDE:
+        offs = offs.to(tl.int64)
+    s_row = s_ptr + (b * s_stride_b + h * s_stride_h + q * s_stride_q)[:, None]
+    y_row = y_ptr + rows[:, None] * K
+    c_lo, c_hi, f_lo, f_hi, any_holes = _program_bounds(lo, hi, holes, K, MASK_KIND, CHUNK)
+    if ONE_CHUNK:
+        keep, pred, add = _chunk_keep(offs, lo, hi, holes, any_holes, mask_ptr, b, h, q, add_threshold,
+                                      mask_stride_b, mask_stride_h, mask_stride_q, mask_stride_k, MASK_KIND, GROUP)
+        x = _scores_chunk(s_row, offs, s_stride_k, scale2, keep, pred, add, True, MASK_KIND)
+        m = tl.max(x, axis=1)
+        m = tl.where(m == float("-inf"), 0.0, m)  # an empty row shifts by 0: exp2(-inf) = 0, never NaN
+        e = tl.math.exp2(x - m[:, None])
+        denom = tl.sum(e, axis=1)
+        # masked entries are exactly 0 even in a row that a NaN score poisons
+        y = tl.where(keep, e * (1.0 / tl.where(denom == 0.0, 1.0, denom))[:, None], 0.0)
+        tl.store(y_row + offs, y.to(y_ptr.dtype.element_ty), mask=row_ok[:, None] & (offs < K))
+    else:
+        m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
+        l_i = tl.zeros([BLOCK_M], tl.float32)
+        for c0 in range(c_lo, c_hi, CHUNK):
+            cols = c0 + offs
+            if (c0 >= f_lo) & (c0 + CHUNK <= f_hi):
+                x = _scores_chunk(s_row, cols, s_stride_k, scale2, None, None, None, False, MASK_KIND)
+            else:
+                keep, pred, add = _chunk_keep(cols, lo, hi, holes, any_holes, mask_ptr, b, h, q, add_threshold,
+                                              mask_stride_b, mask_stride_h, mask_stride_q, mask_stride_k,
+                                              MASK_KIND, GROUP)
+                x = _scores_chunk(s_row, cols, s_stride_k, scale2, keep, pred, add, True, MASK_KIND)
+            m_new = tl.maximum(m_i, tl.max(x, axis=1))
+            m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
+            l_i = l_i * tl.math.exp2(m_i - m_use) + tl.sum(tl.math.exp2(x - m_use[:, None]), axis=1)
+            m_i = m_new
+        m_i = tl.where(m_i == float("-inf"), 0.0, m_i)
+        inv = 1.0 / tl.where(l_i == 0.0, 1.0, l_i)
+        zero = tl.zeros([BLOCK_M, CHUNK], y_ptr.dtype.element_ty)
+        for c0 in range(0, K, CHUNK):
+            cols = c0 + offs
+            if (c0 + CHUNK <= c_lo) | (c0 >= c_hi):
+                if EVEN:
+                    tl.store(y_row + cols, zero)
+                else:
+                    tl.store(y_row + cols, zero, mask=row_ok[:, None] & (cols < K))
+            elif (c0 >= f_lo) & (c0 + CHUNK <= f_hi):
+                x = _scores_chunk(s_row, cols, s_stride_k, scale2, None, None, None, False, MASK_KIND)
+                y = tl.math.exp2(x - m_i[:, None]) * inv[:, None]
+                if EVEN:
+                    tl.store(y_row + cols, y.to(y_ptr.dtype.element_ty))
+                else:
+                    tl.store(y_row + cols, y.to(y_ptr.dtype.element_ty), mask=row_ok[:, None])
+            else:
+                keep, pred, add = _chunk_keep(cols, lo, hi, holes, any_holes, mask_ptr, b, h, q, add_threshold,
+                                              mask_stride_b, mask_stride_h, mask_stride_q, mask_stride_k,
+                                              MASK_KIND, GROUP)
+                x = _scores_chunk(s_row, cols, s_stride_k, scale2, keep, pred, add, True, MASK_KIND)
+                y = tl.where(keep, tl.math.exp2(x - m_i[:, None]) * inv[:, None], 0.0)
+                tl.store(y_row + cols, y.to(y_ptr.dtype.element_ty), mask=row_ok[:, None] & (cols < K))
+
+
+@triton.jit
+def _bwd_kernel(
     y_ptr, dy_ptr, ds_ptr, mask_ptr, ranges_ptr,
     dy_stride_b, dy_stride_h, dy_stride_q, dy_stride_k,
     mask_stride_b, mask_stride_h, mask_stride_q, mask_stride_k,
     n_rows, H, Q, K, scale, add_threshold,
-    MASK_KIND: tl.constexpr,
-    CAUSAL: tl.constexpr,
-    BLOCK_M: tl.constexpr,
-    BLOCK_K: tl.constexpr,
-    GROUP: tl.constexpr,
-    WIDE: tl.constexpr,
+    MASK_KIND: tl.constexpr, CAUSAL: tl.constexpr, BLOCK_M: tl.constexpr, CHUNK: tl.constexpr,
+    ONE_CHUNK: tl.constexpr, EVEN: tl.constexpr, GROUP: tl.constexpr, WIDE: tl.constexpr,
 ):
-    rows, cols, b, h, q, live, keep, pred, _ = _single_pass_tile(
-        mask_ptr, ranges_ptr, mask_stride_b, mask_stride_h, mask_stride_q, mask_stride_k,
-        n_rows, H, Q, K, add_threshold, MASK_KIND, CAUSAL, BLOCK_M, BLOCK_K, GROUP, WIDE,
-    )
-    y = tl.load(y_ptr + rows[:, None] * K + cols, mask=pred, other=0.0).to(tl.float32)
-    dy_row = dy_ptr + (b * dy_stride_b + h * dy_stride_h + q * dy_stride_q)
-    dy = tl.load(dy_row + cols * dy_stride_k, mask=pred, other=0.0).to(tl.float32)
-    y = tl.where(keep, y, 0.0)
-    dy = tl.where(keep, dy, 0.0)
-    dot = tl.sum(y * dy, axis=1)
-    ds = scale * y * (dy - dot[:, None])
-    tl.store(ds_ptr + rows[:, None] * K + cols, ds.to(ds_ptr.dtype.element_ty), mask=live)
-
-
-@triton.jit
-def _bwd_looped_kernel(
-    y_ptr, dy_ptr, ds_ptr, mask_ptr, ranges_ptr,
-    dy_stride_b, dy_stride_h, dy_stride_q, dy_stride_k,
-    mask_stride_b, mask_stride_h, mask_stride_q, mask_stride_k,
-    H, Q, K, scale, add_threshold,
-    MASK_KIND: tl.constexpr,
-    CAUSAL: tl.constexpr,
-    BLOCK_K: tl.constexpr,
-    GROUP: tl.constexpr,
-    WIDE: tl.constexpr,
-):
-    row = tl.program_id(0).to(tl.int64)
-    b, h, q = _row_coords(row, H, Q)
-    y_row = y_ptr + row * K
-    dy_row = dy_ptr + (b * dy_stride_b + h * dy_stride_h + q * dy_stride_q)
-    ds_row = ds_ptr + row * K
-    lo, hi, holes = _row_window(ranges_ptr, b, q, Q, K, MASK_KIND, CAUSAL)
-    first_block = (lo // BLOCK_K) * BLOCK_K
-
-    acc = tl.zeros([BLOCK_K], tl.float32)
-    for start in range(first_block, hi, BLOCK_K):
-        cols = start + tl.arange(0, BLOCK_K)
-        if WIDE:
-            cols = cols.to(tl.int64)
-        keep, pred, _ = _keep_tile(
-            mask_ptr, b, h, q, cols, cols < K, lo, hi, holes,
-            mask_stride_b, mask_stride_h, mask_stride_q, mask_stride_k,
-            add_threshold, MASK_KIND, GROUP,
-        )
-        y = tl.load(y_row + cols, mask=pred, other=0.0).to(tl.float32)
-        dy = tl.load(dy_row + cols * dy_stride_k, mask=pred, other=0.0).to(tl.float32)
-        acc += tl.where(keep, y * dy, 0.0)
-    dot = tl.sum(acc, axis=0)
-
-    for start in range(0, K, BLOCK_K):
-        cols = start + tl.arange(0, BLOCK_K)
-        if WIDE:
-            cols = cols.to(tl.int64)
-        keep, pred, _ = _keep_tile(
-            mask_ptr, b, h, q, cols, cols < K, lo, hi, holes,
-            mask_stride_b, mask_stride_h, mask_stride_q, mask_stride_k,
-            add_threshold, MASK_KIND, GROUP,
-        )
-        y = tl.load(y_row + cols, mask=pred, other=0.0).to(tl.float32)
-        dy = tl.load(dy_row + cols * dy_stride_k, mask=pred, other=0.0).to(tl.float32)
-        ds = tl.where(keep, scale * y * (dy - dot), 0.0)
-        tl.store(ds_row + cols, ds.to(ds_ptr.dtype.element_ty), mask=cols < K)
+    """``dS = scale * Y * (dY - sum(dY * Y))`` with the forward's chunking; masked entries (Y = 0) are written as zeros
+    without reading ``Y`` or ``dY`` there."""
+    rows, row_ok, b, h, q, lo, hi, holes = _rows_and_windows(ranges_ptr, n_rows, H, Q, K, MASK_KIND, CAUSAL,
+                                                             BLOCK_M, WIDE)
+    offs = tl.arange(0, CHUNK)[None, :]
+    if WIDE:
+        offs = offs.to(tl.int64)
+    dy_row = dy_ptr + (b * dy_stride_b + h * dy_stride_h + q * dy_stride_q)[:, None]
+    y_row = y_ptr + rows[:, None] * K
+    ds_row = ds_ptr + rows[:, None] * K
+    c_lo, c_hi, f_lo, f_hi, any_holes = _program_bounds(lo, hi, holes, K, MASK_KIND, CHUNK)
+    if ONE_CHUNK:
+        keep, pred, _ = _chunk_keep(offs, lo, hi, holes, any_holes, mask_ptr, b, h, q, add_threshold,
+                                    mask_stride_b, mask_stride_h, mask_stride_q, mask_stride_k, MASK_KIND, GROUP)
+        y = tl.where(keep, tl.load(y_row + offs, mask=pred).to(tl.float32), 0.0)
+        dy = tl.where(keep, tl.load(dy_row + offs * dy_stride_k, mask=pred).to(tl.float32), 0.0)
+        dot = tl.sum(y * dy, axis=1)
+        ds = scale * y * (dy - dot[:, None])
+        tl.store(ds_row + offs, ds.to(ds_ptr.dtype.element_ty), mask=row_ok[:, None] & (offs < K))
+    else:
+        acc = tl.zeros([BLOCK_M, CHUNK], tl.float32)
+        for c0 in range(c_lo, c_hi, CHUNK):
+            cols = c0 + offs
+            if (c0 >= f_lo) & (c0 + CHUNK <= f_hi):
+                acc += tl.load(y_row + cols).to(tl.float32) * tl.load(dy_row + cols * dy_stride_k).to(tl.float32)
+            else:
+                keep, pred, _ = _chunk_keep(cols, lo, hi, holes, any_holes, mask_ptr, b, h, q, add_threshold,
+                                            mask_stride_b, mask_stride_h, mask_stride_q, mask_stride_k,
+                                            MASK_KIND, GROUP)
+                y = tl.load(y_row + cols, mask=pred).to(tl.float32)
+                dy = tl.load(dy_row + cols * dy_stride_k, mask=pred).to(tl.float32)
+                acc += tl.where(keep, y * dy, 0.0)
+        dot = tl.sum(acc, axis=1)[:, None]
+        zero = tl.zeros([BLOCK_M, CHUNK], ds_ptr.dtype.element_ty)
+        for c0 in range(0, K, CHUNK):
+            cols = c0 + offs
+            if (c0 + CHUNK <= c_lo) | (c0 >= c_hi):
+                if EVEN:
+                    tl.store(ds_row + cols, zero)
+                else:
+                    tl.store(ds_row + cols, zero, mask=row_ok[:, None] & (cols < K))
+            elif (c0 >= f_lo) & (c0 + CHUNK <= f_hi):
+                y = tl.load(y_row + cols).to(tl.float32)
+                dy = tl.load(dy_row + cols * dy_stride_k).to(tl.float32)
+                ds = scale * y * (dy - dot)
+                if EVEN:
+                    tl.store(ds_row + cols, ds.to(ds_ptr.dtype.element_ty))
+                else:
+                    tl.store(ds_row + cols, ds.to(ds_ptr.dtype.element_ty), mask=row_ok[:, None])
+            else:
+                keep, pred, _ = _chunk_keep(cols, lo, hi, holes, any_holes, mask_ptr, b, h, q, add_threshold,
+                                            mask_stride_b, mask_stride_h, mask_stride_q, mask_stride_k,
+                                            MASK_KIND, GROUP)
+                y = tl.load(y_row + cols, mask=pred).to(tl.float32)
+                dy = tl.load(dy_row + cols * dy_stride_k, mask=pred).to(tl.float32)
+                ds = tl.where(keep, scale * y * (dy - dot), 0.0)
+                tl.store(ds_row + cols, ds.to(ds_ptr.dtype.element_ty), mask=row_ok[:, None] & (cols < K))
 
 
 # ----------------------------------------------------------------------------------------------------------------------
 # Launchers
 # ----------------------------------------------------------------------------------------------------------------------
-def _launch_config(K: int, max_single_pass_k: int, loop_block_k: int):
-    """Pick the path and tile: (single_pass, BLOCK_M, BLOCK_K, num_warps)."""
-    if K <= max_single_pass_k:
-        block_k = triton.next_power_of_2(K)
-        # Several short rows per program keep the tile at >= 2048 elements: wide, coalesced loads for small K.
-        block_m = max(1, min(64, 2048 // block_k))
-        tile = block_m * block_k
-        num_warps = 4 if tile <= 2048 else (8 if tile <= 4096 else 16)
-        return True, block_m, block_k, num_warps
-    return False, 1, loop_block_k, 8 if loop_block_k >= 2048 else 4
+def _next_pow2(n: int) -> int:
+    return 1 << max(0, (n - 1).bit_length())
+
+
+def _sm_count(device: torch.device) -> int:
+    if device.type != "cuda":
+        return 4
+    idx = device.index if device.index is not None else torch.cuda.current_device()
+    if idx not in _SM_COUNT:
+        _SM_COUNT[idx] = torch.cuda.get_device_properties(idx).multi_processor_count
+    return _SM_COUNT[idx]
+
+
+_SM_COUNT: dict = {}
+
+
+def _launch_config(K: int, n_rows: int, max_single_pass_k: int, loop_block_k: int, sms: int):
+    """(BLOCK_M, CHUNK, ONE_CHUNK, num_warps) for ``n_rows`` rows of ``K`` keys.
+
+    Short rows (up to ``SHORT_K`` keys) are one register chunk, several rows per program. So are rows up to
+    ``max_single_pass_k`` keys when there are too few rows to fill the GPU (a decode step): one row per program, more
+    warps per row. Everything else goes in two passes over chunks of ``loop_block_k`` columns, a few rows per
+    program. About 32 elements per thread per chunk (8 per thread for decode rows)."""
+    few_rows = n_rows < 4 * sms
+    if K <= min(max_single_pass_k, SHORT_K) or (few_rows and K <= max_single_pass_k):
+        chunk = _next_pow2(K)
+        block_m = 1 if few_rows else max(1, min(16, TILE // chunk))
+        per_warp = 256 if few_rows else 1024
+        return block_m, chunk, True, max(1, min(16, block_m * chunk // per_warp))
+    chunk = _next_pow2(min(loop_block_k, K))
+    block_m = max(1, min(16, TILE // chunk))
+    return block_m, chunk, False, max(1, min(16, block_m * chunk // 1024))
 
 
 def _wide(shape, *stride_sets) -> bool:
@@ -347,38 +347,31 @@ def _mask_args(spec: _masks.MaskSpec, dummy: torch.Tensor, cache_key=None):
     return t, tuple(t.stride()), dummy
 
 
-def _launch(single_kernel, looped_kernel, tensors, strides, spec, shape, causal, scale, blocks, cache_key=None):
+def _launch(kernel, tensors, strides, spec, shape, causal, scale, blocks, cache_key=None):
     B, H, Q, K = shape
     n_rows = B * H * Q
     mask_t, mstr, ranges = _mask_args(spec, tensors[0], cache_key)
-    single, block_m, block_k, num_warps = _launch_config(K, *blocks)
-    wide = _wide(shape, strides, mstr)
-    common = dict(MASK_KIND=spec.kind, CAUSAL=causal, BLOCK_K=block_k, GROUP=min(LOAD_GROUP, block_k), WIDE=wide,
-                  num_warps=num_warps)
-    if single:
-        single_kernel[(triton.cdiv(n_rows, block_m),)](
-            *tensors, mask_t, ranges, *strides, *mstr, n_rows, H, Q, K, float(scale), spec.threshold,
-            BLOCK_M=block_m, **common,
-        )
-    else:
-        looped_kernel[(n_rows,)](
-            *tensors, mask_t, ranges, *strides, *mstr, H, Q, K, float(scale), spec.threshold, **common,
-        )
+    block_m, chunk, one, num_warps = _launch_config(K, n_rows, *blocks, _sm_count(tensors[0].device))
+    kernel[(-(-n_rows // block_m),)](
+        *tensors, mask_t, ranges, *strides, *mstr, n_rows, H, Q, K, scale, spec.threshold,
+        MASK_KIND=spec.kind, CAUSAL=causal, BLOCK_M=block_m, CHUNK=chunk, ONE_CHUNK=one,
+        EVEN=(K % chunk == 0 and n_rows % block_m == 0), GROUP=min(LOAD_GROUP, chunk),
+        WIDE=_wide(shape, strides, mstr), num_warps=num_warps,
+    )
 
 
 def _forward(scores, spec, causal, scale, blocks, cache_key=None):
     y = torch.empty(scores.shape, dtype=scores.dtype, device=scores.device)
     if y.numel():
-        _launch(_fwd_single_pass_kernel, _fwd_looped_kernel, (scores, y), scores.stride(), spec, scores.shape,
-                causal, scale, blocks, cache_key)
+        _launch(_fwd_kernel, (scores, y), scores.stride(), spec, scores.shape, causal, float(scale) * _LOG2E, blocks,
+                cache_key)
     return y
 
 
 def _backward(y, dy, spec, causal, scale, blocks):
     ds = torch.empty_like(y)
     if ds.numel():
-        _launch(_bwd_single_pass_kernel, _bwd_looped_kernel, (y, dy, ds), dy.stride(), spec, y.shape,
-                causal, scale, blocks)
+        _launch(_bwd_kernel, (y, dy, ds), dy.stride(), spec, y.shape, causal, float(scale), blocks)
     return ds
 
 

@@ -382,3 +382,34 @@ def test_gpu_over_2_pow_31_elements():
         )
         assert_close(out[:, :, i : i + 1, : lim + 1], r, torch.float16)
         assert torch.all(out[:, :, i, lim + 1 :] == 0)
+
+
+@pytest.mark.parametrize("Q", [8, 7])  # 32 rows fill two 16-row programs exactly; 28 rows leave a ragged program
+@pytest.mark.parametrize("K", [64, 61])
+@pytest.mark.parametrize("form", ["none", "left_causal", "right", "holes", "bool4d", "add4d"])
+def test_chunked_programs_fwd_bwd(device, Q, K, form):
+    # 16 rows per program, 8-column chunks: whole chunks skipped, unmasked chunks, masked chunks, ragged edges
+    g = torch.Generator().manual_seed(Q * K)
+    B, H = 2, 2
+    scores = torch.randn(B, H, Q, K, generator=g).to(device)
+    causal = form == "left_causal"
+    mask = None
+    if form in ("left_causal", "right", "holes"):
+        mask = padding_mask([K - 21, K], K, left=form == "left_causal", device=device)
+        if form == "holes":
+            mask[1, 30:35] = 0
+    elif form == "bool4d":
+        mask = (torch.rand(B, 1, Q, K, generator=g) > 0.4).to(device)
+    elif form == "add4d":
+        mask = torch.zeros(B, 1, 1, K).masked_fill(torch.rand(B, 1, 1, K, generator=g) > 0.7, float("-inf")).to(device)
+    spec = prepare_mask(mask, tuple(scores.shape), scores.device)
+    x = scores.clone().requires_grad_(True)
+    out = masked_softmax_op(x, mask, spec.kind, spec.threshold, causal, 0.5, 16, 8)
+    check(out.detach(), scores, mask, causal, 0.5)
+    dy = torch.randn(scores.shape, generator=g).to(device)
+    (grad,) = torch.autograd.grad(out, x, dy)
+    xd = scores.double().requires_grad_(True)
+    ref = masked_softmax_reference(xd, mask, causal=causal, scale=0.5, compute_dtype=torch.float64,
+                                   out_dtype=torch.float64)
+    (expected,) = torch.autograd.grad(ref, xd, dy.double())
+    assert_close(grad, expected, torch.float32)
