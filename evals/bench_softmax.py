@@ -196,7 +196,7 @@ def tune(dtype):
         K = shape[3]
         n_rows = shape[0] * shape[1] * shape[2]
         configs = []
-        for chunk in sorted({256, 512, 1024, 2048, triton_next_pow2(K)}):
+        for chunk in sorted({256, 512, 1024, 2048, 4096, triton_next_pow2(K)}):
             if chunk > triton_next_pow2(K) or (chunk >= K and chunk > 8192):
                 continue
             for tile in (1024, 2048, 4096, 8192):

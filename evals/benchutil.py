@@ -11,6 +11,9 @@ import torch
 
 
 def git_sha() -> str:
+    """The commit measured: $GIT_SHA when set (the GPU machine gets a copy of the working tree, whose .git may lag)."""
+    if os.environ.get("GIT_SHA"):
+        return os.environ["GIT_SHA"]
     try:
         root = Path(__file__).resolve().parent.parent
         return subprocess.check_output(["git", "rev-parse", "HEAD"], cwd=root, text=True, stderr=subprocess.DEVNULL).strip()

@@ -45,7 +45,7 @@ from .reference import masked_softmax_reference
 
 MAX_SINGLE_PASS_K = 8192  # rows up to this many keys may be held in registers whole (decode steps)
 SHORT_K = 512  # rows up to this many keys always are
-LOOP_BLOCK_K = 512  # longer rows go in chunks of this many columns
+LOOP_BLOCK_K = 2048  # longer rows go in chunks of at most this many columns
 TILE = 2048  # elements per program and chunk: rows per program = TILE // chunk
 LOAD_GROUP = 16  # load predicates are constant over aligned groups of this many columns (16-byte fp16 loads)
 _LOG2E = 1.4426950408889634
@@ -308,22 +308,34 @@ def _sm_count(device: torch.device) -> int:
 _SM_COUNT: dict = {}
 
 
-def _launch_config(K: int, n_rows: int, max_single_pass_k: int, loop_block_k: int, sms: int):
+def _launch_config(K: int, n_rows: int, max_single_pass_k: int, loop_block_k: int, sms: int, backward: bool = False):
     """(BLOCK_M, CHUNK, ONE_CHUNK, num_warps) for ``n_rows`` rows of ``K`` keys.
 
-    Short rows (up to ``SHORT_K`` keys) are one register chunk, several rows per program. So are rows up to
-    ``max_single_pass_k`` keys when there are too few rows to fill the GPU (a decode step): one row per program, more
-    warps per row. Everything else goes in two passes over chunks of ``loop_block_k`` columns, a few rows per
-    program. About 32 elements per thread per chunk (8 per thread for decode rows)."""
-    few_rows = n_rows < 4 * sms
-    if K <= min(max_single_pass_k, SHORT_K) or (few_rows and K <= max_single_pass_k):
-        chunk = _next_pow2(K)
-        block_m = 1 if few_rows else max(1, min(16, TILE // chunk))
-        per_warp = 256 if few_rows else 1024
-        return block_m, chunk, True, max(1, min(16, block_m * chunk // per_warp))
-    chunk = _next_pow2(min(loop_block_k, K))
-    block_m = max(1, min(16, TILE // chunk))
-    return block_m, chunk, False, max(1, min(16, block_m * chunk // 1024))
+    From a sweep on an H100 (fp16, ``python evals/bench_softmax.py --tune``):
+
+    * too few rows to fill the GPU (a decode step), up to ``max_single_pass_k`` keys: one register chunk, one row per
+      program, 16 elements per thread;
+    * forward, up to ``SHORT_K`` keys: one register chunk, ``1024 // K`` rows per program, one warp per 1024
+      elements;
+    * forward, longer rows: chunks of ``K / 4`` columns (256..``loop_block_k``), 2048-4096 elements per program, 16 per
+      thread (GPT-2's 1024 keys: 8 rows x 256 columns, 4 warps; 8192 keys: 2 rows x 2048, 8 warps);
+    * backward, up to ``max_single_pass_k`` keys: one register chunk; rows of 1024+ keys one per program, shorter
+      ones 4096 elements per program, 16 to 32 elements per thread.
+    """
+    chunk = _next_pow2(K)
+    if n_rows < 4 * sms and K <= max_single_pass_k:
+        return 1, chunk, True, max(1, min(16, chunk // 512))
+    if backward and K <= max_single_pass_k:
+        if chunk >= 1024:
+            return 1, chunk, True, max(1, min(16, chunk // (1024 if chunk >= 4096 else 512)))
+        block_m = max(1, min(16, 4096 // chunk))
+        return block_m, chunk, True, max(1, block_m * chunk // 1024)
+    if not backward and K <= min(max_single_pass_k, SHORT_K):
+        block_m = max(1, min(16, 1024 // chunk))
+        return block_m, chunk, True, max(1, block_m * chunk // 1024)
+    chunk = max(1, min(loop_block_k, max(256, min(2048, chunk // 4))))
+    block_m = max(1, min(16, (2048 if K <= 4096 else 4096) // chunk))
+    return block_m, chunk, K <= chunk, max(1, min(16, block_m * chunk // 512))
 
 
 def _wide(shape, *stride_sets) -> bool:
@@ -351,7 +363,8 @@ def _launch(kernel, tensors, strides, spec, shape, causal, scale, blocks, cache_
     B, H, Q, K = shape
     n_rows = B * H * Q
     mask_t, mstr, ranges = _mask_args(spec, tensors[0], cache_key)
-    block_m, chunk, one, num_warps = _launch_config(K, n_rows, *blocks, _sm_count(tensors[0].device))
+    block_m, chunk, one, num_warps = _launch_config(K, n_rows, *blocks, _sm_count(tensors[0].device),
+                                                    backward=len(tensors) == 3)
     kernel[(-(-n_rows // block_m),)](
         *tensors, mask_t, ranges, *strides, *mstr, n_rows, H, Q, K, scale, spec.threshold,
         MASK_KIND=spec.kind, CAUSAL=causal, BLOCK_M=block_m, CHUNK=chunk, ONE_CHUNK=one,
