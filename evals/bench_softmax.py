@@ -243,6 +243,7 @@ def main(argv=None):
     ap.add_argument("--dtype", default="float16", choices=["float16", "bfloat16", "float32"])
     ap.add_argument("--out", default=None, help="folder for bench_softmax.json/.png (default $OUT or ./out)")
     ap.add_argument("--quick", action="store_true", help="named shapes only, forward only, no torch.compile")
+    ap.add_argument("--modes", default=None, help="comma-separated subset of fwd,fwd_bwd,bwd (overrides --quick's)")
     ap.add_argument("--tune", action="store_true", help="time the single-pass kernel under several tile shapes")
     args = ap.parse_args(argv)
     if args.tune:
@@ -254,6 +255,8 @@ def main(argv=None):
     print(f"{torch.cuda.get_device_name()}: copy bandwidth {copy_gbs:.0f} GB/s (read + write)")
     names = ["ours", "hf_eager", "softmax", "zeros"] if args.quick else ["ours", "hf_eager", "compiled", "softmax"]
     modes = ["fwd"] if args.quick else ["fwd", "fwd_bwd", "bwd"]
+    if args.modes:
+        modes = [m for m in args.modes.split(",") if m]
     rows = []
     for name, shape, causal, padded in SHAPES:
         rows += run_case(name, shape, causal, padded, dtype, copy_gbs, names, modes, graph=True)

@@ -447,10 +447,14 @@ def masked_softmax(
         return masked_softmax_reference(scores, spec, causal=bool(causal), scale=scale)
     if scores.device.type not in ("cuda", "cpu"):
         raise ValueError(f"masked_softmax runs on CUDA (or CPU) tensors, got a tensor on {scores.device}")
-    if not _ops.needs_dispatch(scores):
-        # eager inference: straight to the launcher (the dispatcher costs ~100 us of Python per call on a GPU host)
+    path = _ops.call_path(scores)
+    blocks = (MAX_SINGLE_PASS_K, LOOP_BLOCK_K)
+    if path == "direct":  # eager inference: straight to the launcher (the dispatcher's Python outweighs small kernels)
         with _ops.on_device(scores):
-            return _forward(scores, spec, bool(causal), scale, (MAX_SINGLE_PASS_K, LOOP_BLOCK_K), attention_mask)
+            return _forward(scores, spec, bool(causal), scale, blocks, attention_mask)
+    if path == "function":  # eager autograd
+        return _ops.MaskedSoftmaxFunction.apply(scores, attention_mask, spec.kind, spec.threshold, bool(causal), scale,
+                                                blocks)
     # One custom-operator call (torch.compile keeps it as one node, autograd records it); the mask travels as given.
     return _ops.masked_softmax_op(
         scores, attention_mask, spec.kind, spec.threshold, bool(causal), scale, MAX_SINGLE_PASS_K, LOOP_BLOCK_K
