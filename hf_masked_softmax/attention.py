@@ -521,6 +521,9 @@ def _bwd_dq_kernel(
 # ---------------------------------------------------------------------------------------------------------------
 
 _SM_COUNT = {}
+SPLIT_MIN_K = 1024  # decode rows shorter than this are never split across programs
+
+
 def _cdiv(a: int, b: int) -> int:
     # plain Python: triton.cdiv / next_power_of_2 are jit wrappers costing microseconds per call on the host
     return -(-a // b)
@@ -593,7 +596,9 @@ def _num_splits(B, H, Q, K, block_m, block_n, device) -> int:
     # unsplit, so split only when there are fewer than two programs per multiprocessor.
     programs = B * H * _cdiv(Q, block_m)
     target = 2 * _sm_count(device)
-    if programs == 0 or programs >= target:
+    if programs == 0 or programs >= target or K < SPLIT_MIN_K:
+        # short rows: the second launch costs more host time than the split saves on the GPU (generate() is
+        # host-bound at these lengths)
         return 1
     # at least two key blocks per split, so the combine stays cheap next to the work
     return max(1, min(_cdiv(target, programs), _cdiv(K, 2 * block_n), 64))
@@ -603,7 +608,14 @@ def _wide(*tensors) -> bool:
     """Whether an element offset inside any of ``tensors`` (views included) can reach 2**31: then the kernels do
     their index math in int64 (a compile-time switch, so ordinary sizes keep the cheaper int32 math)."""
     for t in tensors:
-        if t is not None and sum((n - 1) * abs(st) for n, st in zip(t.shape, t.stride()) if n) >= 2**31 - 1:
+        if t is None:
+            continue
+        try:
+            if t.untyped_storage().nbytes() < 2**31:  # offsets inside a storage are below its size: the fast check
+                continue
+        except (RuntimeError, NotImplementedError):  # no real storage (meta / fake tensors): the exact check
+            pass
+        if sum((n - 1) * abs(st) for n, st in zip(t.shape, t.stride()) if n) >= 2**31 - 1:
             return True
     return False
 
