@@ -123,7 +123,8 @@ def run_case(name, shape, causal, padded, dtype, copy_gbs, names, modes, graph=F
     rows = []
     provs = providers(scores, mask2d, additive, causal, scale)
     for prov in names:
-        times = time_provider(provs[prov], scores, modes)
+        # torch.zeros_like has no backward: it is a forward-only floor
+        times = time_provider(provs[prov], scores, ["fwd"] if prov == "zeros" else modes)
         for mode, ms in times.items():
             gbs = must[mode] / (ms * 1e-3) / 1e9
             rows.append(dict(shape=name, dims="x".join(map(str, shape)), causal=causal, padded=padded,
@@ -182,7 +183,7 @@ def plot(rows, copy_gbs, path):
     fig.savefig(path, dpi=120)
 
 
-def tune(dtype):
+def tune(dtype, only=None):
     """Kernel-only forward and backward ms (CUDA graphs) of ours on the named shapes for several launch settings:
     rows per program, chunk width (chunk >= K: one register chunk) and warps."""
     ms = sys.modules["hf_masked_softmax.masked_softmax"]  # the package re-exports the function under this name
@@ -191,6 +192,8 @@ def tune(dtype):
     default = ms._launch_config
     rows = []
     for name, shape, causal, padded in SHAPES:
+        if only and name not in only:
+            continue
         scores, mask2d, _, _ = make_case(shape, causal, padded, dtype)
         spec = prepare_mask(mask2d, shape, scores.device)
         K = shape[3]
@@ -244,10 +247,11 @@ def main(argv=None):
     ap.add_argument("--out", default=None, help="folder for bench_softmax.json/.png (default $OUT or ./out)")
     ap.add_argument("--quick", action="store_true", help="named shapes only, forward only, no torch.compile")
     ap.add_argument("--modes", default=None, help="comma-separated subset of fwd,fwd_bwd,bwd (overrides --quick's)")
+    ap.add_argument("--tune-shapes", default=None, help="comma-separated named shapes for --tune (default all)")
     ap.add_argument("--tune", action="store_true", help="time the single-pass kernel under several tile shapes")
     args = ap.parse_args(argv)
     if args.tune:
-        return tune(getattr(torch, args.dtype))
+        return tune(getattr(torch, args.dtype), args.tune_shapes.split(",") if args.tune_shapes else None)
     if not torch.cuda.is_available():
         sys.exit("bench_softmax.py needs a CUDA GPU")
     dtype = getattr(torch, args.dtype)
