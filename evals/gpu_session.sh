@@ -31,7 +31,8 @@ case "${1:-}" in
     ;;
   check)
     timeout 120 python -m hf_masked_softmax.check --json "$OUT/check.json" 2>&1 | tail -25
-    timeout 420 python evals/memcheck.py --out "$OUT/memcheck.json" 2>&1 | tail -15
+    timeout 420 python evals/memcheck.py --tests tests/test_masked_softmax.py tests/test_attention.py \
+      tests/test_bad_inputs.py -k gpu --out "$OUT/memcheck.json" 2>&1 | tail -15
     ;;
   *)
     echo "usage: bash evals/gpu_session.sh tests|kernels|e2e|check" >&2
