@@ -131,6 +131,9 @@ def _attention_forward(
     else:
         scores = torch.matmul(query, key.transpose(-1, -2))
     probs = masked_softmax(scores, attention_mask, causal=causal, scale=scaling).to(value.dtype)
+    # The scores are dead from here (autograd keeps the probabilities, not them): free them before the next
+    # [B, H, Q, K]-sized tensors appear, or the peak memory exceeds HF eager's, which rebinds one name.
+    del scores
     if dropout > 0.0:
         probs = torch.nn.functional.dropout(probs, p=dropout, training=True)
     out = torch.matmul(probs, value)

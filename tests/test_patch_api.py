@@ -131,3 +131,37 @@ def test_save_while_patched_keeps_checkpoint_clean(device, tmp_path):
     config = transformers.AutoConfig.from_pretrained(tmp_path)
     assert "hf_masked_softmax" not in (tmp_path / "config.json").read_text()
     assert config.model_type == "gpt2"
+
+
+def test_softmax_mode_frees_the_scores_before_the_value_matmul(monkeypatch):
+    # peak memory: the [B, H, Q, K] scores must be gone when P @ V runs (HF eager holds one such tensor there too)
+    import weakref
+
+    from hf_masked_softmax import hf as hf_mod
+
+    refs = []
+    real_softmax = hf_mod.masked_softmax
+
+    def spy_softmax(scores, *args, **kwargs):
+        refs.append(weakref.ref(scores))
+        return real_softmax(scores, *args, **kwargs)
+
+    alive_at_pv = []
+    real_matmul = torch.matmul
+
+    def spy_matmul(a, b, *args, **kwargs):
+        if refs:  # a matmul after the softmax: P @ V (the one layer's QK^T came before)
+            alive_at_pv.append(refs[-1]() is not None)
+        return real_matmul(a, b, *args, **kwargs)
+
+    monkeypatch.setattr(hf_mod, "masked_softmax", spy_softmax)
+    config = transformers.GPT2Config(n_layer=1, n_head=2, n_embd=32, vocab_size=50, n_positions=16)
+    model = transformers.GPT2Model(config).eval()
+    patch_model(model, mode="softmax")
+    ids = torch.randint(0, 50, (2, 7))
+    with torch.no_grad():
+        monkeypatch.setattr(torch, "matmul", spy_matmul)
+        model(ids, attention_mask=torch.ones(2, 7, dtype=torch.long))
+        monkeypatch.setattr(torch, "matmul", real_matmul)
+    assert refs, "the softmax path was not taken"
+    assert alive_at_pv and not any(alive_at_pv)
