@@ -38,6 +38,7 @@ otherwise the PyTorch reference.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 from typing import Optional
 
@@ -698,6 +699,36 @@ def _backward(do, q, k, v, out, lse, kind, mask_t, ranges, threshold, causal, sc
         BH_FIRST=q_first, BLOCK_M=resident, BLOCK_N=inner, **common,
     )
     return dq, dk, dv
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Autograd (eager)
+# ---------------------------------------------------------------------------------------------------------------
+
+class AttentionFunction(torch.autograd.Function):
+    """Eager autograd over the launchers. Under torch.compile the custom operators in :mod:`hf_masked_softmax.ops`
+    (same launchers, autograd registered on them) take its place. ``kind`` / ``mask_t`` / ``ranges`` are the
+    kernels' mask arguments (``ops._attn_mask_args``)."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, kind, mask_t, ranges, threshold, causal, scale):
+        with _device_of(q):
+            out, lse = _forward(q, k, v, kind, mask_t, ranges, threshold, causal, scale)
+        ctx.save_for_backward(q, k, v, out, lse)
+        ctx.mask = (kind, mask_t, ranges, threshold, causal, scale)
+        return out
+
+    @staticmethod
+    def backward(ctx, do):
+        q, k, v, out, lse = ctx.saved_tensors
+        with _device_of(q):
+            dq, dk, dv = _backward(do, q, k, v, out, lse, *ctx.mask)
+        return dq, dk, dv, None, None, None, None, None, None
+
+
+def _device_of(t: torch.Tensor):
+    """Launch on ``t``'s CUDA device (Triton launches on the current device); a no-op for CPU tensors."""
+    return torch.cuda.device(t.device) if t.device.type == "cuda" else contextlib.nullcontext()
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -14,20 +14,23 @@ Backward (``Y`` saved, ``dY`` incoming)::
 
 Masked entries have ``Y = 0`` and therefore ``dS = 0``; the kernels write those zeros without reading ``dY``.
 
-Two forward/backward paths, chosen by the launcher from ``K``:
+Paths, chosen by the launcher from ``K`` and the number of rows (``_launch_config``; settings from a sweep on an
+H100):
 
-* single pass: a whole row fits a register tile (``K <= MAX_SINGLE_PASS_K``); ``BLOCK_M`` rows per program for short
-  rows, so small ``K`` still moves wide, coalesced tiles;
-* looped: one row per program, ``BLOCK_K`` columns at a time; an online max/sum pass, then a normalise-and-store pass.
-  There is no upper limit on ``K``.
+* one register chunk: the whole row is one tile, read once. Rows of up to ``SHORT_K`` keys (several rows per
+  program, so small ``K`` still moves wide tiles), rows of up to ``MAX_SINGLE_PASS_K`` keys when there are too few rows
+  to fill the GPU (a decode step), and the backward up to ``MAX_SINGLE_PASS_K``;
+* chunked: rows in two passes over column chunks, an online max/sum pass over the chunks some row of the program sees,
+  then a normalise-and-store pass. There is no upper limit on ``K``.
 
 A 2D padding mask is first summarised per sequence as a key window ``[lo, hi)`` plus a "holes inside" flag (a tiny
-kernel); with causality the window ends at ``i + K - Q``. Loads are predicated on the window rounded out to aligned
-16-column groups (so the compiler keeps 16-byte loads), and the looped path starts at the window's first block:
-scores outside a row's window are never read. Offsets are int64, so tensors of more than 2**31 elements work. Scores
-are read through their strides (transposed, sliced and stride-0 views) and never copied; the output is a fresh
-contiguous tensor. Autograd is registered on the custom operator in :mod:`hf_masked_softmax.ops`, whose forward and
-backward call ``_forward`` / ``_backward`` below.
+kernel, ``masks.pad_ranges``); with causality the window ends at ``i + K - Q``. Chunks outside every row's window are
+stored as zeros without being read or computed; chunks inside every row's window skip the per-element masks. Load
+predicates are rounded out to aligned 16-column groups (so the compiler keeps 16-byte loads): scores outside a row's
+window are never read. Index math is int32, or int64 when an offset can reach 2**31 (``WIDE``), so tensors of more
+than 2**31 elements work. Scores are read through their strides (transposed, sliced and stride-0 views) and never
+copied; the output is a fresh contiguous tensor. Eager autograd is :class:`MaskedSoftmaxFunction`; under
+torch.compile the custom operator in :mod:`hf_masked_softmax.ops` (same launchers) takes its place.
 """
 from __future__ import annotations
 
@@ -389,6 +392,29 @@ def _backward(y, dy, spec, causal, scale, blocks):
 
 
 # ----------------------------------------------------------------------------------------------------------------------
+# Autograd (eager)
+# ----------------------------------------------------------------------------------------------------------------------
+class MaskedSoftmaxFunction(torch.autograd.Function):
+    """Eager autograd over the launchers. Under torch.compile the custom operators in :mod:`hf_masked_softmax.ops`
+    (same launchers, autograd registered on them) take its place."""
+
+    @staticmethod
+    def forward(ctx, scores, spec, causal, scale, blocks, cache_key):
+        with _ops.on_device(scores):
+            y = _forward(scores, spec, causal, scale, blocks, cache_key)
+        ctx.save_for_backward(y)
+        ctx.spec, ctx.causal, ctx.scale, ctx.blocks = spec, causal, scale, blocks
+        return y
+
+    @staticmethod
+    def backward(ctx, dy):
+        (y,) = ctx.saved_tensors
+        with _ops.on_device(y):
+            ds = _backward(y, dy, ctx.spec, ctx.causal, ctx.scale, ctx.blocks)
+        return ds, None, None, None, None, None
+
+
+# ----------------------------------------------------------------------------------------------------------------------
 # Public function
 # ----------------------------------------------------------------------------------------------------------------------
 def _interpreting() -> bool:
@@ -453,8 +479,7 @@ def masked_softmax(
         with _ops.on_device(scores):
             return _forward(scores, spec, bool(causal), scale, blocks, attention_mask)
     if path == "function":  # eager autograd
-        return _ops.MaskedSoftmaxFunction.apply(scores, attention_mask, spec.kind, spec.threshold, bool(causal), scale,
-                                                blocks)
+        return MaskedSoftmaxFunction.apply(scores, spec, bool(causal), scale, blocks, attention_mask)
     # One custom-operator call (torch.compile keeps it as one node, autograd records it); the mask travels as given.
     return _ops.masked_softmax_op(
         scores, attention_mask, spec.kind, spec.threshold, bool(causal), scale, MAX_SINGLE_PASS_K, LOOP_BLOCK_K

@@ -10,14 +10,16 @@ Operators (namespace ``hf_masked_softmax``), all taking tensors and scalars only
 ``mask`` is the caller's mask tensor exactly as given (``[B, K]`` padding mask or a 4D mask that broadcasts to the
 scores), ``mask_kind`` one of :mod:`hf_masked_softmax.masks`' ``NONE / PAD2D / BOOL4D / ADD4D`` and ``threshold`` the
 additive value at or below which an entry counts as masked. The public functions validate their arguments once
-(that host code is plain PyTorch and traces fine) and then call one operator: ``masked_softmax()`` in its own module,
-``attention()`` through :func:`attention` below. The implementations are the kernels'
-host functions (``_forward`` / ``_backward`` of :mod:`~hf_masked_softmax.masked_softmax` and
+(that host code is plain PyTorch and traces fine) and then pick a path (:func:`call_path`): under torch.compile, for
+tensor subclasses and under dispatch modes, one operator call (``masked_softmax()`` in its own module, ``attention()``
+through :func:`attention` below); in eager mode the launchers directly (inference) or the modules' plain
+``autograd.Function`` (training), because the dispatcher's host cost outweighs small kernels. The implementations are
+the kernels' host functions (``_forward`` / ``_backward`` of :mod:`~hf_masked_softmax.masked_softmax` and
 :mod:`~hf_masked_softmax.attention`). Fake (meta) implementations give the output shapes and strides, and autograd is
 registered with the backward operators, so compiled graphs hold one opaque node per kernel call, forward and backward.
 
-The user's mask object itself reaches the implementation (not a view of it): the fused attention caches the key
-ranges of a 2D padding mask per tensor object, and Hugging Face hands the same mask to every layer.
+The eager paths cache the key ranges of a 2D padding mask per mask object (Hugging Face hands the same mask to every
+layer); the operators compute them on every call (see :func:`hf_masked_softmax.masks.pad_ranges`).
 """
 
 import contextlib
@@ -231,52 +233,6 @@ def _attention_backward(ctx, do, _dlse):
 attention_op.register_autograd(_attention_backward, setup_context=_attention_setup)
 
 
-class MaskedSoftmaxFunction(torch.autograd.Function):
-    """Eager autograd for :func:`hf_masked_softmax.masked_softmax` (same kernels as the operator, no dispatcher)."""
-
-    @staticmethod
-    def forward(ctx, scores, mask, mask_kind, threshold, causal, scale, blocks):
-        spec = _spec(mask, mask_kind, threshold, tuple(scores.shape))
-        with on_device(scores):
-            y = _ms._forward(scores, spec, causal, scale, blocks, mask)
-        ctx.save_for_backward(y, mask)
-        ctx.args = (mask_kind, threshold, causal, scale, blocks)
-        return y
-
-    @staticmethod
-    def backward(ctx, dy):
-        y, mask = ctx.saved_tensors
-        mask_kind, threshold, causal, scale, blocks = ctx.args
-        spec = _spec(mask, mask_kind, threshold, tuple(y.shape))
-        with on_device(y):
-            ds = _ms._backward(y, dy, spec, causal, scale, blocks)
-        return ds, None, None, None, None, None, None
-
-
-class AttentionFunction(torch.autograd.Function):
-    """Eager autograd for :func:`hf_masked_softmax.attention` (same kernels as the operator, no dispatcher)."""
-
-    @staticmethod
-    def forward(ctx, q, k, v, mask, mask_kind, threshold, causal, scale):
-        B, H, Q, _ = q.shape
-        kind, mask_t, ranges, thr = _attn_mask_args(mask, mask_kind, threshold, (B, H, Q, k.shape[2]), True)
-        with on_device(q):
-            out, lse = _attn._forward(q, k, v, kind, mask_t, ranges, thr, causal, scale)
-        ctx.save_for_backward(q, k, v, out, lse, mask)
-        ctx.args = (mask_kind, threshold, causal, scale)
-        return out
-
-    @staticmethod
-    def backward(ctx, do):
-        q, k, v, out, lse, mask = ctx.saved_tensors
-        mask_kind, threshold, causal, scale = ctx.args
-        B, H, Q, _ = q.shape
-        kind, mask_t, ranges, thr = _attn_mask_args(mask, mask_kind, threshold, (B, H, Q, k.shape[2]), True)
-        with on_device(q):
-            dq, dk, dv = _attn._backward(do, q, k, v, out, lse, kind, mask_t, ranges, thr, causal, scale)
-        return dq, dk, dv, None, None, None, None, None
-
-
 def attention(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -303,7 +259,8 @@ def attention(
         kind, mask_t, ranges, threshold = _attn_mask_args(attention_mask, spec.kind, threshold, (B, H, Q, K), True)
         with on_device(q):
             return _attn._forward(q, k, v, kind, mask_t, ranges, threshold, bool(causal), scale)[0]
-    if path == "function":
-        return AttentionFunction.apply(q, k, v, attention_mask, spec.kind, threshold, bool(causal), scale)
+    if path == "function":  # eager autograd
+        kind, mask_t, ranges, threshold = _attn_mask_args(attention_mask, spec.kind, threshold, (B, H, Q, K), True)
+        return _attn.AttentionFunction.apply(q, k, v, kind, mask_t, ranges, threshold, bool(causal), scale)
     out, _ = attention_op(q, k, v, attention_mask, spec.kind, threshold, bool(causal), scale)
     return out
