@@ -4,6 +4,7 @@
 #   bash evals/gpu_session.sh kernels   # bench_softmax.py + bench_attention.py
 #   bash evals/gpu_session.sh e2e       # speed.py, logits.py, perplexity.py on the GPU (needs .gpu_assets: evals/gpu_assets.py)
 #   bash evals/gpu_session.sh check     # python -m hf_masked_softmax.check + compute-sanitizer memcheck
+#   bash evals/gpu_session.sh followup  # what the 2026-11-25 sessions left unmeasured (see the stop note)
 set -uo pipefail
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
 OUT=${OUT:-out}
@@ -34,8 +35,17 @@ case "${1:-}" in
     timeout 420 python evals/memcheck.py --tests tests/test_masked_softmax.py tests/test_attention.py \
       tests/test_bad_inputs.py -k gpu --out "$OUT/memcheck.json" 2>&1 | tail -15
     ;;
+  followup)
+    timeout 70 python evals/bench_softmax.py --quick --modes fwd,bwd --out "$OUT/softmax_bwd" 2>&1 | grep -E " ours|copy"
+    timeout 90 python evals/bench_softmax.py --tune --tune-shapes causal_8192 2>&1 | tee "$OUT/tune_8192.log" | grep best
+    timeout 120 python -m pytest -q -p no:cacheprovider tests/test_patch_llama.py 2>&1 | tail -3
+    timeout 120 python evals/speed.py --only "bert-base enc 59%,gpt2-small generate" --out "$OUT/speed" --no-plot \
+      2>&1 | tail -14
+    timeout 200 python evals/memcheck.py --tests tests/test_patch_gpu.py tests/test_compile.py tests/test_no_copies.py \
+      -k gpu --out "$OUT/memcheck_rest.json" 2>&1 | tail -3
+    ;;
   *)
-    echo "usage: bash evals/gpu_session.sh tests|kernels|e2e|check" >&2
+    echo "usage: bash evals/gpu_session.sh tests|kernels|e2e|check|followup" >&2
     exit 2
     ;;
 esac
