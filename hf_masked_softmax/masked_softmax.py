@@ -43,6 +43,7 @@ import triton
 import triton.language as tl
 
 from . import masks as _masks
+from .attention import _next_pow2, _sm_count  # host helpers shared by both kernels' launchers
 from . import ops as _ops
 from .reference import masked_softmax_reference
 
@@ -152,6 +153,15 @@ def _scores_chunk(s_row, cols, stride_k, scale2, keep, pred, add, MASKED: tl.con
 
 
 @triton.jit
+def _store_rows(ptrs, val, row_ok, cols, K, EVEN: tl.constexpr):
+    """Store a ``[BLOCK_M, CHUNK]`` tile of whole-chunk values; unmasked when every row and column is in bounds."""
+    if EVEN:
+        tl.store(ptrs, val)
+    else:
+        tl.store(ptrs, val, mask=row_ok[:, None] & (cols < K))
+
+
+@triton.jit
 def _fwd_kernel(
     s_ptr, y_ptr, mask_ptr, ranges_ptr,
     s_stride_b, s_stride_h, s_stride_q, s_stride_k,
@@ -204,17 +214,11 @@ def _fwd_kernel(
         for c0 in range(0, K, CHUNK):
             cols = c0 + offs
             if (c0 + CHUNK <= c_lo) | (c0 >= c_hi):
-                if EVEN:
-                    tl.store(y_row + cols, zero)
-                else:
-                    tl.store(y_row + cols, zero, mask=row_ok[:, None] & (cols < K))
+                _store_rows(y_row + cols, zero, row_ok, cols, K, EVEN)
             elif (c0 >= f_lo) & (c0 + CHUNK <= f_hi):
                 x = _scores_chunk(s_row, cols, s_stride_k, scale2, None, None, None, False, MASK_KIND)
                 y = tl.math.exp2(x - m_i[:, None]) * inv[:, None]
-                if EVEN:
-                    tl.store(y_row + cols, y.to(y_ptr.dtype.element_ty))
-                else:
-                    tl.store(y_row + cols, y.to(y_ptr.dtype.element_ty), mask=row_ok[:, None])
+                _store_rows(y_row + cols, y.to(y_ptr.dtype.element_ty), row_ok, cols, K, EVEN)
             else:
                 keep, pred, add = _chunk_keep(cols, lo, hi, holes, any_holes, mask_ptr, b, h, q, add_threshold,
                                               mask_stride_b, mask_stride_h, mask_stride_q, mask_stride_k,
@@ -270,18 +274,11 @@ def _bwd_kernel(
         for c0 in range(0, K, CHUNK):
             cols = c0 + offs
             if (c0 + CHUNK <= c_lo) | (c0 >= c_hi):
-                if EVEN:
-                    tl.store(ds_row + cols, zero)
-                else:
-                    tl.store(ds_row + cols, zero, mask=row_ok[:, None] & (cols < K))
+                _store_rows(ds_row + cols, zero, row_ok, cols, K, EVEN)
             elif (c0 >= f_lo) & (c0 + CHUNK <= f_hi):
                 y = tl.load(y_row + cols).to(tl.float32)
                 dy = tl.load(dy_row + cols * dy_stride_k).to(tl.float32)
-                ds = scale * y * (dy - dot)
-                if EVEN:
-                    tl.store(ds_row + cols, ds.to(ds_ptr.dtype.element_ty))
-                else:
-                    tl.store(ds_row + cols, ds.to(ds_ptr.dtype.element_ty), mask=row_ok[:, None])
+                _store_rows(ds_row + cols, (scale * y * (dy - dot)).to(ds_ptr.dtype.element_ty), row_ok, cols, K, EVEN)
             else:
                 keep, pred, _ = _chunk_keep(cols, lo, hi, holes, any_holes, mask_ptr, b, h, q, add_threshold,
                                             mask_stride_b, mask_stride_h, mask_stride_q, mask_stride_k,
@@ -295,22 +292,6 @@ def _bwd_kernel(
 # ----------------------------------------------------------------------------------------------------------------------
 # Launchers
 # ----------------------------------------------------------------------------------------------------------------------
-def _next_pow2(n: int) -> int:
-    return 1 << max(0, (n - 1).bit_length())
-
-
-def _sm_count(device: torch.device) -> int:
-    if device.type != "cuda":
-        return 4
-    idx = device.index if device.index is not None else torch.cuda.current_device()
-    if idx not in _SM_COUNT:
-        _SM_COUNT[idx] = torch.cuda.get_device_properties(idx).multi_processor_count
-    return _SM_COUNT[idx]
-
-
-_SM_COUNT: dict = {}
-
-
 def _launch_config(K: int, n_rows: int, max_single_pass_k: int, loop_block_k: int, sms: int, backward: bool = False):
     """(BLOCK_M, CHUNK, ONE_CHUNK, num_warps) for ``n_rows`` rows of ``K`` keys.
 

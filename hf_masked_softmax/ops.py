@@ -22,7 +22,6 @@ The eager paths cache the key ranges of a 2D padding mask per mask object (Huggi
 layer); the operators compute them on every call (see :func:`hf_masked_softmax.masks.pad_ranges`).
 """
 
-import contextlib
 import importlib
 from typing import Optional
 
@@ -50,14 +49,7 @@ def _spec(mask: Optional[torch.Tensor], kind: int, threshold: float, shape) -> _
     return _masks.MaskSpec(kind, mask, threshold)
 
 
-def on_device(t: torch.Tensor):
-    """Launch on ``t``'s CUDA device (Triton launches on the current device); a no-op for CPU tensors."""
-    if t.device.type == "cuda":
-        return torch.cuda.device(t.device)
-    return contextlib.nullcontext()
-
-
-_on_device = on_device
+on_device = _attn._device_of  # launch on a tensor's CUDA device (Triton launches on the current one)
 
 
 def _dispatch_modes_active() -> bool:
@@ -86,11 +78,6 @@ def call_path(*tensors: torch.Tensor) -> str:
     return "direct"
 
 
-def needs_dispatch(*tensors: torch.Tensor) -> bool:
-    """Whether a call must go through the custom operator (see :func:`call_path`)."""
-    return call_path(*tensors) == "op"
-
-
 # ----------------------------------------------------------------------------------------------------------------------
 # masked_softmax
 # ----------------------------------------------------------------------------------------------------------------------
@@ -106,7 +93,7 @@ def masked_softmax_op(
     loop_block_k: int,
 ) -> torch.Tensor:
     spec = _spec(mask, mask_kind, threshold, tuple(scores.shape))
-    with _on_device(scores):
+    with on_device(scores):
         return _ms._forward(scores, spec, causal, scale, (max_single_pass_k, loop_block_k))
 
 
@@ -128,7 +115,7 @@ def masked_softmax_backward_op(
     loop_block_k: int,
 ) -> torch.Tensor:
     spec = _spec(mask, mask_kind, threshold, tuple(y.shape))
-    with _on_device(y):
+    with on_device(y):
         return _ms._backward(y, dy, spec, causal, scale, (max_single_pass_k, loop_block_k))
 
 
@@ -179,7 +166,7 @@ def attention_op(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     B, H, Q, _ = q.shape
     kind, mask_t, ranges, threshold = _attn_mask_args(mask, mask_kind, threshold, (B, H, Q, k.shape[2]))
-    with _on_device(q):
+    with on_device(q):
         return _attn._forward(q, k, v, kind, mask_t, ranges, threshold, causal, scale)
 
 
@@ -208,7 +195,7 @@ def attention_backward_op(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     B, H, Q, _ = q.shape
     kind, mask_t, ranges, threshold = _attn_mask_args(mask, mask_kind, threshold, (B, H, Q, k.shape[2]))
-    with _on_device(q):
+    with on_device(q):
         return _attn._backward(do, q, k, v, out, lse, kind, mask_t, ranges, threshold, causal, scale)
 
 
