@@ -213,7 +213,7 @@ def tune(dtype, only=None):
         dy = torch.randn_like(scores)
         blocks = (ms.MAX_SINGLE_PASS_K, ms.LOOP_BLOCK_K)
         for cfg in configs:
-            ms._launch_config = lambda *a, cfg=cfg: cfg
+            ms._launch_config = lambda *a, cfg=cfg, **kw: cfg
             y = ms._forward(scores, spec, causal, 0.125, blocks)
             fwd = median_ms(lambda: ms._forward(scores, spec, causal, 0.125, blocks), cuda_graph=True, rep=40)
             bwd = median_ms(lambda: ms._backward(y, dy, spec, causal, 0.125, blocks), cuda_graph=True, rep=40)

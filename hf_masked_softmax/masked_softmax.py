@@ -107,18 +107,21 @@ def _program_bounds(lo, hi, holes, K, MASK_KIND: tl.constexpr, CHUNK: tl.constex
 
 @triton.jit
 def _chunk_keep(cols, lo, hi, holes, any_holes, mask_ptr, b, h, q, add_threshold,
-                mask_stride_b, mask_stride_h, mask_stride_q, mask_stride_k,
-                MASK_KIND: tl.constexpr, GROUP: tl.constexpr):
+                mask_stride_b, mask_stride_h, mask_stride_q, mask_stride_k, K,
+                MASK_KIND: tl.constexpr, GROUP: tl.constexpr, ALIGNED: tl.constexpr):
     """(keep, load predicate, additive values in log2 units) of a ``[BLOCK_M, CHUNK]`` chunk that needs masking.
 
     ``keep`` is exact. The load predicate covers each row's window rounded out to aligned groups of ``GROUP`` columns:
     constant over such groups, it lets the compiler keep 16-byte loads while whole groups outside the window are never
-    read. 4D masks decide per element, so there the predicate is ``keep`` itself."""
+    read. Where ``K`` is not a multiple of ``GROUP`` (``ALIGNED`` false) the predicate also stops at ``K``. 4D masks
+    decide per element, so there the predicate is ``keep`` itself."""
     lo2 = lo[:, None]
     hi2 = hi[:, None]
     keep = (cols >= lo2) & (cols < hi2)
     g = cols // GROUP
     pred = (g >= lo2 // GROUP) & (g <= (hi2 - 1) // GROUP) & (hi2 > lo2)
+    if not ALIGNED:  # the last group runs past K: never read there (past the last row it is past the tensor)
+        pred = pred & (cols < K)
     add = tl.zeros([1, 1], tl.float32)  # used by additive masks only (dead code elsewhere)
     if MASK_KIND == 1:  # 2D padding mask [B, K]: read only for sequences with holes
         if any_holes != 0:
@@ -168,7 +171,7 @@ def _fwd_kernel(
     mask_stride_b, mask_stride_h, mask_stride_q, mask_stride_k,
     n_rows, H, Q, K, scale2, add_threshold,
     MASK_KIND: tl.constexpr, CAUSAL: tl.constexpr, BLOCK_M: tl.constexpr, CHUNK: tl.constexpr,
-    ONE_CHUNK: tl.constexpr, EVEN: tl.constexpr, GROUP: tl.constexpr, WIDE: tl.constexpr,
+    ONE_CHUNK: tl.constexpr, EVEN: tl.constexpr, GROUP: tl.constexpr, ALIGNED: tl.constexpr, WIDE: tl.constexpr,
 ):
     """``BLOCK_M`` rows per program. ``ONE_CHUNK`` (``K <= CHUNK``): the rows stay in registers, one read. Otherwise
     two passes over ``CHUNK``-wide column chunks: online max / sum over the chunks some row sees, then normalise and
@@ -183,7 +186,8 @@ def _fwd_kernel(
     c_lo, c_hi, f_lo, f_hi, any_holes = _program_bounds(lo, hi, holes, K, MASK_KIND, CHUNK)
     if ONE_CHUNK:
         keep, pred, add = _chunk_keep(offs, lo, hi, holes, any_holes, mask_ptr, b, h, q, add_threshold,
-                                      mask_stride_b, mask_stride_h, mask_stride_q, mask_stride_k, MASK_KIND, GROUP)
+                                      mask_stride_b, mask_stride_h, mask_stride_q, mask_stride_k, K, MASK_KIND, GROUP,
+                                      ALIGNED)
         x = _scores_chunk(s_row, offs, s_stride_k, scale2, keep, pred, add, True, MASK_KIND)
         m = tl.max(x, axis=1)
         m = tl.where(m == float("-inf"), 0.0, m)  # an empty row shifts by 0: exp2(-inf) = 0, never NaN
@@ -201,8 +205,8 @@ def _fwd_kernel(
                 x = _scores_chunk(s_row, cols, s_stride_k, scale2, None, None, None, False, MASK_KIND)
             else:
                 keep, pred, add = _chunk_keep(cols, lo, hi, holes, any_holes, mask_ptr, b, h, q, add_threshold,
-                                              mask_stride_b, mask_stride_h, mask_stride_q, mask_stride_k,
-                                              MASK_KIND, GROUP)
+                                              mask_stride_b, mask_stride_h, mask_stride_q, mask_stride_k, K,
+                                              MASK_KIND, GROUP, ALIGNED)
                 x = _scores_chunk(s_row, cols, s_stride_k, scale2, keep, pred, add, True, MASK_KIND)
             m_new = tl.maximum(m_i, tl.max(x, axis=1))
             m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
@@ -221,8 +225,8 @@ def _fwd_kernel(
                 _store_rows(y_row + cols, y.to(y_ptr.dtype.element_ty), row_ok, cols, K, EVEN)
             else:
                 keep, pred, add = _chunk_keep(cols, lo, hi, holes, any_holes, mask_ptr, b, h, q, add_threshold,
-                                              mask_stride_b, mask_stride_h, mask_stride_q, mask_stride_k,
-                                              MASK_KIND, GROUP)
+                                              mask_stride_b, mask_stride_h, mask_stride_q, mask_stride_k, K,
+                                              MASK_KIND, GROUP, ALIGNED)
                 x = _scores_chunk(s_row, cols, s_stride_k, scale2, keep, pred, add, True, MASK_KIND)
                 y = tl.where(keep, tl.math.exp2(x - m_i[:, None]) * inv[:, None], 0.0)
                 tl.store(y_row + cols, y.to(y_ptr.dtype.element_ty), mask=row_ok[:, None] & (cols < K))
@@ -235,7 +239,7 @@ def _bwd_kernel(
     mask_stride_b, mask_stride_h, mask_stride_q, mask_stride_k,
     n_rows, H, Q, K, scale, add_threshold,
     MASK_KIND: tl.constexpr, CAUSAL: tl.constexpr, BLOCK_M: tl.constexpr, CHUNK: tl.constexpr,
-    ONE_CHUNK: tl.constexpr, EVEN: tl.constexpr, GROUP: tl.constexpr, WIDE: tl.constexpr,
+    ONE_CHUNK: tl.constexpr, EVEN: tl.constexpr, GROUP: tl.constexpr, ALIGNED: tl.constexpr, WIDE: tl.constexpr,
 ):
     """``dS = scale * Y * (dY - sum(dY * Y))`` with the forward's chunking; masked entries (Y = 0) are written as zeros
     without reading ``Y`` or ``dY`` there."""
@@ -250,7 +254,8 @@ def _bwd_kernel(
     c_lo, c_hi, f_lo, f_hi, any_holes = _program_bounds(lo, hi, holes, K, MASK_KIND, CHUNK)
     if ONE_CHUNK:
         keep, pred, _ = _chunk_keep(offs, lo, hi, holes, any_holes, mask_ptr, b, h, q, add_threshold,
-                                    mask_stride_b, mask_stride_h, mask_stride_q, mask_stride_k, MASK_KIND, GROUP)
+                                    mask_stride_b, mask_stride_h, mask_stride_q, mask_stride_k, K, MASK_KIND, GROUP,
+                                      ALIGNED)
         y = tl.where(keep, tl.load(y_row + offs, mask=pred).to(tl.float32), 0.0)
         dy = tl.where(keep, tl.load(dy_row + offs * dy_stride_k, mask=pred).to(tl.float32), 0.0)
         dot = tl.sum(y * dy, axis=1)
@@ -264,8 +269,8 @@ def _bwd_kernel(
                 acc += tl.load(y_row + cols).to(tl.float32) * tl.load(dy_row + cols * dy_stride_k).to(tl.float32)
             else:
                 keep, pred, _ = _chunk_keep(cols, lo, hi, holes, any_holes, mask_ptr, b, h, q, add_threshold,
-                                            mask_stride_b, mask_stride_h, mask_stride_q, mask_stride_k,
-                                            MASK_KIND, GROUP)
+                                            mask_stride_b, mask_stride_h, mask_stride_q, mask_stride_k, K,
+                                            MASK_KIND, GROUP, ALIGNED)
                 y = tl.load(y_row + cols, mask=pred).to(tl.float32)
                 dy = tl.load(dy_row + cols * dy_stride_k, mask=pred).to(tl.float32)
                 acc += tl.where(keep, y * dy, 0.0)
@@ -281,8 +286,8 @@ def _bwd_kernel(
                 _store_rows(ds_row + cols, (scale * y * (dy - dot)).to(ds_ptr.dtype.element_ty), row_ok, cols, K, EVEN)
             else:
                 keep, pred, _ = _chunk_keep(cols, lo, hi, holes, any_holes, mask_ptr, b, h, q, add_threshold,
-                                            mask_stride_b, mask_stride_h, mask_stride_q, mask_stride_k,
-                                            MASK_KIND, GROUP)
+                                            mask_stride_b, mask_stride_h, mask_stride_q, mask_stride_k, K,
+                                            MASK_KIND, GROUP, ALIGNED)
                 y = tl.load(y_row + cols, mask=pred).to(tl.float32)
                 dy = tl.load(dy_row + cols * dy_stride_k, mask=pred).to(tl.float32)
                 ds = tl.where(keep, scale * y * (dy - dot), 0.0)
@@ -353,6 +358,7 @@ def _launch(kernel, tensors, strides, spec, shape, causal, scale, blocks, cache_
         *tensors, mask_t, ranges, *strides, *mstr, n_rows, H, Q, K, scale, spec.threshold,
         MASK_KIND=spec.kind, CAUSAL=causal, BLOCK_M=block_m, CHUNK=chunk, ONE_CHUNK=one,
         EVEN=(K % chunk == 0 and n_rows % block_m == 0), GROUP=min(LOAD_GROUP, chunk),
+        ALIGNED=K % min(LOAD_GROUP, chunk) == 0,
         WIDE=_wide(shape, strides, mstr), num_warps=num_warps,
     )
 

@@ -1,0 +1,154 @@
+"""Host (CPU) cost per call of the pieces of a patched decode step, and where generate() spends its time (GPU).
+
+Generation with a KV cache is host-bound: each layer's attention on a B8 x 1-query step is a few microseconds of GPU
+work, while the Python and launch code around it takes far longer. This script measures that code.
+
+1. Microbenchmarks: wall-clock microseconds per call of back-to-back calls (synchronised once at the end, so the GPU
+   never holds the host back: these are host costs), for the decode-step shape of speed.py's GPT-2 generate row
+   (q [8, 12, 1, 64], k/v [8, 12, 192, 64], a left-padded [8, 192] mask): an empty Triton kernel with one and with
+   forty arguments, ``torch.empty``, SDPA with the mask, ``hf_masked_softmax.attention`` and ``masked_softmax``
+   with and without the mask, and the launcher alone.
+2. ``cProfile`` of one short GPT-2 ``generate()`` per implementation (sdpa, softmax, fused): the top functions by
+   own time are written to ``OUT/generate_profile_<impl>.txt``.
+
+    python evals/bench_host.py [--out DIR] [--no-profile]
+"""
+from __future__ import annotations
+
+import argparse
+import cProfile
+import io
+import os
+import pstats
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import torch  # noqa: E402
+import triton  # noqa: E402
+import triton.language as tl  # noqa: E402
+
+import benchutil  # noqa: E402
+
+
+@triton.jit
+def _empty1(x_ptr):
+    pass
+
+
+@triton.jit
+def _empty40(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, b0, b1, b2, b3, b4, b5, b6, b7, b8, b9,
+             c0, c1, c2, c3, c4, c5, c6, c7, c8, c9, d0, d1, d2, d3, d4, d5, d6, d7, d8, d9):
+    pass
+
+
+def us_per_call(fn, n=300) -> float:
+    """Median over 5 rounds of the wall time of ``n`` back-to-back calls, in microseconds per call."""
+    fn()
+    torch.cuda.synchronize()
+    rounds = []
+    for _ in range(5):
+        t0 = time.perf_counter()
+        for _ in range(n):
+            fn()
+        t1 = time.perf_counter()  # host time only: the GPU may still be busy
+        torch.cuda.synchronize()
+        rounds.append((t1 - t0) / n * 1e6)
+    rounds.sort()
+    return rounds[len(rounds) // 2]
+
+
+def micro() -> list[dict]:
+    import hf_masked_softmax as hms
+    from hf_masked_softmax import attention as attn_mod
+    from hf_masked_softmax import masks
+
+    dev = "cuda"
+    B, H, K, D = 8, 12, 192, 64
+    q = torch.randn(B, H, 1, D, device=dev, dtype=torch.float16)
+    k = torch.randn(B, H, K, D, device=dev, dtype=torch.float16)
+    v = torch.randn_like(k)
+    lens = torch.randint(K // 2, K + 1, (B,), device=dev)
+    pad = torch.arange(K, device=dev)[None] >= (K - lens)[:, None]
+    bool4d = pad[:, None, None, :]
+    scores = torch.randn(B, H, 1, K, device=dev, dtype=torch.float16)
+    x = torch.empty(16, device=dev)
+    ints = list(range(3, 43))
+    ranges = masks.pad_ranges(pad.view(torch.uint8), pad)
+    out = {}
+    with torch.no_grad():
+        out["triton empty kernel, 1 arg"] = us_per_call(lambda: _empty1[(1,)](x))
+        out["triton empty kernel, 1 tensor + 39 ints"] = us_per_call(lambda: _empty40[(1,)](x, *ints[1:]))
+        out["torch.empty"] = us_per_call(lambda: torch.empty((B, 1, H, D), device=dev, dtype=torch.float16))
+        out["sdpa, bool mask"] = us_per_call(
+            lambda: torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=bool4d))
+        out["sdpa, no mask"] = us_per_call(lambda: torch.nn.functional.scaled_dot_product_attention(q, k, v))
+        out["attention, 2D mask"] = us_per_call(lambda: hms.attention(q, k, v, pad, causal=True))
+        out["attention, no mask"] = us_per_call(lambda: hms.attention(q, k, v, causal=True))
+        out["attention launcher alone"] = us_per_call(
+            lambda: attn_mod._forward(q, k, v, attn_mod._K_RANGE, pad.view(torch.uint8), ranges, 0.0, True, 0.125))
+        out["masked_softmax, 2D mask"] = us_per_call(lambda: hms.masked_softmax(scores, pad, causal=True, scale=0.125))
+        out["masked_softmax, no mask"] = us_per_call(lambda: hms.masked_softmax(scores, causal=True, scale=0.125))
+        out["hf eager recipe (add, softmax fp32, cast)"] = us_per_call(
+            lambda: torch.softmax(scores.float() + torch.where(bool4d, 0.0, -1e4), -1).half())
+    return [{"what": w, "us_per_call": u} for w, u in out.items()]
+
+
+def profile_generate(out_dir, impls=("sdpa", "softmax", "fused"), new_tokens=16) -> list[dict]:
+    import _common
+    import speed
+
+    model = speed.build("gpt2", torch.float16, "cuda")
+    gen = torch.Generator().manual_seed(0)
+    ids, mask = speed.make_inputs(model.config.vocab_size, 8, 128, (64, 128), "left", gen, "cuda")
+    rows = []
+    for impl in impls:
+        undo = speed.set_impl(model, impl)
+
+        def fn():
+            with torch.no_grad():
+                return model.generate(ids, attention_mask=mask, max_new_tokens=new_tokens, min_new_tokens=new_tokens,
+                                      do_sample=False, pad_token_id=model.config.eos_token_id)
+        try:
+            fn()
+            torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            fn()
+            torch.cuda.synchronize()
+            wall = time.perf_counter() - t0
+            prof = cProfile.Profile()
+            prof.enable()
+            fn()
+            torch.cuda.synchronize()
+            prof.disable()
+        finally:
+            undo()
+        s = io.StringIO()
+        st = pstats.Stats(prof, stream=s)
+        st.sort_stats("tottime").print_stats(30)
+        st.sort_stats("cumulative").print_stats(45)
+        (out_dir / f"generate_profile_{impl}.txt").write_text(s.getvalue())
+        rows.append({"impl": impl, "ms_per_step": wall * 1e3 / new_tokens})
+        print(f"{impl}: {wall * 1e3 / new_tokens:.2f} ms per generated token (B8, {new_tokens} new tokens)")
+    del _common
+    return rows
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", default=None)
+    ap.add_argument("--no-profile", action="store_true")
+    args = ap.parse_args(argv)
+    if not torch.cuda.is_available():
+        sys.exit("bench_host.py needs a CUDA device")
+    out_dir = benchutil.out_dir(args.out)
+    rows = micro()
+    benchutil.print_table(rows, ["what", "us_per_call"])
+    gen_rows = [] if args.no_profile else profile_generate(out_dir)
+    benchutil.write_json(out_dir / "bench_host.json", {"env": benchutil.environment(), "micro": rows,
+                                                        "generate": gen_rows})
+
+
+if __name__ == "__main__":
+    main()
