@@ -43,28 +43,38 @@ def _empty40(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, b0, b1, b2, b3, b4, b5, b6,
     pass
 
 
-def us_per_call(fn, n=300) -> float:
+def _sync():
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+N_CALLS = 300  # back-to-back calls per round (--smoke: 2)
+
+
+def us_per_call(fn, n=None) -> float:
     """Median over 5 rounds of the wall time of ``n`` back-to-back calls, in microseconds per call."""
+    n = n or N_CALLS
     fn()
-    torch.cuda.synchronize()
+    _sync()
     rounds = []
     for _ in range(5):
         t0 = time.perf_counter()
         for _ in range(n):
             fn()
         t1 = time.perf_counter()  # host time only: the GPU may still be busy
-        torch.cuda.synchronize()
+        _sync()
         rounds.append((t1 - t0) / n * 1e6)
     rounds.sort()
     return rounds[len(rounds) // 2]
 
 
-def micro() -> list[dict]:
+def micro(dev: str) -> list[dict]:
+    import importlib
+
     import hf_masked_softmax as hms
-    from hf_masked_softmax import attention as attn_mod
     from hf_masked_softmax import masks
 
-    dev = "cuda"
+    attn_mod = importlib.import_module("hf_masked_softmax.attention")  # the module (the package exports a function)
     B, H, K, D = 8, 12, 192, 64
     q = torch.randn(B, H, 1, D, device=dev, dtype=torch.float16)
     k = torch.randn(B, H, K, D, device=dev, dtype=torch.float16)
@@ -95,13 +105,13 @@ def micro() -> list[dict]:
     return [{"what": w, "us_per_call": u} for w, u in out.items()]
 
 
-def profile_generate(out_dir, impls=("sdpa", "softmax", "fused"), new_tokens=16) -> list[dict]:
-    import _common
+def profile_generate(out_dir, dev, tiny=False, impls=("sdpa", "softmax", "fused"), new_tokens=16) -> list[dict]:
     import speed
 
-    model = speed.build("gpt2", torch.float16, "cuda")
+    model = speed.build("gpt2-tiny" if tiny else "gpt2", torch.float16 if dev == "cuda" else torch.float32, dev)
     gen = torch.Generator().manual_seed(0)
-    ids, mask = speed.make_inputs(model.config.vocab_size, 8, 128, (64, 128), "left", gen, "cuda")
+    ids, mask = speed.make_inputs(model.config.vocab_size, 8, 16 if tiny else 128, (8, 16) if tiny else (64, 128),
+                                  "left", gen, dev)
     rows = []
     for impl in impls:
         undo = speed.set_impl(model, impl)
@@ -112,15 +122,15 @@ def profile_generate(out_dir, impls=("sdpa", "softmax", "fused"), new_tokens=16)
                                       do_sample=False, pad_token_id=model.config.eos_token_id)
         try:
             fn()
-            torch.cuda.synchronize()
+            _sync()
             t0 = time.perf_counter()
             fn()
-            torch.cuda.synchronize()
+            _sync()
             wall = time.perf_counter() - t0
             prof = cProfile.Profile()
             prof.enable()
             fn()
-            torch.cuda.synchronize()
+            _sync()
             prof.disable()
         finally:
             undo()
@@ -131,7 +141,6 @@ def profile_generate(out_dir, impls=("sdpa", "softmax", "fused"), new_tokens=16)
         (out_dir / f"generate_profile_{impl}.txt").write_text(s.getvalue())
         rows.append({"impl": impl, "ms_per_step": wall * 1e3 / new_tokens})
         print(f"{impl}: {wall * 1e3 / new_tokens:.2f} ms per generated token (B8, {new_tokens} new tokens)")
-    del _common
     return rows
 
 
@@ -139,13 +148,18 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default=None)
     ap.add_argument("--no-profile", action="store_true")
+    ap.add_argument("--smoke", action="store_true", help="CPU smoke run (TRITON_INTERPRET=1): tiny model; not timings")
     args = ap.parse_args(argv)
-    if not torch.cuda.is_available():
-        sys.exit("bench_host.py needs a CUDA device")
+    if not torch.cuda.is_available() and not args.smoke:
+        sys.exit("bench_host.py needs a CUDA device (or --smoke with TRITON_INTERPRET=1)")
+    dev = "cuda" if torch.cuda.is_available() else "cpu"
+    if args.smoke:
+        global N_CALLS
+        N_CALLS = 2
     out_dir = benchutil.out_dir(args.out)
-    rows = micro()
+    rows = micro(dev)
     benchutil.print_table(rows, ["what", "us_per_call"])
-    gen_rows = [] if args.no_profile else profile_generate(out_dir)
+    gen_rows = [] if args.no_profile else profile_generate(out_dir, dev, tiny=args.smoke)
     benchutil.write_json(out_dir / "bench_host.json", {"env": benchutil.environment(), "micro": rows,
                                                         "generate": gen_rows})
 

@@ -28,8 +28,11 @@ def main(argv=None):
     for name in ("vocab.json", "merges.txt"):
         if os.path.abspath(bpe) != os.path.abspath(args.out):
             shutil.copyfile(os.path.join(bpe, name), os.path.join(args.out, name))
+    text = _common.pydoc_text()  # read before opening the copy: pydoc_text() prefers an existing copy there
+    if not text:
+        sys.exit(f"error: the pydoc text came out empty (an empty {args.out}/pydoc_topics.txt? delete it and rerun)")
     with open(os.path.join(args.out, "pydoc_topics.txt"), "w", encoding="utf-8") as f:
-        f.write(_common.pydoc_text())
+        f.write(text)
     if not args.no_calibration:
         for name in _common.CALIBRATION_FILES:
             src = _common.calibration_path(name)

@@ -56,6 +56,10 @@ def main(argv=None) -> int:
     proc = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     elapsed = time.perf_counter() - t0
     sys.stdout.write(proc.stdout[-20000:])
+    os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
+    log_path = os.path.splitext(args.out)[0] + ".log"
+    with open(log_path, "w") as f:
+        f.write(proc.stdout)
     summaries = [int(n) for n in re.findall(r"ERROR SUMMARY: (\d+) error", proc.stdout)]
     errors = sum(summaries)
     passed = re.findall(r"(\d+) passed", proc.stdout)
@@ -65,10 +69,6 @@ def main(argv=None) -> int:
                   failed_tests=failed, caching_allocator=args.caching_allocator,
                   first_errors=re.findall(r"=+ (?:Invalid|Uninitialized|Race|Barrier).*\n.*\n.*", proc.stdout)[:20],
                   log=log_path)
-    os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
-    log_path = os.path.splitext(args.out)[0] + ".log"
-    with open(log_path, "w") as f:
-        f.write(proc.stdout)
     with open(args.out, "w") as f:
         json.dump(result, f, indent=1)
     print(f"\n{args.tool}: {errors} errors over {result['passed']} passing tests ({len(failed)} failing: {failed}) in {elapsed:.0f} s "
