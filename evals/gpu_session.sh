@@ -5,12 +5,15 @@
 #   bash evals/gpu_session.sh e2e       # speed.py, logits.py, perplexity.py on the GPU (needs .gpu_assets: evals/gpu_assets.py)
 #   bash evals/gpu_session.sh check     # python -m hf_masked_softmax.check + compute-sanitizer memcheck
 #   bash evals/gpu_session.sh followup  # what the 2026-11-25 sessions left unmeasured (see the stop note)
+#   bash evals/gpu_session.sh recheck   # after the 2026-12-01 fixes: GPU tests, memcheck of the kernel tests,
+#                                       # host cost per call, generate rows (interleaved rounds)
 set -uo pipefail
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
 OUT=${OUT:-out}
 mkdir -p "$OUT"
 cd "$(dirname "$0")/.."
 pip install -e . --no-deps --no-build-isolation -q 2>&1 | grep -v -i warning
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"  # the checkout, also where the editable install did not take
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"
 
 case "${1:-}" in
@@ -44,8 +47,18 @@ case "${1:-}" in
     timeout 200 python evals/memcheck.py --tests tests/test_patch_gpu.py tests/test_compile.py tests/test_no_copies.py \
       -k gpu --out "$OUT/memcheck_rest.json" 2>&1 | tail -3
     ;;
+  recheck)
+    timeout 200 python -m pytest -q -m gpu -k "not 2_pow_31" -p no:cacheprovider 2>&1 | tee "$OUT/gpu_tests.log" | tail -3
+    timeout 50 python -m pytest -q -m gpu -k "2_pow_31" -p no:cacheprovider 2>&1 | tail -1
+    timeout 60 python -m pytest -q -p no:cacheprovider tests/test_patch_llama.py 2>&1 | tail -1
+    timeout 60 python evals/bench_host.py --no-profile --out "$OUT" 2>&1 | grep -v -i warn
+    timeout 150 python evals/speed.py --only "gpt2-small generate,llama-135m generate" --out "$OUT" --no-plot \
+      2>&1 | tail -16
+    timeout 130 python evals/memcheck.py --tests tests/test_masked_softmax.py tests/test_attention.py \
+      tests/test_bad_inputs.py -k gpu --out "$OUT/memcheck.json" 2>&1 | tail -1
+    ;;
   *)
-    echo "usage: bash evals/gpu_session.sh tests|kernels|e2e|check|followup" >&2
+    echo "usage: bash evals/gpu_session.sh tests|kernels|e2e|check|followup|recheck" >&2
     exit 2
     ;;
 esac

@@ -8,7 +8,7 @@ Settings (weights random, they do not matter for speed; configs of GPT-2 small /
   llama-135m (Llama architecture at SmolLM2-135M's size: 30 layers, 9 query / 3 key-value heads, grouped-query
     attention) forward and generate as gpt2-small
 Forward times are medians of triton.testing.do_bench (CUDA events); generate times the median of whole generate()
-calls. Peak memory is the allocator's peak during one call above what the model and inputs already hold. Speedups
+calls, timed in rounds that visit every implementation once (interleaved, so that the host's drift hits all alike). Peak memory is the allocator's peak during one call above what the model and inputs already hold. Speedups
 are against eager and sdpa measured in the same run. Prints a table; writes JSON and a PNG bar chart.
 
     python evals/speed.py --out evals/results            # GPU; ~3 minutes on an H100
@@ -157,6 +157,14 @@ class Timer:
             times.append((time.perf_counter() - t0) * 1e3)
         return statistics.median(times)
 
+    def once(self, fn):
+        """Milliseconds of one synchronised call."""
+        self.sync()
+        t0 = time.perf_counter()
+        fn()
+        self.sync()
+        return (time.perf_counter() - t0) * 1e3
+
     def peak_mb(self, fn):
         if not self.cuda:
             return None
@@ -217,7 +225,8 @@ def run_setting(setting, args, device, dtype, timer, models, bar):
                 first_tokens = toks if first_tokens is None else first_tokens
             else:
                 agree = None
-            ms = timer.bench(fn, reps=args.generate_reps if kind == "generate" else None, cpu_reps=args.cpu_reps)
+            # generate() is host-bound and the host drifts: its rounds are timed interleaved across impls below
+            ms = None if kind == "generate" else timer.bench(fn, cpu_reps=args.cpu_reps)
             peak = timer.peak_mb(fn)
         finally:
             undo()
@@ -225,12 +234,26 @@ def run_setting(setting, args, device, dtype, timer, models, bar):
                "fill": round(fill, 3), "ms": ms, "peak_mb": peak}
         if kind == "generate":
             row["new_tokens"] = new
-            row["tokens_per_s"] = batch * new / (ms / 1e3)
             row["token_agreement_with_first_impl"] = agree
         if kind == "encode":
             row["sequences_per_s"] = batch / (ms / 1e3)
         rows.append(row)
         bar.update(1)
+    if kind == "generate":
+        # Round-robin over the impls, one whole generate() each per round: slow drifts of the host's speed (seen
+        # at +-10% between runs on the GPU machines) then hit every impl alike. Median per impl.
+        times = {r["impl"]: [] for r in rows}
+        for _ in range(args.generate_reps):
+            for impl in times:
+                undo = set_impl(model, impl)
+                try:
+                    times[impl].append(timer.once(fn))
+                finally:
+                    undo()
+        for r in rows:
+            r["ms"] = statistics.median(times[r["impl"]])
+            r["ms_rounds"] = times[r["impl"]]
+            r["tokens_per_s"] = batch * new / (r["ms"] / 1e3)
     by_impl = {r["impl"]: r["ms"] for r in rows}
     for r in rows:
         for base in ("eager", "sdpa"):

@@ -607,15 +607,12 @@ def _num_splits(B, H, Q, K, block_m, block_n, device) -> int:
 
 def _wide(*tensors) -> bool:
     """Whether an element offset inside any of ``tensors`` (views included) can reach 2**31: then the kernels do
-    their index math in int64 (a compile-time switch, so ordinary sizes keep the cheaper int32 math)."""
+    their index math in int64 (a compile-time switch, so ordinary sizes keep the cheaper int32 math). Offsets count
+    from each tensor's first element, so the largest is ``sum((size - 1) * |stride|)``: plain integer math on the
+    host, cheaper than asking for the storage."""
     for t in tensors:
         if t is None:
             continue
-        try:
-            if t.untyped_storage().nbytes() < 2**31:  # offsets inside a storage are below its size: the fast check
-                continue
-        except (RuntimeError, NotImplementedError):  # no real storage (meta / fake tensors): the exact check
-            pass
         if sum((n - 1) * abs(st) for n, st in zip(t.shape, t.stride()) if n) >= 2**31 - 1:
             return True
     return False
@@ -708,7 +705,7 @@ def _backward(do, q, k, v, out, lse, kind, mask_t, ranges, threshold, causal, sc
 class AttentionFunction(torch.autograd.Function):
     """Eager autograd over the launchers. Under torch.compile the custom operators in :mod:`hf_masked_softmax.ops`
     (same launchers, autograd registered on them) take its place. ``kind`` / ``mask_t`` / ``ranges`` are the
-    kernels' mask arguments (``ops._attn_mask_args``)."""
+    kernels' mask arguments (``ops._eager_mask_args``)."""
 
     @staticmethod
     def forward(ctx, q, k, v, kind, mask_t, ranges, threshold, causal, scale):
@@ -726,9 +723,16 @@ class AttentionFunction(torch.autograd.Function):
         return dq, dk, dv, None, None, None, None, None, None
 
 
+_SAME_DEVICE = contextlib.nullcontext()
+
+
 def _device_of(t: torch.Tensor):
-    """Launch on ``t``'s CUDA device (Triton launches on the current device); a no-op for CPU tensors."""
-    return torch.cuda.device(t.device) if t.device.type == "cuda" else contextlib.nullcontext()
+    """Launch on ``t``'s CUDA device (Triton launches on the current device); a no-op for CPU tensors and when ``t``
+    is on the current device already (a device switch costs microseconds of host time per call, twice)."""
+    dev = t.device
+    if dev.type != "cuda" or dev.index == torch.cuda.current_device():
+        return _SAME_DEVICE
+    return torch.cuda.device(dev)
 
 
 # ---------------------------------------------------------------------------------------------------------------

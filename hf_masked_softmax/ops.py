@@ -142,15 +142,25 @@ masked_softmax_op.register_autograd(_masked_softmax_backward, setup_context=_mas
 # ----------------------------------------------------------------------------------------------------------------------
 # attention
 # ----------------------------------------------------------------------------------------------------------------------
-def _attn_mask_args(mask, mask_kind, threshold, shape, cache=False):
-    """(kernel kind, mask tensor, key ranges, threshold) for the attention launchers; the kernels turn a 2D padding
-    mask into per-sequence key ranges."""
+def _attn_mask_args(mask, mask_kind, threshold, shape):
+    """(kernel kind, mask tensor, key ranges, threshold) for the attention operators; the kernels turn a 2D padding
+    mask into per-sequence key ranges (computed on every call here: see masks.pad_ranges)."""
     spec = _spec(mask, mask_kind, threshold, shape)
     if mask_kind == _masks.PAD2D:
-        # key ranges are cached per mask object on the eager path only (see masks.pad_ranges)
-        return _attn._K_RANGE, spec.tensor, _masks.pad_ranges(spec.tensor, mask if cache else None), threshold
+        return _attn._K_RANGE, spec.tensor, _masks.pad_ranges(spec.tensor), threshold
     kind = {_masks.NONE: _attn._K_NONE, _masks.BOOL4D: _attn._K_BOOL, _masks.ADD4D: _attn._K_ADD}[mask_kind]
     return kind, spec.tensor, None, threshold
+
+
+_EAGER_KIND = {_masks.NONE: _attn._K_NONE, _masks.BOOL4D: _attn._K_BOOL, _masks.ADD4D: _attn._K_ADD}
+
+
+def _eager_mask_args(spec: _masks.MaskSpec, attention_mask):
+    """(kernel kind, mask tensor, key ranges) from a spec ``prepare_mask`` made; the key ranges of a 2D padding mask
+    are cached per mask object (HF hands one mask to every layer)."""
+    if spec.kind == _masks.PAD2D:
+        return _attn._K_RANGE, spec.tensor, _masks.pad_ranges(spec.tensor, attention_mask)
+    return _EAGER_KIND[spec.kind], spec.tensor, None
 
 
 @torch.library.custom_op(f"{NAMESPACE}::attention", mutates_args=())
@@ -242,12 +252,11 @@ def attention(
         # masks wider than fp32 are compared after rounding to fp32, where their masked values become -inf
         threshold = max(threshold, float(torch.finfo(torch.float32).min))
     path = call_path(q, k, v)
-    if path == "direct":  # eager inference: straight to the launcher
-        kind, mask_t, ranges, threshold = _attn_mask_args(attention_mask, spec.kind, threshold, (B, H, Q, K), True)
-        with on_device(q):
-            return _attn._forward(q, k, v, kind, mask_t, ranges, threshold, bool(causal), scale)[0]
-    if path == "function":  # eager autograd
-        kind, mask_t, ranges, threshold = _attn_mask_args(attention_mask, spec.kind, threshold, (B, H, Q, K), True)
+    if path != "op":  # eager: the validated spec as it is, key ranges cached per mask object
+        kind, mask_t, ranges = _eager_mask_args(spec, attention_mask)
+        if path == "direct":  # inference: straight to the launcher
+            with on_device(q):
+                return _attn._forward(q, k, v, kind, mask_t, ranges, threshold, bool(causal), scale)[0]
         return _attn.AttentionFunction.apply(q, k, v, kind, mask_t, ranges, threshold, bool(causal), scale)
     out, _ = attention_op(q, k, v, attention_mask, spec.kind, threshold, bool(causal), scale)
     return out
