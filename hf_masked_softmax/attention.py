@@ -794,10 +794,14 @@ def attention(
         ValueError: wrong rank or shapes, head_dim > 256, tensors on different devices.
         TypeError: unsupported or mismatched dtypes, a non-tensor argument.
     """
-    # Through the custom operator, so torch.compile traces it as one node (ops imports this module: import late).
-    from .ops import attention as attention_op
+    # Through the custom operator, so torch.compile traces it as one node (ops imports this module: bound late, once).
+    global _ops_attention
+    if _ops_attention is None:
+        from .ops import attention as _ops_attention
+    return _ops_attention(q, k, v, attention_mask, causal=causal, scale=scale)
 
-    return attention_op(q, k, v, attention_mask, causal=causal, scale=scale)
+
+_ops_attention = None
 
 
 def attention_bqhd(q, k, v, attention_mask=None, *, causal=False, scale=None) -> torch.Tensor:

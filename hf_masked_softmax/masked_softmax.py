@@ -338,20 +338,21 @@ def _wide(shape, *stride_sets) -> bool:
     return any(sum((n - 1) * abs(st) for n, st in zip(shape, strides) if n) >= 2**31 - 1 for strides in stride_sets)
 
 
-def _mask_args(spec: _masks.MaskSpec, dummy: torch.Tensor, cache_key=None):
-    """(mask tensor, its 4 strides, per-sequence key ranges) for the kernels; dummies where unused."""
+def _mask_args(spec: _masks.MaskSpec, dummy: torch.Tensor, cache_key=None, ranges=None):
+    """(mask tensor, its 4 strides, per-sequence key ranges) for the kernels; dummies where unused. The key ranges of
+    a 2D padding mask are ``ranges`` when given (the backward reuses the forward's), else computed."""
     t = spec.tensor
     if spec.kind == _masks.NONE:
         return dummy, (0, 0, 0, 0), dummy
     if spec.kind == _masks.PAD2D:
-        return t, (t.stride(0), 0, 0, t.stride(1)), _masks.pad_ranges(t, cache_key)
+        return t, (t.stride(0), 0, 0, t.stride(1)), ranges if ranges is not None else _masks.pad_ranges(t, cache_key)
     return t, tuple(t.stride()), dummy
 
 
-def _launch(kernel, tensors, strides, spec, shape, causal, scale, blocks, cache_key=None):
+def _launch(kernel, tensors, strides, spec, shape, causal, scale, blocks, cache_key=None, ranges=None):
     B, H, Q, K = shape
     n_rows = B * H * Q
-    mask_t, mstr, ranges = _mask_args(spec, tensors[0], cache_key)
+    mask_t, mstr, ranges = _mask_args(spec, tensors[0], cache_key, ranges)
     block_m, chunk, one, num_warps = _launch_config(K, n_rows, *blocks, _sm_count(tensors[0].device),
                                                     backward=len(tensors) == 3)
     kernel[(-(-n_rows // block_m),)](
@@ -363,18 +364,18 @@ def _launch(kernel, tensors, strides, spec, shape, causal, scale, blocks, cache_
     )
 
 
-def _forward(scores, spec, causal, scale, blocks, cache_key=None):
+def _forward(scores, spec, causal, scale, blocks, cache_key=None, ranges=None):
     y = torch.empty(scores.shape, dtype=scores.dtype, device=scores.device)
     if y.numel():
         _launch(_fwd_kernel, (scores, y), scores.stride(), spec, scores.shape, causal, float(scale) * _LOG2E, blocks,
-                cache_key)
+                cache_key, ranges)
     return y
 
 
-def _backward(y, dy, spec, causal, scale, blocks):
+def _backward(y, dy, spec, causal, scale, blocks, ranges=None):
     ds = torch.empty_like(y)
     if ds.numel():
-        _launch(_bwd_kernel, (y, dy, ds), dy.stride(), spec, y.shape, causal, float(scale), blocks)
+        _launch(_bwd_kernel, (y, dy, ds), dy.stride(), spec, y.shape, causal, float(scale), blocks, None, ranges)
     return ds
 
 
@@ -388,16 +389,20 @@ class MaskedSoftmaxFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, scores, spec, causal, scale, blocks, cache_key):
         with _ops.on_device(scores):
-            y = _forward(scores, spec, causal, scale, blocks, cache_key)
+            # a 2D mask's key ranges serve the backward too: one launch less there (host time is what a backward
+            # of this size is short of)
+            ranges = _masks.pad_ranges(spec.tensor, cache_key) if spec.kind == _masks.PAD2D and spec.tensor.numel() \
+                else None
+            y = _forward(scores, spec, causal, scale, blocks, cache_key, ranges)
         ctx.save_for_backward(y)
-        ctx.spec, ctx.causal, ctx.scale, ctx.blocks = spec, causal, scale, blocks
+        ctx.spec, ctx.causal, ctx.scale, ctx.blocks, ctx.ranges = spec, causal, scale, blocks, ranges
         return y
 
     @staticmethod
     def backward(ctx, dy):
         (y,) = ctx.saved_tensors
         with _ops.on_device(y):
-            ds = _backward(y, dy, ctx.spec, ctx.causal, ctx.scale, ctx.blocks)
+            ds = _backward(y, dy, ctx.spec, ctx.causal, ctx.scale, ctx.blocks, ctx.ranges)
         return ds, None, None, None, None, None
 
 
@@ -419,12 +424,16 @@ def validate_scores(scores) -> None:
         raise TypeError(f"scores must be float32, float16 or bfloat16, got {scores.dtype}")
 
 
+_FP32_MAX = float(torch.finfo(torch.float32).max)
+
+
 def validate_scale(scale) -> float:
     """``scale`` as a float that stays finite in the kernels' fp32 math (1e39 is a finite double but fp32 inf)."""
-    if isinstance(scale, bool) or not isinstance(scale, (numbers.Real, torch.Tensor)):
-        raise TypeError(f"scale must be a float, got {type(scale).__name__}")
-    scale = float(scale)
-    if not abs(scale) <= torch.finfo(torch.float32).max:
+    if type(scale) is not float:  # the common case skips the (slow) abstract-class checks
+        if isinstance(scale, bool) or not isinstance(scale, (numbers.Real, torch.Tensor)):
+            raise TypeError(f"scale must be a float, got {type(scale).__name__}")
+        scale = float(scale)
+    if not abs(scale) <= _FP32_MAX:
         raise ValueError(f"scale must be finite in float32 (|scale| <= 3.4e38), got {scale}")
     return scale
 

@@ -261,3 +261,23 @@ def test_gpu_peak_memory_is_inputs_plus_outputs():
     extra = torch.cuda.max_memory_allocated() - base
     lse_bytes = 8 * 12 * 1024 * 4
     assert extra <= out.numel() * out.element_size() + lse_bytes + 2**20, extra
+
+
+def test_masked_softmax_backward_reuses_the_forwards_key_ranges(device, monkeypatch):
+    # the eager backward takes the 2D mask's key ranges from its forward: no second ranges launch per backward
+    from hf_masked_softmax import masks
+
+    g = torch.Generator().manual_seed(3)
+    scores = torch.randn(2, 2, 3, 21, generator=g).to(device).requires_grad_(True)
+    mask = torch.ones(2, 21, dtype=torch.long, device=device)
+    mask[1, :7] = 0
+    y = masked_softmax(scores, mask, causal=True, scale=0.5)
+    dy = torch.randn(y.shape, generator=g).to(device)
+    calls = []
+    real = masks.pad_ranges
+    monkeypatch.setattr(masks, "pad_ranges", lambda *a, **k: calls.append(a) or real(*a, **k))
+    (grad,) = torch.autograd.grad(y, scores, dy)
+    assert calls == []
+    yd = y.detach().double()
+    expected = 0.5 * yd * (dy.double() - (yd * dy.double()).sum(-1, keepdim=True))
+    torch.testing.assert_close(grad.double(), expected, atol=1e-6, rtol=1e-5)
