@@ -330,12 +330,16 @@ def _launch_config(K: int, n_rows: int, max_single_pass_k: int, loop_block_k: in
 def _wide(shape, *stride_sets) -> bool:
     """Whether an element offset can reach 2**31 in the output (contiguous ``shape``) or in a strided input: then the
     kernels index in int64 (a compile-time switch: int32 index math, int64 division above all, is much cheaper)."""
-    numel = 1
-    for n in shape:
-        numel *= n
-    if numel >= 2**31 - 1:
+    # written out for four dims: generator expressions here cost several microseconds per launch on the host
+    b, h, q, k = shape
+    if b * h * q * k >= 2**31 - 1:
         return True
-    return any(sum((n - 1) * abs(st) for n, st in zip(shape, strides) if n) >= 2**31 - 1 for strides in stride_sets)
+    if not (b and h and q and k):
+        return False
+    for s0, s1, s2, s3 in stride_sets:
+        if (b - 1) * abs(s0) + (h - 1) * abs(s1) + (q - 1) * abs(s2) + (k - 1) * abs(s3) >= 2**31 - 1:
+            return True
+    return False
 
 
 def _mask_args(spec: _masks.MaskSpec, dummy: torch.Tensor, cache_key=None, ranges=None):
