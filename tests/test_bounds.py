@@ -121,3 +121,64 @@ def test_attention_stays_inside_its_tensors(bounds, B, H, Q, K):
     out = attention(q, k, v, _padding(B, K, g), causal=True)
     out.backward(torch.randn_like(out))
     assert bounds == []
+
+
+@pytest.mark.parametrize("form", ["holes", "bool4d", "add4d", "none"])
+@pytest.mark.parametrize("splits", [1, 3])
+def test_attention_decode_and_split_paths_stay_inside(bounds, monkeypatch, form, splits):
+    # one query against 37 keys, GQA 4/2, head dim 24 (padded to 32 inside the kernel), the key range split across
+    # programs; every mask form
+    import importlib
+
+    attn_mod = importlib.import_module("hf_masked_softmax.attention")
+    monkeypatch.setattr(attn_mod, "_num_splits", lambda *a: splits)
+    g = torch.Generator().manual_seed(splits)
+    B, H, Hkv, Q, K, D = 2, 4, 2, 1, 37, 24
+    q = torch.randn(B, H, Q, D, generator=g).requires_grad_(True)
+    k = torch.randn(B, Hkv, K, D, generator=g).requires_grad_(True)
+    v = torch.randn(B, Hkv, K, D, generator=g).requires_grad_(True)
+    mask = _padding(B, K, g)
+    if form == "holes":
+        mask[0, 20:25] = False
+    elif form == "bool4d":
+        mask = mask[:, None, None, :] & (torch.rand(B, 1, Q, K, generator=g) > 0.3)
+    elif form == "add4d":
+        mask = torch.zeros(B, 1, Q, K).masked_fill(~mask[:, None, None, :], float("-inf"))
+    elif form == "none":
+        mask = None
+    out = attention(q, k, v, mask, causal=True)
+    out.backward(torch.randn_like(out))
+    assert bounds == []
+
+
+def test_attention_transposed_inputs_stay_inside(bounds):
+    # q/k/v as [B, S, H, D] memory viewed as [B, H, S, D] (HF's layout before the transpose), odd lengths
+    g = torch.Generator().manual_seed(5)
+    B, H, Q, K, D = 2, 3, 19, 23, 16
+    q = torch.randn(B, Q, H, D, generator=g).transpose(1, 2).requires_grad_(True)
+    k = torch.randn(B, K, H, D, generator=g).transpose(1, 2).requires_grad_(True)
+    v = torch.randn(B, K, H, D, generator=g).transpose(1, 2).requires_grad_(True)
+    out = attention(q, k, v, _padding(B, K, g), causal=False)
+    out.backward(torch.randn_like(out))
+    assert bounds == []
+
+
+@pytest.mark.parametrize("form", ["pad", "holes", "add4d"])
+def test_masked_softmax_chunked_path_on_a_transposed_view_stays_inside(bounds, form):
+    # rows in 8-column chunks (the looped path, forced through the operator's block sizes), K = 61, scores read
+    # through a transposed view
+    from hf_masked_softmax.masks import prepare_mask
+    from hf_masked_softmax.ops import masked_softmax_op
+
+    g = torch.Generator().manual_seed(61)
+    B, H, Q, K = 2, 2, 7, 61
+    scores = torch.randn(B, H, K, Q, generator=g).transpose(2, 3).requires_grad_(True)
+    mask = _padding(B, K, g)
+    if form == "holes":
+        mask[1, 30:35] = False
+    elif form == "add4d":
+        mask = torch.zeros(B, 1, 1, K).masked_fill(~mask[:, None, None, :], float("-inf"))
+    spec = prepare_mask(mask, (B, H, Q, K), scores.device)
+    y = masked_softmax_op(scores, mask, spec.kind, spec.threshold, True, 0.5, 16, 8)
+    y.backward(torch.randn(y.shape, generator=g))
+    assert bounds == []
