@@ -56,6 +56,9 @@ def parse_args(argv=None):
                    help="also score a randomly initialised model of the same config (unpatched), for reference")
     p.add_argument("--seed", type=int, default=0, help="seed of the --untrained model")
     p.add_argument("--tolerance", type=float, default=None, help="override the relative tolerance")
+    p.add_argument("--fp32-reference", action="store_true",
+                   help="fp16/bf16: also score an fp32 copy of the model (unpatched) and report how far the unpatched "
+                        "and the patched perplexities each are from it (the pass/fail rule is unchanged)")
     p.add_argument("--json", default=None, help="write the results to this file")
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
@@ -201,6 +204,9 @@ def main(argv=None):
 
         untrained = AutoModelForCausalLM.from_config(model.config, dtype=dtype, attn_implementation=args.baseline)
         untrained = untrained.to(device).eval()
+    reference = None
+    if args.fp32_reference and args.dtype != "fp32":
+        reference = _common.load_causal_lm(args.model, torch.float32, device, attn_implementation=args.baseline)
 
     if main_process:
         print(f"model: {args.model or 'embedded tiny GPT-2 (' + _common.EMBEDDED_GPT2 + ')'} {args.dtype} on "
@@ -217,13 +223,16 @@ def main(argv=None):
     with hf_masked_softmax.patched(model, mode=args.mode):
         batched_nll(model, ids, warm, device, keep_logits)
 
-    sums = {"base": [0.0, 0, 0.0], "patched": [0.0, 0, 0.0], "untrained": [0.0, 0, 0.0]}  # nll, tokens, seconds
+    groups = ("base", "patched", "untrained", "fp32")
+    sums = {key: [0.0, 0, 0.0] for key in groups}  # nll, tokens, seconds
     bar = tqdm(batches, desc="perplexity", unit="batch", disable=args.no_progress or not main_process)
     for group in bar:
         # Interleave the two so that both see the same machine load; (un)patching stays outside the timed part.
         runs = [("base", model, False), ("patched", model, True)]
         if untrained is not None:
             runs.append(("untrained", untrained, False))
+        if reference is not None:
+            runs.append(("fp32", reference, False))
         for key, m, patch in runs:
             if patch:
                 hf_masked_softmax.patch_model(m, mode=args.mode)
@@ -241,18 +250,18 @@ def main(argv=None):
             sums[key][2] += dt
         bar.set_postfix(ppl=f"{math.exp(sums['patched'][0] / max(1, sums['patched'][1])):.3f}")
 
-    flat = torch.tensor([v for key in ("base", "patched", "untrained") for v in sums[key]], dtype=torch.float64)
+    flat = torch.tensor([v for key in groups for v in sums[key]], dtype=torch.float64)
     if distributed:
         every = gather(flat.to(device)).cpu().view(world, -1)
         totals = every.sum(0)
-        for k in (2, 5, 8):  # wall time: the slowest process
+        for k in range(2, 3 * len(groups), 3):  # wall time: the slowest process
             totals[k] = every[:, k].max()
     else:
         totals = flat
     if not main_process:
         return 0
 
-    base_nll, n_tokens, base_s, patched_nll, n_tokens_p, patched_s, un_nll, _, _ = totals.tolist()
+    base_nll, n_tokens, base_s, patched_nll, n_tokens_p, patched_s, un_nll, _, _, ref_nll, _, _ = totals.tolist()
     assert int(n_tokens) == int(n_tokens_p) == len(ids) - 1, (n_tokens, n_tokens_p, len(ids))
     ppl_base = math.exp(base_nll / n_tokens)
     ppl_patched = math.exp(patched_nll / n_tokens)
@@ -286,11 +295,20 @@ def main(argv=None):
     }
     if untrained is not None:
         result["perplexity_untrained"] = math.exp(un_nll / n_tokens)
+    if reference is not None:
+        ppl_ref = math.exp(ref_nll / n_tokens)
+        result["perplexity_fp32"] = ppl_ref
+        result["unpatched_relative_error_vs_fp32"] = abs(ppl_base - ppl_ref) / ppl_ref
+        result["patched_relative_error_vs_fp32"] = abs(ppl_patched - ppl_ref) / ppl_ref
     print(f"perplexity unpatched ({args.baseline}): {ppl_base:.6f}   {result['tokens_per_s_unpatched']:.0f} tokens/s")
     print(f"perplexity patched ({args.mode}):   {ppl_patched:.6f}   {result['tokens_per_s_patched']:.0f} tokens/s")
     if untrained is not None:
         print(f"perplexity untrained (same config): {result['perplexity_untrained']:.1f}  "
               f"(ratio {result['perplexity_untrained'] / ppl_base:.1f}x)")
+    if reference is not None:
+        print(f"perplexity fp32 ({args.baseline}, unpatched): {result['perplexity_fp32']:.6f}; relative error vs fp32: "
+              f"unpatched {result['unpatched_relative_error_vs_fp32']:.3e}, "
+              f"patched {result['patched_relative_error_vs_fp32']:.3e}")
     print(f"relative difference {rel:.3e} (tolerance {tolerance:.0e}): {'OK' if ok else 'FAILED'}; "
           f"speedup {result['speedup']:.3f}x; {result['seconds_total']:.1f}s in total")
     if args.json:

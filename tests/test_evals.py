@@ -67,6 +67,19 @@ def test_perplexity_patched_equals_unpatched(ppl_one):
     assert expected in r["patched_path"]
 
 
+def test_perplexity_fp32_reference_scores_the_fp32_model(ppl_one, tmp_path):
+    # bf16 run with --fp32-reference: its fp32 perplexity is the fp32 run's unpatched one, and the reported errors
+    # are the bf16 perplexities' distances from it
+    out = tmp_path / "bf16.json"
+    perplexity.main(PPL_SLICE + ["--dtype", "bf16", "--fp32-reference", "--json", str(out)])
+    r = _read(out)
+    ref = r["perplexity_fp32"]
+    assert ref == pytest.approx(ppl_one["perplexity_unpatched"], rel=1e-9)
+    assert r["unpatched_relative_error_vs_fp32"] == pytest.approx(abs(r["perplexity_unpatched"] - ref) / ref)
+    assert r["patched_relative_error_vs_fp32"] == pytest.approx(abs(r["perplexity_patched"] - ref) / ref)
+    assert 0 < r["unpatched_relative_error_vs_fp32"] < 0.05  # bf16 really ran, and stayed close
+
+
 def test_perplexity_batching_does_not_change_the_result(tmp_path):
     a, b = tmp_path / "a.json", tmp_path / "b.json"
     short = PPL_SLICE + ["--max-tokens", "100", "--mode", "softmax"]
