@@ -26,8 +26,9 @@ H100):
 A 2D padding mask is first summarised per sequence as a key window ``[lo, hi)`` plus a "holes inside" flag (a tiny
 kernel, ``masks.pad_ranges``); with causality the window ends at ``i + K - Q``. Chunks outside every row's window are
 stored as zeros without being read or computed; chunks inside every row's window skip the per-element masks. Load
-predicates are rounded out to aligned 16-column groups (so the compiler keeps 16-byte loads): scores outside a row's
-window are never read. Index math is int32, or int64 when an offset can reach 2**31 (``WIDE``), so tensors of more
+predicates are rounded out to aligned 16-column groups (so the compiler keeps 16-byte loads) and, when K is not a
+multiple of 16, stop at K (the last group would run past the row, and past the tensor on its last row): scores outside
+a row's window are never read. Index math is int32, or int64 when an offset can reach 2**31 (``WIDE``), so tensors of more
 than 2**31 elements work. Scores are read through their strides (transposed, sliced and stride-0 views) and never
 copied; the output is a fresh contiguous tensor. Eager autograd is :class:`MaskedSoftmaxFunction`; under
 torch.compile the custom operator in :mod:`hf_masked_softmax.ops` (same launchers) takes its place.
