@@ -71,8 +71,8 @@ def main(argv=None) -> int:
                   log=log_path)
     with open(args.out, "w") as f:
         json.dump(result, f, indent=1)
-    print(f"\n{args.tool}: {errors} errors over {result['passed']} passing tests ({len(failed)} failing: {failed}) in {elapsed:.0f} s "
-          f"(pytest exit {proc.returncode}); written to {args.out}")
+    print(f"\n{args.tool}: {errors} errors over {result['passed']} passing tests ({len(failed)} failing: {failed}) "
+          f"in {elapsed:.0f} s (pytest exit {proc.returncode}); written to {args.out}")
     if not summaries:
         print("no ERROR SUMMARY line found: did the sanitizer run?", file=sys.stderr)
         return 1

@@ -8,8 +8,9 @@ Settings (weights random, they do not matter for speed; configs of GPT-2 small /
   llama-135m (Llama architecture at SmolLM2-135M's size: 30 layers, 9 query / 3 key-value heads, grouped-query
     attention) forward and generate as gpt2-small
 Forward times are medians of triton.testing.do_bench (CUDA events); generate times the median of whole generate()
-calls, timed in rounds that visit every implementation once (interleaved, so that the host's drift hits all alike). Peak memory is the allocator's peak during one call above what the model and inputs already hold. Speedups
-are against eager and sdpa measured in the same run. Prints a table; writes JSON and a PNG bar chart.
+calls, timed in rounds that visit every implementation once (interleaved, so that the host's drift hits all alike).
+Peak memory is the allocator's peak during one call above what the model and inputs already hold. Speedups are
+against eager and sdpa measured in the same run. Prints a table; writes JSON and a PNG bar chart.
 
     python evals/speed.py --out evals/results            # GPU; ~3 minutes on an H100
     python evals/speed.py --tiny --device cpu             # smoke run of the script on tiny configs
@@ -241,7 +242,7 @@ def run_setting(setting, args, device, dtype, timer, models, bar):
         bar.update(1)
     if kind == "generate":
         # Round-robin over the impls, one whole generate() each per round: slow drifts of the host's speed (seen
-        # at +-10% between runs on the GPU machines) then hit every impl alike. Median per impl.
+        # at +-25% between rounds on an H200 host) then hit every impl alike. Median per impl.
         times = {r["impl"]: [] for r in rows}
         for _ in range(args.generate_reps):
             for impl in times:

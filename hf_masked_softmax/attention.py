@@ -710,7 +710,7 @@ def _backward(do, q, k, v, out, lse, kind, mask_t, ranges, threshold, causal, sc
 class AttentionFunction(torch.autograd.Function):
     """Eager autograd over the launchers. Under torch.compile the custom operators in :mod:`hf_masked_softmax.ops`
     (same launchers, autograd registered on them) take its place. ``kind`` / ``mask_t`` / ``ranges`` are the
-    kernels' mask arguments (``ops._eager_mask_args``)."""
+    kernels' mask arguments (``ops._kernel_mask_args``)."""
 
     @staticmethod
     def forward(ctx, q, k, v, kind, mask_t, ranges, threshold, causal, scale):

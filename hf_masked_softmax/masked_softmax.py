@@ -188,7 +188,7 @@ def _fwd_kernel(
     if ONE_CHUNK:
         keep, pred, add = _chunk_keep(offs, lo, hi, holes, any_holes, mask_ptr, b, h, q, add_threshold,
                                       mask_stride_b, mask_stride_h, mask_stride_q, mask_stride_k, K, MASK_KIND, GROUP,
-                                      ALIGNED)
+                                    ALIGNED)
         x = _scores_chunk(s_row, offs, s_stride_k, scale2, keep, pred, add, True, MASK_KIND)
         m = tl.max(x, axis=1)
         m = tl.where(m == float("-inf"), 0.0, m)  # an empty row shifts by 0: exp2(-inf) = 0, never NaN
@@ -256,7 +256,7 @@ def _bwd_kernel(
     if ONE_CHUNK:
         keep, pred, _ = _chunk_keep(offs, lo, hi, holes, any_holes, mask_ptr, b, h, q, add_threshold,
                                     mask_stride_b, mask_stride_h, mask_stride_q, mask_stride_k, K, MASK_KIND, GROUP,
-                                      ALIGNED)
+                                    ALIGNED)
         y = tl.where(keep, tl.load(y_row + offs, mask=pred).to(tl.float32), 0.0)
         dy = tl.where(keep, tl.load(dy_row + offs * dy_stride_k, mask=pred).to(tl.float32), 0.0)
         dot = tl.sum(y * dy, axis=1)
@@ -343,21 +343,22 @@ def _wide(shape, *stride_sets) -> bool:
     return False
 
 
-def _mask_args(spec: _masks.MaskSpec, dummy: torch.Tensor, cache_key=None, ranges=None):
+def _mask_args(spec: _masks.MaskSpec, dummy: torch.Tensor, ranges=None):
     """(mask tensor, its 4 strides, per-sequence key ranges) for the kernels; dummies where unused. The key ranges of
-    a 2D padding mask are ``ranges`` when given (the backward reuses the forward's), else computed."""
+    a 2D padding mask are ``ranges`` when the caller has them (eager calls: cached per mask object, and the backward
+    reuses the forward's), else computed here."""
     t = spec.tensor
     if spec.kind == _masks.NONE:
         return dummy, (0, 0, 0, 0), dummy
     if spec.kind == _masks.PAD2D:
-        return t, (t.stride(0), 0, 0, t.stride(1)), ranges if ranges is not None else _masks.pad_ranges(t, cache_key)
+        return t, (t.stride(0), 0, 0, t.stride(1)), ranges if ranges is not None else _masks.pad_ranges(t)
     return t, tuple(t.stride()), dummy
 
 
-def _launch(kernel, tensors, strides, spec, shape, causal, scale, blocks, cache_key=None, ranges=None):
+def _launch(kernel, tensors, strides, spec, shape, causal, scale, blocks, ranges=None):
     B, H, Q, K = shape
     n_rows = B * H * Q
-    mask_t, mstr, ranges = _mask_args(spec, tensors[0], cache_key, ranges)
+    mask_t, mstr, ranges = _mask_args(spec, tensors[0], ranges)
     block_m, chunk, one, num_warps = _launch_config(K, n_rows, *blocks, _sm_count(tensors[0].device),
                                                     backward=len(tensors) == 3)
     kernel[(-(-n_rows // block_m),)](
@@ -369,18 +370,18 @@ def _launch(kernel, tensors, strides, spec, shape, causal, scale, blocks, cache_
     )
 
 
-def _forward(scores, spec, causal, scale, blocks, cache_key=None, ranges=None):
+def _forward(scores, spec, causal, scale, blocks, ranges=None):
     y = torch.empty(scores.shape, dtype=scores.dtype, device=scores.device)
     if y.numel():
         _launch(_fwd_kernel, (scores, y), scores.stride(), spec, scores.shape, causal, float(scale) * _LOG2E, blocks,
-                cache_key, ranges)
+                ranges)
     return y
 
 
 def _backward(y, dy, spec, causal, scale, blocks, ranges=None):
     ds = torch.empty_like(y)
     if ds.numel():
-        _launch(_bwd_kernel, (y, dy, ds), dy.stride(), spec, y.shape, causal, float(scale), blocks, None, ranges)
+        _launch(_bwd_kernel, (y, dy, ds), dy.stride(), spec, y.shape, causal, float(scale), blocks, ranges)
     return ds
 
 
@@ -396,9 +397,8 @@ class MaskedSoftmaxFunction(torch.autograd.Function):
         with _ops.on_device(scores):
             # a 2D mask's key ranges serve the backward too: one launch less there (host time is what a backward
             # of this size is short of)
-            ranges = _masks.pad_ranges(spec.tensor, cache_key) if spec.kind == _masks.PAD2D and spec.tensor.numel() \
-                else None
-            y = _forward(scores, spec, causal, scale, blocks, cache_key, ranges)
+            ranges = _masks.spec_ranges(spec, cache_key) if scores.numel() else None
+            y = _forward(scores, spec, causal, scale, blocks, ranges)
         ctx.save_for_backward(y)
         ctx.spec, ctx.causal, ctx.scale, ctx.blocks, ctx.ranges = spec, causal, scale, blocks, ranges
         return y
@@ -478,7 +478,8 @@ def masked_softmax(
     blocks = (MAX_SINGLE_PASS_K, LOOP_BLOCK_K)
     if path == "direct":  # eager inference: straight to the launcher (the dispatcher's Python outweighs small kernels)
         with _ops.on_device(scores):
-            return _forward(scores, spec, bool(causal), scale, blocks, attention_mask)
+            ranges = _masks.spec_ranges(spec, attention_mask) if scores.numel() else None
+            return _forward(scores, spec, bool(causal), scale, blocks, ranges)
     if path == "function":  # eager autograd
         return MaskedSoftmaxFunction.apply(scores, spec, bool(causal), scale, blocks, attention_mask)
     # One custom-operator call (torch.compile keeps it as one node, autograd records it); the mask travels as given.

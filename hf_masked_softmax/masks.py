@@ -181,3 +181,11 @@ def pad_ranges(mask: torch.Tensor, cache_key: Optional[torch.Tensor] = None) -> 
     if version is not None:
         RANGE_CACHE[key] = (weakref.ref(cache_key, lambda ref, key=key: _forget_ranges(ref, key)), version, ranges)
     return ranges
+
+
+def spec_ranges(spec: MaskSpec, cache_key: Optional[torch.Tensor] = None) -> Optional[torch.Tensor]:
+    """The key ranges of a validated 2D padding mask (cached per ``cache_key``, see ``pad_ranges``); None for other
+    masks."""
+    if spec.kind != PAD2D:
+        return None
+    return pad_ranges(spec.tensor, cache_key)

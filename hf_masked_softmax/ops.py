@@ -142,25 +142,20 @@ masked_softmax_op.register_autograd(_masked_softmax_backward, setup_context=_mas
 # ----------------------------------------------------------------------------------------------------------------------
 # attention
 # ----------------------------------------------------------------------------------------------------------------------
+_KERNEL_KIND = {_masks.NONE: _attn._K_NONE, _masks.PAD2D: _attn._K_RANGE, _masks.BOOL4D: _attn._K_BOOL,
+                _masks.ADD4D: _attn._K_ADD}
+
+
+def _kernel_mask_args(spec: _masks.MaskSpec, cache_key=None):
+    """(kernel kind, mask tensor, key ranges) of a validated mask: the kernels turn a 2D padding mask into
+    per-sequence key ranges, cached per ``cache_key`` (the eager paths pass the caller's mask: HF hands one mask to
+    every layer; the operators pass none and compute them on every call, see masks.pad_ranges)."""
+    return _KERNEL_KIND[spec.kind], spec.tensor, _masks.spec_ranges(spec, cache_key)
+
+
 def _attn_mask_args(mask, mask_kind, threshold, shape):
-    """(kernel kind, mask tensor, key ranges, threshold) for the attention operators; the kernels turn a 2D padding
-    mask into per-sequence key ranges (computed on every call here: see masks.pad_ranges)."""
-    spec = _spec(mask, mask_kind, threshold, shape)
-    if mask_kind == _masks.PAD2D:
-        return _attn._K_RANGE, spec.tensor, _masks.pad_ranges(spec.tensor), threshold
-    kind = {_masks.NONE: _attn._K_NONE, _masks.BOOL4D: _attn._K_BOOL, _masks.ADD4D: _attn._K_ADD}[mask_kind]
-    return kind, spec.tensor, None, threshold
-
-
-_EAGER_KIND = {_masks.NONE: _attn._K_NONE, _masks.BOOL4D: _attn._K_BOOL, _masks.ADD4D: _attn._K_ADD}
-
-
-def _eager_mask_args(spec: _masks.MaskSpec, attention_mask):
-    """(kernel kind, mask tensor, key ranges) from a spec ``prepare_mask`` made; the key ranges of a 2D padding mask
-    are cached per mask object (HF hands one mask to every layer)."""
-    if spec.kind == _masks.PAD2D:
-        return _attn._K_RANGE, spec.tensor, _masks.pad_ranges(spec.tensor, attention_mask)
-    return _EAGER_KIND[spec.kind], spec.tensor, None
+    """(kernel kind, mask tensor, key ranges, threshold) for the attention operators."""
+    return (*_kernel_mask_args(_spec(mask, mask_kind, threshold, shape)), threshold)
 
 
 @torch.library.custom_op(f"{NAMESPACE}::attention", mutates_args=())
@@ -253,7 +248,7 @@ def attention(
         threshold = max(threshold, float(torch.finfo(torch.float32).min))
     path = call_path(q, k, v)
     if path != "op":  # eager: the validated spec as it is, key ranges cached per mask object
-        kind, mask_t, ranges = _eager_mask_args(spec, attention_mask)
+        kind, mask_t, ranges = _kernel_mask_args(spec, attention_mask)
         if path == "direct":  # inference: straight to the launcher
             with on_device(q):
                 return _attn._forward(q, k, v, kind, mask_t, ranges, threshold, bool(causal), scale)[0]
