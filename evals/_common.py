@@ -277,7 +277,11 @@ def patched_path(device: str, mode: str = "auto") -> str:
         return f"Triton {op} on the GPU"
     if os.environ.get("TRITON_INTERPRET") == "1":
         return f"the real Triton {op} in Triton's CPU interpreter (TRITON_INTERPRET=1)"
-    return f"fp32 PyTorch reference of the {op} (CPU fallback; TRITON_INTERPRET=1 runs the Triton kernels instead)"
+    if mode == "softmax":
+        return f"fp32 PyTorch reference of the {op} (CPU fallback; TRITON_INTERPRET=1 runs the Triton kernels instead)"
+    return (f"PyTorch reference of the {op}, fp32 math with fp16/bf16 probabilities rounded to the inputs' dtype "
+            "before the product with v, as the kernel does (CPU fallback; TRITON_INTERPRET=1 runs the Triton kernels "
+            "instead)")
 
 
 def system_info() -> dict:

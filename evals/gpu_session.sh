@@ -7,6 +7,9 @@
 #   bash evals/gpu_session.sh followup  # what the 2026-11-25 sessions left unmeasured (see the stop note)
 #   bash evals/gpu_session.sh recheck   # after the 2026-12-01 fixes: GPU tests, memcheck of the kernel tests,
 #                                       # host cost per call, generate rows (interleaved rounds)
+#   bash evals/gpu_session.sh verify    # 2026-12-02: GPU tests, memcheck of the compiled static-cache decode without
+#                                       # CUDA graphs, masked_softmax forward/backward incl. the kernels alone
+#   bash evals/gpu_session.sh measure   # 2026-12-02: host cost per call, peak-memory rows of speed.py
 set -uo pipefail
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
 OUT=${OUT:-out}
@@ -57,8 +60,22 @@ case "${1:-}" in
     timeout 130 python evals/memcheck.py --tests tests/test_masked_softmax.py tests/test_attention.py \
       tests/test_bad_inputs.py -k gpu --out "$OUT/memcheck.json" 2>&1 | tail -1
     ;;
+  verify)
+    timeout 170 python -m pytest -q -m gpu -k "not 2_pow_31" -p no:cacheprovider 2>&1 | tee "$OUT/gpu_tests.log" | tail -3
+    timeout 45 python -m pytest -q -m gpu -k "2_pow_31" -p no:cacheprovider 2>&1 | tail -1
+    timeout 50 python -m pytest -q -p no:cacheprovider tests/test_patch_llama.py 2>&1 | tail -1
+    timeout 80 python evals/bench_softmax.py --quick --modes fwd,bwd --out "$OUT" 2>&1 | grep -E " ours|copy"
+    timeout 180 python evals/memcheck.py --tests tests/test_compile.py -k "without_cuda_graphs" \
+      --out "$OUT/memcheck_static_cache.json" 2>&1 | tail -4
+    ;;
+  measure)
+    timeout 60 python evals/bench_host.py --no-profile --out "$OUT" 2>&1 | grep -v -i warn
+    timeout 240 python evals/speed.py --only "llama-135m fwd pad,gpt2-medium generate" --impls eager,sdpa,softmax,fused \
+      --out "$OUT" --no-plot 2>&1 | tail -16
+    timeout 120 python evals/bench_softmax.py --tune --tune-shapes gpt2_prefill 2>&1 | tee "$OUT/tune_gpt2.log" | grep best
+    ;;
   *)
-    echo "usage: bash evals/gpu_session.sh tests|kernels|e2e|check|followup|recheck" >&2
+    echo "usage: bash evals/gpu_session.sh tests|kernels|e2e|check|followup|recheck|verify|measure" >&2
     exit 2
     ;;
 esac

@@ -241,7 +241,10 @@ def attention(
     spec = _masks.prepare_mask(attention_mask, (B, H, Q, K), q.device)
     scale = _ms.validate_scale(D ** -0.5 if scale is None else scale)
     if not (q.device.type == "cuda" or (_attn._INTERPRET and q.device.type == "cpu")):
-        return attention_reference(q, k, v, attention_mask, causal=causal, scale=scale)
+        # half precision: the probabilities are rounded to q's dtype before the product with v, like the GPU kernel
+        half = q.dtype in (torch.float16, torch.bfloat16)
+        return attention_reference(q, k, v, attention_mask, causal=causal, scale=scale,
+                                   prob_dtype=q.dtype if half else None)
     threshold = spec.threshold
     if spec.kind == _masks.ADD4D:
         # masks wider than fp32 are compared after rounding to fp32, where their masked values become -inf

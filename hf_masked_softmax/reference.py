@@ -62,8 +62,14 @@ def attention_reference(
     causal: bool = False,
     scale: Optional[float] = None,
     compute_dtype: torch.dtype = torch.float32,
+    prob_dtype: Optional[torch.dtype] = None,
 ) -> torch.Tensor:
-    """``softmax_masked(q kᵀ · scale) v`` for ``q [B, H, Q, D]``, ``k, v [B, Hkv, K, D]`` (GQA by repetition)."""
+    """``softmax_masked(q kᵀ · scale) v`` for ``q [B, H, Q, D]``, ``k, v [B, Hkv, K, D]`` (GQA by repetition).
+
+    ``prob_dtype`` (e.g. ``q.dtype`` for fp16/bf16 inputs) rounds the probabilities to that dtype before the product
+    with ``v``, as the GPU kernel does (it feeds ``p`` to the tensor cores in the inputs' dtype) and as HF's eager and
+    sdpa attention do; the scores and the accumulation stay in ``compute_dtype``.
+    """
     H, Hkv = q.shape[1], k.shape[1]
     if H % Hkv:
         raise ValueError(f"query heads ({H}) must be a multiple of key/value heads ({Hkv})")
@@ -74,4 +80,6 @@ def attention_reference(
         scale = q.shape[-1] ** -0.5
     s = torch.matmul(q.to(compute_dtype), k.to(compute_dtype).transpose(-1, -2))
     p = masked_softmax_reference(s, attention_mask, causal=causal, scale=scale, compute_dtype=compute_dtype)
+    if prob_dtype is not None:
+        p = p.to(prob_dtype).to(compute_dtype)
     return torch.matmul(p, v.to(compute_dtype)).to(q.dtype)

@@ -293,6 +293,33 @@ def test_gpu_static_cache_generate_default_compile_equals_eager():
 
 
 @pytest.mark.gpu
+def test_gpu_static_cache_generate_compiled_without_cuda_graphs_equals_eager():
+    # inductor without CUDA graphs: the compiled decode step as compute-sanitizer can run it (the CUDA-graph trees of
+    # mode="reduce-overhead" refuse to run under the sanitizer's allocator)
+    from patch_helpers import padded_batch
+    from torch._dynamo.utils import counters
+    from transformers.generation.configuration_utils import CompileConfig
+
+    import hf_masked_softmax as hms
+
+    model = _tiny_gpt2("cuda", seed=5)
+    ids, mask = padded_batch("cuda", lengths=(8, 3, 6), total=8, side="left", seed=5)
+
+    def gen(compile_config=None):
+        return model.generate(ids, attention_mask=mask, max_new_tokens=6, min_new_tokens=6, do_sample=False,
+                              cache_implementation="static", compile_config=compile_config)
+
+    eager = gen()
+    hms.patch_model(model)
+    counters.clear()
+    compiled = gen(CompileConfig(fullgraph=True, mode="default"))
+    assert hasattr(model, "_compiled_call")
+    assert counters["stats"]["unique_graphs"] >= 1
+    assert not counters["graph_break"]
+    assert torch.equal(compiled, eager)
+
+
+@pytest.mark.gpu
 @pytest.mark.parametrize("mask_form", ["pad2d", "bool4d"])
 def test_gpu_cuda_graph_capture_of_decode_attention(mask_form):
     # A decode step (1 query, a 300-key cache) captured in a CUDA graph and replayed on new queries and cache contents.
