@@ -159,7 +159,12 @@ def _mask_function(
     plain = causal or mask_function is masking_utils.bidirectional_mask_function
     # Bottom-right causality equals HF's (query q_offset + i sees key kv_offset + j iff j + kv_offset <= q_offset + i)
     # exactly when the last query is the last key. A static cache longer than what it holds breaks that.
-    aligned = not causal or int(q_offset) + q_length == kv_offset + kv_length
+    if causal and isinstance(q_offset, torch.Tensor) and is_tracing(q_offset):
+        # a cache position only known at run time (a static cache under torch.compile or CUDA-graph capture): no
+        # guard on its value; the 4D mask below is right wherever the cache stands
+        aligned = False
+    else:
+        aligned = not causal or int(q_offset) + q_length == kv_offset + kv_length
     if plain and aligned:
         if attention_mask is None:
             return None

@@ -396,3 +396,32 @@ def test_eager_calls_skip_the_dispatcher_with_and_without_autograd(monkeypatch):
     assert torch.equal(torch.autograd.grad(o, qq, do)[0], gq_op)
     with torch.no_grad():
         assert ops.call_path(x) == "direct"
+
+
+def test_mask_function_with_a_traced_cache_position_never_guards_on_it():
+    # A static cache under torch.compile hands the mask function its cache position as a tensor. A guard on its value
+    # (is the last query the last key?) either fails fullgraph compilation (torch 2.11: a data-dependent guard) or
+    # recompiles for every position. The compiled mask function must be one graph for every position and build the
+    # mask HF's sdpa_mask builds.
+    from torch._dynamo.testing import CompileCounter
+    from transformers import masking_utils
+
+    from hf_masked_softmax import hf
+
+    pad = torch.tensor([[0, 0, 1, 1, 1, 1, 1, 1, 1, 1], [1] * 10]).bool()
+
+    def masks(position):
+        return hf._mask_function(2, 1, 10, q_offset=position, kv_offset=0, attention_mask=pad)
+
+    torch._dynamo.reset()
+    counter = CompileCounter()
+    compiled = torch.compile(masks, fullgraph=True, backend=counter, dynamic=True)
+    for pos in (3, 9, 6):
+        got = compiled(torch.tensor(pos))
+        want = masking_utils.sdpa_mask(batch_size=2, q_length=1, kv_length=10, q_offset=torch.tensor(pos),
+                                       kv_offset=0, attention_mask=pad, allow_is_causal_skip=False)
+        if got.dim() == 2:  # the compact form is right where the last query is the last key (bottom-right causal)
+            got = got[:, None, None, :] & (torch.arange(10) <= pos)
+        assert torch.equal(got, want)
+        assert torch.equal(got[:, 0, 0], pad & (torch.arange(10) <= pos))  # key j seen iff j <= pos and not padding
+    assert counter.frame_count == 1
