@@ -9,7 +9,8 @@
 #                                       # host cost per call, generate rows (interleaved rounds)
 #   bash evals/gpu_session.sh verify    # 2026-12-02: GPU tests, memcheck of the compiled static-cache decode without
 #                                       # CUDA graphs, masked_softmax forward/backward incl. the kernels alone
-#   bash evals/gpu_session.sh measure   # 2026-12-02: host cost per call, peak-memory rows of speed.py
+#   bash evals/gpu_session.sh measure   # 2026-12-02: compile tests + memcheck after the mask fix, backward tuning on
+#                                       # GPT-2's shape, host cost per call, softmax-mode peak-memory rows
 set -uo pipefail
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
 OUT=${OUT:-out}
@@ -69,10 +70,13 @@ case "${1:-}" in
       --out "$OUT/memcheck_static_cache.json" 2>&1 | tail -4
     ;;
   measure)
-    timeout 60 python evals/bench_host.py --no-profile --out "$OUT" 2>&1 | grep -v -i warn
-    timeout 240 python evals/speed.py --only "llama-135m fwd pad,gpt2-medium generate" --impls eager,sdpa,softmax,fused \
-      --out "$OUT" --no-plot 2>&1 | tail -16
+    timeout 100 python -m pytest -q -m gpu -p no:cacheprovider tests/test_compile.py 2>&1 | tail -2
+    timeout 150 python evals/memcheck.py --tests tests/test_compile.py -k "without_cuda_graphs" \
+      --out "$OUT/memcheck_static_cache.json" 2>&1 | tail -2
     timeout 120 python evals/bench_softmax.py --tune --tune-shapes gpt2_prefill 2>&1 | tee "$OUT/tune_gpt2.log" | grep best
+    timeout 45 python evals/bench_host.py --no-profile --out "$OUT" 2>&1 | grep -v -i warn
+    timeout 150 python evals/speed.py --only "llama-135m fwd pad,gpt2-medium generate" --impls eager,softmax \
+      --out "$OUT" --no-plot 2>&1 | tail -12
     ;;
   *)
     echo "usage: bash evals/gpu_session.sh tests|kernels|e2e|check|followup|recheck|verify|measure" >&2
