@@ -11,6 +11,7 @@
 #                                       # CUDA graphs, masked_softmax forward/backward incl. the kernels alone
 #   bash evals/gpu_session.sh measure   # 2026-12-02: compile tests + memcheck after the mask fix, backward tuning on
 #                                       # GPT-2's shape, host cost per call, softmax-mode peak-memory rows
+#   bash evals/gpu_session.sh final     # 2026-12-02: compile + patch GPU tests, memcheck of static-cache compile
 set -uo pipefail
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
 OUT=${OUT:-out}
@@ -78,8 +79,13 @@ case "${1:-}" in
     timeout 150 python evals/speed.py --only "llama-135m fwd pad,gpt2-medium generate" --impls eager,softmax \
       --out "$OUT" --no-plot 2>&1 | tail -12
     ;;
+  final)
+    timeout 120 python -m pytest -q -m gpu -p no:cacheprovider tests/test_compile.py tests/test_patch_gpu.py 2>&1 | tail -2
+    timeout 200 python evals/memcheck.py --tests tests/test_compile.py -k "without_cuda_graphs" \
+      --out "$OUT/memcheck_static_cache.json" 2>&1 | tail -2
+    ;;
   *)
-    echo "usage: bash evals/gpu_session.sh tests|kernels|e2e|check|followup|recheck|verify|measure" >&2
+    echo "usage: bash evals/gpu_session.sh tests|kernels|e2e|check|followup|recheck|verify|measure|final" >&2
     exit 2
     ;;
 esac
