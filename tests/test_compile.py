@@ -305,14 +305,14 @@ def test_gpu_static_cache_generate_compiled_without_cuda_graphs_equals_eager():
     model = _tiny_gpt2("cuda", seed=5)
     ids, mask = padded_batch("cuda", lengths=(8, 3, 6), total=8, side="left", seed=5)
 
-    def gen(compile_config=None):
+    def gen(**kwargs):
         return model.generate(ids, attention_mask=mask, max_new_tokens=6, min_new_tokens=6, do_sample=False,
-                              cache_implementation="static", compile_config=compile_config)
+                              cache_implementation="static", **kwargs)
 
-    eager = gen()
+    eager = gen(disable_compile=True)  # on CUDA a static cache is compiled with CUDA graphs unless told not to
     hms.patch_model(model)
     counters.clear()
-    compiled = gen(CompileConfig(fullgraph=True, mode=None, options={"triton.cudagraphs": False}))
+    compiled = gen(compile_config=CompileConfig(fullgraph=True, mode=None, options={"triton.cudagraphs": False}))
     assert hasattr(model, "_compiled_call")
     assert counters["stats"]["unique_graphs"] >= 1
     assert not counters["graph_break"]
