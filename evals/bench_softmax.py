@@ -201,9 +201,10 @@ def plot(rows, copy_gbs, path):
     fig.savefig(path, dpi=120)
 
 
-def tune(dtype, only=None):
+def tune(dtype, only=None, streams=(False,), configs_only=None):
     """Kernel-only forward and backward ms (CUDA graphs) of ours on the named shapes for several launch settings:
-    rows per program, chunk width (chunk >= K: one register chunk) and warps."""
+    rows per program, chunk width (chunk >= K: one register chunk) and warps; ``streams``: store hints to try
+    (True: the streaming hint ``.cs``); ``configs_only``: (block_m, chunk, warps) settings to keep."""
     ms = sys.modules["hf_masked_softmax.masked_softmax"]  # the package re-exports the function under this name
     from hf_masked_softmax.masks import pad_ranges, prepare_mask
 
@@ -227,32 +228,37 @@ def tune(dtype, only=None):
                     continue
                 for per_thread in (16, 32, 64):
                     warps = tile // (32 * per_thread)
-                    if 1 <= warps <= 16:
+                    if 1 <= warps <= 16 and (not configs_only or (block_m, chunk, warps) in configs_only):
                         configs.append((block_m, chunk, chunk >= K, warps))
         dy = torch.randn_like(scores)
         blocks = (ms.MAX_SINGLE_PASS_K, ms.LOOP_BLOCK_K)
+        stream_default = ms.STREAM_STORES
         for cfg in configs:
-            ms._launch_config = lambda *a, cfg=cfg, **kw: cfg
-            y = ms._forward(scores, spec, causal, 0.125, blocks, ranges)
-            fwd = median_ms(lambda: ms._forward(scores, spec, causal, 0.125, blocks, ranges), cuda_graph=True, rep=40)
-            bwd = median_ms(lambda: ms._backward(y, dy, spec, causal, 0.125, blocks, ranges), cuda_graph=True,
-                            rep=40)
-            rows.append(dict(shape=name, block_m=cfg[0], chunk=cfg[1], one_chunk=cfg[2], warps=cfg[3], fwd=fwd,
-                             bwd=bwd))
+            for stream in streams:
+                ms._launch_config = lambda *a, cfg=cfg, **kw: cfg
+                ms.STREAM_STORES = stream
+                y = ms._forward(scores, spec, causal, 0.125, blocks, ranges)
+                fwd = median_ms(lambda: ms._forward(scores, spec, causal, 0.125, blocks, ranges), cuda_graph=True,
+                                rep=40)
+                bwd = median_ms(lambda: ms._backward(y, dy, spec, causal, 0.125, blocks, ranges), cuda_graph=True,
+                                rep=40)
+                rows.append(dict(shape=name, block_m=cfg[0], chunk=cfg[1], one_chunk=cfg[2], warps=cfg[3],
+                                 stream=stream, fwd=fwd, bwd=bwd))
         ms._launch_config = default
+        ms.STREAM_STORES = stream_default
         rows.append(dict(shape=name, block_m="default", chunk=str(default(K, n_rows, ms.MAX_SINGLE_PASS_K,
                                                                             ms.LOOP_BLOCK_K, 132)),
                          fwd=median_ms(lambda: masked_softmax(scores, mask2d, causal=causal, scale=0.125),
                                        cuda_graph=True, rep=40)))
         del scores, mask2d, dy
-    print_table(rows, ["shape", "block_m", "chunk", "one_chunk", "warps", "fwd", "bwd"])
+    print_table(rows, ["shape", "block_m", "chunk", "one_chunk", "warps", "stream", "fwd", "bwd"])
     best = {}
     for r in rows:
         if isinstance(r["block_m"], int):
             for mode in ("fwd", "bwd"):
                 k = (r["shape"], mode)
                 if k not in best or r[mode] < best[k][0]:
-                    best[k] = (r[mode], r["block_m"], r["chunk"], r["warps"])
+                    best[k] = (r[mode], r["block_m"], r["chunk"], r["warps"], "stream" if r["stream"] else "")
     for k, v in sorted(best.items()):
         print("best", k, v)
 
@@ -269,9 +275,16 @@ def main(argv=None):
     ap.add_argument("--modes", default=None, help="comma-separated subset of fwd,fwd_bwd,bwd (overrides --quick's)")
     ap.add_argument("--tune-shapes", default=None, help="comma-separated named shapes for --tune (default all)")
     ap.add_argument("--tune", action="store_true", help="time the single-pass kernel under several tile shapes")
+    ap.add_argument("--tune-stream", action="store_true", help="--tune: also with the streaming store hint (.cs)")
+    ap.add_argument("--tune-configs", default=None,
+                    help="--tune: only these block_m/chunk/warps settings, e.g. '1/1024/2,8/256/4'")
     args = ap.parse_args(argv)
     if args.tune:
-        return tune(getattr(torch, args.dtype), args.tune_shapes.split(",") if args.tune_shapes else None)
+        only_cfg = None
+        if args.tune_configs:
+            only_cfg = {tuple(int(x) for x in c.split("/")) for c in args.tune_configs.split(",") if c}
+        return tune(getattr(torch, args.dtype), args.tune_shapes.split(",") if args.tune_shapes else None,
+                    (False, True) if args.tune_stream else (False,), only_cfg)
     if not torch.cuda.is_available():
         sys.exit("bench_softmax.py needs a CUDA GPU")
     dtype = getattr(torch, args.dtype)

@@ -53,6 +53,7 @@ SHORT_K = 512  # rows up to this many keys always are
 LOOP_BLOCK_K = 2048  # longer rows go in chunks of at most this many columns
 TILE = 2048  # elements per program and chunk: rows per program = TILE // chunk
 LOAD_GROUP = 16  # load predicates are constant over aligned groups of this many columns (16-byte fp16 loads)
+STREAM_STORES = False  # outputs stored with the streaming cache hint (.cs); bench_softmax.py --tune times both
 _LOG2E = 1.4426950408889634
 _SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
@@ -157,12 +158,24 @@ def _scores_chunk(s_row, cols, stride_k, scale2, keep, pred, add, MASKED: tl.con
 
 
 @triton.jit
-def _store_rows(ptrs, val, row_ok, cols, K, EVEN: tl.constexpr):
-    """Store a ``[BLOCK_M, CHUNK]`` tile of whole-chunk values; unmasked when every row and column is in bounds."""
-    if EVEN:
-        tl.store(ptrs, val)
+def _store(ptrs, val, mask, MASKED: tl.constexpr, STREAM: tl.constexpr):
+    """``tl.store``; ``STREAM``: with the streaming cache hint (``.cs``: the output is not read again by this kernel)."""
+    if STREAM:
+        if MASKED:
+            tl.store(ptrs, val, mask=mask, cache_modifier=".cs")
+        else:
+            tl.store(ptrs, val, cache_modifier=".cs")
     else:
-        tl.store(ptrs, val, mask=row_ok[:, None] & (cols < K))
+        if MASKED:
+            tl.store(ptrs, val, mask=mask)
+        else:
+            tl.store(ptrs, val)
+
+
+@triton.jit
+def _store_rows(ptrs, val, row_ok, cols, K, EVEN: tl.constexpr, STREAM: tl.constexpr):
+    """Store a ``[BLOCK_M, CHUNK]`` tile of whole-chunk values; unmasked when every row and column is in bounds."""
+    _store(ptrs, val, row_ok[:, None] & (cols < K), not EVEN, STREAM)
 
 
 @triton.jit
@@ -173,6 +186,7 @@ def _fwd_kernel(
     n_rows, H, Q, K, scale2, add_threshold,
     MASK_KIND: tl.constexpr, CAUSAL: tl.constexpr, BLOCK_M: tl.constexpr, CHUNK: tl.constexpr,
     ONE_CHUNK: tl.constexpr, EVEN: tl.constexpr, GROUP: tl.constexpr, ALIGNED: tl.constexpr, WIDE: tl.constexpr,
+    STREAM: tl.constexpr,
 ):
     """``BLOCK_M`` rows per program. ``ONE_CHUNK`` (``K <= CHUNK``): the rows stay in registers, one read. Otherwise
     two passes over ``CHUNK``-wide column chunks: online max / sum over the chunks some row sees, then normalise and
@@ -196,7 +210,7 @@ def _fwd_kernel(
         denom = tl.sum(e, axis=1)
         # masked entries are exactly 0 even in a row that a NaN score poisons
         y = tl.where(keep, e * (1.0 / tl.where(denom == 0.0, 1.0, denom))[:, None], 0.0)
-        tl.store(y_row + offs, y.to(y_ptr.dtype.element_ty), mask=row_ok[:, None] & (offs < K))
+        _store(y_row + offs, y.to(y_ptr.dtype.element_ty), row_ok[:, None] & (offs < K), True, STREAM)
     else:
         m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
         l_i = tl.zeros([BLOCK_M], tl.float32)
@@ -219,18 +233,18 @@ def _fwd_kernel(
         for c0 in range(0, K, CHUNK):
             cols = c0 + offs
             if (c0 + CHUNK <= c_lo) | (c0 >= c_hi):
-                _store_rows(y_row + cols, zero, row_ok, cols, K, EVEN)
+                _store_rows(y_row + cols, zero, row_ok, cols, K, EVEN, STREAM)
             elif (c0 >= f_lo) & (c0 + CHUNK <= f_hi):
                 x = _scores_chunk(s_row, cols, s_stride_k, scale2, None, None, None, False, MASK_KIND)
                 y = tl.math.exp2(x - m_i[:, None]) * inv[:, None]
-                _store_rows(y_row + cols, y.to(y_ptr.dtype.element_ty), row_ok, cols, K, EVEN)
+                _store_rows(y_row + cols, y.to(y_ptr.dtype.element_ty), row_ok, cols, K, EVEN, STREAM)
             else:
                 keep, pred, add = _chunk_keep(cols, lo, hi, holes, any_holes, mask_ptr, b, h, q, add_threshold,
                                               mask_stride_b, mask_stride_h, mask_stride_q, mask_stride_k, K,
                                               MASK_KIND, GROUP, ALIGNED)
                 x = _scores_chunk(s_row, cols, s_stride_k, scale2, keep, pred, add, True, MASK_KIND)
                 y = tl.where(keep, tl.math.exp2(x - m_i[:, None]) * inv[:, None], 0.0)
-                tl.store(y_row + cols, y.to(y_ptr.dtype.element_ty), mask=row_ok[:, None] & (cols < K))
+                _store(y_row + cols, y.to(y_ptr.dtype.element_ty), row_ok[:, None] & (cols < K), True, STREAM)
 
 
 @triton.jit
@@ -241,6 +255,7 @@ def _bwd_kernel(
     n_rows, H, Q, K, scale, add_threshold,
     MASK_KIND: tl.constexpr, CAUSAL: tl.constexpr, BLOCK_M: tl.constexpr, CHUNK: tl.constexpr,
     ONE_CHUNK: tl.constexpr, EVEN: tl.constexpr, GROUP: tl.constexpr, ALIGNED: tl.constexpr, WIDE: tl.constexpr,
+    STREAM: tl.constexpr,
 ):
     """``dS = scale * Y * (dY - sum(dY * Y))`` with the forward's chunking; masked entries (Y = 0) are written as zeros
     without reading ``Y`` or ``dY`` there."""
@@ -261,7 +276,7 @@ def _bwd_kernel(
         dy = tl.where(keep, tl.load(dy_row + offs * dy_stride_k, mask=pred).to(tl.float32), 0.0)
         dot = tl.sum(y * dy, axis=1)
         ds = scale * y * (dy - dot[:, None])
-        tl.store(ds_row + offs, ds.to(ds_ptr.dtype.element_ty), mask=row_ok[:, None] & (offs < K))
+        _store(ds_row + offs, ds.to(ds_ptr.dtype.element_ty), row_ok[:, None] & (offs < K), True, STREAM)
     else:
         acc = tl.zeros([BLOCK_M, CHUNK], tl.float32)
         for c0 in range(c_lo, c_hi, CHUNK):
@@ -280,11 +295,12 @@ def _bwd_kernel(
         for c0 in range(0, K, CHUNK):
             cols = c0 + offs
             if (c0 + CHUNK <= c_lo) | (c0 >= c_hi):
-                _store_rows(ds_row + cols, zero, row_ok, cols, K, EVEN)
+                _store_rows(ds_row + cols, zero, row_ok, cols, K, EVEN, STREAM)
             elif (c0 >= f_lo) & (c0 + CHUNK <= f_hi):
                 y = tl.load(y_row + cols).to(tl.float32)
                 dy = tl.load(dy_row + cols * dy_stride_k).to(tl.float32)
-                _store_rows(ds_row + cols, (scale * y * (dy - dot)).to(ds_ptr.dtype.element_ty), row_ok, cols, K, EVEN)
+                _store_rows(ds_row + cols, (scale * y * (dy - dot)).to(ds_ptr.dtype.element_ty), row_ok, cols, K, EVEN,
+                            STREAM)
             else:
                 keep, pred, _ = _chunk_keep(cols, lo, hi, holes, any_holes, mask_ptr, b, h, q, add_threshold,
                                             mask_stride_b, mask_stride_h, mask_stride_q, mask_stride_k, K,
@@ -292,7 +308,7 @@ def _bwd_kernel(
                 y = tl.load(y_row + cols, mask=pred).to(tl.float32)
                 dy = tl.load(dy_row + cols * dy_stride_k, mask=pred).to(tl.float32)
                 ds = tl.where(keep, scale * y * (dy - dot), 0.0)
-                tl.store(ds_row + cols, ds.to(ds_ptr.dtype.element_ty), mask=row_ok[:, None] & (cols < K))
+                _store(ds_row + cols, ds.to(ds_ptr.dtype.element_ty), row_ok[:, None] & (cols < K), True, STREAM)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -366,7 +382,7 @@ def _launch(kernel, tensors, strides, spec, shape, causal, scale, blocks, ranges
         MASK_KIND=spec.kind, CAUSAL=causal, BLOCK_M=block_m, CHUNK=chunk, ONE_CHUNK=one,
         EVEN=(K % chunk == 0 and n_rows % block_m == 0), GROUP=min(LOAD_GROUP, chunk),
         ALIGNED=K % min(LOAD_GROUP, chunk) == 0,
-        WIDE=_wide(shape, strides, mstr), num_warps=num_warps,
+        WIDE=_wide(shape, strides, mstr), STREAM=STREAM_STORES, num_warps=num_warps,
     )
 
 

@@ -413,3 +413,22 @@ def test_chunked_programs_fwd_bwd(device, Q, K, form):
                                    out_dtype=torch.float64)
     (expected,) = torch.autograd.grad(ref, xd, dy.double())
     assert_close(grad, expected, torch.float32)
+
+
+@pytest.mark.parametrize("path", ["single", "looped"])
+def test_streaming_store_hint_changes_no_value(device, path, monkeypatch):
+    # STREAM_STORES only adds a cache hint to the stores: forward and backward are bit-identical with and without it
+    ms_mod = __import__("sys").modules["hf_masked_softmax.masked_softmax"]
+    g = torch.Generator().manual_seed(11)
+    scores = torch.randn(2, 3, 9, 37, generator=g).to(device)
+    mask = padding_mask([37, 20], 37, left=True, device=device)
+    dy = torch.randn(scores.shape, generator=g).to(device)
+    results = []
+    for stream in (False, True):
+        monkeypatch.setattr(ms_mod, "STREAM_STORES", stream)
+        x = scores.clone().requires_grad_(True)
+        out = run(x, mask, causal=True, scale=0.7, path=path)
+        (grad,) = torch.autograd.grad(out, x, dy)
+        results.append((out.detach(), grad))
+    check(results[1][0], scores, mask, causal=True, scale=0.7)
+    assert torch.equal(results[0][0], results[1][0]) and torch.equal(results[0][1], results[1][1])
