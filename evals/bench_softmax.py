@@ -275,7 +275,8 @@ def main(argv=None):
     ap.add_argument("--modes", default=None, help="comma-separated subset of fwd,fwd_bwd,bwd (overrides --quick's)")
     ap.add_argument("--tune-shapes", default=None, help="comma-separated named shapes for --tune (default all)")
     ap.add_argument("--tune", action="store_true", help="time the single-pass kernel under several tile shapes")
-    ap.add_argument("--tune-stream", action="store_true", help="--tune: also with the streaming store hint (.cs)")
+    ap.add_argument("--tune-stream", action="store_true",
+                    help="--tune: with and without the streaming store hint (.cs) everywhere (default: off only)")
     ap.add_argument("--tune-configs", default=None,
                     help="--tune: only these block_m/chunk/warps settings, e.g. '1/1024/2,8/256/4'")
     args = ap.parse_args(argv)

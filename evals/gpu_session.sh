@@ -14,6 +14,7 @@
 #   bash evals/gpu_session.sh final     # 2026-12-02: compile + patch GPU tests, memcheck of static-cache compile
 #   bash evals/gpu_session.sh stream    # 2026-12-02: masked_softmax tests, default launch settings with and without
 #                                       # the streaming store hint
+#   bash evals/gpu_session.sh last      # 2026-12-02: masked_softmax tests + quick benchmark with the hint's default
 set -uo pipefail
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
 OUT=${OUT:-out}
@@ -91,8 +92,12 @@ case "${1:-}" in
     timeout 200 python evals/bench_softmax.py --tune --tune-stream --tune-shapes gpt2_prefill,bert,causal_8192 \
       --tune-configs 8/256/4,1/1024/2,2/512/1,8/512/4,2/2048/8,1/8192/8,4/256/2 2>&1 | tee "$OUT/tune_stream.log" | tail -22
     ;;
+  last)
+    timeout 120 python -m pytest -q -p no:cacheprovider tests/test_masked_softmax.py 2>&1 | tail -1
+    timeout 90 python evals/bench_softmax.py --quick --modes fwd,bwd --out "$OUT" 2>&1 | grep -E " ours|copy"
+    ;;
   *)
-    echo "usage: bash evals/gpu_session.sh tests|kernels|e2e|check|followup|recheck|verify|measure|final|stream" >&2
+    echo "usage: bash evals/gpu_session.sh tests|kernels|e2e|check|followup|recheck|verify|measure|final|stream|last" >&2
     exit 2
     ;;
 esac
