@@ -274,6 +274,23 @@ def test_cpu_without_interpreter_uses_reference(monkeypatch):
     torch.testing.assert_close(out, attention_reference(q, k, v, causal=True), atol=0, rtol=0)
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_cpu_fallback_rounds_half_probabilities_like_the_kernel(monkeypatch, dtype):
+    # fp32 scores and accumulation, probabilities rounded to the inputs' dtype before the product with v (the GPU
+    # kernel feeds p to the tensor cores in that dtype; HF eager and sdpa round them too)
+    q, k, v = _qkv(2, 4, 2, 5, 70, 16, dtype, "cpu", seed=3)
+    mask = torch.ones(2, 70, dtype=torch.bool)
+    mask[0, :9] = False
+    monkeypatch.setattr(attn_mod, "_INTERPRET", False)
+    monkeypatch.setattr(attn_mod, "_forward", None)  # would raise if the kernels were launched
+    out = attn_mod.attention(q, k, v, mask, causal=True)
+    rounded = attention_reference(q, k, v, mask, causal=True, prob_dtype=dtype)
+    assert torch.equal(out, rounded)
+    assert not torch.equal(out, attention_reference(q, k, v, mask, causal=True))  # the rounding is really there
+    ref = attention_reference(q.double(), k.double(), v.double(), mask, causal=True, compute_dtype=torch.float64)
+    assert_close(out, ref, dtype)
+
+
 def test_empty_lengths(device):
     q, k, v = _qkv(1, 2, 2, 3, 0, 16, torch.float32, device, grad=True)  # no keys: zeros, zero gradients
     out = attn_mod.attention(q, k, v, torch.zeros(1, 0, dtype=torch.bool, device=device))
