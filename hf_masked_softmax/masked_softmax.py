@@ -28,10 +28,11 @@ kernel, ``masks.pad_ranges``); with causality the window ends at ``i + K - Q``. 
 stored as zeros without being read or computed; chunks inside every row's window skip the per-element masks. Load
 predicates are rounded out to aligned 16-column groups (so the compiler keeps 16-byte loads) and, when K is not a
 multiple of 16, stop at K (the last group would run past the row, and past the tensor on its last row): scores outside
-a row's window are never read. Index math is int32, or int64 when an offset can reach 2**31 (``WIDE``), so tensors of more
-than 2**31 elements work. Scores are read through their strides (transposed, sliced and stride-0 views) and never
-copied; the output is a fresh contiguous tensor. Eager autograd is :class:`MaskedSoftmaxFunction`; under
-torch.compile the custom operator in :mod:`hf_masked_softmax.ops` (same launchers) takes its place.
+a row's window are never read. Index math is int32, or int64 when an offset can reach 2**31 (``WIDE``), so tensors
+of more than 2**31 elements work. Scores are read through their strides (transposed, sliced and stride-0 views) and
+never copied; the output is a fresh contiguous tensor, stored with the streaming cache hint on the forward's chunked
+path (``STREAM_STORES``). Eager autograd is :class:`MaskedSoftmaxFunction`; under torch.compile the custom operator in
+:mod:`hf_masked_softmax.ops` (same launchers) takes its place.
 """
 from __future__ import annotations
 
@@ -162,7 +163,7 @@ def _scores_chunk(s_row, cols, stride_k, scale2, keep, pred, add, MASKED: tl.con
 
 @triton.jit
 def _store(ptrs, val, mask, MASKED: tl.constexpr, STREAM: tl.constexpr):
-    """``tl.store``; ``STREAM``: with the streaming cache hint (``.cs``: the output is not read again by this kernel)."""
+    """``tl.store``; ``STREAM``: with the streaming cache hint (``.cs``: this kernel never reads its output back)."""
     if STREAM:
         if MASKED:
             tl.store(ptrs, val, mask=mask, cache_modifier=".cs")

@@ -67,8 +67,9 @@ def attention_reference(
     """``softmax_masked(q kᵀ · scale) v`` for ``q [B, H, Q, D]``, ``k, v [B, Hkv, K, D]`` (GQA by repetition).
 
     ``prob_dtype`` (e.g. ``q.dtype`` for fp16/bf16 inputs) rounds the probabilities to that dtype before the product
-    with ``v``, as the GPU kernel does (it feeds ``p`` to the tensor cores in the inputs' dtype) and as HF's eager and
-    sdpa attention do; the scores and the accumulation stay in ``compute_dtype``.
+    with ``v``, as HF's eager attention does and close to what the GPU kernel does (it rounds its not yet normalised
+    probabilities to the inputs' dtype for the tensor cores); the scores and the accumulation stay in
+    ``compute_dtype``.
     """
     H, Hkv = q.shape[1], k.shape[1]
     if H % Hkv:
