@@ -31,8 +31,8 @@ multiple of 16, stop at K (the last group would run past the row, and past the t
 a row's window are never read. Index math is int32, or int64 when an offset can reach 2**31 (``WIDE``), so tensors
 of more than 2**31 elements work. Scores are read through their strides (transposed, sliced and stride-0 views) and
 never copied; the output is a fresh contiguous tensor, stored with the streaming cache hint on the forward's chunked
-path (``STREAM_STORES``). Eager autograd is :class:`MaskedSoftmaxFunction`; under torch.compile the custom operator in
-:mod:`hf_masked_softmax.ops` (same launchers) takes its place.
+path (``STREAM_STORES``). Eager autograd is :class:`MaskedSoftmaxFunction`; under torch.compile the custom operator
+in :mod:`hf_masked_softmax.ops` (same launchers) takes its place.
 """
 from __future__ import annotations
 
@@ -418,11 +418,10 @@ class MaskedSoftmaxFunction(torch.autograd.Function):
     (same launchers, autograd registered on them) take its place."""
 
     @staticmethod
-    def forward(ctx, scores, spec, causal, scale, blocks, cache_key):
+    def forward(ctx, scores, spec, causal, scale, blocks, ranges):
+        # a 2D mask's key ranges serve the backward too: one launch less there (host time is what a backward of this
+        # size is short of)
         with _ops.on_device(scores):
-            # a 2D mask's key ranges serve the backward too: one launch less there (host time is what a backward
-            # of this size is short of)
-            ranges = _masks.spec_ranges(spec, cache_key) if scores.numel() else None
             y = _forward(scores, spec, causal, scale, blocks, ranges)
         ctx.save_for_backward(y)
         ctx.spec, ctx.causal, ctx.scale, ctx.blocks, ctx.ranges = spec, causal, scale, blocks, ranges
@@ -501,12 +500,12 @@ def masked_softmax(
         raise ValueError(f"masked_softmax runs on CUDA (or CPU) tensors, got a tensor on {scores.device}")
     path = _ops.call_path(scores)
     blocks = (MAX_SINGLE_PASS_K, LOOP_BLOCK_K)
-    if path == "direct":  # eager inference: straight to the launcher (the dispatcher's Python outweighs small kernels)
+    if path != "op":  # eager: a 2D mask's key ranges cached per mask object (HF hands one mask to every layer)
         with _ops.on_device(scores):
             ranges = _masks.spec_ranges(spec, attention_mask) if scores.numel() else None
-            return _forward(scores, spec, bool(causal), scale, blocks, ranges)
-    if path == "function":  # eager autograd
-        return MaskedSoftmaxFunction.apply(scores, spec, bool(causal), scale, blocks, attention_mask)
+            if path == "direct":  # inference: straight to the launcher (the dispatcher costs more than small kernels)
+                return _forward(scores, spec, bool(causal), scale, blocks, ranges)
+        return MaskedSoftmaxFunction.apply(scores, spec, bool(causal), scale, blocks, ranges)  # eager autograd
     # One custom-operator call (torch.compile keeps it as one node, autograd records it); the mask travels as given.
     return _ops.masked_softmax_op(
         scores, attention_mask, spec.kind, spec.threshold, bool(causal), scale, MAX_SINGLE_PASS_K, LOOP_BLOCK_K
