@@ -267,6 +267,7 @@ def q_bytes(inp):
 def tune(args, results):
     """Sweep decode split counts, forward (CUDA-graph timing) and backward (plain timing) block configurations."""
     fwd_cfgs = [(128, 64, 4, 3), (64, 64, 4, 3), (128, 64, 8, 3), (64, 64, 4, 4)]
+    # (inner, resident, warps, stages) for both backward kernels; evals/tune_attention.py sweeps each on its own
     bwd_cfgs = [(32, 128, 4, 3), (32, 128, 8, 3), (64, 64, 4, 3), (32, 64, 4, 3), (64, 128, 8, 3), (32, 128, 4, 2)]
     orig_f, orig_b, orig_splits = attn_mod._fwd_config, attn_mod._bwd_config, attn_mod._num_splits
 
@@ -298,11 +299,19 @@ def tune(args, results):
             if name != "gpt2-pad-right":
                 continue
             for cfg in bwd_cfgs:
-                attn_mod._bwd_config = lambda *a, cfg=cfg: cfg
+                attn_mod._bwd_config = lambda *a, cfg=cfg: _bwd_pair(cfg)
                 record("bwd", name, cfg, fn, inp, True)
             attn_mod._bwd_config = orig_b
     finally:
         attn_mod._fwd_config, attn_mod._bwd_config, attn_mod._num_splits = orig_f, orig_b, orig_splits
+
+
+def _bwd_pair(cfg):
+    """(dkdv, dq) launch settings from one (inner, resident, warps, stages), or a pair given as such."""
+    if len(cfg) == 2:
+        return tuple(tuple(c) for c in cfg)
+    inner, resident, warps, stages = cfg
+    return (inner, resident, warps, stages), (resident, inner, warps, stages)
 
 
 def plot(rows, env, path):
@@ -348,8 +357,8 @@ def main(argv=None):
     ap.add_argument("--dtype", default="float16", choices=["float16", "bfloat16"])
     ap.add_argument("--tune", action="store_true", help="also sweep our block sizes and decode splits")
     ap.add_argument("--bwd-config", default=None,
-                    help="override our backward blocks: 'inner,resident,warps,stages' or a tune JSON to take the "
-                         "fastest from")
+                    help="override our backward blocks: 'inner,resident,warps,stages' (both kernels), "
+                         "'M,N,warps,stages/M,N,warps,stages' (dkdv/dq) or a tune JSON to take the fastest from")
     ap.add_argument("--tune-what", default="all", choices=["all", "bwd"], help="what --tune sweeps")
     ap.add_argument("--tune-only", action="store_true", help="only the sweep (writes bench_attention_tune.json)")
     ap.add_argument("--out", default=None, help="output folder (default $OUT or ./out)")
@@ -372,8 +381,10 @@ def main(argv=None):
             tuned = [t for t in json.load(open(args.bwd_config))["tuning"] if t["kind"] == "bwd" and t.get("ms")]
             cfg = tuple(min(tuned, key=lambda t: t["ms"])["cfg"])
         else:
-            cfg = tuple(int(x) for x in args.bwd_config.split(","))
-        print(f"backward blocks overridden: {cfg}")
+            parts = [tuple(int(x) for x in part.split(",")) for part in args.bwd_config.split("/")]
+            cfg = parts[0] if len(parts) == 1 else tuple(parts)
+        cfg = _bwd_pair(cfg)
+        print(f"backward blocks overridden: dkdv {cfg[0]}, dq {cfg[1]}")
         attn_mod._bwd_config = lambda *a, cfg=cfg: cfg
     env = benchutil.environment()
     print(env)
@@ -386,7 +397,7 @@ def main(argv=None):
     if args.tune_only:
         args.tune, args.shapes = True, ""
     payload = dict(env=env, ceilings=ceil, dtype=str(args.dtype), head_dim=args.head_dim, shapes=SHAPES,
-                   bwd_config_override=args.bwd_config and list(attn_mod._bwd_config(args.head_dim, args.dtype)),
+                   bwd_config_override=args.bwd_config and [list(c) for c in attn_mod._bwd_config(args.head_dim, args.dtype)],
                    rows=rows, tuning=tuning, command=" ".join(["python", "evals/bench_attention.py"] + sys.argv[1:]),
                    timing="ms: median of CUDA-graph replays (device time) for forward, plain do_bench for backward; "
                           "ms_plain: plain do_bench (host overhead included when the CPU is the bottleneck); "

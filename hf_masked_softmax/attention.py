@@ -565,16 +565,18 @@ def _fwd_config(D: int, Q: int, dtype: torch.dtype, decode: bool, causal: bool):
 
 
 def _bwd_config(D: int, dtype: torch.dtype):
-    """(inner BLOCK, resident BLOCK, num_warps, num_stages) of both backward kernels."""
+    """Launch settings of the two backward kernels, each ``(BLOCK_M, BLOCK_N, num_warps, num_stages)`` in that
+    kernel's own terms: ``dkdv`` keeps ``BLOCK_N`` keys resident and walks query blocks of ``BLOCK_M``; ``dq`` keeps
+    ``BLOCK_M`` queries resident and walks key blocks of ``BLOCK_N``."""
     if _INTERPRET:
-        return 16, 16, 4, 1
+        return (16, 16, 4, 1), (16, 16, 4, 1)
     bd = _block_d(D)
     if dtype == torch.float32 or bd > 128:
-        return 16, 32, 4, 2
+        return (16, 32, 4, 2), (32, 16, 4, 2)
     if bd <= 64:
         # fastest of a 6-config sweep on an H100 (GPT-2 shape, evals/bench_attention.py --tune-what bwd)
-        return 64, 128, 8, 3
-    return 32, 64, 8, 2
+        return (64, 128, 8, 3), (128, 64, 8, 3)
+    return (32, 64, 8, 2), (64, 32, 8, 2)
 
 
 def _bh_first(causal: bool, bh: int) -> bool:
@@ -670,7 +672,7 @@ def _backward(do, q, k, v, out, lse, kind, mask_t, ranges, threshold, causal, sc
     B, H, Q, D = q.shape
     Hkv, K = k.shape[1], k.shape[2]
     bd = _block_d(D)
-    inner, resident, warps, stages = _bwd_config(D, q.dtype)
+    kv_cfg, q_cfg = _bwd_config(D, q.dtype)
     if q.numel() == 0 or K == 0:  # nothing was attended to: every gradient is zero
         return torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v)
     delta = torch.empty_like(lse)
@@ -685,20 +687,22 @@ def _backward(do, q, k, v, out, lse, kind, mask_t, ranges, threshold, causal, sc
     upcast = _INTERPRET and q.dtype == torch.bfloat16
     prec = "ieee" if (q.dtype == torch.float32 or upcast) else "tf32"
     common = dict(MASK_KIND=kind, CAUSAL=causal, HEAD_D=D, BLOCK_D=bd, UPCAST=upcast, DOT_PREC=prec,
-                  WIDE=_wide(q, k, v, do, mask_t), num_warps=warps, num_stages=stages)
+                  WIDE=_wide(q, k, v, do, mask_t))
+    block_m, block_n, warps, stages = kv_cfg
     kv_first = _bh_first(causal, B * Hkv)
-    _bwd_dkdv_kernel[(B * Hkv, _cdiv(K, resident)) if kv_first else (_cdiv(K, resident), B * Hkv)](
+    _bwd_dkdv_kernel[(B * Hkv, _cdiv(K, block_n)) if kv_first else (_cdiv(K, block_n), B * Hkv)](
         q, k, v, do, lse, delta, dk, dv, mask_arg, ranges_arg,
         *q.stride(), *k.stride(), *v.stride(), *do.stride(), *dk.stride(), *dv.stride(), *mstr,
         H, Hkv, H // Hkv, Q, K, scale, scale * _LOG2E, threshold,
-        BH_FIRST=kv_first, BLOCK_M=inner, BLOCK_N=resident, **common,
+        BH_FIRST=kv_first, BLOCK_M=block_m, BLOCK_N=block_n, num_warps=warps, num_stages=stages, **common,
     )
+    block_m, block_n, warps, stages = q_cfg
     q_first = _bh_first(causal, B * H)
-    _bwd_dq_kernel[(B * H, _cdiv(Q, resident)) if q_first else (_cdiv(Q, resident), B * H)](
+    _bwd_dq_kernel[(B * H, _cdiv(Q, block_m)) if q_first else (_cdiv(Q, block_m), B * H)](
         q, k, v, do, lse, delta, dq, mask_arg, ranges_arg,
         *q.stride(), *k.stride(), *v.stride(), *do.stride(), *dq.stride(), *mstr,
         H, H // Hkv, Q, K, scale, scale * _LOG2E, threshold,
-        BH_FIRST=q_first, BLOCK_M=resident, BLOCK_N=inner, **common,
+        BH_FIRST=q_first, BLOCK_M=block_m, BLOCK_N=block_n, num_warps=warps, num_stages=stages, **common,
     )
     return dq, dk, dv
 

@@ -1,0 +1,182 @@
+"""Sweep the fused attention kernel's launch settings on the GPU: forward, and each backward kernel on its own.
+
+Times the launchers themselves (``attention._forward`` / ``attention._backward``) replayed in a CUDA graph, so the
+numbers are device time, with no autograd or Python overhead. The backward sweep is a coordinate descent: first the
+``dkdv`` kernel's settings with ``dq`` at its default, then ``dq``'s with ``dkdv`` at the best found, each timed as
+the whole backward (delta + dkdv + dq). SDPA's default dispatch without a mask (forward and backward, the issue's
+anchor) is timed in the same run. Prints the best settings per shape and writes ``tune_attention.json``.
+
+    python evals/tune_attention.py [--shapes gpt2-pad-right,bert] [--what fwd,dkdv,dq] [--out DIR]
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import itertools
+import os
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import benchutil  # noqa: E402
+from bench_attention import SHAPES, make_inputs  # noqa: E402
+attn_mod = importlib.import_module("hf_masked_softmax.attention")  # the module (the package exports the function)
+masks_mod = importlib.import_module("hf_masked_softmax.masks")
+ops_mod = importlib.import_module("hf_masked_softmax.ops")
+
+FWD_GRID = dict(block_m=(64, 128), block_n=(32, 64, 128), warps=(4, 8), stages=(2, 3, 4))
+# dkdv: BLOCK_N keys resident, BLOCK_M the query blocks it walks; dq: BLOCK_M queries resident, BLOCK_N the keys
+DKDV_GRID = dict(block_m=(16, 32, 64), block_n=(64, 128), warps=(4, 8), stages=(2, 3, 4))
+DQ_GRID = dict(block_m=(64, 128), block_n=(16, 32, 64), warps=(4, 8), stages=(2, 3, 4))
+REP_MS = 40  # per config: the sweep has ~100 of them per shape
+
+
+def grid(spec):
+    return [tuple(c) for c in itertools.product(spec["block_m"], spec["block_n"], spec["warps"], spec["stages"])]
+
+
+def launcher_args(inp):
+    """Arguments of ``_forward`` / ``_backward`` for a shape's inputs, as ``ops.attention`` builds them."""
+    q, k = inp["q"], inp["k"]
+    B, H, Q, D = q.shape
+    spec = masks_mod.prepare_mask(inp["pad"], (B, H, Q, k.shape[2]), q.device)
+    kind, mask_t, ranges = ops_mod._kernel_mask_args(spec, inp["pad"])
+    return kind, mask_t, ranges, spec.threshold, inp["causal"], D ** -0.5
+
+
+def graph_ms(fn) -> float | None:
+    try:
+        fn()
+        torch.cuda.synchronize()
+        return benchutil.median_ms(fn, cuda_graph=True, rep=REP_MS)
+    except Exception as exc:  # noqa: BLE001 - a config that does not compile (shared memory) is skipped
+        print(f"    failed: {type(exc).__name__}: {str(exc).splitlines()[0][:120] if str(exc) else ''}")
+        torch.cuda.synchronize()
+        return None
+
+
+def sweep_shape(name, args, records):
+    inp = make_inputs(name, args.head_dim, args.dtype)
+    q, k, v = inp["q"], inp["k"], inp["v"]
+    margs = launcher_args(inp)
+    causal = inp["causal"]
+    with torch.no_grad():
+        out, lse = attn_mod._forward(q, k, v, *margs)
+    do = torch.randn_like(out)
+    D = q.shape[-1]
+    decode = attn_mod._is_decode(q.shape[2])
+    default_fwd = attn_mod._fwd_config(D, q.shape[2], q.dtype, decode, causal)
+    default_bwd = attn_mod._bwd_config(D, q.dtype)
+    orig_f, orig_b = attn_mod._fwd_config, attn_mod._bwd_config
+
+    def rec(kind, cfg, ms, **extra):
+        records.append(dict(shape=name, kind=kind, cfg=cfg, ms=ms, **extra))
+        print(f"  {name:15s} {kind:5s} {str(cfg):40s} {'-' if ms is None else f'{ms:.4f} ms'}", flush=True)
+
+    # peers: SDPA's default dispatch without a mask, forward and (autograd) backward
+    causal_nomask = causal and inp["Q"] > 1
+    sd_fwd = graph_ms(lambda: F.scaled_dot_product_attention(q, k, v, is_causal=causal_nomask))
+    qg, kg, vg = (t.detach().requires_grad_(True) for t in (q, k, v))
+    o_sd = F.scaled_dot_product_attention(qg, kg, vg, is_causal=causal_nomask)
+    sd_bwd = benchutil.median_ms(lambda: torch.autograd.grad(o_sd, (qg, kg, vg), do, retain_graph=True))
+    rec("sdpa", "default dispatch, no mask", sd_fwd, bwd_ms=sd_bwd)
+
+    best = {}
+    try:
+        if "fwd" in args.what:
+            results = []
+            for cfg in [default_fwd] + [c for c in grid(FWD_GRID) if c != default_fwd]:
+                attn_mod._fwd_config = lambda *a, cfg=cfg: cfg
+                ms = graph_ms(lambda: attn_mod._forward(q, k, v, *margs))
+                rec("fwd", cfg, ms, default=cfg == default_fwd)
+                if ms is not None:
+                    results.append((ms, cfg))
+            attn_mod._fwd_config = orig_f
+            best["fwd"] = min(results)
+        kv_best, q_best = default_bwd
+        if "dkdv" in args.what:
+            results = []
+            for cfg in [default_bwd[0]] + [c for c in grid(DKDV_GRID) if c != default_bwd[0]]:
+                attn_mod._bwd_config = lambda *a, cfg=cfg: (cfg, default_bwd[1])
+                ms = graph_ms(lambda: attn_mod._backward(do, q, k, v, out, lse, *margs))
+                rec("dkdv", cfg, ms, default=cfg == default_bwd[0])
+                if ms is not None:
+                    results.append((ms, cfg))
+            best["dkdv"] = min(results)
+            kv_best = best["dkdv"][1]
+        if "dq" in args.what:
+            results = []
+            for cfg in [default_bwd[1]] + [c for c in grid(DQ_GRID) if c != default_bwd[1]]:
+                attn_mod._bwd_config = lambda *a, cfg=cfg: (kv_best, cfg)
+                ms = graph_ms(lambda: attn_mod._backward(do, q, k, v, out, lse, *margs))
+                rec("dq", cfg, ms, default=cfg == default_bwd[1], dkdv=kv_best)
+                if ms is not None:
+                    results.append((ms, cfg))
+            best["dq"] = min(results)
+            q_best = best["dq"][1]
+        attn_mod._bwd_config = orig_b
+        default_bwd_ms = graph_ms(lambda: attn_mod._backward(do, q, k, v, out, lse, *margs))
+        grads_default = attn_mod._backward(do, q, k, v, out, lse, *margs)
+        attn_mod._bwd_config = lambda *a: (kv_best, q_best)
+        best_bwd_ms = graph_ms(lambda: attn_mod._backward(do, q, k, v, out, lse, *margs))
+        grads_best = attn_mod._backward(do, q, k, v, out, lse, *margs)
+        # other tile sizes sum in another order: the gradients agree to rounding, never more
+        grad_diff = max(float((a.float() - b.float()).abs().max()) for a, b in zip(grads_default, grads_best))
+        grad_scale = max(float(a.float().abs().max()) for a in grads_default)
+    finally:
+        attn_mod._fwd_config, attn_mod._bwd_config = orig_f, orig_b
+    summary = dict(shape=name, sdpa_fwd_ms=sd_fwd, sdpa_bwd_ms=sd_bwd, default_fwd=default_fwd,
+                   default_bwd=default_bwd, default_bwd_ms=default_bwd_ms, best_bwd=(kv_best, q_best),
+                   best_bwd_ms=best_bwd_ms, grad_max_abs_diff=grad_diff, grad_max_abs=grad_scale, best={k: dict(ms=v[0], cfg=v[1]) for k, v in best.items()})
+    print(f"  {name}: sdpa fwd {sd_fwd:.4f} bwd {sd_bwd:.4f} ms; backward default {default_bwd} "
+          f"{default_bwd_ms:.4f} ms -> best {(kv_best, q_best)} {best_bwd_ms:.4f} ms "
+          f"({default_bwd_ms / best_bwd_ms:.2f}x; {best_bwd_ms / sd_bwd:.2f}x sdpa); gradients of the two differ by "
+          f"{grad_diff:.2e} (largest {grad_scale:.2e})", flush=True)
+    if "fwd" in best:
+        print(f"  {name}: forward best {best['fwd'][1]} {best['fwd'][0]:.4f} ms "
+              f"({best['fwd'][0] / sd_fwd:.2f}x sdpa)", flush=True)
+    return summary
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--shapes", default="gpt2-pad-right,bert", help="comma-separated subset of: " + ", ".join(SHAPES))
+    ap.add_argument("--what", default="fwd,dkdv,dq", help="comma-separated subset of fwd, dkdv, dq")
+    ap.add_argument("--head-dim", type=int, default=64)
+    ap.add_argument("--dtype", default="float16", choices=["float16", "bfloat16"])
+    ap.add_argument("--out", default=None, help="output folder (default $OUT or ./out)")
+    args = ap.parse_args(argv)
+    if not torch.cuda.is_available():
+        sys.exit("tune_attention.py needs a CUDA GPU")
+    args.dtype = getattr(torch, args.dtype)
+    args.what = set(args.what.split(","))
+    unknown = args.what - {"fwd", "dkdv", "dq"}
+    if unknown:
+        sys.exit(f"--what: unknown {sorted(unknown)}; choose from fwd, dkdv, dq")
+    out = benchutil.out_dir(args.out)
+    env = benchutil.environment()
+    print(env)
+    records, summaries = [], []
+    t0 = time.perf_counter()
+    payload = dict(env=env, dtype=str(args.dtype), head_dim=args.head_dim, records=records, summaries=summaries,
+                   grids=dict(fwd=FWD_GRID, dkdv=DKDV_GRID, dq=DQ_GRID),
+                   command=" ".join(["python", "evals/tune_attention.py"] + sys.argv[1:]),
+                   timing="median ms of the launchers replayed in a CUDA graph (device time); SDPA backward: plain "
+                          "autograd call")
+    for name in filter(None, args.shapes.split(",")):
+        if name not in SHAPES:
+            sys.exit(f"unknown shape {name!r}; choose from {', '.join(SHAPES)}")
+        summaries.append(sweep_shape(name, args, records))
+        benchutil.write_json(out / "tune_attention.json", payload)
+    payload["seconds"] = time.perf_counter() - t0
+    benchutil.write_json(out / "tune_attention.json", payload)
+    print(f"wrote {out / 'tune_attention.json'} ({payload['seconds']:.0f} s)")
+
+
+if __name__ == "__main__":
+    main()
