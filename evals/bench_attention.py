@@ -397,7 +397,8 @@ def main(argv=None):
     if args.tune_only:
         args.tune, args.shapes = True, ""
     payload = dict(env=env, ceilings=ceil, dtype=str(args.dtype), head_dim=args.head_dim, shapes=SHAPES,
-                   bwd_config_override=args.bwd_config and [list(c) for c in attn_mod._bwd_config(args.head_dim, args.dtype)],
+                   bwd_config_override=args.bwd_config and [list(c) for c in
+                                                            attn_mod._bwd_config(args.head_dim, args.dtype)],
                    rows=rows, tuning=tuning, command=" ".join(["python", "evals/bench_attention.py"] + sys.argv[1:]),
                    timing="ms: median of CUDA-graph replays (device time) for forward, plain do_bench for backward; "
                           "ms_plain: plain do_bench (host overhead included when the CPU is the bottleneck); "

@@ -132,7 +132,8 @@ def sweep_shape(name, args, records):
         attn_mod._fwd_config, attn_mod._bwd_config = orig_f, orig_b
     summary = dict(shape=name, sdpa_fwd_ms=sd_fwd, sdpa_bwd_ms=sd_bwd, default_fwd=default_fwd,
                    default_bwd=default_bwd, default_bwd_ms=default_bwd_ms, best_bwd=(kv_best, q_best),
-                   best_bwd_ms=best_bwd_ms, grad_max_abs_diff=grad_diff, grad_max_abs=grad_scale, best={k: dict(ms=v[0], cfg=v[1]) for k, v in best.items()})
+                   best_bwd_ms=best_bwd_ms, grad_max_abs_diff=grad_diff, grad_max_abs=grad_scale,
+                   best={k: dict(ms=v[0], cfg=v[1]) for k, v in best.items()})
     print(f"  {name}: sdpa fwd {sd_fwd:.4f} bwd {sd_bwd:.4f} ms; backward default {default_bwd} "
           f"{default_bwd_ms:.4f} ms -> best {(kv_best, q_best)} {best_bwd_ms:.4f} ms "
           f"({default_bwd_ms / best_bwd_ms:.2f}x; {best_bwd_ms / sd_bwd:.2f}x sdpa); gradients of the two differ by "
