@@ -15,7 +15,7 @@
 #   bash evals/gpu_session.sh stream    # 2026-12-02: masked_softmax tests, default launch settings with and without
 #                                       # the streaming store hint
 #   bash evals/gpu_session.sh last      # 2026-12-02: masked_softmax tests + quick benchmark with the hint's default
-#   bash evals/gpu_session.sh tune [SHAPE]  # 2026-12-02 (2): attention GPU tests (GPT-2 shape only), then
+#   bash evals/gpu_session.sh tune [SHAPE]  # 2026-12-02 (2): attention GPU tests (with bert), then
 #                                       # evals/tune_attention.py: forward and each backward kernel's launch settings
 set -uo pipefail
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
@@ -99,8 +99,8 @@ case "${1:-}" in
     timeout 90 python evals/bench_softmax.py --quick --modes fwd,bwd --out "$OUT" 2>&1 | grep -E " ours|copy"
     ;;
   tune)
-    [ "${2:-gpt2-pad-right}" = gpt2-pad-right ] && \
-      timeout 90 python -m pytest -q -m gpu -p no:cacheprovider tests/test_attention.py 2>&1 | tail -1
+    [ "${2:-gpt2-pad-right}" = bert ] && \
+      timeout 200 python -m pytest -q -m gpu -p no:cacheprovider tests/test_attention.py 2>&1 | tail -1
     timeout 420 python evals/tune_attention.py --shapes "${2:-gpt2-pad-right}" --out "$OUT" 2>&1 \
       | tee "$OUT/tune_attention.log" | grep -E "sdpa|best|wrote|Error"
     ;;

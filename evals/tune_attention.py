@@ -60,6 +60,27 @@ def graph_ms(fn) -> float | None:
         return None
 
 
+def autograd_backward_times(fn, inp, do) -> dict:
+    """The backward as a training step runs it (``torch.autograd.grad`` through the public call): ``plain_ms`` by
+    do_bench (what bench_attention.py reports) and ``b2b_us``, wall time per call over back-to-back calls with one
+    sync (the host cost, where it exceeds the device time)."""
+    q, k, v = (t.detach().requires_grad_(True) for t in (inp["q"], inp["k"], inp["v"]))
+    o = fn(q, k, v)
+
+    def step():
+        return torch.autograd.grad(o, (q, k, v), do, retain_graph=True)
+
+    step()
+    plain = benchutil.median_ms(step)
+    torch.cuda.synchronize()
+    n = 200
+    t0 = time.perf_counter()
+    for _ in range(n):
+        step()
+    torch.cuda.synchronize()
+    return dict(plain_ms=plain, b2b_us=(time.perf_counter() - t0) / n * 1e6)
+
+
 def sweep_shape(name, args, records):
     inp = make_inputs(name, args.head_dim, args.dtype)
     q, k, v = inp["q"], inp["k"], inp["v"]
@@ -128,16 +149,25 @@ def sweep_shape(name, args, records):
         # other tile sizes sum in another order: the gradients agree to rounding, never more
         grad_diff = max(float((a.float() - b.float()).abs().max()) for a, b in zip(grads_default, grads_best))
         grad_scale = max(float(a.float().abs().max()) for a in grads_default)
+        pad = inp["pad"]
+        ours_autograd = autograd_backward_times(
+            lambda q, k, v: attn_mod.attention(q, k, v, pad, causal=causal), inp, do)
+        sdpa_autograd = autograd_backward_times(
+            lambda q, k, v: F.scaled_dot_product_attention(q, k, v, is_causal=causal_nomask), inp, do)
     finally:
         attn_mod._fwd_config, attn_mod._bwd_config = orig_f, orig_b
     summary = dict(shape=name, sdpa_fwd_ms=sd_fwd, sdpa_bwd_ms=sd_bwd, default_fwd=default_fwd,
                    default_bwd=default_bwd, default_bwd_ms=default_bwd_ms, best_bwd=(kv_best, q_best),
                    best_bwd_ms=best_bwd_ms, grad_max_abs_diff=grad_diff, grad_max_abs=grad_scale,
+                   ours_autograd_best=ours_autograd, sdpa_autograd=sdpa_autograd,
                    best={k: dict(ms=v[0], cfg=v[1]) for k, v in best.items()})
     print(f"  {name}: sdpa fwd {sd_fwd:.4f} bwd {sd_bwd:.4f} ms; backward default {default_bwd} "
           f"{default_bwd_ms:.4f} ms -> best {(kv_best, q_best)} {best_bwd_ms:.4f} ms "
           f"({default_bwd_ms / best_bwd_ms:.2f}x; {best_bwd_ms / sd_bwd:.2f}x sdpa); gradients of the two differ by "
           f"{grad_diff:.2e} (largest {grad_scale:.2e})", flush=True)
+    print(f"  {name}: autograd backward with the best settings: ours {ours_autograd['plain_ms']:.4f} ms plain, "
+          f"{ours_autograd['b2b_us']:.1f} us per call back to back; sdpa {sdpa_autograd['plain_ms']:.4f} ms, "
+          f"{sdpa_autograd['b2b_us']:.1f} us", flush=True)
     if "fwd" in best:
         print(f"  {name}: forward best {best['fwd'][1]} {best['fwd'][0]:.4f} ms "
               f"({best['fwd'][0] / sd_fwd:.2f}x sdpa)", flush=True)
