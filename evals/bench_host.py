@@ -144,10 +144,76 @@ def profile_generate(out_dir, dev, tiny=False, impls=("sdpa", "softmax", "fused"
     return rows
 
 
+def profile_attention(out_dir, dev) -> list[dict]:
+    """cProfile of back-to-back fused attention calls: the forward on the decode-step shape of ``micro`` and the
+    autograd backward on the BERT shape of bench_attention.py (B32 H12 512x512, right padding), where the backward's
+    host cost exceeds its device time. Writes ``OUT/attention_profile_{fwd,bwd}.txt``."""
+    import hf_masked_softmax as hms
+
+    rows = []
+    g = torch.Generator().manual_seed(0)
+    B, H, K, D = 8, 12, 192, 64
+    q = torch.randn(B, H, 1, D, generator=g).to(dev, torch.float16)
+    k = torch.randn(B, H, K, D, generator=g).to(dev, torch.float16)
+    v = torch.randn_like(k)
+    pad = torch.arange(K)[None] >= torch.randint(0, K // 2, (B, 1), generator=g)
+    pad = pad.to(dev)
+    n_fwd, n_bwd = (2, 2) if dev == "cpu" else (300, 100)
+    if dev == "cuda":
+        # what a launch through the compiled kernel (Triton's specialisation and cache lookup skipped) would save
+        x = torch.empty(16, device=dev)
+        ints = list(range(4, 43))
+        ck = _empty40[(1,)](x, *ints)
+        runner = ck[(1, 1, 1)]
+        stream = torch.cuda.current_stream().cuda_stream
+        rows.append({"what": "triton empty kernel, 40 args, jit launch", "us_per_call": us_per_call(
+            lambda: _empty40[(1,)](x, *ints))})
+        rows.append({"what": "same, compiled kernel's runner", "us_per_call": us_per_call(lambda: runner(x, *ints))})
+        rows.append({"what": "same, compiled kernel's run with the stream", "us_per_call": us_per_call(
+            lambda: ck.run(1, 1, 1, stream, ck.function, ck.packed_metadata, None, None, None, x, *ints))})
+    with torch.no_grad():
+        fwd = lambda: hms.attention(q, k, v, pad, causal=True)  # noqa: E731
+        rows.append({"what": "attention forward, decode step, 2D mask", "us_per_call": us_per_call(fwd)})
+        prof = cProfile.Profile()
+        prof.enable()
+        for _ in range(n_fwd):
+            fwd()
+        prof.disable()
+    _write_profile(prof, out_dir / "attention_profile_fwd.txt", n_fwd)
+    B, Q = (2, 24) if dev == "cpu" else (32, 512)
+    qb, kb, vb = (torch.randn(B, Q, H, D, generator=g).to(dev, torch.float16).transpose(1, 2).requires_grad_(True)
+                  for _ in range(3))
+    padb = (torch.arange(Q)[None] < torch.randint(Q // 2, Q + 1, (B, 1), generator=g)).to(dev)
+    out = hms.attention(qb, kb, vb, padb)
+    do = torch.randn_like(out)
+    bwd = lambda: torch.autograd.grad(out, (qb, kb, vb), do, retain_graph=True)  # noqa: E731
+    rows.append({"what": "attention autograd backward, BERT shape", "us_per_call": us_per_call(bwd, n_bwd)})
+    o_sd = torch.nn.functional.scaled_dot_product_attention(qb, kb, vb)
+    rows.append({"what": "sdpa autograd backward, BERT shape, no mask", "us_per_call": us_per_call(
+        lambda: torch.autograd.grad(o_sd, (qb, kb, vb), do, retain_graph=True), n_bwd)})
+    prof = cProfile.Profile()
+    prof.enable()
+    for _ in range(n_bwd):
+        bwd()
+    prof.disable()
+    _sync()
+    _write_profile(prof, out_dir / "attention_profile_bwd.txt", n_bwd)
+    return rows
+
+
+def _write_profile(prof, path, n):
+    s = io.StringIO()
+    s.write(f"{n} calls\n")
+    pstats.Stats(prof, stream=s).sort_stats("tottime").print_stats(30)
+    path.write_text(s.getvalue())
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default=None)
     ap.add_argument("--no-profile", action="store_true")
+    ap.add_argument("--attention-profile", action="store_true",
+                    help="only cProfile the fused attention's forward (decode) and backward (BERT shape) calls")
     ap.add_argument("--smoke", action="store_true", help="CPU smoke run (TRITON_INTERPRET=1): tiny model; not timings")
     args = ap.parse_args(argv)
     if not torch.cuda.is_available() and not args.smoke:
@@ -157,6 +223,11 @@ def main(argv=None):
         global N_CALLS
         N_CALLS = 2
     out_dir = benchutil.out_dir(args.out)
+    if args.attention_profile:
+        rows = profile_attention(out_dir, dev)
+        benchutil.print_table(rows, ["what", "us_per_call"])
+        benchutil.write_json(out_dir / "bench_host_attention.json", {"env": benchutil.environment(), "micro": rows})
+        return
     rows = micro(dev)
     benchutil.print_table(rows, ["what", "us_per_call"])
     gen_rows = [] if args.no_profile else profile_generate(out_dir, dev, tiny=args.smoke)

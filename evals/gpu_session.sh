@@ -17,6 +17,7 @@
 #   bash evals/gpu_session.sh last      # 2026-12-02: masked_softmax tests + quick benchmark with the hint's default
 #   bash evals/gpu_session.sh tune [SHAPE]  # 2026-12-02 (2): attention GPU tests (with bert), then
 #                                       # evals/tune_attention.py: forward and each backward kernel's launch settings
+#   bash evals/gpu_session.sh host      # 2026-12-02 (2): host cost and cProfile of the fused attention's calls
 set -uo pipefail
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
 OUT=${OUT:-out}
@@ -104,8 +105,11 @@ case "${1:-}" in
     timeout 420 python evals/tune_attention.py --shapes "${2:-gpt2-pad-right}" --out "$OUT" 2>&1 \
       | tee "$OUT/tune_attention.log" | grep -E "sdpa|best|wrote|Error"
     ;;
+  host)
+    timeout 200 python evals/bench_host.py --attention-profile --out "$OUT" 2>&1 | grep -v -i warn
+    ;;
   *)
-    echo "usage: bash evals/gpu_session.sh tests|kernels|e2e|check|followup|recheck|verify|measure|final|stream|last|tune" >&2
+    echo "usage: bash evals/gpu_session.sh tests|kernels|e2e|check|followup|recheck|verify|measure|final|stream|last|tune|host" >&2
     exit 2
     ;;
 esac
