@@ -92,7 +92,7 @@ def sweep_shape(name, args, records):
     D = q.shape[-1]
     decode = attn_mod._is_decode(q.shape[2])
     default_fwd = attn_mod._fwd_config(D, q.shape[2], q.dtype, decode, causal)
-    default_bwd = attn_mod._bwd_config(D, q.dtype)
+    default_bwd = attn_mod._bwd_config(D, q.dtype, causal)
     orig_f, orig_b = attn_mod._fwd_config, attn_mod._bwd_config
 
     def rec(kind, cfg, ms, **extra):
