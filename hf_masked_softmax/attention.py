@@ -46,6 +46,8 @@ import torch
 import triton
 import triton.language as tl
 
+from ._launch import fast_launch
+
 
 _INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 _LOG2E = 1.4426950408889634
@@ -173,6 +175,7 @@ def _block_key_bounds(start, end, has_holes, m0, split, NUM_SPLITS, Q_LEN, K_LEN
     return s_lo, s_hi, full_lo, full_hi
 
 
+@fast_launch
 @triton.jit
 def _attn_fwd_kernel(
     q_ptr, k_ptr, v_ptr, o_ptr, lse_ptr, mask_ptr, ranges_ptr,
@@ -252,6 +255,7 @@ def _attn_fwd_kernel(
     tl.store(lse_ptr + split * stride_ls + bh * Q_LEN + rows, lse, mask=row_ok)
 
 
+@fast_launch
 @triton.jit
 def _split_combine_kernel(
     part_ptr, part_lse_ptr, o_ptr, lse_ptr,
@@ -285,6 +289,7 @@ def _split_combine_kernel(
     tl.store(lse_ptr + bh * Q_LEN + row, lse)
 
 
+@fast_launch
 @triton.jit
 def _bwd_delta_kernel(o_ptr, do_ptr, delta_ptr,
                       stride_ob, stride_oh, stride_om, stride_od,
@@ -339,6 +344,7 @@ def _dkdv_blocks(dk, dv, k, v, q_base, do_base, lse_base, delta_base, mask_base,
     return dk, dv
 
 
+@fast_launch
 @triton.jit
 def _bwd_dkdv_kernel(
     q_ptr, k_ptr, v_ptr, do_ptr, lse_ptr, delta_ptr, dk_ptr, dv_ptr, mask_ptr, ranges_ptr,
@@ -449,6 +455,7 @@ def _dq_blocks(dq, q, do, lse, delta, k_base, v_base, mask_base, rows, offs_n, o
     return dq
 
 
+@fast_launch
 @triton.jit
 def _bwd_dq_kernel(
     q_ptr, k_ptr, v_ptr, do_ptr, lse_ptr, delta_ptr, dq_ptr, mask_ptr, ranges_ptr,

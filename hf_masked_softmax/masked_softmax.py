@@ -45,6 +45,7 @@ import triton
 import triton.language as tl
 
 from . import masks as _masks
+from ._launch import fast_launch
 from .attention import _next_pow2, _sm_count  # host helpers shared by both kernels' launchers
 from . import ops as _ops
 from .reference import masked_softmax_reference
@@ -182,6 +183,7 @@ def _store_rows(ptrs, val, row_ok, cols, K, EVEN: tl.constexpr, STREAM: tl.const
     _store(ptrs, val, row_ok[:, None] & (cols < K), not EVEN, STREAM)
 
 
+@fast_launch
 @triton.jit
 def _fwd_kernel(
     s_ptr, y_ptr, mask_ptr, ranges_ptr,
@@ -251,6 +253,7 @@ def _fwd_kernel(
                 _store(y_row + cols, y.to(y_ptr.dtype.element_ty), row_ok[:, None] & (cols < K), True, STREAM)
 
 
+@fast_launch
 @triton.jit
 def _bwd_kernel(
     y_ptr, dy_ptr, ds_ptr, mask_ptr, ranges_ptr,

@@ -23,6 +23,8 @@ import torch
 import triton
 import triton.language as tl
 
+from ._launch import fast_launch
+
 NONE, PAD2D, BOOL4D, ADD4D = 0, 1, 2, 3
 KIND_NAMES = {NONE: "none", PAD2D: "2d-padding", BOOL4D: "4d-bool", ADD4D: "4d-additive"}
 
@@ -119,6 +121,7 @@ def keep_mask(spec: MaskSpec, shape, *, causal: bool, device) -> torch.Tensor:
 RANGES_WIDTH = 4  # int32 row per sequence: start, end, has_holes, (padding to 16 bytes)
 
 
+@fast_launch
 @triton.jit
 def _pad_ranges_kernel(mask_ptr, ranges_ptr, stride_mb, stride_mk, K_LEN, BLOCK: tl.constexpr):
     """Per sequence ``b`` of a ``[B, K]`` padding mask: first kept key, last kept key + 1, and whether the kept keys

@@ -1,0 +1,138 @@
+"""Kernel launches with less host time: ``kernel[grid](*args, **constexprs)`` through the compiled kernel.
+
+Each ``jit_fn[grid](...)`` call makes Triton bind the arguments, compute a specialisation per argument (type,
+16-byte alignment of pointers, divisibility by 16 of integers), build a cache key and look the compiled kernel up:
+about 20 us of host time per launch for kernels with ~40 arguments on the hosts we measured (bench_host.py), where
+the launch itself takes ~9 us. Decoding, and the fused attention's backward (three launches), are bound by that host
+time.
+
+:func:`fast_launch` wraps a ``@triton.jit`` kernel. The first launch for a new key goes through Triton as usual and
+keeps the compiled kernel it returns; later launches with the same key call it directly. The key holds more than
+Triton's specialisation depends on: each pointer argument's dtype and whether it is 16-byte aligned, the exact value
+and type of every other argument (sizes, strides, scales), every constexpr and launch option, and the device. Two launches
+with equal keys therefore get the same compiled kernel from Triton, and the shortcut never runs a kernel compiled for
+other arguments. A model calls each kernel with a handful of distinct sizes (a decoding step changes the key length
+once for all its layers), so the cache stays small; it is bounded and cleared when full.
+
+The shortcut is used only where it was checked against the Triton version's launch path (Triton 3.3 to 3.6 on CUDA:
+``CompiledKernel.run(grid, stream, function, packed metadata, launch metadata, hooks, *all parameters)``), never
+under ``TRITON_INTERPRET=1``, and not while a launch hook (a profiler) is installed. ``HF_MASKED_SOFTMAX_FAST_LAUNCH=0``
+turns it off, ``=1`` forces it on for other Triton versions.
+"""
+from __future__ import annotations
+
+import os
+
+import torch
+import triton
+
+_INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
+_CHECKED_VERSIONS = ("3.3", "3.4", "3.5", "3.6")
+_MAX_ENTRIES = 256  # per kernel: a bound in case something varies that should not (cleared when reached)
+
+
+def _enabled() -> bool:
+    env = os.environ.get("HF_MASKED_SOFTMAX_FAST_LAUNCH")
+    if env is not None:
+        return env.strip().lower() not in ("0", "false", "no", "off", "")
+    # CUDA only: other backends specialise pointers on more than alignment
+    return torch.version.hip is None and ".".join(triton.__version__.split(".")[:2]) in _CHECKED_VERSIONS
+
+
+ENABLED = not _INTERPRET and _enabled()
+
+
+class FastLaunch:
+    """A ``@triton.jit`` kernel whose ``kernel[grid](*args, **kw)`` launches skip Triton's per-call
+    specialisation once a compiled kernel for the same key exists (see the module docstring)."""
+
+    def __init__(self, fn):
+        self.fn = fn
+        self.cache = {}
+        # the leading pointer parameters (named *_ptr): keyed by dtype and alignment; every later argument by value
+        names = list(fn.arg_names)
+        self.n_ptr = next((i for i, n in enumerate(names) if not n.endswith("_ptr")), len(names))
+        self.__doc__ = getattr(fn, "__doc__", None)
+        self.__name__ = getattr(fn, "__name__", "kernel")
+
+    def __getattr__(self, name):  # the JITFunction's own attributes (cache, arg_names, ...)
+        return getattr(self.fn, name)
+
+    def __getitem__(self, grid):
+        if not ENABLED or callable(grid):
+            return self.fn[grid]
+        return lambda *args, **kwargs: self._launch(grid, args, kwargs)
+
+    def _launch(self, grid, args, kwargs):
+        if _hooks_installed():
+            return self.fn[grid](*args, **kwargs)
+        device = _driver().get_current_device()
+        n = self.n_ptr
+        try:
+            ptrs = tuple([(a.dtype, (a.data_ptr() & 15) == 0) for a in args[:n]])
+        except AttributeError:  # not a tensor where a pointer goes: Triton's own path
+            return self.fn[grid](*args, **kwargs)
+        rest = args[n:]
+        # types too: 1, 1.0 and True compare equal but are specialised differently
+        key = (device, ptrs, rest, tuple(map(type, rest)), tuple(kwargs.items()))
+        kernel = self.cache.get(key)
+        if kernel is None:
+            kernel = self.fn[grid](*args, **kwargs)
+            # every parameter, in order: the positional arguments, then the rest by name (all given: no defaults)
+            names = self.fn.arg_names[len(args):]
+            if (kernel is not None and _launchable(kernel) and all(n in kwargs for n in names)
+                    and all(isinstance(a, torch.Tensor) for a in args[:n])
+                    and not any(isinstance(a, torch.Tensor) for a in args[n:])):
+                if len(self.cache) >= _MAX_ENTRIES:
+                    self.cache.clear()
+                self.cache[key] = (kernel, names)
+            return kernel
+        kernel, names = kernel
+        stream = _driver().get_current_stream(device)
+        g1 = grid[1] if len(grid) > 1 else 1
+        g2 = grid[2] if len(grid) > 2 else 1
+        kernel.run(grid[0], g1, g2, stream, kernel.function, kernel.packed_metadata, None, None, None,
+                   *args, *[kwargs[n] for n in names])
+        return kernel
+
+
+def _launchable(kernel) -> bool:
+    return all(hasattr(kernel, a) for a in ("run", "function", "packed_metadata"))
+
+
+_DRIVER = None
+
+
+def _driver():
+    global _DRIVER
+    if _DRIVER is None:
+        from triton.runtime import driver
+
+        _DRIVER = driver.active
+    return _DRIVER
+
+
+try:
+    from triton import knobs as _KNOBS
+except ImportError:  # pragma: no cover - Triton before 3.3 has no knobs: the shortcut is off there anyway
+    _KNOBS = None
+
+
+def _installed(hook) -> bool:
+    if hook is None:
+        return False
+    calls = getattr(hook, "calls", None)  # Triton's HookChain: installed when it holds a function
+    return calls is None or len(calls) > 0
+
+
+def _hooks_installed() -> bool:
+    """Whether a launch hook (a profiler such as proton) wants to see launches: then Triton's own path."""
+    if _KNOBS is None:
+        return False
+    runtime = _KNOBS.runtime
+    return _installed(runtime.launch_enter_hook) or _installed(runtime.launch_exit_hook)
+
+
+def fast_launch(fn) -> FastLaunch:
+    """Decorator (outside ``@triton.jit``): launch through the compiled kernel where it is safe."""
+    return FastLaunch(fn)
