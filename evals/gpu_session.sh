@@ -18,6 +18,8 @@
 #   bash evals/gpu_session.sh tune [SHAPE]  # 2026-12-02 (2): attention GPU tests (with bert), then
 #                                       # evals/tune_attention.py: forward and each backward kernel's launch settings
 #   bash evals/gpu_session.sh host      # 2026-12-02 (2): host cost and cProfile of the fused attention's calls
+#   bash evals/gpu_session.sh fast      # 2026-12-02 (2): the launch shortcut: GPU tests, host cost with and without
+#                                       # it, backward defaults, bench_attention.py
 set -uo pipefail
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
 OUT=${OUT:-out}
@@ -108,8 +110,18 @@ case "${1:-}" in
   host)
     timeout 200 python evals/bench_host.py --attention-profile --out "$OUT" 2>&1 | grep -v -i warn
     ;;
+  fast)
+    timeout 200 python -m pytest -q -m gpu -p no:cacheprovider tests/test_launch.py tests/test_attention.py \
+      tests/test_no_copies.py 2>&1 | tail -2
+    timeout 60 python evals/bench_host.py --attention-profile --out "$OUT/host_fast" 2>&1 | grep -E "attention|sdpa"
+    HF_MASKED_SOFTMAX_FAST_LAUNCH=0 timeout 60 python evals/bench_host.py --attention-profile --out "$OUT/host_triton" \
+      2>&1 | grep -E "attention|sdpa"
+    timeout 60 python evals/tune_attention.py --what none --shapes gpt2-pad-right,bert --out "$OUT" 2>&1 | grep -E ": "
+    timeout 200 python evals/bench_attention.py --shapes gpt2-pad-right,gpt2-nopad,bert,decode --out "$OUT" 2>&1 \
+      | tee "$OUT/bench_attention.log" | grep -E "^\[|  ours |sdpa-default|sdpa-cudnn" | cut -c1-110
+    ;;
   *)
-    echo "usage: bash evals/gpu_session.sh tests|kernels|e2e|check|followup|recheck|verify|measure|final|stream|last|tune|host" >&2
+    echo "usage: bash evals/gpu_session.sh tests|kernels|e2e|check|followup|recheck|verify|measure|final|stream|last|tune|host|fast" >&2
     exit 2
     ;;
 esac

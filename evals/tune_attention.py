@@ -177,7 +177,7 @@ def sweep_shape(name, args, records):
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--shapes", default="gpt2-pad-right,bert", help="comma-separated subset of: " + ", ".join(SHAPES))
-    ap.add_argument("--what", default="fwd,dkdv,dq", help="comma-separated subset of fwd, dkdv, dq")
+    ap.add_argument("--what", default="fwd,dkdv,dq", help="comma-separated subset of fwd, dkdv, dq; 'none' times the defaults only")
     ap.add_argument("--head-dim", type=int, default=64)
     ap.add_argument("--dtype", default="float16", choices=["float16", "bfloat16"])
     ap.add_argument("--out", default=None, help="output folder (default $OUT or ./out)")
@@ -185,7 +185,7 @@ def main(argv=None):
     if not torch.cuda.is_available():
         sys.exit("tune_attention.py needs a CUDA GPU")
     args.dtype = getattr(torch, args.dtype)
-    args.what = set(args.what.split(","))
+    args.what = set(args.what.split(",")) - {"none"}
     unknown = args.what - {"fwd", "dkdv", "dq"}
     if unknown:
         sys.exit(f"--what: unknown {sorted(unknown)}; choose from fwd, dkdv, dq")
