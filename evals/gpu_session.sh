@@ -20,6 +20,7 @@
 #   bash evals/gpu_session.sh host      # 2026-12-02 (2): host cost and cProfile of the fused attention's calls
 #   bash evals/gpu_session.sh fast      # 2026-12-02 (2): the launch shortcut: GPU tests, host cost with and without
 #                                       # it, backward defaults, bench_attention.py
+#   bash evals/gpu_session.sh fastcheck # 2026-12-02 (2): every GPU test with the shortcut, GPT-2 generate rows
 set -uo pipefail
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
 OUT=${OUT:-out}
@@ -120,8 +121,13 @@ case "${1:-}" in
     timeout 200 python evals/bench_attention.py --shapes gpt2-pad-right,gpt2-nopad,bert,decode --out "$OUT" 2>&1 \
       | tee "$OUT/bench_attention.log" | grep -E "^\[|  ours |sdpa-default|sdpa-cudnn" | cut -c1-110
     ;;
+  fastcheck)
+    timeout 210 python -m pytest -q -m gpu -k "not 2_pow_31" -p no:cacheprovider 2>&1 | tee "$OUT/gpu_tests.log" | tail -2
+    timeout 110 python evals/speed.py --only "gpt2-small generate" --impls eager,sdpa,softmax,fused --out "$OUT" \
+      --no-plot 2>&1 | tail -9
+    ;;
   *)
-    echo "usage: bash evals/gpu_session.sh tests|kernels|e2e|check|followup|recheck|verify|measure|final|stream|last|tune|host|fast" >&2
+    echo "usage: bash evals/gpu_session.sh tests|kernels|e2e|check|followup|recheck|verify|measure|final|stream|last|tune|host|fast|fastcheck" >&2
     exit 2
     ;;
 esac
