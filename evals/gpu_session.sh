@@ -21,6 +21,8 @@
 #   bash evals/gpu_session.sh fast      # 2026-12-02 (2): the launch shortcut: GPU tests, host cost with and without
 #                                       # it, backward defaults, bench_attention.py
 #   bash evals/gpu_session.sh fastcheck # 2026-12-02 (2): every GPU test with the shortcut, GPT-2 generate rows
+#   bash evals/gpu_session.sh closing   # 2026-12-02 (2): backward kernel time (profiler) of ours and SDPA's, memcheck
+#                                       # of the launch shortcut's GPU tests
 set -uo pipefail
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
 OUT=${OUT:-out}
@@ -126,8 +128,13 @@ case "${1:-}" in
     timeout 110 python evals/speed.py --only "gpt2-small generate" --impls eager,sdpa,softmax,fused --out "$OUT" \
       --no-plot 2>&1 | tail -9
     ;;
+  closing)
+    timeout 70 python evals/tune_attention.py --what none --shapes gpt2-pad-right,bert --out "$OUT" 2>&1 | grep -E ": "
+    timeout 90 python evals/memcheck.py --tests tests/test_launch.py -k gpu --out "$OUT/memcheck_launch.json" 2>&1 \
+      | tail -3
+    ;;
   *)
-    echo "usage: bash evals/gpu_session.sh tests|kernels|e2e|check|followup|recheck|verify|measure|final|stream|last|tune|host|fast|fastcheck" >&2
+    echo "usage: bash evals/gpu_session.sh tests|kernels|e2e|check|followup|recheck|verify|measure|final|stream|last|tune|host|fast|fastcheck|closing" >&2
     exit 2
     ;;
 esac
