@@ -14,7 +14,8 @@ with equal keys therefore get the same compiled kernel from Triton, and the shor
 other arguments. A model calls each kernel with a handful of distinct sizes (a decoding step changes the key length
 once for all its layers), so the cache stays small; it is bounded and cleared when full.
 
-The shortcut is used only where it was checked against the Triton version's launch path (Triton 3.3 to 3.6 on CUDA:
+The shortcut is used only where it was checked against the Triton version's launch path (Triton 3.4 to 3.6 on CUDA;
+run on a GPU with 3.6:
 ``CompiledKernel.run(grid, stream, function, packed metadata, launch metadata, hooks, *all parameters)``), never
 under ``TRITON_INTERPRET=1``, and not while a launch hook (a profiler) is installed. ``HF_MASKED_SOFTMAX_FAST_LAUNCH=0``
 turns it off, ``=1`` forces it on for other Triton versions.
@@ -27,7 +28,7 @@ import torch
 import triton
 
 _INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
-_CHECKED_VERSIONS = ("3.3", "3.4", "3.5", "3.6")
+_CHECKED_VERSIONS = ("3.4", "3.5", "3.6")  # launch path read in each; run on a GPU: 3.6
 _MAX_ENTRIES = 256  # per kernel: a bound in case something varies that should not (cleared when reached)
 
 
@@ -114,7 +115,7 @@ def _driver():
 
 try:
     from triton import knobs as _KNOBS
-except ImportError:  # pragma: no cover - Triton before 3.3 has no knobs: the shortcut is off there anyway
+except ImportError:  # pragma: no cover - Triton before 3.4 has no knobs: the shortcut is off there anyway
     _KNOBS = None
 
 

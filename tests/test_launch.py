@@ -179,6 +179,13 @@ def test_the_environment_variable_decides(monkeypatch, value, expected):
     assert _launch._enabled() is expected
 
 
+@pytest.mark.parametrize("version, expected", [("3.6.0", True), ("3.4.1", True), ("3.3.1", False), ("3.9.0", False)])
+def test_on_by_default_only_for_the_triton_versions_whose_launch_path_was_checked(monkeypatch, version, expected):
+    monkeypatch.delenv("HF_MASKED_SOFTMAX_FAST_LAUNCH", raising=False)
+    monkeypatch.setattr(_launch.triton, "__version__", version)
+    assert _launch._enabled() is (expected and torch.version.hip is None)
+
+
 def test_the_package_kernels_are_wrapped_and_pointer_parameters_counted():
     import importlib
 
