@@ -16,8 +16,9 @@ the whole rectangle: the speed anchor, not the same result on padded shapes), SD
 ``triton.testing.do_bench``; TFLOP/s count only the (query, key) pairs each provider's own problem keeps
 (backward = 2.5x forward). Forward ``ms`` is the median of CUDA-graph replays (device time: in a model the Python
 and launch overhead hides behind earlier kernels); ``ms_plain`` times plain calls and ``us_per_call_b2b`` the wall
-time of back-to-back calls, which shows the host cost where the CPU is the bottleneck (decoding). Backward is
-timed plainly. ``--tune`` also sweeps our block sizes. Writes a table, ``bench_attention.json`` and
+time of back-to-back calls, which shows the host cost where the CPU is the bottleneck (decoding). Backward ``ms`` is
+its kernel time by the PyTorch profiler (plain calls are host-bound for ours), ``ms_plain`` the plain timing.
+``--tune`` also sweeps our block sizes. Writes a table, ``bench_attention.json`` and
 ``bench_attention.png`` to ``--out`` (default $OUT or ./out).
 
     python evals/bench_attention.py [--shapes gpt2-pad-right,bert,decode] [--tune] [--out DIR]
@@ -188,11 +189,27 @@ def time_provider(fn, inp, backward: bool, graph: bool = True):
             t.requires_grad_(False)
 
 
+def backward_kernel_ms(fn, inp):
+    """Kernel time of one ``torch.autograd.grad`` of ``fn``'s output (profiler; see benchutil.kernel_ms)."""
+    q, k, v = inp["q"], inp["k"], inp["v"]
+    for t in (q, k, v):
+        t.requires_grad_(True)
+    try:
+        out = fn()
+        do = torch.randn_like(out)
+        return benchutil.kernel_ms(lambda: torch.autograd.grad(out, (q, k, v), do, retain_graph=True))
+    finally:
+        for t in (q, k, v):
+            t.requires_grad_(False)
+
+
 def time_both(fn, inp, backward):
-    """(graph ms or None, plain ms, host us per call). Backward is never graph-captured (a failed capture of the
-    autograd engine leaves the CUDA context unusable), and its host overhead is small next to its device time."""
+    """(device ms or None, plain ms, host us per call). Forward device time: CUDA-graph replays. Backward: never
+    graph-captured (a failed capture of the autograd engine leaves the CUDA context unusable); its device time is the
+    kernel time the profiler records. Plain backward calls are host-bound for launch-heavy providers (ours: three
+    kernels behind a Python autograd node)."""
     plain = time_provider(fn, inp, backward, graph=False)
-    graphed = None
+    graphed = backward_kernel_ms(fn, inp) if backward else None
     if not backward:
         try:
             graphed = time_provider(fn, inp, backward, graph=True)
@@ -400,7 +417,8 @@ def main(argv=None):
                    bwd_config_override=args.bwd_config and [list(c) for c in
                                                             attn_mod._bwd_config(args.head_dim, args.dtype)],
                    rows=rows, tuning=tuning, command=" ".join(["python", "evals/bench_attention.py"] + sys.argv[1:]),
-                   timing="ms: median of CUDA-graph replays (device time) for forward, plain do_bench for backward; "
+                   timing="ms: device time: median of CUDA-graph replays for forward, kernel time by the profiler for "
+                          "backward (plain do_bench where the profiler fails); "
                           "ms_plain: plain do_bench (host overhead included when the CPU is the bottleneck); "
                           "us_per_call_b2b: wall time per call over 200 back-to-back calls")
     for name in filter(None, args.shapes.split(",")):

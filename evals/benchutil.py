@@ -49,6 +49,27 @@ def median_ms(fn, *, warmup: int = 25, rep: int = 100, cuda_graph: bool = False,
     return float(triton.testing.do_bench(fn, warmup=warmup, rep=rep, grad_to_none=grad_to_none, return_mode="median"))
 
 
+def kernel_ms(fn, n: int = 20) -> float | None:
+    """GPU kernel time per call of ``fn``: the sum of its kernels' (and copies') durations recorded by the PyTorch
+    profiler, averaged over ``n`` calls. Device time without launch gaps, the same measure for every provider, where a
+    CUDA graph cannot capture the call (autograd backward). None if the profiler fails."""
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+
+    try:
+        fn()
+        torch.cuda.synchronize()
+        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+            for _ in range(n):
+                fn()
+            torch.cuda.synchronize()
+        total_us = sum(e.device_time_total for e in prof.events() if e.device_type == DeviceType.CUDA)
+        return total_us / n / 1e3 if total_us > 0 else None
+    except Exception as exc:  # noqa: BLE001 - a profiler problem must not lose the other numbers
+        print(f"    (no profiler timing: {type(exc).__name__}: {str(exc)[:100]})")
+        return None
+
+
 def copy_bandwidth_gbs(n_bytes: int = 2**30) -> float:
     """Measured device-to-device copy bandwidth, counting bytes read plus bytes written."""
     src = torch.empty(n_bytes // 2, dtype=torch.float16, device="cuda").normal_()

@@ -78,27 +78,7 @@ def autograd_backward_times(fn, inp, do) -> dict:
     for _ in range(n):
         step()
     torch.cuda.synchronize()
-    return dict(plain_ms=plain, b2b_us=(time.perf_counter() - t0) / n * 1e6, kernel_ms=kernel_ms(step))
-
-
-def kernel_ms(fn, n: int = 20) -> float | None:
-    """GPU kernel time per call of ``fn`` (the sum of its kernels' durations, by the PyTorch profiler): device time
-    with no launch gaps, the same measure for every provider, where a CUDA graph cannot capture the call."""
-    from torch.autograd import DeviceType
-    from torch.profiler import ProfilerActivity, profile
-
-    try:
-        fn()
-        torch.cuda.synchronize()
-        with profile(activities=[ProfilerActivity.CUDA]) as prof:
-            for _ in range(n):
-                fn()
-            torch.cuda.synchronize()
-        total_us = sum(e.device_time_total for e in prof.events() if e.device_type == DeviceType.CUDA)
-        return total_us / n / 1e3
-    except Exception as exc:  # noqa: BLE001 - a profiler problem must not lose the other numbers
-        print(f"    (no profiler timing: {type(exc).__name__}: {str(exc)[:100]})")
-        return None
+    return dict(plain_ms=plain, b2b_us=(time.perf_counter() - t0) / n * 1e6, kernel_ms=benchutil.kernel_ms(step))
 
 
 def sweep_shape(name, args, records):
