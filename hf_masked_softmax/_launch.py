@@ -1,24 +1,23 @@
 """Kernel launches with less host time: ``kernel[grid](*args, **constexprs)`` through the compiled kernel.
 
 Each ``jit_fn[grid](...)`` call makes Triton bind the arguments, compute a specialisation per argument (type,
-16-byte alignment of pointers, divisibility by 16 of integers), build a cache key and look the compiled kernel up:
-about 20 us of host time per launch for kernels with ~40 arguments on the hosts we measured (bench_host.py), where
-the launch itself takes ~9 us. Decoding, and the fused attention's backward (three launches), are bound by that host
-time.
+16-byte alignment of pointers, divisibility by 16 of integers), build a cache key and look the compiled kernel up.
+On an H200's host an empty kernel with 40 arguments took 32.8 us per launch that way and 8.4 us through its compiled
+kernel (``evals/bench_host.py --attention-profile``). Decoding, and the fused attention's backward (three launches),
+are bound by that host time.
 
 :func:`fast_launch` wraps a ``@triton.jit`` kernel. The first launch for a new key goes through Triton as usual and
 keeps the compiled kernel it returns; later launches with the same key call it directly. The key holds more than
 Triton's specialisation depends on: each pointer argument's dtype and whether it is 16-byte aligned, the exact value
-and type of every other argument (sizes, strides, scales), every constexpr and launch option, and the device. Two launches
-with equal keys therefore get the same compiled kernel from Triton, and the shortcut never runs a kernel compiled for
-other arguments. A model calls each kernel with a handful of distinct sizes (a decoding step changes the key length
-once for all its layers), so the cache stays small; it is bounded and cleared when full.
+and type of every other argument (sizes, strides, scales), every constexpr and launch option, and the device. Two
+launches with equal keys therefore get the same compiled kernel from Triton, and the shortcut never runs a kernel
+compiled for other arguments. A model calls each kernel with a handful of distinct sizes (a decoding step changes the
+key length once for all its layers), so the cache stays small; it is bounded and cleared when full.
 
-The shortcut is used only where it was checked against the Triton version's launch path (Triton 3.4 to 3.6 on CUDA;
-run on a GPU with 3.6:
-``CompiledKernel.run(grid, stream, function, packed metadata, launch metadata, hooks, *all parameters)``), never
-under ``TRITON_INTERPRET=1``, and not while a launch hook (a profiler) is installed. ``HF_MASKED_SOFTMAX_FAST_LAUNCH=0``
-turns it off, ``=1`` forces it on for other Triton versions.
+Where it is used: Triton 3.4 to 3.6 on CUDA, whose launch path is the same
+(``CompiledKernel.run(grid, stream, function, packed metadata, launch metadata, hooks, *every parameter)``; read in
+each version's source, run on a GPU with 3.6). Never under ``TRITON_INTERPRET=1``, and not while a launch hook (a
+profiler) is installed. ``HF_MASKED_SOFTMAX_FAST_LAUNCH=0`` turns it off, ``=1`` forces it on for other versions.
 """
 from __future__ import annotations
 
