@@ -182,7 +182,8 @@ def _fmt(ms):
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--shapes", default="gpt2-pad-right,bert", help="comma-separated subset of: " + ", ".join(SHAPES))
-    ap.add_argument("--what", default="fwd,dkdv,dq", help="comma-separated subset of fwd, dkdv, dq; 'none' times the defaults only")
+    ap.add_argument("--what", default="fwd,dkdv,dq",
+                    help="comma-separated subset of fwd, dkdv, dq; 'none' times the defaults only")
     ap.add_argument("--head-dim", type=int, default=64)
     ap.add_argument("--dtype", default="float16", choices=["float16", "bfloat16"])
     ap.add_argument("--out", default=None, help="output folder (default $OUT or ./out)")
