@@ -255,15 +255,15 @@ def bench_shape(name, args, rows):
     for prov, (fn, masked) in providers(inp).items():
         for p in passes:
             try:
-                ms_graph, ms_plain, host_us = time_both(fn, inp, p == "bwd")
-                ms = ms_graph if ms_graph is not None else ms_plain
+                ms_device, ms_plain, host_us = time_both(fn, inp, p == "bwd")
+                ms = ms_device if ms_device is not None else ms_plain
             except Exception as exc:  # noqa: BLE001
                 msg = str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__
                 print(f"  {prov:22s} {p}: not run ({type(exc).__name__}: {msg})")
                 rows.append(dict(shape=name, provider=prov, pass_=p, ms=None, error=msg))
                 continue
             flops = 4 * D * H * pairs[masked] * (2.5 if p == "bwd" else 1.0)
-            row = dict(shape=name, provider=prov, pass_=p, ms=ms, ms_graph=ms_graph, ms_plain=ms_plain,
+            row = dict(shape=name, provider=prov, pass_=p, ms=ms, ms_device=ms_device, ms_plain=ms_plain,
                        us_per_call_b2b=host_us,
                        tflops=flops / ms / 1e9, problem="padded" if masked else "no-mask")
             if inp["Q"] <= 16 and masked:
