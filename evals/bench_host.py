@@ -134,11 +134,7 @@ def profile_generate(out_dir, dev, tiny=False, impls=("sdpa", "softmax", "fused"
             prof.disable()
         finally:
             undo()
-        s = io.StringIO()
-        st = pstats.Stats(prof, stream=s)
-        st.sort_stats("tottime").print_stats(30)
-        st.sort_stats("cumulative").print_stats(45)
-        (out_dir / f"generate_profile_{impl}.txt").write_text(s.getvalue())
+        _write_profile(prof, out_dir / f"generate_profile_{impl}.txt", cumulative=45)
         rows.append({"impl": impl, "ms_per_step": wall * 1e3 / new_tokens})
         print(f"{impl}: {wall * 1e3 / new_tokens:.2f} ms per generated token (B8, {new_tokens} new tokens)")
     return rows
@@ -179,7 +175,7 @@ def profile_attention(out_dir, dev) -> list[dict]:
         for _ in range(n_fwd):
             fwd()
         prof.disable()
-    _write_profile(prof, out_dir / "attention_profile_fwd.txt", n_fwd)
+    _write_profile(prof, out_dir / "attention_profile_fwd.txt", header=f"{n_fwd} calls\n")
     B, Q = (2, 24) if dev == "cpu" else (32, 512)
     qb, kb, vb = (torch.randn(B, Q, H, D, generator=g).to(dev, torch.float16).transpose(1, 2).requires_grad_(True)
                   for _ in range(3))
@@ -197,14 +193,18 @@ def profile_attention(out_dir, dev) -> list[dict]:
         bwd()
     prof.disable()
     _sync()
-    _write_profile(prof, out_dir / "attention_profile_bwd.txt", n_bwd)
+    _write_profile(prof, out_dir / "attention_profile_bwd.txt", header=f"{n_bwd} calls\n")
     return rows
 
 
-def _write_profile(prof, path, n):
+def _write_profile(prof, path, header: str = "", cumulative: int = 0):
+    """The top 30 functions by own time (and the top ``cumulative`` by cumulative time) of a cProfile run."""
     s = io.StringIO()
-    s.write(f"{n} calls\n")
-    pstats.Stats(prof, stream=s).sort_stats("tottime").print_stats(30)
+    s.write(header)
+    st = pstats.Stats(prof, stream=s)
+    st.sort_stats("tottime").print_stats(30)
+    if cumulative:
+        st.sort_stats("cumulative").print_stats(cumulative)
     path.write_text(s.getvalue())
 
 
