@@ -23,6 +23,8 @@
 #   bash evals/gpu_session.sh fastcheck # 2026-12-02 (2): every GPU test with the shortcut, GPT-2 generate rows
 #   bash evals/gpu_session.sh closing   # 2026-12-02 (2): backward kernel time (profiler) of ours and SDPA's, memcheck
 #                                       # of the launch shortcut's GPU tests
+#   bash evals/gpu_session.sh fold      # 2026-12-02 (3): attention GPU tests, the kernels' compile-time variants
+#                                       # (scale folded into exp2, merged tail loop, register cap), closing's work
 set -uo pipefail
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
 OUT=${OUT:-out}
@@ -133,8 +135,18 @@ case "${1:-}" in
     timeout 90 python evals/memcheck.py --tests tests/test_launch.py -k gpu --out "$OUT/memcheck_launch.json" 2>&1 \
       | tail -3
     ;;
+  fold)
+    timeout 150 python -m pytest -q -m gpu -p no:cacheprovider tests/test_attention.py tests/test_launch.py 2>&1 | tail -2
+    timeout 200 python evals/tune_attention.py --variants --shapes gpt2-pad-right,gpt2-nopad,bert \
+      --fwd-configs 128/64/8/3,64/128/4/3 --maxnreg 168 --out "$OUT/variants" 2>&1 | grep -E " ms$| -$|Error|failed"
+    timeout 60 python evals/tune_attention.py --variants --shapes decode --fwd-configs 16/128/4/3,16/64/4/4,16/32/4/4 \
+      --out "$OUT/variants_decode" 2>&1 | grep -E " ms$| -$|Error|failed"
+    timeout 50 python evals/tune_attention.py --what none --shapes gpt2-pad-right --out "$OUT" 2>&1 | grep -E ": "
+    timeout 90 python evals/memcheck.py --tests tests/test_launch.py -k gpu --out "$OUT/memcheck_launch.json" 2>&1 \
+      | tail -3
+    ;;
   *)
-    echo "usage: bash evals/gpu_session.sh tests|kernels|e2e|check|followup|recheck|verify|measure|final|stream|last|tune|host|fast|fastcheck|closing" >&2
+    echo "usage: bash evals/gpu_session.sh tests|kernels|e2e|check|followup|recheck|verify|measure|final|stream|last|tune|host|fast|fastcheck|closing|fold" >&2
     exit 2
     ;;
 esac

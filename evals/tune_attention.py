@@ -175,6 +175,64 @@ def sweep_shape(name, args, records):
     return summary
 
 
+def variants_shape(name, args, records):
+    """The kernels' compile-time variants at the default launch settings (and at ``--fwd-configs``): scale folded
+    into the exponent (``FOLD``) or not, the forward's trailing key blocks merged into the interior loop
+    (``FWD_MERGE_TAIL``) or not, and a register cap on the forward (``FWD_MAXNREG``). Forward and whole backward,
+    launchers in a CUDA graph; SDPA's default dispatch without a mask and cuDNN with the mask alongside."""
+    inp = make_inputs(name, args.head_dim, args.dtype)
+    q, k, v = inp["q"], inp["k"], inp["v"]
+    margs = launcher_args(inp)
+    causal = inp["causal"]
+    causal_nomask = causal and inp["Q"] > 1
+    with torch.no_grad():
+        out, lse = attn_mod._forward(q, k, v, *margs)
+    do = torch.randn_like(out)
+    D = q.shape[-1]
+    default_fwd = attn_mod._fwd_config(D, q.shape[2], q.dtype, attn_mod._is_decode(q.shape[2]), causal)
+    orig = dict(fold=attn_mod._fold, merge=attn_mod.FWD_MERGE_TAIL, maxnreg=attn_mod.FWD_MAXNREG,
+                cfg=attn_mod._fwd_config)
+    summary = dict(shape=name, default_fwd=default_fwd, variants=[])
+
+    def rec(kind, label, ms, **extra):
+        records.append(dict(shape=name, kind=kind, variant=label, ms=ms, **extra))
+        summary["variants"].append(dict(kind=kind, variant=label, ms=ms, **extra))
+        print(f"  {name:15s} {kind:5s} {label:58s} {'-' if ms is None else f'{ms:.4f} ms'}", flush=True)
+
+    rec("sdpa", "default dispatch, no mask", graph_ms(
+        lambda: F.scaled_dot_product_attention(q, k, v, is_causal=causal_nomask)))
+    if inp["pad"] is not None:
+        bool_mask = inp["keep4d"]
+        if bool_mask is not None:
+            try:
+                from torch.nn.attention import SDPBackend, sdpa_kernel
+                with sdpa_kernel([SDPBackend.CUDNN_ATTENTION]):
+                    rec("sdpa", "cudnn, bool mask", graph_ms(
+                        lambda: F.scaled_dot_product_attention(q, k, v, attn_mask=bool_mask)))
+            except Exception as exc:  # noqa: BLE001 - a backend that refuses the shape is reported, not fatal
+                print(f"    cudnn with the mask: {type(exc).__name__}")
+    fwd_cfgs = [default_fwd] + [tuple(int(x) for x in c.split("/")) for c in args.fwd_configs.split(",") if c]
+    try:
+        for fold in (True, False):
+            attn_mod._fold = orig["fold"] if fold else (lambda kind, scale: False)
+            bwd = graph_ms(lambda: attn_mod._backward(do, q, k, v, out, lse, *margs))
+            rec("bwd", f"fold={fold}", bwd)
+            for merge in (True, False):
+                attn_mod.FWD_MERGE_TAIL = merge
+                for cfg in fwd_cfgs if (fold and merge) else fwd_cfgs[:1]:
+                    for maxnreg in ((None,) + tuple(args.maxnreg)) if (fold and merge) else (None,):
+                        attn_mod._fwd_config = lambda *a, cfg=cfg: cfg
+                        attn_mod.FWD_MAXNREG = maxnreg
+                        ms = graph_ms(lambda: attn_mod._forward(q, k, v, *margs))
+                        rec("fwd", f"fold={fold} merge={merge} cfg={cfg} maxnreg={maxnreg}", ms)
+                        attn_mod.FWD_MAXNREG = orig["maxnreg"]
+                        attn_mod._fwd_config = orig["cfg"]
+    finally:
+        attn_mod._fold, attn_mod.FWD_MERGE_TAIL = orig["fold"], orig["merge"]
+        attn_mod.FWD_MAXNREG, attn_mod._fwd_config = orig["maxnreg"], orig["cfg"]
+    return summary
+
+
 def _fmt(ms):
     return "-" if ms is None else f"{ms:.4f}"
 
@@ -186,8 +244,13 @@ def main(argv=None):
                     help="comma-separated subset of fwd, dkdv, dq; 'none' times the defaults only")
     ap.add_argument("--head-dim", type=int, default=64)
     ap.add_argument("--dtype", default="float16", choices=["float16", "bfloat16"])
+    ap.add_argument("--variants", action="store_true",
+                    help="time the compile-time variants (FOLD, FWD_MERGE_TAIL, FWD_MAXNREG) instead of sweeping")
+    ap.add_argument("--fwd-configs", default="", help="with --variants: extra forward settings BM/BN/warps/stages,...")
+    ap.add_argument("--maxnreg", default="", help="with --variants: register caps to try on the forward, e.g. 128,168")
     ap.add_argument("--out", default=None, help="output folder (default $OUT or ./out)")
     args = ap.parse_args(argv)
+    args.maxnreg = [int(x) for x in args.maxnreg.split(",") if x]
     if not torch.cuda.is_available():
         sys.exit("tune_attention.py needs a CUDA GPU")
     args.dtype = getattr(torch, args.dtype)
@@ -208,7 +271,7 @@ def main(argv=None):
     for name in filter(None, args.shapes.split(",")):
         if name not in SHAPES:
             sys.exit(f"unknown shape {name!r}; choose from {', '.join(SHAPES)}")
-        summaries.append(sweep_shape(name, args, records))
+        summaries.append((variants_shape if args.variants else sweep_shape)(name, args, records))
         benchutil.write_json(out / "tune_attention.json", payload)
     payload["seconds"] = time.perf_counter() - t0
     benchutil.write_json(out / "tune_attention.json", payload)

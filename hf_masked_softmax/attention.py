@@ -78,9 +78,11 @@ def _mask_scores(s, r2, c2, start, end, has_holes, mask_base, stride_mm, stride_
                  MASK_KIND: tl.constexpr, CAUSAL: tl.constexpr):
     """Set the masked entries of the base-2 score tile ``s`` to -inf (and add an additive mask). ``r2`` / ``c2`` are
     the query / key indices broadcastable to ``s``: ``rows[:, None], cols[None, :]`` or transposed."""
-    keep = (c2 >= start) & (c2 < end)
+    # the causal bound folded into the range's end per row (on the broadcastable r2, not per score)
     if CAUSAL:
-        keep = keep & (c2 <= r2 + (K_LEN - Q_LEN))
+        keep = (c2 >= start) & (c2 < tl.minimum(r2 + (K_LEN - Q_LEN + 1), end))
+    else:
+        keep = (c2 >= start) & (c2 < end)
     if MASK_KIND == 1:
         if has_holes:
             pm = tl.load(mask_base + c2 * stride_mk, mask=c2 < K_LEN, other=0)
@@ -99,34 +101,51 @@ def _mask_scores(s, r2, c2, start, end, has_holes, mask_base, stride_mm, stride_
 @triton.jit
 def _fwd_blocks(acc, l_i, m_i, q, k_base, v_base, mask_base, rows, offs_n, offs_d,
                 stride_kn, stride_kd, stride_vn, stride_vd, stride_mm, stride_mk,
-                lo, hi, start, end, has_holes, Q_LEN, K_LEN, qk_scale, threshold,
+                lo, hi, mask_from, start, end, has_holes, Q_LEN, K_LEN, qk_scale, threshold,
                 MASKED: tl.constexpr, MASK_KIND: tl.constexpr, CAUSAL: tl.constexpr, BLOCK_N: tl.constexpr,
-                HEAD_D: tl.constexpr, BLOCK_D: tl.constexpr, UPCAST: tl.constexpr, DOT_PREC: tl.constexpr):
-    """Online softmax over key blocks ``[lo, hi)``. ``MASKED=False`` only for blocks every row fully sees."""
+                HEAD_D: tl.constexpr, BLOCK_D: tl.constexpr, UPCAST: tl.constexpr, DOT_PREC: tl.constexpr,
+                FOLD: tl.constexpr):
+    """Online softmax over key blocks ``[lo, hi)``. ``MASKED``: 0 for blocks every row fully sees (no mask, no
+    bounds checks), 1 to evaluate the mask on every block, 2 on the blocks from ``mask_from`` on (one loop, one
+    software pipeline, for the interior blocks and the trailing ones at the range's end and the diagonal).
+    ``FOLD`` (a positive finite scale, no additive mask): the scale is applied inside the exponent's FMA,
+    ``exp2(s * qk_scale - m)``, instead of by its own multiply of the score tile (the row max is scaled once)."""
     d_ok = offs_d < HEAD_D
     for n0 in range(lo, hi, BLOCK_N):
         cols = n0 + offs_n
         col_ok = cols < K_LEN
         k = _load_2d(k_base + offs_d[:, None] * stride_kd + cols[None, :] * stride_kn, d_ok, col_ok,
-                     BLOCK_D != HEAD_D, MASKED)
+                     BLOCK_D != HEAD_D, MASKED != 0)
         if UPCAST:
             k = k.to(tl.float32)
-        s = tl.dot(q, k, input_precision=DOT_PREC) * qk_scale
-        if MASKED:
+        s = tl.dot(q, k, input_precision=DOT_PREC)
+        if not FOLD:
+            s = s * qk_scale
+        if MASKED == 1:
             s = _mask_scores(s, rows[:, None], cols[None, :], start, end, has_holes, mask_base, stride_mm,
                              stride_mk, Q_LEN, K_LEN, threshold, MASK_KIND, CAUSAL)
-        m_new = tl.maximum(m_i, tl.max(s, axis=1))
-        if MASKED:
+        elif MASKED == 2:
+            if n0 >= mask_from:
+                s = _mask_scores(s, rows[:, None], cols[None, :], start, end, has_holes, mask_base, stride_mm,
+                                 stride_mk, Q_LEN, K_LEN, threshold, MASK_KIND, CAUSAL)
+        if FOLD:
+            m_new = tl.maximum(m_i, tl.max(s, axis=1) * qk_scale)
+        else:
+            m_new = tl.maximum(m_i, tl.max(s, axis=1))
+        if MASKED != 0:
             # a row with nothing kept so far has m = -inf: shift by 0 so exp2 gives 0, not NaN
             m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
         else:
             m_use = m_new
-        p = tl.math.exp2(s - m_use[:, None])
+        if FOLD:
+            p = tl.math.exp2(s * qk_scale - m_use[:, None])
+        else:
+            p = tl.math.exp2(s - m_use[:, None])
         alpha = tl.math.exp2(m_i - m_use)
         l_i = l_i * alpha + tl.sum(p, axis=1)
         acc = acc * alpha[:, None]
         v = _load_2d(v_base + cols[:, None] * stride_vn + offs_d[None, :] * stride_vd, col_ok, d_ok,
-                     MASKED, BLOCK_D != HEAD_D)
+                     MASKED != 0, BLOCK_D != HEAD_D)
         if UPCAST:
             v = v.to(tl.float32)
         acc = tl.dot(p.to(v.dtype), v, acc, input_precision=DOT_PREC)
@@ -188,7 +207,7 @@ def _attn_fwd_kernel(
     H, GROUP, Q_LEN, K_LEN, NUM_SPLITS, qk_scale, threshold,
     MASK_KIND: tl.constexpr, CAUSAL: tl.constexpr, BH_FIRST: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_D: tl.constexpr, BLOCK_D: tl.constexpr,
-    UPCAST: tl.constexpr, DOT_PREC: tl.constexpr, WIDE: tl.constexpr,
+    UPCAST: tl.constexpr, DOT_PREC: tl.constexpr, WIDE: tl.constexpr, FOLD: tl.constexpr, MERGE_TAIL: tl.constexpr,
 ):
     if BH_FIRST:
         # causal: (batch x head) fastest and query blocks in reverse, so the longest rows start first and the
@@ -232,16 +251,26 @@ def _attn_fwd_kernel(
     # leading partial block (left padding), interior blocks unmasked, trailing blocks (right edge, diagonal)
     acc, l_i, m_i = _fwd_blocks(acc, l_i, m_i, q, k_base, v_base, mask_base, rows, offs_n, offs_d,
                                 stride_kn, stride_kd, stride_vn, stride_vd, stride_mm, stride_mk,
-                                s_lo, tl.minimum(full_lo, s_hi), start, end, has_holes, Q_LEN, K_LEN, qk_scale,
-                                threshold, True, MASK_KIND, CAUSAL, BLOCK_N, HEAD_D, BLOCK_D, UPCAST, DOT_PREC)
-    acc, l_i, m_i = _fwd_blocks(acc, l_i, m_i, q, k_base, v_base, mask_base, rows, offs_n, offs_d,
-                                stride_kn, stride_kd, stride_vn, stride_vd, stride_mm, stride_mk,
-                                full_lo, full_hi, start, end, has_holes, Q_LEN, K_LEN, qk_scale,
-                                threshold, False, MASK_KIND, CAUSAL, BLOCK_N, HEAD_D, BLOCK_D, UPCAST, DOT_PREC)
-    acc, l_i, m_i = _fwd_blocks(acc, l_i, m_i, q, k_base, v_base, mask_base, rows, offs_n, offs_d,
-                                stride_kn, stride_kd, stride_vn, stride_vd, stride_mm, stride_mk,
-                                tl.maximum(full_lo, full_hi), s_hi, start, end, has_holes, Q_LEN, K_LEN, qk_scale,
-                                threshold, True, MASK_KIND, CAUSAL, BLOCK_N, HEAD_D, BLOCK_D, UPCAST, DOT_PREC)
+                                s_lo, tl.minimum(full_lo, s_hi), s_lo, start, end, has_holes, Q_LEN, K_LEN,
+                                qk_scale, threshold, 1, MASK_KIND, CAUSAL, BLOCK_N, HEAD_D, BLOCK_D, UPCAST,
+                                DOT_PREC, FOLD)
+    if MERGE_TAIL:
+        acc, l_i, m_i = _fwd_blocks(acc, l_i, m_i, q, k_base, v_base, mask_base, rows, offs_n, offs_d,
+                                    stride_kn, stride_kd, stride_vn, stride_vd, stride_mm, stride_mk,
+                                    tl.minimum(full_lo, s_hi), s_hi, full_hi, start, end, has_holes, Q_LEN, K_LEN,
+                                    qk_scale, threshold, 2, MASK_KIND, CAUSAL, BLOCK_N, HEAD_D, BLOCK_D, UPCAST,
+                                    DOT_PREC, FOLD)
+    else:
+        acc, l_i, m_i = _fwd_blocks(acc, l_i, m_i, q, k_base, v_base, mask_base, rows, offs_n, offs_d,
+                                    stride_kn, stride_kd, stride_vn, stride_vd, stride_mm, stride_mk,
+                                    full_lo, full_hi, full_hi, start, end, has_holes, Q_LEN, K_LEN,
+                                    qk_scale, threshold, 0, MASK_KIND, CAUSAL, BLOCK_N, HEAD_D, BLOCK_D, UPCAST,
+                                    DOT_PREC, FOLD)
+        acc, l_i, m_i = _fwd_blocks(acc, l_i, m_i, q, k_base, v_base, mask_base, rows, offs_n, offs_d,
+                                    stride_kn, stride_kd, stride_vn, stride_vd, stride_mm, stride_mk,
+                                    tl.maximum(full_lo, full_hi), s_hi, s_lo, start, end, has_holes, Q_LEN, K_LEN,
+                                    qk_scale, threshold, 1, MASK_KIND, CAUSAL, BLOCK_N, HEAD_D, BLOCK_D, UPCAST,
+                                    DOT_PREC, FOLD)
 
     empty = l_i == 0.0
     out = acc / tl.where(empty, 1.0, l_i)[:, None]
@@ -314,7 +343,8 @@ def _dkdv_blocks(dk, dv, k, v, q_base, do_base, lse_base, delta_base, mask_base,
                  stride_qm, stride_qd, stride_dom, stride_dod, stride_mm, stride_mk,
                  lo, hi, start, end, has_holes, Q_LEN, K_LEN, qk_scale, threshold,
                  MASKED: tl.constexpr, MASK_KIND: tl.constexpr, CAUSAL: tl.constexpr, BLOCK_M: tl.constexpr,
-                 HEAD_D: tl.constexpr, BLOCK_D: tl.constexpr, UPCAST: tl.constexpr, DOT_PREC: tl.constexpr):
+                 HEAD_D: tl.constexpr, BLOCK_D: tl.constexpr, UPCAST: tl.constexpr, DOT_PREC: tl.constexpr,
+                 FOLD: tl.constexpr):
     """Accumulate ``dk, dv`` of one key block over query blocks ``[lo, hi)`` of one query head. Works on the
     transposed tiles ``S^T = k q^T [BLOCK_N, BLOCK_M]`` so that no register tile needs transposing."""
     d_ok = offs_d < HEAD_D
@@ -332,11 +362,16 @@ def _dkdv_blocks(dk, dv, k, v, q_base, do_base, lse_base, delta_base, mask_base,
         # a row with nothing kept has lse = -inf and all-zero probabilities: +inf gives exp2(s - lse) = 0
         lse = tl.where(lse == float("-inf"), float("inf"), lse)
         delta = tl.load(delta_base + rows, mask=row_ok, other=0.0)
-        st = tl.dot(k, qt, input_precision=DOT_PREC) * qk_scale
+        st = tl.dot(k, qt, input_precision=DOT_PREC)
+        if not FOLD:
+            st = st * qk_scale
         if MASKED:
             st = _mask_scores(st, rows[None, :], cols[:, None], start, end, has_holes, mask_base, stride_mm,
                               stride_mk, Q_LEN, K_LEN, threshold, MASK_KIND, CAUSAL)
-        pt = tl.math.exp2(st - lse[None, :])
+        if FOLD:
+            pt = tl.math.exp2(st * qk_scale - lse[None, :])
+        else:
+            pt = tl.math.exp2(st - lse[None, :])
         dv = tl.dot(pt.to(do.dtype), do, dv, input_precision=DOT_PREC)
         dpt = tl.dot(v, tl.trans(do), input_precision=DOT_PREC)
         dst = pt * (dpt - delta[None, :])
@@ -358,7 +393,7 @@ def _bwd_dkdv_kernel(
     H, HKV, GROUP, Q_LEN, K_LEN, sm_scale, qk_scale, threshold,
     MASK_KIND: tl.constexpr, CAUSAL: tl.constexpr, BH_FIRST: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_D: tl.constexpr, BLOCK_D: tl.constexpr,
-    UPCAST: tl.constexpr, DOT_PREC: tl.constexpr, WIDE: tl.constexpr,
+    UPCAST: tl.constexpr, DOT_PREC: tl.constexpr, WIDE: tl.constexpr, FOLD: tl.constexpr,
 ):
     """One key block of one key/value head; sums over the query heads of its GQA group (no atomics)."""
     if BH_FIRST:
@@ -413,11 +448,11 @@ def _bwd_dkdv_kernel(
         dk, dv = _dkdv_blocks(dk, dv, k, v, q_base, do_base, lse_base, delta_base, mask_base, cols, offs_m, offs_d,
                               stride_qm, stride_qd, stride_dom, stride_dod, stride_mm, stride_mk,
                               q_lo, q_full, start, end, has_holes, Q_LEN, K_LEN, qk_scale, threshold,
-                              True, MASK_KIND, CAUSAL, BLOCK_M, HEAD_D, BLOCK_D, UPCAST, DOT_PREC)
+                              True, MASK_KIND, CAUSAL, BLOCK_M, HEAD_D, BLOCK_D, UPCAST, DOT_PREC, FOLD)
         dk, dv = _dkdv_blocks(dk, dv, k, v, q_base, do_base, lse_base, delta_base, mask_base, cols, offs_m, offs_d,
                               stride_qm, stride_qd, stride_dom, stride_dod, stride_mm, stride_mk,
                               q_full, q_hi, start, end, has_holes, Q_LEN, K_LEN, qk_scale, threshold,
-                              False, MASK_KIND, CAUSAL, BLOCK_M, HEAD_D, BLOCK_D, UPCAST, DOT_PREC)
+                              False, MASK_KIND, CAUSAL, BLOCK_M, HEAD_D, BLOCK_D, UPCAST, DOT_PREC, FOLD)
     dk = dk * sm_scale
     ok = col_ok[:, None] & d_ok[None, :]
     tl.store(dk_ptr + b * stride_dkb + hk * stride_dkh + cols[:, None] * stride_dkn + offs_d[None, :] * stride_dkd,
@@ -431,7 +466,8 @@ def _dq_blocks(dq, q, do, lse, delta, k_base, v_base, mask_base, rows, offs_n, o
                stride_kn, stride_kd, stride_vn, stride_vd, stride_mm, stride_mk,
                lo, hi, start, end, has_holes, Q_LEN, K_LEN, qk_scale, threshold,
                MASKED: tl.constexpr, MASK_KIND: tl.constexpr, CAUSAL: tl.constexpr, BLOCK_N: tl.constexpr,
-               HEAD_D: tl.constexpr, BLOCK_D: tl.constexpr, UPCAST: tl.constexpr, DOT_PREC: tl.constexpr):
+               HEAD_D: tl.constexpr, BLOCK_D: tl.constexpr, UPCAST: tl.constexpr, DOT_PREC: tl.constexpr,
+               FOLD: tl.constexpr):
     """Accumulate ``dq`` of one query block over key blocks ``[lo, hi)``."""
     d_ok = offs_d < HEAD_D
     for n0 in range(lo, hi, BLOCK_N):
@@ -444,11 +480,16 @@ def _dq_blocks(dq, q, do, lse, delta, k_base, v_base, mask_base, rows, offs_n, o
         if UPCAST:
             kt = kt.to(tl.float32)
             vt = vt.to(tl.float32)
-        s = tl.dot(q, kt, input_precision=DOT_PREC) * qk_scale
+        s = tl.dot(q, kt, input_precision=DOT_PREC)
+        if not FOLD:
+            s = s * qk_scale
         if MASKED:
             s = _mask_scores(s, rows[:, None], cols[None, :], start, end, has_holes, mask_base, stride_mm,
                              stride_mk, Q_LEN, K_LEN, threshold, MASK_KIND, CAUSAL)
-        p = tl.math.exp2(s - lse[:, None])
+        if FOLD:
+            p = tl.math.exp2(s * qk_scale - lse[:, None])
+        else:
+            p = tl.math.exp2(s - lse[:, None])
         dp = tl.dot(do, vt, input_precision=DOT_PREC)
         ds = p * (dp - delta[:, None])
         dq = tl.dot(ds.to(kt.dtype), tl.trans(kt), dq, input_precision=DOT_PREC)
@@ -468,7 +509,7 @@ def _bwd_dq_kernel(
     H, GROUP, Q_LEN, K_LEN, sm_scale, qk_scale, threshold,
     MASK_KIND: tl.constexpr, CAUSAL: tl.constexpr, BH_FIRST: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_D: tl.constexpr, BLOCK_D: tl.constexpr,
-    UPCAST: tl.constexpr, DOT_PREC: tl.constexpr, WIDE: tl.constexpr,
+    UPCAST: tl.constexpr, DOT_PREC: tl.constexpr, WIDE: tl.constexpr, FOLD: tl.constexpr,
 ):
     """One query block of one head; visits the same key blocks as the forward."""
     if BH_FIRST:
@@ -510,15 +551,15 @@ def _bwd_dq_kernel(
     dq = _dq_blocks(dq, q, do, lse, delta, k_base, v_base, mask_base, rows, offs_n, offs_d,
                     stride_kn, stride_kd, stride_vn, stride_vd, stride_mm, stride_mk,
                     s_lo, tl.minimum(full_lo, s_hi), start, end, has_holes, Q_LEN, K_LEN, qk_scale, threshold,
-                    True, MASK_KIND, CAUSAL, BLOCK_N, HEAD_D, BLOCK_D, UPCAST, DOT_PREC)
+                    True, MASK_KIND, CAUSAL, BLOCK_N, HEAD_D, BLOCK_D, UPCAST, DOT_PREC, FOLD)
     dq = _dq_blocks(dq, q, do, lse, delta, k_base, v_base, mask_base, rows, offs_n, offs_d,
                     stride_kn, stride_kd, stride_vn, stride_vd, stride_mm, stride_mk,
                     full_lo, full_hi, start, end, has_holes, Q_LEN, K_LEN, qk_scale, threshold,
-                    False, MASK_KIND, CAUSAL, BLOCK_N, HEAD_D, BLOCK_D, UPCAST, DOT_PREC)
+                    False, MASK_KIND, CAUSAL, BLOCK_N, HEAD_D, BLOCK_D, UPCAST, DOT_PREC, FOLD)
     dq = _dq_blocks(dq, q, do, lse, delta, k_base, v_base, mask_base, rows, offs_n, offs_d,
                     stride_kn, stride_kd, stride_vn, stride_vd, stride_mm, stride_mk,
                     tl.maximum(full_lo, full_hi), s_hi, start, end, has_holes, Q_LEN, K_LEN, qk_scale, threshold,
-                    True, MASK_KIND, CAUSAL, BLOCK_N, HEAD_D, BLOCK_D, UPCAST, DOT_PREC)
+                    True, MASK_KIND, CAUSAL, BLOCK_N, HEAD_D, BLOCK_D, UPCAST, DOT_PREC, FOLD)
     dq = dq * sm_scale
     tl.store(dq_ptr + b * stride_dqb + h * stride_dqh + rows[:, None] * stride_dqm + offs_d[None, :] * stride_dqd,
              dq.to(dq_ptr.dtype.element_ty), mask=row_ok[:, None] & d_ok[None, :])
@@ -530,6 +571,8 @@ def _bwd_dq_kernel(
 
 _SM_COUNT = {}
 SPLIT_MIN_K = 1024  # decode rows shorter than this are never split across programs
+FWD_MERGE_TAIL = True  # forward: interior and trailing key blocks in one loop (see _fwd_blocks)
+FWD_MAXNREG = None  # forward: a register cap per thread (Triton's ``maxnreg``), None for the compiler's choice
 
 
 def _cdiv(a: int, b: int) -> int:
@@ -633,6 +676,12 @@ def _wide(*tensors) -> bool:
     return False
 
 
+def _fold(kind: int, scale: float) -> bool:
+    """Whether the kernels may apply the scale inside the exponent (``FOLD``): it must commute with the row max
+    (positive and finite), and an additive mask is added to already scaled scores."""
+    return kind != _K_ADD and 0.0 < scale < float("inf")
+
+
 def _is_decode(Q: int) -> bool:
     """Short query blocks (and possibly split keys) for a few queries: generation steps."""
     return Q <= 16
@@ -666,7 +715,9 @@ def _forward(q, k, v, kind, mask_t, ranges, threshold, causal, scale):
         H, H // Hkv, Q, K, num_splits, scale * _LOG2E, threshold,
         MASK_KIND=kind, CAUSAL=causal, BH_FIRST=bh_first, BLOCK_M=block_m, BLOCK_N=block_n, HEAD_D=D,
         BLOCK_D=_block_d(D),
-        UPCAST=upcast, DOT_PREC=prec, WIDE=_wide(q, k, v, o_arg, mask_t), num_warps=warps, num_stages=stages,
+        UPCAST=upcast, DOT_PREC=prec, WIDE=_wide(q, k, v, o_arg, mask_t), FOLD=_fold(kind, scale),
+        MERGE_TAIL=FWD_MERGE_TAIL, num_warps=warps, num_stages=stages,
+        **({} if FWD_MAXNREG is None else {"maxnreg": FWD_MAXNREG}),
     )
     if num_splits > 1:
         _split_combine_kernel[(B * H, Q)](
@@ -695,7 +746,7 @@ def _backward(do, q, k, v, out, lse, kind, mask_t, ranges, threshold, causal, sc
     upcast = _INTERPRET and q.dtype == torch.bfloat16
     prec = "ieee" if (q.dtype == torch.float32 or upcast) else "tf32"
     common = dict(MASK_KIND=kind, CAUSAL=causal, HEAD_D=D, BLOCK_D=bd, UPCAST=upcast, DOT_PREC=prec,
-                  WIDE=_wide(q, k, v, do, mask_t))
+                  WIDE=_wide(q, k, v, do, mask_t), FOLD=_fold(kind, scale))
     block_m, block_n, warps, stages = kv_cfg
     kv_first = _bh_first(causal, B * Hkv)
     _bwd_dkdv_kernel[(B * Hkv, _cdiv(K, block_n)) if kv_first else (_cdiv(K, block_n), B * Hkv)](

@@ -191,6 +191,34 @@ def test_custom_scale(device):
     _check(q, k, v, None, True, scale=0.37, grad=True)
 
 
+@pytest.mark.parametrize("scale", [-0.3, 0.0])
+def test_scale_that_cannot_be_folded_into_the_exponent(scale, device):
+    # The kernels fold a positive finite scale into exp2's FMA; zero and negative scales take the unfolded path
+    # (a zero scale times a masked -inf score would give NaN there). Padding on both sides plus causality.
+    assert not attn_mod._fold(attn_mod._K_RANGE, scale) and attn_mod._fold(attn_mod._K_RANGE, 0.37)
+    q, k, v = _qkv(2, 2, 1, 21, 37, 16, torch.float32, device, grad=True)
+    mask = _pad_mask([30, 37], 37, "left", device)
+    mask[0, 30:] = False  # left-padded row with its tail cut off too: a contiguous range inside [0, K)
+    mask[0, 7:30] = True
+    out = _check(q, k, v, mask, True, scale=scale, grad=True)
+    if scale == 0.0:  # uniform weights over each row's kept keys
+        ref = attention_reference(q.detach(), k.detach(), v.detach(), mask, causal=True, scale=1e-30)
+        torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("merge", [False, True])
+@pytest.mark.parametrize("mask_name", ["none", "pad-right", "pad-left", "pad-holes", "add4d"])
+def test_forward_tail_blocks_merged_or_separate(merge, mask_name, device):
+    # FWD_MERGE_TAIL=True walks the interior and trailing key blocks in one loop that masks from the first trailing
+    # block on; False walks them in two loops. Both must match the reference, causal and not, with Q != K.
+    B, H, Q, K = 3, 2, 37, 50
+    q, k, v = _qkv(B, H, H, Q, K, 16, torch.float16, device)
+    mask = _mask_case(mask_name, B, H, Q, K, device)
+    with mock.patch.object(attn_mod, "FWD_MERGE_TAIL", merge):
+        for causal in (False, True):
+            _check(q, k, v, mask, causal)
+
+
 def test_output_layout_is_bqhd(device):
     q, k, v = _qkv(2, 3, 3, 5, 9, 16, torch.float16, device)
     out = hf_masked_softmax.attention(q, k, v)
