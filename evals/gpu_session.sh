@@ -25,6 +25,8 @@
 #                                       # of the launch shortcut's GPU tests
 #   bash evals/gpu_session.sh fold      # 2026-12-02 (3): attention GPU tests, the kernels' compile-time variants
 #                                       # (scale folded into exp2, merged tail loop, register cap), closing's work
+#   bash evals/gpu_session.sh fold2     # 2026-12-02 (3): register-cap check, where model forwards spend GPU time
+#                                       # (profile_model.py), bench_attention.py, forward rows of speed.py
 set -uo pipefail
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
 OUT=${OUT:-out}
@@ -145,8 +147,20 @@ case "${1:-}" in
     timeout 90 python evals/memcheck.py --tests tests/test_launch.py -k gpu --out "$OUT/memcheck_launch.json" 2>&1 \
       | tail -3
     ;;
+  fold2)
+    timeout 100 python evals/tune_attention.py --variants --shapes gpt2-pad-right,gpt2-nopad --maxnreg 0,144,200 \
+      --out "$OUT/variants" 2>&1 | grep -E "sdpa|fold=True merge=True| -$|Error|failed"
+    timeout 120 python evals/profile_model.py --setting "gpt2-small fwd pad" --impls eager,sdpa,fused \
+      --out "$OUT/prof_gpt2" 2>&1 | grep -v -i warn | cut -c1-150
+    timeout 60 python evals/profile_model.py --setting "bert-base enc [256,512]" --impls sdpa,fused --top 10 \
+      --out "$OUT/prof_bert" 2>&1 | grep -v -i warn | cut -c1-150
+    timeout 200 python evals/bench_attention.py --shapes gpt2-pad-right,gpt2-nopad,bert,decode --out "$OUT" 2>&1 \
+      | tee "$OUT/bench_attention.log" | grep -E "^\[|  ours |sdpa-default|sdpa-cudnn" | cut -c1-120
+    timeout 150 python evals/speed.py --only "gpt2-small fwd,bert-base enc [256" --impls eager,sdpa,fused,auto \
+      --out "$OUT" --no-plot 2>&1 | tail -14
+    ;;
   *)
-    echo "usage: bash evals/gpu_session.sh tests|kernels|e2e|check|followup|recheck|verify|measure|final|stream|last|tune|host|fast|fastcheck|closing|fold" >&2
+    echo "usage: bash evals/gpu_session.sh tests|kernels|e2e|check|followup|recheck|verify|measure|final|stream|last|tune|host|fast|fastcheck|closing|fold|fold2" >&2
     exit 2
     ;;
 esac

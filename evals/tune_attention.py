@@ -178,8 +178,9 @@ def sweep_shape(name, args, records):
 def variants_shape(name, args, records):
     """The kernels' compile-time variants at the default launch settings (and at ``--fwd-configs``): scale folded
     into the exponent (``FOLD``) or not, the forward's trailing key blocks merged into the interior loop
-    (``FWD_MERGE_TAIL``) or not, and a register cap on the forward (``FWD_MAXNREG``). Forward and whole backward,
-    launchers in a CUDA graph; SDPA's default dispatch without a mask and cuDNN with the mask alongside."""
+    (``FWD_MERGE_TAIL``) or not, and the forward's register cap (``FWD_MAXNREG``; None in the labels is the default
+    rule, 0 no cap). Forward and whole backward, launchers in a CUDA graph; SDPA's default dispatch without a mask
+    and cuDNN with the mask alongside."""
     inp = make_inputs(name, args.head_dim, args.dtype)
     q, k, v = inp["q"], inp["k"], inp["v"]
     margs = launcher_args(inp)
@@ -247,7 +248,9 @@ def main(argv=None):
     ap.add_argument("--variants", action="store_true",
                     help="time the compile-time variants (FOLD, FWD_MERGE_TAIL, FWD_MAXNREG) instead of sweeping")
     ap.add_argument("--fwd-configs", default="", help="with --variants: extra forward settings BM/BN/warps/stages,...")
-    ap.add_argument("--maxnreg", default="", help="with --variants: register caps to try on the forward, e.g. 128,168")
+    ap.add_argument("--maxnreg", default="",
+                    help="with --variants: forward register caps to try besides the default rule (0 = no cap), "
+                         "e.g. 0,128,168")
     ap.add_argument("--out", default=None, help="output folder (default $OUT or ./out)")
     args = ap.parse_args(argv)
     args.maxnreg = [int(x) for x in args.maxnreg.split(",") if x]

@@ -219,6 +219,24 @@ def test_forward_tail_blocks_merged_or_separate(merge, mask_name, device):
             _check(q, k, v, mask, causal)
 
 
+def test_forward_register_cap_rule():
+    # GPU launch option only: causal prefill with 64-row, 4-warp blocks at D <= 64 in half precision gets 168
+    # registers per thread; everything else the compiler's choice; FWD_MAXNREG overrides (0 = no cap).
+    fp16 = torch.float16
+    with mock.patch.object(attn_mod, "_INTERPRET", False):
+        assert attn_mod._fwd_maxnreg(64, fp16, False, True, 64, 4) == {"maxnreg": 168}
+        assert attn_mod._fwd_maxnreg(64, torch.bfloat16, False, True, 64, 4) == {"maxnreg": 168}
+        assert attn_mod._fwd_maxnreg(64, fp16, False, False, 128, 4) == {}  # BERT-like, not causal
+        assert attn_mod._fwd_maxnreg(64, fp16, True, True, 16, 4) == {}  # decode
+        assert attn_mod._fwd_maxnreg(128, fp16, False, True, 64, 4) == {}
+        assert attn_mod._fwd_maxnreg(64, torch.float32, False, True, 64, 4) == {}
+        with mock.patch.object(attn_mod, "FWD_MAXNREG", 0):
+            assert attn_mod._fwd_maxnreg(64, fp16, False, True, 64, 4) == {}
+        with mock.patch.object(attn_mod, "FWD_MAXNREG", 200):
+            assert attn_mod._fwd_maxnreg(64, fp16, False, False, 128, 4) == {"maxnreg": 200}
+    assert attn_mod._fwd_maxnreg(64, fp16, False, True, 64, 4) == ({} if attn_mod._INTERPRET else {"maxnreg": 168})
+
+
 def test_output_layout_is_bqhd(device):
     q, k, v = _qkv(2, 3, 3, 5, 9, 16, torch.float16, device)
     out = hf_masked_softmax.attention(q, k, v)
