@@ -7,8 +7,12 @@ Settings (weights random, they do not matter for speed; configs of GPT-2 small /
   bert-base encode B32 x T512: key lengths uniform in [256, 512]; ~59% fill (lengths uniform in [90, 512]); no padding
   llama-135m (Llama architecture at SmolLM2-135M's size: 30 layers, 9 query / 3 key-value heads, grouped-query
     attention) forward and generate as gpt2-small
-Forward times are medians of triton.testing.do_bench (CUDA events); generate times the median of whole generate()
-calls, timed in rounds that visit every implementation once (interleaved, so that the host's drift hits all alike).
+Forward times: each implementation is timed by triton.testing.do_bench (CUDA events, median) once per round, in
+--rounds rounds that visit every implementation in turn (interleaved, so that the host's drift hits all alike); the
+row's ms is the median over rounds. A forward of GPT-2 small on an H200 host is partly host-bound (HF's Python
+between launches), so on CUDA each forward row also gets device_ms: the summed kernel time per call from the
+PyTorch profiler, with speedups on it (x eager dev, x sdpa dev). Generate times are the median of whole generate()
+calls, timed in the same interleaved rounds (--generate-reps).
 Peak memory is the allocator's peak during one call above what the model and inputs already hold. Speedups are
 against eager and sdpa measured in the same run. Prints a table; writes JSON and a PNG bar chart.
 
@@ -52,6 +56,8 @@ def parse_args(argv=None):
     p.add_argument("--skip-medium", action="store_true", help="leave out GPT-2 medium")
     p.add_argument("--generate-reps", type=int, default=5)
     p.add_argument("--cpu-reps", type=int, default=5, help="timed repetitions on a CPU (GPUs use do_bench)")
+    p.add_argument("--rounds", type=int, default=None,
+                   help="interleaved rounds per forward setting (default 3 on a GPU, 1 on a CPU)")
     p.add_argument("--tiny", action="store_true", help="tiny configs and shapes (a smoke test of the script)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", default=None, help="JSON path (default OUT/speed.json)")
@@ -143,11 +149,11 @@ class Timer:
 
             torch.cuda.synchronize()
 
-    def bench(self, fn, reps=None, cpu_reps=5):
+    def bench(self, fn, reps=None, cpu_reps=5, rep_ms=300):
         if self.cuda and reps is None:
             import triton.testing
 
-            return float(triton.testing.do_bench(fn, warmup=50, rep=300, return_mode="median"))
+            return float(triton.testing.do_bench(fn, warmup=25, rep=rep_ms, return_mode="median"))
         fn()  # warm-up
         times = []
         for _ in range(reps or cpu_reps):
@@ -165,6 +171,14 @@ class Timer:
         fn()
         self.sync()
         return (time.perf_counter() - t0) * 1e3
+
+    def device_ms(self, fn, n=5):
+        """Summed kernel time per call (PyTorch profiler); None off CUDA or if the profiler fails."""
+        if not self.cuda:
+            return None
+        import benchutil
+
+        return benchutil.kernel_ms(fn, n=n)
 
     def peak_mb(self, fn):
         if not self.cuda:
@@ -226,40 +240,49 @@ def run_setting(setting, args, device, dtype, timer, models, bar):
                 first_tokens = toks if first_tokens is None else first_tokens
             else:
                 agree = None
-            # generate() is host-bound and the host drifts: its rounds are timed interleaved across impls below
-            ms = None if kind == "generate" else timer.bench(fn, cpu_reps=args.cpu_reps)
+            # the host drifts: every setting's timings are taken in interleaved rounds below
             peak = timer.peak_mb(fn)
+            dev = None if kind == "generate" else timer.device_ms(fn)
         finally:
             undo()
         row = {"setting": name, "kind": kind, "impl": impl, "batch": batch, "seq": seq, "key_lengths": lengths,
-               "fill": round(fill, 3), "ms": ms, "peak_mb": peak}
+               "fill": round(fill, 3), "ms": None, "peak_mb": peak}
+        if dev is not None:
+            row["device_ms"] = dev
         if kind == "generate":
             row["new_tokens"] = new
             row["token_agreement_with_first_impl"] = agree
-        if kind == "encode":
-            row["sequences_per_s"] = batch / (ms / 1e3)
         rows.append(row)
         bar.update(1)
-    if kind == "generate":
-        # Round-robin over the impls, one whole generate() each per round: slow drifts of the host's speed (seen
-        # at +-25% between rounds on an H200 host) then hit every impl alike. Median per impl.
-        times = {r["impl"]: [] for r in rows}
-        for _ in range(args.generate_reps):
-            for impl in times:
-                undo = set_impl(model, impl)
-                try:
+    # Round-robin over the impls (generate: one whole generate() each per round; forward: one do_bench each): slow
+    # drifts of the host's speed (seen at +-25% between rounds on an H200 host) then hit every impl alike. Median
+    # per impl.
+    times = {r["impl"]: [] for r in rows}
+    rounds = args.generate_reps if kind == "generate" else (args.rounds or (3 if timer.cuda else 1))
+    for _ in range(rounds):
+        for impl in times:
+            undo = set_impl(model, impl)
+            try:
+                if kind == "generate":
                     times[impl].append(timer.once(fn))
-                finally:
-                    undo()
-        for r in rows:
-            r["ms"] = statistics.median(times[r["impl"]])
-            r["ms_rounds"] = times[r["impl"]]
+                else:
+                    times[impl].append(timer.bench(fn, cpu_reps=args.cpu_reps, rep_ms=150))
+            finally:
+                undo()
+    for r in rows:
+        r["ms"] = statistics.median(times[r["impl"]])
+        r["ms_rounds"] = times[r["impl"]]
+        if kind == "generate":
             r["tokens_per_s"] = batch * new / (r["ms"] / 1e3)
-    by_impl = {r["impl"]: r["ms"] for r in rows}
+        if kind == "encode":
+            r["sequences_per_s"] = batch / (r["ms"] / 1e3)
+    by_impl = {r["impl"]: r for r in rows}
     for r in rows:
         for base in ("eager", "sdpa"):
             if base in by_impl:
-                r[f"speedup_vs_{base}"] = by_impl[base] / r["ms"]
+                r[f"speedup_vs_{base}"] = by_impl[base]["ms"] / r["ms"]
+                if r.get("device_ms") and by_impl[base].get("device_ms"):
+                    r[f"speedup_vs_{base}_device"] = by_impl[base]["device_ms"] / r["device_ms"]
     return rows
 
 
@@ -272,7 +295,7 @@ def check_targets(rows):
             continue
         got = r[f"speedup_vs_{base}"]
         results.append({"setting": setting, "impl": impl, "vs": base, "target": target, "speedup": got,
-                        "met": got >= target})
+                        "met": got >= target, "speedup_device": r.get(f"speedup_vs_{base}_device")})
     return results
 
 
@@ -347,9 +370,11 @@ def main(argv=None):
     models.clear()
     targets = check_targets(rows) if not args.tiny else []
 
-    headers = ["setting", "impl", "fill", "ms", "x eager", "x sdpa", "peak MB", "tok/s | seq/s"]
+    headers = ["setting", "impl", "fill", "ms", "x eager", "x sdpa", "dev ms", "x eager dev", "x sdpa dev", "peak MB",
+               "tok/s | seq/s"]
     table = [[r["setting"], r["impl"], f"{r['fill']:.2f}", r["ms"], r.get("speedup_vs_eager", ""),
-              r.get("speedup_vs_sdpa", ""), "" if r["peak_mb"] is None else f"{r['peak_mb']:.0f}",
+              r.get("speedup_vs_sdpa", ""), r.get("device_ms", ""), r.get("speedup_vs_eager_device", ""),
+              r.get("speedup_vs_sdpa_device", ""), "" if r["peak_mb"] is None else f"{r['peak_mb']:.0f}",
               r.get("tokens_per_s", r.get("sequences_per_s", ""))] for r in rows]
     gpu = info.get("gpu") or "CPU"
     title = (f"{gpu}, {str(dtype).replace('torch.', '')}; torch {info['torch']}, triton {info['triton']}, "
@@ -358,9 +383,10 @@ def main(argv=None):
     print(_common.fmt_table(headers, table))
     if targets:
         print("targets from the issues:")
-        print(_common.fmt_table(["setting", "mode", "vs", "target", "speedup", "met"],
+        print(_common.fmt_table(["setting", "mode", "vs", "target", "speedup", "met", "speedup, device time"],
                                 [[t["setting"], t["impl"], t["vs"], t["target"], t["speedup"],
-                                  "yes" if t["met"] else "NO"] for t in targets]))
+                                  "yes" if t["met"] else "NO",
+                                  "" if t["speedup_device"] is None else t["speedup_device"]] for t in targets]))
     _common.write_json(json_path, {"rows": rows, "targets": targets, "system": info, "dtype": str(dtype),
                                    "device": device, "seconds": time.time() - t0})
     if not args.no_plot:

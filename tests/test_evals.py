@@ -195,9 +195,15 @@ def test_speed_script_smoke(tmp_path):
 
     out = tmp_path / "speed.json"
     assert speed.main(["--tiny", "--device", "cpu", "--impls", "eager,fused", "--only", "generate,bert",
-                       "--generate-reps", "1", "--cpu-reps", "1", "--no-plot", "--json", str(out)]) == 0
+                       "--generate-reps", "1", "--cpu-reps", "1", "--rounds", "2", "--no-plot", "--json",
+                       str(out)]) == 0
     rows = _read(out)["rows"]
     assert len(rows) == 2 * 2
     gen = [r for r in rows if r["kind"] == "generate"]
     assert [r["token_agreement_with_first_impl"] for r in gen] == [None, 1.0]
     assert all(r["ms"] > 0 and r["speedup_vs_eager"] > 0 for r in rows)
+    # every row is the median of its interleaved rounds; no device time off CUDA
+    for r in rows:
+        assert len(r["ms_rounds"]) == (1 if r["kind"] == "generate" else 2)
+        assert min(r["ms_rounds"]) <= r["ms"] <= max(r["ms_rounds"])
+        assert "device_ms" not in r
