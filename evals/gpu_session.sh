@@ -27,6 +27,8 @@
 #                                       # (scale folded into exp2, merged tail loop, register cap), closing's work
 #   bash evals/gpu_session.sh fold2     # 2026-12-02 (3): register-cap check, where model forwards spend GPU time
 #                                       # (profile_model.py), bench_attention.py, forward rows of speed.py
+#   bash evals/gpu_session.sh fold3     # 2026-12-02 (3): BERT forward settings x register caps, decode splits and
+#                                       # settings, every GPU test, memcheck of the attention kernels' GPU tests
 set -uo pipefail
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
 OUT=${OUT:-out}
@@ -159,8 +161,18 @@ case "${1:-}" in
     timeout 150 python evals/speed.py --only "gpt2-small fwd,bert-base enc [256" --impls eager,sdpa,fused,auto \
       --out "$OUT" --no-plot 2>&1 | tail -14
     ;;
+  fold3)
+    timeout 120 python evals/tune_attention.py --variants --shapes bert --fwd-configs 64/64/4/3,64/64/4/2,128/64/8/2 \
+      --maxnreg 0,128,168 --out "$OUT/variants_bert" 2>&1 | grep -E "sdpa|fold=True merge=True| -$|Error|failed"
+    timeout 90 python evals/tune_attention.py --variants --shapes decode --splits 1,2,3,4 \
+      --fwd-configs 16/64/2/3,16/64/4/5,16/64/4/2,16/64/8/3 --out "$OUT/variants_decode" 2>&1 \
+      | grep -E "sdpa|splits| -$|Error|failed"
+    timeout 220 python -m pytest -q -m gpu -k "not 2_pow_31" -p no:cacheprovider 2>&1 | tee "$OUT/gpu_tests.log" | tail -2
+    timeout 130 python evals/memcheck.py --tests tests/test_attention.py -k gpu --out "$OUT/memcheck_attention.json" \
+      2>&1 | tail -2
+    ;;
   *)
-    echo "usage: bash evals/gpu_session.sh tests|kernels|e2e|check|followup|recheck|verify|measure|final|stream|last|tune|host|fast|fastcheck|closing|fold|fold2" >&2
+    echo "usage: bash evals/gpu_session.sh tests|kernels|e2e|check|followup|recheck|verify|measure|final|stream|last|tune|host|fast|fastcheck|closing|fold|fold2|fold3" >&2
     exit 2
     ;;
 esac

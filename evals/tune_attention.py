@@ -192,7 +192,7 @@ def variants_shape(name, args, records):
     D = q.shape[-1]
     default_fwd = attn_mod._fwd_config(D, q.shape[2], q.dtype, attn_mod._is_decode(q.shape[2]), causal)
     orig = dict(fold=attn_mod._fold, merge=attn_mod.FWD_MERGE_TAIL, maxnreg=attn_mod.FWD_MAXNREG,
-                cfg=attn_mod._fwd_config)
+                cfg=attn_mod._fwd_config, splits=attn_mod._num_splits)
     summary = dict(shape=name, default_fwd=default_fwd, variants=[])
 
     def rec(kind, label, ms, **extra):
@@ -214,6 +214,12 @@ def variants_shape(name, args, records):
                 print(f"    cudnn with the mask: {type(exc).__name__}")
     fwd_cfgs = [default_fwd] + [tuple(int(x) for x in c.split("/")) for c in args.fwd_configs.split(",") if c]
     try:
+        for splits in args.splits:  # decode: the key range split across this many programs (default rule aside)
+            attn_mod._num_splits = lambda *a, s=splits: s
+            for cfg in fwd_cfgs:
+                attn_mod._fwd_config = lambda *a, cfg=cfg: cfg
+                rec("fwd", f"splits={splits} cfg={cfg}", graph_ms(lambda: attn_mod._forward(q, k, v, *margs)))
+            attn_mod._num_splits, attn_mod._fwd_config = orig["splits"], orig["cfg"]
         for fold in (True, False):
             attn_mod._fold = orig["fold"] if fold else (lambda kind, scale: False)
             bwd = graph_ms(lambda: attn_mod._backward(do, q, k, v, out, lse, *margs))
@@ -231,6 +237,7 @@ def variants_shape(name, args, records):
     finally:
         attn_mod._fold, attn_mod.FWD_MERGE_TAIL = orig["fold"], orig["merge"]
         attn_mod.FWD_MAXNREG, attn_mod._fwd_config = orig["maxnreg"], orig["cfg"]
+        attn_mod._num_splits = orig["splits"]
     return summary
 
 
@@ -251,8 +258,10 @@ def main(argv=None):
     ap.add_argument("--maxnreg", default="",
                     help="with --variants: forward register caps to try besides the default rule (0 = no cap), "
                          "e.g. 0,128,168")
+    ap.add_argument("--splits", default="", help="with --variants: decode split counts to force, e.g. 1,2,4")
     ap.add_argument("--out", default=None, help="output folder (default $OUT or ./out)")
     args = ap.parse_args(argv)
+    args.splits = [int(x) for x in args.splits.split(",") if x]
     args.maxnreg = [int(x) for x in args.maxnreg.split(",") if x]
     if not torch.cuda.is_available():
         sys.exit("tune_attention.py needs a CUDA GPU")
