@@ -164,7 +164,7 @@ case "${1:-}" in
   fold3)
     timeout 120 python evals/tune_attention.py --variants --shapes bert --fwd-configs 64/64/4/3,64/64/4/2,128/64/8/2 \
       --maxnreg 0,128,168 --out "$OUT/variants_bert" 2>&1 | grep -E "sdpa|fold=True merge=True| -$|Error|failed"
-    timeout 90 python evals/tune_attention.py --variants --shapes decode --splits 1,2,3,4 \
+    timeout 120 python evals/tune_attention.py --variants --shapes decode --splits 1,2,3,4 \
       --fwd-configs 16/64/2/3,16/64/4/5,16/64/4/2,16/64/8/3 --out "$OUT/variants_decode" 2>&1 \
       | grep -E "sdpa|splits| -$|Error|failed"
     timeout 220 python -m pytest -q -m gpu -k "not 2_pow_31" -p no:cacheprovider 2>&1 | tee "$OUT/gpu_tests.log" | tail -2
