@@ -29,6 +29,8 @@
 #                                       # (profile_model.py), bench_attention.py, forward rows of speed.py
 #   bash evals/gpu_session.sh fold3     # 2026-12-02 (3): BERT forward settings x register caps, decode splits and
 #                                       # settings, every GPU test, memcheck of the attention kernels' GPU tests
+#   bash evals/gpu_session.sh e2e3      # 2026-12-02 (3): speed.py's forward rows (interleaved rounds, device time)
+#                                       # and GPT-2 generate, every implementation
 set -uo pipefail
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
 OUT=${OUT:-out}
@@ -171,8 +173,12 @@ case "${1:-}" in
     timeout 130 python evals/memcheck.py --tests tests/test_attention.py -k gpu --out "$OUT/memcheck_attention.json" \
       2>&1 | tail -2
     ;;
+  e2e3)
+    timeout 300 python evals/speed.py --only "gpt2-small fwd,bert-base enc,gpt2-small generate" \
+      --impls eager,sdpa,softmax,fused,auto --rounds 5 --out "$OUT" 2>&1 | tail -32
+    ;;
   *)
-    echo "usage: bash evals/gpu_session.sh tests|kernels|e2e|check|followup|recheck|verify|measure|final|stream|last|tune|host|fast|fastcheck|closing|fold|fold2|fold3" >&2
+    echo "usage: bash evals/gpu_session.sh tests|kernels|e2e|check|followup|recheck|verify|measure|final|stream|last|tune|host|fast|fastcheck|closing|fold|fold2|fold3|e2e3" >&2
     exit 2
     ;;
 esac
