@@ -31,6 +31,7 @@
 #                                       # settings, every GPU test, memcheck of the attention kernels' GPU tests
 #   bash evals/gpu_session.sh e2e3      # 2026-12-02 (3): speed.py's forward rows (interleaved rounds, device time)
 #                                       # and GPT-2 generate, every implementation
+#   bash evals/gpu_session.sh bert4     # 2026-12-02 (3): BERT forward settings x register caps (occupancy)
 set -uo pipefail
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
 OUT=${OUT:-out}
@@ -177,8 +178,13 @@ case "${1:-}" in
     timeout 300 python evals/speed.py --only "gpt2-small fwd,bert-base enc,gpt2-small generate" \
       --impls eager,sdpa,softmax,fused,auto --rounds 5 --out "$OUT" 2>&1 | tail -32
     ;;
+  bert4)
+    timeout 240 python evals/tune_attention.py --variants --shapes bert --maxnreg 112,128,144 \
+      --fwd-configs 64/64/4/3,64/64/4/4,64/128/4/2,64/32/4/3,128/64/8/3,128/64/8/4,128/128/8/2,128/32/8/3,128/64/4/2 \
+      --out "$OUT/variants_bert" 2>&1 | grep -E "sdpa|fold=True merge=True| -$|Error|failed"
+    ;;
   *)
-    echo "usage: bash evals/gpu_session.sh tests|kernels|e2e|check|followup|recheck|verify|measure|final|stream|last|tune|host|fast|fastcheck|closing|fold|fold2|fold3|e2e3" >&2
+    echo "usage: bash evals/gpu_session.sh tests|kernels|e2e|check|followup|recheck|verify|measure|final|stream|last|tune|host|fast|fastcheck|closing|fold|fold2|fold3|e2e3|bert4" >&2
     exit 2
     ;;
 esac
