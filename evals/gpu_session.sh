@@ -32,6 +32,7 @@
 #   bash evals/gpu_session.sh e2e3      # 2026-12-02 (3): speed.py's forward rows (interleaved rounds, device time)
 #                                       # and GPT-2 generate, every implementation
 #   bash evals/gpu_session.sh bert4     # 2026-12-02 (3): BERT forward settings x register caps (occupancy)
+#   bash evals/gpu_session.sh bert5     # 2026-12-02 (3): bench_attention.py with BERT's new default, attention GPU tests
 set -uo pipefail
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
 OUT=${OUT:-out}
@@ -183,8 +184,13 @@ case "${1:-}" in
       --fwd-configs 64/64/4/3,64/64/4/4,64/128/4/2,64/32/4/3,128/64/8/3,128/64/8/4,128/128/8/2,128/32/8/3,128/64/4/2 \
       --out "$OUT/variants_bert" 2>&1 | grep -E "sdpa|fold=True merge=True| -$|Error|failed"
     ;;
+  bert5)
+    timeout 90 python evals/bench_attention.py --shapes bert,gpt2-pad-right --out "$OUT" 2>&1 \
+      | tee "$OUT/bench_attention.log" | grep -E "^\[|  ours |sdpa-default|sdpa-cudnn" | cut -c1-120
+    timeout 110 python -m pytest -q -m gpu -p no:cacheprovider tests/test_attention.py 2>&1 | tail -2
+    ;;
   *)
-    echo "usage: bash evals/gpu_session.sh tests|kernels|e2e|check|followup|recheck|verify|measure|final|stream|last|tune|host|fast|fastcheck|closing|fold|fold2|fold3|e2e3|bert4" >&2
+    echo "usage: bash evals/gpu_session.sh tests|kernels|e2e|check|followup|recheck|verify|measure|final|stream|last|tune|host|fast|fastcheck|closing|fold|fold2|fold3|e2e3|bert4|bert5" >&2
     exit 2
     ;;
 esac

@@ -608,23 +608,31 @@ def _fwd_config(D: int, Q: int, dtype: torch.dtype, decode: bool, causal: bool):
     if dtype == torch.float32:
         return (64, 32, 4, 2) if bd <= 64 else (32, 32, 4, 2)
     if bd <= 64:
-        return (64, 64, 4, 3) if causal else (128, 64, 4, 3)
+        # not causal: 128-row blocks over two warpgroups, with the register cap of _fwd_maxnreg
+        return (64, 64, 4, 3) if causal else (128, 64, 8, 3)
     if bd <= 128:
         return 128, 64, 8, 3
     return 64, 32, 4, 2
 
 
 def _fwd_maxnreg(D: int, dtype: torch.dtype, decode: bool, causal: bool, block_m: int, warps: int) -> dict:
-    """Launch options capping the forward's registers per thread (``{}``: the compiler's choice). Causal prefill with
-    64-row blocks of 4 warps (D <= 64, fp16 / bf16): at 168 registers three programs fit on a multiprocessor; on an
-    H200 (evals/tune_attention.py --variants, 2026-12-02) GPT-2's padded shape went 0.0531 -> 0.0484 ms with it.
-    BERT's 128-row blocks got slower with the same cap (0.0773 -> 0.0828 ms), so they keep the compiler's choice."""
+    """Launch options capping the forward's registers per thread (``{}``: the compiler's choice), for prefill at
+    D <= 64 in fp16 / bf16, so that more programs share a multiprocessor. Measured on an H200
+    (evals/tune_attention.py --variants, 2026-12-02):
+
+    * causal, 64-row blocks of 4 warps, 168 registers (three programs per multiprocessor): GPT-2's padded shape
+      0.0523 -> 0.0484 ms;
+    * not causal, 128-row blocks of 8 warps, 128 registers (two programs): BERT's shape 0.0973 -> 0.0744 ms, against
+      0.0782 ms for the uncapped 4-warp blocks that were the default before (caps on those made them slower)."""
     if FWD_MAXNREG is not None:
         return {"maxnreg": FWD_MAXNREG} if FWD_MAXNREG else {}
-    if (_INTERPRET or decode or not causal or dtype == torch.float32 or _block_d(D) > 64 or block_m != 64
-            or warps != 4):
+    if _INTERPRET or decode or dtype == torch.float32 or _block_d(D) > 64:
         return {}
-    return {"maxnreg": 168}
+    if causal and block_m == 64 and warps == 4:
+        return {"maxnreg": 168}
+    if not causal and block_m == 128 and warps == 8:
+        return {"maxnreg": 128}
+    return {}
 
 
 def _bwd_config(D: int, dtype: torch.dtype, causal: bool = False):

@@ -220,13 +220,18 @@ def test_forward_tail_blocks_merged_or_separate(merge, mask_name, device):
 
 
 def test_forward_register_cap_rule():
-    # GPU launch option only: causal prefill with 64-row, 4-warp blocks at D <= 64 in half precision gets 168
-    # registers per thread; everything else the compiler's choice; FWD_MAXNREG overrides (0 = no cap).
+    # GPU launch option only: at D <= 64 in half precision, causal prefill with 64-row, 4-warp blocks gets 168
+    # registers per thread and non-causal 128-row, 8-warp blocks 128; everything else the compiler's choice;
+    # FWD_MAXNREG overrides (0 = no cap).
     fp16 = torch.float16
     with mock.patch.object(attn_mod, "_INTERPRET", False):
         assert attn_mod._fwd_maxnreg(64, fp16, False, True, 64, 4) == {"maxnreg": 168}
         assert attn_mod._fwd_maxnreg(64, torch.bfloat16, False, True, 64, 4) == {"maxnreg": 168}
-        assert attn_mod._fwd_maxnreg(64, fp16, False, False, 128, 4) == {}  # BERT-like, not causal
+        assert attn_mod._fwd_maxnreg(64, fp16, False, False, 128, 8) == {"maxnreg": 128}  # BERT's default blocks
+        assert attn_mod._fwd_config(64, 512, fp16, False, False) == (128, 64, 8, 3)
+        assert attn_mod._fwd_config(64, 1024, fp16, False, True) == (64, 64, 4, 3)
+        assert attn_mod._fwd_maxnreg(64, fp16, False, False, 128, 4) == {}
+        assert attn_mod._fwd_maxnreg(64, fp16, False, True, 128, 8) == {}
         assert attn_mod._fwd_maxnreg(64, fp16, True, True, 16, 4) == {}  # decode
         assert attn_mod._fwd_maxnreg(128, fp16, False, True, 64, 4) == {}
         assert attn_mod._fwd_maxnreg(64, torch.float32, False, True, 64, 4) == {}
