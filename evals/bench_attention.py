@@ -52,13 +52,13 @@ SHAPES = {
 }
 
 
-def make_inputs(name, D, dtype, seed=0):
+def make_inputs(name, D, dtype, seed=0, device="cuda"):
     B, H, Q, K, causal, lengths, side = SHAPES[name]
     g = torch.Generator().manual_seed(seed)
     # HF layout: projections give [B, T, H, D]; attention sees transposed views
-    q = torch.randn(B, Q, H, D, generator=g).to("cuda", dtype).transpose(1, 2)
-    k = torch.randn(B, K, H, D, generator=g).to("cuda", dtype).transpose(1, 2)
-    v = torch.randn(B, K, H, D, generator=g).to("cuda", dtype).transpose(1, 2)
+    q = torch.randn(B, Q, H, D, generator=g).to(device, dtype).transpose(1, 2)
+    k = torch.randn(B, K, H, D, generator=g).to(device, dtype).transpose(1, 2)
+    v = torch.randn(B, K, H, D, generator=g).to(device, dtype).transpose(1, 2)
     if lengths is None:
         lens = [K] * B
     else:
@@ -69,11 +69,11 @@ def make_inputs(name, D, dtype, seed=0):
             pad[b, :n] = True
         else:
             pad[b, K - n:] = True
-    pad = pad.cuda()
+    pad = pad.to(device)
     keep = pad[:, None, None, :].expand(B, 1, Q, K)
     if causal:
-        i = torch.arange(Q, device="cuda")[:, None]
-        j = torch.arange(K, device="cuda")[None, :]
+        i = torch.arange(Q, device=device)[:, None]
+        j = torch.arange(K, device=device)[None, :]
         keep = keep & (j <= i + K - Q)
     return dict(q=q, k=k, v=v, pad=None if lengths is None else pad, keep4d=keep.contiguous(), causal=causal,
                 lens=lens, B=B, H=H, Q=Q, K=K, D=D)

@@ -25,20 +25,7 @@ TINY = {
 
 
 def _cpu_inputs(name, D, dtype, seed=0):
-    B, H, Q, K, causal, lengths, side = TINY[name]
-    g = torch.Generator().manual_seed(seed)
-    q, k, v = (torch.randn(B, T, H, D, generator=g).to(dtype).transpose(1, 2) for T in (Q, K, K))
-    lens = torch.randint(lengths[0], lengths[1] + 1, (B,), generator=g).tolist()
-    pad = torch.zeros(B, K, dtype=torch.bool)
-    for b, n in enumerate(lens):
-        if side == "right":
-            pad[b, :n] = True
-        else:
-            pad[b, K - n:] = True
-    keep = pad[:, None, None, :].expand(B, 1, Q, K)
-    if causal:
-        keep = keep & (torch.arange(K)[None, :] <= torch.arange(Q)[:, None] + K - Q)
-    return dict(q=q, k=k, v=v, pad=pad, keep4d=keep.contiguous(), causal=causal, lens=lens, B=B, H=H, Q=Q, K=K, D=D)
+    return bench_attention.make_inputs(name, D, dtype, seed, device="cpu")
 
 
 @pytest.fixture
@@ -56,7 +43,8 @@ def stubbed(monkeypatch):
     monkeypatch.setattr(tune_attention, "graph_ms", fake_graph_ms)
     monkeypatch.setattr(tune_attention.torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(tune_attention.benchutil, "environment", lambda: {"gpu": "stub"})
-    monkeypatch.setitem(bench_attention.SHAPES, "gpt2-pad-right", TINY["gpt2-pad-right"])
+    for name, shape in TINY.items():
+        monkeypatch.setitem(bench_attention.SHAPES, name, shape)
     return outputs
 
 
