@@ -1,0 +1,141 @@
+"""Compile the fused attention forward kernel for a GPU architecture on this machine (no GPU needed) and count its
+machine instructions: registers, shared memory, and each loop's instruction mix.
+
+Triton compiles to PTX and, with the ptxas it ships, to a cubin for any target; ``cuobjdump -sass`` (also shipped)
+disassembles it. A loop is a backward branch. The launch is specialised as a real HF call is: pointers and strides
+16-byte aligned, head-dim strides equal to 1.
+
+    python evals/sass_attention.py [--causal] [--config 128/64/4/3] [--no-fold] [--no-merge] [--arch 90] [--out DIR]
+
+The counts come from this machine's Triton, which may differ from a GPU machine's version.
+"""
+from __future__ import annotations
+
+import argparse
+import collections
+import importlib
+import os
+import re
+import subprocess
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import triton  # noqa: E402
+from triton.backends.compiler import GPUTarget  # noqa: E402
+from triton.compiler import ASTSource  # noqa: E402
+
+attn = importlib.import_module("hf_masked_softmax.attention")
+UNIT_STRIDES = ("stride_qd", "stride_kd", "stride_vd", "stride_od")
+FLOATS = ("qk_scale", "threshold")
+POINTERS = {"lse_ptr": "*fp32", "ranges_ptr": "*i32"}
+MASK_STRIDES = ("stride_mb", "stride_mh", "stride_mm", "stride_mk")
+
+
+def _jit_fn(kernel):
+    while not hasattr(kernel, "arg_names"):  # through the launch-shortcut wrapper
+        kernel = kernel.fn
+    return kernel
+
+
+def compile_forward(causal, config, fold, merge, arch, dtype="fp16", head_d=64, maxnreg=None):
+    block_m, block_n, warps, stages = config
+    fn = _jit_fn(attn._attn_fwd_kernel)
+    consts = dict(MASK_KIND=attn._K_RANGE, CAUSAL=causal, BH_FIRST=causal, BLOCK_M=block_m, BLOCK_N=block_n,
+                  HEAD_D=head_d, BLOCK_D=attn._block_d(head_d), UPCAST=False, DOT_PREC="tf32", WIDE=False,
+                  FOLD=fold, MERGE_TAIL=merge, **{name: 1 for name in UNIT_STRIDES})
+    sig, attrs = {}, {}
+    for i, name in enumerate(fn.arg_names):
+        if name in consts:
+            sig[name] = "constexpr"
+        elif name.endswith("_ptr"):
+            sig[name] = POINTERS.get(name, f"*{dtype}")
+            attrs[(i,)] = [["tt.divisibility", 16]]
+        elif name in FLOATS:
+            sig[name] = "fp32"
+        else:
+            sig[name] = "i32"
+            if name.startswith("stride") and name not in MASK_STRIDES:
+                attrs[(i,)] = [["tt.divisibility", 16]]
+    options = dict(num_warps=warps, num_stages=stages)
+    if maxnreg:
+        options["maxnreg"] = maxnreg
+    return triton.compile(ASTSource(fn, sig, consts, attrs=attrs), target=GPUTarget("cuda", arch, 32),
+                          options=options)
+
+
+def _tool(name):
+    return os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", name)
+
+
+def analyse(cubin_path):
+    sass = subprocess.run([_tool("cuobjdump"), "-sass", cubin_path], capture_output=True, text=True,
+                          check=True).stdout
+    res = subprocess.run([_tool("cuobjdump"), "-res-usage", cubin_path], capture_output=True, text=True,
+                         check=True).stdout
+    regs = re.search(r"REG:(\d+)", res)
+    stack = re.search(r"STACK:(\d+)", res)
+    ins = []
+    for line in sass.splitlines():
+        m = re.match(r"\s+/\*([0-9a-f]{4,})\*/\s+(.*?);", line)
+        if m:
+            ins.append((int(m.group(1), 16), m.group(2).strip()))
+    loops = []
+    for addr, text in ins:
+        m = re.search(r"BRA.*?(0x[0-9a-f]+)", text)
+        if m and int(m.group(1), 16) < addr:
+            body = [t for a, t in ins if int(m.group(1), 16) <= a <= addr]
+            ops = collections.Counter(t.split()[1] if t.startswith("@") else t.split()[0] for t in body)
+            loops.append(dict(start=int(m.group(1), 16), end=addr, instructions=len(body),
+                              top=ops.most_common(8)))
+    return dict(registers=int(regs.group(1)) if regs else None, stack=int(stack.group(1)) if stack else None,
+                instructions=len(ins), loops=loops, sass=sass)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--causal", action="store_true")
+    ap.add_argument("--config", default=None, help="BLOCK_M/BLOCK_N/warps/stages (default: the launcher's)")
+    ap.add_argument("--no-fold", action="store_true", help="scale by its own multiply (FOLD=False)")
+    ap.add_argument("--no-merge", action="store_true", help="trailing key blocks in their own loop")
+    ap.add_argument("--maxnreg", type=int, default=None)
+    ap.add_argument("--arch", type=int, default=90, help="compute capability x10 (90 = Hopper)")
+    ap.add_argument("--out", default=None, help="folder for the .ptx / .cubin / .sass (default $OUT or ./out)")
+    args = ap.parse_args(argv)
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        sys.exit("sass_attention.py compiles for a GPU: unset TRITON_INTERPRET")
+    if args.config:
+        config = tuple(int(x) for x in args.config.split("/"))
+        if len(config) != 4:
+            sys.exit("--config wants BLOCK_M/BLOCK_N/warps/stages")
+    else:
+        import torch
+
+        config = attn._fwd_config(64, 1024, torch.float16, False, args.causal)
+    kernel = compile_forward(args.causal, config, not args.no_fold, not args.no_merge, args.arch,
+                             maxnreg=args.maxnreg)
+    out = args.out or os.environ.get("OUT") or "out"
+    os.makedirs(out, exist_ok=True)
+    stem = os.path.join(out, f"attn_fwd_sm{args.arch}_{'causal' if args.causal else 'full'}_"
+                             f"{'_'.join(map(str, config))}{'' if args.no_fold else '_fold'}"
+                             f"{'' if args.no_merge else '_merge'}")
+    with open(stem + ".ptx", "w") as f:
+        f.write(kernel.asm["ptx"])
+    with open(stem + ".cubin", "wb") as f:
+        f.write(kernel.asm["cubin"])
+    info = analyse(stem + ".cubin")
+    with open(stem + ".sass", "w") as f:
+        f.write(info["sass"])
+    print(f"triton {triton.__version__}, sm_{args.arch}, causal={args.causal}, config {config}, "
+          f"fold={not args.no_fold}, merge={not args.no_merge}, maxnreg={args.maxnreg}")
+    print(f"registers {info['registers']}, stack {info['stack']} B, shared {kernel.metadata.shared} B, "
+          f"{info['instructions']} instructions")
+    for lp in info["loops"]:
+        print(f"  loop {lp['start']:#x}-{lp['end']:#x}: {lp['instructions']} instructions; "
+              + ", ".join(f"{op} {n}" for op, n in lp["top"]))
+    print(f"wrote {stem}.{{ptx,cubin,sass}}")
+    return info
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,35 @@
+"""evals/sass_attention.py compiles the attention forward for sm_90 on this CPU (Triton's bundled ptxas) and counts
+its instructions. Runs as a subprocess: the test session defines the kernels for the interpreter, which cannot
+compile them. The check that matters: folding the scale into the exponent removes a multiply per score."""
+import os
+import re
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _run(tmp_path, *flags):
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "evals", "sass_attention.py"), "--config", "64/64/4/2",
+                           "--out", str(tmp_path), *flags], capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return proc.stdout
+
+
+def _count(path, op):
+    with open(path) as f:
+        return len(re.findall(rf"\b{op}\b", f.read()))
+
+
+def test_sass_of_the_forward_with_and_without_the_scale_folded(tmp_path):
+    folded = _run(tmp_path / "fold")
+    plain = _run(tmp_path / "plain", "--no-fold")
+    for out in (folded, plain):
+        assert re.search(r"registers \d+, stack \d+ B, shared \d+ B", out)
+        assert re.search(r"loop 0x[0-9a-f]+-0x[0-9a-f]+: \d+ instructions", out)
+    f_sass = tmp_path / "fold" / "attn_fwd_sm90_full_64_64_4_2_fold_merge.sass"
+    p_sass = tmp_path / "plain" / "attn_fwd_sm90_full_64_64_4_2_merge.sass"
+    assert _count(f_sass, "HGMMA") > 0  # Hopper's tensor-core instructions
+    assert _count(f_sass, "FMUL") < _count(p_sass, "FMUL")
+    assert _count(f_sass, "FFMA") > _count(p_sass, "FFMA")
