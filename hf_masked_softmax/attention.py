@@ -17,9 +17,14 @@ walks depends on the mask:
   sequence plus a "has holes" flag (left or right padding gives a contiguous range; no host sync is needed). Key
   blocks outside the range, and past the causal diagonal, are never visited; a query block with nothing to see
   writes zeros straight away. Only the blocks that straddle the range edges or the diagonal evaluate a mask;
-  interior blocks run unmasked. A sequence whose mask has holes (rare) instead reads its mask row block by block.
+  interior blocks run unmasked, in the same loop as the trailing edge and diagonal blocks (one software pipeline).
+  A sequence whose mask has holes (rare) instead reads its mask row block by block.
 * 4D bool / additive masks: every key block (up to the diagonal) loads its ``[BLOCK_M, BLOCK_N]`` mask tile through
   the mask's strides, so broadcast (stride-0) masks cost no memory.
+
+A positive finite scale is applied inside the exponent, ``exp2(s * scale * log2(e) - m)`` as one FMA per score
+(``FOLD``; the row max is scaled once), in the forward and both backward kernels; not with an additive mask,
+which adds to already scaled scores.
 
 The forward saves ``lse = m + log2(l)`` per row (``-inf`` for a row with nothing kept); the backward recomputes the
 probabilities from it (FlashAttention-2 style): one kernel per key block accumulates ``dk, dv`` over all query
