@@ -204,15 +204,14 @@ def variants_shape(name, args, records):
         lambda: F.scaled_dot_product_attention(q, k, v, is_causal=causal_nomask)))
     if inp["pad"] is not None:
         bool_mask = inp["keep4d"]
-        if bool_mask is not None:
-            try:
-                from torch.nn.attention import SDPBackend, sdpa_kernel
-                with sdpa_kernel([SDPBackend.CUDNN_ATTENTION]):
-                    rec("sdpa", "cudnn, bool mask", graph_ms(
-                        lambda: F.scaled_dot_product_attention(q, k, v, attn_mask=bool_mask)))
-            except Exception as exc:  # noqa: BLE001 - a backend that refuses the shape is reported, not fatal
-                print(f"    cudnn with the mask: {type(exc).__name__}")
-    fwd_cfgs = [default_fwd] + [tuple(int(x) for x in c.split("/")) for c in args.fwd_configs.split(",") if c]
+        try:
+            from torch.nn.attention import SDPBackend, sdpa_kernel
+            with sdpa_kernel([SDPBackend.CUDNN_ATTENTION]):
+                rec("sdpa", "cudnn, bool mask", graph_ms(
+                    lambda: F.scaled_dot_product_attention(q, k, v, attn_mask=bool_mask)))
+        except Exception as exc:  # noqa: BLE001 - a backend that refuses the shape is reported, not fatal
+            print(f"    cudnn with the mask: {type(exc).__name__}")
+    fwd_cfgs = [default_fwd] + args.fwd_configs
     try:
         for splits in args.splits:  # decode: the key range split across this many programs (default rule aside)
             attn_mod._num_splits = lambda *a, s=splits: s
@@ -241,6 +240,23 @@ def variants_shape(name, args, records):
     return summary
 
 
+def _int_list(text: str) -> list[int]:
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+
+
+def _config_list(text: str) -> list[tuple]:
+    cfgs = []
+    for c in filter(None, text.split(",")):
+        parts = c.split("/")
+        if len(parts) != 4 or not all(p.strip().isdigit() for p in parts):
+            raise argparse.ArgumentTypeError(f"a setting is BLOCK_M/BLOCK_N/warps/stages, e.g. 64/64/4/3; got {c!r}")
+        cfgs.append(tuple(int(p) for p in parts))
+    return cfgs
+
+
 def _fmt(ms):
     return "-" if ms is None else f"{ms:.4f}"
 
@@ -253,16 +269,17 @@ def main(argv=None):
     ap.add_argument("--head-dim", type=int, default=64)
     ap.add_argument("--dtype", default="float16", choices=["float16", "bfloat16"])
     ap.add_argument("--variants", action="store_true",
-                    help="time the compile-time variants (FOLD, FWD_MERGE_TAIL, FWD_MAXNREG) instead of sweeping")
-    ap.add_argument("--fwd-configs", default="", help="with --variants: extra forward settings BM/BN/warps/stages,...")
-    ap.add_argument("--maxnreg", default="",
+                    help="time the compile-time variants (FOLD, FWD_MERGE_TAIL, FWD_MAXNREG) instead of sweeping "
+                         "(--what is then ignored)")
+    ap.add_argument("--fwd-configs", type=_config_list, default=[],
+                    help="with --variants: extra forward settings BM/BN/warps/stages,...")
+    ap.add_argument("--maxnreg", type=_int_list, default=[],
                     help="with --variants: forward register caps to try besides the default rule (0 = no cap), "
                          "e.g. 0,128,168")
-    ap.add_argument("--splits", default="", help="with --variants: decode split counts to force, e.g. 1,2,4")
+    ap.add_argument("--splits", type=_int_list, default=[],
+                    help="with --variants: decode split counts to force, e.g. 1,2,4")
     ap.add_argument("--out", default=None, help="output folder (default $OUT or ./out)")
     args = ap.parse_args(argv)
-    args.splits = [int(x) for x in args.splits.split(",") if x]
-    args.maxnreg = [int(x) for x in args.maxnreg.split(",") if x]
     if not torch.cuda.is_available():
         sys.exit("tune_attention.py needs a CUDA GPU")
     args.dtype = getattr(torch, args.dtype)

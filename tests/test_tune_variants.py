@@ -90,3 +90,12 @@ def test_variants_restore_switches_after_a_failure(stubbed, monkeypatch, tmp_pat
         tune_attention.main(["--variants", "--shapes", "gpt2-pad-right", "--maxnreg", "0", "--dtype", "float16",
                              "--out", str(tmp_path)])
     assert _state() == before
+
+
+@pytest.mark.parametrize("flag,value", [("--fwd-configs", "64/64/4"), ("--fwd-configs", "a/b/c/d"),
+                                        ("--maxnreg", "12x"), ("--splits", "1,two")])
+def test_variants_reject_malformed_lists(flag, value, capsys):
+    with pytest.raises(SystemExit) as exc:
+        tune_attention.main(["--variants", flag, value])
+    assert exc.value.code == 2
+    assert flag in capsys.readouterr().err
