@@ -49,22 +49,33 @@ def median_ms(fn, *, warmup: int = 25, rep: int = 100, cuda_graph: bool = False,
     return float(triton.testing.do_bench(fn, warmup=warmup, rep=rep, grad_to_none=grad_to_none, return_mode="median"))
 
 
-def kernel_ms(fn, n: int = 20) -> float | None:
-    """GPU kernel time per call of ``fn``: the sum of its kernels' (and copies') durations recorded by the PyTorch
-    profiler, averaged over ``n`` calls. Device time without launch gaps, the same measure for every provider, where a
-    CUDA graph cannot capture the call (autograd backward). None if the profiler fails."""
+def kernel_times(fn, n: int = 20) -> dict:
+    """Per kernel name: ``(device µs per call, launches per call)`` of ``fn``'s kernels (and copies) recorded by the
+    PyTorch profiler over ``n`` calls, after one unrecorded call."""
     from torch.autograd import DeviceType
     from torch.profiler import ProfilerActivity, profile
 
-    try:
-        fn()
+    fn()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        for _ in range(n):
+            fn()
         torch.cuda.synchronize()
-        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
-            for _ in range(n):
-                fn()
-            torch.cuda.synchronize()
-        total_us = sum(e.device_time_total for e in prof.events() if e.device_type == DeviceType.CUDA)
-        return total_us / n / 1e3 if total_us > 0 else None
+    totals = {}
+    for e in prof.events():
+        if e.device_type == DeviceType.CUDA:
+            us, count = totals.get(e.name, (0.0, 0))
+            totals[e.name] = (us + e.device_time_total, count + 1)
+    return {name: (us / n, count / n) for name, (us, count) in totals.items()}
+
+
+def kernel_ms(fn, n: int = 20) -> float | None:
+    """GPU kernel time per call of ``fn``: the sum of :func:`kernel_times`. Device time without launch gaps, the same
+    measure for every provider, where a CUDA graph cannot capture the call (autograd backward). None if the profiler
+    fails."""
+    try:
+        total_us = sum(us for us, _ in kernel_times(fn, n).values())
+        return total_us / 1e3 if total_us > 0 else None
     except Exception as exc:  # noqa: BLE001 - a profiler problem must not lose the other numbers
         print(f"    (no profiler timing: {type(exc).__name__}: {str(exc)[:100]})")
         return None

@@ -19,12 +19,12 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import _common  # noqa: E402
+import benchutil  # noqa: E402
 import speed  # noqa: E402
 
 
 def profile_impl(model, fn, impl, calls, top):
     import torch
-    from torch.profiler import ProfilerActivity, profile
 
     undo = speed.set_impl(model, impl)
     try:
@@ -36,23 +36,11 @@ def profile_impl(model, fn, impl, calls, top):
             fn()
         torch.cuda.synchronize()
         wall_ms = (time.perf_counter() - t0) / calls * 1e3
-        with profile(activities=[ProfilerActivity.CUDA]) as prof:
-            for _ in range(calls):
-                fn()
-            torch.cuda.synchronize()
+        times = benchutil.kernel_times(fn, calls)
     finally:
         undo()
-    kernels = {}
-    for ev in prof.key_averages():
-        dev_us = getattr(ev, "self_device_time_total", None)
-        if dev_us is None:  # older profilers
-            dev_us = ev.self_cuda_time_total
-        if dev_us <= 0:
-            continue
-        k = kernels.setdefault(ev.key, dict(name=ev.key, us_per_forward=0.0, launches_per_forward=0.0))
-        k["us_per_forward"] += dev_us / calls
-        k["launches_per_forward"] += ev.count / calls
-    ranked = sorted(kernels.values(), key=lambda k: -k["us_per_forward"])
+    ranked = sorted((dict(name=name, us_per_forward=us, launches_per_forward=count)
+                     for name, (us, count) in times.items() if us > 0), key=lambda k: -k["us_per_forward"])
     total_ms = sum(k["us_per_forward"] for k in ranked) / 1e3
     return dict(impl=impl, wall_ms=wall_ms, device_ms=total_ms, kernels=ranked[:top],
                 kernel_names=len(ranked), launches_per_forward=sum(k["launches_per_forward"] for k in ranked))

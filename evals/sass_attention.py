@@ -25,6 +25,8 @@ import triton  # noqa: E402
 from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 
+from hf_masked_softmax._launch import FastLaunch  # noqa: E402
+
 attn = importlib.import_module("hf_masked_softmax.attention")
 UNIT_STRIDES = ("stride_qd", "stride_kd", "stride_vd", "stride_od")
 FLOATS = ("qk_scale", "threshold")
@@ -33,9 +35,8 @@ MASK_STRIDES = ("stride_mb", "stride_mh", "stride_mm", "stride_mk")
 
 
 def _jit_fn(kernel):
-    while not hasattr(kernel, "arg_names"):  # through the launch-shortcut wrapper
-        kernel = kernel.fn
-    return kernel
+    # the launch-shortcut wrapper forwards attribute lookups, so unwrap it by type, not by attribute
+    return kernel.fn if isinstance(kernel, FastLaunch) else kernel
 
 
 def compile_forward(causal, config, fold, merge, arch, dtype="fp16", head_d=64, maxnreg=None):
