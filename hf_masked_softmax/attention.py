@@ -109,7 +109,7 @@ def _fwd_blocks(acc, l_i, m_i, q, k_base, v_base, mask_base, rows, offs_n, offs_
                 lo, hi, mask_from, start, end, has_holes, Q_LEN, K_LEN, qk_scale, threshold,
                 MASKED: tl.constexpr, MASK_KIND: tl.constexpr, CAUSAL: tl.constexpr, BLOCK_N: tl.constexpr,
                 HEAD_D: tl.constexpr, BLOCK_D: tl.constexpr, UPCAST: tl.constexpr, DOT_PREC: tl.constexpr,
-                FOLD: tl.constexpr, TMA: tl.constexpr):
+                FOLD: tl.constexpr):
     """Online softmax over key blocks ``[lo, hi)``. ``MASKED``: 0 for blocks every row fully sees (no mask, no
     bounds checks), 1 to evaluate the mask on every block, 2 on the blocks from ``mask_from`` on (one loop, one
     software pipeline, for the interior blocks and the trailing ones at the range's end and the diagonal).
@@ -119,11 +119,8 @@ def _fwd_blocks(acc, l_i, m_i, q, k_base, v_base, mask_base, rows, offs_n, offs_
     for n0 in range(lo, hi, BLOCK_N):
         cols = n0 + offs_n
         col_ok = cols < K_LEN
-        if TMA:  # k_base / v_base are tensor descriptors: the copy engine zero-fills rows past K_LEN
-            k = k_base.load([n0, 0]).T
-        else:
-            k = _load_2d(k_base + offs_d[:, None] * stride_kd + cols[None, :] * stride_kn, d_ok, col_ok,
-                         BLOCK_D != HEAD_D, MASKED != 0)
+        k = _load_2d(k_base + offs_d[:, None] * stride_kd + cols[None, :] * stride_kn, d_ok, col_ok,
+                     BLOCK_D != HEAD_D, MASKED != 0)
         if UPCAST:
             k = k.to(tl.float32)
         s = tl.dot(q, k, input_precision=DOT_PREC)
@@ -152,11 +149,8 @@ def _fwd_blocks(acc, l_i, m_i, q, k_base, v_base, mask_base, rows, offs_n, offs_
         alpha = tl.math.exp2(m_i - m_use)
         l_i = l_i * alpha + tl.sum(p, axis=1)
         acc = acc * alpha[:, None]
-        if TMA:
-            v = v_base.load([n0, 0])
-        else:
-            v = _load_2d(v_base + cols[:, None] * stride_vn + offs_d[None, :] * stride_vd, col_ok, d_ok,
-                         MASKED != 0, BLOCK_D != HEAD_D)
+        v = _load_2d(v_base + cols[:, None] * stride_vn + offs_d[None, :] * stride_vd, col_ok, d_ok,
+                     MASKED != 0, BLOCK_D != HEAD_D)
         if UPCAST:
             v = v.to(tl.float32)
         acc = tl.dot(p.to(v.dtype), v, acc, input_precision=DOT_PREC)
@@ -219,7 +213,6 @@ def _attn_fwd_kernel(
     MASK_KIND: tl.constexpr, CAUSAL: tl.constexpr, BH_FIRST: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_D: tl.constexpr, BLOCK_D: tl.constexpr,
     UPCAST: tl.constexpr, DOT_PREC: tl.constexpr, WIDE: tl.constexpr, FOLD: tl.constexpr, MERGE_TAIL: tl.constexpr,
-    TMA: tl.constexpr,
 ):
     if BH_FIRST:
         # causal: (batch x head) fastest and query blocks in reverse, so the longest rows start first and the
@@ -254,11 +247,6 @@ def _attn_fwd_kernel(
         q = q.to(tl.float32)
     k_base = k_ptr + b * stride_kb + hk * stride_kh
     v_base = v_ptr + b * stride_vb + hk * stride_vh
-    if TMA:
-        k_base = tl.make_tensor_descriptor(k_base, shape=[K_LEN, HEAD_D], strides=[stride_kn, 1],
-                                           block_shape=[BLOCK_N, BLOCK_D])
-        v_base = tl.make_tensor_descriptor(v_base, shape=[K_LEN, HEAD_D], strides=[stride_vn, 1],
-                                           block_shape=[BLOCK_N, BLOCK_D])
     mask_base = mask_ptr + b * stride_mb + h * stride_mh
 
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
@@ -270,24 +258,24 @@ def _attn_fwd_kernel(
                                 stride_kn, stride_kd, stride_vn, stride_vd, stride_mm, stride_mk,
                                 s_lo, tl.minimum(full_lo, s_hi), s_lo, start, end, has_holes, Q_LEN, K_LEN,
                                 qk_scale, threshold, 1, MASK_KIND, CAUSAL, BLOCK_N, HEAD_D, BLOCK_D, UPCAST,
-                                DOT_PREC, FOLD, TMA)
+                                DOT_PREC, FOLD)
     if MERGE_TAIL:
         acc, l_i, m_i = _fwd_blocks(acc, l_i, m_i, q, k_base, v_base, mask_base, rows, offs_n, offs_d,
                                     stride_kn, stride_kd, stride_vn, stride_vd, stride_mm, stride_mk,
                                     tl.minimum(full_lo, s_hi), s_hi, full_hi, start, end, has_holes, Q_LEN, K_LEN,
                                     qk_scale, threshold, 2, MASK_KIND, CAUSAL, BLOCK_N, HEAD_D, BLOCK_D, UPCAST,
-                                    DOT_PREC, FOLD, TMA)
+                                    DOT_PREC, FOLD)
     else:
         acc, l_i, m_i = _fwd_blocks(acc, l_i, m_i, q, k_base, v_base, mask_base, rows, offs_n, offs_d,
                                     stride_kn, stride_kd, stride_vn, stride_vd, stride_mm, stride_mk,
                                     full_lo, full_hi, full_hi, start, end, has_holes, Q_LEN, K_LEN,
                                     qk_scale, threshold, 0, MASK_KIND, CAUSAL, BLOCK_N, HEAD_D, BLOCK_D, UPCAST,
-                                    DOT_PREC, FOLD, TMA)
+                                    DOT_PREC, FOLD)
         acc, l_i, m_i = _fwd_blocks(acc, l_i, m_i, q, k_base, v_base, mask_base, rows, offs_n, offs_d,
                                     stride_kn, stride_kd, stride_vn, stride_vd, stride_mm, stride_mk,
                                     tl.maximum(full_lo, full_hi), s_hi, s_lo, start, end, has_holes, Q_LEN, K_LEN,
                                     qk_scale, threshold, 1, MASK_KIND, CAUSAL, BLOCK_N, HEAD_D, BLOCK_D, UPCAST,
-                                    DOT_PREC, FOLD, TMA)
+                                    DOT_PREC, FOLD)
 
     empty = l_i == 0.0
     out = acc / tl.where(empty, 1.0, l_i)[:, None]
@@ -590,7 +578,6 @@ _SM_COUNT = {}
 SPLIT_MIN_K = 1024  # decode rows shorter than this are never split across programs
 FWD_MERGE_TAIL = True  # forward: interior and trailing key blocks in one loop (see _fwd_blocks)
 FWD_MAXNREG = None  # forward register cap per thread: None = _fwd_maxnreg's rule, 0 = none, N = cap at N
-FWD_TMA = False  # forward: read K and V through device-side tensor descriptors (TMA, sm_90+) where _tma_ok allows
 
 
 def _cdiv(a: int, b: int) -> int:
@@ -721,50 +708,6 @@ def _fold(kind: int, scale: float) -> bool:
     return kind != _K_ADD and 0.0 < scale < float("inf")
 
 
-def _tma_ok(k: torch.Tensor, v: torch.Tensor) -> bool:
-    """Whether the forward may read ``k`` and ``v`` through tensor descriptors: a GPU with the copy engine
-    (compute capability 9 or newer; or the interpreter), unit last stride, 16-byte aligned data and other strides
-    (dimensions of size 1 aside), and Triton's allocator for the descriptors' scratch memory."""
-    if not _INTERPRET:
-        if k.device.type != "cuda" or _capability(k.device) < 9 or not _ensure_allocator():
-            return False
-    es = k.element_size()
-    for t in (k, v):
-        if t.stride(-1) != 1 or t.data_ptr() % 16:
-            return False
-        if any((st * es) % 16 for n, st in zip(t.shape[:-1], t.stride()[:-1]) if n > 1):
-            return False
-    return True
-
-
-_CAPABILITY = {}
-
-
-def _capability(device: torch.device) -> int:
-    idx = device.index if device.index is not None else torch.cuda.current_device()
-    if idx not in _CAPABILITY:
-        _CAPABILITY[idx] = torch.cuda.get_device_capability(idx)[0]
-    return _CAPABILITY[idx]
-
-
-def _scratch(size: int, alignment: int, stream) -> torch.Tensor:
-    # device-side descriptors live in a small global buffer per launch (128 bytes per program)
-    return torch.empty(size, dtype=torch.int8, device="cuda")
-
-
-def _ensure_allocator() -> bool:
-    """Install :func:`_scratch` as Triton's allocator unless one is set already (then that one serves);
-    False where this Triton has no allocator to set."""
-    try:
-        from triton.runtime import _allocation
-    except ImportError:
-        return False
-    current = _allocation._allocator.get()
-    if isinstance(current, _allocation.NullAllocator):
-        triton.set_allocator(_scratch)
-    return True
-
-
 def _is_decode(Q: int) -> bool:
     """Short query blocks (and possibly split keys) for a few queries: generation steps."""
     return Q <= 16
@@ -799,7 +742,7 @@ def _forward(q, k, v, kind, mask_t, ranges, threshold, causal, scale):
         MASK_KIND=kind, CAUSAL=causal, BH_FIRST=bh_first, BLOCK_M=block_m, BLOCK_N=block_n, HEAD_D=D,
         BLOCK_D=_block_d(D),
         UPCAST=upcast, DOT_PREC=prec, WIDE=_wide(q, k, v, o_arg, mask_t), FOLD=_fold(kind, scale),
-        MERGE_TAIL=FWD_MERGE_TAIL, TMA=bool(FWD_TMA) and _tma_ok(k, v), num_warps=warps, num_stages=stages,
+        MERGE_TAIL=FWD_MERGE_TAIL, num_warps=warps, num_stages=stages,
         **_fwd_maxnreg(D, q.dtype, decode, causal, block_m, warps),
     )
     if num_splits > 1:

@@ -219,38 +219,6 @@ def test_forward_tail_blocks_merged_or_separate(merge, mask_name, device):
             _check(q, k, v, mask, causal)
 
 
-@pytest.mark.parametrize("mask_name, D, bthd", [("none", 40, True), ("pad-right", 16, False), ("pad-left", 40, True),
-                                                ("pad-holes", 40, True), ("add4d", 16, False)])
-def test_forward_keys_and_values_through_tensor_descriptors(mask_name, D, bthd, device):
-    # FWD_TMA: K and V tiles come through tensor descriptors, which zero-fill rows past K and columns past D
-    # (D = 40 runs in 64-wide tiles) instead of masked loads. HF's [B, T, H, D] layout too; GQA; causal and not.
-    B, H, Hkv, Q, K = 3, 4, 2, 37, 50
-    q, k, v = _qkv(B, H, Hkv, Q, K, D, torch.float16, device, bthd=bthd)
-    if attn_mod._INTERPRET or attn_mod._capability(torch.device(device)) >= 9:
-        assert attn_mod._tma_ok(k, v)
-    mask = _mask_case(mask_name, B, H, Q, K, device)
-    with mock.patch.object(attn_mod, "FWD_TMA", True):
-        for causal in (False, True):
-            _check(q, k, v, mask, causal)
-
-
-def test_tensor_descriptor_rule(device):
-    # descriptors need a unit last stride and 16-byte aligned data and strides (size-1 dimensions aside);
-    # anything else keeps the pointer loads, with the same results
-    fp16 = torch.float16
-    q, k, v = _qkv(2, 2, 2, 9, 21, 20, fp16, device)  # rows of 40 bytes
-    assert not attn_mod._tma_ok(k, v)
-    with mock.patch.object(attn_mod, "FWD_TMA", True):
-        _check(q, k, v, _pad_mask([21, 12], 21, "right", device), True)
-    _, k, v = _qkv(2, 2, 2, 9, 21, 24, fp16, device)  # rows of 48 bytes
-    capable = attn_mod._INTERPRET or attn_mod._capability(torch.device(device)) >= 9
-    assert attn_mod._tma_ok(k, v) == capable
-    assert attn_mod._tma_ok(k[..., 8:], v[..., 8:]) == capable  # starts 16 bytes in
-    assert attn_mod._tma_ok(k[:1, :, 3:], v[:1, :, 3:]) == capable  # batch of one: its stride never multiplies
-    assert not attn_mod._tma_ok(k[..., 1:17], v[..., 1:17])  # data 2 bytes past alignment
-    assert not attn_mod._tma_ok(k.transpose(2, 3), v)  # last stride not 1
-
-
 def test_forward_register_cap_rule():
     # GPU launch option only: at D <= 64 in half precision, causal prefill with 64-row, 4-warp blocks gets 168
     # registers per thread and non-causal 128-row, 8-warp blocks 128; everything else the compiler's choice;
@@ -469,28 +437,6 @@ def test_gpu_general_masks_fp16(mask_name):
 def test_gpu_fp32_exact_dots():
     q, k, v = _qkv(2, 4, 4, 256, 256, 64, torch.float32, "cuda", grad=True)
     _check(q, k, v, _pad_mask([256, 100], 256, "right", "cuda"), True, grad=True)
-
-
-@pytest.mark.gpu
-@pytest.mark.parametrize("case", ["gpt2-fp16", "gpt2-bf16-left", "bert", "d128-gqa", "decode"])
-def test_gpu_forward_through_tensor_descriptors(case):
-    # FWD_TMA at real sizes (the copy engine on sm_90+; the pointer loads elsewhere), against the reference
-    if case.startswith("gpt2"):
-        dtype = torch.bfloat16 if "bf16" in case else torch.float16
-        q, k, v = _qkv(2, 12, 12, 1024, 1024, 64, dtype, "cuda", bthd=True)
-        mask, causal = _pad_mask(_gpu_lengths(2, 1024, 512, 0), 1024, "left" if "left" in case else "right",
-                                 "cuda"), True
-    elif case == "bert":
-        q, k, v = _qkv(4, 12, 12, 512, 512, 64, torch.float16, "cuda", bthd=True)
-        mask, causal = _pad_mask(_gpu_lengths(4, 512, 256, 1), 512, "right", "cuda"), False
-    elif case == "d128-gqa":
-        q, k, v = _qkv(2, 8, 2, 300, 517, 128, torch.float16, "cuda")
-        mask, causal = _pad_mask(_gpu_lengths(2, 517, 200, 2), 517, "right", "cuda"), True
-    else:
-        q, k, v = _qkv(8, 12, 12, 1, 2048, 64, torch.float16, "cuda", bthd=True)
-        mask, causal = _pad_mask(_gpu_lengths(8, 2048, 1024, 3), 2048, "left", "cuda"), True
-    with mock.patch.object(attn_mod, "FWD_TMA", True):
-        _check(q, k, v, mask, causal)
 
 
 @pytest.mark.gpu
