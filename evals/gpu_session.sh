@@ -33,7 +33,6 @@
 #                                       # and GPT-2 generate, every implementation
 #   bash evals/gpu_session.sh bert4     # 2026-12-02 (3): BERT forward settings x register caps (occupancy)
 #   bash evals/gpu_session.sh bert5     # 2026-12-02 (3): bench_attention.py with BERT's new default, attention GPU tests
-#   bash evals/gpu_session.sh pair      # 2026-12-02 (4): two interleaved halves per query block: tests, forward variants
 set -uo pipefail
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
 OUT=${OUT:-out}
@@ -190,14 +189,8 @@ case "${1:-}" in
       | tee "$OUT/bench_attention.log" | grep -E "^\[|  ours |sdpa-default|sdpa-cudnn" | cut -c1-120
     timeout 110 python -m pytest -q -m gpu -p no:cacheprovider tests/test_attention.py 2>&1 | tail -2
     ;;
-  pair)
-    timeout 150 python -m pytest -q -p no:cacheprovider tests/test_attention.py -k "paired" 2>&1 | tail -2
-    timeout 400 python evals/tune_attention.py --variants --pair --shapes bert,gpt2-pad-right,gpt2-nopad \
-      --fwd-configs 128/64/4/3,128/64/4/2,128/64/8/2 --maxnreg 0 --out "$OUT" 2>&1 | tee "$OUT/tune_pair.log" \
-      | grep -E " fwd | sdpa " | cut -c1-120
-    ;;
   *)
-    echo "usage: bash evals/gpu_session.sh tests|kernels|e2e|check|followup|recheck|verify|measure|final|stream|last|tune|host|fast|fastcheck|closing|fold|fold2|fold3|e2e3|bert4|bert5|pair" >&2
+    echo "usage: bash evals/gpu_session.sh tests|kernels|e2e|check|followup|recheck|verify|measure|final|stream|last|tune|host|fast|fastcheck|closing|fold|fold2|fold3|e2e3|bert4|bert5" >&2
     exit 2
     ;;
 esac

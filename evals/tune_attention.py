@@ -179,8 +179,8 @@ def variants_shape(name, args, records):
     """The kernels' compile-time variants at the default launch settings (and at ``--fwd-configs``): scale folded
     into the exponent (``FOLD``) or not, the forward's trailing key blocks merged into the interior loop
     (``FWD_MERGE_TAIL``) or not, and the forward's register cap (``FWD_MAXNREG``; None in the labels is the default
-    rule, 0 no cap) and, with ``--pair``, two interleaved halves per query block (``FWD_PAIR``). Forward and whole
-    backward, launchers in a CUDA graph; SDPA's default dispatch without a mask and cuDNN with the mask alongside."""
+    rule, 0 no cap). Forward and whole backward, launchers in a CUDA graph; SDPA's default dispatch without a mask
+    and cuDNN with the mask alongside."""
     inp = make_inputs(name, args.head_dim, args.dtype)
     q, k, v = inp["q"], inp["k"], inp["v"]
     margs = launcher_args(inp)
@@ -192,7 +192,7 @@ def variants_shape(name, args, records):
     D = q.shape[-1]
     default_fwd = attn_mod._fwd_config(D, q.shape[2], q.dtype, attn_mod._is_decode(q.shape[2]), causal)
     orig = dict(fold=attn_mod._fold, merge=attn_mod.FWD_MERGE_TAIL, maxnreg=attn_mod.FWD_MAXNREG,
-                pair=attn_mod.FWD_PAIR, cfg=attn_mod._fwd_config, splits=attn_mod._num_splits)
+                cfg=attn_mod._fwd_config, splits=attn_mod._num_splits)
     summary = dict(shape=name, default_fwd=default_fwd, variants=[])
 
     def rec(kind, label, ms, **extra):
@@ -227,18 +227,14 @@ def variants_shape(name, args, records):
                 attn_mod.FWD_MERGE_TAIL = merge
                 for cfg in fwd_cfgs if (fold and merge) else fwd_cfgs[:1]:
                     for maxnreg in ((None,) + tuple(args.maxnreg)) if (fold and merge) else (None,):
-                        for pair in (False, True) if (fold and merge and args.pair) else (orig["pair"],):
-                            attn_mod._fwd_config = lambda *a, cfg=cfg: cfg
-                            attn_mod.FWD_MAXNREG = maxnreg
-                            attn_mod.FWD_PAIR = pair
-                            ms = graph_ms(lambda: attn_mod._forward(q, k, v, *margs))
-                            tag = f" pair={pair}" if args.pair else ""
-                            rec("fwd", f"fold={fold} merge={merge} cfg={cfg} maxnreg={maxnreg}{tag}", ms)
-                            attn_mod.FWD_MAXNREG, attn_mod.FWD_PAIR = orig["maxnreg"], orig["pair"]
-                            attn_mod._fwd_config = orig["cfg"]
+                        attn_mod._fwd_config = lambda *a, cfg=cfg: cfg
+                        attn_mod.FWD_MAXNREG = maxnreg
+                        ms = graph_ms(lambda: attn_mod._forward(q, k, v, *margs))
+                        rec("fwd", f"fold={fold} merge={merge} cfg={cfg} maxnreg={maxnreg}", ms)
+                        attn_mod.FWD_MAXNREG = orig["maxnreg"]
+                        attn_mod._fwd_config = orig["cfg"]
     finally:
         attn_mod._fold, attn_mod.FWD_MERGE_TAIL = orig["fold"], orig["merge"]
-        attn_mod.FWD_PAIR = orig["pair"]
         attn_mod.FWD_MAXNREG, attn_mod._fwd_config = orig["maxnreg"], orig["cfg"]
         attn_mod._num_splits = orig["splits"]
     return summary
@@ -280,9 +276,6 @@ def main(argv=None):
     ap.add_argument("--maxnreg", type=_int_list, default=[],
                     help="with --variants: forward register caps to try besides the default rule (0 = no cap), "
                          "e.g. 0,128,168")
-    ap.add_argument("--pair", action="store_true",
-                    help="with --variants: time each forward setting also with two interleaved halves per query "
-                         "block (FWD_PAIR)")
     ap.add_argument("--splits", type=_int_list, default=[],
                     help="with --variants: decode split counts to force, e.g. 1,2,4")
     ap.add_argument("--out", default=None, help="output folder (default $OUT or ./out)")

@@ -104,46 +104,6 @@ def _mask_scores(s, r2, c2, start, end, has_holes, mask_base, stride_mm, stride_
 
 
 @triton.jit
-def _scale_and_mask(s, rows, cols, n0, mask_from, start, end, has_holes, mask_base, stride_mm, stride_mk,
-                    Q_LEN, K_LEN, qk_scale, threshold, MASKED: tl.constexpr, MASK_KIND: tl.constexpr,
-                    CAUSAL: tl.constexpr, FOLD: tl.constexpr):
-    """A key block's raw score tile ``q . k`` -> base-2 scores with the mask applied (see :func:`_fwd_blocks`)."""
-    if not FOLD:
-        s = s * qk_scale
-    if MASKED == 1:
-        s = _mask_scores(s, rows[:, None], cols[None, :], start, end, has_holes, mask_base, stride_mm,
-                         stride_mk, Q_LEN, K_LEN, threshold, MASK_KIND, CAUSAL)
-    elif MASKED == 2:
-        if n0 >= mask_from:
-            s = _mask_scores(s, rows[:, None], cols[None, :], start, end, has_holes, mask_base, stride_mm,
-                             stride_mk, Q_LEN, K_LEN, threshold, MASK_KIND, CAUSAL)
-    return s
-
-
-@triton.jit
-def _online_softmax(s, m_i, l_i, acc, qk_scale, MASKED: tl.constexpr, FOLD: tl.constexpr):
-    """One key block's online-softmax update: the block's unnormalised probabilities ``p``, the new running max,
-    the running sum and the accumulator rescaled to the new max."""
-    if FOLD:
-        m_new = tl.maximum(m_i, tl.max(s, axis=1) * qk_scale)
-    else:
-        m_new = tl.maximum(m_i, tl.max(s, axis=1))
-    if MASKED != 0:
-        # a row with nothing kept so far has m = -inf: shift by 0 so exp2 gives 0, not NaN
-        m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
-    else:
-        m_use = m_new
-    if FOLD:
-        p = tl.math.exp2(s * qk_scale - m_use[:, None])
-    else:
-        p = tl.math.exp2(s - m_use[:, None])
-    alpha = tl.math.exp2(m_i - m_use)
-    l_i = l_i * alpha + tl.sum(p, axis=1)
-    acc = acc * alpha[:, None]
-    return p, m_new, l_i, acc
-
-
-@triton.jit
 def _fwd_blocks(acc, l_i, m_i, q, k_base, v_base, mask_base, rows, offs_n, offs_d,
                 stride_kn, stride_kd, stride_vn, stride_vd, stride_mm, stride_mk,
                 lo, hi, mask_from, start, end, has_holes, Q_LEN, K_LEN, qk_scale, threshold,
@@ -163,80 +123,39 @@ def _fwd_blocks(acc, l_i, m_i, q, k_base, v_base, mask_base, rows, offs_n, offs_
                      BLOCK_D != HEAD_D, MASKED != 0)
         if UPCAST:
             k = k.to(tl.float32)
-        s = _scale_and_mask(tl.dot(q, k, input_precision=DOT_PREC), rows, cols, n0, mask_from, start, end,
-                            has_holes, mask_base, stride_mm, stride_mk, Q_LEN, K_LEN, qk_scale, threshold, MASKED,
-                            MASK_KIND, CAUSAL, FOLD)
-        p, m_i, l_i, acc = _online_softmax(s, m_i, l_i, acc, qk_scale, MASKED, FOLD)
+        s = tl.dot(q, k, input_precision=DOT_PREC)
+        if not FOLD:
+            s = s * qk_scale
+        if MASKED == 1:
+            s = _mask_scores(s, rows[:, None], cols[None, :], start, end, has_holes, mask_base, stride_mm,
+                             stride_mk, Q_LEN, K_LEN, threshold, MASK_KIND, CAUSAL)
+        elif MASKED == 2:
+            if n0 >= mask_from:
+                s = _mask_scores(s, rows[:, None], cols[None, :], start, end, has_holes, mask_base, stride_mm,
+                                 stride_mk, Q_LEN, K_LEN, threshold, MASK_KIND, CAUSAL)
+        if FOLD:
+            m_new = tl.maximum(m_i, tl.max(s, axis=1) * qk_scale)
+        else:
+            m_new = tl.maximum(m_i, tl.max(s, axis=1))
+        if MASKED != 0:
+            # a row with nothing kept so far has m = -inf: shift by 0 so exp2 gives 0, not NaN
+            m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
+        else:
+            m_use = m_new
+        if FOLD:
+            p = tl.math.exp2(s * qk_scale - m_use[:, None])
+        else:
+            p = tl.math.exp2(s - m_use[:, None])
+        alpha = tl.math.exp2(m_i - m_use)
+        l_i = l_i * alpha + tl.sum(p, axis=1)
+        acc = acc * alpha[:, None]
         v = _load_2d(v_base + cols[:, None] * stride_vn + offs_d[None, :] * stride_vd, col_ok, d_ok,
                      MASKED != 0, BLOCK_D != HEAD_D)
         if UPCAST:
             v = v.to(tl.float32)
         acc = tl.dot(p.to(v.dtype), v, acc, input_precision=DOT_PREC)
+        m_i = m_new
     return acc, l_i, m_i
-
-
-@triton.jit
-def _fwd_blocks_pair(acc_a, l_a, m_a, acc_b, l_b, m_b, q_a, q_b, k_base, v_base, mask_base, rows_a, rows_b,
-                     offs_n, offs_d, stride_kn, stride_kd, stride_vn, stride_vd, stride_mm, stride_mk,
-                     lo, hi, mask_from, start, end, has_holes, Q_LEN, K_LEN, qk_scale, threshold,
-                     MASKED: tl.constexpr, MASK_KIND: tl.constexpr, CAUSAL: tl.constexpr, BLOCK_N: tl.constexpr,
-                     HEAD_D: tl.constexpr, BLOCK_D: tl.constexpr, UPCAST: tl.constexpr, DOT_PREC: tl.constexpr,
-                     FOLD: tl.constexpr):
-    """:func:`_fwd_blocks` for two halves of the query block sharing each key / value tile, in an order that lets
-    one half's matrix products run while the other half's softmax does (``FWD_PAIR``)."""
-    d_ok = offs_d < HEAD_D
-    for n0 in range(lo, hi, BLOCK_N):
-        cols = n0 + offs_n
-        col_ok = cols < K_LEN
-        k = _load_2d(k_base + offs_d[:, None] * stride_kd + cols[None, :] * stride_kn, d_ok, col_ok,
-                     BLOCK_D != HEAD_D, MASKED != 0)
-        if UPCAST:
-            k = k.to(tl.float32)
-        s_a = tl.dot(q_a, k, input_precision=DOT_PREC)
-        s_b = tl.dot(q_b, k, input_precision=DOT_PREC)
-        v = _load_2d(v_base + cols[:, None] * stride_vn + offs_d[None, :] * stride_vd, col_ok, d_ok,
-                     MASKED != 0, BLOCK_D != HEAD_D)
-        if UPCAST:
-            v = v.to(tl.float32)
-        s_a = _scale_and_mask(s_a, rows_a, cols, n0, mask_from, start, end, has_holes, mask_base, stride_mm,
-                              stride_mk, Q_LEN, K_LEN, qk_scale, threshold, MASKED, MASK_KIND, CAUSAL, FOLD)
-        p_a, m_a, l_a, acc_a = _online_softmax(s_a, m_a, l_a, acc_a, qk_scale, MASKED, FOLD)
-        o_a = tl.dot(p_a.to(v.dtype), v, input_precision=DOT_PREC)
-        s_b = _scale_and_mask(s_b, rows_b, cols, n0, mask_from, start, end, has_holes, mask_base, stride_mm,
-                              stride_mk, Q_LEN, K_LEN, qk_scale, threshold, MASKED, MASK_KIND, CAUSAL, FOLD)
-        p_b, m_b, l_b, acc_b = _online_softmax(s_b, m_b, l_b, acc_b, qk_scale, MASKED, FOLD)
-        o_b = tl.dot(p_b.to(v.dtype), v, input_precision=DOT_PREC)
-        acc_a += o_a
-        acc_b += o_b
-    return acc_a, l_a, m_a, acc_b, l_b, m_b
-
-
-@triton.jit
-def _load_q(q_ptr, b, h, rows, offs_d, stride_qb, stride_qh, stride_qm, stride_qd, Q_LEN,
-            HEAD_D: tl.constexpr, BLOCK_D: tl.constexpr, UPCAST: tl.constexpr):
-    q = _load_2d(q_ptr + b * stride_qb + h * stride_qh + rows[:, None] * stride_qm + offs_d[None, :] * stride_qd,
-                 rows < Q_LEN, offs_d < HEAD_D, True, BLOCK_D != HEAD_D)
-    if UPCAST:
-        q = q.to(tl.float32)
-    return q
-
-
-@triton.jit
-def _store_rows(acc, l_i, m_i, o_ptr, lse_ptr, split, b, h, bh, rows, offs_d,
-                stride_os, stride_ob, stride_oh, stride_om, stride_od, stride_ls, Q_LEN,
-                HEAD_D: tl.constexpr, BLOCK_D: tl.constexpr):
-    """Normalise and store the output rows and their ``lse`` (zeros and ``-inf`` for a row with nothing kept)."""
-    row_ok = rows < Q_LEN
-    empty = l_i == 0.0
-    out = acc / tl.where(empty, 1.0, l_i)[:, None]
-    lse = tl.where(empty, float("-inf"), m_i + tl.math.log2(tl.where(empty, 1.0, l_i)))
-    o_ptrs = (o_ptr + split * stride_os + b * stride_ob + h * stride_oh + rows[:, None] * stride_om
-              + offs_d[None, :] * stride_od)
-    if BLOCK_D == HEAD_D:
-        tl.store(o_ptrs, out.to(o_ptr.dtype.element_ty), mask=row_ok[:, None])
-    else:
-        tl.store(o_ptrs, out.to(o_ptr.dtype.element_ty), mask=row_ok[:, None] & (offs_d < HEAD_D)[None, :])
-    tl.store(lse_ptr + split * stride_ls + bh * Q_LEN + rows, lse, mask=row_ok)
 
 
 @triton.jit
@@ -294,7 +213,6 @@ def _attn_fwd_kernel(
     MASK_KIND: tl.constexpr, CAUSAL: tl.constexpr, BH_FIRST: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_D: tl.constexpr, BLOCK_D: tl.constexpr,
     UPCAST: tl.constexpr, DOT_PREC: tl.constexpr, WIDE: tl.constexpr, FOLD: tl.constexpr, MERGE_TAIL: tl.constexpr,
-    PAIR: tl.constexpr,
 ):
     if BH_FIRST:
         # causal: (batch x head) fastest and query blocks in reverse, so the longest rows start first and the
@@ -310,82 +228,65 @@ def _attn_fwd_kernel(
     h = bh % H
     hk = h // GROUP
 
+    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = tl.arange(0, BLOCK_N)
     if WIDE:  # some tensor spans 2**31 elements or more: index math in int64
+        rows = rows.to(tl.int64)
         offs_n = offs_n.to(tl.int64)
     offs_d = tl.arange(0, BLOCK_D)
+    row_ok = rows < Q_LEN
+    d_ok = offs_d < HEAD_D
 
     start, end, has_holes = _key_range(ranges_ptr, b, K_LEN, MASK_KIND)
     s_lo, s_hi, full_lo, full_hi = _block_key_bounds(start, end, has_holes, pid_m * BLOCK_M, split, NUM_SPLITS,
                                                       Q_LEN, K_LEN, MASK_KIND, CAUSAL, BLOCK_M, BLOCK_N)
+
+    q = _load_2d(q_ptr + b * stride_qb + h * stride_qh + rows[:, None] * stride_qm + offs_d[None, :] * stride_qd,
+                 row_ok, d_ok, True, BLOCK_D != HEAD_D)
+    if UPCAST:
+        q = q.to(tl.float32)
     k_base = k_ptr + b * stride_kb + hk * stride_kh
     v_base = v_ptr + b * stride_vb + hk * stride_vh
     mask_base = mask_ptr + b * stride_mb + h * stride_mh
 
-    if PAIR:  # two halves of BLOCK_M // 2 rows, interleaved (see _fwd_blocks_pair); trailing blocks merged
-        rows_a = pid_m * BLOCK_M + tl.arange(0, BLOCK_M // 2)
-        if WIDE:
-            rows_a = rows_a.to(tl.int64)
-        rows_b = rows_a + BLOCK_M // 2
-        q_a = _load_q(q_ptr, b, h, rows_a, offs_d, stride_qb, stride_qh, stride_qm, stride_qd, Q_LEN, HEAD_D,
-                      BLOCK_D, UPCAST)
-        q_b = _load_q(q_ptr, b, h, rows_b, offs_d, stride_qb, stride_qh, stride_qm, stride_qd, Q_LEN, HEAD_D,
-                      BLOCK_D, UPCAST)
-        m_a = tl.full([BLOCK_M // 2], float("-inf"), dtype=tl.float32)
-        l_a = tl.zeros([BLOCK_M // 2], dtype=tl.float32)
-        acc_a = tl.zeros([BLOCK_M // 2, BLOCK_D], dtype=tl.float32)
-        m_b = m_a
-        l_b = l_a
-        acc_b = acc_a
-        acc_a, l_a, m_a, acc_b, l_b, m_b = _fwd_blocks_pair(
-            acc_a, l_a, m_a, acc_b, l_b, m_b, q_a, q_b, k_base, v_base, mask_base, rows_a, rows_b, offs_n, offs_d,
-            stride_kn, stride_kd, stride_vn, stride_vd, stride_mm, stride_mk,
-            s_lo, tl.minimum(full_lo, s_hi), s_lo, start, end, has_holes, Q_LEN, K_LEN, qk_scale, threshold,
-            1, MASK_KIND, CAUSAL, BLOCK_N, HEAD_D, BLOCK_D, UPCAST, DOT_PREC, FOLD)
-        acc_a, l_a, m_a, acc_b, l_b, m_b = _fwd_blocks_pair(
-            acc_a, l_a, m_a, acc_b, l_b, m_b, q_a, q_b, k_base, v_base, mask_base, rows_a, rows_b, offs_n, offs_d,
-            stride_kn, stride_kd, stride_vn, stride_vd, stride_mm, stride_mk,
-            tl.minimum(full_lo, s_hi), s_hi, full_hi, start, end, has_holes, Q_LEN, K_LEN, qk_scale, threshold,
-            2, MASK_KIND, CAUSAL, BLOCK_N, HEAD_D, BLOCK_D, UPCAST, DOT_PREC, FOLD)
-        _store_rows(acc_a, l_a, m_a, o_ptr, lse_ptr, split, b, h, bh, rows_a, offs_d,
-                    stride_os, stride_ob, stride_oh, stride_om, stride_od, stride_ls, Q_LEN, HEAD_D, BLOCK_D)
-        _store_rows(acc_b, l_b, m_b, o_ptr, lse_ptr, split, b, h, bh, rows_b, offs_d,
-                    stride_os, stride_ob, stride_oh, stride_om, stride_od, stride_ls, Q_LEN, HEAD_D, BLOCK_D)
-    else:
-        rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-        if WIDE:
-            rows = rows.to(tl.int64)
-        q = _load_q(q_ptr, b, h, rows, offs_d, stride_qb, stride_qh, stride_qm, stride_qd, Q_LEN, HEAD_D, BLOCK_D,
-                    UPCAST)
-        m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
-        l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
-        acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
+    m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
+    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
 
-        # leading partial block (left padding), interior blocks unmasked, trailing blocks (right edge, diagonal)
+    # leading partial block (left padding), interior blocks unmasked, trailing blocks (right edge, diagonal)
+    acc, l_i, m_i = _fwd_blocks(acc, l_i, m_i, q, k_base, v_base, mask_base, rows, offs_n, offs_d,
+                                stride_kn, stride_kd, stride_vn, stride_vd, stride_mm, stride_mk,
+                                s_lo, tl.minimum(full_lo, s_hi), s_lo, start, end, has_holes, Q_LEN, K_LEN,
+                                qk_scale, threshold, 1, MASK_KIND, CAUSAL, BLOCK_N, HEAD_D, BLOCK_D, UPCAST,
+                                DOT_PREC, FOLD)
+    if MERGE_TAIL:
         acc, l_i, m_i = _fwd_blocks(acc, l_i, m_i, q, k_base, v_base, mask_base, rows, offs_n, offs_d,
                                     stride_kn, stride_kd, stride_vn, stride_vd, stride_mm, stride_mk,
-                                    s_lo, tl.minimum(full_lo, s_hi), s_lo, start, end, has_holes, Q_LEN, K_LEN,
+                                    tl.minimum(full_lo, s_hi), s_hi, full_hi, start, end, has_holes, Q_LEN, K_LEN,
+                                    qk_scale, threshold, 2, MASK_KIND, CAUSAL, BLOCK_N, HEAD_D, BLOCK_D, UPCAST,
+                                    DOT_PREC, FOLD)
+    else:
+        acc, l_i, m_i = _fwd_blocks(acc, l_i, m_i, q, k_base, v_base, mask_base, rows, offs_n, offs_d,
+                                    stride_kn, stride_kd, stride_vn, stride_vd, stride_mm, stride_mk,
+                                    full_lo, full_hi, full_hi, start, end, has_holes, Q_LEN, K_LEN,
+                                    qk_scale, threshold, 0, MASK_KIND, CAUSAL, BLOCK_N, HEAD_D, BLOCK_D, UPCAST,
+                                    DOT_PREC, FOLD)
+        acc, l_i, m_i = _fwd_blocks(acc, l_i, m_i, q, k_base, v_base, mask_base, rows, offs_n, offs_d,
+                                    stride_kn, stride_kd, stride_vn, stride_vd, stride_mm, stride_mk,
+                                    tl.maximum(full_lo, full_hi), s_hi, s_lo, start, end, has_holes, Q_LEN, K_LEN,
                                     qk_scale, threshold, 1, MASK_KIND, CAUSAL, BLOCK_N, HEAD_D, BLOCK_D, UPCAST,
                                     DOT_PREC, FOLD)
-        if MERGE_TAIL:
-            acc, l_i, m_i = _fwd_blocks(acc, l_i, m_i, q, k_base, v_base, mask_base, rows, offs_n, offs_d,
-                                        stride_kn, stride_kd, stride_vn, stride_vd, stride_mm, stride_mk,
-                                        tl.minimum(full_lo, s_hi), s_hi, full_hi, start, end, has_holes, Q_LEN,
-                                        K_LEN, qk_scale, threshold, 2, MASK_KIND, CAUSAL, BLOCK_N, HEAD_D, BLOCK_D,
-                                        UPCAST, DOT_PREC, FOLD)
-        else:
-            acc, l_i, m_i = _fwd_blocks(acc, l_i, m_i, q, k_base, v_base, mask_base, rows, offs_n, offs_d,
-                                        stride_kn, stride_kd, stride_vn, stride_vd, stride_mm, stride_mk,
-                                        full_lo, full_hi, full_hi, start, end, has_holes, Q_LEN, K_LEN,
-                                        qk_scale, threshold, 0, MASK_KIND, CAUSAL, BLOCK_N, HEAD_D, BLOCK_D, UPCAST,
-                                        DOT_PREC, FOLD)
-            acc, l_i, m_i = _fwd_blocks(acc, l_i, m_i, q, k_base, v_base, mask_base, rows, offs_n, offs_d,
-                                        stride_kn, stride_kd, stride_vn, stride_vd, stride_mm, stride_mk,
-                                        tl.maximum(full_lo, full_hi), s_hi, s_lo, start, end, has_holes, Q_LEN,
-                                        K_LEN, qk_scale, threshold, 1, MASK_KIND, CAUSAL, BLOCK_N, HEAD_D, BLOCK_D,
-                                        UPCAST, DOT_PREC, FOLD)
-        _store_rows(acc, l_i, m_i, o_ptr, lse_ptr, split, b, h, bh, rows, offs_d,
-                    stride_os, stride_ob, stride_oh, stride_om, stride_od, stride_ls, Q_LEN, HEAD_D, BLOCK_D)
+
+    empty = l_i == 0.0
+    out = acc / tl.where(empty, 1.0, l_i)[:, None]
+    lse = tl.where(empty, float("-inf"), m_i + tl.math.log2(tl.where(empty, 1.0, l_i)))
+    o_ptrs = (o_ptr + split * stride_os + b * stride_ob + h * stride_oh + rows[:, None] * stride_om
+              + offs_d[None, :] * stride_od)
+    if BLOCK_D == HEAD_D:
+        tl.store(o_ptrs, out.to(o_ptr.dtype.element_ty), mask=row_ok[:, None])
+    else:
+        tl.store(o_ptrs, out.to(o_ptr.dtype.element_ty), mask=row_ok[:, None] & d_ok[None, :])
+    tl.store(lse_ptr + split * stride_ls + bh * Q_LEN + rows, lse, mask=row_ok)
 
 
 @fast_launch
@@ -677,7 +578,6 @@ _SM_COUNT = {}
 SPLIT_MIN_K = 1024  # decode rows shorter than this are never split across programs
 FWD_MERGE_TAIL = True  # forward: interior and trailing key blocks in one loop (see _fwd_blocks)
 FWD_MAXNREG = None  # forward register cap per thread: None = _fwd_maxnreg's rule, 0 = none, N = cap at N
-FWD_PAIR = False  # forward: two halves of each query block interleaved (_fwd_blocks_pair); merged tail only
 
 
 def _cdiv(a: int, b: int) -> int:
@@ -842,8 +742,7 @@ def _forward(q, k, v, kind, mask_t, ranges, threshold, causal, scale):
         MASK_KIND=kind, CAUSAL=causal, BH_FIRST=bh_first, BLOCK_M=block_m, BLOCK_N=block_n, HEAD_D=D,
         BLOCK_D=_block_d(D),
         UPCAST=upcast, DOT_PREC=prec, WIDE=_wide(q, k, v, o_arg, mask_t), FOLD=_fold(kind, scale),
-        MERGE_TAIL=FWD_MERGE_TAIL, PAIR=FWD_PAIR and FWD_MERGE_TAIL and block_m >= 32, num_warps=warps,
-        num_stages=stages,
+        MERGE_TAIL=FWD_MERGE_TAIL, num_warps=warps, num_stages=stages,
         **_fwd_maxnreg(D, q.dtype, decode, causal, block_m, warps),
     )
     if num_splits > 1:

@@ -219,20 +219,6 @@ def test_forward_tail_blocks_merged_or_separate(merge, mask_name, device):
             _check(q, k, v, mask, causal)
 
 
-@pytest.mark.parametrize("mask_name", ["none", "pad-right", "pad-left", "pad-holes", "add4d"])
-def test_forward_paired_half_blocks(mask_name, device):
-    # FWD_PAIR: each 32-row query block as two 16-row halves sharing every key / value tile; the halves straddle
-    # the sequence's end (Q = 37) and the diagonal. Causal and not, GQA, HF layout.
-    B, H, Hkv, Q, K = 3, 4, 2, 37, 50
-    q, k, v = _qkv(B, H, Hkv, Q, K, 16, torch.float16, device, bthd=True)
-    mask = _mask_case(mask_name, B, H, Q, K, device)
-    cfg = (32, 16, 4, 1) if attn_mod._INTERPRET else (64, 32, 4, 2)
-    with mock.patch.object(attn_mod, "FWD_PAIR", True), \
-            mock.patch.object(attn_mod, "_fwd_config", lambda *a: cfg):
-        for causal in (False, True):
-            _check(q, k, v, mask, causal)
-
-
 def test_forward_register_cap_rule():
     # GPU launch option only: at D <= 64 in half precision, causal prefill with 64-row, 4-warp blocks gets 168
     # registers per thread and non-causal 128-row, 8-warp blocks 128; everything else the compiler's choice;
@@ -451,26 +437,6 @@ def test_gpu_general_masks_fp16(mask_name):
 def test_gpu_fp32_exact_dots():
     q, k, v = _qkv(2, 4, 4, 256, 256, 64, torch.float32, "cuda", grad=True)
     _check(q, k, v, _pad_mask([256, 100], 256, "right", "cuda"), True, grad=True)
-
-
-@pytest.mark.gpu
-@pytest.mark.parametrize("case", ["gpt2-fp16", "gpt2-bf16-left", "bert", "d128-gqa"])
-@pytest.mark.parametrize("cfg", [(128, 64, 4, 3), (128, 64, 8, 2)])
-def test_gpu_forward_paired_half_blocks(case, cfg):
-    # FWD_PAIR at real sizes, with 64-row halves (warpgroup-wide products on sm_90), against the reference
-    if case.startswith("gpt2"):
-        dtype = torch.bfloat16 if "bf16" in case else torch.float16
-        q, k, v = _qkv(2, 12, 12, 1024, 1024, 64, dtype, "cuda", bthd=True)
-        mask, causal = _pad_mask(_gpu_lengths(2, 1024, 512, 0), 1024, "left" if "left" in case else "right",
-                                 "cuda"), True
-    elif case == "bert":
-        q, k, v = _qkv(4, 12, 12, 512, 512, 64, torch.float16, "cuda", bthd=True)
-        mask, causal = _pad_mask(_gpu_lengths(4, 512, 256, 1), 512, "right", "cuda"), False
-    else:
-        q, k, v = _qkv(2, 8, 2, 300, 517, 128, torch.float16, "cuda")
-        mask, causal = _pad_mask(_gpu_lengths(2, 517, 200, 2), 517, "right", "cuda"), True
-    with mock.patch.object(attn_mod, "FWD_PAIR", True), mock.patch.object(attn_mod, "_fwd_config", lambda *a: cfg):
-        _check(q, k, v, mask, causal)
 
 
 @pytest.mark.gpu
