@@ -33,6 +33,8 @@
 #                                       # and GPT-2 generate, every implementation
 #   bash evals/gpu_session.sh bert4     # 2026-12-02 (3): BERT forward settings x register caps (occupancy)
 #   bash evals/gpu_session.sh bert5     # 2026-12-02 (3): bench_attention.py with BERT's new default, attention GPU tests
+#   bash evals/gpu_session.sh check4    # 2026-12-02 (4): every GPU test, a model profile (benchutil.kernel_times), the
+#                                       # self-test
 set -uo pipefail
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
 OUT=${OUT:-out}
@@ -189,8 +191,14 @@ case "${1:-}" in
       | tee "$OUT/bench_attention.log" | grep -E "^\[|  ours |sdpa-default|sdpa-cudnn" | cut -c1-120
     timeout 110 python -m pytest -q -m gpu -p no:cacheprovider tests/test_attention.py 2>&1 | tail -2
     ;;
+  check4)
+    timeout 240 python -m pytest -q -m gpu -k "not 2_pow_31" -p no:cacheprovider 2>&1 | tail -3
+    timeout 90 python evals/profile_model.py --setting "bert-base enc [256,512]" --impls sdpa,fused --top 8 \
+      --out "$OUT" 2>&1 | tail -24
+    timeout 120 python -m hf_masked_softmax.check --quick --json "$OUT/check.json" 2>&1 | tail -12
+    ;;
   *)
-    echo "usage: bash evals/gpu_session.sh tests|kernels|e2e|check|followup|recheck|verify|measure|final|stream|last|tune|host|fast|fastcheck|closing|fold|fold2|fold3|e2e3|bert4|bert5" >&2
+    echo "usage: bash evals/gpu_session.sh tests|kernels|e2e|check|followup|recheck|verify|measure|final|stream|last|tune|host|fast|fastcheck|closing|fold|fold2|fold3|e2e3|bert4|bert5|check4" >&2
     exit 2
     ;;
 esac

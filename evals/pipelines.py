@@ -159,7 +159,6 @@ def main(argv=None):
     args = parse_args(argv)
     _common.go_offline()
     _common.ensure_repo_on_path()
-    import torch
     from tqdm.auto import tqdm
     from transformers.utils import logging as hf_logging
 
