@@ -35,6 +35,7 @@
 #   bash evals/gpu_session.sh bert5     # 2026-12-02 (3): bench_attention.py with BERT's new default, attention GPU tests
 #   bash evals/gpu_session.sh check4    # 2026-12-02 (4): every GPU test, a model profile (benchutil.kernel_times), the
 #                                       # self-test
+#   bash evals/gpu_session.sh lengths   # 2026-12-02 (4): forward time against key length (tune_attention --length-sweep)
 set -uo pipefail
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
 OUT=${OUT:-out}
@@ -197,8 +198,12 @@ case "${1:-}" in
       --out "$OUT" 2>&1 | tail -24
     timeout 120 python -m hf_masked_softmax.check --quick --json "$OUT/check.json" 2>&1 | tail -12
     ;;
+  lengths)
+    timeout 240 python evals/tune_attention.py --length-sweep --shapes bert,gpt2-pad-right --out "$OUT" 2>&1 \
+      | tee "$OUT/tune_lengths.log" | grep -E "  (bert|gpt2)" | cut -c1-120
+    ;;
   *)
-    echo "usage: bash evals/gpu_session.sh tests|kernels|e2e|check|followup|recheck|verify|measure|final|stream|last|tune|host|fast|fastcheck|closing|fold|fold2|fold3|e2e3|bert4|bert5|check4" >&2
+    echo "usage: bash evals/gpu_session.sh tests|kernels|e2e|check|followup|recheck|verify|measure|final|stream|last|tune|host|fast|fastcheck|closing|fold|fold2|fold3|e2e3|bert4|bert5|check4|lengths" >&2
     exit 2
     ;;
 esac

@@ -7,6 +7,8 @@ the whole backward (delta + dkdv + dq). SDPA's default dispatch without a mask (
 anchor) is timed in the same run. Prints the best settings per shape and writes ``tune_attention.json``.
 
     python evals/tune_attention.py [--shapes gpt2-pad-right,bert] [--what fwd,dkdv,dq] [--out DIR]
+    python evals/tune_attention.py --variants [...]      # compile-time variants, see variants_shape
+    python evals/tune_attention.py --length-sweep [...]  # forward time against key length, see lengths_shape
 """
 from __future__ import annotations
 
@@ -240,6 +242,53 @@ def variants_shape(name, args, records):
     return summary
 
 
+def lengths_shape(name, args, records):
+    """The default forward at fixed key lengths: every sequence of the shape's batch right-padded to the same ``n``
+    keys (``n = K``: no mask), then the shape's own random lengths. A least-squares line ``ms = fixed + per_key * n``
+    over the fixed lengths splits the time into a part that grows with the keys each query sees and one that does
+    not (launch, loading Q, storing O, the first and last wave); the shape's own row, against the line at its mean
+    length, shows what uneven lengths cost. SDPA's default dispatch on the whole rectangle alongside."""
+    inp = make_inputs(name, args.head_dim, args.dtype)
+    q, k, v = inp["q"], inp["k"], inp["v"]
+    B, K = q.shape[0], k.shape[2]
+    lengths = args.lengths or [K * i // 8 for i in range(1, 9)]
+    bad = [n for n in lengths if not 1 <= n <= K]
+    if bad:
+        sys.exit(f"--lengths: {bad} outside 1..{K} for shape {name}")
+    summary = dict(shape=name, rows=[])
+
+    def rec(label, mean_len, ms):
+        row = dict(shape=name, kind="len", variant=label, mean_len=mean_len, ms=ms)
+        records.append(row)
+        summary["rows"].append(row)
+        print(f"  {name:15s} {label:24s} mean {mean_len:7.1f} keys  {_fmt(ms)} ms", flush=True)
+
+    def forward_ms(pad):
+        margs = launcher_args(dict(inp, pad=pad))
+        return graph_ms(lambda: attn_mod._forward(q, k, v, *margs))
+
+    for n in lengths:
+        pad = None
+        if n < K:
+            pad = torch.zeros(B, K, dtype=torch.bool, device=q.device)
+            pad[:, :n] = True
+        rec(f"all {n}" if n < K else "all (no mask)", float(n), forward_ms(pad))
+    if inp["pad"] is not None:
+        rec("own lengths", sum(inp["lens"]) / B, forward_ms(inp["pad"]))
+    rec("sdpa default, no mask", float(K), graph_ms(
+        lambda: F.scaled_dot_product_attention(q, k, v, is_causal=inp["causal"] and inp["Q"] > 1)))
+    pts = [(r["mean_len"], r["ms"]) for r in summary["rows"][:len(lengths)] if r["ms"] is not None]
+    if len(pts) >= 2:
+        mx = sum(x for x, _ in pts) / len(pts)
+        my = sum(y for _, y in pts) / len(pts)
+        sxx = sum((x - mx) ** 2 for x, _ in pts)
+        if sxx > 0:
+            slope = sum((x - mx) * (y - my) for x, y in pts) / sxx
+            summary.update(fixed_ms=my - slope * mx, per_key_ms=slope)
+            print(f"  {name}: fit {summary['fixed_ms']:.4f} ms + {slope * 1e3:.4f} us per key", flush=True)
+    return summary
+
+
 def _int_list(text: str) -> list[int]:
     try:
         return [int(x) for x in text.split(",") if x.strip()]
@@ -276,6 +325,11 @@ def main(argv=None):
     ap.add_argument("--maxnreg", type=_int_list, default=[],
                     help="with --variants: forward register caps to try besides the default rule (0 = no cap), "
                          "e.g. 0,128,168")
+    ap.add_argument("--length-sweep", action="store_true",
+                    help="time the default forward at fixed key lengths (--lengths) and at the shape's own lengths, "
+                         "instead of sweeping (--what is then ignored)")
+    ap.add_argument("--lengths", type=_int_list, default=[],
+                    help="with --length-sweep: key lengths, e.g. 64,128,256,512 (default: K/8, 2K/8, ..., K)")
     ap.add_argument("--splits", type=_int_list, default=[],
                     help="with --variants: decode split counts to force, e.g. 1,2,4")
     ap.add_argument("--out", default=None, help="output folder (default $OUT or ./out)")
@@ -300,7 +354,8 @@ def main(argv=None):
     for name in filter(None, args.shapes.split(",")):
         if name not in SHAPES:
             sys.exit(f"unknown shape {name!r}; choose from {', '.join(SHAPES)}")
-        summaries.append((variants_shape if args.variants else sweep_shape)(name, args, records))
+        run = lengths_shape if args.length_sweep else variants_shape if args.variants else sweep_shape
+        summaries.append(run(name, args, records))
         benchutil.write_json(out / "tune_attention.json", payload)
     payload["seconds"] = time.perf_counter() - t0
     benchutil.write_json(out / "tune_attention.json", payload)

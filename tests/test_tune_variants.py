@@ -74,6 +74,46 @@ def test_variants_run_record_and_restore(stubbed, tmp_path):
         torch.testing.assert_close(o, stubbed[0], atol=2e-3, rtol=0)
 
 
+def test_length_sweep_rows_and_fit(stubbed, monkeypatch, tmp_path):
+    # --length-sweep: one row per fixed length (right padding; the full length without a mask), one at the shape's
+    # own lengths, SDPA's; the line through the fixed-length rows; each timed forward computes what its label says
+    from hf_masked_softmax.reference import attention_reference
+
+    calls = {"n": 0}
+    outputs = []
+
+    def linear_ms(fn):  # the i-th timing returns 0.1 + 0.01 i ms: linear in the lengths 8, 16, 24, 32
+        calls["n"] += 1
+        out = fn()
+        if isinstance(out, tuple):
+            outputs.append(out[0].detach().double())
+        return 0.1 + 0.01 * calls["n"]
+
+    monkeypatch.setattr(tune_attention, "graph_ms", linear_ms)
+    tune_attention.main(["--length-sweep", "--lengths", "8,16,24,33", "--shapes", "bert", "--dtype", "float16",
+                         "--out", str(tmp_path)])
+    with open(tmp_path / "tune_attention.json") as f:
+        payload = json.load(f)
+    labels = [(r["variant"], r["mean_len"]) for r in payload["records"]]
+    assert labels[:4] == [("all 8", 8.0), ("all 16", 16.0), ("all 24", 24.0), ("all (no mask)", 33.0)]
+    assert [v for v, _ in labels[4:]] == ["own lengths", "sdpa default, no mask"]
+    summary = payload["summaries"][0]
+    assert summary["per_key_ms"] > 0 and summary["fixed_ms"] < 0.11  # 8, 16, 24, 33 keys: nearly the 0.1 + i/800 line
+    inp = _cpu_inputs("bert", 64, torch.float16)
+    keep = torch.zeros(inp["B"], inp["K"], dtype=torch.bool)
+    keep[:, :8] = True
+    ref = attention_reference(inp["q"].double(), inp["k"].double(), inp["v"].double(), keep)
+    torch.testing.assert_close(outputs[0], ref, atol=2e-3, rtol=0)
+    ref = attention_reference(inp["q"].double(), inp["k"].double(), inp["v"].double(), None)
+    torch.testing.assert_close(outputs[3], ref, atol=2e-3, rtol=0)
+
+
+@pytest.mark.parametrize("lengths", ["0", "34"])
+def test_length_sweep_rejects_lengths_outside_the_shape(stubbed, lengths, tmp_path):
+    with pytest.raises(SystemExit, match="outside 1..33"):
+        tune_attention.main(["--length-sweep", "--lengths", lengths, "--shapes", "bert", "--out", str(tmp_path)])
+
+
 def test_variants_restore_switches_after_a_failure(stubbed, monkeypatch, tmp_path):
     before = _state()
     calls = {"n": 0}
