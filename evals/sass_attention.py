@@ -39,12 +39,12 @@ def _jit_fn(kernel):
     return kernel.fn if isinstance(kernel, FastLaunch) else kernel
 
 
-def compile_forward(causal, config, fold, merge, arch, dtype="fp16", head_d=64, maxnreg=None, persist=0):
+def compile_forward(causal, config, fold, merge, arch, dtype="fp16", head_d=64, maxnreg=None):
     block_m, block_n, warps, stages = config
     fn = _jit_fn(attn._attn_fwd_kernel)
     consts = dict(MASK_KIND=attn._K_RANGE, CAUSAL=causal, BH_FIRST=causal, BLOCK_M=block_m, BLOCK_N=block_n,
                   HEAD_D=head_d, BLOCK_D=attn._block_d(head_d), UPCAST=False, DOT_PREC="tf32", WIDE=False,
-                  FOLD=fold, MERGE_TAIL=merge, PERSIST=persist, **{name: 1 for name in UNIT_STRIDES})
+                  FOLD=fold, MERGE_TAIL=merge, **{name: 1 for name in UNIT_STRIDES})
     sig, attrs = {}, {}
     for i, name in enumerate(fn.arg_names):
         if name in consts:
@@ -100,8 +100,6 @@ def main(argv=None):
     ap.add_argument("--no-fold", action="store_true", help="scale by its own multiply (FOLD=False)")
     ap.add_argument("--no-merge", action="store_true", help="trailing key blocks in their own loop")
     ap.add_argument("--maxnreg", type=int, default=None)
-    ap.add_argument("--persist", type=int, default=0, choices=[0, 1, 2],
-                    help="persistent programs (FWD_PERSIST): 1, or 2 with the tile loop flattened")
     ap.add_argument("--arch", type=int, default=90, help="compute capability x10 (90 = Hopper)")
     ap.add_argument("--out", default=None, help="folder for the .ptx / .cubin / .sass (default $OUT or ./out)")
     args = ap.parse_args(argv)
@@ -116,12 +114,12 @@ def main(argv=None):
 
         config = attn._fwd_config(64, 1024, torch.float16, False, args.causal)
     kernel = compile_forward(args.causal, config, not args.no_fold, not args.no_merge, args.arch,
-                             maxnreg=args.maxnreg, persist=args.persist)
+                             maxnreg=args.maxnreg)
     out = args.out or os.environ.get("OUT") or "out"
     os.makedirs(out, exist_ok=True)
     stem = os.path.join(out, f"attn_fwd_sm{args.arch}_{'causal' if args.causal else 'full'}_"
                              f"{'_'.join(map(str, config))}{'' if args.no_fold else '_fold'}"
-                             f"{'' if args.no_merge else '_merge'}{f'_persist{args.persist}' if args.persist else ''}")
+                             f"{'' if args.no_merge else '_merge'}")
     with open(stem + ".ptx", "w") as f:
         f.write(kernel.asm["ptx"])
     with open(stem + ".cubin", "wb") as f:
@@ -130,7 +128,7 @@ def main(argv=None):
     with open(stem + ".sass", "w") as f:
         f.write(info["sass"])
     print(f"triton {triton.__version__}, sm_{args.arch}, causal={args.causal}, config {config}, "
-          f"fold={not args.no_fold}, merge={not args.no_merge}, maxnreg={args.maxnreg}, persist={args.persist}")
+          f"fold={not args.no_fold}, merge={not args.no_merge}, maxnreg={args.maxnreg}")
     print(f"registers {info['registers']}, stack {info['stack']} B, shared {kernel.metadata.shared} B, "
           f"{info['instructions']} instructions")
     for lp in info["loops"]:

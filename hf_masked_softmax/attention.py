@@ -109,7 +109,7 @@ def _fwd_blocks(acc, l_i, m_i, q, k_base, v_base, mask_base, rows, offs_n, offs_
                 lo, hi, mask_from, start, end, has_holes, Q_LEN, K_LEN, qk_scale, threshold,
                 MASKED: tl.constexpr, MASK_KIND: tl.constexpr, CAUSAL: tl.constexpr, BLOCK_N: tl.constexpr,
                 HEAD_D: tl.constexpr, BLOCK_D: tl.constexpr, UPCAST: tl.constexpr, DOT_PREC: tl.constexpr,
-                FOLD: tl.constexpr, mask_to=0):
+                FOLD: tl.constexpr):
     """Online softmax over key blocks ``[lo, hi)``. ``MASKED``: 0 for blocks every row fully sees (no mask, no
     bounds checks), 1 to evaluate the mask on every block, 2 on the blocks from ``mask_from`` on (one loop, one
     software pipeline, for the interior blocks and the trailing ones at the range's end and the diagonal).
@@ -131,10 +131,6 @@ def _fwd_blocks(acc, l_i, m_i, q, k_base, v_base, mask_base, rows, offs_n, offs_
                              stride_mk, Q_LEN, K_LEN, threshold, MASK_KIND, CAUSAL)
         elif MASKED == 2:
             if n0 >= mask_from:
-                s = _mask_scores(s, rows[:, None], cols[None, :], start, end, has_holes, mask_base, stride_mm,
-                                 stride_mk, Q_LEN, K_LEN, threshold, MASK_KIND, CAUSAL)
-        elif MASKED == 3:  # one loop for the whole range: the mask outside [mask_to, mask_from)
-            if (n0 >= mask_from) | (n0 < mask_to):
                 s = _mask_scores(s, rows[:, None], cols[None, :], start, end, has_holes, mask_base, stride_mm,
                                  stride_mk, Q_LEN, K_LEN, threshold, MASK_KIND, CAUSAL)
         if FOLD:
@@ -203,9 +199,9 @@ def _block_key_bounds(start, end, has_holes, m0, split, NUM_SPLITS, Q_LEN, K_LEN
     return s_lo, s_hi, full_lo, full_hi
 
 
+@fast_launch
 @triton.jit
-def _attn_fwd_tile(
-    pid_m, bh, split,
+def _attn_fwd_kernel(
     q_ptr, k_ptr, v_ptr, o_ptr, lse_ptr, mask_ptr, ranges_ptr,
     stride_qb, stride_qh, stride_qm, stride_qd,
     stride_kb, stride_kh, stride_kn, stride_kd,
@@ -214,12 +210,20 @@ def _attn_fwd_tile(
     stride_ls,
     stride_mb, stride_mh, stride_mm, stride_mk,
     H, GROUP, Q_LEN, K_LEN, NUM_SPLITS, qk_scale, threshold,
-    MASK_KIND: tl.constexpr, CAUSAL: tl.constexpr,
+    MASK_KIND: tl.constexpr, CAUSAL: tl.constexpr, BH_FIRST: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_D: tl.constexpr, BLOCK_D: tl.constexpr,
     UPCAST: tl.constexpr, DOT_PREC: tl.constexpr, WIDE: tl.constexpr, FOLD: tl.constexpr, MERGE_TAIL: tl.constexpr,
-    ONE_LOOP: tl.constexpr,
 ):
-    """One query block ``pid_m`` of one (batch x head) ``bh``, key split ``split``: the forward's work."""
+    if BH_FIRST:
+        # causal: (batch x head) fastest and query blocks in reverse, so the longest rows start first and the
+        # short ones fill in the tail
+        bh = tl.program_id(0).to(tl.int64)
+        pid_m = tl.num_programs(1) - 1 - tl.program_id(1)
+    else:
+        # neighbouring programs share one head's keys and values in L2
+        pid_m = tl.program_id(0)
+        bh = tl.program_id(1).to(tl.int64)
+    split = tl.program_id(2)
     b = bh // H
     h = bh % H
     hk = h // GROUP
@@ -249,36 +253,29 @@ def _attn_fwd_tile(
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
 
-    if ONE_LOOP:  # the whole range in one loop, masked outside [full_lo, full_hi)
+    # leading partial block (left padding), interior blocks unmasked, trailing blocks (right edge, diagonal)
+    acc, l_i, m_i = _fwd_blocks(acc, l_i, m_i, q, k_base, v_base, mask_base, rows, offs_n, offs_d,
+                                stride_kn, stride_kd, stride_vn, stride_vd, stride_mm, stride_mk,
+                                s_lo, tl.minimum(full_lo, s_hi), s_lo, start, end, has_holes, Q_LEN, K_LEN,
+                                qk_scale, threshold, 1, MASK_KIND, CAUSAL, BLOCK_N, HEAD_D, BLOCK_D, UPCAST,
+                                DOT_PREC, FOLD)
+    if MERGE_TAIL:
         acc, l_i, m_i = _fwd_blocks(acc, l_i, m_i, q, k_base, v_base, mask_base, rows, offs_n, offs_d,
                                     stride_kn, stride_kd, stride_vn, stride_vd, stride_mm, stride_mk,
-                                    s_lo, s_hi, full_hi, start, end, has_holes, Q_LEN, K_LEN,
-                                    qk_scale, threshold, 3, MASK_KIND, CAUSAL, BLOCK_N, HEAD_D, BLOCK_D, UPCAST,
-                                    DOT_PREC, FOLD, tl.minimum(full_lo, s_hi))
+                                    tl.minimum(full_lo, s_hi), s_hi, full_hi, start, end, has_holes, Q_LEN, K_LEN,
+                                    qk_scale, threshold, 2, MASK_KIND, CAUSAL, BLOCK_N, HEAD_D, BLOCK_D, UPCAST,
+                                    DOT_PREC, FOLD)
     else:
-        # leading partial block (left padding), interior blocks unmasked, trailing blocks (right edge, diagonal)
         acc, l_i, m_i = _fwd_blocks(acc, l_i, m_i, q, k_base, v_base, mask_base, rows, offs_n, offs_d,
                                     stride_kn, stride_kd, stride_vn, stride_vd, stride_mm, stride_mk,
-                                    s_lo, tl.minimum(full_lo, s_hi), s_lo, start, end, has_holes, Q_LEN, K_LEN,
+                                    full_lo, full_hi, full_hi, start, end, has_holes, Q_LEN, K_LEN,
+                                    qk_scale, threshold, 0, MASK_KIND, CAUSAL, BLOCK_N, HEAD_D, BLOCK_D, UPCAST,
+                                    DOT_PREC, FOLD)
+        acc, l_i, m_i = _fwd_blocks(acc, l_i, m_i, q, k_base, v_base, mask_base, rows, offs_n, offs_d,
+                                    stride_kn, stride_kd, stride_vn, stride_vd, stride_mm, stride_mk,
+                                    tl.maximum(full_lo, full_hi), s_hi, s_lo, start, end, has_holes, Q_LEN, K_LEN,
                                     qk_scale, threshold, 1, MASK_KIND, CAUSAL, BLOCK_N, HEAD_D, BLOCK_D, UPCAST,
                                     DOT_PREC, FOLD)
-        if MERGE_TAIL:
-            acc, l_i, m_i = _fwd_blocks(acc, l_i, m_i, q, k_base, v_base, mask_base, rows, offs_n, offs_d,
-                                        stride_kn, stride_kd, stride_vn, stride_vd, stride_mm, stride_mk,
-                                        tl.minimum(full_lo, s_hi), s_hi, full_hi, start, end, has_holes, Q_LEN, K_LEN,
-                                        qk_scale, threshold, 2, MASK_KIND, CAUSAL, BLOCK_N, HEAD_D, BLOCK_D, UPCAST,
-                                        DOT_PREC, FOLD)
-        else:
-            acc, l_i, m_i = _fwd_blocks(acc, l_i, m_i, q, k_base, v_base, mask_base, rows, offs_n, offs_d,
-                                        stride_kn, stride_kd, stride_vn, stride_vd, stride_mm, stride_mk,
-                                        full_lo, full_hi, full_hi, start, end, has_holes, Q_LEN, K_LEN,
-                                        qk_scale, threshold, 0, MASK_KIND, CAUSAL, BLOCK_N, HEAD_D, BLOCK_D, UPCAST,
-                                        DOT_PREC, FOLD)
-            acc, l_i, m_i = _fwd_blocks(acc, l_i, m_i, q, k_base, v_base, mask_base, rows, offs_n, offs_d,
-                                        stride_kn, stride_kd, stride_vn, stride_vd, stride_mm, stride_mk,
-                                        tl.maximum(full_lo, full_hi), s_hi, s_lo, start, end, has_holes, Q_LEN, K_LEN,
-                                        qk_scale, threshold, 1, MASK_KIND, CAUSAL, BLOCK_N, HEAD_D, BLOCK_D, UPCAST,
-                                        DOT_PREC, FOLD)
 
     empty = l_i == 0.0
     out = acc / tl.where(empty, 1.0, l_i)[:, None]
@@ -290,59 +287,6 @@ def _attn_fwd_tile(
     else:
         tl.store(o_ptrs, out.to(o_ptr.dtype.element_ty), mask=row_ok[:, None] & d_ok[None, :])
     tl.store(lse_ptr + split * stride_ls + bh * Q_LEN + rows, lse, mask=row_ok)
-
-
-@fast_launch
-@triton.jit
-def _attn_fwd_kernel(
-    q_ptr, k_ptr, v_ptr, o_ptr, lse_ptr, mask_ptr, ranges_ptr,
-    stride_qb, stride_qh, stride_qm, stride_qd,
-    stride_kb, stride_kh, stride_kn, stride_kd,
-    stride_vb, stride_vh, stride_vn, stride_vd,
-    stride_os, stride_ob, stride_oh, stride_om, stride_od,
-    stride_ls,
-    stride_mb, stride_mh, stride_mm, stride_mk,
-    H, GROUP, Q_LEN, K_LEN, NUM_SPLITS, N_BH, qk_scale, threshold,
-    MASK_KIND: tl.constexpr, CAUSAL: tl.constexpr, BH_FIRST: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_D: tl.constexpr, BLOCK_D: tl.constexpr,
-    UPCAST: tl.constexpr, DOT_PREC: tl.constexpr, WIDE: tl.constexpr, FOLD: tl.constexpr, MERGE_TAIL: tl.constexpr,
-    PERSIST: tl.constexpr,
-):
-    if PERSIST == 0:
-        if BH_FIRST:
-            # causal: (batch x head) fastest and query blocks in reverse, so the longest rows start first and the
-            # short ones fill in the tail
-            bh = tl.program_id(0).to(tl.int64)
-            pid_m = tl.num_programs(1) - 1 - tl.program_id(1)
-        else:
-            # neighbouring programs share one head's keys and values in L2
-            pid_m = tl.program_id(0)
-            bh = tl.program_id(1).to(tl.int64)
-        split = tl.program_id(2)
-        _attn_fwd_tile(pid_m, bh, split, q_ptr, k_ptr, v_ptr, o_ptr, lse_ptr, mask_ptr, ranges_ptr,
-            stride_qb, stride_qh, stride_qm, stride_qd, stride_kb, stride_kh, stride_kn, stride_kd,
-            stride_vb, stride_vh, stride_vn, stride_vd, stride_os, stride_ob, stride_oh, stride_om, stride_od,
-            stride_ls, stride_mb, stride_mh, stride_mm, stride_mk,
-            H, GROUP, Q_LEN, K_LEN, NUM_SPLITS, qk_scale, threshold,
-            MASK_KIND, CAUSAL, BLOCK_M, BLOCK_N, HEAD_D, BLOCK_D, UPCAST, DOT_PREC, WIDE, FOLD, MERGE_TAIL,
-            PERSIST == 2)
-    else:
-        # persistent: each program walks tiles in the non-persistent grid's order (FWD_PERSIST)
-        num_m = tl.cdiv(Q_LEN, BLOCK_M)
-        for tile in tl.range(tl.program_id(0), num_m * N_BH, tl.num_programs(0), flatten=PERSIST == 2):
-            if BH_FIRST:
-                bh = (tile % N_BH).to(tl.int64)
-                pid_m = num_m - 1 - tile // N_BH
-            else:
-                pid_m = tile % num_m
-                bh = (tile // num_m).to(tl.int64)
-            _attn_fwd_tile(pid_m, bh, 0, q_ptr, k_ptr, v_ptr, o_ptr, lse_ptr, mask_ptr, ranges_ptr,
-                stride_qb, stride_qh, stride_qm, stride_qd, stride_kb, stride_kh, stride_kn, stride_kd,
-                stride_vb, stride_vh, stride_vn, stride_vd, stride_os, stride_ob, stride_oh, stride_om, stride_od,
-                stride_ls, stride_mb, stride_mh, stride_mm, stride_mk,
-                H, GROUP, Q_LEN, K_LEN, NUM_SPLITS, qk_scale, threshold,
-                MASK_KIND, CAUSAL, BLOCK_M, BLOCK_N, HEAD_D, BLOCK_D, UPCAST, DOT_PREC, WIDE, FOLD, MERGE_TAIL,
-            PERSIST == 2)
 
 
 @fast_launch
@@ -634,8 +578,6 @@ _SM_COUNT = {}
 SPLIT_MIN_K = 1024  # decode rows shorter than this are never split across programs
 FWD_MERGE_TAIL = True  # forward: interior and trailing key blocks in one loop (see _fwd_blocks)
 FWD_MAXNREG = None  # forward register cap per thread: None = _fwd_maxnreg's rule, 0 = none, N = cap at N
-FWD_PERSIST = 0  # forward: 0 one program per tile; 1 persistent programs (FWD_PERSIST_PER_SM per SM); 2 and flattened
-FWD_PERSIST_PER_SM = 2
 
 
 def _cdiv(a: int, b: int) -> int:
@@ -792,19 +734,15 @@ def _forward(q, k, v, kind, mask_t, ranges, threshold, causal, scale):
         l_arg = torch.empty((num_splits, B, H, Q), dtype=torch.float32, device=q.device)
         ostr, lstr = tuple(o_arg.stride()), l_arg.stride(0)
     bh_first = _bh_first(causal, B * H)
-    persist = FWD_PERSIST if num_splits == 1 else 0
-    if persist:
-        grid = (min(B * H * _cdiv(Q, block_m), FWD_PERSIST_PER_SM * _sm_count(q.device)), 1, 1)
-    else:
-        grid = (B * H, _cdiv(Q, block_m), num_splits) if bh_first else (_cdiv(Q, block_m), B * H, num_splits)
+    grid = (B * H, _cdiv(Q, block_m), num_splits) if bh_first else (_cdiv(Q, block_m), B * H, num_splits)
     _attn_fwd_kernel[grid](
         q, k, v, o_arg, l_arg, mask_arg, ranges_arg,
         *q.stride(), *k.stride(), *v.stride(), *ostr, lstr, *mstr,
-        H, H // Hkv, Q, K, num_splits, B * H, scale * _LOG2E, threshold,
+        H, H // Hkv, Q, K, num_splits, scale * _LOG2E, threshold,
         MASK_KIND=kind, CAUSAL=causal, BH_FIRST=bh_first, BLOCK_M=block_m, BLOCK_N=block_n, HEAD_D=D,
         BLOCK_D=_block_d(D),
         UPCAST=upcast, DOT_PREC=prec, WIDE=_wide(q, k, v, o_arg, mask_t), FOLD=_fold(kind, scale),
-        MERGE_TAIL=FWD_MERGE_TAIL, PERSIST=persist, num_warps=warps, num_stages=stages,
+        MERGE_TAIL=FWD_MERGE_TAIL, num_warps=warps, num_stages=stages,
         **_fwd_maxnreg(D, q.dtype, decode, causal, block_m, warps),
     )
     if num_splits > 1:
