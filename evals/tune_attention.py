@@ -317,7 +317,8 @@ def main(argv=None):
                     help="comma-separated subset of fwd, dkdv, dq; 'none' times the defaults only")
     ap.add_argument("--head-dim", type=int, default=64)
     ap.add_argument("--dtype", default="float16", choices=["float16", "bfloat16"])
-    ap.add_argument("--variants", action="store_true",
+    mode = ap.add_mutually_exclusive_group()
+    mode.add_argument("--variants", action="store_true",
                     help="time the compile-time variants (FOLD, FWD_MERGE_TAIL, FWD_MAXNREG) instead of sweeping "
                          "(--what is then ignored)")
     ap.add_argument("--fwd-configs", type=_config_list, default=[],
@@ -325,7 +326,7 @@ def main(argv=None):
     ap.add_argument("--maxnreg", type=_int_list, default=[],
                     help="with --variants: forward register caps to try besides the default rule (0 = no cap), "
                          "e.g. 0,128,168")
-    ap.add_argument("--length-sweep", action="store_true",
+    mode.add_argument("--length-sweep", action="store_true",
                     help="time the default forward at fixed key lengths (--lengths) and at the shape's own lengths, "
                          "instead of sweeping (--what is then ignored)")
     ap.add_argument("--lengths", type=_int_list, default=[],

@@ -108,6 +108,12 @@ def test_length_sweep_rows_and_fit(stubbed, monkeypatch, tmp_path):
     torch.testing.assert_close(outputs[3], ref, atol=2e-3, rtol=0)
 
 
+def test_variants_and_length_sweep_exclude_each_other(capsys):
+    with pytest.raises(SystemExit) as exc:
+        tune_attention.main(["--variants", "--length-sweep"])
+    assert exc.value.code == 2 and "not allowed with" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("lengths", ["0", "34"])
 def test_length_sweep_rejects_lengths_outside_the_shape(stubbed, lengths, tmp_path):
     with pytest.raises(SystemExit, match="outside 1..33"):
