@@ -319,16 +319,16 @@ def main(argv=None):
     ap.add_argument("--dtype", default="float16", choices=["float16", "bfloat16"])
     mode = ap.add_mutually_exclusive_group()
     mode.add_argument("--variants", action="store_true",
-                    help="time the compile-time variants (FOLD, FWD_MERGE_TAIL, FWD_MAXNREG) instead of sweeping "
-                         "(--what is then ignored)")
+                      help="time the compile-time variants (FOLD, FWD_MERGE_TAIL, FWD_MAXNREG) instead of sweeping "
+                           "(--what is then ignored)")
     ap.add_argument("--fwd-configs", type=_config_list, default=[],
                     help="with --variants: extra forward settings BM/BN/warps/stages,...")
     ap.add_argument("--maxnreg", type=_int_list, default=[],
                     help="with --variants: forward register caps to try besides the default rule (0 = no cap), "
                          "e.g. 0,128,168")
     mode.add_argument("--length-sweep", action="store_true",
-                    help="time the default forward at fixed key lengths (--lengths) and at the shape's own lengths, "
-                         "instead of sweeping (--what is then ignored)")
+                      help="time the default forward at fixed key lengths (--lengths) and at the shape's own "
+                           "lengths, instead of sweeping (--what is then ignored)")
     ap.add_argument("--lengths", type=_int_list, default=[],
                     help="with --length-sweep: key lengths, e.g. 64,128,256,512 (default: K/8, 2K/8, ..., K)")
     ap.add_argument("--splits", type=_int_list, default=[],
