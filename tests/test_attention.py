@@ -445,3 +445,61 @@ def test_gpu_decode(dtype):
     B, H, K, D = 8, 12, 2048, 64
     q, k, v = _qkv(B, H, H, 1, K, D, dtype, "cuda", bthd=True)
     _check(q, k, v, _pad_mask(_gpu_lengths(B, K, 1024, 2), K, "left", "cuda"), True)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Longest-first order of the sequences (column 3 of the key ranges)
+# ---------------------------------------------------------------------------------------------------------------
+
+masks_mod = importlib.import_module("hf_masked_softmax.masks")
+
+
+def _expected_order(mask):
+    """Sequences by descending kept-key span (last kept + 1 - first kept, 0 when empty), ties in batch order."""
+    spans = []
+    for row in mask.cpu():
+        kept = row.nonzero().flatten()
+        spans.append(int(kept[-1] + 1 - kept[0]) if len(kept) else 0)
+    return sorted(range(len(spans)), key=lambda b: (-spans[b], b))
+
+
+@pytest.mark.parametrize("B", [1, 2, 7, 300])
+def test_key_ranges_carry_the_longest_first_order(B, device):
+    # 300 sequences: three ranking programs of 128, each comparing against three blocks; ties (equal spans) keep batch
+    # order, an empty sequence (span 0) goes last, a sequence with holes counts its span
+    g = torch.Generator().manual_seed(B)
+    K = 40
+    lengths = torch.randint(0, K + 1, (B,), generator=g).tolist()
+    if B > 2:
+        lengths[1] = lengths[2]
+    mask = _pad_mask(lengths, K, "left" if B % 2 else "right", device)
+    if B > 3:
+        mask[3, :] = False
+        mask[3, [2, 30]] = True  # holes: span 29
+    ranges = masks_mod.pad_ranges(mask)
+    assert ranges[:, 3].tolist() == _expected_order(mask)
+    assert sorted(ranges[:, 3].tolist()) == list(range(B))
+
+
+def test_key_ranges_keep_batch_order_above_the_ranking_limit(device, monkeypatch):
+    monkeypatch.setattr(masks_mod, "ORDER_MAX_B", 4)
+    mask = _pad_mask([3, 20, 9, 17, 30], 30, "right", device)
+    assert masks_mod.pad_ranges(mask)[:, 3].tolist() == [0, 1, 2, 3, 4]
+    assert masks_mod.pad_ranges(mask[:4])[:, 3].tolist() == [1, 3, 2, 0]
+
+
+@pytest.mark.parametrize("causal, decode", [(False, False), (True, False), (True, True)])
+def test_forward_in_longest_first_order_is_bit_identical(causal, decode, device):
+    # the order only changes which program takes which sequence: every output row is computed the same way
+    B, H, Q, K = 5, 2, 1 if decode else 21, 45
+    q, k, v = _qkv(B, H, H, Q, K, 16, torch.float16, device)
+    mask = _pad_mask([12, 45, 0, 30, 44], K, "left" if causal else "right", device)
+    assert masks_mod.pad_ranges(mask)[:, 3].tolist() == [1, 4, 3, 0, 2]
+    outs = []
+    for order in (True, False):
+        with mock.patch.object(attn_mod, "FWD_ORDER", order), \
+                mock.patch.object(attn_mod, "_num_splits", lambda *a: 2 if decode else 1):
+            outs.append(attention_fn(q, k, v, mask, causal=causal))
+    assert torch.equal(outs[0], outs[1])
+    ref, _ = _ref(q, k, v, mask, causal)
+    assert_close(outs[0], ref, scale=OUT_SCALE[q.dtype])
