@@ -36,8 +36,6 @@
 #   bash evals/gpu_session.sh check4    # 2026-12-02 (4): every GPU test, a model profile (benchutil.kernel_times), the
 #                                       # self-test
 #   bash evals/gpu_session.sh lengths   # 2026-12-02 (4): forward time against key length (tune_attention --length-sweep)
-#   bash evals/gpu_session.sh order     # 2026-12-02 (5): attention tests on CUDA, the forward's sequences longest
-#                                       # first against batch order (tune_attention --variants, twice)
 set -uo pipefail
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
 OUT=${OUT:-out}
@@ -204,15 +202,8 @@ case "${1:-}" in
     timeout 240 python evals/tune_attention.py --length-sweep --shapes bert,gpt2-pad-right --out "$OUT" 2>&1 \
       | tee "$OUT/tune_lengths.log" | grep -E "  (bert|gpt2)" | cut -c1-120
     ;;
-  order)
-    timeout 200 python -m pytest -q tests/test_attention.py -p no:cacheprovider 2>&1 | tee "$OUT/attention_tests.log" | tail -3
-    for r in 1 2; do
-      timeout 200 python evals/tune_attention.py --variants --shapes bert,gpt2-pad-right,gpt2-pad-left,decode \
-        --out "$OUT/order$r" 2>&1 | tee "$OUT/order$r.log" | grep -E "order|merge=True cfg=.*None|sdpa" | cut -c1-110
-    done
-    ;;
   *)
-    echo "usage: bash evals/gpu_session.sh tests|kernels|e2e|check|followup|recheck|verify|measure|final|stream|last|tune|host|fast|fastcheck|closing|fold|fold2|fold3|e2e3|bert4|bert5|check4|lengths|order" >&2
+    echo "usage: bash evals/gpu_session.sh tests|kernels|e2e|check|followup|recheck|verify|measure|final|stream|last|tune|host|fast|fastcheck|closing|fold|fold2|fold3|e2e3|bert4|bert5|check4|lengths" >&2
     exit 2
     ;;
 esac

@@ -178,8 +178,7 @@ def sweep_shape(name, args, records):
 
 
 def variants_shape(name, args, records):
-    """The kernels' compile-time variants at the default launch settings (and at ``--fwd-configs``): with a padding
-    mask, the sequences in batch order (``FWD_ORDER`` off) and a batch presorted longest first; scale folded
+    """The kernels' compile-time variants at the default launch settings (and at ``--fwd-configs``): scale folded
     into the exponent (``FOLD``) or not, the forward's trailing key blocks merged into the interior loop
     (``FWD_MERGE_TAIL``) or not, and the forward's register cap (``FWD_MAXNREG``; None in the labels is the default
     rule, 0 no cap). Forward and whole backward, launchers in a CUDA graph; SDPA's default dispatch without a mask
@@ -195,7 +194,7 @@ def variants_shape(name, args, records):
     D = q.shape[-1]
     default_fwd = attn_mod._fwd_config(D, q.shape[2], q.dtype, attn_mod._is_decode(q.shape[2]), causal)
     orig = dict(fold=attn_mod._fold, merge=attn_mod.FWD_MERGE_TAIL, maxnreg=attn_mod.FWD_MAXNREG,
-                cfg=attn_mod._fwd_config, splits=attn_mod._num_splits, order=attn_mod.FWD_ORDER)
+                cfg=attn_mod._fwd_config, splits=attn_mod._num_splits)
     summary = dict(shape=name, default_fwd=default_fwd, variants=[])
 
     def rec(kind, label, ms, **extra):
@@ -222,16 +221,6 @@ def variants_shape(name, args, records):
                 attn_mod._fwd_config = lambda *a, cfg=cfg: cfg
                 rec("fwd", f"splits={splits} cfg={cfg}", graph_ms(lambda: attn_mod._forward(q, k, v, *margs)))
             attn_mod._num_splits, attn_mod._fwd_config = orig["splits"], orig["cfg"]
-        if inp["pad"] is not None:
-            # the sequences in batch order instead of longest first; and the batch itself sorted longest first,
-            # taken in batch order (the same schedule without the kernel's load of the order)
-            attn_mod.FWD_ORDER = False
-            rec("fwd", "order=batch", graph_ms(lambda: attn_mod._forward(q, k, v, *margs)))
-            perm = sorted(range(inp["B"]), key=lambda b: -inp["lens"][b])
-            qs, ks, vs = (t[perm] for t in (q, k, v))
-            sargs = launcher_args(dict(inp, pad=inp["pad"][perm]))
-            rec("fwd", "order=batch, batch presorted", graph_ms(lambda: attn_mod._forward(qs, ks, vs, *sargs)))
-            attn_mod.FWD_ORDER = orig["order"]
         for fold in (True, False):
             attn_mod._fold = orig["fold"] if fold else (lambda kind, scale: False)
             bwd = graph_ms(lambda: attn_mod._backward(do, q, k, v, out, lse, *margs))
@@ -249,7 +238,7 @@ def variants_shape(name, args, records):
     finally:
         attn_mod._fold, attn_mod.FWD_MERGE_TAIL = orig["fold"], orig["merge"]
         attn_mod.FWD_MAXNREG, attn_mod._fwd_config = orig["maxnreg"], orig["cfg"]
-        attn_mod._num_splits, attn_mod.FWD_ORDER = orig["splits"], orig["order"]
+        attn_mod._num_splits = orig["splits"]
     return summary
 
 

@@ -213,7 +213,6 @@ def _attn_fwd_kernel(
     MASK_KIND: tl.constexpr, CAUSAL: tl.constexpr, BH_FIRST: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_D: tl.constexpr, BLOCK_D: tl.constexpr,
     UPCAST: tl.constexpr, DOT_PREC: tl.constexpr, WIDE: tl.constexpr, FOLD: tl.constexpr, MERGE_TAIL: tl.constexpr,
-    ORDER: tl.constexpr,
 ):
     if BH_FIRST:
         # causal: (batch x head) fastest and query blocks in reverse, so the longest rows start first and the
@@ -225,12 +224,8 @@ def _attn_fwd_kernel(
         pid_m = tl.program_id(0)
         bh = tl.program_id(1).to(tl.int64)
     split = tl.program_id(2)
+    b = bh // H
     h = bh % H
-    if ORDER:  # the sequences longest first (column 3 of the key ranges, masks._order_kernel)
-        b = tl.load(ranges_ptr + (bh // H) * 4 + 3).to(tl.int64)
-        bh = b * H + h
-    else:
-        b = bh // H
     hk = h // GROUP
 
     rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -583,9 +578,6 @@ _SM_COUNT = {}
 SPLIT_MIN_K = 1024  # decode rows shorter than this are never split across programs
 FWD_MERGE_TAIL = True  # forward: interior and trailing key blocks in one loop (see _fwd_blocks)
 FWD_MAXNREG = None  # forward register cap per thread: None = _fwd_maxnreg's rule, 0 = none, N = cap at N
-# forward with a 2D padding mask: take the sequences longest first (the order in column 3 of masks.pad_ranges) instead
-# of in batch order
-FWD_ORDER = True
 
 
 def _cdiv(a: int, b: int) -> int:
@@ -750,7 +742,7 @@ def _forward(q, k, v, kind, mask_t, ranges, threshold, causal, scale):
         MASK_KIND=kind, CAUSAL=causal, BH_FIRST=bh_first, BLOCK_M=block_m, BLOCK_N=block_n, HEAD_D=D,
         BLOCK_D=_block_d(D),
         UPCAST=upcast, DOT_PREC=prec, WIDE=_wide(q, k, v, o_arg, mask_t), FOLD=_fold(kind, scale),
-        MERGE_TAIL=FWD_MERGE_TAIL, ORDER=kind == _K_RANGE and FWD_ORDER, num_warps=warps, num_stages=stages,
+        MERGE_TAIL=FWD_MERGE_TAIL, num_warps=warps, num_stages=stages,
         **_fwd_maxnreg(D, q.dtype, decode, causal, block_m, warps),
     )
     if num_splits > 1:

@@ -118,19 +118,14 @@ def keep_mask(spec: MaskSpec, shape, *, causal: bool, device) -> torch.Tensor:
 # ----------------------------------------------------------------------------------------------------------------------
 # Per-sequence key ranges of a 2D padding mask
 # ----------------------------------------------------------------------------------------------------------------------
-RANGES_WIDTH = 4  # int32 row per sequence: start, end, has_holes, order (see _order_kernel)
-# Batches of up to this many sequences get the longest-first order in column 3 (the ranking kernel does B**2 / 2**14
-# comparisons per program); larger ones keep the batch order, which the ranges kernel writes there.
-ORDER_MAX_B = 4096
-_ORDER_BLOCK = 128
+RANGES_WIDTH = 4  # int32 row per sequence: start, end, has_holes, (padding to 16 bytes)
 
 
 @fast_launch
 @triton.jit
 def _pad_ranges_kernel(mask_ptr, ranges_ptr, stride_mb, stride_mk, K_LEN, BLOCK: tl.constexpr):
     """Per sequence ``b`` of a ``[B, K]`` padding mask: first kept key, last kept key + 1, and whether the kept keys
-    have holes. A sequence with no kept key gets ``start = K, end = 0`` (an empty range). Column 3 gets ``b``: the
-    batch order, until ``_order_kernel`` overwrites it."""
+    have holes. A sequence with no kept key gets ``start = K, end = 0`` (an empty range)."""
     b = tl.program_id(0).to(tl.int64)
     offs = tl.arange(0, BLOCK)
     first = K_LEN
@@ -147,29 +142,6 @@ def _pad_ranges_kernel(mask_ptr, ranges_ptr, stride_mb, stride_mk, K_LEN, BLOCK:
     tl.store(ranges_ptr + b * 4 + 0, first)
     tl.store(ranges_ptr + b * 4 + 1, end)
     tl.store(ranges_ptr + b * 4 + 2, holes.to(tl.int32))
-    tl.store(ranges_ptr + b * 4 + 3, b.to(tl.int32))
-
-
-@fast_launch
-@triton.jit
-def _order_kernel(ranges_ptr, B, BLOCK: tl.constexpr):
-    """Column 3 of the key ranges: ``order[r]`` is the sequence of rank ``r`` by descending key count ``end - start``
-    (ties in batch order). The fused forward takes its sequences in that order, so that the last programs to start are
-    the shortest (longest processing time first: less idle time at the end of the launch). Each program ranks one
-    block of sequences against all of them; column 3 is written, never read, so the programs do not race."""
-    bi = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
-    ok_i = bi < B
-    n_i = tl.load(ranges_ptr + bi * 4 + 1, mask=ok_i, other=0) - tl.load(ranges_ptr + bi * 4, mask=ok_i, other=0)
-    n_i = tl.maximum(n_i, 0)
-    rank = tl.zeros([BLOCK], tl.int32)
-    for j0 in range(0, B, BLOCK):
-        bj = j0 + tl.arange(0, BLOCK)
-        ok_j = bj < B
-        n_j = tl.load(ranges_ptr + bj * 4 + 1, mask=ok_j, other=0) - tl.load(ranges_ptr + bj * 4, mask=ok_j, other=0)
-        n_j = tl.where(ok_j, tl.maximum(n_j, 0), -1)  # past the batch: ranks after everything
-        ahead = (n_j[None, :] > n_i[:, None]) | ((n_j[None, :] == n_i[:, None]) & (bj[None, :] < bi[:, None]))
-        rank += tl.sum(ahead.to(tl.int32), axis=1)
-    tl.store(ranges_ptr + rank * 4 + 3, bi, mask=ok_i)
 
 
 # id(mask) -> (weakref to mask, version, ranges). Keyed by identity: tensors compare elementwise, so a
@@ -184,8 +156,7 @@ def _forget_ranges(ref, key):
 
 
 def pad_ranges(mask: torch.Tensor, cache_key: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """int32 ``[B, RANGES_WIDTH]`` (start, end, has_holes, order) of a ``[B, K]`` padding mask, by two tiny kernels:
-    the ranges, then (for ``1 < B <= ORDER_MAX_B``) the longest-first order of the sequences in column 3.
+    """int32 ``[B, RANGES_WIDTH]`` (start, end, has_holes, unused) of a ``[B, K]`` padding mask, by a tiny kernel.
 
     With ``cache_key`` (the caller's mask object) the result is cached while that tensor is unmodified: HF passes one
     mask object to every layer. Only eager calls pass a key: inside compiled graphs (whose CUDA-graph trees forbid
@@ -210,9 +181,6 @@ def pad_ranges(mask: torch.Tensor, cache_key: Optional[torch.Tensor] = None) -> 
     ranges = torch.empty((B, RANGES_WIDTH), dtype=torch.int32, device=mask.device)
     block = 1 << (max(K, 16) - 1).bit_length()  # plain Python: triton.next_power_of_2 costs microseconds here
     _pad_ranges_kernel[(B,)](mask, ranges, mask.stride(0), mask.stride(1), K, BLOCK=min(1024, block))
-    if 1 < B <= ORDER_MAX_B:
-        order_block = min(_ORDER_BLOCK, 1 << (B - 1).bit_length())
-        _order_kernel[(-(-B // order_block),)](ranges, B, BLOCK=order_block)
     if version is not None:
         RANGE_CACHE[key] = (weakref.ref(cache_key, lambda ref, key=key: _forget_ranges(ref, key)), version, ranges)
     return ranges

@@ -50,7 +50,7 @@ def stubbed(monkeypatch):
 
 def _state():
     return (attn_mod._fold, attn_mod.FWD_MERGE_TAIL, attn_mod.FWD_MAXNREG, attn_mod._fwd_config,
-            attn_mod._num_splits, attn_mod.FWD_ORDER)
+            attn_mod._num_splits)
 
 
 def test_variants_run_record_and_restore(stubbed, tmp_path):
@@ -61,11 +61,9 @@ def test_variants_run_record_and_restore(stubbed, tmp_path):
     with open(tmp_path / "tune_attention.json") as f:
         payload = json.load(f)
     labels = [(r["kind"], r["variant"]) for r in payload["records"]]
-    # forward: 2 settings x 3 caps with everything on, then each switch off at the default setting; splits 2 x 2;
-    # batch order, and a presorted batch (one sequence here: the same inputs)
+    # forward: 2 settings x 3 caps with everything on, then each switch off at the default setting; splits 2 x 2
     fwd = [v for k, v in labels if k == "fwd"]
-    assert len(fwd) == 2 * 3 + 1 + 2 + 2 * 2 + 2
-    assert ("fwd", "order=batch") in labels and ("fwd", "order=batch, batch presorted") in labels
+    assert len(fwd) == 2 * 3 + 1 + 2 + 2 * 2
     assert ("fwd", "fold=True merge=True cfg=(16, 32, 4, 1) maxnreg=128") in labels
     assert ("fwd", "fold=False merge=False cfg=(16, 16, 4, 1) maxnreg=None") in labels
     assert [v for k, v in labels if k == "bwd"] == ["fold=True", "fold=False"]
