@@ -36,6 +36,8 @@
 #   bash evals/gpu_session.sh check4    # 2026-12-02 (4): every GPU test, a model profile (benchutil.kernel_times), the
 #                                       # self-test
 #   bash evals/gpu_session.sh lengths   # 2026-12-02 (4): forward time against key length (tune_attention --length-sweep)
+#   bash evals/gpu_session.sh ncu       # 2026-12-02 (5): Nsight Compute profiles (evals/ncu_kernels.py), BERT forward
+#                                       # at key lengths off and on the 64-key block boundary
 set -uo pipefail
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
 OUT=${OUT:-out}
@@ -202,8 +204,23 @@ case "${1:-}" in
     timeout 240 python evals/tune_attention.py --length-sweep --shapes bert,gpt2-pad-right --out "$OUT" 2>&1 \
       | tee "$OUT/tune_lengths.log" | grep -E "  (bert|gpt2)" | cut -c1-120
     ;;
+  ncu)
+    # Nsight Compute (--set full, clocks left alone) of the kernels behind the open targets and of the two memory
+    # ceilings; the CSV files travel as one archive (a call brings back 8 files at most)
+    NCU=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu /usr/local/cuda/bin/ncu 2>/dev/null | head -1)
+    mkdir -p /tmp/ncu
+    python evals/ncu_kernels.py --list | while read -r case kernel _; do
+      timeout 150 "$NCU" --clock-control none --set full -k "regex:^${kernel}\$" --launch-skip 1 --launch-count 1 \
+        --csv --page details python evals/ncu_kernels.py "$case" < /dev/null > "/tmp/ncu/ncu_$case.csv" 2> "/tmp/ncu/ncu_$case.err"
+      echo "$case: rc $? $(grep -c . "/tmp/ncu/ncu_$case.csv") lines"
+    done
+    python evals/ncu_kernels.py --summary /tmp/ncu/ncu_*.csv 2>&1 | tee "$OUT/ncu_summary.txt"
+    tar czf "$OUT/ncu.tgz" -C /tmp ncu
+    timeout 150 python evals/tune_attention.py --length-sweep --shapes bert --lengths 256,257,288,320,321,352,384 \
+      --out "$OUT" 2>&1 | tee "$OUT/tune_lengths_unaligned.log" | grep -E "  bert|fit" | cut -c1-110
+    ;;
   *)
-    echo "usage: bash evals/gpu_session.sh tests|kernels|e2e|check|followup|recheck|verify|measure|final|stream|last|tune|host|fast|fastcheck|closing|fold|fold2|fold3|e2e3|bert4|bert5|check4|lengths" >&2
+    echo "usage: bash evals/gpu_session.sh tests|kernels|e2e|check|followup|recheck|verify|measure|final|stream|last|tune|host|fast|fastcheck|closing|fold|fold2|fold3|e2e3|bert4|bert5|check4|lengths|ncu" >&2
     exit 2
     ;;
 esac
