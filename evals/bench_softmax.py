@@ -226,7 +226,7 @@ def tune(dtype, only=None, streams=(False,), configs_only=None):
                 block_m = tile // chunk
                 if block_m < 1 or block_m > 16 or (n_rows < 2000 and block_m > 1):
                     continue
-                for per_thread in (16, 32, 64):
+                for per_thread in (8, 16, 32, 64):
                     warps = tile // (32 * per_thread)
                     if 1 <= warps <= 16 and (not configs_only or (block_m, chunk, warps) in configs_only):
                         configs.append((block_m, chunk, chunk >= K, warps))

@@ -38,6 +38,8 @@
 #   bash evals/gpu_session.sh lengths   # 2026-12-02 (4): forward time against key length (tune_attention --length-sweep)
 #   bash evals/gpu_session.sh ncu       # 2026-12-02 (5): Nsight Compute profiles (evals/ncu_kernels.py), BERT forward
 #                                       # at key lengths off and on the 64-key block boundary
+#   bash evals/gpu_session.sh bwd       # 2026-12-02 (5): the mask-free softmax backward: tests on CUDA, quick
+#                                       # benchmark, backward settings, Nsight Compute of GPT-2's backward
 set -uo pipefail
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
 OUT=${OUT:-out}
@@ -219,8 +221,24 @@ case "${1:-}" in
     timeout 150 python evals/tune_attention.py --length-sweep --shapes bert --lengths 256,257,288,320,321,352,384 \
       --out "$OUT" 2>&1 | tee "$OUT/tune_lengths_unaligned.log" | grep -E "  bert|fit" | cut -c1-110
     ;;
+  bwd)
+    # the mask-free masked_softmax backward: its tests on CUDA, the quick benchmark's forward and backward, its
+    # backward's launch settings, Nsight Compute of the GPT-2 backward
+    timeout 200 python -m pytest -q tests/test_masked_softmax.py tests/test_bad_inputs.py -p no:cacheprovider 2>&1 \
+      | tee "$OUT/softmax_tests.log" | tail -3
+    timeout 120 python evals/bench_softmax.py --quick --modes fwd,bwd --out "$OUT" 2>&1 | tee "$OUT/bench_softmax.log" \
+      | grep -E "ours|copy" | cut -c1-150
+    timeout 150 python evals/bench_softmax.py --tune --tune-shapes gpt2_prefill,bert,causal_8192 \
+      --tune-configs 1/1024/2,2/1024/4,4/256/4,8/256/4,8/512/4,2/512/1,4/512/2,1/8192/8,1/8192/16,1/4096/8 2>&1 \
+      | tee "$OUT/tune_bwd.log" | grep -E "best|default"
+    NCU=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu /usr/local/cuda/bin/ncu 2>/dev/null | head -1)
+    timeout 150 "$NCU" --clock-control none --set full -k "regex:^_bwd_kernel\$" --launch-skip 1 --launch-count 1 \
+      --csv --page details python evals/ncu_kernels.py softmax-bwd-gpt2 < /dev/null > "$OUT/ncu_softmax-bwd-gpt2.csv" \
+      2> /dev/null
+    python evals/ncu_kernels.py --summary "$OUT/ncu_softmax-bwd-gpt2.csv"
+    ;;
   *)
-    echo "usage: bash evals/gpu_session.sh tests|kernels|e2e|check|followup|recheck|verify|measure|final|stream|last|tune|host|fast|fastcheck|closing|fold|fold2|fold3|e2e3|bert4|bert5|check4|lengths|ncu" >&2
+    echo "usage: bash evals/gpu_session.sh tests|kernels|e2e|check|followup|recheck|verify|measure|final|stream|last|tune|host|fast|fastcheck|closing|fold|fold2|fold3|e2e3|bert4|bert5|check4|lengths|ncu|bwd" >&2
     exit 2
     ;;
 esac

@@ -12,7 +12,9 @@ Backward (``Y`` saved, ``dY`` incoming)::
 
     dS = scale * Y * (dY - sum_j dY_j Y_j)
 
-Masked entries have ``Y = 0`` and therefore ``dS = 0``; the kernels write those zeros without reading ``dY``.
+Every entry the forward drops (mask, causality, a ``-inf`` score) has ``Y = 0`` exactly, so the backward needs no
+mask: it reads ``Y`` and ``dY`` only inside each row's key window, ignores ``dY`` wherever ``Y = 0`` (a NaN or inf
+there never reaches the row) and writes ``dS = 0`` there.
 
 Paths, chosen by the launcher from ``K`` and the number of rows (``_launch_config``; settings from a sweep on an
 H100):
@@ -113,22 +115,30 @@ def _program_bounds(lo, hi, holes, K, MASK_KIND: tl.constexpr, CHUNK: tl.constex
 
 
 @triton.jit
+def _window_pred(cols, lo, hi, K, GROUP: tl.constexpr, ALIGNED: tl.constexpr):
+    """Load predicate of a ``[BLOCK_M, CHUNK]`` chunk: each row's key window ``[lo, hi)`` rounded out to aligned groups
+    of ``GROUP`` columns. Constant over such groups, it lets the compiler keep 16-byte loads while whole groups outside
+    the window are never read. Where ``K`` is not a multiple of ``GROUP`` (``ALIGNED`` false) it also stops at ``K``
+    (the last group runs past the row, and past the tensor on its last row)."""
+    lo2 = lo[:, None]
+    hi2 = hi[:, None]
+    g = cols // GROUP
+    pred = (g >= lo2 // GROUP) & (g <= (hi2 - 1) // GROUP) & (hi2 > lo2)
+    if not ALIGNED:
+        pred = pred & (cols < K)
+    return pred
+
+
+@triton.jit
 def _chunk_keep(cols, lo, hi, holes, any_holes, mask_ptr, b, h, q, add_threshold,
                 mask_stride_b, mask_stride_h, mask_stride_q, mask_stride_k, K,
                 MASK_KIND: tl.constexpr, GROUP: tl.constexpr, ALIGNED: tl.constexpr):
     """(keep, load predicate, additive values in log2 units) of a ``[BLOCK_M, CHUNK]`` chunk that needs masking.
 
-    ``keep`` is exact. The load predicate covers each row's window rounded out to aligned groups of ``GROUP`` columns:
-    constant over such groups, it lets the compiler keep 16-byte loads while whole groups outside the window are never
-    read. Where ``K`` is not a multiple of ``GROUP`` (``ALIGNED`` false) the predicate also stops at ``K``. 4D masks
-    decide per element, so there the predicate is ``keep`` itself."""
-    lo2 = lo[:, None]
-    hi2 = hi[:, None]
-    keep = (cols >= lo2) & (cols < hi2)
-    g = cols // GROUP
-    pred = (g >= lo2 // GROUP) & (g <= (hi2 - 1) // GROUP) & (hi2 > lo2)
-    if not ALIGNED:  # the last group runs past K: never read there (past the last row it is past the tensor)
-        pred = pred & (cols < K)
+    ``keep`` is exact; the load predicate is ``_window_pred``'s, except for 4D masks, which decide per element: there
+    the predicate is ``keep`` itself."""
+    keep = (cols >= lo[:, None]) & (cols < hi[:, None])
+    pred = _window_pred(cols, lo, hi, K, GROUP, ALIGNED)
     add = tl.zeros([1, 1], tl.float32)  # used by additive masks only (dead code elsewhere)
     if MASK_KIND == 1:  # 2D padding mask [B, K]: read only for sequences with holes
         if any_holes != 0:
@@ -253,19 +263,35 @@ def _fwd_kernel(
                 _store(y_row + cols, y.to(y_ptr.dtype.element_ty), row_ok[:, None] & (cols < K), True, STREAM)
 
 
+@triton.jit
+def _grad_chunk(y_ptrs, dy_ptrs, pred, MASKED: tl.constexpr):
+    """``Y`` and ``dY`` of a chunk in fp32, both 0 outside the load predicate (``MASKED``) and ``dY`` 0 wherever
+    ``Y = 0``, and that mask (``Y != 0``)."""
+    if MASKED:
+        y = tl.load(y_ptrs, mask=pred, other=0.0).to(tl.float32)
+        dy = tl.load(dy_ptrs, mask=pred, other=0.0).to(tl.float32)
+    else:
+        y = tl.load(y_ptrs).to(tl.float32)
+        dy = tl.load(dy_ptrs).to(tl.float32)
+    nz = y != 0.0
+    return y, tl.where(nz, dy, 0.0), nz
+
+
 @fast_launch
 @triton.jit
 def _bwd_kernel(
-    y_ptr, dy_ptr, ds_ptr, mask_ptr, ranges_ptr,
+    y_ptr, dy_ptr, ds_ptr, ranges_ptr,
     dy_stride_b, dy_stride_h, dy_stride_q, dy_stride_k,
-    mask_stride_b, mask_stride_h, mask_stride_q, mask_stride_k,
-    n_rows, H, Q, K, scale, add_threshold,
+    n_rows, H, Q, K, scale,
     MASK_KIND: tl.constexpr, CAUSAL: tl.constexpr, BLOCK_M: tl.constexpr, CHUNK: tl.constexpr,
     ONE_CHUNK: tl.constexpr, EVEN: tl.constexpr, GROUP: tl.constexpr, ALIGNED: tl.constexpr, WIDE: tl.constexpr,
     STREAM: tl.constexpr,
 ):
-    """``dS = scale * Y * (dY - sum(dY * Y))`` with the forward's chunking; masked entries (Y = 0) are written as zeros
-    without reading ``Y`` or ``dY`` there."""
+    """``dS = scale * Y * (dY - sum(dY * Y))`` with the forward's chunking. Every entry the forward dropped (padding,
+    a 4D mask, causality, a ``-inf`` score) has ``Y = 0`` exactly, so the mask is never read again: ``Y`` and ``dY``
+    are read inside each row's key window only (``MASK_KIND`` 1: a 2D mask's key ranges, else all keys, with
+    causality's bound), and wherever ``Y = 0`` ``dY`` is ignored and ``dS`` is 0 (a NaN or inf in ``dY`` there never
+    reaches the row). Outside the window ``dS`` is stored as zeros without reading anything."""
     rows, row_ok, b, h, q, lo, hi, holes = _rows_and_windows(ranges_ptr, n_rows, H, Q, K, MASK_KIND, CAUSAL,
                                                              BLOCK_M, WIDE)
     offs = tl.arange(0, CHUNK)[None, :]
@@ -274,48 +300,37 @@ def _bwd_kernel(
     dy_row = dy_ptr + (b * dy_stride_b + h * dy_stride_h + q * dy_stride_q)[:, None]
     y_row = y_ptr + rows[:, None] * K
     ds_row = ds_ptr + rows[:, None] * K
-    c_lo, c_hi, f_lo, f_hi, any_holes = _program_bounds(lo, hi, holes, K, MASK_KIND, CHUNK)
+    c_lo, c_hi, f_lo, f_hi, _ = _program_bounds(lo, hi, holes, K, MASK_KIND, CHUNK)
     if ONE_CHUNK:
-        keep, pred, _ = _chunk_keep(offs, lo, hi, holes, any_holes, mask_ptr, b, h, q, add_threshold,
-                                    mask_stride_b, mask_stride_h, mask_stride_q, mask_stride_k, K, MASK_KIND, GROUP,
-                                    ALIGNED)
-        y = tl.where(keep, tl.load(y_row + offs, mask=pred).to(tl.float32), 0.0)
-        dy = tl.where(keep, tl.load(dy_row + offs * dy_stride_k, mask=pred).to(tl.float32), 0.0)
-        dot = tl.sum(y * dy, axis=1)
-        ds = scale * y * (dy - dot[:, None])
+        y, dy, nz = _grad_chunk(y_row + offs, dy_row + offs * dy_stride_k,
+                                _window_pred(offs, lo, hi, K, GROUP, ALIGNED), True)
+        sdot = scale * tl.sum(y * dy, axis=1)[:, None]
+        ds = tl.where(nz, y * (scale * dy - sdot), 0.0)
         _store(ds_row + offs, ds.to(ds_ptr.dtype.element_ty), row_ok[:, None] & (offs < K), True, STREAM)
     else:
         acc = tl.zeros([BLOCK_M, CHUNK], tl.float32)
         for c0 in range(c_lo, c_hi, CHUNK):
             cols = c0 + offs
             if (c0 >= f_lo) & (c0 + CHUNK <= f_hi):
-                acc += tl.load(y_row + cols).to(tl.float32) * tl.load(dy_row + cols * dy_stride_k).to(tl.float32)
+                y, dy, _ = _grad_chunk(y_row + cols, dy_row + cols * dy_stride_k, None, False)
             else:
-                keep, pred, _ = _chunk_keep(cols, lo, hi, holes, any_holes, mask_ptr, b, h, q, add_threshold,
-                                            mask_stride_b, mask_stride_h, mask_stride_q, mask_stride_k, K,
-                                            MASK_KIND, GROUP, ALIGNED)
-                y = tl.load(y_row + cols, mask=pred).to(tl.float32)
-                dy = tl.load(dy_row + cols * dy_stride_k, mask=pred).to(tl.float32)
-                acc += tl.where(keep, y * dy, 0.0)
-        dot = tl.sum(acc, axis=1)[:, None]
+                y, dy, _ = _grad_chunk(y_row + cols, dy_row + cols * dy_stride_k,
+                                       _window_pred(cols, lo, hi, K, GROUP, ALIGNED), True)
+            acc += y * dy
+        sdot = scale * tl.sum(acc, axis=1)[:, None]
         zero = tl.zeros([BLOCK_M, CHUNK], ds_ptr.dtype.element_ty)
         for c0 in range(0, K, CHUNK):
             cols = c0 + offs
             if (c0 + CHUNK <= c_lo) | (c0 >= c_hi):
                 _store_rows(ds_row + cols, zero, row_ok, cols, K, EVEN, STREAM)
-            elif (c0 >= f_lo) & (c0 + CHUNK <= f_hi):
-                y = tl.load(y_row + cols).to(tl.float32)
-                dy = tl.load(dy_row + cols * dy_stride_k).to(tl.float32)
-                _store_rows(ds_row + cols, (scale * y * (dy - dot)).to(ds_ptr.dtype.element_ty), row_ok, cols, K, EVEN,
-                            STREAM)
             else:
-                keep, pred, _ = _chunk_keep(cols, lo, hi, holes, any_holes, mask_ptr, b, h, q, add_threshold,
-                                            mask_stride_b, mask_stride_h, mask_stride_q, mask_stride_k, K,
-                                            MASK_KIND, GROUP, ALIGNED)
-                y = tl.load(y_row + cols, mask=pred).to(tl.float32)
-                dy = tl.load(dy_row + cols * dy_stride_k, mask=pred).to(tl.float32)
-                ds = tl.where(keep, scale * y * (dy - dot), 0.0)
-                _store(ds_row + cols, ds.to(ds_ptr.dtype.element_ty), row_ok[:, None] & (cols < K), True, STREAM)
+                if (c0 >= f_lo) & (c0 + CHUNK <= f_hi):
+                    y, dy, nz = _grad_chunk(y_row + cols, dy_row + cols * dy_stride_k, None, False)
+                else:
+                    y, dy, nz = _grad_chunk(y_row + cols, dy_row + cols * dy_stride_k,
+                                            _window_pred(cols, lo, hi, K, GROUP, ALIGNED), True)
+                ds = tl.where(nz, y * (scale * dy - sdot), 0.0)
+                _store_rows(ds_row + cols, ds.to(ds_ptr.dtype.element_ty), row_ok, cols, K, EVEN, STREAM)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -386,15 +401,21 @@ def _stream(setting, forward: bool, one_chunk: bool) -> bool:
 def _launch(kernel, tensors, strides, spec, shape, causal, scale, blocks, ranges=None):
     B, H, Q, K = shape
     n_rows = B * H * Q
+    backward = len(tensors) == 3
     mask_t, mstr, ranges = _mask_args(spec, tensors[0], ranges)
     block_m, chunk, one, num_warps = _launch_config(K, n_rows, *blocks, _sm_count(tensors[0].device),
-                                                    backward=len(tensors) == 3)
+                                                    backward=backward)
+    if backward:  # the backward reads no mask: a 2D mask's key ranges bound its windows, others leave them whole
+        args, kind, wide = (*tensors, ranges, *strides, n_rows, H, Q, K, scale), spec.kind == _masks.PAD2D, \
+            _wide(shape, strides)
+    else:
+        args, kind, wide = (*tensors, mask_t, ranges, *strides, *mstr, n_rows, H, Q, K, scale, spec.threshold), \
+            spec.kind, _wide(shape, strides, mstr)
     kernel[(-(-n_rows // block_m),)](
-        *tensors, mask_t, ranges, *strides, *mstr, n_rows, H, Q, K, scale, spec.threshold,
-        MASK_KIND=spec.kind, CAUSAL=causal, BLOCK_M=block_m, CHUNK=chunk, ONE_CHUNK=one,
+        *args, MASK_KIND=int(kind), CAUSAL=causal, BLOCK_M=block_m, CHUNK=chunk, ONE_CHUNK=one,
         EVEN=(K % chunk == 0 and n_rows % block_m == 0), GROUP=min(LOAD_GROUP, chunk),
         ALIGNED=K % min(LOAD_GROUP, chunk) == 0,
-        WIDE=_wide(shape, strides, mstr), STREAM=_stream(STREAM_STORES, len(tensors) == 2, one), num_warps=num_warps,
+        WIDE=wide, STREAM=_stream(STREAM_STORES, not backward, one), num_warps=num_warps,
     )
 
 

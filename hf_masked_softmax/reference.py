@@ -8,7 +8,7 @@
 A position is kept when the padding / boolean / additive mask keeps it and, with ``causal=True``, when
 ``j <= i + K - Q`` (bottom-right alignment, as with a KV cache). A row with nothing kept, or whose kept scores are all
 ``-inf``, is all zeros. NaN in a kept score makes the row's kept entries NaN (as torch.softmax does); masked entries
-are exactly 0 regardless. Math runs in ``compute_dtype`` (fp32 by default; fp64 for the tests' oracle).
+are exactly 0 regardless. The gradient ignores the incoming gradient wherever ``Y = 0`` (there it is exactly 0). Math runs in ``compute_dtype`` (fp32 by default; fp64 for the tests' oracle).
 """
 from __future__ import annotations
 
@@ -49,8 +49,10 @@ def masked_softmax_reference(
     keep = keep_mask(spec, tuple(scores.shape), causal=causal, device=scores.device)
     if spec.kind == ADD4D:
         x = x + torch.where(keep, spec.tensor.to(compute_dtype), torch.zeros((), dtype=compute_dtype, device=x.device))
-    y = _softmax_kept(x, keep)
-    return y.to(out_dtype or scores.dtype)
+    y = _softmax_kept(x, keep).to(out_dtype or scores.dtype)
+    # a no-op forward whose backward zeroes the incoming gradient wherever Y = 0, as the kernels' backward does: a NaN
+    # or inf upstream gradient at a dropped entry (or a -inf score) never reaches the row
+    return y.masked_fill(y == 0, 0.0)
 
 
 def attention_reference(

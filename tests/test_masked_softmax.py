@@ -274,6 +274,44 @@ def test_backward(device, dtype, form, path):
     assert not torch.isnan(leaf.grad).any()
 
 
+@pytest.mark.parametrize("path", ["single", "looped"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("form", ["pad2d_causal", "pad2d_holes", "bool4d", "add4d", "neg_inf_scores"])
+def test_backward_ignores_nan_and_inf_upstream_grads_at_dropped_entries(device, dtype, form, path):
+    # Every entry the forward drops has Y = 0 exactly. The backward ignores dY there and writes dS = +0, so a NaN or
+    # inf that an upstream op leaves at a masked position (the NaN value row of a padded key, say) never reaches the
+    # row; it reads neither the mask nor dY outside each row's key window.
+    B, H, Q, K = 2, 2, 5, 21
+    scores = torch.randn(B, H, Q, K, device=device).to(dtype)
+    causal, mask = False, None
+    if form == "pad2d_causal":
+        causal, mask = True, padding_mask([K, 8], K, left=True, device=device)
+    elif form == "pad2d_holes":
+        mask = padding_mask([K, 15], K, device=device)
+        mask[0, 4:9] = 0
+    elif form == "bool4d":
+        mask = torch.rand(B, 1, Q, K, device=device) > 0.4
+    elif form == "add4d":
+        mask = torch.zeros(B, 1, Q, K, device=device)
+        mask[..., 2::3] = torch.finfo(torch.float32).min
+    else:
+        scores[:, :, :, 5:12] = float("-inf")
+    scores.requires_grad_(True)
+    out = run(scores, mask, causal=causal, scale=0.7, path=path)
+    dropped = out.detach() == 0  # kept probabilities are far from underflow at these sizes
+    assert dropped.any() and not dropped.all()
+    dy = torch.randn(out.shape, device=device).to(dtype)
+    poison = torch.tensor([float("nan"), float("inf"), -float("inf")], device=device).to(dtype)
+    bad = dy.clone()
+    bad[dropped] = poison.repeat(int(dropped.sum()) // 3 + 1)[: int(dropped.sum())]
+    (grad,) = torch.autograd.grad(out, scores, bad)
+    ref_s = scores.detach().double().requires_grad_(True)
+    (ref,) = torch.autograd.grad(ref64(ref_s, mask, causal, 0.7), ref_s, dy.double().masked_fill(dropped, 0))
+    assert torch.isfinite(grad).all()
+    assert_close(grad, ref, dtype, scale=4)
+    assert torch.all(grad[dropped] == 0) and not torch.signbit(grad[dropped]).any()
+
+
 def test_backward_fully_masked_rows_have_zero_grad(device):
     scores = torch.randn(1, 1, 4, 6, device=device, requires_grad=True)
     mask = torch.zeros(1, 6, dtype=torch.long, device=device)
