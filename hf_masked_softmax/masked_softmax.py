@@ -265,16 +265,22 @@ def _fwd_kernel(
 
 @triton.jit
 def _grad_chunk(y_ptrs, dy_ptrs, pred, MASKED: tl.constexpr):
-    """``Y`` and ``dY`` of a chunk in fp32, both 0 outside the load predicate (``MASKED``) and ``dY`` 0 wherever
-    ``Y = 0``, and that mask (``Y != 0``)."""
+    """``Y`` and ``dY`` of a chunk in fp32, both 0 outside the load predicate (``MASKED``), and ``dY`` 0 wherever
+    ``Y = 0``."""
     if MASKED:
         y = tl.load(y_ptrs, mask=pred, other=0.0).to(tl.float32)
         dy = tl.load(dy_ptrs, mask=pred, other=0.0).to(tl.float32)
     else:
         y = tl.load(y_ptrs).to(tl.float32)
         dy = tl.load(dy_ptrs).to(tl.float32)
-    nz = y != 0.0
-    return y, tl.where(nz, dy, 0.0), nz
+    return y, tl.where(y != 0.0, dy, 0.0)
+
+
+@triton.jit
+def _grad(y, dy, scale, sdot):
+    """``scale * Y * (dY - dot)`` as ``(scale * Y) * dY - Y * (scale * dot)``: +0 exactly wherever ``Y = +0`` (and
+    ``dY = 0``), whatever the sign of ``dot``, without a select (whose mask would stay live across the row's sum)."""
+    return (scale * y) * dy - y * sdot
 
 
 @fast_launch
@@ -300,21 +306,21 @@ def _bwd_kernel(
     dy_row = dy_ptr + (b * dy_stride_b + h * dy_stride_h + q * dy_stride_q)[:, None]
     y_row = y_ptr + rows[:, None] * K
     ds_row = ds_ptr + rows[:, None] * K
-    c_lo, c_hi, f_lo, f_hi, _ = _program_bounds(lo, hi, holes, K, MASK_KIND, CHUNK)
+    c_lo, c_hi, f_lo, f_hi, any_holes = _program_bounds(lo, hi, holes, K, MASK_KIND, CHUNK)
     if ONE_CHUNK:
-        y, dy, nz = _grad_chunk(y_row + offs, dy_row + offs * dy_stride_k,
+        y, dy = _grad_chunk(y_row + offs, dy_row + offs * dy_stride_k,
                                 _window_pred(offs, lo, hi, K, GROUP, ALIGNED), True)
         sdot = scale * tl.sum(y * dy, axis=1)[:, None]
-        ds = tl.where(nz, y * (scale * dy - sdot), 0.0)
+        ds = _grad(y, dy, scale, sdot)
         _store(ds_row + offs, ds.to(ds_ptr.dtype.element_ty), row_ok[:, None] & (offs < K), True, STREAM)
     else:
         acc = tl.zeros([BLOCK_M, CHUNK], tl.float32)
         for c0 in range(c_lo, c_hi, CHUNK):
             cols = c0 + offs
             if (c0 >= f_lo) & (c0 + CHUNK <= f_hi):
-                y, dy, _ = _grad_chunk(y_row + cols, dy_row + cols * dy_stride_k, None, False)
+                y, dy = _grad_chunk(y_row + cols, dy_row + cols * dy_stride_k, None, False)
             else:
-                y, dy, _ = _grad_chunk(y_row + cols, dy_row + cols * dy_stride_k,
+                y, dy = _grad_chunk(y_row + cols, dy_row + cols * dy_stride_k,
                                        _window_pred(cols, lo, hi, K, GROUP, ALIGNED), True)
             acc += y * dy
         sdot = scale * tl.sum(acc, axis=1)[:, None]
@@ -325,11 +331,11 @@ def _bwd_kernel(
                 _store_rows(ds_row + cols, zero, row_ok, cols, K, EVEN, STREAM)
             else:
                 if (c0 >= f_lo) & (c0 + CHUNK <= f_hi):
-                    y, dy, nz = _grad_chunk(y_row + cols, dy_row + cols * dy_stride_k, None, False)
+                    y, dy = _grad_chunk(y_row + cols, dy_row + cols * dy_stride_k, None, False)
                 else:
-                    y, dy, nz = _grad_chunk(y_row + cols, dy_row + cols * dy_stride_k,
+                    y, dy = _grad_chunk(y_row + cols, dy_row + cols * dy_stride_k,
                                             _window_pred(cols, lo, hi, K, GROUP, ALIGNED), True)
-                ds = tl.where(nz, y * (scale * dy - sdot), 0.0)
+                ds = _grad(y, dy, scale, sdot)
                 _store_rows(ds_row + cols, ds.to(ds_ptr.dtype.element_ty), row_ok, cols, K, EVEN, STREAM)
 
 
