@@ -578,6 +578,7 @@ _SM_COUNT = {}
 SPLIT_MIN_K = 1024  # decode rows shorter than this are never split across programs
 FWD_MERGE_TAIL = True  # forward: interior and trailing key blocks in one loop (see _fwd_blocks)
 FWD_MAXNREG = None  # forward register cap per thread: None = _fwd_maxnreg's rule, 0 = none, N = cap at N
+FOLD_MAX_SCALE = 1.0  # the largest scale applied inside the exponent (see _fold); HF's scales are D**-0.5 or 1
 
 
 def _cdiv(a: int, b: int) -> int:
@@ -704,8 +705,12 @@ def _wide(*tensors) -> bool:
 
 def _fold(kind: int, scale: float) -> bool:
     """Whether the kernels may apply the scale inside the exponent (``FOLD``): it must commute with the row max
-    (positive and finite), and an additive mask is added to already scaled scores."""
-    return kind != _K_ADD and 0.0 < scale < float("inf")
+    (positive), an additive mask is added to already scaled scores, and it must be at most ``FOLD_MAX_SCALE``. Folded,
+    a row's largest score gives ``exp2(fma(s, c, -round(s * c)))``, 2 to the power of the product's rounding error,
+    instead of exactly 1: an error of up to half an ulp of the scaled score in the exponent. That is nothing for the
+    scores a scale of at most 1 gives, but past 2**31 (a scale of 1e30 on an H200, 2026-12-02) exp2 overflows and the
+    row turns NaN; larger scales keep their own multiply."""
+    return kind != _K_ADD and 0.0 < scale <= FOLD_MAX_SCALE
 
 
 def _is_decode(Q: int) -> bool:

@@ -196,6 +196,9 @@ def test_scale_that_cannot_be_folded_into_the_exponent(scale, device):
     # The kernels fold a positive finite scale into exp2's FMA; zero and negative scales take the unfolded path
     # (a zero scale times a masked -inf score would give NaN there). Padding on both sides plus causality.
     assert not attn_mod._fold(attn_mod._K_RANGE, scale) and attn_mod._fold(attn_mod._K_RANGE, 0.37)
+    # above 1 (a scale of 1e30 turned rows NaN on an H200 when folded) the scale keeps its own multiply
+    assert attn_mod._fold(attn_mod._K_RANGE, 1.0) and not attn_mod._fold(attn_mod._K_RANGE, 1.5)
+    assert not attn_mod._fold(attn_mod._K_RANGE, 1e30) and not attn_mod._fold(attn_mod._K_ADD, 0.37)
     q, k, v = _qkv(2, 2, 1, 21, 37, 16, torch.float32, device, grad=True)
     mask = _pad_mask([30, 37], 37, "left", device)
     mask[0, 30:] = False  # left-padded row with its tail cut off too: a contiguous range inside [0, K)
