@@ -309,7 +309,7 @@ def _bwd_kernel(
     c_lo, c_hi, f_lo, f_hi, any_holes = _program_bounds(lo, hi, holes, K, MASK_KIND, CHUNK)
     if ONE_CHUNK:
         y, dy = _grad_chunk(y_row + offs, dy_row + offs * dy_stride_k,
-                                _window_pred(offs, lo, hi, K, GROUP, ALIGNED), True)
+                            _window_pred(offs, lo, hi, K, GROUP, ALIGNED), True)
         sdot = scale * tl.sum(y * dy, axis=1)[:, None]
         ds = _grad(y, dy, scale, sdot)
         _store(ds_row + offs, ds.to(ds_ptr.dtype.element_ty), row_ok[:, None] & (offs < K), True, STREAM)
@@ -321,7 +321,7 @@ def _bwd_kernel(
                 y, dy = _grad_chunk(y_row + cols, dy_row + cols * dy_stride_k, None, False)
             else:
                 y, dy = _grad_chunk(y_row + cols, dy_row + cols * dy_stride_k,
-                                       _window_pred(cols, lo, hi, K, GROUP, ALIGNED), True)
+                                    _window_pred(cols, lo, hi, K, GROUP, ALIGNED), True)
             acc += y * dy
         sdot = scale * tl.sum(acc, axis=1)[:, None]
         zero = tl.zeros([BLOCK_M, CHUNK], ds_ptr.dtype.element_ty)
@@ -334,7 +334,7 @@ def _bwd_kernel(
                     y, dy = _grad_chunk(y_row + cols, dy_row + cols * dy_stride_k, None, False)
                 else:
                     y, dy = _grad_chunk(y_row + cols, dy_row + cols * dy_stride_k,
-                                            _window_pred(cols, lo, hi, K, GROUP, ALIGNED), True)
+                                        _window_pred(cols, lo, hi, K, GROUP, ALIGNED), True)
                 ds = _grad(y, dy, scale, sdot)
                 _store_rows(ds_row + cols, ds.to(ds_ptr.dtype.element_ty), row_ok, cols, K, EVEN, STREAM)
 
