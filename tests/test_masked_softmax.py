@@ -279,8 +279,8 @@ def test_backward(device, dtype, form, path):
 @pytest.mark.parametrize("form", ["pad2d_causal", "pad2d_holes", "bool4d", "add4d", "neg_inf_scores"])
 def test_backward_ignores_nan_and_inf_upstream_grads_at_dropped_entries(device, dtype, form, path):
     # Every entry the forward drops has Y = 0 exactly. The backward ignores dY there and writes dS = +0, so a NaN or
-    # inf that an upstream op leaves at a masked position (the NaN value row of a padded key, say) never reaches the
-    # row; it reads neither the mask nor dY outside each row's key window.
+    # inf that an upstream op leaves at a masked position never reaches the row; it reads neither the mask nor dY
+    # outside each row's key window.
     B, H, Q, K = 2, 2, 5, 21
     scores = torch.randn(B, H, Q, K, device=device).to(dtype)
     causal, mask = False, None
