@@ -48,6 +48,8 @@ cd "$(dirname "$0")/.."
 pip install -e . --no-deps --no-build-isolation -q 2>&1 | grep -v -i warning
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"  # the checkout, also where the editable install did not take
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"
+# Nsight Compute (stages ncu, bwd): on the PATH or in its install folders
+NCU=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu /usr/local/cuda/bin/ncu 2>/dev/null | head -1)
 
 case "${1:-}" in
   tests)
@@ -209,7 +211,6 @@ case "${1:-}" in
   ncu)
     # Nsight Compute (--set full, clocks left alone) of the kernels behind the open targets and of the two memory
     # ceilings; the CSV files travel as one archive (a call brings back 8 files at most)
-    NCU=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu /usr/local/cuda/bin/ncu 2>/dev/null | head -1)
     mkdir -p /tmp/ncu
     python evals/ncu_kernels.py --list | while read -r case kernel _; do
       timeout 150 "$NCU" --clock-control none --set full -k "regex:^${kernel}\$" --launch-skip 1 --launch-count 1 \
@@ -231,7 +232,6 @@ case "${1:-}" in
     timeout 150 python evals/bench_softmax.py --tune --tune-shapes gpt2_prefill,bert,causal_8192 \
       --tune-configs 1/1024/2,2/1024/4,4/256/4,8/256/4,8/512/4,2/512/1,4/512/2,1/8192/8,1/8192/16,1/4096/8 2>&1 \
       | tee "$OUT/tune_bwd.log" | grep -E "best|default"
-    NCU=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu /usr/local/cuda/bin/ncu 2>/dev/null | head -1)
     timeout 150 "$NCU" --clock-control none --set full -k "regex:^_bwd_kernel\$" --launch-skip 1 --launch-count 1 \
       --csv --page details python evals/ncu_kernels.py softmax-bwd-gpt2 < /dev/null > "$OUT/ncu_softmax-bwd-gpt2.csv" \
       2> /dev/null

@@ -412,13 +412,13 @@ def _launch(kernel, tensors, strides, spec, shape, causal, scale, blocks, ranges
     block_m, chunk, one, num_warps = _launch_config(K, n_rows, *blocks, _sm_count(tensors[0].device),
                                                     backward=backward)
     if backward:  # the backward reads no mask: a 2D mask's key ranges bound its windows, others leave them whole
-        args, kind, wide = (*tensors, ranges, *strides, n_rows, H, Q, K, scale), spec.kind == _masks.PAD2D, \
-            _wide(shape, strides)
+        args = (*tensors, ranges, *strides, n_rows, H, Q, K, scale)
+        kind, wide = int(spec.kind == _masks.PAD2D), _wide(shape, strides)
     else:
-        args, kind, wide = (*tensors, mask_t, ranges, *strides, *mstr, n_rows, H, Q, K, scale, spec.threshold), \
-            spec.kind, _wide(shape, strides, mstr)
+        args = (*tensors, mask_t, ranges, *strides, *mstr, n_rows, H, Q, K, scale, spec.threshold)
+        kind, wide = spec.kind, _wide(shape, strides, mstr)
     kernel[(-(-n_rows // block_m),)](
-        *args, MASK_KIND=int(kind), CAUSAL=causal, BLOCK_M=block_m, CHUNK=chunk, ONE_CHUNK=one,
+        *args, MASK_KIND=kind, CAUSAL=causal, BLOCK_M=block_m, CHUNK=chunk, ONE_CHUNK=one,
         EVEN=(K % chunk == 0 and n_rows % block_m == 0), GROUP=min(LOAD_GROUP, chunk),
         ALIGNED=K % min(LOAD_GROUP, chunk) == 0,
         WIDE=wide, STREAM=_stream(STREAM_STORES, not backward, one), num_warps=num_warps,

@@ -8,7 +8,8 @@
 A position is kept when the padding / boolean / additive mask keeps it and, with ``causal=True``, when
 ``j <= i + K - Q`` (bottom-right alignment, as with a KV cache). A row with nothing kept, or whose kept scores are all
 ``-inf``, is all zeros. NaN in a kept score makes the row's kept entries NaN (as torch.softmax does); masked entries
-are exactly 0 regardless. The gradient ignores the incoming gradient wherever ``Y = 0`` (there it is exactly 0). Math runs in ``compute_dtype`` (fp32 by default; fp64 for the tests' oracle).
+are exactly 0 regardless. The gradient ignores the incoming gradient wherever ``Y = 0`` (there it is exactly 0).
+Math runs in ``compute_dtype`` (fp32 by default; fp64 for the tests' oracle).
 """
 from __future__ import annotations
 
