@@ -40,6 +40,8 @@
 #                                       # at key lengths off and on the 64-key block boundary
 #   bash evals/gpu_session.sh bwd       # 2026-12-02 (5): the mask-free softmax backward: tests on CUDA, quick
 #                                       # benchmark, backward settings, Nsight Compute of GPT-2's backward
+#   bash evals/gpu_session.sh suite     # 2026-12-02 (6): every test that is not GPU-marked, on CUDA (CPU tensors there
+#                                       # take the reference path), from test_compile.py on, in four groups
 set -uo pipefail
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
 OUT=${OUT:-out}
@@ -237,8 +239,20 @@ case "${1:-}" in
       2> /dev/null
     python evals/ncu_kernels.py --summary "$OUT/ncu_softmax-bwd-gpt2.csv"
     ;;
+  suite)
+    # every test that is not GPU-marked, on a CUDA machine: CUDA tensors run the kernels and CPU tensors the reference
+    # (no interpreter there); each group of files under its own limit, so that one slow group cannot hide the rest
+    for group in "tests/test_compile.py tests/test_launch.py tests/test_masked_softmax.py" \
+        "tests/test_no_copies.py tests/test_properties.py tests/test_patch_api.py tests/test_patch_bert.py" \
+        "tests/test_patch_gpt2.py tests/test_patch_llama.py tests/test_multi_gpu.py tests/test_ncu_kernels.py" \
+        "tests/test_evals.py tests/test_evals_llama.py tests/test_sass.py tests/test_tune_variants.py"; do
+      # shellcheck disable=SC2086
+      timeout 170 python -m pytest -q -m "not gpu" -p no:cacheprovider $group 2>&1 | tee -a "$OUT/cuda_suite.log" \
+        | grep -E "passed|failed|^FAILED|^ERROR" | cut -c1-200
+    done
+    ;;
   *)
-    echo "usage: bash evals/gpu_session.sh tests|kernels|e2e|check|followup|recheck|verify|measure|final|stream|last|tune|host|fast|fastcheck|closing|fold|fold2|fold3|e2e3|bert4|bert5|check4|lengths|ncu|bwd" >&2
+    echo "usage: bash evals/gpu_session.sh tests|kernels|e2e|check|followup|recheck|verify|measure|final|stream|last|tune|host|fast|fastcheck|closing|fold|fold2|fold3|e2e3|bert4|bert5|check4|lengths|ncu|bwd|suite" >&2
     exit 2
     ;;
 esac

@@ -27,8 +27,18 @@ import torch
 import triton
 
 _INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
+# Whether the kernels were defined under Triton's interpreter: decided once, at import, because setting
+# TRITON_INTERPRET later changes nothing for kernels already defined (they would still need a GPU).
+INTERPRETED = _INTERPRET
 _CHECKED_VERSIONS = ("3.4", "3.5", "3.6")  # launch path read in each; run on a GPU: 3.6
 _MAX_ENTRIES = 256  # per kernel: a bound in case something varies that should not (cleared when reached)
+
+
+def kernels_take(t: torch.Tensor) -> bool:
+    """Whether the Triton kernels can run on ``t``'s device: CUDA, or CPU when they were defined under
+    ``TRITON_INTERPRET=1``. Everything else takes the plain-PyTorch reference."""
+    dev = t.device.type
+    return dev == "cuda" or (dev == "cpu" and INTERPRETED)
 
 
 def _enabled() -> bool:

@@ -44,17 +44,16 @@ otherwise the PyTorch reference.
 from __future__ import annotations
 
 import contextlib
-import os
 from typing import Optional
 
 import torch
 import triton
 import triton.language as tl
 
-from ._launch import fast_launch
+from ._launch import INTERPRETED, fast_launch
 
 
-_INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
+_INTERPRET = INTERPRETED  # block sizes for the interpreter (small: it runs every program in Python)
 _LOG2E = 1.4426950408889634
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 

@@ -39,7 +39,6 @@ in :mod:`hf_masked_softmax.ops` (same launchers) takes its place.
 from __future__ import annotations
 
 import numbers
-import os
 from typing import Optional
 
 import torch
@@ -47,7 +46,7 @@ import triton
 import triton.language as tl
 
 from . import masks as _masks
-from ._launch import fast_launch
+from ._launch import fast_launch, kernels_take
 from .attention import _next_pow2, _sm_count  # host helpers shared by both kernels' launchers
 from . import ops as _ops
 from .reference import masked_softmax_reference
@@ -468,10 +467,6 @@ class MaskedSoftmaxFunction(torch.autograd.Function):
 # ----------------------------------------------------------------------------------------------------------------------
 # Public function
 # ----------------------------------------------------------------------------------------------------------------------
-def _interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
-
-
 def validate_scores(scores) -> None:
     if not isinstance(scores, torch.Tensor):
         raise TypeError(f"scores must be a torch.Tensor, got {type(scores).__name__}")
@@ -519,15 +514,16 @@ def masked_softmax(
         Differentiable w.r.t. ``scores``.
 
     CUDA tensors run the Triton kernels. CPU tensors run them in Triton's interpreter when ``TRITON_INTERPRET=1``
-    was set before import, and otherwise the plain-PyTorch reference with the same semantics.
+    was set before import (setting it later changes nothing), and otherwise the plain-PyTorch reference with the
+    same semantics.
     """
     validate_scores(scores)
     scale = validate_scale(scale)
     spec = _masks.prepare_mask(attention_mask, tuple(scores.shape), scores.device)
-    if scores.device.type == "cpu" and not _interpreting():
-        return masked_softmax_reference(scores, spec, causal=bool(causal), scale=scale)
     if scores.device.type not in ("cuda", "cpu"):
         raise ValueError(f"masked_softmax runs on CUDA (or CPU) tensors, got a tensor on {scores.device}")
+    if not kernels_take(scores):
+        return masked_softmax_reference(scores, spec, causal=bool(causal), scale=scale)
     path = _ops.call_path(scores)
     blocks = (MAX_SINGLE_PASS_K, LOOP_BLOCK_K)
     if path != "op":  # eager: a 2D mask's key ranges cached per mask object (HF hands one mask to every layer)

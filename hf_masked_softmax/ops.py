@@ -28,7 +28,9 @@ from typing import Optional
 import torch
 
 from . import masks as _masks
-from .reference import attention_reference
+from ._launch import kernels_take
+from .reference import (attention_backward_reference, attention_lse_reference, attention_reference,
+                        masked_softmax_backward_reference, masked_softmax_reference)
 
 # The package re-exports functions under the modules' names, so reach the modules themselves through importlib.
 _ms = importlib.import_module(__package__ + ".masked_softmax")
@@ -93,6 +95,8 @@ def masked_softmax_op(
     loop_block_k: int,
 ) -> torch.Tensor:
     spec = _spec(mask, mask_kind, threshold, tuple(scores.shape))
+    if not kernels_take(scores):
+        return masked_softmax_reference(scores, spec, causal=causal, scale=scale)
     with on_device(scores):
         return _ms._forward(scores, spec, causal, scale, (max_single_pass_k, loop_block_k))
 
@@ -114,6 +118,8 @@ def masked_softmax_backward_op(
     max_single_pass_k: int,
     loop_block_k: int,
 ) -> torch.Tensor:
+    if not kernels_take(y):
+        return masked_softmax_backward_reference(y, dy, scale)
     spec = _spec(mask, mask_kind, threshold, tuple(y.shape))
     with on_device(y):
         return _ms._backward(y, dy, spec, causal, scale, (max_single_pass_k, loop_block_k))
@@ -158,6 +164,13 @@ def _attn_mask_args(mask, mask_kind, threshold, shape):
     return (*_kernel_mask_args(_spec(mask, mask_kind, threshold, shape)), threshold)
 
 
+def _attention_reference(q, k, v, mask, causal, scale):
+    """The CPU fallback (no interpreter): the reference, with half-precision probabilities rounded to q's dtype
+    before the product with v, as the GPU kernel does."""
+    half = q.dtype in (torch.float16, torch.bfloat16)
+    return attention_reference(q, k, v, mask, causal=causal, scale=scale, prob_dtype=q.dtype if half else None)
+
+
 @torch.library.custom_op(f"{NAMESPACE}::attention", mutates_args=())
 def attention_op(
     q: torch.Tensor,
@@ -169,6 +182,11 @@ def attention_op(
     causal: bool,
     scale: float,
 ) -> tuple[torch.Tensor, torch.Tensor]:
+    if not kernels_take(q):
+        out = _attention_reference(q, k, v, mask, causal, scale)
+        # the kernel's layout: [B, H, Q, D] whose memory is [B, Q, H, D]
+        out = out.transpose(1, 2).contiguous().transpose(1, 2)
+        return out, attention_lse_reference(q, k, mask, causal=causal, scale=scale)
     B, H, Q, _ = q.shape
     kind, mask_t, ranges, threshold = _attn_mask_args(mask, mask_kind, threshold, (B, H, Q, k.shape[2]))
     with on_device(q):
@@ -198,6 +216,8 @@ def attention_backward_op(
     causal: bool,
     scale: float,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    if not kernels_take(q):
+        return attention_backward_reference(q, k, v, do, mask, causal=causal, scale=scale)
     B, H, Q, _ = q.shape
     kind, mask_t, ranges, threshold = _attn_mask_args(mask, mask_kind, threshold, (B, H, Q, k.shape[2]))
     with on_device(q):
@@ -240,11 +260,8 @@ def attention(
     K = k.shape[2]
     spec = _masks.prepare_mask(attention_mask, (B, H, Q, K), q.device)
     scale = _ms.validate_scale(D ** -0.5 if scale is None else scale)
-    if not (q.device.type == "cuda" or (_attn._INTERPRET and q.device.type == "cpu")):
-        # half precision: the probabilities are rounded to q's dtype before the product with v, like the GPU kernel
-        half = q.dtype in (torch.float16, torch.bfloat16)
-        return attention_reference(q, k, v, attention_mask, causal=causal, scale=scale,
-                                   prob_dtype=q.dtype if half else None)
+    if not kernels_take(q):
+        return _attention_reference(q, k, v, attention_mask, causal, scale)
     threshold = spec.threshold
     if spec.kind == _masks.ADD4D:
         # masks wider than fp32 are compared after rounding to fp32, where their masked values become -inf

@@ -14,6 +14,7 @@ from hf_masked_softmax.reference import attention_reference
 from tolerances import assert_close
 
 attn_mod = importlib.import_module("hf_masked_softmax.attention")
+launch_mod = importlib.import_module("hf_masked_softmax._launch")
 
 
 def _qkv(B, H, Hkv, Q, K, D, dtype, device, grad=False, seed=0, bthd=False):
@@ -322,7 +323,7 @@ def test_wide_threshold():
 
 def test_cpu_without_interpreter_uses_reference(monkeypatch):
     q, k, v = _qkv(1, 2, 2, 4, 6, 16, torch.float32, "cpu")
-    monkeypatch.setattr(attn_mod, "_INTERPRET", False)
+    monkeypatch.setattr(launch_mod, "INTERPRETED", False)
     monkeypatch.setattr(attn_mod, "_forward", None)  # would raise if the kernels were launched
     out = attn_mod.attention(q, k, v, causal=True)
     torch.testing.assert_close(out, attention_reference(q, k, v, causal=True), atol=0, rtol=0)
@@ -335,7 +336,7 @@ def test_cpu_fallback_rounds_half_probabilities_like_the_kernel(monkeypatch, dty
     q, k, v = _qkv(2, 4, 2, 5, 70, 16, dtype, "cpu", seed=3)
     mask = torch.ones(2, 70, dtype=torch.bool)
     mask[0, :9] = False
-    monkeypatch.setattr(attn_mod, "_INTERPRET", False)
+    monkeypatch.setattr(launch_mod, "INTERPRETED", False)
     monkeypatch.setattr(attn_mod, "_forward", None)  # would raise if the kernels were launched
     out = attn_mod.attention(q, k, v, mask, causal=True)
     rounded = attention_reference(q, k, v, mask, causal=True, prob_dtype=dtype)

@@ -8,6 +8,8 @@
 CPU runs use ``backend="aot_eager"`` (dynamo + AOT autograd with the fake implementations, no code generation:
 inductor's C++ compile of every graph would cost minutes on the 2-core CI machine); one test uses inductor.
 """
+import importlib
+
 import pytest
 import torch
 
@@ -357,19 +359,21 @@ def test_gpu_cuda_graph_capture_of_decode_attention(mask_form):
         assert step < 1 or torch.all(probs[0, :, :, :40] == 0)
 
 
-def test_eager_calls_skip_the_dispatcher_with_and_without_autograd(monkeypatch):
+def test_eager_calls_skip_the_dispatcher_with_and_without_autograd(monkeypatch, device):
     # eager calls go straight to the launchers (inference) or through a plain autograd.Function (training): the
-    # dispatcher's host cost is larger than small kernels. The results and gradients equal the operators'.
+    # dispatcher's host cost is larger than small kernels. The results and gradients equal the operators'. (On the
+    # device the kernels run on: CUDA, or the CPU under the interpreter.)
     from hf_masked_softmax import attention, masked_softmax
 
     g = torch.Generator().manual_seed(0)
-    scores = torch.randn(2, 2, 5, 9, generator=g)
+    scores = torch.randn(2, 2, 5, 9, generator=g).to(device)
     mask = torch.ones(2, 9, dtype=torch.long)
     mask[0, :3] = 0
-    q = torch.randn(2, 2, 5, 16, generator=g)
-    k, v = (torch.randn(2, 2, 9, 16, generator=g) for _ in range(2))
-    dy = torch.randn(2, 2, 5, 9, generator=g)
-    do = torch.randn(2, 2, 5, 16, generator=g)
+    mask = mask.to(device)
+    q = torch.randn(2, 2, 5, 16, generator=g).to(device)
+    k, v = (torch.randn(2, 2, 9, 16, generator=g).to(device) for _ in range(2))
+    dy = torch.randn(2, 2, 5, 9, generator=g).to(device)
+    do = torch.randn(2, 2, 5, 16, generator=g).to(device)
     spec = prepare_mask(mask, (2, 2, 5, 9), scores.device)
 
     x = scores.clone().requires_grad_(True)
@@ -425,3 +429,74 @@ def test_mask_function_with_a_traced_cache_position_never_guards_on_it():
         assert torch.equal(got, want)
         assert torch.equal(got[:, 0, 0], pad & (torch.arange(10) <= pos))  # key j seen iff j <= pos and not padding
     assert counter.frame_count == 1
+
+
+def _refuse(*args, **kwargs):
+    raise AssertionError("a kernel launcher was called")
+
+
+@pytest.mark.parametrize("form", FORMS)
+def test_operators_on_cpu_without_the_interpreter_run_the_reference(monkeypatch, form):
+    # Kernels defined without TRITON_INTERPRET cannot take CPU tensors (on a GPU machine they fail at launch), so the
+    # operators themselves, called directly, run the reference on CPU tensors: values, lse and gradients against fp64.
+    from hf_masked_softmax.reference import attention_lse_reference, attention_reference, masked_softmax_reference
+    from tolerances import assert_close
+
+    launch = importlib.import_module("hf_masked_softmax._launch")
+    ms_mod = importlib.import_module("hf_masked_softmax.masked_softmax")
+    attn_mod = importlib.import_module("hf_masked_softmax.attention")
+    monkeypatch.setattr(launch, "INTERPRETED", False)
+    for mod in (ms_mod, attn_mod):
+        monkeypatch.setattr(mod, "_forward", _refuse)
+        monkeypatch.setattr(mod, "_backward", _refuse)
+    B, H, Hkv, Q, K, D = 2, 4, 2, 5, 11, 16
+    g = torch.Generator().manual_seed(5)
+    mask = _mask(form, B, H, Q, K, "cpu")
+    spec = prepare_mask(mask, (B, H, Q, K), torch.device("cpu"))
+    scores = torch.randn(B, H, Q, K, generator=g, requires_grad=True)
+    dy = torch.randn(B, H, Q, K, generator=g)
+    y = ops.masked_softmax_op(scores, mask, spec.kind, spec.threshold, True, 0.5, 8192, 2048)
+    (ds,) = torch.autograd.grad(y, scores, dy)
+    s64 = scores.detach().double().requires_grad_(True)
+    y64 = masked_softmax_reference(s64, mask, causal=True, scale=0.5, compute_dtype=torch.float64)
+    (ds64,) = torch.autograd.grad(y64, s64, dy.double())
+    assert_close(y, y64)
+    assert_close(ds, ds64, scale=4)
+
+    q = torch.randn(B, H, Q, D, generator=g, requires_grad=True)
+    k, v = (torch.randn(B, Hkv, K, D, generator=g, requires_grad=True) for _ in range(2))
+    do = torch.randn(B, H, Q, D, generator=g)
+    out, lse = ops.attention_op(q, k, v, mask, spec.kind, spec.threshold, True, 0.3)
+    assert out.shape == (B, H, Q, D) and out.transpose(1, 2).is_contiguous()  # the kernel's layout
+    grads = torch.autograd.grad(out, (q, k, v), do)
+    leaves = [t.detach().double().requires_grad_(True) for t in (q, k, v)]
+    out64 = attention_reference(*leaves, mask, causal=True, scale=0.3, compute_dtype=torch.float64)
+    assert_close(out, out64, scale=4)
+    for got, want in zip(grads, torch.autograd.grad(out64, leaves, do.double())):
+        assert_close(got, want, scale=8)
+    lse64 = attention_lse_reference(q.double(), k.double(), mask, causal=True, scale=0.3,
+                                    compute_dtype=torch.float64)
+    assert_close(lse, lse64)
+    # the public functions take the same reference path (and masked_softmax ignores TRITON_INTERPRET set after import)
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    with torch.no_grad():
+        assert torch.equal(masked_softmax(scores, mask, causal=True, scale=0.5), y)
+        assert torch.equal(attention(q, k, v, mask, causal=True, scale=0.3), out)
+
+
+def test_reference_lse_means_what_the_kernel_saves(device):
+    # the CPU operator's lse is the kernel's: base-2 log-sum-exp of the kept scaled scores, -inf for empty rows
+    from hf_masked_softmax.reference import attention_lse_reference
+
+    g = torch.Generator().manual_seed(6)
+    q = torch.randn(2, 2, 6, 16, generator=g).to(device)
+    k = torch.randn(2, 1, 9, 16, generator=g).to(device)
+    v = torch.randn(2, 1, 9, 16, generator=g).to(device)
+    mask = torch.ones(2, 9, dtype=torch.bool)
+    mask[0, :7] = False  # with causality the first queries of sequence 0 see nothing
+    mask = mask.to(device)
+    spec = prepare_mask(mask, (2, 2, 6, 9), q.device)
+    _, lse = ops.attention_op(q, k, v, mask, spec.kind, spec.threshold, True, 0.25)
+    want = attention_lse_reference(q.double(), k.double(), mask, causal=True, scale=0.25, compute_dtype=torch.float64)
+    assert torch.isneginf(want[0, :, 0]).all()
+    torch.testing.assert_close(lse.double(), want, atol=1e-5, rtol=1e-5)
