@@ -1,5 +1,5 @@
-"""evals/tune_attention.py --variants on CPU (kernels in the interpreter, tiny shapes, timing stubbed): every variant
-runs, each is recorded under its label, the kernels' outputs do not depend on the variant beyond rounding, and the
+"""evals/tune_attention.py --variants on tiny shapes with the timing stubbed (on the kernels' device: the interpreter on
+CPU, or CUDA): every variant runs, each is recorded under its label, the kernels' outputs do not depend on the variant beyond rounding, and the
 module's switches are restored afterwards, also when a timing fails."""
 import importlib
 import json
@@ -24,13 +24,16 @@ TINY = {
 }
 
 
-def _cpu_inputs(name, D, dtype, seed=0):
-    return bench_attention.make_inputs(name, D, dtype, seed, device="cpu")
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"  # where the kernels run (conftest: the interpreter on CPU)
+
+
+def _tiny_inputs(name, D, dtype, seed=0):
+    return bench_attention.make_inputs(name, D, dtype, seed, device=DEVICE)
 
 
 @pytest.fixture
 def stubbed(monkeypatch):
-    """Tiny CPU shapes; graph_ms runs the callable once, keeps the forward launcher's output and returns 0.5 ms."""
+    """Tiny shapes; graph_ms runs the callable once, keeps the forward launcher's output and returns 0.5 ms."""
     outputs = []
 
     def fake_graph_ms(fn):
@@ -39,7 +42,7 @@ def stubbed(monkeypatch):
             outputs.append(out[0].detach().double().clone())
         return 0.5
 
-    monkeypatch.setattr(tune_attention, "make_inputs", _cpu_inputs)
+    monkeypatch.setattr(tune_attention, "make_inputs", _tiny_inputs)
     monkeypatch.setattr(tune_attention, "graph_ms", fake_graph_ms)
     monkeypatch.setattr(tune_attention.torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(tune_attention.benchutil, "environment", lambda: {"gpu": "stub"})
@@ -99,7 +102,7 @@ def test_length_sweep_rows_and_fit(stubbed, monkeypatch, tmp_path):
     assert [v for v, _ in labels[4:]] == ["own lengths", "sdpa default, no mask"]
     summary = payload["summaries"][0]
     assert summary["per_key_ms"] > 0 and summary["fixed_ms"] < 0.11  # 8, 16, 24, 33 keys: nearly the 0.1 + i/800 line
-    inp = _cpu_inputs("bert", 64, torch.float16)
+    inp = _tiny_inputs("bert", 64, torch.float16)
     keep = torch.zeros(inp["B"], inp["K"], dtype=torch.bool)
     keep[:, :8] = True
     ref = attention_reference(inp["q"].double(), inp["k"].double(), inp["v"].double(), keep)
