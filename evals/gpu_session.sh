@@ -42,6 +42,7 @@
 #                                       # benchmark, backward settings, Nsight Compute of GPT-2's backward
 #   bash evals/gpu_session.sh suite     # 2026-12-02 (6): every test that is not GPU-marked, on CUDA (CPU tensors there
 #                                       # take the reference path), from test_compile.py on, in four groups
+#   bash evals/gpu_session.sh suite2    # 2026-12-02 (6): the tests fixed after suite, on CUDA; GPT-2 generate rows
 set -uo pipefail
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
 OUT=${OUT:-out}
@@ -251,8 +252,15 @@ case "${1:-}" in
         | grep -E "passed|failed|^FAILED|^ERROR" | cut -c1-200
     done
     ;;
+  suite2)
+    # the tests fixed after stage suite, on CUDA; generate with and without padded prompts (issue 3's setting)
+    timeout 240 python -m pytest -q -m "not gpu" -p no:cacheprovider tests/test_evals.py tests/test_tune_variants.py \
+      tests/test_patch_gpt2.py 2>&1 | tee "$OUT/cuda_suite2.log" | grep -E "passed|failed|^FAILED|^ERROR" | cut -c1-200
+    timeout 240 python evals/speed.py --only "gpt2-small generate" --generate-reps 7 --out "$OUT" --no-plot 2>&1 \
+      | tee "$OUT/speed_generate.log" | tail -14
+    ;;
   *)
-    echo "usage: bash evals/gpu_session.sh tests|kernels|e2e|check|followup|recheck|verify|measure|final|stream|last|tune|host|fast|fastcheck|closing|fold|fold2|fold3|e2e3|bert4|bert5|check4|lengths|ncu|bwd|suite" >&2
+    echo "usage: bash evals/gpu_session.sh tests|kernels|e2e|check|followup|recheck|verify|measure|final|stream|last|tune|host|fast|fastcheck|closing|fold|fold2|fold3|e2e3|bert4|bert5|check4|lengths|ncu|bwd|suite|suite2" >&2
     exit 2
     ;;
 esac

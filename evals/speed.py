@@ -2,7 +2,8 @@
 
 Settings (weights random, they do not matter for speed; configs of GPT-2 small / medium, BERT-base and SmolLM2-135M):
   gpt2-small forward B8 x T1024, right padding with key lengths uniform in [512, 1024]; and without padding
-  gpt2-small generate B8, 128-token left-padded prompts (lengths uniform in [64, 128]) + 64 new tokens, greedy
+  gpt2-small generate B8, 128-token left-padded prompts (lengths uniform in [64, 128]) + 64 new tokens, greedy; and
+    with 128-token prompts without padding (issue 3's setting)
   gpt2-medium forward B8 x T1024 padded as above; generate as above
   bert-base encode B32 x T512: key lengths uniform in [256, 512]; ~59% fill (lengths uniform in [90, 512]); no padding
   llama-135m (Llama architecture at SmolLM2-135M's size: 30 layers, 9 query / 3 key-value heads, grouped-query
@@ -83,6 +84,7 @@ def settings(tiny: bool, skip_medium: bool):
         ("gpt2-small fwd pad", "gpt2", "forward", 8, 1024, (512, 1024), "right", 0),
         ("gpt2-small fwd nopad", "gpt2", "forward", 8, 1024, None, "right", 0),
         ("gpt2-small generate", "gpt2", "generate", 8, 128, (64, 128), "left", 64),
+        ("gpt2-small generate nopad", "gpt2", "generate", 8, 128, None, "left", 64),  # issue 3's anchor setting
         ("bert-base enc [256,512]", "bert-base", "encode", 32, 512, (256, 512), "right", 0),
         ("bert-base enc 59%", "bert-base", "encode", 32, 512, (90, 512), "right", 0),
         ("bert-base enc nopad", "bert-base", "encode", 32, 512, None, "right", 0),
