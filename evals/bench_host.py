@@ -7,8 +7,9 @@ work, while the Python and launch code around it takes far longer. This script m
    never holds the host back: these are host costs), for the decode-step shape of speed.py's GPT-2 generate row
    (q [8, 12, 1, 64], k/v [8, 12, 192, 64], a left-padded [8, 192] mask): an empty Triton kernel with one and with
    forty arguments, ``torch.empty``, SDPA with the mask, ``hf_masked_softmax.attention`` and ``masked_softmax``
-   with and without the mask, and the launcher alone.
-2. ``cProfile`` of one short GPT-2 ``generate()`` per implementation (sdpa, softmax, fused): the top functions by
+   with and without the mask, and the launcher alone; one GPT-2 layer's whole attention call in HF eager and in each
+   patch mode.
+2. ``cProfile`` of one short GPT-2 ``generate()`` per implementation (eager, sdpa, softmax, fused): the top functions by
    own time are written to ``OUT/generate_profile_<impl>.txt``.
 
     python evals/bench_host.py [--out DIR] [--no-profile]
@@ -101,10 +102,24 @@ def micro(dev: str) -> list[dict]:
         out["masked_softmax, no mask"] = us_per_call(lambda: hms.masked_softmax(scores, causal=True, scale=0.125))
         out["hf eager recipe (add, softmax fp32, cast)"] = us_per_call(
             lambda: torch.softmax(scores.float() + torch.where(bool4d, 0.0, -1e4), -1).half())
+        # one GPT-2 layer's whole attention call as the model makes it, output reshaped as GPT2Attention does
+        from transformers.models.gpt2.modeling_gpt2 import eager_attention_forward
+
+        from hf_masked_softmax import hf
+
+        additive = torch.where(bool4d, 0.0, torch.finfo(torch.float16).min).to(torch.float16)
+        for mode in ("softmax", "fused"):
+            module = torch.nn.Module().eval()
+            module.is_causal = True
+            setattr(module, hf.MODE_ATTR, mode)
+            out[f"GPT-2 layer attention, patched {mode}"] = us_per_call(
+                lambda: hf.attention_forward(module, q, k, v, pad, scaling=0.125)[0].reshape(B, 1, -1).contiguous())
+        out["GPT-2 layer attention, HF eager"] = us_per_call(
+            lambda: eager_attention_forward(module, q, k, v, additive, scaling=0.125)[0].reshape(B, 1, -1).contiguous())
     return [{"what": w, "us_per_call": u} for w, u in out.items()]
 
 
-def profile_generate(out_dir, dev, tiny=False, impls=("sdpa", "softmax", "fused"), new_tokens=16) -> list[dict]:
+def profile_generate(out_dir, dev, tiny=False, impls=("eager", "sdpa", "softmax", "fused"), new_tokens=16) -> list[dict]:
     import speed
 
     model = speed.build("gpt2-tiny" if tiny else "gpt2", torch.float16 if dev == "cuda" else torch.float32, dev)
