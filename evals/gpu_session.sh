@@ -43,6 +43,8 @@
 #   bash evals/gpu_session.sh suite     # 2026-12-02 (6): every test that is not GPU-marked, on CUDA (CPU tensors there
 #                                       # take the reference path), from test_compile.py on, in four groups
 #   bash evals/gpu_session.sh suite2    # 2026-12-02 (6): the tests fixed after suite, on CUDA; GPT-2 generate rows
+#   bash evals/gpu_session.sh final6    # 2026-12-02 (6): the last fixes' tests on CUDA, GPU tests of the kernels and
+#                                       # of compile, host cost per call
 set -uo pipefail
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
 OUT=${OUT:-out}
@@ -259,8 +261,17 @@ case "${1:-}" in
     timeout 240 python evals/speed.py --only "gpt2-small generate" --generate-reps 7 --out "$OUT" --no-plot 2>&1 \
       | tee "$OUT/speed_generate.log" | tail -14
     ;;
+  final6)
+    # the last fixes on CUDA (variants tests, operators), the GPU tests of the kernels and of compile, host costs
+    timeout 200 python -m pytest -q -m "not gpu" -p no:cacheprovider tests/test_tune_variants.py tests/test_compile.py \
+      2>&1 | tee "$OUT/cuda_suite3.log" | grep -E "passed|failed|^FAILED|^ERROR" | cut -c1-200
+    timeout 200 python -m pytest -q -m gpu -k "not 2_pow_31" -p no:cacheprovider tests/test_compile.py \
+      tests/test_attention.py tests/test_masked_softmax.py tests/test_launch.py 2>&1 | tee "$OUT/gpu_tests6.log" \
+      | grep -E "passed|failed|^FAILED|^ERROR" | cut -c1-200
+    timeout 90 python evals/bench_host.py --no-profile --out "$OUT" 2>&1 | grep -v -i warn
+    ;;
   *)
-    echo "usage: bash evals/gpu_session.sh tests|kernels|e2e|check|followup|recheck|verify|measure|final|stream|last|tune|host|fast|fastcheck|closing|fold|fold2|fold3|e2e3|bert4|bert5|check4|lengths|ncu|bwd|suite|suite2" >&2
+    echo "usage: bash evals/gpu_session.sh tests|kernels|e2e|check|followup|recheck|verify|measure|final|stream|last|tune|host|fast|fastcheck|closing|fold|fold2|fold3|e2e3|bert4|bert5|check4|lengths|ncu|bwd|suite|suite2|final6" >&2
     exit 2
     ;;
 esac
