@@ -26,10 +26,9 @@ import os
 import torch
 import triton
 
-_INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 # Whether the kernels were defined under Triton's interpreter: decided once, at import, because setting
 # TRITON_INTERPRET later changes nothing for kernels already defined (they would still need a GPU).
-INTERPRETED = _INTERPRET
+INTERPRETED = os.environ.get("TRITON_INTERPRET", "0") == "1"
 _CHECKED_VERSIONS = ("3.4", "3.5", "3.6")  # launch path read in each; run on a GPU: 3.6
 _MAX_ENTRIES = 256  # per kernel: a bound in case something varies that should not (cleared when reached)
 
@@ -49,7 +48,7 @@ def _enabled() -> bool:
     return torch.version.hip is None and ".".join(triton.__version__.split(".")[:2]) in _CHECKED_VERSIONS
 
 
-ENABLED = not _INTERPRET and _enabled()
+ENABLED = not INTERPRETED and _enabled()
 
 
 class FastLaunch:

@@ -50,10 +50,9 @@ import torch
 import triton
 import triton.language as tl
 
-from ._launch import INTERPRETED, fast_launch
+from ._launch import INTERPRETED as _INTERPRET  # the interpreter gets small blocks: it runs every program in Python
+from ._launch import fast_launch
 
-
-_INTERPRET = INTERPRETED  # block sizes for the interpreter (small: it runs every program in Python)
 _LOG2E = 1.4426950408889634
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 

@@ -74,14 +74,12 @@ def masked_softmax_backward_reference(
     return (scale * y32 * (dy32 - (dy32 * y32).sum(dim=-1, keepdim=True))).to(y.dtype)
 
 
-def _repeat_kv(q, k, v):
-    H, Hkv = q.shape[1], k.shape[1]
-    if H % Hkv:
-        raise ValueError(f"query heads ({H}) must be a multiple of key/value heads ({Hkv})")
-    if Hkv != H:
-        k = k.repeat_interleave(H // Hkv, dim=1)
-        v = v.repeat_interleave(H // Hkv, dim=1)
-    return k, v
+def _repeat_heads(heads: int, *kv: torch.Tensor):
+    """Grouped-query attention: each key/value head repeated for the ``heads // Hkv`` query heads it serves."""
+    Hkv = kv[0].shape[1]
+    if heads % Hkv:
+        raise ValueError(f"query heads ({heads}) must be a multiple of key/value heads ({Hkv})")
+    return tuple(t.repeat_interleave(heads // Hkv, dim=1) if Hkv != heads else t for t in kv)
 
 
 def attention_lse_reference(
@@ -96,7 +94,7 @@ def attention_lse_reference(
     """Base-2 log-sum-exp ``log2(sum_kept 2^(log2(e) * x))`` of each row of the masked logits ``x`` of
     ``attention_reference``, ``[B, H, Q]`` in ``compute_dtype``: what the fused kernel saves for its backward (in fp32);
     ``-inf`` for a row with nothing kept."""
-    k, _ = _repeat_kv(q, k, k)
+    (k,) = _repeat_heads(q.shape[1], k)
     s = torch.matmul(q.to(compute_dtype), k.to(compute_dtype).transpose(-1, -2))
     x, keep = _masked_logits(s, attention_mask, causal, scale, compute_dtype)
     return torch.logsumexp(x.masked_fill(~keep, float("-inf")), dim=-1) * _LOG2E
@@ -120,7 +118,7 @@ def attention_reference(
     probabilities to the inputs' dtype for the tensor cores); the scores and the accumulation stay in
     ``compute_dtype``.
     """
-    k, v = _repeat_kv(q, k, v)
+    k, v = _repeat_heads(q.shape[1], k, v)
     if scale is None:
         scale = q.shape[-1] ** -0.5
     s = torch.matmul(q.to(compute_dtype), k.to(compute_dtype).transpose(-1, -2))
@@ -149,7 +147,7 @@ def attention_backward_reference(
     """
     B, H, Q, D = q.shape
     Hkv = k.shape[1]
-    ke, ve = _repeat_kv(q, k, v)
+    ke, ve = _repeat_heads(H, k, v)
     if scale is None:
         scale = D ** -0.5
     q32, k32, v32, do32 = (t.to(compute_dtype) for t in (q, ke, ve, do))
