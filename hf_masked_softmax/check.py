@@ -8,7 +8,9 @@ the timed calls. Prints a short report; exit status 0 when every check passes, 1
 Without CUDA: runs small checks of the real kernels in Triton's CPU interpreter (it re-runs itself with
 ``TRITON_INTERPRET=1`` when that is not set) and says so; there is no benchmark.
 
-Options: ``--quick`` (fewer cases), ``--no-bench``, ``--json PATH`` (write the results).
+Options: ``--quick`` (fewer cases), ``--no-bench``, ``--json PATH`` (write the results), ``--fuzz N`` (also N random
+cases: realistic sizes on CUDA, every head dim from 1 to 256, GQA, decode splits, each mask form, strided and
+broadcast layouts, NaN inputs; ``--seed S``; ``--fuzz-case I`` reruns one of them).
 """
 from __future__ import annotations
 
@@ -129,6 +131,222 @@ def check_attention(device, quick, report):
                 report("attention", f"{B}x{H}/{Hkv}x{Q}x{K}x{D}", dtype, form, worst, True)
 
 
+# ----------------------------------------------------------------------------------------------------------------------
+# Random cases (--fuzz): realistic sizes on CUDA, tiny ones in the interpreter
+# ----------------------------------------------------------------------------------------------------------------------
+FUZZ_MASKS = ("none", "pad-left", "pad-right", "pad-holes", "pad-int", "pad-empty", "bool4d", "add4d")
+FUZZ_LAYOUTS = ("contiguous", "bthd", "sliced", "broadcast")
+
+
+def _fuzz_mask(rng, form, B, H, Q, K, device):
+    """A mask of ``form`` for ``[B, H, Q, K]`` scores, built on the CPU from ``rng`` (a ``torch.Generator``)."""
+    if form == "none":
+        return None
+    if form.startswith("pad"):
+        lengths = torch.randint(0, K + 1, (B,), generator=rng)
+        cols = torch.arange(K)[None, :]
+        if form == "pad-holes":
+            m = torch.rand(B, K, generator=rng) < 0.7
+        elif form == "pad-left" or (form == "pad-int" and B % 2):
+            m = cols >= K - lengths[:, None]
+        else:
+            m = cols < lengths[:, None]
+        if form == "pad-empty":
+            m[int(torch.randint(0, B, (1,), generator=rng))] = False  # a sequence with nothing to attend to
+        return (m.to(torch.int64) if form == "pad-int" else m).to(device)
+    # 4D: broadcast over a random subset of (B, H, Q)
+    shape = tuple(n if bool(torch.rand(1, generator=rng) < 0.5) else 1 for n in (B, H, Q)) + (K,)
+    if form == "bool4d":
+        return (torch.rand(shape, generator=rng) < 0.75).to(device)
+    dtype = (torch.float32, torch.float16, torch.bfloat16, torch.float64)[int(torch.randint(0, 4, (1,), generator=rng))]
+    add = torch.randn(shape, generator=rng).to(dtype)
+    fill = torch.rand(shape, generator=rng)
+    add[fill < 0.2] = torch.finfo(dtype).min  # HF's fill value
+    add[fill > 0.95] = float("-inf")
+    return add.to(device)
+
+
+def _pick(rng, options):
+    return options[int(torch.randint(0, len(options), (1,), generator=rng))]
+
+
+def _fuzz_attention_case(rng, cuda):
+    """Sizes and choices of one random ``attention`` case."""
+    regime = _pick(rng, ("prefill", "cross", "decode", "split"))
+    if cuda:
+        D = _pick(rng, (1, 8, 16, 32, 40, 64, 80, 96, 128, 160, 256))
+        B, Hkv, group = int(torch.randint(1, 5, (1,), generator=rng)), _pick(rng, (1, 2, 4)), _pick(rng, (1, 2, 3))
+        big = 1500
+    else:
+        D = _pick(rng, (4, 16, 24))
+        B, Hkv, group = int(torch.randint(1, 3, (1,), generator=rng)), _pick(rng, (1, 2)), _pick(rng, (1, 2))
+        big = 40
+    if regime == "prefill":
+        Q = K = int(torch.randint(1, big + 1, (1,), generator=rng))
+    elif regime == "cross":
+        Q, K = (int(x) for x in torch.randint(1, big + 1, (2,), generator=rng))
+    elif regime == "decode":
+        Q, K = int(torch.randint(1, 17, (1,), generator=rng)), int(torch.randint(1, 3 * big, (1,), generator=rng))
+    else:  # few programs and long rows: the decode path splits each row's keys across programs
+        B, Hkv, group, Q = 1, 1, _pick(rng, (1, 2)), _pick(rng, (1, 2))
+        K = int(torch.randint(2 * big // 3, 4 * big, (1,), generator=rng))
+    return dict(regime=regime, B=B, H=Hkv * group, Hkv=Hkv, Q=Q, K=K, D=D,
+                dtype=_pick(rng, (torch.float16, torch.bfloat16, torch.float32)),
+                mask=_pick(rng, FUZZ_MASKS), causal=bool(torch.rand(1, generator=rng) < 0.5),
+                scale=_pick(rng, (None, None, None, 1.0, 0.3, -0.5, 0.0, 3.0)), layout=_pick(rng, FUZZ_LAYOUTS),
+                grad=bool(torch.rand(1, generator=rng) < 0.4), nan=bool(torch.rand(1, generator=rng) < 0.05))
+
+
+def _fuzz_softmax_case(rng, cuda):
+    """Sizes and choices of one random ``masked_softmax`` case (long rows take the looped kernels)."""
+    if cuda:
+        K = _pick(rng, (int(torch.randint(1, 2049, (1,), generator=rng)), int(torch.randint(2049, 70000, (1,),
+                                                                                             generator=rng))))
+        rows = max(1, 2_000_000 // K)
+    else:
+        K, rows = int(torch.randint(1, 60, (1,), generator=rng)), 24
+    B, H = int(torch.randint(1, 4, (1,), generator=rng)), int(torch.randint(1, 5, (1,), generator=rng))
+    Q = int(torch.randint(1, max(2, min(rows // (B * H), 300)) + 1, (1,), generator=rng))
+    return dict(B=B, H=H, Q=Q, K=K, dtype=_pick(rng, (torch.float16, torch.bfloat16, torch.float32)),
+                mask=_pick(rng, FUZZ_MASKS), causal=bool(torch.rand(1, generator=rng) < 0.5),
+                scale=_pick(rng, (1.0, 0.125, 0.7, -0.5, 0.0, 4.0)),
+                layout=_pick(rng, ("contiguous", "transposed", "sliced", "broadcast")),
+                grad=bool(torch.rand(1, generator=rng) < 0.4), nan=bool(torch.rand(1, generator=rng) < 0.05))
+
+
+def _nan_aware_violation(out, ref, dtype, widen):
+    """``_max_violation`` where the reference may hold NaN: NaN must appear exactly where the reference has it."""
+    out, ref = out.detach().double(), ref.detach().double()
+    if not torch.equal(torch.isnan(out), torch.isnan(ref)):
+        return float("inf")
+    keep = ~torch.isnan(ref)
+    return _max_violation(out[keep], ref[keep], dtype, widen)
+
+
+def _leaf(shape, rng, device, dtype, layout):
+    """A tensor of ``shape`` ``[B, H, T, D]`` in the given memory layout (and the leaf that gets its gradient)."""
+    B, H, T, D = shape
+    if layout == "bthd":  # HF's projections: [B, T, H, D] seen as [B, H, T, D]
+        leaf = torch.randn(B, T, H, D, generator=rng).to(device, dtype).requires_grad_(True)
+        return leaf, lambda t: t.transpose(1, 2)
+    if layout == "sliced":  # heads cut out of a wider last dimension, every other head
+        leaf = torch.randn(B, 2 * H, T, 2 * D, generator=rng).to(device, dtype).requires_grad_(True)
+        return leaf, lambda t: t[:, ::2, :, D:]
+    if layout == "broadcast":  # one batch row shared by the batch (stride 0)
+        leaf = torch.randn(1, H, T, D, generator=rng).to(device, dtype).requires_grad_(True)
+        return leaf, lambda t: t.expand(B, H, T, D)
+    leaf = torch.randn(B, H, T, D, generator=rng).to(device, dtype).requires_grad_(True)
+    return leaf, lambda t: t
+
+
+def _fuzz_attention(case, rng, device):
+    from . import attention
+    from .reference import attention_reference
+
+    B, H, Hkv, Q, K, D, dtype = (case[n] for n in ("B", "H", "Hkv", "Q", "K", "D", "dtype"))
+    leaves, views = zip(*(_leaf(s, rng, device, dtype, case["layout"]) for s in
+                          ((B, H, Q, D), (B, Hkv, K, D), (B, Hkv, K, D))))
+    if case["nan"]:
+        with torch.no_grad():
+            leaves[0].view(-1)[int(torch.randint(0, leaves[0].numel(), (1,), generator=rng))] = float("nan")
+    mask = _fuzz_mask(rng, case["mask"], B, H, Q, K, device)
+    q, k, v = (f(t) for f, t in zip(views, leaves))
+    grad = case["grad"] and not case["nan"] and _plain_scale(case["scale"], D ** -0.5)
+    with torch.set_grad_enabled(grad):
+        out = attention(q, k, v, mask, causal=case["causal"], scale=case["scale"])
+    ref_leaves = [t.detach().double().requires_grad_(grad) for t in leaves]
+    ref = attention_reference(*(f(t) for f, t in zip(views, ref_leaves)), mask, causal=case["causal"],
+                              scale=case["scale"], compute_dtype=torch.float64)
+    worst = _nan_aware_violation(out, ref, dtype, WIDEN["attention"])
+    if out.shape != q.shape or out.dtype != dtype:
+        worst = float("inf")
+    if grad:
+        do = torch.randn(out.shape, generator=rng).to(device, dtype)
+        grads = torch.autograd.grad(out, leaves, do)
+        ref_grads = torch.autograd.grad(ref, ref_leaves, do.double())
+        terms = B if case["layout"] == "broadcast" else 1  # a shared batch row sums B rows' gradients
+        for a, b in zip(grads, ref_grads):
+            worst = max(worst, _max_violation(a, b, dtype, WIDEN["attention_grad"] * terms))
+    return worst, True
+
+
+def _fuzz_softmax(case, rng, device):
+    from . import masked_softmax
+    from .reference import masked_softmax_reference
+
+    B, H, Q, K, dtype, layout = (case[n] for n in ("B", "H", "Q", "K", "dtype", "layout"))
+    if layout == "transposed":  # K-major storage, as after a matmul with swapped operands
+        leaf, view = torch.randn(B, H, K, Q, generator=rng), lambda t: t.transpose(2, 3)
+    elif layout == "sliced":
+        leaf, view = torch.randn(B, H, Q + 1, 2 * K, generator=rng), lambda t: t[:, :, 1:, 1::2]
+    elif layout == "broadcast":
+        leaf, view = torch.randn(B, 1, Q, K, generator=rng), lambda t: t.expand(B, H, Q, K)
+    else:
+        leaf, view = torch.randn(B, H, Q, K, generator=rng), lambda t: t
+    leaf = (leaf * 3).to(device, dtype).requires_grad_(True)
+    if case["nan"]:
+        with torch.no_grad():
+            leaf.view(-1)[int(torch.randint(0, leaf.numel(), (1,), generator=rng))] = float("nan")
+    mask = _fuzz_mask(rng, case["mask"], B, H, Q, K, device)
+    grad = case["grad"] and not case["nan"] and _plain_scale(case["scale"], 1.0)
+    with torch.set_grad_enabled(grad):
+        y = masked_softmax(view(leaf), mask, causal=case["causal"], scale=case["scale"])
+    ref_leaf = leaf.detach().double().requires_grad_(grad)
+    ref = masked_softmax_reference(view(ref_leaf), mask, causal=case["causal"], scale=case["scale"],
+                                   compute_dtype=torch.float64, out_dtype=torch.float64)
+    worst = _nan_aware_violation(y, ref, dtype, WIDEN["softmax"])
+    if y.shape != (B, H, Q, K) or y.dtype != dtype or not y.is_contiguous():
+        worst = float("inf")
+    zeros_exact = bool(torch.all(y[ref == 0] == 0))
+    if grad:
+        dy = torch.randn(y.shape, generator=rng).to(device, dtype)
+        (ds,) = torch.autograd.grad(y, leaf, dy)
+        (ref_ds,) = torch.autograd.grad(ref, ref_leaf, dy.double())
+        terms = H if layout == "broadcast" else 1  # a shared head row sums H rows' gradients
+        worst = max(worst, _max_violation(ds, ref_ds, dtype, WIDEN["softmax_grad"] * terms))
+    return worst, zeros_exact
+
+
+def _plain_scale(scale, default):
+    """Whether gradients are checked at this scale: up to the default one. Larger scales sharpen the softmax, and
+    the backward's ``rowsum(dO * O)`` from the output rounded to the input dtype (as in every FlashAttention-style
+    backward) then costs more than the table's widening allows; their forward is still checked."""
+    return scale is None or abs(scale) <= default
+
+
+def _describe(case):
+    sizes = "x".join(str(case[n]) for n in ("B", "H", "Q", "K"))
+    if "D" in case:
+        sizes = f"{case['B']}x{case['H']}/{case['Hkv']}x{case['Q']}x{case['K']}x{case['D']} {case['regime']}"
+    flags = [case["layout"], f"scale={case['scale']}"] + [n for n in ("causal", "grad", "nan") if case[n]]
+    return sizes, " ".join(flags)
+
+
+def fuzz(device, n, seed, report, only=None):
+    """``n`` random cases, alternating ``attention`` and ``masked_softmax``; case ``i`` draws everything from the
+    generator seeded with ``seed * 1_000_003 + i``, so ``--fuzz-case i`` reruns exactly that case."""
+    from tqdm import tqdm
+
+    cuda = device == "cuda"
+    indices = [only] if only is not None else range(n)
+    for i in tqdm(indices, desc="random cases", unit="case", disable=only is not None, leave=False):
+        rng = torch.Generator().manual_seed(seed * 1_000_003 + i)
+        if i % 2 == 0:
+            kernel, case = "attention", _fuzz_attention_case(rng, cuda)
+            run = _fuzz_attention
+        else:
+            kernel, case = "masked_softmax", _fuzz_softmax_case(rng, cuda)
+            run = _fuzz_softmax
+        try:
+            worst, zeros_exact = run(case, rng, device)
+            error = None
+        except Exception as exc:  # noqa: BLE001 - a valid input that raises is a failure to report, not a crash
+            worst, zeros_exact, error = float("inf"), False, f"{type(exc).__name__}: {str(exc)[:200]}"
+        sizes, flags = _describe(case)
+        report(f"{kernel} #{i}", sizes, case["dtype"], case["mask"], worst, zeros_exact, detail=flags, error=error,
+               quiet=True)
+
+
 def benchmark(quick):
     """Median ms of ours vs PyTorch on a GPT-2-like layer (fp16, left padding, causal)."""
     import triton
@@ -171,7 +389,14 @@ def main(argv=None) -> int:
     parser.add_argument("--quick", action="store_true", help="fewer correctness cases and one benchmark shape")
     parser.add_argument("--no-bench", action="store_true", help="skip the micro-benchmark")
     parser.add_argument("--json", help="write the results to this JSON file")
+    parser.add_argument("--fuzz", type=int, default=0, metavar="N",
+                        help="also run N random cases (sizes, layouts, masks, dtypes, GQA, decode splits, NaN)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the random cases (default 0)")
+    parser.add_argument("--fuzz-case", type=int, default=None, metavar="I",
+                        help="run only random case I of --seed (as listed by a --fuzz run)")
     args = parser.parse_args(argv)
+    if args.fuzz < 0 or (args.fuzz_case is not None and args.fuzz_case < 0):
+        parser.error("--fuzz and --fuzz-case take non-negative integers")
 
     cuda = torch.cuda.is_available()
     if not cuda and os.environ.get("TRITON_INTERPRET", "0") in ("", "0"):
@@ -194,20 +419,35 @@ def main(argv=None) -> int:
 
     results = []
 
-    def report(kernel, shape, dtype, form, violation, zeros_exact):
+    def report(kernel, shape, dtype, form, violation, zeros_exact, detail="", error=None, quiet=False):
         ok = violation <= 1.0 and zeros_exact
         results.append(dict(kernel=kernel, shape=shape, dtype=str(dtype).replace("torch.", ""), mask=form,
                             error_over_tolerance=violation, masked_exact_zero=zeros_exact, ok=ok))
+        if detail:
+            results[-1]["case"] = detail
+        if error:
+            results[-1]["error"] = error
+        if quiet and ok:  # random cases: failures only (the summary counts the rest)
+            return
+        note = error or ("" if zeros_exact else "masked entries not exactly 0")
         print(f"  {'PASS' if ok else 'FAIL'}  {kernel:<15} {shape:<22} {results[-1]['dtype']:<9} {form:<7} "
-              f"error/tolerance {violation:6.3f}{'' if zeros_exact else '  masked entries not exactly 0'}",
+              f"error/tolerance {violation:6.3f}{f'  {detail}' if detail else ''}{f'  {note}' if note else ''}",
               flush=True)
 
     t0 = time.perf_counter()
     print("Correctness against an fp64 reference (forward and backward; 'error/tolerance' <= 1 passes):")
-    check_masked_softmax(device, args.quick, report)
-    check_attention(device, args.quick, report)
+    if args.fuzz_case is None:
+        check_masked_softmax(device, args.quick, report)
+        check_attention(device, args.quick, report)
+    if args.fuzz or args.fuzz_case is not None:
+        what = f"case {args.fuzz_case}" if args.fuzz_case is not None else f"{args.fuzz} cases"
+        print(f"Random cases (seed {args.seed}, {what}; failures printed, rerun one with --fuzz-case I):")
+        before = len(results)
+        fuzz(device, args.fuzz, args.seed, report, only=args.fuzz_case)
+        fuzz_failed = sum(not r["ok"] for r in results[before:])
+        print(f"  {len(results) - before - fuzz_failed}/{len(results) - before} random cases passed", flush=True)
     bench = []
-    if cuda and not args.no_bench:
+    if cuda and not args.no_bench and args.fuzz_case is None:
         print("Micro-benchmark, fp16, left padding + causal (median of triton.testing.do_bench):")
         bench = benchmark(args.quick)
     failed = [r for r in results if not r["ok"]]
