@@ -34,3 +34,53 @@ def test_check_reports_a_broken_kernel(monkeypatch, capsys):
     monkeypatch.setattr(check, "check_attention", lambda *a: None)
     assert check.main(["--quick", "--no-bench"]) == 1
     assert "FAIL  masked_softmax" in capsys.readouterr().out
+
+
+def _fuzz_rows(path):
+    return [r for r in json.loads(path.read_text())["checks"] if "#" in r["kernel"]]
+
+
+def test_fuzz_runs_random_cases_of_both_kernels(tmp_path, capsys):
+    path = tmp_path / "fuzz.json"
+    assert check.main(["--quick", "--no-bench", "--fuzz", "6", "--seed", "3", "--json", str(path)]) == 0
+    rows = _fuzz_rows(path)
+    assert [r["kernel"] for r in rows] == [f"{'attention' if i % 2 == 0 else 'masked_softmax'} #{i}" for i in range(6)]
+    assert all(r["ok"] and r["case"] and 0 <= r["error_over_tolerance"] <= 1 for r in rows)
+    assert "6/6 random cases passed" in capsys.readouterr().out
+
+
+def test_fuzz_case_reruns_one_case_exactly(tmp_path):
+    full, one = tmp_path / "full.json", tmp_path / "one.json"
+    assert check.main(["--quick", "--no-bench", "--fuzz", "4", "--json", str(full)]) == 0
+    assert check.main(["--no-bench", "--fuzz-case", "3", "--json", str(one)]) == 0
+    (row,) = json.loads(one.read_text())["checks"]  # the fixed checks are skipped
+    assert row == _fuzz_rows(full)[3]
+
+
+def test_fuzz_reports_a_broken_kernel(monkeypatch, capsys):
+    real = hf_masked_softmax.attention
+
+    def off_by_a_bit(q, k, v, mask=None, **kw):
+        return real(q, k, v, mask, **kw) + 0.5  # far outside every tolerance, also where the output is 0
+
+    monkeypatch.setattr(hf_masked_softmax, "attention", off_by_a_bit)
+    assert check.main(["--no-bench", "--fuzz-case", "0"]) == 1
+    assert "FAIL  attention #0" in capsys.readouterr().out
+
+
+def test_fuzz_rejects_negative_counts():
+    for argv in (["--fuzz", "-1"], ["--fuzz-case", "-2"]):
+        try:
+            check.main(argv)
+        except SystemExit as exc:
+            assert exc.code == 2
+        else:
+            raise AssertionError(f"{argv} was accepted")
+
+
+def test_nan_must_appear_exactly_where_the_reference_has_it():
+    ref = torch.tensor([1.0, float("nan"), 0.5], dtype=torch.float64)
+    assert check._nan_aware_violation(ref.clone(), ref, torch.float32, 1.0) == 0.0
+    assert check._nan_aware_violation(torch.tensor([1.0, 0.0, 0.5]), ref, torch.float32, 1.0) == float("inf")
+    assert check._nan_aware_violation(torch.tensor([float("nan"), float("nan"), 0.5]), ref, torch.float32,
+                                      1.0) == float("inf")
