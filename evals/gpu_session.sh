@@ -45,6 +45,9 @@
 #   bash evals/gpu_session.sh suite2    # 2026-12-02 (6): the tests fixed after suite, on CUDA; GPT-2 generate rows
 #   bash evals/gpu_session.sh final6    # 2026-12-02 (6): the last fixes' tests on CUDA, GPU tests of the kernels and
 #                                       # of compile, host cost per call
+#   bash evals/gpu_session.sh plans     # 2026-12-02 (7): launch plans: GPU tests, the plan tests on CUDA, 300 random cases
+#   bash evals/gpu_session.sh hostplans # 2026-12-02 (7): host cost per call with plans and before them (old_tree/, an
+#                                       # untracked copy of the session's first commit), GPT-2 generate rows
 #   bash evals/gpu_session.sh fuzz [N] [S]  # 2026-12-02 (7): the quick self-test and N random cases at real sizes
 #                                       # (default 100) within S seconds (default 420)
 set -uo pipefail
@@ -272,6 +275,30 @@ case "${1:-}" in
       | grep -E "passed|failed|^FAILED|^ERROR" | cut -c1-200
     timeout 90 python evals/bench_host.py --no-profile --out "$OUT" 2>&1 | grep -v -i warn
     ;;
+  plans)
+    timeout 200 python -m pytest -q -m gpu -k "not 2_pow_31" -p no:cacheprovider tests/test_attention.py \
+      tests/test_masked_softmax.py tests/test_launch.py tests/test_compile.py tests/test_no_copies.py 2>&1 \
+      | tee "$OUT/gpu_tests7.log" | grep -E "passed|failed|^FAILED|^ERROR" | cut -c1-200
+    timeout 120 python -m pytest -q -m "not gpu" -p no:cacheprovider tests/test_launch.py tests/test_check.py \
+      "tests/test_attention.py::test_launch_plans_are_reused_per_signature_and_rebuilt_when_a_setting_changes" \
+      "tests/test_attention.py::test_validated_signatures_skip_the_checks_and_nothing_else" \
+      "tests/test_attention.py::test_padding_range_cache_sees_in_place_edits" \
+      "tests/test_masked_softmax.py::test_launch_plans_are_reused_per_signature_and_follow_the_settings" 2>&1 \
+      | tee "$OUT/cuda_plans.log" | grep -E "passed|failed|^FAILED|^ERROR" | cut -c1-200
+    timeout 200 python -u -m hf_masked_softmax.check --quick --no-bench --fuzz 300 --json "$OUT/check_fuzz.json" \
+      > "$OUT/check_fuzz.log" 2>&1
+    tr '\r' '\n' < "$OUT/check_fuzz.log" | grep -v -E "^  PASS|random cases: " | tail -12
+    tr '\r' '\n' < "$OUT/check_fuzz.log" | grep "random cases: " | tail -1
+    ;;
+  hostplans)
+    for round in 1 2; do
+      timeout 60 python evals/bench_host.py --no-profile --out "$OUT/host_new$round" 2>&1 | grep -E "attention|softmax|sdpa"
+      (cd old_tree && PYTHONPATH="$PWD" timeout 60 python evals/bench_host.py --no-profile --out "$OUT/host_old$round" \
+        2>&1 | grep -E "attention|softmax|sdpa")
+    done
+    timeout 300 python evals/speed.py --only "gpt2-small generate" --generate-reps 5 --out "$OUT" --no-plot 2>&1 \
+      | tee "$OUT/speed_generate.log" | tail -14
+    ;;
   fuzz)
     # random cases against the fp64 reference (failures are printed as they come; the JSON holds every case)
     # (each new dtype / head dim / mask form compiles kernels: about 3 s per case on the H200's host; the log is
@@ -282,7 +309,7 @@ case "${1:-}" in
     tr '\r' '\n' < "$OUT/check_fuzz.log" | grep "random cases: " | tail -1
     ;;
   *)
-    echo "usage: bash evals/gpu_session.sh tests|kernels|e2e|check|followup|recheck|verify|measure|final|stream|last|tune|host|fast|fastcheck|closing|fold|fold2|fold3|e2e3|bert4|bert5|check4|lengths|ncu|bwd|suite|suite2|final6|fuzz" >&2
+    echo "usage: bash evals/gpu_session.sh tests|kernels|e2e|check|followup|recheck|verify|measure|final|stream|last|tune|host|fast|fastcheck|closing|fold|fold2|fold3|e2e3|bert4|bert5|check4|lengths|ncu|bwd|suite|suite2|final6|plans|hostplans|fuzz" >&2
     exit 2
     ;;
 esac

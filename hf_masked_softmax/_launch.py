@@ -105,6 +105,49 @@ class FastLaunch:
         return kernel
 
 
+class BoundLaunch:
+    """One launch of a :class:`FastLaunch` kernel with everything but the pointer arguments fixed: the grid, the
+    scalar arguments and the constexprs / launch options. ``bound(*pointers)`` launches it. The first call (and any
+    call while the shortcut is off or a launch hook is installed) goes through Triton; later ones call the compiled
+    kernel it returned, without building a key.
+
+    The caller keeps what the compiled kernel was specialised on: every later call passes pointers of the same
+    dtypes, each 16-byte aligned exactly when it was at the first call, on the same current device. The launchers
+    bind once per such signature (see ``attention._forward``), so the per-call host work is the launch itself."""
+
+    __slots__ = ("owner", "grid", "grid3", "rest", "kwargs", "compiled", "tail")
+
+    def __init__(self, owner, grid, rest, kwargs):
+        self.owner, self.grid, self.rest, self.kwargs = owner, grid, tuple(rest), kwargs
+        self.grid3 = (grid[0], grid[1] if len(grid) > 1 else 1, grid[2] if len(grid) > 2 else 1)
+        self.compiled, self.tail = None, ()
+
+    def __call__(self, *ptrs):
+        kernel = self.compiled
+        if kernel is not None and ENABLED and not _hooks_installed():
+            driver = _driver()
+            stream = driver.get_current_stream(driver.get_current_device())
+            kernel.run(*self.grid3, stream, kernel.function, kernel.packed_metadata, None, None, None,
+                       *ptrs, *self.rest, *self.tail)
+            return
+        fn = self.owner.fn
+        kernel = fn[self.grid](*ptrs, *self.rest, **self.kwargs)
+        names = fn.arg_names[len(ptrs) + len(self.rest):]
+        if (ENABLED and kernel is not None and _launchable(kernel) and all(n in self.kwargs for n in names)
+                and all(isinstance(p, torch.Tensor) for p in ptrs)
+                and not any(isinstance(a, torch.Tensor) for a in self.rest)):
+            self.compiled, self.tail = kernel, tuple(self.kwargs[n] for n in names)
+
+
+def bind(kernel, grid, rest, kwargs):
+    """A :class:`BoundLaunch` of ``kernel`` (a :class:`FastLaunch`), or, for anything else that launches with
+    ``kernel[grid](...)`` (a test's spy, say), a plain function doing that."""
+    if isinstance(kernel, FastLaunch):
+        return BoundLaunch(kernel, grid, rest, kwargs)
+    rest = tuple(rest)
+    return lambda *ptrs: kernel[grid](*ptrs, *rest, **kwargs)
+
+
 def _launchable(kernel) -> bool:
     return all(hasattr(kernel, a) for a in ("run", "function", "packed_metadata"))
 

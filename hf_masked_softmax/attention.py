@@ -51,7 +51,7 @@ import triton
 import triton.language as tl
 
 from ._launch import INTERPRETED as _INTERPRET  # the interpreter gets small blocks: it runs every program in Python
-from ._launch import fast_launch
+from ._launch import bind, fast_launch
 
 _LOG2E = 1.4426950408889634
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32)
@@ -716,44 +716,99 @@ def _is_decode(Q: int) -> bool:
     return Q <= 16
 
 
-def _forward(q, k, v, kind, mask_t, ranges, threshold, causal, scale):
-    B, H, Q, D = q.shape
-    Hkv, K = k.shape[1], k.shape[2]
-    decode = _is_decode(Q)
-    block_m, block_n, warps, stages = _fwd_config(D, Q, q.dtype, decode, causal)
-    num_splits = _num_splits(B, H, Q, K, block_m, block_n, q.device) if decode else 1
-    out = torch.empty((B, Q, H, D), dtype=q.dtype, device=q.device).transpose(1, 2)
-    lse = torch.empty((B, H, Q), dtype=torch.float32, device=q.device)
-    if out.numel() == 0:
-        return out, lse
-    mask_arg, mstr = _mask_args(kind, mask_t, q)
-    ranges_arg = ranges if ranges is not None else lse
-    upcast = _INTERPRET and q.dtype == torch.bfloat16
-    prec = "ieee" if (q.dtype == torch.float32 or upcast) else "tf32"
-    if num_splits == 1:
-        o_arg, l_arg, ostr, lstr = out, lse, (0,) + tuple(out.stride()), 0
-    else:
-        o_arg = torch.empty((num_splits, B, H, Q, D), dtype=torch.float32, device=q.device)
-        l_arg = torch.empty((num_splits, B, H, Q), dtype=torch.float32, device=q.device)
-        ostr, lstr = tuple(o_arg.stride()), l_arg.stride(0)
-    bh_first = _bh_first(causal, B * H)
-    grid = (B * H, _cdiv(Q, block_m), num_splits) if bh_first else (_cdiv(Q, block_m), B * H, num_splits)
-    _attn_fwd_kernel[grid](
-        q, k, v, o_arg, l_arg, mask_arg, ranges_arg,
-        *q.stride(), *k.stride(), *v.stride(), *ostr, lstr, *mstr,
-        H, H // Hkv, Q, K, num_splits, scale * _LOG2E, threshold,
-        MASK_KIND=kind, CAUSAL=causal, BH_FIRST=bh_first, BLOCK_M=block_m, BLOCK_N=block_n, HEAD_D=D,
-        BLOCK_D=_block_d(D),
-        UPCAST=upcast, DOT_PREC=prec, WIDE=_wide(q, k, v, o_arg, mask_t), FOLD=_fold(kind, scale),
-        MERGE_TAIL=FWD_MERGE_TAIL, num_warps=warps, num_stages=stages,
-        **_fwd_maxnreg(D, q.dtype, decode, causal, block_m, warps),
-    )
-    if num_splits > 1:
-        _split_combine_kernel[(B * H, Q)](
-            o_arg, l_arg, out, lse, o_arg.stride(0), l_arg.stride(0), *out.stride(), H, Q, num_splits,
-            HEAD_D=D, BLOCK_D=_block_d(D), BLOCK_S=max(2, _next_pow2(num_splits)), num_warps=1,
+def _policy():
+    """The module-level settings and functions a launch plan is derived from: part of every plan's key, so that
+    changing one (the tuning scripts and tests do, to force a path) gets a new plan. Held by the key, so a replaced
+    function's id cannot be reused while its plans exist."""
+    return (_fwd_config, _fwd_maxnreg, _num_splits, _is_decode, _wide, _fold, _bh_first, _block_d, _sm_count,
+            FWD_MERGE_TAIL, FWD_MAXNREG, SPLIT_MIN_K, FOLD_MAX_SCALE, _attn_fwd_kernel, _split_combine_kernel)
+
+
+_PLANS: dict = {}
+_MAX_PLANS = 256  # a decoding step adds one (its key length); cleared when full
+
+
+def _aligned(*tensors) -> bool:
+    """Whether every pointer argument is 16-byte aligned (Triton specialises on it; fresh allocations always are)."""
+    bits = 0
+    for t in tensors:
+        if t is not None:
+            bits |= t.data_ptr()
+    return bits & 15 == 0
+
+
+class _ForwardPlan:
+    """Everything ``_forward`` derives from its arguments' shapes, strides, dtypes, device and scalars (block sizes,
+    split count, grid, the kernels' scalar arguments and constexprs), computed once per such signature: a call then
+    allocates its outputs and launches. Generation calls attention with one signature in every layer of a step."""
+
+    def __init__(self, q, k, v, kind, mask_t, threshold, causal, scale):
+        B, H, Q, D = q.shape
+        Hkv, K = k.shape[1], k.shape[2]
+        decode = _is_decode(Q)
+        block_m, block_n, warps, stages = _fwd_config(D, Q, q.dtype, decode, causal)
+        self.splits = num_splits = _num_splits(B, H, Q, K, block_m, block_n, q.device) if decode else 1
+        self.out_shape, self.lse_shape = (B, Q, H, D), (B, H, Q)
+        self.empty = B * Q * H * D == 0
+        self.dtype, self.device = q.dtype, q.device
+        self.uses_mask = kind in (_K_RANGE, _K_BOOL, _K_ADD)
+        # the strides of the tensors this plan allocates: out is [B, H, Q, D] over [B, Q, H, D] memory
+        out_strides = (Q * H * D, D, H * D, 1)
+        if num_splits == 1:
+            ostr, lstr = (0,) + out_strides, 0
+        else:
+            self.part_shapes = ((num_splits, B, H, Q, D), (num_splits, B, H, Q))
+            ostr, lstr = (B * H * Q * D, H * Q * D, Q * D, D, 1), B * H * Q
+        mstr = _mask_args(kind, mask_t, q)[1]
+        upcast = _INTERPRET and q.dtype == torch.bfloat16
+        prec = "ieee" if (q.dtype == torch.float32 or upcast) else "tf32"
+        bh_first = _bh_first(causal, B * H)
+        grid = (B * H, _cdiv(Q, block_m), num_splits) if bh_first else (_cdiv(Q, block_m), B * H, num_splits)
+        # what this plan allocates is contiguous: its largest offset is its size minus one
+        wide = _wide(q, k, v, mask_t) or num_splits * B * H * Q * D >= 2**31
+        scalars = (*q.stride(), *k.stride(), *v.stride(), *ostr, lstr, *mstr,
+                   H, H // Hkv, Q, K, num_splits, scale * _LOG2E, threshold)
+        constexprs = dict(
+            MASK_KIND=kind, CAUSAL=causal, BH_FIRST=bh_first, BLOCK_M=block_m, BLOCK_N=block_n, HEAD_D=D,
+            BLOCK_D=_block_d(D), UPCAST=upcast, DOT_PREC=prec, WIDE=wide, FOLD=_fold(kind, scale),
+            MERGE_TAIL=FWD_MERGE_TAIL, num_warps=warps, num_stages=stages,
+            **_fwd_maxnreg(D, q.dtype, decode, causal, block_m, warps),
         )
-    return out, lse
+        self.launch = bind(_attn_fwd_kernel, grid, scalars, constexprs)
+        if num_splits > 1:
+            self.combine = bind(
+                _split_combine_kernel, (B * H, Q),
+                (ostr[0], lstr, *out_strides, H, Q, num_splits),
+                dict(HEAD_D=D, BLOCK_D=_block_d(D), BLOCK_S=max(2, _next_pow2(num_splits)), num_warps=1),
+            )
+
+    def __call__(self, q, k, v, mask_t, ranges):
+        out = torch.empty(self.out_shape, dtype=self.dtype, device=self.device).transpose(1, 2)
+        lse = torch.empty(self.lse_shape, dtype=torch.float32, device=self.device)
+        if self.empty:
+            return out, lse
+        mask_arg = mask_t if self.uses_mask else q
+        ranges_arg = ranges if ranges is not None else lse
+        if self.splits == 1:
+            self.launch(q, k, v, out, lse, mask_arg, ranges_arg)
+        else:
+            o_part = torch.empty(self.part_shapes[0], dtype=torch.float32, device=self.device)
+            l_part = torch.empty(self.part_shapes[1], dtype=torch.float32, device=self.device)
+            self.launch(q, k, v, o_part, l_part, mask_arg, ranges_arg)
+            self.combine(o_part, l_part, out, lse)
+        return out, lse
+
+
+def _forward(q, k, v, kind, mask_t, ranges, threshold, causal, scale):
+    key = (q.shape, q.stride(), k.shape, k.stride(), v.shape, v.stride(), q.dtype, k.dtype, v.dtype, q.device, kind,
+           None if mask_t is None else (mask_t.shape, mask_t.stride(), mask_t.dtype),
+           ranges is None, threshold, causal, scale, _aligned(q, k, v, mask_t), _policy())
+    plan = _PLANS.get(key)
+    if plan is None:
+        if len(_PLANS) >= _MAX_PLANS:
+            _PLANS.clear()
+        plan = _PLANS[key] = _ForwardPlan(q, k, v, kind, mask_t, threshold, causal, scale)
+    return plan(q, k, v, mask_t, ranges)
 
 
 def _backward(do, q, k, v, out, lse, kind, mask_t, ranges, threshold, causal, scale):

@@ -46,8 +46,9 @@ import triton
 import triton.language as tl
 
 from . import masks as _masks
+from ._launch import bind as _bind
 from ._launch import fast_launch, kernels_take
-from .attention import _next_pow2, _sm_count  # host helpers shared by both kernels' launchers
+from .attention import _aligned, _next_pow2, _sm_count  # host helpers shared by both kernels' launchers
 from . import ops as _ops
 from .reference import masked_softmax_reference
 
@@ -403,25 +404,53 @@ def _stream(setting, forward: bool, one_chunk: bool) -> bool:
     return (forward and not one_chunk) if setting is None else bool(setting)
 
 
-def _launch(kernel, tensors, strides, spec, shape, causal, scale, blocks, ranges=None):
+def _policy():
+    """The module-level settings and functions a launch plan is derived from: part of every plan's key, so that
+    changing one (the tuning scripts and tests do) gets a new plan (see ``attention._policy``)."""
+    return (_launch_config, _wide, _mask_args, _stream, _sm_count, STREAM_STORES, LOAD_GROUP, SHORT_K)
+
+
+_PLANS: dict = {}
+_MAX_PLANS = 256  # a decoding step adds one (its key length); cleared when full
+
+
+def _plan(kernel, tensors, strides, spec, shape, causal, scale, blocks):
+    """The bound launch of one kernel call signature: everything but the pointers, computed once."""
     B, H, Q, K = shape
     n_rows = B * H * Q
     backward = len(tensors) == 3
-    mask_t, mstr, ranges = _mask_args(spec, tensors[0], ranges)
+    _, mstr, _ = _mask_args(spec, tensors[0], tensors[0])
     block_m, chunk, one, num_warps = _launch_config(K, n_rows, *blocks, _sm_count(tensors[0].device),
                                                     backward=backward)
     if backward:  # the backward reads no mask: a 2D mask's key ranges bound its windows, others leave them whole
-        args = (*tensors, ranges, *strides, n_rows, H, Q, K, scale)
+        rest = (*strides, n_rows, H, Q, K, scale)
         kind, wide = int(spec.kind == _masks.PAD2D), _wide(shape, strides)
     else:
-        args = (*tensors, mask_t, ranges, *strides, *mstr, n_rows, H, Q, K, scale, spec.threshold)
+        rest = (*strides, *mstr, n_rows, H, Q, K, scale, spec.threshold)
         kind, wide = spec.kind, _wide(shape, strides, mstr)
-    kernel[(-(-n_rows // block_m),)](
-        *args, MASK_KIND=kind, CAUSAL=causal, BLOCK_M=block_m, CHUNK=chunk, ONE_CHUNK=one,
+    return _bind(kernel, (-(-n_rows // block_m),), rest, dict(
+        MASK_KIND=kind, CAUSAL=causal, BLOCK_M=block_m, CHUNK=chunk, ONE_CHUNK=one,
         EVEN=(K % chunk == 0 and n_rows % block_m == 0), GROUP=min(LOAD_GROUP, chunk),
         ALIGNED=K % min(LOAD_GROUP, chunk) == 0,
         WIDE=wide, STREAM=_stream(STREAM_STORES, not backward, one), num_warps=num_warps,
-    )
+    ))
+
+
+def _launch(kernel, tensors, strides, spec, shape, causal, scale, blocks, ranges=None):
+    mask = spec.tensor
+    key = (kernel, tuple([t.dtype for t in tensors]), tuple(shape), tuple(strides), tensors[0].device, spec.kind,
+           None if mask is None else (mask.shape, mask.stride(), mask.dtype), spec.threshold, causal, scale, blocks,
+           _aligned(mask, *tensors), _policy())
+    launch = _PLANS.get(key)
+    if launch is None:
+        if len(_PLANS) >= _MAX_PLANS:
+            _PLANS.clear()
+        launch = _PLANS[key] = _plan(kernel, tensors, strides, spec, shape, causal, scale, blocks)
+    mask_t, _, ranges = _mask_args(spec, tensors[0], ranges)
+    if len(tensors) == 3:
+        launch(*tensors, ranges)
+    else:
+        launch(*tensors, mask_t, ranges)
 
 
 def _forward(scores, spec, causal, scale, blocks, ranges=None):

@@ -245,6 +245,26 @@ def _attention_backward(ctx, do, _dlse):
 attention_op.register_autograd(_attention_backward, setup_context=_attention_setup)
 
 
+# Signatures of eager inference calls already validated (no mask or a 2D padding mask) -> (kernel kind, scale).
+_VALIDATED: dict = {}
+_MAX_VALIDATED = 256  # a decoding step adds one (its key length); cleared when full
+
+
+def _direct_signature(q, k, v, mask, causal, scale):
+    """Everything ``attention``'s checks and mask classification depend on, or None where the shortcut does not
+    apply (a 4D mask, or arguments of other types: those always take the checks)."""
+    if type(causal) is not bool or (scale is not None and type(scale) is not float):
+        return None
+    if mask is None:
+        msig = None
+    elif type(mask) is torch.Tensor and mask.dim() == 2:
+        msig = (mask.shape, mask.stride(), mask.dtype, mask.device)
+    else:
+        return None
+    return (q.shape, q.stride(), k.shape, k.stride(), v.shape, v.stride(), q.dtype, k.dtype, v.dtype, q.device,
+            k.device, v.device, msig, causal, scale)
+
+
 def attention(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -255,6 +275,18 @@ def attention(
     scale: Optional[float] = None,
 ) -> torch.Tensor:
     """:func:`hf_masked_softmax.attention` through the custom operator (same arguments, same contract)."""
+    path = call_path(q, k, v)
+    if path == "direct":  # eager inference: a signature validated before skips the checks
+        sig = _direct_signature(q, k, v, attention_mask, causal, scale)
+        hit = _VALIDATED.get(sig) if sig is not None else None
+        if hit is not None:
+            kind, scale = hit
+            mask_t, ranges = None, None
+            if kind == _attn._K_RANGE:
+                mask_t = attention_mask.view(torch.uint8) if attention_mask.dtype == torch.bool else attention_mask
+                ranges = _masks.pad_ranges(mask_t, attention_mask)
+            with on_device(q):
+                return _attn._forward(q, k, v, kind, mask_t, ranges, 0.0, causal, scale)[0]
     _attn._validate(q, k, v, scale)
     B, H, Q, D = q.shape
     K = k.shape[2]
@@ -266,10 +298,13 @@ def attention(
     if spec.kind == _masks.ADD4D:
         # masks wider than fp32 are compared after rounding to fp32, where their masked values become -inf
         threshold = max(threshold, float(torch.finfo(torch.float32).min))
-    path = call_path(q, k, v)
     if path != "op":  # eager: the validated spec as it is, key ranges cached per mask object
         kind, mask_t, ranges = _kernel_mask_args(spec, attention_mask)
         if path == "direct":  # inference: straight to the launcher
+            if sig is not None and spec.kind in (_masks.NONE, _masks.PAD2D):
+                if len(_VALIDATED) >= _MAX_VALIDATED:
+                    _VALIDATED.clear()
+                _VALIDATED[sig] = (kind, scale)
             with on_device(q):
                 return _attn._forward(q, k, v, kind, mask_t, ranges, threshold, bool(causal), scale)[0]
         return _attn.AttentionFunction.apply(q, k, v, kind, mask_t, ranges, threshold, bool(causal), scale)

@@ -300,6 +300,69 @@ def test_prefill_path_for_short_q(device):
 
 
 # ---------------------------------------------------------------------------------------------------------------
+# Launch plans and validated signatures (host work done once per call signature)
+# ---------------------------------------------------------------------------------------------------------------
+
+def test_launch_plans_are_reused_per_signature_and_rebuilt_when_a_setting_changes(device, monkeypatch):
+    built = []
+
+    class CountingPlan(attn_mod._ForwardPlan):
+        def __init__(self, *args):
+            built.append(args[3])
+            super().__init__(*args)
+
+    monkeypatch.setattr(attn_mod, "_ForwardPlan", CountingPlan)
+    monkeypatch.setattr(attn_mod, "_PLANS", {})
+    q, k, v = _qkv(2, 4, 2, 3, 40, 16, torch.float32, device)
+    mask = _pad_mask([40, 11], 40, "left", device)
+    first = attention_fn(q, k, v, mask, causal=True)
+    assert torch.equal(attention_fn(q, k, v, mask.clone(), causal=True), first) and len(built) == 1
+    attention_fn(q, k, v, mask.to(torch.int64), causal=True)  # another mask dtype: another plan
+    attention_fn(q.transpose(1, 2).contiguous().transpose(1, 2), k, v, mask, causal=True)  # other strides
+    assert len(built) == 3
+    # a setting plans derive from (here: decode path, three splits) gets its own plan, and it takes effect
+    monkeypatch.setattr(attn_mod, "_is_decode", lambda Q: True)
+    monkeypatch.setattr(attn_mod, "_num_splits", lambda *a: 3)
+    split = attention_fn(q, k, v, mask, causal=True)
+    assert len(built) == 4 and list(attn_mod._PLANS.values())[-1].splits == 3
+    assert_close(split, first)
+
+
+def test_the_plan_cache_is_bounded(device, monkeypatch):
+    monkeypatch.setattr(attn_mod, "_PLANS", {})
+    monkeypatch.setattr(attn_mod, "_MAX_PLANS", 3)
+    for K in range(10, 17):
+        q, k, v = _qkv(1, 2, 2, 2, K, 16, torch.float32, device)
+        _check(q, k, v, None, True)
+        assert 1 <= len(attn_mod._PLANS) <= 3
+
+
+def test_validated_signatures_skip_the_checks_and_nothing_else(device, monkeypatch):
+    ops = importlib.import_module("hf_masked_softmax.ops")
+    monkeypatch.setattr(ops, "_VALIDATED", {})
+    q, k, v = _qkv(2, 4, 2, 5, 30, 16, torch.float32, device)
+    mask = _pad_mask([30, 9], 30, "right", device)
+    out = attention_fn(q, k, v, mask, causal=True)
+    assert len(ops._VALIDATED) == 1
+
+    def refuse(*args):
+        raise AssertionError("checked again")
+
+    with mock.patch.object(attn_mod, "_validate", refuse):
+        assert torch.equal(attention_fn(q, k, v, mask, causal=True), out)
+    # anything the checks depend on makes another signature, which is checked
+    with pytest.raises(ValueError, match="move it"):
+        attention_fn(q, k, v, mask.to("meta"), causal=True)
+    with pytest.raises(ValueError, match="head_dim"):
+        attention_fn(q, k[..., :8], v[..., :8], mask, causal=True)
+    # 4D masks, training calls and scales or flags of other types are never recorded
+    attention_fn(q, k, v, mask[:, None, None, :], causal=True)
+    attention_fn(q.detach().requires_grad_(True), k, v, mask, causal=True)
+    attention_fn(q, k, v, mask, causal=1, scale=1)
+    assert len(ops._VALIDATED) == 1
+
+
+# ---------------------------------------------------------------------------------------------------------------
 # Fallbacks and errors
 # ---------------------------------------------------------------------------------------------------------------
 

@@ -173,6 +173,60 @@ def test_the_cache_is_bounded(kernel, monkeypatch):
         assert len(kernel.cache) <= 4
 
 
+# ----------------------------------------------------------------------------------------------------------------------
+# Bound launches (everything but the pointers fixed once per signature: the launchers' plans)
+# ----------------------------------------------------------------------------------------------------------------------
+def _bound(kernel, grid=(3, 2)):
+    return _launch.bind(kernel, grid, (8, 16, 0.5), dict(BLOCK=64, FLAG=True, num_warps=4))
+
+
+def test_a_bound_launch_goes_through_triton_once_then_runs_the_compiled_kernel(kernel):
+    bound = _bound(kernel)
+    x, y = torch.zeros(64), torch.zeros(64)
+    bound(x, y)
+    assert kernel.fn.log[-1] == ("triton", (3, 2), (x, y, 8, 16, 0.5), dict(BLOCK=64, FLAG=True, num_warps=4))
+    x2, y2 = torch.ones(64), torch.ones(32)
+    bound(x2, y2)
+    assert kernel.fn.log[-1] == ("direct", (3, 2, 1, 1234, "fn-handle", ("meta",), None, None, None,
+                                            x2, y2, 8, 16, 0.5, 64, True))
+    assert len(kernel.fn.compiled) == 1
+
+
+def test_a_bound_launch_takes_triton_while_disabled_or_hooked(kernel, monkeypatch):
+    bound = _bound(kernel)
+    x, y = torch.zeros(64), torch.zeros(64)
+    bound(x, y)
+    monkeypatch.setattr(_launch, "ENABLED", False)
+    bound(x, y)
+    assert kernel.fn.log[-1][0] == "triton"
+    monkeypatch.setattr(_launch, "ENABLED", True)
+    monkeypatch.setattr(_launch, "_hooks_installed", lambda: True)
+    bound(x, y)
+    assert kernel.fn.log[-1][0] == "triton"
+
+
+def test_a_bound_launch_never_keeps_a_kernel_for_non_tensor_pointers_or_missing_constexprs(kernel):
+    x = torch.zeros(64)
+    for _ in range(2):
+        _bound(kernel)(x, None)
+        assert kernel.fn.log[-1][0] == "triton"
+    bound = _launch.bind(kernel, (1,), (8, 16, 0.5), dict(BLOCK=64))  # FLAG left to a default
+    for _ in range(2):
+        bound(x, x)
+        assert kernel.fn.log[-1][0] == "triton"
+
+
+def test_bind_on_anything_else_launches_with_its_grid():
+    calls = []
+
+    class Spy:
+        def __getitem__(self, grid):
+            return lambda *args, **kwargs: calls.append((grid, args, kwargs))
+
+    _launch.bind(Spy(), (4,), (1, 2), dict(BLOCK=8))("p", "q")
+    assert calls == [((4,), ("p", "q", 1, 2), dict(BLOCK=8))]
+
+
 @pytest.mark.parametrize("value, expected", [("0", False), ("off", False), ("1", True), ("yes", True)])
 def test_the_environment_variable_decides(monkeypatch, value, expected):
     monkeypatch.setenv("HF_MASKED_SOFTMAX_FAST_LAUNCH", value)

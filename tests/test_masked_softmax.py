@@ -471,3 +471,23 @@ def test_streaming_store_hint_changes_no_value(device, path, monkeypatch):
     check(results[1][0], scores, mask, causal=True, scale=0.7)
     for out, grad in results[1:]:
         assert torch.equal(results[0][0], out) and torch.equal(results[0][1], grad)
+
+
+def test_launch_plans_are_reused_per_signature_and_follow_the_settings(device, monkeypatch):
+    # host work is done once per call signature (shape, strides, dtypes, mask form, scalars, module settings)
+    ms_mod = __import__("sys").modules["hf_masked_softmax.masked_softmax"]
+    monkeypatch.setattr(ms_mod, "_PLANS", {})
+    g = torch.Generator().manual_seed(12)
+    scores = torch.randn(2, 3, 9, 37, generator=g).to(device)
+    mask = padding_mask([37, 20], 37, left=True, device=device)
+    first = masked_softmax(scores, mask, causal=True, scale=0.7)
+    check(first, scores, mask, causal=True, scale=0.7)
+    assert torch.equal(masked_softmax(scores.clone(), mask.clone(), causal=True, scale=0.7), first)
+    assert len(ms_mod._PLANS) == 1
+    masked_softmax(scores.transpose(2, 3).contiguous().transpose(2, 3), mask, causal=True, scale=0.7)
+    assert len(ms_mod._PLANS) == 2  # other strides: another plan
+    for stream in (True, False):  # a module setting the plans derive from: a new plan, which uses it
+        monkeypatch.setattr(ms_mod, "STREAM_STORES", stream)
+        assert torch.equal(masked_softmax(scores, mask, causal=True, scale=0.7), first)
+        assert list(ms_mod._PLANS.values())[-1].kwargs["STREAM"] is stream
+    assert len(ms_mod._PLANS) == 4
