@@ -291,12 +291,14 @@ case "${1:-}" in
     tr '\r' '\n' < "$OUT/check_fuzz.log" | grep "random cases: " | tail -1
     ;;
   hostplans)
+    timeout 60 python -m pytest -q -m gpu -p no:cacheprovider tests/test_launch.py 2>&1 \
+      | grep -E "passed|failed|^FAILED|^ERROR" | cut -c1-200
     for round in 1 2; do
       timeout 60 python evals/bench_host.py --no-profile --out "$OUT/host_new$round" 2>&1 | grep -E "attention|softmax|sdpa"
       (cd old_tree && PYTHONPATH="$PWD" timeout 60 python evals/bench_host.py --no-profile --out "$OUT/host_old$round" \
         2>&1 | grep -E "attention|softmax|sdpa")
     done
-    timeout 300 python evals/speed.py --only "gpt2-small generate" --generate-reps 5 --out "$OUT" --no-plot 2>&1 \
+    timeout 240 python evals/speed.py --only "gpt2-small generate" --generate-reps 5 --out "$OUT" --no-plot 2>&1 \
       | tee "$OUT/speed_generate.log" | tail -14
     ;;
   fuzz)
