@@ -48,6 +48,7 @@
 #   bash evals/gpu_session.sh plans     # 2026-12-02 (7): launch plans: GPU tests, the plan tests on CUDA, 300 random cases
 #   bash evals/gpu_session.sh hostplans # 2026-12-02 (7): host cost per call with plans and before them (old_tree/, an
 #                                       # untracked copy of the session's first commit), GPT-2 generate rows
+#   bash evals/gpu_session.sh genab     # 2026-12-02 (7): GPT-2 generate rows with plans and before them, alternating
 #   bash evals/gpu_session.sh fuzz [N] [S]  # 2026-12-02 (7): the quick self-test and N random cases at real sizes
 #                                       # (default 100) within S seconds (default 420)
 set -uo pipefail
@@ -301,6 +302,14 @@ case "${1:-}" in
     timeout 240 python evals/speed.py --only "gpt2-small generate" --generate-reps 5 --out "$OUT" --no-plot 2>&1 \
       | tee "$OUT/speed_generate.log" | tail -14
     ;;
+  genab)
+    for round in 1 2; do
+      timeout 100 python evals/speed.py --only "gpt2-small generate" --generate-reps 5 --out "$OUT/gen_new$round" \
+        --no-plot 2>&1 | grep -E "^gpt2-small generate"
+      (cd old_tree && PYTHONPATH="$PWD" timeout 100 python evals/speed.py --only "gpt2-small generate" \
+        --generate-reps 5 --out "$OUT/gen_old$round" --no-plot 2>&1 | grep -E "^gpt2-small generate")
+    done
+    ;;
   fuzz)
     # random cases against the fp64 reference (failures are printed as they come; the JSON holds every case)
     # (each new dtype / head dim / mask form compiles kernels: about 3 s per case on the H200's host; the log is
@@ -311,7 +320,7 @@ case "${1:-}" in
     tr '\r' '\n' < "$OUT/check_fuzz.log" | grep "random cases: " | tail -1
     ;;
   *)
-    echo "usage: bash evals/gpu_session.sh tests|kernels|e2e|check|followup|recheck|verify|measure|final|stream|last|tune|host|fast|fastcheck|closing|fold|fold2|fold3|e2e3|bert4|bert5|check4|lengths|ncu|bwd|suite|suite2|final6|plans|hostplans|fuzz" >&2
+    echo "usage: bash evals/gpu_session.sh tests|kernels|e2e|check|followup|recheck|verify|measure|final|stream|last|tune|host|fast|fastcheck|closing|fold|fold2|fold3|e2e3|bert4|bert5|check4|lengths|ncu|bwd|suite|suite2|final6|plans|hostplans|genab|fuzz" >&2
     exit 2
     ;;
 esac
