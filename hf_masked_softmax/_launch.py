@@ -87,21 +87,12 @@ class FastLaunch:
         kernel = self.cache.get(key)
         if kernel is None:
             kernel = self.fn[grid](*args, **kwargs)
-            # every parameter, in order: the positional arguments, then the rest by name (all given: no defaults)
-            names = self.fn.arg_names[len(args):]
-            if (kernel is not None and _launchable(kernel) and all(n in kwargs for n in names)
-                    and all(isinstance(a, torch.Tensor) for a in args[:n])
-                    and not any(isinstance(a, torch.Tensor) for a in args[n:])):
-                if len(self.cache) >= _MAX_ENTRIES:
-                    self.cache.clear()
-                self.cache[key] = (kernel, names)
+            names = _keepable(self.fn, kernel, args[:n], rest, kwargs)
+            if names is not None:
+                remember(self.cache, key, (kernel, names), _MAX_ENTRIES)
             return kernel
         kernel, names = kernel
-        stream = _driver().get_current_stream(device)
-        g1 = grid[1] if len(grid) > 1 else 1
-        g2 = grid[2] if len(grid) > 2 else 1
-        kernel.run(grid[0], g1, g2, stream, kernel.function, kernel.packed_metadata, None, None, None,
-                   *args, *[kwargs[n] for n in names])
+        _run(kernel, grid, device, (*args, *[kwargs[n] for n in names]))
         return kernel
 
 
@@ -115,27 +106,20 @@ class BoundLaunch:
     dtypes, each 16-byte aligned exactly when it was at the first call, on the same current device. The launchers
     bind once per such signature (see ``attention._forward``), so the per-call host work is the launch itself."""
 
-    __slots__ = ("owner", "grid", "grid3", "rest", "kwargs", "compiled", "tail")
+    __slots__ = ("owner", "grid", "rest", "kwargs", "compiled", "tail")
 
     def __init__(self, owner, grid, rest, kwargs):
         self.owner, self.grid, self.rest, self.kwargs = owner, grid, tuple(rest), kwargs
-        self.grid3 = (grid[0], grid[1] if len(grid) > 1 else 1, grid[2] if len(grid) > 2 else 1)
         self.compiled, self.tail = None, ()
 
     def __call__(self, *ptrs):
         kernel = self.compiled
         if kernel is not None and ENABLED and not _hooks_installed():
-            driver = _driver()
-            stream = driver.get_current_stream(driver.get_current_device())
-            kernel.run(*self.grid3, stream, kernel.function, kernel.packed_metadata, None, None, None,
-                       *ptrs, *self.rest, *self.tail)
+            _run(kernel, self.grid, _driver().get_current_device(), (*ptrs, *self.rest, *self.tail))
             return
-        fn = self.owner.fn
-        kernel = fn[self.grid](*ptrs, *self.rest, **self.kwargs)
-        names = fn.arg_names[len(ptrs) + len(self.rest):]
-        if (ENABLED and kernel is not None and _launchable(kernel) and all(n in self.kwargs for n in names)
-                and all(isinstance(p, torch.Tensor) for p in ptrs)
-                and not any(isinstance(a, torch.Tensor) for a in self.rest)):
+        kernel = self.owner.fn[self.grid](*ptrs, *self.rest, **self.kwargs)
+        names = _keepable(self.owner.fn, kernel, ptrs, self.rest, self.kwargs) if ENABLED else None
+        if names is not None:
             self.compiled, self.tail = kernel, tuple(self.kwargs[n] for n in names)
 
 
@@ -146,6 +130,44 @@ def bind(kernel, grid, rest, kwargs):
         return BoundLaunch(kernel, grid, rest, kwargs)
     rest = tuple(rest)
     return lambda *ptrs: kernel[grid](*ptrs, *rest, **kwargs)
+
+
+def _keepable(fn, kernel, ptrs, rest, kwargs):
+    """The parameters after the positional ones, in order, when Triton's compiled ``kernel`` may be run directly with
+    these arguments (tensors exactly in the pointer slots, every later parameter given by name: no defaults); else
+    None."""
+    names = fn.arg_names[len(ptrs) + len(rest):]
+    if (kernel is not None and _launchable(kernel) and all(n in kwargs for n in names)
+            and all(isinstance(p, torch.Tensor) for p in ptrs)
+            and not any(isinstance(a, torch.Tensor) for a in rest)):
+        return names
+    return None
+
+
+def _run(kernel, grid, device, args):
+    """Launch a compiled kernel on the current stream: ``args`` is every parameter in order."""
+    stream = _driver().get_current_stream(device)
+    g1 = grid[1] if len(grid) > 1 else 1
+    g2 = grid[2] if len(grid) > 2 else 1
+    kernel.run(grid[0], g1, g2, stream, kernel.function, kernel.packed_metadata, None, None, None, *args)
+
+
+def remember(cache: dict, key, value, limit: int) -> None:
+    """``cache[key] = value``, clearing the cache first when it holds ``limit`` entries (a bound in case something
+    varies from call to call that should not)."""
+    if len(cache) >= limit:
+        cache.clear()
+    cache[key] = value
+
+
+def aligned(*tensors) -> bool:
+    """Whether every tensor given (None skipped) starts 16-byte aligned: Triton specialises pointers on it (fresh
+    allocations always are)."""
+    bits = 0
+    for t in tensors:
+        if t is not None:
+            bits |= t.data_ptr()
+    return bits & 15 == 0
 
 
 def _launchable(kernel) -> bool:

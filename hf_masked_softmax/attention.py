@@ -51,7 +51,7 @@ import triton
 import triton.language as tl
 
 from ._launch import INTERPRETED as _INTERPRET  # the interpreter gets small blocks: it runs every program in Python
-from ._launch import bind, fast_launch
+from ._launch import aligned, bind, fast_launch, remember
 
 _LOG2E = 1.4426950408889634
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32)
@@ -728,15 +728,6 @@ _PLANS: dict = {}
 _MAX_PLANS = 256  # a decoding step adds one (its key length); cleared when full
 
 
-def _aligned(*tensors) -> bool:
-    """Whether every pointer argument is 16-byte aligned (Triton specialises on it; fresh allocations always are)."""
-    bits = 0
-    for t in tensors:
-        if t is not None:
-            bits |= t.data_ptr()
-    return bits & 15 == 0
-
-
 class _ForwardPlan:
     """Everything ``_forward`` derives from its arguments' shapes, strides, dtypes, device and scalars (block sizes,
     split count, grid, the kernels' scalar arguments and constexprs), computed once per such signature: a call then
@@ -802,12 +793,11 @@ class _ForwardPlan:
 def _forward(q, k, v, kind, mask_t, ranges, threshold, causal, scale):
     key = (q.shape, q.stride(), k.shape, k.stride(), v.shape, v.stride(), q.dtype, k.dtype, v.dtype, q.device, kind,
            None if mask_t is None else (mask_t.shape, mask_t.stride(), mask_t.dtype),
-           ranges is None, threshold, causal, scale, _aligned(q, k, v, mask_t), _policy())
+           ranges is None, threshold, causal, scale, aligned(q, k, v, mask_t), _policy())
     plan = _PLANS.get(key)
     if plan is None:
-        if len(_PLANS) >= _MAX_PLANS:
-            _PLANS.clear()
-        plan = _PLANS[key] = _ForwardPlan(q, k, v, kind, mask_t, threshold, causal, scale)
+        plan = _ForwardPlan(q, k, v, kind, mask_t, threshold, causal, scale)
+        remember(_PLANS, key, plan, _MAX_PLANS)
     return plan(q, k, v, mask_t, ranges)
 
 

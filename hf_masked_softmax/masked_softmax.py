@@ -46,9 +46,11 @@ import triton
 import triton.language as tl
 
 from . import masks as _masks
+from ._launch import aligned as _aligned
 from ._launch import bind as _bind
 from ._launch import fast_launch, kernels_take
-from .attention import _aligned, _next_pow2, _sm_count  # host helpers shared by both kernels' launchers
+from ._launch import remember as _remember
+from .attention import _next_pow2, _sm_count  # host helpers shared by both kernels' launchers
 from . import ops as _ops
 from .reference import masked_softmax_reference
 
@@ -443,9 +445,8 @@ def _launch(kernel, tensors, strides, spec, shape, causal, scale, blocks, ranges
            _aligned(mask, *tensors), _policy())
     launch = _PLANS.get(key)
     if launch is None:
-        if len(_PLANS) >= _MAX_PLANS:
-            _PLANS.clear()
-        launch = _PLANS[key] = _plan(kernel, tensors, strides, spec, shape, causal, scale, blocks)
+        launch = _plan(kernel, tensors, strides, spec, shape, causal, scale, blocks)
+        _remember(_PLANS, key, launch, _MAX_PLANS)
     mask_t, _, ranges = _mask_args(spec, tensors[0], ranges)
     if len(tensors) == 3:
         launch(*tensors, ranges)

@@ -28,7 +28,7 @@ from typing import Optional
 import torch
 
 from . import masks as _masks
-from ._launch import kernels_take
+from ._launch import kernels_take, remember
 from .reference import (attention_backward_reference, attention_lse_reference, attention_reference,
                         masked_softmax_backward_reference, masked_softmax_reference)
 
@@ -302,9 +302,7 @@ def attention(
         kind, mask_t, ranges = _kernel_mask_args(spec, attention_mask)
         if path == "direct":  # inference: straight to the launcher
             if sig is not None and spec.kind in (_masks.NONE, _masks.PAD2D):
-                if len(_VALIDATED) >= _MAX_VALIDATED:
-                    _VALIDATED.clear()
-                _VALIDATED[sig] = (kind, scale)
+                remember(_VALIDATED, sig, (kind, scale), _MAX_VALIDATED)
             with on_device(q):
                 return _attn._forward(q, k, v, kind, mask_t, ranges, threshold, bool(causal), scale)[0]
         return _attn.AttentionFunction.apply(q, k, v, kind, mask_t, ranges, threshold, bool(causal), scale)
