@@ -51,6 +51,9 @@
 #   bash evals/gpu_session.sh genab     # 2026-12-02 (7): GPT-2 generate rows with plans and before them, alternating
 #   bash evals/gpu_session.sh fuzz [N] [S]  # 2026-12-02 (7): the quick self-test and N random cases at real sizes
 #                                       # (default 100) within S seconds (default 420)
+#   bash evals/gpu_session.sh bwdplan   # 2026-12-02 (8): backward launch plans and inference without the
+#                                       # log-sum-exp: GPU tests, the plan tests on CUDA, host cost with and before
+#                                       # them (old_tree/), training-step rows, generate rows with and before them
 set -uo pipefail
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
 OUT=${OUT:-out}
@@ -319,8 +322,29 @@ case "${1:-}" in
     tr '\r' '\n' < "$OUT/check_fuzz.log" | grep -v -E "^  PASS|random cases: " | tail -40
     tr '\r' '\n' < "$OUT/check_fuzz.log" | grep "random cases: " | tail -1
     ;;
+  bwdplan)
+    timeout 200 python -m pytest -q -m gpu -k "not 2_pow_31" -p no:cacheprovider tests/test_attention.py \
+      tests/test_launch.py tests/test_compile.py tests/test_no_copies.py 2>&1 \
+      | tee "$OUT/gpu_tests8.log" | grep -E "passed|failed|^FAILED|^ERROR" | cut -c1-200
+    timeout 100 python -m pytest -q -m "not gpu" -p no:cacheprovider tests/test_attention.py \
+      -k "plan or inference or validated or range_cache" 2>&1 \
+      | tee "$OUT/cuda_plans8.log" | grep -E "passed|failed|^FAILED|^ERROR" | cut -c1-200
+    for round in 1 2; do
+      timeout 60 python evals/bench_host.py --attention-profile --out "$OUT/host_new$round" 2>&1 | grep -E "attention|sdpa"
+      (cd old_tree && PYTHONPATH="$PWD" timeout 60 python evals/bench_host.py --attention-profile \
+        --out "$OUT/host_old$round" 2>&1 | grep -E "attention|sdpa")
+    done
+    timeout 200 python evals/speed.py --only train --impls eager,sdpa,softmax,fused --out "$OUT" \
+      --json "$OUT/speed_train.json" 2>&1 | tee "$OUT/speed_train.log" | tail -12
+    for round in 1 2; do
+      timeout 60 python evals/speed.py --only "generate nopad" --impls sdpa,fused --generate-reps 5 \
+        --out "$OUT/gen_new$round" --no-plot 2>&1 | grep -E "^gpt2-small generate"
+      (cd old_tree && PYTHONPATH="$PWD" timeout 60 python evals/speed.py --only "generate nopad" --impls sdpa,fused \
+        --generate-reps 5 --out "$OUT/gen_old$round" --no-plot 2>&1 | grep -E "^gpt2-small generate")
+    done
+    ;;
   *)
-    echo "usage: bash evals/gpu_session.sh tests|kernels|e2e|check|followup|recheck|verify|measure|final|stream|last|tune|host|fast|fastcheck|closing|fold|fold2|fold3|e2e3|bert4|bert5|check4|lengths|ncu|bwd|suite|suite2|final6|plans|hostplans|genab|fuzz" >&2
+    echo "usage: bash evals/gpu_session.sh tests|kernels|e2e|check|followup|recheck|verify|measure|final|stream|last|tune|host|fast|fastcheck|closing|fold|fold2|fold3|e2e3|bert4|bert5|check4|lengths|ncu|bwd|suite|suite2|final6|plans|hostplans|genab|fuzz|bwdplan" >&2
     exit 2
     ;;
 esac

@@ -8,6 +8,11 @@ Settings (weights random, they do not matter for speed; configs of GPT-2 small /
   bert-base encode B32 x T512: key lengths uniform in [256, 512]; ~59% fill (lengths uniform in [90, 512]); no padding
   llama-135m (Llama architecture at SmolLM2-135M's size: 30 layers, 9 query / 3 key-value heads, grouped-query
     attention) forward and generate as gpt2-small
+  gpt2-small train B8 x T512 and bert-base train B32 x T256, padded as their forward rows (lengths uniform in
+    [T/2, T]): one training step without the optimizer (gradients cleared, forward in train mode, loss, backward;
+    GPT-2's language-model loss on the valid tokens, BERT's mean square of its last hidden state). Every dropout is
+    set to 0 for these rows, in every implementation: with attention dropout on, "auto" runs softmax mode (the fused
+    kernel has no dropout), and its cost is that of the softmax row.
 Forward times: each implementation is timed by triton.testing.do_bench (CUDA events, median) once per round, in
 --rounds rounds that visit every implementation in turn (interleaved, so that the host's drift hits all alike); the
 row's ms is the median over rounds. A forward of GPT-2 small on an H200 host is partly host-bound (HF's Python
@@ -79,6 +84,7 @@ def settings(tiny: bool, skip_medium: bool):
             ("gpt2-small generate", "gpt2-tiny", "generate", 2, 16, (8, 16), "left", 4),
             ("bert-base enc 59%", "bert-tiny", "encode", 2, 64, (10, 64), "right", 0),
             ("llama-135m fwd pad", "llama-tiny", "forward", 2, 64, (32, 64), "right", 0),
+            ("gpt2-small train pad", "gpt2-tiny", "train", 2, 32, (16, 32), "right", 0),
         ]
     out = [
         ("gpt2-small fwd pad", "gpt2", "forward", 8, 1024, (512, 1024), "right", 0),
@@ -91,6 +97,8 @@ def settings(tiny: bool, skip_medium: bool):
         ("llama-135m fwd pad", "llama-135m", "forward", 8, 1024, (512, 1024), "right", 0),
         ("llama-135m fwd nopad", "llama-135m", "forward", 8, 1024, None, "right", 0),
         ("llama-135m generate", "llama-135m", "generate", 8, 128, (64, 128), "left", 64),
+        ("gpt2-small train pad", "gpt2", "train", 8, 512, (256, 512), "right", 0),
+        ("bert-base train pad", "bert-base", "train", 32, 256, (128, 256), "right", 0),
     ]
     if not skip_medium:
         out += [
@@ -226,12 +234,58 @@ def run_setting(setting, args, device, dtype, timer, models, bar):
             with torch.no_grad():
                 return model.generate(ids, attention_mask=mask, max_new_tokens=new, min_new_tokens=new,
                                       do_sample=False, pad_token_id=eos)
+    elif kind == "train":
+        fn = _train_step(model, ids, mask)
     else:
         def fn():
             with torch.no_grad():
                 return model(input_ids=ids, attention_mask=mask)
 
-    rows, first_tokens = [], None
+    if kind == "train":
+        restore = _train_mode(model)
+    try:
+        return _time_impls(name, kind, batch, seq, lengths, new, fill, fn, model, args, timer, bar)
+    finally:
+        if kind == "train":
+            restore()
+
+
+def _train_mode(model):
+    """Train mode with every dropout at 0 (see the module docstring); returns the undo."""
+    import torch
+
+    drops = [(m, m.p) for m in model.modules() if isinstance(m, torch.nn.Dropout)]
+    for m, _ in drops:
+        m.p = 0.0
+    model.train()
+
+    def restore():
+        for m, p in drops:
+            m.p = p
+        model.zero_grad(set_to_none=True)
+        model.eval()
+
+    return restore
+
+
+def _train_step(model, ids, mask):
+    """One training step without the optimizer: clear the gradients, forward, loss, backward."""
+    labels = ids.masked_fill(mask == 0, -100) if hasattr(model, "lm_head") else None
+
+    def fn():
+        model.zero_grad(set_to_none=True)
+        if labels is not None:
+            loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+        else:
+            loss = model(input_ids=ids, attention_mask=mask).last_hidden_state.float().square().mean()
+        loss.backward()
+        return loss.detach()
+
+    return fn
+
+
+def _time_impls(name, kind, batch, seq, lengths, new, fill, fn, model, args, timer, bar):
+    rows, first_tokens, first_loss = [], None, None
     for impl in args.impls:
         undo = set_impl(model, impl)
         try:
@@ -240,6 +294,10 @@ def run_setting(setting, args, device, dtype, timer, models, bar):
                 toks = out[:, seq:].cpu()
                 agree = None if first_tokens is None else (toks == first_tokens).float().mean().item()
                 first_tokens = toks if first_tokens is None else first_tokens
+            elif kind == "train":  # the same loss in every implementation (relative difference to the first)
+                loss = out.float().item()
+                first_loss = loss if first_loss is None else first_loss
+                agree = abs(loss - first_loss) / max(abs(first_loss), 1e-30)
             else:
                 agree = None
             # the host drifts: every setting's timings are taken in interleaved rounds below
@@ -254,6 +312,8 @@ def run_setting(setting, args, device, dtype, timer, models, bar):
         if kind == "generate":
             row["new_tokens"] = new
             row["token_agreement_with_first_impl"] = agree
+        if kind == "train":
+            row["loss_rel_diff_vs_first_impl"] = agree
         rows.append(row)
         bar.update(1)
     # Round-robin over the impls (generate: one whole generate() each per round; forward: one do_bench each): slow
@@ -276,7 +336,7 @@ def run_setting(setting, args, device, dtype, timer, models, bar):
         r["ms_rounds"] = times[r["impl"]]
         if kind == "generate":
             r["tokens_per_s"] = batch * new / (r["ms"] / 1e3)
-        if kind == "encode":
+        if kind in ("encode", "train"):
             r["sequences_per_s"] = batch / (r["ms"] / 1e3)
     by_impl = {r["impl"]: r for r in rows}
     for r in rows:

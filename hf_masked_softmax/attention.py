@@ -211,6 +211,7 @@ def _attn_fwd_kernel(
     MASK_KIND: tl.constexpr, CAUSAL: tl.constexpr, BH_FIRST: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_D: tl.constexpr, BLOCK_D: tl.constexpr,
     UPCAST: tl.constexpr, DOT_PREC: tl.constexpr, WIDE: tl.constexpr, FOLD: tl.constexpr, MERGE_TAIL: tl.constexpr,
+    STORE_LSE: tl.constexpr,
 ):
     if BH_FIRST:
         # causal: (batch x head) fastest and query blocks in reverse, so the longest rows start first and the
@@ -284,7 +285,8 @@ def _attn_fwd_kernel(
         tl.store(o_ptrs, out.to(o_ptr.dtype.element_ty), mask=row_ok[:, None])
     else:
         tl.store(o_ptrs, out.to(o_ptr.dtype.element_ty), mask=row_ok[:, None] & d_ok[None, :])
-    tl.store(lse_ptr + split * stride_ls + bh * Q_LEN + rows, lse, mask=row_ok)
+    if STORE_LSE:
+        tl.store(lse_ptr + split * stride_ls + bh * Q_LEN + rows, lse, mask=row_ok)
 
 
 @fast_launch
@@ -294,7 +296,7 @@ def _split_combine_kernel(
     stride_ps, stride_ls,
     stride_ob, stride_oh, stride_om, stride_od,
     H, Q_LEN, NUM_SPLITS,
-    HEAD_D: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_S: tl.constexpr,
+    HEAD_D: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_S: tl.constexpr, STORE_LSE: tl.constexpr,
 ):
     """Merge the splits of one query row (partials are contiguous ``[S, B, H, Q, D]`` and ``[S, B, H, Q]`` in
     fp32): weights ``2^(lse_s - max)``; a row empty in every split stays zero with ``lse = -inf``."""
@@ -318,7 +320,8 @@ def _split_combine_kernel(
     lse = tl.where(empty, float("-inf"), mx_use + tl.math.log2(tl.where(empty, 1.0, total)))
     tl.store(o_ptr + b * stride_ob + h * stride_oh + row * stride_om + offs_d * stride_od,
              out.to(o_ptr.dtype.element_ty), mask=d_ok)
-    tl.store(lse_ptr + bh * Q_LEN + row, lse)
+    if STORE_LSE:
+        tl.store(lse_ptr + bh * Q_LEN + row, lse)
 
 
 @fast_launch
@@ -721,7 +724,8 @@ def _policy():
     changing one (the tuning scripts and tests do, to force a path) gets a new plan. Held by the key, so a replaced
     function's id cannot be reused while its plans exist."""
     return (_fwd_config, _fwd_maxnreg, _num_splits, _is_decode, _wide, _fold, _bh_first, _block_d, _sm_count,
-            FWD_MERGE_TAIL, FWD_MAXNREG, SPLIT_MIN_K, FOLD_MAX_SCALE, _attn_fwd_kernel, _split_combine_kernel)
+            _bwd_config, FWD_MERGE_TAIL, FWD_MAXNREG, SPLIT_MIN_K, FOLD_MAX_SCALE, _attn_fwd_kernel,
+            _split_combine_kernel, _bwd_delta_kernel, _bwd_dkdv_kernel, _bwd_dq_kernel)
 
 
 _PLANS: dict = {}
@@ -733,7 +737,7 @@ class _ForwardPlan:
     split count, grid, the kernels' scalar arguments and constexprs), computed once per such signature: a call then
     allocates its outputs and launches. Generation calls attention with one signature in every layer of a step."""
 
-    def __init__(self, q, k, v, kind, mask_t, threshold, causal, scale):
+    def __init__(self, q, k, v, kind, mask_t, threshold, causal, scale, need_lse=True):
         B, H, Q, D = q.shape
         Hkv, K = k.shape[1], k.shape[2]
         decode = _is_decode(Q)
@@ -743,6 +747,7 @@ class _ForwardPlan:
         self.empty = B * Q * H * D == 0
         self.dtype, self.device = q.dtype, q.device
         self.uses_mask = kind in (_K_RANGE, _K_BOOL, _K_ADD)
+        self.need_lse = need_lse  # inference does not keep the log-sum-exp: neither allocated nor stored
         # the strides of the tensors this plan allocates: out is [B, H, Q, D] over [B, Q, H, D] memory
         out_strides = (Q * H * D, D, H * D, 1)
         if num_splits == 1:
@@ -762,7 +767,7 @@ class _ForwardPlan:
         constexprs = dict(
             MASK_KIND=kind, CAUSAL=causal, BH_FIRST=bh_first, BLOCK_M=block_m, BLOCK_N=block_n, HEAD_D=D,
             BLOCK_D=_block_d(D), UPCAST=upcast, DOT_PREC=prec, WIDE=wide, FOLD=_fold(kind, scale),
-            MERGE_TAIL=FWD_MERGE_TAIL, num_warps=warps, num_stages=stages,
+            MERGE_TAIL=FWD_MERGE_TAIL, STORE_LSE=need_lse or num_splits > 1, num_warps=warps, num_stages=stages,
             **_fwd_maxnreg(D, q.dtype, decode, causal, block_m, warps),
         )
         self.launch = bind(_attn_fwd_kernel, grid, scalars, constexprs)
@@ -770,74 +775,110 @@ class _ForwardPlan:
             self.combine = bind(
                 _split_combine_kernel, (B * H, Q),
                 (ostr[0], lstr, *out_strides, H, Q, num_splits),
-                dict(HEAD_D=D, BLOCK_D=_block_d(D), BLOCK_S=max(2, _next_pow2(num_splits)), num_warps=1),
+                dict(HEAD_D=D, BLOCK_D=_block_d(D), BLOCK_S=max(2, _next_pow2(num_splits)), STORE_LSE=need_lse,
+                     num_warps=1),
             )
 
     def __call__(self, q, k, v, mask_t, ranges):
         out = torch.empty(self.out_shape, dtype=self.dtype, device=self.device).transpose(1, 2)
-        lse = torch.empty(self.lse_shape, dtype=torch.float32, device=self.device)
+        lse = torch.empty(self.lse_shape, dtype=torch.float32, device=self.device) if self.need_lse else None
         if self.empty:
             return out, lse
         mask_arg = mask_t if self.uses_mask else q
-        ranges_arg = ranges if ranges is not None else lse
+        ranges_arg = ranges if ranges is not None else q
+        lse_arg = lse if lse is not None else q  # a pointer the kernels never write through (STORE_LSE off)
         if self.splits == 1:
-            self.launch(q, k, v, out, lse, mask_arg, ranges_arg)
+            self.launch(q, k, v, out, lse_arg, mask_arg, ranges_arg)
         else:
             o_part = torch.empty(self.part_shapes[0], dtype=torch.float32, device=self.device)
             l_part = torch.empty(self.part_shapes[1], dtype=torch.float32, device=self.device)
             self.launch(q, k, v, o_part, l_part, mask_arg, ranges_arg)
-            self.combine(o_part, l_part, out, lse)
+            self.combine(o_part, l_part, out, lse_arg)
         return out, lse
 
 
-def _forward(q, k, v, kind, mask_t, ranges, threshold, causal, scale):
-    key = (q.shape, q.stride(), k.shape, k.stride(), v.shape, v.stride(), q.dtype, k.dtype, v.dtype, q.device, kind,
-           None if mask_t is None else (mask_t.shape, mask_t.stride(), mask_t.dtype),
-           ranges is None, threshold, causal, scale, aligned(q, k, v, mask_t), _policy())
+def _forward(q, k, v, kind, mask_t, ranges, threshold, causal, scale, need_lse=True, signature=None):
+    """``(out, lse)``; ``lse`` is None when not ``need_lse`` (inference). ``signature``: the caller's key for
+    everything the plan depends on but pointer alignment and the module's settings (``ops`` passes its validated
+    call signature), so that the key is not built twice per call."""
+    if signature is None:
+        signature = (q.shape, q.stride(), k.shape, k.stride(), v.shape, v.stride(), q.dtype, k.dtype, v.dtype,
+                     q.device, kind, None if mask_t is None else (mask_t.shape, mask_t.stride(), mask_t.dtype),
+                     ranges is None, threshold, causal, scale)
+    key = (signature, need_lse, aligned(q, k, v, mask_t), _policy())
     plan = _PLANS.get(key)
     if plan is None:
-        plan = _ForwardPlan(q, k, v, kind, mask_t, threshold, causal, scale)
+        plan = _ForwardPlan(q, k, v, kind, mask_t, threshold, causal, scale, need_lse)
         remember(_PLANS, key, plan, _MAX_PLANS)
     return plan(q, k, v, mask_t, ranges)
 
 
+class _BackwardPlan:
+    """What ``_backward`` derives from its arguments' shapes, strides, dtypes, device and scalars (block sizes, grids,
+    the three kernels' scalar arguments and constexprs), computed once per such signature, as ``_ForwardPlan`` does
+    for the forward: a training step calls the backward with one signature in every layer, and three launches through
+    Triton's own path cost more host time than the kernels take on small batches."""
+
+    def __init__(self, do, q, k, v, out, lse, kind, mask_t, threshold, causal, scale):
+        B, H, Q, D = q.shape
+        Hkv, K = k.shape[1], k.shape[2]
+        self.empty = q.numel() == 0 or K == 0  # nothing was attended to: every gradient is zero
+        if self.empty:
+            return
+        bd = _block_d(D)
+        kv_cfg, q_cfg = _bwd_config(D, q.dtype, causal)
+        self.uses_mask = kind in (_K_RANGE, _K_BOOL, _K_ADD)
+        self.delta = bind(_bwd_delta_kernel, (_cdiv(Q, 64), B * H), (*out.stride(), *do.stride(), H, Q),
+                          dict(BLOCK_M=64, HEAD_D=D, BLOCK_D=bd))
+        # the gradients are allocated like q, k, v (empty_like keeps a dense tensor's strides)
+        dq, dk, dv = (torch.empty_like(t, device="meta") for t in (q, k, v))
+        mstr = _mask_args(kind, mask_t, q)[1]
+        upcast = _INTERPRET and q.dtype == torch.bfloat16
+        prec = "ieee" if (q.dtype == torch.float32 or upcast) else "tf32"
+        common = dict(MASK_KIND=kind, CAUSAL=causal, HEAD_D=D, BLOCK_D=bd, UPCAST=upcast, DOT_PREC=prec,
+                      WIDE=_wide(q, k, v, do, mask_t), FOLD=_fold(kind, scale))
+        qkv_strides = (*q.stride(), *k.stride(), *v.stride(), *do.stride())
+        block_m, block_n, warps, stages = kv_cfg
+        kv_first = _bh_first(causal, B * Hkv)
+        self.dkdv = bind(
+            _bwd_dkdv_kernel, (B * Hkv, _cdiv(K, block_n)) if kv_first else (_cdiv(K, block_n), B * Hkv),
+            (*qkv_strides, *dk.stride(), *dv.stride(), *mstr, H, Hkv, H // Hkv, Q, K, scale, scale * _LOG2E,
+             threshold),
+            dict(BH_FIRST=kv_first, BLOCK_M=block_m, BLOCK_N=block_n, num_warps=warps, num_stages=stages, **common),
+        )
+        block_m, block_n, warps, stages = q_cfg
+        q_first = _bh_first(causal, B * H)
+        self.dq = bind(
+            _bwd_dq_kernel, (B * H, _cdiv(Q, block_m)) if q_first else (_cdiv(Q, block_m), B * H),
+            (*qkv_strides, *dq.stride(), *mstr, H, H // Hkv, Q, K, scale, scale * _LOG2E, threshold),
+            dict(BH_FIRST=q_first, BLOCK_M=block_m, BLOCK_N=block_n, num_warps=warps, num_stages=stages, **common),
+        )
+
+    def __call__(self, do, q, k, v, out, lse, mask_t, ranges):
+        if self.empty:
+            return torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v)
+        delta = torch.empty_like(lse)
+        self.delta(out, do, delta)
+        dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+        mask_arg = mask_t if self.uses_mask else q
+        ranges_arg = ranges if ranges is not None else lse
+        self.dkdv(q, k, v, do, lse, delta, dk, dv, mask_arg, ranges_arg)
+        self.dq(q, k, v, do, lse, delta, dq, mask_arg, ranges_arg)
+        return dq, dk, dv
+
+
+_BWD_PLANS: dict = {}
+
+
 def _backward(do, q, k, v, out, lse, kind, mask_t, ranges, threshold, causal, scale):
-    B, H, Q, D = q.shape
-    Hkv, K = k.shape[1], k.shape[2]
-    bd = _block_d(D)
-    kv_cfg, q_cfg = _bwd_config(D, q.dtype, causal)
-    if q.numel() == 0 or K == 0:  # nothing was attended to: every gradient is zero
-        return torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v)
-    delta = torch.empty_like(lse)
-    _bwd_delta_kernel[(_cdiv(Q, 64), B * H)](
-        out, do, delta, *out.stride(), *do.stride(), H, Q, BLOCK_M=64, HEAD_D=D, BLOCK_D=bd,
-    )
-    dq = torch.empty_like(q)
-    dk = torch.empty_like(k)
-    dv = torch.empty_like(v)
-    mask_arg, mstr = _mask_args(kind, mask_t, q)
-    ranges_arg = ranges if ranges is not None else lse
-    upcast = _INTERPRET and q.dtype == torch.bfloat16
-    prec = "ieee" if (q.dtype == torch.float32 or upcast) else "tf32"
-    common = dict(MASK_KIND=kind, CAUSAL=causal, HEAD_D=D, BLOCK_D=bd, UPCAST=upcast, DOT_PREC=prec,
-                  WIDE=_wide(q, k, v, do, mask_t), FOLD=_fold(kind, scale))
-    block_m, block_n, warps, stages = kv_cfg
-    kv_first = _bh_first(causal, B * Hkv)
-    _bwd_dkdv_kernel[(B * Hkv, _cdiv(K, block_n)) if kv_first else (_cdiv(K, block_n), B * Hkv)](
-        q, k, v, do, lse, delta, dk, dv, mask_arg, ranges_arg,
-        *q.stride(), *k.stride(), *v.stride(), *do.stride(), *dk.stride(), *dv.stride(), *mstr,
-        H, Hkv, H // Hkv, Q, K, scale, scale * _LOG2E, threshold,
-        BH_FIRST=kv_first, BLOCK_M=block_m, BLOCK_N=block_n, num_warps=warps, num_stages=stages, **common,
-    )
-    block_m, block_n, warps, stages = q_cfg
-    q_first = _bh_first(causal, B * H)
-    _bwd_dq_kernel[(B * H, _cdiv(Q, block_m)) if q_first else (_cdiv(Q, block_m), B * H)](
-        q, k, v, do, lse, delta, dq, mask_arg, ranges_arg,
-        *q.stride(), *k.stride(), *v.stride(), *do.stride(), *dq.stride(), *mstr,
-        H, H // Hkv, Q, K, scale, scale * _LOG2E, threshold,
-        BH_FIRST=q_first, BLOCK_M=block_m, BLOCK_N=block_n, num_warps=warps, num_stages=stages, **common,
-    )
-    return dq, dk, dv
+    key = (q.shape, q.stride(), k.shape, k.stride(), v.stride(), do.stride(), out.stride(), q.dtype, k.dtype, v.dtype,
+           do.dtype, q.device, kind, None if mask_t is None else (mask_t.shape, mask_t.stride(), mask_t.dtype),
+           ranges is None, threshold, causal, scale, aligned(do, q, k, v, out, mask_t), _policy())
+    plan = _BWD_PLANS.get(key)
+    if plan is None:
+        plan = _BackwardPlan(do, q, k, v, out, lse, kind, mask_t, threshold, causal, scale)
+        remember(_BWD_PLANS, key, plan, _MAX_PLANS)
+    return plan(do, q, k, v, out, lse, mask_t, ranges)
 
 
 # ---------------------------------------------------------------------------------------------------------------

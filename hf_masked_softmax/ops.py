@@ -286,7 +286,7 @@ def attention(
                 mask_t = attention_mask.view(torch.uint8) if attention_mask.dtype == torch.bool else attention_mask
                 ranges = _masks.pad_ranges(mask_t, attention_mask)
             with on_device(q):
-                return _attn._forward(q, k, v, kind, mask_t, ranges, 0.0, causal, scale)[0]
+                return _attn._forward(q, k, v, kind, mask_t, ranges, 0.0, causal, scale, False, ("direct", sig))[0]
     _attn._validate(q, k, v, scale)
     B, H, Q, D = q.shape
     K = k.shape[2]
@@ -301,10 +301,12 @@ def attention(
     if path != "op":  # eager: the validated spec as it is, key ranges cached per mask object
         kind, mask_t, ranges = _kernel_mask_args(spec, attention_mask)
         if path == "direct":  # inference: straight to the launcher
+            known = None  # the plan's key: the validated signature where later calls look it up by it
             if sig is not None and spec.kind in (_masks.NONE, _masks.PAD2D):
                 remember(_VALIDATED, sig, (kind, scale), _MAX_VALIDATED)
+                known = ("direct", sig)
             with on_device(q):
-                return _attn._forward(q, k, v, kind, mask_t, ranges, threshold, bool(causal), scale)[0]
+                return _attn._forward(q, k, v, kind, mask_t, ranges, threshold, bool(causal), scale, False, known)[0]
         return _attn.AttentionFunction.apply(q, k, v, kind, mask_t, ranges, threshold, bool(causal), scale)
     out, _ = attention_op(q, k, v, attention_mask, spec.kind, threshold, bool(causal), scale)
     return out

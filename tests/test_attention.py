@@ -328,6 +328,63 @@ def test_launch_plans_are_reused_per_signature_and_rebuilt_when_a_setting_change
     assert_close(split, first)
 
 
+@pytest.mark.parametrize("splits", [1, 3])
+def test_inference_skips_the_log_sum_exp_and_writes_the_same_output(splits, device, monkeypatch):
+    monkeypatch.setattr(attn_mod, "_PLANS", {})
+    monkeypatch.setattr(attn_mod, "_is_decode", lambda Q: True)
+    monkeypatch.setattr(attn_mod, "_num_splits", lambda *a: splits)
+    q, k, v = _qkv(2, 4, 2, 3, 70, 16, torch.float32, device, grad=True)
+    mask = _pad_mask([70, 23], 70, "left", device)
+    with torch.no_grad():
+        inference = [attention_fn(q, k, v, mask, causal=True) for _ in range(2)]  # checked, then the shortcut
+    trained = attention_fn(q, k, v, mask, causal=True)
+    plans = list(attn_mod._PLANS.values())
+    assert [p.need_lse for p in plans] == [False, True]  # one inference plan served both calls
+    assert all(p.splits == splits for p in plans)
+    for out in inference:
+        assert torch.equal(out, trained)
+    assert_close(trained, _ref(q, k, v, mask, True)[0], scale=OUT_SCALE[q.dtype])
+    # the training call's log-sum-exp is complete: its gradients match the reference
+    do = torch.randn(trained.shape, generator=torch.Generator().manual_seed(3)).to(device)
+    grads = torch.autograd.grad(trained, (q, k, v), do)
+    for g, r in zip(grads, _ref(q, k, v, mask, True, do=do)[1]):
+        assert_close(g, r, q.dtype, scale=GRAD_SCALE[q.dtype])
+
+
+def test_backward_plans_are_reused_per_signature_and_rebuilt_when_a_setting_changes(device, monkeypatch):
+    built = []
+
+    class CountingPlan(attn_mod._BackwardPlan):
+        def __init__(self, *args):
+            built.append(args[1].stride())
+            super().__init__(*args)
+
+    monkeypatch.setattr(attn_mod, "_BackwardPlan", CountingPlan)
+    monkeypatch.setattr(attn_mod, "_BWD_PLANS", {})
+    mask = _pad_mask([40, 11], 40, "left", device)
+    base = _qkv(2, 4, 2, 3, 40, 16, torch.float32, device)
+    hf_layout = [t.transpose(1, 2).contiguous().transpose(1, 2) for t in base]  # [B, T, H, D] memory
+    first = None
+    for tensors in (base, [t.clone() for t in base], hf_layout):  # the second reuses the first's plan, not the third
+        q, k, v = (t.detach().requires_grad_(True) for t in tensors)
+        out = attention_fn(q, k, v, mask, causal=True)
+        grads = torch.autograd.grad(out.sum(), (q, k, v))
+        first = first or grads
+        for g, t, f in zip(grads, (q, k, v), first):
+            assert g.stride() == t.stride()
+            assert torch.equal(g, f)  # the same kernels on the same data: bit-identical in either layout
+    assert built == [base[0].stride(), hf_layout[0].stride()]
+    # a setting the plans derive from (here: the backward's block sizes) gets its own plan, and it takes effect
+    monkeypatch.setattr(attn_mod, "_bwd_config", lambda *a: ((16, 32, 4, 1), (32, 16, 4, 1)))
+    q, k, v = _qkv(2, 4, 2, 3, 40, 16, torch.float32, device, grad=True)
+    _check(q, k, v, mask, True, grad=True)
+    assert len(built) == 3
+    # nothing to attend to: zero gradients, no launch
+    q, k, v = _qkv(1, 2, 2, 3, 0, 16, torch.float32, device, grad=True)
+    out = attention_fn(q, k, v, torch.zeros(1, 0, dtype=torch.bool, device=device))
+    assert all(torch.equal(g, torch.zeros_like(g)) for g in torch.autograd.grad(out.sum(), (q, k, v)))
+
+
 def test_the_plan_cache_is_bounded(device, monkeypatch):
     monkeypatch.setattr(attn_mod, "_PLANS", {})
     monkeypatch.setattr(attn_mod, "_MAX_PLANS", 3)

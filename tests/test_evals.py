@@ -209,13 +209,17 @@ def test_speed_script_smoke(tmp_path):
     import speed
 
     out = tmp_path / "speed.json"
-    assert speed.main(["--tiny", "--device", "cpu", "--impls", "eager,fused", "--only", "generate,bert",
+    assert speed.main(["--tiny", "--device", "cpu", "--impls", "eager,fused", "--only", "generate,bert,train",
                        "--generate-reps", "1", "--cpu-reps", "1", "--rounds", "2", "--no-plot", "--json",
                        str(out)]) == 0
     rows = _read(out)["rows"]
-    assert len(rows) == 2 * 2
+    assert len(rows) == 3 * 2
     gen = [r for r in rows if r["kind"] == "generate"]
     assert [r["token_agreement_with_first_impl"] for r in gen] == [None, 1.0]
+    # the training step: the same loss through the fused kernel's forward and backward
+    train = [r for r in rows if r["kind"] == "train"]
+    assert [r["impl"] for r in train] == ["eager", "fused"] and train[0]["loss_rel_diff_vs_first_impl"] == 0.0
+    assert train[1]["loss_rel_diff_vs_first_impl"] < 1e-5 and train[1]["sequences_per_s"] > 0
     assert all(r["ms"] > 0 and r["speedup_vs_eager"] > 0 for r in rows)
     # every row is the median of its interleaved rounds; no device time off CUDA
     for r in rows:
