@@ -157,7 +157,8 @@ def profile_generate(out_dir, dev, tiny=False, impls=("eager", "sdpa", "softmax"
 def profile_attention(out_dir, dev) -> list[dict]:
     """cProfile of back-to-back fused attention calls: the forward on the decode-step shape of ``micro`` and the
     autograd backward on the BERT shape of bench_attention.py (B32 H12 512x512, right padding), where the backward's
-    host cost exceeds its device time. Writes ``OUT/attention_profile_{fwd,bwd}.txt``."""
+    host cost exceeds its device time; host cost per call of those and of the training forward (autograd recording),
+    beside SDPA's. Writes ``OUT/attention_profile_{fwd,bwd}.txt``."""
     import hf_masked_softmax as hms
 
     rows = []
@@ -194,6 +195,10 @@ def profile_attention(out_dir, dev) -> list[dict]:
     qb, kb, vb = (torch.randn(B, Q, H, D, generator=g).to(dev, torch.float16).transpose(1, 2).requires_grad_(True)
                   for _ in range(3))
     padb = (torch.arange(Q)[None] < torch.randint(Q // 2, Q + 1, (B, 1), generator=g)).to(dev)
+    rows.append({"what": "attention forward with autograd, BERT shape", "us_per_call": us_per_call(
+        lambda: hms.attention(qb, kb, vb, padb), n_bwd)})
+    rows.append({"what": "sdpa forward with autograd, BERT shape, no mask", "us_per_call": us_per_call(
+        lambda: torch.nn.functional.scaled_dot_product_attention(qb, kb, vb), n_bwd)})
     out = hms.attention(qb, kb, vb, padb)
     do = torch.randn_like(out)
     bwd = lambda: torch.autograd.grad(out, (qb, kb, vb), do, retain_graph=True)  # noqa: E731

@@ -54,6 +54,9 @@
 #   bash evals/gpu_session.sh bwdplan   # 2026-12-02 (8): backward launch plans and inference without the
 #                                       # log-sum-exp: GPU tests, the plan tests on CUDA, host cost with and before
 #                                       # them (old_tree/), training-step rows, generate rows with and before them
+#   bash evals/gpu_session.sh trainab   # 2026-12-02 (8): training calls skip the checks for validated signatures:
+#                                       # attention GPU tests, then host cost, training-step and generate rows with
+#                                       # and before this session's changes (old_tree/), alternating
 set -uo pipefail
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
 OUT=${OUT:-out}
@@ -343,8 +346,31 @@ case "${1:-}" in
         --generate-reps 5 --out "$OUT/gen_old$round" --no-plot 2>&1 | grep -E "^gpt2-small generate")
     done
     ;;
+  trainab)
+    # old_tree/evals/speed.py: this session's speed.py (with the training rows) beside the old package
+    (cd old_tree && PYTHONPATH="$PWD" python -c "import hf_masked_softmax as m; print('old tree:', m.__file__)")
+    timeout 150 python -m pytest -q -m gpu -p no:cacheprovider tests/test_attention.py 2>&1 \
+      | tee "$OUT/gpu_tests8b.log" | grep -E "passed|failed|^FAILED|^ERROR" | cut -c1-200
+    for round in 1 2; do
+      timeout 60 python evals/bench_host.py --attention-profile --out "$OUT/host_new$round" 2>&1 | grep -E "attention|sdpa"
+      (cd old_tree && PYTHONPATH="$PWD" timeout 60 python evals/bench_host.py --attention-profile \
+        --out "$OUT/host_old$round" 2>&1 | grep -E "attention|sdpa")
+    done
+    for round in 1 2; do
+      timeout 90 python evals/speed.py --only train --impls sdpa,fused --out "$OUT/train_new$round" --no-plot \
+        2>&1 | grep -E "train pad"
+      (cd old_tree && PYTHONPATH="$PWD" timeout 90 python evals/speed.py --only train --impls sdpa,fused \
+        --out "$OUT/train_old$round" --no-plot 2>&1 | grep -E "train pad")
+    done
+    for round in 1 2; do
+      timeout 60 python evals/speed.py --only "generate nopad" --impls sdpa,fused --generate-reps 5 \
+        --out "$OUT/gen_new$round" --no-plot 2>&1 | grep -E "^gpt2-small generate"
+      (cd old_tree && PYTHONPATH="$PWD" timeout 60 python evals/speed.py --only "generate nopad" --impls sdpa,fused \
+        --generate-reps 5 --out "$OUT/gen_old$round" --no-plot 2>&1 | grep -E "^gpt2-small generate")
+    done
+    ;;
   *)
-    echo "usage: bash evals/gpu_session.sh tests|kernels|e2e|check|followup|recheck|verify|measure|final|stream|last|tune|host|fast|fastcheck|closing|fold|fold2|fold3|e2e3|bert4|bert5|check4|lengths|ncu|bwd|suite|suite2|final6|plans|hostplans|genab|fuzz|bwdplan" >&2
+    echo "usage: bash evals/gpu_session.sh tests|kernels|e2e|check|followup|recheck|verify|measure|final|stream|last|tune|host|fast|fastcheck|closing|fold|fold2|fold3|e2e3|bert4|bert5|check4|lengths|ncu|bwd|suite|suite2|final6|plans|hostplans|genab|fuzz|bwdplan|trainab" >&2
     exit 2
     ;;
 esac

@@ -891,9 +891,9 @@ class AttentionFunction(torch.autograd.Function):
     kernels' mask arguments (``ops._kernel_mask_args``)."""
 
     @staticmethod
-    def forward(ctx, q, k, v, kind, mask_t, ranges, threshold, causal, scale):
+    def forward(ctx, q, k, v, kind, mask_t, ranges, threshold, causal, scale, signature=None):
         with _device_of(q):
-            out, lse = _forward(q, k, v, kind, mask_t, ranges, threshold, causal, scale)
+            out, lse = _forward(q, k, v, kind, mask_t, ranges, threshold, causal, scale, True, signature)
         ctx.save_for_backward(q, k, v, out, lse)
         ctx.mask = (kind, mask_t, ranges, threshold, causal, scale)
         return out
@@ -903,7 +903,7 @@ class AttentionFunction(torch.autograd.Function):
         q, k, v, out, lse = ctx.saved_tensors
         with _device_of(q):
             dq, dk, dv = _backward(do, q, k, v, out, lse, *ctx.mask)
-        return dq, dk, dv, None, None, None, None, None, None
+        return dq, dk, dv, None, None, None, None, None, None, None
 
 
 _SAME_DEVICE = contextlib.nullcontext()

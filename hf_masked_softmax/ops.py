@@ -73,10 +73,15 @@ def call_path(*tensors: torch.Tensor) -> str:
     ~100 us per forward call, and several hundred per backward through the operator's registered autograd)."""
     if torch.compiler.is_compiling():
         return "op"
-    if any(type(t) is not torch.Tensor for t in tensors) or _dispatch_modes_active():
+    for t in tensors:  # loops, not generator expressions: this runs on every call, where microseconds count
+        if type(t) is not torch.Tensor:
+            return "op"
+    if _dispatch_modes_active():
         return "op"
-    if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
-        return "function"
+    if torch.is_grad_enabled():
+        for t in tensors:
+            if t.requires_grad:
+                return "function"
     return "direct"
 
 
@@ -245,12 +250,12 @@ def _attention_backward(ctx, do, _dlse):
 attention_op.register_autograd(_attention_backward, setup_context=_attention_setup)
 
 
-# Signatures of eager inference calls already validated (no mask or a 2D padding mask) -> (kernel kind, scale).
+# Signatures of eager calls already validated (no mask or a 2D padding mask) -> (kernel kind, scale).
 _VALIDATED: dict = {}
 _MAX_VALIDATED = 256  # a decoding step adds one (its key length); cleared when full
 
 
-def _direct_signature(q, k, v, mask, causal, scale):
+def _eager_signature(q, k, v, mask, causal, scale):
     """Everything ``attention``'s checks and mask classification depend on, or None where the shortcut does not
     apply (a 4D mask, or arguments of other types: those always take the checks)."""
     if type(causal) is not bool or (scale is not None and type(scale) is not float):
@@ -265,6 +270,15 @@ def _direct_signature(q, k, v, mask, causal, scale):
             k.device, v.device, msig, causal, scale)
 
 
+def _eager(path, q, k, v, kind, mask_t, ranges, threshold, causal, scale, signature):
+    """The eager paths past the checks: inference straight to the launcher (no log-sum-exp kept), training through
+    the autograd function. ``signature``: the validated call signature the launch plan is looked up by, or None."""
+    if path == "direct":
+        with on_device(q):
+            return _attn._forward(q, k, v, kind, mask_t, ranges, threshold, causal, scale, False, signature)[0]
+    return _attn.AttentionFunction.apply(q, k, v, kind, mask_t, ranges, threshold, causal, scale, signature)
+
+
 def attention(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -276,8 +290,9 @@ def attention(
 ) -> torch.Tensor:
     """:func:`hf_masked_softmax.attention` through the custom operator (same arguments, same contract)."""
     path = call_path(q, k, v)
-    if path == "direct":  # eager inference: a signature validated before skips the checks
-        sig = _direct_signature(q, k, v, attention_mask, causal, scale)
+    sig = None
+    if path != "op":  # eager: a signature validated before skips the checks (a model calls one per layer)
+        sig = _eager_signature(q, k, v, attention_mask, causal, scale)
         hit = _VALIDATED.get(sig) if sig is not None else None
         if hit is not None:
             kind, scale = hit
@@ -285,8 +300,7 @@ def attention(
             if kind == _attn._K_RANGE:
                 mask_t = attention_mask.view(torch.uint8) if attention_mask.dtype == torch.bool else attention_mask
                 ranges = _masks.pad_ranges(mask_t, attention_mask)
-            with on_device(q):
-                return _attn._forward(q, k, v, kind, mask_t, ranges, 0.0, causal, scale, False, ("direct", sig))[0]
+            return _eager(path, q, k, v, kind, mask_t, ranges, 0.0, causal, scale, (path, sig))
     _attn._validate(q, k, v, scale)
     B, H, Q, D = q.shape
     K = k.shape[2]
@@ -300,13 +314,10 @@ def attention(
         threshold = max(threshold, float(torch.finfo(torch.float32).min))
     if path != "op":  # eager: the validated spec as it is, key ranges cached per mask object
         kind, mask_t, ranges = _kernel_mask_args(spec, attention_mask)
-        if path == "direct":  # inference: straight to the launcher
-            known = None  # the plan's key: the validated signature where later calls look it up by it
-            if sig is not None and spec.kind in (_masks.NONE, _masks.PAD2D):
-                remember(_VALIDATED, sig, (kind, scale), _MAX_VALIDATED)
-                known = ("direct", sig)
-            with on_device(q):
-                return _attn._forward(q, k, v, kind, mask_t, ranges, threshold, bool(causal), scale, False, known)[0]
-        return _attn.AttentionFunction.apply(q, k, v, kind, mask_t, ranges, threshold, bool(causal), scale)
+        known = None  # the plan's key: the validated signature where later calls look it up by it
+        if sig is not None and spec.kind in (_masks.NONE, _masks.PAD2D):
+            remember(_VALIDATED, sig, (kind, scale), _MAX_VALIDATED)
+            known = (path, sig)
+        return _eager(path, q, k, v, kind, mask_t, ranges, threshold, bool(causal), scale, known)
     out, _ = attention_op(q, k, v, attention_mask, spec.kind, threshold, bool(causal), scale)
     return out

@@ -412,10 +412,20 @@ def test_validated_signatures_skip_the_checks_and_nothing_else(device, monkeypat
         attention_fn(q, k, v, mask.to("meta"), causal=True)
     with pytest.raises(ValueError, match="head_dim"):
         attention_fn(q, k[..., :8], v[..., :8], mask, causal=True)
-    # 4D masks, training calls and scales or flags of other types are never recorded
+    # 4D masks and scales or flags of other types are never recorded
     attention_fn(q, k, v, mask[:, None, None, :], causal=True)
-    attention_fn(q.detach().requires_grad_(True), k, v, mask, causal=True)
     attention_fn(q, k, v, mask, causal=1, scale=1)
+    assert len(ops._VALIDATED) == 1
+    # training calls share the signature: checked once, then through the autograd function unchecked, with the
+    # log-sum-exp the backward needs
+    qg, kg, vg = (t.detach().requires_grad_(True) for t in (q, k, v))
+    with mock.patch.object(attn_mod, "_validate", refuse):
+        trained = attention_fn(qg, kg, vg, mask, causal=True)
+    assert torch.equal(trained, out) and trained.grad_fn is not None
+    do = torch.randn(out.shape, generator=torch.Generator().manual_seed(5)).to(device)
+    grads = torch.autograd.grad(trained, (qg, kg, vg), do)
+    for g, r in zip(grads, _ref(q, k, v, mask, True, do=do)[1]):
+        assert_close(g, r, q.dtype, scale=GRAD_SCALE[q.dtype])
     assert len(ops._VALIDATED) == 1
 
 
