@@ -57,6 +57,8 @@
 #   bash evals/gpu_session.sh trainab   # 2026-12-02 (8): training calls skip the checks for validated signatures:
 #                                       # attention GPU tests, then host cost, training-step and generate rows with
 #                                       # and before this session's changes (old_tree/), alternating
+#   bash evals/gpu_session.sh final8    # 2026-12-02 (8): every GPU test, random cases at real sizes, training-step rows
+#                                       # of every implementation
 set -uo pipefail
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
 OUT=${OUT:-out}
@@ -369,8 +371,18 @@ case "${1:-}" in
         --generate-reps 5 --out "$OUT/gen_old$round" --no-plot 2>&1 | grep -E "^gpt2-small generate")
     done
     ;;
+  final8)
+    timeout 260 python -m pytest -q -m gpu -k "not 2_pow_31" -p no:cacheprovider 2>&1 | tee "$OUT/gpu_tests8c.log" \
+      | grep -E "passed|failed|^FAILED|^ERROR" | cut -c1-200
+    timeout 150 python -u -m hf_masked_softmax.check --quick --no-bench --fuzz 200 --seed 8 --json "$OUT/check_fuzz8.json" \
+      > "$OUT/check_fuzz8.log" 2>&1
+    tr '\r' '\n' < "$OUT/check_fuzz8.log" | grep -v -E "^  PASS|random cases: " | tail -20
+    tr '\r' '\n' < "$OUT/check_fuzz8.log" | grep "random cases: " | tail -1
+    timeout 150 python evals/speed.py --only train --out "$OUT" --json "$OUT/speed_train8.json" 2>&1 \
+      | tee "$OUT/speed_train8.log" | tail -16
+    ;;
   *)
-    echo "usage: bash evals/gpu_session.sh tests|kernels|e2e|check|followup|recheck|verify|measure|final|stream|last|tune|host|fast|fastcheck|closing|fold|fold2|fold3|e2e3|bert4|bert5|check4|lengths|ncu|bwd|suite|suite2|final6|plans|hostplans|genab|fuzz|bwdplan|trainab" >&2
+    echo "usage: bash evals/gpu_session.sh tests|kernels|e2e|check|followup|recheck|verify|measure|final|stream|last|tune|host|fast|fastcheck|closing|fold|fold2|fold3|e2e3|bert4|bert5|check4|lengths|ncu|bwd|suite|suite2|final6|plans|hostplans|genab|fuzz|bwdplan|trainab|final8" >&2
     exit 2
     ;;
 esac
