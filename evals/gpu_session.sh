@@ -70,6 +70,18 @@ nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | tee "$OUT/gpu
 # Nsight Compute (stages ncu, bwd): on the PATH or in its install folders
 NCU=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu /usr/local/cuda/bin/ncu 2>/dev/null | head -1)
 
+# against_old TAG SECONDS FILTER SCRIPT ARGS...: the script from this checkout and from old_tree/ (an untracked copy
+# of an older commit), alternating, two rounds; each run writes under $OUT/TAG_{new,old}ROUND, prints FILTER's lines
+against_old() {
+  local tag=$1 limit=$2 filter=$3
+  shift 3
+  for round in 1 2; do
+    timeout "$limit" python "$@" --out "$OUT/${tag}_new$round" 2>&1 | grep -E "$filter"
+    (cd old_tree && PYTHONPATH="$PWD" timeout "$limit" python "$@" --out "$OUT/${tag}_old$round" 2>&1 \
+      | grep -E "$filter")
+  done
+}
+
 case "${1:-}" in
   tests)
     # tensors of 2**31+ elements in their own process: a fault there must not poison the other tests' CUDA context
@@ -302,21 +314,12 @@ case "${1:-}" in
   hostplans)
     timeout 60 python -m pytest -q -m gpu -p no:cacheprovider tests/test_launch.py 2>&1 \
       | grep -E "passed|failed|^FAILED|^ERROR" | cut -c1-200
-    for round in 1 2; do
-      timeout 60 python evals/bench_host.py --no-profile --out "$OUT/host_new$round" 2>&1 | grep -E "attention|softmax|sdpa"
-      (cd old_tree && PYTHONPATH="$PWD" timeout 60 python evals/bench_host.py --no-profile --out "$OUT/host_old$round" \
-        2>&1 | grep -E "attention|softmax|sdpa")
-    done
+    against_old host 60 "attention|softmax|sdpa" evals/bench_host.py --no-profile
     timeout 240 python evals/speed.py --only "gpt2-small generate" --generate-reps 5 --out "$OUT" --no-plot 2>&1 \
       | tee "$OUT/speed_generate.log" | tail -14
     ;;
   genab)
-    for round in 1 2; do
-      timeout 100 python evals/speed.py --only "gpt2-small generate" --generate-reps 5 --out "$OUT/gen_new$round" \
-        --no-plot 2>&1 | grep -E "^gpt2-small generate"
-      (cd old_tree && PYTHONPATH="$PWD" timeout 100 python evals/speed.py --only "gpt2-small generate" \
-        --generate-reps 5 --out "$OUT/gen_old$round" --no-plot 2>&1 | grep -E "^gpt2-small generate")
-    done
+    against_old gen 100 "^gpt2-small generate" evals/speed.py --only "gpt2-small generate" --generate-reps 5 --no-plot
     ;;
   fuzz)
     # random cases against the fp64 reference (failures are printed as they come; the JSON holds every case)
@@ -334,42 +337,21 @@ case "${1:-}" in
     timeout 100 python -m pytest -q -m "not gpu" -p no:cacheprovider tests/test_attention.py \
       -k "plan or inference or validated or range_cache" 2>&1 \
       | tee "$OUT/cuda_plans8.log" | grep -E "passed|failed|^FAILED|^ERROR" | cut -c1-200
-    for round in 1 2; do
-      timeout 60 python evals/bench_host.py --attention-profile --out "$OUT/host_new$round" 2>&1 | grep -E "attention|sdpa"
-      (cd old_tree && PYTHONPATH="$PWD" timeout 60 python evals/bench_host.py --attention-profile \
-        --out "$OUT/host_old$round" 2>&1 | grep -E "attention|sdpa")
-    done
+    against_old host 60 "attention|sdpa" evals/bench_host.py --attention-profile
     timeout 200 python evals/speed.py --only train --impls eager,sdpa,softmax,fused --out "$OUT" \
       --json "$OUT/speed_train.json" 2>&1 | tee "$OUT/speed_train.log" | tail -12
-    for round in 1 2; do
-      timeout 60 python evals/speed.py --only "generate nopad" --impls sdpa,fused --generate-reps 5 \
-        --out "$OUT/gen_new$round" --no-plot 2>&1 | grep -E "^gpt2-small generate"
-      (cd old_tree && PYTHONPATH="$PWD" timeout 60 python evals/speed.py --only "generate nopad" --impls sdpa,fused \
-        --generate-reps 5 --out "$OUT/gen_old$round" --no-plot 2>&1 | grep -E "^gpt2-small generate")
-    done
+    against_old gen 60 "^gpt2-small generate" evals/speed.py --only "generate nopad" --impls sdpa,fused \
+      --generate-reps 5 --no-plot
     ;;
   trainab)
     # old_tree/evals/speed.py: this session's speed.py (with the training rows) beside the old package
     (cd old_tree && PYTHONPATH="$PWD" python -c "import hf_masked_softmax as m; print('old tree:', m.__file__)")
     timeout 150 python -m pytest -q -m gpu -p no:cacheprovider tests/test_attention.py 2>&1 \
       | tee "$OUT/gpu_tests8b.log" | grep -E "passed|failed|^FAILED|^ERROR" | cut -c1-200
-    for round in 1 2; do
-      timeout 60 python evals/bench_host.py --attention-profile --out "$OUT/host_new$round" 2>&1 | grep -E "attention|sdpa"
-      (cd old_tree && PYTHONPATH="$PWD" timeout 60 python evals/bench_host.py --attention-profile \
-        --out "$OUT/host_old$round" 2>&1 | grep -E "attention|sdpa")
-    done
-    for round in 1 2; do
-      timeout 90 python evals/speed.py --only train --impls sdpa,fused --out "$OUT/train_new$round" --no-plot \
-        2>&1 | grep -E "train pad"
-      (cd old_tree && PYTHONPATH="$PWD" timeout 90 python evals/speed.py --only train --impls sdpa,fused \
-        --out "$OUT/train_old$round" --no-plot 2>&1 | grep -E "train pad")
-    done
-    for round in 1 2; do
-      timeout 60 python evals/speed.py --only "generate nopad" --impls sdpa,fused --generate-reps 5 \
-        --out "$OUT/gen_new$round" --no-plot 2>&1 | grep -E "^gpt2-small generate"
-      (cd old_tree && PYTHONPATH="$PWD" timeout 60 python evals/speed.py --only "generate nopad" --impls sdpa,fused \
-        --generate-reps 5 --out "$OUT/gen_old$round" --no-plot 2>&1 | grep -E "^gpt2-small generate")
-    done
+    against_old host 60 "attention|sdpa" evals/bench_host.py --attention-profile
+    against_old train 90 "train pad" evals/speed.py --only train --impls sdpa,fused --no-plot
+    against_old gen 60 "^gpt2-small generate" evals/speed.py --only "generate nopad" --impls sdpa,fused \
+      --generate-reps 5 --no-plot
     ;;
   final8)
     timeout 260 python -m pytest -q -m gpu -k "not 2_pow_31" -p no:cacheprovider 2>&1 | tee "$OUT/gpu_tests8c.log" \
