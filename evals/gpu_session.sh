@@ -59,6 +59,8 @@
 #                                       # and before this session's changes (old_tree/), alternating
 #   bash evals/gpu_session.sh final8    # 2026-12-02 (8): every GPU test, random cases at real sizes, training-step rows
 #                                       # of every implementation
+#   bash evals/gpu_session.sh nosync    # 2026-12-02 (8): forward rows with the mask function that no longer waits for
+#                                       # the GPU, then the same rows from old_tree/ (which does)
 set -uo pipefail
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
 OUT=${OUT:-out}
@@ -363,8 +365,14 @@ case "${1:-}" in
     timeout 150 python evals/speed.py --only train --out "$OUT" --json "$OUT/speed_train8.json" 2>&1 \
       | tee "$OUT/speed_train8.log" | tail -16
     ;;
+  nosync)
+    for tree in . old_tree; do
+      (cd "$tree" && PYTHONPATH="$PWD" timeout 150 python evals/speed.py --only "gpt2-small fwd pad,bert-base enc 59%" \
+        --impls eager,sdpa,softmax,fused --out "$OUT/fwd_$tree" --no-plot 2>&1 | grep -E "fwd pad|enc 59%")
+    done
+    ;;
   *)
-    echo "usage: bash evals/gpu_session.sh tests|kernels|e2e|check|followup|recheck|verify|measure|final|stream|last|tune|host|fast|fastcheck|closing|fold|fold2|fold3|e2e3|bert4|bert5|check4|lengths|ncu|bwd|suite|suite2|final6|plans|hostplans|genab|fuzz|bwdplan|trainab|final8" >&2
+    echo "usage: bash evals/gpu_session.sh tests|kernels|e2e|check|followup|recheck|verify|measure|final|stream|last|tune|host|fast|fastcheck|closing|fold|fold2|fold3|e2e3|bert4|bert5|check4|lengths|ncu|bwd|suite|suite2|final6|plans|hostplans|genab|fuzz|bwdplan|trainab|final8|nosync" >&2
     exit 2
     ;;
 esac

@@ -6,8 +6,9 @@ so ``from_pretrained(..., attn_implementation="hf_masked_softmax")`` works after
 ``patch_model`` switches an already loaded model to the same name.
 
 Masks. HF's eager and sdpa paths expand the tokenizer's ``[B, K]`` padding mask to a 4D ``[B, 1, Q, K]`` tensor with
-causality baked in. The mask function here returns the compact ``[B, K]`` bool mask instead (or ``None`` when nothing
-is padded), and the attention function adds causality itself from ``module.is_causal``, bottom-right aligned, which
+causality baked in. The mask function here returns the compact ``[B, K]`` bool mask instead (``None`` when the model
+got no mask; a mask without padding is returned as it is, since finding that out would synchronise with the GPU),
+and the attention function adds causality itself from ``module.is_causal``, bottom-right aligned, which
 is exactly HF's causal mask whenever the last query is the last key (no cache, or a dynamic cache). Everything else
 that HF can ask for (a static cache whose keys run past the queries, packed sequences, custom ``or``/``and`` mask
 functions) gets HF's own 4D boolean mask, which the attention function then uses as given, with no causality added,
@@ -171,8 +172,10 @@ def _mask_function(
         pad = attention_mask[:, kv_offset: kv_offset + kv_length].to(torch.bool)
         if pad.shape[-1] < kv_length:
             pad = torch.nn.functional.pad(pad, (0, kv_length - pad.shape[-1]), value=False)
-        if not is_tracing(pad) and bool(pad.all()):
-            return None  # no padding: the kernels' mask-free path
+        # Returned even when nothing is padded: asking (``bool(pad.all())``) would copy a flag from the GPU and so
+        # wait for everything queued before it, every forward; the host could then never run ahead of the GPU, and a
+        # forward would take its host time plus its device time. A mask with no padding costs the kernels one key
+        # range per sequence (one tiny launch per forward, shared by every layer).
         return pad
     kwargs.update(allow_is_causal_skip=False, allow_is_bidirectional_skip=False)
     return masking_utils.sdpa_mask(

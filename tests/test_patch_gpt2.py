@@ -221,9 +221,11 @@ def test_kernels_receive_compact_2d_mask(device, monkeypatch):
     ids, mask = padded_batch(device, lengths=(12, 7, 3), total=12)
     patch_model(model, mode="softmax")
     model(ids, attention_mask=mask)
+    # a mask without padding is passed on as it is: finding out that nothing is padded would wait for the GPU
     model(ids, attention_mask=torch.ones_like(mask))
+    model(ids)  # no mask at all: None
     unpatch_model(model)
-    assert [c[0] for c in calls] == [(torch.bool, (3, 12))] * 2 + [None] * 2
+    assert [c[0] for c in calls] == [(torch.bool, (3, 12))] * 4 + [None] * 2
     assert all(c[1]["causal"] is True and c[1]["scale"] == pytest.approx(8 ** -0.5) for c in calls)
 
 
