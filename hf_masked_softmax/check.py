@@ -8,7 +8,8 @@ the timed calls. Prints a short report; exit status 0 when every check passes, 1
 Without CUDA: runs small checks of the real kernels in Triton's CPU interpreter (it re-runs itself with
 ``TRITON_INTERPRET=1`` when that is not set) and says so; there is no benchmark.
 
-Options: ``--quick`` (fewer cases), ``--no-bench``, ``--json PATH`` (write the results), ``--fuzz N`` (also N random
+Options: ``--quick`` (fewer cases), ``--no-bench``, ``--json PATH`` (the results, rewritten after every check with
+``"complete": false`` until the run ends, so that a run cut short leaves what it found), ``--fuzz N`` (also N random
 cases: realistic sizes on CUDA, every head dim from 1 to 256, GQA, decode splits, each mask form, strided and
 broadcast layouts, NaN inputs; ``--seed S``; ``--fuzz-case I`` reruns one of them).
 """
@@ -425,7 +426,16 @@ def main(argv=None) -> int:
         print("No CUDA device: checking the real Triton kernels in Triton's CPU interpreter on small shapes "
               "(slow, no benchmark). Run on a GPU for the full check and the timings.")
 
-    results = []
+    results, bench = [], []
+
+    def save(complete):
+        # written after every check, so that a run cut short (a time limit) still leaves what it found
+        if args.json:
+            tmp = f"{args.json}.tmp"
+            with open(tmp, "w") as f:
+                json.dump(dict(device=where, torch=torch.__version__, triton=triton.__version__, complete=complete,
+                               checks=results, benchmark=bench), f, indent=1)
+            os.replace(tmp, args.json)
 
     def report(kernel, shape, dtype, form, violation, zeros_exact, detail="", error=None, quiet=False):
         ok = violation <= 1.0 and zeros_exact
@@ -435,6 +445,7 @@ def main(argv=None) -> int:
             results[-1]["case"] = detail
         if error:
             results[-1]["error"] = error
+        save(False)
         if quiet and ok:  # random cases: failures only (the summary counts the rest)
             return
         note = error or ("" if zeros_exact else "masked entries not exactly 0")
@@ -454,17 +465,13 @@ def main(argv=None) -> int:
         fuzz(device, args.fuzz, args.seed, report, only=args.fuzz_case)
         fuzz_failed = sum(not r["ok"] for r in results[before:])
         print(f"  {len(results) - before - fuzz_failed}/{len(results) - before} random cases passed", flush=True)
-    bench = []
     if cuda and not args.no_bench and args.fuzz_case is None:
         print("Micro-benchmark, fp16, left padding + causal (median of triton.testing.do_bench):")
-        bench = benchmark(args.quick)
+        bench.extend(benchmark(args.quick))
     failed = [r for r in results if not r["ok"]]
     print(f"{len(results) - len(failed)}/{len(results)} checks passed in {time.perf_counter() - t0:.1f} s"
           + ("" if not failed else f"; FAILED: {len(failed)}"))
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(dict(device=where, torch=torch.__version__, triton=triton.__version__, checks=results,
-                           benchmark=bench), f, indent=1)
+    save(True)
     return 1 if failed else 0
 
 

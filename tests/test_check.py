@@ -2,6 +2,7 @@
 test-suite's tolerance table."""
 import json
 
+import pytest
 import torch
 
 import hf_masked_softmax
@@ -47,6 +48,26 @@ def test_fuzz_runs_random_cases_of_both_kernels(tmp_path, capsys):
     assert [r["kernel"] for r in rows] == [f"{'attention' if i % 2 == 0 else 'masked_softmax'} #{i}" for i in range(6)]
     assert all(r["ok"] and r["case"] and 0 <= r["error_over_tolerance"] <= 1 for r in rows)
     assert "6/6 random cases passed" in capsys.readouterr().out
+
+
+def test_the_json_holds_every_check_done_before_a_run_is_cut_short(tmp_path, monkeypatch):
+    path = tmp_path / "cut.json"
+    real = check._fuzz_softmax
+
+    def time_limit(*args):
+        raise KeyboardInterrupt  # what a timeout's signal amounts to, here in the second random case
+
+    monkeypatch.setattr(check, "_fuzz_softmax", time_limit)
+    with pytest.raises(KeyboardInterrupt):
+        check.main(["--no-bench", "--fuzz", "4", "--seed", "1", "--json", str(path)])
+    data = json.loads(path.read_text())
+    assert data["complete"] is False
+    rows = [r for r in data["checks"] if "#" in r["kernel"]]
+    assert [r["kernel"] for r in rows] == ["attention #0"] and rows[0]["ok"]
+    assert {r["kernel"] for r in data["checks"]} == {"masked_softmax", "attention", "attention #0"}
+    monkeypatch.setattr(check, "_fuzz_softmax", real)
+    assert check.main(["--no-bench", "--fuzz-case", "0", "--json", str(path)]) == 0
+    assert json.loads(path.read_text())["complete"] is True
 
 
 def test_fuzz_case_reruns_one_case_exactly(tmp_path):
