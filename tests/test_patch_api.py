@@ -24,6 +24,33 @@ def test_registered_under_one_name():
     assert sorted(REGISTRY) == ["bert", "gpt2", "granite", "llama", "mistral", "olmo2", "qwen2", "qwen3"]
 
 
+class _NoSync(torch.Tensor):
+    """A mask whose value may not be read on the host: on a GPU that read would wait for all the queued work."""
+
+    def __bool__(self):
+        raise AssertionError("the mask function read a mask value on the host")
+
+    def item(self):
+        raise AssertionError("the mask function read a mask value on the host")
+
+    def tolist(self):
+        raise AssertionError("the mask function read a mask value on the host")
+
+
+@pytest.mark.parametrize("kv_length, padded", [(6, False), (6, True), (8, False)])
+def test_the_mask_function_never_reads_the_mask_on_the_host(kv_length, padded):
+    mask = torch.ones(2, 6, dtype=torch.long)
+    if padded:
+        mask[1, :2] = 0
+    out = hf._mask_function(2, kv_length, kv_length, q_offset=0, kv_offset=0,
+                            attention_mask=mask.as_subclass(_NoSync))
+    # the compact mask, padding or not (a mask shorter than the keys is padded with masked keys)
+    expected = torch.nn.functional.pad(mask.bool(), (0, kv_length - 6), value=False)
+    assert out.shape == (2, kv_length) and out.dtype == torch.bool
+    assert torch.equal(out.as_subclass(torch.Tensor), expected)
+    assert hf._mask_function(2, kv_length, kv_length, q_offset=0, kv_offset=0, attention_mask=None) is None
+
+
 def test_unsupported_model_is_refused_and_untouched(device):
     torch.manual_seed(0)
     model = OPTForCausalLM(OPTConfig(num_hidden_layers=1, hidden_size=16, ffn_dim=32, num_attention_heads=2,
