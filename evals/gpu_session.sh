@@ -61,6 +61,8 @@
 #                                       # of every implementation
 #   bash evals/gpu_session.sh nosync    # 2026-12-02 (8): forward rows with the mask function that no longer waits for
 #                                       # the GPU, then the same rows from old_tree/ (which does)
+#   bash evals/gpu_session.sh dropout   # (8, not yet run) training-step rows with the models' dropout kept: what
+#                                       # fine-tuning with HF's default attention dropout costs in each mode
 set -uo pipefail
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
 OUT=${OUT:-out}
@@ -371,8 +373,12 @@ case "${1:-}" in
         --impls eager,sdpa,softmax,fused --out "$OUT/fwd_$tree" --no-plot 2>&1 | grep -E "fwd pad|enc 59%")
     done
     ;;
+  dropout)
+    timeout 200 python evals/speed.py --only train --keep-dropout --impls eager,sdpa,softmax,auto --out "$OUT" \
+      --json "$OUT/speed_train_dropout.json" 2>&1 | tee "$OUT/speed_train_dropout.log" | tail -12
+    ;;
   *)
-    echo "usage: bash evals/gpu_session.sh tests|kernels|e2e|check|followup|recheck|verify|measure|final|stream|last|tune|host|fast|fastcheck|closing|fold|fold2|fold3|e2e3|bert4|bert5|check4|lengths|ncu|bwd|suite|suite2|final6|plans|hostplans|genab|fuzz|bwdplan|trainab|final8|nosync" >&2
+    echo "usage: bash evals/gpu_session.sh tests|kernels|e2e|check|followup|recheck|verify|measure|final|stream|last|tune|host|fast|fastcheck|closing|fold|fold2|fold3|e2e3|bert4|bert5|check4|lengths|ncu|bwd|suite|suite2|final6|plans|hostplans|genab|fuzz|bwdplan|trainab|final8|nosync|dropout" >&2
     exit 2
     ;;
 esac

@@ -12,7 +12,8 @@ Settings (weights random, they do not matter for speed; configs of GPT-2 small /
     [T/2, T]): one training step without the optimizer (gradients cleared, forward in train mode, loss, backward;
     GPT-2's language-model loss on the valid tokens, BERT's mean square of its last hidden state). Every dropout is
     set to 0 for these rows, in every implementation: with attention dropout on, "auto" runs softmax mode (the fused
-    kernel has no dropout), and its cost is that of the softmax row.
+    kernel has no dropout), and its cost is that of the softmax row. --keep-dropout times them with the models'
+    dropout instead (HF's default 0.1; "fused" left out).
 Forward times: each implementation is timed by triton.testing.do_bench (CUDA events, median) once per round, in
 --rounds rounds that visit every implementation in turn (interleaved, so that the host's drift hits all alike); the
 row's ms is the median over rounds. A forward of GPT-2 small on an H200 host is partly host-bound (HF's Python
@@ -66,6 +67,9 @@ def parse_args(argv=None):
                    help="interleaved rounds per forward setting (default 3 on a GPU, 1 on a CPU)")
     p.add_argument("--tiny", action="store_true", help="tiny configs and shapes (a smoke test of the script)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--keep-dropout", action="store_true",
+                   help="training rows keep the models' dropout probabilities (HF's default 0.1; rows named '... "
+                        "dropout'): 'auto' then runs softmax mode, and 'fused', which has no dropout, is left out")
     p.add_argument("--json", default=None, help="JSON path (default OUT/speed.json)")
     p.add_argument("--no-plot", action="store_true")
     args = p.parse_args(argv)
@@ -241,22 +245,29 @@ def run_setting(setting, args, device, dtype, timer, models, bar):
             with torch.no_grad():
                 return model(input_ids=ids, attention_mask=mask)
 
+    impls = args.impls
     if kind == "train":
-        restore = _train_mode(model)
+        dropout = args.keep_dropout
+        if dropout:
+            name += " dropout"
+            impls = [i for i in impls if i != "fused"]  # the fused kernel has no dropout: a ValueError
+            bar.update(len(args.impls) - len(impls))
+        restore = _train_mode(model, dropout)
     try:
-        return _time_impls(name, kind, batch, seq, lengths, new, fill, fn, model, args, timer, bar)
+        return _time_impls(name, kind, batch, seq, lengths, new, fill, fn, model, impls, args, timer, bar)
     finally:
         if kind == "train":
             restore()
 
 
-def _train_mode(model):
-    """Train mode with every dropout at 0 (see the module docstring); returns the undo."""
+def _train_mode(model, keep_dropout=False):
+    """Train mode, with every dropout at 0 unless ``keep_dropout`` (see the module docstring); returns the undo."""
     import torch
 
     drops = [(m, m.p) for m in model.modules() if isinstance(m, torch.nn.Dropout)]
-    for m, _ in drops:
-        m.p = 0.0
+    if not keep_dropout:
+        for m, _ in drops:
+            m.p = 0.0
     model.train()
 
     def restore():
@@ -284,9 +295,9 @@ def _train_step(model, ids, mask):
     return fn
 
 
-def _time_impls(name, kind, batch, seq, lengths, new, fill, fn, model, args, timer, bar):
+def _time_impls(name, kind, batch, seq, lengths, new, fill, fn, model, impls, args, timer, bar):
     rows, first_tokens, first_loss = [], None, None
-    for impl in args.impls:
+    for impl in impls:
         undo = set_impl(model, impl)
         try:
             out = fn()  # compile / warm up, and check generations agree
@@ -294,6 +305,8 @@ def _time_impls(name, kind, batch, seq, lengths, new, fill, fn, model, args, tim
                 toks = out[:, seq:].cpu()
                 agree = None if first_tokens is None else (toks == first_tokens).float().mean().item()
                 first_tokens = toks if first_tokens is None else first_tokens
+            elif kind == "train" and args.keep_dropout:
+                agree = None  # dropout draws other masks in every call: no loss to compare
             elif kind == "train":  # the same loss in every implementation (relative difference to the first)
                 loss = out.float().item()
                 first_loss = loss if first_loss is None else first_loss

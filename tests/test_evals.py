@@ -204,6 +204,20 @@ def test_pipelines_identical_outputs(tmp_path):
     assert gen["unpatched_output"] == gen["patched_output"] and len(gen["patched_output"]) == 3
 
 
+def test_speed_train_mode_zeroes_dropout_unless_kept_and_restores_it():
+    import speed
+    import torch
+
+    model = speed.build("gpt2-tiny", torch.float32, "cpu")
+    drops = [m for m in model.modules() if isinstance(m, torch.nn.Dropout)]
+    assert drops and all(m.p == 0.1 for m in drops)
+    for keep in (False, True):
+        restore = speed._train_mode(model, keep)
+        assert model.training and all(m.p == (0.1 if keep else 0.0) for m in drops)
+        restore()
+        assert not model.training and all(m.p == 0.1 for m in drops)
+
+
 def test_speed_script_smoke(tmp_path):
     """Not a timing test: the script runs every setting and impl, and greedy generations agree across impls."""
     import speed
@@ -220,6 +234,14 @@ def test_speed_script_smoke(tmp_path):
     train = [r for r in rows if r["kind"] == "train"]
     assert [r["impl"] for r in train] == ["eager", "fused"] and train[0]["loss_rel_diff_vs_first_impl"] == 0.0
     assert train[1]["loss_rel_diff_vs_first_impl"] < 1e-5 and train[1]["sequences_per_s"] > 0
+    # with the models' dropout kept: rows of their own, and no fused row (the fused kernel has no dropout)
+    dropped = tmp_path / "speed_dropout.json"
+    assert speed.main(["--tiny", "--device", "cpu", "--impls", "eager,fused,auto", "--only", "train", "--keep-dropout",
+                       "--cpu-reps", "1", "--no-plot", "--json", str(dropped)]) == 0
+    drop_rows = _read(dropped)["rows"]
+    assert [(r["setting"], r["impl"]) for r in drop_rows] == [("gpt2-small train pad dropout", "eager"),
+                                                               ("gpt2-small train pad dropout", "auto")]
+    assert all(r["loss_rel_diff_vs_first_impl"] is None and r["ms"] > 0 for r in drop_rows)
     assert all(r["ms"] > 0 and r["speedup_vs_eager"] > 0 for r in rows)
     # every row is the median of its interleaved rounds; no device time off CUDA
     for r in rows:
