@@ -26,7 +26,8 @@ A positive finite scale is applied inside the exponent, ``exp2(s * scale * log2(
 (``FOLD``; the row max is scaled once), in the forward and both backward kernels; not with an additive mask,
 which adds to already scaled scores.
 
-The forward saves ``lse = m + log2(l)`` per row (``-inf`` for a row with nothing kept); the backward recomputes the
+The forward saves ``lse = m + log2(l)`` per row (``-inf`` for a row with nothing kept; calls that autograd does not
+record skip it, ``STORE_LSE``); the backward recomputes the
 probabilities from it (FlashAttention-2 style): one kernel per key block accumulates ``dk, dv`` over all query
 heads of its GQA group, another per query block accumulates ``dq``. ``delta = rowsum(dO * O)`` comes first.
 
