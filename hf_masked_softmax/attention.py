@@ -27,9 +27,9 @@ A positive finite scale is applied inside the exponent, ``exp2(s * scale * log2(
 which adds to already scaled scores.
 
 The forward saves ``lse = m + log2(l)`` per row (``-inf`` for a row with nothing kept; calls that autograd does not
-record skip it, ``STORE_LSE``); the backward recomputes the
-probabilities from it (FlashAttention-2 style): one kernel per key block accumulates ``dk, dv`` over all query
-heads of its GQA group, another per query block accumulates ``dq``. ``delta = rowsum(dO * O)`` comes first.
+record skip it, ``STORE_LSE``); the backward recomputes the probabilities from it (FlashAttention-2 style): one
+kernel per key block accumulates ``dk, dv`` over all query heads of its GQA group, another per query block
+accumulates ``dq``. ``delta = rowsum(dO * O)`` comes first.
 
 Decode (``Q <= 16``): too few query blocks to fill the GPU, so the key range of each sequence is split across
 ``num_splits`` programs, each writing a partial ``O`` and ``lse`` in fp32, merged by a small combine kernel.
