@@ -245,19 +245,17 @@ def run_setting(setting, args, device, dtype, timer, models, bar):
             with torch.no_grad():
                 return model(input_ids=ids, attention_mask=mask)
 
-    impls = args.impls
+    impls, restore = args.impls, (lambda: None)
     if kind == "train":
-        dropout = args.keep_dropout
-        if dropout:
+        if args.keep_dropout:
             name += " dropout"
             impls = [i for i in impls if i != "fused"]  # the fused kernel has no dropout: a ValueError
             bar.update(len(args.impls) - len(impls))
-        restore = _train_mode(model, dropout)
+        restore = _train_mode(model, args.keep_dropout)
     try:
         return _time_impls(name, kind, batch, seq, lengths, new, fill, fn, model, impls, args, timer, bar)
     finally:
-        if kind == "train":
-            restore()
+        restore()
 
 
 def _train_mode(model, keep_dropout=False):

@@ -7,9 +7,9 @@ so ``from_pretrained(..., attn_implementation="hf_masked_softmax")`` works after
 
 Masks. HF's eager and sdpa paths expand the tokenizer's ``[B, K]`` padding mask to a 4D ``[B, 1, Q, K]`` tensor with
 causality baked in. The mask function here returns the compact ``[B, K]`` bool mask instead (``None`` when the model
-got no mask; a mask without padding is returned as it is, since finding that out would synchronise with the GPU),
-and the attention function adds causality itself from ``module.is_causal``, bottom-right aligned, which
-is exactly HF's causal mask whenever the last query is the last key (no cache, or a dynamic cache). Everything else
+got no mask; a mask without padding is returned as it is, since finding that out would synchronise with the GPU), and
+the attention function adds causality itself from ``module.is_causal``, bottom-right aligned, which is exactly HF's
+causal mask whenever the last query is the last key (no cache, or a dynamic cache). Everything else
 that HF can ask for (a static cache whose keys run past the queries, packed sequences, custom ``or``/``and`` mask
 functions) gets HF's own 4D boolean mask, which the attention function then uses as given, with no causality added,
 as eager and sdpa do with any 4D mask (user-supplied 4D masks, bool or additive, take the same path). Sliding-window
