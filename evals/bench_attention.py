@@ -18,10 +18,12 @@ the whole rectangle: the speed anchor, not the same result on padded shapes), SD
 and launch overhead hides behind earlier kernels); ``ms_plain`` times plain calls and ``us_per_call_b2b`` the wall
 time of back-to-back calls, which shows the host cost where the CPU is the bottleneck (decoding). Backward ``ms`` is
 its kernel time by the PyTorch profiler (plain calls are host-bound for ours), ``ms_plain`` the plain timing.
-``--tune`` also sweeps our block sizes. Writes a table, ``bench_attention.json`` and
-``bench_attention.png`` to ``--out`` (default $OUT or ./out).
+``--tune`` also sweeps our block sizes. ``--dropout P``: attention dropout in every provider that has it (ours in
+the kernels; SDPA's ``dropout_p``; eager's ``F.dropout`` on the probabilities; FlexAttention has none and is left
+out), the training case. Writes a table, ``bench_attention.json`` and ``bench_attention.png`` to ``--out`` (default
+$OUT or ./out).
 
-    python evals/bench_attention.py [--shapes gpt2-pad-right,bert,decode] [--tune] [--out DIR]
+    python evals/bench_attention.py [--shapes gpt2-pad-right,bert,decode] [--tune] [--dropout 0.1] [--out DIR]
 """
 from __future__ import annotations
 
@@ -91,33 +93,34 @@ def kept_pairs(inp, masked: bool) -> int:
     return B * int((j <= i + K - Q).sum().item())
 
 
-def providers(inp):
-    """name -> (forward callable, its problem keeps the padding mask?)."""
+def providers(inp, dropout=0.0):
+    """name -> (forward callable, its problem keeps the padding mask?); ``dropout``: every provider's attention
+    dropout probability (FlexAttention, which has none, is then left out)."""
     q, k, v, pad, keep, causal = inp["q"], inp["k"], inp["v"], inp["pad"], inp["keep4d"], inp["causal"]
     has_pad = pad is not None
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
     def ours():
-        return attn_mod.attention(q, k, v, pad, causal=causal)
+        return attn_mod.attention(q, k, v, pad, causal=causal, dropout_p=dropout)
 
     def ours_ranges():
         masks_mod.RANGE_CACHE.clear()
-        return attn_mod.attention(q, k, v, pad, causal=causal)
+        return attn_mod.attention(q, k, v, pad, causal=causal, dropout_p=dropout)
 
     # SDPA cannot take is_causal together with a mask: causal is folded into the boolean mask, as HF does.
     causal_nomask = causal and inp["Q"] > 1
 
     def sdpa_default_nomask():
-        return F.scaled_dot_product_attention(q, k, v, is_causal=causal_nomask)
+        return F.scaled_dot_product_attention(q, k, v, is_causal=causal_nomask, dropout_p=dropout)
 
     def sdpa_flash_nomask():
         with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
-            return F.scaled_dot_product_attention(q, k, v, is_causal=causal_nomask)
+            return F.scaled_dot_product_attention(q, k, v, is_causal=causal_nomask, dropout_p=dropout)
 
     def sdpa_mask(backend):
         def run():
             with sdpa_kernel(backend):
-                return F.scaled_dot_product_attention(q, k, v, attn_mask=keep)
+                return F.scaled_dot_product_attention(q, k, v, attn_mask=keep, dropout_p=dropout)
         return run
 
     additive = torch.zeros(keep.shape, dtype=q.dtype, device=q.device).masked_fill(~keep, torch.finfo(q.dtype).min)
@@ -125,6 +128,8 @@ def providers(inp):
     def eager():
         s = torch.matmul(q, k.transpose(-1, -2)) * (inp["D"] ** -0.5) + additive
         p = torch.softmax(s, dim=-1, dtype=torch.float32).to(q.dtype)
+        if dropout:
+            p = F.dropout(p, dropout)
         return torch.matmul(p, v)
 
     out = {"ours": (ours, True)}
@@ -134,7 +139,7 @@ def providers(inp):
     out["sdpa-flash-nomask"] = (sdpa_flash_nomask, False)
     out["sdpa-efficient-mask"] = (sdpa_mask(SDPBackend.EFFICIENT_ATTENTION), True)
     out["sdpa-cudnn-mask"] = (sdpa_mask(SDPBackend.CUDNN_ATTENTION), True)
-    flex = flex_provider(inp)
+    flex = flex_provider(inp) if not dropout else None
     if flex is not None:
         out["flex-blockmask"] = (flex, True)
     out["eager"] = (eager, True)
@@ -252,7 +257,7 @@ def bench_shape(name, args, rows):
     pairs = {True: kept_pairs(inp, True), False: kept_pairs(inp, False)}
     H, D = inp["H"], inp["D"]
     passes = ["fwd"] if inp["Q"] <= 16 else ["fwd", "bwd"]
-    for prov, (fn, masked) in providers(inp).items():
+    for prov, (fn, masked) in providers(inp, args.dropout).items():
         for p in passes:
             try:
                 ms_device, ms_plain, host_us = time_both(fn, inp, p == "bwd")
@@ -263,7 +268,8 @@ def bench_shape(name, args, rows):
                 rows.append(dict(shape=name, provider=prov, pass_=p, ms=None, error=msg))
                 continue
             flops = 4 * D * H * pairs[masked] * (2.5 if p == "bwd" else 1.0)
-            row = dict(shape=name, provider=prov, pass_=p, ms=ms, ms_device=ms_device, ms_plain=ms_plain,
+            row = dict(shape=name, provider=prov, pass_=p, dropout=args.dropout, ms=ms, ms_device=ms_device,
+                       ms_plain=ms_plain,
                        us_per_call_b2b=host_us,
                        tflops=flops / ms / 1e9, problem="padded" if masked else "no-mask")
             if inp["Q"] <= 16 and masked:
@@ -378,6 +384,8 @@ def main(argv=None):
                          "'M,N,warps,stages/M,N,warps,stages' (dkdv/dq) or a tune JSON to take the fastest from")
     ap.add_argument("--tune-what", default="all", choices=["all", "bwd"], help="what --tune sweeps")
     ap.add_argument("--tune-only", action="store_true", help="only the sweep (writes bench_attention_tune.json)")
+    ap.add_argument("--dropout", type=float, default=0.0,
+                    help="attention dropout probability for every provider (training; FlexAttention left out)")
     ap.add_argument("--out", default=None, help="output folder (default $OUT or ./out)")
     ap.add_argument("--plot-from", default=None, help="only redraw the PNG from an earlier JSON")
     args = ap.parse_args(argv)
@@ -413,7 +421,8 @@ def main(argv=None):
     rows, tuning = [], []
     if args.tune_only:
         args.tune, args.shapes = True, ""
-    payload = dict(env=env, ceilings=ceil, dtype=str(args.dtype), head_dim=args.head_dim, shapes=SHAPES,
+    payload = dict(env=env, ceilings=ceil, dtype=str(args.dtype), head_dim=args.head_dim, dropout=args.dropout,
+                   shapes=SHAPES,
                    bwd_config_override=args.bwd_config and [list(c) for c in
                                                             attn_mod._bwd_config(args.head_dim, args.dtype)],
                    rows=rows, tuning=tuning, command=" ".join(["python", "evals/bench_attention.py"] + sys.argv[1:]),

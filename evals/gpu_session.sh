@@ -63,6 +63,10 @@
 #                                       # the GPU, then the same rows from old_tree/ (which does)
 #   bash evals/gpu_session.sh dropout   # (8, not yet run) training-step rows with the models' dropout kept: what
 #                                       # fine-tuning with HF's default attention dropout costs in each mode
+#   bash evals/gpu_session.sh drop9a    # 2026-12-03 (9): dropout inside the fused kernels: every GPU test, the
+#                                       # dropout tests on CUDA, bench_attention.py with and without dropout 0.1
+#   bash evals/gpu_session.sh drop9b    # 2026-12-03 (9): training-step rows with the models' dropout (every
+#                                       # implementation, the fused kernel's dropout included) and without
 set -uo pipefail
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
 OUT=${OUT:-out}
@@ -377,8 +381,25 @@ case "${1:-}" in
     timeout 200 python evals/speed.py --only train --keep-dropout --impls eager,sdpa,softmax,auto --out "$OUT" \
       --json "$OUT/speed_train_dropout.json" 2>&1 | tee "$OUT/speed_train_dropout.log" | tail -12
     ;;
+  drop9a)
+    timeout 270 python -m pytest -q -m gpu -k "not 2_pow_31" -p no:cacheprovider 2>&1 | tee "$OUT/gpu_tests9.log" \
+      | grep -E "passed|failed|^FAILED|^ERROR" | cut -c1-200
+    timeout 120 python -m pytest -q tests/test_dropout.py tests/test_patch_gpt2.py tests/test_patch_bert.py \
+      -k "dropout and not gpu_" -p no:cacheprovider 2>&1 | tee "$OUT/dropout_tests9.log" \
+      | grep -E "passed|failed|^FAILED|^ERROR" | cut -c1-200
+    for p in 0.1 0; do
+      timeout 100 python evals/bench_attention.py --shapes gpt2-pad-right,bert --dropout $p --out "$OUT/bench_drop$p" \
+        2>&1 | grep -E "^\[|ours |sdpa-(default|efficient|cudnn)|eager " | grep -v "ours+ranges" | cut -c1-110
+    done
+    ;;
+  drop9b)
+    for keep in --keep-dropout ""; do
+      timeout 200 python evals/speed.py --only train $keep --impls eager,sdpa,softmax,fused --out "$OUT/train$keep" \
+        --json "$OUT/speed_train9$keep.json" 2>&1 | tee "$OUT/speed_train9$keep.log" | tail -12
+    done
+    ;;
   *)
-    echo "usage: bash evals/gpu_session.sh tests|kernels|e2e|check|followup|recheck|verify|measure|final|stream|last|tune|host|fast|fastcheck|closing|fold|fold2|fold3|e2e3|bert4|bert5|check4|lengths|ncu|bwd|suite|suite2|final6|plans|hostplans|genab|fuzz|bwdplan|trainab|final8|nosync|dropout" >&2
+    echo "usage: bash evals/gpu_session.sh tests|kernels|e2e|check|followup|recheck|verify|measure|final|stream|last|tune|host|fast|fastcheck|closing|fold|fold2|fold3|e2e3|bert4|bert5|check4|lengths|ncu|bwd|suite|suite2|final6|plans|hostplans|genab|fuzz|bwdplan|trainab|final8|nosync|dropout|drop9a|drop9b" >&2
     exit 2
     ;;
 esac

@@ -5,7 +5,8 @@ Triton compiles to PTX and, with the ptxas it ships, to a cubin for any target; 
 disassembles it. A loop is a backward branch. The launch is specialised as a real HF call is: pointers and strides
 16-byte aligned, head-dim strides equal to 1.
 
-    python evals/sass_attention.py [--causal] [--config 128/64/4/3] [--no-fold] [--no-merge] [--arch 90] [--out DIR]
+    python evals/sass_attention.py [--causal] [--config 128/64/4/3] [--no-fold] [--no-merge] [--dropout] [--arch 90]
+        [--out DIR]
 
 The counts come from this machine's Triton, which may differ from a GPU machine's version.
 """
@@ -29,8 +30,8 @@ from hf_masked_softmax._launch import FastLaunch  # noqa: E402
 
 attn = importlib.import_module("hf_masked_softmax.attention")
 UNIT_STRIDES = ("stride_qd", "stride_kd", "stride_vd", "stride_od")
-FLOATS = ("qk_scale", "threshold")
-POINTERS = {"lse_ptr": "*fp32", "ranges_ptr": "*i32"}
+FLOATS = ("qk_scale", "threshold", "keep_scale")
+POINTERS = {"lse_ptr": "*fp32", "ranges_ptr": "*i32", "seed_ptr": "*i64"}
 MASK_STRIDES = ("stride_mb", "stride_mh", "stride_mm", "stride_mk")
 
 
@@ -39,12 +40,12 @@ def _jit_fn(kernel):
     return kernel.fn if isinstance(kernel, FastLaunch) else kernel
 
 
-def compile_forward(causal, config, fold, merge, arch, dtype="fp16", head_d=64, maxnreg=None):
+def compile_forward(causal, config, fold, merge, arch, dtype="fp16", head_d=64, maxnreg=None, dropout=False):
     block_m, block_n, warps, stages = config
     fn = _jit_fn(attn._attn_fwd_kernel)
     consts = dict(MASK_KIND=attn._K_RANGE, CAUSAL=causal, BH_FIRST=causal, BLOCK_M=block_m, BLOCK_N=block_n,
                   HEAD_D=head_d, BLOCK_D=attn._block_d(head_d), UPCAST=False, DOT_PREC="tf32", WIDE=False,
-                  FOLD=fold, MERGE_TAIL=merge, STORE_LSE=True, **{name: 1 for name in UNIT_STRIDES})
+                  FOLD=fold, MERGE_TAIL=merge, STORE_LSE=True, DROPOUT=dropout, **{name: 1 for name in UNIT_STRIDES})
     sig, attrs = {}, {}
     for i, name in enumerate(fn.arg_names):
         if name in consts:
@@ -100,6 +101,7 @@ def main(argv=None):
     ap.add_argument("--no-fold", action="store_true", help="scale by its own multiply (FOLD=False)")
     ap.add_argument("--no-merge", action="store_true", help="trailing key blocks in their own loop")
     ap.add_argument("--maxnreg", type=int, default=None)
+    ap.add_argument("--dropout", action="store_true", help="the training forward with attention dropout (DROPOUT)")
     ap.add_argument("--arch", type=int, default=90, help="compute capability x10 (90 = Hopper)")
     ap.add_argument("--out", default=None, help="folder for the .ptx / .cubin / .sass (default $OUT or ./out)")
     args = ap.parse_args(argv)
@@ -114,12 +116,12 @@ def main(argv=None):
 
         config = attn._fwd_config(64, 1024, torch.float16, False, args.causal)
     kernel = compile_forward(args.causal, config, not args.no_fold, not args.no_merge, args.arch,
-                             maxnreg=args.maxnreg)
+                             maxnreg=args.maxnreg, dropout=args.dropout)
     out = args.out or os.environ.get("OUT") or "out"
     os.makedirs(out, exist_ok=True)
     stem = os.path.join(out, f"attn_fwd_sm{args.arch}_{'causal' if args.causal else 'full'}_"
                              f"{'_'.join(map(str, config))}{'' if args.no_fold else '_fold'}"
-                             f"{'' if args.no_merge else '_merge'}")
+                             f"{'' if args.no_merge else '_merge'}{'_dropout' if args.dropout else ''}")
     with open(stem + ".ptx", "w") as f:
         f.write(kernel.asm["ptx"])
     with open(stem + ".cubin", "wb") as f:
@@ -128,7 +130,7 @@ def main(argv=None):
     with open(stem + ".sass", "w") as f:
         f.write(info["sass"])
     print(f"triton {triton.__version__}, sm_{args.arch}, causal={args.causal}, config {config}, "
-          f"fold={not args.no_fold}, merge={not args.no_merge}, maxnreg={args.maxnreg}")
+          f"fold={not args.no_fold}, merge={not args.no_merge}, maxnreg={args.maxnreg}, dropout={args.dropout}")
     print(f"registers {info['registers']}, stack {info['stack']} B, shared {kernel.metadata.shared} B, "
           f"{info['instructions']} instructions")
     for lp in info["loops"]:

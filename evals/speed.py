@@ -11,9 +11,9 @@ Settings (weights random, they do not matter for speed; configs of GPT-2 small /
   gpt2-small train B8 x T512 and bert-base train B32 x T256, padded as their forward rows (lengths uniform in
     [T/2, T]): one training step without the optimizer (gradients cleared, forward in train mode, loss, backward;
     GPT-2's language-model loss on the valid tokens, BERT's mean square of its last hidden state). Every dropout is
-    set to 0 for these rows, in every implementation: with attention dropout on, "auto" runs softmax mode (the fused
-    kernel has no dropout), and its cost is that of the softmax row. --keep-dropout times them with the models'
-    dropout instead (HF's default 0.1; "fused" left out).
+    set to 0 for these rows, in every implementation, so that every implementation computes the same loss.
+    --keep-dropout times them with the models' dropout instead (HF's default 0.1; the fused kernel draws its
+    attention dropout inside the kernel): rows named '... dropout', with no loss comparison.
 Forward times: each implementation is timed by triton.testing.do_bench (CUDA events, median) once per round, in
 --rounds rounds that visit every implementation in turn (interleaved, so that the host's drift hits all alike); the
 row's ms is the median over rounds. A forward of GPT-2 small on an H200 host is partly host-bound (HF's Python
@@ -69,7 +69,7 @@ def parse_args(argv=None):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--keep-dropout", action="store_true",
                    help="training rows keep the models' dropout probabilities (HF's default 0.1; rows named '... "
-                        "dropout'): 'auto' then runs softmax mode, and 'fused', which has no dropout, is left out")
+                        "dropout', no loss comparison: every implementation draws its own masks)")
     p.add_argument("--json", default=None, help="JSON path (default OUT/speed.json)")
     p.add_argument("--no-plot", action="store_true")
     args = p.parse_args(argv)
@@ -249,8 +249,6 @@ def run_setting(setting, args, device, dtype, timer, models, bar):
     if kind == "train":
         if args.keep_dropout:
             name += " dropout"
-            impls = [i for i in impls if i != "fused"]  # the fused kernel has no dropout: a ValueError
-            bar.update(len(args.impls) - len(impls))
         restore = _train_mode(model, args.keep_dropout)
     try:
         return _time_impls(name, kind, batch, seq, lengths, new, fill, fn, model, impls, args, timer, bar)

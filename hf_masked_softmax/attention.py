@@ -103,17 +103,38 @@ def _mask_scores(s, r2, c2, start, end, has_holes, mask_base, stride_mm, stride_
 
 
 @triton.jit
+def _dropout_keep(seed, bh, rows, n0, drop_thr, BLOCK_N: tl.constexpr):
+    """Which scores of the tile ``rows x [n0, n0 + BLOCK_N)`` of head ``bh`` dropout keeps, ``[BLOCK_M, BLOCK_N]``
+    bool: one Philox-4x32-10 call (key ``seed``, counter ``(col // 8, row, bh, 0)``) gives four 32-bit words, that is
+    eight 16-bit numbers ``u``, for eight neighbouring keys; a score is kept iff ``u >= drop_thr``. A function of the
+    score's indices only, so the forward and both backward kernels, whatever their tiles, draw the same mask.
+    ``n0`` is a multiple of 8."""
+    g = (tl.arange(0, BLOCK_N // 8) + n0 // 8).to(tl.int32)
+    r = rows.to(tl.int32)
+    c0 = g[None, :] + r[:, None] * 0
+    c1 = r[:, None] + g[None, :] * 0
+    c2 = c0 * 0 + bh.to(tl.int32)
+    w0, w1, w2, w3 = tl.philox(seed, c0, c1, c2, c0 * 0)
+    # key 8g + j takes the j-th 16-bit number of (w0, w1, w2, w3) low half first: interleaving twice orders the words
+    # w0 w1 w2 w3, a third time their halves
+    w = tl.interleave(tl.interleave(w0, w2), tl.interleave(w1, w3))
+    u = tl.interleave(w & 0xFFFF, w >> 16)
+    return u >= drop_thr
+
+
+@triton.jit
 def _fwd_blocks(acc, l_i, m_i, q, k_base, v_base, mask_base, rows, offs_n, offs_d,
                 stride_kn, stride_kd, stride_vn, stride_vd, stride_mm, stride_mk,
-                lo, hi, mask_from, start, end, has_holes, Q_LEN, K_LEN, qk_scale, threshold,
+                lo, hi, mask_from, start, end, has_holes, Q_LEN, K_LEN, qk_scale, threshold, seed, bh, drop_thr,
                 MASKED: tl.constexpr, MASK_KIND: tl.constexpr, CAUSAL: tl.constexpr, BLOCK_N: tl.constexpr,
                 HEAD_D: tl.constexpr, BLOCK_D: tl.constexpr, UPCAST: tl.constexpr, DOT_PREC: tl.constexpr,
-                FOLD: tl.constexpr):
+                FOLD: tl.constexpr, DROPOUT: tl.constexpr):
     """Online softmax over key blocks ``[lo, hi)``. ``MASKED``: 0 for blocks every row fully sees (no mask, no
     bounds checks), 1 to evaluate the mask on every block, 2 on the blocks from ``mask_from`` on (one loop, one
     software pipeline, for the interior blocks and the trailing ones at the range's end and the diagonal).
     ``FOLD`` (a positive finite scale, no additive mask): the scale is applied inside the exponent's FMA,
-    ``exp2(s * qk_scale - m)``, instead of by its own multiply of the score tile (the row max is scaled once)."""
+    ``exp2(s * qk_scale - m)``, instead of by its own multiply of the score tile (the row max is scaled once).
+    ``DROPOUT``: the row sums count every probability, ``P v`` only the kept ones (the caller scales the result)."""
     d_ok = offs_d < HEAD_D
     for n0 in range(lo, hi, BLOCK_N):
         cols = n0 + offs_n
@@ -147,6 +168,8 @@ def _fwd_blocks(acc, l_i, m_i, q, k_base, v_base, mask_base, rows, offs_n, offs_
             p = tl.math.exp2(s - m_use[:, None])
         alpha = tl.math.exp2(m_i - m_use)
         l_i = l_i * alpha + tl.sum(p, axis=1)
+        if DROPOUT:
+            p = tl.where(_dropout_keep(seed, bh, rows, n0, drop_thr, BLOCK_N), p, 0.0)
         acc = acc * alpha[:, None]
         v = _load_2d(v_base + cols[:, None] * stride_vn + offs_d[None, :] * stride_vd, col_ok, d_ok,
                      MASKED != 0, BLOCK_D != HEAD_D)
@@ -201,18 +224,18 @@ def _block_key_bounds(start, end, has_holes, m0, split, NUM_SPLITS, Q_LEN, K_LEN
 @fast_launch
 @triton.jit
 def _attn_fwd_kernel(
-    q_ptr, k_ptr, v_ptr, o_ptr, lse_ptr, mask_ptr, ranges_ptr,
+    q_ptr, k_ptr, v_ptr, o_ptr, lse_ptr, mask_ptr, ranges_ptr, seed_ptr,
     stride_qb, stride_qh, stride_qm, stride_qd,
     stride_kb, stride_kh, stride_kn, stride_kd,
     stride_vb, stride_vh, stride_vn, stride_vd,
     stride_os, stride_ob, stride_oh, stride_om, stride_od,
     stride_ls,
     stride_mb, stride_mh, stride_mm, stride_mk,
-    H, GROUP, Q_LEN, K_LEN, NUM_SPLITS, qk_scale, threshold,
+    H, GROUP, Q_LEN, K_LEN, NUM_SPLITS, qk_scale, threshold, drop_thr, keep_scale,
     MASK_KIND: tl.constexpr, CAUSAL: tl.constexpr, BH_FIRST: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_D: tl.constexpr, BLOCK_D: tl.constexpr,
     UPCAST: tl.constexpr, DOT_PREC: tl.constexpr, WIDE: tl.constexpr, FOLD: tl.constexpr, MERGE_TAIL: tl.constexpr,
-    STORE_LSE: tl.constexpr,
+    STORE_LSE: tl.constexpr, DROPOUT: tl.constexpr,
 ):
     if BH_FIRST:
         # causal: (batch x head) fastest and query blocks in reverse, so the longest rows start first and the
@@ -249,6 +272,10 @@ def _attn_fwd_kernel(
     v_base = v_ptr + b * stride_vb + hk * stride_vh
     mask_base = mask_ptr + b * stride_mb + h * stride_mh
 
+    seed = start * 0
+    if DROPOUT:
+        seed = tl.load(seed_ptr)
+
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
@@ -257,28 +284,30 @@ def _attn_fwd_kernel(
     acc, l_i, m_i = _fwd_blocks(acc, l_i, m_i, q, k_base, v_base, mask_base, rows, offs_n, offs_d,
                                 stride_kn, stride_kd, stride_vn, stride_vd, stride_mm, stride_mk,
                                 s_lo, tl.minimum(full_lo, s_hi), s_lo, start, end, has_holes, Q_LEN, K_LEN,
-                                qk_scale, threshold, 1, MASK_KIND, CAUSAL, BLOCK_N, HEAD_D, BLOCK_D, UPCAST,
-                                DOT_PREC, FOLD)
+                                qk_scale, threshold, seed, bh, drop_thr, 1, MASK_KIND, CAUSAL, BLOCK_N, HEAD_D,
+                                BLOCK_D, UPCAST, DOT_PREC, FOLD, DROPOUT)
     if MERGE_TAIL:
         acc, l_i, m_i = _fwd_blocks(acc, l_i, m_i, q, k_base, v_base, mask_base, rows, offs_n, offs_d,
                                     stride_kn, stride_kd, stride_vn, stride_vd, stride_mm, stride_mk,
                                     tl.minimum(full_lo, s_hi), s_hi, full_hi, start, end, has_holes, Q_LEN, K_LEN,
-                                    qk_scale, threshold, 2, MASK_KIND, CAUSAL, BLOCK_N, HEAD_D, BLOCK_D, UPCAST,
-                                    DOT_PREC, FOLD)
+                                    qk_scale, threshold, seed, bh, drop_thr, 2, MASK_KIND, CAUSAL, BLOCK_N, HEAD_D,
+                                    BLOCK_D, UPCAST, DOT_PREC, FOLD, DROPOUT)
     else:
         acc, l_i, m_i = _fwd_blocks(acc, l_i, m_i, q, k_base, v_base, mask_base, rows, offs_n, offs_d,
                                     stride_kn, stride_kd, stride_vn, stride_vd, stride_mm, stride_mk,
                                     full_lo, full_hi, full_hi, start, end, has_holes, Q_LEN, K_LEN,
-                                    qk_scale, threshold, 0, MASK_KIND, CAUSAL, BLOCK_N, HEAD_D, BLOCK_D, UPCAST,
-                                    DOT_PREC, FOLD)
+                                    qk_scale, threshold, seed, bh, drop_thr, 0, MASK_KIND, CAUSAL, BLOCK_N, HEAD_D,
+                                    BLOCK_D, UPCAST, DOT_PREC, FOLD, DROPOUT)
         acc, l_i, m_i = _fwd_blocks(acc, l_i, m_i, q, k_base, v_base, mask_base, rows, offs_n, offs_d,
                                     stride_kn, stride_kd, stride_vn, stride_vd, stride_mm, stride_mk,
                                     tl.maximum(full_lo, full_hi), s_hi, s_lo, start, end, has_holes, Q_LEN, K_LEN,
-                                    qk_scale, threshold, 1, MASK_KIND, CAUSAL, BLOCK_N, HEAD_D, BLOCK_D, UPCAST,
-                                    DOT_PREC, FOLD)
+                                    qk_scale, threshold, seed, bh, drop_thr, 1, MASK_KIND, CAUSAL, BLOCK_N, HEAD_D,
+                                    BLOCK_D, UPCAST, DOT_PREC, FOLD, DROPOUT)
 
     empty = l_i == 0.0
     out = acc / tl.where(empty, 1.0, l_i)[:, None]
+    if DROPOUT:
+        out = out * keep_scale
     lse = tl.where(empty, float("-inf"), m_i + tl.math.log2(tl.where(empty, 1.0, l_i)))
     o_ptrs = (o_ptr + split * stride_os + b * stride_ob + h * stride_oh + rows[:, None] * stride_om
               + offs_d[None, :] * stride_od)
@@ -348,12 +377,14 @@ def _bwd_delta_kernel(o_ptr, do_ptr, delta_ptr,
 @triton.jit
 def _dkdv_blocks(dk, dv, k, v, q_base, do_base, lse_base, delta_base, mask_base, cols, offs_m, offs_d,
                  stride_qm, stride_qd, stride_dom, stride_dod, stride_mm, stride_mk,
-                 lo, hi, start, end, has_holes, Q_LEN, K_LEN, qk_scale, threshold,
+                 lo, hi, start, end, has_holes, Q_LEN, K_LEN, qk_scale, threshold, seed, bh, n0, drop_thr, keep_scale,
                  MASKED: tl.constexpr, MASK_KIND: tl.constexpr, CAUSAL: tl.constexpr, BLOCK_M: tl.constexpr,
-                 HEAD_D: tl.constexpr, BLOCK_D: tl.constexpr, UPCAST: tl.constexpr, DOT_PREC: tl.constexpr,
-                 FOLD: tl.constexpr):
+                 BLOCK_N: tl.constexpr, HEAD_D: tl.constexpr, BLOCK_D: tl.constexpr, UPCAST: tl.constexpr,
+                 DOT_PREC: tl.constexpr, FOLD: tl.constexpr, DROPOUT: tl.constexpr):
     """Accumulate ``dk, dv`` of one key block over query blocks ``[lo, hi)`` of one query head. Works on the
-    transposed tiles ``S^T = k q^T [BLOCK_N, BLOCK_M]`` so that no register tile needs transposing."""
+    transposed tiles ``S^T = k q^T [BLOCK_N, BLOCK_M]`` so that no register tile needs transposing (but dropout's
+    mask, drawn in the forward's orientation). With dropout ``Z`` (kept / (1 - p), else 0): ``dv += (P Z)^T dO`` and
+    ``dP = Z (dO v^T)``."""
     d_ok = offs_d < HEAD_D
     for m0 in range(lo, hi, BLOCK_M):
         rows = m0 + offs_m
@@ -379,8 +410,14 @@ def _dkdv_blocks(dk, dv, k, v, q_base, do_base, lse_base, delta_base, mask_base,
             pt = tl.math.exp2(st * qk_scale - lse[None, :])
         else:
             pt = tl.math.exp2(st - lse[None, :])
-        dv = tl.dot(pt.to(do.dtype), do, dv, input_precision=DOT_PREC)
-        dpt = tl.dot(v, tl.trans(do), input_precision=DOT_PREC)
+        if DROPOUT:
+            keep = tl.trans(_dropout_keep(seed, bh, rows, n0, drop_thr, BLOCK_N))
+            dv = tl.dot(tl.where(keep, pt * keep_scale, 0.0).to(do.dtype), do, dv, input_precision=DOT_PREC)
+            dpt = tl.dot(v, tl.trans(do), input_precision=DOT_PREC)
+            dpt = tl.where(keep, dpt * keep_scale, 0.0)
+        else:
+            dv = tl.dot(pt.to(do.dtype), do, dv, input_precision=DOT_PREC)
+            dpt = tl.dot(v, tl.trans(do), input_precision=DOT_PREC)
         dst = pt * (dpt - delta[None, :])
         dk = tl.dot(dst.to(qt.dtype), tl.trans(qt), dk, input_precision=DOT_PREC)
     return dk, dv
@@ -389,7 +426,7 @@ def _dkdv_blocks(dk, dv, k, v, q_base, do_base, lse_base, delta_base, mask_base,
 @fast_launch
 @triton.jit
 def _bwd_dkdv_kernel(
-    q_ptr, k_ptr, v_ptr, do_ptr, lse_ptr, delta_ptr, dk_ptr, dv_ptr, mask_ptr, ranges_ptr,
+    q_ptr, k_ptr, v_ptr, do_ptr, lse_ptr, delta_ptr, dk_ptr, dv_ptr, mask_ptr, ranges_ptr, seed_ptr,
     stride_qb, stride_qh, stride_qm, stride_qd,
     stride_kb, stride_kh, stride_kn, stride_kd,
     stride_vb, stride_vh, stride_vn, stride_vd,
@@ -397,10 +434,10 @@ def _bwd_dkdv_kernel(
     stride_dkb, stride_dkh, stride_dkn, stride_dkd,
     stride_dvb, stride_dvh, stride_dvn, stride_dvd,
     stride_mb, stride_mh, stride_mm, stride_mk,
-    H, HKV, GROUP, Q_LEN, K_LEN, sm_scale, qk_scale, threshold,
+    H, HKV, GROUP, Q_LEN, K_LEN, sm_scale, qk_scale, threshold, drop_thr, keep_scale,
     MASK_KIND: tl.constexpr, CAUSAL: tl.constexpr, BH_FIRST: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_D: tl.constexpr, BLOCK_D: tl.constexpr,
-    UPCAST: tl.constexpr, DOT_PREC: tl.constexpr, WIDE: tl.constexpr, FOLD: tl.constexpr,
+    UPCAST: tl.constexpr, DOT_PREC: tl.constexpr, WIDE: tl.constexpr, FOLD: tl.constexpr, DROPOUT: tl.constexpr,
 ):
     """One key block of one key/value head; sums over the query heads of its GQA group (no atomics)."""
     if BH_FIRST:
@@ -444,6 +481,9 @@ def _bwd_dkdv_kernel(
     if UPCAST:
         k = k.to(tl.float32)
         v = v.to(tl.float32)
+    seed = start * 0
+    if DROPOUT:
+        seed = tl.load(seed_ptr)
     dk = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
     dv = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
     for h in range(hk * GROUP, hk * GROUP + GROUP):
@@ -455,11 +495,15 @@ def _bwd_dkdv_kernel(
         dk, dv = _dkdv_blocks(dk, dv, k, v, q_base, do_base, lse_base, delta_base, mask_base, cols, offs_m, offs_d,
                               stride_qm, stride_qd, stride_dom, stride_dod, stride_mm, stride_mk,
                               q_lo, q_full, start, end, has_holes, Q_LEN, K_LEN, qk_scale, threshold,
-                              True, MASK_KIND, CAUSAL, BLOCK_M, HEAD_D, BLOCK_D, UPCAST, DOT_PREC, FOLD)
+                              seed, b * H + h, n0, drop_thr, keep_scale,
+                              True, MASK_KIND, CAUSAL, BLOCK_M, BLOCK_N, HEAD_D, BLOCK_D, UPCAST, DOT_PREC, FOLD,
+                              DROPOUT)
         dk, dv = _dkdv_blocks(dk, dv, k, v, q_base, do_base, lse_base, delta_base, mask_base, cols, offs_m, offs_d,
                               stride_qm, stride_qd, stride_dom, stride_dod, stride_mm, stride_mk,
                               q_full, q_hi, start, end, has_holes, Q_LEN, K_LEN, qk_scale, threshold,
-                              False, MASK_KIND, CAUSAL, BLOCK_M, HEAD_D, BLOCK_D, UPCAST, DOT_PREC, FOLD)
+                              seed, b * H + h, n0, drop_thr, keep_scale,
+                              False, MASK_KIND, CAUSAL, BLOCK_M, BLOCK_N, HEAD_D, BLOCK_D, UPCAST, DOT_PREC, FOLD,
+                              DROPOUT)
     dk = dk * sm_scale
     ok = col_ok[:, None] & d_ok[None, :]
     tl.store(dk_ptr + b * stride_dkb + hk * stride_dkh + cols[:, None] * stride_dkn + offs_d[None, :] * stride_dkd,
@@ -471,10 +515,10 @@ def _bwd_dkdv_kernel(
 @triton.jit
 def _dq_blocks(dq, q, do, lse, delta, k_base, v_base, mask_base, rows, offs_n, offs_d,
                stride_kn, stride_kd, stride_vn, stride_vd, stride_mm, stride_mk,
-               lo, hi, start, end, has_holes, Q_LEN, K_LEN, qk_scale, threshold,
+               lo, hi, start, end, has_holes, Q_LEN, K_LEN, qk_scale, threshold, seed, bh, drop_thr, keep_scale,
                MASKED: tl.constexpr, MASK_KIND: tl.constexpr, CAUSAL: tl.constexpr, BLOCK_N: tl.constexpr,
                HEAD_D: tl.constexpr, BLOCK_D: tl.constexpr, UPCAST: tl.constexpr, DOT_PREC: tl.constexpr,
-               FOLD: tl.constexpr):
+               FOLD: tl.constexpr, DROPOUT: tl.constexpr):
     """Accumulate ``dq`` of one query block over key blocks ``[lo, hi)``."""
     d_ok = offs_d < HEAD_D
     for n0 in range(lo, hi, BLOCK_N):
@@ -498,6 +542,8 @@ def _dq_blocks(dq, q, do, lse, delta, k_base, v_base, mask_base, rows, offs_n, o
         else:
             p = tl.math.exp2(s - lse[:, None])
         dp = tl.dot(do, vt, input_precision=DOT_PREC)
+        if DROPOUT:
+            dp = tl.where(_dropout_keep(seed, bh, rows, n0, drop_thr, BLOCK_N), dp * keep_scale, 0.0)
         ds = p * (dp - delta[:, None])
         dq = tl.dot(ds.to(kt.dtype), tl.trans(kt), dq, input_precision=DOT_PREC)
     return dq
@@ -506,17 +552,17 @@ def _dq_blocks(dq, q, do, lse, delta, k_base, v_base, mask_base, rows, offs_n, o
 @fast_launch
 @triton.jit
 def _bwd_dq_kernel(
-    q_ptr, k_ptr, v_ptr, do_ptr, lse_ptr, delta_ptr, dq_ptr, mask_ptr, ranges_ptr,
+    q_ptr, k_ptr, v_ptr, do_ptr, lse_ptr, delta_ptr, dq_ptr, mask_ptr, ranges_ptr, seed_ptr,
     stride_qb, stride_qh, stride_qm, stride_qd,
     stride_kb, stride_kh, stride_kn, stride_kd,
     stride_vb, stride_vh, stride_vn, stride_vd,
     stride_dob, stride_doh, stride_dom, stride_dod,
     stride_dqb, stride_dqh, stride_dqm, stride_dqd,
     stride_mb, stride_mh, stride_mm, stride_mk,
-    H, GROUP, Q_LEN, K_LEN, sm_scale, qk_scale, threshold,
+    H, GROUP, Q_LEN, K_LEN, sm_scale, qk_scale, threshold, drop_thr, keep_scale,
     MASK_KIND: tl.constexpr, CAUSAL: tl.constexpr, BH_FIRST: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_D: tl.constexpr, BLOCK_D: tl.constexpr,
-    UPCAST: tl.constexpr, DOT_PREC: tl.constexpr, WIDE: tl.constexpr, FOLD: tl.constexpr,
+    UPCAST: tl.constexpr, DOT_PREC: tl.constexpr, WIDE: tl.constexpr, FOLD: tl.constexpr, DROPOUT: tl.constexpr,
 ):
     """One query block of one head; visits the same key blocks as the forward."""
     if BH_FIRST:
@@ -553,20 +599,26 @@ def _bwd_dq_kernel(
     k_base = k_ptr + b * stride_kb + hk * stride_kh
     v_base = v_ptr + b * stride_vb + hk * stride_vh
     mask_base = mask_ptr + b * stride_mb + h * stride_mh
+    seed = start * 0
+    if DROPOUT:
+        seed = tl.load(seed_ptr)
 
     dq = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
     dq = _dq_blocks(dq, q, do, lse, delta, k_base, v_base, mask_base, rows, offs_n, offs_d,
                     stride_kn, stride_kd, stride_vn, stride_vd, stride_mm, stride_mk,
                     s_lo, tl.minimum(full_lo, s_hi), start, end, has_holes, Q_LEN, K_LEN, qk_scale, threshold,
-                    True, MASK_KIND, CAUSAL, BLOCK_N, HEAD_D, BLOCK_D, UPCAST, DOT_PREC, FOLD)
+                    seed, bh, drop_thr, keep_scale, True, MASK_KIND, CAUSAL, BLOCK_N, HEAD_D, BLOCK_D, UPCAST,
+                    DOT_PREC, FOLD, DROPOUT)
     dq = _dq_blocks(dq, q, do, lse, delta, k_base, v_base, mask_base, rows, offs_n, offs_d,
                     stride_kn, stride_kd, stride_vn, stride_vd, stride_mm, stride_mk,
                     full_lo, full_hi, start, end, has_holes, Q_LEN, K_LEN, qk_scale, threshold,
-                    False, MASK_KIND, CAUSAL, BLOCK_N, HEAD_D, BLOCK_D, UPCAST, DOT_PREC, FOLD)
+                    seed, bh, drop_thr, keep_scale, False, MASK_KIND, CAUSAL, BLOCK_N, HEAD_D, BLOCK_D, UPCAST,
+                    DOT_PREC, FOLD, DROPOUT)
     dq = _dq_blocks(dq, q, do, lse, delta, k_base, v_base, mask_base, rows, offs_n, offs_d,
                     stride_kn, stride_kd, stride_vn, stride_vd, stride_mm, stride_mk,
                     tl.maximum(full_lo, full_hi), s_hi, start, end, has_holes, Q_LEN, K_LEN, qk_scale, threshold,
-                    True, MASK_KIND, CAUSAL, BLOCK_N, HEAD_D, BLOCK_D, UPCAST, DOT_PREC, FOLD)
+                    seed, bh, drop_thr, keep_scale, True, MASK_KIND, CAUSAL, BLOCK_N, HEAD_D, BLOCK_D, UPCAST,
+                    DOT_PREC, FOLD, DROPOUT)
     dq = dq * sm_scale
     tl.store(dq_ptr + b * stride_dqb + h * stride_dqh + rows[:, None] * stride_dqm + offs_d[None, :] * stride_dqd,
              dq.to(dq_ptr.dtype.element_ty), mask=row_ok[:, None] & d_ok[None, :])
@@ -729,6 +781,23 @@ def _policy():
             _split_combine_kernel, _bwd_delta_kernel, _bwd_dkdv_kernel, _bwd_dq_kernel)
 
 
+DROPOUT_BITS = 16  # dropout compares a 16-bit random number per score with round(p * 2**16)
+
+
+def dropout_threshold(p: float) -> tuple[int, float]:
+    """``(drop_thr, keep_scale)`` for dropout probability ``p`` in [0, 1]: a score is dropped iff its 16-bit random
+    number is below ``drop_thr = round(p * 65536)``, so the probability applied is ``drop_thr / 65536`` (within
+    2**-17 of ``p``), and kept ones are scaled by ``keep_scale = 1 / (1 - drop_thr / 65536)``, which keeps the
+    expectation exact for the probability applied (0 when everything is dropped)."""
+    thr = int(round(p * (1 << DROPOUT_BITS)))
+    return thr, _keep_scale(thr)
+
+
+def _keep_scale(drop_thr: int) -> float:
+    full = 1 << DROPOUT_BITS
+    return full / (full - drop_thr) if drop_thr < full else 0.0
+
+
 _PLANS: dict = {}
 _MAX_PLANS = 256  # a decoding step adds one (its key length); cleared when full
 
@@ -738,7 +807,7 @@ class _ForwardPlan:
     split count, grid, the kernels' scalar arguments and constexprs), computed once per such signature: a call then
     allocates its outputs and launches. Generation calls attention with one signature in every layer of a step."""
 
-    def __init__(self, q, k, v, kind, mask_t, threshold, causal, scale, need_lse=True):
+    def __init__(self, q, k, v, kind, mask_t, threshold, causal, scale, need_lse=True, drop_thr=0):
         B, H, Q, D = q.shape
         Hkv, K = k.shape[1], k.shape[2]
         decode = _is_decode(Q)
@@ -763,13 +832,16 @@ class _ForwardPlan:
         grid = (B * H, _cdiv(Q, block_m), num_splits) if bh_first else (_cdiv(Q, block_m), B * H, num_splits)
         # what this plan allocates is contiguous: its largest offset is its size minus one
         wide = _wide(q, k, v, mask_t) or num_splits * B * H * Q * D >= 2**31
+        self.dropout = drop_thr > 0
         scalars = (*q.stride(), *k.stride(), *v.stride(), *ostr, lstr, *mstr,
-                   H, H // Hkv, Q, K, num_splits, scale * _LOG2E, threshold)
+                   H, H // Hkv, Q, K, num_splits, scale * _LOG2E, threshold, drop_thr, _keep_scale(drop_thr))
         constexprs = dict(
             MASK_KIND=kind, CAUSAL=causal, BH_FIRST=bh_first, BLOCK_M=block_m, BLOCK_N=block_n, HEAD_D=D,
             BLOCK_D=_block_d(D), UPCAST=upcast, DOT_PREC=prec, WIDE=wide, FOLD=_fold(kind, scale),
-            MERGE_TAIL=FWD_MERGE_TAIL, STORE_LSE=need_lse or num_splits > 1, num_warps=warps, num_stages=stages,
-            **_fwd_maxnreg(D, q.dtype, decode, causal, block_m, warps),
+            MERGE_TAIL=FWD_MERGE_TAIL, STORE_LSE=need_lse or num_splits > 1, DROPOUT=self.dropout,
+            num_warps=warps, num_stages=stages,
+            # dropout's random numbers need more registers than the caps leave (ptxas spills under them)
+            **({} if self.dropout else _fwd_maxnreg(D, q.dtype, decode, causal, block_m, warps)),
         )
         self.launch = bind(_attn_fwd_kernel, grid, scalars, constexprs)
         if num_splits > 1:
@@ -780,7 +852,7 @@ class _ForwardPlan:
                      num_warps=1),
             )
 
-    def __call__(self, q, k, v, mask_t, ranges):
+    def __call__(self, q, k, v, mask_t, ranges, seed=None):
         out = torch.empty(self.out_shape, dtype=self.dtype, device=self.device).transpose(1, 2)
         lse = torch.empty(self.lse_shape, dtype=torch.float32, device=self.device) if self.need_lse else None
         if self.empty:
@@ -788,30 +860,34 @@ class _ForwardPlan:
         mask_arg = mask_t if self.uses_mask else q
         ranges_arg = ranges if ranges is not None else q
         lse_arg = lse if lse is not None else q  # a pointer the kernels never write through (STORE_LSE off)
+        seed_arg = seed if self.dropout else q
         if self.splits == 1:
-            self.launch(q, k, v, out, lse_arg, mask_arg, ranges_arg)
+            self.launch(q, k, v, out, lse_arg, mask_arg, ranges_arg, seed_arg)
         else:
             o_part = torch.empty(self.part_shapes[0], dtype=torch.float32, device=self.device)
             l_part = torch.empty(self.part_shapes[1], dtype=torch.float32, device=self.device)
-            self.launch(q, k, v, o_part, l_part, mask_arg, ranges_arg)
+            self.launch(q, k, v, o_part, l_part, mask_arg, ranges_arg, seed_arg)
             self.combine(o_part, l_part, out, lse_arg)
         return out, lse
 
 
-def _forward(q, k, v, kind, mask_t, ranges, threshold, causal, scale, need_lse=True, signature=None):
+def _forward(q, k, v, kind, mask_t, ranges, threshold, causal, scale, need_lse=True, signature=None, drop_thr=0,
+             seed=None):
     """``(out, lse)``; ``lse`` is None when not ``need_lse`` (inference). ``signature``: the caller's key for
-    everything the plan depends on but pointer alignment and the module's settings (``ops`` passes its validated
-    call signature), so that the key is not built twice per call."""
+    everything the plan depends on but pointer alignment, dropout and the module's settings (``ops`` passes its
+    validated call signature), so that the key is not built twice per call. ``drop_thr > 0``: dropout (see
+    :func:`dropout_threshold`) with the Philox key in ``seed``, a one-element int64 tensor on q's device; the
+    log-sum-exp then stays that of the probabilities before dropout."""
     if signature is None:
         signature = (q.shape, q.stride(), k.shape, k.stride(), v.shape, v.stride(), q.dtype, k.dtype, v.dtype,
                      q.device, kind, None if mask_t is None else (mask_t.shape, mask_t.stride(), mask_t.dtype),
                      ranges is None, threshold, causal, scale)
-    key = (signature, need_lse, aligned(q, k, v, mask_t), _policy())
+    key = (signature, need_lse, drop_thr, aligned(q, k, v, mask_t), _policy())
     plan = _PLANS.get(key)
     if plan is None:
-        plan = _ForwardPlan(q, k, v, kind, mask_t, threshold, causal, scale, need_lse)
+        plan = _ForwardPlan(q, k, v, kind, mask_t, threshold, causal, scale, need_lse, drop_thr)
         remember(_PLANS, key, plan, _MAX_PLANS)
-    return plan(q, k, v, mask_t, ranges)
+    return plan(q, k, v, mask_t, ranges, seed)
 
 
 class _BackwardPlan:
@@ -820,7 +896,7 @@ class _BackwardPlan:
     for the forward: a training step calls the backward with one signature in every layer, and three launches through
     Triton's own path cost more host time than the kernels take on small batches."""
 
-    def __init__(self, do, q, k, v, out, lse, kind, mask_t, threshold, causal, scale):
+    def __init__(self, do, q, k, v, out, lse, kind, mask_t, threshold, causal, scale, drop_thr=0):
         B, H, Q, D = q.shape
         Hkv, K = k.shape[1], k.shape[2]
         self.empty = q.numel() == 0 or K == 0  # nothing was attended to: every gradient is zero
@@ -836,26 +912,28 @@ class _BackwardPlan:
         mstr = _mask_args(kind, mask_t, q)[1]
         upcast = _INTERPRET and q.dtype == torch.bfloat16
         prec = "ieee" if (q.dtype == torch.float32 or upcast) else "tf32"
+        self.dropout = drop_thr > 0
         common = dict(MASK_KIND=kind, CAUSAL=causal, HEAD_D=D, BLOCK_D=bd, UPCAST=upcast, DOT_PREC=prec,
-                      WIDE=_wide(q, k, v, do, mask_t), FOLD=_fold(kind, scale))
+                      WIDE=_wide(q, k, v, do, mask_t), FOLD=_fold(kind, scale), DROPOUT=self.dropout)
+        drop = (drop_thr, _keep_scale(drop_thr))
         qkv_strides = (*q.stride(), *k.stride(), *v.stride(), *do.stride())
         block_m, block_n, warps, stages = kv_cfg
         kv_first = _bh_first(causal, B * Hkv)
         self.dkdv = bind(
             _bwd_dkdv_kernel, (B * Hkv, _cdiv(K, block_n)) if kv_first else (_cdiv(K, block_n), B * Hkv),
             (*qkv_strides, *dk.stride(), *dv.stride(), *mstr, H, Hkv, H // Hkv, Q, K, scale, scale * _LOG2E,
-             threshold),
+             threshold, *drop),
             dict(BH_FIRST=kv_first, BLOCK_M=block_m, BLOCK_N=block_n, num_warps=warps, num_stages=stages, **common),
         )
         block_m, block_n, warps, stages = q_cfg
         q_first = _bh_first(causal, B * H)
         self.dq = bind(
             _bwd_dq_kernel, (B * H, _cdiv(Q, block_m)) if q_first else (_cdiv(Q, block_m), B * H),
-            (*qkv_strides, *dq.stride(), *mstr, H, H // Hkv, Q, K, scale, scale * _LOG2E, threshold),
+            (*qkv_strides, *dq.stride(), *mstr, H, H // Hkv, Q, K, scale, scale * _LOG2E, threshold, *drop),
             dict(BH_FIRST=q_first, BLOCK_M=block_m, BLOCK_N=block_n, num_warps=warps, num_stages=stages, **common),
         )
 
-    def __call__(self, do, q, k, v, out, lse, mask_t, ranges):
+    def __call__(self, do, q, k, v, out, lse, mask_t, ranges, seed=None):
         if self.empty:
             return torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v)
         delta = torch.empty_like(lse)
@@ -863,23 +941,25 @@ class _BackwardPlan:
         dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
         mask_arg = mask_t if self.uses_mask else q
         ranges_arg = ranges if ranges is not None else lse
-        self.dkdv(q, k, v, do, lse, delta, dk, dv, mask_arg, ranges_arg)
-        self.dq(q, k, v, do, lse, delta, dq, mask_arg, ranges_arg)
+        seed_arg = seed if self.dropout else lse
+        self.dkdv(q, k, v, do, lse, delta, dk, dv, mask_arg, ranges_arg, seed_arg)
+        self.dq(q, k, v, do, lse, delta, dq, mask_arg, ranges_arg, seed_arg)
         return dq, dk, dv
 
 
 _BWD_PLANS: dict = {}
 
 
-def _backward(do, q, k, v, out, lse, kind, mask_t, ranges, threshold, causal, scale):
+def _backward(do, q, k, v, out, lse, kind, mask_t, ranges, threshold, causal, scale, drop_thr=0, seed=None):
+    """``(dq, dk, dv)`` for the forward's ``out`` and ``lse``; ``drop_thr`` and ``seed`` as that forward's."""
     key = (q.shape, q.stride(), k.shape, k.stride(), v.stride(), do.stride(), out.stride(), q.dtype, k.dtype, v.dtype,
            do.dtype, q.device, kind, None if mask_t is None else (mask_t.shape, mask_t.stride(), mask_t.dtype),
-           ranges is None, threshold, causal, scale, aligned(do, q, k, v, out, mask_t), _policy())
+           ranges is None, threshold, causal, scale, drop_thr, aligned(do, q, k, v, out, mask_t), _policy())
     plan = _BWD_PLANS.get(key)
     if plan is None:
-        plan = _BackwardPlan(do, q, k, v, out, lse, kind, mask_t, threshold, causal, scale)
+        plan = _BackwardPlan(do, q, k, v, out, lse, kind, mask_t, threshold, causal, scale, drop_thr)
         remember(_BWD_PLANS, key, plan, _MAX_PLANS)
-    return plan(do, q, k, v, out, lse, mask_t, ranges)
+    return plan(do, q, k, v, out, lse, mask_t, ranges, seed)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -892,11 +972,12 @@ class AttentionFunction(torch.autograd.Function):
     kernels' mask arguments (``ops._kernel_mask_args``)."""
 
     @staticmethod
-    def forward(ctx, q, k, v, kind, mask_t, ranges, threshold, causal, scale, signature=None):
+    def forward(ctx, q, k, v, kind, mask_t, ranges, threshold, causal, scale, signature=None, drop_thr=0, seed=None):
         with _device_of(q):
-            out, lse = _forward(q, k, v, kind, mask_t, ranges, threshold, causal, scale, True, signature)
+            out, lse = _forward(q, k, v, kind, mask_t, ranges, threshold, causal, scale, True, signature, drop_thr,
+                                seed)
         ctx.save_for_backward(q, k, v, out, lse)
-        ctx.mask = (kind, mask_t, ranges, threshold, causal, scale)
+        ctx.mask = (kind, mask_t, ranges, threshold, causal, scale, drop_thr, seed)
         return out
 
     @staticmethod
@@ -904,7 +985,7 @@ class AttentionFunction(torch.autograd.Function):
         q, k, v, out, lse = ctx.saved_tensors
         with _device_of(q):
             dq, dk, dv = _backward(do, q, k, v, out, lse, *ctx.mask)
-        return dq, dk, dv, None, None, None, None, None, None, None
+        return dq, dk, dv, None, None, None, None, None, None, None, None, None
 
 
 _SAME_DEVICE = contextlib.nullcontext()
@@ -923,7 +1004,7 @@ def _device_of(t: torch.Tensor):
 # Public function
 # ---------------------------------------------------------------------------------------------------------------
 
-def _validate(q, k, v, scale):
+def _validate(q, k, v, scale, dropout_p=0.0):
     for name, t in (("q", q), ("k", k), ("v", v)):
         if not isinstance(t, torch.Tensor):
             raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
@@ -949,6 +1030,10 @@ def _validate(q, k, v, scale):
         raise ValueError(f"head_dim must be at most 256, got {D}")
     if scale is not None and (isinstance(scale, bool) or not isinstance(scale, (int, float))):
         raise TypeError(f"scale must be a float or None, got {type(scale).__name__}")
+    if isinstance(dropout_p, bool) or not isinstance(dropout_p, (int, float)):
+        raise TypeError(f"dropout_p must be a float, got {type(dropout_p).__name__}")
+    if not 0.0 <= dropout_p <= 1.0:  # NaN fails too
+        raise ValueError(f"dropout_p must be in [0, 1], got {dropout_p}")
 
 
 def attention(
@@ -959,6 +1044,7 @@ def attention(
     *,
     causal: bool = False,
     scale: Optional[float] = None,
+    dropout_p: float = 0.0,
 ) -> torch.Tensor:
     """Masked softmax attention ``softmax(scale * q kᵀ + mask) v`` without materialising the scores.
 
@@ -969,25 +1055,31 @@ def attention(
             ``[B, H, Q, K]``: bool (True = attend) or floating additive (``-inf`` / ``<= finfo.min / 2`` = masked).
         causal: bottom-right causal masking: query ``i`` sees key ``j`` iff ``j <= i + K - Q``.
         scale: multiplies ``q kᵀ`` (default ``D ** -0.5``).
+        dropout_p: attention dropout, as SDPA's ``dropout_p`` (applied whenever it is nonzero, training or not): each
+            probability is zeroed with probability ``dropout_p`` (rounded to a multiple of 2**-16) and the kept ones
+            are scaled by ``1 / (1 - dropout_p)``. The mask is drawn inside the kernels by Philox from a key taken
+            from torch's generator for the tensors' device (``torch.manual_seed`` repeats it) and redrawn
+            identically by the backward; nothing of size ``[B, H, Q, K]`` is stored.
 
     Returns:
         ``[B, H, Q, D]`` in q's dtype, laid out in memory as ``[B, Q, H, D]`` (``out.transpose(1, 2)`` is
         contiguous). Rows with nothing to attend to are zeros. Differentiable w.r.t. q, k and v.
 
     Raises:
-        ValueError: wrong rank or shapes, head_dim > 256, tensors on different devices.
+        ValueError: wrong rank or shapes, head_dim > 256, tensors on different devices, dropout_p outside [0, 1].
         TypeError: unsupported or mismatched dtypes, a non-tensor argument.
     """
     # Through the custom operator, so torch.compile traces it as one node (ops imports this module: bound late, once).
     global _ops_attention
     if _ops_attention is None:
         from .ops import attention as _ops_attention
-    return _ops_attention(q, k, v, attention_mask, causal=causal, scale=scale)
+    return _ops_attention(q, k, v, attention_mask, causal=causal, scale=scale, dropout_p=dropout_p)
 
 
 _ops_attention = None
 
 
-def attention_bqhd(q, k, v, attention_mask=None, *, causal=False, scale=None) -> torch.Tensor:
+def attention_bqhd(q, k, v, attention_mask=None, *, causal=False, scale=None, dropout_p=0.0) -> torch.Tensor:
     """:func:`attention`, returned as the contiguous ``[B, Q, H, D]`` tensor Hugging Face attention modules want."""
-    return attention(q, k, v, attention_mask, causal=causal, scale=scale).transpose(1, 2).contiguous()
+    return attention(q, k, v, attention_mask, causal=causal, scale=scale,
+                     dropout_p=dropout_p).transpose(1, 2).contiguous()

@@ -20,10 +20,11 @@ Modes, read per call from the attention module's ``_hf_masked_softmax_mode`` (se
 * ``"softmax"``: scores by ``torch.matmul``, probabilities by ``masked_softmax`` with scale, mask and causality fused
   (no 4D mask is materialised), dropout on the probabilities in training, output by ``torch.matmul``. Returns the
   probabilities (after dropout, as HF's eager path does).
-* ``"fused"``: ``hf_masked_softmax.attention``; scores never leave the kernel, so it has neither dropout nor
-  probabilities: asking for either is a ``ValueError``.
+* ``"fused"``: ``hf_masked_softmax.attention``; scores never leave the kernel, so it returns no probabilities (asking
+  for them is a ``ValueError``). Attention dropout in training runs inside the kernel (its own Philox stream, so the
+  mask differs from the one eager draws from torch's generator; the distribution is the same).
 * ``"auto"`` (default, and what ``from_pretrained(attn_implementation=NAME)`` gets): ``"fused"`` unless the caller
-  wants attention probabilities (``output_attentions``) or attention dropout is active; then ``"softmax"``.
+  wants attention probabilities (``output_attentions``); then ``"softmax"``.
 
 Supported transformers: 5.4 and newer (the first release whose mask interface passes ``q_offset`` and whose GPT-2
 passes ``scaling`` to the attention interface; BERT goes through the interface from 5.0 on).
@@ -71,18 +72,15 @@ def _causal_for(module, attention_mask, is_causal) -> bool:
     return bool(is_causal)
 
 
-def _pick_mode(module, dropout: float, kwargs) -> str:
+def _pick_mode(module, kwargs) -> str:
     mode = getattr(module, MODE_ATTR, "auto")
     wants_probs = _attention_probabilities_requested(kwargs)
     if mode == "auto":
-        return "softmax" if (wants_probs or dropout > 0.0) else "fused"
-    if mode == "fused" and (wants_probs or dropout > 0.0):
-        what = "attention probabilities (output_attentions=True)" if wants_probs else (
-            f"attention dropout (p={dropout} in training)"
-        )
+        return "softmax" if wants_probs else "fused"
+    if mode == "fused" and wants_probs:
         raise ValueError(
-            f"patch mode 'fused' cannot provide {what}: the fused kernel never materialises the probabilities. "
-            "Patch with mode='auto' (switches to 'softmax' for such calls) or mode='softmax'."
+            "patch mode 'fused' cannot provide attention probabilities (output_attentions=True): the fused kernel "
+            "never materialises them. Patch with mode='auto' (switches to 'softmax' for such calls) or mode='softmax'."
         )
     return mode
 
@@ -115,10 +113,10 @@ def _attention_forward(
     if scaling is None:
         scaling = query.shape[-1] ** -0.5
     causal = _causal_for(module, attention_mask, is_causal)
-    mode = _pick_mode(module, dropout, kwargs)
+    mode = _pick_mode(module, kwargs)
 
     if mode == "fused":
-        out = attention(query, key, value, attention_mask, causal=causal, scale=scaling)
+        out = attention(query, key, value, attention_mask, causal=causal, scale=scaling, dropout_p=float(dropout))
         return out.transpose(1, 2).contiguous(), None
 
     groups = query.shape[1] // key.shape[1]

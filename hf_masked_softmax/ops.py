@@ -4,12 +4,14 @@ Operators (namespace ``hf_masked_softmax``), all taking tensors and scalars only
 
 * ``masked_softmax(scores, mask, mask_kind, threshold, causal, scale, max_single_pass_k, loop_block_k) -> y``
 * ``masked_softmax_backward(y, dy, mask, mask_kind, threshold, causal, scale, max_single_pass_k, loop_block_k) -> ds``
-* ``attention(q, k, v, mask, mask_kind, threshold, causal, scale) -> (out, lse)``
-* ``attention_backward(do, q, k, v, out, lse, mask, mask_kind, threshold, causal, scale) -> (dq, dk, dv)``
+* ``attention(q, k, v, mask, mask_kind, threshold, causal, scale, drop_thr=0, seed=None) -> (out, lse)``
+* ``attention_backward(do, q, k, v, out, lse, mask, mask_kind, threshold, causal, scale, drop_thr=0, seed=None)
+  -> (dq, dk, dv)``
 
 ``mask`` is the caller's mask tensor exactly as given (``[B, K]`` padding mask or a 4D mask that broadcasts to the
 scores), ``mask_kind`` one of :mod:`hf_masked_softmax.masks`' ``NONE / PAD2D / BOOL4D / ADD4D`` and ``threshold`` the
-additive value at or below which an entry counts as masked. The public functions validate their arguments once
+additive value at or below which an entry counts as masked; ``drop_thr`` and ``seed`` are the attention's dropout
+(:func:`hf_masked_softmax.attention.dropout_threshold`, a one-element int64 Philox key). The public functions validate their arguments once
 (that host code is plain PyTorch and traces fine) and then pick a path (:func:`call_path`): under torch.compile, for
 tensor subclasses and under dispatch modes, one operator call (``masked_softmax()`` in its own module, ``attention()``
 through :func:`attention` below); in eager mode the launchers directly (inference) or the modules' plain
@@ -30,7 +32,7 @@ import torch
 from . import masks as _masks
 from ._launch import kernels_take, remember
 from .reference import (attention_backward_reference, attention_lse_reference, attention_reference,
-                        masked_softmax_backward_reference, masked_softmax_reference)
+                        dropout_keep_reference, masked_softmax_backward_reference, masked_softmax_reference)
 
 # The package re-exports functions under the modules' names, so reach the modules themselves through importlib.
 _ms = importlib.import_module(__package__ + ".masked_softmax")
@@ -169,11 +171,21 @@ def _attn_mask_args(mask, mask_kind, threshold, shape):
     return (*_kernel_mask_args(_spec(mask, mask_kind, threshold, shape)), threshold)
 
 
-def _attention_reference(q, k, v, mask, causal, scale):
+def _reference_dropout(q, k, drop_thr, seed):
+    """``(keep, keep_scale)`` for the references: the kernels' own dropout mask (None without dropout)."""
+    if drop_thr <= 0:
+        return None
+    B, H, Q, _ = q.shape
+    keep = dropout_keep_reference(int(seed), (B, H, Q, k.shape[2]), drop_thr, device=q.device)
+    return keep, _attn._keep_scale(drop_thr)
+
+
+def _attention_reference(q, k, v, mask, causal, scale, drop_thr=0, seed=None):
     """The CPU fallback (no interpreter): the reference, with half-precision probabilities rounded to q's dtype
-    before the product with v, as the GPU kernel does."""
+    before the product with v, as the GPU kernel does, and the kernels' dropout mask."""
     half = q.dtype in (torch.float16, torch.bfloat16)
-    return attention_reference(q, k, v, mask, causal=causal, scale=scale, prob_dtype=q.dtype if half else None)
+    return attention_reference(q, k, v, mask, causal=causal, scale=scale, prob_dtype=q.dtype if half else None,
+                               dropout=_reference_dropout(q, k, drop_thr, seed))
 
 
 @torch.library.custom_op(f"{NAMESPACE}::attention", mutates_args=())
@@ -186,20 +198,22 @@ def attention_op(
     threshold: float,
     causal: bool,
     scale: float,
+    drop_thr: int = 0,
+    seed: Optional[torch.Tensor] = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     if not kernels_take(q):
-        out = _attention_reference(q, k, v, mask, causal, scale)
+        out = _attention_reference(q, k, v, mask, causal, scale, drop_thr, seed)
         # the kernel's layout: [B, H, Q, D] whose memory is [B, Q, H, D]
         out = out.transpose(1, 2).contiguous().transpose(1, 2)
         return out, attention_lse_reference(q, k, mask, causal=causal, scale=scale)
     B, H, Q, _ = q.shape
     kind, mask_t, ranges, threshold = _attn_mask_args(mask, mask_kind, threshold, (B, H, Q, k.shape[2]))
     with on_device(q):
-        return _attn._forward(q, k, v, kind, mask_t, ranges, threshold, causal, scale)
+        return _attn._forward(q, k, v, kind, mask_t, ranges, threshold, causal, scale, True, None, drop_thr, seed)
 
 
 @attention_op.register_fake
-def _(q, k, v, mask, mask_kind, threshold, causal, scale):
+def _(q, k, v, mask, mask_kind, threshold, causal, scale, drop_thr=0, seed=None):
     B, H, Q, D = q.shape
     # [B, H, Q, D] laid out as [B, Q, H, D], exactly as the kernel writes it
     out = q.new_empty((B, Q, H, D)).transpose(1, 2)
@@ -220,45 +234,48 @@ def attention_backward_op(
     threshold: float,
     causal: bool,
     scale: float,
+    drop_thr: int = 0,
+    seed: Optional[torch.Tensor] = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     if not kernels_take(q):
-        return attention_backward_reference(q, k, v, do, mask, causal=causal, scale=scale)
+        return attention_backward_reference(q, k, v, do, mask, causal=causal, scale=scale,
+                                            dropout=_reference_dropout(q, k, drop_thr, seed))
     B, H, Q, _ = q.shape
     kind, mask_t, ranges, threshold = _attn_mask_args(mask, mask_kind, threshold, (B, H, Q, k.shape[2]))
     with on_device(q):
-        return _attn._backward(do, q, k, v, out, lse, kind, mask_t, ranges, threshold, causal, scale)
+        return _attn._backward(do, q, k, v, out, lse, kind, mask_t, ranges, threshold, causal, scale, drop_thr, seed)
 
 
 @attention_backward_op.register_fake
-def _(do, q, k, v, out, lse, mask, mask_kind, threshold, causal, scale):
+def _(do, q, k, v, out, lse, mask, mask_kind, threshold, causal, scale, drop_thr=0, seed=None):
     return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
 
 
 def _attention_setup(ctx, inputs, output):
-    q, k, v, mask, mask_kind, threshold, causal, scale = inputs
+    q, k, v, mask, mask_kind, threshold, causal, scale, drop_thr, seed = inputs
     out, lse = output
-    ctx.save_for_backward(q, k, v, out, lse, mask)
-    ctx.args = (mask_kind, threshold, causal, scale)
+    ctx.save_for_backward(q, k, v, out, lse, mask, seed)
+    ctx.args = (mask_kind, threshold, causal, scale, drop_thr)
 
 
 def _attention_backward(ctx, do, _dlse):
-    q, k, v, out, lse, mask = ctx.saved_tensors
-    dq, dk, dv = attention_backward_op(do, q, k, v, out, lse, mask, *ctx.args)
-    return dq, dk, dv, None, None, None, None, None
+    q, k, v, out, lse, mask, seed = ctx.saved_tensors
+    dq, dk, dv = attention_backward_op(do, q, k, v, out, lse, mask, *ctx.args, seed)
+    return dq, dk, dv, None, None, None, None, None, None, None
 
 
 attention_op.register_autograd(_attention_backward, setup_context=_attention_setup)
 
 
-# Signatures of eager calls already validated (no mask or a 2D padding mask) -> (kernel kind, scale).
+# Signatures of eager calls already validated (no mask or a 2D padding mask) -> (kernel kind, scale, drop_thr).
 _VALIDATED: dict = {}
 _MAX_VALIDATED = 256  # a decoding step adds one (its key length); cleared when full
 
 
-def _eager_signature(q, k, v, mask, causal, scale):
+def _eager_signature(q, k, v, mask, causal, scale, dropout_p):
     """Everything ``attention``'s checks and mask classification depend on, or None where the shortcut does not
     apply (a 4D mask, or arguments of other types: those always take the checks)."""
-    if type(causal) is not bool or (scale is not None and type(scale) is not float):
+    if type(causal) is not bool or (scale is not None and type(scale) is not float) or type(dropout_p) is not float:
         return None
     if mask is None:
         msig = None
@@ -267,16 +284,25 @@ def _eager_signature(q, k, v, mask, causal, scale):
     else:
         return None
     return (q.shape, q.stride(), k.shape, k.stride(), v.shape, v.stride(), q.dtype, k.dtype, v.dtype, q.device,
-            k.device, v.device, msig, causal, scale)
+            k.device, v.device, msig, causal, scale, dropout_p)
 
 
-def _eager(path, q, k, v, kind, mask_t, ranges, threshold, causal, scale, signature):
+def _new_seed(device) -> torch.Tensor:
+    """A fresh Philox key for one dropout call, drawn from torch's generator of ``device`` (so ``torch.manual_seed``
+    repeats it), kept on the device for the kernels to read."""
+    return torch.randint(0, 2**62, (1,), dtype=torch.int64, device=device)
+
+
+def _eager(path, q, k, v, kind, mask_t, ranges, threshold, causal, scale, signature, drop_thr):
     """The eager paths past the checks: inference straight to the launcher (no log-sum-exp kept), training through
     the autograd function. ``signature``: the validated call signature the launch plan is looked up by, or None."""
+    seed = _new_seed(q.device) if drop_thr else None
     if path == "direct":
         with on_device(q):
-            return _attn._forward(q, k, v, kind, mask_t, ranges, threshold, causal, scale, False, signature)[0]
-    return _attn.AttentionFunction.apply(q, k, v, kind, mask_t, ranges, threshold, causal, scale, signature)
+            return _attn._forward(q, k, v, kind, mask_t, ranges, threshold, causal, scale, False, signature, drop_thr,
+                                  seed)[0]
+    return _attn.AttentionFunction.apply(q, k, v, kind, mask_t, ranges, threshold, causal, scale, signature, drop_thr,
+                                         seed)
 
 
 def attention(
@@ -287,27 +313,30 @@ def attention(
     *,
     causal: bool = False,
     scale: Optional[float] = None,
+    dropout_p: float = 0.0,
 ) -> torch.Tensor:
     """:func:`hf_masked_softmax.attention` through the custom operator (same arguments, same contract)."""
     path = call_path(q, k, v)
     sig = None
     if path != "op":  # eager: a signature validated before skips the checks (a model calls one per layer)
-        sig = _eager_signature(q, k, v, attention_mask, causal, scale)
+        sig = _eager_signature(q, k, v, attention_mask, causal, scale, dropout_p)
         hit = _VALIDATED.get(sig) if sig is not None else None
         if hit is not None:
-            kind, scale = hit
+            kind, scale, drop_thr = hit
             mask_t, ranges = None, None
             if kind == _attn._K_RANGE:
                 mask_t = attention_mask.view(torch.uint8) if attention_mask.dtype == torch.bool else attention_mask
                 ranges = _masks.pad_ranges(mask_t, attention_mask)
-            return _eager(path, q, k, v, kind, mask_t, ranges, 0.0, causal, scale, (path, sig))
-    _attn._validate(q, k, v, scale)
+            return _eager(path, q, k, v, kind, mask_t, ranges, 0.0, causal, scale, (path, sig), drop_thr)
+    _attn._validate(q, k, v, scale, dropout_p)
+    drop_thr = _attn.dropout_threshold(float(dropout_p))[0]
     B, H, Q, D = q.shape
     K = k.shape[2]
     spec = _masks.prepare_mask(attention_mask, (B, H, Q, K), q.device)
     scale = _ms.validate_scale(D ** -0.5 if scale is None else scale)
     if not kernels_take(q):
-        return _attention_reference(q, k, v, attention_mask, causal, scale)
+        seed = _new_seed(q.device) if drop_thr else None
+        return _attention_reference(q, k, v, attention_mask, causal, scale, drop_thr, seed)
     threshold = spec.threshold
     if spec.kind == _masks.ADD4D:
         # masks wider than fp32 are compared after rounding to fp32, where their masked values become -inf
@@ -316,8 +345,9 @@ def attention(
         kind, mask_t, ranges = _kernel_mask_args(spec, attention_mask)
         known = None  # the plan's key: the validated signature where later calls look it up by it
         if sig is not None and spec.kind in (_masks.NONE, _masks.PAD2D):
-            remember(_VALIDATED, sig, (kind, scale), _MAX_VALIDATED)
+            remember(_VALIDATED, sig, (kind, scale, drop_thr), _MAX_VALIDATED)
             known = (path, sig)
-        return _eager(path, q, k, v, kind, mask_t, ranges, threshold, bool(causal), scale, known)
-    out, _ = attention_op(q, k, v, attention_mask, spec.kind, threshold, bool(causal), scale)
+        return _eager(path, q, k, v, kind, mask_t, ranges, threshold, bool(causal), scale, known, drop_thr)
+    seed = _new_seed(q.device) if drop_thr else None
+    out, _ = attention_op(q, k, v, attention_mask, spec.kind, threshold, bool(causal), scale, drop_thr, seed)
     return out

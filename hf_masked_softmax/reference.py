@@ -10,6 +10,9 @@ A position is kept when the padding / boolean / additive mask keeps it and, with
 ``-inf``, is all zeros. NaN in a kept score makes the row's kept entries NaN (as torch.softmax does); masked entries
 are exactly 0 regardless. The gradient ignores the incoming gradient wherever ``Y = 0`` (there it is exactly 0).
 Math runs in ``compute_dtype`` (fp32 by default; fp64 for the tests' oracle).
+
+``dropout_keep_reference`` draws the fused attention's dropout mask bit for bit (Philox-4x32-10 in integer tensor
+arithmetic), so the attention references can apply the very mask the kernels drew.
 """
 from __future__ import annotations
 
@@ -110,13 +113,15 @@ def attention_reference(
     scale: Optional[float] = None,
     compute_dtype: torch.dtype = torch.float32,
     prob_dtype: Optional[torch.dtype] = None,
+    dropout: Optional[tuple[torch.Tensor, float]] = None,
 ) -> torch.Tensor:
     """``softmax_masked(q kᵀ · scale) v`` for ``q [B, H, Q, D]``, ``k, v [B, Hkv, K, D]`` (GQA by repetition).
 
     ``prob_dtype`` (e.g. ``q.dtype`` for fp16/bf16 inputs) rounds the probabilities to that dtype before the product
     with ``v``, as HF's eager attention does and close to what the GPU kernel does (it rounds its not yet normalised
     probabilities to the inputs' dtype for the tensor cores); the scores and the accumulation stay in
-    ``compute_dtype``.
+    ``compute_dtype``. ``dropout``: ``(keep, keep_scale)``, a bool ``keep`` broadcastable to ``[B, H, Q, K]``: the
+    probabilities are multiplied by ``keep * keep_scale`` before the product with ``v``.
     """
     k, v = _repeat_heads(q.shape[1], k, v)
     if scale is None:
@@ -125,6 +130,9 @@ def attention_reference(
     p = masked_softmax_reference(s, attention_mask, causal=causal, scale=scale, compute_dtype=compute_dtype)
     if prob_dtype is not None:
         p = p.to(prob_dtype).to(compute_dtype)
+    z = _dropout_factor(dropout, compute_dtype)
+    if z is not None:
+        p = p * z
     return torch.matmul(p, v.to(compute_dtype)).to(q.dtype)
 
 
@@ -138,12 +146,15 @@ def attention_backward_reference(
     causal: bool = False,
     scale: Optional[float] = None,
     compute_dtype: torch.dtype = torch.float32,
+    dropout: Optional[tuple[torch.Tensor, float]] = None,
 ):
     """``(dq, dk, dv)`` of ``attention_reference`` for the output gradient ``do``, written out (a custom operator's
     implementation runs below autograd, so it cannot differentiate the reference)::
 
-        P = softmax_masked(scale * q kᵀ),  dP = do vᵀ,  dX = P * (dP - rowsum(dP * P))
-        dq = scale * dX k,  dk = scale * dXᵀ q,  dv = Pᵀ do      (dk, dv summed over each GQA group)
+        P = softmax_masked(scale * q kᵀ),  dP = Z * (do vᵀ),  dX = P * (dP - rowsum(dP * P))
+        dq = scale * dX k,  dk = scale * dXᵀ q,  dv = (P Z)ᵀ do      (dk, dv summed over each GQA group)
+
+    ``dropout``: ``(keep, keep_scale)`` as in ``attention_reference``; ``Z = keep * keep_scale`` (1 without).
     """
     B, H, Q, D = q.shape
     Hkv = k.shape[1]
@@ -153,12 +164,68 @@ def attention_backward_reference(
     q32, k32, v32, do32 = (t.to(compute_dtype) for t in (q, ke, ve, do))
     p = masked_softmax_reference(torch.matmul(q32, k32.transpose(-1, -2)), attention_mask, causal=causal, scale=scale,
                                  compute_dtype=compute_dtype)
+    z = _dropout_factor(dropout, compute_dtype)
+    pz = p if z is None else p * z
     dp = torch.matmul(do32, v32.transpose(-1, -2))
+    if z is not None:
+        dp = dp * z
     dx = p * (dp - (dp * p).sum(dim=-1, keepdim=True))
     dq = scale * torch.matmul(dx, k32)
     dk = scale * torch.matmul(dx.transpose(-1, -2), q32)
-    dv = torch.matmul(p.transpose(-1, -2), do32)
+    dv = torch.matmul(pz.transpose(-1, -2), do32)
     if Hkv != H:
         dk = dk.unflatten(1, (Hkv, H // Hkv)).sum(dim=2)
         dv = dv.unflatten(1, (Hkv, H // Hkv)).sum(dim=2)
     return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype)
+
+
+def _dropout_factor(dropout, dtype):
+    if dropout is None:
+        return None
+    keep, keep_scale = dropout
+    return keep.to(dtype) * keep_scale
+
+
+# Philox-4x32 constants (Salmon et al., 2011), as Triton's tl.philox uses them.
+_PHILOX_ROUND = (0xD2511F53, 0xCD9E8D57)
+_PHILOX_KEY = (0x9E3779B9, 0xBB67AE85)
+_U32 = 0xFFFFFFFF
+
+
+def _mulhilo(a: torch.Tensor, m: int):
+    """High and low 32 bits of ``a * m`` for ``a`` in [0, 2**32) (int64 tensor) and a 32-bit constant ``m``, in int64
+    arithmetic that cannot overflow: ``m`` is split into 16-bit halves."""
+    m_hi, m_lo = m >> 16, m & 0xFFFF
+    a_hi, a_lo = a * m_hi, a * m_lo  # each below 2**48
+    hi = (a_hi + (a_lo >> 16)) >> 16
+    lo = (((a_hi & 0xFFFF) << 16) + a_lo) & _U32
+    return hi, lo
+
+
+def philox4x32(seed: int, c0: torch.Tensor, c1: torch.Tensor, c2: torch.Tensor, c3: torch.Tensor, rounds: int = 10):
+    """Philox-4x32 with key ``seed`` (low 32 bits, high 32 bits) on counters ``c0..c3`` (int64 tensors holding
+    values in [0, 2**32), broadcast together): four int64 tensors of 32-bit words, those of ``tl.philox``."""
+    k0, k1 = seed & _U32, (seed >> 32) & _U32
+    c0, c1, c2, c3 = torch.broadcast_tensors(c0, c1, c2, c3)
+    for _ in range(rounds):
+        hi0, lo0 = _mulhilo(c0, _PHILOX_ROUND[0])
+        hi2, lo2 = _mulhilo(c2, _PHILOX_ROUND[1])
+        c0, c1, c2, c3 = hi2 ^ c1 ^ k0, lo2, hi0 ^ c3 ^ k1, lo0
+        k0, k1 = (k0 + _PHILOX_KEY[0]) & _U32, (k1 + _PHILOX_KEY[1]) & _U32
+    return c0, c1, c2, c3
+
+
+def dropout_keep_reference(seed: int, shape, drop_thr: int, device=None) -> torch.Tensor:
+    """The fused attention's dropout mask, ``[B, H, Q, K]`` bool (True = kept), for Philox key ``seed`` and threshold
+    ``drop_thr`` (:func:`hf_masked_softmax.attention.dropout_threshold`): score ``(b, h, i, j)`` takes 16-bit number
+    ``j % 8`` of the Philox block at counter ``(j // 8, i, b * H + h, 0)`` (words in order, each low half first) and is
+    kept iff that number is at least ``drop_thr``."""
+    B, H, Q, K = shape
+    groups = -(-K // 8)
+    g = torch.arange(groups, dtype=torch.int64, device=device).view(1, 1, groups)
+    i = torch.arange(Q, dtype=torch.int64, device=device).view(1, Q, 1)
+    bh = torch.arange(B * H, dtype=torch.int64, device=device).view(B * H, 1, 1)
+    words = torch.stack(philox4x32(int(seed), g, i, bh, torch.zeros_like(g)), dim=-1)  # [BH, Q, G, 4]
+    halves = torch.stack((words & 0xFFFF, words >> 16), dim=-1)  # [BH, Q, G, 4, 2]
+    u = halves.reshape(B * H, Q, groups * 8)[..., :K]
+    return (u >= drop_thr).reshape(B, H, Q, K)

@@ -68,9 +68,10 @@ def _check_supported(model: torch.nn.Module) -> None:
 def patch_model(model: torch.nn.Module, *, mode: str = "auto") -> torch.nn.Module:
     """Run ``model``'s attention through hf_masked_softmax's kernels; returns ``model`` (patched in place).
 
-    ``mode``: ``"auto"`` (fused kernel unless attention probabilities are requested or attention dropout is active,
-    then softmax mode), ``"softmax"`` (torch matmuls around the masked-softmax kernel, probabilities available,
-    dropout in training) or ``"fused"`` (the fused attention kernel only). Patching a patched model changes its mode.
+    ``mode``: ``"auto"`` (fused kernel unless attention probabilities are requested, then softmax mode),
+    ``"softmax"`` (torch matmuls around the masked-softmax kernel, probabilities available) or ``"fused"`` (the fused
+    attention kernel only). Attention dropout in training works in every mode (inside the fused kernel, or on the
+    softmax mode's probabilities). Patching a patched model changes its mode.
     Raises ``ValueError`` (model untouched) for a model type outside the registry or an unknown mode.
     """
     if mode not in hf.MODES:

@@ -1,5 +1,8 @@
 """Shared pieces of the patcher tests (tests/test_patch_*.py): tiny models, padded batches, eager-vs-patched runs."""
+import contextlib
+import importlib
 import os
+from unittest import mock
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -7,6 +10,7 @@ import torch  # noqa: E402
 from transformers import BertConfig, GPT2Config  # noqa: E402
 
 from hf_masked_softmax import patched  # noqa: E402
+from hf_masked_softmax.reference import dropout_keep_reference  # noqa: E402
 from tolerances import assert_close  # noqa: E402
 
 VOCAB = 64
@@ -68,3 +72,26 @@ def assert_probs_close(out, ref, query_valid):
     assert out.shape == ref.shape
     rows = query_valid[:, None, :].expand(-1, out.shape[1], -1)
     assert_close(out[rows], ref[rows], dtype=out.dtype)
+
+
+@contextlib.contextmanager
+def philox_dropout(seed=20261203):
+    """Every attention dropout draws the fused kernels' Philox mask for key ``seed``: the patched fused path through
+    a fixed key, HF eager's ``nn.functional.dropout`` on its ``[B, H, Q, K]`` probabilities through the reference's
+    copy of that mask (other dropouts must be 0). Eager and fused then drop the very same probabilities."""
+    ops = importlib.import_module("hf_masked_softmax.ops")
+    attn = importlib.import_module("hf_masked_softmax.attention")
+    plain = torch.nn.functional.dropout
+
+    def dropout(x, p=0.5, training=True, inplace=False):
+        if not training or p == 0.0:
+            return x
+        assert x.dim() == 4, "only attention dropout may be active"
+        thr, keep_scale = attn.dropout_threshold(p)
+        return x * dropout_keep_reference(seed, x.shape, thr, device=x.device) * keep_scale
+
+    fixed = torch.tensor([seed], dtype=torch.int64)
+    with mock.patch.object(ops, "_new_seed", lambda device: fixed.to(device)), \
+            mock.patch.object(torch.nn.functional, "dropout", dropout):
+        yield
+    assert torch.nn.functional.dropout is plain

@@ -234,13 +234,13 @@ def test_speed_script_smoke(tmp_path):
     train = [r for r in rows if r["kind"] == "train"]
     assert [r["impl"] for r in train] == ["eager", "fused"] and train[0]["loss_rel_diff_vs_first_impl"] == 0.0
     assert train[1]["loss_rel_diff_vs_first_impl"] < 1e-5 and train[1]["sequences_per_s"] > 0
-    # with the models' dropout kept: rows of their own, and no fused row (the fused kernel has no dropout)
+    # with the models' dropout kept: rows of their own, the fused kernel's included (its dropout is in the kernel)
     dropped = tmp_path / "speed_dropout.json"
     assert speed.main(["--tiny", "--device", "cpu", "--impls", "eager,fused,auto", "--only", "train", "--keep-dropout",
                        "--cpu-reps", "1", "--no-plot", "--json", str(dropped)]) == 0
     drop_rows = _read(dropped)["rows"]
-    assert [(r["setting"], r["impl"]) for r in drop_rows] == [("gpt2-small train pad dropout", "eager"),
-                                                               ("gpt2-small train pad dropout", "auto")]
+    assert [(r["setting"], r["impl"]) for r in drop_rows] == [("gpt2-small train pad dropout", i)
+                                                               for i in ("eager", "fused", "auto")]
     assert all(r["loss_rel_diff_vs_first_impl"] is None and r["ms"] > 0 for r in drop_rows)
     assert all(r["ms"] > 0 and r["speedup_vs_eager"] > 0 for r in rows)
     # every row is the median of its interleaved rounds; no device time off CUDA

@@ -8,7 +8,7 @@ from transformers import GPT2LMHeadModel, GPT2Model
 
 from hf_masked_softmax import hf, patch_model, patched, unpatch_model
 from patch_helpers import (
-    assert_probs_close, assert_valid_close, eager_and_patched, gpt2_config, padded_batch,
+    assert_probs_close, assert_valid_close, eager_and_patched, gpt2_config, padded_batch, philox_dropout,
 )
 from tolerances import assert_close
 
@@ -133,18 +133,15 @@ def test_output_attentions(device):
     assert_valid_close(out.last_hidden_state, ref.last_hidden_state, mask.bool())
 
 
-def test_fused_mode_refuses_probabilities_and_dropout(device):
-    model = lm(device, attn_pdrop=0.1)
+def test_fused_mode_refuses_probabilities(device):
+    model = lm(device)
     ids, mask = padded_batch(device)
     with patched(model, mode="fused"):
         with pytest.raises(ValueError, match="output_attentions"):
             model(ids, attention_mask=mask, output_attentions=True)
-        model.train()
-        with pytest.raises(ValueError, match="dropout"):
-            model(ids, attention_mask=mask)
 
 
-def test_attention_dropout_in_training_matches_eager(device):
+def test_softmax_mode_dropout_in_training_matches_eager(device):
     # Same seed, same random stream: HF eager and softmax mode draw the dropout mask on the same [B, H, Q, K] tensor.
     model = lm(device, attn_pdrop=0.3, resid_pdrop=0.1, embd_pdrop=0.1).train()
     ids, mask = padded_batch(device, side="left")
@@ -155,10 +152,50 @@ def test_attention_dropout_in_training_matches_eager(device):
         b = m(ids, attention_mask=mask).logits
         return a, b
 
-    ref, out = eager_and_patched(model, run, "auto")
+    ref, out = eager_and_patched(model, run, "softmax")
     assert_valid_close(out[0], ref[0], mask.bool())
     assert_valid_close(out[1], ref[1], mask.bool())
     assert not torch.allclose(ref[0][mask.bool()], ref[1][mask.bool()])  # dropout was really active
+
+
+@pytest.mark.parametrize("mode", ["auto", "fused"])
+@pytest.mark.parametrize("side", ["left", "right"])
+def test_fused_dropout_in_training_matches_eager_under_the_same_mask(device, mode, side):
+    # "auto" keeps the fused kernel in training with attention dropout; made to drop exactly what eager drops,
+    # logits and every gradient match
+    model = lm(device, seed=7, attn_pdrop=0.3).train()
+    ids, mask = padded_batch(device, side=side, seed=7)
+    weights = torch.randn(*ids.shape, 64, generator=torch.Generator().manual_seed(8)).to(device)
+
+    def run(m):
+        m.zero_grad()
+        with philox_dropout():
+            logits = m(ids, attention_mask=mask).logits
+        ((logits * weights)[mask.bool()]).sum().backward()
+        return logits.detach(), {n: p.grad.clone() for n, p in m.named_parameters() if p.grad is not None}
+
+    ref, out = eager_and_patched(model, run, mode)
+    assert_valid_close(out[0], ref[0], mask.bool())
+    assert ref[1].keys() == out[1].keys() and len(ref[1]) > 10
+    for name in ref[1]:
+        assert_close(out[1][name], ref[1][name], scale=10)
+    plain = model.eval()(ids, attention_mask=mask).logits
+    assert not torch.allclose(plain[mask.bool()], ref[0][mask.bool()], atol=1e-3)  # dropout was really active
+
+
+def test_fused_dropout_repeats_under_manual_seed(device):
+    model = lm(device, attn_pdrop=0.3).train()
+    ids, mask = padded_batch(device)
+
+    def run():
+        torch.manual_seed(5)
+        return model(ids, attention_mask=mask).logits, model(ids, attention_mask=mask).logits
+
+    with patched(model, mode="fused"):
+        a, b = run()
+        a2, _ = run()
+    assert torch.equal(a, a2)
+    assert not torch.allclose(a[mask.bool()], b[mask.bool()])
 
 
 @pytest.mark.parametrize("mode", ["auto", "softmax"])

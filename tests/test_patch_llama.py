@@ -114,7 +114,7 @@ def test_fused_kernel_gets_grouped_kv_heads_and_compact_mask(device, monkeypatch
     with patched(model, mode="fused"):
         model(ids, attention_mask=mask)
     assert [c[:5] for c in calls] == [(4, 2, 2, torch.bool, (3, 12))] * 2
-    assert all(c[5] == {"causal": True, "scale": pytest.approx(16 ** -0.5)} for c in calls)
+    assert all(c[5] == {"causal": True, "scale": pytest.approx(16 ** -0.5), "dropout_p": 0.0} for c in calls)
 
 
 @pytest.mark.parametrize("arch,overrides", [
