@@ -100,7 +100,7 @@ def check_masked_softmax(device, quick, report):
 
 def check_attention(device, quick, report):
     from . import attention
-    from .reference import attention_reference
+    from .reference import attention_reference, dropout_keep_reference
 
     if device == "cuda":
         shapes = [(4, 12, 12, 256, 256, 64), (2, 8, 2, 1, 4096, 128), (1, 8, 8, 300, 700, 80)]
@@ -108,28 +108,49 @@ def check_attention(device, quick, report):
     else:
         shapes = [(2, 4, 2, 5, 20, 16)]
         dtypes = [torch.float32, torch.float16]
-    forms = ["none", "pad2d", "bool4d", "add4d"]
+    # "+dropout": attention dropout 0.1 in the kernels, against the reference under the same Philox mask
+    forms = ["none", "pad2d", "bool4d", "add4d", "pad2d+dropout"]
     if quick:
-        shapes, forms = shapes[:1], ["pad2d", "add4d"]
+        shapes, forms = shapes[:1], ["pad2d", "add4d", "pad2d+dropout"]
     for (B, H, Hkv, Q, K, D) in shapes:
         for dtype in dtypes:
             for form in forms:
-                causal = form in ("none", "pad2d")
+                causal = form in ("none", "pad2d", "pad2d+dropout")
+                p = 0.1 if form.endswith("+dropout") else 0.0
                 g = torch.Generator(device="cpu").manual_seed(2)
                 q = torch.randn(B, Q, H, D, generator=g).to(device, dtype).transpose(1, 2).requires_grad_(True)
                 k = torch.randn(B, K, Hkv, D, generator=g).to(device, dtype).transpose(1, 2).requires_grad_(True)
                 v = torch.randn(B, K, Hkv, D, generator=g).to(device, dtype).transpose(1, 2).requires_grad_(True)
-                mask = _mask(form, B, H, Q, K, device)
-                out = attention(q, k, v, mask, causal=causal)
+                mask = _mask(form.split("+")[0], B, H, Q, K, device)
+                dropout = None
+                if p:
+                    torch.manual_seed(3)  # the key the call below draws first
+                    thr, keep_scale = _attn_module().dropout_threshold(p)
+                    seed = int(_ops_module()._new_seed(device))
+                    dropout = (dropout_keep_reference(seed, (B, H, Q, K), thr, device=device), keep_scale)
+                    torch.manual_seed(3)
+                out = attention(q, k, v, mask, causal=causal, dropout_p=p)
                 do = torch.randn(out.shape, generator=g).to(device, dtype)
                 grads = torch.autograd.grad(out, (q, k, v), do)
                 ref_in = [t.detach().double().requires_grad_(True) for t in (q, k, v)]
-                ref = attention_reference(*ref_in, mask, causal=causal, compute_dtype=torch.float64)
+                ref = attention_reference(*ref_in, mask, causal=causal, compute_dtype=torch.float64, dropout=dropout)
                 ref_grads = torch.autograd.grad(ref, ref_in, do.double())
                 worst = _max_violation(out, ref, dtype, WIDEN["attention"])
                 for a, b in zip(grads, ref_grads):
                     worst = max(worst, _max_violation(a, b, dtype, WIDEN["attention_grad"]))
                 report("attention", f"{B}x{H}/{Hkv}x{Q}x{K}x{D}", dtype, form, worst, True)
+
+
+def _attn_module():
+    import importlib
+
+    return importlib.import_module(__package__ + ".attention")  # the package re-exports a function of that name
+
+
+def _ops_module():
+    from . import ops
+
+    return ops
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -449,7 +470,7 @@ def main(argv=None) -> int:
         if quiet and ok:  # random cases: failures only (the summary counts the rest)
             return
         note = error or ("" if zeros_exact else "masked entries not exactly 0")
-        print(f"  {'PASS' if ok else 'FAIL'}  {kernel:<15} {shape:<22} {results[-1]['dtype']:<9} {form:<7} "
+        print(f"  {'PASS' if ok else 'FAIL'}  {kernel:<15} {shape:<22} {results[-1]['dtype']:<9} {form:<13} "
               f"error/tolerance {violation:6.3f}{f'  {detail}' if detail else ''}{f'  {note}' if note else ''}",
               flush=True)
 

@@ -44,6 +44,11 @@ def _mask(form, B, H, Q, K, device):
             else:
                 m[b, K - n:] = True
         return m.to(device), form.endswith("causal")
+    if form == "pad-holes":  # a padding mask that is no key range: read block by block
+        m = torch.ones(B, K, dtype=torch.bool)
+        m[0, 5:9] = False
+        m[-1, 20:] = False
+        return m.to(device), True
     keep = torch.rand(B, 1, Q, K, generator=g) > 0.3
     if form == "bool4d":
         return keep.to(device), False
@@ -91,7 +96,7 @@ def test_the_kernel_draws_the_reference_mask(device, path, causal):
     assert 0.55 < keep[sees].float().mean().item() < 0.85  # dropout was active at about its rate
 
 
-@pytest.mark.parametrize("form", ["none", "pad-left-causal", "pad-right", "bool4d", "add4d"])
+@pytest.mark.parametrize("form", ["none", "pad-left-causal", "pad-right", "pad-holes", "bool4d", "add4d"])
 def test_forward_and_backward_match_the_reference_under_the_kernels_mask(device, form):
     B, H, Hkv, Q, K, D = 3, 4, 2, 23, 37, 32
     q, k, v = _qkv(B, H, Hkv, Q, K, D, torch.float32, device)
