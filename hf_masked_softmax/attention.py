@@ -31,6 +31,12 @@ record skip it, ``STORE_LSE``); the backward recomputes the probabilities from i
 kernel per key block accumulates ``dk, dv`` over all query heads of its GQA group, another per query block
 accumulates ``dq``. ``delta = rowsum(dO * O)`` comes first.
 
+Dropout (``dropout_p``, training): the forward sums every probability into ``l`` but multiplies only the kept ones
+into ``O`` (``O = (P * Z) v`` with ``Z`` = kept / (1 - p), else 0), and saves ``lse`` of the probabilities before
+dropout. The mask is a function of the score's indices: one Philox-4x32-10 call, keyed by a per-call seed, per 8
+neighbouring keys of a row gives eight 16-bit numbers (``_dropout_keep``), so both backward kernels redraw it
+whatever their tiles: ``dv = (P Z)^T dO``, ``dP = Z (dO v^T)``; ``delta = rowsum(dO * O)`` holds as before.
+
 Decode (``Q <= 16``): too few query blocks to fill the GPU, so the key range of each sequence is split across
 ``num_splits`` programs, each writing a partial ``O`` and ``lse`` in fp32, merged by a small combine kernel.
 
