@@ -65,8 +65,8 @@
 #                                       # fine-tuning with HF's default attention dropout costs in each mode
 #   bash evals/gpu_session.sh drop9a    # 2026-12-03 (9): dropout inside the fused kernels: every GPU test, the
 #                                       # dropout tests on CUDA, bench_attention.py with and without dropout 0.1
-#   bash evals/gpu_session.sh drop9b    # 2026-12-03 (9): training-step rows with the models' dropout (every
-#                                       # implementation, the fused kernel's dropout included) and without
+#   bash evals/gpu_session.sh drop9b    # 2026-12-03 (9): launch settings swept with dropout 0.1, training-step rows
+#                                       # with the models' dropout (every implementation, the fused kernel's included)
 set -uo pipefail
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
 OUT=${OUT:-out}
@@ -393,10 +393,11 @@ case "${1:-}" in
     done
     ;;
   drop9b)
-    for keep in --keep-dropout ""; do
-      timeout 200 python evals/speed.py --only train $keep --impls eager,sdpa,softmax,fused --out "$OUT/train$keep" \
-        --json "$OUT/speed_train9$keep.json" 2>&1 | tee "$OUT/speed_train9$keep.log" | tail -12
-    done
+    timeout 260 python evals/tune_attention.py --shapes bert,gpt2-pad-right --dropout 0.1 --stages 3 \
+      --out "$OUT/tune_drop" > "$OUT/tune_drop.log" 2>&1
+    grep -E "^  (bert|gpt2-pad-right): |True" "$OUT/tune_drop.log" | cut -c1-230
+    timeout 200 python evals/speed.py --only train --keep-dropout --impls eager,sdpa,softmax,fused --out "$OUT/train" \
+      --json "$OUT/speed_train9_dropout.json" 2>&1 | tee "$OUT/speed_train9_dropout.log" | tail -12
     ;;
   *)
     echo "usage: bash evals/gpu_session.sh tests|kernels|e2e|check|followup|recheck|verify|measure|final|stream|last|tune|host|fast|fastcheck|closing|fold|fold2|fold3|e2e3|bert4|bert5|check4|lengths|ncu|bwd|suite|suite2|final6|plans|hostplans|genab|fuzz|bwdplan|trainab|final8|nosync|dropout|drop9a|drop9b" >&2

@@ -6,7 +6,8 @@ numbers are device time, with no autograd or Python overhead. The backward sweep
 the whole backward (delta + dkdv + dq). SDPA's default dispatch without a mask (forward and backward, the issue's
 anchor) is timed in the same run. Prints the best settings per shape and writes ``tune_attention.json``.
 
-    python evals/tune_attention.py [--shapes gpt2-pad-right,bert] [--what fwd,dkdv,dq] [--out DIR]
+    python evals/tune_attention.py [--shapes gpt2-pad-right,bert] [--what fwd,dkdv,dq] [--dropout P] [--stages 3]
+        [--out DIR]
     python evals/tune_attention.py --variants [...]      # compile-time variants, see variants_shape
     python evals/tune_attention.py --length-sweep [...]  # forward time against key length, see lengths_shape
 """
@@ -36,6 +37,11 @@ FWD_GRID = dict(block_m=(64, 128), block_n=(32, 64, 128), warps=(4, 8), stages=(
 DKDV_GRID = dict(block_m=(16, 32, 64), block_n=(64, 128), warps=(4, 8), stages=(2, 3, 4))
 DQ_GRID = dict(block_m=(64, 128), block_n=(16, 32, 64), warps=(4, 8), stages=(2, 3, 4))
 REP_MS = 40  # per config: the sweep has ~100 of them per shape
+
+
+def _stages(spec, args):
+    """The grid with ``--stages`` in place of its pipeline depths (a third of the configurations for one depth)."""
+    return dict(spec, stages=tuple(args.stages)) if args.stages else spec
 
 
 def grid(spec):
@@ -87,9 +93,11 @@ def sweep_shape(name, args, records):
     inp = make_inputs(name, args.head_dim, args.dtype)
     q, k, v = inp["q"], inp["k"], inp["v"]
     margs = launcher_args(inp)
+    p = args.dropout  # attention dropout in our launchers and in SDPA (the training case)
+    drop = dict(drop_thr=attn_mod.dropout_threshold(p)[0], seed=torch.tensor([2026], dtype=torch.int64, device="cuda"))
     causal = inp["causal"]
     with torch.no_grad():
-        out, lse = attn_mod._forward(q, k, v, *margs)
+        out, lse = attn_mod._forward(q, k, v, *margs, **drop)
     do = torch.randn_like(out)
     D = q.shape[-1]
     decode = attn_mod._is_decode(q.shape[2])
@@ -103,9 +111,9 @@ def sweep_shape(name, args, records):
 
     # peers: SDPA's default dispatch without a mask, forward and (autograd) backward
     causal_nomask = causal and inp["Q"] > 1
-    sd_fwd = graph_ms(lambda: F.scaled_dot_product_attention(q, k, v, is_causal=causal_nomask))
+    sd_fwd = graph_ms(lambda: F.scaled_dot_product_attention(q, k, v, is_causal=causal_nomask, dropout_p=p))
     qg, kg, vg = (t.detach().requires_grad_(True) for t in (q, k, v))
-    o_sd = F.scaled_dot_product_attention(qg, kg, vg, is_causal=causal_nomask)
+    o_sd = F.scaled_dot_product_attention(qg, kg, vg, is_causal=causal_nomask, dropout_p=p)
     sd_bwd = benchutil.median_ms(lambda: torch.autograd.grad(o_sd, (qg, kg, vg), do, retain_graph=True))
     rec("sdpa", "default dispatch, no mask", sd_fwd, bwd_ms=sd_bwd)
 
@@ -113,9 +121,9 @@ def sweep_shape(name, args, records):
     try:
         if "fwd" in args.what:
             results = []
-            for cfg in [default_fwd] + [c for c in grid(FWD_GRID) if c != default_fwd]:
+            for cfg in [default_fwd] + [c for c in grid(_stages(FWD_GRID, args)) if c != default_fwd]:
                 attn_mod._fwd_config = lambda *a, cfg=cfg: cfg
-                ms = graph_ms(lambda: attn_mod._forward(q, k, v, *margs))
+                ms = graph_ms(lambda: attn_mod._forward(q, k, v, *margs, **drop))
                 rec("fwd", cfg, ms, default=cfg == default_fwd)
                 if ms is not None:
                     results.append((ms, cfg))
@@ -124,9 +132,9 @@ def sweep_shape(name, args, records):
         kv_best, q_best = default_bwd
         if "dkdv" in args.what:
             results = []
-            for cfg in [default_bwd[0]] + [c for c in grid(DKDV_GRID) if c != default_bwd[0]]:
+            for cfg in [default_bwd[0]] + [c for c in grid(_stages(DKDV_GRID, args)) if c != default_bwd[0]]:
                 attn_mod._bwd_config = lambda *a, cfg=cfg: (cfg, default_bwd[1])
-                ms = graph_ms(lambda: attn_mod._backward(do, q, k, v, out, lse, *margs))
+                ms = graph_ms(lambda: attn_mod._backward(do, q, k, v, out, lse, *margs, **drop))
                 rec("dkdv", cfg, ms, default=cfg == default_bwd[0])
                 if ms is not None:
                     results.append((ms, cfg))
@@ -134,28 +142,28 @@ def sweep_shape(name, args, records):
             kv_best = best["dkdv"][1]
         if "dq" in args.what:
             results = []
-            for cfg in [default_bwd[1]] + [c for c in grid(DQ_GRID) if c != default_bwd[1]]:
+            for cfg in [default_bwd[1]] + [c for c in grid(_stages(DQ_GRID, args)) if c != default_bwd[1]]:
                 attn_mod._bwd_config = lambda *a, cfg=cfg: (kv_best, cfg)
-                ms = graph_ms(lambda: attn_mod._backward(do, q, k, v, out, lse, *margs))
+                ms = graph_ms(lambda: attn_mod._backward(do, q, k, v, out, lse, *margs, **drop))
                 rec("dq", cfg, ms, default=cfg == default_bwd[1], dkdv=kv_best)
                 if ms is not None:
                     results.append((ms, cfg))
             best["dq"] = min(results)
             q_best = best["dq"][1]
         attn_mod._bwd_config = orig_b
-        default_bwd_ms = graph_ms(lambda: attn_mod._backward(do, q, k, v, out, lse, *margs))
-        grads_default = attn_mod._backward(do, q, k, v, out, lse, *margs)
+        default_bwd_ms = graph_ms(lambda: attn_mod._backward(do, q, k, v, out, lse, *margs, **drop))
+        grads_default = attn_mod._backward(do, q, k, v, out, lse, *margs, **drop)
         attn_mod._bwd_config = lambda *a: (kv_best, q_best)
-        best_bwd_ms = graph_ms(lambda: attn_mod._backward(do, q, k, v, out, lse, *margs))
-        grads_best = attn_mod._backward(do, q, k, v, out, lse, *margs)
+        best_bwd_ms = graph_ms(lambda: attn_mod._backward(do, q, k, v, out, lse, *margs, **drop))
+        grads_best = attn_mod._backward(do, q, k, v, out, lse, *margs, **drop)
         # other tile sizes sum in another order: the gradients agree to rounding, never more
         grad_diff = max(float((a.float() - b.float()).abs().max()) for a, b in zip(grads_default, grads_best))
         grad_scale = max(float(a.float().abs().max()) for a in grads_default)
         pad = inp["pad"]
         ours_autograd = autograd_backward_times(
-            lambda q, k, v: attn_mod.attention(q, k, v, pad, causal=causal), inp, do)
+            lambda q, k, v: attn_mod.attention(q, k, v, pad, causal=causal, dropout_p=p), inp, do)
         sdpa_autograd = autograd_backward_times(
-            lambda q, k, v: F.scaled_dot_product_attention(q, k, v, is_causal=causal_nomask), inp, do)
+            lambda q, k, v: F.scaled_dot_product_attention(q, k, v, is_causal=causal_nomask, dropout_p=p), inp, do)
     finally:
         attn_mod._fwd_config, attn_mod._bwd_config = orig_f, orig_b
     summary = dict(shape=name, sdpa_fwd_ms=sd_fwd, sdpa_bwd_ms=sd_bwd, default_fwd=default_fwd,
@@ -333,6 +341,10 @@ def main(argv=None):
                     help="with --length-sweep: key lengths, e.g. 64,128,256,512 (default: K/8, 2K/8, ..., K)")
     ap.add_argument("--splits", type=_int_list, default=[],
                     help="with --variants: decode split counts to force, e.g. 1,2,4")
+    ap.add_argument("--dropout", type=float, default=0.0,
+                    help="the sweep with attention dropout P in our kernels and in SDPA (the training case)")
+    ap.add_argument("--stages", type=_int_list, default=[],
+                    help="the sweep's pipeline depths only, e.g. 3 (default: each grid's own)")
     ap.add_argument("--out", default=None, help="output folder (default $OUT or ./out)")
     args = ap.parse_args(argv)
     if not torch.cuda.is_available():
@@ -347,7 +359,8 @@ def main(argv=None):
     print(env)
     records, summaries = [], []
     t0 = time.perf_counter()
-    payload = dict(env=env, dtype=str(args.dtype), head_dim=args.head_dim, records=records, summaries=summaries,
+    payload = dict(env=env, dtype=str(args.dtype), head_dim=args.head_dim, dropout=args.dropout, records=records,
+                   summaries=summaries,
                    grids=dict(fwd=FWD_GRID, dkdv=DKDV_GRID, dq=DQ_GRID),
                    command=" ".join(["python", "evals/tune_attention.py"] + sys.argv[1:]),
                    timing="median ms of the launchers replayed in a CUDA graph (device time); SDPA backward: plain "
