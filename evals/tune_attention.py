@@ -101,8 +101,8 @@ def sweep_shape(name, args, records):
     do = torch.randn_like(out)
     D = q.shape[-1]
     decode = attn_mod._is_decode(q.shape[2])
-    default_fwd = attn_mod._fwd_config(D, q.shape[2], q.dtype, decode, causal)
-    default_bwd = attn_mod._bwd_config(D, q.dtype, causal)
+    default_fwd = attn_mod._fwd_config(D, q.shape[2], q.dtype, decode, causal, p > 0)
+    default_bwd = attn_mod._bwd_config(D, q.dtype, causal, p > 0)
     orig_f, orig_b = attn_mod._fwd_config, attn_mod._bwd_config
 
     def rec(kind, cfg, ms, **extra):

@@ -663,9 +663,12 @@ def _block_d(D: int) -> int:
     return max(16, _next_pow2(D))
 
 
-def _fwd_config(D: int, Q: int, dtype: torch.dtype, decode: bool, causal: bool):
+def _fwd_config(D: int, Q: int, dtype: torch.dtype, decode: bool, causal: bool, dropout: bool = False):
     """(BLOCK_M, BLOCK_N, num_warps, num_stages) of the forward kernel. D <= 64 entries measured on an H100
-    (evals/bench_attention.py --tune-only); causal prefers smaller query blocks (less work on the diagonal)."""
+    (evals/bench_attention.py --tune-only); causal prefers smaller query blocks (less work on the diagonal). With
+    dropout at D <= 64, the fastest of 12 settings on an H200 for both GPT-2's and BERT's shapes
+    (``evals/tune_attention.py --dropout 0.1 --stages 3``, 2026-12-03): BERT 0.1729 -> 0.1385 ms, GPT-2
+    0.0946 -> 0.0907 ms (the random numbers' registers favour narrow key blocks)."""
     if _INTERPRET:
         return 16, 16, 4, 1
     bd = _block_d(D)
@@ -673,6 +676,8 @@ def _fwd_config(D: int, Q: int, dtype: torch.dtype, decode: bool, causal: bool):
         return 16, 64 if bd <= 128 else 32, 4, 3
     if dtype == torch.float32:
         return (64, 32, 4, 2) if bd <= 64 else (32, 32, 4, 2)
+    if bd <= 64 and dropout:
+        return 64, 32, 4, 3
     if bd <= 64:
         # not causal: 128-row blocks over two warpgroups, with the register cap of _fwd_maxnreg
         return (64, 64, 4, 3) if causal else (128, 64, 8, 3)
@@ -701,15 +706,19 @@ def _fwd_maxnreg(D: int, dtype: torch.dtype, decode: bool, causal: bool, block_m
     return {}
 
 
-def _bwd_config(D: int, dtype: torch.dtype, causal: bool = False):
+def _bwd_config(D: int, dtype: torch.dtype, causal: bool = False, dropout: bool = False):
     """Launch settings of the two backward kernels, each ``(BLOCK_M, BLOCK_N, num_warps, num_stages)`` in that
     kernel's own terms: ``dkdv`` keeps ``BLOCK_N`` keys resident and walks query blocks of ``BLOCK_M``; ``dq`` keeps
-    ``BLOCK_M`` queries resident and walks key blocks of ``BLOCK_N``."""
+    ``BLOCK_M`` queries resident and walks key blocks of ``BLOCK_N``. With dropout, ``dkdv``'s 128 resident keys
+    spill registers: BERT's backward took 1.018 ms with them and 0.3995 ms with 64 (H200, ``evals/tune_attention.py
+    --dropout 0.1 --stages 3``, 2026-12-03; the causal setting was already the fastest for GPT-2)."""
     if _INTERPRET:
         return (16, 16, 4, 1), (16, 16, 4, 1)
     bd = _block_d(D)
     if dtype == torch.float32 or bd > 128:
         return (16, 32, 4, 2), (32, 16, 4, 2)
+    if bd <= 64 and dropout:
+        return (32, 64, 4, 3), (64, 32, 4, 3)
     if bd <= 64:
         # the fastest of 36 settings per kernel on an H200 (evals/tune_attention.py, 2026-12-02): GPT-2's causal
         # shape 0.192 -> 0.154 ms, BERT's 0.322 -> 0.247 ms for the whole backward
@@ -817,7 +826,7 @@ class _ForwardPlan:
         B, H, Q, D = q.shape
         Hkv, K = k.shape[1], k.shape[2]
         decode = _is_decode(Q)
-        block_m, block_n, warps, stages = _fwd_config(D, Q, q.dtype, decode, causal)
+        block_m, block_n, warps, stages = _fwd_config(D, Q, q.dtype, decode, causal, drop_thr > 0)
         self.splits = num_splits = _num_splits(B, H, Q, K, block_m, block_n, q.device) if decode else 1
         self.out_shape, self.lse_shape = (B, Q, H, D), (B, H, Q)
         self.empty = B * Q * H * D == 0
@@ -909,7 +918,7 @@ class _BackwardPlan:
         if self.empty:
             return
         bd = _block_d(D)
-        kv_cfg, q_cfg = _bwd_config(D, q.dtype, causal)
+        kv_cfg, q_cfg = _bwd_config(D, q.dtype, causal, drop_thr > 0)
         self.uses_mask = kind in (_K_RANGE, _K_BOOL, _K_ADD)
         self.delta = bind(_bwd_delta_kernel, (_cdiv(Q, 64), B * H), (*out.stride(), *do.stride(), H, Q),
                           dict(BLOCK_M=64, HEAD_D=D, BLOCK_D=bd))

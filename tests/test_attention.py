@@ -11,6 +11,7 @@ import torch
 import hf_masked_softmax
 from hf_masked_softmax import attention as attention_fn
 from hf_masked_softmax.reference import attention_reference
+from conftest import DEVICE
 from tolerances import assert_close
 
 attn_mod = importlib.import_module("hf_masked_softmax.attention")
@@ -244,6 +245,28 @@ def test_forward_register_cap_rule():
         with mock.patch.object(attn_mod, "FWD_MAXNREG", 200):
             assert attn_mod._fwd_maxnreg(64, fp16, False, False, 128, 4) == {"maxnreg": 200}
     assert attn_mod._fwd_maxnreg(64, fp16, False, True, 64, 4) == ({} if attn_mod._INTERPRET else {"maxnreg": 168})
+
+
+def test_dropout_launch_settings_and_no_register_cap():
+    # GPU launch settings with dropout at D <= 64 in half precision: narrower forward key blocks, 64 resident keys
+    # in dkdv (128 spill registers), and no forward register cap (a plan with dropout leaves _fwd_maxnreg out)
+    fp16 = torch.float16
+    with mock.patch.object(attn_mod, "_INTERPRET", False):
+        for causal in (False, True):
+            assert attn_mod._fwd_config(64, 512, fp16, False, causal, True) == (64, 32, 4, 3)
+            assert attn_mod._bwd_config(64, fp16, causal, True) == ((32, 64, 4, 3), (64, 32, 4, 3))
+        assert attn_mod._bwd_config(64, fp16, False) == ((32, 128, 4, 3), (64, 32, 4, 3))
+        assert attn_mod._fwd_config(128, 512, fp16, False, False, True) == attn_mod._fwd_config(128, 512, fp16,
+                                                                                                 False, False)
+    seen = []
+    real = attn_mod._fwd_maxnreg
+    with mock.patch.object(attn_mod, "_fwd_maxnreg", lambda *a: seen.append(a) or real(*a)):
+        q, k, v = _qkv(1, 2, 2, 20, 20, 16, torch.float32, DEVICE)
+        attn_mod._forward(q, k, v, attn_mod._K_NONE, None, None, 0.0, False, 0.25, False, None, 100,
+                          torch.tensor([1], device=DEVICE))
+        assert seen == []
+        attn_mod._forward(q, k, v, attn_mod._K_NONE, None, None, 0.0, False, 0.25, False)
+        assert len(seen) == 1
 
 
 def test_output_layout_is_bqhd(device):
