@@ -69,6 +69,8 @@
 #                                       # with the models' dropout (every implementation, the fused kernel's included)
 #   bash evals/gpu_session.sh drop9c    # 2026-12-03 (9): with the dropout launch settings: dropout and attention
 #                                       # tests on CUDA, bench_attention.py --dropout 0.1, training rows with dropout
+#   bash evals/gpu_session.sh drop9d    # 2026-12-03 (9): drop9c in less device time: the GPU dropout tests and the
+#                                       # training rows with dropout
 set -uo pipefail
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
 OUT=${OUT:-out}
@@ -409,8 +411,14 @@ case "${1:-}" in
     timeout 230 python evals/speed.py --only train --keep-dropout --impls eager,sdpa,softmax,fused --out "$OUT/train" \
       --json "$OUT/speed_train9_dropout.json" 2>&1 | tee "$OUT/speed_train9_dropout.log" | tail -12
     ;;
+  drop9d)
+    timeout 100 python -m pytest -q tests/test_dropout.py -k "gpu" -p no:cacheprovider 2>&1 \
+      | tee "$OUT/dropout_gpu_tests9d.log" | grep -E "passed|failed|^FAILED|^ERROR" | cut -c1-200
+    timeout 230 python evals/speed.py --only train --keep-dropout --impls eager,sdpa,softmax,fused --out "$OUT/train" \
+      --json "$OUT/speed_train9_dropout.json" 2>&1 | tee "$OUT/speed_train9_dropout.log" | tail -12
+    ;;
   *)
-    echo "usage: bash evals/gpu_session.sh tests|kernels|e2e|check|followup|recheck|verify|measure|final|stream|last|tune|host|fast|fastcheck|closing|fold|fold2|fold3|e2e3|bert4|bert5|check4|lengths|ncu|bwd|suite|suite2|final6|plans|hostplans|genab|fuzz|bwdplan|trainab|final8|nosync|dropout|drop9a|drop9b|drop9c" >&2
+    echo "usage: bash evals/gpu_session.sh tests|kernels|e2e|check|followup|recheck|verify|measure|final|stream|last|tune|host|fast|fastcheck|closing|fold|fold2|fold3|e2e3|bert4|bert5|check4|lengths|ncu|bwd|suite|suite2|final6|plans|hostplans|genab|fuzz|bwdplan|trainab|final8|nosync|dropout|drop9a|drop9b|drop9c|drop9d" >&2
     exit 2
     ;;
 esac
