@@ -95,3 +95,21 @@ def philox_dropout(seed=20261203):
             mock.patch.object(torch.nn.functional, "dropout", dropout):
         yield
     assert torch.nn.functional.dropout is plain
+
+
+def philox_dropout_step(model, forward, weights, valid):
+    """One backward of ``(forward(model) * weights)[valid].sum()`` under :func:`philox_dropout`: (the output, every
+    parameter's gradient by name)."""
+    model.zero_grad()
+    with philox_dropout():
+        y = forward(model)
+    ((y * weights)[valid]).sum().backward()
+    return y.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+def assert_step_close(out, ref, valid):
+    """Two :func:`philox_dropout_step` results: outputs on the ``valid`` positions, then every gradient."""
+    assert_valid_close(out[0], ref[0], valid)
+    assert ref[1].keys() == out[1].keys() and len(ref[1]) > 10
+    for name in ref[1]:
+        assert_close(out[1][name], ref[1][name], scale=10)

@@ -30,20 +30,25 @@ def _qkv(B, H, Hkv, Q, K, D, dtype, device, seed=0):
                  for shape in ((B, H, Q, D), (B, Hkv, K, D), (B, Hkv, K, D)))
 
 
+def _pad(lengths, K, side, device):
+    """``[B, K]`` bool padding mask of sequences of ``lengths``, padded on ``side`` ("left" / "right")."""
+    m = torch.zeros(len(lengths), K, dtype=torch.bool)
+    for b, n in enumerate(lengths):
+        if side == "right":
+            m[b, :n] = True
+        else:
+            m[b, K - n:] = True
+    return m.to(device)
+
+
 def _mask(form, B, H, Q, K, device):
     """(mask, causal) for one mask form; lengths cross the interpreter's 16-wide blocks."""
     g = torch.Generator().manual_seed(3)
     if form == "none":
         return None, False
     if form in ("pad-left-causal", "pad-right"):
-        lengths = [K, K - 13, 5][:B]
-        m = torch.zeros(B, K, dtype=torch.bool)
-        for b, n in enumerate(lengths):
-            if form == "pad-right":
-                m[b, :n] = True
-            else:
-                m[b, K - n:] = True
-        return m.to(device), form.endswith("causal")
+        side = "right" if form == "pad-right" else "left"
+        return _pad([K, K - 13, 5][:B], K, side, device), form.endswith("causal")
     if form == "pad-holes":  # a padding mask that is no key range: read block by block
         m = torch.ones(B, K, dtype=torch.bool)
         m[0, 5:9] = False
@@ -241,13 +246,7 @@ def test_compiled_dropout_runs_forward_and_backward(device):
 
 def _gpu_pad(B, K, lo, side, seed):
     lengths = torch.randint(lo, K + 1, (B,), generator=torch.Generator().manual_seed(seed)).tolist()
-    m = torch.zeros(B, K, dtype=torch.bool)
-    for b, n in enumerate(lengths):
-        if side == "right":
-            m[b, :n] = True
-        else:
-            m[b, K - n:] = True
-    return m.cuda()
+    return _pad(lengths, K, side, "cuda")
 
 
 def _bthd(B, H, T, D, dtype, seed):
