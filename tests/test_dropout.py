@@ -9,6 +9,7 @@ import torch
 
 import hf_masked_softmax
 from hf_masked_softmax.reference import attention_reference, dropout_keep_reference, philox4x32
+from test_attention import _pad_mask as _pad
 from tolerances import assert_close
 
 attn_mod = importlib.import_module("hf_masked_softmax.attention")
@@ -28,17 +29,6 @@ def _qkv(B, H, Hkv, Q, K, D, dtype, device, seed=0):
     g = torch.Generator().manual_seed(seed)
     return tuple(torch.randn(*shape, generator=g).to(device, dtype).requires_grad_(True)
                  for shape in ((B, H, Q, D), (B, Hkv, K, D), (B, Hkv, K, D)))
-
-
-def _pad(lengths, K, side, device):
-    """``[B, K]`` bool padding mask of sequences of ``lengths``, padded on ``side`` ("left" / "right")."""
-    m = torch.zeros(len(lengths), K, dtype=torch.bool)
-    for b, n in enumerate(lengths):
-        if side == "right":
-            m[b, :n] = True
-        else:
-            m[b, K - n:] = True
-    return m.to(device)
 
 
 def _mask(form, B, H, Q, K, device):
