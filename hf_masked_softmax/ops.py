@@ -11,11 +11,12 @@ Operators (namespace ``hf_masked_softmax``), all taking tensors and scalars only
 ``mask`` is the caller's mask tensor exactly as given (``[B, K]`` padding mask or a 4D mask that broadcasts to the
 scores), ``mask_kind`` one of :mod:`hf_masked_softmax.masks`' ``NONE / PAD2D / BOOL4D / ADD4D`` and ``threshold`` the
 additive value at or below which an entry counts as masked; ``drop_thr`` and ``seed`` are the attention's dropout
-(:func:`hf_masked_softmax.attention.dropout_threshold`, a one-element int64 Philox key). The public functions validate their arguments once
-(that host code is plain PyTorch and traces fine) and then pick a path (:func:`call_path`): under torch.compile, for
-tensor subclasses and under dispatch modes, one operator call (``masked_softmax()`` in its own module, ``attention()``
-through :func:`attention` below); in eager mode the launchers directly (inference) or the modules' plain
-``autograd.Function`` (training), because the dispatcher's host cost outweighs small kernels. The implementations are
+(:func:`hf_masked_softmax.attention.dropout_threshold`, a one-element int64 Philox key). The public functions
+validate their arguments once (that host code is plain PyTorch and traces fine) and then pick a path
+(:func:`call_path`): under torch.compile, for tensor subclasses and under dispatch modes, one operator call
+(``masked_softmax()`` in its own module, ``attention()`` through :func:`attention` below); in eager mode the launchers
+directly (inference) or the modules' plain ``autograd.Function`` (training), because the dispatcher's host cost
+outweighs small kernels. The implementations are
 the kernels' host functions (``_forward`` / ``_backward`` of :mod:`~hf_masked_softmax.masked_softmax` and
 :mod:`~hf_masked_softmax.attention`). Fake (meta) implementations give the output shapes and strides, and autograd is
 registered with the backward operators, so compiled graphs hold one opaque node per kernel call, forward and backward.
