@@ -162,6 +162,26 @@ def test_seeds_repeat_under_manual_seed_and_calls_differ(device):
     assert not torch.equal(a, b)
 
 
+def test_activation_checkpointing_recomputes_the_same_mask(device):
+    # torch.utils.checkpoint restores torch's generators before recomputing the forward, so the recomputation draws
+    # the same key and mask: gradients equal those of the plain run (HF's gradient_checkpointing relies on this)
+    q, k, v = _qkv(2, 2, 2, 20, 26, 16, torch.float32, device)
+    mask, causal = _mask("pad-left-causal", 2, 2, 20, 26, device)
+
+    def f(q, k, v):
+        return hf_masked_softmax.attention(q, k, v, mask, causal=causal, dropout_p=0.3) * 2.0
+
+    do = torch.randn(2, 2, 20, 16, generator=torch.Generator().manual_seed(1)).to(device)
+    torch.manual_seed(4)
+    plain = torch.autograd.grad(f(q, k, v), (q, k, v), do)
+    torch.manual_seed(4)
+    out = torch.utils.checkpoint.checkpoint(f, q, k, v, use_reentrant=False)
+    torch.manual_seed(99)  # the recomputation must not depend on the generator's state at backward time
+    recomputed = torch.autograd.grad(out, (q, k, v), do)
+    for a, b in zip(plain, recomputed):
+        assert torch.equal(a, b)
+
+
 def test_probability_zero_is_no_dropout_and_one_drops_everything(device):
     q, k, v = _qkv(2, 2, 1, 18, 30, 16, torch.float32, device)
     pad = torch.ones(2, 30, dtype=torch.bool, device=device)
