@@ -61,16 +61,12 @@
 #                                       # of every implementation
 #   bash evals/gpu_session.sh nosync    # 2026-12-02 (8): forward rows with the mask function that no longer waits for
 #                                       # the GPU, then the same rows from old_tree/ (which does)
-#   bash evals/gpu_session.sh dropout   # (8, not yet run) training-step rows with the models' dropout kept: what
-#                                       # fine-tuning with HF's default attention dropout costs in each mode
 #   bash evals/gpu_session.sh drop9a    # 2026-12-03 (9): dropout inside the fused kernels: every GPU test, the
 #                                       # dropout tests on CUDA, bench_attention.py with and without dropout 0.1
 #   bash evals/gpu_session.sh drop9b    # 2026-12-03 (9): launch settings swept with dropout 0.1, training-step rows
 #                                       # with the models' dropout (every implementation, the fused kernel's included)
-#   bash evals/gpu_session.sh drop9c    # 2026-12-03 (9): with the dropout launch settings: dropout and attention
-#                                       # tests on CUDA, bench_attention.py --dropout 0.1, training rows with dropout
-#   bash evals/gpu_session.sh drop9d    # 2026-12-03 (9): drop9c in less device time: the GPU dropout tests and the
-#                                       # training rows with dropout
+#   bash evals/gpu_session.sh drop9d    # 2026-12-03 (9): with the dropout launch settings: the GPU dropout tests and
+#                                       # the training rows with dropout
 set -uo pipefail
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
 OUT=${OUT:-out}
@@ -381,10 +377,6 @@ case "${1:-}" in
         --impls eager,sdpa,softmax,fused --out "$OUT/fwd_$tree" --no-plot 2>&1 | grep -E "fwd pad|enc 59%")
     done
     ;;
-  dropout)
-    timeout 200 python evals/speed.py --only train --keep-dropout --impls eager,sdpa,softmax,auto --out "$OUT" \
-      --json "$OUT/speed_train_dropout.json" 2>&1 | tee "$OUT/speed_train_dropout.log" | tail -12
-    ;;
   drop9a)
     timeout 270 python -m pytest -q -m gpu -k "not 2_pow_31" -p no:cacheprovider 2>&1 | tee "$OUT/gpu_tests9.log" \
       | grep -E "passed|failed|^FAILED|^ERROR" | cut -c1-200
@@ -403,14 +395,6 @@ case "${1:-}" in
     timeout 200 python evals/speed.py --only train --keep-dropout --impls eager,sdpa,softmax,fused --out "$OUT/train" \
       --json "$OUT/speed_train9_dropout.json" 2>&1 | tee "$OUT/speed_train9_dropout.log" | tail -12
     ;;
-  drop9c)
-    timeout 150 python -m pytest -q tests/test_dropout.py tests/test_attention.py -k "dropout or gpu" \
-      -p no:cacheprovider 2>&1 | tee "$OUT/dropout_tests9c.log" | grep -E "passed|failed|^FAILED|^ERROR" | cut -c1-200
-    timeout 110 python evals/bench_attention.py --shapes gpt2-pad-right,bert --dropout 0.1 --out "$OUT/bench_drop" \
-      2>&1 | grep -E "^\[|ours |sdpa-(default|efficient|cudnn)|eager " | grep -v "ours+ranges" | head -24 | cut -c1-110
-    timeout 230 python evals/speed.py --only train --keep-dropout --impls eager,sdpa,softmax,fused --out "$OUT/train" \
-      --json "$OUT/speed_train9_dropout.json" 2>&1 | tee "$OUT/speed_train9_dropout.log" | tail -12
-    ;;
   drop9d)
     timeout 100 python -m pytest -q tests/test_dropout.py -k "gpu" -p no:cacheprovider 2>&1 \
       | tee "$OUT/dropout_gpu_tests9d.log" | grep -E "passed|failed|^FAILED|^ERROR" | cut -c1-200
@@ -418,7 +402,7 @@ case "${1:-}" in
       --json "$OUT/speed_train9_dropout.json" 2>&1 | tee "$OUT/speed_train9_dropout.log" | tail -12
     ;;
   *)
-    echo "usage: bash evals/gpu_session.sh tests|kernels|e2e|check|followup|recheck|verify|measure|final|stream|last|tune|host|fast|fastcheck|closing|fold|fold2|fold3|e2e3|bert4|bert5|check4|lengths|ncu|bwd|suite|suite2|final6|plans|hostplans|genab|fuzz|bwdplan|trainab|final8|nosync|dropout|drop9a|drop9b|drop9c|drop9d" >&2
+    echo "usage: bash evals/gpu_session.sh tests|kernels|e2e|check|followup|recheck|verify|measure|final|stream|last|tune|host|fast|fastcheck|closing|fold|fold2|fold3|e2e3|bert4|bert5|check4|lengths|ncu|bwd|suite|suite2|final6|plans|hostplans|genab|fuzz|bwdplan|trainab|final8|nosync|drop9a|drop9b|drop9d" >&2
     exit 2
     ;;
 esac

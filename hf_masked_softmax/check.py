@@ -99,7 +99,7 @@ def check_masked_softmax(device, quick, report):
 
 
 def check_attention(device, quick, report):
-    from . import attention
+    from . import attention, ops
     from .reference import attention_reference, dropout_keep_reference
 
     if device == "cuda":
@@ -125,8 +125,8 @@ def check_attention(device, quick, report):
                 dropout = None
                 if p:
                     torch.manual_seed(3)  # the key the call below draws first
-                    thr, keep_scale = _attn_module().dropout_threshold(p)
-                    seed = int(_ops_module()._new_seed(device))
+                    thr, keep_scale = ops._attn.dropout_threshold(p)
+                    seed = int(ops._new_seed(device))
                     dropout = (dropout_keep_reference(seed, (B, H, Q, K), thr, device=device), keep_scale)
                     torch.manual_seed(3)
                 out = attention(q, k, v, mask, causal=causal, dropout_p=p)
@@ -139,18 +139,6 @@ def check_attention(device, quick, report):
                 for a, b in zip(grads, ref_grads):
                     worst = max(worst, _max_violation(a, b, dtype, WIDEN["attention_grad"]))
                 report("attention", f"{B}x{H}/{Hkv}x{Q}x{K}x{D}", dtype, form, worst, True)
-
-
-def _attn_module():
-    import importlib
-
-    return importlib.import_module(__package__ + ".attention")  # the package re-exports a function of that name
-
-
-def _ops_module():
-    from . import ops
-
-    return ops
 
 
 # ----------------------------------------------------------------------------------------------------------------------
