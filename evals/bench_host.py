@@ -80,7 +80,8 @@ def micro(dev: str) -> list[dict]:
     k = torch.randn(B, H, K, D, device=dev, dtype=torch.float16)
     v = torch.randn_like(k)
     lens = torch.randint(K // 2, K + 1, (B,), device=dev)
-    pad = torch.arange(K, device=dev)[None] >= (K - lens)[:, None]
+    # shared key ranges, as the layers of a patched model's forward share the mask function's mask
+    pad = masks.share_ranges(torch.arange(K, device=dev)[None] >= (K - lens)[:, None])
     bool4d = pad[:, None, None, :]
     scores = torch.randn(B, H, 1, K, device=dev, dtype=torch.float16)
     x = torch.empty(16, device=dev)
@@ -160,6 +161,7 @@ def profile_attention(out_dir, dev) -> list[dict]:
     host cost exceeds its device time; host cost per call of those and of the training forward (autograd recording),
     beside SDPA's. Writes ``OUT/attention_profile_{fwd,bwd}.txt``."""
     import hf_masked_softmax as hms
+    from hf_masked_softmax import masks
 
     rows = []
     g = torch.Generator().manual_seed(0)
@@ -168,7 +170,7 @@ def profile_attention(out_dir, dev) -> list[dict]:
     k = torch.randn(B, H, K, D, generator=g).to(dev, torch.float16)
     v = torch.randn_like(k)
     pad = torch.arange(K)[None] >= torch.randint(0, K // 2, (B, 1), generator=g)
-    pad = pad.to(dev)
+    pad = masks.share_ranges(pad.to(dev))  # as a patched model's layers share it
     n_fwd, n_bwd = (2, 2) if dev == "cpu" else (300, 100)
     if dev == "cuda":
         # what a launch through the compiled kernel (Triton's specialisation and cache lookup skipped) would save
@@ -194,7 +196,7 @@ def profile_attention(out_dir, dev) -> list[dict]:
     B, Q = (2, 24) if dev == "cpu" else (32, 512)
     qb, kb, vb = (torch.randn(B, Q, H, D, generator=g).to(dev, torch.float16).transpose(1, 2).requires_grad_(True)
                   for _ in range(3))
-    padb = (torch.arange(Q)[None] < torch.randint(Q // 2, Q + 1, (B, 1), generator=g)).to(dev)
+    padb = masks.share_ranges((torch.arange(Q)[None] < torch.randint(Q // 2, Q + 1, (B, 1), generator=g)).to(dev))
     rows.append({"what": "attention forward with autograd, BERT shape", "us_per_call": us_per_call(
         lambda: hms.attention(qb, kb, vb, padb), n_bwd)})
     rows.append({"what": "sdpa forward with autograd, BERT shape, no mask", "us_per_call": us_per_call(

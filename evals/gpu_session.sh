@@ -67,6 +67,10 @@
 #                                       # with the models' dropout (every implementation, the fused kernel's included)
 #   bash evals/gpu_session.sh drop9d    # 2026-12-03 (9): with the dropout launch settings: the GPU dropout tests and
 #                                       # the training rows with dropout
+#   bash evals/gpu_session.sh audit10   # 2026-12-03 (10): after the contract audit's fixes: their tests on CUDA, then
+#                                       # every GPU test
+#   bash evals/gpu_session.sh bench10   # 2026-12-03 (10): masked_softmax's exponent after the max (bench_softmax.py
+#                                       # --quick, alternating with old_tree/), bench_attention.py with dropout 0.1
 set -uo pipefail
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
 OUT=${OUT:-out}
@@ -401,8 +405,21 @@ case "${1:-}" in
     timeout 230 python evals/speed.py --only train --keep-dropout --impls eager,sdpa,softmax,fused --out "$OUT/train" \
       --json "$OUT/speed_train9_dropout.json" 2>&1 | tee "$OUT/speed_train9_dropout.log" | tail -12
     ;;
+  audit10)
+    timeout 150 python -m pytest -q -p no:cacheprovider tests/test_attention.py tests/test_bad_inputs.py \
+      tests/test_patch_api.py -k "grid or version_counter or range_cache or past_fp32 or scale or requires_grad or \
+      65535 or shared_config or part_of or checkpointing" 2>&1 | tee "$OUT/audit_tests10.log" \
+      | grep -E "passed|failed|^FAILED|^ERROR" | cut -c1-200
+    timeout 330 python -m pytest -q -m gpu -k "not 2_pow_31" -p no:cacheprovider 2>&1 | tee "$OUT/gpu_tests10.log" \
+      | grep -E "passed|failed|^FAILED|^ERROR" | cut -c1-200
+    ;;
+  bench10)
+    against_old softmax10 100 "^(gpt2_prefill|bert|causal_8192|decode) .*ours" evals/bench_softmax.py --quick
+    timeout 100 python evals/bench_attention.py --shapes gpt2-pad-right,bert --dropout 0.1 --out "$OUT/bench_drop" \
+      2>&1 | grep -E "^\[|ours |sdpa-(default|efficient|cudnn)|eager " | grep -v "ours+ranges" | cut -c1-110
+    ;;
   *)
-    echo "usage: bash evals/gpu_session.sh tests|kernels|e2e|check|followup|recheck|verify|measure|final|stream|last|tune|host|fast|fastcheck|closing|fold|fold2|fold3|e2e3|bert4|bert5|check4|lengths|ncu|bwd|suite|suite2|final6|plans|hostplans|genab|fuzz|bwdplan|trainab|final8|nosync|drop9a|drop9b|drop9d" >&2
+    echo "usage: bash evals/gpu_session.sh tests|kernels|e2e|check|followup|recheck|verify|measure|final|stream|last|tune|host|fast|fastcheck|closing|fold|fold2|fold3|e2e3|bert4|bert5|check4|lengths|ncu|bwd|suite|suite2|final6|plans|hostplans|genab|fuzz|bwdplan|trainab|final8|nosync|drop9a|drop9b|drop9d|audit10|bench10" >&2
     exit 2
     ;;
 esac

@@ -45,7 +45,9 @@ Layout: the result is ``[B, H, Q, D]`` whose memory is ``[B, Q, H, D]`` (as SDPA
 view directly.
 
 Limits: head dim 1..256 (padded to a power of two >= 16 inside the kernel), fp16 / bf16 / fp32 (fp32 dots run in
-full ieee precision), any strides, int64 offsets. CPU tensors run the same kernels under ``TRITON_INTERPRET=1``,
+full ieee precision), any strides, int64 offsets. Scores enter the exponent in base-2 units: ``|scale * q.k|`` or a
+kept additive mask value above FLT_MAX / log2(e) = 2.36e38 overflows and turns its row NaN (masked_softmax, which is
+bound by memory, subtracts the row max first and has no such limit). CPU tensors run the same kernels under ``TRITON_INTERPRET=1``,
 otherwise the PyTorch reference.
 """
 from __future__ import annotations
@@ -365,12 +367,18 @@ def _split_combine_kernel(
 def _bwd_delta_kernel(o_ptr, do_ptr, delta_ptr,
                       stride_ob, stride_oh, stride_om, stride_od,
                       stride_dob, stride_doh, stride_dom, stride_dod,
-                      H, Q_LEN, BLOCK_M: tl.constexpr, HEAD_D: tl.constexpr, BLOCK_D: tl.constexpr):
+                      H, Q_LEN, BH_FIRST: tl.constexpr, BLOCK_M: tl.constexpr, HEAD_D: tl.constexpr,
+                      BLOCK_D: tl.constexpr):
     """``delta = rowsum(dO * O)`` in fp32, ``[B, H, Q]``."""
-    bh = tl.program_id(1).to(tl.int64)
+    if BH_FIRST:  # more than 65535 batch x head programs (see _bh_first)
+        bh = tl.program_id(0).to(tl.int64)
+        pid_m = tl.program_id(1)
+    else:
+        pid_m = tl.program_id(0)
+        bh = tl.program_id(1).to(tl.int64)
     b = bh // H
     h = bh % H
-    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
     ok = (rows < Q_LEN)[:, None] & (offs_d < HEAD_D)[None, :]
     o = tl.load(o_ptr + b * stride_ob + h * stride_oh + rows[:, None] * stride_om + offs_d[None, :] * stride_od,
@@ -726,10 +734,22 @@ def _bwd_config(D: int, dtype: torch.dtype, causal: bool = False, dropout: bool 
     return (32, 64, 8, 2), (64, 32, 8, 2)
 
 
-def _bh_first(causal: bool, bh: int) -> bool:
-    """Grid order: (batch x head) on axis 0 for causal (heaviest blocks first), else blocks on axis 0 (L2 reuse of
-    one head's tensors); also when batch x head exceeds the 65535 limit of grid axis 1."""
-    return causal or bh > 65535
+GRID_YZ_MAX = 65535  # CUDA's limit on grid axes 1 and 2 (axis 0 takes up to 2**31 - 1)
+
+
+def _bh_first(causal: bool, bh: int, blocks: int) -> bool:
+    """Grid order of ``bh`` (batch x head) programs times ``blocks`` query or key blocks: (batch x head) on axis 0
+    for causal (heaviest blocks first), else the blocks on axis 0 (L2 reuse of one head's tensors); either way the
+    count on axis 1 must stay within CUDA's 65535 (a long sequence's blocks, or a large batch's heads, go first)."""
+    first = causal
+    if first and blocks > GRID_YZ_MAX:
+        first = False
+    elif not first and bh > GRID_YZ_MAX:
+        first = True
+    if (blocks if first else bh) > GRID_YZ_MAX:
+        raise ValueError(f"batch x heads = {bh} and {blocks} blocks of the sequence both exceed the GPU's 65535 "
+                         "programs per grid axis; split the batch")
+    return first
 
 
 def _mask_args(kind, mask_t, dummy):
@@ -792,7 +812,7 @@ def _policy():
     changing one (the tuning scripts and tests do, to force a path) gets a new plan. Held by the key, so a replaced
     function's id cannot be reused while its plans exist."""
     return (_fwd_config, _fwd_maxnreg, _num_splits, _is_decode, _wide, _fold, _bh_first, _block_d, _sm_count,
-            _bwd_config, FWD_MERGE_TAIL, FWD_MAXNREG, SPLIT_MIN_K, FOLD_MAX_SCALE, _attn_fwd_kernel,
+            _bwd_config, FWD_MERGE_TAIL, FWD_MAXNREG, SPLIT_MIN_K, FOLD_MAX_SCALE, GRID_YZ_MAX, _attn_fwd_kernel,
             _split_combine_kernel, _bwd_delta_kernel, _bwd_dkdv_kernel, _bwd_dq_kernel)
 
 
@@ -843,7 +863,7 @@ class _ForwardPlan:
         mstr = _mask_args(kind, mask_t, q)[1]
         upcast = _INTERPRET and q.dtype == torch.bfloat16
         prec = "ieee" if (q.dtype == torch.float32 or upcast) else "tf32"
-        bh_first = _bh_first(causal, B * H)
+        bh_first = _bh_first(causal, B * H, _cdiv(Q, block_m))
         grid = (B * H, _cdiv(Q, block_m), num_splits) if bh_first else (_cdiv(Q, block_m), B * H, num_splits)
         # what this plan allocates is contiguous: its largest offset is its size minus one
         wide = _wide(q, k, v, mask_t) or num_splits * B * H * Q * D >= 2**31
@@ -920,8 +940,10 @@ class _BackwardPlan:
         bd = _block_d(D)
         kv_cfg, q_cfg = _bwd_config(D, q.dtype, causal, drop_thr > 0)
         self.uses_mask = kind in (_K_RANGE, _K_BOOL, _K_ADD)
-        self.delta = bind(_bwd_delta_kernel, (_cdiv(Q, 64), B * H), (*out.stride(), *do.stride(), H, Q),
-                          dict(BLOCK_M=64, HEAD_D=D, BLOCK_D=bd))
+        delta_first = _bh_first(False, B * H, _cdiv(Q, 64))
+        self.delta = bind(_bwd_delta_kernel, (B * H, _cdiv(Q, 64)) if delta_first else (_cdiv(Q, 64), B * H),
+                          (*out.stride(), *do.stride(), H, Q), dict(BH_FIRST=delta_first, BLOCK_M=64, HEAD_D=D,
+                                                                    BLOCK_D=bd))
         # the gradients are allocated like q, k, v (empty_like keeps a dense tensor's strides)
         dq, dk, dv = (torch.empty_like(t, device="meta") for t in (q, k, v))
         mstr = _mask_args(kind, mask_t, q)[1]
@@ -933,7 +955,7 @@ class _BackwardPlan:
         drop = (drop_thr, _keep_scale(drop_thr))
         qkv_strides = (*q.stride(), *k.stride(), *v.stride(), *do.stride())
         block_m, block_n, warps, stages = kv_cfg
-        kv_first = _bh_first(causal, B * Hkv)
+        kv_first = _bh_first(causal, B * Hkv, _cdiv(K, block_n))
         self.dkdv = bind(
             _bwd_dkdv_kernel, (B * Hkv, _cdiv(K, block_n)) if kv_first else (_cdiv(K, block_n), B * Hkv),
             (*qkv_strides, *dk.stride(), *dv.stride(), *mstr, H, Hkv, H // Hkv, Q, K, scale, scale * _LOG2E,
@@ -941,7 +963,7 @@ class _BackwardPlan:
             dict(BH_FIRST=kv_first, BLOCK_M=block_m, BLOCK_N=block_n, num_warps=warps, num_stages=stages, **common),
         )
         block_m, block_n, warps, stages = q_cfg
-        q_first = _bh_first(causal, B * H)
+        q_first = _bh_first(causal, B * H, _cdiv(Q, block_m))
         self.dq = bind(
             _bwd_dq_kernel, (B * H, _cdiv(Q, block_m)) if q_first else (_cdiv(Q, block_m), B * H),
             (*qkv_strides, *dq.stride(), *mstr, H, H // Hkv, Q, K, scale, scale * _LOG2E, threshold, *drop),
@@ -1019,7 +1041,8 @@ def _device_of(t: torch.Tensor):
 # Public function
 # ---------------------------------------------------------------------------------------------------------------
 
-def _validate(q, k, v, scale, dropout_p=0.0):
+def _validate(q, k, v, dropout_p=0.0):
+    """The checks of q, k, v and dropout_p (``scale`` is masked_softmax's ``validate_scale``)."""
     for name, t in (("q", q), ("k", k), ("v", v)):
         if not isinstance(t, torch.Tensor):
             raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
@@ -1043,8 +1066,6 @@ def _validate(q, k, v, scale, dropout_p=0.0):
         raise ValueError(f"query heads ({H}) must be a multiple of key/value heads ({k.shape[1]})")
     if D > 256:
         raise ValueError(f"head_dim must be at most 256, got {D}")
-    if scale is not None and (isinstance(scale, bool) or not isinstance(scale, (int, float))):
-        raise TypeError(f"scale must be a float or None, got {type(scale).__name__}")
     if isinstance(dropout_p, bool) or not isinstance(dropout_p, (int, float)):
         raise TypeError(f"dropout_p must be a float, got {type(dropout_p).__name__}")
     if not 0.0 <= dropout_p <= 1.0:  # NaN fails too

@@ -24,7 +24,9 @@ Modes, read per call from the attention module's ``_hf_masked_softmax_mode`` (se
   for them is a ``ValueError``). Attention dropout in training runs inside the kernel (its own Philox stream, so the
   mask differs from the one eager draws from torch's generator; the distribution is the same).
 * ``"auto"`` (default, and what ``from_pretrained(attn_implementation=NAME)`` gets): ``"fused"`` unless the caller
-  wants attention probabilities (``output_attentions``); then ``"softmax"``.
+  wants attention probabilities (``output_attentions``); then ``"softmax"``. A recompute by activation checkpointing
+  (a forward inside the backward pass) repeats the choice of the module's last forward, which is the pass it
+  recomputes unless several forwards ran before one backward and asked for probabilities differently.
 
 Supported transformers: 5.4 and newer (the first release whose mask interface passes ``q_offset`` and whose GPT-2
 passes ``scaling`` to the attention interface; BERT goes through the interface from 5.0 on).
@@ -39,12 +41,14 @@ from transformers.modeling_utils import AttentionInterface
 from transformers.utils import output_capturing
 from transformers.utils.import_utils import is_tracing
 
+from . import masks as _masks
 from .masked_softmax import masked_softmax
 from .ops import attention  # the custom-operator entry of hf_masked_softmax.attention
 
 NAME = "hf_masked_softmax"
 MODES = ("auto", "softmax", "fused")
 MODE_ATTR = "_hf_masked_softmax_mode"
+AUTO_CHOICE_ATTR = "_hf_masked_softmax_auto_choice"  # what "auto" ran on a module's last forward (see _pick_mode)
 MIN_TRANSFORMERS = "5.4.0"
 
 TRANSFORMERS_SUPPORTED = Version(transformers.__version__).release >= Version(MIN_TRANSFORMERS).release
@@ -74,6 +78,18 @@ def _causal_for(module, attention_mask, is_causal) -> bool:
 
 def _pick_mode(module, kwargs) -> str:
     mode = getattr(module, MODE_ATTR, "auto")
+    if mode == "auto" and not torch.compiler.is_compiling():
+        if torch._C._current_graph_task_id() != -1:
+            # A forward inside a backward pass: activation checkpointing recomputing this module. The caller's wish
+            # for probabilities is not visible there (GPT-2 passes it only through the output collector, which is
+            # not active in the backward), and a recompute must save what the first pass saved (and draw the same
+            # dropout): repeat the mode of this module's last forward.
+            last = module.__dict__.get(AUTO_CHOICE_ATTR)
+            if last is not None:
+                return last
+        choice = "softmax" if _attention_probabilities_requested(kwargs) else "fused"
+        module.__dict__[AUTO_CHOICE_ATTR] = choice
+        return choice
     wants_probs = _attention_probabilities_requested(kwargs)
     if mode == "auto":
         return "softmax" if wants_probs else "fused"
@@ -173,7 +189,10 @@ def _mask_function(
         # Returned even when nothing is padded: asking (``bool(pad.all())``) would copy a flag from the GPU and so
         # wait for everything queued before it, every forward; the host could then never run ahead of the GPU, and a
         # forward would take its host time plus its device time. A mask with no padding costs the kernels one key
-        # range per sequence (one tiny launch per forward, shared by every layer).
+        # range per sequence (one tiny launch per forward, shared by every layer: a fresh tensor each forward, so
+        # the layers may share its ranges, see masks.share_ranges).
+        if not torch.compiler.is_compiling():
+            _masks.share_ranges(pad)
         return pad
     kwargs.update(allow_is_causal_skip=False, allow_is_bidirectional_skip=False)
     return masking_utils.sdpa_mask(

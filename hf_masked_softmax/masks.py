@@ -87,6 +87,12 @@ def prepare_mask(attention_mask: Optional[torch.Tensor], shape, device: torch.de
         if dt == torch.bool:
             return MaskSpec(BOOL4D, view.view(torch.uint8) if view.numel() else view)
         if dt in _FLOAT_DTYPES:
+            if attention_mask.requires_grad and torch.is_grad_enabled():
+                # the kernels differentiate w.r.t. the scores (q, k, v) only; a silently missing gradient would be worse
+                raise ValueError(
+                    "attention_mask requires grad, but gradients w.r.t. the mask are not computed; pass "
+                    "attention_mask.detach() (or build the mask under torch.no_grad())"
+                )
             return MaskSpec(ADD4D, view, masked_threshold(dt))
         raise TypeError(
             f"a 4D attention_mask must be bool (True = attend) or floating (additive), got {dt}"
@@ -147,6 +153,26 @@ def _pad_ranges_kernel(mask_ptr, ranges_ptr, stride_mb, stride_mk, K_LEN, BLOCK:
 # id(mask) -> (weakref to mask, version, ranges). Keyed by identity: tensors compare elementwise, so a
 # WeakKeyDictionary would not do.
 RANGE_CACHE: dict = {}
+# id(mask) -> weakref: the masks whose ranges may be cached (see ``share_ranges``)
+_SHARED: dict = {}
+
+
+def _forget_shared(ref, key):
+    if _SHARED.get(key) is ref:
+        del _SHARED[key]
+
+
+def share_ranges(mask: torch.Tensor) -> torch.Tensor:
+    """Let calls that get this ``[B, K]`` mask object share its key ranges; returns ``mask``.
+
+    For a mask that its maker hands to every layer of one forward and to nothing else: the Hugging Face mask
+    function makes a fresh one per forward. Other masks get their ranges computed on every call, because some writes
+    change a tensor without bumping the version counter the cache checks (through ``.data``, or through the NumPy
+    array ``torch.from_numpy`` shares memory with).
+    """
+    key = id(mask)
+    _SHARED[key] = weakref.ref(mask, lambda ref, key=key: _forget_shared(ref, key))
+    return mask
 
 
 def _forget_ranges(ref, key):
@@ -158,11 +184,16 @@ def _forget_ranges(ref, key):
 def pad_ranges(mask: torch.Tensor, cache_key: Optional[torch.Tensor] = None) -> torch.Tensor:
     """int32 ``[B, RANGES_WIDTH]`` (start, end, has_holes, unused) of a ``[B, K]`` padding mask, by a tiny kernel.
 
-    With ``cache_key`` (the caller's mask object) the result is cached while that tensor is unmodified: HF passes one
-    mask object to every layer. Only eager calls pass a key: inside compiled graphs (whose CUDA-graph trees forbid
-    allocations that outlive a replay) and while a CUDA graph is captured the kernel runs every time.
+    With ``cache_key`` (the caller's mask object), if that was passed to ``share_ranges``, the result is cached while
+    that tensor's version is unchanged: HF passes one mask object to every layer. Only eager calls pass a key: inside
+    compiled graphs (whose CUDA-graph trees forbid allocations that outlive a replay) and while a CUDA graph is
+    captured the kernel runs every time.
     """
     version = None
+    if cache_key is not None:
+        shared = _SHARED.get(id(cache_key))
+        if shared is None or shared() is not cache_key:
+            cache_key = None
     if cache_key is not None and mask.is_cuda and torch.cuda.is_current_stream_capturing():
         # record the ranges kernel in the graph: a replay after an in-place update of the mask must not read ranges
         # computed at capture time

@@ -329,7 +329,7 @@ def attention(
                 mask_t = attention_mask.view(torch.uint8) if attention_mask.dtype == torch.bool else attention_mask
                 ranges = _masks.pad_ranges(mask_t, attention_mask)
             return _eager(path, q, k, v, kind, mask_t, ranges, 0.0, causal, scale, (path, sig), drop_thr)
-    _attn._validate(q, k, v, scale, dropout_p)
+    _attn._validate(q, k, v, dropout_p)
     drop_thr = _attn.dropout_threshold(float(dropout_p))[0]
     B, H, Q, D = q.shape
     K = k.shape[2]

@@ -36,6 +36,8 @@ class _PatchState:
         self.mode = mode
         self.holders = holders  # [(module, its original config)]
         self.configs = configs  # id(original) -> (original, copy)
+        # each copy's settings as patching left them: unpatch carries back only what changed on the copy since
+        self.snapshots = {key: dict(twin.__dict__) for key, (_, twin) in configs.items()}
 
 
 def _supported_text() -> str:
@@ -65,6 +67,22 @@ def _check_supported(model: torch.nn.Module) -> None:
                     spec.check(m.config)
 
 
+def _check_not_nested(model: torch.nn.Module) -> None:
+    """Raise ValueError unless no part of ``model`` belongs to another patch: one patch inside another could not be
+    undone in an arbitrary order (each would restore configs the other replaced)."""
+    for name, m in model.named_modules():
+        if _STATE_ATTR in m.__dict__:
+            raise ValueError(
+                f"{type(model).__name__}.{name} ({type(m).__name__}) is already patched on its own; "
+                f"unpatch_model it first, or patch only one of the two"
+            )
+        if hf.MODE_ATTR in m.__dict__:
+            raise ValueError(
+                f"{type(model).__name__} is part of a model already patched by patch_model; patch, unpatch or use "
+                f"patched() on that model"
+            )
+
+
 def patch_model(model: torch.nn.Module, *, mode: str = "auto") -> torch.nn.Module:
     """Run ``model``'s attention through hf_masked_softmax's kernels; returns ``model`` (patched in place).
 
@@ -84,6 +102,7 @@ def patch_model(model: torch.nn.Module, *, mode: str = "auto") -> torch.nn.Modul
     if state is not None:
         _set_mode(state, mode)
         return model
+    _check_not_nested(model)
     _check_supported(model)
 
     configs, holders = {}, []
@@ -116,22 +135,29 @@ def _set_mode(state: _PatchState, mode: str) -> None:
 def unpatch_model(model: torch.nn.Module) -> torch.nn.Module:
     """Undo ``patch_model``: the original config objects (and attention implementation) return; returns ``model``.
 
-    Settings changed on the patched model's configs in the meantime (say ``model.config.use_cache``) are kept.
+    Settings changed on the patched model's configs in the meantime (say ``model.config.use_cache``) are kept, and
+    so are changes made meanwhile to the original config objects (shared with other models, say) where the patched
+    model's copy left the same setting alone.
     Raises ``ValueError`` if ``model`` is not patched.
     """
     state = model.__dict__.get(_STATE_ATTR)
     if state is None:
         raise ValueError(f"{type(model).__name__} is not patched by hf_masked_softmax")
     twins = {id(twin) for _, twin in state.configs.values()}
-    for original, twin in state.configs.values():
+    missing = object()
+    for config_key, (original, twin) in state.configs.items():
+        before = state.snapshots[config_key]
         for key, value in twin.__dict__.items():
             if key == "_attn_implementation_internal" or id(value) in twins:
                 continue
-            if original.__dict__.get(key, object()) is not value:
+            # only what was set on this model's copy while patched: the original may be shared with other models,
+            # whose own changes to it in the meantime must stay
+            if before.get(key, missing) is not value:
                 original.__dict__[key] = value
     for m, c in state.holders:
         m.config = c
         m.__dict__.pop(hf.MODE_ATTR, None)
+        m.__dict__.pop(hf.AUTO_CHOICE_ATTR, None)
     del model.__dict__[_STATE_ATTR]
     return model
 

@@ -5,12 +5,13 @@ import contextlib
 import importlib
 from unittest import mock
 
+import numpy as np
 import pytest
 import torch
 
 import hf_masked_softmax
 from hf_masked_softmax import attention as attention_fn
-from hf_masked_softmax.reference import attention_reference
+from hf_masked_softmax.reference import attention_reference, masked_softmax_reference
 from conftest import DEVICE
 from tolerances import assert_close
 
@@ -287,14 +288,75 @@ def test_broadcast_kv_strides(device):
     _check(q[:, :, 2:11], k, v, _pad_mask([28, 30], 30, "left", device), True)
 
 
-def test_padding_range_cache_sees_in_place_edits(device):
+@pytest.mark.parametrize("shared", [False, True], ids=["plain", "shared"])
+def test_padding_range_cache_sees_in_place_edits(shared, device):
+    masks = importlib.import_module("hf_masked_softmax.masks")
     q, k, v = _qkv(2, 2, 2, 6, 33, 16, torch.float32, device)
     mask = _pad_mask([33, 20], 33, "right", device)
+    if shared:  # as the HF mask function marks its masks: the key ranges are cached per mask object
+        masks.share_ranges(mask)
     _check(q, k, v, mask, False)
+    assert (id(mask) in masks.RANGE_CACHE) is shared
     mask[1, 20:25] = True  # same tensor object, new contents: the cached key ranges must not be reused
     _check(q, k, v, mask, False)
     mask[0, 4] = False  # now with a hole
     _check(q, k, v, mask, False)
+
+
+@pytest.mark.parametrize("write", ["data", "numpy"])
+@pytest.mark.parametrize("fn", ["attention", "masked_softmax"])
+def test_mask_writes_that_skip_the_version_counter_are_seen(fn, write, device):
+    # `.data` writes and writes through a NumPy array sharing the memory leave the tensor's version as it was: a
+    # plain mask's key ranges are therefore never cached across calls
+    if write == "numpy" and device != "cpu":
+        pytest.skip("torch.from_numpy shares memory with CPU tensors only")
+    arr = np.zeros((2, 33), dtype=np.bool_)
+    arr[0, :33] = arr[1, :20] = True
+    mask = torch.from_numpy(arr) if write == "numpy" else torch.from_numpy(arr.copy()).to(device)
+    q, k, v = _qkv(2, 2, 2, 6, 33, 16, torch.float32, device)
+    scores = torch.randn(2, 2, 6, 33, generator=torch.Generator().manual_seed(1)).to(device)
+
+    def run_and_check():
+        if fn == "attention":
+            _check(q, k, v, mask, True)
+        else:
+            assert_close(hf_masked_softmax.masked_softmax(scores, mask, causal=True),
+                         masked_softmax_reference(scores, mask, causal=True, compute_dtype=torch.float64,
+                                                  out_dtype=torch.float64))
+
+    run_and_check()
+    version = mask._version
+    if write == "numpy":
+        arr[1, 5:] = False
+    else:
+        mask.data[1, 5:] = False
+    assert mask._version == version
+    run_and_check()
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_grid_axis_limit_swaps_the_grid_order(causal, device, monkeypatch):
+    # CUDA allows 65535 programs on grid axes 1 and 2: a long sequence's blocks (causal) or a large batch's heads
+    # (otherwise) go on axis 0 instead. Forced here with a limit of 2, forward and all backward kernels.
+    assert attn_mod._bh_first(causal, 4, 3) is causal
+    assert attn_mod._bh_first(True, 4, 70000) is False
+    assert attn_mod._bh_first(False, 70000, 4) is True
+    with pytest.raises(ValueError, match="65535"):
+        attn_mod._bh_first(causal, 70000, 70000)
+    monkeypatch.setattr(attn_mod, "GRID_YZ_MAX", 2)
+    orders = []
+    real = attn_mod._bh_first
+    monkeypatch.setattr(attn_mod, "_bh_first", lambda c, bh, n: orders.append((c, real(c, bh, n))) or orders[-1][1])
+    if causal:  # 2 heads x at least 3 blocks (16-row blocks under the interpreter): the blocks go first
+        B, H, Hkv, T = 1, 2, 1, (40 if device == "cpu" else 300)
+        lengths = [T - 11]
+    else:  # 4 heads x at most 2 blocks: the heads go first (the backward's delta kernel too)
+        B, H, Hkv, T, lengths = 2, 2, 2, 20, [20, 11]
+    q, k, v = _qkv(B, H, Hkv, T, T, 16, torch.float32, device, grad=True)
+    mask = _pad_mask(lengths, T, "left", device)
+    _check(q, k, v, mask, causal, grad=True)
+    assert len(orders) == 4  # forward, delta, dk/dv, dq; every one but causal's delta (never causal) swapped
+    assert all(first is not c for c, first in orders if c == causal)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -602,3 +664,30 @@ def test_gpu_decode(dtype):
     B, H, K, D = 8, 12, 2048, 64
     q, k, v = _qkv(B, H, H, 1, K, D, dtype, "cuda", bthd=True)
     _check(q, k, v, _pad_mask(_gpu_lengths(B, K, 1024, 2), K, "left", "cuda"), True)
+
+
+@pytest.mark.gpu
+def test_gpu_more_than_65535_batch_x_heads_forward_and_backward():
+    # B x H = 65536 programs: past grid axis 1's limit, so every kernel (the backward's delta one too) puts them on
+    # axis 0
+    B, H, Q, K, D = 4096, 16, 4, 8, 16
+    q, k, v = _qkv(B, H, H, Q, K, D, torch.float16, "cuda", grad=True)
+    _check(q, k, v, _pad_mask(_gpu_lengths(B, K, 1, 3), K, "right", "cuda"), False, grad=True)
+
+
+@pytest.mark.gpu
+def test_gpu_causal_sequence_of_more_than_65535_blocks():
+    # causal grids put batch x heads first, so a sequence's blocks go on axis 1: past 65535 of them they swap
+    Q, K, D = 65536 * 64 + 1, 40, 16  # queries past the keys' count see nothing (bottom-right): zeros, fast
+    g = torch.Generator(device="cuda").manual_seed(0)
+    q = torch.randn(1, 1, Q, D, device="cuda", dtype=torch.float16, generator=g)
+    k = torch.randn(1, 1, K, D, device="cuda", dtype=torch.float16, generator=g)
+    v = torch.randn(1, 1, K, D, device="cuda", dtype=torch.float16, generator=g)
+    out = attention_fn(q, k, v, causal=True)
+    assert not out[:, :, : Q - K].any()
+    ref, _ = _ref(q[:, :, Q - K:], k, v, None, True)  # the last K queries, aligned as before
+    assert_close(out[:, :, Q - K:], ref, scale=OUT_SCALE[torch.float16])
+    # and the key blocks of the dk/dv kernel: 16 queries over 2**21 + 1 keys in fp32 (32-key blocks)
+    K = 2**21 + 1
+    q, k, v = _qkv(1, 1, 1, 16, K, 16, torch.float32, "cuda", grad=True, seed=1)
+    _check(q, k, v, None, True, grad=True)

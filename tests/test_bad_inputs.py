@@ -2,14 +2,16 @@
 
 Every case either gets the right answer (checked against the fp64 reference or a hand-derived result) or a clear
 error naming the problem; none may give a silently wrong result or a NaN that masking caused. Semantics decided here
-and documented in notes/README_hardening.md:
+and documented in the README's ``masked_softmax`` and ``attention`` sections:
 
 * NaN in a kept score (or a NaN entry in an additive mask at a kept position) makes its row NaN, as torch.softmax
   does; a NaN at a masked position is never read.
 * ``+inf`` in a kept score, or in an additive mask, makes its row NaN (``inf - inf``), as torch.softmax and HF eager
   attention do. ``-inf`` anywhere counts as masked; a row left with nothing is all zeros.
-* ``scale`` must be a real number finite in fp32 (the kernels' math); 0 gives a uniform distribution over the kept
-  keys, negative scales are fine.
+* ``scale`` must be a real number finite in fp32 (the kernels' math): a Python or NumPy number or a one-element
+  tensor; 0 gives a uniform distribution over the kept keys, negative scales are fine. ``masked_softmax`` keeps
+  logits above FLT_MAX / log2(e) finite.
+* An additive mask that requires grad is refused while autograd records (no gradient flows to masks).
 * Empty dimensions (B, H, Q or K = 0) return empty results (K = 0: zeros for attention) with zero gradients.
 
 On CPU the real kernels run in Triton's interpreter; GPU-only cases (> 2**31 elements, K = 262144 without padding)
@@ -17,6 +19,7 @@ carry the ``gpu`` marker.
 """
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -138,6 +141,18 @@ ERROR_CASES = {
     "attn_scale_inf": (attention, lambda d: (_qkv(device=d), {"scale": math.inf}), ValueError, "scale"),
     "attn_scale_fp32_overflow": (attention, lambda d: (_qkv(device=d), {"scale": -1e39}), ValueError, "float32"),
     "attn_scale_string": (attention, lambda d: (_qkv(device=d), {"scale": "0.1"}), TypeError, "scale"),
+    "attn_scale_bool": (attention, lambda d: (_qkv(device=d), {"scale": True}), TypeError, "scale"),
+    "ms_scale_two_values": (masked_softmax, lambda d: ((torch.zeros(S, device=d),), {"scale": torch.ones(2)}),
+                            ValueError, "scale must be a single number"),
+    "attn_scale_two_values": (attention, lambda d: (_qkv(device=d), {"scale": torch.ones(2)}), ValueError,
+                              "scale must be a single number"),
+    # gradients w.r.t. an additive mask are not computed: refused rather than silently None
+    "ms_add4d_requires_grad": (masked_softmax, lambda d: ((torch.zeros(S, device=d),
+                                                           torch.zeros(2, 1, 3, 5, device=d, requires_grad=True)),
+                                                          {}), ValueError, "requires grad"),
+    "attn_add4d_requires_grad": (attention, lambda d: (_qkv(device=d) + (torch.zeros(2, 1, 1, 20, device=d,
+                                                                                     requires_grad=True),), {}),
+                                 ValueError, "requires grad"),
 }
 
 
@@ -364,6 +379,64 @@ def test_ms_odd_scales(scale, device):
     if scale == 0.0:  # uniform over what each row may see
         kept = (_ms_ref(scores, mask, True, 1.0) > 0).double()
         assert_close(out, kept / kept.sum(-1, keepdim=True).clamp_min(1))
+
+
+@pytest.mark.parametrize("fn", ["ms", "attn"])
+def test_additive_mask_that_requires_grad_is_fine_without_autograd(fn, device):
+    mask = torch.zeros(2, 1, 1, 20, device=device, requires_grad=True)
+    with torch.no_grad():
+        if fn == "ms":
+            scores = _scores(2, 1, 3, 20, device=device)
+            assert_close(masked_softmax(scores, mask), _ms_ref(scores, mask.detach()))
+        else:
+            q, k, v = _qkv(device=device)
+            assert_close(attention(q, k, v, mask), _attn_ref(q, k, v, mask.detach()), scale=4)
+
+
+@pytest.mark.parametrize("make", [lambda: np.float32(0.3), lambda: np.float64(0.3), lambda: torch.tensor(0.3),
+                                  lambda: torch.tensor([0.3])], ids=["np32", "np64", "tensor0d", "tensor1"])
+@pytest.mark.parametrize("fn", ["ms", "attn"])
+def test_scale_as_numpy_or_one_element_tensor(fn, make, device):
+    # both functions take the same numbers for scale, and give what its float gives
+    scale = make()
+    if fn == "ms":
+        scores = _scores(2, 1, 3, 11, device=device)
+        torch.testing.assert_close(masked_softmax(scores, scale=scale), masked_softmax(scores, scale=float(scale)),
+                                   rtol=0, atol=0)
+    else:
+        q, k, v = _qkv(device=device)
+        torch.testing.assert_close(attention(q, k, v, scale=scale), attention(q, k, v, scale=float(scale)),
+                                   rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("path", ["single", "chunked"])
+@pytest.mark.parametrize("case", ["scores", "scale", "negative_scale", "additive"])
+def test_ms_logits_past_fp32_max_over_log2e(case, path, device):
+    # finite fp32 logits above FLT_MAX / log2(e) = 2.36e38 (where x * log2(e) overflows) keep torch's softmax: the
+    # kernels scale by log2(e) only after subtracting the row max
+    from hf_masked_softmax.masks import prepare_mask
+    from hf_masked_softmax.ops import masked_softmax_op
+
+    scores, mask, scale = torch.zeros(1, 1, 2, 40), None, 1.0
+    if case == "scores":
+        scores[0, 0, :, 5], scores[0, 0, :, 9], scores[0, 0, 1, 30] = 3e38, -3e38, 3.3e38
+    elif case == "scale":
+        scores[0, 0, :, 7] = 1.0
+        scale = 3e38
+    elif case == "negative_scale":
+        scores[0, 0, :, 7] = 1.0
+        scale = -3e38
+    else:
+        mask = torch.zeros(1, 1, 2, 40).index_fill_(3, torch.tensor([11]), 3e38).to(device)
+    scores = scores.to(device)
+    if path == "single":
+        out = masked_softmax(scores, mask, scale=scale)
+    else:  # 8-column chunks: the online max and sum over the chunks
+        spec = prepare_mask(mask, tuple(scores.shape), scores.device)
+        out = masked_softmax_op(scores, mask, spec.kind, spec.threshold, False, scale, 16, 8)
+    expected = torch.softmax(scores.double() * scale + (0 if mask is None else mask.double()), dim=-1)
+    assert torch.isfinite(out).all()
+    assert_close(out, expected)
 
 
 @pytest.mark.parametrize("scale", [0.0, -0.5, 1e30, 2])

@@ -192,3 +192,67 @@ def test_softmax_mode_frees_the_scores_before_the_value_matmul(monkeypatch):
         monkeypatch.setattr(torch, "matmul", real_matmul)
     assert refs, "the softmax path was not taken"
     assert alive_at_pv and not any(alive_at_pv)
+
+
+def test_changes_made_elsewhere_to_a_shared_config_survive_unpatch(device):
+    # unpatching one model carries back what was set on its own copy of the config, and nothing else: another model
+    # sharing the original keeps its changes
+    config = gpt2_config()
+    a, b = lm(device, config, seed=0), lm(device, config, seed=1)
+    patch_model(a)
+    b.config.use_cache = False  # b is not patched: this is the shared original
+    b.config.output_hidden_states = True
+    a.config.my_setting = 3  # set on a's copy while patched
+    unpatch_model(a)
+    assert a.config is b.config is config
+    assert config.use_cache is False and config.output_hidden_states is True and config.my_setting == 3
+    ids, mask = padded_batch(device)
+    assert b(ids, attention_mask=mask).hidden_states is not None
+
+
+def test_patching_part_of_a_patched_model_is_refused(device):
+    model = lm(device)
+    config = model.config
+    ids, mask = padded_batch(device, side="left")
+    before = model(ids, attention_mask=mask).logits
+    patch_model(model, mode="softmax")
+    with pytest.raises(ValueError, match="part of a model already patched"):
+        patch_model(model.transformer, mode="fused")
+    with pytest.raises(ValueError, match="part of a model already patched"):
+        with patched(model.transformer):
+            pass
+    assert {m.__dict__[hf.MODE_ATTR] for m in model.modules() if hf.MODE_ATTR in m.__dict__} == {"softmax"}
+    unpatch_model(model)
+    patch_model(model.transformer)  # the other way round: the inner patch first
+    with pytest.raises(ValueError, match=r"GPT2LMHeadModel\.transformer \(GPT2Model\) is already patched"):
+        patch_model(model)
+    unpatch_model(model.transformer)
+    assert torch.equal(model(ids, attention_mask=mask).logits, before)
+    assert all(m.__dict__.get("config", config) is config for m in model.modules())
+    assert not any(k.startswith("_hf_masked_softmax") for m in model.modules() for k in m.__dict__)
+
+
+@pytest.mark.parametrize("reentrant", [False, True])
+def test_auto_mode_with_probabilities_under_gradient_checkpointing(reentrant, device):
+    # GPT-2 passes output_attentions to its attention only through the output collector, which the backward pass's
+    # recompute runs without: the recompute must repeat the forward's choice (softmax mode), saving the same tensors
+    # and drawing the same dropout, or checkpointing fails (non-reentrant) or the gradients are wrong (reentrant)
+    model = lm(device, gpt2_config(attn_pdrop=0.3)).train()
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": reentrant})
+    ids, mask = padded_batch(device, side="left")
+
+    def grads():
+        model.zero_grad()
+        torch.manual_seed(1)
+        out = model(ids, attention_mask=mask, output_attentions=True)
+        assert len(out.attentions) == 2 and out.attentions[0] is not None
+        out.logits[mask.bool()].pow(2).mean().backward()
+        return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    ref = grads()
+    with patched(model):
+        out = grads()
+    assert ref.keys() == out.keys() and len(ref) > 10
+    for name in ref:
+        torch.testing.assert_close(out[name], ref[name], atol=1e-6, rtol=1e-5, msg=name)
+    assert not any(k.startswith("_hf_masked_softmax") for m in model.modules() for k in m.__dict__)
