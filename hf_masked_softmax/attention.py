@@ -46,9 +46,10 @@ view directly.
 
 Limits: head dim 1..256 (padded to a power of two >= 16 inside the kernel), fp16 / bf16 / fp32 (fp32 dots run in
 full ieee precision), any strides, int64 offsets. Scores enter the exponent in base-2 units: ``|scale * q.k|`` or a
-kept additive mask value above FLT_MAX / log2(e) = 2.36e38 overflows and turns its row NaN (masked_softmax, which is
-bound by memory, subtracts the row max first and has no such limit). CPU tensors run the same kernels under ``TRITON_INTERPRET=1``,
-otherwise the PyTorch reference.
+kept additive mask value above FLT_MAX / log2(e) = 2.36e38 overflows and turns its row NaN (as in masked_softmax).
+Grids: CUDA allows 65535 programs on grid axes 1 and 2, so batch x heads or a sequence's blocks go on axis 0,
+whichever would exceed that (``_bh_first``). CPU tensors run the same kernels under ``TRITON_INTERPRET=1``, otherwise
+the PyTorch reference.
 """
 from __future__ import annotations
 

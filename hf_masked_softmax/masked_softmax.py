@@ -6,9 +6,11 @@ Forward, for every row ``r = (b, h, i)``::
     Y[b,h,i,j] = exp(x_j - max_kept x) / sum_kept exp(x - max_kept x) for kept j, 0 elsewhere
 
 where ``j`` is kept when the mask keeps it and, with ``causal``, ``j <= i + K - Q`` (bottom-right alignment). All math
-runs in fp32. A row with nothing kept (or whose kept scores are all ``-inf``) is all zeros. The exponent is
-``exp2((x_j - max) * log2(e))``: scaling by log2(e) after the subtraction keeps every ``x`` that is finite in fp32
-finite (``x * log2(e)`` would overflow above 2.36e38, where torch's softmax still gives the right answer).
+runs in fp32. A row with nothing kept (or whose kept scores are all ``-inf``) is all zeros. The exponent is taken in
+base 2, with ``x`` in log2 units (``scale * log2(e)`` is one multiply): a finite logit beyond FLT_MAX / log2(e) =
+2.36e38 in magnitude overflows there (its row turns NaN, or zero). Subtracting the max before scaling by log2(e) would
+lift that limit at one more multiply per score, 1.4-2.3% of the forward's time on an H200 (2026-12-03,
+``bench_softmax.py --quick``), for logits no attention produces.
 
 Backward (``Y`` saved, ``dY`` incoming)::
 
@@ -65,7 +67,7 @@ LOAD_GROUP = 16  # load predicates are constant over aligned groups of this many
 # causal 0.947 -> 0.927 ms, GPT-2 prefill 0.0912 -> 0.0904 ms; no gain elsewhere); True / False force it everywhere /
 # nowhere (bench_softmax.py --tune --tune-stream times both).
 STREAM_STORES = None
-LOG2E = tl.constexpr(1.4426950408889634)  # the kernels' exp(x) is exp2(x * LOG2E)
+_LOG2E = 1.4426950408889634
 _SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
@@ -137,7 +139,7 @@ def _window_pred(cols, lo, hi, K, GROUP: tl.constexpr, ALIGNED: tl.constexpr):
 def _chunk_keep(cols, lo, hi, holes, any_holes, mask_ptr, b, h, q, add_threshold,
                 mask_stride_b, mask_stride_h, mask_stride_q, mask_stride_k, K,
                 MASK_KIND: tl.constexpr, GROUP: tl.constexpr, ALIGNED: tl.constexpr):
-    """(keep, load predicate, additive values) of a ``[BLOCK_M, CHUNK]`` chunk that needs masking.
+    """(keep, load predicate, additive values in log2 units) of a ``[BLOCK_M, CHUNK]`` chunk that needs masking.
 
     ``keep`` is exact; the load predicate is ``_window_pred``'s, except for 4D masks, which decide per element: there
     the predicate is ``keep`` itself."""
@@ -158,21 +160,21 @@ def _chunk_keep(cols, lo, hi, holes, any_holes, mask_ptr, b, h, q, add_threshold
         off = (b * mask_stride_b + h * mask_stride_h + q * mask_stride_q)[:, None] + cols * mask_stride_k
         m = tl.load(mask_ptr + off, mask=keep, other=0).to(tl.float32)
         keep = keep & ~(m <= add_threshold)  # NaN is kept (and poisons its row), never silently masked
-        add = tl.where(keep, m, 0.0)
+        add = tl.where(keep, m, 0.0) * 1.4426950408889634
         pred = keep
     return keep, pred, add
 
 
 @triton.jit
-def _scores_chunk(s_row, cols, stride_k, scale, keep, pred, add, MASKED: tl.constexpr, MASK_KIND: tl.constexpr):
-    """Logits of a chunk, ``scale * S (+ mask)``; -inf where not kept."""
+def _scores_chunk(s_row, cols, stride_k, scale2, keep, pred, add, MASKED: tl.constexpr, MASK_KIND: tl.constexpr):
+    """Scores of a chunk in log2 units (``scale * log2(e) * S (+ mask)``); -inf where not kept."""
     if MASKED:
-        x = tl.load(s_row + cols * stride_k, mask=pred).to(tl.float32) * scale
+        x = tl.load(s_row + cols * stride_k, mask=pred).to(tl.float32) * scale2
         if MASK_KIND == 3:
             x = x + add
         x = tl.where(keep, x, float("-inf"))
     else:
-        x = tl.load(s_row + cols * stride_k).to(tl.float32) * scale
+        x = tl.load(s_row + cols * stride_k).to(tl.float32) * scale2
     return x
 
 
@@ -203,7 +205,7 @@ def _fwd_kernel(
     s_ptr, y_ptr, mask_ptr, ranges_ptr,
     s_stride_b, s_stride_h, s_stride_q, s_stride_k,
     mask_stride_b, mask_stride_h, mask_stride_q, mask_stride_k,
-    n_rows, H, Q, K, scale, add_threshold,
+    n_rows, H, Q, K, scale2, add_threshold,
     MASK_KIND: tl.constexpr, CAUSAL: tl.constexpr, BLOCK_M: tl.constexpr, CHUNK: tl.constexpr,
     ONE_CHUNK: tl.constexpr, EVEN: tl.constexpr, GROUP: tl.constexpr, ALIGNED: tl.constexpr, WIDE: tl.constexpr,
     STREAM: tl.constexpr,
@@ -223,10 +225,10 @@ def _fwd_kernel(
         keep, pred, add = _chunk_keep(offs, lo, hi, holes, any_holes, mask_ptr, b, h, q, add_threshold,
                                       mask_stride_b, mask_stride_h, mask_stride_q, mask_stride_k, K, MASK_KIND, GROUP,
                                     ALIGNED)
-        x = _scores_chunk(s_row, offs, s_stride_k, scale, keep, pred, add, True, MASK_KIND)
+        x = _scores_chunk(s_row, offs, s_stride_k, scale2, keep, pred, add, True, MASK_KIND)
         m = tl.max(x, axis=1)
         m = tl.where(m == float("-inf"), 0.0, m)  # an empty row shifts by 0: exp2(-inf) = 0, never NaN
-        e = tl.math.exp2((x - m[:, None]) * LOG2E)
+        e = tl.math.exp2(x - m[:, None])
         denom = tl.sum(e, axis=1)
         # masked entries are exactly 0 even in a row that a NaN score poisons
         y = tl.where(keep, e * (1.0 / tl.where(denom == 0.0, 1.0, denom))[:, None], 0.0)
@@ -237,16 +239,15 @@ def _fwd_kernel(
         for c0 in range(c_lo, c_hi, CHUNK):
             cols = c0 + offs
             if (c0 >= f_lo) & (c0 + CHUNK <= f_hi):
-                x = _scores_chunk(s_row, cols, s_stride_k, scale, None, None, None, False, MASK_KIND)
+                x = _scores_chunk(s_row, cols, s_stride_k, scale2, None, None, None, False, MASK_KIND)
             else:
                 keep, pred, add = _chunk_keep(cols, lo, hi, holes, any_holes, mask_ptr, b, h, q, add_threshold,
                                               mask_stride_b, mask_stride_h, mask_stride_q, mask_stride_k, K,
                                               MASK_KIND, GROUP, ALIGNED)
-                x = _scores_chunk(s_row, cols, s_stride_k, scale, keep, pred, add, True, MASK_KIND)
+                x = _scores_chunk(s_row, cols, s_stride_k, scale2, keep, pred, add, True, MASK_KIND)
             m_new = tl.maximum(m_i, tl.max(x, axis=1))
             m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
-            l_i = l_i * tl.math.exp2((m_i - m_use) * LOG2E) + tl.sum(tl.math.exp2((x - m_use[:, None]) * LOG2E),
-                                                                       axis=1)
+            l_i = l_i * tl.math.exp2(m_i - m_use) + tl.sum(tl.math.exp2(x - m_use[:, None]), axis=1)
             m_i = m_new
         m_i = tl.where(m_i == float("-inf"), 0.0, m_i)
         inv = 1.0 / tl.where(l_i == 0.0, 1.0, l_i)
@@ -256,15 +257,15 @@ def _fwd_kernel(
             if (c0 + CHUNK <= c_lo) | (c0 >= c_hi):
                 _store_rows(y_row + cols, zero, row_ok, cols, K, EVEN, STREAM)
             elif (c0 >= f_lo) & (c0 + CHUNK <= f_hi):
-                x = _scores_chunk(s_row, cols, s_stride_k, scale, None, None, None, False, MASK_KIND)
-                y = tl.math.exp2((x - m_i[:, None]) * LOG2E) * inv[:, None]
+                x = _scores_chunk(s_row, cols, s_stride_k, scale2, None, None, None, False, MASK_KIND)
+                y = tl.math.exp2(x - m_i[:, None]) * inv[:, None]
                 _store_rows(y_row + cols, y.to(y_ptr.dtype.element_ty), row_ok, cols, K, EVEN, STREAM)
             else:
                 keep, pred, add = _chunk_keep(cols, lo, hi, holes, any_holes, mask_ptr, b, h, q, add_threshold,
                                               mask_stride_b, mask_stride_h, mask_stride_q, mask_stride_k, K,
                                               MASK_KIND, GROUP, ALIGNED)
-                x = _scores_chunk(s_row, cols, s_stride_k, scale, keep, pred, add, True, MASK_KIND)
-                y = tl.where(keep, tl.math.exp2((x - m_i[:, None]) * LOG2E) * inv[:, None], 0.0)
+                x = _scores_chunk(s_row, cols, s_stride_k, scale2, keep, pred, add, True, MASK_KIND)
+                y = tl.where(keep, tl.math.exp2(x - m_i[:, None]) * inv[:, None], 0.0)
                 _store(y_row + cols, y.to(y_ptr.dtype.element_ty), row_ok[:, None] & (cols < K), True, STREAM)
 
 
@@ -460,7 +461,7 @@ def _launch(kernel, tensors, strides, spec, shape, causal, scale, blocks, ranges
 def _forward(scores, spec, causal, scale, blocks, ranges=None):
     y = torch.empty(scores.shape, dtype=scores.dtype, device=scores.device)
     if y.numel():
-        _launch(_fwd_kernel, (scores, y), scores.stride(), spec, scores.shape, causal, float(scale), blocks,
+        _launch(_fwd_kernel, (scores, y), scores.stride(), spec, scores.shape, causal, float(scale) * _LOG2E, blocks,
                 ranges)
     return y
 

@@ -9,8 +9,8 @@ and documented in the README's ``masked_softmax`` and ``attention`` sections:
 * ``+inf`` in a kept score, or in an additive mask, makes its row NaN (``inf - inf``), as torch.softmax and HF eager
   attention do. ``-inf`` anywhere counts as masked; a row left with nothing is all zeros.
 * ``scale`` must be a real number finite in fp32 (the kernels' math): a Python or NumPy number or a one-element
-  tensor; 0 gives a uniform distribution over the kept keys, negative scales are fine. ``masked_softmax`` keeps
-  logits above FLT_MAX / log2(e) finite.
+  tensor; 0 gives a uniform distribution over the kept keys, negative scales are fine. Logits (scale x score, plus
+  an additive mask) must stay within FLT_MAX / log2(e) = 2.36e38 in magnitude: the kernels exponentiate in base 2.
 * An additive mask that requires grad is refused while autograd records (no gradient flows to masks).
 * Empty dimensions (B, H, Q or K = 0) return empty results (K = 0: zeros for attention) with zero gradients.
 
@@ -411,23 +411,24 @@ def test_scale_as_numpy_or_one_element_tensor(fn, make, device):
 
 @pytest.mark.parametrize("path", ["single", "chunked"])
 @pytest.mark.parametrize("case", ["scores", "scale", "negative_scale", "additive"])
-def test_ms_logits_past_fp32_max_over_log2e(case, path, device):
-    # finite fp32 logits above FLT_MAX / log2(e) = 2.36e38 (where x * log2(e) overflows) keep torch's softmax: the
-    # kernels scale by log2(e) only after subtracting the row max
+def test_ms_logits_up_to_fp32_max_over_log2e(case, path, device):
+    # the kernels take the exponent in base 2 with the logits in log2 units: every logit up to FLT_MAX / log2(e)
+    # = 2.36e38 in magnitude keeps torch's softmax (the documented limit; beyond it x * log2(e) overflows)
     from hf_masked_softmax.masks import prepare_mask
     from hf_masked_softmax.ops import masked_softmax_op
 
+    big = 2.3e38
     scores, mask, scale = torch.zeros(1, 1, 2, 40), None, 1.0
     if case == "scores":
-        scores[0, 0, :, 5], scores[0, 0, :, 9], scores[0, 0, 1, 30] = 3e38, -3e38, 3.3e38
+        scores[0, 0, :, 5], scores[0, 0, :, 9], scores[0, 0, 1, 30] = big, -big, 2.2e38
     elif case == "scale":
         scores[0, 0, :, 7] = 1.0
-        scale = 3e38
-    elif case == "negative_scale":
-        scores[0, 0, :, 7] = 1.0
-        scale = -3e38
+        scale = big
+    elif case == "negative_scale":  # every kept logit is -2.3e38: a uniform row, not an empty one
+        scores += 1.0
+        scale = -big
     else:
-        mask = torch.zeros(1, 1, 2, 40).index_fill_(3, torch.tensor([11]), 3e38).to(device)
+        mask = torch.zeros(1, 1, 2, 40).index_fill_(3, torch.tensor([11]), big).to(device)
     scores = scores.to(device)
     if path == "single":
         out = masked_softmax(scores, mask, scale=scale)
