@@ -71,6 +71,8 @@
 #                                       # every GPU test
 #   bash evals/gpu_session.sh bench10   # 2026-12-03 (10): masked_softmax's exponent after the max (bench_softmax.py
 #                                       # --quick, alternating with old_tree/), bench_attention.py with dropout 0.1
+#   bash evals/gpu_session.sh final10   # 2026-12-03 (10): after the second audit: the autograd-edge, patch API and
+#                                       # Llama patch tests on CUDA, then every GPU test
 set -uo pipefail
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
 OUT=${OUT:-out}
@@ -413,13 +415,21 @@ case "${1:-}" in
     timeout 330 python -m pytest -q -m gpu -k "not 2_pow_31" -p no:cacheprovider 2>&1 | tee "$OUT/gpu_tests10.log" \
       | grep -E "passed|failed|^FAILED|^ERROR" | cut -c1-200
     ;;
+  final10)
+    timeout 200 python -m pytest -q -p no:cacheprovider tests/test_autograd_edges.py tests/test_patch_api.py \
+      tests/test_patch_llama.py 2>&1 | tee "$OUT/edge_tests10.log" | grep -E "passed|failed|^FAILED|^ERROR" | cut -c1-200
+    timeout 60 python -m pytest -q -p no:cacheprovider tests/test_evals.py -k shows_its_options 2>&1 \
+      | tee "$OUT/help_tests10.log" | grep -E "passed|failed|^FAILED|^ERROR" | cut -c1-200
+    timeout 330 python -m pytest -q -m gpu -k "not 2_pow_31" -p no:cacheprovider 2>&1 | tee "$OUT/gpu_tests10b.log" \
+      | grep -E "passed|failed|^FAILED|^ERROR" | cut -c1-200
+    ;;
   bench10)
     against_old softmax10 100 "^(gpt2_prefill|bert|causal_8192|decode) .*ours" evals/bench_softmax.py --quick
     timeout 100 python evals/bench_attention.py --shapes gpt2-pad-right,bert --dropout 0.1 --out "$OUT/bench_drop" \
       2>&1 | grep -E "^\[|ours |sdpa-(default|efficient|cudnn)|eager " | grep -v "ours+ranges" | cut -c1-110
     ;;
   *)
-    echo "usage: bash evals/gpu_session.sh tests|kernels|e2e|check|followup|recheck|verify|measure|final|stream|last|tune|host|fast|fastcheck|closing|fold|fold2|fold3|e2e3|bert4|bert5|check4|lengths|ncu|bwd|suite|suite2|final6|plans|hostplans|genab|fuzz|bwdplan|trainab|final8|nosync|drop9a|drop9b|drop9d|audit10|bench10" >&2
+    echo "usage: bash evals/gpu_session.sh tests|kernels|e2e|check|followup|recheck|verify|measure|final|stream|last|tune|host|fast|fastcheck|closing|fold|fold2|fold3|e2e3|bert4|bert5|check4|lengths|ncu|bwd|suite|suite2|final6|plans|hostplans|genab|fuzz|bwdplan|trainab|final8|nosync|drop9a|drop9b|drop9d|audit10|bench10|final10" >&2
     exit 2
     ;;
 esac

@@ -21,6 +21,7 @@ profiler) is installed. ``HF_MASKED_SOFTMAX_FAST_LAUNCH=0`` turns it off, ``=1``
 """
 from __future__ import annotations
 
+import functools
 import os
 
 import torch
@@ -31,6 +32,50 @@ import triton
 INTERPRETED = os.environ.get("TRITON_INTERPRET", "0") == "1"
 _CHECKED_VERSIONS = ("3.4", "3.5", "3.6")  # launch path read in each; run on a GPU: 3.6
 _MAX_ENTRIES = 256  # per kernel: a bound in case something varies that should not (cleared when reached)
+
+
+_NO_SECOND = ("hf_masked_softmax's kernels have no second derivative (double backward, create_graph=True); "
+              "hf_masked_softmax.reference has plain-PyTorch versions of both functions")
+
+
+class _FirstOrderGradients(torch.autograd.Function):
+    """Identity on the first ``n`` tensors (gradients), tied to the rest (the inputs they depend on); differentiating
+    through it raises."""
+
+    @staticmethod
+    def forward(ctx, n, *tensors):
+        return tuple(t.clone() for t in tensors[:n])
+
+    @staticmethod
+    def backward(ctx, *grads):
+        raise RuntimeError(_NO_SECOND)
+
+
+def first_order_only(backward):
+    """Decorates an ``autograd.Function.backward`` built on kernels that have no derivative of their own.
+
+    Run with ``create_graph=True``, torch would take such a backward's gradients for constants, so a second derivative
+    through them would silently lack their part (``torch.autograd.function.once_differentiable`` raises only when
+    the incoming gradient requires grad). Here the gradients returned while grad mode is on are tied to the tensors
+    the Function saved (its inputs or output) through a node that raises when anything differentiates through it.
+    """
+    @functools.wraps(backward)
+    def wrapper(ctx, *grad_outputs):
+        with torch.no_grad():
+            grads = backward(ctx, *grad_outputs)
+        if not torch.is_grad_enabled():  # a plain backward: nothing will differentiate these
+            return grads
+        deps = [t for t in ctx.saved_tensors if t is not None and t.requires_grad]
+        present = [i for i, g in enumerate(grads) if g is not None]
+        if not deps or not present:
+            return grads
+        tied = _FirstOrderGradients.apply(len(present), *(grads[i] for i in present), *deps)
+        out = list(grads)
+        for i, g in zip(present, tied):
+            out[i] = g
+        return tuple(out)
+
+    return wrapper
 
 
 def kernels_take(t: torch.Tensor) -> bool:

@@ -61,7 +61,7 @@ import triton
 import triton.language as tl
 
 from ._launch import INTERPRETED as _INTERPRET  # the interpreter gets small blocks: it runs every program in Python
-from ._launch import aligned, bind, fast_launch, remember
+from ._launch import aligned, bind, fast_launch, first_order_only, remember
 
 _LOG2E = 1.4426950408889634
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32)
@@ -1014,15 +1014,20 @@ class AttentionFunction(torch.autograd.Function):
         with _device_of(q):
             out, lse = _forward(q, k, v, kind, mask_t, ranges, threshold, causal, scale, True, signature, drop_thr,
                                 seed)
-        ctx.save_for_backward(q, k, v, out, lse)
-        ctx.mask = (kind, mask_t, ranges, threshold, causal, scale, drop_thr, seed)
+        # the mask too: autograd then refuses a backward after the mask was edited in place (as the operators do),
+        # instead of one that reads the edited mask
+        ctx.save_for_backward(q, k, v, out, lse, mask_t)
+        ctx.mask = (kind, ranges, threshold, causal, scale, drop_thr, seed)
         return out
 
     @staticmethod
+    @first_order_only  # no double backward: a clear error, never gradients taken for constants
     def backward(ctx, do):
-        q, k, v, out, lse = ctx.saved_tensors
+        q, k, v, out, lse, mask_t = ctx.saved_tensors
+        kind, ranges, threshold, causal, scale, drop_thr, seed = ctx.mask
         with _device_of(q):
-            dq, dk, dv = _backward(do, q, k, v, out, lse, *ctx.mask)
+            dq, dk, dv = _backward(do, q, k, v, out, lse, kind, mask_t, ranges, threshold, causal, scale, drop_thr,
+                                   seed)
         return dq, dk, dv, None, None, None, None, None, None, None, None, None
 
 

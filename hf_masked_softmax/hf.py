@@ -33,6 +33,8 @@ passes ``scaling`` to the attention interface; BERT goes through the interface f
 """
 from __future__ import annotations
 
+import weakref
+
 import torch
 import transformers
 from packaging.version import Version
@@ -76,19 +78,40 @@ def _causal_for(module, attention_mask, is_causal) -> bool:
     return bool(is_causal)
 
 
-def _pick_mode(module, kwargs) -> str:
+# mask.data_ptr() -> (weakref to the mask, what "auto" ran on the forward that got it); see _pick_mode. Keyed by
+# storage, not object: reentrant checkpointing hands the recompute detached copies of the layer's tensor arguments.
+_AUTO_BY_MASK: dict = {}
+
+
+def _forget_mask(ref, key):
+    entry = _AUTO_BY_MASK.get(key)
+    if entry is not None and entry[0] is ref:
+        del _AUTO_BY_MASK[key]
+
+
+def _pick_mode(module, kwargs, attention_mask=None) -> str:
     mode = getattr(module, MODE_ATTR, "auto")
     if mode == "auto" and not torch.compiler.is_compiling():
         if torch._C._current_graph_task_id() != -1:
             # A forward inside a backward pass: activation checkpointing recomputing this module. The caller's wish
             # for probabilities is not visible there (GPT-2 passes it only through the output collector, which is
             # not active in the backward), and a recompute must save what the first pass saved (and draw the same
-            # dropout): repeat the mode of this module's last forward.
+            # dropout): repeat the choice of the forward it recomputes. The recompute gets that forward's mask (one
+            # fresh tensor per forward, shared by its layers); without a mask, the module's latest choice.
+            if attention_mask is not None and attention_mask.numel():
+                entry = _AUTO_BY_MASK.get(attention_mask.data_ptr())
+                if entry is not None and entry[0]() is not None:
+                    return entry[1]
             last = module.__dict__.get(AUTO_CHOICE_ATTR)
             if last is not None:
                 return last
         choice = "softmax" if _attention_probabilities_requested(kwargs) else "fused"
         module.__dict__[AUTO_CHOICE_ATTR] = choice
+        if attention_mask is not None and module.training and attention_mask.numel():  # (checkpointing recomputes
+            key = attention_mask.data_ptr()                                            # training forwards only)
+            entry = _AUTO_BY_MASK.get(key)
+            if entry is None or entry[0]() is not attention_mask or entry[1] != choice:
+                _AUTO_BY_MASK[key] = (weakref.ref(attention_mask, lambda ref, key=key: _forget_mask(ref, key)), choice)
         return choice
     wants_probs = _attention_probabilities_requested(kwargs)
     if mode == "auto":
@@ -129,7 +152,7 @@ def _attention_forward(
     if scaling is None:
         scaling = query.shape[-1] ** -0.5
     causal = _causal_for(module, attention_mask, is_causal)
-    mode = _pick_mode(module, kwargs)
+    mode = _pick_mode(module, kwargs, attention_mask)
 
     if mode == "fused":
         out = attention(query, key, value, attention_mask, causal=causal, scale=scaling, dropout_p=float(dropout))
@@ -183,7 +206,8 @@ def _mask_function(
     if plain and aligned:
         if attention_mask is None:
             return None
-        pad = attention_mask[:, kv_offset: kv_offset + kv_length].to(torch.bool)
+        # always a new tensor (a bool mask's slice would share the caller's memory): one per forward, see _pick_mode
+        pad = attention_mask[:, kv_offset: kv_offset + kv_length].to(torch.bool, copy=True)
         if pad.shape[-1] < kv_length:
             pad = torch.nn.functional.pad(pad, (0, kv_length - pad.shape[-1]), value=False)
         # Returned even when nothing is padded: asking (``bool(pad.all())``) would copy a flag from the GPU and so

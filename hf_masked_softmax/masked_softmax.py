@@ -52,7 +52,7 @@ import triton.language as tl
 from . import masks as _masks
 from ._launch import aligned as _aligned
 from ._launch import bind as _bind
-from ._launch import fast_launch, kernels_take
+from ._launch import fast_launch, first_order_only, kernels_take
 from ._launch import remember as _remember
 from .attention import _next_pow2, _sm_count  # host helpers shared by both kernels' launchers
 from . import ops as _ops
@@ -491,6 +491,7 @@ class MaskedSoftmaxFunction(torch.autograd.Function):
         return y
 
     @staticmethod
+    @first_order_only  # no double backward: a clear error, never gradients taken for constants
     def backward(ctx, dy):
         (y,) = ctx.saved_tensors
         with _ops.on_device(y):

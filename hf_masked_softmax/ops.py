@@ -64,11 +64,40 @@ def _dispatch_modes_active() -> bool:
         return True
 
 
+def _transforms_active() -> bool:
+    """Whether a torch.func transform (vmap, grad, jvp) or forward-mode AD is active: their tensors look like plain
+    ones but have no storage or carry tangents, which the launchers would lose; the custom operators either run them
+    or raise torch's own error for an operator without a batching or forward-AD rule."""
+    try:
+        return (torch._C._functorch.peek_interpreter_stack() is not None
+                or torch.autograd.forward_ad._current_level >= 0)
+    except AttributeError:  # private API: when in doubt, dispatch
+        return True
+
+
+def _refuse_forward_ad(tensors) -> None:
+    """NotImplementedError under torch.func.jvp, or when an input carries a forward-mode tangent: the operators have
+    no forward-mode formula, and torch would otherwise treat their outputs as constants (a zero tangent, silently)."""
+    from torch._C._functorch import TransformType
+    from torch._functorch.pyfunctorch import retrieve_all_functorch_interpreters
+
+    forward = any(i.key() == TransformType.Jvp for i in retrieve_all_functorch_interpreters())
+    if not forward and torch.autograd.forward_ad._current_level >= 0:
+        forward = any(torch.autograd.forward_ad.unpack_dual(t).tangent is not None for t in tensors)
+    if forward:
+        raise NotImplementedError(
+            "hf_masked_softmax has no forward-mode derivative (torch.func.jvp, torch.autograd.forward_ad): the tangent "
+            "would be lost. Use reverse mode (backward, torch.autograd.grad), or hf_masked_softmax.reference's "
+            "plain-PyTorch functions"
+        )
+
+
 def call_path(*tensors: torch.Tensor) -> str:
     """How a public call reaches the kernels:
 
     * ``"op"``: the custom operator, while torch.compile traces (the graph keeps one node, autograd included), and for
-      tensor subclasses or under dispatch modes (fake tensors, functionalization);
+      tensor subclasses, under dispatch modes (fake tensors, functionalization) and under torch.func transforms or
+      forward-mode AD;
     * ``"function"``: eager calls that autograd must record, through a plain ``torch.autograd.Function``;
     * ``"direct"``: eager inference, straight to the launcher.
 
@@ -80,6 +109,10 @@ def call_path(*tensors: torch.Tensor) -> str:
         if type(t) is not torch.Tensor:
             return "op"
     if _dispatch_modes_active():
+        return "op"
+    if _transforms_active():
+        if kernels_take(tensors[0]):  # the plain-PyTorch reference path has every derivative
+            _refuse_forward_ad(tensors)
         return "op"
     if torch.is_grad_enabled():
         for t in tensors:
@@ -306,6 +339,17 @@ def _eager(path, q, k, v, kind, mask_t, ranges, threshold, causal, scale, signat
                                          seed)
 
 
+_AUTOCAST_DEVICES = ("cuda", "cpu")  # where the kernels run (asking torch about other device types can raise)
+
+
+def _autocast_inputs(q, k, v):
+    """Under ``torch.autocast``, as SDPA there: floating q, k, v in the autocast dtype (a Llama layer under bf16
+    autocast has fp32 queries and keys after its rotary embedding, and bf16 values)."""
+    dt = torch.get_autocast_dtype(q.device.type)
+    half = (torch.float32, torch.float16, torch.bfloat16)  # autocast leaves float64 alone (here: a TypeError later)
+    return tuple(t.to(dt) if isinstance(t, torch.Tensor) and t.dtype in half else t for t in (q, k, v))
+
+
 def attention(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -317,6 +361,8 @@ def attention(
     dropout_p: float = 0.0,
 ) -> torch.Tensor:
     """:func:`hf_masked_softmax.attention` through the custom operator (same arguments, same contract)."""
+    if type(q) is torch.Tensor and q.device.type in _AUTOCAST_DEVICES and torch.is_autocast_enabled(q.device.type):
+        q, k, v = _autocast_inputs(q, k, v)
     path = call_path(q, k, v)
     sig = None
     if path != "op":  # eager: a signature validated before skips the checks (a model calls one per layer)
@@ -352,3 +398,8 @@ def attention(
     seed = _new_seed(q.device) if drop_thr else None
     out, _ = attention_op(q, k, v, attention_mask, spec.kind, threshold, bool(causal), scale, drop_thr, seed)
     return out
+
+
+# The public ``hf_masked_softmax.attention`` calls this function; bound here, once, rather than looked up on its first
+# call (a binding that changes on the first call would make torch.compile guard on it and compile twice).
+_attn._ops_attention = attention

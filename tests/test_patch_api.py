@@ -256,3 +256,29 @@ def test_auto_mode_with_probabilities_under_gradient_checkpointing(reentrant, de
     for name in ref:
         torch.testing.assert_close(out[name], ref[name], atol=1e-6, rtol=1e-5, msg=name)
     assert not any(k.startswith("_hf_masked_softmax") for m in model.modules() for k in m.__dict__)
+
+
+@pytest.mark.parametrize("reentrant", [False, True])
+def test_auto_mode_checkpointing_with_two_forwards_before_one_backward(reentrant, device):
+    # one forward asks for probabilities (softmax mode), the next does not (fused): each recompute repeats its own
+    # forward's choice, found by that forward's mask (reentrant checkpointing hands over detached copies of it)
+    model = lm(device, gpt2_config(attn_pdrop=0.3)).train()
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": reentrant})
+    ids, mask = padded_batch(device, side="left")
+
+    def grads():
+        model.zero_grad()
+        torch.manual_seed(1)
+        loss = model(ids, attention_mask=mask, output_attentions=True).logits[mask.bool()].pow(2).mean()
+        loss = loss + model(ids, attention_mask=mask).logits[mask.bool()].pow(2).mean()
+        loss.backward()
+        return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    with patched(model):
+        model.gradient_checkpointing_disable()
+        ref = grads()  # the same patched model without checkpointing: same kernels, same dropout draws
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": reentrant})
+        out = grads()
+    assert ref.keys() == out.keys() and len(ref) > 10
+    for name in ref:
+        torch.testing.assert_close(out[name], ref[name], atol=1e-6, rtol=1e-5, msg=name)

@@ -171,3 +171,25 @@ def test_unpatch_restores_bit_identical(device):
     model(ids, attention_mask=mask)
     unpatch_model(model)
     assert torch.equal(model(ids, attention_mask=mask).logits, before)
+
+
+@pytest.mark.parametrize("mode", ["auto", "fused", "softmax"])
+def test_autocast_bf16_matches_sdpa(device, mode):
+    # under bf16 autocast a Llama layer hands attention fp32 queries and keys (the rotary embedding multiplies by fp32
+    # cos / sin) and bf16 values; eager and SDPA run, and so must every mode (the fused kernel in bf16, as SDPA)
+    model = decoder("llama", device)
+    ids, mask = left_padded(device)
+    valid = mask.bool()
+    dev = torch.device(device).type
+
+    def run(m):
+        with torch.autocast(device_type=dev, dtype=torch.bfloat16):
+            return m(ids, attention_mask=mask).logits.float()
+
+    model.set_attn_implementation("sdpa")
+    ref = run(model)
+    model.set_attn_implementation("eager")
+    with patched(model, mode=mode):
+        out = run(model)
+    assert torch.isfinite(out[valid]).all()
+    torch.testing.assert_close(out[valid], ref[valid], atol=0.05, rtol=0.05)
