@@ -66,8 +66,9 @@ def _dispatch_modes_active() -> bool:
 
 def _transforms_active() -> bool:
     """Whether a torch.func transform (vmap, grad, jvp) or forward-mode AD is active: their tensors look like plain
-    ones but have no storage or carry tangents, which the launchers would lose; the custom operators either run them
-    or raise torch's own error for an operator without a batching or forward-AD rule."""
+    ones but have no storage or carry tangents, which the launchers would lose. The custom operators run under vmap
+    (torch's per-sample fallback), torch raises its own error for them under torch.func.grad, and forward mode is
+    refused (``_refuse_forward_ad``)."""
     try:
         return (torch._C._functorch.peek_interpreter_stack() is not None
                 or torch.autograd.forward_ad._current_level >= 0)
