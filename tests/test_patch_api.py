@@ -79,12 +79,18 @@ def test_bad_arguments(device):
     assert model.config._attn_implementation == "eager"
 
 
-def test_unpatch_restores_bit_identical(device):
+def _softmax_patched_lm(device):
+    """A GPT-2 patched in softmax mode, its original config, a left-padded batch and its logits before patching."""
     model = lm(device)
     config = model.config
     ids, mask = padded_batch(device, side="left")
     before = model(ids, attention_mask=mask).logits
     patch_model(model, mode="softmax")
+    return model, config, ids, mask, before
+
+
+def test_unpatch_restores_bit_identical(device):
+    model, config, ids, mask, before = _softmax_patched_lm(device)
     assert model.config is not config and model.config._attn_implementation == hf.NAME
     patched_logits = model(ids, attention_mask=mask).logits
     unpatch_model(model)
@@ -211,11 +217,7 @@ def test_changes_made_elsewhere_to_a_shared_config_survive_unpatch(device):
 
 
 def test_patching_part_of_a_patched_model_is_refused(device):
-    model = lm(device)
-    config = model.config
-    ids, mask = padded_batch(device, side="left")
-    before = model(ids, attention_mask=mask).logits
-    patch_model(model, mode="softmax")
+    model, config, ids, mask, before = _softmax_patched_lm(device)
     with pytest.raises(ValueError, match="part of a model already patched"):
         patch_model(model.transformer, mode="fused")
     with pytest.raises(ValueError, match="part of a model already patched"):
@@ -232,29 +234,42 @@ def test_patching_part_of_a_patched_model_is_refused(device):
     assert not any(k.startswith("_hf_masked_softmax") for m in model.modules() for k in m.__dict__)
 
 
+def _checkpointed_gpt2(device, reentrant):
+    """A GPT-2 in training with attention dropout 0.3 and gradient checkpointing, and a left-padded batch."""
+    model = lm(device, gpt2_config(attn_pdrop=0.3)).train()
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": reentrant})
+    return (model, *padded_batch(device, side="left"))
+
+
+def _param_grads(model, loss_fn):
+    model.zero_grad()
+    torch.manual_seed(1)
+    loss_fn().backward()
+    return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+def _assert_same_grads(out, ref):
+    assert ref.keys() == out.keys() and len(ref) > 10
+    for name in ref:
+        torch.testing.assert_close(out[name], ref[name], atol=1e-6, rtol=1e-5, msg=name)
+
+
 @pytest.mark.parametrize("reentrant", [False, True])
 def test_auto_mode_with_probabilities_under_gradient_checkpointing(reentrant, device):
     # GPT-2 passes output_attentions to its attention only through the output collector, which the backward pass's
     # recompute runs without: the recompute must repeat the forward's choice (softmax mode), saving the same tensors
     # and drawing the same dropout, or checkpointing fails (non-reentrant) or the gradients are wrong (reentrant)
-    model = lm(device, gpt2_config(attn_pdrop=0.3)).train()
-    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": reentrant})
-    ids, mask = padded_batch(device, side="left")
+    model, ids, mask = _checkpointed_gpt2(device, reentrant)
 
-    def grads():
-        model.zero_grad()
-        torch.manual_seed(1)
+    def loss():
         out = model(ids, attention_mask=mask, output_attentions=True)
         assert len(out.attentions) == 2 and out.attentions[0] is not None
-        out.logits[mask.bool()].pow(2).mean().backward()
-        return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        return out.logits[mask.bool()].pow(2).mean()
 
-    ref = grads()
+    ref = _param_grads(model, loss)
     with patched(model):
-        out = grads()
-    assert ref.keys() == out.keys() and len(ref) > 10
-    for name in ref:
-        torch.testing.assert_close(out[name], ref[name], atol=1e-6, rtol=1e-5, msg=name)
+        out = _param_grads(model, loss)
+    _assert_same_grads(out, ref)
     assert not any(k.startswith("_hf_masked_softmax") for m in model.modules() for k in m.__dict__)
 
 
@@ -262,23 +277,15 @@ def test_auto_mode_with_probabilities_under_gradient_checkpointing(reentrant, de
 def test_auto_mode_checkpointing_with_two_forwards_before_one_backward(reentrant, device):
     # one forward asks for probabilities (softmax mode), the next does not (fused): each recompute repeats its own
     # forward's choice, found by that forward's mask (reentrant checkpointing hands over detached copies of it)
-    model = lm(device, gpt2_config(attn_pdrop=0.3)).train()
-    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": reentrant})
-    ids, mask = padded_batch(device, side="left")
+    model, ids, mask = _checkpointed_gpt2(device, reentrant)
 
-    def grads():
-        model.zero_grad()
-        torch.manual_seed(1)
-        loss = model(ids, attention_mask=mask, output_attentions=True).logits[mask.bool()].pow(2).mean()
-        loss = loss + model(ids, attention_mask=mask).logits[mask.bool()].pow(2).mean()
-        loss.backward()
-        return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    def loss():
+        first = model(ids, attention_mask=mask, output_attentions=True).logits[mask.bool()].pow(2).mean()
+        return first + model(ids, attention_mask=mask).logits[mask.bool()].pow(2).mean()
 
     with patched(model):
         model.gradient_checkpointing_disable()
-        ref = grads()  # the same patched model without checkpointing: same kernels, same dropout draws
+        ref = _param_grads(model, loss)  # the same patched model without checkpointing: same kernels, same dropout
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": reentrant})
-        out = grads()
-    assert ref.keys() == out.keys() and len(ref) > 10
-    for name in ref:
-        torch.testing.assert_close(out[name], ref[name], atol=1e-6, rtol=1e-5, msg=name)
+        out = _param_grads(model, loss)
+    _assert_same_grads(out, ref)
