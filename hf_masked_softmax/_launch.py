@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import functools
 import os
+import weakref
 
 import torch
 import triton
@@ -203,6 +204,18 @@ def remember(cache: dict, key, value, limit: int) -> None:
     if len(cache) >= limit:
         cache.clear()
     cache[key] = value
+
+
+def weak_entry(table: dict, key, obj, *values) -> None:
+    """``table[key] = (weakref to obj, *values)``; the entry leaves the table when ``obj`` is freed (unless another
+    replaced it meanwhile). For tables keyed by a tensor's identity or storage: tensors compare elementwise, so a
+    WeakKeyDictionary would not do."""
+    def forget(ref):
+        entry = table.get(key)
+        if entry is not None and entry[0] is ref:
+            del table[key]
+
+    table[key] = (weakref.ref(obj, forget), *values)
 
 
 def aligned(*tensors) -> bool:

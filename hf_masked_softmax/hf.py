@@ -33,8 +33,6 @@ passes ``scaling`` to the attention interface; BERT goes through the interface f
 """
 from __future__ import annotations
 
-import weakref
-
 import torch
 import transformers
 from packaging.version import Version
@@ -44,6 +42,7 @@ from transformers.utils import output_capturing
 from transformers.utils.import_utils import is_tracing
 
 from . import masks as _masks
+from ._launch import weak_entry
 from .masked_softmax import masked_softmax
 from .ops import attention  # the custom-operator entry of hf_masked_softmax.attention
 
@@ -83,45 +82,40 @@ def _causal_for(module, attention_mask, is_causal) -> bool:
 _AUTO_BY_MASK: dict = {}
 
 
-def _forget_mask(ref, key):
-    entry = _AUTO_BY_MASK.get(key)
-    if entry is not None and entry[0] is ref:
-        del _AUTO_BY_MASK[key]
-
-
 def _pick_mode(module, kwargs, attention_mask=None) -> str:
     mode = getattr(module, MODE_ATTR, "auto")
-    if mode == "auto" and not torch.compiler.is_compiling():
-        if torch._C._current_graph_task_id() != -1:
-            # A forward inside a backward pass: activation checkpointing recomputing this module. The caller's wish
-            # for probabilities is not visible there (GPT-2 passes it only through the output collector, which is
-            # not active in the backward), and a recompute must save what the first pass saved (and draw the same
-            # dropout): repeat the choice of the forward it recomputes. The recompute gets that forward's mask (one
-            # fresh tensor per forward, shared by its layers); without a mask, the module's latest choice.
-            if attention_mask is not None and attention_mask.numel():
-                entry = _AUTO_BY_MASK.get(attention_mask.data_ptr())
-                if entry is not None and entry[0]() is not None:
-                    return entry[1]
-            last = module.__dict__.get(AUTO_CHOICE_ATTR)
-            if last is not None:
-                return last
-        choice = "softmax" if _attention_probabilities_requested(kwargs) else "fused"
-        module.__dict__[AUTO_CHOICE_ATTR] = choice
-        if attention_mask is not None and module.training and attention_mask.numel():  # (checkpointing recomputes
-            key = attention_mask.data_ptr()                                            # training forwards only)
-            entry = _AUTO_BY_MASK.get(key)
-            if entry is None or entry[0]() is not attention_mask or entry[1] != choice:
-                _AUTO_BY_MASK[key] = (weakref.ref(attention_mask, lambda ref, key=key: _forget_mask(ref, key)), choice)
-        return choice
-    wants_probs = _attention_probabilities_requested(kwargs)
-    if mode == "auto":
-        return "softmax" if wants_probs else "fused"
-    if mode == "fused" and wants_probs:
-        raise ValueError(
-            "patch mode 'fused' cannot provide attention probabilities (output_attentions=True): the fused kernel "
-            "never materialises them. Patch with mode='auto' (switches to 'softmax' for such calls) or mode='softmax'."
-        )
-    return mode
+    if mode != "auto":
+        if mode == "fused" and _attention_probabilities_requested(kwargs):
+            raise ValueError(
+                "patch mode 'fused' cannot provide attention probabilities (output_attentions=True): the fused kernel "
+                "never materialises them. Patch with mode='auto' (switches to 'softmax' for such calls) or "
+                "mode='softmax'."
+            )
+        return mode
+    if torch.compiler.is_compiling():  # (no recompute bookkeeping in a traced graph)
+        return "softmax" if _attention_probabilities_requested(kwargs) else "fused"
+    if torch._C._current_graph_task_id() != -1:
+        # A forward inside a backward pass: activation checkpointing recomputing this module. The caller's wish for
+        # probabilities is not visible there (GPT-2 passes it only through the output collector, which is not active
+        # in the backward), and a recompute must save what the first pass saved (and draw the same dropout): repeat
+        # the choice of the forward it recomputes. The recompute gets that forward's mask (one fresh tensor per
+        # forward, shared by its layers); without a mask, the module's latest choice.
+        if attention_mask is not None and attention_mask.numel():
+            entry = _AUTO_BY_MASK.get(attention_mask.data_ptr())
+            if entry is not None and entry[0]() is not None:
+                return entry[1]
+        last = module.__dict__.get(AUTO_CHOICE_ATTR)
+        if last is not None:
+            return last
+    choice = "softmax" if _attention_probabilities_requested(kwargs) else "fused"
+    module.__dict__[AUTO_CHOICE_ATTR] = choice
+    # checkpointing recomputes training forwards only
+    if attention_mask is not None and module.training and attention_mask.numel():
+        key = attention_mask.data_ptr()
+        entry = _AUTO_BY_MASK.get(key)
+        if entry is None or entry[0]() is not attention_mask or entry[1] != choice:
+            weak_entry(_AUTO_BY_MASK, key, attention_mask, choice)
+    return choice
 
 
 def _check_unsupported_features(kwargs) -> None:

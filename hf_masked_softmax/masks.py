@@ -15,7 +15,6 @@ sequences with holes.
 """
 from __future__ import annotations
 
-import weakref
 from dataclasses import dataclass
 from typing import Optional
 
@@ -23,7 +22,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._launch import fast_launch
+from ._launch import fast_launch, weak_entry
 
 NONE, PAD2D, BOOL4D, ADD4D = 0, 1, 2, 3
 KIND_NAMES = {NONE: "none", PAD2D: "2d-padding", BOOL4D: "4d-bool", ADD4D: "4d-additive"}
@@ -150,16 +149,10 @@ def _pad_ranges_kernel(mask_ptr, ranges_ptr, stride_mb, stride_mk, K_LEN, BLOCK:
     tl.store(ranges_ptr + b * 4 + 2, holes.to(tl.int32))
 
 
-# id(mask) -> (weakref to mask, version, ranges). Keyed by identity: tensors compare elementwise, so a
-# WeakKeyDictionary would not do.
+# id(mask) -> (weakref to mask, version, ranges), see _launch.weak_entry
 RANGE_CACHE: dict = {}
-# id(mask) -> weakref: the masks whose ranges may be cached (see ``share_ranges``)
+# id(mask) -> (weakref to mask,): the masks whose ranges may be cached (see ``share_ranges``)
 _SHARED: dict = {}
-
-
-def _forget_shared(ref, key):
-    if _SHARED.get(key) is ref:
-        del _SHARED[key]
 
 
 def share_ranges(mask: torch.Tensor) -> torch.Tensor:
@@ -170,15 +163,8 @@ def share_ranges(mask: torch.Tensor) -> torch.Tensor:
     change a tensor without bumping the version counter the cache checks (through ``.data``, or through the NumPy
     array ``torch.from_numpy`` shares memory with).
     """
-    key = id(mask)
-    _SHARED[key] = weakref.ref(mask, lambda ref, key=key: _forget_shared(ref, key))
+    weak_entry(_SHARED, id(mask), mask)
     return mask
-
-
-def _forget_ranges(ref, key):
-    entry = RANGE_CACHE.get(key)
-    if entry is not None and entry[0] is ref:
-        del RANGE_CACHE[key]
 
 
 def pad_ranges(mask: torch.Tensor, cache_key: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -192,7 +178,7 @@ def pad_ranges(mask: torch.Tensor, cache_key: Optional[torch.Tensor] = None) -> 
     version = None
     if cache_key is not None:
         shared = _SHARED.get(id(cache_key))
-        if shared is None or shared() is not cache_key:
+        if shared is None or shared[0]() is not cache_key:
             cache_key = None
     if cache_key is not None and mask.is_cuda and torch.cuda.is_current_stream_capturing():
         # record the ranges kernel in the graph: a replay after an in-place update of the mask must not read ranges
@@ -213,7 +199,7 @@ def pad_ranges(mask: torch.Tensor, cache_key: Optional[torch.Tensor] = None) -> 
     block = 1 << (max(K, 16) - 1).bit_length()  # plain Python: triton.next_power_of_2 costs microseconds here
     _pad_ranges_kernel[(B,)](mask, ranges, mask.stride(0), mask.stride(1), K, BLOCK=min(1024, block))
     if version is not None:
-        RANGE_CACHE[key] = (weakref.ref(cache_key, lambda ref, key=key: _forget_ranges(ref, key)), version, ranges)
+        weak_entry(RANGE_CACHE, key, cache_key, version, ranges)
     return ranges
 
 
