@@ -73,6 +73,8 @@
 #                                       # --quick, alternating with old_tree/), bench_attention.py with dropout 0.1
 #   bash evals/gpu_session.sh final10   # 2026-12-03 (10): after the second audit: the autograd-edge, patch API and
 #                                       # Llama patch tests on CUDA, then every GPU test
+#   bash evals/gpu_session.sh ws11      # 2026-12-03 (11): warp specialisation probe (evals/probe_ws.py), host cost
+#                                       # per call against old_tree/ (1cf8964, before the tenth session's checks)
 set -uo pipefail
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
 OUT=${OUT:-out}
@@ -428,8 +430,14 @@ case "${1:-}" in
     timeout 100 python evals/bench_attention.py --shapes gpt2-pad-right,bert --dropout 0.1 --out "$OUT/bench_drop" \
       2>&1 | grep -E "^\[|ours |sdpa-(default|efficient|cudnn)|eager " | grep -v "ours+ranges" | cut -c1-110
     ;;
+  ws11)
+    # Triton's warp specialisation on a small padded forward (evals/probe_ws.py), then the host cost per call of this
+    # tree against old_tree/ (the tenth session's first commit, 1cf8964: before its per-call checks)
+    timeout 260 python evals/probe_ws.py --out "$OUT" 2>&1 | tee "$OUT/probe_ws.log" | cut -c1-160
+    against_old host11 70 "attention|masked_softmax|GPT-2 layer|sdpa|empty" evals/bench_host.py --no-profile
+    ;;
   *)
-    echo "usage: bash evals/gpu_session.sh tests|kernels|e2e|check|followup|recheck|verify|measure|final|stream|last|tune|host|fast|fastcheck|closing|fold|fold2|fold3|e2e3|bert4|bert5|check4|lengths|ncu|bwd|suite|suite2|final6|plans|hostplans|genab|fuzz|bwdplan|trainab|final8|nosync|drop9a|drop9b|drop9d|audit10|bench10|final10" >&2
+    echo "usage: bash evals/gpu_session.sh tests|kernels|e2e|check|followup|recheck|verify|measure|final|stream|last|tune|host|fast|fastcheck|closing|fold|fold2|fold3|e2e3|bert4|bert5|check4|lengths|ncu|bwd|suite|suite2|final6|plans|hostplans|genab|fuzz|bwdplan|trainab|final8|nosync|drop9a|drop9b|drop9d|audit10|bench10|final10|ws11" >&2
     exit 2
     ;;
 esac
