@@ -11,8 +11,12 @@ work, while the Python and launch code around it takes far longer. This script m
    patch mode.
 2. ``cProfile`` of one short GPT-2 ``generate()`` per implementation (eager, sdpa, softmax, fused): the top functions by
    own time are written to ``OUT/generate_profile_<impl>.txt``.
+3. ``--python-only``: the library's own Python per call, with the kernel launchers replaced by stubs that return
+   ready-made outputs. Microseconds per call and, independent of the host's speed, the number of Python and C function
+   calls per call (``sys.setprofile``). Runs on a CPU too, under ``TRITON_INTERPRET=1`` (where CPU tensors take the
+   kernels' path). Point ``PYTHONPATH`` at another checkout to compare two versions of the library.
 
-    python evals/bench_host.py [--out DIR] [--no-profile]
+    python evals/bench_host.py [--out DIR] [--no-profile | --attention-profile | --python-only]
 """
 from __future__ import annotations
 
@@ -218,6 +222,73 @@ def profile_attention(out_dir, dev) -> list[dict]:
     return rows
 
 
+def _calls_per_call(fn) -> tuple[int, int]:
+    """(Python function calls, C function calls) that one call of ``fn`` makes, after a first call."""
+    fn()
+    counts = [0, 0]
+
+    def profiler(frame, event, arg):
+        if event == "call":
+            counts[0] += 1
+        elif event == "c_call":
+            counts[1] += 1
+
+    sys.setprofile(profiler)
+    try:
+        fn()
+    finally:
+        sys.setprofile(None)
+    return counts[0] - 1, counts[1]  # less the profiler's own exit from setprofile
+
+
+def python_cost(dev) -> list[dict]:
+    """Host cost of the library's Python on the decode-step shape of ``micro``, kernels stubbed out (see the module
+    docstring, item 3)."""
+    import importlib
+
+    import hf_masked_softmax as hms
+    from hf_masked_softmax import hf, masks
+
+    ms_mod = importlib.import_module("hf_masked_softmax.masked_softmax")
+    attn_mod = importlib.import_module("hf_masked_softmax.attention")
+    B, H, K, D = 8, 12, 192, 64
+    dt = torch.float16 if dev == "cuda" else torch.float32  # CPU matmuls in fp16 would dwarf the Python measured
+    g = torch.Generator().manual_seed(0)
+    q = torch.randn(B, H, 1, D, generator=g).to(dev, dt)
+    k = torch.randn(B, H, K, D, generator=g).to(dev, dt)
+    v = torch.randn_like(k)
+    scores = torch.randn(B, H, 1, K, generator=g).to(dev, dt)
+    pad = (torch.arange(K)[None] >= torch.randint(0, K // 2, (B, 1), generator=g)).to(dev)
+    if hasattr(masks, "share_ranges"):  # as a patched model's layers share it (older versions cache by object)
+        masks.share_ranges(pad)
+    probs, out, ranges = torch.empty_like(scores), torch.empty_like(q), torch.zeros(B, 4, dtype=torch.int32, device=dev)
+    module = torch.nn.Module().eval()
+    module.is_causal = True
+    calls = {
+        "masked_softmax, no mask": lambda: hms.masked_softmax(scores, causal=True, scale=0.125),
+        "masked_softmax, 2D mask": lambda: hms.masked_softmax(scores, pad, causal=True, scale=0.125),
+        "attention, no mask": lambda: hms.attention(q, k, v, causal=True),
+        "attention, 2D mask": lambda: hms.attention(q, k, v, pad, causal=True),
+    }
+    for mode in ("softmax", "fused"):
+        calls[f"GPT-2 layer attention, patched {mode}"] = (
+            lambda mode=mode: (setattr(module, hf.MODE_ATTR, mode),
+                               hf.attention_forward(module, q, k, v, pad, scaling=0.125)))
+    saved = (ms_mod._forward, attn_mod._forward, masks.pad_ranges)
+    ms_mod._forward = lambda *a, **kw: probs
+    attn_mod._forward = lambda *a, **kw: (out, None)
+    masks.pad_ranges = lambda *a, **kw: ranges
+    rows = []
+    try:
+        with torch.no_grad():
+            for what, fn in calls.items():
+                py, c = _calls_per_call(fn)
+                rows.append({"what": what, "us_per_call": us_per_call(fn), "python_calls": py, "c_calls": c})
+    finally:
+        ms_mod._forward, attn_mod._forward, masks.pad_ranges = saved
+    return rows
+
+
 def _write_profile(prof, path, header: str = "", cumulative: int = 0):
     """The top 30 functions by own time (and the top ``cumulative`` by cumulative time) of a cProfile run."""
     s = io.StringIO()
@@ -235,15 +306,29 @@ def main(argv=None):
     ap.add_argument("--no-profile", action="store_true")
     ap.add_argument("--attention-profile", action="store_true",
                     help="only cProfile the fused attention's forward (decode) and backward (BERT shape) calls")
+    ap.add_argument("--python-only", action="store_true",
+                    help="the library's Python alone, kernels stubbed: us and function calls per call (CPU too)")
     ap.add_argument("--smoke", action="store_true", help="CPU smoke run (TRITON_INTERPRET=1): tiny model; not timings")
     args = ap.parse_args(argv)
-    if not torch.cuda.is_available() and not args.smoke:
-        sys.exit("bench_host.py needs a CUDA device (or --smoke with TRITON_INTERPRET=1)")
+    if args.python_only and args.attention_profile:
+        ap.error("--python-only and --attention-profile are separate runs")
+    interpreted = os.environ.get("TRITON_INTERPRET") == "1"
+    if not torch.cuda.is_available() and not (args.smoke or (args.python_only and interpreted)):
+        sys.exit("bench_host.py needs a CUDA device (or TRITON_INTERPRET=1 with --smoke or --python-only)")
     dev = "cuda" if torch.cuda.is_available() else "cpu"
+    global N_CALLS
     if args.smoke:
-        global N_CALLS
         N_CALLS = 2
     out_dir = benchutil.out_dir(args.out)
+    if args.python_only:
+        N_CALLS = 2 if args.smoke else 3000
+        import hf_masked_softmax
+
+        print(f"library: {os.path.dirname(hf_masked_softmax.__file__)}")
+        rows = python_cost(dev)
+        benchutil.print_table(rows, ["what", "us_per_call", "python_calls", "c_calls"])
+        benchutil.write_json(out_dir / "bench_host_python.json", {"env": benchutil.environment(), "python_only": rows})
+        return
     if args.attention_profile:
         rows = profile_attention(out_dir, dev)
         benchutil.print_table(rows, ["what", "us_per_call"])

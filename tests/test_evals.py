@@ -250,6 +250,29 @@ def test_speed_script_smoke(tmp_path):
         assert "device_ms" not in r
 
 
+@pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1", reason="the CPU run needs the interpreter's path")
+def test_bench_host_python_only_counts_calls_and_restores_the_launchers(tmp_path):
+    """Not a timing test: every row counts the calls of a stubbed call, and the real launchers are back afterwards."""
+    import bench_host
+    import torch
+
+    import hf_masked_softmax as hms
+    from hf_masked_softmax import reference
+
+    bench_host.main(["--python-only", "--smoke", "--out", str(tmp_path)])
+    rows = _read(tmp_path / "bench_host_python.json")["python_only"]
+    assert [r["what"] for r in rows] == ["masked_softmax, no mask", "masked_softmax, 2D mask", "attention, no mask",
+                                         "attention, 2D mask", "GPT-2 layer attention, patched softmax",
+                                         "GPT-2 layer attention, patched fused"]
+    assert all(r["python_calls"] > 3 and r["c_calls"] > 0 and r["us_per_call"] > 0 for r in rows)
+    # a layer call does at least what the bare call inside it does
+    assert rows[5]["python_calls"] > rows[3]["python_calls"]
+    x = torch.randn(2, 2, 3, 5)
+    pad = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]])
+    want = reference.masked_softmax_reference(x.double(), pad, causal=True).float()
+    torch.testing.assert_close(hms.masked_softmax(x, pad, causal=True), want, rtol=1e-5, atol=1e-6)
+
+
 SCRIPTS = sorted(f for f in os.listdir(EVALS) if f.endswith(".py") and not f.startswith("_") and f != "benchutil.py")
 
 
