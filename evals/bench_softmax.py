@@ -281,9 +281,20 @@ def main(argv=None):
                     help="--tune: only these block_m/chunk/warps settings, e.g. '1/1024/2,8/256/4'")
     args = ap.parse_args(argv)
     if args.tune:
+        named = [s[0] for s in SHAPES]
+        unknown = [s for s in (args.tune_shapes or "").split(",") if s and s not in named]
+        if unknown:
+            ap.error(f"unknown --tune-shapes {unknown}; choose from {named}")
         only_cfg = None
         if args.tune_configs:
-            only_cfg = {tuple(int(x) for x in c.split("/")) for c in args.tune_configs.split(",") if c}
+            try:
+                only_cfg = {tuple(int(x) for x in c.split("/")) for c in args.tune_configs.split(",") if c}
+            except ValueError:
+                ap.error(f"--tune-configs wants block_m/chunk/warps settings such as 1/1024/2, got {args.tune_configs!r}")
+            if any(len(c) != 3 for c in only_cfg):
+                ap.error(f"--tune-configs wants three numbers per setting (block_m/chunk/warps), got {args.tune_configs!r}")
+        if not torch.cuda.is_available():
+            sys.exit("bench_softmax.py needs a CUDA GPU")
         return tune(getattr(torch, args.dtype), args.tune_shapes.split(",") if args.tune_shapes else None,
                     (False, True) if args.tune_stream else (False,), only_cfg)
     if not torch.cuda.is_available():

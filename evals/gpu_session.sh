@@ -75,6 +75,9 @@
 #                                       # Llama patch tests on CUDA, then every GPU test
 #   bash evals/gpu_session.sh ws11      # 2026-12-03 (11): warp specialisation probe (evals/probe_ws.py), host cost
 #                                       # per call against old_tree/ (1cf8964, before the tenth session's checks)
+#   bash evals/gpu_session.sh audit11   # 2026-12-03 (11): the eighth session's failing random case, the third
+#                                       # audit's fixes' tests on CUDA, every GPU test (-s: patched-model errors)
+#   bash evals/gpu_session.sh fuzz11    # 2026-12-03 (11): the quick self-test and 200 random cases (seed 8)
 set -uo pipefail
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
 OUT=${OUT:-out}
@@ -436,8 +439,23 @@ case "${1:-}" in
     timeout 260 python evals/probe_ws.py --out "$OUT" 2>&1 | tee "$OUT/probe_ws.log" | cut -c1-160
     against_old host11 70 "attention|masked_softmax|GPT-2 layer|sdpa|empty" evals/bench_host.py --no-profile
     ;;
+  audit11)
+    # the eighth session's failing random case (a float64 additive mask at head dim 80), the eleventh session's fixes'
+    # tests on CUDA, then every GPU test and the patched-model error table
+    timeout 120 python -u -m hf_masked_softmax.check --seed 8 --fuzz-case 76 2>&1 | tee "$OUT/check_case76.log" | tail -4
+    timeout 150 python -m pytest -q -p no:cacheprovider tests/test_patch_api.py tests/test_attention.py \
+      -k "float64 or set_attn or unpatching_inside or output_attentions or non_modules or name_refuses" 2>&1 \
+      | tee "$OUT/audit_tests11.log" | grep -E "passed|failed|^FAILED|^ERROR" | cut -c1-200
+    timeout 330 python -m pytest -q -m gpu -k "not 2_pow_31" -p no:cacheprovider -s 2>&1 | tee "$OUT/gpu_tests11.log" \
+      | grep -E "passed|failed|^FAILED|^ERROR|fp16 .*err" | cut -c1-200
+    ;;
+  fuzz11)
+    timeout 420 python -u -m hf_masked_softmax.check --quick --no-bench --fuzz 200 --seed 8 --json "$OUT/check_fuzz11.json" \
+      > "$OUT/check_fuzz11.log" 2>&1
+    tr '\r' '\n' < "$OUT/check_fuzz11.log" | grep -v -E "^  PASS|random cases: " | tail -20
+    ;;
   *)
-    echo "usage: bash evals/gpu_session.sh tests|kernels|e2e|check|followup|recheck|verify|measure|final|stream|last|tune|host|fast|fastcheck|closing|fold|fold2|fold3|e2e3|bert4|bert5|check4|lengths|ncu|bwd|suite|suite2|final6|plans|hostplans|genab|fuzz|bwdplan|trainab|final8|nosync|drop9a|drop9b|drop9d|audit10|bench10|final10|ws11" >&2
+    echo "usage: bash evals/gpu_session.sh tests|kernels|e2e|check|followup|recheck|verify|measure|final|stream|last|tune|host|fast|fastcheck|closing|fold|fold2|fold3|e2e3|bert4|bert5|check4|lengths|ncu|bwd|suite|suite2|final6|plans|hostplans|genab|fuzz|bwdplan|trainab|final8|nosync|drop9a|drop9b|drop9d|audit10|bench10|final10|ws11|audit11|fuzz11" >&2
     exit 2
     ;;
 esac

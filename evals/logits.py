@@ -45,6 +45,10 @@ def parse_args(argv=None):
     p.add_argument("--json", default=None)
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
+    for name in ("batch_size", "seq_len"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            p.error(f"--{name.replace('_', '-')} must be positive, got {value}")
     args.models = [m for m in args.models.split(",") if m]
     bad = [m for m in args.models if m not in MODELS]
     if bad:
@@ -178,6 +182,8 @@ def main(argv=None):
     import torch
     from tqdm.auto import tqdm
 
+    if args.device is not None:
+        _common.resolve_device(args.device)
     distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
     if distributed:
         from accelerate import PartialState
@@ -186,7 +192,7 @@ def main(argv=None):
         state = PartialState(cpu=(args.device == "cpu") or not torch.cuda.is_available())
         rank, world, device = state.process_index, state.num_processes, str(state.device)
     else:
-        rank, world, device = 0, 1, args.device or _common.default_device()
+        rank, world, device = 0, 1, _common.resolve_device(args.device)
     on_gpu = device.startswith("cuda")
     args.batch_size = args.batch_size or (8 if on_gpu else 2)
     args.seq_len = args.seq_len or (512 if on_gpu else 64)

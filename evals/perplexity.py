@@ -70,6 +70,8 @@ def parse_args(argv=None):
         value = getattr(args, name)
         if value is not None and value < 1:
             p.error(f"--{name.replace('_', '-')} must be positive, got {value}")
+    if args.tolerance is not None and not args.tolerance >= 0:
+        p.error(f"--tolerance must be >= 0, got {args.tolerance}")
     return args
 
 
@@ -155,6 +157,8 @@ def main(argv=None):
 
     import hf_masked_softmax
 
+    if args.device is not None:
+        _common.resolve_device(args.device)  # a clear error for a device this machine lacks or torch does not know
     distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
     if distributed:
         from accelerate import PartialState
@@ -167,9 +171,7 @@ def main(argv=None):
             print(f"note: under accelerate the device is {device} (--device {args.device} ignored)", file=sys.stderr)
     else:
         rank, world = 0, 1
-        device = args.device or _common.default_device()
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        sys.exit("error: --device cuda but CUDA is not available")
+        device = _common.resolve_device(args.device)
     main_process = rank == 0
     dtype = _common.parse_dtype(args.dtype)
     tolerance = args.tolerance if args.tolerance is not None else TOLERANCE[args.dtype]

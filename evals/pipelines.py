@@ -163,7 +163,7 @@ def main(argv=None):
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()  # the MLM head's "newly initialized" notice is expected
-    device = args.device or _common.default_device()
+    device = _common.resolve_device(args.device)
     dtype = _common.parse_dtype(args.dtype)
     rel_tol = REL_TOL[args.dtype]
     if any(t != "text-generation" for t in args.tasks) and not _common.has_minilm():

@@ -105,10 +105,15 @@ def main(argv=None):
     ap.add_argument("--arch", type=int, default=90, help="compute capability x10 (90 = Hopper)")
     ap.add_argument("--out", default=None, help="folder for the .ptx / .cubin / .sass (default $OUT or ./out)")
     args = ap.parse_args(argv)
+    if args.arch < 80:
+        sys.exit(f"--arch {args.arch}: the kernels need compute capability 8.0 or newer (80, 86, 89, 90, 100, ...)")
     if os.environ.get("TRITON_INTERPRET") == "1":
         sys.exit("sass_attention.py compiles for a GPU: unset TRITON_INTERPRET")
     if args.config:
-        config = tuple(int(x) for x in args.config.split("/"))
+        try:
+            config = tuple(int(x) for x in args.config.split("/"))
+        except ValueError:
+            sys.exit(f"--config wants BLOCK_M/BLOCK_N/warps/stages as integers, got {args.config!r}")
         if len(config) != 4:
             sys.exit("--config wants BLOCK_M/BLOCK_N/warps/stages")
     else:

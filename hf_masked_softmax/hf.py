@@ -28,6 +28,10 @@ Modes, read per call from the attention module's ``_hf_masked_softmax_mode`` (se
   (a forward inside the backward pass) repeats the choice of the module's last forward, which is the pass it
   recomputes unless several forwards ran before one backward and asked for probabilities differently.
 
+Models that reach this backend by name (``from_pretrained(..., attn_implementation=NAME)``) rather than through
+``patch_model`` are checked against the patcher's registry at their first call: another model type gets a
+``ValueError`` naming the supported ones. float64 models run the plain-PyTorch reference (no kernel takes float64).
+
 Supported transformers: 5.4 and newer (the first release whose mask interface passes ``q_offset`` and whose GPT-2
 passes ``scaling`` to the attention interface; BERT goes through the interface from 5.0 on).
 """
@@ -45,6 +49,7 @@ from . import masks as _masks
 from ._launch import weak_entry
 from .masked_softmax import masked_softmax
 from .ops import attention  # the custom-operator entry of hf_masked_softmax.attention
+from .reference import masked_softmax_reference
 
 NAME = "hf_masked_softmax"
 MODES = ("auto", "softmax", "fused")
@@ -82,8 +87,32 @@ def _causal_for(module, attention_mask, is_causal) -> bool:
 _AUTO_BY_MASK: dict = {}
 
 
+_SUPPORTED_TYPES: frozenset = frozenset()  # the patcher's registry (filled on first use: patches imports this module)
+
+
+def _check_model_type(config) -> None:
+    """ValueError for a model type outside the patcher's registry, for models that reach this backend by name
+    (``from_pretrained(..., attn_implementation=NAME)``) rather than through ``patch_model``, which checks first."""
+    global _SUPPORTED_TYPES
+    model_type = getattr(config, "model_type", None)
+    if model_type is None:  # not a transformers config (a hand-made call): nothing to check against
+        return
+    if not _SUPPORTED_TYPES:
+        from .patches import REGISTRY
+
+        _SUPPORTED_TYPES = frozenset(REGISTRY)
+    if model_type not in _SUPPORTED_TYPES:
+        raise ValueError(
+            f"attn_implementation={NAME!r} does not run model_type {model_type!r}; supported model_types: "
+            f"{sorted(_SUPPORTED_TYPES)}. Load this model with attn_implementation='sdpa' or 'eager'"
+        )
+
+
 def _pick_mode(module, kwargs, attention_mask=None) -> str:
-    mode = getattr(module, MODE_ATTR, "auto")
+    mode = module.__dict__.get(MODE_ATTR)
+    if mode is None:  # loaded with attn_implementation=NAME, not patched: "auto", for a supported type only
+        _check_model_type(module.__dict__.get("config"))
+        mode = "auto"
     if mode != "auto":
         if mode == "fused" and _attention_probabilities_requested(kwargs):
             raise ValueError(
@@ -148,7 +177,7 @@ def _attention_forward(
     causal = _causal_for(module, attention_mask, is_causal)
     mode = _pick_mode(module, kwargs, attention_mask)
 
-    if mode == "fused":
+    if mode == "fused" and query.dtype != torch.float64:
         out = attention(query, key, value, attention_mask, causal=causal, scale=scaling, dropout_p=float(dropout))
         return out.transpose(1, 2).contiguous(), None
 
@@ -156,6 +185,16 @@ def _attention_forward(
     if groups > 1:  # grouped-query attention: each key/value head serves `groups` query heads
         key = key.repeat_interleave(groups, dim=1)
         value = value.repeat_interleave(groups, dim=1)
+    if query.dtype == torch.float64:
+        # No kernel takes float64 (a model in double precision, for gradcheck or numerical comparisons): the
+        # plain-PyTorch reference with the same semantics, in float64, differentiated by autograd.
+        scores = torch.matmul(query, key.transpose(-1, -2))
+        probs = masked_softmax_reference(scores, attention_mask, causal=causal, scale=scaling,
+                                         compute_dtype=torch.float64)
+        if dropout > 0.0:
+            probs = torch.nn.functional.dropout(probs, p=dropout, training=True)
+        out = torch.matmul(probs, value)
+        return out.transpose(1, 2).contiguous(), (probs if mode == "softmax" else None)
     if getattr(module, "reorder_and_upcast_attn", False):
         # GPT-2's reorder_and_upcast_attn: scores in fp32 even under autocast, so fp16 QK^T cannot overflow.
         with torch.autocast(query.device.type, enabled=False):
@@ -187,6 +226,7 @@ def _mask_function(
     The arguments are those of transformers' ``sdpa_mask``: ``attention_mask`` is the tokenizer's 2D mask (bool, may
     be shorter than ``kv_offset + kv_length``: the rest is not attended), ``mask_function`` the pattern.
     """
+    _check_model_type(kwargs.get("config"))
     causal = mask_function is masking_utils.causal_mask_function
     plain = causal or mask_function is masking_utils.bidirectional_mask_function
     # Bottom-right causality equals HF's (query q_offset + i sees key kv_offset + j iff j + kv_offset <= q_offset + i)

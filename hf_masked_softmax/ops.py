@@ -197,8 +197,17 @@ _KERNEL_KIND = {_masks.NONE: _attn._K_NONE, _masks.PAD2D: _attn._K_RANGE, _masks
 def _kernel_mask_args(spec: _masks.MaskSpec, cache_key=None):
     """(kernel kind, mask tensor, key ranges) of a validated mask: the kernels turn a 2D padding mask into
     per-sequence key ranges, cached per ``cache_key`` (the eager paths pass the caller's mask: HF hands one mask to
-    every layer; the operators pass none and compute them on every call, see masks.pad_ranges)."""
-    return _KERNEL_KIND[spec.kind], spec.tensor, _masks.spec_ranges(spec, cache_key)
+    every layer; the operators pass none and compute them on every call, see masks.pad_ranges).
+
+    A float64 additive mask goes to the kernels as a float32 copy of its own elements (broadcast dimensions stay
+    broadcast). The kernels compare and add mask values in fp32 anyway, so the result is the same; float64 tiles
+    asked for more shared memory than an H200 has at head dim 80 (262144 of 232448 bytes with Triton 3.6:
+    ``python -m hf_masked_softmax.check --seed 8 --fuzz-case 76``)."""
+    mask_t = spec.tensor
+    if spec.kind == _masks.ADD4D and mask_t.dtype == torch.float64:
+        own = mask_t[tuple(slice(0, 1) if st == 0 else slice(None) for st in mask_t.stride())]
+        mask_t = own.to(torch.float32).expand(mask_t.shape)
+    return _KERNEL_KIND[spec.kind], mask_t, _masks.spec_ranges(spec, cache_key)
 
 
 def _attn_mask_args(mask, mask_kind, threshold, shape):

@@ -44,6 +44,12 @@ def _supported_text() -> str:
     return f"supported model_types: {sorted(REGISTRY)} (and {', '.join(CONTAINERS)} compositions of them)"
 
 
+def _check_module(model) -> None:
+    if not isinstance(model, torch.nn.Module):
+        raise ValueError(f"expected a transformers model (a torch.nn.Module), got {type(model).__name__}; "
+                         f"{_supported_text()}")
+
+
 def _check_supported(model: torch.nn.Module) -> None:
     """Raise ValueError, touching nothing, unless every Hugging Face model inside ``model`` is supported."""
     submodels = [m for m in model.modules() if isinstance(m, transformers.PreTrainedModel)]
@@ -65,6 +71,16 @@ def _check_supported(model: torch.nn.Module) -> None:
             for m in submodels:
                 if m.config.model_type == t:
                     spec.check(m.config)
+    for m in submodels:
+        if getattr(m.config, "output_attentions", False):
+            # transformers allows this setting with eager attention only: it refuses to set it, and to save a config
+            # that has it, under any other implementation (save_pretrained would fail on the patched model)
+            raise ValueError(
+                f"{type(m).__name__}.config.output_attentions is True, which transformers allows with "
+                "attn_implementation='eager' only (it would refuse to save the patched model); set "
+                "config.output_attentions = False and pass output_attentions=True to the forward calls that want "
+                "the probabilities (patch modes 'auto' and 'softmax' return them)"
+            )
 
 
 def _check_not_nested(model: torch.nn.Module) -> None:
@@ -92,6 +108,7 @@ def patch_model(model: torch.nn.Module, *, mode: str = "auto") -> torch.nn.Modul
     softmax mode's probabilities). Patching a patched model changes its mode.
     Raises ``ValueError`` (model untouched) for a model type outside the registry or an unknown mode.
     """
+    _check_module(model)
     if mode not in hf.MODES:
         raise ValueError(f"mode must be one of {hf.MODES}, got {mode!r}")
     if not hf.TRANSFORMERS_SUPPORTED:
@@ -127,7 +144,11 @@ def patch_model(model: torch.nn.Module, *, mode: str = "auto") -> torch.nn.Modul
 
 
 def _set_mode(state: _PatchState, mode: str) -> None:
+    """Set the patch mode; also points the model's configs at the backend again, should something have switched
+    them meanwhile (``model.set_attn_implementation("sdpa")``): patching a patched model must leave it patched."""
     state.mode = mode
+    for _, twin in state.configs.values():
+        twin._attn_implementation_internal = NAME
     for m, _ in state.holders:
         setattr(m, hf.MODE_ATTR, mode)
 
@@ -140,6 +161,7 @@ def unpatch_model(model: torch.nn.Module) -> torch.nn.Module:
     model's copy left the same setting alone.
     Raises ``ValueError`` if ``model`` is not patched.
     """
+    _check_module(model)
     state = model.__dict__.get(_STATE_ATTR)
     if state is None:
         raise ValueError(f"{type(model).__name__} is not patched by hf_masked_softmax")
@@ -164,7 +186,10 @@ def unpatch_model(model: torch.nn.Module) -> torch.nn.Module:
 
 @contextlib.contextmanager
 def patched(model: torch.nn.Module, *, mode: str = "auto"):
-    """``with patched(model): ...`` runs the block patched, then restores the previous state (patched or not)."""
+    """``with patched(model): ...`` runs the block patched, then restores the previous state (patched or not).
+
+    If the block itself unpatches (or re-patches) the model, the exit leaves it as the block left it."""
+    _check_module(model)
     if mode not in hf.MODES:
         raise ValueError(f"mode must be one of {hf.MODES}, got {mode!r}")
     state = model.__dict__.get(_STATE_ATTR)
@@ -174,10 +199,13 @@ def patched(model: torch.nn.Module, *, mode: str = "auto"):
         try:
             yield model
         finally:
-            _set_mode(state, previous)
+            if model.__dict__.get(_STATE_ATTR) is state:
+                _set_mode(state, previous)
         return
     patch_model(model, mode=mode)
+    state = model.__dict__[_STATE_ATTR]
     try:
         yield model
     finally:
-        unpatch_model(model)
+        if model.__dict__.get(_STATE_ATTR) is state:
+            unpatch_model(model)

@@ -167,6 +167,28 @@ def test_fully_masked_rows_are_zero_not_nan(device):
     assert torch.equal(out[:, :, 2:4], torch.zeros_like(out[:, :, 2:4]))
 
 
+@pytest.mark.parametrize("head_d", [16, 80])
+def test_float64_additive_mask_reaches_the_kernels_as_float32_broadcast(head_d, device):
+    """A float64 additive mask: the kernels get an fp32 copy of its own elements (still broadcast over heads), and
+    the result and gradients are the reference's (at D = 80 float64 tiles overflowed an H200's shared memory)."""
+    from hf_masked_softmax import masks, ops
+
+    B, H, Q, K = 2, 3, 19, 37
+    q, k, v = _qkv(B, H, H, Q, K, head_d, torch.float16, device, grad=True)
+    g = torch.Generator().manual_seed(3)
+    add = torch.randn(B, 1, Q, K, generator=g, dtype=torch.float64)
+    fill = torch.rand(B, 1, Q, K, generator=g)
+    add[fill < 0.2] = torch.finfo(torch.float64).min
+    add[fill > 0.95] = float("-inf")
+    add[0, 0, 4] = torch.finfo(torch.float64).min  # a row with nothing kept
+    add = add.to(device)
+    kind, mask_t, _ = ops._kernel_mask_args(masks.prepare_mask(add, (B, H, Q, K), add.device))
+    assert mask_t.dtype == torch.float32 and mask_t.shape == (B, H, Q, K) and mask_t.stride(1) == 0
+    assert torch.equal(mask_t, add.float().expand(B, H, Q, K))
+    out = _check(q, k, v, add, False, grad=True)
+    assert torch.equal(out[0, :, 4], torch.zeros_like(out[0, :, 4]))
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Dtypes, head dims, scale, layouts
 # ---------------------------------------------------------------------------------------------------------------

@@ -288,3 +288,30 @@ def test_every_eval_script_shows_its_options(script, capsys):
         module.main(["--help"])
     assert info.value.code == 0
     assert "usage:" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("script, argv, message", [
+    ("perplexity.py", ["--device", "nosuch", "--no-progress"], "unknown --device 'nosuch'"),
+    ("perplexity.py", ["--model", "/nonexistent/model_dir", "--no-progress"], "no such file or folder"),
+    ("perplexity.py", ["--tolerance", "-1"], "--tolerance must be >= 0"),
+    ("logits.py", ["--seq-len", "-4"], "--seq-len must be positive"),
+    ("speed.py", ["--tiny", "--device", "nosuch"], "unknown --device 'nosuch'"),
+    ("speed.py", ["--tiny", "--rounds", "0"], "--rounds must be positive"),
+    ("bench_softmax.py", ["--tune", "--tune-shapes", "nosuch"], "unknown --tune-shapes ['nosuch']"),
+    ("bench_softmax.py", ["--tune", "--tune-configs", "abc"], "--tune-configs wants"),
+    ("bench_attention.py", ["--plot-from", "/nonexistent/bench.json"], "no such file"),
+    ("sass_attention.py", ["--arch", "0"], "compute capability 8.0 or newer"),
+])
+def test_eval_scripts_refuse_bad_input_with_a_message(script, argv, message, capsys):
+    # a clear message and a non-zero exit, never a traceback, before any long work starts
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"_bad_{script[:-3]}", os.path.join(EVALS, script))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    with pytest.raises(SystemExit) as info:
+        module.main(argv)
+    code = info.value.code
+    assert code not in (0, None)
+    said = capsys.readouterr().err + (code if isinstance(code, str) else "")
+    assert message in said

@@ -79,6 +79,94 @@ def test_bad_arguments(device):
     assert model.config._attn_implementation == "eager"
 
 
+@pytest.mark.parametrize("bad", [None, "gpt2", 3])
+def test_non_modules_get_a_value_error(bad):
+    for call in (lambda: patch_model(bad), lambda: unpatch_model(bad)):
+        with pytest.raises(ValueError, match="expected a transformers model.*supported model_types"):
+            call()
+    with pytest.raises(ValueError, match="expected a transformers model"):
+        with patched(bad):
+            pass
+
+
+def test_config_asking_for_attentions_is_refused_and_untouched(device):
+    # transformers allows config.output_attentions with eager attention only (the patched model could not be saved)
+    model = lm(device, gpt2_config(output_attentions=True))
+    config = model.config
+    with pytest.raises(ValueError, match="output_attentions is True.*pass output_attentions=True to the forward"):
+        patch_model(model)
+    assert model.config is config and config._attn_implementation == "eager"
+    assert not any(hf.MODE_ATTR in m.__dict__ for m in model.modules())
+    config.output_attentions = False
+    with patched(model, mode="softmax"):
+        assert model(padded_batch(device)[0], output_attentions=True).attentions is not None
+
+
+def test_patching_again_after_set_attn_implementation_runs_the_kernels(device):
+    from unittest import mock
+
+    model = lm(device)
+    ids, mask = padded_batch(device, side="left")
+    ref = model(ids, attention_mask=mask, output_attentions=True)
+    patch_model(model)
+    model.set_attn_implementation("sdpa")  # something switched the backend of the patched model
+    assert model.config._attn_implementation == "sdpa"
+    with mock.patch.object(hf, "masked_softmax", wraps=hf.masked_softmax) as spy:
+        with patched(model, mode="softmax"):
+            assert model.config._attn_implementation == hf.NAME
+            out = model(ids, attention_mask=mask, output_attentions=True)
+    assert spy.call_count == model.config.n_layer
+    assert_valid_close(out.logits, ref.logits, mask.bool())
+    model.set_attn_implementation("sdpa")
+    patch_model(model, mode="fused")
+    assert model.config._attn_implementation == hf.NAME
+    unpatch_model(model)
+    assert model.config._attn_implementation == "eager"
+
+
+@pytest.mark.parametrize("patched_before", [False, True])
+def test_unpatching_inside_patched_leaves_the_model_unpatched_and_patchable(patched_before, device):
+    model = lm(device)
+    ids, mask = padded_batch(device)
+    ref = model(ids, attention_mask=mask).logits
+    if patched_before:
+        patch_model(model, mode="softmax")
+    with patched(model, mode="fused"):
+        unpatch_model(model)
+    assert model.config._attn_implementation == "eager"
+    assert not any(hf.MODE_ATTR in m.__dict__ for m in model.modules())
+    assert torch.equal(model(ids, attention_mask=mask).logits, ref)
+    patch_model(model)  # patchable again
+    unpatch_model(model)
+
+
+@pytest.mark.parametrize("mode", ["auto", "softmax", "fused"])
+def test_float64_model_runs_the_reference_in_float64(mode, device):
+    model = lm(device).double()
+    ids, mask = padded_batch(device, side="right")  # (the loss scores valid positions only)
+    labels = ids.masked_fill(mask == 0, -100)
+    ref = model(ids, attention_mask=mask, labels=labels)
+    ref_grads = torch.autograd.grad(ref.loss, list(model.parameters()), allow_unused=True)
+    with patched(model, mode=mode):
+        out = model(ids, attention_mask=mask, labels=labels, output_attentions=mode == "softmax")
+        grads = torch.autograd.grad(out.loss, list(model.parameters()), allow_unused=True)
+    assert out.logits.dtype == torch.float64
+    valid = mask.bool()
+    torch.testing.assert_close(out.logits[valid], ref.logits[valid], rtol=1e-12, atol=1e-12)
+    for g, r in zip(grads, ref_grads):
+        if r is not None:
+            torch.testing.assert_close(g, r, rtol=1e-9, atol=1e-12)
+    if mode == "softmax":
+        assert out.attentions[0].dtype == torch.float64
+
+
+def test_attn_implementation_name_refuses_unsupported_model_types(device):
+    model = OPTForCausalLM(OPTConfig(num_hidden_layers=1, hidden_size=16, ffn_dim=32, num_attention_heads=2,
+                                     vocab_size=32, word_embed_proj_dim=16, attn_implementation=hf.NAME)).to(device)
+    with pytest.raises(ValueError, match=r"does not run model_type 'opt'; supported model_types: \['bert', 'gpt2'"):
+        model(torch.tensor([[3, 4, 5]], device=device), attention_mask=torch.ones(1, 3, device=device))
+
+
 def _softmax_patched_lm(device):
     """A GPT-2 patched in softmax mode, its original config, a left-padded batch and its logits before patching."""
     model = lm(device)
