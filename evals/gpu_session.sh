@@ -78,6 +78,8 @@
 #   bash evals/gpu_session.sh audit11   # 2026-12-03 (11): the eighth session's failing random case, the third
 #                                       # audit's fixes' tests on CUDA, every GPU test (-s: patched-model errors)
 #   bash evals/gpu_session.sh fuzz11    # 2026-12-03 (11): the quick self-test and 200 random cases (seed 8)
+#   bash evals/gpu_session.sh host11b   # 2026-12-03 (11): host cost per call against old_tree/ (1cf8964), whole calls
+#                                       # and the library's Python alone (bench_host.py --python-only)
 set -uo pipefail
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
 OUT=${OUT:-out}
@@ -454,8 +456,19 @@ case "${1:-}" in
       > "$OUT/check_fuzz11.log" 2>&1
     tr '\r' '\n' < "$OUT/check_fuzz11.log" | grep -v -E "^  PASS|random cases: " | tail -20
     ;;
+  host11b)
+    # host cost per call, this tree against old_tree/ (1cf8964), alternating: the whole decode-step calls, then the
+    # library's Python alone with the launchers stubbed (the new tree's script on each package)
+    against_old host11b 70 "attention|masked_softmax|GPT-2 layer|sdpa" evals/bench_host.py --no-profile
+    for round in 1 2; do
+      for tree in . old_tree; do
+        PYTHONPATH="$PWD/$tree" timeout 70 python evals/bench_host.py --python-only --out "$OUT/py11_${tree#./}_$round" \
+          2>&1 | grep -E "library|masked_softmax|attention"
+      done
+    done
+    ;;
   *)
-    echo "usage: bash evals/gpu_session.sh tests|kernels|e2e|check|followup|recheck|verify|measure|final|stream|last|tune|host|fast|fastcheck|closing|fold|fold2|fold3|e2e3|bert4|bert5|check4|lengths|ncu|bwd|suite|suite2|final6|plans|hostplans|genab|fuzz|bwdplan|trainab|final8|nosync|drop9a|drop9b|drop9d|audit10|bench10|final10|ws11|audit11|fuzz11" >&2
+    echo "usage: bash evals/gpu_session.sh tests|kernels|e2e|check|followup|recheck|verify|measure|final|stream|last|tune|host|fast|fastcheck|closing|fold|fold2|fold3|e2e3|bert4|bert5|check4|lengths|ncu|bwd|suite|suite2|final6|plans|hostplans|genab|fuzz|bwdplan|trainab|final8|nosync|drop9a|drop9b|drop9d|audit10|bench10|final10|ws11|audit11|fuzz11|host11b" >&2
     exit 2
     ;;
 esac
