@@ -29,7 +29,7 @@ Modes, read per call from the attention module's ``_hf_masked_softmax_mode`` (se
   recomputes unless several forwards ran before one backward and asked for probabilities differently.
 
 Models that reach this backend by name (``from_pretrained(..., attn_implementation=NAME)``) rather than through
-``patch_model`` are checked against the patcher's registry at their first call: another model type gets a
+``patch_model`` are checked against the patcher's registry on every call: another model type gets a
 ``ValueError`` naming the supported ones. float64 models run the plain-PyTorch reference (no kernel takes float64).
 
 Supported transformers: 5.4 and newer (the first release whose mask interface passes ``q_offset`` and whose GPT-2

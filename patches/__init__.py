@@ -106,7 +106,8 @@ def patch_model(model: torch.nn.Module, *, mode: str = "auto") -> torch.nn.Modul
     ``"softmax"`` (torch matmuls around the masked-softmax kernel, probabilities available) or ``"fused"`` (the fused
     attention kernel only). Attention dropout in training works in every mode (inside the fused kernel, or on the
     softmax mode's probabilities). Patching a patched model changes its mode.
-    Raises ``ValueError`` (model untouched) for a model type outside the registry or an unknown mode.
+    Raises ``ValueError`` (model untouched) for anything but a supported model (see ``REGISTRY``), an unknown mode,
+    or a config with ``output_attentions=True`` (which transformers allows with eager attention only).
     """
     _check_module(model)
     if mode not in hf.MODES:
