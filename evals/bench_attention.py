@@ -400,6 +400,13 @@ def main(argv=None):
         data = json.load(open(args.plot_from))
         plot(data["rows"], data["env"], out / "bench_attention.png")
         return
+    unknown = [s for s in args.shapes.split(",") if s and s not in SHAPES]
+    if unknown:
+        ap.error(f"unknown --shapes {unknown}; choose from {', '.join(SHAPES)}")
+    if not 1 <= args.head_dim <= 256:
+        ap.error(f"--head-dim must be in 1..256, got {args.head_dim}")
+    if not 0.0 <= args.dropout < 1.0:
+        ap.error(f"--dropout must be in [0, 1), got {args.dropout}")
     if not torch.cuda.is_available():
         sys.exit("bench_attention.py needs a CUDA GPU")
     args.dtype = getattr(torch, args.dtype)
@@ -410,7 +417,11 @@ def main(argv=None):
             tuned = [t for t in json.load(open(args.bwd_config))["tuning"] if t["kind"] == "bwd" and t.get("ms")]
             cfg = tuple(min(tuned, key=lambda t: t["ms"])["cfg"])
         else:
-            parts = [tuple(int(x) for x in part.split(",")) for part in args.bwd_config.split("/")]
+            try:
+                parts = [tuple(int(x) for x in part.split(",")) for part in args.bwd_config.split("/")]
+            except ValueError:
+                ap.error(f"--bwd-config wants 'M,N,warps,stages' (or two of them joined by '/') or a tune JSON, "
+                         f"got {args.bwd_config!r}")
             cfg = parts[0] if len(parts) == 1 else tuple(parts)
         cfg = _bwd_pair(cfg)
         print(f"backward blocks overridden: dkdv {cfg[0]}, dq {cfg[1]}")
@@ -434,13 +445,13 @@ def main(argv=None):
                           "backward (plain do_bench where the profiler fails); "
                           "ms_plain: plain do_bench (host overhead included when the CPU is the bottleneck); "
                           "us_per_call_b2b: wall time per call over 200 back-to-back calls")
+    failed = []
     for name in filter(None, args.shapes.split(",")):
-        if name not in SHAPES:
-            sys.exit(f"unknown shape {name!r}; choose from {', '.join(SHAPES)}")
         try:
             bench_shape(name, args, rows)
         except Exception:  # noqa: BLE001 - keep the other shapes' numbers
             traceback.print_exc()
+            failed.append(name)
         benchutil.write_json(out / "bench_attention.json", payload)  # after each shape: partial runs keep data
     if args.tune:
         tune(args, tuning)
@@ -459,6 +470,8 @@ def main(argv=None):
                           ["shape", "pass", "provider", "ms", "ms_plain", "us_per_call_b2b", "tflops", "gbs",
                            "ours_speedup", "problem"])
     plot(rows, env, out / "bench_attention.png")
+    if failed:
+        sys.exit(f"error: shape(s) {failed} failed (tracebacks above); the other shapes' numbers were written")
 
 
 if __name__ == "__main__":

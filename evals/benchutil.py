@@ -5,6 +5,7 @@ import json
 import os
 import platform
 import subprocess
+import sys
 from pathlib import Path
 
 import torch
@@ -34,6 +35,7 @@ def environment() -> dict:
         "cuda": torch.version.cuda,
         "python": platform.python_version(),
         "git_sha": git_sha(),
+        "command": " ".join(["python", *sys.argv]),  # what produced these numbers
     }
     if torch.cuda.is_available():
         env["sm_count"] = torch.cuda.get_device_properties(0).multi_processor_count

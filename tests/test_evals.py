@@ -300,6 +300,9 @@ def test_every_eval_script_shows_its_options(script, capsys):
     ("bench_softmax.py", ["--tune", "--tune-shapes", "nosuch"], "unknown --tune-shapes ['nosuch']"),
     ("bench_softmax.py", ["--tune", "--tune-configs", "abc"], "--tune-configs wants"),
     ("bench_attention.py", ["--plot-from", "/nonexistent/bench.json"], "no such file"),
+    ("bench_attention.py", ["--shapes", "bert,nosuch"], "unknown --shapes ['nosuch']"),
+    ("bench_attention.py", ["--head-dim", "0"], "--head-dim must be in 1..256"),
+    ("bench_attention.py", ["--dropout", "1.5"], "--dropout must be in [0, 1)"),
     ("sass_attention.py", ["--arch", "0"], "compute capability 8.0 or newer"),
 ])
 def test_eval_scripts_refuse_bad_input_with_a_message(script, argv, message, capsys):
