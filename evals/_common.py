@@ -306,6 +306,7 @@ def patched_path(device: str, mode: str = "auto") -> str:
 
 
 def system_info() -> dict:
+    import benchutil  # (a sibling module: the scripts run from this folder)
     import torch
     import transformers
 
@@ -329,21 +330,8 @@ def system_info() -> dict:
     else:
         info["gpu"] = None
     info["command"] = " ".join(["python", *sys.argv])  # what produced these numbers
-    info["git_sha"] = _git_sha()
+    info["git_sha"] = benchutil.git_sha()
     return info
-
-
-def _git_sha() -> str:
-    """The commit measured: $GIT_SHA when set (a GPU machine gets a copy of the working tree whose .git may lag)."""
-    if os.environ.get("GIT_SHA"):
-        return os.environ["GIT_SHA"]
-    import subprocess
-
-    try:
-        return subprocess.check_output(["git", "rev-parse", "HEAD"], cwd=os.path.dirname(os.path.abspath(__file__)),
-                                       text=True, stderr=subprocess.DEVNULL).strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 def write_json(path: str, obj) -> None:

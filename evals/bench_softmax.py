@@ -293,12 +293,11 @@ def main(argv=None):
                 ap.error(f"--tune-configs wants block_m/chunk/warps settings such as 1/1024/2, got {args.tune_configs!r}")
             if any(len(c) != 3 for c in only_cfg):
                 ap.error(f"--tune-configs wants three numbers per setting (block_m/chunk/warps), got {args.tune_configs!r}")
-        if not torch.cuda.is_available():
-            sys.exit("bench_softmax.py needs a CUDA GPU")
-        return tune(getattr(torch, args.dtype), args.tune_shapes.split(",") if args.tune_shapes else None,
-                    (False, True) if args.tune_stream else (False,), only_cfg)
     if not torch.cuda.is_available():
         sys.exit("bench_softmax.py needs a CUDA GPU")
+    if args.tune:
+        return tune(getattr(torch, args.dtype), args.tune_shapes.split(",") if args.tune_shapes else None,
+                    (False, True) if args.tune_stream else (False,), only_cfg)
     dtype = getattr(torch, args.dtype)
     copy_gbs = copy_bandwidth_gbs()
     print(f"{torch.cuda.get_device_name()}: copy bandwidth {copy_gbs:.0f} GB/s (read + write)")

@@ -185,30 +185,27 @@ def _attention_forward(
     if groups > 1:  # grouped-query attention: each key/value head serves `groups` query heads
         key = key.repeat_interleave(groups, dim=1)
         value = value.repeat_interleave(groups, dim=1)
-    if query.dtype == torch.float64:
-        # No kernel takes float64 (a model in double precision, for gradcheck or numerical comparisons): the
-        # plain-PyTorch reference with the same semantics, in float64, differentiated by autograd.
-        scores = torch.matmul(query, key.transpose(-1, -2))
-        probs = masked_softmax_reference(scores, attention_mask, causal=causal, scale=scaling,
-                                         compute_dtype=torch.float64)
-        if dropout > 0.0:
-            probs = torch.nn.functional.dropout(probs, p=dropout, training=True)
-        out = torch.matmul(probs, value)
-        return out.transpose(1, 2).contiguous(), (probs if mode == "softmax" else None)
-    if getattr(module, "reorder_and_upcast_attn", False):
+    wide = query.dtype == torch.float64
+    if getattr(module, "reorder_and_upcast_attn", False) and not wide:
         # GPT-2's reorder_and_upcast_attn: scores in fp32 even under autocast, so fp16 QK^T cannot overflow.
         with torch.autocast(query.device.type, enabled=False):
             scores = torch.matmul(query.float(), key.float().transpose(-1, -2))
     else:
         scores = torch.matmul(query, key.transpose(-1, -2))
-    probs = masked_softmax(scores, attention_mask, causal=causal, scale=scaling).to(value.dtype)
+    if wide:
+        # No kernel takes float64 (a model in double precision, for gradcheck or numerical comparisons): the
+        # plain-PyTorch reference with the same semantics, in float64, differentiated by autograd.
+        probs = masked_softmax_reference(scores, attention_mask, causal=causal, scale=scaling,
+                                         compute_dtype=torch.float64)
+    else:
+        probs = masked_softmax(scores, attention_mask, causal=causal, scale=scaling).to(value.dtype)
     # The scores are dead from here (autograd keeps the probabilities, not them): free them before the next
     # [B, H, Q, K]-sized tensors appear, or the peak memory exceeds HF eager's, which rebinds one name.
     del scores
     if dropout > 0.0:
         probs = torch.nn.functional.dropout(probs, p=dropout, training=True)
     out = torch.matmul(probs, value)
-    return out.transpose(1, 2).contiguous(), probs
+    return out.transpose(1, 2).contiguous(), (None if mode == "fused" else probs)  # fused: float64 comes here too
 
 
 def _mask_function(

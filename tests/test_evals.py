@@ -276,14 +276,20 @@ def test_bench_host_python_only_counts_calls_and_restores_the_launchers(tmp_path
 SCRIPTS = sorted(f for f in os.listdir(EVALS) if f.endswith(".py") and not f.startswith("_") and f != "benchutil.py")
 
 
+def _load_script(script):
+    """An eval script as a fresh module (its main() takes argv)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"_script_{script[:-3]}", os.path.join(EVALS, script))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 @pytest.mark.parametrize("script", SCRIPTS)
 def test_every_eval_script_shows_its_options(script, capsys):
     # `--help` works everywhere, before any check of what the script needs (a GPU, an optional package, a model)
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location(f"_help_{script[:-3]}", os.path.join(EVALS, script))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = _load_script(script)
     with pytest.raises(SystemExit) as info:
         module.main(["--help"])
     assert info.value.code == 0
@@ -307,11 +313,7 @@ def test_every_eval_script_shows_its_options(script, capsys):
 ])
 def test_eval_scripts_refuse_bad_input_with_a_message(script, argv, message, capsys):
     # a clear message and a non-zero exit, never a traceback, before any long work starts
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location(f"_bad_{script[:-3]}", os.path.join(EVALS, script))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = _load_script(script)
     with pytest.raises(SystemExit) as info:
         module.main(argv)
     code = info.value.code
