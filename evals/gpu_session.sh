@@ -80,6 +80,8 @@
 #   bash evals/gpu_session.sh fuzz11    # 2026-12-03 (11): the quick self-test and 200 random cases (seed 8)
 #   bash evals/gpu_session.sh host11b   # 2026-12-03 (11): host cost per call against old_tree/ (1cf8964), whole calls
 #                                       # and the library's Python alone (bench_host.py --python-only)
+#   bash evals/gpu_session.sh decode12  # 2026-12-03 (12): the decode step against a read floor of its keys and values
+#                                       # (evals/probe_decode.py), bench_attention.py's decode row
 set -uo pipefail
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
 OUT=${OUT:-out}
@@ -467,8 +469,15 @@ case "${1:-}" in
       done
     done
     ;;
+  decode12)
+    # the decode step against a read floor of its own keys and values and a flat read (evals/probe_decode.py), then
+    # the decode row of bench_attention.py
+    timeout 300 python evals/probe_decode.py --out "$OUT" 2>&1 | tee "$OUT/probe_decode.log" | cut -c1-150
+    timeout 100 python evals/bench_attention.py --shapes decode --out "$OUT/bench_decode" 2>&1 \
+      | grep -E "^\[|ours |sdpa-(default|efficient|cudnn)" | cut -c1-110
+    ;;
   *)
-    echo "usage: bash evals/gpu_session.sh tests|kernels|e2e|check|followup|recheck|verify|measure|final|stream|last|tune|host|fast|fastcheck|closing|fold|fold2|fold3|e2e3|bert4|bert5|check4|lengths|ncu|bwd|suite|suite2|final6|plans|hostplans|genab|fuzz|bwdplan|trainab|final8|nosync|drop9a|drop9b|drop9d|audit10|bench10|final10|ws11|audit11|fuzz11|host11b" >&2
+    echo "usage: bash evals/gpu_session.sh tests|kernels|e2e|check|followup|recheck|verify|measure|final|stream|last|tune|host|fast|fastcheck|closing|fold|fold2|fold3|e2e3|bert4|bert5|check4|lengths|ncu|bwd|suite|suite2|final6|plans|hostplans|genab|fuzz|bwdplan|trainab|final8|nosync|drop9a|drop9b|drop9d|audit10|bench10|final10|ws11|audit11|fuzz11|host11b|decode12" >&2
     exit 2
     ;;
 esac

@@ -1,0 +1,176 @@
+"""Probe: how close is the fused decode step to the fastest possible read of its keys and values?
+
+Issue 5's decode target (B32 H12, one query, K = 2048, key lengths uniform in [1024, 2048], fp16, D = 64:
+<= 0.035 ms) is missed by the library's forward (0.0426-0.0473 ms on an H200). The step must read every valid key and
+value once (about 155 MB here); earlier notes compared that with the copy bandwidth (bytes read plus written), but a
+decode step only reads. This script measures, in one run, CUDA-graph replays, medians:
+
+* ``hf_masked_softmax.attention`` on the step, with the padding mask (left padding, as in generate), forced into
+  1, 2 and 4 key splits as well as its default;
+* a read floor with the same structure: a Triton kernel that loads exactly the valid key and value rows of each
+  (batch, head) in the same tiles, sums them and writes one number per program (no products, no softmax), over a
+  few block / warp / stage settings and 1, 2 or 4 programs per (batch, head);
+* a flat read of the same number of bytes from one contiguous buffer (a Triton sum over large blocks, and
+  ``torch.sum``), the best case for DRAM;
+* SDPA's default on the whole rectangle without a mask, and the copy bandwidth.
+
+Each in two layouts of K and V: the transposed views of HF's projections (``[B, T, H, D]`` seen as ``[B, H, T, D]``,
+what ``bench_attention.py`` times) and contiguous ``[B, H, T, D]`` (what a KV cache holds).
+
+    python evals/probe_decode.py [--rounds 2] [--out DIR]
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import torch  # noqa: E402
+import triton  # noqa: E402
+import triton.language as tl  # noqa: E402
+
+import benchutil  # noqa: E402
+
+B, H, K, D = 32, 12, 2048, 64
+LENGTHS = (1024, 2048)
+
+
+@triton.jit
+def _read_rows_kernel(k_ptr, v_ptr, out_ptr, len_ptr, stride_kb, stride_kh, stride_kn, stride_vb, stride_vh,
+                      stride_vn, H, K_LEN, BLOCK_N: tl.constexpr, HEAD_D: tl.constexpr, SPLITS: tl.constexpr):
+    bh = tl.program_id(0)
+    split = tl.program_id(1)
+    b = bh // H
+    h = bh % H
+    n = tl.load(len_ptr + b)
+    lo = K_LEN - n  # left padding: the valid keys are the last n
+    per = tl.cdiv(tl.cdiv(n, BLOCK_N), SPLITS) * BLOCK_N
+    s_lo = tl.minimum(lo + split * per, K_LEN)
+    s_hi = tl.minimum(s_lo + per, K_LEN)
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, HEAD_D)
+    k_base = k_ptr + b * stride_kb + h * stride_kh
+    v_base = v_ptr + b * stride_vb + h * stride_vh
+    acc = tl.zeros([HEAD_D], dtype=tl.float32)
+    for n0 in range(s_lo, s_hi, BLOCK_N):
+        cols = n0 + offs_n
+        ok = cols < s_hi
+        k = tl.load(k_base + cols[:, None] * stride_kn + offs_d[None, :], mask=ok[:, None], other=0.0)
+        v = tl.load(v_base + cols[:, None] * stride_vn + offs_d[None, :], mask=ok[:, None], other=0.0)
+        acc += tl.sum(k.to(tl.float32) + v.to(tl.float32), axis=0)
+    tl.store(out_ptr + (bh * SPLITS + split) * HEAD_D + offs_d, acc)
+
+
+@triton.jit
+def _read_flat_kernel(x_ptr, out_ptr, N, BLOCK: tl.constexpr):
+    pid = tl.program_id(0)
+    offs = pid * BLOCK + tl.arange(0, BLOCK)
+    x = tl.load(x_ptr + offs, mask=offs < N, other=0.0)
+    tl.store(out_ptr + pid, tl.sum(x.to(tl.float32), axis=0))
+
+
+def make_step(layout: str, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    if layout == "hf-view":
+        q, k, v = (torch.randn(B, T, H, D, generator=g).to("cuda", torch.float16).transpose(1, 2)
+                   for T in (1, K, K))
+    else:
+        q, k, v = (torch.randn(B, H, T, D, generator=g).to("cuda", torch.float16) for T in (1, K, K))
+    lens = torch.randint(LENGTHS[0], LENGTHS[1] + 1, (B,), generator=g)
+    pad = torch.arange(K)[None] >= (K - lens)[:, None]
+    return q, k, v, lens.to("cuda", torch.int32), pad.to("cuda")
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rounds", type=int, default=2, help="times every row, in turn, this many times")
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args(argv)
+    if args.rounds < 1:
+        sys.exit("--rounds must be at least 1")
+    if not torch.cuda.is_available():
+        sys.exit("probe_decode.py needs a CUDA GPU")
+    import hf_masked_softmax as hms
+    from hf_masked_softmax import attention as attn_mod
+    from hf_masked_softmax import masks
+
+    out_dir = benchutil.out_dir(args.out)
+    copy_gbs = benchutil.copy_bandwidth_gbs()
+    print(f"copy bandwidth (read + written): {copy_gbs:.0f} GB/s", flush=True)
+    rows = []
+    default_splits = attn_mod._num_splits
+
+    def forced(n):
+        def num_splits(*a, **kw):
+            return n
+        return num_splits
+    # one function per count, so that each forced count keeps one launch plan
+    split_fns = {None: default_splits, 1: forced(1), 2: forced(2), 4: forced(4)}
+
+    for layout in ("hf-view", "contiguous"):
+        q, k, v, lens, pad = make_step(layout)
+        valid_bytes = int(lens.sum()) * H * D * 2 * 2
+        shared = masks.share_ranges(pad)
+        ref = torch.nn.functional.scaled_dot_product_attention(q.float(), k.float(), v.float(),
+                                                               attn_mask=pad[:, None, None, :])
+        cases = {}
+        for splits in (None, 1, 2, 4):
+            def ours(splits=splits):
+                attn_mod._num_splits = split_fns[splits]
+                try:
+                    with torch.no_grad():
+                        return hms.attention(q, k, v, shared, causal=True)
+                finally:
+                    attn_mod._num_splits = default_splits
+            cases[f"ours, {'default splits' if splits is None else f'{splits} split(s)'}"] = ours
+
+        cases["sdpa default, no mask (whole rectangle)"] = (
+            lambda: torch.nn.functional.scaled_dot_product_attention(q, k, v))
+        for splits in (1, 2, 4):
+            for bn, w, s in ((64, 4, 3), (128, 4, 3), (64, 4, 4), (128, 8, 3), (64, 2, 3), (256, 8, 2)):
+                part = torch.empty(B * H * splits * D, device="cuda")
+
+                def floor(bn=bn, w=w, s=s, splits=splits, part=part):
+                    _read_rows_kernel[(B * H, splits)](
+                        k, v, part, lens, k.stride(0), k.stride(1), k.stride(2), v.stride(0), v.stride(1),
+                        v.stride(2), H, K, BLOCK_N=bn, HEAD_D=D, SPLITS=splits, num_warps=w, num_stages=s)
+                    return part
+                cases[f"read floor, {splits} program(s) per head, {bn}x{D} w{w} s{s}"] = floor
+        flat = torch.randn(valid_bytes // 2, device="cuda", dtype=torch.float16)
+        for block in (4096, 16384):
+            part = torch.empty(triton.cdiv(flat.numel(), block), device="cuda")
+
+            def flat_read(block=block, part=part):
+                _read_flat_kernel[(part.numel(),)](flat, part, flat.numel(), BLOCK=block, num_warps=8)
+                return part
+            cases[f"flat read, triton blocks of {block}"] = flat_read
+        cases["flat read, torch.sum"] = lambda: flat.sum()
+
+        # correctness of our rows, and the floor kernel's sum against torch's
+        for name, fn in cases.items():
+            if name.startswith("ours"):
+                err = float((fn().float() - ref).abs().max())
+                assert err < 2e-2, f"{layout} {name}: error {err}"
+        times = {name: [] for name in cases}
+        for _ in range(args.rounds):
+            for name, fn in cases.items():
+                times[name].append(benchutil.median_ms(fn, cuda_graph=True))
+        for name, ts in times.items():
+            best = min(ts)
+            gbs = valid_bytes / (best * 1e-3) / 1e9
+            row = {"layout": layout, "what": name, "ms": [round(t, 4) for t in ts], "best_ms": round(best, 4),
+                   "valid_gb_per_s": round(gbs), "valid_bytes": valid_bytes}
+            rows.append(row)
+            print(f"{layout:10s} {name:58s} {' / '.join(f'{t:.4f}' for t in ts)} ms  {gbs:6.0f} GB/s "
+                  f"(of the valid bytes)", flush=True)
+    benchutil.write_json(out_dir / "probe_decode.json",
+                         {"env": benchutil.environment(), "copy_gb_per_s": round(copy_gbs), "shape":
+                          {"B": B, "H": H, "Q": 1, "K": K, "D": D, "lengths": LENGTHS, "padding": "left"},
+                          "rows": rows})
+
+
+if __name__ == "__main__":
+    main()
