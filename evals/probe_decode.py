@@ -12,6 +12,8 @@ decode step only reads. This script measures, in one run, CUDA-graph replays, me
   few block / warp / stage settings and 1, 2 or 4 programs per (batch, head);
 * a flat read of the same number of bytes from one contiguous buffer (a Triton sum over large blocks, and
   ``torch.sum``), the best case for DRAM;
+* a decode step without tensor cores (products and sums in registers: one query needs no matrix unit), one
+  program per (batch, head), checked against SDPA like ours;
 * SDPA's default on the whole rectangle without a mask, and the copy bandwidth.
 
 Each in two layouts of K and V: the transposed views of HF's projections (``[B, T, H, D]`` seen as ``[B, H, T, D]``,
@@ -62,6 +64,38 @@ def _read_rows_kernel(k_ptr, v_ptr, out_ptr, len_ptr, stride_kb, stride_kh, stri
         v = tl.load(v_base + cols[:, None] * stride_vn + offs_d[None, :], mask=ok[:, None], other=0.0)
         acc += tl.sum(k.to(tl.float32) + v.to(tl.float32), axis=0)
     tl.store(out_ptr + (bh * SPLITS + split) * HEAD_D + offs_d, acc)
+
+
+@triton.jit
+def _decode_nodot_kernel(q_ptr, k_ptr, v_ptr, o_ptr, len_ptr, stride_qb, stride_qh, stride_kb, stride_kh, stride_kn,
+                         stride_vb, stride_vh, stride_vn, stride_ob, stride_oh, H, K_LEN, qk_scale,
+                         BLOCK_N: tl.constexpr, HEAD_D: tl.constexpr):
+    """One query per (batch, head) without tensor cores: products and sums in registers, online softmax in fp32."""
+    bh = tl.program_id(0)
+    b = bh // H
+    h = bh % H
+    n = tl.load(len_ptr + b)
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, HEAD_D)
+    q = tl.load(q_ptr + b * stride_qb + h * stride_qh + offs_d).to(tl.float32) * qk_scale
+    k_base = k_ptr + b * stride_kb + h * stride_kh
+    v_base = v_ptr + b * stride_vb + h * stride_vh
+    m_i = tl.full([], float("-inf"), tl.float32)
+    l_i = tl.zeros([], tl.float32)
+    acc = tl.zeros([HEAD_D], tl.float32)
+    for n0 in range(K_LEN - n, K_LEN, BLOCK_N):
+        cols = n0 + offs_n
+        ok = cols < K_LEN
+        k = tl.load(k_base + cols[:, None] * stride_kn + offs_d[None, :], mask=ok[:, None], other=0.0)
+        s = tl.where(ok, tl.sum(k.to(tl.float32) * q[None, :], axis=1), float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, axis=0))
+        p = tl.math.exp2(s - m_new)
+        alpha = tl.math.exp2(m_i - m_new)
+        v = tl.load(v_base + cols[:, None] * stride_vn + offs_d[None, :], mask=ok[:, None], other=0.0)
+        l_i = l_i * alpha + tl.sum(p, axis=0)
+        acc = acc * alpha + tl.sum(p[:, None] * v.to(tl.float32), axis=0)
+        m_i = m_new
+    tl.store(o_ptr + b * stride_ob + h * stride_oh + offs_d, (acc / l_i).to(o_ptr.dtype.element_ty))
 
 
 @triton.jit
@@ -127,6 +161,15 @@ def main(argv=None):
                     attn_mod._num_splits = default_splits
             cases[f"ours, {'default splits' if splits is None else f'{splits} split(s)'}"] = ours
 
+        o_nodot = torch.empty(B, H, 1, D, device="cuda", dtype=torch.float16)
+        for bn, w, st in ((64, 4, 3), (128, 4, 3), (64, 4, 4), (128, 8, 3), (32, 2, 4), (256, 8, 2)):
+            def nodot(bn=bn, w=w, st=st):
+                _decode_nodot_kernel[(B * H,)](
+                    q, k, v, o_nodot, lens, q.stride(0), q.stride(1), k.stride(0), k.stride(1), k.stride(2),
+                    v.stride(0), v.stride(1), v.stride(2), o_nodot.stride(0), o_nodot.stride(1), H, K,
+                    D ** -0.5 * 1.4426950408889634, BLOCK_N=bn, HEAD_D=D, num_warps=w, num_stages=st)
+                return o_nodot
+            cases[f"decode without tensor cores, {bn}x{D} w{w} s{st}"] = nodot
         cases["sdpa default, no mask (whole rectangle)"] = (
             lambda: torch.nn.functional.scaled_dot_product_attention(q, k, v))
         for splits in (1, 2, 4):
@@ -151,7 +194,7 @@ def main(argv=None):
 
         # correctness of our rows, and the floor kernel's sum against torch's
         for name, fn in cases.items():
-            if name.startswith("ours"):
+            if name.startswith(("ours", "decode without")):
                 err = float((fn().float() - ref).abs().max())
                 assert err < 2e-2, f"{layout} {name}: error {err}"
         times = {name: [] for name in cases}
