@@ -128,7 +128,9 @@ def main(argv=None):
     if not torch.cuda.is_available():
         sys.exit("probe_decode.py needs a CUDA GPU")
     import hf_masked_softmax as hms
-    from hf_masked_softmax import attention as attn_mod
+    import importlib
+
+    attn_mod = importlib.import_module("hf_masked_softmax.attention")  # the module (the package exports the function)
     from hf_masked_softmax import masks
 
     out_dir = benchutil.out_dir(args.out)
