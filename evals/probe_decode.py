@@ -19,7 +19,7 @@ decode step only reads. This script measures, in one run, CUDA-graph replays, me
 Each in two layouts of K and V: the transposed views of HF's projections (``[B, T, H, D]`` seen as ``[B, H, T, D]``,
 what ``bench_attention.py`` times) and contiguous ``[B, H, T, D]`` (what a KV cache holds).
 
-    python evals/probe_decode.py [--rounds 2] [--out DIR]
+    python evals/probe_decode.py [--rounds 2] [--out DIR] [--plot-from JSON]
 """
 from __future__ import annotations
 
@@ -118,11 +118,53 @@ def make_step(layout: str, seed: int = 0):
     return q, k, v, lens.to("cuda", torch.int32), pad.to("cuda")
 
 
+def plot(data: dict, path) -> None:
+    """Horizontal bars: each row's best time per layout, the target and the flat read marked."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib not installed: no PNG (rerun with --plot-from on the JSON elsewhere)")
+        return
+    layouts = list(dict.fromkeys(r["layout"] for r in data["rows"]))
+    whats = list(dict.fromkeys(r["what"] for r in data["rows"]))
+    fig, axes = plt.subplots(1, len(layouts), figsize=(7 * len(layouts), 0.28 * len(whats) + 1.5), sharey=True,
+                             squeeze=False)
+    for ax, layout in zip(axes[0], layouts):
+        best = {r["what"]: r["best_ms"] for r in data["rows"] if r["layout"] == layout}
+        colors = ["tab:blue" if w.startswith("ours") else "tab:gray" if w.startswith("read floor") else
+                  "tab:green" if w.startswith("flat") else "tab:orange" for w in whats]
+        ax.barh(range(len(whats)), [best.get(w, 0) for w in whats], color=colors)
+        ax.axvline(0.035, color="red", linestyle="--", label="issue 5 target 0.035 ms")
+        ax.set_title(f"K and V {layout}")
+        ax.set_xlabel("ms, CUDA-graph replay, best of rounds")
+        ax.legend(loc="lower right", fontsize=8)
+    axes[0][0].set_yticks(range(len(whats)), whats, fontsize=7)
+    axes[0][0].invert_yaxis()
+    env = data["env"]
+    fig.suptitle(f"decode step B{B} H{H} Q1 K{K} D{D}, left padding, lengths {LENGTHS}: {env.get('gpu')}, "
+                 f"torch {env.get('torch')}, triton {env.get('triton')}, {env.get('git_sha')}", fontsize=9)
+    fig.tight_layout()
+    fig.subplots_adjust(left=0.2)  # the long row names
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rounds", type=int, default=2, help="times every row, in turn, this many times")
     ap.add_argument("--out", default=None)
+    ap.add_argument("--plot-from", default=None, help="only redraw the PNG from an earlier JSON")
     args = ap.parse_args(argv)
+    if args.plot_from:
+        if not os.path.isfile(args.plot_from):
+            sys.exit(f"--plot-from {args.plot_from!r}: no such file")
+        import json
+
+        plot(json.load(open(args.plot_from)), benchutil.out_dir(args.out) / "probe_decode.png")
+        return
     if args.rounds < 1:
         sys.exit("--rounds must be at least 1")
     if not torch.cuda.is_available():
@@ -211,10 +253,10 @@ def main(argv=None):
             rows.append(row)
             print(f"{layout:10s} {name:58s} {' / '.join(f'{t:.4f}' for t in ts)} ms  {gbs:6.0f} GB/s "
                   f"(of the valid bytes)", flush=True)
-    benchutil.write_json(out_dir / "probe_decode.json",
-                         {"env": benchutil.environment(), "copy_gb_per_s": round(copy_gbs), "shape":
-                          {"B": B, "H": H, "Q": 1, "K": K, "D": D, "lengths": LENGTHS, "padding": "left"},
-                          "rows": rows})
+    data = {"env": benchutil.environment(), "copy_gb_per_s": round(copy_gbs),
+            "shape": {"B": B, "H": H, "Q": 1, "K": K, "D": D, "lengths": LENGTHS, "padding": "left"}, "rows": rows}
+    benchutil.write_json(out_dir / "probe_decode.json", data)
+    plot(data, out_dir / "probe_decode.png")
 
 
 if __name__ == "__main__":

@@ -310,6 +310,8 @@ def test_every_eval_script_shows_its_options(script, capsys):
     ("bench_attention.py", ["--head-dim", "0"], "--head-dim must be in 1..256"),
     ("bench_attention.py", ["--dropout", "1.5"], "--dropout must be in [0, 1)"),
     ("sass_attention.py", ["--arch", "0"], "compute capability 8.0 or newer"),
+    ("probe_decode.py", ["--rounds", "0"], "--rounds must be at least 1"),
+    ("probe_decode.py", ["--plot-from", "/nonexistent/probe.json"], "no such file"),
 ])
 def test_eval_scripts_refuse_bad_input_with_a_message(script, argv, message, capsys):
     # a clear message and a non-zero exit, never a traceback, before any long work starts
@@ -320,3 +322,14 @@ def test_eval_scripts_refuse_bad_input_with_a_message(script, argv, message, cap
     assert code not in (0, None)
     said = capsys.readouterr().err + (code if isinstance(code, str) else "")
     assert message in said
+
+
+def test_probe_decode_redraws_its_plot_from_a_stored_run(tmp_path):
+    # the H200 run kept in evals/results: the PNG is drawn from its JSON alone (no GPU), one bar per row and layout
+    pytest.importorskip("matplotlib")
+    module = _load_script("probe_decode.py")
+    stored = os.path.join(EVALS, "results", "probe_decode_h200_d8d881e.json")
+    module.main(["--plot-from", stored, "--out", str(tmp_path)])
+    png = tmp_path / "probe_decode.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert png.stat().st_size > 20_000
