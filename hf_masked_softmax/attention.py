@@ -26,19 +26,22 @@ A positive finite scale is applied inside the exponent, ``exp2(s * scale * log2(
 (``FOLD``; the row max is scaled once), in the forward and both backward kernels; not with an additive mask,
 which adds to already scaled scores.
 
-The forward saves ``lse = m + log2(l)`` per row (``-inf`` for a row with nothing kept; calls that autograd does not
-record skip it, ``STORE_LSE``); the backward recomputes the probabilities from it (FlashAttention-2 style): one
+The forward saves each row's statistics ``(m, log2(l))``, its max and the log of its sum, as ``[B, H, Q, 2]`` fp32
+(``(-inf, 0)`` for a row with nothing kept; calls that autograd does not record skip it, ``STORE_LSE``), and the
+backward recomputes the probabilities from them as ``exp2((s - m) - log2(l))`` (FlashAttention-2 style, which saves
+their sum ``lse``): ``s - m`` is exact even when additive mask values or logits of 1e9 and more make ``m`` large,
+where a rounded ``m + log2(l)`` would lose ``log2(l)`` and give every kept key a probability of 1. One
 kernel per key block accumulates ``dk, dv`` over all query heads of its GQA group, another per query block
 accumulates ``dq``. ``delta = rowsum(dO * O)`` comes first.
 
 Dropout (``dropout_p``, training): the forward sums every probability into ``l`` but multiplies only the kept ones
-into ``O`` (``O = (P * Z) v`` with ``Z`` = kept / (1 - p), else 0), and saves ``lse`` of the probabilities before
-dropout. The mask is a function of the score's indices: one Philox-4x32-10 call, keyed by a per-call seed, per 8
+into ``O`` (``O = (P * Z) v`` with ``Z`` = kept / (1 - p), else 0), and saves the statistics of the probabilities
+before dropout. The mask is a function of the score's indices: one Philox-4x32-10 call, keyed by a per-call seed, per 8
 neighbouring keys of a row gives eight 16-bit numbers (``_dropout_keep``), so both backward kernels redraw it
 whatever their tiles: ``dv = (P Z)^T dO``, ``dP = Z (dO v^T)``; ``delta = rowsum(dO * O)`` holds as before.
 
 Decode (``Q <= 16``): too few query blocks to fill the GPU, so the key range of each sequence is split across
-``num_splits`` programs, each writing a partial ``O`` and ``lse`` in fp32, merged by a small combine kernel.
+``num_splits`` programs, each writing a partial ``O`` and row statistics in fp32, merged by a small combine kernel.
 
 Layout: the result is ``[B, H, Q, D]`` whose memory is ``[B, Q, H, D]`` (as SDPA's flash backend returns it), so
 ``out.transpose(1, 2)`` — the layout Hugging Face wants — is already contiguous. :func:`attention_bqhd` returns that
@@ -317,7 +320,6 @@ def _attn_fwd_kernel(
     out = acc / tl.where(empty, 1.0, l_i)[:, None]
     if DROPOUT:
         out = out * keep_scale
-    lse = tl.where(empty, float("-inf"), m_i + tl.math.log2(tl.where(empty, 1.0, l_i)))
     o_ptrs = (o_ptr + split * stride_os + b * stride_ob + h * stride_oh + rows[:, None] * stride_om
               + offs_d[None, :] * stride_od)
     if BLOCK_D == HEAD_D:
@@ -325,7 +327,10 @@ def _attn_fwd_kernel(
     else:
         tl.store(o_ptrs, out.to(o_ptr.dtype.element_ty), mask=row_ok[:, None] & d_ok[None, :])
     if STORE_LSE:
-        tl.store(lse_ptr + split * stride_ls + bh * Q_LEN + rows, lse, mask=row_ok)
+        # the row's statistics (m, log2 l): -inf and 0 for a row with nothing kept
+        stat_ptrs = lse_ptr + split * stride_ls + (bh * Q_LEN + rows) * 2
+        tl.store(stat_ptrs, tl.where(empty, float("-inf"), m_i), mask=row_ok)
+        tl.store(stat_ptrs + 1, tl.math.log2(tl.where(empty, 1.0, l_i)), mask=row_ok)
 
 
 @fast_launch
@@ -337,8 +342,8 @@ def _split_combine_kernel(
     H, Q_LEN, NUM_SPLITS,
     HEAD_D: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_S: tl.constexpr, STORE_LSE: tl.constexpr,
 ):
-    """Merge the splits of one query row (partials are contiguous ``[S, B, H, Q, D]`` and ``[S, B, H, Q]`` in
-    fp32): weights ``2^(lse_s - max)``; a row empty in every split stays zero with ``lse = -inf``."""
+    """Merge the splits of one query row (partials are contiguous ``[S, B, H, Q, D]`` and ``[S, B, H, Q, 2]`` in
+    fp32): weights ``2^((m_s - max) + log2 l_s)``; a row empty in every split stays zero with ``m = -inf``."""
     bh = tl.program_id(0).to(tl.int64)
     row = tl.program_id(1)
     b = bh // H
@@ -347,20 +352,22 @@ def _split_combine_kernel(
     offs_d = tl.arange(0, BLOCK_D)
     s_ok = offs_s < NUM_SPLITS
     d_ok = offs_d < HEAD_D
-    lse_s = tl.load(part_lse_ptr + offs_s * stride_ls + bh * Q_LEN + row, mask=s_ok, other=float("-inf"))
-    mx = tl.max(lse_s, axis=0)
+    stat_ptrs = part_lse_ptr + offs_s * stride_ls + (bh * Q_LEN + row) * 2
+    m_s = tl.load(stat_ptrs, mask=s_ok, other=float("-inf"))
+    lg_s = tl.load(stat_ptrs + 1, mask=s_ok, other=0.0)
+    mx = tl.max(m_s, axis=0)
     mx_use = tl.where(mx == float("-inf"), 0.0, mx)
-    w = tl.math.exp2(lse_s - mx_use)
+    w = tl.math.exp2((m_s - mx_use) + lg_s)
     total = tl.sum(w, axis=0)
     parts = tl.load(part_ptr + offs_s[:, None] * stride_ps + (bh * Q_LEN + row) * HEAD_D + offs_d[None, :],
                     mask=s_ok[:, None] & d_ok[None, :], other=0.0)
     empty = total == 0.0
     out = tl.sum(parts * w[:, None], axis=0) / tl.where(empty, 1.0, total)
-    lse = tl.where(empty, float("-inf"), mx_use + tl.math.log2(tl.where(empty, 1.0, total)))
     tl.store(o_ptr + b * stride_ob + h * stride_oh + row * stride_om + offs_d * stride_od,
              out.to(o_ptr.dtype.element_ty), mask=d_ok)
     if STORE_LSE:
-        tl.store(lse_ptr + bh * Q_LEN + row, lse)
+        tl.store(lse_ptr + (bh * Q_LEN + row) * 2, tl.where(empty, float("-inf"), mx_use))
+        tl.store(lse_ptr + (bh * Q_LEN + row) * 2 + 1, tl.math.log2(tl.where(empty, 1.0, total)))
 
 
 @fast_launch
@@ -411,9 +418,10 @@ def _dkdv_blocks(dk, dv, k, v, q_base, do_base, lse_base, delta_base, mask_base,
         if UPCAST:
             qt = qt.to(tl.float32)
             do = do.to(tl.float32)
-        lse = tl.load(lse_base + rows, mask=row_ok, other=float("inf"))
-        # a row with nothing kept has lse = -inf and all-zero probabilities: +inf gives exp2(s - lse) = 0
-        lse = tl.where(lse == float("-inf"), float("inf"), lse)
+        m = tl.load(lse_base + rows * 2, mask=row_ok, other=float("inf"))
+        # a row with nothing kept has m = -inf and all-zero probabilities: +inf gives exp2(s - m - log2 l) = 0
+        m = tl.where(m == float("-inf"), float("inf"), m)
+        lg = tl.load(lse_base + rows * 2 + 1, mask=row_ok, other=0.0)
         delta = tl.load(delta_base + rows, mask=row_ok, other=0.0)
         st = tl.dot(k, qt, input_precision=DOT_PREC)
         if not FOLD:
@@ -422,9 +430,9 @@ def _dkdv_blocks(dk, dv, k, v, q_base, do_base, lse_base, delta_base, mask_base,
             st = _mask_scores(st, rows[None, :], cols[:, None], start, end, has_holes, mask_base, stride_mm,
                               stride_mk, Q_LEN, K_LEN, threshold, MASK_KIND, CAUSAL)
         if FOLD:
-            pt = tl.math.exp2(st * qk_scale - lse[None, :])
+            pt = tl.math.exp2(st * qk_scale - m[None, :] - lg[None, :])
         else:
-            pt = tl.math.exp2(st - lse[None, :])
+            pt = tl.math.exp2(st - m[None, :] - lg[None, :])
         if DROPOUT:
             keep = tl.trans(_dropout_keep(seed, bh, rows, n0, drop_thr, BLOCK_N))
             dv = tl.dot(tl.where(keep, pt * keep_scale, 0.0).to(do.dtype), do, dv, input_precision=DOT_PREC)
@@ -504,7 +512,7 @@ def _bwd_dkdv_kernel(
     for h in range(hk * GROUP, hk * GROUP + GROUP):
         q_base = q_ptr + b * stride_qb + h * stride_qh
         do_base = do_ptr + b * stride_dob + h * stride_doh
-        lse_base = lse_ptr + (b * H + h) * Q_LEN
+        lse_base = lse_ptr + (b * H + h) * Q_LEN * 2
         delta_base = delta_ptr + (b * H + h) * Q_LEN
         mask_base = mask_ptr + b * stride_mb + h * stride_mh
         dk, dv = _dkdv_blocks(dk, dv, k, v, q_base, do_base, lse_base, delta_base, mask_base, cols, offs_m, offs_d,
@@ -528,7 +536,7 @@ def _bwd_dkdv_kernel(
 
 
 @triton.jit
-def _dq_blocks(dq, q, do, lse, delta, k_base, v_base, mask_base, rows, offs_n, offs_d,
+def _dq_blocks(dq, q, do, m, lg, delta, k_base, v_base, mask_base, rows, offs_n, offs_d,
                stride_kn, stride_kd, stride_vn, stride_vd, stride_mm, stride_mk,
                lo, hi, start, end, has_holes, Q_LEN, K_LEN, qk_scale, threshold, seed, bh, drop_thr, keep_scale,
                MASKED: tl.constexpr, MASK_KIND: tl.constexpr, CAUSAL: tl.constexpr, BLOCK_N: tl.constexpr,
@@ -553,9 +561,9 @@ def _dq_blocks(dq, q, do, lse, delta, k_base, v_base, mask_base, rows, offs_n, o
             s = _mask_scores(s, rows[:, None], cols[None, :], start, end, has_holes, mask_base, stride_mm,
                              stride_mk, Q_LEN, K_LEN, threshold, MASK_KIND, CAUSAL)
         if FOLD:
-            p = tl.math.exp2(s * qk_scale - lse[:, None])
+            p = tl.math.exp2(s * qk_scale - m[:, None] - lg[:, None])
         else:
-            p = tl.math.exp2(s - lse[:, None])
+            p = tl.math.exp2(s - m[:, None] - lg[:, None])
         dp = tl.dot(do, vt, input_precision=DOT_PREC)
         if DROPOUT:
             dp = tl.where(_dropout_keep(seed, bh, rows, n0, drop_thr, BLOCK_N), dp * keep_scale, 0.0)
@@ -608,8 +616,9 @@ def _bwd_dq_kernel(
     if UPCAST:
         q = q.to(tl.float32)
         do = do.to(tl.float32)
-    lse = tl.load(lse_ptr + bh * Q_LEN + rows, mask=row_ok, other=float("inf"))
-    lse = tl.where(lse == float("-inf"), float("inf"), lse)
+    m = tl.load(lse_ptr + (bh * Q_LEN + rows) * 2, mask=row_ok, other=float("inf"))
+    m = tl.where(m == float("-inf"), float("inf"), m)  # nothing kept: zero probabilities (see _dkdv_blocks)
+    lg = tl.load(lse_ptr + (bh * Q_LEN + rows) * 2 + 1, mask=row_ok, other=0.0)
     delta = tl.load(delta_ptr + bh * Q_LEN + rows, mask=row_ok, other=0.0)
     k_base = k_ptr + b * stride_kb + hk * stride_kh
     v_base = v_ptr + b * stride_vb + hk * stride_vh
@@ -619,17 +628,17 @@ def _bwd_dq_kernel(
         seed = tl.load(seed_ptr)
 
     dq = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
-    dq = _dq_blocks(dq, q, do, lse, delta, k_base, v_base, mask_base, rows, offs_n, offs_d,
+    dq = _dq_blocks(dq, q, do, m, lg, delta, k_base, v_base, mask_base, rows, offs_n, offs_d,
                     stride_kn, stride_kd, stride_vn, stride_vd, stride_mm, stride_mk,
                     s_lo, tl.minimum(full_lo, s_hi), start, end, has_holes, Q_LEN, K_LEN, qk_scale, threshold,
                     seed, bh, drop_thr, keep_scale, True, MASK_KIND, CAUSAL, BLOCK_N, HEAD_D, BLOCK_D, UPCAST,
                     DOT_PREC, FOLD, DROPOUT)
-    dq = _dq_blocks(dq, q, do, lse, delta, k_base, v_base, mask_base, rows, offs_n, offs_d,
+    dq = _dq_blocks(dq, q, do, m, lg, delta, k_base, v_base, mask_base, rows, offs_n, offs_d,
                     stride_kn, stride_kd, stride_vn, stride_vd, stride_mm, stride_mk,
                     full_lo, full_hi, start, end, has_holes, Q_LEN, K_LEN, qk_scale, threshold,
                     seed, bh, drop_thr, keep_scale, False, MASK_KIND, CAUSAL, BLOCK_N, HEAD_D, BLOCK_D, UPCAST,
                     DOT_PREC, FOLD, DROPOUT)
-    dq = _dq_blocks(dq, q, do, lse, delta, k_base, v_base, mask_base, rows, offs_n, offs_d,
+    dq = _dq_blocks(dq, q, do, m, lg, delta, k_base, v_base, mask_base, rows, offs_n, offs_d,
                     stride_kn, stride_kd, stride_vn, stride_vd, stride_mm, stride_mk,
                     tl.maximum(full_lo, full_hi), s_hi, start, end, has_holes, Q_LEN, K_LEN, qk_scale, threshold,
                     seed, bh, drop_thr, keep_scale, True, MASK_KIND, CAUSAL, BLOCK_N, HEAD_D, BLOCK_D, UPCAST,
@@ -849,7 +858,7 @@ class _ForwardPlan:
         decode = _is_decode(Q)
         block_m, block_n, warps, stages = _fwd_config(D, Q, q.dtype, decode, causal, drop_thr > 0)
         self.splits = num_splits = _num_splits(B, H, Q, K, block_m, block_n, q.device) if decode else 1
-        self.out_shape, self.lse_shape = (B, Q, H, D), (B, H, Q)
+        self.out_shape, self.lse_shape = (B, Q, H, D), (B, H, Q, 2)
         self.empty = B * Q * H * D == 0
         self.dtype, self.device = q.dtype, q.device
         self.uses_mask = kind in (_K_RANGE, _K_BOOL, _K_ADD)
@@ -859,8 +868,8 @@ class _ForwardPlan:
         if num_splits == 1:
             ostr, lstr = (0,) + out_strides, 0
         else:
-            self.part_shapes = ((num_splits, B, H, Q, D), (num_splits, B, H, Q))
-            ostr, lstr = (B * H * Q * D, H * Q * D, Q * D, D, 1), B * H * Q
+            self.part_shapes = ((num_splits, B, H, Q, D), (num_splits, B, H, Q, 2))
+            ostr, lstr = (B * H * Q * D, H * Q * D, Q * D, D, 1), B * H * Q * 2
         mstr = _mask_args(kind, mask_t, q)[1]
         upcast = _INTERPRET and q.dtype == torch.bfloat16
         prec = "ieee" if (q.dtype == torch.float32 or upcast) else "tf32"
@@ -909,7 +918,8 @@ class _ForwardPlan:
 
 def _forward(q, k, v, kind, mask_t, ranges, threshold, causal, scale, need_lse=True, signature=None, drop_thr=0,
              seed=None):
-    """``(out, lse)``; ``lse`` is None when not ``need_lse`` (inference). ``signature``: the caller's key for
+    """``(out, lse)``: ``lse`` holds the rows' statistics ``(m, log2 l)``, ``[B, H, Q, 2]`` fp32 (see the module
+    docstring), None when not ``need_lse`` (inference). ``signature``: the caller's key for
     everything the plan depends on but pointer alignment, dropout and the module's settings (``ops`` passes its
     validated call signature), so that the key is not built twice per call. ``drop_thr > 0``: dropout (see
     :func:`dropout_threshold`) with the Philox key in ``seed``, a one-element int64 tensor on q's device; the
@@ -974,7 +984,7 @@ class _BackwardPlan:
     def __call__(self, do, q, k, v, out, lse, mask_t, ranges, seed=None):
         if self.empty:
             return torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v)
-        delta = torch.empty_like(lse)
+        delta = torch.empty(lse.shape[:3], dtype=torch.float32, device=lse.device)
         self.delta(out, do, delta)
         dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
         mask_arg = mask_t if self.uses_mask else q

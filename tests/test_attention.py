@@ -401,6 +401,26 @@ def test_decode_split_k_with_4d_mask(device):
     _check(q, k, v, mask, False, decode=True, num_splits=4)
 
 
+@pytest.mark.parametrize("path", ["prefill", "decode-split"])
+@pytest.mark.parametrize("big", [-1e30, -1.5e38])
+def test_large_kept_additive_values_keep_the_gradients_and_the_split_merge_exact(path, big, device):
+    # Additive values above half of finfo.min are added, not masked, however large. A row whose kept keys all carry
+    # -1e30 has its max near -1.44e30 in base 2; the saved statistics keep that max apart from log2(l), or the
+    # backward (and the split merge) would lose log2(l) to rounding and give each kept key a probability of 1
+    # (gradients K times too large).
+    B, H, Q, K, D = 2, 2, 3, 40, 16
+    q, k, v = _qkv(B, H, H, Q, K, D, torch.float32, device, grad=True)
+    mask = torch.zeros(B, 1, Q, K)
+    mask[0] = big  # sequence 0: every key kept at `big`, so every row is uniform
+    mask[1, :, 1] = big  # sequence 1: one uniform row, one with `big` on every other key (probability 0 there),
+    mask[1, :, 0, ::2] = big
+    mask[1, :, 2, 5:] = float("-inf")  # one with keys masked
+    decode = path == "decode-split"
+    out = _check(q, k, v, mask.to(device), False, grad=True, decode=decode, num_splits=3 if decode else None)
+    torch.testing.assert_close(out[0].double(), v[0].double().mean(dim=1, keepdim=True).expand(H, Q, D).cpu()
+                               .to(out.device), atol=1e-5, rtol=1e-5)
+
+
 def test_prefill_path_for_short_q(device):
     q, k, v = _qkv(2, 2, 2, 3, 40, 16, torch.float32, device)
     _check(q, k, v, _pad_mask([40, 11], 40, "right", device), True, decode=False)
