@@ -82,6 +82,8 @@
 #                                       # and the library's Python alone (bench_host.py --python-only)
 #   bash evals/gpu_session.sh decode12  # 2026-12-03 (12): the decode step against a read floor of its keys and values
 #                                       # (evals/probe_decode.py), bench_attention.py's decode row
+#   bash evals/gpu_session.sh stats12   # 2026-12-03 (12): attention saves each row's (m, log2 l): tests on CUDA, random
+#                                       # cases, forward and backward against old_tree/ (fa22ac5)
 set -uo pipefail
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
 OUT=${OUT:-out}
@@ -476,8 +478,28 @@ case "${1:-}" in
     timeout 100 python evals/bench_attention.py --shapes decode --out "$OUT/bench_decode" 2>&1 \
       | grep -E "^\[|ours |sdpa-(default|efficient|cudnn)" | cut -c1-110
     ;;
+  stats12)
+    # the fused attention's rows' statistics saved apart (m, log2 l): the new and changed tests on CUDA, the GPU tests
+    # of the attention, compile and dropout files, random cases, then the forward and backward timed against
+    # old_tree/ (fa22ac5, before the change), alternating
+    timeout 90 python -m pytest -q -p no:cacheprovider tests/test_attention.py tests/test_compile.py \
+      tests/test_no_copies.py -k "large_kept or row_stats or registered or host_allocates or fake or reference" 2>&1 \
+      | tee "$OUT/stats_tests12.log" | grep -E "passed|failed|^FAILED|^ERROR" | cut -c1-200
+    timeout 200 python -m pytest -q -m gpu -p no:cacheprovider tests/test_attention.py tests/test_compile.py \
+      tests/test_dropout.py tests/test_no_copies.py tests/test_autograd_edges.py 2>&1 | tee "$OUT/gpu_tests12.log" \
+      | grep -E "passed|failed|^FAILED|^ERROR" | cut -c1-200
+    timeout 100 python -u -m hf_masked_softmax.check --quick --no-bench --fuzz 60 --seed 12 --json "$OUT/check_fuzz12.json" \
+      > "$OUT/check_fuzz12.log" 2>&1
+    tr '\r' '\n' < "$OUT/check_fuzz12.log" | grep -v -E "^  PASS|random cases: " | tail -6
+    for round in 1; do
+      timeout 80 python evals/bench_attention.py --shapes gpt2-pad-right,bert --out "$OUT/bwd12_new$round" 2>&1 \
+        | grep -E "^  ours  "
+      (cd old_tree && PYTHONPATH="$PWD" timeout 80 python evals/bench_attention.py --shapes gpt2-pad-right,bert \
+        --out "$OUT/bwd12_old$round" 2>&1 | grep -E "^  ours  ")
+    done
+    ;;
   *)
-    echo "usage: bash evals/gpu_session.sh tests|kernels|e2e|check|followup|recheck|verify|measure|final|stream|last|tune|host|fast|fastcheck|closing|fold|fold2|fold3|e2e3|bert4|bert5|check4|lengths|ncu|bwd|suite|suite2|final6|plans|hostplans|genab|fuzz|bwdplan|trainab|final8|nosync|drop9a|drop9b|drop9d|audit10|bench10|final10|ws11|audit11|fuzz11|host11b|decode12" >&2
+    echo "usage: bash evals/gpu_session.sh tests|kernels|e2e|check|followup|recheck|verify|measure|final|stream|last|tune|host|fast|fastcheck|closing|fold|fold2|fold3|e2e3|bert4|bert5|check4|lengths|ncu|bwd|suite|suite2|final6|plans|hostplans|genab|fuzz|bwdplan|trainab|final8|nosync|drop9a|drop9b|drop9d|audit10|bench10|final10|ws11|audit11|fuzz11|host11b|decode12|stats12" >&2
     exit 2
     ;;
 esac
