@@ -84,6 +84,8 @@
 #                                       # (evals/probe_decode.py), bench_attention.py's decode row
 #   bash evals/gpu_session.sh stats12   # 2026-12-03 (12): attention saves each row's (m, log2 l): tests on CUDA, random
 #                                       # cases, forward and backward against old_tree/ (fa22ac5)
+#   bash evals/gpu_session.sh stats12b  # 2026-12-03 (12): the two subtractions with additive masks only: attention
+#                                       # tests on CUDA, forward and backward against old_tree/ (fa22ac5)
 set -uo pipefail
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
 OUT=${OUT:-out}
@@ -498,8 +500,20 @@ case "${1:-}" in
         --out "$OUT/bwd12_old$round" 2>&1 | grep -E "^  ours  ")
     done
     ;;
+  stats12b)
+    # two subtractions per score with additive masks only: the attention tests on CUDA, then the forward and backward
+    # against old_tree/ (fa22ac5), alternating
+    timeout 120 python -m pytest -q -p no:cacheprovider tests/test_attention.py -k "large_kept or gpu" 2>&1 \
+      | tee "$OUT/stats_tests12b.log" | grep -E "passed|failed|^FAILED|^ERROR" | cut -c1-200
+    for round in 1 2; do
+      timeout 80 python evals/bench_attention.py --shapes gpt2-pad-right,bert --out "$OUT/bwd12b_new$round" 2>&1 \
+        | grep -E "^  ours  "
+      (cd old_tree && PYTHONPATH="$PWD" timeout 80 python evals/bench_attention.py --shapes gpt2-pad-right,bert \
+        --out "$OUT/bwd12b_old$round" 2>&1 | grep -E "^  ours  ")
+    done
+    ;;
   *)
-    echo "usage: bash evals/gpu_session.sh tests|kernels|e2e|check|followup|recheck|verify|measure|final|stream|last|tune|host|fast|fastcheck|closing|fold|fold2|fold3|e2e3|bert4|bert5|check4|lengths|ncu|bwd|suite|suite2|final6|plans|hostplans|genab|fuzz|bwdplan|trainab|final8|nosync|drop9a|drop9b|drop9d|audit10|bench10|final10|ws11|audit11|fuzz11|host11b|decode12|stats12" >&2
+    echo "usage: bash evals/gpu_session.sh tests|kernels|e2e|check|followup|recheck|verify|measure|final|stream|last|tune|host|fast|fastcheck|closing|fold|fold2|fold3|e2e3|bert4|bert5|check4|lengths|ncu|bwd|suite|suite2|final6|plans|hostplans|genab|fuzz|bwdplan|trainab|final8|nosync|drop9a|drop9b|drop9d|audit10|bench10|final10|ws11|audit11|fuzz11|host11b|decode12|stats12|stats12b" >&2
     exit 2
     ;;
 esac
