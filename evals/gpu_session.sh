@@ -86,6 +86,8 @@
 #                                       # cases, forward and backward against old_tree/ (fa22ac5)
 #   bash evals/gpu_session.sh stats12b  # 2026-12-03 (12): the two subtractions with additive masks only: attention
 #                                       # tests on CUDA, forward and backward against old_tree/ (fa22ac5)
+#   bash evals/gpu_session.sh stats12c  # 2026-12-03 (12): lse whole plus its rounding residual: tests on CUDA,
+#                                       # GPT-2's forward and backward against old_tree/ (fa22ac5)
 set -uo pipefail
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
 OUT=${OUT:-out}
@@ -512,8 +514,18 @@ case "${1:-}" in
         --out "$OUT/bwd12b_old$round" 2>&1 | grep -E "^  ours  ")
     done
     ;;
+  stats12c)
+    # lse kept whole, its rounding residual in a second plane (read with additive masks only): the tests of it on
+    # CUDA, then GPT-2's forward and backward against old_tree/ (fa22ac5)
+    timeout 70 python -m pytest -q -p no:cacheprovider tests/test_attention.py tests/test_compile.py \
+      -k "large_kept or residual or lse_means or fake_attention" 2>&1 | tee "$OUT/stats_tests12c.log" \
+      | grep -E "passed|failed|^FAILED|^ERROR" | cut -c1-200
+    timeout 60 python evals/bench_attention.py --shapes gpt2-pad-right --out "$OUT/bwd12c_new" 2>&1 | grep -E "^  ours  "
+    (cd old_tree && PYTHONPATH="$PWD" timeout 60 python evals/bench_attention.py --shapes gpt2-pad-right \
+      --out "$OUT/bwd12c_old" 2>&1 | grep -E "^  ours  ")
+    ;;
   *)
-    echo "usage: bash evals/gpu_session.sh tests|kernels|e2e|check|followup|recheck|verify|measure|final|stream|last|tune|host|fast|fastcheck|closing|fold|fold2|fold3|e2e3|bert4|bert5|check4|lengths|ncu|bwd|suite|suite2|final6|plans|hostplans|genab|fuzz|bwdplan|trainab|final8|nosync|drop9a|drop9b|drop9d|audit10|bench10|final10|ws11|audit11|fuzz11|host11b|decode12|stats12|stats12b" >&2
+    echo "usage: bash evals/gpu_session.sh tests|kernels|e2e|check|followup|recheck|verify|measure|final|stream|last|tune|host|fast|fastcheck|closing|fold|fold2|fold3|e2e3|bert4|bert5|check4|lengths|ncu|bwd|suite|suite2|final6|plans|hostplans|genab|fuzz|bwdplan|trainab|final8|nosync|drop9a|drop9b|drop9d|audit10|bench10|final10|ws11|audit11|fuzz11|host11b|decode12|stats12|stats12b|stats12c" >&2
     exit 2
     ;;
 esac

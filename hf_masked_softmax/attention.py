@@ -26,25 +26,25 @@ A positive finite scale is applied inside the exponent, ``exp2(s * scale * log2(
 (``FOLD``; the row max is scaled once), in the forward and both backward kernels; not with an additive mask,
 which adds to already scaled scores.
 
-The forward saves each row's statistics ``(m, log2(l))``, its max and the log of its sum, as ``[B, H, Q, 2]`` fp32
-(``(-inf, 0)`` for a row with nothing kept; calls that autograd does not record skip it, ``STORE_LSE``), and the
-backward recomputes the probabilities from them (FlashAttention-2 style). With an additive mask it takes
-``exp2((s - m) - log2(l))``: ``s - m`` is exact even when kept mask values of -1e9 or less make ``m`` huge, where the
-rounded sum ``lse = m + log2(l)`` would lose ``log2(l)`` and give every kept key a probability of 1 (gradients K
-times too large). Otherwise logits that large cannot arise from a mask, and it takes ``exp2(s - lse)``, one
-subtraction per score fewer (GPT-2's backward: 0.1503 ms against 0.1628 with two, H200). The split merge of the
-decode path weights its partials by ``exp2((m_s - max) + log2(l_s))`` in every case. One
+The forward saves each row's ``lse = m + log2(l)`` (FlashAttention-2's log-sum-exp in base 2) and, in a second
+plane, its rounding residual ``(m + log2(l)) - lse`` (exact, by TwoSum): ``[2, B, H, Q]`` fp32, ``(-inf, 0)`` for a row
+with nothing kept; calls that autograd does not record skip it (``STORE_LSE``). The backward recomputes the
+probabilities as ``exp2(s - lse)``, and with an additive mask as ``exp2((s - lse) - residual)``: kept mask values of
+-1e9 or less make ``m`` so large that the rounded ``lse`` loses ``log2(l)`` altogether, and ``exp2(s - lse)`` gave
+every kept key a probability of 1 (gradients K times too large); ``s - lse`` is exact there. Other mask forms cannot
+make the logits that large, and keep one subtraction per score. The split merge of the decode path weights its
+partials by ``exp2((lse_s - max) + residual_s)`` in every case. One
 kernel per key block accumulates ``dk, dv`` over all query heads of its GQA group, another per query block
 accumulates ``dq``. ``delta = rowsum(dO * O)`` comes first.
 
 Dropout (``dropout_p``, training): the forward sums every probability into ``l`` but multiplies only the kept ones
-into ``O`` (``O = (P * Z) v`` with ``Z`` = kept / (1 - p), else 0), and saves the statistics of the probabilities
-before dropout. The mask is a function of the score's indices: one Philox-4x32-10 call, keyed by a per-call seed, per 8
+into ``O`` (``O = (P * Z) v`` with ``Z`` = kept / (1 - p), else 0), and saves ``lse`` (and residual) of the
+probabilities before dropout. The mask is a function of the score's indices: one Philox-4x32-10 call, keyed by a per-call seed, per 8
 neighbouring keys of a row gives eight 16-bit numbers (``_dropout_keep``), so both backward kernels redraw it
 whatever their tiles: ``dv = (P Z)^T dO``, ``dP = Z (dO v^T)``; ``delta = rowsum(dO * O)`` holds as before.
 
 Decode (``Q <= 16``): too few query blocks to fill the GPU, so the key range of each sequence is split across
-``num_splits`` programs, each writing a partial ``O`` and row statistics in fp32, merged by a small combine kernel.
+``num_splits`` programs, each writing a partial ``O``, ``lse`` and residual in fp32, merged by a small combine kernel.
 
 Layout: the result is ``[B, H, Q, D]`` whose memory is ``[B, Q, H, D]`` (as SDPA's flash backend returns it), so
 ``out.transpose(1, 2)`` — the layout Hugging Face wants — is already contiguous. :func:`attention_bqhd` returns that
@@ -244,7 +244,7 @@ def _attn_fwd_kernel(
     stride_kb, stride_kh, stride_kn, stride_kd,
     stride_vb, stride_vh, stride_vn, stride_vd,
     stride_os, stride_ob, stride_oh, stride_om, stride_od,
-    stride_ls,
+    stride_ls, stride_lp,
     stride_mb, stride_mh, stride_mm, stride_mk,
     H, GROUP, Q_LEN, K_LEN, NUM_SPLITS, qk_scale, threshold, drop_thr, keep_scale,
     MASK_KIND: tl.constexpr, CAUSAL: tl.constexpr, BH_FIRST: tl.constexpr,
@@ -330,23 +330,33 @@ def _attn_fwd_kernel(
     else:
         tl.store(o_ptrs, out.to(o_ptr.dtype.element_ty), mask=row_ok[:, None] & d_ok[None, :])
     if STORE_LSE:
-        # the row's statistics (m, log2 l): -inf and 0 for a row with nothing kept
-        stat_ptrs = lse_ptr + split * stride_ls + (bh * Q_LEN + rows) * 2
-        tl.store(stat_ptrs, tl.where(empty, float("-inf"), m_i), mask=row_ok)
-        tl.store(stat_ptrs + 1, tl.math.log2(tl.where(empty, 1.0, l_i)), mask=row_ok)
+        # lse and its rounding residual (see the module docstring): -inf and 0 for a row with nothing kept
+        m_use = tl.where(empty, 0.0, m_i)
+        lg = tl.math.log2(tl.where(empty, 1.0, l_i))
+        lse = m_use + lg
+        lse_ptrs = lse_ptr + split * stride_ls + bh * Q_LEN + rows
+        tl.store(lse_ptrs, tl.where(empty, float("-inf"), lse), mask=row_ok)
+        tl.store(lse_ptrs + stride_lp, _two_sum_residual(m_use, lg, lse), mask=row_ok)
+
+
+@triton.jit
+def _two_sum_residual(a, b, s):
+    """``(a + b) - s`` exactly, for ``s`` = fl(a + b) (Knuth's TwoSum; IEEE additions, never reassociated)."""
+    bb = s - a
+    return (a - (s - bb)) + (b - bb)
 
 
 @fast_launch
 @triton.jit
 def _split_combine_kernel(
     part_ptr, part_lse_ptr, o_ptr, lse_ptr,
-    stride_ps, stride_ls,
+    stride_ps, stride_ls, stride_lp,
     stride_ob, stride_oh, stride_om, stride_od,
     H, Q_LEN, NUM_SPLITS,
     HEAD_D: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_S: tl.constexpr, STORE_LSE: tl.constexpr,
 ):
-    """Merge the splits of one query row (partials are contiguous ``[S, B, H, Q, D]`` and ``[S, B, H, Q, 2]`` in
-    fp32): weights ``2^((m_s - max) + log2 l_s)``; a row empty in every split stays zero with ``m = -inf``."""
+    """Merge the splits of one query row (partials are contiguous ``[S, B, H, Q, D]`` and ``[S, 2, B, H, Q]`` in
+    fp32): weights ``2^((lse_s - max) + residual_s)``; a row empty in every split stays zero with ``lse = -inf``."""
     bh = tl.program_id(0).to(tl.int64)
     row = tl.program_id(1)
     b = bh // H
@@ -355,12 +365,12 @@ def _split_combine_kernel(
     offs_d = tl.arange(0, BLOCK_D)
     s_ok = offs_s < NUM_SPLITS
     d_ok = offs_d < HEAD_D
-    stat_ptrs = part_lse_ptr + offs_s * stride_ls + (bh * Q_LEN + row) * 2
-    m_s = tl.load(stat_ptrs, mask=s_ok, other=float("-inf"))
-    lg_s = tl.load(stat_ptrs + 1, mask=s_ok, other=0.0)
-    mx = tl.max(m_s, axis=0)
+    lse_ptrs = part_lse_ptr + offs_s * stride_ls + bh * Q_LEN + row
+    lse_s = tl.load(lse_ptrs, mask=s_ok, other=float("-inf"))
+    res_s = tl.load(lse_ptrs + stride_lp, mask=s_ok, other=0.0)
+    mx = tl.max(lse_s, axis=0)
     mx_use = tl.where(mx == float("-inf"), 0.0, mx)
-    w = tl.math.exp2((m_s - mx_use) + lg_s)
+    w = tl.math.exp2((lse_s - mx_use) + res_s)
     total = tl.sum(w, axis=0)
     parts = tl.load(part_ptr + offs_s[:, None] * stride_ps + (bh * Q_LEN + row) * HEAD_D + offs_d[None, :],
                     mask=s_ok[:, None] & d_ok[None, :], other=0.0)
@@ -369,8 +379,10 @@ def _split_combine_kernel(
     tl.store(o_ptr + b * stride_ob + h * stride_oh + row * stride_om + offs_d * stride_od,
              out.to(o_ptr.dtype.element_ty), mask=d_ok)
     if STORE_LSE:
-        tl.store(lse_ptr + (bh * Q_LEN + row) * 2, tl.where(empty, float("-inf"), mx_use))
-        tl.store(lse_ptr + (bh * Q_LEN + row) * 2 + 1, tl.math.log2(tl.where(empty, 1.0, total)))
+        lg = tl.math.log2(tl.where(empty, 1.0, total))
+        lse = mx_use + lg
+        tl.store(lse_ptr + bh * Q_LEN + row, tl.where(empty, float("-inf"), lse))
+        tl.store(lse_ptr + stride_lp + bh * Q_LEN + row, tl.where(empty, 0.0, _two_sum_residual(mx_use, lg, lse)))
 
 
 @fast_launch
@@ -401,7 +413,7 @@ def _bwd_delta_kernel(o_ptr, do_ptr, delta_ptr,
 
 @triton.jit
 def _dkdv_blocks(dk, dv, k, v, q_base, do_base, lse_base, delta_base, mask_base, cols, offs_m, offs_d,
-                 stride_qm, stride_qd, stride_dom, stride_dod, stride_mm, stride_mk,
+                 stride_qm, stride_qd, stride_dom, stride_dod, stride_mm, stride_mk, stride_lp,
                  lo, hi, start, end, has_holes, Q_LEN, K_LEN, qk_scale, threshold, seed, bh, n0, drop_thr, keep_scale,
                  MASKED: tl.constexpr, MASK_KIND: tl.constexpr, CAUSAL: tl.constexpr, BLOCK_M: tl.constexpr,
                  BLOCK_N: tl.constexpr, HEAD_D: tl.constexpr, BLOCK_D: tl.constexpr, UPCAST: tl.constexpr,
@@ -421,10 +433,11 @@ def _dkdv_blocks(dk, dv, k, v, q_base, do_base, lse_base, delta_base, mask_base,
         if UPCAST:
             qt = qt.to(tl.float32)
             do = do.to(tl.float32)
-        m = tl.load(lse_base + rows * 2, mask=row_ok, other=float("inf"))
-        # a row with nothing kept has m = -inf and all-zero probabilities: +inf gives exp2(s - m - log2 l) = 0
-        m = tl.where(m == float("-inf"), float("inf"), m)
-        lg = tl.load(lse_base + rows * 2 + 1, mask=row_ok, other=0.0)
+        lse = tl.load(lse_base + rows, mask=row_ok, other=float("inf"))
+        # a row with nothing kept has lse = -inf and all-zero probabilities: +inf gives exp2(s - lse) = 0
+        lse = tl.where(lse == float("-inf"), float("inf"), lse)
+        if MASK_KIND == 3:
+            res = tl.load(lse_base + stride_lp + rows, mask=row_ok, other=0.0)
         delta = tl.load(delta_base + rows, mask=row_ok, other=0.0)
         st = tl.dot(k, qt, input_precision=DOT_PREC)
         if not FOLD:
@@ -432,12 +445,12 @@ def _dkdv_blocks(dk, dv, k, v, q_base, do_base, lse_base, delta_base, mask_base,
         if MASKED:
             st = _mask_scores(st, rows[None, :], cols[:, None], start, end, has_holes, mask_base, stride_mm,
                               stride_mk, Q_LEN, K_LEN, threshold, MASK_KIND, CAUSAL)
-        if MASK_KIND == 3:  # additive mask (never FOLD): two subtractions, see the module docstring
-            pt = tl.math.exp2(st - m[None, :] - lg[None, :])
+        if MASK_KIND == 3:  # additive mask (never FOLD): the residual too, see the module docstring
+            pt = tl.math.exp2((st - lse[None, :]) - res[None, :])
         elif FOLD:
-            pt = tl.math.exp2(st * qk_scale - (m + lg)[None, :])
+            pt = tl.math.exp2(st * qk_scale - lse[None, :])
         else:
-            pt = tl.math.exp2(st - (m + lg)[None, :])
+            pt = tl.math.exp2(st - lse[None, :])
         if DROPOUT:
             keep = tl.trans(_dropout_keep(seed, bh, rows, n0, drop_thr, BLOCK_N))
             dv = tl.dot(tl.where(keep, pt * keep_scale, 0.0).to(do.dtype), do, dv, input_precision=DOT_PREC)
@@ -462,6 +475,7 @@ def _bwd_dkdv_kernel(
     stride_dkb, stride_dkh, stride_dkn, stride_dkd,
     stride_dvb, stride_dvh, stride_dvn, stride_dvd,
     stride_mb, stride_mh, stride_mm, stride_mk,
+    stride_lp,
     H, HKV, GROUP, Q_LEN, K_LEN, sm_scale, qk_scale, threshold, drop_thr, keep_scale,
     MASK_KIND: tl.constexpr, CAUSAL: tl.constexpr, BH_FIRST: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_D: tl.constexpr, BLOCK_D: tl.constexpr,
@@ -517,17 +531,17 @@ def _bwd_dkdv_kernel(
     for h in range(hk * GROUP, hk * GROUP + GROUP):
         q_base = q_ptr + b * stride_qb + h * stride_qh
         do_base = do_ptr + b * stride_dob + h * stride_doh
-        lse_base = lse_ptr + (b * H + h) * Q_LEN * 2
+        lse_base = lse_ptr + (b * H + h) * Q_LEN
         delta_base = delta_ptr + (b * H + h) * Q_LEN
         mask_base = mask_ptr + b * stride_mb + h * stride_mh
         dk, dv = _dkdv_blocks(dk, dv, k, v, q_base, do_base, lse_base, delta_base, mask_base, cols, offs_m, offs_d,
-                              stride_qm, stride_qd, stride_dom, stride_dod, stride_mm, stride_mk,
+                              stride_qm, stride_qd, stride_dom, stride_dod, stride_mm, stride_mk, stride_lp,
                               q_lo, q_full, start, end, has_holes, Q_LEN, K_LEN, qk_scale, threshold,
                               seed, b * H + h, n0, drop_thr, keep_scale,
                               True, MASK_KIND, CAUSAL, BLOCK_M, BLOCK_N, HEAD_D, BLOCK_D, UPCAST, DOT_PREC, FOLD,
                               DROPOUT)
         dk, dv = _dkdv_blocks(dk, dv, k, v, q_base, do_base, lse_base, delta_base, mask_base, cols, offs_m, offs_d,
-                              stride_qm, stride_qd, stride_dom, stride_dod, stride_mm, stride_mk,
+                              stride_qm, stride_qd, stride_dom, stride_dod, stride_mm, stride_mk, stride_lp,
                               q_full, q_hi, start, end, has_holes, Q_LEN, K_LEN, qk_scale, threshold,
                               seed, b * H + h, n0, drop_thr, keep_scale,
                               False, MASK_KIND, CAUSAL, BLOCK_M, BLOCK_N, HEAD_D, BLOCK_D, UPCAST, DOT_PREC, FOLD,
@@ -541,7 +555,7 @@ def _bwd_dkdv_kernel(
 
 
 @triton.jit
-def _dq_blocks(dq, q, do, m, lg, delta, k_base, v_base, mask_base, rows, offs_n, offs_d,
+def _dq_blocks(dq, q, do, lse, res, delta, k_base, v_base, mask_base, rows, offs_n, offs_d,
                stride_kn, stride_kd, stride_vn, stride_vd, stride_mm, stride_mk,
                lo, hi, start, end, has_holes, Q_LEN, K_LEN, qk_scale, threshold, seed, bh, drop_thr, keep_scale,
                MASKED: tl.constexpr, MASK_KIND: tl.constexpr, CAUSAL: tl.constexpr, BLOCK_N: tl.constexpr,
@@ -565,12 +579,12 @@ def _dq_blocks(dq, q, do, m, lg, delta, k_base, v_base, mask_base, rows, offs_n,
         if MASKED:
             s = _mask_scores(s, rows[:, None], cols[None, :], start, end, has_holes, mask_base, stride_mm,
                              stride_mk, Q_LEN, K_LEN, threshold, MASK_KIND, CAUSAL)
-        if MASK_KIND == 3:  # additive mask (never FOLD): two subtractions, see the module docstring
-            p = tl.math.exp2(s - m[:, None] - lg[:, None])
+        if MASK_KIND == 3:  # additive mask (never FOLD): the residual too, see the module docstring
+            p = tl.math.exp2((s - lse[:, None]) - res[:, None])
         elif FOLD:
-            p = tl.math.exp2(s * qk_scale - (m + lg)[:, None])
+            p = tl.math.exp2(s * qk_scale - lse[:, None])
         else:
-            p = tl.math.exp2(s - (m + lg)[:, None])
+            p = tl.math.exp2(s - lse[:, None])
         dp = tl.dot(do, vt, input_precision=DOT_PREC)
         if DROPOUT:
             dp = tl.where(_dropout_keep(seed, bh, rows, n0, drop_thr, BLOCK_N), dp * keep_scale, 0.0)
@@ -589,6 +603,7 @@ def _bwd_dq_kernel(
     stride_dob, stride_doh, stride_dom, stride_dod,
     stride_dqb, stride_dqh, stride_dqm, stride_dqd,
     stride_mb, stride_mh, stride_mm, stride_mk,
+    stride_lp,
     H, GROUP, Q_LEN, K_LEN, sm_scale, qk_scale, threshold, drop_thr, keep_scale,
     MASK_KIND: tl.constexpr, CAUSAL: tl.constexpr, BH_FIRST: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_D: tl.constexpr, BLOCK_D: tl.constexpr,
@@ -623,9 +638,11 @@ def _bwd_dq_kernel(
     if UPCAST:
         q = q.to(tl.float32)
         do = do.to(tl.float32)
-    m = tl.load(lse_ptr + (bh * Q_LEN + rows) * 2, mask=row_ok, other=float("inf"))
-    m = tl.where(m == float("-inf"), float("inf"), m)  # nothing kept: zero probabilities (see _dkdv_blocks)
-    lg = tl.load(lse_ptr + (bh * Q_LEN + rows) * 2 + 1, mask=row_ok, other=0.0)
+    lse = tl.load(lse_ptr + bh * Q_LEN + rows, mask=row_ok, other=float("inf"))
+    lse = tl.where(lse == float("-inf"), float("inf"), lse)  # nothing kept: zero probabilities (see _dkdv_blocks)
+    res = lse  # the residual, read with an additive mask only
+    if MASK_KIND == 3:
+        res = tl.load(lse_ptr + stride_lp + bh * Q_LEN + rows, mask=row_ok, other=0.0)
     delta = tl.load(delta_ptr + bh * Q_LEN + rows, mask=row_ok, other=0.0)
     k_base = k_ptr + b * stride_kb + hk * stride_kh
     v_base = v_ptr + b * stride_vb + hk * stride_vh
@@ -635,17 +652,17 @@ def _bwd_dq_kernel(
         seed = tl.load(seed_ptr)
 
     dq = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
-    dq = _dq_blocks(dq, q, do, m, lg, delta, k_base, v_base, mask_base, rows, offs_n, offs_d,
+    dq = _dq_blocks(dq, q, do, lse, res, delta, k_base, v_base, mask_base, rows, offs_n, offs_d,
                     stride_kn, stride_kd, stride_vn, stride_vd, stride_mm, stride_mk,
                     s_lo, tl.minimum(full_lo, s_hi), start, end, has_holes, Q_LEN, K_LEN, qk_scale, threshold,
                     seed, bh, drop_thr, keep_scale, True, MASK_KIND, CAUSAL, BLOCK_N, HEAD_D, BLOCK_D, UPCAST,
                     DOT_PREC, FOLD, DROPOUT)
-    dq = _dq_blocks(dq, q, do, m, lg, delta, k_base, v_base, mask_base, rows, offs_n, offs_d,
+    dq = _dq_blocks(dq, q, do, lse, res, delta, k_base, v_base, mask_base, rows, offs_n, offs_d,
                     stride_kn, stride_kd, stride_vn, stride_vd, stride_mm, stride_mk,
                     full_lo, full_hi, start, end, has_holes, Q_LEN, K_LEN, qk_scale, threshold,
                     seed, bh, drop_thr, keep_scale, False, MASK_KIND, CAUSAL, BLOCK_N, HEAD_D, BLOCK_D, UPCAST,
                     DOT_PREC, FOLD, DROPOUT)
-    dq = _dq_blocks(dq, q, do, m, lg, delta, k_base, v_base, mask_base, rows, offs_n, offs_d,
+    dq = _dq_blocks(dq, q, do, lse, res, delta, k_base, v_base, mask_base, rows, offs_n, offs_d,
                     stride_kn, stride_kd, stride_vn, stride_vd, stride_mm, stride_mk,
                     tl.maximum(full_lo, full_hi), s_hi, start, end, has_holes, Q_LEN, K_LEN, qk_scale, threshold,
                     seed, bh, drop_thr, keep_scale, True, MASK_KIND, CAUSAL, BLOCK_N, HEAD_D, BLOCK_D, UPCAST,
@@ -865,7 +882,7 @@ class _ForwardPlan:
         decode = _is_decode(Q)
         block_m, block_n, warps, stages = _fwd_config(D, Q, q.dtype, decode, causal, drop_thr > 0)
         self.splits = num_splits = _num_splits(B, H, Q, K, block_m, block_n, q.device) if decode else 1
-        self.out_shape, self.lse_shape = (B, Q, H, D), (B, H, Q, 2)
+        self.out_shape, self.lse_shape = (B, Q, H, D), (2, B, H, Q)
         self.empty = B * Q * H * D == 0
         self.dtype, self.device = q.dtype, q.device
         self.uses_mask = kind in (_K_RANGE, _K_BOOL, _K_ADD)
@@ -875,8 +892,8 @@ class _ForwardPlan:
         if num_splits == 1:
             ostr, lstr = (0,) + out_strides, 0
         else:
-            self.part_shapes = ((num_splits, B, H, Q, D), (num_splits, B, H, Q, 2))
-            ostr, lstr = (B * H * Q * D, H * Q * D, Q * D, D, 1), B * H * Q * 2
+            self.part_shapes = ((num_splits, B, H, Q, D), (num_splits, 2, B, H, Q))
+            ostr, lstr = (B * H * Q * D, H * Q * D, Q * D, D, 1), 2 * B * H * Q
         mstr = _mask_args(kind, mask_t, q)[1]
         upcast = _INTERPRET and q.dtype == torch.bfloat16
         prec = "ieee" if (q.dtype == torch.float32 or upcast) else "tf32"
@@ -885,7 +902,7 @@ class _ForwardPlan:
         # what this plan allocates is contiguous: its largest offset is its size minus one
         wide = _wide(q, k, v, mask_t) or num_splits * B * H * Q * D >= 2**31
         self.dropout = drop_thr > 0
-        scalars = (*q.stride(), *k.stride(), *v.stride(), *ostr, lstr, *mstr,
+        scalars = (*q.stride(), *k.stride(), *v.stride(), *ostr, lstr, B * H * Q, *mstr,
                    H, H // Hkv, Q, K, num_splits, scale * _LOG2E, threshold, drop_thr, _keep_scale(drop_thr))
         constexprs = dict(
             MASK_KIND=kind, CAUSAL=causal, BH_FIRST=bh_first, BLOCK_M=block_m, BLOCK_N=block_n, HEAD_D=D,
@@ -899,7 +916,7 @@ class _ForwardPlan:
         if num_splits > 1:
             self.combine = bind(
                 _split_combine_kernel, (B * H, Q),
-                (ostr[0], lstr, *out_strides, H, Q, num_splits),
+                (ostr[0], lstr, B * H * Q, *out_strides, H, Q, num_splits),
                 dict(HEAD_D=D, BLOCK_D=_block_d(D), BLOCK_S=max(2, _next_pow2(num_splits)), STORE_LSE=need_lse,
                      num_warps=1),
             )
@@ -925,8 +942,8 @@ class _ForwardPlan:
 
 def _forward(q, k, v, kind, mask_t, ranges, threshold, causal, scale, need_lse=True, signature=None, drop_thr=0,
              seed=None):
-    """``(out, lse)``: ``lse`` holds the rows' statistics ``(m, log2 l)``, ``[B, H, Q, 2]`` fp32 (see the module
-    docstring), None when not ``need_lse`` (inference). ``signature``: the caller's key for
+    """``(out, lse)``: ``lse`` holds each row's log-sum-exp and its rounding residual, ``[2, B, H, Q]`` fp32 (see the
+    module docstring), None when not ``need_lse`` (inference). ``signature``: the caller's key for
     everything the plan depends on but pointer alignment, dropout and the module's settings (``ops`` passes its
     validated call signature), so that the key is not built twice per call. ``drop_thr > 0``: dropout (see
     :func:`dropout_threshold`) with the Philox key in ``seed``, a one-element int64 tensor on q's device; the
@@ -976,7 +993,7 @@ class _BackwardPlan:
         kv_first = _bh_first(causal, B * Hkv, _cdiv(K, block_n))
         self.dkdv = bind(
             _bwd_dkdv_kernel, (B * Hkv, _cdiv(K, block_n)) if kv_first else (_cdiv(K, block_n), B * Hkv),
-            (*qkv_strides, *dk.stride(), *dv.stride(), *mstr, H, Hkv, H // Hkv, Q, K, scale, scale * _LOG2E,
+            (*qkv_strides, *dk.stride(), *dv.stride(), *mstr, B * H * Q, H, Hkv, H // Hkv, Q, K, scale, scale * _LOG2E,
              threshold, *drop),
             dict(BH_FIRST=kv_first, BLOCK_M=block_m, BLOCK_N=block_n, num_warps=warps, num_stages=stages, **common),
         )
@@ -984,14 +1001,14 @@ class _BackwardPlan:
         q_first = _bh_first(causal, B * H, _cdiv(Q, block_m))
         self.dq = bind(
             _bwd_dq_kernel, (B * H, _cdiv(Q, block_m)) if q_first else (_cdiv(Q, block_m), B * H),
-            (*qkv_strides, *dq.stride(), *mstr, H, H // Hkv, Q, K, scale, scale * _LOG2E, threshold, *drop),
+            (*qkv_strides, *dq.stride(), *mstr, B * H * Q, H, H // Hkv, Q, K, scale, scale * _LOG2E, threshold, *drop),
             dict(BH_FIRST=q_first, BLOCK_M=block_m, BLOCK_N=block_n, num_warps=warps, num_stages=stages, **common),
         )
 
     def __call__(self, do, q, k, v, out, lse, mask_t, ranges, seed=None):
         if self.empty:
             return torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v)
-        delta = torch.empty(lse.shape[:3], dtype=torch.float32, device=lse.device)
+        delta = torch.empty(lse.shape[1:], dtype=torch.float32, device=lse.device)
         self.delta(out, do, delta)
         dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
         mask_arg = mask_t if self.uses_mask else q

@@ -5,7 +5,8 @@ Operators (namespace ``hf_masked_softmax``), all taking tensors and scalars only
 * ``masked_softmax(scores, mask, mask_kind, threshold, causal, scale, max_single_pass_k, loop_block_k) -> y``
 * ``masked_softmax_backward(y, dy, mask, mask_kind, threshold, causal, scale, max_single_pass_k, loop_block_k) -> ds``
 * ``attention_forward(q, k, v, mask, mask_kind, threshold, causal, scale, drop_thr=0, seed=None) -> (out, lse)``,
-  ``lse`` being each row's statistics ``(m, log2 l)``, ``[B, H, Q, 2]`` fp32 (see :mod:`hf_masked_softmax.attention`)
+  ``lse`` being ``[2, B, H, Q]`` fp32: each row's base-2 log-sum-exp and its rounding residual
+  (:mod:`hf_masked_softmax.attention`)
 * ``attention_backward(do, q, k, v, out, lse, mask, mask_kind, threshold, causal, scale, drop_thr=0, seed=None)
   -> (dq, dk, dv)``
 
@@ -33,7 +34,7 @@ import torch
 
 from . import masks as _masks
 from ._launch import kernels_take, remember
-from .reference import (attention_backward_reference, attention_row_stats_reference, attention_reference,
+from .reference import (attention_backward_reference, attention_lse_reference, attention_reference,
                         dropout_keep_reference, masked_softmax_backward_reference, masked_softmax_reference)
 
 # The package re-exports functions under the modules' names, so reach the modules themselves through importlib.
@@ -233,7 +234,7 @@ def _attention_reference(q, k, v, mask, causal, scale, drop_thr=0, seed=None):
                                dropout=_reference_dropout(q, k, drop_thr, seed))
 
 
-# Named ``attention_forward`` since its second output became the rows' (m, log2 l) pairs: the earlier operator named
+# Named ``attention_forward`` since its second output gained the residual plane: the earlier operator named
 # ``attention`` returned a [B, H, Q] lse, and Inductor's on-disk cache keys a compiled graph by the operators'
 # names, not their fake implementations, so a graph compiled before would have been reused with the old shapes.
 @torch.library.custom_op(f"{NAMESPACE}::attention_forward", mutates_args=())
@@ -253,7 +254,8 @@ def attention_op(
         out = _attention_reference(q, k, v, mask, causal, scale, drop_thr, seed)
         # the kernel's layout: [B, H, Q, D] whose memory is [B, Q, H, D]
         out = out.transpose(1, 2).contiguous().transpose(1, 2)
-        return out, attention_row_stats_reference(q, k, mask, causal=causal, scale=scale)
+        lse = attention_lse_reference(q, k, mask, causal=causal, scale=scale)
+        return out, torch.stack((lse, torch.zeros_like(lse)))  # the kernel's [2, B, H, Q]: lse, residual (none)
     B, H, Q, _ = q.shape
     kind, mask_t, ranges, threshold = _attn_mask_args(mask, mask_kind, threshold, (B, H, Q, k.shape[2]))
     with on_device(q):
@@ -265,7 +267,7 @@ def _(q, k, v, mask, mask_kind, threshold, causal, scale, drop_thr=0, seed=None)
     B, H, Q, D = q.shape
     # [B, H, Q, D] laid out as [B, Q, H, D], exactly as the kernel writes it
     out = q.new_empty((B, Q, H, D)).transpose(1, 2)
-    lse = q.new_empty((B, H, Q, 2), dtype=torch.float32)  # each row's (m, log2 l): see attention.py
+    lse = q.new_empty((2, B, H, Q), dtype=torch.float32)  # each row's lse and its rounding residual (attention.py)
     return out, lse
 
 

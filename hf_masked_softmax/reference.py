@@ -85,7 +85,7 @@ def _repeat_heads(heads: int, *kv: torch.Tensor):
     return tuple(t.repeat_interleave(heads // Hkv, dim=1) if Hkv != heads else t for t in kv)
 
 
-def attention_row_stats_reference(
+def attention_lse_reference(
     q: torch.Tensor,
     k: torch.Tensor,
     attention_mask: Optional[torch.Tensor] = None,
@@ -94,18 +94,13 @@ def attention_row_stats_reference(
     scale: float = 1.0,
     compute_dtype: torch.dtype = torch.float32,
 ) -> torch.Tensor:
-    """Each row's statistics ``(m, log2(l))`` of the masked logits ``x`` of ``attention_reference`` in base-2 units:
-    ``m = max_kept(log2(e) * x)`` and ``l = sum_kept 2^(log2(e) * x - m)``, ``[B, H, Q, 2]`` in ``compute_dtype``;
-    ``(-inf, 0)`` for a row with nothing kept. What the fused kernel saves for its backward (in fp32); their sum is
-    the base-2 log-sum-exp."""
+    """Base-2 log-sum-exp ``log2(sum_kept 2^(log2(e) * x))`` of each row of the masked logits ``x`` of
+    ``attention_reference``, ``[B, H, Q]`` in ``compute_dtype``: what the fused kernel saves for its backward (in fp32,
+    with its rounding residual beside it); ``-inf`` for a row with nothing kept."""
     (k,) = _repeat_heads(q.shape[1], k)
     s = torch.matmul(q.to(compute_dtype), k.to(compute_dtype).transpose(-1, -2))
     x, keep = _masked_logits(s, attention_mask, causal, scale, compute_dtype)
-    x2 = (x * _LOG2E).masked_fill(~keep, float("-inf"))
-    m = x2.amax(dim=-1) if x2.shape[-1] else x2.new_full(x2.shape[:-1], float("-inf"))
-    empty = m == float("-inf")
-    l = torch.exp2(x2 - torch.where(empty, 0.0, m)[..., None]).sum(dim=-1)
-    return torch.stack((m, torch.where(empty, 0.0, torch.log2(l))), dim=-1)
+    return torch.logsumexp(x.masked_fill(~keep, float("-inf")), dim=-1) * _LOG2E
 
 
 def attention_reference(

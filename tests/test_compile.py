@@ -9,6 +9,7 @@ CPU runs use ``backend="aot_eager"`` (dynamo + AOT autograd with the fake implem
 inductor's C++ compile of every graph would cost minutes on the 2-core CI machine); one test uses inductor.
 """
 import importlib
+import math
 
 import pytest
 import torch
@@ -93,7 +94,7 @@ def test_fake_attention_output_has_the_kernel_layout(device):
         fq, fk, fv = (mode.from_tensor(t) for t in (q, k, v))
         fake, fake_lse = ops.attention_op(fq, fk, fv, None, 0, 0.0, False, 0.25)
     assert fake.shape == real.shape and fake.stride() == real.stride()
-    assert fake_lse.shape == (2, 3, 5, 2) and fake_lse.dtype == torch.float32  # each row's (m, log2 l)
+    assert fake_lse.shape == (2, 2, 3, 5) and fake_lse.dtype == torch.float32  # lse and its rounding residual
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -439,7 +440,7 @@ def _refuse(*args, **kwargs):
 def test_operators_on_cpu_without_the_interpreter_run_the_reference(monkeypatch, form):
     # Kernels defined without TRITON_INTERPRET cannot take CPU tensors (on a GPU machine they fail at launch), so the
     # operators themselves, called directly, run the reference on CPU tensors: values, lse and gradients against fp64.
-    from hf_masked_softmax.reference import attention_reference, attention_row_stats_reference, masked_softmax_reference
+    from hf_masked_softmax.reference import attention_lse_reference, attention_reference, masked_softmax_reference
     from tolerances import assert_close
 
     launch = importlib.import_module("hf_masked_softmax._launch")
@@ -474,9 +475,11 @@ def test_operators_on_cpu_without_the_interpreter_run_the_reference(monkeypatch,
     assert_close(out, out64, scale=4)
     for got, want in zip(grads, torch.autograd.grad(out64, leaves, do.double())):
         assert_close(got, want, scale=8)
-    stats64 = attention_row_stats_reference(q.double(), k.double(), mask, causal=True, scale=0.3,
-                                            compute_dtype=torch.float64)
-    assert_close(lse, stats64)
+    lse64 = attention_lse_reference(q.double(), k.double(), mask, causal=True, scale=0.3,
+                                    compute_dtype=torch.float64)
+    assert lse.shape == (2, B, H, Q)
+    assert_close(lse[0], lse64)
+    assert torch.equal(lse[1], torch.zeros_like(lse[1]))  # the reference's lse has no rounding residual to keep
     # the public functions take the same reference path (and masked_softmax ignores TRITON_INTERPRET set after import)
     monkeypatch.setenv("TRITON_INTERPRET", "1")
     with torch.no_grad():
@@ -484,10 +487,10 @@ def test_operators_on_cpu_without_the_interpreter_run_the_reference(monkeypatch,
         assert torch.equal(attention(q, k, v, mask, causal=True, scale=0.3), out)
 
 
-def test_reference_row_stats_mean_what_the_kernel_saves(device):
-    # the operator's saved statistics are the reference's: each row's max m of the kept scaled scores in base 2 and
-    # log2 of its sum of 2^(x - m); (-inf, 0) for empty rows. Their sum is the base-2 log-sum-exp.
-    from hf_masked_softmax.reference import attention_row_stats_reference
+def test_reference_lse_means_what_the_kernel_saves(device):
+    # the operator saves each row's base-2 log-sum-exp of the kept scaled scores (-inf for empty rows), as the
+    # reference computes it, and in a second plane the rounding residual of that fp32 number (0 for empty rows)
+    from hf_masked_softmax.reference import attention_lse_reference
 
     g = torch.Generator().manual_seed(6)
     q = torch.randn(2, 2, 6, 16, generator=g).to(device)
@@ -498,12 +501,29 @@ def test_reference_row_stats_mean_what_the_kernel_saves(device):
     mask = mask.to(device)
     spec = prepare_mask(mask, (2, 2, 6, 9), q.device)
     _, lse = ops.attention_op(q, k, v, mask, spec.kind, spec.threshold, True, 0.25)
-    want = attention_row_stats_reference(q.double(), k.double(), mask, causal=True, scale=0.25,
-                                         compute_dtype=torch.float64)
-    assert want.shape == (2, 2, 6, 2)
-    assert torch.isneginf(want[0, :, 0, 0]).all() and (want[0, :, 0, 1] == 0).all()
-    torch.testing.assert_close(lse.double(), want, atol=1e-5, rtol=1e-5)
+    want = attention_lse_reference(q.double(), k.double(), mask, causal=True, scale=0.25, compute_dtype=torch.float64)
+    assert lse.shape == (2, 2, 2, 6)
+    assert torch.isneginf(want[0, :, 0]).all() and torch.isneginf(lse[0, 0, :, 0]).all()
+    assert (lse[1, 0, :, 0] == 0).all()
+    torch.testing.assert_close(lse[0].double(), want, atol=1e-5, rtol=1e-5)
+    finite = torch.isfinite(lse[0])
+    assert (lse[1][finite].abs() <= torch.finfo(torch.float32).eps * lse[0][finite].abs()).all()  # half an ulp at most
     # sequence 1 keeps every key; its query 2 sees keys 0..5 (bottom-right causal: j <= 2 + 9 - 6)
     x = 0.25 * (q[1, :, 2].double().cpu() @ k[1, 0, :6].double().cpu().T)
     lse2 = torch.logsumexp(x, dim=-1) / torch.log(torch.tensor(2.0, dtype=torch.float64))
-    torch.testing.assert_close(lse[1, :, 2].double().cpu().sum(-1), lse2, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(lse[0, 1, :, 2].double().cpu(), lse2, atol=1e-5, rtol=1e-5)
+
+
+def test_the_residual_keeps_what_a_huge_lse_rounds_away(device):
+    # every key kept at an additive -1e30: lse is about -1.44e30 in base 2, where fp32 steps are 2^77 wide, so log2(K)
+    # vanishes from it and lives on, exactly, in the residual plane (what the backward subtracts as well)
+    B, H, Q, K, D = 1, 2, 3, 20, 16
+    g = torch.Generator().manual_seed(8)
+    q, k, v = (torch.randn(B, H, T, D, generator=g).to(device) for T in (Q, K, K))
+    mask = torch.full((B, 1, Q, K), -1e30, device=device)
+    spec = prepare_mask(mask, (B, H, Q, K), q.device)
+    _, lse = ops.attention_op(q, k, v, mask, spec.kind, spec.threshold, False, 0.25)
+    torch.testing.assert_close(lse[0].double().cpu(), torch.full((B, H, Q), -1e30 * math.log2(math.e),
+                                                                  dtype=torch.float64), atol=0, rtol=1e-6)
+    assert torch.equal(lse[0] + math.log2(K), lse[0])  # log2(20) is far below half a step: lse alone cannot hold it
+    torch.testing.assert_close(lse[1].cpu(), torch.full((B, H, Q), math.log2(K)), atol=1e-6, rtol=0)

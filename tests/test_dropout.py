@@ -232,9 +232,13 @@ def test_reference_fallback_draws_the_same_mask(device):
         assert_close(a, b.double(), scale=GRAD_SCALE[torch.float32])
 
 
-def test_compiled_dropout_runs_forward_and_backward(device):
+def test_compiled_dropout_runs_forward_and_backward(device, monkeypatch):
     # the compiled graph draws its key through its own generator: check the rate (q = 0, v = identity shows the
-    # mask, as above) and that gradients flow
+    # mask, as above) and that gradients flow. Inductor's on-disk graph cache stays out of it: it keys graphs by the
+    # operators' names, so a graph compiled by another version of this package could come back with stale shapes.
+    import torch._inductor.config
+
+    monkeypatch.setattr(torch._inductor.config, "fx_graph_cache", False)
     B, H, Q, K, D = 2, 2, 20, 26, 32
     q = torch.zeros(B, H, Q, D, device=device, requires_grad=True)
     k = torch.randn(B, H, K, D, device=device, requires_grad=True)
