@@ -1,0 +1,82 @@
+"""Compile the fused attention's backward kernels (and the forward and the split merge) for a GPU architecture on this
+machine, no GPU needed, and print each one's registers, stack, instruction count and loop sizes: a way to compare two
+versions of the kernels (``--tree old_tree``) where no GPU time is left to time them.
+
+Settings are GPT-2's causal backward (``dkdv`` 32x64, ``dq`` 64x32, 4 warps, 3 stages, D = 64, fp16) with the 2D
+padding mask (key ranges, scale folded) and with a 4D additive mask. Unlike ``sass_attention.py`` the launch is not
+specialised for aligned strides, so the counts compare versions; they are not what a real call runs.
+
+    python evals/sass_backward.py [--tree DIR] [--arch 90]
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--tree", default=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                    help="the checkout whose kernels to compile (default: this one)")
+    ap.add_argument("--arch", type=int, default=90, help="compute capability x10 (90 = Hopper)")
+    ap.add_argument("--out", default=None, help="folder for the .cubin files (default $OUT or ./out)")
+    args = ap.parse_args(argv)
+    if args.arch < 80:
+        sys.exit(f"--arch {args.arch}: the kernels need compute capability 8.0 or newer")
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        sys.exit("sass_backward.py compiles for a GPU: unset TRITON_INTERPRET")
+    if not os.path.isdir(os.path.join(args.tree, "hf_masked_softmax")):
+        sys.exit(f"--tree {args.tree!r}: no hf_masked_softmax package there")
+    sys.path.insert(0, os.path.join(args.tree, "evals"))
+    sys.path.insert(0, args.tree)
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    import sass_attention as sa
+
+    attn = importlib.import_module("hf_masked_softmax.attention")
+    out = args.out or os.environ.get("OUT") or "out"
+    os.makedirs(out, exist_ok=True)
+    fp32_ptrs = ("lse_ptr", "delta_ptr", "part_ptr", "part_lse_ptr")
+    floats = ("qk_scale", "threshold", "keep_scale", "sm_scale")
+
+    def compile_one(kernel, consts, warps, stages, tag):
+        fn = sa._jit_fn(kernel)
+        sig, attrs = {}, {}
+        for i, name in enumerate(fn.arg_names):
+            if name in consts:
+                sig[name] = "constexpr"
+            elif name.endswith("_ptr"):
+                sig[name] = "*fp32" if name in fp32_ptrs else sa.POINTERS.get(name, "*fp16")
+                attrs[(i,)] = [["tt.divisibility", 16]]
+            else:
+                sig[name] = "fp32" if name in floats else "i32"
+        compiled = triton.compile(ASTSource(fn, sig, consts, attrs=attrs), target=GPUTarget("cuda", args.arch, 32),
+                                  options=dict(num_warps=warps, num_stages=stages))
+        path = os.path.join(out, f"{tag}_sm{args.arch}.cubin")
+        with open(path, "wb") as f:
+            f.write(compiled.asm["cubin"])
+        info = sa.analyse(path)
+        loops = ", ".join(str(loop["instructions"]) for loop in info["loops"])
+        print(f"{tag:16s} registers {info['registers']}, stack {info['stack']} B, {info['instructions']} instructions, "
+              f"loops of [{loops}]", flush=True)
+
+    print(f"triton {triton.__version__}, sm_{args.arch}, kernels of {os.path.abspath(args.tree)}")
+    common = dict(HEAD_D=64, BLOCK_D=64, UPCAST=False, DOT_PREC="tf32", WIDE=False, DROPOUT=False, CAUSAL=True,
+                  BH_FIRST=True)
+    for kind, fold, name in ((attn._K_RANGE, True, "2D mask"), (attn._K_ADD, False, "additive")):
+        compile_one(attn._bwd_dkdv_kernel, dict(MASK_KIND=kind, BLOCK_M=32, BLOCK_N=64, FOLD=fold, **common), 4, 3,
+                    f"dkdv, {name}")
+        compile_one(attn._bwd_dq_kernel, dict(MASK_KIND=kind, BLOCK_M=64, BLOCK_N=32, FOLD=fold, **common), 4, 3,
+                    f"dq, {name}")
+    compile_one(attn._attn_fwd_kernel, dict(MASK_KIND=attn._K_RANGE, BLOCK_M=64, BLOCK_N=64, FOLD=True,
+                                            MERGE_TAIL=True, STORE_LSE=True, **common), 4, 3, "forward, 2D mask")
+    compile_one(attn._split_combine_kernel, dict(HEAD_D=64, BLOCK_D=64, BLOCK_S=4, STORE_LSE=True), 1, 1,
+                "split merge")
+
+
+if __name__ == "__main__":
+    main()
