@@ -181,6 +181,15 @@ def dtype_name(dtype) -> str:
     return {"torch.float32": "fp32", "torch.float16": "fp16", "torch.bfloat16": "bf16"}[str(dtype)]
 
 
+def check_compile_target(arch: int, script: str) -> None:
+    """Exit with a message unless the kernels run on compute capability ``arch`` (x10) and Triton compiles for a GPU
+    here (the ``sass_*`` scripts, which compile on any machine)."""
+    if arch < 80:
+        sys.exit(f"--arch {arch}: the kernels need compute capability 8.0 or newer (80, 86, 89, 90, 100, ...)")
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        sys.exit(f"{script} compiles for a GPU: unset TRITON_INTERPRET")
+
+
 def default_device() -> str:
     import torch
 

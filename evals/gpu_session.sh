@@ -101,10 +101,10 @@ NCU=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu /usr/local/cuda/bin/
 
 # against_old TAG SECONDS FILTER SCRIPT ARGS...: the script from this checkout and from old_tree/ (an untracked copy
 # of an older commit), alternating, two rounds; each run writes under $OUT/TAG_{new,old}ROUND, prints FILTER's lines
-against_old() {
+against_old() {  # ROUNDS=N against_old ...: N rounds (default 2)
   local tag=$1 limit=$2 filter=$3
   shift 3
-  for round in 1 2; do
+  for round in $(seq "${ROUNDS:-2}"); do
     timeout "$limit" python "$@" --out "$OUT/${tag}_new$round" 2>&1 | grep -E "$filter"
     (cd old_tree && PYTHONPATH="$PWD" timeout "$limit" python "$@" --out "$OUT/${tag}_old$round" 2>&1 \
       | grep -E "$filter")
@@ -495,24 +495,14 @@ case "${1:-}" in
     timeout 100 python -u -m hf_masked_softmax.check --quick --no-bench --fuzz 60 --seed 12 --json "$OUT/check_fuzz12.json" \
       > "$OUT/check_fuzz12.log" 2>&1
     tr '\r' '\n' < "$OUT/check_fuzz12.log" | grep -v -E "^  PASS|random cases: " | tail -6
-    for round in 1; do
-      timeout 80 python evals/bench_attention.py --shapes gpt2-pad-right,bert --out "$OUT/bwd12_new$round" 2>&1 \
-        | grep -E "^  ours  "
-      (cd old_tree && PYTHONPATH="$PWD" timeout 80 python evals/bench_attention.py --shapes gpt2-pad-right,bert \
-        --out "$OUT/bwd12_old$round" 2>&1 | grep -E "^  ours  ")
-    done
+    ROUNDS=1 against_old bwd12 80 "^  ours  " evals/bench_attention.py --shapes gpt2-pad-right,bert
     ;;
   stats12b)
     # two subtractions per score with additive masks only: the attention tests on CUDA, then the forward and backward
     # against old_tree/ (fa22ac5), alternating
     timeout 120 python -m pytest -q -p no:cacheprovider tests/test_attention.py -k "large_kept or gpu" 2>&1 \
       | tee "$OUT/stats_tests12b.log" | grep -E "passed|failed|^FAILED|^ERROR" | cut -c1-200
-    for round in 1 2; do
-      timeout 80 python evals/bench_attention.py --shapes gpt2-pad-right,bert --out "$OUT/bwd12b_new$round" 2>&1 \
-        | grep -E "^  ours  "
-      (cd old_tree && PYTHONPATH="$PWD" timeout 80 python evals/bench_attention.py --shapes gpt2-pad-right,bert \
-        --out "$OUT/bwd12b_old$round" 2>&1 | grep -E "^  ours  ")
-    done
+    against_old bwd12b 80 "^  ours  " evals/bench_attention.py --shapes gpt2-pad-right,bert
     ;;
   stats12c)
     # lse kept whole, its rounding residual in a second plane (read with additive masks only): the tests of it on
@@ -520,9 +510,7 @@ case "${1:-}" in
     timeout 70 python -m pytest -q -p no:cacheprovider tests/test_attention.py tests/test_compile.py \
       -k "large_kept or residual or lse_means or fake_attention" 2>&1 | tee "$OUT/stats_tests12c.log" \
       | grep -E "passed|failed|^FAILED|^ERROR" | cut -c1-200
-    timeout 60 python evals/bench_attention.py --shapes gpt2-pad-right --out "$OUT/bwd12c_new" 2>&1 | grep -E "^  ours  "
-    (cd old_tree && PYTHONPATH="$PWD" timeout 60 python evals/bench_attention.py --shapes gpt2-pad-right \
-      --out "$OUT/bwd12c_old" 2>&1 | grep -E "^  ours  ")
+    ROUNDS=1 against_old bwd12c 60 "^  ours  " evals/bench_attention.py --shapes gpt2-pad-right
     ;;
   *)
     echo "usage: bash evals/gpu_session.sh tests|kernels|e2e|check|followup|recheck|verify|measure|final|stream|last|tune|host|fast|fastcheck|closing|fold|fold2|fold3|e2e3|bert4|bert5|check4|lengths|ncu|bwd|suite|suite2|final6|plans|hostplans|genab|fuzz|bwdplan|trainab|final8|nosync|drop9a|drop9b|drop9d|audit10|bench10|final10|ws11|audit11|fuzz11|host11b|decode12|stats12|stats12b|stats12c" >&2

@@ -22,6 +22,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+import _common  # noqa: E402
 import triton  # noqa: E402
 from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
@@ -105,10 +106,7 @@ def main(argv=None):
     ap.add_argument("--arch", type=int, default=90, help="compute capability x10 (90 = Hopper)")
     ap.add_argument("--out", default=None, help="folder for the .ptx / .cubin / .sass (default $OUT or ./out)")
     args = ap.parse_args(argv)
-    if args.arch < 80:
-        sys.exit(f"--arch {args.arch}: the kernels need compute capability 8.0 or newer (80, 86, 89, 90, 100, ...)")
-    if os.environ.get("TRITON_INTERPRET") == "1":
-        sys.exit("sass_attention.py compiles for a GPU: unset TRITON_INTERPRET")
+    _common.check_compile_target(args.arch, "sass_attention.py")
     if args.config:
         try:
             config = tuple(int(x) for x in args.config.split("/"))

@@ -15,6 +15,8 @@ import importlib
 import os
 import sys
 
+import _common  # the script's own folder (it imports nothing of the package)
+
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -23,10 +25,7 @@ def main(argv=None):
     ap.add_argument("--arch", type=int, default=90, help="compute capability x10 (90 = Hopper)")
     ap.add_argument("--out", default=None, help="folder for the .cubin files (default $OUT or ./out)")
     args = ap.parse_args(argv)
-    if args.arch < 80:
-        sys.exit(f"--arch {args.arch}: the kernels need compute capability 8.0 or newer")
-    if os.environ.get("TRITON_INTERPRET") == "1":
-        sys.exit("sass_backward.py compiles for a GPU: unset TRITON_INTERPRET")
+    _common.check_compile_target(args.arch, "sass_backward.py")
     if not os.path.isdir(os.path.join(args.tree, "hf_masked_softmax")):
         sys.exit(f"--tree {args.tree!r}: no hf_masked_softmax package there")
     sys.path.insert(0, os.path.join(args.tree, "evals"))
