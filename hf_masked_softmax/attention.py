@@ -31,16 +31,17 @@ plane, its rounding residual ``(m + log2(l)) - lse`` (exact, by TwoSum): ``[2, B
 with nothing kept; calls that autograd does not record skip it (``STORE_LSE``). The backward recomputes the
 probabilities as ``exp2(s - lse)``, and with an additive mask as ``exp2((s - lse) - residual)``: kept mask values of
 -1e9 or less make ``m`` so large that the rounded ``lse`` loses ``log2(l)`` altogether, and ``exp2(s - lse)`` gave
-every kept key a probability of 1 (gradients K times too large); ``s - lse`` is exact there. Other mask forms cannot
-make the logits that large, and keep one subtraction per score. The split merge of the decode path weights its
+every kept key a probability of 1 (gradients K times too large); ``s - lse`` is exact there. Without an additive mask
+only logits of 1e9 and more would need the residual, and the backward keeps one subtraction per score. The split merge of the decode path weights its
 partials by ``exp2((lse_s - max) + residual_s)`` in every case. One
 kernel per key block accumulates ``dk, dv`` over all query heads of its GQA group, another per query block
 accumulates ``dq``. ``delta = rowsum(dO * O)`` comes first.
 
 Dropout (``dropout_p``, training): the forward sums every probability into ``l`` but multiplies only the kept ones
 into ``O`` (``O = (P * Z) v`` with ``Z`` = kept / (1 - p), else 0), and saves ``lse`` (and residual) of the
-probabilities before dropout. The mask is a function of the score's indices: one Philox-4x32-10 call, keyed by a per-call seed, per 8
-neighbouring keys of a row gives eight 16-bit numbers (``_dropout_keep``), so both backward kernels redraw it
+probabilities before dropout. The mask is a function of the score's indices: one Philox-4x32-10 call, keyed by a
+per-call seed, per 8 neighbouring keys of a row gives eight 16-bit numbers (``_dropout_keep``), so both backward
+kernels redraw it
 whatever their tiles: ``dv = (P Z)^T dO``, ``dP = Z (dO v^T)``; ``delta = rowsum(dO * O)`` holds as before.
 
 Decode (``Q <= 16``): too few query blocks to fill the GPU, so the key range of each sequence is split across
@@ -330,20 +331,21 @@ def _attn_fwd_kernel(
     else:
         tl.store(o_ptrs, out.to(o_ptr.dtype.element_ty), mask=row_ok[:, None] & d_ok[None, :])
     if STORE_LSE:
-        # lse and its rounding residual (see the module docstring): -inf and 0 for a row with nothing kept
-        m_use = tl.where(empty, 0.0, m_i)
-        lg = tl.math.log2(tl.where(empty, 1.0, l_i))
-        lse = m_use + lg
+        lse, res = _lse_and_residual(m_i, l_i, empty)
         lse_ptrs = lse_ptr + split * stride_ls + bh * Q_LEN + rows
-        tl.store(lse_ptrs, tl.where(empty, float("-inf"), lse), mask=row_ok)
-        tl.store(lse_ptrs + stride_lp, _two_sum_residual(m_use, lg, lse), mask=row_ok)
+        tl.store(lse_ptrs, lse, mask=row_ok)
+        tl.store(lse_ptrs + stride_lp, res, mask=row_ok)
 
 
 @triton.jit
-def _two_sum_residual(a, b, s):
-    """``(a + b) - s`` exactly, for ``s`` = fl(a + b) (Knuth's TwoSum; IEEE additions, never reassociated)."""
-    bb = s - a
-    return (a - (s - bb)) + (b - bb)
+def _lse_and_residual(m, l, empty):
+    """A row's ``lse = m + log2(l)`` in fp32 and its rounding residual ``(m + log2(l)) - lse``, exact by Knuth's
+    TwoSum (IEEE additions, never reassociated); ``(-inf, 0)`` where ``empty`` (nothing kept)."""
+    m = tl.where(empty, 0.0, m)
+    lg = tl.math.log2(tl.where(empty, 1.0, l))
+    lse = m + lg
+    bb = lse - m
+    return tl.where(empty, float("-inf"), lse), (m - (lse - bb)) + (lg - bb)
 
 
 @fast_launch
@@ -379,10 +381,9 @@ def _split_combine_kernel(
     tl.store(o_ptr + b * stride_ob + h * stride_oh + row * stride_om + offs_d * stride_od,
              out.to(o_ptr.dtype.element_ty), mask=d_ok)
     if STORE_LSE:
-        lg = tl.math.log2(tl.where(empty, 1.0, total))
-        lse = mx_use + lg
-        tl.store(lse_ptr + bh * Q_LEN + row, tl.where(empty, float("-inf"), lse))
-        tl.store(lse_ptr + stride_lp + bh * Q_LEN + row, tl.where(empty, 0.0, _two_sum_residual(mx_use, lg, lse)))
+        lse, res = _lse_and_residual(mx_use, total, empty)
+        tl.store(lse_ptr + bh * Q_LEN + row, lse)
+        tl.store(lse_ptr + stride_lp + bh * Q_LEN + row, res)
 
 
 @fast_launch
