@@ -88,6 +88,8 @@
 #                                       # tests on CUDA, forward and backward against old_tree/ (fa22ac5)
 #   bash evals/gpu_session.sh stats12c  # 2026-12-03 (12): lse whole plus its rounding residual: tests on CUDA,
 #                                       # GPT-2's forward and backward against old_tree/ (fa22ac5)
+#   bash evals/gpu_session.sh final13   # 2026-12-03 (13): that final form's tests, every GPU test, random cases,
+#                                       # forward and backward against old_tree/ (fa22ac5)
 set -uo pipefail
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
 OUT=${OUT:-out}
@@ -512,8 +514,21 @@ case "${1:-}" in
       | grep -E "passed|failed|^FAILED|^ERROR" | cut -c1-200
     ROUNDS=1 against_old bwd12c 60 "^  ours  " evals/bench_attention.py --shapes gpt2-pad-right
     ;;
+  final13)
+    # the final form of the twelfth session's lse fix (lse whole plus its TwoSum residual), first time on a GPU: its
+    # tests, every GPU test, random cases, then the forward and backward against old_tree/ (fa22ac5), alternating
+    timeout 70 python -m pytest -q -p no:cacheprovider tests/test_attention.py tests/test_compile.py \
+      -k "large_kept or residual or lse_means or fake_attention" 2>&1 | tee "$OUT/stats_tests13.log" \
+      | grep -E "passed|failed|^FAILED|^ERROR" | cut -c1-200
+    timeout 230 python -m pytest -q -m gpu -k "not 2_pow_31" -p no:cacheprovider 2>&1 | tee "$OUT/gpu_tests13.log" \
+      | grep -E "passed|failed|^FAILED|^ERROR" | cut -c1-200
+    timeout 100 python -u -m hf_masked_softmax.check --quick --no-bench --fuzz 60 --seed 13 --json "$OUT/check_fuzz13.json" \
+      > "$OUT/check_fuzz13.log" 2>&1
+    tr '\r' '\n' < "$OUT/check_fuzz13.log" | grep -v -E "^  PASS|random cases: " | tail -6
+    ROUNDS=1 against_old bwd13 80 "^  ours  " evals/bench_attention.py --shapes gpt2-pad-right,bert
+    ;;
   *)
-    echo "usage: bash evals/gpu_session.sh tests|kernels|e2e|check|followup|recheck|verify|measure|final|stream|last|tune|host|fast|fastcheck|closing|fold|fold2|fold3|e2e3|bert4|bert5|check4|lengths|ncu|bwd|suite|suite2|final6|plans|hostplans|genab|fuzz|bwdplan|trainab|final8|nosync|drop9a|drop9b|drop9d|audit10|bench10|final10|ws11|audit11|fuzz11|host11b|decode12|stats12|stats12b|stats12c" >&2
+    echo "usage: bash evals/gpu_session.sh tests|kernels|e2e|check|followup|recheck|verify|measure|final|stream|last|tune|host|fast|fastcheck|closing|fold|fold2|fold3|e2e3|bert4|bert5|check4|lengths|ncu|bwd|suite|suite2|final6|plans|hostplans|genab|fuzz|bwdplan|trainab|final8|nosync|drop9a|drop9b|drop9d|audit10|bench10|final10|ws11|audit11|fuzz11|host11b|decode12|stats12|stats12b|stats12c|final13" >&2
     exit 2
     ;;
 esac
