@@ -94,6 +94,10 @@ def kept_pairs(inp, masked: bool) -> int:
     return B * int((j <= i + K - Q).sum().item())
 
 
+PROVIDER_NAMES = ("ours", "ours+ranges", "sdpa-default-nomask", "sdpa-flash-nomask", "sdpa-efficient-mask",
+                  "sdpa-cudnn-mask", "flex-blockmask", "eager")  # every name providers() can return
+
+
 def providers(inp, dropout=0.0):
     """name -> (forward callable, its problem keeps the padding mask?); ``dropout``: every provider's attention
     dropout probability (FlexAttention, which has none, is then left out)."""
@@ -259,6 +263,8 @@ def bench_shape(name, args, rows):
     H, D = inp["H"], inp["D"]
     passes = ["fwd"] if inp["Q"] <= 16 else ["fwd", "bwd"]
     for prov, (fn, masked) in providers(inp, args.dropout).items():
+        if args.providers and prov not in args.providers:
+            continue
         for p in passes:
             try:
                 ms_device, ms_plain, host_us = time_both(fn, inp, p == "bwd")
@@ -388,9 +394,18 @@ def main(argv=None):
     ap.add_argument("--tune-only", action="store_true", help="only the sweep (writes bench_attention_tune.json)")
     ap.add_argument("--dropout", type=float, default=0.0,
                     help="attention dropout probability for every provider (training; FlexAttention left out)")
+    ap.add_argument("--providers", default=None,
+                    help="comma-separated subset of the providers to time (default: all; names as in the table, "
+                         "e.g. ours,sdpa-default-nomask)")
     ap.add_argument("--out", default=None, help="output folder (default $OUT or ./out)")
     ap.add_argument("--plot-from", default=None, help="only redraw the PNG from an earlier JSON")
     args = ap.parse_args(argv)
+    if args.providers is not None:
+        args.providers = [p for p in args.providers.split(",") if p]
+        unknown = sorted(set(args.providers) - set(PROVIDER_NAMES))
+        if unknown or not args.providers:
+            what = f"unknown {unknown}" if unknown else "empty"
+            ap.error(f"--providers: {what}; choose from {', '.join(PROVIDER_NAMES)}")
     out = benchutil.out_dir(args.out)
     if args.plot_from:
         import json

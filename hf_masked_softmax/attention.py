@@ -29,13 +29,14 @@ which adds to already scaled scores.
 The forward saves each row's ``lse = m + log2(l)`` (FlashAttention-2's log-sum-exp in base 2) and, in a second
 plane, its rounding residual ``(m + log2(l)) - lse`` (exact, by TwoSum): ``[2, B, H, Q]`` fp32, ``(-inf, 0)`` for a row
 with nothing kept; calls that autograd does not record skip it (``STORE_LSE``). The backward recomputes the
-probabilities as ``exp2(s - lse)``, and with an additive mask as ``exp2((s - lse) - residual)``: kept mask values of
--1e9 or less make ``m`` so large that the rounded ``lse`` loses ``log2(l)`` altogether, and ``exp2(s - lse)`` gave
-every kept key a probability of 1 (gradients K times too large); ``s - lse`` is exact there. Without an additive mask
-only logits of 1e9 and more would need the residual, and the backward keeps one subtraction per score. The split merge of the decode path weights its
-partials by ``exp2((lse_s - max) + residual_s)`` in every case. One
-kernel per key block accumulates ``dk, dv`` over all query heads of its GQA group, another per query block
-accumulates ``dq``. ``delta = rowsum(dO * O)`` comes first.
+probabilities as ``exp2((s - lse) - residual)`` (with ``FOLD``, ``s * scale * log2(e) - lse`` is one FMA): the rounded
+``lse`` alone is off by up to half its ulp, which the probabilities take as a relative error (0.5% at logits of 1e5,
+a factor of K at kept additive mask values of -1e9 or less, where ``lse`` loses ``log2(l)`` altogether), while the
+forward normalised with ``l`` itself. The split merge of the decode path weights its partials by
+``exp2((lse_s - max) + residual_s)``. A row with nothing kept has an all-zero output whatever its ``dO``: ``delta``
+skips the zeros of ``O`` and the backward reads that row's ``dO`` as 0, so a NaN or inf there stays out of the other
+rows' gradients. One kernel per key block accumulates ``dk, dv`` over all query heads of its GQA group, another per
+query block accumulates ``dq``. ``delta = rowsum(dO * O)`` comes first.
 
 Dropout (``dropout_p``, training): the forward sums every probability into ``l`` but multiplies only the kept ones
 into ``O`` (``O = (P * Z) v`` with ``Z`` = kept / (1 - p), else 0), and saves ``lse`` (and residual) of the
@@ -61,6 +62,7 @@ the PyTorch reference.
 from __future__ import annotations
 
 import contextlib
+import numbers
 from typing import Optional
 
 import torch
@@ -393,7 +395,8 @@ def _bwd_delta_kernel(o_ptr, do_ptr, delta_ptr,
                       stride_dob, stride_doh, stride_dom, stride_dod,
                       H, Q_LEN, BH_FIRST: tl.constexpr, BLOCK_M: tl.constexpr, HEAD_D: tl.constexpr,
                       BLOCK_D: tl.constexpr):
-    """``delta = rowsum(dO * O)`` in fp32, ``[B, H, Q]``."""
+    """``delta = rowsum(dO * O)`` in fp32, ``[B, H, Q]``; where ``O`` is 0 its product is 0, so a row with nothing
+    kept (all-zero ``O``) gets ``delta = 0`` whatever its ``dO`` holds (NaN or inf included)."""
     if BH_FIRST:  # more than 65535 batch x head programs (see _bh_first)
         bh = tl.program_id(0).to(tl.int64)
         pid_m = tl.program_id(1)
@@ -409,7 +412,7 @@ def _bwd_delta_kernel(o_ptr, do_ptr, delta_ptr,
                 mask=ok, other=0.0).to(tl.float32)
     do = tl.load(do_ptr + b * stride_dob + h * stride_doh + rows[:, None] * stride_dom
                  + offs_d[None, :] * stride_dod, mask=ok, other=0.0).to(tl.float32)
-    tl.store(delta_ptr + bh * Q_LEN + rows, tl.sum(o * do, axis=1), mask=rows < Q_LEN)
+    tl.store(delta_ptr + bh * Q_LEN + rows, tl.sum(tl.where(o == 0.0, 0.0, o * do), axis=1), mask=rows < Q_LEN)
 
 
 @triton.jit
@@ -429,16 +432,23 @@ def _dkdv_blocks(dk, dv, k, v, q_base, do_base, lse_base, delta_base, mask_base,
         row_ok = rows < Q_LEN
         qt = _load_2d(q_base + offs_d[:, None] * stride_qd + rows[None, :] * stride_qm, d_ok, row_ok,
                       BLOCK_D != HEAD_D, True)
-        do = _load_2d(do_base + rows[:, None] * stride_dom + offs_d[None, :] * stride_dod, row_ok, d_ok,
+        # Only a masked block can meet a row with nothing kept: its output is zero whatever dO holds, so its dO is
+        # read as 0 and a NaN or inf there never reaches dk or dv. With a 2D mask (or none) those are exactly the
+        # causal rows before the first kept key (the load's own predicate); with a 4D mask, the rows with lse = -inf.
+        do_ok = row_ok
+        if MASKED and MASK_KIND <= 1 and CAUSAL:
+            do_ok = row_ok & (rows + (K_LEN - Q_LEN) >= start)
+        do = _load_2d(do_base + rows[:, None] * stride_dom + offs_d[None, :] * stride_dod, do_ok, d_ok,
                       True, BLOCK_D != HEAD_D)
         if UPCAST:
             qt = qt.to(tl.float32)
             do = do.to(tl.float32)
         lse = tl.load(lse_base + rows, mask=row_ok, other=float("inf"))
-        # a row with nothing kept has lse = -inf and all-zero probabilities: +inf gives exp2(s - lse) = 0
+        res = tl.load(lse_base + stride_lp + rows, mask=row_ok, other=0.0)
+        if MASKED and MASK_KIND >= 2:
+            do = tl.where((lse != float("-inf"))[:, None], do, 0.0)
+        # a row with nothing kept has all-zero probabilities: lse = +inf gives exp2(s - lse) = 0
         lse = tl.where(lse == float("-inf"), float("inf"), lse)
-        if MASK_KIND == 3:
-            res = tl.load(lse_base + stride_lp + rows, mask=row_ok, other=0.0)
         delta = tl.load(delta_base + rows, mask=row_ok, other=0.0)
         st = tl.dot(k, qt, input_precision=DOT_PREC)
         if not FOLD:
@@ -446,12 +456,11 @@ def _dkdv_blocks(dk, dv, k, v, q_base, do_base, lse_base, delta_base, mask_base,
         if MASKED:
             st = _mask_scores(st, rows[None, :], cols[:, None], start, end, has_holes, mask_base, stride_mm,
                               stride_mk, Q_LEN, K_LEN, threshold, MASK_KIND, CAUSAL)
-        if MASK_KIND == 3:  # additive mask (never FOLD): the residual too, see the module docstring
-            pt = tl.math.exp2((st - lse[None, :]) - res[None, :])
-        elif FOLD:
-            pt = tl.math.exp2(st * qk_scale - lse[None, :])
+        # the rounded lse, then its residual (see the module docstring)
+        if FOLD:
+            pt = tl.math.exp2((st * qk_scale - lse[None, :]) - res[None, :])
         else:
-            pt = tl.math.exp2(st - lse[None, :])
+            pt = tl.math.exp2((st - lse[None, :]) - res[None, :])
         if DROPOUT:
             keep = tl.trans(_dropout_keep(seed, bh, rows, n0, drop_thr, BLOCK_N))
             dv = tl.dot(tl.where(keep, pt * keep_scale, 0.0).to(do.dtype), do, dv, input_precision=DOT_PREC)
@@ -580,12 +589,11 @@ def _dq_blocks(dq, q, do, lse, res, delta, k_base, v_base, mask_base, rows, offs
         if MASKED:
             s = _mask_scores(s, rows[:, None], cols[None, :], start, end, has_holes, mask_base, stride_mm,
                              stride_mk, Q_LEN, K_LEN, threshold, MASK_KIND, CAUSAL)
-        if MASK_KIND == 3:  # additive mask (never FOLD): the residual too, see the module docstring
-            p = tl.math.exp2((s - lse[:, None]) - res[:, None])
-        elif FOLD:
-            p = tl.math.exp2(s * qk_scale - lse[:, None])
+        # the rounded lse, then its residual (see the module docstring)
+        if FOLD:
+            p = tl.math.exp2((s * qk_scale - lse[:, None]) - res[:, None])
         else:
-            p = tl.math.exp2(s - lse[:, None])
+            p = tl.math.exp2((s - lse[:, None]) - res[:, None])
         dp = tl.dot(do, vt, input_precision=DOT_PREC)
         if DROPOUT:
             dp = tl.where(_dropout_keep(seed, bh, rows, n0, drop_thr, BLOCK_N), dp * keep_scale, 0.0)
@@ -640,10 +648,9 @@ def _bwd_dq_kernel(
         q = q.to(tl.float32)
         do = do.to(tl.float32)
     lse = tl.load(lse_ptr + bh * Q_LEN + rows, mask=row_ok, other=float("inf"))
+    res = tl.load(lse_ptr + stride_lp + bh * Q_LEN + rows, mask=row_ok, other=0.0)
+    do = tl.where((lse != float("-inf"))[:, None], do, 0.0)  # a row with nothing kept: see _dkdv_blocks
     lse = tl.where(lse == float("-inf"), float("inf"), lse)  # nothing kept: zero probabilities (see _dkdv_blocks)
-    res = lse  # the residual, read with an additive mask only
-    if MASK_KIND == 3:
-        res = tl.load(lse_ptr + stride_lp + bh * Q_LEN + rows, mask=row_ok, other=0.0)
     delta = tl.load(delta_ptr + bh * Q_LEN + rows, mask=row_ok, other=0.0)
     k_base = k_ptr + b * stride_kb + hk * stride_kh
     v_base = v_ptr + b * stride_vb + hk * stride_vh
@@ -1082,6 +1089,23 @@ def _device_of(t: torch.Tensor):
 # Public function
 # ---------------------------------------------------------------------------------------------------------------
 
+def real_number(value, name: str) -> float:
+    """``value`` (a Python or NumPy real number, or a one-element real tensor that autograd need not differentiate)
+    as a float, with the public functions' errors."""
+    if isinstance(value, bool) or not isinstance(value, (numbers.Real, torch.Tensor)):
+        raise TypeError(f"{name} must be a float, got {type(value).__name__}")
+    if isinstance(value, torch.Tensor):
+        if value.numel() != 1:
+            raise ValueError(f"{name} must be a single number, got a tensor of shape {list(value.shape)}")
+        if value.dtype == torch.bool or value.is_complex():
+            raise TypeError(f"{name} must be a real number, got a {value.dtype} tensor")
+        if value.requires_grad and torch.is_grad_enabled():
+            # the kernels take it as a number: a silently missing gradient would be worse than this error
+            raise ValueError(f"{name} requires grad, but gradients w.r.t. {name} are not computed; pass "
+                             f"{name}.detach() or a float")
+    return float(value)
+
+
 def _validate(q, k, v, dropout_p=0.0):
     """The checks of q, k, v and dropout_p (``scale`` is masked_softmax's ``validate_scale``)."""
     for name, t in (("q", q), ("k", k), ("v", v)):
@@ -1107,8 +1131,10 @@ def _validate(q, k, v, dropout_p=0.0):
         raise ValueError(f"query heads ({H}) must be a multiple of key/value heads ({k.shape[1]})")
     if D > 256:
         raise ValueError(f"head_dim must be at most 256, got {D}")
-    if isinstance(dropout_p, bool) or not isinstance(dropout_p, (int, float)):
-        raise TypeError(f"dropout_p must be a float, got {type(dropout_p).__name__}")
+    if D == 0:
+        raise ValueError(f"head_dim must be at least 1, got q of shape {list(q.shape)}")
+    if type(dropout_p) is not float:  # NumPy numbers and one-element tensors too, as for scale
+        dropout_p = real_number(dropout_p, "dropout_p")
     if not 0.0 <= dropout_p <= 1.0:  # NaN fails too
         raise ValueError(f"dropout_p must be in [0, 1], got {dropout_p}")
 
@@ -1131,7 +1157,8 @@ def attention(
         attention_mask: None; 2D ``[B, K]`` padding mask (bool / integer, nonzero = attend); or 4D broadcastable to
             ``[B, H, Q, K]``: bool (True = attend) or floating additive (``-inf`` / ``<= finfo.min / 2`` = masked).
         causal: bottom-right causal masking: query ``i`` sees key ``j`` iff ``j <= i + K - Q``.
-        scale: multiplies ``q kᵀ`` (default ``D ** -0.5``).
+        scale: multiplies ``q kᵀ`` (default ``D ** -0.5``); a number or a one-element tensor (not differentiated),
+            at most FLT_MAX / log2(e) = 2.36e38 in magnitude.
         dropout_p: attention dropout, as SDPA's ``dropout_p`` (applied whenever it is nonzero, training or not): each
             probability is zeroed with probability ``dropout_p`` (rounded to a multiple of 2**-16) and the kept ones
             are scaled by ``1 / (1 - dropout_p)``. The mask is drawn inside the kernels by Philox from a key taken
@@ -1143,7 +1170,8 @@ def attention(
         contiguous). Rows with nothing to attend to are zeros. Differentiable w.r.t. q, k and v.
 
     Raises:
-        ValueError: wrong rank or shapes, head_dim > 256, tensors on different devices, dropout_p outside [0, 1].
+        ValueError: wrong rank or shapes, head_dim 0 or > 256, tensors on different devices, dropout_p outside
+            [0, 1], scale out of range, a scale tensor or additive mask that requires grad while autograd records.
         TypeError: unsupported or mismatched dtypes, a non-tensor argument.
     """
     # Through the custom operator, so torch.compile traces it as one node (ops imports this module: bound late, once).

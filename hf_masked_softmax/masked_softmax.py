@@ -42,7 +42,6 @@ in :mod:`hf_masked_softmax.ops` (same launchers) takes its place.
 """
 from __future__ import annotations
 
-import numbers
 from typing import Optional
 
 import torch
@@ -54,7 +53,7 @@ from ._launch import aligned as _aligned
 from ._launch import bind as _bind
 from ._launch import fast_launch, first_order_only, kernels_take
 from ._launch import remember as _remember
-from .attention import _next_pow2, _sm_count  # host helpers shared by both kernels' launchers
+from .attention import _next_pow2, _sm_count, real_number  # host helpers shared by both kernels' launchers
 from . import ops as _ops
 from .reference import masked_softmax_reference
 
@@ -513,22 +512,17 @@ def validate_scores(scores) -> None:
         raise TypeError(f"scores must be float32, float16 or bfloat16, got {scores.dtype}")
 
 
-_FP32_MAX = float(torch.finfo(torch.float32).max)
+_SCALE_MAX = float(torch.finfo(torch.float32).max) / _LOG2E  # scale * log2(e) stays finite in fp32
 
 
 def validate_scale(scale) -> float:
-    """``scale`` as a float that stays finite in the kernels' fp32 math (1e39 is a finite double but fp32 inf)."""
+    """``scale`` as a float that stays finite in the kernels' fp32 math, where it is multiplied by log2(e) (1e39 is
+    a finite double but fp32 inf, and so is 3e38 * log2(e))."""
     if type(scale) is not float:  # the common case skips the (slow) abstract-class checks
-        if isinstance(scale, bool) or not isinstance(scale, (numbers.Real, torch.Tensor)):
-            raise TypeError(f"scale must be a float, got {type(scale).__name__}")
-        if isinstance(scale, torch.Tensor):
-            if scale.numel() != 1:
-                raise ValueError(f"scale must be a single number, got a tensor of shape {list(scale.shape)}")
-            if scale.dtype == torch.bool or scale.is_complex():
-                raise TypeError(f"scale must be a real number, got a {scale.dtype} tensor")
-        scale = float(scale)
-    if not abs(scale) <= _FP32_MAX:
-        raise ValueError(f"scale must be finite in float32 (|scale| <= 3.4e38), got {scale}")
+        scale = real_number(scale, "scale")
+    if not abs(scale) <= _SCALE_MAX:
+        raise ValueError(f"scale must stay finite in float32 once multiplied by log2(e) (|scale| <= "
+                         f"FLT_MAX / log2(e) = 2.36e38), got {scale}")
     return scale
 
 
@@ -547,7 +541,8 @@ def masked_softmax(
             broadcastable to ``[B, H, Q, K]``: bool (True = attend) or floating additive (added to
             ``scale * scores``; ``-inf`` and values <= ``finfo(mask.dtype).min / 2`` are masked).
         causal: query ``i`` sees key ``j`` iff ``j <= i + K - Q`` (bottom-right, as with a KV cache).
-        scale: multiplies the scores before the mask is added.
+        scale: multiplies the scores before the mask is added; a number or a one-element tensor (not
+            differentiated), at most FLT_MAX / log2(e) = 2.36e38 in magnitude.
 
     Returns:
         ``[B, H, Q, K]`` contiguous, ``scores.dtype``; masked entries exactly 0, fully masked rows all 0.

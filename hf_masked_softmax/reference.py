@@ -130,10 +130,13 @@ def attention_reference(
     p = masked_softmax_reference(s, attention_mask, causal=causal, scale=scale, compute_dtype=compute_dtype)
     if prob_dtype is not None:
         p = p.to(prob_dtype).to(compute_dtype)
+    # a row with nothing kept is zero whatever v holds, and its gradient never reaches v or the scores (the kernels
+    # read that row's dO as 0): a select, whose backward zeroes even a NaN, not a product with P = 0
+    empty = (p == 0).all(dim=-1, keepdim=True)
     z = _dropout_factor(dropout, compute_dtype)
     if z is not None:
         p = p * z
-    return torch.matmul(p, v.to(compute_dtype)).to(q.dtype)
+    return torch.where(empty, 0.0, torch.matmul(p, v.to(compute_dtype))).to(q.dtype)
 
 
 def attention_backward_reference(
@@ -154,6 +157,8 @@ def attention_backward_reference(
         P = softmax_masked(scale * q kᵀ),  dP = Z * (do vᵀ),  dX = P * (dP - rowsum(dP * P))
         dq = scale * dX k,  dk = scale * dXᵀ q,  dv = (P Z)ᵀ do      (dk, dv summed over each GQA group)
 
+    with ``do`` read as 0 on rows with nothing kept (as the kernels read it; see ``attention_reference``).
+
     ``dropout``: ``(keep, keep_scale)`` as in ``attention_reference``; ``Z = keep * keep_scale`` (1 without).
     """
     B, H, Q, D = q.shape
@@ -164,6 +169,7 @@ def attention_backward_reference(
     q32, k32, v32, do32 = (t.to(compute_dtype) for t in (q, ke, ve, do))
     p = masked_softmax_reference(torch.matmul(q32, k32.transpose(-1, -2)), attention_mask, causal=causal, scale=scale,
                                  compute_dtype=compute_dtype)
+    do32 = do32.masked_fill((p == 0).all(dim=-1, keepdim=True), 0.0)  # rows with nothing kept: see attention_reference
     z = _dropout_factor(dropout, compute_dtype)
     pz = p if z is None else p * z
     dp = torch.matmul(do32, v32.transpose(-1, -2))

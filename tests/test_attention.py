@@ -421,6 +421,57 @@ def test_large_kept_additive_values_keep_the_gradients_and_the_split_merge_exact
                                atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("mask_form", ["none", "pad2d"])
+@pytest.mark.parametrize("logit", [1e5, 1e7, 1e9])
+def test_large_logits_keep_the_gradients_exact_without_an_additive_mask(logit, mask_form, device):
+    # The backward recomputes P from the saved lse, rounded to fp32: at logits of 1e5 that rounding alone is 0.5% of
+    # every probability, at 1e9 it loses log2(l) and gives each of T tied keys a probability of 1 (dv T times too
+    # large). The forward normalises with l itself, so only the residual plane keeps the two consistent.
+    K, D, T = 8, 16, 3
+    q = torch.full((1, 1, 2, D), logit / D)  # two rows; T keys score `logit` (exact in fp32), the others 0
+    k = torch.cat([torch.ones(1, 1, T, D), torch.zeros(1, 1, K - T, D)], dim=2)
+    v = torch.randn(1, 1, K, D, generator=torch.Generator().manual_seed(0))
+    q, k, v = (t.to(device).requires_grad_(True) for t in (q, k, v))
+    mask = None if mask_form == "none" else torch.ones(1, K, dtype=torch.bool, device=device)
+    for decode in (False, True):
+        with mock.patch.object(attn_mod, "_is_decode", lambda Q: decode):
+            out = attention_fn(q, k, v, mask, scale=1.0)
+        torch.testing.assert_close(out[0, 0].detach().cpu(), v[0, 0, :T].detach().cpu().mean(dim=0).expand(2, D),
+                                   rtol=1e-6, atol=1e-6)
+        dv = torch.autograd.grad(out, v, torch.ones_like(out))[0]
+        expected = torch.zeros(K, D)
+        expected[:T] = 2 / T  # each of the two rows gives each tied key P = 1/T
+        torch.testing.assert_close(dv[0, 0].cpu(), expected, rtol=1e-6, atol=0)
+
+
+@pytest.mark.parametrize("path", ["kernels", "reference"])
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_a_non_finite_gradient_at_a_row_with_nothing_kept_stays_out_of_the_others(bad, path, device):
+    # Causal with left padding: rows 0 and 1 of sequence 1 see no key, and their output is zero whatever dO holds.
+    # A NaN or inf there once reached dk of every key of the head (delta = NaN * 0, then dS = 0 * NaN).
+    B, H, Q, K, D = 2, 2, 6, 6, 16
+    q, k, v = _qkv(B, H, H, Q, K, D, torch.float32, device, grad=True)
+    mask = _pad_mask([K, K - 2], K, "left", device)
+    do = torch.randn(B, H, Q, D, generator=torch.Generator().manual_seed(5)).to(device)
+    bad_do = do.clone()
+    bad_do[1, :, :2] = bad
+    clean_do = do.clone()
+    clean_do[1, :, :2] = 0.0
+    ops_mod = importlib.import_module("hf_masked_softmax.ops")
+    with contextlib.ExitStack() as stack:
+        if path == "reference":  # the plain-PyTorch fallback (CPU without the interpreter)
+            stack.enter_context(mock.patch.object(ops_mod, "kernels_take", lambda t: False))
+        for decode in (False, True):
+            stack.enter_context(mock.patch.object(attn_mod, "_is_decode", lambda Q: decode))
+            out = attention_fn(q, k, v, mask, causal=True)
+            assert torch.equal(out[1, :, :2], torch.zeros_like(out[1, :, :2]))
+            clean = torch.autograd.grad(out, (q, k, v), clean_do, retain_graph=True)
+            dirty = torch.autograd.grad(out, (q, k, v), bad_do)
+            for name, c, d in zip("qkv", clean, dirty):
+                assert torch.isfinite(c).all(), name
+                assert torch.equal(c, d), name
+
+
 def test_prefill_path_for_short_q(device):
     q, k, v = _qkv(2, 2, 2, 3, 40, 16, torch.float32, device)
     _check(q, k, v, _pad_mask([40, 11], 40, "right", device), True, decode=False)

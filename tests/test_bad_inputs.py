@@ -153,6 +153,19 @@ ERROR_CASES = {
     "attn_add4d_requires_grad": (attention, lambda d: (_qkv(device=d) + (torch.zeros(2, 1, 1, 20, device=d,
                                                                                      requires_grad=True),), {}),
                                  ValueError, "requires grad"),
+    # so does a scale tensor that requires grad (a learned temperature: pass it as the scores' factor instead)
+    "ms_scale_requires_grad": (masked_softmax, lambda d: ((torch.zeros(S, device=d),),
+                                                          {"scale": torch.tensor(0.5, requires_grad=True)}),
+                               ValueError, "scale requires grad"),
+    "attn_scale_requires_grad": (attention, lambda d: (_qkv(device=d), {"scale": torch.tensor([0.5],
+                                                                                              requires_grad=True)}),
+                                 ValueError, "scale requires grad"),
+    # finite in fp32, but not once multiplied by log2(e) in the kernels (every row would turn NaN)
+    "ms_scale_past_log2e": (masked_softmax, lambda d: ((torch.zeros(S, device=d),), {"scale": 3e38}), ValueError,
+                            "2.36e38"),
+    "attn_scale_past_log2e": (attention, lambda d: (_qkv(device=d), {"scale": -2.4e38}), ValueError, "2.36e38"),
+    "attn_head_dim_zero": (attention, lambda d: ((lambda q, k, v: (q[..., :0], k[..., :0], v[..., :0]))(
+        *_qkv(device=d)), {}), ValueError, "head_dim must be at least 1"),
 }
 
 

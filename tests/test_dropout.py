@@ -4,6 +4,7 @@ mask form, the rate and seeds behave, the edge probabilities are exact, and the 
 import importlib
 from unittest import mock
 
+import numpy as np
 import pytest
 import torch
 
@@ -205,11 +206,23 @@ def test_dropout_threshold_rounds_to_sixteen_bits():
 
 
 @pytest.mark.parametrize("bad, error", [(-0.1, ValueError), (1.5, ValueError), (float("nan"), ValueError),
-                                        (True, TypeError), ("0.1", TypeError)])
+                                        (True, TypeError), ("0.1", TypeError), (torch.ones(2) * 0.1, ValueError),
+                                        (torch.tensor(0.1, requires_grad=True), ValueError)])
 def test_bad_dropout_probabilities_are_refused(device, bad, error):
     q, k, v = _qkv(1, 1, 1, 4, 4, 16, torch.float32, device)
     with pytest.raises(error, match="dropout_p"):
         hf_masked_softmax.attention(q, k, v, dropout_p=bad)
+
+
+@pytest.mark.parametrize("make", [lambda: np.float32(0.25), lambda: np.float64(0.25), lambda: torch.tensor(0.25),
+                                  lambda: torch.tensor([0.25])], ids=["np32", "np64", "tensor0d", "tensor1"])
+def test_dropout_p_takes_the_numbers_scale_takes(device, make):
+    # NumPy numbers and one-element tensors, as scale: the same mask and output as the float under the same seed
+    q, k, v = _qkv(1, 2, 2, 8, 20, 16, torch.float32, device)
+    torch.manual_seed(3)
+    expected = hf_masked_softmax.attention(q, k, v, dropout_p=0.25)
+    torch.manual_seed(3)
+    assert torch.equal(hf_masked_softmax.attention(q, k, v, dropout_p=make()), expected)
 
 
 def test_reference_fallback_draws_the_same_mask(device):
