@@ -90,6 +90,8 @@
 #                                       # GPT-2's forward and backward against old_tree/ (fa22ac5)
 #   bash evals/gpu_session.sh final13   # 2026-12-03 (13): that final form's tests, every GPU test, random cases,
 #                                       # forward and backward against old_tree/ (fa22ac5)
+#   bash evals/gpu_session.sh fix13     # 2026-12-03 (13): the fifth audit's fixes on CUDA, timed against
+#                                       # old_tree_live/ and old_tree/ (e27c389)
 set -uo pipefail
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
 OUT=${OUT:-out}
@@ -527,8 +529,33 @@ case "${1:-}" in
     tr '\r' '\n' < "$OUT/check_fuzz13.log" | grep -v -E "^  PASS|random cases: " | tail -6
     ROUNDS=1 against_old bwd13 80 "^  ours  " evals/bench_attention.py --shapes gpt2-pad-right,bert
     ;;
+  fix13)
+    # the fifth audit's fixes (1351347): their tests and the GPU tests of the touched files on CUDA, then our forward
+    # and backward on this tree, old_tree_live/ (the same without the residual outside additive masks) and old_tree/
+    # (e27c389, before), alternating, two rounds (each tree carries this checkout's bench_attention.py), then random
+    # cases
+    timeout 90 python -m pytest -q -p no:cacheprovider tests/test_attention.py tests/test_bad_inputs.py \
+      tests/test_dropout.py -k "large_logits_keep or non_finite_gradient_at_a_row or large_kept or requires_grad \
+      or past_log2e or head_dim_zero or takes_the_numbers" 2>&1 | tee "$OUT/fix_tests13.log" \
+      | grep -E "passed|failed|^FAILED|^ERROR" | cut -c1-200
+    timeout 200 python -m pytest -q -m gpu -p no:cacheprovider tests/test_attention.py tests/test_dropout.py \
+      tests/test_bad_inputs.py tests/test_autograd_edges.py tests/test_compile.py -k "not 2_pow_31" 2>&1 \
+      | tee "$OUT/gpu_tests13b.log" | grep -E "passed|failed|^FAILED|^ERROR" | cut -c1-200
+    for round in 1 2; do
+      for tree in new old_tree_live old_tree; do
+        dir=.
+        [ "$tree" = new ] || dir=$tree
+        (cd "$dir" && PYTHONPATH="$PWD" timeout 60 python evals/bench_attention.py --shapes gpt2-pad-right,bert \
+          --providers ours,sdpa-default-nomask --out "$OUT/fix13_${tree}_$round" 2>&1 | grep -E "^  (ours|sdpa)" \
+          | sed "s/^/$tree $round /" | cut -c1-90)
+      done
+    done
+    timeout 100 python -u -m hf_masked_softmax.check --quick --no-bench --fuzz 40 --seed 14 \
+      --json "$OUT/check_fuzz13b.json" > "$OUT/check_fuzz13b.log" 2>&1
+    tr '\r' '\n' < "$OUT/check_fuzz13b.log" | grep -v -E "^  PASS|random cases: " | tail -6
+    ;;
   *)
-    echo "usage: bash evals/gpu_session.sh tests|kernels|e2e|check|followup|recheck|verify|measure|final|stream|last|tune|host|fast|fastcheck|closing|fold|fold2|fold3|e2e3|bert4|bert5|check4|lengths|ncu|bwd|suite|suite2|final6|plans|hostplans|genab|fuzz|bwdplan|trainab|final8|nosync|drop9a|drop9b|drop9d|audit10|bench10|final10|ws11|audit11|fuzz11|host11b|decode12|stats12|stats12b|stats12c|final13" >&2
+    echo "usage: bash evals/gpu_session.sh tests|kernels|e2e|check|followup|recheck|verify|measure|final|stream|last|tune|host|fast|fastcheck|closing|fold|fold2|fold3|e2e3|bert4|bert5|check4|lengths|ncu|bwd|suite|suite2|final6|plans|hostplans|genab|fuzz|bwdplan|trainab|final8|nosync|drop9a|drop9b|drop9d|audit10|bench10|final10|ws11|audit11|fuzz11|host11b|decode12|stats12|stats12b|stats12c|final13|fix13" >&2
     exit 2
     ;;
 esac
