@@ -29,10 +29,14 @@ which adds to already scaled scores.
 The forward saves each row's ``lse = m + log2(l)`` (FlashAttention-2's log-sum-exp in base 2) and, in a second
 plane, its rounding residual ``(m + log2(l)) - lse`` (exact, by TwoSum): ``[2, B, H, Q]`` fp32, ``(-inf, 0)`` for a row
 with nothing kept; calls that autograd does not record skip it (``STORE_LSE``). The backward recomputes the
-probabilities as ``exp2((s - lse) - residual)`` (with ``FOLD``, ``s * scale * log2(e) - lse`` is one FMA): the rounded
-``lse`` alone is off by up to half its ulp, which the probabilities take as a relative error (0.5% at logits of 1e5,
-a factor of K at kept additive mask values of -1e9 or less, where ``lse`` loses ``log2(l)`` altogether), while the
-forward normalised with ``l`` itself. The split merge of the decode path weights its partials by
+probabilities as ``exp2(s - lse)``, and with an additive mask as ``exp2((s - lse) - residual)``: kept mask values of
+-1e9 or less make ``m`` so large that the rounded ``lse`` loses ``log2(l)`` altogether, and ``exp2(s - lse)`` gave
+every kept key a probability of 1 (gradients K times too large); ``s - lse`` is exact there. Without an additive
+mask the backward reads ``lse`` alone, as FlashAttention-2 does: the recomputed probabilities carry its rounding, a
+relative error of up to ``|lse| * 2**-24 * ln(2)`` with ``lse`` in log2 units (6e-6 at logits of 100, 0.6% at 1e5,
+tens of percent at 1e7: ``dv`` 3x too large with three tied keys at 1e9), where the forward is exact. Subtracting the
+residual there too cost the backward 9% on GPT-2's shape and 4% on BERT's (H200, 2026-12-03), for logits no
+attention layer produces. The split merge of the decode path weights its partials by
 ``exp2((lse_s - max) + residual_s)``. A row with nothing kept has an all-zero output whatever its ``dO``: ``delta``
 skips the zeros of ``O`` and the backward reads that row's ``dO`` as 0, so a NaN or inf there stays out of the other
 rows' gradients. One kernel per key block accumulates ``dk, dv`` over all query heads of its GQA group, another per
@@ -444,7 +448,8 @@ def _dkdv_blocks(dk, dv, k, v, q_base, do_base, lse_base, delta_base, mask_base,
             qt = qt.to(tl.float32)
             do = do.to(tl.float32)
         lse = tl.load(lse_base + rows, mask=row_ok, other=float("inf"))
-        res = tl.load(lse_base + stride_lp + rows, mask=row_ok, other=0.0)
+        if MASK_KIND == 3:
+            res = tl.load(lse_base + stride_lp + rows, mask=row_ok, other=0.0)
         if MASKED and MASK_KIND >= 2:
             do = tl.where((lse != float("-inf"))[:, None], do, 0.0)
         # a row with nothing kept has all-zero probabilities: lse = +inf gives exp2(s - lse) = 0
@@ -456,11 +461,12 @@ def _dkdv_blocks(dk, dv, k, v, q_base, do_base, lse_base, delta_base, mask_base,
         if MASKED:
             st = _mask_scores(st, rows[None, :], cols[:, None], start, end, has_holes, mask_base, stride_mm,
                               stride_mk, Q_LEN, K_LEN, threshold, MASK_KIND, CAUSAL)
-        # the rounded lse, then its residual (see the module docstring)
-        if FOLD:
-            pt = tl.math.exp2((st * qk_scale - lse[None, :]) - res[None, :])
-        else:
+        if MASK_KIND == 3:  # additive mask (never FOLD): the residual too, see the module docstring
             pt = tl.math.exp2((st - lse[None, :]) - res[None, :])
+        elif FOLD:
+            pt = tl.math.exp2(st * qk_scale - lse[None, :])
+        else:
+            pt = tl.math.exp2(st - lse[None, :])
         if DROPOUT:
             keep = tl.trans(_dropout_keep(seed, bh, rows, n0, drop_thr, BLOCK_N))
             dv = tl.dot(tl.where(keep, pt * keep_scale, 0.0).to(do.dtype), do, dv, input_precision=DOT_PREC)
@@ -589,11 +595,12 @@ def _dq_blocks(dq, q, do, lse, res, delta, k_base, v_base, mask_base, rows, offs
         if MASKED:
             s = _mask_scores(s, rows[:, None], cols[None, :], start, end, has_holes, mask_base, stride_mm,
                              stride_mk, Q_LEN, K_LEN, threshold, MASK_KIND, CAUSAL)
-        # the rounded lse, then its residual (see the module docstring)
-        if FOLD:
-            p = tl.math.exp2((s * qk_scale - lse[:, None]) - res[:, None])
-        else:
+        if MASK_KIND == 3:  # additive mask (never FOLD): the residual too, see the module docstring
             p = tl.math.exp2((s - lse[:, None]) - res[:, None])
+        elif FOLD:
+            p = tl.math.exp2(s * qk_scale - lse[:, None])
+        else:
+            p = tl.math.exp2(s - lse[:, None])
         dp = tl.dot(do, vt, input_precision=DOT_PREC)
         if DROPOUT:
             dp = tl.where(_dropout_keep(seed, bh, rows, n0, drop_thr, BLOCK_N), dp * keep_scale, 0.0)
@@ -648,7 +655,9 @@ def _bwd_dq_kernel(
         q = q.to(tl.float32)
         do = do.to(tl.float32)
     lse = tl.load(lse_ptr + bh * Q_LEN + rows, mask=row_ok, other=float("inf"))
-    res = tl.load(lse_ptr + stride_lp + bh * Q_LEN + rows, mask=row_ok, other=0.0)
+    res = lse  # the residual, read with an additive mask only
+    if MASK_KIND == 3:
+        res = tl.load(lse_ptr + stride_lp + bh * Q_LEN + rows, mask=row_ok, other=0.0)
     do = tl.where((lse != float("-inf"))[:, None], do, 0.0)  # a row with nothing kept: see _dkdv_blocks
     lse = tl.where(lse == float("-inf"), float("inf"), lse)  # nothing kept: zero probabilities (see _dkdv_blocks)
     delta = tl.load(delta_ptr + bh * Q_LEN + rows, mask=row_ok, other=0.0)

@@ -230,8 +230,10 @@ def _attention_reference(q, k, v, mask, causal, scale, drop_thr=0, seed=None):
     """The CPU fallback (no interpreter): the reference, with half-precision probabilities rounded to q's dtype
     before the product with v, as the GPU kernel does, and the kernels' dropout mask."""
     half = q.dtype in (torch.float16, torch.bfloat16)
-    return attention_reference(q, k, v, mask, causal=causal, scale=scale, prob_dtype=q.dtype if half else None,
-                               dropout=_reference_dropout(q, k, drop_thr, seed))
+    out = attention_reference(q, k, v, mask, causal=causal, scale=scale, prob_dtype=q.dtype if half else None,
+                              dropout=_reference_dropout(q, k, drop_thr, seed))
+    # the kernel's layout: [B, H, Q, D] whose memory is [B, Q, H, D] (the documented out.transpose(1, 2) is contiguous)
+    return out.transpose(1, 2).contiguous().transpose(1, 2)
 
 
 # Named ``attention_forward`` since its second output gained the residual plane: the earlier operator named
@@ -252,8 +254,6 @@ def attention_op(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     if not kernels_take(q):
         out = _attention_reference(q, k, v, mask, causal, scale, drop_thr, seed)
-        # the kernel's layout: [B, H, Q, D] whose memory is [B, Q, H, D]
-        out = out.transpose(1, 2).contiguous().transpose(1, 2)
         lse = attention_lse_reference(q, k, mask, causal=causal, scale=scale)
         return out, torch.stack((lse, torch.zeros_like(lse)))  # the kernel's [2, B, H, Q]: lse, residual (none)
     B, H, Q, _ = q.shape

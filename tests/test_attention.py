@@ -3,6 +3,7 @@ decode (split-K) path, backward, layouts and errors. On CPU the real Triton kern
 shapes stay tiny (blocks are 16 wide there, so lengths of 20..50 already cross several blocks)."""
 import contextlib
 import importlib
+import math
 from unittest import mock
 
 import numpy as np
@@ -57,6 +58,14 @@ def _pad_mask(lengths, K, side, device, dtype=torch.bool):
 # products, a gradient two chained matmuls of them; fp16/bf16 also round P to the input dtype before P.V.
 OUT_SCALE = {torch.float32: 4.0, torch.float16: 4.0, torch.bfloat16: 4.0}
 GRAD_SCALE = {torch.float32: 8.0, torch.float16: 10.0, torch.bfloat16: 10.0}
+
+
+def _force_reference(stack):
+    """Make the public attention() take the plain-PyTorch fallback (CPU without the interpreter), in this process
+    where the kernels run: no kernels, and no call signature validated for them before (those go straight there)."""
+    ops_mod = importlib.import_module("hf_masked_softmax.ops")
+    stack.enter_context(mock.patch.object(ops_mod, "kernels_take", lambda t: False))
+    stack.enter_context(mock.patch.object(ops_mod, "_VALIDATED", {}))
 
 
 def _check(q, k, v, mask, causal, *, scale=None, grad=False, decode=None, num_splits=None):
@@ -292,11 +301,16 @@ def test_dropout_launch_settings_and_no_register_cap():
         assert len(seen) == 1
 
 
-def test_output_layout_is_bqhd(device):
+@pytest.mark.parametrize("path", ["kernels", "reference"])
+def test_output_layout_is_bqhd(device, path):
     q, k, v = _qkv(2, 3, 3, 5, 9, 16, torch.float16, device)
-    out = hf_masked_softmax.attention(q, k, v)
-    assert out.transpose(1, 2).is_contiguous()
-    bqhd = attn_mod.attention_bqhd(q, k, v)
+    with contextlib.ExitStack() as stack:
+        if path == "reference":  # the plain-PyTorch fallback keeps the documented layout too
+            _force_reference(stack)
+        out = hf_masked_softmax.attention(q, k, v)
+        assert out.transpose(1, 2).is_contiguous()
+        out.transpose(1, 2).view(2, 5, 48)  # what HF's attention code does with it
+        bqhd = attn_mod.attention_bqhd(q, k, v)
     assert bqhd.shape == (2, 5, 3, 16) and bqhd.is_contiguous()
     torch.testing.assert_close(bqhd, out.transpose(1, 2), atol=0, rtol=0)
 
@@ -421,27 +435,35 @@ def test_large_kept_additive_values_keep_the_gradients_and_the_split_merge_exact
                                atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("mask_form", ["none", "pad2d"])
-@pytest.mark.parametrize("logit", [1e5, 1e7, 1e9])
-def test_large_logits_keep_the_gradients_exact_without_an_additive_mask(logit, mask_form, device):
-    # The backward recomputes P from the saved lse, rounded to fp32: at logits of 1e5 that rounding alone is 0.5% of
-    # every probability, at 1e9 it loses log2(l) and gives each of T tied keys a probability of 1 (dv T times too
-    # large). The forward normalises with l itself, so only the residual plane keeps the two consistent.
+@pytest.mark.parametrize("mask_form", ["none", "pad2d", "additive"])
+@pytest.mark.parametrize("logit", [1e2, 1e5, 1e7, 1e9])
+def test_large_logits_keep_the_gradients_within_the_documented_bound(logit, mask_form, device):
+    # The backward recomputes P from the saved lse, rounded to fp32, where the forward normalised with l itself. With
+    # an additive mask it subtracts lse's exact residual too, so dv is exact at any logit; without one (as in
+    # FlashAttention-2: the residual cost the backward 9% on an H200) P carries lse's rounding, at most
+    # |lse| * 2**-24 * ln 2 relative (the module docstring), and logits of 1e9 are outside what it keeps.
     K, D, T = 8, 16, 3
     q = torch.full((1, 1, 2, D), logit / D)  # two rows; T keys score `logit` (exact in fp32), the others 0
     k = torch.cat([torch.ones(1, 1, T, D), torch.zeros(1, 1, K - T, D)], dim=2)
     v = torch.randn(1, 1, K, D, generator=torch.Generator().manual_seed(0))
     q, k, v = (t.to(device).requires_grad_(True) for t in (q, k, v))
-    mask = None if mask_form == "none" else torch.ones(1, K, dtype=torch.bool, device=device)
+    mask = {"none": None, "pad2d": torch.ones(1, K, dtype=torch.bool),
+            "additive": torch.zeros(1, 1, 1, K)}[mask_form]
+    mask = mask if mask is None else mask.to(device)
+    lse = logit * 1.4426950408889634 + math.log2(T)
+    bound = 0.0 if mask_form == "additive" else lse * 2.0**-24 * math.log(2)
+    expected = torch.zeros(K, D)
+    expected[:T] = 2 / T  # each of the two rows gives each tied key P = 1/T
     for decode in (False, True):
         with mock.patch.object(attn_mod, "_is_decode", lambda Q: decode):
             out = attention_fn(q, k, v, mask, scale=1.0)
         torch.testing.assert_close(out[0, 0].detach().cpu(), v[0, 0, :T].detach().cpu().mean(dim=0).expand(2, D),
                                    rtol=1e-6, atol=1e-6)
-        dv = torch.autograd.grad(out, v, torch.ones_like(out))[0]
-        expected = torch.zeros(K, D)
-        expected[:T] = 2 / T  # each of the two rows gives each tied key P = 1/T
-        torch.testing.assert_close(dv[0, 0].cpu(), expected, rtol=1e-6, atol=0)
+        dv = torch.autograd.grad(out, v, torch.ones_like(out))[0][0, 0].cpu()
+        if bound < 1:
+            torch.testing.assert_close(dv, expected, rtol=bound * 1.01 + 1e-6, atol=1e-30)  # e**-100 off the ties
+        else:  # 1e9 without an additive mask: lse has lost log2(T); only a factor is left
+            assert torch.equal(dv[T:], expected[T:]) and torch.isfinite(dv).all()
 
 
 @pytest.mark.parametrize("path", ["kernels", "reference"])
@@ -457,10 +479,9 @@ def test_a_non_finite_gradient_at_a_row_with_nothing_kept_stays_out_of_the_other
     bad_do[1, :, :2] = bad
     clean_do = do.clone()
     clean_do[1, :, :2] = 0.0
-    ops_mod = importlib.import_module("hf_masked_softmax.ops")
     with contextlib.ExitStack() as stack:
         if path == "reference":  # the plain-PyTorch fallback (CPU without the interpreter)
-            stack.enter_context(mock.patch.object(ops_mod, "kernels_take", lambda t: False))
+            _force_reference(stack)
         for decode in (False, True):
             stack.enter_context(mock.patch.object(attn_mod, "_is_decode", lambda Q: decode))
             out = attention_fn(q, k, v, mask, causal=True)
