@@ -45,7 +45,7 @@ def parse_args(argv=None):
     p.add_argument("--json", default=None)
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
-    for name in ("batch_size", "seq_len"):
+    for name in ("batch_size", "seq_len", "n_layer"):
         value = getattr(args, name)
         if value is not None and value < 1:
             p.error(f"--{name.replace('_', '-')} must be positive, got {value}")
@@ -74,13 +74,13 @@ def build_model(name: str, n_layer: int | None):
     if name == "gpt2-tiny":
         return _common.load_causal_lm(None, torch.float32, "cpu", "eager"), "causal"
     if name == "gpt2-small":
-        cfg = GPT2Config(**({"n_layer": n_layer} if n_layer else {}))
+        cfg = GPT2Config(**({"n_layer": n_layer} if n_layer is not None else {}))
         return GPT2LMHeadModel._from_config(cfg, attn_implementation="eager").eval(), "causal"
     if name == "llama-135m":
         return _common.llama_135m(n_layer), "causal"
     if name == "minilm":
         return BertModel.from_pretrained(_common.minilm_path(), attn_implementation="eager").eval(), "encoder"
-    cfg = BertConfig(**({"num_hidden_layers": n_layer} if n_layer else {}))
+    cfg = BertConfig(**({"num_hidden_layers": n_layer} if n_layer is not None else {}))
     return BertModel._from_config(cfg, attn_implementation="eager").eval(), "encoder"
 
 
@@ -209,6 +209,10 @@ def main(argv=None):
     for name in sorted({c[0] for c in mine}, key=models.index):
         torch.manual_seed(args.seed)
         masters[name] = build_model(name, args.n_layer)
+        cfg = masters[name][0].config
+        n_pos = getattr(cfg, "n_positions", None) or getattr(cfg, "max_position_embeddings", None)
+        if n_pos and args.seq_len > n_pos:
+            sys.exit(f"error: --seq-len {args.seq_len} exceeds {name}'s {n_pos} positions")
 
     t0 = time.time()
     n_impls = 2 + len(args.modes)

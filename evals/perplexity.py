@@ -1,7 +1,7 @@
 """Sliding-window perplexity of a causal LM, unpatched and patched by hf_masked_softmax, in one run.
 
-With no arguments it runs offline on a CPU: the embedded tiny GPT-2 (evals/tiny_gpt2, trained on Wikipedia by
-evals/train_tiny_gpt2.py) on text it never saw, Python's bundled pydoc_data topics.
+With no arguments it runs offline on a CPU: the embedded tiny GPT-2 (evals/tiny_gpt2, trained by
+evals/train_tiny_gpt2.py on Wikipedia and other text) on text it never saw, Python's bundled pydoc_data topics.
 
 Windows of ``--max-length`` tokens advance by ``--stride``; only the tokens a window adds beyond the previous one
 are scored (the overlap is context, its labels are -100), as in Hugging Face's perplexity guide. The negative
@@ -48,7 +48,7 @@ def parse_args(argv=None):
     p.add_argument("--batch-size", type=int, default=8, help="windows per forward")
     p.add_argument("--max-tokens", type=int, default=None,
                    help=f"score only the first N tokens of the text; 0 = all (default: all on a GPU, the first "
-                        f"{CPU_DEFAULT_TOKENS} on a CPU, which keeps the default run near a minute on 2 cores)")
+                        f"{CPU_DEFAULT_TOKENS} on a CPU, which keeps the default run near two minutes on 2 cores)")
     p.add_argument("--mode", default="auto", choices=["auto", "softmax", "fused"], help="patch_model mode")
     p.add_argument("--baseline", default="eager", choices=["eager", "sdpa"],
                    help="attention implementation of the unpatched model")
@@ -192,9 +192,14 @@ def main(argv=None):
     max_length = args.max_length or min(512, n_positions)
     if max_length > n_positions:
         sys.exit(f"error: --max-length {max_length} exceeds the model's {n_positions} positions")
+    if max_length < 2:
+        sys.exit("error: --max-length must be at least 2 (a window's first token is context only)")
     stride = args.stride or max(1, max_length // 2)
-    if stride > max_length:
-        sys.exit(f"error: --stride {stride} is larger than --max-length {max_length}")
+    if stride >= max_length:
+        # each window scores the tokens it adds with the ones before as context: with no overlap, the first token
+        # of every window would have none and would go unscored
+        sys.exit(f"error: --stride {stride} must be smaller than --max-length {max_length}, so that every token "
+                 f"but the text's first is scored with context")
     windows = make_windows(len(ids), max_length, stride)
     mine = windows[rank::world]
     batches = [mine[i:i + args.batch_size] for i in range(0, len(mine), args.batch_size)]

@@ -1102,7 +1102,8 @@ def real_number(value, name: str) -> float:
     """``value`` (a Python or NumPy real number, or a one-element real tensor that autograd need not differentiate)
     as a float, with the public functions' errors."""
     if isinstance(value, bool) or not isinstance(value, (numbers.Real, torch.Tensor)):
-        raise TypeError(f"{name} must be a float, got {type(value).__name__}")
+        raise TypeError(f"{name} must be a real number (a Python or NumPy number or a one-element tensor), "
+                        f"got {type(value).__name__}")
     if isinstance(value, torch.Tensor):
         if value.numel() != 1:
             raise ValueError(f"{name} must be a single number, got a tensor of shape {list(value.shape)}")
@@ -1169,10 +1170,11 @@ def attention(
         scale: multiplies ``q kᵀ`` (default ``D ** -0.5``); a number or a one-element tensor (not differentiated),
             at most FLT_MAX / log2(e) = 2.36e38 in magnitude.
         dropout_p: attention dropout, as SDPA's ``dropout_p`` (applied whenever it is nonzero, training or not): each
-            probability is zeroed with probability ``dropout_p`` (rounded to a multiple of 2**-16) and the kept ones
-            are scaled by ``1 / (1 - dropout_p)``. The mask is drawn inside the kernels by Philox from a key taken
+            probability is zeroed with probability ``p``, ``dropout_p`` rounded to a multiple of 2**-16, and the
+            kept ones are scaled by ``1 / (1 - p)``. The mask is drawn inside the kernels by Philox from a key taken
             from torch's generator for the tensors' device (``torch.manual_seed`` repeats it) and redrawn
-            identically by the backward; nothing of size ``[B, H, Q, K]`` is stored.
+            identically by the backward; nothing of size ``[B, H, Q, K]`` is stored. A number or a one-element
+            tensor.
 
     Returns:
         ``[B, H, Q, D]`` in q's dtype, laid out in memory as ``[B, Q, H, D]`` (``out.transpose(1, 2)`` is

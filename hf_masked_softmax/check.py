@@ -415,6 +415,8 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if args.fuzz < 0 or (args.fuzz_case is not None and args.fuzz_case < 0):
         parser.error("--fuzz and --fuzz-case take non-negative integers")
+    if args.json and (os.path.isdir(args.json) or not os.path.isdir(os.path.dirname(os.path.abspath(args.json)))):
+        parser.error(f"--json {args.json!r}: a file path in an existing folder is needed")
 
     cuda = torch.cuda.is_available()
     if not cuda and os.environ.get("TRITON_INTERPRET", "0") in ("", "0"):

@@ -99,6 +99,16 @@ def test_fuzz_rejects_negative_counts():
             raise AssertionError(f"{argv} was accepted")
 
 
+@pytest.mark.parametrize("where", ["folder", "missing-folder"])
+def test_json_path_is_checked_before_any_work(tmp_path, where, capsys):
+    # a folder, or a file in a folder that does not exist, is refused at once (it once failed after the first check)
+    path = tmp_path if where == "folder" else tmp_path / "nosuch" / "x.json"
+    with pytest.raises(SystemExit) as info:
+        check.main(["--no-bench", "--json", str(path)])
+    assert info.value.code == 2
+    assert "a file path in an existing folder" in capsys.readouterr().err
+
+
 def test_nan_must_appear_exactly_where_the_reference_has_it():
     ref = torch.tensor([1.0, float("nan"), 0.5], dtype=torch.float64)
     assert check._nan_aware_violation(ref.clone(), ref, torch.float32, 1.0) == 0.0

@@ -187,6 +187,30 @@ def test_logits_two_accelerate_processes_equal_one(logits_one, tmp_path):
             assert abs(a[key] - b[key]) <= 1e-5, (a, b)
 
 
+def test_pipelines_half_precision_rule_compares_each_run_with_fp32():
+    # fp16 / bf16: the patched run may differ from fp32 by at most twice what the unpatched run does; fill-mask
+    # scores count relative to the sentence's top score, and its top-5 tokens must be identical
+    import pipelines
+
+    def masked(*scores):
+        return [[{"token": t, "score": x} for t, x in enumerate(scores)]]
+
+    ref = masked(0.5, 0.1, 1e-3)
+    base = masked(0.5 + 1e-3, 0.1, 1e-3)
+    assert pipelines.compare("fill-mask", base, masked(0.5, 0.1 - 1.5e-3, 1e-3 * 1.5), 1e-5, ref=ref)[0]
+    assert not pipelines.compare("fill-mask", base, masked(0.5, 0.1 + 3e-3, 1e-3), 1e-5, ref=ref)[0]
+    assert not pipelines.compare("fill-mask", base, [[{"token": 1, "score": 0.5}, {"token": 0, "score": 0.1},
+                                                       {"token": 2, "score": 1e-3}]], 1e-5, ref=ref)[0]
+    # features: one item of [1, T = 2, D = 2] whose second position is padding (lengths [1]): never compared
+    ref = [[[[4.0, 2.0], [0.0, 0.0]]]]
+    base = [[[[4.01, 2.0], [9.0, 9.0]]]]
+    ok, detail = pipelines.compare("feature-extraction", base, [[[[3.985, 2.0], [7.0, 7.0]]]], 1e-5, lengths=[1],
+                                   ref=ref)
+    assert ok and "patched 3.75e-03" in detail, detail
+    assert not pipelines.compare("feature-extraction", base, [[[[3.97, 2.0], [0.0, 0.0]]]], 1e-5, lengths=[1],
+                                 ref=ref)[0]
+
+
 def test_pipelines_identical_outputs(tmp_path):
     import pipelines
 
@@ -301,6 +325,13 @@ def test_every_eval_script_shows_its_options(script, capsys):
     ("perplexity.py", ["--model", "/nonexistent/model_dir", "--no-progress"], "no such file or folder"),
     ("perplexity.py", ["--tolerance", "-1"], "--tolerance must be >= 0"),
     ("logits.py", ["--seq-len", "-4"], "--seq-len must be positive"),
+    ("logits.py", ["--n-layer", "0"], "--n-layer must be positive"),
+    ("logits.py", ["--models", "gpt2-tiny", "--seq-len", "1000", "--no-progress"], "exceeds gpt2-tiny's 512 positions"),
+    ("perplexity.py", ["--max-length", "64", "--stride", "64", "--max-tokens", "300", "--no-progress"],
+     "--stride 64 must be smaller than --max-length 64"),
+    ("perplexity.py", ["--max-length", "1", "--max-tokens", "300", "--no-progress"], "--max-length must be at least 2"),
+    ("pipelines.py", ["--batch-size", "0"], "--batch-size must be positive"),
+    ("pipelines.py", ["--max-new-tokens", "-1"], "--max-new-tokens must be positive"),
     ("speed.py", ["--tiny", "--device", "nosuch"], "unknown --device 'nosuch'"),
     ("speed.py", ["--tiny", "--rounds", "0"], "--rounds must be positive"),
     ("bench_softmax.py", ["--tune", "--tune-shapes", "nosuch"], "unknown --tune-shapes ['nosuch']"),
