@@ -92,6 +92,7 @@
 #                                       # forward and backward against old_tree/ (fa22ac5)
 #   bash evals/gpu_session.sh fix13     # 2026-12-03 (13): the fifth audit's fixes on CUDA, timed against
 #                                       # old_tree_live/ and old_tree/ (e27c389)
+#   bash evals/gpu_session.sh final13b  # 2026-12-03 (13): the kernels as kept (6e31e76) on CUDA
 set -uo pipefail
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
 OUT=${OUT:-out}
@@ -554,8 +555,22 @@ case "${1:-}" in
       --json "$OUT/check_fuzz13b.json" > "$OUT/check_fuzz13b.log" 2>&1
     tr '\r' '\n' < "$OUT/check_fuzz13b.log" | grep -v -E "^  PASS|random cases: " | tail -6
     ;;
+  final13b)
+    # the kernels as kept (6e31e76: the residual with additive masks only, a row with nothing kept reading dO as 0):
+    # the fixes' tests, the GPU tests of the touched files, random cases
+    timeout 90 python -m pytest -q -p no:cacheprovider tests/test_attention.py tests/test_bad_inputs.py \
+      tests/test_dropout.py -k "large_logits_keep or non_finite_gradient_at_a_row or large_kept or requires_grad \
+      or past_log2e or head_dim_zero or takes_the_numbers or layout_is_bqhd" 2>&1 | tee "$OUT/fix_tests13c.log" \
+      | grep -E "passed|failed|^FAILED|^ERROR" | cut -c1-200
+    timeout 200 python -m pytest -q -m gpu -p no:cacheprovider tests/test_attention.py tests/test_dropout.py \
+      tests/test_bad_inputs.py tests/test_autograd_edges.py tests/test_compile.py -k "not 2_pow_31" 2>&1 \
+      | tee "$OUT/gpu_tests13c.log" | grep -E "passed|failed|^FAILED|^ERROR" | cut -c1-200
+    timeout 80 python -u -m hf_masked_softmax.check --quick --no-bench --fuzz 30 --seed 15 \
+      --json "$OUT/check_fuzz13c.json" > "$OUT/check_fuzz13c.log" 2>&1
+    tr '\r' '\n' < "$OUT/check_fuzz13c.log" | grep -v -E "^  PASS|random cases: " | tail -4
+    ;;
   *)
-    echo "usage: bash evals/gpu_session.sh tests|kernels|e2e|check|followup|recheck|verify|measure|final|stream|last|tune|host|fast|fastcheck|closing|fold|fold2|fold3|e2e3|bert4|bert5|check4|lengths|ncu|bwd|suite|suite2|final6|plans|hostplans|genab|fuzz|bwdplan|trainab|final8|nosync|drop9a|drop9b|drop9d|audit10|bench10|final10|ws11|audit11|fuzz11|host11b|decode12|stats12|stats12b|stats12c|final13|fix13" >&2
+    echo "usage: bash evals/gpu_session.sh tests|kernels|e2e|check|followup|recheck|verify|measure|final|stream|last|tune|host|fast|fastcheck|closing|fold|fold2|fold3|e2e3|bert4|bert5|check4|lengths|ncu|bwd|suite|suite2|final6|plans|hostplans|genab|fuzz|bwdplan|trainab|final8|nosync|drop9a|drop9b|drop9d|audit10|bench10|final10|ws11|audit11|fuzz11|host11b|decode12|stats12|stats12b|stats12c|final13|fix13|final13b" >&2
     exit 2
     ;;
 esac
