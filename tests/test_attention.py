@@ -440,7 +440,7 @@ def test_large_kept_additive_values_keep_the_gradients_and_the_split_merge_exact
 def test_large_logits_keep_the_gradients_within_the_documented_bound(logit, mask_form, device):
     # The backward recomputes P from the saved lse, rounded to fp32, where the forward normalised with l itself. With
     # an additive mask it subtracts lse's exact residual too, so dv is exact at any logit; without one (as in
-    # FlashAttention-2: the residual cost the backward 9% on an H200) P carries lse's rounding, at most
+    # FlashAttention-2: the residual cost the backward 8% on an H200) P carries lse's rounding, at most
     # |lse| * 2**-24 * ln 2 relative (the module docstring), and logits of 1e9 are outside what it keeps.
     K, D, T = 8, 16, 3
     q = torch.full((1, 1, 2, D), logit / D)  # two rows; T keys score `logit` (exact in fp32), the others 0
