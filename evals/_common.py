@@ -261,7 +261,15 @@ def load_causal_lm(name_or_path: str | None, dtype, device: str, attn_implementa
     gguf = gguf_checkpoint(name_or_path)
     kwargs = {"gguf_file": gguf[1]} if gguf else {}
     path = gguf[0] if gguf else path
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation=attn_implementation, **kwargs)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation=attn_implementation,
+                                                     **kwargs)
+    except (OSError, ValueError) as exc:  # not on disk and no hub here, or not a causal LM checkpoint
+        if name_or_path is None:
+            raise
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        sys.exit(f"error: --model {name_or_path!r} could not be loaded (offline: a local folder or a cached hub "
+                 f"id is needed): {first}")
     return model.to(device).eval()
 
 

@@ -23,6 +23,12 @@ def main(argv=None):
     ap.add_argument("--out", default=os.path.join(_common.REPO_ROOT, ".gpu_assets"))
     ap.add_argument("--no-calibration", action="store_true", help="skip exllamav2's calibration texts (training only)")
     args = ap.parse_args(argv)
+    calibration = {}
+    if not args.no_calibration:  # found before anything is written, so a missing file leaves no partial folder
+        try:
+            calibration = {name: _common.calibration_path(name) for name in _common.CALIBRATION_FILES}
+        except FileNotFoundError as exc:
+            sys.exit(f"error: {exc} (or pass --no-calibration: the texts only train the tiny GPT-2)")
     os.makedirs(args.out, exist_ok=True)
     bpe = _common.gpt2_tokenizer_dir()
     for name in ("vocab.json", "merges.txt"):
@@ -33,12 +39,10 @@ def main(argv=None):
         sys.exit(f"error: the pydoc text came out empty (an empty {args.out}/pydoc_topics.txt? delete it and rerun)")
     with open(os.path.join(args.out, "pydoc_topics.txt"), "w", encoding="utf-8") as f:
         f.write(text)
-    if not args.no_calibration:
-        for name in _common.CALIBRATION_FILES:
-            src = _common.calibration_path(name)
-            dst = os.path.join(args.out, f"{name}.utf8")
-            if os.path.abspath(src) != os.path.abspath(dst):
-                shutil.copyfile(src, dst)
+    for name, src in calibration.items():
+        dst = os.path.join(args.out, f"{name}.utf8")
+        if os.path.abspath(src) != os.path.abspath(dst):
+            shutil.copyfile(src, dst)
     total = sum(os.path.getsize(os.path.join(args.out, n)) for n in os.listdir(args.out))
     print(f"wrote {args.out} ({total / 2**20:.1f} MiB): {', '.join(sorted(os.listdir(args.out)))}")
 

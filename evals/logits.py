@@ -50,6 +50,8 @@ def parse_args(argv=None):
         if value is not None and value < 1:
             p.error(f"--{name.replace('_', '-')} must be positive, got {value}")
     args.models = [m for m in args.models.split(",") if m]
+    if not args.models:
+        p.error(f"--models is empty; choose from {list(MODELS)}")
     bad = [m for m in args.models if m not in MODELS]
     if bad:
         p.error(f"unknown model(s) {bad}; choose from {list(MODELS)}")

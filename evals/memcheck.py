@@ -35,8 +35,10 @@ def main(argv=None) -> int:
     parser.add_argument("--sanitizer", default=shutil.which("compute-sanitizer") or "/usr/local/cuda/bin/compute-sanitizer")
     parser.add_argument("--caching-allocator", action="store_true",
                         help="keep PyTorch's caching allocator (CUDA-graph capture needs it)")
-    parser.add_argument("--out", default="evals/results/memcheck.json")
+    parser.add_argument("--out", default="evals/results/memcheck.json", help="the JSON file to write")
     args = parser.parse_args(argv)
+    if os.path.isdir(args.out):
+        parser.error(f"--out {args.out!r} is a folder; give the JSON file's path")
 
     if not os.path.exists(args.sanitizer):
         print(f"compute-sanitizer not found at {args.sanitizer}; pass --sanitizer PATH", file=sys.stderr)

@@ -111,6 +111,10 @@ def main(argv=None):
     if args.summary:
         from benchutil import print_table
 
+        missing = [f for f in args.summary if not os.path.isfile(f)]
+        if missing:
+            ap.error(f"--summary: no such file(s) {missing}")
+
         rows = summary(args.summary)
         print_table(rows, ["file"] + [label for label, _, _ in SUMMARY])
         return

@@ -64,6 +64,10 @@ def parse_args(argv=None):
     args = p.parse_args(argv)
     if args.config and not args.dataset:
         p.error("--config needs --dataset")
+    if (args.split != "test" or args.text_column != "text") and not args.dataset:
+        p.error("--split and --text-column need --dataset")
+    if args.json and os.path.isdir(args.json):
+        p.error(f"--json {args.json!r} is a folder; give the file's path")
     if args.max_tokens is not None and args.max_tokens < 0:
         p.error("--max-tokens must be >= 0")
     for name in ("max_length", "stride", "batch_size"):
@@ -88,7 +92,11 @@ def load_text(args) -> tuple[str, str]:
             sys.exit(f"error: --text-file {args.text_file!r} does not exist")
         ds = datasets.load_dataset("text", data_files=args.text_file, split="train", sample_by="document")
         return "\n".join(ds["text"]), f"file {args.text_file}"
-    ds = datasets.load_dataset(args.dataset, args.config, split=args.split)
+    try:
+        ds = datasets.load_dataset(args.dataset, args.config, split=args.split)
+    except (OSError, ValueError) as exc:  # not cached and no hub here, or a wrong config / split name
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        sys.exit(f"error: --dataset {args.dataset!r} could not be loaded (offline: it must be cached): {first}")
     if args.text_column not in ds.column_names:
         sys.exit(f"error: dataset has no column {args.text_column!r}; columns: {ds.column_names}")
     return "\n\n".join(ds[args.text_column]), f"{args.dataset}/{args.config or ''}:{args.split}"

@@ -331,6 +331,11 @@ def test_every_eval_script_shows_its_options(script, capsys):
      "--stride 64 must be smaller than --max-length 64"),
     ("perplexity.py", ["--max-length", "1", "--max-tokens", "300", "--no-progress"], "--max-length must be at least 2"),
     ("pipelines.py", ["--batch-size", "0"], "--batch-size must be positive"),
+    ("perplexity.py", ["--split", "train"], "--split and --text-column need --dataset"),
+    ("perplexity.py", ["--json", os.path.dirname(os.path.abspath(__file__))], "is a folder"),
+    ("logits.py", ["--models", ""], "--models is empty"),
+    ("ncu_kernels.py", ["--summary", "/nonexistent/ncu.csv"], "no such file"),
+    ("memcheck.py", ["--out", os.path.dirname(os.path.abspath(__file__))], "is a folder"),
     ("pipelines.py", ["--max-new-tokens", "-1"], "--max-new-tokens must be positive"),
     ("speed.py", ["--tiny", "--device", "nosuch"], "unknown --device 'nosuch'"),
     ("speed.py", ["--tiny", "--rounds", "0"], "--rounds must be positive"),
@@ -366,3 +371,21 @@ def test_probe_decode_redraws_its_plot_from_a_stored_run(tmp_path):
     png = tmp_path / "probe_decode.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert png.stat().st_size > 20_000
+
+
+def test_gpu_assets_refuses_before_writing_when_a_calibration_text_is_missing(tmp_path, monkeypatch, capsys):
+    # a missing calibration text stops the run before the folder is made, and the message names the way around it
+    import _common
+
+    module = _load_script("gpu_assets.py")
+
+    def missing(name):
+        raise FileNotFoundError(f"{name}.utf8 not found")
+
+    monkeypatch.setattr(_common, "calibration_path", missing)
+    out = tmp_path / "assets"
+    with pytest.raises(SystemExit) as info:
+        module.main(["--out", str(out)])
+    assert "--no-calibration" in str(info.value.code) and not out.exists()
+    module.main(["--out", str(out), "--no-calibration"])
+    assert {"vocab.json", "merges.txt", "pydoc_topics.txt"} <= set(os.listdir(out))
