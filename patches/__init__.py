@@ -165,6 +165,9 @@ def unpatch_model(model: torch.nn.Module) -> torch.nn.Module:
     _check_module(model)
     state = model.__dict__.get(_STATE_ATTR)
     if state is None:
+        if any(hf.MODE_ATTR in m.__dict__ for m in model.modules()):  # its attention runs the library's
+            raise ValueError(f"{type(model).__name__} is part of a model patched by patch_model, not patched itself; "
+                             f"unpatch_model that model")
         raise ValueError(f"{type(model).__name__} is not patched by hf_masked_softmax")
     twins = {id(twin) for _, twin in state.configs.values()}
     missing = object()

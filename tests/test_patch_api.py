@@ -311,6 +311,8 @@ def test_patching_part_of_a_patched_model_is_refused(device):
     with pytest.raises(ValueError, match="part of a model already patched"):
         with patched(model.transformer):
             pass
+    with pytest.raises(ValueError, match="part of a model patched by patch_model, not patched itself"):
+        unpatch_model(model.transformer)
     assert {m.__dict__[hf.MODE_ATTR] for m in model.modules() if hf.MODE_ATTR in m.__dict__} == {"softmax"}
     unpatch_model(model)
     patch_model(model.transformer)  # the other way round: the inner patch first
