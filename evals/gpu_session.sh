@@ -116,6 +116,21 @@ against_old() {  # ROUNDS=N against_old ...: N rounds (default 2)
   done
 }
 
+# pytest_summary TAG LIMIT PYTEST_ARGS...: pytest into $OUT/TAG.log, its summary lines printed
+pytest_summary() {
+  local tag=$1 limit=$2
+  shift 2
+  timeout "$limit" python -m pytest -q -p no:cacheprovider "$@" 2>&1 | tee "$OUT/$tag.log" \
+    | grep -E "passed|failed|^FAILED|^ERROR" | cut -c1-200
+}
+
+# fuzz TAG LIMIT CASES SEED: the self-test's random cases into $OUT/TAG.{json,log}, failures and totals printed
+fuzz() {
+  timeout "$2" python -u -m hf_masked_softmax.check --quick --no-bench --fuzz "$3" --seed "$4" --json "$OUT/$1.json" \
+    > "$OUT/$1.log" 2>&1
+  tr '\r' '\n' < "$OUT/$1.log" | grep -v -E "^  PASS|random cases: " | tail -6
+}
+
 case "${1:-}" in
   tests)
     # tensors of 2**31+ elements in their own process: a fault there must not poison the other tests' CUDA context
@@ -520,14 +535,10 @@ case "${1:-}" in
   final13)
     # the final form of the twelfth session's lse fix (lse whole plus its TwoSum residual), first time on a GPU: its
     # tests, every GPU test, random cases, then the forward and backward against old_tree/ (fa22ac5), alternating
-    timeout 70 python -m pytest -q -p no:cacheprovider tests/test_attention.py tests/test_compile.py \
-      -k "large_kept or residual or lse_means or fake_attention" 2>&1 | tee "$OUT/stats_tests13.log" \
-      | grep -E "passed|failed|^FAILED|^ERROR" | cut -c1-200
-    timeout 230 python -m pytest -q -m gpu -k "not 2_pow_31" -p no:cacheprovider 2>&1 | tee "$OUT/gpu_tests13.log" \
-      | grep -E "passed|failed|^FAILED|^ERROR" | cut -c1-200
-    timeout 100 python -u -m hf_masked_softmax.check --quick --no-bench --fuzz 60 --seed 13 --json "$OUT/check_fuzz13.json" \
-      > "$OUT/check_fuzz13.log" 2>&1
-    tr '\r' '\n' < "$OUT/check_fuzz13.log" | grep -v -E "^  PASS|random cases: " | tail -6
+    pytest_summary stats_tests13 70 tests/test_attention.py tests/test_compile.py \
+      -k "large_kept or residual or lse_means or fake_attention"
+    pytest_summary gpu_tests13 230 -m gpu -k "not 2_pow_31"
+    fuzz check_fuzz13 100 60 13
     ROUNDS=1 against_old bwd13 80 "^  ours  " evals/bench_attention.py --shapes gpt2-pad-right,bert
     ;;
   fix13)
@@ -535,13 +546,11 @@ case "${1:-}" in
     # and backward on this tree, old_tree_live/ (the same without the residual outside additive masks) and old_tree/
     # (e27c389, before), alternating, two rounds (each tree carries this checkout's bench_attention.py), then random
     # cases
-    timeout 90 python -m pytest -q -p no:cacheprovider tests/test_attention.py tests/test_bad_inputs.py \
-      tests/test_dropout.py -k "large_logits_keep or non_finite_gradient_at_a_row or large_kept or requires_grad \
-      or past_log2e or head_dim_zero or takes_the_numbers" 2>&1 | tee "$OUT/fix_tests13.log" \
-      | grep -E "passed|failed|^FAILED|^ERROR" | cut -c1-200
-    timeout 200 python -m pytest -q -m gpu -p no:cacheprovider tests/test_attention.py tests/test_dropout.py \
-      tests/test_bad_inputs.py tests/test_autograd_edges.py tests/test_compile.py -k "not 2_pow_31" 2>&1 \
-      | tee "$OUT/gpu_tests13b.log" | grep -E "passed|failed|^FAILED|^ERROR" | cut -c1-200
+    pytest_summary fix_tests13 90 tests/test_attention.py tests/test_bad_inputs.py tests/test_dropout.py \
+      -k "large_logits_keep or non_finite_gradient_at_a_row or large_kept or requires_grad or past_log2e \
+      or head_dim_zero or takes_the_numbers"
+    pytest_summary gpu_tests13b 200 -m gpu tests/test_attention.py tests/test_dropout.py tests/test_bad_inputs.py \
+      tests/test_autograd_edges.py tests/test_compile.py -k "not 2_pow_31"
     for round in 1 2; do
       for tree in new old_tree_live old_tree; do
         dir=.
@@ -551,23 +560,17 @@ case "${1:-}" in
           | sed "s/^/$tree $round /" | cut -c1-90)
       done
     done
-    timeout 100 python -u -m hf_masked_softmax.check --quick --no-bench --fuzz 40 --seed 14 \
-      --json "$OUT/check_fuzz13b.json" > "$OUT/check_fuzz13b.log" 2>&1
-    tr '\r' '\n' < "$OUT/check_fuzz13b.log" | grep -v -E "^  PASS|random cases: " | tail -6
+    fuzz check_fuzz13b 100 40 14
     ;;
   final13b)
     # the kernels as kept (6e31e76: the residual with additive masks only, a row with nothing kept reading dO as 0):
     # the fixes' tests, the GPU tests of the touched files, random cases
-    timeout 90 python -m pytest -q -p no:cacheprovider tests/test_attention.py tests/test_bad_inputs.py \
-      tests/test_dropout.py -k "large_logits_keep or non_finite_gradient_at_a_row or large_kept or requires_grad \
-      or past_log2e or head_dim_zero or takes_the_numbers or layout_is_bqhd" 2>&1 | tee "$OUT/fix_tests13c.log" \
-      | grep -E "passed|failed|^FAILED|^ERROR" | cut -c1-200
-    timeout 200 python -m pytest -q -m gpu -p no:cacheprovider tests/test_attention.py tests/test_dropout.py \
-      tests/test_bad_inputs.py tests/test_autograd_edges.py tests/test_compile.py -k "not 2_pow_31" 2>&1 \
-      | tee "$OUT/gpu_tests13c.log" | grep -E "passed|failed|^FAILED|^ERROR" | cut -c1-200
-    timeout 80 python -u -m hf_masked_softmax.check --quick --no-bench --fuzz 30 --seed 15 \
-      --json "$OUT/check_fuzz13c.json" > "$OUT/check_fuzz13c.log" 2>&1
-    tr '\r' '\n' < "$OUT/check_fuzz13c.log" | grep -v -E "^  PASS|random cases: " | tail -4
+    pytest_summary fix_tests13c 90 tests/test_attention.py tests/test_bad_inputs.py tests/test_dropout.py \
+      -k "large_logits_keep or non_finite_gradient_at_a_row or large_kept or requires_grad or past_log2e \
+      or head_dim_zero or takes_the_numbers or layout_is_bqhd"
+    pytest_summary gpu_tests13c 200 -m gpu tests/test_attention.py tests/test_dropout.py tests/test_bad_inputs.py \
+      tests/test_autograd_edges.py tests/test_compile.py -k "not 2_pow_31"
+    fuzz check_fuzz13c 80 30 15
     ;;
   *)
     echo "usage: bash evals/gpu_session.sh tests|kernels|e2e|check|followup|recheck|verify|measure|final|stream|last|tune|host|fast|fastcheck|closing|fold|fold2|fold3|e2e3|bert4|bert5|check4|lengths|ncu|bwd|suite|suite2|final6|plans|hostplans|genab|fuzz|bwdplan|trainab|final8|nosync|drop9a|drop9b|drop9d|audit10|bench10|final10|ws11|audit11|fuzz11|host11b|decode12|stats12|stats12b|stats12c|final13|fix13|final13b" >&2
