@@ -181,6 +181,25 @@ def dtype_name(dtype) -> str:
     return {"torch.float32": "fp32", "torch.float16": "fp16", "torch.bfloat16": "bf16"}[str(dtype)]
 
 
+def require_positive(parser, args, *names: str) -> None:
+    """``parser.error`` unless each of the options ``names`` (argparse dests) is unset or at least 1."""
+    for name in names:
+        value = getattr(args, name, None)
+        if value is not None and value < 1:
+            parser.error(f"--{name.replace('_', '-')} must be positive, got {value}")
+
+
+def first_line(exc: BaseException) -> str:
+    """An exception's message's first line (its type's name when it has none), for a one-line error."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def n_positions(config):
+    """The positions a model config allows (GPT-2's ``n_positions``, else ``max_position_embeddings``), or None."""
+    return getattr(config, "n_positions", None) or getattr(config, "max_position_embeddings", None)
+
+
 def check_compile_target(arch: int, script: str) -> None:
     """Exit with a message unless the kernels run on compute capability ``arch`` (x10) and Triton compiles for a GPU
     here (the ``sass_*`` scripts, which compile on any machine)."""
@@ -267,9 +286,8 @@ def load_causal_lm(name_or_path: str | None, dtype, device: str, attn_implementa
     except (OSError, ValueError) as exc:  # not on disk and no hub here, or not a causal LM checkpoint
         if name_or_path is None:
             raise
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         sys.exit(f"error: --model {name_or_path!r} could not be loaded (offline: a local folder or a cached hub "
-                 f"id is needed): {first}")
+                 f"id is needed): {first_line(exc)}")
     return model.to(device).eval()
 
 

@@ -45,10 +45,7 @@ def parse_args(argv=None):
     p.add_argument("--json", default=None)
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
-    for name in ("batch_size", "seq_len", "n_layer"):
-        value = getattr(args, name)
-        if value is not None and value < 1:
-            p.error(f"--{name.replace('_', '-')} must be positive, got {value}")
+    _common.require_positive(p, args, "batch_size", "seq_len", "n_layer")
     args.models = [m for m in args.models.split(",") if m]
     if not args.models:
         p.error(f"--models is empty; choose from {list(MODELS)}")
@@ -211,8 +208,7 @@ def main(argv=None):
     for name in sorted({c[0] for c in mine}, key=models.index):
         torch.manual_seed(args.seed)
         masters[name] = build_model(name, args.n_layer)
-        cfg = masters[name][0].config
-        n_pos = getattr(cfg, "n_positions", None) or getattr(cfg, "max_position_embeddings", None)
+        n_pos = _common.n_positions(masters[name][0].config)
         if n_pos and args.seq_len > n_pos:
             sys.exit(f"error: --seq-len {args.seq_len} exceeds {name}'s {n_pos} positions")
 

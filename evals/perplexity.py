@@ -70,10 +70,7 @@ def parse_args(argv=None):
         p.error(f"--json {args.json!r} is a folder; give the file's path")
     if args.max_tokens is not None and args.max_tokens < 0:
         p.error("--max-tokens must be >= 0")
-    for name in ("max_length", "stride", "batch_size"):
-        value = getattr(args, name)
-        if value is not None and value < 1:
-            p.error(f"--{name.replace('_', '-')} must be positive, got {value}")
+    _common.require_positive(p, args, "max_length", "stride", "batch_size")
     if args.tolerance is not None and not args.tolerance >= 0:
         p.error(f"--tolerance must be >= 0, got {args.tolerance}")
     return args
@@ -95,8 +92,8 @@ def load_text(args) -> tuple[str, str]:
     try:
         ds = datasets.load_dataset(args.dataset, args.config, split=args.split)
     except (OSError, ValueError) as exc:  # not cached and no hub here, or a wrong config / split name
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        sys.exit(f"error: --dataset {args.dataset!r} could not be loaded (offline: it must be cached): {first}")
+        sys.exit(f"error: --dataset {args.dataset!r} could not be loaded (offline: it must be cached): "
+                 f"{_common.first_line(exc)}")
     if args.text_column not in ds.column_names:
         sys.exit(f"error: dataset has no column {args.text_column!r}; columns: {ds.column_names}")
     return "\n\n".join(ds[args.text_column]), f"{args.dataset}/{args.config or ''}:{args.split}"
@@ -196,7 +193,7 @@ def main(argv=None):
         ids = ids[:max_tokens]
     if len(ids) < 2:
         sys.exit("error: the text has fewer than 2 tokens")
-    n_positions = getattr(model.config, "n_positions", None) or getattr(model.config, "max_position_embeddings", 512)
+    n_positions = _common.n_positions(model.config) or 512
     max_length = args.max_length or min(512, n_positions)
     if max_length > n_positions:
         sys.exit(f"error: --max-length {max_length} exceeds the model's {n_positions} positions")

@@ -65,10 +65,7 @@ def parse_args(argv=None):
     bad = [t for t in args.tasks if t not in TASKS]
     if bad:
         p.error(f"unknown task(s) {bad}; choose from {list(TASKS)}")
-    for name in ("reps", "max_inputs", "batch_size", "max_new_tokens"):
-        value = getattr(args, name)
-        if value is not None and value < 1:
-            p.error(f"--{name.replace('_', '-')} must be positive, got {value}")
+    _common.require_positive(p, args, "reps", "max_inputs", "batch_size", "max_new_tokens")
     return args
 
 

@@ -77,10 +77,7 @@ def parse_args(argv=None):
     bad = [i for i in args.impls if i not in IMPLS]
     if bad:
         p.error(f"unknown impl(s) {bad}; choose from {list(IMPLS)}")
-    for name in ("rounds", "generate_reps", "cpu_reps"):
-        value = getattr(args, name, None)
-        if value is not None and value < 1:
-            p.error(f"--{name.replace('_', '-')} must be positive, got {value}")
+    _common.require_positive(p, args, "rounds", "generate_reps", "cpu_reps")
     return args
 
 
