@@ -72,14 +72,25 @@ def us_per_call(fn, n=None) -> float:
     return rounds[len(rounds) // 2]
 
 
-def micro(dev: str) -> list[dict]:
+class _Progress(dict):
+    """Rows that print as they are measured (a CPU smoke run takes minutes)."""
+
+    def __setitem__(self, what, us):
+        super().__setitem__(what, us)
+        print(f"  {what}: {us:.1f} us per call", flush=True)
+
+
+def micro(dev: str, small: bool = False) -> list[dict]:
+    """Host microseconds per call of each piece (see the module docstring, item 1), printed as each is measured.
+    ``small``: a 2 x 2-head, 32-key shape instead of the decode step's (the CPU smoke run, where every call runs the
+    kernels in Triton's interpreter)."""
     import importlib
 
     import hf_masked_softmax as hms
     from hf_masked_softmax import masks
 
     attn_mod = importlib.import_module("hf_masked_softmax.attention")  # the module (the package exports a function)
-    B, H, K, D = 8, 12, 192, 64
+    B, H, K, D = (2, 2, 32, 16) if small else (8, 12, 192, 64)
     q = torch.randn(B, H, 1, D, device=dev, dtype=torch.float16)
     k = torch.randn(B, H, K, D, device=dev, dtype=torch.float16)
     v = torch.randn_like(k)
@@ -91,7 +102,7 @@ def micro(dev: str) -> list[dict]:
     x = torch.empty(16, device=dev)
     ints = list(range(3, 43))
     ranges = masks.pad_ranges(pad.view(torch.uint8), pad)
-    out = {}
+    out = _Progress()
     with torch.no_grad():
         out["triton empty kernel, 1 arg"] = us_per_call(lambda: _empty1[(1,)](x))
         out["triton empty kernel, 1 tensor + 39 ints"] = us_per_call(lambda: _empty40[(1,)](x, *ints[1:]))
@@ -129,7 +140,10 @@ def profile_generate(out_dir, dev, tiny=False, impls=("eager", "sdpa", "softmax"
 
     model = speed.build("gpt2-tiny" if tiny else "gpt2", torch.float16 if dev == "cuda" else torch.float32, dev)
     gen = torch.Generator().manual_seed(0)
-    ids, mask = speed.make_inputs(model.config.vocab_size, 8, 16 if tiny else 128, (8, 16) if tiny else (64, 128),
+    batch = 2 if tiny else 8
+    if tiny:  # the smoke run: every token runs the kernels in Triton's interpreter
+        new_tokens = 2
+    ids, mask = speed.make_inputs(model.config.vocab_size, batch, 16 if tiny else 128, (8, 16) if tiny else (64, 128),
                                   "left", gen, dev)
     rows = []
     for impl in impls:
@@ -155,7 +169,8 @@ def profile_generate(out_dir, dev, tiny=False, impls=("eager", "sdpa", "softmax"
             undo()
         _write_profile(prof, out_dir / f"generate_profile_{impl}.txt", cumulative=45)
         rows.append({"impl": impl, "ms_per_step": wall * 1e3 / new_tokens})
-        print(f"{impl}: {wall * 1e3 / new_tokens:.2f} ms per generated token (B8, {new_tokens} new tokens)")
+        print(f"{impl}: {wall * 1e3 / new_tokens:.2f} ms per generated token (B{batch}, {new_tokens} new tokens)",
+              flush=True)
     return rows
 
 
@@ -334,7 +349,7 @@ def main(argv=None):
         benchutil.print_table(rows, ["what", "us_per_call"])
         benchutil.write_json(out_dir / "bench_host_attention.json", {"env": benchutil.environment(), "micro": rows})
         return
-    rows = micro(dev)
+    rows = micro(dev, small=args.smoke)
     benchutil.print_table(rows, ["what", "us_per_call"])
     gen_rows = [] if args.no_profile else profile_generate(out_dir, dev, tiny=args.smoke)
     benchutil.write_json(out_dir / "bench_host.json", {"env": benchutil.environment(), "micro": rows,

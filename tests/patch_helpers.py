@@ -49,6 +49,18 @@ def padded_batch(device, lengths=(12, 7, 3), total=12, side="right", seed=0):
     return ids.to(device), mask.to(device)
 
 
+def checkpointing(model, on: bool, reentrant: bool = False, **options):
+    """Activation checkpointing on or off, by transformers' own name for it: ``activation_checkpointing_*`` since
+    5.25 (which also takes ``options`` such as ``every_n_layers``), ``gradient_checkpointing_*`` before."""
+    new = hasattr(model, "activation_checkpointing_enable")
+    if not on:
+        return (model.activation_checkpointing_disable if new else model.gradient_checkpointing_disable)()
+    if new:
+        return model.activation_checkpointing_enable({"use_reentrant": reentrant}, **options)
+    assert not options, "checkpointing options need transformers >= 5.25"
+    return model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": reentrant})
+
+
 def eager_and_patched(model, run, mode="auto"):
     """``run(model)`` unpatched (the model is eager) and under ``patched(model, mode=mode)``."""
     assert model.config._attn_implementation == "eager"

@@ -6,7 +6,7 @@ from transformers import AutoModelForCausalLM, GPT2LMHeadModel, OPTConfig, OPTFo
 
 from hf_masked_softmax import hf, patch_model, patched, unpatch_model
 from hf_masked_softmax.patches import NAME as PATCH_NAME, REGISTRY
-from patch_helpers import assert_valid_close, gpt2_config, padded_batch
+from patch_helpers import assert_valid_close, checkpointing, gpt2_config, padded_batch
 
 
 def lm(device, config=None, seed=0):
@@ -327,7 +327,7 @@ def test_patching_part_of_a_patched_model_is_refused(device):
 def _checkpointed_gpt2(device, reentrant):
     """A GPT-2 in training with attention dropout 0.3 and gradient checkpointing, and a left-padded batch."""
     model = lm(device, gpt2_config(attn_pdrop=0.3)).train()
-    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": reentrant})
+    checkpointing(model, True, reentrant)
     return (model, *padded_batch(device, side="left"))
 
 
@@ -374,8 +374,26 @@ def test_auto_mode_checkpointing_with_two_forwards_before_one_backward(reentrant
         return first + model(ids, attention_mask=mask).logits[mask.bool()].pow(2).mean()
 
     with patched(model):
-        model.gradient_checkpointing_disable()
+        checkpointing(model, False)
         ref = _param_grads(model, loss)  # the same patched model without checkpointing: same kernels, same dropout
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": reentrant})
+        checkpointing(model, True, reentrant)
+        out = _param_grads(model, loss)
+    _assert_same_grads(out, ref)
+
+
+@pytest.mark.skipif(not hasattr(transformers.PreTrainedModel, "activation_checkpointing_enable"),
+                    reason="activation checkpointing's options are new in transformers 5.25")
+def test_activation_checkpointing_of_every_other_layer_keeps_the_gradients(device):
+    # transformers 5.25's every_n_layers: the checkpointed layers recompute their forward (the same dropout), the
+    # others keep their activations. (Its `offload` needs pinned host memory, so CUDA, where the image has 5.17.)
+    model, ids, mask = _checkpointed_gpt2(device, False)
+
+    def loss():
+        return model(ids, attention_mask=mask).logits[mask.bool()].pow(2).mean()
+
+    with patched(model, mode="fused"):
+        checkpointing(model, False)
+        ref = _param_grads(model, loss)
+        checkpointing(model, True, every_n_layers=2)
         out = _param_grads(model, loss)
     _assert_same_grads(out, ref)
