@@ -16,7 +16,10 @@ work, while the Python and launch code around it takes far longer. This script m
    calls per call (``sys.setprofile``). Runs on a CPU too, under ``TRITON_INTERPRET=1`` (where CPU tensors take the
    kernels' path). Point ``PYTHONPATH`` at another checkout to compare two versions of the library.
 
-    python evals/bench_host.py [--out DIR] [--no-profile | --attention-profile | --python-only]
+``--smoke`` (CPU, ``TRITON_INTERPRET=1``) runs items 1 and 2 on a 2 x 2-head, 32-key step and two generated tokens
+of a tiny model: it checks that the script runs (about 40 s on a 2-core CPU); its numbers are the interpreter's.
+
+    python evals/bench_host.py [--out DIR] [--no-profile | --attention-profile | --python-only] [--smoke]
 """
 from __future__ import annotations
 
