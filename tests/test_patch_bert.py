@@ -2,6 +2,7 @@
 import pytest
 import torch
 import transformers
+from packaging import version
 from transformers import BertLMHeadModel, BertModel, EncoderDecoderModel
 
 from hf_masked_softmax import patched
@@ -146,3 +147,29 @@ def test_minilm_real_weights_embeddings_unchanged(device):
     assert_close(out, ref)
     with patched(model, mode="softmax"):
         assert_close(embed(model), ref)
+
+
+@pytest.mark.parametrize("decoder", [False, True])
+def test_packed_sequences_from_position_ids(device, decoder):
+    # Several sequences packed into one row, told apart by position_ids restarting at 0, with no attention mask: since
+    # transformers 5.25 BERT hands position_ids to its mask functions, which then build a block-diagonal mask (a
+    # mask function of their own, so the patch takes HF's 4D boolean mask)
+    torch.manual_seed(5)
+    config = bert_config(is_decoder=decoder)
+    model = (BertLMHeadModel if decoder else BertModel)(config).to(device).eval()
+    ids = torch.randint(3, config.vocab_size, (2, 10), generator=torch.Generator().manual_seed(5)).to(device)
+    positions = torch.tensor([[0, 1, 2, 3, 0, 1, 2, 0, 1, 2], list(range(10))], device=device)
+
+    def run(m):
+        out = m(ids, position_ids=positions, use_cache=False)
+        return out.logits if decoder else out.last_hidden_state
+
+    for mode in MODES:
+        ref, out = eager_and_patched(model, run, mode)
+        assert_close(out, ref)
+        if version.parse(transformers.__version__) >= version.parse("5.25"):
+            # the packing is in effect: each packed sequence's outputs are those of the sequence run alone
+            with patched(model, mode=mode):
+                for lo, hi in ((0, 4), (4, 7), (7, 10)):
+                    alone = model(ids[:1, lo:hi], position_ids=positions[:1, lo:hi], use_cache=False)
+                    assert_close(out[0, lo:hi], (alone.logits if decoder else alone.last_hidden_state)[0])
