@@ -93,6 +93,8 @@
 #   bash evals/gpu_session.sh fix13     # 2026-12-03 (13): the fifth audit's fixes on CUDA, timed against
 #                                       # old_tree_live/ and old_tree/ (e27c389)
 #   bash evals/gpu_session.sh final13b  # 2026-12-03 (13): the kernels as kept (6e31e76) on CUDA
+#   bash evals/gpu_session.sh final14   # 2026-12-03 (14): the new tests (README quick start, wheel, packed BERT) on CUDA,
+#                                       # every GPU test, random cases
 set -uo pipefail
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
 OUT=${OUT:-out}
@@ -572,8 +574,16 @@ case "${1:-}" in
       tests/test_autograd_edges.py tests/test_compile.py -k "not 2_pow_31"
     fuzz check_fuzz13c 80 30 15
     ;;
+  final14)
+    # the fourteenth session's tree (new tests only; kernels as validated by final13b): the new tests on CUDA (the
+    # quick start needs .gpu_assets for GPT-2's tokenizer), every GPU test, random cases
+    pytest_summary new_tests14 150 tests/test_readme.py tests/test_packaging.py tests/test_patch_bert.py \
+      tests/test_patch_api.py -k "quick_start or wheel or packed or checkpointing"
+    pytest_summary gpu_tests14 260 -m gpu -k "not 2_pow_31"
+    fuzz check_fuzz14 100 60 16
+    ;;
   *)
-    echo "usage: bash evals/gpu_session.sh tests|kernels|e2e|check|followup|recheck|verify|measure|final|stream|last|tune|host|fast|fastcheck|closing|fold|fold2|fold3|e2e3|bert4|bert5|check4|lengths|ncu|bwd|suite|suite2|final6|plans|hostplans|genab|fuzz|bwdplan|trainab|final8|nosync|drop9a|drop9b|drop9d|audit10|bench10|final10|ws11|audit11|fuzz11|host11b|decode12|stats12|stats12b|stats12c|final13|fix13|final13b" >&2
+    echo "usage: bash evals/gpu_session.sh tests|kernels|e2e|check|followup|recheck|verify|measure|final|stream|last|tune|host|fast|fastcheck|closing|fold|fold2|fold3|e2e3|bert4|bert5|check4|lengths|ncu|bwd|suite|suite2|final6|plans|hostplans|genab|fuzz|bwdplan|trainab|final8|nosync|drop9a|drop9b|drop9d|audit10|bench10|final10|ws11|audit11|fuzz11|host11b|decode12|stats12|stats12b|stats12c|final13|fix13|final13b|final14" >&2
     exit 2
     ;;
 esac
