@@ -95,6 +95,7 @@
 #   bash evals/gpu_session.sh final13b  # 2026-12-03 (13): the kernels as kept (6e31e76) on CUDA
 #   bash evals/gpu_session.sh final14   # 2026-12-03 (14): the new tests (README quick start, wheel, packed BERT) on CUDA,
 #                                       # every GPU test, random cases
+#   bash evals/gpu_session.sh suite14   # 2026-12-03 (14): every test that is not GPU-marked, on CUDA, in four groups
 set -uo pipefail
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
 OUT=${OUT:-out}
@@ -582,8 +583,23 @@ case "${1:-}" in
     pytest_summary gpu_tests14 260 -m gpu -k "not 2_pow_31"
     fuzz check_fuzz14 100 60 16
     ;;
+  suite14)
+    # every test that is not GPU-marked, on CUDA (CUDA tensors run the kernels, CPU tensors the reference), in four
+    # groups under their own limits; test_bounds.py (the interpreter's accesses) and final14's files left out
+    for group in "tests/test_attention.py tests/test_bad_inputs.py tests/test_autograd_edges.py tests/test_dropout.py" \
+        "tests/test_compile.py tests/test_launch.py tests/test_masked_softmax.py tests/test_no_copies.py \
+        tests/test_properties.py" \
+        "tests/test_patch_api.py tests/test_patch_bert.py tests/test_patch_gpt2.py tests/test_patch_llama.py \
+        tests/test_multi_gpu.py" \
+        "tests/test_evals.py tests/test_evals_llama.py tests/test_check.py tests/test_tune_variants.py \
+        tests/test_sass.py tests/test_ncu_kernels.py"; do
+      # shellcheck disable=SC2086
+      timeout 135 python -m pytest -q -m "not gpu" -p no:cacheprovider $group 2>&1 | tee -a "$OUT/cuda_suite14.log" \
+        | grep -E "passed|failed|^FAILED|^ERROR" | cut -c1-200
+    done
+    ;;
   *)
-    echo "usage: bash evals/gpu_session.sh tests|kernels|e2e|check|followup|recheck|verify|measure|final|stream|last|tune|host|fast|fastcheck|closing|fold|fold2|fold3|e2e3|bert4|bert5|check4|lengths|ncu|bwd|suite|suite2|final6|plans|hostplans|genab|fuzz|bwdplan|trainab|final8|nosync|drop9a|drop9b|drop9d|audit10|bench10|final10|ws11|audit11|fuzz11|host11b|decode12|stats12|stats12b|stats12c|final13|fix13|final13b|final14" >&2
+    echo "usage: bash evals/gpu_session.sh tests|kernels|e2e|check|followup|recheck|verify|measure|final|stream|last|tune|host|fast|fastcheck|closing|fold|fold2|fold3|e2e3|bert4|bert5|check4|lengths|ncu|bwd|suite|suite2|final6|plans|hostplans|genab|fuzz|bwdplan|trainab|final8|nosync|drop9a|drop9b|drop9d|audit10|bench10|final10|ws11|audit11|fuzz11|host11b|decode12|stats12|stats12b|stats12c|final13|fix13|final13b|final14|suite14" >&2
     exit 2
     ;;
 esac
