@@ -76,7 +76,7 @@ def us_per_call(fn, n=None) -> float:
 
 
 class _Progress(dict):
-    """Rows that print as they are measured (a CPU smoke run takes minutes)."""
+    """Rows that print as they are measured (in a CPU smoke run every call goes through Triton's interpreter)."""
 
     def __setitem__(self, what, us):
         super().__setitem__(what, us)
