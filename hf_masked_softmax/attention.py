@@ -35,8 +35,8 @@ every kept key a probability of 1 (gradients K times too large); ``s - lse`` is 
 mask the backward reads ``lse`` alone, as FlashAttention-2 does: the recomputed probabilities carry its rounding, a
 relative error of up to ``|lse| * 2**-24 * ln(2)`` with ``lse`` in log2 units (6e-6 at logits of 100, 0.6% at 1e5,
 tens of percent at 1e7: ``dv`` 3x too large with three tied keys at 1e9), where the forward is exact. Subtracting the
-residual there too made the backward 8% slower on GPT-2's shape and 1-5% on BERT's (H200, 2026-12-03), for logits
-no attention layer produces. The split merge of the decode path weights its partials by
+residual there too made the backward 8% slower on GPT-2's shape and +3.7% / -1.1% on BERT's in two rounds (H200,
+2026-12-03), for logits no attention layer produces. The split merge of the decode path weights its partials by
 ``exp2((lse_s - max) + residual_s)``. A row with nothing kept has an all-zero output whatever its ``dO``: ``delta``
 skips the zeros of ``O`` and the backward reads that row's ``dO`` as 0, so a NaN or inf there stays out of the other
 rows' gradients. One kernel per key block accumulates ``dk, dv`` over all query heads of its GQA group, another per

@@ -53,7 +53,7 @@ from ._launch import aligned as _aligned
 from ._launch import bind as _bind
 from ._launch import fast_launch, first_order_only, kernels_take
 from ._launch import remember as _remember
-from .attention import _next_pow2, _sm_count, real_number  # host helpers shared by both kernels' launchers
+from .attention import _next_pow2, _sm_count, real_number  # host helpers and a check shared by both functions
 from . import ops as _ops
 from .reference import masked_softmax_reference
 
