@@ -76,7 +76,7 @@ def main(argv=None):
     rows = []
     try:
         for name in shapes:
-            inp = make_inputs(name, 64, "float16")
+            inp = make_inputs(name, 64, torch.float16)
             q, k, v = inp["q"], inp["k"], inp["v"]
             margs = launcher_args(inp)
             attn.FWD_PREFETCH = None
