@@ -6,7 +6,7 @@ disassembles it. A loop is a backward branch. The launch is specialised as a rea
 16-byte aligned, head-dim strides equal to 1.
 
     python evals/sass_attention.py [--causal] [--config 128/64/4/3] [--no-fold] [--no-merge] [--dropout] [--arch 90]
-        [--prefetch DIST/KEYS] [--out DIR]
+        [--out DIR]
 
 The counts come from this machine's Triton, which may differ from a GPU machine's version.
 """
@@ -41,17 +41,12 @@ def _jit_fn(kernel):
     return kernel.fn if isinstance(kernel, FastLaunch) else kernel
 
 
-def compile_forward(causal, config, fold, merge, arch, dtype="fp16", head_d=64, maxnreg=None, dropout=False,
-                    prefetch=None):
+def compile_forward(causal, config, fold, merge, arch, dtype="fp16", head_d=64, maxnreg=None, dropout=False):
     block_m, block_n, warps, stages = config
-    pf = dict(PREFETCH=0, PF_KEYS=0, PF_LINES=1, PF_STEP=1)
-    if prefetch:  # (distance, key rows): the PREFETCH constexprs as the launcher sets them for fp16 / bf16
-        pf = dict(PREFETCH=prefetch[0], PF_KEYS=prefetch[1], PF_LINES=attn._next_pow2(attn._cdiv(head_d, 64)),
-                  PF_STEP=64)
     fn = _jit_fn(attn._attn_fwd_kernel)
     consts = dict(MASK_KIND=attn._K_RANGE, CAUSAL=causal, BH_FIRST=causal, BLOCK_M=block_m, BLOCK_N=block_n,
                   HEAD_D=head_d, BLOCK_D=attn._block_d(head_d), UPCAST=False, DOT_PREC="tf32", WIDE=False,
-                  FOLD=fold, MERGE_TAIL=merge, STORE_LSE=True, DROPOUT=dropout, **pf, **{name: 1 for name in UNIT_STRIDES})
+                  FOLD=fold, MERGE_TAIL=merge, STORE_LSE=True, DROPOUT=dropout, **{name: 1 for name in UNIT_STRIDES})
     sig, attrs = {}, {}
     for i, name in enumerate(fn.arg_names):
         if name in consts:
@@ -108,9 +103,6 @@ def main(argv=None):
     ap.add_argument("--no-merge", action="store_true", help="trailing key blocks in their own loop")
     ap.add_argument("--maxnreg", type=int, default=None)
     ap.add_argument("--dropout", action="store_true", help="the training forward with attention dropout (DROPOUT)")
-    ap.add_argument("--prefetch", default=None, metavar="DIST/KEYS",
-                    help="prefetch into L2 the query tile and first KEYS key / value rows of the program DIST later "
-                         "(FWD_PREFETCH)")
     ap.add_argument("--arch", type=int, default=90, help="compute capability x10 (90 = Hopper)")
     ap.add_argument("--out", default=None, help="folder for the .ptx / .cubin / .sass (default $OUT or ./out)")
     args = ap.parse_args(argv)
@@ -126,22 +118,13 @@ def main(argv=None):
         import torch
 
         config = attn._fwd_config(64, 1024, torch.float16, False, args.causal)
-    prefetch = None
-    if args.prefetch:
-        try:
-            prefetch = tuple(int(x) for x in args.prefetch.split("/"))
-        except ValueError:
-            sys.exit(f"--prefetch wants DIST/KEYS as integers, got {args.prefetch!r}")
-        if len(prefetch) != 2 or prefetch[0] < 1 or prefetch[1] < 0:
-            sys.exit("--prefetch wants DIST/KEYS, DIST >= 1, KEYS >= 0")
     kernel = compile_forward(args.causal, config, not args.no_fold, not args.no_merge, args.arch,
-                             maxnreg=args.maxnreg, dropout=args.dropout, prefetch=prefetch)
+                             maxnreg=args.maxnreg, dropout=args.dropout)
     out = args.out or os.environ.get("OUT") or "out"
     os.makedirs(out, exist_ok=True)
     stem = os.path.join(out, f"attn_fwd_sm{args.arch}_{'causal' if args.causal else 'full'}_"
                              f"{'_'.join(map(str, config))}{'' if args.no_fold else '_fold'}"
-                             f"{'' if args.no_merge else '_merge'}{'_dropout' if args.dropout else ''}"
-                             f"{'_pf' + '_'.join(map(str, prefetch)) if prefetch else ''}")
+                             f"{'' if args.no_merge else '_merge'}{'_dropout' if args.dropout else ''}")
     with open(stem + ".ptx", "w") as f:
         f.write(kernel.asm["ptx"])
     with open(stem + ".cubin", "wb") as f:
@@ -150,8 +133,7 @@ def main(argv=None):
     with open(stem + ".sass", "w") as f:
         f.write(info["sass"])
     print(f"triton {triton.__version__}, sm_{args.arch}, causal={args.causal}, config {config}, "
-          f"fold={not args.no_fold}, merge={not args.no_merge}, maxnreg={args.maxnreg}, dropout={args.dropout}, "
-          f"prefetch={args.prefetch}")
+          f"fold={not args.no_fold}, merge={not args.no_merge}, maxnreg={args.maxnreg}, dropout={args.dropout}")
     print(f"registers {info['registers']}, stack {info['stack']} B, shared {kernel.metadata.shared} B, "
           f"{info['instructions']} instructions")
     for lp in info["loops"]:

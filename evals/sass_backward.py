@@ -41,12 +41,9 @@ def main(argv=None):
     os.makedirs(out, exist_ok=True)
     fp32_ptrs = ("lse_ptr", "delta_ptr", "part_ptr", "part_lse_ptr")
     floats = ("qk_scale", "threshold", "keep_scale", "sm_scale")
-    OFF = dict(PREFETCH=0, PF_KEYS=0, PF_LINES=1, PF_STEP=1)
 
     def compile_one(kernel, consts, warps, stages, tag):
         fn = sa._jit_fn(kernel)
-        # switches off by default that older trees' kernels lack (the forward's prefetch)
-        consts = {**{n: v for n, v in OFF.items() if n in fn.arg_names}, **consts}
         sig, attrs = {}, {}
         for i, name in enumerate(fn.arg_names):
             if name in consts:

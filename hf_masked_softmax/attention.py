@@ -243,52 +243,6 @@ def _block_key_bounds(start, end, has_holes, m0, split, NUM_SPLITS, Q_LEN, K_LEN
     return s_lo, s_hi, full_lo, full_hi
 
 
-@triton.jit
-def _prefetch_l2(ptrs):
-    """Ask for the 128-byte lines at ``ptrs`` to be brought into L2 (``prefetch.global.L2``, fire and forget: the
-    result is a dummy zero, and the op is marked impure so that it stays)."""
-    return tl.inline_asm_elementwise("prefetch.global.L2 [$1];\n\tmov.u32 $0, 0;", "=r,l", [ptrs],
-                                     dtype=tl.int32, is_pure=False, pack=1)
-
-
-@triton.jit
-def _prefetch_program(q_ptr, k_ptr, v_ptr, stride_qb, stride_qh, stride_qm, stride_qd, stride_kb, stride_kh,
-                      stride_kn, stride_kd, stride_vb, stride_vh, stride_vn, stride_vd, H, GROUP, Q_LEN, K_LEN,
-                      BH_FIRST: tl.constexpr, BLOCK_M: tl.constexpr, PREFETCH: tl.constexpr,
-                      PF_KEYS: tl.constexpr, PF_LINES: tl.constexpr, PF_STEP: tl.constexpr):
-    """Prefetch into L2 the query tile, and the first ``PF_KEYS`` key and value rows, of the program ``PREFETCH``
-    places after this one in launch order: the one that will take a slot this program or its neighbours free."""
-    if BH_FIRST:
-        n_bh = tl.num_programs(0)
-        lin = tl.program_id(0) + n_bh * tl.program_id(1)
-        total = n_bh * tl.num_programs(1)
-    else:
-        n_blk = tl.num_programs(0)
-        lin = tl.program_id(0) + n_blk * tl.program_id(1)
-        total = n_blk * tl.num_programs(1)
-    nxt = lin + PREFETCH
-    if nxt < total:
-        if BH_FIRST:
-            bh = (nxt % n_bh).to(tl.int64)
-            pid_m = tl.num_programs(1) - 1 - nxt // n_bh
-        else:
-            pid_m = nxt % n_blk
-            bh = (nxt // n_blk).to(tl.int64)
-        b = bh // H
-        h = bh % H
-        hk = h // GROUP
-        lines = tl.arange(0, PF_LINES) * PF_STEP
-        rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-        rows = tl.minimum(rows, Q_LEN - 1)
-        _prefetch_l2(q_ptr + b * stride_qb + h * stride_qh + rows[:, None] * stride_qm + lines[None, :] * stride_qd)
-        if PF_KEYS > 0:
-            cols = tl.minimum(tl.arange(0, PF_KEYS), K_LEN - 1)
-            _prefetch_l2(k_ptr + b * stride_kb + hk * stride_kh + cols[:, None] * stride_kn
-                         + lines[None, :] * stride_kd)
-            _prefetch_l2(v_ptr + b * stride_vb + hk * stride_vh + cols[:, None] * stride_vn
-                         + lines[None, :] * stride_vd)
-
-
 @fast_launch
 @triton.jit
 def _attn_fwd_kernel(
@@ -303,13 +257,8 @@ def _attn_fwd_kernel(
     MASK_KIND: tl.constexpr, CAUSAL: tl.constexpr, BH_FIRST: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_D: tl.constexpr, BLOCK_D: tl.constexpr,
     UPCAST: tl.constexpr, DOT_PREC: tl.constexpr, WIDE: tl.constexpr, FOLD: tl.constexpr, MERGE_TAIL: tl.constexpr,
-    STORE_LSE: tl.constexpr, DROPOUT: tl.constexpr, PREFETCH: tl.constexpr, PF_KEYS: tl.constexpr,
-    PF_LINES: tl.constexpr, PF_STEP: tl.constexpr,
+    STORE_LSE: tl.constexpr, DROPOUT: tl.constexpr,
 ):
-    if PREFETCH > 0:
-        _prefetch_program(q_ptr, k_ptr, v_ptr, stride_qb, stride_qh, stride_qm, stride_qd, stride_kb, stride_kh,
-                          stride_kn, stride_kd, stride_vb, stride_vh, stride_vn, stride_vd, H, GROUP, Q_LEN, K_LEN,
-                          BH_FIRST, BLOCK_M, PREFETCH, PF_KEYS, PF_LINES, PF_STEP)
     if BH_FIRST:
         # causal: (batch x head) fastest and query blocks in reverse, so the longest rows start first and the
         # short ones fill in the tail
@@ -748,8 +697,6 @@ _SM_COUNT = {}
 SPLIT_MIN_K = 1024  # decode rows shorter than this are never split across programs
 FWD_MERGE_TAIL = True  # forward: interior and trailing key blocks in one loop (see _fwd_blocks)
 FWD_MAXNREG = None  # forward register cap per thread: None = _fwd_maxnreg's rule, 0 = none, N = cap at N
-FWD_PREFETCH = None  # forward, experimental: None = off; (distance in programs, key rows) = prefetch into L2 the
-#                      query tile and first key / value rows of the program that many places later (_prefetch_program)
 FOLD_MAX_SCALE = 1.0  # the largest scale applied inside the exponent (see _fold); HF's scales are D**-0.5 or 1
 
 
@@ -906,16 +853,6 @@ def _fold(kind: int, scale: float) -> bool:
     return kind != _K_ADD and 0.0 < scale <= FOLD_MAX_SCALE
 
 
-def _prefetch_constexprs(q, D: int, num_splits: int) -> dict:
-    """The forward's prefetch constexprs for ``FWD_PREFETCH`` (off when interpreted, or split)."""
-    if FWD_PREFETCH is None or _INTERPRET or num_splits > 1:
-        return dict(PREFETCH=0, PF_KEYS=0, PF_LINES=1, PF_STEP=1)
-    distance, keys = FWD_PREFETCH
-    per_line = 128 // q.element_size()  # elements per 128-byte line
-    return dict(PREFETCH=int(distance), PF_KEYS=int(keys), PF_LINES=_next_pow2(_cdiv(D, per_line)),
-                PF_STEP=per_line)
-
-
 def _is_decode(Q: int) -> bool:
     """Short query blocks (and possibly split keys) for a few queries: generation steps."""
     return Q <= 16
@@ -926,8 +863,7 @@ def _policy():
     changing one (the tuning scripts and tests do, to force a path) gets a new plan. Held by the key, so a replaced
     function's id cannot be reused while its plans exist."""
     return (_fwd_config, _fwd_maxnreg, _num_splits, _is_decode, _wide, _fold, _bh_first, _block_d, _sm_count,
-            _bwd_config, FWD_MERGE_TAIL, FWD_MAXNREG, FWD_PREFETCH, SPLIT_MIN_K, FOLD_MAX_SCALE, GRID_YZ_MAX,
-            _attn_fwd_kernel,
+            _bwd_config, FWD_MERGE_TAIL, FWD_MAXNREG, SPLIT_MIN_K, FOLD_MAX_SCALE, GRID_YZ_MAX, _attn_fwd_kernel,
             _split_combine_kernel, _bwd_delta_kernel, _bwd_dkdv_kernel, _bwd_dq_kernel)
 
 
@@ -989,7 +925,7 @@ class _ForwardPlan:
             MASK_KIND=kind, CAUSAL=causal, BH_FIRST=bh_first, BLOCK_M=block_m, BLOCK_N=block_n, HEAD_D=D,
             BLOCK_D=_block_d(D), UPCAST=upcast, DOT_PREC=prec, WIDE=wide, FOLD=_fold(kind, scale),
             MERGE_TAIL=FWD_MERGE_TAIL, STORE_LSE=need_lse or num_splits > 1, DROPOUT=self.dropout,
-            num_warps=warps, num_stages=stages, **_prefetch_constexprs(q, D, num_splits),
+            num_warps=warps, num_stages=stages,
             # dropout's random numbers need more registers than the caps leave (ptxas spills under them)
             **({} if self.dropout else _fwd_maxnreg(D, q.dtype, decode, causal, block_m, warps)),
         )
