@@ -220,6 +220,42 @@ def test_patched_gpt2_forward_has_no_graph_break(mode, device):
     torch.testing.assert_close(out[valid], ref[valid], atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("model_type, mode", [("gpt2", "auto"), ("bert", "softmax")])
+def test_torch_export_of_a_patched_model_with_dynamic_shapes(model_type, mode, device):
+    # torch.export (AOTInductor, ExecuTorch and the like start from it): one exported program, batch and length
+    # dynamic, with the kernels as custom-operator nodes, equals eager on a batch of another shape and padding
+    from patch_helpers import bert_config, padded_batch
+    from transformers import BertModel
+
+    import hf_masked_softmax as hms
+
+    if model_type == "gpt2":
+        model = _tiny_gpt2(device)
+    else:
+        torch.manual_seed(0)
+        model = BertModel(bert_config()).to(device).eval()
+    ids, mask = padded_batch(device, side="left" if model_type == "gpt2" else "right")
+    batch, length = torch.export.Dim("batch", max=16), torch.export.Dim("length", max=32)
+    kwargs = dict(input_ids=ids, attention_mask=mask, use_cache=False)
+    dims = dict(input_ids={0: batch, 1: length}, attention_mask={0: batch, 1: length}, use_cache=None)
+    with hms.patched(model, mode=mode):
+        program = torch.export.export(model, (), kwargs, dynamic_shapes=dims)
+    ops_in_graph = {str(node.target) for node in program.graph.nodes if "hf_masked_softmax" in str(node.target)}
+    expected = "attention_forward" if mode == "auto" else "masked_softmax"
+    assert any(expected in op for op in ops_in_graph), ops_in_graph
+    assert model.config._attn_implementation == "eager"  # unpatched again: the reference below is HF's eager
+
+    ids2, mask2 = padded_batch(device, lengths=(9, 4), total=9, side="left" if model_type == "gpt2" else "right",
+                               seed=1)
+    kwargs2 = dict(input_ids=ids2, attention_mask=mask2, use_cache=False)
+    with torch.no_grad():
+        out = program.module()(**kwargs2)
+        ref = model(**kwargs2)
+    key = "logits" if model_type == "gpt2" else "last_hidden_state"
+    valid = mask2.bool()
+    torch.testing.assert_close(out[key][valid], ref[key][valid], atol=1e-5, rtol=1e-5)
+
+
 def test_patched_gpt2_compiled_training_step_matches_eager(device):
     from patch_helpers import padded_batch
 
