@@ -98,6 +98,8 @@
 #   bash evals/gpu_session.sh suite14   # 2026-12-03 (14): every test that is not GPU-marked, on CUDA, in four groups
 #   bash evals/gpu_session.sh suite15   # 2026-12-03 (15): the eval-script test files suite14 could not finish, on
 #                                       # CUDA, one limit per file
+#   bash evals/gpu_session.sh final15   # 2026-12-03 (15): the new export test and the changed check test on CUDA,
+#                                       # every GPU test
 set -uo pipefail
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
 OUT=${OUT:-out}
@@ -613,8 +615,12 @@ case "${1:-}" in
         | tee -a "$OUT/cuda_suite15.log" | grep -E " passed| failed|FAILED|^ERROR" | cut -c1-200
     done
     ;;
+  final15)
+    pytest_summary new_tests15 200 tests/test_compile.py tests/test_check.py -k "export or cut_short"
+    pytest_summary gpu_tests15 300 -m gpu -k "not 2_pow_31"
+    ;;
   *)
-    echo "usage: bash evals/gpu_session.sh tests|kernels|e2e|check|followup|recheck|verify|measure|final|stream|last|tune|host|fast|fastcheck|closing|fold|fold2|fold3|e2e3|bert4|bert5|check4|lengths|ncu|bwd|suite|suite2|final6|plans|hostplans|genab|fuzz|bwdplan|trainab|final8|nosync|drop9a|drop9b|drop9d|audit10|bench10|final10|ws11|audit11|fuzz11|host11b|decode12|stats12|stats12b|stats12c|final13|fix13|final13b|final14|suite14|suite15" >&2
+    echo "usage: bash evals/gpu_session.sh tests|kernels|e2e|check|followup|recheck|verify|measure|final|stream|last|tune|host|fast|fastcheck|closing|fold|fold2|fold3|e2e3|bert4|bert5|check4|lengths|ncu|bwd|suite|suite2|final6|plans|hostplans|genab|fuzz|bwdplan|trainab|final8|nosync|drop9a|drop9b|drop9d|audit10|bench10|final10|ws11|audit11|fuzz11|host11b|decode12|stats12|stats12b|stats12c|final13|fix13|final13b|final14|suite14|suite15|final15" >&2
     exit 2
     ;;
 esac
