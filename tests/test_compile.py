@@ -229,12 +229,13 @@ def test_torch_export_of_a_patched_model_with_dynamic_shapes(model_type, mode, d
 
     import hf_masked_softmax as hms
 
+    side = "left" if model_type == "gpt2" else "right"
     if model_type == "gpt2":
         model = _tiny_gpt2(device)
     else:
         torch.manual_seed(0)
         model = BertModel(bert_config()).to(device).eval()
-    ids, mask = padded_batch(device, side="left" if model_type == "gpt2" else "right")
+    ids, mask = padded_batch(device, side=side)
     batch, length = torch.export.Dim("batch", max=16), torch.export.Dim("length", max=32)
     kwargs = dict(input_ids=ids, attention_mask=mask, use_cache=False)
     dims = dict(input_ids={0: batch, 1: length}, attention_mask={0: batch, 1: length}, use_cache=None)
@@ -245,8 +246,7 @@ def test_torch_export_of_a_patched_model_with_dynamic_shapes(model_type, mode, d
     assert any(expected in op for op in ops_in_graph), ops_in_graph
     assert model.config._attn_implementation == "eager"  # unpatched again: the reference below is HF's eager
 
-    ids2, mask2 = padded_batch(device, lengths=(9, 4), total=9, side="left" if model_type == "gpt2" else "right",
-                               seed=1)
+    ids2, mask2 = padded_batch(device, lengths=(9, 4), total=9, side=side, seed=1)
     kwargs2 = dict(input_ids=ids2, attention_mask=mask2, use_cache=False)
     with torch.no_grad():
         out = program.module()(**kwargs2)
