@@ -1,0 +1,360 @@
+"""Probe: a flash-attention forward written in Gluon (Triton's lower-level dialect) for Hopper.
+
+Issue 5's BERT target (B32 H12 512x512, key lengths uniform in [256, 512], fp16, D = 64: <= 0.060 ms) is missed by
+the library's Triton forward (0.074-0.077 ms on an H200). Its SASS shows why: each key block's ``QK^T`` is followed by
+a wait for that product, then the softmax, then ``P v``, and a barrier of the whole program; nothing overlaps the
+softmax with a matrix product except a second program on the multiprocessor. Triton decides where the waits go and
+would not let the next block's product run during this block's softmax (seventh session).
+
+In Gluon the program says where each wait goes. This kernel does, per key block j:
+
+    issue S_j = Q K_j^T (async); refill block j - 2's K and V slots with block j - 2 + STAGES (TMA)
+    issue O = alpha O + P_{j-1} V_{j-1} (async)
+    wait for S_j only, then the softmax of S_j while P_{j-1} V_{j-1} runs on the tensor cores
+    wait for O
+
+One warpgroup per program, K and V through a ring of TMA copies with one mbarrier per slot, no causality, no GQA,
+the padding mask as one key count per sequence (right padding), inputs in HF's ``[B, T, H, D]`` layout with
+``T % BLOCK_M == 0``. It is an experiment: its output is checked against an fp64 reference and timed in a CUDA graph
+beside ``hf_masked_softmax.attention`` and SDPA in the same run.
+
+    python evals/probe_gluon.py [--shapes bert,bert-full] [--configs 64/64/2,128/64/2] [--out DIR]
+    python evals/probe_gluon.py --compile-only [--arch 90]     # on any machine: ptxas's report and SASS counts
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+try:
+    import torch
+except ImportError:  # --compile-only needs Triton alone
+    torch = None
+import triton  # noqa: E402
+from triton.experimental import gluon  # noqa: E402
+from triton.experimental.gluon import language as gl  # noqa: E402
+from triton.experimental.gluon.language.nvidia.hopper import (  # noqa: E402
+    fence_async_shared, mbarrier, tma, warpgroup_mma, warpgroup_mma_init, warpgroup_mma_wait)
+
+LOG2E = 1.4426950408889634
+# Gluon's TMA copies were renamed after Triton 3.6 (the GPU image's); this machine's 3.9 has only the new names
+_tma_load = getattr(tma, "async_load", None) or tma.async_copy_global_to_shared
+_tma_store = getattr(tma, "async_store", None) or tma.async_copy_shared_to_global
+_cta_barrier = getattr(gl, "thread_barrier", None) or gl.barrier
+
+
+@gluon.jit
+def _issue_kv(k_desc, v_desc, k_smem, v_smem, k_bars, v_bars, row, col, slot, pred):
+    kb = k_bars.index(slot)
+    vb = v_bars.index(slot)
+    mbarrier.expect(kb, k_desc.block_type.nbytes, pred=pred)
+    _tma_load(k_desc, [row, col], kb, k_smem.index(slot), pred=pred)
+    mbarrier.expect(vb, v_desc.block_type.nbytes, pred=pred)
+    _tma_load(v_desc, [row, col], vb, v_smem.index(slot), pred=pred)
+
+
+@gluon.jit
+def _online_softmax(s, m_i, l_i, qk_scale):
+    m_new = gl.maximum(m_i, gl.max(s, axis=1) * qk_scale)
+    p = gl.exp2(s * qk_scale - m_new[:, None])
+    alpha = gl.exp2(m_i - m_new)
+    l_i = l_i * alpha + gl.sum(p, axis=1)
+    return p, m_new, l_i, alpha
+
+
+@gluon.jit
+def _gluon_fwd_kernel(q_desc, k_desc, v_desc, o_desc, len_ptr, T, qk_scale,
+                      N_HEADS: gl.constexpr, HEAD_D: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr,
+                      STAGES: gl.constexpr, num_warps: gl.constexpr):
+    """q, k, v, o as 2D views ``[B * T, H * D]``; keys at or past ``len[b]`` are padding; ``len[b] >= 1``."""
+    gl.static_assert(STAGES >= 3, "block j - 2's slots are refilled in iteration j: at least 3 stages")
+    pid_m = gl.program_id(0)
+    pid_bh = gl.program_id(1)
+    b = pid_bh // N_HEADS
+    h = pid_bh % N_HEADS
+    n_keys = gl.load(len_ptr + b)
+    q_row = b * T + pid_m * BLOCK_M
+    kv_row = b * T
+    col0 = h * HEAD_D
+    n_blocks = gl.cdiv(n_keys, BLOCK_N)
+
+    s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[num_warps, 1],
+                                                       instr_shape=[16, BLOCK_N, 16])
+    o_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[num_warps, 1],
+                                                       instr_shape=[16, HEAD_D, 16])
+    p_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=o_layout, k_width=2)
+    row_s: gl.constexpr = gl.SliceLayout(1, s_layout)
+    row_o: gl.constexpr = gl.SliceLayout(1, o_layout)
+    col_s: gl.constexpr = gl.SliceLayout(0, s_layout)
+
+    q_smem = gl.allocate_shared_memory(q_desc.dtype, [BLOCK_M, HEAD_D], q_desc.layout)
+    k_smem = gl.allocate_shared_memory(k_desc.dtype, [STAGES, BLOCK_N, HEAD_D], k_desc.layout)
+    v_smem = gl.allocate_shared_memory(v_desc.dtype, [STAGES, BLOCK_N, HEAD_D], v_desc.layout)
+    q_bar = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
+    k_bars = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+    v_bars = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+    mbarrier.init(q_bar, count=1)
+    for i in gl.static_range(STAGES):
+        mbarrier.init(k_bars.index(i), count=1)
+        mbarrier.init(v_bars.index(i), count=1)
+    fence_async_shared()
+
+    mbarrier.expect(q_bar, q_desc.block_type.nbytes)
+    _tma_load(q_desc, [q_row, col0], q_bar, q_smem)
+    for i in gl.static_range(STAGES):
+        pred = i < n_blocks
+        kb = k_bars.index(i)
+        vb = v_bars.index(i)
+        mbarrier.expect(kb, k_desc.block_type.nbytes, pred=pred)
+        _tma_load(k_desc, [kv_row + i * BLOCK_N, col0], kb, k_smem.index(i), pred=pred)
+        mbarrier.expect(vb, v_desc.block_type.nbytes, pred=pred)
+        _tma_load(v_desc, [kv_row + i * BLOCK_N, col0], vb, v_smem.index(i), pred=pred)
+
+    cols = gl.arange(0, BLOCK_N, layout=col_s)
+    m_i = gl.full([BLOCK_M], float("-inf"), gl.float32, layout=row_s)
+    l_i = gl.zeros([BLOCK_M], gl.float32, layout=row_s)
+    acc = gl.zeros([BLOCK_M, HEAD_D], gl.float32, layout=o_layout)
+    s_zero = gl.zeros([BLOCK_M, BLOCK_N], gl.float32, layout=s_layout)
+
+    # block 0: its scores and probabilities
+    mbarrier.wait(q_bar, 0)
+    mbarrier.wait(k_bars.index(0), 0)
+    mbarrier.wait(v_bars.index(0), 0)
+    s_tok = warpgroup_mma(q_smem, k_smem.index(0).permute((1, 0)), s_zero, use_acc=False, is_async=True)
+    s = warpgroup_mma_wait(0, deps=[s_tok])
+    if BLOCK_N > n_keys:
+        s = gl.where(cols[None, :] < n_keys, s, float("-inf"))
+    p, m_i, l_i, alpha = _online_softmax(s, m_i, l_i, qk_scale)
+
+    # the product P_{j-1} V_{j-1} is issued after S_j, and the softmax of block j runs while it is on the tensor
+    # cores; both are done at the end of the iteration, so the next one refills block j - 1's slots
+    for j in range(1, n_blocks):
+        slot = j % STAGES
+        mbarrier.wait(k_bars.index(slot), (j // STAGES) & 1)
+        s_tok = warpgroup_mma(q_smem, k_smem.index(slot).permute((1, 0)), s_zero, use_acc=False, is_async=True)
+        # block j - 2's K and V slots are free (their products were waited for): load block j - 2 + STAGES there
+        nxt = j - 2 + STAGES
+        free = (j + STAGES - 2) % STAGES
+        _cta_barrier()  # every warp's part of those products is done before a copy reuses their slots
+        _issue_kv(k_desc, v_desc, k_smem, v_smem, k_bars, v_bars, kv_row + nxt * BLOCK_N, col0, free,
+                  (j >= 2) & (nxt < n_blocks))
+        prev = (j - 1) % STAGES
+        acc = acc * gl.convert_layout(alpha, row_o)[:, None]
+        p16 = gl.convert_layout(p.to(gl.float16), p_layout)
+        o_tok = warpgroup_mma(p16, v_smem.index(prev), acc, is_async=True)
+        s = warpgroup_mma_wait(1, deps=[s_tok])
+        n0 = j * BLOCK_N
+        if n0 + BLOCK_N > n_keys:
+            s = gl.where(cols[None, :] < n_keys - n0, s, float("-inf"))
+        p, m_i, l_i, alpha = _online_softmax(s, m_i, l_i, qk_scale)
+        # V_j for the next product; the wait loop also ends this basic block, so that ptxas cannot move the
+        # wait below above the softmax
+        mbarrier.wait(v_bars.index(slot), (j // STAGES) & 1)
+        acc, p16 = warpgroup_mma_wait(0, deps=[o_tok, p16])
+
+    last = (n_blocks - 1) % STAGES
+    mbarrier.wait(v_bars.index(last), ((n_blocks - 1) // STAGES) & 1)
+    acc = acc * gl.convert_layout(alpha, row_o)[:, None]
+    p16 = gl.convert_layout(p.to(gl.float16), p_layout)
+    o_tok = warpgroup_mma(p16, v_smem.index(last), acc, is_async=True)
+    acc, p16 = warpgroup_mma_wait(0, deps=[o_tok, p16])
+
+    acc = acc / gl.convert_layout(l_i, row_o)[:, None]
+    q_smem.store(acc.to(q_desc.dtype))  # Q's tile is free: every product that read it is done
+    fence_async_shared()
+    _tma_store(o_desc, [q_row, col0], q_smem)
+    tma.store_wait(pendings=0)
+    mbarrier.invalidate(q_bar)
+    for i in gl.static_range(STAGES):
+        mbarrier.invalidate(k_bars.index(i))
+        mbarrier.invalidate(v_bars.index(i))
+
+
+def _layout(block, dtype):
+    return gl.NVMMASharedLayout.get_default_for(block, dtype)
+
+
+def gluon_forward(q, k, v, lens, block_m=64, block_n=64, stages=3, warps=4, maxnreg=None, out=None):
+    """q, k, v: ``[B, T, H, D]`` fp16, contiguous; ``lens``: int32 ``[B]``, each in ``[1, T]``."""
+    from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
+
+    B, T, H, D = q.shape
+    if T % block_m:
+        raise ValueError(f"T = {T} must be a multiple of BLOCK_M = {block_m}")
+    o = torch.empty_like(q) if out is None else out
+    flat = [x.view(B * T, H * D) for x in (q, k, v, o)]
+    qd = TensorDescriptor.from_tensor(flat[0], [block_m, D], _layout([block_m, D], gl.float16))
+    kd = TensorDescriptor.from_tensor(flat[1], [block_n, D], _layout([block_n, D], gl.float16))
+    vd = TensorDescriptor.from_tensor(flat[2], [block_n, D], _layout([block_n, D], gl.float16))
+    od = TensorDescriptor.from_tensor(flat[3], [block_m, D], _layout([block_m, D], gl.float16))
+    grid = (T // block_m, B * H)
+    scale = D ** -0.5 * LOG2E
+
+    def run():
+        extra = {"maxnreg": maxnreg} if maxnreg else {}
+        return _gluon_fwd_kernel[grid](qd, kd, vd, od, lens, T, scale, N_HEADS=H, HEAD_D=D, BLOCK_M=block_m,
+                                       BLOCK_N=block_n, STAGES=stages, num_warps=warps, **extra)
+    return run, o
+
+
+def compile_only(arch, config, head_d=64):
+    """Compile for ``sm_{arch}`` without a GPU; returns the compiled kernel (asm: ttgir, ptx, cubin)."""
+    from triton.backends.compiler import GPUTarget
+    from triton.experimental.gluon._runtime import GluonASTSource
+
+    block_m, block_n, stages, warps = config[:4]
+    fn = _gluon_fwd_kernel
+    sig = {}
+    for name, block in (("q_desc", block_m), ("k_desc", block_n), ("v_desc", block_n), ("o_desc", block_m)):
+        sig[name] = f"tensordesc<fp16[{block}, {head_d}],{_layout([block, head_d], gl.float16)!r}>"
+    sig.update(len_ptr="*i32", T="i32", qk_scale="fp32")
+    consts = dict(N_HEADS=12, HEAD_D=head_d, BLOCK_M=block_m, BLOCK_N=block_n, STAGES=stages, num_warps=warps)
+    for c in consts:
+        sig[c] = "constexpr"
+    attrs = {(fn.arg_names.index("len_ptr"),): [["tt.divisibility", 16]]}
+    return triton.compile(GluonASTSource(fn, sig, consts, attrs=attrs), target=GPUTarget("cuda", arch, 32),
+                          options=dict(num_warps=warps, **({"maxnreg": config[4]} if len(config) > 4 else {})))
+
+
+def sass_summary(kernel):
+    import subprocess
+    import tempfile
+
+    from triton.backends.nvidia.compiler import get_ptxas  # noqa: F401
+    cubin = kernel.asm["cubin"]
+    tool = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(cubin)
+        f.flush()
+        sass = subprocess.run([tool, "-sass", f.name], capture_output=True, text=True).stdout
+    ops = [re.sub(r"\s+", " ", line.split(";")[0].split("*/")[-1]).strip() for line in sass.splitlines()
+           if line.strip().startswith("/*") and "*/" in line and ";" in line]
+    counts = {}
+    for op in ops:
+        words = op.split(" ")
+        name = words[1] if words[0].startswith("@") and len(words) > 1 else words[0]
+        for key in ("HGMMA", "WARPGROUP.DEPBAR", "WARPGROUP.ARRIVE", "BAR.SYNC", "MUFU.EX2", "UTMALDG", "UTMASTG"):
+            if name.startswith(key):
+                counts[key] = counts.get(key, 0) + 1
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(cubin)
+        f.flush()
+        res = subprocess.run([tool, "-res-usage", f.name], capture_output=True, text=True).stdout
+    regs = re.search(r"REG:(\d+)", res)
+    counts["registers"] = int(regs.group(1)) if regs else None
+    return sass, counts
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--shapes", default="bert,bert-full")
+    ap.add_argument("--configs", default="64/64/3/4,64/64/3/4/128,64/64/4/4,64/64/4/4/128,128/64/3/8,128/64/4/8,"
+                                         "128/64/3/4,64/128/3/4,128/128/3/8",
+                    help="BLOCK_M/BLOCK_N/STAGES/warps[/register cap], comma-separated")
+    ap.add_argument("--compile-only", action="store_true")
+    ap.add_argument("--arch", type=int, default=90)
+    ap.add_argument("--out", default=None)
+    ap.add_argument("--sass", default=None, help="with --compile-only: write the first config's SASS here")
+    args = ap.parse_args(argv)
+    configs = [tuple(int(x) for x in c.split("/")) for c in args.configs.split(",") if c]
+    if args.compile_only:
+        for i, cfg in enumerate(configs):
+            try:
+                kern = compile_only(args.arch, cfg)
+            except Exception as e:  # noqa: BLE001 - report and go on
+                print(f"{cfg}: {type(e).__name__}: {str(e)[:3000]}")
+                continue
+            sass, counts = sass_summary(kern)
+            keys = ["HGMMA", "WARPGROUP.DEPBAR", "WARPGROUP.ARRIVE", "BAR.SYNC", "MUFU.EX2", "UTMALDG", "UTMASTG"]
+            print(f"{cfg}: regs={counts['registers']} shared={kern.metadata.shared} "
+                  + " ".join(f"{k}={counts.get(k, 0)}" for k in keys), flush=True)
+            if args.sass and i == 0:
+                with open(args.sass, "w") as f:
+                    f.write(sass)
+        return
+    run_gpu(args, configs)
+
+
+SHAPES = {  # name: (B, H, T, lowest key length, highest)
+    "bert": (32, 12, 512, 256, 512),
+    "bert-full": (32, 12, 512, 512, 512),
+    "gpt2-shape-nocausal": (8, 12, 1024, 512, 1024),
+}
+
+
+def run_gpu(args, configs):
+    import torch.nn.functional as F
+
+    import benchutil
+    import hf_masked_softmax as hms
+    from hf_masked_softmax import masks
+
+    if not torch.cuda.is_available():
+        sys.exit("probe_gluon.py needs a CUDA GPU (or --compile-only)")
+    out_dir = benchutil.out_dir(args.out)
+    rows = []
+    for name in [s for s in args.shapes.split(",") if s]:
+        B, H, T, lo, hi = SHAPES[name]
+        g = torch.Generator().manual_seed(0)
+        q, k, v = (torch.randn(B, T, H, 64, generator=g).to("cuda", torch.float16) for _ in range(3))
+        lens = torch.randint(lo, hi + 1, (B,), generator=g).to("cuda", torch.int32)
+        pad = torch.arange(T, device="cuda")[None] < lens[:, None].long()
+        qt, kt, vt = (x.transpose(1, 2) for x in (q, k, v))
+        # fp64 reference on a few sequences (the whole batch in fp64 is large)
+        nb = min(B, 4)
+        ref = F.scaled_dot_product_attention(qt[:nb].double(), kt[:nb].double(), vt[:nb].double(),
+                                             attn_mask=pad[:nb, None, None, :]).transpose(1, 2)
+        shared = masks.share_ranges(pad)
+        with torch.no_grad():
+            lib = hms.attention(qt, kt, vt, shared).transpose(1, 2)
+            lib_err = float((lib[:nb].double() - ref).abs().max())
+            base = {
+                "sdpa default, no mask (whole rectangle)": benchutil.median_ms(
+                    lambda: F.scaled_dot_product_attention(qt, kt, vt), cuda_graph=True),
+                "sdpa, bool padding mask": benchutil.median_ms(
+                    lambda: F.scaled_dot_product_attention(qt, kt, vt, attn_mask=pad[:, None, None, :]),
+                    cuda_graph=True),
+                "hf_masked_softmax.attention": benchutil.median_ms(lambda: hms.attention(qt, kt, vt, shared),
+                                                                   cuda_graph=True),
+            }
+        for what, ms in base.items():
+            row = {"shape": name, "what": what, "ms": round(ms, 4)}
+            if what == "hf_masked_softmax.attention":
+                row["max_abs_err_vs_fp64"] = lib_err
+            rows.append(row)
+            print(f"{name:10s} {what:42s} {ms:.4f} ms" + (f"  err {lib_err:.2e}" if "err" in str(row) else ""),
+                  flush=True)
+        for cfg in configs:
+            bm, bn, st, w = cfg[:4]
+            cap = cfg[4] if len(cfg) > 4 else None
+            what = f"gluon {bm}x{bn} stages {st} warps {w}" + (f" cap {cap}" if cap else "")
+            row = {"shape": name, "what": what, "block_m": bm, "block_n": bn, "stages": st, "warps": w,
+                   "maxnreg": cap}
+            try:
+                run, o = gluon_forward(q, k, v, lens, bm, bn, st, w, cap)
+                compiled = run()
+                torch.cuda.synchronize()
+                row["registers"] = getattr(compiled, "n_regs", None)
+                row["spills"] = getattr(compiled, "n_spills", None)
+                row["max_abs_err_vs_fp64"] = float((o[:nb].double() - ref).abs().max())
+                row["max_abs_diff_vs_library"] = float((o.float() - lib.float()).abs().max())
+                row["nan"] = bool(torch.isnan(o).any())
+                row["ms"] = round(benchutil.median_ms(run, cuda_graph=True), 4)
+                row["vs_library"] = round(base["hf_masked_softmax.attention"] / row["ms"], 3)
+            except Exception as e:  # noqa: BLE001 - a setting that fails is a result too
+                row["error"] = f"{type(e).__name__}: {str(e)[:300]}"
+            rows.append(row)
+            print(f"{name:10s} {what:32s} regs={row.get('registers')} spills={row.get('spills')} "
+                  f"err={row.get('max_abs_err_vs_fp64', float('nan')):.2e} "
+                  f"vs lib={row.get('max_abs_diff_vs_library', float('nan')):.2e} {row.get('ms', row.get('error'))}",
+                  flush=True)
+    benchutil.write_json(out_dir / "probe_gluon.json", {"env": benchutil.environment(), "rows": rows})
+
+
+if __name__ == "__main__":
+    main()
