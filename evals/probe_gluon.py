@@ -49,13 +49,18 @@ _cta_barrier = getattr(gl, "thread_barrier", None) or gl.barrier
 
 
 @gluon.jit
-def _issue_kv(k_desc, v_desc, k_smem, v_smem, k_bars, v_bars, row, col, slot, pred):
+def _issue_kv(k_desc, v_desc, k_smem, v_smem, k_bars, v_bars, row, col, slot, pred, ONE_BAR: gl.constexpr):
     kb = k_bars.index(slot)
-    vb = v_bars.index(slot)
-    mbarrier.expect(kb, k_desc.block_type.nbytes, pred=pred)
-    _tma_load(k_desc, [row, col], kb, k_smem.index(slot), pred=pred)
-    mbarrier.expect(vb, v_desc.block_type.nbytes, pred=pred)
-    _tma_load(v_desc, [row, col], vb, v_smem.index(slot), pred=pred)
+    if ONE_BAR:
+        mbarrier.expect(kb, k_desc.block_type.nbytes + v_desc.block_type.nbytes, pred=pred)
+        _tma_load(k_desc, [row, col], kb, k_smem.index(slot), pred=pred)
+        _tma_load(v_desc, [row, col], kb, v_smem.index(slot), pred=pred)
+    else:
+        vb = v_bars.index(slot)
+        mbarrier.expect(kb, k_desc.block_type.nbytes, pred=pred)
+        _tma_load(k_desc, [row, col], kb, k_smem.index(slot), pred=pred)
+        mbarrier.expect(vb, v_desc.block_type.nbytes, pred=pred)
+        _tma_load(v_desc, [row, col], vb, v_smem.index(slot), pred=pred)
 
 
 @gluon.jit
@@ -70,8 +75,10 @@ def _online_softmax(s, m_i, l_i, qk_scale):
 @gluon.jit
 def _gluon_fwd_kernel(q_desc, k_desc, v_desc, o_desc, len_ptr, T, qk_scale,
                       N_HEADS: gl.constexpr, HEAD_D: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr,
-                      STAGES: gl.constexpr, num_warps: gl.constexpr):
-    """q, k, v, o as 2D views ``[B * T, H * D]``; keys at or past ``len[b]`` are padding; ``len[b] >= 1``."""
+                      STAGES: gl.constexpr, ONE_BAR: gl.constexpr, CTA_BAR: gl.constexpr, num_warps: gl.constexpr):
+    """q, k, v, o as 2D views ``[B * T, H * D]``; keys at or past ``len[b]`` are padding; ``len[b] >= 1``.
+    ``ONE_BAR``: one mbarrier per slot for its K and V copies (else one each). ``CTA_BAR``: an explicit barrier of
+    the program before a slot is refilled (Gluon's own hazard analysis also puts barriers around the copies)."""
     gl.static_assert(STAGES >= 3, "block j - 2's slots are refilled in iteration j: at least 3 stages")
     pid_m = gl.program_id(0)
     pid_bh = gl.program_id(1)
@@ -97,23 +104,22 @@ def _gluon_fwd_kernel(q_desc, k_desc, v_desc, o_desc, len_ptr, T, qk_scale,
     v_smem = gl.allocate_shared_memory(v_desc.dtype, [STAGES, BLOCK_N, HEAD_D], v_desc.layout)
     q_bar = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
     k_bars = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
-    v_bars = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+    if ONE_BAR:
+        v_bars = k_bars
+    else:
+        v_bars = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
     mbarrier.init(q_bar, count=1)
     for i in gl.static_range(STAGES):
         mbarrier.init(k_bars.index(i), count=1)
-        mbarrier.init(v_bars.index(i), count=1)
+        if not ONE_BAR:
+            mbarrier.init(v_bars.index(i), count=1)
     fence_async_shared()
 
     mbarrier.expect(q_bar, q_desc.block_type.nbytes)
     _tma_load(q_desc, [q_row, col0], q_bar, q_smem)
     for i in gl.static_range(STAGES):
-        pred = i < n_blocks
-        kb = k_bars.index(i)
-        vb = v_bars.index(i)
-        mbarrier.expect(kb, k_desc.block_type.nbytes, pred=pred)
-        _tma_load(k_desc, [kv_row + i * BLOCK_N, col0], kb, k_smem.index(i), pred=pred)
-        mbarrier.expect(vb, v_desc.block_type.nbytes, pred=pred)
-        _tma_load(v_desc, [kv_row + i * BLOCK_N, col0], vb, v_smem.index(i), pred=pred)
+        _issue_kv(k_desc, v_desc, k_smem, v_smem, k_bars, v_bars, kv_row + i * BLOCK_N, col0, i, i < n_blocks,
+                  ONE_BAR)
 
     cols = gl.arange(0, BLOCK_N, layout=col_s)
     m_i = gl.full([BLOCK_M], float("-inf"), gl.float32, layout=row_s)
@@ -124,12 +130,12 @@ def _gluon_fwd_kernel(q_desc, k_desc, v_desc, o_desc, len_ptr, T, qk_scale,
     # block 0: its scores and probabilities
     mbarrier.wait(q_bar, 0)
     mbarrier.wait(k_bars.index(0), 0)
-    mbarrier.wait(v_bars.index(0), 0)
     s_tok = warpgroup_mma(q_smem, k_smem.index(0).permute((1, 0)), s_zero, use_acc=False, is_async=True)
     s = warpgroup_mma_wait(0, deps=[s_tok])
     if BLOCK_N > n_keys:
         s = gl.where(cols[None, :] < n_keys, s, float("-inf"))
     p, m_i, l_i, alpha = _online_softmax(s, m_i, l_i, qk_scale)
+    mbarrier.wait(v_bars.index(0), 0)
 
     # the product P_{j-1} V_{j-1} is issued after S_j, and the softmax of block j runs while it is on the tensor
     # cores; both are done at the end of the iteration, so the next one refills block j - 1's slots
@@ -140,9 +146,10 @@ def _gluon_fwd_kernel(q_desc, k_desc, v_desc, o_desc, len_ptr, T, qk_scale,
         # block j - 2's K and V slots are free (their products were waited for): load block j - 2 + STAGES there
         nxt = j - 2 + STAGES
         free = (j + STAGES - 2) % STAGES
-        _cta_barrier()  # every warp's part of those products is done before a copy reuses their slots
+        if CTA_BAR:
+            _cta_barrier()  # every warp's part of those products is done before a copy reuses their slots
         _issue_kv(k_desc, v_desc, k_smem, v_smem, k_bars, v_bars, kv_row + nxt * BLOCK_N, col0, free,
-                  (j >= 2) & (nxt < n_blocks))
+                  (j >= 2) & (nxt < n_blocks), ONE_BAR)
         prev = (j - 1) % STAGES
         acc = acc * gl.convert_layout(alpha, row_o)[:, None]
         p16 = gl.convert_layout(p.to(gl.float16), p_layout)
@@ -175,11 +182,156 @@ def _gluon_fwd_kernel(q_desc, k_desc, v_desc, o_desc, len_ptr, T, qk_scale,
         mbarrier.invalidate(v_bars.index(i))
 
 
+@gluon.jit
+def _tile_of(t, len_ptr, T, N_M: gl.constexpr, N_HEADS: gl.constexpr, BLOCK_M: gl.constexpr,
+             BLOCK_N: gl.constexpr, HEAD_D: gl.constexpr):
+    """Tile ``t`` (query blocks of one head are consecutive): its query row, key/value row, column and key blocks."""
+    bh = t // N_M
+    b = bh // N_HEADS
+    h = bh % N_HEADS
+    n_keys = gl.load(len_ptr + b)
+    return b * T + (t % N_M) * BLOCK_M, b * T, h * HEAD_D, n_keys
+
+
+@gluon.jit
+def _issue_next(k_desc, v_desc, k_smem, v_smem, k_bars, v_bars, slot, lt, lj, lnb, n_tiles, nprog, len_ptr, T,
+                N_M: gl.constexpr, N_HEADS: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr,
+                HEAD_D: gl.constexpr, pred):
+    """Load key block ``lj`` of tile ``lt`` (the load cursor) into ``slot``; advance the cursor, to this program's
+    next tile after a tile's last block."""
+    _, kv_row, col, _ = _tile_of(lt, len_ptr, T, N_M, N_HEADS, BLOCK_M, BLOCK_N, HEAD_D)
+    _issue_kv(k_desc, v_desc, k_smem, v_smem, k_bars, v_bars, kv_row + lj * BLOCK_N, col, slot,
+              pred & (lt < n_tiles), False)
+    lj = lj + 1
+    if lj >= lnb:
+        lt = lt + nprog
+        lj = lj * 0
+        if lt < n_tiles:
+            _, _, _, nk = _tile_of(lt, len_ptr, T, N_M, N_HEADS, BLOCK_M, BLOCK_N, HEAD_D)
+            lnb = gl.cdiv(nk, BLOCK_N)
+    return lt, lj, lnb
+
+
+@gluon.jit
+def _gluon_persist_kernel(q_desc, k_desc, v_desc, o_desc, len_ptr, T, n_tiles, qk_scale,
+                          N_M: gl.constexpr, N_HEADS: gl.constexpr, HEAD_D: gl.constexpr, BLOCK_M: gl.constexpr,
+                          BLOCK_N: gl.constexpr, STAGES: gl.constexpr, num_warps: gl.constexpr):
+    """The same forward with a fixed number of programs, each taking tiles ``pid, pid + nprog, ...``. Its K / V
+    ring runs on across tiles (the copies for the next tile start while this one computes), the next tile's Q is
+    loaded during this one, and each output tile is stored by TMA without waiting, so the per-tile loads and stores
+    overlap the products and softmax."""
+    gl.static_assert(STAGES >= 3, "block g - 2's slots are refilled when block g starts: at least 3 stages")
+    pid = gl.program_id(0)
+    nprog = gl.num_programs(0)
+
+    s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[num_warps, 1],
+                                                       instr_shape=[16, BLOCK_N, 16])
+    o_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[num_warps, 1],
+                                                       instr_shape=[16, HEAD_D, 16])
+    p_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=o_layout, k_width=2)
+    row_s: gl.constexpr = gl.SliceLayout(1, s_layout)
+    row_o: gl.constexpr = gl.SliceLayout(1, o_layout)
+    col_s: gl.constexpr = gl.SliceLayout(0, s_layout)
+
+    q_smem = gl.allocate_shared_memory(q_desc.dtype, [2, BLOCK_M, HEAD_D], q_desc.layout)
+    o_smem = gl.allocate_shared_memory(o_desc.dtype, [BLOCK_M, HEAD_D], o_desc.layout)
+    k_smem = gl.allocate_shared_memory(k_desc.dtype, [STAGES, BLOCK_N, HEAD_D], k_desc.layout)
+    v_smem = gl.allocate_shared_memory(v_desc.dtype, [STAGES, BLOCK_N, HEAD_D], v_desc.layout)
+    q_bars = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
+    k_bars = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+    v_bars = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+    for i in gl.static_range(2):
+        mbarrier.init(q_bars.index(i), count=1)
+    for i in gl.static_range(STAGES):
+        mbarrier.init(k_bars.index(i), count=1)
+        mbarrier.init(v_bars.index(i), count=1)
+    fence_async_shared()
+
+    # the load cursor starts at this program's first tile; the ring's first STAGES blocks
+    lt = pid
+    lj = pid * 0
+    _, _, _, nk0 = _tile_of(pid, len_ptr, T, N_M, N_HEADS, BLOCK_M, BLOCK_N, HEAD_D)
+    lnb = gl.cdiv(nk0, BLOCK_N)
+    for i in gl.static_range(STAGES):
+        lt, lj, lnb = _issue_next(k_desc, v_desc, k_smem, v_smem, k_bars, v_bars, i, lt, lj, lnb, n_tiles, nprog,
+                                  len_ptr, T, N_M, N_HEADS, BLOCK_M, BLOCK_N, HEAD_D, True)
+    q_row0, _, col00, _ = _tile_of(pid, len_ptr, T, N_M, N_HEADS, BLOCK_M, BLOCK_N, HEAD_D)
+    mbarrier.expect(q_bars.index(0), q_desc.block_type.nbytes)
+    _tma_load(q_desc, [q_row0, col00], q_bars.index(0), q_smem.index(0))
+
+    cols = gl.arange(0, BLOCK_N, layout=col_s)
+    s_zero = gl.zeros([BLOCK_M, BLOCK_N], gl.float32, layout=s_layout)
+    g = pid * 0  # key blocks consumed by this program so far: block g sits in slot g % STAGES
+    it = pid * 0  # tiles done by this program
+    for t in range(pid, n_tiles, nprog):
+        qb = it % 2
+        q_row, kv_row, col0, n_keys = _tile_of(t, len_ptr, T, N_M, N_HEADS, BLOCK_M, BLOCK_N, HEAD_D)
+        n_blocks = gl.cdiv(n_keys, BLOCK_N)
+        # the next tile's Q, into the buffer the previous tile's products are done with
+        tn = t + nprog
+        q_rown, _, col0n, _ = _tile_of(tn % n_tiles, len_ptr, T, N_M, N_HEADS, BLOCK_M, BLOCK_N, HEAD_D)
+        mbarrier.expect(q_bars.index(1 - qb), q_desc.block_type.nbytes, pred=tn < n_tiles)
+        _tma_load(q_desc, [q_rown, col0n], q_bars.index(1 - qb), q_smem.index(1 - qb), pred=tn < n_tiles)
+        q_tile = q_smem.index(qb)
+        mbarrier.wait(q_bars.index(qb), (it // 2) & 1)
+
+        m_i = gl.full([BLOCK_M], float("-inf"), gl.float32, layout=row_s)
+        l_i = gl.zeros([BLOCK_M], gl.float32, layout=row_s)
+        acc = gl.zeros([BLOCK_M, HEAD_D], gl.float32, layout=o_layout)
+        p16 = gl.zeros([BLOCK_M, BLOCK_N], gl.float16, layout=p_layout)
+
+        slot = g % STAGES
+        mbarrier.wait(k_bars.index(slot), (g // STAGES) & 1)
+        s_tok = warpgroup_mma(q_tile, k_smem.index(slot).permute((1, 0)), s_zero, use_acc=False, is_async=True)
+        lt, lj, lnb = _issue_next(k_desc, v_desc, k_smem, v_smem, k_bars, v_bars, (g + STAGES - 2) % STAGES, lt,
+                                  lj, lnb, n_tiles, nprog, len_ptr, T, N_M, N_HEADS, BLOCK_M, BLOCK_N, HEAD_D,
+                                  g >= 2)
+        s = warpgroup_mma_wait(0, deps=[s_tok])
+        if BLOCK_N > n_keys:
+            s = gl.where(cols[None, :] < n_keys, s, float("-inf"))
+        p, m_i, l_i, alpha = _online_softmax(s, m_i, l_i, qk_scale)
+        mbarrier.wait(v_bars.index(slot), (g // STAGES) & 1)
+        g += 1
+
+        for j in range(1, n_blocks):
+            slot = g % STAGES
+            mbarrier.wait(k_bars.index(slot), (g // STAGES) & 1)
+            s_tok = warpgroup_mma(q_tile, k_smem.index(slot).permute((1, 0)), s_zero, use_acc=False,
+                                  is_async=True)
+            lt, lj, lnb = _issue_next(k_desc, v_desc, k_smem, v_smem, k_bars, v_bars, (g + STAGES - 2) % STAGES,
+                                      lt, lj, lnb, n_tiles, nprog, len_ptr, T, N_M, N_HEADS, BLOCK_M, BLOCK_N,
+                                      HEAD_D, g >= 2)
+            acc = acc * gl.convert_layout(alpha, row_o)[:, None]
+            p16 = gl.convert_layout(p.to(gl.float16), p_layout)
+            o_tok = warpgroup_mma(p16, v_smem.index((g + STAGES - 1) % STAGES), acc, is_async=True)
+            s = warpgroup_mma_wait(1, deps=[s_tok])
+            n0 = j * BLOCK_N
+            if n0 + BLOCK_N > n_keys:
+                s = gl.where(cols[None, :] < n_keys - n0, s, float("-inf"))
+            p, m_i, l_i, alpha = _online_softmax(s, m_i, l_i, qk_scale)
+            mbarrier.wait(v_bars.index(slot), (g // STAGES) & 1)  # also ends the block: see _gluon_fwd_kernel
+            acc, p16 = warpgroup_mma_wait(0, deps=[o_tok, p16])
+            g += 1
+
+        acc = acc * gl.convert_layout(alpha, row_o)[:, None]
+        p16 = gl.convert_layout(p.to(gl.float16), p_layout)
+        o_tok = warpgroup_mma(p16, v_smem.index((g + STAGES - 1) % STAGES), acc, is_async=True)
+        acc, p16 = warpgroup_mma_wait(0, deps=[o_tok, p16])
+        acc = acc / gl.convert_layout(l_i, row_o)[:, None]
+        tma.store_wait(pendings=0)  # the previous tile's output has left o_smem
+        o_smem.store(acc.to(o_desc.dtype))
+        fence_async_shared()
+        _tma_store(o_desc, [q_row, col0], o_smem)
+        it += 1
+    tma.store_wait(pendings=0)
+
+
 def _layout(block, dtype):
     return gl.NVMMASharedLayout.get_default_for(block, dtype)
 
 
-def gluon_forward(q, k, v, lens, block_m=64, block_n=64, stages=3, warps=4, maxnreg=None, out=None):
+def gluon_forward(q, k, v, lens, block_m=64, block_n=64, stages=3, warps=4, maxnreg=None, one_bar=False,
+                  cta_bar=True, out=None):
     """q, k, v: ``[B, T, H, D]`` fp16, contiguous; ``lens``: int32 ``[B]``, each in ``[1, T]``."""
     from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
@@ -198,8 +350,53 @@ def gluon_forward(q, k, v, lens, block_m=64, block_n=64, stages=3, warps=4, maxn
     def run():
         extra = {"maxnreg": maxnreg} if maxnreg else {}
         return _gluon_fwd_kernel[grid](qd, kd, vd, od, lens, T, scale, N_HEADS=H, HEAD_D=D, BLOCK_M=block_m,
-                                       BLOCK_N=block_n, STAGES=stages, num_warps=warps, **extra)
+                                       BLOCK_N=block_n, STAGES=stages, ONE_BAR=one_bar, CTA_BAR=cta_bar,
+                                       num_warps=warps, **extra)
     return run, o
+
+
+def gluon_persist_forward(q, k, v, lens, block_m=128, block_n=64, stages=3, warps=4, per_sm=2, out=None):
+    """The persistent kernel: ``per_sm`` programs per multiprocessor."""
+    from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
+
+    B, T, H, D = q.shape
+    if T % block_m:
+        raise ValueError(f"T = {T} must be a multiple of BLOCK_M = {block_m}")
+    o = torch.empty_like(q) if out is None else out
+    flat = [x.view(B * T, H * D) for x in (q, k, v, o)]
+    qd = TensorDescriptor.from_tensor(flat[0], [block_m, D], _layout([block_m, D], gl.float16))
+    kd = TensorDescriptor.from_tensor(flat[1], [block_n, D], _layout([block_n, D], gl.float16))
+    vd = TensorDescriptor.from_tensor(flat[2], [block_n, D], _layout([block_n, D], gl.float16))
+    od = TensorDescriptor.from_tensor(flat[3], [block_m, D], _layout([block_m, D], gl.float16))
+    n_m = T // block_m
+    n_tiles = n_m * B * H
+    sms = torch.cuda.get_device_properties(q.device).multi_processor_count
+    grid = (min(n_tiles, per_sm * sms),)
+    scale = D ** -0.5 * LOG2E
+
+    def run():
+        return _gluon_persist_kernel[grid](qd, kd, vd, od, lens, T, n_tiles, scale, N_M=n_m, N_HEADS=H, HEAD_D=D,
+                                           BLOCK_M=block_m, BLOCK_N=block_n, STAGES=stages, num_warps=warps)
+    return run, o
+
+
+def compile_persist_only(arch, config, head_d=64):
+    from triton.backends.compiler import GPUTarget
+    from triton.experimental.gluon._runtime import GluonASTSource
+
+    block_m, block_n, stages, warps = config[:4]
+    fn = _gluon_persist_kernel
+    sig = {}
+    for name, block in (("q_desc", block_m), ("k_desc", block_n), ("v_desc", block_n), ("o_desc", block_m)):
+        sig[name] = f"tensordesc<fp16[{block}, {head_d}],{_layout([block, head_d], gl.float16)!r}>"
+    sig.update(len_ptr="*i32", T="i32", n_tiles="i32", qk_scale="fp32")
+    consts = dict(N_M=4, N_HEADS=12, HEAD_D=head_d, BLOCK_M=block_m, BLOCK_N=block_n, STAGES=stages,
+                  num_warps=warps)
+    for c in consts:
+        sig[c] = "constexpr"
+    attrs = {(fn.arg_names.index("len_ptr"),): [["tt.divisibility", 16]]}
+    return triton.compile(GluonASTSource(fn, sig, consts, attrs=attrs), target=GPUTarget("cuda", arch, 32),
+                          options=dict(num_warps=warps))
 
 
 def compile_only(arch, config, head_d=64):
@@ -213,12 +410,14 @@ def compile_only(arch, config, head_d=64):
     for name, block in (("q_desc", block_m), ("k_desc", block_n), ("v_desc", block_n), ("o_desc", block_m)):
         sig[name] = f"tensordesc<fp16[{block}, {head_d}],{_layout([block, head_d], gl.float16)!r}>"
     sig.update(len_ptr="*i32", T="i32", qk_scale="fp32")
-    consts = dict(N_HEADS=12, HEAD_D=head_d, BLOCK_M=block_m, BLOCK_N=block_n, STAGES=stages, num_warps=warps)
+    flags = tuple(config[5:7]) + (0, 1)[len(config[5:7]):]
+    consts = dict(N_HEADS=12, HEAD_D=head_d, BLOCK_M=block_m, BLOCK_N=block_n, STAGES=stages,
+                  ONE_BAR=bool(flags[0]), CTA_BAR=bool(flags[1]), num_warps=warps)
     for c in consts:
         sig[c] = "constexpr"
     attrs = {(fn.arg_names.index("len_ptr"),): [["tt.divisibility", 16]]}
     return triton.compile(GluonASTSource(fn, sig, consts, attrs=attrs), target=GPUTarget("cuda", arch, 32),
-                          options=dict(num_warps=warps, **({"maxnreg": config[4]} if len(config) > 4 else {})))
+                          options=dict(num_warps=warps, **({"maxnreg": config[4]} if len(config) > 4 and config[4] else {})))
 
 
 def sass_summary(kernel):
@@ -255,7 +454,10 @@ def main(argv=None):
     ap.add_argument("--shapes", default="bert,bert-full")
     ap.add_argument("--configs", default="64/64/3/4,64/64/3/4/128,64/64/4/4,64/64/4/4/128,128/64/3/8,128/64/4/8,"
                                          "128/64/3/4,64/128/3/4,128/128/3/8",
-                    help="BLOCK_M/BLOCK_N/STAGES/warps[/register cap], comma-separated")
+                    help="BLOCK_M/BLOCK_N/STAGES/warps[/register cap (0: none)[/one barrier per slot (0/1)[/explicit "
+                         "program barrier (0/1, default 1)]]], comma-separated")
+    ap.add_argument("--persist", default="128/64/3/4/2,128/64/4/4/2",
+                    help="persistent kernel settings BLOCK_M/BLOCK_N/STAGES/warps/programs per SM, comma-separated")
     ap.add_argument("--compile-only", action="store_true")
     ap.add_argument("--arch", type=int, default=90)
     ap.add_argument("--out", default=None)
@@ -277,17 +479,19 @@ def main(argv=None):
                 with open(args.sass, "w") as f:
                     f.write(sass)
         return
-    run_gpu(args, configs)
+    persist = [tuple(int(x) for x in c.split("/")) for c in args.persist.split(",") if c]
+    run_gpu(args, configs, persist)
 
 
 SHAPES = {  # name: (B, H, T, lowest key length, highest)
     "bert": (32, 12, 512, 256, 512),
     "bert-full": (32, 12, 512, 512, 512),
     "gpt2-shape-nocausal": (8, 12, 1024, 512, 1024),
+    **{f"bert-len{n}": (32, 12, 512, n, n) for n in (64, 128, 256, 384, 448)},
 }
 
 
-def run_gpu(args, configs):
+def run_gpu(args, configs, persist=()):
     import torch.nn.functional as F
 
     import benchutil
@@ -331,12 +535,38 @@ def run_gpu(args, configs):
                   flush=True)
         for cfg in configs:
             bm, bn, st, w = cfg[:4]
-            cap = cfg[4] if len(cfg) > 4 else None
-            what = f"gluon {bm}x{bn} stages {st} warps {w}" + (f" cap {cap}" if cap else "")
+            cap = cfg[4] if len(cfg) > 4 and cfg[4] else None
+            one_bar = bool(cfg[5]) if len(cfg) > 5 else False
+            cta_bar = bool(cfg[6]) if len(cfg) > 6 else True
+            what = (f"gluon {bm}x{bn} stages {st} warps {w}" + (f" cap {cap}" if cap else "")
+                    + (" one-bar" if one_bar else "") + ("" if cta_bar else " no-cta-bar"))
             row = {"shape": name, "what": what, "block_m": bm, "block_n": bn, "stages": st, "warps": w,
-                   "maxnreg": cap}
+                   "maxnreg": cap, "one_bar": one_bar, "cta_bar": cta_bar}
             try:
-                run, o = gluon_forward(q, k, v, lens, bm, bn, st, w, cap)
+                run, o = gluon_forward(q, k, v, lens, bm, bn, st, w, cap, one_bar, cta_bar)
+                compiled = run()
+                torch.cuda.synchronize()
+                row["registers"] = getattr(compiled, "n_regs", None)
+                row["spills"] = getattr(compiled, "n_spills", None)
+                row["max_abs_err_vs_fp64"] = float((o[:nb].double() - ref).abs().max())
+                row["max_abs_diff_vs_library"] = float((o.float() - lib.float()).abs().max())
+                row["nan"] = bool(torch.isnan(o).any())
+                row["ms"] = round(benchutil.median_ms(run, cuda_graph=True), 4)
+                row["vs_library"] = round(base["hf_masked_softmax.attention"] / row["ms"], 3)
+            except Exception as e:  # noqa: BLE001 - a setting that fails is a result too
+                row["error"] = f"{type(e).__name__}: {str(e)[:300]}"
+            rows.append(row)
+            print(f"{name:10s} {what:32s} regs={row.get('registers')} spills={row.get('spills')} "
+                  f"err={row.get('max_abs_err_vs_fp64', float('nan')):.2e} "
+                  f"vs lib={row.get('max_abs_diff_vs_library', float('nan')):.2e} {row.get('ms', row.get('error'))}",
+                  flush=True)
+        for cfg in persist:
+            bm, bn, st, w, per_sm = cfg
+            what = f"gluon persistent {bm}x{bn} stages {st} warps {w}, {per_sm}/SM"
+            row = {"shape": name, "what": what, "block_m": bm, "block_n": bn, "stages": st, "warps": w,
+                   "per_sm": per_sm, "persistent": True}
+            try:
+                run, o = gluon_persist_forward(q, k, v, lens, bm, bn, st, w, per_sm)
                 compiled = run()
                 torch.cuda.synchronize()
                 row["registers"] = getattr(compiled, "n_regs", None)
