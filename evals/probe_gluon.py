@@ -202,13 +202,14 @@ def _issue_next(k_desc, v_desc, k_smem, v_smem, k_bars, v_bars, slot, lt, lj, ln
     _, kv_row, col, _ = _tile_of(lt, len_ptr, T, N_M, N_HEADS, BLOCK_M, BLOCK_N, HEAD_D)
     _issue_kv(k_desc, v_desc, k_smem, v_smem, k_bars, v_bars, kv_row + lj * BLOCK_N, col, slot,
               pred & (lt < n_tiles), False)
-    lj = lj + 1
-    if lj >= lnb:
-        lt = lt + nprog
-        lj = lj * 0
-        if lt < n_tiles:
-            _, _, _, nk = _tile_of(lt, len_ptr, T, N_M, N_HEADS, BLOCK_M, BLOCK_N, HEAD_D)
-            lnb = gl.cdiv(nk, BLOCK_N)
+    if pred:  # the cursor moves only when a slot was handed out
+        lj = lj + 1
+        if lj >= lnb:
+            lt = lt + nprog
+            lj = lj * 0
+            if lt < n_tiles:
+                _, _, _, nk = _tile_of(lt, len_ptr, T, N_M, N_HEADS, BLOCK_M, BLOCK_N, HEAD_D)
+                lnb = gl.cdiv(nk, BLOCK_N)
     return lt, lj, lnb
 
 
