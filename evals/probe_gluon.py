@@ -450,6 +450,24 @@ def sass_summary(kernel):
     return sass, counts
 
 
+def exps_under_pv(sass):
+    """``MUFU.EX2`` between the key loop's wait that leaves one product group running (``P v``) and the next wait
+    for none: the exponentials that run while ``P v`` is on the tensor cores. 0 if ptxas serialised the products or
+    moved that wait above the softmax."""
+    ops = [line.split("*/", 1)[1].split(";")[0].strip() for line in sass.splitlines()
+           if re.match(r"\s*/\*[0-9a-f]{4,}\*/", line)]
+    best = 0
+    for i, op in enumerate(ops):
+        if op.startswith("WARPGROUP.DEPBAR.LE") and op.endswith("0x1"):
+            n = 0
+            for later in ops[i + 1:]:
+                if later.startswith("WARPGROUP.DEPBAR.LE"):
+                    break
+                n += later.startswith("MUFU.EX2")
+            best = max(best, n)
+    return best
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--shapes", default="bert,bert-full")
@@ -466,16 +484,20 @@ def main(argv=None):
     args = ap.parse_args(argv)
     configs = [tuple(int(x) for x in c.split("/")) for c in args.configs.split(",") if c]
     if args.compile_only:
-        for i, cfg in enumerate(configs):
+        persist = [tuple(int(x) for x in c.split("/")) for c in args.persist.split(",") if c]
+        jobs = [("", cfg, compile_only) for cfg in configs] + [("persistent ", cfg, compile_persist_only)
+                                                                for cfg in persist]
+        for i, (kind, cfg, compile_fn) in enumerate(jobs):
             try:
-                kern = compile_only(args.arch, cfg)
+                kern = compile_fn(args.arch, cfg)
             except Exception as e:  # noqa: BLE001 - report and go on
-                print(f"{cfg}: {type(e).__name__}: {str(e)[:3000]}")
+                print(f"{kind}{cfg}: {type(e).__name__}: {str(e)[:3000]}")
                 continue
             sass, counts = sass_summary(kern)
             keys = ["HGMMA", "WARPGROUP.DEPBAR", "WARPGROUP.ARRIVE", "BAR.SYNC", "MUFU.EX2", "UTMALDG", "UTMASTG"]
-            print(f"{cfg}: regs={counts['registers']} shared={kern.metadata.shared} "
-                  + " ".join(f"{k}={counts.get(k, 0)}" for k in keys), flush=True)
+            print(f"{kind}{cfg}: regs={counts['registers']} shared={kern.metadata.shared} "
+                  + " ".join(f"{k}={counts.get(k, 0)}" for k in keys)
+                  + f" exps-under-PV={exps_under_pv(sass)}", flush=True)
             if args.sass and i == 0:
                 with open(args.sass, "w") as f:
                     f.write(sass)
