@@ -183,9 +183,12 @@ def _gluon_fwd_kernel(q_desc, k_desc, v_desc, o_desc, len_ptr, T, qk_scale,
 
 
 @gluon.jit
-def _tile_of(t, len_ptr, T, N_M: gl.constexpr, N_HEADS: gl.constexpr, BLOCK_M: gl.constexpr,
-             BLOCK_N: gl.constexpr, HEAD_D: gl.constexpr):
-    """Tile ``t`` (query blocks of one head are consecutive): its query row, key/value row, column and key blocks."""
+def _tile_of(t, perm_ptr, ORDER: gl.constexpr, len_ptr, T, N_M: gl.constexpr, N_HEADS: gl.constexpr,
+             BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, HEAD_D: gl.constexpr):
+    """Tile ``t`` (query blocks of one head are consecutive; with ``ORDER`` the ``t``-th entry of ``perm``): its query
+    row, key/value row, column and key count."""
+    if ORDER:
+        t = gl.load(perm_ptr + t)
     bh = t // N_M
     b = bh // N_HEADS
     h = bh % N_HEADS
@@ -194,12 +197,13 @@ def _tile_of(t, len_ptr, T, N_M: gl.constexpr, N_HEADS: gl.constexpr, BLOCK_M: g
 
 
 @gluon.jit
-def _issue_next(k_desc, v_desc, k_smem, v_smem, k_bars, v_bars, slot, lt, lj, lnb, n_tiles, nprog, len_ptr, T,
-                N_M: gl.constexpr, N_HEADS: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr,
+def _issue_next(k_desc, v_desc, k_smem, v_smem, k_bars, v_bars, slot, lt, lj, lnb, n_tiles, nprog, perm_ptr,
+                ORDER: gl.constexpr, len_ptr, T, N_M: gl.constexpr, N_HEADS: gl.constexpr,
+                BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr,
                 HEAD_D: gl.constexpr, pred):
     """Load key block ``lj`` of tile ``lt`` (the load cursor) into ``slot``; advance the cursor, to this program's
     next tile after a tile's last block."""
-    _, kv_row, col, _ = _tile_of(lt, len_ptr, T, N_M, N_HEADS, BLOCK_M, BLOCK_N, HEAD_D)
+    _, kv_row, col, _ = _tile_of(lt, perm_ptr, ORDER, len_ptr, T, N_M, N_HEADS, BLOCK_M, BLOCK_N, HEAD_D)
     _issue_kv(k_desc, v_desc, k_smem, v_smem, k_bars, v_bars, kv_row + lj * BLOCK_N, col, slot,
               pred & (lt < n_tiles), False)
     if pred:  # the cursor moves only when a slot was handed out
@@ -208,14 +212,15 @@ def _issue_next(k_desc, v_desc, k_smem, v_smem, k_bars, v_bars, slot, lt, lj, ln
             lt = lt + nprog
             lj = lj * 0
             if lt < n_tiles:
-                _, _, _, nk = _tile_of(lt, len_ptr, T, N_M, N_HEADS, BLOCK_M, BLOCK_N, HEAD_D)
+                _, _, _, nk = _tile_of(lt, perm_ptr, ORDER, len_ptr, T, N_M, N_HEADS, BLOCK_M, BLOCK_N, HEAD_D)
                 lnb = gl.cdiv(nk, BLOCK_N)
     return lt, lj, lnb
 
 
 @gluon.jit
-def _gluon_persist_kernel(q_desc, k_desc, v_desc, o_desc, len_ptr, T, n_tiles, qk_scale,
-                          N_M: gl.constexpr, N_HEADS: gl.constexpr, HEAD_D: gl.constexpr, BLOCK_M: gl.constexpr,
+def _gluon_persist_kernel(q_desc, k_desc, v_desc, o_desc, len_ptr, perm_ptr, T, n_tiles, qk_scale,
+                          ORDER: gl.constexpr, N_M: gl.constexpr, N_HEADS: gl.constexpr, HEAD_D: gl.constexpr,
+                          BLOCK_M: gl.constexpr,
                           BLOCK_N: gl.constexpr, STAGES: gl.constexpr, num_warps: gl.constexpr):
     """The same forward with a fixed number of programs, each taking tiles ``pid, pid + nprog, ...``. Its K / V
     ring runs on across tiles (the copies for the next tile start while this one computes), the next tile's Q is
@@ -251,12 +256,12 @@ def _gluon_persist_kernel(q_desc, k_desc, v_desc, o_desc, len_ptr, T, n_tiles, q
     # the load cursor starts at this program's first tile; the ring's first STAGES blocks
     lt = pid
     lj = pid * 0
-    _, _, _, nk0 = _tile_of(pid, len_ptr, T, N_M, N_HEADS, BLOCK_M, BLOCK_N, HEAD_D)
+    _, _, _, nk0 = _tile_of(pid, perm_ptr, ORDER, len_ptr, T, N_M, N_HEADS, BLOCK_M, BLOCK_N, HEAD_D)
     lnb = gl.cdiv(nk0, BLOCK_N)
     for i in gl.static_range(STAGES):
         lt, lj, lnb = _issue_next(k_desc, v_desc, k_smem, v_smem, k_bars, v_bars, i, lt, lj, lnb, n_tiles, nprog,
-                                  len_ptr, T, N_M, N_HEADS, BLOCK_M, BLOCK_N, HEAD_D, True)
-    q_row0, _, col00, _ = _tile_of(pid, len_ptr, T, N_M, N_HEADS, BLOCK_M, BLOCK_N, HEAD_D)
+                                  perm_ptr, ORDER, len_ptr, T, N_M, N_HEADS, BLOCK_M, BLOCK_N, HEAD_D, True)
+    q_row0, _, col00, _ = _tile_of(pid, perm_ptr, ORDER, len_ptr, T, N_M, N_HEADS, BLOCK_M, BLOCK_N, HEAD_D)
     mbarrier.expect(q_bars.index(0), q_desc.block_type.nbytes)
     _tma_load(q_desc, [q_row0, col00], q_bars.index(0), q_smem.index(0))
 
@@ -266,11 +271,12 @@ def _gluon_persist_kernel(q_desc, k_desc, v_desc, o_desc, len_ptr, T, n_tiles, q
     it = pid * 0  # tiles done by this program
     for t in range(pid, n_tiles, nprog):
         qb = it % 2
-        q_row, kv_row, col0, n_keys = _tile_of(t, len_ptr, T, N_M, N_HEADS, BLOCK_M, BLOCK_N, HEAD_D)
+        q_row, kv_row, col0, n_keys = _tile_of(t, perm_ptr, ORDER, len_ptr, T, N_M, N_HEADS, BLOCK_M, BLOCK_N, HEAD_D)
         n_blocks = gl.cdiv(n_keys, BLOCK_N)
         # the next tile's Q, into the buffer the previous tile's products are done with
         tn = t + nprog
-        q_rown, _, col0n, _ = _tile_of(tn % n_tiles, len_ptr, T, N_M, N_HEADS, BLOCK_M, BLOCK_N, HEAD_D)
+        q_rown, _, col0n, _ = _tile_of(tn % n_tiles, perm_ptr, ORDER, len_ptr, T, N_M, N_HEADS, BLOCK_M, BLOCK_N,
+                                       HEAD_D)
         mbarrier.expect(q_bars.index(1 - qb), q_desc.block_type.nbytes, pred=tn < n_tiles)
         _tma_load(q_desc, [q_rown, col0n], q_bars.index(1 - qb), q_smem.index(1 - qb), pred=tn < n_tiles)
         q_tile = q_smem.index(qb)
@@ -285,7 +291,8 @@ def _gluon_persist_kernel(q_desc, k_desc, v_desc, o_desc, len_ptr, T, n_tiles, q
         mbarrier.wait(k_bars.index(slot), (g // STAGES) & 1)
         s_tok = warpgroup_mma(q_tile, k_smem.index(slot).permute((1, 0)), s_zero, use_acc=False, is_async=True)
         lt, lj, lnb = _issue_next(k_desc, v_desc, k_smem, v_smem, k_bars, v_bars, (g + STAGES - 2) % STAGES, lt,
-                                  lj, lnb, n_tiles, nprog, len_ptr, T, N_M, N_HEADS, BLOCK_M, BLOCK_N, HEAD_D,
+                                  lj, lnb, n_tiles, nprog, perm_ptr, ORDER, len_ptr, T, N_M, N_HEADS, BLOCK_M,
+                                  BLOCK_N, HEAD_D,
                                   g >= 2)
         s = warpgroup_mma_wait(0, deps=[s_tok])
         if BLOCK_N > n_keys:
@@ -300,7 +307,8 @@ def _gluon_persist_kernel(q_desc, k_desc, v_desc, o_desc, len_ptr, T, n_tiles, q
             s_tok = warpgroup_mma(q_tile, k_smem.index(slot).permute((1, 0)), s_zero, use_acc=False,
                                   is_async=True)
             lt, lj, lnb = _issue_next(k_desc, v_desc, k_smem, v_smem, k_bars, v_bars, (g + STAGES - 2) % STAGES,
-                                      lt, lj, lnb, n_tiles, nprog, len_ptr, T, N_M, N_HEADS, BLOCK_M, BLOCK_N,
+                                      lt, lj, lnb, n_tiles, nprog, perm_ptr, ORDER, len_ptr, T, N_M, N_HEADS,
+                                      BLOCK_M, BLOCK_N,
                                       HEAD_D, g >= 2)
             acc = acc * gl.convert_layout(alpha, row_o)[:, None]
             p16 = gl.convert_layout(p.to(gl.float16), p_layout)
@@ -356,8 +364,25 @@ def gluon_forward(q, k, v, lens, block_m=64, block_n=64, stages=3, warps=4, maxn
     return run, o
 
 
-def gluon_persist_forward(q, k, v, lens, block_m=128, block_n=64, stages=3, warps=4, per_sm=2, out=None):
-    """The persistent kernel: ``per_sm`` programs per multiprocessor."""
+def snake_order(lens, n_m, heads, nprog, block_n):
+    """A tile order for ``nprog`` programs taking tiles ``pid, pid + nprog, ...``: tiles by descending key blocks,
+    dealt out in rounds that alternate direction, so that every program gets a similar share of key blocks. Built
+    on the host from ``lens`` here (a probe); the library would build it on the device."""
+    blocks = (lens.long().cpu() + block_n - 1) // block_n
+    per_tile = blocks.repeat_interleave(heads * n_m)  # tile t = (b * H + h) * n_m + m
+    ranked = torch.argsort(per_tile, descending=True, stable=True)
+    n = ranked.numel()
+    perm = torch.empty_like(ranked)
+    for r0 in range(0, n, nprog):
+        chunk = ranked[r0:r0 + nprog]
+        perm[r0:r0 + chunk.numel()] = chunk if (r0 // nprog) % 2 == 0 else chunk.flip(0)
+    return perm.to(torch.int32)
+
+
+def gluon_persist_forward(q, k, v, lens, block_m=128, block_n=64, stages=3, warps=4, per_sm=2, order="batch",
+                          out=None):
+    """The persistent kernel: ``per_sm`` programs per multiprocessor; ``order``: "batch" (tiles in batch order) or
+    "snake" (:func:`snake_order`)."""
     from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
     B, T, H, D = q.shape
@@ -374,9 +399,11 @@ def gluon_persist_forward(q, k, v, lens, block_m=128, block_n=64, stages=3, warp
     sms = torch.cuda.get_device_properties(q.device).multi_processor_count
     grid = (min(n_tiles, per_sm * sms),)
     scale = D ** -0.5 * LOG2E
+    perm = snake_order(lens, n_m, H, grid[0], block_n).to(q.device) if order == "snake" else lens
 
     def run():
-        return _gluon_persist_kernel[grid](qd, kd, vd, od, lens, T, n_tiles, scale, N_M=n_m, N_HEADS=H, HEAD_D=D,
+        return _gluon_persist_kernel[grid](qd, kd, vd, od, lens, perm, T, n_tiles, scale, ORDER=order == "snake",
+                                           N_M=n_m, N_HEADS=H, HEAD_D=D,
                                            BLOCK_M=block_m, BLOCK_N=block_n, STAGES=stages, num_warps=warps)
     return run, o
 
@@ -390,8 +417,9 @@ def compile_persist_only(arch, config, head_d=64):
     sig = {}
     for name, block in (("q_desc", block_m), ("k_desc", block_n), ("v_desc", block_n), ("o_desc", block_m)):
         sig[name] = f"tensordesc<fp16[{block}, {head_d}],{_layout([block, head_d], gl.float16)!r}>"
-    sig.update(len_ptr="*i32", T="i32", n_tiles="i32", qk_scale="fp32")
-    consts = dict(N_M=4, N_HEADS=12, HEAD_D=head_d, BLOCK_M=block_m, BLOCK_N=block_n, STAGES=stages,
+    sig.update(len_ptr="*i32", perm_ptr="*i32", T="i32", n_tiles="i32", qk_scale="fp32")
+    consts = dict(ORDER=bool(config[5]) if len(config) > 5 else False, N_M=4, N_HEADS=12, HEAD_D=head_d,
+                  BLOCK_M=block_m, BLOCK_N=block_n, STAGES=stages,
                   num_warps=warps)
     for c in consts:
         sig[c] = "constexpr"
@@ -418,7 +446,8 @@ def compile_only(arch, config, head_d=64):
         sig[c] = "constexpr"
     attrs = {(fn.arg_names.index("len_ptr"),): [["tt.divisibility", 16]]}
     return triton.compile(GluonASTSource(fn, sig, consts, attrs=attrs), target=GPUTarget("cuda", arch, 32),
-                          options=dict(num_warps=warps, **({"maxnreg": config[4]} if len(config) > 4 and config[4] else {})))
+                          options=dict(num_warps=warps,
+                                       **({"maxnreg": config[4]} if len(config) > 4 and config[4] else {})))
 
 
 def sass_summary(kernel):
@@ -475,8 +504,9 @@ def main(argv=None):
                                          "128/64/3/4,64/128/3/4,128/128/3/8",
                     help="BLOCK_M/BLOCK_N/STAGES/warps[/register cap (0: none)[/one barrier per slot (0/1)[/explicit "
                          "program barrier (0/1, default 1)]]], comma-separated")
-    ap.add_argument("--persist", default="128/64/3/4/2,128/64/4/4/2",
-                    help="persistent kernel settings BLOCK_M/BLOCK_N/STAGES/warps/programs per SM, comma-separated")
+    ap.add_argument("--persist", default="128/64/3/4/2/0,128/64/3/4/2/1",
+                    help="persistent kernel settings BLOCK_M/BLOCK_N/STAGES/warps/programs per SM[/snake order (0/1)], "
+                         "comma-separated")
     ap.add_argument("--compile-only", action="store_true")
     ap.add_argument("--arch", type=int, default=90)
     ap.add_argument("--out", default=None)
@@ -584,12 +614,13 @@ def run_gpu(args, configs, persist=()):
                   f"vs lib={row.get('max_abs_diff_vs_library', float('nan')):.2e} {row.get('ms', row.get('error'))}",
                   flush=True)
         for cfg in persist:
-            bm, bn, st, w, per_sm = cfg
-            what = f"gluon persistent {bm}x{bn} stages {st} warps {w}, {per_sm}/SM"
+            bm, bn, st, w, per_sm = cfg[:5]
+            order = "snake" if len(cfg) > 5 and cfg[5] else "batch"
+            what = f"gluon persistent {bm}x{bn} stages {st} warps {w}, {per_sm}/SM, {order} order"
             row = {"shape": name, "what": what, "block_m": bm, "block_n": bn, "stages": st, "warps": w,
-                   "per_sm": per_sm, "persistent": True}
+                   "per_sm": per_sm, "persistent": True, "order": order}
             try:
-                run, o = gluon_persist_forward(q, k, v, lens, bm, bn, st, w, per_sm)
+                run, o = gluon_persist_forward(q, k, v, lens, bm, bn, st, w, per_sm, order)
                 compiled = run()
                 torch.cuda.synchronize()
                 row["registers"] = getattr(compiled, "n_regs", None)
