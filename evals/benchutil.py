@@ -83,6 +83,16 @@ def kernel_ms(fn, n: int = 20) -> float | None:
         return None
 
 
+def padded_bthd(B: int, H: int, T: int, lo: int, hi: int, d: int = 64, seed: int = 0):
+    """Seeded fp16 ``q, k, v`` in HF's ``[B, T, H, d]`` layout on the GPU, int32 key counts uniform in ``[lo, hi]`` and
+    the matching ``[B, T]`` bool padding mask (right padding): the probes' padded attention inputs."""
+    g = torch.Generator().manual_seed(seed)
+    q, k, v = (torch.randn(B, T, H, d, generator=g).to("cuda", torch.float16) for _ in range(3))
+    lens = torch.randint(lo, hi + 1, (B,), generator=g).to("cuda", torch.int32)
+    pad = torch.arange(T, device="cuda")[None] < lens[:, None].long()
+    return q, k, v, lens, pad
+
+
 def copy_bandwidth_gbs(n_bytes: int = 2**30) -> float:
     """Measured device-to-device copy bandwidth, counting bytes read plus bytes written."""
     src = torch.empty(n_bytes // 2, dtype=torch.float16, device="cuda").normal_()

@@ -39,13 +39,19 @@ import triton  # noqa: E402
 from triton.experimental import gluon  # noqa: E402
 from triton.experimental.gluon import language as gl  # noqa: E402
 from triton.experimental.gluon.language.nvidia.hopper import (  # noqa: E402
-    fence_async_shared, mbarrier, tma, warpgroup_mma, warpgroup_mma_init, warpgroup_mma_wait)
+    fence_async_shared, mbarrier, tma, warpgroup_mma, warpgroup_mma_wait)
 
 LOG2E = 1.4426950408889634
 # Gluon's TMA copies were renamed after Triton 3.6 (the GPU image's); this machine's 3.9 has only the new names
 _tma_load = getattr(tma, "async_load", None) or tma.async_copy_global_to_shared
 _tma_store = getattr(tma, "async_store", None) or tma.async_copy_shared_to_global
 _cta_barrier = getattr(gl, "thread_barrier", None) or gl.barrier
+
+
+@gluon.constexpr_function
+def _wgmma_layout(num_warps, n):
+    """Registers of a warpgroup product's ``[rows, n]`` accumulator (m16 x n x k16 instructions)."""
+    return gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[num_warps, 1], instr_shape=[16, n, 16])
 
 
 @gluon.jit
@@ -90,10 +96,8 @@ def _gluon_fwd_kernel(q_desc, k_desc, v_desc, o_desc, len_ptr, T, qk_scale,
     col0 = h * HEAD_D
     n_blocks = gl.cdiv(n_keys, BLOCK_N)
 
-    s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[num_warps, 1],
-                                                       instr_shape=[16, BLOCK_N, 16])
-    o_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[num_warps, 1],
-                                                       instr_shape=[16, HEAD_D, 16])
+    s_layout: gl.constexpr = _wgmma_layout(num_warps, BLOCK_N)  # the score tile's registers
+    o_layout: gl.constexpr = _wgmma_layout(num_warps, HEAD_D)  # the output's
     p_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=o_layout, k_width=2)
     row_s: gl.constexpr = gl.SliceLayout(1, s_layout)
     row_o: gl.constexpr = gl.SliceLayout(1, o_layout)
@@ -230,10 +234,8 @@ def _gluon_persist_kernel(q_desc, k_desc, v_desc, o_desc, len_ptr, perm_ptr, T, 
     pid = gl.program_id(0)
     nprog = gl.num_programs(0)
 
-    s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[num_warps, 1],
-                                                       instr_shape=[16, BLOCK_N, 16])
-    o_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[num_warps, 1],
-                                                       instr_shape=[16, HEAD_D, 16])
+    s_layout: gl.constexpr = _wgmma_layout(num_warps, BLOCK_N)  # the score tile's registers
+    o_layout: gl.constexpr = _wgmma_layout(num_warps, HEAD_D)  # the output's
     p_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=o_layout, k_width=2)
     row_s: gl.constexpr = gl.SliceLayout(1, s_layout)
     row_o: gl.constexpr = gl.SliceLayout(1, o_layout)
@@ -339,20 +341,24 @@ def _layout(block, dtype):
     return gl.NVMMASharedLayout.get_default_for(block, dtype)
 
 
-def gluon_forward(q, k, v, lens, block_m=64, block_n=64, stages=3, warps=4, maxnreg=None, one_bar=False,
-                  cta_bar=True, out=None):
-    """q, k, v: ``[B, T, H, D]`` fp16, contiguous; ``lens``: int32 ``[B]``, each in ``[1, T]``."""
+def _descriptors(q, k, v, out, block_m, block_n):
+    """The output (``out`` or a new tensor like q) and TMA descriptors of q, k, v, o as ``[B * T, H * D]`` views."""
     from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
     B, T, H, D = q.shape
     if T % block_m:
         raise ValueError(f"T = {T} must be a multiple of BLOCK_M = {block_m}")
     o = torch.empty_like(q) if out is None else out
-    flat = [x.view(B * T, H * D) for x in (q, k, v, o)]
-    qd = TensorDescriptor.from_tensor(flat[0], [block_m, D], _layout([block_m, D], gl.float16))
-    kd = TensorDescriptor.from_tensor(flat[1], [block_n, D], _layout([block_n, D], gl.float16))
-    vd = TensorDescriptor.from_tensor(flat[2], [block_n, D], _layout([block_n, D], gl.float16))
-    od = TensorDescriptor.from_tensor(flat[3], [block_m, D], _layout([block_m, D], gl.float16))
+    blocks = (block_m, block_n, block_n, block_m)
+    return o, [TensorDescriptor.from_tensor(x.view(B * T, H * D), [blk, D], _layout([blk, D], gl.float16))
+               for x, blk in zip((q, k, v, o), blocks)]
+
+
+def gluon_forward(q, k, v, lens, block_m=64, block_n=64, stages=3, warps=4, maxnreg=None, one_bar=False,
+                  cta_bar=True, out=None):
+    """q, k, v: ``[B, T, H, D]`` fp16, contiguous; ``lens``: int32 ``[B]``, each in ``[1, T]``."""
+    B, T, H, D = q.shape
+    o, (qd, kd, vd, od) = _descriptors(q, k, v, out, block_m, block_n)
     grid = (T // block_m, B * H)
     scale = D ** -0.5 * LOG2E
 
@@ -383,17 +389,8 @@ def gluon_persist_forward(q, k, v, lens, block_m=128, block_n=64, stages=3, warp
                           out=None):
     """The persistent kernel: ``per_sm`` programs per multiprocessor; ``order``: "batch" (tiles in batch order) or
     "snake" (:func:`snake_order`)."""
-    from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
-
     B, T, H, D = q.shape
-    if T % block_m:
-        raise ValueError(f"T = {T} must be a multiple of BLOCK_M = {block_m}")
-    o = torch.empty_like(q) if out is None else out
-    flat = [x.view(B * T, H * D) for x in (q, k, v, o)]
-    qd = TensorDescriptor.from_tensor(flat[0], [block_m, D], _layout([block_m, D], gl.float16))
-    kd = TensorDescriptor.from_tensor(flat[1], [block_n, D], _layout([block_n, D], gl.float16))
-    vd = TensorDescriptor.from_tensor(flat[2], [block_n, D], _layout([block_n, D], gl.float16))
-    od = TensorDescriptor.from_tensor(flat[3], [block_m, D], _layout([block_m, D], gl.float16))
+    o, (qd, kd, vd, od) = _descriptors(q, k, v, out, block_m, block_n)
     n_m = T // block_m
     n_tiles = n_m * B * H
     sms = torch.cuda.get_device_properties(q.device).multi_processor_count
@@ -408,53 +405,47 @@ def gluon_persist_forward(q, k, v, lens, block_m=128, block_n=64, stages=3, warp
     return run, o
 
 
-def compile_persist_only(arch, config, head_d=64):
+def _compile(fn, arch, block_m, block_n, head_d, scalars, consts, options):
+    """Compile Gluon kernel ``fn`` for ``sm_{arch}`` without a GPU (its four TMA descriptors first, then
+    ``scalars``: name -> type); returns the compiled kernel (asm: ttgir, ptx, cubin)."""
     from triton.backends.compiler import GPUTarget
     from triton.experimental.gluon._runtime import GluonASTSource
 
-    block_m, block_n, stages, warps = config[:4]
-    fn = _gluon_persist_kernel
     sig = {}
     for name, block in (("q_desc", block_m), ("k_desc", block_n), ("v_desc", block_n), ("o_desc", block_m)):
         sig[name] = f"tensordesc<fp16[{block}, {head_d}],{_layout([block, head_d], gl.float16)!r}>"
-    sig.update(len_ptr="*i32", perm_ptr="*i32", T="i32", n_tiles="i32", qk_scale="fp32")
-    consts = dict(ORDER=bool(config[5]) if len(config) > 5 else False, N_M=4, N_HEADS=12, HEAD_D=head_d,
-                  BLOCK_M=block_m, BLOCK_N=block_n, STAGES=stages,
-                  num_warps=warps)
-    for c in consts:
-        sig[c] = "constexpr"
+    sig.update(scalars)
+    sig.update({c: "constexpr" for c in consts})
     attrs = {(fn.arg_names.index("len_ptr"),): [["tt.divisibility", 16]]}
     return triton.compile(GluonASTSource(fn, sig, consts, attrs=attrs), target=GPUTarget("cuda", arch, 32),
-                          options=dict(num_warps=warps))
+                          options=options)
+
+
+def compile_persist_only(arch, config, head_d=64):
+    """The persistent kernel for ``sm_{arch}``; ``config``: BLOCK_M, BLOCK_N, STAGES, warps[, per SM, snake]."""
+    block_m, block_n, stages, warps = config[:4]
+    consts = dict(ORDER=bool(config[5]) if len(config) > 5 else False, N_M=4, N_HEADS=12, HEAD_D=head_d,
+                  BLOCK_M=block_m, BLOCK_N=block_n, STAGES=stages, num_warps=warps)
+    scalars = dict(len_ptr="*i32", perm_ptr="*i32", T="i32", n_tiles="i32", qk_scale="fp32")
+    return _compile(_gluon_persist_kernel, arch, block_m, block_n, head_d, scalars, consts, dict(num_warps=warps))
 
 
 def compile_only(arch, config, head_d=64):
-    """Compile for ``sm_{arch}`` without a GPU; returns the compiled kernel (asm: ttgir, ptx, cubin)."""
-    from triton.backends.compiler import GPUTarget
-    from triton.experimental.gluon._runtime import GluonASTSource
-
+    """The one-tile-per-program kernel for ``sm_{arch}``; ``config``: BLOCK_M, BLOCK_N, STAGES, warps[, register
+    cap[, one barrier per slot[, explicit program barrier]]]."""
     block_m, block_n, stages, warps = config[:4]
-    fn = _gluon_fwd_kernel
-    sig = {}
-    for name, block in (("q_desc", block_m), ("k_desc", block_n), ("v_desc", block_n), ("o_desc", block_m)):
-        sig[name] = f"tensordesc<fp16[{block}, {head_d}],{_layout([block, head_d], gl.float16)!r}>"
-    sig.update(len_ptr="*i32", T="i32", qk_scale="fp32")
     flags = tuple(config[5:7]) + (0, 1)[len(config[5:7]):]
     consts = dict(N_HEADS=12, HEAD_D=head_d, BLOCK_M=block_m, BLOCK_N=block_n, STAGES=stages,
                   ONE_BAR=bool(flags[0]), CTA_BAR=bool(flags[1]), num_warps=warps)
-    for c in consts:
-        sig[c] = "constexpr"
-    attrs = {(fn.arg_names.index("len_ptr"),): [["tt.divisibility", 16]]}
-    return triton.compile(GluonASTSource(fn, sig, consts, attrs=attrs), target=GPUTarget("cuda", arch, 32),
-                          options=dict(num_warps=warps,
-                                       **({"maxnreg": config[4]} if len(config) > 4 and config[4] else {})))
+    options = dict(num_warps=warps, **({"maxnreg": config[4]} if len(config) > 4 and config[4] else {}))
+    return _compile(_gluon_fwd_kernel, arch, block_m, block_n, head_d, dict(len_ptr="*i32", T="i32", qk_scale="fp32"),
+                    consts, options)
 
 
 def sass_summary(kernel):
     import subprocess
     import tempfile
 
-    from triton.backends.nvidia.compiler import get_ptxas  # noqa: F401
     cubin = kernel.asm["cubin"]
     tool = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
     with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
@@ -557,10 +548,7 @@ def run_gpu(args, configs, persist=()):
     rows = []
     for name in [s for s in args.shapes.split(",") if s]:
         B, H, T, lo, hi = SHAPES[name]
-        g = torch.Generator().manual_seed(0)
-        q, k, v = (torch.randn(B, T, H, 64, generator=g).to("cuda", torch.float16) for _ in range(3))
-        lens = torch.randint(lo, hi + 1, (B,), generator=g).to("cuda", torch.int32)
-        pad = torch.arange(T, device="cuda")[None] < lens[:, None].long()
+        q, k, v, lens, pad = benchutil.padded_bthd(B, H, T, lo, hi)
         qt, kt, vt = (x.transpose(1, 2) for x in (q, k, v))
         # fp64 reference on a few sequences (the whole batch in fp64 is large)
         nb = min(B, 4)
@@ -586,6 +574,7 @@ def run_gpu(args, configs, persist=()):
             rows.append(row)
             print(f"{name:10s} {what:42s} {ms:.4f} ms" + (f"  err {lib_err:.2e}" if "err" in str(row) else ""),
                   flush=True)
+        settings = []
         for cfg in configs:
             bm, bn, st, w = cfg[:4]
             cap = cfg[4] if len(cfg) > 4 and cfg[4] else None
@@ -593,34 +582,20 @@ def run_gpu(args, configs, persist=()):
             cta_bar = bool(cfg[6]) if len(cfg) > 6 else True
             what = (f"gluon {bm}x{bn} stages {st} warps {w}" + (f" cap {cap}" if cap else "")
                     + (" one-bar" if one_bar else "") + ("" if cta_bar else " no-cta-bar"))
-            row = {"shape": name, "what": what, "block_m": bm, "block_n": bn, "stages": st, "warps": w,
-                   "maxnreg": cap, "one_bar": one_bar, "cta_bar": cta_bar}
-            try:
-                run, o = gluon_forward(q, k, v, lens, bm, bn, st, w, cap, one_bar, cta_bar)
-                compiled = run()
-                torch.cuda.synchronize()
-                row["registers"] = getattr(compiled, "n_regs", None)
-                row["spills"] = getattr(compiled, "n_spills", None)
-                row["max_abs_err_vs_fp64"] = float((o[:nb].double() - ref).abs().max())
-                row["max_abs_diff_vs_library"] = float((o.float() - lib.float()).abs().max())
-                row["nan"] = bool(torch.isnan(o).any())
-                row["ms"] = round(benchutil.median_ms(run, cuda_graph=True), 4)
-                row["vs_library"] = round(base["hf_masked_softmax.attention"] / row["ms"], 3)
-            except Exception as e:  # noqa: BLE001 - a setting that fails is a result too
-                row["error"] = f"{type(e).__name__}: {str(e)[:300]}"
-            rows.append(row)
-            print(f"{name:10s} {what:32s} regs={row.get('registers')} spills={row.get('spills')} "
-                  f"err={row.get('max_abs_err_vs_fp64', float('nan')):.2e} "
-                  f"vs lib={row.get('max_abs_diff_vs_library', float('nan')):.2e} {row.get('ms', row.get('error'))}",
-                  flush=True)
+            settings.append((what, dict(block_m=bm, block_n=bn, stages=st, warps=w, maxnreg=cap, one_bar=one_bar,
+                                        cta_bar=cta_bar),
+                             lambda c=(bm, bn, st, w, cap, one_bar, cta_bar): gluon_forward(q, k, v, lens, *c)))
         for cfg in persist:
             bm, bn, st, w, per_sm = cfg[:5]
             order = "snake" if len(cfg) > 5 and cfg[5] else "batch"
             what = f"gluon persistent {bm}x{bn} stages {st} warps {w}, {per_sm}/SM, {order} order"
-            row = {"shape": name, "what": what, "block_m": bm, "block_n": bn, "stages": st, "warps": w,
-                   "per_sm": per_sm, "persistent": True, "order": order}
+            settings.append((what, dict(block_m=bm, block_n=bn, stages=st, warps=w, per_sm=per_sm, persistent=True,
+                                        order=order),
+                             lambda c=(bm, bn, st, w, per_sm, order): gluon_persist_forward(q, k, v, lens, *c)))
+        for what, info, make in settings:
+            row = {"shape": name, "what": what, **info}
             try:
-                run, o = gluon_persist_forward(q, k, v, lens, bm, bn, st, w, per_sm, order)
+                run, o = make()
                 compiled = run()
                 torch.cuda.synchronize()
                 row["registers"] = getattr(compiled, "n_regs", None)

@@ -128,10 +128,7 @@ def main(argv=None):
     rows = []
     for name in shapes:
         B, H, T, lo, hi = SHAPES[name]
-        g = torch.Generator().manual_seed(0)
-        q, k, v = (torch.randn(B, T, H, 64, generator=g).to("cuda", torch.float16) for _ in range(3))
-        lens = torch.randint(lo, hi + 1, (B,), generator=g).to("cuda", torch.int32)
-        pad = torch.arange(T, device="cuda")[None] < lens[:, None].long()
+        q, k, v, lens, pad = benchutil.padded_bthd(B, H, T, lo, hi)
         qt, kt, vt = (x.transpose(1, 2) for x in (q, k, v))
         ref = torch.nn.functional.scaled_dot_product_attention(qt, kt, vt, attn_mask=pad[:, None, None, :])
         ref = ref.transpose(1, 2)
