@@ -15,11 +15,14 @@ In Gluon the program says where each wait goes. This kernel does, per key block 
 
 One warpgroup per program, K and V through a ring of TMA copies with one mbarrier per slot, no causality, no GQA,
 the padding mask as one key count per sequence (right padding), inputs in HF's ``[B, T, H, D]`` layout with
-``T % BLOCK_M == 0``. It is an experiment: its output is checked against an fp64 reference and timed in a CUDA graph
-beside ``hf_masked_softmax.attention`` and SDPA in the same run.
+``T % BLOCK_M == 0``; a key block past a sequence's keys reads the next sequence's rows (masked in the scores,
+multiplied by zero in ``P v``). ``_gluon_persist_kernel`` is the same loop in a fixed number of programs that walk
+tiles with one K / V ring across them. It is an experiment, not used by the library: its output is checked against
+an fp64 reference and timed in a CUDA graph beside ``hf_masked_softmax.attention`` and SDPA in the same run
+(NOTES.md, sixteenth session).
 
-    python evals/probe_gluon.py [--shapes bert,bert-full] [--configs 64/64/2,128/64/2] [--out DIR]
-    python evals/probe_gluon.py --compile-only [--arch 90]     # on any machine: ptxas's report and SASS counts
+    python evals/probe_gluon.py [--shapes bert,bert-full] [--configs 128/64/4/4] [--persist 128/64/3/4/2] [--out DIR]
+    python evals/probe_gluon.py --compile-only [--arch 90]  # any machine: registers, SASS counts, exps under P v
 """
 from __future__ import annotations
 
@@ -42,7 +45,8 @@ from triton.experimental.gluon.language.nvidia.hopper import (  # noqa: E402
     fence_async_shared, mbarrier, tma, warpgroup_mma, warpgroup_mma_wait)
 
 LOG2E = 1.4426950408889634
-# Gluon's TMA copies were renamed after Triton 3.6 (the GPU image's); this machine's 3.9 has only the new names
+# Gluon's TMA copies and its program barrier were renamed after Triton 3.6 (the GPU image's); 3.9 has only the new
+# names
 _tma_load = getattr(tma, "async_load", None) or tma.async_copy_global_to_shared
 _tma_store = getattr(tma, "async_store", None) or tma.async_copy_shared_to_global
 _cta_barrier = getattr(gl, "thread_barrier", None) or gl.barrier
@@ -183,7 +187,8 @@ def _gluon_fwd_kernel(q_desc, k_desc, v_desc, o_desc, len_ptr, T, qk_scale,
     mbarrier.invalidate(q_bar)
     for i in gl.static_range(STAGES):
         mbarrier.invalidate(k_bars.index(i))
-        mbarrier.invalidate(v_bars.index(i))
+        if not ONE_BAR:
+            mbarrier.invalidate(v_bars.index(i))
 
 
 @gluon.jit
@@ -203,8 +208,7 @@ def _tile_of(t, perm_ptr, ORDER: gl.constexpr, len_ptr, T, N_M: gl.constexpr, N_
 @gluon.jit
 def _issue_next(k_desc, v_desc, k_smem, v_smem, k_bars, v_bars, slot, lt, lj, lnb, n_tiles, nprog, perm_ptr,
                 ORDER: gl.constexpr, len_ptr, T, N_M: gl.constexpr, N_HEADS: gl.constexpr,
-                BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr,
-                HEAD_D: gl.constexpr, pred):
+                BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, HEAD_D: gl.constexpr, pred):
     """Load key block ``lj`` of tile ``lt`` (the load cursor) into ``slot``; advance the cursor, to this program's
     next tile after a tile's last block."""
     _, kv_row, col, _ = _tile_of(lt, perm_ptr, ORDER, len_ptr, T, N_M, N_HEADS, BLOCK_M, BLOCK_N, HEAD_D)
@@ -224,12 +228,12 @@ def _issue_next(k_desc, v_desc, k_smem, v_smem, k_bars, v_bars, slot, lt, lj, ln
 @gluon.jit
 def _gluon_persist_kernel(q_desc, k_desc, v_desc, o_desc, len_ptr, perm_ptr, T, n_tiles, qk_scale,
                           ORDER: gl.constexpr, N_M: gl.constexpr, N_HEADS: gl.constexpr, HEAD_D: gl.constexpr,
-                          BLOCK_M: gl.constexpr,
-                          BLOCK_N: gl.constexpr, STAGES: gl.constexpr, num_warps: gl.constexpr):
+                          BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr,
+                          num_warps: gl.constexpr):
     """The same forward with a fixed number of programs, each taking tiles ``pid, pid + nprog, ...``. Its K / V
     ring runs on across tiles (the copies for the next tile start while this one computes), the next tile's Q is
     loaded during this one, and each output tile is stored by TMA without waiting, so the per-tile loads and stores
-    overlap the products and softmax."""
+    overlap the products and softmax. ``len[b] >= 1``; ``ORDER``: tiles in the order of ``perm``."""
     gl.static_assert(STAGES >= 3, "block g - 2's slots are refilled when block g starts: at least 3 stages")
     pid = gl.program_id(0)
     nprog = gl.num_programs(0)
@@ -294,8 +298,7 @@ def _gluon_persist_kernel(q_desc, k_desc, v_desc, o_desc, len_ptr, perm_ptr, T, 
         s_tok = warpgroup_mma(q_tile, k_smem.index(slot).permute((1, 0)), s_zero, use_acc=False, is_async=True)
         lt, lj, lnb = _issue_next(k_desc, v_desc, k_smem, v_smem, k_bars, v_bars, (g + STAGES - 2) % STAGES, lt,
                                   lj, lnb, n_tiles, nprog, perm_ptr, ORDER, len_ptr, T, N_M, N_HEADS, BLOCK_M,
-                                  BLOCK_N, HEAD_D,
-                                  g >= 2)
+                                  BLOCK_N, HEAD_D, g >= 2)
         s = warpgroup_mma_wait(0, deps=[s_tok])
         if BLOCK_N > n_keys:
             s = gl.where(cols[None, :] < n_keys, s, float("-inf"))
@@ -310,8 +313,7 @@ def _gluon_persist_kernel(q_desc, k_desc, v_desc, o_desc, len_ptr, perm_ptr, T, 
                                   is_async=True)
             lt, lj, lnb = _issue_next(k_desc, v_desc, k_smem, v_smem, k_bars, v_bars, (g + STAGES - 2) % STAGES,
                                       lt, lj, lnb, n_tiles, nprog, perm_ptr, ORDER, len_ptr, T, N_M, N_HEADS,
-                                      BLOCK_M, BLOCK_N,
-                                      HEAD_D, g >= 2)
+                                      BLOCK_M, BLOCK_N, HEAD_D, g >= 2)
             acc = acc * gl.convert_layout(alpha, row_o)[:, None]
             p16 = gl.convert_layout(p.to(gl.float16), p_layout)
             o_tok = warpgroup_mma(p16, v_smem.index((g + STAGES - 1) % STAGES), acc, is_async=True)
