@@ -34,10 +34,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-try:
-    import torch
-except ImportError:  # --compile-only needs Triton alone
-    torch = None
+import torch  # noqa: E402
 import triton  # noqa: E402
 from triton.experimental import gluon  # noqa: E402
 from triton.experimental.gluon import language as gl  # noqa: E402
@@ -445,31 +442,23 @@ def compile_only(arch, config, head_d=64):
 
 
 def sass_summary(kernel):
-    import subprocess
+    """``(sass, counts)`` of a compiled kernel: sass_attention.py's analysis of its cubin, plus how many of a few
+    Hopper instructions it holds (prefix match, so that ``HGMMA`` counts every shape)."""
     import tempfile
 
-    cubin = kernel.asm["cubin"]
-    tool = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
+    import sass_attention
+
     with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
-        f.write(cubin)
+        f.write(kernel.asm["cubin"])
         f.flush()
-        sass = subprocess.run([tool, "-sass", f.name], capture_output=True, text=True).stdout
-    ops = [re.sub(r"\s+", " ", line.split(";")[0].split("*/")[-1]).strip() for line in sass.splitlines()
-           if line.strip().startswith("/*") and "*/" in line and ";" in line]
-    counts = {}
-    for op in ops:
-        words = op.split(" ")
-        name = words[1] if words[0].startswith("@") and len(words) > 1 else words[0]
+        info = sass_attention.analyse(f.name)
+    counts = {"registers": info["registers"]}
+    for line in info["sass"].splitlines():
+        m = re.match(r"\s+/\*[0-9a-f]{4,}\*/\s+(?:@!?U?P\w+\s+)?(\S+)", line)
         for key in ("HGMMA", "WARPGROUP.DEPBAR", "WARPGROUP.ARRIVE", "BAR.SYNC", "MUFU.EX2", "UTMALDG", "UTMASTG"):
-            if name.startswith(key):
+            if m and m.group(1).startswith(key):
                 counts[key] = counts.get(key, 0) + 1
-    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
-        f.write(cubin)
-        f.flush()
-        res = subprocess.run([tool, "-res-usage", f.name], capture_output=True, text=True).stdout
-    regs = re.search(r"REG:(\d+)", res)
-    counts["registers"] = int(regs.group(1)) if regs else None
-    return sass, counts
+    return info["sass"], counts
 
 
 def exps_under_pv(sass):
@@ -507,6 +496,9 @@ def main(argv=None):
     args = ap.parse_args(argv)
     configs = [tuple(int(x) for x in c.split("/")) for c in args.configs.split(",") if c]
     if args.compile_only:
+        import _common
+
+        _common.check_compile_target(args.arch, "probe_gluon.py --compile-only")
         persist = [tuple(int(x) for x in c.split("/")) for c in args.persist.split(",") if c]
         jobs = [("", cfg, compile_only) for cfg in configs] + [("persistent ", cfg, compile_persist_only)
                                                                 for cfg in persist]
