@@ -74,6 +74,7 @@ import triton
 import triton.language as tl
 
 from ._launch import INTERPRETED as _INTERPRET  # the interpreter gets small blocks: it runs every program in Python
+from . import _hopper
 from ._launch import aligned, bind, fast_launch, first_order_only, remember
 
 _LOG2E = 1.4426950408889634
@@ -864,7 +865,8 @@ def _policy():
     function's id cannot be reused while its plans exist."""
     return (_fwd_config, _fwd_maxnreg, _num_splits, _is_decode, _wide, _fold, _bh_first, _block_d, _sm_count,
             _bwd_config, FWD_MERGE_TAIL, FWD_MAXNREG, SPLIT_MIN_K, FOLD_MAX_SCALE, GRID_YZ_MAX, _attn_fwd_kernel,
-            _split_combine_kernel, _bwd_delta_kernel, _bwd_dkdv_kernel, _bwd_dq_kernel)
+            _split_combine_kernel, _bwd_delta_kernel, _bwd_dkdv_kernel, _bwd_dq_kernel, _hopper.ENABLED,
+            _hopper.usable)
 
 
 DROPOUT_BITS = 16  # dropout compares a 16-bit random number per score with round(p * 2**16)
@@ -930,6 +932,11 @@ class _ForwardPlan:
             **({} if self.dropout else _fwd_maxnreg(D, q.dtype, decode, causal, block_m, warps)),
         )
         self.launch = bind(_attn_fwd_kernel, grid, scalars, constexprs)
+        # inference on an H100 / H200 (when it applies: see _hopper): the Gluon kernel instead
+        self.hopper = None
+        if _hopper.usable(q, k, v, kind, causal, _fold(kind, scale), need_lse, drop_thr, num_splits,
+                          _sm_count(q.device)):
+            self.hopper = _hopper.HopperForward(q, k, v, kind, scale, _sm_count(q.device))
         if num_splits > 1:
             self.combine = bind(
                 _split_combine_kernel, (B * H, Q),
@@ -947,7 +954,9 @@ class _ForwardPlan:
         ranges_arg = ranges if ranges is not None else q
         lse_arg = lse if lse is not None else q  # a pointer the kernels never write through (STORE_LSE off)
         seed_arg = seed if self.dropout else q
-        if self.splits == 1:
+        if self.hopper is not None:
+            self.hopper(q, k, v, out, mask_t, ranges)
+        elif self.splits == 1:
             self.launch(q, k, v, out, lse_arg, mask_arg, ranges_arg, seed_arg)
         else:
             o_part = torch.empty(self.part_shapes[0], dtype=torch.float32, device=self.device)

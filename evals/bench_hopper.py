@@ -1,0 +1,125 @@
+"""The Hopper forward (hf_masked_softmax._hopper, Gluon) against the Triton forward and SDPA, in one run (GPU).
+
+For each shape, inference (no autograd), fp16, D = 64, HF's ``[B, T, H, D]`` layout, right padding with key lengths
+uniform in the shape's range: ``hf_masked_softmax.attention`` with the Hopper kernel on, with it off (the Triton
+kernel), SDPA's default dispatch without a mask (the whole rectangle) and SDPA with the bool padding mask. Each is
+timed twice: replayed in a CUDA graph (GPU time alone) and called eagerly (host time included: the Hopper launch
+builds four TMA descriptors per call, the Triton path has a cached launcher). The batch sweep at T = 512 shows where
+the Hopper kernel starts to pay.
+
+    python evals/bench_hopper.py [--shapes bert,bert-full,...] [--out DIR]
+
+Writes a table, ``bench_hopper.json`` and ``bench_hopper.png`` (the batch sweep) to ``--out`` (default $OUT or
+./out).
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import torch  # noqa: E402
+
+SHAPES = {  # name: (B, H, T, lowest key length, highest)
+    "bert": (32, 12, 512, 256, 512),
+    "bert-full": (32, 12, 512, 512, 512),
+    "bert-T128": (128, 12, 128, 64, 128),
+    **{f"sweep-B{b}": (b, 12, 512, 256, 512) for b in (1, 2, 4, 8, 16, 64)},
+}
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--shapes", default=",".join(SHAPES))
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args(argv)
+    if not torch.cuda.is_available():
+        sys.exit("bench_hopper.py needs a CUDA GPU")
+    import torch.nn.functional as F
+
+    import benchutil
+    import hf_masked_softmax as hms
+    from hf_masked_softmax import masks
+
+    hopper = importlib.import_module("hf_masked_softmax._hopper")
+    out_dir = benchutil.out_dir(args.out)
+    rows = []
+    for name in [s for s in args.shapes.split(",") if s]:
+        B, H, T, lo, hi = SHAPES[name]
+        q, k, v, lens, pad = benchutil.padded_bthd(B, H, T, lo, hi)
+        qt, kt, vt = (x.transpose(1, 2) for x in (q, k, v))
+        shared = masks.share_ranges(pad)
+        providers = {
+            "hopper": lambda: hms.attention(qt, kt, vt, shared),
+            "triton": lambda: hms.attention(qt, kt, vt, shared),
+            "sdpa, no mask": lambda: F.scaled_dot_product_attention(qt, kt, vt),
+            "sdpa, bool mask": lambda: F.scaled_dot_product_attention(qt, kt, vt, attn_mask=pad[:, None, None, :]),
+        }
+        row = {"shape": name, "B": B, "H": H, "T": T, "keys": [lo, hi]}
+        with torch.no_grad():
+            calls = []
+            real = hopper.HopperForward.__call__
+            hopper.HopperForward.__call__ = lambda self, *a: (calls.append(1), real(self, *a))[1]
+            try:
+                hms.attention(qt, kt, vt, shared)
+            finally:
+                hopper.HopperForward.__call__ = real
+            row["hopper_taken"] = bool(calls)
+            ref = hms.attention(qt, kt, vt, shared)
+            for what, fn in providers.items():
+                hopper.ENABLED = what != "triton"
+                try:
+                    out = fn()
+                    if what == "triton":
+                        row["max_abs_diff_hopper_vs_triton"] = float((out.float() - ref.float()).abs().max())
+                    row[f"{what} graph ms"] = round(benchutil.median_ms(fn, cuda_graph=True), 4)
+                    row[f"{what} eager ms"] = round(benchutil.median_ms(fn), 4)
+                finally:
+                    hopper.ENABLED = True
+        row["triton/hopper graph"] = round(row["triton graph ms"] / row["hopper graph ms"], 3)
+        row["triton/hopper eager"] = round(row["triton eager ms"] / row["hopper eager ms"], 3)
+        rows.append(row)
+        print(f"{name:12s} taken={row['hopper_taken']} "
+              + " ".join(f"{w}={row[f'{w} graph ms']:.4f}/{row[f'{w} eager ms']:.4f}" for w in providers)
+              + f" ratio graph {row['triton/hopper graph']} eager {row['triton/hopper eager']}"
+              + f" diff {row['max_abs_diff_hopper_vs_triton']:.2e}", flush=True)
+    benchutil.write_json(out_dir / "bench_hopper.json", {"env": benchutil.environment(), "rows": rows})
+    plot(rows, out_dir / "bench_hopper.png")
+
+
+def plot(rows, path):
+    sweep = sorted((r for r in rows if r["T"] == 512 and r["keys"] == [256, 512]), key=lambda r: r["B"])
+    if len(sweep) < 2:
+        return
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib not installed: no PNG")
+        return
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    bs = [r["B"] for r in sweep]
+    for what, style in (("hopper", "o-"), ("triton", "s-"), ("sdpa, no mask", "^--"), ("sdpa, bool mask", "v--")):
+        ax.plot(bs, [r[f"{what} graph ms"] for r in sweep], style, label=f"{what} (CUDA graph)")
+    ax.plot(bs, [r["hopper eager ms"] for r in sweep], "o:", label="hopper (eager, host time included)")
+    ax.plot(bs, [r["triton eager ms"] for r in sweep], "s:", label="triton (eager, host time included)")
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_xlabel("batch (H12, T512, keys uniform in [256, 512], fp16, D64)")
+    ax.set_ylabel("ms, median")
+    ax.set_title(f"attention forward, inference: {torch.cuda.get_device_name()}")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()

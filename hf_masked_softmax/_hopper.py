@@ -1,0 +1,157 @@
+"""When the fused forward runs the Hopper kernel of :mod:`hf_masked_softmax._hopper_kernels` instead of the Triton one.
+
+That kernel, written in Gluon (Triton's lower-level dialect), places its own waits for the tensor cores so that the
+softmax of one key block runs while the previous block's ``P v`` is on them, keeps two persistent programs per
+multiprocessor, and moves every tile by TMA. On an H200 it ran BERT's padded forward (B32 H12 512x512, keys uniform
+in [256, 512], fp16) in 0.0649-0.0668 ms where the Triton kernel took 0.0758-0.0779 (``evals/probe_gluon.py``,
+NOTES.md, sixteenth session).
+
+It covers the inference calls of encoders: a plan uses it when all of these hold, and the Triton kernel otherwise.
+
+* a CUDA device of compute capability 9.0 (H100 / H200), Triton with Gluon's Hopper API (3.6 and 3.9 checked), not
+  under ``TRITON_INTERPRET=1``, and ``HF_MASKED_SOFTMAX_HOPPER`` not ``0`` (or :data:`ENABLED` set False);
+* fp16 or bf16, head dim 64, no causal mask, no dropout, no log-sum-exp wanted (autograd is not recording; training
+  keeps the Triton forward, whose log-sum-exp the backward reads), no decode split;
+* no mask or a 2D padding mask (any padding, holes included); a positive scale of at most 1 (applied inside the
+  exponent, as the Triton kernel does);
+* at least 128 queries and one tile of 128 query rows per multiprocessor (smaller calls launch faster through the
+  Triton path's cached launcher);
+* q, k, v each a view of ``[B, L, heads, D]`` memory (the layout HF's projections give: heads adjacent, head dim
+  contiguous), 16-byte aligned, with row and batch strides that are multiples of 16 bytes (TMA's rules).
+
+``HF_MASKED_SOFTMAX_HOPPER=0`` turns it off. Its outputs are checked against the fp64 reference on the GPU
+(``tests/test_hopper.py``).
+"""
+from __future__ import annotations
+
+import os
+
+import torch
+
+from ._launch import INTERPRETED
+
+_LOG2E = 1.4426950408889634
+BLOCK_M, BLOCK_N, STAGES, WARPS, PER_SM = 128, 64, 3, 4, 2
+HEAD_D = 64
+ENABLED = os.environ.get("HF_MASKED_SOFTMAX_HOPPER", "1").strip().lower() not in ("0", "false", "no", "off")
+
+_KERNELS = None  # the kernel module once imported, False if Gluon's Hopper API is missing
+_CAPABILITY: dict = {}
+
+
+def kernels():
+    """:mod:`._hopper_kernels`, or None where this Triton has no Gluon Hopper API (imported on first use only)."""
+    global _KERNELS
+    if _KERNELS is None:
+        try:
+            from . import _hopper_kernels
+            from triton.experimental.gluon.nvidia.hopper import TensorDescriptor  # noqa: F401
+            _KERNELS = _hopper_kernels
+        except Exception:  # noqa: BLE001 - an older or newer Triton without these names: the Triton path
+            _KERNELS = False
+    return _KERNELS or None
+
+
+def _capability(device: torch.device):
+    idx = device.index if device.index is not None else torch.cuda.current_device()
+    if idx not in _CAPABILITY:
+        _CAPABILITY[idx] = torch.cuda.get_device_capability(idx)
+    return _CAPABILITY[idx]
+
+
+def _tma_view_ok(t: torch.Tensor) -> bool:
+    """``t`` ``[B, heads, L, D]`` is a view of ``[B, L, heads * D]`` rows that TMA can read."""
+    B, H, L, D = t.shape
+    esize = t.element_size()
+    sb, sh, sl, sd = t.stride()
+    return (sd == 1 and sh == D and sl >= H * D and (sl * esize) % 16 == 0
+            and (B == 1 or (sb * esize) % 16 == 0 and sb > 0) and t.data_ptr() % 16 == 0)
+
+
+def call_ok(q, k, v, kind, causal, fold, need_lse, drop_thr, splits, sm_count) -> bool:
+    """Whether a forward with these arguments is one the Hopper kernel computes (the module docstring's list, but
+    for the device and Triton): ``kind`` is the Triton kernel's mask kind (0 none, 1 padding ranges), ``fold``
+    whether the scale may go inside the exponent, ``sm_count`` the device's multiprocessors."""
+    B, H, Q, D = q.shape
+    K = k.shape[2]
+    if (kind not in (0, 1) or causal or not fold or need_lse or drop_thr or splits != 1 or D != HEAD_D
+            or q.dtype not in (torch.float16, torch.bfloat16) or Q < BLOCK_M or K < 1
+            or B * H * -(-Q // BLOCK_M) < sm_count):
+        return False
+    return all(_tma_view_ok(t) for t in (q, k, v))
+
+
+def usable(q, k, v, kind, causal, fold, need_lse, drop_thr, splits, sm_count) -> bool:
+    """:func:`call_ok`, on an sm_90 CUDA device with Gluon's Hopper API, outside the interpreter, when enabled."""
+    if not ENABLED or INTERPRETED or q.device.type != "cuda":
+        return False
+    if not call_ok(q, k, v, kind, causal, fold, need_lse, drop_thr, splits, sm_count):
+        return False
+    return _capability(q.device) == (9, 0) and kernels() is not None
+
+
+def compile_for(arch: int = 90, dtype: str = "fp16", kind: int = 1, n_m: int = 4, heads: int = 12, group: int = 1):
+    """The kernel compiled for ``sm_{arch}`` without a GPU (signature as the launcher builds it): for the tests and
+    ``--compile-only`` inspection of its SASS. ``dtype``: "fp16" or "bf16"."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.experimental.gluon import language as gl
+    from triton.experimental.gluon._runtime import GluonASTSource
+
+    mod = kernels()
+    if mod is None:
+        raise RuntimeError("this Triton has no Gluon Hopper API")
+    gdt = gl.float16 if dtype == "fp16" else gl.bfloat16
+    sig = {}
+    for name, block in (("q_desc", BLOCK_M), ("k_desc", BLOCK_N), ("v_desc", BLOCK_N), ("o_desc", BLOCK_M)):
+        layout = gl.NVMMASharedLayout.get_default_for([1, block, HEAD_D], gdt)
+        sig[name] = f"tensordesc<{dtype}[1, {block}, {HEAD_D}],{layout!r}>"
+    sig.update(ranges_ptr="*i32", mask_ptr="*u8", stride_mb="i32", stride_mk="i32", K_LEN="i32", n_tiles="i32",
+               qk_scale="fp32")
+    consts = dict(MASK_KIND=kind, N_M=n_m, N_HEADS=heads, GROUP=group, HEAD_D=HEAD_D, BLOCK_M=BLOCK_M,
+                  BLOCK_N=BLOCK_N, STAGES=STAGES, num_warps=WARPS)
+    sig.update({c: "constexpr" for c in consts})
+    src = GluonASTSource(mod._attn_fwd_persistent, sig, consts, attrs={})
+    return triton.compile(src, target=GPUTarget("cuda", arch, 32), options=dict(num_warps=WARPS))
+
+
+class HopperForward:
+    """A forward plan's launch on the Hopper kernel: ``(q, k, v, out, mask, ranges)``, ``out`` the plan's
+    ``[B, H, Q, D]`` view of fresh ``[B, Q, H, D]`` memory."""
+
+    def __init__(self, q, k, v, kind, scale, sm_count):
+        from triton.experimental.gluon import language as gl
+
+        mod = kernels()
+        self.kernel = mod._attn_fwd_persistent
+        B, H, Q, D = q.shape
+        Hkv, K = k.shape[1], k.shape[2]
+        gdt = gl.float16 if q.dtype == torch.float16 else gl.bfloat16
+        self.layouts = (gl.NVMMASharedLayout.get_default_for([1, BLOCK_M, D], gdt),
+                        gl.NVMMASharedLayout.get_default_for([1, BLOCK_N, D], gdt))
+        n_m = -(-Q // BLOCK_M)
+        self.n_tiles = n_m * B * H
+        self.grid = (min(self.n_tiles, PER_SM * sm_count),)
+        self.kind = kind
+        self.consts = dict(MASK_KIND=kind, N_M=n_m, N_HEADS=H, GROUP=H // Hkv, HEAD_D=D, BLOCK_M=BLOCK_M,
+                           BLOCK_N=BLOCK_N, STAGES=STAGES, num_warps=WARPS)
+        self.K = K
+        self.qk_scale = scale * _LOG2E
+        self.dummy = torch.zeros(4, dtype=torch.int32, device=q.device)  # the range and mask pointers when unused
+
+    def _desc(self, t, block, layout):
+        from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
+
+        B, H, L, D = t.shape
+        sb = t.stride(0) if B > 1 else L * t.stride(2)
+        return TensorDescriptor(t, [B, L, H * D], [sb, t.stride(2), 1], [1, block, D], layout)
+
+    def __call__(self, q, k, v, out, mask_t, ranges):
+        lm, ln = self.layouts
+        if self.kind == 1:
+            mask, smb, smk = mask_t, mask_t.stride(0), mask_t.stride(1)
+        else:
+            ranges, mask, smb, smk = self.dummy, self.dummy, 0, 0
+        self.kernel[self.grid](self._desc(q, BLOCK_M, lm), self._desc(k, BLOCK_N, ln), self._desc(v, BLOCK_N, ln),
+                               self._desc(out, BLOCK_M, lm), ranges, mask, smb, smk, self.K, self.n_tiles,
+                               self.qk_scale, **self.consts)

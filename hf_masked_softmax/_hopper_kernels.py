@@ -1,0 +1,247 @@
+"""The Hopper (sm_90) forward in Gluon, Triton's lower-level dialect: see :mod:`hf_masked_softmax._hopper` for when the
+library uses it. Imported only there (and by a compile test), never under Triton's interpreter, which cannot run
+Gluon.
+
+One warpgroup per program and a fixed number of programs (two per multiprocessor) that walk the tiles
+``pid, pid + nprog, ...``; a tile is ``BLOCK_M`` query rows of one (batch, head). Q, K, V and O move by TMA through
+3D views ``[B, L, heads * D]`` (so a tile never reads or writes another sequence's rows: TMA fills rows past ``L``
+with zeros and drops stores past it). Keys and values stream through a ring of ``STAGES`` shared-memory slots,
+one mbarrier each for K and V; the ring runs on across tiles (a load cursor hands each freed slot the next block of
+this program's current or next tile), the next tile's Q loads during this one, and outputs leave by TMA without a
+wait. Per key block j of a tile:
+
+    issue S_j = Q K_j^T (async); refill block j - 2's slots
+    issue O = alpha O + P_{j-1} V_{j-1} (async)
+    wait for S_j only; mask (edge blocks) and online softmax of S_j while P_{j-1} V_{j-1} runs on the tensor cores
+    wait for V_j's copy (ends a basic block: ptxas would otherwise hoist the next wait above the softmax), then O
+
+The numerics are those of the Triton forward: fp32 scores, the scale folded into ``exp2`` (``FOLD``), the row max
+scaled once, P rounded to the input dtype for ``P v``, ``O / l`` at the end (zeros for a sequence with no key).
+Masks: none (``MASK_KIND`` 0) or per-sequence key ranges ``[start, end)`` with a has-holes flag from the 2D padding
+mask (1; a sequence with holes reads its mask row in every block). The experiment it grew from, with its
+measurements, is ``evals/probe_gluon.py``.
+"""
+from __future__ import annotations
+
+from triton.experimental import gluon
+from triton.experimental.gluon import language as gl
+from triton.experimental.gluon.language.nvidia.hopper import (
+    fence_async_shared, mbarrier, tma, warpgroup_mma, warpgroup_mma_wait)
+
+# Gluon's TMA copies were renamed after Triton 3.6 (the GPU image's); 3.9 has only the new names
+_tma_load = getattr(tma, "async_load", None) or tma.async_copy_global_to_shared
+_tma_store = getattr(tma, "async_store", None) or tma.async_copy_shared_to_global
+
+
+@gluon.constexpr_function
+def _wgmma_layout(num_warps, n):
+    """Registers of a warpgroup product's ``[rows, n]`` accumulator (m16 x n x k16 instructions)."""
+    return gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[num_warps, 1], instr_shape=[16, n, 16])
+
+
+@gluon.jit
+def _tile(t, ranges_ptr, K_LEN, N_M: gl.constexpr, N_HEADS: gl.constexpr, GROUP: gl.constexpr,
+          MASK_KIND: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, HEAD_D: gl.constexpr):
+    """Tile ``t`` (the query blocks of one head are consecutive): batch, first query row, q / o column, k / v column,
+    ``[full_lo, full_hi)`` (the tile's key blocks, counted from its first, that need no mask), first key block and
+    number of key blocks (at least 1: a sequence with no key still runs one fully masked block, which keeps the
+    K / V ring's order simple)."""
+    bh = t // N_M
+    b = bh // N_HEADS
+    h = bh % N_HEADS
+    if MASK_KIND == 1:
+        start = gl.load(ranges_ptr + b * 4)
+        end = gl.load(ranges_ptr + b * 4 + 1)
+        holes = gl.load(ranges_ptr + b * 4 + 2)
+    else:
+        start = K_LEN * 0
+        end = K_LEN + 0
+        holes = K_LEN * 0
+    lo = start // BLOCK_N
+    n_blocks = gl.maximum(gl.cdiv(end, BLOCK_N) - lo, 1)
+    full_lo = (start % BLOCK_N != 0).to(gl.int32)
+    full_hi = gl.where(holes != 0, 0, end // BLOCK_N - lo)
+    return b, (t % N_M) * BLOCK_M, h * HEAD_D, (h // GROUP) * HEAD_D, full_lo, full_hi, lo, n_blocks
+
+
+@gluon.jit
+def _issue_kv(k_desc, v_desc, k_smem, v_smem, k_bars, v_bars, b, row, col, slot, pred):
+    kb = k_bars.index(slot)
+    vb = v_bars.index(slot)
+    mbarrier.expect(kb, k_desc.block_type.nbytes, pred=pred)
+    _tma_load(k_desc, [b, row, col], kb, k_smem.index(slot), pred=pred)
+    mbarrier.expect(vb, v_desc.block_type.nbytes, pred=pred)
+    _tma_load(v_desc, [b, row, col], vb, v_smem.index(slot), pred=pred)
+
+
+@gluon.jit
+def _issue_next(k_desc, v_desc, k_smem, v_smem, k_bars, v_bars, slot, lt, lj, n_tiles, nprog, ranges_ptr, K_LEN,
+                N_M: gl.constexpr, N_HEADS: gl.constexpr, GROUP: gl.constexpr, MASK_KIND: gl.constexpr,
+                BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, HEAD_D: gl.constexpr, pred):
+    """Load key block ``lj`` of tile ``lt`` (the load cursor) into ``slot``, when ``pred``; then advance the cursor,
+    to this program's next tile after a tile's last block. The tile's bounds are recomputed here rather than held
+    in registers: the key loop has none to spare."""
+    b, _, _, kcol, _, _, llo, lnb = _tile(lt, ranges_ptr, K_LEN, N_M, N_HEADS, GROUP, MASK_KIND, BLOCK_M, BLOCK_N,
+                                          HEAD_D)
+    _issue_kv(k_desc, v_desc, k_smem, v_smem, k_bars, v_bars, b, (llo + lj) * BLOCK_N, kcol, slot,
+              pred & (lt < n_tiles))
+    if pred:  # the cursor moves only when a slot was handed out
+        lj = lj + 1
+        if lj >= lnb:
+            lt = lt + nprog
+            lj = lj * 0
+    return lt, lj
+
+
+@gluon.jit
+def _mask_block(s, cols, n0, t, ranges_ptr, mask_ptr, stride_mb, stride_mk, K_LEN, N_M: gl.constexpr, N_HEADS: gl.constexpr,
+                MASK_KIND: gl.constexpr):
+    """Scores of keys ``n0 + cols`` outside the sequence's key range (and, for a sequence with holes, where its mask
+    row is 0) set to -inf. Called for the blocks :func:`_tile`'s ``[full_lo, full_hi)`` leaves out only, so the range
+    is read again here rather than held in registers through the key loop."""
+    c = n0 + cols
+    if MASK_KIND == 1:
+        b = t // N_M // N_HEADS
+        start = gl.load(ranges_ptr + b * 4)
+        end = gl.load(ranges_ptr + b * 4 + 1)
+        holes = gl.load(ranges_ptr + b * 4 + 2)
+        keep = (c >= start) & (c < end)
+        if holes != 0:
+            pm = gl.load(mask_ptr + b.to(gl.int64) * stride_mb + c.to(gl.int64) * stride_mk, mask=c < K_LEN, other=0)
+            keep = keep & (pm != 0)
+    else:
+        keep = c < K_LEN
+    return gl.where(keep[None, :], s, float("-inf"))
+
+
+@gluon.jit
+def _online_softmax(s, m_i, l_i, qk_scale, MASK_KIND: gl.constexpr):
+    m_new = gl.maximum(m_i, gl.max(s, axis=1) * qk_scale)
+    m_use = m_new
+    if MASK_KIND == 1:  # a sequence with no key: every score -inf, and -inf - -inf would be NaN
+        m_use = gl.where(m_new == float("-inf"), 0.0, m_new)
+    p = gl.exp2(s * qk_scale - m_use[:, None])
+    alpha = gl.exp2(m_i - m_use)
+    l_i = l_i * alpha + gl.sum(p, axis=1)
+    return p, m_new, l_i, alpha
+
+
+@gluon.jit
+def _attn_fwd_persistent(q_desc, k_desc, v_desc, o_desc, ranges_ptr, mask_ptr, stride_mb, stride_mk, K_LEN, n_tiles,
+                         qk_scale, MASK_KIND: gl.constexpr, N_M: gl.constexpr, N_HEADS: gl.constexpr,
+                         GROUP: gl.constexpr, HEAD_D: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr,
+                         STAGES: gl.constexpr, num_warps: gl.constexpr):
+    """q / o: ``[B, Q, H * D]`` views with ``[1, BLOCK_M, D]`` blocks; k / v: ``[B, K, Hkv * D]`` with
+    ``[1, BLOCK_N, D]``. ``ranges``: int32 ``[B, 4]`` (start, end, has holes, unused) for ``MASK_KIND`` 1, with
+    ``mask`` the ``[B, K]`` padding mask it came from; ``qk_scale`` = scale * log2(e) > 0."""
+    gl.static_assert(STAGES >= 3, "block g - 2's slots are refilled when block g starts: at least 3 stages")
+    pid = gl.program_id(0)
+    nprog = gl.num_programs(0)
+    dtype: gl.constexpr = q_desc.dtype
+
+    s_layout: gl.constexpr = _wgmma_layout(num_warps, BLOCK_N)  # the score tile's registers
+    o_layout: gl.constexpr = _wgmma_layout(num_warps, HEAD_D)  # the output's
+    p_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=o_layout, k_width=2)
+    row_s: gl.constexpr = gl.SliceLayout(1, s_layout)
+    row_o: gl.constexpr = gl.SliceLayout(1, o_layout)
+    col_s: gl.constexpr = gl.SliceLayout(0, s_layout)
+
+    q_smem = gl.allocate_shared_memory(dtype, [2, 1, BLOCK_M, HEAD_D], q_desc.layout)
+    o_smem = gl.allocate_shared_memory(dtype, [1, BLOCK_M, HEAD_D], o_desc.layout)
+    k_smem = gl.allocate_shared_memory(dtype, [STAGES, 1, BLOCK_N, HEAD_D], k_desc.layout)
+    v_smem = gl.allocate_shared_memory(dtype, [STAGES, 1, BLOCK_N, HEAD_D], v_desc.layout)
+    q_bars = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
+    k_bars = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+    v_bars = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+    for i in gl.static_range(2):
+        mbarrier.init(q_bars.index(i), count=1)
+    for i in gl.static_range(STAGES):
+        mbarrier.init(k_bars.index(i), count=1)
+        mbarrier.init(v_bars.index(i), count=1)
+    fence_async_shared()
+
+    # the load cursor starts at this program's first tile; the ring's first STAGES blocks
+    lt = pid
+    lj = pid * 0
+    for i in gl.static_range(STAGES):
+        lt, lj = _issue_next(k_desc, v_desc, k_smem, v_smem, k_bars, v_bars, i, lt, lj, n_tiles, nprog, ranges_ptr,
+                             K_LEN, N_M, N_HEADS, GROUP, MASK_KIND, BLOCK_M, BLOCK_N, HEAD_D, True)
+    b0, m00, qcol0, _, _, _, _, _ = _tile(pid, ranges_ptr, K_LEN, N_M, N_HEADS, GROUP, MASK_KIND, BLOCK_M, BLOCK_N,
+                                             HEAD_D)
+    mbarrier.expect(q_bars.index(0), q_desc.block_type.nbytes)
+    _tma_load(q_desc, [b0, m00, qcol0], q_bars.index(0), q_smem.index(0))
+
+    cols = gl.arange(0, BLOCK_N, layout=col_s)
+    s_zero = gl.zeros([BLOCK_M, BLOCK_N], gl.float32, layout=s_layout)
+    g = pid * 0  # key blocks consumed by this program so far: block g sits in slot g % STAGES
+    it = pid * 0  # tiles done by this program
+    for t in range(pid, n_tiles, nprog):
+        qb = it % 2
+        _, _, _, _, full_lo, full_hi, lo, n_blocks = _tile(t, ranges_ptr, K_LEN, N_M, N_HEADS, GROUP, MASK_KIND,
+                                                               BLOCK_M, BLOCK_N, HEAD_D)
+        # the next tile's Q, into the buffer the previous tile's products are done with
+        tn = t + nprog
+        bn, m0n, qcoln, _, _, _, _, _ = _tile(tn % n_tiles, ranges_ptr, K_LEN, N_M, N_HEADS, GROUP, MASK_KIND,
+                                                 BLOCK_M, BLOCK_N, HEAD_D)
+        mbarrier.expect(q_bars.index(1 - qb), q_desc.block_type.nbytes, pred=tn < n_tiles)
+        _tma_load(q_desc, [bn, m0n, qcoln], q_bars.index(1 - qb), q_smem.index(1 - qb), pred=tn < n_tiles)
+        q_tile = q_smem.index(qb).reshape([BLOCK_M, HEAD_D])
+        mbarrier.wait(q_bars.index(qb), (it // 2) & 1)
+
+        m_i = gl.full([BLOCK_M], float("-inf"), gl.float32, layout=row_s)
+        l_i = gl.zeros([BLOCK_M], gl.float32, layout=row_s)
+        acc = gl.zeros([BLOCK_M, HEAD_D], gl.float32, layout=o_layout)
+        p16 = gl.zeros([BLOCK_M, BLOCK_N], dtype, layout=p_layout)
+
+        # the tile's first key block: its scores and probabilities
+        slot = g % STAGES
+        mbarrier.wait(k_bars.index(slot), (g // STAGES) & 1)
+        s_tok = warpgroup_mma(q_tile, k_smem.index(slot).reshape([BLOCK_N, HEAD_D]).permute((1, 0)), s_zero,
+                              use_acc=False, is_async=True)
+        lt, lj = _issue_next(k_desc, v_desc, k_smem, v_smem, k_bars, v_bars, (g + STAGES - 2) % STAGES, lt, lj,
+                             n_tiles, nprog, ranges_ptr, K_LEN, N_M, N_HEADS, GROUP, MASK_KIND, BLOCK_M, BLOCK_N,
+                             HEAD_D, g >= 2)
+        s = warpgroup_mma_wait(0, deps=[s_tok])
+        if (full_lo > 0) | (full_hi < 1):
+            s = _mask_block(s, cols, lo * BLOCK_N, t, ranges_ptr, mask_ptr, stride_mb, stride_mk, K_LEN, N_M, N_HEADS,
+                            MASK_KIND)
+        p, m_i, l_i, alpha = _online_softmax(s, m_i, l_i, qk_scale, MASK_KIND)
+        mbarrier.wait(v_bars.index(slot), (g // STAGES) & 1)
+        g += 1
+
+        for j in range(1, n_blocks):
+            slot = g % STAGES
+            mbarrier.wait(k_bars.index(slot), (g // STAGES) & 1)
+            s_tok = warpgroup_mma(q_tile, k_smem.index(slot).reshape([BLOCK_N, HEAD_D]).permute((1, 0)), s_zero,
+                                  use_acc=False, is_async=True)
+            lt, lj = _issue_next(k_desc, v_desc, k_smem, v_smem, k_bars, v_bars, (g + STAGES - 2) % STAGES, lt, lj,
+                                 n_tiles, nprog, ranges_ptr, K_LEN, N_M, N_HEADS, GROUP, MASK_KIND, BLOCK_M, BLOCK_N,
+                                 HEAD_D, g >= 2)
+            acc = acc * gl.convert_layout(alpha, row_o)[:, None]
+            p16 = gl.convert_layout(p.to(dtype), p_layout)
+            o_tok = warpgroup_mma(p16, v_smem.index((g + STAGES - 1) % STAGES).reshape([BLOCK_N, HEAD_D]), acc,
+                                  is_async=True)
+            s = warpgroup_mma_wait(1, deps=[s_tok])
+            if (j < full_lo) | (j >= full_hi):
+                s = _mask_block(s, cols, (lo + j) * BLOCK_N, t, ranges_ptr, mask_ptr, stride_mb, stride_mk, K_LEN,
+                                N_M, N_HEADS, MASK_KIND)
+            p, m_i, l_i, alpha = _online_softmax(s, m_i, l_i, qk_scale, MASK_KIND)
+            mbarrier.wait(v_bars.index(slot), (g // STAGES) & 1)  # also ends the basic block (module docstring)
+            acc, p16 = warpgroup_mma_wait(0, deps=[o_tok, p16])
+            g += 1
+
+        acc = acc * gl.convert_layout(alpha, row_o)[:, None]
+        p16 = gl.convert_layout(p.to(dtype), p_layout)
+        o_tok = warpgroup_mma(p16, v_smem.index((g + STAGES - 1) % STAGES).reshape([BLOCK_N, HEAD_D]), acc,
+                              is_async=True)
+        acc, p16 = warpgroup_mma_wait(0, deps=[o_tok, p16])
+        l_o = gl.convert_layout(l_i, row_o)
+        acc = acc / gl.where(l_o == 0.0, 1.0, l_o)[:, None]
+        b, m0, qcol, _, _, _, _, _ = _tile(t, ranges_ptr, K_LEN, N_M, N_HEADS, GROUP, MASK_KIND, BLOCK_M, BLOCK_N,
+                                           HEAD_D)
+        tma.store_wait(pendings=0)  # the previous tile's output has left o_smem
+        o_smem.reshape([BLOCK_M, HEAD_D]).store(acc.to(dtype))
+        fence_async_shared()
+        _tma_store(o_desc, [b, m0, qcol], o_smem)
+        it += 1
+    tma.store_wait(pendings=0)

@@ -1,0 +1,247 @@
+"""The Hopper forward (hf_masked_softmax._hopper, a Gluon kernel): which calls it takes, that it compiles for sm_90 on
+this CPU with the overlap it is written for, and, on an H100 / H200, its outputs against the fp64 reference for
+every case it takes (padding on either side, holes, an empty sequence, Q != K, GQA, partial query tiles, fused-QKV
+strides, bf16), inside a CUDA graph, and in a patched BERT."""
+import contextlib
+import importlib
+import os
+import re
+import subprocess
+import sys
+from unittest import mock
+
+import pytest
+import torch
+
+from hf_masked_softmax import attention as attention_fn
+from test_attention import OUT_SCALE, _pad_mask, _qkv, _ref
+from tolerances import assert_close
+
+hopper = importlib.import_module("hf_masked_softmax._hopper")
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _hf_qkv(B, H, Hkv, Q, K, dtype, device="cpu", fused=False, seed=0):
+    """q, k, v as HF's projections give them: ``[B, L, heads, 64]`` memory seen as ``[B, heads, L, 64]``; ``fused``:
+    views into one ``[B, L, 3, H, 64]`` tensor (a fused QKV projection, Q == K and H == Hkv)."""
+    if fused:
+        g = torch.Generator(device="cpu").manual_seed(seed)
+        qkv = torch.randn(B, Q, 3, H, 64, generator=g).to(device, dtype)
+        return tuple(qkv[:, :, i].transpose(1, 2) for i in range(3))
+    return _qkv(B, H, Hkv, Q, K, 64, dtype, device, seed=seed, bthd=True)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Which calls it takes (CPU: the rules on the tensors' shapes and strides)
+# ---------------------------------------------------------------------------------------------------------------
+
+def _ok(q, k, v, kind=1, causal=False, fold=True, need_lse=False, drop_thr=0, splits=1, sm_count=8):
+    return hopper.call_ok(q, k, v, kind, causal, fold, need_lse, drop_thr, splits, sm_count)
+
+
+def test_call_ok_takes_bert_inference_and_nothing_else():
+    q, k, v = _hf_qkv(2, 12, 12, 256, 256, torch.float16)
+    assert _ok(q, k, v) and _ok(q, k, v, kind=0)
+    assert _ok(*_hf_qkv(2, 12, 12, 256, 256, torch.bfloat16))
+    assert _ok(*_hf_qkv(2, 12, 12, 256, 256, torch.float16, fused=True))  # row stride 3 * H * D
+    assert _ok(*_hf_qkv(2, 12, 4, 200, 333, torch.float16))  # GQA, Q != K, a partial query tile
+    # what it leaves to the Triton kernel
+    assert not _ok(q, k, v, kind=2) and not _ok(q, k, v, kind=3)  # 4D masks
+    assert not _ok(q, k, v, causal=True)
+    assert not _ok(q, k, v, fold=False)  # a scale that cannot go inside the exponent
+    assert not _ok(q, k, v, need_lse=True)  # training: the backward reads the Triton forward's log-sum-exp
+    assert not _ok(q, k, v, drop_thr=100)
+    assert not _ok(q, k, v, splits=2)
+    assert not _ok(q, k, v, sm_count=2 * 12 * 2 + 1)  # fewer tiles than multiprocessors
+    assert not _ok(*_hf_qkv(2, 12, 12, 256, 256, torch.float32))
+    assert not _ok(*_qkv(2, 12, 12, 256, 256, 32, torch.float16, "cpu", bthd=True))  # head dim 32
+    assert not _ok(*_hf_qkv(2, 12, 12, 127, 256, torch.float16))  # fewer queries than a tile
+    assert not _ok(*_qkv(2, 12, 12, 256, 256, 64, torch.float16, "cpu"))  # [B, H, L, D] memory: heads not adjacent
+    # an odd row stride (not a multiple of 16 bytes), and a start 2 bytes past alignment
+    base = torch.randn(2, 256, 12 * 64 + 1, dtype=torch.float16)
+    odd = base[..., :768].view(2, 256, 12, 64).transpose(1, 2)
+    assert not _ok(odd, k, v) and not _ok(q, odd, v)
+    shifted = base[..., 1:769].view(2, 256, 12, 64).transpose(1, 2)
+    assert not _ok(q, k, shifted)
+
+
+def test_disabled_on_cpu_and_under_the_interpreter():
+    q, k, v = _hf_qkv(2, 12, 12, 256, 256, torch.float16)
+    assert _ok(q, k, v)
+    assert not hopper.usable(q, k, v, 1, False, True, False, 0, 1, 8)  # CPU tensors
+    with mock.patch.object(hopper, "ENABLED", False):
+        assert not hopper.usable(q, k, v, 1, False, True, False, 0, 1, 8)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# It compiles for sm_90 here (a subprocess: this session runs the interpreter, which cannot run Gluon)
+# ---------------------------------------------------------------------------------------------------------------
+
+_COMPILE = r"""
+import sys
+sys.path[:0] = [{root!r}, {evals!r}]
+import tempfile
+import probe_gluon, sass_attention
+from hf_masked_softmax import _hopper
+for dtype, kind, group in (("fp16", 1, 1), ("bf16", 0, 3)):
+    kern = _hopper.compile_for(90, dtype, kind, group=group)
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(kern.asm["cubin"])
+        f.flush()
+        info = sass_attention.analyse(f.name)
+    sass = info["sass"]
+    ops = [ln.split("*/", 1)[1].split(";")[0].split() for ln in sass.splitlines() if "*/" in ln and ";" in ln]
+    names = [o[0] if not o[0].startswith("@") else o[1] for o in ops if o]
+    count = lambda p: sum(n.startswith(p) for n in names)
+    print(f"RESULT {{dtype}} {{kind}} regs={{info['registers']}} HGMMA={{count('HGMMA')}} UTMALDG={{count('UTMALDG')}} "
+          f"UTMASTG={{count('UTMASTG')}} exps-under-PV={{probe_gluon.exps_under_pv(sass)}}")
+"""
+
+
+def test_hopper_kernel_compiles_for_sm90_with_the_softmax_under_p_v():
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    code = _COMPILE.format(root=ROOT, evals=os.path.join(ROOT, "evals"))
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT")]
+    assert len(lines) == 2, proc.stdout[-3000:]
+    for line in lines:
+        fields = dict(f.split("=") for f in line.split()[3:])
+        assert int(fields["regs"]) <= 255, line
+        assert int(fields["HGMMA"]) > 0 and int(fields["UTMALDG"]) > 0 and int(fields["UTMASTG"]) > 0, line
+        # a 128 x 64 score tile over 128 threads: 64 exponentials per thread per key block, all while P v runs
+        assert int(fields["exps-under-PV"]) >= 64, line
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# GPU (an H100 / H200): against the fp64 reference
+# ---------------------------------------------------------------------------------------------------------------
+
+def _hopper_gpu():
+    if not torch.cuda.is_available() or torch.cuda.get_device_capability() != (9, 0):
+        pytest.skip("the Hopper kernel runs on compute capability 9.0 only")
+    if hopper.kernels() is None:
+        pytest.skip("this Triton has no Gluon Hopper API")
+
+
+@contextlib.contextmanager
+def _count_launches():
+    calls = []
+    real = hopper.HopperForward.__call__
+
+    def counting(self, *args):
+        calls.append(self.consts["MASK_KIND"])
+        return real(self, *args)
+
+    with mock.patch.object(hopper.HopperForward, "__call__", counting):
+        yield calls
+
+
+def _mask(case, B, K, device):
+    g = torch.Generator().manual_seed(7)
+    lens = torch.randint(1, K + 1, (B,), generator=g).tolist()
+    if case == "none":
+        return None
+    if case in ("right", "left"):
+        return _pad_mask(lens, K, case, device)
+    m = _pad_mask(lens, K, "right", device, dtype=torch.int64)
+    if case == "holes":
+        m[0, 5:70] = 0  # a sequence with holes: its mask row read in every block
+        m[1, ::3] = 0
+    elif case == "empty":
+        m[0] = 0  # a sequence with no key at all: zeros
+    return m
+
+
+CASES = {  # name: (B, H, Hkv, Q, K, mask, fused QKV)
+    "bert-right": (12, 12, 12, 512, 512, "right", False),
+    "bert-left": (12, 12, 12, 512, 512, "left", False),
+    "no-mask-partial-tiles": (16, 12, 12, 200, 200, "none", False),
+    "q-ne-k-gqa": (8, 12, 4, 300, 517, "right", False),
+    "holes": (12, 12, 12, 256, 256, "holes", False),
+    "empty-sequence": (12, 12, 12, 256, 300, "empty", False),
+    "fused-qkv": (12, 12, 12, 384, 384, "left", True),
+}
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("case", list(CASES))
+def test_gpu_hopper_forward_matches_reference(case, dtype):
+    _hopper_gpu()
+    B, H, Hkv, Q, K, mask_case, fused = CASES[case]
+    q, k, v = _hf_qkv(B, H, Hkv, Q, K, dtype, "cuda", fused=fused)
+    mask = _mask(mask_case, B, K, "cuda")
+    with _count_launches() as calls, torch.no_grad():
+        out = attention_fn(q, k, v, mask)
+    assert calls == [0 if mask is None else 1], "the Hopper kernel did not run"
+    assert out.shape == q.shape and out.dtype == dtype
+    assert torch.isfinite(out).all()
+    ref, _ = _ref(q, k, v, mask, False)
+    assert_close(out, ref, dtype, scale=OUT_SCALE[dtype])
+    if mask_case == "empty":
+        assert (out[0] == 0).all()
+    # and the Triton kernel's result, as a second opinion at the same rounding of P
+    with mock.patch.object(hopper, "ENABLED", False), _count_launches() as calls, torch.no_grad():
+        triton_out = attention_fn(q, k, v, mask)
+    assert calls == []
+    assert_close(out, triton_out.double(), dtype, scale=OUT_SCALE[dtype])
+
+
+@pytest.mark.gpu
+def test_gpu_hopper_forward_in_a_cuda_graph():
+    _hopper_gpu()
+    q, k, v = _hf_qkv(16, 12, 12, 512, 512, torch.float16, "cuda")
+    mask = _mask("right", 16, 512, "cuda")
+    with torch.no_grad():
+        eager = attention_fn(q, k, v, mask)
+        graph = torch.cuda.CUDAGraph()
+        with _count_launches() as calls, torch.cuda.graph(graph):
+            out = attention_fn(q, k, v, mask)
+        assert calls == [1]
+        q.copy_(torch.randn_like(q))  # replays read the tensors' new contents
+        graph.replay()
+        torch.cuda.synchronize()
+        ref, _ = _ref(q, k, v, mask, False)
+    assert_close(out, ref, torch.float16, scale=OUT_SCALE[torch.float16])
+    assert not torch.equal(out, eager)
+
+
+@pytest.mark.gpu
+def test_gpu_training_keeps_the_triton_forward():
+    _hopper_gpu()
+    q, k, v = _hf_qkv(12, 12, 12, 256, 256, torch.float16, "cuda")
+    for t in (q, k, v):
+        t.requires_grad_(True)
+    mask = _mask("right", 12, 256, "cuda")
+    with _count_launches() as calls:
+        out = attention_fn(q, k, v, mask)
+        out.float().square().sum().backward()
+    assert calls == []  # the backward needs the log-sum-exp, which the Hopper kernel does not write
+    assert q.grad is not None and torch.isfinite(q.grad).all()
+
+
+@pytest.mark.gpu
+def test_gpu_patched_bert_inference_runs_the_hopper_kernel():
+    _hopper_gpu()
+    from transformers import BertConfig, BertModel
+
+    import hf_masked_softmax
+
+    torch.manual_seed(0)
+    model = BertModel(BertConfig(num_hidden_layers=2, attn_implementation="eager")).cuda().eval()
+    B, T = 12, 256
+    ids = torch.randint(0, model.config.vocab_size, (B, T), device="cuda")
+    mask = _mask("right", B, T, "cuda")
+    with torch.no_grad():
+        ref = model(input_ids=ids, attention_mask=mask).last_hidden_state
+        model.half()
+        eager16 = model(input_ids=ids, attention_mask=mask).last_hidden_state
+        hf_masked_softmax.patch_model(model, mode="fused")
+        with _count_launches() as calls:
+            out = model(input_ids=ids, attention_mask=mask).last_hidden_state
+    assert len(calls) == 2  # one per layer
+    keep = mask.bool()
+    err = (out.float() - ref)[keep].abs().max()
+    eager_err = (eager16.float() - ref)[keep].abs().max()
+    assert err <= 2 * eager_err, (float(err), float(eager_err))  # flash-attn's rule, as tests/test_patch_gpu.py
