@@ -14,8 +14,8 @@ It covers the inference calls of encoders: a plan uses it when all of these hold
   keeps the Triton forward, whose log-sum-exp the backward reads), no decode split;
 * no mask or a 2D padding mask (any padding, holes included); a positive scale of at most 1 (applied inside the
   exponent, as the Triton kernel does);
-* at least 128 queries and one tile of 128 query rows per multiprocessor (smaller calls launch faster through the
-  Triton path's cached launcher);
+* at least 128 queries and four tiles of 128 query rows per multiprocessor (:data:`MIN_TILES_PER_SM`: below that
+  the Triton kernel was as fast or faster);
 * q, k, v each a view of ``[B, L, heads, D]`` memory (the layout HF's projections give: heads adjacent, head dim
   contiguous), 16-byte aligned, with row and batch strides that are multiples of 16 bytes (TMA's rules).
 
@@ -28,11 +28,15 @@ import os
 
 import torch
 
+from . import _launch
 from ._launch import INTERPRETED
 
 _LOG2E = 1.4426950408889634
 BLOCK_M, BLOCK_N, STAGES, WARPS, PER_SM = 128, 64, 3, 4, 2
 HEAD_D = 64
+# fewer tiles than this per multiprocessor go to the Triton kernel: on an H200, B8 H12 T512 (384 tiles on 132
+# multiprocessors) took 0.0243 ms here and 0.0221 there, B16 0.0376 and 0.0400 (evals/bench_hopper.py)
+MIN_TILES_PER_SM = 4
 ENABLED = os.environ.get("HF_MASKED_SOFTMAX_HOPPER", "1").strip().lower() not in ("0", "false", "no", "off")
 
 _KERNELS = None  # the kernel module once imported, False if Gluon's Hopper API is missing
@@ -76,7 +80,7 @@ def call_ok(q, k, v, kind, causal, fold, need_lse, drop_thr, splits, sm_count) -
     K = k.shape[2]
     if (kind not in (0, 1) or causal or not fold or need_lse or drop_thr or splits != 1 or D != HEAD_D
             or q.dtype not in (torch.float16, torch.bfloat16) or Q < BLOCK_M or K < 1
-            or B * H * -(-Q // BLOCK_M) < sm_count):
+            or B * H * -(-Q // BLOCK_M) < MIN_TILES_PER_SM * sm_count):
         return False
     return all(_tma_view_ok(t) for t in (q, k, v))
 
@@ -115,9 +119,24 @@ def compile_for(arch: int = 90, dtype: str = "fp16", kind: int = 1, n_m: int = 4
     return triton.compile(src, target=GPUTarget("cuda", arch, 32), options=dict(num_warps=WARPS))
 
 
+class _Desc:
+    """What the compiled kernel's launcher reads of a host TMA descriptor (Triton 3.6's ``make_tensordesc_arg``:
+    base, shape, strides, padding): built per call on the shortcut, where a ``TensorDescriptor`` (whose checks cost
+    microseconds) was validated for the same shapes and strides at the plan's first launch."""
+
+    __slots__ = ("base", "shape", "strides", "padding")
+
+    def __init__(self, base, shape, strides):
+        self.base, self.shape, self.strides, self.padding = base, shape, strides, "zero"
+
+
 class HopperForward:
     """A forward plan's launch on the Hopper kernel: ``(q, k, v, out, mask, ranges)``, ``out`` the plan's
-    ``[B, H, Q, D]`` view of fresh ``[B, Q, H, D]`` memory."""
+    ``[B, H, Q, D]`` view of fresh ``[B, Q, H, D]`` memory. The first launch goes through Gluon's JIT (about 130 us
+    of host time per call on an H200's host, ``evals/bench_hopper.py``); later ones call the compiled kernel it
+    returned (the launch shortcut of :mod:`._launch`, on the Triton versions it is checked for): the plan's key
+    fixes everything the kernel was specialised on but the tensors' addresses, and those are 16-byte aligned in
+    every call that reaches this plan."""
 
     def __init__(self, q, k, v, kind, scale, sm_count):
         from triton.experimental.gluon import language as gl
@@ -138,20 +157,35 @@ class HopperForward:
         self.K = K
         self.qk_scale = scale * _LOG2E
         self.dummy = torch.zeros(4, dtype=torch.int32, device=q.device)  # the range and mask pointers when unused
+        # each descriptor's [B, L, heads * D] view: shape and strides, fixed by the plan's key
+        self.views = [self._view(t) for t in (q, k, v)]
+        self.views.append(([B, Q, H * D], [Q * H * D, H * D, 1]))  # out: the plan's fresh [B, Q, H, D]
+        self.compiled, self.tail = None, ()
 
-    def _desc(self, t, block, layout):
-        from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
-
+    @staticmethod
+    def _view(t):
         B, H, L, D = t.shape
-        sb = t.stride(0) if B > 1 else L * t.stride(2)
-        return TensorDescriptor(t, [B, L, H * D], [sb, t.stride(2), 1], [1, block, D], layout)
+        return [B, L, H * D], [t.stride(0) if B > 1 else L * t.stride(2), t.stride(2), 1]
 
     def __call__(self, q, k, v, out, mask_t, ranges):
-        lm, ln = self.layouts
         if self.kind == 1:
             mask, smb, smk = mask_t, mask_t.stride(0), mask_t.stride(1)
         else:
             ranges, mask, smb, smk = self.dummy, self.dummy, 0, 0
-        self.kernel[self.grid](self._desc(q, BLOCK_M, lm), self._desc(k, BLOCK_N, ln), self._desc(v, BLOCK_N, ln),
-                               self._desc(out, BLOCK_M, lm), ranges, mask, smb, smk, self.K, self.n_tiles,
-                               self.qk_scale, **self.consts)
+        scalars = (ranges, mask, smb, smk, self.K, self.n_tiles, self.qk_scale)
+        tensors = (q, k, v, out)
+        compiled = self.compiled
+        if compiled is not None and _launch.ENABLED and not _launch._hooks_installed():
+            descs = [_Desc(t, shape, strides) for t, (shape, strides) in zip(tensors, self.views)]
+            _launch._run(compiled, self.grid, _launch._driver().get_current_device(), (*descs, *scalars, *self.tail))
+            return
+        from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
+
+        lm, ln = self.layouts
+        descs = [TensorDescriptor(t, shape, strides, [1, block, t.shape[3]], layout)
+                 for t, (shape, strides), block, layout in zip(tensors, self.views, (BLOCK_M, BLOCK_N, BLOCK_N, BLOCK_M),
+                                                              (lm, ln, ln, lm))]
+        kernel = self.kernel[self.grid](*descs, *scalars, **self.consts)
+        names = self.kernel.arg_names[len(descs) + len(scalars):]
+        if _launch.ENABLED and _launch._launchable(kernel) and all(n in self.consts for n in names):
+            self.compiled, self.tail = kernel, tuple(self.consts[n] for n in names)

@@ -10,8 +10,7 @@ one mbarrier each for K and V; the ring runs on across tiles (a load cursor hand
 this program's current or next tile), the next tile's Q loads during this one, and outputs leave by TMA without a
 wait. Per key block j of a tile:
 
-    issue S_j = Q K_j^T (async); refill block j - 2's slots
-    issue O = alpha O + P_{j-1} V_{j-1} (async)
+    issue S_j = Q K_j^T (async), then O = alpha O + P_{j-1} V_{j-1} (async); refill block j - 2's slots
     wait for S_j only; mask (edge blocks) and online softmax of S_j while P_{j-1} V_{j-1} runs on the tensor cores
     wait for V_j's copy (ends a basic block: ptxas would otherwise hoist the next wait above the softmax), then O
 
@@ -214,13 +213,15 @@ def _attn_fwd_persistent(q_desc, k_desc, v_desc, o_desc, ranges_ptr, mask_ptr, s
             mbarrier.wait(k_bars.index(slot), (g // STAGES) & 1)
             s_tok = warpgroup_mma(q_tile, k_smem.index(slot).reshape([BLOCK_N, HEAD_D]).permute((1, 0)), s_zero,
                                   use_acc=False, is_async=True)
-            lt, lj = _issue_next(k_desc, v_desc, k_smem, v_smem, k_bars, v_bars, (g + STAGES - 2) % STAGES, lt, lj,
-                                 n_tiles, nprog, ranges_ptr, K_LEN, N_M, N_HEADS, GROUP, MASK_KIND, BLOCK_M, BLOCK_N,
-                                 HEAD_D, g >= 2)
             acc = acc * gl.convert_layout(alpha, row_o)[:, None]
             p16 = gl.convert_layout(p.to(dtype), p_layout)
             o_tok = warpgroup_mma(p16, v_smem.index((g + STAGES - 1) % STAGES).reshape([BLOCK_N, HEAD_D]), acc,
                                   is_async=True)
+            # with both products on the tensor cores: refill block g - 2's slots (the cursor's tile bounds are
+            # loads, whose latency would otherwise hold back the issue of P v)
+            lt, lj = _issue_next(k_desc, v_desc, k_smem, v_smem, k_bars, v_bars, (g + STAGES - 2) % STAGES, lt, lj,
+                                 n_tiles, nprog, ranges_ptr, K_LEN, N_M, N_HEADS, GROUP, MASK_KIND, BLOCK_M, BLOCK_N,
+                                 HEAD_D, g >= 2)
             s = warpgroup_mma_wait(1, deps=[s_tok])
             if (j < full_lo) | (j >= full_hi):
                 s = _mask_block(s, cols, (lo + j) * BLOCK_N, t, ranges_ptr, mask_ptr, stride_mb, stride_mk, K_LEN,

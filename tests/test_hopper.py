@@ -52,7 +52,8 @@ def test_call_ok_takes_bert_inference_and_nothing_else():
     assert not _ok(q, k, v, need_lse=True)  # training: the backward reads the Triton forward's log-sum-exp
     assert not _ok(q, k, v, drop_thr=100)
     assert not _ok(q, k, v, splits=2)
-    assert not _ok(q, k, v, sm_count=2 * 12 * 2 + 1)  # fewer tiles than multiprocessors
+    # 2 x 12 x 2 = 48 tiles: enough for 12 multiprocessors (4 each), not for 13
+    assert _ok(q, k, v, sm_count=12) and not _ok(q, k, v, sm_count=13)
     assert not _ok(*_hf_qkv(2, 12, 12, 256, 256, torch.float32))
     assert not _ok(*_qkv(2, 12, 12, 256, 256, 32, torch.float16, "cpu", bthd=True))  # head dim 32
     assert not _ok(*_hf_qkv(2, 12, 12, 127, 256, torch.float16))  # fewer queries than a tile
@@ -153,14 +154,14 @@ def _mask(case, B, K, device):
     return m
 
 
-CASES = {  # name: (B, H, Hkv, Q, K, mask, fused QKV)
+CASES = {  # name: (B, H, Hkv, Q, K, mask, fused QKV); at least 576 tiles of 128 queries (4 per multiprocessor)
     "bert-right": (12, 12, 12, 512, 512, "right", False),
     "bert-left": (12, 12, 12, 512, 512, "left", False),
-    "no-mask-partial-tiles": (16, 12, 12, 200, 200, "none", False),
-    "q-ne-k-gqa": (8, 12, 4, 300, 517, "right", False),
-    "holes": (12, 12, 12, 256, 256, "holes", False),
-    "empty-sequence": (12, 12, 12, 256, 300, "empty", False),
-    "fused-qkv": (12, 12, 12, 384, 384, "left", True),
+    "no-mask-partial-tiles": (24, 12, 12, 200, 200, "none", False),
+    "q-ne-k-gqa": (16, 12, 4, 300, 517, "right", False),
+    "holes": (24, 12, 12, 256, 256, "holes", False),
+    "empty-sequence": (24, 12, 12, 256, 300, "empty", False),
+    "fused-qkv": (16, 12, 12, 384, 384, "left", True),
 }
 
 
@@ -230,7 +231,7 @@ def test_gpu_patched_bert_inference_runs_the_hopper_kernel():
 
     torch.manual_seed(0)
     model = BertModel(BertConfig(num_hidden_layers=2, attn_implementation="eager")).cuda().eval()
-    B, T = 12, 256
+    B, T = 24, 256  # 576 tiles
     ids = torch.randint(0, model.config.vocab_size, (B, T), device="cuda")
     mask = _mask("right", B, T, "cuda")
     with torch.no_grad():
