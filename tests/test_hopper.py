@@ -5,7 +5,6 @@ strides, bf16), inside a CUDA graph, and in a patched BERT."""
 import contextlib
 import importlib
 import os
-import re
 import subprocess
 import sys
 from unittest import mock
