@@ -36,6 +36,9 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--shapes", default=",".join(SHAPES))
     ap.add_argument("--out", default=None)
+    ap.add_argument("--cursor-ab", action="store_true",
+                    help="instead: the Hopper kernel with its load cursor's tile bounds in registers and read per "
+                         "block (_hopper.CURSOR_REGS), alternating, 3 rounds, CUDA graph")
     args = ap.parse_args(argv)
     if not torch.cuda.is_available():
         sys.exit("bench_hopper.py needs a CUDA GPU")
@@ -47,6 +50,8 @@ def main(argv=None):
 
     hopper = importlib.import_module("hf_masked_softmax._hopper")
     out_dir = benchutil.out_dir(args.out)
+    if args.cursor_ab:
+        return cursor_ab(args, out_dir)
     rows = []
     for name in [s for s in args.shapes.split(",") if s]:
         B, H, T, lo, hi = SHAPES[name]
@@ -89,6 +94,31 @@ def main(argv=None):
               + f" diff {row['max_abs_diff_hopper_vs_triton']:.2e}", flush=True)
     benchutil.write_json(out_dir / "bench_hopper.json", {"env": benchutil.environment(), "rows": rows})
     plot(rows, out_dir / "bench_hopper.png")
+
+
+def cursor_ab(args, out_dir):
+    import benchutil
+    import hf_masked_softmax as hms
+    from hf_masked_softmax import masks
+
+    hopper = importlib.import_module("hf_masked_softmax._hopper")
+    rows = []
+    for name in [s for s in args.shapes.split(",") if s]:
+        B, H, T, lo, hi = SHAPES[name]
+        q, k, v, lens, pad = benchutil.padded_bthd(B, H, T, lo, hi)
+        qt, kt, vt = (x.transpose(1, 2) for x in (q, k, v))
+        shared = masks.share_ranges(pad)
+        with torch.no_grad():
+            for rnd in range(3):
+                for regs in (True, False):
+                    hopper.CURSOR_REGS = regs
+                    try:
+                        ms = benchutil.median_ms(lambda: hms.attention(qt, kt, vt, shared), cuda_graph=True)
+                    finally:
+                        hopper.CURSOR_REGS = True
+                    rows.append({"shape": name, "round": rnd, "cursor_regs": regs, "ms": round(ms, 4)})
+                    print(f"{name:12s} round {rnd} cursor in registers={regs}: {ms:.4f} ms", flush=True)
+    benchutil.write_json(out_dir / "bench_hopper_cursor.json", {"env": benchutil.environment(), "rows": rows})
 
 
 def plot(rows, path):

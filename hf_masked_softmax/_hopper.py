@@ -37,6 +37,8 @@ HEAD_D = 64
 # fewer tiles than this per multiprocessor go to the Triton kernel: on an H200, B8 H12 T512 (384 tiles on 132
 # multiprocessors) took 0.0243 ms here and 0.0221 there, B16 0.0376 and 0.0400 (evals/bench_hopper.py)
 MIN_TILES_PER_SM = 4
+# the K / V load cursor's tile bounds in registers (True) or read per block (False): _hopper_kernels._issue_next
+CURSOR_REGS = True
 ENABLED = os.environ.get("HF_MASKED_SOFTMAX_HOPPER", "1").strip().lower() not in ("0", "false", "no", "off")
 
 _KERNELS = None  # the kernel module once imported, False if Gluon's Hopper API is missing
@@ -94,7 +96,8 @@ def usable(q, k, v, kind, causal, fold, need_lse, drop_thr, splits, sm_count) ->
     return _capability(q.device) == (9, 0) and kernels() is not None
 
 
-def compile_for(arch: int = 90, dtype: str = "fp16", kind: int = 1, n_m: int = 4, heads: int = 12, group: int = 1):
+def compile_for(arch: int = 90, dtype: str = "fp16", kind: int = 1, n_m: int = 4, heads: int = 12, group: int = 1,
+                cursor_regs=None):
     """The kernel compiled for ``sm_{arch}`` without a GPU (signature as the launcher builds it): for the tests and
     ``--compile-only`` inspection of its SASS. ``dtype``: "fp16" or "bf16"."""
     import triton
@@ -113,7 +116,8 @@ def compile_for(arch: int = 90, dtype: str = "fp16", kind: int = 1, n_m: int = 4
     sig.update(ranges_ptr="*i32", mask_ptr="*u8", stride_mb="i32", stride_mk="i32", K_LEN="i32", n_tiles="i32",
                qk_scale="fp32")
     consts = dict(MASK_KIND=kind, N_M=n_m, N_HEADS=heads, GROUP=group, HEAD_D=HEAD_D, BLOCK_M=BLOCK_M,
-                  BLOCK_N=BLOCK_N, STAGES=STAGES, num_warps=WARPS)
+                  BLOCK_N=BLOCK_N, STAGES=STAGES, CURSOR_REGS=CURSOR_REGS if cursor_regs is None else cursor_regs,
+                  num_warps=WARPS)
     sig.update({c: "constexpr" for c in consts})
     src = GluonASTSource(mod._attn_fwd_persistent, sig, consts, attrs={})
     return triton.compile(src, target=GPUTarget("cuda", arch, 32), options=dict(num_warps=WARPS))
@@ -153,7 +157,7 @@ class HopperForward:
         self.grid = (min(self.n_tiles, PER_SM * sm_count),)
         self.kind = kind
         self.consts = dict(MASK_KIND=kind, N_M=n_m, N_HEADS=H, GROUP=H // Hkv, HEAD_D=D, BLOCK_M=BLOCK_M,
-                           BLOCK_N=BLOCK_N, STAGES=STAGES, num_warps=WARPS)
+                           BLOCK_N=BLOCK_N, STAGES=STAGES, CURSOR_REGS=CURSOR_REGS, num_warps=WARPS)
         self.K = K
         self.qk_scale = scale * _LOG2E
         self.dummy = torch.zeros(4, dtype=torch.int32, device=q.device)  # the range and mask pointers when unused

@@ -74,14 +74,19 @@ def _issue_kv(k_desc, v_desc, k_smem, v_smem, k_bars, v_bars, b, row, col, slot,
 
 
 @gluon.jit
-def _issue_next(k_desc, v_desc, k_smem, v_smem, k_bars, v_bars, slot, lt, lj, n_tiles, nprog, ranges_ptr, K_LEN,
-                N_M: gl.constexpr, N_HEADS: gl.constexpr, GROUP: gl.constexpr, MASK_KIND: gl.constexpr,
-                BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, HEAD_D: gl.constexpr, pred):
-    """Load key block ``lj`` of tile ``lt`` (the load cursor) into ``slot``, when ``pred``; then advance the cursor,
-    to this program's next tile after a tile's last block. The tile's bounds are recomputed here rather than held
-    in registers: the key loop has none to spare."""
-    b, _, _, kcol, _, _, llo, lnb = _tile(lt, ranges_ptr, K_LEN, N_M, N_HEADS, GROUP, MASK_KIND, BLOCK_M, BLOCK_N,
-                                          HEAD_D)
+def _issue_next(k_desc, v_desc, k_smem, v_smem, k_bars, v_bars, slot, lt, lj, lnb, llo, n_tiles, nprog, ranges_ptr,
+                K_LEN, N_M: gl.constexpr, N_HEADS: gl.constexpr, GROUP: gl.constexpr, MASK_KIND: gl.constexpr,
+                BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, HEAD_D: gl.constexpr, CURSOR_REGS: gl.constexpr, pred):
+    """Load key block ``lj`` of tile ``lt`` (the load cursor; the tile's key blocks start at block ``llo``, ``lnb``
+    of them) into ``slot``, when ``pred``; then advance the cursor, to this program's next tile after a tile's last
+    block. ``CURSOR_REGS``: ``llo`` and ``lnb`` are carried in registers and read from the key ranges only when the
+    cursor moves to a tile; else they are read for every block (two loads whose latency the refill waits for)."""
+    # past the last tile the cursor's copies are predicated off; its index is clamped so nothing reads past ranges
+    b, _, _, kcol, _, _, llo_t, lnb_t = _tile(gl.minimum(lt, n_tiles - 1), ranges_ptr, K_LEN, N_M, N_HEADS, GROUP,
+                                              MASK_KIND, BLOCK_M, BLOCK_N, HEAD_D)
+    if not CURSOR_REGS:
+        llo = llo_t
+        lnb = lnb_t
     _issue_kv(k_desc, v_desc, k_smem, v_smem, k_bars, v_bars, b, (llo + lj) * BLOCK_N, kcol, slot,
               pred & (lt < n_tiles))
     if pred:  # the cursor moves only when a slot was handed out
@@ -89,7 +94,10 @@ def _issue_next(k_desc, v_desc, k_smem, v_smem, k_bars, v_bars, slot, lt, lj, n_
         if lj >= lnb:
             lt = lt + nprog
             lj = lj * 0
-    return lt, lj
+            if CURSOR_REGS:
+                _, _, _, _, _, _, llo, lnb = _tile(gl.minimum(lt, n_tiles - 1), ranges_ptr, K_LEN, N_M, N_HEADS,
+                                                   GROUP, MASK_KIND, BLOCK_M, BLOCK_N, HEAD_D)
+    return lt, lj, lnb, llo
 
 
 @gluon.jit
@@ -129,7 +137,7 @@ def _online_softmax(s, m_i, l_i, qk_scale, MASK_KIND: gl.constexpr):
 def _attn_fwd_persistent(q_desc, k_desc, v_desc, o_desc, ranges_ptr, mask_ptr, stride_mb, stride_mk, K_LEN, n_tiles,
                          qk_scale, MASK_KIND: gl.constexpr, N_M: gl.constexpr, N_HEADS: gl.constexpr,
                          GROUP: gl.constexpr, HEAD_D: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr,
-                         STAGES: gl.constexpr, num_warps: gl.constexpr):
+                         STAGES: gl.constexpr, CURSOR_REGS: gl.constexpr, num_warps: gl.constexpr):
     """q / o: ``[B, Q, H * D]`` views with ``[1, BLOCK_M, D]`` blocks; k / v: ``[B, K, Hkv * D]`` with
     ``[1, BLOCK_N, D]``. ``ranges``: int32 ``[B, 4]`` (start, end, has holes, unused) for ``MASK_KIND`` 1, with
     ``mask`` the ``[B, K]`` padding mask it came from; ``qk_scale`` = scale * log2(e) > 0."""
@@ -162,9 +170,12 @@ def _attn_fwd_persistent(q_desc, k_desc, v_desc, o_desc, ranges_ptr, mask_ptr, s
     # the load cursor starts at this program's first tile; the ring's first STAGES blocks
     lt = pid
     lj = pid * 0
+    _, _, _, _, _, _, llo, lnb = _tile(pid, ranges_ptr, K_LEN, N_M, N_HEADS, GROUP, MASK_KIND, BLOCK_M, BLOCK_N,
+                                       HEAD_D)
     for i in gl.static_range(STAGES):
-        lt, lj = _issue_next(k_desc, v_desc, k_smem, v_smem, k_bars, v_bars, i, lt, lj, n_tiles, nprog, ranges_ptr,
-                             K_LEN, N_M, N_HEADS, GROUP, MASK_KIND, BLOCK_M, BLOCK_N, HEAD_D, True)
+        lt, lj, lnb, llo = _issue_next(k_desc, v_desc, k_smem, v_smem, k_bars, v_bars, i, lt, lj, lnb, llo, n_tiles,
+                                       nprog, ranges_ptr, K_LEN, N_M, N_HEADS, GROUP, MASK_KIND, BLOCK_M, BLOCK_N,
+                                       HEAD_D, CURSOR_REGS, True)
     b0, m00, qcol0, _, _, _, _, _ = _tile(pid, ranges_ptr, K_LEN, N_M, N_HEADS, GROUP, MASK_KIND, BLOCK_M, BLOCK_N,
                                              HEAD_D)
     mbarrier.expect(q_bars.index(0), q_desc.block_type.nbytes)
@@ -197,9 +208,9 @@ def _attn_fwd_persistent(q_desc, k_desc, v_desc, o_desc, ranges_ptr, mask_ptr, s
         mbarrier.wait(k_bars.index(slot), (g // STAGES) & 1)
         s_tok = warpgroup_mma(q_tile, k_smem.index(slot).reshape([BLOCK_N, HEAD_D]).permute((1, 0)), s_zero,
                               use_acc=False, is_async=True)
-        lt, lj = _issue_next(k_desc, v_desc, k_smem, v_smem, k_bars, v_bars, (g + STAGES - 2) % STAGES, lt, lj,
-                             n_tiles, nprog, ranges_ptr, K_LEN, N_M, N_HEADS, GROUP, MASK_KIND, BLOCK_M, BLOCK_N,
-                             HEAD_D, g >= 2)
+        lt, lj, lnb, llo = _issue_next(k_desc, v_desc, k_smem, v_smem, k_bars, v_bars, (g + STAGES - 2) % STAGES, lt,
+                                       lj, lnb, llo, n_tiles, nprog, ranges_ptr, K_LEN, N_M, N_HEADS, GROUP,
+                                       MASK_KIND, BLOCK_M, BLOCK_N, HEAD_D, CURSOR_REGS, g >= 2)
         s = warpgroup_mma_wait(0, deps=[s_tok])
         if (full_lo > 0) | (full_hi < 1):
             s = _mask_block(s, cols, lo * BLOCK_N, t, ranges_ptr, mask_ptr, stride_mb, stride_mk, K_LEN, N_M, N_HEADS,
@@ -219,9 +230,9 @@ def _attn_fwd_persistent(q_desc, k_desc, v_desc, o_desc, ranges_ptr, mask_ptr, s
                                   is_async=True)
             # with both products on the tensor cores: refill block g - 2's slots (the cursor's tile bounds are
             # loads, whose latency would otherwise hold back the issue of P v)
-            lt, lj = _issue_next(k_desc, v_desc, k_smem, v_smem, k_bars, v_bars, (g + STAGES - 2) % STAGES, lt, lj,
-                                 n_tiles, nprog, ranges_ptr, K_LEN, N_M, N_HEADS, GROUP, MASK_KIND, BLOCK_M, BLOCK_N,
-                                 HEAD_D, g >= 2)
+            lt, lj, lnb, llo = _issue_next(k_desc, v_desc, k_smem, v_smem, k_bars, v_bars, (g + STAGES - 2) % STAGES,
+                                           lt, lj, lnb, llo, n_tiles, nprog, ranges_ptr, K_LEN, N_M, N_HEADS, GROUP,
+                                           MASK_KIND, BLOCK_M, BLOCK_N, HEAD_D, CURSOR_REGS, g >= 2)
             s = warpgroup_mma_wait(1, deps=[s_tok])
             if (j < full_lo) | (j >= full_hi):
                 s = _mask_block(s, cols, (lo + j) * BLOCK_N, t, ranges_ptr, mask_ptr, stride_mb, stride_mk, K_LEN,
