@@ -40,6 +40,11 @@ def main(argv=None):
                     help="instead: the Hopper kernel with its load cursor's tile bounds in registers and read per "
                          "block (_hopper.CURSOR_REGS), alternating, 3 rounds, CUDA graph")
     args = ap.parse_args(argv)
+    unknown = [s for s in args.shapes.split(",") if s and s not in SHAPES]
+    if unknown:
+        ap.error(f"unknown --shapes {unknown}; choose from {sorted(SHAPES)}")
+    if not [s for s in args.shapes.split(",") if s]:
+        ap.error("--shapes is empty")
     if not torch.cuda.is_available():
         sys.exit("bench_hopper.py needs a CUDA GPU")
     import torch.nn.functional as F

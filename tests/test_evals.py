@@ -348,6 +348,8 @@ def test_every_eval_script_shows_its_options(script, capsys):
     ("bench_attention.py", ["--providers", "ours,nosuch"], "--providers: unknown ['nosuch']"),
     ("bench_attention.py", ["--providers", ","], "--providers: empty"),
     ("sass_attention.py", ["--arch", "0"], "compute capability 8.0 or newer"),
+    ("bench_hopper.py", ["--shapes", "bert,nosuch"], "unknown --shapes ['nosuch']"),
+    ("bench_hopper.py", ["--shapes", ","], "--shapes is empty"),
     ("probe_decode.py", ["--rounds", "0"], "--rounds must be at least 1"),
     ("probe_decode.py", ["--plot-from", "/nonexistent/probe.json"], "no such file"),
 ])
