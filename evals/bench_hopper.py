@@ -32,6 +32,18 @@ SHAPES = {  # name: (B, H, T, lowest key length, highest)
 }
 
 
+def _inputs(name):
+    """Shape ``name``'s q, k, v (``[B, H, T, 64]`` views of HF's layout), bool padding mask and that mask shared for
+    its key ranges to be cached."""
+    import benchutil
+    from hf_masked_softmax import masks
+
+    B, H, T, lo, hi = SHAPES[name]
+    q, k, v, _, pad = benchutil.padded_bthd(B, H, T, lo, hi)
+    qt, kt, vt = (x.transpose(1, 2) for x in (q, k, v))
+    return qt, kt, vt, pad, masks.share_ranges(pad)
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--shapes", default=",".join(SHAPES))
@@ -51,7 +63,6 @@ def main(argv=None):
 
     import benchutil
     import hf_masked_softmax as hms
-    from hf_masked_softmax import masks
 
     hopper = importlib.import_module("hf_masked_softmax._hopper")
     out_dir = benchutil.out_dir(args.out)
@@ -60,9 +71,7 @@ def main(argv=None):
     rows = []
     for name in [s for s in args.shapes.split(",") if s]:
         B, H, T, lo, hi = SHAPES[name]
-        q, k, v, lens, pad = benchutil.padded_bthd(B, H, T, lo, hi)
-        qt, kt, vt = (x.transpose(1, 2) for x in (q, k, v))
-        shared = masks.share_ranges(pad)
+        qt, kt, vt, pad, shared = _inputs(name)
         providers = {
             "hopper": lambda: hms.attention(qt, kt, vt, shared),
             "triton": lambda: hms.attention(qt, kt, vt, shared),
@@ -104,15 +113,11 @@ def main(argv=None):
 def cursor_ab(args, out_dir):
     import benchutil
     import hf_masked_softmax as hms
-    from hf_masked_softmax import masks
 
     hopper = importlib.import_module("hf_masked_softmax._hopper")
     rows = []
     for name in [s for s in args.shapes.split(",") if s]:
-        B, H, T, lo, hi = SHAPES[name]
-        q, k, v, lens, pad = benchutil.padded_bthd(B, H, T, lo, hi)
-        qt, kt, vt = (x.transpose(1, 2) for x in (q, k, v))
-        shared = masks.share_ranges(pad)
+        qt, kt, vt, _, shared = _inputs(name)
         with torch.no_grad():
             for rnd in range(3):
                 for regs in (True, False):

@@ -16,12 +16,14 @@ In Gluon the program says where each wait goes. This kernel does, per key block 
 One warpgroup per program, K and V through a ring of TMA copies with one mbarrier per slot, no causality, no GQA,
 the padding mask as one key count per sequence (right padding), inputs in HF's ``[B, T, H, D]`` layout with
 ``T % BLOCK_M == 0``; a key block past a sequence's keys reads the next sequence's rows (masked in the scores,
-multiplied by zero in ``P v``). ``_gluon_persist_kernel`` is the same loop in a fixed number of programs that walk
-tiles with one K / V ring across them. It is an experiment, not used by the library: its output is checked against
-an fp64 reference and timed in a CUDA graph beside ``hf_masked_softmax.attention`` and SDPA in the same run
-(NOTES.md, sixteenth session).
+multiplied by zero in ``P v``). It is an experiment, not used by the library: its output is checked against an fp64
+reference and timed in a CUDA graph beside ``hf_masked_softmax.attention`` and SDPA in the same run (NOTES.md,
+sixteenth session). Its persistent version (a fixed number of programs walking the tiles with one K / V ring across
+them), which this file held until 2026-12-04 (e653c0b, with a snake tile order), grew into the library's Hopper
+forward, ``hf_masked_softmax._hopper_kernels``; ``evals/bench_hopper.py`` times that one. (So on an H100 / H200 the
+``hf_masked_softmax.attention`` rows below run that kernel since then, the Triton one before.)
 
-    python evals/probe_gluon.py [--shapes bert,bert-full] [--configs 128/64/4/4] [--persist 128/64/3/4/2] [--out DIR]
+    python evals/probe_gluon.py [--shapes bert,bert-full] [--configs 128/64/4/4] [--out DIR]
     python evals/probe_gluon.py --compile-only [--arch 90]  # any machine: registers, SASS counts, exps under P v
 """
 from __future__ import annotations
@@ -41,18 +43,12 @@ from triton.experimental.gluon import language as gl  # noqa: E402
 from triton.experimental.gluon.language.nvidia.hopper import (  # noqa: E402
     fence_async_shared, mbarrier, tma, warpgroup_mma, warpgroup_mma_wait)
 
+from hf_masked_softmax._hopper_kernels import _tma_load, _tma_store, _wgmma_layout  # noqa: E402,F401 - shared
+
 LOG2E = 1.4426950408889634
-# Gluon's TMA copies and its program barrier were renamed after Triton 3.6 (the GPU image's); 3.9 has only the new
-# names
-_tma_load = getattr(tma, "async_load", None) or tma.async_copy_global_to_shared
-_tma_store = getattr(tma, "async_store", None) or tma.async_copy_shared_to_global
+# Gluon's program barrier was renamed after Triton 3.6 (the GPU image's); 3.9 has only the new name (the TMA copies'
+# shims are the library's)
 _cta_barrier = getattr(gl, "thread_barrier", None) or gl.barrier
-
-
-@gluon.constexpr_function
-def _wgmma_layout(num_warps, n):
-    """Registers of a warpgroup product's ``[rows, n]`` accumulator (m16 x n x k16 instructions)."""
-    return gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[num_warps, 1], instr_shape=[16, n, 16])
 
 
 @gluon.jit
@@ -188,154 +184,6 @@ def _gluon_fwd_kernel(q_desc, k_desc, v_desc, o_desc, len_ptr, T, qk_scale,
             mbarrier.invalidate(v_bars.index(i))
 
 
-@gluon.jit
-def _tile_of(t, perm_ptr, ORDER: gl.constexpr, len_ptr, T, N_M: gl.constexpr, N_HEADS: gl.constexpr,
-             BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, HEAD_D: gl.constexpr):
-    """Tile ``t`` (query blocks of one head are consecutive; with ``ORDER`` the ``t``-th entry of ``perm``): its query
-    row, key/value row, column and key count."""
-    if ORDER:
-        t = gl.load(perm_ptr + t)
-    bh = t // N_M
-    b = bh // N_HEADS
-    h = bh % N_HEADS
-    n_keys = gl.load(len_ptr + b)
-    return b * T + (t % N_M) * BLOCK_M, b * T, h * HEAD_D, n_keys
-
-
-@gluon.jit
-def _issue_next(k_desc, v_desc, k_smem, v_smem, k_bars, v_bars, slot, lt, lj, lnb, n_tiles, nprog, perm_ptr,
-                ORDER: gl.constexpr, len_ptr, T, N_M: gl.constexpr, N_HEADS: gl.constexpr,
-                BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, HEAD_D: gl.constexpr, pred):
-    """Load key block ``lj`` of tile ``lt`` (the load cursor) into ``slot``; advance the cursor, to this program's
-    next tile after a tile's last block."""
-    _, kv_row, col, _ = _tile_of(lt, perm_ptr, ORDER, len_ptr, T, N_M, N_HEADS, BLOCK_M, BLOCK_N, HEAD_D)
-    _issue_kv(k_desc, v_desc, k_smem, v_smem, k_bars, v_bars, kv_row + lj * BLOCK_N, col, slot,
-              pred & (lt < n_tiles), False)
-    if pred:  # the cursor moves only when a slot was handed out
-        lj = lj + 1
-        if lj >= lnb:
-            lt = lt + nprog
-            lj = lj * 0
-            if lt < n_tiles:
-                _, _, _, nk = _tile_of(lt, perm_ptr, ORDER, len_ptr, T, N_M, N_HEADS, BLOCK_M, BLOCK_N, HEAD_D)
-                lnb = gl.cdiv(nk, BLOCK_N)
-    return lt, lj, lnb
-
-
-@gluon.jit
-def _gluon_persist_kernel(q_desc, k_desc, v_desc, o_desc, len_ptr, perm_ptr, T, n_tiles, qk_scale,
-                          ORDER: gl.constexpr, N_M: gl.constexpr, N_HEADS: gl.constexpr, HEAD_D: gl.constexpr,
-                          BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr,
-                          num_warps: gl.constexpr):
-    """The same forward with a fixed number of programs, each taking tiles ``pid, pid + nprog, ...``. Its K / V
-    ring runs on across tiles (the copies for the next tile start while this one computes), the next tile's Q is
-    loaded during this one, and each output tile is stored by TMA without waiting, so the per-tile loads and stores
-    overlap the products and softmax. ``len[b] >= 1``; ``ORDER``: tiles in the order of ``perm``."""
-    gl.static_assert(STAGES >= 3, "block g - 2's slots are refilled when block g starts: at least 3 stages")
-    pid = gl.program_id(0)
-    nprog = gl.num_programs(0)
-
-    s_layout: gl.constexpr = _wgmma_layout(num_warps, BLOCK_N)  # the score tile's registers
-    o_layout: gl.constexpr = _wgmma_layout(num_warps, HEAD_D)  # the output's
-    p_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=o_layout, k_width=2)
-    row_s: gl.constexpr = gl.SliceLayout(1, s_layout)
-    row_o: gl.constexpr = gl.SliceLayout(1, o_layout)
-    col_s: gl.constexpr = gl.SliceLayout(0, s_layout)
-
-    q_smem = gl.allocate_shared_memory(q_desc.dtype, [2, BLOCK_M, HEAD_D], q_desc.layout)
-    o_smem = gl.allocate_shared_memory(o_desc.dtype, [BLOCK_M, HEAD_D], o_desc.layout)
-    k_smem = gl.allocate_shared_memory(k_desc.dtype, [STAGES, BLOCK_N, HEAD_D], k_desc.layout)
-    v_smem = gl.allocate_shared_memory(v_desc.dtype, [STAGES, BLOCK_N, HEAD_D], v_desc.layout)
-    q_bars = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
-    k_bars = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
-    v_bars = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
-    for i in gl.static_range(2):
-        mbarrier.init(q_bars.index(i), count=1)
-    for i in gl.static_range(STAGES):
-        mbarrier.init(k_bars.index(i), count=1)
-        mbarrier.init(v_bars.index(i), count=1)
-    fence_async_shared()
-
-    # the load cursor starts at this program's first tile; the ring's first STAGES blocks
-    lt = pid
-    lj = pid * 0
-    _, _, _, nk0 = _tile_of(pid, perm_ptr, ORDER, len_ptr, T, N_M, N_HEADS, BLOCK_M, BLOCK_N, HEAD_D)
-    lnb = gl.cdiv(nk0, BLOCK_N)
-    for i in gl.static_range(STAGES):
-        lt, lj, lnb = _issue_next(k_desc, v_desc, k_smem, v_smem, k_bars, v_bars, i, lt, lj, lnb, n_tiles, nprog,
-                                  perm_ptr, ORDER, len_ptr, T, N_M, N_HEADS, BLOCK_M, BLOCK_N, HEAD_D, True)
-    q_row0, _, col00, _ = _tile_of(pid, perm_ptr, ORDER, len_ptr, T, N_M, N_HEADS, BLOCK_M, BLOCK_N, HEAD_D)
-    mbarrier.expect(q_bars.index(0), q_desc.block_type.nbytes)
-    _tma_load(q_desc, [q_row0, col00], q_bars.index(0), q_smem.index(0))
-
-    cols = gl.arange(0, BLOCK_N, layout=col_s)
-    s_zero = gl.zeros([BLOCK_M, BLOCK_N], gl.float32, layout=s_layout)
-    g = pid * 0  # key blocks consumed by this program so far: block g sits in slot g % STAGES
-    it = pid * 0  # tiles done by this program
-    for t in range(pid, n_tiles, nprog):
-        qb = it % 2
-        q_row, kv_row, col0, n_keys = _tile_of(t, perm_ptr, ORDER, len_ptr, T, N_M, N_HEADS, BLOCK_M, BLOCK_N, HEAD_D)
-        n_blocks = gl.cdiv(n_keys, BLOCK_N)
-        # the next tile's Q, into the buffer the previous tile's products are done with
-        tn = t + nprog
-        q_rown, _, col0n, _ = _tile_of(tn % n_tiles, perm_ptr, ORDER, len_ptr, T, N_M, N_HEADS, BLOCK_M, BLOCK_N,
-                                       HEAD_D)
-        mbarrier.expect(q_bars.index(1 - qb), q_desc.block_type.nbytes, pred=tn < n_tiles)
-        _tma_load(q_desc, [q_rown, col0n], q_bars.index(1 - qb), q_smem.index(1 - qb), pred=tn < n_tiles)
-        q_tile = q_smem.index(qb)
-        mbarrier.wait(q_bars.index(qb), (it // 2) & 1)
-
-        m_i = gl.full([BLOCK_M], float("-inf"), gl.float32, layout=row_s)
-        l_i = gl.zeros([BLOCK_M], gl.float32, layout=row_s)
-        acc = gl.zeros([BLOCK_M, HEAD_D], gl.float32, layout=o_layout)
-        p16 = gl.zeros([BLOCK_M, BLOCK_N], gl.float16, layout=p_layout)
-
-        slot = g % STAGES
-        mbarrier.wait(k_bars.index(slot), (g // STAGES) & 1)
-        s_tok = warpgroup_mma(q_tile, k_smem.index(slot).permute((1, 0)), s_zero, use_acc=False, is_async=True)
-        lt, lj, lnb = _issue_next(k_desc, v_desc, k_smem, v_smem, k_bars, v_bars, (g + STAGES - 2) % STAGES, lt,
-                                  lj, lnb, n_tiles, nprog, perm_ptr, ORDER, len_ptr, T, N_M, N_HEADS, BLOCK_M,
-                                  BLOCK_N, HEAD_D, g >= 2)
-        s = warpgroup_mma_wait(0, deps=[s_tok])
-        if BLOCK_N > n_keys:
-            s = gl.where(cols[None, :] < n_keys, s, float("-inf"))
-        p, m_i, l_i, alpha = _online_softmax(s, m_i, l_i, qk_scale)
-        mbarrier.wait(v_bars.index(slot), (g // STAGES) & 1)
-        g += 1
-
-        for j in range(1, n_blocks):
-            slot = g % STAGES
-            mbarrier.wait(k_bars.index(slot), (g // STAGES) & 1)
-            s_tok = warpgroup_mma(q_tile, k_smem.index(slot).permute((1, 0)), s_zero, use_acc=False,
-                                  is_async=True)
-            lt, lj, lnb = _issue_next(k_desc, v_desc, k_smem, v_smem, k_bars, v_bars, (g + STAGES - 2) % STAGES,
-                                      lt, lj, lnb, n_tiles, nprog, perm_ptr, ORDER, len_ptr, T, N_M, N_HEADS,
-                                      BLOCK_M, BLOCK_N, HEAD_D, g >= 2)
-            acc = acc * gl.convert_layout(alpha, row_o)[:, None]
-            p16 = gl.convert_layout(p.to(gl.float16), p_layout)
-            o_tok = warpgroup_mma(p16, v_smem.index((g + STAGES - 1) % STAGES), acc, is_async=True)
-            s = warpgroup_mma_wait(1, deps=[s_tok])
-            n0 = j * BLOCK_N
-            if n0 + BLOCK_N > n_keys:
-                s = gl.where(cols[None, :] < n_keys - n0, s, float("-inf"))
-            p, m_i, l_i, alpha = _online_softmax(s, m_i, l_i, qk_scale)
-            mbarrier.wait(v_bars.index(slot), (g // STAGES) & 1)  # also ends the block: see _gluon_fwd_kernel
-            acc, p16 = warpgroup_mma_wait(0, deps=[o_tok, p16])
-            g += 1
-
-        acc = acc * gl.convert_layout(alpha, row_o)[:, None]
-        p16 = gl.convert_layout(p.to(gl.float16), p_layout)
-        o_tok = warpgroup_mma(p16, v_smem.index((g + STAGES - 1) % STAGES), acc, is_async=True)
-        acc, p16 = warpgroup_mma_wait(0, deps=[o_tok, p16])
-        acc = acc / gl.convert_layout(l_i, row_o)[:, None]
-        tma.store_wait(pendings=0)  # the previous tile's output has left o_smem
-        o_smem.store(acc.to(o_desc.dtype))
-        fence_async_shared()
-        _tma_store(o_desc, [q_row, col0], o_smem)
-        it += 1
-    tma.store_wait(pendings=0)
-
-
 def _layout(block, dtype):
     return gl.NVMMASharedLayout.get_default_for(block, dtype)
 
@@ -369,41 +217,6 @@ def gluon_forward(q, k, v, lens, block_m=64, block_n=64, stages=3, warps=4, maxn
     return run, o
 
 
-def snake_order(lens, n_m, heads, nprog, block_n):
-    """A tile order for ``nprog`` programs taking tiles ``pid, pid + nprog, ...``: tiles by descending key blocks,
-    dealt out in rounds that alternate direction, so that every program gets a similar share of key blocks. Built
-    on the host from ``lens`` here (a probe); the library would build it on the device."""
-    blocks = (lens.long().cpu() + block_n - 1) // block_n
-    per_tile = blocks.repeat_interleave(heads * n_m)  # tile t = (b * H + h) * n_m + m
-    ranked = torch.argsort(per_tile, descending=True, stable=True)
-    n = ranked.numel()
-    perm = torch.empty_like(ranked)
-    for r0 in range(0, n, nprog):
-        chunk = ranked[r0:r0 + nprog]
-        perm[r0:r0 + chunk.numel()] = chunk if (r0 // nprog) % 2 == 0 else chunk.flip(0)
-    return perm.to(torch.int32)
-
-
-def gluon_persist_forward(q, k, v, lens, block_m=128, block_n=64, stages=3, warps=4, per_sm=2, order="batch",
-                          out=None):
-    """The persistent kernel: ``per_sm`` programs per multiprocessor; ``order``: "batch" (tiles in batch order) or
-    "snake" (:func:`snake_order`)."""
-    B, T, H, D = q.shape
-    o, (qd, kd, vd, od) = _descriptors(q, k, v, out, block_m, block_n)
-    n_m = T // block_m
-    n_tiles = n_m * B * H
-    sms = torch.cuda.get_device_properties(q.device).multi_processor_count
-    grid = (min(n_tiles, per_sm * sms),)
-    scale = D ** -0.5 * LOG2E
-    perm = snake_order(lens, n_m, H, grid[0], block_n).to(q.device) if order == "snake" else lens
-
-    def run():
-        return _gluon_persist_kernel[grid](qd, kd, vd, od, lens, perm, T, n_tiles, scale, ORDER=order == "snake",
-                                           N_M=n_m, N_HEADS=H, HEAD_D=D,
-                                           BLOCK_M=block_m, BLOCK_N=block_n, STAGES=stages, num_warps=warps)
-    return run, o
-
-
 def _compile(fn, arch, block_m, block_n, head_d, scalars, consts, options):
     """Compile Gluon kernel ``fn`` for ``sm_{arch}`` without a GPU (its four TMA descriptors first, then
     ``scalars``: name -> type); returns the compiled kernel (asm: ttgir, ptx, cubin)."""
@@ -418,15 +231,6 @@ def _compile(fn, arch, block_m, block_n, head_d, scalars, consts, options):
     attrs = {(fn.arg_names.index("len_ptr"),): [["tt.divisibility", 16]]}
     return triton.compile(GluonASTSource(fn, sig, consts, attrs=attrs), target=GPUTarget("cuda", arch, 32),
                           options=options)
-
-
-def compile_persist_only(arch, config, head_d=64):
-    """The persistent kernel for ``sm_{arch}``; ``config``: BLOCK_M, BLOCK_N, STAGES, warps[, per SM, snake]."""
-    block_m, block_n, stages, warps = config[:4]
-    consts = dict(ORDER=bool(config[5]) if len(config) > 5 else False, N_M=4, N_HEADS=12, HEAD_D=head_d,
-                  BLOCK_M=block_m, BLOCK_N=block_n, STAGES=stages, num_warps=warps)
-    scalars = dict(len_ptr="*i32", perm_ptr="*i32", T="i32", n_tiles="i32", qk_scale="fp32")
-    return _compile(_gluon_persist_kernel, arch, block_m, block_n, head_d, scalars, consts, dict(num_warps=warps))
 
 
 def compile_only(arch, config, head_d=64):
@@ -486,9 +290,6 @@ def main(argv=None):
                                          "128/64/3/4,64/128/3/4,128/128/3/8",
                     help="BLOCK_M/BLOCK_N/STAGES/warps[/register cap (0: none)[/one barrier per slot (0/1)[/explicit "
                          "program barrier (0/1, default 1)]]], comma-separated")
-    ap.add_argument("--persist", default="128/64/3/4/2/0,128/64/3/4/2/1",
-                    help="persistent kernel settings BLOCK_M/BLOCK_N/STAGES/warps/programs per SM[/snake order (0/1)], "
-                         "comma-separated")
     ap.add_argument("--compile-only", action="store_true")
     ap.add_argument("--arch", type=int, default=90)
     ap.add_argument("--out", default=None)
@@ -499,26 +300,22 @@ def main(argv=None):
         import _common
 
         _common.check_compile_target(args.arch, "probe_gluon.py --compile-only")
-        persist = [tuple(int(x) for x in c.split("/")) for c in args.persist.split(",") if c]
-        jobs = [("", cfg, compile_only) for cfg in configs] + [("persistent ", cfg, compile_persist_only)
-                                                                for cfg in persist]
-        for i, (kind, cfg, compile_fn) in enumerate(jobs):
+        for i, cfg in enumerate(configs):
             try:
-                kern = compile_fn(args.arch, cfg)
+                kern = compile_only(args.arch, cfg)
             except Exception as e:  # noqa: BLE001 - report and go on
-                print(f"{kind}{cfg}: {type(e).__name__}: {str(e)[:3000]}")
+                print(f"{cfg}: {type(e).__name__}: {str(e)[:3000]}")
                 continue
             sass, counts = sass_summary(kern)
             keys = ["HGMMA", "WARPGROUP.DEPBAR", "WARPGROUP.ARRIVE", "BAR.SYNC", "MUFU.EX2", "UTMALDG", "UTMASTG"]
-            print(f"{kind}{cfg}: regs={counts['registers']} shared={kern.metadata.shared} "
+            print(f"{cfg}: regs={counts['registers']} shared={kern.metadata.shared} "
                   + " ".join(f"{k}={counts.get(k, 0)}" for k in keys)
                   + f" exps-under-PV={exps_under_pv(sass)}", flush=True)
             if args.sass and i == 0:
                 with open(args.sass, "w") as f:
                     f.write(sass)
         return
-    persist = [tuple(int(x) for x in c.split("/")) for c in args.persist.split(",") if c]
-    run_gpu(args, configs, persist)
+    run_gpu(args, configs)
 
 
 SHAPES = {  # name: (B, H, T, lowest key length, highest)
@@ -529,7 +326,7 @@ SHAPES = {  # name: (B, H, T, lowest key length, highest)
 }
 
 
-def run_gpu(args, configs, persist=()):
+def run_gpu(args, configs):
     import torch.nn.functional as F
 
     import benchutil
@@ -579,13 +376,6 @@ def run_gpu(args, configs, persist=()):
             settings.append((what, dict(block_m=bm, block_n=bn, stages=st, warps=w, maxnreg=cap, one_bar=one_bar,
                                         cta_bar=cta_bar),
                              lambda c=(bm, bn, st, w, cap, one_bar, cta_bar): gluon_forward(q, k, v, lens, *c)))
-        for cfg in persist:
-            bm, bn, st, w, per_sm = cfg[:5]
-            order = "snake" if len(cfg) > 5 and cfg[5] else "batch"
-            what = f"gluon persistent {bm}x{bn} stages {st} warps {w}, {per_sm}/SM, {order} order"
-            settings.append((what, dict(block_m=bm, block_n=bn, stages=st, warps=w, per_sm=per_sm, persistent=True,
-                                        order=order),
-                             lambda c=(bm, bn, st, w, per_sm, order): gluon_persist_forward(q, k, v, lens, *c)))
         for what, info, make in settings:
             row = {"shape": name, "what": what, **info}
             try:
