@@ -186,9 +186,9 @@ class HopperForward:
         from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
         lm, ln = self.layouts
+        blocks = (BLOCK_M, BLOCK_N, BLOCK_N, BLOCK_M)
         descs = [TensorDescriptor(t, shape, strides, [1, block, t.shape[3]], layout)
-                 for t, (shape, strides), block, layout in zip(tensors, self.views, (BLOCK_M, BLOCK_N, BLOCK_N, BLOCK_M),
-                                                              (lm, ln, ln, lm))]
+                 for t, (shape, strides), block, layout in zip(tensors, self.views, blocks, (lm, ln, ln, lm))]
         kernel = self.kernel[self.grid](*descs, *scalars, **self.consts)
         names = self.kernel.arg_names[len(descs) + len(scalars):]
         if _launch.ENABLED and _launch._launchable(kernel) and all(n in self.consts for n in names):

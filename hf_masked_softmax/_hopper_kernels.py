@@ -101,8 +101,8 @@ def _issue_next(k_desc, v_desc, k_smem, v_smem, k_bars, v_bars, slot, lt, lj, ln
 
 
 @gluon.jit
-def _mask_block(s, cols, n0, t, ranges_ptr, mask_ptr, stride_mb, stride_mk, K_LEN, N_M: gl.constexpr, N_HEADS: gl.constexpr,
-                MASK_KIND: gl.constexpr):
+def _mask_block(s, cols, n0, t, ranges_ptr, mask_ptr, stride_mb, stride_mk, K_LEN, N_M: gl.constexpr,
+                N_HEADS: gl.constexpr, MASK_KIND: gl.constexpr):
     """Scores of keys ``n0 + cols`` outside the sequence's key range (and, for a sequence with holes, where its mask
     row is 0) set to -inf. Called for the blocks :func:`_tile`'s ``[full_lo, full_hi)`` leaves out only, so the range
     is read again here rather than held in registers through the key loop."""
