@@ -3,13 +3,14 @@
 That kernel, written in Gluon (Triton's lower-level dialect), places its own waits for the tensor cores so that the
 softmax of one key block runs while the previous block's ``P v`` is on them, keeps two persistent programs per
 multiprocessor, and moves every tile by TMA. On an H200 it ran BERT's padded forward (B32 H12 512x512, keys uniform
-in [256, 512], fp16) in 0.0649-0.0668 ms where the Triton kernel took 0.0758-0.0779 (``evals/probe_gluon.py``,
-NOTES.md, sixteenth session).
+in [256, 512], fp16) in 0.0689-0.0703 ms where the Triton kernel took 0.0762-0.0765 in the same calls, with
+bit-identical output (``evals/bench_hopper.py``, NOTES.md, seventeenth session).
 
 It covers the inference calls of encoders: a plan uses it when all of these hold, and the Triton kernel otherwise.
 
-* a CUDA device of compute capability 9.0 (H100 / H200), Triton with Gluon's Hopper API (3.6 and 3.9 checked), not
-  under ``TRITON_INTERPRET=1``, and ``HF_MASKED_SOFTMAX_HOPPER`` not ``0`` (or :data:`ENABLED` set False);
+* a CUDA device of compute capability 9.0 (H100 / H200), Triton with Gluon's Hopper API (3.6 runs it on the GPU;
+  3.9 compiles it for sm_90 in the CPU tests), not under ``TRITON_INTERPRET=1``, and ``HF_MASKED_SOFTMAX_HOPPER``
+  not ``0`` (or :data:`ENABLED` set False);
 * fp16 or bf16, head dim 64, no causal mask, no dropout, no log-sum-exp wanted (autograd is not recording; training
   keeps the Triton forward, whose log-sum-exp the backward reads), no decode split;
 * no mask or a 2D padding mask (any padding, holes included); a positive scale of at most 1 (applied inside the
@@ -82,7 +83,7 @@ def call_ok(q, k, v, kind, causal, fold, need_lse, drop_thr, splits, sm_count) -
     K = k.shape[2]
     if (kind not in (0, 1) or causal or not fold or need_lse or drop_thr or splits != 1 or D != HEAD_D
             or q.dtype not in (torch.float16, torch.bfloat16) or Q < BLOCK_M or K < 1
-            or B * H * -(-Q // BLOCK_M) < MIN_TILES_PER_SM * sm_count):
+            or not MIN_TILES_PER_SM * sm_count <= B * H * -(-Q // BLOCK_M) < 2**31):  # tile indices are int32
         return False
     return all(_tma_view_ok(t) for t in (q, k, v))
 
