@@ -9,6 +9,8 @@ Operators (namespace ``hf_masked_softmax``), all taking tensors and scalars only
   (:mod:`hf_masked_softmax.attention`)
 * ``attention_backward(do, q, k, v, out, lse, mask, mask_kind, threshold, causal, scale, drop_thr=0, seed=None)
   -> (dq, dk, dv)``
+* ``attention_inference(q, k, v, mask, mask_kind, threshold, causal, scale) -> out``: the forward without the
+  log-sum-exp or autograd, which compiled graphs call where nothing needs gradients and there is no dropout
 
 ``mask`` is the caller's mask tensor exactly as given (``[B, K]`` padding mask or a 4D mask that broadcasts to the
 scores), ``mask_kind`` one of :mod:`hf_masked_softmax.masks`' ``NONE / PAD2D / BOOL4D / ADD4D`` and ``threshold`` the
@@ -317,6 +319,34 @@ def _attention_backward(ctx, do, _dlse):
 attention_op.register_autograd(_attention_backward, setup_context=_attention_setup)
 
 
+@torch.library.custom_op(f"{NAMESPACE}::attention_inference", mutates_args=())
+def attention_inference_op(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    mask: Optional[torch.Tensor],
+    mask_kind: int,
+    threshold: float,
+    causal: bool,
+    scale: float,
+) -> torch.Tensor:
+    """``attention_forward`` without the log-sum-exp and without autograd: what compiled graphs call where nothing
+    needs gradients (the eager launcher's inference path: neither allocates nor stores the log-sum-exp, and on an
+    H100 / H200 can take the Hopper kernel, :mod:`hf_masked_softmax._hopper`). No dropout."""
+    if not kernels_take(q):
+        return _attention_reference(q, k, v, mask, causal, scale, 0, None)
+    B, H, Q, _ = q.shape
+    kind, mask_t, ranges, threshold = _attn_mask_args(mask, mask_kind, threshold, (B, H, Q, k.shape[2]))
+    with on_device(q):
+        return _attn._forward(q, k, v, kind, mask_t, ranges, threshold, causal, scale, False)[0]
+
+
+@attention_inference_op.register_fake
+def _(q, k, v, mask, mask_kind, threshold, causal, scale):
+    B, H, Q, D = q.shape
+    return q.new_empty((B, Q, H, D)).transpose(1, 2)  # the kernel's layout, as attention_forward's
+
+
 # Signatures of eager calls already validated (no mask or a 2D padding mask) -> (kernel kind, scale, drop_thr).
 _VALIDATED: dict = {}
 _MAX_VALIDATED = 256  # a decoding step adds one (its key length); cleared when full
@@ -411,9 +441,16 @@ def attention(
             remember(_VALIDATED, sig, (kind, scale, drop_thr), _MAX_VALIDATED)
             known = (path, sig)
         return _eager(path, q, k, v, kind, mask_t, ranges, threshold, bool(causal), scale, known, drop_thr)
+    if not drop_thr and torch.compiler.is_compiling() and not _needs_grad(q, k, v):
+        # a compiled graph that records no autograd (inference under torch.compile): no log-sum-exp
+        return attention_inference_op(q, k, v, attention_mask, spec.kind, threshold, bool(causal), scale)
     seed = _new_seed(q.device) if drop_thr else None
     out, _ = attention_op(q, k, v, attention_mask, spec.kind, threshold, bool(causal), scale, drop_thr, seed)
     return out
+
+
+def _needs_grad(q, k, v) -> bool:
+    return torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)
 
 
 # The public ``hf_masked_softmax.attention`` calls this function; bound here, once, rather than looked up on its first

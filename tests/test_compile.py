@@ -77,8 +77,51 @@ def test_opcheck_attention(form, device):
                            spec.kind, spec.threshold, True, 0.25))
 
 
+@pytest.mark.parametrize("form", ["none", "pad2d", "add4d"])
+def test_opcheck_attention_inference(form, device):
+    B, H, Q, K, D = 2, 2, 5, 20, 16
+    q = torch.randn(B, Q, H, D, device=device).transpose(1, 2)
+    k, v = (torch.randn(B, 1, K, D, device=device) for _ in range(2))
+    mask = _mask(form, B, H, Q, K, device)
+    spec = prepare_mask(mask, (B, H, Q, K), q.device)
+    args = (q, k, v, mask, spec.kind, spec.threshold, True, 0.25)
+    torch.library.opcheck(ops.attention_inference_op, args)
+    out = ops.attention_inference_op(*args)
+    full, _ = ops.attention_op(*args)
+    assert torch.equal(out, full) and out.stride() == full.stride()  # the same forward, without the lse
+
+
+def test_compiled_inference_calls_the_operator_without_the_lse(device):
+    # under torch.compile, a graph that records no autograd calls attention_inference (no log-sum-exp written; on an
+    # H100 / H200 the Hopper kernel can take it); with gradients wanted, attention_forward as before
+    B, H, Q, K, D = 2, 2, 5, 9, 16
+    g = torch.Generator().manual_seed(0)
+    q = torch.randn(B, H, Q, D, generator=g).to(device)
+    k, v = (torch.randn(B, H, K, D, generator=g).to(device) for _ in range(2))
+    mask = _mask("pad2d", B, H, Q, K, device)
+    seen = []
+
+    def backend(gm, example_inputs):
+        seen.append({str(n.target) for n in gm.graph.nodes if n.op == "call_function"})
+        return gm
+
+    compiled = torch.compile(lambda q, k, v, m: attention(q, k, v, m), backend=backend, fullgraph=True)
+    with torch.no_grad():
+        out = compiled(q, k, v, mask)
+    assert any("attention_inference" in t for t in seen[-1]), seen
+    assert not any("attention_forward" in t for t in seen[-1]), seen
+    assert torch.equal(out, attention(q, k, v, mask))
+    qg = q.clone().requires_grad_(True)
+    out_g = compiled(qg, k, v, mask)
+    assert any("attention_forward" in t for t in seen[-1]), seen
+    assert torch.equal(out_g.detach(), out)
+    out_g.sum().backward()
+    assert qg.grad is not None and torch.isfinite(qg.grad).all()
+
+
 def test_ops_are_registered_under_the_namespace():
-    for name in ("masked_softmax", "masked_softmax_backward", "attention_forward", "attention_backward"):
+    for name in ("masked_softmax", "masked_softmax_backward", "attention_forward", "attention_backward",
+                 "attention_inference"):
         assert hasattr(torch.ops.hf_masked_softmax, name)
 
 

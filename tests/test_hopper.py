@@ -245,3 +245,19 @@ def test_gpu_patched_bert_inference_runs_the_hopper_kernel():
     err = (out.float() - ref)[keep].abs().max()
     eager_err = (eager16.float() - ref)[keep].abs().max()
     assert err <= 2 * eager_err, (float(err), float(eager_err))  # flash-attn's rule, as tests/test_patch_gpu.py
+
+
+@pytest.mark.gpu
+def test_gpu_compiled_inference_runs_the_hopper_kernel():
+    # torch.compile'd inference calls the attention_inference operator, whose forward can take the Hopper kernel
+    _hopper_gpu()
+    torch._dynamo.reset()
+    q, k, v = _hf_qkv(24, 12, 12, 256, 256, torch.float16, "cuda")
+    mask = _mask("left", 24, 256, "cuda")
+    compiled = torch.compile(lambda q, k, v, m: attention_fn(q, k, v, m), backend="aot_eager", fullgraph=True)
+    with torch.no_grad(), _count_launches() as calls:
+        out = compiled(q, k, v, mask)
+        eager = attention_fn(q, k, v, mask)
+    assert calls == [1, 1]
+    assert torch.equal(out, eager)
+    torch._dynamo.reset()
