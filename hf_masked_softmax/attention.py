@@ -78,8 +78,8 @@ import torch
 import triton
 import triton.language as tl
 
-from ._launch import INTERPRETED as _INTERPRET  # the interpreter gets small blocks: it runs every program in Python
 from . import _hopper
+from ._launch import INTERPRETED as _INTERPRET  # the interpreter gets small blocks: it runs every program in Python
 from ._launch import aligned, bind, fast_launch, first_order_only, remember
 
 _LOG2E = 1.4426950408889634
