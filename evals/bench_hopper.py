@@ -1,13 +1,15 @@
 """The Hopper forward (hf_masked_softmax._hopper, Gluon) against the Triton forward and SDPA, in one run (GPU).
 
-For each shape, inference (no autograd), fp16, D = 64, HF's ``[B, T, H, D]`` layout, right padding with key lengths
-uniform in the shape's range: ``hf_masked_softmax.attention`` with the Hopper kernel on, with it off (the Triton
-kernel), both again without a mask (every key kept), SDPA's default dispatch without a mask (the whole rectangle)
-and SDPA with the bool padding mask. Each is timed twice: replayed in a CUDA graph (GPU time alone) and called
+For each shape, inference (no autograd), fp16, D = 64, HF's ``[B, T, H, D]`` layout (``gpt2-cache``: keys and values
+in a KV cache's ``[B, H, T, D]`` memory), right padding with key lengths uniform in the shape's range, causal for the
+GPT-2 shapes: ``hf_masked_softmax.attention`` with the Hopper kernel on, with it off (the Triton kernel), both again
+without a mask (every key kept), SDPA's default dispatch without a mask (the whole rectangle, or the causal
+triangle) and SDPA with the bool padding mask (combined with the causal one). Each is timed twice: replayed in a CUDA graph (GPU time alone) and called
 eagerly (host time included: the Hopper launch builds four TMA descriptors per call, the Triton path has a cached
 launcher). The batch sweep at T = 512 shows where the Hopper kernel starts to pay.
 
-    python evals/bench_hopper.py [--shapes bert,bert-full,...] [--out DIR]
+    python evals/bench_hopper.py [--shapes bert,bert-full,gpt2,...] [--out DIR]
+    python evals/bench_hopper.py --ab split --shapes bert,gpt2   # a kernel switch on / off, alternating
 
 Writes a table, ``bench_hopper.json`` and ``bench_hopper.png`` (the batch sweep) to ``--out`` (default $OUT or
 ./out).
@@ -24,12 +26,17 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import torch  # noqa: E402
 
-SHAPES = {  # name: (B, H, T, lowest key length, highest)
-    "bert": (32, 12, 512, 256, 512),
-    "bert-full": (32, 12, 512, 512, 512),
-    "bert-T128": (128, 12, 128, 64, 128),
-    **{f"sweep-B{b}": (b, 12, 512, 256, 512) for b in (1, 2, 4, 8, 16, 64)},
+SHAPES = {  # name: (B, H, T, lowest key length, highest, causal)
+    "bert": (32, 12, 512, 256, 512, False),
+    "bert-full": (32, 12, 512, 512, 512, False),
+    "bert-T128": (128, 12, 128, 64, 128, False),
+    "gpt2": (8, 12, 1024, 512, 1024, True),  # issue 5's GPT-2 prefill
+    "gpt2-full": (8, 12, 1024, 1024, 1024, True),
+    "gpt2-cache": (8, 12, 1024, 512, 1024, True),
+    **{f"sweep-B{b}": (b, 12, 512, 256, 512, False) for b in (1, 2, 4, 8, 16, 64)},
 }
+# --ab: the switches of hf_masked_softmax._hopper timed on and off
+SWITCHES = {"cursor": "CURSOR_REGS", "split": "SPLIT_LOOP"}
 
 
 def _inputs(name):
@@ -38,9 +45,11 @@ def _inputs(name):
     import benchutil
     from hf_masked_softmax import masks
 
-    B, H, T, lo, hi = SHAPES[name]
+    B, H, T, lo, hi, _ = SHAPES[name]
     q, k, v, _, pad = benchutil.padded_bthd(B, H, T, lo, hi)
     qt, kt, vt = (x.transpose(1, 2) for x in (q, k, v))
+    if name.endswith("-cache"):
+        kt, vt = kt.contiguous(), vt.contiguous()
     return qt, kt, vt, pad, masks.share_ranges(pad)
 
 
@@ -48,9 +57,11 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--shapes", default=",".join(SHAPES))
     ap.add_argument("--out", default=None)
-    ap.add_argument("--cursor-ab", action="store_true",
-                    help="instead: the Hopper kernel with its load cursor's tile bounds in registers and read per "
-                         "block (_hopper.CURSOR_REGS), alternating, 3 rounds, CUDA graph")
+    ap.add_argument("--ab", choices=sorted(SWITCHES), default=None,
+                    help="instead: the Hopper kernel with one of its switches on and off, alternating, 3 rounds, "
+                         "CUDA graph (cursor: the load cursor's tile bounds in registers or read per block, "
+                         "_hopper.CURSOR_REGS; split: a tile's key blocks in an unmasked and a masked loop, "
+                         "_hopper.SPLIT_LOOP, for the calls without causality)")
     args = ap.parse_args(argv)
     unknown = [s for s in args.shapes.split(",") if s and s not in SHAPES]
     if unknown:
@@ -66,33 +77,36 @@ def main(argv=None):
 
     hopper = importlib.import_module("hf_masked_softmax._hopper")
     out_dir = benchutil.out_dir(args.out)
-    if args.cursor_ab:
-        return cursor_ab(args, out_dir)
+    if args.ab:
+        return switch_ab(args, out_dir)
     rows = []
     for name in [s for s in args.shapes.split(",") if s]:
-        B, H, T, lo, hi = SHAPES[name]
+        B, H, T, lo, hi, causal = SHAPES[name]
         qt, kt, vt, pad, shared = _inputs(name)
+        bool_mask = pad[:, None, None, :]
+        if causal:
+            bool_mask = bool_mask & torch.ones(T, T, dtype=torch.bool, device=pad.device).tril()
         providers = {
-            "hopper": lambda: hms.attention(qt, kt, vt, shared),
-            "triton": lambda: hms.attention(qt, kt, vt, shared),
+            "hopper": lambda: hms.attention(qt, kt, vt, shared, causal=causal),
+            "triton": lambda: hms.attention(qt, kt, vt, shared, causal=causal),
             # no mask at all (every key kept; the kernels' mask-free variants): on the shapes whose keys are all
             # valid this is the same attention as with the mask
-            "hopper, no mask": lambda: hms.attention(qt, kt, vt),
-            "triton, no mask": lambda: hms.attention(qt, kt, vt),
-            "sdpa, no mask": lambda: F.scaled_dot_product_attention(qt, kt, vt),
-            "sdpa, bool mask": lambda: F.scaled_dot_product_attention(qt, kt, vt, attn_mask=pad[:, None, None, :]),
+            "hopper, no mask": lambda: hms.attention(qt, kt, vt, causal=causal),
+            "triton, no mask": lambda: hms.attention(qt, kt, vt, causal=causal),
+            "sdpa, no mask": lambda: F.scaled_dot_product_attention(qt, kt, vt, is_causal=causal),
+            "sdpa, bool mask": lambda: F.scaled_dot_product_attention(qt, kt, vt, attn_mask=bool_mask),
         }
-        row = {"shape": name, "B": B, "H": H, "T": T, "keys": [lo, hi]}
+        row = {"shape": name, "B": B, "H": H, "T": T, "keys": [lo, hi], "causal": causal}
         with torch.no_grad():
             calls = []
             real = hopper.HopperForward.__call__
             hopper.HopperForward.__call__ = lambda self, *a: (calls.append(1), real(self, *a))[1]
             try:
-                hms.attention(qt, kt, vt, shared)
+                hms.attention(qt, kt, vt, shared, causal=causal)
             finally:
                 hopper.HopperForward.__call__ = real
             row["hopper_taken"] = bool(calls)
-            ref = hms.attention(qt, kt, vt, shared)
+            ref = hms.attention(qt, kt, vt, shared, causal=causal)
             for what, fn in providers.items():
                 hopper.ENABLED = not what.startswith("triton")
                 try:
@@ -114,29 +128,34 @@ def main(argv=None):
     plot(rows, out_dir / "bench_hopper.png")
 
 
-def cursor_ab(args, out_dir):
+def switch_ab(args, out_dir):
     import benchutil
     import hf_masked_softmax as hms
 
     hopper = importlib.import_module("hf_masked_softmax._hopper")
+    attr = SWITCHES[args.ab]
+    default = getattr(hopper, attr)
     rows = []
     for name in [s for s in args.shapes.split(",") if s]:
+        causal = SHAPES[name][5]
         qt, kt, vt, _, shared = _inputs(name)
         with torch.no_grad():
             for rnd in range(3):
-                for regs in (True, False):
-                    hopper.CURSOR_REGS = regs
+                for on in (True, False):
+                    setattr(hopper, attr, on)
                     try:
-                        ms = benchutil.median_ms(lambda: hms.attention(qt, kt, vt, shared), cuda_graph=True)
+                        ms = benchutil.median_ms(lambda: hms.attention(qt, kt, vt, shared, causal=causal),
+                                                 cuda_graph=True)
                     finally:
-                        hopper.CURSOR_REGS = True
-                    rows.append({"shape": name, "round": rnd, "cursor_regs": regs, "ms": round(ms, 4)})
-                    print(f"{name:12s} round {rnd} cursor in registers={regs}: {ms:.4f} ms", flush=True)
-    benchutil.write_json(out_dir / "bench_hopper_cursor.json", {"env": benchutil.environment(), "rows": rows})
+                        setattr(hopper, attr, default)
+                    rows.append({"shape": name, "round": rnd, "switch": attr, "on": on, "ms": round(ms, 4)})
+                    print(f"{name:12s} round {rnd} {attr}={on}: {ms:.4f} ms", flush=True)
+    benchutil.write_json(out_dir / f"bench_hopper_{args.ab}.json", {"env": benchutil.environment(), "rows": rows})
 
 
 def plot(rows, path):
-    sweep = sorted((r for r in rows if r["T"] == 512 and r["keys"] == [256, 512]), key=lambda r: r["B"])
+    sweep = sorted((r for r in rows if r["T"] == 512 and r["keys"] == [256, 512] and not r["causal"]),
+                   key=lambda r: r["B"])
     if len(sweep) < 2:
         return
     try:

@@ -100,6 +100,8 @@
 #                                       # CUDA, one limit per file
 #   bash evals/gpu_session.sh final15   # 2026-12-03 (15): the new export test and the changed check test on CUDA,
 #                                       # every GPU test
+#   bash evals/gpu_session.sh causal18  # 2026-12-04 (18): the Hopper forward with causality and 4D descriptors:
+#                                       # its GPU tests, bench_hopper.py (GPT-2 shapes too), the split-loop A/B
 set -uo pipefail
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
 OUT=${OUT:-out}
@@ -619,8 +621,15 @@ case "${1:-}" in
     pytest_summary new_tests15 200 tests/test_compile.py tests/test_check.py -k "export or cut_short"
     pytest_summary gpu_tests15 300 -m gpu -k "not 2_pow_31"
     ;;
+  causal18)
+    pytest_summary tests_hopper18 300 -m gpu tests/test_hopper.py
+    timeout 150 python -u evals/bench_hopper.py --shapes bert,bert-full,gpt2,gpt2-full,gpt2-cache --out "$OUT/bench" \
+      2>&1 | tee "$OUT/bench_hopper18.log" | grep -v -i warn
+    timeout 90 python -u evals/bench_hopper.py --ab split --shapes bert,bert-full --out "$OUT/bench" 2>&1 \
+      | tee "$OUT/bench_hopper_split18.log" | grep -v -i warn
+    ;;
   *)
-    echo "usage: bash evals/gpu_session.sh tests|kernels|e2e|check|followup|recheck|verify|measure|final|stream|last|tune|host|fast|fastcheck|closing|fold|fold2|fold3|e2e3|bert4|bert5|check4|lengths|ncu|bwd|suite|suite2|final6|plans|hostplans|genab|fuzz|bwdplan|trainab|final8|nosync|drop9a|drop9b|drop9d|audit10|bench10|final10|ws11|audit11|fuzz11|host11b|decode12|stats12|stats12b|stats12c|final13|fix13|final13b|final14|suite14|suite15|final15" >&2
+    echo "usage: bash evals/gpu_session.sh tests|kernels|e2e|check|followup|recheck|verify|measure|final|stream|last|tune|host|fast|fastcheck|closing|fold|fold2|fold3|e2e3|bert4|bert5|check4|lengths|ncu|bwd|suite|suite2|final6|plans|hostplans|genab|fuzz|bwdplan|trainab|final8|nosync|drop9a|drop9b|drop9d|audit10|bench10|final10|ws11|audit11|fuzz11|host11b|decode12|stats12|stats12b|stats12c|final13|fix13|final13b|final14|suite14|suite15|final15|causal18" >&2
     exit 2
     ;;
 esac

@@ -17,8 +17,9 @@ It covers the inference calls of encoders: a plan uses it when all of these hold
   exponent, as the Triton kernel does);
 * at least 128 queries and four tiles of 128 query rows per multiprocessor (:data:`MIN_TILES_PER_SM`: below that
   the Triton kernel was as fast or faster);
-* q, k, v each a view of ``[B, L, heads, D]`` memory (the layout HF's projections give: heads adjacent, head dim
-  contiguous), 16-byte aligned, with row and batch strides that are multiples of 16 bytes (TMA's rules).
+* q, k, v ``[B, heads, L, D]`` with the head dim contiguous, 16-byte aligned, and every other stride a positive
+  multiple of 16 bytes (TMA's rules): HF's projections (``[B, L, heads, D]`` memory, a fused QKV's rows included)
+  and a KV cache's ``[B, heads, L, D]`` memory both qualify.
 
 ``HF_MASKED_SOFTMAX_HOPPER=0`` turns it off. Its outputs are checked against the fp64 reference on the GPU
 (``tests/test_hopper.py``).
@@ -40,6 +41,11 @@ HEAD_D = 64
 MIN_TILES_PER_SM = 4
 # the K / V load cursor's tile bounds in registers (True) or read per block (False): _hopper_kernels._issue_next
 CURSOR_REGS = True
+# causal calls (bottom-right, GPT-2's prefill) take the kernel too
+CAUSAL_OK = True
+# a tile's key blocks in two loops, those that need no mask and then the rest (_hopper_kernels._step), for causal
+# calls always (their mask code in the one loop spilled registers there), for the others when this is True
+SPLIT_LOOP = False
 ENABLED = os.environ.get("HF_MASKED_SOFTMAX_HOPPER", "1").strip().lower() not in ("0", "false", "no", "off")
 
 _KERNELS = None  # the kernel module once imported, False if Gluon's Hopper API is missing
@@ -66,13 +72,23 @@ def _capability(device: torch.device):
     return _CAPABILITY[idx]
 
 
+def _tma_strides(t: torch.Tensor):
+    """``t``'s strides for a TMA descriptor of its ``[B, heads, L, D]`` shape: a dimension of size 1 gets the stride
+    of a packed one (whatever its own stride is, it is never stepped along)."""
+    strides = list(t.stride())
+    for i in (2, 1, 0):
+        if t.shape[i] == 1:
+            strides[i] = strides[i + 1] * t.shape[i + 1]
+    return strides
+
+
 def _tma_view_ok(t: torch.Tensor) -> bool:
-    """``t`` ``[B, heads, L, D]`` is a view of ``[B, L, heads * D]`` rows that TMA can read."""
-    B, H, L, D = t.shape
+    """TMA can read ``t`` ``[B, heads, L, D]`` as it is: head dim contiguous, every other stride positive and a
+    multiple of 16 bytes (HF's ``[B, L, heads, D]`` projections, a fused QKV's row stride, a KV cache's
+    ``[B, heads, L, D]``), 16-byte aligned."""
     esize = t.element_size()
-    sb, sh, sl, sd = t.stride()
-    return (sd == 1 and sh == D and sl >= H * D and (sl * esize) % 16 == 0
-            and (B == 1 or (sb * esize) % 16 == 0 and sb > 0) and t.data_ptr() % 16 == 0)
+    *outer, sd = _tma_strides(t)
+    return sd == 1 and all(s > 0 and (s * esize) % 16 == 0 for s in outer) and t.data_ptr() % 16 == 0
 
 
 def call_ok(q, k, v, kind, causal, fold, need_lse, drop_thr, splits, sm_count) -> bool:
@@ -81,7 +97,7 @@ def call_ok(q, k, v, kind, causal, fold, need_lse, drop_thr, splits, sm_count) -
     whether the scale may go inside the exponent, ``sm_count`` the device's multiprocessors."""
     B, H, Q, D = q.shape
     K = k.shape[2]
-    if (kind not in (0, 1) or causal or not fold or need_lse or drop_thr or splits != 1 or D != HEAD_D
+    if (kind not in (0, 1) or (causal and not CAUSAL_OK) or not fold or need_lse or drop_thr or splits != 1 or D != HEAD_D
             or q.dtype not in (torch.float16, torch.bfloat16) or Q < BLOCK_M or K < 1
             or not MIN_TILES_PER_SM * sm_count <= B * H * -(-Q // BLOCK_M) < 2**31):  # tile indices are int32
         return False
@@ -98,7 +114,7 @@ def usable(q, k, v, kind, causal, fold, need_lse, drop_thr, splits, sm_count) ->
 
 
 def compile_for(arch: int = 90, dtype: str = "fp16", kind: int = 1, n_m: int = 4, heads: int = 12, group: int = 1,
-                cursor_regs=None):
+                cursor_regs=None, causal: bool = False, split=None, batch: int = 32, sm_count: int = 132):
     """The kernel compiled for ``sm_{arch}`` without a GPU (signature as the launcher builds it): for the tests and
     ``--compile-only`` inspection of its SASS. ``dtype``: "fp16" or "bf16"."""
     import triton
@@ -112,13 +128,14 @@ def compile_for(arch: int = 90, dtype: str = "fp16", kind: int = 1, n_m: int = 4
     gdt = gl.float16 if dtype == "fp16" else gl.bfloat16
     sig = {}
     for name, block in (("q_desc", BLOCK_M), ("k_desc", BLOCK_N), ("v_desc", BLOCK_N), ("o_desc", BLOCK_M)):
-        layout = gl.NVMMASharedLayout.get_default_for([1, block, HEAD_D], gdt)
-        sig[name] = f"tensordesc<{dtype}[1, {block}, {HEAD_D}],{layout!r}>"
-    sig.update(ranges_ptr="*i32", mask_ptr="*u8", stride_mb="i32", stride_mk="i32", K_LEN="i32", n_tiles="i32",
+        layout = gl.NVMMASharedLayout.get_default_for([1, 1, block, HEAD_D], gdt)
+        sig[name] = f"tensordesc<{dtype}[1, 1, {block}, {HEAD_D}],{layout!r}>"
+    sig.update(ranges_ptr="*i32", mask_ptr="*u8", stride_mb="i32", stride_mk="i32", Q_LEN="i32", K_LEN="i32",
                qk_scale="fp32")
-    consts = dict(MASK_KIND=kind, N_M=n_m, N_HEADS=heads, GROUP=group, HEAD_D=HEAD_D, BLOCK_M=BLOCK_M,
+    consts = dict(N_TILES=n_m * heads * batch, NPROG=min(n_m * heads * batch, PER_SM * sm_count), MASK_KIND=kind,
+                  CAUSAL=causal, N_M=n_m, N_HEADS=heads, GROUP=group, HEAD_D=HEAD_D, BLOCK_M=BLOCK_M,
                   BLOCK_N=BLOCK_N, STAGES=STAGES, CURSOR_REGS=CURSOR_REGS if cursor_regs is None else cursor_regs,
-                  num_warps=WARPS)
+                  SPLIT=bool(causal or SPLIT_LOOP if split is None else split), num_warps=WARPS)
     sig.update({c: "constexpr" for c in consts})
     src = GluonASTSource(mod._attn_fwd_persistent, sig, consts, attrs={})
     return triton.compile(src, target=GPUTarget("cuda", arch, 32), options=dict(num_warps=WARPS))
@@ -143,7 +160,7 @@ class HopperForward:
     fixes everything the kernel was specialised on but the tensors' addresses, and those are 16-byte aligned in
     every call that reaches this plan."""
 
-    def __init__(self, q, k, v, kind, scale, sm_count):
+    def __init__(self, q, k, v, kind, causal, scale, sm_count):
         from triton.experimental.gluon import language as gl
 
         mod = kernels()
@@ -151,33 +168,29 @@ class HopperForward:
         B, H, Q, D = q.shape
         Hkv, K = k.shape[1], k.shape[2]
         gdt = gl.float16 if q.dtype == torch.float16 else gl.bfloat16
-        self.layouts = (gl.NVMMASharedLayout.get_default_for([1, BLOCK_M, D], gdt),
-                        gl.NVMMASharedLayout.get_default_for([1, BLOCK_N, D], gdt))
+        self.layouts = (gl.NVMMASharedLayout.get_default_for([1, 1, BLOCK_M, D], gdt),
+                        gl.NVMMASharedLayout.get_default_for([1, 1, BLOCK_N, D], gdt))
         n_m = -(-Q // BLOCK_M)
         self.n_tiles = n_m * B * H
         self.grid = (min(self.n_tiles, PER_SM * sm_count),)
         self.kind = kind
-        self.consts = dict(MASK_KIND=kind, N_M=n_m, N_HEADS=H, GROUP=H // Hkv, HEAD_D=D, BLOCK_M=BLOCK_M,
-                           BLOCK_N=BLOCK_N, STAGES=STAGES, CURSOR_REGS=CURSOR_REGS, num_warps=WARPS)
-        self.K = K
+        self.consts = dict(N_TILES=self.n_tiles, NPROG=self.grid[0], MASK_KIND=kind, CAUSAL=bool(causal), N_M=n_m, N_HEADS=H, GROUP=H // Hkv, HEAD_D=D, BLOCK_M=BLOCK_M,
+                           BLOCK_N=BLOCK_N, STAGES=STAGES, CURSOR_REGS=CURSOR_REGS,
+                           SPLIT=bool(causal or SPLIT_LOOP), num_warps=WARPS)
+        self.Q, self.K = Q, K
         self.qk_scale = scale * _LOG2E
         self.dummy = torch.zeros(4, dtype=torch.int32, device=q.device)  # the range and mask pointers when unused
-        # each descriptor's [B, L, heads * D] view: shape and strides, fixed by the plan's key
-        self.views = [self._view(t) for t in (q, k, v)]
-        self.views.append(([B, Q, H * D], [Q * H * D, H * D, 1]))  # out: the plan's fresh [B, Q, H, D]
+        # each descriptor's [B, heads, L, D] shape and strides, fixed by the plan's key
+        self.views = [(list(t.shape), _tma_strides(t)) for t in (q, k, v)]
+        self.views.append(([B, H, Q, D], _tma_strides(torch.empty(B, Q, H, D, device="meta").transpose(1, 2))))
         self.compiled, self.tail = None, ()
-
-    @staticmethod
-    def _view(t):
-        B, H, L, D = t.shape
-        return [B, L, H * D], [t.stride(0) if B > 1 else L * t.stride(2), t.stride(2), 1]
 
     def __call__(self, q, k, v, out, mask_t, ranges):
         if self.kind == 1:
             mask, smb, smk = mask_t, mask_t.stride(0), mask_t.stride(1)
         else:
             ranges, mask, smb, smk = self.dummy, self.dummy, 0, 0
-        scalars = (ranges, mask, smb, smk, self.K, self.n_tiles, self.qk_scale)
+        scalars = (ranges, mask, smb, smk, self.Q, self.K, self.qk_scale)
         tensors = (q, k, v, out)
         compiled = self.compiled
         if compiled is not None and _launch.ENABLED and not _launch._hooks_installed():
@@ -188,7 +201,7 @@ class HopperForward:
 
         lm, ln = self.layouts
         blocks = (BLOCK_M, BLOCK_N, BLOCK_N, BLOCK_M)
-        descs = [TensorDescriptor(t, shape, strides, [1, block, t.shape[3]], layout)
+        descs = [TensorDescriptor(t, shape, strides, [1, 1, block, t.shape[3]], layout)
                  for t, (shape, strides), block, layout in zip(tensors, self.views, blocks, (lm, ln, ln, lm))]
         kernel = self.kernel[self.grid](*descs, *scalars, **self.consts)
         names = self.kernel.arg_names[len(descs) + len(scalars):]

@@ -39,15 +39,30 @@ def _wgmma_layout(num_warps, n):
 
 
 @gluon.jit
-def _tile(t, ranges_ptr, K_LEN, N_M: gl.constexpr, N_HEADS: gl.constexpr, GROUP: gl.constexpr,
-          MASK_KIND: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, HEAD_D: gl.constexpr):
-    """Tile ``t`` (the query blocks of one head are consecutive): batch, first query row, q / o column, k / v column,
-    ``[full_lo, full_hi)`` (the tile's key blocks, counted from its first, that need no mask), first key block and
-    number of key blocks (at least 1: a sequence with no key still runs one fully masked block, which keeps the
-    K / V ring's order simple)."""
-    bh = t // N_M
+def _tile(t, ranges_ptr, Q_LEN, K_LEN, n_tiles, nprog, N_M: gl.constexpr, N_HEADS: gl.constexpr,
+          GROUP: gl.constexpr, MASK_KIND: gl.constexpr, CAUSAL: gl.constexpr, BLOCK_M: gl.constexpr,
+          BLOCK_N: gl.constexpr, HEAD_D: gl.constexpr):
+    """Tile ``t``: batch, first query row, q / o column, k / v column, ``[full_lo, full_hi)`` (the tile's key
+    blocks, counted from its first, that need no mask), first key block and number of key blocks (at least 1: a
+    tile with no key still runs one fully masked block, which keeps the K / V ring's order simple).
+
+    Without causality the query blocks of one head are consecutive tiles. With it, a tile's work grows with its
+    query block, so the tiles go heaviest first (last query block of every head, then the one before, ...) in
+    rounds of ``nprog`` whose direction alternates (the last round, partial or not, runs forward): program ``p``
+    takes list positions ``p`` and ``2 nprog - 1 - p``, then again, which evens out the programs' shares."""
+    if CAUSAL:
+        r = t // nprog
+        pos = t - r * nprog
+        i = gl.where((r % 2 == 1) & (r != (n_tiles - 1) // nprog), r * nprog + nprog - 1 - pos, t)
+        n_bh = n_tiles // N_M
+        mb = N_M - 1 - i // n_bh
+        bh = i % n_bh
+    else:
+        bh = t // N_M
+        mb = t % N_M
     b = bh // N_HEADS
     h = bh % N_HEADS
+    m0 = mb * BLOCK_M
     if MASK_KIND == 1:
         start = gl.load(ranges_ptr + b * 4)
         end = gl.load(ranges_ptr + b * 4 + 1)
@@ -57,37 +72,44 @@ def _tile(t, ranges_ptr, K_LEN, N_M: gl.constexpr, N_HEADS: gl.constexpr, GROUP:
         end = K_LEN + 0
         holes = K_LEN * 0
     lo = start // BLOCK_N
-    n_blocks = gl.maximum(gl.cdiv(end, BLOCK_N) - lo, 1)
+    if CAUSAL:  # bottom-right: row r sees keys below r + K - Q + 1
+        n_blocks = gl.maximum(gl.cdiv(gl.maximum(gl.minimum(end, m0 + BLOCK_M + K_LEN - Q_LEN), 0), BLOCK_N) - lo, 1)
+        full_end = gl.maximum(gl.minimum(end, m0 + K_LEN - Q_LEN + 1), 0)
+    else:
+        n_blocks = gl.maximum(gl.cdiv(end, BLOCK_N) - lo, 1)
+        full_end = end
     full_lo = (start % BLOCK_N != 0).to(gl.int32)
-    full_hi = gl.where(holes != 0, 0, end // BLOCK_N - lo)
-    return b, (t % N_M) * BLOCK_M, h * HEAD_D, (h // GROUP) * HEAD_D, full_lo, full_hi, lo, n_blocks
+    full_hi = gl.where(holes != 0, 0, full_end // BLOCK_N - lo)
+    return b, m0, h, h // GROUP, full_lo, full_hi, lo, n_blocks
 
 
 @gluon.jit
-def _issue_kv(k_desc, v_desc, k_smem, v_smem, k_bars, v_bars, b, row, col, slot, pred):
+def _issue_kv(k_desc, v_desc, k_smem, v_smem, k_bars, v_bars, b, head, row, slot, pred):
     kb = k_bars.index(slot)
     vb = v_bars.index(slot)
     mbarrier.expect(kb, k_desc.block_type.nbytes, pred=pred)
-    _tma_load(k_desc, [b, row, col], kb, k_smem.index(slot), pred=pred)
+    _tma_load(k_desc, [b, head, row, 0], kb, k_smem.index(slot), pred=pred)
     mbarrier.expect(vb, v_desc.block_type.nbytes, pred=pred)
-    _tma_load(v_desc, [b, row, col], vb, v_smem.index(slot), pred=pred)
+    _tma_load(v_desc, [b, head, row, 0], vb, v_smem.index(slot), pred=pred)
 
 
 @gluon.jit
 def _issue_next(k_desc, v_desc, k_smem, v_smem, k_bars, v_bars, slot, lt, lj, lnb, llo, n_tiles, nprog, ranges_ptr,
-                K_LEN, N_M: gl.constexpr, N_HEADS: gl.constexpr, GROUP: gl.constexpr, MASK_KIND: gl.constexpr,
-                BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, HEAD_D: gl.constexpr, CURSOR_REGS: gl.constexpr, pred):
+                Q_LEN, K_LEN, N_M: gl.constexpr, N_HEADS: gl.constexpr, GROUP: gl.constexpr,
+                MASK_KIND: gl.constexpr, CAUSAL: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr,
+                HEAD_D: gl.constexpr, CURSOR_REGS: gl.constexpr, pred):
     """Load key block ``lj`` of tile ``lt`` (the load cursor; the tile's key blocks start at block ``llo``, ``lnb``
     of them) into ``slot``, when ``pred``; then advance the cursor, to this program's next tile after a tile's last
     block. ``CURSOR_REGS``: ``llo`` and ``lnb`` are carried in registers and read from the key ranges only when the
     cursor moves to a tile; else they are read for every block (two loads whose latency the refill waits for)."""
     # past the last tile the cursor's copies are predicated off; its index is clamped so nothing reads past ranges
-    b, _, _, kcol, _, _, llo_t, lnb_t = _tile(gl.minimum(lt, n_tiles - 1), ranges_ptr, K_LEN, N_M, N_HEADS, GROUP,
-                                              MASK_KIND, BLOCK_M, BLOCK_N, HEAD_D)
+    b, _, _, hk, _, _, llo_t, lnb_t = _tile(gl.minimum(lt, n_tiles - 1), ranges_ptr, Q_LEN, K_LEN, n_tiles,
+                                              nprog, N_M, N_HEADS, GROUP, MASK_KIND, CAUSAL, BLOCK_M, BLOCK_N,
+                                              HEAD_D)
     if not CURSOR_REGS:
         llo = llo_t
         lnb = lnb_t
-    _issue_kv(k_desc, v_desc, k_smem, v_smem, k_bars, v_bars, b, (llo + lj) * BLOCK_N, kcol, slot,
+    _issue_kv(k_desc, v_desc, k_smem, v_smem, k_bars, v_bars, b, hk, (llo + lj) * BLOCK_N, slot,
               pred & (lt < n_tiles))
     if pred:  # the cursor moves only when a slot was handed out
         lj = lj + 1
@@ -95,20 +117,21 @@ def _issue_next(k_desc, v_desc, k_smem, v_smem, k_bars, v_bars, slot, lt, lj, ln
             lt = lt + nprog
             lj = lj * 0
             if CURSOR_REGS:
-                _, _, _, _, _, _, llo, lnb = _tile(gl.minimum(lt, n_tiles - 1), ranges_ptr, K_LEN, N_M, N_HEADS,
-                                                   GROUP, MASK_KIND, BLOCK_M, BLOCK_N, HEAD_D)
+                _, _, _, _, _, _, llo, lnb = _tile(gl.minimum(lt, n_tiles - 1), ranges_ptr, Q_LEN, K_LEN,
+                                                   n_tiles, nprog, N_M, N_HEADS, GROUP, MASK_KIND, CAUSAL,
+                                                   BLOCK_M, BLOCK_N, HEAD_D)
     return lt, lj, lnb, llo
 
 
 @gluon.jit
-def _mask_block(s, cols, n0, t, ranges_ptr, mask_ptr, stride_mb, stride_mk, K_LEN, N_M: gl.constexpr,
-                N_HEADS: gl.constexpr, MASK_KIND: gl.constexpr):
-    """Scores of keys ``n0 + cols`` outside the sequence's key range (and, for a sequence with holes, where its mask
-    row is 0) set to -inf. Called for the blocks :func:`_tile`'s ``[full_lo, full_hi)`` leaves out only, so the range
-    is read again here rather than held in registers through the key loop."""
+def _mask_block(s, cols, m0, n0, b, ranges_ptr, mask_ptr, stride_mb, stride_mk, Q_LEN, K_LEN,
+                MASK_KIND: gl.constexpr, CAUSAL: gl.constexpr, BLOCK_M: gl.constexpr, row_s: gl.constexpr):
+    """Scores of keys ``n0 + cols`` outside the sequence's key range, past row ``r``'s causal bound
+    ``r + K - Q + 1`` (``rows``: the tile's query rows) or, for a sequence with holes, where its mask row is 0, set to
+    -inf. Called for the blocks :func:`_tile`'s ``[full_lo, full_hi)`` leaves out only, so the range is read again
+    here rather than held in registers through the key loop."""
     c = n0 + cols
     if MASK_KIND == 1:
-        b = t // N_M // N_HEADS
         start = gl.load(ranges_ptr + b * 4)
         end = gl.load(ranges_ptr + b * 4 + 1)
         holes = gl.load(ranges_ptr + b * 4 + 2)
@@ -118,14 +141,19 @@ def _mask_block(s, cols, n0, t, ranges_ptr, mask_ptr, stride_mb, stride_mk, K_LE
             keep = keep & (pm != 0)
     else:
         keep = c < K_LEN
-    return gl.where(keep[None, :], s, float("-inf"))
+    if CAUSAL:
+        rows = gl.arange(0, BLOCK_M, layout=row_s) + (m0 + K_LEN - Q_LEN + 1)
+        keep2 = keep[None, :] & (c[None, :] < rows[:, None])
+    else:
+        keep2 = keep[None, :]
+    return gl.where(keep2, s, float("-inf"))
 
 
 @gluon.jit
-def _online_softmax(s, m_i, l_i, qk_scale, MASK_KIND: gl.constexpr):
+def _online_softmax(s, m_i, l_i, qk_scale, GUARD: gl.constexpr):
     m_new = gl.maximum(m_i, gl.max(s, axis=1) * qk_scale)
     m_use = m_new
-    if MASK_KIND == 1:  # a sequence with no key: every score -inf, and -inf - -inf would be NaN
+    if GUARD:  # a row with no key so far: every score -inf, and -inf - -inf would be NaN
         m_use = gl.where(m_new == float("-inf"), 0.0, m_new)
     p = gl.exp2(s * qk_scale - m_use[:, None])
     alpha = gl.exp2(m_i - m_use)
@@ -134,16 +162,60 @@ def _online_softmax(s, m_i, l_i, qk_scale, MASK_KIND: gl.constexpr):
 
 
 @gluon.jit
-def _attn_fwd_persistent(q_desc, k_desc, v_desc, o_desc, ranges_ptr, mask_ptr, stride_mb, stride_mk, K_LEN, n_tiles,
-                         qk_scale, MASK_KIND: gl.constexpr, N_M: gl.constexpr, N_HEADS: gl.constexpr,
-                         GROUP: gl.constexpr, HEAD_D: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr,
-                         STAGES: gl.constexpr, CURSOR_REGS: gl.constexpr, num_warps: gl.constexpr):
+def _step(j, acc, p16, p, m_i, l_i, alpha, g, lt, lj, lnb, llo, q_tile, s_zero, cols, m0, lo, b, full_lo, full_hi,
+          k_desc, v_desc, k_smem, v_smem, k_bars, v_bars, n_tiles, nprog, ranges_ptr, mask_ptr, stride_mb, stride_mk,
+          Q_LEN, K_LEN, qk_scale, MASKED: gl.constexpr, GUARD: gl.constexpr, N_M: gl.constexpr,
+          N_HEADS: gl.constexpr, GROUP: gl.constexpr, MASK_KIND: gl.constexpr, CAUSAL: gl.constexpr,
+          BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, HEAD_D: gl.constexpr, STAGES: gl.constexpr,
+          CURSOR_REGS: gl.constexpr, p_layout: gl.constexpr, row_o: gl.constexpr, row_s: gl.constexpr):
+    """Key block ``j`` (> 0) of a tile, the ``g``-th this program consumes: issue ``S_j``, then ``P_{j-1} V_{j-1}``;
+    refill block g - 2's slots; softmax of ``S_j`` while ``P v`` runs. ``MASKED``: 0 never mask (the caller knows
+    block j needs none), 1 always, 2 where ``[full_lo, full_hi)`` leaves it out."""
+    dtype: gl.constexpr = p16.dtype
+    slot = g % STAGES
+    mbarrier.wait(k_bars.index(slot), (g // STAGES) & 1)
+    s_tok = warpgroup_mma(q_tile, k_smem.index(slot).reshape([BLOCK_N, HEAD_D]).permute((1, 0)), s_zero,
+                          use_acc=False, is_async=True)
+    acc = acc * gl.convert_layout(alpha, row_o)[:, None]
+    p16 = gl.convert_layout(p.to(dtype), p_layout)
+    o_tok = warpgroup_mma(p16, v_smem.index((g + STAGES - 1) % STAGES).reshape([BLOCK_N, HEAD_D]), acc,
+                          is_async=True)
+    # with both products on the tensor cores: refill block g - 2's slots (the cursor's tile bounds are loads, whose
+    # latency would otherwise hold back the issue of P v)
+    lt, lj, lnb, llo = _issue_next(k_desc, v_desc, k_smem, v_smem, k_bars, v_bars, (g + STAGES - 2) % STAGES, lt, lj,
+                                   lnb, llo, n_tiles, nprog, ranges_ptr, Q_LEN, K_LEN, N_M, N_HEADS, GROUP, MASK_KIND,
+                                   CAUSAL, BLOCK_M, BLOCK_N, HEAD_D, CURSOR_REGS, g >= 2)
+    s = warpgroup_mma_wait(1, deps=[s_tok])
+    if MASKED == 1:
+        s = _mask_block(s, cols, m0, (lo + j) * BLOCK_N, b, ranges_ptr, mask_ptr, stride_mb, stride_mk, Q_LEN, K_LEN,
+                        MASK_KIND, CAUSAL, BLOCK_M, row_s)
+    elif MASKED == 2:
+        if (j < full_lo) | (j >= full_hi):
+            s = _mask_block(s, cols, m0, (lo + j) * BLOCK_N, b, ranges_ptr, mask_ptr, stride_mb, stride_mk, Q_LEN,
+                            K_LEN, MASK_KIND, CAUSAL, BLOCK_M, row_s)
+    p, m_i, l_i, alpha = _online_softmax(s, m_i, l_i, qk_scale, GUARD)
+    mbarrier.wait(v_bars.index(slot), (g // STAGES) & 1)  # also ends the basic block (module docstring)
+    acc, p16 = warpgroup_mma_wait(0, deps=[o_tok, p16])
+    return acc, p16, p, m_i, l_i, alpha, g + 1, lt, lj, lnb, llo
+
+
+@gluon.jit
+def _attn_fwd_persistent(q_desc, k_desc, v_desc, o_desc, ranges_ptr, mask_ptr, stride_mb, stride_mk, Q_LEN, K_LEN,
+                         qk_scale, N_TILES: gl.constexpr, NPROG: gl.constexpr, MASK_KIND: gl.constexpr,
+                         CAUSAL: gl.constexpr, N_M: gl.constexpr,
+                         N_HEADS: gl.constexpr, GROUP: gl.constexpr, HEAD_D: gl.constexpr, BLOCK_M: gl.constexpr,
+                         BLOCK_N: gl.constexpr, STAGES: gl.constexpr, CURSOR_REGS: gl.constexpr,
+                         SPLIT: gl.constexpr, num_warps: gl.constexpr):
     """q / o: ``[B, Q, H * D]`` views with ``[1, BLOCK_M, D]`` blocks; k / v: ``[B, K, Hkv * D]`` with
     ``[1, BLOCK_N, D]``. ``ranges``: int32 ``[B, 4]`` (start, end, has holes, unused) for ``MASK_KIND`` 1, with
-    ``mask`` the ``[B, K]`` padding mask it came from; ``qk_scale`` = scale * log2(e) > 0."""
+    ``mask`` the ``[B, K]`` padding mask it came from; ``CAUSAL``: bottom-right (query ``i`` sees keys
+    ``j <= i + K - Q``); ``qk_scale`` = scale * log2(e) > 0."""
+    GUARD: gl.constexpr = (MASK_KIND == 1) | CAUSAL  # rows can have no key
     gl.static_assert(STAGES >= 3, "block g - 2's slots are refilled when block g starts: at least 3 stages")
     pid = gl.program_id(0)
-    nprog = gl.num_programs(0)
+    # the tile count and the grid are compile-time constants: the tile order's divisions become multiplies
+    n_tiles = N_TILES
+    nprog = NPROG
     dtype: gl.constexpr = q_desc.dtype
 
     s_layout: gl.constexpr = _wgmma_layout(num_warps, BLOCK_N)  # the score tile's registers
@@ -153,10 +225,10 @@ def _attn_fwd_persistent(q_desc, k_desc, v_desc, o_desc, ranges_ptr, mask_ptr, s
     row_o: gl.constexpr = gl.SliceLayout(1, o_layout)
     col_s: gl.constexpr = gl.SliceLayout(0, s_layout)
 
-    q_smem = gl.allocate_shared_memory(dtype, [2, 1, BLOCK_M, HEAD_D], q_desc.layout)
-    o_smem = gl.allocate_shared_memory(dtype, [1, BLOCK_M, HEAD_D], o_desc.layout)
-    k_smem = gl.allocate_shared_memory(dtype, [STAGES, 1, BLOCK_N, HEAD_D], k_desc.layout)
-    v_smem = gl.allocate_shared_memory(dtype, [STAGES, 1, BLOCK_N, HEAD_D], v_desc.layout)
+    q_smem = gl.allocate_shared_memory(dtype, [2, 1, 1, BLOCK_M, HEAD_D], q_desc.layout)
+    o_smem = gl.allocate_shared_memory(dtype, [1, 1, BLOCK_M, HEAD_D], o_desc.layout)
+    k_smem = gl.allocate_shared_memory(dtype, [STAGES, 1, 1, BLOCK_N, HEAD_D], k_desc.layout)
+    v_smem = gl.allocate_shared_memory(dtype, [STAGES, 1, 1, BLOCK_N, HEAD_D], v_desc.layout)
     q_bars = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
     k_bars = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
     v_bars = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
@@ -170,16 +242,14 @@ def _attn_fwd_persistent(q_desc, k_desc, v_desc, o_desc, ranges_ptr, mask_ptr, s
     # the load cursor starts at this program's first tile; the ring's first STAGES blocks
     lt = pid
     lj = pid * 0
-    _, _, _, _, _, _, llo, lnb = _tile(pid, ranges_ptr, K_LEN, N_M, N_HEADS, GROUP, MASK_KIND, BLOCK_M, BLOCK_N,
-                                       HEAD_D)
+    b0, m00, h0, _, _, _, llo, lnb = _tile(pid, ranges_ptr, Q_LEN, K_LEN, n_tiles, nprog, N_M, N_HEADS, GROUP,
+                                              MASK_KIND, CAUSAL, BLOCK_M, BLOCK_N, HEAD_D)
     for i in gl.static_range(STAGES):
         lt, lj, lnb, llo = _issue_next(k_desc, v_desc, k_smem, v_smem, k_bars, v_bars, i, lt, lj, lnb, llo, n_tiles,
-                                       nprog, ranges_ptr, K_LEN, N_M, N_HEADS, GROUP, MASK_KIND, BLOCK_M, BLOCK_N,
-                                       HEAD_D, CURSOR_REGS, True)
-    b0, m00, qcol0, _, _, _, _, _ = _tile(pid, ranges_ptr, K_LEN, N_M, N_HEADS, GROUP, MASK_KIND, BLOCK_M, BLOCK_N,
-                                             HEAD_D)
+                                       nprog, ranges_ptr, Q_LEN, K_LEN, N_M, N_HEADS, GROUP, MASK_KIND, CAUSAL,
+                                       BLOCK_M, BLOCK_N, HEAD_D, CURSOR_REGS, True)
     mbarrier.expect(q_bars.index(0), q_desc.block_type.nbytes)
-    _tma_load(q_desc, [b0, m00, qcol0], q_bars.index(0), q_smem.index(0))
+    _tma_load(q_desc, [b0, h0, m00, 0], q_bars.index(0), q_smem.index(0))
 
     cols = gl.arange(0, BLOCK_N, layout=col_s)
     s_zero = gl.zeros([BLOCK_M, BLOCK_N], gl.float32, layout=s_layout)
@@ -187,14 +257,15 @@ def _attn_fwd_persistent(q_desc, k_desc, v_desc, o_desc, ranges_ptr, mask_ptr, s
     it = pid * 0  # tiles done by this program
     for t in range(pid, n_tiles, nprog):
         qb = it % 2
-        _, _, _, _, full_lo, full_hi, lo, n_blocks = _tile(t, ranges_ptr, K_LEN, N_M, N_HEADS, GROUP, MASK_KIND,
-                                                               BLOCK_M, BLOCK_N, HEAD_D)
+        b, m0, h, _, full_lo, full_hi, lo, n_blocks = _tile(t, ranges_ptr, Q_LEN, K_LEN, n_tiles, nprog, N_M,
+                                                               N_HEADS, GROUP, MASK_KIND, CAUSAL, BLOCK_M, BLOCK_N,
+                                                               HEAD_D)
         # the next tile's Q, into the buffer the previous tile's products are done with
         tn = t + nprog
-        bn, m0n, qcoln, _, _, _, _, _ = _tile(tn % n_tiles, ranges_ptr, K_LEN, N_M, N_HEADS, GROUP, MASK_KIND,
-                                                 BLOCK_M, BLOCK_N, HEAD_D)
+        bn, m0n, hn, _, _, _, _, _ = _tile(tn % n_tiles, ranges_ptr, Q_LEN, K_LEN, n_tiles, nprog, N_M,
+                                              N_HEADS, GROUP, MASK_KIND, CAUSAL, BLOCK_M, BLOCK_N, HEAD_D)
         mbarrier.expect(q_bars.index(1 - qb), q_desc.block_type.nbytes, pred=tn < n_tiles)
-        _tma_load(q_desc, [bn, m0n, qcoln], q_bars.index(1 - qb), q_smem.index(1 - qb), pred=tn < n_tiles)
+        _tma_load(q_desc, [bn, hn, m0n, 0], q_bars.index(1 - qb), q_smem.index(1 - qb), pred=tn < n_tiles)
         q_tile = q_smem.index(qb).reshape([BLOCK_M, HEAD_D])
         mbarrier.wait(q_bars.index(qb), (it // 2) & 1)
 
@@ -209,38 +280,37 @@ def _attn_fwd_persistent(q_desc, k_desc, v_desc, o_desc, ranges_ptr, mask_ptr, s
         s_tok = warpgroup_mma(q_tile, k_smem.index(slot).reshape([BLOCK_N, HEAD_D]).permute((1, 0)), s_zero,
                               use_acc=False, is_async=True)
         lt, lj, lnb, llo = _issue_next(k_desc, v_desc, k_smem, v_smem, k_bars, v_bars, (g + STAGES - 2) % STAGES, lt,
-                                       lj, lnb, llo, n_tiles, nprog, ranges_ptr, K_LEN, N_M, N_HEADS, GROUP,
-                                       MASK_KIND, BLOCK_M, BLOCK_N, HEAD_D, CURSOR_REGS, g >= 2)
+                                       lj, lnb, llo, n_tiles, nprog, ranges_ptr, Q_LEN, K_LEN, N_M, N_HEADS, GROUP,
+                                       MASK_KIND, CAUSAL, BLOCK_M, BLOCK_N, HEAD_D, CURSOR_REGS, g >= 2)
         s = warpgroup_mma_wait(0, deps=[s_tok])
         if (full_lo > 0) | (full_hi < 1):
-            s = _mask_block(s, cols, lo * BLOCK_N, t, ranges_ptr, mask_ptr, stride_mb, stride_mk, K_LEN, N_M, N_HEADS,
-                            MASK_KIND)
-        p, m_i, l_i, alpha = _online_softmax(s, m_i, l_i, qk_scale, MASK_KIND)
+            s = _mask_block(s, cols, m0, lo * BLOCK_N, b, ranges_ptr, mask_ptr, stride_mb, stride_mk, Q_LEN,
+                            K_LEN, MASK_KIND, CAUSAL, BLOCK_M, row_s)
+        p, m_i, l_i, alpha = _online_softmax(s, m_i, l_i, qk_scale, GUARD)
         mbarrier.wait(v_bars.index(slot), (g // STAGES) & 1)
         g += 1
 
-        for j in range(1, n_blocks):
-            slot = g % STAGES
-            mbarrier.wait(k_bars.index(slot), (g // STAGES) & 1)
-            s_tok = warpgroup_mma(q_tile, k_smem.index(slot).reshape([BLOCK_N, HEAD_D]).permute((1, 0)), s_zero,
-                                  use_acc=False, is_async=True)
-            acc = acc * gl.convert_layout(alpha, row_o)[:, None]
-            p16 = gl.convert_layout(p.to(dtype), p_layout)
-            o_tok = warpgroup_mma(p16, v_smem.index((g + STAGES - 1) % STAGES).reshape([BLOCK_N, HEAD_D]), acc,
-                                  is_async=True)
-            # with both products on the tensor cores: refill block g - 2's slots (the cursor's tile bounds are
-            # loads, whose latency would otherwise hold back the issue of P v)
-            lt, lj, lnb, llo = _issue_next(k_desc, v_desc, k_smem, v_smem, k_bars, v_bars, (g + STAGES - 2) % STAGES,
-                                           lt, lj, lnb, llo, n_tiles, nprog, ranges_ptr, K_LEN, N_M, N_HEADS, GROUP,
-                                           MASK_KIND, BLOCK_M, BLOCK_N, HEAD_D, CURSOR_REGS, g >= 2)
-            s = warpgroup_mma_wait(1, deps=[s_tok])
-            if (j < full_lo) | (j >= full_hi):
-                s = _mask_block(s, cols, (lo + j) * BLOCK_N, t, ranges_ptr, mask_ptr, stride_mb, stride_mk, K_LEN,
-                                N_M, N_HEADS, MASK_KIND)
-            p, m_i, l_i, alpha = _online_softmax(s, m_i, l_i, qk_scale, MASK_KIND)
-            mbarrier.wait(v_bars.index(slot), (g // STAGES) & 1)  # also ends the basic block (module docstring)
-            acc, p16 = warpgroup_mma_wait(0, deps=[o_tok, p16])
-            g += 1
+        if SPLIT:  # blocks that need no mask, then those that do (the diagonal's, the range's last)
+            mid = gl.maximum(gl.minimum(full_hi, n_blocks), 1)
+            for j in range(1, mid):
+                acc, p16, p, m_i, l_i, alpha, g, lt, lj, lnb, llo = _step(
+                    j, acc, p16, p, m_i, l_i, alpha, g, lt, lj, lnb, llo, q_tile, s_zero, cols, m0, lo, b,
+                    full_lo, full_hi, k_desc, v_desc, k_smem, v_smem, k_bars, v_bars, n_tiles, nprog, ranges_ptr,
+                    mask_ptr, stride_mb, stride_mk, Q_LEN, K_LEN, qk_scale, 0, GUARD, N_M, N_HEADS, GROUP, MASK_KIND,
+                    CAUSAL, BLOCK_M, BLOCK_N, HEAD_D, STAGES, CURSOR_REGS, p_layout, row_o, row_s)
+            for j in range(mid, n_blocks):
+                acc, p16, p, m_i, l_i, alpha, g, lt, lj, lnb, llo = _step(
+                    j, acc, p16, p, m_i, l_i, alpha, g, lt, lj, lnb, llo, q_tile, s_zero, cols, m0, lo, b,
+                    full_lo, full_hi, k_desc, v_desc, k_smem, v_smem, k_bars, v_bars, n_tiles, nprog, ranges_ptr,
+                    mask_ptr, stride_mb, stride_mk, Q_LEN, K_LEN, qk_scale, 1, GUARD, N_M, N_HEADS, GROUP, MASK_KIND,
+                    CAUSAL, BLOCK_M, BLOCK_N, HEAD_D, STAGES, CURSOR_REGS, p_layout, row_o, row_s)
+        else:  # one loop that masks where a block needs it
+            for j in range(1, n_blocks):
+                acc, p16, p, m_i, l_i, alpha, g, lt, lj, lnb, llo = _step(
+                    j, acc, p16, p, m_i, l_i, alpha, g, lt, lj, lnb, llo, q_tile, s_zero, cols, m0, lo, b,
+                    full_lo, full_hi, k_desc, v_desc, k_smem, v_smem, k_bars, v_bars, n_tiles, nprog, ranges_ptr,
+                    mask_ptr, stride_mb, stride_mk, Q_LEN, K_LEN, qk_scale, 2, GUARD, N_M, N_HEADS, GROUP, MASK_KIND,
+                    CAUSAL, BLOCK_M, BLOCK_N, HEAD_D, STAGES, CURSOR_REGS, p_layout, row_o, row_s)
 
         acc = acc * gl.convert_layout(alpha, row_o)[:, None]
         p16 = gl.convert_layout(p.to(dtype), p_layout)
@@ -249,11 +319,9 @@ def _attn_fwd_persistent(q_desc, k_desc, v_desc, o_desc, ranges_ptr, mask_ptr, s
         acc, p16 = warpgroup_mma_wait(0, deps=[o_tok, p16])
         l_o = gl.convert_layout(l_i, row_o)
         acc = acc / gl.where(l_o == 0.0, 1.0, l_o)[:, None]
-        b, m0, qcol, _, _, _, _, _ = _tile(t, ranges_ptr, K_LEN, N_M, N_HEADS, GROUP, MASK_KIND, BLOCK_M, BLOCK_N,
-                                           HEAD_D)
         tma.store_wait(pendings=0)  # the previous tile's output has left o_smem
         o_smem.reshape([BLOCK_M, HEAD_D]).store(acc.to(dtype))
         fence_async_shared()
-        _tma_store(o_desc, [b, m0, qcol], o_smem)
+        _tma_store(o_desc, [b, h, m0, 0], o_smem)
         it += 1
     tma.store_wait(pendings=0)

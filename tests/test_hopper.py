@@ -46,7 +46,9 @@ def test_call_ok_takes_bert_inference_and_nothing_else():
     assert _ok(*_hf_qkv(2, 12, 4, 200, 333, torch.float16))  # GQA, Q != K, a partial query tile
     # what it leaves to the Triton kernel
     assert not _ok(q, k, v, kind=2) and not _ok(q, k, v, kind=3)  # 4D masks
-    assert not _ok(q, k, v, causal=True)
+    assert _ok(q, k, v, causal=True) and _ok(q, k, v, kind=0, causal=True)  # GPT-2's prefill, bottom-right
+    with mock.patch.object(hopper, "CAUSAL_OK", False):
+        assert not _ok(q, k, v, causal=True) and _ok(q, k, v)
     assert not _ok(q, k, v, fold=False)  # a scale that cannot go inside the exponent
     assert not _ok(q, k, v, need_lse=True)  # training: the backward reads the Triton forward's log-sum-exp
     assert not _ok(q, k, v, drop_thr=100)
@@ -56,7 +58,13 @@ def test_call_ok_takes_bert_inference_and_nothing_else():
     assert not _ok(*_hf_qkv(2, 12, 12, 256, 256, torch.float32))
     assert not _ok(*_qkv(2, 12, 12, 256, 256, 32, torch.float16, "cpu", bthd=True))  # head dim 32
     assert not _ok(*_hf_qkv(2, 12, 12, 127, 256, torch.float16))  # fewer queries than a tile
-    assert not _ok(*_qkv(2, 12, 12, 256, 256, 64, torch.float16, "cpu"))  # [B, H, L, D] memory: heads not adjacent
+    assert _ok(*_qkv(2, 12, 12, 256, 256, 64, torch.float16, "cpu"))  # [B, H, L, D] memory (a KV cache's) too
+    # a dimension of size 1 whatever its stride (never stepped along); an expanded one (stride 0) is not for TMA
+    one = torch.randn(1, 256, 12, 64, dtype=torch.float16).transpose(1, 2)
+    assert _ok(one, one, one, sm_count=1)
+    assert _ok(q[:, :1], k[:, :1], v[:, :1], sm_count=1)
+    assert not _ok(q, k[:, :1].expand(-1, 12, -1, -1), v)
+    assert not _ok(q, k.transpose(2, 3).contiguous().transpose(2, 3), v)  # head dim not contiguous
     # an odd row stride (not a multiple of 16 bytes), and a start 2 bytes past alignment
     base = torch.randn(2, 256, 12 * 64 + 1, dtype=torch.float16)
     odd = base[..., :768].view(2, 256, 12, 64).transpose(1, 2)
@@ -83,8 +91,8 @@ sys.path[:0] = [{root!r}, {evals!r}]
 import tempfile
 import probe_gluon, sass_attention
 from hf_masked_softmax import _hopper
-for dtype, kind, group in (("fp16", 1, 1), ("bf16", 0, 3)):
-    kern = _hopper.compile_for(90, dtype, kind, group=group)
+for dtype, kind, group, causal in (("fp16", 1, 1, False), ("bf16", 0, 3, False), ("fp16", 1, 1, True)):
+    kern = _hopper.compile_for(90, dtype, kind, group=group, causal=causal)
     with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
         f.write(kern.asm["cubin"])
         f.flush()
@@ -104,7 +112,7 @@ def test_hopper_kernel_compiles_for_sm90_with_the_softmax_under_p_v():
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT")]
-    assert len(lines) == 2, proc.stdout[-3000:]
+    assert len(lines) == 3, proc.stdout[-3000:]
     for line in lines:
         fields = dict(f.split("=") for f in line.split()[3:])
         assert int(fields["regs"]) <= 255, line
@@ -153,14 +161,22 @@ def _mask(case, B, K, device):
     return m
 
 
-CASES = {  # name: (B, H, Hkv, Q, K, mask, fused QKV); at least 576 tiles of 128 queries (4 per multiprocessor)
-    "bert-right": (12, 12, 12, 512, 512, "right", False),
-    "bert-left": (12, 12, 12, 512, 512, "left", False),
-    "no-mask-partial-tiles": (24, 12, 12, 200, 200, "none", False),
-    "q-ne-k-gqa": (16, 12, 4, 300, 517, "right", False),
-    "holes": (24, 12, 12, 256, 256, "holes", False),
-    "empty-sequence": (24, 12, 12, 256, 300, "empty", False),
-    "fused-qkv": (16, 12, 12, 384, 384, "left", True),
+CASES = {  # name: (B, H, Hkv, Q, K, mask, fused QKV, causal); at least 576 tiles of 128 queries (4 per SM)
+    "bert-right": (12, 12, 12, 512, 512, "right", False, False),
+    "bert-left": (12, 12, 12, 512, 512, "left", False, False),
+    "no-mask-partial-tiles": (24, 12, 12, 200, 200, "none", False, False),
+    "q-ne-k-gqa": (16, 12, 4, 300, 517, "right", False, False),
+    "holes": (24, 12, 12, 256, 256, "holes", False, False),
+    "empty-sequence": (24, 12, 12, 256, 300, "empty", False, False),
+    "fused-qkv": (16, 12, 12, 384, 384, "left", True, False),
+    # causal (bottom-right): GPT-2's prefill, rows with no key (left padding, Q > K), the diagonal off the tiles
+    "causal-gpt2-right": (8, 12, 12, 1024, 1024, "right", True, True),
+    "causal-left": (12, 12, 12, 512, 512, "left", False, True),
+    "causal-no-mask-partial-tiles": (24, 12, 12, 200, 200, "none", False, True),
+    "causal-q-lt-k-gqa": (16, 12, 4, 300, 517, "right", False, True),
+    "causal-q-gt-k": (16, 12, 12, 517, 300, "none", False, True),
+    "causal-holes": (24, 12, 12, 256, 256, "holes", False, True),
+    "causal-empty-sequence": (24, 12, 12, 256, 300, "empty", False, True),
 }
 
 
@@ -169,21 +185,27 @@ CASES = {  # name: (B, H, Hkv, Q, K, mask, fused QKV); at least 576 tiles of 128
 @pytest.mark.parametrize("case", list(CASES))
 def test_gpu_hopper_forward_matches_reference(case, dtype):
     _hopper_gpu()
-    B, H, Hkv, Q, K, mask_case, fused = CASES[case]
+    B, H, Hkv, Q, K, mask_case, fused, causal = CASES[case]
     q, k, v = _hf_qkv(B, H, Hkv, Q, K, dtype, "cuda", fused=fused)
     mask = _mask(mask_case, B, K, "cuda")
     with _count_launches() as calls, torch.no_grad():
-        out = attention_fn(q, k, v, mask)
+        out = attention_fn(q, k, v, mask, causal=causal)
     assert calls == [0 if mask is None else 1], "the Hopper kernel did not run"
     assert out.shape == q.shape and out.dtype == dtype
     assert torch.isfinite(out).all()
-    ref, _ = _ref(q, k, v, mask, False)
+    ref, _ = _ref(q, k, v, mask, causal)
     assert_close(out, ref, dtype, scale=OUT_SCALE[dtype])
     if mask_case == "empty":
         assert (out[0] == 0).all()
+    if causal and Q > K:
+        assert (out[:, :, : Q - K] == 0).all()  # rows before the first key they may see
+    if causal and mask_case == "left":
+        starts = (mask == 0).sum(1)  # left padding: rows before a sequence's first key see nothing
+        for b in range(B):
+            assert (out[b, :, : int(starts[b])] == 0).all()
     # and the Triton kernel's result, as a second opinion at the same rounding of P
     with mock.patch.object(hopper, "ENABLED", False), _count_launches() as calls, torch.no_grad():
-        triton_out = attention_fn(q, k, v, mask)
+        triton_out = attention_fn(q, k, v, mask, causal=causal)
     assert calls == []
     assert_close(out, triton_out.double(), dtype, scale=OUT_SCALE[dtype])
 
