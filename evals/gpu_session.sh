@@ -102,6 +102,8 @@
 #                                       # every GPU test
 #   bash evals/gpu_session.sh causal18  # 2026-12-04 (18): the Hopper forward with causality and 4D descriptors:
 #                                       # its GPU tests, bench_hopper.py (GPT-2 shapes too), the split-loop A/B
+#   bash evals/gpu_session.sh final18   # 2026-12-04 (18): every GPU test, GPT-2 forward rows of speed.py with the
+#                                       # Hopper forward on and off
 set -uo pipefail
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
 OUT=${OUT:-out}
@@ -628,8 +630,16 @@ case "${1:-}" in
     timeout 90 python -u evals/bench_hopper.py --ab split --shapes bert,bert-full --out "$OUT/bench" 2>&1 \
       | tee "$OUT/bench_hopper_split18.log" | grep -v -i warn
     ;;
+  final18)
+    pytest_summary tests_all_gpu18 330 -m gpu tests/
+    for hop in 1 0; do
+      HF_MASKED_SOFTMAX_HOPPER=$hop timeout 150 python -u evals/speed.py --only "gpt2-small fwd" \
+        --impls eager,sdpa,fused --skip-medium --no-plot --out "$OUT/speed_hopper$hop" 2>&1 \
+        | tee "$OUT/speed_hopper$hop.log" | grep -v -i warn | tail -12 | cut -c1-220
+    done
+    ;;
   *)
-    echo "usage: bash evals/gpu_session.sh tests|kernels|e2e|check|followup|recheck|verify|measure|final|stream|last|tune|host|fast|fastcheck|closing|fold|fold2|fold3|e2e3|bert4|bert5|check4|lengths|ncu|bwd|suite|suite2|final6|plans|hostplans|genab|fuzz|bwdplan|trainab|final8|nosync|drop9a|drop9b|drop9d|audit10|bench10|final10|ws11|audit11|fuzz11|host11b|decode12|stats12|stats12b|stats12c|final13|fix13|final13b|final14|suite14|suite15|final15|causal18" >&2
+    echo "usage: bash evals/gpu_session.sh tests|kernels|e2e|check|followup|recheck|verify|measure|final|stream|last|tune|host|fast|fastcheck|closing|fold|fold2|fold3|e2e3|bert4|bert5|check4|lengths|ncu|bwd|suite|suite2|final6|plans|hostplans|genab|fuzz|bwdplan|trainab|final8|nosync|drop9a|drop9b|drop9d|audit10|bench10|final10|ws11|audit11|fuzz11|host11b|decode12|stats12|stats12b|stats12c|final13|fix13|final13b|final14|suite14|suite15|final15|causal18|final18" >&2
     exit 2
     ;;
 esac

@@ -44,8 +44,10 @@ CURSOR_REGS = True
 # causal calls (bottom-right, GPT-2's prefill) take the kernel too
 CAUSAL_OK = True
 # a tile's key blocks in two loops, those that need no mask and then the rest (_hopper_kernels._step), for causal
-# calls always (their mask code in the one loop spilled registers there), for the others when this is True
-SPLIT_LOOP = False
+# calls always (their mask code in the one loop spilled registers there), for the others when this is True: BERT
+# 0.0673 / 0.0682 / 0.0684 ms against 0.0680 / 0.0683 / 0.0684 with one loop, all keys 0.0779 / 0.0785 / 0.0779
+# against 0.0788 / 0.0787 / 0.0793 (H200, evals/bench_hopper.py --ab split, three alternating rounds)
+SPLIT_LOOP = True
 ENABLED = os.environ.get("HF_MASKED_SOFTMAX_HOPPER", "1").strip().lower() not in ("0", "false", "no", "off")
 
 _KERNELS = None  # the kernel module once imported, False if Gluon's Hopper API is missing

@@ -270,6 +270,35 @@ def test_gpu_patched_bert_inference_runs_the_hopper_kernel():
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("side", ["right", "left"])
+def test_gpu_patched_gpt2_inference_runs_the_hopper_kernel(side):
+    # causal, and (use_cache by default) keys and values from the KV cache's [B, H, T, D] memory
+    _hopper_gpu()
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    import hf_masked_softmax
+
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(GPT2Config(n_layer=2, attn_implementation="eager")).cuda().eval()
+    B, T = 8, 768  # 576 tiles
+    ids = torch.randint(0, model.config.vocab_size, (B, T), device="cuda")
+    g = torch.Generator().manual_seed(3)
+    mask = _pad_mask(torch.randint(T // 2, T + 1, (B,), generator=g).tolist(), T, side, "cuda", dtype=torch.int64)
+    with torch.no_grad():
+        ref = model(input_ids=ids, attention_mask=mask).logits
+        model.half()
+        eager16 = model(input_ids=ids, attention_mask=mask).logits
+        hf_masked_softmax.patch_model(model, mode="fused")
+        with _count_launches() as calls:
+            out = model(input_ids=ids, attention_mask=mask).logits
+    assert calls == [1, 1]  # one per layer
+    keep = mask.bool()
+    err = (out.float() - ref)[keep].abs().max()
+    eager_err = (eager16.float() - ref)[keep].abs().max()
+    assert err <= 2 * eager_err, (float(err), float(eager_err))
+
+
+@pytest.mark.gpu
 def test_gpu_compiled_inference_runs_the_hopper_kernel():
     # torch.compile'd inference calls the attention_inference operator, whose forward can take the Hopper kernel
     _hopper_gpu()
