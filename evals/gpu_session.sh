@@ -104,6 +104,8 @@
 #                                       # its GPU tests, bench_hopper.py (GPT-2 shapes too), the split-loop A/B
 #   bash evals/gpu_session.sh final18   # 2026-12-04 (18): every GPU test, GPT-2 forward rows of speed.py with the
 #                                       # Hopper forward on and off
+#   bash evals/gpu_session.sh prefetch18 # 2026-12-04 (18): key ranges loaded a tile ahead against old_tree/, Nsight
+#                                       # Compute's per-instruction stall samples of the Hopper forward
 set -uo pipefail
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
 OUT=${OUT:-out}
@@ -638,8 +640,22 @@ case "${1:-}" in
         | tee "$OUT/speed_hopper$hop.log" | grep -v -i warn | tail -12 | cut -c1-220
     done
     ;;
+  prefetch18)
+    # the key range loaded a tile ahead (this tree) against 43bdc9a (old_tree/, carried): tests, A/B, then Nsight
+    # Compute's per-instruction stall samples of the Hopper kernel on BERT's shape
+    pytest_summary tests_hopper18b 240 -m gpu tests/test_hopper.py
+    ROUNDS=2 against_old hop 120 "^(bert|gpt2)" evals/bench_hopper.py --shapes bert,bert-full,gpt2
+    timeout 200 "$NCU" --clock-control none --set full --import-source yes -k "regex:^_attn_fwd_persistent\$" \
+      --launch-skip 1 --launch-count 1 -o /tmp/hop python evals/ncu_kernels.py hopper-fwd-bert < /dev/null \
+      > "$OUT/ncu_hopper.log" 2>&1
+    echo "ncu rc $?"
+    "$NCU" -i /tmp/hop.ncu-rep --page source --csv --print-source sass > /tmp/src.csv 2> "$OUT/ncu_hopper_src.err"
+    "$NCU" -i /tmp/hop.ncu-rep --page details --csv > /tmp/det.csv 2>> "$OUT/ncu_hopper_src.err"
+    tar czf "$OUT/ncu_hopper.tgz" -C /tmp src.csv det.csv
+    wc -l /tmp/src.csv /tmp/det.csv
+    ;;
   *)
-    echo "usage: bash evals/gpu_session.sh tests|kernels|e2e|check|followup|recheck|verify|measure|final|stream|last|tune|host|fast|fastcheck|closing|fold|fold2|fold3|e2e3|bert4|bert5|check4|lengths|ncu|bwd|suite|suite2|final6|plans|hostplans|genab|fuzz|bwdplan|trainab|final8|nosync|drop9a|drop9b|drop9d|audit10|bench10|final10|ws11|audit11|fuzz11|host11b|decode12|stats12|stats12b|stats12c|final13|fix13|final13b|final14|suite14|suite15|final15|causal18|final18" >&2
+    echo "usage: bash evals/gpu_session.sh tests|kernels|e2e|check|followup|recheck|verify|measure|final|stream|last|tune|host|fast|fastcheck|closing|fold|fold2|fold3|e2e3|bert4|bert5|check4|lengths|ncu|bwd|suite|suite2|final6|plans|hostplans|genab|fuzz|bwdplan|trainab|final8|nosync|drop9a|drop9b|drop9d|audit10|bench10|final10|ws11|audit11|fuzz11|host11b|decode12|stats12|stats12b|stats12c|final13|fix13|final13b|final14|suite14|suite15|final15|causal18|final18|prefetch18" >&2
     exit 2
     ;;
 esac

@@ -28,6 +28,7 @@ CASES = {
     "softmax-fwd-gpt2": ("_fwd_kernel", "masked_softmax forward, the same shape"),
     "attn-fwd-bert": ("_attn_fwd_kernel", "attention forward, B32 H12 512x512, right padding, D 64"),
     "attn-fwd-gpt2": ("_attn_fwd_kernel", "attention forward, B8 H12 1024x1024 causal, right padding, D 64"),
+    "hopper-fwd-bert": ("_attn_fwd_persistent", "the Hopper (Gluon) forward, BERT's shape as bench_hopper.py's bert"),
     "copy": ("vectorized_elementwise_kernel", "torch.neg of 201 MB into another buffer (reads + writes)"),
     "zeros": ("vectorized_elementwise_kernel", "torch zero_ of 201 MB (writes only)"),
 }
@@ -72,6 +73,13 @@ def _launcher(case: str):
         y = ms._forward(scores, spec, True, 0.125, blocks, ranges)
         dy = torch.randn_like(scores)
         return lambda: ms._backward(y, dy, spec, True, 0.125, blocks, ranges)
+    if case == "hopper-fwd-bert":
+        import bench_hopper
+
+        import hf_masked_softmax as hms
+
+        qt, kt, vt, _, shared = bench_hopper._inputs("bert")
+        return lambda: hms.attention(qt, kt, vt, shared)  # no input needs gradients: inference, no log-sum-exp
     from bench_attention import make_inputs
     from tune_attention import attn_mod, launcher_args
 

@@ -99,8 +99,8 @@ def call_ok(q, k, v, kind, causal, fold, need_lse, drop_thr, splits, sm_count) -
     whether the scale may go inside the exponent, ``sm_count`` the device's multiprocessors."""
     B, H, Q, D = q.shape
     K = k.shape[2]
-    if (kind not in (0, 1) or (causal and not CAUSAL_OK) or not fold or need_lse or drop_thr or splits != 1 or D != HEAD_D
-            or q.dtype not in (torch.float16, torch.bfloat16) or Q < BLOCK_M or K < 1
+    if (kind not in (0, 1) or (causal and not CAUSAL_OK) or not fold or need_lse or drop_thr or splits != 1
+            or D != HEAD_D or q.dtype not in (torch.float16, torch.bfloat16) or Q < BLOCK_M or K < 1
             or not MIN_TILES_PER_SM * sm_count <= B * H * -(-Q // BLOCK_M) < 2**31):  # tile indices are int32
         return False
     return all(_tma_view_ok(t) for t in (q, k, v))
@@ -176,9 +176,9 @@ class HopperForward:
         self.n_tiles = n_m * B * H
         self.grid = (min(self.n_tiles, PER_SM * sm_count),)
         self.kind = kind
-        self.consts = dict(N_TILES=self.n_tiles, NPROG=self.grid[0], MASK_KIND=kind, CAUSAL=bool(causal), N_M=n_m, N_HEADS=H, GROUP=H // Hkv, HEAD_D=D, BLOCK_M=BLOCK_M,
-                           BLOCK_N=BLOCK_N, STAGES=STAGES, CURSOR_REGS=CURSOR_REGS,
-                           SPLIT=bool(causal or SPLIT_LOOP), num_warps=WARPS)
+        self.consts = dict(N_TILES=self.n_tiles, NPROG=self.grid[0], MASK_KIND=kind, CAUSAL=bool(causal), N_M=n_m,
+                           N_HEADS=H, GROUP=H // Hkv, HEAD_D=D, BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, STAGES=STAGES,
+                           CURSOR_REGS=CURSOR_REGS, SPLIT=bool(causal or SPLIT_LOOP), num_warps=WARPS)
         self.Q, self.K = Q, K
         self.qk_scale = scale * _LOG2E
         self.dummy = torch.zeros(4, dtype=torch.int32, device=q.device)  # the range and mask pointers when unused

@@ -39,12 +39,9 @@ def _wgmma_layout(num_warps, n):
 
 
 @gluon.jit
-def _tile(t, ranges_ptr, Q_LEN, K_LEN, n_tiles, nprog, N_M: gl.constexpr, N_HEADS: gl.constexpr,
-          GROUP: gl.constexpr, MASK_KIND: gl.constexpr, CAUSAL: gl.constexpr, BLOCK_M: gl.constexpr,
-          BLOCK_N: gl.constexpr, HEAD_D: gl.constexpr):
-    """Tile ``t``: batch, first query row, q / o column, k / v column, ``[full_lo, full_hi)`` (the tile's key
-    blocks, counted from its first, that need no mask), first key block and number of key blocks (at least 1: a
-    tile with no key still runs one fully masked block, which keeps the K / V ring's order simple).
+def _tile_pos(t, n_tiles, nprog, N_M: gl.constexpr, N_HEADS: gl.constexpr, GROUP: gl.constexpr,
+              CAUSAL: gl.constexpr, BLOCK_M: gl.constexpr):
+    """Tile ``t``: batch, first query row, head, key / value head (index arithmetic only).
 
     Without causality the query blocks of one head are consecutive tiles. With it, a tile's work grows with its
     query block, so the tiles go heaviest first (last query block of every head, then the one before, ...) in
@@ -60,9 +57,13 @@ def _tile(t, ranges_ptr, Q_LEN, K_LEN, n_tiles, nprog, N_M: gl.constexpr, N_HEAD
     else:
         bh = t // N_M
         mb = t % N_M
-    b = bh // N_HEADS
     h = bh % N_HEADS
-    m0 = mb * BLOCK_M
+    return bh // N_HEADS, mb * BLOCK_M, h, h // GROUP
+
+
+@gluon.jit
+def _key_range(b, ranges_ptr, K_LEN, MASK_KIND: gl.constexpr):
+    """Sequence ``b``'s key range ``[start, end)`` and whether it has holes (loads for ``MASK_KIND`` 1)."""
     if MASK_KIND == 1:
         start = gl.load(ranges_ptr + b * 4)
         end = gl.load(ranges_ptr + b * 4 + 1)
@@ -71,6 +72,15 @@ def _tile(t, ranges_ptr, Q_LEN, K_LEN, n_tiles, nprog, N_M: gl.constexpr, N_HEAD
         start = K_LEN * 0
         end = K_LEN + 0
         holes = K_LEN * 0
+    return start, end, holes
+
+
+@gluon.jit
+def _key_blocks(start, end, holes, m0, Q_LEN, K_LEN, CAUSAL: gl.constexpr, BLOCK_M: gl.constexpr,
+                BLOCK_N: gl.constexpr):
+    """A tile's ``[full_lo, full_hi)`` (its key blocks, counted from its first, that need no mask), first key block
+    and number of key blocks (at least 1: a tile with no key still runs one fully masked block, which keeps the K / V
+    ring's order simple)."""
     lo = start // BLOCK_N
     if CAUSAL:  # bottom-right: row r sees keys below r + K - Q + 1
         n_blocks = gl.maximum(gl.cdiv(gl.maximum(gl.minimum(end, m0 + BLOCK_M + K_LEN - Q_LEN), 0), BLOCK_N) - lo, 1)
@@ -80,7 +90,18 @@ def _tile(t, ranges_ptr, Q_LEN, K_LEN, n_tiles, nprog, N_M: gl.constexpr, N_HEAD
         full_end = end
     full_lo = (start % BLOCK_N != 0).to(gl.int32)
     full_hi = gl.where(holes != 0, 0, full_end // BLOCK_N - lo)
-    return b, m0, h, h // GROUP, full_lo, full_hi, lo, n_blocks
+    return full_lo, full_hi, lo, n_blocks
+
+
+@gluon.jit
+def _tile(t, ranges_ptr, Q_LEN, K_LEN, n_tiles, nprog, N_M: gl.constexpr, N_HEADS: gl.constexpr,
+          GROUP: gl.constexpr, MASK_KIND: gl.constexpr, CAUSAL: gl.constexpr, BLOCK_M: gl.constexpr,
+          BLOCK_N: gl.constexpr, HEAD_D: gl.constexpr):
+    """:func:`_tile_pos`, then the tile's key blocks (:func:`_key_blocks`)."""
+    b, m0, h, hk = _tile_pos(t, n_tiles, nprog, N_M, N_HEADS, GROUP, CAUSAL, BLOCK_M)
+    start, end, holes = _key_range(b, ranges_ptr, K_LEN, MASK_KIND)
+    full_lo, full_hi, lo, n_blocks = _key_blocks(start, end, holes, m0, Q_LEN, K_LEN, CAUSAL, BLOCK_M, BLOCK_N)
+    return b, m0, h, hk, full_lo, full_hi, lo, n_blocks
 
 
 @gluon.jit
@@ -103,12 +124,11 @@ def _issue_next(k_desc, v_desc, k_smem, v_smem, k_bars, v_bars, slot, lt, lj, ln
     block. ``CURSOR_REGS``: ``llo`` and ``lnb`` are carried in registers and read from the key ranges only when the
     cursor moves to a tile; else they are read for every block (two loads whose latency the refill waits for)."""
     # past the last tile the cursor's copies are predicated off; its index is clamped so nothing reads past ranges
-    b, _, _, hk, _, _, llo_t, lnb_t = _tile(gl.minimum(lt, n_tiles - 1), ranges_ptr, Q_LEN, K_LEN, n_tiles,
-                                              nprog, N_M, N_HEADS, GROUP, MASK_KIND, CAUSAL, BLOCK_M, BLOCK_N,
-                                              HEAD_D)
-    if not CURSOR_REGS:
-        llo = llo_t
-        lnb = lnb_t
+    if CURSOR_REGS:
+        b, _, _, hk = _tile_pos(gl.minimum(lt, n_tiles - 1), n_tiles, nprog, N_M, N_HEADS, GROUP, CAUSAL, BLOCK_M)
+    else:
+        b, _, _, hk, _, _, llo, lnb = _tile(gl.minimum(lt, n_tiles - 1), ranges_ptr, Q_LEN, K_LEN, n_tiles, nprog,
+                                            N_M, N_HEADS, GROUP, MASK_KIND, CAUSAL, BLOCK_M, BLOCK_N, HEAD_D)
     _issue_kv(k_desc, v_desc, k_smem, v_smem, k_bars, v_bars, b, hk, (llo + lj) * BLOCK_N, slot,
               pred & (lt < n_tiles))
     if pred:  # the cursor moves only when a slot was handed out
@@ -124,17 +144,13 @@ def _issue_next(k_desc, v_desc, k_smem, v_smem, k_bars, v_bars, slot, lt, lj, ln
 
 
 @gluon.jit
-def _mask_block(s, cols, m0, n0, b, ranges_ptr, mask_ptr, stride_mb, stride_mk, Q_LEN, K_LEN,
+def _mask_block(s, cols, m0, n0, b, start, end, holes, mask_ptr, stride_mb, stride_mk, Q_LEN, K_LEN,
                 MASK_KIND: gl.constexpr, CAUSAL: gl.constexpr, BLOCK_M: gl.constexpr, row_s: gl.constexpr):
-    """Scores of keys ``n0 + cols`` outside the sequence's key range, past row ``r``'s causal bound
-    ``r + K - Q + 1`` (``rows``: the tile's query rows) or, for a sequence with holes, where its mask row is 0, set to
-    -inf. Called for the blocks :func:`_tile`'s ``[full_lo, full_hi)`` leaves out only, so the range is read again
-    here rather than held in registers through the key loop."""
+    """Scores of keys ``n0 + cols`` outside the sequence's key range ``[start, end)``, past row ``r``'s causal bound
+    ``r + K - Q + 1`` (the tile's rows start at ``m0``) or, for a sequence with holes, where its mask row is 0, set
+    to -inf. Called for the blocks :func:`_key_blocks`'s ``[full_lo, full_hi)`` leaves out only."""
     c = n0 + cols
     if MASK_KIND == 1:
-        start = gl.load(ranges_ptr + b * 4)
-        end = gl.load(ranges_ptr + b * 4 + 1)
-        holes = gl.load(ranges_ptr + b * 4 + 2)
         keep = (c >= start) & (c < end)
         if holes != 0:
             pm = gl.load(mask_ptr + b.to(gl.int64) * stride_mb + c.to(gl.int64) * stride_mk, mask=c < K_LEN, other=0)
@@ -162,7 +178,8 @@ def _online_softmax(s, m_i, l_i, qk_scale, GUARD: gl.constexpr):
 
 
 @gluon.jit
-def _step(j, acc, p16, p, m_i, l_i, alpha, g, lt, lj, lnb, llo, q_tile, s_zero, cols, m0, lo, b, full_lo, full_hi,
+def _step(j, acc, p16, p, m_i, l_i, alpha, g, lt, lj, lnb, llo, q_tile, s_zero, cols, m0, lo, b, start, end, holes,
+          full_lo, full_hi,
           k_desc, v_desc, k_smem, v_smem, k_bars, v_bars, n_tiles, nprog, ranges_ptr, mask_ptr, stride_mb, stride_mk,
           Q_LEN, K_LEN, qk_scale, MASKED: gl.constexpr, GUARD: gl.constexpr, N_M: gl.constexpr,
           N_HEADS: gl.constexpr, GROUP: gl.constexpr, MASK_KIND: gl.constexpr, CAUSAL: gl.constexpr,
@@ -187,12 +204,12 @@ def _step(j, acc, p16, p, m_i, l_i, alpha, g, lt, lj, lnb, llo, q_tile, s_zero, 
                                    CAUSAL, BLOCK_M, BLOCK_N, HEAD_D, CURSOR_REGS, g >= 2)
     s = warpgroup_mma_wait(1, deps=[s_tok])
     if MASKED == 1:
-        s = _mask_block(s, cols, m0, (lo + j) * BLOCK_N, b, ranges_ptr, mask_ptr, stride_mb, stride_mk, Q_LEN, K_LEN,
-                        MASK_KIND, CAUSAL, BLOCK_M, row_s)
+        s = _mask_block(s, cols, m0, (lo + j) * BLOCK_N, b, start, end, holes, mask_ptr, stride_mb, stride_mk, Q_LEN,
+                        K_LEN, MASK_KIND, CAUSAL, BLOCK_M, row_s)
     elif MASKED == 2:
         if (j < full_lo) | (j >= full_hi):
-            s = _mask_block(s, cols, m0, (lo + j) * BLOCK_N, b, ranges_ptr, mask_ptr, stride_mb, stride_mk, Q_LEN,
-                            K_LEN, MASK_KIND, CAUSAL, BLOCK_M, row_s)
+            s = _mask_block(s, cols, m0, (lo + j) * BLOCK_N, b, start, end, holes, mask_ptr, stride_mb, stride_mk,
+                            Q_LEN, K_LEN, MASK_KIND, CAUSAL, BLOCK_M, row_s)
     p, m_i, l_i, alpha = _online_softmax(s, m_i, l_i, qk_scale, GUARD)
     mbarrier.wait(v_bars.index(slot), (g // STAGES) & 1)  # also ends the basic block (module docstring)
     acc, p16 = warpgroup_mma_wait(0, deps=[o_tok, p16])
@@ -255,15 +272,19 @@ def _attn_fwd_persistent(q_desc, k_desc, v_desc, o_desc, ranges_ptr, mask_ptr, s
     s_zero = gl.zeros([BLOCK_M, BLOCK_N], gl.float32, layout=s_layout)
     g = pid * 0  # key blocks consumed by this program so far: block g sits in slot g % STAGES
     it = pid * 0  # tiles done by this program
+    # this program's first key range; later ones are loaded a tile ahead (their latency off the tile's start)
+    r_start, r_end, r_holes = _key_range(b0, ranges_ptr, K_LEN, MASK_KIND)
     for t in range(pid, n_tiles, nprog):
         qb = it % 2
-        b, m0, h, _, full_lo, full_hi, lo, n_blocks = _tile(t, ranges_ptr, Q_LEN, K_LEN, n_tiles, nprog, N_M,
-                                                               N_HEADS, GROUP, MASK_KIND, CAUSAL, BLOCK_M, BLOCK_N,
-                                                               HEAD_D)
-        # the next tile's Q, into the buffer the previous tile's products are done with
+        b, m0, h, _ = _tile_pos(t, n_tiles, nprog, N_M, N_HEADS, GROUP, CAUSAL, BLOCK_M)
+        start = r_start
+        end = r_end
+        holes = r_holes
+        full_lo, full_hi, lo, n_blocks = _key_blocks(start, end, holes, m0, Q_LEN, K_LEN, CAUSAL, BLOCK_M, BLOCK_N)
+        # the next tile's Q, into the buffer the previous tile's products are done with, and its key range
         tn = t + nprog
-        bn, m0n, hn, _, _, _, _, _ = _tile(tn % n_tiles, ranges_ptr, Q_LEN, K_LEN, n_tiles, nprog, N_M,
-                                              N_HEADS, GROUP, MASK_KIND, CAUSAL, BLOCK_M, BLOCK_N, HEAD_D)
+        bn, m0n, hn, _ = _tile_pos(tn % n_tiles, n_tiles, nprog, N_M, N_HEADS, GROUP, CAUSAL, BLOCK_M)
+        r_start, r_end, r_holes = _key_range(bn, ranges_ptr, K_LEN, MASK_KIND)
         mbarrier.expect(q_bars.index(1 - qb), q_desc.block_type.nbytes, pred=tn < n_tiles)
         _tma_load(q_desc, [bn, hn, m0n, 0], q_bars.index(1 - qb), q_smem.index(1 - qb), pred=tn < n_tiles)
         q_tile = q_smem.index(qb).reshape([BLOCK_M, HEAD_D])
@@ -284,7 +305,7 @@ def _attn_fwd_persistent(q_desc, k_desc, v_desc, o_desc, ranges_ptr, mask_ptr, s
                                        MASK_KIND, CAUSAL, BLOCK_M, BLOCK_N, HEAD_D, CURSOR_REGS, g >= 2)
         s = warpgroup_mma_wait(0, deps=[s_tok])
         if (full_lo > 0) | (full_hi < 1):
-            s = _mask_block(s, cols, m0, lo * BLOCK_N, b, ranges_ptr, mask_ptr, stride_mb, stride_mk, Q_LEN,
+            s = _mask_block(s, cols, m0, lo * BLOCK_N, b, start, end, holes, mask_ptr, stride_mb, stride_mk, Q_LEN,
                             K_LEN, MASK_KIND, CAUSAL, BLOCK_M, row_s)
         p, m_i, l_i, alpha = _online_softmax(s, m_i, l_i, qk_scale, GUARD)
         mbarrier.wait(v_bars.index(slot), (g // STAGES) & 1)
@@ -295,22 +316,25 @@ def _attn_fwd_persistent(q_desc, k_desc, v_desc, o_desc, ranges_ptr, mask_ptr, s
             for j in range(1, mid):
                 acc, p16, p, m_i, l_i, alpha, g, lt, lj, lnb, llo = _step(
                     j, acc, p16, p, m_i, l_i, alpha, g, lt, lj, lnb, llo, q_tile, s_zero, cols, m0, lo, b,
-                    full_lo, full_hi, k_desc, v_desc, k_smem, v_smem, k_bars, v_bars, n_tiles, nprog, ranges_ptr,
-                    mask_ptr, stride_mb, stride_mk, Q_LEN, K_LEN, qk_scale, 0, GUARD, N_M, N_HEADS, GROUP, MASK_KIND,
-                    CAUSAL, BLOCK_M, BLOCK_N, HEAD_D, STAGES, CURSOR_REGS, p_layout, row_o, row_s)
+                    start, end, holes, full_lo, full_hi, k_desc, v_desc, k_smem, v_smem, k_bars, v_bars, n_tiles,
+                    nprog, ranges_ptr, mask_ptr, stride_mb, stride_mk, Q_LEN, K_LEN, qk_scale, 0, GUARD, N_M,
+                    N_HEADS, GROUP, MASK_KIND, CAUSAL, BLOCK_M, BLOCK_N, HEAD_D, STAGES, CURSOR_REGS, p_layout, row_o,
+                    row_s)
             for j in range(mid, n_blocks):
                 acc, p16, p, m_i, l_i, alpha, g, lt, lj, lnb, llo = _step(
                     j, acc, p16, p, m_i, l_i, alpha, g, lt, lj, lnb, llo, q_tile, s_zero, cols, m0, lo, b,
-                    full_lo, full_hi, k_desc, v_desc, k_smem, v_smem, k_bars, v_bars, n_tiles, nprog, ranges_ptr,
-                    mask_ptr, stride_mb, stride_mk, Q_LEN, K_LEN, qk_scale, 1, GUARD, N_M, N_HEADS, GROUP, MASK_KIND,
-                    CAUSAL, BLOCK_M, BLOCK_N, HEAD_D, STAGES, CURSOR_REGS, p_layout, row_o, row_s)
+                    start, end, holes, full_lo, full_hi, k_desc, v_desc, k_smem, v_smem, k_bars, v_bars, n_tiles,
+                    nprog, ranges_ptr, mask_ptr, stride_mb, stride_mk, Q_LEN, K_LEN, qk_scale, 1, GUARD, N_M,
+                    N_HEADS, GROUP, MASK_KIND, CAUSAL, BLOCK_M, BLOCK_N, HEAD_D, STAGES, CURSOR_REGS, p_layout, row_o,
+                    row_s)
         else:  # one loop that masks where a block needs it
             for j in range(1, n_blocks):
                 acc, p16, p, m_i, l_i, alpha, g, lt, lj, lnb, llo = _step(
                     j, acc, p16, p, m_i, l_i, alpha, g, lt, lj, lnb, llo, q_tile, s_zero, cols, m0, lo, b,
-                    full_lo, full_hi, k_desc, v_desc, k_smem, v_smem, k_bars, v_bars, n_tiles, nprog, ranges_ptr,
-                    mask_ptr, stride_mb, stride_mk, Q_LEN, K_LEN, qk_scale, 2, GUARD, N_M, N_HEADS, GROUP, MASK_KIND,
-                    CAUSAL, BLOCK_M, BLOCK_N, HEAD_D, STAGES, CURSOR_REGS, p_layout, row_o, row_s)
+                    start, end, holes, full_lo, full_hi, k_desc, v_desc, k_smem, v_smem, k_bars, v_bars, n_tiles,
+                    nprog, ranges_ptr, mask_ptr, stride_mb, stride_mk, Q_LEN, K_LEN, qk_scale, 2, GUARD, N_M,
+                    N_HEADS, GROUP, MASK_KIND, CAUSAL, BLOCK_M, BLOCK_N, HEAD_D, STAGES, CURSOR_REGS, p_layout, row_o,
+                    row_s)
 
         acc = acc * gl.convert_layout(alpha, row_o)[:, None]
         p16 = gl.convert_layout(p.to(dtype), p_layout)
