@@ -647,11 +647,11 @@ case "${1:-}" in
     ROUNDS=2 against_old hop 120 "^(bert|gpt2)" evals/bench_hopper.py --shapes bert,bert-full,gpt2
     timeout 200 "$NCU" --clock-control none --set full --import-source yes -k "regex:^_attn_fwd_persistent\$" \
       --launch-skip 1 --launch-count 1 -o /tmp/hop python evals/ncu_kernels.py hopper-fwd-bert < /dev/null \
-      > "$OUT/ncu_hopper.log" 2>&1
+      > /tmp/ncu.log 2>&1
     echo "ncu rc $?"
-    "$NCU" -i /tmp/hop.ncu-rep --page source --csv --print-source sass > /tmp/src.csv 2> "$OUT/ncu_hopper_src.err"
-    "$NCU" -i /tmp/hop.ncu-rep --page details --csv > /tmp/det.csv 2>> "$OUT/ncu_hopper_src.err"
-    tar czf "$OUT/ncu_hopper.tgz" -C /tmp src.csv det.csv
+    "$NCU" -i /tmp/hop.ncu-rep --page source --csv --print-source sass > /tmp/src.csv 2> /tmp/src.err
+    "$NCU" -i /tmp/hop.ncu-rep --page details --csv > /tmp/det.csv 2>> /tmp/src.err
+    tar czf "$OUT/ncu_hopper.tgz" -C /tmp src.csv det.csv ncu.log src.err
     wc -l /tmp/src.csv /tmp/det.csv
     ;;
   *)
