@@ -106,6 +106,7 @@
 #                                       # Hopper forward on and off
 #   bash evals/gpu_session.sh prefetch18 # 2026-12-04 (18): key ranges loaded a tile ahead against old_tree/, Nsight
 #                                       # Compute's per-instruction stall samples of the Hopper forward
+#   bash evals/gpu_session.sh cross18   # 2026-12-04 (18): the pipeline carried across tiles against old_tree/
 set -uo pipefail
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
 OUT=${OUT:-out}
@@ -654,8 +655,14 @@ case "${1:-}" in
     tar czf "$OUT/ncu_hopper.tgz" -C /tmp src.csv det.csv ncu.log src.err
     wc -l /tmp/src.csv /tmp/det.csv
     ;;
+  cross18)
+    # a tile's last P v overlapped with the next tile's first scores and softmax (this tree) against fb41cd7
+    # (old_tree/, carried): the Hopper kernel's GPU tests, then two alternating rounds of bench_hopper.py
+    pytest_summary tests_hopper18c 240 -m gpu tests/test_hopper.py
+    ROUNDS=2 against_old cross 120 "^(bert|gpt2)" evals/bench_hopper.py --shapes bert,bert-full,gpt2
+    ;;
   *)
-    echo "usage: bash evals/gpu_session.sh tests|kernels|e2e|check|followup|recheck|verify|measure|final|stream|last|tune|host|fast|fastcheck|closing|fold|fold2|fold3|e2e3|bert4|bert5|check4|lengths|ncu|bwd|suite|suite2|final6|plans|hostplans|genab|fuzz|bwdplan|trainab|final8|nosync|drop9a|drop9b|drop9d|audit10|bench10|final10|ws11|audit11|fuzz11|host11b|decode12|stats12|stats12b|stats12c|final13|fix13|final13b|final14|suite14|suite15|final15|causal18|final18|prefetch18" >&2
+    echo "usage: bash evals/gpu_session.sh tests|kernels|e2e|check|followup|recheck|verify|measure|final|stream|last|tune|host|fast|fastcheck|closing|fold|fold2|fold3|e2e3|bert4|bert5|check4|lengths|ncu|bwd|suite|suite2|final6|plans|hostplans|genab|fuzz|bwdplan|trainab|final8|nosync|drop9a|drop9b|drop9d|audit10|bench10|final10|ws11|audit11|fuzz11|host11b|decode12|stats12|stats12b|stats12c|final13|fix13|final13b|final14|suite14|suite15|final15|causal18|final18|prefetch18|cross18" >&2
     exit 2
     ;;
 esac
