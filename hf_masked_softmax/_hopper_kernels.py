@@ -272,44 +272,45 @@ def _attn_fwd_persistent(q_desc, k_desc, v_desc, o_desc, ranges_ptr, mask_ptr, s
     s_zero = gl.zeros([BLOCK_M, BLOCK_N], gl.float32, layout=s_layout)
     g = pid * 0  # key blocks consumed by this program so far: block g sits in slot g % STAGES
     it = pid * 0  # tiles done by this program
-    m_init = gl.full([BLOCK_M], float("-inf"), gl.float32, layout=row_s)
-    l_init = gl.zeros([BLOCK_M], gl.float32, layout=row_s)
-    acc_zero = gl.zeros([BLOCK_M, HEAD_D], gl.float32, layout=o_layout)
-
-    # the first tile's start (a later tile starts inside the previous tile's last step): its key blocks, the next
-    # tile's Q and key range, the first key block's scores and probabilities
-    b = b0
-    m0 = m00
-    h = h0
-    start, end, holes = _key_range(b0, ranges_ptr, K_LEN, MASK_KIND)
-    full_lo, full_hi, lo, n_blocks = _key_blocks(start, end, holes, m0, Q_LEN, K_LEN, CAUSAL, BLOCK_M, BLOCK_N)
-    tn = pid + nprog
-    bn, m0n, hn, _ = _tile_pos(tn % n_tiles, n_tiles, nprog, N_M, N_HEADS, GROUP, CAUSAL, BLOCK_M)
-    r_start, r_end, r_holes = _key_range(bn, ranges_ptr, K_LEN, MASK_KIND)
-    mbarrier.expect(q_bars.index(1), q_desc.block_type.nbytes, pred=tn < n_tiles)
-    _tma_load(q_desc, [bn, hn, m0n, 0], q_bars.index(1), q_smem.index(1), pred=tn < n_tiles)
-    mbarrier.wait(q_bars.index(0), 0)
-    acc = acc_zero
-    p16 = gl.zeros([BLOCK_M, BLOCK_N], dtype, layout=p_layout)
-    slot = g % STAGES
-    mbarrier.wait(k_bars.index(slot), (g // STAGES) & 1)
-    s_tok = warpgroup_mma(q_smem.index(0).reshape([BLOCK_M, HEAD_D]),
-                          k_smem.index(slot).reshape([BLOCK_N, HEAD_D]).permute((1, 0)), s_zero, use_acc=False,
-                          is_async=True)
-    lt, lj, lnb, llo = _issue_next(k_desc, v_desc, k_smem, v_smem, k_bars, v_bars, (g + STAGES - 2) % STAGES, lt, lj,
-                                   lnb, llo, n_tiles, nprog, ranges_ptr, Q_LEN, K_LEN, N_M, N_HEADS, GROUP, MASK_KIND,
-                                   CAUSAL, BLOCK_M, BLOCK_N, HEAD_D, CURSOR_REGS, g >= 2)
-    s = warpgroup_mma_wait(0, deps=[s_tok])
-    if (full_lo > 0) | (full_hi < 1):
-        s = _mask_block(s, cols, m0, lo * BLOCK_N, b, start, end, holes, mask_ptr, stride_mb, stride_mk, Q_LEN, K_LEN,
-                        MASK_KIND, CAUSAL, BLOCK_M, row_s)
-    p, m_i, l_i, alpha = _online_softmax(s, m_init, l_init, qk_scale, GUARD)
-    mbarrier.wait(v_bars.index(slot), (g // STAGES) & 1)
-    g += 1
-
+    # this program's first key range; later ones are loaded a tile ahead (their latency off the tile's start)
+    r_start, r_end, r_holes = _key_range(b0, ranges_ptr, K_LEN, MASK_KIND)
     for t in range(pid, n_tiles, nprog):
         qb = it % 2
+        b, m0, h, _ = _tile_pos(t, n_tiles, nprog, N_M, N_HEADS, GROUP, CAUSAL, BLOCK_M)
+        start = r_start
+        end = r_end
+        holes = r_holes
+        full_lo, full_hi, lo, n_blocks = _key_blocks(start, end, holes, m0, Q_LEN, K_LEN, CAUSAL, BLOCK_M, BLOCK_N)
+        # the next tile's Q, into the buffer the previous tile's products are done with, and its key range
+        tn = t + nprog
+        bn, m0n, hn, _ = _tile_pos(tn % n_tiles, n_tiles, nprog, N_M, N_HEADS, GROUP, CAUSAL, BLOCK_M)
+        r_start, r_end, r_holes = _key_range(bn, ranges_ptr, K_LEN, MASK_KIND)
+        mbarrier.expect(q_bars.index(1 - qb), q_desc.block_type.nbytes, pred=tn < n_tiles)
+        _tma_load(q_desc, [bn, hn, m0n, 0], q_bars.index(1 - qb), q_smem.index(1 - qb), pred=tn < n_tiles)
         q_tile = q_smem.index(qb).reshape([BLOCK_M, HEAD_D])
+        mbarrier.wait(q_bars.index(qb), (it // 2) & 1)
+
+        m_i = gl.full([BLOCK_M], float("-inf"), gl.float32, layout=row_s)
+        l_i = gl.zeros([BLOCK_M], gl.float32, layout=row_s)
+        acc = gl.zeros([BLOCK_M, HEAD_D], gl.float32, layout=o_layout)
+        p16 = gl.zeros([BLOCK_M, BLOCK_N], dtype, layout=p_layout)
+
+        # the tile's first key block: its scores and probabilities
+        slot = g % STAGES
+        mbarrier.wait(k_bars.index(slot), (g // STAGES) & 1)
+        s_tok = warpgroup_mma(q_tile, k_smem.index(slot).reshape([BLOCK_N, HEAD_D]).permute((1, 0)), s_zero,
+                              use_acc=False, is_async=True)
+        lt, lj, lnb, llo = _issue_next(k_desc, v_desc, k_smem, v_smem, k_bars, v_bars, (g + STAGES - 2) % STAGES, lt,
+                                       lj, lnb, llo, n_tiles, nprog, ranges_ptr, Q_LEN, K_LEN, N_M, N_HEADS, GROUP,
+                                       MASK_KIND, CAUSAL, BLOCK_M, BLOCK_N, HEAD_D, CURSOR_REGS, g >= 2)
+        s = warpgroup_mma_wait(0, deps=[s_tok])
+        if (full_lo > 0) | (full_hi < 1):
+            s = _mask_block(s, cols, m0, lo * BLOCK_N, b, start, end, holes, mask_ptr, stride_mb, stride_mk, Q_LEN,
+                            K_LEN, MASK_KIND, CAUSAL, BLOCK_M, row_s)
+        p, m_i, l_i, alpha = _online_softmax(s, m_i, l_i, qk_scale, GUARD)
+        mbarrier.wait(v_bars.index(slot), (g // STAGES) & 1)
+        g += 1
+
         if SPLIT:  # blocks that need no mask, then those that do (the diagonal's, the range's last)
             mid = gl.maximum(gl.minimum(full_hi, n_blocks), 1)
             for j in range(1, mid):
@@ -335,57 +336,16 @@ def _attn_fwd_persistent(q_desc, k_desc, v_desc, o_desc, ranges_ptr, mask_ptr, s
                     N_HEADS, GROUP, MASK_KIND, CAUSAL, BLOCK_M, BLOCK_N, HEAD_D, STAGES, CURSOR_REGS, p_layout, row_o,
                     row_s)
 
-        # the next tile: where it is, its key blocks (its range was loaded a tile ago); the Q and key range of the
-        # tile after it, into the buffer this tile's products are done with
-        tn = t + nprog
-        bn, m0n, hn, _ = _tile_pos(tn % n_tiles, n_tiles, nprog, N_M, N_HEADS, GROUP, CAUSAL, BLOCK_M)
-        n_start = r_start
-        n_end = r_end
-        n_holes = r_holes
-        n_full_lo, n_full_hi, n_lo, n_blocks_n = _key_blocks(n_start, n_end, n_holes, m0n, Q_LEN, K_LEN, CAUSAL,
-                                                             BLOCK_M, BLOCK_N)
-        tnn = tn + nprog
-        bnn, m0nn, hnn, _ = _tile_pos(tnn % n_tiles, n_tiles, nprog, N_M, N_HEADS, GROUP, CAUSAL, BLOCK_M)
-        r_start, r_end, r_holes = _key_range(bnn, ranges_ptr, K_LEN, MASK_KIND)
-        mbarrier.expect(q_bars.index(qb), q_desc.block_type.nbytes, pred=tnn < n_tiles)
-        _tma_load(q_desc, [bnn, hnn, m0nn, 0], q_bars.index(qb), q_smem.index(qb), pred=tnn < n_tiles)
-        l_old = l_i
-        if tn < n_tiles:
-            # the last P v of this tile runs while the next tile's first scores are computed and their softmax
-            # taken (a _step whose Q, running max and sum are the next tile's)
-            mbarrier.wait(q_bars.index(1 - qb), ((it + 1) // 2) & 1)
-            acc, p16, p, m_i, l_i, alpha, g, lt, lj, lnb, llo = _step(
-                0, acc, p16, p, m_init, l_init, alpha, g, lt, lj, lnb, llo,
-                q_smem.index(1 - qb).reshape([BLOCK_M, HEAD_D]), s_zero, cols, m0n, n_lo, bn, n_start, n_end,
-                n_holes, n_full_lo, n_full_hi, k_desc, v_desc, k_smem, v_smem, k_bars, v_bars, n_tiles, nprog,
-                ranges_ptr, mask_ptr, stride_mb, stride_mk, Q_LEN, K_LEN, qk_scale, 2, GUARD, N_M, N_HEADS, GROUP,
-                MASK_KIND, CAUSAL, BLOCK_M, BLOCK_N, HEAD_D, STAGES, CURSOR_REGS, p_layout, row_o, row_s)
-        else:
-            acc = acc * gl.convert_layout(alpha, row_o)[:, None]
-            p16 = gl.convert_layout(p.to(dtype), p_layout)
-            o_tok = warpgroup_mma(p16, v_smem.index((g + STAGES - 1) % STAGES).reshape([BLOCK_N, HEAD_D]), acc,
-                                  is_async=True)
-            acc, p16 = warpgroup_mma_wait(0, deps=[o_tok, p16])
-
-        # this tile's output
-        l_o = gl.convert_layout(l_old, row_o)
+        acc = acc * gl.convert_layout(alpha, row_o)[:, None]
+        p16 = gl.convert_layout(p.to(dtype), p_layout)
+        o_tok = warpgroup_mma(p16, v_smem.index((g + STAGES - 1) % STAGES).reshape([BLOCK_N, HEAD_D]), acc,
+                              is_async=True)
+        acc, p16 = warpgroup_mma_wait(0, deps=[o_tok, p16])
+        l_o = gl.convert_layout(l_i, row_o)
         acc = acc / gl.where(l_o == 0.0, 1.0, l_o)[:, None]
         tma.store_wait(pendings=0)  # the previous tile's output has left o_smem
         o_smem.reshape([BLOCK_M, HEAD_D]).store(acc.to(dtype))
         fence_async_shared()
         _tma_store(o_desc, [b, h, m0, 0], o_smem)
-
-        # the next tile is the current one
-        acc = acc_zero
-        b = bn
-        m0 = m0n
-        h = hn
-        start = n_start
-        end = n_end
-        holes = n_holes
-        full_lo = n_full_lo
-        full_hi = n_full_hi
-        lo = n_lo
-        n_blocks = n_blocks_n
         it += 1
     tma.store_wait(pendings=0)
