@@ -311,30 +311,23 @@ def _attn_fwd_persistent(q_desc, k_desc, v_desc, o_desc, ranges_ptr, mask_ptr, s
         mbarrier.wait(v_bars.index(slot), (g // STAGES) & 1)
         g += 1
 
-        if SPLIT:  # blocks that need no mask, then those that do (the diagonal's, the range's last)
+        # the blocks that need no mask, then those that do (the diagonal's, the range's last); without SPLIT every
+        # block goes through the second loop, which then masks where a block needs it
+        mid = n_blocks * 0 + 1
+        if SPLIT:
             mid = gl.maximum(gl.minimum(full_hi, n_blocks), 1)
-            for j in range(1, mid):
-                acc, p16, p, m_i, l_i, alpha, g, lt, lj, lnb, llo = _step(
-                    j, acc, p16, p, m_i, l_i, alpha, g, lt, lj, lnb, llo, q_tile, s_zero, cols, m0, lo, b,
-                    start, end, holes, full_lo, full_hi, k_desc, v_desc, k_smem, v_smem, k_bars, v_bars, n_tiles,
-                    nprog, ranges_ptr, mask_ptr, stride_mb, stride_mk, Q_LEN, K_LEN, qk_scale, 0, GUARD, N_M,
-                    N_HEADS, GROUP, MASK_KIND, CAUSAL, BLOCK_M, BLOCK_N, HEAD_D, STAGES, CURSOR_REGS, p_layout, row_o,
-                    row_s)
-            for j in range(mid, n_blocks):
-                acc, p16, p, m_i, l_i, alpha, g, lt, lj, lnb, llo = _step(
-                    j, acc, p16, p, m_i, l_i, alpha, g, lt, lj, lnb, llo, q_tile, s_zero, cols, m0, lo, b,
-                    start, end, holes, full_lo, full_hi, k_desc, v_desc, k_smem, v_smem, k_bars, v_bars, n_tiles,
-                    nprog, ranges_ptr, mask_ptr, stride_mb, stride_mk, Q_LEN, K_LEN, qk_scale, 1, GUARD, N_M,
-                    N_HEADS, GROUP, MASK_KIND, CAUSAL, BLOCK_M, BLOCK_N, HEAD_D, STAGES, CURSOR_REGS, p_layout, row_o,
-                    row_s)
-        else:  # one loop that masks where a block needs it
-            for j in range(1, n_blocks):
-                acc, p16, p, m_i, l_i, alpha, g, lt, lj, lnb, llo = _step(
-                    j, acc, p16, p, m_i, l_i, alpha, g, lt, lj, lnb, llo, q_tile, s_zero, cols, m0, lo, b,
-                    start, end, holes, full_lo, full_hi, k_desc, v_desc, k_smem, v_smem, k_bars, v_bars, n_tiles,
-                    nprog, ranges_ptr, mask_ptr, stride_mb, stride_mk, Q_LEN, K_LEN, qk_scale, 2, GUARD, N_M,
-                    N_HEADS, GROUP, MASK_KIND, CAUSAL, BLOCK_M, BLOCK_N, HEAD_D, STAGES, CURSOR_REGS, p_layout, row_o,
-                    row_s)
+        for j in range(1, mid):
+            acc, p16, p, m_i, l_i, alpha, g, lt, lj, lnb, llo = _step(
+                j, acc, p16, p, m_i, l_i, alpha, g, lt, lj, lnb, llo, q_tile, s_zero, cols, m0, lo, b, start, end,
+                holes, full_lo, full_hi, k_desc, v_desc, k_smem, v_smem, k_bars, v_bars, n_tiles, nprog, ranges_ptr,
+                mask_ptr, stride_mb, stride_mk, Q_LEN, K_LEN, qk_scale, 0, GUARD, N_M, N_HEADS, GROUP, MASK_KIND,
+                CAUSAL, BLOCK_M, BLOCK_N, HEAD_D, STAGES, CURSOR_REGS, p_layout, row_o, row_s)
+        for j in range(mid, n_blocks):
+            acc, p16, p, m_i, l_i, alpha, g, lt, lj, lnb, llo = _step(
+                j, acc, p16, p, m_i, l_i, alpha, g, lt, lj, lnb, llo, q_tile, s_zero, cols, m0, lo, b, start, end,
+                holes, full_lo, full_hi, k_desc, v_desc, k_smem, v_smem, k_bars, v_bars, n_tiles, nprog, ranges_ptr,
+                mask_ptr, stride_mb, stride_mk, Q_LEN, K_LEN, qk_scale, 2 - SPLIT, GUARD, N_M, N_HEADS, GROUP,
+                MASK_KIND, CAUSAL, BLOCK_M, BLOCK_N, HEAD_D, STAGES, CURSOR_REGS, p_layout, row_o, row_s)
 
         acc = acc * gl.convert_layout(alpha, row_o)[:, None]
         p16 = gl.convert_layout(p.to(dtype), p_layout)

@@ -243,30 +243,36 @@ def test_gpu_training_keeps_the_triton_forward():
     assert q.grad is not None and torch.isfinite(q.grad).all()
 
 
+def _patched_model_check(model, mask, output):
+    """A 2-layer model (fp32, eager attention) on the GPU against its fp16 copy patched in fused mode: the Hopper
+    kernel runs once per layer, and on the valid positions the patched fp16 error against fp32 is at most twice
+    eager fp16's (flash-attn's rule, as tests/test_patch_gpu.py)."""
+    import hf_masked_softmax
+
+    B, T = mask.shape
+    ids = torch.randint(0, model.config.vocab_size, (B, T), device="cuda")
+    with torch.no_grad():
+        ref = output(model(input_ids=ids, attention_mask=mask))
+        model.half()
+        eager16 = output(model(input_ids=ids, attention_mask=mask))
+        hf_masked_softmax.patch_model(model, mode="fused")
+        with _count_launches() as calls:
+            out = output(model(input_ids=ids, attention_mask=mask))
+    assert calls == [1, 1], "the Hopper kernel did not run once per layer"
+    keep = mask.bool()
+    err = (out.float() - ref)[keep].abs().max()
+    eager_err = (eager16.float() - ref)[keep].abs().max()
+    assert err <= 2 * eager_err, (float(err), float(eager_err))
+
+
 @pytest.mark.gpu
 def test_gpu_patched_bert_inference_runs_the_hopper_kernel():
     _hopper_gpu()
     from transformers import BertConfig, BertModel
 
-    import hf_masked_softmax
-
     torch.manual_seed(0)
     model = BertModel(BertConfig(num_hidden_layers=2, attn_implementation="eager")).cuda().eval()
-    B, T = 24, 256  # 576 tiles
-    ids = torch.randint(0, model.config.vocab_size, (B, T), device="cuda")
-    mask = _mask("right", B, T, "cuda")
-    with torch.no_grad():
-        ref = model(input_ids=ids, attention_mask=mask).last_hidden_state
-        model.half()
-        eager16 = model(input_ids=ids, attention_mask=mask).last_hidden_state
-        hf_masked_softmax.patch_model(model, mode="fused")
-        with _count_launches() as calls:
-            out = model(input_ids=ids, attention_mask=mask).last_hidden_state
-    assert len(calls) == 2  # one per layer
-    keep = mask.bool()
-    err = (out.float() - ref)[keep].abs().max()
-    eager_err = (eager16.float() - ref)[keep].abs().max()
-    assert err <= 2 * eager_err, (float(err), float(eager_err))  # flash-attn's rule, as tests/test_patch_gpu.py
+    _patched_model_check(model, _mask("right", 24, 256, "cuda"), lambda o: o.last_hidden_state)  # 576 tiles
 
 
 @pytest.mark.gpu
@@ -276,26 +282,12 @@ def test_gpu_patched_gpt2_inference_runs_the_hopper_kernel(side):
     _hopper_gpu()
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    import hf_masked_softmax
-
     torch.manual_seed(0)
     model = GPT2LMHeadModel(GPT2Config(n_layer=2, attn_implementation="eager")).cuda().eval()
     B, T = 8, 768  # 576 tiles
-    ids = torch.randint(0, model.config.vocab_size, (B, T), device="cuda")
     g = torch.Generator().manual_seed(3)
     mask = _pad_mask(torch.randint(T // 2, T + 1, (B,), generator=g).tolist(), T, side, "cuda", dtype=torch.int64)
-    with torch.no_grad():
-        ref = model(input_ids=ids, attention_mask=mask).logits
-        model.half()
-        eager16 = model(input_ids=ids, attention_mask=mask).logits
-        hf_masked_softmax.patch_model(model, mode="fused")
-        with _count_launches() as calls:
-            out = model(input_ids=ids, attention_mask=mask).logits
-    assert calls == [1, 1]  # one per layer
-    keep = mask.bool()
-    err = (out.float() - ref)[keep].abs().max()
-    eager_err = (eager16.float() - ref)[keep].abs().max()
-    assert err <= 2 * eager_err, (float(err), float(eager_err))
+    _patched_model_check(model, mask, lambda o: o.logits)
 
 
 @pytest.mark.gpu
