@@ -3,16 +3,18 @@
 That kernel, written in Gluon (Triton's lower-level dialect), places its own waits for the tensor cores so that the
 softmax of one key block runs while the previous block's ``P v`` is on them, keeps two persistent programs per
 multiprocessor, and moves every tile by TMA. On an H200 it ran BERT's padded forward (B32 H12 512x512, keys uniform
-in [256, 512], fp16) in 0.0689-0.0703 ms where the Triton kernel took 0.0762-0.0765 in the same calls, with
-bit-identical output (``evals/bench_hopper.py``, NOTES.md, seventeenth session).
+in [256, 512], fp16) in 0.0674-0.0691 ms where the Triton kernel took 0.0754-0.0766 in the same calls, and GPT-2's
+causal prefill (B8 H12 1024x1024, keys in [512, 1024]) in 0.0477-0.0480 against 0.0490-0.0499, with bit-identical
+output (``evals/bench_hopper.py``, NOTES.md, seventeenth and eighteenth sessions).
 
-It covers the inference calls of encoders: a plan uses it when all of these hold, and the Triton kernel otherwise.
+It covers large inference calls (encoders, causal prefill): a plan uses it when all of these hold, and the Triton
+kernel otherwise.
 
 * a CUDA device of compute capability 9.0 (H100 / H200), Triton with Gluon's Hopper API (3.6 runs it on the GPU;
   3.9 compiles it for sm_90 in the CPU tests), not under ``TRITON_INTERPRET=1``, and ``HF_MASKED_SOFTMAX_HOPPER``
   not ``0`` (or :data:`ENABLED` set False);
-* fp16 or bf16, head dim 64, no causal mask, no dropout, no log-sum-exp wanted (autograd is not recording; training
-  keeps the Triton forward, whose log-sum-exp the backward reads), no decode split;
+* fp16 or bf16, head dim 64, causal (bottom-right) or not, no dropout, no log-sum-exp wanted (autograd is not
+  recording; training keeps the Triton forward, whose log-sum-exp the backward reads), no decode split;
 * no mask or a 2D padding mask (any padding, holes included); a positive scale of at most 1 (applied inside the
   exponent, as the Triton kernel does);
 * at least 128 queries and four tiles of 128 query rows per multiprocessor (:data:`MIN_TILES_PER_SM`: below that

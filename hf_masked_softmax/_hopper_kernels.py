@@ -3,9 +3,10 @@ library uses it. Imported only there (and by a compile test), never under Triton
 Gluon.
 
 One warpgroup per program and a fixed number of programs (two per multiprocessor) that walk the tiles
-``pid, pid + nprog, ...``; a tile is ``BLOCK_M`` query rows of one (batch, head). Q, K, V and O move by TMA through
-3D views ``[B, L, heads * D]`` (so a tile never reads or writes another sequence's rows: TMA fills rows past ``L``
-with zeros and drops stores past it). Keys and values stream through a ring of ``STAGES`` shared-memory slots,
+``pid, pid + nprog, ...`` (in the order :func:`_tile_pos` gives); a tile is ``BLOCK_M`` query rows of one (batch,
+head). Q, K, V and O move by TMA through 4D descriptors ``[B, heads, L, D]`` with the tensors' own strides (so a tile
+never reads or writes another sequence's rows: TMA fills rows past ``L`` with zeros and drops stores past it). Keys
+and values stream through a ring of ``STAGES`` shared-memory slots,
 one mbarrier each for K and V; the ring runs on across tiles (a load cursor hands each freed slot the next block of
 this program's current or next tile), the next tile's Q loads during this one, and outputs leave by TMA without a
 wait. Per key block j of a tile:
@@ -14,10 +15,14 @@ wait. Per key block j of a tile:
     wait for S_j only; mask (edge blocks) and online softmax of S_j while P_{j-1} V_{j-1} runs on the tensor cores
     wait for V_j's copy (ends a basic block: ptxas would otherwise hoist the next wait above the softmax), then O
 
+with the blocks that need no mask and those that do in two loops (``SPLIT``: the mask code then takes no registers
+from the unmasked loop).
+
 The numerics are those of the Triton forward: fp32 scores, the scale folded into ``exp2`` (``FOLD``), the row max
-scaled once, P rounded to the input dtype for ``P v``, ``O / l`` at the end (zeros for a sequence with no key).
+scaled once, P rounded to the input dtype for ``P v``, ``O / l`` at the end (zeros for a row with no key).
 Masks: none (``MASK_KIND`` 0) or per-sequence key ranges ``[start, end)`` with a has-holes flag from the 2D padding
-mask (1; a sequence with holes reads its mask row in every block). The experiment it grew from, with its
+mask (1; a sequence with holes reads its mask row in every block); either with bottom-right causality (``CAUSAL``).
+The experiment it grew from, with its
 measurements, is ``evals/probe_gluon.py``.
 """
 from __future__ import annotations

@@ -49,10 +49,10 @@ per-call seed, per 8 neighbouring keys of a row gives eight 16-bit numbers (``_d
 kernels redraw it
 whatever their tiles: ``dv = (P Z)^T dO``, ``dP = Z (dO v^T)``; ``delta = rowsum(dO * O)`` holds as before.
 
-On an H100 / H200, inference calls at head dim 64 in fp16 / bf16 without causality, dropout or a 4D mask (BERT's
-encoder layers, at four or more 128-query tiles per multiprocessor) run a Gluon kernel instead of the forward
-kernel below: :mod:`hf_masked_softmax._hopper` says exactly when; same numerics, output bit-identical to this
-kernel's in every case timed on an H200.
+On an H100 / H200, inference calls at head dim 64 in fp16 / bf16 without dropout or a 4D mask (BERT's encoder
+layers, GPT-2's and Llama-family prefill, at four or more 128-query tiles per multiprocessor) run a Gluon kernel
+instead of the forward kernel below: :mod:`hf_masked_softmax._hopper` says exactly when; same numerics, output
+bit-identical to this kernel's in every case timed on an H200.
 
 Decode (``Q <= 16``): too few query blocks to fill the GPU, so the key range of each sequence is split across
 ``num_splits`` programs, each writing a partial ``O``, ``lse`` and residual in fp32, merged by a small combine kernel.
