@@ -1,7 +1,7 @@
 """The Hopper forward (hf_masked_softmax._hopper, a Gluon kernel): which calls it takes, that it compiles for sm_90 on
 this CPU with the overlap it is written for, and, on an H100 / H200, its outputs against the fp64 reference for
 every case it takes (padding on either side, holes, an empty sequence, Q != K, GQA, partial query tiles, fused-QKV
-strides, bf16), inside a CUDA graph, and in a patched BERT."""
+strides, bf16; each causal too), inside a CUDA graph, and in a patched BERT and GPT-2."""
 import contextlib
 import importlib
 import os
@@ -38,7 +38,7 @@ def _ok(q, k, v, kind=1, causal=False, fold=True, need_lse=False, drop_thr=0, sp
     return hopper.call_ok(q, k, v, kind, causal, fold, need_lse, drop_thr, splits, sm_count)
 
 
-def test_call_ok_takes_bert_inference_and_nothing_else():
+def test_call_ok_takes_large_inference_calls_and_nothing_else():
     q, k, v = _hf_qkv(2, 12, 12, 256, 256, torch.float16)
     assert _ok(q, k, v) and _ok(q, k, v, kind=0)
     assert _ok(*_hf_qkv(2, 12, 12, 256, 256, torch.bfloat16))
