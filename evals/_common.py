@@ -340,6 +340,16 @@ def patched_path(device: str, mode: str = "auto") -> str:
             "instead)")
 
 
+def end_distributed() -> None:
+    """Tear down the process group of an ``accelerate launch`` run once its last collective is done. A process that
+    exits with the group still up can abort at interpreter shutdown ("terminate called without an active exception"
+    from a thread the gloo backend still holds), which ``accelerate launch`` reports as a failed run."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
 def system_info() -> dict:
     import benchutil  # (a sibling module: the scripts run from this folder)
     import torch

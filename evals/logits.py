@@ -221,6 +221,7 @@ def main(argv=None):
     bar.close()
     if distributed:
         rows = gather_object(rows)
+        _common.end_distributed()  # the last collective
         if rank != 0:
             return 0
     order = {c: i for i, c in enumerate(cases)}

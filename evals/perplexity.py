@@ -265,6 +265,7 @@ def main(argv=None):
     flat = torch.tensor([v for key in groups for v in sums[key]], dtype=torch.float64)
     if distributed:
         every = gather(flat.to(device)).cpu().view(world, -1)
+        _common.end_distributed()  # the last collective
         totals = every.sum(0)
         for k in range(2, 3 * len(groups), 3):  # wall time: the slowest process
             totals[k] = every[:, k].max()
