@@ -6,10 +6,9 @@ One warpgroup per program and a fixed number of programs (two per multiprocessor
 ``pid, pid + nprog, ...`` (in the order :func:`_tile_pos` gives); a tile is ``BLOCK_M`` query rows of one (batch,
 head). Q, K, V and O move by TMA through 4D descriptors ``[B, heads, L, D]`` with the tensors' own strides (so a tile
 never reads or writes another sequence's rows: TMA fills rows past ``L`` with zeros and drops stores past it). Keys
-and values stream through a ring of ``STAGES`` shared-memory slots,
-one mbarrier each for K and V; the ring runs on across tiles (a load cursor hands each freed slot the next block of
-this program's current or next tile), the next tile's Q loads during this one, and outputs leave by TMA without a
-wait. Per key block j of a tile:
+and values stream through a ring of ``STAGES`` shared-memory slots, one mbarrier each for K and V; the ring runs on
+across tiles (a load cursor hands each freed slot the next block of this program's current or next tile), the next
+tile's Q loads during this one, and outputs leave by TMA without a wait. Per key block j of a tile:
 
     issue S_j = Q K_j^T (async), then O = alpha O + P_{j-1} V_{j-1} (async); refill block j - 2's slots
     wait for S_j only; mask (edge blocks) and online softmax of S_j while P_{j-1} V_{j-1} runs on the tensor cores
@@ -22,8 +21,7 @@ The numerics are those of the Triton forward: fp32 scores, the scale folded into
 scaled once, P rounded to the input dtype for ``P v``, ``O / l`` at the end (zeros for a row with no key).
 Masks: none (``MASK_KIND`` 0) or per-sequence key ranges ``[start, end)`` with a has-holes flag from the 2D padding
 mask (1; a sequence with holes reads its mask row in every block); either with bottom-right causality (``CAUSAL``).
-The experiment it grew from, with its
-measurements, is ``evals/probe_gluon.py``.
+The experiment it grew from, with its measurements, is ``evals/probe_gluon.py``.
 """
 from __future__ import annotations
 
@@ -184,9 +182,8 @@ def _online_softmax(s, m_i, l_i, qk_scale, GUARD: gl.constexpr):
 
 @gluon.jit
 def _step(j, acc, p16, p, m_i, l_i, alpha, g, lt, lj, lnb, llo, q_tile, s_zero, cols, m0, lo, b, start, end, holes,
-          full_lo, full_hi,
-          k_desc, v_desc, k_smem, v_smem, k_bars, v_bars, n_tiles, nprog, ranges_ptr, mask_ptr, stride_mb, stride_mk,
-          Q_LEN, K_LEN, qk_scale, MASKED: gl.constexpr, GUARD: gl.constexpr, N_M: gl.constexpr,
+          full_lo, full_hi, k_desc, v_desc, k_smem, v_smem, k_bars, v_bars, n_tiles, nprog, ranges_ptr, mask_ptr,
+          stride_mb, stride_mk, Q_LEN, K_LEN, qk_scale, MASKED: gl.constexpr, GUARD: gl.constexpr, N_M: gl.constexpr,
           N_HEADS: gl.constexpr, GROUP: gl.constexpr, MASK_KIND: gl.constexpr, CAUSAL: gl.constexpr,
           BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, HEAD_D: gl.constexpr, STAGES: gl.constexpr,
           CURSOR_REGS: gl.constexpr, p_layout: gl.constexpr, row_o: gl.constexpr, row_s: gl.constexpr):
@@ -224,14 +221,13 @@ def _step(j, acc, p16, p, m_i, l_i, alpha, g, lt, lj, lnb, llo, q_tile, s_zero, 
 @gluon.jit
 def _attn_fwd_persistent(q_desc, k_desc, v_desc, o_desc, ranges_ptr, mask_ptr, stride_mb, stride_mk, Q_LEN, K_LEN,
                          qk_scale, N_TILES: gl.constexpr, NPROG: gl.constexpr, MASK_KIND: gl.constexpr,
-                         CAUSAL: gl.constexpr, N_M: gl.constexpr,
-                         N_HEADS: gl.constexpr, GROUP: gl.constexpr, HEAD_D: gl.constexpr, BLOCK_M: gl.constexpr,
-                         BLOCK_N: gl.constexpr, STAGES: gl.constexpr, CURSOR_REGS: gl.constexpr,
-                         SPLIT: gl.constexpr, num_warps: gl.constexpr):
-    """q / o: ``[B, Q, H * D]`` views with ``[1, BLOCK_M, D]`` blocks; k / v: ``[B, K, Hkv * D]`` with
-    ``[1, BLOCK_N, D]``. ``ranges``: int32 ``[B, 4]`` (start, end, has holes, unused) for ``MASK_KIND`` 1, with
-    ``mask`` the ``[B, K]`` padding mask it came from; ``CAUSAL``: bottom-right (query ``i`` sees keys
-    ``j <= i + K - Q``); ``qk_scale`` = scale * log2(e) > 0."""
+                         CAUSAL: gl.constexpr, N_M: gl.constexpr, N_HEADS: gl.constexpr, GROUP: gl.constexpr,
+                         HEAD_D: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr,
+                         CURSOR_REGS: gl.constexpr, SPLIT: gl.constexpr, num_warps: gl.constexpr):
+    """q / o: ``[B, H, Q, D]`` descriptors with ``[1, 1, BLOCK_M, D]`` blocks; k / v: ``[B, Hkv, K, D]`` with
+    ``[1, 1, BLOCK_N, D]``; ``N_TILES`` = B * H * N_M tiles over ``NPROG`` programs. ``ranges``: int32 ``[B, 4]``
+    (start, end, has holes, unused) for ``MASK_KIND`` 1, with ``mask`` the ``[B, K]`` padding mask it came from;
+    ``CAUSAL``: bottom-right (query ``i`` sees keys ``j <= i + K - Q``); ``qk_scale`` = scale * log2(e) > 0."""
     GUARD: gl.constexpr = (MASK_KIND == 1) | CAUSAL  # rows can have no key
     gl.static_assert(STAGES >= 3, "block g - 2's slots are refilled when block g starts: at least 3 stages")
     pid = gl.program_id(0)
