@@ -35,8 +35,11 @@ SHAPES = {  # name: (B, H, T, lowest key length, highest, causal)
     "gpt2-cache": (8, 12, 1024, 512, 1024, True),
     **{f"sweep-B{b}": (b, 12, 512, 256, 512, False) for b in (1, 2, 4, 8, 16, 64)},
 }
-# --ab: the switches of hf_masked_softmax._hopper timed on and off
-SWITCHES = {"cursor": "CURSOR_REGS", "split": "SPLIT_LOOP"}
+# --ab: settings of hf_masked_softmax._hopper timed one way and the other: {attribute: (on, off)}
+SWITCHES = {"cursor": {"CURSOR_REGS": (True, False)}, "split": {"SPLIT_LOOP": (True, False)},
+            # tiles of 64 query rows, three programs per multiprocessor (12 warps), against 128 rows and two, for
+            # calls with and without causality
+            "tile64": {"BLOCK_M": (64, 128), "PER_SM": (3, 2), "CAUSAL_BLOCK_M": (64, 128), "CAUSAL_PER_SM": (3, 2)}}
 
 
 def _inputs(name):
@@ -59,9 +62,11 @@ def main(argv=None):
     ap.add_argument("--out", default=None)
     ap.add_argument("--ab", choices=sorted(SWITCHES), default=None,
                     help="instead: the Hopper kernel with one of its switches on and off, alternating, 3 rounds, "
-                         "CUDA graph (cursor: the load cursor's tile bounds in registers or read per block, "
-                         "_hopper.CURSOR_REGS; split: a tile's key blocks in an unmasked and a masked loop, "
-                         "_hopper.SPLIT_LOOP, for the calls without causality)")
+                         "CUDA graph, and the largest difference between the two outputs (cursor: the load "
+                         "cursor's tile bounds in registers or read per block, _hopper.CURSOR_REGS; split: a tile's "
+                         "key blocks in an unmasked and a masked loop, _hopper.SPLIT_LOOP, for the calls without "
+                         "causality; tile64: tiles of 64 query rows and three programs per multiprocessor against "
+                         "128 rows and two, _hopper.BLOCK_M, PER_SM and their causal pair)")
     args = ap.parse_args(argv)
     unknown = [s for s in args.shapes.split(",") if s and s not in SHAPES]
     if unknown:
@@ -133,23 +138,32 @@ def switch_ab(args, out_dir):
     import hf_masked_softmax as hms
 
     hopper = importlib.import_module("hf_masked_softmax._hopper")
-    attr = SWITCHES[args.ab]
-    default = getattr(hopper, attr)
+    settings = SWITCHES[args.ab]
+    defaults = {attr: getattr(hopper, attr) for attr in settings}
+    label = ",".join(settings)
     rows = []
     for name in [s for s in args.shapes.split(",") if s]:
         causal = SHAPES[name][5]
         qt, kt, vt, _, shared = _inputs(name)
         with torch.no_grad():
+            outs = {}
             for rnd in range(3):
                 for on in (True, False):
-                    setattr(hopper, attr, on)
+                    for attr, values in settings.items():
+                        setattr(hopper, attr, values[0 if on else 1])
                     try:
-                        ms = benchutil.median_ms(lambda: hms.attention(qt, kt, vt, shared, causal=causal),
-                                                 cuda_graph=True)
+                        fn = lambda: hms.attention(qt, kt, vt, shared, causal=causal)  # noqa: E731
+                        if rnd == 0:
+                            outs[on] = fn().float()
+                        ms = benchutil.median_ms(fn, cuda_graph=True)
                     finally:
-                        setattr(hopper, attr, default)
-                    rows.append({"shape": name, "round": rnd, "switch": attr, "on": on, "ms": round(ms, 4)})
-                    print(f"{name:12s} round {rnd} {attr}={on}: {ms:.4f} ms", flush=True)
+                        for attr, value in defaults.items():
+                            setattr(hopper, attr, value)
+                    rows.append({"shape": name, "round": rnd, "switch": label, "on": on, "ms": round(ms, 4)})
+                    print(f"{name:12s} round {rnd} {args.ab}={on}: {ms:.4f} ms", flush=True)
+            diff = float((outs[True] - outs[False]).abs().max())
+            rows.append({"shape": name, "switch": label, "max_abs_diff_on_vs_off": diff})
+            print(f"{name:12s} {args.ab} on vs off: largest difference {diff:.3e}", flush=True)
     benchutil.write_json(out_dir / f"bench_hopper_{args.ab}.json", {"env": benchutil.environment(), "rows": rows})
 
 

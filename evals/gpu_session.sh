@@ -107,6 +107,7 @@
 #   bash evals/gpu_session.sh prefetch18 # 2026-12-04 (18): key ranges loaded a tile ahead against old_tree/, Nsight
 #                                       # Compute's per-instruction stall samples of the Hopper forward
 #   bash evals/gpu_session.sh cross18   # 2026-12-04 (18): the pipeline carried across tiles against old_tree/
+#   bash evals/gpu_session.sh tile19    # 2026-12-04 (19): causal calls on 64-row tiles, 3 programs per SM
 set -uo pipefail
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
 OUT=${OUT:-out}
@@ -661,8 +662,17 @@ case "${1:-}" in
     pytest_summary tests_hopper18c 240 -m gpu tests/test_hopper.py
     ROUNDS=2 against_old cross 120 "^(bert|gpt2)" evals/bench_hopper.py --shapes bert,bert-full,gpt2
     ;;
+  tile19)
+    # causal calls on tiles of 64 query rows, three programs per multiprocessor: every GPU test, the A/B once more
+    # (causal shapes), then the shapes' table
+    pytest_summary tests_all_gpu19 330 -m gpu tests/
+    timeout 100 python evals/bench_hopper.py --ab tile64 --shapes gpt2,gpt2-full,gpt2-cache --out "$OUT" 2>&1 \
+      | tee "$OUT/bench_hopper_tile64.log" | grep -v -i warn | tail -12
+    timeout 150 python evals/bench_hopper.py --shapes bert,bert-full,gpt2,gpt2-full,gpt2-cache --out "$OUT" 2>&1 \
+      | tee "$OUT/bench_hopper.log" | grep -v -i warn | tail -8 | cut -c1-400
+    ;;
   *)
-    echo "usage: bash evals/gpu_session.sh tests|kernels|e2e|check|followup|recheck|verify|measure|final|stream|last|tune|host|fast|fastcheck|closing|fold|fold2|fold3|e2e3|bert4|bert5|check4|lengths|ncu|bwd|suite|suite2|final6|plans|hostplans|genab|fuzz|bwdplan|trainab|final8|nosync|drop9a|drop9b|drop9d|audit10|bench10|final10|ws11|audit11|fuzz11|host11b|decode12|stats12|stats12b|stats12c|final13|fix13|final13b|final14|suite14|suite15|final15|causal18|final18|prefetch18|cross18" >&2
+    echo "usage: bash evals/gpu_session.sh tests|kernels|e2e|check|followup|recheck|verify|measure|final|stream|last|tune|host|fast|fastcheck|closing|fold|fold2|fold3|e2e3|bert4|bert5|check4|lengths|ncu|bwd|suite|suite2|final6|plans|hostplans|genab|fuzz|bwdplan|trainab|final8|nosync|drop9a|drop9b|drop9d|audit10|bench10|final10|ws11|audit11|fuzz11|host11b|decode12|stats12|stats12b|stats12c|final13|fix13|final13b|final14|suite14|suite15|final15|causal18|final18|prefetch18|cross18|tile19" >&2
     exit 2
     ;;
 esac

@@ -18,7 +18,8 @@ kernel otherwise.
 * no mask or a 2D padding mask (any padding, holes included); a positive scale of at most 1 (applied inside the
   exponent, as the Triton kernel does);
 * at least 128 queries and four tiles of 128 query rows per multiprocessor (:data:`MIN_TILES_PER_SM`: below that
-  the Triton kernel was as fast or faster);
+  the Triton kernel was as fast or faster; causal calls run tiles of 64 rows, :func:`tile_shape`, and take the
+  kernel on the same rule);
 * q, k, v ``[B, heads, L, D]`` with the head dim contiguous, 16-byte aligned, and every other stride a positive
   multiple of 16 bytes (TMA's rules): HF's projections (``[B, L, heads, D]`` memory, a fused QKV's rows included)
   and a KV cache's ``[B, heads, L, D]`` memory both qualify.
@@ -37,6 +38,12 @@ from ._launch import INTERPRETED
 
 _LOG2E = 1.4426950408889634
 BLOCK_M, BLOCK_N, STAGES, WARPS, PER_SM = 128, 64, 3, 4, 2
+# causal calls: tiles of 64 query rows and three programs per multiprocessor (141 registers, 74 KB of shared memory
+# each: 12 warps per multiprocessor). H200, bit-identical outputs, three alternating rounds (evals/bench_hopper.py
+# --ab tile64): GPT-2's padded prefill 0.0467 / 0.0476 / 0.0473 ms against 0.0481 / 0.0483 / 0.0482 with 128 rows
+# and two programs, without padding 0.0491 / 0.0490 / 0.0490 against 0.0502 each time; BERT (no causality) went
+# the other way, 0.0708-0.0714 against 0.0673-0.0674, so the others keep 128 and two
+CAUSAL_BLOCK_M, CAUSAL_PER_SM = 64, 3
 HEAD_D = 64
 # fewer tiles than this per multiprocessor go to the Triton kernel: on an H200, B8 H12 T512 (384 tiles on 132
 # multiprocessors) took 0.0243 ms here and 0.0221 there, B16 0.0376 and 0.0400 (evals/bench_hopper.py)
@@ -67,6 +74,11 @@ def kernels():
         except Exception:  # noqa: BLE001 - an older or newer Triton without these names: the Triton path
             _KERNELS = False
     return _KERNELS or None
+
+
+def tile_shape(causal: bool):
+    """Query rows per tile and programs per multiprocessor for a call with or without causality."""
+    return (CAUSAL_BLOCK_M, CAUSAL_PER_SM) if causal else (BLOCK_M, PER_SM)
 
 
 def _capability(device: torch.device):
@@ -102,8 +114,9 @@ def call_ok(q, k, v, kind, causal, fold, need_lse, drop_thr, splits, sm_count) -
     B, H, Q, D = q.shape
     K = k.shape[2]
     if (kind not in (0, 1) or (causal and not CAUSAL_OK) or not fold or need_lse or drop_thr or splits != 1
-            or D != HEAD_D or q.dtype not in (torch.float16, torch.bfloat16) or Q < BLOCK_M or K < 1
-            or not MIN_TILES_PER_SM * sm_count <= B * H * -(-Q // BLOCK_M) < 2**31):  # tile indices are int32
+            or D != HEAD_D or q.dtype not in (torch.float16, torch.bfloat16) or Q < 128 or K < 1
+            or not MIN_TILES_PER_SM * sm_count <= B * H * -(-Q // 128)
+            or B * H * -(-Q // tile_shape(causal)[0]) >= 2**31):  # tile indices are int32
         return False
     return all(_tma_view_ok(t) for t in (q, k, v))
 
@@ -117,8 +130,9 @@ def usable(q, k, v, kind, causal, fold, need_lse, drop_thr, splits, sm_count) ->
     return _capability(q.device) == (9, 0) and kernels() is not None
 
 
-def compile_for(arch: int = 90, dtype: str = "fp16", kind: int = 1, n_m: int = 4, heads: int = 12, group: int = 1,
-                cursor_regs=None, causal: bool = False, split=None, batch: int = 32, sm_count: int = 132):
+def compile_for(arch: int = 90, dtype: str = "fp16", kind: int = 1, n_m=None, heads: int = 12, group: int = 1,
+                cursor_regs=None, causal: bool = False, split=None, batch: int = 32, sm_count: int = 132,
+                queries: int = 512):
     """The kernel compiled for ``sm_{arch}`` without a GPU (signature as the launcher builds it): for the tests and
     ``--compile-only`` inspection of its SASS. ``dtype``: "fp16" or "bf16"."""
     import triton
@@ -130,14 +144,16 @@ def compile_for(arch: int = 90, dtype: str = "fp16", kind: int = 1, n_m: int = 4
     if mod is None:
         raise RuntimeError("this Triton has no Gluon Hopper API")
     gdt = gl.float16 if dtype == "fp16" else gl.bfloat16
+    block_m, per_sm = tile_shape(causal)
+    n_m = -(-queries // block_m) if n_m is None else n_m
     sig = {}
-    for name, block in (("q_desc", BLOCK_M), ("k_desc", BLOCK_N), ("v_desc", BLOCK_N), ("o_desc", BLOCK_M)):
+    for name, block in (("q_desc", block_m), ("k_desc", BLOCK_N), ("v_desc", BLOCK_N), ("o_desc", block_m)):
         layout = gl.NVMMASharedLayout.get_default_for([1, 1, block, HEAD_D], gdt)
         sig[name] = f"tensordesc<{dtype}[1, 1, {block}, {HEAD_D}],{layout!r}>"
     sig.update(ranges_ptr="*i32", mask_ptr="*u8", stride_mb="i32", stride_mk="i32", Q_LEN="i32", K_LEN="i32",
                qk_scale="fp32")
-    consts = dict(N_TILES=n_m * heads * batch, NPROG=min(n_m * heads * batch, PER_SM * sm_count), MASK_KIND=kind,
-                  CAUSAL=causal, N_M=n_m, N_HEADS=heads, GROUP=group, HEAD_D=HEAD_D, BLOCK_M=BLOCK_M,
+    consts = dict(N_TILES=n_m * heads * batch, NPROG=min(n_m * heads * batch, per_sm * sm_count), MASK_KIND=kind,
+                  CAUSAL=causal, N_M=n_m, N_HEADS=heads, GROUP=group, HEAD_D=HEAD_D, BLOCK_M=block_m,
                   BLOCK_N=BLOCK_N, STAGES=STAGES, CURSOR_REGS=CURSOR_REGS if cursor_regs is None else cursor_regs,
                   SPLIT=bool(causal or SPLIT_LOOP if split is None else split), num_warps=WARPS)
     sig.update({c: "constexpr" for c in consts})
@@ -172,14 +188,15 @@ class HopperForward:
         B, H, Q, D = q.shape
         Hkv, K = k.shape[1], k.shape[2]
         gdt = gl.float16 if q.dtype == torch.float16 else gl.bfloat16
-        self.layouts = (gl.NVMMASharedLayout.get_default_for([1, 1, BLOCK_M, D], gdt),
+        self.block_m, per_sm = tile_shape(causal)
+        self.layouts = (gl.NVMMASharedLayout.get_default_for([1, 1, self.block_m, D], gdt),
                         gl.NVMMASharedLayout.get_default_for([1, 1, BLOCK_N, D], gdt))
-        n_m = -(-Q // BLOCK_M)
+        n_m = -(-Q // self.block_m)
         self.n_tiles = n_m * B * H
-        self.grid = (min(self.n_tiles, PER_SM * sm_count),)
+        self.grid = (min(self.n_tiles, per_sm * sm_count),)
         self.kind = kind
         self.consts = dict(N_TILES=self.n_tiles, NPROG=self.grid[0], MASK_KIND=kind, CAUSAL=bool(causal), N_M=n_m,
-                           N_HEADS=H, GROUP=H // Hkv, HEAD_D=D, BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, STAGES=STAGES,
+                           N_HEADS=H, GROUP=H // Hkv, HEAD_D=D, BLOCK_M=self.block_m, BLOCK_N=BLOCK_N, STAGES=STAGES,
                            CURSOR_REGS=CURSOR_REGS, SPLIT=bool(causal or SPLIT_LOOP), num_warps=WARPS)
         self.Q, self.K = Q, K
         self.qk_scale = scale * _LOG2E
@@ -204,7 +221,7 @@ class HopperForward:
         from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
         lm, ln = self.layouts
-        blocks = (BLOCK_M, BLOCK_N, BLOCK_N, BLOCK_M)
+        blocks = (self.block_m, BLOCK_N, BLOCK_N, self.block_m)
         descs = [TensorDescriptor(t, shape, strides, [1, 1, block, t.shape[3]], layout)
                  for t, (shape, strides), block, layout in zip(tensors, self.views, blocks, (lm, ln, ln, lm))]
         kernel = self.kernel[self.grid](*descs, *scalars, **self.consts)

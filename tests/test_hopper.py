@@ -55,6 +55,8 @@ def test_call_ok_takes_large_inference_calls_and_nothing_else():
     assert not _ok(q, k, v, splits=2)
     # 2 x 12 x 2 = 48 tiles: enough for 12 multiprocessors (4 each), not for 13
     assert _ok(q, k, v, sm_count=12) and not _ok(q, k, v, sm_count=13)
+    # causal calls run 64-row tiles but take the kernel on the same count of 128-row tiles
+    assert _ok(q, k, v, causal=True, sm_count=12) and not _ok(q, k, v, causal=True, sm_count=13)
     assert not _ok(*_hf_qkv(2, 12, 12, 256, 256, torch.float32))
     assert not _ok(*_qkv(2, 12, 12, 256, 256, 32, torch.float16, "cpu", bthd=True))  # head dim 32
     assert not _ok(*_hf_qkv(2, 12, 12, 127, 256, torch.float16))  # fewer queries than a tile
@@ -71,6 +73,21 @@ def test_call_ok_takes_large_inference_calls_and_nothing_else():
     assert not _ok(odd, k, v) and not _ok(q, odd, v)
     shifted = base[..., 1:769].view(2, 256, 12, 64).transpose(1, 2)
     assert not _ok(q, k, shifted)
+
+
+def test_plans_tile_causal_calls_by_64_rows_three_programs_per_multiprocessor():
+    # built here without a GPU (the kernel is only launched on one); Gluon's import is what it needs
+    if hopper.kernels() is None:
+        pytest.skip("this Triton has no Gluon Hopper API")
+    q, k, v = _hf_qkv(2, 12, 12, 256, 256, torch.float16)
+    for causal, rows, per_sm in ((True, 64, 3), (False, 128, 2)):
+        assert hopper.tile_shape(causal) == (rows, per_sm)
+        for sm_count in (132, 10):
+            plan = hopper.HopperForward(q, k, v, 1, causal, 0.125, sm_count)
+            assert plan.consts["BLOCK_M"] == rows and plan.consts["CAUSAL"] == causal
+            assert plan.n_tiles == 2 * 12 * (256 // rows) == plan.consts["N_TILES"]
+            assert plan.grid == (min(plan.n_tiles, per_sm * sm_count),) and plan.consts["NPROG"] == plan.grid[0]
+            assert plan.block_m == rows  # the Q and O descriptors' blocks
 
 
 def test_disabled_on_cpu_and_under_the_interpreter():
@@ -93,6 +110,7 @@ import probe_gluon, sass_attention
 from hf_masked_softmax import _hopper
 for dtype, kind, group, causal in (("fp16", 1, 1, False), ("bf16", 0, 3, False), ("fp16", 1, 1, True)):
     kern = _hopper.compile_for(90, dtype, kind, group=group, causal=causal)
+    rows, per_sm = _hopper.tile_shape(causal)
     with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
         f.write(kern.asm["cubin"])
         f.flush()
@@ -102,7 +120,8 @@ for dtype, kind, group, causal in (("fp16", 1, 1, False), ("bf16", 0, 3, False),
     names = [o[0] if not o[0].startswith("@") else o[1] for o in ops if o]
     count = lambda p: sum(n.startswith(p) for n in names)
     print(f"RESULT {{dtype}} {{kind}} regs={{info['registers']}} HGMMA={{count('HGMMA')}} UTMALDG={{count('UTMALDG')}} "
-          f"UTMASTG={{count('UTMASTG')}} exps-under-PV={{probe_gluon.exps_under_pv(sass)}}")
+          f"UTMASTG={{count('UTMASTG')}} exps-under-PV={{probe_gluon.exps_under_pv(sass)}} "
+          f"rows={{rows}} per_sm={{per_sm}} smem={{kern.metadata.shared}}")
 """
 
 
@@ -117,8 +136,14 @@ def test_hopper_kernel_compiles_for_sm90_with_the_softmax_under_p_v():
         fields = dict(f.split("=") for f in line.split()[3:])
         assert int(fields["regs"]) <= 255, line
         assert int(fields["HGMMA"]) > 0 and int(fields["UTMALDG"]) > 0 and int(fields["UTMASTG"]) > 0, line
-        # a 128 x 64 score tile over 128 threads: 64 exponentials per thread per key block, all while P v runs
-        assert int(fields["exps-under-PV"]) >= 64, line
+        # a rows x 64 score tile over 128 threads (64 or 32 exponentials per thread per key block), all while P v
+        # runs
+        assert int(fields["exps-under-PV"]) >= int(fields["rows"]) * 64 // 128, line
+        # its programs per multiprocessor fit there together: registers (64K, allocated per thread in steps of 8)
+        # and shared memory (228 KB on sm_90, 1 KB of it reserved per program)
+        per_sm = int(fields["per_sm"])
+        assert int(fields["regs"]) <= 65536 // (128 * per_sm) // 8 * 8, line
+        assert per_sm * (int(fields["smem"]) + 1024) <= 228 * 1024, line
 
 
 # ---------------------------------------------------------------------------------------------------------------
