@@ -1,11 +1,12 @@
 """When the fused forward runs the Hopper kernel of :mod:`hf_masked_softmax._hopper_kernels` instead of the Triton one.
 
 That kernel, written in Gluon (Triton's lower-level dialect), places its own waits for the tensor cores so that the
-softmax of one key block runs while the previous block's ``P v`` is on them, keeps two persistent programs per
-multiprocessor, and moves every tile by TMA. On an H200 it ran BERT's padded forward (B32 H12 512x512, keys uniform
-in [256, 512], fp16) in 0.0674-0.0691 ms where the Triton kernel took 0.0754-0.0766 in the same calls, and GPT-2's
-causal prefill (B8 H12 1024x1024, keys in [512, 1024]) in 0.0476-0.0480 against 0.0490-0.0499, with bit-identical
-output (``evals/bench_hopper.py``, NOTES.md, seventeenth and eighteenth sessions).
+softmax of one key block runs while the previous block's ``P v`` is on them, keeps persistent programs on the
+multiprocessors (two per multiprocessor on tiles of 128 query rows; three on 64-row tiles for causal calls), and
+moves every tile by TMA. On an H200 it ran BERT's padded forward (B32 H12 512x512, keys uniform in [256, 512], fp16)
+in 0.0674-0.0691 ms where the Triton kernel took 0.0754-0.0766 in the same calls, and GPT-2's causal prefill (B8 H12
+1024x1024, keys in [512, 1024]) in 0.0463-0.0475 against 0.0493, with bit-identical output
+(``evals/bench_hopper.py``, NOTES.md, seventeenth to nineteenth sessions).
 
 It covers large inference calls (encoders, causal prefill): a plan uses it when all of these hold, and the Triton
 kernel otherwise.

@@ -2,7 +2,7 @@
 library uses it. Imported only there (and by a compile test), never under Triton's interpreter, which cannot run
 Gluon.
 
-One warpgroup per program and a fixed number of programs (two per multiprocessor) that walk the tiles
+One warpgroup per program and a fixed number of programs (two or three per multiprocessor) that walk the tiles
 ``pid, pid + nprog, ...`` (in the order :func:`_tile_pos` gives); a tile is ``BLOCK_M`` query rows of one (batch,
 head). Q, K, V and O move by TMA through 4D descriptors ``[B, heads, L, D]`` with the tensors' own strides (so a tile
 never reads or writes another sequence's rows: TMA fills rows past ``L`` with zeros and drops stores past it). Keys
