@@ -10,9 +10,9 @@ from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.hopper import (
     fence_async_shared, mbarrier, tma, warpgroup_mma, warpgroup_mma_wait)
 
-from hf_masked_softmax._hopper_kernels import (  # noqa: F401 - the library kernel's helpers, unchanged since 7d807de
-    _issue_next, _key_blocks, _key_range, _mask_block, _online_softmax, _step, _tile, _tile_pos, _tma_load, _tma_store,
-    _wgmma_layout)
+from hf_masked_softmax._hopper_kernels import (  # the library kernel's helpers, unchanged since 7d807de
+    _buffers, _issue_next, _key_blocks, _key_range, _mask_block, _online_softmax, _start, _step, _tile_pos,
+    _tma_load, _tma_store, _wgmma_layout)
 
 
 @gluon.jit
@@ -22,10 +22,8 @@ def attn_fwd_cross(q_desc, k_desc, v_desc, o_desc, ranges_ptr, mask_ptr, stride_
                          N_HEADS: gl.constexpr, GROUP: gl.constexpr, HEAD_D: gl.constexpr, BLOCK_M: gl.constexpr,
                          BLOCK_N: gl.constexpr, STAGES: gl.constexpr, CURSOR_REGS: gl.constexpr,
                          SPLIT: gl.constexpr, XMODE: gl.constexpr, num_warps: gl.constexpr):
-    """q / o: ``[B, Q, H * D]`` views with ``[1, BLOCK_M, D]`` blocks; k / v: ``[B, K, Hkv * D]`` with
-    ``[1, BLOCK_N, D]``. ``ranges``: int32 ``[B, 4]`` (start, end, has holes, unused) for ``MASK_KIND`` 1, with
-    ``mask`` the ``[B, K]`` padding mask it came from; ``CAUSAL``: bottom-right (query ``i`` sees keys
-    ``j <= i + K - Q``); ``qk_scale`` = scale * log2(e) > 0."""
+    """The arguments of ``hf_masked_softmax._hopper_kernels._attn_fwd_persistent``, and ``XMODE`` (the module
+    docstring)."""
     GUARD: gl.constexpr = (MASK_KIND == 1) | CAUSAL  # rows can have no key
     gl.static_assert(STAGES >= 3, "block g - 2's slots are refilled when block g starts: at least 3 stages")
     pid = gl.program_id(0)
@@ -41,31 +39,11 @@ def attn_fwd_cross(q_desc, k_desc, v_desc, o_desc, ranges_ptr, mask_ptr, stride_
     row_o: gl.constexpr = gl.SliceLayout(1, o_layout)
     col_s: gl.constexpr = gl.SliceLayout(0, s_layout)
 
-    q_smem = gl.allocate_shared_memory(dtype, [2, 1, 1, BLOCK_M, HEAD_D], q_desc.layout)
-    o_smem = gl.allocate_shared_memory(dtype, [1, 1, BLOCK_M, HEAD_D], o_desc.layout)
-    k_smem = gl.allocate_shared_memory(dtype, [STAGES, 1, 1, BLOCK_N, HEAD_D], k_desc.layout)
-    v_smem = gl.allocate_shared_memory(dtype, [STAGES, 1, 1, BLOCK_N, HEAD_D], v_desc.layout)
-    q_bars = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
-    k_bars = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
-    v_bars = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
-    for i in gl.static_range(2):
-        mbarrier.init(q_bars.index(i), count=1)
-    for i in gl.static_range(STAGES):
-        mbarrier.init(k_bars.index(i), count=1)
-        mbarrier.init(v_bars.index(i), count=1)
-    fence_async_shared()
-
-    # the load cursor starts at this program's first tile; the ring's first STAGES blocks
-    lt = pid
-    lj = pid * 0
-    b0, m00, h0, _, _, _, llo, lnb = _tile(pid, ranges_ptr, Q_LEN, K_LEN, n_tiles, nprog, N_M, N_HEADS, GROUP,
-                                              MASK_KIND, CAUSAL, BLOCK_M, BLOCK_N, HEAD_D)
-    for i in gl.static_range(STAGES):
-        lt, lj, lnb, llo = _issue_next(k_desc, v_desc, k_smem, v_smem, k_bars, v_bars, i, lt, lj, lnb, llo, n_tiles,
-                                       nprog, ranges_ptr, Q_LEN, K_LEN, N_M, N_HEADS, GROUP, MASK_KIND, CAUSAL,
-                                       BLOCK_M, BLOCK_N, HEAD_D, CURSOR_REGS, True)
-    mbarrier.expect(q_bars.index(0), q_desc.block_type.nbytes)
-    _tma_load(q_desc, [b0, h0, m00, 0], q_bars.index(0), q_smem.index(0))
+    q_smem, o_smem, k_smem, v_smem, q_bars, k_bars, v_bars = _buffers(q_desc, k_desc, v_desc, o_desc, BLOCK_M,
+                                                                      BLOCK_N, HEAD_D, STAGES)
+    lt, lj, lnb, llo, b0, m00, h0 = _start(pid, q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_bars, k_bars, v_bars,
+                                           ranges_ptr, Q_LEN, K_LEN, n_tiles, nprog, N_M, N_HEADS, GROUP, MASK_KIND,
+                                           CAUSAL, BLOCK_M, BLOCK_N, HEAD_D, STAGES, CURSOR_REGS)
 
     cols = gl.arange(0, BLOCK_N, layout=col_s)
     s_zero = gl.zeros([BLOCK_M, BLOCK_N], gl.float32, layout=s_layout)
@@ -163,8 +141,9 @@ def attn_fwd_cross(q_desc, k_desc, v_desc, o_desc, ranges_ptr, mask_ptr, stride_
                                       k_smem.index(slot).reshape([BLOCK_N, HEAD_D]).permute((1, 0)), s_zero,
                                       use_acc=False, is_async=True)
                 lt, lj, lnb, llo = _issue_next(k_desc, v_desc, k_smem, v_smem, k_bars, v_bars,
-                                               (g + STAGES - 2) % STAGES, lt, lj, lnb, llo, n_tiles, nprog, ranges_ptr, Q_LEN, K_LEN, N_M, N_HEADS,
-                                               GROUP, MASK_KIND, CAUSAL, BLOCK_M, BLOCK_N, HEAD_D, CURSOR_REGS, g >= 2)
+                                               (g + STAGES - 2) % STAGES, lt, lj, lnb, llo, n_tiles, nprog,
+                                               ranges_ptr, Q_LEN, K_LEN, N_M, N_HEADS, GROUP, MASK_KIND, CAUSAL,
+                                               BLOCK_M, BLOCK_N, HEAD_D, CURSOR_REGS, g >= 2)
                 s = warpgroup_mma_wait(0, deps=[s_tok])
                 if (n_full_lo > 0) | (n_full_hi < 1):
                     s = _mask_block(s, cols, m0n, n_lo * BLOCK_N, bn, n_start, n_end, n_holes, mask_ptr, stride_mb,

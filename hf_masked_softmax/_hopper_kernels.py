@@ -219,6 +219,48 @@ def _step(j, acc, p16, p, m_i, l_i, alpha, g, lt, lj, lnb, llo, q_tile, s_zero, 
 
 
 @gluon.jit
+def _buffers(q_desc, k_desc, v_desc, o_desc, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, HEAD_D: gl.constexpr,
+             STAGES: gl.constexpr):
+    """A program's shared memory: two Q buffers, the output's, the ``STAGES`` K and V slots, and their mbarriers
+    (initialised)."""
+    dtype: gl.constexpr = q_desc.dtype
+    q_smem = gl.allocate_shared_memory(dtype, [2, 1, 1, BLOCK_M, HEAD_D], q_desc.layout)
+    o_smem = gl.allocate_shared_memory(dtype, [1, 1, BLOCK_M, HEAD_D], o_desc.layout)
+    k_smem = gl.allocate_shared_memory(dtype, [STAGES, 1, 1, BLOCK_N, HEAD_D], k_desc.layout)
+    v_smem = gl.allocate_shared_memory(dtype, [STAGES, 1, 1, BLOCK_N, HEAD_D], v_desc.layout)
+    q_bars = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
+    k_bars = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+    v_bars = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+    for i in gl.static_range(2):
+        mbarrier.init(q_bars.index(i), count=1)
+    for i in gl.static_range(STAGES):
+        mbarrier.init(k_bars.index(i), count=1)
+        mbarrier.init(v_bars.index(i), count=1)
+    fence_async_shared()
+    return q_smem, o_smem, k_smem, v_smem, q_bars, k_bars, v_bars
+
+
+@gluon.jit
+def _start(pid, q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_bars, k_bars, v_bars, ranges_ptr, Q_LEN, K_LEN,
+           n_tiles, nprog, N_M: gl.constexpr, N_HEADS: gl.constexpr, GROUP: gl.constexpr, MASK_KIND: gl.constexpr,
+           CAUSAL: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, HEAD_D: gl.constexpr,
+           STAGES: gl.constexpr, CURSOR_REGS: gl.constexpr):
+    """The load cursor at this program's first tile (``pid``), the ring's first ``STAGES`` blocks and that tile's Q
+    issued: the cursor (:func:`_issue_next`) and the tile's batch, first query row and head."""
+    lt = pid
+    lj = pid * 0
+    b0, m00, h0, _, _, _, llo, lnb = _tile(pid, ranges_ptr, Q_LEN, K_LEN, n_tiles, nprog, N_M, N_HEADS, GROUP,
+                                              MASK_KIND, CAUSAL, BLOCK_M, BLOCK_N, HEAD_D)
+    for i in gl.static_range(STAGES):
+        lt, lj, lnb, llo = _issue_next(k_desc, v_desc, k_smem, v_smem, k_bars, v_bars, i, lt, lj, lnb, llo, n_tiles,
+                                       nprog, ranges_ptr, Q_LEN, K_LEN, N_M, N_HEADS, GROUP, MASK_KIND, CAUSAL,
+                                       BLOCK_M, BLOCK_N, HEAD_D, CURSOR_REGS, True)
+    mbarrier.expect(q_bars.index(0), q_desc.block_type.nbytes)
+    _tma_load(q_desc, [b0, h0, m00, 0], q_bars.index(0), q_smem.index(0))
+    return lt, lj, lnb, llo, b0, m00, h0
+
+
+@gluon.jit
 def _attn_fwd_persistent(q_desc, k_desc, v_desc, o_desc, ranges_ptr, mask_ptr, stride_mb, stride_mk, Q_LEN, K_LEN,
                          qk_scale, N_TILES: gl.constexpr, NPROG: gl.constexpr, MASK_KIND: gl.constexpr,
                          CAUSAL: gl.constexpr, N_M: gl.constexpr, N_HEADS: gl.constexpr, GROUP: gl.constexpr,
@@ -243,31 +285,11 @@ def _attn_fwd_persistent(q_desc, k_desc, v_desc, o_desc, ranges_ptr, mask_ptr, s
     row_o: gl.constexpr = gl.SliceLayout(1, o_layout)
     col_s: gl.constexpr = gl.SliceLayout(0, s_layout)
 
-    q_smem = gl.allocate_shared_memory(dtype, [2, 1, 1, BLOCK_M, HEAD_D], q_desc.layout)
-    o_smem = gl.allocate_shared_memory(dtype, [1, 1, BLOCK_M, HEAD_D], o_desc.layout)
-    k_smem = gl.allocate_shared_memory(dtype, [STAGES, 1, 1, BLOCK_N, HEAD_D], k_desc.layout)
-    v_smem = gl.allocate_shared_memory(dtype, [STAGES, 1, 1, BLOCK_N, HEAD_D], v_desc.layout)
-    q_bars = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
-    k_bars = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
-    v_bars = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
-    for i in gl.static_range(2):
-        mbarrier.init(q_bars.index(i), count=1)
-    for i in gl.static_range(STAGES):
-        mbarrier.init(k_bars.index(i), count=1)
-        mbarrier.init(v_bars.index(i), count=1)
-    fence_async_shared()
-
-    # the load cursor starts at this program's first tile; the ring's first STAGES blocks
-    lt = pid
-    lj = pid * 0
-    b0, m00, h0, _, _, _, llo, lnb = _tile(pid, ranges_ptr, Q_LEN, K_LEN, n_tiles, nprog, N_M, N_HEADS, GROUP,
-                                              MASK_KIND, CAUSAL, BLOCK_M, BLOCK_N, HEAD_D)
-    for i in gl.static_range(STAGES):
-        lt, lj, lnb, llo = _issue_next(k_desc, v_desc, k_smem, v_smem, k_bars, v_bars, i, lt, lj, lnb, llo, n_tiles,
-                                       nprog, ranges_ptr, Q_LEN, K_LEN, N_M, N_HEADS, GROUP, MASK_KIND, CAUSAL,
-                                       BLOCK_M, BLOCK_N, HEAD_D, CURSOR_REGS, True)
-    mbarrier.expect(q_bars.index(0), q_desc.block_type.nbytes)
-    _tma_load(q_desc, [b0, h0, m00, 0], q_bars.index(0), q_smem.index(0))
+    q_smem, o_smem, k_smem, v_smem, q_bars, k_bars, v_bars = _buffers(q_desc, k_desc, v_desc, o_desc, BLOCK_M,
+                                                                      BLOCK_N, HEAD_D, STAGES)
+    lt, lj, lnb, llo, b0, m00, h0 = _start(pid, q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_bars, k_bars, v_bars,
+                                           ranges_ptr, Q_LEN, K_LEN, n_tiles, nprog, N_M, N_HEADS, GROUP, MASK_KIND,
+                                           CAUSAL, BLOCK_M, BLOCK_N, HEAD_D, STAGES, CURSOR_REGS)
 
     cols = gl.arange(0, BLOCK_N, layout=col_s)
     s_zero = gl.zeros([BLOCK_M, BLOCK_N], gl.float32, layout=s_layout)
