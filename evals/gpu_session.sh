@@ -108,6 +108,7 @@
 #                                       # Compute's per-instruction stall samples of the Hopper forward
 #   bash evals/gpu_session.sh cross18   # 2026-12-04 (18): the pipeline carried across tiles against old_tree/
 #   bash evals/gpu_session.sh tile19    # 2026-12-04 (19): causal calls on 64-row tiles, 3 programs per SM
+#   bash evals/gpu_session.sh final19   # 2026-12-04 (19): the Hopper GPU tests, GPT-2 forward with it on / off
 set -uo pipefail
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
 OUT=${OUT:-out}
@@ -671,8 +672,18 @@ case "${1:-}" in
     timeout 150 python evals/bench_hopper.py --shapes bert,bert-full,gpt2,gpt2-full,gpt2-cache --out "$OUT" 2>&1 \
       | tee "$OUT/bench_hopper.log" | grep -v -i warn | tail -8 | cut -c1-400
     ;;
+  final19)
+    # the Hopper forward's GPU tests at the session's last kernel source, then GPT-2 small's forward end to end with
+    # the Hopper forward on and off
+    pytest_summary tests_hopper19 240 -m gpu tests/test_hopper.py
+    for hop in 1 0; do
+      HF_MASKED_SOFTMAX_HOPPER=$hop timeout 150 python -u evals/speed.py --only "gpt2-small fwd" \
+        --impls eager,sdpa,fused --skip-medium --no-plot --out "$OUT/speed_hopper$hop" 2>&1 \
+        | tee "$OUT/speed_hopper$hop.log" | grep -v -i warn | tail -6 | cut -c1-220
+    done
+    ;;
   *)
-    echo "usage: bash evals/gpu_session.sh tests|kernels|e2e|check|followup|recheck|verify|measure|final|stream|last|tune|host|fast|fastcheck|closing|fold|fold2|fold3|e2e3|bert4|bert5|check4|lengths|ncu|bwd|suite|suite2|final6|plans|hostplans|genab|fuzz|bwdplan|trainab|final8|nosync|drop9a|drop9b|drop9d|audit10|bench10|final10|ws11|audit11|fuzz11|host11b|decode12|stats12|stats12b|stats12c|final13|fix13|final13b|final14|suite14|suite15|final15|causal18|final18|prefetch18|cross18|tile19" >&2
+    echo "usage: bash evals/gpu_session.sh tests|kernels|e2e|check|followup|recheck|verify|measure|final|stream|last|tune|host|fast|fastcheck|closing|fold|fold2|fold3|e2e3|bert4|bert5|check4|lengths|ncu|bwd|suite|suite2|final6|plans|hostplans|genab|fuzz|bwdplan|trainab|final8|nosync|drop9a|drop9b|drop9d|audit10|bench10|final10|ws11|audit11|fuzz11|host11b|decode12|stats12|stats12b|stats12c|final13|fix13|final13b|final14|suite14|suite15|final15|causal18|final18|prefetch18|cross18|tile19|final19" >&2
     exit 2
     ;;
 esac
