@@ -1,9 +1,9 @@
 """Probe (GPU): the Hopper forward with the pipeline carried across tiles (7d807de's kernel, in
-``evals/probe_cross_kernel.py``), which hung on its first GPU test in the eighteenth session. Each case runs in a
+``evals/_probe_cross_kernel.py``), which hung on its first GPU test in the eighteenth session. Each case runs in a
 subprocess with a time limit, so a hang is reported instead of stopping the run.
 
-    python evals/probe_cross.py [--limit S]        # every case
-    python evals/probe_cross.py one XMODE CASE     # one case (what the parent runs)
+    python evals/probe_cross.py [--limit S]            # every case, each within S seconds (default 90)
+    python evals/probe_cross.py --one XMODE CASE       # one case (what the parent runs)
 
 XMODE 1: at a tile's end, its last ``P v`` is waited for before the next tile's first scores are issued (the
 relocated structure without overlap); 2: the two are issued together (7d807de). Prints, per case, the largest
@@ -12,6 +12,7 @@ library's Hopper kernel in the same process.
 """
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import subprocess
@@ -35,7 +36,7 @@ def one(xmode: int, case: str) -> None:
     import benchutil
     import hf_masked_softmax as hms
     from hf_masked_softmax import _hopper, masks
-    import probe_cross_kernel as X
+    import _probe_cross_kernel as X
 
     B, H, T, lo, hi, kind = CASES[case]
     q, k, v, _, pad = benchutil.padded_bthd(B, H, T, lo, hi)
@@ -64,24 +65,33 @@ def one(xmode: int, case: str) -> None:
                                       library_hopper_ms=round(ms_lib, 4))), flush=True)
 
 
-def main() -> None:
-    if len(sys.argv) > 1 and sys.argv[1] == "one":
-        one(int(sys.argv[2]), sys.argv[3])
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--limit", type=int, default=90, help="seconds each case may take (default 90)")
+    ap.add_argument("--one", nargs=2, metavar=("XMODE", "CASE"), help="run one case in this process")
+    args = ap.parse_args(argv)
+    if args.limit <= 0:
+        ap.error("--limit must be positive")
+    if args.one and (args.one[0] not in ("1", "2") or args.one[1] not in CASES):
+        ap.error(f"--one takes XMODE 1 or 2 and a case of {sorted(CASES)}")
+    import torch
+
+    if not torch.cuda.is_available() or torch.cuda.get_device_capability() != (9, 0):
+        sys.exit("probe_cross.py needs a CUDA GPU of compute capability 9.0")
+    if args.one:
+        one(int(args.one[0]), args.one[1])
         return
-    limit = 90
-    if "--limit" in sys.argv:
-        limit = int(sys.argv[sys.argv.index("--limit") + 1])
     for xmode in (1, 2):
         for case in CASES:
             try:
-                proc = subprocess.run([sys.executable, __file__, "one", str(xmode), case], capture_output=True,
-                                      text=True, timeout=limit)
+                proc = subprocess.run([sys.executable, __file__, "--one", str(xmode), case], capture_output=True,
+                                      text=True, timeout=args.limit)
                 lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT")]
                 print(lines[-1] if lines else f"FAILED {case} xmode {xmode} rc {proc.returncode}: "
                       f"{proc.stdout[-300:]} {proc.stderr[-800:]}", flush=True)
             except subprocess.TimeoutExpired as e:
-                out = (e.stdout or b"").decode(errors="replace") if isinstance(e.stdout, bytes) else (e.stdout or "")
-                print(f"HANG {case} xmode {xmode} after {limit} s; stdout: {out[-300:]!r}", flush=True)
+                out = e.stdout.decode(errors="replace") if isinstance(e.stdout, bytes) else (e.stdout or "")
+                print(f"HANG {case} xmode {xmode} after {args.limit} s; stdout: {out[-300:]!r}", flush=True)
 
 
 if __name__ == "__main__":
