@@ -33,13 +33,18 @@ SHAPES = {  # name: (B, H, T, lowest key length, highest, causal)
     "gpt2": (8, 12, 1024, 512, 1024, True),  # issue 5's GPT-2 prefill
     "gpt2-full": (8, 12, 1024, 1024, 1024, True),
     "gpt2-cache": (8, 12, 1024, 512, 1024, True),
+    "gpt2-prompt128": (8, 12, 128, 64, 128, True),  # the generate benchmark's prefill (B8, prompts up to 128)
     **{f"sweep-B{b}": (b, 12, 512, 256, 512, False) for b in (1, 2, 4, 8, 16, 64)},
 }
 # --ab: settings of hf_masked_softmax._hopper timed one way and the other: {attribute: (on, off)}
 SWITCHES = {"cursor": {"CURSOR_REGS": (True, False)}, "split": {"SPLIT_LOOP": (True, False)},
             # tiles of 64 query rows, three programs per multiprocessor (12 warps), against 128 rows and two, for
             # calls with and without causality
-            "tile64": {"BLOCK_M": (64, 128), "PER_SM": (3, 2), "CAUSAL_BLOCK_M": (64, 128), "CAUSAL_PER_SM": (3, 2)}}
+            "tile64": {"BLOCK_M": (64, 128), "PER_SM": (3, 2), "CAUSAL_BLOCK_M": (64, 128), "CAUSAL_PER_SM": (3, 2)},
+            # calls below the tile-count floor (MIN_TILES_PER_SM): the Hopper kernel (on) against the Triton kernel
+            # (off, the library's choice there), with 128-row tiles or with 64-row tiles (small64)
+            "small": {"MIN_TILES_PER_SM": (0, 4)},
+            "small64": {"MIN_TILES_PER_SM": (0, 4), "BLOCK_M": (64, 128), "PER_SM": (3, 2)}}
 
 
 def _inputs(name):
@@ -66,7 +71,8 @@ def main(argv=None):
                          "cursor's tile bounds in registers or read per block, _hopper.CURSOR_REGS; split: a tile's "
                          "key blocks in an unmasked and a masked loop, _hopper.SPLIT_LOOP, for the calls without "
                          "causality; tile64: tiles of 64 query rows and three programs per multiprocessor against "
-                         "128 rows and two, _hopper.BLOCK_M, PER_SM and their causal pair)")
+                         "128 rows and two, _hopper.BLOCK_M, PER_SM and their causal pair; small / small64: the Hopper kernel on "
+                         "128-row / 64-row tiles below _hopper.MIN_TILES_PER_SM against the Triton kernel)")
     args = ap.parse_args(argv)
     unknown = [s for s in args.shapes.split(",") if s and s not in SHAPES]
     if unknown:
