@@ -34,17 +34,18 @@ SHAPES = {  # name: (B, H, T, lowest key length, highest, causal)
     "gpt2-full": (8, 12, 1024, 1024, 1024, True),
     "gpt2-cache": (8, 12, 1024, 512, 1024, True),
     "gpt2-prompt128": (8, 12, 128, 64, 128, True),  # the generate benchmark's prefill (B8, prompts up to 128)
+    "tiny-B1-T128": (1, 12, 128, 64, 128, False),
+    "tiny-B1-H2-T128": (1, 2, 128, 64, 128, False),
+    "tiny-B1-T256-causal": (1, 12, 256, 128, 256, True),
     **{f"sweep-B{b}": (b, 12, 512, 256, 512, False) for b in (1, 2, 4, 8, 16, 64)},
 }
 # --ab: settings of hf_masked_softmax._hopper timed one way and the other: {attribute: (on, off)}
 SWITCHES = {"cursor": {"CURSOR_REGS": (True, False)}, "split": {"SPLIT_LOOP": (True, False)},
             # tiles of 64 query rows, three programs per multiprocessor (12 warps), against 128 rows and two, for
-            # calls with and without causality
-            "tile64": {"BLOCK_M": (64, 128), "PER_SM": (3, 2), "CAUSAL_BLOCK_M": (64, 128), "CAUSAL_PER_SM": (3, 2)},
-            # calls below the tile-count floor (MIN_TILES_PER_SM): the Hopper kernel (on) against the Triton kernel
-            # (off, the library's choice there), with 128-row tiles or with 64-row tiles (small64)
-            "small": {"MIN_TILES_PER_SM": (0, 4)},
-            "small64": {"MIN_TILES_PER_SM": (0, 4), "BLOCK_M": (64, 128), "PER_SM": (3, 2)}}
+            # every call
+            "tile64": {"BLOCK_M": (64, 128), "PER_SM": (3, 2), "FINE_BLOCK_M": (64, 128), "FINE_PER_SM": (3, 2)},
+            # the Hopper kernel as the library runs it against the Triton kernel
+            "hopper": {"ENABLED": (True, False)}}
 
 
 def _inputs(name):
@@ -71,8 +72,9 @@ def main(argv=None):
                          "cursor's tile bounds in registers or read per block, _hopper.CURSOR_REGS; split: a tile's "
                          "key blocks in an unmasked and a masked loop, _hopper.SPLIT_LOOP, for the calls without "
                          "causality; tile64: tiles of 64 query rows and three programs per multiprocessor against "
-                         "128 rows and two, _hopper.BLOCK_M, PER_SM and their causal pair; small / small64: the Hopper kernel on "
-                         "128-row / 64-row tiles below _hopper.MIN_TILES_PER_SM against the Triton kernel)")
+                         "128 rows and two for every call, _hopper's BLOCK_M, PER_SM, FINE_BLOCK_M, FINE_PER_SM; "
+                         "hopper: the Hopper kernel as the library runs it against the Triton kernel, "
+                         "_hopper.ENABLED)")
     args = ap.parse_args(argv)
     unknown = [s for s in args.shapes.split(",") if s and s not in SHAPES]
     if unknown:
@@ -162,11 +164,14 @@ def switch_ab(args, out_dir):
                         if rnd == 0:
                             outs[on] = fn().float()
                         ms = benchutil.median_ms(fn, cuda_graph=True)
+                        eager = benchutil.median_ms(fn)
                     finally:
                         for attr, value in defaults.items():
                             setattr(hopper, attr, value)
-                    rows.append({"shape": name, "round": rnd, "switch": label, "on": on, "ms": round(ms, 4)})
-                    print(f"{name:12s} round {rnd} {args.ab}={on}: {ms:.4f} ms", flush=True)
+                    rows.append({"shape": name, "round": rnd, "switch": label, "on": on, "ms": round(ms, 4),
+                                 "eager_ms": round(eager, 4)})
+                    print(f"{name:12s} round {rnd} {args.ab}={on}: {ms:.4f} ms (eager, host time included: "
+                          f"{eager:.4f})", flush=True)
             diff = float((outs[True] - outs[False]).abs().max())
             rows.append({"shape": name, "switch": label, "max_abs_diff_on_vs_off": diff})
             print(f"{name:12s} {args.ab} on vs off: largest difference {diff:.3e}", flush=True)

@@ -109,6 +109,7 @@
 #   bash evals/gpu_session.sh cross18   # 2026-12-04 (18): the pipeline carried across tiles against old_tree/
 #   bash evals/gpu_session.sh tile19    # 2026-12-04 (19): causal calls on 64-row tiles, 3 programs per SM
 #   bash evals/gpu_session.sh final19   # 2026-12-04 (19): the Hopper GPU tests, GPT-2 forward with it on / off
+#   bash evals/gpu_session.sh small19   # 2026-12-04 (19): small calls on the Hopper kernel's 64-row tiles
 set -uo pipefail
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
 OUT=${OUT:-out}
@@ -682,8 +683,16 @@ case "${1:-}" in
         | tee "$OUT/speed_hopper$hop.log" | grep -v -i warn | tail -6 | cut -c1-220
     done
     ;;
+  small19)
+    # calls below the floor of four 128-row tiles per multiprocessor take the Hopper kernel on 64-row tiles: every
+    # GPU test, then the Hopper kernel against the Triton kernel on small shapes
+    pytest_summary tests_all_gpu19b 330 -m gpu tests/
+    timeout 200 python evals/bench_hopper.py --ab hopper --out "$OUT" \
+      --shapes tiny-B1-H2-T128,tiny-B1-T128,tiny-B1-T256-causal,sweep-B1,sweep-B8,gpt2-prompt128 2>&1 \
+      | tee "$OUT/bench_hopper_small.log" | grep -v -i warn | grep -E "round 2|difference"
+    ;;
   *)
-    echo "usage: bash evals/gpu_session.sh tests|kernels|e2e|check|followup|recheck|verify|measure|final|stream|last|tune|host|fast|fastcheck|closing|fold|fold2|fold3|e2e3|bert4|bert5|check4|lengths|ncu|bwd|suite|suite2|final6|plans|hostplans|genab|fuzz|bwdplan|trainab|final8|nosync|drop9a|drop9b|drop9d|audit10|bench10|final10|ws11|audit11|fuzz11|host11b|decode12|stats12|stats12b|stats12c|final13|fix13|final13b|final14|suite14|suite15|final15|causal18|final18|prefetch18|cross18|tile19|final19" >&2
+    echo "usage: bash evals/gpu_session.sh tests|kernels|e2e|check|followup|recheck|verify|measure|final|stream|last|tune|host|fast|fastcheck|closing|fold|fold2|fold3|e2e3|bert4|bert5|check4|lengths|ncu|bwd|suite|suite2|final6|plans|hostplans|genab|fuzz|bwdplan|trainab|final8|nosync|drop9a|drop9b|drop9d|audit10|bench10|final10|ws11|audit11|fuzz11|host11b|decode12|stats12|stats12b|stats12c|final13|fix13|final13b|final14|suite14|suite15|final15|causal18|final18|prefetch18|cross18|tile19|final19|small19" >&2
     exit 2
     ;;
 esac

@@ -18,9 +18,10 @@ kernel otherwise.
   recording; training keeps the Triton forward, whose log-sum-exp the backward reads), no decode split;
 * no mask or a 2D padding mask (any padding, holes included); a positive scale of at most 1 (applied inside the
   exponent, as the Triton kernel does);
-* at least 128 queries and four tiles of 128 query rows per multiprocessor (:data:`MIN_TILES_PER_SM`: below that
-  the Triton kernel was as fast or faster; causal calls run tiles of 64 rows, :func:`tile_shape`, and take the
-  kernel on the same rule);
+* at least 128 queries. Calls without causality that make at least four tiles of 128 query rows per
+  multiprocessor (:data:`MIN_TILES_PER_SM`) run 128-row tiles, two programs per multiprocessor; causal calls and
+  smaller ones run 64-row tiles, three programs per multiprocessor (:func:`tile_shape`). Before the 64-row tiles,
+  calls below that floor went to the Triton kernel, which was as fast or faster there than 128-row tiles;
 * q, k, v ``[B, heads, L, D]`` with the head dim contiguous, 16-byte aligned, and every other stride a positive
   multiple of 16 bytes (TMA's rules): HF's projections (``[B, L, heads, D]`` memory, a fused QKV's rows included)
   and a KV cache's ``[B, heads, L, D]`` memory both qualify.
@@ -39,15 +40,19 @@ from ._launch import INTERPRETED
 
 _LOG2E = 1.4426950408889634
 BLOCK_M, BLOCK_N, STAGES, WARPS, PER_SM = 128, 64, 3, 4, 2
-# causal calls: tiles of 64 query rows and three programs per multiprocessor (141 registers, 74 KB of shared memory
-# each: 12 warps per multiprocessor). H200, bit-identical outputs, three alternating rounds (evals/bench_hopper.py
-# --ab tile64): GPT-2's padded prefill 0.0467 / 0.0476 / 0.0473 ms against 0.0481 / 0.0483 / 0.0482 with 128 rows
-# and two programs, without padding 0.0491 / 0.0490 / 0.0490 against 0.0502 each time; BERT (no causality) went
-# the other way, 0.0708-0.0714 against 0.0673-0.0674, so the others keep 128 and two
-CAUSAL_BLOCK_M, CAUSAL_PER_SM = 64, 3
+# fine tiles, for causal calls and small ones (tile_shape): 64 query rows and three programs per multiprocessor
+# (141-161 registers, 74 KB of shared memory each: 12 warps per multiprocessor). H200, bit-identical outputs, three
+# alternating rounds (evals/bench_hopper.py --ab tile64): GPT-2's padded prefill 0.0467 / 0.0476 / 0.0473 ms against
+# 0.0481 / 0.0483 / 0.0482 with 128 rows and two programs, without padding 0.0491 / 0.0490 / 0.0490 against 0.0502
+# each time; BERT's B32 (no causality) went the other way, 0.0708-0.0714 against 0.0673-0.0674. Below the floor,
+# against the Triton kernel (BERT-like T512, keys in [256, 512]): B1 0.0082-0.0086 against 0.0108, B2 0.0106 against
+# 0.0110, B4 0.0122-0.0123 against 0.0152-0.0153, B8 0.0196-0.0197 against 0.0220; 128-row tiles lost there
+# (0.0120-0.0123 at B1, 0.0238-0.0239 at B8; NOTES.md, nineteenth session)
+FINE_BLOCK_M, FINE_PER_SM = 64, 3
 HEAD_D = 64
-# fewer tiles than this per multiprocessor go to the Triton kernel: on an H200, B8 H12 T512 (384 tiles on 132
-# multiprocessors) took 0.0243 ms here and 0.0221 there, B16 0.0376 and 0.0400 (evals/bench_hopper.py)
+# calls without causality with fewer 128-row tiles than this per multiprocessor run fine tiles: on an H200, with
+# 128-row tiles B8 H12 T512 (384 tiles on 132 multiprocessors) took 0.0243 ms and the Triton kernel 0.0221, B16 0.0376
+# and 0.0400 (evals/bench_hopper.py)
 MIN_TILES_PER_SM = 4
 # the K / V load cursor's tile bounds in registers (True) or read per block (False): _hopper_kernels._issue_next
 CURSOR_REGS = True
@@ -77,9 +82,12 @@ def kernels():
     return _KERNELS or None
 
 
-def tile_shape(causal: bool):
-    """Query rows per tile and programs per multiprocessor for a call with or without causality."""
-    return (CAUSAL_BLOCK_M, CAUSAL_PER_SM) if causal else (BLOCK_M, PER_SM)
+def tile_shape(causal: bool, tiles128: int, sm_count: int):
+    """Query rows per tile and programs per multiprocessor for a call with or without causality that makes
+    ``tiles128`` tiles of 128 query rows (B x H x ceil(Q / 128)) on ``sm_count`` multiprocessors."""
+    if causal or tiles128 < MIN_TILES_PER_SM * sm_count:
+        return FINE_BLOCK_M, FINE_PER_SM
+    return BLOCK_M, PER_SM
 
 
 def _capability(device: torch.device):
@@ -116,8 +124,7 @@ def call_ok(q, k, v, kind, causal, fold, need_lse, drop_thr, splits, sm_count) -
     K = k.shape[2]
     if (kind not in (0, 1) or (causal and not CAUSAL_OK) or not fold or need_lse or drop_thr or splits != 1
             or D != HEAD_D or q.dtype not in (torch.float16, torch.bfloat16) or Q < 128 or K < 1
-            or not MIN_TILES_PER_SM * sm_count <= B * H * -(-Q // 128)
-            or B * H * -(-Q // tile_shape(causal)[0]) >= 2**31):  # tile indices are int32
+            or B * H * -(-Q // FINE_BLOCK_M) >= 2**31):  # tile indices are int32
         return False
     return all(_tma_view_ok(t) for t in (q, k, v))
 
@@ -145,7 +152,7 @@ def compile_for(arch: int = 90, dtype: str = "fp16", kind: int = 1, n_m=None, he
     if mod is None:
         raise RuntimeError("this Triton has no Gluon Hopper API")
     gdt = gl.float16 if dtype == "fp16" else gl.bfloat16
-    block_m, per_sm = tile_shape(causal)
+    block_m, per_sm = tile_shape(causal, batch * heads * -(-queries // 128), sm_count)
     n_m = -(-queries // block_m) if n_m is None else n_m
     sig = {}
     for name, block in (("q_desc", block_m), ("k_desc", BLOCK_N), ("v_desc", BLOCK_N), ("o_desc", block_m)):
@@ -189,7 +196,7 @@ class HopperForward:
         B, H, Q, D = q.shape
         Hkv, K = k.shape[1], k.shape[2]
         gdt = gl.float16 if q.dtype == torch.float16 else gl.bfloat16
-        self.block_m, per_sm = tile_shape(causal)
+        self.block_m, per_sm = tile_shape(causal, B * H * -(-Q // 128), sm_count)
         self.layouts = (gl.NVMMASharedLayout.get_default_for([1, 1, self.block_m, D], gdt),
                         gl.NVMMASharedLayout.get_default_for([1, 1, BLOCK_N, D], gdt))
         n_m = -(-Q // self.block_m)

@@ -53,10 +53,9 @@ def test_call_ok_takes_large_inference_calls_and_nothing_else():
     assert not _ok(q, k, v, need_lse=True)  # training: the backward reads the Triton forward's log-sum-exp
     assert not _ok(q, k, v, drop_thr=100)
     assert not _ok(q, k, v, splits=2)
-    # 2 x 12 x 2 = 48 tiles: enough for 12 multiprocessors (4 each), not for 13
-    assert _ok(q, k, v, sm_count=12) and not _ok(q, k, v, sm_count=13)
-    # causal calls run 64-row tiles but take the kernel on the same count of 128-row tiles
-    assert _ok(q, k, v, causal=True, sm_count=12) and not _ok(q, k, v, causal=True, sm_count=13)
+    # small calls too (on 64-row tiles, below)
+    assert _ok(q, k, v, sm_count=132) and _ok(q, k, v, causal=True, sm_count=132)
+    assert _ok(*_hf_qkv(1, 1, 1, 128, 1, torch.float16), sm_count=132)
     assert not _ok(*_hf_qkv(2, 12, 12, 256, 256, torch.float32))
     assert not _ok(*_qkv(2, 12, 12, 256, 256, 32, torch.float16, "cpu", bthd=True))  # head dim 32
     assert not _ok(*_hf_qkv(2, 12, 12, 127, 256, torch.float16))  # fewer queries than a tile
@@ -75,19 +74,20 @@ def test_call_ok_takes_large_inference_calls_and_nothing_else():
     assert not _ok(q, k, shifted)
 
 
-def test_plans_tile_causal_calls_by_64_rows_three_programs_per_multiprocessor():
+def test_plans_tile_causal_and_small_calls_by_64_rows_three_programs_per_multiprocessor():
     # built here without a GPU (the kernel is only launched on one); Gluon's import is what it needs
     if hopper.kernels() is None:
         pytest.skip("this Triton has no Gluon Hopper API")
     q, k, v = _hf_qkv(2, 12, 12, 256, 256, torch.float16)
-    for causal, rows, per_sm in ((True, 64, 3), (False, 128, 2)):
-        assert hopper.tile_shape(causal) == (rows, per_sm)
-        for sm_count in (132, 10):
-            plan = hopper.HopperForward(q, k, v, 1, causal, 0.125, sm_count)
-            assert plan.consts["BLOCK_M"] == rows and plan.consts["CAUSAL"] == causal
-            assert plan.n_tiles == 2 * 12 * (256 // rows) == plan.consts["N_TILES"]
-            assert plan.grid == (min(plan.n_tiles, per_sm * sm_count),) and plan.consts["NPROG"] == plan.grid[0]
-            assert plan.block_m == rows  # the Q and O descriptors' blocks
+    # 2 x 12 x 2 = 48 tiles of 128 rows: four per multiprocessor on 12 of them, not on 13
+    for causal, sm_count, rows, per_sm in ((False, 12, 128, 2), (False, 10, 128, 2), (False, 13, 64, 3),
+                                           (False, 132, 64, 3), (True, 12, 64, 3), (True, 132, 64, 3)):
+        assert hopper.tile_shape(causal, 48, sm_count) == (rows, per_sm)
+        plan = hopper.HopperForward(q, k, v, 1, causal, 0.125, sm_count)
+        assert plan.block_m == rows  # the Q and O descriptors' blocks
+        assert plan.consts["BLOCK_M"] == rows and plan.consts["CAUSAL"] == causal
+        assert plan.n_tiles == 2 * 12 * (256 // rows) == plan.consts["N_TILES"]
+        assert plan.grid == (min(plan.n_tiles, per_sm * sm_count),) and plan.consts["NPROG"] == plan.grid[0]
 
 
 def test_disabled_on_cpu_and_under_the_interpreter():
@@ -108,9 +108,11 @@ sys.path[:0] = [{root!r}, {evals!r}]
 import tempfile
 import probe_gluon, sass_attention
 from hf_masked_softmax import _hopper
-for dtype, kind, group, causal in (("fp16", 1, 1, False), ("bf16", 0, 3, False), ("fp16", 1, 1, True)):
-    kern = _hopper.compile_for(90, dtype, kind, group=group, causal=causal)
-    rows, per_sm = _hopper.tile_shape(causal)
+# large calls (128-row tiles), a causal one and a small one without causality (64-row tiles)
+for dtype, kind, group, causal, batch in (("fp16", 1, 1, False, 32), ("bf16", 0, 3, False, 32),
+                                          ("fp16", 1, 1, True, 32), ("bf16", 1, 1, False, 2)):
+    kern = _hopper.compile_for(90, dtype, kind, group=group, causal=causal, batch=batch)
+    rows, per_sm = _hopper.tile_shape(causal, batch * 12 * 4, 132)
     with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
         f.write(kern.asm["cubin"])
         f.flush()
@@ -131,7 +133,8 @@ def test_hopper_kernel_compiles_for_sm90_with_the_softmax_under_p_v():
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT")]
-    assert len(lines) == 3, proc.stdout[-3000:]
+    assert len(lines) == 4, proc.stdout[-3000:]
+    assert [line.split("rows=")[1].split()[0] for line in lines] == ["128", "128", "64", "64"]
     for line in lines:
         fields = dict(f.split("=") for f in line.split()[3:])
         assert int(fields["regs"]) <= 255, line
@@ -186,7 +189,7 @@ def _mask(case, B, K, device):
     return m
 
 
-CASES = {  # name: (B, H, Hkv, Q, K, mask, fused QKV, causal); at least 576 tiles of 128 queries (4 per SM)
+CASES = {  # name: (B, H, Hkv, Q, K, mask, fused QKV, causal); most make at least 576 tiles of 128 queries
     "bert-right": (12, 12, 12, 512, 512, "right", False, False),
     "bert-left": (12, 12, 12, 512, 512, "left", False, False),
     "no-mask-partial-tiles": (24, 12, 12, 200, 200, "none", False, False),
@@ -202,6 +205,10 @@ CASES = {  # name: (B, H, Hkv, Q, K, mask, fused QKV, causal); at least 576 tile
     "causal-q-gt-k": (16, 12, 12, 517, 300, "none", False, True),
     "causal-holes": (24, 12, 12, 256, 256, "holes", False, True),
     "causal-empty-sequence": (24, 12, 12, 256, 300, "empty", False, True),
+    # small calls without causality (below four 128-row tiles per SM): 64-row tiles
+    "small-right": (2, 12, 12, 512, 512, "right", False, False),
+    "small-q-ne-k-gqa-holes": (2, 12, 4, 300, 517, "holes", False, False),
+    "small-no-mask": (1, 4, 4, 128, 200, "none", False, False),
 }
 
 
