@@ -45,7 +45,10 @@ SWITCHES = {"cursor": {"CURSOR_REGS": (True, False)}, "split": {"SPLIT_LOOP": (T
             # every call
             "tile64": {"BLOCK_M": (64, 128), "PER_SM": (3, 2), "FINE_BLOCK_M": (64, 128), "FINE_PER_SM": (3, 2)},
             # the Hopper kernel as the library runs it against the Triton kernel
-            "hopper": {"ENABLED": (True, False)}}
+            "hopper": {"ENABLED": (True, False)},
+            # calls below the floor of four 128-row tiles per multiprocessor: on the Hopper kernel's 64-row tiles
+            # against the Triton kernel
+            "small": {"SMALL_CALLS": (True, False)}}
 
 
 def _inputs(name):
@@ -74,7 +77,8 @@ def main(argv=None):
                          "causality; tile64: tiles of 64 query rows and three programs per multiprocessor against "
                          "128 rows and two for every call, _hopper's BLOCK_M, PER_SM, FINE_BLOCK_M, FINE_PER_SM; "
                          "hopper: the Hopper kernel as the library runs it against the Triton kernel, "
-                         "_hopper.ENABLED)")
+                         "_hopper.ENABLED; small: calls below the tile-count floor on the Hopper kernel's 64-row "
+                         "tiles against the Triton kernel, _hopper.SMALL_CALLS)")
     args = ap.parse_args(argv)
     unknown = [s for s in args.shapes.split(",") if s and s not in SHAPES]
     if unknown:

@@ -18,10 +18,9 @@ kernel otherwise.
   recording; training keeps the Triton forward, whose log-sum-exp the backward reads), no decode split;
 * no mask or a 2D padding mask (any padding, holes included); a positive scale of at most 1 (applied inside the
   exponent, as the Triton kernel does);
-* at least 128 queries. Calls without causality that make at least four tiles of 128 query rows per
-  multiprocessor (:data:`MIN_TILES_PER_SM`) run 128-row tiles, two programs per multiprocessor; causal calls and
-  smaller ones run 64-row tiles, three programs per multiprocessor (:func:`tile_shape`). Before the 64-row tiles,
-  calls below that floor went to the Triton kernel, which was as fast or faster there than 128-row tiles;
+* at least 128 queries and four tiles of 128 query rows per multiprocessor (:data:`MIN_TILES_PER_SM`; smaller
+  calls only with :data:`SMALL_CALLS`). Calls without causality run 128-row tiles, two programs per multiprocessor;
+  causal calls (and small ones) run 64-row tiles, three programs per multiprocessor (:func:`tile_shape`);
 * q, k, v ``[B, heads, L, D]`` with the head dim contiguous, 16-byte aligned, and every other stride a positive
   multiple of 16 bytes (TMA's rules): HF's projections (``[B, L, heads, D]`` memory, a fused QKV's rows included)
   and a KV cache's ``[B, heads, L, D]`` memory both qualify.
@@ -50,10 +49,16 @@ BLOCK_M, BLOCK_N, STAGES, WARPS, PER_SM = 128, 64, 3, 4, 2
 # (0.0120-0.0123 at B1, 0.0238-0.0239 at B8; NOTES.md, nineteenth session)
 FINE_BLOCK_M, FINE_PER_SM = 64, 3
 HEAD_D = 64
-# calls without causality with fewer 128-row tiles than this per multiprocessor run fine tiles: on an H200, with
-# 128-row tiles B8 H12 T512 (384 tiles on 132 multiprocessors) took 0.0243 ms and the Triton kernel 0.0221, B16 0.0376
-# and 0.0400 (evals/bench_hopper.py)
+# fewer 128-row tiles than this per multiprocessor go to the Triton kernel: on an H200, with 128-row tiles B8 H12
+# T512 (384 tiles on 132 multiprocessors) took 0.0243 ms and the Triton kernel 0.0221, B16 0.0376 and 0.0400
+# (evals/bench_hopper.py)
 MIN_TILES_PER_SM = 4
+# calls below that floor on fine tiles instead (off): on the GPU they were as fast as the Triton kernel or faster
+# (H200, CUDA graph: BERT-like T512 B1 0.0087 ms against 0.0110, B8 0.0195 against 0.0220; B1 H12 T128 0.0051 against
+# 0.0062), but called eagerly the Hopper kernel's launch (four TMA descriptors encoded on the host per call) took
+# 0.033-0.056 ms of host time per call against the Triton kernel's 0.016-0.029, and small calls are bound by host
+# time (evals/bench_hopper.py --ab small; NOTES.md, nineteenth session)
+SMALL_CALLS = False
 # the K / V load cursor's tile bounds in registers (True) or read per block (False): _hopper_kernels._issue_next
 CURSOR_REGS = True
 # causal calls (bottom-right, GPT-2's prefill) take the kernel too
@@ -124,6 +129,7 @@ def call_ok(q, k, v, kind, causal, fold, need_lse, drop_thr, splits, sm_count) -
     K = k.shape[2]
     if (kind not in (0, 1) or (causal and not CAUSAL_OK) or not fold or need_lse or drop_thr or splits != 1
             or D != HEAD_D or q.dtype not in (torch.float16, torch.bfloat16) or Q < 128 or K < 1
+            or not (SMALL_CALLS or MIN_TILES_PER_SM * sm_count <= B * H * -(-Q // 128))
             or B * H * -(-Q // FINE_BLOCK_M) >= 2**31):  # tile indices are int32
         return False
     return all(_tma_view_ok(t) for t in (q, k, v))

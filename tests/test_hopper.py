@@ -53,9 +53,13 @@ def test_call_ok_takes_large_inference_calls_and_nothing_else():
     assert not _ok(q, k, v, need_lse=True)  # training: the backward reads the Triton forward's log-sum-exp
     assert not _ok(q, k, v, drop_thr=100)
     assert not _ok(q, k, v, splits=2)
-    # small calls too (on 64-row tiles, below)
-    assert _ok(q, k, v, sm_count=132) and _ok(q, k, v, causal=True, sm_count=132)
-    assert _ok(*_hf_qkv(1, 1, 1, 128, 1, torch.float16), sm_count=132)
+    # 2 x 12 x 2 = 48 tiles of 128 rows: enough for 12 multiprocessors (4 each), not for 13, causal or not; smaller
+    # calls only with SMALL_CALLS (their host time, eagerly)
+    for causal in (False, True):
+        assert _ok(q, k, v, causal=causal, sm_count=12) and not _ok(q, k, v, causal=causal, sm_count=13)
+        with mock.patch.object(hopper, "SMALL_CALLS", True):
+            assert _ok(q, k, v, causal=causal, sm_count=132)
+            assert _ok(*_hf_qkv(1, 1, 1, 128, 1, torch.float16), causal=causal, sm_count=132)
     assert not _ok(*_hf_qkv(2, 12, 12, 256, 256, torch.float32))
     assert not _ok(*_qkv(2, 12, 12, 256, 256, 32, torch.float16, "cpu", bthd=True))  # head dim 32
     assert not _ok(*_hf_qkv(2, 12, 12, 127, 256, torch.float16))  # fewer queries than a tile
@@ -205,7 +209,7 @@ CASES = {  # name: (B, H, Hkv, Q, K, mask, fused QKV, causal); most make at leas
     "causal-q-gt-k": (16, 12, 12, 517, 300, "none", False, True),
     "causal-holes": (24, 12, 12, 256, 256, "holes", False, True),
     "causal-empty-sequence": (24, 12, 12, 256, 300, "empty", False, True),
-    # small calls without causality (below four 128-row tiles per SM): 64-row tiles
+    # small calls without causality (below four 128-row tiles per SM; with SMALL_CALLS): 64-row tiles
     "small-right": (2, 12, 12, 512, 512, "right", False, False),
     "small-q-ne-k-gqa-holes": (2, 12, 4, 300, 517, "holes", False, False),
     "small-no-mask": (1, 4, 4, 128, 200, "none", False, False),
@@ -220,7 +224,8 @@ def test_gpu_hopper_forward_matches_reference(case, dtype):
     B, H, Hkv, Q, K, mask_case, fused, causal = CASES[case]
     q, k, v = _hf_qkv(B, H, Hkv, Q, K, dtype, "cuda", fused=fused)
     mask = _mask(mask_case, B, K, "cuda")
-    with _count_launches() as calls, torch.no_grad():
+    with _count_launches() as calls, torch.no_grad(), mock.patch.object(hopper, "SMALL_CALLS",
+                                                                         case.startswith("small-")):
         out = attention_fn(q, k, v, mask, causal=causal)
     assert calls == [0 if mask is None else 1], "the Hopper kernel did not run"
     assert out.shape == q.shape and out.dtype == dtype
