@@ -56,8 +56,8 @@ MIN_TILES_PER_SM = 4
 # calls below that floor on fine tiles instead (off): on the GPU they were as fast as the Triton kernel or faster
 # (H200, CUDA graph: BERT-like T512 B1 0.0087 ms against 0.0110, B8 0.0195 against 0.0220; B1 H12 T128 0.0051 against
 # 0.0062), but called eagerly the Hopper kernel's launch (four TMA descriptors encoded on the host per call) took
-# 0.033-0.056 ms of host time per call against the Triton kernel's 0.016-0.029, and small calls are bound by host
-# time (evals/bench_hopper.py --ab small; NOTES.md, nineteenth session)
+# 0.035-0.055 ms per call (medians over six small shapes, host time included) against the Triton kernel's
+# 0.016-0.032, and small calls are bound by host time (evals/bench_hopper.py --ab small; NOTES.md, nineteenth session)
 SMALL_CALLS = False
 # the K / V load cursor's tile bounds in registers (True) or read per block (False): _hopper_kernels._issue_next
 CURSOR_REGS = True
