@@ -141,6 +141,16 @@ pytest_summary() {
     | grep -E "passed|failed|^FAILED|^ERROR" | cut -c1-200
 }
 
+# speed_hopper_on_off LINES: GPT-2 small's forward end to end (eager, sdpa, fused) with the Hopper forward on, then
+# off, into $OUT/speed_hopper{1,0}; the last LINES lines of each table printed
+speed_hopper_on_off() {
+  for hop in 1 0; do
+    HF_MASKED_SOFTMAX_HOPPER=$hop timeout 150 python -u evals/speed.py --only "gpt2-small fwd" \
+      --impls eager,sdpa,fused --skip-medium --no-plot --out "$OUT/speed_hopper$hop" 2>&1 \
+      | tee "$OUT/speed_hopper$hop.log" | grep -v -i warn | tail -"$1" | cut -c1-220
+  done
+}
+
 # fuzz TAG LIMIT CASES SEED: the self-test's random cases into $OUT/TAG.{json,log}, failures and totals printed
 fuzz() {
   timeout "$2" python -u -m hf_masked_softmax.check --quick --no-bench --fuzz "$3" --seed "$4" --json "$OUT/$1.json" \
@@ -638,11 +648,7 @@ case "${1:-}" in
     ;;
   final18)
     pytest_summary tests_all_gpu18 330 -m gpu tests/
-    for hop in 1 0; do
-      HF_MASKED_SOFTMAX_HOPPER=$hop timeout 150 python -u evals/speed.py --only "gpt2-small fwd" \
-        --impls eager,sdpa,fused --skip-medium --no-plot --out "$OUT/speed_hopper$hop" 2>&1 \
-        | tee "$OUT/speed_hopper$hop.log" | grep -v -i warn | tail -12 | cut -c1-220
-    done
+    speed_hopper_on_off 12
     ;;
   prefetch18)
     # the key range loaded a tile ahead (this tree) against 43bdc9a (old_tree/, carried): tests, A/B, then Nsight
@@ -677,11 +683,7 @@ case "${1:-}" in
     # the Hopper forward's GPU tests at the session's last kernel source, then GPT-2 small's forward end to end with
     # the Hopper forward on and off
     pytest_summary tests_hopper19 240 -m gpu tests/test_hopper.py
-    for hop in 1 0; do
-      HF_MASKED_SOFTMAX_HOPPER=$hop timeout 150 python -u evals/speed.py --only "gpt2-small fwd" \
-        --impls eager,sdpa,fused --skip-medium --no-plot --out "$OUT/speed_hopper$hop" 2>&1 \
-        | tee "$OUT/speed_hopper$hop.log" | grep -v -i warn | tail -6 | cut -c1-220
-    done
+    speed_hopper_on_off 6
     ;;
   small19)
     # calls below the floor of four 128-row tiles per multiprocessor take the Hopper kernel on 64-row tiles: every
