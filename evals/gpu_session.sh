@@ -686,10 +686,11 @@ case "${1:-}" in
     speed_hopper_on_off 6
     ;;
   small19)
-    # calls below the floor of four 128-row tiles per multiprocessor take the Hopper kernel on 64-row tiles: every
-    # GPU test, then the Hopper kernel against the Triton kernel on small shapes
+    # calls below the floor of four 128-row tiles per multiprocessor on the Hopper kernel's 64-row tiles: every GPU
+    # test, then those calls on the Hopper kernel against the Triton kernel on small shapes (at ec1372d, where they
+    # took the kernel by default, this ran --ab hopper; --ab small times the same two since 5b9f68b)
     pytest_summary tests_all_gpu19b 330 -m gpu tests/
-    timeout 200 python evals/bench_hopper.py --ab hopper --out "$OUT" \
+    timeout 200 python evals/bench_hopper.py --ab small --out "$OUT" \
       --shapes tiny-B1-H2-T128,tiny-B1-T128,tiny-B1-T256-causal,sweep-B1,sweep-B8,gpt2-prompt128 2>&1 \
       | tee "$OUT/bench_hopper_small.log" | grep -v -i warn | grep -E "round 2|difference"
     ;;

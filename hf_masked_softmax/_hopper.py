@@ -87,6 +87,12 @@ def kernels():
     return _KERNELS or None
 
 
+def _tiles128(bh: int, q_len: int) -> int:
+    """Tiles of 128 query rows of a call with ``bh`` (batch x heads) sequences of ``q_len`` queries: what the
+    floor :data:`MIN_TILES_PER_SM` and :func:`tile_shape` count, whatever tile a call then runs."""
+    return bh * -(-q_len // 128)
+
+
 def tile_shape(causal: bool, tiles128: int, sm_count: int):
     """Query rows per tile and programs per multiprocessor for a call with or without causality that makes
     ``tiles128`` tiles of 128 query rows (B x H x ceil(Q / 128)) on ``sm_count`` multiprocessors."""
@@ -129,7 +135,7 @@ def call_ok(q, k, v, kind, causal, fold, need_lse, drop_thr, splits, sm_count) -
     K = k.shape[2]
     if (kind not in (0, 1) or (causal and not CAUSAL_OK) or not fold or need_lse or drop_thr or splits != 1
             or D != HEAD_D or q.dtype not in (torch.float16, torch.bfloat16) or Q < 128 or K < 1
-            or not (SMALL_CALLS or MIN_TILES_PER_SM * sm_count <= B * H * -(-Q // 128))
+            or not (SMALL_CALLS or MIN_TILES_PER_SM * sm_count <= _tiles128(B * H, Q))
             or B * H * -(-Q // FINE_BLOCK_M) >= 2**31):  # tile indices are int32
         return False
     return all(_tma_view_ok(t) for t in (q, k, v))
@@ -158,7 +164,7 @@ def compile_for(arch: int = 90, dtype: str = "fp16", kind: int = 1, n_m=None, he
     if mod is None:
         raise RuntimeError("this Triton has no Gluon Hopper API")
     gdt = gl.float16 if dtype == "fp16" else gl.bfloat16
-    block_m, per_sm = tile_shape(causal, batch * heads * -(-queries // 128), sm_count)
+    block_m, per_sm = tile_shape(causal, _tiles128(batch * heads, queries), sm_count)
     n_m = -(-queries // block_m) if n_m is None else n_m
     sig = {}
     for name, block in (("q_desc", block_m), ("k_desc", BLOCK_N), ("v_desc", BLOCK_N), ("o_desc", block_m)):
@@ -202,7 +208,7 @@ class HopperForward:
         B, H, Q, D = q.shape
         Hkv, K = k.shape[1], k.shape[2]
         gdt = gl.float16 if q.dtype == torch.float16 else gl.bfloat16
-        self.block_m, per_sm = tile_shape(causal, B * H * -(-Q // 128), sm_count)
+        self.block_m, per_sm = tile_shape(causal, _tiles128(B * H, Q), sm_count)
         self.layouts = (gl.NVMMASharedLayout.get_default_for([1, 1, self.block_m, D], gdt),
                         gl.NVMMASharedLayout.get_default_for([1, 1, BLOCK_N, D], gdt))
         n_m = -(-Q // self.block_m)
