@@ -48,7 +48,10 @@ SWITCHES = {"cursor": {"CURSOR_REGS": (True, False)}, "split": {"SPLIT_LOOP": (T
             "hopper": {"ENABLED": (True, False)},
             # calls below the floor of four 128-row tiles per multiprocessor: on the Hopper kernel's 64-row tiles
             # against the Triton kernel
-            "small": {"SMALL_CALLS": (True, False)}}
+            "small": {"SMALL_CALLS": (True, False)},
+            # the compiled kernels' C launch called directly (every kernel; the Hopper kernel's TMA descriptors
+            # encoded once per address) against Triton's launcher: hf_masked_softmax._launch.RAW
+            "launch": {"_launch.RAW": (True, False)}}
 
 
 def _inputs(name):
@@ -78,7 +81,9 @@ def main(argv=None):
                          "128 rows and two for every call, _hopper's BLOCK_M, PER_SM, FINE_BLOCK_M, FINE_PER_SM; "
                          "hopper: the Hopper kernel as the library runs it against the Triton kernel, "
                          "_hopper.ENABLED; small: calls below the tile-count floor on the Hopper kernel's 64-row "
-                         "tiles against the Triton kernel, _hopper.SMALL_CALLS)")
+                         "tiles against the Triton kernel, _hopper.SMALL_CALLS; launch: the kernels' C launch "
+                         "called directly, with the Hopper kernel's TMA descriptors encoded once per address, "
+                         "against Triton's launcher, _launch.RAW)")
     args = ap.parse_args(argv)
     unknown = [s for s in args.shapes.split(",") if s and s not in SHAPES]
     if unknown:
@@ -151,7 +156,17 @@ def switch_ab(args, out_dir):
 
     hopper = importlib.import_module("hf_masked_softmax._hopper")
     settings = SWITCHES[args.ab]
-    defaults = {attr: getattr(hopper, attr) for attr in settings}
+
+    def owner(attr):  # "NAME": hf_masked_softmax._hopper's; "_module.NAME": that module's
+        if "." in attr:
+            mod, attr = attr.rsplit(".", 1)
+            return importlib.import_module(f"hf_masked_softmax.{mod}"), attr
+        return hopper, attr
+
+    def put(attr, value):
+        setattr(*owner(attr), value)
+
+    defaults = {attr: getattr(*owner(attr)) for attr in settings}
     label = ",".join(settings)
     rows = []
     for name in [s for s in args.shapes.split(",") if s]:
@@ -162,7 +177,7 @@ def switch_ab(args, out_dir):
             for rnd in range(3):
                 for on in (True, False):
                     for attr, values in settings.items():
-                        setattr(hopper, attr, values[0 if on else 1])
+                        put(attr, values[0 if on else 1])
                     try:
                         fn = lambda: hms.attention(qt, kt, vt, shared, causal=causal)  # noqa: E731
                         if rnd == 0:
@@ -171,7 +186,7 @@ def switch_ab(args, out_dir):
                         eager = benchutil.median_ms(fn)
                     finally:
                         for attr, value in defaults.items():
-                            setattr(hopper, attr, value)
+                            put(attr, value)
                     rows.append({"shape": name, "round": rnd, "switch": label, "on": on, "ms": round(ms, 4),
                                  "eager_ms": round(eager, 4)})
                     print(f"{name:12s} round {rnd} {args.ab}={on}: {ms:.4f} ms (eager, host time included: "

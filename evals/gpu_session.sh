@@ -110,6 +110,9 @@
 #   bash evals/gpu_session.sh tile19    # 2026-12-04 (19): causal calls on 64-row tiles, 3 programs per SM
 #   bash evals/gpu_session.sh final19   # 2026-12-04 (19): the Hopper GPU tests, GPT-2 forward with it on / off
 #   bash evals/gpu_session.sh small19   # 2026-12-04 (19): small calls on the Hopper kernel's 64-row tiles
+#   bash evals/gpu_session.sh launch20  # 2026-12-04 (20): the C launch (_launch.RAW): Hopper and launch GPU tests,
+#                                       # eager / graph times with it on and off, small calls, host cost per call
+#   bash evals/gpu_session.sh tests20   # 2026-12-04 (20): every GPU test
 set -uo pipefail
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
 OUT=${OUT:-out}
@@ -694,8 +697,29 @@ case "${1:-}" in
       --shapes tiny-B1-H2-T128,tiny-B1-T128,tiny-B1-T256-causal,sweep-B1,sweep-B8,gpt2-prompt128 2>&1 \
       | tee "$OUT/bench_hopper_small.log" | grep -v -i warn | grep -E "round 2|difference"
     ;;
+  launch20)
+    # the kernels' C launch called directly, the Hopper kernel's descriptors encoded once per address (_launch.RAW):
+    # its GPU tests, then eager and CUDA-graph times with it on and off, small calls on the Hopper kernel against the
+    # Triton kernel with it, and host cost per decode-step call with it on and off, alternating
+    pytest_summary tests_launch20 200 -m gpu tests/test_hopper.py tests/test_launch.py
+    timeout 170 python evals/bench_hopper.py --ab launch --out "$OUT" \
+      --shapes bert,gpt2,gpt2-prompt128,tiny-B1-H2-T128,tiny-B1-T128,tiny-B1-T256-causal,sweep-B8 2>&1 \
+      | tee "$OUT/bench_hopper_launch.log" | grep -v -i warn | grep -E "round|difference"
+    timeout 120 python evals/bench_hopper.py --ab small --out "$OUT" \
+      --shapes tiny-B1-H2-T128,tiny-B1-T128,tiny-B1-T256-causal,sweep-B1,sweep-B8,gpt2-prompt128 2>&1 \
+      | tee "$OUT/bench_hopper_small.log" | grep -v -i warn | grep -E "round 2|difference"
+    for round in 1 2; do
+      for raw in 1 0; do
+        HF_MASKED_SOFTMAX_RAW_LAUNCH=$raw timeout 60 python evals/bench_host.py --no-profile \
+          --out "$OUT/host20_raw${raw}_$round" 2>&1 | grep -E "attention|masked_softmax|GPT-2 layer|sdpa|kernel"
+      done
+    done
+    ;;
+  tests20)
+    pytest_summary tests_all_gpu20 400 -m gpu tests/
+    ;;
   *)
-    echo "usage: bash evals/gpu_session.sh tests|kernels|e2e|check|followup|recheck|verify|measure|final|stream|last|tune|host|fast|fastcheck|closing|fold|fold2|fold3|e2e3|bert4|bert5|check4|lengths|ncu|bwd|suite|suite2|final6|plans|hostplans|genab|fuzz|bwdplan|trainab|final8|nosync|drop9a|drop9b|drop9d|audit10|bench10|final10|ws11|audit11|fuzz11|host11b|decode12|stats12|stats12b|stats12c|final13|fix13|final13b|final14|suite14|suite15|final15|causal18|final18|prefetch18|cross18|tile19|final19|small19" >&2
+    echo "usage: bash evals/gpu_session.sh tests|kernels|e2e|check|followup|recheck|verify|measure|final|stream|last|tune|host|fast|fastcheck|closing|fold|fold2|fold3|e2e3|bert4|bert5|check4|lengths|ncu|bwd|suite|suite2|final6|plans|hostplans|genab|fuzz|bwdplan|trainab|final8|nosync|drop9a|drop9b|drop9d|audit10|bench10|final10|ws11|audit11|fuzz11|host11b|decode12|stats12|stats12b|stats12c|final13|fix13|final13b|final14|suite14|suite15|final15|causal18|final18|prefetch18|cross18|tile19|final19|small19|launch20|tests20" >&2
     exit 2
     ;;
 esac

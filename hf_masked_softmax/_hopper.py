@@ -181,6 +181,10 @@ def compile_for(arch: int = 90, dtype: str = "fp16", kind: int = 1, n_m=None, he
     return triton.compile(src, target=GPUTarget("cuda", arch, 32), options=dict(num_warps=WARPS))
 
 
+# encoded TMA descriptors kept per plan and tensor slot (by address; cleared when full)
+_MAX_MAPS = 64
+
+
 class _Desc:
     """What the compiled kernel's launcher reads of a host TMA descriptor (Triton 3.6's ``make_tensordesc_arg``:
     base, shape, strides, padding): built per call on the shortcut, where a ``TensorDescriptor`` (whose checks cost
@@ -225,6 +229,10 @@ class HopperForward:
         self.views = [(list(t.shape), _tma_strides(t)) for t in (q, k, v)]
         self.views.append(([B, H, Q, D], _tma_strides(torch.empty(B, Q, H, D, device="meta").transpose(1, 2))))
         self.compiled, self.tail = None, ()
+        # the C launch (_launch.raw_launch) and, per descriptor, fill_tma_descriptor's arguments but the address,
+        # the shape and strides that follow the encoded descriptor, and the encoded descriptors by address
+        self.raw, self.fill, self.fill_args, self.dims = None, None, (), ()
+        self.maps = ({}, {}, {}, {})
 
     def __call__(self, q, k, v, out, mask_t, ranges):
         if self.kind == 1:
@@ -235,6 +243,23 @@ class HopperForward:
         tensors = (q, k, v, out)
         compiled = self.compiled
         if compiled is not None and _launch.ENABLED and not _launch._hooks_installed():
+            if self.raw is not None and _launch.RAW:
+                # each descriptor expanded as Triton's wrapper would (make_tensordesc_arg): the encoded TMA
+                # descriptor, then its shape and strides. The plan fixes all of an encoding but the address, so
+                # one encoded for an address is reused whenever a tensor starts there again (a model's layers
+                # often get the same few addresses from the caching allocator).
+                args = []
+                for t, maps, fill_args, dims in zip(tensors, self.maps, self.fill_args, self.dims):
+                    ptr = t.data_ptr()
+                    cu_map = maps.get(ptr)
+                    if cu_map is None:
+                        cu_map = self.fill(ptr, *fill_args)
+                        _launch.remember(maps, ptr, cu_map, _MAX_MAPS)
+                    args.append(cu_map)
+                    args.extend(dims)
+                _launch._run(compiled, self.grid, _launch._driver().get_current_device(),
+                             (*args, *scalars, *self.tail), self.raw)
+                return
             descs = [_Desc(t, shape, strides) for t, (shape, strides) in zip(tensors, self.views)]
             _launch._run(compiled, self.grid, _launch._driver().get_current_device(), (*descs, *scalars, *self.tail))
             return
@@ -248,3 +273,24 @@ class HopperForward:
         names = self.kernel.arg_names[len(descs) + len(scalars):]
         if _launch.ENABLED and _launch._launchable(kernel) and all(n in self.consts for n in names):
             self.compiled, self.tail = kernel, tuple(self.consts[n] for n in names)
+            self._bind_raw(kernel)
+
+    def _bind_raw(self, kernel):
+        """Prepare the C launch of ``kernel`` with encoded descriptors (Triton 3.6's ``make_tensordesc_arg`` for each
+        of the four, with the plan's shapes and strides), where :func:`_launch.raw_launch` allows it."""
+        raw = _launch.raw_launch(kernel, descriptors=True)
+        meta = getattr(getattr(kernel, "metadata", None), "tensordesc_meta", None)
+        if raw is None or not meta or len(meta) != len(self.views):
+            return
+        try:
+            from triton.backends.nvidia.driver import TMA_DTYPE_DEVICE_TO_HOST
+            fill = _launch._driver().utils.fill_tma_descriptor
+            fill_args = tuple((m["swizzle"], m["elem_size"], TMA_DTYPE_DEVICE_TO_HOST[m["elem_type"]],
+                               list(m["block_size"]), list(shape), list(strides), 0)  # 0: zero padding
+                              for m, (shape, strides) in zip(meta, self.views) if not m.get("fp4_padded"))
+        except (ImportError, AttributeError, KeyError, TypeError):  # another layout of these internals
+            return
+        if len(fill_args) != len(self.views):
+            return
+        self.raw, self.fill, self.fill_args = raw, fill, fill_args
+        self.dims = tuple((*shape, *strides) for shape, strides in self.views)

@@ -18,6 +18,11 @@ Where it is used: Triton 3.4 to 3.6 on CUDA, whose launch path is the same
 (``CompiledKernel.run(grid, stream, function, packed metadata, launch metadata, hooks, *every parameter)``; read in
 each version's source, run on a GPU with 3.6). Never under ``TRITON_INTERPRET=1``, and not while a launch hook (a
 profiler) is installed. ``HF_MASKED_SOFTMAX_FAST_LAUNCH=0`` turns it off, ``=1`` forces it on for other versions.
+
+With Triton 3.6 it goes one step further (:data:`RAW`, :func:`raw_launch`): it calls the launcher's C function itself,
+with the arguments the launcher's Python would have built (no scratch buffers for these kernels). For the Gluon
+Hopper kernel that wrapper also encoded its four TMA descriptors on every launch; its plans keep the encoded
+descriptors per address instead (``_hopper.HopperForward``). ``HF_MASKED_SOFTMAX_RAW_LAUNCH=0`` turns just this off.
 """
 from __future__ import annotations
 
@@ -95,6 +100,14 @@ def _enabled() -> bool:
 
 
 ENABLED = not INTERPRETED and _enabled()
+# The compiled kernel's C launch function called directly (:func:`raw_launch`), past the launcher's Python wrapper
+# (two scratch-buffer checks per launch, and for a Gluon kernel the expansion of its tensor descriptors, which
+# encodes each TMA descriptor on the host again). Read in Triton 3.6's source (``CudaLauncher``,
+# ``wrap_handle_tensordesc``, ``make_tensordesc_arg``) and run on a GPU with it; other versions keep ``kernel.run``.
+# ``HF_MASKED_SOFTMAX_RAW_LAUNCH=0`` keeps Triton's launcher (the rest of the shortcut stays).
+_RAW_VERSIONS = ("3.6",)
+RAW = (ENABLED and ".".join(triton.__version__.split(".")[:2]) in _RAW_VERSIONS
+       and os.environ.get("HF_MASKED_SOFTMAX_RAW_LAUNCH", "1").strip().lower() not in ("0", "false", "no", "off"))
 
 
 class FastLaunch:
@@ -135,10 +148,10 @@ class FastLaunch:
             kernel = self.fn[grid](*args, **kwargs)
             names = _keepable(self.fn, kernel, args[:n], rest, kwargs)
             if names is not None:
-                remember(self.cache, key, (kernel, names), _MAX_ENTRIES)
+                remember(self.cache, key, (kernel, names, raw_launch(kernel)), _MAX_ENTRIES)
             return kernel
-        kernel, names = kernel
-        _run(kernel, grid, device, (*args, *[kwargs[n] for n in names]))
+        kernel, names, raw = kernel
+        _run(kernel, grid, device, (*args, *[kwargs[n] for n in names]), raw)
         return kernel
 
 
@@ -152,21 +165,22 @@ class BoundLaunch:
     dtypes, each 16-byte aligned exactly when it was at the first call, on the same current device. The launchers
     bind once per such signature (see ``attention._forward``), so the per-call host work is the launch itself."""
 
-    __slots__ = ("owner", "grid", "rest", "kwargs", "compiled", "tail")
+    __slots__ = ("owner", "grid", "rest", "kwargs", "compiled", "tail", "raw")
 
     def __init__(self, owner, grid, rest, kwargs):
         self.owner, self.grid, self.rest, self.kwargs = owner, grid, tuple(rest), kwargs
-        self.compiled, self.tail = None, ()
+        self.compiled, self.tail, self.raw = None, (), None
 
     def __call__(self, *ptrs):
         kernel = self.compiled
         if kernel is not None and ENABLED and not _hooks_installed():
-            _run(kernel, self.grid, _driver().get_current_device(), (*ptrs, *self.rest, *self.tail))
+            _run(kernel, self.grid, _driver().get_current_device(), (*ptrs, *self.rest, *self.tail), self.raw)
             return
         kernel = self.owner.fn[self.grid](*ptrs, *self.rest, **self.kwargs)
         names = _keepable(self.owner.fn, kernel, ptrs, self.rest, self.kwargs) if ENABLED else None
         if names is not None:
             self.compiled, self.tail = kernel, tuple(self.kwargs[n] for n in names)
+            self.raw = raw_launch(kernel)
 
 
 def bind(kernel, grid, rest, kwargs):
@@ -190,12 +204,46 @@ def _keepable(fn, kernel, ptrs, rest, kwargs):
     return None
 
 
-def _run(kernel, grid, device, args):
-    """Launch a compiled kernel on the current stream: ``args`` is every parameter in order."""
+def _run(kernel, grid, device, args, raw=None):
+    """Launch a compiled kernel on the current stream: ``args`` is every parameter in order; ``raw`` the kernel's
+    :func:`raw_launch` (None: through ``kernel.run``)."""
     stream = _driver().get_current_stream(device)
     g1 = grid[1] if len(grid) > 1 else 1
     g2 = grid[2] if len(grid) > 2 else 1
+    if raw is not None and RAW:
+        fn, coop, pdl = raw
+        # no scratch buffers (raw_launch checked their sizes are 0), no launch metadata, no hooks
+        fn(grid[0], g1, g2, stream, kernel.function, coop, pdl, None, None, kernel.packed_metadata, None, None, None,
+           *args)
+        return
     kernel.run(grid[0], g1, g2, stream, kernel.function, kernel.packed_metadata, None, None, None, *args)
+
+
+def raw_launch(kernel, descriptors: bool = False):
+    """``(C launch function, cooperative-grid flag, PDL flag)`` of a compiled kernel whose launcher (Triton 3.6's
+    ``CudaLauncher``) can be skipped, else None: :data:`RAW` on, and the kernel needs neither global nor profile
+    scratch memory. The launcher's ``launch`` is the C function itself, or for a kernel with tensor-descriptor
+    parameters a Python wrapper that expands each descriptor (holding the C function as ``launcher``): such kernels
+    only with ``descriptors`` True, and their caller then passes each descriptor expanded, as the wrapper would
+    (``_hopper.HopperForward``)."""
+    if not RAW:
+        return None
+    try:
+        launcher = kernel.run
+        if launcher.global_scratch_size or launcher.profile_scratch_size:
+            return None
+        coop, pdl, fn = bool(launcher.launch_cooperative_grid), bool(launcher.launch_pdl), launcher.launch
+    except AttributeError:  # another launcher (a test's fake, another backend): kernel.run
+        return None
+    code = getattr(fn, "__code__", None)
+    if code is not None:  # a Python function: the tensor-descriptor wrapper, or something unknown
+        cells = dict(zip(code.co_freevars, fn.__closure__ or ()))
+        if not descriptors or "launcher" not in cells or "tensordesc_meta" not in cells:
+            return None
+        fn = cells["launcher"].cell_contents
+    elif descriptors:  # no wrapper: the kernel takes no descriptors
+        return None
+    return (fn, coop, pdl) if callable(fn) else None
 
 
 def remember(cache: dict, key, value, limit: int) -> None:

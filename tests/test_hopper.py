@@ -94,6 +94,80 @@ def test_plans_tile_causal_and_small_calls_by_64_rows_three_programs_per_multipr
         assert plan.grid == (min(plan.n_tiles, per_sm * sm_count),) and plan.consts["NPROG"] == plan.grid[0]
 
 
+def test_a_plan_launches_by_the_c_function_with_descriptors_encoded_once_per_address(monkeypatch):
+    # Triton 3.6's launch path with fakes for the JIT, the launcher and the driver (no GPU here): the first call
+    # goes through the JIT; later ones pass each descriptor expanded as Triton's wrapper would (the encoded
+    # descriptor, its shape, its strides) and encode a descriptor only for an address not seen before
+    if hopper.kernels() is None:
+        pytest.skip("this Triton has no Gluon Hopper API")
+    from test_launch import FakeCLaunch, FakeLauncher, _wrap_descriptors
+
+    from hf_masked_softmax import _launch
+
+    log, fills = [], []
+    meta = [{"swizzle": 128, "elem_size": 2, "elem_type": 8, "block_size": [1, 1, b, 64], "fp4_padded": False}
+            for b in (128, 64, 64, 128)]
+
+    class Compiled:
+        function, packed_metadata = "fn", ("meta",)
+        metadata = type("Meta", (), {"tensordesc_meta": meta})()
+        run = FakeLauncher(log, _wrap_descriptors(FakeCLaunch(log), meta))
+
+    class Jit:
+        arg_names = hopper.kernels()._attn_fwd_persistent.arg_names
+
+        def __getitem__(self, grid):
+            return lambda *args, **kw: (log.append(("jit", grid)), Compiled())[1]
+
+    class Utils:
+        @staticmethod
+        def fill_tma_descriptor(ptr, *rest):
+            fills.append((ptr, rest))
+            return ("map", ptr, rest[4] == [1, 1, 64, 64])
+
+    class Driver:
+        utils = Utils()
+
+        def get_current_device(self):
+            return 0
+
+        def get_current_stream(self, device):
+            return 99
+
+    monkeypatch.setattr(_launch, "ENABLED", True)
+    monkeypatch.setattr(_launch, "RAW", True)
+    monkeypatch.setattr(_launch, "_DRIVER", Driver())
+    q, k, v = _hf_qkv(4, 12, 12, 512, 512, torch.float16)
+    plan = hopper.HopperForward(q, k, v, 1, False, 0.125, 8)
+    plan.kernel = Jit()
+    out = torch.empty(4, 512, 12, 64, dtype=torch.float16).transpose(1, 2)
+    mask = torch.ones(4, 512, dtype=torch.bool)
+    ranges = torch.zeros(4, 4, dtype=torch.int32)
+    plan(q, k, v, out, mask, ranges)
+    assert [e[0] for e in log] == ["jit"] and plan.raw is not None
+    for _ in range(2):
+        plan(q, k, v, out, mask, ranges)
+    assert [e[0] for e in log] == ["jit", "raw", "raw"]
+    assert len(fills) == 4  # the second raw launch reused all four encodings
+    args = log[-1][1]
+    assert args[:13] == (plan.grid[0], 1, 1, 99, "fn", False, True, None, None, ("meta",), None, None, None)
+    expanded = args[13:13 + 36]
+    for i, (t, (shape, strides), block) in enumerate(zip((q, k, v, out), plan.views, (128, 64, 64, 128))):
+        cu_map, *dims = expanded[9 * i: 9 * i + 9]
+        assert cu_map[:2] == ("map", t.data_ptr()) and dims == [*shape, *strides]
+        assert fills[i] == (t.data_ptr(), (128, 2, 10, [1, 1, block, 64], shape, strides, 0))  # device enum 8 -> host 10
+    assert args[49:56] == (ranges, mask, 512, 1, 512, 512, plan.qk_scale)
+    assert args[56:] == plan.tail and len(plan.tail) == len(plan.consts)  # the constexprs, num_warps included
+    # a tensor at a new address gets its own encoding; the others are reused
+    k2 = torch.empty_like(k.transpose(1, 2)).transpose(1, 2)
+    plan(q, k2, v, out, mask, ranges)
+    assert len(fills) == 5 and fills[-1][0] == k2.data_ptr()
+    assert log[-1][1][13 + 9][1] == k2.data_ptr()
+    monkeypatch.setattr(_launch, "RAW", False)  # off: through the launcher with Triton's own descriptors
+    plan(q, k, v, out, mask, ranges)
+    assert log[-1][0] == "direct" and len(fills) == 5
+
+
 def test_disabled_on_cpu_and_under_the_interpreter():
     q, k, v = _hf_qkv(2, 12, 12, 256, 256, torch.float16)
     assert _ok(q, k, v)
@@ -245,6 +319,43 @@ def test_gpu_hopper_forward_matches_reference(case, dtype):
         triton_out = attention_fn(q, k, v, mask, causal=causal)
     assert calls == []
     assert_close(out, triton_out.double(), dtype, scale=OUT_SCALE[dtype])
+
+
+@pytest.mark.gpu
+def test_gpu_repeated_calls_launch_by_the_c_function_and_reuse_descriptors_only_for_their_address():
+    from hf_masked_softmax import _launch
+
+    _hopper_gpu()
+    if not _launch.RAW:
+        pytest.skip(f"the C launch is not used with this Triton ({_launch.triton.__version__})")
+    plans = []
+    real = hopper.HopperForward.__call__
+
+    def keep(self, *args):
+        plans.append(self)
+        return real(self, *args)
+
+    mask = _mask("right", 12, 512, "cuda")
+    q, k, v = _hf_qkv(12, 12, 12, 512, 512, torch.float16, "cuda", seed=1)
+    q2, k2, v2 = _hf_qkv(12, 12, 12, 512, 512, torch.float16, "cuda", seed=2)
+    with torch.no_grad(), mock.patch.object(hopper.HopperForward, "__call__", keep):
+        outs = [attention_fn(q, k, v, mask) for _ in range(3)]
+        plan = plans[-1]
+        assert plan.raw is not None and plan.compiled is not None
+        maps = [len(m) for m in plan.maps]
+        other = attention_fn(q2, k2, v2, mask)  # new addresses: new encodings
+        assert all(len(m) > n for m, n in zip(plan.maps[:3], maps[:3]))  # q, k and v each at a new address
+        for t, t2 in ((q, q2), (k, k2), (v, v2)):
+            t.copy_(t2)  # the first tensors' memory now holds the second's values: the cached encodings again
+        again = attention_fn(q, k, v, mask)
+        with mock.patch.object(_launch, "RAW", False):
+            plain = attention_fn(q, k, v, mask)
+    assert len({id(p) for p in plans}) == 1
+    assert torch.equal(outs[0], outs[1]) and torch.equal(outs[1], outs[2])
+    ref, _ = _ref(q2, k2, v2, mask, False)
+    for out in (other, again, plain):
+        assert_close(out, ref, torch.float16, scale=OUT_SCALE[torch.float16])
+    assert torch.equal(again, other) and torch.equal(plain, again)
 
 
 @pytest.mark.gpu

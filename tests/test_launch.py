@@ -256,6 +256,107 @@ def test_the_package_kernels_are_wrapped_and_pointer_parameters_counted():
 
 
 # ---------------------------------------------------------------------------------------------------------------
+# The C launch function called directly (raw_launch): fakes shaped like Triton 3.6's CudaLauncher
+# ---------------------------------------------------------------------------------------------------------------
+
+class FakeCLaunch:
+    """Stands in for the launcher module's C ``launch`` (a builtin: no ``__code__``)."""
+
+    def __init__(self, log):
+        self.log = log
+
+    def __call__(self, *args):
+        self.log.append(("raw", args))
+
+
+def _wrap_descriptors(launcher, tensordesc_meta):
+    """Shaped like Triton 3.6's ``wrap_handle_tensordesc``: a closure over the C launch and the descriptors' meta."""
+    def inner(*args):
+        return launcher(*args, tensordesc_meta)
+    return inner
+
+
+class FakeLauncher:
+    def __init__(self, log, launch, scratch=0, profile=0):
+        self.log, self.launch = log, launch
+        self.global_scratch_size, self.profile_scratch_size = scratch, profile
+        self.launch_cooperative_grid, self.launch_pdl = False, True
+
+    def __call__(self, *args):
+        self.log.append(("direct", args))
+
+
+class FakeCompiledRaw(FakeCompiled):
+    def __init__(self, log, **kw):
+        super().__init__(log)
+        self.run = FakeLauncher(log, FakeCLaunch(log), **kw)
+
+
+def test_raw_launch_takes_the_c_function_only_where_the_wrapper_can_be_skipped(monkeypatch):
+    monkeypatch.setattr(_launch, "RAW", True)
+    log = []
+    plain = FakeCompiledRaw(log)
+    fn, coop, pdl = _launch.raw_launch(plain)
+    assert fn is plain.run.launch and (coop, pdl) == (False, True)
+    assert _launch.raw_launch(plain, descriptors=True) is None  # no descriptor wrapper: nothing to expand
+    # scratch memory would have to be allocated per launch: the launcher's own path
+    assert _launch.raw_launch(FakeCompiledRaw(log, scratch=64)) is None
+    assert _launch.raw_launch(FakeCompiledRaw(log, profile=8)) is None
+    # a tensor-descriptor wrapper: its C function, and only for a caller that expands descriptors itself
+    wrapped = FakeCompiledRaw(log)
+    c_fn = wrapped.run.launch
+    wrapped.run.launch = _wrap_descriptors(c_fn, [{"swizzle": 128}])
+    assert _launch.raw_launch(wrapped) is None
+    assert _launch.raw_launch(wrapped, descriptors=True)[0] is c_fn
+    # any other Python function in its place: unknown, so never skipped
+    wrapped.run.launch = lambda *args: None
+    assert _launch.raw_launch(wrapped, descriptors=True) is None
+    assert _launch.raw_launch(FakeCompiled(log)) is None  # kernel.run without a launcher's attributes
+    monkeypatch.setattr(_launch, "RAW", False)
+    assert _launch.raw_launch(plain) is None
+
+
+def test_run_calls_the_c_function_with_the_launchers_argument_order(kernel, monkeypatch):
+    monkeypatch.setattr(_launch, "RAW", True)
+    log = []
+    compiled = FakeCompiledRaw(log)
+    raw = _launch.raw_launch(compiled)
+    _launch._run(compiled, (7, 2), 0, ("a", 3), raw)
+    # grid, stream, function, cooperative grid, PDL, no global / profile scratch, packed metadata, no launch
+    # metadata, no enter / exit hooks, then the parameters
+    assert log[-1] == ("raw", (7, 2, 1, 1234, "fn-handle", False, True, None, None, ("meta",), None, None, None,
+                               "a", 3))
+    monkeypatch.setattr(_launch, "RAW", False)  # switched off after binding: the launcher again
+    _launch._run(compiled, (7,), 0, ("a", 3), raw)
+    assert log[-1] == ("direct", (7, 1, 1, 1234, "fn-handle", ("meta",), None, None, None, "a", 3))
+
+
+def test_a_bound_launch_and_the_key_cache_use_the_c_function(monkeypatch):
+    monkeypatch.setattr(_launch, "ENABLED", True)
+    monkeypatch.setattr(_launch, "RAW", True)
+    monkeypatch.setattr(_launch, "_DRIVER", FakeDriver())
+
+    class RawJit(FakeJit):
+        def __getitem__(self, grid):
+            def launch(*args, **kwargs):
+                self.log.append(("triton", grid, args, kwargs))
+                return FakeCompiledRaw(self.log)
+            return launch
+
+    x, y = torch.zeros(64), torch.zeros(64)
+    kernel = _launch.FastLaunch(RawJit())
+    for _ in range(2):
+        _launch_once(kernel, x, y)
+    assert [e[0] for e in kernel.fn.log] == ["triton", "raw"]
+    assert kernel.fn.log[-1][1][13:] == (x, y, 8, 16, 0.5, 64, True)
+    bound = _bound(_launch.FastLaunch(RawJit()))
+    bound(x, y)
+    bound(x, y)
+    assert [e[0] for e in bound.owner.fn.log] == ["triton", "raw"]
+    assert bound.owner.fn.log[-1][1][:3] == (3, 2, 1)
+
+
+# ---------------------------------------------------------------------------------------------------------------
 # GPU: the real kernels through the shortcut
 # ---------------------------------------------------------------------------------------------------------------
 
