@@ -51,7 +51,10 @@ SWITCHES = {"cursor": {"CURSOR_REGS": (True, False)}, "split": {"SPLIT_LOOP": (T
             "small": {"SMALL_CALLS": (True, False)},
             # the compiled kernels' C launch called directly (every kernel; the Hopper kernel's TMA descriptors
             # encoded once per address) against Triton's launcher: hf_masked_softmax._launch.RAW
-            "launch": {"_launch.RAW": (True, False)}}
+            "launch": {"_launch.RAW": (True, False)},
+            # the tile count and grid size of calls without causality as runtime arguments (one compiled kernel for
+            # every batch size) against compile-time constants
+            "counts": {"RUNTIME_COUNTS": (True, False)}}
 
 
 def _inputs(name):
@@ -83,7 +86,9 @@ def main(argv=None):
                          "_hopper.ENABLED; small: calls below the tile-count floor on the Hopper kernel's 64-row "
                          "tiles against the Triton kernel, _hopper.SMALL_CALLS; launch: the kernels' C launch "
                          "called directly, with the Hopper kernel's TMA descriptors encoded once per address, "
-                         "against Triton's launcher, _launch.RAW)")
+                         "against Triton's launcher, _launch.RAW; counts: the tile count and grid size of calls "
+                         "without causality as runtime arguments against compile-time constants, "
+                         "_hopper.RUNTIME_COUNTS)")
     args = ap.parse_args(argv)
     unknown = [s for s in args.shapes.split(",") if s and s not in SHAPES]
     if unknown:

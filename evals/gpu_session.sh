@@ -112,7 +112,7 @@
 #   bash evals/gpu_session.sh small19   # 2026-12-04 (19): small calls on the Hopper kernel's 64-row tiles
 #   bash evals/gpu_session.sh launch20  # 2026-12-04 (20): the C launch (_launch.RAW): Hopper and launch GPU tests,
 #                                       # eager / graph times with it on and off, small calls, host cost per call
-#   bash evals/gpu_session.sh tests20   # 2026-12-04 (20): every GPU test
+#   bash evals/gpu_session.sh tests20   # 2026-12-04 (20): every GPU test, runtime tile counts, small calls again
 set -uo pipefail
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
 OUT=${OUT:-out}
@@ -716,7 +716,15 @@ case "${1:-}" in
     done
     ;;
   tests20)
-    pytest_summary tests_all_gpu20 400 -m gpu tests/
+    # every GPU test (small calls now take the Hopper kernel by default), then the runtime tile counts against
+    # compile-time ones, and small calls on the Hopper kernel against the Triton kernel again
+    pytest_summary tests_all_gpu20 330 -m gpu tests/
+    timeout 130 python evals/bench_hopper.py --ab counts --out "$OUT" \
+      --shapes bert,bert-full,sweep-B8,tiny-B1-T128 2>&1 \
+      | tee "$OUT/bench_hopper_counts.log" | grep -v -i warn | grep -E "round|difference"
+    timeout 100 python evals/bench_hopper.py --ab small --out "$OUT" \
+      --shapes tiny-B1-T128,sweep-B1,sweep-B8,gpt2-prompt128 2>&1 \
+      | tee "$OUT/bench_hopper_small.log" | grep -v -i warn | grep -E "round|difference"
     ;;
   *)
     echo "usage: bash evals/gpu_session.sh tests|kernels|e2e|check|followup|recheck|verify|measure|final|stream|last|tune|host|fast|fastcheck|closing|fold|fold2|fold3|e2e3|bert4|bert5|check4|lengths|ncu|bwd|suite|suite2|final6|plans|hostplans|genab|fuzz|bwdplan|trainab|final8|nosync|drop9a|drop9b|drop9d|audit10|bench10|final10|ws11|audit11|fuzz11|host11b|decode12|stats12|stats12b|stats12c|final13|fix13|final13b|final14|suite14|suite15|final15|causal18|final18|prefetch18|cross18|tile19|final19|small19|launch20|tests20" >&2

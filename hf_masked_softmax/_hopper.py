@@ -53,12 +53,17 @@ HEAD_D = 64
 # T512 (384 tiles on 132 multiprocessors) took 0.0243 ms and the Triton kernel 0.0221, B16 0.0376 and 0.0400
 # (evals/bench_hopper.py)
 MIN_TILES_PER_SM = 4
-# calls below that floor on fine tiles instead (off): on the GPU they were as fast as the Triton kernel or faster
-# (H200, CUDA graph: BERT-like T512 B1 0.0087 ms against 0.0110, B8 0.0195 against 0.0220; B1 H12 T128 0.0051 against
-# 0.0062), but called eagerly the Hopper kernel's launch (four TMA descriptors encoded on the host per call) took
-# 0.035-0.055 ms per call (medians over six small shapes, host time included) against the Triton kernel's
-# 0.016-0.032, and small calls are bound by host time (evals/bench_hopper.py --ab small; NOTES.md, nineteenth session)
-SMALL_CALLS = False
+# calls below that floor on fine tiles instead: on where the kernels launch by the C function (_launch.RAW, Triton
+# 3.6). On the GPU they were as fast as the Triton kernel or faster (H200, CUDA graph: BERT-like T512 B1 0.0087 ms
+# against 0.0110, B8 0.0195 against 0.0220; B1 H12 T128 0.0051 against 0.0062). Through Triton's launcher, which
+# encodes the four TMA descriptors on every launch, eager calls took 0.035-0.055 ms (host time included) against the
+# Triton kernel's 0.016-0.032 (nineteenth session); with the C launch and the encoded descriptors kept, 0.0071-0.0129
+# against 0.0082-0.0407 on the same six shapes (evals/bench_hopper.py --ab small; NOTES.md, twentieth session)
+SMALL_CALLS = _launch.RAW
+# calls without causality pass the tile count and the grid size as runtime arguments (True), so that one compiled
+# kernel serves every batch size (a Gluon compile took 0.6-1.9 s on this project's CPU); causal calls keep them
+# compile-time constants, which their tile order divides by for every key block
+RUNTIME_COUNTS = True
 # the K / V load cursor's tile bounds in registers (True) or read per block (False): _hopper_kernels._issue_next
 CURSOR_REGS = True
 # causal calls (bottom-right, GPT-2's prefill) take the kernel too
@@ -150,6 +155,11 @@ def usable(q, k, v, kind, causal, fold, need_lse, drop_thr, splits, sm_count) ->
     return _capability(q.device) == (9, 0) and kernels() is not None
 
 
+def runtime_counts(causal: bool) -> bool:
+    """Whether a call passes its tile count and grid size at run time (:data:`RUNTIME_COUNTS`, without causality)."""
+    return RUNTIME_COUNTS and not causal
+
+
 def compile_for(arch: int = 90, dtype: str = "fp16", kind: int = 1, n_m=None, heads: int = 12, group: int = 1,
                 cursor_regs=None, causal: bool = False, split=None, batch: int = 32, sm_count: int = 132,
                 queries: int = 512):
@@ -171,8 +181,11 @@ def compile_for(arch: int = 90, dtype: str = "fp16", kind: int = 1, n_m=None, he
         layout = gl.NVMMASharedLayout.get_default_for([1, 1, block, HEAD_D], gdt)
         sig[name] = f"tensordesc<{dtype}[1, 1, {block}, {HEAD_D}],{layout!r}>"
     sig.update(ranges_ptr="*i32", mask_ptr="*u8", stride_mb="i32", stride_mk="i32", Q_LEN="i32", K_LEN="i32",
-               qk_scale="fp32")
-    consts = dict(N_TILES=n_m * heads * batch, NPROG=min(n_m * heads * batch, per_sm * sm_count), MASK_KIND=kind,
+               qk_scale="fp32", tiles_rt="i32", nprog_rt="i32")
+    n_tiles, nprog = n_m * heads * batch, min(n_m * heads * batch, per_sm * sm_count)
+    if runtime_counts(causal):
+        n_tiles = nprog = 0
+    consts = dict(N_TILES=n_tiles, NPROG=nprog, MASK_KIND=kind,
                   CAUSAL=causal, N_M=n_m, N_HEADS=heads, GROUP=group, HEAD_D=HEAD_D, BLOCK_M=block_m,
                   BLOCK_N=BLOCK_N, STAGES=STAGES, CURSOR_REGS=CURSOR_REGS if cursor_regs is None else cursor_regs,
                   SPLIT=bool(causal or SPLIT_LOOP if split is None else split), num_warps=WARPS)
@@ -219,9 +232,11 @@ class HopperForward:
         self.n_tiles = n_m * B * H
         self.grid = (min(self.n_tiles, per_sm * sm_count),)
         self.kind = kind
-        self.consts = dict(N_TILES=self.n_tiles, NPROG=self.grid[0], MASK_KIND=kind, CAUSAL=bool(causal), N_M=n_m,
-                           N_HEADS=H, GROUP=H // Hkv, HEAD_D=D, BLOCK_M=self.block_m, BLOCK_N=BLOCK_N, STAGES=STAGES,
-                           CURSOR_REGS=CURSOR_REGS, SPLIT=bool(causal or SPLIT_LOOP), num_warps=WARPS)
+        static = not runtime_counts(causal)
+        self.consts = dict(N_TILES=self.n_tiles * static, NPROG=self.grid[0] * static, MASK_KIND=kind,
+                           CAUSAL=bool(causal), N_M=n_m, N_HEADS=H, GROUP=H // Hkv, HEAD_D=D, BLOCK_M=self.block_m,
+                           BLOCK_N=BLOCK_N, STAGES=STAGES, CURSOR_REGS=CURSOR_REGS,
+                           SPLIT=bool(causal or SPLIT_LOOP), num_warps=WARPS)
         self.Q, self.K = Q, K
         self.qk_scale = scale * _LOG2E
         self.dummy = torch.zeros(4, dtype=torch.int32, device=q.device)  # the range and mask pointers when unused
@@ -239,7 +254,7 @@ class HopperForward:
             mask, smb, smk = mask_t, mask_t.stride(0), mask_t.stride(1)
         else:
             ranges, mask, smb, smk = self.dummy, self.dummy, 0, 0
-        scalars = (ranges, mask, smb, smk, self.Q, self.K, self.qk_scale)
+        scalars = (ranges, mask, smb, smk, self.Q, self.K, self.qk_scale, self.n_tiles, self.grid[0])
         tensors = (q, k, v, out)
         compiled = self.compiled
         if compiled is not None and _launch.ENABLED and not _launch._hooks_installed():

@@ -260,22 +260,29 @@ def _start(pid, q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_bars, k_bars, 
     return lt, lj, lnb, llo, b0, m00, h0
 
 
-@gluon.jit
+@gluon.jit(do_not_specialize=["tiles_rt", "nprog_rt"])
 def _attn_fwd_persistent(q_desc, k_desc, v_desc, o_desc, ranges_ptr, mask_ptr, stride_mb, stride_mk, Q_LEN, K_LEN,
-                         qk_scale, N_TILES: gl.constexpr, NPROG: gl.constexpr, MASK_KIND: gl.constexpr,
+                         qk_scale, tiles_rt, nprog_rt, N_TILES: gl.constexpr, NPROG: gl.constexpr,
+                         MASK_KIND: gl.constexpr,
                          CAUSAL: gl.constexpr, N_M: gl.constexpr, N_HEADS: gl.constexpr, GROUP: gl.constexpr,
                          HEAD_D: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr,
                          CURSOR_REGS: gl.constexpr, SPLIT: gl.constexpr, num_warps: gl.constexpr):
     """q / o: ``[B, H, Q, D]`` descriptors with ``[1, 1, BLOCK_M, D]`` blocks; k / v: ``[B, Hkv, K, D]`` with
-    ``[1, 1, BLOCK_N, D]``; ``N_TILES`` = B * H * N_M tiles over ``NPROG`` programs. ``ranges``: int32 ``[B, 4]``
+    ``[1, 1, BLOCK_N, D]``; ``N_TILES`` = B * H * N_M tiles over ``NPROG`` programs, or, both 0, ``tiles_rt`` tiles
+    over ``nprog_rt`` programs (runtime values: one compiled kernel for every batch size; not with ``CAUSAL``,
+    whose tile order divides by them for every key block). ``ranges``: int32 ``[B, 4]``
     (start, end, has holes, unused) for ``MASK_KIND`` 1, with ``mask`` the ``[B, K]`` padding mask it came from;
     ``CAUSAL``: bottom-right (query ``i`` sees keys ``j <= i + K - Q``); ``qk_scale`` = scale * log2(e) > 0."""
     GUARD: gl.constexpr = (MASK_KIND == 1) | CAUSAL  # rows can have no key
     gl.static_assert(STAGES >= 3, "block g - 2's slots are refilled when block g starts: at least 3 stages")
     pid = gl.program_id(0)
-    # the tile count and the grid are compile-time constants: the tile order's divisions become multiplies
-    n_tiles = N_TILES
-    nprog = NPROG
+    if N_TILES > 0:  # the tile count and the grid as compile-time constants: the tile order's divisions multiply
+        n_tiles = N_TILES
+        nprog = NPROG
+    else:
+        gl.static_assert(not CAUSAL, "causal calls take the tile count and grid size as compile-time constants")
+        n_tiles = tiles_rt
+        nprog = nprog_rt
     dtype: gl.constexpr = q_desc.dtype
 
     s_layout: gl.constexpr = _wgmma_layout(num_warps, BLOCK_N)  # the score tile's registers

@@ -38,6 +38,7 @@ def _ok(q, k, v, kind=1, causal=False, fold=True, need_lse=False, drop_thr=0, sp
     return hopper.call_ok(q, k, v, kind, causal, fold, need_lse, drop_thr, splits, sm_count)
 
 
+@mock.patch.object(hopper, "SMALL_CALLS", False)  # its default follows the launch path: on with Triton 3.6's
 def test_call_ok_takes_large_inference_calls_and_nothing_else():
     q, k, v = _hf_qkv(2, 12, 12, 256, 256, torch.float16)
     assert _ok(q, k, v) and _ok(q, k, v, kind=0)
@@ -90,8 +91,13 @@ def test_plans_tile_causal_and_small_calls_by_64_rows_three_programs_per_multipr
         plan = hopper.HopperForward(q, k, v, 1, causal, 0.125, sm_count)
         assert plan.block_m == rows  # the Q and O descriptors' blocks
         assert plan.consts["BLOCK_M"] == rows and plan.consts["CAUSAL"] == causal
-        assert plan.n_tiles == 2 * 12 * (256 // rows) == plan.consts["N_TILES"]
-        assert plan.grid == (min(plan.n_tiles, per_sm * sm_count),) and plan.consts["NPROG"] == plan.grid[0]
+        assert plan.n_tiles == 2 * 12 * (256 // rows)
+        assert plan.grid == (min(plan.n_tiles, per_sm * sm_count),)
+        # compile-time counts for causal calls; without causality runtime ones (0 here), for any batch size
+        assert (plan.consts["N_TILES"], plan.consts["NPROG"]) == ((plan.n_tiles, plan.grid[0]) if causal else (0, 0))
+        with mock.patch.object(hopper, "RUNTIME_COUNTS", False):
+            static = hopper.HopperForward(q, k, v, 1, causal, 0.125, sm_count)
+        assert (static.consts["N_TILES"], static.consts["NPROG"]) == (plan.n_tiles, plan.grid[0])
 
 
 def test_a_plan_launches_by_the_c_function_with_descriptors_encoded_once_per_address(monkeypatch):
@@ -156,8 +162,8 @@ def test_a_plan_launches_by_the_c_function_with_descriptors_encoded_once_per_add
         cu_map, *dims = expanded[9 * i: 9 * i + 9]
         assert cu_map[:2] == ("map", t.data_ptr()) and dims == [*shape, *strides]
         assert fills[i] == (t.data_ptr(), (128, 2, 10, [1, 1, block, 64], shape, strides, 0))  # device enum 8 -> host 10
-    assert args[49:56] == (ranges, mask, 512, 1, 512, 512, plan.qk_scale)
-    assert args[56:] == plan.tail and len(plan.tail) == len(plan.consts)  # the constexprs, num_warps included
+    assert args[49:58] == (ranges, mask, 512, 1, 512, 512, plan.qk_scale, plan.n_tiles, plan.grid[0])
+    assert args[58:] == plan.tail and len(plan.tail) == len(plan.consts)  # the constexprs, num_warps included
     # a tensor at a new address gets its own encoding; the others are reused
     k2 = torch.empty_like(k.transpose(1, 2)).transpose(1, 2)
     plan(q, k2, v, out, mask, ranges)
