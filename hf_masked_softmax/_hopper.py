@@ -18,9 +18,11 @@ kernel otherwise.
   recording; training keeps the Triton forward, whose log-sum-exp the backward reads), no decode split;
 * no mask or a 2D padding mask (any padding, holes included); a positive scale of at most 1 (applied inside the
   exponent, as the Triton kernel does);
-* at least 128 queries and four tiles of 128 query rows per multiprocessor (:data:`MIN_TILES_PER_SM`; smaller
-  calls only with :data:`SMALL_CALLS`). Calls without causality run 128-row tiles, two programs per multiprocessor;
-  causal calls (and small ones) run 64-row tiles, three programs per multiprocessor (:func:`tile_shape`);
+* at least 128 queries. Calls without causality that make at least four tiles of 128 query rows per multiprocessor
+  (:data:`MIN_TILES_PER_SM`) run 128-row tiles, two programs per multiprocessor; causal calls and smaller ones run
+  64-row tiles, three programs per multiprocessor (:func:`tile_shape`). Smaller calls take the kernel with
+  :data:`SMALL_CALLS`, on by default where kernels launch by the C function (``_launch.RAW``, Triton 3.6): through
+  Triton's launcher the descriptors' host cost outweighed what they gain;
 * q, k, v ``[B, heads, L, D]`` with the head dim contiguous, 16-byte aligned, and every other stride a positive
   multiple of 16 bytes (TMA's rules): HF's projections (``[B, L, heads, D]`` memory, a fused QKV's rows included)
   and a KV cache's ``[B, heads, L, D]`` memory both qualify.
@@ -215,7 +217,8 @@ class HopperForward:
     of host time per call on an H200's host, ``evals/bench_hopper.py``); later ones call the compiled kernel it
     returned (the launch shortcut of :mod:`._launch`, on the Triton versions it is checked for): the plan's key
     fixes everything the kernel was specialised on but the tensors' addresses, and those are 16-byte aligned in
-    every call that reaches this plan."""
+    every call that reaches this plan. With Triton 3.6 they call the launcher's C function with the four TMA
+    descriptors encoded once per address and plan (:meth:`_bind_raw`)."""
 
     def __init__(self, q, k, v, kind, causal, scale, sm_count):
         from triton.experimental.gluon import language as gl
