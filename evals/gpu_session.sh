@@ -113,6 +113,7 @@
 #   bash evals/gpu_session.sh launch20  # 2026-12-04 (20): the C launch (_launch.RAW): Hopper and launch GPU tests,
 #                                       # eager / graph times with it on and off, small calls, host cost per call
 #   bash evals/gpu_session.sh tests20   # 2026-12-04 (20): every GPU test, runtime tile counts, small calls again
+#   bash evals/gpu_session.sh gen20     # 2026-12-04 (20): GPT-2 generate rows, every mode, five interleaved rounds
 set -uo pipefail
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
 OUT=${OUT:-out}
@@ -726,8 +727,15 @@ case "${1:-}" in
       --shapes tiny-B1-T128,sweep-B1,sweep-B8,gpt2-prompt128 2>&1 \
       | tee "$OUT/bench_hopper_small.log" | grep -v -i warn | grep -E "round|difference"
     ;;
+  gen20)
+    # GPT-2 small generate, padded and not, every mode, five interleaved rounds (the C launch and small calls on the
+    # Hopper kernel by default)
+    timeout 500 python -u evals/speed.py --only "gpt2-small generate" --impls eager,sdpa,softmax,fused \
+      --rounds 5 --generate-reps 5 --skip-medium --out "$OUT/gen20" 2>&1 | tee "$OUT/gen20.log" \
+      | grep -v -i warn | tail -25 | cut -c1-220
+    ;;
   *)
-    echo "usage: bash evals/gpu_session.sh tests|kernels|e2e|check|followup|recheck|verify|measure|final|stream|last|tune|host|fast|fastcheck|closing|fold|fold2|fold3|e2e3|bert4|bert5|check4|lengths|ncu|bwd|suite|suite2|final6|plans|hostplans|genab|fuzz|bwdplan|trainab|final8|nosync|drop9a|drop9b|drop9d|audit10|bench10|final10|ws11|audit11|fuzz11|host11b|decode12|stats12|stats12b|stats12c|final13|fix13|final13b|final14|suite14|suite15|final15|causal18|final18|prefetch18|cross18|tile19|final19|small19|launch20|tests20" >&2
+    echo "usage: bash evals/gpu_session.sh tests|kernels|e2e|check|followup|recheck|verify|measure|final|stream|last|tune|host|fast|fastcheck|closing|fold|fold2|fold3|e2e3|bert4|bert5|check4|lengths|ncu|bwd|suite|suite2|final6|plans|hostplans|genab|fuzz|bwdplan|trainab|final8|nosync|drop9a|drop9b|drop9d|audit10|bench10|final10|ws11|audit11|fuzz11|host11b|decode12|stats12|stats12b|stats12c|final13|fix13|final13b|final14|suite14|suite15|final15|causal18|final18|prefetch18|cross18|tile19|final19|small19|launch20|tests20|gen20" >&2
     exit 2
     ;;
 esac
