@@ -15,15 +15,16 @@ from hf_masked_softmax._hopper_kernels import (  # the library kernel's helpers,
     _tma_load, _tma_store, _wgmma_layout)
 
 
-@gluon.jit
+@gluon.jit(do_not_specialize=["tiles_rt", "nprog_rt"])
 def attn_fwd_cross(q_desc, k_desc, v_desc, o_desc, ranges_ptr, mask_ptr, stride_mb, stride_mk, Q_LEN, K_LEN,
-                         qk_scale, N_TILES: gl.constexpr, NPROG: gl.constexpr, MASK_KIND: gl.constexpr,
+                         qk_scale, tiles_rt, nprog_rt, N_TILES: gl.constexpr, NPROG: gl.constexpr, MASK_KIND: gl.constexpr,
                          CAUSAL: gl.constexpr, N_M: gl.constexpr,
                          N_HEADS: gl.constexpr, GROUP: gl.constexpr, HEAD_D: gl.constexpr, BLOCK_M: gl.constexpr,
                          BLOCK_N: gl.constexpr, STAGES: gl.constexpr, CURSOR_REGS: gl.constexpr,
                          SPLIT: gl.constexpr, XMODE: gl.constexpr, num_warps: gl.constexpr):
     """The arguments of ``hf_masked_softmax._hopper_kernels._attn_fwd_persistent``, and ``XMODE`` (the module
-    docstring)."""
+    docstring). The tile count and grid size always as the compile-time ``N_TILES`` and ``NPROG`` (the plan is built
+    with ``_hopper.RUNTIME_COUNTS`` off); ``tiles_rt`` and ``nprog_rt`` are unused."""
     GUARD: gl.constexpr = (MASK_KIND == 1) | CAUSAL  # rows can have no key
     gl.static_assert(STAGES >= 3, "block g - 2's slots are refilled when block g starts: at least 3 stages")
     pid = gl.program_id(0)

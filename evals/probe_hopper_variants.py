@@ -33,7 +33,7 @@ HOLES = """        if holes != 0:
             pm = gl.load(mask_ptr + b.to(gl.int64) * stride_mb + c.to(gl.int64) * stride_mk, mask=c < K_LEN, other=0)
             keep = keep & (pm != 0)
 """
-GUARD = """    if MASK_KIND == 1:  # a sequence with no key: every score -inf, and -inf - -inf would be NaN
+GUARD = """    if GUARD:  # a row with no key so far: every score -inf, and -inf - -inf would be NaN
         m_use = gl.where(m_new == float("-inf"), 0.0, m_new)
 """
 VARIANTS = {"library": (), "no holes code": (HOLES,), "no empty guard": (GUARD,), "neither": (HOLES, GUARD)}
@@ -91,10 +91,10 @@ def main(argv=None):
             B, H, Q, D = qt.shape
             launches = {}
             for name, mod in mods.items():
-                fwd = hopper.HopperForward(qt, kt, vt, 1, D ** -0.5, sms)
+                fwd = hopper.HopperForward(qt, kt, vt, 1, False, D ** -0.5, sms)
                 fwd.kernel = mod._attn_fwd_persistent
                 launches[name] = (fwd, 1)
-            launches["library, no mask (MASK_KIND 0)"] = (hopper.HopperForward(qt, kt, vt, 0, D ** -0.5, sms), 0)
+            launches["library, no mask (MASK_KIND 0)"] = (hopper.HopperForward(qt, kt, vt, 0, False, D ** -0.5, sms), 0)
             outs = {}
             for name, (fwd, kind) in launches.items():
                 out = torch.empty(B, Q, H, D, dtype=qt.dtype, device="cuda").transpose(1, 2)
