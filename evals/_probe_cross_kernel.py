@@ -15,16 +15,17 @@ from hf_masked_softmax._hopper_kernels import (  # the library kernel's helpers,
     _tma_load, _tma_store, _wgmma_layout)
 
 
-@gluon.jit(do_not_specialize=["tiles_rt", "nprog_rt"])
+@gluon.jit(do_not_specialize=["tiles_rt", "nprog_rt", "n_m_rt"])
 def attn_fwd_cross(q_desc, k_desc, v_desc, o_desc, ranges_ptr, mask_ptr, stride_mb, stride_mk, Q_LEN, K_LEN,
-                         qk_scale, tiles_rt, nprog_rt, N_TILES: gl.constexpr, NPROG: gl.constexpr, MASK_KIND: gl.constexpr,
-                         CAUSAL: gl.constexpr, N_M: gl.constexpr,
+                         qk_scale, tiles_rt, nprog_rt, n_m_rt, N_TILES: gl.constexpr, NPROG: gl.constexpr,
+                         MASK_KIND: gl.constexpr, CAUSAL: gl.constexpr, N_M: gl.constexpr,
                          N_HEADS: gl.constexpr, GROUP: gl.constexpr, HEAD_D: gl.constexpr, BLOCK_M: gl.constexpr,
                          BLOCK_N: gl.constexpr, STAGES: gl.constexpr, CURSOR_REGS: gl.constexpr,
                          SPLIT: gl.constexpr, XMODE: gl.constexpr, num_warps: gl.constexpr):
     """The arguments of ``hf_masked_softmax._hopper_kernels._attn_fwd_persistent``, and ``XMODE`` (the module
-    docstring). The tile count and grid size always as the compile-time ``N_TILES`` and ``NPROG`` (the plan is built
-    with ``_hopper.RUNTIME_COUNTS`` off); ``tiles_rt`` and ``nprog_rt`` are unused."""
+    docstring). The tile count, query blocks per head and grid size always as the compile-time ``N_TILES``, ``N_M`` and
+    ``NPROG`` (the plan is built with ``_hopper.RUNTIME_COUNTS`` off); ``tiles_rt``, ``n_m_rt`` and ``nprog_rt`` are
+    unused."""
     GUARD: gl.constexpr = (MASK_KIND == 1) | CAUSAL  # rows can have no key
     gl.static_assert(STAGES >= 3, "block g - 2's slots are refilled when block g starts: at least 3 stages")
     pid = gl.program_id(0)
@@ -42,9 +43,10 @@ def attn_fwd_cross(q_desc, k_desc, v_desc, o_desc, ranges_ptr, mask_ptr, stride_
 
     q_smem, o_smem, k_smem, v_smem, q_bars, k_bars, v_bars = _buffers(q_desc, k_desc, v_desc, o_desc, BLOCK_M,
                                                                       BLOCK_N, HEAD_D, STAGES)
-    lt, lj, lnb, llo, b0, m00, h0 = _start(pid, q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_bars, k_bars, v_bars,
-                                           ranges_ptr, Q_LEN, K_LEN, n_tiles, nprog, N_M, N_HEADS, GROUP, MASK_KIND,
-                                           CAUSAL, BLOCK_M, BLOCK_N, HEAD_D, STAGES, CURSOR_REGS)
+    lt, lj, lnb, llo, lb, lhk, b0, m00, h0 = _start(pid, q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_bars,
+                                                    k_bars, v_bars, ranges_ptr, Q_LEN, K_LEN, n_tiles, nprog, N_M,
+                                                    N_HEADS, GROUP, MASK_KIND, CAUSAL, BLOCK_M, BLOCK_N, HEAD_D, STAGES,
+                                                    CURSOR_REGS)
 
     cols = gl.arange(0, BLOCK_N, layout=col_s)
     s_zero = gl.zeros([BLOCK_M, BLOCK_N], gl.float32, layout=s_layout)
@@ -74,9 +76,10 @@ def attn_fwd_cross(q_desc, k_desc, v_desc, o_desc, ranges_ptr, mask_ptr, stride_
     s_tok = warpgroup_mma(q_smem.index(0).reshape([BLOCK_M, HEAD_D]),
                           k_smem.index(slot).reshape([BLOCK_N, HEAD_D]).permute((1, 0)), s_zero, use_acc=False,
                           is_async=True)
-    lt, lj, lnb, llo = _issue_next(k_desc, v_desc, k_smem, v_smem, k_bars, v_bars, (g + STAGES - 2) % STAGES, lt, lj,
-                                   lnb, llo, n_tiles, nprog, ranges_ptr, Q_LEN, K_LEN, N_M, N_HEADS, GROUP, MASK_KIND,
-                                   CAUSAL, BLOCK_M, BLOCK_N, HEAD_D, CURSOR_REGS, g >= 2)
+    lt, lj, lnb, llo, lb, lhk = _issue_next(k_desc, v_desc, k_smem, v_smem, k_bars, v_bars, (g + STAGES - 2) % STAGES,
+                                            lt, lj, lnb, llo, lb, lhk, n_tiles, nprog, ranges_ptr, Q_LEN, K_LEN, N_M,
+                                            N_HEADS, GROUP, MASK_KIND, CAUSAL, BLOCK_M, BLOCK_N, HEAD_D, CURSOR_REGS,
+                                            g >= 2)
     s = warpgroup_mma_wait(0, deps=[s_tok])
     if (full_lo > 0) | (full_hi < 1):
         s = _mask_block(s, cols, m0, lo * BLOCK_N, b, start, end, holes, mask_ptr, stride_mb, stride_mk, Q_LEN, K_LEN,
@@ -91,23 +94,23 @@ def attn_fwd_cross(q_desc, k_desc, v_desc, o_desc, ranges_ptr, mask_ptr, stride_
         if SPLIT:  # blocks that need no mask, then those that do (the diagonal's, the range's last)
             mid = gl.maximum(gl.minimum(full_hi, n_blocks), 1)
             for j in range(1, mid):
-                acc, p16, p, m_i, l_i, alpha, g, lt, lj, lnb, llo = _step(
-                    j, acc, p16, p, m_i, l_i, alpha, g, lt, lj, lnb, llo, q_tile, s_zero, cols, m0, lo, b,
+                acc, p16, p, m_i, l_i, alpha, g, lt, lj, lnb, llo, lb, lhk = _step(
+                    j, acc, p16, p, m_i, l_i, alpha, g, lt, lj, lnb, llo, lb, lhk, q_tile, s_zero, cols, m0, lo, b,
                     start, end, holes, full_lo, full_hi, k_desc, v_desc, k_smem, v_smem, k_bars, v_bars, n_tiles,
                     nprog, ranges_ptr, mask_ptr, stride_mb, stride_mk, Q_LEN, K_LEN, qk_scale, 0, GUARD, N_M,
                     N_HEADS, GROUP, MASK_KIND, CAUSAL, BLOCK_M, BLOCK_N, HEAD_D, STAGES, CURSOR_REGS, p_layout, row_o,
                     row_s)
             for j in range(mid, n_blocks):
-                acc, p16, p, m_i, l_i, alpha, g, lt, lj, lnb, llo = _step(
-                    j, acc, p16, p, m_i, l_i, alpha, g, lt, lj, lnb, llo, q_tile, s_zero, cols, m0, lo, b,
+                acc, p16, p, m_i, l_i, alpha, g, lt, lj, lnb, llo, lb, lhk = _step(
+                    j, acc, p16, p, m_i, l_i, alpha, g, lt, lj, lnb, llo, lb, lhk, q_tile, s_zero, cols, m0, lo, b,
                     start, end, holes, full_lo, full_hi, k_desc, v_desc, k_smem, v_smem, k_bars, v_bars, n_tiles,
                     nprog, ranges_ptr, mask_ptr, stride_mb, stride_mk, Q_LEN, K_LEN, qk_scale, 1, GUARD, N_M,
                     N_HEADS, GROUP, MASK_KIND, CAUSAL, BLOCK_M, BLOCK_N, HEAD_D, STAGES, CURSOR_REGS, p_layout, row_o,
                     row_s)
         else:  # one loop that masks where a block needs it
             for j in range(1, n_blocks):
-                acc, p16, p, m_i, l_i, alpha, g, lt, lj, lnb, llo = _step(
-                    j, acc, p16, p, m_i, l_i, alpha, g, lt, lj, lnb, llo, q_tile, s_zero, cols, m0, lo, b,
+                acc, p16, p, m_i, l_i, alpha, g, lt, lj, lnb, llo, lb, lhk = _step(
+                    j, acc, p16, p, m_i, l_i, alpha, g, lt, lj, lnb, llo, lb, lhk, q_tile, s_zero, cols, m0, lo, b,
                     start, end, holes, full_lo, full_hi, k_desc, v_desc, k_smem, v_smem, k_bars, v_bars, n_tiles,
                     nprog, ranges_ptr, mask_ptr, stride_mb, stride_mk, Q_LEN, K_LEN, qk_scale, 2, GUARD, N_M,
                     N_HEADS, GROUP, MASK_KIND, CAUSAL, BLOCK_M, BLOCK_N, HEAD_D, STAGES, CURSOR_REGS, p_layout, row_o,
@@ -141,8 +144,8 @@ def attn_fwd_cross(q_desc, k_desc, v_desc, o_desc, ranges_ptr, mask_ptr, stride_
                 s_tok = warpgroup_mma(q_smem.index(1 - qb).reshape([BLOCK_M, HEAD_D]),
                                       k_smem.index(slot).reshape([BLOCK_N, HEAD_D]).permute((1, 0)), s_zero,
                                       use_acc=False, is_async=True)
-                lt, lj, lnb, llo = _issue_next(k_desc, v_desc, k_smem, v_smem, k_bars, v_bars,
-                                               (g + STAGES - 2) % STAGES, lt, lj, lnb, llo, n_tiles, nprog,
+                lt, lj, lnb, llo, lb, lhk = _issue_next(k_desc, v_desc, k_smem, v_smem, k_bars, v_bars,
+                                               (g + STAGES - 2) % STAGES, lt, lj, lnb, llo, lb, lhk, n_tiles, nprog,
                                                ranges_ptr, Q_LEN, K_LEN, N_M, N_HEADS, GROUP, MASK_KIND, CAUSAL,
                                                BLOCK_M, BLOCK_N, HEAD_D, CURSOR_REGS, g >= 2)
                 s = warpgroup_mma_wait(0, deps=[s_tok])
@@ -164,8 +167,8 @@ def attn_fwd_cross(q_desc, k_desc, v_desc, o_desc, ranges_ptr, mask_ptr, stride_
                 # the last P v of this tile runs while the next tile's first scores are computed and their softmax
                 # taken (a _step whose Q, running max and sum are the next tile's)
                 mbarrier.wait(q_bars.index(1 - qb), ((it + 1) // 2) & 1)
-                acc, p16, p, m_i, l_i, alpha, g, lt, lj, lnb, llo = _step(
-                    0, acc, p16, p, m_init, l_init, alpha, g, lt, lj, lnb, llo,
+                acc, p16, p, m_i, l_i, alpha, g, lt, lj, lnb, llo, lb, lhk = _step(
+                    0, acc, p16, p, m_init, l_init, alpha, g, lt, lj, lnb, llo, lb, lhk,
                     q_smem.index(1 - qb).reshape([BLOCK_M, HEAD_D]), s_zero, cols, m0n, n_lo, bn, n_start, n_end,
                     n_holes, n_full_lo, n_full_hi, k_desc, v_desc, k_smem, v_smem, k_bars, v_bars, n_tiles, nprog,
                     ranges_ptr, mask_ptr, stride_mb, stride_mk, Q_LEN, K_LEN, qk_scale, 2, GUARD, N_M, N_HEADS, GROUP,

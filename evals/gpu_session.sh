@@ -114,6 +114,7 @@
 #                                       # eager / graph times with it on and off, small calls, host cost per call
 #   bash evals/gpu_session.sh tests20   # 2026-12-04 (20): every GPU test, runtime tile counts, small calls again
 #   bash evals/gpu_session.sh gen20     # 2026-12-04 (20): GPT-2 generate rows, every mode, five interleaved rounds
+#   bash evals/gpu_session.sh counts20b # 2026-12-04 (20): runtime counts for every call against the previous tree
 set -uo pipefail
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
 OUT=${OUT:-out}
@@ -734,8 +735,22 @@ case "${1:-}" in
       --rounds 5 --generate-reps 5 --skip-medium --out "$OUT/gen20" 2>&1 | tee "$OUT/gen20.log" \
       | grep -v -i warn | tail -25 | cut -c1-220
     ;;
+  counts20b)
+    # runtime counts for every call (tile count, query blocks, grid size; the load cursor carries its tile's batch
+    # and head): the Hopper GPU tests, then --ab counts on this tree and on old_tree/ (an untracked copy of 52fb238:
+    # runtime counts without causality only, no carried batch and head), alternating, two rounds
+    pytest_summary tests_hopper20b 240 -m gpu tests/test_hopper.py
+    for round in 1 2; do
+      for tree in new old; do
+        (if [ $tree = old ]; then cd old_tree; fi
+         PYTHONPATH="$PWD" timeout 110 python evals/bench_hopper.py --ab counts \
+          --shapes gpt2,gpt2-full,bert,bert-full,sweep-B8 --out "$OUT/counts20b_${tree}_$round" 2>&1 \
+          | grep -v -i warn | grep -E "round|difference" | sed "s|^|$tree |")
+      done
+    done
+    ;;
   *)
-    echo "usage: bash evals/gpu_session.sh tests|kernels|e2e|check|followup|recheck|verify|measure|final|stream|last|tune|host|fast|fastcheck|closing|fold|fold2|fold3|e2e3|bert4|bert5|check4|lengths|ncu|bwd|suite|suite2|final6|plans|hostplans|genab|fuzz|bwdplan|trainab|final8|nosync|drop9a|drop9b|drop9d|audit10|bench10|final10|ws11|audit11|fuzz11|host11b|decode12|stats12|stats12b|stats12c|final13|fix13|final13b|final14|suite14|suite15|final15|causal18|final18|prefetch18|cross18|tile19|final19|small19|launch20|tests20|gen20" >&2
+    echo "usage: bash evals/gpu_session.sh tests|kernels|e2e|check|followup|recheck|verify|measure|final|stream|last|tune|host|fast|fastcheck|closing|fold|fold2|fold3|e2e3|bert4|bert5|check4|lengths|ncu|bwd|suite|suite2|final6|plans|hostplans|genab|fuzz|bwdplan|trainab|final8|nosync|drop9a|drop9b|drop9d|audit10|bench10|final10|ws11|audit11|fuzz11|host11b|decode12|stats12|stats12b|stats12c|final13|fix13|final13b|final14|suite14|suite15|final15|causal18|final18|prefetch18|cross18|tile19|final19|small19|launch20|tests20|gen20|counts20b" >&2
     exit 2
     ;;
 esac

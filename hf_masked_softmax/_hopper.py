@@ -62,9 +62,10 @@ MIN_TILES_PER_SM = 4
 # Triton kernel's 0.016-0.032 (nineteenth session); with the C launch and the encoded descriptors kept, 0.0071-0.0129
 # against 0.0082-0.0407 on the same six shapes (evals/bench_hopper.py --ab small; NOTES.md, twentieth session)
 SMALL_CALLS = _launch.RAW
-# calls without causality pass the tile count and the grid size as runtime arguments (True), so that one compiled
-# kernel serves every batch size (a Gluon compile took 0.6-1.9 s on this project's CPU); causal calls keep them
-# compile-time constants, which their tile order divides by for every key block
+# the tile count, query blocks per head and grid size as runtime arguments (True), so that one compiled kernel
+# serves every batch size and query length (a Gluon compile took 0.6-1.9 s on this project's CPU), or as
+# compile-time constants (False: a kernel per shape); the load cursor carries its tile's batch and head, so the
+# divisions they cost come once per tile
 RUNTIME_COUNTS = True
 # the K / V load cursor's tile bounds in registers (True) or read per block (False): _hopper_kernels._issue_next
 CURSOR_REGS = True
@@ -157,11 +158,6 @@ def usable(q, k, v, kind, causal, fold, need_lse, drop_thr, splits, sm_count) ->
     return _capability(q.device) == (9, 0) and kernels() is not None
 
 
-def runtime_counts(causal: bool) -> bool:
-    """Whether a call passes its tile count and grid size at run time (:data:`RUNTIME_COUNTS`, without causality)."""
-    return RUNTIME_COUNTS and not causal
-
-
 def compile_for(arch: int = 90, dtype: str = "fp16", kind: int = 1, n_m=None, heads: int = 12, group: int = 1,
                 cursor_regs=None, causal: bool = False, split=None, batch: int = 32, sm_count: int = 132,
                 queries: int = 512):
@@ -183,13 +179,12 @@ def compile_for(arch: int = 90, dtype: str = "fp16", kind: int = 1, n_m=None, he
         layout = gl.NVMMASharedLayout.get_default_for([1, 1, block, HEAD_D], gdt)
         sig[name] = f"tensordesc<{dtype}[1, 1, {block}, {HEAD_D}],{layout!r}>"
     sig.update(ranges_ptr="*i32", mask_ptr="*u8", stride_mb="i32", stride_mk="i32", Q_LEN="i32", K_LEN="i32",
-               qk_scale="fp32", tiles_rt="i32", nprog_rt="i32")
-    n_tiles, nprog = n_m * heads * batch, min(n_m * heads * batch, per_sm * sm_count)
-    if runtime_counts(causal):
-        n_tiles = nprog = 0
-    consts = dict(N_TILES=n_tiles, NPROG=nprog, MASK_KIND=kind,
-                  CAUSAL=causal, N_M=n_m, N_HEADS=heads, GROUP=group, HEAD_D=HEAD_D, BLOCK_M=block_m,
-                  BLOCK_N=BLOCK_N, STAGES=STAGES, CURSOR_REGS=CURSOR_REGS if cursor_regs is None else cursor_regs,
+               qk_scale="fp32", tiles_rt="i32", nprog_rt="i32", n_m_rt="i32")
+    static = not RUNTIME_COUNTS
+    consts = dict(N_TILES=n_m * heads * batch * static, NPROG=min(n_m * heads * batch, per_sm * sm_count) * static,
+                  MASK_KIND=kind, CAUSAL=causal, N_M=n_m * static, N_HEADS=heads, GROUP=group, HEAD_D=HEAD_D,
+                  BLOCK_M=block_m, BLOCK_N=BLOCK_N, STAGES=STAGES,
+                  CURSOR_REGS=CURSOR_REGS if cursor_regs is None else cursor_regs,
                   SPLIT=bool(causal or SPLIT_LOOP if split is None else split), num_warps=WARPS)
     sig.update({c: "constexpr" for c in consts})
     src = GluonASTSource(mod._attn_fwd_persistent, sig, consts, attrs={})
@@ -235,10 +230,11 @@ class HopperForward:
         self.n_tiles = n_m * B * H
         self.grid = (min(self.n_tiles, per_sm * sm_count),)
         self.kind = kind
-        static = not runtime_counts(causal)
+        static = not RUNTIME_COUNTS
+        self.n_m = n_m
         self.consts = dict(N_TILES=self.n_tiles * static, NPROG=self.grid[0] * static, MASK_KIND=kind,
-                           CAUSAL=bool(causal), N_M=n_m, N_HEADS=H, GROUP=H // Hkv, HEAD_D=D, BLOCK_M=self.block_m,
-                           BLOCK_N=BLOCK_N, STAGES=STAGES, CURSOR_REGS=CURSOR_REGS,
+                           CAUSAL=bool(causal), N_M=n_m * static, N_HEADS=H, GROUP=H // Hkv, HEAD_D=D,
+                           BLOCK_M=self.block_m, BLOCK_N=BLOCK_N, STAGES=STAGES, CURSOR_REGS=CURSOR_REGS,
                            SPLIT=bool(causal or SPLIT_LOOP), num_warps=WARPS)
         self.Q, self.K = Q, K
         self.qk_scale = scale * _LOG2E
@@ -257,7 +253,7 @@ class HopperForward:
             mask, smb, smk = mask_t, mask_t.stride(0), mask_t.stride(1)
         else:
             ranges, mask, smb, smk = self.dummy, self.dummy, 0, 0
-        scalars = (ranges, mask, smb, smk, self.Q, self.K, self.qk_scale, self.n_tiles, self.grid[0])
+        scalars = (ranges, mask, smb, smk, self.Q, self.K, self.qk_scale, self.n_tiles, self.grid[0], self.n_m)
         tensors = (q, k, v, out)
         compiled = self.compiled
         if compiled is not None and _launch.ENABLED and not _launch._hooks_installed():

@@ -42,7 +42,7 @@ def _wgmma_layout(num_warps, n):
 
 
 @gluon.jit
-def _tile_pos(t, n_tiles, nprog, N_M: gl.constexpr, N_HEADS: gl.constexpr, GROUP: gl.constexpr,
+def _tile_pos(t, n_tiles, nprog, n_m, N_HEADS: gl.constexpr, GROUP: gl.constexpr,
               CAUSAL: gl.constexpr, BLOCK_M: gl.constexpr):
     """Tile ``t``: batch, first query row, head, key / value head (index arithmetic only).
 
@@ -54,12 +54,12 @@ def _tile_pos(t, n_tiles, nprog, N_M: gl.constexpr, N_HEADS: gl.constexpr, GROUP
         r = t // nprog
         pos = t - r * nprog
         i = gl.where((r % 2 == 1) & (r != (n_tiles - 1) // nprog), r * nprog + nprog - 1 - pos, t)
-        n_bh = n_tiles // N_M
-        mb = N_M - 1 - i // n_bh
+        n_bh = n_tiles // n_m
+        mb = n_m - 1 - i // n_bh
         bh = i % n_bh
     else:
-        bh = t // N_M
-        mb = t % N_M
+        bh = t // n_m
+        mb = t % n_m
     h = bh % N_HEADS
     return bh // N_HEADS, mb * BLOCK_M, h, h // GROUP
 
@@ -97,11 +97,11 @@ def _key_blocks(start, end, holes, m0, Q_LEN, K_LEN, CAUSAL: gl.constexpr, BLOCK
 
 
 @gluon.jit
-def _tile(t, ranges_ptr, Q_LEN, K_LEN, n_tiles, nprog, N_M: gl.constexpr, N_HEADS: gl.constexpr,
+def _tile(t, ranges_ptr, Q_LEN, K_LEN, n_tiles, nprog, n_m, N_HEADS: gl.constexpr,
           GROUP: gl.constexpr, MASK_KIND: gl.constexpr, CAUSAL: gl.constexpr, BLOCK_M: gl.constexpr,
           BLOCK_N: gl.constexpr, HEAD_D: gl.constexpr):
     """:func:`_tile_pos`, then the tile's key blocks (:func:`_key_blocks`)."""
-    b, m0, h, hk = _tile_pos(t, n_tiles, nprog, N_M, N_HEADS, GROUP, CAUSAL, BLOCK_M)
+    b, m0, h, hk = _tile_pos(t, n_tiles, nprog, n_m, N_HEADS, GROUP, CAUSAL, BLOCK_M)
     start, end, holes = _key_range(b, ranges_ptr, K_LEN, MASK_KIND)
     full_lo, full_hi, lo, n_blocks = _key_blocks(start, end, holes, m0, Q_LEN, K_LEN, CAUSAL, BLOCK_M, BLOCK_N)
     return b, m0, h, hk, full_lo, full_hi, lo, n_blocks
@@ -118,8 +118,8 @@ def _issue_kv(k_desc, v_desc, k_smem, v_smem, k_bars, v_bars, b, head, row, slot
 
 
 @gluon.jit
-def _issue_next(k_desc, v_desc, k_smem, v_smem, k_bars, v_bars, slot, lt, lj, lnb, llo, n_tiles, nprog, ranges_ptr,
-                Q_LEN, K_LEN, N_M: gl.constexpr, N_HEADS: gl.constexpr, GROUP: gl.constexpr,
+def _issue_next(k_desc, v_desc, k_smem, v_smem, k_bars, v_bars, slot, lt, lj, lnb, llo, lb, lhk, n_tiles, nprog,
+                ranges_ptr, Q_LEN, K_LEN, n_m, N_HEADS: gl.constexpr, GROUP: gl.constexpr,
                 MASK_KIND: gl.constexpr, CAUSAL: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr,
                 HEAD_D: gl.constexpr, CURSOR_REGS: gl.constexpr, pred):
     """Load key block ``lj`` of tile ``lt`` (the load cursor; the tile's key blocks start at block ``llo``, ``lnb``
@@ -128,10 +128,11 @@ def _issue_next(k_desc, v_desc, k_smem, v_smem, k_bars, v_bars, slot, lt, lj, ln
     cursor moves to a tile; else they are read for every block (two loads whose latency the refill waits for)."""
     # past the last tile the cursor's copies are predicated off; its index is clamped so nothing reads past ranges
     if CURSOR_REGS:
-        b, _, _, hk = _tile_pos(gl.minimum(lt, n_tiles - 1), n_tiles, nprog, N_M, N_HEADS, GROUP, CAUSAL, BLOCK_M)
+        b = lb
+        hk = lhk
     else:
         b, _, _, hk, _, _, llo, lnb = _tile(gl.minimum(lt, n_tiles - 1), ranges_ptr, Q_LEN, K_LEN, n_tiles, nprog,
-                                            N_M, N_HEADS, GROUP, MASK_KIND, CAUSAL, BLOCK_M, BLOCK_N, HEAD_D)
+                                            n_m, N_HEADS, GROUP, MASK_KIND, CAUSAL, BLOCK_M, BLOCK_N, HEAD_D)
     _issue_kv(k_desc, v_desc, k_smem, v_smem, k_bars, v_bars, b, hk, (llo + lj) * BLOCK_N, slot,
               pred & (lt < n_tiles))
     if pred:  # the cursor moves only when a slot was handed out
@@ -140,10 +141,10 @@ def _issue_next(k_desc, v_desc, k_smem, v_smem, k_bars, v_bars, slot, lt, lj, ln
             lt = lt + nprog
             lj = lj * 0
             if CURSOR_REGS:
-                _, _, _, _, _, _, llo, lnb = _tile(gl.minimum(lt, n_tiles - 1), ranges_ptr, Q_LEN, K_LEN,
-                                                   n_tiles, nprog, N_M, N_HEADS, GROUP, MASK_KIND, CAUSAL,
-                                                   BLOCK_M, BLOCK_N, HEAD_D)
-    return lt, lj, lnb, llo
+                lb, _, _, lhk, _, _, llo, lnb = _tile(gl.minimum(lt, n_tiles - 1), ranges_ptr, Q_LEN, K_LEN,
+                                                      n_tiles, nprog, n_m, N_HEADS, GROUP, MASK_KIND, CAUSAL,
+                                                      BLOCK_M, BLOCK_N, HEAD_D)
+    return lt, lj, lnb, llo, lb, lhk
 
 
 @gluon.jit
@@ -181,9 +182,9 @@ def _online_softmax(s, m_i, l_i, qk_scale, GUARD: gl.constexpr):
 
 
 @gluon.jit
-def _step(j, acc, p16, p, m_i, l_i, alpha, g, lt, lj, lnb, llo, q_tile, s_zero, cols, m0, lo, b, start, end, holes,
-          full_lo, full_hi, k_desc, v_desc, k_smem, v_smem, k_bars, v_bars, n_tiles, nprog, ranges_ptr, mask_ptr,
-          stride_mb, stride_mk, Q_LEN, K_LEN, qk_scale, MASKED: gl.constexpr, GUARD: gl.constexpr, N_M: gl.constexpr,
+def _step(j, acc, p16, p, m_i, l_i, alpha, g, lt, lj, lnb, llo, lb, lhk, q_tile, s_zero, cols, m0, lo, b, start, end,
+          holes, full_lo, full_hi, k_desc, v_desc, k_smem, v_smem, k_bars, v_bars, n_tiles, nprog, ranges_ptr, mask_ptr,
+          stride_mb, stride_mk, Q_LEN, K_LEN, qk_scale, MASKED: gl.constexpr, GUARD: gl.constexpr, n_m,
           N_HEADS: gl.constexpr, GROUP: gl.constexpr, MASK_KIND: gl.constexpr, CAUSAL: gl.constexpr,
           BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, HEAD_D: gl.constexpr, STAGES: gl.constexpr,
           CURSOR_REGS: gl.constexpr, p_layout: gl.constexpr, row_o: gl.constexpr, row_s: gl.constexpr):
@@ -201,9 +202,10 @@ def _step(j, acc, p16, p, m_i, l_i, alpha, g, lt, lj, lnb, llo, q_tile, s_zero, 
                           is_async=True)
     # with both products on the tensor cores: refill block g - 2's slots (the cursor's tile bounds are loads, whose
     # latency would otherwise hold back the issue of P v)
-    lt, lj, lnb, llo = _issue_next(k_desc, v_desc, k_smem, v_smem, k_bars, v_bars, (g + STAGES - 2) % STAGES, lt, lj,
-                                   lnb, llo, n_tiles, nprog, ranges_ptr, Q_LEN, K_LEN, N_M, N_HEADS, GROUP, MASK_KIND,
-                                   CAUSAL, BLOCK_M, BLOCK_N, HEAD_D, CURSOR_REGS, g >= 2)
+    lt, lj, lnb, llo, lb, lhk = _issue_next(k_desc, v_desc, k_smem, v_smem, k_bars, v_bars, (g + STAGES - 2) % STAGES,
+                                            lt, lj, lnb, llo, lb, lhk, n_tiles, nprog, ranges_ptr, Q_LEN, K_LEN, n_m,
+                                            N_HEADS, GROUP, MASK_KIND, CAUSAL, BLOCK_M, BLOCK_N, HEAD_D, CURSOR_REGS,
+                                            g >= 2)
     s = warpgroup_mma_wait(1, deps=[s_tok])
     if MASKED == 1:
         s = _mask_block(s, cols, m0, (lo + j) * BLOCK_N, b, start, end, holes, mask_ptr, stride_mb, stride_mk, Q_LEN,
@@ -215,7 +217,7 @@ def _step(j, acc, p16, p, m_i, l_i, alpha, g, lt, lj, lnb, llo, q_tile, s_zero, 
     p, m_i, l_i, alpha = _online_softmax(s, m_i, l_i, qk_scale, GUARD)
     mbarrier.wait(v_bars.index(slot), (g // STAGES) & 1)  # also ends the basic block (module docstring)
     acc, p16 = warpgroup_mma_wait(0, deps=[o_tok, p16])
-    return acc, p16, p, m_i, l_i, alpha, g + 1, lt, lj, lnb, llo
+    return acc, p16, p, m_i, l_i, alpha, g + 1, lt, lj, lnb, llo, lb, lhk
 
 
 @gluon.jit
@@ -242,47 +244,49 @@ def _buffers(q_desc, k_desc, v_desc, o_desc, BLOCK_M: gl.constexpr, BLOCK_N: gl.
 
 @gluon.jit
 def _start(pid, q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_bars, k_bars, v_bars, ranges_ptr, Q_LEN, K_LEN,
-           n_tiles, nprog, N_M: gl.constexpr, N_HEADS: gl.constexpr, GROUP: gl.constexpr, MASK_KIND: gl.constexpr,
+           n_tiles, nprog, n_m, N_HEADS: gl.constexpr, GROUP: gl.constexpr, MASK_KIND: gl.constexpr,
            CAUSAL: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, HEAD_D: gl.constexpr,
            STAGES: gl.constexpr, CURSOR_REGS: gl.constexpr):
     """The load cursor at this program's first tile (``pid``), the ring's first ``STAGES`` blocks and that tile's Q
     issued: the cursor (:func:`_issue_next`) and the tile's batch, first query row and head."""
     lt = pid
     lj = pid * 0
-    b0, m00, h0, _, _, _, llo, lnb = _tile(pid, ranges_ptr, Q_LEN, K_LEN, n_tiles, nprog, N_M, N_HEADS, GROUP,
-                                              MASK_KIND, CAUSAL, BLOCK_M, BLOCK_N, HEAD_D)
+    b0, m00, h0, lhk, _, _, llo, lnb = _tile(pid, ranges_ptr, Q_LEN, K_LEN, n_tiles, nprog, n_m, N_HEADS, GROUP,
+                                             MASK_KIND, CAUSAL, BLOCK_M, BLOCK_N, HEAD_D)
+    lb = b0
     for i in gl.static_range(STAGES):
-        lt, lj, lnb, llo = _issue_next(k_desc, v_desc, k_smem, v_smem, k_bars, v_bars, i, lt, lj, lnb, llo, n_tiles,
-                                       nprog, ranges_ptr, Q_LEN, K_LEN, N_M, N_HEADS, GROUP, MASK_KIND, CAUSAL,
-                                       BLOCK_M, BLOCK_N, HEAD_D, CURSOR_REGS, True)
+        lt, lj, lnb, llo, lb, lhk = _issue_next(k_desc, v_desc, k_smem, v_smem, k_bars, v_bars, i, lt, lj, lnb, llo,
+                                                lb, lhk, n_tiles, nprog, ranges_ptr, Q_LEN, K_LEN, n_m, N_HEADS, GROUP,
+                                                MASK_KIND, CAUSAL, BLOCK_M, BLOCK_N, HEAD_D, CURSOR_REGS, True)
     mbarrier.expect(q_bars.index(0), q_desc.block_type.nbytes)
     _tma_load(q_desc, [b0, h0, m00, 0], q_bars.index(0), q_smem.index(0))
-    return lt, lj, lnb, llo, b0, m00, h0
+    return lt, lj, lnb, llo, lb, lhk, b0, m00, h0
 
 
-@gluon.jit(do_not_specialize=["tiles_rt", "nprog_rt"])
+@gluon.jit(do_not_specialize=["tiles_rt", "nprog_rt", "n_m_rt"])
 def _attn_fwd_persistent(q_desc, k_desc, v_desc, o_desc, ranges_ptr, mask_ptr, stride_mb, stride_mk, Q_LEN, K_LEN,
-                         qk_scale, tiles_rt, nprog_rt, N_TILES: gl.constexpr, NPROG: gl.constexpr,
+                         qk_scale, tiles_rt, nprog_rt, n_m_rt, N_TILES: gl.constexpr, NPROG: gl.constexpr,
                          MASK_KIND: gl.constexpr,
                          CAUSAL: gl.constexpr, N_M: gl.constexpr, N_HEADS: gl.constexpr, GROUP: gl.constexpr,
                          HEAD_D: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr,
                          CURSOR_REGS: gl.constexpr, SPLIT: gl.constexpr, num_warps: gl.constexpr):
     """q / o: ``[B, H, Q, D]`` descriptors with ``[1, 1, BLOCK_M, D]`` blocks; k / v: ``[B, Hkv, K, D]`` with
-    ``[1, 1, BLOCK_N, D]``; ``N_TILES`` = B * H * N_M tiles over ``NPROG`` programs, or, both 0, ``tiles_rt`` tiles
-    over ``nprog_rt`` programs (runtime values: one compiled kernel for every batch size; not with ``CAUSAL``,
-    whose tile order divides by them for every key block). ``ranges``: int32 ``[B, 4]``
+    ``[1, 1, BLOCK_N, D]``; ``N_TILES`` = B * H * ``N_M`` tiles (``N_M`` query blocks per head) over ``NPROG``
+    programs, or, all three 0, the runtime ``tiles_rt``, ``n_m_rt`` and ``nprog_rt`` (one compiled kernel for every
+    batch size and query length). ``ranges``: int32 ``[B, 4]``
     (start, end, has holes, unused) for ``MASK_KIND`` 1, with ``mask`` the ``[B, K]`` padding mask it came from;
     ``CAUSAL``: bottom-right (query ``i`` sees keys ``j <= i + K - Q``); ``qk_scale`` = scale * log2(e) > 0."""
     GUARD: gl.constexpr = (MASK_KIND == 1) | CAUSAL  # rows can have no key
     gl.static_assert(STAGES >= 3, "block g - 2's slots are refilled when block g starts: at least 3 stages")
     pid = gl.program_id(0)
-    if N_TILES > 0:  # the tile count and the grid as compile-time constants: the tile order's divisions multiply
+    if N_TILES > 0:  # compile-time counts: the tile order's divisions become multiplies
         n_tiles = N_TILES
         nprog = NPROG
-    else:
-        gl.static_assert(not CAUSAL, "causal calls take the tile count and grid size as compile-time constants")
+        n_m = N_M
+    else:  # runtime ones (divisions once per tile: the load cursor carries its tile's batch and head)
         n_tiles = tiles_rt
         nprog = nprog_rt
+        n_m = n_m_rt
     dtype: gl.constexpr = q_desc.dtype
 
     s_layout: gl.constexpr = _wgmma_layout(num_warps, BLOCK_N)  # the score tile's registers
@@ -294,9 +298,10 @@ def _attn_fwd_persistent(q_desc, k_desc, v_desc, o_desc, ranges_ptr, mask_ptr, s
 
     q_smem, o_smem, k_smem, v_smem, q_bars, k_bars, v_bars = _buffers(q_desc, k_desc, v_desc, o_desc, BLOCK_M,
                                                                       BLOCK_N, HEAD_D, STAGES)
-    lt, lj, lnb, llo, b0, m00, h0 = _start(pid, q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_bars, k_bars, v_bars,
-                                           ranges_ptr, Q_LEN, K_LEN, n_tiles, nprog, N_M, N_HEADS, GROUP, MASK_KIND,
-                                           CAUSAL, BLOCK_M, BLOCK_N, HEAD_D, STAGES, CURSOR_REGS)
+    lt, lj, lnb, llo, lb, lhk, b0, m00, h0 = _start(pid, q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_bars,
+                                                    k_bars, v_bars, ranges_ptr, Q_LEN, K_LEN, n_tiles, nprog, n_m,
+                                                    N_HEADS, GROUP, MASK_KIND, CAUSAL, BLOCK_M, BLOCK_N, HEAD_D, STAGES,
+                                                    CURSOR_REGS)
 
     cols = gl.arange(0, BLOCK_N, layout=col_s)
     s_zero = gl.zeros([BLOCK_M, BLOCK_N], gl.float32, layout=s_layout)
@@ -306,14 +311,14 @@ def _attn_fwd_persistent(q_desc, k_desc, v_desc, o_desc, ranges_ptr, mask_ptr, s
     r_start, r_end, r_holes = _key_range(b0, ranges_ptr, K_LEN, MASK_KIND)
     for t in range(pid, n_tiles, nprog):
         qb = it % 2
-        b, m0, h, _ = _tile_pos(t, n_tiles, nprog, N_M, N_HEADS, GROUP, CAUSAL, BLOCK_M)
+        b, m0, h, _ = _tile_pos(t, n_tiles, nprog, n_m, N_HEADS, GROUP, CAUSAL, BLOCK_M)
         start = r_start
         end = r_end
         holes = r_holes
         full_lo, full_hi, lo, n_blocks = _key_blocks(start, end, holes, m0, Q_LEN, K_LEN, CAUSAL, BLOCK_M, BLOCK_N)
         # the next tile's Q, into the buffer the previous tile's products are done with, and its key range
         tn = t + nprog
-        bn, m0n, hn, _ = _tile_pos(tn % n_tiles, n_tiles, nprog, N_M, N_HEADS, GROUP, CAUSAL, BLOCK_M)
+        bn, m0n, hn, _ = _tile_pos(tn % n_tiles, n_tiles, nprog, n_m, N_HEADS, GROUP, CAUSAL, BLOCK_M)
         r_start, r_end, r_holes = _key_range(bn, ranges_ptr, K_LEN, MASK_KIND)
         mbarrier.expect(q_bars.index(1 - qb), q_desc.block_type.nbytes, pred=tn < n_tiles)
         _tma_load(q_desc, [bn, hn, m0n, 0], q_bars.index(1 - qb), q_smem.index(1 - qb), pred=tn < n_tiles)
@@ -330,9 +335,10 @@ def _attn_fwd_persistent(q_desc, k_desc, v_desc, o_desc, ranges_ptr, mask_ptr, s
         mbarrier.wait(k_bars.index(slot), (g // STAGES) & 1)
         s_tok = warpgroup_mma(q_tile, k_smem.index(slot).reshape([BLOCK_N, HEAD_D]).permute((1, 0)), s_zero,
                               use_acc=False, is_async=True)
-        lt, lj, lnb, llo = _issue_next(k_desc, v_desc, k_smem, v_smem, k_bars, v_bars, (g + STAGES - 2) % STAGES, lt,
-                                       lj, lnb, llo, n_tiles, nprog, ranges_ptr, Q_LEN, K_LEN, N_M, N_HEADS, GROUP,
-                                       MASK_KIND, CAUSAL, BLOCK_M, BLOCK_N, HEAD_D, CURSOR_REGS, g >= 2)
+        lt, lj, lnb, llo, lb, lhk = _issue_next(k_desc, v_desc, k_smem, v_smem, k_bars, v_bars,
+                                                (g + STAGES - 2) % STAGES, lt, lj, lnb, llo, lb, lhk, n_tiles, nprog,
+                                                ranges_ptr, Q_LEN, K_LEN, n_m, N_HEADS, GROUP, MASK_KIND, CAUSAL,
+                                                BLOCK_M, BLOCK_N, HEAD_D, CURSOR_REGS, g >= 2)
         s = warpgroup_mma_wait(0, deps=[s_tok])
         if (full_lo > 0) | (full_hi < 1):
             s = _mask_block(s, cols, m0, lo * BLOCK_N, b, start, end, holes, mask_ptr, stride_mb, stride_mk, Q_LEN,
@@ -347,17 +353,17 @@ def _attn_fwd_persistent(q_desc, k_desc, v_desc, o_desc, ranges_ptr, mask_ptr, s
         if SPLIT:
             mid = gl.maximum(gl.minimum(full_hi, n_blocks), 1)
         for j in range(1, mid):
-            acc, p16, p, m_i, l_i, alpha, g, lt, lj, lnb, llo = _step(
-                j, acc, p16, p, m_i, l_i, alpha, g, lt, lj, lnb, llo, q_tile, s_zero, cols, m0, lo, b, start, end,
-                holes, full_lo, full_hi, k_desc, v_desc, k_smem, v_smem, k_bars, v_bars, n_tiles, nprog, ranges_ptr,
-                mask_ptr, stride_mb, stride_mk, Q_LEN, K_LEN, qk_scale, 0, GUARD, N_M, N_HEADS, GROUP, MASK_KIND,
-                CAUSAL, BLOCK_M, BLOCK_N, HEAD_D, STAGES, CURSOR_REGS, p_layout, row_o, row_s)
-        for j in range(mid, n_blocks):
-            acc, p16, p, m_i, l_i, alpha, g, lt, lj, lnb, llo = _step(
-                j, acc, p16, p, m_i, l_i, alpha, g, lt, lj, lnb, llo, q_tile, s_zero, cols, m0, lo, b, start, end,
-                holes, full_lo, full_hi, k_desc, v_desc, k_smem, v_smem, k_bars, v_bars, n_tiles, nprog, ranges_ptr,
-                mask_ptr, stride_mb, stride_mk, Q_LEN, K_LEN, qk_scale, 2 - SPLIT, GUARD, N_M, N_HEADS, GROUP,
+            acc, p16, p, m_i, l_i, alpha, g, lt, lj, lnb, llo, lb, lhk = _step(
+                j, acc, p16, p, m_i, l_i, alpha, g, lt, lj, lnb, llo, lb, lhk, q_tile, s_zero, cols, m0, lo, b, start,
+                end, holes, full_lo, full_hi, k_desc, v_desc, k_smem, v_smem, k_bars, v_bars, n_tiles, nprog,
+                ranges_ptr, mask_ptr, stride_mb, stride_mk, Q_LEN, K_LEN, qk_scale, 0, GUARD, n_m, N_HEADS, GROUP,
                 MASK_KIND, CAUSAL, BLOCK_M, BLOCK_N, HEAD_D, STAGES, CURSOR_REGS, p_layout, row_o, row_s)
+        for j in range(mid, n_blocks):
+            acc, p16, p, m_i, l_i, alpha, g, lt, lj, lnb, llo, lb, lhk = _step(
+                j, acc, p16, p, m_i, l_i, alpha, g, lt, lj, lnb, llo, lb, lhk, q_tile, s_zero, cols, m0, lo, b, start,
+                end, holes, full_lo, full_hi, k_desc, v_desc, k_smem, v_smem, k_bars, v_bars, n_tiles, nprog,
+                ranges_ptr, mask_ptr, stride_mb, stride_mk, Q_LEN, K_LEN, qk_scale, 2 - SPLIT, GUARD, n_m, N_HEADS,
+                GROUP, MASK_KIND, CAUSAL, BLOCK_M, BLOCK_N, HEAD_D, STAGES, CURSOR_REGS, p_layout, row_o, row_s)
 
         acc = acc * gl.convert_layout(alpha, row_o)[:, None]
         p16 = gl.convert_layout(p.to(dtype), p_layout)

@@ -93,11 +93,14 @@ def test_plans_tile_causal_and_small_calls_by_64_rows_three_programs_per_multipr
         assert plan.consts["BLOCK_M"] == rows and plan.consts["CAUSAL"] == causal
         assert plan.n_tiles == 2 * 12 * (256 // rows)
         assert plan.grid == (min(plan.n_tiles, per_sm * sm_count),)
-        # compile-time counts for causal calls; without causality runtime ones (0 here), for any batch size
-        assert (plan.consts["N_TILES"], plan.consts["NPROG"]) == ((plan.n_tiles, plan.grid[0]) if causal else (0, 0))
+        # the counts are runtime arguments (0 as constants: one compiled kernel for every batch size and length),
+        # or compile-time constants with RUNTIME_COUNTS off
+        assert (plan.consts["N_TILES"], plan.consts["NPROG"], plan.consts["N_M"]) == (0, 0, 0)
+        assert plan.n_m == 256 // rows
         with mock.patch.object(hopper, "RUNTIME_COUNTS", False):
             static = hopper.HopperForward(q, k, v, 1, causal, 0.125, sm_count)
-        assert (static.consts["N_TILES"], static.consts["NPROG"]) == (plan.n_tiles, plan.grid[0])
+        assert (static.consts["N_TILES"], static.consts["NPROG"], static.consts["N_M"]) == (plan.n_tiles,
+                                                                                            plan.grid[0], plan.n_m)
 
 
 def test_a_plan_launches_by_the_c_function_with_descriptors_encoded_once_per_address(monkeypatch):
@@ -162,8 +165,8 @@ def test_a_plan_launches_by_the_c_function_with_descriptors_encoded_once_per_add
         cu_map, *dims = expanded[9 * i: 9 * i + 9]
         assert cu_map[:2] == ("map", t.data_ptr()) and dims == [*shape, *strides]
         assert fills[i] == (t.data_ptr(), (128, 2, 10, [1, 1, block, 64], shape, strides, 0))  # device enum 8 -> host 10
-    assert args[49:58] == (ranges, mask, 512, 1, 512, 512, plan.qk_scale, plan.n_tiles, plan.grid[0])
-    assert args[58:] == plan.tail and len(plan.tail) == len(plan.consts)  # the constexprs, num_warps included
+    assert args[49:59] == (ranges, mask, 512, 1, 512, 512, plan.qk_scale, plan.n_tiles, plan.grid[0], plan.n_m)
+    assert args[59:] == plan.tail and len(plan.tail) == len(plan.consts)  # the constexprs, num_warps included
     # a tensor at a new address gets its own encoding; the others are reused
     k2 = torch.empty_like(k.transpose(1, 2)).transpose(1, 2)
     plan(q, k2, v, out, mask, ranges)
@@ -362,6 +365,39 @@ def test_gpu_repeated_calls_launch_by_the_c_function_and_reuse_descriptors_only_
     for out in (other, again, plain):
         assert_close(out, ref, torch.float16, scale=OUT_SCALE[torch.float16])
     assert torch.equal(again, other) and torch.equal(plain, again)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("causal", [False, True])
+def test_gpu_one_compiled_kernel_serves_every_batch_size_and_query_length(causal):
+    # the tile count, query blocks and grid size are runtime arguments: plans for other shapes with the same
+    # dtype, mask form, heads and tile shape run the same compiled kernel, and each is right
+    _hopper_gpu()
+    if not hopper.RUNTIME_COUNTS:
+        pytest.skip("compile-time counts")
+    plans = []
+    real = hopper.HopperForward.__call__
+
+    def keep(self, *args):
+        plans.append(self)
+        return real(self, *args)
+
+    shapes = ((12, 512, 512), (16, 512, 512), (12, 384, 448), (20, 640, 640))
+    with torch.no_grad(), mock.patch.object(hopper.HopperForward, "__call__", keep):
+        for B, Q, K in shapes:
+            q, k, v = _hf_qkv(B, 12, 12, Q, K, torch.float16, "cuda", seed=B)
+            mask = _mask("right", B, K, "cuda")
+            for _ in range(2):  # the second call runs the kernel the first one compiled, through the C launch
+                out = attention_fn(q, k, v, mask, causal=causal)
+            ref, _ = _ref(q, k, v, mask, causal)
+            assert_close(out, ref, torch.float16, scale=OUT_SCALE[torch.float16])
+    by_shape = {}
+    for p in plans:
+        by_shape.setdefault((p.n_tiles, p.n_m, p.block_m), p)
+    assert len(by_shape) == len(shapes)
+    compiled = {id(p.compiled) for p in by_shape.values() if p.block_m == 128}
+    compiled64 = {id(p.compiled) for p in by_shape.values() if p.block_m == 64}
+    assert len(compiled) <= 1 and len(compiled64) <= 1 and all(p.compiled is not None for p in by_shape.values())
 
 
 @pytest.mark.gpu
