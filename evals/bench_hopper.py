@@ -54,7 +54,9 @@ SWITCHES = {"cursor": {"CURSOR_REGS": (True, False)}, "split": {"SPLIT_LOOP": (T
             "launch": {"_launch.RAW": (True, False)},
             # the tile count and grid size of calls without causality as runtime arguments (one compiled kernel for
             # every batch size) against compile-time constants
-            "counts": {"RUNTIME_COUNTS": (True, False)}}
+            "counts": {"RUNTIME_COUNTS": (True, False)},
+            # every call's counts, query blocks per head included, as runtime arguments against the default
+            "counts-all": {"RUNTIME_ALL": (True, False)}}
 
 
 def _inputs(name):
@@ -88,7 +90,8 @@ def main(argv=None):
                          "called directly, with the Hopper kernel's TMA descriptors encoded once per address, "
                          "against Triton's launcher, _launch.RAW; counts: the tile count and grid size of calls "
                          "without causality as runtime arguments against compile-time constants, "
-                         "_hopper.RUNTIME_COUNTS)")
+                         "_hopper.RUNTIME_COUNTS; counts-all: every call's counts, query blocks per head "
+                         "included, at run time against the default, _hopper.RUNTIME_ALL)")
     args = ap.parse_args(argv)
     unknown = [s for s in args.shapes.split(",") if s and s not in SHAPES]
     if unknown:

@@ -115,6 +115,7 @@
 #   bash evals/gpu_session.sh tests20   # 2026-12-04 (20): every GPU test, runtime tile counts, small calls again
 #   bash evals/gpu_session.sh gen20     # 2026-12-04 (20): GPT-2 generate rows, every mode, five interleaved rounds
 #   bash evals/gpu_session.sh counts20b # 2026-12-04 (20): runtime counts for every call against the previous tree
+#   bash evals/gpu_session.sh counts20c # 2026-12-04 (20): runtime counts without causality / for every call
 set -uo pipefail
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
 OUT=${OUT:-out}
@@ -749,8 +750,20 @@ case "${1:-}" in
       done
     done
     ;;
+  counts20c)
+    # runtime counts for calls without causality only (RUNTIME_COUNTS, the default) and for every call
+    # (RUNTIME_ALL), with the load cursor carrying its tile's batch and head: the Hopper GPU tests, then each
+    # setting against compile-time counts, two rounds
+    pytest_summary tests_hopper20c 240 -m gpu tests/test_hopper.py
+    for round in 1 2; do
+      for ab in counts counts-all; do
+        timeout 100 python evals/bench_hopper.py --ab $ab --shapes gpt2,bert,bert-full,sweep-B8 \
+          --out "$OUT/${ab}20c_$round" 2>&1 | grep -v -i warn | grep -E "round|difference"
+      done
+    done
+    ;;
   *)
-    echo "usage: bash evals/gpu_session.sh tests|kernels|e2e|check|followup|recheck|verify|measure|final|stream|last|tune|host|fast|fastcheck|closing|fold|fold2|fold3|e2e3|bert4|bert5|check4|lengths|ncu|bwd|suite|suite2|final6|plans|hostplans|genab|fuzz|bwdplan|trainab|final8|nosync|drop9a|drop9b|drop9d|audit10|bench10|final10|ws11|audit11|fuzz11|host11b|decode12|stats12|stats12b|stats12c|final13|fix13|final13b|final14|suite14|suite15|final15|causal18|final18|prefetch18|cross18|tile19|final19|small19|launch20|tests20|gen20|counts20b" >&2
+    echo "usage: bash evals/gpu_session.sh tests|kernels|e2e|check|followup|recheck|verify|measure|final|stream|last|tune|host|fast|fastcheck|closing|fold|fold2|fold3|e2e3|bert4|bert5|check4|lengths|ncu|bwd|suite|suite2|final6|plans|hostplans|genab|fuzz|bwdplan|trainab|final8|nosync|drop9a|drop9b|drop9d|audit10|bench10|final10|ws11|audit11|fuzz11|host11b|decode12|stats12|stats12b|stats12c|final13|fix13|final13b|final14|suite14|suite15|final15|causal18|final18|prefetch18|cross18|tile19|final19|small19|launch20|tests20|gen20|counts20b|counts20c" >&2
     exit 2
     ;;
 esac

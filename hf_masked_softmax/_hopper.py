@@ -62,11 +62,15 @@ MIN_TILES_PER_SM = 4
 # Triton kernel's 0.016-0.032 (nineteenth session); with the C launch and the encoded descriptors kept, 0.0071-0.0129
 # against 0.0082-0.0407 on the same six shapes (evals/bench_hopper.py --ab small; NOTES.md, twentieth session)
 SMALL_CALLS = _launch.RAW
-# the tile count, query blocks per head and grid size as runtime arguments (True), so that one compiled kernel
-# serves every batch size and query length (a Gluon compile took 0.6-1.9 s on this project's CPU), or as
-# compile-time constants (False: a kernel per shape); the load cursor carries its tile's batch and head, so the
-# divisions they cost come once per tile
+# The kernel is specialised on its tile count, query blocks per head and grid size unless they are passed at run
+# time (a Gluon compile took 0.6-1.9 s on this project's CPU). RUNTIME_COUNTS: calls without causality pass the tile
+# count and grid size at run time, so one compiled kernel serves every batch size (H200, CUDA graph: BERT 0.0672 /
+# 0.0680 / 0.0673 ms against 0.0672 / 0.0671 / 0.0673 with constants, bit-identical). RUNTIME_ALL: every call passes
+# all three (one kernel for every batch size and query length, causal or not), off: 1.5-4% slower (GPT-2's prefill
+# 0.0462-0.0473 against 0.0454-0.0460, BERT 0.0693-0.0704 against 0.0683-0.0689; evals/bench_hopper.py --ab counts,
+# NOTES.md, twentieth session)
 RUNTIME_COUNTS = True
+RUNTIME_ALL = False
 # the K / V load cursor's tile bounds in registers (True) or read per block (False): _hopper_kernels._issue_next
 CURSOR_REGS = True
 # causal calls (bottom-right, GPT-2's prefill) take the kernel too
@@ -158,6 +162,12 @@ def usable(q, k, v, kind, causal, fold, need_lse, drop_thr, splits, sm_count) ->
     return _capability(q.device) == (9, 0) and kernels() is not None
 
 
+def static_counts(causal: bool):
+    """Whether a call's tile count and grid size, and its query blocks per head, are compile-time constants
+    (:data:`RUNTIME_COUNTS`, :data:`RUNTIME_ALL`)."""
+    return not (RUNTIME_ALL or (RUNTIME_COUNTS and not causal)), not RUNTIME_ALL
+
+
 def compile_for(arch: int = 90, dtype: str = "fp16", kind: int = 1, n_m=None, heads: int = 12, group: int = 1,
                 cursor_regs=None, causal: bool = False, split=None, batch: int = 32, sm_count: int = 132,
                 queries: int = 512):
@@ -180,9 +190,9 @@ def compile_for(arch: int = 90, dtype: str = "fp16", kind: int = 1, n_m=None, he
         sig[name] = f"tensordesc<{dtype}[1, 1, {block}, {HEAD_D}],{layout!r}>"
     sig.update(ranges_ptr="*i32", mask_ptr="*u8", stride_mb="i32", stride_mk="i32", Q_LEN="i32", K_LEN="i32",
                qk_scale="fp32", tiles_rt="i32", nprog_rt="i32", n_m_rt="i32")
-    static = not RUNTIME_COUNTS
+    static, static_m = static_counts(causal)
     consts = dict(N_TILES=n_m * heads * batch * static, NPROG=min(n_m * heads * batch, per_sm * sm_count) * static,
-                  MASK_KIND=kind, CAUSAL=causal, N_M=n_m * static, N_HEADS=heads, GROUP=group, HEAD_D=HEAD_D,
+                  MASK_KIND=kind, CAUSAL=causal, N_M=n_m * static_m, N_HEADS=heads, GROUP=group, HEAD_D=HEAD_D,
                   BLOCK_M=block_m, BLOCK_N=BLOCK_N, STAGES=STAGES,
                   CURSOR_REGS=CURSOR_REGS if cursor_regs is None else cursor_regs,
                   SPLIT=bool(causal or SPLIT_LOOP if split is None else split), num_warps=WARPS)
@@ -230,10 +240,10 @@ class HopperForward:
         self.n_tiles = n_m * B * H
         self.grid = (min(self.n_tiles, per_sm * sm_count),)
         self.kind = kind
-        static = not RUNTIME_COUNTS
+        static, static_m = static_counts(causal)
         self.n_m = n_m
         self.consts = dict(N_TILES=self.n_tiles * static, NPROG=self.grid[0] * static, MASK_KIND=kind,
-                           CAUSAL=bool(causal), N_M=n_m * static, N_HEADS=H, GROUP=H // Hkv, HEAD_D=D,
+                           CAUSAL=bool(causal), N_M=n_m * static_m, N_HEADS=H, GROUP=H // Hkv, HEAD_D=D,
                            BLOCK_M=self.block_m, BLOCK_N=BLOCK_N, STAGES=STAGES, CURSOR_REGS=CURSOR_REGS,
                            SPLIT=bool(causal or SPLIT_LOOP), num_warps=WARPS)
         self.Q, self.K = Q, K

@@ -272,20 +272,24 @@ def _attn_fwd_persistent(q_desc, k_desc, v_desc, o_desc, ranges_ptr, mask_ptr, s
                          CURSOR_REGS: gl.constexpr, SPLIT: gl.constexpr, num_warps: gl.constexpr):
     """q / o: ``[B, H, Q, D]`` descriptors with ``[1, 1, BLOCK_M, D]`` blocks; k / v: ``[B, Hkv, K, D]`` with
     ``[1, 1, BLOCK_N, D]``; ``N_TILES`` = B * H * ``N_M`` tiles (``N_M`` query blocks per head) over ``NPROG``
-    programs, or, all three 0, the runtime ``tiles_rt``, ``n_m_rt`` and ``nprog_rt`` (one compiled kernel for every
-    batch size and query length). ``ranges``: int32 ``[B, 4]``
+    programs; ``N_TILES`` and ``NPROG`` 0: the runtime ``tiles_rt`` and ``nprog_rt`` instead (one compiled kernel for
+    every batch size), ``N_M`` 0: ``n_m_rt`` (and for every query length). ``ranges``: int32 ``[B, 4]``
     (start, end, has holes, unused) for ``MASK_KIND`` 1, with ``mask`` the ``[B, K]`` padding mask it came from;
     ``CAUSAL``: bottom-right (query ``i`` sees keys ``j <= i + K - Q``); ``qk_scale`` = scale * log2(e) > 0."""
     GUARD: gl.constexpr = (MASK_KIND == 1) | CAUSAL  # rows can have no key
     gl.static_assert(STAGES >= 3, "block g - 2's slots are refilled when block g starts: at least 3 stages")
     pid = gl.program_id(0)
-    if N_TILES > 0:  # compile-time counts: the tile order's divisions become multiplies
+    # compile-time counts (the tile order's divisions become multiplies), or runtime ones (divisions once per tile:
+    # the load cursor carries its tile's batch and head)
+    if N_TILES > 0:
         n_tiles = N_TILES
         nprog = NPROG
-        n_m = N_M
-    else:  # runtime ones (divisions once per tile: the load cursor carries its tile's batch and head)
+    else:
         n_tiles = tiles_rt
         nprog = nprog_rt
+    if N_M > 0:
+        n_m = N_M
+    else:
         n_m = n_m_rt
     dtype: gl.constexpr = q_desc.dtype
 

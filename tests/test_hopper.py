@@ -93,14 +93,17 @@ def test_plans_tile_causal_and_small_calls_by_64_rows_three_programs_per_multipr
         assert plan.consts["BLOCK_M"] == rows and plan.consts["CAUSAL"] == causal
         assert plan.n_tiles == 2 * 12 * (256 // rows)
         assert plan.grid == (min(plan.n_tiles, per_sm * sm_count),)
-        # the counts are runtime arguments (0 as constants: one compiled kernel for every batch size and length),
-        # or compile-time constants with RUNTIME_COUNTS off
-        assert (plan.consts["N_TILES"], plan.consts["NPROG"], plan.consts["N_M"]) == (0, 0, 0)
+        # without causality the tile count and grid size are runtime arguments (0 as constants: one compiled
+        # kernel for every batch size); the query blocks per head, and a causal call's counts, are constants
+        counts = (plan.n_tiles, plan.grid[0], plan.n_m)
         assert plan.n_m == 256 // rows
-        with mock.patch.object(hopper, "RUNTIME_COUNTS", False):
-            static = hopper.HopperForward(q, k, v, 1, causal, 0.125, sm_count)
-        assert (static.consts["N_TILES"], static.consts["NPROG"], static.consts["N_M"]) == (plan.n_tiles,
-                                                                                            plan.grid[0], plan.n_m)
+        assert (plan.consts["N_TILES"], plan.consts["NPROG"], plan.consts["N_M"]) == (
+            counts if causal else (0, 0, plan.n_m))
+        for flags, expected in (((False, False), counts), ((True, True), (0, 0, 0)), ((False, True), (0, 0, 0))):
+            with mock.patch.object(hopper, "RUNTIME_COUNTS", flags[0]), mock.patch.object(hopper, "RUNTIME_ALL",
+                                                                                          flags[1]):
+                other = hopper.HopperForward(q, k, v, 1, causal, 0.125, sm_count)
+            assert (other.consts["N_TILES"], other.consts["NPROG"], other.consts["N_M"]) == expected
 
 
 def test_a_plan_launches_by_the_c_function_with_descriptors_encoded_once_per_address(monkeypatch):
@@ -368,13 +371,19 @@ def test_gpu_repeated_calls_launch_by_the_c_function_and_reuse_descriptors_only_
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("causal", [False, True])
-def test_gpu_one_compiled_kernel_serves_every_batch_size_and_query_length(causal):
-    # the tile count, query blocks and grid size are runtime arguments: plans for other shapes with the same
-    # dtype, mask form, heads and tile shape run the same compiled kernel, and each is right
+@pytest.mark.parametrize("setting", ["batch sizes", "batch sizes and lengths, causal too"])
+def test_gpu_runtime_counts_share_one_compiled_kernel(setting):
+    # counts passed at run time: plans for other shapes with the same dtype, mask form, heads and tile shape run
+    # the same compiled kernel, and each is right. RUNTIME_COUNTS (the default): calls without causality, any batch
+    # size; RUNTIME_ALL: any call, any batch size and query length
     _hopper_gpu()
-    if not hopper.RUNTIME_COUNTS:
-        pytest.skip("compile-time counts")
+    every = setting.endswith("too")
+    if every:
+        shapes = ((12, 512, 512, False), (16, 512, 512, False), (20, 640, 640, False), (12, 384, 448, False),
+                  (12, 512, 512, True), (4, 768, 768, True), (2, 208, 304, True))
+    else:
+        shapes = ((12, 512, 512, False), (16, 512, 512, False), (24, 512, 448, False))
+    # (lengths all multiples of 16: Triton specialises integer arguments on that, the lengths too)
     plans = []
     real = hopper.HopperForward.__call__
 
@@ -382,9 +391,9 @@ def test_gpu_one_compiled_kernel_serves_every_batch_size_and_query_length(causal
         plans.append(self)
         return real(self, *args)
 
-    shapes = ((12, 512, 512), (16, 512, 512), (12, 384, 448), (20, 640, 640))
-    with torch.no_grad(), mock.patch.object(hopper.HopperForward, "__call__", keep):
-        for B, Q, K in shapes:
+    with torch.no_grad(), mock.patch.object(hopper.HopperForward, "__call__", keep), \
+            mock.patch.object(hopper, "RUNTIME_ALL", every), mock.patch.object(hopper, "RUNTIME_COUNTS", True):
+        for B, Q, K, causal in shapes:
             q, k, v = _hf_qkv(B, 12, 12, Q, K, torch.float16, "cuda", seed=B)
             mask = _mask("right", B, K, "cuda")
             for _ in range(2):  # the second call runs the kernel the first one compiled, through the C launch
@@ -393,11 +402,12 @@ def test_gpu_one_compiled_kernel_serves_every_batch_size_and_query_length(causal
             assert_close(out, ref, torch.float16, scale=OUT_SCALE[torch.float16])
     by_shape = {}
     for p in plans:
-        by_shape.setdefault((p.n_tiles, p.n_m, p.block_m), p)
-    assert len(by_shape) == len(shapes)
-    compiled = {id(p.compiled) for p in by_shape.values() if p.block_m == 128}
-    compiled64 = {id(p.compiled) for p in by_shape.values() if p.block_m == 64}
-    assert len(compiled) <= 1 and len(compiled64) <= 1 and all(p.compiled is not None for p in by_shape.values())
+        by_shape.setdefault((p.n_tiles, p.n_m, p.block_m, p.consts["CAUSAL"]), p)
+    assert len(by_shape) == len(shapes) and all(p.compiled is not None for p in by_shape.values())
+    kernels = {}
+    for (_, _, rows, causal), p in by_shape.items():
+        kernels.setdefault((rows, causal), set()).add(id(p.compiled))
+    assert all(len(ids) == 1 for ids in kernels.values()), kernels
 
 
 @pytest.mark.gpu
