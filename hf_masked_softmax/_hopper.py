@@ -64,11 +64,12 @@ MIN_TILES_PER_SM = 4
 SMALL_CALLS = _launch.RAW
 # The kernel is specialised on its tile count, query blocks per head and grid size unless they are passed at run
 # time (a Gluon compile took 0.6-1.9 s on this project's CPU). RUNTIME_COUNTS: calls without causality pass the tile
-# count and grid size at run time, so one compiled kernel serves every batch size (H200, CUDA graph: BERT 0.0672 /
-# 0.0680 / 0.0673 ms against 0.0672 / 0.0671 / 0.0673 with constants, bit-identical). RUNTIME_ALL: every call passes
-# all three (one kernel for every batch size and query length, causal or not), off: 1.5-4% slower (GPT-2's prefill
-# 0.0462-0.0473 against 0.0454-0.0460, BERT 0.0693-0.0704 against 0.0683-0.0689; evals/bench_hopper.py --ab counts,
-# NOTES.md, twentieth session)
+# count and grid size at run time, so one compiled kernel serves every batch size (H200, CUDA graph, six rounds:
+# BERT 0.0676-0.0688 ms against 0.0672-0.0681 with constants, all keys 0.0777-0.0779 against 0.0773-0.0775,
+# bit-identical; evals/bench_hopper.py --ab counts). RUNTIME_ALL: every call passes all three (one kernel for every
+# batch size and query length, causal or not), off: GPT-2's prefill 0.0453-0.0468 against 0.0447-0.0452, BERT
+# 0.0681-0.0691 against 0.0677-0.0684, B8 T512 0.0201-0.0203 against 0.0194-0.0196 (--ab counts-all; NOTES.md,
+# twentieth session)
 RUNTIME_COUNTS = True
 RUNTIME_ALL = False
 # the K / V load cursor's tile bounds in registers (True) or read per block (False): _hopper_kernels._issue_next

@@ -125,7 +125,9 @@ def _issue_next(k_desc, v_desc, k_smem, v_smem, k_bars, v_bars, slot, lt, lj, ln
     """Load key block ``lj`` of tile ``lt`` (the load cursor; the tile's key blocks start at block ``llo``, ``lnb``
     of them) into ``slot``, when ``pred``; then advance the cursor, to this program's next tile after a tile's last
     block. ``CURSOR_REGS``: ``llo`` and ``lnb`` are carried in registers and read from the key ranges only when the
-    cursor moves to a tile; else they are read for every block (two loads whose latency the refill waits for)."""
+    cursor moves to a tile, as are the tile's batch ``lb`` and key / value head ``lhk`` (so the tile order's
+    divisions come once per tile); else all four are worked out for every block (the bounds' two loads, whose
+    latency the refill waits for)."""
     # past the last tile the cursor's copies are predicated off; its index is clamped so nothing reads past ranges
     if CURSOR_REGS:
         b = lb
