@@ -116,6 +116,7 @@
 #   bash evals/gpu_session.sh gen20     # 2026-12-04 (20): GPT-2 generate rows, every mode, five interleaved rounds
 #   bash evals/gpu_session.sh counts20b # 2026-12-04 (20): runtime counts for every call against the previous tree
 #   bash evals/gpu_session.sh counts20c # 2026-12-04 (20): runtime counts without causality / for every call
+#   bash evals/gpu_session.sh final20   # 2026-12-04 (20): every GPU test at the session's last library code
 set -uo pipefail
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
 OUT=${OUT:-out}
@@ -762,8 +763,12 @@ case "${1:-}" in
       done
     done
     ;;
+  final20)
+    # every GPU test at the session's last library code
+    pytest_summary tests_all_gpu20b 380 -m gpu tests/
+    ;;
   *)
-    echo "usage: bash evals/gpu_session.sh tests|kernels|e2e|check|followup|recheck|verify|measure|final|stream|last|tune|host|fast|fastcheck|closing|fold|fold2|fold3|e2e3|bert4|bert5|check4|lengths|ncu|bwd|suite|suite2|final6|plans|hostplans|genab|fuzz|bwdplan|trainab|final8|nosync|drop9a|drop9b|drop9d|audit10|bench10|final10|ws11|audit11|fuzz11|host11b|decode12|stats12|stats12b|stats12c|final13|fix13|final13b|final14|suite14|suite15|final15|causal18|final18|prefetch18|cross18|tile19|final19|small19|launch20|tests20|gen20|counts20b|counts20c" >&2
+    echo "usage: bash evals/gpu_session.sh tests|kernels|e2e|check|followup|recheck|verify|measure|final|stream|last|tune|host|fast|fastcheck|closing|fold|fold2|fold3|e2e3|bert4|bert5|check4|lengths|ncu|bwd|suite|suite2|final6|plans|hostplans|genab|fuzz|bwdplan|trainab|final8|nosync|drop9a|drop9b|drop9d|audit10|bench10|final10|ws11|audit11|fuzz11|host11b|decode12|stats12|stats12b|stats12c|final13|fix13|final13b|final14|suite14|suite15|final15|causal18|final18|prefetch18|cross18|tile19|final19|small19|launch20|tests20|gen20|counts20b|counts20c|final20" >&2
     exit 2
     ;;
 esac
