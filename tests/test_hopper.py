@@ -198,9 +198,14 @@ sys.path[:0] = [{root!r}, {evals!r}]
 import tempfile
 import probe_gluon, sass_attention
 from hf_masked_softmax import _hopper
-# large calls (128-row tiles), a causal one and a small one without causality (64-row tiles)
-for dtype, kind, group, causal, batch in (("fp16", 1, 1, False, 32), ("bf16", 0, 3, False, 32),
-                                          ("fp16", 1, 1, True, 32), ("bf16", 1, 1, False, 2)):
+# large calls (128-row tiles), a causal one and a small one without causality (64-row tiles); then every count at
+# run time (RUNTIME_ALL) for a causal call, and compile-time counts for a large call without causality
+for dtype, kind, group, causal, batch, counts in (("fp16", 1, 1, False, 32, "default"),
+                                                  ("bf16", 0, 3, False, 32, "default"),
+                                                  ("fp16", 1, 1, True, 32, "default"),
+                                                  ("bf16", 1, 1, False, 2, "default"),
+                                                  ("fp16", 1, 1, True, 32, "all"), ("fp16", 1, 1, False, 32, "none")):
+    _hopper.RUNTIME_ALL, _hopper.RUNTIME_COUNTS = counts == "all", counts != "none"
     kern = _hopper.compile_for(90, dtype, kind, group=group, causal=causal, batch=batch)
     rows, per_sm = _hopper.tile_shape(causal, batch * 12 * 4, 132)
     with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
@@ -213,7 +218,7 @@ for dtype, kind, group, causal, batch in (("fp16", 1, 1, False, 32), ("bf16", 0,
     count = lambda p: sum(n.startswith(p) for n in names)
     print(f"RESULT {{dtype}} {{kind}} regs={{info['registers']}} HGMMA={{count('HGMMA')}} UTMALDG={{count('UTMALDG')}} "
           f"UTMASTG={{count('UTMASTG')}} exps-under-PV={{probe_gluon.exps_under_pv(sass)}} "
-          f"rows={{rows}} per_sm={{per_sm}} smem={{kern.metadata.shared}}")
+          f"rows={{rows}} per_sm={{per_sm}} smem={{kern.metadata.shared}} counts={{counts}}")
 """
 
 
@@ -223,8 +228,8 @@ def test_hopper_kernel_compiles_for_sm90_with_the_softmax_under_p_v():
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT")]
-    assert len(lines) == 4, proc.stdout[-3000:]
-    assert [line.split("rows=")[1].split()[0] for line in lines] == ["128", "128", "64", "64"]
+    assert len(lines) == 6, proc.stdout[-3000:]
+    assert [line.split("rows=")[1].split()[0] for line in lines] == ["128", "128", "64", "64", "64", "128"]
     for line in lines:
         fields = dict(f.split("=") for f in line.split()[3:])
         assert int(fields["regs"]) <= 255, line
