@@ -45,9 +45,11 @@ def one(xmode: int, case: str) -> None:
     ranges = masks.pad_ranges(pad) if kind == 1 else None
     sm = torch.cuda.get_device_properties(0).multi_processor_count
     scale = 64 ** -0.5
-    counts, _hopper.RUNTIME_COUNTS = _hopper.RUNTIME_COUNTS, False  # the probe kernel's counts are compile-time
+    # the probe kernel's counts are compile-time: the plan built with both runtime settings off
+    saved = _hopper.RUNTIME_COUNTS, _hopper.RUNTIME_ALL
+    _hopper.RUNTIME_COUNTS = _hopper.RUNTIME_ALL = False
     plan = _hopper.HopperForward(qt, kt, vt, kind, False, scale, sm)
-    _hopper.RUNTIME_COUNTS = counts
+    _hopper.RUNTIME_COUNTS, _hopper.RUNTIME_ALL = saved
     plan.kernel = X.attn_fwd_cross
     plan.consts["XMODE"] = xmode
     out = torch.empty(B, T, H, 64, device="cuda", dtype=torch.float16).transpose(1, 2)
