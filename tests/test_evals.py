@@ -187,6 +187,20 @@ def test_logits_two_accelerate_processes_equal_one(logits_one, tmp_path):
             assert abs(a[key] - b[key]) <= 1e-5, (a, b)
 
 
+@pytest.mark.parametrize("code, rc, err", [(0, 0, ""), (None, 0, ""), (3, 3, ""), ("error: bad", 1, "error: bad")])
+@pytest.mark.parametrize("world", ["1", "2"])
+def test_exit_process_keeps_the_code_and_the_buffered_output(code, rc, err, world):
+    """Under a launcher (WORLD_SIZE > 1) the scripts leave through os._exit, which skips the interpreter's flush of
+    piped output: what was printed must still arrive, and the exit code must be main()'s."""
+    prog = (f"import sys; sys.path.insert(0, {EVALS!r}); import _common; "
+            f"print('result line', end=''); _common.exit_process({code!r}); print('not reached')")
+    proc = subprocess.run([sys.executable, "-c", prog], env=dict(os.environ, WORLD_SIZE=world),
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == rc, proc.stderr
+    assert proc.stdout == "result line"
+    assert err in proc.stderr
+
+
 def test_pipelines_half_precision_rule_compares_each_run_with_fp32():
     # fp16 / bf16: the patched run may differ from fp32 by at most twice what the unpatched run does; fill-mask
     # scores count relative to the sentence's top score, and its top-5 tokens must be identical
