@@ -56,7 +56,13 @@ SWITCHES = {"cursor": {"CURSOR_REGS": (True, False)}, "split": {"SPLIT_LOOP": (T
             # every batch size) against compile-time constants
             "counts": {"RUNTIME_COUNTS": (True, False)},
             # every call's counts, query blocks per head included, as runtime arguments against the default
-            "counts-all": {"RUNTIME_ALL": (True, False)}}
+            "counts-all": {"RUNTIME_ALL": (True, False)},
+            # 128-row tiles on two warpgroups (8 warps, 64 rows each, capped at 128 registers so that two programs
+            # still fit a multiprocessor) against one warpgroup
+            "warps8": {"TILE_WARPS": (8, 4), "TILE_MAXNREG": (128, None)},
+            # 32-key blocks, three programs of 128-row tiles per multiprocessor under a 168-register cap, against
+            # 64-key blocks and two programs (calls without causality only: BLOCK_N is every tile's)
+            "n32": {"BLOCK_N": (32, 64), "PER_SM": (3, 2), "TILE_MAXNREG": (168, None)}}
 
 
 def _inputs(name):
