@@ -54,6 +54,9 @@ FINE_BLOCK_M, FINE_PER_SM = 64, 3
 # tile's rows, and two programs fit a multiprocessor only under a 128-register cap (sm_90, Triton 3.6: 128
 # registers, no spills in the key loops). Fine tiles always run one warpgroup (a warpgroup's products take 64 rows)
 TILE_WARPS, TILE_MAXNREG = 4, None
+FINE_MAXNREG = None  # the fine tiles' register cap (None: none)
+# Q held in registers as the score products' operand (True) or read from shared memory by each product (False)
+Q_REGS = False
 HEAD_D = 64
 # fewer 128-row tiles than this per multiprocessor go to the Triton kernel: on an H200, with 128-row tiles B8 H12
 # T512 (384 tiles on 132 multiprocessors) took 0.0243 ms and the Triton kernel 0.0221, B16 0.0376 and 0.0400
@@ -120,7 +123,7 @@ def tile_shape(causal: bool, tiles128: int, sm_count: int):
 
 def tile_warps(block_m: int):
     """Warps and register cap (None: none) of a program on tiles of ``block_m`` query rows (:data:`TILE_WARPS`)."""
-    return (TILE_WARPS, TILE_MAXNREG) if block_m == BLOCK_M else (WARPS, None)
+    return (TILE_WARPS, TILE_MAXNREG) if block_m == BLOCK_M else (WARPS, FINE_MAXNREG)
 
 
 def _capability(device: torch.device):
@@ -206,7 +209,7 @@ def compile_for(arch: int = 90, dtype: str = "fp16", kind: int = 1, n_m=None, he
                   MASK_KIND=kind, CAUSAL=causal, N_M=n_m * static_m, N_HEADS=heads, GROUP=group, HEAD_D=HEAD_D,
                   BLOCK_M=block_m, BLOCK_N=BLOCK_N, STAGES=STAGES,
                   CURSOR_REGS=CURSOR_REGS if cursor_regs is None else cursor_regs,
-                  SPLIT=bool(causal or SPLIT_LOOP if split is None else split), num_warps=warps)
+                  SPLIT=bool(causal or SPLIT_LOOP if split is None else split), Q_REGS=Q_REGS, num_warps=warps)
     sig.update({c: "constexpr" for c in consts})
     src = GluonASTSource(mod._attn_fwd_persistent, sig, consts, attrs={})
     options = dict(num_warps=warps, **({} if maxnreg is None else dict(maxnreg=maxnreg)))
@@ -258,7 +261,7 @@ class HopperForward:
         self.consts = dict(N_TILES=self.n_tiles * static, NPROG=self.grid[0] * static, MASK_KIND=kind,
                            CAUSAL=bool(causal), N_M=n_m * static_m, N_HEADS=H, GROUP=H // Hkv, HEAD_D=D,
                            BLOCK_M=self.block_m, BLOCK_N=BLOCK_N, STAGES=STAGES, CURSOR_REGS=CURSOR_REGS,
-                           SPLIT=bool(causal or SPLIT_LOOP), num_warps=warps)
+                           SPLIT=bool(causal or SPLIT_LOOP), Q_REGS=Q_REGS, num_warps=warps)
         self.options = {} if maxnreg is None else dict(maxnreg=maxnreg)  # compile options beside the constexprs
         self.Q, self.K = Q, K
         self.qk_scale = scale * _LOG2E

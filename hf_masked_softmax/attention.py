@@ -873,7 +873,8 @@ def _policy():
             _split_combine_kernel, _bwd_delta_kernel, _bwd_dkdv_kernel, _bwd_dq_kernel, _hopper.ENABLED,
             _hopper.CURSOR_REGS, _hopper.CAUSAL_OK, _hopper.SPLIT_LOOP, _hopper.BLOCK_M, _hopper.BLOCK_N, _hopper.PER_SM,
             _hopper.FINE_BLOCK_M, _hopper.FINE_PER_SM, _hopper.STAGES, _hopper.MIN_TILES_PER_SM, _hopper.SMALL_CALLS,
-            _hopper.RUNTIME_COUNTS, _hopper.RUNTIME_ALL, _hopper.TILE_WARPS, _hopper.TILE_MAXNREG, _hopper.usable)
+            _hopper.RUNTIME_COUNTS, _hopper.RUNTIME_ALL, _hopper.TILE_WARPS, _hopper.TILE_MAXNREG, _hopper.Q_REGS,
+            _hopper.usable)
 
 
 DROPOUT_BITS = 16  # dropout compares a 16-bit random number per score with round(p * 2**16)
