@@ -119,6 +119,7 @@
 #   bash evals/gpu_session.sh final20   # 2026-12-04 (20): every GPU test at the session's last library code
 #   bash evals/gpu_session.sh warps22   # 2026-12-04 (22): 128-row tiles on two warpgroups, 32-key blocks: tests + A/B
 #   bash evals/gpu_session.sh qregs22   # 2026-12-04 (22): Q in registers (fine tiles; 64-row tiles for every call)
+#   bash evals/gpu_session.sh ablate22  # 2026-12-04 (22): the Hopper kernel with its exponentials / P v taken out
 set -uo pipefail
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
 OUT=${OUT:-out}
@@ -781,6 +782,11 @@ sys.exit(pytest.main(['-q', '-p', 'no:cacheprovider', '-m', 'gpu', 'tests/test_h
     timeout 120 python evals/bench_hopper.py --ab tile64q --shapes bert,bert-full,sweep-B16,sweep-B64 \
       --out "$OUT/tile64q22" 2>&1 | tee "$OUT/bench_hopper_tile64q.log" | grep -v -i warn | grep -E "round|difference"
     ;;
+  ablate22)
+    # the Hopper kernel with pieces of its work taken out (evals/probe_ablate.py): which resource bounds it
+    timeout 420 python evals/probe_ablate.py --shapes bert,gpt2 --rounds 3 --out "$OUT" 2>&1 \
+      | tee "$OUT/probe_ablate.log" | grep -v -i warn | tail -14
+    ;;
   warps22)
     # 128-row tiles on two warpgroups (8 warps, 128-register cap, two programs per multiprocessor): the Hopper GPU
     # tests with that setting, then it against one warpgroup, and 32-key blocks with three programs against the
@@ -794,7 +800,7 @@ sys.exit(pytest.main(['-q', '-p', 'no:cacheprovider', '-m', 'gpu', 'tests/test_h
     done
     ;;
   *)
-    echo "usage: bash evals/gpu_session.sh tests|kernels|e2e|check|followup|recheck|verify|measure|final|stream|last|tune|host|fast|fastcheck|closing|fold|fold2|fold3|e2e3|bert4|bert5|check4|lengths|ncu|bwd|suite|suite2|final6|plans|hostplans|genab|fuzz|bwdplan|trainab|final8|nosync|drop9a|drop9b|drop9d|audit10|bench10|final10|ws11|audit11|fuzz11|host11b|decode12|stats12|stats12b|stats12c|final13|fix13|final13b|final14|suite14|suite15|final15|causal18|final18|prefetch18|cross18|tile19|final19|small19|launch20|tests20|gen20|counts20b|counts20c|final20|warps22|qregs22" >&2
+    echo "usage: bash evals/gpu_session.sh tests|kernels|e2e|check|followup|recheck|verify|measure|final|stream|last|tune|host|fast|fastcheck|closing|fold|fold2|fold3|e2e3|bert4|bert5|check4|lengths|ncu|bwd|suite|suite2|final6|plans|hostplans|genab|fuzz|bwdplan|trainab|final8|nosync|drop9a|drop9b|drop9d|audit10|bench10|final10|ws11|audit11|fuzz11|host11b|decode12|stats12|stats12b|stats12c|final13|fix13|final13b|final14|suite14|suite15|final15|causal18|final18|prefetch18|cross18|tile19|final19|small19|launch20|tests20|gen20|counts20b|counts20c|final20|warps22|qregs22|ablate22" >&2
     exit 2
     ;;
 esac
