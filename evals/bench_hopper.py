@@ -56,19 +56,7 @@ SWITCHES = {"cursor": {"CURSOR_REGS": (True, False)}, "split": {"SPLIT_LOOP": (T
             # every batch size) against compile-time constants
             "counts": {"RUNTIME_COUNTS": (True, False)},
             # every call's counts, query blocks per head included, as runtime arguments against the default
-            "counts-all": {"RUNTIME_ALL": (True, False)},
-            # 128-row tiles on two warpgroups (8 warps, 64 rows each, capped at 128 registers so that two programs
-            # still fit a multiprocessor) against one warpgroup
-            "warps8": {"TILE_WARPS": (8, 4), "TILE_MAXNREG": (128, None)},
-            # 32-key blocks, three programs of 128-row tiles per multiprocessor under a 168-register cap, against
-            # 64-key blocks and two programs (calls without causality only: BLOCK_N is every tile's)
-            "n32": {"BLOCK_N": (32, 64), "PER_SM": (3, 2), "TILE_MAXNREG": (168, None)},
-            # Q in registers as the score products' operand on the fine (64-row, causal and small) tiles, under a
-            # 168-register cap (three programs per multiprocessor), against Q read from shared memory
-            "qregs-fine": {"Q_REGS": (True, False), "FINE_MAXNREG": (168, None)},
-            # every call on 64-row tiles, three programs per multiprocessor, with Q in registers (168-register cap),
-            # against the defaults (128-row tiles and two programs where a call has no causality)
-            "tile64q": {"BLOCK_M": (64, 128), "PER_SM": (3, 2), "Q_REGS": (True, False), "TILE_MAXNREG": (168, None)}}
+            "counts-all": {"RUNTIME_ALL": (True, False)}}
 
 
 def _inputs(name):

@@ -117,8 +117,6 @@
 #   bash evals/gpu_session.sh counts20b # 2026-12-04 (20): runtime counts for every call against the previous tree
 #   bash evals/gpu_session.sh counts20c # 2026-12-04 (20): runtime counts without causality / for every call
 #   bash evals/gpu_session.sh final20   # 2026-12-04 (20): every GPU test at the session's last library code
-#   bash evals/gpu_session.sh warps22   # 2026-12-04 (22): 128-row tiles on two warpgroups, 32-key blocks: tests + A/B
-#   bash evals/gpu_session.sh qregs22   # 2026-12-04 (22): Q in registers (fine tiles; 64-row tiles for every call)
 #   bash evals/gpu_session.sh ablate22  # 2026-12-04 (22): the Hopper kernel with its exponentials / P v taken out
 set -uo pipefail
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
@@ -770,37 +768,13 @@ case "${1:-}" in
     # every GPU test at the session's last library code
     pytest_summary tests_all_gpu20b 380 -m gpu tests/
     ;;
-  qregs22)
-    # Q in registers as the score products' operand: the Hopper GPU tests with it (fine tiles capped at 168
-    # registers), then on the fine tiles (causal, small calls) against Q in shared memory, and every call on 64-row
-    # tiles with it against the defaults, alternating
-    timeout 200 python -c "import sys, pytest, hf_masked_softmax._hopper as h; h.Q_REGS, h.FINE_MAXNREG = True, 168
-sys.exit(pytest.main(['-q', '-p', 'no:cacheprovider', '-m', 'gpu', 'tests/test_hopper.py']))" 2>&1 \
-      | tee "$OUT/tests_hopper_qregs.log" | grep -E "passed|failed|^FAILED|^ERROR" | cut -c1-200
-    timeout 120 python evals/bench_hopper.py --ab qregs-fine --shapes gpt2,gpt2-full,gpt2-cache,sweep-B8,sweep-B1 \
-      --out "$OUT/qregs22" 2>&1 | tee "$OUT/bench_hopper_qregs.log" | grep -v -i warn | grep -E "round|difference"
-    timeout 120 python evals/bench_hopper.py --ab tile64q --shapes bert,bert-full,sweep-B16,sweep-B64 \
-      --out "$OUT/tile64q22" 2>&1 | tee "$OUT/bench_hopper_tile64q.log" | grep -v -i warn | grep -E "round|difference"
-    ;;
   ablate22)
     # the Hopper kernel with pieces of its work taken out (evals/probe_ablate.py): which resource bounds it
     timeout 420 python evals/probe_ablate.py --shapes bert,gpt2 --rounds 3 --out "$OUT" 2>&1 \
       | tee "$OUT/probe_ablate.log" | grep -v -i warn | tail -14
     ;;
-  warps22)
-    # 128-row tiles on two warpgroups (8 warps, 128-register cap, two programs per multiprocessor): the Hopper GPU
-    # tests with that setting, then it against one warpgroup, and 32-key blocks with three programs against the
-    # default, alternating
-    timeout 240 python -c "import sys, pytest, hf_masked_softmax._hopper as h; h.TILE_WARPS, h.TILE_MAXNREG = 8, 128
-sys.exit(pytest.main(['-q', '-p', 'no:cacheprovider', '-m', 'gpu', 'tests/test_hopper.py']))" 2>&1 \
-      | tee "$OUT/tests_hopper_warps8.log" | grep -E "passed|failed|^FAILED|^ERROR" | cut -c1-200
-    for ab in warps8 n32; do
-      timeout 130 python evals/bench_hopper.py --ab $ab --shapes bert,bert-full,sweep-B16,sweep-B64 \
-        --out "$OUT/${ab}22" 2>&1 | tee "$OUT/bench_hopper_${ab}.log" | grep -v -i warn | grep -E "round|difference"
-    done
-    ;;
   *)
-    echo "usage: bash evals/gpu_session.sh tests|kernels|e2e|check|followup|recheck|verify|measure|final|stream|last|tune|host|fast|fastcheck|closing|fold|fold2|fold3|e2e3|bert4|bert5|check4|lengths|ncu|bwd|suite|suite2|final6|plans|hostplans|genab|fuzz|bwdplan|trainab|final8|nosync|drop9a|drop9b|drop9d|audit10|bench10|final10|ws11|audit11|fuzz11|host11b|decode12|stats12|stats12b|stats12c|final13|fix13|final13b|final14|suite14|suite15|final15|causal18|final18|prefetch18|cross18|tile19|final19|small19|launch20|tests20|gen20|counts20b|counts20c|final20|warps22|qregs22|ablate22" >&2
+    echo "usage: bash evals/gpu_session.sh tests|kernels|e2e|check|followup|recheck|verify|measure|final|stream|last|tune|host|fast|fastcheck|closing|fold|fold2|fold3|e2e3|bert4|bert5|check4|lengths|ncu|bwd|suite|suite2|final6|plans|hostplans|genab|fuzz|bwdplan|trainab|final8|nosync|drop9a|drop9b|drop9d|audit10|bench10|final10|ws11|audit11|fuzz11|host11b|decode12|stats12|stats12b|stats12c|final13|fix13|final13b|final14|suite14|suite15|final15|causal18|final18|prefetch18|cross18|tile19|final19|small19|launch20|tests20|gen20|counts20b|counts20c|final20|ablate22" >&2
     exit 2
     ;;
 esac

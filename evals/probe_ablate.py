@@ -15,7 +15,8 @@ If ``no-exp`` is much faster than ``base`` the exponentials (16 per clock per mu
 if ``no-pv`` is, the tensor cores do.
 
     python evals/probe_ablate.py [--shapes bert,gpt2] [--variants base,no-exp,...] [--rounds 3] [--out DIR]
-    python evals/probe_ablate.py --compile-only     # each variant compiled for sm_90 on this machine (no GPU)
+    python evals/probe_ablate.py --compile-only     # each variant compiled for sm_90 on this machine (no GPU):
+                                                    # registers, shared memory, MUFU.EX2 / HGMMA / FMNMX counts
 """
 from __future__ import annotations
 
@@ -45,8 +46,17 @@ import hf_masked_softmax
 assert hf_masked_softmax.__file__.startswith({copy!r}), hf_masked_softmax.__file__
 if {compile_only!r}:
     from hf_masked_softmax import _hopper
+    import tempfile, sass_attention
     kern = _hopper.compile_for(90, "fp16", 1, causal={causal!r})
-    print("RESULT " + json.dumps(dict(shared=kern.metadata.shared, cubin_bytes=len(kern.asm["cubin"]))))
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(kern.asm["cubin"])
+        f.flush()
+        info = sass_attention.analyse(f.name)
+    ops = [ln.split("*/", 1)[1].split(";")[0].split() for ln in info["sass"].splitlines() if "*/" in ln and ";" in ln]
+    names = [o[1] if o[0].startswith("@") else o[0] for o in ops if o]
+    count = lambda p: sum(n.startswith(p) for n in names)
+    print("RESULT " + json.dumps(dict(registers=info["registers"], shared=kern.metadata.shared,
+                                      mufu_ex2=count("MUFU.EX2"), hgmma=count("HGMMA"), fmnmx=count("FMNMX"))))
     sys.exit(0)
 import torch
 import benchutil, bench_hopper

@@ -50,13 +50,6 @@ BLOCK_M, BLOCK_N, STAGES, WARPS, PER_SM = 128, 64, 3, 4, 2
 # 0.0110, B4 0.0122-0.0123 against 0.0152-0.0153, B8 0.0196-0.0197 against 0.0220; 128-row tiles lost there
 # (0.0120-0.0123 at B1, 0.0238-0.0239 at B8; NOTES.md, nineteenth session)
 FINE_BLOCK_M, FINE_PER_SM = 64, 3
-# warps of a 128-row tile's program and their register cap (None: none). With 8 warps each warpgroup holds 64 of the
-# tile's rows, and two programs fit a multiprocessor only under a 128-register cap (sm_90, Triton 3.6: 128
-# registers, no spills in the key loops). Fine tiles always run one warpgroup (a warpgroup's products take 64 rows)
-TILE_WARPS, TILE_MAXNREG = 4, None
-FINE_MAXNREG = None  # the fine tiles' register cap (None: none)
-# Q held in registers as the score products' operand (True) or read from shared memory by each product (False)
-Q_REGS = False
 HEAD_D = 64
 # fewer 128-row tiles than this per multiprocessor go to the Triton kernel: on an H200, with 128-row tiles B8 H12
 # T512 (384 tiles on 132 multiprocessors) took 0.0243 ms and the Triton kernel 0.0221, B16 0.0376 and 0.0400
@@ -119,11 +112,6 @@ def tile_shape(causal: bool, tiles128: int, sm_count: int):
     if causal or tiles128 < MIN_TILES_PER_SM * sm_count:
         return FINE_BLOCK_M, FINE_PER_SM
     return BLOCK_M, PER_SM
-
-
-def tile_warps(block_m: int):
-    """Warps and register cap (None: none) of a program on tiles of ``block_m`` query rows (:data:`TILE_WARPS`)."""
-    return (TILE_WARPS, TILE_MAXNREG) if block_m == BLOCK_M else (WARPS, FINE_MAXNREG)
 
 
 def _capability(device: torch.device):
@@ -196,7 +184,6 @@ def compile_for(arch: int = 90, dtype: str = "fp16", kind: int = 1, n_m=None, he
         raise RuntimeError("this Triton has no Gluon Hopper API")
     gdt = gl.float16 if dtype == "fp16" else gl.bfloat16
     block_m, per_sm = tile_shape(causal, _tiles128(batch * heads, queries), sm_count)
-    warps, maxnreg = tile_warps(block_m)
     n_m = -(-queries // block_m) if n_m is None else n_m
     sig = {}
     for name, block in (("q_desc", block_m), ("k_desc", BLOCK_N), ("v_desc", BLOCK_N), ("o_desc", block_m)):
@@ -209,11 +196,10 @@ def compile_for(arch: int = 90, dtype: str = "fp16", kind: int = 1, n_m=None, he
                   MASK_KIND=kind, CAUSAL=causal, N_M=n_m * static_m, N_HEADS=heads, GROUP=group, HEAD_D=HEAD_D,
                   BLOCK_M=block_m, BLOCK_N=BLOCK_N, STAGES=STAGES,
                   CURSOR_REGS=CURSOR_REGS if cursor_regs is None else cursor_regs,
-                  SPLIT=bool(causal or SPLIT_LOOP if split is None else split), Q_REGS=Q_REGS, num_warps=warps)
+                  SPLIT=bool(causal or SPLIT_LOOP if split is None else split), num_warps=WARPS)
     sig.update({c: "constexpr" for c in consts})
     src = GluonASTSource(mod._attn_fwd_persistent, sig, consts, attrs={})
-    options = dict(num_warps=warps, **({} if maxnreg is None else dict(maxnreg=maxnreg)))
-    return triton.compile(src, target=GPUTarget("cuda", arch, 32), options=options)
+    return triton.compile(src, target=GPUTarget("cuda", arch, 32), options=dict(num_warps=WARPS))
 
 
 # encoded TMA descriptors kept per plan and tensor slot (by address; cleared when full)
@@ -249,7 +235,6 @@ class HopperForward:
         Hkv, K = k.shape[1], k.shape[2]
         gdt = gl.float16 if q.dtype == torch.float16 else gl.bfloat16
         self.block_m, per_sm = tile_shape(causal, _tiles128(B * H, Q), sm_count)
-        warps, maxnreg = tile_warps(self.block_m)
         self.layouts = (gl.NVMMASharedLayout.get_default_for([1, 1, self.block_m, D], gdt),
                         gl.NVMMASharedLayout.get_default_for([1, 1, BLOCK_N, D], gdt))
         n_m = -(-Q // self.block_m)
@@ -261,8 +246,7 @@ class HopperForward:
         self.consts = dict(N_TILES=self.n_tiles * static, NPROG=self.grid[0] * static, MASK_KIND=kind,
                            CAUSAL=bool(causal), N_M=n_m * static_m, N_HEADS=H, GROUP=H // Hkv, HEAD_D=D,
                            BLOCK_M=self.block_m, BLOCK_N=BLOCK_N, STAGES=STAGES, CURSOR_REGS=CURSOR_REGS,
-                           SPLIT=bool(causal or SPLIT_LOOP), Q_REGS=Q_REGS, num_warps=warps)
-        self.options = {} if maxnreg is None else dict(maxnreg=maxnreg)  # compile options beside the constexprs
+                           SPLIT=bool(causal or SPLIT_LOOP), num_warps=WARPS)
         self.Q, self.K = Q, K
         self.qk_scale = scale * _LOG2E
         self.dummy = torch.zeros(4, dtype=torch.int32, device=q.device)  # the range and mask pointers when unused
@@ -310,7 +294,7 @@ class HopperForward:
         blocks = (self.block_m, BLOCK_N, BLOCK_N, self.block_m)
         descs = [TensorDescriptor(t, shape, strides, [1, 1, block, t.shape[3]], layout)
                  for t, (shape, strides), block, layout in zip(tensors, self.views, blocks, (lm, ln, ln, lm))]
-        kernel = self.kernel[self.grid](*descs, *scalars, **self.consts, **self.options)
+        kernel = self.kernel[self.grid](*descs, *scalars, **self.consts)
         names = self.kernel.arg_names[len(descs) + len(scalars):]
         if _launch.ENABLED and _launch._launchable(kernel) and all(n in self.consts for n in names):
             self.compiled, self.tail = kernel, tuple(self.consts[n] for n in names)

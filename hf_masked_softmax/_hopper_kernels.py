@@ -271,8 +271,7 @@ def _attn_fwd_persistent(q_desc, k_desc, v_desc, o_desc, ranges_ptr, mask_ptr, s
                          MASK_KIND: gl.constexpr,
                          CAUSAL: gl.constexpr, N_M: gl.constexpr, N_HEADS: gl.constexpr, GROUP: gl.constexpr,
                          HEAD_D: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr,
-                         CURSOR_REGS: gl.constexpr, SPLIT: gl.constexpr, Q_REGS: gl.constexpr,
-                         num_warps: gl.constexpr):
+                         CURSOR_REGS: gl.constexpr, SPLIT: gl.constexpr, num_warps: gl.constexpr):
     """q / o: ``[B, H, Q, D]`` descriptors with ``[1, 1, BLOCK_M, D]`` blocks; k / v: ``[B, Hkv, K, D]`` with
     ``[1, 1, BLOCK_N, D]``; ``N_TILES`` = B * H * ``N_M`` tiles (``N_M`` query blocks per head) over ``NPROG``
     programs; ``N_TILES`` and ``NPROG`` 0: the runtime ``tiles_rt`` and ``nprog_rt`` instead (one compiled kernel for
@@ -299,7 +298,6 @@ def _attn_fwd_persistent(q_desc, k_desc, v_desc, o_desc, ranges_ptr, mask_ptr, s
     s_layout: gl.constexpr = _wgmma_layout(num_warps, BLOCK_N)  # the score tile's registers
     o_layout: gl.constexpr = _wgmma_layout(num_warps, HEAD_D)  # the output's
     p_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=o_layout, k_width=2)
-    q_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=s_layout, k_width=2)
     row_s: gl.constexpr = gl.SliceLayout(1, s_layout)
     row_o: gl.constexpr = gl.SliceLayout(1, o_layout)
     col_s: gl.constexpr = gl.SliceLayout(0, s_layout)
@@ -330,11 +328,8 @@ def _attn_fwd_persistent(q_desc, k_desc, v_desc, o_desc, ranges_ptr, mask_ptr, s
         r_start, r_end, r_holes = _key_range(bn, ranges_ptr, K_LEN, MASK_KIND)
         mbarrier.expect(q_bars.index(1 - qb), q_desc.block_type.nbytes, pred=tn < n_tiles)
         _tma_load(q_desc, [bn, hn, m0n, 0], q_bars.index(1 - qb), q_smem.index(1 - qb), pred=tn < n_tiles)
+        q_tile = q_smem.index(qb).reshape([BLOCK_M, HEAD_D])
         mbarrier.wait(q_bars.index(qb), (it // 2) & 1)
-        if Q_REGS:  # Q as the products' register operand: only K is read from shared memory per block
-            q_tile = q_smem.index(qb).reshape([BLOCK_M, HEAD_D]).load(q_layout)
-        else:
-            q_tile = q_smem.index(qb).reshape([BLOCK_M, HEAD_D])
 
         m_i = gl.full([BLOCK_M], float("-inf"), gl.float32, layout=row_s)
         l_i = gl.zeros([BLOCK_M], gl.float32, layout=row_s)

@@ -527,6 +527,17 @@ def test_launch_plans_are_reused_per_signature_and_rebuilt_when_a_setting_change
     assert_close(split, first)
 
 
+@pytest.mark.parametrize("setting", ["ENABLED", "CURSOR_REGS", "CAUSAL_OK", "SPLIT_LOOP", "BLOCK_M", "BLOCK_N",
+                                     "WARPS", "PER_SM", "FINE_BLOCK_M", "FINE_PER_SM", "STAGES", "MIN_TILES_PER_SM",
+                                     "SMALL_CALLS", "RUNTIME_COUNTS", "RUNTIME_ALL"])
+def test_every_setting_the_hopper_plan_reads_is_in_the_plan_key(setting, monkeypatch):
+    # a plan built under one value must not serve a call made under another (bench_hopper.py --ab flips them)
+    before = attn_mod._policy()
+    value = getattr(attn_mod._hopper, setting)
+    monkeypatch.setattr(attn_mod._hopper, setting, (not value) if isinstance(value, bool) else value + 1)
+    assert attn_mod._policy() != before
+
+
 @pytest.mark.parametrize("splits", [1, 3])
 def test_inference_skips_the_log_sum_exp_and_writes_the_same_output(splits, device, monkeypatch):
     monkeypatch.setattr(attn_mod, "_PLANS", {})
