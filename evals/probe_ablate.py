@@ -9,7 +9,9 @@ must match the source exactly once, so a stale variant fails instead of timing t
 * ``no-exp``: the probabilities without their exponential (``p = s * scale - m``): no ``MUFU.EX2`` for them;
 * ``no-pv``: no ``P v`` product inside the key loop (the tile's last block keeps its own);
 * ``no-exp-no-pv``: both;
-* ``no-exp-no-max``: ``no-exp`` without the running row maximum either (no ``FMNMX`` and no shuffles for it).
+* ``no-exp-no-max``: ``no-exp`` without the running row maximum either (no ``FMNMX`` and no shuffles for it);
+* ``tree1-max`` / ``tree3-max``: not an ablation, the same row maximum as a tree: the column pairs one thread holds
+  maxed first (one or three such halvings), so that the chain of dependent ``FMNMX`` before the shuffles is shorter.
 
 If ``no-exp`` is much faster than ``base`` the exponentials (16 per clock per multiprocessor on sm_90) hold it back;
 if ``no-pv`` is, the tensor cores do.
@@ -36,7 +38,37 @@ _EXP = ("    p = gl.exp2(s * qk_scale - m_use[:, None])\n", "    p = s * qk_scal
 _PV = ("    o_tok = warpgroup_mma(p16, v_smem.index((g + STAGES - 1) % STAGES).reshape([BLOCK_N, HEAD_D]), acc,\n"
        "                          is_async=True)\n", "    o_tok = acc\n")
 _MAX = ("    m_new = gl.maximum(m_i, gl.max(s, axis=1) * qk_scale)\n", "    m_new = m_i\n")
-VARIANTS = {"base": [], "no-exp": [_EXP], "no-pv": [_PV], "no-exp-no-pv": [_EXP, _PV], "no-exp-no-max": [_EXP, _MAX]}
+# the row maximum as a tree: column pairs held by one thread maxed first (split after a reshape that keeps them
+# in-thread), so the in-thread chain is shorter; TREE_LEVELS such halvings
+_TREE = ("    m_new = gl.maximum(m_i, gl.max(s, axis=1) * qk_scale)\n",
+         "    m_new = gl.maximum(m_i, gl.convert_layout(_tree_max(s), m_i.type.layout) * qk_scale)\n")
+_TREE_FN = ("@gluon.jit\ndef _online_softmax(", """@gluon.jit
+def _tree_max(s):
+    M: gl.constexpr = s.shape[0]
+    N: gl.constexpr = s.shape[1]
+    a, b = gl.split(gl.reshape(s, [M, N // 2, 2]))
+    h = gl.maximum(a, b)
+    a, b = gl.split(gl.permute(gl.reshape(h, [M, 2, N // 4]), (0, 2, 1)))
+    h = gl.maximum(a, b)
+    a, b = gl.split(gl.permute(gl.reshape(h, [M, 2, N // 8]), (0, 2, 1)))
+    h = gl.maximum(a, b)
+    return gl.max(h, axis=1)
+
+
+@gluon.jit
+def _online_softmax(""")
+_TREE1_FN = ("@gluon.jit\ndef _online_softmax(", """@gluon.jit
+def _tree_max(s):
+    M: gl.constexpr = s.shape[0]
+    N: gl.constexpr = s.shape[1]
+    a, b = gl.split(gl.reshape(s, [M, N // 2, 2]))
+    return gl.max(gl.maximum(a, b), axis=1)
+
+
+@gluon.jit
+def _online_softmax(""")
+VARIANTS = {"base": [], "no-exp": [_EXP], "no-pv": [_PV], "no-exp-no-pv": [_EXP, _PV], "no-exp-no-max": [_EXP, _MAX],
+            "tree1-max": [_TREE, _TREE1_FN], "tree3-max": [_TREE, _TREE_FN]}
 
 # the child: times (or compiles) the copy's kernel on one shape and prints one JSON line
 _CHILD = r"""
