@@ -38,8 +38,9 @@ _EXP = ("    p = gl.exp2(s * qk_scale - m_use[:, None])\n", "    p = s * qk_scal
 _PV = ("    o_tok = warpgroup_mma(p16, v_smem.index((g + STAGES - 1) % STAGES).reshape([BLOCK_N, HEAD_D]), acc,\n"
        "                          is_async=True)\n", "    o_tok = acc\n")
 _MAX = ("    m_new = gl.maximum(m_i, gl.max(s, axis=1) * qk_scale)\n", "    m_new = m_i\n")
-# the row maximum as a tree: column pairs held by one thread maxed first (split after a reshape that keeps them
-# in-thread), so the in-thread chain is shorter; TREE_LEVELS such halvings
+# the row maximum as a tree: the column pairs one thread holds maxed first (a split after a reshape that keeps them
+# in-thread; the permutes pair columns 16 and 8 apart, which the same thread holds too), so that the in-thread chain
+# of dependent maxima is shorter: one halving (_TREE1_FN) or three (_TREE_FN)
 _TREE = ("    m_new = gl.maximum(m_i, gl.max(s, axis=1) * qk_scale)\n",
          "    m_new = gl.maximum(m_i, gl.convert_layout(_tree_max(s), m_i.type.layout) * qk_scale)\n")
 _TREE_FN = ("@gluon.jit\ndef _online_softmax(", """@gluon.jit
@@ -118,8 +119,8 @@ def make_copy(variant: str, into: Path) -> Path:
     src = path.read_text()
     for old, new in VARIANTS[variant]:
         if src.count(old) != 1:
-            raise RuntimeError(f"variant {variant}: its edit matches the kernel source {src.count(old)} times, not once:"
-                               f"\n{old}")
+            raise RuntimeError(f"variant {variant}: its edit matches the kernel source {src.count(old)} times, "
+                               f"not once:\n{old}")
         src = src.replace(old, new)
     path.write_text(src)
     return dest

@@ -1,7 +1,8 @@
 """evals/probe_ablate.py times the Hopper kernel with pieces of its work edited out of a copy of its source. Here
 every variant's edits still apply to the kernel as it is (each must match exactly once) and, compiled for sm_90 on
 this CPU, take out what they say: the probabilities' exponentials, the key loop's ``P v`` products, the running row
-maximum; and its two tree forms of the row maximum keep every instruction of it. Runs as a subprocess: the test session sets the interpreter, which cannot run Gluon."""
+maximum; its two tree forms of the row maximum keep every instruction of it. Runs as a subprocess: the test session
+sets the interpreter, which cannot run Gluon."""
 import json
 import os
 import re
