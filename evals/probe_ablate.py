@@ -38,38 +38,26 @@ _EXP = ("    p = gl.exp2(s * qk_scale - m_use[:, None])\n", "    p = s * qk_scal
 _PV = ("    o_tok = warpgroup_mma(p16, v_smem.index((g + STAGES - 1) % STAGES).reshape([BLOCK_N, HEAD_D]), acc,\n"
        "                          is_async=True)\n", "    o_tok = acc\n")
 _MAX = ("    m_new = gl.maximum(m_i, gl.max(s, axis=1) * qk_scale)\n", "    m_new = m_i\n")
-# the row maximum as a tree: the column pairs one thread holds maxed first (a split after a reshape that keeps them
-# in-thread; the permutes pair columns 16 and 8 apart, which the same thread holds too), so that the in-thread chain
-# of dependent maxima is shorter: one halving (_TREE1_FN) or three (_TREE_FN)
+# the row maximum as a tree (_tree_fn), so that the in-thread chain of dependent maxima is shorter
 _TREE = ("    m_new = gl.maximum(m_i, gl.max(s, axis=1) * qk_scale)\n",
          "    m_new = gl.maximum(m_i, gl.convert_layout(_tree_max(s), m_i.type.layout) * qk_scale)\n")
-_TREE_FN = ("@gluon.jit\ndef _online_softmax(", """@gluon.jit
-def _tree_max(s):
-    M: gl.constexpr = s.shape[0]
-    N: gl.constexpr = s.shape[1]
-    a, b = gl.split(gl.reshape(s, [M, N // 2, 2]))
-    h = gl.maximum(a, b)
-    a, b = gl.split(gl.permute(gl.reshape(h, [M, 2, N // 4]), (0, 2, 1)))
-    h = gl.maximum(a, b)
-    a, b = gl.split(gl.permute(gl.reshape(h, [M, 2, N // 8]), (0, 2, 1)))
-    h = gl.maximum(a, b)
-    return gl.max(h, axis=1)
 
 
-@gluon.jit
-def _online_softmax(""")
-_TREE1_FN = ("@gluon.jit\ndef _online_softmax(", """@gluon.jit
-def _tree_max(s):
-    M: gl.constexpr = s.shape[0]
-    N: gl.constexpr = s.shape[1]
-    a, b = gl.split(gl.reshape(s, [M, N // 2, 2]))
-    return gl.max(gl.maximum(a, b), axis=1)
+def _tree_fn(halvings: int):
+    """The edit that adds ``_tree_max`` (``halvings`` in-thread halvings, then ``gl.max``) above ``_online_softmax``.
+    The first halving splits adjacent columns; later ones pair columns ``N / 4``, ``N / 8``, ... apart, which the
+    same thread holds too."""
+    steps = ["    a, b = gl.split(gl.reshape(s, [M, N // 2, 2]))", "    s = gl.maximum(a, b)"]
+    for i in range(2, halvings + 1):
+        steps += [f"    a, b = gl.split(gl.permute(gl.reshape(s, [M, 2, N // {2 ** i}]), (0, 2, 1)))",
+                  "    s = gl.maximum(a, b)"]
+    body = "\n".join(["@gluon.jit", "def _tree_max(s):", "    M: gl.constexpr = s.shape[0]",
+                      "    N: gl.constexpr = s.shape[1]", *steps, "    return gl.max(s, axis=1)", "", "", ""])
+    return "@gluon.jit\ndef _online_softmax(", body + "@gluon.jit\ndef _online_softmax("
 
 
-@gluon.jit
-def _online_softmax(""")
 VARIANTS = {"base": [], "no-exp": [_EXP], "no-pv": [_PV], "no-exp-no-pv": [_EXP, _PV], "no-exp-no-max": [_EXP, _MAX],
-            "tree1-max": [_TREE, _TREE1_FN], "tree3-max": [_TREE, _TREE_FN]}
+            "tree1-max": [_TREE, _tree_fn(1)], "tree3-max": [_TREE, _tree_fn(3)]}
 
 # the child: times (or compiles) the copy's kernel on one shape and prints one JSON line
 _CHILD = r"""
@@ -85,9 +73,7 @@ if {compile_only!r}:
         f.write(kern.asm["cubin"])
         f.flush()
         info = sass_attention.analyse(f.name)
-    ops = [ln.split("*/", 1)[1].split(";")[0].split() for ln in info["sass"].splitlines() if "*/" in ln and ";" in ln]
-    names = [o[1] if o[0].startswith("@") else o[0] for o in ops if o]
-    count = lambda p: sum(n.startswith(p) for n in names)
+    count = lambda p: sum(n.startswith(p) for n in info["ops"])
     print("RESULT " + json.dumps(dict(registers=info["registers"], shared=kern.metadata.shared,
                                       mufu_ex2=count("MUFU.EX2"), hgmma=count("HGMMA"), fmnmx=count("FMNMX"))))
     sys.exit(0)

@@ -72,6 +72,8 @@ def _tool(name):
 
 
 def analyse(cubin_path):
+    """The cubin's registers and stack, its SASS, every instruction's opcode in order (``ops``) and each loop's
+    instruction count and most frequent opcodes."""
     sass = subprocess.run([_tool("cuobjdump"), "-sass", cubin_path], capture_output=True, text=True,
                           check=True).stdout
     res = subprocess.run([_tool("cuobjdump"), "-res-usage", cubin_path], capture_output=True, text=True,
@@ -88,11 +90,16 @@ def analyse(cubin_path):
         m = re.search(r"BRA.*?(0x[0-9a-f]+)", text)
         if m and int(m.group(1), 16) < addr:
             body = [t for a, t in ins if int(m.group(1), 16) <= a <= addr]
-            ops = collections.Counter(t.split()[1] if t.startswith("@") else t.split()[0] for t in body)
+            ops = collections.Counter(_opcode(t) for t in body)
             loops.append(dict(start=int(m.group(1), 16), end=addr, instructions=len(body),
                               top=ops.most_common(8)))
     return dict(registers=int(regs.group(1)) if regs else None, stack=int(stack.group(1)) if stack else None,
-                instructions=len(ins), loops=loops, sass=sass)
+                instructions=len(ins), loops=loops, sass=sass, ops=[_opcode(t) for _, t in ins])
+
+
+def _opcode(text):
+    """An instruction's opcode with its modifiers (``HGMMA.64x64x16.F32``), past a predicate (``@P0``)."""
+    return text.split()[1] if text.startswith("@") else text.split()[0]
 
 
 def main(argv=None):

@@ -169,6 +169,17 @@ def static_counts(causal: bool):
     return not (RUNTIME_ALL or (RUNTIME_COUNTS and not causal)), not RUNTIME_ALL
 
 
+def kernel_consts(n_tiles, nprog, n_m, heads, group, kind, causal, block_m, cursor_regs=None, split=None) -> dict:
+    """The kernel's constexprs (and ``num_warps``) for a call of ``n_tiles`` tiles of ``block_m`` query rows over
+    ``nprog`` programs, ``n_m`` per head: a count passed at run time instead (:func:`static_counts`) is 0 here.
+    ``cursor_regs`` / ``split``: None for :data:`CURSOR_REGS` / :data:`SPLIT_LOOP` (causal calls always split)."""
+    static, static_m = static_counts(causal)
+    return dict(N_TILES=n_tiles * static, NPROG=nprog * static, MASK_KIND=kind, CAUSAL=bool(causal),
+                N_M=n_m * static_m, N_HEADS=heads, GROUP=group, HEAD_D=HEAD_D, BLOCK_M=block_m, BLOCK_N=BLOCK_N,
+                STAGES=STAGES, CURSOR_REGS=CURSOR_REGS if cursor_regs is None else cursor_regs,
+                SPLIT=bool(causal or (SPLIT_LOOP if split is None else split)), num_warps=WARPS)
+
+
 def compile_for(arch: int = 90, dtype: str = "fp16", kind: int = 1, n_m=None, heads: int = 12, group: int = 1,
                 cursor_regs=None, causal: bool = False, split=None, batch: int = 32, sm_count: int = 132,
                 queries: int = 512):
@@ -191,12 +202,8 @@ def compile_for(arch: int = 90, dtype: str = "fp16", kind: int = 1, n_m=None, he
         sig[name] = f"tensordesc<{dtype}[1, 1, {block}, {HEAD_D}],{layout!r}>"
     sig.update(ranges_ptr="*i32", mask_ptr="*u8", stride_mb="i32", stride_mk="i32", Q_LEN="i32", K_LEN="i32",
                qk_scale="fp32", tiles_rt="i32", nprog_rt="i32", n_m_rt="i32")
-    static, static_m = static_counts(causal)
-    consts = dict(N_TILES=n_m * heads * batch * static, NPROG=min(n_m * heads * batch, per_sm * sm_count) * static,
-                  MASK_KIND=kind, CAUSAL=causal, N_M=n_m * static_m, N_HEADS=heads, GROUP=group, HEAD_D=HEAD_D,
-                  BLOCK_M=block_m, BLOCK_N=BLOCK_N, STAGES=STAGES,
-                  CURSOR_REGS=CURSOR_REGS if cursor_regs is None else cursor_regs,
-                  SPLIT=bool(causal or SPLIT_LOOP if split is None else split), num_warps=WARPS)
+    consts = kernel_consts(n_m * heads * batch, min(n_m * heads * batch, per_sm * sm_count), n_m, heads, group, kind,
+                           causal, block_m, cursor_regs, split)
     sig.update({c: "constexpr" for c in consts})
     src = GluonASTSource(mod._attn_fwd_persistent, sig, consts, attrs={})
     return triton.compile(src, target=GPUTarget("cuda", arch, 32), options=dict(num_warps=WARPS))
@@ -241,12 +248,8 @@ class HopperForward:
         self.n_tiles = n_m * B * H
         self.grid = (min(self.n_tiles, per_sm * sm_count),)
         self.kind = kind
-        static, static_m = static_counts(causal)
         self.n_m = n_m
-        self.consts = dict(N_TILES=self.n_tiles * static, NPROG=self.grid[0] * static, MASK_KIND=kind,
-                           CAUSAL=bool(causal), N_M=n_m * static_m, N_HEADS=H, GROUP=H // Hkv, HEAD_D=D,
-                           BLOCK_M=self.block_m, BLOCK_N=BLOCK_N, STAGES=STAGES, CURSOR_REGS=CURSOR_REGS,
-                           SPLIT=bool(causal or SPLIT_LOOP), num_warps=WARPS)
+        self.consts = kernel_consts(self.n_tiles, self.grid[0], n_m, H, H // Hkv, kind, causal, self.block_m)
         self.Q, self.K = Q, K
         self.qk_scale = scale * _LOG2E
         self.dummy = torch.zeros(4, dtype=torch.int32, device=q.device)  # the range and mask pointers when unused

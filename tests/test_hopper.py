@@ -213,9 +213,7 @@ for dtype, kind, group, causal, batch, counts in (("fp16", 1, 1, False, 32, "def
         f.flush()
         info = sass_attention.analyse(f.name)
     sass = info["sass"]
-    ops = [ln.split("*/", 1)[1].split(";")[0].split() for ln in sass.splitlines() if "*/" in ln and ";" in ln]
-    names = [o[0] if not o[0].startswith("@") else o[1] for o in ops if o]
-    count = lambda p: sum(n.startswith(p) for n in names)
+    count = lambda p: sum(n.startswith(p) for n in info["ops"])
     print(f"RESULT {{dtype}} {{kind}} regs={{info['registers']}} HGMMA={{count('HGMMA')}} UTMALDG={{count('UTMALDG')}} "
           f"UTMASTG={{count('UTMASTG')}} exps-under-PV={{probe_gluon.exps_under_pv(sass)}} "
           f"rows={{rows}} per_sm={{per_sm}} smem={{kern.metadata.shared}} counts={{counts}}")
