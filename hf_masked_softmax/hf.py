@@ -87,20 +87,24 @@ def _causal_for(module, attention_mask, is_causal) -> bool:
 _AUTO_BY_MASK: dict = {}
 
 
-_SUPPORTED_TYPES: frozenset = frozenset()  # the patcher's registry (filled on first use: patches imports this module)
+_SUPPORTED_TYPES: frozenset = frozenset()  # the patcher's registry: set_supported_types, when patches is imported
+
+
+def set_supported_types(model_types) -> None:
+    """The model types that ``attn_implementation=NAME`` runs (the patcher's registry; ``patches`` imports this
+    module, so it hands the registry over when it is imported, which the package does on import). Set once at import
+    rather than on a first call: a call traced by ``torch.compile`` that assigned this global would make Dynamo
+    rebuild the frozenset, which torch 2.8's Dynamo cannot do (``AssertionError: frozenset not in co_names``)."""
+    global _SUPPORTED_TYPES
+    _SUPPORTED_TYPES = frozenset(model_types)
 
 
 def _check_model_type(config) -> None:
     """ValueError for a model type outside the patcher's registry, for models that reach this backend by name
     (``from_pretrained(..., attn_implementation=NAME)``) rather than through ``patch_model``, which checks first."""
-    global _SUPPORTED_TYPES
     model_type = getattr(config, "model_type", None)
     if model_type is None:  # not a transformers config (a hand-made call): nothing to check against
         return
-    if not _SUPPORTED_TYPES:
-        from .patches import REGISTRY
-
-        _SUPPORTED_TYPES = frozenset(REGISTRY)
     if model_type not in _SUPPORTED_TYPES:
         raise ValueError(
             f"attn_implementation={NAME!r} does not run model_type {model_type!r}; supported model_types: "

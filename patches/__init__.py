@@ -25,6 +25,7 @@ from . import bert, decoders, gpt2
 
 REGISTRY = {spec.model_type: spec for spec in (gpt2.SPEC, bert.SPEC, *decoders.SPECS)}
 CONTAINERS = ("encoder-decoder",)
+hf.set_supported_types(REGISTRY)
 _STATE_ATTR = "_hf_masked_softmax_patch"
 
 __all__ = ["patch_model", "unpatch_model", "patched", "REGISTRY", "NAME"]

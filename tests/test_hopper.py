@@ -220,6 +220,7 @@ for dtype, kind, group, causal, batch, counts in (("fp16", 1, 1, False, 32, "def
 """
 
 
+@pytest.mark.gluon
 def test_hopper_kernel_compiles_for_sm90_with_the_softmax_under_p_v():
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     code = _COMPILE.format(root=ROOT, evals=os.path.join(ROOT, "evals"))

@@ -24,6 +24,17 @@ def test_registered_under_one_name():
     assert sorted(REGISTRY) == ["bert", "gpt2", "granite", "llama", "mistral", "olmo2", "qwen2", "qwen3"]
 
 
+def test_the_backend_knows_the_registry_from_import_so_no_call_assigns_a_global():
+    # The by-name model-type check reads the registry from a module global. Filled lazily on a first call, that
+    # assignment happened inside a torch.compile trace, and torch 2.8's Dynamo fails to replay it (frozenset).
+    import subprocess
+    import sys
+
+    code = ("import hf_masked_softmax.hf as hf; from hf_masked_softmax.patches import REGISTRY; "
+            "assert hf._SUPPORTED_TYPES == frozenset(REGISTRY), sorted(hf._SUPPORTED_TYPES)")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
 class _NoSync(torch.Tensor):
     """A mask whose value may not be read on the host: on a GPU that read would wait for all the queued work."""
 

@@ -9,9 +9,12 @@ import re
 import subprocess
 import sys
 
+import pytest
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+@pytest.mark.gluon
 def test_each_ablation_compiles_for_sm90_without_what_it_takes_out():
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     proc = subprocess.run([sys.executable, os.path.join(ROOT, "evals", "probe_ablate.py"), "--compile-only"],

@@ -8,9 +8,12 @@ import re
 import subprocess
 import sys
 
+import pytest
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+@pytest.mark.gluon
 def test_gluon_probe_compiles_for_sm90_with_the_softmax_under_p_v():
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     proc = subprocess.run([sys.executable, os.path.join(ROOT, "evals", "probe_gluon.py"), "--compile-only",
