@@ -14,6 +14,22 @@ import pytest  # noqa: E402
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def pytest_configure(config):
+    # Triton's interpreter before 3.7 turns one-element arrays into Python scalars, which numpy 2.3 and newer refuse:
+    # every kernel test would fail with "only 0-dimensional arrays can be converted to Python scalars". Say so once.
+    if os.environ.get("TRITON_INTERPRET") != "1":
+        return
+    import numpy
+    import triton
+
+    def release(v):
+        return tuple(int(x) for x in v.split("+")[0].split(".")[:2])
+
+    if release(triton.__version__) < (3, 7) and release(numpy.__version__) >= (2, 3):
+        pytest.exit(f"triton {triton.__version__}'s interpreter (which runs the kernels on the CPU here) cannot run "
+                    f"with numpy {numpy.__version__}: install 'numpy<2.3' or triton>=3.7", returncode=4)
+
+
 def _gluon_hopper_missing():
     """Why this Triton cannot build the Hopper (Gluon) kernel, or None: Gluon's Hopper API came with Triton 3.5. The
     library then runs its Triton kernels on Hopper too; the tests that compile the Gluon kernels have nothing to do."""
