@@ -6,7 +6,7 @@ a wait for that product, then the softmax, then ``P v``, and a barrier of the wh
 softmax with a matrix product except a second program on the multiprocessor. Triton decides where the waits go and
 would not let the next block's product run during this block's softmax (seventh session).
 
-In Gluon the program says where each wait goes. This kernel does, per key block j:
+In Gluon the program says where each wait goes. This kernel (``evals/_probe_gluon_kernels.py``) does, per key block j:
 
     issue S_j = Q K_j^T (async); refill block j - 2's K and V slots with block j - 2 + STAGES (TMA)
     issue O = alpha O + P_{j-1} V_{j-1} (async)
