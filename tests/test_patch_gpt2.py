@@ -52,27 +52,56 @@ def test_generate_dynamic_cache_left_padded(device, mode):
     assert torch.equal(out, ref)
 
 
-def test_generate_static_cache_left_padded(device, monkeypatch):
-    # A static cache is longer than what it holds: the mask function hands over HF's 4D mask instead of the 2D one.
-    # Uncompiled: on CUDA transformers compiles static-cache decoding by itself, and a compiled step always gets the
-    # 4D mask (its cache position is traced; tests/test_compile.py covers that path).
-    mask_dims = []
-    real = hf.attention
-    monkeypatch.setattr(hf, "attention", lambda q, k, v, m=None, **kw: mask_dims.append(m.dim()) or real(q, k, v, m, **kw))
-    model = lm(device, seed=2)
-    ids, mask = padded_batch(device, lengths=(8, 4), total=8, side="left", seed=2)
+def spy_kernel_calls(monkeypatch, mode):
+    """Record (batch, queries, keys) of every kernel call the patched attention makes in ``mode``."""
+    calls = []
+    name = "masked_softmax" if mode == "softmax" else "attention"
+    real = getattr(hf, name)
+
+    def spy(x, *args, **kw):  # softmax: scores [B, H, Q, K]; fused: q [B, H, Q, D], then k [B, Hkv, K, D]
+        calls.append((x.shape[0], x.shape[-2], x.shape[-1] if mode == "softmax" else args[0].shape[-2]))
+        return real(x, *args, **kw)
+
+    monkeypatch.setattr(hf, name, spy)
+    return calls
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_beam_search_left_padded(device, mode, monkeypatch):
+    # Beam search reorders the cache's rows after every step and repeats each prompt's padding mask per beam.
+    calls = spy_kernel_calls(monkeypatch, mode)
+    model = lm(device, seed=3)
+    ids, mask = padded_batch(device, lengths=(8, 5, 2), total=8, side="left", seed=3)
 
     def gen(m):
-        return m.generate(
-            ids, attention_mask=mask, max_new_tokens=4, do_sample=False, min_new_tokens=4,
-            cache_implementation="static", disable_compile=True,
-        )
+        return m.generate(ids, attention_mask=mask, max_new_tokens=5, min_new_tokens=5, num_beams=3,
+                          num_return_sequences=2, do_sample=False)
 
-    ref, out = eager_and_patched(model, gen, "auto")
-    assert ref.shape == (2, 12)
+    ref, out = eager_and_patched(model, gen, mode)
+    assert ref.shape == (6, 13)
     assert torch.equal(out, ref)
-    # 2 layers x (prefill + 3 one-token steps); the last step fills the cache, so the 2D mask is exact again
-    assert mask_dims == [4] * 6 + [2] * 2
+    # 2 layers x (prefill + 4 one-token steps), each on 3 prompts x 3 beams
+    assert calls == [(9, 8, 8)] * 2 + [(9, 1, k) for k in range(9, 13) for _ in range(2)]
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_assisted_generation_verifies_several_tokens_on_a_cache(device, mode, monkeypatch):
+    # The assistant drafts tokens; the model checks them in one forward of several queries on its cache (bottom-right
+    # causality with Q > 1 and K > Q), then crops the cache back to the tokens it accepted.
+    calls = spy_kernel_calls(monkeypatch, mode)
+    model = lm(device, seed=4)
+    torch.manual_seed(5)
+    assistant = GPT2LMHeadModel(gpt2_config(n_layer=1)).to(device).eval()
+    ids, mask = padded_batch(device, lengths=(7,), total=7, seed=4)
+
+    def gen(m):
+        return m.generate(ids, attention_mask=mask, max_new_tokens=8, min_new_tokens=8, do_sample=False,
+                          assistant_model=assistant)
+
+    ref, out = eager_and_patched(model, gen, mode)
+    assert ref.shape == (1, 15)
+    assert torch.equal(out, ref)
+    assert any(1 < q < k for _, q, k in calls), calls
 
 
 @pytest.mark.parametrize("mode", MODES)
