@@ -226,6 +226,35 @@ def test_isolation_between_instances_sharing_a_config(device):
     assert a.config is b.config is config
 
 
+@pytest.mark.parametrize("how", ["deepcopy", "torch.save"])
+def test_a_copy_of_a_patched_model_is_patched_on_its_own(how, device, monkeypatch, tmp_path):
+    # copy.deepcopy (EMA or teacher models) and whole-model torch.save / torch.load: the copy runs the kernels, and
+    # unpatching either model leaves the other as it was.
+    import copy
+
+    calls = []
+    real = hf.attention
+    monkeypatch.setattr(hf, "attention", lambda *a, **kw: calls.append(1) or real(*a, **kw))
+    model = lm(device, gpt2_config(reorder_and_upcast_attn=True))
+    ids, mask = padded_batch(device, side="left")
+    ref = model(ids, attention_mask=mask).logits
+    patch_model(model, mode="fused")
+    if how == "deepcopy":
+        twin = copy.deepcopy(model)
+    else:
+        torch.save(model, tmp_path / "model.pt")
+        twin = torch.load(tmp_path / "model.pt", weights_only=False)
+    unpatch_model(model)
+    assert torch.equal(model(ids, attention_mask=mask).logits, ref) and not calls
+    out = twin(ids, attention_mask=mask).logits
+    assert len(calls) == 2 and twin.config._attn_implementation == hf.NAME  # one call per layer
+    assert_valid_close(out, ref, mask.bool())
+    unpatch_model(twin)
+    assert torch.equal(twin(ids, attention_mask=mask).logits, ref) and len(calls) == 2
+    with pytest.raises(ValueError, match="not patched"):
+        unpatch_model(model)
+
+
 def test_repatch_changes_mode_and_patched_restores_it(device):
     model = lm(device)
     patch_model(model, mode="softmax")
