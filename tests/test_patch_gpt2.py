@@ -104,6 +104,29 @@ def test_assisted_generation_verifies_several_tokens_on_a_cache(device, mode, mo
     assert any(1 < q < k for _, q, k in calls), calls
 
 
+def test_generate_static_cache_left_padded(device, monkeypatch):
+    # A static cache is longer than what it holds: the mask function hands over HF's 4D mask instead of the 2D one.
+    # Uncompiled: on CUDA transformers compiles static-cache decoding by itself, and a compiled step always gets the
+    # 4D mask (its cache position is traced; tests/test_compile.py covers that path).
+    mask_dims = []
+    real = hf.attention
+    monkeypatch.setattr(hf, "attention", lambda q, k, v, m=None, **kw: mask_dims.append(m.dim()) or real(q, k, v, m, **kw))
+    model = lm(device, seed=2)
+    ids, mask = padded_batch(device, lengths=(8, 4), total=8, side="left", seed=2)
+
+    def gen(m):
+        return m.generate(
+            ids, attention_mask=mask, max_new_tokens=4, do_sample=False, min_new_tokens=4,
+            cache_implementation="static", disable_compile=True,
+        )
+
+    ref, out = eager_and_patched(model, gen, "auto")
+    assert ref.shape == (2, 12)
+    assert torch.equal(out, ref)
+    # 2 layers x (prefill + 3 one-token steps); the last step fills the cache, so the 2D mask is exact again
+    assert mask_dims == [4] * 6 + [2] * 2
+
+
 @pytest.mark.parametrize("mode", MODES)
 def test_scale_by_inverse_layer_idx_and_reorder_and_upcast(device, mode):
     model = lm(device, scale_attn_by_inverse_layer_idx=True, reorder_and_upcast_attn=True)
