@@ -7,9 +7,9 @@ model's modules only; ``unpatch_model`` puts the original objects back (copying 
 the meantime) so the model runs exactly as before. The mode is stored on the same modules, where the attention
 function reads it.
 
-Registry: ``config.model_type`` -> ``ModelSpec`` (``patches/gpt2.py``, ``patches/bert.py``, and the Llama-style
-decoders listed in ``patches/decoders.py``). Composite wrappers without attention of their own
-(``EncoderDecoderModel``) are accepted when all their parts are supported.
+Registry: ``config.model_type`` -> ``ModelSpec`` (``patches/gpt2.py``, ``patches/bert.py``, BERT's relatives listed
+in ``patches/encoders.py`` and the Llama-style decoders listed in ``patches/decoders.py``). Composite wrappers
+without attention of their own (``EncoderDecoderModel``) are accepted when all their parts are supported.
 """
 from __future__ import annotations
 
@@ -21,9 +21,9 @@ import transformers
 from transformers import PretrainedConfig
 
 from .. import hf
-from . import bert, decoders, gpt2
+from . import bert, decoders, encoders, gpt2
 
-REGISTRY = {spec.model_type: spec for spec in (gpt2.SPEC, bert.SPEC, *decoders.SPECS)}
+REGISTRY = {spec.model_type: spec for spec in (gpt2.SPEC, bert.SPEC, *encoders.SPECS, *decoders.SPECS)}
 CONTAINERS = ("encoder-decoder",)
 hf.set_supported_types(REGISTRY)
 _STATE_ATTR = "_hf_masked_softmax_patch"

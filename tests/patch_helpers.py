@@ -9,7 +9,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch  # noqa: E402
 from transformers import BertConfig, GPT2Config  # noqa: E402
 
-from hf_masked_softmax import patched  # noqa: E402
+from hf_masked_softmax import hf, patched  # noqa: E402
 from hf_masked_softmax.reference import dropout_keep_reference  # noqa: E402
 from tolerances import assert_close  # noqa: E402
 
@@ -125,3 +125,17 @@ def assert_step_close(out, ref, valid):
     assert ref[1].keys() == out[1].keys() and len(ref[1]) > 10
     for name in ref[1]:
         assert_close(out[1][name], ref[1][name], scale=10)
+
+
+def spy_kernel_calls(monkeypatch, mode):
+    """Record (batch, queries, keys) of every kernel call the patched attention makes in ``mode``."""
+    calls = []
+    name = "masked_softmax" if mode == "softmax" else "attention"
+    real = getattr(hf, name)
+
+    def spy(x, *args, **kw):  # softmax: scores [B, H, Q, K]; fused: q [B, H, Q, D], then k [B, Hkv, K, D]
+        calls.append((x.shape[0], x.shape[-2], x.shape[-1] if mode == "softmax" else args[0].shape[-2]))
+        return real(x, *args, **kw)
+
+    monkeypatch.setattr(hf, name, spy)
+    return calls

@@ -21,7 +21,9 @@ def test_registered_under_one_name():
     assert PATCH_NAME == hf.NAME == "hf_masked_softmax"
     assert ALL_ATTENTION_FUNCTIONS[hf.NAME] is hf.attention_forward
     assert ALL_MASK_ATTENTION_FUNCTIONS[hf.NAME] is hf.mask_function
-    assert sorted(REGISTRY) == ["bert", "gpt2", "granite", "llama", "mistral", "olmo2", "qwen2", "qwen3"]
+    assert sorted(REGISTRY) == ["albert", "bert", "camembert", "data2vec-text", "distilbert", "electra", "ernie", "gpt2",
+                                "granite", "llama", "mistral", "olmo2", "qwen2", "qwen3", "roberta",
+                                "roberta-prelayernorm", "xlm-roberta", "xlm-roberta-xl"]
 
 
 def test_the_backend_knows_the_registry_from_import_so_no_call_assigns_a_global():
@@ -68,7 +70,7 @@ def test_unsupported_model_is_refused_and_untouched(device):
                                      vocab_size=32, word_embed_proj_dim=16, attn_implementation="eager"))
     config = model.config
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    with pytest.raises(ValueError, match=r"'opt'.*supported model_types: \['bert', 'gpt2', 'granite', 'llama', "):
+    with pytest.raises(ValueError, match=r"'opt'.*supported model_types: \['albert', 'bert', 'camembert', "):
         patch_model(model)
     assert model.config is config and config._attn_implementation == "eager"
     assert all(m.__dict__.get("config", config) is config for m in model.modules())
@@ -174,7 +176,7 @@ def test_float64_model_runs_the_reference_in_float64(mode, device):
 def test_attn_implementation_name_refuses_unsupported_model_types(device):
     model = OPTForCausalLM(OPTConfig(num_hidden_layers=1, hidden_size=16, ffn_dim=32, num_attention_heads=2,
                                      vocab_size=32, word_embed_proj_dim=16, attn_implementation=hf.NAME)).to(device)
-    with pytest.raises(ValueError, match=r"does not run model_type 'opt'; supported model_types: \['bert', 'gpt2'"):
+    with pytest.raises(ValueError, match=r"does not run model_type 'opt'; supported model_types: \['albert', 'bert'"):
         model(torch.tensor([[3, 4, 5]], device=device), attention_mask=torch.ones(1, 3, device=device))
 
 

@@ -9,7 +9,7 @@ from transformers import GPT2LMHeadModel, GPT2Model
 from hf_masked_softmax import hf, patch_model, patched, unpatch_model
 from patch_helpers import (
     assert_probs_close, assert_step_close, assert_valid_close, eager_and_patched, gpt2_config, padded_batch,
-    philox_dropout_step,
+    philox_dropout_step, spy_kernel_calls,
 )
 from tolerances import assert_close
 
@@ -50,20 +50,6 @@ def test_generate_dynamic_cache_left_padded(device, mode):
     ref, out = eager_and_patched(model, gen, mode)
     assert ref.shape == (3, 15)
     assert torch.equal(out, ref)
-
-
-def spy_kernel_calls(monkeypatch, mode):
-    """Record (batch, queries, keys) of every kernel call the patched attention makes in ``mode``."""
-    calls = []
-    name = "masked_softmax" if mode == "softmax" else "attention"
-    real = getattr(hf, name)
-
-    def spy(x, *args, **kw):  # softmax: scores [B, H, Q, K]; fused: q [B, H, Q, D], then k [B, Hkv, K, D]
-        calls.append((x.shape[0], x.shape[-2], x.shape[-1] if mode == "softmax" else args[0].shape[-2]))
-        return real(x, *args, **kw)
-
-    monkeypatch.setattr(hf, name, spy)
-    return calls
 
 
 @pytest.mark.parametrize("mode", MODES)

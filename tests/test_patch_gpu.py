@@ -7,7 +7,8 @@ import copy
 
 import pytest
 import torch
-from transformers import BertConfig, BertModel, GPT2Config, GPT2LMHeadModel
+import transformers
+from transformers import GPT2Config, GPT2LMHeadModel
 
 from hf_masked_softmax import patched
 
@@ -51,11 +52,14 @@ def test_gpt2_small_fp16_forward(mode):
     assert e_ours <= 2 * e_eager
 
 
+@pytest.mark.parametrize("arch", ["Bert", "Roberta", "DistilBert"])
 @pytest.mark.parametrize("mode", ["softmax", "fused"])
-def test_bert_base_fp16_forward(mode):
+def test_bert_base_fp16_forward(mode, arch):
+    # BERT-base and two of its relatives at their default (base) sizes
     torch.manual_seed(0)
-    m32, m16 = fp32_and_fp16(BertModel(BertConfig(attn_implementation="eager")))
-    ids, mask = padded(30522, (256, 180, 77, 9), 256, "right")
+    config = getattr(transformers, f"{arch}Config")(attn_implementation="eager")
+    m32, m16 = fp32_and_fp16(getattr(transformers, f"{arch}Model")(config))
+    ids, mask = padded(config.vocab_size, (256, 180, 77, 9), 256, "right")
     valid = mask.bool()
     with torch.no_grad():
         ref = m32(ids, attention_mask=mask).last_hidden_state
@@ -63,7 +67,7 @@ def test_bert_base_fp16_forward(mode):
         with patched(m16, mode=mode):
             ours = m16(ids, attention_mask=mask).last_hidden_state
     e_eager, e_ours = max_err(eager, ref, valid), max_err(ours, ref, valid)
-    print(f"bert fp16 {mode}: eager err {e_eager:.3e}, patched err {e_ours:.3e}")
+    print(f"{arch} fp16 {mode}: eager err {e_eager:.3e}, patched err {e_ours:.3e}")
     assert 0 < e_eager and torch.isfinite(ours[valid]).all()
     assert e_ours <= 2 * e_eager
 

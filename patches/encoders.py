@@ -1,0 +1,38 @@
+"""BERT's relatives: encoders whose attention layers are BERT's, one spec shape, a list of model types.
+
+RoBERTa, XLM-RoBERTa, CamemBERT, ELECTRA, ERNIE, Data2Vec-Text, RoBERTa-PreLayerNorm and XLM-RoBERTa-XL copy BERT's
+attention modules (self-attention with ``is_causal = config.is_decoder``, cross-attention with ``is_causal=False``,
+``scaling = head_size ** -0.5``), so they also run as decoders with a KV cache (``...ForCausalLM``) and inside an
+``EncoderDecoderModel``. DistilBERT and ALBERT have only a bidirectional self-attention module
+(``DistilBertSelfAttention``, ``AlbertAttention``). All of them build their masks with transformers'
+``create_bidirectional_mask`` / ``create_causal_mask``, which the backend's mask function answers with the compact
+``[B, K]`` padding mask, and hand the AttentionInterface nothing but that mask, the dropout and the scale (checked
+for transformers 5.4, 5.17 and 5.25).
+
+Only model types listed in ``SPECS`` are accepted, each covered by tests/test_patch_encoders.py. To add a type, append
+a line below and a case to that test.
+"""
+from __future__ import annotations
+
+from .spec import ModelSpec
+
+
+def encoder_spec(model_type: str, prefix: str, *, cross_attention: bool = True) -> ModelSpec:
+    """A ``ModelSpec`` for a BERT-style model whose attention classes are ``{prefix}SelfAttention`` (and
+    ``{prefix}CrossAttention`` where the family has a decoder with cross-attention)."""
+    classes = (f"{prefix}SelfAttention", f"{prefix}CrossAttention") if cross_attention else (f"{prefix}SelfAttention",)
+    return ModelSpec(model_type=model_type, attention_classes=classes)
+
+
+SPECS = (
+    encoder_spec("roberta", "Roberta"),
+    encoder_spec("xlm-roberta", "XLMRoberta"),
+    encoder_spec("camembert", "Camembert"),
+    encoder_spec("electra", "Electra"),
+    encoder_spec("ernie", "Ernie"),
+    encoder_spec("data2vec-text", "Data2VecText"),
+    encoder_spec("roberta-prelayernorm", "RobertaPreLayerNorm"),
+    encoder_spec("xlm-roberta-xl", "XLMRobertaXL"),
+    encoder_spec("distilbert", "DistilBert", cross_attention=False),
+    ModelSpec(model_type="albert", attention_classes=("AlbertAttention",)),
+)
