@@ -2,8 +2,10 @@
 
 These models hand the AttentionInterface plain scaled dot-product attention: rotary embeddings and any q/k norms are
 applied before the call, grouped-query attention arrives as key/value tensors with fewer heads
-(``num_key_value_groups = num_attention_heads // num_key_value_heads``), ``module.is_causal`` is True and ``scaling``
-is passed explicitly (``head_dim ** -0.5``, or Granite's ``attention_multiplier``). The mask comes from
+(``num_key_value_groups = num_attention_heads // num_key_value_heads``; GPT-BigCode's multi-query attention has one),
+``module.is_causal`` is True and ``scaling`` is passed explicitly (``head_dim ** -0.5``, Granite's
+``attention_multiplier``, OPT's 1.0). Their eager attention functions are Llama's, or Llama's without the
+key/value repeat for the types without grouped-query attention (checked for transformers 5.4, 5.17 and 5.25). The mask comes from
 ``create_causal_mask``, which the backend's mask function answers with the compact ``[B, K]`` padding mask.
 
 The one feature of these types that the kernels do not do is sliding-window attention (Mistral's default
@@ -66,4 +68,11 @@ SPECS = (
     decoder_spec("qwen3", "Qwen3Attention", window_follows_layer_types=True),
     decoder_spec("granite", "GraniteAttention"),  # scaling = config.attention_multiplier
     decoder_spec("olmo2", "Olmo2Attention"),
+    decoder_spec("gemma", "GemmaAttention"),  # Gemma 1 (Gemma 2 and 3 soft-cap and slide: not listed)
+    decoder_spec("cohere", "CohereAttention"),  # Command-R (optional q/k norms before the call)
+    decoder_spec("stablelm", "StableLmAttention"),  # partial rotary, optional q/k layer norms before the call
+    decoder_spec("phi", "PhiAttention"),  # Phi-1, 1.5 and 2 (partial rotary before the call)
+    decoder_spec("gpt_neox", "GPTNeoXAttention"),  # Pythia, GPT-NeoX-20B (partial rotary before the call)
+    decoder_spec("opt", "OPTAttention"),  # queries scaled by the projection: scaling=1.0
+    decoder_spec("gpt_bigcode", "GPTBigCodeAttention"),  # StarCoder, SantaCoder: multi-query, one key/value head
 )

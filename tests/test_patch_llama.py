@@ -1,13 +1,17 @@
 """Llama-style decoders (patches/decoders.py) patched vs eager on tiny random models with grouped-query attention.
 
-Every config: 2 layers, hidden 64, 4 query heads sharing 2 key/value heads (head_dim 16), vocabulary 100. On CPU the
-kernels run in Triton's interpreter (tests/conftest.py).
+Every config: 2 layers, hidden 64, 4 query heads sharing 2 key/value heads (head_dim 16), vocabulary 100; GPT-NeoX
+and OPT have no grouped-query attention (4 key/value heads), GPT-BigCode's multi-query attention one key/value head.
+On CPU the kernels run in Triton's interpreter (tests/conftest.py).
 """
 import pytest
 import torch
 from transformers import (
-    GraniteConfig, GraniteForCausalLM, LlamaConfig, LlamaForCausalLM, MistralConfig, MistralForCausalLM, Olmo2Config,
-    Olmo2ForCausalLM, Phi3Config, Phi3ForCausalLM, Qwen2Config, Qwen2ForCausalLM, Qwen3Config, Qwen3ForCausalLM,
+    CohereConfig, CohereForCausalLM, GemmaConfig, GemmaForCausalLM, GPTBigCodeConfig, GPTBigCodeForCausalLM,
+    GPTNeoXConfig, GPTNeoXForCausalLM, GraniteConfig, GraniteForCausalLM, LlamaConfig, LlamaForCausalLM, MistralConfig,
+    MistralForCausalLM, Olmo2Config, Olmo2ForCausalLM, OPTConfig, OPTForCausalLM, Phi3Config, Phi3ForCausalLM,
+    PhiConfig, PhiForCausalLM, Qwen2Config, Qwen2ForCausalLM, Qwen3Config, Qwen3ForCausalLM, StableLmConfig,
+    StableLmForCausalLM,
 )
 
 from hf_masked_softmax import hf, patch_model, patched, unpatch_model
@@ -29,6 +33,15 @@ ARCHS = {
     "granite": (GraniteForCausalLM, GraniteConfig, {"attention_multiplier": 0.3, "embedding_multiplier": 2.0,
                                                     "residual_multiplier": 0.5, "logits_scaling": 1.5}),
     "olmo2": (Olmo2ForCausalLM, Olmo2Config, {}),
+    "gemma": (GemmaForCausalLM, GemmaConfig, {}),
+    "cohere": (CohereForCausalLM, CohereConfig, {"use_qk_norm": True, "logit_scale": 0.5}),
+    "stablelm": (StableLmForCausalLM, StableLmConfig, {"qk_layernorm": True, "partial_rotary_factor": 0.5}),
+    "phi": (PhiForCausalLM, PhiConfig, {"partial_rotary_factor": 0.5}),
+    "gpt_neox": (GPTNeoXForCausalLM, GPTNeoXConfig, {"rotary_pct": 0.25}),
+    "opt": (OPTForCausalLM, OPTConfig, {"ffn_dim": 128, "word_embed_proj_dim": 64, "dropout": 0.0}),
+    "gpt_bigcode": (GPTBigCodeForCausalLM, GPTBigCodeConfig, {"n_embd": 64, "n_layer": 2, "n_head": 4,
+                                                              "n_positions": 64, "multi_query": True, "attn_pdrop": 0.0,
+                                                              "resid_pdrop": 0.0, "embd_pdrop": 0.0}),
 }
 MAIN = ["llama", "qwen2", "mistral"]
 MODES = ["softmax", "fused"]
@@ -51,8 +64,7 @@ def left_padded(device, lengths=(12, 8, 3), seed=0):
     return ids.masked_fill(mask == 0, 0).to(device), mask.to(device)
 
 
-@pytest.mark.parametrize("arch,mode", [(a, m) for a in MAIN for m in MODES] + [(a, "fused") for a in ARCHS
-                                                                                if a not in MAIN])
+@pytest.mark.parametrize("arch,mode", [(a, m) for a in ARCHS for m in MODES])
 def test_logits_left_padded(device, arch, mode):
     model = decoder(arch, device)
     ids, mask = left_padded(device)
@@ -68,7 +80,7 @@ def test_logits_unpadded_without_mask(device, arch):
     assert_close(out, ref)
 
 
-@pytest.mark.parametrize("arch", MAIN)
+@pytest.mark.parametrize("arch", list(ARCHS))
 def test_generate_left_padded(device, arch):
     model = decoder(arch, device, seed=2)
     ids, mask = left_padded(device, lengths=(8, 5, 2), seed=2)
@@ -81,7 +93,8 @@ def test_generate_left_padded(device, arch):
     assert torch.equal(out, ref)
 
 
-@pytest.mark.parametrize("arch,mode", [("llama", "fused"), ("qwen2", "softmax"), ("mistral", "fused")])
+@pytest.mark.parametrize("arch,mode", [("llama", "fused"), ("qwen2", "softmax"), ("mistral", "fused"),
+                                       ("gpt_bigcode", "fused"), ("opt", "softmax")])
 def test_gradients_match_eager(device, arch, mode):
     model = decoder(arch, device, seed=3).train()
     ids, mask = left_padded(device, seed=3)
@@ -94,7 +107,7 @@ def test_gradients_match_eager(device, arch, mode):
         return {n: p.grad.clone() for n, p in m.named_parameters() if p.grad is not None}
 
     ref, out = eager_and_patched(model, grads, mode)
-    assert ref.keys() == out.keys() and any("k_proj" in n for n in ref)
+    assert ref.keys() == out.keys() and any(k in n for n in ref for k in ("k_proj", "c_attn"))  # keys' projection
     for name in ref:
         assert_close(out[name], ref[name], scale=10)
 
