@@ -87,6 +87,16 @@ def _causal_for(module, attention_mask, is_causal) -> bool:
 _AUTO_BY_MASK: dict = {}
 
 
+# Gemma's config flag: its attention modules turn non-causal while the model still builds a causal mask, so HF's
+# eager attention (which applies the mask) is causal and its sdpa (which drops a mask without padding and then goes by
+# the module) is not. The compact mask here leaves causality to the module, so it would run bidirectional where eager
+# is causal: refused rather than run one way or the other.
+BIDIRECTIONAL_CONFLICT = (
+    "config.use_bidirectional_attention=True makes its attention modules non-causal while the model still builds a "
+    "causal mask, so transformers' own eager and sdpa attention disagree whenever nothing is padded (eager stays "
+    "causal); hf_masked_softmax does not pick one. Run it with attn_implementation='eager' or 'sdpa'"
+)
+
 _SUPPORTED_TYPES: frozenset = frozenset()  # the patcher's registry: set_supported_types, when patches is imported
 
 
@@ -227,8 +237,11 @@ def _mask_function(
     The arguments are those of transformers' ``sdpa_mask``: ``attention_mask`` is the tokenizer's 2D mask (bool, may
     be shorter than ``kv_offset + kv_length``: the rest is not attended), ``mask_function`` the pattern.
     """
-    _check_model_type(kwargs.get("config"))
+    config = kwargs.get("config")
+    _check_model_type(config)
     causal = mask_function is masking_utils.causal_mask_function
+    if causal and getattr(config, "use_bidirectional_attention", False):  # models loaded by name (see patches)
+        raise ValueError(f"{NAME} cannot run this {config.model_type} model: {BIDIRECTIONAL_CONFLICT}")
     plain = causal or mask_function is masking_utils.bidirectional_mask_function
     # Bottom-right causality equals HF's (query q_offset + i sees key kv_offset + j iff j + kv_offset <= q_offset + i)
     # exactly when the last query is the last key. A static cache longer than what it holds breaks that.

@@ -8,7 +8,8 @@ applied before the call, grouped-query attention arrives as key/value tensors wi
 key/value repeat for the types without grouped-query attention (checked for transformers 5.4, 5.17 and 5.25). The mask comes from
 ``create_causal_mask``, which the backend's mask function answers with the compact ``[B, K]`` padding mask.
 
-The one feature of these types that the kernels do not do is sliding-window attention (Mistral's default
+Gemma's ``use_bidirectional_attention=True`` is refused too (see ``hf.BIDIRECTIONAL_CONFLICT``). The one feature
+of these types that the kernels do not do is sliding-window attention (Mistral's default
 ``sliding_window=4096``, Qwen2/Qwen3 with ``use_sliding_window=True``): such a configuration is refused when patching,
 with the feature named. The attention function refuses it again at call time (``hf.py``, together with soft-capping,
 sinks and position biases), for models that reach it through ``from_pretrained(..., attn_implementation=...)``
@@ -20,6 +21,7 @@ refused rather than guessed at. To add a type, append a line below and a case to
 """
 from __future__ import annotations
 
+from .. import hf
 from .spec import ModelSpec
 
 
@@ -41,6 +43,8 @@ def _sliding_window(config, window_follows_layer_types: bool):
 
 def _checker(model_type: str, window_follows_layer_types: bool):
     def check(config) -> None:
+        if getattr(config, "use_bidirectional_attention", False):
+            raise ValueError(f"cannot patch this {model_type} model: {hf.BIDIRECTIONAL_CONFLICT}")
         window = _sliding_window(config, window_follows_layer_types)
         if window is not None:
             raise ValueError(

@@ -145,6 +145,25 @@ def test_sliding_window_refused_and_untouched(device, arch, overrides):
     assert not any(hf.MODE_ATTR in m.__dict__ for m in model.modules())
 
 
+def test_gemma_bidirectional_flag_refused_when_patching_and_by_name(device):
+    # use_bidirectional_attention turns Gemma's attention modules non-causal while the model still builds a causal
+    # mask: eager then stays causal and sdpa without padding does not (checked here), so the patch refuses the model
+    model = decoder("gemma", device, use_bidirectional_attention=True)
+    ids, mask = left_padded(device, lengths=(10, 10))
+    eager = model(ids, attention_mask=mask).logits
+    model.set_attn_implementation("sdpa")
+    assert not torch.allclose(model(ids, attention_mask=mask).logits, eager, atol=1e-3)
+    model.set_attn_implementation("eager")
+    config = model.config
+    with pytest.raises(ValueError, match="gemma model: config.use_bidirectional_attention=True makes"):
+        patch_model(model)
+    assert model.config is config and config._attn_implementation == "eager"
+    assert not any(hf.MODE_ATTR in m.__dict__ for m in model.modules())
+    model.set_attn_implementation(hf.NAME)
+    with pytest.raises(ValueError, match="cannot run this gemma model: config.use_bidirectional_attention"):
+        model(ids, attention_mask=mask)
+
+
 def test_mistral_default_config_has_a_window():
     assert MistralConfig().sliding_window == 4096
 
