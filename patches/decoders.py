@@ -2,11 +2,11 @@
 
 These models hand the AttentionInterface plain scaled dot-product attention: rotary embeddings and any q/k norms are
 applied before the call, grouped-query attention arrives as key/value tensors with fewer heads
-(``num_key_value_groups = num_attention_heads // num_key_value_heads``; GPT-BigCode's multi-query attention has one),
-``module.is_causal`` is True and ``scaling`` is passed explicitly (``head_dim ** -0.5``, Granite's
-``attention_multiplier``, OPT's 1.0). Their eager attention functions are Llama's, or Llama's without the
-key/value repeat for the types without grouped-query attention (checked for transformers 5.4, 5.17 and 5.25). The mask comes from
-``create_causal_mask``, which the backend's mask function answers with the compact ``[B, K]`` padding mask.
+(``num_key_value_groups = num_attention_heads // num_key_value_heads``; GPT-BigCode's multi-query attention has
+one), ``module.is_causal`` is True and ``scaling`` is passed explicitly (``head_dim ** -0.5``, Granite's
+``attention_multiplier``, OPT's 1.0). Their eager attention functions are Llama's, or Llama's without the key/value
+repeat for the types without grouped-query attention (checked for transformers 5.4, 5.17 and 5.25). The mask comes
+from ``create_causal_mask``, which the backend's mask function answers with the compact ``[B, K]`` padding mask.
 
 Gemma's ``use_bidirectional_attention=True`` is refused too (see ``hf.BIDIRECTIONAL_CONFLICT``). The one feature
 of these types that the kernels do not do is sliding-window attention (Mistral's default

@@ -1,8 +1,10 @@
 """patch_model / unpatch_model / patched: errors, isolation between instances, exact undo, from_pretrained."""
+import re
+
 import pytest
 import torch
 import transformers
-from transformers import AutoModelForCausalLM, GPT2LMHeadModel, GPTJConfig, GPTJForCausalLM
+from transformers import AutoModelForCausalLM, GPT2LMHeadModel, Phi3Config, Phi3ForCausalLM
 
 from hf_masked_softmax import hf, patch_model, patched, unpatch_model
 from hf_masked_softmax.patches import NAME as PATCH_NAME, REGISTRY
@@ -21,10 +23,12 @@ def test_registered_under_one_name():
     assert PATCH_NAME == hf.NAME == "hf_masked_softmax"
     assert ALL_ATTENTION_FUNCTIONS[hf.NAME] is hf.attention_forward
     assert ALL_MASK_ATTENTION_FUNCTIONS[hf.NAME] is hf.mask_function
-    assert sorted(REGISTRY) == ["albert", "bert", "camembert", "cohere", "data2vec-text", "distilbert", "electra",
-                                "ernie", "gemma", "gpt2", "gpt_bigcode", "gpt_neox", "granite", "llama", "mistral",
-                                "olmo2", "opt", "phi", "qwen2", "qwen3", "roberta", "roberta-prelayernorm", "stablelm",
-                                "xlm-roberta", "xlm-roberta-xl"]
+    assert sorted(REGISTRY) == [
+        "albert", "bart", "bert", "blenderbot", "camembert", "cohere", "data2vec-text", "distilbert", "electra",
+        "ernie", "gemma", "gpt2", "gpt_bigcode", "gpt_neox", "granite", "llama", "m2m_100", "marian", "mbart",
+        "mistral", "olmo2", "opt", "pegasus", "phi", "qwen2", "qwen3", "roberta", "roberta-prelayernorm",
+        "stablelm", "whisper", "xlm-roberta", "xlm-roberta-xl",
+    ]
 
 
 def test_the_backend_knows_the_registry_from_import_so_no_call_assigns_a_global():
@@ -65,19 +69,21 @@ def test_the_mask_function_never_reads_the_mask_on_the_host(kv_length, padded):
     assert hf._mask_function(2, kv_length, kv_length, q_offset=0, kv_offset=0, attention_mask=None) is None
 
 
-def gptj(**kw):
-    """A tiny GPT-J: a type outside the registry (its eager attention computes the scores in fp32, which the patch
-    would not do in softmax mode)."""
-    return GPTJForCausalLM(GPTJConfig(n_layer=1, n_embd=16, n_head=2, vocab_size=32, n_positions=16, rotary_dim=4,
-                                      bos_token_id=1, eos_token_id=2, **kw))
+def unlisted(**kw):
+    """A tiny Phi-3: a type outside the registry (its sliding window, when set, reaches the attention function as an
+    argument; not listed) that goes through the attention interface in every supported transformers."""
+    return Phi3ForCausalLM(Phi3Config(num_hidden_layers=1, hidden_size=16, intermediate_size=32, num_attention_heads=2,
+                                      num_key_value_heads=2, vocab_size=32, max_position_embeddings=16,
+                                      sliding_window=None, pad_token_id=0, bos_token_id=1, eos_token_id=2, **kw))
 
 
 def test_unsupported_model_is_refused_and_untouched(device):
     torch.manual_seed(0)
-    model = gptj(attn_implementation="eager")
+    model = unlisted(attn_implementation="eager")
     config = model.config
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    with pytest.raises(ValueError, match=r"'gptj'.*supported model_types: \['albert', 'bert', 'camembert', "):
+    supported = re.escape(str(sorted(REGISTRY)))
+    with pytest.raises(ValueError, match=r"'phi3'; supported model_types: " + supported):
         patch_model(model)
     assert model.config is config and config._attn_implementation == "eager"
     assert all(m.__dict__.get("config", config) is config for m in model.modules())
@@ -181,8 +187,9 @@ def test_float64_model_runs_the_reference_in_float64(mode, device):
 
 
 def test_attn_implementation_name_refuses_unsupported_model_types(device):
-    model = gptj(attn_implementation=hf.NAME).to(device)
-    with pytest.raises(ValueError, match=r"does not run model_type 'gptj'; supported model_types: \['albert', 'bert'"):
+    model = unlisted(attn_implementation=hf.NAME).to(device)
+    supported = re.escape(str(sorted(REGISTRY)))
+    with pytest.raises(ValueError, match=r"does not run model_type 'phi3'; supported model_types: " + supported):
         model(torch.tensor([[3, 4, 5]], device=device), attention_mask=torch.ones(1, 3, device=device))
 
 

@@ -73,6 +73,29 @@ def test_bert_base_fp16_forward(mode, arch):
 
 
 @pytest.mark.parametrize("mode", ["softmax", "fused"])
+def test_bart_base_fp16_forward(mode):
+    # an encoder-decoder at BART-base size: padded sources, padded decoder inputs, cross-attention
+    torch.manual_seed(0)
+    config = transformers.BartConfig(attn_implementation="eager")
+    m32, m16 = fp32_and_fp16(transformers.BartForConditionalGeneration(config))
+    ids, mask = padded(config.vocab_size, (256, 180, 77, 9), 256, "right", seed=1)
+    dec, dec_mask = padded(config.vocab_size, (128, 100, 40, 128), 128, "right", seed=2)
+    valid = dec_mask.bool()
+
+    def run(m):
+        return m(input_ids=ids, attention_mask=mask, decoder_input_ids=dec, decoder_attention_mask=dec_mask).logits
+
+    with torch.no_grad():
+        ref, eager = run(m32), run(m16)
+        with patched(m16, mode=mode):
+            ours = run(m16)
+    e_eager, e_ours = max_err(eager, ref, valid), max_err(ours, ref, valid)
+    print(f"bart fp16 {mode}: eager err {e_eager:.3e}, patched err {e_ours:.3e}")
+    assert 0 < e_eager and torch.isfinite(ours[valid]).all()
+    assert e_ours <= 2 * e_eager
+
+
+@pytest.mark.parametrize("mode", ["softmax", "fused"])
 def test_gpt2_small_fp16_gradients(mode):
     torch.manual_seed(0)
     m32, m16 = fp32_and_fp16(GPT2LMHeadModel(GPT2Config(attn_implementation="eager", n_layer=4)))
