@@ -139,3 +139,50 @@ def spy_kernel_calls(monkeypatch, mode):
 
     monkeypatch.setattr(hf, name, spy)
     return calls
+
+
+def gradients(loss):
+    """``run(model)`` for :func:`eager_and_patched`: one backward of ``loss(model)``; every parameter's gradient by
+    name."""
+    def run(m):
+        m.zero_grad()
+        loss(m).backward()
+        return {n: p.grad.clone() for n, p in m.named_parameters() if p.grad is not None}
+
+    return run
+
+
+def logits_gradients(ids, mask, vocab, seed):
+    """:func:`gradients` of a random-weighted sum of the logits at the real positions of a padded batch."""
+    weights = torch.randn(*ids.shape, vocab, generator=torch.Generator().manual_seed(seed)).to(ids.device)
+    return gradients(lambda m: (m(ids, attention_mask=mask).logits * weights)[mask.bool()].sum())
+
+
+def assert_gradients_close(out, ref, projections=("k_proj",)):
+    """Two :func:`gradients` results: the same parameters (among them a key projection, named by one of
+    ``projections``, so the attention's backward was exercised), each within 10x the fp32 tolerance."""
+    assert ref.keys() == out.keys() and len(ref) > 10
+    assert any(p in n for n in ref for p in projections)
+    for name in ref:
+        assert_close(out[name], ref[name], scale=10)
+
+
+def check_encoder_decoder(model, device):
+    """An eager ``EncoderDecoderModel`` (or any model taking ``decoder_input_ids``) patched vs eager on right-padded
+    sources and decoder inputs: logits on the valid decoder positions in "auto" mode with the probabilities (decoder
+    self- and cross-attention on the rows of real queries), then the logits again in "fused" mode."""
+    ids, mask = padded_batch(device, lengths=(10, 6, 2), total=10, side="right", seed=5)
+    dec_ids, dec_mask = padded_batch(device, lengths=(7, 7, 4), total=7, side="right", seed=6)
+
+    def run(m, output_attentions=True):
+        return m(input_ids=ids, attention_mask=mask, decoder_input_ids=dec_ids, decoder_attention_mask=dec_mask,
+                 output_attentions=output_attentions)
+
+    ref, out = eager_and_patched(model, run, "auto")
+    assert_valid_close(out.logits, ref.logits, dec_mask.bool())
+    assert len(out.cross_attentions) == len(ref.cross_attentions) == 2
+    for o, r in zip(out.cross_attentions + out.decoder_attentions, ref.cross_attentions + ref.decoder_attentions):
+        assert_probs_close(o, r, dec_mask.bool())
+
+    ref, out = eager_and_patched(model, lambda m: run(m, False).logits, "fused")
+    assert_valid_close(out, ref, dec_mask.bool())

@@ -7,8 +7,8 @@ from transformers import BertLMHeadModel, BertModel, EncoderDecoderModel
 
 from hf_masked_softmax import patched
 from patch_helpers import (
-    assert_probs_close, assert_step_close, assert_valid_close, bert_config, eager_and_patched, padded_batch,
-    philox_dropout_step,
+    assert_probs_close, assert_step_close, assert_valid_close, bert_config, check_encoder_decoder, eager_and_patched,
+    padded_batch, philox_dropout_step,
 )
 from tolerances import assert_close
 
@@ -99,22 +99,7 @@ def bert2bert(device):
 
 
 def test_bert2bert_cross_attention(device):
-    model = bert2bert(device)
-    ids, mask = padded_batch(device, lengths=(10, 6, 2), total=10, side="right", seed=5)
-    dec_ids, dec_mask = padded_batch(device, lengths=(7, 7, 4), total=7, side="right", seed=6)
-
-    def run(m, output_attentions=True):
-        return m(input_ids=ids, attention_mask=mask, decoder_input_ids=dec_ids, decoder_attention_mask=dec_mask,
-                 output_attentions=output_attentions)
-
-    ref, out = eager_and_patched(model, run, "auto")
-    assert_valid_close(out.logits, ref.logits, dec_mask.bool())
-    assert len(out.cross_attentions) == len(ref.cross_attentions) == 2
-    for o, r in zip(out.cross_attentions + out.decoder_attentions, ref.cross_attentions + ref.decoder_attentions):
-        assert_probs_close(o, r, dec_mask.bool())
-
-    ref, out = eager_and_patched(model, lambda m: run(m, False).logits, "fused")
-    assert_valid_close(out, ref, dec_mask.bool())
+    check_encoder_decoder(bert2bert(device), device)
 
 
 def test_bert2bert_generate(device):

@@ -8,10 +8,11 @@ import pytest
 import torch
 import transformers
 
-from hf_masked_softmax import hf, patch_model, patched, unpatch_model
+from hf_masked_softmax import hf, patch_model, unpatch_model
 from hf_masked_softmax.patches import REGISTRY, encoders
 from patch_helpers import (
-    VOCAB, assert_probs_close, assert_valid_close, eager_and_patched, padded_batch, spy_kernel_calls,
+    VOCAB, assert_gradients_close, assert_probs_close, assert_valid_close, check_encoder_decoder, eager_and_patched,
+    logits_gradients, padded_batch, spy_kernel_calls,
 )
 from tolerances import assert_close
 
@@ -106,38 +107,15 @@ def test_encoder_decoder_cross_attention(device, arch):
     decoder = model(arch, device, head="ForCausalLM", seed=4, is_decoder=True, add_cross_attention=True)
     m = transformers.EncoderDecoderModel(encoder=encoder, decoder=decoder).to(device).eval()
     m.config._attn_implementation = "eager"  # the composite config defaults to sdpa; its setter reaches both parts
-    ids, mask = padded_batch(device, lengths=(10, 6, 2), total=10, side="right", seed=5)
-    dec_ids, dec_mask = padded_batch(device, lengths=(7, 7, 4), total=7, side="right", seed=6)
-
-    def run(m, output_attentions=True):
-        return m(input_ids=ids, attention_mask=mask, decoder_input_ids=dec_ids, decoder_attention_mask=dec_mask,
-                 output_attentions=output_attentions)
-
-    ref, out = eager_and_patched(m, run, "auto")
-    assert_valid_close(out.logits, ref.logits, dec_mask.bool())
-    assert len(out.cross_attentions) == len(ref.cross_attentions) == 2
-    for o, r in zip(out.cross_attentions, ref.cross_attentions):
-        assert_probs_close(o, r, dec_mask.bool())
-    with patched(m, mode="fused"):
-        assert_valid_close(run(m, False).logits, ref.logits, dec_mask.bool())
+    check_encoder_decoder(m, device)
 
 
 @pytest.mark.parametrize("arch,mode", [("roberta", "fused"), ("distilbert", "softmax"), ("albert", "fused")])
 def test_gradients_match_eager(device, arch, mode):
     m = model(arch, device, head="ForMaskedLM", seed=7).train()
     ids, mask = padded_batch(device, seed=7)
-    weights = torch.randn(*ids.shape, VOCAB, generator=torch.Generator().manual_seed(8)).to(device)
-
-    def grads(m):
-        m.zero_grad()
-        logits = m(ids, attention_mask=mask).logits
-        ((logits * weights)[mask.bool()]).sum().backward()
-        return {n: p.grad.clone() for n, p in m.named_parameters() if p.grad is not None}
-
-    ref, out = eager_and_patched(m, grads, mode)
-    assert ref.keys() == out.keys() and len(ref) > 10
-    for name in ref:
-        assert_close(out[name], ref[name], scale=10)
+    ref, out = eager_and_patched(m, logits_gradients(ids, mask, VOCAB, seed=8), mode)
+    assert_gradients_close(out, ref, ("key", "k_lin"))
 
 
 def test_from_pretrained_by_name_and_unpatch_bit_identical(device, tmp_path):

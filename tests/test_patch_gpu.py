@@ -35,21 +35,25 @@ def fp32_and_fp16(model):
     return model, copy.deepcopy(model).half()
 
 
+def assert_fp16_rule(label, run, m32, m16, mode, valid):
+    """flash-attn's rule on ``run(model)``'s output at the ``valid`` positions: the patched fp16 model's error against
+    the fp32 model is at most twice the eager fp16 model's."""
+    with torch.no_grad():
+        ref, eager = run(m32), run(m16)
+        with patched(m16, mode=mode):
+            ours = run(m16)
+    e_eager, e_ours = max_err(eager, ref, valid), max_err(ours, ref, valid)
+    print(f"{label} fp16 {mode}: eager err {e_eager:.3e}, patched err {e_ours:.3e}")
+    assert 0 < e_eager and torch.isfinite(ours[valid]).all()
+    assert e_ours <= 2 * e_eager
+
+
 @pytest.mark.parametrize("mode", ["softmax", "fused"])
 def test_gpt2_small_fp16_forward(mode):
     torch.manual_seed(0)
     m32, m16 = fp32_and_fp16(GPT2LMHeadModel(GPT2Config(attn_implementation="eager")))
     ids, mask = padded(50257, (512, 397, 200, 31), 512, "left")
-    valid = mask.bool()
-    with torch.no_grad():
-        ref = m32(ids, attention_mask=mask).logits
-        eager = m16(ids, attention_mask=mask).logits
-        with patched(m16, mode=mode):
-            ours = m16(ids, attention_mask=mask).logits
-    e_eager, e_ours = max_err(eager, ref, valid), max_err(ours, ref, valid)
-    print(f"gpt2 fp16 {mode}: eager err {e_eager:.3e}, patched err {e_ours:.3e}")
-    assert 0 < e_eager and torch.isfinite(ours[valid]).all()
-    assert e_ours <= 2 * e_eager
+    assert_fp16_rule("gpt2", lambda m: m(ids, attention_mask=mask).logits, m32, m16, mode, mask.bool())
 
 
 @pytest.mark.parametrize("arch", ["Bert", "Roberta", "DistilBert"])
@@ -60,16 +64,7 @@ def test_bert_base_fp16_forward(mode, arch):
     config = getattr(transformers, f"{arch}Config")(attn_implementation="eager")
     m32, m16 = fp32_and_fp16(getattr(transformers, f"{arch}Model")(config))
     ids, mask = padded(config.vocab_size, (256, 180, 77, 9), 256, "right")
-    valid = mask.bool()
-    with torch.no_grad():
-        ref = m32(ids, attention_mask=mask).last_hidden_state
-        eager = m16(ids, attention_mask=mask).last_hidden_state
-        with patched(m16, mode=mode):
-            ours = m16(ids, attention_mask=mask).last_hidden_state
-    e_eager, e_ours = max_err(eager, ref, valid), max_err(ours, ref, valid)
-    print(f"{arch} fp16 {mode}: eager err {e_eager:.3e}, patched err {e_ours:.3e}")
-    assert 0 < e_eager and torch.isfinite(ours[valid]).all()
-    assert e_ours <= 2 * e_eager
+    assert_fp16_rule(arch, lambda m: m(ids, attention_mask=mask).last_hidden_state, m32, m16, mode, mask.bool())
 
 
 @pytest.mark.parametrize("mode", ["softmax", "fused"])
@@ -80,19 +75,11 @@ def test_bart_base_fp16_forward(mode):
     m32, m16 = fp32_and_fp16(transformers.BartForConditionalGeneration(config))
     ids, mask = padded(config.vocab_size, (256, 180, 77, 9), 256, "right", seed=1)
     dec, dec_mask = padded(config.vocab_size, (128, 100, 40, 128), 128, "right", seed=2)
-    valid = dec_mask.bool()
 
     def run(m):
         return m(input_ids=ids, attention_mask=mask, decoder_input_ids=dec, decoder_attention_mask=dec_mask).logits
 
-    with torch.no_grad():
-        ref, eager = run(m32), run(m16)
-        with patched(m16, mode=mode):
-            ours = run(m16)
-    e_eager, e_ours = max_err(eager, ref, valid), max_err(ours, ref, valid)
-    print(f"bart fp16 {mode}: eager err {e_eager:.3e}, patched err {e_ours:.3e}")
-    assert 0 < e_eager and torch.isfinite(ours[valid]).all()
-    assert e_ours <= 2 * e_eager
+    assert_fp16_rule("bart", run, m32, m16, mode, dec_mask.bool())
 
 
 @pytest.mark.parametrize("mode", ["softmax", "fused"])

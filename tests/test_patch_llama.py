@@ -15,7 +15,7 @@ from transformers import (
 )
 
 from hf_masked_softmax import hf, patch_model, patched, unpatch_model
-from patch_helpers import assert_valid_close, eager_and_patched
+from patch_helpers import assert_gradients_close, assert_valid_close, eager_and_patched, logits_gradients
 from tolerances import assert_close
 
 VOCAB = 100
@@ -98,18 +98,8 @@ def test_generate_left_padded(device, arch):
 def test_gradients_match_eager(device, arch, mode):
     model = decoder(arch, device, seed=3).train()
     ids, mask = left_padded(device, seed=3)
-    weights = torch.randn(*ids.shape, VOCAB, generator=torch.Generator().manual_seed(4)).to(device)
-
-    def grads(m):
-        m.zero_grad()
-        logits = m(ids, attention_mask=mask).logits
-        ((logits * weights)[mask.bool()]).sum().backward()
-        return {n: p.grad.clone() for n, p in m.named_parameters() if p.grad is not None}
-
-    ref, out = eager_and_patched(model, grads, mode)
-    assert ref.keys() == out.keys() and any(k in n for n in ref for k in ("k_proj", "c_attn"))  # keys' projection
-    for name in ref:
-        assert_close(out[name], ref[name], scale=10)
+    ref, out = eager_and_patched(model, logits_gradients(ids, mask, VOCAB, seed=4), mode)
+    assert_gradients_close(out, ref, ("k_proj", "c_attn"))
 
 
 def test_fused_kernel_gets_grouped_kv_heads_and_compact_mask(device, monkeypatch):
