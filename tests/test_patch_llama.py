@@ -180,7 +180,7 @@ def test_unlisted_decoder_is_refused_and_untouched(device):
     torch.manual_seed(0)
     model = Phi3ForCausalLM(Phi3Config(**{**TINY, "sliding_window": None})).eval()
     config = model.config
-    with pytest.raises(ValueError, match=r"'phi3'.*supported model_types: \[.*'llama', 'mistral'"):
+    with pytest.raises(ValueError, match=r"'phi3'.*supported model_types: \[.*'llama', .*'mistral', .*'qwen2'"):
         patch_model(model)
     assert model.config is config and config._attn_implementation == "eager"
 
