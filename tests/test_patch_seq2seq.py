@@ -9,6 +9,7 @@ import pytest
 import torch
 import transformers
 
+from hf_masked_softmax import hf
 from hf_masked_softmax.patches import REGISTRY, seq2seq
 from patch_helpers import (
     VOCAB, assert_gradients_close, assert_probs_close, assert_valid_close, eager_and_patched, gradients, padded_batch,
@@ -133,3 +134,19 @@ def test_gradients_match_eager(device, arch, mode):
 
     ref, out = eager_and_patched(m, gradients(lambda m: m(**enc, labels=labels).loss), mode)
     assert_gradients_close(out, ref, ("encoder_attn.k_proj",))
+
+
+def test_from_pretrained_by_name(device, tmp_path):
+    # transformers loads these types with the registered name, though their classes do not all declare
+    # _supports_attention_backend: the same tokens as the patched eager model
+    m = model("marian", device, seed=9)
+    enc, _ = encoder_inputs("marian", device, seed=9)
+
+    def gen(m):
+        return m.generate(**enc, max_new_tokens=4, min_new_tokens=4, do_sample=False)
+
+    eager, patched_out = eager_and_patched(m, gen, "auto")
+    m.save_pretrained(tmp_path)
+    loaded = type(m).from_pretrained(tmp_path, attn_implementation=hf.NAME).to(device).eval()
+    assert loaded.config._attn_implementation == hf.NAME
+    assert torch.equal(gen(loaded), patched_out) and torch.equal(patched_out, eager)
