@@ -118,6 +118,8 @@
 #   bash evals/gpu_session.sh counts20c # 2026-12-04 (20): runtime counts without causality / for every call
 #   bash evals/gpu_session.sh final20   # 2026-12-04 (20): every GPU test at the session's last library code
 #   bash evals/gpu_session.sh ablate22  # 2026-12-04 (22): the Hopper kernel with its exponentials / P v taken out
+#   bash evals/gpu_session.sh models25  # 2026-12-05 (25): the 24 model types added without a device, on CUDA: the
+#                                       # fp16 rule (RoBERTa, DistilBERT, BART) and the patcher tests of the families
 set -uo pipefail
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
 OUT=${OUT:-out}
@@ -773,8 +775,16 @@ case "${1:-}" in
     timeout 420 python evals/probe_ablate.py --shapes bert,gpt2 --rounds 3 --out "$OUT" 2>&1 \
       | tee "$OUT/probe_ablate.log" | grep -v -i warn | tail -14
     ;;
+  models25)
+    # the model types added in the twenty-fifth session (no device then): fp16 against fp32 at real sizes, then the
+    # CPU patcher tests of their families on CUDA tensors (tiny models: the kernels' small-call paths)
+    timeout 200 python -m pytest -q -m gpu tests/test_patch_gpu.py -p no:cacheprovider -s 2>&1 \
+      | tee "$OUT/gpu_models25.log" | grep -E "fp16|passed|failed|Error" | tail -24
+    timeout 350 python -m pytest -q tests/test_patch_encoders.py tests/test_patch_seq2seq.py tests/test_patch_llama.py \
+      -p no:cacheprovider 2>&1 | tee "$OUT/cuda_models25.log" | tail -8
+    ;;
   *)
-    echo "usage: bash evals/gpu_session.sh tests|kernels|e2e|check|followup|recheck|verify|measure|final|stream|last|tune|host|fast|fastcheck|closing|fold|fold2|fold3|e2e3|bert4|bert5|check4|lengths|ncu|bwd|suite|suite2|final6|plans|hostplans|genab|fuzz|bwdplan|trainab|final8|nosync|drop9a|drop9b|drop9d|audit10|bench10|final10|ws11|audit11|fuzz11|host11b|decode12|stats12|stats12b|stats12c|final13|fix13|final13b|final14|suite14|suite15|final15|causal18|final18|prefetch18|cross18|tile19|final19|small19|launch20|tests20|gen20|counts20b|counts20c|final20|ablate22" >&2
+    echo "usage: bash evals/gpu_session.sh tests|kernels|e2e|check|followup|recheck|verify|measure|final|stream|last|tune|host|fast|fastcheck|closing|fold|fold2|fold3|e2e3|bert4|bert5|check4|lengths|ncu|bwd|suite|suite2|final6|plans|hostplans|genab|fuzz|bwdplan|trainab|final8|nosync|drop9a|drop9b|drop9d|audit10|bench10|final10|ws11|audit11|fuzz11|host11b|decode12|stats12|stats12b|stats12c|final13|fix13|final13b|final14|suite14|suite15|final15|causal18|final18|prefetch18|cross18|tile19|final19|small19|launch20|tests20|gen20|counts20b|counts20c|final20|ablate22|models25" >&2
     exit 2
     ;;
 esac
