@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # GPU work in device-call-sized stages (each well under 10 minutes on an H100); results and logs under $OUT.
-#   bash evals/gpu_session.sh tests     # every GPU-marked test, then the whole suite on CUDA tensors
+#   bash evals/gpu_session.sh tests     # every GPU-marked test
 #   bash evals/gpu_session.sh kernels   # bench_softmax.py + bench_attention.py
 #   bash evals/gpu_session.sh e2e       # speed.py, logits.py, perplexity.py on the GPU (needs .gpu_assets: evals/gpu_assets.py)
 #   bash evals/gpu_session.sh check     # python -m hf_masked_softmax.check + compute-sanitizer memcheck
@@ -171,9 +171,10 @@ fuzz() {
 case "${1:-}" in
   tests)
     # tensors of 2**31+ elements in their own process: a fault there must not poison the other tests' CUDA context
-    timeout 250 python -m pytest -q -m gpu -k "not 2_pow_31" -p no:cacheprovider 2>&1 | tee "$OUT/gpu_tests.log" | tail -15
+    # (the GPU-marked tests outgrew 250 s: at e6bfeb2, 100 of 109 ran in that limit; the whole suite on CUDA
+    # tensors no longer fits beside them in one call: stages suite14 / suite15 / models25 run it in parts)
+    timeout 480 python -m pytest -q -m gpu -k "not 2_pow_31" -p no:cacheprovider 2>&1 | tee "$OUT/gpu_tests.log" | tail -15
     timeout 60 python -m pytest -q -m gpu -k "2_pow_31" -p no:cacheprovider 2>&1 | tee "$OUT/gpu_tests_big.log" | tail -5
-    timeout 250 python -m pytest -q -m "not gpu" -p no:cacheprovider -x 2>&1 | tee "$OUT/cuda_suite.log" | tail -8
     ;;
   kernels)
     timeout 240 python evals/bench_softmax.py --out "$OUT" 2>&1 | tee "$OUT/bench_softmax.log" | grep -v sweep | tail -20
