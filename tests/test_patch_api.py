@@ -8,7 +8,7 @@ from transformers import AutoModelForCausalLM, GPT2LMHeadModel, Phi3Config, Phi3
 
 from hf_masked_softmax import hf, patch_model, patched, unpatch_model
 from hf_masked_softmax.patches import NAME as PATCH_NAME, REGISTRY
-from patch_helpers import assert_valid_close, checkpointing, gpt2_config, padded_batch
+from patch_helpers import assert_valid_close, checkpointing, gpt2_config, padded_batch, spy_kernel_calls
 
 
 def lm(device, config=None, seed=0):
@@ -247,9 +247,7 @@ def test_a_copy_of_a_patched_model_is_patched_on_its_own(how, device, monkeypatc
     # unpatching either model leaves the other as it was.
     import copy
 
-    calls = []
-    real = hf.attention
-    monkeypatch.setattr(hf, "attention", lambda *a, **kw: calls.append(1) or real(*a, **kw))
+    calls = spy_kernel_calls(monkeypatch, "fused")
     model = lm(device, gpt2_config(reorder_and_upcast_attn=True))
     ids, mask = padded_batch(device, side="left")
     ref = model(ids, attention_mask=mask).logits

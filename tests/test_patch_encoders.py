@@ -56,7 +56,7 @@ def model(arch, device, head="Model", seed=0, **overrides):
 
 def test_every_listed_type_is_registered_and_tested():
     assert {s.model_type for s in encoders.SPECS} == set(ARCHS)
-    assert all(REGISTRY[t] is s for s in encoders.SPECS for t in [s.model_type])
+    assert all(REGISTRY[s.model_type] is s for s in encoders.SPECS)
     for arch in ARCHS:
         assert config(arch).model_type == arch
 
