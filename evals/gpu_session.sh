@@ -120,6 +120,9 @@
 #   bash evals/gpu_session.sh ablate22  # 2026-12-04 (22): the Hopper kernel with its exponentials / P v taken out
 #   bash evals/gpu_session.sh models25  # 2026-12-05 (25): the 24 model types added without a device, on CUDA: the
 #                                       # fp16 rule (RoBERTa, DistilBERT, BART) and the patcher tests of the families
+#   bash evals/gpu_session.sh decode26  # 2026-12-05 (26): one-query steps drop a mask that pads nothing: its tests on
+#                                       # CUDA, GPT-2 generate rows with the check on and off, alternating
+#   bash evals/gpu_session.sh speed26   # 2026-12-05 (26): every setting of speed.py but GPT-2 medium, every mode
 set -uo pipefail
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
 OUT=${OUT:-out}
@@ -784,8 +787,24 @@ case "${1:-}" in
     timeout 350 python -m pytest -q tests/test_patch_encoders.py tests/test_patch_seq2seq.py tests/test_patch_llama.py \
       -p no:cacheprovider 2>&1 | tee "$OUT/cuda_models25.log" | tail -8
     ;;
+  decode26)
+    # HF_MASKED_SOFTMAX_DECODE_PAD_CHECK=1 (the default: a one-query step without padding runs mask-free) against =0
+    # (the mask kept, as before), GPT-2 generate rows of speed.py, every mode, alternating, two rounds
+    pytest_summary tests_decode26 150 tests/test_patch_gpt2.py tests/test_patch_api.py -k decode
+    for round in 1 2; do
+      for chk in 1 0; do
+        HF_MASKED_SOFTMAX_DECODE_PAD_CHECK=$chk timeout 110 python -u evals/speed.py --only "gpt2-small generate" \
+          --impls eager,sdpa,softmax,fused --generate-reps 5 --skip-medium --no-plot \
+          --out "$OUT/gen26_check${chk}_$round" 2>&1 | grep -E "^gpt2-small generate" | sed "s|^|check=$chk |"
+      done
+    done
+    ;;
+  speed26)
+    timeout 560 python -u evals/speed.py --skip-medium --out "$OUT/speed26" 2>&1 | tee "$OUT/speed26.log" \
+      | grep -v -i warn | grep -v "it/s\]" | tail -60 | cut -c1-200
+    ;;
   *)
-    echo "usage: bash evals/gpu_session.sh tests|kernels|e2e|check|followup|recheck|verify|measure|final|stream|last|tune|host|fast|fastcheck|closing|fold|fold2|fold3|e2e3|bert4|bert5|check4|lengths|ncu|bwd|suite|suite2|final6|plans|hostplans|genab|fuzz|bwdplan|trainab|final8|nosync|drop9a|drop9b|drop9d|audit10|bench10|final10|ws11|audit11|fuzz11|host11b|decode12|stats12|stats12b|stats12c|final13|fix13|final13b|final14|suite14|suite15|final15|causal18|final18|prefetch18|cross18|tile19|final19|small19|launch20|tests20|gen20|counts20b|counts20c|final20|ablate22|models25" >&2
+    echo "usage: bash evals/gpu_session.sh tests|kernels|e2e|check|followup|recheck|verify|measure|final|stream|last|tune|host|fast|fastcheck|closing|fold|fold2|fold3|e2e3|bert4|bert5|check4|lengths|ncu|bwd|suite|suite2|final6|plans|hostplans|genab|fuzz|bwdplan|trainab|final8|nosync|drop9a|drop9b|drop9d|audit10|bench10|final10|ws11|audit11|fuzz11|host11b|decode12|stats12|stats12b|stats12c|final13|fix13|final13b|final14|suite14|suite15|final15|causal18|final18|prefetch18|cross18|tile19|final19|small19|launch20|tests20|gen20|counts20b|counts20c|final20|ablate22|models25|decode26|speed26" >&2
     exit 2
     ;;
 esac

@@ -37,6 +37,8 @@ passes ``scaling`` to the attention interface; BERT goes through the interface f
 """
 from __future__ import annotations
 
+import os
+
 import torch
 import transformers
 from packaging.version import Version
@@ -58,6 +60,10 @@ AUTO_CHOICE_ATTR = "_hf_masked_softmax_auto_choice"  # what "auto" ran on a modu
 MIN_TRANSFORMERS = "5.4.0"
 
 TRANSFORMERS_SUPPORTED = Version(transformers.__version__).release >= Version(MIN_TRANSFORMERS).release
+# Whether a one-query step (decoding) asks the GPU whether its 2D mask pads anything, and runs without the mask when
+# not (see _mask_function). ``HF_MASKED_SOFTMAX_DECODE_PAD_CHECK=0`` keeps the mask on every step.
+DECODE_PAD_CHECK = os.environ.get("HF_MASKED_SOFTMAX_DECODE_PAD_CHECK", "1").strip().lower() not in (
+    "0", "false", "no", "off")
 
 
 def _attention_probabilities_requested(kwargs) -> bool:
@@ -263,6 +269,11 @@ def _mask_function(
         # forward would take its host time plus its device time. A mask with no padding costs the kernels one key
         # range per sequence (one tiny launch per forward, shared by every layer: a fresh tensor each forward, so
         # the layers may share its ranges, see masks.share_ranges).
+        # Except on a one-query step (decoding), where the question is cheap: generate() waits for the GPU after
+        # every step (its stop check), so the flag's copy finds the GPU idle, and a step without padding then runs
+        # every layer on the mask-free path, as HF's sdpa does (it asks the same question there).
+        if q_length == 1 and DECODE_PAD_CHECK and not is_tracing(pad) and bool(pad.all()):
+            return None
         if not torch.compiler.is_compiling():
             _masks.share_ranges(pad)
         return pad

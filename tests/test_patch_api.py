@@ -69,6 +69,23 @@ def test_the_mask_function_never_reads_the_mask_on_the_host(kv_length, padded):
     assert hf._mask_function(2, kv_length, kv_length, q_offset=0, kv_offset=0, attention_mask=None) is None
 
 
+@pytest.mark.parametrize("check", [True, False])
+def test_a_decode_step_asks_whether_its_mask_pads_anything(check, monkeypatch):
+    # One query on a cache (bottom-right: the last query is the last key): a mask that pads nothing is dropped when
+    # DECODE_PAD_CHECK is on, as HF's sdpa mask function does; kept as the compact mask otherwise, or when it pads.
+    monkeypatch.setattr(hf, "DECODE_PAD_CHECK", check)
+    full = torch.ones(2, 6, dtype=torch.long)
+    out = hf._mask_function(2, 1, 6, q_offset=5, kv_offset=0, attention_mask=full)
+    assert out is None if check else torch.equal(out, full.bool())
+    padded = full.clone()
+    padded[0, 0] = 0
+    out = hf._mask_function(2, 1, 6, q_offset=5, kv_offset=0, attention_mask=padded)
+    assert torch.equal(out, padded.bool())
+    # a mask shorter than the keys pads the rest: kept
+    out = hf._mask_function(2, 1, 7, q_offset=6, kv_offset=0, attention_mask=full)
+    assert torch.equal(out, torch.nn.functional.pad(full.bool(), (0, 1), value=False))
+
+
 def unlisted(**kw):
     """A tiny Phi-3: a type outside the registry (its sliding window, when set, reaches the attention function as an
     argument; not listed) that goes through the attention interface in every supported transformers."""

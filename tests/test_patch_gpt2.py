@@ -2,6 +2,8 @@
 
 On CPU the kernels run in Triton's interpreter (tests/conftest.py), so every model here is tiny.
 """
+import inspect
+
 import pytest
 import torch
 from transformers import GPT2LMHeadModel, GPT2Model
@@ -49,6 +51,44 @@ def test_generate_dynamic_cache_left_padded(device, mode):
     ref, out = eager_and_patched(model, gen, mode)
     assert ref.shape == (3, 15)
     assert torch.equal(out, ref)
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("padded, check", [(False, True), (True, True), (False, False)])
+def test_decode_steps_drop_a_mask_that_pads_nothing(device, mode, padded, check, monkeypatch):
+    # One-query steps on a cache ask whether their 2D mask pads anything (DECODE_PAD_CHECK, on by default) and run
+    # without it when not; the prefill keeps its mask (asking there would make the host wait for the GPU). Driven by
+    # hand: generate() in transformers 5.25 drops a mask of ones before the first forward.
+    monkeypatch.setattr(hf, "DECODE_PAD_CHECK", check)
+    name = "masked_softmax" if mode == "softmax" else "attention"
+    real, masks = getattr(hf, name), []
+
+    def spy(x, *args, **kw):  # softmax: (scores, mask); fused: (q, k, v, mask)
+        m = args[0] if mode == "softmax" else args[2]
+        masks.append((x.shape[-2], None if m is None else tuple(m.shape)))
+        return real(x, *args, **kw)
+
+    monkeypatch.setattr(hf, name, spy)
+    model = lm(device, seed=6)
+    ids, mask = padded_batch(device, lengths=(7, 4) if padded else (7, 7), total=7, side="left", seed=6)
+
+    # the cache's name: `cache` from transformers 5.25 (`past_key_values` deprecated), `past_key_values` before
+    name = "cache" if "cache" in inspect.signature(GPT2LMHeadModel.forward).parameters else "past_key_values"
+
+    def steps(m):
+        out = m(ids, attention_mask=mask, use_cache=True)
+        step_mask, logits = mask, [out.logits[:, -1]]
+        for _ in range(3):
+            step_mask = torch.cat([step_mask, torch.ones_like(step_mask[:, :1])], dim=1)
+            out = m(logits[-1].argmax(-1, keepdim=True), attention_mask=step_mask, use_cache=True,
+                    **{name: getattr(out, name)})
+            logits.append(out.logits[:, -1])
+        return torch.stack(logits, 1)
+
+    ref, out = eager_and_patched(model, steps, mode)
+    assert_valid_close(out, ref, torch.ones(out.shape[:2], dtype=torch.bool, device=device))
+    kept = padded or not check
+    assert masks == [(7, (2, 7))] * 2 + [(1, (2, k) if kept else None) for k in range(8, 11) for _ in range(2)]
 
 
 @pytest.mark.parametrize("mode", MODES)
