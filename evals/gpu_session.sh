@@ -800,8 +800,11 @@ case "${1:-}" in
     done
     ;;
   speed26)
-    timeout 560 python -u evals/speed.py --skip-medium --out "$OUT/speed26" 2>&1 | tee "$OUT/speed26.log" \
-      | grep -v -i warn | grep -v "it/s\]" | tail -60 | cut -c1-200
+    # forward, encode and training rows, then the generate rows (two files: a run cut off writes nothing)
+    for part in "fwd,enc,train" generate; do
+      timeout 280 python -u evals/speed.py --skip-medium --only "$part" --out "$OUT/speed26_${part%%,*}" 2>&1 \
+        | tee "$OUT/speed26_${part%%,*}.log" | grep -v -i warn | grep -E "^(gpt2|bert|llama)|^setting" | cut -c1-200
+    done
     ;;
   *)
     echo "usage: bash evals/gpu_session.sh tests|kernels|e2e|check|followup|recheck|verify|measure|final|stream|last|tune|host|fast|fastcheck|closing|fold|fold2|fold3|e2e3|bert4|bert5|check4|lengths|ncu|bwd|suite|suite2|final6|plans|hostplans|genab|fuzz|bwdplan|trainab|final8|nosync|drop9a|drop9b|drop9d|audit10|bench10|final10|ws11|audit11|fuzz11|host11b|decode12|stats12|stats12b|stats12c|final13|fix13|final13b|final14|suite14|suite15|final15|causal18|final18|prefetch18|cross18|tile19|final19|small19|launch20|tests20|gen20|counts20b|counts20c|final20|ablate22|models25|decode26|speed26" >&2
