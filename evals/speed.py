@@ -1,6 +1,7 @@
-"""End-to-end speed of HF GPT-2, BERT and Llama: eager vs sdpa vs hf_masked_softmax's patch modes (GPU, fp16).
+"""End-to-end speed of HF GPT-2, BERT, Llama, Qwen3 and BART: eager vs sdpa vs hf_masked_softmax's patch modes (GPU, fp16).
 
-Settings (weights random, they do not matter for speed; configs of GPT-2 small / medium, BERT-base and SmolLM2-135M):
+Settings (weights random, they do not matter for speed; configs of GPT-2 small / medium, BERT-base, SmolLM2-135M,
+Qwen3-0.6B and bart-base):
   gpt2-small forward B8 x T1024, right padding with key lengths uniform in [512, 1024]; and without padding
   gpt2-small generate B8, 128-token left-padded prompts (lengths uniform in [64, 128]) + 64 new tokens, greedy; and
     with 128-token prompts without padding (issue 3's setting)
@@ -8,6 +9,11 @@ Settings (weights random, they do not matter for speed; configs of GPT-2 small /
   bert-base encode B32 x T512: key lengths uniform in [256, 512]; ~59% fill (lengths uniform in [90, 512]); no padding
   llama-135m (Llama architecture at SmolLM2-135M's size: 30 layers, 9 query / 3 key-value heads, grouped-query
     attention) forward and generate as gpt2-small
+  qwen3-0.6b (Qwen3 architecture at Qwen3-0.6B's size: 28 layers, 16 query / 8 key-value heads of head_dim 128)
+    forward and generate as gpt2-small
+  bart-base (BART at bart-base's size: 6 + 6 layers, 12 heads): seq2seq forward of B8 x T1024 encoder inputs, right
+    padding with lengths uniform in [512, 1024], and 128 decoder tokens (teacher-forced, no padding); generate from
+    B8 x T512 encoder inputs (lengths uniform in [256, 512]), 64 new tokens, greedy
   gpt2-small train B8 x T512 and bert-base train B32 x T256, padded as their forward rows (lengths uniform in
     [T/2, T]): one training step without the optimizer (gradients cleared, forward in train mode, loss, backward;
     GPT-2's language-model loss on the valid tokens, BERT's mean square of its last hidden state). Every dropout is
@@ -23,7 +29,7 @@ calls, timed in the same interleaved rounds (--generate-reps).
 Peak memory is the allocator's peak during one call above what the model and inputs already hold. Speedups are
 against eager and sdpa measured in the same run. Prints a table; writes JSON and a PNG bar chart.
 
-    python evals/speed.py --out evals/results            # GPU; ~3 minutes on an H100
+    python evals/speed.py --out evals/results            # GPU; --only NAME,... runs a part (see gpu_session.sh)
     python evals/speed.py --tiny --device cpu             # smoke run of the script on tiny configs
 """
 from __future__ import annotations
@@ -82,13 +88,17 @@ def parse_args(argv=None):
 
 
 def settings(tiny: bool, skip_medium: bool):
-    """(name, arch, kind, batch, seq, (lo, hi) key lengths or None, padding side, new tokens)."""
+    """(name, arch, kind, batch, seq, (lo, hi) key lengths or None, padding side, new tokens: generated, or for
+    "seq2seq" the decoder's teacher-forced length)."""
     if tiny:
         return [
             ("gpt2-small fwd pad", "gpt2-tiny", "forward", 2, 64, (32, 64), "right", 0),
             ("gpt2-small generate", "gpt2-tiny", "generate", 2, 16, (8, 16), "left", 4),
             ("bert-base enc 59%", "bert-tiny", "encode", 2, 64, (10, 64), "right", 0),
             ("llama-135m fwd pad", "llama-tiny", "forward", 2, 64, (32, 64), "right", 0),
+            ("qwen3-0.6b fwd pad", "qwen3-tiny", "forward", 2, 64, (32, 64), "right", 0),
+            ("bart-base seq2seq pad", "bart-tiny", "seq2seq", 2, 64, (32, 64), "right", 16),
+            ("bart-base generate", "bart-tiny", "generate", 2, 32, (16, 32), "right", 4),
             ("gpt2-small train pad", "gpt2-tiny", "train", 2, 32, (16, 32), "right", 0),
         ]
     out = [
@@ -102,6 +112,10 @@ def settings(tiny: bool, skip_medium: bool):
         ("llama-135m fwd pad", "llama-135m", "forward", 8, 1024, (512, 1024), "right", 0),
         ("llama-135m fwd nopad", "llama-135m", "forward", 8, 1024, None, "right", 0),
         ("llama-135m generate", "llama-135m", "generate", 8, 128, (64, 128), "left", 64),
+        ("qwen3-0.6b fwd pad", "qwen3-0.6b", "forward", 8, 1024, (512, 1024), "right", 0),
+        ("qwen3-0.6b generate", "qwen3-0.6b", "generate", 8, 128, (64, 128), "left", 64),
+        ("bart-base seq2seq pad", "bart-base", "seq2seq", 8, 1024, (512, 1024), "right", 128),
+        ("bart-base generate", "bart-base", "generate", 8, 512, (256, 512), "right", 64),
         ("gpt2-small train pad", "gpt2", "train", 8, 512, (256, 512), "right", 0),
         ("bert-base train pad", "bert-base", "train", 32, 256, (128, 256), "right", 0),
     ]
@@ -129,6 +143,25 @@ def build(arch: str, dtype, device):
     elif arch == "llama-tiny":
         model = _common.llama_135m(n_layer=2, hidden_size=64, num_attention_heads=4, num_key_value_heads=2,
                                    intermediate_size=128, vocab_size=1000)
+    elif arch in ("qwen3-0.6b", "qwen3-tiny"):
+        from transformers import Qwen3Config, Qwen3ForCausalLM
+
+        size = (dict(hidden_size=1024, num_hidden_layers=28, num_attention_heads=16, num_key_value_heads=8,
+                     head_dim=128, intermediate_size=3072, vocab_size=151936) if arch == "qwen3-0.6b" else
+                dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, head_dim=32,
+                     intermediate_size=128, vocab_size=1000))
+        cfg = Qwen3Config(**size, max_position_embeddings=4096, tie_word_embeddings=True,
+                          bos_token_id=size["vocab_size"] - 2, eos_token_id=size["vocab_size"] - 1)
+        model = Qwen3ForCausalLM._from_config(cfg, attn_implementation="eager")
+    elif arch in ("bart-base", "bart-tiny"):
+        from transformers import BartConfig, BartForConditionalGeneration
+
+        size = (dict(d_model=768, encoder_layers=6, decoder_layers=6, encoder_attention_heads=12,
+                     decoder_attention_heads=12, encoder_ffn_dim=3072, decoder_ffn_dim=3072, vocab_size=50265)
+                if arch == "bart-base" else
+                dict(d_model=64, encoder_layers=2, decoder_layers=2, encoder_attention_heads=2,
+                     decoder_attention_heads=2, encoder_ffn_dim=128, decoder_ffn_dim=128, vocab_size=1000))
+        model = BartForConditionalGeneration._from_config(BartConfig(**size), attn_implementation="eager")
     elif arch == "bert-base":
         model = BertModel._from_config(BertConfig(), attn_implementation="eager")
     else:
@@ -238,7 +271,13 @@ def run_setting(setting, args, device, dtype, timer, models, bar):
         def fn():
             with torch.no_grad():
                 return model.generate(ids, attention_mask=mask, max_new_tokens=new, min_new_tokens=new,
-                                      do_sample=False, pad_token_id=eos)
+                                      do_sample=False, num_beams=1, pad_token_id=eos)
+    elif kind == "seq2seq":
+        dec = torch.randint(0, model.config.vocab_size - 1, (batch, new), generator=gen).to(device)
+
+        def fn():
+            with torch.no_grad():
+                return model(input_ids=ids, attention_mask=mask, decoder_input_ids=dec)
     elif kind == "train":
         fn = _train_step(model, ids, mask)
     else:
@@ -298,8 +337,8 @@ def _time_impls(name, kind, batch, seq, lengths, new, fill, fn, model, impls, ar
         undo = set_impl(model, impl)
         try:
             out = fn()  # compile / warm up, and check generations agree
-            if kind == "generate":
-                toks = out[:, seq:].cpu()
+            if kind == "generate":  # the new tokens (an encoder-decoder returns the decoder's tokens only)
+                toks = (out if model.config.is_encoder_decoder else out[:, seq:]).cpu()
                 agree = None if first_tokens is None else (toks == first_tokens).float().mean().item()
                 first_tokens = toks if first_tokens is None else first_tokens
             elif kind == "train" and args.keep_dropout:
@@ -346,7 +385,7 @@ def _time_impls(name, kind, batch, seq, lengths, new, fill, fn, model, impls, ar
         r["ms_rounds"] = times[r["impl"]]
         if kind == "generate":
             r["tokens_per_s"] = batch * new / (r["ms"] / 1e3)
-        if kind in ("encode", "train"):
+        if kind in ("encode", "train", "seq2seq"):
             r["sequences_per_s"] = batch / (r["ms"] / 1e3)
     by_impl = {r["impl"]: r for r in rows}
     for r in rows:

@@ -260,20 +260,22 @@ def _mask_function(
     if plain and aligned:
         if attention_mask is None:
             return None
-        # always a new tensor (a bool mask's slice would share the caller's memory): one per forward, see _pick_mode
-        pad = attention_mask[:, kv_offset: kv_offset + kv_length].to(torch.bool, copy=True)
-        if pad.shape[-1] < kv_length:
-            pad = torch.nn.functional.pad(pad, (0, kv_length - pad.shape[-1]), value=False)
-        # Returned even when nothing is padded: asking (``bool(pad.all())``) would copy a flag from the GPU and so
-        # wait for everything queued before it, every forward; the host could then never run ahead of the GPU, and a
-        # forward would take its host time plus its device time. A mask with no padding costs the kernels one key
-        # range per sequence (one tiny launch per forward, shared by every layer: a fresh tensor each forward, so
-        # the layers may share its ranges, see masks.share_ranges).
+        window = attention_mask[:, kv_offset: kv_offset + kv_length]
+        # A mask without padding is passed on too: asking (``bool(mask.all())``) would copy a flag from the GPU and
+        # so wait for everything queued before it, every forward; the host could then never run ahead of the GPU, and
+        # a forward would take its host time plus its device time. Such a mask costs the kernels one key range per
+        # sequence (one tiny launch per forward, shared by every layer: a fresh tensor each forward, so the layers
+        # may share its ranges, see masks.share_ranges).
         # Except on a one-query step (decoding), where the question is cheap: generate() waits for the GPU after
         # every step (its stop check), so the flag's copy finds the GPU idle, and a step without padding then runs
-        # every layer on the mask-free path, as HF's sdpa does (it asks the same question there).
-        if q_length == 1 and DECODE_PAD_CHECK and not is_tracing(pad) and bool(pad.all()):
+        # every layer on the mask-free path, as HF's sdpa does (its mask function asks the same question there).
+        if (q_length == 1 and DECODE_PAD_CHECK and window.shape[-1] == kv_length and not is_tracing(window)
+                and bool(window.all())):
             return None
+        # always a new tensor (a bool mask's slice would share the caller's memory): one per forward, see _pick_mode
+        pad = window.to(torch.bool, copy=True)
+        if pad.shape[-1] < kv_length:
+            pad = torch.nn.functional.pad(pad, (0, kv_length - pad.shape[-1]), value=False)
         if not torch.compiler.is_compiling():
             _masks.share_ranges(pad)
         return pad

@@ -261,7 +261,7 @@ def test_speed_script_smoke(tmp_path):
     import speed
 
     out = tmp_path / "speed.json"
-    assert speed.main(["--tiny", "--device", "cpu", "--impls", "eager,fused", "--only", "generate,bert,train",
+    assert speed.main(["--tiny", "--device", "cpu", "--impls", "eager,fused", "--only", "gpt2-small generate,bert,train",
                        "--generate-reps", "1", "--cpu-reps", "1", "--rounds", "2", "--no-plot", "--json",
                        str(out)]) == 0
     rows = _read(out)["rows"]
@@ -286,6 +286,25 @@ def test_speed_script_smoke(tmp_path):
         assert len(r["ms_rounds"]) == (1 if r["kind"] == "generate" else 2)
         assert min(r["ms_rounds"]) <= r["ms"] <= max(r["ms_rounds"])
         assert "device_ms" not in r
+
+
+def test_speed_script_qwen3_and_bart_settings(tmp_path):
+    """Not a timing test: the Qwen3 (head_dim 128 at full size, grouped-query) and BART (encoder-decoder) settings
+    run patched; BART's greedy generations agree across impls (its decoder tokens, not the encoder's inputs)."""
+    import speed
+
+    out = tmp_path / "speed.json"
+    assert speed.main(["--tiny", "--device", "cpu", "--impls", "eager,softmax,fused", "--only", "qwen3,bart",
+                       "--generate-reps", "1", "--cpu-reps", "1", "--no-plot", "--json", str(out)]) == 0
+    rows = _read(out)["rows"]
+    assert [(r["setting"], r["kind"]) for r in rows[::3]] == [
+        ("qwen3-0.6b fwd pad", "forward"), ("bart-base seq2seq pad", "seq2seq"), ("bart-base generate", "generate")]
+    assert [r["impl"] for r in rows] == ["eager", "softmax", "fused"] * 3
+    gen = [r for r in rows if r["kind"] == "generate"]
+    assert [r["token_agreement_with_first_impl"] for r in gen] == [None, 1.0, 1.0]
+    assert all(r["new_tokens"] == 4 for r in gen)
+    assert all(r["sequences_per_s"] > 0 for r in rows if r["kind"] == "seq2seq")
+    assert all(r["ms"] > 0 and r["speedup_vs_eager"] > 0 for r in rows)
 
 
 @pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1", reason="the CPU run needs the interpreter's path")
