@@ -270,6 +270,35 @@ def llama_135m(n_layer: int | None = None, **overrides):
     return LlamaForCausalLM._from_config(LlamaConfig(**kw), attn_implementation="eager").eval()
 
 
+def qwen3_0_6b(n_layer: int | None = None, **overrides):
+    """A randomly initialised Qwen3 causal LM at Qwen3-0.6B's size, eager attention, on the CPU.
+
+    hidden 1024, 28 layers, 16 query / 8 key-value heads of head_dim 128 (grouped-query attention, per-head RMS norm
+    of queries and keys), MLP 3072, vocabulary 151936, tied embeddings. ``n_layer`` / ``overrides`` shrink it.
+    """
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    kw = dict(hidden_size=1024, num_hidden_layers=n_layer or 28, num_attention_heads=16, num_key_value_heads=8,
+              head_dim=128, intermediate_size=3072, vocab_size=151936, max_position_embeddings=4096,
+              tie_word_embeddings=True)
+    kw.update(overrides)
+    kw.setdefault("bos_token_id", kw["vocab_size"] - 2)
+    kw.setdefault("eos_token_id", kw["vocab_size"] - 1)
+    return Qwen3ForCausalLM._from_config(Qwen3Config(**kw), attn_implementation="eager").eval()
+
+
+def bart_base(n_layer: int | None = None, **overrides):
+    """A randomly initialised BART encoder-decoder (``BartForConditionalGeneration``) at bart-base's size, eager
+    attention, on the CPU: d_model 768, 6 encoder and 6 decoder layers (``n_layer`` each when given), 12 heads, FFN
+    3072, vocabulary 50265, 1024 positions. ``overrides`` shrink it."""
+    from transformers import BartConfig, BartForConditionalGeneration
+
+    kw = dict(d_model=768, encoder_layers=n_layer or 6, decoder_layers=n_layer or 6, encoder_attention_heads=12,
+              decoder_attention_heads=12, encoder_ffn_dim=3072, decoder_ffn_dim=3072, vocab_size=50265)
+    kw.update(overrides)
+    return BartForConditionalGeneration._from_config(BartConfig(**kw), attn_implementation="eager").eval()
+
+
 def load_causal_lm(name_or_path: str | None, dtype, device: str, attn_implementation: str = "eager"):
     """The embedded tiny GPT-2 (``None``), a local folder, a GGUF file (see ``gguf_checkpoint``) or a hub id."""
     from transformers import AutoModelForCausalLM

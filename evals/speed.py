@@ -143,25 +143,16 @@ def build(arch: str, dtype, device):
     elif arch == "llama-tiny":
         model = _common.llama_135m(n_layer=2, hidden_size=64, num_attention_heads=4, num_key_value_heads=2,
                                    intermediate_size=128, vocab_size=1000)
-    elif arch in ("qwen3-0.6b", "qwen3-tiny"):
-        from transformers import Qwen3Config, Qwen3ForCausalLM
-
-        size = (dict(hidden_size=1024, num_hidden_layers=28, num_attention_heads=16, num_key_value_heads=8,
-                     head_dim=128, intermediate_size=3072, vocab_size=151936) if arch == "qwen3-0.6b" else
-                dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, head_dim=32,
-                     intermediate_size=128, vocab_size=1000))
-        cfg = Qwen3Config(**size, max_position_embeddings=4096, tie_word_embeddings=True,
-                          bos_token_id=size["vocab_size"] - 2, eos_token_id=size["vocab_size"] - 1)
-        model = Qwen3ForCausalLM._from_config(cfg, attn_implementation="eager")
-    elif arch in ("bart-base", "bart-tiny"):
-        from transformers import BartConfig, BartForConditionalGeneration
-
-        size = (dict(d_model=768, encoder_layers=6, decoder_layers=6, encoder_attention_heads=12,
-                     decoder_attention_heads=12, encoder_ffn_dim=3072, decoder_ffn_dim=3072, vocab_size=50265)
-                if arch == "bart-base" else
-                dict(d_model=64, encoder_layers=2, decoder_layers=2, encoder_attention_heads=2,
-                     decoder_attention_heads=2, encoder_ffn_dim=128, decoder_ffn_dim=128, vocab_size=1000))
-        model = BartForConditionalGeneration._from_config(BartConfig(**size), attn_implementation="eager")
+    elif arch == "qwen3-0.6b":
+        model = _common.qwen3_0_6b()
+    elif arch == "qwen3-tiny":
+        model = _common.qwen3_0_6b(n_layer=2, hidden_size=64, num_attention_heads=4, num_key_value_heads=2,
+                                   head_dim=32, intermediate_size=128, vocab_size=1000)
+    elif arch == "bart-base":
+        model = _common.bart_base()
+    elif arch == "bart-tiny":
+        model = _common.bart_base(n_layer=2, d_model=64, encoder_attention_heads=2, decoder_attention_heads=2,
+                                  encoder_ffn_dim=128, decoder_ffn_dim=128, vocab_size=1000)
     elif arch == "bert-base":
         model = BertModel._from_config(BertConfig(), attn_implementation="eager")
     else:

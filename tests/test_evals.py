@@ -173,6 +173,32 @@ def test_logits_script_tiny(logits_one):
     assert {r["impl"] for r in rows} == {"eager", "sdpa", "patched:fused"}
 
 
+def test_logits_seq2seq_decoder_reads_real_tokens_only():
+    import torch
+
+    ids = torch.arange(1, 17).view(2, 8)
+    right = torch.tensor([[1] * 8, [1] * 5 + [0] * 3])
+    left = right.flip(1)
+    assert torch.equal(logits_script.decoder_tokens(ids, right), ids[:, :4])
+    assert torch.equal(logits_script.decoder_tokens(ids, left), ids[:, 4:])
+    full = torch.ones(2, 8, dtype=torch.long)  # nothing padded: either half is real; the first is taken
+    assert torch.equal(logits_script.decoder_tokens(ids, full), ids[:, :4])
+
+
+def test_logits_script_bart_one_layer(tmp_path):
+    """BART teacher-forced, its padded batch on the encoder (the cross-attention sees the padding): every row passes,
+    with the decoder's positions all compared."""
+    out = tmp_path / "bart.json"
+    assert logits_script.main(["--models", "bart-base", "--n-layer", "1", "--dtypes", "fp32", "--modes",
+                               "softmax,fused", "--batch-size", "2", "--seq-len", "16", "--no-progress", "--device",
+                               "cpu", "--json", str(out)]) == 0
+    rows = _read(out)["rows"]
+    assert [(r["padding"], r["impl"]) for r in rows] == [
+        (side, impl) for side in ("left", "right") for impl in ("eager", "sdpa", "patched:softmax", "patched:fused")]
+    for r in rows:
+        assert r["passed"] and r["argmax_agree"] == 1.0 and r["max_rel_vs_eager"] <= 1e-5, r
+
+
 def test_logits_two_accelerate_processes_equal_one(logits_one, tmp_path):
     two = tmp_path / "two.json"
     _launch("logits.py", LOGITS_ARGS + ["--json", str(two)])
