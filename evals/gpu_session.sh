@@ -122,6 +122,7 @@
 #                                       # fp16 rule (RoBERTa, DistilBERT, BART) and the patcher tests of the families
 #   bash evals/gpu_session.sh decode26  # 2026-12-05 (26): one-query steps drop a mask that pads nothing: its tests on
 #                                       # CUDA, GPT-2 generate rows with the check on and off, alternating
+#   bash evals/gpu_session.sh models26  # 2026-12-05 (26): Qwen3 / BART fp16 rule tests, logits.py rows on CUDA
 #   bash evals/gpu_session.sh speed26a  # 2026-12-05 (26): speed.py's forward, encode, seq2seq and training rows (GPT-2
 #                                       # medium left out), every mode; the Qwen3 and BART rows are new
 #   bash evals/gpu_session.sh speed26b  # 2026-12-05 (26): speed.py's generate rows, every mode
@@ -801,6 +802,14 @@ case "${1:-}" in
       done
     done
     ;;
+  models26)
+    # the Qwen3 (head_dim 128) and BART checks added without a device: the fp16 rule at real widths, then logits.py's
+    # rows on CUDA (batch 8 x 512)
+    timeout 240 python -m pytest -q -m gpu tests/test_patch_gpu.py -k "qwen3 or bart" -p no:cacheprovider -s 2>&1 \
+      | tee "$OUT/gpu_models26.log" | grep -E "fp16|passed|failed|Error" | tail -8
+    timeout 300 python evals/logits.py --device cuda --models qwen3-0.6b,bart-base --no-progress \
+      --json "$OUT/logits_qwen3_bart_cuda.json" 2>&1 | tee "$OUT/logits26.log" | grep -E "NO|rows in" | tail -8
+    ;;
   speed26a)
     # forward, encode, seq2seq and training rows (speed.py writes its JSON after every setting)
     timeout 560 python -u evals/speed.py --skip-medium --only "fwd,enc,seq2seq,train" --out "$OUT/speed26a" 2>&1 \
@@ -812,7 +821,7 @@ case "${1:-}" in
       | tee "$OUT/speed26b.log" | grep -v -i warn | grep -E "^(gpt2|bert|llama|qwen3|bart)|^setting" | cut -c1-200
     ;;
   *)
-    echo "usage: bash evals/gpu_session.sh tests|kernels|e2e|check|followup|recheck|verify|measure|final|stream|last|tune|host|fast|fastcheck|closing|fold|fold2|fold3|e2e3|bert4|bert5|check4|lengths|ncu|bwd|suite|suite2|final6|plans|hostplans|genab|fuzz|bwdplan|trainab|final8|nosync|drop9a|drop9b|drop9d|audit10|bench10|final10|ws11|audit11|fuzz11|host11b|decode12|stats12|stats12b|stats12c|final13|fix13|final13b|final14|suite14|suite15|final15|causal18|final18|prefetch18|cross18|tile19|final19|small19|launch20|tests20|gen20|counts20b|counts20c|final20|ablate22|models25|decode26|speed26a|speed26b" >&2
+    echo "usage: bash evals/gpu_session.sh tests|kernels|e2e|check|followup|recheck|verify|measure|final|stream|last|tune|host|fast|fastcheck|closing|fold|fold2|fold3|e2e3|bert4|bert5|check4|lengths|ncu|bwd|suite|suite2|final6|plans|hostplans|genab|fuzz|bwdplan|trainab|final8|nosync|drop9a|drop9b|drop9d|audit10|bench10|final10|ws11|audit11|fuzz11|host11b|decode12|stats12|stats12b|stats12c|final13|fix13|final13b|final14|suite14|suite15|final15|causal18|final18|prefetch18|cross18|tile19|final19|small19|launch20|tests20|gen20|counts20b|counts20c|final20|ablate22|models25|decode26|models26|speed26a|speed26b" >&2
     exit 2
     ;;
 esac

@@ -68,6 +68,19 @@ def test_bert_base_fp16_forward(mode, arch):
 
 
 @pytest.mark.parametrize("mode", ["softmax", "fused"])
+def test_qwen3_fp16_forward(mode):
+    # a Llama-family decoder at Qwen3-0.6B's widths (head_dim 128, 16 query / 8 key-value heads, per-head query and key
+    # norms), 8 of its 28 layers, left padding
+    torch.manual_seed(0)
+    config = transformers.Qwen3Config(hidden_size=1024, num_hidden_layers=8, num_attention_heads=16,
+                                      num_key_value_heads=8, head_dim=128, intermediate_size=3072,
+                                      vocab_size=151936, attn_implementation="eager")
+    m32, m16 = fp32_and_fp16(transformers.Qwen3ForCausalLM(config))
+    ids, mask = padded(config.vocab_size, (512, 397, 200, 31), 512, "left", seed=3)
+    assert_fp16_rule("qwen3", lambda m: m(ids, attention_mask=mask).logits, m32, m16, mode, mask.bool())
+
+
+@pytest.mark.parametrize("mode", ["softmax", "fused"])
 def test_bart_base_fp16_forward(mode):
     # an encoder-decoder at BART-base size: padded sources, padded decoder inputs, cross-attention
     torch.manual_seed(0)
