@@ -123,6 +123,7 @@
 #   bash evals/gpu_session.sh decode26  # 2026-12-05 (26): one-query steps drop a mask that pads nothing: its tests on
 #                                       # CUDA, GPT-2 generate rows with the check on and off, alternating
 #   bash evals/gpu_session.sh models26  # 2026-12-05 (26): Qwen3 / BART fp16 rule tests, logits.py rows on CUDA
+#   bash evals/gpu_session.sh compile26 # 2026-12-05 (26): GPT-2 / BERT forward rows against torch.compile'd models
 #   bash evals/gpu_session.sh speed26a  # 2026-12-05 (26): speed.py's forward, encode, seq2seq and training rows (GPT-2
 #                                       # medium left out), every mode; the Qwen3 and BART rows are new
 #   bash evals/gpu_session.sh speed26b  # 2026-12-05 (26): speed.py's generate rows, every mode
@@ -810,6 +811,13 @@ case "${1:-}" in
     timeout 300 python evals/logits.py --device cuda --models qwen3-0.6b,bart-base --no-progress \
       --json "$OUT/logits_qwen3_bart_cuda.json" 2>&1 | tee "$OUT/logits26.log" | grep -E "NO|rows in" | tail -8
     ;;
+  compile26)
+    # against torch.compile: GPT-2's padded forward and BERT at 59% with the eager, sdpa and fused models, each also
+    # called through torch.compile (inductor, static shapes); compiles outside the timings
+    timeout 560 python -u evals/speed.py --only "gpt2-small fwd pad,bert-base enc 59%" \
+      --impls eager,sdpa,fused,sdpa+compile,fused+compile --out "$OUT/compile26" 2>&1 | tee "$OUT/compile26.log" \
+      | grep -v -i warn | grep -E "^(gpt2|bert)|^setting" | cut -c1-200
+    ;;
   speed26a)
     # forward, encode, seq2seq and training rows (speed.py writes its JSON after every setting)
     timeout 560 python -u evals/speed.py --skip-medium --only "fwd,enc,seq2seq,train" --out "$OUT/speed26a" 2>&1 \
@@ -821,7 +829,7 @@ case "${1:-}" in
       | tee "$OUT/speed26b.log" | grep -v -i warn | grep -E "^(gpt2|bert|llama|qwen3|bart)|^setting" | cut -c1-200
     ;;
   *)
-    echo "usage: bash evals/gpu_session.sh tests|kernels|e2e|check|followup|recheck|verify|measure|final|stream|last|tune|host|fast|fastcheck|closing|fold|fold2|fold3|e2e3|bert4|bert5|check4|lengths|ncu|bwd|suite|suite2|final6|plans|hostplans|genab|fuzz|bwdplan|trainab|final8|nosync|drop9a|drop9b|drop9d|audit10|bench10|final10|ws11|audit11|fuzz11|host11b|decode12|stats12|stats12b|stats12c|final13|fix13|final13b|final14|suite14|suite15|final15|causal18|final18|prefetch18|cross18|tile19|final19|small19|launch20|tests20|gen20|counts20b|counts20c|final20|ablate22|models25|decode26|models26|speed26a|speed26b" >&2
+    echo "usage: bash evals/gpu_session.sh tests|kernels|e2e|check|followup|recheck|verify|measure|final|stream|last|tune|host|fast|fastcheck|closing|fold|fold2|fold3|e2e3|bert4|bert5|check4|lengths|ncu|bwd|suite|suite2|final6|plans|hostplans|genab|fuzz|bwdplan|trainab|final8|nosync|drop9a|drop9b|drop9d|audit10|bench10|final10|ws11|audit11|fuzz11|host11b|decode12|stats12|stats12b|stats12c|final13|fix13|final13b|final14|suite14|suite15|final15|causal18|final18|prefetch18|cross18|tile19|final19|small19|launch20|tests20|gen20|counts20b|counts20c|final20|ablate22|models25|decode26|models26|compile26|speed26a|speed26b" >&2
     exit 2
     ;;
 esac

@@ -26,6 +26,9 @@ row's ms is the median over rounds. A forward of GPT-2 small on an H200 host is 
 between launches), so on CUDA each forward row also gets device_ms: the summed kernel time per call from the
 PyTorch profiler, with speedups on it (x eager dev, x sdpa dev). Generate times are the median of whole generate()
 calls, timed in the same interleaved rounds (--generate-reps).
+--impls IMPL+compile (e.g. sdpa+compile, fused+compile) adds the model on IMPL called through torch.compile
+(--compile-backend, default inductor; static shapes) on the forward, encode and seq2seq rows; its first call, the
+compile, is outside the timings, and rows get "x sdpa+compile" against the compiled sdpa model when that ran.
 Peak memory is the allocator's peak during one call above what the model and inputs already hold. Speedups are
 against eager and sdpa measured in the same run. Prints a table; writes JSON and a PNG bar chart.
 
@@ -43,6 +46,8 @@ import time
 import _common
 
 IMPLS = ("eager", "sdpa", "softmax", "fused", "auto")
+COMPILED = "+compile"  # "IMPL+compile": the model on IMPL, called through torch.compile (forward-like rows only)
+FORWARD_KINDS = ("forward", "encode", "seq2seq")
 
 # Targets from the project's issues (H100, fp16): speedup of a patch mode over a baseline, per setting.
 TARGETS = {
@@ -64,7 +69,12 @@ def parse_args(argv=None):
     p.add_argument("--out", default=None, help="folder for speed.json / speed.png (default $OUT or evals/results)")
     p.add_argument("--device", default=None)
     p.add_argument("--dtype", default=None, choices=["fp16", "bf16", "fp32"], help="default fp16 (GPU), fp32 (CPU)")
-    p.add_argument("--impls", default=",".join(IMPLS), help="subset of eager,sdpa,softmax,fused,auto")
+    p.add_argument("--impls", default=",".join(IMPLS),
+                   help="subset of eager,sdpa,softmax,fused,auto; IMPL+compile (e.g. sdpa+compile,fused+compile) "
+                        "times the model on IMPL called through torch.compile, on the forward, encode and seq2seq "
+                        "rows (generate and training rows leave those out)")
+    p.add_argument("--compile-backend", default="inductor",
+                   help="torch.compile backend of the +compile impls (default inductor; aot_eager for a quick check)")
     p.add_argument("--only", default=None, help="comma-separated substrings: run only matching settings")
     p.add_argument("--skip-medium", action="store_true", help="leave out GPT-2 medium")
     p.add_argument("--generate-reps", type=int, default=5)
@@ -80,9 +90,9 @@ def parse_args(argv=None):
     p.add_argument("--no-plot", action="store_true")
     args = p.parse_args(argv)
     args.impls = [i for i in args.impls.split(",") if i]
-    bad = [i for i in args.impls if i not in IMPLS]
+    bad = [i for i in args.impls if i.removesuffix(COMPILED) not in IMPLS]
     if bad:
-        p.error(f"unknown impl(s) {bad}; choose from {list(IMPLS)}")
+        p.error(f"unknown impl(s) {bad}; choose from {list(IMPLS)}, each also as IMPL{COMPILED}")
     _common.require_positive(p, args, "rounds", "generate_reps", "cpu_reps")
     return args
 
@@ -232,15 +242,36 @@ class Timer:
         return (torch.cuda.max_memory_allocated() - base) / 2**20
 
 
-def set_impl(model, impl):
-    """Put ``model`` on ``impl``; returns an undo callable."""
+def set_impl(model, impl, target=None, backend="inductor"):
+    """Put ``model`` on ``impl``; returns an undo callable. For ``IMPL+compile``, ``target["model"]`` (what the
+    setting's function calls) becomes ``torch.compile(model)`` until the undo."""
     import hf_masked_softmax
 
-    if impl in ("eager", "sdpa"):
-        _common.set_attn_implementation(model, impl)
-        return lambda: _common.set_attn_implementation(model, "eager")
-    hf_masked_softmax.patch_model(model, mode=impl)
-    return lambda: hf_masked_softmax.unpatch_model(model)
+    base = impl.removesuffix(COMPILED)
+    if base in ("eager", "sdpa"):
+        _common.set_attn_implementation(model, base)
+        undo = lambda: _common.set_attn_implementation(model, "eager")  # noqa: E731
+    else:
+        hf_masked_softmax.patch_model(model, mode=base)
+        undo = lambda: hf_masked_softmax.unpatch_model(model)  # noqa: E731
+    if base == impl:
+        return undo
+    import torch
+
+    # a fresh wrapper each time; the compiled code is cached on the model's forward and guarded on its state, so a
+    # round that comes back to an implementation finds its graph (one entry per implementation and shape)
+    target["model"] = torch.compile(model, backend=backend, dynamic=False)
+
+    def undo_compiled():
+        target["model"] = model
+        undo()
+
+    return undo_compiled
+
+
+def impls_for(kind, impls):
+    """The implementations a setting of ``kind`` runs: the +compile ones on forward-like rows only."""
+    return [i for i in impls if not i.endswith(COMPILED) or kind in FORWARD_KINDS]
 
 
 def run_setting(setting, args, device, dtype, timer, models, bar):
@@ -249,9 +280,12 @@ def run_setting(setting, args, device, dtype, timer, models, bar):
     name, arch, kind, batch, seq, lengths, side, new = setting
     if arch not in models:
         models.clear()  # one architecture on the GPU at a time
+        if any(i.endswith(COMPILED) for i in args.impls):
+            torch._dynamo.reset()  # the previous architecture's compiled graphs
         torch.manual_seed(args.seed)
         models[arch] = build(arch, dtype, device)
     model = models[arch]
+    target = {"model": model}  # what the forward-like settings call (torch.compile(model) for +compile impls)
     gen = torch.Generator().manual_seed(args.seed)
     ids, mask = make_inputs(model.config.vocab_size, batch, seq, lengths, side, gen, device)
     fill = mask.float().mean().item()
@@ -268,21 +302,21 @@ def run_setting(setting, args, device, dtype, timer, models, bar):
 
         def fn():
             with torch.no_grad():
-                return model(input_ids=ids, attention_mask=mask, decoder_input_ids=dec)
+                return target["model"](input_ids=ids, attention_mask=mask, decoder_input_ids=dec)
     elif kind == "train":
         fn = _train_step(model, ids, mask)
     else:
         def fn():
             with torch.no_grad():
-                return model(input_ids=ids, attention_mask=mask)
+                return target["model"](input_ids=ids, attention_mask=mask)
 
-    impls, restore = args.impls, (lambda: None)
+    impls, restore = impls_for(kind, args.impls), (lambda: None)
     if kind == "train":
         if args.keep_dropout:
             name += " dropout"
         restore = _train_mode(model, args.keep_dropout)
     try:
-        return _time_impls(name, kind, batch, seq, lengths, new, fill, fn, model, impls, args, timer, bar)
+        return _time_impls(name, kind, batch, seq, lengths, new, fill, fn, (model, target), impls, args, timer, bar)
     finally:
         restore()
 
@@ -322,10 +356,10 @@ def _train_step(model, ids, mask):
     return fn
 
 
-def _time_impls(name, kind, batch, seq, lengths, new, fill, fn, model, impls, args, timer, bar):
-    rows, first_tokens, first_loss = [], None, None
+def _time_impls(name, kind, batch, seq, lengths, new, fill, fn, models, impls, args, timer, bar):
+    (model, target), rows, first_tokens, first_loss = models, [], None, None
     for impl in impls:
-        undo = set_impl(model, impl)
+        undo = set_impl(model, impl, target, args.compile_backend)
         try:
             out = fn()  # compile / warm up, and check generations agree
             if kind == "generate":  # the new tokens (an encoder-decoder returns the decoder's tokens only)
@@ -363,7 +397,7 @@ def _time_impls(name, kind, batch, seq, lengths, new, fill, fn, model, impls, ar
     rounds = args.generate_reps if kind == "generate" else (args.rounds or (3 if timer.cuda else 1))
     for _ in range(rounds):
         for impl in times:
-            undo = set_impl(model, impl)
+            undo = set_impl(model, impl, target, args.compile_backend)
             try:
                 if kind == "generate":
                     times[impl].append(timer.once(fn))
@@ -380,7 +414,7 @@ def _time_impls(name, kind, batch, seq, lengths, new, fill, fn, model, impls, ar
             r["sequences_per_s"] = batch / (r["ms"] / 1e3)
     by_impl = {r["impl"]: r for r in rows}
     for r in rows:
-        for base in ("eager", "sdpa"):
+        for base in ("eager", "sdpa", "sdpa" + COMPILED):
             if base in by_impl:
                 r[f"speedup_vs_{base}"] = by_impl[base]["ms"] / r["ms"]
                 if r.get("device_ms") and by_impl[base].get("device_ms"):
@@ -461,7 +495,7 @@ def main(argv=None):
     info = _common.system_info()
     rows, models = [], {}
     t0 = time.time()
-    bar = tqdm(total=len(todo) * len(args.impls), desc="speed")
+    bar = tqdm(total=sum(len(impls_for(s[2], args.impls)) for s in todo), desc="speed")
     for s in todo:
         rows.extend(run_setting(s, args, device, dtype, timer, models, bar))
         # Written after every setting so that a run cut short still leaves its numbers.
@@ -476,6 +510,10 @@ def main(argv=None):
               r.get("speedup_vs_sdpa", ""), r.get("device_ms", ""), r.get("speedup_vs_eager_device", ""),
               r.get("speedup_vs_sdpa_device", ""), "" if r["peak_mb"] is None else f"{r['peak_mb']:.0f}",
               r.get("tokens_per_s", r.get("sequences_per_s", ""))] for r in rows]
+    if any("speedup_vs_sdpa+compile" in r for r in rows):  # against the compiled sdpa model too
+        headers.insert(6, "x sdpa+compile")
+        for line, r in zip(table, rows):
+            line.insert(6, r.get("speedup_vs_sdpa+compile", ""))
     gpu = info.get("gpu") or "CPU"
     title = (f"{gpu}, {str(dtype).replace('torch.', '')}; torch {info['torch']}, triton {info['triton']}, "
              f"transformers {info['transformers']}")

@@ -314,6 +314,23 @@ def test_speed_script_smoke(tmp_path):
         assert "device_ms" not in r
 
 
+def test_speed_script_compiled_impls(tmp_path):
+    """Not a timing test: IMPL+compile rows on forward settings only, compared with the compiled sdpa model too."""
+    import speed
+
+    out = tmp_path / "speed.json"
+    assert speed.main(["--tiny", "--device", "cpu", "--impls", "eager,sdpa+compile,fused+compile", "--compile-backend",
+                       "aot_eager", "--only", "gpt2-small fwd,gpt2-small generate", "--generate-reps", "1",
+                       "--cpu-reps", "1", "--no-plot", "--json", str(out)]) == 0
+    rows = _read(out)["rows"]
+    assert [(r["setting"], r["impl"]) for r in rows] == [
+        ("gpt2-small fwd pad", "eager"), ("gpt2-small fwd pad", "sdpa+compile"), ("gpt2-small fwd pad", "fused+compile"),
+        ("gpt2-small generate", "eager")]  # generate rows leave the compiled impls out
+    fwd = rows[:3]
+    assert all(r["ms"] > 0 and r["speedup_vs_eager"] > 0 and r["speedup_vs_sdpa+compile"] > 0 for r in fwd)
+    assert fwd[1]["speedup_vs_sdpa+compile"] == 1.0 and "speedup_vs_sdpa+compile" not in rows[3]
+
+
 def test_speed_script_qwen3_and_bart_settings(tmp_path):
     """Not a timing test: the Qwen3 (head_dim 128 at full size, grouped-query) and BART (encoder-decoder) settings
     run patched; BART's greedy generations agree across impls (its decoder tokens, not the encoder's inputs)."""
@@ -398,6 +415,7 @@ def test_every_eval_script_shows_its_options(script, capsys):
     ("pipelines.py", ["--max-new-tokens", "-1"], "--max-new-tokens must be positive"),
     ("speed.py", ["--tiny", "--device", "nosuch"], "unknown --device 'nosuch'"),
     ("speed.py", ["--tiny", "--rounds", "0"], "--rounds must be positive"),
+    ("speed.py", ["--tiny", "--impls", "eager,flash+compile"], "unknown impl(s) ['flash+compile']"),
     ("bench_softmax.py", ["--tune", "--tune-shapes", "nosuch"], "unknown --tune-shapes ['nosuch']"),
     ("bench_softmax.py", ["--tune", "--tune-configs", "abc"], "--tune-configs wants"),
     ("bench_attention.py", ["--plot-from", "/nonexistent/bench.json"], "no such file"),
