@@ -474,7 +474,6 @@ def main(argv=None):
     args = parse_args(argv)
     _common.go_offline()
     _common.ensure_repo_on_path()
-    import torch
     from tqdm.auto import tqdm
 
     device = _common.resolve_device(args.device)
