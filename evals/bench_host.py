@@ -8,7 +8,9 @@ work, while the Python and launch code around it takes far longer. This script m
    (q [8, 12, 1, 64], k/v [8, 12, 192, 64], a left-padded [8, 192] mask): an empty Triton kernel with one and with
    forty arguments, ``torch.empty``, SDPA with the mask, ``hf_masked_softmax.attention`` and ``masked_softmax``
    with and without the mask, and the launcher alone; one GPT-2 layer's whole attention call in HF eager and in each
-   patch mode.
+   patch mode; and a decode step without padding (the mask function, then twelve layers' fused attention) with the
+   one-query pad check on and off (``hf.DECODE_PAD_CHECK``): the check reads the mask on the host, which waits for
+   the GPU (idle there, as after generate()'s stop check).
 2. ``cProfile`` of one short GPT-2 ``generate()`` per implementation (eager, sdpa, softmax, fused): the top functions by
    own time are written to ``OUT/generate_profile_<impl>.txt``.
 3. ``--python-only``: the library's own Python per call, with the kernel launchers replaced by stubs that return
@@ -135,6 +137,27 @@ def micro(dev: str, small: bool = False) -> list[dict]:
                 lambda: hf.attention_forward(module, q, k, v, pad, scaling=0.125)[0].reshape(B, 1, -1).contiguous())
         out["GPT-2 layer attention, HF eager"] = us_per_call(
             lambda: eager_attention_forward(module, q, k, v, additive, scaling=0.125)[0].reshape(B, 1, -1).contiguous())
+        # A decode step without padding: the mask function (one call per forward) and twelve layers' fused attention,
+        # with the one-query check on (the mask read on the host, then dropped) and off (the mask of ones passed on)
+        ones = torch.ones(B, K, dtype=torch.long, device=dev)
+        setattr(module, hf.MODE_ATTR, "fused")
+
+        def step():
+            mask = hf._mask_function(B, 1, K, q_offset=K - 1, kv_offset=0, attention_mask=ones)
+            for _ in range(12):
+                hf.attention_forward(module, q, k, v, mask, scaling=0.125)
+
+        saved = hf.DECODE_PAD_CHECK
+        try:
+            for check in (True, False):
+                hf.DECODE_PAD_CHECK = check
+                what = "on: mask dropped" if check else "off: mask of ones passed on"
+                out[f"mask function, decode step without padding, check {what}"] = us_per_call(
+                    lambda: hf._mask_function(B, 1, K, q_offset=K - 1, kv_offset=0, attention_mask=ones))
+                out[f"decode step without padding (mask function + 12 fused layers), check {what}"] = us_per_call(
+                    step, max(1, (N_CALLS // 12)))
+        finally:
+            hf.DECODE_PAD_CHECK = saved
     return [{"what": w, "us_per_call": u} for w, u in out.items()]
 
 

@@ -795,6 +795,7 @@ case "${1:-}" in
     # HF_MASKED_SOFTMAX_DECODE_PAD_CHECK=1 (the default: a one-query step without padding runs mask-free) against =0
     # (the mask kept, as before), GPT-2 generate rows of speed.py, every mode, alternating, two rounds
     pytest_summary tests_decode26 150 tests/test_patch_gpt2.py tests/test_patch_api.py -k decode
+    timeout 150 python evals/bench_host.py --no-profile --out "$OUT/host26" 2>&1 | grep -E "mask|decode|attention, "
     for round in 1 2; do
       for chk in 1 0; do
         HF_MASKED_SOFTMAX_DECODE_PAD_CHECK=$chk timeout 110 python -u evals/speed.py --only "gpt2-small generate" \
