@@ -9,8 +9,8 @@ work, while the Python and launch code around it takes far longer. This script m
    forty arguments, ``torch.empty``, SDPA with the mask, ``hf_masked_softmax.attention`` and ``masked_softmax``
    with and without the mask, and the launcher alone; one GPT-2 layer's whole attention call in HF eager and in each
    patch mode; and a decode step without padding (the mask function, then twelve layers' fused attention) with the
-   one-query pad check on and off (``hf.DECODE_PAD_CHECK``): the check reads the mask on the host, which waits for
-   the GPU (idle there, as after generate()'s stop check).
+   one-query pad check on and off (``hf.DECODE_PAD_CHECK``), each step ending in a wait for the GPU as generate()'s
+   stop check does, so that the check's own wait finds the GPU idle, as in generate().
 2. ``cProfile`` of one short GPT-2 ``generate()`` per implementation (eager, sdpa, softmax, fused): the top functions by
    own time are written to ``OUT/generate_profile_<impl>.txt``.
 3. ``--python-only``: the library's own Python per call, with the kernel launchers replaced by stubs that return
@@ -142,10 +142,11 @@ def micro(dev: str, small: bool = False) -> list[dict]:
         ones = torch.ones(B, K, dtype=torch.long, device=dev)
         setattr(module, hf.MODE_ATTR, "fused")
 
-        def step():
+        def step():  # ends as generate()'s step does on CUDA: its stop check waits for the GPU
             mask = hf._mask_function(B, 1, K, q_offset=K - 1, kv_offset=0, attention_mask=ones)
             for _ in range(12):
                 hf.attention_forward(module, q, k, v, mask, scaling=0.125)
+            _sync()
 
         saved = hf.DECODE_PAD_CHECK
         try:
