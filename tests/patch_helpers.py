@@ -141,6 +141,22 @@ def spy_kernel_calls(monkeypatch, mode):
     return calls
 
 
+def spy_kernel_masks(monkeypatch, mode):
+    """Record (queries, keys, the mask's shape or None) of every kernel call the patched attention makes in ``mode``."""
+    calls = []
+    name = "masked_softmax" if mode == "softmax" else "attention"
+    real = getattr(hf, name)
+
+    def spy(x, *args, **kw):  # softmax: (scores [B, H, Q, K], mask); fused: (q [B, H, Q, D], k, v, mask)
+        mask = args[0] if mode == "softmax" else args[2]
+        keys = x.shape[-1] if mode == "softmax" else args[0].shape[-2]
+        calls.append((x.shape[-2], keys, None if mask is None else tuple(mask.shape)))
+        return real(x, *args, **kw)
+
+    monkeypatch.setattr(hf, name, spy)
+    return calls
+
+
 def gradients(loss):
     """``run(model)`` for :func:`eager_and_patched`: one backward of ``loss(model)``; every parameter's gradient by
     name."""

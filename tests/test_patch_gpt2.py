@@ -11,7 +11,7 @@ from transformers import GPT2LMHeadModel, GPT2Model
 from hf_masked_softmax import hf, patch_model, patched, unpatch_model
 from patch_helpers import (
     assert_gradients_close, assert_probs_close, assert_step_close, assert_valid_close, eager_and_patched, gpt2_config,
-    logits_gradients, padded_batch, philox_dropout_step, spy_kernel_calls,
+    logits_gradients, padded_batch, philox_dropout_step, spy_kernel_calls, spy_kernel_masks,
 )
 
 MODES = ["softmax", "fused"]
@@ -60,15 +60,7 @@ def test_decode_steps_drop_a_mask_that_pads_nothing(device, mode, padded, check,
     # without it when not; the prefill keeps its mask (asking there would make the host wait for the GPU). Driven by
     # hand: generate() in transformers 5.25 drops a mask of ones before the first forward.
     monkeypatch.setattr(hf, "DECODE_PAD_CHECK", check)
-    name = "masked_softmax" if mode == "softmax" else "attention"
-    real, masks = getattr(hf, name), []
-
-    def spy(x, *args, **kw):  # softmax: (scores, mask); fused: (q, k, v, mask)
-        m = args[0] if mode == "softmax" else args[2]
-        masks.append((x.shape[-2], None if m is None else tuple(m.shape)))
-        return real(x, *args, **kw)
-
-    monkeypatch.setattr(hf, name, spy)
+    calls = spy_kernel_masks(monkeypatch, mode)
     model = lm(device, seed=6)
     ids, mask = padded_batch(device, lengths=(7, 4) if padded else (7, 7), total=7, side="left", seed=6)
 
@@ -88,7 +80,7 @@ def test_decode_steps_drop_a_mask_that_pads_nothing(device, mode, padded, check,
     ref, out = eager_and_patched(model, steps, mode)
     assert_valid_close(out, ref, torch.ones(out.shape[:2], dtype=torch.bool, device=device))
     kept = padded or not check
-    assert masks == [(7, (2, 7))] * 2 + [(1, (2, k) if kept else None) for k in range(8, 11) for _ in range(2)]
+    assert calls == [(7, 7, (2, 7))] * 2 + [(1, k, (2, k) if kept else None) for k in range(8, 11) for _ in range(2)]
 
 
 @pytest.mark.parametrize("mode", MODES)

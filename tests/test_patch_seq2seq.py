@@ -13,7 +13,7 @@ from hf_masked_softmax import hf
 from hf_masked_softmax.patches import REGISTRY, seq2seq
 from patch_helpers import (
     VOCAB, assert_gradients_close, assert_probs_close, assert_valid_close, eager_and_patched, gradients, padded_batch,
-    spy_kernel_calls,
+    spy_kernel_calls, spy_kernel_masks,
 )
 from tolerances import assert_close
 
@@ -110,6 +110,26 @@ def test_generate_with_cache(device, arch):
     ref, out = eager_and_patched(m, gen, "auto")
     assert ref.shape[0] == len(SRC) and ref.shape[1] >= 5
     assert torch.equal(out, ref)
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("padded", [False, True])
+def test_decode_steps_drop_a_source_mask_that_pads_nothing(device, mode, padded, monkeypatch):
+    # One-query decoder steps ask whether the source mask pads anything (hf.DECODE_PAD_CHECK, on by default): the
+    # cross-attention then runs mask-free; the encoder's forward keeps the mask, padded or not.
+    calls = spy_kernel_masks(monkeypatch, mode)
+    m = model("bart", device, seed=8)
+    ids, mask = padded_batch(device, lengths=SRC if padded else (10,) * 3, total=10, side="right", seed=8)
+
+    def gen(m):
+        return m.generate(input_ids=ids, attention_mask=mask, max_new_tokens=4, min_new_tokens=4, do_sample=False)
+
+    ref, out = eager_and_patched(m, gen, mode)
+    assert torch.equal(out, ref)
+    assert calls[:2] == [(10, 10, (3, 10))] * 2  # the encoder's two layers
+    cross = [c for c in calls[2:] if c[1] == 10]  # one query on the 10 source keys, per step and decoder layer
+    assert len(cross) == 2 * (out.shape[1] - 1) and all(q == 1 for q, _, _ in cross)
+    assert {c[2] for c in cross} == {(3, 10) if padded else None}
 
 
 def test_beam_search(device):
