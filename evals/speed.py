@@ -316,7 +316,7 @@ def run_setting(setting, args, device, dtype, timer, models, bar):
             name += " dropout"
         restore = _train_mode(model, args.keep_dropout)
     try:
-        return _time_impls(name, kind, batch, seq, lengths, new, fill, fn, (model, target), impls, args, timer, bar)
+        return _time_impls(name, kind, batch, seq, lengths, new, fill, fn, model, target, impls, args, timer, bar)
     finally:
         restore()
 
@@ -356,8 +356,8 @@ def _train_step(model, ids, mask):
     return fn
 
 
-def _time_impls(name, kind, batch, seq, lengths, new, fill, fn, models, impls, args, timer, bar):
-    (model, target), rows, first_tokens, first_loss = models, [], None, None
+def _time_impls(name, kind, batch, seq, lengths, new, fill, fn, model, target, impls, args, timer, bar):
+    rows, first_tokens, first_loss = [], None, None
     for impl in impls:
         undo = set_impl(model, impl, target, args.compile_backend)
         try:

@@ -127,34 +127,36 @@ def assert_step_close(out, ref, valid):
         assert_close(out[1][name], ref[1][name], scale=10)
 
 
-def spy_kernel_calls(monkeypatch, mode):
-    """Record (batch, queries, keys) of every kernel call the patched attention makes in ``mode``."""
+def _spy_kernel(monkeypatch, mode, record):
+    """Replace the kernel the patched attention calls in ``mode`` by one that appends ``record(first, *args)`` to the
+    returned list, then runs the kernel. softmax: ``(scores [B, H, Q, K], mask)``; fused: ``(q [B, H, Q, D], k, v,
+    mask)``."""
     calls = []
     name = "masked_softmax" if mode == "softmax" else "attention"
     real = getattr(hf, name)
 
-    def spy(x, *args, **kw):  # softmax: scores [B, H, Q, K]; fused: q [B, H, Q, D], then k [B, Hkv, K, D]
-        calls.append((x.shape[0], x.shape[-2], x.shape[-1] if mode == "softmax" else args[0].shape[-2]))
+    def spy(x, *args, **kw):
+        calls.append(record(x, *args))
         return real(x, *args, **kw)
 
     monkeypatch.setattr(hf, name, spy)
     return calls
+
+
+def spy_kernel_calls(monkeypatch, mode):
+    """Record (batch, queries, keys) of every kernel call the patched attention makes in ``mode``."""
+    return _spy_kernel(monkeypatch, mode, lambda x, *args: (
+        x.shape[0], x.shape[-2], x.shape[-1] if mode == "softmax" else args[0].shape[-2]))
 
 
 def spy_kernel_masks(monkeypatch, mode):
     """Record (queries, keys, the mask's shape or None) of every kernel call the patched attention makes in ``mode``."""
-    calls = []
-    name = "masked_softmax" if mode == "softmax" else "attention"
-    real = getattr(hf, name)
-
-    def spy(x, *args, **kw):  # softmax: (scores [B, H, Q, K], mask); fused: (q [B, H, Q, D], k, v, mask)
+    def record(x, *args):
         mask = args[0] if mode == "softmax" else args[2]
         keys = x.shape[-1] if mode == "softmax" else args[0].shape[-2]
-        calls.append((x.shape[-2], keys, None if mask is None else tuple(mask.shape)))
-        return real(x, *args, **kw)
+        return x.shape[-2], keys, None if mask is None else tuple(mask.shape)
 
-    monkeypatch.setattr(hf, name, spy)
-    return calls
+    return _spy_kernel(monkeypatch, mode, record)
 
 
 def gradients(loss):
