@@ -12,8 +12,15 @@ the attention function adds causality itself from ``module.is_causal``, bottom-r
 causal mask whenever the last query is the last key (no cache, or a dynamic cache). Everything else
 that HF can ask for (a static cache whose keys run past the queries, packed sequences, custom ``or``/``and`` mask
 functions) gets HF's own 4D boolean mask, which the attention function then uses as given, with no causality added,
-as eager and sdpa do with any 4D mask (user-supplied 4D masks, bool or additive, take the same path). Sliding-window
-models are refused: the attention function raises when the model passes it a ``sliding_window``.
+as eager and sdpa do with any 4D mask (user-supplied 4D masks, bool or additive, take the same path).
+
+Sliding windows (Mistral, Qwen2/Qwen3 with ``use_sliding_window``): query ``i`` sees key ``j`` iff
+``i - W < j <= i``. A window only matters once a call has more than ``W`` keys: a prompt longer than the window, or a
+cache that keeps more than ``W`` keys. Below that the pattern is plain causality, and the mask function returns the
+compact mask as for any causal call, so prompts within the window run at full speed. Above it the mask function
+returns HF's own 4D mask with the window in it. The attention function applies the window itself (from the
+``sliding_window`` argument the model passes) when it gets a compact mask and more than ``W`` keys, which only a
+direct call produces.
 
 Modes, read per call from the attention module's ``_hf_masked_softmax_mode`` (set by ``patch_model``):
 
@@ -168,11 +175,63 @@ def _pick_mode(module, kwargs, attention_mask=None) -> str:
 
 
 def _check_unsupported_features(kwargs) -> None:
-    # Score modifiers and key windows that some AttentionInterface models pass; neither kernel implements them.
+    # Score modifiers that some AttentionInterface models pass; neither kernel implements them.
     for key, feature in (("softcap", "logit soft-capping"), ("s_aux", "attention sinks"),
-                         ("position_bias", "additive position bias"), ("sliding_window", "sliding-window attention")):
+                         ("position_bias", "additive position bias")):
         if kwargs.get(key) is not None:
             raise ValueError(f"{NAME} does not support {feature} (`{key}`); use attn_implementation='eager' or 'sdpa'")
+
+
+def _closure_of(fn) -> dict:
+    code = getattr(fn, "__code__", None)
+    cells = getattr(fn, "__closure__", None) or ()
+    return dict(zip(code.co_freevars, cells)) if code is not None else {}
+
+
+def _code_of(make, *args):
+    """The code object of the closures that ``masking_utils.<make>(*args)`` returns (None where it is missing)."""
+    factory = getattr(masking_utils, make, None)
+    return None if factory is None else getattr(factory(*args), "__code__", None)
+
+
+_AND_MASKS_CODE = _code_of("and_masks", masking_utils.causal_mask_function)
+_WINDOW_OVERLAY_CODE = _code_of("sliding_window_overlay", 1)
+
+
+def _sliding_window_of(mask_function) -> int | None:
+    """``W`` when ``mask_function`` is exactly transformers' ``sliding_window_causal_mask_function(W)``, else None.
+
+    That function is ``and_masks(sliding_window_overlay(W), causal_mask_function)``: a new closure on every call, so
+    it is recognised by its code objects and read from its cells (the same in transformers 5.4, 5.17 and 5.25).
+    Anything else (extra ``and``/``or`` terms, packed sequences, another layout in some version) gives None, and with
+    it HF's 4D mask, which is right for any pattern.
+    """
+    if _AND_MASKS_CODE is None or _WINDOW_OVERLAY_CODE is None:
+        return None
+    if getattr(mask_function, "__code__", None) is not _AND_MASKS_CODE:
+        return None
+    cell = _closure_of(mask_function).get("mask_functions")
+    parts = cell.cell_contents if cell is not None else None
+    if not (isinstance(parts, tuple) and len(parts) == 2 and parts[1] is masking_utils.causal_mask_function):
+        return None
+    if getattr(parts[0], "__code__", None) is not _WINDOW_OVERLAY_CODE:
+        return None
+    cell = _closure_of(parts[0]).get("sliding_window")
+    window = cell.cell_contents if cell is not None else None
+    if isinstance(window, bool) or not isinstance(window, int) or window < 1:
+        return None
+    return window
+
+
+def _windowed_mask(attention_mask, q_len: int, k_len: int, window: int, device) -> torch.Tensor:
+    """4D bool ``[B or 1, 1, Q, K]``: bottom-right causal, key ``j`` within ``window`` of query ``i``'s position, and
+    the 2D padding mask (if any)."""
+    diag = torch.arange(q_len, device=device)[:, None] + (k_len - q_len)  # each query's own key index
+    j = torch.arange(k_len, device=device)[None, :]
+    keep = ((j <= diag) & (j > diag - window))[None, None]
+    if attention_mask is not None:
+        keep = keep & attention_mask.to(torch.bool)[:, None, None, :]
+    return keep
 
 
 def _attention_forward(
@@ -195,6 +254,14 @@ def _attention_forward(
     if scaling is None:
         scaling = query.shape[-1] ** -0.5
     causal = _causal_for(module, attention_mask, is_causal)
+    window = kwargs.get("sliding_window")
+    if window is not None and (attention_mask is None or attention_mask.dim() == 2) and key.shape[-2] > window:
+        # A compact mask on a call where the window cuts keys off (HF's mask function would have built the 4D mask
+        # here: a direct call). A 4D mask already holds the window, as eager and sdpa assume.
+        if not causal:
+            raise ValueError(f"{NAME} applies a sliding window to causal attention only; this call is not causal")
+        attention_mask = _windowed_mask(attention_mask, query.shape[-2], key.shape[-2], int(window), query.device)
+        causal = False
     mode = _pick_mode(module, kwargs, attention_mask)
 
     if mode == "fused" and query.dtype != torch.float64:
@@ -245,7 +312,9 @@ def _mask_function(
     """
     config = kwargs.get("config")
     _check_model_type(config)
-    causal = mask_function is masking_utils.causal_mask_function
+    # (not while compiling: the closure's cells are not traced; such calls get HF's 4D mask, right for any window)
+    window = None if torch.compiler.is_compiling() else _sliding_window_of(mask_function)
+    causal = mask_function is masking_utils.causal_mask_function or window is not None
     if causal and getattr(config, "use_bidirectional_attention", False):  # models loaded by name (see patches)
         raise ValueError(f"{NAME} cannot run this {config.model_type} model: {BIDIRECTIONAL_CONFLICT}")
     plain = causal or mask_function is masking_utils.bidirectional_mask_function
@@ -257,6 +326,9 @@ def _mask_function(
         aligned = False
     else:
         aligned = not causal or int(q_offset) + q_length == kv_offset + kv_length
+    if window is not None and kv_length > window:
+        # the window cuts keys off this call (the last query's window starts after the first key): HF's 4D mask
+        plain = False
     if plain and aligned:
         if attention_mask is None:
             return None

@@ -8,12 +8,10 @@ one), ``module.is_causal`` is True and ``scaling`` is passed explicitly (``head_
 repeat for the types without grouped-query attention (checked for transformers 5.4, 5.17 and 5.25). The mask comes
 from ``create_causal_mask``, which the backend's mask function answers with the compact ``[B, K]`` padding mask.
 
-Gemma's ``use_bidirectional_attention=True`` is refused too (see ``hf.BIDIRECTIONAL_CONFLICT``). The one feature
-of these types that the kernels do not do is sliding-window attention (Mistral's default
-``sliding_window=4096``, Qwen2/Qwen3 with ``use_sliding_window=True``): such a configuration is refused when patching,
-with the feature named. The attention function refuses it again at call time (``hf.py``, together with soft-capping,
-sinks and position biases), for models that reach it through ``from_pretrained(..., attn_implementation=...)``
-without ``patch_model``.
+Gemma's ``use_bidirectional_attention=True`` is refused (see ``hf.BIDIRECTIONAL_CONFLICT``). Sliding windows
+(Mistral's default ``sliding_window=4096``, Qwen2/Qwen3 with ``use_sliding_window=True``) come with their own mask
+factory, which the backend's mask function recognises: calls with no more keys than the window get the compact mask
+(the window cuts nothing off there), longer ones HF's 4D mask with the window in it (see ``hf.py``).
 
 Only model types listed in ``SPECS`` are accepted, each covered by tests/test_patch_llama.py: an unknown type may
 route the same interface through code that changes the semantics (score biases, sinks, per-layer windows), so it is
@@ -25,51 +23,24 @@ from .. import hf
 from .spec import ModelSpec
 
 
-def _sliding_window(config, window_follows_layer_types: bool):
-    """The window some layer of the model applies, or None.
-
-    Qwen2-style models apply ``config.sliding_window`` only on layers whose ``layer_types`` entry is
-    ``"sliding_attention"`` (their configs also reset it to None unless ``use_sliding_window``); Mistral-style
-    models apply it on every layer whenever it is set.
-    """
-    window = getattr(config, "sliding_window", None)
-    if window is None:
-        return None
-    layer_types = getattr(config, "layer_types", None)
-    if window_follows_layer_types and layer_types is not None and "sliding_attention" not in layer_types:
-        return None
-    return window
-
-
-def _checker(model_type: str, window_follows_layer_types: bool):
+def _checker(model_type: str):
     def check(config) -> None:
         if getattr(config, "use_bidirectional_attention", False):
             raise ValueError(f"cannot patch this {model_type} model: {hf.BIDIRECTIONAL_CONFLICT}")
-        window = _sliding_window(config, window_follows_layer_types)
-        if window is not None:
-            raise ValueError(
-                f"cannot patch this {model_type} model: it uses sliding-window attention "
-                f"(config.sliding_window={window}), which hf_masked_softmax's kernels do not implement; "
-                "run it with attn_implementation='sdpa' or 'eager'"
-            )
 
     return check
 
 
-def decoder_spec(model_type: str, attention_class: str, *, window_follows_layer_types: bool = False) -> ModelSpec:
+def decoder_spec(model_type: str, attention_class: str) -> ModelSpec:
     """A ``ModelSpec`` for a Llama-style decoder whose attention module class is ``attention_class``."""
-    return ModelSpec(
-        model_type=model_type,
-        attention_classes=(attention_class,),
-        check=_checker(model_type, window_follows_layer_types),
-    )
+    return ModelSpec(model_type=model_type, attention_classes=(attention_class,), check=_checker(model_type))
 
 
 SPECS = (
     decoder_spec("llama", "LlamaAttention"),  # also SmolLM/SmolLM2, TinyLlama, Llama 2/3.x (RoPE scaling is pre-call)
-    decoder_spec("mistral", "MistralAttention"),  # with sliding_window=None (Mistral 7B v0.2 and later)
-    decoder_spec("qwen2", "Qwen2Attention", window_follows_layer_types=True),
-    decoder_spec("qwen3", "Qwen3Attention", window_follows_layer_types=True),
+    decoder_spec("mistral", "MistralAttention"),  # a window on every layer when sliding_window is set (7B v0.1)
+    decoder_spec("qwen2", "Qwen2Attention"),  # a window on the "sliding_attention" layers with use_sliding_window
+    decoder_spec("qwen3", "Qwen3Attention"),
     decoder_spec("granite", "GraniteAttention"),  # scaling = config.attention_multiplier
     decoder_spec("olmo2", "Olmo2Attention"),
     decoder_spec("gemma", "GemmaAttention"),  # Gemma 1 (Gemma 2 and 3 soft-cap and slide: not listed)

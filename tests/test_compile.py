@@ -606,3 +606,21 @@ def test_the_residual_keeps_what_a_huge_lse_rounds_away(device):
                                                                   dtype=torch.float64), atol=0, rtol=1e-6)
     assert torch.equal(lse[0] + math.log2(K), lse[0])  # log2(20) is far below half a step: lse alone cannot hold it
     torch.testing.assert_close(lse[1].cpu(), torch.full((B, H, Q), math.log2(K)), atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("mode", ["fused", "softmax"])
+def test_compiled_sliding_window_model_matches_eager(mode, device):
+    # under torch.compile the mask function leaves the window's closure alone and hands over HF's 4D mask, so a
+    # windowed model compiles in one graph and keeps its window
+    from test_patch_llama import decoder, left_padded
+
+    import hf_masked_softmax as hms
+
+    model = decoder("mistral", device, sliding_window=4)
+    ids, mask = left_padded(device)
+    with torch.no_grad():
+        ref = model(ids, attention_mask=mask).logits
+        with hms.patched(model, mode=mode):
+            out = torch.compile(model, backend=BACKEND, fullgraph=True)(ids, attention_mask=mask).logits
+    valid = mask.bool()
+    torch.testing.assert_close(out[valid], ref[valid], atol=1e-5, rtol=1e-5)

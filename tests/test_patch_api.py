@@ -87,8 +87,8 @@ def test_a_decode_step_asks_whether_its_mask_pads_anything(check, monkeypatch):
 
 
 def unlisted(**kw):
-    """A tiny Phi-3: a type outside the registry (its sliding window, when set, reaches the attention function as an
-    argument; not listed) that goes through the attention interface in every supported transformers."""
+    """A tiny Phi-3: a type outside the registry that goes through the attention interface in every supported
+    transformers."""
     return Phi3ForCausalLM(Phi3Config(num_hidden_layers=1, hidden_size=16, intermediate_size=32, num_attention_heads=2,
                                       num_key_value_heads=2, vocab_size=32, max_position_embeddings=16,
                                       sliding_window=None, pad_token_id=0, bos_token_id=1, eos_token_id=2, **kw))

@@ -15,7 +15,9 @@ from transformers import (
 )
 
 from hf_masked_softmax import hf, patch_model, patched, unpatch_model
-from patch_helpers import assert_gradients_close, assert_valid_close, eager_and_patched, logits_gradients
+from patch_helpers import (
+    assert_gradients_close, assert_valid_close, eager_and_patched, logits_gradients, spy_kernel_masks,
+)
 from tolerances import assert_close
 
 VOCAB = 100
@@ -120,19 +122,128 @@ def test_fused_kernel_gets_grouped_kv_heads_and_compact_mask(device, monkeypatch
     assert all(c[5] == {"causal": True, "scale": pytest.approx(16 ** -0.5), "dropout_p": 0.0} for c in calls)
 
 
-@pytest.mark.parametrize("arch,overrides", [
-    ("mistral", {"sliding_window": 4096}),  # MistralConfig's default (checked below)
+# Sliding windows: (arch, config overrides). Qwen2/Qwen3 put the window on the layers below max_window_layers only.
+WINDOWED = [
     ("mistral", {"sliding_window": 4}),
     ("qwen2", {"use_sliding_window": True, "sliding_window": 4, "max_window_layers": 1}),
-    ("qwen3", {"use_sliding_window": True, "sliding_window": 4, "max_window_layers": 0}),
-])
-def test_sliding_window_refused_and_untouched(device, arch, overrides):
+    ("qwen3", {"use_sliding_window": True, "sliding_window": 5, "max_window_layers": 0}),
+]
+
+
+@pytest.mark.parametrize("arch,overrides", WINDOWED)
+@pytest.mark.parametrize("mode", MODES)
+def test_sliding_window_logits_match_eager(device, arch, overrides, mode):
+    # 12-token rows, left padded, against a window of 4 or 5: the window cuts keys off every long row
     model = decoder(arch, device, **overrides)
-    config = model.config
-    with pytest.raises(ValueError, match=rf"{arch} model: it uses sliding-window attention \(config.sliding_window="):
-        patch_model(model)
-    assert model.config is config and config._attn_implementation == "eager"
-    assert not any(hf.MODE_ATTR in m.__dict__ for m in model.modules())
+    ids, mask = left_padded(device)
+    ref, out = eager_and_patched(model, lambda m: m(ids, attention_mask=mask).logits, mode)
+    assert_valid_close(out, ref, mask.bool())
+    # and the window does change the model here (a test that could not tell the window from plain causality
+    # would prove nothing): the same weights with a window wider than the rows
+    wide = decoder(arch, device, **{**overrides, "sliding_window": 64})(ids, attention_mask=mask).logits
+    assert not torch.allclose(wide[mask.bool()], ref[mask.bool()], atol=1e-3)
+
+
+@pytest.mark.parametrize("arch,overrides", WINDOWED[:2])
+def test_sliding_window_generate_matches_eager(device, monkeypatch, arch, overrides):
+    # prompts of 8, 5 and 2 tokens and 6 new ones: the steps cross the window with the dynamic cache
+    model = decoder(arch, device, seed=2, **overrides)
+    ids, mask = left_padded(device, lengths=(8, 5, 2), seed=2)
+
+    def gen(m):
+        return m.generate(ids, attention_mask=mask, max_new_tokens=6, min_new_tokens=6, do_sample=False)
+
+    calls = spy_kernel_masks(monkeypatch, "fused")
+    ref, out = eager_and_patched(model, gen, "auto")
+    assert ref.shape == (3, 14)
+    assert torch.equal(out, ref)
+    # the 8-token prefill of a windowed layer got HF's 4D mask; every decode step the compact mask or none, as the
+    # sliding cache hands a windowed layer one window of keys (4)
+    assert (8, 8, (3, 1, 8, 8)) in calls
+    steps = [c for c in calls if c[0] == 1]
+    assert len(steps) == 5 * model.config.num_hidden_layers
+    assert all(shape is None or len(shape) == 2 for _, _, shape in steps)
+    assert any(keys == 4 for _, keys, _ in steps)
+
+
+def test_sliding_window_gradients_match_eager(device):
+    model = decoder("mistral", device, seed=3, sliding_window=4).train()
+    ids, mask = left_padded(device, seed=3)
+    ref, out = eager_and_patched(model, logits_gradients(ids, mask, VOCAB, seed=4), "fused")
+    assert_gradients_close(out, ref, ("k_proj",))
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_window_longer_than_the_keys_keeps_the_compact_mask(device, monkeypatch, mode):
+    # Mistral's default window (4096) cuts nothing off a 12-token batch: the kernels get the [B, K] mask and add
+    # causality themselves; a window of 4 on the same batch gets HF's 4D mask
+    calls = spy_kernel_masks(monkeypatch, mode)
+    ids, mask = left_padded(device)
+    for window, expected in ((4096, (3, 12)), (12, (3, 12)), (11, (3, 1, 12, 12))):
+        model = decoder("mistral", device, sliding_window=window)
+        calls.clear()
+        ref, out = eager_and_patched(model, lambda m: m(ids, attention_mask=mask).logits, mode)
+        assert_valid_close(out, ref, mask.bool())
+        assert calls == [(12, 12, expected)] * 2, window
+
+
+def test_sliding_window_of_recognises_only_the_plain_window():
+    from transformers import masking_utils as mu
+
+    assert hf._sliding_window_of(mu.sliding_window_causal_mask_function(7)) == 7
+    assert hf._sliding_window_of(mu.causal_mask_function) is None
+    assert hf._sliding_window_of(mu.and_masks(mu.causal_mask_function, mu.sliding_window_overlay(7))) is None
+    extra = mu.and_masks(mu.sliding_window_overlay(7), mu.causal_mask_function, lambda b, h, q, kv: kv >= 0)
+    assert hf._sliding_window_of(extra) is None
+    assert hf._sliding_window_of(mu.or_masks(mu.sliding_window_overlay(7), mu.causal_mask_function)) is None
+    assert hf._sliding_window_of(lambda b, h, q, kv: kv <= q) is None
+
+
+def test_mask_function_answers_a_window_by_the_number_of_keys():
+    from transformers import masking_utils as mu
+
+    pad = torch.ones(2, 9, dtype=torch.long)
+    pad[1, :6] = 0
+    fn = mu.sliding_window_causal_mask_function(4)
+    # a decode step with the 4 keys a sliding cache keeps (positions 5..8): the window cuts nothing, compact mask
+    out = hf._mask_function(2, 1, 4, q_offset=8, kv_offset=5, mask_function=fn, attention_mask=pad)
+    assert torch.equal(out, pad[:, 5:].bool())
+    # 9 keys: the 4D mask, window and padding in it
+    out = hf._mask_function(2, 9, 9, q_offset=0, kv_offset=0, mask_function=fn, attention_mask=pad)
+    i, j = torch.arange(9)[:, None], torch.arange(9)[None]
+    expected = ((j <= i) & (j > i - 4))[None, None] & pad.bool()[:, None, None, :]
+    assert out.shape == (2, 1, 9, 9) and torch.equal(out, expected)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_attention_function_applies_a_window_given_a_compact_mask(device, mode):
+    # a direct call: 2D mask, 8 keys, window 3 -> the same as the explicit 4D mask
+    module = torch.nn.Module().eval()
+    module.is_causal = True
+    setattr(module, hf.MODE_ATTR, mode)
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, 2, n, 16, generator=g).to(device) for n in (5, 8, 8))
+    pad = torch.ones(2, 8, dtype=torch.bool, device=device)
+    pad[0, :2] = False
+    out = hf.attention_forward(module, q, k, v, pad, scaling=0.25, sliding_window=3)[0]
+    i, j = torch.arange(5, device=device)[:, None] + 3, torch.arange(8, device=device)[None]
+    explicit = ((j <= i) & (j > i - 3))[None, None] & pad[:, None, None, :]
+    ref = hf.attention_forward(module, q, k, v, explicit, scaling=0.25)[0]
+    assert_close(out, ref)
+    # a window that cuts nothing leaves the call as it was
+    same = hf.attention_forward(module, q, k, v, pad, scaling=0.25, sliding_window=8)[0]
+    assert_close(same, hf.attention_forward(module, q, k, v, pad, scaling=0.25)[0])
+    module.is_causal = False
+    with pytest.raises(ValueError, match="sliding window to causal attention only"):
+        hf.attention_forward(module, q, k, v, pad, scaling=0.25, sliding_window=3)
+
+
+def test_sliding_window_by_name_matches_eager(device):
+    # attn_implementation at construction (as from_pretrained(..., attn_implementation=NAME) does), no patch_model
+    ids, mask = left_padded(device)
+    ref = decoder("mistral", device, sliding_window=4)(ids, attention_mask=mask).logits
+    model = decoder("mistral", device, sliding_window=4, attn_implementation=hf.NAME)
+    assert_valid_close(model(ids, attention_mask=mask).logits, ref, mask.bool())
 
 
 def test_gemma_bidirectional_flag_refused_when_patching_and_by_name(device):
@@ -154,10 +265,6 @@ def test_gemma_bidirectional_flag_refused_when_patching_and_by_name(device):
         model(ids, attention_mask=mask)
 
 
-def test_mistral_default_config_has_a_window():
-    assert MistralConfig().sliding_window == 4096
-
-
 def test_qwen2_window_on_no_layer_is_accepted(device):
     # use_sliding_window with max_window_layers >= num_hidden_layers: every layer is full attention.
     model = decoder("qwen2", device, use_sliding_window=True, sliding_window=4, max_window_layers=2)
@@ -165,15 +272,6 @@ def test_qwen2_window_on_no_layer_is_accepted(device):
     ids, mask = left_padded(device)
     ref, out = eager_and_patched(model, lambda m: m(ids, attention_mask=mask).logits, "fused")
     assert_valid_close(out, ref, mask.bool())
-
-
-def test_sliding_window_refused_at_call_time_without_patch_model(device):
-    # attn_implementation set at construction (as from_pretrained(..., attn_implementation=NAME) does) skips
-    # patch_model's check; the attention function refuses the window itself.
-    model = decoder("mistral", device, sliding_window=4, attn_implementation=hf.NAME)
-    ids, mask = left_padded(device)
-    with pytest.raises(ValueError, match="sliding-window attention"):
-        model(ids, attention_mask=mask)
 
 
 def test_unlisted_decoder_is_refused_and_untouched(device):
