@@ -9,7 +9,7 @@ repeat for the types without grouped-query attention (checked for transformers 5
 from ``create_causal_mask``, which the backend's mask function answers with the compact ``[B, K]`` padding mask.
 
 Gemma's ``use_bidirectional_attention=True`` is refused (see ``hf.BIDIRECTIONAL_CONFLICT``). Sliding windows
-(Mistral's default ``sliding_window=4096``, Qwen2/Qwen3 with ``use_sliding_window=True``) come with their own mask
+(Mistral's default ``sliding_window=4096``, Phi-3's 2047, Qwen2/Qwen3 with ``use_sliding_window=True``) come with their own mask
 factory, which the backend's mask function recognises: calls with no more keys than the window get the compact mask
 (the window cuts nothing off there), longer ones HF's 4D mask with the window in it (see ``hf.py``).
 
@@ -50,4 +50,9 @@ SPECS = (
     decoder_spec("gpt_neox", "GPTNeoXAttention"),  # Pythia, GPT-NeoX-20B (partial rotary before the call)
     decoder_spec("opt", "OPTAttention"),  # queries scaled by the projection: scaling=1.0
     decoder_spec("gpt_bigcode", "GPTBigCodeAttention"),  # StarCoder, SantaCoder: multi-query, one key/value head
+    decoder_spec("phi3", "Phi3Attention"),  # Phi-3 / 3.5 (fused qkv projection; 4k checkpoints slide 2047 tokens)
+    decoder_spec("starcoder2", "Starcoder2Attention"),  # projections with bias; a window when sliding_window is set
+    decoder_spec("mixtral", "MixtralAttention"),  # mixture-of-experts feed-forward; Mistral's attention
+    decoder_spec("qwen2_moe", "Qwen2MoeAttention"),
+    decoder_spec("qwen3_moe", "Qwen3MoeAttention"),  # q/k RMS norms before the call, as Qwen3
 )

@@ -7,11 +7,12 @@ On CPU the kernels run in Triton's interpreter (tests/conftest.py).
 import pytest
 import torch
 from transformers import (
-    CohereConfig, CohereForCausalLM, GemmaConfig, GemmaForCausalLM, GPTBigCodeConfig, GPTBigCodeForCausalLM,
-    GPTNeoXConfig, GPTNeoXForCausalLM, GraniteConfig, GraniteForCausalLM, LlamaConfig, LlamaForCausalLM, MistralConfig,
-    MistralForCausalLM, Olmo2Config, Olmo2ForCausalLM, OPTConfig, OPTForCausalLM, Phi3Config, Phi3ForCausalLM,
-    PhiConfig, PhiForCausalLM, Qwen2Config, Qwen2ForCausalLM, Qwen3Config, Qwen3ForCausalLM, StableLmConfig,
-    StableLmForCausalLM,
+    CohereConfig, CohereForCausalLM, Gemma2Config, Gemma2ForCausalLM, GemmaConfig, GemmaForCausalLM, GPTBigCodeConfig,
+    GPTBigCodeForCausalLM, GPTNeoXConfig, GPTNeoXForCausalLM, GraniteConfig, GraniteForCausalLM, LlamaConfig,
+    LlamaForCausalLM, MistralConfig, MistralForCausalLM, MixtralConfig, MixtralForCausalLM, Olmo2Config,
+    Olmo2ForCausalLM, OPTConfig, OPTForCausalLM, Phi3Config, Phi3ForCausalLM, PhiConfig, PhiForCausalLM, Qwen2Config,
+    Qwen2ForCausalLM, Qwen2MoeConfig, Qwen2MoeForCausalLM, Qwen3Config, Qwen3ForCausalLM, Qwen3MoeConfig,
+    Qwen3MoeForCausalLM, StableLmConfig, StableLmForCausalLM, Starcoder2Config, Starcoder2ForCausalLM,
 )
 
 from hf_masked_softmax import hf, patch_model, patched, unpatch_model
@@ -44,6 +45,19 @@ ARCHS = {
     "gpt_bigcode": (GPTBigCodeForCausalLM, GPTBigCodeConfig, {"n_embd": 64, "n_layer": 2, "n_head": 4,
                                                               "n_positions": 64, "multi_query": True, "attn_pdrop": 0.0,
                                                               "resid_pdrop": 0.0, "embd_pdrop": 0.0}),
+    "phi3": (Phi3ForCausalLM, Phi3Config, {"sliding_window": None}),
+    "starcoder2": (Starcoder2ForCausalLM, Starcoder2Config, {"sliding_window": None, "residual_dropout": 0.0,
+                                                            "embedding_dropout": 0.0}),
+    # mixtures of experts: every token through both experts, so that no routing choice can flip between two runs;
+    # the experts' plain loop (transformers 5.4's default grouped matmul has no CPU kernel in torch 2.8)
+    "mixtral": (MixtralForCausalLM, MixtralConfig, {"num_local_experts": 2, "num_experts_per_tok": 2,
+                                                    "experts_implementation": "eager"}),
+    "qwen2_moe": (Qwen2MoeForCausalLM, Qwen2MoeConfig, {"num_experts": 2, "num_experts_per_tok": 2,
+                                                        "moe_intermediate_size": 32,
+                                                        "shared_expert_intermediate_size": 32,
+                                                        "experts_implementation": "eager"}),
+    "qwen3_moe": (Qwen3MoeForCausalLM, Qwen3MoeConfig, {"num_experts": 2, "num_experts_per_tok": 2,
+                                                        "moe_intermediate_size": 32, "experts_implementation": "eager"}),
 }
 MAIN = ["llama", "qwen2", "mistral"]
 MODES = ["softmax", "fused"]
@@ -127,6 +141,11 @@ WINDOWED = [
     ("mistral", {"sliding_window": 4}),
     ("qwen2", {"use_sliding_window": True, "sliding_window": 4, "max_window_layers": 1}),
     ("qwen3", {"use_sliding_window": True, "sliding_window": 5, "max_window_layers": 0}),
+    ("phi3", {"sliding_window": 4}),
+    ("starcoder2", {"sliding_window": 5}),
+    ("mixtral", {"sliding_window": 4}),
+    ("qwen2_moe", {"use_sliding_window": True, "sliding_window": 4, "max_window_layers": 1}),
+    ("qwen3_moe", {"use_sliding_window": True, "sliding_window": 4}),
 ]
 
 
@@ -276,9 +295,9 @@ def test_qwen2_window_on_no_layer_is_accepted(device):
 
 def test_unlisted_decoder_is_refused_and_untouched(device):
     torch.manual_seed(0)
-    model = Phi3ForCausalLM(Phi3Config(**{**TINY, "sliding_window": None})).eval()
+    model = Gemma2ForCausalLM(Gemma2Config(**TINY)).eval()  # soft-capped scores
     config = model.config
-    with pytest.raises(ValueError, match=r"'phi3'.*supported model_types: \[.*'llama', .*'mistral', .*'qwen2'"):
+    with pytest.raises(ValueError, match=r"'gemma2'.*supported model_types: \[.*'llama', .*'mistral', .*'qwen2'"):
         patch_model(model)
     assert model.config is config and config._attn_implementation == "eager"
 
