@@ -95,6 +95,9 @@ def _causal_for(module, attention_mask, is_causal) -> bool:
     return bool(is_causal)
 
 
+# The attribute that marks a compact mask made by _mask_function with the (kv_offset, kv_length) it answers.
+_COMPACT_TAG = "_hf_masked_softmax_keys"
+
 # mask.data_ptr() -> (weakref to the mask, what "auto" ran on the forward that got it); see _pick_mode. Keyed by
 # storage, not object: reentrant checkpointing hands the recompute detached copies of the layer's tensor arguments.
 _AUTO_BY_MASK: dict = {}
@@ -312,6 +315,13 @@ def _mask_function(
     """
     config = kwargs.get("config")
     _check_model_type(config)
+    if (attention_mask is not None and not torch.compiler.is_compiling()
+            and getattr(attention_mask, _COMPACT_TAG, None) == (int(kv_offset), kv_length)):
+        # This function's own answer for these keys, handed back as a 2D mask: generate() builds the masks of a
+        # static cache's step before the forward, and a model without per-layer-type masks then passes that mask
+        # through its mask function again. Sliced again it would lose its keys where the keys start past position 0
+        # (a sliding layer's), so it is returned as it is.
+        return attention_mask
     # (not while compiling: the closure's cells are not traced; such calls get HF's 4D mask, right for any window)
     window = None if torch.compiler.is_compiling() else _sliding_window_of(mask_function)
     causal = mask_function is masking_utils.causal_mask_function or window is not None
@@ -329,10 +339,15 @@ def _mask_function(
     if window is not None and kv_length > window:
         # the window cuts keys off this call (the last query's window starts after the first key): HF's 4D mask
         plain = False
+    if not isinstance(kv_offset, torch.Tensor) and kv_offset > 0 and kwargs.get("allow_is_causal_skip") is False:
+        # Keys that start past position 0 (a sliding layer's) in a static cache (transformers turns the skip off for
+        # those): generate() builds the step's masks before the forward, which may be compiled, and a compiled
+        # forward cannot tell a compact mask handed back from the tokenizer's (see the tag above): HF's 4D mask.
+        plain = False
     if plain and aligned:
         if attention_mask is None:
             return None
-        window = attention_mask[:, kv_offset: kv_offset + kv_length]
+        cols = attention_mask[:, kv_offset: kv_offset + kv_length]
         # A mask without padding is passed on too: asking (``bool(mask.all())``) would copy a flag from the GPU and
         # so wait for everything queued before it, every forward; the host could then never run ahead of the GPU, and
         # a forward would take its host time plus its device time. Such a mask costs the kernels one key range per
@@ -341,15 +356,16 @@ def _mask_function(
         # Except on a one-query step (decoding), where the question is cheap: generate() waits for the GPU after
         # every step (its stop check), so the flag's copy finds the GPU idle, and a step without padding then runs
         # every layer on the mask-free path, as HF's sdpa does (its mask function asks the same question there).
-        if (q_length == 1 and DECODE_PAD_CHECK and window.shape[-1] == kv_length and not is_tracing(window)
-                and bool(window.all())):
+        if (q_length == 1 and DECODE_PAD_CHECK and cols.shape[-1] == kv_length and not is_tracing(cols)
+                and bool(cols.all())):
             return None
         # always a new tensor (a bool mask's slice would share the caller's memory): one per forward, see _pick_mode
-        pad = window.to(torch.bool, copy=True)
+        pad = cols.to(torch.bool, copy=True)
         if pad.shape[-1] < kv_length:
             pad = torch.nn.functional.pad(pad, (0, kv_length - pad.shape[-1]), value=False)
         if not torch.compiler.is_compiling():
             _masks.share_ranges(pad)
+            setattr(pad, _COMPACT_TAG, (int(kv_offset), kv_length))
         return pad
     kwargs.update(allow_is_causal_skip=False, allow_is_bidirectional_skip=False)
     return masking_utils.sdpa_mask(

@@ -624,3 +624,28 @@ def test_compiled_sliding_window_model_matches_eager(mode, device):
             out = torch.compile(model, backend=BACKEND, fullgraph=True)(ids, attention_mask=mask).logits
     valid = mask.bool()
     torch.testing.assert_close(out[valid], ref[valid], atol=1e-5, rtol=1e-5)
+
+
+def test_compiled_forward_static_cache_generate_with_a_window_equals_eager(device):
+    # generate() builds a static cache's step masks outside the compiled forward; the sliding layers' keys start
+    # past position 0 once the window is full, and the compiled forward must still get the right mask
+    from test_patch_llama import decoder, left_padded
+
+    import hf_masked_softmax as hms
+
+    model = decoder("mistral", device, seed=2, sliding_window=4)
+    ids, mask = left_padded(device, lengths=(8, 5, 2), seed=2)
+
+    def gen(m):
+        return m.generate(ids, attention_mask=mask, max_new_tokens=6, min_new_tokens=6, do_sample=False,
+                          cache_implementation="static")
+
+    ref = gen(model)
+    with hms.patched(model, mode="fused"):
+        forward = model.forward
+        model.forward = torch.compile(forward, backend=BACKEND)
+        try:
+            out = gen(model)
+        finally:
+            model.forward = forward
+    assert torch.equal(out, ref)

@@ -185,6 +185,42 @@ def test_sliding_window_generate_matches_eager(device, monkeypatch, arch, overri
     assert any(keys == 4 for _, keys, _ in steps)
 
 
+@pytest.mark.parametrize("arch,overrides", WINDOWED[:2])
+@pytest.mark.parametrize("mode", MODES)
+def test_sliding_window_static_cache_generate_matches_eager(device, arch, overrides, mode):
+    # A static cache: generate() builds each step's masks before the forward. Mistral (one mask for all layers)
+    # then passes that mask through the mask function again; its sliding layers' keys start past position 0.
+    model = decoder(arch, device, seed=2, **overrides)
+    ids, mask = left_padded(device, lengths=(8, 5, 2), seed=2)
+
+    def gen(m):
+        return m.generate(ids, attention_mask=mask, max_new_tokens=6, min_new_tokens=6, do_sample=False,
+                          cache_implementation="static")
+
+    ref, out = eager_and_patched(model, gen, mode)
+    assert torch.equal(out, ref)
+
+
+def test_a_compact_mask_handed_back_is_returned_as_it_is():
+    from transformers import masking_utils as mu
+
+    pad = torch.ones(2, 9, dtype=torch.long)
+    pad[1, :6] = 0
+    fn = mu.sliding_window_causal_mask_function(4)
+    compact = hf._mask_function(2, 2, 4, q_offset=7, kv_offset=5, mask_function=fn, attention_mask=pad)
+    assert torch.equal(compact, pad[:, 5:].bool())
+    # the same keys: the same tensor back (sliced again, its columns 5.. would be past its end)
+    again = hf._mask_function(2, 2, 4, q_offset=7, kv_offset=5, mask_function=fn, attention_mask=compact)
+    assert again is compact
+    # other keys: read as a tokenizer's mask (the part past its end is not attended)
+    other = hf._mask_function(2, 1, 4, q_offset=3, kv_offset=0, mask_function=fn, attention_mask=compact)
+    assert other is not compact and torch.equal(other, compact)
+    # a static cache's step (transformers turns the skip off there) with keys past position 0: HF's 4D mask
+    out = hf._mask_function(2, 1, 4, q_offset=8, kv_offset=5, mask_function=fn, attention_mask=pad,
+                            allow_is_causal_skip=False)
+    assert out.shape == (2, 1, 1, 4) and torch.equal(out[:, 0, 0], pad[:, 5:].bool())
+
+
 def test_sliding_window_gradients_match_eager(device):
     model = decoder("mistral", device, seed=3, sliding_window=4).train()
     ids, mask = left_padded(device, seed=3)
