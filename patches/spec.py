@@ -11,7 +11,7 @@ class ModelSpec:
 
     ``attention_classes``: class names of the modules that call the interface (the patcher refuses a model of this
     type in which it finds none, e.g. a custom subclass with its own attention). ``check(config)`` raises
-    ``ValueError`` for configurations the kernels cannot run (sliding windows of the decoders; none for GPT-2 and BERT).
+    ``ValueError`` for configurations the kernels cannot run (Gemma's bidirectional flag; none for GPT-2 and BERT).
     """
 
     model_type: str
