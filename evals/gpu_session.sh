@@ -827,12 +827,12 @@ case "${1:-}" in
   speed26a)
     # forward, encode, seq2seq and training rows (speed.py writes its JSON after every setting)
     timeout 560 python -u evals/speed.py --skip-medium --only "fwd,enc,seq2seq,train" --out "$OUT/speed26a" 2>&1 \
-      | tee "$OUT/speed26a.log" | grep -v -i warn | grep -E "^(gpt2|bert|llama|qwen3|bart)|^setting" | cut -c1-200
+      | tee "$OUT/speed26a.log" | grep -v -i warn | grep -E "^(gpt2|bert|llama|qwen3|mistral|bart)|^setting" | cut -c1-200
     ;;
   speed26b)
     # the generate rows
     timeout 560 python -u evals/speed.py --skip-medium --only generate --out "$OUT/speed26b" 2>&1 \
-      | tee "$OUT/speed26b.log" | grep -v -i warn | grep -E "^(gpt2|bert|llama|qwen3|bart)|^setting" | cut -c1-200
+      | tee "$OUT/speed26b.log" | grep -v -i warn | grep -E "^(gpt2|bert|llama|qwen3|mistral|bart)|^setting" | cut -c1-200
     ;;
   *)
     echo "usage: bash evals/gpu_session.sh tests|kernels|e2e|check|followup|recheck|verify|measure|final|stream|last|tune|host|fast|fastcheck|closing|fold|fold2|fold3|e2e3|bert4|bert5|check4|lengths|ncu|bwd|suite|suite2|final6|plans|hostplans|genab|fuzz|bwdplan|trainab|final8|nosync|drop9a|drop9b|drop9d|audit10|bench10|final10|ws11|audit11|fuzz11|host11b|decode12|stats12|stats12b|stats12c|final13|fix13|final13b|final14|suite14|suite15|final15|causal18|final18|prefetch18|cross18|tile19|final19|small19|launch20|tests20|gen20|counts20b|counts20c|final20|ablate22|models25|decode26|models26|compile26|speed26a|speed26b" >&2

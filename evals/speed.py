@@ -11,6 +11,8 @@ Qwen3-0.6B and bart-base):
     attention) forward and generate as gpt2-small
   qwen3-0.6b (Qwen3 architecture at Qwen3-0.6B's size: 28 layers, 16 query / 8 key-value heads of head_dim 128)
     forward and generate as gpt2-small
+  mistral-window (Mistral at SmolLM2-135M's widths, 30 layers, with a sliding window of 256 tokens) forward as
+    gpt2-small: the window cuts keys off every row, so the patched model gets HF's 4D mask (the kernels' 4D path)
   bart-base (BART at bart-base's size: 6 + 6 layers, 12 heads): seq2seq forward of B8 x T1024 encoder inputs, right
     padding with lengths uniform in [512, 1024], and 128 decoder tokens (teacher-forced, no padding); generate from
     B8 x T512 encoder inputs (lengths uniform in [256, 512]), 64 new tokens, greedy
@@ -107,6 +109,7 @@ def settings(tiny: bool, skip_medium: bool):
             ("bert-base enc 59%", "bert-tiny", "encode", 2, 64, (10, 64), "right", 0),
             ("llama-135m fwd pad", "llama-tiny", "forward", 2, 64, (32, 64), "right", 0),
             ("qwen3-0.6b fwd pad", "qwen3-tiny", "forward", 2, 64, (32, 64), "right", 0),
+            ("mistral-window fwd pad", "mistral-window-tiny", "forward", 2, 64, (32, 64), "right", 0),
             ("bart-base seq2seq pad", "bart-tiny", "seq2seq", 2, 64, (32, 64), "right", 16),
             ("bart-base generate", "bart-tiny", "generate", 2, 32, (16, 32), "right", 4),
             ("gpt2-small train pad", "gpt2-tiny", "train", 2, 32, (16, 32), "right", 0),
@@ -124,6 +127,7 @@ def settings(tiny: bool, skip_medium: bool):
         ("llama-135m generate", "llama-135m", "generate", 8, 128, (64, 128), "left", 64),
         ("qwen3-0.6b fwd pad", "qwen3-0.6b", "forward", 8, 1024, (512, 1024), "right", 0),
         ("qwen3-0.6b generate", "qwen3-0.6b", "generate", 8, 128, (64, 128), "left", 64),
+        ("mistral-window fwd pad", "mistral-window", "forward", 8, 1024, (512, 1024), "right", 0),
         ("bart-base seq2seq pad", "bart-base", "seq2seq", 8, 1024, (512, 1024), "right", 128),
         ("bart-base generate", "bart-base", "generate", 8, 512, (256, 512), "right", 64),
         ("gpt2-small train pad", "gpt2", "train", 8, 512, (256, 512), "right", 0),
@@ -158,6 +162,11 @@ def build(arch: str, dtype, device):
     elif arch == "qwen3-tiny":
         model = _common.qwen3_0_6b(n_layer=2, hidden_size=64, num_attention_heads=4, num_key_value_heads=2,
                                    head_dim=32, intermediate_size=128, vocab_size=1000)
+    elif arch == "mistral-window":
+        model = _common.mistral_window(window=256)
+    elif arch == "mistral-window-tiny":
+        model = _common.mistral_window(n_layer=2, window=16, hidden_size=64, num_attention_heads=4,
+                                       num_key_value_heads=2, head_dim=16, intermediate_size=128, vocab_size=1000)
     elif arch == "bart-base":
         model = _common.bart_base()
     elif arch == "bart-tiny":

@@ -331,18 +331,20 @@ def test_speed_script_compiled_impls(tmp_path):
     assert fwd[1]["speedup_vs_sdpa+compile"] == 1.0 and "speedup_vs_sdpa+compile" not in rows[3]
 
 
-def test_speed_script_qwen3_and_bart_settings(tmp_path):
-    """Not a timing test: the Qwen3 (head_dim 128 at full size, grouped-query) and BART (encoder-decoder) settings
-    run patched; BART's greedy generations agree across impls (its decoder tokens, not the encoder's inputs)."""
+def test_speed_script_qwen3_mistral_window_and_bart_settings(tmp_path):
+    """Not a timing test: the Qwen3 (head_dim 128 at full size, grouped-query), windowed Mistral and BART
+    (encoder-decoder) settings run patched; BART's greedy generations agree across impls (its decoder tokens, not the encoder's inputs)."""
     import speed
 
     out = tmp_path / "speed.json"
-    assert speed.main(["--tiny", "--device", "cpu", "--impls", "eager,softmax,fused", "--only", "qwen3,bart",
-                       "--generate-reps", "1", "--cpu-reps", "1", "--no-plot", "--json", str(out)]) == 0
+    assert speed.main(["--tiny", "--device", "cpu", "--impls", "eager,softmax,fused", "--only",
+                       "qwen3,mistral-window,bart", "--generate-reps", "1", "--cpu-reps", "1", "--no-plot", "--json",
+                       str(out)]) == 0
     rows = _read(out)["rows"]
     assert [(r["setting"], r["kind"]) for r in rows[::3]] == [
-        ("qwen3-0.6b fwd pad", "forward"), ("bart-base seq2seq pad", "seq2seq"), ("bart-base generate", "generate")]
-    assert [r["impl"] for r in rows] == ["eager", "softmax", "fused"] * 3
+        ("qwen3-0.6b fwd pad", "forward"), ("mistral-window fwd pad", "forward"), ("bart-base seq2seq pad", "seq2seq"),
+        ("bart-base generate", "generate")]
+    assert [r["impl"] for r in rows] == ["eager", "softmax", "fused"] * 4
     gen = [r for r in rows if r["kind"] == "generate"]
     assert [r["token_agreement_with_first_impl"] for r in gen] == [None, 1.0, 1.0]
     assert all(r["new_tokens"] == 4 for r in gen)
