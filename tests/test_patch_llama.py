@@ -17,7 +17,8 @@ from transformers import (
 
 from hf_masked_softmax import hf, patch_model, patched, unpatch_model
 from patch_helpers import (
-    assert_gradients_close, assert_valid_close, eager_and_patched, logits_gradients, spy_kernel_masks,
+    assert_gradients_close, assert_probs_close, assert_valid_close, eager_and_patched, logits_gradients,
+    spy_kernel_masks,
 )
 from tolerances import assert_close
 
@@ -219,6 +220,19 @@ def test_a_compact_mask_handed_back_is_returned_as_it_is():
     out = hf._mask_function(2, 1, 4, q_offset=8, kv_offset=5, mask_function=fn, attention_mask=pad,
                             allow_is_causal_skip=False)
     assert out.shape == (2, 1, 1, 4) and torch.equal(out[:, 0, 0], pad[:, 5:].bool())
+
+
+@pytest.mark.parametrize("window,keys_seen", [(4, 4), (64, 12)])
+def test_sliding_window_probabilities_match_eager(device, window, keys_seen):
+    # output_attentions=True: "auto" runs softmax mode and returns the probabilities, which hold the window (a row
+    # of the last, unpadded sequence keeps min(window, 12) keys in its last query)
+    model = decoder("mistral", device, sliding_window=window)
+    ids, mask = left_padded(device)
+    ref, out = eager_and_patched(model, lambda m: m(ids, attention_mask=mask, output_attentions=True).attentions)
+    assert len(out) == len(ref) == 2
+    for o, r in zip(out, ref):
+        assert_probs_close(o, r, mask.bool())
+        assert int((o[0, :, -1] > 0).sum(-1).max()) == keys_seen
 
 
 def test_sliding_window_gradients_match_eager(device):
