@@ -203,11 +203,7 @@ def test_sliding_window_static_cache_generate_matches_eager(device, arch, overri
 
 
 def test_a_compact_mask_handed_back_is_returned_as_it_is():
-    from transformers import masking_utils as mu
-
-    pad = torch.ones(2, 9, dtype=torch.long)
-    pad[1, :6] = 0
-    fn = mu.sliding_window_causal_mask_function(4)
+    fn, pad = window4_and_padding()
     compact = hf._mask_function(2, 2, 4, q_offset=7, kv_offset=5, mask_function=fn, attention_mask=pad)
     assert torch.equal(compact, pad[:, 5:].bool())
     # the same keys: the same tensor back (sliced again, its columns 5.. would be past its end)
@@ -268,12 +264,18 @@ def test_sliding_window_of_recognises_only_the_plain_window():
     assert hf._sliding_window_of(lambda b, h, q, kv: kv <= q) is None
 
 
-def test_mask_function_answers_a_window_by_the_number_of_keys():
+def window4_and_padding():
+    """transformers' mask function of a 4-token sliding window, and a [2, 9] 0/1 mask whose second row pads the first
+    six positions."""
     from transformers import masking_utils as mu
 
     pad = torch.ones(2, 9, dtype=torch.long)
     pad[1, :6] = 0
-    fn = mu.sliding_window_causal_mask_function(4)
+    return mu.sliding_window_causal_mask_function(4), pad
+
+
+def test_mask_function_answers_a_window_by_the_number_of_keys():
+    fn, pad = window4_and_padding()
     # a decode step with the 4 keys a sliding cache keeps (positions 5..8): the window cuts nothing, compact mask
     out = hf._mask_function(2, 1, 4, q_offset=8, kv_offset=5, mask_function=fn, attention_mask=pad)
     assert torch.equal(out, pad[:, 5:].bool())
