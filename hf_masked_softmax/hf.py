@@ -343,7 +343,8 @@ def _mask_function(
     if not isinstance(kv_offset, torch.Tensor) and kv_offset > 0 and kwargs.get("allow_is_causal_skip") is False:
         # Keys that start past position 0 (a sliding layer's) in a static cache (transformers turns the skip off for
         # those): generate() builds the step's masks before the forward, which may be compiled, and a compiled
-        # forward cannot tell a compact mask handed back from the tokenizer's (see the tag above): HF's 4D mask.
+        # forward cannot tell a compact mask handed back from the tokenizer's (it does not read the tag above): HF's
+        # 4D mask. (Several queries on keys past position 0 always number more than the window: 4D above.)
         plain = False
     if plain and aligned:
         if attention_mask is None:

@@ -204,15 +204,15 @@ def test_sliding_window_static_cache_generate_matches_eager(device, arch, overri
 
 def test_a_compact_mask_handed_back_is_returned_as_it_is():
     fn, pad = window4_and_padding()
-    compact = hf._mask_function(2, 2, 4, q_offset=7, kv_offset=5, mask_function=fn, attention_mask=pad)
+    compact = hf._mask_function(2, 1, 4, q_offset=8, kv_offset=5, mask_function=fn, attention_mask=pad)
     assert torch.equal(compact, pad[:, 5:].bool())
     # the same keys: the same tensor back (sliced again, its columns 5.. would be past its end)
-    again = hf._mask_function(2, 2, 4, q_offset=7, kv_offset=5, mask_function=fn, attention_mask=compact)
+    again = hf._mask_function(2, 1, 4, q_offset=8, kv_offset=5, mask_function=fn, attention_mask=compact)
     assert again is compact
     # other keys: read as a tokenizer's mask (the part past its end is not attended)
     other = hf._mask_function(2, 1, 4, q_offset=3, kv_offset=0, mask_function=fn, attention_mask=compact)
     assert other is not compact and torch.equal(other, compact)
-    # a static cache's step (transformers turns the skip off there) with keys past position 0: HF's 4D mask
+    # keys past position 0 on a static cache's step (transformers turns the skip off there): HF's 4D mask
     out = hf._mask_function(2, 1, 4, q_offset=8, kv_offset=5, mask_function=fn, attention_mask=pad,
                             allow_is_causal_skip=False)
     assert out.shape == (2, 1, 1, 4) and torch.equal(out[:, 0, 0], pad[:, 5:].bool())
@@ -229,6 +229,34 @@ def test_sliding_window_probabilities_match_eager(device, window, keys_seen):
     for o, r in zip(out, ref):
         assert_probs_close(o, r, mask.bool())
         assert int((o[0, :, -1] > 0).sum(-1).max()) == keys_seen
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("cache", ["dynamic", "static"])
+def test_sliding_window_continuation_past_the_window_matches_eager(device, mode, cache):
+    # a prompt of 8, then 3 tokens at once on its cache (a chat's next turn): the sliding layers' keys start past
+    # position 0 and number more than the window (3 kept + 3 new against 4): HF's 4D mask; through a compiled forward
+    # too
+    from transformers import DynamicCache, StaticCache
+
+    model = decoder("mistral", device, seed=5, sliding_window=4)
+    ids, mask = left_padded(device, lengths=(11, 9, 6), seed=5)
+    first, rest = ids[:, :8], ids[:, 8:]
+
+    def run(m, compiled=False):
+        if cache == "dynamic":
+            kv = DynamicCache(config=m.config)
+        else:
+            kv = StaticCache(config=m.config, max_cache_len=16)
+        m(first, attention_mask=mask[:, :8], past_key_values=kv, use_cache=True)
+        forward = torch.compile(m, backend="aot_eager") if compiled else m
+        return forward(rest, attention_mask=mask, past_key_values=kv, use_cache=True).logits
+
+    ref, out = eager_and_patched(model, run, mode)
+    assert_valid_close(out, ref, mask[:, 8:].bool())
+    if cache == "static" and mode == "fused":
+        ref, out = eager_and_patched(model, lambda m: run(m, compiled=True), mode)
+        assert_valid_close(out, ref, mask[:, 8:].bool())
 
 
 def test_sliding_window_gradients_match_eager(device):
