@@ -111,12 +111,13 @@ def test_generate_left_padded(device, arch):
 
 
 @pytest.mark.parametrize("arch,mode", [("llama", "fused"), ("qwen2", "softmax"), ("mistral", "fused"),
-                                       ("gpt_bigcode", "fused"), ("opt", "softmax")])
+                                       ("gpt_bigcode", "fused"), ("opt", "softmax"), ("phi3", "fused"),
+                                       ("mixtral", "softmax")])
 def test_gradients_match_eager(device, arch, mode):
     model = decoder(arch, device, seed=3).train()
     ids, mask = left_padded(device, seed=3)
     ref, out = eager_and_patched(model, logits_gradients(ids, mask, VOCAB, seed=4), mode)
-    assert_gradients_close(out, ref, ("k_proj", "c_attn"))
+    assert_gradients_close(out, ref, ("k_proj", "c_attn", "qkv_proj"))
 
 
 def test_fused_kernel_gets_grouped_kv_heads_and_compact_mask(device, monkeypatch):
