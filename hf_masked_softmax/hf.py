@@ -14,14 +14,14 @@ that HF can ask for (a static cache whose keys run past the queries, packed sequ
 functions) gets HF's own 4D boolean mask, which the attention function then uses as given, with no causality added,
 as eager and sdpa do with any 4D mask (user-supplied 4D masks, bool or additive, take the same path).
 
-Sliding windows (Mistral, Mixtral, Phi-3, StarCoder2, Qwen2/Qwen3 with ``use_sliding_window``): query ``i`` sees key ``j`` iff
-``i - W < j <= i``. A window only matters once a call has more than ``W`` keys: a prompt longer than the window, or a
-cache that keeps more than ``W`` keys. Below that the pattern is plain causality, and the mask function returns the
-compact mask as for any causal call, so prompts within the window run at full speed. Above it the mask function
-returns HF's own 4D mask with the window in it, as it does for a static cache's step whose keys start past position
-0 (``generate()`` builds those masks before the forward, which may be compiled). The attention function applies the
-window itself (from the ``sliding_window`` argument the model passes) when it gets a compact mask and more than ``W``
-keys, which only a direct call produces.
+Sliding windows (Mistral, Mixtral, Phi-3, StarCoder2, Qwen2/Qwen3 with ``use_sliding_window``): query ``i`` sees key
+``j`` iff ``i - W < j <= i``. A window only matters once a call has more than ``W`` keys: a prompt longer than the
+window, or a cache that keeps more than ``W`` keys. Below that the pattern is plain causality, and the mask function
+returns the compact mask as for any causal call, so prompts within the window run at full speed. Above it the mask
+function returns HF's own 4D mask with the window in it, as it does for a static cache's step whose keys start past
+position 0 (``generate()`` builds those masks before the forward, which may be compiled). The attention function
+applies the window itself (from the ``sliding_window`` argument the model passes) when it gets a compact mask and more
+than ``W`` keys, which only a direct call produces.
 
 Modes, read per call from the attention module's ``_hf_masked_softmax_mode`` (set by ``patch_model``):
 

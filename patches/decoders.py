@@ -9,9 +9,9 @@ repeat for the types without grouped-query attention (checked for transformers 5
 from ``create_causal_mask``, which the backend's mask function answers with the compact ``[B, K]`` padding mask.
 
 Gemma's ``use_bidirectional_attention=True`` is refused (see ``hf.BIDIRECTIONAL_CONFLICT``). Sliding windows
-(Mistral's default ``sliding_window=4096``, Phi-3's 2047, Qwen2/Qwen3 with ``use_sliding_window=True``) come with their own mask
-factory, which the backend's mask function recognises: calls with no more keys than the window get the compact mask
-(the window cuts nothing off there), longer ones HF's 4D mask with the window in it (see ``hf.py``).
+(Mistral's default ``sliding_window=4096``, Phi-3's 2047, Qwen2/Qwen3 with ``use_sliding_window=True``) come with
+their own mask factory, which the backend's mask function recognises: calls with no more keys than the window get the
+compact mask (the window cuts nothing off there), longer ones HF's 4D mask with the window in it (see ``hf.py``).
 
 Only model types listed in ``SPECS`` are accepted, each covered by tests/test_patch_llama.py: an unknown type may
 route the same interface through code that changes the semantics (score biases, sinks, per-layer windows), so it is

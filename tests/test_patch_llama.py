@@ -58,7 +58,8 @@ ARCHS = {
                                                         "shared_expert_intermediate_size": 32,
                                                         "experts_implementation": "eager"}),
     "qwen3_moe": (Qwen3MoeForCausalLM, Qwen3MoeConfig, {"num_experts": 2, "num_experts_per_tok": 2,
-                                                        "moe_intermediate_size": 32, "experts_implementation": "eager"}),
+                                                        "moe_intermediate_size": 32,
+                                                        "experts_implementation": "eager"}),
 }
 MAIN = ["llama", "qwen2", "mistral"]
 MODES = ["softmax", "fused"]
