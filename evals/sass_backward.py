@@ -64,8 +64,8 @@ def main(argv=None):
               f"loops of [{loops}]", flush=True)
 
     print(f"triton {triton.__version__}, sm_{args.arch}, kernels of {os.path.abspath(args.tree)}")
-    common = dict(HEAD_D=64, BLOCK_D=64, UPCAST=False, DOT_PREC="tf32", WIDE=False, DROPOUT=False, CAUSAL=True,
-                  BH_FIRST=True)
+    common = dict(HEAD_D=64, BLOCK_D=64, UPCAST=False, DOT_PREC="tf32", WIDE=False, DROPOUT=False, WINDOWED=False,
+                  CAUSAL=True, BH_FIRST=True)
     for kind, fold, name in ((attn._K_RANGE, True, "2D mask"), (attn._K_ADD, False, "additive")):
         compile_one(attn._bwd_dkdv_kernel, dict(MASK_KIND=kind, BLOCK_M=32, BLOCK_N=64, FOLD=fold, **common), 4, 3,
                     f"dkdv, {name}")

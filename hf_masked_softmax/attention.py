@@ -106,15 +106,20 @@ def _load_2d(ptrs, row_ok, col_ok, CHECK_ROWS: tl.constexpr, CHECK_COLS: tl.cons
 
 
 @triton.jit
-def _mask_scores(s, r2, c2, start, end, has_holes, mask_base, stride_mm, stride_mk, Q_LEN, K_LEN, threshold,
-                 MASK_KIND: tl.constexpr, CAUSAL: tl.constexpr):
+def _mask_scores(s, r2, c2, start, end, has_holes, mask_base, stride_mm, stride_mk, Q_LEN, K_LEN, threshold, window,
+                 MASK_KIND: tl.constexpr, CAUSAL: tl.constexpr, WINDOWED: tl.constexpr):
     """Set the masked entries of the base-2 score tile ``s`` to -inf (and add an additive mask). ``r2`` / ``c2`` are
-    the query / key indices broadcastable to ``s``: ``rows[:, None], cols[None, :]`` or transposed."""
-    # the causal bound folded into the range's end per row (on the broadcastable r2, not per score)
+    the query / key indices broadcastable to ``s``: ``rows[:, None], cols[None, :]`` or transposed. ``WINDOWED``
+    (with ``CAUSAL``): row ``r`` keeps only keys ``c > r + K_LEN - Q_LEN - window``."""
+    # the causal bound folded into the range's end per row, the window's into its start (on the broadcastable r2,
+    # not per score)
+    first = start
+    if WINDOWED:
+        first = tl.maximum(start, r2 + (K_LEN - Q_LEN + 1 - window))
     if CAUSAL:
-        keep = (c2 >= start) & (c2 < tl.minimum(r2 + (K_LEN - Q_LEN + 1), end))
+        keep = (c2 >= first) & (c2 < tl.minimum(r2 + (K_LEN - Q_LEN + 1), end))
     else:
-        keep = (c2 >= start) & (c2 < end)
+        keep = (c2 >= first) & (c2 < end)
     if MASK_KIND == 1:
         if has_holes:
             pm = tl.load(mask_base + c2 * stride_mk, mask=c2 < K_LEN, other=0)
@@ -154,9 +159,9 @@ def _dropout_keep(seed, bh, rows, n0, drop_thr, BLOCK_N: tl.constexpr):
 def _fwd_blocks(acc, l_i, m_i, q, k_base, v_base, mask_base, rows, offs_n, offs_d,
                 stride_kn, stride_kd, stride_vn, stride_vd, stride_mm, stride_mk,
                 lo, hi, mask_from, start, end, has_holes, Q_LEN, K_LEN, qk_scale, threshold, seed, bh, drop_thr,
-                MASKED: tl.constexpr, MASK_KIND: tl.constexpr, CAUSAL: tl.constexpr, BLOCK_N: tl.constexpr,
+                window, MASKED: tl.constexpr, MASK_KIND: tl.constexpr, CAUSAL: tl.constexpr, BLOCK_N: tl.constexpr,
                 HEAD_D: tl.constexpr, BLOCK_D: tl.constexpr, UPCAST: tl.constexpr, DOT_PREC: tl.constexpr,
-                FOLD: tl.constexpr, DROPOUT: tl.constexpr):
+                FOLD: tl.constexpr, DROPOUT: tl.constexpr, WINDOWED: tl.constexpr):
     """Online softmax over key blocks ``[lo, hi)``. ``MASKED``: 0 for blocks every row fully sees (no mask, no
     bounds checks), 1 to evaluate the mask on every block, 2 on the blocks from ``mask_from`` on (one loop, one
     software pipeline, for the interior blocks and the trailing ones at the range's end and the diagonal).
@@ -176,11 +181,11 @@ def _fwd_blocks(acc, l_i, m_i, q, k_base, v_base, mask_base, rows, offs_n, offs_
             s = s * qk_scale
         if MASKED == 1:
             s = _mask_scores(s, rows[:, None], cols[None, :], start, end, has_holes, mask_base, stride_mm,
-                             stride_mk, Q_LEN, K_LEN, threshold, MASK_KIND, CAUSAL)
+                             stride_mk, Q_LEN, K_LEN, threshold, window, MASK_KIND, CAUSAL, WINDOWED)
         elif MASKED == 2:
             if n0 >= mask_from:
                 s = _mask_scores(s, rows[:, None], cols[None, :], start, end, has_holes, mask_base, stride_mm,
-                                 stride_mk, Q_LEN, K_LEN, threshold, MASK_KIND, CAUSAL)
+                                 stride_mk, Q_LEN, K_LEN, threshold, window, MASK_KIND, CAUSAL, WINDOWED)
         if FOLD:
             m_new = tl.maximum(m_i, tl.max(s, axis=1) * qk_scale)
         else:
@@ -222,11 +227,16 @@ def _key_range(ranges_ptr, b, K_LEN, MASK_KIND: tl.constexpr):
 
 
 @triton.jit
-def _block_key_bounds(start, end, has_holes, m0, split, NUM_SPLITS, Q_LEN, K_LEN,
-                      MASK_KIND: tl.constexpr, CAUSAL: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+def _block_key_bounds(start, end, has_holes, m0, split, NUM_SPLITS, Q_LEN, K_LEN, window,
+                      MASK_KIND: tl.constexpr, CAUSAL: tl.constexpr, WINDOWED: tl.constexpr, BLOCK_M: tl.constexpr,
+                      BLOCK_N: tl.constexpr):
     """Key blocks for query rows ``[m0, m0 + BLOCK_M)``: this split's ``[s_lo, s_hi)`` (block aligned at the start)
-    and inside it ``[full_lo, full_hi)``, the blocks every row sees whole (no mask to evaluate there)."""
-    lo = (start // BLOCK_N) * BLOCK_N
+    and inside it ``[full_lo, full_hi)``, the blocks every row sees whole (no mask to evaluate there). ``WINDOWED``:
+    the blocks left of the first row's window are skipped, those left of the last row's are masked."""
+    first = start
+    if WINDOWED:
+        first = tl.maximum(start, m0 + (K_LEN - Q_LEN + 1) - window)
+    lo = (first // BLOCK_N) * BLOCK_N
     hi = end
     if CAUSAL:
         hi = tl.minimum(hi, m0 + BLOCK_M + K_LEN - Q_LEN)
@@ -239,6 +249,9 @@ def _block_key_bounds(start, end, has_holes, m0, split, NUM_SPLITS, Q_LEN, K_LEN
         full_hi = s_lo
     else:
         full_lo = tl.maximum(s_lo, tl.cdiv(start, BLOCK_N) * BLOCK_N)
+        if WINDOWED:
+            win_first = tl.maximum(m0 + BLOCK_M + (K_LEN - Q_LEN) - window, 0)  # the block's last row's first key
+            full_lo = tl.maximum(full_lo, tl.cdiv(win_first, BLOCK_N) * BLOCK_N)
         full_end = end
         if CAUSAL:
             full_end = tl.minimum(full_end, m0 + K_LEN - Q_LEN + 1)
@@ -259,11 +272,11 @@ def _attn_fwd_kernel(
     stride_os, stride_ob, stride_oh, stride_om, stride_od,
     stride_ls, stride_lp,
     stride_mb, stride_mh, stride_mm, stride_mk,
-    H, GROUP, Q_LEN, K_LEN, NUM_SPLITS, qk_scale, threshold, drop_thr, keep_scale,
+    H, GROUP, Q_LEN, K_LEN, NUM_SPLITS, qk_scale, threshold, drop_thr, keep_scale, window,
     MASK_KIND: tl.constexpr, CAUSAL: tl.constexpr, BH_FIRST: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_D: tl.constexpr, BLOCK_D: tl.constexpr,
     UPCAST: tl.constexpr, DOT_PREC: tl.constexpr, WIDE: tl.constexpr, FOLD: tl.constexpr, MERGE_TAIL: tl.constexpr,
-    STORE_LSE: tl.constexpr, DROPOUT: tl.constexpr,
+    STORE_LSE: tl.constexpr, DROPOUT: tl.constexpr, WINDOWED: tl.constexpr,
 ):
     if BH_FIRST:
         # causal: (batch x head) fastest and query blocks in reverse, so the longest rows start first and the
@@ -290,7 +303,8 @@ def _attn_fwd_kernel(
 
     start, end, has_holes = _key_range(ranges_ptr, b, K_LEN, MASK_KIND)
     s_lo, s_hi, full_lo, full_hi = _block_key_bounds(start, end, has_holes, pid_m * BLOCK_M, split, NUM_SPLITS,
-                                                      Q_LEN, K_LEN, MASK_KIND, CAUSAL, BLOCK_M, BLOCK_N)
+                                                      Q_LEN, K_LEN, window, MASK_KIND, CAUSAL, WINDOWED,
+                                                      BLOCK_M, BLOCK_N)
 
     q = _load_2d(q_ptr + b * stride_qb + h * stride_qh + rows[:, None] * stride_qm + offs_d[None, :] * stride_qd,
                  row_ok, d_ok, True, BLOCK_D != HEAD_D)
@@ -312,25 +326,25 @@ def _attn_fwd_kernel(
     acc, l_i, m_i = _fwd_blocks(acc, l_i, m_i, q, k_base, v_base, mask_base, rows, offs_n, offs_d,
                                 stride_kn, stride_kd, stride_vn, stride_vd, stride_mm, stride_mk,
                                 s_lo, tl.minimum(full_lo, s_hi), s_lo, start, end, has_holes, Q_LEN, K_LEN,
-                                qk_scale, threshold, seed, bh, drop_thr, 1, MASK_KIND, CAUSAL, BLOCK_N, HEAD_D,
-                                BLOCK_D, UPCAST, DOT_PREC, FOLD, DROPOUT)
+                                qk_scale, threshold, seed, bh, drop_thr, window, 1, MASK_KIND, CAUSAL, BLOCK_N,
+                                HEAD_D, BLOCK_D, UPCAST, DOT_PREC, FOLD, DROPOUT, WINDOWED)
     if MERGE_TAIL:
         acc, l_i, m_i = _fwd_blocks(acc, l_i, m_i, q, k_base, v_base, mask_base, rows, offs_n, offs_d,
                                     stride_kn, stride_kd, stride_vn, stride_vd, stride_mm, stride_mk,
                                     tl.minimum(full_lo, s_hi), s_hi, full_hi, start, end, has_holes, Q_LEN, K_LEN,
-                                    qk_scale, threshold, seed, bh, drop_thr, 2, MASK_KIND, CAUSAL, BLOCK_N, HEAD_D,
-                                    BLOCK_D, UPCAST, DOT_PREC, FOLD, DROPOUT)
+                                    qk_scale, threshold, seed, bh, drop_thr, window, 2, MASK_KIND, CAUSAL, BLOCK_N,
+                                    HEAD_D, BLOCK_D, UPCAST, DOT_PREC, FOLD, DROPOUT, WINDOWED)
     else:
         acc, l_i, m_i = _fwd_blocks(acc, l_i, m_i, q, k_base, v_base, mask_base, rows, offs_n, offs_d,
                                     stride_kn, stride_kd, stride_vn, stride_vd, stride_mm, stride_mk,
                                     full_lo, full_hi, full_hi, start, end, has_holes, Q_LEN, K_LEN,
-                                    qk_scale, threshold, seed, bh, drop_thr, 0, MASK_KIND, CAUSAL, BLOCK_N, HEAD_D,
-                                    BLOCK_D, UPCAST, DOT_PREC, FOLD, DROPOUT)
+                                    qk_scale, threshold, seed, bh, drop_thr, window, 0, MASK_KIND, CAUSAL, BLOCK_N,
+                                    HEAD_D, BLOCK_D, UPCAST, DOT_PREC, FOLD, DROPOUT, WINDOWED)
         acc, l_i, m_i = _fwd_blocks(acc, l_i, m_i, q, k_base, v_base, mask_base, rows, offs_n, offs_d,
                                     stride_kn, stride_kd, stride_vn, stride_vd, stride_mm, stride_mk,
                                     tl.maximum(full_lo, full_hi), s_hi, s_lo, start, end, has_holes, Q_LEN, K_LEN,
-                                    qk_scale, threshold, seed, bh, drop_thr, 1, MASK_KIND, CAUSAL, BLOCK_N, HEAD_D,
-                                    BLOCK_D, UPCAST, DOT_PREC, FOLD, DROPOUT)
+                                    qk_scale, threshold, seed, bh, drop_thr, window, 1, MASK_KIND, CAUSAL, BLOCK_N,
+                                    HEAD_D, BLOCK_D, UPCAST, DOT_PREC, FOLD, DROPOUT, WINDOWED)
 
     empty = l_i == 0.0
     out = acc / tl.where(empty, 1.0, l_i)[:, None]
@@ -429,9 +443,9 @@ def _bwd_delta_kernel(o_ptr, do_ptr, delta_ptr,
 def _dkdv_blocks(dk, dv, k, v, q_base, do_base, lse_base, delta_base, mask_base, cols, offs_m, offs_d,
                  stride_qm, stride_qd, stride_dom, stride_dod, stride_mm, stride_mk, stride_lp,
                  lo, hi, start, end, has_holes, Q_LEN, K_LEN, qk_scale, threshold, seed, bh, n0, drop_thr, keep_scale,
-                 MASKED: tl.constexpr, MASK_KIND: tl.constexpr, CAUSAL: tl.constexpr, BLOCK_M: tl.constexpr,
+                 window, MASKED: tl.constexpr, MASK_KIND: tl.constexpr, CAUSAL: tl.constexpr, BLOCK_M: tl.constexpr,
                  BLOCK_N: tl.constexpr, HEAD_D: tl.constexpr, BLOCK_D: tl.constexpr, UPCAST: tl.constexpr,
-                 DOT_PREC: tl.constexpr, FOLD: tl.constexpr, DROPOUT: tl.constexpr):
+                 DOT_PREC: tl.constexpr, FOLD: tl.constexpr, DROPOUT: tl.constexpr, WINDOWED: tl.constexpr):
     """Accumulate ``dk, dv`` of one key block over query blocks ``[lo, hi)`` of one query head. Works on the
     transposed tiles ``S^T = k q^T [BLOCK_N, BLOCK_M]`` so that no register tile needs transposing (but dropout's
     mask, drawn in the forward's orientation). With dropout ``Z`` (kept / (1 - p), else 0): ``dv += (P Z)^T dO`` and
@@ -444,7 +458,8 @@ def _dkdv_blocks(dk, dv, k, v, q_base, do_base, lse_base, delta_base, mask_base,
                       BLOCK_D != HEAD_D, True)
         # Only a masked block can meet a row with nothing kept: its output is zero whatever dO holds, so its dO is
         # read as 0 and a NaN or inf there never reaches dk or dv. With a 2D mask (or none) those are exactly the
-        # causal rows before the first kept key (the load's own predicate); with a 4D mask, the rows with lse = -inf.
+        # causal rows before the first kept key (the load's own predicate); with a 4D mask or a window (rows past a
+        # right-padded range by a window or more), the rows with lse = -inf.
         do_ok = row_ok
         if MASKED and MASK_KIND <= 1 and CAUSAL:
             do_ok = row_ok & (rows + (K_LEN - Q_LEN) >= start)
@@ -456,7 +471,7 @@ def _dkdv_blocks(dk, dv, k, v, q_base, do_base, lse_base, delta_base, mask_base,
         lse = tl.load(lse_base + rows, mask=row_ok, other=float("inf"))
         if MASK_KIND == 3:
             res = tl.load(lse_base + stride_lp + rows, mask=row_ok, other=0.0)
-        if MASKED and MASK_KIND >= 2:
+        if MASKED and (MASK_KIND >= 2 or WINDOWED):
             do = tl.where((lse != float("-inf"))[:, None], do, 0.0)
         # a row with nothing kept has all-zero probabilities: lse = +inf gives exp2(s - lse) = 0
         lse = tl.where(lse == float("-inf"), float("inf"), lse)
@@ -466,7 +481,7 @@ def _dkdv_blocks(dk, dv, k, v, q_base, do_base, lse_base, delta_base, mask_base,
             st = st * qk_scale
         if MASKED:
             st = _mask_scores(st, rows[None, :], cols[:, None], start, end, has_holes, mask_base, stride_mm,
-                              stride_mk, Q_LEN, K_LEN, threshold, MASK_KIND, CAUSAL)
+                              stride_mk, Q_LEN, K_LEN, threshold, window, MASK_KIND, CAUSAL, WINDOWED)
         if MASK_KIND == 3:  # additive mask (never FOLD): the residual too, see the module docstring
             pt = tl.math.exp2((st - lse[None, :]) - res[None, :])
         elif FOLD:
@@ -498,10 +513,11 @@ def _bwd_dkdv_kernel(
     stride_dvb, stride_dvh, stride_dvn, stride_dvd,
     stride_mb, stride_mh, stride_mm, stride_mk,
     stride_lp,
-    H, HKV, GROUP, Q_LEN, K_LEN, sm_scale, qk_scale, threshold, drop_thr, keep_scale,
+    H, HKV, GROUP, Q_LEN, K_LEN, sm_scale, qk_scale, threshold, drop_thr, keep_scale, window,
     MASK_KIND: tl.constexpr, CAUSAL: tl.constexpr, BH_FIRST: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_D: tl.constexpr, BLOCK_D: tl.constexpr,
     UPCAST: tl.constexpr, DOT_PREC: tl.constexpr, WIDE: tl.constexpr, FOLD: tl.constexpr, DROPOUT: tl.constexpr,
+    WINDOWED: tl.constexpr,
 ):
     """One key block of one key/value head; sums over the query heads of its GQA group (no atomics)."""
     if BH_FIRST:
@@ -529,6 +545,9 @@ def _bwd_dkdv_kernel(
     q_hi = q_lo
     if (n0 < end) & (n0 + BLOCK_N > start):
         q_hi = q_lo * 0 + Q_LEN
+    if WINDOWED:  # the rows whose window reaches this block's last key
+        q_hi = tl.maximum(tl.minimum(q_hi, tl.cdiv(tl.maximum(n0 + BLOCK_N - 1 - (K_LEN - Q_LEN) + window, 0),
+                                                    BLOCK_M) * BLOCK_M), q_lo)
     # query blocks past the diagonal see this key block whole, if the block lies inside the key range
     q_full = q_hi
     if MASK_KIND < 2:
@@ -537,6 +556,11 @@ def _bwd_dkdv_kernel(
             if CAUSAL:
                 q_full = tl.minimum(tl.maximum(tl.cdiv(n0 + BLOCK_N - 1 - (K_LEN - Q_LEN), BLOCK_M) * BLOCK_M,
                                                q_lo), q_hi)
+    # WINDOWED: query blocks from q_wfull on lose keys of this block to the window (masked again)
+    q_wfull = q_hi
+    if WINDOWED:
+        q_wfull = tl.minimum(tl.maximum(tl.maximum(n0 - (K_LEN - Q_LEN) + window, 0) // BLOCK_M * BLOCK_M, q_full),
+                             q_hi)
 
     k = _load_2d(k_ptr + b * stride_kb + hk * stride_kh + cols[:, None] * stride_kn + offs_d[None, :] * stride_kd,
                  col_ok, d_ok, True, BLOCK_D != HEAD_D)
@@ -559,15 +583,22 @@ def _bwd_dkdv_kernel(
         dk, dv = _dkdv_blocks(dk, dv, k, v, q_base, do_base, lse_base, delta_base, mask_base, cols, offs_m, offs_d,
                               stride_qm, stride_qd, stride_dom, stride_dod, stride_mm, stride_mk, stride_lp,
                               q_lo, q_full, start, end, has_holes, Q_LEN, K_LEN, qk_scale, threshold,
-                              seed, b * H + h, n0, drop_thr, keep_scale,
+                              seed, b * H + h, n0, drop_thr, keep_scale, window,
                               True, MASK_KIND, CAUSAL, BLOCK_M, BLOCK_N, HEAD_D, BLOCK_D, UPCAST, DOT_PREC, FOLD,
-                              DROPOUT)
+                              DROPOUT, WINDOWED)
         dk, dv = _dkdv_blocks(dk, dv, k, v, q_base, do_base, lse_base, delta_base, mask_base, cols, offs_m, offs_d,
                               stride_qm, stride_qd, stride_dom, stride_dod, stride_mm, stride_mk, stride_lp,
-                              q_full, q_hi, start, end, has_holes, Q_LEN, K_LEN, qk_scale, threshold,
-                              seed, b * H + h, n0, drop_thr, keep_scale,
+                              q_full, q_wfull, start, end, has_holes, Q_LEN, K_LEN, qk_scale, threshold,
+                              seed, b * H + h, n0, drop_thr, keep_scale, window,
                               False, MASK_KIND, CAUSAL, BLOCK_M, BLOCK_N, HEAD_D, BLOCK_D, UPCAST, DOT_PREC, FOLD,
-                              DROPOUT)
+                              DROPOUT, WINDOWED)
+        if WINDOWED:
+            dk, dv = _dkdv_blocks(dk, dv, k, v, q_base, do_base, lse_base, delta_base, mask_base, cols, offs_m,
+                                  offs_d, stride_qm, stride_qd, stride_dom, stride_dod, stride_mm, stride_mk,
+                                  stride_lp, q_wfull, q_hi, start, end, has_holes, Q_LEN, K_LEN, qk_scale, threshold,
+                                  seed, b * H + h, n0, drop_thr, keep_scale, window,
+                                  True, MASK_KIND, CAUSAL, BLOCK_M, BLOCK_N, HEAD_D, BLOCK_D, UPCAST, DOT_PREC, FOLD,
+                                  DROPOUT, WINDOWED)
     dk = dk * sm_scale
     ok = col_ok[:, None] & d_ok[None, :]
     tl.store(dk_ptr + b * stride_dkb + hk * stride_dkh + cols[:, None] * stride_dkn + offs_d[None, :] * stride_dkd,
@@ -580,9 +611,9 @@ def _bwd_dkdv_kernel(
 def _dq_blocks(dq, q, do, lse, res, delta, k_base, v_base, mask_base, rows, offs_n, offs_d,
                stride_kn, stride_kd, stride_vn, stride_vd, stride_mm, stride_mk,
                lo, hi, start, end, has_holes, Q_LEN, K_LEN, qk_scale, threshold, seed, bh, drop_thr, keep_scale,
-               MASKED: tl.constexpr, MASK_KIND: tl.constexpr, CAUSAL: tl.constexpr, BLOCK_N: tl.constexpr,
+               window, MASKED: tl.constexpr, MASK_KIND: tl.constexpr, CAUSAL: tl.constexpr, BLOCK_N: tl.constexpr,
                HEAD_D: tl.constexpr, BLOCK_D: tl.constexpr, UPCAST: tl.constexpr, DOT_PREC: tl.constexpr,
-               FOLD: tl.constexpr, DROPOUT: tl.constexpr):
+               FOLD: tl.constexpr, DROPOUT: tl.constexpr, WINDOWED: tl.constexpr):
     """Accumulate ``dq`` of one query block over key blocks ``[lo, hi)``."""
     d_ok = offs_d < HEAD_D
     for n0 in range(lo, hi, BLOCK_N):
@@ -600,7 +631,7 @@ def _dq_blocks(dq, q, do, lse, res, delta, k_base, v_base, mask_base, rows, offs
             s = s * qk_scale
         if MASKED:
             s = _mask_scores(s, rows[:, None], cols[None, :], start, end, has_holes, mask_base, stride_mm,
-                             stride_mk, Q_LEN, K_LEN, threshold, MASK_KIND, CAUSAL)
+                             stride_mk, Q_LEN, K_LEN, threshold, window, MASK_KIND, CAUSAL, WINDOWED)
         if MASK_KIND == 3:  # additive mask (never FOLD): the residual too, see the module docstring
             p = tl.math.exp2((s - lse[:, None]) - res[:, None])
         elif FOLD:
@@ -626,10 +657,11 @@ def _bwd_dq_kernel(
     stride_dqb, stride_dqh, stride_dqm, stride_dqd,
     stride_mb, stride_mh, stride_mm, stride_mk,
     stride_lp,
-    H, GROUP, Q_LEN, K_LEN, sm_scale, qk_scale, threshold, drop_thr, keep_scale,
+    H, GROUP, Q_LEN, K_LEN, sm_scale, qk_scale, threshold, drop_thr, keep_scale, window,
     MASK_KIND: tl.constexpr, CAUSAL: tl.constexpr, BH_FIRST: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_D: tl.constexpr, BLOCK_D: tl.constexpr,
     UPCAST: tl.constexpr, DOT_PREC: tl.constexpr, WIDE: tl.constexpr, FOLD: tl.constexpr, DROPOUT: tl.constexpr,
+    WINDOWED: tl.constexpr,
 ):
     """One query block of one head; visits the same key blocks as the forward."""
     if BH_FIRST:
@@ -652,7 +684,8 @@ def _bwd_dq_kernel(
 
     start, end, has_holes = _key_range(ranges_ptr, b, K_LEN, MASK_KIND)
     s_lo, s_hi, full_lo, full_hi = _block_key_bounds(start, end, has_holes, pid_m * BLOCK_M, 0, 1,
-                                                      Q_LEN, K_LEN, MASK_KIND, CAUSAL, BLOCK_M, BLOCK_N)
+                                                      Q_LEN, K_LEN, window, MASK_KIND, CAUSAL, WINDOWED,
+                                                      BLOCK_M, BLOCK_N)
     q = _load_2d(q_ptr + b * stride_qb + h * stride_qh + rows[:, None] * stride_qm + offs_d[None, :] * stride_qd,
                  row_ok, d_ok, True, BLOCK_D != HEAD_D)
     do = _load_2d(do_ptr + b * stride_dob + h * stride_doh + rows[:, None] * stride_dom
@@ -678,18 +711,18 @@ def _bwd_dq_kernel(
     dq = _dq_blocks(dq, q, do, lse, res, delta, k_base, v_base, mask_base, rows, offs_n, offs_d,
                     stride_kn, stride_kd, stride_vn, stride_vd, stride_mm, stride_mk,
                     s_lo, tl.minimum(full_lo, s_hi), start, end, has_holes, Q_LEN, K_LEN, qk_scale, threshold,
-                    seed, bh, drop_thr, keep_scale, True, MASK_KIND, CAUSAL, BLOCK_N, HEAD_D, BLOCK_D, UPCAST,
-                    DOT_PREC, FOLD, DROPOUT)
+                    seed, bh, drop_thr, keep_scale, window, True, MASK_KIND, CAUSAL, BLOCK_N, HEAD_D, BLOCK_D,
+                    UPCAST, DOT_PREC, FOLD, DROPOUT, WINDOWED)
     dq = _dq_blocks(dq, q, do, lse, res, delta, k_base, v_base, mask_base, rows, offs_n, offs_d,
                     stride_kn, stride_kd, stride_vn, stride_vd, stride_mm, stride_mk,
                     full_lo, full_hi, start, end, has_holes, Q_LEN, K_LEN, qk_scale, threshold,
-                    seed, bh, drop_thr, keep_scale, False, MASK_KIND, CAUSAL, BLOCK_N, HEAD_D, BLOCK_D, UPCAST,
-                    DOT_PREC, FOLD, DROPOUT)
+                    seed, bh, drop_thr, keep_scale, window, False, MASK_KIND, CAUSAL, BLOCK_N, HEAD_D, BLOCK_D,
+                    UPCAST, DOT_PREC, FOLD, DROPOUT, WINDOWED)
     dq = _dq_blocks(dq, q, do, lse, res, delta, k_base, v_base, mask_base, rows, offs_n, offs_d,
                     stride_kn, stride_kd, stride_vn, stride_vd, stride_mm, stride_mk,
                     tl.maximum(full_lo, full_hi), s_hi, start, end, has_holes, Q_LEN, K_LEN, qk_scale, threshold,
-                    seed, bh, drop_thr, keep_scale, True, MASK_KIND, CAUSAL, BLOCK_N, HEAD_D, BLOCK_D, UPCAST,
-                    DOT_PREC, FOLD, DROPOUT)
+                    seed, bh, drop_thr, keep_scale, window, True, MASK_KIND, CAUSAL, BLOCK_N, HEAD_D, BLOCK_D,
+                    UPCAST, DOT_PREC, FOLD, DROPOUT, WINDOWED)
     dq = dq * sm_scale
     tl.store(dq_ptr + b * stride_dqb + h * stride_dqh + rows[:, None] * stride_dqm + offs_d[None, :] * stride_dqd,
              dq.to(dq_ptr.dtype.element_ty), mask=row_ok[:, None] & d_ok[None, :])
@@ -902,12 +935,14 @@ class _ForwardPlan:
     split count, grid, the kernels' scalar arguments and constexprs), computed once per such signature: a call then
     allocates its outputs and launches. Generation calls attention with one signature in every layer of a step."""
 
-    def __init__(self, q, k, v, kind, mask_t, threshold, causal, scale, need_lse=True, drop_thr=0):
+    def __init__(self, q, k, v, kind, mask_t, threshold, causal, scale, need_lse=True, drop_thr=0, window=0):
         B, H, Q, D = q.shape
         Hkv, K = k.shape[1], k.shape[2]
         decode = _is_decode(Q)
         block_m, block_n, warps, stages = _fwd_config(D, Q, q.dtype, decode, causal, drop_thr > 0)
-        self.splits = num_splits = _num_splits(B, H, Q, K, block_m, block_n, q.device) if decode else 1
+        # a window: each row reads at most `window` keys (the splits divide its own range, see _block_key_bounds)
+        split_k = min(K, window + block_m) if window else K
+        self.splits = num_splits = _num_splits(B, H, Q, split_k, block_m, block_n, q.device) if decode else 1
         self.out_shape, self.lse_shape = (B, Q, H, D), (2, B, H, Q)
         self.empty = B * Q * H * D == 0
         self.dtype, self.device = q.dtype, q.device
@@ -929,11 +964,12 @@ class _ForwardPlan:
         wide = _wide(q, k, v, mask_t) or num_splits * B * H * Q * D >= 2**31
         self.dropout = drop_thr > 0
         scalars = (*q.stride(), *k.stride(), *v.stride(), *ostr, lstr, B * H * Q, *mstr,
-                   H, H // Hkv, Q, K, num_splits, scale * _LOG2E, threshold, drop_thr, _keep_scale(drop_thr))
+                   H, H // Hkv, Q, K, num_splits, scale * _LOG2E, threshold, drop_thr, _keep_scale(drop_thr), window)
         constexprs = dict(
             MASK_KIND=kind, CAUSAL=causal, BH_FIRST=bh_first, BLOCK_M=block_m, BLOCK_N=block_n, HEAD_D=D,
             BLOCK_D=_block_d(D), UPCAST=upcast, DOT_PREC=prec, WIDE=wide, FOLD=_fold(kind, scale),
             MERGE_TAIL=FWD_MERGE_TAIL, STORE_LSE=need_lse or num_splits > 1, DROPOUT=self.dropout,
+            WINDOWED=window > 0,
             num_warps=warps, num_stages=stages,
             # dropout's random numbers need more registers than the caps leave (ptxas spills under them)
             **({} if self.dropout else _fwd_maxnreg(D, q.dtype, decode, causal, block_m, warps)),
@@ -941,7 +977,7 @@ class _ForwardPlan:
         self.launch = bind(_attn_fwd_kernel, grid, scalars, constexprs)
         # inference on an H100 / H200 (when it applies: see _hopper): the Gluon kernel instead
         self.hopper = None
-        if _hopper.usable(q, k, v, kind, causal, _fold(kind, scale), need_lse, drop_thr, num_splits,
+        if not window and _hopper.usable(q, k, v, kind, causal, _fold(kind, scale), need_lse, drop_thr, num_splits,
                           _sm_count(q.device)):
             self.hopper = _hopper.HopperForward(q, k, v, kind, causal, scale, _sm_count(q.device))
         if num_splits > 1:
@@ -974,21 +1010,23 @@ class _ForwardPlan:
 
 
 def _forward(q, k, v, kind, mask_t, ranges, threshold, causal, scale, need_lse=True, signature=None, drop_thr=0,
-             seed=None):
+             seed=None, window=0):
     """``(out, lse)``: ``lse`` holds each row's log-sum-exp and its rounding residual, ``[2, B, H, Q]`` fp32 (see the
     module docstring), None when not ``need_lse`` (inference). ``signature``: the caller's key for
     everything the plan depends on but pointer alignment, dropout and the module's settings (``ops`` passes its
     validated call signature), so that the key is not built twice per call. ``drop_thr > 0``: dropout (see
     :func:`dropout_threshold`) with the Philox key in ``seed``, a one-element int64 tensor on q's device; the
-    log-sum-exp then stays that of the probabilities before dropout."""
+    log-sum-exp then stays that of the probabilities before dropout. ``window > 0`` (with ``causal``): row ``i`` sees
+    only keys ``j > i + K - Q - window`` (a sliding window; ``attention`` passes 0 for a window of ``K`` keys or
+    more)."""
     if signature is None:
         signature = (q.shape, q.stride(), k.shape, k.stride(), v.shape, v.stride(), q.dtype, k.dtype, v.dtype,
                      q.device, kind, None if mask_t is None else (mask_t.shape, mask_t.stride(), mask_t.dtype),
                      ranges is None, threshold, causal, scale)
-    key = (signature, need_lse, drop_thr, aligned(q, k, v, mask_t), _policy())
+    key = (signature, need_lse, drop_thr, window, aligned(q, k, v, mask_t), _policy())
     plan = _PLANS.get(key)
     if plan is None:
-        plan = _ForwardPlan(q, k, v, kind, mask_t, threshold, causal, scale, need_lse, drop_thr)
+        plan = _ForwardPlan(q, k, v, kind, mask_t, threshold, causal, scale, need_lse, drop_thr, window)
         remember(_PLANS, key, plan, _MAX_PLANS)
     return plan(q, k, v, mask_t, ranges, seed)
 
@@ -999,7 +1037,7 @@ class _BackwardPlan:
     for the forward: a training step calls the backward with one signature in every layer, and three launches through
     Triton's own path cost more host time than the kernels take on small batches."""
 
-    def __init__(self, do, q, k, v, out, lse, kind, mask_t, threshold, causal, scale, drop_thr=0):
+    def __init__(self, do, q, k, v, out, lse, kind, mask_t, threshold, causal, scale, drop_thr=0, window=0):
         B, H, Q, D = q.shape
         Hkv, K = k.shape[1], k.shape[2]
         self.empty = q.numel() == 0 or K == 0  # nothing was attended to: every gradient is zero
@@ -1019,8 +1057,9 @@ class _BackwardPlan:
         prec = "ieee" if (q.dtype == torch.float32 or upcast) else "tf32"
         self.dropout = drop_thr > 0
         common = dict(MASK_KIND=kind, CAUSAL=causal, HEAD_D=D, BLOCK_D=bd, UPCAST=upcast, DOT_PREC=prec,
-                      WIDE=_wide(q, k, v, do, mask_t), FOLD=_fold(kind, scale), DROPOUT=self.dropout)
-        drop = (drop_thr, _keep_scale(drop_thr))
+                      WIDE=_wide(q, k, v, do, mask_t), FOLD=_fold(kind, scale), DROPOUT=self.dropout,
+                      WINDOWED=window > 0)
+        drop = (drop_thr, _keep_scale(drop_thr), window)
         qkv_strides = (*q.stride(), *k.stride(), *v.stride(), *do.stride())
         block_m, block_n, warps, stages = kv_cfg
         kv_first = _bh_first(causal, B * Hkv, _cdiv(K, block_n))
@@ -1055,14 +1094,15 @@ class _BackwardPlan:
 _BWD_PLANS: dict = {}
 
 
-def _backward(do, q, k, v, out, lse, kind, mask_t, ranges, threshold, causal, scale, drop_thr=0, seed=None):
-    """``(dq, dk, dv)`` for the forward's ``out`` and ``lse``; ``drop_thr`` and ``seed`` as that forward's."""
+def _backward(do, q, k, v, out, lse, kind, mask_t, ranges, threshold, causal, scale, drop_thr=0, seed=None, window=0):
+    """``(dq, dk, dv)`` for the forward's ``out`` and ``lse``; ``drop_thr``, ``seed`` and ``window`` as that
+    forward's."""
     key = (q.shape, q.stride(), k.shape, k.stride(), v.stride(), do.stride(), out.stride(), q.dtype, k.dtype, v.dtype,
            do.dtype, q.device, kind, None if mask_t is None else (mask_t.shape, mask_t.stride(), mask_t.dtype),
-           ranges is None, threshold, causal, scale, drop_thr, aligned(do, q, k, v, out, mask_t), _policy())
+           ranges is None, threshold, causal, scale, drop_thr, window, aligned(do, q, k, v, out, mask_t), _policy())
     plan = _BWD_PLANS.get(key)
     if plan is None:
-        plan = _BackwardPlan(do, q, k, v, out, lse, kind, mask_t, threshold, causal, scale, drop_thr)
+        plan = _BackwardPlan(do, q, k, v, out, lse, kind, mask_t, threshold, causal, scale, drop_thr, window)
         remember(_BWD_PLANS, key, plan, _MAX_PLANS)
     return plan(do, q, k, v, out, lse, mask_t, ranges, seed)
 
@@ -1077,25 +1117,26 @@ class AttentionFunction(torch.autograd.Function):
     kernels' mask arguments (``ops._kernel_mask_args``)."""
 
     @staticmethod
-    def forward(ctx, q, k, v, kind, mask_t, ranges, threshold, causal, scale, signature=None, drop_thr=0, seed=None):
+    def forward(ctx, q, k, v, kind, mask_t, ranges, threshold, causal, scale, signature=None, drop_thr=0, seed=None,
+                window=0):
         with _device_of(q):
             out, lse = _forward(q, k, v, kind, mask_t, ranges, threshold, causal, scale, True, signature, drop_thr,
-                                seed)
+                                seed, window)
         # the mask too: autograd then refuses a backward after the mask was edited in place (as the operators do),
         # instead of one that reads the edited mask
         ctx.save_for_backward(q, k, v, out, lse, mask_t)
-        ctx.mask = (kind, ranges, threshold, causal, scale, drop_thr, seed)
+        ctx.mask = (kind, ranges, threshold, causal, scale, drop_thr, seed, window)
         return out
 
     @staticmethod
     @first_order_only  # no double backward: a clear error, never gradients taken for constants
     def backward(ctx, do):
         q, k, v, out, lse, mask_t = ctx.saved_tensors
-        kind, ranges, threshold, causal, scale, drop_thr, seed = ctx.mask
+        kind, ranges, threshold, causal, scale, drop_thr, seed, window = ctx.mask
         with _device_of(q):
             dq, dk, dv = _backward(do, q, k, v, out, lse, kind, mask_t, ranges, threshold, causal, scale, drop_thr,
-                                   seed)
-        return dq, dk, dv, None, None, None, None, None, None, None, None, None
+                                   seed, window)
+        return dq, dk, dv, None, None, None, None, None, None, None, None, None, None
 
 
 _SAME_DEVICE = contextlib.nullcontext()
@@ -1174,6 +1215,7 @@ def attention(
     causal: bool = False,
     scale: Optional[float] = None,
     dropout_p: float = 0.0,
+    window: Optional[int] = None,
 ) -> torch.Tensor:
     """Masked softmax attention ``softmax(scale * q kᵀ + mask) v`` without materialising the scores.
 
@@ -1191,6 +1233,10 @@ def attention(
             from torch's generator for the tensors' device (``torch.manual_seed`` repeats it) and redrawn
             identically by the backward; nothing of size ``[B, H, Q, K]`` is stored. A number or a one-element
             tensor.
+        window: a sliding window (Mistral's ``sliding_window``), with ``causal`` only: query ``i`` sees key ``j``
+            iff ``i + K - Q - window < j <= i + K - Q``, its ``window`` most recent keys its own included, and in
+            and with the mask. Key blocks left of a query block's windows are skipped. None (default), or a window
+            of ``K`` keys or more, is no window.
 
     Returns:
         ``[B, H, Q, D]`` in q's dtype, laid out in memory as ``[B, Q, H, D]`` (``out.transpose(1, 2)`` is
@@ -1198,20 +1244,37 @@ def attention(
 
     Raises:
         ValueError: wrong rank or shapes, head_dim 0 or > 256, tensors on different devices, dropout_p outside
-            [0, 1], scale out of range, a scale tensor or additive mask that requires grad while autograd records.
+            [0, 1], scale out of range, a scale tensor or additive mask that requires grad while autograd records,
+            a window below 1 or without ``causal``.
         TypeError: unsupported or mismatched dtypes, a non-tensor argument.
     """
     # Through the custom operator, so torch.compile traces it as one node (ops imports this module: bound late, once).
     global _ops_attention
     if _ops_attention is None:
         from .ops import attention as _ops_attention
-    return _ops_attention(q, k, v, attention_mask, causal=causal, scale=scale, dropout_p=dropout_p)
+    return _ops_attention(q, k, v, attention_mask, causal=causal, scale=scale, dropout_p=dropout_p, window=window)
 
 
 _ops_attention = None
 
 
-def attention_bqhd(q, k, v, attention_mask=None, *, causal=False, scale=None, dropout_p=0.0) -> torch.Tensor:
+def window_size(window, causal, k_len: int) -> int:
+    """``attention``'s ``window`` as the kernels take it: 0 for none (None, or ``k_len`` keys or more), else the
+    validated number of keys."""
+    if window is None:
+        return 0
+    if isinstance(window, bool) or not isinstance(window, numbers.Integral):
+        raise TypeError(f"window must be an integer or None, got {type(window).__name__}")
+    window = int(window)
+    if window < 1:
+        raise ValueError(f"window must be at least 1 (keys a query sees, its own included), got {window}")
+    if not causal:
+        raise ValueError("a sliding window needs causal=True (query i sees keys i + K - Q - window < j <= i + K - Q)")
+    return 0 if window >= k_len else window
+
+
+def attention_bqhd(q, k, v, attention_mask=None, *, causal=False, scale=None, dropout_p=0.0,
+                   window=None) -> torch.Tensor:
     """:func:`attention`, returned as the contiguous ``[B, Q, H, D]`` tensor Hugging Face attention modules want."""
-    return attention(q, k, v, attention_mask, causal=causal, scale=scale,
-                     dropout_p=dropout_p).transpose(1, 2).contiguous()
+    return attention(q, k, v, attention_mask, causal=causal, scale=scale, dropout_p=dropout_p,
+                     window=window).transpose(1, 2).contiguous()

@@ -16,12 +16,13 @@ as eager and sdpa do with any 4D mask (user-supplied 4D masks, bool or additive,
 
 Sliding windows (Mistral, Mixtral, Phi-3, StarCoder2, Qwen2/Qwen3 with ``use_sliding_window``): query ``i`` sees key
 ``j`` iff ``i - W < j <= i``. A window only matters once a call has more than ``W`` keys: a prompt longer than the
-window, or a cache that keeps more than ``W`` keys. Below that the pattern is plain causality, and the mask function
-returns the compact mask as for any causal call, so prompts within the window run at full speed. Above it the mask
-function returns HF's own 4D mask with the window in it, as it does for a static cache's step whose keys start past
-position 0 (``generate()`` builds those masks before the forward, which may be compiled). The attention function
-applies the window itself (from the ``sliding_window`` argument the model passes) when it gets a compact mask and more
-than ``W`` keys, which only a direct call produces.
+window, or a cache that keeps more than ``W`` keys. The mask function recognises transformers' sliding-window pattern
+and returns the compact mask as for any causal call, tagged with ``W`` (an all-true one where the model got no mask
+and the window cuts keys off); the attention function reads ``W`` from the tag, else from the ``sliding_window``
+argument the model passes (a direct call). The fused kernel then applies the window itself and skips the key blocks
+left of each query block's windows; softmax mode gets a 4D mask with the window. HF's own 4D mask, with the window in
+it, is what a static cache's step whose keys start past position 0 gets (``generate()`` builds those masks before the
+forward, which may be compiled), and what windowed calls get while compiling (the pattern is not recognised there).
 
 Modes, read per call from the attention module's ``_hf_masked_softmax_mode`` (set by ``patch_model``):
 
@@ -96,7 +97,8 @@ def _causal_for(module, attention_mask, is_causal) -> bool:
     return bool(is_causal)
 
 
-# The attribute that marks a compact mask made by _mask_function with the (kv_offset, kv_length) it answers.
+# The attribute that marks a compact mask made by _mask_function with the (kv_offset, kv_length, sliding window or
+# None) it answers: the attention function reads the window from it (Qwen2-MoE passes none of its own).
 _COMPACT_TAG = "_hf_masked_softmax_keys"
 
 # mask.data_ptr() -> (weakref to the mask, what "auto" ran on the forward that got it); see _pick_mode. Keyed by
@@ -227,6 +229,16 @@ def _sliding_window_of(mask_function) -> int | None:
     return window
 
 
+def _window_for(attention_mask, kwargs) -> int | None:
+    """The sliding window of an attention call: the one the mask function recognised, kept on its compact mask,
+    else the ``sliding_window`` the model passes (a direct call's mask carries none)."""
+    tag = getattr(attention_mask, _COMPACT_TAG, None) if attention_mask is not None else None
+    if tag is not None and tag[2] is not None:
+        return tag[2]
+    window = kwargs.get("sliding_window")
+    return None if window is None else int(window)
+
+
 def _windowed_mask(attention_mask, q_len: int, k_len: int, window: int, device) -> torch.Tensor:
     """4D bool ``[B or 1, 1, Q, K]``: the 2D padding mask (if any) and bottom-right causality, as the kernels apply
     them (``masks.keep_mask``), and key ``j`` within ``window`` of query ``i``'s position."""
@@ -256,19 +268,23 @@ def _attention_forward(
     if scaling is None:
         scaling = query.shape[-1] ** -0.5
     causal = _causal_for(module, attention_mask, is_causal)
-    window = kwargs.get("sliding_window")
-    if window is not None and (attention_mask is None or attention_mask.dim() == 2) and key.shape[-2] > window:
-        # A compact mask on a call where the window cuts keys off (HF's mask function would have built the 4D mask
-        # here: a direct call). A 4D mask already holds the window, as eager and sdpa assume.
-        if not causal:
+    window = None
+    if attention_mask is None or attention_mask.dim() == 2:
+        # A 4D mask already holds any window, as eager and sdpa assume; a compact one leaves it to the kernels.
+        window = _window_for(attention_mask, kwargs)
+        if window is not None and key.shape[-2] <= window:
+            window = None  # no key falls out of any query's window: plain causality
+        if window is not None and not causal:
             raise ValueError(f"{NAME} applies a sliding window to causal attention only; this call is not causal")
-        attention_mask = _windowed_mask(attention_mask, query.shape[-2], key.shape[-2], int(window), query.device)
-        causal = False
     mode = _pick_mode(module, kwargs, attention_mask)
 
     if mode == "fused" and query.dtype != torch.float64:
-        out = attention(query, key, value, attention_mask, causal=causal, scale=scaling, dropout_p=float(dropout))
+        out = attention(query, key, value, attention_mask, causal=causal, scale=scaling, dropout_p=float(dropout),
+                        window=window)
         return out.transpose(1, 2).contiguous(), None
+    if window is not None:  # the softmax kernel has no window: a 4D mask with it
+        attention_mask = _windowed_mask(attention_mask, query.shape[-2], key.shape[-2], window, query.device)
+        causal = False
 
     groups = query.shape[1] // key.shape[1]
     if groups > 1:  # grouped-query attention: each key/value head serves `groups` query heads
@@ -314,15 +330,15 @@ def _mask_function(
     """
     config = kwargs.get("config")
     _check_model_type(config)
+    # (not while compiling: the closure's cells are not traced; such calls get HF's 4D mask, right for any window)
+    window = None if torch.compiler.is_compiling() else _sliding_window_of(mask_function)
     if (attention_mask is not None and not torch.compiler.is_compiling()
-            and getattr(attention_mask, _COMPACT_TAG, None) == (int(kv_offset), kv_length)):
+            and getattr(attention_mask, _COMPACT_TAG, None) == (int(kv_offset), kv_length, window)):
         # This function's own answer for these keys, handed back as a 2D mask: generate() builds the masks of a
         # static cache's step before the forward, and a model without per-layer-type masks then passes that mask
         # through its mask function again. Sliced again it would lose its keys where the keys start past position 0
         # (a sliding layer's), so it is returned as it is.
         return attention_mask
-    # (not while compiling: the closure's cells are not traced; such calls get HF's 4D mask, right for any window)
-    window = None if torch.compiler.is_compiling() else _sliding_window_of(mask_function)
     causal = mask_function is masking_utils.causal_mask_function or window is not None
     if causal and getattr(config, "use_bidirectional_attention", False):  # models loaded by name (see patches)
         raise ValueError(f"{NAME} cannot run this {config.model_type} model: {BIDIRECTIONAL_CONFLICT}")
@@ -335,19 +351,23 @@ def _mask_function(
         aligned = False
     else:
         aligned = not causal or int(q_offset) + q_length == kv_offset + kv_length
-    if window is not None and kv_length > window:
-        # the window cuts keys off this call (the last query's window starts after the first key): HF's 4D mask
-        plain = False
+    # a window that cuts keys off this call (kv_length > window) stays with the compact mask: the attention function
+    # reads it from the mask's tag and the fused kernel skips the key blocks left of each query block's windows
+    cut = window is not None and kv_length > window
     if not isinstance(kv_offset, torch.Tensor) and kv_offset > 0 and kwargs.get("allow_is_causal_skip") is False:
         # Keys that start past position 0 (a sliding layer's) in a static cache (transformers turns the skip off for
         # those): generate() builds the step's masks before the forward, which may be compiled, and a compiled
         # forward cannot tell a compact mask handed back from the tokenizer's (it does not read the tag above): HF's
-        # 4D mask. (Several queries on keys past position 0 always number more than the window: 4D above.)
+        # 4D mask.
         plain = False
     if plain and aligned:
         if attention_mask is None:
-            return None
-        cols = attention_mask[:, kv_offset: kv_offset + kv_length]
+            if not cut:
+                return None
+            # no padding, but the window must reach the attention function: an all-true mask carries it
+            cols = torch.ones(batch_size, kv_length, dtype=torch.bool, device=kwargs.get("device", "cpu"))
+        else:
+            cols = attention_mask[:, kv_offset: kv_offset + kv_length]
         # A mask without padding is passed on too: asking (``bool(mask.all())``) would copy a flag from the GPU and
         # so wait for everything queued before it, every forward; the host could then never run ahead of the GPU, and
         # a forward would take its host time plus its device time. Such a mask costs the kernels one key range per
@@ -356,7 +376,7 @@ def _mask_function(
         # Except on a one-query step (decoding), where the question is cheap: generate() waits for the GPU after
         # every step (its stop check), so the flag's copy finds the GPU idle, and a step without padding then runs
         # every layer on the mask-free path, as HF's sdpa does (its mask function asks the same question there).
-        if (q_length == 1 and DECODE_PAD_CHECK and cols.shape[-1] == kv_length and not is_tracing(cols)
+        if (q_length == 1 and DECODE_PAD_CHECK and not cut and cols.shape[-1] == kv_length and not is_tracing(cols)
                 and bool(cols.all())):
             return None
         # always a new tensor (a bool mask's slice would share the caller's memory): one per forward, see _pick_mode
@@ -365,7 +385,7 @@ def _mask_function(
             pad = torch.nn.functional.pad(pad, (0, kv_length - pad.shape[-1]), value=False)
         if not torch.compiler.is_compiling():
             _masks.share_ranges(pad)
-            setattr(pad, _COMPACT_TAG, (int(kv_offset), kv_length))
+            setattr(pad, _COMPACT_TAG, (int(kv_offset), kv_length, window))
         return pad
     kwargs.update(allow_is_causal_skip=False, allow_is_bidirectional_skip=False)
     return masking_utils.sdpa_mask(

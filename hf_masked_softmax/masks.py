@@ -102,8 +102,9 @@ def prepare_mask(attention_mask: Optional[torch.Tensor], shape, device: torch.de
     )
 
 
-def keep_mask(spec: MaskSpec, shape, *, causal: bool, device) -> torch.Tensor:
-    """The dense boolean ``[B, H, Q, K]`` keep-mask of ``spec`` plus causality (reference path only)."""
+def keep_mask(spec: MaskSpec, shape, *, causal: bool, device, window: Optional[int] = None) -> torch.Tensor:
+    """The dense boolean ``[B, H, Q, K]`` keep-mask of ``spec`` plus causality (reference path only); ``window``:
+    query ``i`` keeps only keys ``j > i + K - Q - window`` (a sliding window; None or 0: none)."""
     B, H, Q, K = shape
     keep = torch.ones(shape, dtype=torch.bool, device=device)
     if spec.kind == PAD2D:
@@ -117,6 +118,10 @@ def keep_mask(spec: MaskSpec, shape, *, causal: bool, device) -> torch.Tensor:
         i = torch.arange(Q, device=device)[:, None]
         j = torch.arange(K, device=device)[None, :]
         keep = keep & (j <= i + (K - Q))
+    if window:
+        i = torch.arange(Q, device=device)[:, None]
+        j = torch.arange(K, device=device)[None, :]
+        keep = keep & (j > i + (K - Q) - window)
     return keep
 
 

@@ -38,13 +38,13 @@ def _softmax_kept(x: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
     return (e / denom).masked_fill(~keep, 0.0)
 
 
-def _masked_logits(scores, attention_mask, causal, scale, compute_dtype):
+def _masked_logits(scores, attention_mask, causal, scale, compute_dtype, window=None):
     """``scale * scores`` (+ additive mask) in ``compute_dtype`` and the boolean keep-mask, both ``[B, H, Q, K]``."""
     spec = attention_mask if isinstance(attention_mask, MaskSpec) else prepare_mask(
         attention_mask, tuple(scores.shape), scores.device
     )
     x = scores.to(compute_dtype) * scale
-    keep = keep_mask(spec, tuple(scores.shape), causal=causal, device=scores.device)
+    keep = keep_mask(spec, tuple(scores.shape), causal=causal, device=scores.device, window=window)
     if spec.kind == ADD4D:
         x = x + torch.where(keep, spec.tensor.to(compute_dtype), torch.zeros((), dtype=compute_dtype, device=x.device))
     return x, keep
@@ -58,9 +58,11 @@ def masked_softmax_reference(
     scale: float = 1.0,
     compute_dtype: torch.dtype = torch.float32,
     out_dtype: Optional[torch.dtype] = None,
+    window: Optional[int] = None,
 ) -> torch.Tensor:
-    """Masked softmax of ``scores [B, H, Q, K]`` in ``compute_dtype``; returns ``out_dtype`` (default: scores')."""
-    x, keep = _masked_logits(scores, attention_mask, causal, scale, compute_dtype)
+    """Masked softmax of ``scores [B, H, Q, K]`` in ``compute_dtype``; returns ``out_dtype`` (default: scores').
+    ``window``: a sliding window, as :func:`attention_reference`'s."""
+    x, keep = _masked_logits(scores, attention_mask, causal, scale, compute_dtype, window)
     y = _softmax_kept(x, keep).to(out_dtype or scores.dtype)
     # a no-op forward whose backward zeroes the incoming gradient wherever Y = 0, as the kernels' backward does: a NaN
     # or inf upstream gradient at a dropped entry (or a -inf score) never reaches the row
@@ -93,13 +95,14 @@ def attention_lse_reference(
     causal: bool = False,
     scale: float = 1.0,
     compute_dtype: torch.dtype = torch.float32,
+    window: Optional[int] = None,
 ) -> torch.Tensor:
     """Base-2 log-sum-exp ``log2(sum_kept 2^(log2(e) * x))`` of each row of the masked logits ``x`` of
     ``attention_reference``, ``[B, H, Q]`` in ``compute_dtype``: what the fused kernel saves for its backward (in fp32,
     with its rounding residual beside it); ``-inf`` for a row with nothing kept."""
     (k,) = _repeat_heads(q.shape[1], k)
     s = torch.matmul(q.to(compute_dtype), k.to(compute_dtype).transpose(-1, -2))
-    x, keep = _masked_logits(s, attention_mask, causal, scale, compute_dtype)
+    x, keep = _masked_logits(s, attention_mask, causal, scale, compute_dtype, window)
     return torch.logsumexp(x.masked_fill(~keep, float("-inf")), dim=-1) * _LOG2E
 
 
@@ -114,6 +117,7 @@ def attention_reference(
     compute_dtype: torch.dtype = torch.float32,
     prob_dtype: Optional[torch.dtype] = None,
     dropout: Optional[tuple[torch.Tensor, float]] = None,
+    window: Optional[int] = None,
 ) -> torch.Tensor:
     """``softmax_masked(q kᵀ · scale) v`` for ``q [B, H, Q, D]``, ``k, v [B, Hkv, K, D]`` (GQA by repetition).
 
@@ -121,13 +125,16 @@ def attention_reference(
     with ``v``, as HF's eager attention does and close to what the GPU kernel does (it rounds its not yet normalised
     probabilities to the inputs' dtype for the tensor cores); the scores and the accumulation stay in
     ``compute_dtype``. ``dropout``: ``(keep, keep_scale)``, a bool ``keep`` broadcastable to ``[B, H, Q, K]``: the
-    probabilities are multiplied by ``keep * keep_scale`` before the product with ``v``.
+    probabilities are multiplied by ``keep * keep_scale`` before the product with ``v``. ``window``: query ``i``
+    also keeps only keys ``j > i + K - Q - window`` (a sliding window, as :func:`hf_masked_softmax.attention`'s;
+    None or 0: none).
     """
     k, v = _repeat_heads(q.shape[1], k, v)
     if scale is None:
         scale = q.shape[-1] ** -0.5
     s = torch.matmul(q.to(compute_dtype), k.to(compute_dtype).transpose(-1, -2))
-    p = masked_softmax_reference(s, attention_mask, causal=causal, scale=scale, compute_dtype=compute_dtype)
+    p = masked_softmax_reference(s, attention_mask, causal=causal, scale=scale, compute_dtype=compute_dtype,
+                                 window=window)
     if prob_dtype is not None:
         p = p.to(prob_dtype).to(compute_dtype)
     # a row with nothing kept is zero whatever v holds, and its gradient never reaches v or the scores (the kernels
@@ -150,6 +157,7 @@ def attention_backward_reference(
     scale: Optional[float] = None,
     compute_dtype: torch.dtype = torch.float32,
     dropout: Optional[tuple[torch.Tensor, float]] = None,
+    window: Optional[int] = None,
 ):
     """``(dq, dk, dv)`` of ``attention_reference`` for the output gradient ``do``, written out (a custom operator's
     implementation runs below autograd, so it cannot differentiate the reference)::
@@ -160,6 +168,7 @@ def attention_backward_reference(
     with ``do`` read as 0 on rows with nothing kept (as the kernels read it; see ``attention_reference``).
 
     ``dropout``: ``(keep, keep_scale)`` as in ``attention_reference``; ``Z = keep * keep_scale`` (1 without).
+    ``window``: as in ``attention_reference``.
     """
     B, H, Q, D = q.shape
     Hkv = k.shape[1]
@@ -168,7 +177,7 @@ def attention_backward_reference(
         scale = D ** -0.5
     q32, k32, v32, do32 = (t.to(compute_dtype) for t in (q, ke, ve, do))
     p = masked_softmax_reference(torch.matmul(q32, k32.transpose(-1, -2)), attention_mask, causal=causal, scale=scale,
-                                 compute_dtype=compute_dtype)
+                                 compute_dtype=compute_dtype, window=window)
     do32 = do32.masked_fill((p == 0).all(dim=-1, keepdim=True), 0.0)  # rows with nothing kept: see attention_reference
     z = _dropout_factor(dropout, compute_dtype)
     pz = p if z is None else p * z

@@ -159,6 +159,20 @@ def spy_kernel_masks(monkeypatch, mode):
     return _spy_kernel(monkeypatch, mode, record)
 
 
+def spy_fused_windows(monkeypatch):
+    """Record (queries, keys, the mask's shape or None, window) of every fused-kernel call the patched attention
+    makes."""
+    calls = []
+    real = hf.attention
+
+    def spy(q, k, v, mask=None, **kw):
+        calls.append((q.shape[-2], k.shape[-2], None if mask is None else tuple(mask.shape), kw.get("window")))
+        return real(q, k, v, mask, **kw)
+
+    monkeypatch.setattr(hf, "attention", spy)
+    return calls
+
+
 def gradients(loss):
     """``run(model)`` for :func:`eager_and_patched`: one backward of ``loss(model)``; every parameter's gradient by
     name."""

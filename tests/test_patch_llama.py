@@ -18,7 +18,7 @@ from transformers import (
 from hf_masked_softmax import hf, patch_model, patched, unpatch_model
 from patch_helpers import (
     assert_gradients_close, assert_probs_close, assert_valid_close, eager_and_patched, logits_gradients,
-    spy_kernel_masks,
+    spy_fused_windows, spy_kernel_masks,
 )
 from tolerances import assert_close
 
@@ -136,7 +136,8 @@ def test_fused_kernel_gets_grouped_kv_heads_and_compact_mask(device, monkeypatch
     with patched(model, mode="fused"):
         model(ids, attention_mask=mask)
     assert [c[:5] for c in calls] == [(4, 2, 2, torch.bool, (3, 12))] * 2
-    assert all(c[5] == {"causal": True, "scale": pytest.approx(16 ** -0.5), "dropout_p": 0.0} for c in calls)
+    assert all(c[5] == {"causal": True, "scale": pytest.approx(16 ** -0.5), "dropout_p": 0.0,
+                          "window": None} for c in calls)
 
 
 # Sliding windows: (arch, config overrides). Qwen2/Qwen3 put the window on the layers below max_window_layers only.
@@ -175,17 +176,18 @@ def test_sliding_window_generate_matches_eager(device, monkeypatch, arch, overri
     def gen(m):
         return m.generate(ids, attention_mask=mask, max_new_tokens=6, min_new_tokens=6, do_sample=False)
 
-    calls = spy_kernel_masks(monkeypatch, "fused")
+    calls = spy_fused_windows(monkeypatch)
     ref, out = eager_and_patched(model, gen, "auto")
     assert ref.shape == (3, 14)
     assert torch.equal(out, ref)
-    # the 8-token prefill of a windowed layer got HF's 4D mask; every decode step the compact mask or none, as the
-    # sliding cache hands a windowed layer one window of keys (4)
-    assert (8, 8, (3, 1, 8, 8)) in calls
+    # the 8-token prefill of a windowed layer: the compact mask and the window, for the kernel; every decode step the
+    # compact mask or none, and no window, as the sliding cache hands a windowed layer one window of keys (4)
+    assert (8, 8, (3, 8), 4) in calls
     steps = [c for c in calls if c[0] == 1]
     assert len(steps) == 5 * model.config.num_hidden_layers
-    assert all(shape is None or len(shape) == 2 for _, _, shape in steps)
-    assert any(keys == 4 for _, keys, _ in steps)
+    assert all(shape is None or len(shape) == 2 for _, _, shape, _ in steps)
+    assert any(keys == 4 for _, keys, _, _ in steps)
+    assert all(window is None for _, keys, _, window in steps if keys <= 4)
 
 
 @pytest.mark.parametrize("arch,overrides", WINDOWED[:2])
@@ -237,8 +239,8 @@ def test_sliding_window_probabilities_match_eager(device, window, keys_seen):
 @pytest.mark.parametrize("cache", ["dynamic", "static"])
 def test_sliding_window_continuation_past_the_window_matches_eager(device, mode, cache):
     # a prompt of 8, then 3 tokens at once on its cache (a chat's next turn): the sliding layers' keys start past
-    # position 0 and number more than the window (3 kept + 3 new against 4): HF's 4D mask; through a compiled forward
-    # too
+    # position 0 and number more than the window (3 kept + 3 new against 4): the compact mask and the kernel's window
+    # on the dynamic cache, HF's 4D mask on the static one; through a compiled forward too
     from transformers import DynamicCache, StaticCache
 
     model = decoder("mistral", device, seed=5, sliding_window=4)
@@ -271,15 +273,18 @@ def test_sliding_window_gradients_match_eager(device):
 @pytest.mark.parametrize("mode", MODES)
 def test_window_longer_than_the_keys_keeps_the_compact_mask(device, monkeypatch, mode):
     # Mistral's default window (4096) cuts nothing off a 12-token batch: the kernels get the [B, K] mask and add
-    # causality themselves; a window of 4 on the same batch gets HF's 4D mask
-    calls = spy_kernel_masks(monkeypatch, mode)
+    # causality themselves. A window of 11 on the same batch: the fused kernel gets the [B, K] mask and the window,
+    # the softmax kernel (no window of its own) a 4D mask with it
+    fused = mode == "fused"
+    calls = spy_fused_windows(monkeypatch) if fused else spy_kernel_masks(monkeypatch, mode)
     ids, mask = left_padded(device)
-    for window, expected in ((4096, (3, 12)), (12, (3, 12)), (11, (3, 1, 12, 12))):
+    for window, expected, kernel_window in ((4096, (3, 12), None), (12, (3, 12), None),
+                                            (11, (3, 12) if fused else (3, 1, 12, 12), 11)):
         model = decoder("mistral", device, sliding_window=window)
         calls.clear()
         ref, out = eager_and_patched(model, lambda m: m(ids, attention_mask=mask).logits, mode)
         assert_valid_close(out, ref, mask.bool())
-        assert calls == [(12, 12, expected)] * 2, window
+        assert calls == [(12, 12, expected) + ((kernel_window,) if fused else ())] * 2, window
 
 
 def test_sliding_window_of_recognises_only_the_plain_window():
@@ -309,11 +314,26 @@ def test_mask_function_answers_a_window_by_the_number_of_keys():
     # a decode step with the 4 keys a sliding cache keeps (positions 5..8): the window cuts nothing, compact mask
     out = hf._mask_function(2, 1, 4, q_offset=8, kv_offset=5, mask_function=fn, attention_mask=pad)
     assert torch.equal(out, pad[:, 5:].bool())
-    # 9 keys: the 4D mask, window and padding in it
+    assert getattr(out, hf._COMPACT_TAG) == (5, 4, 4)
+    # 9 keys: the window cuts keys off; the compact mask still, tagged with the window for the attention function
     out = hf._mask_function(2, 9, 9, q_offset=0, kv_offset=0, mask_function=fn, attention_mask=pad)
-    i, j = torch.arange(9)[:, None], torch.arange(9)[None]
-    expected = ((j <= i) & (j > i - 4))[None, None] & pad.bool()[:, None, None, :]
-    assert out.shape == (2, 1, 9, 9) and torch.equal(out, expected)
+    assert torch.equal(out, pad.bool()) and getattr(out, hf._COMPACT_TAG) == (0, 9, 4)
+    # no mask from the model: none while the window cuts nothing; past it an all-true one, to carry the window
+    assert hf._mask_function(2, 4, 4, mask_function=fn) is None
+    out = hf._mask_function(2, 9, 9, mask_function=fn)
+    assert out.dtype == torch.bool and bool(out.all()) and out.shape == (2, 9)
+    assert getattr(out, hf._COMPACT_TAG) == (0, 9, 4)
+    # a decode step without padding over more keys than the window (a cache that keeps every key): the mask stays,
+    # window and all, where one without a window would be dropped
+    out = hf._mask_function(2, 1, 9, q_offset=8, kv_offset=0, mask_function=fn, attention_mask=torch.ones(2, 9))
+    assert out is not None and getattr(out, hf._COMPACT_TAG) == (0, 9, 4)
+    from transformers import masking_utils as mu
+    plain = hf._mask_function(2, 1, 9, q_offset=8, kv_offset=0, mask_function=mu.causal_mask_function,
+                              attention_mask=torch.ones(2, 9))
+    assert plain is None
+    # the attention function reads the window from the tag, where the model passes none of its own (Qwen2-MoE)
+    assert hf._window_for(out, {}) == 4 and hf._window_for(pad, {"sliding_window": 6}) == 6
+    assert hf._window_for(None, {}) is None
 
 
 @pytest.mark.parametrize("mode", MODES)
