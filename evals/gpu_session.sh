@@ -127,6 +127,8 @@
 #   bash evals/gpu_session.sh speed26a  # 2026-12-05 (26): speed.py's forward, encode, seq2seq and training rows (GPT-2
 #                                       # medium left out), every mode; the Qwen3 and BART rows are new
 #   bash evals/gpu_session.sh speed26b  # 2026-12-05 (26): speed.py's generate rows, every mode
+#   bash evals/gpu_session.sh window28  # 2026-12-05 (28): the kernels' sliding window: tests on CUDA,
+#                                       # bench_window.py, speed.py's windowed Mistral row
 set -uo pipefail
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
 OUT=${OUT:-out}
@@ -834,8 +836,18 @@ case "${1:-}" in
     timeout 560 python -u evals/speed.py --skip-medium --only generate --out "$OUT/speed26b" 2>&1 \
       | tee "$OUT/speed26b.log" | grep -v -i warn | grep -E "^(gpt2|bert|llama|qwen3|mistral|bart)|^setting" | cut -c1-200
     ;;
+  window28)
+    # the fused kernels' own sliding window (twenty-eighth session): its tests on CUDA (GPU-marked and the rest), the
+    # windowed patcher tests, bench_window.py, and speed.py's windowed Mistral row
+    pytest_summary tests_window28 200 tests/test_window.py
+    pytest_summary patch_window28 150 tests/test_patch_llama.py -k "window"
+    timeout 300 python -u evals/bench_window.py --out "$OUT/window28" 2>&1 | tee "$OUT/bench_window28.log" \
+      | grep -v -i warn | cut -c1-200
+    timeout 150 python -u evals/speed.py --only "mistral-window fwd pad" --impls eager,sdpa,fused --skip-medium \
+      --no-plot --out "$OUT/speed_window28" 2>&1 | grep -E "^mistral|^setting" | cut -c1-200
+    ;;
   *)
-    echo "usage: bash evals/gpu_session.sh tests|kernels|e2e|check|followup|recheck|verify|measure|final|stream|last|tune|host|fast|fastcheck|closing|fold|fold2|fold3|e2e3|bert4|bert5|check4|lengths|ncu|bwd|suite|suite2|final6|plans|hostplans|genab|fuzz|bwdplan|trainab|final8|nosync|drop9a|drop9b|drop9d|audit10|bench10|final10|ws11|audit11|fuzz11|host11b|decode12|stats12|stats12b|stats12c|final13|fix13|final13b|final14|suite14|suite15|final15|causal18|final18|prefetch18|cross18|tile19|final19|small19|launch20|tests20|gen20|counts20b|counts20c|final20|ablate22|models25|decode26|models26|compile26|speed26a|speed26b" >&2
+    echo "usage: bash evals/gpu_session.sh tests|kernels|e2e|check|followup|recheck|verify|measure|final|stream|last|tune|host|fast|fastcheck|closing|fold|fold2|fold3|e2e3|bert4|bert5|check4|lengths|ncu|bwd|suite|suite2|final6|plans|hostplans|genab|fuzz|bwdplan|trainab|final8|nosync|drop9a|drop9b|drop9d|audit10|bench10|final10|ws11|audit11|fuzz11|host11b|decode12|stats12|stats12b|stats12c|final13|fix13|final13b|final14|suite14|suite15|final15|causal18|final18|prefetch18|cross18|tile19|final19|small19|launch20|tests20|gen20|counts20b|counts20c|final20|ablate22|models25|decode26|models26|compile26|speed26a|speed26b|window28" >&2
     exit 2
     ;;
 esac

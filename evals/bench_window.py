@@ -1,0 +1,193 @@
+"""Sliding-window attention on the GPU: the fused kernel's own window against the ways to get the same result
+without it.
+
+Providers, each on the same fp16 inputs (left-padded batches, GQA as Mistral's):
+
+* ``fused-window``: ``attention(q, k, v, pad, causal=True, window=W)``, the 2D padding mask and the window applied in
+  the kernel, key blocks left of each query block's windows skipped (what a patched Mistral runs since 2026-12-05);
+* ``fused-4d``: the same kernel given HF's 4D bool mask with the window in it (what a patched Mistral ran before:
+  every key block read, the mask loaded per tile);
+* ``sdpa-4d``: ``scaled_dot_product_attention`` with that 4D bool mask (HF's sdpa path for a windowed layer);
+* ``flex-window``: FlexAttention (torch.compile'd) with a block mask of padding, causality and window;
+* ``fused-causal``: the kernel without the window, for scale (full causal attention over the same keys).
+
+Forward (and backward for the prefill shapes) as medians of CUDA-graph replays; ``vs sdpa-4d`` is sdpa-4d's time over
+the provider's. The output of every provider is checked against ``fused-window``'s on the rows with a key to attend.
+
+    python evals/bench_window.py [--shapes mistral-prefill,small-window,decode] [--no-backward] [--out DIR]
+
+Writes ``bench_window.json`` and ``bench_window.png`` (bars per shape and provider) under ``--out`` / $OUT.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import benchutil  # noqa: E402
+
+# name -> (B, H, Hkv, Q, K, D, window, shortest key length)
+SHAPES = {
+    "mistral-prefill": (2, 32, 8, 8192, 8192, 128, 4096, 4096),
+    "small-window": (4, 12, 12, 4096, 4096, 64, 512, 2048),
+    "decode": (16, 32, 8, 1, 8192, 128, 4096, 4096),
+}
+PROVIDERS = ("fused-window", "fused-4d", "sdpa-4d", "flex-window", "fused-causal")
+
+
+def make_inputs(B, H, Hkv, Q, K, D, window, lo, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    # HF's layout ([B, T, H, D] memory seen as [B, H, T, D]) and left padding, key lengths uniform in [lo, K]
+    q = torch.randn(B, Q, H, D, generator=g).to("cuda", torch.float16).transpose(1, 2)
+    k, v = (torch.randn(B, K, Hkv, D, generator=g).to("cuda", torch.float16).transpose(1, 2) for _ in range(2))
+    lengths = torch.randint(lo, K + 1, (B,), generator=g)
+    pad = (torch.arange(K)[None] >= (K - lengths)[:, None]).to("cuda")
+    i = torch.arange(Q, device="cuda")[:, None] + (K - Q)
+    j = torch.arange(K, device="cuda")[None]
+    mask4d = ((j <= i) & (j > i - window))[None, None] & pad[:, None, None, :]
+    return dict(q=q, k=k, v=v, pad=pad, mask4d=mask4d, window=window, B=B, H=H, Hkv=Hkv, Q=Q, K=K, D=D)
+
+
+def providers(inp):
+    import hf_masked_softmax
+    from torch.nn.functional import scaled_dot_product_attention as sdpa
+
+    q, k, v, pad, mask4d, window = (inp[n] for n in ("q", "k", "v", "pad", "mask4d", "window"))
+    gqa = inp["H"] != inp["Hkv"]
+    out = {
+        "fused-window": lambda: hf_masked_softmax.attention(q, k, v, pad, causal=True, window=window),
+        "fused-4d": lambda: hf_masked_softmax.attention(q, k, v, mask4d),
+        "sdpa-4d": lambda: sdpa(q, k, v, attn_mask=mask4d, enable_gqa=gqa),
+        "fused-causal": lambda: hf_masked_softmax.attention(q, k, v, pad, causal=True),
+    }
+    flex = flex_provider(inp)
+    if flex is not None:
+        out["flex-window"] = flex
+    return out
+
+
+def flex_provider(inp):
+    try:
+        from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+    except ImportError:
+        return None
+    q, k, v, pad, window = inp["q"], inp["k"], inp["v"], inp["pad"], inp["window"]
+    B, Q, K = inp["B"], inp["Q"], inp["K"]
+    offset = K - Q
+
+    def mask_mod(b, h, qi, kj):
+        return pad[b, kj] & (kj <= qi + offset) & (kj > qi + offset - window)
+
+    try:
+        block_mask = create_block_mask(mask_mod, B, None, Q, K, device="cuda")
+        compiled = torch.compile(flex_attention)
+        gqa = inp["H"] != inp["Hkv"]
+        compiled(q, k, v, block_mask=block_mask, enable_gqa=gqa)  # compile outside the timed region
+    except Exception as exc:  # noqa: BLE001 - a backend that does not run is reported, not fatal
+        print(f"  flex-window unavailable: {type(exc).__name__}: {str(exc).splitlines()[0][:160]}")
+        return None
+    return lambda: compiled(q, k, v, block_mask=block_mask, enable_gqa=gqa)
+
+
+def time_ms(fn, inp, backward: bool) -> float:
+    q, k, v = inp["q"], inp["k"], inp["v"]
+    if not backward:
+        with torch.no_grad():
+            fn()
+            return benchutil.median_ms(fn, cuda_graph=True)
+    for t in (q, k, v):
+        t.requires_grad_(True)
+    try:
+        out = fn()
+        do = torch.randn_like(out)
+        torch.autograd.grad(out, (q, k, v), do, retain_graph=True)
+        return benchutil.median_ms(lambda: torch.autograd.grad(out, (q, k, v), do, retain_graph=True),
+                                   cuda_graph=True)
+    finally:
+        for t in (q, k, v):
+            t.requires_grad_(False)
+
+
+def max_error(out, ref, inp) -> float:
+    """Largest |out - ref| over the rows with a key to attend (fully masked rows: SDPA gives NaN there)."""
+    rows = inp["mask4d"].any(-1).expand(-1, inp["H"], -1)  # [B, H, Q]
+    return float((out.float() - ref.float()).abs()[rows].max())
+
+
+def plot(rows, path: Path) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("  (no matplotlib: no plot)")
+        return
+    groups = sorted({(r["shape"], r["pass"]) for r in rows}, key=lambda t: (list(SHAPES).index(t[0]), t[1]))
+    fig, axes = plt.subplots(1, len(groups), figsize=(4.2 * len(groups), 3.8), squeeze=False)
+    for ax, (shape, pas) in zip(axes[0], groups):
+        sel = [r for r in rows if r["shape"] == shape and r["pass"] == pas]
+        ax.bar([r["provider"] for r in sel], [r["ms"] for r in sel],
+               color=["tab:green" if r["provider"] == "fused-window" else "tab:gray" for r in sel])
+        ax.set_title(f"{shape}, {pas}", fontsize=9)
+        ax.set_ylabel("ms (median)")
+        ax.tick_params(axis="x", rotation=45, labelsize=7)
+    fig.suptitle(f"sliding-window attention, fp16, {benchutil.environment()['gpu']}", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    print(f"wrote {path}")
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--shapes", default=",".join(SHAPES), help="comma-separated subset of: " + ", ".join(SHAPES))
+    ap.add_argument("--no-backward", action="store_true", help="forward only")
+    ap.add_argument("--out", default=None, help="output folder (default $OUT or ./out)")
+    args = ap.parse_args(argv)
+    names = [s for s in args.shapes.split(",") if s]
+    if not names:
+        ap.error("--shapes is empty")
+    for s in names:
+        if s not in SHAPES:
+            ap.error(f"unknown shape {s!r}; choose from {', '.join(SHAPES)}")
+    if not torch.cuda.is_available():
+        ap.error("needs a CUDA GPU")
+    out = benchutil.out_dir(args.out)
+    rows = []
+    for name in names:
+        B, H, Hkv, Q, K, D, window, lo = SHAPES[name]
+        inp = make_inputs(B, H, Hkv, Q, K, D, window, lo)
+        print(f"{name}: B{B} H{H}/{Hkv} Q{Q} K{K} D{D} window {window}, key lengths in [{lo}, {K}]", flush=True)
+        provs = providers(inp)
+        with torch.no_grad():
+            ref = provs["fused-window"]()
+            errors = {p: max_error(fn(), ref, inp) for p, fn in provs.items() if p != "fused-causal"}
+        passes = ["forward"] + ([] if args.no_backward or Q == 1 else ["backward"])
+        for pas in passes:
+            times = {}
+            for p in PROVIDERS:
+                if p not in provs:
+                    continue
+                try:
+                    times[p] = time_ms(provs[p], inp, pas == "backward")
+                except Exception as exc:  # noqa: BLE001 - one provider failing must not lose the others
+                    print(f"  {p} {pas}: {type(exc).__name__}: {str(exc).splitlines()[0][:160]}")
+            base = times.get("sdpa-4d")
+            for p, ms in times.items():
+                rows.append(dict(shape=name, **{"pass": pas}, provider=p, ms=ms,
+                                 vs_sdpa_4d=(base / ms) if base else None, max_err=errors.get(p)))
+        benchutil.print_table([r for r in rows if r["shape"] == name],
+                              ["shape", "pass", "provider", "ms", "vs_sdpa_4d", "max_err"])
+        del inp, provs, ref
+        torch.cuda.empty_cache()
+    benchutil.write_json(out / "bench_window.json",
+                         dict(environment=benchutil.environment(), shapes={n: SHAPES[n] for n in names}, rows=rows))
+    print(f"wrote {out / 'bench_window.json'}")
+    plot(rows, out / "bench_window.png")
+
+
+if __name__ == "__main__":
+    main()
