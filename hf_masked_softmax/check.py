@@ -108,15 +108,17 @@ def check_attention(device, quick, report):
     else:
         shapes = [(2, 4, 2, 5, 20, 16)]
         dtypes = [torch.float32, torch.float16]
-    # "+dropout": attention dropout 0.1 in the kernels, against the reference under the same Philox mask
-    forms = ["none", "pad2d", "bool4d", "add4d", "pad2d+dropout"]
+    # "+dropout": attention dropout 0.1 in the kernels, against the reference under the same Philox mask;
+    # "+window": a causal sliding window of a third of the keys
+    forms = ["none", "pad2d", "bool4d", "add4d", "pad2d+dropout", "pad2d+window"]
     if quick:
-        shapes, forms = shapes[:1], ["pad2d", "add4d", "pad2d+dropout"]
+        shapes, forms = shapes[:1], ["pad2d", "add4d", "pad2d+dropout", "pad2d+window"]
     for (B, H, Hkv, Q, K, D) in shapes:
         for dtype in dtypes:
             for form in forms:
-                causal = form in ("none", "pad2d", "pad2d+dropout")
+                causal = form in ("none", "pad2d", "pad2d+dropout", "pad2d+window")
                 p = 0.1 if form.endswith("+dropout") else 0.0
+                window = max(1, K // 3) if form.endswith("+window") else None
                 g = torch.Generator(device="cpu").manual_seed(2)
                 q = torch.randn(B, Q, H, D, generator=g).to(device, dtype).transpose(1, 2).requires_grad_(True)
                 k = torch.randn(B, K, Hkv, D, generator=g).to(device, dtype).transpose(1, 2).requires_grad_(True)
@@ -129,11 +131,12 @@ def check_attention(device, quick, report):
                     seed = int(ops._new_seed(device))
                     dropout = (dropout_keep_reference(seed, (B, H, Q, K), thr, device=device), keep_scale)
                     torch.manual_seed(3)
-                out = attention(q, k, v, mask, causal=causal, dropout_p=p)
+                out = attention(q, k, v, mask, causal=causal, dropout_p=p, window=window)
                 do = torch.randn(out.shape, generator=g).to(device, dtype)
                 grads = torch.autograd.grad(out, (q, k, v), do)
                 ref_in = [t.detach().double().requires_grad_(True) for t in (q, k, v)]
-                ref = attention_reference(*ref_in, mask, causal=causal, compute_dtype=torch.float64, dropout=dropout)
+                ref = attention_reference(*ref_in, mask, causal=causal, compute_dtype=torch.float64, dropout=dropout,
+                                          window=window)
                 ref_grads = torch.autograd.grad(ref, ref_in, do.double())
                 worst = _max_violation(out, ref, dtype, WIDEN["attention"])
                 for a, b in zip(grads, ref_grads):
@@ -200,11 +203,17 @@ def _fuzz_attention_case(rng, cuda):
     else:  # few programs and long rows: the decode path splits each row's keys across programs
         B, Hkv, group, Q = 1, 1, _pick(rng, (1, 2)), _pick(rng, (1, 2))
         K = int(torch.randint(2 * big // 3, 4 * big, (1,), generator=rng))
-    return dict(regime=regime, B=B, H=Hkv * group, Hkv=Hkv, Q=Q, K=K, D=D,
+    case = dict(regime=regime, B=B, H=Hkv * group, Hkv=Hkv, Q=Q, K=K, D=D,
                 dtype=_pick(rng, (torch.float16, torch.bfloat16, torch.float32)),
                 mask=_pick(rng, FUZZ_MASKS), causal=bool(torch.rand(1, generator=rng) < 0.5),
                 scale=_pick(rng, (None, None, None, 1.0, 0.3, -0.5, 0.0, 3.0)), layout=_pick(rng, FUZZ_LAYOUTS),
                 grad=bool(torch.rand(1, generator=rng) < 0.4), nan=bool(torch.rand(1, generator=rng) < 0.05))
+    # a sliding window on a third of the causal cases, drawn from a generator of its own so that every other draw of
+    # a case stays what it was before windows existed (earlier runs' case numbers still name the same cases)
+    wrng = torch.Generator().manual_seed(rng.initial_seed() ^ 0x5EED)
+    window = int(torch.randint(1, K + 1, (1,), generator=wrng))
+    case["window"] = window if case["causal"] and bool(torch.rand(1, generator=wrng) < 1 / 3) else None
+    return case
 
 
 def _fuzz_softmax_case(rng, cuda):
@@ -263,10 +272,10 @@ def _fuzz_attention(case, rng, device):
     q, k, v = (f(t) for f, t in zip(views, leaves))
     grad = case["grad"] and not case["nan"] and _plain_scale(case["scale"], D ** -0.5)
     with torch.set_grad_enabled(grad):
-        out = attention(q, k, v, mask, causal=case["causal"], scale=case["scale"])
+        out = attention(q, k, v, mask, causal=case["causal"], scale=case["scale"], window=case["window"])
     ref_leaves = [t.detach().double().requires_grad_(grad) for t in leaves]
     ref = attention_reference(*(f(t) for f, t in zip(views, ref_leaves)), mask, causal=case["causal"],
-                              scale=case["scale"], compute_dtype=torch.float64)
+                              scale=case["scale"], compute_dtype=torch.float64, window=case["window"])
     worst = _nan_aware_violation(out, ref, dtype, WIDEN["attention"] * _logit_widening(case["scale"], D))
     if out.shape != q.shape or out.dtype != dtype:
         worst = float("inf")
@@ -337,6 +346,8 @@ def _describe(case):
     if "D" in case:
         sizes = f"{case['B']}x{case['H']}/{case['Hkv']}x{case['Q']}x{case['K']}x{case['D']} {case['regime']}"
     flags = [case["layout"], f"scale={case['scale']}"] + [n for n in ("causal", "grad", "nan") if case[n]]
+    if case.get("window") is not None:
+        flags.append(f"window={case['window']}")
     return sizes, " ".join(flags)
 
 

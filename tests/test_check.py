@@ -115,3 +115,17 @@ def test_nan_must_appear_exactly_where_the_reference_has_it():
     assert check._nan_aware_violation(torch.tensor([1.0, 0.0, 0.5]), ref, torch.float32, 1.0) == float("inf")
     assert check._nan_aware_violation(torch.tensor([float("nan"), float("nan"), 0.5]), ref, torch.float32,
                                       1.0) == float("inf")
+
+
+
+def test_fuzz_draws_sliding_windows_on_causal_cases(device):
+    # a third of the causal attention cases carry a window of 1..K keys, non-causal ones never; one of them runs
+    cuda = device == "cuda"
+    cases = [check._fuzz_attention_case(torch.Generator().manual_seed(5 * 1_000_003 + i), cuda)
+             for i in range(0, 240, 2)]
+    windowed = [(i, c) for i, c in zip(range(0, 240, 2), cases) if c["window"] is not None]
+    assert 10 <= len(windowed) <= 40
+    assert all(c["causal"] and 1 <= c["window"] <= c["K"] for _, c in windowed)
+    i, case = next((i, c) for i, c in windowed if c["window"] < c["K"])
+    worst, _ = check._fuzz_attention(case, torch.Generator().manual_seed(5 * 1_000_003 + i), device)
+    assert worst <= 1.0
