@@ -11,7 +11,7 @@ Providers, each on the same fp16 inputs (left-padded batches, GQA as Mistral's):
 * ``flex-window``: FlexAttention (torch.compile'd) with a block mask of padding, causality and window;
 * ``fused-causal``: the kernel without the window, for scale (full causal attention over the same keys).
 
-Forward (and backward for the prefill shapes) as medians of CUDA-graph replays; ``vs sdpa-4d`` is sdpa-4d's time over
+Forward (and backward for the prefill shapes) as medians: forwards replayed in a CUDA graph, backwards as plain calls; ``vs sdpa-4d`` is sdpa-4d's time over
 the provider's. The output of every provider is checked against ``fused-window``'s on the rows with a key to attend.
 
     python evals/bench_window.py [--shapes mistral-prefill,small-window,decode] [--no-backward] [--out DIR]
@@ -104,8 +104,8 @@ def time_ms(fn, inp, backward: bool) -> float:
         out = fn()
         do = torch.randn_like(out)
         torch.autograd.grad(out, (q, k, v), do, retain_graph=True)
-        return benchutil.median_ms(lambda: torch.autograd.grad(out, (q, k, v), do, retain_graph=True),
-                                   cuda_graph=True)
+        # plain calls (as bench_attention.py times backwards): autograd's backward is not captured in a CUDA graph
+        return benchutil.median_ms(lambda: torch.autograd.grad(out, (q, k, v), do, retain_graph=True))
     finally:
         for t in (q, k, v):
             t.requires_grad_(False)
