@@ -129,6 +129,7 @@
 #   bash evals/gpu_session.sh speed26b  # 2026-12-05 (26): speed.py's generate rows, every mode
 #   bash evals/gpu_session.sh window28  # 2026-12-05 (28): the kernels' sliding window: tests on CUDA,
 #                                       # bench_window.py, speed.py's windowed Mistral row
+#   bash evals/gpu_session.sh final28   # 2026-12-05 (28): bench_window.py's backwards, Qwen3 / BART fp16 rule tests
 set -uo pipefail
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
 OUT=${OUT:-out}
@@ -846,8 +847,15 @@ case "${1:-}" in
     timeout 150 python -u evals/speed.py --only "mistral-window fwd pad" --impls eager,sdpa,fused --skip-medium \
       --no-plot --out "$OUT/speed_window28" 2>&1 | grep -E "^mistral|^setting" | cut -c1-200
     ;;
+  final28)
+    # bench_window.py's backwards (timed as plain calls), then models26's fp16-rule tests of Qwen3 and BART
+    timeout 200 python -u evals/bench_window.py --shapes small-window,mistral-prefill --out "$OUT/window28b" 2>&1 \
+      | tee "$OUT/bench_window28b.log" | grep -v -i warn | cut -c1-200
+    timeout 240 python -m pytest -q -m gpu tests/test_patch_gpu.py -k "qwen3 or bart" -p no:cacheprovider -s 2>&1 \
+      | tee "$OUT/gpu_models26.log" | grep -E "fp16|passed|failed|Error" | tail -8
+    ;;
   *)
-    echo "usage: bash evals/gpu_session.sh tests|kernels|e2e|check|followup|recheck|verify|measure|final|stream|last|tune|host|fast|fastcheck|closing|fold|fold2|fold3|e2e3|bert4|bert5|check4|lengths|ncu|bwd|suite|suite2|final6|plans|hostplans|genab|fuzz|bwdplan|trainab|final8|nosync|drop9a|drop9b|drop9d|audit10|bench10|final10|ws11|audit11|fuzz11|host11b|decode12|stats12|stats12b|stats12c|final13|fix13|final13b|final14|suite14|suite15|final15|causal18|final18|prefetch18|cross18|tile19|final19|small19|launch20|tests20|gen20|counts20b|counts20c|final20|ablate22|models25|decode26|models26|compile26|speed26a|speed26b|window28" >&2
+    echo "usage: bash evals/gpu_session.sh tests|kernels|e2e|check|followup|recheck|verify|measure|final|stream|last|tune|host|fast|fastcheck|closing|fold|fold2|fold3|e2e3|bert4|bert5|check4|lengths|ncu|bwd|suite|suite2|final6|plans|hostplans|genab|fuzz|bwdplan|trainab|final8|nosync|drop9a|drop9b|drop9d|audit10|bench10|final10|ws11|audit11|fuzz11|host11b|decode12|stats12|stats12b|stats12c|final13|fix13|final13b|final14|suite14|suite15|final15|causal18|final18|prefetch18|cross18|tile19|final19|small19|launch20|tests20|gen20|counts20b|counts20c|final20|ablate22|models25|decode26|models26|compile26|speed26a|speed26b|window28|final28" >&2
     exit 2
     ;;
 esac
