@@ -130,6 +130,8 @@
 #   bash evals/gpu_session.sh window28  # 2026-12-05 (28): the kernels' sliding window: tests on CUDA,
 #                                       # bench_window.py, speed.py's windowed Mistral row
 #   bash evals/gpu_session.sh final28   # 2026-12-05 (28): bench_window.py's backwards, Qwen3 / BART fp16 rule tests
+#   bash evals/gpu_session.sh pack28    # 2026-12-05 (28): GQA decode packing: tests on CUDA, bench_window.py's decode
+#                                       # row with the packing on and off
 set -uo pipefail
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
 OUT=${OUT:-out}
@@ -854,8 +856,17 @@ case "${1:-}" in
     timeout 240 python -m pytest -q -m gpu tests/test_patch_gpu.py -k "qwen3 or bart" -p no:cacheprovider -s 2>&1 \
       | tee "$OUT/gpu_models26.log" | grep -E "fp16|passed|failed|Error" | tail -8
     ;;
+  pack28)
+    # grouped-query decoding with a key/value head's query heads in one tile (PACK): its tests on CUDA, then
+    # bench_window.py's decode row (windowed and full-cache GQA decode against SDPA) with the packing on and off
+    pytest_summary tests_pack28 200 tests/test_attention.py tests/test_window.py -k "gqa or decode"
+    for pack in 1 0; do
+      HF_MASKED_SOFTMAX_GQA_PACK=$pack timeout 150 python -u evals/bench_window.py --shapes decode \
+        --out "$OUT/pack28_$pack" 2>&1 | grep -E "^decode" | sed "s|^|pack=$pack |"
+    done
+    ;;
   *)
-    echo "usage: bash evals/gpu_session.sh tests|kernels|e2e|check|followup|recheck|verify|measure|final|stream|last|tune|host|fast|fastcheck|closing|fold|fold2|fold3|e2e3|bert4|bert5|check4|lengths|ncu|bwd|suite|suite2|final6|plans|hostplans|genab|fuzz|bwdplan|trainab|final8|nosync|drop9a|drop9b|drop9d|audit10|bench10|final10|ws11|audit11|fuzz11|host11b|decode12|stats12|stats12b|stats12c|final13|fix13|final13b|final14|suite14|suite15|final15|causal18|final18|prefetch18|cross18|tile19|final19|small19|launch20|tests20|gen20|counts20b|counts20c|final20|ablate22|models25|decode26|models26|compile26|speed26a|speed26b|window28|final28" >&2
+    echo "usage: bash evals/gpu_session.sh tests|kernels|e2e|check|followup|recheck|verify|measure|final|stream|last|tune|host|fast|fastcheck|closing|fold|fold2|fold3|e2e3|bert4|bert5|check4|lengths|ncu|bwd|suite|suite2|final6|plans|hostplans|genab|fuzz|bwdplan|trainab|final8|nosync|drop9a|drop9b|drop9d|audit10|bench10|final10|ws11|audit11|fuzz11|host11b|decode12|stats12|stats12b|stats12c|final13|fix13|final13b|final14|suite14|suite15|final15|causal18|final18|prefetch18|cross18|tile19|final19|small19|launch20|tests20|gen20|counts20b|counts20c|final20|ablate22|models25|decode26|models26|compile26|speed26a|speed26b|window28|final28|pack28" >&2
     exit 2
     ;;
 esac

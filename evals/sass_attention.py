@@ -46,7 +46,7 @@ def compile_forward(causal, config, fold, merge, arch, dtype="fp16", head_d=64, 
     fn = _jit_fn(attn._attn_fwd_kernel)
     consts = dict(MASK_KIND=attn._K_RANGE, CAUSAL=causal, BH_FIRST=causal, BLOCK_M=block_m, BLOCK_N=block_n,
                   HEAD_D=head_d, BLOCK_D=attn._block_d(head_d), UPCAST=False, DOT_PREC="tf32", WIDE=False,
-                  FOLD=fold, MERGE_TAIL=merge, STORE_LSE=True, DROPOUT=dropout, WINDOWED=False,
+                  FOLD=fold, MERGE_TAIL=merge, STORE_LSE=True, DROPOUT=dropout, WINDOWED=False, PACK=False,
                   **{name: 1 for name in UNIT_STRIDES})
     sig, attrs = {}, {}
     for i, name in enumerate(fn.arg_names):

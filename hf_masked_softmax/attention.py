@@ -72,6 +72,7 @@ from __future__ import annotations
 
 import contextlib
 import numbers
+import os
 from typing import Optional
 
 import torch
@@ -276,7 +277,7 @@ def _attn_fwd_kernel(
     MASK_KIND: tl.constexpr, CAUSAL: tl.constexpr, BH_FIRST: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_D: tl.constexpr, BLOCK_D: tl.constexpr,
     UPCAST: tl.constexpr, DOT_PREC: tl.constexpr, WIDE: tl.constexpr, FOLD: tl.constexpr, MERGE_TAIL: tl.constexpr,
-    STORE_LSE: tl.constexpr, DROPOUT: tl.constexpr, WINDOWED: tl.constexpr,
+    STORE_LSE: tl.constexpr, DROPOUT: tl.constexpr, WINDOWED: tl.constexpr, PACK: tl.constexpr,
 ):
     if BH_FIRST:
         # causal: (batch x head) fastest and query blocks in reverse, so the longest rows start first and the
@@ -288,9 +289,16 @@ def _attn_fwd_kernel(
         pid_m = tl.program_id(0)
         bh = tl.program_id(1).to(tl.int64)
     split = tl.program_id(2)
-    b = bh // H
-    h = bh % H
-    hk = h // GROUP
+    if PACK:
+        # grouped-query decoding: one program per key/value head, its GROUP query heads' rows in one tile (row r is
+        # query r % Q_LEN of head h + r // Q_LEN), so the group's keys and values are read once, not GROUP times
+        b = bh // (H // GROUP)
+        hk = bh % (H // GROUP)
+        h = hk * GROUP
+    else:
+        b = bh // H
+        h = bh % H
+        hk = h // GROUP
 
     rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = tl.arange(0, BLOCK_N)
@@ -298,15 +306,26 @@ def _attn_fwd_kernel(
         rows = rows.to(tl.int64)
         offs_n = offs_n.to(tl.int64)
     offs_d = tl.arange(0, BLOCK_D)
-    row_ok = rows < Q_LEN
     d_ok = offs_d < HEAD_D
+    if PACK:
+        qrows = rows % Q_LEN  # each row's query index (what masking and causality see)
+        row_ok = rows < GROUP * Q_LEN
+        q_off = (rows // Q_LEN) * stride_qh + qrows * stride_qm
+        o_off = (rows // Q_LEN) * stride_oh + qrows * stride_om
+        m0 = pid_m * 0  # every tile holds queries 0.. of its heads (Q_LEN <= BLOCK_M): bounds for all of them
+    else:
+        qrows = rows
+        row_ok = rows < Q_LEN
+        q_off = rows * stride_qm
+        o_off = rows * stride_om
+        m0 = pid_m * BLOCK_M
 
     start, end, has_holes = _key_range(ranges_ptr, b, K_LEN, MASK_KIND)
-    s_lo, s_hi, full_lo, full_hi = _block_key_bounds(start, end, has_holes, pid_m * BLOCK_M, split, NUM_SPLITS,
+    s_lo, s_hi, full_lo, full_hi = _block_key_bounds(start, end, has_holes, m0, split, NUM_SPLITS,
                                                       Q_LEN, K_LEN, window, MASK_KIND, CAUSAL, WINDOWED,
                                                       BLOCK_M, BLOCK_N)
 
-    q = _load_2d(q_ptr + b * stride_qb + h * stride_qh + rows[:, None] * stride_qm + offs_d[None, :] * stride_qd,
+    q = _load_2d(q_ptr + b * stride_qb + h * stride_qh + q_off[:, None] + offs_d[None, :] * stride_qd,
                  row_ok, d_ok, True, BLOCK_D != HEAD_D)
     if UPCAST:
         q = q.to(tl.float32)
@@ -323,24 +342,24 @@ def _attn_fwd_kernel(
     acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
 
     # leading partial block (left padding), interior blocks unmasked, trailing blocks (right edge, diagonal)
-    acc, l_i, m_i = _fwd_blocks(acc, l_i, m_i, q, k_base, v_base, mask_base, rows, offs_n, offs_d,
+    acc, l_i, m_i = _fwd_blocks(acc, l_i, m_i, q, k_base, v_base, mask_base, qrows, offs_n, offs_d,
                                 stride_kn, stride_kd, stride_vn, stride_vd, stride_mm, stride_mk,
                                 s_lo, tl.minimum(full_lo, s_hi), s_lo, start, end, has_holes, Q_LEN, K_LEN,
                                 qk_scale, threshold, seed, bh, drop_thr, window, 1, MASK_KIND, CAUSAL, BLOCK_N,
                                 HEAD_D, BLOCK_D, UPCAST, DOT_PREC, FOLD, DROPOUT, WINDOWED)
     if MERGE_TAIL:
-        acc, l_i, m_i = _fwd_blocks(acc, l_i, m_i, q, k_base, v_base, mask_base, rows, offs_n, offs_d,
+        acc, l_i, m_i = _fwd_blocks(acc, l_i, m_i, q, k_base, v_base, mask_base, qrows, offs_n, offs_d,
                                     stride_kn, stride_kd, stride_vn, stride_vd, stride_mm, stride_mk,
                                     tl.minimum(full_lo, s_hi), s_hi, full_hi, start, end, has_holes, Q_LEN, K_LEN,
                                     qk_scale, threshold, seed, bh, drop_thr, window, 2, MASK_KIND, CAUSAL, BLOCK_N,
                                     HEAD_D, BLOCK_D, UPCAST, DOT_PREC, FOLD, DROPOUT, WINDOWED)
     else:
-        acc, l_i, m_i = _fwd_blocks(acc, l_i, m_i, q, k_base, v_base, mask_base, rows, offs_n, offs_d,
+        acc, l_i, m_i = _fwd_blocks(acc, l_i, m_i, q, k_base, v_base, mask_base, qrows, offs_n, offs_d,
                                     stride_kn, stride_kd, stride_vn, stride_vd, stride_mm, stride_mk,
                                     full_lo, full_hi, full_hi, start, end, has_holes, Q_LEN, K_LEN,
                                     qk_scale, threshold, seed, bh, drop_thr, window, 0, MASK_KIND, CAUSAL, BLOCK_N,
                                     HEAD_D, BLOCK_D, UPCAST, DOT_PREC, FOLD, DROPOUT, WINDOWED)
-        acc, l_i, m_i = _fwd_blocks(acc, l_i, m_i, q, k_base, v_base, mask_base, rows, offs_n, offs_d,
+        acc, l_i, m_i = _fwd_blocks(acc, l_i, m_i, q, k_base, v_base, mask_base, qrows, offs_n, offs_d,
                                     stride_kn, stride_kd, stride_vn, stride_vd, stride_mm, stride_mk,
                                     tl.maximum(full_lo, full_hi), s_hi, s_lo, start, end, has_holes, Q_LEN, K_LEN,
                                     qk_scale, threshold, seed, bh, drop_thr, window, 1, MASK_KIND, CAUSAL, BLOCK_N,
@@ -350,7 +369,7 @@ def _attn_fwd_kernel(
     out = acc / tl.where(empty, 1.0, l_i)[:, None]
     if DROPOUT:
         out = out * keep_scale
-    o_ptrs = (o_ptr + split * stride_os + b * stride_ob + h * stride_oh + rows[:, None] * stride_om
+    o_ptrs = (o_ptr + split * stride_os + b * stride_ob + h * stride_oh + o_off[:, None]
               + offs_d[None, :] * stride_od)
     if BLOCK_D == HEAD_D:
         tl.store(o_ptrs, out.to(o_ptr.dtype.element_ty), mask=row_ok[:, None])
@@ -358,7 +377,10 @@ def _attn_fwd_kernel(
         tl.store(o_ptrs, out.to(o_ptr.dtype.element_ty), mask=row_ok[:, None] & d_ok[None, :])
     if STORE_LSE:
         lse, res = _lse_and_residual(m_i, l_i, empty)
-        lse_ptrs = lse_ptr + split * stride_ls + bh * Q_LEN + rows
+        if PACK:  # row r of the tile is row r of the group's [GROUP, Q_LEN] block of rows
+            lse_ptrs = lse_ptr + split * stride_ls + (b * H + h) * Q_LEN + rows
+        else:
+            lse_ptrs = lse_ptr + split * stride_ls + bh * Q_LEN + rows
         tl.store(lse_ptrs, lse, mask=row_ok)
         tl.store(lse_ptrs + stride_lp, res, mask=row_ok)
 
@@ -735,6 +757,9 @@ def _bwd_dq_kernel(
 _SM_COUNT = {}
 SPLIT_MIN_K = 1024  # decode rows shorter than this are never split across programs
 FWD_MERGE_TAIL = True  # forward: interior and trailing key blocks in one loop (see _fwd_blocks)
+# grouped-query decoding: one program per key/value head for its query heads' rows (see _attn_fwd_kernel's PACK);
+# HF_MASKED_SOFTMAX_GQA_PACK=0 gives each query head its own programs, as before
+GQA_PACK = os.environ.get("HF_MASKED_SOFTMAX_GQA_PACK", "1") != "0"
 FWD_MAXNREG = None  # forward register cap per thread: None = _fwd_maxnreg's rule, 0 = none, N = cap at N
 FOLD_MAX_SCALE = 1.0  # the largest scale applied inside the exponent (see _fold); HF's scales are D**-0.5 or 1
 
@@ -902,7 +927,7 @@ def _policy():
     changing one (the tuning scripts and tests do, to force a path) gets a new plan. Held by the key, so a replaced
     function's id cannot be reused while its plans exist."""
     return (_fwd_config, _fwd_maxnreg, _num_splits, _is_decode, _wide, _fold, _bh_first, _block_d, _sm_count,
-            _bwd_config, FWD_MERGE_TAIL, FWD_MAXNREG, SPLIT_MIN_K, FOLD_MAX_SCALE, GRID_YZ_MAX, _attn_fwd_kernel,
+            _bwd_config, FWD_MERGE_TAIL, FWD_MAXNREG, GQA_PACK, SPLIT_MIN_K, FOLD_MAX_SCALE, GRID_YZ_MAX, _attn_fwd_kernel,
             _split_combine_kernel, _bwd_delta_kernel, _bwd_dkdv_kernel, _bwd_dq_kernel, _hopper.ENABLED,
             _hopper.CURSOR_REGS, _hopper.CAUSAL_OK, _hopper.SPLIT_LOOP, _hopper.BLOCK_M, _hopper.BLOCK_N,
             _hopper.WARPS, _hopper.PER_SM, _hopper.FINE_BLOCK_M, _hopper.FINE_PER_SM, _hopper.STAGES,
@@ -942,7 +967,14 @@ class _ForwardPlan:
         block_m, block_n, warps, stages = _fwd_config(D, Q, q.dtype, decode, causal, drop_thr > 0)
         # a window: each row reads at most `window` keys (the splits divide its own range, see _block_key_bounds)
         split_k = min(K, window + block_m) if window else K
-        self.splits = num_splits = _num_splits(B, H, Q, split_k, block_m, block_n, q.device) if decode else 1
+        group = H // Hkv
+        # grouped-query decoding packs a key/value head's query heads into one tile (PACK): no dropout (its random
+        # numbers are drawn per head), no 4D mask (read per head), every query in one block of rows
+        pack = (GQA_PACK and decode and group > 1 and not drop_thr and kind in (_K_NONE, _K_RANGE)
+                and Q <= block_m)
+        prog_heads, prog_rows = (Hkv, group * Q) if pack else (H, Q)
+        self.splits = num_splits = (_num_splits(B, prog_heads, prog_rows, split_k, block_m, block_n, q.device)
+                                    if decode else 1)
         self.out_shape, self.lse_shape = (B, Q, H, D), (2, B, H, Q)
         self.empty = B * Q * H * D == 0
         self.dtype, self.device = q.dtype, q.device
@@ -958,8 +990,9 @@ class _ForwardPlan:
         mstr = _mask_args(kind, mask_t, q)[1]
         upcast = _INTERPRET and q.dtype == torch.bfloat16
         prec = "ieee" if (q.dtype == torch.float32 or upcast) else "tf32"
-        bh_first = _bh_first(causal, B * H, _cdiv(Q, block_m))
-        grid = (B * H, _cdiv(Q, block_m), num_splits) if bh_first else (_cdiv(Q, block_m), B * H, num_splits)
+        bh_first = _bh_first(causal, B * prog_heads, _cdiv(prog_rows, block_m))
+        grid = ((B * prog_heads, _cdiv(prog_rows, block_m), num_splits) if bh_first
+                else (_cdiv(prog_rows, block_m), B * prog_heads, num_splits))
         # what this plan allocates is contiguous: its largest offset is its size minus one
         wide = _wide(q, k, v, mask_t) or num_splits * B * H * Q * D >= 2**31
         self.dropout = drop_thr > 0
@@ -969,7 +1002,7 @@ class _ForwardPlan:
             MASK_KIND=kind, CAUSAL=causal, BH_FIRST=bh_first, BLOCK_M=block_m, BLOCK_N=block_n, HEAD_D=D,
             BLOCK_D=_block_d(D), UPCAST=upcast, DOT_PREC=prec, WIDE=wide, FOLD=_fold(kind, scale),
             MERGE_TAIL=FWD_MERGE_TAIL, STORE_LSE=need_lse or num_splits > 1, DROPOUT=self.dropout,
-            WINDOWED=window > 0,
+            WINDOWED=window > 0, PACK=pack,
             num_warps=warps, num_stages=stages,
             # dropout's random numbers need more registers than the caps leave (ptxas spills under them)
             **({} if self.dropout else _fwd_maxnreg(D, q.dtype, decode, causal, block_m, warps)),

@@ -409,6 +409,44 @@ def test_decode_split_k(Q, splits, device):
     assert torch.equal(out[2], torch.zeros_like(out[2]))
 
 
+@pytest.mark.parametrize("Q,group,splits", [(1, 4, 1), (1, 2, 3), (3, 3, 2), (5, 2, 1), (16, 2, 1)])
+@pytest.mark.parametrize("mask_side", [None, "left", "right"])
+def test_gqa_decode_packs_a_group_into_one_tile(Q, group, splits, mask_side, device, monkeypatch):
+    # grouped-query decoding: one program per key/value head holds its query heads' rows, so the grid has B * Hkv
+    # head programs; the result is the reference's, forward and backward (training takes the same forward)
+    B, Hkv, K, D = 2, 2, 70, 16
+    H = Hkv * group
+    monkeypatch.setattr(attn_mod, "_PLANS", {})
+    q, k, v = _qkv(B, H, Hkv, Q, K, D, torch.float32, device, grad=True, seed=Q + group)
+    mask = None if mask_side is None else _pad_mask([K, 29], K, mask_side, device)
+    out = _check(q, k, v, mask, True, grad=True, decode=True, num_splits=splits)
+    plans = list(attn_mod._PLANS.values())
+    assert plans and all(p.launch.kwargs["PACK"] for p in plans)
+    for p in plans:
+        assert B * Hkv in p.launch.grid[:2] and p.launch.grid[2] == splits
+    # the same rows as with one program per query head (the setting is part of the plans' key)
+    monkeypatch.setattr(attn_mod, "GQA_PACK", False)
+    with mock.patch.object(attn_mod, "_is_decode", lambda Q: True), \
+            mock.patch.object(attn_mod, "_num_splits", lambda *a: splits):
+        unpacked = attention_fn(q, k, v, mask, causal=True)
+    assert not list(attn_mod._PLANS.values())[-1].launch.kwargs["PACK"]
+    assert_close(out.detach(), unpacked.detach().double(), scale=OUT_SCALE[torch.float32])
+
+
+@pytest.mark.parametrize("case", ["no-gqa", "dropout", "4d-mask", "long-q"])
+def test_gqa_packing_only_where_it_applies(case, device, monkeypatch):
+    # no GQA, dropout (drawn per head), a 4D mask (read per head) and prefill keep one program per query head
+    monkeypatch.setattr(attn_mod, "_PLANS", {})
+    Hkv = 4 if case == "no-gqa" else 2
+    Q = 40 if case == "long-q" else 2
+    q, k, v = _qkv(2, 4, Hkv, Q, 50, 16, torch.float32, device)
+    mask = (torch.rand(2, 1, Q, 50, generator=torch.Generator().manual_seed(0)) > 0.3).to(device) \
+        if case == "4d-mask" else None
+    attention_fn(q, k, v, mask, causal=case != "4d-mask", dropout_p=0.2 if case == "dropout" else 0.0)
+    (plan,) = attn_mod._PLANS.values()
+    assert not plan.launch.kwargs["PACK"]
+
+
 def test_decode_split_k_with_4d_mask(device):
     q, k, v = _qkv(2, 2, 2, 2, 50, 16, torch.float32, device)
     mask = (torch.rand(2, 1, 2, 50, generator=torch.Generator().manual_seed(1)) > 0.5).to(device)
@@ -789,6 +827,16 @@ def test_gpu_decode(dtype):
     B, H, K, D = 8, 12, 2048, 64
     q, k, v = _qkv(B, H, H, 1, K, D, dtype, "cuda", bthd=True)
     _check(q, k, v, _pad_mask(_gpu_lengths(B, K, 1024, 2), K, "left", "cuda"), True)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("Q", [1, 4])
+def test_gpu_gqa_decode_packed(dtype, Q):
+    # Llama-style grouped-query decoding (32 query heads on 8 key/value heads): one program per key/value head
+    B, H, Hkv, K, D = 8, 32, 8, 4096, 128
+    q, k, v = _qkv(B, H, Hkv, Q, K, D, dtype, "cuda", bthd=True)
+    _check(q, k, v, _pad_mask(_gpu_lengths(B, K, 1024, 4), K, "left", "cuda"), True)
 
 
 @pytest.mark.gpu
