@@ -51,7 +51,7 @@ def make_inputs(B, H, Hkv, Q, K, D, window, lo, seed=0):
     return dict(q=q, k=k, v=v, pad=pad, mask4d=mask4d, window=window, B=B, H=H, Hkv=Hkv, Q=Q, K=K, D=D)
 
 
-def providers(inp):
+def providers(inp, only=None):
     import hf_masked_softmax
     from torch.nn.functional import scaled_dot_product_attention as sdpa
 
@@ -63,10 +63,11 @@ def providers(inp):
         "sdpa-4d": lambda: sdpa(q, k, v, attn_mask=mask4d, enable_gqa=gqa),
         "fused-causal": lambda: hf_masked_softmax.attention(q, k, v, pad, causal=True),
     }
-    flex = flex_provider(inp)
-    if flex is not None:
-        out["flex-window"] = flex
-    return out
+    if only is None or "flex-window" in only:
+        flex = flex_provider(inp)
+        if flex is not None:
+            out["flex-window"] = flex
+    return {p: fn for p, fn in out.items() if only is None or p in only or p == "fused-window"}
 
 
 def flex_provider(inp):
@@ -145,6 +146,8 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--shapes", default=",".join(SHAPES), help="comma-separated subset of: " + ", ".join(SHAPES))
     ap.add_argument("--no-backward", action="store_true", help="forward only")
+    ap.add_argument("--providers", default=None,
+                    help="comma-separated subset of: " + ", ".join(PROVIDERS) + " (fused-window always runs)")
     ap.add_argument("--out", default=None, help="output folder (default $OUT or ./out)")
     args = ap.parse_args(argv)
     names = [s for s in args.shapes.split(",") if s]
@@ -153,6 +156,12 @@ def main(argv=None):
     for s in names:
         if s not in SHAPES:
             ap.error(f"unknown shape {s!r}; choose from {', '.join(SHAPES)}")
+    only = None
+    if args.providers is not None:
+        only = [p for p in args.providers.split(",") if p]
+        for p in only:
+            if p not in PROVIDERS:
+                ap.error(f"unknown provider {p!r}; choose from {', '.join(PROVIDERS)}")
     if not torch.cuda.is_available():
         ap.error("needs a CUDA GPU")
     out = benchutil.out_dir(args.out)
@@ -161,7 +170,7 @@ def main(argv=None):
         B, H, Hkv, Q, K, D, window, lo = SHAPES[name]
         inp = make_inputs(B, H, Hkv, Q, K, D, window, lo)
         print(f"{name}: B{B} H{H}/{Hkv} Q{Q} K{K} D{D} window {window}, key lengths in [{lo}, {K}]", flush=True)
-        provs = providers(inp)
+        provs = providers(inp, only)
         with torch.no_grad():
             ref = provs["fused-window"]()
             errors = {p: max_error(fn(), ref, inp) for p, fn in provs.items() if p != "fused-causal"}

@@ -130,8 +130,8 @@
 #   bash evals/gpu_session.sh window28  # 2026-12-05 (28): the kernels' sliding window: tests on CUDA,
 #                                       # bench_window.py, speed.py's windowed Mistral row
 #   bash evals/gpu_session.sh final28   # 2026-12-05 (28): bench_window.py's backwards, Qwen3 / BART fp16 rule tests
-#   bash evals/gpu_session.sh pack28    # 2026-12-05 (28): GQA decode packing: tests on CUDA, bench_window.py's decode
-#                                       # row with the packing on and off
+#   bash evals/gpu_session.sh pack28    # 2026-12-05 (28): GQA decode packing: its tests on CUDA, bench_window.py's
+#                                       # decode row (no FlexAttention) with the packing on and off
 set -uo pipefail
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
 OUT=${OUT:-out}
@@ -859,10 +859,10 @@ case "${1:-}" in
   pack28)
     # grouped-query decoding with a key/value head's query heads in one tile (PACK): its tests on CUDA, then
     # bench_window.py's decode row (windowed and full-cache GQA decode against SDPA) with the packing on and off
-    pytest_summary tests_pack28 200 tests/test_attention.py tests/test_window.py -k "gqa or decode"
+    pytest_summary tests_pack28 100 tests/test_attention.py -k "gqa"
     for pack in 1 0; do
-      HF_MASKED_SOFTMAX_GQA_PACK=$pack timeout 150 python -u evals/bench_window.py --shapes decode \
-        --out "$OUT/pack28_$pack" 2>&1 | grep -E "^decode" | sed "s|^|pack=$pack |"
+      HF_MASKED_SOFTMAX_GQA_PACK=$pack timeout 60 python -u evals/bench_window.py --shapes decode \
+        --providers sdpa-4d,fused-causal --out "$OUT/pack28_$pack" 2>&1 | grep -E "^decode" | sed "s|^|pack=$pack |"
     done
     ;;
   *)
