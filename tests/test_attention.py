@@ -416,6 +416,7 @@ def test_gqa_decode_packs_a_group_into_one_tile(Q, group, splits, mask_side, dev
     # head programs; the result is the reference's, forward and backward (training takes the same forward)
     B, Hkv, K, D = 2, 2, 70, 16
     H = Hkv * group
+    monkeypatch.setattr(attn_mod, "GQA_PACK", True)  # off by default until run on a GPU
     monkeypatch.setattr(attn_mod, "_PLANS", {})
     q, k, v = _qkv(B, H, Hkv, Q, K, D, torch.float32, device, grad=True, seed=Q + group)
     mask = None if mask_side is None else _pad_mask([K, 29], K, mask_side, device)
@@ -424,7 +425,7 @@ def test_gqa_decode_packs_a_group_into_one_tile(Q, group, splits, mask_side, dev
     assert plans and all(p.launch.kwargs["PACK"] for p in plans)
     for p in plans:
         assert B * Hkv in p.launch.grid[:2] and p.launch.grid[2] == splits
-    # the same rows as with one program per query head (the setting is part of the plans' key)
+    # the same rows as with one program per query head (the setting is part of the plans' key; the default)
     monkeypatch.setattr(attn_mod, "GQA_PACK", False)
     with mock.patch.object(attn_mod, "_is_decode", lambda Q: True), \
             mock.patch.object(attn_mod, "_num_splits", lambda *a: splits):
@@ -436,6 +437,7 @@ def test_gqa_decode_packs_a_group_into_one_tile(Q, group, splits, mask_side, dev
 @pytest.mark.parametrize("case", ["no-gqa", "dropout", "4d-mask", "long-q"])
 def test_gqa_packing_only_where_it_applies(case, device, monkeypatch):
     # no GQA, dropout (drawn per head), a 4D mask (read per head) and prefill keep one program per query head
+    monkeypatch.setattr(attn_mod, "GQA_PACK", True)
     monkeypatch.setattr(attn_mod, "_PLANS", {})
     Hkv = 4 if case == "no-gqa" else 2
     Q = 40 if case == "long-q" else 2
@@ -832,8 +834,9 @@ def test_gpu_decode(dtype):
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("Q", [1, 4])
-def test_gpu_gqa_decode_packed(dtype, Q):
+def test_gpu_gqa_decode_packed(dtype, Q, monkeypatch):
     # Llama-style grouped-query decoding (32 query heads on 8 key/value heads): one program per key/value head
+    monkeypatch.setattr(attn_mod, "GQA_PACK", True)
     B, H, Hkv, K, D = 8, 32, 8, 4096, 128
     q, k, v = _qkv(B, H, Hkv, Q, K, D, dtype, "cuda", bthd=True)
     _check(q, k, v, _pad_mask(_gpu_lengths(B, K, 1024, 4), K, "left", "cuda"), True)
@@ -864,3 +867,17 @@ def test_gpu_causal_sequence_of_more_than_65535_blocks():
     K = 2**21 + 1
     q, k, v = _qkv(1, 1, 1, 16, K, 16, torch.float32, "cuda", grad=True, seed=1)
     _check(q, k, v, None, True, grad=True)
+
+
+def test_gqa_packing_is_off_by_default_and_switched_by_the_environment():
+    import os
+    import subprocess
+    import sys
+
+    code = "import importlib; print(importlib.import_module('hf_masked_softmax.attention').GQA_PACK)"
+    for value, expected in ((None, "False"), ("1", "True"), ("0", "False")):
+        env = {k: v for k, v in os.environ.items() if k != "HF_MASKED_SOFTMAX_GQA_PACK"}
+        if value is not None:
+            env["HF_MASKED_SOFTMAX_GQA_PACK"] = value
+        out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+        assert out.stdout.strip() == expected
