@@ -28,6 +28,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import benchutil  # noqa: E402
+from bench_attention import time_provider  # noqa: E402
 
 # name -> (B, H, Hkv, Q, K, D, window, shortest key length)
 SHAPES = {
@@ -94,22 +95,9 @@ def flex_provider(inp):
 
 
 def time_ms(fn, inp, backward: bool) -> float:
-    q, k, v = inp["q"], inp["k"], inp["v"]
-    if not backward:
-        with torch.no_grad():
-            fn()
-            return benchutil.median_ms(fn, cuda_graph=True)
-    for t in (q, k, v):
-        t.requires_grad_(True)
-    try:
-        out = fn()
-        do = torch.randn_like(out)
-        torch.autograd.grad(out, (q, k, v), do, retain_graph=True)
-        # plain calls (as bench_attention.py times backwards): autograd's backward is not captured in a CUDA graph
-        return benchutil.median_ms(lambda: torch.autograd.grad(out, (q, k, v), do, retain_graph=True))
-    finally:
-        for t in (q, k, v):
-            t.requires_grad_(False)
+    # forwards replayed in a CUDA graph; backwards as plain calls (autograd's backward is not captured in one), as
+    # bench_attention.py times them
+    return time_provider(fn, inp, backward, graph=not backward)
 
 
 def max_error(out, ref, inp) -> float:

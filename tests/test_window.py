@@ -2,7 +2,6 @@
 every mask form, queries fewer than keys, GQA, the decode split, dropout, the custom operators, torch.compile, the
 blocks left of every window never read, and the argument's errors. On CPU the kernels run in the interpreter with
 16-wide blocks, so lengths of 40..100 cross many of them."""
-import contextlib
 import importlib
 from unittest import mock
 
@@ -13,13 +12,15 @@ import torch
 import hf_masked_softmax
 from hf_masked_softmax.reference import (attention_backward_reference, attention_lse_reference, attention_reference,
                                          dropout_keep_reference)
+from test_attention import GRAD_SCALE
+from test_attention import OUT_SCALE as OUT_SCALES
+from test_attention import _check as attention_check
 from tolerances import assert_close
 
 attn_mod = importlib.import_module("hf_masked_softmax.attention")
 ops = importlib.import_module("hf_masked_softmax.ops")
 
-OUT_SCALE = 4.0
-GRAD_SCALE = {torch.float32: 8.0, torch.float16: 10.0, torch.bfloat16: 10.0}
+OUT_SCALE = OUT_SCALES[torch.float32]
 
 
 def _qkv(B, H, Hkv, Q, K, D, dtype, device, seed=0):
@@ -54,25 +55,10 @@ def _mask(name, B, H, Q, K, device):
 
 
 def _check(q, k, v, mask, window, *, grad=True, decode=None, num_splits=None, scale=None):
-    """attention(..., causal=True, window=window) and its gradients vs the fp64 reference with the same window."""
-    with contextlib.ExitStack() as stack:
-        if decode is not None:
-            stack.enter_context(mock.patch.object(attn_mod, "_is_decode", lambda Q: decode))
-        if num_splits is not None:
-            stack.enter_context(mock.patch.object(attn_mod, "_num_splits", lambda *a: num_splits))
-        out = hf_masked_softmax.attention(q, k, v, mask, causal=True, window=window, scale=scale)
-    assert torch.isfinite(out).all()
-    qd, kd, vd = (t.detach().double().requires_grad_(True) for t in (q, k, v))
-    ref = attention_reference(qd, kd, vd, mask, causal=True, window=window, scale=scale, compute_dtype=torch.float64)
-    assert_close(out, ref, scale=OUT_SCALE)
-    if grad:
-        do = torch.randn(out.shape, generator=torch.Generator().manual_seed(7)).to(out.device, out.dtype)
-        grads = torch.autograd.grad(out, (q, k, v), do)
-        ref_grads = torch.autograd.grad(ref, (qd, kd, vd), do.double())
-        for name, g, r in zip("qkv", grads, ref_grads):
-            assert torch.isfinite(g).all(), name
-            assert_close(g, r, q.dtype, scale=GRAD_SCALE[q.dtype])
-    return out, ref
+    """attention(..., causal=True, window=window) and its gradients vs the fp64 reference with the same window
+    (test_attention's check, whose tolerances these are)."""
+    return attention_check(q, k, v, mask, True, scale=scale, grad=grad, decode=decode, num_splits=num_splits,
+                           window=window)
 
 
 @pytest.mark.parametrize("mask_name", ["none", "pad-left", "pad-right", "pad-holes", "bool4d", "add4d-bias"])
@@ -80,10 +66,12 @@ def _check(q, k, v, mask, window, *, grad=True, decode=None, num_splits=None, sc
 def test_window_forward_backward_fp32_gqa(mask_name, window, device):
     B, H, Hkv, Q, K, D = 3, 4, 2, 50, 50, 16
     q, k, v = _qkv(B, H, Hkv, Q, K, D, torch.float32, device)
-    out, ref = _check(q, k, v, _mask(mask_name, B, H, Q, K, device), window)
+    mask = _mask(mask_name, B, H, Q, K, device)
+    _check(q, k, v, mask, window)
     # the window changes the result (a test that could not tell it from plain causality would prove nothing)
-    plain = attention_reference(q.double(), k.double(), v.double(), _mask(mask_name, B, H, Q, K, device),
-                                causal=True, compute_dtype=torch.float64)
+    q, k, v = (t.detach().double() for t in (q, k, v))
+    plain = attention_reference(q, k, v, mask, causal=True, compute_dtype=torch.float64)
+    ref = attention_reference(q, k, v, mask, causal=True, window=window, compute_dtype=torch.float64)
     assert not torch.allclose(plain, ref, atol=1e-3)
 
 
