@@ -240,12 +240,11 @@ def _window_for(attention_mask, kwargs) -> int | None:
 
 
 def _windowed_mask(attention_mask, q_len: int, k_len: int, window: int, device) -> torch.Tensor:
-    """4D bool ``[B or 1, 1, Q, K]``: the 2D padding mask (if any) and bottom-right causality, as the kernels apply
-    them (``masks.keep_mask``), and key ``j`` within ``window`` of query ``i``'s position."""
+    """4D bool ``[B or 1, 1, Q, K]``: the 2D padding mask (if any), bottom-right causality and the window, as the
+    kernels apply them (``masks.keep_mask``)."""
     shape = (1 if attention_mask is None else attention_mask.shape[0], 1, q_len, k_len)
-    keep = _masks.keep_mask(_masks.prepare_mask(attention_mask, shape, device), shape, causal=True, device=device)
-    diag = torch.arange(q_len, device=device)[:, None] + (k_len - q_len)  # each query's own key index
-    return keep & (torch.arange(k_len, device=device)[None, :] > diag - window)
+    return _masks.keep_mask(_masks.prepare_mask(attention_mask, shape, device), shape, causal=True, device=device,
+                            window=window)
 
 
 def _attention_forward(

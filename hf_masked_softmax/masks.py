@@ -114,14 +114,13 @@ def keep_mask(spec: MaskSpec, shape, *, causal: bool, device, window: Optional[i
     elif spec.kind == ADD4D:
         m = spec.tensor
         keep = keep & ~((m == float("-inf")) | (m <= spec.threshold))
-    if causal:
-        i = torch.arange(Q, device=device)[:, None]
+    if causal or window:
+        diag = torch.arange(Q, device=device)[:, None] + (K - Q)  # each query's own key index
         j = torch.arange(K, device=device)[None, :]
-        keep = keep & (j <= i + (K - Q))
-    if window:
-        i = torch.arange(Q, device=device)[:, None]
-        j = torch.arange(K, device=device)[None, :]
-        keep = keep & (j > i + (K - Q) - window)
+        if causal:
+            keep = keep & (j <= diag)
+        if window:
+            keep = keep & (j > diag - window)
     return keep
 
 
