@@ -132,6 +132,8 @@
 #   bash evals/gpu_session.sh final28   # 2026-12-05 (28): bench_window.py's backwards, Qwen3 / BART fp16 rule tests
 #   bash evals/gpu_session.sh pack28    # 2026-12-05 (28): GQA decode packing: its tests on CUDA, bench_window.py's
 #                                       # decode row (no FlexAttention) with the packing on and off
+#   bash evals/gpu_session.sh pack29    # 2026-12-05 (29): the packing on by default: the attention and window tests
+#                                       # on CUDA, bench_window.py's decode row with FlexAttention
 set -uo pipefail
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
 OUT=${OUT:-out}
@@ -865,8 +867,15 @@ case "${1:-}" in
         --providers sdpa-4d,fused-causal --out "$OUT/pack28_$pack" 2>&1 | grep -E "^decode" | sed "s|^|pack=$pack |"
     done
     ;;
+  pack29)
+    # grouped-query decode packing on by default: the decode, GQA and window tests on CUDA, then the GQA decode row of
+    # bench_window.py against every provider
+    pytest_summary tests_pack29 240 tests/test_attention.py -k "gqa or decode or split"
+    pytest_summary window29 200 tests/test_window.py
+    timeout 120 python -u evals/bench_window.py --shapes decode --out "$OUT/pack29" 2>&1 | grep -E "^decode"
+    ;;
   *)
-    echo "usage: bash evals/gpu_session.sh tests|kernels|e2e|check|followup|recheck|verify|measure|final|stream|last|tune|host|fast|fastcheck|closing|fold|fold2|fold3|e2e3|bert4|bert5|check4|lengths|ncu|bwd|suite|suite2|final6|plans|hostplans|genab|fuzz|bwdplan|trainab|final8|nosync|drop9a|drop9b|drop9d|audit10|bench10|final10|ws11|audit11|fuzz11|host11b|decode12|stats12|stats12b|stats12c|final13|fix13|final13b|final14|suite14|suite15|final15|causal18|final18|prefetch18|cross18|tile19|final19|small19|launch20|tests20|gen20|counts20b|counts20c|final20|ablate22|models25|decode26|models26|compile26|speed26a|speed26b|window28|final28|pack28" >&2
+    echo "usage: bash evals/gpu_session.sh tests|kernels|e2e|check|followup|recheck|verify|measure|final|stream|last|tune|host|fast|fastcheck|closing|fold|fold2|fold3|e2e3|bert4|bert5|check4|lengths|ncu|bwd|suite|suite2|final6|plans|hostplans|genab|fuzz|bwdplan|trainab|final8|nosync|drop9a|drop9b|drop9d|audit10|bench10|final10|ws11|audit11|fuzz11|host11b|decode12|stats12|stats12b|stats12c|final13|fix13|final13b|final14|suite14|suite15|final15|causal18|final18|prefetch18|cross18|tile19|final19|small19|launch20|tests20|gen20|counts20b|counts20c|final20|ablate22|models25|decode26|models26|compile26|speed26a|speed26b|window28|final28|pack28|pack29" >&2
     exit 2
     ;;
 esac

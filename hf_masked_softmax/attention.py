@@ -758,9 +758,9 @@ _SM_COUNT = {}
 SPLIT_MIN_K = 1024  # decode rows shorter than this are never split across programs
 FWD_MERGE_TAIL = True  # forward: interior and trailing key blocks in one loop (see _fwd_blocks)
 # grouped-query decoding: one program per key/value head for its query heads' rows (see _attn_fwd_kernel's PACK).
-# Off by default until timed and run on a GPU (tested in the interpreter only, 2026-12-05);
-# HF_MASKED_SOFTMAX_GQA_PACK=1 turns it on (`bash evals/gpu_session.sh pack28` measures it against off)
-GQA_PACK = os.environ.get("HF_MASKED_SOFTMAX_GQA_PACK", "0") == "1"
+# On by default since an H100 timed it (NOTES.md, twenty-ninth session: GQA decode over 8192 keys 0.102 ms packed
+# against 0.181 unpacked, `bash evals/gpu_session.sh pack28`); HF_MASKED_SOFTMAX_GQA_PACK=0 turns it off
+GQA_PACK = os.environ.get("HF_MASKED_SOFTMAX_GQA_PACK", "1") != "0"
 FWD_MAXNREG = None  # forward register cap per thread: None = _fwd_maxnreg's rule, 0 = none, N = cap at N
 FOLD_MAX_SCALE = 1.0  # the largest scale applied inside the exponent (see _fold); HF's scales are D**-0.5 or 1
 

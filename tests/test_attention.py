@@ -417,7 +417,7 @@ def test_gqa_decode_packs_a_group_into_one_tile(Q, group, splits, mask_side, dev
     # head programs; the result is the reference's, forward and backward (training takes the same forward)
     B, Hkv, K, D = 2, 2, 70, 16
     H = Hkv * group
-    monkeypatch.setattr(attn_mod, "GQA_PACK", True)  # off by default until run on a GPU
+    monkeypatch.setattr(attn_mod, "GQA_PACK", True)  # the default; the environment may turn it off
     monkeypatch.setattr(attn_mod, "_PLANS", {})
     q, k, v = _qkv(B, H, Hkv, Q, K, D, torch.float32, device, grad=True, seed=Q + group)
     mask = None if mask_side is None else _pad_mask([K, 29], K, mask_side, device)
@@ -426,7 +426,7 @@ def test_gqa_decode_packs_a_group_into_one_tile(Q, group, splits, mask_side, dev
     assert plans and all(p.launch.kwargs["PACK"] for p in plans)
     for p in plans:
         assert B * Hkv in p.launch.grid[:2] and p.launch.grid[2] == splits
-    # the same rows as with one program per query head (the setting is part of the plans' key; the default)
+    # the same rows as with one program per query head (the setting is part of the plans' key)
     monkeypatch.setattr(attn_mod, "GQA_PACK", False)
     with mock.patch.object(attn_mod, "_is_decode", lambda Q: True), \
             mock.patch.object(attn_mod, "_num_splits", lambda *a: splits):
@@ -870,13 +870,13 @@ def test_gpu_causal_sequence_of_more_than_65535_blocks():
     _check(q, k, v, None, True, grad=True)
 
 
-def test_gqa_packing_is_off_by_default_and_switched_by_the_environment():
+def test_gqa_packing_is_on_by_default_and_switched_off_by_the_environment():
     import os
     import subprocess
     import sys
 
     code = "import importlib; print(importlib.import_module('hf_masked_softmax.attention').GQA_PACK)"
-    for value, expected in ((None, "False"), ("1", "True"), ("0", "False")):
+    for value, expected in ((None, "True"), ("1", "True"), ("0", "False")):
         env = {k: v for k, v in os.environ.items() if k != "HF_MASKED_SOFTMAX_GQA_PACK"}
         if value is not None:
             env["HF_MASKED_SOFTMAX_GQA_PACK"] = value
