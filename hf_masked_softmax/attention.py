@@ -970,9 +970,10 @@ class _ForwardPlan:
         split_k = min(K, window + block_m) if window else K
         group = H // Hkv
         # grouped-query decoding packs a key/value head's query heads into one tile (PACK): no dropout (its random
-        # numbers are drawn per head), no 4D mask (read per head), every query in one block of rows
-        pack = (GQA_PACK and decode and group > 1 and not drop_thr and kind in (_K_NONE, _K_RANGE)
-                and Q <= block_m)
+        # numbers are drawn per head), no 4D mask that differs between heads (a tile reads its first head's rows;
+        # HF's masks broadcast over heads: stride 0), every query in one block of rows
+        shared_mask = kind in (_K_NONE, _K_RANGE) or mask_t.stride(1) == 0
+        pack = GQA_PACK and decode and group > 1 and not drop_thr and shared_mask and Q <= block_m
         prog_heads, prog_rows = (Hkv, group * Q) if pack else (H, Q)
         self.splits = num_splits = (_num_splits(B, prog_heads, prog_rows, split_k, block_m, block_n, q.device)
                                     if decode else 1)

@@ -435,17 +435,42 @@ def test_gqa_decode_packs_a_group_into_one_tile(Q, group, splits, mask_side, dev
     assert_close(out.detach(), unpacked.detach().double(), scale=OUT_SCALE[torch.float32])
 
 
-@pytest.mark.parametrize("case", ["no-gqa", "dropout", "4d-mask", "long-q"])
+@pytest.mark.parametrize("mask_form", ["bool", "additive", "bool-one-row", "additive-one-sequence"])
+@pytest.mark.parametrize("splits", [1, 3])
+def test_gqa_decode_packs_with_a_4d_mask_shared_by_the_heads(mask_form, splits, device, monkeypatch):
+    # a 4D mask that broadcasts over the heads (HF's: [B, 1, Q, K], head stride 0) is the same for every row of a
+    # packed tile's heads, so such calls pack too; rows with nothing kept stay zero
+    B, H, Hkv, Q, K, D = 3, 6, 2, 2, 70, 16
+    monkeypatch.setattr(attn_mod, "GQA_PACK", True)
+    monkeypatch.setattr(attn_mod, "_PLANS", {})
+    q, k, v = _qkv(B, H, Hkv, Q, K, D, torch.float32, device, grad=True, seed=5)
+    g = torch.Generator().manual_seed(splits)
+    shape = {"bool-one-row": (B, 1, 1, K), "additive-one-sequence": (1, 1, Q, K)}.get(mask_form, (B, 1, Q, K))
+    keep = torch.rand(*shape, generator=g) > 0.4
+    if mask_form != "additive-one-sequence":
+        keep[-1] = False  # the last sequence keeps nothing
+    mask = keep if mask_form.startswith("bool") else torch.where(keep, torch.randn(*shape, generator=g), -torch.inf)
+    mask = mask.to(device)
+    out = _check(q, k, v, mask, False, grad=True, decode=True, num_splits=splits)
+    plans = list(attn_mod._PLANS.values())
+    assert plans and all(p.launch.kwargs["PACK"] for p in plans)
+    assert all(B * Hkv in p.launch.grid[:2] for p in plans)
+    if mask_form != "additive-one-sequence":
+        assert not out[-1].any()
+
+
+@pytest.mark.parametrize("case", ["no-gqa", "dropout", "4d-mask-per-head", "long-q"])
 def test_gqa_packing_only_where_it_applies(case, device, monkeypatch):
-    # no GQA, dropout (drawn per head), a 4D mask (read per head) and prefill keep one program per query head
+    # no GQA, dropout (drawn per head), a 4D mask that differs between heads and prefill keep one program per query
+    # head
     monkeypatch.setattr(attn_mod, "GQA_PACK", True)
     monkeypatch.setattr(attn_mod, "_PLANS", {})
     Hkv = 4 if case == "no-gqa" else 2
     Q = 40 if case == "long-q" else 2
     q, k, v = _qkv(2, 4, Hkv, Q, 50, 16, torch.float32, device)
-    mask = (torch.rand(2, 1, Q, 50, generator=torch.Generator().manual_seed(0)) > 0.3).to(device) \
-        if case == "4d-mask" else None
-    attention_fn(q, k, v, mask, causal=case != "4d-mask", dropout_p=0.2 if case == "dropout" else 0.0)
+    mask = (torch.rand(2, 4, Q, 50, generator=torch.Generator().manual_seed(0)) > 0.3).to(device) \
+        if case == "4d-mask-per-head" else None
+    attention_fn(q, k, v, mask, causal=case != "4d-mask-per-head", dropout_p=0.2 if case == "dropout" else 0.0)
     (plan,) = attn_mod._PLANS.values()
     assert not plan.launch.kwargs["PACK"]
 
@@ -835,12 +860,22 @@ def test_gpu_decode(dtype):
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("Q", [1, 4])
-def test_gpu_gqa_decode_packed(dtype, Q, monkeypatch):
-    # Llama-style grouped-query decoding (32 query heads on 8 key/value heads): one program per key/value head
+@pytest.mark.parametrize("mask_form", ["2d", "additive-4d"])
+def test_gpu_gqa_decode_packed(dtype, Q, mask_form, monkeypatch):
+    # Llama-style grouped-query decoding (32 query heads on 8 key/value heads): one program per key/value head;
+    # with the padding as a 2D mask, and as HF's additive [B, 1, Q, K] mask (a static cache's step)
     monkeypatch.setattr(attn_mod, "GQA_PACK", True)
+    monkeypatch.setattr(attn_mod, "_PLANS", {})
     B, H, Hkv, K, D = 8, 32, 8, 4096, 128
     q, k, v = _qkv(B, H, Hkv, Q, K, D, dtype, "cuda", bthd=True)
-    _check(q, k, v, _pad_mask(_gpu_lengths(B, K, 1024, 4), K, "left", "cuda"), True)
+    pad = _pad_mask(_gpu_lengths(B, K, 1024, 4), K, "left", "cuda")
+    if mask_form == "2d":
+        _check(q, k, v, pad, True)
+    else:
+        keep = pad.bool()[:, None, None, :] & torch.ones(Q, K, dtype=torch.bool, device="cuda").tril(K - Q)
+        mask = torch.zeros(keep.shape, dtype=dtype, device="cuda").masked_fill(~keep, torch.finfo(dtype).min)
+        _check(q, k, v, mask, False)
+    assert all(p.launch.kwargs["PACK"] for p in attn_mod._PLANS.values())
 
 
 @pytest.mark.gpu
