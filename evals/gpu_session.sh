@@ -134,6 +134,8 @@
 #                                       # decode row (no FlexAttention) with the packing on and off
 #   bash evals/gpu_session.sh pack29    # 2026-12-05 (29): the packing on by default: the attention and window tests
 #                                       # on CUDA, bench_window.py's decode row with FlexAttention
+#   bash evals/gpu_session.sh pack30    # 2026-12-05 (29): the packing with 4D masks shared by the heads: its GPU test,
+#                                       # bench_window.py's decode row (fused-4d is such a mask), the static-cache tests
 set -uo pipefail
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
 OUT=${OUT:-out}
@@ -874,8 +876,17 @@ case "${1:-}" in
     pytest_summary window29 200 tests/test_window.py
     timeout 120 python -u evals/bench_window.py --shapes decode --out "$OUT/pack29" 2>&1 | grep -E "^decode"
     ;;
+  pack30)
+    # GQA decode packing of 4D masks that broadcast over the heads (746b9ba): the GPU test (2D and additive 4D masks),
+    # the decode row whose fused-4d provider passes such a mask (unpacked before: 0.3949 ms on the H200), and the
+    # patcher's static-cache tests on CUDA (their steps keep HF's 4D mask)
+    pytest_summary tests_pack30 200 -m gpu tests/test_attention.py -k "gqa"
+    timeout 120 python -u evals/bench_window.py --shapes decode --providers fused-4d,sdpa-4d,fused-causal \
+      --out "$OUT/pack30" 2>&1 | grep -E "^decode"
+    pytest_summary static_pack30 240 tests/test_patch_llama.py tests/test_compile.py -k "static"
+    ;;
   *)
-    echo "usage: bash evals/gpu_session.sh tests|kernels|e2e|check|followup|recheck|verify|measure|final|stream|last|tune|host|fast|fastcheck|closing|fold|fold2|fold3|e2e3|bert4|bert5|check4|lengths|ncu|bwd|suite|suite2|final6|plans|hostplans|genab|fuzz|bwdplan|trainab|final8|nosync|drop9a|drop9b|drop9d|audit10|bench10|final10|ws11|audit11|fuzz11|host11b|decode12|stats12|stats12b|stats12c|final13|fix13|final13b|final14|suite14|suite15|final15|causal18|final18|prefetch18|cross18|tile19|final19|small19|launch20|tests20|gen20|counts20b|counts20c|final20|ablate22|models25|decode26|models26|compile26|speed26a|speed26b|window28|final28|pack28|pack29" >&2
+    echo "usage: bash evals/gpu_session.sh tests|kernels|e2e|check|followup|recheck|verify|measure|final|stream|last|tune|host|fast|fastcheck|closing|fold|fold2|fold3|e2e3|bert4|bert5|check4|lengths|ncu|bwd|suite|suite2|final6|plans|hostplans|genab|fuzz|bwdplan|trainab|final8|nosync|drop9a|drop9b|drop9d|audit10|bench10|final10|ws11|audit11|fuzz11|host11b|decode12|stats12|stats12b|stats12c|final13|fix13|final13b|final14|suite14|suite15|final15|causal18|final18|prefetch18|cross18|tile19|final19|small19|launch20|tests20|gen20|counts20b|counts20c|final20|ablate22|models25|decode26|models26|compile26|speed26a|speed26b|window28|final28|pack28|pack29|pack30" >&2
     exit 2
     ;;
 esac
