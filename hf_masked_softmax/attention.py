@@ -377,10 +377,8 @@ def _attn_fwd_kernel(
         tl.store(o_ptrs, out.to(o_ptr.dtype.element_ty), mask=row_ok[:, None] & d_ok[None, :])
     if STORE_LSE:
         lse, res = _lse_and_residual(m_i, l_i, empty)
-        if PACK:  # row r of the tile is row r of the group's [GROUP, Q_LEN] block of rows
-            lse_ptrs = lse_ptr + split * stride_ls + (b * H + h) * Q_LEN + rows
-        else:
-            lse_ptrs = lse_ptr + split * stride_ls + bh * Q_LEN + rows
+        # packed, row r of the tile is row r of the group's [GROUP, Q_LEN] block of rows, from its first head h
+        lse_ptrs = lse_ptr + split * stride_ls + (b * H + h) * Q_LEN + rows
         tl.store(lse_ptrs, lse, mask=row_ok)
         tl.store(lse_ptrs + stride_lp, res, mask=row_ok)
 
