@@ -8,7 +8,8 @@ Qwen3-0.6B and bart-base):
   gpt2-medium forward B8 x T1024 padded as above; generate as above
   bert-base encode B32 x T512: key lengths uniform in [256, 512]; ~59% fill (lengths uniform in [90, 512]); no padding
   llama-135m (Llama architecture at SmolLM2-135M's size: 30 layers, 9 query / 3 key-value heads, grouped-query
-    attention) forward and generate as gpt2-small
+    attention) forward and generate as gpt2-small; "generate static" with HF's static cache (each step attends over
+    the whole cache through a 4D mask), for llama-135m and qwen3-0.6b
   qwen3-0.6b (Qwen3 architecture at Qwen3-0.6B's size: 28 layers, 16 query / 8 key-value heads of head_dim 128)
     forward and generate as gpt2-small
   mistral-window (Mistral at SmolLM2-135M's widths, 30 layers, with a sliding window of 256 tokens) forward as
@@ -113,6 +114,7 @@ def settings(tiny: bool, skip_medium: bool):
             ("bart-base seq2seq pad", "bart-tiny", "seq2seq", 2, 64, (32, 64), "right", 16),
             ("bart-base generate", "bart-tiny", "generate", 2, 32, (16, 32), "right", 4),
             ("gpt2-small train pad", "gpt2-tiny", "train", 2, 32, (16, 32), "right", 0),
+            ("llama-135m generate static", "llama-tiny", "generate", 2, 16, (8, 16), "left", 4),
         ]
     out = [
         ("gpt2-small fwd pad", "gpt2", "forward", 8, 1024, (512, 1024), "right", 0),
@@ -125,8 +127,10 @@ def settings(tiny: bool, skip_medium: bool):
         ("llama-135m fwd pad", "llama-135m", "forward", 8, 1024, (512, 1024), "right", 0),
         ("llama-135m fwd nopad", "llama-135m", "forward", 8, 1024, None, "right", 0),
         ("llama-135m generate", "llama-135m", "generate", 8, 128, (64, 128), "left", 64),
+        ("llama-135m generate static", "llama-135m", "generate", 8, 128, (64, 128), "left", 64),
         ("qwen3-0.6b fwd pad", "qwen3-0.6b", "forward", 8, 1024, (512, 1024), "right", 0),
         ("qwen3-0.6b generate", "qwen3-0.6b", "generate", 8, 128, (64, 128), "left", 64),
+        ("qwen3-0.6b generate static", "qwen3-0.6b", "generate", 8, 128, (64, 128), "left", 64),
         ("mistral-window fwd pad", "mistral-window", "forward", 8, 1024, (512, 1024), "right", 0),
         ("bart-base seq2seq pad", "bart-base", "seq2seq", 8, 1024, (512, 1024), "right", 128),
         ("bart-base generate", "bart-base", "generate", 8, 512, (256, 512), "right", 64),
@@ -302,10 +306,13 @@ def run_setting(setting, args, device, dtype, timer, models, bar):
     if kind == "generate":
         eos = model.config.eos_token_id
 
+        # "... static": HF's static cache (every step's keys are the whole cache, with a 4D mask over it)
+        cache = {"cache_implementation": "static"} if name.endswith(" static") else {}
+
         def fn():
             with torch.no_grad():
                 return model.generate(ids, attention_mask=mask, max_new_tokens=new, min_new_tokens=new,
-                                      do_sample=False, num_beams=1, pad_token_id=eos)
+                                      do_sample=False, num_beams=1, pad_token_id=eos, **cache)
     elif kind == "seq2seq":
         dec = torch.randint(0, model.config.vocab_size - 1, (batch, new), generator=gen).to(device)
 

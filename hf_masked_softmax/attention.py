@@ -80,6 +80,7 @@ import triton
 import triton.language as tl
 
 from . import _hopper
+from . import masks as _masks
 from ._launch import INTERPRETED as _INTERPRET  # the interpreter gets small blocks: it runs every program in Python
 from ._launch import aligned, bind, fast_launch, first_order_only, remember
 
@@ -228,6 +229,30 @@ def _key_range(ranges_ptr, b, K_LEN, MASK_KIND: tl.constexpr):
 
 
 @triton.jit
+def _mask_bounds(bounds_ptr, b, h, m0, H, Q_LEN, PER_B: tl.constexpr, PER_H: tl.constexpr, SPAN: tl.constexpr,
+                 CHUNK: tl.constexpr):
+    """``(start, end)``: the keys a 4D mask keeps for query rows ``[m0, m0 + SPAN * CHUNK)`` of batch entry ``b`` and
+    head ``h`` (a superset: the union of the bounds of the ``CHUNK``-row chunks they lie in, see
+    ``masks.mask_bounds``; ``SPAN`` 0: one bound for all rows). Nothing kept: ``start >= end``."""
+    base = b * 0
+    if PER_B:
+        base = b
+    if PER_H:
+        base = base * H + h
+    if SPAN > 0:
+        n_c = tl.cdiv(Q_LEN, CHUNK)
+        c = m0 // CHUNK + tl.arange(0, SPAN)
+        ok = c < n_c
+        at = bounds_ptr + (base * n_c + c) * 2
+        start = tl.min(tl.load(at, mask=ok, other=2147483647), axis=0)
+        end = tl.max(tl.load(at + 1, mask=ok, other=0), axis=0)
+    else:
+        start = tl.load(bounds_ptr + base * 2)
+        end = tl.load(bounds_ptr + base * 2 + 1)
+    return start, end
+
+
+@triton.jit
 def _block_key_bounds(start, end, has_holes, m0, split, NUM_SPLITS, Q_LEN, K_LEN, window,
                       MASK_KIND: tl.constexpr, CAUSAL: tl.constexpr, WINDOWED: tl.constexpr, BLOCK_M: tl.constexpr,
                       BLOCK_N: tl.constexpr):
@@ -278,6 +303,7 @@ def _attn_fwd_kernel(
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_D: tl.constexpr, BLOCK_D: tl.constexpr,
     UPCAST: tl.constexpr, DOT_PREC: tl.constexpr, WIDE: tl.constexpr, FOLD: tl.constexpr, MERGE_TAIL: tl.constexpr,
     STORE_LSE: tl.constexpr, DROPOUT: tl.constexpr, WINDOWED: tl.constexpr, PACK: tl.constexpr,
+    B4D: tl.constexpr, B4D_PER_B: tl.constexpr, B4D_PER_H: tl.constexpr, B4D_SPAN: tl.constexpr,
 ):
     if BH_FIRST:
         # causal: (batch x head) fastest and query blocks in reverse, so the longest rows start first and the
@@ -321,6 +347,9 @@ def _attn_fwd_kernel(
         m0 = pid_m * BLOCK_M
 
     start, end, has_holes = _key_range(ranges_ptr, b, K_LEN, MASK_KIND)
+    if B4D:  # a 4D mask's key bounds (ranges_ptr points to them): only the key blocks inside are visited
+        # (16: masks.BOUNDS_CHUNK, the rows per bound)
+        start, end = _mask_bounds(ranges_ptr, b, h, m0, H, Q_LEN, B4D_PER_B, B4D_PER_H, B4D_SPAN, 16)
     s_lo, s_hi, full_lo, full_hi = _block_key_bounds(start, end, has_holes, m0, split, NUM_SPLITS,
                                                       Q_LEN, K_LEN, window, MASK_KIND, CAUSAL, WINDOWED,
                                                       BLOCK_M, BLOCK_N)
@@ -759,6 +788,9 @@ FWD_MERGE_TAIL = True  # forward: interior and trailing key blocks in one loop (
 # On by default since an H100 timed it (NOTES.md, twenty-ninth session: GQA decode over 8192 keys 0.102 ms packed
 # against 0.181 unpacked, `bash evals/gpu_session.sh pack28`); HF_MASKED_SOFTMAX_GQA_PACK=0 turns it off
 GQA_PACK = os.environ.get("HF_MASKED_SOFTMAX_GQA_PACK", "1") != "0"
+# the forward with a 4D mask visits only the key blocks inside the mask's key bounds (masks.mask_bounds, computed by
+# ops._kernel_mask_args); HF_MASKED_SOFTMAX_MASK4D_BOUNDS=0 turns that off (every key block then reads its mask tile)
+MASK4D_BOUNDS = os.environ.get("HF_MASKED_SOFTMAX_MASK4D_BOUNDS", "1") != "0"
 FWD_MAXNREG = None  # forward register cap per thread: None = _fwd_maxnreg's rule, 0 = none, N = cap at N
 FOLD_MAX_SCALE = 1.0  # the largest scale applied inside the exponent (see _fold); HF's scales are D**-0.5 or 1
 
@@ -926,7 +958,8 @@ def _policy():
     changing one (the tuning scripts and tests do, to force a path) gets a new plan. Held by the key, so a replaced
     function's id cannot be reused while its plans exist."""
     return (_fwd_config, _fwd_maxnreg, _num_splits, _is_decode, _wide, _fold, _bh_first, _block_d, _sm_count,
-            _bwd_config, FWD_MERGE_TAIL, FWD_MAXNREG, GQA_PACK, SPLIT_MIN_K, FOLD_MAX_SCALE, GRID_YZ_MAX, _attn_fwd_kernel,
+            _bwd_config, FWD_MERGE_TAIL, FWD_MAXNREG, GQA_PACK, MASK4D_BOUNDS, SPLIT_MIN_K, FOLD_MAX_SCALE, GRID_YZ_MAX,
+            _attn_fwd_kernel,
             _split_combine_kernel, _bwd_delta_kernel, _bwd_dkdv_kernel, _bwd_dq_kernel, _hopper.ENABLED,
             _hopper.CURSOR_REGS, _hopper.CAUSAL_OK, _hopper.SPLIT_LOOP, _hopper.BLOCK_M, _hopper.BLOCK_N,
             _hopper.WARPS, _hopper.PER_SM, _hopper.FINE_BLOCK_M, _hopper.FINE_PER_SM, _hopper.STAGES,
@@ -959,7 +992,8 @@ class _ForwardPlan:
     split count, grid, the kernels' scalar arguments and constexprs), computed once per such signature: a call then
     allocates its outputs and launches. Generation calls attention with one signature in every layer of a step."""
 
-    def __init__(self, q, k, v, kind, mask_t, threshold, causal, scale, need_lse=True, drop_thr=0, window=0):
+    def __init__(self, q, k, v, kind, mask_t, threshold, causal, scale, need_lse=True, drop_thr=0, window=0,
+                 bounded=False):
         B, H, Q, D = q.shape
         Hkv, K = k.shape[1], k.shape[2]
         decode = _is_decode(Q)
@@ -1002,7 +1036,7 @@ class _ForwardPlan:
             MASK_KIND=kind, CAUSAL=causal, BH_FIRST=bh_first, BLOCK_M=block_m, BLOCK_N=block_n, HEAD_D=D,
             BLOCK_D=_block_d(D), UPCAST=upcast, DOT_PREC=prec, WIDE=wide, FOLD=_fold(kind, scale),
             MERGE_TAIL=FWD_MERGE_TAIL, STORE_LSE=need_lse or num_splits > 1, DROPOUT=self.dropout,
-            WINDOWED=window > 0, PACK=pack,
+            WINDOWED=window > 0, PACK=pack, **self._bounds(mask_t if bounded else None, block_m),
             num_warps=warps, num_stages=stages,
             # dropout's random numbers need more registers than the caps leave (ptxas spills under them)
             **({} if self.dropout else _fwd_maxnreg(D, q.dtype, decode, causal, block_m, warps)),
@@ -1020,6 +1054,17 @@ class _ForwardPlan:
                 dict(HEAD_D=D, BLOCK_D=_block_d(D), BLOCK_S=max(2, _next_pow2(num_splits)), STORE_LSE=need_lse,
                      num_warps=1),
             )
+
+    @staticmethod
+    def _bounds(mask_t, block_m) -> dict:
+        """The constexprs for a 4D mask's key bounds (``masks.mask_bounds``; ``mask_t`` None: none): one bound per
+        batch entry and per head where the mask differs between them, and per chunk of 16 query rows, a query block
+        taking the union over its ``B4D_SPAN`` chunks (0: one bound for all rows)."""
+        if mask_t is None:
+            return dict(B4D=False, B4D_PER_B=False, B4D_PER_H=False, B4D_SPAN=0)
+        layout = _masks.bounds_layout(mask_t)
+        span = 0 if layout.chunks == 1 else max(1, block_m // _masks.BOUNDS_CHUNK)
+        return dict(B4D=True, B4D_PER_B=layout.per_b > 1, B4D_PER_H=layout.per_h > 1, B4D_SPAN=span)
 
     def __call__(self, q, k, v, mask_t, ranges, seed=None):
         out = torch.empty(self.out_shape, dtype=self.dtype, device=self.device).transpose(1, 2)
@@ -1059,7 +1104,8 @@ def _forward(q, k, v, kind, mask_t, ranges, threshold, causal, scale, need_lse=T
     key = (signature, need_lse, drop_thr, window, aligned(q, k, v, mask_t), _policy())
     plan = _PLANS.get(key)
     if plan is None:
-        plan = _ForwardPlan(q, k, v, kind, mask_t, threshold, causal, scale, need_lse, drop_thr, window)
+        bounded = ranges is not None and kind in (_K_BOOL, _K_ADD)  # a 4D mask's key bounds
+        plan = _ForwardPlan(q, k, v, kind, mask_t, threshold, causal, scale, need_lse, drop_thr, window, bounded)
         remember(_PLANS, key, plan, _MAX_PLANS)
     return plan(q, k, v, mask_t, ranges, seed)
 

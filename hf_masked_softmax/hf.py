@@ -387,10 +387,14 @@ def _mask_function(
             setattr(pad, _COMPACT_TAG, (int(kv_offset), kv_length, window))
         return pad
     kwargs.update(allow_is_causal_skip=False, allow_is_bidirectional_skip=False)
-    return masking_utils.sdpa_mask(
+    full = masking_utils.sdpa_mask(
         batch_size=batch_size, q_length=q_length, kv_length=kv_length, q_offset=q_offset, kv_offset=kv_offset,
         mask_function=mask_function, attention_mask=attention_mask, **kwargs,
     )
+    if isinstance(full, torch.Tensor) and not torch.compiler.is_compiling():
+        # a fresh tensor per forward, handed to every layer: the layers share its key bounds (masks.mask_bounds)
+        _masks.share_ranges(full)
+    return full
 
 
 def attention_forward(module, query, key, value, attention_mask, **kwargs):

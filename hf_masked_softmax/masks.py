@@ -213,3 +213,107 @@ def spec_ranges(spec: MaskSpec, cache_key: Optional[torch.Tensor] = None) -> Opt
     if spec.kind != PAD2D:
         return None
     return pad_ranges(spec.tensor, cache_key)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Key bounds of a 4D mask
+# ----------------------------------------------------------------------------------------------------------------------
+# id(mask) -> (weakref to mask, version, bounds, (layout, K, additive, threshold)), see mask_bounds
+BOUNDS_CACHE: dict = {}
+BOUNDS_CHUNK = 16  # query rows per bound: the attention forward's query blocks are 16 rows or a multiple of 16
+
+
+@dataclass(frozen=True)
+class BoundsLayout:
+    """Which of a ``[B, H, Q, K]`` 4D mask view's own elements one key bound covers: one bound per batch entry (or one
+    for all, where the mask broadcasts over the batch), per head (or one for all), and per ``BOUNDS_CHUNK`` query
+    rows (or one for all rows: a mask that broadcasts over the queries, or one of at most ``BOUNDS_CHUNK`` rows).
+    ``per_b``/``per_h``: how many distinct batch entries / heads; ``rows``: the rows a chunk count covers."""
+
+    per_b: int
+    per_h: int
+    rows: int
+
+    @property
+    def chunks(self) -> int:
+        return -(-self.rows // BOUNDS_CHUNK)
+
+
+def bounds_layout(view: torch.Tensor) -> BoundsLayout:
+    """The :class:`BoundsLayout` of a ``[B, H, Q, K]`` mask view (a broadcast dimension has stride 0)."""
+    B, H, Q, _ = view.shape
+    sb, sh, sq, _ = view.stride()
+    return BoundsLayout(B if sb != 0 and B > 1 else 1, H if sh != 0 and H > 1 else 1, Q if sq != 0 and Q > 1 else 1)
+
+
+@fast_launch
+@triton.jit
+def _mask4d_bounds_kernel(mask_ptr, out_ptr, stride_mb, stride_mh, stride_mm, stride_mk, PER_H, ROWS, K_LEN,
+                          threshold, ADDITIVE: tl.constexpr, CHUNK: tl.constexpr, BLOCK: tl.constexpr):
+    """Program ``(i, c)``, ``i = b * PER_H + h``: over the mask rows ``[c * CHUNK, (c + 1) * CHUNK)`` of batch entry
+    ``b`` and head ``h``, the first kept key and the last kept key + 1, at ``out[(i * num_programs(1) + c) * 2]``.
+    No key kept: ``(K, 0)``. Kept is what the attention kernels keep: nonzero, or (additive) a value that is not
+    ``<= threshold`` once rounded to fp32."""
+    i = tl.program_id(0).to(tl.int64)
+    c = tl.program_id(1)
+    b = i // PER_H
+    h = i % PER_H
+    rows = c * CHUNK + tl.arange(0, CHUNK)
+    row_ok = rows < ROWS
+    offs = tl.arange(0, BLOCK)
+    base = mask_ptr + b * stride_mb + h * stride_mh + rows[:, None].to(tl.int64) * stride_mm
+    first = tl.zeros([], dtype=tl.int32) + K_LEN
+    last = tl.zeros([], dtype=tl.int32) - 1
+    for n0 in range(0, K_LEN, BLOCK):
+        cols = n0 + offs
+        ok = row_ok[:, None] & (cols < K_LEN)[None, :]
+        m = tl.load(base + cols[None, :].to(tl.int64) * stride_mk, mask=ok, other=0)
+        if ADDITIVE:
+            kept = ok & ~(m.to(tl.float32) <= threshold)
+        else:
+            kept = ok & (m != 0)
+        first = tl.minimum(first, tl.min(tl.min(tl.where(kept, cols[None, :], K_LEN), axis=1), axis=0))
+        last = tl.maximum(last, tl.max(tl.max(tl.where(kept, cols[None, :], -1), axis=1), axis=0))
+    at = out_ptr + (i * tl.num_programs(1) + c) * 2
+    tl.store(at, first)
+    tl.store(at + 1, last + 1)
+
+
+def mask_bounds(view: torch.Tensor, additive: bool, threshold: float,
+                cache_key: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """int32 ``[per_b, per_h, chunks, 2]`` (see :func:`bounds_layout`): for each, the first kept key and the last kept
+    key + 1 of a 4D mask view ``[B, H, Q, K]`` (uint8 for a bool mask), ``(K, 0)`` where nothing is kept. The
+    attention forward visits only the key blocks inside the bounds of its query block's rows, so that a static
+    cache's unfilled keys, the future of a causal 4D mask or the other documents of a block-diagonal one are skipped
+    rather than read and masked.
+
+    Cached per ``cache_key`` as :func:`pad_ranges` caches (a mask passed to :func:`share_ranges`, unchanged version,
+    same layout and threshold); otherwise one small kernel per call, reading each of the mask's own elements once."""
+    layout = bounds_layout(view)
+    K = view.shape[3]
+    version = None
+    if cache_key is not None:
+        shared = _SHARED.get(id(cache_key))
+        if (shared is not None and shared[0]() is cache_key
+                and not (view.is_cuda and torch.cuda.is_current_stream_capturing())):
+            try:
+                version = cache_key._version
+            except RuntimeError:  # inference tensors carry no version counter
+                version = None
+    tag = (layout, K, additive, threshold)
+    if version is not None:
+        hit = BOUNDS_CACHE.get(id(cache_key))
+        if hit is not None and hit[0]() is cache_key and hit[1] == version and hit[3] == tag:
+            return hit[2]
+    out = torch.empty((layout.per_b, layout.per_h, layout.chunks, 2), dtype=torch.int32, device=view.device)
+    block = 1 << (max(K, 16) - 1).bit_length()
+    grid = (layout.per_b * layout.per_h, layout.chunks)
+    if K and grid[0] * grid[1]:
+        sb, sh, sq, sk = view.stride()
+        _mask4d_bounds_kernel[grid](view, out, sb, sh, sq, sk, layout.per_h, layout.rows, K, float(threshold),
+                                    ADDITIVE=additive, CHUNK=BOUNDS_CHUNK, BLOCK=min(256, block))
+    else:
+        out[..., 0], out[..., 1] = K, 0
+    if version is not None:
+        weak_entry(BOUNDS_CACHE, id(cache_key), cache_key, version, out, tag)
+    return out

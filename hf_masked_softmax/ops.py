@@ -200,7 +200,7 @@ _KERNEL_KIND = {_masks.NONE: _attn._K_NONE, _masks.PAD2D: _attn._K_RANGE, _masks
                 _masks.ADD4D: _attn._K_ADD}
 
 
-def _kernel_mask_args(spec: _masks.MaskSpec, cache_key=None):
+def _kernel_mask_args(spec: _masks.MaskSpec, cache_key=None, bounds_threshold=None):
     """(kernel kind, mask tensor, key ranges) of a validated mask: the kernels turn a 2D padding mask into
     per-sequence key ranges, cached per ``cache_key`` (the eager paths pass the caller's mask: HF hands one mask to
     every layer; the operators pass none and compute them on every call, see masks.pad_ranges).
@@ -208,17 +208,26 @@ def _kernel_mask_args(spec: _masks.MaskSpec, cache_key=None):
     A float64 additive mask goes to the kernels as a float32 copy of its own elements (broadcast dimensions stay
     broadcast). The kernels compare and add mask values in fp32 anyway, so the result is the same; float64 tiles
     asked for more shared memory than an H200 has at head dim 80 (262144 of 232448 bytes with Triton 3.6:
-    ``python -m hf_masked_softmax.check --seed 8 --fuzz-case 76``)."""
+    ``python -m hf_masked_softmax.check --seed 8 --fuzz-case 76``).
+
+    ``bounds_threshold`` (the attention forwards pass the threshold their kernel compares with): a 4D mask gets its
+    key bounds (``masks.mask_bounds``, cached per ``cache_key`` likewise) in place of the key ranges, unless
+    ``attention.MASK4D_BOUNDS`` is off."""
     mask_t = spec.tensor
     if spec.kind == _masks.ADD4D and mask_t.dtype == torch.float64:
         own = mask_t[tuple(slice(0, 1) if st == 0 else slice(None) for st in mask_t.stride())]
         mask_t = own.to(torch.float32).expand(mask_t.shape)
+    if bounds_threshold is not None and spec.kind in (_masks.BOOL4D, _masks.ADD4D) and _attn.MASK4D_BOUNDS:
+        bounds = _masks.mask_bounds(mask_t, spec.kind == _masks.ADD4D, bounds_threshold, cache_key)
+        return _KERNEL_KIND[spec.kind], mask_t, bounds
     return _KERNEL_KIND[spec.kind], mask_t, _masks.spec_ranges(spec, cache_key)
 
 
-def _attn_mask_args(mask, mask_kind, threshold, shape):
-    """(kernel kind, mask tensor, key ranges, threshold) for the attention operators."""
-    return (*_kernel_mask_args(_spec(mask, mask_kind, threshold, shape)), threshold)
+def _attn_mask_args(mask, mask_kind, threshold, shape, forward=True):
+    """(kernel kind, mask tensor, key ranges, threshold) for the attention operators (``forward``: with a 4D
+    mask's key bounds, which only the forward kernel reads)."""
+    spec = _spec(mask, mask_kind, threshold, shape)
+    return (*_kernel_mask_args(spec, None, threshold if forward else None), threshold)
 
 
 def _reference_dropout(q, k, drop_thr, seed):
@@ -298,7 +307,7 @@ def attention_backward_op(
         return attention_backward_reference(q, k, v, do, mask, causal=causal, scale=scale,
                                             dropout=_reference_dropout(q, k, drop_thr, seed), window=window)
     B, H, Q, _ = q.shape
-    kind, mask_t, ranges, threshold = _attn_mask_args(mask, mask_kind, threshold, (B, H, Q, k.shape[2]))
+    kind, mask_t, ranges, threshold = _attn_mask_args(mask, mask_kind, threshold, (B, H, Q, k.shape[2]), False)
     with on_device(q):
         return _attn._backward(do, q, k, v, out, lse, kind, mask_t, ranges, threshold, causal, scale, drop_thr, seed,
                                window)
@@ -447,7 +456,7 @@ def attention(
         # masks wider than fp32 are compared after rounding to fp32, where their masked values become -inf
         threshold = max(threshold, float(torch.finfo(torch.float32).min))
     if path != "op":  # eager: the validated spec as it is, key ranges cached per mask object
-        kind, mask_t, ranges = _kernel_mask_args(spec, attention_mask)
+        kind, mask_t, ranges = _kernel_mask_args(spec, attention_mask, threshold)
         known = None  # the plan's key: the validated signature where later calls look it up by it
         if sig is not None and spec.kind in (_masks.NONE, _masks.PAD2D):
             remember(_VALIDATED, sig, (kind, scale, drop_thr, win), _MAX_VALIDATED)

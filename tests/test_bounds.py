@@ -151,6 +151,24 @@ def test_attention_decode_and_split_paths_stay_inside(bounds, monkeypatch, form,
     assert bounds == []
 
 
+@pytest.mark.parametrize("form", ["bool4d-per-head", "add4d-per-row"])
+def test_attention_with_4d_mask_bounds_stays_inside(bounds, form):
+    # prefill with a 4D mask's key bounds: one per head and 16-row chunk (bool), one per sequence and chunk (additive
+    # [B, 1, Q, K]); 37 rows (a partial chunk), 41 keys
+    g = torch.Generator().manual_seed(41)
+    B, H, Q, K, D = 2, 2, 37, 41, 16
+    q = torch.randn(B, H, Q, D, generator=g).requires_grad_(True)
+    k = torch.randn(B, H, K, D, generator=g).requires_grad_(True)
+    v = torch.randn(B, H, K, D, generator=g).requires_grad_(True)
+    if form == "bool4d-per-head":
+        mask = torch.rand(B, H, Q, K, generator=g) > 0.6
+    else:
+        mask = torch.zeros(B, 1, Q, K).masked_fill(torch.rand(B, 1, Q, K, generator=g) > 0.5, float("-inf"))
+    out = attention(q, k, v, mask, causal=True)
+    out.backward(torch.randn_like(out))
+    assert bounds == []
+
+
 def test_attention_transposed_inputs_stay_inside(bounds):
     # q/k/v as [B, S, H, D] memory viewed as [B, H, S, D] (HF's layout before the transpose), odd lengths
     g = torch.Generator().manual_seed(5)

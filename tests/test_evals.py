@@ -470,3 +470,18 @@ def test_gpu_assets_refuses_before_writing_when_a_calibration_text_is_missing(tm
     assert "--no-calibration" in str(info.value.code) and not out.exists()
     module.main(["--out", str(out), "--no-calibration"])
     assert {"vocab.json", "merges.txt", "pydoc_topics.txt"} <= set(os.listdir(out))
+
+
+def test_speed_script_static_cache_generate(tmp_path):
+    """Not a timing test: generate with HF's static cache (a 4D mask over the whole cache at every step, the fused
+    kernel's mask bounds) gives eager's tokens through sdpa and the fused kernel."""
+    import speed
+
+    out = tmp_path / "speed.json"
+    assert speed.main(["--tiny", "--device", "cpu", "--impls", "eager,sdpa,fused", "--only", "generate static",
+                       "--generate-reps", "1", "--cpu-reps", "1", "--no-plot", "--json", str(out)]) == 0
+    rows = _read(out)["rows"]
+    assert [(r["setting"], r["impl"]) for r in rows] == [("llama-135m generate static", i)
+                                                         for i in ("eager", "sdpa", "fused")]
+    assert [r["token_agreement_with_first_impl"] for r in rows] == [None, 1.0, 1.0]
+    assert all(r["new_tokens"] == 4 and r["ms"] > 0 for r in rows)

@@ -1,0 +1,167 @@
+"""The key bounds of 4D masks (``masks.mask_bounds``): computed right for every layout, and the forward visits only
+the key blocks inside them, so a static cache's unfilled keys are never read. Keys and values outside the bounds are
+NaN here: a kernel that reads and masks them (probability 0 times NaN) returns NaN, one that skips them does not."""
+import importlib
+
+import pytest
+import torch
+
+from hf_masked_softmax import attention
+from hf_masked_softmax.masks import BOUNDS_CHUNK, bounds_layout, mask_bounds, prepare_mask
+from hf_masked_softmax.reference import attention_reference
+from tolerances import assert_close
+
+attn_mod = importlib.import_module("hf_masked_softmax.attention")
+masks_mod = importlib.import_module("hf_masked_softmax.masks")
+
+
+def _expected_bounds(keep, layout):
+    """The bounds from a dense ``[B, H, Q, K]`` keep-mask, in plain PyTorch."""
+    B, H, Q, K = keep.shape
+    out = torch.empty(layout.per_b, layout.per_h, layout.chunks, 2, dtype=torch.int64)
+    for b in range(layout.per_b):
+        for h in range(layout.per_h):
+            for c in range(layout.chunks):
+                rows = keep[b, h, c * BOUNDS_CHUNK: min((c + 1) * BOUNDS_CHUNK, layout.rows)]
+                cols = rows.any(0).nonzero().flatten()
+                out[b, h, c] = torch.tensor([cols.min(), cols.max() + 1] if cols.numel() else [K, 0])
+    return out
+
+
+@pytest.mark.parametrize("own_shape", [(3, 1, 1, 45), (3, 1, 37, 45), (1, 2, 37, 45), (3, 2, 5, 45), (1, 1, 1, 45),
+                                       (3, 2, 16, 45), (3, 2, 17, 45)])
+@pytest.mark.parametrize("form", ["bool", "additive"])
+def test_bounds_of_every_layout_match_the_keep_mask(own_shape, form, device):
+    B, H, Q, K = 3, 2, own_shape[2] if own_shape[2] > 1 else 7, 45
+    g = torch.Generator().manual_seed(sum(own_shape))
+    keep = torch.rand(own_shape, generator=g) > 0.8
+    keep[..., :3] = False  # bounds that start past key 0 and end before the last key
+    keep[..., -4:] = False
+    if own_shape[0] == 3:
+        keep[1] = False  # a sequence that keeps nothing: (K, 0)
+    if form == "bool":
+        mask = keep
+    else:  # finite values, -inf, HF's finfo.min and NaN (kept, as the kernels keep it)
+        mask = torch.where(keep, torch.randn(own_shape, generator=g), torch.finfo(torch.float32).min)
+        mask[..., 3:5] = float("-inf")
+        keep[..., 3:5] = False
+        if own_shape[0] == 3:
+            mask[2, ..., 41] = float("nan")
+            keep[2, ..., 41] = True
+    spec = prepare_mask(mask.to(device), (B, H, Q, K), torch.device(device))
+    layout = bounds_layout(spec.tensor)
+    assert (layout.per_b, layout.per_h) == (B if own_shape[0] > 1 else 1, H if own_shape[1] > 1 else 1)
+    assert layout.rows == (Q if own_shape[2] > 1 else 1)
+    got = mask_bounds(spec.tensor, form == "additive", spec.threshold)
+    assert got.dtype == torch.int32 and tuple(got.shape) == (layout.per_b, layout.per_h, layout.chunks, 2)
+    dense = keep.expand(B, H, Q, K)
+    assert torch.equal(got.cpu().long(), _expected_bounds(dense, layout))
+
+
+def _nan_outside(k, v, first_out):
+    k, v = k.clone(), v.clone()
+    k[:, :, first_out:] = float("nan")
+    v[:, :, first_out:] = float("nan")
+    return k, v
+
+
+@pytest.mark.parametrize("case", ["static-decode", "static-decode-gqa-split", "static-prefill", "documents"])
+def test_forward_skips_the_keys_outside_a_4d_masks_bounds(case, device, monkeypatch):
+    # HF's static cache: K is the cache's length, the mask keeps the keys written so far (and causality); the keys
+    # past them are all outside every row's bounds. Keys from 128 on (a multiple of every key block) are NaN.
+    monkeypatch.setattr(attn_mod, "_PLANS", {})
+    g = torch.Generator().manual_seed(len(case))
+    B, H, Hkv, D, K = 2, 4, 2 if "gqa" in case else 4, 16, 200
+    Q = {"static-prefill": 37, "documents": 40}.get(case, 1)
+    q = torch.randn(B, H, Q, D, generator=g).to(device)
+    k = torch.randn(B, Hkv, K, D, generator=g).to(device)
+    v = torch.randn(B, Hkv, K, D, generator=g).to(device)
+    j = torch.arange(K)
+    if case.startswith("static-decode"):
+        pos = torch.tensor([90, 127])  # each sequence's position; left padding of 30 keys in the first
+        keep = (j[None, :] <= pos[:, None]) & ~((torch.arange(B)[:, None] == 0) & (j[None, :] < 30))
+        mask = keep[:, None, None, :]
+        additive = False
+    elif case == "static-prefill":  # a 37-token prompt into a 200-key cache: causal over its own keys
+        i = torch.arange(Q)
+        mask = (j[None, :] <= i[:, None])[None, None].expand(B, 1, Q, K)
+        additive = True
+    else:  # packed documents, block-diagonal: rows 0-15 see keys 0-15, rows 16-39 keys 16-39
+        i = torch.arange(Q)
+        doc = (i >= 16).long()
+        kdoc = torch.where(j < 16, 0, torch.where(j < 40, 1, 2))
+        mask = (doc[:, None] == kdoc[None, :])[None, None].expand(B, 1, Q, K).clone()
+        additive = False
+    if additive:
+        mask = torch.zeros(mask.shape).masked_fill(~mask, torch.finfo(torch.float32).min)
+    mask = mask.to(device)
+    kn, vn = _nan_outside(k, v, 128)
+    splits = 3 if "split" in case else 1
+    monkeypatch.setattr(attn_mod, "_num_splits", lambda *a: splits)
+    out = attention(q, kn, vn, mask)
+    ref = attention_reference(q.double(), k.double(), v.double(), mask.double() if additive else mask)
+    assert torch.isfinite(out).all()
+    assert_close(out, ref, scale=4.0)
+    (plan,) = attn_mod._PLANS.values()
+    assert plan.launch.kwargs["B4D"]
+    if "gqa" in case:
+        assert plan.launch.kwargs["PACK"]
+    # without the bounds every key block is read and masked: NaN times a probability of 0
+    monkeypatch.setattr(attn_mod, "MASK4D_BOUNDS", False)
+    assert torch.isnan(attention(q, kn, vn, mask)).any()
+
+
+def test_documents_skip_the_other_documents_blocks(device, monkeypatch):
+    # block-diagonal rows see only their own document: NaN in another document's keys (whole key blocks of every
+    # backend: 128 keys) leaves them untouched
+    monkeypatch.setattr(attn_mod, "_PLANS", {})
+    g = torch.Generator().manual_seed(3)
+    B, H, D, T = 1, 2, 16, 256
+    q = torch.randn(B, H, T, D, generator=g).to(device)
+    k = torch.randn(B, H, T, D, generator=g).to(device)
+    v = torch.randn(B, H, T, D, generator=g).to(device)
+    doc = (torch.arange(T) >= 128).long()
+    mask = (doc[:, None] == doc[None, :])[None, None].to(device)
+    out = attention(q[:, :, :128], torch.where(doc[:, None].to(device) == 1, float("nan"), k),
+                    torch.where(doc[:, None].to(device) == 1, float("nan"), v), mask[:, :, :128], causal=True)
+    ref = attention_reference(q[:, :, :128].double(), k.double(), v.double(), mask[:, :, :128], causal=True)
+    assert torch.isfinite(out).all()
+    assert_close(out, ref, scale=4.0)
+
+
+def test_the_bounds_of_a_shared_mask_are_computed_once(device, monkeypatch):
+    # HF's mask function marks the 4D masks it makes (share_ranges): every layer then reuses one bounds tensor, while
+    # an in-place edit (a new version) gets new bounds
+    calls = []
+    real = masks_mod._mask4d_bounds_kernel
+    monkeypatch.setattr(masks_mod, "_mask4d_bounds_kernel", _Counting(real, calls))
+    monkeypatch.setattr(attn_mod, "_PLANS", {})
+    g = torch.Generator().manual_seed(1)
+    q, k, v = (torch.randn(2, 2, 3, 16, generator=g).to(device) for _ in range(3))
+    k, v = torch.randn(2, 2, 60, 16, generator=g).to(device), torch.randn(2, 2, 60, 16, generator=g).to(device)
+    mask = (torch.arange(60)[None, None, None, :] < torch.tensor([50, 20])[:, None, None, None]).expand(2, 1, 3, 60)
+    mask = mask.contiguous().to(device)
+    masks_mod.share_ranges(mask)
+    first = attention(q, k, v, mask)
+    again = attention(q, k, v, mask)
+    assert len(calls) == 1 and torch.equal(first, again)
+    mask[1, :, :, 20:40] = True  # same object, new contents
+    edited = attention(q, k, v, mask)
+    assert len(calls) == 2
+    ref = attention_reference(q.double(), k.double(), v.double(), mask)
+    assert_close(edited, ref, scale=4.0)
+    plain = mask.clone()  # not shared: computed on every call
+    attention(q, k, v, plain)
+    attention(q, k, v, plain)
+    assert len(calls) == 4
+
+
+class _Counting:
+    """A kernel stand-in that counts its launches and runs the real kernel."""
+
+    def __init__(self, real, calls):
+        self.real, self.calls = real, calls
+
+    def __getitem__(self, grid):
+        self.calls.append(grid)
+        return self.real[grid]
