@@ -6,7 +6,8 @@ Providers, each on the same fp16 inputs (left-padded batches, GQA as Mistral's):
 * ``fused-window``: ``attention(q, k, v, pad, causal=True, window=W)``, the 2D padding mask and the window applied in
   the kernel, key blocks left of each query block's windows skipped (what a patched Mistral runs since 2026-12-05);
 * ``fused-4d``: the same kernel given HF's 4D bool mask with the window in it (what a patched Mistral ran before:
-  every key block read, the mask loaded per tile);
+  the mask tile loaded per key block; since the thirtieth session only the key blocks inside the mask's key bounds,
+  per 16 query rows, are visited, see ``masks.mask_bounds``);
 * ``sdpa-4d``: ``scaled_dot_product_attention`` with that 4D bool mask (HF's sdpa path for a windowed layer);
 * ``flex-window``: FlexAttention (torch.compile'd) with a block mask of padding, causality and window;
 * ``fused-causal``: the kernel without the window, for scale (full causal attention over the same keys).

@@ -19,8 +19,13 @@ walks depends on the mask:
   writes zeros straight away. Only the blocks that straddle the range edges or the diagonal evaluate a mask;
   interior blocks run unmasked, in the same loop as the trailing edge and diagonal blocks (one software pipeline).
   A sequence whose mask has holes (rare) instead reads its mask row block by block.
-* 4D bool / additive masks: every key block (up to the diagonal) loads its ``[BLOCK_M, BLOCK_N]`` mask tile through
-  the mask's strides, so broadcast (stride-0) masks cost no memory.
+* 4D bool / additive masks: a small kernel first reduces the mask to key bounds, the first kept key and the last
+  kept key + 1 per sequence (where the mask differs between sequences), per head (likewise) and per 16 query rows
+  (``masks.mask_bounds``; cached per mask object in eager calls, as the ranges are). A query block visits only the
+  key blocks inside the union of its rows' bounds, so a static cache's unfilled keys, the future of a causal 4D mask
+  and the documents left of a block-diagonal one are never read. Every block visited loads its
+  ``[BLOCK_M, BLOCK_N]`` mask tile through the mask's strides, so broadcast (stride-0) masks cost no memory. The
+  backward kernels walk every key block of a 4D mask (up to the diagonal) as before.
 
 A positive finite scale is applied inside the exponent, ``exp2(s * scale * log2(e) - m)`` as one FMA per score
 (``FOLD``; the row max is scaled once), in the forward and both backward kernels; not with an additive mask,

@@ -11,7 +11,8 @@ Three forms reach the kernels, never expanded in memory:
 4D masks become stride-0 ``expand`` views, so broadcasting costs no memory. Boolean tensors are reinterpreted as
 ``uint8`` (same storage) because that is the element type the kernels load. Both kernels read a 2D padding mask
 through its per-sequence key range (``pad_ranges``): they skip everything outside it and read the mask itself only for
-sequences with holes.
+sequences with holes. The attention forward reads a 4D mask within its key bounds (``mask_bounds``: the kept keys'
+extent per sequence, head and 16 query rows) and skips the key blocks outside them.
 """
 from __future__ import annotations
 

@@ -48,7 +48,8 @@ def test_bounds_of_every_layout_match_the_keep_mask(own_shape, form, device):
         if own_shape[0] == 3:
             mask[2, ..., 41] = float("nan")
             keep[2, ..., 41] = True
-    spec = prepare_mask(mask.to(device), (B, H, Q, K), torch.device(device))
+    mask = mask.to(device)
+    spec = prepare_mask(mask, (B, H, Q, K), mask.device)
     layout = bounds_layout(spec.tensor)
     assert (layout.per_b, layout.per_h) == (B if own_shape[0] > 1 else 1, H if own_shape[1] > 1 else 1)
     assert layout.rows == (Q if own_shape[2] > 1 else 1)
