@@ -34,20 +34,25 @@ def main(argv=None):
         spec = masks.prepare_mask(inp["mask4d"], (inp["B"], inp["H"], inp["Q"], inp["K"]), inp["q"].device)
         view = spec.tensor
         layout = masks.bounds_layout(view)
-        out = torch.empty((layout.per_b, layout.per_h, layout.chunks, 2), dtype=torch.int32, device="cuda")
         ref = masks.mask_bounds(view, False, 0.0)
+        print(f"  mask_bounds (memset + kernel): {benchutil.median_ms(lambda: masks.mask_bounds(view, False, 0.0), cuda_graph=True) * 1e3:8.2f} us")
+        out = torch.zeros_like(ref)
         K = inp["K"]
-        for block in (256, 1024, 4096):
-            for warps in (4, 8):
-                def run():
-                    masks._mask4d_bounds_kernel[(layout.per_b * layout.per_h, layout.chunks)](
-                        view, out, *view.stride(), layout.per_h, layout.rows, K, 0.0, ADDITIVE=False,
-                        CHUNK=masks.BOUNDS_CHUNK, BLOCK=block, num_warps=warps)
-                run()
-                ok = torch.equal(out, ref)
-                print(f"  bounds kernel BLOCK {block:5d} warps {warps}: {benchutil.median_ms(run) * 1e3:8.2f} us "
-                      f"(graph {benchutil.median_ms(run, cuda_graph=True) * 1e3:8.2f}) same={ok}")
+        tile_rows = 1 if layout.rows == 1 else masks.BOUNDS_CHUNK
+        for block in (256, 1024, 4096 // tile_rows):
+            for programs in (1, 16, 64):
+                for warps in (4, 8):
+                    grid = (layout.per_b * layout.per_h, layout.chunks, min(programs, -(-K // block)))
 
+                    def run():
+                        out.zero_()
+                        masks._mask4d_bounds_kernel[grid](
+                            view, out, *view.stride(), layout.per_h, layout.rows, K, 0.0, ADDITIVE=False,
+                            CHUNK=masks.BOUNDS_CHUNK, TILE_ROWS=tile_rows, BLOCK=block, num_warps=warps)
+                    run()
+                    ok = torch.equal(out, ref)
+                    print(f"  BLOCK {block:5d} key programs {grid[2]:3d} warps {warps}: "
+                          f"{benchutil.median_ms(run, cuda_graph=True) * 1e3:8.2f} us same={ok}")
 
 if __name__ == "__main__":
     main()

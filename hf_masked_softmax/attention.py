@@ -234,11 +234,12 @@ def _key_range(ranges_ptr, b, K_LEN, MASK_KIND: tl.constexpr):
 
 
 @triton.jit
-def _mask_bounds(bounds_ptr, b, h, m0, H, Q_LEN, PER_B: tl.constexpr, PER_H: tl.constexpr, SPAN: tl.constexpr,
-                 CHUNK: tl.constexpr):
+def _mask_bounds(bounds_ptr, b, h, m0, H, Q_LEN, K_LEN, PER_B: tl.constexpr, PER_H: tl.constexpr,
+                 SPAN: tl.constexpr, CHUNK: tl.constexpr):
     """``(start, end)``: the keys a 4D mask keeps for query rows ``[m0, m0 + SPAN * CHUNK)`` of batch entry ``b`` and
     head ``h`` (a superset: the union of the bounds of the ``CHUNK``-row chunks they lie in, see
-    ``masks.mask_bounds``; ``SPAN`` 0: one bound for all rows). Nothing kept: ``start >= end``."""
+    ``masks.mask_bounds``, which stores ``K - start``; ``SPAN`` 0: one bound for all rows). Nothing kept:
+    ``start >= end``."""
     base = b * 0
     if PER_B:
         base = b
@@ -249,12 +250,12 @@ def _mask_bounds(bounds_ptr, b, h, m0, H, Q_LEN, PER_B: tl.constexpr, PER_H: tl.
         c = m0 // CHUNK + tl.arange(0, SPAN)
         ok = c < n_c
         at = bounds_ptr + (base * n_c + c) * 2
-        start = tl.min(tl.load(at, mask=ok, other=2147483647), axis=0)
+        from_end = tl.max(tl.load(at, mask=ok, other=0), axis=0)
         end = tl.max(tl.load(at + 1, mask=ok, other=0), axis=0)
     else:
-        start = tl.load(bounds_ptr + base * 2)
+        from_end = tl.load(bounds_ptr + base * 2)
         end = tl.load(bounds_ptr + base * 2 + 1)
-    return start, end
+    return K_LEN - from_end, end
 
 
 @triton.jit
@@ -354,7 +355,7 @@ def _attn_fwd_kernel(
     start, end, has_holes = _key_range(ranges_ptr, b, K_LEN, MASK_KIND)
     if B4D:  # a 4D mask's key bounds (ranges_ptr points to them): only the key blocks inside are visited
         # (16: masks.BOUNDS_CHUNK, the rows per bound)
-        start, end = _mask_bounds(ranges_ptr, b, h, m0, H, Q_LEN, B4D_PER_B, B4D_PER_H, B4D_SPAN, 16)
+        start, end = _mask_bounds(ranges_ptr, b, h, m0, H, Q_LEN, K_LEN, B4D_PER_B, B4D_PER_H, B4D_SPAN, 16)
     s_lo, s_hi, full_lo, full_hi = _block_key_bounds(start, end, has_holes, m0, split, NUM_SPLITS,
                                                       Q_LEN, K_LEN, window, MASK_KIND, CAUSAL, WINDOWED,
                                                       BLOCK_M, BLOCK_N)

@@ -250,22 +250,24 @@ def bounds_layout(view: torch.Tensor) -> BoundsLayout:
 @fast_launch
 @triton.jit
 def _mask4d_bounds_kernel(mask_ptr, out_ptr, stride_mb, stride_mh, stride_mm, stride_mk, PER_H, ROWS, K_LEN,
-                          threshold, ADDITIVE: tl.constexpr, CHUNK: tl.constexpr, BLOCK: tl.constexpr):
-    """Program ``(i, c)``, ``i = b * PER_H + h``: over the mask rows ``[c * CHUNK, (c + 1) * CHUNK)`` of batch entry
-    ``b`` and head ``h``, the first kept key and the last kept key + 1, at ``out[(i * num_programs(1) + c) * 2]``.
-    No key kept: ``(K, 0)``. Kept is what the attention kernels keep: nonzero, or (additive) a value that is not
-    ``<= threshold`` once rounded to fp32."""
+                          threshold, ADDITIVE: tl.constexpr, CHUNK: tl.constexpr, TILE_ROWS: tl.constexpr,
+                          BLOCK: tl.constexpr):
+    """Program ``(i, c, n)``, ``i = b * PER_H + h``: over the mask rows ``[c * CHUNK, (c + 1) * CHUNK)`` of batch entry
+    ``b`` and head ``h`` and the key blocks ``n, n + num_programs(2), ...``, ``K - first kept key`` and ``last kept
+    key + 1``, merged by atomic max into ``out[(i * num_programs(1) + c) * 2 + (0, 1)]`` (zeros before: nothing kept).
+    Kept is what the attention kernels keep: nonzero, or (additive) a value that is not ``<= threshold`` once rounded
+    to fp32. ``TILE_ROWS``: ``CHUNK``, or 1 for a mask of one row (no lanes on rows that do not exist)."""
     i = tl.program_id(0).to(tl.int64)
     c = tl.program_id(1)
     b = i // PER_H
     h = i % PER_H
-    rows = c * CHUNK + tl.arange(0, CHUNK)
+    rows = c * CHUNK + tl.arange(0, TILE_ROWS)
     row_ok = rows < ROWS
     offs = tl.arange(0, BLOCK)
     base = mask_ptr + b * stride_mb + h * stride_mh + rows[:, None].to(tl.int64) * stride_mm
-    first = tl.zeros([], dtype=tl.int32) + K_LEN
-    last = tl.zeros([], dtype=tl.int32) - 1
-    for n0 in range(0, K_LEN, BLOCK):
+    from_end = tl.zeros([], dtype=tl.int32)  # K - the first kept key
+    end = tl.zeros([], dtype=tl.int32)
+    for n0 in range(tl.program_id(2) * BLOCK, K_LEN, tl.num_programs(2) * BLOCK):
         cols = n0 + offs
         ok = row_ok[:, None] & (cols < K_LEN)[None, :]
         m = tl.load(base + cols[None, :].to(tl.int64) * stride_mk, mask=ok, other=0)
@@ -273,23 +275,26 @@ def _mask4d_bounds_kernel(mask_ptr, out_ptr, stride_mb, stride_mh, stride_mm, st
             kept = ok & ~(m.to(tl.float32) <= threshold)
         else:
             kept = ok & (m != 0)
-        first = tl.minimum(first, tl.min(tl.min(tl.where(kept, cols[None, :], K_LEN), axis=1), axis=0))
-        last = tl.maximum(last, tl.max(tl.max(tl.where(kept, cols[None, :], -1), axis=1), axis=0))
+        from_end = tl.maximum(from_end, tl.max(tl.max(tl.where(kept, K_LEN - cols[None, :], 0), axis=1), axis=0))
+        end = tl.maximum(end, tl.max(tl.max(tl.where(kept, cols[None, :] + 1, 0), axis=1), axis=0))
     at = out_ptr + (i * tl.num_programs(1) + c) * 2
-    tl.store(at, first)
-    tl.store(at + 1, last + 1)
+    tl.atomic_max(at, from_end)
+    tl.atomic_max(at + 1, end)
 
 
 def mask_bounds(view: torch.Tensor, additive: bool, threshold: float,
                 cache_key: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """int32 ``[per_b, per_h, chunks, 2]`` (see :func:`bounds_layout`): for each, the first kept key and the last kept
-    key + 1 of a 4D mask view ``[B, H, Q, K]`` (uint8 for a bool mask), ``(K, 0)`` where nothing is kept. The
-    attention forward visits only the key blocks inside the bounds of its query block's rows, so that a static
-    cache's unfilled keys, the future of a causal 4D mask or the other documents of a block-diagonal one are skipped
-    rather than read and masked.
+    """int32 ``[per_b, per_h, chunks, 2]`` (see :func:`bounds_layout`): for each, ``K`` minus the first kept key and
+    the last kept key + 1 of a 4D mask view ``[B, H, Q, K]`` (uint8 for a bool mask); ``(0, 0)`` where nothing is
+    kept (so that zeros start the atomic maxima that merge the key blocks). :func:`key_bounds` reads them as
+    ``(first, end)``. The attention forward visits only the key blocks inside the bounds of its query block's rows,
+    so that a static cache's unfilled keys, the future of a causal 4D mask or the other documents of a block-diagonal
+    one are skipped rather than read and masked.
 
     Cached per ``cache_key`` as :func:`pad_ranges` caches (a mask passed to :func:`share_ranges`, unchanged version,
-    same layout and threshold); otherwise one small kernel per call, reading each of the mask's own elements once."""
+    same layout and threshold); otherwise computed on every call, reading each of the mask's own elements once: one
+    memset and one small kernel, whose programs split the key blocks too, so that one row of a long cache is read in
+    parallel."""
     layout = bounds_layout(view)
     K = view.shape[3]
     version = None
@@ -306,15 +311,22 @@ def mask_bounds(view: torch.Tensor, additive: bool, threshold: float,
         hit = BOUNDS_CACHE.get(id(cache_key))
         if hit is not None and hit[0]() is cache_key and hit[1] == version and hit[3] == tag:
             return hit[2]
-    out = torch.empty((layout.per_b, layout.per_h, layout.chunks, 2), dtype=torch.int32, device=view.device)
-    block = 1 << (max(K, 16) - 1).bit_length()
-    grid = (layout.per_b * layout.per_h, layout.chunks)
-    if K and grid[0] * grid[1]:
+    out = torch.zeros((layout.per_b, layout.per_h, layout.chunks, 2), dtype=torch.int32, device=view.device)
+    tile_rows = 1 if layout.rows == 1 else BOUNDS_CHUNK
+    block = min(4096 // tile_rows, 1 << (max(K, 16) - 1).bit_length())  # plain Python: next power of two
+    key_programs = min(-(-K // block), 64)  # at most 64 programs per row chunk (each loops over its key blocks)
+    grid = (layout.per_b * layout.per_h, layout.chunks, key_programs)
+    if grid[0] * grid[1] * grid[2]:
         sb, sh, sq, sk = view.stride()
         _mask4d_bounds_kernel[grid](view, out, sb, sh, sq, sk, layout.per_h, layout.rows, K, float(threshold),
-                                    ADDITIVE=additive, CHUNK=BOUNDS_CHUNK, BLOCK=min(256, block))
-    else:
-        out[..., 0], out[..., 1] = K, 0
+                                    ADDITIVE=additive, CHUNK=BOUNDS_CHUNK, TILE_ROWS=tile_rows, BLOCK=block)
     if version is not None:
         weak_entry(BOUNDS_CACHE, id(cache_key), cache_key, version, out, tag)
+    return out
+
+
+def key_bounds(bounds: torch.Tensor, K: int) -> torch.Tensor:
+    """``(first kept key, last kept key + 1)`` from :func:`mask_bounds`' output; ``(K, 0)`` where nothing is kept."""
+    out = bounds.clone()
+    out[..., 0] = K - bounds[..., 0]
     return out

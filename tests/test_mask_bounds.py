@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from hf_masked_softmax import attention
-from hf_masked_softmax.masks import BOUNDS_CHUNK, bounds_layout, mask_bounds, prepare_mask
+from hf_masked_softmax.masks import BOUNDS_CHUNK, bounds_layout, key_bounds, mask_bounds, prepare_mask
 from hf_masked_softmax.reference import attention_reference
 from tolerances import assert_close
 
@@ -53,8 +53,9 @@ def test_bounds_of_every_layout_match_the_keep_mask(own_shape, form, device):
     layout = bounds_layout(spec.tensor)
     assert (layout.per_b, layout.per_h) == (B if own_shape[0] > 1 else 1, H if own_shape[1] > 1 else 1)
     assert layout.rows == (Q if own_shape[2] > 1 else 1)
-    got = mask_bounds(spec.tensor, form == "additive", spec.threshold)
-    assert got.dtype == torch.int32 and tuple(got.shape) == (layout.per_b, layout.per_h, layout.chunks, 2)
+    raw = mask_bounds(spec.tensor, form == "additive", spec.threshold)
+    assert raw.dtype == torch.int32 and tuple(raw.shape) == (layout.per_b, layout.per_h, layout.chunks, 2)
+    got = key_bounds(raw, K)
     dense = keep.expand(B, H, Q, K)
     assert torch.equal(got.cpu().long(), _expected_bounds(dense, layout))
 
@@ -64,6 +65,22 @@ def _nan_outside(k, v, first_out):
     k[:, :, first_out:] = float("nan")
     v[:, :, first_out:] = float("nan")
     return k, v
+
+
+@pytest.mark.parametrize("own_shape", [(2, 1, 1, 9000), (2, 1, 17, 16484)])
+def test_bounds_of_long_rows_merge_the_key_programs(own_shape, device):
+    # one row over 9000 keys: three programs of 4096 keys; 17 rows over 16484 keys: 64 programs of 256 keys, some
+    # looping twice. Each sequence keeps keys in one program's share only (first / last), or spread over several.
+    B, _, Q, K = own_shape
+    keep = torch.zeros(own_shape, dtype=torch.bool)
+    keep[0, ..., K - 5] = True  # the last program's share only
+    keep[1, ..., 7] = True  # the first's only ...
+    keep[1, :, -1, K // 2] = True  # ... and the middle's, in the last row (chunk 1 of two where Q = 17)
+    mask = keep.to(device)
+    spec = prepare_mask(mask, (B, 3, Q, K), mask.device)
+    layout = bounds_layout(spec.tensor)
+    got = key_bounds(mask_bounds(spec.tensor, False, 0.0), K)
+    assert torch.equal(got.cpu().long(), _expected_bounds(keep.expand(B, 3, Q, K), layout))
 
 
 @pytest.mark.parametrize("case", ["static-decode", "static-decode-gqa-split", "static-prefill", "documents"])
