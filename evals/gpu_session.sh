@@ -892,6 +892,7 @@ case "${1:-}" in
     # 4D masks' key bounds (masks.mask_bounds): the tests on CUDA (the NaN-outside-the-bounds checks at GPU block
     # sizes), the static-cache steps against sdpa and the unbounded kernel, the window rows' fused-4d provider
     pytest_summary tests_bounds30 200 tests/test_mask_bounds.py tests/test_attention.py -k "bounds or 4d"
+    timeout 100 python -u evals/probe_bounds.py 2>&1 | grep -v -i warn | tee "$OUT/probe_bounds30.log" | cut -c1-160
     timeout 150 python -u evals/bench_static.py --out "$OUT/static30" 2>&1 | grep -E "^(llama|gpt2)|Error"
     timeout 150 python -u evals/bench_window.py --shapes small-window,decode --no-backward \
       --providers fused-4d,sdpa-4d --out "$OUT/window30" 2>&1 | grep -E "^(small|decode)"

@@ -25,7 +25,7 @@ walks depends on the mask:
   key blocks inside the union of its rows' bounds, so a static cache's unfilled keys, the future of a causal 4D mask
   and the documents left of a block-diagonal one are never read. Every block visited loads its
   ``[BLOCK_M, BLOCK_N]`` mask tile through the mask's strides, so broadcast (stride-0) masks cost no memory. The
-  backward kernels walk every key block of a 4D mask (up to the diagonal) as before.
+  backward's dq kernel visits the same key blocks; the dk / dv kernel walks every query block of a 4D mask.
 
 A positive finite scale is applied inside the exponent, ``exp2(s * scale * log2(e) - m)`` as one FMA per score
 (``FOLD``; the row max is scaled once), in the forward and both backward kernels; not with an additive mask,
@@ -717,8 +717,10 @@ def _bwd_dq_kernel(
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_D: tl.constexpr, BLOCK_D: tl.constexpr,
     UPCAST: tl.constexpr, DOT_PREC: tl.constexpr, WIDE: tl.constexpr, FOLD: tl.constexpr, DROPOUT: tl.constexpr,
     WINDOWED: tl.constexpr,
+    B4D: tl.constexpr, B4D_PER_B: tl.constexpr, B4D_PER_H: tl.constexpr, B4D_SPAN: tl.constexpr,
 ):
-    """One query block of one head; visits the same key blocks as the forward."""
+    """One query block of one head; visits the same key blocks as the forward (``B4D``: within a 4D mask's key
+    bounds, as the forward)."""
     if BH_FIRST:
         bh = tl.program_id(0).to(tl.int64)
         pid_m = tl.num_programs(1) - 1 - tl.program_id(1)
@@ -738,6 +740,9 @@ def _bwd_dq_kernel(
     d_ok = offs_d < HEAD_D
 
     start, end, has_holes = _key_range(ranges_ptr, b, K_LEN, MASK_KIND)
+    if B4D:
+        start, end = _mask_bounds(ranges_ptr, b, h, pid_m * BLOCK_M, H, Q_LEN, K_LEN, B4D_PER_B, B4D_PER_H, B4D_SPAN,
+                                  16)
     s_lo, s_hi, full_lo, full_hi = _block_key_bounds(start, end, has_holes, pid_m * BLOCK_M, 0, 1,
                                                       Q_LEN, K_LEN, window, MASK_KIND, CAUSAL, WINDOWED,
                                                       BLOCK_M, BLOCK_N)
@@ -1122,7 +1127,8 @@ class _BackwardPlan:
     for the forward: a training step calls the backward with one signature in every layer, and three launches through
     Triton's own path cost more host time than the kernels take on small batches."""
 
-    def __init__(self, do, q, k, v, out, lse, kind, mask_t, threshold, causal, scale, drop_thr=0, window=0):
+    def __init__(self, do, q, k, v, out, lse, kind, mask_t, threshold, causal, scale, drop_thr=0, window=0,
+                 bounded=False):
         B, H, Q, D = q.shape
         Hkv, K = k.shape[1], k.shape[2]
         self.empty = q.numel() == 0 or K == 0  # nothing was attended to: every gradient is zero
@@ -1159,7 +1165,8 @@ class _BackwardPlan:
         self.dq = bind(
             _bwd_dq_kernel, (B * H, _cdiv(Q, block_m)) if q_first else (_cdiv(Q, block_m), B * H),
             (*qkv_strides, *dq.stride(), *mstr, B * H * Q, H, H // Hkv, Q, K, scale, scale * _LOG2E, threshold, *drop),
-            dict(BH_FIRST=q_first, BLOCK_M=block_m, BLOCK_N=block_n, num_warps=warps, num_stages=stages, **common),
+            dict(BH_FIRST=q_first, BLOCK_M=block_m, BLOCK_N=block_n, num_warps=warps, num_stages=stages, **common,
+                 **_ForwardPlan._bounds(mask_t if bounded else None, block_m)),
         )
 
     def __call__(self, do, q, k, v, out, lse, mask_t, ranges, seed=None):
@@ -1187,7 +1194,8 @@ def _backward(do, q, k, v, out, lse, kind, mask_t, ranges, threshold, causal, sc
            ranges is None, threshold, causal, scale, drop_thr, window, aligned(do, q, k, v, out, mask_t), _policy())
     plan = _BWD_PLANS.get(key)
     if plan is None:
-        plan = _BackwardPlan(do, q, k, v, out, lse, kind, mask_t, threshold, causal, scale, drop_thr, window)
+        bounded = ranges is not None and kind in (_K_BOOL, _K_ADD)  # a 4D mask's key bounds (the dq kernel's)
+        plan = _BackwardPlan(do, q, k, v, out, lse, kind, mask_t, threshold, causal, scale, drop_thr, window, bounded)
         remember(_BWD_PLANS, key, plan, _MAX_PLANS)
     return plan(do, q, k, v, out, lse, mask_t, ranges, seed)
 

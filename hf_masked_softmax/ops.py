@@ -223,11 +223,10 @@ def _kernel_mask_args(spec: _masks.MaskSpec, cache_key=None, bounds_threshold=No
     return _KERNEL_KIND[spec.kind], mask_t, _masks.spec_ranges(spec, cache_key)
 
 
-def _attn_mask_args(mask, mask_kind, threshold, shape, forward=True):
-    """(kernel kind, mask tensor, key ranges, threshold) for the attention operators (``forward``: with a 4D
-    mask's key bounds, which only the forward kernel reads)."""
+def _attn_mask_args(mask, mask_kind, threshold, shape):
+    """(kernel kind, mask tensor, key ranges or a 4D mask's key bounds, threshold) for the attention operators."""
     spec = _spec(mask, mask_kind, threshold, shape)
-    return (*_kernel_mask_args(spec, None, threshold if forward else None), threshold)
+    return (*_kernel_mask_args(spec, None, threshold), threshold)
 
 
 def _reference_dropout(q, k, drop_thr, seed):
@@ -307,7 +306,7 @@ def attention_backward_op(
         return attention_backward_reference(q, k, v, do, mask, causal=causal, scale=scale,
                                             dropout=_reference_dropout(q, k, drop_thr, seed), window=window)
     B, H, Q, _ = q.shape
-    kind, mask_t, ranges, threshold = _attn_mask_args(mask, mask_kind, threshold, (B, H, Q, k.shape[2]), False)
+    kind, mask_t, ranges, threshold = _attn_mask_args(mask, mask_kind, threshold, (B, H, Q, k.shape[2]))
     with on_device(q):
         return _attn._backward(do, q, k, v, out, lse, kind, mask_t, ranges, threshold, causal, scale, drop_thr, seed,
                                window)

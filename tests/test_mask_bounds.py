@@ -147,6 +147,36 @@ def test_documents_skip_the_other_documents_blocks(device, monkeypatch):
     assert_close(out, ref, scale=4.0)
 
 
+@pytest.mark.parametrize("form", ["bool-per-head", "additive-documents"])
+def test_gradients_with_4d_mask_bounds(form, device, monkeypatch):
+    # training takes the bounds too: the dq kernel visits the forward's key blocks (dk / dv walk every query block);
+    # gradients against the fp64 reference, and the dq plan is bounded
+    monkeypatch.setattr(attn_mod, "_PLANS", {})
+    monkeypatch.setattr(attn_mod, "_BWD_PLANS", {})
+    g = torch.Generator().manual_seed(9)
+    B, H, Q, K, D = 2, 2, 37, 53, 16
+    q, k, v = (torch.randn(B, H, n, D, generator=g).to(device).requires_grad_(True) for n in (Q, K, K))
+    i, j = torch.arange(Q)[:, None], torch.arange(K)[None, :]
+    if form == "bool-per-head":  # head 0 causal over the first 30 keys, head 1 a window of 8
+        mask = torch.stack([(j <= i) & (j < 30), (j <= i) & (j > i - 8)])[None].expand(B, H, Q, K).clone()
+        mask[1, :, :, :3] = False
+    else:  # two documents: rows 0-19 see keys 0-19, rows 20-36 keys 20-52
+        same = (i >= 20) == (j >= 20)
+        mask = torch.zeros(1, 1, Q, K).masked_fill(~same, float("-inf"))
+    mask = mask.to(device)
+    out = attention(q, k, v, mask)
+    do = torch.randn(out.shape, generator=g).to(device)
+    grads = torch.autograd.grad(out, (q, k, v), do)
+    qd, kd, vd = (t.detach().double().requires_grad_(True) for t in (q, k, v))
+    ref = attention_reference(qd, kd, vd, mask.double() if mask.is_floating_point() else mask)
+    ref_grads = torch.autograd.grad(ref, (qd, kd, vd), do.double())
+    assert_close(out, ref.detach(), scale=4.0)
+    for got, want in zip(grads, ref_grads):
+        assert_close(got, want, scale=8.0)
+    (plan,) = attn_mod._BWD_PLANS.values()
+    assert plan.dq.kwargs["B4D"] and "B4D" not in plan.dkdv.kwargs
+
+
 def test_the_bounds_of_a_shared_mask_are_computed_once(device, monkeypatch):
     # HF's mask function marks the 4D masks it makes (share_ranges): every layer then reuses one bounds tensor, while
     # an in-place edit (a new version) gets new bounds
