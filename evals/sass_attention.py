@@ -41,13 +41,19 @@ def _jit_fn(kernel):
     return kernel.fn if isinstance(kernel, FastLaunch) else kernel
 
 
-def compile_forward(causal, config, fold, merge, arch, dtype="fp16", head_d=64, maxnreg=None, dropout=False):
+def compile_forward(causal, config, fold, merge, arch, dtype="fp16", head_d=64, maxnreg=None, dropout=False,
+                    mask_kind=None, bounds=False):
+    """``mask_kind``: the kernel's (default the 2D mask's key ranges); ``bounds`` (a 4D mask): its key bounds, one
+    per sequence and 16 query rows, as ``attention._ForwardPlan._bounds`` sets them for a ``[B, 1, Q, K]`` mask."""
     block_m, block_n, warps, stages = config
     fn = _jit_fn(attn._attn_fwd_kernel)
-    consts = dict(MASK_KIND=attn._K_RANGE, CAUSAL=causal, BH_FIRST=causal, BLOCK_M=block_m, BLOCK_N=block_n,
-                  HEAD_D=head_d, BLOCK_D=attn._block_d(head_d), UPCAST=False, DOT_PREC="tf32", WIDE=False,
-                  FOLD=fold, MERGE_TAIL=merge, STORE_LSE=True, DROPOUT=dropout, WINDOWED=False, PACK=False,
-                  **{name: 1 for name in UNIT_STRIDES})
+    b4d = dict(B4D=False, B4D_PER_B=False, B4D_PER_H=False, B4D_SPAN=0)
+    if bounds:
+        b4d = dict(B4D=True, B4D_PER_B=True, B4D_PER_H=False, B4D_SPAN=max(1, block_m // 16))
+    consts = dict(MASK_KIND=attn._K_RANGE if mask_kind is None else mask_kind, CAUSAL=causal, BH_FIRST=causal,
+                  BLOCK_M=block_m, BLOCK_N=block_n, HEAD_D=head_d, BLOCK_D=attn._block_d(head_d), UPCAST=False,
+                  DOT_PREC="tf32", WIDE=False, FOLD=fold, MERGE_TAIL=merge, STORE_LSE=True, DROPOUT=dropout,
+                  WINDOWED=False, PACK=False, **b4d, **{name: 1 for name in UNIT_STRIDES})
     sig, attrs = {}, {}
     for i, name in enumerate(fn.arg_names):
         if name in consts:
@@ -111,6 +117,9 @@ def main(argv=None):
     ap.add_argument("--no-merge", action="store_true", help="trailing key blocks in their own loop")
     ap.add_argument("--maxnreg", type=int, default=None)
     ap.add_argument("--dropout", action="store_true", help="the training forward with attention dropout (DROPOUT)")
+    ap.add_argument("--mask", choices=["2d", "bool4d", "bool4d-bounds"], default="2d",
+                    help="the mask path: 2D key ranges (default), a 4D bool mask, or one with its key bounds")
+    ap.add_argument("--head-dim", type=int, default=64)
     ap.add_argument("--arch", type=int, default=90, help="compute capability x10 (90 = Hopper)")
     ap.add_argument("--out", default=None, help="folder for the .ptx / .cubin / .sass (default $OUT or ./out)")
     args = ap.parse_args(argv)
@@ -125,14 +134,17 @@ def main(argv=None):
     else:
         import torch
 
-        config = attn._fwd_config(64, 1024, torch.float16, False, args.causal)
+        config = attn._fwd_config(args.head_dim, 1024, torch.float16, False, args.causal)
+    kind = attn._K_RANGE if args.mask == "2d" else attn._K_BOOL
     kernel = compile_forward(args.causal, config, not args.no_fold, not args.no_merge, args.arch,
-                             maxnreg=args.maxnreg, dropout=args.dropout)
+                             head_d=args.head_dim, maxnreg=args.maxnreg, dropout=args.dropout, mask_kind=kind,
+                             bounds=args.mask == "bool4d-bounds")
     out = args.out or os.environ.get("OUT") or "out"
     os.makedirs(out, exist_ok=True)
     stem = os.path.join(out, f"attn_fwd_sm{args.arch}_{'causal' if args.causal else 'full'}_"
                              f"{'_'.join(map(str, config))}{'' if args.no_fold else '_fold'}"
-                             f"{'' if args.no_merge else '_merge'}{'_dropout' if args.dropout else ''}")
+                             f"{'' if args.no_merge else '_merge'}{'_dropout' if args.dropout else ''}"
+                             f"{'' if args.mask == '2d' else '_' + args.mask}{'' if args.head_dim == 64 else f'_d{args.head_dim}'}")
     with open(stem + ".ptx", "w") as f:
         f.write(kernel.asm["ptx"])
     with open(stem + ".cubin", "wb") as f:
@@ -141,7 +153,8 @@ def main(argv=None):
     with open(stem + ".sass", "w") as f:
         f.write(info["sass"])
     print(f"triton {triton.__version__}, sm_{args.arch}, causal={args.causal}, config {config}, "
-          f"fold={not args.no_fold}, merge={not args.no_merge}, maxnreg={args.maxnreg}, dropout={args.dropout}")
+          f"fold={not args.no_fold}, merge={not args.no_merge}, maxnreg={args.maxnreg}, dropout={args.dropout}, "
+          f"mask {args.mask}, head dim {args.head_dim}")
     print(f"registers {info['registers']}, stack {info['stack']} B, shared {kernel.metadata.shared} B, "
           f"{info['instructions']} instructions")
     for lp in info["loops"]:

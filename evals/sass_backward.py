@@ -66,13 +66,15 @@ def main(argv=None):
     print(f"triton {triton.__version__}, sm_{args.arch}, kernels of {os.path.abspath(args.tree)}")
     common = dict(HEAD_D=64, BLOCK_D=64, UPCAST=False, DOT_PREC="tf32", WIDE=False, DROPOUT=False, WINDOWED=False,
                   CAUSAL=True, BH_FIRST=True)
+    no_bounds = dict(B4D=False, B4D_PER_B=False, B4D_PER_H=False, B4D_SPAN=0)  # no 4D mask's key bounds
     for kind, fold, name in ((attn._K_RANGE, True, "2D mask"), (attn._K_ADD, False, "additive")):
         compile_one(attn._bwd_dkdv_kernel, dict(MASK_KIND=kind, BLOCK_M=32, BLOCK_N=64, FOLD=fold, **common), 4, 3,
                     f"dkdv, {name}")
-        compile_one(attn._bwd_dq_kernel, dict(MASK_KIND=kind, BLOCK_M=64, BLOCK_N=32, FOLD=fold, **common), 4, 3,
-                    f"dq, {name}")
+        compile_one(attn._bwd_dq_kernel, dict(MASK_KIND=kind, BLOCK_M=64, BLOCK_N=32, FOLD=fold, **no_bounds,
+                                              **common), 4, 3, f"dq, {name}")
     compile_one(attn._attn_fwd_kernel, dict(MASK_KIND=attn._K_RANGE, BLOCK_M=64, BLOCK_N=64, FOLD=True,
-                                            MERGE_TAIL=True, STORE_LSE=True, **common), 4, 3, "forward, 2D mask")
+                                            MERGE_TAIL=True, STORE_LSE=True, PACK=False, **no_bounds, **common), 4, 3,
+                "forward, 2D mask")
     compile_one(attn._split_combine_kernel, dict(HEAD_D=64, BLOCK_D=64, BLOCK_S=4, STORE_LSE=True), 1, 1,
                 "split merge")
 
