@@ -78,8 +78,8 @@ def variants(name="llama-prefill"):
     wide[..., 0], wide[..., 1] = K, K  # every key: the unbounded kernel's blocks, through the bounded code
     layout = masks.bounds_layout(view)
     one = torch.zeros(layout.per_b, 1, 1, 2, dtype=torch.int32, device="cuda")  # one bound per sequence
-    one[..., 0] = bounds[..., 0].amax(dim=(1, 2))[:, None]
-    one[..., 1] = bounds[..., 1].amax(dim=(1, 2))[:, None]
+    one[..., 0] = bounds[..., 0].amax(dim=(1, 2)).view(-1, 1, 1)
+    one[..., 1] = bounds[..., 1].amax(dim=(1, 2)).view(-1, 1, 1)
     real_config = attn._fwd_config
 
     def run(ranges, config=None, view_=view):

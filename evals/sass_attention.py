@@ -48,9 +48,11 @@ def compile_forward(causal, config, fold, merge, arch, dtype="fp16", head_d=64, 
     block_m, block_n, warps, stages = config
     fn = _jit_fn(attn._attn_fwd_kernel)
     b4d = dict(B4D=False, B4D_PER_B=False, B4D_PER_H=False, B4D_SPAN=0)
+    if mask_kind == attn._K_RANGE:
+        mask_kind = None
     if bounds:
         b4d = dict(B4D=True, B4D_PER_B=True, B4D_PER_H=False, B4D_SPAN=max(1, block_m // 16))
-    consts = dict(MASK_KIND=attn._K_RANGE if mask_kind is None else mask_kind, CAUSAL=causal, BH_FIRST=causal,
+    consts = dict(MASK_KIND=mask_kind or attn._K_RANGE, CAUSAL=causal, BH_FIRST=causal,
                   BLOCK_M=block_m, BLOCK_N=block_n, HEAD_D=head_d, BLOCK_D=attn._block_d(head_d), UPCAST=False,
                   DOT_PREC="tf32", WIDE=False, FOLD=fold, MERGE_TAIL=merge, STORE_LSE=True, DROPOUT=dropout,
                   WINDOWED=False, PACK=False, **b4d, **{name: 1 for name in UNIT_STRIDES})
@@ -65,7 +67,8 @@ def compile_forward(causal, config, fold, merge, arch, dtype="fp16", head_d=64, 
             sig[name] = "fp32"
         else:
             sig[name] = "i32"
-            if name.startswith("stride") and name not in MASK_STRIDES:
+            if name.startswith("stride") and name not in MASK_STRIDES or name == "stride_mm" and mask_kind:
+                # (a 4D mask's row stride: its key length, a multiple of 16 in the shapes timed)
                 attrs[(i,)] = [["tt.divisibility", 16]]
     options = dict(num_warps=warps, num_stages=stages)
     if maxnreg:
