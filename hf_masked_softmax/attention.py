@@ -382,7 +382,16 @@ def _attn_fwd_kernel(
                                 s_lo, tl.minimum(full_lo, s_hi), s_lo, start, end, has_holes, Q_LEN, K_LEN,
                                 qk_scale, threshold, seed, bh, drop_thr, window, 1, MASK_KIND, CAUSAL, BLOCK_N,
                                 HEAD_D, BLOCK_D, UPCAST, DOT_PREC, FOLD, DROPOUT, WINDOWED)
-    if MERGE_TAIL:
+    if MASK_KIND >= 2:
+        # a 4D mask: every block evaluates it, unconditionally, so that its tile loads stay in the software pipeline
+        # (behind `n0 >= mask_from` they were not, once the 4D mask's key bounds made `mask_from` a loaded value:
+        # blocks 3-4x slower on an H100)
+        acc, l_i, m_i = _fwd_blocks(acc, l_i, m_i, q, k_base, v_base, mask_base, qrows, offs_n, offs_d,
+                                    stride_kn, stride_kd, stride_vn, stride_vd, stride_mm, stride_mk,
+                                    s_lo, s_hi, s_lo, start, end, has_holes, Q_LEN, K_LEN,
+                                    qk_scale, threshold, seed, bh, drop_thr, window, 1, MASK_KIND, CAUSAL, BLOCK_N,
+                                    HEAD_D, BLOCK_D, UPCAST, DOT_PREC, FOLD, DROPOUT, WINDOWED)
+    elif MERGE_TAIL:
         acc, l_i, m_i = _fwd_blocks(acc, l_i, m_i, q, k_base, v_base, mask_base, qrows, offs_n, offs_d,
                                     stride_kn, stride_kd, stride_vn, stride_vd, stride_mm, stride_mk,
                                     tl.minimum(full_lo, s_hi), s_hi, full_hi, start, end, has_holes, Q_LEN, K_LEN,
