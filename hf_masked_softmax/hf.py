@@ -9,8 +9,10 @@ Masks. HF's eager and sdpa paths expand the tokenizer's ``[B, K]`` padding mask 
 causality baked in. The mask function here returns the compact ``[B, K]`` bool mask instead (``None`` when the model
 got no mask; a mask without padding is returned as it is, since finding that out would synchronise with the GPU), and
 the attention function adds causality itself from ``module.is_causal``, bottom-right aligned, which is exactly HF's
-causal mask whenever the last query is the last key (no cache, or a dynamic cache). Everything else
-that HF can ask for (a static cache whose keys run past the queries, packed sequences, custom ``or``/``and`` mask
+causal mask whenever the last query is the last key (no cache, or a dynamic cache). So is a one-query step on a
+static cache (the query sees every key bottom-right) once the compact mask drops the cache's slots past the query's
+position, which the mask function then does. Everything else
+that HF can ask for (a static cache's prompt or multi-token step, packed sequences, custom ``or``/``and`` mask
 functions) gets HF's own 4D boolean mask, which the attention function then uses as given, with no causality added,
 as eager and sdpa do with any 4D mask (user-supplied 4D masks, bool or additive, take the same path).
 
@@ -359,9 +361,16 @@ def _mask_function(
         # forward cannot tell a compact mask handed back from the tokenizer's (it does not read the tag above): HF's
         # 4D mask.
         plain = False
-    if plain and aligned:
+    # A one-query step on a static cache (keys past the query's position are the cache's unwritten slots): with
+    # bottom-right causality the query sees every key, so the compact mask with the keys past its position dropped is
+    # exactly HF's mask (its key ranges then bound the step as a dynamic cache's are)
+    static_step = (causal and not aligned and q_length == 1 and window is None and plain
+                   and not torch.compiler.is_compiling() and not isinstance(kv_offset, torch.Tensor) and kv_offset == 0
+                   and not (isinstance(q_offset, torch.Tensor) and is_tracing(q_offset))
+                   and 0 <= int(q_offset) < kv_length)
+    if plain and (aligned or static_step):
         if attention_mask is None:
-            if not cut:
+            if not cut and not static_step:
                 return None
             # no padding, but the window must reach the attention function: an all-true mask carries it
             cols = torch.ones(batch_size, kv_length, dtype=torch.bool, device=kwargs.get("device", "cpu"))
@@ -375,13 +384,15 @@ def _mask_function(
         # Except on a one-query step (decoding), where the question is cheap: generate() waits for the GPU after
         # every step (its stop check), so the flag's copy finds the GPU idle, and a step without padding then runs
         # every layer on the mask-free path, as HF's sdpa does (its mask function asks the same question there).
-        if (q_length == 1 and DECODE_PAD_CHECK and not cut and cols.shape[-1] == kv_length and not is_tracing(cols)
-                and bool(cols.all())):
+        if (q_length == 1 and DECODE_PAD_CHECK and not cut and not static_step and cols.shape[-1] == kv_length
+                and not is_tracing(cols) and bool(cols.all())):
             return None
         # always a new tensor (a bool mask's slice would share the caller's memory): one per forward, see _pick_mode
         pad = cols.to(torch.bool, copy=True)
         if pad.shape[-1] < kv_length:
             pad = torch.nn.functional.pad(pad, (0, kv_length - pad.shape[-1]), value=False)
+        if static_step:
+            pad[:, int(q_offset) + 1:] = False  # the cache's slots past the query: not written yet
         if not torch.compiler.is_compiling():
             _masks.share_ranges(pad)
             setattr(pad, _COMPACT_TAG, (int(kv_offset), kv_length, window))

@@ -86,6 +86,26 @@ def test_a_decode_step_asks_whether_its_mask_pads_anything(check, monkeypatch):
     assert torch.equal(out, torch.nn.functional.pad(full.bool(), (0, 1), value=False))
 
 
+@pytest.mark.parametrize("form", ["full", "padded", "none"])
+def test_a_static_cache_step_gets_the_compact_mask_up_to_its_position(form):
+    # One query at position 5 of a 10-key static cache: with bottom-right causality it sees all 10 keys, so the
+    # compact mask drops keys 6..9 itself (also from a tokenizer mask that covers them, or from no mask at all), and
+    # equals the row of HF's 4D mask
+    from transformers import masking_utils
+
+    pad = None if form == "none" else torch.ones(2, 10, dtype=torch.long)
+    if form == "padded":
+        pad[1, :3] = 0
+    out = hf._mask_function(2, 1, 10, q_offset=5, kv_offset=0, attention_mask=pad, device="cpu")
+    want = masking_utils.sdpa_mask(batch_size=2, q_length=1, kv_length=10, q_offset=5, kv_offset=0,
+                                   attention_mask=None if pad is None else pad.bool(), allow_is_causal_skip=False,
+                                   device="cpu")
+    assert out.dim() == 2 and out.dtype == torch.bool
+    assert torch.equal(out, want.expand(2, 1, 1, 10)[:, 0, 0])
+    # a window, or keys that start past position 0, keep HF's 4D mask
+    assert hf._mask_function(2, 1, 10, q_offset=5, kv_offset=2, attention_mask=pad, device="cpu").dim() == 4
+
+
 def unlisted(**kw):
     """A tiny Gemma 2: a type outside the registry (it soft-caps its scores) that goes through the attention
     interface in every supported transformers."""

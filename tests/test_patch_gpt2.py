@@ -122,7 +122,8 @@ def test_assisted_generation_verifies_several_tokens_on_a_cache(device, mode, mo
 
 
 def test_generate_static_cache_left_padded(device, monkeypatch):
-    # A static cache is longer than what it holds: the mask function hands over HF's 4D mask instead of the 2D one.
+    # A static cache is longer than what it holds: the mask function hands the prompt HF's 4D mask instead of the 2D
+    # one, and each one-token step the compact mask cut at its position (bottom-right, one query sees every key).
     # Uncompiled: on CUDA transformers compiles static-cache decoding by itself, and a compiled step always gets the
     # 4D mask (its cache position is traced; tests/test_compile.py covers that path).
     mask_dims = []
@@ -140,8 +141,8 @@ def test_generate_static_cache_left_padded(device, monkeypatch):
     ref, out = eager_and_patched(model, gen, "auto")
     assert ref.shape == (2, 12)
     assert torch.equal(out, ref)
-    # 2 layers x (prefill + 3 one-token steps); the last step fills the cache, so the 2D mask is exact again
-    assert mask_dims == [4] * 6 + [2] * 2
+    # 2 layers x (prefill + 3 one-token steps)
+    assert mask_dims == [4] * 2 + [2] * 6
 
 
 @pytest.mark.parametrize("mode", MODES)
