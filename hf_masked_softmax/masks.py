@@ -316,7 +316,7 @@ def mask_bounds(view: torch.Tensor, additive: bool, threshold: float,
     block = min(4096 // tile_rows, 1 << (max(K, 16) - 1).bit_length())  # plain Python: next power of two
     key_programs = min(-(-K // block), 64)  # at most 64 programs per row chunk (each loops over its key blocks)
     grid = (layout.per_b * layout.per_h, layout.chunks, key_programs)
-    if grid[0] * grid[1] * grid[2]:
+    if view.numel():  # (an empty mask, no queries or no keys: nothing kept, and nothing to read)
         sb, sh, sq, sk = view.stride()
         _mask4d_bounds_kernel[grid](view, out, sb, sh, sq, sk, layout.per_h, layout.rows, K, float(threshold),
                                     ADDITIVE=additive, CHUNK=BOUNDS_CHUNK, TILE_ROWS=tile_rows, BLOCK=block)

@@ -217,7 +217,8 @@ def _kernel_mask_args(spec: _masks.MaskSpec, cache_key=None, bounds_threshold=No
     if spec.kind == _masks.ADD4D and mask_t.dtype == torch.float64:
         own = mask_t[tuple(slice(0, 1) if st == 0 else slice(None) for st in mask_t.stride())]
         mask_t = own.to(torch.float32).expand(mask_t.shape)
-    if bounds_threshold is not None and spec.kind in (_masks.BOOL4D, _masks.ADD4D) and _attn.MASK4D_BOUNDS:
+    if (bounds_threshold is not None and spec.kind in (_masks.BOOL4D, _masks.ADD4D) and _attn.MASK4D_BOUNDS
+            and _masks.bounds_layout(mask_t).chunks <= _attn.GRID_YZ_MAX):  # (its grid: a chunk per 16 query rows)
         bounds = _masks.mask_bounds(mask_t, spec.kind == _masks.ADD4D, bounds_threshold, cache_key)
         return _KERNEL_KIND[spec.kind], mask_t, bounds
     return _KERNEL_KIND[spec.kind], mask_t, _masks.spec_ranges(spec, cache_key)

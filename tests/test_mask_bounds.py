@@ -177,6 +177,18 @@ def test_gradients_with_4d_mask_bounds(form, device, monkeypatch):
     assert plan.dq.kwargs["B4D"] and "B4D" not in plan.dkdv.kwargs
 
 
+@pytest.mark.parametrize("Q, K", [(0, 5), (3, 0), (20, 1)])
+def test_empty_and_tiny_4d_masks(Q, K, device):
+    # no queries or no keys: nothing to read (an empty mask's data must not be), zeros out; one key: a bound of it
+    g = torch.Generator().manual_seed(Q + K)
+    q = torch.randn(2, 2, Q, 16, generator=g).to(device)
+    k, v = (torch.randn(2, 2, K, 16, generator=g).to(device) for _ in range(2))
+    mask = (torch.rand(2, 1, Q, K, generator=g) > 0.5).to(device)
+    out = attention(q, k, v, mask)
+    assert out.shape == q.shape and torch.isfinite(out).all()
+    assert_close(out, attention_reference(q.double(), k.double(), v.double(), mask), scale=4.0)
+
+
 def test_the_bounds_of_a_shared_mask_are_computed_once(device, monkeypatch):
     # HF's mask function marks the 4D masks it makes (share_ranges): every layer then reuses one bounds tensor, while
     # an in-place edit (a new version) gets new bounds
