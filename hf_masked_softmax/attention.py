@@ -25,7 +25,8 @@ walks depends on the mask:
   key blocks inside the union of its rows' bounds, so a static cache's unfilled keys, the future of a causal 4D mask
   and the documents left of a block-diagonal one are never read. Every block visited loads its
   ``[BLOCK_M, BLOCK_N]`` mask tile through the mask's strides, so broadcast (stride-0) masks cost no memory. The
-  backward's dq kernel visits the same key blocks; the dk / dv kernel walks every query block of a 4D mask.
+  backward's dq kernel visits the same key blocks, and the dk / dv kernel, per key block, only the query blocks
+  between the first and the last query that keep one of its keys (the bounds' second part).
 
 A positive finite scale is applied inside the exponent, ``exp2(s * scale * log2(e) - m)`` as one FMA per score
 (``FOLD``; the row max is scaled once), in the forward and both backward kernels; not with an additive mask,
@@ -245,17 +246,42 @@ def _mask_bounds(bounds_ptr, b, h, m0, H, Q_LEN, K_LEN, PER_B: tl.constexpr, PER
         base = b
     if PER_H:
         base = base * H + h
+    n_k = tl.cdiv(K_LEN, CHUNK)  # each (b, h) entry: its row chunks' key bounds, then its key chunks' row bounds
     if SPAN > 0:
         n_c = tl.cdiv(Q_LEN, CHUNK)
         c = m0 // CHUNK + tl.arange(0, SPAN)
         ok = c < n_c
-        at = bounds_ptr + (base * n_c + c) * 2
+        at = bounds_ptr + (base * (n_c + n_k) + c) * 2
         from_end = tl.max(tl.load(at, mask=ok, other=0), axis=0)
         end = tl.max(tl.load(at + 1, mask=ok, other=0), axis=0)
     else:
-        from_end = tl.load(bounds_ptr + base * 2)
-        end = tl.load(bounds_ptr + base * 2 + 1)
+        at = bounds_ptr + base * (1 + n_k) * 2
+        from_end = tl.load(at)
+        end = tl.load(at + 1)
     return K_LEN - from_end, end
+
+
+@triton.jit
+def _mask_row_bounds(bounds_ptr, b, h, n0, H, Q_LEN, K_LEN, PER_B: tl.constexpr, PER_H: tl.constexpr,
+                     ROW_CHUNKS: tl.constexpr, KSPAN: tl.constexpr, CHUNK: tl.constexpr):
+    """``(first, end)``: the query rows for which a 4D mask keeps some key of ``[n0, n0 + KSPAN * CHUNK)``, batch entry
+    ``b``, head ``h`` (the union over the key chunks, see ``masks.mask_bounds``). ``ROW_CHUNKS``: the mask has its
+    own rows (else one row, broadcast). Nothing kept: ``first >= end``."""
+    base = b * 0
+    if PER_B:
+        base = b
+    if PER_H:
+        base = base * H + h
+    n_k = tl.cdiv(K_LEN, CHUNK)
+    n_c = 1
+    if ROW_CHUNKS:
+        n_c = tl.cdiv(Q_LEN, CHUNK)
+    c = n0 // CHUNK + tl.arange(0, KSPAN)
+    ok = c < n_k
+    at = bounds_ptr + (base * (n_c + n_k) + n_c + c) * 2
+    from_end = tl.max(tl.load(at, mask=ok, other=0), axis=0)
+    end = tl.max(tl.load(at + 1, mask=ok, other=0), axis=0)
+    return Q_LEN - from_end, end
 
 
 @triton.jit
@@ -582,8 +608,10 @@ def _bwd_dkdv_kernel(
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_D: tl.constexpr, BLOCK_D: tl.constexpr,
     UPCAST: tl.constexpr, DOT_PREC: tl.constexpr, WIDE: tl.constexpr, FOLD: tl.constexpr, DROPOUT: tl.constexpr,
     WINDOWED: tl.constexpr,
+    B4D: tl.constexpr, B4D_PER_B: tl.constexpr, B4D_PER_H: tl.constexpr, B4D_SPAN: tl.constexpr,
 ):
-    """One key block of one key/value head; sums over the query heads of its GQA group (no atomics)."""
+    """One key block of one key/value head; sums over the query heads of its GQA group (no atomics). ``B4D``: a 4D
+    mask's row bounds (``masks.mask_bounds``) limit each head's query blocks to those that keep a key of the block."""
     if BH_FIRST:
         # (batch x kv head) fastest; key blocks in order: under causality the first see the most queries
         bhk = tl.program_id(0).to(tl.int64)
@@ -644,9 +672,16 @@ def _bwd_dkdv_kernel(
         lse_base = lse_ptr + (b * H + h) * Q_LEN
         delta_base = delta_ptr + (b * H + h) * Q_LEN
         mask_base = mask_ptr + b * stride_mb + h * stride_mh
+        h_lo = q_lo
+        h_full = q_full
+        if B4D:  # (a 4D mask: q_full is q_hi, every visited block masked)
+            r_first, r_end = _mask_row_bounds(ranges_ptr, b, h, n0, H, Q_LEN, K_LEN, B4D_PER_B, B4D_PER_H,
+                                              B4D_SPAN > 0, BLOCK_N // 16, 16)
+            h_lo = tl.maximum(q_lo, r_first // BLOCK_M * BLOCK_M)
+            h_full = tl.maximum(tl.minimum(q_full, r_end), h_lo)
         dk, dv = _dkdv_blocks(dk, dv, k, v, q_base, do_base, lse_base, delta_base, mask_base, cols, offs_m, offs_d,
                               stride_qm, stride_qd, stride_dom, stride_dod, stride_mm, stride_mk, stride_lp,
-                              q_lo, q_full, start, end, has_holes, Q_LEN, K_LEN, qk_scale, threshold,
+                              h_lo, h_full, start, end, has_holes, Q_LEN, K_LEN, qk_scale, threshold,
                               seed, b * H + h, n0, drop_thr, keep_scale, window,
                               True, MASK_KIND, CAUSAL, BLOCK_M, BLOCK_N, HEAD_D, BLOCK_D, UPCAST, DOT_PREC, FOLD,
                               DROPOUT, WINDOWED)
@@ -1167,7 +1202,8 @@ class _BackwardPlan:
             _bwd_dkdv_kernel, (B * Hkv, _cdiv(K, block_n)) if kv_first else (_cdiv(K, block_n), B * Hkv),
             (*qkv_strides, *dk.stride(), *dv.stride(), *mstr, B * H * Q, H, Hkv, H // Hkv, Q, K, scale, scale * _LOG2E,
              threshold, *drop),
-            dict(BH_FIRST=kv_first, BLOCK_M=block_m, BLOCK_N=block_n, num_warps=warps, num_stages=stages, **common),
+            dict(BH_FIRST=kv_first, BLOCK_M=block_m, BLOCK_N=block_n, num_warps=warps, num_stages=stages, **common,
+                 **_ForwardPlan._bounds(mask_t if bounded else None, block_m)),
         )
         block_m, block_n, warps, stages = q_cfg
         q_first = _bh_first(causal, B * H, _cdiv(Q, block_m))

@@ -249,14 +249,16 @@ def bounds_layout(view: torch.Tensor) -> BoundsLayout:
 
 @fast_launch
 @triton.jit
-def _mask4d_bounds_kernel(mask_ptr, out_ptr, stride_mb, stride_mh, stride_mm, stride_mk, PER_H, ROWS, K_LEN,
+def _mask4d_bounds_kernel(mask_ptr, out_ptr, stride_mb, stride_mh, stride_mm, stride_mk, PER_H, ROWS, Q_LEN, K_LEN,
                           threshold, ADDITIVE: tl.constexpr, CHUNK: tl.constexpr, TILE_ROWS: tl.constexpr,
                           BLOCK: tl.constexpr):
-    """Program ``(i, c, n)``, ``i = b * PER_H + h``: over the mask rows ``[c * CHUNK, (c + 1) * CHUNK)`` of batch entry
-    ``b`` and head ``h`` and the key blocks ``n, n + num_programs(2), ...``, ``K - first kept key`` and ``last kept
-    key + 1``, merged by atomic max into ``out[(i * num_programs(1) + c) * 2 + (0, 1)]`` (zeros before: nothing kept).
-    Kept is what the attention kernels keep: nonzero, or (additive) a value that is not ``<= threshold`` once rounded
-    to fp32. ``TILE_ROWS``: ``CHUNK``, or 1 for a mask of one row (no lanes on rows that do not exist)."""
+    """Program ``(i, c, n)``, ``i = b * PER_H + h``: the mask rows ``[c * CHUNK, (c + 1) * CHUNK)`` of batch entry ``b``
+    and head ``h``, over the key blocks ``n, n + num_programs(2), ...``. Entry ``i`` of ``out`` holds
+    ``num_programs(1)`` key bounds, one per row chunk: ``K - first kept key`` and ``last kept key + 1``; then
+    ``cdiv(K, CHUNK)`` row bounds, one per chunk of ``CHUNK`` keys: ``Q - first query that keeps one of them`` and
+    ``last such query + 1`` (a mask of one row, broadcast: every query, or none). All merged by atomic max from zeros
+    (nothing kept). Kept is what the attention kernels keep: nonzero, or (additive) a value that is not
+    ``<= threshold`` once rounded to fp32. ``TILE_ROWS``: ``CHUNK``, or 1 for a mask of one row."""
     i = tl.program_id(0).to(tl.int64)
     c = tl.program_id(1)
     b = i // PER_H
@@ -265,6 +267,12 @@ def _mask4d_bounds_kernel(mask_ptr, out_ptr, stride_mb, stride_mh, stride_mm, st
     row_ok = rows < ROWS
     offs = tl.arange(0, BLOCK)
     base = mask_ptr + b * stride_mb + h * stride_mh + rows[:, None].to(tl.int64) * stride_mm
+    entry = out_ptr + i * (tl.num_programs(1) + tl.cdiv(K_LEN, CHUNK)) * 2
+    row_first = rows
+    row_end = rows + 1
+    if ROWS == 1:  # one row for every query
+        row_first = rows * 0
+        row_end = rows * 0 + Q_LEN
     from_end = tl.zeros([], dtype=tl.int32)  # K - the first kept key
     end = tl.zeros([], dtype=tl.int32)
     for n0 in range(tl.program_id(2) * BLOCK, K_LEN, tl.num_programs(2) * BLOCK):
@@ -277,17 +285,29 @@ def _mask4d_bounds_kernel(mask_ptr, out_ptr, stride_mb, stride_mh, stride_mm, st
             kept = ok & (m != 0)
         from_end = tl.maximum(from_end, tl.max(tl.max(tl.where(kept, K_LEN - cols[None, :], 0), axis=1), axis=0))
         end = tl.maximum(end, tl.max(tl.max(tl.where(kept, cols[None, :] + 1, 0), axis=1), axis=0))
-    at = out_ptr + (i * tl.num_programs(1) + c) * 2
+        # per key: the first and last rows keeping it, then per CHUNK keys
+        col_from_end = tl.max(tl.where(kept, Q_LEN - row_first[:, None], 0), axis=0)
+        col_end = tl.max(tl.where(kept, row_end[:, None], 0), axis=0)
+        k_from_end = tl.max(tl.reshape(col_from_end, (BLOCK // CHUNK, CHUNK)), axis=1)
+        k_end = tl.max(tl.reshape(col_end, (BLOCK // CHUNK, CHUNK)), axis=1)
+        kc = n0 // CHUNK + tl.arange(0, BLOCK // CHUNK)
+        k_ok = (kc < tl.cdiv(K_LEN, CHUNK)) & (k_end > 0)
+        at = entry + (tl.num_programs(1) + kc) * 2
+        tl.atomic_max(at, k_from_end, mask=k_ok)
+        tl.atomic_max(at + 1, k_end, mask=k_ok)
+    at = entry + c * 2
     tl.atomic_max(at, from_end)
     tl.atomic_max(at + 1, end)
 
 
 def mask_bounds(view: torch.Tensor, additive: bool, threshold: float,
                 cache_key: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """int32 ``[per_b, per_h, chunks, 2]`` (see :func:`bounds_layout`): for each, ``K`` minus the first kept key and
-    the last kept key + 1 of a 4D mask view ``[B, H, Q, K]`` (uint8 for a bool mask); ``(0, 0)`` where nothing is
-    kept (so that zeros start the atomic maxima that merge the key blocks). :func:`key_bounds` reads them as
-    ``(first, end)``. The attention forward visits only the key blocks inside the bounds of its query block's rows,
+    """int32 ``[per_b, per_h, chunks + cdiv(K, 16), 2]`` (see :func:`bounds_layout`) of a 4D mask view
+    ``[B, H, Q, K]`` (uint8 for a bool mask): per chunk of 16 rows, ``K`` minus the first kept key and the last kept
+    key + 1; then per chunk of 16 keys, ``Q`` minus the first query that keeps one of them and the last such query
+    + 1 (the backward's dk / dv kernel walks those rows only). ``(0, 0)`` where nothing is kept (so that zeros start
+    the atomic maxima that merge the programs). :func:`key_bounds` reads the first part as ``(first, end)``,
+    :func:`row_bounds` the second. The attention forward visits only the key blocks inside the bounds of its query block's rows,
     so that a static cache's unfilled keys, the future of a causal 4D mask or the other documents of a block-diagonal
     one are skipped rather than read and masked.
 
@@ -311,14 +331,17 @@ def mask_bounds(view: torch.Tensor, additive: bool, threshold: float,
         hit = BOUNDS_CACHE.get(id(cache_key))
         if hit is not None and hit[0]() is cache_key and hit[1] == version and hit[3] == tag:
             return hit[2]
-    out = torch.zeros((layout.per_b, layout.per_h, layout.chunks, 2), dtype=torch.int32, device=view.device)
+    key_chunks = -(-K // BOUNDS_CHUNK)
+    out = torch.zeros((layout.per_b, layout.per_h, layout.chunks + key_chunks, 2), dtype=torch.int32,
+                      device=view.device)
     tile_rows = 1 if layout.rows == 1 else BOUNDS_CHUNK
     block = min(4096 // tile_rows, 1 << (max(K, 16) - 1).bit_length())  # plain Python: next power of two
     key_programs = min(-(-K // block), 64)  # at most 64 programs per row chunk (each loops over its key blocks)
     grid = (layout.per_b * layout.per_h, layout.chunks, key_programs)
     if view.numel():  # (an empty mask, no queries or no keys: nothing kept, and nothing to read)
         sb, sh, sq, sk = view.stride()
-        _mask4d_bounds_kernel[grid](view, out, sb, sh, sq, sk, layout.per_h, layout.rows, K, float(threshold),
+        _mask4d_bounds_kernel[grid](view, out, sb, sh, sq, sk, layout.per_h, layout.rows, view.shape[2], K,
+                                    float(threshold),
                                     ADDITIVE=additive, CHUNK=BOUNDS_CHUNK, TILE_ROWS=tile_rows, BLOCK=block)
     if version is not None:
         weak_entry(BOUNDS_CACHE, id(cache_key), cache_key, version, out, tag)
@@ -326,7 +349,16 @@ def mask_bounds(view: torch.Tensor, additive: bool, threshold: float,
 
 
 def key_bounds(bounds: torch.Tensor, K: int) -> torch.Tensor:
-    """``(first kept key, last kept key + 1)`` from :func:`mask_bounds`' output; ``(K, 0)`` where nothing is kept."""
-    out = bounds.clone()
-    out[..., 0] = K - bounds[..., 0]
+    """``(first kept key, last kept key + 1)`` per row chunk from :func:`mask_bounds`' output; ``(K, 0)`` where
+    nothing is kept."""
+    out = bounds[:, :, : bounds.shape[2] - (-(-K // BOUNDS_CHUNK))].clone()
+    out[..., 0] = K - out[..., 0]
+    return out
+
+
+def row_bounds(bounds: torch.Tensor, Q: int, K: int) -> torch.Tensor:
+    """``(first query, last query + 1)`` keeping some key, per chunk of 16 keys, from :func:`mask_bounds`' output;
+    ``(Q, 0)`` where no query keeps any."""
+    out = bounds[:, :, bounds.shape[2] - (-(-K // BOUNDS_CHUNK)):].clone()
+    out[..., 0] = Q - out[..., 0]
     return out

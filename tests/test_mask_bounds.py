@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from hf_masked_softmax import attention
-from hf_masked_softmax.masks import BOUNDS_CHUNK, bounds_layout, key_bounds, mask_bounds, prepare_mask
+from hf_masked_softmax.masks import BOUNDS_CHUNK, bounds_layout, key_bounds, mask_bounds, prepare_mask, row_bounds
 from hf_masked_softmax.reference import attention_reference
 from tolerances import assert_close
 
@@ -16,7 +16,7 @@ masks_mod = importlib.import_module("hf_masked_softmax.masks")
 
 
 def _expected_bounds(keep, layout):
-    """The bounds from a dense ``[B, H, Q, K]`` keep-mask, in plain PyTorch."""
+    """The key bounds per row chunk from a dense ``[B, H, Q, K]`` keep-mask, in plain PyTorch."""
     B, H, Q, K = keep.shape
     out = torch.empty(layout.per_b, layout.per_h, layout.chunks, 2, dtype=torch.int64)
     for b in range(layout.per_b):
@@ -25,6 +25,19 @@ def _expected_bounds(keep, layout):
                 rows = keep[b, h, c * BOUNDS_CHUNK: min((c + 1) * BOUNDS_CHUNK, layout.rows)]
                 cols = rows.any(0).nonzero().flatten()
                 out[b, h, c] = torch.tensor([cols.min(), cols.max() + 1] if cols.numel() else [K, 0])
+    return out
+
+
+def _expected_row_bounds(keep, layout):
+    """The query bounds per chunk of 16 keys from a dense ``[B, H, Q, K]`` keep-mask (every query row of it)."""
+    B, H, Q, K = keep.shape
+    n_k = -(-K // BOUNDS_CHUNK)
+    out = torch.empty(layout.per_b, layout.per_h, n_k, 2, dtype=torch.int64)
+    for b in range(layout.per_b):
+        for h in range(layout.per_h):
+            for c in range(n_k):
+                rows = keep[b, h, :, c * BOUNDS_CHUNK: (c + 1) * BOUNDS_CHUNK].any(1).nonzero().flatten()
+                out[b, h, c] = torch.tensor([rows.min(), rows.max() + 1] if rows.numel() else [Q, 0])
     return out
 
 
@@ -54,10 +67,11 @@ def test_bounds_of_every_layout_match_the_keep_mask(own_shape, form, device):
     assert (layout.per_b, layout.per_h) == (B if own_shape[0] > 1 else 1, H if own_shape[1] > 1 else 1)
     assert layout.rows == (Q if own_shape[2] > 1 else 1)
     raw = mask_bounds(spec.tensor, form == "additive", spec.threshold)
-    assert raw.dtype == torch.int32 and tuple(raw.shape) == (layout.per_b, layout.per_h, layout.chunks, 2)
-    got = key_bounds(raw, K)
+    assert raw.dtype == torch.int32
+    assert tuple(raw.shape) == (layout.per_b, layout.per_h, layout.chunks + -(-K // BOUNDS_CHUNK), 2)
     dense = keep.expand(B, H, Q, K)
-    assert torch.equal(got.cpu().long(), _expected_bounds(dense, layout))
+    assert torch.equal(key_bounds(raw, K).cpu().long(), _expected_bounds(dense, layout))
+    assert torch.equal(row_bounds(raw, Q, K).cpu().long(), _expected_row_bounds(dense, layout))
 
 
 def _nan_outside(k, v, first_out):
@@ -79,8 +93,9 @@ def test_bounds_of_long_rows_merge_the_key_programs(own_shape, device):
     mask = keep.to(device)
     spec = prepare_mask(mask, (B, 3, Q, K), mask.device)
     layout = bounds_layout(spec.tensor)
-    got = key_bounds(mask_bounds(spec.tensor, False, 0.0), K)
-    assert torch.equal(got.cpu().long(), _expected_bounds(keep.expand(B, 3, Q, K), layout))
+    raw = mask_bounds(spec.tensor, False, 0.0)
+    assert torch.equal(key_bounds(raw, K).cpu().long(), _expected_bounds(keep.expand(B, 3, Q, K), layout))
+    assert torch.equal(row_bounds(raw, Q, K).cpu().long(), _expected_row_bounds(keep.expand(B, 3, Q, K), layout))
 
 
 @pytest.mark.parametrize("case", ["static-decode", "static-decode-gqa-split", "static-prefill", "documents"])
@@ -149,8 +164,8 @@ def test_documents_skip_the_other_documents_blocks(device, monkeypatch):
 
 @pytest.mark.parametrize("form", ["bool-per-head", "additive-documents"])
 def test_gradients_with_4d_mask_bounds(form, device, monkeypatch):
-    # training takes the bounds too: the dq kernel visits the forward's key blocks (dk / dv walk every query block);
-    # gradients against the fp64 reference, and the dq plan is bounded
+    # training takes the bounds too: the dq kernel visits the forward's key blocks, dk / dv per key block the query
+    # blocks that keep one of its keys; gradients against the fp64 reference, and both kernels are bounded
     monkeypatch.setattr(attn_mod, "_PLANS", {})
     monkeypatch.setattr(attn_mod, "_BWD_PLANS", {})
     g = torch.Generator().manual_seed(9)
@@ -174,7 +189,7 @@ def test_gradients_with_4d_mask_bounds(form, device, monkeypatch):
     for got, want in zip(grads, ref_grads):
         assert_close(got, want, scale=8.0)
     (plan,) = attn_mod._BWD_PLANS.values()
-    assert plan.dq.kwargs["B4D"] and "B4D" not in plan.dkdv.kwargs
+    assert plan.dq.kwargs["B4D"] and plan.dkdv.kwargs["B4D"]
 
 
 @pytest.mark.parametrize("Q, K", [(0, 5), (3, 0), (20, 1)])
@@ -187,6 +202,27 @@ def test_empty_and_tiny_4d_masks(Q, K, device):
     out = attention(q, k, v, mask)
     assert out.shape == q.shape and torch.isfinite(out).all()
     assert_close(out, attention_reference(q.double(), k.double(), v.double(), mask), scale=4.0)
+
+
+def test_the_backward_skips_the_other_documents_rows(device, monkeypatch):
+    # two packed documents of 128 tokens (whole blocks on every backend): a NaN in the second document's dO reaches
+    # neither the first document's dk / dv (the row bounds keep its key blocks from the second's rows) nor its dq
+    monkeypatch.setattr(attn_mod, "_BWD_PLANS", {})
+    g = torch.Generator().manual_seed(11)
+    B, H, T, D = 1, 2, 256, 16
+    q, k, v = (torch.randn(B, H, T, D, generator=g).to(device).requires_grad_(True) for _ in range(3))
+    doc = torch.arange(T) >= 128
+    mask = (doc[:, None] == doc[None, :])[None, None].to(device)
+    out = attention(q, k, v, mask, causal=True)
+    do = torch.randn(out.shape, generator=g).to(device)
+    do[:, :, 128:] = float("nan")
+    dq, dk, dv = torch.autograd.grad(out, (q, k, v), do)
+    qd, kd, vd = (t.detach().double().requires_grad_(True) for t in (q, k, v))
+    ref = attention_reference(qd, kd, vd, mask, causal=True)
+    want = torch.autograd.grad(ref, (qd, kd, vd), do.double().nan_to_num(0.0))
+    for got, exp in zip((dq, dk, dv), want):
+        assert torch.isfinite(got[:, :, :128]).all()
+        assert_close(got[:, :, :128], exp[:, :, :128], scale=8.0)
 
 
 def test_the_bounds_of_a_shared_mask_are_computed_once(device, monkeypatch):
