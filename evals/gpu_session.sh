@@ -139,6 +139,9 @@
 #   bash evals/gpu_session.sh bounds30  # 2026-12-05 (30): 4D masks' key bounds: their tests on CUDA, bench_static.py,
 #                                       # bench_window.py's fused-4d rows, the static-cache tests
 #   bash evals/gpu_session.sh static30  # 2026-12-05 (30): generate with HF's static cache, end to end (speed.py)
+#   bash evals/gpu_session.sh bounds31  # next: the 4D path's always-masked loop (f1b4ba5) and the backward's bounds
+#                                       # (8d70fd8) on a GPU: tests, probe_bounds.py --variants, bench_static.py,
+#                                       # bench_window.py's 4D rows forward and backward
 set -uo pipefail
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
 OUT=${OUT:-out}
@@ -897,6 +900,13 @@ case "${1:-}" in
     timeout 150 python -u evals/bench_window.py --shapes small-window,decode --no-backward \
       --providers fused-4d,sdpa-4d --out "$OUT/window30" 2>&1 | grep -E "^(small|decode)"
     ;;
+  bounds31)
+    pytest_summary tests_bounds31 200 tests/test_mask_bounds.py tests/test_attention.py -k "bounds or 4d"
+    timeout 100 python -u evals/probe_bounds.py --variants 2>&1 | grep -v -i warn | tee "$OUT/probe_variants31.log"
+    timeout 100 python -u evals/bench_static.py --out "$OUT/static31" 2>&1 | grep -E "^(llama|gpt2)|Error"
+    timeout 200 python -u evals/bench_window.py --shapes small-window,decode --providers fused-4d,sdpa-4d \
+      --out "$OUT/window31" 2>&1 | grep -E "^(small|decode)"
+    ;;
   static30)
     # static-cache generate end to end: llama-135m and qwen3-0.6b, eager / sdpa / fused, beside the dynamic cache's
     # llama row; then the patcher's static-cache tests on CUDA
@@ -906,7 +916,7 @@ case "${1:-}" in
     pytest_summary static_tests30 200 tests/test_patch_llama.py tests/test_compile.py -k "static"
     ;;
   *)
-    echo "usage: bash evals/gpu_session.sh tests|kernels|e2e|check|followup|recheck|verify|measure|final|stream|last|tune|host|fast|fastcheck|closing|fold|fold2|fold3|e2e3|bert4|bert5|check4|lengths|ncu|bwd|suite|suite2|final6|plans|hostplans|genab|fuzz|bwdplan|trainab|final8|nosync|drop9a|drop9b|drop9d|audit10|bench10|final10|ws11|audit11|fuzz11|host11b|decode12|stats12|stats12b|stats12c|final13|fix13|final13b|final14|suite14|suite15|final15|causal18|final18|prefetch18|cross18|tile19|final19|small19|launch20|tests20|gen20|counts20b|counts20c|final20|ablate22|models25|decode26|models26|compile26|speed26a|speed26b|window28|final28|pack28|pack29|pack30|bounds30|static30" >&2
+    echo "usage: bash evals/gpu_session.sh tests|kernels|e2e|check|followup|recheck|verify|measure|final|stream|last|tune|host|fast|fastcheck|closing|fold|fold2|fold3|e2e3|bert4|bert5|check4|lengths|ncu|bwd|suite|suite2|final6|plans|hostplans|genab|fuzz|bwdplan|trainab|final8|nosync|drop9a|drop9b|drop9d|audit10|bench10|final10|ws11|audit11|fuzz11|host11b|decode12|stats12|stats12b|stats12c|final13|fix13|final13b|final14|suite14|suite15|final15|causal18|final18|prefetch18|cross18|tile19|final19|small19|launch20|tests20|gen20|counts20b|counts20c|final20|ablate22|models25|decode26|models26|compile26|speed26a|speed26b|window28|final28|pack28|pack29|pack30|bounds30|static30|bounds31" >&2
     exit 2
     ;;
 esac

@@ -68,8 +68,8 @@ def main(argv=None):
                   CAUSAL=True, BH_FIRST=True)
     no_bounds = dict(B4D=False, B4D_PER_B=False, B4D_PER_H=False, B4D_SPAN=0)  # no 4D mask's key bounds
     for kind, fold, name in ((attn._K_RANGE, True, "2D mask"), (attn._K_ADD, False, "additive")):
-        compile_one(attn._bwd_dkdv_kernel, dict(MASK_KIND=kind, BLOCK_M=32, BLOCK_N=64, FOLD=fold, **common), 4, 3,
-                    f"dkdv, {name}")
+        compile_one(attn._bwd_dkdv_kernel, dict(MASK_KIND=kind, BLOCK_M=32, BLOCK_N=64, FOLD=fold, **no_bounds,
+                                                **common), 4, 3, f"dkdv, {name}")
         compile_one(attn._bwd_dq_kernel, dict(MASK_KIND=kind, BLOCK_M=64, BLOCK_N=32, FOLD=fold, **no_bounds,
                                               **common), 4, 3, f"dq, {name}")
     compile_one(attn._attn_fwd_kernel, dict(MASK_KIND=attn._K_RANGE, BLOCK_M=64, BLOCK_N=64, FOLD=True,
