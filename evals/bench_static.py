@@ -33,6 +33,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import benchutil  # noqa: E402
 from bench_attention import time_provider  # noqa: E402
+from bench_window import max_error  # noqa: E402 - the rows with a key to attend (SDPA gives NaN on the others)
 
 # name -> (B, H, Hkv, Q, cache length K, D, keys written after the step, most left padding)
 SHAPES = {
@@ -86,35 +87,11 @@ def providers(inp):
     }
 
 
-def max_error(out, ref, inp) -> float:
-    """Largest |out - ref| over the rows with a key to attend (SDPA gives NaN on the others)."""
-    rows = inp["mask4d"].any(-1).expand(-1, inp["H"], -1)  # [B, H, Q]
-    return float((out.float() - ref.float()).abs()[rows].max())
-
-
 def plot(rows, path: Path) -> None:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("  (no matplotlib: no plot)")
-        return
-    shapes = [s for s in SHAPES if any(r["shape"] == s for r in rows)]
-    fig, axes = plt.subplots(1, len(shapes), figsize=(4.2 * len(shapes), 3.8), squeeze=False)
-    for ax, shape in zip(axes[0], shapes):
-        sel = [r for r in rows if r["shape"] == shape]
-        ax.bar([r["provider"] for r in sel], [r["ms"] for r in sel],
-               color=["tab:green" if r["provider"] == "fused-4d" else "tab:gray" for r in sel])
-        ax.set_title(shape, fontsize=9)
-        ax.set_ylabel("ms (median)")
-        ax.tick_params(axis="x", rotation=45, labelsize=7)
-    fig.suptitle(f"static-cache steps (4D mask over the whole cache), fp16, {benchutil.environment()['gpu']}",
-                 fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    print(f"wrote {path}")
+    panels = [(shape, [r for r in rows if r["shape"] == shape]) for shape in SHAPES
+              if any(r["shape"] == shape for r in rows)]
+    benchutil.provider_bars(panels, "fused-4d", "static-cache steps (4D mask over the whole cache), fp16, "
+                            f"{benchutil.environment()['gpu']}", path)
 
 
 def main(argv=None):
@@ -122,12 +99,7 @@ def main(argv=None):
     ap.add_argument("--shapes", default=",".join(SHAPES), help="comma-separated subset of: " + ", ".join(SHAPES))
     ap.add_argument("--out", default=None, help="output folder (default $OUT or ./out)")
     args = ap.parse_args(argv)
-    names = [s for s in args.shapes.split(",") if s]
-    if not names:
-        ap.error("--shapes is empty")
-    for s in names:
-        if s not in SHAPES:
-            ap.error(f"unknown shape {s!r}; choose from {', '.join(SHAPES)}")
+    names = benchutil.pick(ap, args.shapes, SHAPES, "shapes")
     if not torch.cuda.is_available():
         ap.error("needs a CUDA GPU")
     out = benchutil.out_dir(args.out)

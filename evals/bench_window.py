@@ -108,27 +108,11 @@ def max_error(out, ref, inp) -> float:
 
 
 def plot(rows, path: Path) -> None:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("  (no matplotlib: no plot)")
-        return
     groups = sorted({(r["shape"], r["pass"]) for r in rows}, key=lambda t: (list(SHAPES).index(t[0]), t[1]))
-    fig, axes = plt.subplots(1, len(groups), figsize=(4.2 * len(groups), 3.8), squeeze=False)
-    for ax, (shape, pas) in zip(axes[0], groups):
-        sel = [r for r in rows if r["shape"] == shape and r["pass"] == pas]
-        ax.bar([r["provider"] for r in sel], [r["ms"] for r in sel],
-               color=["tab:green" if r["provider"] == "fused-window" else "tab:gray" for r in sel])
-        ax.set_title(f"{shape}, {pas}", fontsize=9)
-        ax.set_ylabel("ms (median)")
-        ax.tick_params(axis="x", rotation=45, labelsize=7)
-    fig.suptitle(f"sliding-window attention, fp16, {benchutil.environment()['gpu']}", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    print(f"wrote {path}")
+    panels = [(f"{shape}, {pas}", [r for r in rows if r["shape"] == shape and r["pass"] == pas])
+              for shape, pas in groups]
+    benchutil.provider_bars(panels, "fused-window",
+                            f"sliding-window attention, fp16, {benchutil.environment()['gpu']}", path)
 
 
 def main(argv=None):
@@ -139,18 +123,8 @@ def main(argv=None):
                     help="comma-separated subset of: " + ", ".join(PROVIDERS) + " (fused-window always runs)")
     ap.add_argument("--out", default=None, help="output folder (default $OUT or ./out)")
     args = ap.parse_args(argv)
-    names = [s for s in args.shapes.split(",") if s]
-    if not names:
-        ap.error("--shapes is empty")
-    for s in names:
-        if s not in SHAPES:
-            ap.error(f"unknown shape {s!r}; choose from {', '.join(SHAPES)}")
-    only = None
-    if args.providers is not None:
-        only = [p for p in args.providers.split(",") if p]
-        for p in only:
-            if p not in PROVIDERS:
-                ap.error(f"unknown provider {p!r}; choose from {', '.join(PROVIDERS)}")
+    names = benchutil.pick(ap, args.shapes, SHAPES, "shapes")
+    only = None if args.providers is None else benchutil.pick(ap, args.providers, PROVIDERS, "providers")
     if not torch.cuda.is_available():
         ap.error("needs a CUDA GPU")
     out = benchutil.out_dir(args.out)

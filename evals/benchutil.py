@@ -124,3 +124,38 @@ def print_table(rows: list[dict], columns: list[str]) -> None:
     print("  ".join(c.ljust(w) for c, w in zip(columns, widths)))
     for row in cells:
         print("  ".join(v.ljust(w) for v, w in zip(row, widths)))
+
+
+def provider_bars(panels: list[tuple[str, list[dict]]], highlight: str, title: str, path: Path) -> None:
+    """One bar panel per ``(panel title, rows)``: each row's ``ms`` by its ``provider``, ``highlight`` in green;
+    written to ``path`` (nothing but a note without matplotlib)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("  (no matplotlib: no plot)")
+        return
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.8), squeeze=False)
+    for ax, (name, sel) in zip(axes[0], panels):
+        ax.bar([r["provider"] for r in sel], [r["ms"] for r in sel],
+               color=["tab:green" if r["provider"] == highlight else "tab:gray" for r in sel])
+        ax.set_title(name, fontsize=9)
+        ax.set_ylabel("ms (median)")
+        ax.tick_params(axis="x", rotation=45, labelsize=7)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    print(f"wrote {path}")
+
+
+def pick(ap, value: str, choices, what: str) -> list[str]:
+    """The comma-separated names of ``value``, each one of ``choices``; else ``ap.error`` (an argparse parser)."""
+    names = [n for n in value.split(",") if n]
+    if not names:
+        ap.error(f"--{what} is empty")
+    for n in names:
+        if n not in choices:
+            ap.error(f"unknown {what.rstrip('s')} {n!r}; choose from {', '.join(choices)}")
+    return names
