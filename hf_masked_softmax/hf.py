@@ -367,7 +367,8 @@ def _mask_function(
     static_step = (causal and not aligned and q_length == 1 and window is None and plain
                    and not torch.compiler.is_compiling() and not isinstance(kv_offset, torch.Tensor) and kv_offset == 0
                    and not (isinstance(q_offset, torch.Tensor) and is_tracing(q_offset))
-                   and 0 <= int(q_offset) < kv_length)
+                   and 0 <= int(q_offset) < kv_length
+                   and (attention_mask is not None or kwargs.get("device") is not None))  # (a mask of ones needs it)
     if plain and (aligned or static_step):
         if attention_mask is None:
             if not cut and not static_step:
