@@ -235,17 +235,24 @@ def _key_range(ranges_ptr, b, K_LEN, MASK_KIND: tl.constexpr):
 
 
 @triton.jit
+def _bounds_entry(b, h, H, PER_B: tl.constexpr, PER_H: tl.constexpr):
+    """Which ``(batch entry, head)`` entry of ``masks.mask_bounds`` serves ``b, h``: the mask's own ones only."""
+    base = b * 0
+    if PER_B:
+        base = b
+    if PER_H:
+        base = base * H + h
+    return base
+
+
+@triton.jit
 def _mask_bounds(bounds_ptr, b, h, m0, H, Q_LEN, K_LEN, PER_B: tl.constexpr, PER_H: tl.constexpr,
                  SPAN: tl.constexpr, CHUNK: tl.constexpr):
     """``(start, end)``: the keys a 4D mask keeps for query rows ``[m0, m0 + SPAN * CHUNK)`` of batch entry ``b`` and
     head ``h`` (a superset: the union of the bounds of the ``CHUNK``-row chunks they lie in, see
     ``masks.mask_bounds``, which stores ``K - start``; ``SPAN`` 0: one bound for all rows). Nothing kept:
     ``start >= end``."""
-    base = b * 0
-    if PER_B:
-        base = b
-    if PER_H:
-        base = base * H + h
+    base = _bounds_entry(b, h, H, PER_B, PER_H)
     n_k = tl.cdiv(K_LEN, CHUNK)  # each (b, h) entry: its row chunks' key bounds, then its key chunks' row bounds
     if SPAN > 0:
         n_c = tl.cdiv(Q_LEN, CHUNK)
@@ -267,11 +274,7 @@ def _mask_row_bounds(bounds_ptr, b, h, n0, H, Q_LEN, K_LEN, PER_B: tl.constexpr,
     """``(first, end)``: the query rows for which a 4D mask keeps some key of ``[n0, n0 + KSPAN * CHUNK)``, batch entry
     ``b``, head ``h`` (the union over the key chunks, see ``masks.mask_bounds``). ``ROW_CHUNKS``: the mask has its
     own rows (else one row, broadcast). Nothing kept: ``first >= end``."""
-    base = b * 0
-    if PER_B:
-        base = b
-    if PER_H:
-        base = base * H + h
+    base = _bounds_entry(b, h, H, PER_B, PER_H)
     n_k = tl.cdiv(K_LEN, CHUNK)
     n_c = 1
     if ROW_CHUNKS:
@@ -409,9 +412,9 @@ def _attn_fwd_kernel(
                                 qk_scale, threshold, seed, bh, drop_thr, window, 1, MASK_KIND, CAUSAL, BLOCK_N,
                                 HEAD_D, BLOCK_D, UPCAST, DOT_PREC, FOLD, DROPOUT, WINDOWED)
     if MASK_KIND >= 2:
-        # a 4D mask: every block evaluates it, unconditionally, so that its tile loads stay in the software pipeline
-        # (behind `n0 >= mask_from` they were not, once the 4D mask's key bounds made `mask_from` a loaded value:
-        # blocks 3-4x slower on an H100)
+        # a 4D mask: every block evaluates it, with no per-block branch on `mask_from` (a loaded value once the
+        # mask's key bounds set it). With that branch the bounded blocks ran about 4x slower than the unbounded ones
+        # on an H100 (NOTES.md, thirtieth session); whether this loop fixes it has not been measured
         acc, l_i, m_i = _fwd_blocks(acc, l_i, m_i, q, k_base, v_base, mask_base, qrows, offs_n, offs_d,
                                     stride_kn, stride_kd, stride_vn, stride_vd, stride_mm, stride_mk,
                                     s_lo, s_hi, s_lo, start, end, has_holes, Q_LEN, K_LEN,
@@ -843,8 +846,8 @@ FWD_MERGE_TAIL = True  # forward: interior and trailing key blocks in one loop (
 # On by default since an H100 timed it (NOTES.md, twenty-ninth session: GQA decode over 8192 keys 0.102 ms packed
 # against 0.181 unpacked, `bash evals/gpu_session.sh pack28`); HF_MASKED_SOFTMAX_GQA_PACK=0 turns it off
 GQA_PACK = os.environ.get("HF_MASKED_SOFTMAX_GQA_PACK", "1") != "0"
-# the forward with a 4D mask visits only the key blocks inside the mask's key bounds (masks.mask_bounds, computed by
-# ops._kernel_mask_args); HF_MASKED_SOFTMAX_MASK4D_BOUNDS=0 turns that off (every key block then reads its mask tile)
+# the kernels visit only the blocks inside a 4D mask's bounds (masks.mask_bounds, computed by ops._kernel_mask_args);
+# HF_MASKED_SOFTMAX_MASK4D_BOUNDS=0 turns that off (every block then reads its mask tile)
 MASK4D_BOUNDS = os.environ.get("HF_MASKED_SOFTMAX_MASK4D_BOUNDS", "1") != "0"
 FWD_MAXNREG = None  # forward register cap per thread: None = _fwd_maxnreg's rule, 0 = none, N = cap at N
 FOLD_MAX_SCALE = 1.0  # the largest scale applied inside the exponent (see _fold); HF's scales are D**-0.5 or 1
@@ -1042,6 +1045,17 @@ _PLANS: dict = {}
 _MAX_PLANS = 256  # a decoding step adds one (its key length); cleared when full
 
 
+def _bounds_constexprs(mask_t, block_m) -> dict:
+    """The kernels' constexprs for a 4D mask's bounds (``masks.mask_bounds``; ``mask_t`` None: none): one entry per
+    batch entry and per head where the mask differs between them; ``B4D_SPAN`` the 16-row chunks of a ``block_m``-row
+    query block (0: the mask has one chunk of rows, a bound for all rows)."""
+    if mask_t is None:
+        return dict(B4D=False, B4D_PER_B=False, B4D_PER_H=False, B4D_SPAN=0)
+    layout = _masks.bounds_layout(mask_t)
+    span = 0 if layout.chunks == 1 else max(1, block_m // _masks.BOUNDS_CHUNK)
+    return dict(B4D=True, B4D_PER_B=layout.per_b > 1, B4D_PER_H=layout.per_h > 1, B4D_SPAN=span)
+
+
 class _ForwardPlan:
     """Everything ``_forward`` derives from its arguments' shapes, strides, dtypes, device and scalars (block sizes,
     split count, grid, the kernels' scalar arguments and constexprs), computed once per such signature: a call then
@@ -1091,7 +1105,7 @@ class _ForwardPlan:
             MASK_KIND=kind, CAUSAL=causal, BH_FIRST=bh_first, BLOCK_M=block_m, BLOCK_N=block_n, HEAD_D=D,
             BLOCK_D=_block_d(D), UPCAST=upcast, DOT_PREC=prec, WIDE=wide, FOLD=_fold(kind, scale),
             MERGE_TAIL=FWD_MERGE_TAIL, STORE_LSE=need_lse or num_splits > 1, DROPOUT=self.dropout,
-            WINDOWED=window > 0, PACK=pack, **self._bounds(mask_t if bounded else None, block_m),
+            WINDOWED=window > 0, PACK=pack, **_bounds_constexprs(mask_t if bounded else None, block_m),
             num_warps=warps, num_stages=stages,
             # dropout's random numbers need more registers than the caps leave (ptxas spills under them)
             **({} if self.dropout else _fwd_maxnreg(D, q.dtype, decode, causal, block_m, warps)),
@@ -1109,17 +1123,6 @@ class _ForwardPlan:
                 dict(HEAD_D=D, BLOCK_D=_block_d(D), BLOCK_S=max(2, _next_pow2(num_splits)), STORE_LSE=need_lse,
                      num_warps=1),
             )
-
-    @staticmethod
-    def _bounds(mask_t, block_m) -> dict:
-        """The constexprs for a 4D mask's key bounds (``masks.mask_bounds``; ``mask_t`` None: none): one bound per
-        batch entry and per head where the mask differs between them, and per chunk of 16 query rows, a query block
-        taking the union over its ``B4D_SPAN`` chunks (0: one bound for all rows)."""
-        if mask_t is None:
-            return dict(B4D=False, B4D_PER_B=False, B4D_PER_H=False, B4D_SPAN=0)
-        layout = _masks.bounds_layout(mask_t)
-        span = 0 if layout.chunks == 1 else max(1, block_m // _masks.BOUNDS_CHUNK)
-        return dict(B4D=True, B4D_PER_B=layout.per_b > 1, B4D_PER_H=layout.per_h > 1, B4D_SPAN=span)
 
     def __call__(self, q, k, v, mask_t, ranges, seed=None):
         out = torch.empty(self.out_shape, dtype=self.dtype, device=self.device).transpose(1, 2)
@@ -1203,7 +1206,7 @@ class _BackwardPlan:
             (*qkv_strides, *dk.stride(), *dv.stride(), *mstr, B * H * Q, H, Hkv, H // Hkv, Q, K, scale, scale * _LOG2E,
              threshold, *drop),
             dict(BH_FIRST=kv_first, BLOCK_M=block_m, BLOCK_N=block_n, num_warps=warps, num_stages=stages, **common,
-                 **_ForwardPlan._bounds(mask_t if bounded else None, block_m)),
+                 **_bounds_constexprs(mask_t if bounded else None, block_m)),
         )
         block_m, block_n, warps, stages = q_cfg
         q_first = _bh_first(causal, B * H, _cdiv(Q, block_m))
@@ -1211,7 +1214,7 @@ class _BackwardPlan:
             _bwd_dq_kernel, (B * H, _cdiv(Q, block_m)) if q_first else (_cdiv(Q, block_m), B * H),
             (*qkv_strides, *dq.stride(), *mstr, B * H * Q, H, H // Hkv, Q, K, scale, scale * _LOG2E, threshold, *drop),
             dict(BH_FIRST=q_first, BLOCK_M=block_m, BLOCK_N=block_n, num_warps=warps, num_stages=stages, **common,
-                 **_ForwardPlan._bounds(mask_t if bounded else None, block_m)),
+                 **_bounds_constexprs(mask_t if bounded else None, block_m)),
         )
 
     def __call__(self, do, q, k, v, out, lse, mask_t, ranges, seed=None):
@@ -1239,7 +1242,7 @@ def _backward(do, q, k, v, out, lse, kind, mask_t, ranges, threshold, causal, sc
            ranges is None, threshold, causal, scale, drop_thr, window, aligned(do, q, k, v, out, mask_t), _policy())
     plan = _BWD_PLANS.get(key)
     if plan is None:
-        bounded = ranges is not None and kind in (_K_BOOL, _K_ADD)  # a 4D mask's key bounds (the dq kernel's)
+        bounded = ranges is not None and kind in (_K_BOOL, _K_ADD)  # a 4D mask's bounds
         plan = _BackwardPlan(do, q, k, v, out, lse, kind, mask_t, threshold, causal, scale, drop_thr, window, bounded)
         remember(_BWD_PLANS, key, plan, _MAX_PLANS)
     return plan(do, q, k, v, out, lse, mask_t, ranges, seed)

@@ -11,8 +11,8 @@ Three forms reach the kernels, never expanded in memory:
 4D masks become stride-0 ``expand`` views, so broadcasting costs no memory. Boolean tensors are reinterpreted as
 ``uint8`` (same storage) because that is the element type the kernels load. Both kernels read a 2D padding mask
 through its per-sequence key range (``pad_ranges``): they skip everything outside it and read the mask itself only for
-sequences with holes. The attention forward reads a 4D mask within its key bounds (``mask_bounds``: the kept keys'
-extent per sequence, head and 16 query rows) and skips the key blocks outside them.
+sequences with holes. The attention kernels read a 4D mask within its bounds (``mask_bounds``: the kept keys' extent
+per sequence, head and 16 query rows, and the queries' per 16 keys) and skip the blocks outside them.
 """
 from __future__ import annotations
 
@@ -172,6 +172,24 @@ def share_ranges(mask: torch.Tensor) -> torch.Tensor:
     return mask
 
 
+def _cache_version(cache_key: Optional[torch.Tensor], tensor: torch.Tensor) -> Optional[int]:
+    """The version of ``cache_key`` under which a result computed from ``tensor`` may be cached, or None: not a
+    mask passed to ``share_ranges``, an inference tensor (no version counter), or a CUDA graph being captured (the
+    kernel is recorded in the graph, so a replay after an in-place update of the mask does not read a result computed
+    at capture time)."""
+    if cache_key is None:
+        return None
+    shared = _SHARED.get(id(cache_key))
+    if shared is None or shared[0]() is not cache_key:
+        return None
+    if tensor.is_cuda and torch.cuda.is_current_stream_capturing():
+        return None
+    try:
+        return cache_key._version
+    except RuntimeError:  # inference tensors carry no version counter: never cache them
+        return None
+
+
 def pad_ranges(mask: torch.Tensor, cache_key: Optional[torch.Tensor] = None) -> torch.Tensor:
     """int32 ``[B, RANGES_WIDTH]`` (start, end, has_holes, unused) of a ``[B, K]`` padding mask, by a tiny kernel.
 
@@ -180,20 +198,7 @@ def pad_ranges(mask: torch.Tensor, cache_key: Optional[torch.Tensor] = None) -> 
     compiled graphs (whose CUDA-graph trees forbid allocations that outlive a replay) and while a CUDA graph is
     captured the kernel runs every time.
     """
-    version = None
-    if cache_key is not None:
-        shared = _SHARED.get(id(cache_key))
-        if shared is None or shared[0]() is not cache_key:
-            cache_key = None
-    if cache_key is not None and mask.is_cuda and torch.cuda.is_current_stream_capturing():
-        # record the ranges kernel in the graph: a replay after an in-place update of the mask must not read ranges
-        # computed at capture time
-        cache_key = None
-    if cache_key is not None:
-        try:
-            version = cache_key._version
-        except RuntimeError:  # inference tensors carry no version counter: never cache them
-            version = None
+    version = _cache_version(cache_key, mask)
     key = id(cache_key)
     if version is not None:
         hit = RANGE_CACHE.get(key)
@@ -307,9 +312,9 @@ def mask_bounds(view: torch.Tensor, additive: bool, threshold: float,
     key + 1; then per chunk of 16 keys, ``Q`` minus the first query that keeps one of them and the last such query
     + 1 (the backward's dk / dv kernel walks those rows only). ``(0, 0)`` where nothing is kept (so that zeros start
     the atomic maxima that merge the programs). :func:`key_bounds` reads the first part as ``(first, end)``,
-    :func:`row_bounds` the second. The attention forward visits only the key blocks inside the bounds of its query block's rows,
-    so that a static cache's unfilled keys, the future of a causal 4D mask or the other documents of a block-diagonal
-    one are skipped rather than read and masked.
+    :func:`row_bounds` the second. The attention kernels visit only the blocks inside
+    the bounds, so that a static cache's unfilled keys, the future of a causal 4D mask or the other documents of a
+    block-diagonal one are skipped rather than read and masked.
 
     Cached per ``cache_key`` as :func:`pad_ranges` caches (a mask passed to :func:`share_ranges`, unchanged version,
     same layout and threshold); otherwise computed on every call, reading each of the mask's own elements once: one
@@ -317,15 +322,7 @@ def mask_bounds(view: torch.Tensor, additive: bool, threshold: float,
     parallel."""
     layout = bounds_layout(view)
     K = view.shape[3]
-    version = None
-    if cache_key is not None:
-        shared = _SHARED.get(id(cache_key))
-        if (shared is not None and shared[0]() is cache_key
-                and not (view.is_cuda and torch.cuda.is_current_stream_capturing())):
-            try:
-                version = cache_key._version
-            except RuntimeError:  # inference tensors carry no version counter
-                version = None
+    version = _cache_version(cache_key, view)
     tag = (layout, K, additive, threshold)
     if version is not None:
         hit = BOUNDS_CACHE.get(id(cache_key))
