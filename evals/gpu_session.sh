@@ -139,6 +139,7 @@
 #   bash evals/gpu_session.sh bounds30  # 2026-12-05 (30): 4D masks' key bounds: their tests on CUDA, bench_static.py,
 #                                       # bench_window.py's fused-4d rows, the static-cache tests
 #   bash evals/gpu_session.sh static30  # 2026-12-05 (30): generate with HF's static cache, end to end (speed.py)
+#   bash evals/gpu_session.sh ncu31     # the bounded 4D forward's slow key blocks: SASS, Nsight Compute, old_tree
 #   bash evals/gpu_session.sh bounds31  # next: the 4D path's always-masked loop (f1b4ba5) and the backward's bounds
 #                                       # (8d70fd8) on a GPU: tests, probe_bounds.py --variants, bench_static.py,
 #                                       # bench_window.py's 4D rows forward and backward
@@ -907,6 +908,22 @@ case "${1:-}" in
     timeout 200 python -u evals/bench_window.py --shapes small-window,decode --providers fused-4d,sdpa-4d \
       --out "$OUT/window31" 2>&1 | grep -E "^(small|decode)"
     ;;
+  ncu31)
+    # why the bounded 4D forward's key blocks cost ~5x the unbounded ones: the compiled kernels' SASS and registers,
+    # Nsight Compute of the prefill forward unbounded and with bounds widened to every key (the same blocks); then
+    # the windowed 4D forward against old_tree/ (b1925a6, before the single masked loop of f1b4ba5)
+    timeout 120 python -u evals/probe_bounds.py --variants --sass-out "$OUT/sass31" 2>&1 | grep -v -i warn \
+      | tee "$OUT/probe_variants31b.log"
+    for variant in unbounded wide bounded; do
+      timeout 150 "$NCU" --clock-control none --set full -k "regex:^_attn_fwd_kernel\$" --launch-skip 1 \
+        --launch-count 1 --csv --page details python evals/probe_bounds.py --launch "$variant" < /dev/null \
+        > "$OUT/ncu_fwd4d_$variant.csv" 2> "$OUT/ncu_fwd4d_$variant.err"
+      echo "$variant: rc $? $(grep -c . "$OUT/ncu_fwd4d_$variant.csv") lines"
+    done
+    python evals/ncu_kernels.py --summary "$OUT"/ncu_fwd4d_*.csv 2>&1 | tee "$OUT/ncu_fwd4d_summary.txt"
+    against_old window31 100 "^small" evals/bench_window.py --shapes small-window --providers fused-4d,sdpa-4d \
+      --no-backward
+    ;;
   static30)
     # static-cache generate end to end: llama-135m and qwen3-0.6b, eager / sdpa / fused, beside the dynamic cache's
     # llama row; then the patcher's static-cache tests on CUDA
@@ -916,7 +933,7 @@ case "${1:-}" in
     pytest_summary static_tests30 200 tests/test_patch_llama.py tests/test_compile.py -k "static"
     ;;
   *)
-    echo "usage: bash evals/gpu_session.sh tests|kernels|e2e|check|followup|recheck|verify|measure|final|stream|last|tune|host|fast|fastcheck|closing|fold|fold2|fold3|e2e3|bert4|bert5|check4|lengths|ncu|bwd|suite|suite2|final6|plans|hostplans|genab|fuzz|bwdplan|trainab|final8|nosync|drop9a|drop9b|drop9d|audit10|bench10|final10|ws11|audit11|fuzz11|host11b|decode12|stats12|stats12b|stats12c|final13|fix13|final13b|final14|suite14|suite15|final15|causal18|final18|prefetch18|cross18|tile19|final19|small19|launch20|tests20|gen20|counts20b|counts20c|final20|ablate22|models25|decode26|models26|compile26|speed26a|speed26b|window28|final28|pack28|pack29|pack30|bounds30|static30|bounds31" >&2
+    echo "usage: bash evals/gpu_session.sh tests|kernels|e2e|check|followup|recheck|verify|measure|final|stream|last|tune|host|fast|fastcheck|closing|fold|fold2|fold3|e2e3|bert4|bert5|check4|lengths|ncu|bwd|suite|suite2|final6|plans|hostplans|genab|fuzz|bwdplan|trainab|final8|nosync|drop9a|drop9b|drop9d|audit10|bench10|final10|ws11|audit11|fuzz11|host11b|decode12|stats12|stats12b|stats12c|final13|fix13|final13b|final14|suite14|suite15|final15|causal18|final18|prefetch18|cross18|tile19|final19|small19|launch20|tests20|gen20|counts20b|counts20c|final20|ablate22|models25|decode26|models26|compile26|speed26a|speed26b|window28|final28|pack28|pack29|pack30|bounds30|static30|bounds31|ncu31" >&2
     exit 2
     ;;
 esac

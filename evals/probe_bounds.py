@@ -2,6 +2,8 @@
 ``bench_static.py``, and the mask-bounds kernel alone at other block widths and warp counts.
 
     python evals/probe_bounds.py [--shapes llama-decode,llama-prefill]
+    python evals/probe_bounds.py --variants [--sass-out DIR]
+    ncu ... python evals/probe_bounds.py --launch wide   # one variant's forward, three launches, for Nsight Compute
 """
 from __future__ import annotations
 
@@ -21,11 +23,17 @@ def main(argv=None):
     ap.add_argument("--shapes", default="llama-decode,llama-prefill")
     ap.add_argument("--variants", action="store_true",
                     help="only the prefill kernel's variants: stages, block sizes, bounds forced wide or per sequence")
+    ap.add_argument("--launch", choices=VARIANTS, default=None,
+                    help="only launch one variant's forward three times (for Nsight Compute), print nothing else")
+    ap.add_argument("--sass-out", default=None,
+                    help="with --variants: write each compiled forward kernel's SASS there, with its registers")
     args = ap.parse_args(argv)
     from hf_masked_softmax import masks
 
+    if args.launch:
+        return launch(args.launch)
     if args.variants:
-        return variants()
+        return variants(sass_out=args.sass_out)
 
     for name in args.shapes.split(","):
         inp = bench_static.make_inputs(*bench_static.SHAPES[name])
@@ -59,23 +67,73 @@ def main(argv=None):
                     print(f"  BLOCK {block:5d} key programs {grid[2]:3d} warps {warps}: "
                           f"{benchutil.median_ms(run, cuda_graph=True) * 1e3:8.2f} us same={ok}")
 
-def variants(name="llama-prefill"):
+VARIANTS = ("unbounded", "bounded", "wide")
+
+
+def _setup(name="llama-prefill"):
+    """The prefill shape's inputs, its 4D mask's bounds and those bounds widened to every key."""
+    from hf_masked_softmax import masks
+
+    inp = bench_static.make_inputs(*bench_static.SHAPES[name])
+    spec = masks.prepare_mask(inp["mask4d"], (inp["B"], inp["H"], inp["Q"], inp["K"]), inp["q"].device)
+    bounds = masks.mask_bounds(spec.tensor, False, 0.0)
+    wide = bounds.clone()
+    wide[..., 0], wide[..., 1] = inp["K"], inp["K"]  # every key: the unbounded kernel's blocks, through the bounded code
+    return inp, spec.tensor, bounds, wide
+
+
+def launch(variant):
+    """Three launches of the prefill forward of one of ``VARIANTS`` (the first compiles), for a profiler."""
+    import importlib
+
+    attn = importlib.import_module("hf_masked_softmax.attention")
+    inp, view, bounds, wide = _setup()
+    ranges = dict(unbounded=None, bounded=bounds, wide=wide)[variant]
+    with torch.no_grad():
+        for _ in range(3):
+            attn._forward(inp["q"], inp["k"], inp["v"], attn._K_BOOL, view, ranges, 0.0, False,
+                          inp["D"] ** -0.5, False)
+    torch.cuda.synchronize()
+
+
+def _dump_sass(attn, out, seen):
+    """Write the SASS of every compiled forward kernel not in ``seen`` under ``out`` (``fwdN.sass``, and its cache
+    key, registers and spills in ``fwdN.json``); print its registers and spills."""
+    import json
+    import os
+
+    from sass_attention import _jit_fn
+
+    os.makedirs(out, exist_ok=True)
+    for dev, cache in getattr(_jit_fn(attn._attn_fwd_kernel), "device_caches", {}).items():
+        for key, kern in cache[0].items():
+            if id(kern) in seen:
+                continue
+            seen.add(id(kern))
+            kern._init_handles()
+            tag = f"fwd{len(seen)}"
+            with open(os.path.join(out, tag + ".sass"), "w") as f:
+                try:
+                    f.write(kern.asm["sass"])  # disassembled on first access
+                except Exception as exc:  # noqa: BLE001 (no disassembler: the counts still print)
+                    f.write(f"no SASS: {exc!r}\n")
+            with open(os.path.join(out, tag + ".json"), "w") as f:
+                json.dump(dict(key=str(key), n_regs=kern.n_regs, n_spills=kern.n_spills), f)
+            print(f"    {tag}: {kern.n_regs} registers, {kern.n_spills} spilled")
+
+
+def variants(name="llama-prefill", sass_out=None):
     """The forward kernel alone (profiler time of ``_attn_fwd_kernel``) on the prefill shape's 4D mask, under
     settings forced through the module: which of them makes the bounded kernel slower per key block than the
-    unbounded one."""
+    unbounded one. ``sass_out``: each compiled kernel's SASS is written there."""
     import importlib
 
     from hf_masked_softmax import masks
 
     attn = importlib.import_module("hf_masked_softmax.attention")
-    inp = bench_static.make_inputs(*bench_static.SHAPES[name])
+    inp, view, bounds, wide = _setup(name)
     q, k, v = inp["q"], inp["k"], inp["v"]
     B, H, Q, K = inp["B"], inp["H"], inp["Q"], inp["K"]
-    spec = masks.prepare_mask(inp["mask4d"], (B, H, Q, K), q.device)
-    view = spec.tensor
-    bounds = masks.mask_bounds(view, False, 0.0)
-    wide = bounds.clone()
-    wide[..., 0], wide[..., 1] = K, K  # every key: the unbounded kernel's blocks, through the bounded code
     layout = masks.bounds_layout(view)
     one = torch.zeros(layout.per_b, 1, 1, 2, dtype=torch.int32, device="cuda")  # one bound per sequence
     one[..., 0] = bounds[..., 0].amax(dim=(1, 2)).view(-1, 1, 1)
@@ -94,6 +152,10 @@ def variants(name="llama-prefill"):
         finally:
             attn._fwd_config = real_config
             attn._PLANS.clear()
+            if sass_out:
+                _dump_sass(attn, sass_out, seen)
+
+    seen = set()
 
     print(f"== {name} variants: _attn_fwd_kernel us")
     print(f"  unbounded                      {run(None):9.2f}")

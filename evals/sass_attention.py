@@ -34,6 +34,8 @@ UNIT_STRIDES = ("stride_qd", "stride_kd", "stride_vd", "stride_od")
 FLOATS = ("qk_scale", "threshold", "keep_scale")
 POINTERS = {"lse_ptr": "*fp32", "ranges_ptr": "*i32", "seed_ptr": "*i64"}
 MASK_STRIDES = ("stride_mb", "stride_mh", "stride_mm", "stride_mk")
+# lengths that Triton's launcher specialises as multiples of 16 when they are (1024 queries, 4096 keys)
+ALIGNED_LENGTHS = ("Q_LEN", "K_LEN")
 
 
 def _jit_fn(kernel):
@@ -42,9 +44,10 @@ def _jit_fn(kernel):
 
 
 def compile_forward(causal, config, fold, merge, arch, dtype="fp16", head_d=64, maxnreg=None, dropout=False,
-                    mask_kind=None, bounds=False):
+                    mask_kind=None, bounds=False, aligned_lengths=False):
     """``mask_kind``: the kernel's (default the 2D mask's key ranges); ``bounds`` (a 4D mask): its key bounds, one
-    per sequence and 16 query rows, as ``attention._ForwardPlan._bounds`` sets them for a ``[B, 1, Q, K]`` mask."""
+    per sequence and 16 query rows, as ``attention._ForwardPlan._bounds`` sets them for a ``[B, 1, Q, K]`` mask.
+    ``aligned_lengths``: the query and key lengths are multiples of 16, as the launcher then tells the compiler."""
     block_m, block_n, warps, stages = config
     fn = _jit_fn(attn._attn_fwd_kernel)
     b4d = dict(B4D=False, B4D_PER_B=False, B4D_PER_H=False, B4D_SPAN=0)
@@ -67,7 +70,8 @@ def compile_forward(causal, config, fold, merge, arch, dtype="fp16", head_d=64, 
             sig[name] = "fp32"
         else:
             sig[name] = "i32"
-            if name.startswith("stride") and name not in MASK_STRIDES or name == "stride_mm" and mask_kind:
+            if (name.startswith("stride") and name not in MASK_STRIDES or name == "stride_mm" and mask_kind
+                    or name in ALIGNED_LENGTHS and aligned_lengths):
                 # (a 4D mask's row stride: its key length, a multiple of 16 in the shapes timed)
                 attrs[(i,)] = [["tt.divisibility", 16]]
     options = dict(num_warps=warps, num_stages=stages)
@@ -123,6 +127,8 @@ def main(argv=None):
     ap.add_argument("--mask", choices=["2d", "bool4d", "bool4d-bounds"], default="2d",
                     help="the mask path: 2D key ranges (default), a 4D bool mask, or one with its key bounds")
     ap.add_argument("--head-dim", type=int, default=64)
+    ap.add_argument("--aligned-lengths", action="store_true",
+                    help="query and key lengths multiples of 16 (the launcher specialises them: 1024, 4096, ...)")
     ap.add_argument("--arch", type=int, default=90, help="compute capability x10 (90 = Hopper)")
     ap.add_argument("--out", default=None, help="folder for the .ptx / .cubin / .sass (default $OUT or ./out)")
     args = ap.parse_args(argv)
@@ -141,13 +147,14 @@ def main(argv=None):
     kind = attn._K_RANGE if args.mask == "2d" else attn._K_BOOL
     kernel = compile_forward(args.causal, config, not args.no_fold, not args.no_merge, args.arch,
                              head_d=args.head_dim, maxnreg=args.maxnreg, dropout=args.dropout, mask_kind=kind,
-                             bounds=args.mask == "bool4d-bounds")
+                             bounds=args.mask == "bool4d-bounds", aligned_lengths=args.aligned_lengths)
     out = args.out or os.environ.get("OUT") or "out"
     os.makedirs(out, exist_ok=True)
     stem = os.path.join(out, f"attn_fwd_sm{args.arch}_{'causal' if args.causal else 'full'}_"
                              f"{'_'.join(map(str, config))}{'' if args.no_fold else '_fold'}"
                              f"{'' if args.no_merge else '_merge'}{'_dropout' if args.dropout else ''}"
-                             f"{'' if args.mask == '2d' else '_' + args.mask}{'' if args.head_dim == 64 else f'_d{args.head_dim}'}")
+                             f"{'' if args.mask == '2d' else '_' + args.mask}{'' if args.head_dim == 64 else f'_d{args.head_dim}'}"
+                             f"{'_aligned' if args.aligned_lengths else ''}")
     with open(stem + ".ptx", "w") as f:
         f.write(kernel.asm["ptx"])
     with open(stem + ".cubin", "wb") as f:
@@ -157,7 +164,7 @@ def main(argv=None):
         f.write(info["sass"])
     print(f"triton {triton.__version__}, sm_{args.arch}, causal={args.causal}, config {config}, "
           f"fold={not args.no_fold}, merge={not args.no_merge}, maxnreg={args.maxnreg}, dropout={args.dropout}, "
-          f"mask {args.mask}, head dim {args.head_dim}")
+          f"mask {args.mask}, head dim {args.head_dim}, aligned lengths {args.aligned_lengths}")
     print(f"registers {info['registers']}, stack {info['stack']} B, shared {kernel.metadata.shared} B, "
           f"{info['instructions']} instructions")
     for lp in info["loops"]:
