@@ -923,6 +923,11 @@ case "${1:-}" in
     python evals/ncu_kernels.py --summary "$OUT"/ncu_fwd4d_*.csv 2>&1 | tee "$OUT/ncu_fwd4d_summary.txt"
     against_old window31 100 "^small" evals/bench_window.py --shapes small-window --providers fused-4d,sdpa-4d \
       --no-backward
+    # the same with no register cap (the 128 of _fwd_maxnreg spills in the 4D path at D 64)
+    timeout 100 python -c "import importlib, runpy, sys; importlib.import_module('hf_masked_softmax.attention')\
+.FWD_MAXNREG = 0; sys.argv = ['bench_window.py', '--shapes', 'small-window', '--providers', 'fused-4d,sdpa-4d', \
+'--no-backward', '--out', '$OUT/window31_nocap']; runpy.run_path('evals/bench_window.py', run_name='__main__')" \
+      2>&1 | grep -E "^small"
     ;;
   static30)
     # static-cache generate end to end: llama-135m and qwen3-0.6b, eager / sdpa / fused, beside the dynamic cache's
