@@ -413,8 +413,8 @@ def _attn_fwd_kernel(
                                 HEAD_D, BLOCK_D, UPCAST, DOT_PREC, FOLD, DROPOUT, WINDOWED)
     if MASK_KIND >= 2:
         # a 4D mask: every block evaluates it, with no per-block branch on `mask_from` (a loaded value once the
-        # mask's key bounds set it). With that branch the bounded blocks ran about 4x slower than the unbounded ones
-        # on an H100 (NOTES.md, thirtieth session); whether this loop fixes it has not been measured
+        # mask's key bounds set it). Written for the bounded blocks' cost (about 4x the unbounded ones', H100), which
+        # it did not remove: 5.3x on an H200 at 55d6606 (NOTES.md, thirty-first session); kept as the simpler loop
         acc, l_i, m_i = _fwd_blocks(acc, l_i, m_i, q, k_base, v_base, mask_base, qrows, offs_n, offs_d,
                                     stride_kn, stride_kd, stride_vn, stride_vd, stride_mm, stride_mk,
                                     s_lo, s_hi, s_lo, start, end, has_holes, Q_LEN, K_LEN,

@@ -224,7 +224,7 @@ def spec_ranges(spec: MaskSpec, cache_key: Optional[torch.Tensor] = None) -> Opt
 # ----------------------------------------------------------------------------------------------------------------------
 # Key bounds of a 4D mask
 # ----------------------------------------------------------------------------------------------------------------------
-# id(mask) -> (weakref to mask, version, bounds, (layout, K, additive, threshold)), see mask_bounds
+# id(mask) -> (weakref to mask, version, bounds, (layout, K, additive, threshold), with row bounds), see mask_bounds
 BOUNDS_CACHE: dict = {}
 BOUNDS_CHUNK = 16  # query rows per bound: the attention forward's query blocks are 16 rows or a multiple of 16
 
@@ -256,14 +256,16 @@ def bounds_layout(view: torch.Tensor) -> BoundsLayout:
 @triton.jit
 def _mask4d_bounds_kernel(mask_ptr, out_ptr, stride_mb, stride_mh, stride_mm, stride_mk, PER_H, ROWS, Q_LEN, K_LEN,
                           threshold, ADDITIVE: tl.constexpr, CHUNK: tl.constexpr, TILE_ROWS: tl.constexpr,
-                          BLOCK: tl.constexpr):
+                          BLOCK: tl.constexpr, ROW_BOUNDS: tl.constexpr):
     """Program ``(i, c, n)``, ``i = b * PER_H + h``: the mask rows ``[c * CHUNK, (c + 1) * CHUNK)`` of batch entry ``b``
     and head ``h``, over the key blocks ``n, n + num_programs(2), ...``. Entry ``i`` of ``out`` holds
     ``num_programs(1)`` key bounds, one per row chunk: ``K - first kept key`` and ``last kept key + 1``; then
     ``cdiv(K, CHUNK)`` row bounds, one per chunk of ``CHUNK`` keys: ``Q - first query that keeps one of them`` and
     ``last such query + 1`` (a mask of one row, broadcast: every query, or none). All merged by atomic max from zeros
     (nothing kept). Kept is what the attention kernels keep: nonzero, or (additive) a value that is not
-    ``<= threshold`` once rounded to fp32. ``TILE_ROWS``: ``CHUNK``, or 1 for a mask of one row."""
+    ``<= threshold`` once rounded to fp32. ``TILE_ROWS``: ``CHUNK``, or 1 for a mask of one row. ``ROW_BOUNDS``
+    off: the row bounds are left at zero (forward-only calls, which never read them). The atomics are relaxed: only
+    the kernel's end result is read, by later kernels."""
     i = tl.program_id(0).to(tl.int64)
     c = tl.program_id(1)
     b = i // PER_H
@@ -290,29 +292,30 @@ def _mask4d_bounds_kernel(mask_ptr, out_ptr, stride_mb, stride_mh, stride_mm, st
             kept = ok & (m != 0)
         from_end = tl.maximum(from_end, tl.max(tl.max(tl.where(kept, K_LEN - cols[None, :], 0), axis=1), axis=0))
         end = tl.maximum(end, tl.max(tl.max(tl.where(kept, cols[None, :] + 1, 0), axis=1), axis=0))
-        # per key: the first and last rows keeping it, then per CHUNK keys
-        col_from_end = tl.max(tl.where(kept, Q_LEN - row_first[:, None], 0), axis=0)
-        col_end = tl.max(tl.where(kept, row_end[:, None], 0), axis=0)
-        k_from_end = tl.max(tl.reshape(col_from_end, (BLOCK // CHUNK, CHUNK)), axis=1)
-        k_end = tl.max(tl.reshape(col_end, (BLOCK // CHUNK, CHUNK)), axis=1)
-        kc = n0 // CHUNK + tl.arange(0, BLOCK // CHUNK)
-        k_ok = (kc < tl.cdiv(K_LEN, CHUNK)) & (k_end > 0)
-        at = entry + (tl.num_programs(1) + kc) * 2
-        tl.atomic_max(at, k_from_end, mask=k_ok)
-        tl.atomic_max(at + 1, k_end, mask=k_ok)
+        if ROW_BOUNDS:  # per key: the first and last rows keeping it, then per CHUNK keys
+            col_from_end = tl.max(tl.where(kept, Q_LEN - row_first[:, None], 0), axis=0)
+            col_end = tl.max(tl.where(kept, row_end[:, None], 0), axis=0)
+            k_from_end = tl.max(tl.reshape(col_from_end, (BLOCK // CHUNK, CHUNK)), axis=1)
+            k_end = tl.max(tl.reshape(col_end, (BLOCK // CHUNK, CHUNK)), axis=1)
+            kc = n0 // CHUNK + tl.arange(0, BLOCK // CHUNK)
+            k_ok = (kc < tl.cdiv(K_LEN, CHUNK)) & (k_end > 0)
+            at = entry + (tl.num_programs(1) + kc) * 2
+            tl.atomic_max(at, k_from_end, mask=k_ok, sem="relaxed")
+            tl.atomic_max(at + 1, k_end, mask=k_ok, sem="relaxed")
     at = entry + c * 2
-    tl.atomic_max(at, from_end)
-    tl.atomic_max(at + 1, end)
+    tl.atomic_max(at, from_end, sem="relaxed")
+    tl.atomic_max(at + 1, end, sem="relaxed")
 
 
 def mask_bounds(view: torch.Tensor, additive: bool, threshold: float,
-                cache_key: Optional[torch.Tensor] = None) -> torch.Tensor:
+                cache_key: Optional[torch.Tensor] = None, rows: bool = True) -> torch.Tensor:
     """int32 ``[per_b, per_h, chunks + cdiv(K, 16), 2]`` (see :func:`bounds_layout`) of a 4D mask view
     ``[B, H, Q, K]`` (uint8 for a bool mask): per chunk of 16 rows, ``K`` minus the first kept key and the last kept
     key + 1; then per chunk of 16 keys, ``Q`` minus the first query that keeps one of them and the last such query
     + 1 (the backward's dk / dv kernel walks those rows only). ``(0, 0)`` where nothing is kept (so that zeros start
     the atomic maxima that merge the programs). :func:`key_bounds` reads the first part as ``(first, end)``,
-    :func:`row_bounds` the second. The attention kernels visit only the blocks inside
+    :func:`row_bounds` the second, which only backward passes read: ``rows=False`` (a forward that autograd does not
+    record) leaves it at zero, which is then no bound to read. The attention kernels visit only the blocks inside
     the bounds, so that a static cache's unfilled keys, the future of a causal 4D mask or the other documents of a
     block-diagonal one are skipped rather than read and masked.
 
@@ -326,7 +329,8 @@ def mask_bounds(view: torch.Tensor, additive: bool, threshold: float,
     tag = (layout, K, additive, threshold)
     if version is not None:
         hit = BOUNDS_CACHE.get(id(cache_key))
-        if hit is not None and hit[0]() is cache_key and hit[1] == version and hit[3] == tag:
+        # (bounds with their row part serve a call without it too)
+        if hit is not None and hit[0]() is cache_key and hit[1] == version and hit[3] == tag and (hit[4] or not rows):
             return hit[2]
     key_chunks = -(-K // BOUNDS_CHUNK)
     out = torch.zeros((layout.per_b, layout.per_h, layout.chunks + key_chunks, 2), dtype=torch.int32,
@@ -339,9 +343,10 @@ def mask_bounds(view: torch.Tensor, additive: bool, threshold: float,
         sb, sh, sq, sk = view.stride()
         _mask4d_bounds_kernel[grid](view, out, sb, sh, sq, sk, layout.per_h, layout.rows, view.shape[2], K,
                                     float(threshold),
-                                    ADDITIVE=additive, CHUNK=BOUNDS_CHUNK, TILE_ROWS=tile_rows, BLOCK=block)
+                                    ADDITIVE=additive, CHUNK=BOUNDS_CHUNK, TILE_ROWS=tile_rows, BLOCK=block,
+                                    ROW_BOUNDS=bool(rows))
     if version is not None:
-        weak_entry(BOUNDS_CACHE, id(cache_key), cache_key, version, out, tag)
+        weak_entry(BOUNDS_CACHE, id(cache_key), cache_key, version, out, tag, bool(rows))
     return out
 
 

@@ -200,7 +200,7 @@ _KERNEL_KIND = {_masks.NONE: _attn._K_NONE, _masks.PAD2D: _attn._K_RANGE, _masks
                 _masks.ADD4D: _attn._K_ADD}
 
 
-def _kernel_mask_args(spec: _masks.MaskSpec, cache_key=None, bounds_threshold=None):
+def _kernel_mask_args(spec: _masks.MaskSpec, cache_key=None, bounds_threshold=None, row_bounds=True):
     """(kernel kind, mask tensor, key ranges) of a validated mask: the kernels turn a 2D padding mask into
     per-sequence key ranges, cached per ``cache_key`` (the eager paths pass the caller's mask: HF hands one mask to
     every layer; the operators pass none and compute them on every call, see masks.pad_ranges).
@@ -212,22 +212,25 @@ def _kernel_mask_args(spec: _masks.MaskSpec, cache_key=None, bounds_threshold=No
 
     ``bounds_threshold`` (the attention forwards pass the threshold their kernel compares with): a 4D mask gets its
     key bounds (``masks.mask_bounds``, cached per ``cache_key`` likewise) in place of the key ranges, unless
-    ``attention.MASK4D_BOUNDS`` is off."""
+    ``attention.MASK4D_BOUNDS`` is off; with their row part (what the backward's dk / dv kernel reads) unless
+    ``row_bounds`` is off, for a forward whose backward, if any, computes its own."""
     mask_t = spec.tensor
     if spec.kind == _masks.ADD4D and mask_t.dtype == torch.float64:
         own = mask_t[tuple(slice(0, 1) if st == 0 else slice(None) for st in mask_t.stride())]
         mask_t = own.to(torch.float32).expand(mask_t.shape)
     if (bounds_threshold is not None and spec.kind in (_masks.BOOL4D, _masks.ADD4D) and _attn.MASK4D_BOUNDS
             and _masks.bounds_layout(mask_t).chunks <= _attn.GRID_YZ_MAX):  # (its grid: a chunk per 16 query rows)
-        bounds = _masks.mask_bounds(mask_t, spec.kind == _masks.ADD4D, bounds_threshold, cache_key)
+        bounds = _masks.mask_bounds(mask_t, spec.kind == _masks.ADD4D, bounds_threshold, cache_key, row_bounds)
         return _KERNEL_KIND[spec.kind], mask_t, bounds
     return _KERNEL_KIND[spec.kind], mask_t, _masks.spec_ranges(spec, cache_key)
 
 
-def _attn_mask_args(mask, mask_kind, threshold, shape):
-    """(kernel kind, mask tensor, key ranges or a 4D mask's key bounds, threshold) for the attention operators."""
+def _attn_mask_args(mask, mask_kind, threshold, shape, row_bounds=True):
+    """(kernel kind, mask tensor, key ranges or a 4D mask's key bounds, threshold) for the attention operators
+    (``row_bounds``: see :func:`_kernel_mask_args`; the forward operators pass False, the backward operator computes
+    its own)."""
     spec = _spec(mask, mask_kind, threshold, shape)
-    return (*_kernel_mask_args(spec, None, threshold), threshold)
+    return (*_kernel_mask_args(spec, None, threshold, row_bounds), threshold)
 
 
 def _reference_dropout(q, k, drop_thr, seed):
@@ -271,7 +274,7 @@ def attention_op(
         lse = attention_lse_reference(q, k, mask, causal=causal, scale=scale, window=window)
         return out, torch.stack((lse, torch.zeros_like(lse)))  # the kernel's [2, B, H, Q]: lse, residual (none)
     B, H, Q, _ = q.shape
-    kind, mask_t, ranges, threshold = _attn_mask_args(mask, mask_kind, threshold, (B, H, Q, k.shape[2]))
+    kind, mask_t, ranges, threshold = _attn_mask_args(mask, mask_kind, threshold, (B, H, Q, k.shape[2]), False)
     with on_device(q):
         return _attn._forward(q, k, v, kind, mask_t, ranges, threshold, causal, scale, True, None, drop_thr, seed,
                               window)
@@ -353,7 +356,7 @@ def attention_inference_op(
     if not kernels_take(q):
         return _attention_reference(q, k, v, mask, causal, scale, 0, None, window)
     B, H, Q, _ = q.shape
-    kind, mask_t, ranges, threshold = _attn_mask_args(mask, mask_kind, threshold, (B, H, Q, k.shape[2]))
+    kind, mask_t, ranges, threshold = _attn_mask_args(mask, mask_kind, threshold, (B, H, Q, k.shape[2]), False)
     with on_device(q):
         return _attn._forward(q, k, v, kind, mask_t, ranges, threshold, causal, scale, False, window=window)[0]
 
@@ -456,7 +459,8 @@ def attention(
         # masks wider than fp32 are compared after rounding to fp32, where their masked values become -inf
         threshold = max(threshold, float(torch.finfo(torch.float32).min))
     if path != "op":  # eager: the validated spec as it is, key ranges cached per mask object
-        kind, mask_t, ranges = _kernel_mask_args(spec, attention_mask, threshold)
+        # (the autograd function's backward reads the bounds' row part; eager inference never does)
+        kind, mask_t, ranges = _kernel_mask_args(spec, attention_mask, threshold, path != "direct")
         known = None  # the plan's key: the validated signature where later calls look it up by it
         if sig is not None and spec.kind in (_masks.NONE, _masks.PAD2D):
             remember(_VALIDATED, sig, (kind, scale, drop_thr, win), _MAX_VALIDATED)

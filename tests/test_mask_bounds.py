@@ -261,3 +261,73 @@ class _Counting:
     def __getitem__(self, grid):
         self.calls.append(grid)
         return self.real[grid]
+
+
+def test_forward_only_bounds_leave_the_row_part_to_the_backward(device, monkeypatch):
+    # a forward that autograd does not record reads only the key part: rows=False leaves the row part at zero; the
+    # cache then does not serve a training call with it (the dk / dv kernel would skip every query), while bounds
+    # with their row part serve an inference call
+    g = torch.Generator().manual_seed(12)
+    B, H, Q, K = 2, 2, 37, 53
+    keep = torch.rand(B, 1, Q, K, generator=g) > 0.6
+    keep[0, :, :, 40:] = False
+    mask = keep.to(device)
+    spec = prepare_mask(mask, (B, H, Q, K), mask.device)
+    layout = bounds_layout(spec.tensor)
+    full = mask_bounds(spec.tensor, False, 0.0)
+    keys_only = mask_bounds(spec.tensor, False, 0.0, rows=False)
+    assert torch.equal(key_bounds(keys_only, K), key_bounds(full, K))
+    assert torch.equal(key_bounds(full, K).cpu().long(), _expected_bounds(spec.tensor.cpu() != 0, layout))
+    assert not row_bounds(keys_only, Q, K)[..., 1].any()  # (first, end) with end 0: nothing, never a bound to read
+
+    calls = []
+    monkeypatch.setattr(masks_mod, "_mask4d_bounds_kernel", _Counting(masks_mod._mask4d_bounds_kernel, calls))
+    monkeypatch.setattr(attn_mod, "_PLANS", {})
+    monkeypatch.setattr(attn_mod, "_BWD_PLANS", {})
+    q, k, v = (torch.randn(B, H, n, 16, generator=g).to(device) for n in (Q, K, K))
+    masks_mod.share_ranges(mask)
+    with torch.no_grad():
+        inference = attention(q, k, v, mask)
+    assert len(calls) == 1
+    qg, kg, vg = (t.clone().requires_grad_(True) for t in (q, k, v))
+    out = attention(qg, kg, vg, mask)  # needs the row part: computed again, then cached with it
+    assert len(calls) == 2
+    with torch.no_grad():
+        attention(q, k, v, mask)
+    assert len(calls) == 2
+    do = torch.randn(out.shape, generator=g).to(device)
+    grads = torch.autograd.grad(out, (qg, kg, vg), do)
+    qd, kd, vd = (t.detach().double().requires_grad_(True) for t in (q, k, v))
+    ref = attention_reference(qd, kd, vd, mask)
+    want = torch.autograd.grad(ref, (qd, kd, vd), do.double())
+    assert_close(inference, ref.detach(), scale=4.0)
+    for got, exp in zip(grads, want):
+        assert_close(got, exp, scale=8.0)
+
+
+def test_the_operators_backward_computes_the_row_bounds(device, monkeypatch):
+    # the custom operator (torch.compile's path): its forward computes the key part only, its backward the bounds
+    # with their row part; gradients against the fp64 reference
+    monkeypatch.setattr(attn_mod, "_PLANS", {})
+    monkeypatch.setattr(attn_mod, "_BWD_PLANS", {})
+    ops = importlib.import_module("hf_masked_softmax.ops")
+    seen = []
+    real = masks_mod.mask_bounds
+    monkeypatch.setattr(masks_mod, "mask_bounds", lambda *a, **kw: seen.append(a[4] if len(a) > 4 else kw.get(
+        "rows", True)) or real(*a, **kw))
+    g = torch.Generator().manual_seed(13)
+    B, H, Q, K = 1, 2, 40, 40
+    q, k, v = (torch.randn(B, H, Q, 16, generator=g).to(device).requires_grad_(True) for _ in range(3))
+    i, j = torch.arange(Q)[:, None], torch.arange(K)[None, :]
+    mask = ((i >= 20) == (j >= 20))[None, None].to(device)
+    spec = prepare_mask(mask, (B, H, Q, K), mask.device)
+    out, _ = ops.attention_op(q, k, v, mask, spec.kind, spec.threshold, False, 16 ** -0.5)
+    do = torch.randn(out.shape, generator=g).to(device)
+    grads = torch.autograd.grad(out, (q, k, v), do)
+    assert seen == [False, True]
+    qd, kd, vd = (t.detach().double().requires_grad_(True) for t in (q, k, v))
+    ref = attention_reference(qd, kd, vd, mask)
+    want = torch.autograd.grad(ref, (qd, kd, vd), do.double())
+    assert_close(out, ref.detach(), scale=4.0)
+    for got, exp in zip(grads, want):
+        assert_close(got, exp, scale=8.0)
