@@ -139,10 +139,13 @@
 #   bash evals/gpu_session.sh bounds30  # 2026-12-05 (30): 4D masks' key bounds: their tests on CUDA, bench_static.py,
 #                                       # bench_window.py's fused-4d rows, the static-cache tests
 #   bash evals/gpu_session.sh static30  # 2026-12-05 (30): generate with HF's static cache, end to end (speed.py)
-#   bash evals/gpu_session.sh ncu31     # the bounded 4D forward's slow key blocks: SASS, Nsight Compute, old_tree
-#   bash evals/gpu_session.sh bounds31  # next: the 4D path's always-masked loop (f1b4ba5) and the backward's bounds
-#                                       # (8d70fd8) on a GPU: tests, probe_bounds.py --variants, bench_static.py,
-#                                       # bench_window.py's 4D rows forward and backward
+#   bash evals/gpu_session.sh bounds31  # 2026-12-05 (31, H200): the 4D path's always-masked loop (f1b4ba5) and the
+#                                       # backward's bounds (8d70fd8): tests, probe_bounds.py --variants,
+#                                       # bench_static.py, bench_window.py's 4D rows forward and backward
+#   bash evals/gpu_session.sh ncu31     # next: the bounded 4D forward's slow key blocks (SASS, Nsight Compute), the
+#                                       # windowed 4D row against old_tree/ (b1925a6, made by: mkdir old_tree &&
+#                                       # git archive b1925a6 hf_masked_softmax evals patches pyproject.toml |
+#                                       # tar x -C old_tree && rm -r old_tree/evals/results), the bounds kernel's time
 set -uo pipefail
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
 OUT=${OUT:-out}
@@ -911,9 +914,12 @@ case "${1:-}" in
   ncu31)
     # why the bounded 4D forward's key blocks cost ~5x the unbounded ones: the compiled kernels' SASS and registers,
     # Nsight Compute of the prefill forward unbounded and with bounds widened to every key (the same blocks); then
-    # the windowed 4D forward against old_tree/ (b1925a6, before the single masked loop of f1b4ba5)
+    # the windowed 4D forward against old_tree/ (b1925a6: before the single masked loop of f1b4ba5, the row bounds
+    # of 8d70fd8 and the relaxed atomics of 11a6054); the bounds kernel's time with and without its row part
     timeout 120 python -u evals/probe_bounds.py --variants --sass-out "$OUT/sass31" 2>&1 | grep -v -i warn \
       | tee "$OUT/probe_variants31b.log"
+    timeout 120 python -u evals/probe_bounds.py 2>&1 | grep -v -i warn > "$OUT/probe_bounds31.log"
+    grep -E "^==|mask_bounds|fused-4d " "$OUT/probe_bounds31.log" | cut -c1-150
     for variant in unbounded wide bounded; do
       timeout 150 "$NCU" --clock-control none --set full -k "regex:^_attn_fwd_kernel\$" --launch-skip 1 \
         --launch-count 1 --csv --page details python evals/probe_bounds.py --launch "$variant" < /dev/null \

@@ -48,7 +48,9 @@ def main(argv=None):
         view = spec.tensor
         layout = masks.bounds_layout(view)
         ref = masks.mask_bounds(view, False, 0.0)
-        print(f"  mask_bounds (memset + kernel): {benchutil.median_ms(lambda: masks.mask_bounds(view, False, 0.0), cuda_graph=True) * 1e3:8.2f} us")
+        for rows in (True, False):
+            ms = benchutil.median_ms(lambda: masks.mask_bounds(view, False, 0.0, rows=rows), cuda_graph=True)
+            print(f"  mask_bounds (memset + kernel), row bounds {rows!s:5s}: {ms * 1e3:8.2f} us")
         out = torch.zeros_like(ref)
         K = inp["K"]
         tile_rows = 1 if layout.rows == 1 else masks.BOUNDS_CHUNK
@@ -61,7 +63,8 @@ def main(argv=None):
                         out.zero_()
                         masks._mask4d_bounds_kernel[grid](
                             view, out, *view.stride(), layout.per_h, layout.rows, K, 0.0, ADDITIVE=False,
-                            CHUNK=masks.BOUNDS_CHUNK, TILE_ROWS=tile_rows, BLOCK=block, num_warps=warps)
+                            CHUNK=masks.BOUNDS_CHUNK, TILE_ROWS=tile_rows, BLOCK=block, ROW_BOUNDS=True,
+                            num_warps=warps)
                     run()
                     ok = torch.equal(out, ref)
                     print(f"  BLOCK {block:5d} key programs {grid[2]:3d} warps {warps}: "
@@ -78,7 +81,8 @@ def _setup(name="llama-prefill"):
     spec = masks.prepare_mask(inp["mask4d"], (inp["B"], inp["H"], inp["Q"], inp["K"]), inp["q"].device)
     bounds = masks.mask_bounds(spec.tensor, False, 0.0)
     wide = bounds.clone()
-    wide[..., 0], wide[..., 1] = inp["K"], inp["K"]  # every key: the unbounded kernel's blocks, through the bounded code
+    # every key: the unbounded kernel's blocks, through the bounded code
+    wide[..., 0], wide[..., 1] = inp["K"], inp["K"]
     return inp, spec.tensor, bounds, wide
 
 

@@ -153,7 +153,8 @@ def main(argv=None):
     stem = os.path.join(out, f"attn_fwd_sm{args.arch}_{'causal' if args.causal else 'full'}_"
                              f"{'_'.join(map(str, config))}{'' if args.no_fold else '_fold'}"
                              f"{'' if args.no_merge else '_merge'}{'_dropout' if args.dropout else ''}"
-                             f"{'' if args.mask == '2d' else '_' + args.mask}{'' if args.head_dim == 64 else f'_d{args.head_dim}'}"
+                             f"{'' if args.mask == '2d' else '_' + args.mask}"
+                             f"{'' if args.head_dim == 64 else f'_d{args.head_dim}'}"
                              f"{'_aligned' if args.aligned_lengths else ''}")
     with open(stem + ".ptx", "w") as f:
         f.write(kernel.asm["ptx"])
