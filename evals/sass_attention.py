@@ -111,6 +111,24 @@ def analyse(cubin_path):
                 instructions=len(ins), loops=loops, sass=sass, ops=[_opcode(t) for _, t in ins])
 
 
+def loop_uniform_moves(info) -> collections.Counter:
+    """In :func:`analyse`'s loops, the register-to-uniform moves (``R2UR``), lane broadcasts (``SHFL.IDX``) and warp
+    syncs (``WARPSYNC``): what ptxas adds around warp-group MMAs whose loop it cannot prove the same in every thread
+    (a trip count from a reduction's result, say)."""
+    ins = []
+    for line in info["sass"].splitlines():
+        m = re.match(r"\s+/\*([0-9a-f]{4,})\*/\s+(.*?);", line)
+        if m:
+            ins.append((int(m.group(1), 16), _opcode(m.group(2).strip())))
+    found = collections.Counter()
+    for lp in info["loops"]:
+        for addr, op in ins:
+            if lp["start"] <= addr <= lp["end"] and op.split(".")[0] in ("R2UR", "WARPSYNC") or (
+                    lp["start"] <= addr <= lp["end"] and op.startswith("SHFL.IDX")):
+                found[op.split(".")[0] if not op.startswith("SHFL") else "SHFL.IDX"] += 1
+    return found
+
+
 def _opcode(text):
     """An instruction's opcode with its modifiers (``HGMMA.64x64x16.F32``), past a predicate (``@P0``)."""
     return text.split()[1] if text.startswith("@") else text.split()[0]
@@ -171,6 +189,9 @@ def main(argv=None):
     for lp in info["loops"]:
         print(f"  loop {lp['start']:#x}-{lp['end']:#x}: {lp['instructions']} instructions; "
               + ", ".join(f"{op} {n}" for op, n in lp["top"]))
+    moves = loop_uniform_moves(info)
+    print("  in the loops: " + (", ".join(f"{op} {n}" for op, n in sorted(moves.items())) or "no R2UR, SHFL.IDX or "
+                                                                                          "WARPSYNC"))
     print(f"wrote {stem}.{{ptx,cubin,sass}}")
     return info
 

@@ -60,8 +60,11 @@ def main(argv=None):
             f.write(compiled.asm["cubin"])
         info = sa.analyse(path)
         loops = ", ".join(str(loop["instructions"]) for loop in info["loops"])
-        print(f"{tag:16s} registers {info['registers']}, stack {info['stack']} B, {info['instructions']} instructions, "
-              f"loops of [{loops}]", flush=True)
+        # register-to-uniform moves, shuffles and warp syncs inside the loops: what a trip count the compiler cannot
+        # prove uniform costs around warp-group MMAs
+        uniform = sum(sa.loop_uniform_moves(info).values())
+        print(f"{tag:22s} registers {info['registers']}, stack {info['stack']} B, {info['instructions']} instructions, "
+              f"loops of [{loops}], R2UR/SHFL.IDX/WARPSYNC in loops {uniform}", flush=True)
 
     print(f"triton {triton.__version__}, sm_{args.arch}, kernels of {os.path.abspath(args.tree)}")
     common = dict(HEAD_D=64, BLOCK_D=64, UPCAST=False, DOT_PREC="tf32", WIDE=False, DROPOUT=False, WINDOWED=False,
@@ -72,6 +75,11 @@ def main(argv=None):
                                                 **common), 4, 3, f"dkdv, {name}")
         compile_one(attn._bwd_dq_kernel, dict(MASK_KIND=kind, BLOCK_M=64, BLOCK_N=32, FOLD=fold, **no_bounds,
                                               **common), 4, 3, f"dq, {name}")
+    bounds = dict(B4D=True, B4D_PER_B=True, B4D_PER_H=False)  # a [B, 1, Q, K] mask's bounds, 16 rows a chunk
+    compile_one(attn._bwd_dkdv_kernel, dict(MASK_KIND=attn._K_BOOL, BLOCK_M=32, BLOCK_N=64, FOLD=True, B4D_SPAN=2,
+                                            **bounds, **common), 4, 3, "dkdv, bool 4D bounds")
+    compile_one(attn._bwd_dq_kernel, dict(MASK_KIND=attn._K_BOOL, BLOCK_M=64, BLOCK_N=32, FOLD=True, B4D_SPAN=4,
+                                          **bounds, **common), 4, 3, "dq, bool 4D bounds")
     compile_one(attn._attn_fwd_kernel, dict(MASK_KIND=attn._K_RANGE, BLOCK_M=64, BLOCK_N=64, FOLD=True,
                                             MERGE_TAIL=True, STORE_LSE=True, PACK=False, **no_bounds, **common), 4, 3,
                 "forward, 2D mask")

@@ -256,11 +256,17 @@ def _mask_bounds(bounds_ptr, b, h, m0, H, Q_LEN, K_LEN, PER_B: tl.constexpr, PER
     n_k = tl.cdiv(K_LEN, CHUNK)  # each (b, h) entry: its row chunks' key bounds, then its key chunks' row bounds
     if SPAN > 0:
         n_c = tl.cdiv(Q_LEN, CHUNK)
-        c = m0 // CHUNK + tl.arange(0, SPAN)
-        ok = c < n_c
+        c = m0 // CHUNK
         at = bounds_ptr + (base * (n_c + n_k) + c) * 2
-        from_end = tl.max(tl.load(at, mask=ok, other=0), axis=0)
-        end = tl.max(tl.load(at + 1, mask=ok, other=0), axis=0)
+        # scalar loads of uniform addresses, not a vector load and a reduction: the compiler then knows the bounds,
+        # and so the key loop's trip count, are the same in every thread (from a reduction, it moved the loop's
+        # wgmma descriptors into uniform registers on every iteration: 25 R2UR, a SHFL, a WARPSYNC; Triton 3.6, sm_90)
+        from_end = tl.load(at)
+        end = tl.load(at + 1)
+        for j in tl.static_range(1, SPAN):
+            ok = c + j < n_c
+            from_end = tl.maximum(from_end, tl.load(at + 2 * j, mask=ok, other=0))
+            end = tl.maximum(end, tl.load(at + 2 * j + 1, mask=ok, other=0))
     else:
         at = bounds_ptr + base * (1 + n_k) * 2
         from_end = tl.load(at)
@@ -279,11 +285,14 @@ def _mask_row_bounds(bounds_ptr, b, h, n0, H, Q_LEN, K_LEN, PER_B: tl.constexpr,
     n_c = 1
     if ROW_CHUNKS:
         n_c = tl.cdiv(Q_LEN, CHUNK)
-    c = n0 // CHUNK + tl.arange(0, KSPAN)
-    ok = c < n_k
+    c = n0 // CHUNK
     at = bounds_ptr + (base * (n_c + n_k) + n_c + c) * 2
-    from_end = tl.max(tl.load(at, mask=ok, other=0), axis=0)
-    end = tl.max(tl.load(at + 1, mask=ok, other=0), axis=0)
+    from_end = tl.load(at)  # scalar loads, as in _mask_bounds: bounds the compiler knows are uniform
+    end = tl.load(at + 1)
+    for j in tl.static_range(1, KSPAN):
+        ok = c + j < n_k
+        from_end = tl.maximum(from_end, tl.load(at + 2 * j, mask=ok, other=0))
+        end = tl.maximum(end, tl.load(at + 2 * j + 1, mask=ok, other=0))
     return Q_LEN - from_end, end
 
 

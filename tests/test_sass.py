@@ -33,3 +33,21 @@ def test_sass_of_the_forward_with_and_without_the_scale_folded(tmp_path):
     assert _count(f_sass, "HGMMA") > 0  # Hopper's tensor-core instructions
     assert _count(f_sass, "FMUL") < _count(p_sass, "FMUL")
     assert _count(f_sass, "FFMA") > _count(p_sass, "FFMA")
+
+
+def _loop_moves(out):
+    """The ``in the loops:`` line's counts, ``{"R2UR": n, ...}`` (empty for none)."""
+    line = re.search(r"in the loops: (.*)", out).group(1)
+    return {} if line.startswith("no ") else {op: int(n) for op, n in re.findall(r"([\w.]+) (\d+)", line)}
+
+
+def test_sass_of_the_bounded_4d_loop_is_as_uniform_as_the_unbounded(tmp_path):
+    # the forward with a 4D mask's key bounds: bounds read by scalar loads keep the key loop's trip count provably
+    # the same in every thread, so its warp-group MMAs need no more register-to-uniform moves, lane broadcasts or warp
+    # syncs than the unbounded loop's (a vector load and a reduction put 25 R2UR, a SHFL.IDX and a WARPSYNC in it with
+    # Triton 3.6)
+    flags = ("--head-dim", "128", "--config", "128/64/8/3", "--aligned-lengths")
+    plain = _loop_moves(_run(tmp_path / "plain", "--mask", "bool4d", *flags))
+    bounded = _loop_moves(_run(tmp_path / "bounded", "--mask", "bool4d-bounds", *flags))
+    for op in ("R2UR", "SHFL.IDX", "WARPSYNC"):
+        assert bounded.get(op, 0) <= plain.get(op, 0), (op, bounded, plain)
