@@ -145,7 +145,8 @@
 #   bash evals/gpu_session.sh ncu31     # next: the bounded 4D forward's slow key blocks (SASS, Nsight Compute), the
 #                                       # windowed 4D row against old_tree/ (b1925a6, made by: mkdir old_tree &&
 #                                       # git archive b1925a6 hf_masked_softmax evals patches pyproject.toml |
-#                                       # tar x -C old_tree && rm -r old_tree/evals/results), the bounds kernel's time
+#                                       # tar x -C old_tree && rm -r old_tree/evals/results; .git/info/exclude
+#                                       # ignores it, so the device call carries it), the bounds kernel's time
 set -uo pipefail
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
 OUT=${OUT:-out}
