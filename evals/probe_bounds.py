@@ -157,7 +157,10 @@ def variants(name="llama-prefill", sass_out=None):
             attn._fwd_config = real_config
             attn._PLANS.clear()
             if sass_out:
-                _dump_sass(attn, sass_out, seen)
+                try:
+                    _dump_sass(attn, sass_out, seen)
+                except Exception as exc:  # noqa: BLE001 (Triton's cache layout differs between versions: times go on)
+                    print(f"    no SASS written: {exc!r}")
 
     seen = set()
 
