@@ -87,7 +87,7 @@ def _tool(name):
 
 def analyse(cubin_path):
     """The cubin's registers and stack, its SASS, every instruction's opcode in order (``ops``) and each loop's
-    instruction count and most frequent opcodes."""
+    instruction count, opcode counts (``ops``) and most frequent opcodes."""
     sass = subprocess.run([_tool("cuobjdump"), "-sass", cubin_path], capture_output=True, text=True,
                           check=True).stdout
     res = subprocess.run([_tool("cuobjdump"), "-res-usage", cubin_path], capture_output=True, text=True,
@@ -106,7 +106,7 @@ def analyse(cubin_path):
             body = [t for a, t in ins if int(m.group(1), 16) <= a <= addr]
             ops = collections.Counter(_opcode(t) for t in body)
             loops.append(dict(start=int(m.group(1), 16), end=addr, instructions=len(body),
-                              top=ops.most_common(8)))
+                              top=ops.most_common(8), ops=ops))
     return dict(registers=int(regs.group(1)) if regs else None, stack=int(stack.group(1)) if stack else None,
                 instructions=len(ins), loops=loops, sass=sass, ops=[_opcode(t) for _, t in ins])
 
@@ -115,17 +115,12 @@ def loop_uniform_moves(info) -> collections.Counter:
     """In :func:`analyse`'s loops, the register-to-uniform moves (``R2UR``), lane broadcasts (``SHFL.IDX``) and warp
     syncs (``WARPSYNC``): what ptxas adds around warp-group MMAs whose loop it cannot prove the same in every thread
     (a trip count from a reduction's result, say)."""
-    ins = []
-    for line in info["sass"].splitlines():
-        m = re.match(r"\s+/\*([0-9a-f]{4,})\*/\s+(.*?);", line)
-        if m:
-            ins.append((int(m.group(1), 16), _opcode(m.group(2).strip())))
     found = collections.Counter()
     for lp in info["loops"]:
-        for addr, op in ins:
-            if lp["start"] <= addr <= lp["end"] and op.split(".")[0] in ("R2UR", "WARPSYNC") or (
-                    lp["start"] <= addr <= lp["end"] and op.startswith("SHFL.IDX")):
-                found[op.split(".")[0] if not op.startswith("SHFL") else "SHFL.IDX"] += 1
+        for op, n in lp["ops"].items():
+            name = "SHFL.IDX" if op.startswith("SHFL.IDX") else op.split(".")[0]
+            if name in ("R2UR", "WARPSYNC", "SHFL.IDX"):
+                found[name] += n
     return found
 
 

@@ -246,6 +246,22 @@ def _bounds_entry(b, h, H, PER_B: tl.constexpr, PER_H: tl.constexpr):
 
 
 @triton.jit
+def _chunk_bounds(at, c, n, SPAN: tl.constexpr):
+    """The maxima of the ``(from_end, end)`` pairs at ``at`` (chunk ``c``) and the ``SPAN - 1`` after it (none for
+    ``SPAN`` 0 or 1) that are below chunk ``n``. Scalar loads of uniform addresses, not a vector load and a reduction: the compiler then knows
+    the bounds, and so the kernels' loop counts, are the same in every thread (from a reduction it moved the forward
+    loop's wgmma descriptors into uniform registers on every key block: 25 R2UR, a SHFL, a WARPSYNC; Triton 3.6,
+    sm_90)."""
+    from_end = tl.load(at)
+    end = tl.load(at + 1)
+    for j in tl.static_range(1, SPAN):
+        ok = c + j < n
+        from_end = tl.maximum(from_end, tl.load(at + 2 * j, mask=ok, other=0))
+        end = tl.maximum(end, tl.load(at + 2 * j + 1, mask=ok, other=0))
+    return from_end, end
+
+
+@triton.jit
 def _mask_bounds(bounds_ptr, b, h, m0, H, Q_LEN, K_LEN, PER_B: tl.constexpr, PER_H: tl.constexpr,
                  SPAN: tl.constexpr, CHUNK: tl.constexpr):
     """``(start, end)``: the keys a 4D mask keeps for query rows ``[m0, m0 + SPAN * CHUNK)`` of batch entry ``b`` and
@@ -254,23 +270,12 @@ def _mask_bounds(bounds_ptr, b, h, m0, H, Q_LEN, K_LEN, PER_B: tl.constexpr, PER
     ``start >= end``."""
     base = _bounds_entry(b, h, H, PER_B, PER_H)
     n_k = tl.cdiv(K_LEN, CHUNK)  # each (b, h) entry: its row chunks' key bounds, then its key chunks' row bounds
+    n_c = 1
+    c = m0 * 0
     if SPAN > 0:
         n_c = tl.cdiv(Q_LEN, CHUNK)
         c = m0 // CHUNK
-        at = bounds_ptr + (base * (n_c + n_k) + c) * 2
-        # scalar loads of uniform addresses, not a vector load and a reduction: the compiler then knows the bounds,
-        # and so the key loop's trip count, are the same in every thread (from a reduction, it moved the loop's
-        # wgmma descriptors into uniform registers on every iteration: 25 R2UR, a SHFL, a WARPSYNC; Triton 3.6, sm_90)
-        from_end = tl.load(at)
-        end = tl.load(at + 1)
-        for j in tl.static_range(1, SPAN):
-            ok = c + j < n_c
-            from_end = tl.maximum(from_end, tl.load(at + 2 * j, mask=ok, other=0))
-            end = tl.maximum(end, tl.load(at + 2 * j + 1, mask=ok, other=0))
-    else:
-        at = bounds_ptr + base * (1 + n_k) * 2
-        from_end = tl.load(at)
-        end = tl.load(at + 1)
+    from_end, end = _chunk_bounds(bounds_ptr + (base * (n_c + n_k) + c) * 2, c, n_c, SPAN)
     return K_LEN - from_end, end
 
 
@@ -286,13 +291,7 @@ def _mask_row_bounds(bounds_ptr, b, h, n0, H, Q_LEN, K_LEN, PER_B: tl.constexpr,
     if ROW_CHUNKS:
         n_c = tl.cdiv(Q_LEN, CHUNK)
     c = n0 // CHUNK
-    at = bounds_ptr + (base * (n_c + n_k) + n_c + c) * 2
-    from_end = tl.load(at)  # scalar loads, as in _mask_bounds: bounds the compiler knows are uniform
-    end = tl.load(at + 1)
-    for j in tl.static_range(1, KSPAN):
-        ok = c + j < n_k
-        from_end = tl.maximum(from_end, tl.load(at + 2 * j, mask=ok, other=0))
-        end = tl.maximum(end, tl.load(at + 2 * j + 1, mask=ok, other=0))
+    from_end, end = _chunk_bounds(bounds_ptr + (base * (n_c + n_k) + n_c + c) * 2, c, n_k, KSPAN)
     return Q_LEN - from_end, end
 
 
