@@ -86,6 +86,13 @@ def _setup(name="llama-prefill"):
     return inp, spec.tensor, bounds, wide
 
 
+def _forward(attn, inp, view, ranges):
+    """The inference forward's launcher on ``inp``'s q, k, v with the bool 4D mask ``view`` and its bounds
+    ``ranges`` (None: unbounded)."""
+    return attn._forward(inp["q"], inp["k"], inp["v"], attn._K_BOOL, view, ranges, 0.0, False, inp["D"] ** -0.5,
+                         False)
+
+
 def launch(variant):
     """Three launches of the prefill forward of one of ``VARIANTS`` (the first compiles), for a profiler."""
     import importlib
@@ -95,8 +102,7 @@ def launch(variant):
     ranges = dict(unbounded=None, bounded=bounds, wide=wide)[variant]
     with torch.no_grad():
         for _ in range(3):
-            attn._forward(inp["q"], inp["k"], inp["v"], attn._K_BOOL, view, ranges, 0.0, False,
-                          inp["D"] ** -0.5, False)
+            _forward(attn, inp, view, ranges)
     torch.cuda.synchronize()
 
 
@@ -136,7 +142,6 @@ def variants(name="llama-prefill", sass_out=None):
 
     attn = importlib.import_module("hf_masked_softmax.attention")
     inp, view, bounds, wide = _setup(name)
-    q, k, v = inp["q"], inp["k"], inp["v"]
     B, H, Q, K = inp["B"], inp["H"], inp["Q"], inp["K"]
     layout = masks.bounds_layout(view)
     one = torch.zeros(layout.per_b, 1, 1, 2, dtype=torch.int32, device="cuda")  # one bound per sequence
@@ -149,7 +154,7 @@ def variants(name="llama-prefill", sass_out=None):
         if config is not None:
             attn._fwd_config = lambda *a, **kw: config
         try:
-            fn = lambda: attn._forward(q, k, v, attn._K_BOOL, view_, ranges, 0.0, False, 128 ** -0.5, False)  # noqa
+            fn = lambda: _forward(attn, inp, view_, ranges)  # noqa: E731
             with torch.no_grad():
                 times = benchutil.kernel_times(fn)
             return sum(us for name, (us, _) in times.items() if "attn_fwd" in name)
