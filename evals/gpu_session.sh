@@ -147,6 +147,9 @@
 #                                       # git archive b1925a6 hf_masked_softmax evals patches pyproject.toml |
 #                                       # tar x -C old_tree && rm -r old_tree/evals/results; .git/info/exclude
 #                                       # ignores it, so the device call carries it), the bounds kernel's time
+#   bash evals/gpu_session.sh gpu32a    # 2026-12-05 (32): 5faf469 / 11a6054 on a GPU: tests, probe_bounds.py
+#                                       # --variants, the windowed 4D row against old_tree/ (as for ncu31) and
+#                                       # without the register cap, bench_static.py
 set -uo pipefail
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
 OUT=${OUT:-out}
@@ -912,6 +915,24 @@ case "${1:-}" in
     timeout 200 python -u evals/bench_window.py --shapes small-window,decode --providers fused-4d,sdpa-4d \
       --out "$OUT/window31" 2>&1 | grep -E "^(small|decode)"
     ;;
+  gpu32a)
+    # the thirty-first session's kernel changes (5faf469 uniform bounds, 11a6054 relaxed atomics and optional row
+    # part) on a GPU: their tests, the bounded blocks' cost (variants, SASS), the windowed 4D row against old_tree/
+    # (b1925a6) and without the register cap, the bounds kernel's time, the static-cache bench
+    pytest_summary tests_bounds32 200 tests/test_mask_bounds.py tests/test_attention.py tests/test_sass.py \
+      -k "bounds or 4d or sass"
+    timeout 120 python -u evals/probe_bounds.py --variants --sass-out "$OUT/sass32" 2>&1 | grep -v -i warn \
+      | tee "$OUT/probe_variants32.log"
+    timeout 100 python -u evals/probe_bounds.py 2>&1 | grep -v -i warn > "$OUT/probe_bounds32.log"
+    grep -E "^==|mask_bounds|fused-4d " "$OUT/probe_bounds32.log" | cut -c1-150
+    against_old window32 100 "^small" evals/bench_window.py --shapes small-window --providers fused-4d,sdpa-4d \
+      --no-backward
+    timeout 100 python -c "import importlib, runpy, sys; importlib.import_module('hf_masked_softmax.attention')\
+.FWD_MAXNREG = 0; sys.argv = ['bench_window.py', '--shapes', 'small-window', '--providers', 'fused-4d,sdpa-4d', \
+'--no-backward', '--out', '$OUT/window32_nocap']; runpy.run_path('evals/bench_window.py', run_name='__main__')" \
+      2>&1 | grep -E "^small"
+    timeout 100 python -u evals/bench_static.py --out "$OUT/static32" 2>&1 | grep -E "^(llama|gpt2)|Error"
+    ;;
   ncu31)
     # why the bounded 4D forward's key blocks cost ~5x the unbounded ones: the compiled kernels' SASS and registers,
     # Nsight Compute of the prefill forward unbounded and with bounds widened to every key (the same blocks); then
@@ -945,7 +966,7 @@ case "${1:-}" in
     pytest_summary static_tests30 200 tests/test_patch_llama.py tests/test_compile.py -k "static"
     ;;
   *)
-    echo "usage: bash evals/gpu_session.sh tests|kernels|e2e|check|followup|recheck|verify|measure|final|stream|last|tune|host|fast|fastcheck|closing|fold|fold2|fold3|e2e3|bert4|bert5|check4|lengths|ncu|bwd|suite|suite2|final6|plans|hostplans|genab|fuzz|bwdplan|trainab|final8|nosync|drop9a|drop9b|drop9d|audit10|bench10|final10|ws11|audit11|fuzz11|host11b|decode12|stats12|stats12b|stats12c|final13|fix13|final13b|final14|suite14|suite15|final15|causal18|final18|prefetch18|cross18|tile19|final19|small19|launch20|tests20|gen20|counts20b|counts20c|final20|ablate22|models25|decode26|models26|compile26|speed26a|speed26b|window28|final28|pack28|pack29|pack30|bounds30|static30|bounds31|ncu31" >&2
+    echo "usage: bash evals/gpu_session.sh tests|kernels|e2e|check|followup|recheck|verify|measure|final|stream|last|tune|host|fast|fastcheck|closing|fold|fold2|fold3|e2e3|bert4|bert5|check4|lengths|ncu|bwd|suite|suite2|final6|plans|hostplans|genab|fuzz|bwdplan|trainab|final8|nosync|drop9a|drop9b|drop9d|audit10|bench10|final10|ws11|audit11|fuzz11|host11b|decode12|stats12|stats12b|stats12c|final13|fix13|final13b|final14|suite14|suite15|final15|causal18|final18|prefetch18|cross18|tile19|final19|small19|launch20|tests20|gen20|counts20b|counts20c|final20|ablate22|models25|decode26|models26|compile26|speed26a|speed26b|window28|final28|pack28|pack29|pack30|bounds30|static30|bounds31|ncu31|gpu32a" >&2
     exit 2
     ;;
 esac
