@@ -134,7 +134,7 @@ def _mask_scores(s, r2, c2, start, end, has_holes, mask_base, stride_mm, stride_
             keep = keep & (pm != 0)
     elif MASK_KIND == 2:
         bm = tl.load(mask_base + r2 * stride_mm + c2 * stride_mk, mask=(r2 < Q_LEN) & (c2 < K_LEN), other=0)
-        keep = keep & (bm != 0)
+        s = s + tl.where(bm != 0, 0.0, float("-inf"))
     elif MASK_KIND == 3:
         am = tl.load(mask_base + r2 * stride_mm + c2 * stride_mk, mask=(r2 < Q_LEN) & (c2 < K_LEN),
                      other=0.0).to(tl.float32)
