@@ -115,7 +115,7 @@ def _load_2d(ptrs, row_ok, col_ok, CHECK_ROWS: tl.constexpr, CHECK_COLS: tl.cons
 
 @triton.jit
 def _mask_scores(s, r2, c2, start, end, has_holes, mask_base, stride_mm, stride_mk, Q_LEN, K_LEN, threshold, window,
-                 MASK_KIND: tl.constexpr, CAUSAL: tl.constexpr, WINDOWED: tl.constexpr):
+                 MASK_KIND: tl.constexpr, CAUSAL: tl.constexpr, WINDOWED: tl.constexpr, AS_TILE: tl.constexpr):
     """Set the masked entries of the base-2 score tile ``s`` to -inf (and add an additive mask). ``r2`` / ``c2`` are
     the query / key indices broadcastable to ``s``: ``rows[:, None], cols[None, :]`` or transposed. ``WINDOWED``
     (with ``CAUSAL``): row ``r`` keeps only keys ``c > r + K_LEN - Q_LEN - window``."""
@@ -134,12 +134,18 @@ def _mask_scores(s, r2, c2, start, end, has_holes, mask_base, stride_mm, stride_
             keep = keep & (pm != 0)
     elif MASK_KIND == 2:
         bm = tl.load(mask_base + r2 * stride_mm + c2 * stride_mk, mask=(r2 < Q_LEN) & (c2 < K_LEN), other=0)
-        s = s + tl.where(bm != 0, 0.0, float("-inf"))
+        if AS_TILE:
+            s = s + tl.where(bm != 0, 0.0, float("-inf"))
+        else:
+            keep = keep & (bm != 0)
     elif MASK_KIND == 3:
         am = tl.load(mask_base + r2 * stride_mm + c2 * stride_mk, mask=(r2 < Q_LEN) & (c2 < K_LEN),
                      other=0.0).to(tl.float32)
-        keep = keep & ~(am <= threshold)
-        s = s + tl.where(keep, am, 0.0) * 1.4426950408889634
+        if AS_TILE:
+            s = s + tl.where(am <= threshold, float("-inf"), am * 1.4426950408889634)
+        else:
+            keep = keep & ~(am <= threshold)
+            s = s + tl.where(keep, am, 0.0) * 1.4426950408889634
     return tl.where(keep, s, float("-inf"))
 
 
@@ -189,11 +195,11 @@ def _fwd_blocks(acc, l_i, m_i, q, k_base, v_base, mask_base, rows, offs_n, offs_
             s = s * qk_scale
         if MASKED == 1:
             s = _mask_scores(s, rows[:, None], cols[None, :], start, end, has_holes, mask_base, stride_mm,
-                             stride_mk, Q_LEN, K_LEN, threshold, window, MASK_KIND, CAUSAL, WINDOWED)
+                             stride_mk, Q_LEN, K_LEN, threshold, window, MASK_KIND, CAUSAL, WINDOWED, True)
         elif MASKED == 2:
             if n0 >= mask_from:
                 s = _mask_scores(s, rows[:, None], cols[None, :], start, end, has_holes, mask_base, stride_mm,
-                                 stride_mk, Q_LEN, K_LEN, threshold, window, MASK_KIND, CAUSAL, WINDOWED)
+                                 stride_mk, Q_LEN, K_LEN, threshold, window, MASK_KIND, CAUSAL, WINDOWED, True)
         if FOLD:
             m_new = tl.maximum(m_i, tl.max(s, axis=1) * qk_scale)
         else:
@@ -582,7 +588,7 @@ def _dkdv_blocks(dk, dv, k, v, q_base, do_base, lse_base, delta_base, mask_base,
             st = st * qk_scale
         if MASKED:
             st = _mask_scores(st, rows[None, :], cols[:, None], start, end, has_holes, mask_base, stride_mm,
-                              stride_mk, Q_LEN, K_LEN, threshold, window, MASK_KIND, CAUSAL, WINDOWED)
+                              stride_mk, Q_LEN, K_LEN, threshold, window, MASK_KIND, CAUSAL, WINDOWED, True)
         if MASK_KIND == 3:  # additive mask (never FOLD): the residual too, see the module docstring
             pt = tl.math.exp2((st - lse[None, :]) - res[None, :])
         elif FOLD:
@@ -741,7 +747,7 @@ def _dq_blocks(dq, q, do, lse, res, delta, k_base, v_base, mask_base, rows, offs
             s = s * qk_scale
         if MASKED:
             s = _mask_scores(s, rows[:, None], cols[None, :], start, end, has_holes, mask_base, stride_mm,
-                             stride_mk, Q_LEN, K_LEN, threshold, window, MASK_KIND, CAUSAL, WINDOWED)
+                             stride_mk, Q_LEN, K_LEN, threshold, window, MASK_KIND, CAUSAL, WINDOWED, False)
         if MASK_KIND == 3:  # additive mask (never FOLD): the residual too, see the module docstring
             p = tl.math.exp2((s - lse[:, None]) - res[:, None])
         elif FOLD:
