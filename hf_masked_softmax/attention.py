@@ -118,7 +118,11 @@ def _mask_scores(s, r2, c2, start, end, has_holes, mask_base, stride_mm, stride_
                  MASK_KIND: tl.constexpr, CAUSAL: tl.constexpr, WINDOWED: tl.constexpr, AS_TILE: tl.constexpr):
     """Set the masked entries of the base-2 score tile ``s`` to -inf (and add an additive mask). ``r2`` / ``c2`` are
     the query / key indices broadcastable to ``s``: ``rows[:, None], cols[None, :]`` or transposed. ``WINDOWED``
-    (with ``CAUSAL``): row ``r`` keeps only keys ``c > r + K_LEN - Q_LEN - window``."""
+    (with ``CAUSAL``): row ``r`` keeps only keys ``c > r + K_LEN - Q_LEN - window``. ``AS_TILE``: a 4D mask is
+    added as an f32 tile (0 or -inf for a bool mask, -inf or the value for an additive one) instead of joining
+    ``keep``. With a boolean ``keep`` tile in the load's layout, Triton 3.6 and 3.9 also reduced the forward's row
+    maxima in that layout and computed the exponentials twice (Triton 3.9 spilled at D = 128). The dq kernel keeps
+    the boolean form, which compiles smaller there."""
     # the causal bound folded into the range's end per row, the window's into its start (on the broadcastable r2,
     # not per score)
     first = start
