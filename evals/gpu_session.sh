@@ -147,9 +147,9 @@
 #                                       # git archive b1925a6 hf_masked_softmax evals patches pyproject.toml |
 #                                       # tar x -C old_tree && rm -r old_tree/evals/results; .git/info/exclude
 #                                       # ignores it, so the device call carries it), the bounds kernel's time
-#   bash evals/gpu_session.sh gpu32a    # 2026-12-05 (32): 5faf469 / 11a6054 on a GPU: tests, probe_bounds.py
-#                                       # --variants, the windowed 4D row against old_tree/ (as for ncu31) and
-#                                       # without the register cap, bench_static.py
+#   bash evals/gpu_session.sh gpu32a    # 2026-12-05 (32): 5faf469 / 11a6054 / the f32 mask tile on a GPU: tests,
+#                                       # probe_bounds.py --variants, the windowed 4D row against old_tree2/
+#                                       # (5974806, made as old_tree/ is) and old_tree/, bench_static.py
 set -uo pipefail
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
 OUT=${OUT:-out}
@@ -162,13 +162,13 @@ nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | tee "$OUT/gpu
 NCU=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu /usr/local/cuda/bin/ncu 2>/dev/null | head -1)
 
 # against_old TAG SECONDS FILTER SCRIPT ARGS...: the script from this checkout and from old_tree/ (an untracked copy
-# of an older commit), alternating, two rounds; each run writes under $OUT/TAG_{new,old}ROUND, prints FILTER's lines
+# of an older commit; OLD_TREE=DIR for another), alternating, two rounds; each run writes under $OUT/TAG_{new,old}ROUND, prints FILTER's lines
 against_old() {  # ROUNDS=N against_old ...: N rounds (default 2)
   local tag=$1 limit=$2 filter=$3
   shift 3
   for round in $(seq "${ROUNDS:-2}"); do
     timeout "$limit" python "$@" --out "$OUT/${tag}_new$round" 2>&1 | grep -E "$filter"
-    (cd old_tree && PYTHONPATH="$PWD" timeout "$limit" python "$@" --out "$OUT/${tag}_old$round" 2>&1 \
+    (cd "${OLD_TREE:-old_tree}" && PYTHONPATH="$PWD" timeout "$limit" python "$@" --out "$OUT/${tag}_old$round" 2>&1 \
       | grep -E "$filter")
   done
 }
@@ -916,22 +916,22 @@ case "${1:-}" in
       --out "$OUT/window31" 2>&1 | grep -E "^(small|decode)"
     ;;
   gpu32a)
-    # the thirty-first session's kernel changes (5faf469 uniform bounds, 11a6054 relaxed atomics and optional row
-    # part) on a GPU: their tests, the bounded blocks' cost (variants, SASS), the windowed 4D row against old_tree/
-    # (b1925a6) and without the register cap, the bounds kernel's time, the static-cache bench
+    # the kernel changes since 55d6606 on a GPU (5faf469 uniform bounds, 11a6054 relaxed atomics and optional row
+    # part, 08b703c / f00a023 4D masks added as an f32 tile): their tests, the bounded blocks' cost (variants, SASS),
+    # the windowed 4D row against old_tree2/ (5974806, before the f32 tile) and old_tree/ (b1925a6), bench_static
     pytest_summary tests_bounds32 200 tests/test_mask_bounds.py tests/test_attention.py tests/test_sass.py \
-      -k "bounds or 4d or sass"
-    timeout 120 python -u evals/probe_bounds.py --variants --sass-out "$OUT/sass32" 2>&1 | grep -v -i warn \
+      -k "bounds or 4d or sass or additive or bool"
+    timeout 90 python -u evals/probe_bounds.py --variants --sass-out "$OUT/sass32" 2>&1 | grep -v -i warn \
       | tee "$OUT/probe_variants32.log"
-    timeout 100 python -u evals/probe_bounds.py 2>&1 | grep -v -i warn > "$OUT/probe_bounds32.log"
-    grep -E "^==|mask_bounds|fused-4d " "$OUT/probe_bounds32.log" | cut -c1-150
-    against_old window32 100 "^small" evals/bench_window.py --shapes small-window --providers fused-4d,sdpa-4d \
+    (cd old_tree2 && PYTHONPATH="$PWD" timeout 90 python -u evals/probe_bounds.py --variants 2>&1 | grep -v -i warn \
+      | tee "$OUT/probe_variants32_old2.log")
+    ROUNDS=1 OLD_TREE=old_tree2 against_old window32 100 "^small" evals/bench_window.py --shapes small-window \
+      --providers fused-4d,sdpa-4d --no-backward
+    ROUNDS=1 against_old window32b 100 "^small" evals/bench_window.py --shapes small-window --providers fused-4d \
       --no-backward
-    timeout 100 python -c "import importlib, runpy, sys; importlib.import_module('hf_masked_softmax.attention')\
-.FWD_MAXNREG = 0; sys.argv = ['bench_window.py', '--shapes', 'small-window', '--providers', 'fused-4d,sdpa-4d', \
-'--no-backward', '--out', '$OUT/window32_nocap']; runpy.run_path('evals/bench_window.py', run_name='__main__')" \
-      2>&1 | grep -E "^small"
     timeout 100 python -u evals/bench_static.py --out "$OUT/static32" 2>&1 | grep -E "^(llama|gpt2)|Error"
+    timeout 60 python -u evals/probe_bounds.py 2>&1 | grep -v -i warn > "$OUT/probe_bounds32.log"
+    grep -E "^==|mask_bounds|fused-4d " "$OUT/probe_bounds32.log" | cut -c1-150
     ;;
   ncu31)
     # why the bounded 4D forward's key blocks cost ~5x the unbounded ones: the compiled kernels' SASS and registers,
