@@ -27,7 +27,7 @@ import triton  # noqa: E402
 from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 
-from hf_masked_softmax._launch import FastLaunch  # noqa: E402
+from hf_masked_softmax._launch import OPTIONS, FastLaunch  # noqa: E402
 
 attn = importlib.import_module("hf_masked_softmax.attention")
 UNIT_STRIDES = ("stride_qd", "stride_kd", "stride_vd", "stride_od")
@@ -77,7 +77,7 @@ def compile_forward(causal, config, fold, merge, arch, dtype="fp16", head_d=64, 
                     or name in ALIGNED_LENGTHS and aligned_lengths):
                 # (a 4D mask's row stride: its key length, a multiple of 16 in the shapes timed)
                 attrs[(i,)] = [["tt.divisibility", 16]]
-    options = dict(num_warps=warps, num_stages=stages)
+    options = dict(num_warps=warps, num_stages=stages, **OPTIONS)  # as the launches pass
     if maxnreg:
         options["maxnreg"] = maxnreg
     return triton.compile(ASTSource(fn, sig, consts, attrs=attrs), target=GPUTarget("cuda", arch, 32),

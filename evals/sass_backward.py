@@ -54,7 +54,7 @@ def main(argv=None):
             else:
                 sig[name] = "fp32" if name in floats else "i32"
         compiled = triton.compile(ASTSource(fn, sig, consts, attrs=attrs), target=GPUTarget("cuda", args.arch, 32),
-                                  options=dict(num_warps=warps, num_stages=stages))
+                                  options=dict(num_warps=warps, num_stages=stages, enable_fp_fusion=True))
         path = os.path.join(out, f"{tag}_sm{args.arch}.cubin")
         with open(path, "wb") as f:
             f.write(compiled.asm["cubin"])

@@ -206,7 +206,7 @@ def compile_for(arch: int = 90, dtype: str = "fp16", kind: int = 1, n_m=None, he
                            causal, block_m, cursor_regs, split)
     sig.update({c: "constexpr" for c in consts})
     src = GluonASTSource(mod._attn_fwd_persistent, sig, consts, attrs={})
-    return triton.compile(src, target=GPUTarget("cuda", arch, 32), options=dict(num_warps=WARPS))
+    return triton.compile(src, target=GPUTarget("cuda", arch, 32), options=dict(num_warps=WARPS, **_launch.OPTIONS))
 
 
 # encoded TMA descriptors kept per plan and tensor slot (by address; cleared when full)
@@ -297,7 +297,7 @@ class HopperForward:
         blocks = (self.block_m, BLOCK_N, BLOCK_N, self.block_m)
         descs = [TensorDescriptor(t, shape, strides, [1, 1, block, t.shape[3]], layout)
                  for t, (shape, strides), block, layout in zip(tensors, self.views, blocks, (lm, ln, ln, lm))]
-        kernel = self.kernel[self.grid](*descs, *scalars, **self.consts)
+        kernel = self.kernel[self.grid](*descs, *scalars, **_launch.OPTIONS, **self.consts)
         names = self.kernel.arg_names[len(descs) + len(scalars):]
         if _launch.ENABLED and _launch._launchable(kernel) and all(n in self.consts for n in names):
             self.compiled, self.tail = kernel, tuple(self.consts[n] for n in names)

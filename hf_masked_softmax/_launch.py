@@ -37,6 +37,9 @@ import triton
 # TRITON_INTERPRET later changes nothing for kernels already defined (they would still need a GPU).
 INTERPRETED = os.environ.get("TRITON_INTERPRET", "0") == "1"
 _CHECKED_VERSIONS = ("3.4", "3.5", "3.6")  # launch path read in each; run on a GPU: 3.6
+# compile options every launch passes: fused multiply-adds on, as Triton 3.6's default has them (the folded scale
+# of the attention forward is one FMA per score); Triton 3.9 warns that its default turns them off in 3.10
+OPTIONS = {"enable_fp_fusion": True}
 _MAX_ENTRIES = 256  # per kernel: a bound in case something varies that should not (cleared when reached)
 
 
@@ -128,8 +131,9 @@ class FastLaunch:
 
     def __getitem__(self, grid):
         if not ENABLED or callable(grid):
-            return self.fn[grid]
-        return lambda *args, **kwargs: self._launch(grid, args, kwargs)
+            launcher = self.fn[grid]
+            return lambda *args, **kwargs: launcher(*args, **{**OPTIONS, **kwargs})
+        return lambda *args, **kwargs: self._launch(grid, args, {**OPTIONS, **kwargs})
 
     def _launch(self, grid, args, kwargs):
         if _hooks_installed():
@@ -186,6 +190,7 @@ class BoundLaunch:
 def bind(kernel, grid, rest, kwargs):
     """A :class:`BoundLaunch` of ``kernel`` (a :class:`FastLaunch`), or, for anything else that launches with
     ``kernel[grid](...)`` (a test's spy, say), a plain function doing that."""
+    kwargs = {**OPTIONS, **kwargs}
     if isinstance(kernel, FastLaunch):
         return BoundLaunch(kernel, grid, rest, kwargs)
     rest = tuple(rest)

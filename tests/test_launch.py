@@ -184,7 +184,8 @@ def test_a_bound_launch_goes_through_triton_once_then_runs_the_compiled_kernel(k
     bound = _bound(kernel)
     x, y = torch.zeros(64), torch.zeros(64)
     bound(x, y)
-    assert kernel.fn.log[-1] == ("triton", (3, 2), (x, y, 8, 16, 0.5), dict(BLOCK=64, FLAG=True, num_warps=4))
+    assert kernel.fn.log[-1] == ("triton", (3, 2), (x, y, 8, 16, 0.5),
+                                 dict(enable_fp_fusion=True, BLOCK=64, FLAG=True, num_warps=4))
     x2, y2 = torch.ones(64), torch.ones(32)
     bound(x2, y2)
     assert kernel.fn.log[-1] == ("direct", (3, 2, 1, 1234, "fn-handle", ("meta",), None, None, None,
@@ -224,7 +225,19 @@ def test_bind_on_anything_else_launches_with_its_grid():
             return lambda *args, **kwargs: calls.append((grid, args, kwargs))
 
     _launch.bind(Spy(), (4,), (1, 2), dict(BLOCK=8))("p", "q")
-    assert calls == [((4,), ("p", "q", 1, 2), dict(BLOCK=8))]
+    assert calls == [((4,), ("p", "q", 1, 2), dict(enable_fp_fusion=True, BLOCK=8))]
+
+
+@pytest.mark.parametrize("enabled", [True, False])
+def test_every_launch_asks_for_fused_multiply_adds(kernel, monkeypatch, enabled):
+    # Triton 3.6 fuses by default and 3.10 will not: the folded scale is one FMA per score, so launches say so (and
+    # a caller's own choice wins)
+    monkeypatch.setattr(_launch, "ENABLED", enabled)
+    x = torch.zeros(64)
+    assert _launch_once(kernel, x, x)[3]["enable_fp_fusion"] is True
+    assert _launch_once(kernel, x, x, enable_fp_fusion=False)[3]["enable_fp_fusion"] is False
+    _bound(kernel)(x, x)
+    assert kernel.fn.log[-1][3]["enable_fp_fusion"] is True
 
 
 @pytest.mark.parametrize("value, expected", [("0", False), ("off", False), ("1", True), ("yes", True)])
