@@ -920,7 +920,7 @@ case "${1:-}" in
     # part, 08b703c / f00a023 4D masks added as an f32 tile): their tests, the bounded blocks' cost (variants, SASS),
     # the windowed 4D row against old_tree2/ (5974806, before the f32 tile) and old_tree/ (b1925a6), bench_static
     pytest_summary tests_bounds32 200 tests/test_mask_bounds.py tests/test_attention.py tests/test_sass.py \
-      -k "bounds or 4d or sass or additive or bool"
+      tests/test_launch.py -k "bounds or 4d or sass or additive or bool or shortcut"
     timeout 90 python -u evals/probe_bounds.py --variants --sass-out "$OUT/sass32" 2>&1 | grep -v -i warn \
       | tee "$OUT/probe_variants32.log"
     (cd old_tree2 && PYTHONPATH="$PWD" timeout 90 python -u evals/probe_bounds.py --variants 2>&1 | grep -v -i warn \
