@@ -119,10 +119,8 @@ def _mask_scores(s, r2, c2, start, end, has_holes, mask_base, stride_mm, stride_
     """Set the masked entries of the base-2 score tile ``s`` to -inf (and add an additive mask). ``r2`` / ``c2`` are
     the query / key indices broadcastable to ``s``: ``rows[:, None], cols[None, :]`` or transposed. ``WINDOWED``
     (with ``CAUSAL``): row ``r`` keeps only keys ``c > r + K_LEN - Q_LEN - window``. ``AS_TILE``: a 4D mask is
-    added as an f32 tile (0 or -inf for a bool mask, -inf or the value for an additive one) instead of joining
-    ``keep``. With a boolean ``keep`` tile in the load's layout, Triton 3.6 and 3.9 also reduced the forward's row
-    maxima in that layout and computed the exponentials twice (Triton 3.9 spilled at D = 128). The dq kernel keeps
-    the boolean form, which compiles smaller there."""
+    added as :func:`_mask_tile`'s f32 tile instead of joining ``keep`` (the same scores): the dk / dv kernel's form;
+    the dq kernel keeps the boolean one, which compiles smaller there. (The forward adds the tile itself.)"""
     # the causal bound folded into the range's end per row, the window's into its start (on the broadcastable r2,
     # not per score)
     first = start
@@ -136,21 +134,35 @@ def _mask_scores(s, r2, c2, start, end, has_holes, mask_base, stride_mm, stride_
         if has_holes:
             pm = tl.load(mask_base + c2 * stride_mk, mask=c2 < K_LEN, other=0)
             keep = keep & (pm != 0)
+    elif MASK_KIND >= 2 and AS_TILE:
+        s = s + _mask_tile(r2, c2, mask_base, stride_mm, stride_mk, Q_LEN, K_LEN, threshold, MASK_KIND)
     elif MASK_KIND == 2:
         bm = tl.load(mask_base + r2 * stride_mm + c2 * stride_mk, mask=(r2 < Q_LEN) & (c2 < K_LEN), other=0)
-        if AS_TILE:
-            s = s + tl.where(bm != 0, 0.0, float("-inf"))
-        else:
-            keep = keep & (bm != 0)
+        keep = keep & (bm != 0)
     elif MASK_KIND == 3:
         am = tl.load(mask_base + r2 * stride_mm + c2 * stride_mk, mask=(r2 < Q_LEN) & (c2 < K_LEN),
                      other=0.0).to(tl.float32)
-        if AS_TILE:
-            s = s + tl.where(am <= threshold, float("-inf"), am * 1.4426950408889634)
-        else:
-            keep = keep & ~(am <= threshold)
-            s = s + tl.where(keep, am, 0.0) * 1.4426950408889634
+        keep = keep & ~(am <= threshold)
+        s = s + tl.where(keep, am, 0.0) * 1.4426950408889634
     return tl.where(keep, s, float("-inf"))
+
+
+@triton.jit
+def _mask_tile(r2, c2, mask_base, stride_mm, stride_mk, Q_LEN, K_LEN, threshold, MASK_KIND: tl.constexpr):
+    """A 4D mask's tile as what the forward adds to its base-2 scores, in f32: 0 where a bool mask keeps and -inf
+    where it does not (``MASK_KIND`` 2); an additive mask's value times log2(e), or -inf at or below ``threshold``
+    (3). The same scores as a boolean ``keep``, but a boolean tile in the load's layout led Triton 3.6 and 3.9 to
+    reduce the row maxima in that layout too and to compute the exponentials twice (Triton 3.9 spilled at
+    D = 128); the forward also loads the tile before its product, without which Triton 3.9 still did so where the
+    scale is not folded (sm_90 SASS compiled on a CPU, 2026-12-05: ``tests/test_sass.py``)."""
+    if MASK_KIND == 2:
+        bm = tl.load(mask_base + r2 * stride_mm + c2 * stride_mk, mask=(r2 < Q_LEN) & (c2 < K_LEN), other=0)
+        pen = tl.where(bm != 0, 0.0, float("-inf"))
+    else:
+        am = tl.load(mask_base + r2 * stride_mm + c2 * stride_mk, mask=(r2 < Q_LEN) & (c2 < K_LEN),
+                     other=0.0).to(tl.float32)
+        pen = tl.where(am <= threshold, float("-inf"), am * 1.4426950408889634)
+    return pen
 
 
 @triton.jit
@@ -194,10 +206,18 @@ def _fwd_blocks(acc, l_i, m_i, q, k_base, v_base, mask_base, rows, offs_n, offs_
                      BLOCK_D != HEAD_D, MASKED != 0)
         if UPCAST:
             k = k.to(tl.float32)
+        if MASKED != 0 and MASK_KIND >= 2:
+            # a 4D mask's tile: loaded before the product, added to the scores as f32 (see _mask_tile)
+            tile = _mask_tile(rows[:, None], cols[None, :], mask_base, stride_mm, stride_mk, Q_LEN, K_LEN, threshold,
+                              MASK_KIND)
         s = tl.dot(q, k, input_precision=DOT_PREC)
         if not FOLD:
             s = s * qk_scale
-        if MASKED == 1:
+        if MASKED != 0 and MASK_KIND >= 2:
+            # then only the key range, causality and the window (as for no mask)
+            s = _mask_scores(s + tile, rows[:, None], cols[None, :], start, end, has_holes, mask_base, stride_mm,
+                             stride_mk, Q_LEN, K_LEN, threshold, window, 0, CAUSAL, WINDOWED, True)
+        elif MASKED == 1:
             s = _mask_scores(s, rows[:, None], cols[None, :], start, end, has_holes, mask_base, stride_mm,
                              stride_mk, Q_LEN, K_LEN, threshold, window, MASK_KIND, CAUSAL, WINDOWED, True)
         elif MASKED == 2:
