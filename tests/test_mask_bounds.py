@@ -330,3 +330,31 @@ def test_the_operators_backward_computes_the_row_bounds(device, monkeypatch):
     grads = torch.autograd.grad(out, (q, k, v), do)
     assert seen == [False, True]
     _assert_like_fp64(out, grads, q, k, v, mask, do)
+
+
+@pytest.mark.parametrize("additive", [False, True])
+@pytest.mark.parametrize("splits", [4, 7])
+def test_decode_splits_past_a_short_bounded_range_add_nothing(additive, splits, device, monkeypatch):
+    # a one-token step whose 4D mask keeps a few keys in one or two key blocks, split over more programs than it has
+    # blocks: the splits past the range (their first key block rounded up past its end) must visit nothing and merge
+    # as empty
+    monkeypatch.setattr(attn_mod, "_PLANS", {})
+    monkeypatch.setattr(attn_mod, "_num_splits", lambda *a: splits)
+    g = torch.Generator().manual_seed(splits)
+    B, H, D, K = 2, 3, 16, 200
+    q = torch.randn(B, H, 1, D, generator=g).to(device)
+    k = torch.randn(B, H, K, D, generator=g).to(device)
+    v = torch.randn(B, H, K, D, generator=g).to(device)
+    j = torch.arange(K)
+    keep = torch.stack([(j >= 61) & (j < 70), (j >= 3) & (j < 101) & (j % 5 != 0)])[:, None, None, :]
+    mask = keep
+    if additive:
+        mask = torch.randn(keep.shape, generator=g).masked_fill(~keep, torch.finfo(torch.float32).min)
+    mask = mask.to(device)
+    kn, vn = _nan_outside(k, v, 128)
+    out = attention(q, kn, vn, mask)
+    ref = attention_reference(q.double(), k.double(), v.double(), mask.double() if additive else mask)
+    assert torch.isfinite(out).all()
+    assert_close(out, ref, scale=4.0)
+    (plan,) = attn_mod._PLANS.values()
+    assert plan.launch.kwargs["B4D"] and plan.splits == splits
