@@ -62,7 +62,8 @@ def main(argv=None):
                     def run():
                         out.zero_()
                         masks._mask4d_bounds_kernel[grid](
-                            view, out, *view.stride(), layout.per_h, layout.rows, K, 0.0, ADDITIVE=False,
+                            view, out, *view.stride(), layout.per_h, layout.rows, view.shape[2], K, 0.0,
+                            ADDITIVE=False,
                             CHUNK=masks.BOUNDS_CHUNK, TILE_ROWS=tile_rows, BLOCK=block, ROW_BOUNDS=True,
                             num_warps=warps)
                     run()
