@@ -142,12 +142,13 @@
 #   bash evals/gpu_session.sh bounds31  # 2026-12-05 (31, H200): the 4D path's always-masked loop (f1b4ba5) and the
 #                                       # backward's bounds (8d70fd8): tests, probe_bounds.py --variants,
 #                                       # bench_static.py, bench_window.py's 4D rows forward and backward
-#   bash evals/gpu_session.sh ncu31     # next: the bounded 4D forward's slow key blocks (SASS, Nsight Compute), the
-#                                       # windowed 4D row against old_tree/ (b1925a6, made by: mkdir old_tree &&
-#                                       # git archive b1925a6 hf_masked_softmax evals patches pyproject.toml |
-#                                       # tar x -C old_tree && rm -r old_tree/evals/results; .git/info/exclude
-#                                       # ignores it, so the device call carries it), the bounds kernel's time
-#   bash evals/gpu_session.sh gpu32a    # 2026-12-05 (32): 5faf469 / 11a6054 / the f32 mask tile on a GPU: tests,
+#   bash evals/gpu_session.sh ncu31     # not run (gpu32a's variants answered it): the bounded 4D forward's key
+#                                       # blocks (SASS, Nsight Compute), the windowed 4D row against old_tree/
+#                                       # (b1925a6, made by: mkdir old_tree && git archive b1925a6 hf_masked_softmax
+#                                       # evals patches pyproject.toml | tar x -C old_tree && rm -r
+#                                       # old_tree/evals/results; .git/info/exclude ignores it, so the device call
+#                                       # carries it), the bounds kernel's time
+#   bash evals/gpu_session.sh gpu32a    # 2026-12-06 (32, H100, e2c1a93): the 4D path's fixes on a GPU: tests,
 #                                       # probe_bounds.py --variants, the windowed 4D row against old_tree2/
 #                                       # (5974806, made as old_tree/ is) and old_tree/, bench_static.py
 set -uo pipefail
