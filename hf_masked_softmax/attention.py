@@ -460,8 +460,9 @@ def _attn_fwd_kernel(
                                 HEAD_D, BLOCK_D, UPCAST, DOT_PREC, FOLD, DROPOUT, WINDOWED)
     if MASK_KIND >= 2:
         # a 4D mask: every block evaluates it, with no per-block branch on `mask_from` (a loaded value once the
-        # mask's key bounds set it). Written for the bounded blocks' cost (about 4x the unbounded ones', H100), which
-        # it did not remove: 5.3x on an H200 at 55d6606 (NOTES.md, thirty-first session); kept as the simpler loop
+        # mask's key bounds set it). The bounded blocks' extra cost (4-5x the unbounded ones') came from the mask
+        # tile's layout and the loop start's hidden alignment (see _mask_tile, _block_key_bounds): an H100 at
+        # e2c1a93 runs a block in the same time with bounds as without (NOTES.md, thirty-second session)
         acc, l_i, m_i = _fwd_blocks(acc, l_i, m_i, q, k_base, v_base, mask_base, qrows, offs_n, offs_d,
                                     stride_kn, stride_kd, stride_vn, stride_vd, stride_mm, stride_mk,
                                     s_lo, s_hi, s_lo, start, end, has_holes, Q_LEN, K_LEN,
