@@ -920,7 +920,7 @@ case "${1:-}" in
     # the kernel changes since 55d6606 on a GPU (5faf469 uniform bounds, 11a6054 relaxed atomics and optional row
     # part, 08b703c / f00a023 4D masks added as an f32 tile): their tests, the bounded blocks' cost (variants, SASS),
     # the windowed 4D row against old_tree2/ (5974806, before the f32 tile) and old_tree/ (b1925a6), bench_static
-    pytest_summary tests_bounds32 200 tests/test_mask_bounds.py tests/test_attention.py tests/test_sass.py \
+    pytest_summary tests_bounds32 330 tests/test_mask_bounds.py tests/test_attention.py tests/test_sass.py \
       tests/test_launch.py -k "bounds or 4d or sass or additive or bool or shortcut"
     timeout 90 python -u evals/probe_bounds.py --variants --sass-out "$OUT/sass32" 2>&1 | grep -v -i warn \
       | tee "$OUT/probe_variants32.log"
