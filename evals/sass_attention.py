@@ -44,11 +44,11 @@ def _jit_fn(kernel):
 
 
 def compile_forward(causal, config, fold, merge, arch, dtype="fp16", head_d=64, maxnreg=None, dropout=False,
-                    mask_kind=None, bounds=False, aligned_lengths=False, consts=None):
+                    mask_kind=None, bounds=False, aligned_lengths=False, overrides=None):
     """``mask_kind``: the kernel's (default the 2D mask's key ranges); ``bounds`` (a 4D mask): its key bounds, one
     per sequence and 16 query rows, as ``attention._ForwardPlan._bounds`` sets them for a ``[B, 1, Q, K]`` mask.
     ``aligned_lengths``: the query and key lengths are multiples of 16, as the launcher then tells the compiler.
-    ``consts``: constexprs to override (``STORE_LSE=False``, say)."""
+    ``overrides``: constexprs to set otherwise (``STORE_LSE=False``, say)."""
     block_m, block_n, warps, stages = config
     fn = _jit_fn(attn._attn_fwd_kernel)
     b4d = dict(B4D=False, B4D_PER_B=False, B4D_PER_H=False, B4D_SPAN=0)
@@ -56,12 +56,11 @@ def compile_forward(causal, config, fold, merge, arch, dtype="fp16", head_d=64, 
         mask_kind = None
     if bounds:
         b4d = dict(B4D=True, B4D_PER_B=True, B4D_PER_H=False, B4D_SPAN=max(1, block_m // 16))
-    overrides = consts or {}
     consts = dict(MASK_KIND=mask_kind or attn._K_RANGE, CAUSAL=causal, BH_FIRST=causal,
                   BLOCK_M=block_m, BLOCK_N=block_n, HEAD_D=head_d, BLOCK_D=attn._block_d(head_d), UPCAST=False,
                   DOT_PREC="tf32", WIDE=False, FOLD=fold, MERGE_TAIL=merge, STORE_LSE=True, DROPOUT=dropout,
                   WINDOWED=False, PACK=False, **b4d, **{name: 1 for name in UNIT_STRIDES})
-    consts.update(overrides)
+    consts.update(overrides or {})
     sig, attrs = {}, {}
     for i, name in enumerate(fn.arg_names):
         if name in consts:

@@ -213,7 +213,7 @@ def _fwd_blocks(acc, l_i, m_i, q, k_base, v_base, mask_base, rows, offs_n, offs_
         s = tl.dot(q, k, input_precision=DOT_PREC)
         if not FOLD:
             s = s * qk_scale
-        if MASK_KIND >= 2 and MASKED != 0:
+        if MASKED != 0 and MASK_KIND >= 2:
             # then only the keys past K_LEN, causality and the window: the tile masks every key outside the mask's
             # own bounds already (the range [start, end) is 0..K_LEN or those bounds), so no per-score test of them
             s = _mask_scores(s + tile, rows[:, None], cols[None, :], 0, K_LEN, has_holes, mask_base, stride_mm,
