@@ -958,6 +958,22 @@ case "${1:-}" in
 '--no-backward', '--out', '$OUT/window31_nocap']; runpy.run_path('evals/bench_window.py', run_name='__main__')" \
       2>&1 | grep -E "^small"
     ;;
+  gpu33a)
+    # every GPU-marked test at the thirty-third session's start (last run whole at 065c189, twentieth session; the
+    # window, GQA packing, 4D bounds and mask-tile kernels came after), slowest listed
+    timeout 560 python -m pytest -q -p no:cacheprovider -m gpu --durations=12 tests/ 2>&1 \
+      | tee "$OUT/tests_all_gpu33.log" | grep -E "passed|failed|^FAILED|^ERROR|s call" | cut -c1-200
+    ;;
+  tune33)
+    # the forward's launch settings at head dim 128 (the launcher's (128, 64, 8, 3) was never swept; Llama-style
+    # models run it), fp16, two pipeline depths; then the decode path's settings at D 128
+    timeout 420 python -u evals/tune_attention.py --head-dim 128 --what fwd --stages 2,3 \
+      --shapes gpt2-pad-right,gpt2-nopad,bert --out "$OUT/tune128" 2>&1 | tee "$OUT/tune128.log" \
+      | grep -v -i warn | grep -v "failed:" | tail -40 | cut -c1-200
+    timeout 150 python -u evals/tune_attention.py --head-dim 128 --variants --shapes decode --splits 1,2,4 \
+      --fwd-configs 16/64/4/2,16/32/4/3,16/128/4/3,16/64/8/3 --out "$OUT/tune128_decode" 2>&1 \
+      | tee "$OUT/tune128_decode.log" | grep -v -i warn | tail -25 | cut -c1-200
+    ;;
   static30)
     # static-cache generate end to end: llama-135m and qwen3-0.6b, eager / sdpa / fused, beside the dynamic cache's
     # llama row; then the patcher's static-cache tests on CUDA
@@ -967,7 +983,7 @@ case "${1:-}" in
     pytest_summary static_tests30 200 tests/test_patch_llama.py tests/test_compile.py -k "static"
     ;;
   *)
-    echo "usage: bash evals/gpu_session.sh tests|kernels|e2e|check|followup|recheck|verify|measure|final|stream|last|tune|host|fast|fastcheck|closing|fold|fold2|fold3|e2e3|bert4|bert5|check4|lengths|ncu|bwd|suite|suite2|final6|plans|hostplans|genab|fuzz|bwdplan|trainab|final8|nosync|drop9a|drop9b|drop9d|audit10|bench10|final10|ws11|audit11|fuzz11|host11b|decode12|stats12|stats12b|stats12c|final13|fix13|final13b|final14|suite14|suite15|final15|causal18|final18|prefetch18|cross18|tile19|final19|small19|launch20|tests20|gen20|counts20b|counts20c|final20|ablate22|models25|decode26|models26|compile26|speed26a|speed26b|window28|final28|pack28|pack29|pack30|bounds30|static30|bounds31|ncu31|gpu32a" >&2
+    echo "usage: bash evals/gpu_session.sh tests|kernels|e2e|check|followup|recheck|verify|measure|final|stream|last|tune|host|fast|fastcheck|closing|fold|fold2|fold3|e2e3|bert4|bert5|check4|lengths|ncu|bwd|suite|suite2|final6|plans|hostplans|genab|fuzz|bwdplan|trainab|final8|nosync|drop9a|drop9b|drop9d|audit10|bench10|final10|ws11|audit11|fuzz11|host11b|decode12|stats12|stats12b|stats12c|final13|fix13|final13b|final14|suite14|suite15|final15|causal18|final18|prefetch18|cross18|tile19|final19|small19|launch20|tests20|gen20|counts20b|counts20c|final20|ablate22|models25|decode26|models26|compile26|speed26a|speed26b|window28|final28|pack28|pack29|pack30|bounds30|static30|bounds31|ncu31|gpu32a|gpu33a|tune33" >&2
     exit 2
     ;;
 esac
