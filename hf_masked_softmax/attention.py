@@ -942,7 +942,10 @@ def _fwd_config(D: int, Q: int, dtype: torch.dtype, decode: bool, causal: bool, 
         # not causal: 128-row blocks over two warpgroups, with the register cap of _fwd_maxnreg
         return (64, 64, 4, 3) if causal else (128, 64, 8, 3)
     if bd <= 128:
-        return 128, 64, 8, 3
+        # the fastest of 24 settings (two and three stages) on an H100, one warpgroup and 32-key blocks
+        # (evals/tune_attention.py --head-dim 128 --what fwd --stages 2,3, 2026-12-06): GPT-2's padded causal shape
+        # 0.0964 -> 0.0903 ms, without padding 0.1006 -> 0.0940, BERT's 0.1518 -> 0.1363, against (128, 64, 8, 3)
+        return (64, 32, 4, 3) if causal or dropout else (128, 32, 4, 3)
     return 64, 32, 4, 2
 
 
@@ -983,7 +986,11 @@ def _bwd_config(D: int, dtype: torch.dtype, causal: bool = False, dropout: bool 
         # the fastest of 36 settings per kernel on an H200 (evals/tune_attention.py, 2026-12-02): GPT-2's causal
         # shape 0.192 -> 0.154 ms, BERT's 0.322 -> 0.247 ms for the whole backward
         return (32, 64, 4, 3) if causal else (32, 128, 4, 3), (64, 32, 4, 3)
-    return (32, 64, 8, 2), (64, 32, 8, 2)
+    # D <= 128: one warpgroup, three stages, the fastest of 24 settings per kernel on an H100 (evals/tune_attention.py
+    # --head-dim 128 --what dkdv,dq --stages 2,3, 2026-12-06): the whole backward on GPT-2's padded causal shape
+    # 0.7020 -> 0.2962 ms, on BERT's 1.1591 -> 0.4799 (its dq within 0.3% of the best, (64, 64, 4, 2)), against
+    # ((32, 64, 8, 2), (64, 32, 8, 2)); SDPA's default without a mask 0.2622 / 0.4461 in the same run
+    return (32, 64, 4, 3), (64, 32, 4, 3)
 
 
 GRID_YZ_MAX = 65535  # CUDA's limit on grid axes 1 and 2 (axis 0 takes up to 2**31 - 1)
