@@ -843,6 +843,17 @@ def test_gpu_head_dims_bf16(D):
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("mask_name", ["pad-holes", "bool4d", "add4d"])
+def test_gpu_head_dim_128_fp16(mask_name, causal):
+    # D 128's own launch settings (_fwd_config: 128-row blocks without causality, 64-row with it; _bwd_config's
+    # one-warpgroup kernels) on every mask path, forward and backward against fp64
+    B, H, Q, K, D = 3, 4, 260, 333, 128
+    q, k, v = _qkv(B, H, 2, Q, K, D, torch.float16, "cuda", grad=True)
+    _check(q, k, v, _mask_case(mask_name, B, H, Q, K, "cuda"), causal, grad=True)
+
+
+@pytest.mark.gpu
 @pytest.mark.parametrize("mask_name", ["pad-holes", "bool4d", "add4d", "add4d-bias"])
 def test_gpu_general_masks_fp16(mask_name):
     B, H, Q, K, D = 3, 2, 200, 333, 64
