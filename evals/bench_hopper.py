@@ -1,6 +1,6 @@
 """The Hopper forward (hf_masked_softmax._hopper, Gluon) against the Triton forward and SDPA, in one run (GPU).
 
-For each shape, inference (no autograd), fp16, D = 64, HF's ``[B, T, H, D]`` layout (``gpt2-cache``: keys and values
+For each shape, inference (no autograd), fp16, D = 64 (``--head-dim 128``: 128), HF's ``[B, T, H, D]`` layout (``gpt2-cache``: keys and values
 in a KV cache's ``[B, H, T, D]`` memory), right padding with key lengths uniform in the shape's range, causal for the
 GPT-2 shapes: ``hf_masked_softmax.attention`` with the Hopper kernel on, with it off (the Triton kernel), both again
 without a mask (every key kept), SDPA's default dispatch without a mask (the whole rectangle, or the causal
@@ -10,6 +10,7 @@ shortcut). The batch sweep at T = 512 shows where the Hopper kernel starts to pa
 
     python evals/bench_hopper.py [--shapes bert,bert-full,gpt2,...] [--out DIR]
     python evals/bench_hopper.py --ab split --shapes bert,gpt2   # a kernel switch on / off, alternating
+    python evals/bench_hopper.py --head-dim 128 --ab wide --shapes bert,gpt2   # head dim 128: Hopper vs Triton
 
 Writes a table, ``bench_hopper.json`` and ``bench_hopper.png`` (the batch sweep) to ``--out`` (default $OUT or
 ./out).
@@ -56,17 +57,19 @@ SWITCHES = {"cursor": {"CURSOR_REGS": (True, False)}, "split": {"SPLIT_LOOP": (T
             # every batch size) against compile-time constants
             "counts": {"RUNTIME_COUNTS": (True, False)},
             # every call's counts, query blocks per head included, as runtime arguments against the default
-            "counts-all": {"RUNTIME_ALL": (True, False)}}
+            "counts-all": {"RUNTIME_ALL": (True, False)},
+            # head dim 128 on the Hopper kernel (_hopper.WIDE_HEADS) against the Triton kernel: with --head-dim 128
+            "wide": {"WIDE_HEADS": (True, False)}}
 
 
-def _inputs(name):
-    """Shape ``name``'s q, k, v (``[B, H, T, 64]`` views of HF's layout), bool padding mask and that mask shared for
-    its key ranges to be cached."""
+def _inputs(name, head_dim=64):
+    """Shape ``name``'s q, k, v (``[B, H, T, head_dim]`` views of HF's layout), bool padding mask and that mask
+    shared for its key ranges to be cached."""
     import benchutil
     from hf_masked_softmax import masks
 
     B, H, T, lo, hi, _ = SHAPES[name]
-    q, k, v, _, pad = benchutil.padded_bthd(B, H, T, lo, hi)
+    q, k, v, _, pad = benchutil.padded_bthd(B, H, T, lo, hi, d=head_dim)
     qt, kt, vt = (x.transpose(1, 2) for x in (q, k, v))
     if name.endswith("-cache"):
         kt, vt = kt.contiguous(), vt.contiguous()
@@ -77,6 +80,9 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--shapes", default=",".join(SHAPES))
     ap.add_argument("--out", default=None)
+    ap.add_argument("--head-dim", type=int, choices=(64, 128), default=64,
+                    help="head dim of every shape (128: the Hopper kernel takes it only with _hopper.WIDE_HEADS, "
+                         "which --ab wide switches)")
     ap.add_argument("--ab", choices=sorted(SWITCHES), default=None,
                     help="instead: the Hopper kernel with one of its switches on and off, alternating, 3 rounds, "
                          "CUDA graph, and the largest difference between the two outputs (cursor: the load "
@@ -91,13 +97,16 @@ def main(argv=None):
                          "against Triton's launcher, _launch.RAW; counts: the tile count and grid size of calls "
                          "without causality as runtime arguments against compile-time constants, "
                          "_hopper.RUNTIME_COUNTS; counts-all: every call's counts, query blocks per head "
-                         "included, at run time against the default, _hopper.RUNTIME_ALL)")
+                         "included, at run time against the default, _hopper.RUNTIME_ALL; wide: head dim 128 on the "
+                         "Hopper kernel against the Triton kernel, _hopper.WIDE_HEADS, with --head-dim 128)")
     args = ap.parse_args(argv)
     unknown = [s for s in args.shapes.split(",") if s and s not in SHAPES]
     if unknown:
         ap.error(f"unknown --shapes {unknown}; choose from {sorted(SHAPES)}")
     if not [s for s in args.shapes.split(",") if s]:
         ap.error("--shapes is empty")
+    if args.ab == "wide" and args.head_dim != 128:
+        ap.error("--ab wide switches head dim 128's Hopper kernel: give --head-dim 128")
     if not torch.cuda.is_available():
         sys.exit("bench_hopper.py needs a CUDA GPU")
     import torch.nn.functional as F
@@ -109,10 +118,12 @@ def main(argv=None):
     out_dir = benchutil.out_dir(args.out)
     if args.ab:
         return switch_ab(args, out_dir)
+    if args.head_dim != 64:
+        hopper.WIDE_HEADS = True  # the "hopper" providers at head dim 128; "triton" ones turn the kernel off
     rows = []
     for name in [s for s in args.shapes.split(",") if s]:
         B, H, T, lo, hi, causal = SHAPES[name]
-        qt, kt, vt, pad, shared = _inputs(name)
+        qt, kt, vt, pad, shared = _inputs(name, args.head_dim)
         bool_mask = pad[:, None, None, :]
         if causal:
             bool_mask = bool_mask & torch.ones(T, T, dtype=torch.bool, device=pad.device).tril()
@@ -126,7 +137,7 @@ def main(argv=None):
             "sdpa, no mask": lambda: F.scaled_dot_product_attention(qt, kt, vt, is_causal=causal),
             "sdpa, bool mask": lambda: F.scaled_dot_product_attention(qt, kt, vt, attn_mask=bool_mask),
         }
-        row = {"shape": name, "B": B, "H": H, "T": T, "keys": [lo, hi], "causal": causal}
+        row = {"shape": name, "B": B, "H": H, "T": T, "D": args.head_dim, "keys": [lo, hi], "causal": causal}
         with torch.no_grad():
             calls = []
             real = hopper.HopperForward.__call__
@@ -179,7 +190,7 @@ def switch_ab(args, out_dir):
     rows = []
     for name in [s for s in args.shapes.split(",") if s]:
         causal = SHAPES[name][5]
-        qt, kt, vt, _, shared = _inputs(name)
+        qt, kt, vt, _, shared = _inputs(name, args.head_dim)
         with torch.no_grad():
             outs = {}
             for rnd in range(3):

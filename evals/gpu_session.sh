@@ -974,6 +974,15 @@ case "${1:-}" in
       --fwd-configs 16/64/4/2,16/32/4/3,16/128/4/3,16/64/8/3 --out "$OUT/tune128_decode" 2>&1 \
       | tee "$OUT/tune128_decode.log" | grep -v -i warn | tail -25 | cut -c1-200
     ;;
+  wide34)
+    # head dim 128 on the Hopper kernel (_hopper.WIDE_HEADS, off by default): its GPU tests, then against the Triton
+    # kernel (the new D 128 settings of ea10b41) in alternating rounds, then both beside SDPA
+    pytest_summary tests_wide34 200 -m gpu tests/test_hopper.py -k "head_dim_128"
+    timeout 150 python -u evals/bench_hopper.py --head-dim 128 --ab wide --shapes bert,gpt2,bert-full,gpt2-full \
+      --out "$OUT/wide34" 2>&1 | grep -v -i warn | grep -E "round|difference" | cut -c1-160
+    timeout 120 python -u evals/bench_hopper.py --head-dim 128 --shapes bert,gpt2,sweep-B8 --out "$OUT/wide34b" 2>&1 \
+      | grep -v -i warn | cut -c1-250
+    ;;
   static30)
     # static-cache generate end to end: llama-135m and qwen3-0.6b, eager / sdpa / fused, beside the dynamic cache's
     # llama row; then the patcher's static-cache tests on CUDA
@@ -983,7 +992,7 @@ case "${1:-}" in
     pytest_summary static_tests30 200 tests/test_patch_llama.py tests/test_compile.py -k "static"
     ;;
   *)
-    echo "usage: bash evals/gpu_session.sh tests|kernels|e2e|check|followup|recheck|verify|measure|final|stream|last|tune|host|fast|fastcheck|closing|fold|fold2|fold3|e2e3|bert4|bert5|check4|lengths|ncu|bwd|suite|suite2|final6|plans|hostplans|genab|fuzz|bwdplan|trainab|final8|nosync|drop9a|drop9b|drop9d|audit10|bench10|final10|ws11|audit11|fuzz11|host11b|decode12|stats12|stats12b|stats12c|final13|fix13|final13b|final14|suite14|suite15|final15|causal18|final18|prefetch18|cross18|tile19|final19|small19|launch20|tests20|gen20|counts20b|counts20c|final20|ablate22|models25|decode26|models26|compile26|speed26a|speed26b|window28|final28|pack28|pack29|pack30|bounds30|static30|bounds31|ncu31|gpu32a|gpu33a|tune33" >&2
+    echo "usage: bash evals/gpu_session.sh tests|kernels|e2e|check|followup|recheck|verify|measure|final|stream|last|tune|host|fast|fastcheck|closing|fold|fold2|fold3|e2e3|bert4|bert5|check4|lengths|ncu|bwd|suite|suite2|final6|plans|hostplans|genab|fuzz|bwdplan|trainab|final8|nosync|drop9a|drop9b|drop9d|audit10|bench10|final10|ws11|audit11|fuzz11|host11b|decode12|stats12|stats12b|stats12c|final13|fix13|final13b|final14|suite14|suite15|final15|causal18|final18|prefetch18|cross18|tile19|final19|small19|launch20|tests20|gen20|counts20b|counts20c|final20|ablate22|models25|decode26|models26|compile26|speed26a|speed26b|window28|final28|pack28|pack29|pack30|bounds30|static30|bounds31|ncu31|gpu32a|gpu33a|tune33|wide34" >&2
     exit 2
     ;;
 esac

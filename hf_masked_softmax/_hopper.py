@@ -14,7 +14,7 @@ kernel otherwise.
 * a CUDA device of compute capability 9.0 (H100 / H200), Triton with Gluon's Hopper API (3.6 runs it on the GPU;
   3.9 compiles it for sm_90 in the CPU tests), not under ``TRITON_INTERPRET=1``, and ``HF_MASKED_SOFTMAX_HOPPER``
   not ``0`` (or :data:`ENABLED` set False);
-* fp16 or bf16, head dim 64, causal (bottom-right) or not, no dropout, no log-sum-exp wanted (autograd is not
+* fp16 or bf16, head dim 64 (or 128 with :data:`WIDE_HEADS`), causal (bottom-right) or not, no dropout, no log-sum-exp wanted (autograd is not
   recording; training keeps the Triton forward, whose log-sum-exp the backward reads), no decode split;
 * no mask or a 2D padding mask (any padding, holes included); a positive scale of at most 1 (applied inside the
   exponent, as the Triton kernel does);
@@ -51,6 +51,14 @@ BLOCK_M, BLOCK_N, STAGES, WARPS, PER_SM = 128, 64, 3, 4, 2
 # (0.0120-0.0123 at B1, 0.0238-0.0239 at B8; NOTES.md, nineteenth session)
 FINE_BLOCK_M, FINE_PER_SM = 64, 3
 HEAD_D = 64
+# head dim 128 (Llama, Mistral, Qwen): every call on tiles of 64 query rows and 32-key blocks, two programs per
+# multiprocessor. Compiled for sm_90 on the CPU (Triton 3.6, 2026-12-06): 136 registers (144 causal), no spills, 98 KB
+# of shared memory per program; 64-key blocks took 176-194 registers and 147 KB (one program per multiprocessor), and
+# 128-row tiles spilled at 255. Off by default until timed against the Triton kernel on a GPU (bench_hopper.py
+# --head-dim 128 --ab wide); HF_MASKED_SOFTMAX_HOPPER_D128=1 turns it on.
+WIDE_HEAD_D = 128
+WIDE_BLOCK_M, WIDE_BLOCK_N, WIDE_PER_SM = 64, 32, 2
+WIDE_HEADS = os.environ.get("HF_MASKED_SOFTMAX_HOPPER_D128", "0").strip().lower() in ("1", "true", "yes", "on")
 # fewer 128-row tiles than this per multiprocessor go to the Triton kernel: on an H200, with 128-row tiles B8 H12
 # T512 (384 tiles on 132 multiprocessors) took 0.0243 ms and the Triton kernel 0.0221, B16 0.0376 and 0.0400
 # (evals/bench_hopper.py)
@@ -106,9 +114,22 @@ def _tiles128(bh: int, q_len: int) -> int:
     return bh * -(-q_len // 128)
 
 
-def tile_shape(causal: bool, tiles128: int, sm_count: int):
+def head_dims():
+    """The head dims the kernel takes: 64, and 128 with :data:`WIDE_HEADS`."""
+    return (HEAD_D, WIDE_HEAD_D) if WIDE_HEADS else (HEAD_D,)
+
+
+def block_n(head_d: int) -> int:
+    """Keys per block at head dim ``head_d``."""
+    return BLOCK_N if head_d == HEAD_D else WIDE_BLOCK_N
+
+
+def tile_shape(causal: bool, tiles128: int, sm_count: int, head_d: int = HEAD_D):
     """Query rows per tile and programs per multiprocessor for a call with or without causality that makes
-    ``tiles128`` tiles of 128 query rows (B x H x ceil(Q / 128)) on ``sm_count`` multiprocessors."""
+    ``tiles128`` tiles of 128 query rows (B x H x ceil(Q / 128)) on ``sm_count`` multiprocessors, at head dim
+    ``head_d``."""
+    if head_d != HEAD_D:
+        return WIDE_BLOCK_M, WIDE_PER_SM
     if causal or tiles128 < MIN_TILES_PER_SM * sm_count:
         return FINE_BLOCK_M, FINE_PER_SM
     return BLOCK_M, PER_SM
@@ -147,7 +168,7 @@ def call_ok(q, k, v, kind, causal, fold, need_lse, drop_thr, splits, sm_count) -
     B, H, Q, D = q.shape
     K = k.shape[2]
     if (kind not in (0, 1) or (causal and not CAUSAL_OK) or not fold or need_lse or drop_thr or splits != 1
-            or D != HEAD_D or q.dtype not in (torch.float16, torch.bfloat16) or Q < 128 or K < 1
+            or D not in head_dims() or q.dtype not in (torch.float16, torch.bfloat16) or Q < 128 or K < 1
             or not (SMALL_CALLS or MIN_TILES_PER_SM * sm_count <= _tiles128(B * H, Q))
             or B * H * -(-Q // FINE_BLOCK_M) >= 2**31):  # tile indices are int32
         return False
@@ -169,20 +190,23 @@ def static_counts(causal: bool):
     return not (RUNTIME_ALL or (RUNTIME_COUNTS and not causal)), not RUNTIME_ALL
 
 
-def kernel_consts(n_tiles, nprog, n_m, heads, group, kind, causal, block_m, cursor_regs=None, split=None) -> dict:
+def kernel_consts(n_tiles, nprog, n_m, heads, group, kind, causal, block_m, cursor_regs=None, split=None,
+                  head_d=HEAD_D) -> dict:
     """The kernel's constexprs (and ``num_warps``) for a call of ``n_tiles`` tiles of ``block_m`` query rows over
-    ``nprog`` programs, ``n_m`` per head: a count passed at run time instead (:func:`static_counts`) is 0 here.
-    ``cursor_regs`` / ``split``: None for :data:`CURSOR_REGS` / :data:`SPLIT_LOOP` (causal calls always split)."""
+    ``nprog`` programs, ``n_m`` per head, at head dim ``head_d``: a count passed at run time instead
+    (:func:`static_counts`) is 0 here. ``cursor_regs`` / ``split``: None for :data:`CURSOR_REGS` /
+    :data:`SPLIT_LOOP` (causal calls always split)."""
     static, static_m = static_counts(causal)
     return dict(N_TILES=n_tiles * static, NPROG=nprog * static, MASK_KIND=kind, CAUSAL=bool(causal),
-                N_M=n_m * static_m, N_HEADS=heads, GROUP=group, HEAD_D=HEAD_D, BLOCK_M=block_m, BLOCK_N=BLOCK_N,
+                N_M=n_m * static_m, N_HEADS=heads, GROUP=group, HEAD_D=head_d, BLOCK_M=block_m,
+                BLOCK_N=block_n(head_d),
                 STAGES=STAGES, CURSOR_REGS=CURSOR_REGS if cursor_regs is None else cursor_regs,
                 SPLIT=bool(causal or (SPLIT_LOOP if split is None else split)), num_warps=WARPS)
 
 
 def compile_for(arch: int = 90, dtype: str = "fp16", kind: int = 1, n_m=None, heads: int = 12, group: int = 1,
                 cursor_regs=None, causal: bool = False, split=None, batch: int = 32, sm_count: int = 132,
-                queries: int = 512):
+                queries: int = 512, head_d: int = HEAD_D):
     """The kernel compiled for ``sm_{arch}`` without a GPU (signature as the launcher builds it): for the tests and
     ``--compile-only`` inspection of its SASS. ``dtype``: "fp16" or "bf16"."""
     import triton
@@ -194,16 +218,17 @@ def compile_for(arch: int = 90, dtype: str = "fp16", kind: int = 1, n_m=None, he
     if mod is None:
         raise RuntimeError("this Triton has no Gluon Hopper API")
     gdt = gl.float16 if dtype == "fp16" else gl.bfloat16
-    block_m, per_sm = tile_shape(causal, _tiles128(batch * heads, queries), sm_count)
+    block_m, per_sm = tile_shape(causal, _tiles128(batch * heads, queries), sm_count, head_d)
     n_m = -(-queries // block_m) if n_m is None else n_m
+    bn = block_n(head_d)
     sig = {}
-    for name, block in (("q_desc", block_m), ("k_desc", BLOCK_N), ("v_desc", BLOCK_N), ("o_desc", block_m)):
-        layout = gl.NVMMASharedLayout.get_default_for([1, 1, block, HEAD_D], gdt)
-        sig[name] = f"tensordesc<{dtype}[1, 1, {block}, {HEAD_D}],{layout!r}>"
+    for name, block in (("q_desc", block_m), ("k_desc", bn), ("v_desc", bn), ("o_desc", block_m)):
+        layout = gl.NVMMASharedLayout.get_default_for([1, 1, block, head_d], gdt)
+        sig[name] = f"tensordesc<{dtype}[1, 1, {block}, {head_d}],{layout!r}>"
     sig.update(ranges_ptr="*i32", mask_ptr="*u8", stride_mb="i32", stride_mk="i32", Q_LEN="i32", K_LEN="i32",
                qk_scale="fp32", tiles_rt="i32", nprog_rt="i32", n_m_rt="i32")
     consts = kernel_consts(n_m * heads * batch, min(n_m * heads * batch, per_sm * sm_count), n_m, heads, group, kind,
-                           causal, block_m, cursor_regs, split)
+                           causal, block_m, cursor_regs, split, head_d)
     sig.update({c: "constexpr" for c in consts})
     src = GluonASTSource(mod._attn_fwd_persistent, sig, consts, attrs={})
     return triton.compile(src, target=GPUTarget("cuda", arch, 32), options=dict(num_warps=WARPS, **_launch.OPTIONS))
@@ -241,15 +266,17 @@ class HopperForward:
         B, H, Q, D = q.shape
         Hkv, K = k.shape[1], k.shape[2]
         gdt = gl.float16 if q.dtype == torch.float16 else gl.bfloat16
-        self.block_m, per_sm = tile_shape(causal, _tiles128(B * H, Q), sm_count)
+        self.block_m, per_sm = tile_shape(causal, _tiles128(B * H, Q), sm_count, D)
+        self.block_n = block_n(D)
         self.layouts = (gl.NVMMASharedLayout.get_default_for([1, 1, self.block_m, D], gdt),
-                        gl.NVMMASharedLayout.get_default_for([1, 1, BLOCK_N, D], gdt))
+                        gl.NVMMASharedLayout.get_default_for([1, 1, self.block_n, D], gdt))
         n_m = -(-Q // self.block_m)
         self.n_tiles = n_m * B * H
         self.grid = (min(self.n_tiles, per_sm * sm_count),)
         self.kind = kind
         self.n_m = n_m
-        self.consts = kernel_consts(self.n_tiles, self.grid[0], n_m, H, H // Hkv, kind, causal, self.block_m)
+        self.consts = kernel_consts(self.n_tiles, self.grid[0], n_m, H, H // Hkv, kind, causal, self.block_m,
+                                    head_d=D)
         self.Q, self.K = Q, K
         self.qk_scale = scale * _LOG2E
         self.dummy = torch.zeros(4, dtype=torch.int32, device=q.device)  # the range and mask pointers when unused
@@ -294,7 +321,7 @@ class HopperForward:
         from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
         lm, ln = self.layouts
-        blocks = (self.block_m, BLOCK_N, BLOCK_N, self.block_m)
+        blocks = (self.block_m, self.block_n, self.block_n, self.block_m)
         descs = [TensorDescriptor(t, shape, strides, [1, 1, block, t.shape[3]], layout)
                  for t, (shape, strides), block, layout in zip(tensors, self.views, blocks, (lm, ln, ln, lm))]
         kernel = self.kernel[self.grid](*descs, *scalars, **_launch.OPTIONS, **self.consts)

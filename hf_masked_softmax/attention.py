@@ -1076,7 +1076,8 @@ def _policy():
             _split_combine_kernel, _bwd_delta_kernel, _bwd_dkdv_kernel, _bwd_dq_kernel, _hopper.ENABLED,
             _hopper.CURSOR_REGS, _hopper.CAUSAL_OK, _hopper.SPLIT_LOOP, _hopper.BLOCK_M, _hopper.BLOCK_N,
             _hopper.WARPS, _hopper.PER_SM, _hopper.FINE_BLOCK_M, _hopper.FINE_PER_SM, _hopper.STAGES,
-            _hopper.MIN_TILES_PER_SM, _hopper.SMALL_CALLS, _hopper.RUNTIME_COUNTS, _hopper.RUNTIME_ALL, _hopper.usable)
+            _hopper.MIN_TILES_PER_SM, _hopper.SMALL_CALLS, _hopper.RUNTIME_COUNTS, _hopper.RUNTIME_ALL, _hopper.usable,
+            _hopper.WIDE_HEADS, _hopper.WIDE_BLOCK_M, _hopper.WIDE_BLOCK_N, _hopper.WIDE_PER_SM)
 
 
 DROPOUT_BITS = 16  # dropout compares a 16-bit random number per score with round(p * 2**16)

@@ -602,7 +602,8 @@ def test_launch_plans_are_reused_per_signature_and_rebuilt_when_a_setting_change
 
 @pytest.mark.parametrize("setting", ["ENABLED", "CURSOR_REGS", "CAUSAL_OK", "SPLIT_LOOP", "BLOCK_M", "BLOCK_N",
                                      "WARPS", "PER_SM", "FINE_BLOCK_M", "FINE_PER_SM", "STAGES", "MIN_TILES_PER_SM",
-                                     "SMALL_CALLS", "RUNTIME_COUNTS", "RUNTIME_ALL"])
+                                     "SMALL_CALLS", "RUNTIME_COUNTS", "RUNTIME_ALL", "WIDE_HEADS", "WIDE_BLOCK_M",
+                                     "WIDE_BLOCK_N", "WIDE_PER_SM"])
 def test_every_setting_the_hopper_plan_reads_is_in_the_plan_key(setting, monkeypatch):
     # a plan built under one value must not serve a call made under another (bench_hopper.py --ab flips them)
     before = attn_mod._policy()

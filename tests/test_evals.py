@@ -429,6 +429,7 @@ def test_every_eval_script_shows_its_options(script, capsys):
     ("sass_attention.py", ["--arch", "0"], "compute capability 8.0 or newer"),
     ("bench_hopper.py", ["--shapes", "bert,nosuch"], "unknown --shapes ['nosuch']"),
     ("bench_hopper.py", ["--shapes", ","], "--shapes is empty"),
+    ("bench_hopper.py", ["--ab", "wide"], "give --head-dim 128"),
     ("probe_decode.py", ["--rounds", "0"], "--rounds must be at least 1"),
     ("probe_decode.py", ["--plot-from", "/nonexistent/probe.json"], "no such file"),
 ])

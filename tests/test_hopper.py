@@ -20,14 +20,14 @@ hopper = importlib.import_module("hf_masked_softmax._hopper")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def _hf_qkv(B, H, Hkv, Q, K, dtype, device="cpu", fused=False, seed=0):
-    """q, k, v as HF's projections give them: ``[B, L, heads, 64]`` memory seen as ``[B, heads, L, 64]``; ``fused``:
-    views into one ``[B, L, 3, H, 64]`` tensor (a fused QKV projection, Q == K and H == Hkv)."""
+def _hf_qkv(B, H, Hkv, Q, K, dtype, device="cpu", fused=False, seed=0, d=64):
+    """q, k, v as HF's projections give them: ``[B, L, heads, d]`` memory seen as ``[B, heads, L, d]``; ``fused``:
+    views into one ``[B, L, 3, H, d]`` tensor (a fused QKV projection, Q == K and H == Hkv)."""
     if fused:
         g = torch.Generator(device="cpu").manual_seed(seed)
-        qkv = torch.randn(B, Q, 3, H, 64, generator=g).to(device, dtype)
+        qkv = torch.randn(B, Q, 3, H, d, generator=g).to(device, dtype)
         return tuple(qkv[:, :, i].transpose(1, 2) for i in range(3))
-    return _qkv(B, H, Hkv, Q, K, 64, dtype, device, seed=seed, bthd=True)
+    return _qkv(B, H, Hkv, Q, K, d, dtype, device, seed=seed, bthd=True)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -180,6 +180,33 @@ def test_a_plan_launches_by_the_c_function_with_descriptors_encoded_once_per_add
     assert log[-1][0] == "direct" and len(fills) == 5
 
 
+@mock.patch.object(hopper, "SMALL_CALLS", False)
+def test_head_dim_128_only_with_wide_heads_on_its_own_tiles():
+    # head dim 128: refused unless WIDE_HEADS; then every call (causal or not, any size above the floor) on 64-row
+    # tiles of 32-key blocks, two programs per multiprocessor; other head dims still refused
+    q, k, v = _hf_qkv(2, 12, 12, 256, 256, torch.float16, d=128)
+    with mock.patch.object(hopper, "WIDE_HEADS", False):
+        assert hopper.head_dims() == (64,)
+        assert not _ok(q, k, v) and not _ok(q, k, v, causal=True)
+    with mock.patch.object(hopper, "WIDE_HEADS", True):
+        assert hopper.head_dims() == (64, 128)
+        assert _ok(q, k, v) and _ok(q, k, v, causal=True) and _ok(q, k, v, kind=0)
+        assert _ok(*_hf_qkv(2, 12, 4, 200, 333, torch.bfloat16, d=128))  # GQA, Q != K
+        assert _ok(*_hf_qkv(2, 12, 12, 256, 256, torch.float16, fused=True, d=128))
+        for d in (32, 80, 96, 256):
+            assert not _ok(*_hf_qkv(2, 12, 12, 256, 256, torch.float16, d=d)), d
+        assert not _ok(q, k, v, need_lse=True) and not _ok(q, k, v, drop_thr=100) and not _ok(q, k, v, kind=2)
+    for causal in (False, True):
+        assert hopper.tile_shape(causal, 48 * 132, 132, 128) == (64, 2)
+    assert hopper.block_n(128) == 32 and hopper.block_n(64) == 64
+    if hopper.kernels() is None:
+        return
+    plan = hopper.HopperForward(q, k, v, 1, False, 0.125, 12)
+    assert (plan.block_m, plan.block_n) == (64, 32) and plan.grid == (min(plan.n_tiles, 2 * 12),)
+    assert plan.consts["HEAD_D"] == 128 and plan.consts["BLOCK_N"] == 32 and plan.consts["BLOCK_M"] == 64
+    assert plan.n_tiles == 2 * 12 * (256 // 64)
+
+
 def test_disabled_on_cpu_and_under_the_interpreter():
     q, k, v = _hf_qkv(2, 12, 12, 256, 256, torch.float16)
     assert _ok(q, k, v)
@@ -239,6 +266,46 @@ def test_hopper_kernel_compiles_for_sm90_with_the_softmax_under_p_v():
         # its programs per multiprocessor fit there together: registers (64K, allocated per thread in steps of 8)
         # and shared memory (228 KB on sm_90, 1 KB of it reserved per program)
         per_sm = int(fields["per_sm"])
+        assert int(fields["regs"]) <= 65536 // (128 * per_sm) // 8 * 8, line
+        assert per_sm * (int(fields["smem"]) + 1024) <= 228 * 1024, line
+
+
+_COMPILE_WIDE = r"""
+import sys
+sys.path[:0] = [{root!r}, {evals!r}]
+import tempfile
+import probe_gluon, sass_attention
+from hf_masked_softmax import _hopper
+for dtype, kind, group, causal in (("fp16", 1, 1, False), ("bf16", 0, 4, False), ("fp16", 1, 1, True)):
+    kern = _hopper.compile_for(90, dtype, kind, group=group, causal=causal, batch=8, queries=1024, head_d=128)
+    rows, per_sm = _hopper.tile_shape(causal, 8 * 12 * 8, 132, 128)
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(kern.asm["cubin"])
+        f.flush()
+        info = sass_attention.analyse(f.name)
+    count = lambda p: sum(n.startswith(p) for n in info["ops"])
+    print(f"RESULT {{dtype}} {{kind}} regs={{info['registers']}} HGMMA={{count('HGMMA')}} STL={{count('STL')}} "
+          f"exps-under-PV={{probe_gluon.exps_under_pv(info['sass'])}} rows={{rows}} per_sm={{per_sm}} "
+          f"smem={{kern.metadata.shared}}")
+"""
+
+
+@pytest.mark.gluon
+def test_hopper_kernel_compiles_at_head_dim_128_without_spills():
+    # WIDE_HEADS' tiles: 64 rows, 32-key blocks; registers and shared memory for two programs per multiprocessor,
+    # nothing spilled to local memory, and the softmax's exponentials (64 x 32 over 128 threads) under P v
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    code = _COMPILE_WIDE.format(root=ROOT, evals=os.path.join(ROOT, "evals"))
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT")]
+    assert len(lines) == 3, proc.stdout[-3000:]
+    for line in lines:
+        fields = dict(f.split("=") for f in line.split()[3:])
+        per_sm = int(fields["per_sm"])
+        assert (int(fields["rows"]), per_sm) == (64, 2), line
+        assert int(fields["STL"]) == 0 and int(fields["HGMMA"]) > 0, line
+        assert int(fields["exps-under-PV"]) >= 64 * 32 // 128, line
         assert int(fields["regs"]) <= 65536 // (128 * per_sm) // 8 * 8, line
         assert per_sm * (int(fields["smem"]) + 1024) <= 228 * 1024, line
 
@@ -332,6 +399,35 @@ def test_gpu_hopper_forward_matches_reference(case, dtype):
             assert (out[b, :, : int(starts[b])] == 0).all()
     # and the Triton kernel's result, as a second opinion at the same rounding of P
     with mock.patch.object(hopper, "ENABLED", False), _count_launches() as calls, torch.no_grad():
+        triton_out = attention_fn(q, k, v, mask, causal=causal)
+    assert calls == []
+    assert_close(out, triton_out.double(), dtype, scale=OUT_SCALE[dtype])
+
+
+WIDE_CASES = ["bert-right", "q-ne-k-gqa", "holes", "empty-sequence", "fused-qkv", "causal-gpt2-right", "causal-left",
+              "causal-q-gt-k", "small-no-mask"]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("case", WIDE_CASES)
+def test_gpu_hopper_forward_at_head_dim_128_matches_reference(case, dtype):
+    # WIDE_HEADS on: head dim 128 on its own tiles, against fp64 and the Triton kernel
+    _hopper_gpu()
+    B, H, Hkv, Q, K, mask_case, fused, causal = CASES[case]
+    B = max(1, B // 2)  # half the batch: twice the bytes per head
+    q, k, v = _hf_qkv(B, H, Hkv, Q, K, dtype, "cuda", fused=fused, d=128)
+    mask = _mask(mask_case, B, K, "cuda")
+    with _count_launches() as calls, torch.no_grad(), mock.patch.object(hopper, "WIDE_HEADS", True), \
+            mock.patch.object(hopper, "SMALL_CALLS", True):
+        out = attention_fn(q, k, v, mask, causal=causal)
+    assert calls == [0 if mask is None else 1], "the Hopper kernel did not run"
+    assert out.shape == q.shape and torch.isfinite(out).all()
+    ref, _ = _ref(q, k, v, mask, causal)
+    assert_close(out, ref, dtype, scale=OUT_SCALE[dtype])
+    if mask_case == "empty":
+        assert (out[0] == 0).all()
+    with mock.patch.object(hopper, "WIDE_HEADS", False), _count_launches() as calls, torch.no_grad():
         triton_out = attention_fn(q, k, v, mask, causal=causal)
     assert calls == []
     assert_close(out, triton_out.double(), dtype, scale=OUT_SCALE[dtype])
