@@ -983,6 +983,14 @@ case "${1:-}" in
     timeout 120 python -u evals/bench_hopper.py --head-dim 128 --shapes bert,gpt2,sweep-B8 --out "$OUT/wide34b" 2>&1 \
       | grep -v -i warn | cut -c1-250
     ;;
+  tune34)
+    # head dim 256 (Gemma): the forward's and both backward kernels' settings, never swept; then the 4D path's
+    # variants at D 128 with ea10b41's settings among them (probe_bounds.py --variants)
+    timeout 300 python -u evals/tune_attention.py --head-dim 256 --what fwd,dkdv,dq --stages 2,3 \
+      --shapes gpt2-pad-right,bert --out "$OUT/tune256" 2>&1 | tee "$OUT/tune256.log" | grep -v -i warn \
+      | grep -E "best|sdpa" | cut -c1-220
+    timeout 120 python -u evals/probe_bounds.py --variants 2>&1 | grep -v -i warn | tee "$OUT/probe_variants34.log"
+    ;;
   static30)
     # static-cache generate end to end: llama-135m and qwen3-0.6b, eager / sdpa / fused, beside the dynamic cache's
     # llama row; then the patcher's static-cache tests on CUDA
@@ -992,7 +1000,7 @@ case "${1:-}" in
     pytest_summary static_tests30 200 tests/test_patch_llama.py tests/test_compile.py -k "static"
     ;;
   *)
-    echo "usage: bash evals/gpu_session.sh tests|kernels|e2e|check|followup|recheck|verify|measure|final|stream|last|tune|host|fast|fastcheck|closing|fold|fold2|fold3|e2e3|bert4|bert5|check4|lengths|ncu|bwd|suite|suite2|final6|plans|hostplans|genab|fuzz|bwdplan|trainab|final8|nosync|drop9a|drop9b|drop9d|audit10|bench10|final10|ws11|audit11|fuzz11|host11b|decode12|stats12|stats12b|stats12c|final13|fix13|final13b|final14|suite14|suite15|final15|causal18|final18|prefetch18|cross18|tile19|final19|small19|launch20|tests20|gen20|counts20b|counts20c|final20|ablate22|models25|decode26|models26|compile26|speed26a|speed26b|window28|final28|pack28|pack29|pack30|bounds30|static30|bounds31|ncu31|gpu32a|gpu33a|tune33|wide34" >&2
+    echo "usage: bash evals/gpu_session.sh tests|kernels|e2e|check|followup|recheck|verify|measure|final|stream|last|tune|host|fast|fastcheck|closing|fold|fold2|fold3|e2e3|bert4|bert5|check4|lengths|ncu|bwd|suite|suite2|final6|plans|hostplans|genab|fuzz|bwdplan|trainab|final8|nosync|drop9a|drop9b|drop9d|audit10|bench10|final10|ws11|audit11|fuzz11|host11b|decode12|stats12|stats12b|stats12c|final13|fix13|final13b|final14|suite14|suite15|final15|causal18|final18|prefetch18|cross18|tile19|final19|small19|launch20|tests20|gen20|counts20b|counts20c|final20|ablate22|models25|decode26|models26|compile26|speed26a|speed26b|window28|final28|pack28|pack29|pack30|bounds30|static30|bounds31|ncu31|gpu32a|gpu33a|tune33|wide34|tune34" >&2
     exit 2
     ;;
 esac
