@@ -986,7 +986,7 @@ case "${1:-}" in
   tune34)
     # head dim 256 (Gemma): the forward's and both backward kernels' settings, never swept; then the 4D path's
     # variants at D 128 with ea10b41's settings among them (probe_bounds.py --variants)
-    timeout 300 python -u evals/tune_attention.py --head-dim 256 --what fwd,dkdv,dq --stages 2,3 \
+    timeout 420 python -u evals/tune_attention.py --head-dim 256 --what fwd,dkdv,dq --stages 2,3 \
       --shapes gpt2-pad-right,bert --out "$OUT/tune256" 2>&1 | tee "$OUT/tune256.log" | grep -v -i warn \
       | grep -E "best|sdpa" | cut -c1-220
     timeout 120 python -u evals/probe_bounds.py --variants 2>&1 | grep -v -i warn | tee "$OUT/probe_variants34.log"
