@@ -942,10 +942,13 @@ def _fwd_config(D: int, Q: int, dtype: torch.dtype, decode: bool, causal: bool, 
         # not causal: 128-row blocks over two warpgroups, with the register cap of _fwd_maxnreg
         return (64, 64, 4, 3) if causal else (128, 64, 8, 3)
     if bd <= 128:
-        # the fastest of 24 settings (two and three stages) on an H100, one warpgroup and 32-key blocks
-        # (evals/tune_attention.py --head-dim 128 --what fwd --stages 2,3, 2026-12-06): GPT-2's padded causal shape
-        # 0.0964 -> 0.0903 ms, without padding 0.1006 -> 0.0940, BERT's 0.1518 -> 0.1363, against (128, 64, 8, 3)
-        return (64, 32, 4, 3) if causal or dropout else (128, 32, 4, 3)
+        # one warpgroup and 32-key blocks, from 24 settings (two and three stages) on an H100
+        # (evals/tune_attention.py --head-dim 128 --what fwd --stages 2,3, 2026-12-06), against (128, 64, 8, 3):
+        # GPT-2's padded causal shape 0.0964 -> 0.0903 ms (the fastest), without padding 0.1006 -> 0.0940 (the
+        # fastest), BERT's 0.1518 -> 0.1398. BERT's fastest, 128-row blocks (128, 32, 4, 3) at 0.1363, spills with a
+        # 4D mask (24-88 B of stack with Triton 3.6, 248-280 B with 3.9) and with 3.9 even without one
+        # (evals/sass_attention.py --head-dim 128): 64 rows compile without spills on every path
+        return 64, 32, 4, 3
     return 64, 32, 4, 2
 
 

@@ -289,11 +289,12 @@ def test_dropout_launch_settings_and_no_register_cap():
             assert attn_mod._fwd_config(64, 512, fp16, False, causal, True) == (64, 32, 4, 3)
             assert attn_mod._bwd_config(64, fp16, causal, True) == ((32, 64, 4, 3), (64, 32, 4, 3))
         assert attn_mod._bwd_config(64, fp16, False) == ((32, 128, 4, 3), (64, 32, 4, 3))
-        # D 128 (and the head dims padded to it): one warpgroup, 32-key blocks; 128 rows without causality or
-        # dropout; both backward kernels on one warpgroup with three stages, dropout or not
-        assert attn_mod._fwd_config(128, 512, fp16, False, False) == (128, 32, 4, 3)
-        assert attn_mod._fwd_config(96, 512, fp16, False, True) == (64, 32, 4, 3)
-        assert attn_mod._fwd_config(128, 512, fp16, False, False, True) == (64, 32, 4, 3)
+        # D 128 (and the head dims padded to it): one warpgroup, 64 rows, 32-key blocks, causal or not, dropout or
+        # not; both backward kernels on one warpgroup with three stages, dropout or not
+        for causal in (False, True):
+            for drop in (False, True):
+                assert attn_mod._fwd_config(128, 512, fp16, False, causal, drop) == (64, 32, 4, 3)
+        assert attn_mod._fwd_config(96, 512, torch.bfloat16, False, True) == (64, 32, 4, 3)
         for causal in (False, True):
             for drop in (False, True):
                 assert attn_mod._bwd_config(128, torch.bfloat16, causal, drop) == ((32, 64, 4, 3), (64, 32, 4, 3))
