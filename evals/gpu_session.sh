@@ -991,6 +991,13 @@ case "${1:-}" in
       | grep -E "best|sdpa" | cut -c1-220
     timeout 120 python -u evals/probe_bounds.py --variants 2>&1 | grep -v -i warn | tee "$OUT/probe_variants34.log"
     ;;
+  bwd34)
+    # the dkdv kernel at head dim 128 with 32 resident keys too (new in the grid): 64 spill registers on one
+    # warpgroup (evals/sass_backward.py --head-dim 128 --aligned: 112-336 B of stack), 32 do not on the 2D path
+    timeout 400 python -u evals/tune_attention.py --head-dim 128 --what dkdv --stages 2,3 \
+      --shapes gpt2-pad-right,bert --out "$OUT/tune128_dkdv" 2>&1 | tee "$OUT/tune128_dkdv.log" | grep -v -i warn \
+      | grep -E "dkdv +\(|best|sdpa" | cut -c1-200
+    ;;
   static30)
     # static-cache generate end to end: llama-135m and qwen3-0.6b, eager / sdpa / fused, beside the dynamic cache's
     # llama row; then the patcher's static-cache tests on CUDA
@@ -1000,7 +1007,7 @@ case "${1:-}" in
     pytest_summary static_tests30 200 tests/test_patch_llama.py tests/test_compile.py -k "static"
     ;;
   *)
-    echo "usage: bash evals/gpu_session.sh tests|kernels|e2e|check|followup|recheck|verify|measure|final|stream|last|tune|host|fast|fastcheck|closing|fold|fold2|fold3|e2e3|bert4|bert5|check4|lengths|ncu|bwd|suite|suite2|final6|plans|hostplans|genab|fuzz|bwdplan|trainab|final8|nosync|drop9a|drop9b|drop9d|audit10|bench10|final10|ws11|audit11|fuzz11|host11b|decode12|stats12|stats12b|stats12c|final13|fix13|final13b|final14|suite14|suite15|final15|causal18|final18|prefetch18|cross18|tile19|final19|small19|launch20|tests20|gen20|counts20b|counts20c|final20|ablate22|models25|decode26|models26|compile26|speed26a|speed26b|window28|final28|pack28|pack29|pack30|bounds30|static30|bounds31|ncu31|gpu32a|gpu33a|tune33|wide34|tune34" >&2
+    echo "usage: bash evals/gpu_session.sh tests|kernels|e2e|check|followup|recheck|verify|measure|final|stream|last|tune|host|fast|fastcheck|closing|fold|fold2|fold3|e2e3|bert4|bert5|check4|lengths|ncu|bwd|suite|suite2|final6|plans|hostplans|genab|fuzz|bwdplan|trainab|final8|nosync|drop9a|drop9b|drop9d|audit10|bench10|final10|ws11|audit11|fuzz11|host11b|decode12|stats12|stats12b|stats12c|final13|fix13|final13b|final14|suite14|suite15|final15|causal18|final18|prefetch18|cross18|tile19|final19|small19|launch20|tests20|gen20|counts20b|counts20c|final20|ablate22|models25|decode26|models26|compile26|speed26a|speed26b|window28|final28|pack28|pack29|pack30|bounds30|static30|bounds31|ncu31|gpu32a|gpu33a|tune33|wide34|tune34|bwd34" >&2
     exit 2
     ;;
 esac

@@ -2,11 +2,14 @@
 machine, no GPU needed, and print each one's registers, stack, instruction count and loop sizes: a way to compare two
 versions of the kernels (``--tree old_tree``) where no GPU time is left to time them.
 
-Settings are GPT-2's causal backward (``dkdv`` 32x64, ``dq`` 64x32, 4 warps, 3 stages, D = 64, fp16) with the 2D
+Settings are GPT-2's causal backward (``dkdv`` 32x64, ``dq`` 64x32, 4 warps, 3 stages, D = 64, fp16; the launcher's
+setting at D = 128 too, so ``--head-dim 128`` compiles what a Llama-style backward runs) with the 2D
 padding mask (key ranges, scale folded) and with a 4D additive mask. Unlike ``sass_attention.py`` the launch is not
-specialised for aligned strides, so the counts compare versions; they are not what a real call runs.
+specialised for aligned strides, so the counts compare versions; they are not what a real call runs. ``--aligned``
+specialises it as a real call is: head-dim strides equal to 1, the other tensor strides and the lengths multiples of
+16 (1024 queries, say), the mask's strides left alone.
 
-    python evals/sass_backward.py [--tree DIR] [--arch 90]
+    python evals/sass_backward.py [--tree DIR] [--arch 90] [--head-dim 128] [--aligned]
 """
 from __future__ import annotations
 
@@ -24,7 +27,19 @@ def main(argv=None):
                     help="the checkout whose kernels to compile (default: this one)")
     ap.add_argument("--arch", type=int, default=90, help="compute capability x10 (90 = Hopper)")
     ap.add_argument("--out", default=None, help="folder for the .cubin files (default $OUT or ./out)")
+    ap.add_argument("--head-dim", type=int, choices=(64, 128), default=64)
+    ap.add_argument("--dkdv", default="32/64/4/3", help="the dkdv kernel's BLOCK_M/BLOCK_N/warps/stages")
+    ap.add_argument("--dq", default="64/32/4/3", help="the dq kernel's BLOCK_M/BLOCK_N/warps/stages")
+    ap.add_argument("--aligned", action="store_true",
+                    help="specialise the launch as a real call's: unit head-dim strides, other strides and the "
+                         "lengths multiples of 16")
     args = ap.parse_args(argv)
+    try:
+        kv_cfg, q_cfg = (tuple(int(x) for x in c.split("/")) for c in (args.dkdv, args.dq))
+    except ValueError:
+        ap.error("--dkdv / --dq want BLOCK_M/BLOCK_N/warps/stages as integers")
+    if len(kv_cfg) != 4 or len(q_cfg) != 4:
+        ap.error("--dkdv / --dq want BLOCK_M/BLOCK_N/warps/stages")
     _common.check_compile_target(args.arch, "sass_backward.py")
     if not os.path.isdir(os.path.join(args.tree, "hf_masked_softmax")):
         sys.exit(f"--tree {args.tree!r}: no hf_masked_softmax package there")
@@ -45,6 +60,9 @@ def main(argv=None):
     def compile_one(kernel, consts, warps, stages, tag):
         fn = sa._jit_fn(kernel)
         sig, attrs = {}, {}
+        if args.aligned:  # a tensor's head-dim stride: stride_<tensor>d
+            consts = dict(consts, **{n: 1 for n in fn.arg_names if n.startswith("stride_") and n.endswith("d")
+                                     and n not in sa.MASK_STRIDES})
         for i, name in enumerate(fn.arg_names):
             if name in consts:
                 sig[name] = "constexpr"
@@ -53,6 +71,9 @@ def main(argv=None):
                 attrs[(i,)] = [["tt.divisibility", 16]]
             else:
                 sig[name] = "fp32" if name in floats else "i32"
+                if args.aligned and (name.startswith("stride_") and name not in sa.MASK_STRIDES
+                                     and name != "stride_lp" or name in sa.ALIGNED_LENGTHS):
+                    attrs[(i,)] = [["tt.divisibility", 16]]
         compiled = triton.compile(ASTSource(fn, sig, consts, attrs=attrs), target=GPUTarget("cuda", args.arch, 32),
                                   options=dict(num_warps=warps, num_stages=stages, enable_fp_fusion=True))
         path = os.path.join(out, f"{tag}_sm{args.arch}.cubin")
@@ -66,24 +87,29 @@ def main(argv=None):
         print(f"{tag:22s} registers {info['registers']}, stack {info['stack']} B, {info['instructions']} instructions, "
               f"loops of [{loops}], R2UR/SHFL.IDX/WARPSYNC in loops {uniform}", flush=True)
 
-    print(f"triton {triton.__version__}, sm_{args.arch}, kernels of {os.path.abspath(args.tree)}")
-    common = dict(HEAD_D=64, BLOCK_D=64, UPCAST=False, DOT_PREC="tf32", WIDE=False, DROPOUT=False, WINDOWED=False,
+    print(f"triton {triton.__version__}, sm_{args.arch}, head dim {args.head_dim}"
+          f"{', aligned launch' if args.aligned else ''}, kernels of "
+          f"{os.path.abspath(args.tree)}")
+    d = args.head_dim
+    common = dict(HEAD_D=d, BLOCK_D=d, UPCAST=False, DOT_PREC="tf32", WIDE=False, DROPOUT=False, WINDOWED=False,
                   CAUSAL=True, BH_FIRST=True)
     no_bounds = dict(B4D=False, B4D_PER_B=False, B4D_PER_H=False, B4D_SPAN=0)  # no 4D mask's key bounds
     for kind, fold, name in ((attn._K_RANGE, True, "2D mask"), (attn._K_ADD, False, "additive")):
-        compile_one(attn._bwd_dkdv_kernel, dict(MASK_KIND=kind, BLOCK_M=32, BLOCK_N=64, FOLD=fold, **no_bounds,
-                                                **common), 4, 3, f"dkdv, {name}")
-        compile_one(attn._bwd_dq_kernel, dict(MASK_KIND=kind, BLOCK_M=64, BLOCK_N=32, FOLD=fold, **no_bounds,
-                                              **common), 4, 3, f"dq, {name}")
+        compile_one(attn._bwd_dkdv_kernel, dict(MASK_KIND=kind, BLOCK_M=kv_cfg[0], BLOCK_N=kv_cfg[1], FOLD=fold,
+                                                **no_bounds, **common), *kv_cfg[2:], f"dkdv, {name}")
+        compile_one(attn._bwd_dq_kernel, dict(MASK_KIND=kind, BLOCK_M=q_cfg[0], BLOCK_N=q_cfg[1], FOLD=fold,
+                                              **no_bounds, **common), *q_cfg[2:], f"dq, {name}")
     bounds = dict(B4D=True, B4D_PER_B=True, B4D_PER_H=False)  # a [B, 1, Q, K] mask's bounds, 16 rows a chunk
-    compile_one(attn._bwd_dkdv_kernel, dict(MASK_KIND=attn._K_BOOL, BLOCK_M=32, BLOCK_N=64, FOLD=True, B4D_SPAN=2,
-                                            **bounds, **common), 4, 3, "dkdv, bool 4D bounds")
-    compile_one(attn._bwd_dq_kernel, dict(MASK_KIND=attn._K_BOOL, BLOCK_M=64, BLOCK_N=32, FOLD=True, B4D_SPAN=4,
-                                          **bounds, **common), 4, 3, "dq, bool 4D bounds")
+    compile_one(attn._bwd_dkdv_kernel, dict(MASK_KIND=attn._K_BOOL, BLOCK_M=kv_cfg[0], BLOCK_N=kv_cfg[1], FOLD=True,
+                                            B4D_SPAN=max(1, kv_cfg[0] // 16), **bounds, **common), *kv_cfg[2:],
+                "dkdv, bool 4D bounds")
+    compile_one(attn._bwd_dq_kernel, dict(MASK_KIND=attn._K_BOOL, BLOCK_M=q_cfg[0], BLOCK_N=q_cfg[1], FOLD=True,
+                                          B4D_SPAN=max(1, q_cfg[0] // 16), **bounds, **common), *q_cfg[2:],
+                "dq, bool 4D bounds")
     compile_one(attn._attn_fwd_kernel, dict(MASK_KIND=attn._K_RANGE, BLOCK_M=64, BLOCK_N=64, FOLD=True,
                                             MERGE_TAIL=True, STORE_LSE=True, PACK=False, **no_bounds, **common), 4, 3,
                 "forward, 2D mask")
-    compile_one(attn._split_combine_kernel, dict(HEAD_D=64, BLOCK_D=64, BLOCK_S=4, STORE_LSE=True), 1, 1,
+    compile_one(attn._split_combine_kernel, dict(HEAD_D=d, BLOCK_D=d, BLOCK_S=4, STORE_LSE=True), 1, 1,
                 "split merge")
 
 

@@ -34,7 +34,7 @@ ops_mod = importlib.import_module("hf_masked_softmax.ops")
 
 FWD_GRID = dict(block_m=(64, 128), block_n=(32, 64, 128), warps=(4, 8), stages=(2, 3, 4))
 # dkdv: BLOCK_N keys resident, BLOCK_M the query blocks it walks; dq: BLOCK_M queries resident, BLOCK_N the keys
-DKDV_GRID = dict(block_m=(16, 32, 64), block_n=(64, 128), warps=(4, 8), stages=(2, 3, 4))
+DKDV_GRID = dict(block_m=(16, 32, 64), block_n=(32, 64, 128), warps=(4, 8), stages=(2, 3, 4))
 DQ_GRID = dict(block_m=(64, 128), block_n=(16, 32, 64), warps=(4, 8), stages=(2, 3, 4))
 REP_MS = 40  # per config: the sweep has ~100 of them per shape
 

@@ -98,3 +98,19 @@ def test_sass_of_the_launchers_head_dim_128_setting_spills_nothing(tmp_path):
             out = _run(tmp_path / f"{mask}{len(causal)}{len(fold)}", "--head-dim", "128", "--aligned-lengths",
                        "--mask", mask, *causal, *fold, config=None)
             assert re.search(r"registers \d+, stack 0 B", out), (mask, causal, fold, out[:300])
+
+
+def test_sass_of_the_backward_at_head_dim_64_spills_nothing(tmp_path):
+    # evals/sass_backward.py --aligned: the backward kernels as a real call specialises them (unit head-dim strides,
+    # aligned strides and lengths), at the launcher's causal head-dim-64 settings, keep everything in registers
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    script = os.path.join(ROOT, "evals", "sass_backward.py")
+    proc = subprocess.run([sys.executable, script, "--aligned", "--out", str(tmp_path)], capture_output=True,
+                          text=True, env=env, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = {m.group(1).strip(): int(m.group(2))
+            for m in re.finditer(r"^(dkdv[^\n]*?|dq[^\n]*?)\s+registers \d+, stack (\d+) B", proc.stdout, re.M)}
+    assert len(rows) == 6, proc.stdout
+    assert all(stack == 0 for stack in rows.values()), rows
+    bad = subprocess.run([sys.executable, script, "--dkdv", "32/64"], capture_output=True, text=True, env=env)
+    assert bad.returncode != 0 and "BLOCK_M/BLOCK_N/warps/stages" in bad.stderr
