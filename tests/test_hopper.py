@@ -247,27 +247,37 @@ for dtype, kind, group, causal, batch, counts in (("fp16", 1, 1, False, 32, "def
 """
 
 
-@pytest.mark.gluon
-def test_hopper_kernel_compiles_for_sm90_with_the_softmax_under_p_v():
+def _compile_results(template, n):
+    """Run a compile script (``template``, formatted with the checkout's paths) outside the interpreter; its ``n``
+    ``RESULT`` lines, each as ``(line, {field: value})``."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    code = _COMPILE.format(root=ROOT, evals=os.path.join(ROOT, "evals"))
+    code = template.format(root=ROOT, evals=os.path.join(ROOT, "evals"))
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT")]
-    assert len(lines) == 6, proc.stdout[-3000:]
-    assert [line.split("rows=")[1].split()[0] for line in lines] == ["128", "128", "64", "64", "64", "128"]
-    for line in lines:
-        fields = dict(f.split("=") for f in line.split()[3:])
+    assert len(lines) == n, proc.stdout[-3000:]
+    return [(line, dict(f.split("=") for f in line.split()[3:])) for line in lines]
+
+
+def _programs_fit_together(line, fields):
+    """Its programs per multiprocessor fit there together: registers (64K, allocated per thread in steps of 8) and
+    shared memory (228 KB on sm_90, 1 KB of it reserved per program)."""
+    per_sm = int(fields["per_sm"])
+    assert int(fields["regs"]) <= 65536 // (128 * per_sm) // 8 * 8, line
+    assert per_sm * (int(fields["smem"]) + 1024) <= 228 * 1024, line
+
+
+@pytest.mark.gluon
+def test_hopper_kernel_compiles_for_sm90_with_the_softmax_under_p_v():
+    results = _compile_results(_COMPILE, 6)
+    assert [fields["rows"] for _, fields in results] == ["128", "128", "64", "64", "64", "128"]
+    for line, fields in results:
         assert int(fields["regs"]) <= 255, line
         assert int(fields["HGMMA"]) > 0 and int(fields["UTMALDG"]) > 0 and int(fields["UTMASTG"]) > 0, line
         # a rows x 64 score tile over 128 threads (64 or 32 exponentials per thread per key block), all while P v
         # runs
         assert int(fields["exps-under-PV"]) >= int(fields["rows"]) * 64 // 128, line
-        # its programs per multiprocessor fit there together: registers (64K, allocated per thread in steps of 8)
-        # and shared memory (228 KB on sm_90, 1 KB of it reserved per program)
-        per_sm = int(fields["per_sm"])
-        assert int(fields["regs"]) <= 65536 // (128 * per_sm) // 8 * 8, line
-        assert per_sm * (int(fields["smem"]) + 1024) <= 228 * 1024, line
+        _programs_fit_together(line, fields)
 
 
 _COMPILE_WIDE = r"""
@@ -294,20 +304,11 @@ for dtype, kind, group, causal in (("fp16", 1, 1, False), ("bf16", 0, 4, False),
 def test_hopper_kernel_compiles_at_head_dim_128_without_spills():
     # WIDE_HEADS' tiles: 64 rows, 32-key blocks; registers and shared memory for two programs per multiprocessor,
     # nothing spilled to local memory, and the softmax's exponentials (64 x 32 over 128 threads) under P v
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    code = _COMPILE_WIDE.format(root=ROOT, evals=os.path.join(ROOT, "evals"))
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT")]
-    assert len(lines) == 3, proc.stdout[-3000:]
-    for line in lines:
-        fields = dict(f.split("=") for f in line.split()[3:])
-        per_sm = int(fields["per_sm"])
-        assert (int(fields["rows"]), per_sm) == (64, 2), line
+    for line, fields in _compile_results(_COMPILE_WIDE, 3):
+        assert (int(fields["rows"]), int(fields["per_sm"])) == (64, 2), line
         assert int(fields["STL"]) == 0 and int(fields["HGMMA"]) > 0, line
         assert int(fields["exps-under-PV"]) >= 64 * 32 // 128, line
-        assert int(fields["regs"]) <= 65536 // (128 * per_sm) // 8 * 8, line
-        assert per_sm * (int(fields["smem"]) + 1024) <= 228 * 1024, line
+        _programs_fit_together(line, fields)
 
 
 # ---------------------------------------------------------------------------------------------------------------
