@@ -1,12 +1,12 @@
 """The Hopper forward (hf_masked_softmax._hopper, Gluon) against the Triton forward and SDPA, in one run (GPU).
 
-For each shape, inference (no autograd), fp16, D = 64 (``--head-dim 128``: 128), HF's ``[B, T, H, D]`` layout (``gpt2-cache``: keys and values
-in a KV cache's ``[B, H, T, D]`` memory), right padding with key lengths uniform in the shape's range, causal for the
-GPT-2 shapes: ``hf_masked_softmax.attention`` with the Hopper kernel on, with it off (the Triton kernel), both again
-without a mask (every key kept), SDPA's default dispatch without a mask (the whole rectangle, or the causal
-triangle) and SDPA with the bool padding mask (combined with the causal one). Each is timed twice: replayed in a
-CUDA graph (GPU time alone) and called eagerly (host time included: both launch through the library's launch
-shortcut). The batch sweep at T = 512 shows where the Hopper kernel starts to pay.
+For each shape, inference (no autograd), fp16, D = 64 (``--head-dim 128``: 128), HF's ``[B, T, H, D]`` layout
+(``gpt2-cache``: keys and values in a KV cache's ``[B, H, T, D]`` memory), right padding with key lengths uniform in
+the shape's range, causal for the GPT-2 shapes: ``hf_masked_softmax.attention`` with the Hopper kernel on, with it
+off (the Triton kernel), both again without a mask (every key kept), SDPA's default dispatch without a mask (the
+whole rectangle, or the causal triangle) and SDPA with the bool padding mask (combined with the causal one). Each is
+timed twice: replayed in a CUDA graph (GPU time alone) and called eagerly (host time included: both launch through
+the library's launch shortcut). The batch sweep at T = 512 shows where the Hopper kernel starts to pay.
 
     python evals/bench_hopper.py [--shapes bert,bert-full,gpt2,...] [--out DIR]
     python evals/bench_hopper.py --ab split --shapes bert,gpt2   # a kernel switch on / off, alternating

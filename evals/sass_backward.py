@@ -87,8 +87,8 @@ def main(argv=None):
         print(f"{tag:22s} registers {info['registers']}, stack {info['stack']} B, {info['instructions']} instructions, "
               f"loops of [{loops}], R2UR/SHFL.IDX/WARPSYNC in loops {uniform}", flush=True)
 
-    print(f"triton {triton.__version__}, sm_{args.arch}, head dim {args.head_dim}"
-          f"{', aligned launch' if args.aligned else ''}, kernels of "
+    aligned = ", aligned launch" if args.aligned else ""
+    print(f"triton {triton.__version__}, sm_{args.arch}, head dim {args.head_dim}{aligned}, kernels of "
           f"{os.path.abspath(args.tree)}")
     d = args.head_dim
     common = dict(HEAD_D=d, BLOCK_D=d, UPCAST=False, DOT_PREC="tf32", WIDE=False, DROPOUT=False, WINDOWED=False,

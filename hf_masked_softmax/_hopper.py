@@ -14,8 +14,9 @@ kernel otherwise.
 * a CUDA device of compute capability 9.0 (H100 / H200), Triton with Gluon's Hopper API (3.6 runs it on the GPU;
   3.9 compiles it for sm_90 in the CPU tests), not under ``TRITON_INTERPRET=1``, and ``HF_MASKED_SOFTMAX_HOPPER``
   not ``0`` (or :data:`ENABLED` set False);
-* fp16 or bf16, head dim 64 (or 128 with :data:`WIDE_HEADS`), causal (bottom-right) or not, no dropout, no log-sum-exp wanted (autograd is not
-  recording; training keeps the Triton forward, whose log-sum-exp the backward reads), no decode split;
+* fp16 or bf16, head dim 64 (or 128 with :data:`WIDE_HEADS`), causal (bottom-right) or not, no dropout, no
+  log-sum-exp wanted (autograd is not recording; training keeps the Triton forward, whose log-sum-exp the backward
+  reads), no decode split;
 * no mask or a 2D padding mask (any padding, holes included); a positive scale of at most 1 (applied inside the
   exponent, as the Triton kernel does);
 * at least 128 queries. Calls without causality that make at least four tiles of 128 query rows per multiprocessor
