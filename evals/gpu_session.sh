@@ -148,6 +148,8 @@
 #                                       # evals patches pyproject.toml | tar x -C old_tree && rm -r
 #                                       # old_tree/evals/results; .git/info/exclude ignores it, so the device call
 #                                       # carries it), the bounds kernel's time
+#   bash evals/gpu_session.sh d256_34   # 2026-12-06 (34): head dim 256's settings by shared memory: GPU tests, A/B
+#                                       # against old_tree/ (b7f69c7)
 #   bash evals/gpu_session.sh gpu32a    # 2026-12-06 (32, H100, e2c1a93): the 4D path's fixes on a GPU: tests,
 #                                       # probe_bounds.py --variants, the windowed 4D row against old_tree2/
 #                                       # (5974806, made as old_tree/ is) and old_tree/, bench_static.py
@@ -998,6 +1000,14 @@ case "${1:-}" in
       --shapes gpt2-pad-right,bert --out "$OUT/tune128_dkdv" 2>&1 | tee "$OUT/tune128_dkdv.log" | grep -v -i warn \
       | grep -E "dkdv +\(|best|sdpa" | cut -c1-200
     ;;
+  d256_34)
+    # head dim 256's settings by the card's shared memory (attention._D256_*): the wide-head GPU tests (every mask
+    # path, with gradients), then the defaults' forward and backward against old_tree/ (b7f69c7, the settings before:
+    # made by git archive as ncu31's note says) in alternating rounds, SDPA in the same runs
+    pytest_summary tests_d256_34 250 -m gpu tests/test_attention.py -k "head_dims_bf16 or wide_heads"
+    against_old d256 150 "default|sdpa|autograd" evals/tune_attention.py --head-dim 256 --what none \
+      --shapes gpt2-pad-right,bert
+    ;;
   static30)
     # static-cache generate end to end: llama-135m and qwen3-0.6b, eager / sdpa / fused, beside the dynamic cache's
     # llama row; then the patcher's static-cache tests on CUDA
@@ -1007,7 +1017,7 @@ case "${1:-}" in
     pytest_summary static_tests30 200 tests/test_patch_llama.py tests/test_compile.py -k "static"
     ;;
   *)
-    echo "usage: bash evals/gpu_session.sh tests|kernels|e2e|check|followup|recheck|verify|measure|final|stream|last|tune|host|fast|fastcheck|closing|fold|fold2|fold3|e2e3|bert4|bert5|check4|lengths|ncu|bwd|suite|suite2|final6|plans|hostplans|genab|fuzz|bwdplan|trainab|final8|nosync|drop9a|drop9b|drop9d|audit10|bench10|final10|ws11|audit11|fuzz11|host11b|decode12|stats12|stats12b|stats12c|final13|fix13|final13b|final14|suite14|suite15|final15|causal18|final18|prefetch18|cross18|tile19|final19|small19|launch20|tests20|gen20|counts20b|counts20c|final20|ablate22|models25|decode26|models26|compile26|speed26a|speed26b|window28|final28|pack28|pack29|pack30|bounds30|static30|bounds31|ncu31|gpu32a|gpu33a|tune33|wide34|tune34|bwd34" >&2
+    echo "usage: bash evals/gpu_session.sh tests|kernels|e2e|check|followup|recheck|verify|measure|final|stream|last|tune|host|fast|fastcheck|closing|fold|fold2|fold3|e2e3|bert4|bert5|check4|lengths|ncu|bwd|suite|suite2|final6|plans|hostplans|genab|fuzz|bwdplan|trainab|final8|nosync|drop9a|drop9b|drop9d|audit10|bench10|final10|ws11|audit11|fuzz11|host11b|decode12|stats12|stats12b|stats12c|final13|fix13|final13b|final14|suite14|suite15|final15|causal18|final18|prefetch18|cross18|tile19|final19|small19|launch20|tests20|gen20|counts20b|counts20c|final20|ablate22|models25|decode26|models26|compile26|speed26a|speed26b|window28|final28|pack28|pack29|pack30|bounds30|static30|bounds31|ncu31|gpu32a|gpu33a|tune33|wide34|tune34|bwd34|d256_34" >&2
     exit 2
     ;;
 esac

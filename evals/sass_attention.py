@@ -58,7 +58,7 @@ def compile_forward(causal, config, fold, merge, arch, dtype="fp16", head_d=64, 
         b4d = dict(B4D=True, B4D_PER_B=True, B4D_PER_H=False, B4D_SPAN=max(1, block_m // 16))
     consts = dict(MASK_KIND=mask_kind or attn._K_RANGE, CAUSAL=causal, BH_FIRST=causal,
                   BLOCK_M=block_m, BLOCK_N=block_n, HEAD_D=head_d, BLOCK_D=attn._block_d(head_d), UPCAST=False,
-                  DOT_PREC="tf32", WIDE=False, FOLD=fold, MERGE_TAIL=merge, STORE_LSE=True, DROPOUT=dropout,
+                  DOT_PREC="ieee" if dtype == "fp32" else "tf32", WIDE=False, FOLD=fold, MERGE_TAIL=merge, STORE_LSE=True, DROPOUT=dropout,
                   WINDOWED=False, PACK=False, **b4d, **{name: 1 for name in UNIT_STRIDES})
     consts.update(overrides or {})
     sig, attrs = {}, {}
@@ -139,9 +139,11 @@ def main(argv=None):
     ap.add_argument("--no-merge", action="store_true", help="trailing key blocks in their own loop")
     ap.add_argument("--maxnreg", type=int, default=None)
     ap.add_argument("--dropout", action="store_true", help="the training forward with attention dropout (DROPOUT)")
-    ap.add_argument("--mask", choices=["2d", "bool4d", "bool4d-bounds"], default="2d",
-                    help="the mask path: 2D key ranges (default), a 4D bool mask, or one with its key bounds")
+    ap.add_argument("--mask", choices=["2d", "bool4d", "bool4d-bounds", "add4d"], default="2d",
+                    help="the mask path: 2D key ranges (default), a 4D bool mask, one with its key bounds, or a 4D "
+                         "additive mask (in the inputs' dtype, as HF builds it)")
     ap.add_argument("--head-dim", type=int, default=64)
+    ap.add_argument("--dtype", choices=["fp16", "bf16", "fp32"], default="fp16", help="the inputs' dtype")
     ap.add_argument("--aligned-lengths", action="store_true",
                     help="query and key lengths multiples of 16 (the launcher specialises them: 1024, 4096, ...)")
     ap.add_argument("--arch", type=int, default=90, help="compute capability x10 (90 = Hopper)")
@@ -158,19 +160,25 @@ def main(argv=None):
     else:
         import torch
 
-        config = attn._fwd_config(args.head_dim, 1024, torch.float16, False, args.causal)
-    kind = attn._K_RANGE if args.mask == "2d" else attn._K_BOOL
-    kernel = compile_forward(args.causal, config, not args.no_fold, not args.no_merge, args.arch,
+        # the card's shared memory per program picks head dim 256's setting: the opt-in limits of sm_80 (A100),
+        # sm_86 / sm_89 and sm_90 / sm_100 (H100, B200)
+        smem = {80: 166912, 86: 101376, 89: 101376, 90: 232448, 100: 232448}.get(args.arch, 0)
+        dtype = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}[args.dtype]
+        config = attn._fwd_config(args.head_dim, 1024, dtype, False, args.causal, args.dropout, smem)
+    kind = {"2d": attn._K_RANGE, "add4d": attn._K_ADD}.get(args.mask, attn._K_BOOL)
+    fold = not args.no_fold and kind != attn._K_ADD  # an additive mask is added before the scale (attention._fold)
+    kernel = compile_forward(args.causal, config, fold, not args.no_merge, args.arch, dtype=args.dtype,
                              head_d=args.head_dim, maxnreg=args.maxnreg, dropout=args.dropout, mask_kind=kind,
                              bounds=args.mask == "bool4d-bounds", aligned_lengths=args.aligned_lengths)
     out = args.out or os.environ.get("OUT") or "out"
     os.makedirs(out, exist_ok=True)
     stem = os.path.join(out, f"attn_fwd_sm{args.arch}_{'causal' if args.causal else 'full'}_"
-                             f"{'_'.join(map(str, config))}{'' if args.no_fold else '_fold'}"
+                             f"{'_'.join(map(str, config))}{'_fold' if fold else ''}"
                              f"{'' if args.no_merge else '_merge'}{'_dropout' if args.dropout else ''}"
                              f"{'' if args.mask == '2d' else '_' + args.mask}"
                              f"{'' if args.head_dim == 64 else f'_d{args.head_dim}'}"
-                             f"{'_aligned' if args.aligned_lengths else ''}")
+                             f"{'_aligned' if args.aligned_lengths else ''}"
+                             f"{'' if args.dtype == 'fp16' else '_' + args.dtype}")
     with open(stem + ".ptx", "w") as f:
         f.write(kernel.asm["ptx"])
     with open(stem + ".cubin", "wb") as f:
@@ -179,7 +187,7 @@ def main(argv=None):
     with open(stem + ".sass", "w") as f:
         f.write(info["sass"])
     print(f"triton {triton.__version__}, sm_{args.arch}, causal={args.causal}, config {config}, "
-          f"fold={not args.no_fold}, merge={not args.no_merge}, maxnreg={args.maxnreg}, dropout={args.dropout}, "
+          f"{args.dtype}, fold={fold}, merge={not args.no_merge}, maxnreg={args.maxnreg}, dropout={args.dropout}, "
           f"mask {args.mask}, head dim {args.head_dim}, aligned lengths {args.aligned_lengths}")
     print(f"registers {info['registers']}, stack {info['stack']} B, shared {kernel.metadata.shared} B, "
           f"{info['instructions']} instructions")

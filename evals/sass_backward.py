@@ -27,7 +27,7 @@ def main(argv=None):
                     help="the checkout whose kernels to compile (default: this one)")
     ap.add_argument("--arch", type=int, default=90, help="compute capability x10 (90 = Hopper)")
     ap.add_argument("--out", default=None, help="folder for the .cubin files (default $OUT or ./out)")
-    ap.add_argument("--head-dim", type=int, choices=(64, 128), default=64)
+    ap.add_argument("--head-dim", type=int, choices=(64, 128, 256), default=64)
     ap.add_argument("--dkdv", default="32/64/4/3", help="the dkdv kernel's BLOCK_M/BLOCK_N/warps/stages")
     ap.add_argument("--dq", default="64/32/4/3", help="the dq kernel's BLOCK_M/BLOCK_N/warps/stages")
     ap.add_argument("--aligned", action="store_true",
@@ -84,7 +84,8 @@ def main(argv=None):
         # register-to-uniform moves, shuffles and warp syncs inside the loops: what a trip count the compiler cannot
         # prove uniform costs around warp-group MMAs
         uniform = sum(sa.loop_uniform_moves(info).values())
-        print(f"{tag:22s} registers {info['registers']}, stack {info['stack']} B, {info['instructions']} instructions, "
+        print(f"{tag:22s} registers {info['registers']}, stack {info['stack']} B, shared {compiled.metadata.shared} B, "
+              f"{info['instructions']} instructions, "
               f"loops of [{loops}], R2UR/SHFL.IDX/WARPSYNC in loops {uniform}", flush=True)
 
     aligned = ", aligned launch" if args.aligned else ""

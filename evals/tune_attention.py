@@ -101,8 +101,9 @@ def sweep_shape(name, args, records):
     do = torch.randn_like(out)
     D = q.shape[-1]
     decode = attn_mod._is_decode(q.shape[2])
-    default_fwd = attn_mod._fwd_config(D, q.shape[2], q.dtype, decode, causal, p > 0)
-    default_bwd = attn_mod._bwd_config(D, q.dtype, causal, p > 0)
+    smem = attn_mod._smem_optin(q.device)  # what a launch on this card picks
+    default_fwd = attn_mod._fwd_config(D, q.shape[2], q.dtype, decode, causal, p > 0, smem)
+    default_bwd = attn_mod._bwd_config(D, q.dtype, causal, p > 0, smem)
     orig_f, orig_b = attn_mod._fwd_config, attn_mod._bwd_config
 
     def rec(kind, cfg, ms, **extra):
@@ -200,7 +201,8 @@ def variants_shape(name, args, records):
         out, lse = attn_mod._forward(q, k, v, *margs)
     do = torch.randn_like(out)
     D = q.shape[-1]
-    default_fwd = attn_mod._fwd_config(D, q.shape[2], q.dtype, attn_mod._is_decode(q.shape[2]), causal)
+    default_fwd = attn_mod._fwd_config(D, q.shape[2], q.dtype, attn_mod._is_decode(q.shape[2]), causal, False,
+                                       attn_mod._smem_optin(q.device))
     orig = dict(fold=attn_mod._fold, merge=attn_mod.FWD_MERGE_TAIL, maxnreg=attn_mod.FWD_MAXNREG,
                 cfg=attn_mod._fwd_config, splits=attn_mod._num_splits)
     summary = dict(shape=name, default_fwd=default_fwd, variants=[])

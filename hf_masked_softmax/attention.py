@@ -919,22 +919,64 @@ def _sm_count(device: torch.device) -> int:
     return _SM_COUNT[idx]
 
 
+_SMEM_OPTIN = {}
+
+
+def _smem_optin(device: torch.device) -> int:
+    """The most shared memory one program may take on ``device``, in bytes (CUDA's opt-in limit per block: 227 KB on
+    Hopper, 163 KB on an A100, 99 KB on Ada); 0 off CUDA, which the launch settings read as "not known"."""
+    if device.type != "cuda":
+        return 0
+    idx = device.index if device.index is not None else torch.cuda.current_device()
+    if idx not in _SMEM_OPTIN:
+        props = torch.cuda.get_device_properties(idx)
+        _SMEM_OPTIN[idx] = int(getattr(props, "shared_memory_per_block_optin", 0) or props.shared_memory_per_block)
+    return _SMEM_OPTIN[idx]
+
+
+# Head dim 256's launch settings by the shared memory they take, in bytes: the most over the mask paths (2D ranges,
+# bool 4D with its bounds, additive 4D), causal or not, compiled for sm_90 with Triton 3.4, 3.6 and 3.9 on the CPU
+# (evals/sass_attention.py --head-dim 256 --aligned-lengths --config ..., evals/sass_backward.py --head-dim 256
+# --aligned --dkdv ... --dq ...). The first that fits the device is taken (the last if none does); with the limit
+# not known (0), the setting these tables replaced.
+_D256_FWD = (((128, 32, 8, 3), 172032), ((64, 32, 4, 2), 102400), ((64, 32, 4, 1), 53248))
+_D256_DKDV = (((64, 64, 8, 2), 214016), ((32, 64, 8, 2), 139776), ((16, 32, 4, 2), 54528))
+_D256_DQ = (((64, 16, 4, 3), 117248), ((32, 16, 4, 2), 54272))
+# fp32 tiles take twice the bytes: head dim 256's prefill and the decode path at head dims above 64 drop a pipeline
+# stage on cards with less than the measured need (99 KB on Ada)
+_D256_FWD_FP32 = (((32, 32, 4, 2), 107008), ((32, 32, 4, 1), 69888))
+_DECODE_FP32 = {128: (((16, 64, 4, 3), 151808), ((16, 64, 4, 2), 82176)),
+                256: (((16, 32, 4, 3), 153856), ((16, 32, 4, 2), 86272))}
+
+
+def _fitting(settings, smem: int, unknown):
+    """The first of ``settings`` ((setting, shared memory) pairs) that fits ``smem`` bytes; ``unknown`` when 0."""
+    if not smem:
+        return unknown
+    return next((cfg for cfg, need in settings if need <= smem), settings[-1][0])
+
+
 def _block_d(D: int) -> int:
     return max(16, _next_pow2(D))
 
 
-def _fwd_config(D: int, Q: int, dtype: torch.dtype, decode: bool, causal: bool, dropout: bool = False):
+def _fwd_config(D: int, Q: int, dtype: torch.dtype, decode: bool, causal: bool, dropout: bool = False,
+                smem: int = 0):
     """(BLOCK_M, BLOCK_N, num_warps, num_stages) of the forward kernel. D <= 64 entries measured on an H100
     (evals/bench_attention.py --tune-only); causal prefers smaller query blocks (less work on the diagonal). With
     dropout at D <= 64, the fastest of 12 settings on an H200 for both GPT-2's and BERT's shapes
     (``evals/tune_attention.py --dropout 0.1 --stages 3``, 2026-12-03): BERT 0.1729 -> 0.1385 ms, GPT-2
-    0.0946 -> 0.0907 ms (the random numbers' registers favour narrow key blocks)."""
+    0.0946 -> 0.0907 ms (the random numbers' registers favour narrow key blocks). ``smem``: the device's shared memory
+    per program (``_smem_optin``; 0 = not known), which picks among head dim 256's settings."""
     if _INTERPRET:
         return 16, 16, 4, 1
     bd = _block_d(D)
     if decode:
-        return 16, 64 if bd <= 128 else 32, 4, 3
+        setting = (16, 64 if bd <= 128 else 32, 4, 3)
+        return _fitting(_DECODE_FP32[bd], smem, setting) if dtype == torch.float32 and bd > 64 else setting
     if dtype == torch.float32:
+        if bd > 128:
+            return _fitting(_D256_FWD_FP32, smem, (32, 32, 4, 2))
         return (64, 32, 4, 2) if bd <= 64 else (32, 32, 4, 2)
     if bd <= 64 and dropout:
         return 64, 32, 4, 3
@@ -949,7 +991,12 @@ def _fwd_config(D: int, Q: int, dtype: torch.dtype, decode: bool, causal: bool, 
         # 4D mask (24-88 B of stack with Triton 3.6, 248-280 B with 3.9) and with 3.9 even without one
         # (evals/sass_attention.py --head-dim 128): 64 rows compile without spills on every path
         return 64, 32, 4, 3
-    return 64, 32, 4, 2
+    if dropout:
+        return 64, 32, 4, 2  # (128, 32, 8, 3) spills with dropout's random numbers (16-144 B of stack, sm_90)
+    # head dim 256: 128-row blocks over two warpgroups where they fit (H100, evals/tune_attention.py --head-dim 256
+    # --what fwd --stages 2,3, 2026-12-06): GPT-2's padded causal shape 0.1968 -> 0.1813 ms, BERT's 0.2825 ->
+    # 0.2677, against (64, 32, 4, 2); no stack on any mask path. Cards with less shared memory take smaller tiles
+    return _fitting(_D256_FWD, smem, (64, 32, 4, 2))
 
 
 def _fwd_maxnreg(D: int, dtype: torch.dtype, decode: bool, causal: bool, block_m: int, warps: int) -> dict:
@@ -972,17 +1019,25 @@ def _fwd_maxnreg(D: int, dtype: torch.dtype, decode: bool, causal: bool, block_m
     return {}
 
 
-def _bwd_config(D: int, dtype: torch.dtype, causal: bool = False, dropout: bool = False):
+def _bwd_config(D: int, dtype: torch.dtype, causal: bool = False, dropout: bool = False, smem: int = 0):
     """Launch settings of the two backward kernels, each ``(BLOCK_M, BLOCK_N, num_warps, num_stages)`` in that
     kernel's own terms: ``dkdv`` keeps ``BLOCK_N`` keys resident and walks query blocks of ``BLOCK_M``; ``dq`` keeps
     ``BLOCK_M`` queries resident and walks key blocks of ``BLOCK_N``. With dropout, ``dkdv``'s 128 resident keys
     spill registers: BERT's backward took 1.018 ms with them and 0.3995 ms with 64 (H200, ``evals/tune_attention.py
-    --dropout 0.1 --stages 3``, 2026-12-03; the causal setting was already the fastest for GPT-2)."""
+    --dropout 0.1 --stages 3``, 2026-12-03; the causal setting was already the fastest for GPT-2). ``smem`` as for
+    ``_fwd_config``."""
     if _INTERPRET:
         return (16, 16, 4, 1), (16, 16, 4, 1)
     bd = _block_d(D)
-    if dtype == torch.float32 or bd > 128:
+    if dtype == torch.float32 or bd > 128 and dropout:
         return (16, 32, 4, 2), (32, 16, 4, 2)
+    if bd > 128:
+        # head dim 256 spills registers in every setting; the widest tiles that fit the device still win (H100,
+        # evals/tune_attention.py --head-dim 256 --what fwd,dkdv,dq --stages 2,3, 2026-12-06): dkdv (64, 64, 8, 2)
+        # and dq (64, 16, 4, 3) on GPT-2's padded causal shape 0.786 ms against 1.670 for ((16, 32, 4, 2),
+        # (32, 16, 4, 2)). dq (128, 32, 8, 3) was 5% faster still but needs 232 KB with an additive mask, more than
+        # an H100 has
+        return (_fitting(_D256_DKDV, smem, (16, 32, 4, 2)), _fitting(_D256_DQ, smem, (32, 16, 4, 2)))
     if bd <= 64 and dropout:
         return (32, 64, 4, 3), (64, 32, 4, 3)
     if bd <= 64:
@@ -1125,7 +1180,8 @@ class _ForwardPlan:
         B, H, Q, D = q.shape
         Hkv, K = k.shape[1], k.shape[2]
         decode = _is_decode(Q)
-        block_m, block_n, warps, stages = _fwd_config(D, Q, q.dtype, decode, causal, drop_thr > 0)
+        block_m, block_n, warps, stages = _fwd_config(D, Q, q.dtype, decode, causal, drop_thr > 0,
+                                                      _smem_optin(q.device))
         # a window: each row reads at most `window` keys (the splits divide its own range, see _block_key_bounds)
         split_k = min(K, window + block_m) if window else K
         group = H // Hkv
@@ -1241,7 +1297,7 @@ class _BackwardPlan:
         if self.empty:
             return
         bd = _block_d(D)
-        kv_cfg, q_cfg = _bwd_config(D, q.dtype, causal, drop_thr > 0)
+        kv_cfg, q_cfg = _bwd_config(D, q.dtype, causal, drop_thr > 0, _smem_optin(q.device))
         self.uses_mask = kind in (_K_RANGE, _K_BOOL, _K_ADD)
         delta_first = _bh_first(False, B * H, _cdiv(Q, 64))
         self.delta = bind(_bwd_delta_kernel, (B * H, _cdiv(Q, 64)) if delta_first else (_cdiv(Q, 64), B * H),

@@ -298,7 +298,35 @@ def test_dropout_launch_settings_and_no_register_cap():
         for causal in (False, True):
             for drop in (False, True):
                 assert attn_mod._bwd_config(128, torch.bfloat16, causal, drop) == ((32, 64, 4, 3), (64, 32, 4, 3))
-        assert attn_mod._bwd_config(256, fp16, False) == ((16, 32, 4, 2), (32, 16, 4, 2))
+        assert attn_mod._bwd_config(256, fp16, False) == ((16, 32, 4, 2), (32, 16, 4, 2))  # the card not known
+
+
+def test_head_dim_256_launch_settings_by_the_cards_shared_memory():
+    # head dim 256 (and fp32 decoding above 64) take the widest setting that fits the card's shared memory per
+    # program (attention._smem_optin: H100 232448 B, A100 166912, Ada 101376), the old setting when it is not known
+    # (0), and the smallest table entry on a card that fits none; dropout keeps the old settings
+    fp16, fp32 = torch.float16, torch.float32
+    h100, a100, ada, small = 232448, 166912, 101376, 40000
+    with mock.patch.object(attn_mod, "_INTERPRET", False):
+        fwd = {smem: attn_mod._fwd_config(256, 512, fp16, False, True, False, smem) for smem in (h100, a100, ada, 0)}
+        assert fwd == {h100: (128, 32, 8, 3), a100: (64, 32, 4, 2), ada: (64, 32, 4, 1), 0: (64, 32, 4, 2)}
+        assert attn_mod._fwd_config(256, 512, fp16, False, False, False, small) == (64, 32, 4, 1)
+        assert attn_mod._fwd_config(256, 512, fp16, False, False, True, h100) == (64, 32, 4, 2)  # dropout
+        assert attn_mod._fwd_config(256, 1, fp16, True, True, False, ada) == (16, 32, 4, 3)  # fp16 decode fits all
+        assert attn_mod._fwd_config(128, 512, fp16, False, False, False, ada) == (64, 32, 4, 3)  # D 128: no table
+        bwd = {smem: attn_mod._bwd_config(256, torch.bfloat16, True, False, smem) for smem in (h100, a100, ada, 0)}
+        assert bwd == {h100: ((64, 64, 8, 2), (64, 16, 4, 3)), a100: ((32, 64, 8, 2), (64, 16, 4, 3)),
+                       ada: ((16, 32, 4, 2), (32, 16, 4, 2)), 0: ((16, 32, 4, 2), (32, 16, 4, 2))}
+        assert attn_mod._bwd_config(256, fp16, False, True, h100) == ((16, 32, 4, 2), (32, 16, 4, 2))  # dropout
+        assert attn_mod._bwd_config(256, fp32, False, False, h100) == ((16, 32, 4, 2), (32, 16, 4, 2))
+        for smem, setting in ((h100, (32, 32, 4, 2)), (ada, (32, 32, 4, 1)), (0, (32, 32, 4, 2))):
+            assert attn_mod._fwd_config(256, 512, fp32, False, False, False, smem) == setting
+        for d, wide, narrow in ((128, (16, 64, 4, 3), (16, 64, 4, 2)), (256, (16, 32, 4, 3), (16, 32, 4, 2))):
+            assert attn_mod._fwd_config(d, 1, fp32, True, True, False, a100) == wide
+            assert attn_mod._fwd_config(d, 1, fp32, True, True, False, ada) == narrow
+            assert attn_mod._fwd_config(d, 1, fp32, True, True, False, 0) == wide
+        assert attn_mod._fwd_config(64, 1, fp32, True, True, False, ada) == (16, 64, 4, 3)
+    assert attn_mod._smem_optin(torch.device("cpu")) == 0
     seen = []
     real = attn_mod._fwd_maxnreg
     with mock.patch.object(attn_mod, "_fwd_maxnreg", lambda *a: seen.append(a) or real(*a)):
@@ -845,12 +873,13 @@ def test_gpu_head_dims_bf16(D):
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("D", [128, 256])
 @pytest.mark.parametrize("causal", [False, True])
 @pytest.mark.parametrize("mask_name", ["pad-holes", "bool4d", "add4d"])
-def test_gpu_head_dim_128_fp16(mask_name, causal):
-    # D 128's own launch settings (_fwd_config: 128-row blocks without causality, 64-row with it; _bwd_config's
-    # one-warpgroup kernels) on every mask path, forward and backward against fp64
-    B, H, Q, K, D = 3, 4, 260, 333, 128
+def test_gpu_wide_heads_fp16(mask_name, causal, D):
+    # D 128's and 256's own launch settings (_fwd_config, _bwd_config: at 256 the widest that fit the card's shared
+    # memory, two warpgroups) on every mask path, forward and backward against fp64
+    B, H, Q, K = 3, 4, 260, 333
     q, k, v = _qkv(B, H, 2, Q, K, D, torch.float16, "cuda", grad=True)
     _check(q, k, v, _mask_case(mask_name, B, H, Q, K, "cuda"), causal, grad=True)
 

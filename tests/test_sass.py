@@ -1,6 +1,9 @@
 """evals/sass_attention.py compiles the attention forward for sm_90 on this CPU (Triton's bundled ptxas) and counts
 its instructions. Runs as a subprocess: the test session defines the kernels for the interpreter, which cannot
 compile them. The check that matters: folding the scale into the exponent removes a multiply per score."""
+import collections
+import concurrent.futures
+import importlib
 import os
 import re
 import subprocess
@@ -114,3 +117,59 @@ def test_sass_of_the_backward_at_head_dim_64_spills_nothing(tmp_path):
     assert all(stack == 0 for stack in rows.values()), rows
     bad = subprocess.run([sys.executable, script, "--dkdv", "32/64"], capture_output=True, text=True, env=env)
     assert bad.returncode != 0 and "BLOCK_M/BLOCK_N/warps/stages" in bad.stderr
+
+
+def _shared(out):
+    return [int(n) for n in re.findall(r"shared (\d+) B", out)]
+
+
+def test_head_dim_256_settings_fit_the_shared_memory_they_are_picked_by(tmp_path):
+    # attention's tables of head dim 256 (and fp32 decode) settings pair each with the shared memory it needs, and
+    # _fitting takes the first that fits the card: each figure must be at least what the kernels compile to on every
+    # mask path (2D ranges, bool 4D with its bounds, additive 4D), or a card with exactly that much could not launch
+    # it; within 16 KB of it (Triton 3.4, 3.6 and 3.9 differ by up to 8 KB), or a card that could would be refused;
+    # and the tables run from the most to the least
+    attn = importlib.import_module("hf_masked_softmax.attention")  # the package's name `attention` is the function
+
+    tables = [attn._D256_FWD, attn._D256_DKDV, attn._D256_DQ, attn._D256_FWD_FP32, *attn._DECODE_FP32.values()]
+    for table in tables:
+        needs = [need for _, need in table]
+        assert needs == sorted(needs, reverse=True) and len(set(needs)) == len(needs), table
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    jobs = []  # (what to check, need, command): compiled two at a time (this machine's cores)
+    forward = [(attn._D256_FWD, "fp16", 256), (attn._D256_FWD_FP32, "fp32", 256)]
+    forward += [(table, "fp32", d) for d, table in attn._DECODE_FP32.items()]
+    for table, dtype, d in forward:
+        for cfg, need in table:
+            setting = "/".join(map(str, cfg))
+            for mask in ("2d", "bool4d-bounds", "add4d"):
+                jobs.append(((dtype, d, cfg, "forward"), need,
+                             [os.path.join(ROOT, "evals", "sass_attention.py"), "--config", setting, "--head-dim",
+                              str(d), "--dtype", dtype, "--mask", mask, "--aligned-lengths", "--out",
+                              str(tmp_path / f"{dtype}{d}{mask}{setting.replace('/', '_')}")]))
+    pairs = list(zip(attn._D256_DKDV, attn._D256_DQ)) + [(attn._D256_DKDV[-1], attn._D256_DQ[-1])]
+    for (kv, kv_need), (dq, dq_need) in pairs:
+        settings = ["/".join(map(str, kv)), "/".join(map(str, dq))]
+        jobs.append((("fp16", 256, (kv, dq), "backward"), (kv_need, dq_need),
+                     [os.path.join(ROOT, "evals", "sass_backward.py"), "--head-dim", "256", "--aligned", "--dkdv",
+                      settings[0], "--dq", settings[1], "--out", str(tmp_path / "bwd" / "_".join(settings))]))
+
+    def compile_one(job):
+        proc = subprocess.run([sys.executable, *job[2]], capture_output=True, text=True, env=env, timeout=900)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        return proc.stdout
+
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        outputs = list(pool.map(compile_one, jobs))
+    shared = collections.defaultdict(list)  # (what, kernel) -> bytes on each mask path
+    for (what, need, _), out in zip(jobs, outputs):
+        if what[-1] == "forward":
+            shared[what, "forward", need] += [int(n) for n in re.findall(r"shared (\d+) B", out)]
+        else:
+            for kernel, kernel_need in zip(("dkdv", "dq"), need):
+                shared[what, kernel, kernel_need] += [int(n) for n in re.findall(
+                    rf"^{kernel},[^\n]*shared (\d+) B", out, re.M)]
+    assert len(shared) == sum(len(table) for table, _, _ in forward) + 2 * len(pairs), list(shared)
+    bad = [(what, kernel, need, got) for (what, kernel, need), got in shared.items()
+           if not (len(got) == 3 and max(got) <= need <= max(got) + 16384)]
+    assert not bad, bad
