@@ -1,5 +1,5 @@
 """Compile the fused attention's backward kernels (and the forward and the split merge) for a GPU architecture on this
-machine, no GPU needed, and print each one's registers, stack, instruction count and loop sizes: a way to compare two
+machine, no GPU needed, and print each one's registers, stack, shared memory, instruction count and loop sizes: a way to compare two
 versions of the kernels (``--tree old_tree``) where no GPU time is left to time them.
 
 Settings are GPT-2's causal backward (``dkdv`` 32x64, ``dq`` 64x32, 4 warps, 3 stages, D = 64, fp16; the launcher's
@@ -9,7 +9,8 @@ specialised for aligned strides, so the counts compare versions; they are not wh
 specialises it as a real call is: head-dim strides equal to 1, the other tensor strides and the lengths multiples of
 16 (1024 queries, say), the mask's strides left alone.
 
-    python evals/sass_backward.py [--tree DIR] [--arch 90] [--head-dim 128] [--aligned]
+    python evals/sass_backward.py [--tree DIR] [--arch 90] [--head-dim 128|256] [--dtype fp32] [--aligned]
+        [--dkdv 32/64/4/3] [--dq 64/32/4/3]
 """
 from __future__ import annotations
 
@@ -28,6 +29,7 @@ def main(argv=None):
     ap.add_argument("--arch", type=int, default=90, help="compute capability x10 (90 = Hopper)")
     ap.add_argument("--out", default=None, help="folder for the .cubin files (default $OUT or ./out)")
     ap.add_argument("--head-dim", type=int, choices=(64, 128, 256), default=64)
+    ap.add_argument("--dtype", choices=("fp16", "bf16", "fp32"), default="fp16", help="the inputs' dtype")
     ap.add_argument("--dkdv", default="32/64/4/3", help="the dkdv kernel's BLOCK_M/BLOCK_N/warps/stages")
     ap.add_argument("--dq", default="64/32/4/3", help="the dq kernel's BLOCK_M/BLOCK_N/warps/stages")
     ap.add_argument("--aligned", action="store_true",
@@ -67,7 +69,7 @@ def main(argv=None):
             if name in consts:
                 sig[name] = "constexpr"
             elif name.endswith("_ptr"):
-                sig[name] = "*fp32" if name in fp32_ptrs else sa.POINTERS.get(name, "*fp16")
+                sig[name] = "*fp32" if name in fp32_ptrs else sa.POINTERS.get(name, f"*{args.dtype}")
                 attrs[(i,)] = [["tt.divisibility", 16]]
             else:
                 sig[name] = "fp32" if name in floats else "i32"
@@ -89,10 +91,11 @@ def main(argv=None):
               f"loops of [{loops}], R2UR/SHFL.IDX/WARPSYNC in loops {uniform}", flush=True)
 
     aligned = ", aligned launch" if args.aligned else ""
-    print(f"triton {triton.__version__}, sm_{args.arch}, head dim {args.head_dim}{aligned}, kernels of "
+    print(f"triton {triton.__version__}, sm_{args.arch}, {args.dtype}, head dim {args.head_dim}{aligned}, kernels of "
           f"{os.path.abspath(args.tree)}")
     d = args.head_dim
-    common = dict(HEAD_D=d, BLOCK_D=d, UPCAST=False, DOT_PREC="tf32", WIDE=False, DROPOUT=False, WINDOWED=False,
+    common = dict(HEAD_D=d, BLOCK_D=d, UPCAST=False,
+                  DOT_PREC="ieee" if args.dtype == "fp32" else "tf32", WIDE=False, DROPOUT=False, WINDOWED=False,
                   CAUSAL=True, BH_FIRST=True)
     no_bounds = dict(B4D=False, B4D_PER_B=False, B4D_PER_H=False, B4D_SPAN=0)  # no 4D mask's key bounds
     for kind, fold, name in ((attn._K_RANGE, True, "2D mask"), (attn._K_ADD, False, "additive")):

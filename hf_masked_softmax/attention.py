@@ -943,8 +943,10 @@ _D256_FWD = (((128, 32, 8, 3), 172032), ((64, 32, 4, 2), 102400), ((64, 32, 4, 1
 _D256_DKDV = (((64, 64, 8, 2), 214016), ((32, 64, 8, 2), 139776), ((16, 32, 4, 2), 54528))
 _D256_DQ = (((64, 16, 4, 3), 117248), ((32, 16, 4, 2), 54272))
 # fp32 tiles take twice the bytes: head dim 256's prefill and the decode path at head dims above 64 drop a pipeline
-# stage on cards with less than the measured need (99 KB on Ada)
+# stage, head dim 256's backward takes 16-row, 16-key blocks, on cards with less than the measured need (99 KB on Ada)
 _D256_FWD_FP32 = (((32, 32, 4, 2), 107008), ((32, 32, 4, 1), 69888))
+_D256_BWD_FP32 = ((((16, 32, 4, 2), 119040), ((16, 16, 4, 2), 84224)),  # dkdv
+                  (((32, 16, 4, 2), 102400), ((16, 16, 4, 2), 67584)))  # dq
 _DECODE_FP32 = {128: (((16, 64, 4, 3), 151808), ((16, 64, 4, 2), 82176)),
                 256: (((16, 32, 4, 3), 153856), ((16, 32, 4, 2), 86272))}
 
@@ -991,8 +993,8 @@ def _fwd_config(D: int, Q: int, dtype: torch.dtype, decode: bool, causal: bool, 
         # 4D mask (24-88 B of stack with Triton 3.6, 248-280 B with 3.9) and with 3.9 even without one
         # (evals/sass_attention.py --head-dim 128): 64 rows compile without spills on every path
         return 64, 32, 4, 3
-    if dropout:
-        return 64, 32, 4, 2  # (128, 32, 8, 3) spills with dropout's random numbers (16-144 B of stack, sm_90)
+    if dropout:  # (128, 32, 8, 3) spills with dropout's random numbers (16-144 B of stack, sm_90)
+        return _fitting(_D256_FWD[1:], smem, (64, 32, 4, 2))
     # head dim 256: 128-row blocks over two warpgroups where they fit (H100, evals/tune_attention.py --head-dim 256
     # --what fwd --stages 2,3, 2026-12-06): GPT-2's padded causal shape 0.1968 -> 0.1813 ms, BERT's 0.2825 ->
     # 0.2677, against (64, 32, 4, 2); no stack on any mask path. Cards with less shared memory take smaller tiles
@@ -1029,6 +1031,8 @@ def _bwd_config(D: int, dtype: torch.dtype, causal: bool = False, dropout: bool 
     if _INTERPRET:
         return (16, 16, 4, 1), (16, 16, 4, 1)
     bd = _block_d(D)
+    if dtype == torch.float32 and bd > 128:
+        return _fitting(_D256_BWD_FP32[0], smem, (16, 32, 4, 2)), _fitting(_D256_BWD_FP32[1], smem, (32, 16, 4, 2))
     if dtype == torch.float32 or bd > 128 and dropout:
         return (16, 32, 4, 2), (32, 16, 4, 2)
     if bd > 128:

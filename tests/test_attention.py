@@ -304,7 +304,7 @@ def test_dropout_launch_settings_and_no_register_cap():
 def test_head_dim_256_launch_settings_by_the_cards_shared_memory():
     # head dim 256 (and fp32 decoding above 64) take the widest setting that fits the card's shared memory per
     # program (attention._smem_optin: H100 232448 B, A100 166912, Ada 101376), the old setting when it is not known
-    # (0), and the smallest table entry on a card that fits none; dropout keeps the old settings
+    # (0), and the smallest table entry on a card that fits none; dropout keeps the old settings where they fit
     fp16, fp32 = torch.float16, torch.float32
     h100, a100, ada, small = 232448, 166912, 101376, 40000
     with mock.patch.object(attn_mod, "_INTERPRET", False):
@@ -312,6 +312,7 @@ def test_head_dim_256_launch_settings_by_the_cards_shared_memory():
         assert fwd == {h100: (128, 32, 8, 3), a100: (64, 32, 4, 2), ada: (64, 32, 4, 1), 0: (64, 32, 4, 2)}
         assert attn_mod._fwd_config(256, 512, fp16, False, False, False, small) == (64, 32, 4, 1)
         assert attn_mod._fwd_config(256, 512, fp16, False, False, True, h100) == (64, 32, 4, 2)  # dropout
+        assert attn_mod._fwd_config(256, 512, fp16, False, False, True, ada) == (64, 32, 4, 1)
         assert attn_mod._fwd_config(256, 1, fp16, True, True, False, ada) == (16, 32, 4, 3)  # fp16 decode fits all
         assert attn_mod._fwd_config(128, 512, fp16, False, False, False, ada) == (64, 32, 4, 3)  # D 128: no table
         bwd = {smem: attn_mod._bwd_config(256, torch.bfloat16, True, False, smem) for smem in (h100, a100, ada, 0)}
@@ -319,6 +320,9 @@ def test_head_dim_256_launch_settings_by_the_cards_shared_memory():
                        ada: ((16, 32, 4, 2), (32, 16, 4, 2)), 0: ((16, 32, 4, 2), (32, 16, 4, 2))}
         assert attn_mod._bwd_config(256, fp16, False, True, h100) == ((16, 32, 4, 2), (32, 16, 4, 2))  # dropout
         assert attn_mod._bwd_config(256, fp32, False, False, h100) == ((16, 32, 4, 2), (32, 16, 4, 2))
+        assert attn_mod._bwd_config(256, fp32, True, True, ada) == ((16, 16, 4, 2), (16, 16, 4, 2))
+        assert attn_mod._bwd_config(256, fp32, False, False, 0) == ((16, 32, 4, 2), (32, 16, 4, 2))
+        assert attn_mod._bwd_config(128, fp32, False, False, ada) == ((16, 32, 4, 2), (32, 16, 4, 2))
         for smem, setting in ((h100, (32, 32, 4, 2)), (ada, (32, 32, 4, 1)), (0, (32, 32, 4, 2))):
             assert attn_mod._fwd_config(256, 512, fp32, False, False, False, smem) == setting
         for d, wide, narrow in ((128, (16, 64, 4, 3), (16, 64, 4, 2)), (256, (16, 32, 4, 3), (16, 32, 4, 2))):

@@ -131,7 +131,8 @@ def test_head_dim_256_settings_fit_the_shared_memory_they_are_picked_by(tmp_path
     # and the tables run from the most to the least
     attn = importlib.import_module("hf_masked_softmax.attention")  # the package's name `attention` is the function
 
-    tables = [attn._D256_FWD, attn._D256_DKDV, attn._D256_DQ, attn._D256_FWD_FP32, *attn._DECODE_FP32.values()]
+    tables = [attn._D256_FWD, attn._D256_DKDV, attn._D256_DQ, attn._D256_FWD_FP32, *attn._D256_BWD_FP32,
+              *attn._DECODE_FP32.values()]
     for table in tables:
         needs = [need for _, need in table]
         assert needs == sorted(needs, reverse=True) and len(set(needs)) == len(needs), table
@@ -147,12 +148,14 @@ def test_head_dim_256_settings_fit_the_shared_memory_they_are_picked_by(tmp_path
                              [os.path.join(ROOT, "evals", "sass_attention.py"), "--config", setting, "--head-dim",
                               str(d), "--dtype", dtype, "--mask", mask, "--aligned-lengths", "--out",
                               str(tmp_path / f"{dtype}{d}{mask}{setting.replace('/', '_')}")]))
-    pairs = list(zip(attn._D256_DKDV, attn._D256_DQ)) + [(attn._D256_DKDV[-1], attn._D256_DQ[-1])]
-    for (kv, kv_need), (dq, dq_need) in pairs:
+    pairs = [("fp16", *p) for p in zip(attn._D256_DKDV, attn._D256_DQ)]
+    pairs += [("fp16", attn._D256_DKDV[-1], attn._D256_DQ[-1]), *(("fp32", *p) for p in zip(*attn._D256_BWD_FP32))]
+    for dtype, (kv, kv_need), (dq, dq_need) in pairs:
         settings = ["/".join(map(str, kv)), "/".join(map(str, dq))]
-        jobs.append((("fp16", 256, (kv, dq), "backward"), (kv_need, dq_need),
-                     [os.path.join(ROOT, "evals", "sass_backward.py"), "--head-dim", "256", "--aligned", "--dkdv",
-                      settings[0], "--dq", settings[1], "--out", str(tmp_path / "bwd" / "_".join(settings))]))
+        jobs.append(((dtype, 256, (kv, dq), "backward"), (kv_need, dq_need),
+                     [os.path.join(ROOT, "evals", "sass_backward.py"), "--head-dim", "256", "--dtype", dtype,
+                      "--aligned", "--dkdv", settings[0], "--dq", settings[1], "--out",
+                      str(tmp_path / "bwd" / f"{dtype}_{'_'.join(settings)}")]))
 
     def compile_one(job):
         proc = subprocess.run([sys.executable, *job[2]], capture_output=True, text=True, env=env, timeout=900)
