@@ -4,6 +4,7 @@ compile them. The check that matters: folding the scale into the exponent remove
 import collections
 import concurrent.futures
 import importlib
+import json
 import os
 import re
 import subprocess
@@ -176,3 +177,25 @@ def test_head_dim_256_settings_fit_the_shared_memory_they_are_picked_by(tmp_path
     bad = [(what, kernel, need, got) for (what, kernel, need), got in shared.items()
            if not (len(got) == 3 and max(got) <= need <= max(got) + 16384)]
     assert not bad, bad
+
+
+def test_shared_memory_script_reports_what_a_card_cannot_launch(tmp_path):
+    # evals/shared_memory.py compiles the settings the launcher picks for a card's limit: head dim 256's fp16 decode
+    # setting (16, 32, 4, 3) takes 73 KB, so it fits a 99 KB card and is flagged on a 70 KB one (exit status 1)
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    script = os.path.join(ROOT, "evals", "shared_memory.py")
+    base = [sys.executable, script, "--head-dims", "256", "--dtypes", "fp16", "--modes", "decode", "--no-backward",
+            "--no-progress"]
+    rows = {}
+    for smem in (101376, 70000):
+        path = tmp_path / f"{smem}.json"
+        proc = subprocess.run([*base, "--smem", str(smem), "--json", str(path)], capture_output=True, text=True,
+                              env=env, timeout=600)
+        assert proc.returncode == (0 if smem == 101376 else 1), proc.stderr[-2000:]
+        rows[smem] = json.loads(path.read_text())["rows"]
+        assert ("NO" in proc.stdout) == (smem == 70000), proc.stdout
+    for smem, got in rows.items():
+        assert [(r["kernel"], r["setting"], r["fits"]) for r in got] == [("forward", [16, 32, 4, 3], smem > 80000)]
+        assert 70000 < got[0]["shared"] <= 101376
+    bad = subprocess.run([*base, "--dtypes", "fp8"], capture_output=True, text=True, env=env)
+    assert bad.returncode == 2 and "--dtypes" in bad.stderr
