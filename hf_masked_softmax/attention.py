@@ -1036,12 +1036,12 @@ def _bwd_config(D: int, dtype: torch.dtype, causal: bool = False, dropout: bool 
     if dtype == torch.float32 or bd > 128 and dropout:
         return (16, 32, 4, 2), (32, 16, 4, 2)
     if bd > 128:
-        # head dim 256 spills registers in every setting; the widest tiles that fit the device still win (H100,
+        # every dkdv setting spills registers at head dim 256; the widest tiles that fit the device still win (H100,
         # evals/tune_attention.py --head-dim 256 --what fwd,dkdv,dq --stages 2,3, 2026-12-06): dkdv (64, 64, 8, 2)
         # and dq (64, 16, 4, 3) on GPT-2's padded causal shape 0.786 ms against 1.670 for ((16, 32, 4, 2),
         # (32, 16, 4, 2)). dq (128, 32, 8, 3) was 5% faster still but needs 232 KB with an additive mask, more than
         # an H100 has
-        return (_fitting(_D256_DKDV, smem, (16, 32, 4, 2)), _fitting(_D256_DQ, smem, (32, 16, 4, 2)))
+        return _fitting(_D256_DKDV, smem, (16, 32, 4, 2)), _fitting(_D256_DQ, smem, (32, 16, 4, 2))
     if bd <= 64 and dropout:
         return (32, 64, 4, 3), (64, 32, 4, 3)
     if bd <= 64:
