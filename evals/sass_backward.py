@@ -28,7 +28,7 @@ def main(argv=None):
                     help="the checkout whose kernels to compile (default: this one)")
     ap.add_argument("--arch", type=int, default=90, help="compute capability x10 (90 = Hopper)")
     ap.add_argument("--out", default=None, help="folder for the .cubin files (default $OUT or ./out)")
-    ap.add_argument("--head-dim", type=int, choices=(64, 128, 256), default=64)
+    ap.add_argument("--head-dim", type=int, choices=(16, 32, 64, 128, 256), default=64)
     ap.add_argument("--dtype", choices=("fp16", "bf16", "fp32"), default="fp16", help="the inputs' dtype")
     ap.add_argument("--dkdv", default="32/64/4/3", help="the dkdv kernel's BLOCK_M/BLOCK_N/warps/stages")
     ap.add_argument("--dq", default="64/32/4/3", help="the dq kernel's BLOCK_M/BLOCK_N/warps/stages")
