@@ -204,6 +204,12 @@ def n_positions(config):
     return n
 
 
+# shared memory one program may opt into, in bytes, by compute capability x10: sm_80 (A100), sm_86 / sm_89 (consumer
+# Ampere, Ada), sm_90 / sm_100 (H100 / H200, B200); what torch.cuda.get_device_properties reports as
+# shared_memory_per_block_optin, and what the launch settings are picked by (attention._smem_optin)
+SMEM_BY_ARCH = {80: 166912, 86: 101376, 89: 101376, 90: 232448, 100: 232448}
+
+
 def check_compile_target(arch: int, script: str) -> None:
     """Exit with a message unless the kernels run on compute capability ``arch`` (x10) and Triton compiles for a GPU
     here (the ``sass_*`` scripts, which compile on any machine)."""

@@ -58,8 +58,8 @@ def compile_forward(causal, config, fold, merge, arch, dtype="fp16", head_d=64, 
         b4d = dict(B4D=True, B4D_PER_B=True, B4D_PER_H=False, B4D_SPAN=max(1, block_m // 16))
     consts = dict(MASK_KIND=mask_kind or attn._K_RANGE, CAUSAL=causal, BH_FIRST=causal,
                   BLOCK_M=block_m, BLOCK_N=block_n, HEAD_D=head_d, BLOCK_D=attn._block_d(head_d), UPCAST=False,
-                  DOT_PREC="ieee" if dtype == "fp32" else "tf32", WIDE=False, FOLD=fold, MERGE_TAIL=merge, STORE_LSE=True, DROPOUT=dropout,
-                  WINDOWED=False, PACK=False, **b4d, **{name: 1 for name in UNIT_STRIDES})
+                  DOT_PREC="ieee" if dtype == "fp32" else "tf32", WIDE=False, FOLD=fold, MERGE_TAIL=merge,
+                  STORE_LSE=True, DROPOUT=dropout, WINDOWED=False, PACK=False, **b4d, **{name: 1 for name in UNIT_STRIDES})
     consts.update(overrides or {})
     sig, attrs = {}, {}
     for i, name in enumerate(fn.arg_names):
@@ -160,9 +160,8 @@ def main(argv=None):
     else:
         import torch
 
-        # the card's shared memory per program picks head dim 256's setting: the opt-in limits of sm_80 (A100),
-        # sm_86 / sm_89 and sm_90 / sm_100 (H100, B200)
-        smem = {80: 166912, 86: 101376, 89: 101376, 90: 232448, 100: 232448}.get(args.arch, 0)
+        # the card's shared memory per program picks head dim 256's setting
+        smem = _common.SMEM_BY_ARCH.get(args.arch, 0)
         dtype = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}[args.dtype]
         config = attn._fwd_config(args.head_dim, 1024, dtype, False, args.causal, args.dropout, smem)
     kind = {"2d": attn._K_RANGE, "add4d": attn._K_ADD}.get(args.mask, attn._K_BOOL)

@@ -1,6 +1,6 @@
 """Compile the fused attention's backward kernels (and the forward and the split merge) for a GPU architecture on this
-machine, no GPU needed, and print each one's registers, stack, shared memory, instruction count and loop sizes: a way to compare two
-versions of the kernels (``--tree old_tree``) where no GPU time is left to time them.
+machine, no GPU needed, and print each one's registers, stack, shared memory, instruction count and loop sizes: a way
+to compare two versions of the kernels (``--tree old_tree``) where no GPU time is left to time them.
 
 Settings are GPT-2's causal backward (``dkdv`` 32x64, ``dq`` 64x32, 4 warps, 3 stages, D = 64, fp16; the launcher's
 setting at D = 128 too, so ``--head-dim 128`` compiles what a Llama-style backward runs) with the 2D

@@ -32,7 +32,8 @@ def _ints(text: str) -> list[int]:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--smem", type=int, default=101376, help="the card's shared memory per program, bytes")
+    ap.add_argument("--smem", type=int, default=_common.SMEM_BY_ARCH[89],
+                    help="the card's shared memory per program, bytes (default: Ada's)")
     ap.add_argument("--head-dims", default="64,128,256")
     ap.add_argument("--dtypes", default="fp16,fp32", help=f"comma-separated subset of {', '.join(DTYPES)}")
     ap.add_argument("--modes", default=",".join(MODES),

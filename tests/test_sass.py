@@ -168,7 +168,7 @@ def test_head_dim_256_settings_fit_the_shared_memory_they_are_picked_by(tmp_path
     shared = collections.defaultdict(list)  # (what, kernel) -> bytes on each mask path
     for (what, need, _), out in zip(jobs, outputs):
         if what[-1] == "forward":
-            shared[what, "forward", need] += [int(n) for n in re.findall(r"shared (\d+) B", out)]
+            shared[what, "forward", need] += _shared(out)
         else:
             for kernel, kernel_need in zip(("dkdv", "dq"), need):
                 shared[what, kernel, kernel_need] += [int(n) for n in re.findall(
