@@ -289,6 +289,22 @@ def mistral_window(n_layer: int | None = None, window: int = 24, **overrides):
     return MistralForCausalLM._from_config(MistralConfig(**kw), attn_implementation="eager").eval()
 
 
+def gemma2_2b(n_layer: int | None = None, **overrides):
+    """A randomly initialised Gemma 2 causal LM at Gemma-2-2B's size, eager attention, on the CPU.
+
+    hidden 2304, 26 layers, 8 query / 4 key-value heads of head_dim 256, scores soft-capped at 50, a 4096-token
+    window on every other layer, MLP 9216, vocabulary 256000, tied embeddings. ``n_layer`` / ``overrides`` shrink it.
+    """
+    from transformers import Gemma2Config, Gemma2ForCausalLM
+
+    kw = dict(hidden_size=2304, num_hidden_layers=n_layer or 26, num_attention_heads=8, num_key_value_heads=4,
+              head_dim=256, intermediate_size=9216, vocab_size=256000, max_position_embeddings=8192,
+              attn_logit_softcapping=50.0, final_logit_softcapping=30.0, query_pre_attn_scalar=256,
+              sliding_window=4096, tie_word_embeddings=True, pad_token_id=0, bos_token_id=2, eos_token_id=1)
+    kw.update(overrides)
+    return Gemma2ForCausalLM._from_config(Gemma2Config(**kw), attn_implementation="eager").eval()
+
+
 def qwen3_0_6b(n_layer: int | None = None, **overrides):
     """A randomly initialised Qwen3 causal LM at Qwen3-0.6B's size, eager attention, on the CPU.
 

@@ -1016,8 +1016,26 @@ case "${1:-}" in
       | grep -v -i warn | tail -12 | cut -c1-220
     pytest_summary static_tests30 200 tests/test_patch_llama.py tests/test_compile.py -k "static"
     ;;
+  softcap35)
+    # logit soft-capping (Gemma 2) in the fused kernels: its tests on CUDA (the kernel tests at real sizes, the Gemma
+    # 2 / 3 fp16 rule, the patcher's Gemma tests), bench_softcap.py, and the kernels without a cap against old_tree/
+    # (the session's first commit: no SOFTCAP constexpr) on GPT-2's and BERT's shapes and at head dim 256
+    pytest_summary tests_softcap35 300 tests/test_softcap.py tests/test_patch_gpu.py tests/test_patch_llama.py \
+      -k "softcap or soft_cap or gemma or real_sizes"
+    timeout 150 python -u evals/bench_softcap.py --out "$OUT/bench_softcap35" 2>&1 | tee "$OUT/bench_softcap35.log" \
+      | grep -v -i warn | tail -22 | cut -c1-200
+    against_old nocap64 100 "default|sdpa" evals/tune_attention.py --what none --shapes gpt2-pad-right,bert
+    against_old nocap256 100 "default|sdpa" evals/tune_attention.py --head-dim 256 --what none \
+      --shapes gpt2-pad-right,bert
+    ;;
+  gemma35)
+    # Gemma 2 at Gemma-2-2B's size end to end: forward (padded) and generate, eager and both patch modes (no sdpa:
+    # transformers refuses it for Gemma 2)
+    timeout 420 python -u evals/speed.py --only "gemma2-2b" --impls eager,softmax,fused --skip-medium --no-plot \
+      --out "$OUT/speed_gemma35" 2>&1 | tee "$OUT/speed_gemma35.log" | grep -v -i warn | tail -12 | cut -c1-220
+    ;;
   *)
-    echo "usage: bash evals/gpu_session.sh tests|kernels|e2e|check|followup|recheck|verify|measure|final|stream|last|tune|host|fast|fastcheck|closing|fold|fold2|fold3|e2e3|bert4|bert5|check4|lengths|ncu|bwd|suite|suite2|final6|plans|hostplans|genab|fuzz|bwdplan|trainab|final8|nosync|drop9a|drop9b|drop9d|audit10|bench10|final10|ws11|audit11|fuzz11|host11b|decode12|stats12|stats12b|stats12c|final13|fix13|final13b|final14|suite14|suite15|final15|causal18|final18|prefetch18|cross18|tile19|final19|small19|launch20|tests20|gen20|counts20b|counts20c|final20|ablate22|models25|decode26|models26|compile26|speed26a|speed26b|window28|final28|pack28|pack29|pack30|bounds30|static30|bounds31|ncu31|gpu32a|gpu33a|tune33|wide34|tune34|bwd34|d256_34" >&2
+    echo "usage: bash evals/gpu_session.sh tests|kernels|e2e|check|followup|recheck|verify|measure|final|stream|last|tune|host|fast|fastcheck|closing|fold|fold2|fold3|e2e3|bert4|bert5|check4|lengths|ncu|bwd|suite|suite2|final6|plans|hostplans|genab|fuzz|bwdplan|trainab|final8|nosync|drop9a|drop9b|drop9d|audit10|bench10|final10|ws11|audit11|fuzz11|host11b|decode12|stats12|stats12b|stats12c|final13|fix13|final13b|final14|suite14|suite15|final15|causal18|final18|prefetch18|cross18|tile19|final19|small19|launch20|tests20|gen20|counts20b|counts20c|final20|ablate22|models25|decode26|models26|compile26|speed26a|speed26b|window28|final28|pack28|pack29|pack30|bounds30|static30|bounds31|ncu31|gpu32a|gpu33a|tune33|wide34|tune34|bwd34|d256_34|softcap35|gemma35" >&2
     exit 2
     ;;
 esac

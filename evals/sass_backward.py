@@ -57,10 +57,11 @@ def main(argv=None):
     out = args.out or os.environ.get("OUT") or "out"
     os.makedirs(out, exist_ok=True)
     fp32_ptrs = ("lse_ptr", "delta_ptr", "part_ptr", "part_lse_ptr")
-    floats = ("qk_scale", "threshold", "keep_scale", "sm_scale")
+    floats = ("qk_scale", "threshold", "keep_scale", "sm_scale", "softcap")
 
     def compile_one(kernel, consts, warps, stages, tag):
         fn = sa._jit_fn(kernel)
+        consts = {n: c for n, c in consts.items() if n in fn.arg_names}  # (an older --tree's kernels: no SOFTCAP)
         sig, attrs = {}, {}
         if args.aligned:  # a tensor's head-dim stride: stride_<tensor>d
             consts = dict(consts, **{n: 1 for n in fn.arg_names if n.startswith("stride_") and n.endswith("d")
@@ -96,7 +97,7 @@ def main(argv=None):
     d = args.head_dim
     common = dict(HEAD_D=d, BLOCK_D=d, UPCAST=False,
                   DOT_PREC="ieee" if args.dtype == "fp32" else "tf32", WIDE=False, DROPOUT=False, WINDOWED=False,
-                  CAUSAL=True, BH_FIRST=True)
+                  SOFTCAP=False, CAUSAL=True, BH_FIRST=True)
     no_bounds = dict(B4D=False, B4D_PER_B=False, B4D_PER_H=False, B4D_SPAN=0)  # no 4D mask's key bounds
     for kind, fold, name in ((attn._K_RANGE, True, "2D mask"), (attn._K_ADD, False, "additive")):
         compile_one(attn._bwd_dkdv_kernel, dict(MASK_KIND=kind, BLOCK_M=kv_cfg[0], BLOCK_N=kv_cfg[1], FOLD=fold,

@@ -32,6 +32,11 @@ A positive finite scale is applied inside the exponent, ``exp2(s * scale * log2(
 (``FOLD``; the row max is scaled once), in the forward and both backward kernels; not with an additive mask,
 which adds to already scaled scores.
 
+Soft-capping (``softcap = c``, Gemma 2): ``S[i, j] = c * tanh(scale * q[i] . k[j] / c)`` before the mask (``SOFTCAP``;
+never ``FOLD``): the product times ``scale / c`` is the tanh's argument, and the tanh times ``c * log2(e)`` the score
+in base-2 units. The backward recomputes the tanh and multiplies ``dS`` by ``1 - tanh**2`` before its products with
+``k`` and ``q``.
+
 The forward saves each row's ``lse = m + log2(l)`` (FlashAttention-2's log-sum-exp in base 2) and, in a second
 plane, its rounding residual ``(m + log2(l)) - lse`` (exact, by TwoSum): ``[2, B, H, Q]`` fp32, ``(-inf, 0)`` for a row
 with nothing kept; calls that autograd does not record skip it (``STORE_LSE``). The backward recomputes the
@@ -186,12 +191,27 @@ def _dropout_keep(seed, bh, rows, n0, drop_thr, BLOCK_N: tl.constexpr):
 
 
 @triton.jit
+def _tanh(x):
+    """``tanh(x)`` in fp32, the same code in the interpreter and on the GPU: from one base-2 exponential,
+    ``sign(x) (1 - e) / (1 + e)`` with ``e = exp(-2|x|)`` (no overflow; NaN stays NaN, +-inf give +-1), and below
+    ``|x| = 0.3``, where ``1 - e`` would lose relative precision (6e-8 / |x|: a cap of 1e4 on scores of about 1 then
+    moved them by 3e-4), the series to ``x**9``, relative error under 6e-8 there."""
+    e = tl.math.exp2(-2.8853900817779268 * tl.abs(x))  # 2 / ln(2)
+    t = (1.0 - e) / (1.0 + e)
+    x2 = x * x
+    series = x + x * x2 * (-0.3333333333333333 + x2 * (0.13333333333333333 + x2 * (-0.05396825396825397
+                                                                                   + x2 * 0.021869488536155203)))
+    return tl.where(tl.abs(x) < 0.3, series, tl.where(x < 0, -t, t))
+
+
+@triton.jit
 def _fwd_blocks(acc, l_i, m_i, q, k_base, v_base, mask_base, rows, offs_n, offs_d,
                 stride_kn, stride_kd, stride_vn, stride_vd, stride_mm, stride_mk,
                 lo, hi, mask_from, start, end, has_holes, Q_LEN, K_LEN, qk_scale, threshold, seed, bh, drop_thr,
-                window, MASKED: tl.constexpr, MASK_KIND: tl.constexpr, CAUSAL: tl.constexpr, BLOCK_N: tl.constexpr,
-                HEAD_D: tl.constexpr, BLOCK_D: tl.constexpr, UPCAST: tl.constexpr, DOT_PREC: tl.constexpr,
-                FOLD: tl.constexpr, DROPOUT: tl.constexpr, WINDOWED: tl.constexpr):
+                window, softcap, MASKED: tl.constexpr, MASK_KIND: tl.constexpr, CAUSAL: tl.constexpr,
+                BLOCK_N: tl.constexpr, HEAD_D: tl.constexpr, BLOCK_D: tl.constexpr, UPCAST: tl.constexpr,
+                DOT_PREC: tl.constexpr, FOLD: tl.constexpr, DROPOUT: tl.constexpr, WINDOWED: tl.constexpr,
+                SOFTCAP: tl.constexpr):
     """Online softmax over key blocks ``[lo, hi)``. ``MASKED``: 0 for blocks every row fully sees (no mask, no
     bounds checks), 1 to evaluate the mask on every block, 2 on the blocks from ``mask_from`` on (one loop, one
     software pipeline, for the interior blocks and the trailing ones at the range's end and the diagonal).
@@ -211,7 +231,9 @@ def _fwd_blocks(acc, l_i, m_i, q, k_base, v_base, mask_base, rows, offs_n, offs_
             tile = _mask_tile(rows[:, None], cols[None, :], mask_base, stride_mm, stride_mk, Q_LEN, K_LEN, threshold,
                               MASK_KIND)
         s = tl.dot(q, k, input_precision=DOT_PREC)
-        if not FOLD:
+        if SOFTCAP:
+            s = _tanh(s * qk_scale) * softcap
+        elif not FOLD:
             s = s * qk_scale
         if MASKED != 0 and MASK_KIND >= 2:
             # then only the keys past K_LEN, causality and the window: the tile masks every key outside the mask's
@@ -380,11 +402,11 @@ def _attn_fwd_kernel(
     stride_os, stride_ob, stride_oh, stride_om, stride_od,
     stride_ls, stride_lp,
     stride_mb, stride_mh, stride_mm, stride_mk,
-    H, GROUP, Q_LEN, K_LEN, NUM_SPLITS, qk_scale, threshold, drop_thr, keep_scale, window,
+    H, GROUP, Q_LEN, K_LEN, NUM_SPLITS, qk_scale, threshold, drop_thr, keep_scale, window, softcap,
     MASK_KIND: tl.constexpr, CAUSAL: tl.constexpr, BH_FIRST: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_D: tl.constexpr, BLOCK_D: tl.constexpr,
     UPCAST: tl.constexpr, DOT_PREC: tl.constexpr, WIDE: tl.constexpr, FOLD: tl.constexpr, MERGE_TAIL: tl.constexpr,
-    STORE_LSE: tl.constexpr, DROPOUT: tl.constexpr, WINDOWED: tl.constexpr, PACK: tl.constexpr,
+    STORE_LSE: tl.constexpr, DROPOUT: tl.constexpr, WINDOWED: tl.constexpr, PACK: tl.constexpr, SOFTCAP: tl.constexpr,
     B4D: tl.constexpr, B4D_PER_B: tl.constexpr, B4D_PER_H: tl.constexpr, B4D_SPAN: tl.constexpr,
 ):
     if BH_FIRST:
@@ -456,8 +478,8 @@ def _attn_fwd_kernel(
     acc, l_i, m_i = _fwd_blocks(acc, l_i, m_i, q, k_base, v_base, mask_base, qrows, offs_n, offs_d,
                                 stride_kn, stride_kd, stride_vn, stride_vd, stride_mm, stride_mk,
                                 s_lo, tl.minimum(full_lo, s_hi), s_lo, start, end, has_holes, Q_LEN, K_LEN,
-                                qk_scale, threshold, seed, bh, drop_thr, window, 1, MASK_KIND, CAUSAL, BLOCK_N,
-                                HEAD_D, BLOCK_D, UPCAST, DOT_PREC, FOLD, DROPOUT, WINDOWED)
+                                qk_scale, threshold, seed, bh, drop_thr, window, softcap, 1, MASK_KIND, CAUSAL,
+                                BLOCK_N, HEAD_D, BLOCK_D, UPCAST, DOT_PREC, FOLD, DROPOUT, WINDOWED, SOFTCAP)
     if MASK_KIND >= 2:
         # a 4D mask: every block evaluates it, with no per-block branch on `mask_from` (a loaded value once the
         # mask's key bounds set it). The bounded blocks' extra cost (4-5x the unbounded ones') came from the mask
@@ -466,25 +488,25 @@ def _attn_fwd_kernel(
         acc, l_i, m_i = _fwd_blocks(acc, l_i, m_i, q, k_base, v_base, mask_base, qrows, offs_n, offs_d,
                                     stride_kn, stride_kd, stride_vn, stride_vd, stride_mm, stride_mk,
                                     s_lo, s_hi, s_lo, start, end, has_holes, Q_LEN, K_LEN,
-                                    qk_scale, threshold, seed, bh, drop_thr, window, 1, MASK_KIND, CAUSAL, BLOCK_N,
-                                    HEAD_D, BLOCK_D, UPCAST, DOT_PREC, FOLD, DROPOUT, WINDOWED)
+                                    qk_scale, threshold, seed, bh, drop_thr, window, softcap, 1, MASK_KIND, CAUSAL,
+                                    BLOCK_N, HEAD_D, BLOCK_D, UPCAST, DOT_PREC, FOLD, DROPOUT, WINDOWED, SOFTCAP)
     elif MERGE_TAIL:
         acc, l_i, m_i = _fwd_blocks(acc, l_i, m_i, q, k_base, v_base, mask_base, qrows, offs_n, offs_d,
                                     stride_kn, stride_kd, stride_vn, stride_vd, stride_mm, stride_mk,
                                     tl.minimum(full_lo, s_hi), s_hi, full_hi, start, end, has_holes, Q_LEN, K_LEN,
-                                    qk_scale, threshold, seed, bh, drop_thr, window, 2, MASK_KIND, CAUSAL, BLOCK_N,
-                                    HEAD_D, BLOCK_D, UPCAST, DOT_PREC, FOLD, DROPOUT, WINDOWED)
+                                    qk_scale, threshold, seed, bh, drop_thr, window, softcap, 2, MASK_KIND, CAUSAL,
+                                    BLOCK_N, HEAD_D, BLOCK_D, UPCAST, DOT_PREC, FOLD, DROPOUT, WINDOWED, SOFTCAP)
     else:
         acc, l_i, m_i = _fwd_blocks(acc, l_i, m_i, q, k_base, v_base, mask_base, qrows, offs_n, offs_d,
                                     stride_kn, stride_kd, stride_vn, stride_vd, stride_mm, stride_mk,
                                     full_lo, full_hi, full_hi, start, end, has_holes, Q_LEN, K_LEN,
-                                    qk_scale, threshold, seed, bh, drop_thr, window, 0, MASK_KIND, CAUSAL, BLOCK_N,
-                                    HEAD_D, BLOCK_D, UPCAST, DOT_PREC, FOLD, DROPOUT, WINDOWED)
+                                    qk_scale, threshold, seed, bh, drop_thr, window, softcap, 0, MASK_KIND, CAUSAL,
+                                    BLOCK_N, HEAD_D, BLOCK_D, UPCAST, DOT_PREC, FOLD, DROPOUT, WINDOWED, SOFTCAP)
         acc, l_i, m_i = _fwd_blocks(acc, l_i, m_i, q, k_base, v_base, mask_base, qrows, offs_n, offs_d,
                                     stride_kn, stride_kd, stride_vn, stride_vd, stride_mm, stride_mk,
                                     tl.maximum(full_lo, full_hi), s_hi, s_lo, start, end, has_holes, Q_LEN, K_LEN,
-                                    qk_scale, threshold, seed, bh, drop_thr, window, 1, MASK_KIND, CAUSAL, BLOCK_N,
-                                    HEAD_D, BLOCK_D, UPCAST, DOT_PREC, FOLD, DROPOUT, WINDOWED)
+                                    qk_scale, threshold, seed, bh, drop_thr, window, softcap, 1, MASK_KIND, CAUSAL,
+                                    BLOCK_N, HEAD_D, BLOCK_D, UPCAST, DOT_PREC, FOLD, DROPOUT, WINDOWED, SOFTCAP)
 
     empty = l_i == 0.0
     out = acc / tl.where(empty, 1.0, l_i)[:, None]
@@ -584,9 +606,10 @@ def _bwd_delta_kernel(o_ptr, do_ptr, delta_ptr,
 def _dkdv_blocks(dk, dv, k, v, q_base, do_base, lse_base, delta_base, mask_base, cols, offs_m, offs_d,
                  stride_qm, stride_qd, stride_dom, stride_dod, stride_mm, stride_mk, stride_lp,
                  lo, hi, start, end, has_holes, Q_LEN, K_LEN, qk_scale, threshold, seed, bh, n0, drop_thr, keep_scale,
-                 window, MASKED: tl.constexpr, MASK_KIND: tl.constexpr, CAUSAL: tl.constexpr, BLOCK_M: tl.constexpr,
-                 BLOCK_N: tl.constexpr, HEAD_D: tl.constexpr, BLOCK_D: tl.constexpr, UPCAST: tl.constexpr,
-                 DOT_PREC: tl.constexpr, FOLD: tl.constexpr, DROPOUT: tl.constexpr, WINDOWED: tl.constexpr):
+                 window, softcap, MASKED: tl.constexpr, MASK_KIND: tl.constexpr, CAUSAL: tl.constexpr,
+                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_D: tl.constexpr, BLOCK_D: tl.constexpr,
+                 UPCAST: tl.constexpr, DOT_PREC: tl.constexpr, FOLD: tl.constexpr, DROPOUT: tl.constexpr,
+                 WINDOWED: tl.constexpr, SOFTCAP: tl.constexpr):
     """Accumulate ``dk, dv`` of one key block over query blocks ``[lo, hi)`` of one query head. Works on the
     transposed tiles ``S^T = k q^T [BLOCK_N, BLOCK_M]`` so that no register tile needs transposing (but dropout's
     mask, drawn in the forward's orientation). With dropout ``Z`` (kept / (1 - p), else 0): ``dv += (P Z)^T dO`` and
@@ -618,7 +641,10 @@ def _dkdv_blocks(dk, dv, k, v, q_base, do_base, lse_base, delta_base, mask_base,
         lse = tl.where(lse == float("-inf"), float("inf"), lse)
         delta = tl.load(delta_base + rows, mask=row_ok, other=0.0)
         st = tl.dot(k, qt, input_precision=DOT_PREC)
-        if not FOLD:
+        if SOFTCAP:
+            tt = _tanh(st * qk_scale)
+            st = tt * softcap
+        elif not FOLD:
             st = st * qk_scale
         if MASKED:
             st = _mask_scores(st, rows[None, :], cols[:, None], start, end, has_holes, mask_base, stride_mm,
@@ -638,6 +664,8 @@ def _dkdv_blocks(dk, dv, k, v, q_base, do_base, lse_base, delta_base, mask_base,
             dv = tl.dot(pt.to(do.dtype), do, dv, input_precision=DOT_PREC)
             dpt = tl.dot(v, tl.trans(do), input_precision=DOT_PREC)
         dst = pt * (dpt - delta[None, :])
+        if SOFTCAP:  # through the cap: d(c tanh(x / c)) / dx = 1 - tanh(x / c)**2
+            dst = dst * (1.0 - tt * tt)
         dk = tl.dot(dst.to(qt.dtype), tl.trans(qt), dk, input_precision=DOT_PREC)
     return dk, dv
 
@@ -654,11 +682,11 @@ def _bwd_dkdv_kernel(
     stride_dvb, stride_dvh, stride_dvn, stride_dvd,
     stride_mb, stride_mh, stride_mm, stride_mk,
     stride_lp,
-    H, HKV, GROUP, Q_LEN, K_LEN, sm_scale, qk_scale, threshold, drop_thr, keep_scale, window,
+    H, HKV, GROUP, Q_LEN, K_LEN, sm_scale, qk_scale, threshold, drop_thr, keep_scale, window, softcap,
     MASK_KIND: tl.constexpr, CAUSAL: tl.constexpr, BH_FIRST: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_D: tl.constexpr, BLOCK_D: tl.constexpr,
     UPCAST: tl.constexpr, DOT_PREC: tl.constexpr, WIDE: tl.constexpr, FOLD: tl.constexpr, DROPOUT: tl.constexpr,
-    WINDOWED: tl.constexpr,
+    WINDOWED: tl.constexpr, SOFTCAP: tl.constexpr,
     B4D: tl.constexpr, B4D_PER_B: tl.constexpr, B4D_PER_H: tl.constexpr, B4D_SPAN: tl.constexpr,
 ):
     """One key block of one key/value head; sums over the query heads of its GQA group (no atomics). ``B4D``: a 4D
@@ -733,22 +761,22 @@ def _bwd_dkdv_kernel(
         dk, dv = _dkdv_blocks(dk, dv, k, v, q_base, do_base, lse_base, delta_base, mask_base, cols, offs_m, offs_d,
                               stride_qm, stride_qd, stride_dom, stride_dod, stride_mm, stride_mk, stride_lp,
                               h_lo, h_full, start, end, has_holes, Q_LEN, K_LEN, qk_scale, threshold,
-                              seed, b * H + h, n0, drop_thr, keep_scale, window,
+                              seed, b * H + h, n0, drop_thr, keep_scale, window, softcap,
                               True, MASK_KIND, CAUSAL, BLOCK_M, BLOCK_N, HEAD_D, BLOCK_D, UPCAST, DOT_PREC, FOLD,
-                              DROPOUT, WINDOWED)
+                              DROPOUT, WINDOWED, SOFTCAP)
         dk, dv = _dkdv_blocks(dk, dv, k, v, q_base, do_base, lse_base, delta_base, mask_base, cols, offs_m, offs_d,
                               stride_qm, stride_qd, stride_dom, stride_dod, stride_mm, stride_mk, stride_lp,
                               q_full, q_wfull, start, end, has_holes, Q_LEN, K_LEN, qk_scale, threshold,
-                              seed, b * H + h, n0, drop_thr, keep_scale, window,
+                              seed, b * H + h, n0, drop_thr, keep_scale, window, softcap,
                               False, MASK_KIND, CAUSAL, BLOCK_M, BLOCK_N, HEAD_D, BLOCK_D, UPCAST, DOT_PREC, FOLD,
-                              DROPOUT, WINDOWED)
+                              DROPOUT, WINDOWED, SOFTCAP)
         if WINDOWED:
             dk, dv = _dkdv_blocks(dk, dv, k, v, q_base, do_base, lse_base, delta_base, mask_base, cols, offs_m,
                                   offs_d, stride_qm, stride_qd, stride_dom, stride_dod, stride_mm, stride_mk,
                                   stride_lp, q_wfull, q_hi, start, end, has_holes, Q_LEN, K_LEN, qk_scale, threshold,
-                                  seed, b * H + h, n0, drop_thr, keep_scale, window,
+                                  seed, b * H + h, n0, drop_thr, keep_scale, window, softcap,
                                   True, MASK_KIND, CAUSAL, BLOCK_M, BLOCK_N, HEAD_D, BLOCK_D, UPCAST, DOT_PREC, FOLD,
-                                  DROPOUT, WINDOWED)
+                                  DROPOUT, WINDOWED, SOFTCAP)
     dk = dk * sm_scale
     ok = col_ok[:, None] & d_ok[None, :]
     tl.store(dk_ptr + b * stride_dkb + hk * stride_dkh + cols[:, None] * stride_dkn + offs_d[None, :] * stride_dkd,
@@ -761,9 +789,10 @@ def _bwd_dkdv_kernel(
 def _dq_blocks(dq, q, do, lse, res, delta, k_base, v_base, mask_base, rows, offs_n, offs_d,
                stride_kn, stride_kd, stride_vn, stride_vd, stride_mm, stride_mk,
                lo, hi, start, end, has_holes, Q_LEN, K_LEN, qk_scale, threshold, seed, bh, drop_thr, keep_scale,
-               window, MASKED: tl.constexpr, MASK_KIND: tl.constexpr, CAUSAL: tl.constexpr, BLOCK_N: tl.constexpr,
-               HEAD_D: tl.constexpr, BLOCK_D: tl.constexpr, UPCAST: tl.constexpr, DOT_PREC: tl.constexpr,
-               FOLD: tl.constexpr, DROPOUT: tl.constexpr, WINDOWED: tl.constexpr):
+               window, softcap, MASKED: tl.constexpr, MASK_KIND: tl.constexpr, CAUSAL: tl.constexpr,
+               BLOCK_N: tl.constexpr, HEAD_D: tl.constexpr, BLOCK_D: tl.constexpr, UPCAST: tl.constexpr,
+               DOT_PREC: tl.constexpr, FOLD: tl.constexpr, DROPOUT: tl.constexpr, WINDOWED: tl.constexpr,
+               SOFTCAP: tl.constexpr):
     """Accumulate ``dq`` of one query block over key blocks ``[lo, hi)``."""
     d_ok = offs_d < HEAD_D
     for n0 in range(lo, hi, BLOCK_N):
@@ -777,7 +806,10 @@ def _dq_blocks(dq, q, do, lse, res, delta, k_base, v_base, mask_base, rows, offs
             kt = kt.to(tl.float32)
             vt = vt.to(tl.float32)
         s = tl.dot(q, kt, input_precision=DOT_PREC)
-        if not FOLD:
+        if SOFTCAP:
+            t = _tanh(s * qk_scale)
+            s = t * softcap
+        elif not FOLD:
             s = s * qk_scale
         if MASKED:
             s = _mask_scores(s, rows[:, None], cols[None, :], start, end, has_holes, mask_base, stride_mm,
@@ -792,6 +824,8 @@ def _dq_blocks(dq, q, do, lse, res, delta, k_base, v_base, mask_base, rows, offs
         if DROPOUT:
             dp = tl.where(_dropout_keep(seed, bh, rows, n0, drop_thr, BLOCK_N), dp * keep_scale, 0.0)
         ds = p * (dp - delta[:, None])
+        if SOFTCAP:
+            ds = ds * (1.0 - t * t)
         dq = tl.dot(ds.to(kt.dtype), tl.trans(kt), dq, input_precision=DOT_PREC)
     return dq
 
@@ -807,11 +841,11 @@ def _bwd_dq_kernel(
     stride_dqb, stride_dqh, stride_dqm, stride_dqd,
     stride_mb, stride_mh, stride_mm, stride_mk,
     stride_lp,
-    H, GROUP, Q_LEN, K_LEN, sm_scale, qk_scale, threshold, drop_thr, keep_scale, window,
+    H, GROUP, Q_LEN, K_LEN, sm_scale, qk_scale, threshold, drop_thr, keep_scale, window, softcap,
     MASK_KIND: tl.constexpr, CAUSAL: tl.constexpr, BH_FIRST: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_D: tl.constexpr, BLOCK_D: tl.constexpr,
     UPCAST: tl.constexpr, DOT_PREC: tl.constexpr, WIDE: tl.constexpr, FOLD: tl.constexpr, DROPOUT: tl.constexpr,
-    WINDOWED: tl.constexpr,
+    WINDOWED: tl.constexpr, SOFTCAP: tl.constexpr,
     B4D: tl.constexpr, B4D_PER_B: tl.constexpr, B4D_PER_H: tl.constexpr, B4D_SPAN: tl.constexpr,
 ):
     """One query block of one head; visits the same key blocks as the forward (``B4D``: within a 4D mask's key
@@ -866,18 +900,18 @@ def _bwd_dq_kernel(
     dq = _dq_blocks(dq, q, do, lse, res, delta, k_base, v_base, mask_base, rows, offs_n, offs_d,
                     stride_kn, stride_kd, stride_vn, stride_vd, stride_mm, stride_mk,
                     s_lo, tl.minimum(full_lo, s_hi), start, end, has_holes, Q_LEN, K_LEN, qk_scale, threshold,
-                    seed, bh, drop_thr, keep_scale, window, True, MASK_KIND, CAUSAL, BLOCK_N, HEAD_D, BLOCK_D,
-                    UPCAST, DOT_PREC, FOLD, DROPOUT, WINDOWED)
+                    seed, bh, drop_thr, keep_scale, window, softcap, True, MASK_KIND, CAUSAL, BLOCK_N, HEAD_D, BLOCK_D,
+                    UPCAST, DOT_PREC, FOLD, DROPOUT, WINDOWED, SOFTCAP)
     dq = _dq_blocks(dq, q, do, lse, res, delta, k_base, v_base, mask_base, rows, offs_n, offs_d,
                     stride_kn, stride_kd, stride_vn, stride_vd, stride_mm, stride_mk,
                     full_lo, full_hi, start, end, has_holes, Q_LEN, K_LEN, qk_scale, threshold,
-                    seed, bh, drop_thr, keep_scale, window, False, MASK_KIND, CAUSAL, BLOCK_N, HEAD_D, BLOCK_D,
-                    UPCAST, DOT_PREC, FOLD, DROPOUT, WINDOWED)
+                    seed, bh, drop_thr, keep_scale, window, softcap, False, MASK_KIND, CAUSAL, BLOCK_N, HEAD_D, BLOCK_D,
+                    UPCAST, DOT_PREC, FOLD, DROPOUT, WINDOWED, SOFTCAP)
     dq = _dq_blocks(dq, q, do, lse, res, delta, k_base, v_base, mask_base, rows, offs_n, offs_d,
                     stride_kn, stride_kd, stride_vn, stride_vd, stride_mm, stride_mk,
                     tl.maximum(full_lo, full_hi), s_hi, start, end, has_holes, Q_LEN, K_LEN, qk_scale, threshold,
-                    seed, bh, drop_thr, keep_scale, window, True, MASK_KIND, CAUSAL, BLOCK_N, HEAD_D, BLOCK_D,
-                    UPCAST, DOT_PREC, FOLD, DROPOUT, WINDOWED)
+                    seed, bh, drop_thr, keep_scale, window, softcap, True, MASK_KIND, CAUSAL, BLOCK_N, HEAD_D, BLOCK_D,
+                    UPCAST, DOT_PREC, FOLD, DROPOUT, WINDOWED, SOFTCAP)
     dq = dq * sm_scale
     tl.store(dq_ptr + b * stride_dqb + h * stride_dqh + rows[:, None] * stride_dqm + offs_d[None, :] * stride_dqd,
              dq.to(dq_ptr.dtype.element_ty), mask=row_ok[:, None] & d_ok[None, :])
@@ -1113,14 +1147,23 @@ def _wide(*tensors) -> bool:
     return False
 
 
-def _fold(kind: int, scale: float) -> bool:
+def _fold(kind: int, scale: float, softcap: float = 0.0) -> bool:
     """Whether the kernels may apply the scale inside the exponent (``FOLD``): it must commute with the row max
     (positive), an additive mask is added to already scaled scores, and it must be at most ``FOLD_MAX_SCALE``. Folded,
     a row's largest score gives ``exp2(fma(s, c, -round(s * c)))``, 2 to the power of the product's rounding error,
     instead of exactly 1: an error of up to half an ulp of the scaled score in the exponent. That is nothing for the
     scores a scale of at most 1 gives, but past 2**31 (a scale of 1e30 on an H200, 2026-12-02) exp2 overflows and the
-    row turns NaN; larger scales keep their own multiply."""
-    return kind != _K_ADD and 0.0 < scale <= FOLD_MAX_SCALE
+    row turns NaN; larger scales keep their own multiply. A soft-cap applies the scale inside its tanh."""
+    return kind != _K_ADD and 0.0 < scale <= FOLD_MAX_SCALE and not softcap
+
+
+def _score_scales(scale: float, softcap: float) -> tuple[float, float]:
+    """The kernels' ``(qk_scale, softcap)`` arguments: ``(scale * log2(e), 0)`` without a soft-cap (scores in base-2
+    units straight from the product), else ``(scale / softcap, softcap * log2(e))``: the product times the first is
+    the tanh's argument, and the tanh times the second the capped score in base-2 units."""
+    if not softcap:
+        return scale * _LOG2E, 0.0
+    return scale / softcap, softcap * _LOG2E
 
 
 def _is_decode(Q: int) -> bool:
@@ -1180,7 +1223,7 @@ class _ForwardPlan:
     allocates its outputs and launches. Generation calls attention with one signature in every layer of a step."""
 
     def __init__(self, q, k, v, kind, mask_t, threshold, causal, scale, need_lse=True, drop_thr=0, window=0,
-                 bounded=False):
+                 bounded=False, softcap=0.0):
         B, H, Q, D = q.shape
         Hkv, K = k.shape[1], k.shape[2]
         decode = _is_decode(Q)
@@ -1218,13 +1261,15 @@ class _ForwardPlan:
         # what this plan allocates is contiguous: its largest offset is its size minus one
         wide = _wide(q, k, v, mask_t) or num_splits * B * H * Q * D >= 2**31
         self.dropout = drop_thr > 0
+        qk_scale, cap = _score_scales(scale, softcap)
         scalars = (*q.stride(), *k.stride(), *v.stride(), *ostr, lstr, B * H * Q, *mstr,
-                   H, H // Hkv, Q, K, num_splits, scale * _LOG2E, threshold, drop_thr, _keep_scale(drop_thr), window)
+                   H, H // Hkv, Q, K, num_splits, qk_scale, threshold, drop_thr, _keep_scale(drop_thr), window, cap)
         constexprs = dict(
             MASK_KIND=kind, CAUSAL=causal, BH_FIRST=bh_first, BLOCK_M=block_m, BLOCK_N=block_n, HEAD_D=D,
-            BLOCK_D=_block_d(D), UPCAST=upcast, DOT_PREC=prec, WIDE=wide, FOLD=_fold(kind, scale),
+            BLOCK_D=_block_d(D), UPCAST=upcast, DOT_PREC=prec, WIDE=wide, FOLD=_fold(kind, scale, softcap),
             MERGE_TAIL=FWD_MERGE_TAIL, STORE_LSE=need_lse or num_splits > 1, DROPOUT=self.dropout,
-            WINDOWED=window > 0, PACK=pack, **_bounds_constexprs(mask_t if bounded else None, block_m),
+            WINDOWED=window > 0, PACK=pack, SOFTCAP=softcap > 0,
+            **_bounds_constexprs(mask_t if bounded else None, block_m),
             num_warps=warps, num_stages=stages,
             # dropout's random numbers need more registers than the caps leave (ptxas spills under them)
             **({} if self.dropout else _fwd_maxnreg(D, q.dtype, decode, causal, block_m, warps)),
@@ -1232,8 +1277,8 @@ class _ForwardPlan:
         self.launch = bind(_attn_fwd_kernel, grid, scalars, constexprs)
         # inference on an H100 / H200 (when it applies: see _hopper): the Gluon kernel instead
         self.hopper = None
-        if not window and _hopper.usable(q, k, v, kind, causal, _fold(kind, scale), need_lse, drop_thr, num_splits,
-                          _sm_count(q.device)):
+        if not window and not softcap and _hopper.usable(q, k, v, kind, causal, _fold(kind, scale), need_lse,
+                                                         drop_thr, num_splits, _sm_count(q.device)):
             self.hopper = _hopper.HopperForward(q, k, v, kind, causal, scale, _sm_count(q.device))
         if num_splits > 1:
             self.combine = bind(
@@ -1265,7 +1310,7 @@ class _ForwardPlan:
 
 
 def _forward(q, k, v, kind, mask_t, ranges, threshold, causal, scale, need_lse=True, signature=None, drop_thr=0,
-             seed=None, window=0):
+             seed=None, window=0, softcap=0.0):
     """``(out, lse)``: ``lse`` holds each row's log-sum-exp and its rounding residual, ``[2, B, H, Q]`` fp32 (see the
     module docstring), None when not ``need_lse`` (inference). ``signature``: the caller's key for
     everything the plan depends on but pointer alignment, dropout and the module's settings (``ops`` passes its
@@ -1273,16 +1318,17 @@ def _forward(q, k, v, kind, mask_t, ranges, threshold, causal, scale, need_lse=T
     :func:`dropout_threshold`) with the Philox key in ``seed``, a one-element int64 tensor on q's device; the
     log-sum-exp then stays that of the probabilities before dropout. ``window > 0`` (with ``causal``): row ``i`` sees
     only keys ``j > i + K - Q - window`` (a sliding window; ``attention`` passes 0 for a window of ``K`` keys or
-    more)."""
+    more). ``softcap > 0``: the scaled scores are soft-capped, ``softcap * tanh(s / softcap)``, before the mask."""
     if signature is None:
         signature = (q.shape, q.stride(), k.shape, k.stride(), v.shape, v.stride(), q.dtype, k.dtype, v.dtype,
                      q.device, kind, None if mask_t is None else (mask_t.shape, mask_t.stride(), mask_t.dtype),
                      ranges is None, threshold, causal, scale)
-    key = (signature, need_lse, drop_thr, window, aligned(q, k, v, mask_t), _policy())
+    key = (signature, need_lse, drop_thr, window, softcap, aligned(q, k, v, mask_t), _policy())
     plan = _PLANS.get(key)
     if plan is None:
         bounded = ranges is not None and kind in (_K_BOOL, _K_ADD)  # a 4D mask's key bounds
-        plan = _ForwardPlan(q, k, v, kind, mask_t, threshold, causal, scale, need_lse, drop_thr, window, bounded)
+        plan = _ForwardPlan(q, k, v, kind, mask_t, threshold, causal, scale, need_lse, drop_thr, window, bounded,
+                            softcap)
         remember(_PLANS, key, plan, _MAX_PLANS)
     return plan(q, k, v, mask_t, ranges, seed)
 
@@ -1294,7 +1340,7 @@ class _BackwardPlan:
     Triton's own path cost more host time than the kernels take on small batches."""
 
     def __init__(self, do, q, k, v, out, lse, kind, mask_t, threshold, causal, scale, drop_thr=0, window=0,
-                 bounded=False):
+                 bounded=False, softcap=0.0):
         B, H, Q, D = q.shape
         Hkv, K = k.shape[1], k.shape[2]
         self.empty = q.numel() == 0 or K == 0  # nothing was attended to: every gradient is zero
@@ -1314,15 +1360,16 @@ class _BackwardPlan:
         prec = "ieee" if (q.dtype == torch.float32 or upcast) else "tf32"
         self.dropout = drop_thr > 0
         common = dict(MASK_KIND=kind, CAUSAL=causal, HEAD_D=D, BLOCK_D=bd, UPCAST=upcast, DOT_PREC=prec,
-                      WIDE=_wide(q, k, v, do, mask_t), FOLD=_fold(kind, scale), DROPOUT=self.dropout,
-                      WINDOWED=window > 0)
-        drop = (drop_thr, _keep_scale(drop_thr), window)
+                      WIDE=_wide(q, k, v, do, mask_t), FOLD=_fold(kind, scale, softcap), DROPOUT=self.dropout,
+                      WINDOWED=window > 0, SOFTCAP=softcap > 0)
+        qk_scale, cap = _score_scales(scale, softcap)
+        drop = (drop_thr, _keep_scale(drop_thr), window, cap)
         qkv_strides = (*q.stride(), *k.stride(), *v.stride(), *do.stride())
         block_m, block_n, warps, stages = kv_cfg
         kv_first = _bh_first(causal, B * Hkv, _cdiv(K, block_n))
         self.dkdv = bind(
             _bwd_dkdv_kernel, (B * Hkv, _cdiv(K, block_n)) if kv_first else (_cdiv(K, block_n), B * Hkv),
-            (*qkv_strides, *dk.stride(), *dv.stride(), *mstr, B * H * Q, H, Hkv, H // Hkv, Q, K, scale, scale * _LOG2E,
+            (*qkv_strides, *dk.stride(), *dv.stride(), *mstr, B * H * Q, H, Hkv, H // Hkv, Q, K, scale, qk_scale,
              threshold, *drop),
             dict(BH_FIRST=kv_first, BLOCK_M=block_m, BLOCK_N=block_n, num_warps=warps, num_stages=stages, **common,
                  **_bounds_constexprs(mask_t if bounded else None, block_m)),
@@ -1331,7 +1378,7 @@ class _BackwardPlan:
         q_first = _bh_first(causal, B * H, _cdiv(Q, block_m))
         self.dq = bind(
             _bwd_dq_kernel, (B * H, _cdiv(Q, block_m)) if q_first else (_cdiv(Q, block_m), B * H),
-            (*qkv_strides, *dq.stride(), *mstr, B * H * Q, H, H // Hkv, Q, K, scale, scale * _LOG2E, threshold, *drop),
+            (*qkv_strides, *dq.stride(), *mstr, B * H * Q, H, H // Hkv, Q, K, scale, qk_scale, threshold, *drop),
             dict(BH_FIRST=q_first, BLOCK_M=block_m, BLOCK_N=block_n, num_warps=warps, num_stages=stages, **common,
                  **_bounds_constexprs(mask_t if bounded else None, block_m)),
         )
@@ -1353,16 +1400,19 @@ class _BackwardPlan:
 _BWD_PLANS: dict = {}
 
 
-def _backward(do, q, k, v, out, lse, kind, mask_t, ranges, threshold, causal, scale, drop_thr=0, seed=None, window=0):
-    """``(dq, dk, dv)`` for the forward's ``out`` and ``lse``; ``drop_thr``, ``seed`` and ``window`` as that
-    forward's."""
+def _backward(do, q, k, v, out, lse, kind, mask_t, ranges, threshold, causal, scale, drop_thr=0, seed=None, window=0,
+              softcap=0.0):
+    """``(dq, dk, dv)`` for the forward's ``out`` and ``lse``; ``drop_thr``, ``seed``, ``window`` and ``softcap`` as
+    that forward's."""
     key = (q.shape, q.stride(), k.shape, k.stride(), v.stride(), do.stride(), out.stride(), q.dtype, k.dtype, v.dtype,
            do.dtype, q.device, kind, None if mask_t is None else (mask_t.shape, mask_t.stride(), mask_t.dtype),
-           ranges is None, threshold, causal, scale, drop_thr, window, aligned(do, q, k, v, out, mask_t), _policy())
+           ranges is None, threshold, causal, scale, drop_thr, window, softcap, aligned(do, q, k, v, out, mask_t),
+           _policy())
     plan = _BWD_PLANS.get(key)
     if plan is None:
         bounded = ranges is not None and kind in (_K_BOOL, _K_ADD)  # a 4D mask's bounds
-        plan = _BackwardPlan(do, q, k, v, out, lse, kind, mask_t, threshold, causal, scale, drop_thr, window, bounded)
+        plan = _BackwardPlan(do, q, k, v, out, lse, kind, mask_t, threshold, causal, scale, drop_thr, window, bounded,
+                             softcap)
         remember(_BWD_PLANS, key, plan, _MAX_PLANS)
     return plan(do, q, k, v, out, lse, mask_t, ranges, seed)
 
@@ -1378,25 +1428,25 @@ class AttentionFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, q, k, v, kind, mask_t, ranges, threshold, causal, scale, signature=None, drop_thr=0, seed=None,
-                window=0):
+                window=0, softcap=0.0):
         with _device_of(q):
             out, lse = _forward(q, k, v, kind, mask_t, ranges, threshold, causal, scale, True, signature, drop_thr,
-                                seed, window)
+                                seed, window, softcap)
         # the mask too: autograd then refuses a backward after the mask was edited in place (as the operators do),
         # instead of one that reads the edited mask
         ctx.save_for_backward(q, k, v, out, lse, mask_t)
-        ctx.mask = (kind, ranges, threshold, causal, scale, drop_thr, seed, window)
+        ctx.mask = (kind, ranges, threshold, causal, scale, drop_thr, seed, window, softcap)
         return out
 
     @staticmethod
     @first_order_only  # no double backward: a clear error, never gradients taken for constants
     def backward(ctx, do):
         q, k, v, out, lse, mask_t = ctx.saved_tensors
-        kind, ranges, threshold, causal, scale, drop_thr, seed, window = ctx.mask
+        kind, ranges, threshold, causal, scale, drop_thr, seed, window, softcap = ctx.mask
         with _device_of(q):
             dq, dk, dv = _backward(do, q, k, v, out, lse, kind, mask_t, ranges, threshold, causal, scale, drop_thr,
-                                   seed, window)
-        return dq, dk, dv, None, None, None, None, None, None, None, None, None, None
+                                   seed, window, softcap)
+        return dq, dk, dv, None, None, None, None, None, None, None, None, None, None, None
 
 
 _SAME_DEVICE = contextlib.nullcontext()
@@ -1476,6 +1526,7 @@ def attention(
     scale: Optional[float] = None,
     dropout_p: float = 0.0,
     window: Optional[int] = None,
+    softcap: Optional[float] = None,
 ) -> torch.Tensor:
     """Masked softmax attention ``softmax(scale * q kᵀ + mask) v`` without materialising the scores.
 
@@ -1497,6 +1548,9 @@ def attention(
             iff ``i + K - Q - window < j <= i + K - Q``, its ``window`` most recent keys its own included, and in
             and with the mask. Key blocks left of a query block's windows are skipped. None (default), or a window
             of ``K`` keys or more, is no window.
+        softcap: logit soft-capping (Gemma 2's ``attn_logit_softcapping``): the scaled scores become
+            ``softcap * tanh(scale * q kᵀ / softcap)`` before the mask is applied or added, in the forward and the
+            backward. None (default) or 0 is none; otherwise a positive finite number.
 
     Returns:
         ``[B, H, Q, D]`` in q's dtype, laid out in memory as ``[B, Q, H, D]`` (``out.transpose(1, 2)`` is
@@ -1505,14 +1559,15 @@ def attention(
     Raises:
         ValueError: wrong rank or shapes, head_dim 0 or > 256, tensors on different devices, dropout_p outside
             [0, 1], scale out of range, a scale tensor or additive mask that requires grad while autograd records,
-            a window below 1 or without ``causal``.
+            a window below 1 or without ``causal``, a negative, infinite or NaN ``softcap``.
         TypeError: unsupported or mismatched dtypes, a non-tensor argument.
     """
     # Through the custom operator, so torch.compile traces it as one node (ops imports this module: bound late, once).
     global _ops_attention
     if _ops_attention is None:
         from .ops import attention as _ops_attention
-    return _ops_attention(q, k, v, attention_mask, causal=causal, scale=scale, dropout_p=dropout_p, window=window)
+    return _ops_attention(q, k, v, attention_mask, causal=causal, scale=scale, dropout_p=dropout_p, window=window,
+                          softcap=softcap)
 
 
 _ops_attention = None
@@ -1533,8 +1588,19 @@ def window_size(window, causal, k_len: int) -> int:
     return 0 if window >= k_len else window
 
 
+def softcap_value(softcap) -> float:
+    """``attention``'s ``softcap`` as the kernels take it: 0.0 for none (None or 0), else the validated positive
+    finite cap."""
+    if softcap is None:
+        return 0.0
+    value = real_number(softcap, "softcap")
+    if not (0.0 <= value < float("inf")):  # NaN fails too
+        raise ValueError(f"softcap must be a positive finite number (or None / 0 for none), got {value}")
+    return value
+
+
 def attention_bqhd(q, k, v, attention_mask=None, *, causal=False, scale=None, dropout_p=0.0,
-                   window=None) -> torch.Tensor:
+                   window=None, softcap=None) -> torch.Tensor:
     """:func:`attention`, returned as the contiguous ``[B, Q, H, D]`` tensor Hugging Face attention modules want."""
     return attention(q, k, v, attention_mask, causal=causal, scale=scale, dropout_p=dropout_p,
-                     window=window).transpose(1, 2).contiguous()
+                     window=window, softcap=softcap).transpose(1, 2).contiguous()

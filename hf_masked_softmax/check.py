@@ -109,16 +109,17 @@ def check_attention(device, quick, report):
         shapes = [(2, 4, 2, 5, 20, 16)]
         dtypes = [torch.float32, torch.float16]
     # "+dropout": attention dropout 0.1 in the kernels, against the reference under the same Philox mask;
-    # "+window": a causal sliding window of a third of the keys
-    forms = ["none", "pad2d", "bool4d", "add4d", "pad2d+dropout", "pad2d+window"]
+    # "+window": a causal sliding window of a third of the keys; "+softcap": scores soft-capped at 1 (Gemma 2's cap)
+    forms = ["none", "pad2d", "bool4d", "add4d", "pad2d+dropout", "pad2d+window", "pad2d+softcap"]
     if quick:
-        shapes, forms = shapes[:1], ["pad2d", "add4d", "pad2d+dropout", "pad2d+window"]
+        shapes, forms = shapes[:1], ["pad2d", "add4d", "pad2d+dropout", "pad2d+window", "pad2d+softcap"]
     for (B, H, Hkv, Q, K, D) in shapes:
         for dtype in dtypes:
             for form in forms:
-                causal = form in ("none", "pad2d", "pad2d+dropout", "pad2d+window")
+                causal = form in ("none", "pad2d", "pad2d+dropout", "pad2d+window", "pad2d+softcap")
                 p = 0.1 if form.endswith("+dropout") else 0.0
                 window = max(1, K // 3) if form.endswith("+window") else None
+                softcap = 1.0 if form.endswith("+softcap") else None
                 g = torch.Generator(device="cpu").manual_seed(2)
                 q = torch.randn(B, Q, H, D, generator=g).to(device, dtype).transpose(1, 2).requires_grad_(True)
                 k = torch.randn(B, K, Hkv, D, generator=g).to(device, dtype).transpose(1, 2).requires_grad_(True)
@@ -131,12 +132,12 @@ def check_attention(device, quick, report):
                     seed = int(ops._new_seed(device))
                     dropout = (dropout_keep_reference(seed, (B, H, Q, K), thr, device=device), keep_scale)
                     torch.manual_seed(3)
-                out = attention(q, k, v, mask, causal=causal, dropout_p=p, window=window)
+                out = attention(q, k, v, mask, causal=causal, dropout_p=p, window=window, softcap=softcap)
                 do = torch.randn(out.shape, generator=g).to(device, dtype)
                 grads = torch.autograd.grad(out, (q, k, v), do)
                 ref_in = [t.detach().double().requires_grad_(True) for t in (q, k, v)]
                 ref = attention_reference(*ref_in, mask, causal=causal, compute_dtype=torch.float64, dropout=dropout,
-                                          window=window)
+                                          window=window, softcap=softcap)
                 ref_grads = torch.autograd.grad(ref, ref_in, do.double())
                 worst = _max_violation(out, ref, dtype, WIDEN["attention"])
                 for a, b in zip(grads, ref_grads):
@@ -213,6 +214,9 @@ def _fuzz_attention_case(rng, cuda):
     wrng = torch.Generator().manual_seed(rng.initial_seed() ^ 0x5EED)
     window = int(torch.randint(1, K + 1, (1,), generator=wrng))
     case["window"] = window if case["causal"] and bool(torch.rand(1, generator=wrng) < 1 / 3) else None
+    # a soft-cap on a quarter of the cases, from a generator of its own likewise
+    crng = torch.Generator().manual_seed(rng.initial_seed() ^ 0xCA9)
+    case["softcap"] = _pick(crng, (None, None, None, None, None, None, 0.5, 2.0, 30.0, 1e-3, 1e4, 5.0))
     return case
 
 
@@ -272,10 +276,12 @@ def _fuzz_attention(case, rng, device):
     q, k, v = (f(t) for f, t in zip(views, leaves))
     grad = case["grad"] and not case["nan"] and _plain_scale(case["scale"], D ** -0.5)
     with torch.set_grad_enabled(grad):
-        out = attention(q, k, v, mask, causal=case["causal"], scale=case["scale"], window=case["window"])
+        out = attention(q, k, v, mask, causal=case["causal"], scale=case["scale"], window=case["window"],
+                        softcap=case["softcap"])
     ref_leaves = [t.detach().double().requires_grad_(grad) for t in leaves]
     ref = attention_reference(*(f(t) for f, t in zip(views, ref_leaves)), mask, causal=case["causal"],
-                              scale=case["scale"], compute_dtype=torch.float64, window=case["window"])
+                              scale=case["scale"], compute_dtype=torch.float64, window=case["window"],
+                              softcap=case["softcap"])
     worst = _nan_aware_violation(out, ref, dtype, WIDEN["attention"] * _logit_widening(case["scale"], D))
     if out.shape != q.shape or out.dtype != dtype:
         worst = float("inf")
@@ -348,6 +354,8 @@ def _describe(case):
     flags = [case["layout"], f"scale={case['scale']}"] + [n for n in ("causal", "grad", "nan") if case[n]]
     if case.get("window") is not None:
         flags.append(f"window={case['window']}")
+    if case.get("softcap") is not None:
+        flags.append(f"softcap={case['softcap']}")
     return sizes, " ".join(flags)
 
 

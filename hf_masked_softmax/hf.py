@@ -183,9 +183,9 @@ def _pick_mode(module, kwargs, attention_mask=None) -> str:
 
 
 def _check_unsupported_features(kwargs) -> None:
-    # Score modifiers that some AttentionInterface models pass; neither kernel implements them.
-    for key, feature in (("softcap", "logit soft-capping"), ("s_aux", "attention sinks"),
-                         ("position_bias", "additive position bias")):
+    # Score modifiers that some AttentionInterface models pass; neither kernel implements them (soft-capping,
+    # Gemma 2's `softcap`, both modes apply).
+    for key, feature in (("s_aux", "attention sinks"), ("position_bias", "additive position bias")):
         if kwargs.get(key) is not None:
             raise ValueError(f"{NAME} does not support {feature} (`{key}`); use attn_implementation='eager' or 'sdpa'")
 
@@ -278,10 +278,11 @@ def _attention_forward(
         if window is not None and not causal:
             raise ValueError(f"{NAME} applies a sliding window to causal attention only; this call is not causal")
     mode = _pick_mode(module, kwargs, attention_mask)
+    softcap = kwargs.get("softcap")
 
     if mode == "fused" and query.dtype != torch.float64:
         out = attention(query, key, value, attention_mask, causal=causal, scale=scaling, dropout_p=float(dropout),
-                        window=window)
+                        window=window, softcap=None if softcap is None else float(softcap))
         return out.transpose(1, 2).contiguous(), None
     if window is not None:  # the softmax kernel has no window: a 4D mask with it
         attention_mask = _windowed_mask(attention_mask, query.shape[-2], key.shape[-2], window, query.device)
@@ -298,6 +299,11 @@ def _attention_forward(
             scores = torch.matmul(query.float(), key.float().transpose(-1, -2))
     else:
         scores = torch.matmul(query, key.transpose(-1, -2))
+    if softcap is not None:
+        # Gemma 2's soft-capping, step by step in the scores' dtype as its eager attention does, then the kernel at
+        # scale 1 for the mask and the softmax
+        scores = torch.tanh(scores * scaling / softcap) * softcap
+        scaling = 1.0
     if wide:
         # No kernel takes float64 (a model in double precision, for gradcheck or numerical comparisons): the
         # plain-PyTorch reference with the same semantics, in float64, differentiated by autograd.

@@ -4,20 +4,22 @@ Operators (namespace ``hf_masked_softmax``), all taking tensors and scalars only
 
 * ``masked_softmax(scores, mask, mask_kind, threshold, causal, scale, max_single_pass_k, loop_block_k) -> y``
 * ``masked_softmax_backward(y, dy, mask, mask_kind, threshold, causal, scale, max_single_pass_k, loop_block_k) -> ds``
-* ``attention_forward(q, k, v, mask, mask_kind, threshold, causal, scale, drop_thr=0, seed=None, window=0)
-  -> (out, lse)``,
+* ``attention_forward(q, k, v, mask, mask_kind, threshold, causal, scale, drop_thr=0, seed=None, window=0,
+  softcap=0.0) -> (out, lse)``,
   ``lse`` being ``[2, B, H, Q]`` fp32: each row's base-2 log-sum-exp and its rounding residual
   (:mod:`hf_masked_softmax.attention`)
 * ``attention_backward(do, q, k, v, out, lse, mask, mask_kind, threshold, causal, scale, drop_thr=0, seed=None,
-  window=0) -> (dq, dk, dv)``
-* ``attention_inference(q, k, v, mask, mask_kind, threshold, causal, scale, window=0) -> out``: the forward without the
+  window=0, softcap=0.0) -> (dq, dk, dv)``
+* ``attention_inference(q, k, v, mask, mask_kind, threshold, causal, scale, window=0, softcap=0.0) -> out``: the
+  forward without the
   log-sum-exp or autograd, which compiled graphs call where nothing needs gradients and there is no dropout
 
 ``mask`` is the caller's mask tensor exactly as given (``[B, K]`` padding mask or a 4D mask that broadcasts to the
 scores), ``mask_kind`` one of :mod:`hf_masked_softmax.masks`' ``NONE / PAD2D / BOOL4D / ADD4D`` and ``threshold`` the
 additive value at or below which an entry counts as masked; ``drop_thr`` and ``seed`` are the attention's dropout
 (:func:`hf_masked_softmax.attention.dropout_threshold`, a one-element int64 Philox key), ``window`` its sliding
-window (0: none; :func:`hf_masked_softmax.attention.window_size`). The public functions
+window (0: none; :func:`hf_masked_softmax.attention.window_size`) and ``softcap`` its logit soft-cap (0.0: none;
+:func:`hf_masked_softmax.attention.softcap_value`). The public functions
 validate their arguments once (that host code is plain PyTorch and traces fine) and then pick a path
 (:func:`call_path`): under torch.compile, for tensor subclasses and under dispatch modes, one operator call
 (``masked_softmax()`` in its own module, ``attention()`` through :func:`attention` below); in eager mode the launchers
@@ -242,12 +244,12 @@ def _reference_dropout(q, k, drop_thr, seed):
     return keep, _attn._keep_scale(drop_thr)
 
 
-def _attention_reference(q, k, v, mask, causal, scale, drop_thr=0, seed=None, window=0):
+def _attention_reference(q, k, v, mask, causal, scale, drop_thr=0, seed=None, window=0, softcap=0.0):
     """The CPU fallback (no interpreter): the reference, with half-precision probabilities rounded to q's dtype
     before the product with v, as the GPU kernel does, and the kernels' dropout mask."""
     half = q.dtype in (torch.float16, torch.bfloat16)
     out = attention_reference(q, k, v, mask, causal=causal, scale=scale, prob_dtype=q.dtype if half else None,
-                              dropout=_reference_dropout(q, k, drop_thr, seed), window=window)
+                              dropout=_reference_dropout(q, k, drop_thr, seed), window=window, softcap=softcap)
     # the kernel's layout: [B, H, Q, D] whose memory is [B, Q, H, D] (the documented out.transpose(1, 2) is contiguous)
     return out.transpose(1, 2).contiguous().transpose(1, 2)
 
@@ -268,20 +270,21 @@ def attention_op(
     drop_thr: int = 0,
     seed: Optional[torch.Tensor] = None,
     window: int = 0,
+    softcap: float = 0.0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     if not kernels_take(q):
-        out = _attention_reference(q, k, v, mask, causal, scale, drop_thr, seed, window)
-        lse = attention_lse_reference(q, k, mask, causal=causal, scale=scale, window=window)
+        out = _attention_reference(q, k, v, mask, causal, scale, drop_thr, seed, window, softcap)
+        lse = attention_lse_reference(q, k, mask, causal=causal, scale=scale, window=window, softcap=softcap)
         return out, torch.stack((lse, torch.zeros_like(lse)))  # the kernel's [2, B, H, Q]: lse, residual (none)
     B, H, Q, _ = q.shape
     kind, mask_t, ranges, threshold = _attn_mask_args(mask, mask_kind, threshold, (B, H, Q, k.shape[2]), False)
     with on_device(q):
         return _attn._forward(q, k, v, kind, mask_t, ranges, threshold, causal, scale, True, None, drop_thr, seed,
-                              window)
+                              window, softcap)
 
 
 @attention_op.register_fake
-def _(q, k, v, mask, mask_kind, threshold, causal, scale, drop_thr=0, seed=None, window=0):
+def _(q, k, v, mask, mask_kind, threshold, causal, scale, drop_thr=0, seed=None, window=0, softcap=0.0):
     B, H, Q, D = q.shape
     # [B, H, Q, D] laid out as [B, Q, H, D], exactly as the kernel writes it
     out = q.new_empty((B, Q, H, D)).transpose(1, 2)
@@ -305,34 +308,36 @@ def attention_backward_op(
     drop_thr: int = 0,
     seed: Optional[torch.Tensor] = None,
     window: int = 0,
+    softcap: float = 0.0,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     if not kernels_take(q):
         return attention_backward_reference(q, k, v, do, mask, causal=causal, scale=scale,
-                                            dropout=_reference_dropout(q, k, drop_thr, seed), window=window)
+                                            dropout=_reference_dropout(q, k, drop_thr, seed), window=window,
+                                            softcap=softcap)
     B, H, Q, _ = q.shape
     kind, mask_t, ranges, threshold = _attn_mask_args(mask, mask_kind, threshold, (B, H, Q, k.shape[2]))
     with on_device(q):
         return _attn._backward(do, q, k, v, out, lse, kind, mask_t, ranges, threshold, causal, scale, drop_thr, seed,
-                               window)
+                               window, softcap)
 
 
 @attention_backward_op.register_fake
-def _(do, q, k, v, out, lse, mask, mask_kind, threshold, causal, scale, drop_thr=0, seed=None, window=0):
+def _(do, q, k, v, out, lse, mask, mask_kind, threshold, causal, scale, drop_thr=0, seed=None, window=0, softcap=0.0):
     return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
 
 
 def _attention_setup(ctx, inputs, output):
-    q, k, v, mask, mask_kind, threshold, causal, scale, drop_thr, seed, window = inputs
+    q, k, v, mask, mask_kind, threshold, causal, scale, drop_thr, seed, window, softcap = inputs
     out, lse = output
     ctx.save_for_backward(q, k, v, out, lse, mask, seed)
     ctx.args = (mask_kind, threshold, causal, scale, drop_thr)
-    ctx.window = window
+    ctx.window, ctx.softcap = window, softcap
 
 
 def _attention_backward(ctx, do, _dlse):
     q, k, v, out, lse, mask, seed = ctx.saved_tensors
-    dq, dk, dv = attention_backward_op(do, q, k, v, out, lse, mask, *ctx.args, seed, ctx.window)
-    return dq, dk, dv, None, None, None, None, None, None, None, None
+    dq, dk, dv = attention_backward_op(do, q, k, v, out, lse, mask, *ctx.args, seed, ctx.window, ctx.softcap)
+    return dq, dk, dv, None, None, None, None, None, None, None, None, None
 
 
 attention_op.register_autograd(_attention_backward, setup_context=_attention_setup)
@@ -349,35 +354,38 @@ def attention_inference_op(
     causal: bool,
     scale: float,
     window: int = 0,
+    softcap: float = 0.0,
 ) -> torch.Tensor:
     """``attention_forward`` without the log-sum-exp and without autograd: what compiled graphs call where nothing
     needs gradients (the eager launcher's inference path: neither allocates nor stores the log-sum-exp, and on an
     H100 / H200 can take the Hopper kernel, :mod:`hf_masked_softmax._hopper`). No dropout."""
     if not kernels_take(q):
-        return _attention_reference(q, k, v, mask, causal, scale, 0, None, window)
+        return _attention_reference(q, k, v, mask, causal, scale, 0, None, window, softcap)
     B, H, Q, _ = q.shape
     kind, mask_t, ranges, threshold = _attn_mask_args(mask, mask_kind, threshold, (B, H, Q, k.shape[2]), False)
     with on_device(q):
-        return _attn._forward(q, k, v, kind, mask_t, ranges, threshold, causal, scale, False, window=window)[0]
+        return _attn._forward(q, k, v, kind, mask_t, ranges, threshold, causal, scale, False, window=window,
+                              softcap=softcap)[0]
 
 
 @attention_inference_op.register_fake
-def _(q, k, v, mask, mask_kind, threshold, causal, scale, window=0):
+def _(q, k, v, mask, mask_kind, threshold, causal, scale, window=0, softcap=0.0):
     B, H, Q, D = q.shape
     return q.new_empty((B, Q, H, D)).transpose(1, 2)  # the kernel's layout, as attention_forward's
 
 
-# Signatures of eager calls already validated (no mask or a 2D padding mask) -> (kernel kind, scale, drop_thr, window).
+# Signatures of eager calls already validated (no mask or a 2D padding mask) -> (kernel kind, scale, drop_thr, window,
+# softcap).
 _VALIDATED: dict = {}
 _MAX_VALIDATED = 256  # a decoding step adds one (its key length); cleared when full
 
 
-def _eager_signature(q, k, v, mask, causal, scale, dropout_p, window=None):
+def _eager_signature(q, k, v, mask, causal, scale, dropout_p, window=None, softcap=None):
     """Everything ``attention``'s checks and mask classification depend on, or None where the shortcut does not
     apply (a 4D mask, or arguments of other types: those always take the checks)."""
     if type(causal) is not bool or (scale is not None and type(scale) is not float) or type(dropout_p) is not float:
         return None
-    if window is not None and type(window) is not int:
+    if window is not None and type(window) is not int or softcap is not None and type(softcap) is not float:
         return None
     if mask is None:
         msig = None
@@ -386,7 +394,7 @@ def _eager_signature(q, k, v, mask, causal, scale, dropout_p, window=None):
     else:
         return None
     return (q.shape, q.stride(), k.shape, k.stride(), v.shape, v.stride(), q.dtype, k.dtype, v.dtype, q.device,
-            k.device, v.device, msig, causal, scale, dropout_p, window)
+            k.device, v.device, msig, causal, scale, dropout_p, window, softcap)
 
 
 def _new_seed(device) -> torch.Tensor:
@@ -395,16 +403,16 @@ def _new_seed(device) -> torch.Tensor:
     return torch.randint(0, 2**62, (1,), dtype=torch.int64, device=device)
 
 
-def _eager(path, q, k, v, kind, mask_t, ranges, threshold, causal, scale, signature, drop_thr, window):
+def _eager(path, q, k, v, kind, mask_t, ranges, threshold, causal, scale, signature, drop_thr, window, softcap):
     """The eager paths past the checks: inference straight to the launcher (no log-sum-exp kept), training through
     the autograd function. ``signature``: the validated call signature the launch plan is looked up by, or None."""
     seed = _new_seed(q.device) if drop_thr else None
     if path == "direct":
         with on_device(q):
             return _attn._forward(q, k, v, kind, mask_t, ranges, threshold, causal, scale, False, signature, drop_thr,
-                                  seed, window)[0]
+                                  seed, window, softcap)[0]
     return _attn.AttentionFunction.apply(q, k, v, kind, mask_t, ranges, threshold, causal, scale, signature, drop_thr,
-                                         seed, window)
+                                         seed, window, softcap)
 
 
 _AUTOCAST_DEVICES = ("cuda", "cpu")  # where the kernels run (asking torch about other device types can raise)
@@ -428,6 +436,7 @@ def attention(
     scale: Optional[float] = None,
     dropout_p: float = 0.0,
     window: Optional[int] = None,
+    softcap: Optional[float] = None,
 ) -> torch.Tensor:
     """:func:`hf_masked_softmax.attention` through the custom operator (same arguments, same contract)."""
     if type(q) is torch.Tensor and q.device.type in _AUTOCAST_DEVICES and torch.is_autocast_enabled(q.device.type):
@@ -435,25 +444,26 @@ def attention(
     path = call_path(q, k, v)
     sig = None
     if path != "op":  # eager: a signature validated before skips the checks (a model calls one per layer)
-        sig = _eager_signature(q, k, v, attention_mask, causal, scale, dropout_p, window)
+        sig = _eager_signature(q, k, v, attention_mask, causal, scale, dropout_p, window, softcap)
         hit = _VALIDATED.get(sig) if sig is not None else None
         if hit is not None:
-            kind, scale, drop_thr, win = hit
+            kind, scale, drop_thr, win, cap = hit
             mask_t, ranges = None, None
             if kind == _attn._K_RANGE:
                 mask_t = attention_mask.view(torch.uint8) if attention_mask.dtype == torch.bool else attention_mask
                 ranges = _masks.pad_ranges(mask_t, attention_mask)
-            return _eager(path, q, k, v, kind, mask_t, ranges, 0.0, causal, scale, (path, sig), drop_thr, win)
+            return _eager(path, q, k, v, kind, mask_t, ranges, 0.0, causal, scale, (path, sig), drop_thr, win, cap)
     _attn._validate(q, k, v, dropout_p)
     drop_thr = _attn.dropout_threshold(float(dropout_p))[0]
     B, H, Q, D = q.shape
     K = k.shape[2]
     win = _attn.window_size(window, causal, K)
+    cap = _attn.softcap_value(softcap)
     spec = _masks.prepare_mask(attention_mask, (B, H, Q, K), q.device)
     scale = _ms.validate_scale(D ** -0.5 if scale is None else scale)
     if not kernels_take(q):
         seed = _new_seed(q.device) if drop_thr else None
-        return _attention_reference(q, k, v, attention_mask, causal, scale, drop_thr, seed, win)
+        return _attention_reference(q, k, v, attention_mask, causal, scale, drop_thr, seed, win, cap)
     threshold = spec.threshold
     if spec.kind == _masks.ADD4D:
         # masks wider than fp32 are compared after rounding to fp32, where their masked values become -inf
@@ -463,14 +473,15 @@ def attention(
         kind, mask_t, ranges = _kernel_mask_args(spec, attention_mask, threshold, path != "direct")
         known = None  # the plan's key: the validated signature where later calls look it up by it
         if sig is not None and spec.kind in (_masks.NONE, _masks.PAD2D):
-            remember(_VALIDATED, sig, (kind, scale, drop_thr, win), _MAX_VALIDATED)
+            remember(_VALIDATED, sig, (kind, scale, drop_thr, win, cap), _MAX_VALIDATED)
             known = (path, sig)
-        return _eager(path, q, k, v, kind, mask_t, ranges, threshold, bool(causal), scale, known, drop_thr, win)
+        return _eager(path, q, k, v, kind, mask_t, ranges, threshold, bool(causal), scale, known, drop_thr, win, cap)
     if not drop_thr and torch.compiler.is_compiling() and not _needs_grad(q, k, v):
         # a compiled graph that records no autograd (inference under torch.compile): no log-sum-exp
-        return attention_inference_op(q, k, v, attention_mask, spec.kind, threshold, bool(causal), scale, win)
+        return attention_inference_op(q, k, v, attention_mask, spec.kind, threshold, bool(causal), scale, win, cap)
     seed = _new_seed(q.device) if drop_thr else None
-    out, _ = attention_op(q, k, v, attention_mask, spec.kind, threshold, bool(causal), scale, drop_thr, seed, win)
+    out, _ = attention_op(q, k, v, attention_mask, spec.kind, threshold, bool(causal), scale, drop_thr, seed, win,
+                          cap)
     return out
 
 

@@ -79,6 +79,16 @@ def masked_softmax_backward_reference(
     return (scale * y32 * (dy32 - (dy32 * y32).sum(dim=-1, keepdim=True))).to(y.dtype)
 
 
+def _soft_capped(s: torch.Tensor, scale: float, softcap: float):
+    """``(scores, scale, tanh)`` for the raw products ``s``: with a soft-cap ``c``, the capped scores
+    ``c * tanh(scale * s / c)``, a scale of 1 still to apply and the tanh (for the backward); else ``s``, ``scale``
+    and None."""
+    if not softcap:
+        return s, scale, None
+    t = torch.tanh(s * scale / softcap)
+    return t * softcap, 1.0, t
+
+
 def _repeat_heads(heads: int, *kv: torch.Tensor):
     """Grouped-query attention: each key/value head repeated for the ``heads // Hkv`` query heads it serves."""
     Hkv = kv[0].shape[1]
@@ -96,12 +106,14 @@ def attention_lse_reference(
     scale: float = 1.0,
     compute_dtype: torch.dtype = torch.float32,
     window: Optional[int] = None,
+    softcap: Optional[float] = None,
 ) -> torch.Tensor:
     """Base-2 log-sum-exp ``log2(sum_kept 2^(log2(e) * x))`` of each row of the masked logits ``x`` of
     ``attention_reference``, ``[B, H, Q]`` in ``compute_dtype``: what the fused kernel saves for its backward (in fp32,
     with its rounding residual beside it); ``-inf`` for a row with nothing kept."""
     (k,) = _repeat_heads(q.shape[1], k)
     s = torch.matmul(q.to(compute_dtype), k.to(compute_dtype).transpose(-1, -2))
+    s, scale, _ = _soft_capped(s, scale, softcap)
     x, keep = _masked_logits(s, attention_mask, causal, scale, compute_dtype, window)
     return torch.logsumexp(x.masked_fill(~keep, float("-inf")), dim=-1) * _LOG2E
 
@@ -118,6 +130,7 @@ def attention_reference(
     prob_dtype: Optional[torch.dtype] = None,
     dropout: Optional[tuple[torch.Tensor, float]] = None,
     window: Optional[int] = None,
+    softcap: Optional[float] = None,
 ) -> torch.Tensor:
     """``softmax_masked(q kᵀ · scale) v`` for ``q [B, H, Q, D]``, ``k, v [B, Hkv, K, D]`` (GQA by repetition).
 
@@ -127,12 +140,14 @@ def attention_reference(
     ``compute_dtype``. ``dropout``: ``(keep, keep_scale)``, a bool ``keep`` broadcastable to ``[B, H, Q, K]``: the
     probabilities are multiplied by ``keep * keep_scale`` before the product with ``v``. ``window``: query ``i``
     also keeps only keys ``j > i + K - Q - window`` (a sliding window, as :func:`hf_masked_softmax.attention`'s;
-    None or 0: none).
+    None or 0: none). ``softcap``: the scaled scores become ``softcap * tanh(scale * q kᵀ / softcap)`` before the
+    mask (None or 0: none).
     """
     k, v = _repeat_heads(q.shape[1], k, v)
     if scale is None:
         scale = q.shape[-1] ** -0.5
     s = torch.matmul(q.to(compute_dtype), k.to(compute_dtype).transpose(-1, -2))
+    s, scale, _ = _soft_capped(s, scale, softcap)
     p = masked_softmax_reference(s, attention_mask, causal=causal, scale=scale, compute_dtype=compute_dtype,
                                  window=window)
     if prob_dtype is not None:
@@ -158,6 +173,7 @@ def attention_backward_reference(
     compute_dtype: torch.dtype = torch.float32,
     dropout: Optional[tuple[torch.Tensor, float]] = None,
     window: Optional[int] = None,
+    softcap: Optional[float] = None,
 ):
     """``(dq, dk, dv)`` of ``attention_reference`` for the output gradient ``do``, written out (a custom operator's
     implementation runs below autograd, so it cannot differentiate the reference)::
@@ -168,7 +184,8 @@ def attention_backward_reference(
     with ``do`` read as 0 on rows with nothing kept (as the kernels read it; see ``attention_reference``).
 
     ``dropout``: ``(keep, keep_scale)`` as in ``attention_reference``; ``Z = keep * keep_scale`` (1 without).
-    ``window``: as in ``attention_reference``.
+    ``window``: as in ``attention_reference``. ``softcap`` ``c``: ``P`` of the capped scores, and ``dX`` times
+    ``1 - tanh(scale * q kᵀ / c)**2`` before the products with ``k`` and ``q``.
     """
     B, H, Q, D = q.shape
     Hkv = k.shape[1]
@@ -176,8 +193,9 @@ def attention_backward_reference(
     if scale is None:
         scale = D ** -0.5
     q32, k32, v32, do32 = (t.to(compute_dtype) for t in (q, ke, ve, do))
-    p = masked_softmax_reference(torch.matmul(q32, k32.transpose(-1, -2)), attention_mask, causal=causal, scale=scale,
-                                 compute_dtype=compute_dtype, window=window)
+    s, s_scale, t = _soft_capped(torch.matmul(q32, k32.transpose(-1, -2)), scale, softcap)
+    p = masked_softmax_reference(s, attention_mask, causal=causal, scale=s_scale, compute_dtype=compute_dtype,
+                                 window=window)
     do32 = do32.masked_fill((p == 0).all(dim=-1, keepdim=True), 0.0)  # rows with nothing kept: see attention_reference
     z = _dropout_factor(dropout, compute_dtype)
     pz = p if z is None else p * z
@@ -185,6 +203,8 @@ def attention_backward_reference(
     if z is not None:
         dp = dp * z
     dx = p * (dp - (dp * p).sum(dim=-1, keepdim=True))
+    if t is not None:
+        dx = dx * (1 - t * t)
     dq = scale * torch.matmul(dx, k32)
     dk = scale * torch.matmul(dx.transpose(-1, -2), q32)
     dv = torch.matmul(pz.transpose(-1, -2), do32)

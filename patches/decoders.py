@@ -8,7 +8,9 @@ one), ``module.is_causal`` is True and ``scaling`` is passed explicitly (``head_
 repeat for the types without grouped-query attention (checked for transformers 5.4, 5.17 and 5.25). The mask comes
 from ``create_causal_mask``, which the backend's mask function answers with the compact ``[B, K]`` padding mask.
 
-Gemma's ``use_bidirectional_attention=True`` is refused (see ``hf.BIDIRECTIONAL_CONFLICT``). Sliding windows
+Gemma's and Gemma 2's ``use_bidirectional_attention=True`` is refused (see ``hf.BIDIRECTIONAL_CONFLICT``); Gemma 3's
+text model builds a bidirectional mask to go with it and is accepted. Gemma 2 also passes
+``softcap``, its ``attn_logit_softcapping``, which both modes apply to the scaled scores. Sliding windows
 (Mistral's default ``sliding_window=4096``, Phi-3's 2047, Qwen2/Qwen3 with ``use_sliding_window=True``) come with
 their own mask factory, which the backend's mask function recognises: calls with no more keys than the window get the
 compact mask (the window cuts nothing off there), longer ones HF's 4D mask with the window in it (see ``hf.py``).
@@ -23,17 +25,19 @@ from .. import hf
 from .spec import ModelSpec
 
 
-def _checker(model_type: str):
+def _checker(model_type: str, bidirectional: bool):
     def check(config) -> None:
-        if getattr(config, "use_bidirectional_attention", False):
+        if getattr(config, "use_bidirectional_attention", False) and not bidirectional:
             raise ValueError(f"cannot patch this {model_type} model: {hf.BIDIRECTIONAL_CONFLICT}")
 
     return check
 
 
-def decoder_spec(model_type: str, attention_class: str) -> ModelSpec:
-    """A ``ModelSpec`` for a Llama-style decoder whose attention module class is ``attention_class``."""
-    return ModelSpec(model_type=model_type, attention_classes=(attention_class,), check=_checker(model_type))
+def decoder_spec(model_type: str, attention_class: str, bidirectional: bool = False) -> ModelSpec:
+    """A ``ModelSpec`` for a Llama-style decoder whose attention module class is ``attention_class``;
+    ``bidirectional``: the type builds a mask that matches ``use_bidirectional_attention=True`` (else refused)."""
+    return ModelSpec(model_type=model_type, attention_classes=(attention_class,),
+                     check=_checker(model_type, bidirectional))
 
 
 SPECS = (
@@ -43,7 +47,13 @@ SPECS = (
     decoder_spec("qwen3", "Qwen3Attention"),
     decoder_spec("granite", "GraniteAttention"),  # scaling = config.attention_multiplier
     decoder_spec("olmo2", "Olmo2Attention"),
-    decoder_spec("gemma", "GemmaAttention"),  # Gemma 1 (Gemma 2 and 3 soft-cap and slide: not listed)
+    decoder_spec("gemma", "GemmaAttention"),  # Gemma 1
+    # Gemma 2: soft-capped scores (`softcap`, both kernels apply it) and a window on every other layer
+    decoder_spec("gemma2", "Gemma2Attention"),
+    # Gemma 3's text model (Gemma3ForCausalLM; the multimodal "gemma3" is not listed: its image tokens attend
+    # bidirectionally): windows on five layers of six, q/k norms before the call, no soft-cap passed. With
+    # use_bidirectional_attention (EmbeddingGemma) it builds bidirectional masks itself, which the backend takes as 4D
+    decoder_spec("gemma3_text", "Gemma3Attention", bidirectional=True),
     decoder_spec("cohere", "CohereAttention"),  # Command-R (optional q/k norms before the call)
     decoder_spec("stablelm", "StableLmAttention"),  # partial rotary, optional q/k layer norms before the call
     decoder_spec("phi", "PhiAttention"),  # Phi-1, 1.5 and 2 (partial rotary before the call)

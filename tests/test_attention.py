@@ -36,10 +36,10 @@ def _qkv(B, H, Hkv, Q, K, D, dtype, device, grad=False, seed=0, bthd=False):
     return q, k, v
 
 
-def _ref(q, k, v, mask, causal, scale=None, do=None, window=None):
+def _ref(q, k, v, mask, causal, scale=None, do=None, window=None, softcap=None):
     qd, kd, vd = (t.detach().double().requires_grad_(do is not None) for t in (q, k, v))
     out = attention_reference(qd, kd, vd, mask, causal=causal, scale=scale, compute_dtype=torch.float64,
-                              window=window)
+                              window=window, softcap=softcap)
     if do is None:
         return out, None
     return out, torch.autograd.grad(out, (qd, kd, vd), do.double())
@@ -69,19 +69,20 @@ def _force_reference(stack):
     stack.enter_context(mock.patch.object(ops_mod, "_VALIDATED", {}))
 
 
-def _check(q, k, v, mask, causal, *, scale=None, grad=False, decode=None, num_splits=None, window=None):
+def _check(q, k, v, mask, causal, *, scale=None, grad=False, decode=None, num_splits=None, window=None,
+           softcap=None):
     """Public attention() vs the fp64 reference; ``decode`` / ``num_splits`` force the kernel's dispatch."""
     with contextlib.ExitStack() as stack:
         if decode is not None:
             stack.enter_context(mock.patch.object(attn_mod, "_is_decode", lambda Q: decode))
         if num_splits is not None:
             stack.enter_context(mock.patch.object(attn_mod, "_num_splits", lambda *a: num_splits))
-        out = attention_fn(q, k, v, mask, causal=causal, scale=scale, window=window)
+        out = attention_fn(q, k, v, mask, causal=causal, scale=scale, window=window, softcap=softcap)
     assert out.shape == q.shape and out.dtype == q.dtype
     assert torch.isfinite(out).all()
     do = torch.randn(out.shape, generator=torch.Generator().manual_seed(7)).to(out.device, out.dtype) if grad \
         else None
-    ref, ref_grads = _ref(q, k, v, mask, causal, scale, do, window)
+    ref, ref_grads = _ref(q, k, v, mask, causal, scale, do, window, softcap)
     assert_close(out, ref, scale=OUT_SCALE[q.dtype])
     if grad:
         grads = torch.autograd.grad(out, (q, k, v), do)

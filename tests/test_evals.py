@@ -352,6 +352,19 @@ def test_speed_script_qwen3_mistral_window_and_bart_settings(tmp_path):
     assert all(r["ms"] > 0 and r["speedup_vs_eager"] > 0 for r in rows)
 
 
+def test_speed_script_gemma2_setting_runs_without_sdpa(tmp_path):
+    """Not a timing test: the Gemma 2 setting (soft-capped scores, windows on every other layer) runs eager and
+    patched, and skips transformers' sdpa, which ignores the cap or refuses Gemma 2, without failing the run."""
+    import speed
+
+    out = tmp_path / "speed.json"
+    assert speed.main(["--tiny", "--device", "cpu", "--impls", "eager,sdpa,fused", "--only", "gemma2",
+                       "--cpu-reps", "1", "--no-plot", "--json", str(out)]) == 0
+    rows = _read(out)["rows"]
+    assert [(r["setting"], r["impl"]) for r in rows] == [("gemma2-2b fwd pad", "eager"), ("gemma2-2b fwd pad", "fused")]
+    assert all(r["ms"] > 0 and r["speedup_vs_eager"] > 0 and "speedup_vs_sdpa" not in r for r in rows)
+
+
 @pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1", reason="the CPU run needs the interpreter's path")
 def test_bench_host_python_only_counts_calls_and_restores_the_launchers(tmp_path):
     """Not a timing test: every row counts the calls of a stubbed call, and the real launchers are back afterwards."""
@@ -429,6 +442,8 @@ def test_every_eval_script_shows_its_options(script, capsys):
     ("sass_attention.py", ["--arch", "0"], "compute capability 8.0 or newer"),
     ("bench_hopper.py", ["--shapes", "bert,nosuch"], "unknown --shapes ['nosuch']"),
     ("bench_hopper.py", ["--shapes", ","], "--shapes is empty"),
+    ("bench_softcap.py", ["--shapes", "gemma2-prefill,nosuch"], "unknown shape 'nosuch'"),
+    ("bench_softcap.py", ["--providers", "eager,flash"], "unknown provider 'flash'"),
     ("bench_hopper.py", ["--ab", "wide"], "give --head-dim 128"),
     ("probe_decode.py", ["--rounds", "0"], "--rounds must be at least 1"),
     ("probe_decode.py", ["--plot-from", "/nonexistent/probe.json"], "no such file"),

@@ -80,6 +80,29 @@ def test_qwen3_fp16_forward(mode):
     assert_fp16_rule("qwen3", lambda m: m(ids, attention_mask=mask).logits, m32, m16, mode, mask.bool())
 
 
+@pytest.mark.parametrize("arch", ["gemma2", "gemma3_text"])
+@pytest.mark.parametrize("mode", ["softmax", "fused"])
+def test_gemma_fp16_forward(mode, arch):
+    # Gemma 2 / 3 at 2B / 1B widths (head_dim 256, 8 query / 4 key-value heads and 4 / 1), 6 layers, a 128-token
+    # window on the sliding layers, left padding; Gemma 2 soft-caps its scores at 50 (scores of a few units: larger
+    # weights than its default init, so that the cap bends them)
+    torch.manual_seed(0)
+    if arch == "gemma2":
+        config = transformers.Gemma2Config(hidden_size=2304, num_hidden_layers=6, num_attention_heads=8,
+                                           num_key_value_heads=4, head_dim=256, intermediate_size=9216,
+                                           vocab_size=32000, sliding_window=128, initializer_range=0.05,
+                                           attn_implementation="eager")
+        model = transformers.Gemma2ForCausalLM(config)
+    else:
+        config = transformers.Gemma3TextConfig(hidden_size=1152, num_hidden_layers=6, num_attention_heads=4,
+                                               num_key_value_heads=1, head_dim=256, intermediate_size=6912,
+                                               vocab_size=32000, sliding_window=128, attn_implementation="eager")
+        model = transformers.Gemma3ForCausalLM(config)
+    m32, m16 = fp32_and_fp16(model)
+    ids, mask = padded(config.vocab_size, (512, 397, 200, 31), 512, "left", seed=4)
+    assert_fp16_rule(arch, lambda m: m(ids, attention_mask=mask).logits, m32, m16, mode, mask.bool())
+
+
 @pytest.mark.parametrize("mode", ["softmax", "fused"])
 def test_bart_base_fp16_forward(mode):
     # an encoder-decoder at BART-base size: padded sources, padded decoder inputs, cross-attention

@@ -7,12 +7,13 @@ On CPU the kernels run in Triton's interpreter (tests/conftest.py).
 import pytest
 import torch
 from transformers import (
-    CohereConfig, CohereForCausalLM, Gemma2Config, Gemma2ForCausalLM, GemmaConfig, GemmaForCausalLM, GPTBigCodeConfig,
-    GPTBigCodeForCausalLM, GPTNeoXConfig, GPTNeoXForCausalLM, GraniteConfig, GraniteForCausalLM, LlamaConfig,
-    LlamaForCausalLM, MistralConfig, MistralForCausalLM, MixtralConfig, MixtralForCausalLM, Olmo2Config,
-    Olmo2ForCausalLM, OPTConfig, OPTForCausalLM, Phi3Config, Phi3ForCausalLM, PhiConfig, PhiForCausalLM, Qwen2Config,
-    Qwen2ForCausalLM, Qwen2MoeConfig, Qwen2MoeForCausalLM, Qwen3Config, Qwen3ForCausalLM, Qwen3MoeConfig,
-    Qwen3MoeForCausalLM, StableLmConfig, StableLmForCausalLM, Starcoder2Config, Starcoder2ForCausalLM,
+    CohereConfig, CohereForCausalLM, Gemma2Config, Gemma2ForCausalLM, Gemma3ForCausalLM, Gemma3TextConfig, GemmaConfig,
+    GemmaForCausalLM, GptOssConfig, GptOssForCausalLM, GPTBigCodeConfig, GPTBigCodeForCausalLM, GPTNeoXConfig,
+    GPTNeoXForCausalLM, GraniteConfig, GraniteForCausalLM, LlamaConfig, LlamaForCausalLM, MistralConfig,
+    MistralForCausalLM, MixtralConfig, MixtralForCausalLM, Olmo2Config, Olmo2ForCausalLM, OPTConfig, OPTForCausalLM,
+    Phi3Config, Phi3ForCausalLM, PhiConfig, PhiForCausalLM, Qwen2Config, Qwen2ForCausalLM, Qwen2MoeConfig,
+    Qwen2MoeForCausalLM, Qwen3Config, Qwen3ForCausalLM, Qwen3MoeConfig, Qwen3MoeForCausalLM, StableLmConfig,
+    StableLmForCausalLM, Starcoder2Config, Starcoder2ForCausalLM,
 )
 
 from hf_masked_softmax import hf, patch_model, patched, unpatch_model
@@ -38,6 +39,11 @@ ARCHS = {
                                                     "residual_multiplier": 0.5, "logits_scaling": 1.5}),
     "olmo2": (Olmo2ForCausalLM, Olmo2Config, {}),
     "gemma": (GemmaForCausalLM, GemmaConfig, {}),
+    # soft-capped scores: a cap of 1 on scores of about that size (larger weights, query_pre_attn_scalar 1), so that
+    # the cap changes the logits (test_soft_cap_reaches_the_kernels); windows on every other layer
+    "gemma2": (Gemma2ForCausalLM, Gemma2Config, {"attn_logit_softcapping": 1.0, "initializer_range": 0.1,
+                                                 "query_pre_attn_scalar": 1}),
+    "gemma3_text": (Gemma3ForCausalLM, Gemma3TextConfig, {}),  # windows on both layers (five of six by default)
     "cohere": (CohereForCausalLM, CohereConfig, {"use_qk_norm": True, "logit_scale": 0.5}),
     "stablelm": (StableLmForCausalLM, StableLmConfig, {"qk_layernorm": True, "partial_rotary_factor": 0.5}),
     "phi": (PhiForCausalLM, PhiConfig, {"partial_rotary_factor": 0.5}),
@@ -121,6 +127,52 @@ def test_gradients_match_eager(device, arch, mode):
     assert_gradients_close(out, ref, ("k_proj", "c_attn", "qkv_proj"))
 
 
+@pytest.mark.parametrize("mode", MODES)
+def test_soft_cap_reaches_the_kernels(device, monkeypatch, mode):
+    # Gemma 2 passes its attn_logit_softcapping as `softcap`: the fused kernel gets it (every layer), softmax mode
+    # caps the scores before its kernel; both give eager's logits and probabilities, which the cap changes
+    model = decoder("gemma2", device)
+    ids, mask = left_padded(device)
+    calls = []
+    real = hf.attention
+
+    def spy(q, k, v, attention_mask=None, **kwargs):
+        calls.append(kwargs["softcap"])
+        return real(q, k, v, attention_mask, **kwargs)
+
+    monkeypatch.setattr(hf, "attention", spy)
+    run = (lambda m: m(ids, attention_mask=mask).logits) if mode == "fused" else (
+        lambda m: m(ids, attention_mask=mask, output_attentions=True).attentions)
+    ref, out = eager_and_patched(model, run, mode)
+    assert calls == ([1.0, 1.0] if mode == "fused" else [])
+    if mode == "fused":
+        assert_valid_close(out, ref, mask.bool())
+    else:
+        for o, r in zip(out, ref):
+            assert_probs_close(o, r, mask.bool())
+    uncapped = decoder("gemma2", device, attn_logit_softcapping=None)
+    plain = run(uncapped)
+    differs = (plain - ref) if mode == "fused" else (plain[0] - ref[0])
+    assert differs.abs().max() > 0.1
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_soft_capped_gradients_match_eager(device, mode):
+    # Gemma's gradients reach 100 (its embeddings are scaled by sqrt(hidden)) and an entry near 0 carries the fp32
+    # rounding of its tensor's large ones: each gradient within 1e-5 of its largest entry (the fp32 row's rtol),
+    # and the cap changes the key projections' gradients, so the soft-cap's backward is what is compared
+    model = decoder("gemma2", device, seed=3).train()
+    ids, mask = left_padded(device, seed=3)
+    ref, out = eager_and_patched(model, logits_gradients(ids, mask, VOCAB, seed=4), mode)
+    assert ref.keys() == out.keys() and len(ref) > 10
+    for name in ref:
+        assert (out[name] - ref[name]).abs().max() <= 1e-5 * ref[name].abs().max(), name
+    uncapped = logits_gradients(ids, mask, VOCAB, seed=4)(
+        decoder("gemma2", device, seed=3, attn_logit_softcapping=None).train())
+    k_proj = [n for n in ref if "k_proj" in n]
+    assert k_proj and all((uncapped[n] - ref[n]).abs().max() > 0.1 * ref[n].abs().max() for n in k_proj)
+
+
 def test_fused_kernel_gets_grouped_kv_heads_and_compact_mask(device, monkeypatch):
     # GQA reaches the fused kernel as 2 key/value heads for 4 query heads (no repeat), the mask as [B, K] bool.
     calls = []
@@ -137,7 +189,7 @@ def test_fused_kernel_gets_grouped_kv_heads_and_compact_mask(device, monkeypatch
         model(ids, attention_mask=mask)
     assert [c[:5] for c in calls] == [(4, 2, 2, torch.bool, (3, 12))] * 2
     assert all(c[5] == {"causal": True, "scale": pytest.approx(16 ** -0.5), "dropout_p": 0.0,
-                          "window": None} for c in calls)
+                          "window": None, "softcap": None} for c in calls)
 
 
 # Sliding windows: (arch, config overrides). Qwen2/Qwen3 put the window on the layers below max_window_layers only.
@@ -148,6 +200,8 @@ WINDOWED = [
     ("phi3", {"sliding_window": 4}),
     ("starcoder2", {"sliding_window": 5}),
     ("mixtral", {"sliding_window": 4}),
+    ("gemma2", {"sliding_window": 4}),  # the first of its two layers
+    ("gemma3_text", {"sliding_window": 5}),
     ("qwen2_moe", {"use_sliding_window": True, "sliding_window": 4, "max_window_layers": 1}),
     ("qwen3_moe", {"use_sliding_window": True, "sliding_window": 4}),
 ]
@@ -367,6 +421,23 @@ def test_sliding_window_by_name_matches_eager(device):
     assert_valid_close(model(ids, attention_mask=mask).logits, ref, mask.bool())
 
 
+@pytest.mark.parametrize("mode", MODES)
+def test_gemma3_bidirectional_text_model_matches_eager(device, mode):
+    # EmbeddingGemma's setting: Gemma 3 builds bidirectional masks itself (windowed ones on its sliding layers), which
+    # reach the kernels as HF's 4D masks with non-causal calls; padded, unpadded and without a mask, the last hidden
+    # states equal eager's, and differ from the causal model's (the flag is what is tested)
+    model = decoder("gemma3_text", device, use_bidirectional_attention=True, sliding_window=6).model
+    ids, mask = left_padded(device)
+    ref, out = eager_and_patched(model, lambda m: m(ids, attention_mask=mask).last_hidden_state, mode)
+    assert_valid_close(out, ref, mask.bool())
+    causal = decoder("gemma3_text", device, sliding_window=6).model(ids, attention_mask=mask).last_hidden_state
+    assert (causal - ref)[mask.bool()].abs().max() > 1e-2
+    full, _ = left_padded(device, lengths=(8, 8), seed=1)  # nothing padded
+    for kw in (dict(attention_mask=torch.ones_like(full)), {}):
+        ref, out = eager_and_patched(model, lambda m: m(full, **kw).last_hidden_state, mode)
+        assert_close(out, ref)
+
+
 def test_gemma_bidirectional_flag_refused_when_patching_and_by_name(device):
     # use_bidirectional_attention turns Gemma's attention modules non-causal while the model still builds a causal
     # mask: eager then stays causal and sdpa without padding does not (checked here), so the patch refuses the model
@@ -397,9 +468,10 @@ def test_qwen2_window_on_no_layer_is_accepted(device):
 
 def test_unlisted_decoder_is_refused_and_untouched(device):
     torch.manual_seed(0)
-    model = Gemma2ForCausalLM(Gemma2Config(**TINY)).eval()  # soft-capped scores
+    model = GptOssForCausalLM(GptOssConfig(**TINY, num_local_experts=2, num_experts_per_tok=2,
+                                           experts_implementation="eager")).eval()  # attention sinks
     config = model.config
-    with pytest.raises(ValueError, match=r"'gemma2'.*supported model_types: \[.*'llama', .*'mistral', .*'qwen2'"):
+    with pytest.raises(ValueError, match=r"'gpt_oss'.*supported model_types: \[.*'llama', .*'mistral', .*'qwen2'"):
         patch_model(model)
     assert model.config is config and config._attn_implementation == "eager"
 

@@ -1,0 +1,188 @@
+"""Soft-capped attention (Gemma 2) on the GPU: the fused kernel's cap against the ways to get the same result without
+it.
+
+Providers, each on the same fp16 inputs (left-padded batches, Gemma 2's grouped-query heads of head dim 256, scale
+``query_pre_attn_scalar ** -0.5`` = 1/16, cap 50):
+
+* ``fused-softcap``: ``attention(q, k, v, pad, causal=True, softcap=50)``, what a patched Gemma 2 runs;
+* ``eager``: transformers' Gemma 2 ``eager_attention_forward`` with HF's 4D additive mask (repeat the key/value
+  heads, ``QK^T * scale``, ``/ cap``, ``tanh``, ``* cap``, add the mask, fp32 softmax, ``P V``): what an unpatched
+  Gemma 2 runs by default (transformers' sdpa ignores the cap in 5.4 and 5.17 and refuses Gemma 2 in 5.25);
+* ``flex-softcap``: FlexAttention (torch.compile'd) with the cap as its ``score_mod`` and a block mask of padding and
+  causality;
+* ``fused-nocap`` and ``sdpa-nocap`` (SDPA with the 4D bool mask): the same attention without the cap, not the same
+  result, for the cap's cost.
+
+Forward (and backward for the prefill shape) as medians: forwards replayed in a CUDA graph, backwards as plain calls.
+``vs eager`` is eager's time over the provider's. The outputs of the soft-capped providers are checked against
+``fused-softcap``'s on the rows with a key to attend.
+
+    python evals/bench_softcap.py [--shapes gemma2-prefill,gemma2-decode] [--no-backward] [--out DIR]
+
+Writes ``bench_softcap.json`` and ``bench_softcap.png`` under ``--out`` / $OUT.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import types
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import benchutil  # noqa: E402
+from bench_attention import time_provider  # noqa: E402
+
+# name -> (B, H, Hkv, Q, K, D, shortest key length); Gemma-2-2B's attention: 8 query / 4 key-value heads of 256
+SHAPES = {
+    "gemma2-prefill": (4, 8, 4, 2048, 2048, 256, 1024),
+    "gemma2-decode": (16, 8, 4, 1, 4096, 256, 2048),
+}
+PROVIDERS = ("fused-softcap", "eager", "flex-softcap", "fused-nocap", "sdpa-nocap")
+CAPPED = ("fused-softcap", "eager", "flex-softcap")
+CAP = 50.0
+SCALE = 256 ** -0.5
+
+
+def make_inputs(B, H, Hkv, Q, K, D, lo, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    # HF's layout ([B, T, H, D] memory seen as [B, H, T, D]); scores of a few units, so that the cap bends them
+    q = (torch.randn(B, Q, H, D, generator=g) * 4).to("cuda", torch.float16).transpose(1, 2)
+    k, v = (torch.randn(B, K, Hkv, D, generator=g).to("cuda", torch.float16).transpose(1, 2) for _ in range(2))
+    lengths = torch.randint(lo, K + 1, (B,), generator=g)
+    pad = (torch.arange(K)[None] >= (K - lengths)[:, None]).to("cuda")
+    i = torch.arange(Q, device="cuda")[:, None] + (K - Q)
+    j = torch.arange(K, device="cuda")[None]
+    mask4d = (j <= i)[None, None] & pad[:, None, None, :]
+    additive = torch.zeros(mask4d.shape, dtype=torch.float16, device="cuda").masked_fill(
+        ~mask4d, torch.finfo(torch.float16).min)
+    return dict(q=q, k=k, v=v, pad=pad, mask4d=mask4d, additive=additive, B=B, H=H, Hkv=Hkv, Q=Q, K=K, D=D)
+
+
+def providers(inp, only=None):
+    import hf_masked_softmax
+    from torch.nn.functional import scaled_dot_product_attention as sdpa
+    from transformers.models.gemma2.modeling_gemma2 import eager_attention_forward
+
+    q, k, v, pad, mask4d, additive = (inp[n] for n in ("q", "k", "v", "pad", "mask4d", "additive"))
+    module = types.SimpleNamespace(num_key_value_groups=inp["H"] // inp["Hkv"], training=False, head_dim=inp["D"])
+    out = {
+        "fused-softcap": lambda: hf_masked_softmax.attention(q, k, v, pad, causal=True, scale=SCALE, softcap=CAP),
+        # (eager returns [B, Q, H, D]: transposed back, a view, to compare)
+        "eager": lambda: eager_attention_forward(module, q, k, v, additive, scaling=SCALE,
+                                                 softcap=CAP)[0].transpose(1, 2),
+        "fused-nocap": lambda: hf_masked_softmax.attention(q, k, v, pad, causal=True, scale=SCALE),
+        "sdpa-nocap": lambda: sdpa(q, k, v, attn_mask=mask4d, scale=SCALE, enable_gqa=inp["H"] != inp["Hkv"]),
+    }
+    if only is None or "flex-softcap" in only:
+        flex = flex_provider(inp)
+        if flex is not None:
+            out["flex-softcap"] = flex
+    return {p: fn for p, fn in out.items() if only is None or p in only or p == "fused-softcap"}
+
+
+def flex_provider(inp):
+    try:
+        from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+    except ImportError:
+        return None
+    q, k, v, pad = inp["q"], inp["k"], inp["v"], inp["pad"]
+    B, Q, K = inp["B"], inp["Q"], inp["K"]
+    offset = K - Q
+
+    def mask_mod(b, h, qi, kj):
+        return pad[b, kj] & (kj <= qi + offset)
+
+    def score_mod(score, b, h, qi, kj):
+        return torch.tanh(score / CAP) * CAP
+
+    try:
+        block_mask = create_block_mask(mask_mod, B, None, Q, K, device="cuda")
+        compiled = torch.compile(flex_attention)
+        gqa = inp["H"] != inp["Hkv"]
+        compiled(q, k, v, score_mod=score_mod, block_mask=block_mask, scale=SCALE, enable_gqa=gqa)
+    except Exception as exc:  # noqa: BLE001 - a backend that does not run is reported, not fatal
+        print(f"  flex-softcap unavailable: {type(exc).__name__}: {str(exc).splitlines()[0][:160]}")
+        return None
+    return lambda: compiled(q, k, v, score_mod=score_mod, block_mask=block_mask, scale=SCALE, enable_gqa=gqa)
+
+
+def max_error(out, ref, inp) -> float:
+    """Largest |out - ref| over the rows with a key to attend."""
+    rows = inp["mask4d"].any(-1).expand(-1, inp["H"], -1)  # [B, H, Q]
+    return float((out.float() - ref.float()).abs()[rows].max())
+
+
+def cap_effect(inp) -> float:
+    """Largest change the cap makes to the fused output (the cap must bend these scores for the check to mean
+    anything)."""
+    import hf_masked_softmax
+
+    q, k, v, pad = inp["q"], inp["k"], inp["v"], inp["pad"]
+    with torch.no_grad():
+        capped = hf_masked_softmax.attention(q, k, v, pad, causal=True, scale=SCALE, softcap=CAP)
+        plain = hf_masked_softmax.attention(q, k, v, pad, causal=True, scale=SCALE)
+    return max_error(capped, plain, inp)
+
+
+def plot(rows, path: Path) -> None:
+    groups = sorted({(r["shape"], r["pass"]) for r in rows}, key=lambda t: (list(SHAPES).index(t[0]), t[1]))
+    panels = [(f"{shape}, {pas}", [r for r in rows if r["shape"] == shape and r["pass"] == pas])
+              for shape, pas in groups]
+    benchutil.provider_bars(panels, "fused-softcap",
+                            f"soft-capped attention (Gemma 2), fp16, {benchutil.environment()['gpu']}", path)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--shapes", default=",".join(SHAPES), help="comma-separated subset of: " + ", ".join(SHAPES))
+    ap.add_argument("--no-backward", action="store_true", help="forward only")
+    ap.add_argument("--providers", default=None,
+                    help="comma-separated subset of: " + ", ".join(PROVIDERS) + " (fused-softcap always runs)")
+    ap.add_argument("--out", default=None, help="output folder (default $OUT or ./out)")
+    args = ap.parse_args(argv)
+    names = benchutil.pick(ap, args.shapes, SHAPES, "shapes")
+    only = None if args.providers is None else benchutil.pick(ap, args.providers, PROVIDERS, "providers")
+    if not torch.cuda.is_available():
+        ap.error("needs a CUDA GPU")
+    out = benchutil.out_dir(args.out)
+    rows = []
+    for name in names:
+        B, H, Hkv, Q, K, D, lo = SHAPES[name]
+        inp = make_inputs(B, H, Hkv, Q, K, D, lo)
+        print(f"{name}: B{B} H{H}/{Hkv} Q{Q} K{K} D{D} cap {CAP}, key lengths in [{lo}, {K}]", flush=True)
+        provs = providers(inp, only)
+        effect = cap_effect(inp)
+        with torch.no_grad():
+            ref = provs["fused-softcap"]()
+            errors = {p: max_error(fn(), ref, inp) for p, fn in provs.items() if p in CAPPED}
+        print(f"  the cap changes the output by up to {effect:.3g}; max |error| against fused-softcap: "
+              + ", ".join(f"{p} {e:.3g}" for p, e in errors.items()), flush=True)
+        passes = ["forward"] + ([] if args.no_backward or Q == 1 else ["backward"])
+        for pas in passes:
+            times = {}
+            for p in PROVIDERS:
+                if p not in provs:
+                    continue
+                try:
+                    times[p] = time_provider(provs[p], inp, pas == "backward", graph=pas == "forward")
+                except Exception as exc:  # noqa: BLE001 - one provider failing must not lose the others
+                    print(f"  {p} {pas}: {type(exc).__name__}: {str(exc).splitlines()[0][:160]}")
+            base = times.get("eager")
+            for p, ms in times.items():
+                rows.append(dict(shape=name, **{"pass": pas}, provider=p, ms=ms,
+                                 vs_eager=(base / ms) if base else None, max_err=errors.get(p)))
+        benchutil.print_table([r for r in rows if r["shape"] == name],
+                              ["shape", "pass", "provider", "ms", "vs_eager", "max_err"])
+        del inp, provs, ref
+        torch.cuda.empty_cache()
+    benchutil.write_json(out / "bench_softcap.json",
+                         dict(environment=benchutil.environment(), shapes={n: SHAPES[n] for n in names}, cap=CAP,
+                              scale=SCALE, rows=rows))
+    print(f"wrote {out / 'bench_softcap.json'}")
+    plot(rows, out / "bench_softcap.png")
+
+
+if __name__ == "__main__":
+    main()
