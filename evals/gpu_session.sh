@@ -150,6 +150,9 @@
 #                                       # carries it), the bounds kernel's time
 #   bash evals/gpu_session.sh d256_34   # 2026-12-06 (34): head dim 256's settings by shared memory: GPU tests, A/B
 #                                       # against old_tree/ (b7f69c7)
+#   bash evals/gpu_session.sh softcap35 # 2026-12-06 (35): logit soft-capping: its GPU tests, bench_softcap.py, the
+#                                       # kernels without a cap against old_tree/ (d48b487, made as ncu31's note says)
+#   bash evals/gpu_session.sh gemma35   # 2026-12-06 (35): Gemma 2 at Gemma-2-2B's size end to end (speed.py)
 #   bash evals/gpu_session.sh gpu32a    # 2026-12-06 (32, H100, e2c1a93): the 4D path's fixes on a GPU: tests,
 #                                       # probe_bounds.py --variants, the windowed 4D row against old_tree2/
 #                                       # (5974806, made as old_tree/ is) and old_tree/, bench_static.py
