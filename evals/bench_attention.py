@@ -152,10 +152,6 @@ def providers(inp, dropout=0.0):
 
 
 def flex_provider(inp):
-    try:
-        from torch.nn.attention.flex_attention import create_block_mask, flex_attention
-    except ImportError:
-        return None
     q, k, v, causal = inp["q"], inp["k"], inp["v"], inp["causal"]
     B, Q, K = inp["B"], inp["Q"], inp["K"]
     pad = inp["pad"] if inp["pad"] is not None else torch.ones(B, K, dtype=torch.bool, device="cuda")
@@ -167,14 +163,7 @@ def flex_provider(inp):
             ok = ok & (kj <= qi + offset)
         return ok
 
-    try:
-        block_mask = create_block_mask(mask_mod, B, None, Q, K, device="cuda")
-        compiled = torch.compile(flex_attention)
-        compiled(q, k, v, block_mask=block_mask)  # compile outside the timed region
-    except Exception as exc:  # noqa: BLE001 - a backend that does not run is reported, not fatal
-        print(f"  flex-blockmask unavailable: {type(exc).__name__}: {str(exc).splitlines()[0][:160]}")
-        return None
-    return lambda: compiled(q, k, v, block_mask=block_mask)
+    return benchutil.compiled_flex("flex-blockmask", q, k, v, mask_mod, Q, K)
 
 
 def time_provider(fn, inp, backward: bool, graph: bool = True):

@@ -23,7 +23,6 @@ Writes ``bench_softcap.json`` and ``bench_softcap.png`` under ``--out`` / $OUT.
 """
 from __future__ import annotations
 
-import argparse
 import sys
 import types
 from pathlib import Path
@@ -83,13 +82,8 @@ def providers(inp, only=None):
 
 
 def flex_provider(inp):
-    try:
-        from torch.nn.attention.flex_attention import create_block_mask, flex_attention
-    except ImportError:
-        return None
     q, k, v, pad = inp["q"], inp["k"], inp["v"], inp["pad"]
-    B, Q, K = inp["B"], inp["Q"], inp["K"]
-    offset = K - Q
+    offset = inp["K"] - inp["Q"]
 
     def mask_mod(b, h, qi, kj):
         return pad[b, kj] & (kj <= qi + offset)
@@ -97,15 +91,8 @@ def flex_provider(inp):
     def score_mod(score, b, h, qi, kj):
         return torch.tanh(score / CAP) * CAP
 
-    try:
-        block_mask = create_block_mask(mask_mod, B, None, Q, K, device="cuda")
-        compiled = torch.compile(flex_attention)
-        gqa = inp["H"] != inp["Hkv"]
-        compiled(q, k, v, score_mod=score_mod, block_mask=block_mask, scale=SCALE, enable_gqa=gqa)
-    except Exception as exc:  # noqa: BLE001 - a backend that does not run is reported, not fatal
-        print(f"  flex-softcap unavailable: {type(exc).__name__}: {str(exc).splitlines()[0][:160]}")
-        return None
-    return lambda: compiled(q, k, v, score_mod=score_mod, block_mask=block_mask, scale=SCALE, enable_gqa=gqa)
+    return benchutil.compiled_flex("flex-softcap", q, k, v, mask_mod, inp["Q"], inp["K"], score_mod=score_mod,
+                                   scale=SCALE, enable_gqa=inp["H"] != inp["Hkv"])
 
 
 def max_error(out, ref, inp) -> float:
@@ -127,26 +114,12 @@ def cap_effect(inp) -> float:
 
 
 def plot(rows, path: Path) -> None:
-    groups = sorted({(r["shape"], r["pass"]) for r in rows}, key=lambda t: (list(SHAPES).index(t[0]), t[1]))
-    panels = [(f"{shape}, {pas}", [r for r in rows if r["shape"] == shape and r["pass"] == pas])
-              for shape, pas in groups]
-    benchutil.provider_bars(panels, "fused-softcap",
-                            f"soft-capped attention (Gemma 2), fp16, {benchutil.environment()['gpu']}", path)
+    title = f"soft-capped attention (Gemma 2), fp16, {benchutil.environment()['gpu']}"
+    benchutil.shape_pass_bars(rows, SHAPES, "fused-softcap", title, path)
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--shapes", default=",".join(SHAPES), help="comma-separated subset of: " + ", ".join(SHAPES))
-    ap.add_argument("--no-backward", action="store_true", help="forward only")
-    ap.add_argument("--providers", default=None,
-                    help="comma-separated subset of: " + ", ".join(PROVIDERS) + " (fused-softcap always runs)")
-    ap.add_argument("--out", default=None, help="output folder (default $OUT or ./out)")
-    args = ap.parse_args(argv)
-    names = benchutil.pick(ap, args.shapes, SHAPES, "shapes")
-    only = None if args.providers is None else benchutil.pick(ap, args.providers, PROVIDERS, "providers")
-    if not torch.cuda.is_available():
-        ap.error("needs a CUDA GPU")
-    out = benchutil.out_dir(args.out)
+    args, names, only, out = benchutil.provider_setup(__doc__, argv, SHAPES, PROVIDERS, "fused-softcap")
     rows = []
     for name in names:
         B, H, Hkv, Q, K, D, lo = SHAPES[name]
@@ -161,14 +134,8 @@ def main(argv=None):
               + ", ".join(f"{p} {e:.3g}" for p, e in errors.items()), flush=True)
         passes = ["forward"] + ([] if args.no_backward or Q == 1 else ["backward"])
         for pas in passes:
-            times = {}
-            for p in PROVIDERS:
-                if p not in provs:
-                    continue
-                try:
-                    times[p] = time_provider(provs[p], inp, pas == "backward", graph=pas == "forward")
-                except Exception as exc:  # noqa: BLE001 - one provider failing must not lose the others
-                    print(f"  {p} {pas}: {type(exc).__name__}: {str(exc).splitlines()[0][:160]}")
+            times = benchutil.time_each(provs, PROVIDERS, lambda fn, inp=inp: time_provider(
+                fn, inp, pas == "backward", graph=pas == "forward"), pas)
             base = times.get("eager")
             for p, ms in times.items():
                 rows.append(dict(shape=name, **{"pass": pas}, provider=p, ms=ms,

@@ -21,7 +21,6 @@ Writes ``bench_window.json`` and ``bench_window.png`` (bars per shape and provid
 """
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -73,26 +72,14 @@ def providers(inp, only=None):
 
 
 def flex_provider(inp):
-    try:
-        from torch.nn.attention.flex_attention import create_block_mask, flex_attention
-    except ImportError:
-        return None
     q, k, v, pad, window = inp["q"], inp["k"], inp["v"], inp["pad"], inp["window"]
-    B, Q, K = inp["B"], inp["Q"], inp["K"]
-    offset = K - Q
+    offset = inp["K"] - inp["Q"]
 
     def mask_mod(b, h, qi, kj):
         return pad[b, kj] & (kj <= qi + offset) & (kj > qi + offset - window)
 
-    try:
-        block_mask = create_block_mask(mask_mod, B, None, Q, K, device="cuda")
-        compiled = torch.compile(flex_attention)
-        gqa = inp["H"] != inp["Hkv"]
-        compiled(q, k, v, block_mask=block_mask, enable_gqa=gqa)  # compile outside the timed region
-    except Exception as exc:  # noqa: BLE001 - a backend that does not run is reported, not fatal
-        print(f"  flex-window unavailable: {type(exc).__name__}: {str(exc).splitlines()[0][:160]}")
-        return None
-    return lambda: compiled(q, k, v, block_mask=block_mask, enable_gqa=gqa)
+    return benchutil.compiled_flex("flex-window", q, k, v, mask_mod, inp["Q"], inp["K"],
+                                   enable_gqa=inp["H"] != inp["Hkv"])
 
 
 def time_ms(fn, inp, backward: bool) -> float:
@@ -108,26 +95,12 @@ def max_error(out, ref, inp) -> float:
 
 
 def plot(rows, path: Path) -> None:
-    groups = sorted({(r["shape"], r["pass"]) for r in rows}, key=lambda t: (list(SHAPES).index(t[0]), t[1]))
-    panels = [(f"{shape}, {pas}", [r for r in rows if r["shape"] == shape and r["pass"] == pas])
-              for shape, pas in groups]
-    benchutil.provider_bars(panels, "fused-window",
-                            f"sliding-window attention, fp16, {benchutil.environment()['gpu']}", path)
+    title = f"sliding-window attention, fp16, {benchutil.environment()['gpu']}"
+    benchutil.shape_pass_bars(rows, SHAPES, "fused-window", title, path)
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--shapes", default=",".join(SHAPES), help="comma-separated subset of: " + ", ".join(SHAPES))
-    ap.add_argument("--no-backward", action="store_true", help="forward only")
-    ap.add_argument("--providers", default=None,
-                    help="comma-separated subset of: " + ", ".join(PROVIDERS) + " (fused-window always runs)")
-    ap.add_argument("--out", default=None, help="output folder (default $OUT or ./out)")
-    args = ap.parse_args(argv)
-    names = benchutil.pick(ap, args.shapes, SHAPES, "shapes")
-    only = None if args.providers is None else benchutil.pick(ap, args.providers, PROVIDERS, "providers")
-    if not torch.cuda.is_available():
-        ap.error("needs a CUDA GPU")
-    out = benchutil.out_dir(args.out)
+    args, names, only, out = benchutil.provider_setup(__doc__, argv, SHAPES, PROVIDERS, "fused-window")
     rows = []
     for name in names:
         B, H, Hkv, Q, K, D, window, lo = SHAPES[name]
@@ -139,14 +112,7 @@ def main(argv=None):
             errors = {p: max_error(fn(), ref, inp) for p, fn in provs.items() if p != "fused-causal"}
         passes = ["forward"] + ([] if args.no_backward or Q == 1 else ["backward"])
         for pas in passes:
-            times = {}
-            for p in PROVIDERS:
-                if p not in provs:
-                    continue
-                try:
-                    times[p] = time_ms(provs[p], inp, pas == "backward")
-                except Exception as exc:  # noqa: BLE001 - one provider failing must not lose the others
-                    print(f"  {p} {pas}: {type(exc).__name__}: {str(exc).splitlines()[0][:160]}")
+            times = benchutil.time_each(provs, PROVIDERS, lambda fn, inp=inp: time_ms(fn, inp, pas == "backward"), pas)
             base = times.get("sdpa-4d")
             for p, ms in times.items():
                 rows.append(dict(shape=name, **{"pass": pas}, provider=p, ms=ms,

@@ -1,6 +1,7 @@
 """Shared bits of the GPU benchmark scripts: environment record, copy-bandwidth ceiling, timing, output files."""
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -124,6 +125,67 @@ def print_table(rows: list[dict], columns: list[str]) -> None:
     print("  ".join(c.ljust(w) for c, w in zip(columns, widths)))
     for row in cells:
         print("  ".join(v.ljust(w) for v, w in zip(row, widths)))
+
+
+def shape_pass_bars(rows: list[dict], shapes, highlight: str, title: str, path: Path) -> None:
+    """:func:`provider_bars` with one panel per (shape, pass) of ``rows`` (dicts with ``shape``, ``pass``,
+    ``provider`` and ``ms``), the shapes in the order of ``shapes``."""
+    order = list(shapes)
+    groups = sorted({(r["shape"], r["pass"]) for r in rows}, key=lambda t: (order.index(t[0]), t[1]))
+    panels = [(f"{shape}, {pas}", [r for r in rows if r["shape"] == shape and r["pass"] == pas])
+              for shape, pas in groups]
+    provider_bars(panels, highlight, title, path)
+
+
+def provider_setup(doc: str, argv, shapes, providers, always: str):
+    """The command line the provider benchmarks share: ``--shapes``, ``--no-backward``, ``--providers`` (``always``
+    runs whatever is picked) and ``--out``, checked, and a CUDA GPU required. Returns ``(args, shape names, providers
+    picked or None for all, output folder)``."""
+    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--shapes", default=",".join(shapes), help="comma-separated subset of: " + ", ".join(shapes))
+    ap.add_argument("--no-backward", action="store_true", help="forward only")
+    ap.add_argument("--providers", default=None,
+                    help="comma-separated subset of: " + ", ".join(providers) + f" ({always} always runs)")
+    ap.add_argument("--out", default=None, help="output folder (default $OUT or ./out)")
+    args = ap.parse_args(argv)
+    names = pick(ap, args.shapes, shapes, "shapes")
+    only = None if args.providers is None else pick(ap, args.providers, providers, "providers")
+    if not torch.cuda.is_available():
+        ap.error("needs a CUDA GPU")
+    return args, names, only, out_dir(args.out)
+
+
+def compiled_flex(name: str, q, k, v, mask_mod, Q: int, K: int, **kwargs):
+    """FlexAttention (torch.compile'd) over a block mask of ``mask_mod`` for ``q [B, H, Q, D]``, ``k, v [B, Hkv, K,
+    D]``, as a no-argument callable, compiled here, outside any timed region; None (and a line naming ``name`` and
+    why) where this torch has no FlexAttention or it does not run. ``kwargs`` go to every call (``score_mod``,
+    ``scale``, ``enable_gqa``)."""
+    try:
+        from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+    except ImportError:
+        return None
+    try:
+        block_mask = create_block_mask(mask_mod, q.shape[0], None, Q, K, device=q.device)
+        compiled = torch.compile(flex_attention)
+        compiled(q, k, v, block_mask=block_mask, **kwargs)
+    except Exception as exc:  # noqa: BLE001 - a backend that does not run is reported, not fatal
+        print(f"  {name} unavailable: {type(exc).__name__}: {str(exc).splitlines()[0][:160]}")
+        return None
+    return lambda: compiled(q, k, v, block_mask=block_mask, **kwargs)
+
+
+def time_each(provs: dict, order, time_one, label: str) -> dict:
+    """``{provider: ms}`` of ``time_one(fn)`` for each provider of ``order`` in ``provs``; one that fails is reported
+    (with ``label``) and left out, so that it does not lose the others."""
+    times = {}
+    for p in order:
+        if p not in provs:
+            continue
+        try:
+            times[p] = time_one(provs[p])
+        except Exception as exc:  # noqa: BLE001 - one provider failing must not lose the others
+            print(f"  {p} {label}: {type(exc).__name__}: {str(exc).splitlines()[0][:160]}")
+    return times
 
 
 def provider_bars(panels: list[tuple[str, list[dict]]], highlight: str, title: str, path: Path) -> None:
