@@ -7,13 +7,14 @@ On CPU the kernels run in Triton's interpreter (tests/conftest.py).
 import pytest
 import torch
 from transformers import (
-    CohereConfig, CohereForCausalLM, Gemma2Config, Gemma2ForCausalLM, Gemma3ForCausalLM, Gemma3TextConfig, GemmaConfig,
-    GemmaForCausalLM, GptOssConfig, GptOssForCausalLM, GPTBigCodeConfig, GPTBigCodeForCausalLM, GPTNeoXConfig,
-    GPTNeoXForCausalLM, GraniteConfig, GraniteForCausalLM, LlamaConfig, LlamaForCausalLM, MistralConfig,
-    MistralForCausalLM, MixtralConfig, MixtralForCausalLM, Olmo2Config, Olmo2ForCausalLM, OPTConfig, OPTForCausalLM,
-    Phi3Config, Phi3ForCausalLM, PhiConfig, PhiForCausalLM, Qwen2Config, Qwen2ForCausalLM, Qwen2MoeConfig,
-    Qwen2MoeForCausalLM, Qwen3Config, Qwen3ForCausalLM, Qwen3MoeConfig, Qwen3MoeForCausalLM, StableLmConfig,
-    StableLmForCausalLM, Starcoder2Config, Starcoder2ForCausalLM,
+    Cohere2Config, Cohere2ForCausalLM, CohereConfig, CohereForCausalLM, Gemma2Config, Gemma2ForCausalLM,
+    Gemma3ForCausalLM, Gemma3TextConfig, GemmaConfig, GemmaForCausalLM, GPTBigCodeConfig, GPTBigCodeForCausalLM,
+    GPTNeoXConfig, GPTNeoXForCausalLM, GptOssConfig, GptOssForCausalLM, GraniteConfig, GraniteForCausalLM, LlamaConfig,
+    LlamaForCausalLM, MistralConfig, MistralForCausalLM, MixtralConfig, MixtralForCausalLM, Olmo2Config,
+    Olmo2ForCausalLM, OPTConfig, OPTForCausalLM, Phi3Config, Phi3ForCausalLM, PhiConfig, PhiForCausalLM, Qwen2Config,
+    Qwen2ForCausalLM, Qwen2MoeConfig, Qwen2MoeForCausalLM, Qwen3Config, Qwen3ForCausalLM, Qwen3MoeConfig,
+    Qwen3MoeForCausalLM, StableLmConfig, StableLmForCausalLM, Starcoder2Config, Starcoder2ForCausalLM, VaultGemmaConfig,
+    VaultGemmaForCausalLM,
 )
 
 from hf_masked_softmax import hf, patch_model, patched, unpatch_model
@@ -44,6 +45,10 @@ ARCHS = {
     "gemma2": (Gemma2ForCausalLM, Gemma2Config, {"attn_logit_softcapping": 1.0, "initializer_range": 0.1,
                                                  "query_pre_attn_scalar": 1}),
     "gemma3_text": (Gemma3ForCausalLM, Gemma3TextConfig, {}),  # windows on both layers (five of six by default)
+    # Gemma 2's attention (soft-capped as "gemma2"'s); Command R7B's (windows on three of four layers: both here)
+    "vaultgemma": (VaultGemmaForCausalLM, VaultGemmaConfig, {"attn_logit_softcapping": 1.0, "initializer_range": 0.1,
+                                                             "query_pre_attn_scalar": 1}),
+    "cohere2": (Cohere2ForCausalLM, Cohere2Config, {}),
     "cohere": (CohereForCausalLM, CohereConfig, {"use_qk_norm": True, "logit_scale": 0.5}),
     "stablelm": (StableLmForCausalLM, StableLmConfig, {"qk_layernorm": True, "partial_rotary_factor": 0.5}),
     "phi": (PhiForCausalLM, PhiConfig, {"partial_rotary_factor": 0.5}),
@@ -127,11 +132,12 @@ def test_gradients_match_eager(device, arch, mode):
     assert_gradients_close(out, ref, ("k_proj", "c_attn", "qkv_proj"))
 
 
+@pytest.mark.parametrize("arch", ["gemma2", "vaultgemma"])
 @pytest.mark.parametrize("mode", MODES)
-def test_soft_cap_reaches_the_kernels(device, monkeypatch, mode):
-    # Gemma 2 passes its attn_logit_softcapping as `softcap`: the fused kernel gets it (every layer), softmax mode
-    # caps the scores before its kernel; both give eager's logits and probabilities, which the cap changes
-    model = decoder("gemma2", device)
+def test_soft_cap_reaches_the_kernels(device, monkeypatch, mode, arch):
+    # Gemma 2 (and VaultGemma) pass attn_logit_softcapping as `softcap`: the fused kernel gets it (every layer),
+    # softmax mode caps the scores before its kernel; both give eager's logits and probabilities, which the cap changes
+    model = decoder(arch, device)
     ids, mask = left_padded(device)
     calls = []
     real = hf.attention
@@ -150,7 +156,7 @@ def test_soft_cap_reaches_the_kernels(device, monkeypatch, mode):
     else:
         for o, r in zip(out, ref):
             assert_probs_close(o, r, mask.bool())
-    uncapped = decoder("gemma2", device, attn_logit_softcapping=None)
+    uncapped = decoder(arch, device, attn_logit_softcapping=None)
     plain = run(uncapped)
     differs = (plain - ref) if mode == "fused" else (plain[0] - ref[0])
     assert differs.abs().max() > 0.1
@@ -202,6 +208,8 @@ WINDOWED = [
     ("mixtral", {"sliding_window": 4}),
     ("gemma2", {"sliding_window": 4}),  # the first of its two layers
     ("gemma3_text", {"sliding_window": 5}),
+    ("vaultgemma", {"sliding_window": 4}),
+    ("cohere2", {"sliding_window": 4}),
     ("qwen2_moe", {"use_sliding_window": True, "sliding_window": 4, "max_window_layers": 1}),
     ("qwen3_moe", {"use_sliding_window": True, "sliding_window": 4}),
 ]
