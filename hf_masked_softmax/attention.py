@@ -1147,14 +1147,15 @@ def _wide(*tensors) -> bool:
     return False
 
 
-def _fold(kind: int, scale: float, softcap: float = 0.0) -> bool:
+def _fold(kind: int, scale: float) -> bool:
     """Whether the kernels may apply the scale inside the exponent (``FOLD``): it must commute with the row max
     (positive), an additive mask is added to already scaled scores, and it must be at most ``FOLD_MAX_SCALE``. Folded,
     a row's largest score gives ``exp2(fma(s, c, -round(s * c)))``, 2 to the power of the product's rounding error,
     instead of exactly 1: an error of up to half an ulp of the scaled score in the exponent. That is nothing for the
     scores a scale of at most 1 gives, but past 2**31 (a scale of 1e30 on an H200, 2026-12-02) exp2 overflows and the
-    row turns NaN; larger scales keep their own multiply. A soft-cap applies the scale inside its tanh."""
-    return kind != _K_ADD and 0.0 < scale <= FOLD_MAX_SCALE and not softcap
+    row turns NaN; larger scales keep their own multiply. (A soft-cap applies the scale inside its tanh: the plans
+    never fold then.)"""
+    return kind != _K_ADD and 0.0 < scale <= FOLD_MAX_SCALE
 
 
 def _score_scales(scale: float, softcap: float) -> tuple[float, float]:
@@ -1266,7 +1267,7 @@ class _ForwardPlan:
                    H, H // Hkv, Q, K, num_splits, qk_scale, threshold, drop_thr, _keep_scale(drop_thr), window, cap)
         constexprs = dict(
             MASK_KIND=kind, CAUSAL=causal, BH_FIRST=bh_first, BLOCK_M=block_m, BLOCK_N=block_n, HEAD_D=D,
-            BLOCK_D=_block_d(D), UPCAST=upcast, DOT_PREC=prec, WIDE=wide, FOLD=_fold(kind, scale, softcap),
+            BLOCK_D=_block_d(D), UPCAST=upcast, DOT_PREC=prec, WIDE=wide, FOLD=not softcap and _fold(kind, scale),
             MERGE_TAIL=FWD_MERGE_TAIL, STORE_LSE=need_lse or num_splits > 1, DROPOUT=self.dropout,
             WINDOWED=window > 0, PACK=pack, SOFTCAP=softcap > 0,
             **_bounds_constexprs(mask_t if bounded else None, block_m),
@@ -1360,8 +1361,8 @@ class _BackwardPlan:
         prec = "ieee" if (q.dtype == torch.float32 or upcast) else "tf32"
         self.dropout = drop_thr > 0
         common = dict(MASK_KIND=kind, CAUSAL=causal, HEAD_D=D, BLOCK_D=bd, UPCAST=upcast, DOT_PREC=prec,
-                      WIDE=_wide(q, k, v, do, mask_t), FOLD=_fold(kind, scale, softcap), DROPOUT=self.dropout,
-                      WINDOWED=window > 0, SOFTCAP=softcap > 0)
+                      WIDE=_wide(q, k, v, do, mask_t), FOLD=not softcap and _fold(kind, scale),
+                      DROPOUT=self.dropout, WINDOWED=window > 0, SOFTCAP=softcap > 0)
         qk_scale, cap = _score_scales(scale, softcap)
         drop = (drop_thr, _keep_scale(drop_thr), window, cap)
         qkv_strides = (*q.stride(), *k.stride(), *v.stride(), *do.stride())
