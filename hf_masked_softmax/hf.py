@@ -183,8 +183,8 @@ def _pick_mode(module, kwargs, attention_mask=None) -> str:
 
 
 def _check_unsupported_features(kwargs) -> None:
-    # Score modifiers that some AttentionInterface models pass; neither kernel implements them (soft-capping,
-    # Gemma 2's `softcap`, both modes apply).
+    # Score modifiers that some AttentionInterface models pass and neither kernel implements (Gemma 2's `softcap`,
+    # which they do implement, is applied in _attention_forward).
     for key, feature in (("s_aux", "attention sinks"), ("position_bias", "additive position bias")):
         if kwargs.get(key) is not None:
             raise ValueError(f"{NAME} does not support {feature} (`{key}`); use attn_implementation='eager' or 'sdpa'")
