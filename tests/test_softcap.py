@@ -11,7 +11,7 @@ import torch
 
 import hf_masked_softmax
 from hf_masked_softmax.reference import attention_backward_reference, attention_reference, dropout_keep_reference
-from test_attention import GRAD_SCALE, OUT_SCALE, _check, _mask_case, _pad_mask, _qkv
+from test_attention import GRAD_SCALE, OUT_SCALE, _check, _mask_case, _pad_mask, _qkv, _ref
 from test_dropout import _seed_drawn_after
 from tolerances import assert_close
 
@@ -159,17 +159,11 @@ def test_custom_operators(device):
         do = torch.randn(out.shape, generator=torch.Generator().manual_seed(7)).to(device)
         grads = torch.autograd.grad(out, (q, k, v), do)
         inference = ops.attention_inference_op(q.detach(), k.detach(), v.detach(), mask, 1, 0.0, True, 0.25, 0, 2.0)
-    ref, ref_grads = _reference(q, k, v, mask, do, 2.0)
+    ref, ref_grads = _ref(q, k, v, mask, True, do=do, softcap=2.0)
     assert_close(out, ref, scale=OUT_SCALE[torch.float32])
     assert_close(inference, ref, scale=OUT_SCALE[torch.float32])
     for g, r in zip(grads, ref_grads):
         assert_close(g, r, scale=GRAD_SCALE[torch.float32])
-
-
-def _reference(q, k, v, mask, do, cap):
-    qd, kd, vd = (t.detach().double().requires_grad_(True) for t in (q, k, v))
-    ref = attention_reference(qd, kd, vd, mask, causal=True, softcap=cap, compute_dtype=torch.float64)
-    return ref, torch.autograd.grad(ref, (qd, kd, vd), do.double())
 
 
 def test_compiled_fullgraph_forward_and_backward(device):
@@ -183,7 +177,7 @@ def test_compiled_fullgraph_forward_and_backward(device):
     out = f(q, k, v, mask)
     do = torch.randn(out.shape, generator=torch.Generator().manual_seed(7)).to(device)
     grads = torch.autograd.grad(out, (q, k, v), do)
-    ref, ref_grads = _reference(q, k, v, mask, do, 2.0)
+    ref, ref_grads = _ref(q, k, v, mask, True, do=do, softcap=2.0)
     assert_close(out, ref, scale=OUT_SCALE[torch.float32])
     for g, r in zip(grads, ref_grads):
         assert_close(g, r, scale=GRAD_SCALE[torch.float32])
