@@ -153,6 +153,11 @@
 #   bash evals/gpu_session.sh softcap35 # 2026-12-06 (35): logit soft-capping: its GPU tests, bench_softcap.py, the
 #                                       # kernels without a cap against old_tree/ (d48b487, made as ncu31's note says)
 #   bash evals/gpu_session.sh gemma35   # 2026-12-06 (35): Gemma 2 at Gemma-2-2B's size end to end (speed.py)
+#   bash evals/gpu_session.sh sinks36   # 2026-12-06 (36): attention sinks (GPT-OSS): their GPU tests and the
+#                                       # patcher's GPT-OSS tests on CUDA, bench_sinks.py, GPT-OSS end to end (speed.py)
+#   bash evals/gpu_session.sh tests36   # 2026-12-06 (36): every GPU-marked test, the self-test's fixed checks
+#   bash evals/gpu_session.sh bench36 [N] # 2026-12-06 (36): the provider benchmarks refactored in session 35
+#                                       # (bench_attention, bench_window, bench_softcap), then N random cases (40)
 #   bash evals/gpu_session.sh gpu32a    # 2026-12-06 (32, H100, e2c1a93): the 4D path's fixes on a GPU: tests,
 #                                       # probe_bounds.py --variants, the windowed 4D row against old_tree2/
 #                                       # (5974806, made as old_tree/ is) and old_tree/, bench_static.py
@@ -1037,8 +1042,34 @@ case "${1:-}" in
     timeout 420 python -u evals/speed.py --only "gemma2-2b" --impls eager,softmax,fused --skip-medium --no-plot \
       --out "$OUT/speed_gemma35" 2>&1 | tee "$OUT/speed_gemma35.log" | grep -v -i warn | tail -12 | cut -c1-220
     ;;
+  sinks36)
+    # attention sinks: the kernel tests on CUDA (every CPU test of test_sinks.py runs there too) and the patcher's
+    # GPT-OSS tests, bench_sinks.py, then GPT-OSS end to end at gpt-oss-20b's widths (4 layers), bf16
+    pytest_summary tests_sinks36 240 tests/test_sinks.py tests/test_patch_llama.py -k "sinks or gpt_oss or real_sizes"
+    timeout 150 python -u evals/bench_sinks.py --out "$OUT/bench_sinks36" 2>&1 | tee "$OUT/bench_sinks36.log" \
+      | grep -v -i warn | tail -30 | cut -c1-200
+    timeout 330 python -u evals/speed.py --only "gpt-oss-4l" --impls eager,softmax,fused --dtype bf16 --skip-medium \
+      --no-plot --out "$OUT/speed_gptoss36" 2>&1 | tee "$OUT/speed_gptoss36.log" | grep -v -i warn | tail -12 \
+      | cut -c1-220
+    ;;
+  tests36)
+    pytest_summary gpu_tests36 420 -m gpu tests/
+    timeout 150 python -u -m hf_masked_softmax.check --quick --no-bench --json "$OUT/check36.json" \
+      > "$OUT/check36.log" 2>&1
+    tr '\r' '\n' < "$OUT/check36.log" | grep -v -E "^  PASS" | tail -12
+    ;;
+  bench36)
+    for b in bench_attention bench_window bench_softcap; do
+      timeout 140 python -u "evals/$b.py" --out "$OUT/${b}36" 2>&1 | tee "$OUT/${b}36.log" | grep -v -i warn \
+        | tail -24 | cut -c1-200
+    done
+    timeout 130 python -u -m hf_masked_softmax.check --quick --no-bench --fuzz "${2:-40}" \
+      --json "$OUT/check_fuzz36.json" > "$OUT/check_fuzz36.log" 2>&1
+    tr '\r' '\n' < "$OUT/check_fuzz36.log" | grep -v -E "^  PASS|random cases: " | tail -20
+    tr '\r' '\n' < "$OUT/check_fuzz36.log" | grep "random cases: " | tail -1
+    ;;
   *)
-    echo "usage: bash evals/gpu_session.sh tests|kernels|e2e|check|followup|recheck|verify|measure|final|stream|last|tune|host|fast|fastcheck|closing|fold|fold2|fold3|e2e3|bert4|bert5|check4|lengths|ncu|bwd|suite|suite2|final6|plans|hostplans|genab|fuzz|bwdplan|trainab|final8|nosync|drop9a|drop9b|drop9d|audit10|bench10|final10|ws11|audit11|fuzz11|host11b|decode12|stats12|stats12b|stats12c|final13|fix13|final13b|final14|suite14|suite15|final15|causal18|final18|prefetch18|cross18|tile19|final19|small19|launch20|tests20|gen20|counts20b|counts20c|final20|ablate22|models25|decode26|models26|compile26|speed26a|speed26b|window28|final28|pack28|pack29|pack30|bounds30|static30|bounds31|ncu31|gpu32a|gpu33a|tune33|wide34|tune34|bwd34|d256_34|softcap35|gemma35" >&2
+    echo "usage: bash evals/gpu_session.sh tests|kernels|e2e|check|followup|recheck|verify|measure|final|stream|last|tune|host|fast|fastcheck|closing|fold|fold2|fold3|e2e3|bert4|bert5|check4|lengths|ncu|bwd|suite|suite2|final6|plans|hostplans|genab|fuzz|bwdplan|trainab|final8|nosync|drop9a|drop9b|drop9d|audit10|bench10|final10|ws11|audit11|fuzz11|host11b|decode12|stats12|stats12b|stats12c|final13|fix13|final13b|final14|suite14|suite15|final15|causal18|final18|prefetch18|cross18|tile19|final19|small19|launch20|tests20|gen20|counts20b|counts20c|final20|ablate22|models25|decode26|models26|compile26|speed26a|speed26b|window28|final28|pack28|pack29|pack30|bounds30|static30|bounds31|ncu31|gpu32a|gpu33a|tune33|wide34|tune34|bwd34|d256_34|softcap35|gemma35|sinks36|tests36|bench36" >&2
     exit 2
     ;;
 esac

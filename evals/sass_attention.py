@@ -32,7 +32,7 @@ from hf_masked_softmax._launch import OPTIONS, FastLaunch  # noqa: E402
 attn = importlib.import_module("hf_masked_softmax.attention")
 UNIT_STRIDES = ("stride_qd", "stride_kd", "stride_vd", "stride_od")
 FLOATS = ("qk_scale", "threshold", "keep_scale", "softcap")
-POINTERS = {"lse_ptr": "*fp32", "ranges_ptr": "*i32", "seed_ptr": "*i64"}
+POINTERS = {"lse_ptr": "*fp32", "ranges_ptr": "*i32", "seed_ptr": "*i64", "sink_ptr": "*fp32"}
 MASK_STRIDES = ("stride_mb", "stride_mh", "stride_mm", "stride_mk")
 # lengths that Triton's launcher specialises as multiples of 16 when they are (1024 queries, 4096 keys)
 ALIGNED_LENGTHS = ("Q_LEN", "K_LEN")
@@ -59,10 +59,10 @@ def compile_forward(causal, config, fold, merge, arch, dtype="fp16", head_d=64, 
     consts = dict(MASK_KIND=mask_kind or attn._K_RANGE, CAUSAL=causal, BH_FIRST=causal,
                   BLOCK_M=block_m, BLOCK_N=block_n, HEAD_D=head_d, BLOCK_D=attn._block_d(head_d), UPCAST=False,
                   DOT_PREC="ieee" if dtype == "fp32" else "tf32", WIDE=False, FOLD=fold, MERGE_TAIL=merge,
-                  STORE_LSE=True, DROPOUT=dropout, WINDOWED=False, PACK=False, SOFTCAP=False, **b4d,
+                  STORE_LSE=True, DROPOUT=dropout, WINDOWED=False, PACK=False, SOFTCAP=False, SINK=False, **b4d,
                   **{name: 1 for name in UNIT_STRIDES})
     consts.update(overrides or {})
-    consts = {n: c for n, c in consts.items() if n in fn.arg_names}  # (an older tree's kernel: no SOFTCAP)
+    consts = {n: c for n, c in consts.items() if n in fn.arg_names}  # (an older tree's kernel: no SOFTCAP, no SINK)
     sig, attrs = {}, {}
     for i, name in enumerate(fn.arg_names):
         if name in consts:

@@ -56,12 +56,12 @@ def main(argv=None):
     attn = importlib.import_module("hf_masked_softmax.attention")
     out = args.out or os.environ.get("OUT") or "out"
     os.makedirs(out, exist_ok=True)
-    fp32_ptrs = ("lse_ptr", "delta_ptr", "part_ptr", "part_lse_ptr")
+    fp32_ptrs = ("lse_ptr", "delta_ptr", "part_ptr", "part_lse_ptr", "sink_ptr")
     floats = ("qk_scale", "threshold", "keep_scale", "sm_scale", "softcap")
 
     def compile_one(kernel, consts, warps, stages, tag):
         fn = sa._jit_fn(kernel)
-        consts = {n: c for n, c in consts.items() if n in fn.arg_names}  # (an older --tree's kernels: no SOFTCAP)
+        consts = {n: c for n, c in consts.items() if n in fn.arg_names}  # (an older --tree's kernels: no SOFTCAP, no SINK)
         sig, attrs = {}, {}
         if args.aligned:  # a tensor's head-dim stride: stride_<tensor>d
             consts = dict(consts, **{n: 1 for n in fn.arg_names if n.startswith("stride_") and n.endswith("d")
@@ -112,9 +112,10 @@ def main(argv=None):
                                           B4D_SPAN=max(1, q_cfg[0] // 16), **bounds, **common), *q_cfg[2:],
                 "dq, bool 4D bounds")
     compile_one(attn._attn_fwd_kernel, dict(MASK_KIND=attn._K_RANGE, BLOCK_M=64, BLOCK_N=64, FOLD=True,
-                                            MERGE_TAIL=True, STORE_LSE=True, PACK=False, **no_bounds, **common), 4, 3,
+                                            MERGE_TAIL=True, STORE_LSE=True, PACK=False, SINK=False, **no_bounds,
+                                            **common), 4, 3,
                 "forward, 2D mask")
-    compile_one(attn._split_combine_kernel, dict(HEAD_D=d, BLOCK_D=d, BLOCK_S=4, STORE_LSE=True), 1, 1,
+    compile_one(attn._split_combine_kernel, dict(HEAD_D=d, BLOCK_D=d, BLOCK_S=4, STORE_LSE=True, SINK=False), 1, 1,
                 "split merge")
 
 

@@ -17,6 +17,9 @@ Qwen3-0.6B and bart-base):
   gemma2-2b (Gemma 2 at Gemma-2-2B's size: 26 layers, 8 query / 4 key-value heads of head_dim 256, scores
     soft-capped at 50, a 4096-token window on every other layer) forward and generate as gpt2-small; transformers'
     sdpa ignores the cap (5.4, 5.17) or refuses Gemma 2 (5.25), so its rows have no sdpa column
+  gpt-oss-4l (GPT-OSS at gpt-oss-20b's widths with 4 of its 24 layers: 64 query / 8 key-value heads of head_dim 64,
+    attention sinks, a 128-token window on every other layer, 32 experts of which 4 per token) forward and generate
+    as gpt2-small, in bf16 with --dtype bf16 (its training dtype); transformers has no sdpa path for GPT-OSS
   bart-base (BART at bart-base's size: 6 + 6 layers, 12 heads): seq2seq forward of B8 x T1024 encoder inputs, right
     padding with lengths uniform in [512, 1024], and 128 decoder tokens (teacher-forced, no padding); generate from
     B8 x T512 encoder inputs (lengths uniform in [256, 512]), 64 new tokens, greedy
@@ -119,6 +122,7 @@ def settings(tiny: bool, skip_medium: bool):
             ("gpt2-small train pad", "gpt2-tiny", "train", 2, 32, (16, 32), "right", 0),
             ("llama-135m generate static", "llama-tiny", "generate", 2, 16, (8, 16), "left", 4),
             ("gemma2-2b fwd pad", "gemma2-tiny", "forward", 2, 64, (32, 64), "right", 0),
+            ("gpt-oss-4l fwd pad", "gpt-oss-tiny", "forward", 2, 64, (32, 64), "right", 0),
         ]
     out = [
         ("gpt2-small fwd pad", "gpt2", "forward", 8, 1024, (512, 1024), "right", 0),
@@ -138,6 +142,8 @@ def settings(tiny: bool, skip_medium: bool):
         ("mistral-window fwd pad", "mistral-window", "forward", 8, 1024, (512, 1024), "right", 0),
         ("gemma2-2b fwd pad", "gemma2-2b", "forward", 8, 1024, (512, 1024), "right", 0),
         ("gemma2-2b generate", "gemma2-2b", "generate", 8, 128, (64, 128), "left", 64),
+        ("gpt-oss-4l fwd pad", "gpt-oss-4l", "forward", 8, 1024, (512, 1024), "right", 0),
+        ("gpt-oss-4l generate", "gpt-oss-4l", "generate", 8, 128, (64, 128), "left", 64),
         ("bart-base seq2seq pad", "bart-base", "seq2seq", 8, 1024, (512, 1024), "right", 128),
         ("bart-base generate", "bart-base", "generate", 8, 512, (256, 512), "right", 64),
         ("gpt2-small train pad", "gpt2", "train", 8, 512, (256, 512), "right", 0),
@@ -182,6 +188,15 @@ def build(arch: str, dtype, device):
     elif arch == "gemma2-tiny":
         model = _common.gemma2_2b(n_layer=2, hidden_size=64, num_attention_heads=4, num_key_value_heads=2,
                                   head_dim=16, intermediate_size=128, vocab_size=1000, sliding_window=16)
+    elif arch == "gpt-oss-4l":
+        import torch
+
+        with torch.device(device):  # built on the GPU: 4.4B parameters take minutes to initialise on the CPU
+            model = _common.gpt_oss_20b(n_layer=4)
+    elif arch == "gpt-oss-tiny":
+        model = _common.gpt_oss_20b(n_layer=2, hidden_size=64, num_attention_heads=4, num_key_value_heads=2,
+                                    head_dim=16, intermediate_size=64, num_local_experts=2, num_experts_per_tok=2,
+                                    vocab_size=1000, sliding_window=16, experts_implementation="eager")
     elif arch == "bart-base":
         model = _common.bart_base()
     elif arch == "bart-tiny":
@@ -293,7 +308,8 @@ def set_impl(model, impl, target=None, backend="inductor"):
     return undo_compiled
 
 
-NO_SDPA = ("gemma2",)  # architectures transformers' sdpa gets wrong or refuses (Gemma 2: it cannot soft-cap)
+# architectures transformers' sdpa gets wrong or refuses (Gemma 2: it cannot soft-cap; GPT-OSS: not supported)
+NO_SDPA = ("gemma2", "gpt-oss")
 
 
 def impls_for(kind, impls, arch=""):

@@ -37,6 +37,12 @@ never ``FOLD``): the product times ``scale / c`` is the tanh's argument, and the
 in base-2 units. The backward recomputes the tanh and multiplies ``dS`` by ``1 - tanh**2`` before its products with
 ``k`` and ``q``.
 
+Attention sinks (``sinks``, GPT-OSS): one logit per query head that each row's softmax also counts, as a key with a
+zero value (``SINK``). The forward adds it to the running max and sum after the key blocks (the split combine adds it
+instead where the keys are split), so the saved log-sum-exp includes it and the backward kernels, which recompute the
+probabilities from it, need nothing more; the sinks' own gradient, ``-sum_rows P_sink * delta``, is a few PyTorch
+operations on ``out``, ``dO`` and ``lse`` (:func:`sink_gradient`). A row with nothing kept keeps ``lse = -inf``.
+
 The forward saves each row's ``lse = m + log2(l)`` (FlashAttention-2's log-sum-exp in base 2) and, in a second
 plane, its rounding residual ``(m + log2(l)) - lse`` (exact, by TwoSum): ``[2, B, H, Q]`` fp32, ``(-inf, 0)`` for a row
 with nothing kept; calls that autograd does not record skip it (``STORE_LSE``). The backward recomputes the
@@ -395,7 +401,7 @@ def _block_key_bounds(start, end, has_holes, m0, split, NUM_SPLITS, Q_LEN, K_LEN
 @fast_launch
 @triton.jit
 def _attn_fwd_kernel(
-    q_ptr, k_ptr, v_ptr, o_ptr, lse_ptr, mask_ptr, ranges_ptr, seed_ptr,
+    q_ptr, k_ptr, v_ptr, o_ptr, lse_ptr, mask_ptr, ranges_ptr, seed_ptr, sink_ptr,
     stride_qb, stride_qh, stride_qm, stride_qd,
     stride_kb, stride_kh, stride_kn, stride_kd,
     stride_vb, stride_vh, stride_vn, stride_vd,
@@ -407,7 +413,7 @@ def _attn_fwd_kernel(
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_D: tl.constexpr, BLOCK_D: tl.constexpr,
     UPCAST: tl.constexpr, DOT_PREC: tl.constexpr, WIDE: tl.constexpr, FOLD: tl.constexpr, MERGE_TAIL: tl.constexpr,
     STORE_LSE: tl.constexpr, DROPOUT: tl.constexpr, WINDOWED: tl.constexpr, PACK: tl.constexpr, SOFTCAP: tl.constexpr,
-    B4D: tl.constexpr, B4D_PER_B: tl.constexpr, B4D_PER_H: tl.constexpr, B4D_SPAN: tl.constexpr,
+    B4D: tl.constexpr, B4D_PER_B: tl.constexpr, B4D_PER_H: tl.constexpr, B4D_SPAN: tl.constexpr, SINK: tl.constexpr,
 ):
     if BH_FIRST:
         # causal: (batch x head) fastest and query blocks in reverse, so the longest rows start first and the
@@ -509,7 +515,21 @@ def _attn_fwd_kernel(
                                     BLOCK_N, HEAD_D, BLOCK_D, UPCAST, DOT_PREC, FOLD, DROPOUT, WINDOWED, SOFTCAP)
 
     empty = l_i == 0.0
-    out = acc / tl.where(empty, 1.0, l_i)[:, None]
+    if SINK:
+        # attention sinks: each query head's logit (sink_ptr, fp32, natural units) as one more key with a zero value,
+        # after the keys (a row with nothing kept stays "empty": zero output, lse -inf, as without a sink)
+        if PACK:
+            sink = tl.load(sink_ptr + h + rows // Q_LEN, mask=row_ok, other=float("-inf"))
+        else:
+            sink = tl.load(sink_ptr + h)
+        sink = sink * 1.4426950408889634
+        m_new = tl.maximum(m_i, sink)
+        m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
+        alpha = tl.math.exp2(m_i - m_use)
+        l_i = l_i * alpha + tl.math.exp2(sink - m_use)
+        acc = acc * alpha[:, None]
+        m_i = m_new
+    out = acc / tl.where(l_i == 0.0, 1.0, l_i)[:, None]
     if DROPOUT:
         out = out * keep_scale
     o_ptrs = (o_ptr + split * stride_os + b * stride_ob + h * stride_oh + o_off[:, None]
@@ -540,14 +560,15 @@ def _lse_and_residual(m, l, empty):
 @fast_launch
 @triton.jit
 def _split_combine_kernel(
-    part_ptr, part_lse_ptr, o_ptr, lse_ptr,
+    part_ptr, part_lse_ptr, o_ptr, lse_ptr, sink_ptr,
     stride_ps, stride_ls, stride_lp,
     stride_ob, stride_oh, stride_om, stride_od,
     H, Q_LEN, NUM_SPLITS,
-    HEAD_D: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_S: tl.constexpr, STORE_LSE: tl.constexpr,
+    HEAD_D: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_S: tl.constexpr, STORE_LSE: tl.constexpr, SINK: tl.constexpr,
 ):
     """Merge the splits of one query row (partials are contiguous ``[S, B, H, Q, D]`` and ``[S, 2, B, H, Q]`` in
-    fp32): weights ``2^((lse_s - max) + residual_s)``; a row empty in every split stays zero with ``lse = -inf``."""
+    fp32): weights ``2^((lse_s - max) + residual_s)``; a row empty in every split stays zero with ``lse = -inf``.
+    ``SINK``: the head's sink logit joins the sum here (the splits leave it out), as a split with a zero output."""
     bh = tl.program_id(0).to(tl.int64)
     row = tl.program_id(1)
     b = bh // H
@@ -560,13 +581,18 @@ def _split_combine_kernel(
     lse_s = tl.load(lse_ptrs, mask=s_ok, other=float("-inf"))
     res_s = tl.load(lse_ptrs + stride_lp, mask=s_ok, other=0.0)
     mx = tl.max(lse_s, axis=0)
+    if SINK:
+        sink = tl.load(sink_ptr + h) * 1.4426950408889634
+        mx = tl.maximum(mx, sink)
     mx_use = tl.where(mx == float("-inf"), 0.0, mx)
     w = tl.math.exp2((lse_s - mx_use) + res_s)
     total = tl.sum(w, axis=0)
     parts = tl.load(part_ptr + offs_s[:, None] * stride_ps + (bh * Q_LEN + row) * HEAD_D + offs_d[None, :],
                     mask=s_ok[:, None] & d_ok[None, :], other=0.0)
     empty = total == 0.0
-    out = tl.sum(parts * w[:, None], axis=0) / tl.where(empty, 1.0, total)
+    if SINK:
+        total += tl.math.exp2(sink - mx_use)
+    out = tl.sum(parts * w[:, None], axis=0) / tl.where(total == 0.0, 1.0, total)
     tl.store(o_ptr + b * stride_ob + h * stride_oh + row * stride_om + offs_d * stride_od,
              out.to(o_ptr.dtype.element_ty), mask=d_ok)
     if STORE_LSE:
@@ -1224,7 +1250,7 @@ class _ForwardPlan:
     allocates its outputs and launches. Generation calls attention with one signature in every layer of a step."""
 
     def __init__(self, q, k, v, kind, mask_t, threshold, causal, scale, need_lse=True, drop_thr=0, window=0,
-                 bounded=False, softcap=0.0):
+                 bounded=False, softcap=0.0, sinks=False):
         B, H, Q, D = q.shape
         Hkv, K = k.shape[1], k.shape[2]
         decode = _is_decode(Q)
@@ -1269,7 +1295,7 @@ class _ForwardPlan:
             MASK_KIND=kind, CAUSAL=causal, BH_FIRST=bh_first, BLOCK_M=block_m, BLOCK_N=block_n, HEAD_D=D,
             BLOCK_D=_block_d(D), UPCAST=upcast, DOT_PREC=prec, WIDE=wide, FOLD=not softcap and _fold(kind, scale),
             MERGE_TAIL=FWD_MERGE_TAIL, STORE_LSE=need_lse or num_splits > 1, DROPOUT=self.dropout,
-            WINDOWED=window > 0, PACK=pack, SOFTCAP=softcap > 0,
+            WINDOWED=window > 0, PACK=pack, SOFTCAP=softcap > 0, SINK=sinks and num_splits == 1,
             **_bounds_constexprs(mask_t if bounded else None, block_m),
             num_warps=warps, num_stages=stages,
             # dropout's random numbers need more registers than the caps leave (ptxas spills under them)
@@ -1278,18 +1304,18 @@ class _ForwardPlan:
         self.launch = bind(_attn_fwd_kernel, grid, scalars, constexprs)
         # inference on an H100 / H200 (when it applies: see _hopper): the Gluon kernel instead
         self.hopper = None
-        if not window and not softcap and _hopper.usable(q, k, v, kind, causal, _fold(kind, scale), need_lse,
-                                                         drop_thr, num_splits, _sm_count(q.device)):
+        if not (window or softcap or sinks) and _hopper.usable(q, k, v, kind, causal, _fold(kind, scale), need_lse,
+                                                               drop_thr, num_splits, _sm_count(q.device)):
             self.hopper = _hopper.HopperForward(q, k, v, kind, causal, scale, _sm_count(q.device))
         if num_splits > 1:
             self.combine = bind(
                 _split_combine_kernel, (B * H, Q),
                 (ostr[0], lstr, B * H * Q, *out_strides, H, Q, num_splits),
                 dict(HEAD_D=D, BLOCK_D=_block_d(D), BLOCK_S=max(2, _next_pow2(num_splits)), STORE_LSE=need_lse,
-                     num_warps=1),
+                     SINK=sinks, num_warps=1),
             )
 
-    def __call__(self, q, k, v, mask_t, ranges, seed=None):
+    def __call__(self, q, k, v, mask_t, ranges, seed=None, sinks=None):
         out = torch.empty(self.out_shape, dtype=self.dtype, device=self.device).transpose(1, 2)
         lse = torch.empty(self.lse_shape, dtype=torch.float32, device=self.device) if self.need_lse else None
         if self.empty:
@@ -1298,20 +1324,21 @@ class _ForwardPlan:
         ranges_arg = ranges if ranges is not None else q
         lse_arg = lse if lse is not None else q  # a pointer the kernels never write through (STORE_LSE off)
         seed_arg = seed if self.dropout else q
+        sink_arg = sinks if sinks is not None else q
         if self.hopper is not None:
             self.hopper(q, k, v, out, mask_t, ranges)
         elif self.splits == 1:
-            self.launch(q, k, v, out, lse_arg, mask_arg, ranges_arg, seed_arg)
+            self.launch(q, k, v, out, lse_arg, mask_arg, ranges_arg, seed_arg, sink_arg)
         else:
             o_part = torch.empty(self.part_shapes[0], dtype=torch.float32, device=self.device)
             l_part = torch.empty(self.part_shapes[1], dtype=torch.float32, device=self.device)
-            self.launch(q, k, v, o_part, l_part, mask_arg, ranges_arg, seed_arg)
-            self.combine(o_part, l_part, out, lse_arg)
+            self.launch(q, k, v, o_part, l_part, mask_arg, ranges_arg, seed_arg, sink_arg)
+            self.combine(o_part, l_part, out, lse_arg, sink_arg)
         return out, lse
 
 
 def _forward(q, k, v, kind, mask_t, ranges, threshold, causal, scale, need_lse=True, signature=None, drop_thr=0,
-             seed=None, window=0, softcap=0.0):
+             seed=None, window=0, softcap=0.0, sinks=None):
     """``(out, lse)``: ``lse`` holds each row's log-sum-exp and its rounding residual, ``[2, B, H, Q]`` fp32 (see the
     module docstring), None when not ``need_lse`` (inference). ``signature``: the caller's key for
     everything the plan depends on but pointer alignment, dropout and the module's settings (``ops`` passes its
@@ -1319,19 +1346,21 @@ def _forward(q, k, v, kind, mask_t, ranges, threshold, causal, scale, need_lse=T
     :func:`dropout_threshold`) with the Philox key in ``seed``, a one-element int64 tensor on q's device; the
     log-sum-exp then stays that of the probabilities before dropout. ``window > 0`` (with ``causal``): row ``i`` sees
     only keys ``j > i + K - Q - window`` (a sliding window; ``attention`` passes 0 for a window of ``K`` keys or
-    more). ``softcap > 0``: the scaled scores are soft-capped, ``softcap * tanh(s / softcap)``, before the mask."""
+    more). ``softcap > 0``: the scaled scores are soft-capped, ``softcap * tanh(s / softcap)``, before the mask.
+    ``sinks``: None or each query head's sink logit, fp32 ``[H]`` contiguous (``lse`` then includes it; a row with
+    nothing kept keeps ``lse = -inf``)."""
     if signature is None:
         signature = (q.shape, q.stride(), k.shape, k.stride(), v.shape, v.stride(), q.dtype, k.dtype, v.dtype,
                      q.device, kind, None if mask_t is None else (mask_t.shape, mask_t.stride(), mask_t.dtype),
                      ranges is None, threshold, causal, scale)
-    key = (signature, need_lse, drop_thr, window, softcap, aligned(q, k, v, mask_t), _policy())
+    key = (signature, need_lse, drop_thr, window, softcap, sinks is None, aligned(q, k, v, mask_t, sinks), _policy())
     plan = _PLANS.get(key)
     if plan is None:
         bounded = ranges is not None and kind in (_K_BOOL, _K_ADD)  # a 4D mask's key bounds
         plan = _ForwardPlan(q, k, v, kind, mask_t, threshold, causal, scale, need_lse, drop_thr, window, bounded,
-                            softcap)
+                            softcap, sinks is not None)
         remember(_PLANS, key, plan, _MAX_PLANS)
-    return plan(q, k, v, mask_t, ranges, seed)
+    return plan(q, k, v, mask_t, ranges, seed, sinks)
 
 
 class _BackwardPlan:
@@ -1429,25 +1458,37 @@ class AttentionFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, q, k, v, kind, mask_t, ranges, threshold, causal, scale, signature=None, drop_thr=0, seed=None,
-                window=0, softcap=0.0):
+                window=0, softcap=0.0, sinks=None):
         with _device_of(q):
             out, lse = _forward(q, k, v, kind, mask_t, ranges, threshold, causal, scale, True, signature, drop_thr,
-                                seed, window, softcap)
+                                seed, window, softcap, sinks)
         # the mask too: autograd then refuses a backward after the mask was edited in place (as the operators do),
         # instead of one that reads the edited mask
-        ctx.save_for_backward(q, k, v, out, lse, mask_t)
+        ctx.save_for_backward(q, k, v, out, lse, mask_t, sinks)
         ctx.mask = (kind, ranges, threshold, causal, scale, drop_thr, seed, window, softcap)
         return out
 
     @staticmethod
     @first_order_only  # no double backward: a clear error, never gradients taken for constants
     def backward(ctx, do):
-        q, k, v, out, lse, mask_t = ctx.saved_tensors
+        q, k, v, out, lse, mask_t, sinks = ctx.saved_tensors
         kind, ranges, threshold, causal, scale, drop_thr, seed, window, softcap = ctx.mask
         with _device_of(q):
+            # the backward kernels need nothing of the sinks: the saved lse includes them
             dq, dk, dv = _backward(do, q, k, v, out, lse, kind, mask_t, ranges, threshold, causal, scale, drop_thr,
                                    seed, window, softcap)
-        return dq, dk, dv, None, None, None, None, None, None, None, None, None, None, None
+        dsinks = sink_gradient(sinks, out, do, lse) if ctx.needs_input_grad[14] else None
+        return dq, dk, dv, None, None, None, None, None, None, None, None, None, None, None, dsinks
+
+
+def sink_gradient(sinks: torch.Tensor, out: torch.Tensor, do: torch.Tensor, lse: torch.Tensor) -> torch.Tensor:
+    """The gradient of the sink logits, fp32 ``[H]``, from the forward's ``out`` and ``lse`` (``[2, B, H, Q]``: base-2
+    log-sum-exp with the sinks, and its residual) and the output gradient ``do``. A sink is a key with a zero value,
+    so its score gradient in a row is ``P_sink * (0 - delta)`` with ``delta = rowsum(dO * O)`` (dropout included, as
+    for the keys) and ``P_sink = 2^((sink * log2(e) - lse) - residual)``; rows with nothing kept give 0."""
+    delta = (do.float() * out.float()).sum(dim=-1)
+    p_sink = torch.exp2((sinks.float()[None, :, None] * _LOG2E - lse[0]) - lse[1])
+    return -torch.where(lse[0] == float("-inf"), 0.0, p_sink * delta).sum(dim=(0, 2))
 
 
 _SAME_DEVICE = contextlib.nullcontext()
@@ -1528,6 +1569,7 @@ def attention(
     dropout_p: float = 0.0,
     window: Optional[int] = None,
     softcap: Optional[float] = None,
+    sinks: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
     """Masked softmax attention ``softmax(scale * q kᵀ + mask) v`` without materialising the scores.
 
@@ -1552,23 +1594,29 @@ def attention(
         softcap: logit soft-capping (Gemma 2's ``attn_logit_softcapping``): the scaled scores become
             ``softcap * tanh(scale * q kᵀ / softcap)`` before the mask is applied or added, in the forward and the
             backward. None (default) or 0 is none; otherwise a positive finite number.
+        sinks: attention sinks (GPT-OSS's ``sinks``): None, or a floating tensor ``[H]`` on q's device, one logit
+            per query head that joins every row's softmax (compared with the scaled, masked scores) as a key whose
+            value is zero, so the probabilities over the real keys sum to less than 1. Differentiable (a parameter
+            in GPT-OSS). ``-inf`` is no sink; ``+inf`` or NaN make the rows NaN, as in an eager softmax over the
+            concatenated column. Rows with nothing to attend to stay zeros.
 
     Returns:
         ``[B, H, Q, D]`` in q's dtype, laid out in memory as ``[B, Q, H, D]`` (``out.transpose(1, 2)`` is
-        contiguous). Rows with nothing to attend to are zeros. Differentiable w.r.t. q, k and v.
+        contiguous). Rows with nothing to attend to are zeros. Differentiable w.r.t. q, k, v (and ``sinks``).
 
     Raises:
         ValueError: wrong rank or shapes, head_dim 0 or > 256, tensors on different devices, dropout_p outside
             [0, 1], scale out of range, a scale tensor or additive mask that requires grad while autograd records,
-            a window below 1 or without ``causal``, a negative, infinite or NaN ``softcap``.
-        TypeError: unsupported or mismatched dtypes, a non-tensor argument.
+            a window below 1 or without ``causal``, a negative, infinite or NaN ``softcap``, ``sinks`` of another shape
+            than ``[H]`` or on another device.
+        TypeError: unsupported or mismatched dtypes, a non-tensor argument, integer ``sinks``.
     """
     # Through the custom operator, so torch.compile traces it as one node (ops imports this module: bound late, once).
     global _ops_attention
     if _ops_attention is None:
         from .ops import attention as _ops_attention
     return _ops_attention(q, k, v, attention_mask, causal=causal, scale=scale, dropout_p=dropout_p, window=window,
-                          softcap=softcap)
+                          softcap=softcap, sinks=sinks)
 
 
 _ops_attention = None
@@ -1601,7 +1649,7 @@ def softcap_value(softcap) -> float:
 
 
 def attention_bqhd(q, k, v, attention_mask=None, *, causal=False, scale=None, dropout_p=0.0,
-                   window=None, softcap=None) -> torch.Tensor:
+                   window=None, softcap=None, sinks=None) -> torch.Tensor:
     """:func:`attention`, returned as the contiguous ``[B, Q, H, D]`` tensor Hugging Face attention modules want."""
     return attention(q, k, v, attention_mask, causal=causal, scale=scale, dropout_p=dropout_p,
-                     window=window, softcap=softcap).transpose(1, 2).contiguous()
+                     window=window, softcap=softcap, sinks=sinks).transpose(1, 2).contiguous()

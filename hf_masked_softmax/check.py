@@ -109,17 +109,23 @@ def check_attention(device, quick, report):
         shapes = [(2, 4, 2, 5, 20, 16)]
         dtypes = [torch.float32, torch.float16]
     # "+dropout": attention dropout 0.1 in the kernels, against the reference under the same Philox mask;
-    # "+window": a causal sliding window of a third of the keys; "+softcap": scores soft-capped at 1 (Gemma 2's cap)
-    forms = ["none", "pad2d", "bool4d", "add4d", "pad2d+dropout", "pad2d+window", "pad2d+softcap"]
+    # "+window": a causal sliding window of a third of the keys; "+softcap": scores soft-capped at 1 (Gemma 2's cap);
+    # "+sinks": one sink logit per head, of the scores' size (GPT-OSS's attention sinks), with its gradient
+    forms = ["none", "pad2d", "bool4d", "add4d", "pad2d+dropout", "pad2d+window", "pad2d+softcap", "pad2d+sinks"]
     if quick:
-        shapes, forms = shapes[:1], ["pad2d", "add4d", "pad2d+dropout", "pad2d+window", "pad2d+softcap"]
+        shapes, forms = shapes[:1], ["pad2d", "add4d", "pad2d+dropout", "pad2d+window", "pad2d+softcap",
+                                     "pad2d+sinks"]
     for (B, H, Hkv, Q, K, D) in shapes:
         for dtype in dtypes:
             for form in forms:
-                causal = form in ("none", "pad2d", "pad2d+dropout", "pad2d+window", "pad2d+softcap")
+                causal = form == "none" or form.startswith("pad2d")
                 p = 0.1 if form.endswith("+dropout") else 0.0
                 window = max(1, K // 3) if form.endswith("+window") else None
                 softcap = 1.0 if form.endswith("+softcap") else None
+                sinks = None
+                if form.endswith("+sinks"):
+                    sinks = (torch.randn(H, generator=torch.Generator().manual_seed(4)) + 1).to(device)
+                    sinks.requires_grad_(True)
                 g = torch.Generator(device="cpu").manual_seed(2)
                 q = torch.randn(B, Q, H, D, generator=g).to(device, dtype).transpose(1, 2).requires_grad_(True)
                 k = torch.randn(B, K, Hkv, D, generator=g).to(device, dtype).transpose(1, 2).requires_grad_(True)
@@ -132,16 +138,22 @@ def check_attention(device, quick, report):
                     seed = int(ops._new_seed(device))
                     dropout = (dropout_keep_reference(seed, (B, H, Q, K), thr, device=device), keep_scale)
                     torch.manual_seed(3)
-                out = attention(q, k, v, mask, causal=causal, dropout_p=p, window=window, softcap=softcap)
+                out = attention(q, k, v, mask, causal=causal, dropout_p=p, window=window, softcap=softcap,
+                                sinks=sinks)
                 do = torch.randn(out.shape, generator=g).to(device, dtype)
-                grads = torch.autograd.grad(out, (q, k, v), do)
-                ref_in = [t.detach().double().requires_grad_(True) for t in (q, k, v)]
-                ref = attention_reference(*ref_in, mask, causal=causal, compute_dtype=torch.float64, dropout=dropout,
-                                          window=window, softcap=softcap)
+                inputs = (q, k, v) + (() if sinks is None else (sinks,))
+                grads = torch.autograd.grad(out, inputs, do)
+                ref_in = [t.detach().double().requires_grad_(True) for t in inputs]
+                ref = attention_reference(*ref_in[:3], mask, causal=causal, compute_dtype=torch.float64,
+                                          dropout=dropout, window=window, softcap=softcap,
+                                          sinks=ref_in[3] if sinks is not None else None)
                 ref_grads = torch.autograd.grad(ref, ref_in, do.double())
                 worst = _max_violation(out, ref, dtype, WIDEN["attention"])
-                for a, b in zip(grads, ref_grads):
+                for a, b in zip(grads[:3], ref_grads[:3]):
                     worst = max(worst, _max_violation(a, b, dtype, WIDEN["attention_grad"]))
+                if sinks is not None:  # a sum over B * Q rows: rounding grows as its square root
+                    worst = max(worst, _max_violation(grads[3], ref_grads[3], dtype,
+                                                      WIDEN["attention_grad"] * (B * Q) ** 0.5))
                 report("attention", f"{B}x{H}/{Hkv}x{Q}x{K}x{D}", dtype, form, worst, True)
 
 
@@ -217,6 +229,9 @@ def _fuzz_attention_case(rng, cuda):
     # a soft-cap on a quarter of the cases, from a generator of its own likewise
     crng = torch.Generator().manual_seed(rng.initial_seed() ^ 0xCA9)
     case["softcap"] = _pick(crng, (None, None, None, None, None, None, 0.5, 2.0, 30.0, 1e-3, 1e4, 5.0))
+    # attention sinks on a quarter of the cases (one logit per head: N(mean, 2)), a generator of their own likewise
+    srng = torch.Generator().manual_seed(rng.initial_seed() ^ 0x51C)
+    case["sinks"] = _pick(srng, (None, None, None, -2.0, 0.0, 3.0, None, None, None, None, None, None))
     return case
 
 
@@ -275,23 +290,30 @@ def _fuzz_attention(case, rng, device):
     mask = _fuzz_mask(rng, case["mask"], B, H, Q, K, device)
     q, k, v = (f(t) for f, t in zip(views, leaves))
     grad = case["grad"] and not case["nan"] and _plain_scale(case["scale"], D ** -0.5)
+    sinks = ref_sinks = None
+    if case.get("sinks") is not None:
+        sinks = (torch.randn(H, generator=rng) * 2 + case["sinks"]).to(device).requires_grad_(grad)
+        ref_sinks = sinks.detach().double().requires_grad_(grad)
     with torch.set_grad_enabled(grad):
         out = attention(q, k, v, mask, causal=case["causal"], scale=case["scale"], window=case["window"],
-                        softcap=case["softcap"])
+                        softcap=case["softcap"], sinks=sinks)
     ref_leaves = [t.detach().double().requires_grad_(grad) for t in leaves]
     ref = attention_reference(*(f(t) for f, t in zip(views, ref_leaves)), mask, causal=case["causal"],
                               scale=case["scale"], compute_dtype=torch.float64, window=case["window"],
-                              softcap=case["softcap"])
+                              softcap=case["softcap"], sinks=ref_sinks)
     worst = _nan_aware_violation(out, ref, dtype, WIDEN["attention"] * _logit_widening(case["scale"], D))
     if out.shape != q.shape or out.dtype != dtype:
         worst = float("inf")
     if grad:
         do = torch.randn(out.shape, generator=rng).to(device, dtype)
-        grads = torch.autograd.grad(out, leaves, do)
-        ref_grads = torch.autograd.grad(ref, ref_leaves, do.double())
+        extra, ref_extra = ((), ()) if sinks is None else ((sinks,), (ref_sinks,))
+        grads = torch.autograd.grad(out, tuple(leaves) + extra, do)
+        ref_grads = torch.autograd.grad(ref, tuple(ref_leaves) + ref_extra, do.double())
         terms = B if case["layout"] == "broadcast" else 1  # a shared batch row sums B rows' gradients
-        for a, b in zip(grads, ref_grads):
+        for a, b in zip(grads[:3], ref_grads[:3]):
             worst = max(worst, _max_violation(a, b, dtype, WIDEN["attention_grad"] * terms))
+        if sinks is not None:  # a sum over B * Q rows: rounding grows as its square root
+            worst = max(worst, _max_violation(grads[3], ref_grads[3], dtype, WIDEN["attention_grad"] * (B * Q) ** 0.5))
     return worst, True
 
 
@@ -356,6 +378,8 @@ def _describe(case):
         flags.append(f"window={case['window']}")
     if case.get("softcap") is not None:
         flags.append(f"softcap={case['softcap']}")
+    if case.get("sinks") is not None:
+        flags.append(f"sinks~{case['sinks']}")
     return sizes, " ".join(flags)
 
 

@@ -183,9 +183,9 @@ def _pick_mode(module, kwargs, attention_mask=None) -> str:
 
 
 def _check_unsupported_features(kwargs) -> None:
-    # Score modifiers that some AttentionInterface models pass and neither kernel implements (Gemma 2's `softcap`,
-    # which they do implement, is applied in _attention_forward).
-    for key, feature in (("s_aux", "attention sinks"), ("position_bias", "additive position bias")):
+    # Score modifiers that some AttentionInterface models pass and neither kernel implements (Gemma 2's `softcap` and
+    # GPT-OSS's sinks, `s_aux`, which they do implement, are applied in _attention_forward).
+    for key, feature in (("position_bias", "additive position bias"),):
         if kwargs.get(key) is not None:
             raise ValueError(f"{NAME} does not support {feature} (`{key}`); use attn_implementation='eager' or 'sdpa'")
 
@@ -279,10 +279,11 @@ def _attention_forward(
             raise ValueError(f"{NAME} applies a sliding window to causal attention only; this call is not causal")
     mode = _pick_mode(module, kwargs, attention_mask)
     softcap = kwargs.get("softcap")
+    sinks = kwargs.get("s_aux")  # GPT-OSS: one logit per query head in every row's softmax, attending to nothing
 
     if mode == "fused" and query.dtype != torch.float64:
         out = attention(query, key, value, attention_mask, causal=causal, scale=scaling, dropout_p=float(dropout),
-                        window=window, softcap=None if softcap is None else float(softcap))
+                        window=window, softcap=None if softcap is None else float(softcap), sinks=sinks)
         return out.transpose(1, 2).contiguous(), None
     if window is not None:  # the softmax kernel has no window: a 4D mask with it
         attention_mask = _windowed_mask(attention_mask, query.shape[-2], key.shape[-2], window, query.device)
@@ -308,9 +309,9 @@ def _attention_forward(
         # No kernel takes float64 (a model in double precision, for gradcheck or numerical comparisons): the
         # plain-PyTorch reference with the same semantics, in float64, differentiated by autograd.
         probs = masked_softmax_reference(scores, attention_mask, causal=causal, scale=scaling,
-                                         compute_dtype=torch.float64)
+                                         compute_dtype=torch.float64, sinks=sinks)
     else:
-        probs = masked_softmax(scores, attention_mask, causal=causal, scale=scaling).to(value.dtype)
+        probs = masked_softmax(scores, attention_mask, causal=causal, scale=scaling, sinks=sinks).to(value.dtype)
     # The scores are dead from here (autograd keeps the probabilities, not them): free them before the next
     # [B, H, Q, K]-sized tensors appear, or the peak memory exceeds HF eager's, which rebinds one name.
     del scores

@@ -201,19 +201,22 @@ def _store_rows(ptrs, val, row_ok, cols, K, EVEN: tl.constexpr, STREAM: tl.const
 @fast_launch
 @triton.jit
 def _fwd_kernel(
-    s_ptr, y_ptr, mask_ptr, ranges_ptr,
+    s_ptr, y_ptr, mask_ptr, ranges_ptr, sink_ptr,
     s_stride_b, s_stride_h, s_stride_q, s_stride_k,
     mask_stride_b, mask_stride_h, mask_stride_q, mask_stride_k,
     n_rows, H, Q, K, scale2, add_threshold,
     MASK_KIND: tl.constexpr, CAUSAL: tl.constexpr, BLOCK_M: tl.constexpr, CHUNK: tl.constexpr,
     ONE_CHUNK: tl.constexpr, EVEN: tl.constexpr, GROUP: tl.constexpr, ALIGNED: tl.constexpr, WIDE: tl.constexpr,
-    STREAM: tl.constexpr,
+    STREAM: tl.constexpr, SINK: tl.constexpr,
 ):
     """``BLOCK_M`` rows per program. ``ONE_CHUNK`` (``K <= CHUNK``): the rows stay in registers, one read. Otherwise
     two passes over ``CHUNK``-wide column chunks: online max / sum over the chunks some row sees, then normalise and
-    store; chunks no row sees are stored as zeros without being read or computed."""
+    store; chunks no row sees are stored as zeros without being read or computed. ``SINK``: each head's sink logit
+    (``sink_ptr``, fp32 ``[H]``, natural units) joins every row's max and sum as one more, never stored, column."""
     rows, row_ok, b, h, q, lo, hi, holes = _rows_and_windows(ranges_ptr, n_rows, H, Q, K, MASK_KIND, CAUSAL,
                                                              BLOCK_M, WIDE)
+    if SINK:
+        sink = tl.load(sink_ptr + h, mask=row_ok, other=float("-inf")) * 1.4426950408889634  # base 2, as the scores
     offs = tl.arange(0, CHUNK)[None, :]
     if WIDE:
         offs = offs.to(tl.int64)
@@ -226,15 +229,22 @@ def _fwd_kernel(
                                     ALIGNED)
         x = _scores_chunk(s_row, offs, s_stride_k, scale2, keep, pred, add, True, MASK_KIND)
         m = tl.max(x, axis=1)
+        if SINK:
+            m = tl.maximum(m, sink)
         m = tl.where(m == float("-inf"), 0.0, m)  # an empty row shifts by 0: exp2(-inf) = 0, never NaN
         e = tl.math.exp2(x - m[:, None])
         denom = tl.sum(e, axis=1)
+        if SINK:
+            denom += tl.math.exp2(sink - m)
         # masked entries are exactly 0 even in a row that a NaN score poisons
         y = tl.where(keep, e * (1.0 / tl.where(denom == 0.0, 1.0, denom))[:, None], 0.0)
         _store(y_row + offs, y.to(y_ptr.dtype.element_ty), row_ok[:, None] & (offs < K), True, STREAM)
     else:
         m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
         l_i = tl.zeros([BLOCK_M], tl.float32)
+        if SINK:  # the sink as the first column seen: a -inf sink (none) leaves (-inf, 0)
+            m_i = sink
+            l_i = tl.where(sink == float("-inf"), 0.0, 1.0)
         for c0 in range(c_lo, c_hi, CHUNK):
             cols = c0 + offs
             if (c0 >= f_lo) & (c0 + CHUNK <= f_hi):
@@ -419,7 +429,7 @@ _PLANS: dict = {}
 _MAX_PLANS = 256  # a decoding step adds one (its key length); cleared when full
 
 
-def _plan(kernel, tensors, strides, spec, shape, causal, scale, blocks):
+def _plan(kernel, tensors, strides, spec, shape, causal, scale, blocks, sink=False):
     """The bound launch of one kernel call signature: everything but the pointers, computed once."""
     B, H, Q, K = shape
     n_rows = B * H * Q
@@ -438,30 +448,32 @@ def _plan(kernel, tensors, strides, spec, shape, causal, scale, blocks):
         EVEN=(K % chunk == 0 and n_rows % block_m == 0), GROUP=min(LOAD_GROUP, chunk),
         ALIGNED=K % min(LOAD_GROUP, chunk) == 0,
         WIDE=wide, STREAM=_stream(STREAM_STORES, not backward, one), num_warps=num_warps,
+        **({} if backward else dict(SINK=sink)),
     ))
 
 
-def _launch(kernel, tensors, strides, spec, shape, causal, scale, blocks, ranges=None):
+def _launch(kernel, tensors, strides, spec, shape, causal, scale, blocks, ranges=None, sinks=None):
     mask = spec.tensor
     key = (kernel, tuple([t.dtype for t in tensors]), tuple(shape), tuple(strides), tensors[0].device, spec.kind,
            None if mask is None else (mask.shape, mask.stride(), mask.dtype), spec.threshold, causal, scale, blocks,
-           _aligned(mask, *tensors), _policy())
+           sinks is None, _aligned(mask, sinks, *tensors), _policy())
     launch = _PLANS.get(key)
     if launch is None:
-        launch = _plan(kernel, tensors, strides, spec, shape, causal, scale, blocks)
+        launch = _plan(kernel, tensors, strides, spec, shape, causal, scale, blocks, sinks is not None)
         _remember(_PLANS, key, launch, _MAX_PLANS)
     mask_t, _, ranges = _mask_args(spec, tensors[0], ranges)
     if len(tensors) == 3:
         launch(*tensors, ranges)
     else:
-        launch(*tensors, mask_t, ranges)
+        launch(*tensors, mask_t, ranges, sinks if sinks is not None else tensors[0])
 
 
-def _forward(scores, spec, causal, scale, blocks, ranges=None):
+def _forward(scores, spec, causal, scale, blocks, ranges=None, sinks=None):
+    """``sinks``: None, or each head's sink logit, fp32 ``[H]`` contiguous on the scores' device."""
     y = torch.empty(scores.shape, dtype=scores.dtype, device=scores.device)
     if y.numel():
         _launch(_fwd_kernel, (scores, y), scores.stride(), spec, scores.shape, causal, float(scale) * _LOG2E, blocks,
-                ranges)
+                ranges, sinks)
     return y
 
 
@@ -480,11 +492,11 @@ class MaskedSoftmaxFunction(torch.autograd.Function):
     (same launchers, autograd registered on them) take its place."""
 
     @staticmethod
-    def forward(ctx, scores, spec, causal, scale, blocks, ranges):
+    def forward(ctx, scores, spec, causal, scale, blocks, ranges, sinks=None):
         # a 2D mask's key ranges serve the backward too: one launch less there (host time is what a backward of this
         # size is short of)
         with _ops.on_device(scores):
-            y = _forward(scores, spec, causal, scale, blocks, ranges)
+            y = _forward(scores, spec, causal, scale, blocks, ranges, sinks)
         ctx.save_for_backward(y)
         ctx.spec, ctx.causal, ctx.scale, ctx.blocks, ctx.ranges = spec, causal, scale, blocks, ranges
         return y
@@ -495,7 +507,33 @@ class MaskedSoftmaxFunction(torch.autograd.Function):
         (y,) = ctx.saved_tensors
         with _ops.on_device(y):
             ds = _backward(y, dy, ctx.spec, ctx.causal, ctx.scale, ctx.blocks, ctx.ranges)
-        return ds, None, None, None, None, None
+        dsinks = sink_gradient(y, dy) if ctx.needs_input_grad[6] else None
+        return ds, None, None, None, None, None, dsinks
+
+
+def sink_gradient(y: torch.Tensor, dy: torch.Tensor) -> torch.Tensor:
+    """The gradient of each head's sink logit, fp32 ``[H]``, from the probabilities ``y`` (sink excluded) and their
+    gradient ``dy``: the sink's probability in a row is ``1 - sum(y)``, and ``d sink = -(1 - sum(y)) * sum(y * dy)``
+    summed over the batch and the rows (a row's ``dy`` counts only where ``y`` is nonzero, as the scores' gradient)."""
+    y32 = y.float()
+    sdot = torch.where(y32 != 0, y32 * dy.float(), 0.0).sum(dim=-1)
+    return -((1.0 - y32.sum(dim=-1)).clamp_min(0.0) * sdot).sum(dim=(0, 2))
+
+
+def sinks_tensor(sinks, heads: int, device) -> Optional[torch.Tensor]:
+    """``sinks`` as the kernels take it: None, or fp32 ``[heads]`` contiguous (differentiable: autograd carries the
+    gradient back to the caller's dtype), after the public functions' checks."""
+    if sinks is None:
+        return None
+    if not isinstance(sinks, torch.Tensor):
+        raise TypeError(f"sinks must be a torch.Tensor of shape [{heads}] or None, got {type(sinks).__name__}")
+    if not sinks.is_floating_point():
+        raise TypeError(f"sinks must be a floating-point tensor, got {sinks.dtype}")
+    if tuple(sinks.shape) != (heads,):
+        raise ValueError(f"sinks must have shape [{heads}] (one logit per query head), got {list(sinks.shape)}")
+    if sinks.device != device:
+        raise ValueError(f"sinks must be on the inputs' device {device}, got {sinks.device}")
+    return sinks if sinks.dtype == torch.float32 and sinks.is_contiguous() else sinks.to(torch.float32).contiguous()
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -532,6 +570,7 @@ def masked_softmax(
     *,
     causal: bool = False,
     scale: float = 1.0,
+    sinks: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
     """Softmax of ``scale * scores`` over the last dim with padding / boolean / additive masks and causality fused.
 
@@ -543,10 +582,14 @@ def masked_softmax(
         causal: query ``i`` sees key ``j`` iff ``j <= i + K - Q`` (bottom-right, as with a KV cache).
         scale: multiplies the scores before the mask is added; a number or a one-element tensor (not
             differentiated), at most FLT_MAX / log2(e) = 2.36e38 in magnitude.
+        sinks: attention sinks (GPT-OSS): None, or a floating tensor ``[H]`` on the scores' device, one logit per
+            head that joins every row's softmax as an extra column (compared with ``scale * scores`` + mask) and is
+            left out of the result, so a row sums to less than 1; a fully masked row stays all 0. ``-inf`` is no
+            sink; ``+inf`` or NaN make the row NaN, as they do in a softmax over the concatenated column.
 
     Returns:
         ``[B, H, Q, K]`` contiguous, ``scores.dtype``; masked entries exactly 0, fully masked rows all 0.
-        Differentiable w.r.t. ``scores``.
+        Differentiable w.r.t. ``scores`` and ``sinks``.
 
     CUDA tensors run the Triton kernels. CPU tensors run them in Triton's interpreter when ``TRITON_INTERPRET=1``
     was set before import (setting it later changes nothing), and otherwise the plain-PyTorch reference with the
@@ -557,17 +600,18 @@ def masked_softmax(
     spec = _masks.prepare_mask(attention_mask, tuple(scores.shape), scores.device)
     if scores.device.type not in ("cuda", "cpu"):
         raise ValueError(f"masked_softmax runs on CUDA (or CPU) tensors, got a tensor on {scores.device}")
+    sinks = sinks_tensor(sinks, scores.shape[1], scores.device)
     if not kernels_take(scores):
-        return masked_softmax_reference(scores, spec, causal=bool(causal), scale=scale)
-    path = _ops.call_path(scores)
+        return masked_softmax_reference(scores, spec, causal=bool(causal), scale=scale, sinks=sinks)
+    path = _ops.call_path(scores) if sinks is None else _ops.call_path(scores, sinks)
     blocks = (MAX_SINGLE_PASS_K, LOOP_BLOCK_K)
     if path != "op":  # eager: a 2D mask's key ranges cached per mask object (HF hands one mask to every layer)
         with _ops.on_device(scores):
             ranges = _masks.spec_ranges(spec, attention_mask) if scores.numel() else None
             if path == "direct":  # inference: straight to the launcher (the dispatcher costs more than small kernels)
-                return _forward(scores, spec, bool(causal), scale, blocks, ranges)
-        return MaskedSoftmaxFunction.apply(scores, spec, bool(causal), scale, blocks, ranges)  # eager autograd
+                return _forward(scores, spec, bool(causal), scale, blocks, ranges, sinks)
+        return MaskedSoftmaxFunction.apply(scores, spec, bool(causal), scale, blocks, ranges, sinks)  # eager autograd
     # One custom-operator call (torch.compile keeps it as one node, autograd records it); the mask travels as given.
     return _ops.masked_softmax_op(
-        scores, attention_mask, spec.kind, spec.threshold, bool(causal), scale, MAX_SINGLE_PASS_K, LOOP_BLOCK_K
+        scores, attention_mask, spec.kind, spec.threshold, bool(causal), scale, MAX_SINGLE_PASS_K, LOOP_BLOCK_K, sinks
     )

@@ -2,24 +2,26 @@
 
 Operators (namespace ``hf_masked_softmax``), all taking tensors and scalars only:
 
-* ``masked_softmax(scores, mask, mask_kind, threshold, causal, scale, max_single_pass_k, loop_block_k) -> y``
+* ``masked_softmax(scores, mask, mask_kind, threshold, causal, scale, max_single_pass_k, loop_block_k, sinks=None)
+  -> y`` (``sinks``: fp32 ``[H]``, :func:`hf_masked_softmax.masked_softmax`'s attention sinks)
 * ``masked_softmax_backward(y, dy, mask, mask_kind, threshold, causal, scale, max_single_pass_k, loop_block_k) -> ds``
 * ``attention_forward(q, k, v, mask, mask_kind, threshold, causal, scale, drop_thr=0, seed=None, window=0,
-  softcap=0.0) -> (out, lse)``,
+  softcap=0.0, sinks=None) -> (out, lse)``,
   ``lse`` being ``[2, B, H, Q]`` fp32: each row's base-2 log-sum-exp and its rounding residual
   (:mod:`hf_masked_softmax.attention`)
 * ``attention_backward(do, q, k, v, out, lse, mask, mask_kind, threshold, causal, scale, drop_thr=0, seed=None,
-  window=0, softcap=0.0) -> (dq, dk, dv)``
-* ``attention_inference(q, k, v, mask, mask_kind, threshold, causal, scale, window=0, softcap=0.0) -> out``: the
-  forward without the
-  log-sum-exp or autograd, which compiled graphs call where nothing needs gradients and there is no dropout
+  window=0, softcap=0.0, sinks=None) -> (dq, dk, dv)``
+* ``attention_inference(q, k, v, mask, mask_kind, threshold, causal, scale, window=0, softcap=0.0, sinks=None)
+  -> out``: the forward without the log-sum-exp or autograd, which compiled graphs call where nothing needs gradients
+  and there is no dropout
 
 ``mask`` is the caller's mask tensor exactly as given (``[B, K]`` padding mask or a 4D mask that broadcasts to the
 scores), ``mask_kind`` one of :mod:`hf_masked_softmax.masks`' ``NONE / PAD2D / BOOL4D / ADD4D`` and ``threshold`` the
 additive value at or below which an entry counts as masked; ``drop_thr`` and ``seed`` are the attention's dropout
 (:func:`hf_masked_softmax.attention.dropout_threshold`, a one-element int64 Philox key), ``window`` its sliding
-window (0: none; :func:`hf_masked_softmax.attention.window_size`) and ``softcap`` its logit soft-cap (0.0: none;
-:func:`hf_masked_softmax.attention.softcap_value`). The public functions
+window (0: none; :func:`hf_masked_softmax.attention.window_size`), ``softcap`` its logit soft-cap (0.0: none;
+:func:`hf_masked_softmax.attention.softcap_value`) and ``sinks`` its attention sinks (None, or fp32 ``[H]``: the
+sinks' gradient is computed next to the backward operator, from ``out``, ``dO`` and ``lse``). The public functions
 validate their arguments once (that host code is plain PyTorch and traces fine) and then pick a path
 (:func:`call_path`): under torch.compile, for tensor subclasses and under dispatch modes, one operator call
 (``masked_softmax()`` in its own module, ``attention()`` through :func:`attention` below); in eager mode the launchers
@@ -143,16 +145,17 @@ def masked_softmax_op(
     scale: float,
     max_single_pass_k: int,
     loop_block_k: int,
+    sinks: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
     spec = _spec(mask, mask_kind, threshold, tuple(scores.shape))
     if not kernels_take(scores):
-        return masked_softmax_reference(scores, spec, causal=causal, scale=scale)
+        return masked_softmax_reference(scores, spec, causal=causal, scale=scale, sinks=sinks)
     with on_device(scores):
-        return _ms._forward(scores, spec, causal, scale, (max_single_pass_k, loop_block_k))
+        return _ms._forward(scores, spec, causal, scale, (max_single_pass_k, loop_block_k), sinks=sinks)
 
 
 @masked_softmax_op.register_fake
-def _(scores, mask, mask_kind, threshold, causal, scale, max_single_pass_k, loop_block_k):
+def _(scores, mask, mask_kind, threshold, causal, scale, max_single_pass_k, loop_block_k, sinks=None):
     return scores.new_empty(scores.shape)
 
 
@@ -181,15 +184,17 @@ def _(y, dy, mask, mask_kind, threshold, causal, scale, max_single_pass_k, loop_
 
 
 def _masked_softmax_setup(ctx, inputs, output):
-    _, mask, mask_kind, threshold, causal, scale, max_single_pass_k, loop_block_k = inputs
+    _, mask, mask_kind, threshold, causal, scale, max_single_pass_k, loop_block_k, sinks = inputs
     ctx.save_for_backward(output, mask)
     ctx.args = (mask_kind, threshold, causal, scale, max_single_pass_k, loop_block_k)
+    ctx.sinks_grad = sinks is not None and sinks.requires_grad
 
 
 def _masked_softmax_backward(ctx, dy):
     y, mask = ctx.saved_tensors
-    ds = masked_softmax_backward_op(y, dy, mask, *ctx.args)
-    return ds, None, None, None, None, None, None, None
+    ds = masked_softmax_backward_op(y, dy, mask, *ctx.args)  # the sink column takes no part in the scores' gradient
+    dsinks = _ms.sink_gradient(y, dy) if ctx.sinks_grad else None
+    return ds, None, None, None, None, None, None, None, dsinks
 
 
 masked_softmax_op.register_autograd(_masked_softmax_backward, setup_context=_masked_softmax_setup)
@@ -244,12 +249,13 @@ def _reference_dropout(q, k, drop_thr, seed):
     return keep, _attn._keep_scale(drop_thr)
 
 
-def _attention_reference(q, k, v, mask, causal, scale, drop_thr=0, seed=None, window=0, softcap=0.0):
+def _attention_reference(q, k, v, mask, causal, scale, drop_thr=0, seed=None, window=0, softcap=0.0, sinks=None):
     """The CPU fallback (no interpreter): the reference, with half-precision probabilities rounded to q's dtype
     before the product with v, as the GPU kernel does, and the kernels' dropout mask."""
     half = q.dtype in (torch.float16, torch.bfloat16)
     out = attention_reference(q, k, v, mask, causal=causal, scale=scale, prob_dtype=q.dtype if half else None,
-                              dropout=_reference_dropout(q, k, drop_thr, seed), window=window, softcap=softcap)
+                              dropout=_reference_dropout(q, k, drop_thr, seed), window=window, softcap=softcap,
+                              sinks=sinks)
     # the kernel's layout: [B, H, Q, D] whose memory is [B, Q, H, D] (the documented out.transpose(1, 2) is contiguous)
     return out.transpose(1, 2).contiguous().transpose(1, 2)
 
@@ -271,20 +277,22 @@ def attention_op(
     seed: Optional[torch.Tensor] = None,
     window: int = 0,
     softcap: float = 0.0,
+    sinks: Optional[torch.Tensor] = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     if not kernels_take(q):
-        out = _attention_reference(q, k, v, mask, causal, scale, drop_thr, seed, window, softcap)
-        lse = attention_lse_reference(q, k, mask, causal=causal, scale=scale, window=window, softcap=softcap)
+        out = _attention_reference(q, k, v, mask, causal, scale, drop_thr, seed, window, softcap, sinks)
+        lse = attention_lse_reference(q, k, mask, causal=causal, scale=scale, window=window, softcap=softcap,
+                                      sinks=sinks)
         return out, torch.stack((lse, torch.zeros_like(lse)))  # the kernel's [2, B, H, Q]: lse, residual (none)
     B, H, Q, _ = q.shape
     kind, mask_t, ranges, threshold = _attn_mask_args(mask, mask_kind, threshold, (B, H, Q, k.shape[2]), False)
     with on_device(q):
         return _attn._forward(q, k, v, kind, mask_t, ranges, threshold, causal, scale, True, None, drop_thr, seed,
-                              window, softcap)
+                              window, softcap, sinks)
 
 
 @attention_op.register_fake
-def _(q, k, v, mask, mask_kind, threshold, causal, scale, drop_thr=0, seed=None, window=0, softcap=0.0):
+def _(q, k, v, mask, mask_kind, threshold, causal, scale, drop_thr=0, seed=None, window=0, softcap=0.0, sinks=None):
     B, H, Q, D = q.shape
     # [B, H, Q, D] laid out as [B, Q, H, D], exactly as the kernel writes it
     out = q.new_empty((B, Q, H, D)).transpose(1, 2)
@@ -309,11 +317,13 @@ def attention_backward_op(
     seed: Optional[torch.Tensor] = None,
     window: int = 0,
     softcap: float = 0.0,
+    sinks: Optional[torch.Tensor] = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(dq, dk, dv)``; ``sinks`` only reaches the plain-PyTorch fallback (the kernels read them in ``lse``)."""
     if not kernels_take(q):
         return attention_backward_reference(q, k, v, do, mask, causal=causal, scale=scale,
                                             dropout=_reference_dropout(q, k, drop_thr, seed), window=window,
-                                            softcap=softcap)
+                                            softcap=softcap, sinks=sinks)
     B, H, Q, _ = q.shape
     kind, mask_t, ranges, threshold = _attn_mask_args(mask, mask_kind, threshold, (B, H, Q, k.shape[2]))
     with on_device(q):
@@ -322,22 +332,25 @@ def attention_backward_op(
 
 
 @attention_backward_op.register_fake
-def _(do, q, k, v, out, lse, mask, mask_kind, threshold, causal, scale, drop_thr=0, seed=None, window=0, softcap=0.0):
+def _(do, q, k, v, out, lse, mask, mask_kind, threshold, causal, scale, drop_thr=0, seed=None, window=0, softcap=0.0,
+      sinks=None):
     return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
 
 
 def _attention_setup(ctx, inputs, output):
-    q, k, v, mask, mask_kind, threshold, causal, scale, drop_thr, seed, window, softcap = inputs
+    q, k, v, mask, mask_kind, threshold, causal, scale, drop_thr, seed, window, softcap, sinks = inputs
     out, lse = output
-    ctx.save_for_backward(q, k, v, out, lse, mask, seed)
+    ctx.save_for_backward(q, k, v, out, lse, mask, seed, sinks)
     ctx.args = (mask_kind, threshold, causal, scale, drop_thr)
     ctx.window, ctx.softcap = window, softcap
+    ctx.sinks_grad = sinks is not None and sinks.requires_grad
 
 
 def _attention_backward(ctx, do, _dlse):
-    q, k, v, out, lse, mask, seed = ctx.saved_tensors
-    dq, dk, dv = attention_backward_op(do, q, k, v, out, lse, mask, *ctx.args, seed, ctx.window, ctx.softcap)
-    return dq, dk, dv, None, None, None, None, None, None, None, None, None
+    q, k, v, out, lse, mask, seed, sinks = ctx.saved_tensors
+    dq, dk, dv = attention_backward_op(do, q, k, v, out, lse, mask, *ctx.args, seed, ctx.window, ctx.softcap, sinks)
+    dsinks = _attn.sink_gradient(sinks, out, do, lse) if ctx.sinks_grad else None
+    return dq, dk, dv, None, None, None, None, None, None, None, None, None, dsinks
 
 
 attention_op.register_autograd(_attention_backward, setup_context=_attention_setup)
@@ -355,21 +368,22 @@ def attention_inference_op(
     scale: float,
     window: int = 0,
     softcap: float = 0.0,
+    sinks: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
     """``attention_forward`` without the log-sum-exp and without autograd: what compiled graphs call where nothing
     needs gradients (the eager launcher's inference path: neither allocates nor stores the log-sum-exp, and on an
     H100 / H200 can take the Hopper kernel, :mod:`hf_masked_softmax._hopper`). No dropout."""
     if not kernels_take(q):
-        return _attention_reference(q, k, v, mask, causal, scale, 0, None, window, softcap)
+        return _attention_reference(q, k, v, mask, causal, scale, 0, None, window, softcap, sinks)
     B, H, Q, _ = q.shape
     kind, mask_t, ranges, threshold = _attn_mask_args(mask, mask_kind, threshold, (B, H, Q, k.shape[2]), False)
     with on_device(q):
         return _attn._forward(q, k, v, kind, mask_t, ranges, threshold, causal, scale, False, window=window,
-                              softcap=softcap)[0]
+                              softcap=softcap, sinks=sinks)[0]
 
 
 @attention_inference_op.register_fake
-def _(q, k, v, mask, mask_kind, threshold, causal, scale, window=0, softcap=0.0):
+def _(q, k, v, mask, mask_kind, threshold, causal, scale, window=0, softcap=0.0, sinks=None):
     B, H, Q, D = q.shape
     return q.new_empty((B, Q, H, D)).transpose(1, 2)  # the kernel's layout, as attention_forward's
 
@@ -380,7 +394,7 @@ _VALIDATED: dict = {}
 _MAX_VALIDATED = 256  # a decoding step adds one (its key length); cleared when full
 
 
-def _eager_signature(q, k, v, mask, causal, scale, dropout_p, window=None, softcap=None):
+def _eager_signature(q, k, v, mask, causal, scale, dropout_p, window=None, softcap=None, sinks=None):
     """Everything ``attention``'s checks and mask classification depend on, or None where the shortcut does not
     apply (a 4D mask, or arguments of other types: those always take the checks)."""
     if type(causal) is not bool or (scale is not None and type(scale) is not float) or type(dropout_p) is not float:
@@ -394,7 +408,7 @@ def _eager_signature(q, k, v, mask, causal, scale, dropout_p, window=None, softc
     else:
         return None
     return (q.shape, q.stride(), k.shape, k.stride(), v.shape, v.stride(), q.dtype, k.dtype, v.dtype, q.device,
-            k.device, v.device, msig, causal, scale, dropout_p, window, softcap)
+            k.device, v.device, msig, causal, scale, dropout_p, window, softcap, sinks is None)
 
 
 def _new_seed(device) -> torch.Tensor:
@@ -403,16 +417,17 @@ def _new_seed(device) -> torch.Tensor:
     return torch.randint(0, 2**62, (1,), dtype=torch.int64, device=device)
 
 
-def _eager(path, q, k, v, kind, mask_t, ranges, threshold, causal, scale, signature, drop_thr, window, softcap):
+def _eager(path, q, k, v, kind, mask_t, ranges, threshold, causal, scale, signature, drop_thr, window, softcap,
+           sinks=None):
     """The eager paths past the checks: inference straight to the launcher (no log-sum-exp kept), training through
     the autograd function. ``signature``: the validated call signature the launch plan is looked up by, or None."""
     seed = _new_seed(q.device) if drop_thr else None
     if path == "direct":
         with on_device(q):
             return _attn._forward(q, k, v, kind, mask_t, ranges, threshold, causal, scale, False, signature, drop_thr,
-                                  seed, window, softcap)[0]
+                                  seed, window, softcap, sinks)[0]
     return _attn.AttentionFunction.apply(q, k, v, kind, mask_t, ranges, threshold, causal, scale, signature, drop_thr,
-                                         seed, window, softcap)
+                                         seed, window, softcap, sinks)
 
 
 _AUTOCAST_DEVICES = ("cuda", "cpu")  # where the kernels run (asking torch about other device types can raise)
@@ -437,14 +452,21 @@ def attention(
     dropout_p: float = 0.0,
     window: Optional[int] = None,
     softcap: Optional[float] = None,
+    sinks: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
     """:func:`hf_masked_softmax.attention` through the custom operator (same arguments, same contract)."""
     if type(q) is torch.Tensor and q.device.type in _AUTOCAST_DEVICES and torch.is_autocast_enabled(q.device.type):
         q, k, v = _autocast_inputs(q, k, v)
-    path = call_path(q, k, v)
+    if sinks is not None:  # fp32 [H] (checked here: the shortcut below skips the other checks)
+        if not isinstance(q, torch.Tensor) or q.dim() != 4:
+            _attn._validate(q, k, v, dropout_p)
+        sinks = _ms.sinks_tensor(sinks, q.shape[1], q.device)
+        path = call_path(q, k, v, sinks)
+    else:
+        path = call_path(q, k, v)
     sig = None
     if path != "op":  # eager: a signature validated before skips the checks (a model calls one per layer)
-        sig = _eager_signature(q, k, v, attention_mask, causal, scale, dropout_p, window, softcap)
+        sig = _eager_signature(q, k, v, attention_mask, causal, scale, dropout_p, window, softcap, sinks)
         hit = _VALIDATED.get(sig) if sig is not None else None
         if hit is not None:
             kind, scale, drop_thr, win, cap = hit
@@ -452,7 +474,8 @@ def attention(
             if kind == _attn._K_RANGE:
                 mask_t = attention_mask.view(torch.uint8) if attention_mask.dtype == torch.bool else attention_mask
                 ranges = _masks.pad_ranges(mask_t, attention_mask)
-            return _eager(path, q, k, v, kind, mask_t, ranges, 0.0, causal, scale, (path, sig), drop_thr, win, cap)
+            return _eager(path, q, k, v, kind, mask_t, ranges, 0.0, causal, scale, (path, sig), drop_thr, win, cap,
+                          sinks)
     _attn._validate(q, k, v, dropout_p)
     drop_thr = _attn.dropout_threshold(float(dropout_p))[0]
     B, H, Q, D = q.shape
@@ -463,7 +486,7 @@ def attention(
     scale = _ms.validate_scale(D ** -0.5 if scale is None else scale)
     if not kernels_take(q):
         seed = _new_seed(q.device) if drop_thr else None
-        return _attention_reference(q, k, v, attention_mask, causal, scale, drop_thr, seed, win, cap)
+        return _attention_reference(q, k, v, attention_mask, causal, scale, drop_thr, seed, win, cap, sinks)
     threshold = spec.threshold
     if spec.kind == _masks.ADD4D:
         # masks wider than fp32 are compared after rounding to fp32, where their masked values become -inf
@@ -475,18 +498,21 @@ def attention(
         if sig is not None and spec.kind in (_masks.NONE, _masks.PAD2D):
             remember(_VALIDATED, sig, (kind, scale, drop_thr, win, cap), _MAX_VALIDATED)
             known = (path, sig)
-        return _eager(path, q, k, v, kind, mask_t, ranges, threshold, bool(causal), scale, known, drop_thr, win, cap)
-    if not drop_thr and torch.compiler.is_compiling() and not _needs_grad(q, k, v):
+        return _eager(path, q, k, v, kind, mask_t, ranges, threshold, bool(causal), scale, known, drop_thr, win, cap,
+                      sinks)
+    if not drop_thr and torch.compiler.is_compiling() and not _needs_grad(q, k, v, sinks):
         # a compiled graph that records no autograd (inference under torch.compile): no log-sum-exp
-        return attention_inference_op(q, k, v, attention_mask, spec.kind, threshold, bool(causal), scale, win, cap)
+        return attention_inference_op(q, k, v, attention_mask, spec.kind, threshold, bool(causal), scale, win, cap,
+                                      sinks)
     seed = _new_seed(q.device) if drop_thr else None
     out, _ = attention_op(q, k, v, attention_mask, spec.kind, threshold, bool(causal), scale, drop_thr, seed, win,
-                          cap)
+                          cap, sinks)
     return out
 
 
-def _needs_grad(q, k, v) -> bool:
-    return torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)
+def _needs_grad(q, k, v, sinks=None) -> bool:
+    return torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad
+                                        or sinks is not None and sinks.requires_grad)
 
 
 # The public ``hf_masked_softmax.attention`` calls this function; bound here, once, rather than looked up on its first

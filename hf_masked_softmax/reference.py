@@ -25,15 +25,26 @@ from .masks import ADD4D, MaskSpec, keep_mask, prepare_mask
 _LOG2E = 1.4426950408889634
 
 
-def _softmax_kept(x: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+def _sink_column(sinks, x: torch.Tensor):
+    """Attention sinks (``[H]``, one logit per head) as a ``[1, H, 1, 1]`` column in ``x``'s dtype, or None."""
+    return None if sinks is None else sinks.to(x.dtype).reshape(1, -1, 1, 1)
+
+
+def _softmax_kept(x: torch.Tensor, keep: torch.Tensor, sink: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Softmax over each row's kept entries, zeros elsewhere; ``sink`` (``[1, H, 1, 1]``): one more logit per row in
+    the max and the sum, left out of the result."""
     if x.shape[-1] == 0:  # no keys: nothing to normalise (amax over an empty dim would raise)
         return x.clone()
     x = x.masked_fill(~keep, float("-inf"))
     row_max = x.amax(dim=-1, keepdim=True)
+    if sink is not None:
+        row_max = torch.maximum(row_max, sink)
     # An empty (or all -inf) row has max -inf; shifting by 0 instead keeps exp() at 0 rather than NaN.
     row_max = torch.where(row_max == float("-inf"), torch.zeros_like(row_max), row_max)
     e = torch.exp(x - row_max)
     denom = e.sum(dim=-1, keepdim=True)
+    if sink is not None:
+        denom = denom + torch.exp(sink - row_max)
     denom = torch.where(denom == 0, torch.ones_like(denom), denom)
     return (e / denom).masked_fill(~keep, 0.0)
 
@@ -59,11 +70,13 @@ def masked_softmax_reference(
     compute_dtype: torch.dtype = torch.float32,
     out_dtype: Optional[torch.dtype] = None,
     window: Optional[int] = None,
+    sinks: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
     """Masked softmax of ``scores [B, H, Q, K]`` in ``compute_dtype``; returns ``out_dtype`` (default: scores').
-    ``window``: a sliding window, as :func:`attention_reference`'s."""
+    ``window``: a sliding window, as :func:`attention_reference`'s. ``sinks``: ``[H]`` attention sinks, one logit per
+    head that joins each row's softmax and is left out of the result (differentiable)."""
     x, keep = _masked_logits(scores, attention_mask, causal, scale, compute_dtype, window)
-    y = _softmax_kept(x, keep).to(out_dtype or scores.dtype)
+    y = _softmax_kept(x, keep, _sink_column(sinks, x)).to(out_dtype or scores.dtype)
     # a no-op forward whose backward zeroes the incoming gradient wherever Y = 0, as the kernels' backward does: a NaN
     # or inf upstream gradient at a dropped entry (or a -inf score) never reaches the row
     return y.masked_fill(y == 0, 0.0)
@@ -107,15 +120,23 @@ def attention_lse_reference(
     compute_dtype: torch.dtype = torch.float32,
     window: Optional[int] = None,
     softcap: Optional[float] = None,
+    sinks: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
     """Base-2 log-sum-exp ``log2(sum_kept 2^(log2(e) * x))`` of each row of the masked logits ``x`` of
     ``attention_reference``, ``[B, H, Q]`` in ``compute_dtype``: what the fused kernel saves for its backward (in fp32,
-    with its rounding residual beside it); ``-inf`` for a row with nothing kept."""
+    with its rounding residual beside it); ``-inf`` for a row with nothing kept. With ``sinks``, each head's sink
+    logit is one more term of every row's sum, but a row with nothing kept stays ``-inf`` (as the kernels save it)."""
     (k,) = _repeat_heads(q.shape[1], k)
     s = torch.matmul(q.to(compute_dtype), k.to(compute_dtype).transpose(-1, -2))
     s, scale, _ = _soft_capped(s, scale, softcap)
     x, keep = _masked_logits(s, attention_mask, causal, scale, compute_dtype, window)
-    return torch.logsumexp(x.masked_fill(~keep, float("-inf")), dim=-1) * _LOG2E
+    x = x.masked_fill(~keep, float("-inf"))
+    sink = _sink_column(sinks, x)
+    if sink is None:
+        return torch.logsumexp(x, dim=-1) * _LOG2E
+    empty = (x == float("-inf")).all(dim=-1)
+    lse = torch.logsumexp(torch.cat((x, sink.expand(*x.shape[:-1], 1)), dim=-1), dim=-1) * _LOG2E
+    return lse.masked_fill(empty, float("-inf"))
 
 
 def attention_reference(
@@ -131,6 +152,7 @@ def attention_reference(
     dropout: Optional[tuple[torch.Tensor, float]] = None,
     window: Optional[int] = None,
     softcap: Optional[float] = None,
+    sinks: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
     """``softmax_masked(q kᵀ · scale) v`` for ``q [B, H, Q, D]``, ``k, v [B, Hkv, K, D]`` (GQA by repetition).
 
@@ -141,7 +163,8 @@ def attention_reference(
     probabilities are multiplied by ``keep * keep_scale`` before the product with ``v``. ``window``: query ``i``
     also keeps only keys ``j > i + K - Q - window`` (a sliding window, as :func:`hf_masked_softmax.attention`'s;
     None or 0: none). ``softcap``: the scaled scores become ``softcap * tanh(scale * q kᵀ / softcap)`` before the
-    mask (None or 0: none).
+    mask (None or 0: none). ``sinks``: ``[H]`` attention sinks (GPT-OSS), one logit per head in every row's softmax,
+    attending to nothing (differentiable).
     """
     k, v = _repeat_heads(q.shape[1], k, v)
     if scale is None:
@@ -149,7 +172,7 @@ def attention_reference(
     s = torch.matmul(q.to(compute_dtype), k.to(compute_dtype).transpose(-1, -2))
     s, scale, _ = _soft_capped(s, scale, softcap)
     p = masked_softmax_reference(s, attention_mask, causal=causal, scale=scale, compute_dtype=compute_dtype,
-                                 window=window)
+                                 window=window, sinks=sinks)
     if prob_dtype is not None:
         p = p.to(prob_dtype).to(compute_dtype)
     # a row with nothing kept is zero whatever v holds, and its gradient never reaches v or the scores (the kernels
@@ -174,6 +197,7 @@ def attention_backward_reference(
     dropout: Optional[tuple[torch.Tensor, float]] = None,
     window: Optional[int] = None,
     softcap: Optional[float] = None,
+    sinks: Optional[torch.Tensor] = None,
 ):
     """``(dq, dk, dv)`` of ``attention_reference`` for the output gradient ``do``, written out (a custom operator's
     implementation runs below autograd, so it cannot differentiate the reference)::
@@ -185,7 +209,8 @@ def attention_backward_reference(
 
     ``dropout``: ``(keep, keep_scale)`` as in ``attention_reference``; ``Z = keep * keep_scale`` (1 without).
     ``window``: as in ``attention_reference``. ``softcap`` ``c``: ``P`` of the capped scores, and ``dX`` times
-    ``1 - tanh(scale * q kᵀ / c)**2`` before the products with ``k`` and ``q``.
+    ``1 - tanh(scale * q kᵀ / c)**2`` before the products with ``k`` and ``q``. ``sinks``: ``P`` includes them in
+    its normalisation (their own gradient: :func:`sink_gradient_reference`).
     """
     B, H, Q, D = q.shape
     Hkv = k.shape[1]
@@ -195,7 +220,7 @@ def attention_backward_reference(
     q32, k32, v32, do32 = (t.to(compute_dtype) for t in (q, ke, ve, do))
     s, s_scale, t = _soft_capped(torch.matmul(q32, k32.transpose(-1, -2)), scale, softcap)
     p = masked_softmax_reference(s, attention_mask, causal=causal, scale=s_scale, compute_dtype=compute_dtype,
-                                 window=window)
+                                 window=window, sinks=sinks)
     do32 = do32.masked_fill((p == 0).all(dim=-1, keepdim=True), 0.0)  # rows with nothing kept: see attention_reference
     z = _dropout_factor(dropout, compute_dtype)
     pz = p if z is None else p * z

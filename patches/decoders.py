@@ -10,7 +10,8 @@ from ``create_causal_mask``, which the backend's mask function answers with the 
 
 Gemma's and Gemma 2's ``use_bidirectional_attention=True`` is refused (see ``hf.BIDIRECTIONAL_CONFLICT``); Gemma 3's
 text model builds a bidirectional mask to go with it and is accepted. Gemma 2 and VaultGemma also pass
-``softcap``, their ``attn_logit_softcapping``, which both modes apply to the scaled scores. Sliding windows
+``softcap``, their ``attn_logit_softcapping``, which both modes apply to the scaled scores; GPT-OSS passes its
+attention sinks as ``s_aux``, which both kernels add to every row's softmax. Sliding windows
 (Mistral's default ``sliding_window=4096``, Phi-3's 2047, Qwen2/Qwen3 with ``use_sliding_window=True``) come with
 their own mask factory, which the backend's mask function recognises: calls with no more keys than the window get the
 compact mask (the window cuts nothing off there), longer ones HF's 4D mask with the window in it (see ``hf.py``).
@@ -56,6 +57,9 @@ SPECS = (
     decoder_spec("gemma3_text", "Gemma3Attention", bidirectional=True),
     decoder_spec("vaultgemma", "VaultGemmaAttention"),  # Gemma 2's attention (soft-cap, windows), trained privately
     decoder_spec("cohere2", "Cohere2Attention"),  # Command R7B: windows on three layers of four, rotary on those only
+    # GPT-OSS: attention sinks (`s_aux`, one learned logit per query head; both kernels take them, with gradients)
+    # and a 128-token window on every other layer; mixture-of-experts feed-forward
+    decoder_spec("gpt_oss", "GptOssAttention"),
     decoder_spec("cohere", "CohereAttention"),  # Command-R (optional q/k norms before the call)
     decoder_spec("stablelm", "StableLmAttention"),  # partial rotary, optional q/k layer norms before the call
     decoder_spec("phi", "PhiAttention"),  # Phi-1, 1.5 and 2 (partial rotary before the call)

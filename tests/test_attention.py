@@ -36,13 +36,15 @@ def _qkv(B, H, Hkv, Q, K, D, dtype, device, grad=False, seed=0, bthd=False):
     return q, k, v
 
 
-def _ref(q, k, v, mask, causal, scale=None, do=None, window=None, softcap=None):
+def _ref(q, k, v, mask, causal, scale=None, do=None, window=None, softcap=None, sinks=None):
+    """The fp64 reference's output and, given ``do``, its gradients (q, k, v, and the sinks' where given)."""
     qd, kd, vd = (t.detach().double().requires_grad_(do is not None) for t in (q, k, v))
+    sd = None if sinks is None else sinks.detach().double().requires_grad_(do is not None)
     out = attention_reference(qd, kd, vd, mask, causal=causal, scale=scale, compute_dtype=torch.float64,
-                              window=window, softcap=softcap)
+                              window=window, softcap=softcap, sinks=sd)
     if do is None:
         return out, None
-    return out, torch.autograd.grad(out, (qd, kd, vd), do.double())
+    return out, torch.autograd.grad(out, (qd, kd, vd) + (() if sd is None else (sd,)), do.double())
 
 
 def _pad_mask(lengths, K, side, device, dtype=torch.bool):
@@ -70,23 +72,26 @@ def _force_reference(stack):
 
 
 def _check(q, k, v, mask, causal, *, scale=None, grad=False, decode=None, num_splits=None, window=None,
-           softcap=None):
-    """Public attention() vs the fp64 reference; ``decode`` / ``num_splits`` force the kernel's dispatch."""
+           softcap=None, sinks=None):
+    """Public attention() vs the fp64 reference; ``decode`` / ``num_splits`` force the kernel's dispatch. With
+    ``grad``, the gradients of q, k, v (and of ``sinks``, given one that requires grad)."""
     with contextlib.ExitStack() as stack:
         if decode is not None:
             stack.enter_context(mock.patch.object(attn_mod, "_is_decode", lambda Q: decode))
         if num_splits is not None:
             stack.enter_context(mock.patch.object(attn_mod, "_num_splits", lambda *a: num_splits))
-        out = attention_fn(q, k, v, mask, causal=causal, scale=scale, window=window, softcap=softcap)
+        kw = {} if sinks is None else dict(sinks=sinks)
+        out = attention_fn(q, k, v, mask, causal=causal, scale=scale, window=window, softcap=softcap, **kw)
     assert out.shape == q.shape and out.dtype == q.dtype
     assert torch.isfinite(out).all()
     do = torch.randn(out.shape, generator=torch.Generator().manual_seed(7)).to(out.device, out.dtype) if grad \
         else None
-    ref, ref_grads = _ref(q, k, v, mask, causal, scale, do, window, softcap)
+    ref, ref_grads = _ref(q, k, v, mask, causal, scale, do, window, softcap, sinks)
     assert_close(out, ref, scale=OUT_SCALE[q.dtype])
     if grad:
-        grads = torch.autograd.grad(out, (q, k, v), do)
-        for name, g, r in zip("qkv", grads, ref_grads):
+        inputs = (q, k, v) + ((sinks,) if sinks is not None else ())
+        grads = torch.autograd.grad(out, inputs, do)
+        for name, g, r in zip(("q", "k", "v", "sinks"), grads, ref_grads):
             assert g.shape == r.shape, name
             assert torch.isfinite(g).all(), name
             assert_close(g, r, q.dtype, scale=GRAD_SCALE[q.dtype])

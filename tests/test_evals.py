@@ -365,6 +365,20 @@ def test_speed_script_gemma2_setting_runs_without_sdpa(tmp_path):
     assert all(r["ms"] > 0 and r["speedup_vs_eager"] > 0 and "speedup_vs_sdpa" not in r for r in rows)
 
 
+def test_speed_script_gpt_oss_setting_runs_without_sdpa(tmp_path):
+    """Not a timing test: the GPT-OSS setting (attention sinks, windows on every other layer, experts) runs eager and
+    in both patch modes, and skips transformers' sdpa, which has no path for GPT-OSS, without failing the run."""
+    import speed
+
+    out = tmp_path / "speed.json"
+    assert speed.main(["--tiny", "--device", "cpu", "--impls", "eager,sdpa,softmax,fused", "--only", "gpt-oss",
+                       "--cpu-reps", "1", "--no-plot", "--json", str(out)]) == 0
+    rows = _read(out)["rows"]
+    assert [(r["setting"], r["impl"]) for r in rows] == [("gpt-oss-4l fwd pad", i) for i in ("eager", "softmax",
+                                                                                            "fused")]
+    assert all(r["ms"] > 0 and r["speedup_vs_eager"] > 0 and "speedup_vs_sdpa" not in r for r in rows)
+
+
 @pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1", reason="the CPU run needs the interpreter's path")
 def test_bench_host_python_only_counts_calls_and_restores_the_launchers(tmp_path):
     """Not a timing test: every row counts the calls of a stubbed call, and the real launchers are back afterwards."""
@@ -444,6 +458,8 @@ def test_every_eval_script_shows_its_options(script, capsys):
     ("bench_hopper.py", ["--shapes", ","], "--shapes is empty"),
     ("bench_softcap.py", ["--shapes", "gemma2-prefill,nosuch"], "unknown shape 'nosuch'"),
     ("bench_softcap.py", ["--providers", "eager,flash"], "unknown provider 'flash'"),
+    ("bench_sinks.py", ["--shapes", "gptoss-prefill,nosuch"], "unknown shape 'nosuch'"),
+    ("bench_sinks.py", ["--providers", "eager,flash"], "unknown provider 'flash'"),
     ("bench_hopper.py", ["--ab", "wide"], "give --head-dim 128"),
     ("probe_decode.py", ["--rounds", "0"], "--rounds must be at least 1"),
     ("probe_decode.py", ["--plot-from", "/nonexistent/probe.json"], "no such file"),

@@ -4,7 +4,7 @@ import re
 import pytest
 import torch
 import transformers
-from transformers import AutoModelForCausalLM, GptOssConfig, GptOssForCausalLM, GPT2LMHeadModel
+from transformers import AutoModelForCausalLM, GPT2LMHeadModel, OlmoConfig, OlmoForCausalLM
 
 from hf_masked_softmax import hf, patch_model, patched, unpatch_model
 from hf_masked_softmax.patches import NAME as PATCH_NAME, REGISTRY
@@ -108,13 +108,11 @@ def test_a_static_cache_step_gets_the_compact_mask_up_to_its_position(form):
 
 
 def unlisted(**kw):
-    """A tiny GPT-OSS: a type outside the registry (its attention has sinks) that goes through the attention
-    interface in every supported transformers."""
-    return GptOssForCausalLM(GptOssConfig(num_hidden_layers=1, hidden_size=16, intermediate_size=32,
-                                          num_attention_heads=2, num_key_value_heads=2, head_dim=8, vocab_size=32,
-                                          max_position_embeddings=16, pad_token_id=0, bos_token_id=1, eos_token_id=2,
-                                          num_local_experts=2, num_experts_per_tok=1, experts_implementation="eager",
-                                          **kw))
+    """A tiny OLMo (the first one): a type outside the registry that goes through the attention interface in every
+    supported transformers."""
+    return OlmoForCausalLM(OlmoConfig(num_hidden_layers=1, hidden_size=16, intermediate_size=32,
+                                      num_attention_heads=2, num_key_value_heads=2, vocab_size=32,
+                                      max_position_embeddings=16, pad_token_id=0, bos_token_id=1, eos_token_id=2, **kw))
 
 
 def test_unsupported_model_is_refused_and_untouched(device):
@@ -123,7 +121,7 @@ def test_unsupported_model_is_refused_and_untouched(device):
     config = model.config
     before = {k: v.clone() for k, v in model.state_dict().items()}
     supported = re.escape(str(sorted(REGISTRY)))
-    with pytest.raises(ValueError, match=r"'gpt_oss'; supported model_types: " + supported):
+    with pytest.raises(ValueError, match=r"'olmo'; supported model_types: " + supported):
         patch_model(model)
     assert model.config is config and config._attn_implementation == "eager"
     assert all(m.__dict__.get("config", config) is config for m in model.modules())
@@ -229,7 +227,7 @@ def test_float64_model_runs_the_reference_in_float64(mode, device):
 def test_attn_implementation_name_refuses_unsupported_model_types(device):
     model = unlisted(attn_implementation=hf.NAME).to(device)
     supported = re.escape(str(sorted(REGISTRY)))
-    with pytest.raises(ValueError, match=r"does not run model_type 'gpt_oss'; supported model_types: " + supported):
+    with pytest.raises(ValueError, match=r"does not run model_type 'olmo'; supported model_types: " + supported):
         model(torch.tensor([[3, 4, 5]], device=device), attention_mask=torch.ones(1, 3, device=device))
 
 

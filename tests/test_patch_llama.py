@@ -11,7 +11,7 @@ from transformers import (
     Gemma3ForCausalLM, Gemma3TextConfig, GemmaConfig, GemmaForCausalLM, GPTBigCodeConfig, GPTBigCodeForCausalLM,
     GPTNeoXConfig, GPTNeoXForCausalLM, GptOssConfig, GptOssForCausalLM, GraniteConfig, GraniteForCausalLM, LlamaConfig,
     LlamaForCausalLM, MistralConfig, MistralForCausalLM, MixtralConfig, MixtralForCausalLM, Olmo2Config,
-    Olmo2ForCausalLM, OPTConfig, OPTForCausalLM, Phi3Config, Phi3ForCausalLM, PhiConfig, PhiForCausalLM, Qwen2Config,
+    Olmo2ForCausalLM, OlmoConfig, OlmoForCausalLM, OPTConfig, OPTForCausalLM, Phi3Config, Phi3ForCausalLM, PhiConfig, PhiForCausalLM, Qwen2Config,
     Qwen2ForCausalLM, Qwen2MoeConfig, Qwen2MoeForCausalLM, Qwen3Config, Qwen3ForCausalLM, Qwen3MoeConfig,
     Qwen3MoeForCausalLM, StableLmConfig, StableLmForCausalLM, Starcoder2Config, Starcoder2ForCausalLM, VaultGemmaConfig,
     VaultGemmaForCausalLM,
@@ -71,6 +71,10 @@ ARCHS = {
     "qwen3_moe": (Qwen3MoeForCausalLM, Qwen3MoeConfig, {"num_experts": 2, "num_experts_per_tok": 2,
                                                         "moe_intermediate_size": 32,
                                                         "experts_implementation": "eager"}),
+    # attention sinks (initialised near 0, a large share of each row next to scores of about 0); windows of 128
+    # (wider than these rows) on every other layer
+    "gpt_oss": (GptOssForCausalLM, GptOssConfig, {"num_local_experts": 2, "num_experts_per_tok": 2,
+                                                  "experts_implementation": "eager"}),
 }
 MAIN = ["llama", "qwen2", "mistral"]
 MODES = ["softmax", "fused"]
@@ -179,6 +183,56 @@ def test_soft_capped_gradients_match_eager(device, mode):
     assert k_proj and all((uncapped[n] - ref[n]).abs().max() > 0.1 * ref[n].abs().max() for n in k_proj)
 
 
+def _gpt_oss_with_sinks(device, seed=0, sinks=(1.5, -1.0, 0.5, 2.0), **overrides):
+    """A tiny GPT-OSS whose sinks (one per query head, the same in both layers) take a large share of each row."""
+    model = decoder("gpt_oss", device, seed=seed, **overrides)
+    with torch.no_grad():
+        for layer in model.model.layers:
+            layer.self_attn.sinks.copy_(torch.tensor(sinks))
+    return model
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_attention_sinks_reach_the_kernels(device, monkeypatch, mode):
+    # GPT-OSS passes its sinks as `s_aux`: each kernel gets them (every layer), and the patched logits and
+    # probabilities are eager's, which the sinks change (the same weights with sinks of -inf: none)
+    model = _gpt_oss_with_sinks(device)
+    ids, mask = left_padded(device)
+    name = "attention" if mode == "fused" else "masked_softmax"
+    calls = []
+    real = getattr(hf, name)
+
+    def spy(x, *args, **kwargs):
+        calls.append(kwargs["sinks"])
+        return real(x, *args, **kwargs)
+
+    monkeypatch.setattr(hf, name, spy)
+    run = (lambda m: m(ids, attention_mask=mask).logits) if mode == "fused" else (
+        lambda m: m(ids, attention_mask=mask, output_attentions=True).attentions)
+    ref, out = eager_and_patched(model, run, mode)
+    layers = model.model.layers
+    assert len(calls) == 2 and all(c is layer.self_attn.sinks for c, layer in zip(calls, layers))
+    if mode == "fused":
+        assert_valid_close(out, ref, mask.bool())
+    else:
+        for o, r in zip(out, ref):
+            assert_probs_close(o, r, mask.bool())
+    plain = run(_gpt_oss_with_sinks(device, sinks=(float("-inf"),) * 4))
+    differs = (plain - ref) if mode == "fused" else (plain[0] - ref[0])
+    assert differs.abs().max() > 0.1
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_attention_sinks_gradients_match_eager(device, mode):
+    # training GPT-OSS: every gradient, the sinks' among them (a parameter), as eager's
+    model = _gpt_oss_with_sinks(device, seed=3).train()
+    ids, mask = left_padded(device, seed=3)
+    ref, out = eager_and_patched(model, logits_gradients(ids, mask, VOCAB, seed=4), mode)
+    sinks = [n for n in ref if n.endswith("self_attn.sinks")]
+    assert len(sinks) == 2 and all(ref[n].abs().max() > 1e-3 for n in sinks)
+    assert_gradients_close(out, ref)
+
+
 def test_fused_kernel_gets_grouped_kv_heads_and_compact_mask(device, monkeypatch):
     # GQA reaches the fused kernel as 2 key/value heads for 4 query heads (no repeat), the mask as [B, K] bool.
     calls = []
@@ -195,7 +249,7 @@ def test_fused_kernel_gets_grouped_kv_heads_and_compact_mask(device, monkeypatch
         model(ids, attention_mask=mask)
     assert [c[:5] for c in calls] == [(4, 2, 2, torch.bool, (3, 12))] * 2
     assert all(c[5] == {"causal": True, "scale": pytest.approx(16 ** -0.5), "dropout_p": 0.0,
-                          "window": None, "softcap": None} for c in calls)
+                          "window": None, "softcap": None, "sinks": None} for c in calls)
 
 
 # Sliding windows: (arch, config overrides). Qwen2/Qwen3 put the window on the layers below max_window_layers only.
@@ -212,6 +266,7 @@ WINDOWED = [
     ("cohere2", {"sliding_window": 4}),
     ("qwen2_moe", {"use_sliding_window": True, "sliding_window": 4, "max_window_layers": 1}),
     ("qwen3_moe", {"use_sliding_window": True, "sliding_window": 4}),
+    ("gpt_oss", {"sliding_window": 4}),  # the first of its two layers
 ]
 
 
@@ -476,10 +531,9 @@ def test_qwen2_window_on_no_layer_is_accepted(device):
 
 def test_unlisted_decoder_is_refused_and_untouched(device):
     torch.manual_seed(0)
-    model = GptOssForCausalLM(GptOssConfig(**TINY, num_local_experts=2, num_experts_per_tok=2,
-                                           experts_implementation="eager")).eval()  # attention sinks
+    model = OlmoForCausalLM(OlmoConfig(**TINY)).eval()  # OLMo 1: Llama's attention, but not in the list
     config = model.config
-    with pytest.raises(ValueError, match=r"'gpt_oss'.*supported model_types: \[.*'llama', .*'mistral', .*'qwen2'"):
+    with pytest.raises(ValueError, match=r"'olmo'.*supported model_types: \[.*'llama', .*'mistral', .*'qwen2'"):
         patch_model(model)
     assert model.config is config and config._attn_implementation == "eager"
 
