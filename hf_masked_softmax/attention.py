@@ -1413,10 +1413,12 @@ class _BackwardPlan:
                  **_bounds_constexprs(mask_t if bounded else None, block_m)),
         )
 
-    def __call__(self, do, q, k, v, out, lse, mask_t, ranges, seed=None):
+    def __call__(self, do, q, k, v, out, lse, mask_t, ranges, seed=None, delta_out=None):
         if self.empty:
             return torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v)
         delta = torch.empty(lse.shape[1:], dtype=torch.float32, device=lse.device)
+        if delta_out is not None:  # the caller keeps rowsum(dO * O) (the sinks' gradient reads it)
+            delta_out.append(delta)
         self.delta(out, do, delta)
         dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
         mask_arg = mask_t if self.uses_mask else q
@@ -1431,9 +1433,10 @@ _BWD_PLANS: dict = {}
 
 
 def _backward(do, q, k, v, out, lse, kind, mask_t, ranges, threshold, causal, scale, drop_thr=0, seed=None, window=0,
-              softcap=0.0):
+              softcap=0.0, delta_out=None):
     """``(dq, dk, dv)`` for the forward's ``out`` and ``lse``; ``drop_thr``, ``seed``, ``window`` and ``softcap`` as
-    that forward's."""
+    that forward's. ``delta_out``: a list that gets the fp32 ``[B, H, Q]`` tensor of ``rowsum(dO * O)`` the kernels
+    computed (nothing where there was nothing to compute)."""
     key = (q.shape, q.stride(), k.shape, k.stride(), v.stride(), do.stride(), out.stride(), q.dtype, k.dtype, v.dtype,
            do.dtype, q.device, kind, None if mask_t is None else (mask_t.shape, mask_t.stride(), mask_t.dtype),
            ranges is None, threshold, causal, scale, drop_thr, window, softcap, aligned(do, q, k, v, out, mask_t),
@@ -1444,7 +1447,7 @@ def _backward(do, q, k, v, out, lse, kind, mask_t, ranges, threshold, causal, sc
         plan = _BackwardPlan(do, q, k, v, out, lse, kind, mask_t, threshold, causal, scale, drop_thr, window, bounded,
                              softcap)
         remember(_BWD_PLANS, key, plan, _MAX_PLANS)
-    return plan(do, q, k, v, out, lse, mask_t, ranges, seed)
+    return plan(do, q, k, v, out, lse, mask_t, ranges, seed, delta_out)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -1473,20 +1476,24 @@ class AttentionFunction(torch.autograd.Function):
     def backward(ctx, do):
         q, k, v, out, lse, mask_t, sinks = ctx.saved_tensors
         kind, ranges, threshold, causal, scale, drop_thr, seed, window, softcap = ctx.mask
+        deltas = [] if ctx.needs_input_grad[14] else None
         with _device_of(q):
             # the backward kernels need nothing of the sinks: the saved lse includes them
             dq, dk, dv = _backward(do, q, k, v, out, lse, kind, mask_t, ranges, threshold, causal, scale, drop_thr,
-                                   seed, window, softcap)
-        dsinks = sink_gradient(sinks, out, do, lse) if ctx.needs_input_grad[14] else None
+                                   seed, window, softcap, deltas)
+        dsinks = sink_gradient(sinks, out, do, lse, deltas[0] if deltas else None) if deltas is not None else None
         return dq, dk, dv, None, None, None, None, None, None, None, None, None, None, None, dsinks
 
 
-def sink_gradient(sinks: torch.Tensor, out: torch.Tensor, do: torch.Tensor, lse: torch.Tensor) -> torch.Tensor:
+def sink_gradient(sinks: torch.Tensor, out: torch.Tensor, do: torch.Tensor, lse: torch.Tensor,
+                  delta: Optional[torch.Tensor] = None) -> torch.Tensor:
     """The gradient of the sink logits, fp32 ``[H]``, from the forward's ``out`` and ``lse`` (``[2, B, H, Q]``: base-2
     log-sum-exp with the sinks, and its residual) and the output gradient ``do``. A sink is a key with a zero value,
     so its score gradient in a row is ``P_sink * (0 - delta)`` with ``delta = rowsum(dO * O)`` (dropout included, as
-    for the keys) and ``P_sink = 2^((sink * log2(e) - lse) - residual)``; rows with nothing kept give 0."""
-    delta = (do.float() * out.float()).sum(dim=-1)
+    for the keys; the backward kernels' own ``delta`` where given, else computed here) and
+    ``P_sink = 2^((sink * log2(e) - lse) - residual)``; rows with nothing kept give 0."""
+    if delta is None:
+        delta = (do.float() * out.float()).sum(dim=-1)
     p_sink = torch.exp2((sinks.float()[None, :, None] * _LOG2E - lse[0]) - lse[1])
     return -torch.where(lse[0] == float("-inf"), 0.0, p_sink * delta).sum(dim=(0, 2))
 
