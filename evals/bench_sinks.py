@@ -119,12 +119,6 @@ def flex_provider(inp):
     return lambda: compiled(q, k, v, block_mask)
 
 
-def max_error(out, ref, inp) -> float:
-    """Largest |out - ref| over the rows with a key to attend."""
-    rows = inp["mask4d"].any(-1).expand(-1, inp["H"], -1)  # [B, H, Q]
-    return float((out.float() - ref.float()).abs()[rows].max())
-
-
 def sink_effect(inp) -> float:
     """Largest change the sinks make to the fused output (they must matter for the check to mean anything)."""
     import hf_masked_softmax
@@ -133,7 +127,7 @@ def sink_effect(inp) -> float:
     with torch.no_grad():
         sunk = hf_masked_softmax.attention(q, k, v, pad, causal=True, scale=SCALE, window=window, sinks=inp["sinks"])
         plain = hf_masked_softmax.attention(q, k, v, pad, causal=True, scale=SCALE, window=window)
-    return max_error(sunk, plain, inp)
+    return benchutil.max_error_on_rows(sunk, plain, benchutil.rows_with_keys(inp))
 
 
 def time_one(fn, inp, backward: bool) -> float:
@@ -170,23 +164,12 @@ def main(argv=None):
         print(f"{name}: B{B} H{H}/{Hkv} Q{Q} K{K} D{D} window {window or 'none'}, key lengths in [{lo}, {K}]",
               flush=True)
         provs = providers(inp, only)
-        effect = sink_effect(inp)
-        with torch.no_grad():
-            ref = provs["fused-sinks"]()
-            errors = {p: max_error(fn(), ref, inp) for p, fn in provs.items() if p in WITH_SINKS}
-        print(f"  the sinks change the output by up to {effect:.3g}; max |error| against fused-sinks: "
-              + ", ".join(f"{p} {e:.3g}" for p, e in errors.items()), flush=True)
         passes = ["forward"] + ([] if args.no_backward or Q == 1 else ["backward"])
-        for pas in passes:
-            times = benchutil.time_each(provs, PROVIDERS, lambda fn, inp=inp: time_one(fn, inp, pas == "backward"),
-                                        pas)
-            base = times.get("eager")
-            for p, ms in times.items():
-                rows.append(dict(shape=name, **{"pass": pas}, provider=p, ms=ms,
-                                 vs_eager=(base / ms) if base else None, max_err=errors.get(p)))
-        benchutil.print_table([r for r in rows if r["shape"] == name],
-                              ["shape", "pass", "provider", "ms", "vs_eager", "max_err"])
-        del inp, provs, ref
+        rows += benchutil.compared_shape_rows(
+            name, provs, PROVIDERS, "fused-sinks", WITH_SINKS, benchutil.rows_with_keys(inp), passes,
+            lambda fn, pas, inp=inp: time_one(fn, inp, pas == "backward"),
+            f"the sinks change the output by up to {sink_effect(inp):.3g}")
+        del inp, provs
         torch.cuda.empty_cache()
     benchutil.write_json(out / "bench_sinks.json",
                          dict(environment=benchutil.environment(), shapes={n: SHAPES[n] for n in names}, scale=SCALE,

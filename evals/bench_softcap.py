@@ -95,12 +95,6 @@ def flex_provider(inp):
                                    scale=SCALE, enable_gqa=inp["H"] != inp["Hkv"])
 
 
-def max_error(out, ref, inp) -> float:
-    """Largest |out - ref| over the rows with a key to attend."""
-    rows = inp["mask4d"].any(-1).expand(-1, inp["H"], -1)  # [B, H, Q]
-    return float((out.float() - ref.float()).abs()[rows].max())
-
-
 def cap_effect(inp) -> float:
     """Largest change the cap makes to the fused output (the cap must bend these scores for the check to mean
     anything)."""
@@ -110,7 +104,7 @@ def cap_effect(inp) -> float:
     with torch.no_grad():
         capped = hf_masked_softmax.attention(q, k, v, pad, causal=True, scale=SCALE, softcap=CAP)
         plain = hf_masked_softmax.attention(q, k, v, pad, causal=True, scale=SCALE)
-    return max_error(capped, plain, inp)
+    return benchutil.max_error_on_rows(capped, plain, benchutil.rows_with_keys(inp))
 
 
 def plot(rows, path: Path) -> None:
@@ -126,23 +120,12 @@ def main(argv=None):
         inp = make_inputs(B, H, Hkv, Q, K, D, lo)
         print(f"{name}: B{B} H{H}/{Hkv} Q{Q} K{K} D{D} cap {CAP}, key lengths in [{lo}, {K}]", flush=True)
         provs = providers(inp, only)
-        effect = cap_effect(inp)
-        with torch.no_grad():
-            ref = provs["fused-softcap"]()
-            errors = {p: max_error(fn(), ref, inp) for p, fn in provs.items() if p in CAPPED}
-        print(f"  the cap changes the output by up to {effect:.3g}; max |error| against fused-softcap: "
-              + ", ".join(f"{p} {e:.3g}" for p, e in errors.items()), flush=True)
         passes = ["forward"] + ([] if args.no_backward or Q == 1 else ["backward"])
-        for pas in passes:
-            times = benchutil.time_each(provs, PROVIDERS, lambda fn, inp=inp: time_provider(
-                fn, inp, pas == "backward", graph=pas == "forward"), pas)
-            base = times.get("eager")
-            for p, ms in times.items():
-                rows.append(dict(shape=name, **{"pass": pas}, provider=p, ms=ms,
-                                 vs_eager=(base / ms) if base else None, max_err=errors.get(p)))
-        benchutil.print_table([r for r in rows if r["shape"] == name],
-                              ["shape", "pass", "provider", "ms", "vs_eager", "max_err"])
-        del inp, provs, ref
+        rows += benchutil.compared_shape_rows(
+            name, provs, PROVIDERS, "fused-softcap", CAPPED, benchutil.rows_with_keys(inp), passes,
+            lambda fn, pas, inp=inp: time_provider(fn, inp, pas == "backward", graph=pas == "forward"),
+            f"the cap changes the output by up to {cap_effect(inp):.3g}")
+        del inp, provs
         torch.cuda.empty_cache()
     benchutil.write_json(out / "bench_softcap.json",
                          dict(environment=benchutil.environment(), shapes={n: SHAPES[n] for n in names}, cap=CAP,

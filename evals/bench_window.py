@@ -88,12 +88,6 @@ def time_ms(fn, inp, backward: bool) -> float:
     return time_provider(fn, inp, backward, graph=not backward)
 
 
-def max_error(out, ref, inp) -> float:
-    """Largest |out - ref| over the rows with a key to attend (fully masked rows: SDPA gives NaN there)."""
-    rows = inp["mask4d"].any(-1).expand(-1, inp["H"], -1)  # [B, H, Q]
-    return float((out.float() - ref.float()).abs()[rows].max())
-
-
 def plot(rows, path: Path) -> None:
     title = f"sliding-window attention, fp16, {benchutil.environment()['gpu']}"
     benchutil.shape_pass_bars(rows, SHAPES, "fused-window", title, path)
@@ -109,7 +103,9 @@ def main(argv=None):
         provs = providers(inp, only)
         with torch.no_grad():
             ref = provs["fused-window"]()
-            errors = {p: max_error(fn(), ref, inp) for p, fn in provs.items() if p != "fused-causal"}
+            rows_kept = benchutil.rows_with_keys(inp)
+            errors = {p: benchutil.max_error_on_rows(fn(), ref, rows_kept) for p, fn in provs.items()
+                      if p != "fused-causal"}
         passes = ["forward"] + ([] if args.no_backward or Q == 1 else ["backward"])
         for pas in passes:
             times = benchutil.time_each(provs, PROVIDERS, lambda fn, inp=inp: time_ms(fn, inp, pas == "backward"), pas)

@@ -188,6 +188,40 @@ def time_each(provs: dict, order, time_one, label: str) -> dict:
     return times
 
 
+def rows_with_keys(inp: dict):
+    """The query rows ``[B, H, Q]`` of a provider benchmark's inputs (``mask4d`` ``[B, 1, Q, K]``, ``H``) with a key
+    to attend, where the providers' outputs are compared (fully masked rows: zeros in some, NaN in SDPA's)."""
+    return inp["mask4d"].any(-1).expand(-1, inp["H"], -1)
+
+
+def max_error_on_rows(out, ref, rows) -> float:
+    """Largest ``|out - ref|`` over ``rows``, a bool mask of ``out.shape[:-1]`` (see :func:`rows_with_keys`)."""
+    return float((out.float() - ref.float()).abs()[rows].max())
+
+
+def compared_shape_rows(name: str, provs: dict, order, reference: str, compared, rows, passes, time_one,
+                        effect: str) -> list[dict]:
+    """One shape of a provider benchmark: the largest error of each provider of ``compared`` against
+    ``reference``'s output on ``rows`` (printed after ``effect``, a sentence on what the feature does to that
+    output), then ``time_one(fn, pass)`` of each provider of ``order`` in ``provs`` for each of ``passes``. Returns
+    the rows ``shape, pass, provider, ms, vs_eager`` (eager's time over the provider's, where eager ran) and
+    ``max_err`` (None for the providers not compared), also printed as a table."""
+    with torch.no_grad():
+        ref = provs[reference]()
+        errors = {p: max_error_on_rows(fn(), ref, rows) for p, fn in provs.items() if p in compared}
+    print(f"  {effect}; max |error| against {reference}: " + ", ".join(f"{p} {e:.3g}" for p, e in errors.items()),
+          flush=True)
+    out = []
+    for pas in passes:
+        times = time_each(provs, order, lambda fn, pas=pas: time_one(fn, pas), pas)
+        base = times.get("eager")
+        for p, ms in times.items():
+            out.append(dict(shape=name, **{"pass": pas}, provider=p, ms=ms, vs_eager=(base / ms) if base else None,
+                            max_err=errors.get(p)))
+    print_table(out, ["shape", "pass", "provider", "ms", "vs_eager", "max_err"])
+    return out
+
+
 def provider_bars(panels: list[tuple[str, list[dict]]], highlight: str, title: str, path: Path) -> None:
     """One bar panel per ``(panel title, rows)``: each row's ``ms`` by its ``provider``, ``highlight`` in green;
     written to ``path`` (nothing but a note without matplotlib)."""

@@ -245,11 +245,15 @@ def _fuzz_softmax_case(rng, cuda):
         K, rows = int(torch.randint(1, 60, (1,), generator=rng)), 24
     B, H = int(torch.randint(1, 4, (1,), generator=rng)), int(torch.randint(1, 5, (1,), generator=rng))
     Q = int(torch.randint(1, max(2, min(rows // (B * H), 300)) + 1, (1,), generator=rng))
-    return dict(B=B, H=H, Q=Q, K=K, dtype=_pick(rng, (torch.float16, torch.bfloat16, torch.float32)),
+    case = dict(B=B, H=H, Q=Q, K=K, dtype=_pick(rng, (torch.float16, torch.bfloat16, torch.float32)),
                 mask=_pick(rng, FUZZ_MASKS), causal=bool(torch.rand(1, generator=rng) < 0.5),
                 scale=_pick(rng, (1.0, 0.125, 0.7, -0.5, 0.0, 4.0)),
                 layout=_pick(rng, ("contiguous", "transposed", "sliced", "broadcast")),
                 grad=bool(torch.rand(1, generator=rng) < 0.4), nan=bool(torch.rand(1, generator=rng) < 0.05))
+    # attention sinks on a quarter of the cases, from a generator of their own (see _fuzz_attention_case)
+    srng = torch.Generator().manual_seed(rng.initial_seed() ^ 0x51C)
+    case["sinks"] = _pick(srng, (None, None, None, -2.0, 0.0, 3.0, None, None, None, None, None, None))
+    return case
 
 
 def _nan_aware_violation(out, ref, dtype, widen):
@@ -336,21 +340,28 @@ def _fuzz_softmax(case, rng, device):
             leaf.view(-1)[int(torch.randint(0, leaf.numel(), (1,), generator=rng))] = float("nan")
     mask = _fuzz_mask(rng, case["mask"], B, H, Q, K, device)
     grad = case["grad"] and not case["nan"] and _plain_scale(case["scale"], 1.0)
+    sinks = ref_sinks = None
+    if case.get("sinks") is not None:  # one logit per head, of the scaled scores' size
+        sinks = (torch.randn(H, generator=rng) * 2 + case["sinks"]).to(device).requires_grad_(grad)
+        ref_sinks = sinks.detach().double().requires_grad_(grad)
     with torch.set_grad_enabled(grad):
-        y = masked_softmax(view(leaf), mask, causal=case["causal"], scale=case["scale"])
+        y = masked_softmax(view(leaf), mask, causal=case["causal"], scale=case["scale"], sinks=sinks)
     ref_leaf = leaf.detach().double().requires_grad_(grad)
     ref = masked_softmax_reference(view(ref_leaf), mask, causal=case["causal"], scale=case["scale"],
-                                   compute_dtype=torch.float64, out_dtype=torch.float64)
+                                   compute_dtype=torch.float64, out_dtype=torch.float64, sinks=ref_sinks)
     worst = _nan_aware_violation(y, ref, dtype, WIDEN["softmax"])
     if y.shape != (B, H, Q, K) or y.dtype != dtype or not y.is_contiguous():
         worst = float("inf")
     zeros_exact = bool(torch.all(y[ref == 0] == 0))
     if grad:
         dy = torch.randn(y.shape, generator=rng).to(device, dtype)
-        (ds,) = torch.autograd.grad(y, leaf, dy)
-        (ref_ds,) = torch.autograd.grad(ref, ref_leaf, dy.double())
+        extra, ref_extra = ((), ()) if sinks is None else ((sinks,), (ref_sinks,))
+        grads = torch.autograd.grad(y, (leaf,) + extra, dy)
+        ref_grads = torch.autograd.grad(ref, (ref_leaf,) + ref_extra, dy.double())
         terms = H if layout == "broadcast" else 1  # a shared head row sums H rows' gradients
-        worst = max(worst, _max_violation(ds, ref_ds, dtype, WIDEN["softmax_grad"] * terms))
+        worst = max(worst, _max_violation(grads[0], ref_grads[0], dtype, WIDEN["softmax_grad"] * terms))
+        if sinks is not None:  # a sum over B * Q rows: rounding grows as its square root
+            worst = max(worst, _max_violation(grads[1], ref_grads[1], dtype, WIDEN["softmax_grad"] * (B * Q) ** 0.5))
     return worst, zeros_exact
 
 

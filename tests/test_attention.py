@@ -47,6 +47,28 @@ def _ref(q, k, v, mask, causal, scale=None, do=None, window=None, softcap=None, 
     return out, torch.autograd.grad(out, (qd, kd, vd) + (() if sd is None else (sd,)), do.double())
 
 
+def _assert_feature_matters(q, k, v, mask, causal, feature: dict, **kw):
+    """The fp64 reference with the keyword arguments ``feature`` (a soft-cap, sinks) and without them differ by far
+    more than any tolerance: a test of that feature could fail."""
+    qd, kd, vd = (t.detach().double() for t in (q, k, v))
+    feature = {n: x.detach().double() if isinstance(x, torch.Tensor) else x for n, x in feature.items()}
+    on = attention_reference(qd, kd, vd, mask, causal=causal, compute_dtype=torch.float64, **feature, **kw)
+    off = attention_reference(qd, kd, vd, mask, causal=causal, compute_dtype=torch.float64, **kw)
+    assert (on - off).abs().max() > 0.05
+
+
+def _assert_matches_reference(out, q, k, v, mask, causal, **kw):
+    """``out`` and its gradients (q, k, v, and ``sinks`` where given) for a fixed random output gradient against the
+    fp64 reference's, fp32 widenings."""
+    do = torch.randn(out.shape, generator=torch.Generator().manual_seed(7)).to(out.device, out.dtype)
+    inputs = (q, k, v) + ((kw["sinks"],) if kw.get("sinks") is not None else ())
+    grads = torch.autograd.grad(out, inputs, do)
+    ref, ref_grads = _ref(q, k, v, mask, causal, do=do, **kw)
+    assert_close(out, ref, scale=OUT_SCALE[q.dtype])
+    for g, r in zip(grads, ref_grads):
+        assert_close(g, r, q.dtype, scale=GRAD_SCALE[q.dtype])
+
+
 def _pad_mask(lengths, K, side, device, dtype=torch.bool):
     m = torch.zeros(len(lengths), K, dtype=torch.bool)
     for b, n in enumerate(lengths):

@@ -517,3 +517,37 @@ def test_speed_script_static_cache_generate(tmp_path):
                                                          for i in ("eager", "sdpa", "fused")]
     assert [r["token_agreement_with_first_impl"] for r in rows] == [None, 1.0, 1.0]
     assert all(r["new_tokens"] == 4 and r["ms"] > 0 for r in rows)
+
+
+def test_compared_shape_rows_errors_times_and_failures(capsys):
+    """benchutil.compared_shape_rows (bench_softcap.py's and bench_sinks.py's loop) on stub providers: each compared
+    provider's error against the reference only on the rows with a key to attend, eager's time over each provider's,
+    a provider that fails to time reported and left out, the providers not compared without an error."""
+    import benchutil
+    import torch
+
+    mask4d = torch.ones(1, 1, 3, 4, dtype=torch.bool)
+    mask4d[0, 0, 2] = False  # row 2 attends to nothing: its values must not count
+    inp = dict(mask4d=mask4d, H=2)
+    ref = torch.zeros(1, 2, 3, 5)
+    off = ref.clone()
+    off[0, 1, 0, 3] = 0.25
+    off[0, :, 2] = 100.0  # on the empty row only
+    provs = {"ours": lambda: ref, "eager": lambda: off, "other": lambda: ref + 1, "broken": lambda: ref}
+    times = {"ours": 1.0, "eager": 4.0, "other": 2.0}
+
+    def time_one(fn, pas):
+        if fn is provs["broken"]:
+            raise RuntimeError("no kernel for this")
+        return times[next(p for p, f in provs.items() if f is fn)] * (2 if pas == "backward" else 1)
+
+    rows = benchutil.compared_shape_rows("s", provs, ["ours", "eager", "other", "broken"], "ours",
+                                         ("ours", "eager", "broken"), benchutil.rows_with_keys(inp),
+                                         ["forward", "backward"], time_one, "the feature changes it by up to 1")
+    got = {(r["pass"], r["provider"]): (r["ms"], r["vs_eager"], r["max_err"]) for r in rows}
+    assert got == {("forward", "ours"): (1.0, 4.0, 0.0), ("forward", "eager"): (4.0, 1.0, 0.25),
+                   ("forward", "other"): (2.0, 2.0, None), ("backward", "ours"): (2.0, 4.0, 0.0),
+                   ("backward", "eager"): (8.0, 1.0, 0.25), ("backward", "other"): (4.0, 2.0, None)}
+    printed = capsys.readouterr().out
+    assert "the feature changes it by up to 1; max |error| against ours: ours 0, eager 0.25, broken 0" in printed
+    assert "broken forward: RuntimeError: no kernel for this" in printed

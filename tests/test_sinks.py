@@ -14,7 +14,8 @@ import hf_masked_softmax
 from hf_masked_softmax.masks import prepare_mask
 from hf_masked_softmax.reference import (attention_backward_reference, attention_lse_reference, attention_reference,
                                          dropout_keep_reference, masked_softmax_reference)
-from test_attention import GRAD_SCALE, OUT_SCALE, _check, _mask_case, _pad_mask, _qkv, _ref
+from test_attention import (GRAD_SCALE, OUT_SCALE, _assert_feature_matters, _assert_matches_reference, _check,
+                            _mask_case, _pad_mask, _qkv, _ref)
 from test_dropout import _seed_drawn_after
 from tolerances import assert_close
 
@@ -32,11 +33,7 @@ def _inputs(B, H, Hkv, Q, K, D, dtype, device, seed=0):
 
 def _assert_the_sinks_matter(q, k, v, mask, causal, sinks, **kw):
     """The reference with and without the sinks differ by far more than any tolerance: the test could fail."""
-    qd, kd, vd = (t.detach().double() for t in (q, k, v))
-    with_sinks = attention_reference(qd, kd, vd, mask, causal=causal, sinks=sinks.detach().double(),
-                                     compute_dtype=torch.float64, **kw)
-    plain = attention_reference(qd, kd, vd, mask, causal=causal, compute_dtype=torch.float64, **kw)
-    assert (with_sinks - plain).abs().max() > 0.05
+    _assert_feature_matters(q, k, v, mask, causal, dict(sinks=sinks), **kw)
 
 
 @pytest.mark.parametrize("mask_name", ["none", "pad-right", "pad-left", "pad-holes", "bool4d", "add4d",
@@ -194,26 +191,15 @@ def test_compiled_fullgraph_forward_and_backward(device):
     def f(q, k, v, mask, sinks):
         return hf_masked_softmax.attention(q, k, v, mask, causal=True, sinks=sinks)
 
-    out = f(q, k, v, mask, sinks)
-    do = torch.randn(out.shape, generator=torch.Generator().manual_seed(7)).to(device)
-    grads = torch.autograd.grad(out, (q, k, v, sinks), do)
-    ref, ref_grads = _ref(q, k, v, mask, True, do=do, sinks=sinks)
-    assert_close(out, ref, scale=OUT_SCALE[torch.float32])
-    for g, r in zip(grads, ref_grads):
-        assert_close(g, r, scale=GRAD_SCALE[torch.float32])
+    _assert_matches_reference(f(q, k, v, mask, sinks), q, k, v, mask, True, sinks=sinks)
 
 
 def test_cpu_without_the_interpreter_runs_the_reference(monkeypatch):
     monkeypatch.setattr(ops, "kernels_take", lambda t: False)
     monkeypatch.setattr(ops, "_VALIDATED", {})
     q, k, v, sinks = _inputs(2, 2, 2, 9, 13, 16, torch.float32, "cpu", seed=11)
-    out = hf_masked_softmax.attention(q, k, v, causal=True, sinks=sinks)
-    do = torch.randn(out.shape, generator=torch.Generator().manual_seed(7))
-    grads = torch.autograd.grad(out, (q, k, v, sinks), do)
-    ref, ref_grads = _ref(q, k, v, None, True, do=do, sinks=sinks)
-    assert_close(out, ref, scale=OUT_SCALE[torch.float32])
-    for g, r in zip(grads, ref_grads):
-        assert_close(g, r, scale=GRAD_SCALE[torch.float32])
+    _assert_matches_reference(hf_masked_softmax.attention(q, k, v, causal=True, sinks=sinks), q, k, v, None, True,
+                              sinks=sinks)
 
 
 def test_reference_backward_is_the_derivative_of_the_reference(device):
