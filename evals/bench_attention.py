@@ -166,25 +166,27 @@ def flex_provider(inp):
     return benchutil.compiled_flex("flex-blockmask", q, k, v, mask_mod, Q, K)
 
 
-def time_provider(fn, inp, backward: bool, graph: bool = True):
+def time_provider(fn, inp, backward: bool, graph: bool = True, extra=()):
     """Median ms of the forward (or of ``dq, dk, dv`` given a fixed forward). ``graph=True`` replays the call in a
     CUDA graph: device time without the Python/launch overhead (which a model hides behind earlier kernels);
-    ``graph=False`` times plain calls, host overhead included."""
-    q, k, v = inp["q"], inp["k"], inp["v"]
+    ``graph=False`` times plain calls, host overhead included. ``extra``: names of more inputs in ``inp`` whose
+    gradients the backward also takes (left unused by providers that do not read them)."""
+    ts = tuple(inp[n] for n in ("q", "k", "v", *extra))
     if not backward:
         with torch.no_grad():
             fn()
             return benchutil.median_ms(fn, cuda_graph=graph)
-    for t in (q, k, v):
+    for t in ts:
         t.requires_grad_(True)
     try:
         out = fn()
         do = torch.randn_like(out)
-        torch.autograd.grad(out, (q, k, v), do, retain_graph=True)
-        return benchutil.median_ms(lambda: torch.autograd.grad(out, (q, k, v), do, retain_graph=True),
+        unused = bool(extra)
+        torch.autograd.grad(out, ts, do, retain_graph=True, allow_unused=unused)
+        return benchutil.median_ms(lambda: torch.autograd.grad(out, ts, do, retain_graph=True, allow_unused=unused),
                                    cuda_graph=graph)
     finally:
-        for t in (q, k, v):
+        for t in ts:
             t.requires_grad_(False)
 
 

@@ -131,23 +131,10 @@ def sink_effect(inp) -> float:
 
 
 def time_one(fn, inp, backward: bool) -> float:
-    """Median ms: the forward replayed in a CUDA graph (``bench_attention.time_provider``), or the gradients of q, k,
-    v and the sinks (a parameter in GPT-OSS: its gradient is part of a training step's attention backward; providers
-    without sinks leave it unused) for a fixed forward, as plain calls."""
-    if not backward:
-        return time_provider(fn, inp, False, graph=True)
-    ts = tuple(inp[n] for n in ("q", "k", "v", "sinks"))
-    for t in ts:
-        t.requires_grad_(True)
-    try:
-        out = fn()
-        do = torch.randn_like(out)
-        grad = lambda: torch.autograd.grad(out, ts, do, retain_graph=True, allow_unused=True)  # noqa: E731
-        grad()
-        return benchutil.median_ms(grad, cuda_graph=False)
-    finally:
-        for t in ts:
-            t.requires_grad_(False)
+    """Median ms: the forward replayed in a CUDA graph, or the gradients of q, k, v and the sinks (a parameter in
+    GPT-OSS: its gradient is part of a training step's attention backward; providers without sinks leave it unused)
+    for a fixed forward, as plain calls (``bench_attention.time_provider``)."""
+    return time_provider(fn, inp, backward, graph=not backward, extra=("sinks",) if backward else ())
 
 
 def plot(rows, path: Path) -> None:
