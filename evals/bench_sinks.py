@@ -5,7 +5,9 @@ Providers, each on the same bf16 inputs (left-padded batches; GPT-OSS-20B's atte
 of head dim 64, one sink logit per query head, a 128-token window on every other layer):
 
 * ``fused-sinks``: ``attention(q, k, v, pad, causal=True, sinks=s)`` (and ``window=128`` on the windowed shape),
-  what a patched GPT-OSS runs;
+  what a patched GPT-OSS runs (on an H100 / H200 its inference forward runs the Hopper kernel where that applies);
+* ``fused-sinks-triton``: the same call with ``_hopper.SINKS_OK`` off, so always the Triton kernel (the Hopper
+  kernel's gain with sinks);
 * ``eager``: transformers' GPT-OSS ``eager_attention_forward`` with HF's 4D additive mask (repeat the key/value
   heads, ``QK^T * scale``, add the mask, concatenate the sink column, subtract the row max, softmax in bf16, drop
   the sink column, ``P V``): what an unpatched GPT-OSS runs (transformers has no sdpa path for it);
@@ -40,8 +42,8 @@ SHAPES = {
     "gptoss-window": (4, 64, 8, 2048, 2048, 64, 1024, 128),
     "gptoss-decode": (16, 64, 8, 1, 4096, 64, 2048, 0),
 }
-PROVIDERS = ("fused-sinks", "eager", "flex-sinks", "fused-nosinks", "sdpa-nosinks")
-WITH_SINKS = ("fused-sinks", "eager", "flex-sinks")
+PROVIDERS = ("fused-sinks", "fused-sinks-triton", "eager", "flex-sinks", "fused-nosinks", "sdpa-nosinks")
+WITH_SINKS = ("fused-sinks", "fused-sinks-triton", "eager", "flex-sinks")
 SCALE = 64 ** -0.5
 
 
@@ -78,6 +80,8 @@ def providers(inp, only=None):
         "fused-sinks": lambda: hf_masked_softmax.attention(q, k, v, pad, causal=True, scale=SCALE, window=window,
                                                            sinks=sinks),
         # (eager returns [B, Q, H, D]: transposed back, a view, to compare)
+        "fused-sinks-triton": lambda: triton_only(
+            lambda: hf_masked_softmax.attention(q, k, v, pad, causal=True, scale=SCALE, window=window, sinks=sinks)),
         "eager": lambda: eager_attention_forward(module, q, k, v, additive, scaling=SCALE)[0].transpose(1, 2),
         "fused-nosinks": lambda: hf_masked_softmax.attention(q, k, v, pad, causal=True, scale=SCALE, window=window),
         "sdpa-nosinks": lambda: sdpa(q, k, v, attn_mask=mask4d, scale=SCALE, enable_gqa=inp["H"] != inp["Hkv"]),
@@ -87,6 +91,18 @@ def providers(inp, only=None):
         if flex is not None:
             out["flex-sinks"] = flex
     return {p: fn for p, fn in out.items() if only is None or p in only or p == "fused-sinks"}
+
+
+def triton_only(fn):
+    """``fn()`` with the Hopper kernel's sinks turned off (``_hopper.SINKS_OK``, part of every launch plan's key)."""
+    from hf_masked_softmax import _hopper
+
+    before = _hopper.SINKS_OK
+    _hopper.SINKS_OK = False
+    try:
+        return fn()
+    finally:
+        _hopper.SINKS_OK = before
 
 
 def flex_provider(inp):

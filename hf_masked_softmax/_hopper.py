@@ -16,7 +16,7 @@ kernel otherwise.
   not ``0`` (or :data:`ENABLED` set False);
 * fp16 or bf16, head dim 64 (or 128 with :data:`WIDE_HEADS`), causal (bottom-right) or not, no dropout, no
   log-sum-exp wanted (autograd is not recording; training keeps the Triton forward, whose log-sum-exp the backward
-  reads), no decode split;
+  reads), no decode split, no window, no soft-cap (attention sinks are taken);
 * no mask or a 2D padding mask (any padding, holes included); a positive scale of at most 1 (applied inside the
   exponent, as the Triton kernel does);
 * at least 128 queries. Calls without causality that make at least four tiles of 128 query rows per multiprocessor
@@ -85,6 +85,9 @@ RUNTIME_ALL = False
 CURSOR_REGS = True
 # causal calls (bottom-right, GPT-2's prefill) take the kernel too
 CAUSAL_OK = True
+# calls with attention sinks (GPT-OSS) take the kernel too (the sink joins each row's max and sum after its keys);
+# False leaves them to the Triton kernel (bench_sinks.py --ab hopper times the two)
+SINKS_OK = True
 # a tile's key blocks in two loops, those that need no mask and then the rest (_hopper_kernels._step), for causal
 # calls always (their mask code in the one loop spilled registers there), for the others when this is True: BERT
 # 0.0673 / 0.0682 / 0.0684 ms against 0.0680 / 0.0683 / 0.0684 with one loop, all keys 0.0779 / 0.0785 / 0.0779
@@ -192,22 +195,22 @@ def static_counts(causal: bool):
 
 
 def kernel_consts(n_tiles, nprog, n_m, heads, group, kind, causal, block_m, cursor_regs=None, split=None,
-                  head_d=HEAD_D) -> dict:
+                  head_d=HEAD_D, sink=False) -> dict:
     """The kernel's constexprs (and ``num_warps``) for a call of ``n_tiles`` tiles of ``block_m`` query rows over
     ``nprog`` programs, ``n_m`` per head, at head dim ``head_d``: a count passed at run time instead
     (:func:`static_counts`) is 0 here. ``cursor_regs`` / ``split``: None for :data:`CURSOR_REGS` /
-    :data:`SPLIT_LOOP` (causal calls always split)."""
+    :data:`SPLIT_LOOP` (causal calls always split); ``sink``: the call has attention sinks."""
     static, static_m = static_counts(causal)
     return dict(N_TILES=n_tiles * static, NPROG=nprog * static, MASK_KIND=kind, CAUSAL=bool(causal),
                 N_M=n_m * static_m, N_HEADS=heads, GROUP=group, HEAD_D=head_d, BLOCK_M=block_m,
                 BLOCK_N=block_n(head_d),
                 STAGES=STAGES, CURSOR_REGS=CURSOR_REGS if cursor_regs is None else cursor_regs,
-                SPLIT=bool(causal or (SPLIT_LOOP if split is None else split)), num_warps=WARPS)
+                SPLIT=bool(causal or (SPLIT_LOOP if split is None else split)), SINK=bool(sink), num_warps=WARPS)
 
 
 def compile_for(arch: int = 90, dtype: str = "fp16", kind: int = 1, n_m=None, heads: int = 12, group: int = 1,
                 cursor_regs=None, causal: bool = False, split=None, batch: int = 32, sm_count: int = 132,
-                queries: int = 512, head_d: int = HEAD_D):
+                queries: int = 512, head_d: int = HEAD_D, sink: bool = False):
     """The kernel compiled for ``sm_{arch}`` without a GPU (signature as the launcher builds it): for the tests and
     ``--compile-only`` inspection of its SASS. ``dtype``: "fp16" or "bf16"."""
     import triton
@@ -226,10 +229,10 @@ def compile_for(arch: int = 90, dtype: str = "fp16", kind: int = 1, n_m=None, he
     for name, block in (("q_desc", block_m), ("k_desc", bn), ("v_desc", bn), ("o_desc", block_m)):
         layout = gl.NVMMASharedLayout.get_default_for([1, 1, block, head_d], gdt)
         sig[name] = f"tensordesc<{dtype}[1, 1, {block}, {head_d}],{layout!r}>"
-    sig.update(ranges_ptr="*i32", mask_ptr="*u8", stride_mb="i32", stride_mk="i32", Q_LEN="i32", K_LEN="i32",
+    sig.update(ranges_ptr="*i32", mask_ptr="*u8", sink_ptr="*fp32", stride_mb="i32", stride_mk="i32", Q_LEN="i32", K_LEN="i32",
                qk_scale="fp32", tiles_rt="i32", nprog_rt="i32", n_m_rt="i32")
     consts = kernel_consts(n_m * heads * batch, min(n_m * heads * batch, per_sm * sm_count), n_m, heads, group, kind,
-                           causal, block_m, cursor_regs, split, head_d)
+                           causal, block_m, cursor_regs, split, head_d, sink)
     sig.update({c: "constexpr" for c in consts})
     src = GluonASTSource(mod._attn_fwd_persistent, sig, consts, attrs={})
     return triton.compile(src, target=GPUTarget("cuda", arch, 32), options=dict(num_warps=WARPS, **_launch.OPTIONS))
@@ -251,15 +254,16 @@ class _Desc:
 
 
 class HopperForward:
-    """A forward plan's launch on the Hopper kernel: ``(q, k, v, out, mask, ranges)``, ``out`` the plan's
-    ``[B, H, Q, D]`` view of fresh ``[B, Q, H, D]`` memory. The first launch goes through Gluon's JIT (about 130 us
+    """A forward plan's launch on the Hopper kernel: ``(q, k, v, out, mask, ranges, sinks)``, ``out`` the plan's
+    ``[B, H, Q, D]`` view of fresh ``[B, Q, H, D]`` memory, ``sinks`` None or the fp32 ``[H]`` sink logits (a plan made
+    with ``sinks=True``). The first launch goes through Gluon's JIT (about 130 us
     of host time per call on an H200's host, ``evals/bench_hopper.py``); later ones call the compiled kernel it
     returned (the launch shortcut of :mod:`._launch`, on the Triton versions it is checked for): the plan's key
     fixes everything the kernel was specialised on but the tensors' addresses, and those are 16-byte aligned in
     every call that reaches this plan. With Triton 3.6 they call the launcher's C function with the four TMA
     descriptors encoded once per address and plan (:meth:`_bind_raw`)."""
 
-    def __init__(self, q, k, v, kind, causal, scale, sm_count):
+    def __init__(self, q, k, v, kind, causal, scale, sm_count, sinks=False):
         from triton.experimental.gluon import language as gl
 
         mod = kernels()
@@ -277,7 +281,7 @@ class HopperForward:
         self.kind = kind
         self.n_m = n_m
         self.consts = kernel_consts(self.n_tiles, self.grid[0], n_m, H, H // Hkv, kind, causal, self.block_m,
-                                    head_d=D)
+                                    head_d=D, sink=sinks)
         self.Q, self.K = Q, K
         self.qk_scale = scale * _LOG2E
         self.dummy = torch.zeros(4, dtype=torch.int32, device=q.device)  # the range and mask pointers when unused
@@ -290,12 +294,12 @@ class HopperForward:
         self.raw, self.fill, self.fill_args, self.dims = None, None, (), ()
         self.maps = ({}, {}, {}, {})
 
-    def __call__(self, q, k, v, out, mask_t, ranges):
+    def __call__(self, q, k, v, out, mask_t, ranges, sinks=None):
         if self.kind == 1:
             mask, smb, smk = mask_t, mask_t.stride(0), mask_t.stride(1)
         else:
             ranges, mask, smb, smk = self.dummy, self.dummy, 0, 0
-        scalars = (ranges, mask, smb, smk, self.Q, self.K, self.qk_scale, self.n_tiles, self.grid[0], self.n_m)
+        scalars = (ranges, mask, self.dummy if sinks is None else sinks, smb, smk, self.Q, self.K, self.qk_scale, self.n_tiles, self.grid[0], self.n_m)
         tensors = (q, k, v, out)
         compiled = self.compiled
         if compiled is not None and _launch.ENABLED and not _launch._hooks_installed():

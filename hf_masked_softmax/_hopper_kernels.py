@@ -266,18 +266,21 @@ def _start(pid, q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_bars, k_bars, 
 
 
 @gluon.jit(do_not_specialize=["tiles_rt", "nprog_rt", "n_m_rt"])
-def _attn_fwd_persistent(q_desc, k_desc, v_desc, o_desc, ranges_ptr, mask_ptr, stride_mb, stride_mk, Q_LEN, K_LEN,
-                         qk_scale, tiles_rt, nprog_rt, n_m_rt, N_TILES: gl.constexpr, NPROG: gl.constexpr,
+def _attn_fwd_persistent(q_desc, k_desc, v_desc, o_desc, ranges_ptr, mask_ptr, sink_ptr, stride_mb, stride_mk, Q_LEN,
+                         K_LEN, qk_scale, tiles_rt, nprog_rt, n_m_rt, N_TILES: gl.constexpr, NPROG: gl.constexpr,
                          MASK_KIND: gl.constexpr,
                          CAUSAL: gl.constexpr, N_M: gl.constexpr, N_HEADS: gl.constexpr, GROUP: gl.constexpr,
                          HEAD_D: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr,
-                         CURSOR_REGS: gl.constexpr, SPLIT: gl.constexpr, num_warps: gl.constexpr):
+                         CURSOR_REGS: gl.constexpr, SPLIT: gl.constexpr, SINK: gl.constexpr,
+                         num_warps: gl.constexpr):
     """q / o: ``[B, H, Q, D]`` descriptors with ``[1, 1, BLOCK_M, D]`` blocks; k / v: ``[B, Hkv, K, D]`` with
     ``[1, 1, BLOCK_N, D]``; ``N_TILES`` = B * H * ``N_M`` tiles (``N_M`` query blocks per head) over ``NPROG``
     programs; ``N_TILES`` and ``NPROG`` 0: the runtime ``tiles_rt`` and ``nprog_rt`` instead (one compiled kernel for
     every batch size), ``N_M`` 0: ``n_m_rt`` (and for every query length). ``ranges``: int32 ``[B, 4]``
     (start, end, has holes, unused) for ``MASK_KIND`` 1, with ``mask`` the ``[B, K]`` padding mask it came from;
-    ``CAUSAL``: bottom-right (query ``i`` sees keys ``j <= i + K - Q``); ``qk_scale`` = scale * log2(e) > 0."""
+    ``CAUSAL``: bottom-right (query ``i`` sees keys ``j <= i + K - Q``); ``qk_scale`` = scale * log2(e) > 0;
+    ``SINK``: ``sink_ptr`` is each query head's sink logit (fp32 ``[H]``, natural units), counted by every row as one
+    more key with a zero value after its keys, as in the Triton forward (a row with no key stays zeros)."""
     GUARD: gl.constexpr = (MASK_KIND == 1) | CAUSAL  # rows can have no key
     gl.static_assert(STAGES >= 3, "block g - 2's slots are refilled when block g starts: at least 3 stages")
     pid = gl.program_id(0)
@@ -318,6 +321,8 @@ def _attn_fwd_persistent(q_desc, k_desc, v_desc, o_desc, ranges_ptr, mask_ptr, s
     for t in range(pid, n_tiles, nprog):
         qb = it % 2
         b, m0, h, _ = _tile_pos(t, n_tiles, nprog, n_m, N_HEADS, GROUP, CAUSAL, BLOCK_M)
+        if SINK:  # loaded here, read after the key blocks: its latency is off the tile's end
+            sink = gl.load(sink_ptr + h) * 1.4426950408889634
         start = r_start
         end = r_end
         holes = r_holes
@@ -376,6 +381,12 @@ def _attn_fwd_persistent(q_desc, k_desc, v_desc, o_desc, ranges_ptr, mask_ptr, s
         o_tok = warpgroup_mma(p16, v_smem.index((g + STAGES - 1) % STAGES).reshape([BLOCK_N, HEAD_D]), acc,
                               is_async=True)
         acc, p16 = warpgroup_mma_wait(0, deps=[o_tok, p16])
+        if SINK:  # the Triton forward's epilogue: the sink joins the row's max and sum
+            m_new = gl.maximum(m_i, sink)
+            m_use = gl.where(m_new == float("-inf"), 0.0, m_new)
+            alpha = gl.exp2(m_i - m_use)
+            l_i = l_i * alpha + gl.exp2(sink - m_use)
+            acc = acc * gl.convert_layout(alpha, row_o)[:, None]
         l_o = gl.convert_layout(l_i, row_o)
         acc = acc / gl.where(l_o == 0.0, 1.0, l_o)[:, None]
         tma.store_wait(pendings=0)  # the previous tile's output has left o_smem

@@ -1209,7 +1209,7 @@ def _policy():
             _hopper.CURSOR_REGS, _hopper.CAUSAL_OK, _hopper.SPLIT_LOOP, _hopper.BLOCK_M, _hopper.BLOCK_N,
             _hopper.WARPS, _hopper.PER_SM, _hopper.FINE_BLOCK_M, _hopper.FINE_PER_SM, _hopper.STAGES,
             _hopper.MIN_TILES_PER_SM, _hopper.SMALL_CALLS, _hopper.RUNTIME_COUNTS, _hopper.RUNTIME_ALL, _hopper.usable,
-            _hopper.WIDE_HEADS, _hopper.WIDE_BLOCK_M, _hopper.WIDE_BLOCK_N, _hopper.WIDE_PER_SM)
+            _hopper.WIDE_HEADS, _hopper.WIDE_BLOCK_M, _hopper.WIDE_BLOCK_N, _hopper.WIDE_PER_SM, _hopper.SINKS_OK)
 
 
 DROPOUT_BITS = 16  # dropout compares a 16-bit random number per score with round(p * 2**16)
@@ -1304,9 +1304,10 @@ class _ForwardPlan:
         self.launch = bind(_attn_fwd_kernel, grid, scalars, constexprs)
         # inference on an H100 / H200 (when it applies: see _hopper): the Gluon kernel instead
         self.hopper = None
-        if not (window or softcap or sinks) and _hopper.usable(q, k, v, kind, causal, _fold(kind, scale), need_lse,
-                                                               drop_thr, num_splits, _sm_count(q.device)):
-            self.hopper = _hopper.HopperForward(q, k, v, kind, causal, scale, _sm_count(q.device))
+        if (not (window or softcap or (sinks and not _hopper.SINKS_OK))
+                and _hopper.usable(q, k, v, kind, causal, _fold(kind, scale), need_lse, drop_thr, num_splits,
+                                   _sm_count(q.device))):
+            self.hopper = _hopper.HopperForward(q, k, v, kind, causal, scale, _sm_count(q.device), sinks=sinks)
         if num_splits > 1:
             self.combine = bind(
                 _split_combine_kernel, (B * H, Q),
@@ -1326,7 +1327,7 @@ class _ForwardPlan:
         seed_arg = seed if self.dropout else q
         sink_arg = sinks if sinks is not None else q
         if self.hopper is not None:
-            self.hopper(q, k, v, out, mask_t, ranges)
+            self.hopper(q, k, v, out, mask_t, ranges, sinks)
         elif self.splits == 1:
             self.launch(q, k, v, out, lse_arg, mask_arg, ranges_arg, seed_arg, sink_arg)
         else:

@@ -551,3 +551,22 @@ def test_compared_shape_rows_errors_times_and_failures(capsys):
     printed = capsys.readouterr().out
     assert "the feature changes it by up to 1; max |error| against ours: ours 0, eager 0.25, broken 0" in printed
     assert "broken forward: RuntimeError: no kernel for this" in printed
+
+
+def test_bench_sinks_triton_only_turns_the_hopper_sinks_off_for_one_call():
+    """bench_sinks.py's ``fused-sinks-triton`` provider: the Hopper kernel's sinks off during its call only, back on
+    after it, a failing call included."""
+    import bench_sinks
+
+    from hf_masked_softmax import _hopper
+
+    assert _hopper.SINKS_OK
+    assert bench_sinks.triton_only(lambda: _hopper.SINKS_OK) is False
+    assert _hopper.SINKS_OK
+
+    def fails():
+        raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError, match="boom"):
+        bench_sinks.triton_only(fails)
+    assert _hopper.SINKS_OK

@@ -168,8 +168,9 @@ def test_a_plan_launches_by_the_c_function_with_descriptors_encoded_once_per_add
         cu_map, *dims = expanded[9 * i: 9 * i + 9]
         assert cu_map[:2] == ("map", t.data_ptr()) and dims == [*shape, *strides]
         assert fills[i] == (t.data_ptr(), (128, 2, 10, [1, 1, block, 64], shape, strides, 0))  # device enum 8 -> host 10
-    assert args[49:59] == (ranges, mask, 512, 1, 512, 512, plan.qk_scale, plan.n_tiles, plan.grid[0], plan.n_m)
-    assert args[59:] == plan.tail and len(plan.tail) == len(plan.consts)  # the constexprs, num_warps included
+    assert args[49:60] == (ranges, mask, plan.dummy, 512, 1, 512, 512, plan.qk_scale, plan.n_tiles, plan.grid[0],
+                           plan.n_m)  # no sinks: the dummy pointer
+    assert args[60:] == plan.tail and len(plan.tail) == len(plan.consts)  # the constexprs, num_warps included
     # a tensor at a new address gets its own encoding; the others are reused
     k2 = torch.empty_like(k.transpose(1, 2)).transpose(1, 2)
     plan(q, k2, v, out, mask, ranges)
@@ -178,6 +179,14 @@ def test_a_plan_launches_by_the_c_function_with_descriptors_encoded_once_per_add
     monkeypatch.setattr(_launch, "RAW", False)  # off: through the launcher with Triton's own descriptors
     plan(q, k, v, out, mask, ranges)
     assert log[-1][0] == "direct" and len(fills) == 5
+    sinks = torch.zeros(12)  # a plan with sinks passes them where the dummy was
+    sunk = hopper.HopperForward(q, k, v, 1, False, 0.125, 8, sinks=True)
+    assert sunk.consts["SINK"] and not plan.consts["SINK"]
+    sunk.kernel = Jit()
+    monkeypatch.setattr(_launch, "RAW", True)
+    sunk(q, k, v, out, mask, ranges, sinks)
+    sunk(q, k, v, out, mask, ranges, sinks)
+    assert log[-1][0] == "raw" and log[-1][1][51] is sinks
 
 
 @mock.patch.object(hopper, "SMALL_CALLS", False)
@@ -227,13 +236,17 @@ import probe_gluon, sass_attention
 from hf_masked_softmax import _hopper
 # large calls (128-row tiles), a causal one and a small one without causality (64-row tiles); then every count at
 # run time (RUNTIME_ALL) for a causal call, and compile-time counts for a large call without causality
-for dtype, kind, group, causal, batch, counts in (("fp16", 1, 1, False, 32, "default"),
-                                                  ("bf16", 0, 3, False, 32, "default"),
-                                                  ("fp16", 1, 1, True, 32, "default"),
-                                                  ("bf16", 1, 1, False, 2, "default"),
-                                                  ("fp16", 1, 1, True, 32, "all"), ("fp16", 1, 1, False, 32, "none")):
+# (and with attention sinks: GPT-OSS's causal prefill with grouped queries, and a large call without causality)
+for dtype, kind, group, causal, batch, counts, sink in (("fp16", 1, 1, False, 32, "default", False),
+                                                        ("bf16", 0, 3, False, 32, "default", False),
+                                                        ("fp16", 1, 1, True, 32, "default", False),
+                                                        ("bf16", 1, 1, False, 2, "default", False),
+                                                        ("fp16", 1, 1, True, 32, "all", False),
+                                                        ("fp16", 1, 1, False, 32, "none", False),
+                                                        ("bf16", 1, 4, True, 32, "default", True),
+                                                        ("fp16", 1, 1, False, 32, "default", True)):
     _hopper.RUNTIME_ALL, _hopper.RUNTIME_COUNTS = counts == "all", counts != "none"
-    kern = _hopper.compile_for(90, dtype, kind, group=group, causal=causal, batch=batch)
+    kern = _hopper.compile_for(90, dtype, kind, group=group, causal=causal, batch=batch, sink=sink)
     rows, per_sm = _hopper.tile_shape(causal, batch * 12 * 4, 132)
     with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
         f.write(kern.asm["cubin"])
@@ -243,7 +256,7 @@ for dtype, kind, group, causal, batch, counts in (("fp16", 1, 1, False, 32, "def
     count = lambda p: sum(n.startswith(p) for n in info["ops"])
     print(f"RESULT {{dtype}} {{kind}} regs={{info['registers']}} HGMMA={{count('HGMMA')}} UTMALDG={{count('UTMALDG')}} "
           f"UTMASTG={{count('UTMASTG')}} exps-under-PV={{probe_gluon.exps_under_pv(sass)}} "
-          f"rows={{rows}} per_sm={{per_sm}} smem={{kern.metadata.shared}} counts={{counts}}")
+          f"rows={{rows}} per_sm={{per_sm}} smem={{kern.metadata.shared}} counts={{counts}} sink={{sink}}")
 """
 
 
@@ -269,8 +282,8 @@ def _programs_fit_together(line, fields):
 
 @pytest.mark.gluon
 def test_hopper_kernel_compiles_for_sm90_with_the_softmax_under_p_v():
-    results = _compile_results(_COMPILE, 6)
-    assert [fields["rows"] for _, fields in results] == ["128", "128", "64", "64", "64", "128"]
+    results = _compile_results(_COMPILE, 8)
+    assert [fields["rows"] for _, fields in results] == ["128", "128", "64", "64", "64", "128", "64", "128"]
     for line, fields in results:
         assert int(fields["regs"]) <= 255, line
         assert int(fields["HGMMA"]) > 0 and int(fields["UTMALDG"]) > 0 and int(fields["UTMASTG"]) > 0, line
@@ -528,6 +541,41 @@ def test_gpu_hopper_forward_in_a_cuda_graph():
         ref, _ = _ref(q, k, v, mask, False)
     assert_close(out, ref, torch.float16, scale=OUT_SCALE[torch.float16])
     assert not torch.equal(out, eager)
+
+
+SINK_CASES = ["bert-left", "q-ne-k-gqa", "empty-sequence", "causal-gpt2-right", "causal-left", "causal-q-gt-k",
+              "small-right"]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("case", SINK_CASES)
+def test_gpu_hopper_forward_with_sinks_matches_reference(case, dtype):
+    # GPT-OSS's attention sinks in the Hopper kernel's epilogue: against fp64 and the Triton kernel's (SINKS_OK
+    # off); one head's sink is -inf (no sink), one is large enough to take most of its rows' weight
+    _hopper_gpu()
+    B, H, Hkv, Q, K, mask_case, fused, causal = CASES[case]
+    q, k, v = _hf_qkv(B, H, Hkv, Q, K, dtype, "cuda", fused=fused)
+    mask = _mask(mask_case, B, K, "cuda")
+    sinks = torch.randn(H, generator=torch.Generator().manual_seed(5)) * 2
+    sinks[0], sinks[1] = float("-inf"), 12.0
+    sinks = sinks.cuda()
+    with _count_launches() as calls, torch.no_grad(), mock.patch.object(hopper, "SMALL_CALLS",
+                                                                         case.startswith("small-")):
+        out = attention_fn(q, k, v, mask, causal=causal, sinks=sinks)
+        plain = attention_fn(q, k, v, mask, causal=causal)
+    assert calls == [0 if mask is None else 1] * 2, "the Hopper kernel did not run"
+    assert torch.isfinite(out).all()
+    ref, _ = _ref(q, k, v, mask, causal, sinks=sinks)
+    assert_close(out, ref, dtype, scale=OUT_SCALE[dtype])
+    assert torch.equal(out[:, 0], plain[:, 0])  # a sink of -inf is no sink, bit for bit
+    assert (ref - _ref(q, k, v, mask, causal)[0]).abs().max() > 0.1  # the sinks matter: the check could fail
+    if mask_case == "empty":
+        assert (out[0] == 0).all()
+    with mock.patch.object(hopper, "SINKS_OK", False), _count_launches() as calls, torch.no_grad():
+        triton_out = attention_fn(q, k, v, mask, causal=causal, sinks=sinks)
+    assert calls == []
+    assert_close(out, triton_out.double(), dtype, scale=OUT_SCALE[dtype])
 
 
 @pytest.mark.gpu

@@ -155,16 +155,20 @@ def test_the_plan_key_tells_sinks_apart(device):
     assert torch.equal(hf_masked_softmax.attention(q, k, v), plain)
 
 
-def test_the_hopper_forward_never_takes_sinks(monkeypatch):
+def test_the_hopper_forward_takes_sinks_unless_turned_off(monkeypatch):
     monkeypatch.setattr(attn_mod._hopper, "usable", lambda *a, **kw: True)
-    monkeypatch.setattr(attn_mod._hopper, "HopperForward", lambda *a, **kw: "hopper")
+    monkeypatch.setattr(attn_mod._hopper, "HopperForward", lambda *a, sinks=False, **kw: ("hopper", sinks))
     q = torch.zeros(1, 2, 64, 64, dtype=torch.float16, device="meta")
     kind = attn_mod._K_NONE
+
+    def plan(**kw):
+        return attn_mod._ForwardPlan(q, q, q, kind, None, 0.0, False, 0.125, need_lse=False, **kw).hopper
+
     with mock.patch.object(attn_mod, "_smem_optin", lambda d: 0), mock.patch.object(attn_mod, "_sm_count",
                                                                                      lambda d: 132):
-        plain = attn_mod._ForwardPlan(q, q, q, kind, None, 0.0, False, 0.125, need_lse=False)
-        sunk = attn_mod._ForwardPlan(q, q, q, kind, None, 0.0, False, 0.125, need_lse=False, sinks=True)
-    assert plain.hopper == "hopper" and sunk.hopper is None
+        assert plan() == ("hopper", False) and plan(sinks=True) == ("hopper", True)
+        monkeypatch.setattr(attn_mod._hopper, "SINKS_OK", False)
+        assert plan() == ("hopper", False) and plan(sinks=True) is None
 
 
 def test_custom_operators(device):
