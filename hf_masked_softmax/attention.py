@@ -125,20 +125,32 @@ def _load_2d(ptrs, row_ok, col_ok, CHECK_ROWS: tl.constexpr, CHECK_COLS: tl.cons
 
 
 @triton.jit
+def _diag(Q_LEN, K_LEN, window, CAUSAL: tl.constexpr):
+    """The last key query row 0 may see: ``K - Q`` (bottom-right causality), or for a bidirectional window (``CAUSAL``
+    2, which the kernels run as causality moved ``W - 1`` keys right with a window of ``2 W - 1`` keys:
+    ``window`` is that width) ``K - Q + W - 1``."""
+    if CAUSAL == 2:
+        return K_LEN - Q_LEN + (window - 1) // 2
+    else:
+        return K_LEN - Q_LEN
+
+
+@triton.jit
 def _mask_scores(s, r2, c2, start, end, has_holes, mask_base, stride_mm, stride_mk, Q_LEN, K_LEN, threshold, window,
                  MASK_KIND: tl.constexpr, CAUSAL: tl.constexpr, WINDOWED: tl.constexpr, AS_TILE: tl.constexpr):
     """Set the masked entries of the base-2 score tile ``s`` to -inf (and add an additive mask). ``r2`` / ``c2`` are
     the query / key indices broadcastable to ``s``: ``rows[:, None], cols[None, :]`` or transposed. ``WINDOWED``
-    (with ``CAUSAL``): row ``r`` keeps only keys ``c > r + K_LEN - Q_LEN - window``. ``AS_TILE``: a 4D mask is
+    (with ``CAUSAL``): row ``r`` keeps only keys ``c > r + diag - window`` (:func:`_diag`). ``AS_TILE``: a 4D mask is
     added as :func:`_mask_tile`'s f32 tile instead of joining ``keep`` (the same scores): the dk / dv kernel's form;
     the dq kernel keeps the boolean one, which compiles smaller there. (The forward adds the tile itself.)"""
     # the causal bound folded into the range's end per row, the window's into its start (on the broadcastable r2,
     # not per score)
     first = start
+    diag = _diag(Q_LEN, K_LEN, window, CAUSAL)
     if WINDOWED:
-        first = tl.maximum(start, r2 + (K_LEN - Q_LEN + 1 - window))
+        first = tl.maximum(start, r2 + (diag + 1 - window))
     if CAUSAL:
-        keep = (c2 >= first) & (c2 < tl.minimum(r2 + (K_LEN - Q_LEN + 1), end))
+        keep = (c2 >= first) & (c2 < tl.minimum(r2 + (diag + 1), end))
     else:
         keep = (c2 >= first) & (c2 < end)
     if MASK_KIND == 1:
@@ -362,12 +374,13 @@ def _block_key_bounds(start, end, has_holes, m0, split, NUM_SPLITS, Q_LEN, K_LEN
     and inside it ``[full_lo, full_hi)``, the blocks every row sees whole (no mask to evaluate there). ``WINDOWED``:
     the blocks left of the first row's window are skipped, those left of the last row's are masked."""
     first = start
+    diag = _diag(Q_LEN, K_LEN, window, CAUSAL)
     if WINDOWED:
-        first = tl.maximum(start, m0 + (K_LEN - Q_LEN + 1) - window)
+        first = tl.maximum(start, m0 + (diag + 1) - window)
     lo = (first // BLOCK_N) * BLOCK_N
     hi = end
     if CAUSAL:
-        hi = tl.minimum(hi, m0 + BLOCK_M + K_LEN - Q_LEN)
+        hi = tl.minimum(hi, m0 + BLOCK_M + diag)
     hi = tl.maximum(hi, lo)
     per_split = tl.cdiv(tl.cdiv(hi - lo, BLOCK_N), NUM_SPLITS) * BLOCK_N
     if MASK_KIND >= 2:
@@ -386,11 +399,11 @@ def _block_key_bounds(start, end, has_holes, m0, split, NUM_SPLITS, Q_LEN, K_LEN
     else:
         full_lo = tl.maximum(s_lo, tl.cdiv(start, BLOCK_N) * BLOCK_N)
         if WINDOWED:
-            win_first = tl.maximum(m0 + BLOCK_M + (K_LEN - Q_LEN) - window, 0)  # the block's last row's first key
+            win_first = tl.maximum(m0 + BLOCK_M + diag - window, 0)  # the block's last row's first key
             full_lo = tl.maximum(full_lo, tl.cdiv(win_first, BLOCK_N) * BLOCK_N)
         full_end = end
         if CAUSAL:
-            full_end = tl.minimum(full_end, m0 + K_LEN - Q_LEN + 1)
+            full_end = tl.minimum(full_end, m0 + diag + 1)
         full_hi = tl.minimum(s_hi, tl.maximum(full_end, 0) // BLOCK_N * BLOCK_N)
         if has_holes:
             full_lo = s_lo
@@ -652,7 +665,7 @@ def _dkdv_blocks(dk, dv, k, v, q_base, do_base, lse_base, delta_base, mask_base,
         # right-padded range by a window or more), the rows with lse = -inf.
         do_ok = row_ok
         if MASKED and MASK_KIND <= 1 and CAUSAL:
-            do_ok = row_ok & (rows + (K_LEN - Q_LEN) >= start)
+            do_ok = row_ok & (rows + _diag(Q_LEN, K_LEN, window, CAUSAL) >= start)
         do = _load_2d(do_base + rows[:, None] * stride_dom + offs_d[None, :] * stride_dod, do_ok, d_ok,
                       True, BLOCK_D != HEAD_D)
         if UPCAST:
@@ -736,14 +749,15 @@ def _bwd_dkdv_kernel(
     d_ok = offs_d < HEAD_D
 
     start, end, has_holes = _key_range(ranges_ptr, b, K_LEN, MASK_KIND)
+    diag = _diag(Q_LEN, K_LEN, window, CAUSAL)
     q_lo = start * 0
     if CAUSAL:
-        q_lo = tl.maximum(n0 - (K_LEN - Q_LEN), 0) // BLOCK_M * BLOCK_M
+        q_lo = tl.maximum(n0 - diag, 0) // BLOCK_M * BLOCK_M
     q_hi = q_lo
     if (n0 < end) & (n0 + BLOCK_N > start):
         q_hi = q_lo * 0 + Q_LEN
     if WINDOWED:  # the rows whose window reaches this block's last key
-        q_hi = tl.maximum(tl.minimum(q_hi, tl.cdiv(tl.maximum(n0 + BLOCK_N - 1 - (K_LEN - Q_LEN) + window, 0),
+        q_hi = tl.maximum(tl.minimum(q_hi, tl.cdiv(tl.maximum(n0 + BLOCK_N - 1 - diag + window, 0),
                                                     BLOCK_M) * BLOCK_M), q_lo)
     # query blocks past the diagonal see this key block whole, if the block lies inside the key range
     q_full = q_hi
@@ -751,12 +765,12 @@ def _bwd_dkdv_kernel(
         if (n0 >= start) & (n0 + BLOCK_N <= end) & (has_holes == 0):
             q_full = q_lo
             if CAUSAL:
-                q_full = tl.minimum(tl.maximum(tl.cdiv(n0 + BLOCK_N - 1 - (K_LEN - Q_LEN), BLOCK_M) * BLOCK_M,
+                q_full = tl.minimum(tl.maximum(tl.cdiv(n0 + BLOCK_N - 1 - diag, BLOCK_M) * BLOCK_M,
                                                q_lo), q_hi)
     # WINDOWED: query blocks from q_wfull on lose keys of this block to the window (masked again)
     q_wfull = q_hi
     if WINDOWED:
-        q_wfull = tl.minimum(tl.maximum(tl.maximum(n0 - (K_LEN - Q_LEN) + window, 0) // BLOCK_M * BLOCK_M, q_full),
+        q_wfull = tl.minimum(tl.maximum(tl.maximum(n0 - diag + window, 0) // BLOCK_M * BLOCK_M, q_full),
                              q_hi)
 
     k = _load_2d(k_ptr + b * stride_kb + hk * stride_kh + cols[:, None] * stride_kn + offs_d[None, :] * stride_kd,
@@ -1198,6 +1212,15 @@ def _is_decode(Q: int) -> bool:
     return Q <= 16
 
 
+def _kernel_window(causal, window: int):
+    """``(CAUSAL, window)`` as the kernels take them: a window without causality (bidirectional: query ``i`` sees keys
+    ``|j - (i + K - Q)| < W``) is causality moved ``W - 1`` keys right (``CAUSAL`` 2, :func:`_diag`) with a window of
+    ``2 W - 1`` keys; anything else as it is."""
+    if window and not causal:
+        return 2, 2 * window - 1
+    return bool(causal), window
+
+
 def _policy():
     """The module-level settings and functions a launch plan is derived from: part of every plan's key, so that
     changing one (the tuning scripts and tests do, to force a path) gets a new plan. Held by the key, so a replaced
@@ -1251,6 +1274,7 @@ class _ForwardPlan:
 
     def __init__(self, q, k, v, kind, mask_t, threshold, causal, scale, need_lse=True, drop_thr=0, window=0,
                  bounded=False, softcap=0.0, sinks=False):
+        causal, window = _kernel_window(causal, window)
         B, H, Q, D = q.shape
         Hkv, K = k.shape[1], k.shape[2]
         decode = _is_decode(Q)
@@ -1345,9 +1369,9 @@ def _forward(q, k, v, kind, mask_t, ranges, threshold, causal, scale, need_lse=T
     everything the plan depends on but pointer alignment, dropout and the module's settings (``ops`` passes its
     validated call signature), so that the key is not built twice per call. ``drop_thr > 0``: dropout (see
     :func:`dropout_threshold`) with the Philox key in ``seed``, a one-element int64 tensor on q's device; the
-    log-sum-exp then stays that of the probabilities before dropout. ``window > 0`` (with ``causal``): row ``i`` sees
-    only keys ``j > i + K - Q - window`` (a sliding window; ``attention`` passes 0 for a window of ``K`` keys or
-    more). ``softcap > 0``: the scaled scores are soft-capped, ``softcap * tanh(s / softcap)``, before the mask.
+    log-sum-exp then stays that of the probabilities before dropout. ``window > 0``: with ``causal`` row ``i`` sees
+    only keys ``j > i + K - Q - window`` (a sliding window), without it only ``|j - (i + K - Q)| < window``
+    (:func:`_kernel_window`); ``attention`` passes 0 for a window no key falls out of. ``softcap > 0``: the scaled scores are soft-capped, ``softcap * tanh(s / softcap)``, before the mask.
     ``sinks``: None or each query head's sink logit, fp32 ``[H]`` contiguous (``lse`` then includes it; a row with
     nothing kept keeps ``lse = -inf``)."""
     if signature is None:
@@ -1372,6 +1396,7 @@ class _BackwardPlan:
 
     def __init__(self, do, q, k, v, out, lse, kind, mask_t, threshold, causal, scale, drop_thr=0, window=0,
                  bounded=False, softcap=0.0):
+        causal, window = _kernel_window(causal, window)
         B, H, Q, D = q.shape
         Hkv, K = k.shape[1], k.shape[2]
         self.empty = q.numel() == 0 or K == 0  # nothing was attended to: every gradient is zero
@@ -1595,10 +1620,12 @@ def attention(
             from torch's generator for the tensors' device (``torch.manual_seed`` repeats it) and redrawn
             identically by the backward; nothing of size ``[B, H, Q, K]`` is stored. A number or a one-element
             tensor.
-        window: a sliding window (Mistral's ``sliding_window``), with ``causal`` only: query ``i`` sees key ``j``
-            iff ``i + K - Q - window < j <= i + K - Q``, its ``window`` most recent keys its own included, and in
-            and with the mask. Key blocks left of a query block's windows are skipped. None (default), or a window
-            of ``K`` keys or more, is no window.
+        window: a sliding window. With ``causal`` (Mistral's ``sliding_window``): query ``i`` sees key ``j`` iff
+            ``i + K - Q - window < j <= i + K - Q``, its ``window`` most recent keys its own included. Without it, a
+            bidirectional window (ModernBERT's local attention, which passes ``sliding_window = local_attention // 2
+            + 1``): query ``i`` sees key ``j`` iff ``|j - (i + K - Q)| < window``, ``window - 1`` keys on each side
+            and its own. Either way and with the mask; key blocks outside a query block's windows are skipped. None
+            (default), or a window no key falls out of, is no window.
         softcap: logit soft-capping (Gemma 2's ``attn_logit_softcapping``): the scaled scores become
             ``softcap * tanh(scale * q kᵀ / softcap)`` before the mask is applied or added, in the forward and the
             backward. None (default) or 0 is none; otherwise a positive finite number.
@@ -1615,7 +1642,7 @@ def attention(
     Raises:
         ValueError: wrong rank or shapes, head_dim 0 or > 256, tensors on different devices, dropout_p outside
             [0, 1], scale out of range, a scale tensor or additive mask that requires grad while autograd records,
-            a window below 1 or without ``causal``, a negative, infinite or NaN ``softcap``, ``sinks`` of another shape
+            a window below 1, a negative, infinite or NaN ``softcap``, ``sinks`` of another shape
             than ``[H]`` or on another device.
         TypeError: unsupported or mismatched dtypes, a non-tensor argument, integer ``sinks``.
     """
@@ -1630,8 +1657,9 @@ def attention(
 _ops_attention = None
 
 
-def window_size(window, causal, k_len: int) -> int:
-    """``attention``'s ``window`` as the kernels take it: 0 for none (None, or ``k_len`` keys or more), else the
+def window_size(window, causal, k_len: int, q_len: Optional[int] = None) -> int:
+    """``attention``'s ``window`` as the kernels take it: 0 for none (None, or a window that no key of a ``q_len`` x
+    ``k_len`` call falls out of: ``k_len`` keys or more, and with a bidirectional window also ``q_len``), else the
     validated number of keys."""
     if window is None:
         return 0
@@ -1639,9 +1667,9 @@ def window_size(window, causal, k_len: int) -> int:
         raise TypeError(f"window must be an integer or None, got {type(window).__name__}")
     window = int(window)
     if window < 1:
-        raise ValueError(f"window must be at least 1 (keys a query sees, its own included), got {window}")
-    if not causal:
-        raise ValueError("a sliding window needs causal=True (query i sees keys i + K - Q - window < j <= i + K - Q)")
+        raise ValueError(f"window must be at least 1 (keys a query sees on each side, its own included), got {window}")
+    if not causal:  # bidirectional: |j - (i + K - Q)| < window, whose largest distance is max(K, Q) - 1
+        return 0 if window >= max(k_len, k_len if q_len is None else q_len) else window
     return 0 if window >= k_len else window
 
 

@@ -204,31 +204,54 @@ def _code_of(make, *args):
 
 _AND_MASKS_CODE = _code_of("and_masks", masking_utils.causal_mask_function)
 _WINDOW_OVERLAY_CODE = _code_of("sliding_window_overlay", 1)
+_BIDIRECTIONAL_OVERLAY_CODE = _code_of("sliding_window_bidirectional_overlay", 1)
 
 
-def _sliding_window_of(mask_function) -> int | None:
-    """``W`` when ``mask_function`` is exactly transformers' ``sliding_window_causal_mask_function(W)``, else None.
+def _window_pattern(mask_function):
+    """``(W, causal)`` when ``mask_function`` is exactly one of transformers' sliding-window patterns, with ``W`` in
+    :func:`hf_masked_softmax.attention`'s terms; else None.
 
-    That function is ``and_masks(sliding_window_overlay(W), causal_mask_function)``: a new closure on every call, so
-    it is recognised by its code objects and read from its cells (the same in transformers 5.4, 5.17 and 5.25).
-    Anything else (extra ``and``/``or`` terms, packed sequences, another layout in some version) gives None, and with
-    it HF's 4D mask, which is right for any pattern.
+    * ``sliding_window_causal_mask_function(w)`` = ``and_masks(sliding_window_overlay(w), causal_mask_function)``:
+      query ``i`` sees ``i - w < j <= i``, so ``(w, True)``;
+    * ``sliding_window_bidirectional_mask_function(w)`` = ``and_masks(sliding_window_bidirectional_overlay(w),
+      bidirectional_mask_function)`` (ModernBERT's local layers): ``|i - j| <= w``, so ``(w + 1, False)``.
+
+    Each is a new closure on every call, so it is recognised by its code objects and read from its cells (the same
+    in transformers 5.4, 5.17 and 5.25). Anything else (extra ``and``/``or`` terms, packed sequences, another layout
+    in some version) gives None, and with it HF's 4D mask, which is right for any pattern.
     """
-    if _AND_MASKS_CODE is None or _WINDOW_OVERLAY_CODE is None:
-        return None
-    if getattr(mask_function, "__code__", None) is not _AND_MASKS_CODE:
+    if _AND_MASKS_CODE is None or getattr(mask_function, "__code__", None) is not _AND_MASKS_CODE:
         return None
     cell = _closure_of(mask_function).get("mask_functions")
     parts = cell.cell_contents if cell is not None else None
-    if not (isinstance(parts, tuple) and len(parts) == 2 and parts[1] is masking_utils.causal_mask_function):
+    if not (isinstance(parts, tuple) and len(parts) == 2):
         return None
-    if getattr(parts[0], "__code__", None) is not _WINDOW_OVERLAY_CODE:
+    code = getattr(parts[0], "__code__", None)
+    if (code is not None and code is _WINDOW_OVERLAY_CODE and parts[1] is masking_utils.causal_mask_function):
+        causal = True
+    elif (code is not None and code is _BIDIRECTIONAL_OVERLAY_CODE
+          and parts[1] is getattr(masking_utils, "bidirectional_mask_function", None)):
+        causal = False
+    else:
         return None
     cell = _closure_of(parts[0]).get("sliding_window")
     window = cell.cell_contents if cell is not None else None
-    if isinstance(window, bool) or not isinstance(window, int) or window < 1:
+    if isinstance(window, bool) or not isinstance(window, int) or window < (1 if causal else 0):
         return None
-    return window
+    return (window, True) if causal else (window + 1, False)
+
+
+def _sliding_window_of(mask_function) -> int | None:
+    """``W`` when ``mask_function`` is exactly transformers' ``sliding_window_causal_mask_function(W)``, else None
+    (:func:`_window_pattern`)."""
+    pattern = _window_pattern(mask_function)
+    return pattern[0] if pattern is not None and pattern[1] else None
+
+
+def _window_cuts(window: int, causal: bool, q_len: int, k_len: int) -> bool:
+    """Whether a window (``attention``'s terms) leaves some query of a ``q_len`` x ``k_len`` call without some key
+    it would otherwise see: causal, more than ``window`` keys; bidirectional, a distance of ``window`` or more."""
+    return k_len > window if causal else max(q_len, k_len) > window
 
 
 def _window_for(attention_mask, kwargs) -> int | None:
@@ -241,11 +264,11 @@ def _window_for(attention_mask, kwargs) -> int | None:
     return None if window is None else int(window)
 
 
-def _windowed_mask(attention_mask, q_len: int, k_len: int, window: int, device) -> torch.Tensor:
-    """4D bool ``[B or 1, 1, Q, K]``: the 2D padding mask (if any), bottom-right causality and the window, as the
-    kernels apply them (``masks.keep_mask``)."""
+def _windowed_mask(attention_mask, q_len: int, k_len: int, window: int, causal: bool, device) -> torch.Tensor:
+    """4D bool ``[B or 1, 1, Q, K]``: the 2D padding mask (if any), bottom-right causality (if ``causal``) and the
+    window (bidirectional without causality), as the kernels apply them (``masks.keep_mask``)."""
     shape = (1 if attention_mask is None else attention_mask.shape[0], 1, q_len, k_len)
-    return _masks.keep_mask(_masks.prepare_mask(attention_mask, shape, device), shape, causal=True, device=device,
+    return _masks.keep_mask(_masks.prepare_mask(attention_mask, shape, device), shape, causal=causal, device=device,
                             window=window)
 
 
@@ -273,10 +296,8 @@ def _attention_forward(
     if attention_mask is None or attention_mask.dim() == 2:
         # A 4D mask already holds any window, as eager and sdpa assume; a compact one leaves it to the kernels.
         window = _window_for(attention_mask, kwargs)
-        if window is not None and key.shape[-2] <= window:
-            window = None  # no key falls out of any query's window: plain causality
-        if window is not None and not causal:
-            raise ValueError(f"{NAME} applies a sliding window to causal attention only; this call is not causal")
+        if window is not None and not _window_cuts(window, causal, query.shape[-2], key.shape[-2]):
+            window = None  # no key falls out of any query's window
     mode = _pick_mode(module, kwargs, attention_mask)
     softcap = kwargs.get("softcap")
     sinks = kwargs.get("s_aux")  # GPT-OSS: one logit per query head in every row's softmax, attending to nothing
@@ -286,7 +307,7 @@ def _attention_forward(
                         window=window, softcap=None if softcap is None else float(softcap), sinks=sinks)
         return out.transpose(1, 2).contiguous(), None
     if window is not None:  # the softmax kernel has no window: a 4D mask with it
-        attention_mask = _windowed_mask(attention_mask, query.shape[-2], key.shape[-2], window, query.device)
+        attention_mask = _windowed_mask(attention_mask, query.shape[-2], key.shape[-2], window, causal, query.device)
         causal = False
 
     groups = query.shape[1] // key.shape[1]
@@ -339,7 +360,8 @@ def _mask_function(
     config = kwargs.get("config")
     _check_model_type(config)
     # (not while compiling: the closure's cells are not traced; such calls get HF's 4D mask, right for any window)
-    window = None if torch.compiler.is_compiling() else _sliding_window_of(mask_function)
+    pattern = None if torch.compiler.is_compiling() else _window_pattern(mask_function)
+    window = None if pattern is None else pattern[0]
     if (attention_mask is not None and not torch.compiler.is_compiling()
             and getattr(attention_mask, _COMPACT_TAG, None) == (int(kv_offset), kv_length, window)):
         # This function's own answer for these keys, handed back as a 2D mask: generate() builds the masks of a
@@ -347,10 +369,10 @@ def _mask_function(
         # through its mask function again. Sliced again it would lose its keys where the keys start past position 0
         # (a sliding layer's), so it is returned as it is.
         return attention_mask
-    causal = mask_function is masking_utils.causal_mask_function or window is not None
+    causal = mask_function is masking_utils.causal_mask_function or (pattern is not None and pattern[1])
     if causal and getattr(config, "use_bidirectional_attention", False):  # models loaded by name (see patches)
         raise ValueError(f"{NAME} cannot run this {config.model_type} model: {BIDIRECTIONAL_CONFLICT}")
-    plain = causal or mask_function is masking_utils.bidirectional_mask_function
+    plain = causal or mask_function is masking_utils.bidirectional_mask_function or pattern is not None
     # Bottom-right causality equals HF's (query q_offset + i sees key kv_offset + j iff j + kv_offset <= q_offset + i)
     # exactly when the last query is the last key. A static cache longer than what it holds breaks that.
     if causal and isinstance(q_offset, torch.Tensor) and is_tracing(q_offset):
@@ -361,7 +383,7 @@ def _mask_function(
         aligned = not causal or int(q_offset) + q_length == kv_offset + kv_length
     # a window that cuts keys off this call (kv_length > window) stays with the compact mask: the attention function
     # reads it from the mask's tag and the fused kernel skips the key blocks left of each query block's windows
-    cut = window is not None and kv_length > window
+    cut = window is not None and _window_cuts(window, causal, q_length, kv_length)
     if not isinstance(kv_offset, torch.Tensor) and kv_offset > 0 and kwargs.get("allow_is_causal_skip") is False:
         # Keys that start past position 0 (a sliding layer's) in a static cache (transformers turns the skip off for
         # those): generate() builds the step's masks before the forward, which may be compiled, and a compiled

@@ -105,7 +105,8 @@ def prepare_mask(attention_mask: Optional[torch.Tensor], shape, device: torch.de
 
 def keep_mask(spec: MaskSpec, shape, *, causal: bool, device, window: Optional[int] = None) -> torch.Tensor:
     """The dense boolean ``[B, H, Q, K]`` keep-mask of ``spec`` plus causality (reference path only); ``window``:
-    query ``i`` keeps only keys ``j > i + K - Q - window`` (a sliding window; None or 0: none)."""
+    query ``i`` keeps only keys ``j > i + K - Q - window`` (a sliding window; None or 0: none), and without
+    causality also ``j < i + K - Q + window`` (a bidirectional window: ``|j - (i + K - Q)| < window``)."""
     B, H, Q, K = shape
     keep = torch.ones(shape, dtype=torch.bool, device=device)
     if spec.kind == PAD2D:
@@ -122,6 +123,8 @@ def keep_mask(spec: MaskSpec, shape, *, causal: bool, device, window: Optional[i
             keep = keep & (j <= diag)
         if window:
             keep = keep & (j > diag - window)
+            if not causal:
+                keep = keep & (j < diag + window)
     return keep
 
 

@@ -480,7 +480,7 @@ def attention(
     drop_thr = _attn.dropout_threshold(float(dropout_p))[0]
     B, H, Q, D = q.shape
     K = k.shape[2]
-    win = _attn.window_size(window, causal, K)
+    win = _attn.window_size(window, causal, K, Q)
     cap = _attn.softcap_value(softcap)
     spec = _masks.prepare_mask(attention_mask, (B, H, Q, K), q.device)
     scale = _ms.validate_scale(D ** -0.5 if scale is None else scale)

@@ -35,4 +35,8 @@ SPECS = (
     encoder_spec("xlm-roberta-xl", "XLMRobertaXL"),
     encoder_spec("distilbert", "DistilBert", cross_attention=False),
     ModelSpec(model_type="albert", attention_classes=("AlbertAttention",)),
+    # ModernBERT: rotary, a fused QKV projection, and a bidirectional window (query i sees |i - j| <= local_attention
+    # // 2) on two layers of three; its global layers as BERT's. The window's mask function is recognised
+    # (hf._window_pattern) and the window goes to the kernels (attention(..., window=W) without causality)
+    ModelSpec(model_type="modernbert", attention_classes=("ModernBertAttention",)),
 )

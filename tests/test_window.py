@@ -1,4 +1,5 @@
-"""The fused attention's sliding window (``attention(..., causal=True, window=W)``) against the fp64 reference:
+"""The fused attention's causal sliding window (``attention(..., causal=True, window=W)``) against the fp64 reference
+(the bidirectional window, without ``causal``, is tests/test_window_bidirectional.py's):
 every mask form, queries fewer than keys, GQA, the decode split, dropout, the custom operators, torch.compile, the
 blocks left of every window never read, and the argument's errors. On CPU the kernels run in the interpreter with
 16-wide blocks, so lengths of 40..100 cross many of them."""
@@ -157,16 +158,15 @@ def test_a_window_of_all_the_keys_or_more_is_no_window(device):
     assert attn_mod.window_size(np.int64(29), True, 30) == 29
 
 
-def test_window_errors(device):
+@pytest.mark.parametrize("causal", [True, False])
+def test_window_errors(causal, device):
     q, k, v = _qkv(1, 2, 2, 8, 8, 16, torch.float32, device)
-    with pytest.raises(ValueError, match="needs causal=True"):
-        hf_masked_softmax.attention(q, k, v, window=4)
     for bad in (0, -3):
         with pytest.raises(ValueError, match="at least 1"):
-            hf_masked_softmax.attention(q, k, v, causal=True, window=bad)
+            hf_masked_softmax.attention(q, k, v, causal=causal, window=bad)
     for bad in (4.0, True, "4", torch.tensor(4)):
         with pytest.raises(TypeError, match="window must be an integer"):
-            hf_masked_softmax.attention(q, k, v, causal=True, window=bad)
+            hf_masked_softmax.attention(q, k, v, causal=causal, window=bad)
 
 
 def test_validated_signature_keeps_the_window(device):
