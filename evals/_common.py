@@ -338,6 +338,21 @@ def qwen3_0_6b(n_layer: int | None = None, **overrides):
     return Qwen3ForCausalLM._from_config(Qwen3Config(**kw), attn_implementation="eager").eval()
 
 
+def modernbert_base(n_layer: int | None = None, **overrides):
+    """A randomly initialised ModernBERT encoder at ModernBERT-base's size, eager attention, on the CPU.
+
+    hidden 768, 22 layers (every third global, the others local: each token sees 64 tokens on either side, a
+    128-token window), 12 heads of head_dim 64, MLP 1152 (gated), vocabulary 50368, 8192 positions.
+    ``n_layer`` / ``overrides`` shrink it."""
+    from transformers import ModernBertConfig, ModernBertModel
+
+    kw = dict(hidden_size=768, num_hidden_layers=n_layer or 22, num_attention_heads=12, intermediate_size=1152,
+              vocab_size=50368, max_position_embeddings=8192, local_attention=128, global_attn_every_n_layers=3,
+              pad_token_id=50283, bos_token_id=50281, eos_token_id=50282, cls_token_id=50281, sep_token_id=50282)
+    kw.update(overrides)
+    return ModernBertModel._from_config(ModernBertConfig(**kw), attn_implementation="eager").eval()
+
+
 def bart_base(n_layer: int | None = None, **overrides):
     """A randomly initialised BART encoder-decoder (``BartForConditionalGeneration``) at bart-base's size, eager
     attention, on the CPU: d_model 768, 6 encoder and 6 decoder layers (``n_layer`` each when given), 12 heads, FFN

@@ -158,9 +158,10 @@
 #   bash evals/gpu_session.sh tests36   # 2026-12-06 (36): every GPU-marked test, the self-test's fixed checks
 #   bash evals/gpu_session.sh bench36 [N] # 2026-12-06 (36): the provider benchmarks refactored in session 35
 #                                       # (bench_attention, bench_window, bench_softcap), then N random cases (40)
-#   bash evals/gpu_session.sh hopper37  # 2026-12-06 (37): attention sinks in the Hopper forward: test_hopper.py and
-#                                       # test_sinks.py on CUDA, bench_sinks.py, issue 5's rows against old_tree/
-#                                       # (0e1e83b, before the sinks)
+#   bash evals/gpu_session.sh hopper37  # 2026-12-06 (37): attention sinks in the Hopper forward, bidirectional
+#                                       # windows: their tests and ModernBERT's on CUDA, bench_sinks.py, ModernBERT
+#                                       # end to end
+#   bash evals/gpu_session.sh ab37      # 2026-12-06 (37): issue 5's rows against old_tree/ (0e1e83b)
 #   bash evals/gpu_session.sh gpu32a    # 2026-12-06 (32, H100, e2c1a93): the 4D path's fixes on a GPU: tests,
 #                                       # probe_bounds.py --variants, the windowed 4D row against old_tree2/
 #                                       # (5974806, made as old_tree/ is) and old_tree/, bench_static.py
@@ -1072,17 +1073,25 @@ case "${1:-}" in
     tr '\r' '\n' < "$OUT/check_fuzz36.log" | grep "random cases: " | tail -1
     ;;
   hopper37)
-    # attention sinks in the Hopper forward: its GPU tests (every one of test_hopper.py) and test_sinks.py on CUDA,
-    # bench_sinks.py (fused-sinks now on the Hopper kernel, fused-sinks-triton the Triton kernel), then issue 5's
-    # rows against old_tree/ (0e1e83b, before the sinks), two alternating rounds
-    pytest_summary tests_hopper37 200 tests/test_hopper.py tests/test_sinks.py -m "gpu or not gpu"
-    timeout 150 python -u evals/bench_sinks.py --no-backward --out "$OUT/bench_sinks37" 2>&1 \
+    # attention sinks in the Hopper forward and bidirectional windows (ModernBERT): test_hopper.py, test_sinks.py,
+    # the bidirectional window's and ModernBERT's tests on CUDA, bench_sinks.py (fused-sinks now on the Hopper
+    # kernel, fused-sinks-triton the Triton kernel), ModernBERT-base end to end
+    pytest_summary tests_hopper37 230 tests/test_hopper.py tests/test_sinks.py tests/test_window_bidirectional.py \
+      tests/test_patch_modernbert.py
+    timeout 120 python -u evals/bench_sinks.py --no-backward --out "$OUT/bench_sinks37" 2>&1 \
       | tee "$OUT/bench_sinks37.log" | grep -v -i warn | tail -24 | cut -c1-200
+    timeout 200 python -u evals/speed.py --only "modernbert" --impls eager,sdpa,softmax,fused --no-plot \
+      --out "$OUT/speed_modernbert37" 2>&1 | tee "$OUT/speed_modernbert37.log" | grep -v -i warn | tail -8 \
+      | cut -c1-220
+    ;;
+  ab37)
+    # issue 5's rows against old_tree/ (0e1e83b, before the sinks and the bidirectional windows), two alternating
+    # rounds
     ROUNDS=2 against_old ab37 80 "^\[|^  (ours|sdpa-default-nomask) " evals/bench_attention.py \
       --providers ours,sdpa-default-nomask --shapes gpt2-pad-right,gpt2-pad-left,gpt2-nopad,bert,decode
     ;;
   *)
-    echo "usage: bash evals/gpu_session.sh tests|kernels|e2e|check|followup|recheck|verify|measure|final|stream|last|tune|host|fast|fastcheck|closing|fold|fold2|fold3|e2e3|bert4|bert5|check4|lengths|ncu|bwd|suite|suite2|final6|plans|hostplans|genab|fuzz|bwdplan|trainab|final8|nosync|drop9a|drop9b|drop9d|audit10|bench10|final10|ws11|audit11|fuzz11|host11b|decode12|stats12|stats12b|stats12c|final13|fix13|final13b|final14|suite14|suite15|final15|causal18|final18|prefetch18|cross18|tile19|final19|small19|launch20|tests20|gen20|counts20b|counts20c|final20|ablate22|models25|decode26|models26|compile26|speed26a|speed26b|window28|final28|pack28|pack29|pack30|bounds30|static30|bounds31|ncu31|gpu32a|gpu33a|tune33|wide34|tune34|bwd34|d256_34|softcap35|gemma35|sinks36|tests36|bench36|hopper37" >&2
+    echo "usage: bash evals/gpu_session.sh tests|kernels|e2e|check|followup|recheck|verify|measure|final|stream|last|tune|host|fast|fastcheck|closing|fold|fold2|fold3|e2e3|bert4|bert5|check4|lengths|ncu|bwd|suite|suite2|final6|plans|hostplans|genab|fuzz|bwdplan|trainab|final8|nosync|drop9a|drop9b|drop9d|audit10|bench10|final10|ws11|audit11|fuzz11|host11b|decode12|stats12|stats12b|stats12c|final13|fix13|final13b|final14|suite14|suite15|final15|causal18|final18|prefetch18|cross18|tile19|final19|small19|launch20|tests20|gen20|counts20b|counts20c|final20|ablate22|models25|decode26|models26|compile26|speed26a|speed26b|window28|final28|pack28|pack29|pack30|bounds30|static30|bounds31|ncu31|gpu32a|gpu33a|tune33|wide34|tune34|bwd34|d256_34|softcap35|gemma35|sinks36|tests36|bench36|hopper37|ab37" >&2
     exit 2
     ;;
 esac

@@ -20,6 +20,8 @@ Qwen3-0.6B and bart-base):
   gpt-oss-4l (GPT-OSS at gpt-oss-20b's widths with 4 of its 24 layers: 64 query / 8 key-value heads of head_dim 64,
     attention sinks, a 128-token window on every other layer, 32 experts of which 4 per token) forward and generate
     as gpt2-small, in bf16 with --dtype bf16 (its training dtype); transformers has no sdpa path for GPT-OSS
+  modernbert-base (ModernBERT at ModernBERT-base's size: 22 layers, 12 heads, two of every three layers local with
+    a bidirectional 128-token window) encode B8 x T2048, key lengths uniform in [1024, 2048]
   bart-base (BART at bart-base's size: 6 + 6 layers, 12 heads): seq2seq forward of B8 x T1024 encoder inputs, right
     padding with lengths uniform in [512, 1024], and 128 decoder tokens (teacher-forced, no padding); generate from
     B8 x T512 encoder inputs (lengths uniform in [256, 512]), 64 new tokens, greedy
@@ -123,6 +125,7 @@ def settings(tiny: bool, skip_medium: bool):
             ("llama-135m generate static", "llama-tiny", "generate", 2, 16, (8, 16), "left", 4),
             ("gemma2-2b fwd pad", "gemma2-tiny", "forward", 2, 64, (32, 64), "right", 0),
             ("gpt-oss-4l fwd pad", "gpt-oss-tiny", "forward", 2, 64, (32, 64), "right", 0),
+            ("modernbert-base enc pad", "modernbert-tiny", "encode", 2, 64, (32, 64), "right", 0),
         ]
     out = [
         ("gpt2-small fwd pad", "gpt2", "forward", 8, 1024, (512, 1024), "right", 0),
@@ -144,6 +147,7 @@ def settings(tiny: bool, skip_medium: bool):
         ("gemma2-2b generate", "gemma2-2b", "generate", 8, 128, (64, 128), "left", 64),
         ("gpt-oss-4l fwd pad", "gpt-oss-4l", "forward", 8, 1024, (512, 1024), "right", 0),
         ("gpt-oss-4l generate", "gpt-oss-4l", "generate", 8, 128, (64, 128), "left", 64),
+        ("modernbert-base enc pad", "modernbert-base", "encode", 8, 2048, (1024, 2048), "right", 0),
         ("bart-base seq2seq pad", "bart-base", "seq2seq", 8, 1024, (512, 1024), "right", 128),
         ("bart-base generate", "bart-base", "generate", 8, 512, (256, 512), "right", 64),
         ("gpt2-small train pad", "gpt2", "train", 8, 512, (256, 512), "right", 0),
@@ -197,6 +201,12 @@ def build(arch: str, dtype, device):
         model = _common.gpt_oss_20b(n_layer=2, hidden_size=64, num_attention_heads=4, num_key_value_heads=2,
                                     head_dim=16, intermediate_size=64, num_local_experts=2, num_experts_per_tok=2,
                                     vocab_size=1000, sliding_window=16, experts_implementation="eager")
+    elif arch == "modernbert-base":
+        model = _common.modernbert_base()
+    elif arch == "modernbert-tiny":
+        model = _common.modernbert_base(n_layer=3, hidden_size=64, num_attention_heads=2, intermediate_size=96,
+                                        vocab_size=1000, local_attention=16, pad_token_id=0, bos_token_id=1,
+                                        eos_token_id=2, cls_token_id=1, sep_token_id=2)
     elif arch == "bart-base":
         model = _common.bart_base()
     elif arch == "bart-tiny":

@@ -379,6 +379,20 @@ def test_speed_script_gpt_oss_setting_runs_without_sdpa(tmp_path):
     assert all(r["ms"] > 0 and r["speedup_vs_eager"] > 0 and "speedup_vs_sdpa" not in r for r in rows)
 
 
+def test_speed_script_modernbert_setting_runs_every_impl(tmp_path):
+    """Not a timing test: the ModernBERT setting (bidirectional windows on two layers of three) runs eager, sdpa and
+    both patch modes."""
+    import speed
+
+    out = tmp_path / "speed.json"
+    assert speed.main(["--tiny", "--device", "cpu", "--impls", "eager,sdpa,softmax,fused", "--only", "modernbert",
+                       "--cpu-reps", "1", "--no-plot", "--json", str(out)]) == 0
+    rows = _read(out)["rows"]
+    assert [(r["setting"], r["impl"]) for r in rows] == [("modernbert-base enc pad", i)
+                                                         for i in ("eager", "sdpa", "softmax", "fused")]
+    assert all(r["ms"] > 0 and r["sequences_per_s"] > 0 for r in rows)
+
+
 @pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1", reason="the CPU run needs the interpreter's path")
 def test_bench_host_python_only_counts_calls_and_restores_the_launchers(tmp_path):
     """Not a timing test: every row counts the calls of a stubbed call, and the real launchers are back afterwards."""
