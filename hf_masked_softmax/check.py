@@ -109,18 +109,22 @@ def check_attention(device, quick, report):
         shapes = [(2, 4, 2, 5, 20, 16)]
         dtypes = [torch.float32, torch.float16]
     # "+dropout": attention dropout 0.1 in the kernels, against the reference under the same Philox mask;
-    # "+window": a causal sliding window of a third of the keys; "+softcap": scores soft-capped at 1 (Gemma 2's cap);
+    # "+window": a causal sliding window of a third of the keys; "+bidirectional": a bidirectional window of a sixth
+    # of them, not causal (ModernBERT's local attention); "+softcap": scores soft-capped at 1 (Gemma 2's cap);
     # "+sinks": one sink logit per head, of the scores' size (GPT-OSS's attention sinks), with its gradient
-    forms = ["none", "pad2d", "bool4d", "add4d", "pad2d+dropout", "pad2d+window", "pad2d+softcap", "pad2d+sinks"]
+    forms = ["none", "pad2d", "bool4d", "add4d", "pad2d+dropout", "pad2d+window", "pad2d+bidirectional",
+             "pad2d+softcap", "pad2d+sinks"]
     if quick:
-        shapes, forms = shapes[:1], ["pad2d", "add4d", "pad2d+dropout", "pad2d+window", "pad2d+softcap",
-                                     "pad2d+sinks"]
+        shapes, forms = shapes[:1], ["pad2d", "add4d", "pad2d+dropout", "pad2d+window", "pad2d+bidirectional",
+                                     "pad2d+softcap", "pad2d+sinks"]
     for (B, H, Hkv, Q, K, D) in shapes:
         for dtype in dtypes:
             for form in forms:
-                causal = form == "none" or form.startswith("pad2d")
+                causal = (form == "none" or form.startswith("pad2d")) and not form.endswith("+bidirectional")
                 p = 0.1 if form.endswith("+dropout") else 0.0
                 window = max(1, K // 3) if form.endswith("+window") else None
+                if form.endswith("+bidirectional"):
+                    window = max(1, K // 6)
                 softcap = 1.0 if form.endswith("+softcap") else None
                 sinks = None
                 if form.endswith("+sinks"):
@@ -221,11 +225,12 @@ def _fuzz_attention_case(rng, cuda):
                 mask=_pick(rng, FUZZ_MASKS), causal=bool(torch.rand(1, generator=rng) < 0.5),
                 scale=_pick(rng, (None, None, None, 1.0, 0.3, -0.5, 0.0, 3.0)), layout=_pick(rng, FUZZ_LAYOUTS),
                 grad=bool(torch.rand(1, generator=rng) < 0.4), nan=bool(torch.rand(1, generator=rng) < 0.05))
-    # a sliding window on a third of the causal cases, drawn from a generator of its own so that every other draw of
-    # a case stays what it was before windows existed (earlier runs' case numbers still name the same cases)
+    # a sliding window on a third of the cases (bidirectional where not causal), drawn from a generator of its own so
+    # that every other draw of a case stays what it was before windows existed (earlier runs' case numbers still name
+    # the same cases; before bidirectional windows the cases without causality had none)
     wrng = torch.Generator().manual_seed(rng.initial_seed() ^ 0x5EED)
     window = int(torch.randint(1, K + 1, (1,), generator=wrng))
-    case["window"] = window if case["causal"] and bool(torch.rand(1, generator=wrng) < 1 / 3) else None
+    case["window"] = window if bool(torch.rand(1, generator=wrng) < 1 / 3) else None
     # a soft-cap on a quarter of the cases, from a generator of its own likewise
     crng = torch.Generator().manual_seed(rng.initial_seed() ^ 0xCA9)
     case["softcap"] = _pick(crng, (None, None, None, None, None, None, 0.5, 2.0, 30.0, 1e-3, 1e4, 5.0))
