@@ -519,7 +519,7 @@ def main(argv=None) -> int:
         if quiet and ok:  # random cases: failures only (the summary counts the rest)
             return
         note = error or ("" if zeros_exact else "masked entries not exactly 0")
-        print(f"  {'PASS' if ok else 'FAIL'}  {kernel:<15} {shape:<22} {results[-1]['dtype']:<9} {form:<13} "
+        print(f"  {'PASS' if ok else 'FAIL'}  {kernel:<15} {shape:<22} {results[-1]['dtype']:<9} {form:<19} "
               f"error/tolerance {violation:6.3f}{f'  {detail}' if detail else ''}{f'  {note}' if note else ''}",
               flush=True)
 

@@ -118,14 +118,17 @@ def test_nan_must_appear_exactly_where_the_reference_has_it():
 
 
 
-def test_fuzz_draws_sliding_windows_on_causal_cases(device):
-    # a third of the causal attention cases carry a window of 1..K keys, non-causal ones never; one of them runs
+def test_fuzz_draws_sliding_windows_causal_and_bidirectional(device):
+    # a third of the attention cases carry a window of 1..K keys, causal or (without causality) bidirectional; one
+    # of each runs
     cuda = device == "cuda"
     cases = [check._fuzz_attention_case(torch.Generator().manual_seed(5 * 1_000_003 + i), cuda)
              for i in range(0, 240, 2)]
     windowed = [(i, c) for i, c in zip(range(0, 240, 2), cases) if c["window"] is not None]
-    assert 10 <= len(windowed) <= 40
-    assert all(c["causal"] and 1 <= c["window"] <= c["K"] for _, c in windowed)
-    i, case = next((i, c) for i, c in windowed if c["window"] < c["K"])
-    worst, _ = check._fuzz_attention(case, torch.Generator().manual_seed(5 * 1_000_003 + i), device)
-    assert worst <= 1.0
+    assert 20 <= len(windowed) <= 60
+    assert all(1 <= c["window"] <= c["K"] for _, c in windowed)
+    for causal in (True, False):
+        assert any(c["causal"] == causal for _, c in windowed)
+        i, case = next((i, c) for i, c in windowed if c["window"] < c["K"] and c["causal"] == causal)
+        worst, _ = check._fuzz_attention(case, torch.Generator().manual_seed(5 * 1_000_003 + i), device)
+        assert worst <= 1.0
