@@ -25,6 +25,9 @@ argument the model passes (a direct call). The fused kernel then applies the win
 left of each query block's windows; softmax mode gets a 4D mask with the window. HF's own 4D mask, with the window in
 it, is what a static cache's step whose keys start past position 0 gets (``generate()`` builds those masks before the
 forward, which may be compiled), and what windowed calls get while compiling (the pattern is not recognised there).
+ModernBERT's local layers have a bidirectional window (``|i - j| <= w``, transformers'
+``sliding_window_bidirectional_mask_function``): recognised the same way, tagged as ``w + 1`` (``attention``'s terms),
+and given to the fused kernel without causality.
 
 Modes, read per call from the attention module's ``_hf_masked_softmax_mode`` (set by ``patch_model``):
 
