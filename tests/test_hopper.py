@@ -387,14 +387,22 @@ CASES = {  # name: (B, H, Hkv, Q, K, mask, fused QKV, causal); most make at leas
 }
 
 
+def _case(case, dtype, d=64, batch_div=1):
+    """``CASES[case]`` on the GPU at head dim ``d`` (the batch divided by ``batch_div``): q, k, v in HF's layout, the
+    mask, its kind and whether the call is causal."""
+    B, H, Hkv, Q, K, mask_case, fused, causal = CASES[case]
+    B = max(1, B // batch_div)
+    q, k, v = _hf_qkv(B, H, Hkv, Q, K, dtype, "cuda", fused=fused, d=d)
+    return q, k, v, _mask(mask_case, B, K, "cuda"), mask_case, causal
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("case", list(CASES))
 def test_gpu_hopper_forward_matches_reference(case, dtype):
     _hopper_gpu()
-    B, H, Hkv, Q, K, mask_case, fused, causal = CASES[case]
-    q, k, v = _hf_qkv(B, H, Hkv, Q, K, dtype, "cuda", fused=fused)
-    mask = _mask(mask_case, B, K, "cuda")
+    q, k, v, mask, mask_case, causal = _case(case, dtype)
+    B, Q, K = q.shape[0], q.shape[2], k.shape[2]
     with _count_launches() as calls, torch.no_grad(), mock.patch.object(hopper, "SMALL_CALLS",
                                                                          case.startswith("small-")):
         out = attention_fn(q, k, v, mask, causal=causal)
@@ -428,10 +436,7 @@ WIDE_CASES = ["bert-right", "q-ne-k-gqa", "holes", "empty-sequence", "fused-qkv"
 def test_gpu_hopper_forward_at_head_dim_128_matches_reference(case, dtype):
     # WIDE_HEADS on: head dim 128 on its own tiles, against fp64 and the Triton kernel
     _hopper_gpu()
-    B, H, Hkv, Q, K, mask_case, fused, causal = CASES[case]
-    B = max(1, B // 2)  # half the batch: twice the bytes per head
-    q, k, v = _hf_qkv(B, H, Hkv, Q, K, dtype, "cuda", fused=fused, d=128)
-    mask = _mask(mask_case, B, K, "cuda")
+    q, k, v, mask, mask_case, causal = _case(case, dtype, d=128, batch_div=2)  # twice the bytes per head
     with _count_launches() as calls, torch.no_grad(), mock.patch.object(hopper, "WIDE_HEADS", True), \
             mock.patch.object(hopper, "SMALL_CALLS", True):
         out = attention_fn(q, k, v, mask, causal=causal)
@@ -554,10 +559,8 @@ def test_gpu_hopper_forward_with_sinks_matches_reference(case, dtype):
     # GPT-OSS's attention sinks in the Hopper kernel's epilogue: against fp64 and the Triton kernel's (SINKS_OK
     # off); one head's sink is -inf (no sink), one is large enough to take most of its rows' weight
     _hopper_gpu()
-    B, H, Hkv, Q, K, mask_case, fused, causal = CASES[case]
-    q, k, v = _hf_qkv(B, H, Hkv, Q, K, dtype, "cuda", fused=fused)
-    mask = _mask(mask_case, B, K, "cuda")
-    sinks = torch.randn(H, generator=torch.Generator().manual_seed(5)) * 2
+    q, k, v, mask, mask_case, causal = _case(case, dtype)
+    sinks = torch.randn(q.shape[1], generator=torch.Generator().manual_seed(5)) * 2
     sinks[0], sinks[1] = float("-inf"), 12.0
     sinks = sinks.cuda()
     with _count_launches() as calls, torch.no_grad(), mock.patch.object(hopper, "SMALL_CALLS",

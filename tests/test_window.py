@@ -190,62 +190,65 @@ def test_attention_bqhd_takes_the_window(device):
     assert torch.equal(out, hf_masked_softmax.attention(q, k, v, causal=True, window=5).transpose(1, 2))
 
 
-def test_window_with_dropout_matches_the_reference_with_the_kernels_mask(device):
+@pytest.mark.parametrize("causal", [True, False], ids=["causal", "bidirectional"])
+def test_window_with_dropout_matches_the_reference_with_the_kernels_mask(causal, device):
     # the operators with an explicit Philox key: forward, log-sum-exp and backward against the reference given the
-    # kernels' own dropout mask and the window
+    # kernels' own dropout mask and the window (bidirectional without causality)
     B, H, Q, K, D = 2, 2, 30, 40, 16
     q, k, v = (t.detach() for t in _qkv(B, H, H, Q, K, D, torch.float32, device, seed=9))
     mask = _mask("pad-left", B, H, Q, K, device)
     seed = torch.tensor([1234], dtype=torch.int64, device=device)
     drop_thr = 16384  # p = 0.25
-    out, lse = ops.attention_op(q, k, v, mask, 1, 0.0, True, 0.25, drop_thr, seed, 9)
+    out, lse = ops.attention_op(q, k, v, mask, 1, 0.0, causal, 0.25, drop_thr, seed, 9)
     keep = dropout_keep_reference(1234, (B, H, Q, K), drop_thr, device=device)
     dropout = (keep, attn_mod._keep_scale(drop_thr))
-    ref = attention_reference(q.double(), k.double(), v.double(), mask, causal=True, scale=0.25, window=9,
+    ref = attention_reference(q.double(), k.double(), v.double(), mask, causal=causal, scale=0.25, window=9,
                               dropout=dropout, compute_dtype=torch.float64)
     assert_close(out, ref, scale=OUT_SCALE)
-    ref_lse = attention_lse_reference(q.double(), k.double(), mask, causal=True, scale=0.25, window=9,
+    ref_lse = attention_lse_reference(q.double(), k.double(), mask, causal=causal, scale=0.25, window=9,
                                       compute_dtype=torch.float64)
     kept = torch.isfinite(ref_lse)
     assert_close(lse[0][kept], ref_lse[kept], scale=OUT_SCALE)
     do = torch.randn_like(out)
-    grads = ops.attention_backward_op(do, q, k, v, out, lse, mask, 1, 0.0, True, 0.25, drop_thr, seed, 9)
-    ref_grads = attention_backward_reference(q.double(), k.double(), v.double(), do.double(), mask, causal=True,
+    grads = ops.attention_backward_op(do, q, k, v, out, lse, mask, 1, 0.0, causal, 0.25, drop_thr, seed, 9)
+    ref_grads = attention_backward_reference(q.double(), k.double(), v.double(), do.double(), mask, causal=causal,
                                              scale=0.25, window=9, dropout=dropout, compute_dtype=torch.float64)
     for g, r in zip(grads, ref_grads):
         assert_close(g, r, torch.float32, scale=GRAD_SCALE[torch.float32])
 
 
+@pytest.mark.parametrize("causal", [True, False], ids=["causal", "bidirectional"])
 @pytest.mark.parametrize("take", [True, False], ids=["kernels", "reference"])
-def test_operators_and_the_reference_fallback_take_the_window(take, device):
+def test_operators_and_the_reference_fallback_take_the_window(take, causal, device):
     # the custom operators (what torch.compile records) and the plain-PyTorch fallback (CPU without the
     # interpreter) apply the same window as the eager kernels
     q, k, v = _qkv(2, 4, 2, 20, 30, 16, torch.float32, device, seed=10)
     mask = _mask("pad-left", 2, 4, 20, 30, device)
     with mock.patch.object(ops, "kernels_take", lambda t: take), mock.patch.object(ops, "_VALIDATED", {}):
-        out = hf_masked_softmax.attention(q, k, v, mask, causal=True, window=6)
+        out = hf_masked_softmax.attention(q, k, v, mask, causal=causal, window=6)
         grads = torch.autograd.grad(out.sum(), (q, k, v))
-        inf = ops.attention_inference_op(q.detach(), k.detach(), v.detach(), mask, 1, 0.0, True, 0.25, 6)
+        inf = ops.attention_inference_op(q.detach(), k.detach(), v.detach(), mask, 1, 0.0, causal, 0.25, 6)
     qd, kd, vd = (t.detach().double().requires_grad_(True) for t in (q, k, v))
-    ref = attention_reference(qd, kd, vd, mask, causal=True, window=6, compute_dtype=torch.float64)
+    ref = attention_reference(qd, kd, vd, mask, causal=causal, window=6, compute_dtype=torch.float64)
     assert_close(out, ref, scale=OUT_SCALE)
     for g, r in zip(grads, torch.autograd.grad(ref.sum(), (qd, kd, vd))):
         assert_close(g, r, torch.float32, scale=GRAD_SCALE[torch.float32])
-    ref = attention_reference(q.double(), k.double(), v.double(), mask, causal=True, window=6, scale=0.25,
+    ref = attention_reference(q.double(), k.double(), v.double(), mask, causal=causal, window=6, scale=0.25,
                               compute_dtype=torch.float64)
     assert_close(inf, ref, scale=OUT_SCALE)
 
 
-def test_compiled_window_forward_and_backward(device):
+@pytest.mark.parametrize("causal", [True, False], ids=["causal", "bidirectional"])
+def test_compiled_window_forward_and_backward(causal, device):
     # the custom operators' fake implementations and registered autograd carry the window through a traced graph
     # (aot_eager: the graph as traced, no Inductor code generation)
     q, k, v = _qkv(2, 2, 2, 24, 24, 16, torch.float32, device, seed=11)
     mask = _mask("pad-right", 2, 2, 24, 24, device)
-    fn = torch.compile(lambda q, k, v: hf_masked_softmax.attention(q, k, v, mask, causal=True, window=5),
+    fn = torch.compile(lambda q, k, v: hf_masked_softmax.attention(q, k, v, mask, causal=causal, window=5),
                        fullgraph=True, backend="aot_eager")
     out = fn(q, k, v)
     grads = torch.autograd.grad(out.sum(), (q, k, v))
-    eager = hf_masked_softmax.attention(q, k, v, mask, causal=True, window=5)
+    eager = hf_masked_softmax.attention(q, k, v, mask, causal=causal, window=5)
     eager_grads = torch.autograd.grad(eager.sum(), (q, k, v))
     assert_close(out, eager.double(), scale=OUT_SCALE)
     for g, r in zip(grads, eager_grads):

@@ -1,8 +1,8 @@
 """The fused attention's bidirectional window (``attention(..., window=W)`` without ``causal``: query ``i`` sees key
 ``j`` iff ``|j - (i + K - Q)| < W``, ModernBERT's local attention) against the fp64 reference: every mask form, GQA,
-queries fewer or more than keys, the decode split, half precision, dropout, the custom operators and their
-reference fallback, torch.compile, the key blocks outside every window never read, rows with nothing left, and when
-a window is no window. The kernels run it as causality moved ``W - 1`` keys right with a window of ``2 W - 1``
+queries fewer or more than keys, the decode split, half precision, the key blocks outside every window never read,
+rows with nothing left, and when a window is no window (dropout, the custom operators and their reference fallback,
+and torch.compile are tests/test_window.py's, run with both kinds of window). The kernels run it as causality moved ``W - 1`` keys right with a window of ``2 W - 1``
 (``attention._kernel_window``); on CPU in the interpreter with 16-wide blocks."""
 import importlib
 from unittest import mock
@@ -12,7 +12,7 @@ import torch
 
 import hf_masked_softmax
 from hf_masked_softmax.masks import keep_mask, prepare_mask
-from hf_masked_softmax.reference import attention_backward_reference, attention_reference, dropout_keep_reference
+from hf_masked_softmax.reference import attention_backward_reference, attention_reference
 from test_attention import GRAD_SCALE
 from test_attention import _check as attention_check
 from test_window import OUT_SCALE, _mask, _qkv
@@ -148,58 +148,6 @@ def test_validated_signature_tells_causal_and_bidirectional_windows_apart(device
         ref = attention_reference(q.double(), k.double(), v.double(), mask, causal=causal, window=window,
                                   compute_dtype=torch.float64)
         assert_close(out, ref, scale=OUT_SCALE)
-
-
-def test_bidirectional_window_with_dropout_matches_the_reference_with_the_kernels_mask(device):
-    B, H, Q, K, D = 2, 2, 40, 40, 16
-    q, k, v = (t.detach() for t in _qkv(B, H, H, Q, K, D, torch.float32, device, seed=9))
-    mask = _mask("pad-right", B, H, Q, K, device)
-    seed = torch.tensor([4321], dtype=torch.int64, device=device)
-    drop_thr = 16384  # p = 0.25
-    out, lse = ops.attention_op(q, k, v, mask, 1, 0.0, False, 0.25, drop_thr, seed, 7)
-    dropout = (dropout_keep_reference(4321, (B, H, Q, K), drop_thr, device=device), attn_mod._keep_scale(drop_thr))
-    ref = attention_reference(q.double(), k.double(), v.double(), mask, scale=0.25, window=7, dropout=dropout,
-                              compute_dtype=torch.float64)
-    assert_close(out, ref, scale=OUT_SCALE)
-    do = torch.randn_like(out)
-    grads = ops.attention_backward_op(do, q, k, v, out, lse, mask, 1, 0.0, False, 0.25, drop_thr, seed, 7)
-    ref_grads = attention_backward_reference(q.double(), k.double(), v.double(), do.double(), mask, scale=0.25,
-                                             window=7, dropout=dropout, compute_dtype=torch.float64)
-    for g, r in zip(grads, ref_grads):
-        assert_close(g, r, torch.float32, scale=GRAD_SCALE[torch.float32])
-
-
-@pytest.mark.parametrize("take", [True, False], ids=["kernels", "reference"])
-def test_operators_and_the_reference_fallback_take_the_bidirectional_window(take, device):
-    q, k, v = _qkv(2, 4, 2, 30, 30, 16, torch.float32, device, seed=10)
-    mask = _mask("pad-left", 2, 4, 30, 30, device)
-    with mock.patch.object(ops, "kernels_take", lambda t: take), mock.patch.object(ops, "_VALIDATED", {}):
-        out = hf_masked_softmax.attention(q, k, v, mask, window=6)
-        grads = torch.autograd.grad(out.sum(), (q, k, v))
-        inf = ops.attention_inference_op(q.detach(), k.detach(), v.detach(), mask, 1, 0.0, False, 0.25, 6)
-    qd, kd, vd = (t.detach().double().requires_grad_(True) for t in (q, k, v))
-    ref = attention_reference(qd, kd, vd, mask, window=6, compute_dtype=torch.float64)
-    assert_close(out, ref, scale=OUT_SCALE)
-    for g, r in zip(grads, torch.autograd.grad(ref.sum(), (qd, kd, vd))):
-        assert_close(g, r, torch.float32, scale=GRAD_SCALE[torch.float32])
-    ref = attention_reference(q.double(), k.double(), v.double(), mask, window=6, scale=0.25,
-                              compute_dtype=torch.float64)
-    assert_close(inf, ref, scale=OUT_SCALE)
-
-
-def test_compiled_bidirectional_window_forward_and_backward(device):
-    q, k, v = _qkv(2, 2, 2, 40, 40, 16, torch.float32, device, seed=11)
-    mask = _mask("pad-right", 2, 2, 40, 40, device)
-    fn = torch.compile(lambda q, k, v: hf_masked_softmax.attention(q, k, v, mask, window=5), fullgraph=True,
-                       backend="aot_eager")
-    out = fn(q, k, v)
-    grads = torch.autograd.grad(out.sum(), (q, k, v))
-    eager = hf_masked_softmax.attention(q, k, v, mask, window=5)
-    eager_grads = torch.autograd.grad(eager.sum(), (q, k, v))
-    assert_close(out, eager.double(), scale=OUT_SCALE)
-    for g, r in zip(grads, eager_grads):
-        assert_close(g, r.double(), torch.float32, scale=GRAD_SCALE[torch.float32])
-    _assert_the_window_matters(q, k, v, mask, 5)
 
 
 # ---------------------------------------------------------------------------------------------------------------
