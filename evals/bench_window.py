@@ -10,12 +10,17 @@ Providers, each on the same fp16 inputs (left-padded batches, GQA as Mistral's):
   per 16 query rows, are visited, see ``masks.mask_bounds``);
 * ``sdpa-4d``: ``scaled_dot_product_attention`` with that 4D bool mask (HF's sdpa path for a windowed layer);
 * ``flex-window``: FlexAttention (torch.compile'd) with a block mask of padding, causality and window;
-* ``fused-causal``: the kernel without the window, for scale (full causal attention over the same keys).
+* ``fused-causal``: the kernel without the window, for scale (full causal attention over the same keys; for the
+  bidirectional shape, full attention).
+
+``modernbert-local`` is a bidirectional window (ModernBERT-base's local layers: query ``i`` sees keys
+``|j - i| < 65``, ``attention(q, k, v, pad, window=65)`` without causality), the others causal.
 
 Forward (and backward for the prefill shapes) as medians: forwards replayed in a CUDA graph, backwards as plain calls; ``vs sdpa-4d`` is sdpa-4d's time over
 the provider's. The output of every provider is checked against ``fused-window``'s on the rows with a key to attend.
 
-    python evals/bench_window.py [--shapes mistral-prefill,small-window,decode] [--no-backward] [--out DIR]
+    python evals/bench_window.py [--shapes mistral-prefill,small-window,decode,modernbert-local] [--no-backward]
+                                 [--out DIR]
 
 Writes ``bench_window.json`` and ``bench_window.png`` (bars per shape and provider) under ``--out`` / $OUT.
 """
@@ -35,11 +40,13 @@ SHAPES = {
     "mistral-prefill": (2, 32, 8, 8192, 8192, 128, 4096, 4096),
     "small-window": (4, 12, 12, 4096, 4096, 64, 512, 2048),
     "decode": (16, 32, 8, 1, 8192, 128, 4096, 4096),
+    "modernbert-local": (8, 12, 12, 2048, 2048, 64, 65, 1024),
 }
+BIDIRECTIONAL = ("modernbert-local",)  # windows without causality
 PROVIDERS = ("fused-window", "fused-4d", "sdpa-4d", "flex-window", "fused-causal")
 
 
-def make_inputs(B, H, Hkv, Q, K, D, window, lo, seed=0):
+def make_inputs(B, H, Hkv, Q, K, D, window, lo, seed=0, causal=True):
     g = torch.Generator().manual_seed(seed)
     # HF's layout ([B, T, H, D] memory seen as [B, H, T, D]) and left padding, key lengths uniform in [lo, K]
     q = torch.randn(B, Q, H, D, generator=g).to("cuda", torch.float16).transpose(1, 2)
@@ -48,21 +55,23 @@ def make_inputs(B, H, Hkv, Q, K, D, window, lo, seed=0):
     pad = (torch.arange(K)[None] >= (K - lengths)[:, None]).to("cuda")
     i = torch.arange(Q, device="cuda")[:, None] + (K - Q)
     j = torch.arange(K, device="cuda")[None]
-    mask4d = ((j <= i) & (j > i - window))[None, None] & pad[:, None, None, :]
-    return dict(q=q, k=k, v=v, pad=pad, mask4d=mask4d, window=window, B=B, H=H, Hkv=Hkv, Q=Q, K=K, D=D)
+    keep = ((j <= i) & (j > i - window)) if causal else ((j - i).abs() < window)
+    mask4d = keep[None, None] & pad[:, None, None, :]
+    return dict(q=q, k=k, v=v, pad=pad, mask4d=mask4d, window=window, causal=causal, B=B, H=H, Hkv=Hkv, Q=Q, K=K,
+                D=D)
 
 
 def providers(inp, only=None):
     import hf_masked_softmax
     from torch.nn.functional import scaled_dot_product_attention as sdpa
 
-    q, k, v, pad, mask4d, window = (inp[n] for n in ("q", "k", "v", "pad", "mask4d", "window"))
+    q, k, v, pad, mask4d, window, causal = (inp[n] for n in ("q", "k", "v", "pad", "mask4d", "window", "causal"))
     gqa = inp["H"] != inp["Hkv"]
     out = {
-        "fused-window": lambda: hf_masked_softmax.attention(q, k, v, pad, causal=True, window=window),
+        "fused-window": lambda: hf_masked_softmax.attention(q, k, v, pad, causal=causal, window=window),
         "fused-4d": lambda: hf_masked_softmax.attention(q, k, v, mask4d),
         "sdpa-4d": lambda: sdpa(q, k, v, attn_mask=mask4d, enable_gqa=gqa),
-        "fused-causal": lambda: hf_masked_softmax.attention(q, k, v, pad, causal=True),
+        "fused-causal": lambda: hf_masked_softmax.attention(q, k, v, pad, causal=causal),
     }
     if only is None or "flex-window" in only:
         flex = flex_provider(inp)
@@ -76,6 +85,8 @@ def flex_provider(inp):
     offset = inp["K"] - inp["Q"]
 
     def mask_mod(b, h, qi, kj):
+        if not inp["causal"]:
+            return pad[b, kj] & ((kj - qi - offset).abs() < window)
         return pad[b, kj] & (kj <= qi + offset) & (kj > qi + offset - window)
 
     return benchutil.compiled_flex("flex-window", q, k, v, mask_mod, inp["Q"], inp["K"],
@@ -98,8 +109,9 @@ def main(argv=None):
     rows = []
     for name in names:
         B, H, Hkv, Q, K, D, window, lo = SHAPES[name]
-        inp = make_inputs(B, H, Hkv, Q, K, D, window, lo)
-        print(f"{name}: B{B} H{H}/{Hkv} Q{Q} K{K} D{D} window {window}, key lengths in [{lo}, {K}]", flush=True)
+        inp = make_inputs(B, H, Hkv, Q, K, D, window, lo, causal=name not in BIDIRECTIONAL)
+        print(f"{name}: B{B} H{H}/{Hkv} Q{Q} K{K} D{D} {'causal' if inp['causal'] else 'bidirectional'} window "
+              f"{window}, key lengths in [{lo}, {K}]", flush=True)
         provs = providers(inp, only)
         with torch.no_grad():
             ref = provs["fused-window"]()
