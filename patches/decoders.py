@@ -71,4 +71,12 @@ SPECS = (
     decoder_spec("mixtral", "MixtralAttention"),  # mixture-of-experts feed-forward; Mistral's attention
     decoder_spec("qwen2_moe", "Qwen2MoeAttention"),
     decoder_spec("qwen3_moe", "Qwen3MoeAttention"),  # q/k RMS norms before the call, as Qwen3
+    decoder_spec("olmo3", "Olmo3Attention"),  # OLMo 3: q/k norms before the call, windows on three layers of four
+    decoder_spec("smollm3", "SmolLM3Attention"),  # SmolLM3: no rotary on every fourth layer (before the call)
+    decoder_spec("ministral", "MinistralAttention"),  # Ministral: windows on the "sliding_attention" layers
+    decoder_spec("glm4", "Glm4Attention"),  # GLM-4: partial rotary, extra norms around the blocks
+    decoder_spec("exaone4", "Exaone4Attention"),  # EXAONE 4: q/k norms, windows on three layers of four
+    decoder_spec("granitemoe", "GraniteMoeAttention"),  # Granite's scaling with a mixture of experts
+    decoder_spec("helium", "HeliumAttention"),
+    decoder_spec("seed_oss", "SeedOssAttention"),  # Seed-OSS: projections with bias
 )

@@ -25,9 +25,10 @@ def test_registered_under_one_name():
     assert ALL_MASK_ATTENTION_FUNCTIONS[hf.NAME] is hf.mask_function
     assert sorted(REGISTRY) == [
         "albert", "bart", "bert", "blenderbot", "camembert", "cohere", "cohere2", "data2vec-text", "distilbert",
-        "electra", "ernie", "gemma", "gemma2", "gemma3_text", "gpt2", "gpt_bigcode", "gpt_neox", "gpt_oss", "granite",
-        "llama", "m2m_100", "marian", "mbart", "mistral", "mixtral", "olmo2", "opt", "pegasus", "phi", "phi3", "qwen2",
-        "qwen2_moe", "qwen3", "qwen3_moe", "roberta", "roberta-prelayernorm", "stablelm", "starcoder2", "vaultgemma",
+        "electra", "ernie", "exaone4", "gemma", "gemma2", "gemma3_text", "glm4", "gpt2", "gpt_bigcode", "gpt_neox",
+        "gpt_oss", "granite", "granitemoe", "helium", "llama", "m2m_100", "marian", "mbart", "ministral", "mistral",
+        "mixtral", "modernbert", "olmo2", "olmo3", "opt", "pegasus", "phi", "phi3", "qwen2", "qwen2_moe", "qwen3",
+        "qwen3_moe", "roberta", "roberta-prelayernorm", "seed_oss", "smollm3", "stablelm", "starcoder2", "vaultgemma",
         "whisper", "xlm-roberta", "xlm-roberta-xl",
     ]
 

@@ -16,6 +16,11 @@ from transformers import (
     Qwen3MoeForCausalLM, StableLmConfig, StableLmForCausalLM, Starcoder2Config, Starcoder2ForCausalLM, VaultGemmaConfig,
     VaultGemmaForCausalLM,
 )
+from transformers import (
+    Exaone4Config, Exaone4ForCausalLM, Glm4Config, Glm4ForCausalLM, GraniteMoeConfig, GraniteMoeForCausalLM,
+    HeliumConfig, HeliumForCausalLM, MinistralConfig, MinistralForCausalLM, Olmo3Config, Olmo3ForCausalLM,
+    SeedOssConfig, SeedOssForCausalLM, SmolLM3Config, SmolLM3ForCausalLM,
+)
 
 from hf_masked_softmax import hf, patch_model, patched, unpatch_model
 from patch_helpers import (
@@ -75,6 +80,19 @@ ARCHS = {
     # (wider than these rows) on every other layer
     "gpt_oss": (GptOssForCausalLM, GptOssConfig, {"num_local_experts": 2, "num_experts_per_tok": 2,
                                                   "experts_implementation": "eager"}),
+    # Llama's attention function and call (transformers 5.4, 5.17, 5.25), each with its own blocks around it: q/k
+    # norms (OLMo 3, EXAONE 4), layers without rotary (SmolLM3), partial rotary (GLM-4), Granite's scales with
+    # experts, projections with bias (Seed-OSS); windows on every layer of these two-layer OLMo 3, Ministral and
+    # EXAONE 4 configs (4096 tokens, wider than these rows; 4 in WINDOWED)
+    "olmo3": (Olmo3ForCausalLM, Olmo3Config, {}),
+    "smollm3": (SmolLM3ForCausalLM, SmolLM3Config, {}),
+    "ministral": (MinistralForCausalLM, MinistralConfig, {}),
+    "glm4": (Glm4ForCausalLM, Glm4Config, {}),
+    "exaone4": (Exaone4ForCausalLM, Exaone4Config, {}),
+    "granitemoe": (GraniteMoeForCausalLM, GraniteMoeConfig, {"num_local_experts": 2, "num_experts_per_tok": 2,
+                                                            "attention_multiplier": 0.3}),
+    "helium": (HeliumForCausalLM, HeliumConfig, {}),
+    "seed_oss": (SeedOssForCausalLM, SeedOssConfig, {}),
 }
 MAIN = ["llama", "qwen2", "mistral"]
 MODES = ["softmax", "fused"]
@@ -267,6 +285,9 @@ WINDOWED = [
     ("qwen2_moe", {"use_sliding_window": True, "sliding_window": 4, "max_window_layers": 1}),
     ("qwen3_moe", {"use_sliding_window": True, "sliding_window": 4}),
     ("gpt_oss", {"sliding_window": 4}),  # the first of its two layers
+    ("olmo3", {"sliding_window": 4}),
+    ("ministral", {"sliding_window": 4}),
+    ("exaone4", {"sliding_window": 4}),
 ]
 
 
