@@ -492,9 +492,11 @@ def test_attention_function_applies_a_window_given_a_compact_mask(device, mode):
     # a window that cuts nothing leaves the call as it was
     same = hf.attention_forward(module, q, k, v, pad, scaling=0.25, sliding_window=8)[0]
     assert_close(same, hf.attention_forward(module, q, k, v, pad, scaling=0.25)[0])
+    # without causality the window is bidirectional (ModernBERT's): |j - (i + K - Q)| < 3
     module.is_causal = False
-    with pytest.raises(ValueError, match="sliding window to causal attention only"):
-        hf.attention_forward(module, q, k, v, pad, scaling=0.25, sliding_window=3)
+    out = hf.attention_forward(module, q, k, v, pad, scaling=0.25, sliding_window=3)[0]
+    explicit = ((j - i).abs() < 3)[None, None] & pad[:, None, None, :]
+    assert_close(out, hf.attention_forward(module, q, k, v, explicit, scaling=0.25)[0])
 
 
 def test_sliding_window_by_name_matches_eager(device):
