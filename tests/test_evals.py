@@ -287,7 +287,7 @@ def test_speed_script_smoke(tmp_path):
     import speed
 
     out = tmp_path / "speed.json"
-    assert speed.main(["--tiny", "--device", "cpu", "--impls", "eager,fused", "--only", "gpt2-small generate,bert,train",
+    assert speed.main(["--tiny", "--device", "cpu", "--impls", "eager,fused", "--only", "gpt2-small generate,enc 59%,train",
                        "--generate-reps", "1", "--cpu-reps", "1", "--rounds", "2", "--no-plot", "--json",
                        str(out)]) == 0
     rows = _read(out)["rows"]
