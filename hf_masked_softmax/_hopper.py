@@ -86,7 +86,7 @@ CURSOR_REGS = True
 # causal calls (bottom-right, GPT-2's prefill) take the kernel too
 CAUSAL_OK = True
 # calls with attention sinks (GPT-OSS) take the kernel too (the sink joins each row's max and sum after its keys);
-# False leaves them to the Triton kernel (bench_sinks.py --ab hopper times the two)
+# False leaves them to the Triton kernel (bench_sinks.py's fused-sinks-triton provider times the two)
 SINKS_OK = True
 # a tile's key blocks in two loops, those that need no mask and then the rest (_hopper_kernels._step), for causal
 # calls always (their mask code in the one loop spilled registers there), for the others when this is True: BERT
@@ -229,8 +229,8 @@ def compile_for(arch: int = 90, dtype: str = "fp16", kind: int = 1, n_m=None, he
     for name, block in (("q_desc", block_m), ("k_desc", bn), ("v_desc", bn), ("o_desc", block_m)):
         layout = gl.NVMMASharedLayout.get_default_for([1, 1, block, head_d], gdt)
         sig[name] = f"tensordesc<{dtype}[1, 1, {block}, {head_d}],{layout!r}>"
-    sig.update(ranges_ptr="*i32", mask_ptr="*u8", sink_ptr="*fp32", stride_mb="i32", stride_mk="i32", Q_LEN="i32", K_LEN="i32",
-               qk_scale="fp32", tiles_rt="i32", nprog_rt="i32", n_m_rt="i32")
+    sig.update(ranges_ptr="*i32", mask_ptr="*u8", sink_ptr="*fp32", stride_mb="i32", stride_mk="i32", Q_LEN="i32",
+               K_LEN="i32", qk_scale="fp32", tiles_rt="i32", nprog_rt="i32", n_m_rt="i32")
     consts = kernel_consts(n_m * heads * batch, min(n_m * heads * batch, per_sm * sm_count), n_m, heads, group, kind,
                            causal, block_m, cursor_regs, split, head_d, sink)
     sig.update({c: "constexpr" for c in consts})
@@ -299,7 +299,8 @@ class HopperForward:
             mask, smb, smk = mask_t, mask_t.stride(0), mask_t.stride(1)
         else:
             ranges, mask, smb, smk = self.dummy, self.dummy, 0, 0
-        scalars = (ranges, mask, self.dummy if sinks is None else sinks, smb, smk, self.Q, self.K, self.qk_scale, self.n_tiles, self.grid[0], self.n_m)
+        sink = self.dummy if sinks is None else sinks
+        scalars = (ranges, mask, sink, smb, smk, self.Q, self.K, self.qk_scale, self.n_tiles, self.grid[0], self.n_m)
         tensors = (q, k, v, out)
         compiled = self.compiled
         if compiled is not None and _launch.ENABLED and not _launch._hooks_installed():

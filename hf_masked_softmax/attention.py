@@ -1371,7 +1371,8 @@ def _forward(q, k, v, kind, mask_t, ranges, threshold, causal, scale, need_lse=T
     :func:`dropout_threshold`) with the Philox key in ``seed``, a one-element int64 tensor on q's device; the
     log-sum-exp then stays that of the probabilities before dropout. ``window > 0``: with ``causal`` row ``i`` sees
     only keys ``j > i + K - Q - window`` (a sliding window), without it only ``|j - (i + K - Q)| < window``
-    (:func:`_kernel_window`); ``attention`` passes 0 for a window no key falls out of. ``softcap > 0``: the scaled scores are soft-capped, ``softcap * tanh(s / softcap)``, before the mask.
+    (:func:`_kernel_window`); ``attention`` passes 0 for a window no key falls out of. ``softcap > 0``: the scaled
+    scores are soft-capped, ``softcap * tanh(s / softcap)``, before the mask.
     ``sinks``: None or each query head's sink logit, fp32 ``[H]`` contiguous (``lse`` then includes it; a row with
     nothing kept keeps ``lse = -inf``)."""
     if signature is None:

@@ -2,8 +2,9 @@
 ``j`` iff ``|j - (i + K - Q)| < W``, ModernBERT's local attention) against the fp64 reference: every mask form, GQA,
 queries fewer or more than keys, the decode split, half precision, the key blocks outside every window never read,
 rows with nothing left, and when a window is no window (dropout, the custom operators and their reference fallback,
-and torch.compile are tests/test_window.py's, run with both kinds of window). The kernels run it as causality moved ``W - 1`` keys right with a window of ``2 W - 1``
-(``attention._kernel_window``); on CPU in the interpreter with 16-wide blocks."""
+and torch.compile are tests/test_window.py's, run with both kinds of window). The kernels run it as causality moved
+``W - 1`` keys right with a window of ``2 W - 1`` (``attention._kernel_window``); on CPU in the interpreter with
+16-wide blocks."""
 import importlib
 from unittest import mock
 
