@@ -104,8 +104,9 @@ from ._launch import aligned, bind, fast_launch, first_order_only, remember
 _LOG2E = 1.4426950408889634
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
-# Mask kinds as the kernels see them: the key-range form replaces the 2D padding mask.
-_K_NONE, _K_RANGE, _K_BOOL, _K_ADD = 0, 1, 2, 3
+# Mask kinds as the kernels see them: the key-range form replaces the 2D padding mask; packed sequences
+# (``segments``) are read as each token's run ``[first, end)`` (``masks.segment_bounds``), on the 4D masks' path.
+_K_NONE, _K_RANGE, _K_BOOL, _K_ADD, _K_SEG = 0, 1, 2, 3, 4
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -162,12 +163,25 @@ def _mask_scores(s, r2, c2, start, end, has_holes, mask_base, stride_mm, stride_
     elif MASK_KIND == 2:
         bm = tl.load(mask_base + r2 * stride_mm + c2 * stride_mk, mask=(r2 < Q_LEN) & (c2 < K_LEN), other=0)
         keep = keep & (bm != 0)
+    elif MASK_KIND == 4:
+        run_first, run_end = _segment_run(r2, mask_base, stride_mm, stride_mk, Q_LEN)
+        keep = keep & (c2 >= run_first) & (c2 < run_end)
     elif MASK_KIND == 3:
         am = tl.load(mask_base + r2 * stride_mm + c2 * stride_mk, mask=(r2 < Q_LEN) & (c2 < K_LEN),
                      other=0.0).to(tl.float32)
         keep = keep & ~(am <= threshold)
         s = s + tl.where(keep, am, 0.0) * 1.4426950408889634
     return tl.where(keep, s, float("-inf"))
+
+
+@triton.jit
+def _segment_run(r2, mask_base, stride_mm, stride_plane, Q_LEN):
+    """Packed sequences (``MASK_KIND`` 4): the runs ``[first, end)`` of query rows ``r2`` (shaped as ``r2``), from
+    ``masks.segment_bounds``' two planes (``stride_plane`` apart); rows past ``Q_LEN`` keep nothing."""
+    ok = r2 < Q_LEN
+    run_first = tl.load(mask_base + r2 * stride_mm, mask=ok, other=0)
+    run_end = tl.load(mask_base + stride_plane + r2 * stride_mm, mask=ok, other=0)
+    return run_first, run_end
 
 
 @triton.jit
@@ -181,6 +195,9 @@ def _mask_tile(r2, c2, mask_base, stride_mm, stride_mk, Q_LEN, K_LEN, threshold,
     if MASK_KIND == 2:
         bm = tl.load(mask_base + r2 * stride_mm + c2 * stride_mk, mask=(r2 < Q_LEN) & (c2 < K_LEN), other=0)
         pen = tl.where(bm != 0, 0.0, float("-inf"))
+    elif MASK_KIND == 4:
+        run_first, run_end = _segment_run(r2, mask_base, stride_mm, stride_mk, Q_LEN)
+        pen = tl.where((c2 >= run_first) & (c2 < run_end), 0.0, float("-inf"))
     else:
         am = tl.load(mask_base + r2 * stride_mm + c2 * stride_mk, mask=(r2 < Q_LEN) & (c2 < K_LEN),
                      other=0.0).to(tl.float32)
@@ -1153,6 +1170,8 @@ def _mask_args(kind, mask_t, dummy):
         return mask_t, tuple(mask_t.stride())
     if kind == _K_RANGE:
         return mask_t, (mask_t.stride(0), 0, 0, mask_t.stride(1))
+    if kind == _K_SEG:  # [2, B, L] runs: the planes' distance where a 4D mask has its key stride
+        return mask_t, (mask_t.stride(1), 0, mask_t.stride(2), mask_t.stride(0))
     return dummy, (0, 0, 0, 0)
 
 
@@ -1262,7 +1281,7 @@ def _bounds_constexprs(mask_t, block_m) -> dict:
     query block (0: the mask has one chunk of rows, a bound for all rows)."""
     if mask_t is None:
         return dict(B4D=False, B4D_PER_B=False, B4D_PER_H=False, B4D_SPAN=0)
-    layout = _masks.bounds_layout(mask_t)
+    layout = _masks.segment_layout(mask_t) if mask_t.dim() == 3 else _masks.bounds_layout(mask_t)
     span = 0 if layout.chunks == 1 else max(1, block_m // _masks.BOUNDS_CHUNK)
     return dict(B4D=True, B4D_PER_B=layout.per_b > 1, B4D_PER_H=layout.per_h > 1, B4D_SPAN=span)
 
@@ -1286,7 +1305,7 @@ class _ForwardPlan:
         # grouped-query decoding packs a key/value head's query heads into one tile (PACK): no dropout (its random
         # numbers are drawn per head), no 4D mask that differs between heads (a tile reads its first head's rows;
         # HF's masks broadcast over heads: stride 0), every query in one block of rows
-        shared_mask = kind in (_K_NONE, _K_RANGE) or mask_t.stride(1) == 0
+        shared_mask = kind in (_K_NONE, _K_RANGE, _K_SEG) or mask_t.stride(1) == 0
         pack = GQA_PACK and decode and group > 1 and not drop_thr and shared_mask and Q <= block_m
         prog_heads, prog_rows = (Hkv, group * Q) if pack else (H, Q)
         self.splits = num_splits = (_num_splits(B, prog_heads, prog_rows, split_k, block_m, block_n, q.device)
@@ -1294,7 +1313,7 @@ class _ForwardPlan:
         self.out_shape, self.lse_shape = (B, Q, H, D), (2, B, H, Q)
         self.empty = B * Q * H * D == 0
         self.dtype, self.device = q.dtype, q.device
-        self.uses_mask = kind in (_K_RANGE, _K_BOOL, _K_ADD)
+        self.uses_mask = kind in (_K_RANGE, _K_BOOL, _K_ADD, _K_SEG)
         self.need_lse = need_lse  # inference does not keep the log-sum-exp: neither allocated nor stored
         # the strides of the tensors this plan allocates: out is [B, H, Q, D] over [B, Q, H, D] memory
         out_strides = (Q * H * D, D, H * D, 1)
@@ -1382,7 +1401,7 @@ def _forward(q, k, v, kind, mask_t, ranges, threshold, causal, scale, need_lse=T
     key = (signature, need_lse, drop_thr, window, softcap, sinks is None, aligned(q, k, v, mask_t, sinks), _policy())
     plan = _PLANS.get(key)
     if plan is None:
-        bounded = ranges is not None and kind in (_K_BOOL, _K_ADD)  # a 4D mask's key bounds
+        bounded = ranges is not None and kind in (_K_BOOL, _K_ADD, _K_SEG)  # a 4D mask's key bounds
         plan = _ForwardPlan(q, k, v, kind, mask_t, threshold, causal, scale, need_lse, drop_thr, window, bounded,
                             softcap, sinks is not None)
         remember(_PLANS, key, plan, _MAX_PLANS)
@@ -1405,7 +1424,7 @@ class _BackwardPlan:
             return
         bd = _block_d(D)
         kv_cfg, q_cfg = _bwd_config(D, q.dtype, causal, drop_thr > 0, _smem_optin(q.device))
-        self.uses_mask = kind in (_K_RANGE, _K_BOOL, _K_ADD)
+        self.uses_mask = kind in (_K_RANGE, _K_BOOL, _K_ADD, _K_SEG)
         delta_first = _bh_first(False, B * H, _cdiv(Q, 64))
         self.delta = bind(_bwd_delta_kernel, (B * H, _cdiv(Q, 64)) if delta_first else (_cdiv(Q, 64), B * H),
                           (*out.stride(), *do.stride(), H, Q), dict(BH_FIRST=delta_first, BLOCK_M=64, HEAD_D=D,
@@ -1470,7 +1489,7 @@ def _backward(do, q, k, v, out, lse, kind, mask_t, ranges, threshold, causal, sc
            _policy())
     plan = _BWD_PLANS.get(key)
     if plan is None:
-        bounded = ranges is not None and kind in (_K_BOOL, _K_ADD)  # a 4D mask's bounds
+        bounded = ranges is not None and kind in (_K_BOOL, _K_ADD, _K_SEG)  # a 4D mask's bounds
         plan = _BackwardPlan(do, q, k, v, out, lse, kind, mask_t, threshold, causal, scale, drop_thr, window, bounded,
                              softcap)
         remember(_BWD_PLANS, key, plan, _MAX_PLANS)
@@ -1604,6 +1623,7 @@ def attention(
     window: Optional[int] = None,
     softcap: Optional[float] = None,
     sinks: Optional[torch.Tensor] = None,
+    segments: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
     """Masked softmax attention ``softmax(scale * q kᵀ + mask) v`` without materialising the scores.
 
@@ -1635,6 +1655,12 @@ def attention(
             value is zero, so the probabilities over the real keys sum to less than 1. Differentiable (a parameter
             in GPT-OSS). ``-inf`` is no sink; ``+inf`` or NaN make the rows NaN, as in an eager softmax over the
             concatenated column. Rows with nothing to attend to stay zeros.
+        segments: packed sequences (padding-free batches, transformers' ``DataCollatorWithFlattening``): None, or an
+            integer tensor ``[B, K]`` on q's device, for self-attention (``Q == K``) without ``attention_mask``.
+            Each run of equal consecutive ids is one sequence: query ``i`` sees key ``j`` only if no id changes
+            between them (``[0, 0, 1, 1, 1, 0]`` holds three sequences). With ``causal``, ``window`` and the rest as
+            usual, inside each sequence. No ``[B, Q, K]`` mask is built: the kernels read each token's run and
+            visit only the key blocks of the runs a query block meets.
 
     Returns:
         ``[B, H, Q, D]`` in q's dtype, laid out in memory as ``[B, Q, H, D]`` (``out.transpose(1, 2)`` is
@@ -1644,15 +1670,17 @@ def attention(
         ValueError: wrong rank or shapes, head_dim 0 or > 256, tensors on different devices, dropout_p outside
             [0, 1], scale out of range, a scale tensor or additive mask that requires grad while autograd records,
             a window below 1, a negative, infinite or NaN ``softcap``, ``sinks`` of another shape
-            than ``[H]`` or on another device.
-        TypeError: unsupported or mismatched dtypes, a non-tensor argument, integer ``sinks``.
+            than ``[H]`` or on another device, ``segments`` of another shape than ``[B, K]``, on another device,
+            with ``Q != K`` or beside an ``attention_mask``.
+        TypeError: unsupported or mismatched dtypes, a non-tensor argument, integer ``sinks``, ``segments`` that
+            are not integers.
     """
     # Through the custom operator, so torch.compile traces it as one node (ops imports this module: bound late, once).
     global _ops_attention
     if _ops_attention is None:
         from .ops import attention as _ops_attention
     return _ops_attention(q, k, v, attention_mask, causal=causal, scale=scale, dropout_p=dropout_p, window=window,
-                          softcap=softcap, sinks=sinks)
+                          softcap=softcap, sinks=sinks, segments=segments)
 
 
 _ops_attention = None
@@ -1686,7 +1714,7 @@ def softcap_value(softcap) -> float:
 
 
 def attention_bqhd(q, k, v, attention_mask=None, *, causal=False, scale=None, dropout_p=0.0,
-                   window=None, softcap=None, sinks=None) -> torch.Tensor:
+                   window=None, softcap=None, sinks=None, segments=None) -> torch.Tensor:
     """:func:`attention`, returned as the contiguous ``[B, Q, H, D]`` tensor Hugging Face attention modules want."""
     return attention(q, k, v, attention_mask, causal=causal, scale=scale, dropout_p=dropout_p,
-                     window=window, softcap=softcap, sinks=sinks).transpose(1, 2).contiguous()
+                     window=window, softcap=softcap, sinks=sinks, segments=segments).transpose(1, 2).contiguous()

@@ -105,6 +105,9 @@ def _causal_for(module, attention_mask, is_causal) -> bool:
 # The attribute that marks a compact mask made by _mask_function with the (kv_offset, kv_length, sliding window or
 # None) it answers: the attention function reads the window from it (Qwen2-MoE passes none of its own).
 _COMPACT_TAG = "_hf_masked_softmax_keys"
+# The attribute that marks a compact mask made for packed sequences with their ``[B, L]`` ids (see _packed_pattern):
+# the attention function hands them to the kernels as ``segments``.
+_SEGMENTS_TAG = "_hf_masked_softmax_segments"
 
 # mask.data_ptr() -> (weakref to the mask, what "auto" ran on the forward that got it); see _pick_mode. Keyed by
 # storage, not object: reentrant checkpointing hands the recompute detached copies of the layer's tensor arguments.
@@ -208,6 +211,34 @@ def _code_of(make, *args):
 _AND_MASKS_CODE = _code_of("and_masks", masking_utils.causal_mask_function)
 _WINDOW_OVERLAY_CODE = _code_of("sliding_window_overlay", 1)
 _BIDIRECTIONAL_OVERLAY_CODE = _code_of("sliding_window_bidirectional_overlay", 1)
+_PACKED_CODE = _code_of("packed_sequence_mask_function", torch.zeros(1, 1, dtype=torch.long))
+_REMAP_CODE = _code_of("remap_positions_for_packed_sequence", masking_utils.causal_mask_function,
+                       torch.zeros(1, 1, dtype=torch.long))
+
+
+def _packed_pattern(mask_function):
+    """``(inner, ids)`` when ``mask_function`` is transformers' mask for packed sequences (a padding-free batch: no
+    2D mask, ``position_ids`` that restart, no cache), else None. transformers builds it as ``and_masks(inner,
+    packed_sequence_mask_function(ids))`` (5.4, 5.17), from 5.25 on with ``inner`` wrapped in
+    ``remap_positions_for_packed_sequence(inner, position_ids)``, which changes nothing inside a sequence (its
+    positions are consecutive: a new sequence starts wherever they are not). ``ids`` (``[B, L]``) number the sequences
+    of each row, increasing: equal ids are one run, as the kernels' ``segments`` take them. ``inner`` is the pattern
+    within each sequence (causal, bidirectional, a sliding window), None where the wrapper holds no function."""
+    if _PACKED_CODE is None or _AND_MASKS_CODE is None or getattr(mask_function, "__code__", None) is not _AND_MASKS_CODE:
+        return None
+    cell = _closure_of(mask_function).get("mask_functions")
+    parts = cell.cell_contents if cell is not None else None
+    if not (isinstance(parts, tuple) and len(parts) == 2) or getattr(parts[1], "__code__", None) is not _PACKED_CODE:
+        return None
+    cell = _closure_of(parts[1]).get("packed_sequence_mask")
+    ids = cell.cell_contents if cell is not None else None
+    if not isinstance(ids, torch.Tensor) or ids.dim() != 2:
+        return None
+    inner = parts[0]
+    if _REMAP_CODE is not None and getattr(inner, "__code__", None) is _REMAP_CODE:
+        cell = _closure_of(inner).get("mask_function")
+        inner = cell.cell_contents if cell is not None else None
+    return (inner, ids) if callable(inner) else None
 
 
 def _window_pattern(mask_function):
@@ -304,12 +335,20 @@ def _attention_forward(
     mode = _pick_mode(module, kwargs, attention_mask)
     softcap = kwargs.get("softcap")
     sinks = kwargs.get("s_aux")  # GPT-OSS: one logit per query head in every row's softmax, attending to nothing
+    # packed sequences: the mask function's all-true compact mask carries their ids (see _packed_pattern)
+    segments = getattr(attention_mask, _SEGMENTS_TAG, None) if attention_mask is not None else None
 
     if mode == "fused" and query.dtype != torch.float64:
-        out = attention(query, key, value, attention_mask, causal=causal, scale=scaling, dropout_p=float(dropout),
-                        window=window, softcap=None if softcap is None else float(softcap), sinks=sinks)
+        out = attention(query, key, value, None if segments is not None else attention_mask, causal=causal,
+                        scale=scaling, dropout_p=float(dropout), window=window,
+                        softcap=None if softcap is None else float(softcap), sinks=sinks, segments=segments)
         return out.transpose(1, 2).contiguous(), None
-    if window is not None:  # the softmax kernel has no window: a 4D mask with it
+    if segments is not None:  # the softmax kernel has no segments: a 4D mask with them (and any window)
+        shape = (query.shape[0], 1, query.shape[-2], key.shape[-2])
+        attention_mask = _masks.keep_mask(_masks.MaskSpec(_masks.SEGMENTS, segments), shape, causal=causal,
+                                          device=query.device, window=window)
+        causal = False
+    elif window is not None:  # the softmax kernel has no window: a 4D mask with it
         attention_mask = _windowed_mask(attention_mask, query.shape[-2], key.shape[-2], window, causal, query.device)
         causal = False
 
@@ -362,6 +401,17 @@ def _mask_function(
     """
     config = kwargs.get("config")
     _check_model_type(config)
+    given = mask_function
+    # Packed sequences: the pattern inside them here, the sequences' ids to the kernels (below: an all-true compact
+    # mask carries them); HF's 4D mask where anything else differs from a padding-free batch without a cache
+    packed = None if torch.compiler.is_compiling() else _packed_pattern(mask_function)
+    if packed is not None:
+        if (attention_mask is None and not isinstance(kv_offset, torch.Tensor) and kv_offset == 0
+                and not isinstance(q_offset, torch.Tensor) and q_offset == 0
+                and q_length == kv_length == packed[1].shape[-1] and packed[1].shape[0] in (1, batch_size)):
+            mask_function = packed[0]
+        else:
+            packed = None
     # (not while compiling: the closure's cells are not traced; such calls get HF's 4D mask, right for any window)
     pattern = None if torch.compiler.is_compiling() else _window_pattern(mask_function)
     window = None if pattern is None else pattern[0]
@@ -376,6 +426,9 @@ def _mask_function(
     if causal and getattr(config, "use_bidirectional_attention", False):  # models loaded by name (see patches)
         raise ValueError(f"{NAME} cannot run this {config.model_type} model: {BIDIRECTIONAL_CONFLICT}")
     plain = causal or mask_function is masking_utils.bidirectional_mask_function or pattern is not None
+    if packed is not None and not plain:  # packed, but some other pattern inside the sequences
+        packed, mask_function, causal = None, given, False
+        plain = False
     # Bottom-right causality equals HF's (query q_offset + i sees key kv_offset + j iff j + kv_offset <= q_offset + i)
     # exactly when the last query is the last key. A static cache longer than what it holds breaks that.
     if causal and isinstance(q_offset, torch.Tensor) and is_tracing(q_offset):
@@ -403,7 +456,7 @@ def _mask_function(
                    and (attention_mask is not None or kwargs.get("device") is not None))  # (a mask of ones needs it)
     if plain and (aligned or static_step):
         if attention_mask is None:
-            if not cut and not static_step:
+            if not cut and not static_step and packed is None:
                 return None
             # no padding, but the window must reach the attention function: an all-true mask carries it
             cols = torch.ones(batch_size, kv_length, dtype=torch.bool, device=kwargs.get("device", "cpu"))
@@ -429,11 +482,13 @@ def _mask_function(
         if not torch.compiler.is_compiling():
             _masks.share_ranges(pad)
             setattr(pad, _COMPACT_TAG, (int(kv_offset), kv_length, window))
+            if packed is not None:  # (HF's ids: a fresh tensor per forward, handed to every layer with this mask)
+                setattr(pad, _SEGMENTS_TAG, _masks.share_ranges(packed[1].expand(batch_size, -1)))
         return pad
     kwargs.update(allow_is_causal_skip=False, allow_is_bidirectional_skip=False)
     full = masking_utils.sdpa_mask(
         batch_size=batch_size, q_length=q_length, kv_length=kv_length, q_offset=q_offset, kv_offset=kv_offset,
-        mask_function=mask_function, attention_mask=attention_mask, **kwargs,
+        mask_function=given, attention_mask=attention_mask, **kwargs,
     )
     if isinstance(full, torch.Tensor) and not torch.compiler.is_compiling():
         # a fresh tensor per forward, handed to every layer: the layers share its key bounds (masks.mask_bounds)

@@ -7,6 +7,10 @@ Three forms reach the kernels, never expanded in memory:
 * ``ADD4D``  - a floating mask broadcastable to ``[B, H, Q, K]`` that is *added* to ``scale * scores`` (HF eager
   convention). ``-inf`` and values at or below half of the mask dtype's ``finfo.min`` count as masked: HF fills masked
   positions with ``finfo.min`` and may add two such masks, which must not wrap into a finite, attended score.
+* ``SEGMENTS`` - packed sequences (the fused attention's ``segments``, padding-free training): ``[B, L]`` integer ids,
+  ``Q == K == L``; each run of equal consecutive ids is one sequence, and a token sees only the tokens of its own run.
+  The kernels read it as each token's run ``[first, end)`` (``segment_bounds``) and visit only the key blocks of
+  the runs a query block meets (``segment_mask_bounds``, in ``mask_bounds``' layout).
 
 4D masks become stride-0 ``expand`` views, so broadcasting costs no memory. Boolean tensors are reinterpreted as
 ``uint8`` (same storage) because that is the element type the kernels load. Both kernels read a 2D padding mask
@@ -25,8 +29,8 @@ import triton.language as tl
 
 from ._launch import fast_launch, weak_entry
 
-NONE, PAD2D, BOOL4D, ADD4D = 0, 1, 2, 3
-KIND_NAMES = {NONE: "none", PAD2D: "2d-padding", BOOL4D: "4d-bool", ADD4D: "4d-additive"}
+NONE, PAD2D, BOOL4D, ADD4D, SEGMENTS = 0, 1, 2, 3, 4
+KIND_NAMES = {NONE: "none", PAD2D: "2d-padding", BOOL4D: "4d-bool", ADD4D: "4d-additive", SEGMENTS: "segments"}
 
 _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
@@ -103,6 +107,36 @@ def prepare_mask(attention_mask: Optional[torch.Tensor], shape, device: torch.de
     )
 
 
+def prepare_segments(segments, attention_mask, shape, device: torch.device) -> MaskSpec:
+    """Validate the fused attention's ``segments`` (packed sequences) for scores of ``shape == (B, H, Q, K)``: a
+    ``[B, K]`` integer tensor on ``device``, ``Q == K``, and no ``attention_mask`` beside it. Returns
+    ``MaskSpec(SEGMENTS, segments)``."""
+    if not isinstance(segments, torch.Tensor):
+        raise TypeError(f"segments must be a torch.Tensor or None, got {type(segments).__name__}")
+    B, _, Q, K = shape
+    if segments.dtype.is_floating_point or segments.dtype.is_complex or segments.dtype == torch.bool:
+        raise TypeError(f"segments must be an integer tensor (one id per token), got {segments.dtype}")
+    if segments.dim() != 2 or tuple(segments.shape) != (B, K):
+        raise ValueError(f"segments must have shape [batch, k_len] = [{B}, {K}], got {list(segments.shape)}")
+    if Q != K:
+        raise ValueError(f"segments need q_len == k_len (packed self-attention without a cache), got q_len {Q} and "
+                         f"k_len {K}")
+    if segments.device != device:
+        raise ValueError(f"segments is on device {segments.device} but q is on device {device}; move it there")
+    if attention_mask is not None:
+        raise ValueError("segments cannot be combined with attention_mask: give padding tokens a segment id of "
+                         "their own (they then see only each other), or pass a 4D mask alone")
+    return MaskSpec(SEGMENTS, segments)
+
+
+def segment_runs(segments: torch.Tensor) -> torch.Tensor:
+    """int64 ``[B, L]``: each token's run index in its row (0, 1, ...): a new run wherever the id changes."""
+    change = torch.ones(segments.shape, dtype=torch.int64, device=segments.device)
+    if segments.shape[1] > 1:
+        change[:, 1:] = (segments[:, 1:] != segments[:, :-1]).to(torch.int64)
+    return torch.cumsum(change, dim=1) - 1
+
+
 def keep_mask(spec: MaskSpec, shape, *, causal: bool, device, window: Optional[int] = None) -> torch.Tensor:
     """The dense boolean ``[B, H, Q, K]`` keep-mask of ``spec`` plus causality (reference path only); ``window``:
     query ``i`` keeps only keys ``j > i + K - Q - window`` (a sliding window; None or 0: none), and without
@@ -116,6 +150,9 @@ def keep_mask(spec: MaskSpec, shape, *, causal: bool, device, window: Optional[i
     elif spec.kind == ADD4D:
         m = spec.tensor
         keep = keep & ~((m == float("-inf")) | (m <= spec.threshold))
+    elif spec.kind == SEGMENTS:
+        run = segment_runs(spec.tensor)
+        keep = keep & (run[:, None, :, None] == run[:, None, None, :])
     if causal or window:
         diag = torch.arange(Q, device=device)[:, None] + (K - Q)  # each query's own key index
         j = torch.arange(K, device=device)[None, :]
@@ -367,3 +404,69 @@ def row_bounds(bounds: torch.Tensor, Q: int, K: int) -> torch.Tensor:
     out = bounds[:, :, bounds.shape[2] - (-(-K // BOUNDS_CHUNK)):].clone()
     out[..., 0] = Q - out[..., 0]
     return out
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Packed sequences (segments)
+# ----------------------------------------------------------------------------------------------------------------------
+# id(segments) -> (weakref to segments, version, (runs, bounds), rows), see segment_tensors
+SEGMENT_CACHE: dict = {}
+
+
+def segment_bounds(segments: torch.Tensor) -> torch.Tensor:
+    """int32 ``[2, B, L]``: each token's run of ``segments`` (``[B, L]`` ids) as ``[first, end)``: plane 0 the index
+    of the run's first token, plane 1 one past its last. Query ``i`` keeps key ``j`` iff ``first[i] <= j <
+    end[i]``. A few PyTorch operations (no host sync)."""
+    B, L = segments.shape
+    out = torch.empty((2, B, L), dtype=torch.int32, device=segments.device)
+    if segments.numel() == 0:
+        return out
+    idx = torch.arange(L, device=segments.device).expand(B, L)
+    starts = torch.ones((B, L), dtype=torch.bool, device=segments.device)
+    starts[:, 1:] = segments[:, 1:] != segments[:, :-1]
+    ends = torch.ones_like(starts)
+    ends[:, :-1] = starts[:, 1:]
+    out[0] = torch.where(starts, idx, 0).cummax(dim=1).values
+    out[1] = torch.where(ends, idx + 1, L).flip(1).cummin(dim=1).values.flip(1)
+    return out
+
+
+def segment_layout(runs: torch.Tensor) -> BoundsLayout:
+    """The :class:`BoundsLayout` of :func:`segment_mask_bounds` for ``runs = segment_bounds(...)``: one entry per
+    batch entry, one for all heads, a bound per 16 rows."""
+    _, B, L = runs.shape
+    return BoundsLayout(B if B > 1 else 1, 1, L)
+
+
+def segment_mask_bounds(runs: torch.Tensor) -> torch.Tensor:
+    """:func:`mask_bounds`' int32 layout ``[per_b, 1, chunks + chunks, 2]`` for packed sequences (``runs`` from
+    :func:`segment_bounds`, ``Q == K == L``): the keys of 16 rows run from the first row's run start to the last
+    row's run end, and by symmetry the queries that see 16 keys likewise. Stored as ``(L - first, end)``."""
+    _, B, L = runs.shape
+    layout = segment_layout(runs)
+    chunks = layout.chunks
+    out = torch.zeros((layout.per_b, 1, 2 * chunks, 2), dtype=torch.int32, device=runs.device)
+    if L == 0:
+        return out
+    first = torch.arange(chunks, device=runs.device) * BOUNDS_CHUNK
+    last = torch.clamp(first + (BOUNDS_CHUNK - 1), max=L - 1)
+    pair = torch.stack((L - runs[0][:, first], runs[1][:, last]), dim=-1)  # [B, chunks, 2]
+    out[:, 0, :chunks] = pair
+    out[:, 0, chunks:] = pair
+    return out
+
+
+def segment_tensors(segments: torch.Tensor, cache_key: Optional[torch.Tensor] = None):
+    """``(runs, bounds)``: :func:`segment_bounds` and :func:`segment_mask_bounds` of ``segments``, cached per
+    ``cache_key`` as :func:`pad_ranges` caches (the Hugging Face mask function passes its packed ids to
+    :func:`share_ranges`; HF hands them to every layer of one forward)."""
+    version = _cache_version(cache_key, segments)
+    if version is not None:
+        hit = SEGMENT_CACHE.get(id(cache_key))
+        if hit is not None and hit[0]() is cache_key and hit[1] == version:
+            return hit[2]
+    runs = segment_bounds(segments)
+    result = (runs, segment_mask_bounds(runs))
+    if version is not None:
+        weak_entry(SEGMENT_CACHE, id(cache_key), cache_key, version, result)
+    return result

@@ -57,6 +57,8 @@ def _spec(mask: Optional[torch.Tensor], kind: int, threshold: float, shape) -> _
     if kind == _masks.NONE:
         return _masks.MaskSpec(_masks.NONE, None)
     assert mask is not None
+    if kind == _masks.SEGMENTS:  # packed sequences' [B, L] ids
+        return _masks.MaskSpec(kind, mask)
     if kind != _masks.PAD2D:
         mask = mask.expand(shape)
     if mask.dtype == torch.bool and mask.numel():
@@ -204,7 +206,7 @@ masked_softmax_op.register_autograd(_masked_softmax_backward, setup_context=_mas
 # attention
 # ----------------------------------------------------------------------------------------------------------------------
 _KERNEL_KIND = {_masks.NONE: _attn._K_NONE, _masks.PAD2D: _attn._K_RANGE, _masks.BOOL4D: _attn._K_BOOL,
-                _masks.ADD4D: _attn._K_ADD}
+                _masks.ADD4D: _attn._K_ADD, _masks.SEGMENTS: _attn._K_SEG}
 
 
 def _kernel_mask_args(spec: _masks.MaskSpec, cache_key=None, bounds_threshold=None, row_bounds=True):
@@ -220,8 +222,14 @@ def _kernel_mask_args(spec: _masks.MaskSpec, cache_key=None, bounds_threshold=No
     ``bounds_threshold`` (the attention forwards pass the threshold their kernel compares with): a 4D mask gets its
     key bounds (``masks.mask_bounds``, cached per ``cache_key`` likewise) in place of the key ranges, unless
     ``attention.MASK4D_BOUNDS`` is off; with their row part (what the backward's dk / dv kernel reads) unless
-    ``row_bounds`` is off, for a forward whose backward, if any, computes its own."""
+    ``row_bounds`` is off, for a forward whose backward, if any, computes its own.
+
+    Packed sequences (``SEGMENTS``) go to the kernels as each token's run (``masks.segment_bounds``) with the runs'
+    bounds in the 4D masks' layout (both cached per ``cache_key``, the ids object), whatever the other arguments."""
     mask_t = spec.tensor
+    if spec.kind == _masks.SEGMENTS:  # packed sequences: each token's run and the runs' bounds (always used)
+        runs, bounds = _masks.segment_tensors(mask_t, cache_key)
+        return _attn._K_SEG, runs, bounds
     if spec.kind == _masks.ADD4D and mask_t.dtype == torch.float64:
         own = mask_t[tuple(slice(0, 1) if st == 0 else slice(None) for st in mask_t.stride())]
         mask_t = own.to(torch.float32).expand(mask_t.shape)
@@ -240,6 +248,12 @@ def _attn_mask_args(mask, mask_kind, threshold, shape, row_bounds=True):
     return (*_kernel_mask_args(spec, None, threshold, row_bounds), threshold)
 
 
+def _reference_mask(mask, mask_kind):
+    """An operator's mask as the references take it: packed sequences' ids as their :class:`MaskSpec` (a ``[B, L]``
+    integer tensor alone would read as a padding mask)."""
+    return _masks.MaskSpec(mask_kind, mask) if mask_kind == _masks.SEGMENTS else mask
+
+
 def _reference_dropout(q, k, drop_thr, seed):
     """``(keep, keep_scale)`` for the references: the kernels' own dropout mask (None without dropout)."""
     if drop_thr <= 0:
@@ -251,7 +265,8 @@ def _reference_dropout(q, k, drop_thr, seed):
 
 def _attention_reference(q, k, v, mask, causal, scale, drop_thr=0, seed=None, window=0, softcap=0.0, sinks=None):
     """The CPU fallback (no interpreter): the reference, with half-precision probabilities rounded to q's dtype
-    before the product with v, as the GPU kernel does, and the kernels' dropout mask."""
+    before the product with v, as the GPU kernel does, and the kernels' dropout mask. ``mask``: the caller's mask,
+    or a validated :class:`~hf_masked_softmax.masks.MaskSpec` (packed sequences)."""
     half = q.dtype in (torch.float16, torch.bfloat16)
     out = attention_reference(q, k, v, mask, causal=causal, scale=scale, prob_dtype=q.dtype if half else None,
                               dropout=_reference_dropout(q, k, drop_thr, seed), window=window, softcap=softcap,
@@ -280,6 +295,7 @@ def attention_op(
     sinks: Optional[torch.Tensor] = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     if not kernels_take(q):
+        mask = _reference_mask(mask, mask_kind)
         out = _attention_reference(q, k, v, mask, causal, scale, drop_thr, seed, window, softcap, sinks)
         lse = attention_lse_reference(q, k, mask, causal=causal, scale=scale, window=window, softcap=softcap,
                                       sinks=sinks)
@@ -321,7 +337,7 @@ def attention_backward_op(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(dq, dk, dv)``; ``sinks`` only reaches the plain-PyTorch fallback (the kernels read them in ``lse``)."""
     if not kernels_take(q):
-        return attention_backward_reference(q, k, v, do, mask, causal=causal, scale=scale,
+        return attention_backward_reference(q, k, v, do, _reference_mask(mask, mask_kind), causal=causal, scale=scale,
                                             dropout=_reference_dropout(q, k, drop_thr, seed), window=window,
                                             softcap=softcap, sinks=sinks)
     B, H, Q, _ = q.shape
@@ -374,7 +390,8 @@ def attention_inference_op(
     needs gradients (the eager launcher's inference path: neither allocates nor stores the log-sum-exp, and on an
     H100 / H200 can take the Hopper kernel, :mod:`hf_masked_softmax._hopper`). No dropout."""
     if not kernels_take(q):
-        return _attention_reference(q, k, v, mask, causal, scale, 0, None, window, softcap, sinks)
+        return _attention_reference(q, k, v, _reference_mask(mask, mask_kind), causal, scale, 0, None, window,
+                                    softcap, sinks)
     B, H, Q, _ = q.shape
     kind, mask_t, ranges, threshold = _attn_mask_args(mask, mask_kind, threshold, (B, H, Q, k.shape[2]), False)
     with on_device(q):
@@ -453,6 +470,7 @@ def attention(
     window: Optional[int] = None,
     softcap: Optional[float] = None,
     sinks: Optional[torch.Tensor] = None,
+    segments: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
     """:func:`hf_masked_softmax.attention` through the custom operator (same arguments, same contract)."""
     if type(q) is torch.Tensor and q.device.type in _AUTOCAST_DEVICES and torch.is_autocast_enabled(q.device.type):
@@ -465,7 +483,8 @@ def attention(
     else:
         path = call_path(q, k, v)
     sig = None
-    if path != "op":  # eager: a signature validated before skips the checks (a model calls one per layer)
+    # eager: a signature validated before skips the checks (a model calls one per layer; not for packed sequences)
+    if path != "op" and segments is None:
         sig = _eager_signature(q, k, v, attention_mask, causal, scale, dropout_p, window, softcap, sinks)
         hit = _VALIDATED.get(sig) if sig is not None else None
         if hit is not None:
@@ -482,18 +501,24 @@ def attention(
     K = k.shape[2]
     win = _attn.window_size(window, causal, K, Q)
     cap = _attn.softcap_value(softcap)
-    spec = _masks.prepare_mask(attention_mask, (B, H, Q, K), q.device)
+    if segments is not None:  # packed sequences: the ids are the mask (no other mask beside them)
+        spec = _masks.prepare_segments(segments, attention_mask, (B, H, Q, K), q.device)
+        cache_key, attention_mask = segments, segments
+    else:
+        spec = _masks.prepare_mask(attention_mask, (B, H, Q, K), q.device)
+        cache_key = attention_mask
     scale = _ms.validate_scale(D ** -0.5 if scale is None else scale)
     if not kernels_take(q):
         seed = _new_seed(q.device) if drop_thr else None
-        return _attention_reference(q, k, v, attention_mask, causal, scale, drop_thr, seed, win, cap, sinks)
+        return _attention_reference(q, k, v, _reference_mask(attention_mask, spec.kind), causal, scale, drop_thr,
+                                    seed, win, cap, sinks)
     threshold = spec.threshold
     if spec.kind == _masks.ADD4D:
         # masks wider than fp32 are compared after rounding to fp32, where their masked values become -inf
         threshold = max(threshold, float(torch.finfo(torch.float32).min))
     if path != "op":  # eager: the validated spec as it is, key ranges cached per mask object
         # (the autograd function's backward reads the bounds' row part; eager inference never does)
-        kind, mask_t, ranges = _kernel_mask_args(spec, attention_mask, threshold, path != "direct")
+        kind, mask_t, ranges = _kernel_mask_args(spec, cache_key, threshold, path != "direct")
         known = None  # the plan's key: the validated signature where later calls look it up by it
         if sig is not None and spec.kind in (_masks.NONE, _masks.PAD2D):
             remember(_VALIDATED, sig, (kind, scale, drop_thr, win, cap), _MAX_VALIDATED)
