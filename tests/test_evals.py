@@ -474,6 +474,8 @@ def test_every_eval_script_shows_its_options(script, capsys):
     ("bench_softcap.py", ["--providers", "eager,flash"], "unknown provider 'flash'"),
     ("bench_sinks.py", ["--shapes", "gptoss-prefill,nosuch"], "unknown shape 'nosuch'"),
     ("bench_sinks.py", ["--providers", "eager,flash"], "unknown provider 'flash'"),
+    ("bench_packed.py", ["--shapes", "llama-8k,nosuch"], "unknown shape 'nosuch'"),
+    ("bench_packed.py", ["--providers", "fused-4d,flash"], "unknown provider 'flash'"),
     ("bench_hopper.py", ["--ab", "wide"], "give --head-dim 128"),
     ("probe_decode.py", ["--rounds", "0"], "--rounds must be at least 1"),
     ("probe_decode.py", ["--plot-from", "/nonexistent/probe.json"], "no such file"),
@@ -584,3 +586,15 @@ def test_bench_sinks_triton_only_turns_the_hopper_sinks_off_for_one_call():
     with pytest.raises(RuntimeError, match="boom"):
         bench_sinks.triton_only(fails)
     assert _hopper.SINKS_OK
+
+
+def test_bench_packed_document_ids_fill_each_row_with_documents_in_range():
+    import torch
+
+    module = _load_script("bench_packed.py")
+    ids = module.document_ids(3, 1000, 50, 200, seed=4)
+    assert ids.shape == (3, 1000)
+    for row in ids:
+        assert bool((row[1:] - row[:-1] >= 0).all()) and bool((row[1:] - row[:-1] <= 1).all())  # consecutive ids
+        lengths = torch.bincount(row).tolist()
+        assert all(50 <= n <= 200 for n in lengths[:-1]) and 1 <= lengths[-1] <= 200  # the last one cut at T

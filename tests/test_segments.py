@@ -275,3 +275,29 @@ def test_segments_errors(case, error, match, device):
         segments = [0] * 20
     with pytest.raises(error, match=match):
         hf_masked_softmax.attention(q, k, v, mask, segments=segments)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# GPU, real sizes: the compiled kernels' tiles (64 / 128 wide) and bf16 dots
+# ---------------------------------------------------------------------------------------------------------------
+
+def _random_runs(B, T, longest, seed):
+    """``[B, T]`` ids of runs of random lengths in ``[1, longest]``."""
+    g = torch.Generator().manual_seed(seed)
+    rows = []
+    for _ in range(B):
+        lengths = []
+        while sum(lengths) < T:
+            lengths.append(int(torch.randint(1, longest + 1, (1,), generator=g)))
+        rows.append(_ids(lengths)[:T])
+    return torch.stack(rows)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("D", [64, 128])
+@pytest.mark.parametrize("causal", [True, False], ids=["causal", "bidirectional"])
+def test_gpu_segments(dtype, D, causal):
+    B, H, Hkv, T = 2, 8, 2, 2048
+    q, k, v = _qkv(B, H, Hkv, T, T, D, dtype, "cuda", seed=12)
+    _check(q, k, v, _random_runs(B, T, 600, seed=13).cuda(), causal, grad=True)
