@@ -1103,6 +1103,7 @@ case "${1:-}" in
     # packed sequences (attention(..., segments=ids)): the segments tests and the patched packed batches on CUDA,
     # then bench_packed.py (fused-segments against the 4D mask in our kernel and SDPA, FlexAttention)
     pytest_summary tests_packed38 240 tests/test_segments.py tests/test_patch_packed.py
+    timeout 60 python -u -m hf_masked_softmax.check --quick --no-bench 2>&1 | grep -E "segments|checks passed"
     timeout 240 python -u evals/bench_packed.py --out "$OUT/bench_packed38" 2>&1 | tee "$OUT/bench_packed38.log" \
       | grep -v -i warn | tail -30 | cut -c1-200
     ;;

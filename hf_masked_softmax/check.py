@@ -98,8 +98,22 @@ def check_masked_softmax(device, quick, report):
                 report("masked_softmax", f"{B}x{H}x{Q}x{K}", dtype, form, v, zeros_exact)
 
 
+def _segment_ids(B, T, longest, g):
+    """``[B, T]`` ids of packed sequences: runs of lengths uniform in ``[1, longest]``."""
+    rows = []
+    for _ in range(B):
+        ids, n, run = [], 0, 0
+        while n < T:
+            length = min(int(torch.randint(1, longest + 1, (1,), generator=g)), T - n)
+            ids += [run] * length
+            n, run = n + length, run + 1
+        rows.append(torch.tensor(ids))
+    return torch.stack(rows)
+
+
 def check_attention(device, quick, report):
     from . import attention, ops
+    from .masks import SEGMENTS, MaskSpec, keep_mask
     from .reference import attention_reference, dropout_keep_reference
 
     if device == "cuda":
@@ -111,16 +125,20 @@ def check_attention(device, quick, report):
     # "+dropout": attention dropout 0.1 in the kernels, against the reference under the same Philox mask;
     # "+window": a causal sliding window of a third of the keys; "+bidirectional": a bidirectional window of a sixth
     # of them, not causal (ModernBERT's local attention); "+softcap": scores soft-capped at 1 (Gemma 2's cap);
-    # "+sinks": one sink logit per head, of the scores' size (GPT-OSS's attention sinks), with its gradient
+    # "+sinks": one sink logit per head, of the scores' size (GPT-OSS's attention sinks), with its gradient;
+    # "segments": packed sequences, causal (as many queries as keys: the shape's Q is taken as K), runs of random
+    # lengths up to a quarter of the keys
     forms = ["none", "pad2d", "bool4d", "add4d", "pad2d+dropout", "pad2d+window", "pad2d+bidirectional",
-             "pad2d+softcap", "pad2d+sinks"]
+             "pad2d+softcap", "pad2d+sinks", "segments"]
     if quick:
         shapes, forms = shapes[:1], ["pad2d", "add4d", "pad2d+dropout", "pad2d+window", "pad2d+bidirectional",
-                                     "pad2d+softcap", "pad2d+sinks"]
-    for (B, H, Hkv, Q, K, D) in shapes:
+                                     "pad2d+softcap", "pad2d+sinks", "segments"]
+    for (B, H, Hkv, Q0, K, D) in shapes:
         for dtype in dtypes:
             for form in forms:
-                causal = (form == "none" or form.startswith("pad2d")) and not form.endswith("+bidirectional")
+                Q = K if form == "segments" else Q0
+                causal = ((form in ("none", "segments") or form.startswith("pad2d"))
+                          and not form.endswith("+bidirectional"))
                 p = 0.1 if form.endswith("+dropout") else 0.0
                 window = max(1, K // 3) if form.endswith("+window") else None
                 if form.endswith("+bidirectional"):
@@ -134,7 +152,11 @@ def check_attention(device, quick, report):
                 q = torch.randn(B, Q, H, D, generator=g).to(device, dtype).transpose(1, 2).requires_grad_(True)
                 k = torch.randn(B, K, Hkv, D, generator=g).to(device, dtype).transpose(1, 2).requires_grad_(True)
                 v = torch.randn(B, K, Hkv, D, generator=g).to(device, dtype).transpose(1, 2).requires_grad_(True)
-                mask = _mask(form.split("+")[0], B, H, Q, K, device)
+                mask = None if form == "segments" else _mask(form.split("+")[0], B, H, Q, K, device)
+                segments = ref_mask = None
+                if form == "segments":
+                    segments = _segment_ids(B, K, max(1, K // 4), g).to(device)
+                    ref_mask = keep_mask(MaskSpec(SEGMENTS, segments), (B, 1, K, K), causal=False, device=device)
                 dropout = None
                 if p:
                     torch.manual_seed(3)  # the key the call below draws first
@@ -143,12 +165,13 @@ def check_attention(device, quick, report):
                     dropout = (dropout_keep_reference(seed, (B, H, Q, K), thr, device=device), keep_scale)
                     torch.manual_seed(3)
                 out = attention(q, k, v, mask, causal=causal, dropout_p=p, window=window, softcap=softcap,
-                                sinks=sinks)
+                                sinks=sinks, segments=segments)
                 do = torch.randn(out.shape, generator=g).to(device, dtype)
                 inputs = (q, k, v) + (() if sinks is None else (sinks,))
                 grads = torch.autograd.grad(out, inputs, do)
                 ref_in = [t.detach().double().requires_grad_(True) for t in inputs]
-                ref = attention_reference(*ref_in[:3], mask, causal=causal, compute_dtype=torch.float64,
+                ref = attention_reference(*ref_in[:3], mask if ref_mask is None else ref_mask, causal=causal,
+                                          compute_dtype=torch.float64,
                                           dropout=dropout, window=window, softcap=softcap,
                                           sinks=ref_in[3] if sinks is not None else None)
                 ref_grads = torch.autograd.grad(ref, ref_in, do.double())
