@@ -29,6 +29,10 @@ Qwen3-0.6B and bart-base):
     [T/2, T]): one training step without the optimizer (gradients cleared, forward in train mode, loss, backward;
     GPT-2's language-model loss on the valid tokens, BERT's mean square of its last hidden state). Every dropout is
     set to 0 for these rows, in every implementation, so that every implementation computes the same loss.
+  llama-135m train packed: a padding-free batch (transformers' DataCollatorWithFlattening): B4 x T2048, each row
+    documents of lengths uniform in [128, 1024] back to back, positions restarting at each, no attention mask, no
+    cache; one training step as above, the language-model loss on every token. transformers gives eager and sdpa a
+    block-diagonal 4D mask; the patched model's fused kernel gets the documents' ids (attention's segments).
     --keep-dropout times them with the models' dropout instead (HF's default 0.1; the fused kernel draws its
     attention dropout inside the kernel): rows named '... dropout', with no loss comparison.
 Forward times: each implementation is timed by triton.testing.do_bench (CUDA events, median) once per round, in
@@ -126,6 +130,7 @@ def settings(tiny: bool, skip_medium: bool):
             ("gemma2-2b fwd pad", "gemma2-tiny", "forward", 2, 64, (32, 64), "right", 0),
             ("gpt-oss-4l fwd pad", "gpt-oss-tiny", "forward", 2, 64, (32, 64), "right", 0),
             ("modernbert-base enc pad", "modernbert-tiny", "encode", 2, 64, (32, 64), "right", 0),
+            ("llama-135m train packed", "llama-tiny", "train", 2, 64, (8, 32), "right", 0),
         ]
     out = [
         ("gpt2-small fwd pad", "gpt2", "forward", 8, 1024, (512, 1024), "right", 0),
@@ -152,6 +157,7 @@ def settings(tiny: bool, skip_medium: bool):
         ("bart-base generate", "bart-base", "generate", 8, 512, (256, 512), "right", 64),
         ("gpt2-small train pad", "gpt2", "train", 8, 512, (256, 512), "right", 0),
         ("bert-base train pad", "bert-base", "train", 32, 256, (128, 256), "right", 0),
+        ("llama-135m train packed", "llama-135m", "train", 4, 2048, (128, 1024), "right", 0),
     ]
     if not skip_medium:
         out += [
@@ -233,6 +239,22 @@ def make_inputs(vocab, batch, seq, lengths, side, gen, device):
         mask = (pos[None] < lens[:, None]) if side == "right" else (pos[None] >= (seq - lens)[:, None])
         mask = mask.long()
     return ids.to(device), mask.to(device)
+
+
+def packed_positions(batch, seq, lengths, gen):
+    """``[batch, seq]`` position ids of rows of documents back to back, lengths uniform in ``lengths`` (the last one
+    cut at ``seq``): each document's positions start at 0."""
+    import torch
+
+    rows = []
+    for _ in range(batch):
+        parts, n = [], 0
+        while n < seq:
+            length = min(int(torch.randint(lengths[0], lengths[1] + 1, (1,), generator=gen)), seq - n)
+            parts.append(torch.arange(length))
+            n += length
+        rows.append(torch.cat(parts))
+    return torch.stack(rows)
 
 
 class Timer:
@@ -343,6 +365,10 @@ def run_setting(setting, args, device, dtype, timer, models, bar):
     target = {"model": model}  # what the forward-like settings call (torch.compile(model) for +compile impls)
     gen = torch.Generator().manual_seed(args.seed)
     ids, mask = make_inputs(model.config.vocab_size, batch, seq, lengths, side, gen, device)
+    positions = None
+    if name.endswith(" packed"):  # documents back to back: no mask, positions restarting (lengths: the documents')
+        positions = packed_positions(batch, seq, lengths, gen).to(device)
+        mask = torch.ones_like(mask)
     fill = mask.float().mean().item()
 
     if kind == "generate":
@@ -362,7 +388,7 @@ def run_setting(setting, args, device, dtype, timer, models, bar):
             with torch.no_grad():
                 return target["model"](input_ids=ids, attention_mask=mask, decoder_input_ids=dec)
     elif kind == "train":
-        fn = _train_step(model, ids, mask)
+        fn = _train_step(model, ids, mask, positions)
     else:
         def fn():
             with torch.no_grad():
@@ -398,13 +424,16 @@ def _train_mode(model, keep_dropout=False):
     return restore
 
 
-def _train_step(model, ids, mask):
-    """One training step without the optimizer: clear the gradients, forward, loss, backward."""
+def _train_step(model, ids, mask, positions=None):
+    """One training step without the optimizer: clear the gradients, forward, loss, backward. ``positions``: a
+    packed batch's position ids (no attention mask then, and no cache, as a padding-free collator's batches)."""
     labels = ids.masked_fill(mask == 0, -100) if hasattr(model, "lm_head") else None
 
     def fn():
         model.zero_grad(set_to_none=True)
-        if labels is not None:
+        if positions is not None:
+            loss = model(input_ids=ids, position_ids=positions, labels=labels, use_cache=False).loss
+        elif labels is not None:
             loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
         else:
             loss = model(input_ids=ids, attention_mask=mask).last_hidden_state.float().square().mean()

@@ -287,7 +287,7 @@ def test_speed_script_smoke(tmp_path):
     import speed
 
     out = tmp_path / "speed.json"
-    assert speed.main(["--tiny", "--device", "cpu", "--impls", "eager,fused", "--only", "gpt2-small generate,enc 59%,train",
+    assert speed.main(["--tiny", "--device", "cpu", "--impls", "eager,fused", "--only", "gpt2-small generate,enc 59%,train pad",
                        "--generate-reps", "1", "--cpu-reps", "1", "--rounds", "2", "--no-plot", "--json",
                        str(out)]) == 0
     rows = _read(out)["rows"]
@@ -300,7 +300,7 @@ def test_speed_script_smoke(tmp_path):
     assert train[1]["loss_rel_diff_vs_first_impl"] < 1e-5 and train[1]["sequences_per_s"] > 0
     # with the models' dropout kept: rows of their own, the fused kernel's included (its dropout is in the kernel)
     dropped = tmp_path / "speed_dropout.json"
-    assert speed.main(["--tiny", "--device", "cpu", "--impls", "eager,fused,auto", "--only", "train", "--keep-dropout",
+    assert speed.main(["--tiny", "--device", "cpu", "--impls", "eager,fused,auto", "--only", "train pad", "--keep-dropout",
                        "--cpu-reps", "1", "--no-plot", "--json", str(dropped)]) == 0
     drop_rows = _read(dropped)["rows"]
     assert [(r["setting"], r["impl"]) for r in drop_rows] == [("gpt2-small train pad dropout", i)
@@ -312,6 +312,25 @@ def test_speed_script_smoke(tmp_path):
         assert len(r["ms_rounds"]) == (1 if r["kind"] == "generate" else 2)
         assert min(r["ms_rounds"]) <= r["ms"] <= max(r["ms_rounds"])
         assert "device_ms" not in r
+
+
+def test_speed_packed_training_row_takes_documents_and_agrees_on_the_loss(tmp_path):
+    """Not a timing test: the packed training row (documents back to back, positions restarting, no mask) computes
+    the same loss through eager's block-diagonal mask and the fused kernel's segments."""
+    import torch
+
+    import speed
+
+    pos = speed.packed_positions(2, 100, (10, 30), torch.Generator().manual_seed(1))
+    starts = (pos == 0).sum(dim=1)
+    assert pos.shape == (2, 100) and bool((starts >= 4).all())  # at least 100 / 30 documents per row
+    assert bool(((pos[:, 1:] == pos[:, :-1] + 1) | (pos[:, 1:] == 0)).all())
+    out = tmp_path / "speed.json"
+    assert speed.main(["--tiny", "--device", "cpu", "--impls", "eager,fused", "--only", "train packed",
+                       "--cpu-reps", "1", "--no-plot", "--json", str(out)]) == 0
+    rows = _read(out)["rows"]
+    assert [(r["setting"], r["impl"]) for r in rows] == [("llama-135m train packed", i) for i in ("eager", "fused")]
+    assert rows[1]["loss_rel_diff_vs_first_impl"] < 1e-5
 
 
 def test_speed_script_compiled_impls(tmp_path):
