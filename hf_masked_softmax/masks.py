@@ -413,21 +413,72 @@ def row_bounds(bounds: torch.Tensor, Q: int, K: int) -> torch.Tensor:
 SEGMENT_CACHE: dict = {}
 
 
-def segment_bounds(segments: torch.Tensor) -> torch.Tensor:
+@triton.jit
+def _max_fn(a, b):
+    return tl.maximum(a, b)
+
+
+@triton.jit
+def _min_fn(a, b):
+    return tl.minimum(a, b)
+
+
+@fast_launch
+@triton.jit
+def _segment_runs_kernel(ids_ptr, runs_ptr, bounds_ptr, stride_ib, stride_it, L, PLANE, CHUNKS, BOUNDS: tl.constexpr,
+                         CHUNK: tl.constexpr, BLOCK: tl.constexpr):
+    """Program ``b``: row ``b`` of the ids. Each token's run start (a running maximum of the starts, blocks left to
+    right) into plane 0 of ``runs``, its run end (a running minimum of the ends + 1, blocks right to left) into plane
+    1; with ``BOUNDS``, per ``CHUNK`` tokens ``(L - the first token's start, the last token's end)``, twice over (the
+    row's entry of :func:`segment_mask_bounds`' layout), stored by the tokens that hold them."""
+    b = tl.program_id(0).to(tl.int64)
+    row = ids_ptr + b * stride_ib
+    offs = tl.arange(0, BLOCK)
+    carry = tl.full([], 0, tl.int32)
+    for n0 in range(0, L, BLOCK):
+        t = n0 + offs
+        ok = t < L
+        x = tl.load(row + t * stride_it, mask=ok)
+        prev = tl.load(row + (t - 1) * stride_it, mask=ok & (t > 0))
+        start = (t == 0) | (x != prev)
+        first = tl.maximum(tl.associative_scan(tl.where(start & ok, t, 0).to(tl.int32), 0, _max_fn), carry)
+        tl.store(runs_ptr + b * L + t, first, mask=ok)
+        if BOUNDS:  # a chunk's first token: its key bound's start, and its row bound's
+            at = bounds_ptr + b * (4 * CHUNKS) + 2 * (t // CHUNK)
+            lead = ok & (t % CHUNK == 0)
+            tl.store(at, L - first, mask=lead)
+            tl.store(at + 2 * CHUNKS, L - first, mask=lead)
+        carry = tl.max(tl.where(ok, first, 0), axis=0)
+    carry = tl.full([], 0, tl.int32) + L
+    for n0 in range(0, L, BLOCK):
+        t = L - 1 - (n0 + offs)  # right to left
+        ok = t >= 0
+        x = tl.load(row + t * stride_it, mask=ok)
+        nxt = tl.load(row + (t + 1) * stride_it, mask=ok & (t < L - 1))
+        end = (t == L - 1) | (x != nxt)
+        last = tl.minimum(tl.associative_scan(tl.where(end & ok, t + 1, L).to(tl.int32), 0, _min_fn), carry)
+        tl.store(runs_ptr + PLANE + b * L + t, last, mask=ok)
+        if BOUNDS:  # a chunk's last token: its bounds' end
+            at = bounds_ptr + b * (4 * CHUNKS) + 2 * (t // CHUNK) + 1
+            tail = ok & ((t % CHUNK == CHUNK - 1) | (t == L - 1))
+            tl.store(at, last, mask=tail)
+            tl.store(at + 2 * CHUNKS, last, mask=tail)
+        carry = tl.min(tl.where(ok, last, L), axis=0)
+
+
+def segment_bounds(segments: torch.Tensor, bounds: Optional[torch.Tensor] = None) -> torch.Tensor:
     """int32 ``[2, B, L]``: each token's run of ``segments`` (``[B, L]`` ids) as ``[first, end)``: plane 0 the index
     of the run's first token, plane 1 one past its last. Query ``i`` keeps key ``j`` iff ``first[i] <= j <
-    end[i]``. A few PyTorch operations (no host sync)."""
+    end[i]``. One small kernel (a program per row, no host sync); ``bounds`` (``segment_mask_bounds``' layout, one
+    entry per row) is filled by the same kernel where given."""
     B, L = segments.shape
     out = torch.empty((2, B, L), dtype=torch.int32, device=segments.device)
     if segments.numel() == 0:
         return out
-    idx = torch.arange(L, device=segments.device).expand(B, L)
-    starts = torch.ones((B, L), dtype=torch.bool, device=segments.device)
-    starts[:, 1:] = segments[:, 1:] != segments[:, :-1]
-    ends = torch.ones_like(starts)
-    ends[:, :-1] = starts[:, 1:]
-    out[0] = torch.where(starts, idx, 0).cummax(dim=1).values
-    out[1] = torch.where(ends, idx + 1, L).flip(1).cummin(dim=1).values.flip(1)
+    block = min(1024, 1 << (max(L, 16) - 1).bit_length())
+    _segment_runs_kernel[(B,)](segments, out, out if bounds is None else bounds, segments.stride(0),
+                               segments.stride(1), L, B * L, -(-L // BOUNDS_CHUNK), BOUNDS=bounds is not None,
+                               CHUNK=BOUNDS_CHUNK, BLOCK=block)
     return out
 
 
@@ -441,7 +492,8 @@ def segment_layout(runs: torch.Tensor) -> BoundsLayout:
 def segment_mask_bounds(runs: torch.Tensor) -> torch.Tensor:
     """:func:`mask_bounds`' int32 layout ``[per_b, 1, chunks + chunks, 2]`` for packed sequences (``runs`` from
     :func:`segment_bounds`, ``Q == K == L``): the keys of 16 rows run from the first row's run start to the last
-    row's run end, and by symmetry the queries that see 16 keys likewise. Stored as ``(L - first, end)``."""
+    row's run end, and by symmetry the queries that see 16 keys likewise. Stored as ``(L - first, end)``. (In
+    PyTorch, from ``runs``; :func:`segment_tensors` has the kernel write both at once.)"""
     _, B, L = runs.shape
     layout = segment_layout(runs)
     chunks = layout.chunks
@@ -465,8 +517,10 @@ def segment_tensors(segments: torch.Tensor, cache_key: Optional[torch.Tensor] = 
         hit = SEGMENT_CACHE.get(id(cache_key))
         if hit is not None and hit[0]() is cache_key and hit[1] == version:
             return hit[2]
-    runs = segment_bounds(segments)
-    result = (runs, segment_mask_bounds(runs))
+    B, L = segments.shape
+    bounds = torch.zeros((B if B > 1 else 1, 1, 2 * (-(-L // BOUNDS_CHUNK)), 2), dtype=torch.int32,
+                         device=segments.device)
+    result = (segment_bounds(segments, bounds), bounds)
     if version is not None:
         weak_entry(SEGMENT_CACHE, id(cache_key), cache_key, version, result)
     return result

@@ -120,6 +120,22 @@ def test_segment_mask_bounds_cover_exactly_the_runs_of_each_chunk(name):
             assert rb[b, 0, c].tolist() == [seen.min().item(), seen.max().item() + 1]
 
 
+@pytest.mark.parametrize("L", [1, 15, 16, 17, 1500])
+def test_the_runs_kernel_matches_pytorch_on_random_rows_and_layouts(L, device):
+    # the kernel's runs (blocks of up to 1024 tokens, carried across blocks both ways) and the bounds it writes
+    # alongside, against the runs found token by token and segment_mask_bounds' PyTorch version; int32 ids, and
+    # ids broadcast over the batch (stride 0), as HF's packed ids may come
+    g = torch.Generator().manual_seed(L)
+    ids = torch.cumsum((torch.rand(3, L, generator=g) < 0.05).to(torch.int32), dim=1, dtype=torch.int32)
+    for given in (ids.to(device), ids[:1].to(device).expand(3, L)):
+        runs, bounds = masks.segment_tensors(given)
+        keep = _dense_keep(given.cpu().long())[:, 0]
+        first = keep.to(torch.int8).argmax(dim=-1)
+        end = L - keep.flip(-1).to(torch.int8).argmax(dim=-1)
+        assert torch.equal(runs[0].cpu().long(), first) and torch.equal(runs[1].cpu().long(), end)
+        assert torch.equal(bounds, masks.segment_mask_bounds(runs))
+
+
 @pytest.mark.parametrize("causal", [False, True], ids=["bidirectional", "causal"])
 @pytest.mark.parametrize("name", list(LAYOUTS))
 def test_segments_forward_backward_fp32_gqa(name, causal, device):
