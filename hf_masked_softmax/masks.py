@@ -27,7 +27,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._launch import fast_launch, weak_entry
+from ._launch import fast_launch, kernels_take, weak_entry
 
 NONE, PAD2D, BOOL4D, ADD4D, SEGMENTS = 0, 1, 2, 3, 4
 KIND_NAMES = {NONE: "none", PAD2D: "2d-padding", BOOL4D: "4d-bool", ADD4D: "4d-additive", SEGMENTS: "segments"}
@@ -470,10 +470,22 @@ def segment_bounds(segments: torch.Tensor, bounds: Optional[torch.Tensor] = None
     """int32 ``[2, B, L]``: each token's run of ``segments`` (``[B, L]`` ids) as ``[first, end)``: plane 0 the index
     of the run's first token, plane 1 one past its last. Query ``i`` keeps key ``j`` iff ``first[i] <= j <
     end[i]``. One small kernel (a program per row, no host sync); ``bounds`` (``segment_mask_bounds``' layout, one
-    entry per row) is filled by the same kernel where given."""
+    entry per row) is filled by the same kernel where given. Tensors the kernels do not take (CPU without the
+    interpreter) get the same from PyTorch operations."""
     B, L = segments.shape
     out = torch.empty((2, B, L), dtype=torch.int32, device=segments.device)
     if segments.numel() == 0:
+        return out
+    if not kernels_take(segments):
+        idx = torch.arange(L, device=segments.device).expand(B, L)
+        starts = torch.ones((B, L), dtype=torch.bool, device=segments.device)
+        starts[:, 1:] = segments[:, 1:] != segments[:, :-1]
+        ends = torch.ones_like(starts)
+        ends[:, :-1] = starts[:, 1:]
+        out[0] = torch.where(starts, idx, 0).cummax(dim=1).values
+        out[1] = torch.where(ends, idx + 1, L).flip(1).cummin(dim=1).values.flip(1)
+        if bounds is not None:
+            bounds.copy_(segment_mask_bounds(out))
         return out
     block = min(1024, 1 << (max(L, 16) - 1).bit_length())
     _segment_runs_kernel[(B,)](segments, out, out if bounds is None else bounds, segments.stride(0),

@@ -136,6 +136,16 @@ def test_the_runs_kernel_matches_pytorch_on_random_rows_and_layouts(L, device):
         assert torch.equal(bounds, masks.segment_mask_bounds(runs))
 
 
+def test_the_runs_of_tensors_the_kernels_do_not_take_come_from_pytorch():
+    # CPU tensors on a machine without the interpreter (on a CUDA machine, say): the same runs and bounds, no launch
+    ids = torch.cumsum((torch.rand(3, 300, generator=torch.Generator().manual_seed(3)) < 0.05).long(), dim=1)
+    kernel = masks.segment_tensors(ids)
+    with mock.patch.object(masks, "kernels_take", lambda t: False), \
+            mock.patch.object(masks, "_segment_runs_kernel", None):
+        fallback = masks.segment_tensors(ids)
+    assert torch.equal(kernel[0], fallback[0]) and torch.equal(kernel[1], fallback[1])
+
+
 @pytest.mark.parametrize("causal", [False, True], ids=["bidirectional", "causal"])
 @pytest.mark.parametrize("name", list(LAYOUTS))
 def test_segments_forward_backward_fp32_gqa(name, causal, device):
