@@ -165,6 +165,14 @@ def compiled_flex(name: str, q, k, v, mask_mod, Q: int, K: int, **kwargs):
     except ImportError:
         return None
     try:
+        # the benchmarks time backward passes with retain_graph=True, which a compiled backward that donates its
+        # buffers refuses ("non-empty donated buffers": bench_packed.py's gpt2-4k row on an H100, 2026-12-06)
+        import torch._functorch.config as functorch_config
+
+        functorch_config.donated_buffer = False
+    except (ImportError, AttributeError):
+        pass
+    try:
         block_mask = create_block_mask(mask_mod, q.shape[0], None, Q, K, device=q.device)
         compiled = torch.compile(flex_attention)
         compiled(q, k, v, block_mask=block_mask, **kwargs)

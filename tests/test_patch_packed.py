@@ -5,7 +5,10 @@ own, logits and gradients, Llama (causal) and Mistral (a sliding window inside e
 recognition itself; what still gets HF's 4D mask. Tiny random models; on CPU the kernels run in the interpreter."""
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM, MistralConfig, MistralForCausalLM, masking_utils
+from transformers import (
+    BertConfig, BertModel, DataCollatorWithFlattening, LlamaConfig, LlamaForCausalLM, MistralConfig,
+    MistralForCausalLM, masking_utils,
+)
 
 from hf_masked_softmax import hf, patched
 from patch_helpers import gradients
@@ -88,6 +91,49 @@ def test_packed_gradients_equal_eager(mode, device):
     assert ref.keys() == out.keys() and any("k_proj" in n for n in ref)
     for name in ref:
         assert_close(out[name], ref[name], scale=10)
+
+
+def test_a_flattening_collators_batch_trains_as_eager(device):
+    # transformers' own padding-free collator: one row of the examples back to back, positions restarting, labels
+    # -100 at each example's first token; the loss and every gradient of a patched model equal eager's
+    model = _model("llama", device)
+    g = torch.Generator().manual_seed(3)
+    examples = [{"input_ids": torch.randint(3, VOCAB, (n,), generator=g).tolist()} for n in (9, 4, 17, 1, 12)]
+    batch = {k: t.to(device) for k, t in DataCollatorWithFlattening()(examples).items()}
+    assert set(batch) == {"input_ids", "labels", "position_ids"} and batch["input_ids"].shape == (1, 43)
+    run = gradients(lambda m: m(**batch, use_cache=False).loss)
+    losses = []
+    ref = run(model)
+    losses.append(model(**batch, use_cache=False).loss.item())
+    with patched(model, mode="auto"):
+        out = run(model)
+        losses.append(model(**batch, use_cache=False).loss.item())
+    assert abs(losses[1] - losses[0]) <= 1e-6 * abs(losses[0])
+    assert ref.keys() == out.keys()
+    for name in ref:
+        assert_close(out[name], ref[name], scale=10)
+
+
+def test_a_packed_bert_batch_equals_eager(device, monkeypatch):
+    # BERT passes position_ids to transformers' bidirectional mask, which packs from 5.25 on (bidirectional
+    # segments); older versions build no packed mask for encoders, and the patched model then gets none either
+    torch.manual_seed(0)
+    model = BertModel(BertConfig(vocab_size=VOCAB, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                                 intermediate_size=128, attn_implementation="eager")).to(device).eval()
+    ids, pos = _packed(device, seed=4)
+    calls = _spy_segments(monkeypatch)
+    with torch.no_grad():
+        ref = model(input_ids=ids, position_ids=pos).last_hidden_state
+        with patched(model, mode="fused"):
+            out = model(input_ids=ids, position_ids=pos).last_hidden_state
+        alone = torch.cat([torch.cat([model(input_ids=ids[b: b + 1, s: s + n]).last_hidden_state
+                                      for s, n in zip([0, *torch.tensor(row).cumsum(0)[:-1].tolist()], row)], dim=1)
+                           for b, row in enumerate(LENGTHS)])
+    assert_close(out, ref.double(), scale=4)
+    packs = bool(torch.allclose(ref, alone, atol=1e-4))
+    assert calls == [(None, True)] * 2 if packs else all(not seg for _, seg in calls)
+    if hasattr(masking_utils, "remap_positions_for_packed_sequence"):  # 5.25 packs encoders
+        assert packs
 
 
 def test_the_packed_pattern_is_recognised_with_its_ids():
