@@ -108,8 +108,8 @@ def main(argv=None):
         passes = ["forward"] + ([] if args.no_backward else ["backward"])
         for pas in passes:
             times = benchutil.time_each(
-                provs, PROVIDERS, lambda fn, pas=pas: time_provider(fn, inp, pas == "backward", graph=pas == "forward"),
-                pas)
+                provs, PROVIDERS,
+                lambda fn, pas=pas, inp=inp: time_provider(fn, inp, pas == "backward", graph=pas == "forward"), pas)
             base = times.get("sdpa-4d")
             for p, ms in times.items():
                 rows.append(dict(shape=name, **{"pass": pas}, provider=p, ms=ms,

@@ -27,6 +27,10 @@ walks depends on the mask:
   ``[BLOCK_M, BLOCK_N]`` mask tile through the mask's strides, so broadcast (stride-0) masks cost no memory. The
   backward's dq kernel visits the same key blocks, and the dk / dv kernel, per key block, only the query blocks
   between the first and the last query that keep one of its keys (the bounds' second part).
+* packed sequences (``segments``, ``[B, L]`` ids, ``Q == K``): each token's run ``[first, end)`` (int32 ``[2, B, L]``,
+  one small kernel, ``masks.segment_bounds``) takes the 4D mask's place (mask kind 4: a block's keep test compares
+  the key index with its rows' runs, no mask tile is read), and the runs' extent per 16 rows takes the bounds' (the
+  same layout, written by the same kernel), so the blocks of other runs are skipped as above.
 
 A positive finite scale is applied inside the exponent, ``exp2(s * scale * log2(e) - m)`` as one FMA per score
 (``FOLD``; the row max is scaled once), in the forward and both backward kernels; not with an additive mask,

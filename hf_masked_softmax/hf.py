@@ -224,7 +224,8 @@ def _packed_pattern(mask_function):
     positions are consecutive: a new sequence starts wherever they are not). ``ids`` (``[B, L]``) number the sequences
     of each row, increasing: equal ids are one run, as the kernels' ``segments`` take them. ``inner`` is the pattern
     within each sequence (causal, bidirectional, a sliding window), None where the wrapper holds no function."""
-    if _PACKED_CODE is None or _AND_MASKS_CODE is None or getattr(mask_function, "__code__", None) is not _AND_MASKS_CODE:
+    if (_PACKED_CODE is None or _AND_MASKS_CODE is None
+            or getattr(mask_function, "__code__", None) is not _AND_MASKS_CODE):
         return None
     cell = _closure_of(mask_function).get("mask_functions")
     parts = cell.cell_contents if cell is not None else None

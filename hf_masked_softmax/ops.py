@@ -16,8 +16,9 @@ Operators (namespace ``hf_masked_softmax``), all taking tensors and scalars only
   and there is no dropout
 
 ``mask`` is the caller's mask tensor exactly as given (``[B, K]`` padding mask or a 4D mask that broadcasts to the
-scores), ``mask_kind`` one of :mod:`hf_masked_softmax.masks`' ``NONE / PAD2D / BOOL4D / ADD4D`` and ``threshold`` the
-additive value at or below which an entry counts as masked; ``drop_thr`` and ``seed`` are the attention's dropout
+scores; for ``SEGMENTS``, packed sequences' ``[B, L]`` ids), ``mask_kind`` one of :mod:`hf_masked_softmax.masks`'
+``NONE / PAD2D / BOOL4D / ADD4D / SEGMENTS`` and ``threshold`` the additive value at or below which an entry counts as
+masked; ``drop_thr`` and ``seed`` are the attention's dropout
 (:func:`hf_masked_softmax.attention.dropout_threshold`, a one-element int64 Philox key), ``window`` its sliding
 window (0: none; :func:`hf_masked_softmax.attention.window_size`), ``softcap`` its logit soft-cap (0.0: none;
 :func:`hf_masked_softmax.attention.softcap_value`) and ``sinks`` its attention sinks (None, or fp32 ``[H]``: the
