@@ -100,23 +100,13 @@ def main(argv=None):
         print(f"{name}: B{B} H{H}/{Hkv} T{T} D{D}, documents of {lo}..{hi} tokens ({inp['docs']} per row)",
               flush=True)
         provs = providers(inp, only)
-        with torch.no_grad():
-            ref = provs["fused-segments"]()
-            rows_kept = benchutil.rows_with_keys(inp)
-            errors = {p: benchutil.max_error_on_rows(fn(), ref, rows_kept) for p, fn in provs.items()
-                      if p != "fused-causal"}
         passes = ["forward"] + ([] if args.no_backward else ["backward"])
-        for pas in passes:
-            times = benchutil.time_each(
-                provs, PROVIDERS,
-                lambda fn, pas=pas, inp=inp: time_provider(fn, inp, pas == "backward", graph=pas == "forward"), pas)
-            base = times.get("sdpa-4d")
-            for p, ms in times.items():
-                rows.append(dict(shape=name, **{"pass": pas}, provider=p, ms=ms,
-                                 vs_sdpa_4d=(base / ms) if base else None, max_err=errors.get(p)))
-        benchutil.print_table([r for r in rows if r["shape"] == name],
-                              ["shape", "pass", "provider", "ms", "vs_sdpa_4d", "max_err"])
-        del inp, provs, ref
+        rows += benchutil.compared_shape_rows(
+            name, provs, PROVIDERS, "fused-segments", [p for p in provs if p != "fused-causal"],
+            benchutil.rows_with_keys(inp), passes,
+            lambda fn, pas, inp=inp: time_provider(fn, inp, pas == "backward", graph=pas == "forward"),
+            "every token attends within its document", baseline="sdpa-4d")
+        del inp, provs
         torch.cuda.empty_cache()
     benchutil.write_json(out / "bench_packed.json",
                          dict(environment=benchutil.environment(), shapes={n: SHAPES[n] for n in names}, rows=rows))

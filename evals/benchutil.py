@@ -208,25 +208,27 @@ def max_error_on_rows(out, ref, rows) -> float:
 
 
 def compared_shape_rows(name: str, provs: dict, order, reference: str, compared, rows, passes, time_one,
-                        effect: str) -> list[dict]:
+                        effect: str, baseline: str = "eager") -> list[dict]:
     """One shape of a provider benchmark: the largest error of each provider of ``compared`` against
     ``reference``'s output on ``rows`` (printed after ``effect``, a sentence on what the feature does to that
     output), then ``time_one(fn, pass)`` of each provider of ``order`` in ``provs`` for each of ``passes``. Returns
-    the rows ``shape, pass, provider, ms, vs_eager`` (eager's time over the provider's, where eager ran) and
-    ``max_err`` (None for the providers not compared), also printed as a table."""
+    the rows ``shape, pass, provider, ms, vs_eager`` (eager's time over the provider's, where eager ran; another
+    ``baseline`` provider gives ``vs_<baseline>``, dashes as underscores) and ``max_err`` (None for the providers not
+    compared), also printed as a table."""
     with torch.no_grad():
         ref = provs[reference]()
         errors = {p: max_error_on_rows(fn(), ref, rows) for p, fn in provs.items() if p in compared}
     print(f"  {effect}; max |error| against {reference}: " + ", ".join(f"{p} {e:.3g}" for p, e in errors.items()),
           flush=True)
     out = []
+    versus = "vs_" + baseline.replace("-", "_")
     for pas in passes:
         times = time_each(provs, order, lambda fn, pas=pas: time_one(fn, pas), pas)
-        base = times.get("eager")
+        base = times.get(baseline)
         for p, ms in times.items():
-            out.append(dict(shape=name, **{"pass": pas}, provider=p, ms=ms, vs_eager=(base / ms) if base else None,
+            out.append(dict(shape=name, **{"pass": pas}, provider=p, ms=ms, **{versus: (base / ms) if base else None},
                             max_err=errors.get(p)))
-    print_table(out, ["shape", "pass", "provider", "ms", "vs_eager", "max_err"])
+    print_table(out, ["shape", "pass", "provider", "ms", versus, "max_err"])
     return out
 
 

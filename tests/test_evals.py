@@ -586,6 +586,11 @@ def test_compared_shape_rows_errors_times_and_failures(capsys):
     printed = capsys.readouterr().out
     assert "the feature changes it by up to 1; max |error| against ours: ours 0, eager 0.25, broken 0" in printed
     assert "broken forward: RuntimeError: no kernel for this" in printed
+    # another baseline (bench_packed.py's sdpa-4d): its time over each provider's, in a column named after it
+    rows = benchutil.compared_shape_rows("s", provs, ["ours", "other"], "ours", ("ours",),
+                                         benchutil.rows_with_keys(inp), ["forward"], time_one, "-", baseline="other")
+    assert [(r["provider"], r["vs_other"]) for r in rows] == [("ours", 2.0), ("other", 1.0)]
+    assert all("vs_eager" not in r for r in rows)
 
 
 def test_bench_sinks_triton_only_turns_the_hopper_sinks_off_for_one_call():
