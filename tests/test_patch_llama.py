@@ -267,7 +267,7 @@ def test_fused_kernel_gets_grouped_kv_heads_and_compact_mask(device, monkeypatch
         model(ids, attention_mask=mask)
     assert [c[:5] for c in calls] == [(4, 2, 2, torch.bool, (3, 12))] * 2
     assert all(c[5] == {"causal": True, "scale": pytest.approx(16 ** -0.5), "dropout_p": 0.0,
-                          "window": None, "softcap": None, "sinks": None} for c in calls)
+                          "window": None, "softcap": None, "sinks": None, "segments": None} for c in calls)
 
 
 # Sliding windows: (arch, config overrides). Qwen2/Qwen3 put the window on the layers below max_window_layers only.
