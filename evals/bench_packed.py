@@ -42,16 +42,9 @@ PROVIDERS = ("fused-segments", "fused-4d", "sdpa-4d", "flex-document", "fused-ca
 
 def document_ids(B: int, T: int, lo: int, hi: int, seed: int = 0) -> torch.Tensor:
     """``[B, T]`` int64: document ids, lengths uniform in ``[lo, hi]`` (the last one cut at ``T``)."""
-    g = torch.Generator().manual_seed(seed)
-    rows = []
-    for _ in range(B):
-        parts, n, doc = [], 0, 0
-        while n < T:
-            length = min(int(torch.randint(lo, hi + 1, (1,), generator=g)), T - n)
-            parts.append(torch.full((length,), doc, dtype=torch.int64))
-            n, doc = n + length, doc + 1
-        rows.append(torch.cat(parts))
-    return torch.stack(rows)
+    from hf_masked_softmax.check import random_segment_ids
+
+    return random_segment_ids(B, T, lo, hi, torch.Generator().manual_seed(seed))
 
 
 def make_inputs(B, H, Hkv, T, D, lo, hi, seed=0):

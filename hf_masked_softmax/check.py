@@ -98,13 +98,15 @@ def check_masked_softmax(device, quick, report):
                 report("masked_softmax", f"{B}x{H}x{Q}x{K}", dtype, form, v, zeros_exact)
 
 
-def _segment_ids(B, T, longest, g):
-    """``[B, T]`` ids of packed sequences: runs of lengths uniform in ``[1, longest]``."""
+def random_segment_ids(B, T, lo, hi, g):
+    """int64 ``[B, T]`` ids of packed sequences (``attention``'s ``segments``): runs 0, 1, ... of lengths uniform in
+    ``[lo, hi]`` drawn from the CPU generator ``g``, the last one cut at ``T`` (also ``evals/bench_packed.py``'s
+    documents and the segments tests' random runs)."""
     rows = []
     for _ in range(B):
         ids, n, run = [], 0, 0
         while n < T:
-            length = min(int(torch.randint(1, longest + 1, (1,), generator=g)), T - n)
+            length = min(int(torch.randint(lo, hi + 1, (1,), generator=g)), T - n)
             ids += [run] * length
             n, run = n + length, run + 1
         rows.append(torch.tensor(ids))
@@ -155,7 +157,7 @@ def check_attention(device, quick, report):
                 mask = None if form == "segments" else _mask(form.split("+")[0], B, H, Q, K, device)
                 segments = ref_mask = None
                 if form == "segments":
-                    segments = _segment_ids(B, K, max(1, K // 4), g).to(device)
+                    segments = random_segment_ids(B, K, 1, max(1, K // 4), g).to(device)
                     ref_mask = keep_mask(MaskSpec(SEGMENTS, segments), (B, 1, K, K), causal=False, device=device)
                 dropout = None
                 if p:

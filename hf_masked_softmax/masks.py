@@ -501,15 +501,20 @@ def segment_layout(runs: torch.Tensor) -> BoundsLayout:
     return BoundsLayout(B if B > 1 else 1, 1, L)
 
 
+def _zero_segment_bounds(runs_shape, device) -> torch.Tensor:
+    """Zeros in :func:`segment_mask_bounds`' layout for runs of shape ``runs_shape`` (``[2, B, L]``)."""
+    layout = segment_layout(torch.empty(runs_shape, device="meta"))
+    return torch.zeros((layout.per_b, 1, 2 * layout.chunks, 2), dtype=torch.int32, device=device)
+
+
 def segment_mask_bounds(runs: torch.Tensor) -> torch.Tensor:
     """:func:`mask_bounds`' int32 layout ``[per_b, 1, chunks + chunks, 2]`` for packed sequences (``runs`` from
     :func:`segment_bounds`, ``Q == K == L``): the keys of 16 rows run from the first row's run start to the last
     row's run end, and by symmetry the queries that see 16 keys likewise. Stored as ``(L - first, end)``. (In
     PyTorch, from ``runs``; :func:`segment_tensors` has the kernel write both at once.)"""
     _, B, L = runs.shape
-    layout = segment_layout(runs)
-    chunks = layout.chunks
-    out = torch.zeros((layout.per_b, 1, 2 * chunks, 2), dtype=torch.int32, device=runs.device)
+    chunks = segment_layout(runs).chunks
+    out = _zero_segment_bounds(runs.shape, runs.device)
     if L == 0:
         return out
     first = torch.arange(chunks, device=runs.device) * BOUNDS_CHUNK
@@ -529,9 +534,7 @@ def segment_tensors(segments: torch.Tensor, cache_key: Optional[torch.Tensor] = 
         hit = SEGMENT_CACHE.get(id(cache_key))
         if hit is not None and hit[0]() is cache_key and hit[1] == version:
             return hit[2]
-    B, L = segments.shape
-    bounds = torch.zeros((B if B > 1 else 1, 1, 2 * (-(-L // BOUNDS_CHUNK)), 2), dtype=torch.int32,
-                         device=segments.device)
+    bounds = _zero_segment_bounds((2, *segments.shape), segments.device)
     result = (segment_bounds(segments, bounds), bounds)
     if version is not None:
         weak_entry(SEGMENT_CACHE, id(cache_key), cache_key, version, result)

@@ -13,6 +13,7 @@ import torch
 
 import hf_masked_softmax
 from hf_masked_softmax import masks
+from hf_masked_softmax.check import random_segment_ids
 from hf_masked_softmax.reference import attention_reference
 from test_attention import GRAD_SCALE, OUT_SCALE, _ref
 from test_window import _qkv
@@ -309,14 +310,7 @@ def test_segments_errors(case, error, match, device):
 
 def _random_runs(B, T, longest, seed):
     """``[B, T]`` ids of runs of random lengths in ``[1, longest]``."""
-    g = torch.Generator().manual_seed(seed)
-    rows = []
-    for _ in range(B):
-        lengths = []
-        while sum(lengths) < T:
-            lengths.append(int(torch.randint(1, longest + 1, (1,), generator=g)))
-        rows.append(_ids(lengths)[:T])
-    return torch.stack(rows)
+    return random_segment_ids(B, T, 1, longest, torch.Generator().manual_seed(seed))
 
 
 @pytest.mark.gpu
