@@ -189,6 +189,20 @@ def _segment_run(r2, mask_base, stride_mm, stride_plane, Q_LEN):
 
 
 @triton.jit
+def _segment_block(mask_base, stride_mm, stride_plane, first, last, start, end, has_holes):
+    """Packed sequences (``MASK_KIND`` 4): the bounds of tokens ``[first, last]`` (query rows, or keys: one run of
+    ids serves both) as the 2D path's ``(start, end, has_holes)``. Runs are contiguous, so the tokens lie in one run
+    iff ``first`` and ``last`` do: that run ``[f, e)`` then is exactly what they see (or are seen by), and the
+    kernels visit its whole blocks unmasked as a padded sequence's (``has_holes`` 0). Tokens of several runs keep
+    ``start, end`` (their runs' bounds) and every block is masked (``has_holes`` 1)."""
+    f0 = tl.load(mask_base + first * stride_mm)
+    f1 = tl.load(mask_base + last * stride_mm)
+    e0 = tl.load(mask_base + stride_plane + first * stride_mm)
+    one = f0 == f1
+    return tl.where(one, f0, start), tl.where(one, e0, end), tl.where(one, 0, 1) + has_holes * 0
+
+
+@triton.jit
 def _mask_tile(r2, c2, mask_base, stride_mm, stride_mk, Q_LEN, K_LEN, threshold, MASK_KIND: tl.constexpr):
     """A 4D mask's tile as what the forward adds to its base-2 scores, in f32: 0 where a bool mask keeps and -inf
     where it does not (``MASK_KIND`` 2); an additive mask's value times log2(e), or -inf at or below ``threshold``
@@ -265,7 +279,7 @@ def _fwd_blocks(acc, l_i, m_i, q, k_base, v_base, mask_base, rows, offs_n, offs_
                      BLOCK_D != HEAD_D, MASKED != 0)
         if UPCAST:
             k = k.to(tl.float32)
-        if MASKED != 0 and MASK_KIND >= 2:
+        if MASKED != 0 and (MASK_KIND == 2 or MASK_KIND == 3):
             # a 4D mask's tile: loaded before the product, added to the scores as f32 (see _mask_tile)
             tile = _mask_tile(rows[:, None], cols[None, :], mask_base, stride_mm, stride_mk, Q_LEN, K_LEN, threshold,
                               MASK_KIND)
@@ -274,7 +288,7 @@ def _fwd_blocks(acc, l_i, m_i, q, k_base, v_base, mask_base, rows, offs_n, offs_
             s = _tanh(s * qk_scale) * softcap
         elif not FOLD:
             s = s * qk_scale
-        if MASKED != 0 and MASK_KIND >= 2:
+        if MASKED != 0 and (MASK_KIND == 2 or MASK_KIND == 3):
             # then only the keys past K_LEN, causality and the window: the tile masks every key outside the mask's
             # own bounds already (the range [start, end) is 0..K_LEN or those bounds), so no per-score test of them
             s = _mask_scores(s + tile, rows[:, None], cols[None, :], 0, K_LEN, has_holes, mask_base, stride_mm,
@@ -404,7 +418,7 @@ def _block_key_bounds(start, end, has_holes, m0, split, NUM_SPLITS, Q_LEN, K_LEN
         hi = tl.minimum(hi, m0 + BLOCK_M + diag)
     hi = tl.maximum(hi, lo)
     per_split = tl.cdiv(tl.cdiv(hi - lo, BLOCK_N), NUM_SPLITS) * BLOCK_N
-    if MASK_KIND >= 2:
+    if MASK_KIND == 2 or MASK_KIND == 3:
         # a multiple of BLOCK_N that the compiler can see (a minimum of two multiples), so that the mask tile's loads
         # keep their vector width within a 4D mask's key bounds; a split past the range gets s_lo > s_hi (by less
         # than a block), which leaves every loop below empty. (Clamped to hi, s_lo lost its known alignment: Triton
@@ -414,7 +428,7 @@ def _block_key_bounds(start, end, has_holes, m0, split, NUM_SPLITS, Q_LEN, K_LEN
     else:
         s_lo = tl.minimum(lo + split * per_split, hi)
     s_hi = tl.minimum(s_lo + per_split, hi)
-    if MASK_KIND >= 2:
+    if MASK_KIND == 2 or MASK_KIND == 3:
         full_lo = s_lo
         full_hi = s_lo
     else:
@@ -490,10 +504,14 @@ def _attn_fwd_kernel(
         o_off = rows * stride_om
         m0 = pid_m * BLOCK_M
 
+    mask_base = mask_ptr + b * stride_mb + h * stride_mh
     start, end, has_holes = _key_range(ranges_ptr, b, K_LEN, MASK_KIND)
     if B4D:  # a 4D mask's key bounds (ranges_ptr points to them): only the key blocks inside are visited
         # (16: masks.BOUNDS_CHUNK, the rows per bound)
         start, end = _mask_bounds(ranges_ptr, b, h, m0, H, Q_LEN, K_LEN, B4D_PER_B, B4D_PER_H, B4D_SPAN, 16)
+    if MASK_KIND == 4:  # rows of one packed sequence: its blocks unmasked, as a padded row's (packed, all rows)
+        start, end, has_holes = _segment_block(mask_base, stride_mm, stride_mk, m0,
+                                               tl.minimum(m0 + BLOCK_M, Q_LEN) - 1, start, end, has_holes)
     s_lo, s_hi, full_lo, full_hi = _block_key_bounds(start, end, has_holes, m0, split, NUM_SPLITS,
                                                       Q_LEN, K_LEN, window, MASK_KIND, CAUSAL, WINDOWED,
                                                       BLOCK_M, BLOCK_N)
@@ -504,7 +522,6 @@ def _attn_fwd_kernel(
         q = q.to(tl.float32)
     k_base = k_ptr + b * stride_kb + hk * stride_kh
     v_base = v_ptr + b * stride_vb + hk * stride_vh
-    mask_base = mask_ptr + b * stride_mb + h * stride_mh
 
     seed = start * 0
     if DROPOUT:
@@ -520,7 +537,7 @@ def _attn_fwd_kernel(
                                 s_lo, tl.minimum(full_lo, s_hi), s_lo, start, end, has_holes, Q_LEN, K_LEN,
                                 qk_scale, threshold, seed, bh, drop_thr, window, softcap, 1, MASK_KIND, CAUSAL,
                                 BLOCK_N, HEAD_D, BLOCK_D, UPCAST, DOT_PREC, FOLD, DROPOUT, WINDOWED, SOFTCAP)
-    if MASK_KIND >= 2:
+    if MASK_KIND == 2 or MASK_KIND == 3:
         # a 4D mask: every block evaluates it, with no per-block branch on `mask_from` (a loaded value once the
         # mask's key bounds set it). The bounded blocks' extra cost (4-5x the unbounded ones') came from the mask
         # tile's layout and the loop start's hidden alignment (see _mask_tile, _block_key_bounds): an H100 at
@@ -793,6 +810,28 @@ def _bwd_dkdv_kernel(
     if WINDOWED:
         q_wfull = tl.minimum(tl.maximum(tl.maximum(n0 - diag + window, 0) // BLOCK_M * BLOCK_M, q_full),
                              q_hi)
+    if MASK_KIND == 4:
+        # packed sequences: the rows that see a key of this block are those of the runs of its first and last keys,
+        # [run_first(n0), run_end(last)); a block inside one run [f, e) (and inside K_LEN) is seen whole by the
+        # query blocks inside [f, e) past the diagonal and before the window's edge: masked blocks [q_lo, q_full),
+        # whole ones [q_full, q_wfull), masked again [q_wfull, q_hi) (the blocks at the run's end)
+        seg_base = mask_ptr + b * stride_mb
+        n_last = tl.minimum(n0 + BLOCK_N, K_LEN) - 1
+        run_f = tl.load(seg_base + n0 * stride_mm)
+        run_e = tl.load(seg_base + stride_mk + n0 * stride_mm)
+        rows_end = tl.load(seg_base + stride_mk + n_last * stride_mm)
+        q_lo = tl.maximum(q_lo, run_f // BLOCK_M * BLOCK_M)
+        q_hi = tl.maximum(tl.minimum(q_hi, rows_end), q_lo)
+        full_from = tl.cdiv(run_f, BLOCK_M) * BLOCK_M
+        if CAUSAL:
+            full_from = tl.maximum(full_from, tl.cdiv(n0 + BLOCK_N - 1 - diag, BLOCK_M) * BLOCK_M)
+        full_to = run_e // BLOCK_M * BLOCK_M
+        if WINDOWED:
+            full_to = tl.minimum(full_to, tl.maximum(n0 - diag + window, 0) // BLOCK_M * BLOCK_M)
+        if (run_e != rows_end) | (n0 + BLOCK_N > K_LEN):  # keys of two runs, or past K_LEN: every block masked
+            full_from = q_hi
+        q_full = tl.minimum(tl.maximum(full_from, q_lo), q_hi)
+        q_wfull = tl.minimum(tl.maximum(full_to, q_full), q_hi)
 
     k = _load_2d(k_ptr + b * stride_kb + hk * stride_kh + cols[:, None] * stride_kn + offs_d[None, :] * stride_kd,
                  col_ok, d_ok, True, BLOCK_D != HEAD_D)
@@ -814,7 +853,7 @@ def _bwd_dkdv_kernel(
         mask_base = mask_ptr + b * stride_mb + h * stride_mh
         h_lo = q_lo
         h_full = q_full
-        if B4D:  # (a 4D mask: q_full is q_hi, every visited block masked)
+        if B4D and MASK_KIND != 4:  # (a 4D mask: q_full is q_hi, every visited block masked)
             r_first, r_end = _mask_row_bounds(ranges_ptr, b, h, n0, H, Q_LEN, K_LEN, B4D_PER_B, B4D_PER_H,
                                               B4D_SPAN > 0, BLOCK_N // 16, 16)
             h_lo = tl.maximum(q_lo, r_first // BLOCK_M * BLOCK_M)
@@ -831,7 +870,7 @@ def _bwd_dkdv_kernel(
                               seed, b * H + h, n0, drop_thr, keep_scale, window, softcap,
                               False, MASK_KIND, CAUSAL, BLOCK_M, BLOCK_N, HEAD_D, BLOCK_D, UPCAST, DOT_PREC, FOLD,
                               DROPOUT, WINDOWED, SOFTCAP)
-        if WINDOWED:
+        if WINDOWED or MASK_KIND == 4:
             dk, dv = _dkdv_blocks(dk, dv, k, v, q_base, do_base, lse_base, delta_base, mask_base, cols, offs_m,
                                   offs_d, stride_qm, stride_qd, stride_dom, stride_dod, stride_mm, stride_mk,
                                   stride_lp, q_wfull, q_hi, start, end, has_holes, Q_LEN, K_LEN, qk_scale, threshold,
@@ -929,10 +968,14 @@ def _bwd_dq_kernel(
     row_ok = rows < Q_LEN
     d_ok = offs_d < HEAD_D
 
+    mask_base = mask_ptr + b * stride_mb + h * stride_mh
     start, end, has_holes = _key_range(ranges_ptr, b, K_LEN, MASK_KIND)
     if B4D:
         start, end = _mask_bounds(ranges_ptr, b, h, pid_m * BLOCK_M, H, Q_LEN, K_LEN, B4D_PER_B, B4D_PER_H, B4D_SPAN,
                                   16)
+    if MASK_KIND == 4:  # as the forward
+        start, end, has_holes = _segment_block(mask_base, stride_mm, stride_mk, pid_m * BLOCK_M,
+                                               tl.minimum(pid_m * BLOCK_M + BLOCK_M, Q_LEN) - 1, start, end, has_holes)
     s_lo, s_hi, full_lo, full_hi = _block_key_bounds(start, end, has_holes, pid_m * BLOCK_M, 0, 1,
                                                       Q_LEN, K_LEN, window, MASK_KIND, CAUSAL, WINDOWED,
                                                       BLOCK_M, BLOCK_N)
@@ -952,7 +995,6 @@ def _bwd_dq_kernel(
     delta = tl.load(delta_ptr + bh * Q_LEN + rows, mask=row_ok, other=0.0)
     k_base = k_ptr + b * stride_kb + hk * stride_kh
     v_base = v_ptr + b * stride_vb + hk * stride_vh
-    mask_base = mask_ptr + b * stride_mb + h * stride_mh
     seed = start * 0
     if DROPOUT:
         seed = tl.load(seed_ptr)
