@@ -682,15 +682,16 @@ def _bwd_delta_kernel(o_ptr, do_ptr, delta_ptr,
 @triton.jit
 def _dkdv_blocks(dk, dv, k, v, q_base, do_base, lse_base, delta_base, mask_base, cols, offs_m, offs_d,
                  stride_qm, stride_qd, stride_dom, stride_dod, stride_mm, stride_mk, stride_lp,
-                 lo, hi, start, end, has_holes, Q_LEN, K_LEN, qk_scale, threshold, seed, bh, n0, drop_thr, keep_scale,
-                 window, softcap, MASKED: tl.constexpr, MASK_KIND: tl.constexpr, CAUSAL: tl.constexpr,
-                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_D: tl.constexpr, BLOCK_D: tl.constexpr,
-                 UPCAST: tl.constexpr, DOT_PREC: tl.constexpr, FOLD: tl.constexpr, DROPOUT: tl.constexpr,
-                 WINDOWED: tl.constexpr, SOFTCAP: tl.constexpr):
+                 lo, hi, full_from, full_to, start, end, has_holes, Q_LEN, K_LEN, qk_scale, threshold, seed, bh, n0,
+                 drop_thr, keep_scale, window, softcap, MASKED: tl.constexpr, MASK_KIND: tl.constexpr,
+                 CAUSAL: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_D: tl.constexpr,
+                 BLOCK_D: tl.constexpr, UPCAST: tl.constexpr, DOT_PREC: tl.constexpr, FOLD: tl.constexpr,
+                 DROPOUT: tl.constexpr, WINDOWED: tl.constexpr, SOFTCAP: tl.constexpr):
     """Accumulate ``dk, dv`` of one key block over query blocks ``[lo, hi)`` of one query head. Works on the
     transposed tiles ``S^T = k q^T [BLOCK_N, BLOCK_M]`` so that no register tile needs transposing (but dropout's
     mask, drawn in the forward's orientation). With dropout ``Z`` (kept / (1 - p), else 0): ``dv += (P Z)^T dO`` and
-    ``dP = Z (dO v^T)``."""
+    ``dP = Z (dO v^T)``. ``MASKED``: 0 for blocks every row sees whole, 1 to mask every block, 2 to mask the blocks
+    outside ``[full_from, full_to)`` (one loop, one software pipeline: packed sequences)."""
     d_ok = offs_d < HEAD_D
     for m0 in range(lo, hi, BLOCK_M):
         rows = m0 + offs_m
@@ -723,7 +724,11 @@ def _dkdv_blocks(dk, dv, k, v, q_base, do_base, lse_base, delta_base, mask_base,
             st = tt * softcap
         elif not FOLD:
             st = st * qk_scale
-        if MASKED:
+        if MASKED == 2:
+            if (m0 < full_from) | (m0 >= full_to):
+                st = _mask_scores(st, rows[None, :], cols[:, None], start, end, has_holes, mask_base, stride_mm,
+                                  stride_mk, Q_LEN, K_LEN, threshold, window, MASK_KIND, CAUSAL, WINDOWED, True)
+        elif MASKED:
             st = _mask_scores(st, rows[None, :], cols[:, None], start, end, has_holes, mask_base, stride_mm,
                               stride_mk, Q_LEN, K_LEN, threshold, window, MASK_KIND, CAUSAL, WINDOWED, True)
         if MASK_KIND == 3:  # additive mask (never FOLD): the residual too, see the module docstring
@@ -813,8 +818,9 @@ def _bwd_dkdv_kernel(
     if MASK_KIND == 4:
         # packed sequences: the rows that see a key of this block are those of the runs of its first and last keys,
         # [run_first(n0), run_end(last)); a block inside one run [f, e) (and inside K_LEN) is seen whole by the
-        # query blocks inside [f, e) past the diagonal and before the window's edge: masked blocks [q_lo, q_full),
-        # whole ones [q_full, q_wfull), masked again [q_wfull, q_hi) (the blocks at the run's end)
+        # query blocks inside [f, e) past the diagonal and before the window's edge, [q_full, q_wfull): one loop over
+        # [q_lo, q_hi) masks only the blocks outside them. (Three loops, as the 2D path's, made an H200's dk / dv
+        # kernel 7% slower on bench_packed.py's llama-8k shape than masking every block; one loop, 2-15% faster)
         seg_base = mask_ptr + b * stride_mb
         n_last = tl.minimum(n0 + BLOCK_N, K_LEN) - 1
         run_f = tl.load(seg_base + n0 * stride_mm)
@@ -858,25 +864,33 @@ def _bwd_dkdv_kernel(
                                               B4D_SPAN > 0, BLOCK_N // 16, 16)
             h_lo = tl.maximum(q_lo, r_first // BLOCK_M * BLOCK_M)
             h_full = tl.maximum(tl.minimum(q_full, r_end), h_lo)
-        dk, dv = _dkdv_blocks(dk, dv, k, v, q_base, do_base, lse_base, delta_base, mask_base, cols, offs_m, offs_d,
-                              stride_qm, stride_qd, stride_dom, stride_dod, stride_mm, stride_mk, stride_lp,
-                              h_lo, h_full, start, end, has_holes, Q_LEN, K_LEN, qk_scale, threshold,
-                              seed, b * H + h, n0, drop_thr, keep_scale, window, softcap,
-                              True, MASK_KIND, CAUSAL, BLOCK_M, BLOCK_N, HEAD_D, BLOCK_D, UPCAST, DOT_PREC, FOLD,
-                              DROPOUT, WINDOWED, SOFTCAP)
-        dk, dv = _dkdv_blocks(dk, dv, k, v, q_base, do_base, lse_base, delta_base, mask_base, cols, offs_m, offs_d,
-                              stride_qm, stride_qd, stride_dom, stride_dod, stride_mm, stride_mk, stride_lp,
-                              q_full, q_wfull, start, end, has_holes, Q_LEN, K_LEN, qk_scale, threshold,
-                              seed, b * H + h, n0, drop_thr, keep_scale, window, softcap,
-                              False, MASK_KIND, CAUSAL, BLOCK_M, BLOCK_N, HEAD_D, BLOCK_D, UPCAST, DOT_PREC, FOLD,
-                              DROPOUT, WINDOWED, SOFTCAP)
-        if WINDOWED or MASK_KIND == 4:
+        if MASK_KIND == 4:  # one loop, masking the blocks outside [q_full, q_wfull)
             dk, dv = _dkdv_blocks(dk, dv, k, v, q_base, do_base, lse_base, delta_base, mask_base, cols, offs_m,
                                   offs_d, stride_qm, stride_qd, stride_dom, stride_dod, stride_mm, stride_mk,
-                                  stride_lp, q_wfull, q_hi, start, end, has_holes, Q_LEN, K_LEN, qk_scale, threshold,
+                                  stride_lp, q_lo, q_hi, q_full, q_wfull, start, end, has_holes, Q_LEN, K_LEN,
+                                  qk_scale, threshold, seed, b * H + h, n0, drop_thr, keep_scale, window, softcap,
+                                  2, MASK_KIND, CAUSAL, BLOCK_M, BLOCK_N, HEAD_D, BLOCK_D, UPCAST, DOT_PREC, FOLD,
+                                  DROPOUT, WINDOWED, SOFTCAP)
+        else:
+            dk, dv = _dkdv_blocks(dk, dv, k, v, q_base, do_base, lse_base, delta_base, mask_base, cols, offs_m, offs_d,
+                                  stride_qm, stride_qd, stride_dom, stride_dod, stride_mm, stride_mk, stride_lp,
+                                  h_lo, h_full, 0, 0, start, end, has_holes, Q_LEN, K_LEN, qk_scale, threshold,
                                   seed, b * H + h, n0, drop_thr, keep_scale, window, softcap,
                                   True, MASK_KIND, CAUSAL, BLOCK_M, BLOCK_N, HEAD_D, BLOCK_D, UPCAST, DOT_PREC, FOLD,
                                   DROPOUT, WINDOWED, SOFTCAP)
+            dk, dv = _dkdv_blocks(dk, dv, k, v, q_base, do_base, lse_base, delta_base, mask_base, cols, offs_m, offs_d,
+                                  stride_qm, stride_qd, stride_dom, stride_dod, stride_mm, stride_mk, stride_lp,
+                                  q_full, q_wfull, 0, 0, start, end, has_holes, Q_LEN, K_LEN, qk_scale, threshold,
+                                  seed, b * H + h, n0, drop_thr, keep_scale, window, softcap,
+                                  False, MASK_KIND, CAUSAL, BLOCK_M, BLOCK_N, HEAD_D, BLOCK_D, UPCAST, DOT_PREC, FOLD,
+                                  DROPOUT, WINDOWED, SOFTCAP)
+            if WINDOWED:
+                dk, dv = _dkdv_blocks(dk, dv, k, v, q_base, do_base, lse_base, delta_base, mask_base, cols, offs_m,
+                                      offs_d, stride_qm, stride_qd, stride_dom, stride_dod, stride_mm, stride_mk,
+                                      stride_lp, q_wfull, q_hi, 0, 0, start, end, has_holes, Q_LEN, K_LEN,
+                                      qk_scale, threshold, seed, b * H + h, n0, drop_thr, keep_scale, window, softcap,
+                                      True, MASK_KIND, CAUSAL, BLOCK_M, BLOCK_N, HEAD_D, BLOCK_D, UPCAST, DOT_PREC,
+                                      FOLD, DROPOUT, WINDOWED, SOFTCAP)
     dk = dk * sm_scale
     ok = col_ok[:, None] & d_ok[None, :]
     tl.store(dk_ptr + b * stride_dkb + hk * stride_dkh + cols[:, None] * stride_dkn + offs_d[None, :] * stride_dkd,
