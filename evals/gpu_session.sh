@@ -1128,8 +1128,22 @@ case "${1:-}" in
     timeout 200 python -u evals/speed.py --only "train packed" --impls sdpa,fused --no-plot \
       --out "$OUT/speed_packed39" 2>&1 | tee "$OUT/speed_packed39.log" | grep -v -i warn | tail -5 | cut -c1-220
     ;;
+  segfinal39)
+    # after ba78a14 (dk / dv in one loop for packed sequences): the segments tests and the patched packed batches on
+    # CUDA, the attention file's GPU tests (the dk / dv kernel's arguments changed for every mask kind), the
+    # self-test's segments rows, bench_packed.py with every provider, the kernels' times against old_tree/ (b25727a,
+    # before this session) and the packed training step end to end
+    pytest_summary tests_segfinal39 200 tests/test_segments.py tests/test_patch_packed.py
+    pytest_summary tests_attention39 150 -m gpu tests/test_attention.py
+    timeout 60 python -u -m hf_masked_softmax.check --quick --no-bench 2>&1 | grep -E "segments|checks passed"
+    timeout 200 python -u evals/bench_packed.py --out "$OUT/bench_packed39" 2>&1 | tee "$OUT/bench_packed39.log" \
+      | grep -v -i warn | grep -E "forward|backward" | cut -c1-200
+    ROUNDS=1 against_old probe_packed39 90 "round 1" evals/probe_packed.py
+    timeout 150 python -u evals/speed.py --only "train packed" --impls sdpa,fused --no-plot \
+      --out "$OUT/speed_packed39b" 2>&1 | tee "$OUT/speed_packed39b.log" | grep -v -i warn | tail -3 | cut -c1-220
+    ;;
   *)
-    echo "usage: bash evals/gpu_session.sh tests|kernels|e2e|check|followup|recheck|verify|measure|final|stream|last|tune|host|fast|fastcheck|closing|fold|fold2|fold3|e2e3|bert4|bert5|check4|lengths|ncu|bwd|suite|suite2|final6|plans|hostplans|genab|fuzz|bwdplan|trainab|final8|nosync|drop9a|drop9b|drop9d|audit10|bench10|final10|ws11|audit11|fuzz11|host11b|decode12|stats12|stats12b|stats12c|final13|fix13|final13b|final14|suite14|suite15|final15|causal18|final18|prefetch18|cross18|tile19|final19|small19|launch20|tests20|gen20|counts20b|counts20c|final20|ablate22|models25|decode26|models26|compile26|speed26a|speed26b|window28|final28|pack28|pack29|pack30|bounds30|static30|bounds31|ncu31|gpu32a|gpu33a|tune33|wide34|tune34|bwd34|d256_34|softcap35|gemma35|sinks36|tests36|bench36|hopper37|ab37|pending38|packed38|packed38b|segfull39" >&2
+    echo "usage: bash evals/gpu_session.sh tests|kernels|e2e|check|followup|recheck|verify|measure|final|stream|last|tune|host|fast|fastcheck|closing|fold|fold2|fold3|e2e3|bert4|bert5|check4|lengths|ncu|bwd|suite|suite2|final6|plans|hostplans|genab|fuzz|bwdplan|trainab|final8|nosync|drop9a|drop9b|drop9d|audit10|bench10|final10|ws11|audit11|fuzz11|host11b|decode12|stats12|stats12b|stats12c|final13|fix13|final13b|final14|suite14|suite15|final15|causal18|final18|prefetch18|cross18|tile19|final19|small19|launch20|tests20|gen20|counts20b|counts20c|final20|ablate22|models25|decode26|models26|compile26|speed26a|speed26b|window28|final28|pack28|pack29|pack30|bounds30|static30|bounds31|ncu31|gpu32a|gpu33a|tune33|wide34|tune34|bwd34|d256_34|softcap35|gemma35|sinks36|tests36|bench36|hopper37|ab37|pending38|packed38|packed38b|segfull39|segfinal39" >&2
     exit 2
     ;;
 esac

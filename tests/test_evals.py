@@ -495,6 +495,8 @@ def test_every_eval_script_shows_its_options(script, capsys):
     ("bench_sinks.py", ["--providers", "eager,flash"], "unknown provider 'flash'"),
     ("bench_packed.py", ["--shapes", "llama-8k,nosuch"], "unknown shape 'nosuch'"),
     ("bench_packed.py", ["--providers", "fused-4d,flash"], "unknown provider 'flash'"),
+    ("probe_packed.py", ["--shapes", "gpt2-4k,nosuch"], "unknown shape 'nosuch'"),
+    ("probe_packed.py", ["--calls", "0"], "--rounds and --calls must be at least 1"),
     ("bench_hopper.py", ["--ab", "wide"], "give --head-dim 128"),
     ("probe_decode.py", ["--rounds", "0"], "--rounds must be at least 1"),
     ("probe_decode.py", ["--plot-from", "/nonexistent/probe.json"], "no such file"),
