@@ -857,13 +857,6 @@ def _bwd_dkdv_kernel(
         lse_base = lse_ptr + (b * H + h) * Q_LEN
         delta_base = delta_ptr + (b * H + h) * Q_LEN
         mask_base = mask_ptr + b * stride_mb + h * stride_mh
-        h_lo = q_lo
-        h_full = q_full
-        if B4D and MASK_KIND != 4:  # (a 4D mask: q_full is q_hi, every visited block masked)
-            r_first, r_end = _mask_row_bounds(ranges_ptr, b, h, n0, H, Q_LEN, K_LEN, B4D_PER_B, B4D_PER_H,
-                                              B4D_SPAN > 0, BLOCK_N // 16, 16)
-            h_lo = tl.maximum(q_lo, r_first // BLOCK_M * BLOCK_M)
-            h_full = tl.maximum(tl.minimum(q_full, r_end), h_lo)
         if MASK_KIND == 4:  # one loop, masking the blocks outside [q_full, q_wfull)
             dk, dv = _dkdv_blocks(dk, dv, k, v, q_base, do_base, lse_base, delta_base, mask_base, cols, offs_m,
                                   offs_d, stride_qm, stride_qd, stride_dom, stride_dod, stride_mm, stride_mk,
@@ -872,6 +865,13 @@ def _bwd_dkdv_kernel(
                                   2, MASK_KIND, CAUSAL, BLOCK_M, BLOCK_N, HEAD_D, BLOCK_D, UPCAST, DOT_PREC, FOLD,
                                   DROPOUT, WINDOWED, SOFTCAP)
         else:
+            h_lo = q_lo
+            h_full = q_full
+            if B4D:  # (a 4D mask: q_full is q_hi, every visited block masked)
+                r_first, r_end = _mask_row_bounds(ranges_ptr, b, h, n0, H, Q_LEN, K_LEN, B4D_PER_B, B4D_PER_H,
+                                                  B4D_SPAN > 0, BLOCK_N // 16, 16)
+                h_lo = tl.maximum(q_lo, r_first // BLOCK_M * BLOCK_M)
+                h_full = tl.maximum(tl.minimum(q_full, r_end), h_lo)
             dk, dv = _dkdv_blocks(dk, dv, k, v, q_base, do_base, lse_base, delta_base, mask_base, cols, offs_m, offs_d,
                                   stride_qm, stride_qd, stride_dom, stride_dod, stride_mm, stride_mk, stride_lp,
                                   h_lo, h_full, 0, 0, start, end, has_holes, Q_LEN, K_LEN, qk_scale, threshold,
