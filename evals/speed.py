@@ -33,6 +33,9 @@ Qwen3-0.6B and bart-base):
     documents of lengths uniform in [128, 1024] back to back, positions restarting at each, no attention mask, no
     cache; one training step as above, the language-model loss on every token. transformers gives eager and sdpa a
     block-diagonal 4D mask; the patched model's fused kernel gets the documents' ids (attention's segments).
+  modernbert-base train window: B8 x T1024, right padding with key lengths uniform in [512, 1024]; one training step
+    as bert-base's (the mean square of the last hidden state): the local layers' bidirectional windows in the
+    backward too (eager and sdpa take HF's 4D mask with the window in it)
     --keep-dropout times them with the models' dropout instead (HF's default 0.1; the fused kernel draws its
     attention dropout inside the kernel): rows named '... dropout', with no loss comparison.
 Forward times: each implementation is timed by triton.testing.do_bench (CUDA events, median) once per round, in
@@ -131,6 +134,7 @@ def settings(tiny: bool, skip_medium: bool):
             ("gpt-oss-4l fwd pad", "gpt-oss-tiny", "forward", 2, 64, (32, 64), "right", 0),
             ("modernbert-base enc pad", "modernbert-tiny", "encode", 2, 64, (32, 64), "right", 0),
             ("llama-135m train packed", "llama-tiny", "train", 2, 64, (8, 32), "right", 0),
+            ("modernbert-base train window", "modernbert-tiny", "train", 2, 64, (32, 64), "right", 0),
         ]
     out = [
         ("gpt2-small fwd pad", "gpt2", "forward", 8, 1024, (512, 1024), "right", 0),
@@ -158,6 +162,7 @@ def settings(tiny: bool, skip_medium: bool):
         ("gpt2-small train pad", "gpt2", "train", 8, 512, (256, 512), "right", 0),
         ("bert-base train pad", "bert-base", "train", 32, 256, (128, 256), "right", 0),
         ("llama-135m train packed", "llama-135m", "train", 4, 2048, (128, 1024), "right", 0),
+        ("modernbert-base train window", "modernbert-base", "train", 8, 1024, (512, 1024), "right", 0),
     ]
     if not skip_medium:
         out += [

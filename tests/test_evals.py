@@ -399,17 +399,21 @@ def test_speed_script_gpt_oss_setting_runs_without_sdpa(tmp_path):
 
 
 def test_speed_script_modernbert_setting_runs_every_impl(tmp_path):
-    """Not a timing test: the ModernBERT setting (bidirectional windows on two layers of three) runs eager, sdpa and
-    both patch modes."""
+    """Not a timing test: the ModernBERT settings (bidirectional windows on two layers of three) run eager, sdpa and
+    both patch modes; the training step's loss (windows in the backward too) agrees across them."""
     import speed
 
     out = tmp_path / "speed.json"
     assert speed.main(["--tiny", "--device", "cpu", "--impls", "eager,sdpa,softmax,fused", "--only", "modernbert",
                        "--cpu-reps", "1", "--no-plot", "--json", str(out)]) == 0
     rows = _read(out)["rows"]
-    assert [(r["setting"], r["impl"]) for r in rows] == [("modernbert-base enc pad", i)
-                                                         for i in ("eager", "sdpa", "softmax", "fused")]
+    impls = ("eager", "sdpa", "softmax", "fused")
+    assert [(r["setting"], r["impl"]) for r in rows] == ([("modernbert-base enc pad", i) for i in impls]
+                                                         + [("modernbert-base train window", i) for i in impls])
     assert all(r["ms"] > 0 and r["sequences_per_s"] > 0 for r in rows)
+    train = rows[4:]
+    assert train[0]["loss_rel_diff_vs_first_impl"] == 0.0
+    assert all(r["loss_rel_diff_vs_first_impl"] < 1e-5 for r in train[1:])
 
 
 @pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1", reason="the CPU run needs the interpreter's path")
