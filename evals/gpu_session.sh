@@ -1143,11 +1143,13 @@ case "${1:-}" in
       --out "$OUT/speed_packed39b" 2>&1 | tee "$OUT/speed_packed39b.log" | grep -v -i warn | tail -3 | cut -c1-220
     ;;
   mbert40)
-    # the fortieth session: the segments tests and the attention file's GPU tests at 61afa7d's tree (the dk / dv
+    # the fortieth session: the fifteen new decoder types on CUDA, the segments tests and the attention file's GPU tests at 61afa7d's tree (the dk / dv
     # kernel's 4D row bounds moved; no GPU run had covered it), the windows' tests on CUDA, why FlexAttention's
     # forward looked slow (probe_flex.py), and ModernBERT's encode and new training rows end to end
     pytest_summary tests_seg40 200 tests/test_segments.py tests/test_patch_packed.py
     pytest_summary tests_attention40 150 -m gpu tests/test_attention.py tests/test_window.py
+    pytest_summary tests_llama40 150 tests/test_patch_llama.py -k "glm or apertus or arcee or ernie or hunyuan \
+      or phimoe or bitnet or granitemoeshared or jetmoe or nanochat or solar or minimax or every_layer"
     timeout 170 python -u evals/probe_flex.py --variants graph,plain,contiguous,grad,blocks64 \
       --out "$OUT/probe_flex40" 2>&1 | tee "$OUT/probe_flex40.log" | grep -v -i warn | cut -c1-300
     timeout 200 python -u evals/speed.py --only modernbert --impls eager,sdpa,softmax,fused --no-plot \

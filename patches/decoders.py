@@ -79,4 +79,20 @@ SPECS = (
     decoder_spec("granitemoe", "GraniteMoeAttention"),  # Granite's scaling with a mixture of experts
     decoder_spec("helium", "HeliumAttention"),
     decoder_spec("seed_oss", "SeedOssAttention"),  # Seed-OSS: projections with bias
+    # the fortieth session's: Llama's attention function and call in transformers 5.4, 5.17 and 5.25
+    decoder_spec("glm", "GlmAttention"),  # GLM-4-9B (0414's predecessor): partial rotary
+    decoder_spec("glm4_moe", "Glm4MoeAttention"),  # GLM-4.5 / 4.6: optional q/k norms, experts after dense layers
+    decoder_spec("apertus", "ApertusAttention"),  # Apertus: q/k norms, xIELU MLP
+    decoder_spec("arcee", "ArceeAttention"),  # Arcee AFM: ReLU-squared MLP
+    decoder_spec("ernie4_5", "Ernie4_5Attention"),  # ERNIE 4.5 (interleaved rotary before the call)
+    decoder_spec("ernie4_5_moe", "Ernie4_5_MoeAttention"),
+    decoder_spec("hunyuan_v1_dense", "HunYuanDenseV1Attention"),  # Hunyuan: q/k norms after rotary
+    decoder_spec("hunyuan_v1_moe", "HunYuanMoEV1Attention"),
+    decoder_spec("phimoe", "PhimoeAttention"),  # Phi-3.5-MoE
+    decoder_spec("bitnet", "BitNetAttention"),  # BitNet b1.58: a norm on the attention output, after the call
+    decoder_spec("granitemoeshared", "GraniteMoeSharedAttention"),  # Granite's scales, shared experts
+    decoder_spec("jetmoe", "JetMoeAttention"),  # JetMoE: query and output projections by a mixture of experts
+    decoder_spec("nanochat", "NanoChatAttention"),  # nanochat: q/k norms, no bias
+    decoder_spec("solar_open", "SolarOpenAttention"),
+    decoder_spec("minimax_m2", "MiniMaxM2Attention"),  # MiniMax-M2: q/k norms over all heads
 )

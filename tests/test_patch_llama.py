@@ -21,6 +21,14 @@ from transformers import (
     HeliumConfig, HeliumForCausalLM, MinistralConfig, MinistralForCausalLM, Olmo3Config, Olmo3ForCausalLM,
     SeedOssConfig, SeedOssForCausalLM, SmolLM3Config, SmolLM3ForCausalLM,
 )
+from transformers import (
+    ApertusConfig, ApertusForCausalLM, ArceeConfig, ArceeForCausalLM, BitNetConfig, BitNetForCausalLM,
+    Ernie4_5_MoeConfig, Ernie4_5_MoeForCausalLM, Ernie4_5Config, Ernie4_5ForCausalLM, Glm4MoeConfig,
+    Glm4MoeForCausalLM, GlmConfig, GlmForCausalLM, GraniteMoeSharedConfig, GraniteMoeSharedForCausalLM,
+    HunYuanDenseV1Config, HunYuanDenseV1ForCausalLM, HunYuanMoEV1Config, HunYuanMoEV1ForCausalLM, JetMoeConfig,
+    JetMoeForCausalLM, MiniMaxM2Config, MiniMaxM2ForCausalLM, NanoChatConfig, NanoChatForCausalLM, PhimoeConfig,
+    PhimoeForCausalLM, SolarOpenConfig, SolarOpenForCausalLM,
+)
 
 from hf_masked_softmax import hf, patch_model, patched, unpatch_model
 from patch_helpers import (
@@ -93,6 +101,35 @@ ARCHS = {
                                                             "attention_multiplier": 0.3}),
     "helium": (HeliumForCausalLM, HeliumConfig, {}),
     "seed_oss": (SeedOssForCausalLM, SeedOssConfig, {}),
+    # the fortieth session's (Llama's attention function and call in 5.4, 5.17 and 5.25); the mixtures of experts
+    # with two experts, both taken by every token, and their plain loop
+    "glm": (GlmForCausalLM, GlmConfig, {}),
+    "glm4_moe": (Glm4MoeForCausalLM, Glm4MoeConfig, {"n_routed_experts": 2, "num_experts_per_tok": 2,
+                                                     "moe_intermediate_size": 32, "first_k_dense_replace": 1,
+                                                     "use_qk_norm": True, "experts_implementation": "eager"}),
+    "apertus": (ApertusForCausalLM, ApertusConfig, {}),
+    "arcee": (ArceeForCausalLM, ArceeConfig, {}),
+    "ernie4_5": (Ernie4_5ForCausalLM, Ernie4_5Config, {}),
+    "ernie4_5_moe": (Ernie4_5_MoeForCausalLM, Ernie4_5_MoeConfig, {"moe_num_experts": 2, "moe_k": 2,
+                                                                   "moe_intermediate_size": 32,
+                                                                   "moe_num_shared_experts": 1,
+                                                                   "experts_implementation": "eager"}),
+    "hunyuan_v1_dense": (HunYuanDenseV1ForCausalLM, HunYuanDenseV1Config, {}),
+    "hunyuan_v1_moe": (HunYuanMoEV1ForCausalLM, HunYuanMoEV1Config, {"num_experts": 2, "moe_topk": 2,
+                                                                     "experts_implementation": "eager"}),
+    "phimoe": (PhimoeForCausalLM, PhimoeConfig, {"num_local_experts": 2, "num_experts_per_tok": 2,
+                                                 "experts_implementation": "eager"}),
+    "bitnet": (BitNetForCausalLM, BitNetConfig, {}),
+    "granitemoeshared": (GraniteMoeSharedForCausalLM, GraniteMoeSharedConfig, {
+        "num_local_experts": 2, "num_experts_per_tok": 2, "shared_intermediate_size": 32,
+        "attention_multiplier": 0.3}),
+    "jetmoe": (JetMoeForCausalLM, JetMoeConfig, {"num_local_experts": 2, "num_experts_per_tok": 2}),
+    "nanochat": (NanoChatForCausalLM, NanoChatConfig, {}),
+    "solar_open": (SolarOpenForCausalLM, SolarOpenConfig, {"n_routed_experts": 2, "num_experts_per_tok": 2,
+                                                           "moe_intermediate_size": 32,
+                                                           "experts_implementation": "eager"}),
+    "minimax_m2": (MiniMaxM2ForCausalLM, MiniMaxM2Config, {"num_local_experts": 2, "num_experts_per_tok": 2,
+                                                           "experts_implementation": "eager"}),
 }
 MAIN = ["llama", "qwen2", "mistral"]
 MODES = ["softmax", "fused"]
@@ -268,6 +305,24 @@ def test_fused_kernel_gets_grouped_kv_heads_and_compact_mask(device, monkeypatch
     assert [c[:5] for c in calls] == [(4, 2, 2, torch.bool, (3, 12))] * 2
     assert all(c[5] == {"causal": True, "scale": pytest.approx(16 ** -0.5), "dropout_p": 0.0,
                           "window": None, "softcap": None, "sinks": None, "segments": None} for c in calls)
+
+
+@pytest.mark.parametrize("arch", list(ARCHS))
+def test_every_layer_reaches_the_fused_kernel_causal_with_the_compact_mask(device, monkeypatch, arch):
+    # a listed type runs its attention through the interface: one fused call per layer, causal, the [B, K] mask
+    calls = []
+    real = hf.attention
+
+    def spy(q, k, v, attention_mask=None, **kwargs):
+        calls.append((None if attention_mask is None else tuple(attention_mask.shape), kwargs["causal"]))
+        return real(q, k, v, attention_mask, **kwargs)
+
+    monkeypatch.setattr(hf, "attention", spy)
+    model = decoder(arch, device)
+    ids, mask = left_padded(device)
+    with patched(model, mode="fused"):
+        model(ids, attention_mask=mask)
+    assert calls == [((3, 12), True)] * model.config.num_hidden_layers
 
 
 # Sliding windows: (arch, config overrides). Qwen2/Qwen3 put the window on the layers below max_window_layers only.
