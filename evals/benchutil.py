@@ -155,11 +155,19 @@ def provider_setup(doc: str, argv, shapes, providers, always: str):
     return args, names, only, out_dir(args.out)
 
 
+# FlexAttention's kernel tiles tried by compiled_flex, first its own choice: on an H100 (torch 2.11, evals/probe_flex.py,
+# NOTES.md, fortieth session) its choice ran bench_window.py's bidirectional ModernBERT window in 1.67 ms and 64 x 64
+# tiles in 0.124 ms, while on bench_packed.py's gpt2-4k documents its choice was the faster (0.198 ms against 0.243)
+FLEX_TILES = (None, {"BLOCK_M": 64, "BLOCK_N": 64})
+
+
 def compiled_flex(name: str, q, k, v, mask_mod, Q: int, K: int, **kwargs):
-    """FlexAttention (torch.compile'd) over a block mask of ``mask_mod`` for ``q [B, H, Q, D]``, ``k, v [B, Hkv, K,
-    D]``, as a no-argument callable, compiled here, outside any timed region; None (and a line naming ``name`` and
-    why) where this torch has no FlexAttention or it does not run. ``kwargs`` go to every call (``score_mod``,
-    ``scale``, ``enable_gqa``)."""
+    """FlexAttention (torch.compile'd, static shapes) over a block mask of ``mask_mod`` for ``q [B, H, Q, D]``,
+    ``k, v [B, Hkv, K, D]``, as a no-argument callable, compiled here, outside any timed region; None (and a line
+    naming ``name`` and why) where this torch has no FlexAttention or it does not run. ``kwargs`` go to every call
+    (``score_mod``, ``scale``, ``enable_gqa``, ``kernel_options``). Without ``kernel_options`` the forward is timed
+    with each tile shape of :data:`FLEX_TILES` and the faster one is kept (a line names it), so that FlexAttention is
+    not compared at a tile shape that handicaps it."""
     try:
         from torch.nn.attention.flex_attention import create_block_mask, flex_attention
     except ImportError:
@@ -174,12 +182,34 @@ def compiled_flex(name: str, q, k, v, mask_mod, Q: int, K: int, **kwargs):
         pass
     try:
         block_mask = create_block_mask(mask_mod, q.shape[0], None, Q, K, device=q.device)
-        compiled = torch.compile(flex_attention)
-        compiled(q, k, v, block_mask=block_mask, **kwargs)
+        # static shapes: a second shape in one process would otherwise recompile with dynamic sizes
+        compiled = torch.compile(flex_attention, dynamic=False)
     except Exception as exc:  # noqa: BLE001 - a backend that does not run is reported, not fatal
         print(f"  {name} unavailable: {type(exc).__name__}: {str(exc).splitlines()[0][:160]}")
         return None
-    return lambda: compiled(q, k, v, block_mask=block_mask, **kwargs)
+    tiles = [None] if "kernel_options" in kwargs else list(FLEX_TILES)
+    best, failures = None, []
+    for opts in tiles:
+        kw = kwargs if opts is None else {**kwargs, "kernel_options": opts}
+        try:
+            compiled(q, k, v, block_mask=block_mask, **kw)
+            if len(tiles) == 1:
+                best = (0.0, kw, opts)
+                break
+            with torch.no_grad():
+                ms = median_ms(lambda kw=kw: compiled(q, k, v, block_mask=block_mask, **kw), warmup=5, rep=20)
+        except Exception as exc:  # noqa: BLE001 - a tile shape that does not compile or run is left out
+            failures.append(f"{opts or 'its own tiles'}: {type(exc).__name__}: {str(exc).splitlines()[0][:120]}")
+            continue
+        if best is None or ms < best[0]:
+            best = (ms, kw, opts)
+    if best is None:
+        print(f"  {name} unavailable: " + "; ".join(failures))
+        return None
+    _, kw, opts = best
+    if len(tiles) > 1:
+        print(f"  {name}: FlexAttention's forward fastest with {opts or 'its own tile choice'}", flush=True)
+    return lambda: compiled(q, k, v, block_mask=block_mask, **kw)
 
 
 def time_each(provs: dict, order, time_one, label: str) -> dict:
