@@ -199,7 +199,8 @@ def compiled_flex(name: str, q, k, v, mask_mod, Q: int, K: int, **kwargs):
             with torch.no_grad():
                 ms = median_ms(lambda kw=kw: compiled(q, k, v, block_mask=block_mask, **kw), warmup=5, rep=20)
         except Exception as exc:  # noqa: BLE001 - a tile shape that does not compile or run is left out
-            failures.append(f"{opts or 'its own tiles'}: {type(exc).__name__}: {str(exc).splitlines()[0][:120]}")
+            label = opts or kwargs.get("kernel_options") or "its own tiles"
+            failures.append(f"{label}: {type(exc).__name__}: {str(exc).splitlines()[0][:120]}")
             continue
         if best is None or ms < best[0]:
             best = (ms, kw, opts)

@@ -628,3 +628,38 @@ def test_bench_packed_document_ids_fill_each_row_with_documents_in_range():
         assert bool((row[1:] - row[:-1] >= 0).all()) and bool((row[1:] - row[:-1] <= 1).all())  # consecutive ids
         lengths = torch.bincount(row).tolist()
         assert all(50 <= n <= 200 for n in lengths[:-1]) and 1 <= lengths[-1] <= 200  # the last one cut at T
+
+
+def test_compiled_flex_keeps_the_faster_tile_shape_and_reports_failures(monkeypatch, capsys):
+    """Not a timing test: the benchmarks' FlexAttention provider times each tile shape of ``FLEX_TILES`` and keeps the
+    faster (FlexAttention, the compiler and the timer stubbed: the logic, not FlexAttention, is under test)."""
+    import torch
+    import torch.nn.attention.flex_attention as fa
+
+    import benchutil
+
+    def fake_flex(q, k, v, block_mask=None, kernel_options=None, **kw):
+        if kernel_options == "broken":
+            raise RuntimeError("no such tile")
+        return q + (0.0 if kernel_options is None else kernel_options["BLOCK_M"])
+
+    compiled_with = []
+    monkeypatch.setattr(fa, "create_block_mask", lambda *a, **kw: "block mask")
+    monkeypatch.setattr(fa, "flex_attention", fake_flex)
+    monkeypatch.setattr(torch, "compile", lambda fn, **kw: compiled_with.append(kw) or fn)
+    q = k = v = torch.zeros(1, 1, 4, 8)
+    for own_ms, tile_ms, expect in ((2.0, 1.0, 64.0), (1.0, 2.0, 0.0)):
+        times = iter([own_ms, tile_ms])
+        monkeypatch.setattr(benchutil, "median_ms", lambda fn, **kw: (fn(), next(times))[1])
+        fn = benchutil.compiled_flex("flex-test", q, k, v, None, 4, 4)
+        assert float(fn()[0, 0, 0, 0]) == expect
+        assert "flex-test: FlexAttention's forward fastest with" in capsys.readouterr().out
+    assert compiled_with[-1] == {"dynamic": False}  # static shapes
+    # tiles given by the caller are used as they are, untimed
+    monkeypatch.setattr(benchutil, "median_ms", lambda fn, **kw: pytest.fail("timed"))
+    fn = benchutil.compiled_flex("flex-test", q, k, v, None, 4, 4, kernel_options={"BLOCK_M": 16})
+    assert float(fn()[0, 0, 0, 0]) == 16.0
+    # a tile shape that fails is left out; none left: unavailable, with each one's reason
+    monkeypatch.setattr(benchutil, "FLEX_TILES", ("broken",))
+    assert benchutil.compiled_flex("flex-test", q, k, v, None, 4, 4) is None
+    assert "flex-test unavailable: broken: RuntimeError: no such tile" in capsys.readouterr().out
