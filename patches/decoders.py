@@ -79,7 +79,8 @@ SPECS = (
     decoder_spec("granitemoe", "GraniteMoeAttention"),  # Granite's scaling with a mixture of experts
     decoder_spec("helium", "HeliumAttention"),
     decoder_spec("seed_oss", "SeedOssAttention"),  # Seed-OSS: projections with bias
-    # the fortieth session's: Llama's attention function and call in transformers 5.4, 5.17 and 5.25
+    # the fortieth session's: Llama's attention function and call in the sources of transformers 5.4 and 5.25 (5.17:
+    # their tests passed on a GPU with it)
     decoder_spec("glm", "GlmAttention"),  # GLM-4-9B (0414's predecessor): partial rotary
     decoder_spec("glm4_moe", "Glm4MoeAttention"),  # GLM-4.5 / 4.6: optional q/k norms, experts after dense layers
     decoder_spec("apertus", "ApertusAttention"),  # Apertus: q/k norms, xIELU MLP

@@ -101,7 +101,7 @@ ARCHS = {
                                                             "attention_multiplier": 0.3}),
     "helium": (HeliumForCausalLM, HeliumConfig, {}),
     "seed_oss": (SeedOssForCausalLM, SeedOssConfig, {}),
-    # the fortieth session's (Llama's attention function and call in 5.4, 5.17 and 5.25); the mixtures of experts
+    # the fortieth session's (Llama's attention function and call in 5.4 and 5.25); the mixtures of experts
     # with two experts, both taken by every token, and their plain loop
     "glm": (GlmForCausalLM, GlmConfig, {}),
     "glm4_moe": (Glm4MoeForCausalLM, Glm4MoeConfig, {"n_routed_experts": 2, "num_experts_per_tok": 2,
