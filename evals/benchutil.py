@@ -167,7 +167,7 @@ def compiled_flex(name: str, q, k, v, mask_mod, Q: int, K: int, **kwargs):
     naming ``name`` and why) where this torch has no FlexAttention or it does not run. ``kwargs`` go to every call
     (``score_mod``, ``scale``, ``enable_gqa``, ``kernel_options``). Without ``kernel_options`` the forward is timed
     with each tile shape of :data:`FLEX_TILES` and the faster one is kept (a line names it), so that FlexAttention is
-    not compared at a tile shape that handicaps it."""
+    not compared at a tile shape that handicaps it; a backward runs with the tiles the forward chose."""
     try:
         from torch.nn.attention.flex_attention import create_block_mask, flex_attention
     except ImportError:

@@ -33,11 +33,11 @@ Qwen3-0.6B and bart-base):
     documents of lengths uniform in [128, 1024] back to back, positions restarting at each, no attention mask, no
     cache; one training step as above, the language-model loss on every token. transformers gives eager and sdpa a
     block-diagonal 4D mask; the patched model's fused kernel gets the documents' ids (attention's segments).
+    --keep-dropout times them with the models' dropout instead (HF's default 0.1; the fused kernel draws its
+    attention dropout inside the kernel): rows named '... dropout', with no loss comparison.
   modernbert-base train window: B8 x T1024, right padding with key lengths uniform in [512, 1024]; one training step
     as bert-base's (the mean square of the last hidden state): the local layers' bidirectional windows in the
     backward too (eager and sdpa take HF's 4D mask with the window in it)
-    --keep-dropout times them with the models' dropout instead (HF's default 0.1; the fused kernel draws its
-    attention dropout inside the kernel): rows named '... dropout', with no loss comparison.
 Forward times: each implementation is timed by triton.testing.do_bench (CUDA events, median) once per round, in
 --rounds rounds that visit every implementation in turn (interleaved, so that the host's drift hits all alike); the
 row's ms is the median over rounds. A forward of GPT-2 small on an H200 host is partly host-bound (HF's Python
