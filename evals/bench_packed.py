@@ -47,6 +47,11 @@ def document_ids(B: int, T: int, lo: int, hi: int, seed: int = 0) -> torch.Tenso
     return random_segment_ids(B, T, lo, hi, torch.Generator().manual_seed(seed))
 
 
+def document_mask_mod(ids: torch.Tensor):
+    """FlexAttention's ``mask_mod`` for documents ``ids [B, T]``, causal within each."""
+    return lambda b, h, qi, kj: (ids[b, qi] == ids[b, kj]) & (kj <= qi)
+
+
 def make_inputs(B, H, Hkv, T, D, lo, hi, seed=0):
     g = torch.Generator().manual_seed(seed)
     q = torch.randn(B, T, H, D, generator=g).to("cuda", torch.float16).transpose(1, 2)
@@ -71,8 +76,7 @@ def providers(inp, only=None):
         "fused-causal": lambda: hf_masked_softmax.attention(q, k, v, causal=True),
     }
     if only is None or "flex-document" in only:
-        flex = benchutil.compiled_flex(
-            "flex-document", q, k, v, lambda b, h, qi, kj: (ids[b, qi] == ids[b, kj]) & (kj <= qi), inp["Q"],
+        flex = benchutil.compiled_flex("flex-document", q, k, v, document_mask_mod(ids), inp["Q"],
             inp["K"], enable_gqa=gqa)
         if flex is not None:
             out["flex-document"] = flex

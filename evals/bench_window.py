@@ -80,8 +80,9 @@ def providers(inp, only=None):
     return {p: fn for p, fn in out.items() if only is None or p in only or p == "fused-window"}
 
 
-def flex_provider(inp):
-    q, k, v, pad, window = inp["q"], inp["k"], inp["v"], inp["pad"], inp["window"]
+def flex_mask_mod(inp):
+    """FlexAttention's ``mask_mod`` for :func:`make_inputs`' padding and window (causal or not)."""
+    pad, window = inp["pad"], inp["window"]
     offset = inp["K"] - inp["Q"]
 
     def mask_mod(b, h, qi, kj):
@@ -89,7 +90,12 @@ def flex_provider(inp):
             return pad[b, kj] & ((kj - qi - offset).abs() < window)
         return pad[b, kj] & (kj <= qi + offset) & (kj > qi + offset - window)
 
-    return benchutil.compiled_flex("flex-window", q, k, v, mask_mod, inp["Q"], inp["K"],
+    return mask_mod
+
+
+def flex_provider(inp):
+    q, k, v = inp["q"], inp["k"], inp["v"]
+    return benchutil.compiled_flex("flex-window", q, k, v, flex_mask_mod(inp), inp["Q"], inp["K"],
                                    enable_gqa=inp["H"] != inp["Hkv"])
 
 

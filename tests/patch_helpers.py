@@ -128,15 +128,15 @@ def assert_step_close(out, ref, valid):
 
 
 def _spy_kernel(monkeypatch, mode, record):
-    """Replace the kernel the patched attention calls in ``mode`` by one that appends ``record(first, *args)`` to the
-    returned list, then runs the kernel. softmax: ``(scores [B, H, Q, K], mask)``; fused: ``(q [B, H, Q, D], k, v,
-    mask)``."""
+    """Replace the kernel the patched attention calls in ``mode`` by one that appends ``record(first, *args, **kw)``
+    to the returned list, then runs the kernel. softmax: ``(scores [B, H, Q, K], mask)``; fused: ``(q [B, H, Q, D],
+    k, v, mask)``, then the keywords (``causal``, ``scale``, ``window``, ...)."""
     calls = []
     name = "masked_softmax" if mode == "softmax" else "attention"
     real = getattr(hf, name)
 
     def spy(x, *args, **kw):
-        calls.append(record(x, *args))
+        calls.append(record(x, *args, **kw))
         return real(x, *args, **kw)
 
     monkeypatch.setattr(hf, name, spy)
@@ -145,13 +145,13 @@ def _spy_kernel(monkeypatch, mode, record):
 
 def spy_kernel_calls(monkeypatch, mode):
     """Record (batch, queries, keys) of every kernel call the patched attention makes in ``mode``."""
-    return _spy_kernel(monkeypatch, mode, lambda x, *args: (
+    return _spy_kernel(monkeypatch, mode, lambda x, *args, **kw: (
         x.shape[0], x.shape[-2], x.shape[-1] if mode == "softmax" else args[0].shape[-2]))
 
 
 def spy_kernel_masks(monkeypatch, mode):
     """Record (queries, keys, the mask's shape or None) of every kernel call the patched attention makes in ``mode``."""
-    def record(x, *args):
+    def record(x, *args, **kw):
         mask = args[0] if mode == "softmax" else args[2]
         keys = x.shape[-1] if mode == "softmax" else args[0].shape[-2]
         return x.shape[-2], keys, None if mask is None else tuple(mask.shape)
@@ -159,18 +159,16 @@ def spy_kernel_masks(monkeypatch, mode):
     return _spy_kernel(monkeypatch, mode, record)
 
 
+def spy_fused(monkeypatch, record):
+    """Record ``record(q, k, v, mask, **keywords)`` of every fused-kernel call the patched attention makes."""
+    return _spy_kernel(monkeypatch, "fused", record)
+
+
 def spy_fused_windows(monkeypatch):
     """Record (queries, keys, the mask's shape or None, window) of every fused-kernel call the patched attention
     makes."""
-    calls = []
-    real = hf.attention
-
-    def spy(q, k, v, mask=None, **kw):
-        calls.append((q.shape[-2], k.shape[-2], None if mask is None else tuple(mask.shape), kw.get("window")))
-        return real(q, k, v, mask, **kw)
-
-    monkeypatch.setattr(hf, "attention", spy)
-    return calls
+    return spy_fused(monkeypatch, lambda q, k, v, mask=None, **kw: (
+        q.shape[-2], k.shape[-2], None if mask is None else tuple(mask.shape), kw.get("window")))
 
 
 def gradients(loss):

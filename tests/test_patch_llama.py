@@ -33,7 +33,7 @@ from transformers import (
 from hf_masked_softmax import hf, patch_model, patched, unpatch_model
 from patch_helpers import (
     assert_gradients_close, assert_probs_close, assert_valid_close, eager_and_patched, logits_gradients,
-    spy_fused_windows, spy_kernel_masks,
+    spy_fused, spy_fused_windows, spy_kernel_masks,
 )
 from tolerances import assert_close
 
@@ -290,14 +290,8 @@ def test_attention_sinks_gradients_match_eager(device, mode):
 
 def test_fused_kernel_gets_grouped_kv_heads_and_compact_mask(device, monkeypatch):
     # GQA reaches the fused kernel as 2 key/value heads for 4 query heads (no repeat), the mask as [B, K] bool.
-    calls = []
-    real = hf.attention
-
-    def spy(q, k, v, attention_mask=None, **kwargs):
-        calls.append((q.shape[1], k.shape[1], v.shape[1], attention_mask.dtype, tuple(attention_mask.shape), kwargs))
-        return real(q, k, v, attention_mask, **kwargs)
-
-    monkeypatch.setattr(hf, "attention", spy)
+    calls = spy_fused(monkeypatch, lambda q, k, v, attention_mask=None, **kwargs: (
+        q.shape[1], k.shape[1], v.shape[1], attention_mask.dtype, tuple(attention_mask.shape), kwargs))
     model = decoder("llama", device)
     ids, mask = left_padded(device)
     with patched(model, mode="fused"):
@@ -310,14 +304,8 @@ def test_fused_kernel_gets_grouped_kv_heads_and_compact_mask(device, monkeypatch
 @pytest.mark.parametrize("arch", list(ARCHS))
 def test_every_layer_reaches_the_fused_kernel_causal_with_the_compact_mask(device, monkeypatch, arch):
     # a listed type runs its attention through the interface: one fused call per layer, causal, the [B, K] mask
-    calls = []
-    real = hf.attention
-
-    def spy(q, k, v, attention_mask=None, **kwargs):
-        calls.append((None if attention_mask is None else tuple(attention_mask.shape), kwargs["causal"]))
-        return real(q, k, v, attention_mask, **kwargs)
-
-    monkeypatch.setattr(hf, "attention", spy)
+    calls = spy_fused(monkeypatch, lambda q, k, v, attention_mask=None, **kwargs: (
+        None if attention_mask is None else tuple(attention_mask.shape), kwargs["causal"]))
     model = decoder(arch, device)
     ids, mask = left_padded(device)
     with patched(model, mode="fused"):
