@@ -29,8 +29,13 @@ from transformers import (
     JetMoeForCausalLM, MiniMaxM2Config, MiniMaxM2ForCausalLM, NanoChatConfig, NanoChatForCausalLM, PhimoeConfig,
     PhimoeForCausalLM, SolarOpenConfig, SolarOpenForCausalLM,
 )
+from transformers import (
+    DeepseekV2Config, DeepseekV2ForCausalLM, DeepseekV3Config, DeepseekV3ForCausalLM, Glm4MoeLiteConfig,
+    Glm4MoeLiteForCausalLM, LongcatFlashConfig, LongcatFlashForCausalLM, YoutuConfig, YoutuForCausalLM,
+)
 
 from hf_masked_softmax import hf, patch_model, patched, unpatch_model
+from hf_masked_softmax.patches import REGISTRY
 from patch_helpers import (
     assert_gradients_close, assert_probs_close, assert_valid_close, eager_and_patched, logits_gradients,
     spy_fused, spy_fused_windows, spy_kernel_masks,
@@ -131,6 +136,26 @@ ARCHS = {
     "minimax_m2": (MiniMaxM2ForCausalLM, MiniMaxM2Config, {"num_local_experts": 2, "num_experts_per_tok": 2,
                                                            "experts_implementation": "eager"}),
 }
+# Multi-head latent attention: queries and keys 24 wide (16 without rotary + 8 with), values 16 wide (the fused
+# mode pads them, hf._one_head_dim), one key/value head per query head; "youtu-wide-values" has 32-wide values (the
+# fused mode pads the queries and keys instead)
+MLA = dict(num_key_value_heads=4, qk_nope_head_dim=16, qk_rope_head_dim=8, head_dim=8, v_head_dim=16,
+           kv_lora_rank=32, q_lora_rank=None)  # head_dim: the rotary width, as these configs set it
+MLA_MOE = dict(MLA, n_routed_experts=2, num_experts_per_tok=2, moe_intermediate_size=32, n_group=1, topk_group=1,
+               first_k_dense_replace=1)
+ARCHS.update({
+    "deepseek_v2": (DeepseekV2ForCausalLM, DeepseekV2Config, MLA_MOE),
+    "deepseek_v3": (DeepseekV3ForCausalLM, DeepseekV3Config, MLA_MOE),
+    "glm4_moe_lite": (Glm4MoeLiteForCausalLM, Glm4MoeLiteConfig, MLA_MOE),
+    # Youtu's default initializer_range is 2 / sqrt(5 * hidden), 0.11 here: weights that large amplify fp32 rounding
+    # past the table's tolerance in eager as in a patched model, so the usual 0.02
+    "youtu": (YoutuForCausalLM, YoutuConfig, dict(MLA, initializer_range=0.02)),
+    "youtu-wide-values": (YoutuForCausalLM, YoutuConfig, dict(MLA, initializer_range=0.02, v_head_dim=32)),
+    # two attention calls per layer (num_hidden_layers counts them: twice num_layers); its queries always low-rank
+    "longcat_flash": (LongcatFlashForCausalLM, LongcatFlashConfig, dict(
+        MLA, q_lora_rank=16, num_layers=2, ffn_hidden_size=128, n_routed_experts=2, moe_topk=2,
+        zero_expert_num=1, expert_ffn_hidden_size=32)),
+})
 MAIN = ["llama", "qwen2", "mistral"]
 MODES = ["softmax", "fused"]
 
@@ -183,12 +208,13 @@ def test_generate_left_padded(device, arch):
 
 @pytest.mark.parametrize("arch,mode", [("llama", "fused"), ("qwen2", "softmax"), ("mistral", "fused"),
                                        ("gpt_bigcode", "fused"), ("opt", "softmax"), ("phi3", "fused"),
-                                       ("mixtral", "softmax")])
+                                       ("mixtral", "softmax"), ("deepseek_v3", "fused"),
+                                       ("youtu-wide-values", "fused")])
 def test_gradients_match_eager(device, arch, mode):
     model = decoder(arch, device, seed=3).train()
     ids, mask = left_padded(device, seed=3)
     ref, out = eager_and_patched(model, logits_gradients(ids, mask, VOCAB, seed=4), mode)
-    assert_gradients_close(out, ref, ("k_proj", "c_attn", "qkv_proj"))
+    assert_gradients_close(out, ref, ("k_proj", "c_attn", "qkv_proj", "kv_b_proj"))
 
 
 @pytest.mark.parametrize("arch", ["gemma2", "vaultgemma"])
@@ -303,14 +329,18 @@ def test_fused_kernel_gets_grouped_kv_heads_and_compact_mask(device, monkeypatch
 
 @pytest.mark.parametrize("arch", list(ARCHS))
 def test_every_layer_reaches_the_fused_kernel_causal_with_the_compact_mask(device, monkeypatch, arch):
-    # a listed type runs its attention through the interface: one fused call per layer, causal, the [B, K] mask
+    # a listed type runs its attention through the interface: one fused call per attention module (one per layer,
+    # LongCat-Flash's two), causal, the [B, K] mask, queries, keys and values of one head dim
     calls = spy_fused(monkeypatch, lambda q, k, v, attention_mask=None, **kwargs: (
-        None if attention_mask is None else tuple(attention_mask.shape), kwargs["causal"]))
+        None if attention_mask is None else tuple(attention_mask.shape), kwargs["causal"],
+        q.shape[-1] == k.shape[-1] == v.shape[-1]))
     model = decoder(arch, device)
     ids, mask = left_padded(device)
     with patched(model, mode="fused"):
         model(ids, attention_mask=mask)
-    assert calls == [((3, 12), True)] * model.config.num_hidden_layers
+    modules = [m for m in model.modules() if type(m).__name__ in REGISTRY[model.config.model_type].attention_classes]
+    assert len(modules) == model.config.num_hidden_layers
+    assert calls == [((3, 12), True, True)] * len(modules)
 
 
 # Sliding windows: (arch, config overrides). Qwen2/Qwen3 put the window on the layers below max_window_layers only.
