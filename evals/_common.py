@@ -338,6 +338,27 @@ def qwen3_0_6b(n_layer: int | None = None, **overrides):
     return Qwen3ForCausalLM._from_config(Qwen3Config(**kw), attn_implementation="eager").eval()
 
 
+def deepseek_v2_lite_dense(n_layer: int | None = None, **overrides):
+    """A randomly initialised DeepSeek-V2 causal LM with DeepSeek-V2-Lite's attention, eager, on the CPU.
+
+    hidden 2048, 16 heads of multi-head latent attention: keys and values expanded from a 512-wide latent, queries and
+    keys 192 wide (128 without rotary + 64 with), values 128 wide; vocabulary 102400. Every layer's feed-forward is
+    the dense MLP of its first layer (10944), not its 64 experts: HF's expert loop would bury the attention's time.
+    8 layers unless ``n_layer``; ``overrides`` shrink it.
+    """
+    from transformers import DeepseekV2Config, DeepseekV2ForCausalLM
+
+    n = n_layer or 8
+    kw = dict(hidden_size=2048, num_hidden_layers=n, num_attention_heads=16, num_key_value_heads=16,
+              q_lora_rank=None, kv_lora_rank=512, qk_nope_head_dim=128, qk_rope_head_dim=64, head_dim=64,
+              v_head_dim=128, intermediate_size=10944, first_k_dense_replace=n, vocab_size=102400,
+              max_position_embeddings=4096)
+    kw.update(overrides)
+    kw.setdefault("bos_token_id", kw["vocab_size"] - 2)
+    kw.setdefault("eos_token_id", kw["vocab_size"] - 1)
+    return DeepseekV2ForCausalLM._from_config(DeepseekV2Config(**kw), attn_implementation="eager").eval()
+
+
 def modernbert_base(n_layer: int | None = None, **overrides):
     """A randomly initialised ModernBERT encoder at ModernBERT-base's size, eager attention, on the CPU.
 

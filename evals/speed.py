@@ -38,6 +38,9 @@ Qwen3-0.6B and bart-base):
   modernbert-base train window: B8 x T1024, right padding with key lengths uniform in [512, 1024]; one training step
     as bert-base's (the mean square of the last hidden state): the local layers' bidirectional windows in the
     backward too (eager and sdpa take HF's 4D mask with the window in it)
+  deepseek-v2-lite-8l (DeepSeek-V2 with DeepSeek-V2-Lite's multi-head latent attention: 16 heads, queries and keys
+    192 wide, values 128 wide; 8 layers, each with the dense MLP instead of experts) forward and generate as
+    gpt2-small; the fused mode pads the values to 192 (hf._one_head_dim)
 Forward times: each implementation is timed by triton.testing.do_bench (CUDA events, median) once per round, in
 --rounds rounds that visit every implementation in turn (interleaved, so that the host's drift hits all alike); the
 row's ms is the median over rounds. A forward of GPT-2 small on an H200 host is partly host-bound (HF's Python
@@ -135,6 +138,8 @@ def settings(tiny: bool, skip_medium: bool):
             ("modernbert-base enc pad", "modernbert-tiny", "encode", 2, 64, (32, 64), "right", 0),
             ("llama-135m train packed", "llama-tiny", "train", 2, 64, (8, 32), "right", 0),
             ("modernbert-base train window", "modernbert-tiny", "train", 2, 64, (32, 64), "right", 0),
+            ("deepseek-v2-lite-8l fwd pad", "deepseek-v2-tiny", "forward", 2, 64, (32, 64), "right", 0),
+            ("deepseek-v2-lite-8l generate", "deepseek-v2-tiny", "generate", 2, 16, (8, 16), "left", 4),
         ]
     out = [
         ("gpt2-small fwd pad", "gpt2", "forward", 8, 1024, (512, 1024), "right", 0),
@@ -163,6 +168,8 @@ def settings(tiny: bool, skip_medium: bool):
         ("bert-base train pad", "bert-base", "train", 32, 256, (128, 256), "right", 0),
         ("llama-135m train packed", "llama-135m", "train", 4, 2048, (128, 1024), "right", 0),
         ("modernbert-base train window", "modernbert-base", "train", 8, 1024, (512, 1024), "right", 0),
+        ("deepseek-v2-lite-8l fwd pad", "deepseek-v2-lite-8l", "forward", 8, 1024, (512, 1024), "right", 0),
+        ("deepseek-v2-lite-8l generate", "deepseek-v2-lite-8l", "generate", 8, 128, (64, 128), "left", 64),
     ]
     if not skip_medium:
         out += [
@@ -218,6 +225,13 @@ def build(arch: str, dtype, device):
         model = _common.modernbert_base(n_layer=3, hidden_size=64, num_attention_heads=2, intermediate_size=96,
                                         vocab_size=1000, local_attention=16, pad_token_id=0, bos_token_id=1,
                                         eos_token_id=2, cls_token_id=1, sep_token_id=2)
+    elif arch == "deepseek-v2-lite-8l":
+        model = _common.deepseek_v2_lite_dense()
+    elif arch == "deepseek-v2-tiny":
+        model = _common.deepseek_v2_lite_dense(n_layer=2, hidden_size=64, num_attention_heads=4,
+                                               num_key_value_heads=4, kv_lora_rank=32, qk_nope_head_dim=16,
+                                               qk_rope_head_dim=8, head_dim=8, v_head_dim=16, intermediate_size=128,
+                                               vocab_size=1000)
     elif arch == "bart-base":
         model = _common.bart_base()
     elif arch == "bart-tiny":

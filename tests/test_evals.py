@@ -663,3 +663,18 @@ def test_compiled_flex_keeps_the_faster_tile_shape_and_reports_failures(monkeypa
     monkeypatch.setattr(benchutil, "FLEX_TILES", ("broken",))
     assert benchutil.compiled_flex("flex-test", q, k, v, None, 4, 4) is None
     assert "flex-test unavailable: broken: RuntimeError: no such tile" in capsys.readouterr().out
+
+
+def test_speed_script_deepseek_setting_runs_every_impl(tmp_path):
+    """Not a timing test: the DeepSeek-V2 settings (multi-head latent attention, values narrower than the queries and
+    keys) run eager, sdpa and both patch modes, forward and generate."""
+    import speed
+
+    out = tmp_path / "speed.json"
+    assert speed.main(["--tiny", "--device", "cpu", "--impls", "eager,sdpa,softmax,fused", "--only", "deepseek",
+                       "--cpu-reps", "1", "--no-plot", "--json", str(out)]) == 0
+    rows = _read(out)["rows"]
+    impls = ("eager", "sdpa", "softmax", "fused")
+    assert [(r["setting"], r["impl"]) for r in rows] == ([("deepseek-v2-lite-8l fwd pad", i) for i in impls]
+                                                         + [("deepseek-v2-lite-8l generate", i) for i in impls])
+    assert all(r["ms"] > 0 and r["speedup_vs_eager"] > 0 for r in rows)

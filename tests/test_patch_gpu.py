@@ -104,6 +104,21 @@ def test_gemma_fp16_forward(mode, arch):
 
 
 @pytest.mark.parametrize("mode", ["softmax", "fused"])
+def test_deepseek_v2_fp16_forward(mode):
+    # multi-head latent attention at DeepSeek-V2-Lite's widths (16 heads, queries and keys 192 wide, values 128: the
+    # fused mode pads the values), 4 layers with its dense MLP, left padding
+    torch.manual_seed(0)
+    config = transformers.DeepseekV2Config(hidden_size=2048, num_hidden_layers=4, num_attention_heads=16,
+                                           num_key_value_heads=16, q_lora_rank=None, kv_lora_rank=512,
+                                           qk_nope_head_dim=128, qk_rope_head_dim=64, head_dim=64, v_head_dim=128,
+                                           intermediate_size=10944, first_k_dense_replace=4, vocab_size=32000,
+                                           attn_implementation="eager")
+    m32, m16 = fp32_and_fp16(transformers.DeepseekV2ForCausalLM(config))
+    ids, mask = padded(config.vocab_size, (512, 397, 200, 31), 512, "left", seed=5)
+    assert_fp16_rule("deepseek_v2", lambda m: m(ids, attention_mask=mask).logits, m32, m16, mode, mask.bool())
+
+
+@pytest.mark.parametrize("mode", ["softmax", "fused"])
 def test_bart_base_fp16_forward(mode):
     # an encoder-decoder at BART-base size: padded sources, padded decoder inputs, cross-attention
     torch.manual_seed(0)
