@@ -1172,8 +1172,17 @@ case "${1:-}" in
       --out "$OUT/speed_mla41" 2>&1 | tee "$OUT/speed_mla41.log" | grep -v -i warn | tail -6 | cut -c1-220
     bash "$0" flex40
     ;;
+  mla41b)
+    # multi-head latent attention against SDPA, eager and FlexAttention (bench_mla.py); bench_packed.py again with
+    # Dynamo's recompile limit raised (its second shape's FlexAttention backward had run uncompiled)
+    pytest_summary tests_mla41b 100 tests/test_patch_llama.py tests/test_evals.py -k "another_head_dim or compiled_flex"
+    timeout 200 python -u evals/bench_mla.py --out "$OUT/bench_mla41" 2>&1 | tee "$OUT/bench_mla41.log" \
+      | grep -v -i warn | grep -E "forward|backward|fastest|error|unavailable" | cut -c1-200
+    timeout 250 python -u evals/bench_packed.py --out "$OUT/bench_packed41" 2>&1 | tee "$OUT/bench_packed41.log" \
+      | grep -v -i warn | grep -E "forward|backward|fastest|recompile" | cut -c1-200
+    ;;
   *)
-    echo "usage: bash evals/gpu_session.sh tests|kernels|e2e|check|followup|recheck|verify|measure|final|stream|last|tune|host|fast|fastcheck|closing|fold|fold2|fold3|e2e3|bert4|bert5|check4|lengths|ncu|bwd|suite|suite2|final6|plans|hostplans|genab|fuzz|bwdplan|trainab|final8|nosync|drop9a|drop9b|drop9d|audit10|bench10|final10|ws11|audit11|fuzz11|host11b|decode12|stats12|stats12b|stats12c|final13|fix13|final13b|final14|suite14|suite15|final15|causal18|final18|prefetch18|cross18|tile19|final19|small19|launch20|tests20|gen20|counts20b|counts20c|final20|ablate22|models25|decode26|models26|compile26|speed26a|speed26b|window28|final28|pack28|pack29|pack30|bounds30|static30|bounds31|ncu31|gpu32a|gpu33a|tune33|wide34|tune34|bwd34|d256_34|softcap35|gemma35|sinks36|tests36|bench36|hopper37|ab37|pending38|packed38|packed38b|segfull39|segfinal39|mbert40|flex40|mla41" >&2
+    echo "usage: bash evals/gpu_session.sh tests|kernels|e2e|check|followup|recheck|verify|measure|final|stream|last|tune|host|fast|fastcheck|closing|fold|fold2|fold3|e2e3|bert4|bert5|check4|lengths|ncu|bwd|suite|suite2|final6|plans|hostplans|genab|fuzz|bwdplan|trainab|final8|nosync|drop9a|drop9b|drop9d|audit10|bench10|final10|ws11|audit11|fuzz11|host11b|decode12|stats12|stats12b|stats12c|final13|fix13|final13b|final14|suite14|suite15|final15|causal18|final18|prefetch18|cross18|tile19|final19|small19|launch20|tests20|gen20|counts20b|counts20c|final20|ablate22|models25|decode26|models26|compile26|speed26a|speed26b|window28|final28|pack28|pack29|pack30|bounds30|static30|bounds31|ncu31|gpu32a|gpu33a|tune33|wide34|tune34|bwd34|d256_34|softcap35|gemma35|sinks36|tests36|bench36|hopper37|ab37|pending38|packed38|packed38b|segfull39|segfinal39|mbert40|flex40|mla41|mla41b" >&2
     exit 2
     ;;
 esac

@@ -497,6 +497,8 @@ def test_every_eval_script_shows_its_options(script, capsys):
     ("bench_softcap.py", ["--providers", "eager,flash"], "unknown provider 'flash'"),
     ("bench_sinks.py", ["--shapes", "gptoss-prefill,nosuch"], "unknown shape 'nosuch'"),
     ("bench_sinks.py", ["--providers", "eager,flash"], "unknown provider 'flash'"),
+    ("bench_mla.py", ["--shapes", "dsv2-lite-prefill,nosuch"], "unknown shape 'nosuch'"),
+    ("bench_mla.py", ["--providers", "eager,flash"], "unknown provider 'flash'"),
     ("bench_packed.py", ["--shapes", "llama-8k,nosuch"], "unknown shape 'nosuch'"),
     ("bench_packed.py", ["--providers", "fused-4d,flash"], "unknown provider 'flash'"),
     ("probe_packed.py", ["--shapes", "gpt2-4k,nosuch"], "unknown shape 'nosuch'"),
@@ -647,6 +649,10 @@ def test_compiled_flex_keeps_the_faster_tile_shape_and_reports_failures(monkeypa
     monkeypatch.setattr(fa, "create_block_mask", lambda *a, **kw: "block mask")
     monkeypatch.setattr(fa, "flex_attention", fake_flex)
     monkeypatch.setattr(torch, "compile", lambda fn, **kw: compiled_with.append(kw) or fn)
+    import torch._dynamo.config as dynamo_config
+
+    limit = "recompile_limit" if hasattr(dynamo_config, "recompile_limit") else "cache_size_limit"
+    monkeypatch.setattr(dynamo_config, limit, 8)  # the default, which bench_packed.py's second shape exceeded
     q = k = v = torch.zeros(1, 1, 4, 8)
     for own_ms, tile_ms, expect in ((2.0, 1.0, 64.0), (1.0, 2.0, 0.0)):
         times = iter([own_ms, tile_ms])
@@ -655,6 +661,7 @@ def test_compiled_flex_keeps_the_faster_tile_shape_and_reports_failures(monkeypa
         assert float(fn()[0, 0, 0, 0]) == expect
         assert "flex-test: FlexAttention's forward fastest with" in capsys.readouterr().out
     assert compiled_with[-1] == {"dynamic": False}  # static shapes
+    assert getattr(dynamo_config, limit) == benchutil.FLEX_RECOMPILE_LIMIT  # a compile per shape, tiles and pass
     # tiles given by the caller are used as they are, untimed
     monkeypatch.setattr(benchutil, "median_ms", lambda fn, **kw: pytest.fail("timed"))
     fn = benchutil.compiled_flex("flex-test", q, k, v, None, 4, 4, kernel_options={"BLOCK_M": 16})

@@ -664,3 +664,23 @@ def test_autocast_bf16_matches_sdpa(device, mode):
         out = run(model)
     assert torch.isfinite(out[valid]).all()
     torch.testing.assert_close(out[valid], ref[valid], atol=0.05, rtol=0.05)
+
+
+@pytest.mark.parametrize("value_dim", [8, 24, 40])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_values_of_another_head_dim_through_the_fused_kernel(device, value_dim, dtype):
+    # hf._one_head_dim's padding (of the values when narrower, of the queries and keys when wider) and the kept output
+    # columns against the fp64 reference on the unpadded tensors: output and the gradients of q, k and v, GQA and
+    # left padding; 24 wide queries and keys as the MLA tests' (value_dim 24: nothing padded)
+    from test_attention import _assert_matches_reference, _pad_mask
+
+    g = torch.Generator().manual_seed(value_dim)
+    q = torch.randn(3, 4, 9, 24, generator=g).to(device, dtype).requires_grad_(True)
+    k = torch.randn(3, 2, 13, 24, generator=g).to(device, dtype).requires_grad_(True)
+    v = torch.randn(3, 2, 13, value_dim, generator=g).to(device, dtype).requires_grad_(True)
+    mask = _pad_mask([13, 7, 2], 13, "left", device)
+    qq, kk, vv = hf._one_head_dim(q, k, v)
+    assert qq.shape[-1] == kk.shape[-1] == vv.shape[-1] == max(24, value_dim)
+    out = hf.attention(qq, kk, vv, mask, causal=True, scale=24 ** -0.5)[..., :value_dim]
+    assert out.shape == (3, 4, 9, value_dim)
+    _assert_matches_reference(out, q, k, v, mask, True)
