@@ -103,4 +103,23 @@ SPECS = (
     decoder_spec("glm4_moe_lite", "Glm4MoeLiteAttention"),  # GLM-4.7-Flash
     decoder_spec("youtu", "YoutuAttention"),  # Youtu-LLM: dense, MLA
     decoder_spec("longcat_flash", "LongcatFlashMLA"),  # LongCat-Flash: two MLA calls per layer
+    # the forty-first session's, also Llama's attention function and call in 5.4 and 5.25: mixtures of experts and
+    # windowed decoders, then hybrids, whose other layers (linear attention, short convolutions, Mamba) take the raw
+    # 2D mask, not the mask function's, and are left as they are
+    decoder_spec("olmoe", "OlmoeAttention"),  # OLMoE
+    decoder_spec("dots1", "Dots1Attention"),  # dots.llm1: windows on the layers from max_window_layers on
+    decoder_spec("exaone_moe", "ExaoneMoeAttention"),  # EXAONE 4's windows with experts
+    decoder_spec("jais2", "Jais2Attention"),  # Jais 2
+    decoder_spec("flex_olmo", "FlexOlmoAttention"),  # FlexOlmo
+    decoder_spec("afmoe", "AfmoeAttention"),  # Arcee Trinity: windows, a gate on the attention output after the call
+    decoder_spec("cwm", "CwmAttention"),  # Code World Model: windows on three layers of four
+    decoder_spec("qwen3_next", "Qwen3NextAttention"),  # Qwen3-Next: gated attention between gated DeltaNet layers
+    decoder_spec("lfm2", "Lfm2Attention"),  # LFM2: attention between short-convolution layers
+    decoder_spec("lfm2_moe", "Lfm2MoeAttention"),
+    decoder_spec("jamba", "JambaAttention"),  # Jamba: attention between Mamba layers
+    decoder_spec("bamba", "BambaAttention"),  # Bamba: attention between Mamba-2 layers
+    decoder_spec("falcon_h1", "FalconH1Attention"),  # Falcon-H1: attention and Mamba-2 side by side in every layer
+    decoder_spec("granitemoehybrid", "GraniteMoeHybridAttention"),  # Granite 4.0 (H): Mamba-2 and attention layers
+    decoder_spec("nemotron_h", "NemotronHAttention"),  # Nemotron-H: Mamba-2, attention and MLP layers
+    decoder_spec("olmo_hybrid", "OlmoHybridAttention"),  # OLMo hybrid: gated DeltaNet and attention layers
 )

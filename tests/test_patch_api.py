@@ -24,13 +24,15 @@ def test_registered_under_one_name():
     assert ALL_ATTENTION_FUNCTIONS[hf.NAME] is hf.attention_forward
     assert ALL_MASK_ATTENTION_FUNCTIONS[hf.NAME] is hf.mask_function
     assert sorted(REGISTRY) == [
-        "albert", "apertus", "arcee", "bart", "bert", "bitnet", "blenderbot", "camembert", "cohere", "cohere2",
-        "data2vec-text", "deepseek_v2", "deepseek_v3", "distilbert", "electra", "ernie", "ernie4_5", "ernie4_5_moe",
-        "exaone4", "gemma", "gemma2", "gemma3_text", "glm", "glm4", "glm4_moe", "glm4_moe_lite", "gpt2",
-        "gpt_bigcode", "gpt_neox", "gpt_oss", "granite", "granitemoe", "granitemoeshared", "helium",
-        "hunyuan_v1_dense", "hunyuan_v1_moe", "jetmoe", "llama", "longcat_flash", "m2m_100", "marian", "mbart",
-        "minimax_m2", "ministral", "mistral", "mixtral", "modernbert", "nanochat", "olmo2", "olmo3", "opt",
-        "pegasus", "phi", "phi3", "phimoe", "qwen2", "qwen2_moe", "qwen3", "qwen3_moe", "roberta",
+        "afmoe", "albert", "apertus", "arcee", "bamba", "bart", "bert", "bitnet", "blenderbot", "camembert",
+        "cohere", "cohere2", "cwm", "data2vec-text", "deepseek_v2", "deepseek_v3", "distilbert", "dots1",
+        "electra", "ernie", "ernie4_5", "ernie4_5_moe", "exaone4", "exaone_moe", "falcon_h1", "flex_olmo",
+        "gemma", "gemma2", "gemma3_text", "glm", "glm4", "glm4_moe", "glm4_moe_lite", "gpt2", "gpt_bigcode",
+        "gpt_neox", "gpt_oss", "granite", "granitemoe", "granitemoehybrid", "granitemoeshared", "helium",
+        "hunyuan_v1_dense", "hunyuan_v1_moe", "jais2", "jamba", "jetmoe", "lfm2", "lfm2_moe", "llama",
+        "longcat_flash", "m2m_100", "marian", "mbart", "minimax_m2", "ministral", "mistral", "mixtral",
+        "modernbert", "nanochat", "nemotron_h", "olmo2", "olmo3", "olmo_hybrid", "olmoe", "opt", "pegasus",
+        "phi", "phi3", "phimoe", "qwen2", "qwen2_moe", "qwen3", "qwen3_moe", "qwen3_next", "roberta",
         "roberta-prelayernorm", "seed_oss", "smollm3", "solar_open", "stablelm", "starcoder2", "vaultgemma",
         "whisper", "xlm-roberta", "xlm-roberta-xl", "youtu",
     ]

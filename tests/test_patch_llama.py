@@ -33,6 +33,14 @@ from transformers import (
     DeepseekV2Config, DeepseekV2ForCausalLM, DeepseekV3Config, DeepseekV3ForCausalLM, Glm4MoeLiteConfig,
     Glm4MoeLiteForCausalLM, LongcatFlashConfig, LongcatFlashForCausalLM, YoutuConfig, YoutuForCausalLM,
 )
+from transformers import (
+    AfmoeConfig, AfmoeForCausalLM, BambaConfig, BambaForCausalLM, CwmConfig, CwmForCausalLM, Dots1Config,
+    Dots1ForCausalLM, ExaoneMoeConfig, ExaoneMoeForCausalLM, FalconH1Config, FalconH1ForCausalLM, FlexOlmoConfig,
+    FlexOlmoForCausalLM, GraniteMoeHybridConfig, GraniteMoeHybridForCausalLM, Jais2Config, Jais2ForCausalLM,
+    JambaConfig, JambaForCausalLM, Lfm2Config, Lfm2ForCausalLM, Lfm2MoeConfig, Lfm2MoeForCausalLM, NemotronHConfig,
+    NemotronHForCausalLM, OlmoeConfig, OlmoeForCausalLM, OlmoHybridConfig, OlmoHybridForCausalLM, Qwen3NextConfig,
+    Qwen3NextForCausalLM,
+)
 
 from hf_masked_softmax import hf, patch_model, patched, unpatch_model
 from hf_masked_softmax.patches import REGISTRY
@@ -156,6 +164,41 @@ ARCHS.update({
         MLA, q_lora_rank=16, num_layers=2, ffn_hidden_size=128, n_routed_experts=2, moe_topk=2,
         zero_expert_num=1, expert_ffn_hidden_size=32)),
 })
+# the forty-first session's: Llama's attention function and call (transformers 5.4 and 5.25). Two experts, both
+# taken by every token, with their plain loop. The hybrids have one layer of their other kind (linear attention,
+# convolutions, Mamba: untouched by the patch, run by transformers' PyTorch fallbacks on the CPU) and one attention
+# layer; Falcon-H1 runs both kinds side by side in every layer.
+EXPERTS = dict(num_experts=2, num_experts_per_tok=2, experts_implementation="eager")
+MAMBA2 = dict(mamba_n_heads=4, mamba_d_head=32, mamba_d_state=8, mamba_n_groups=1)
+ARCHS.update({
+    "olmoe": (OlmoeForCausalLM, OlmoeConfig, EXPERTS),  # OLMoE
+    "dots1": (Dots1ForCausalLM, Dots1Config, dict(
+        EXPERTS, n_routed_experts=2, n_shared_experts=1, moe_intermediate_size=32, first_k_dense_replace=1, n_group=1,
+        topk_group=1)),
+    "exaone_moe": (ExaoneMoeForCausalLM, ExaoneMoeConfig, dict(EXPERTS, moe_intermediate_size=32)),
+    "jais2": (Jais2ForCausalLM, Jais2Config, {}),
+    "flex_olmo": (FlexOlmoForCausalLM, FlexOlmoConfig, EXPERTS),
+    "afmoe": (AfmoeForCausalLM, AfmoeConfig, dict(EXPERTS, moe_intermediate_size=32)),  # Arcee Trinity
+    "cwm": (CwmForCausalLM, CwmConfig, {}),  # Code World Model
+    "qwen3_next": (Qwen3NextForCausalLM, Qwen3NextConfig, dict(
+        EXPERTS, moe_intermediate_size=32, layer_types=["linear_attention", "full_attention"], linear_num_key_heads=2,
+        linear_num_value_heads=4, linear_key_head_dim=16, linear_value_head_dim=16)),
+    "lfm2": (Lfm2ForCausalLM, Lfm2Config, {"layer_types": ["conv", "full_attention"]}),
+    "lfm2_moe": (Lfm2MoeForCausalLM, Lfm2MoeConfig, dict(EXPERTS, moe_intermediate_size=32,
+                                                         layer_types=["conv", "full_attention"])),
+    "jamba": (JambaForCausalLM, JambaConfig, dict(
+        attn_layer_period=2, attn_layer_offset=1, expert_layer_period=2, expert_layer_offset=1, num_experts=2,
+        num_experts_per_tok=2, mamba_d_state=8, mamba_expand=2, mamba_dt_rank=8)),
+    "bamba": (BambaForCausalLM, BambaConfig, dict(MAMBA2, attn_layer_indices=[1])),
+    "falcon_h1": (FalconH1ForCausalLM, FalconH1Config, dict(MAMBA2, mamba_d_ssm=128)),
+    "granitemoehybrid": (GraniteMoeHybridForCausalLM, GraniteMoeHybridConfig, dict(
+        MAMBA2, layer_types=["mamba", "attention"], num_local_experts=2, num_experts_per_tok=2,
+        shared_intermediate_size=32)),
+    "nemotron_h": (NemotronHForCausalLM, NemotronHConfig, dict(
+        hybrid_override_pattern="M*", mamba_num_heads=4, mamba_head_dim=32, ssm_state_size=8, n_groups=1)),
+    "olmo_hybrid": (OlmoHybridForCausalLM, OlmoHybridConfig, {"layer_types": ["linear_attention", "full_attention"]}),
+})
+HYBRIDS = ("qwen3_next", "lfm2", "lfm2_moe", "jamba", "bamba", "granitemoehybrid", "nemotron_h", "olmo_hybrid")
 MAIN = ["llama", "qwen2", "mistral"]
 MODES = ["softmax", "fused"]
 
@@ -209,7 +252,7 @@ def test_generate_left_padded(device, arch):
 @pytest.mark.parametrize("arch,mode", [("llama", "fused"), ("qwen2", "softmax"), ("mistral", "fused"),
                                        ("gpt_bigcode", "fused"), ("opt", "softmax"), ("phi3", "fused"),
                                        ("mixtral", "softmax"), ("deepseek_v3", "fused"),
-                                       ("youtu-wide-values", "fused")])
+                                       ("youtu-wide-values", "fused"), ("qwen3_next", "fused")])
 def test_gradients_match_eager(device, arch, mode):
     model = decoder(arch, device, seed=3).train()
     ids, mask = left_padded(device, seed=3)
@@ -330,7 +373,7 @@ def test_fused_kernel_gets_grouped_kv_heads_and_compact_mask(device, monkeypatch
 @pytest.mark.parametrize("arch", list(ARCHS))
 def test_every_layer_reaches_the_fused_kernel_causal_with_the_compact_mask(device, monkeypatch, arch):
     # a listed type runs its attention through the interface: one fused call per attention module (one per layer,
-    # LongCat-Flash's two), causal, the [B, K] mask, queries, keys and values of one head dim
+    # LongCat-Flash's two, the hybrids' one attention layer of two), causal, the [B, K] mask, queries, keys and values of one head dim
     calls = spy_fused(monkeypatch, lambda q, k, v, attention_mask=None, **kwargs: (
         None if attention_mask is None else tuple(attention_mask.shape), kwargs["causal"],
         q.shape[-1] == k.shape[-1] == v.shape[-1]))
@@ -339,7 +382,7 @@ def test_every_layer_reaches_the_fused_kernel_causal_with_the_compact_mask(devic
     with patched(model, mode="fused"):
         model(ids, attention_mask=mask)
     modules = [m for m in model.modules() if type(m).__name__ in REGISTRY[model.config.model_type].attention_classes]
-    assert len(modules) == model.config.num_hidden_layers
+    assert len(modules) == (1 if arch in HYBRIDS else model.config.num_hidden_layers)
     assert calls == [((3, 12), True, True)] * len(modules)
 
 
@@ -361,6 +404,10 @@ WINDOWED = [
     ("olmo3", {"sliding_window": 4}),
     ("ministral", {"sliding_window": 4}),
     ("exaone4", {"sliding_window": 4}),
+    ("exaone_moe", {"sliding_window": 4}),
+    ("afmoe", {"sliding_window": 4}),
+    ("cwm", {"sliding_window": 4}),  # its second layer
+    ("dots1", {"sliding_window": 4, "max_window_layers": 0}),
 ]
 
 
