@@ -1173,9 +1173,13 @@ case "${1:-}" in
     bash "$0" flex40
     ;;
   mla41b)
-    # multi-head latent attention against SDPA, eager and FlexAttention (bench_mla.py); bench_packed.py again with
+    # the sixteen new decoder types' tests on CUDA; multi-head latent attention against SDPA, eager and FlexAttention
+    # (bench_mla.py); bench_packed.py again with
     # Dynamo's recompile limit raised (its second shape's FlexAttention backward had run uncompiled)
     pytest_summary tests_mla41b 100 tests/test_patch_llama.py tests/test_evals.py -k "another_head_dim or compiled_flex"
+    pytest_summary tests_dec41 150 tests/test_patch_llama.py -k "olmoe or dots1 or exaone_moe or jais2 or flex_olmo \
+      or afmoe or cwm or qwen3_next or lfm2 or jamba or bamba or falcon_h1 or granitemoehybrid or nemotron_h \
+      or olmo_hybrid"
     timeout 200 python -u evals/bench_mla.py --out "$OUT/bench_mla41" 2>&1 | tee "$OUT/bench_mla41.log" \
       | grep -v -i warn | grep -E "forward|backward|fastest|error|unavailable" | cut -c1-200
     timeout 250 python -u evals/bench_packed.py --out "$OUT/bench_packed41" 2>&1 | tee "$OUT/bench_packed41.log" \
