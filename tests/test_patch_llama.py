@@ -150,7 +150,7 @@ ARCHS = {
 MLA = dict(num_key_value_heads=4, qk_nope_head_dim=16, qk_rope_head_dim=8, head_dim=8, v_head_dim=16,
            kv_lora_rank=32, q_lora_rank=None)  # head_dim: the rotary width, as these configs set it
 MLA_MOE = dict(MLA, n_routed_experts=2, num_experts_per_tok=2, moe_intermediate_size=32, n_group=1, topk_group=1,
-               first_k_dense_replace=1)
+               first_k_dense_replace=1, experts_implementation="eager")
 ARCHS.update({
     "deepseek_v2": (DeepseekV2ForCausalLM, DeepseekV2Config, MLA_MOE),
     "deepseek_v3": (DeepseekV3ForCausalLM, DeepseekV3Config, MLA_MOE),
@@ -188,7 +188,7 @@ ARCHS.update({
                                                          layer_types=["conv", "full_attention"])),
     "jamba": (JambaForCausalLM, JambaConfig, dict(
         attn_layer_period=2, attn_layer_offset=1, expert_layer_period=2, expert_layer_offset=1, num_experts=2,
-        num_experts_per_tok=2, mamba_d_state=8, mamba_expand=2, mamba_dt_rank=8)),
+        num_experts_per_tok=2, mamba_d_state=8, mamba_expand=2, mamba_dt_rank=8, experts_implementation="eager")),
     "bamba": (BambaForCausalLM, BambaConfig, dict(MAMBA2, attn_layer_indices=[1])),
     "falcon_h1": (FalconH1ForCausalLM, FalconH1Config, dict(MAMBA2, mamba_d_ssm=128)),
     "granitemoehybrid": (GraniteMoeHybridForCausalLM, GraniteMoeHybridConfig, dict(
