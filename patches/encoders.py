@@ -39,4 +39,7 @@ SPECS = (
     # // 2) on two layers of three; its global layers as BERT's. The window's mask function is recognised
     # (hf._window_pattern) and the window goes to the kernels (attention(..., window=W) without causality)
     ModelSpec(model_type="modernbert", attention_classes=("ModernBertAttention",)),
+    # EuroBERT: Llama's attention (rotary, grouped-query heads, Llama's eager function) without causality
+    # (is_causal=False, create_bidirectional_mask); tests/test_patch_eurobert.py
+    ModelSpec(model_type="eurobert", attention_classes=("EuroBertAttention",)),
 )

@@ -55,8 +55,9 @@ def model(arch, device, head="Model", seed=0, **overrides):
 
 
 def test_every_listed_type_is_registered_and_tested():
-    # (ModernBERT, whose config and windows differ, is tests/test_patch_modernbert.py's)
-    assert {s.model_type for s in encoders.SPECS} == set(ARCHS) | {"modernbert"}
+    # (ModernBERT, whose config and windows differ, is tests/test_patch_modernbert.py's; EuroBERT, with Llama's
+    # config keys, tests/test_patch_eurobert.py's)
+    assert {s.model_type for s in encoders.SPECS} == set(ARCHS) | {"modernbert", "eurobert"}
     assert all(REGISTRY[s.model_type] is s for s in encoders.SPECS)
     for arch in ARCHS:
         assert config(arch).model_type == arch
