@@ -1177,7 +1177,7 @@ case "${1:-}" in
     # (bench_mla.py); bench_packed.py again with
     # Dynamo's recompile limit raised (its second shape's FlexAttention backward had run uncompiled)
     pytest_summary tests_mla41b 100 tests/test_patch_llama.py tests/test_evals.py -k "another_head_dim or compiled_flex"
-    pytest_summary tests_dec41 150 tests/test_patch_llama.py -k "olmoe or dots1 or exaone_moe or jais2 or flex_olmo \
+    pytest_summary tests_dec41 150 tests/test_patch_llama.py tests/test_patch_eurobert.py -k "eurobert or olmoe or dots1 or exaone_moe or jais2 or flex_olmo \
       or afmoe or cwm or qwen3_next or lfm2 or jamba or bamba or falcon_h1 or granitemoehybrid or nemotron_h \
       or olmo_hybrid"
     timeout 200 python -u evals/bench_mla.py --out "$OUT/bench_mla41" 2>&1 | tee "$OUT/bench_mla41.log" \
