@@ -48,13 +48,7 @@ def make_inputs(B, H, Q, K, Dqk, Dv, lo, seed=0):
     q = torch.randn(B, Q, H, Dqk, generator=g).to("cuda", torch.float16).transpose(1, 2)
     k = torch.randn(B, K, H, Dqk, generator=g).to("cuda", torch.float16).transpose(1, 2)
     v = torch.randn(B, K, H, Dv, generator=g).to("cuda", torch.float16).transpose(1, 2)
-    lengths = torch.randint(lo, K + 1, (B,), generator=g)
-    pad = (torch.arange(K)[None] >= (K - lengths)[:, None]).to("cuda")
-    i = torch.arange(Q, device="cuda")[:, None] + (K - Q)
-    j = torch.arange(K, device="cuda")[None]
-    mask4d = (j <= i)[None, None] & pad[:, None, None, :]
-    additive = torch.zeros(mask4d.shape, dtype=torch.float16, device="cuda").masked_fill(
-        ~mask4d, torch.finfo(torch.float16).min)
+    pad, mask4d, additive = benchutil.left_padded_causal(B, Q, K, lo, g, torch.float16)
     wide_v = torch.nn.functional.pad(v, (0, Dqk - Dv))
     return dict(q=q, k=k, v=v, wide_v=wide_v, pad=pad, mask4d=mask4d, additive=additive, B=B, H=H, Q=Q, K=K,
                 Dqk=Dqk, Dv=Dv)

@@ -54,16 +54,7 @@ def make_inputs(B, H, Hkv, Q, K, D, lo, window, seed=0):
     q = (torch.randn(B, Q, H, D, generator=g) * 2).to("cuda", torch.bfloat16).transpose(1, 2)
     k, v = (torch.randn(B, K, Hkv, D, generator=g).to("cuda", torch.bfloat16).transpose(1, 2) for _ in range(2))
     sinks = (torch.randn(H, generator=g) + 1.0).to("cuda", torch.bfloat16)
-    lengths = torch.randint(lo, K + 1, (B,), generator=g)
-    pad = (torch.arange(K)[None] >= (K - lengths)[:, None]).to("cuda")
-    i = torch.arange(Q, device="cuda")[:, None] + (K - Q)
-    j = torch.arange(K, device="cuda")[None]
-    keep = j <= i
-    if window:
-        keep = keep & (j > i - window)
-    mask4d = keep[None, None] & pad[:, None, None, :]
-    additive = torch.zeros(mask4d.shape, dtype=torch.bfloat16, device="cuda").masked_fill(
-        ~mask4d, torch.finfo(torch.bfloat16).min)
+    pad, mask4d, additive = benchutil.left_padded_causal(B, Q, K, lo, g, torch.bfloat16, window)
     return dict(q=q, k=k, v=v, sinks=sinks, pad=pad, mask4d=mask4d, additive=additive, B=B, H=H, Hkv=Hkv, Q=Q, K=K,
                 D=D, window=window or None)
 

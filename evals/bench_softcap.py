@@ -49,13 +49,7 @@ def make_inputs(B, H, Hkv, Q, K, D, lo, seed=0):
     # HF's layout ([B, T, H, D] memory seen as [B, H, T, D]); scores of a few units, so that the cap bends them
     q = (torch.randn(B, Q, H, D, generator=g) * 4).to("cuda", torch.float16).transpose(1, 2)
     k, v = (torch.randn(B, K, Hkv, D, generator=g).to("cuda", torch.float16).transpose(1, 2) for _ in range(2))
-    lengths = torch.randint(lo, K + 1, (B,), generator=g)
-    pad = (torch.arange(K)[None] >= (K - lengths)[:, None]).to("cuda")
-    i = torch.arange(Q, device="cuda")[:, None] + (K - Q)
-    j = torch.arange(K, device="cuda")[None]
-    mask4d = (j <= i)[None, None] & pad[:, None, None, :]
-    additive = torch.zeros(mask4d.shape, dtype=torch.float16, device="cuda").masked_fill(
-        ~mask4d, torch.finfo(torch.float16).min)
+    pad, mask4d, additive = benchutil.left_padded_causal(B, Q, K, lo, g, torch.float16)
     return dict(q=q, k=k, v=v, pad=pad, mask4d=mask4d, additive=additive, B=B, H=H, Hkv=Hkv, Q=Q, K=K, D=D)
 
 

@@ -242,6 +242,22 @@ def time_each(provs: dict, order, time_one, label: str) -> dict:
     return times
 
 
+def left_padded_causal(B: int, Q: int, K: int, lo: int, g, dtype, window: int = 0, device="cuda"):
+    """The provider benchmarks' masks: key lengths uniform in ``[lo, K]`` drawn from ``g``, left padding, bottom-right
+    causality (and a causal ``window`` if nonzero). Returns ``pad [B, K]`` bool, ``mask4d [B, 1, Q, K]`` bool (True
+    = attend) and ``additive``, the same as HF's eager mask in ``dtype`` (0 / ``finfo(dtype).min``)."""
+    lengths = torch.randint(lo, K + 1, (B,), generator=g)
+    pad = (torch.arange(K)[None] >= (K - lengths)[:, None]).to(device)
+    i = torch.arange(Q, device=device)[:, None] + (K - Q)
+    j = torch.arange(K, device=device)[None]
+    keep = j <= i
+    if window:
+        keep = keep & (j > i - window)
+    mask4d = keep[None, None] & pad[:, None, None, :]
+    additive = torch.zeros(mask4d.shape, dtype=dtype, device=device).masked_fill(~mask4d, torch.finfo(dtype).min)
+    return pad, mask4d, additive
+
+
 def rows_with_keys(inp: dict):
     """The query rows ``[B, H, Q]`` of a provider benchmark's inputs (``mask4d`` ``[B, 1, Q, K]``, ``H``) with a key
     to attend, where the providers' outputs are compared (fully masked rows: zeros in some, NaN in SDPA's)."""

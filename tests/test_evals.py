@@ -685,3 +685,25 @@ def test_speed_script_deepseek_setting_runs_every_impl(tmp_path):
     assert [(r["setting"], r["impl"]) for r in rows] == ([("deepseek-v2-lite-8l fwd pad", i) for i in impls]
                                                          + [("deepseek-v2-lite-8l generate", i) for i in impls])
     assert all(r["ms"] > 0 and r["speedup_vs_eager"] > 0 for r in rows)
+
+
+@pytest.mark.parametrize("window", [0, 3])
+def test_left_padded_causal_masks_of_the_provider_benchmarks(window):
+    """benchutil.left_padded_causal (bench_softcap.py's, bench_sinks.py's and bench_mla.py's masks) against a mask
+    built key by key: left padding of the drawn lengths, bottom-right causality, the window; additive as HF's."""
+    import torch
+
+    import benchutil
+
+    B, Q, K, lo = 4, 3, 9, 2
+    pad, mask4d, additive = benchutil.left_padded_causal(B, Q, K, lo, torch.Generator().manual_seed(5),
+                                                          torch.float16, window, device="cpu")
+    lengths = torch.randint(lo, K + 1, (B,), generator=torch.Generator().manual_seed(5))
+    assert pad.shape == (B, K) and mask4d.shape == (B, 1, Q, K) and additive.dtype == torch.float16
+    for b in range(B):
+        for i in range(Q):
+            for j in range(K):
+                keep = j >= K - lengths[b] and j <= i + K - Q and (not window or j > i + K - Q - window)
+                assert bool(mask4d[b, 0, i, j]) == keep
+                assert float(additive[b, 0, i, j]) == (0.0 if keep else torch.finfo(torch.float16).min)
+        assert pad[b].sum() == lengths[b]
