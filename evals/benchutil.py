@@ -170,9 +170,16 @@ def _raise_recompile_limit() -> None:
     uncompiled: a 37.7 ms backward instead of about 0.5 (gpt2-4k, H100, 2026-12-07)."""
     import torch._dynamo.config as dynamo_config
 
-    for name in ("recompile_limit", "cache_size_limit"):  # the older name on older torch, an alias on newer
-        if hasattr(dynamo_config, name):
-            setattr(dynamo_config, name, max(getattr(dynamo_config, name), FLEX_RECOMPILE_LIMIT))
+    name = recompile_limit_name()
+    setattr(dynamo_config, name, max(getattr(dynamo_config, name), FLEX_RECOMPILE_LIMIT))
+
+
+def recompile_limit_name() -> str:
+    """The name of Dynamo's limit of compiles per function: ``recompile_limit`` (``cache_size_limit`` on older torch,
+    an alias on newer)."""
+    import torch._dynamo.config as dynamo_config
+
+    return "recompile_limit" if "recompile_limit" in dynamo_config._config else "cache_size_limit"
 
 
 def compiled_flex(name: str, q, k, v, mask_mod, Q: int, K: int, **kwargs):

@@ -651,25 +651,29 @@ def test_compiled_flex_keeps_the_faster_tile_shape_and_reports_failures(monkeypa
     monkeypatch.setattr(torch, "compile", lambda fn, **kw: compiled_with.append(kw) or fn)
     import torch._dynamo.config as dynamo_config
 
-    limit = "recompile_limit" if hasattr(dynamo_config, "recompile_limit") else "cache_size_limit"
-    monkeypatch.setattr(dynamo_config, limit, 8)  # the default, which bench_packed.py's second shape exceeded
-    q = k = v = torch.zeros(1, 1, 4, 8)
-    for own_ms, tile_ms, expect in ((2.0, 1.0, 64.0), (1.0, 2.0, 0.0)):
-        times = iter([own_ms, tile_ms])
-        monkeypatch.setattr(benchutil, "median_ms", lambda fn, **kw: (fn(), next(times))[1])
-        fn = benchutil.compiled_flex("flex-test", q, k, v, None, 4, 4)
-        assert float(fn()[0, 0, 0, 0]) == expect
-        assert "flex-test: FlexAttention's forward fastest with" in capsys.readouterr().out
-    assert compiled_with[-1] == {"dynamic": False}  # static shapes
-    assert getattr(dynamo_config, limit) == benchutil.FLEX_RECOMPILE_LIMIT  # a compile per shape, tiles and pass
-    # tiles given by the caller are used as they are, untimed
-    monkeypatch.setattr(benchutil, "median_ms", lambda fn, **kw: pytest.fail("timed"))
-    fn = benchutil.compiled_flex("flex-test", q, k, v, None, 4, 4, kernel_options={"BLOCK_M": 16})
-    assert float(fn()[0, 0, 0, 0]) == 16.0
-    # a tile shape that fails is left out; none left: unavailable, with each one's reason
-    monkeypatch.setattr(benchutil, "FLEX_TILES", ("broken",))
-    assert benchutil.compiled_flex("flex-test", q, k, v, None, 4, 4) is None
-    assert "flex-test unavailable: broken: RuntimeError: no such tile" in capsys.readouterr().out
+    # Dynamo's own patch puts the limit back afterwards (monkeypatch's undo would delete the config entry, which hides
+    # it from every later compile in the process)
+    limit = benchutil.recompile_limit_name()
+    before = getattr(dynamo_config, limit)
+    with dynamo_config.patch(**{limit: 8}):  # the default, which bench_packed.py's second shape exceeded
+        q = k = v = torch.zeros(1, 1, 4, 8)
+        for own_ms, tile_ms, expect in ((2.0, 1.0, 64.0), (1.0, 2.0, 0.0)):
+            times = iter([own_ms, tile_ms])
+            monkeypatch.setattr(benchutil, "median_ms", lambda fn, **kw: (fn(), next(times))[1])
+            fn = benchutil.compiled_flex("flex-test", q, k, v, None, 4, 4)
+            assert float(fn()[0, 0, 0, 0]) == expect
+            assert "flex-test: FlexAttention's forward fastest with" in capsys.readouterr().out
+        assert compiled_with[-1] == {"dynamic": False}  # static shapes
+        assert getattr(dynamo_config, limit) == benchutil.FLEX_RECOMPILE_LIMIT  # a compile per shape, tiles and pass
+        # tiles given by the caller are used as they are, untimed
+        monkeypatch.setattr(benchutil, "median_ms", lambda fn, **kw: pytest.fail("timed"))
+        fn = benchutil.compiled_flex("flex-test", q, k, v, None, 4, 4, kernel_options={"BLOCK_M": 16})
+        assert float(fn()[0, 0, 0, 0]) == 16.0
+        # a tile shape that fails is left out; none left: unavailable, with each one's reason
+        monkeypatch.setattr(benchutil, "FLEX_TILES", ("broken",))
+        assert benchutil.compiled_flex("flex-test", q, k, v, None, 4, 4) is None
+        assert "flex-test unavailable: broken: RuntimeError: no such tile" in capsys.readouterr().out
+    assert getattr(dynamo_config, limit) == before
 
 
 def test_speed_script_deepseek_setting_runs_every_impl(tmp_path):
