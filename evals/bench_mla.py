@@ -1,21 +1,23 @@
 """Multi-head latent attention (DeepSeek-V2 / V3) on the GPU: values narrower than the queries and keys.
 
 A DeepSeek layer hands the attention interface queries and keys of ``qk_nope_head_dim + qk_rope_head_dim`` (192) and
-values of ``v_head_dim`` (128), one head of each per query head. The fused kernel takes one head dim, so a patched
-model pads the values with zeros to 192 and drops the output's extra columns (``hf._one_head_dim``); this script
-prices that against the alternatives on the same fp16 inputs (left-padded batches, causal):
+values of ``v_head_dim`` (128), one head of each per query head. A patched model hands them to the fused kernels as
+they are: they read 128 columns of values and write 128 of output (``ops.attention(..., _any_value_dim=True)``). This
+script prices that against the alternatives on the same fp16 inputs (left-padded batches, causal):
 
-* ``fused-padded``: what a patched model runs: pad, ``attention(q, k, v, pad, causal=True)``, the first 128 columns;
-* ``fused-same-width``: ``attention`` on values that are 192 wide already: the padded call without its copies, for
-  their cost (another result: its last 64 output columns are not in the others');
+* ``fused``: what a patched model runs (Triton's kernels: the Hopper forward takes one head dim);
+* ``fused-padded``: the forty-first session's path: values padded with zeros to 192, the public
+  ``attention(q, k, v, pad, causal=True)``, the output's first 128 columns;
+* ``fused-same-width``: ``attention`` on values that are 192 wide already: the padded call without its copies (another
+  result: its last 64 output columns are not in the others');
 * ``eager``: transformers' DeepSeek-V2 ``eager_attention_forward`` with HF's 4D additive mask: an unpatched model's
   default;
 * ``sdpa-4d``: SDPA with the 4D bool mask (SDPA takes a narrower value natively), as transformers' sdpa runs it;
 * ``flex``: FlexAttention (torch.compile'd) with a block mask of padding and causality.
 
 Forward (and backward for the prefill shape) as medians: forwards replayed in a CUDA graph, backwards as plain calls.
-``vs eager`` is eager's time over the provider's. The outputs are checked against ``fused-padded``'s on the rows with
-a key to attend (``fused-same-width`` on its first 128 columns' inputs: not compared).
+``vs eager`` is eager's time over the provider's. The outputs are checked against ``fused``'s on the rows with a key
+to attend (``fused-same-width`` on its first 128 columns' inputs: not compared).
 
     python evals/bench_mla.py [--shapes dsv2-lite-prefill,dsv2-lite-decode] [--no-backward] [--out DIR]
 
@@ -38,8 +40,8 @@ SHAPES = {
     "dsv2-lite-prefill": (8, 16, 1024, 1024, 192, 128, 512),
     "dsv2-lite-decode": (32, 16, 1, 2048, 192, 128, 1024),
 }
-PROVIDERS = ("fused-padded", "fused-same-width", "eager", "sdpa-4d", "flex")
-COMPARED = ("fused-padded", "eager", "sdpa-4d", "flex")
+PROVIDERS = ("fused", "fused-padded", "fused-same-width", "eager", "sdpa-4d", "flex")
+COMPARED = ("fused", "fused-padded", "eager", "sdpa-4d", "flex")
 
 
 def make_inputs(B, H, Q, K, Dqk, Dv, lo, seed=0):
@@ -56,7 +58,7 @@ def make_inputs(B, H, Q, K, Dqk, Dv, lo, seed=0):
 
 def providers(inp, only=None):
     import hf_masked_softmax
-    from hf_masked_softmax import hf
+    from hf_masked_softmax import ops
     from torch.nn.functional import scaled_dot_product_attention as sdpa
     from transformers.models.deepseek_v2.modeling_deepseek_v2 import eager_attention_forward
 
@@ -65,10 +67,11 @@ def providers(inp, only=None):
     module = types.SimpleNamespace(num_key_value_groups=1, training=False)
 
     def fused_padded():
-        qq, kk, vv = hf._one_head_dim(q, k, v)
-        return hf_masked_softmax.attention(qq, kk, vv, pad, causal=True, scale=scale)[..., :inp["Dv"]]
+        vv = torch.nn.functional.pad(v, (0, inp["Dqk"] - inp["Dv"]))
+        return hf_masked_softmax.attention(q, k, vv, pad, causal=True, scale=scale)[..., :inp["Dv"]]
 
     out = {
+        "fused": lambda: ops.attention(q, k, v, pad, causal=True, scale=scale, _any_value_dim=True),
         "fused-padded": fused_padded,
         "fused-same-width": lambda: hf_masked_softmax.attention(q, k, inp["wide_v"], pad, causal=True, scale=scale),
         # (eager returns [B, Q, H, Dv]: transposed back, a view, to compare)
@@ -84,16 +87,16 @@ def providers(inp, only=None):
         flex = benchutil.compiled_flex("flex", q, k, v, mask_mod, inp["Q"], inp["K"], scale=scale)
         if flex is not None:
             out["flex"] = flex
-    return {p: fn for p, fn in out.items() if only is None or p in only or p == "fused-padded"}
+    return {p: fn for p, fn in out.items() if only is None or p in only or p == "fused"}
 
 
 def plot(rows, path: Path) -> None:
     title = f"multi-head latent attention (values 128, queries / keys 192), fp16, {benchutil.environment()['gpu']}"
-    benchutil.shape_pass_bars(rows, SHAPES, "fused-padded", title, path)
+    benchutil.shape_pass_bars(rows, SHAPES, "fused", title, path)
 
 
 def main(argv=None):
-    args, names, only, out = benchutil.provider_setup(__doc__, argv, SHAPES, PROVIDERS, "fused-padded")
+    args, names, only, out = benchutil.provider_setup(__doc__, argv, SHAPES, PROVIDERS, "fused")
     rows = []
     for name in names:
         B, H, Q, K, Dqk, Dv, lo = SHAPES[name]
@@ -102,7 +105,7 @@ def main(argv=None):
         provs = providers(inp, only)
         passes = ["forward"] + ([] if args.no_backward or Q == 1 else ["backward"])
         rows += benchutil.compared_shape_rows(
-            name, provs, PROVIDERS, "fused-padded", COMPARED, benchutil.rows_with_keys(inp), passes,
+            name, provs, PROVIDERS, "fused", COMPARED, benchutil.rows_with_keys(inp), passes,
             # (the gradients of v and of the wide values: each provider reads one of them)
             lambda fn, pas, inp=inp: time_provider(fn, inp, pas == "backward", graph=pas == "forward",
                                                    extra=("wide_v",)),

@@ -1193,8 +1193,25 @@ case "${1:-}" in
     timeout 150 python -u evals/bench_mla.py --out "$OUT/bench_mla41" 2>&1 | tee "$OUT/bench_mla41.log" \
       | grep -v -i warn | grep -E "forward|backward|fastest|error|unavailable" | cut -c1-200
     ;;
+  mla42)
+    # the forty-second session: the kernels read values of their own head dim (multi-head latent attention without
+    # the padded copy): its tests and the MLA models' on CUDA, every GPU test of the attention kernels (the kernels
+    # changed), bench_mla.py, and issue 5's kernel rows against old_tree/ (0eb107d, before the change), two rounds
+    pytest_summary tests_mla42 200 tests/test_attention.py tests/test_patch_llama.py tests/test_patch_gpu.py \
+      -k "own_head_dim or one_head_dim or another_head_dim or deepseek or youtu or glm4_moe_lite or longcat"
+    pytest_summary tests_attention42 150 -m gpu tests/test_attention.py tests/test_window.py
+    timeout 150 python -u evals/bench_mla.py --out "$OUT/bench_mla42" 2>&1 | tee "$OUT/bench_mla42.log" \
+      | grep -v -i warn | grep -E "forward|backward|fastest|error|unavailable" | cut -c1-200
+    ;;
+  mla42b)
+    # end to end (speed.py's DeepSeek-V2-Lite rows) and the kernel rows against old_tree/
+    timeout 200 python -u evals/speed.py --only deepseek --impls eager,sdpa,softmax,fused --no-plot \
+      --out "$OUT/speed_mla42" 2>&1 | tee "$OUT/speed_mla42.log" | grep -v -i warn | tail -6 | cut -c1-220
+    ROUNDS=2 against_old ab42 80 "^\[|^  (ours|sdpa-default-nomask) " evals/bench_attention.py \
+      --providers ours,sdpa-default-nomask --shapes gpt2-pad-right,bert,decode
+    ;;
   *)
-    echo "usage: bash evals/gpu_session.sh tests|kernels|e2e|check|followup|recheck|verify|measure|final|stream|last|tune|host|fast|fastcheck|closing|fold|fold2|fold3|e2e3|bert4|bert5|check4|lengths|ncu|bwd|suite|suite2|final6|plans|hostplans|genab|fuzz|bwdplan|trainab|final8|nosync|drop9a|drop9b|drop9d|audit10|bench10|final10|ws11|audit11|fuzz11|host11b|decode12|stats12|stats12b|stats12c|final13|fix13|final13b|final14|suite14|suite15|final15|causal18|final18|prefetch18|cross18|tile19|final19|small19|launch20|tests20|gen20|counts20b|counts20c|final20|ablate22|models25|decode26|models26|compile26|speed26a|speed26b|window28|final28|pack28|pack29|pack30|bounds30|static30|bounds31|ncu31|gpu32a|gpu33a|tune33|wide34|tune34|bwd34|d256_34|softcap35|gemma35|sinks36|tests36|bench36|hopper37|ab37|pending38|packed38|packed38b|segfull39|segfinal39|mbert40|flex40|mla41|mla41b|mla41c" >&2
+    echo "usage: bash evals/gpu_session.sh tests|kernels|e2e|check|followup|recheck|verify|measure|final|stream|last|tune|host|fast|fastcheck|closing|fold|fold2|fold3|e2e3|bert4|bert5|check4|lengths|ncu|bwd|suite|suite2|final6|plans|hostplans|genab|fuzz|bwdplan|trainab|final8|nosync|drop9a|drop9b|drop9d|audit10|bench10|final10|ws11|audit11|fuzz11|host11b|decode12|stats12|stats12b|stats12c|final13|fix13|final13b|final14|suite14|suite15|final15|causal18|final18|prefetch18|cross18|tile19|final19|small19|launch20|tests20|gen20|counts20b|counts20c|final20|ablate22|models25|decode26|models26|compile26|speed26a|speed26b|window28|final28|pack28|pack29|pack30|bounds30|static30|bounds31|ncu31|gpu32a|gpu33a|tune33|wide34|tune34|bwd34|d256_34|softcap35|gemma35|sinks36|tests36|bench36|hopper37|ab37|pending38|packed38|packed38b|segfull39|segfinal39|mbert40|flex40|mla41|mla41b|mla41c|mla42|mla42b" >&2
     exit 2
     ;;
 esac

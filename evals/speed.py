@@ -40,7 +40,7 @@ Qwen3-0.6B and bart-base):
     backward too (eager and sdpa take HF's 4D mask with the window in it)
   deepseek-v2-lite-8l (DeepSeek-V2 with DeepSeek-V2-Lite's multi-head latent attention: 16 heads, queries and keys
     192 wide, values 128 wide; 8 layers, each with the dense MLP instead of experts) forward and generate as
-    gpt2-small; the fused mode pads the values to 192 (hf._one_head_dim)
+    gpt2-small; the fused kernels read and write the 128-wide values as they are
 Forward times: each implementation is timed by triton.testing.do_bench (CUDA events, median) once per round, in
 --rounds rounds that visit every implementation in turn (interleaved, so that the host's drift hits all alike); the
 row's ms is the median over rounds. A forward of GPT-2 small on an H200 host is partly host-bound (HF's Python

@@ -258,13 +258,13 @@ def _tanh(x):
 
 
 @triton.jit
-def _fwd_blocks(acc, l_i, m_i, q, k_base, v_base, mask_base, rows, offs_n, offs_d,
+def _fwd_blocks(acc, l_i, m_i, q, k_base, v_base, mask_base, rows, offs_n, offs_d, offs_dv,
                 stride_kn, stride_kd, stride_vn, stride_vd, stride_mm, stride_mk,
                 lo, hi, mask_from, start, end, has_holes, Q_LEN, K_LEN, qk_scale, threshold, seed, bh, drop_thr,
                 window, softcap, MASKED: tl.constexpr, MASK_KIND: tl.constexpr, CAUSAL: tl.constexpr,
-                BLOCK_N: tl.constexpr, HEAD_D: tl.constexpr, BLOCK_D: tl.constexpr, UPCAST: tl.constexpr,
-                DOT_PREC: tl.constexpr, FOLD: tl.constexpr, DROPOUT: tl.constexpr, WINDOWED: tl.constexpr,
-                SOFTCAP: tl.constexpr):
+                BLOCK_N: tl.constexpr, HEAD_D: tl.constexpr, BLOCK_D: tl.constexpr, HEAD_DV: tl.constexpr,
+                BLOCK_DV: tl.constexpr, UPCAST: tl.constexpr, DOT_PREC: tl.constexpr, FOLD: tl.constexpr,
+                DROPOUT: tl.constexpr, WINDOWED: tl.constexpr, SOFTCAP: tl.constexpr):
     """Online softmax over key blocks ``[lo, hi)``. ``MASKED``: 0 for blocks every row fully sees (no mask, no
     bounds checks), 1 to evaluate the mask on every block, 2 on the blocks from ``mask_from`` on (one loop, one
     software pipeline, for the interior blocks and the trailing ones at the range's end and the diagonal).
@@ -272,6 +272,7 @@ def _fwd_blocks(acc, l_i, m_i, q, k_base, v_base, mask_base, rows, offs_n, offs_
     ``exp2(s * qk_scale - m)``, instead of by its own multiply of the score tile (the row max is scaled once).
     ``DROPOUT``: the row sums count every probability, ``P v`` only the kept ones (the caller scales the result)."""
     d_ok = offs_d < HEAD_D
+    dv_ok = offs_dv < HEAD_DV
     for n0 in range(lo, hi, BLOCK_N):
         cols = n0 + offs_n
         col_ok = cols < K_LEN
@@ -318,8 +319,8 @@ def _fwd_blocks(acc, l_i, m_i, q, k_base, v_base, mask_base, rows, offs_n, offs_
         if DROPOUT:
             p = tl.where(_dropout_keep(seed, bh, rows, n0, drop_thr, BLOCK_N), p, 0.0)
         acc = acc * alpha[:, None]
-        v = _load_2d(v_base + cols[:, None] * stride_vn + offs_d[None, :] * stride_vd, col_ok, d_ok,
-                     MASKED != 0, BLOCK_D != HEAD_D)
+        v = _load_2d(v_base + cols[:, None] * stride_vn + offs_dv[None, :] * stride_vd, col_ok, dv_ok,
+                     MASKED != 0, BLOCK_DV != HEAD_DV)
         if UPCAST:
             v = v.to(tl.float32)
         acc = tl.dot(p.to(v.dtype), v, acc, input_precision=DOT_PREC)
@@ -458,8 +459,9 @@ def _attn_fwd_kernel(
     stride_mb, stride_mh, stride_mm, stride_mk,
     H, GROUP, Q_LEN, K_LEN, NUM_SPLITS, qk_scale, threshold, drop_thr, keep_scale, window, softcap,
     MASK_KIND: tl.constexpr, CAUSAL: tl.constexpr, BH_FIRST: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_D: tl.constexpr, BLOCK_D: tl.constexpr,
-    UPCAST: tl.constexpr, DOT_PREC: tl.constexpr, WIDE: tl.constexpr, FOLD: tl.constexpr, MERGE_TAIL: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_D: tl.constexpr, BLOCK_D: tl.constexpr, HEAD_DV: tl.constexpr,
+    BLOCK_DV: tl.constexpr, UPCAST: tl.constexpr, DOT_PREC: tl.constexpr, WIDE: tl.constexpr, FOLD: tl.constexpr,
+    MERGE_TAIL: tl.constexpr,
     STORE_LSE: tl.constexpr, DROPOUT: tl.constexpr, WINDOWED: tl.constexpr, PACK: tl.constexpr, SOFTCAP: tl.constexpr,
     B4D: tl.constexpr, B4D_PER_B: tl.constexpr, B4D_PER_H: tl.constexpr, B4D_SPAN: tl.constexpr, SINK: tl.constexpr,
 ):
@@ -491,6 +493,8 @@ def _attn_fwd_kernel(
         offs_n = offs_n.to(tl.int64)
     offs_d = tl.arange(0, BLOCK_D)
     d_ok = offs_d < HEAD_D
+    offs_dv = tl.arange(0, BLOCK_DV)  # the values' and the output's columns (HEAD_DV: HEAD_D but for MLA)
+    dv_ok = offs_dv < HEAD_DV
     if PACK:
         qrows = rows % Q_LEN  # each row's query index (what masking and causality see)
         row_ok = rows < GROUP * Q_LEN
@@ -529,41 +533,43 @@ def _attn_fwd_kernel(
 
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
-    acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_M, BLOCK_DV], dtype=tl.float32)
 
     # leading partial block (left padding), interior blocks unmasked, trailing blocks (right edge, diagonal)
-    acc, l_i, m_i = _fwd_blocks(acc, l_i, m_i, q, k_base, v_base, mask_base, qrows, offs_n, offs_d,
-                                stride_kn, stride_kd, stride_vn, stride_vd, stride_mm, stride_mk,
-                                s_lo, tl.minimum(full_lo, s_hi), s_lo, start, end, has_holes, Q_LEN, K_LEN,
-                                qk_scale, threshold, seed, bh, drop_thr, window, softcap, 1, MASK_KIND, CAUSAL,
-                                BLOCK_N, HEAD_D, BLOCK_D, UPCAST, DOT_PREC, FOLD, DROPOUT, WINDOWED, SOFTCAP)
+    acc, l_i, m_i = _fwd_blocks(acc, l_i, m_i, q, k_base, v_base, mask_base, qrows, offs_n, offs_d, offs_dv,
+                                stride_kn, stride_kd, stride_vn, stride_vd, stride_mm, stride_mk, s_lo,
+                                tl.minimum(full_lo, s_hi), s_lo, start, end, has_holes, Q_LEN, K_LEN, qk_scale,
+                                threshold, seed, bh, drop_thr, window, softcap, 1, MASK_KIND, CAUSAL, BLOCK_N, HEAD_D,
+                                BLOCK_D, HEAD_DV, BLOCK_DV, UPCAST, DOT_PREC, FOLD, DROPOUT, WINDOWED, SOFTCAP)
     if MASK_KIND == 2 or MASK_KIND == 3:
         # a 4D mask: every block evaluates it, with no per-block branch on `mask_from` (a loaded value once the
         # mask's key bounds set it). The bounded blocks' extra cost (4-5x the unbounded ones') came from the mask
         # tile's layout and the loop start's hidden alignment (see _mask_tile, _block_key_bounds): an H100 at
         # e2c1a93 runs a block in the same time with bounds as without (NOTES.md, thirty-second session)
-        acc, l_i, m_i = _fwd_blocks(acc, l_i, m_i, q, k_base, v_base, mask_base, qrows, offs_n, offs_d,
-                                    stride_kn, stride_kd, stride_vn, stride_vd, stride_mm, stride_mk,
-                                    s_lo, s_hi, s_lo, start, end, has_holes, Q_LEN, K_LEN,
-                                    qk_scale, threshold, seed, bh, drop_thr, window, softcap, 1, MASK_KIND, CAUSAL,
-                                    BLOCK_N, HEAD_D, BLOCK_D, UPCAST, DOT_PREC, FOLD, DROPOUT, WINDOWED, SOFTCAP)
+        acc, l_i, m_i = _fwd_blocks(acc, l_i, m_i, q, k_base, v_base, mask_base, qrows, offs_n, offs_d, offs_dv,
+                                    stride_kn, stride_kd, stride_vn, stride_vd, stride_mm, stride_mk, s_lo, s_hi,
+                                    s_lo, start, end, has_holes, Q_LEN, K_LEN, qk_scale, threshold, seed, bh,
+                                    drop_thr, window, softcap, 1, MASK_KIND, CAUSAL, BLOCK_N, HEAD_D, BLOCK_D,
+                                    HEAD_DV, BLOCK_DV, UPCAST, DOT_PREC, FOLD, DROPOUT, WINDOWED, SOFTCAP)
     elif MERGE_TAIL:
-        acc, l_i, m_i = _fwd_blocks(acc, l_i, m_i, q, k_base, v_base, mask_base, qrows, offs_n, offs_d,
+        acc, l_i, m_i = _fwd_blocks(acc, l_i, m_i, q, k_base, v_base, mask_base, qrows, offs_n, offs_d, offs_dv,
                                     stride_kn, stride_kd, stride_vn, stride_vd, stride_mm, stride_mk,
                                     tl.minimum(full_lo, s_hi), s_hi, full_hi, start, end, has_holes, Q_LEN, K_LEN,
                                     qk_scale, threshold, seed, bh, drop_thr, window, softcap, 2, MASK_KIND, CAUSAL,
-                                    BLOCK_N, HEAD_D, BLOCK_D, UPCAST, DOT_PREC, FOLD, DROPOUT, WINDOWED, SOFTCAP)
+                                    BLOCK_N, HEAD_D, BLOCK_D, HEAD_DV, BLOCK_DV, UPCAST, DOT_PREC, FOLD, DROPOUT,
+                                    WINDOWED, SOFTCAP)
     else:
-        acc, l_i, m_i = _fwd_blocks(acc, l_i, m_i, q, k_base, v_base, mask_base, qrows, offs_n, offs_d,
-                                    stride_kn, stride_kd, stride_vn, stride_vd, stride_mm, stride_mk,
-                                    full_lo, full_hi, full_hi, start, end, has_holes, Q_LEN, K_LEN,
-                                    qk_scale, threshold, seed, bh, drop_thr, window, softcap, 0, MASK_KIND, CAUSAL,
-                                    BLOCK_N, HEAD_D, BLOCK_D, UPCAST, DOT_PREC, FOLD, DROPOUT, WINDOWED, SOFTCAP)
-        acc, l_i, m_i = _fwd_blocks(acc, l_i, m_i, q, k_base, v_base, mask_base, qrows, offs_n, offs_d,
+        acc, l_i, m_i = _fwd_blocks(acc, l_i, m_i, q, k_base, v_base, mask_base, qrows, offs_n, offs_d, offs_dv,
+                                    stride_kn, stride_kd, stride_vn, stride_vd, stride_mm, stride_mk, full_lo,
+                                    full_hi, full_hi, start, end, has_holes, Q_LEN, K_LEN, qk_scale, threshold, seed,
+                                    bh, drop_thr, window, softcap, 0, MASK_KIND, CAUSAL, BLOCK_N, HEAD_D, BLOCK_D,
+                                    HEAD_DV, BLOCK_DV, UPCAST, DOT_PREC, FOLD, DROPOUT, WINDOWED, SOFTCAP)
+        acc, l_i, m_i = _fwd_blocks(acc, l_i, m_i, q, k_base, v_base, mask_base, qrows, offs_n, offs_d, offs_dv,
                                     stride_kn, stride_kd, stride_vn, stride_vd, stride_mm, stride_mk,
                                     tl.maximum(full_lo, full_hi), s_hi, s_lo, start, end, has_holes, Q_LEN, K_LEN,
                                     qk_scale, threshold, seed, bh, drop_thr, window, softcap, 1, MASK_KIND, CAUSAL,
-                                    BLOCK_N, HEAD_D, BLOCK_D, UPCAST, DOT_PREC, FOLD, DROPOUT, WINDOWED, SOFTCAP)
+                                    BLOCK_N, HEAD_D, BLOCK_D, HEAD_DV, BLOCK_DV, UPCAST, DOT_PREC, FOLD, DROPOUT,
+                                    WINDOWED, SOFTCAP)
 
     empty = l_i == 0.0
     if SINK:
@@ -584,11 +590,11 @@ def _attn_fwd_kernel(
     if DROPOUT:
         out = out * keep_scale
     o_ptrs = (o_ptr + split * stride_os + b * stride_ob + h * stride_oh + o_off[:, None]
-              + offs_d[None, :] * stride_od)
-    if BLOCK_D == HEAD_D:
+              + offs_dv[None, :] * stride_od)
+    if BLOCK_DV == HEAD_DV:
         tl.store(o_ptrs, out.to(o_ptr.dtype.element_ty), mask=row_ok[:, None])
     else:
-        tl.store(o_ptrs, out.to(o_ptr.dtype.element_ty), mask=row_ok[:, None] & d_ok[None, :])
+        tl.store(o_ptrs, out.to(o_ptr.dtype.element_ty), mask=row_ok[:, None] & dv_ok[None, :])
     if STORE_LSE:
         lse, res = _lse_and_residual(m_i, l_i, empty)
         # packed, row r of the tile is row r of the group's [GROUP, Q_LEN] block of rows, from its first head h
@@ -680,19 +686,21 @@ def _bwd_delta_kernel(o_ptr, do_ptr, delta_ptr,
 
 
 @triton.jit
-def _dkdv_blocks(dk, dv, k, v, q_base, do_base, lse_base, delta_base, mask_base, cols, offs_m, offs_d,
+def _dkdv_blocks(dk, dv, k, v, q_base, do_base, lse_base, delta_base, mask_base, cols, offs_m, offs_d, offs_dv,
                  stride_qm, stride_qd, stride_dom, stride_dod, stride_mm, stride_mk, stride_lp,
                  lo, hi, full_from, full_to, start, end, has_holes, Q_LEN, K_LEN, qk_scale, threshold, seed, bh, n0,
                  drop_thr, keep_scale, window, softcap, MASKED: tl.constexpr, MASK_KIND: tl.constexpr,
                  CAUSAL: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_D: tl.constexpr,
-                 BLOCK_D: tl.constexpr, UPCAST: tl.constexpr, DOT_PREC: tl.constexpr, FOLD: tl.constexpr,
-                 DROPOUT: tl.constexpr, WINDOWED: tl.constexpr, SOFTCAP: tl.constexpr):
+                 BLOCK_D: tl.constexpr, HEAD_DV: tl.constexpr, BLOCK_DV: tl.constexpr, UPCAST: tl.constexpr,
+                 DOT_PREC: tl.constexpr, FOLD: tl.constexpr, DROPOUT: tl.constexpr, WINDOWED: tl.constexpr,
+                 SOFTCAP: tl.constexpr):
     """Accumulate ``dk, dv`` of one key block over query blocks ``[lo, hi)`` of one query head. Works on the
     transposed tiles ``S^T = k q^T [BLOCK_N, BLOCK_M]`` so that no register tile needs transposing (but dropout's
     mask, drawn in the forward's orientation). With dropout ``Z`` (kept / (1 - p), else 0): ``dv += (P Z)^T dO`` and
     ``dP = Z (dO v^T)``. ``MASKED``: 0 for blocks every row sees whole, 1 to mask every block, 2 to mask the blocks
     outside ``[full_from, full_to)`` (one loop, one software pipeline: packed sequences)."""
     d_ok = offs_d < HEAD_D
+    dv_ok = offs_dv < HEAD_DV
     for m0 in range(lo, hi, BLOCK_M):
         rows = m0 + offs_m
         row_ok = rows < Q_LEN
@@ -705,8 +713,8 @@ def _dkdv_blocks(dk, dv, k, v, q_base, do_base, lse_base, delta_base, mask_base,
         do_ok = row_ok
         if MASKED and MASK_KIND <= 1 and CAUSAL:
             do_ok = row_ok & (rows + _diag(Q_LEN, K_LEN, window, CAUSAL) >= start)
-        do = _load_2d(do_base + rows[:, None] * stride_dom + offs_d[None, :] * stride_dod, do_ok, d_ok,
-                      True, BLOCK_D != HEAD_D)
+        do = _load_2d(do_base + rows[:, None] * stride_dom + offs_dv[None, :] * stride_dod, do_ok, dv_ok,
+                      True, BLOCK_DV != HEAD_DV)
         if UPCAST:
             qt = qt.to(tl.float32)
             do = do.to(tl.float32)
@@ -766,8 +774,9 @@ def _bwd_dkdv_kernel(
     stride_lp,
     H, HKV, GROUP, Q_LEN, K_LEN, sm_scale, qk_scale, threshold, drop_thr, keep_scale, window, softcap,
     MASK_KIND: tl.constexpr, CAUSAL: tl.constexpr, BH_FIRST: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_D: tl.constexpr, BLOCK_D: tl.constexpr,
-    UPCAST: tl.constexpr, DOT_PREC: tl.constexpr, WIDE: tl.constexpr, FOLD: tl.constexpr, DROPOUT: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_D: tl.constexpr, BLOCK_D: tl.constexpr, HEAD_DV: tl.constexpr,
+    BLOCK_DV: tl.constexpr, UPCAST: tl.constexpr, DOT_PREC: tl.constexpr, WIDE: tl.constexpr, FOLD: tl.constexpr,
+    DROPOUT: tl.constexpr,
     WINDOWED: tl.constexpr, SOFTCAP: tl.constexpr,
     B4D: tl.constexpr, B4D_PER_B: tl.constexpr, B4D_PER_H: tl.constexpr, B4D_SPAN: tl.constexpr,
 ):
@@ -790,6 +799,8 @@ def _bwd_dkdv_kernel(
     offs_d = tl.arange(0, BLOCK_D)
     col_ok = cols < K_LEN
     d_ok = offs_d < HEAD_D
+    offs_dv = tl.arange(0, BLOCK_DV)
+    dv_ok = offs_dv < HEAD_DV
 
     start, end, has_holes = _key_range(ranges_ptr, b, K_LEN, MASK_KIND)
     diag = _diag(Q_LEN, K_LEN, window, CAUSAL)
@@ -841,8 +852,8 @@ def _bwd_dkdv_kernel(
 
     k = _load_2d(k_ptr + b * stride_kb + hk * stride_kh + cols[:, None] * stride_kn + offs_d[None, :] * stride_kd,
                  col_ok, d_ok, True, BLOCK_D != HEAD_D)
-    v = _load_2d(v_ptr + b * stride_vb + hk * stride_vh + cols[:, None] * stride_vn + offs_d[None, :] * stride_vd,
-                 col_ok, d_ok, True, BLOCK_D != HEAD_D)
+    v = _load_2d(v_ptr + b * stride_vb + hk * stride_vh + cols[:, None] * stride_vn + offs_dv[None, :] * stride_vd,
+                 col_ok, dv_ok, True, BLOCK_DV != HEAD_DV)
     if UPCAST:
         k = k.to(tl.float32)
         v = v.to(tl.float32)
@@ -850,7 +861,7 @@ def _bwd_dkdv_kernel(
     if DROPOUT:
         seed = tl.load(seed_ptr)
     dk = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
-    dv = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
+    dv = tl.zeros([BLOCK_N, BLOCK_DV], dtype=tl.float32)
     for h in range(hk * GROUP, hk * GROUP + GROUP):
         q_base = q_ptr + b * stride_qb + h * stride_qh
         do_base = do_ptr + b * stride_dob + h * stride_doh
@@ -859,11 +870,11 @@ def _bwd_dkdv_kernel(
         mask_base = mask_ptr + b * stride_mb + h * stride_mh
         if MASK_KIND == 4:  # one loop, masking the blocks outside [q_full, q_wfull)
             dk, dv = _dkdv_blocks(dk, dv, k, v, q_base, do_base, lse_base, delta_base, mask_base, cols, offs_m,
-                                  offs_d, stride_qm, stride_qd, stride_dom, stride_dod, stride_mm, stride_mk,
+                                  offs_d, offs_dv, stride_qm, stride_qd, stride_dom, stride_dod, stride_mm, stride_mk,
                                   stride_lp, q_lo, q_hi, q_full, q_wfull, start, end, has_holes, Q_LEN, K_LEN,
-                                  qk_scale, threshold, seed, b * H + h, n0, drop_thr, keep_scale, window, softcap,
-                                  2, MASK_KIND, CAUSAL, BLOCK_M, BLOCK_N, HEAD_D, BLOCK_D, UPCAST, DOT_PREC, FOLD,
-                                  DROPOUT, WINDOWED, SOFTCAP)
+                                  qk_scale, threshold, seed, b * H + h, n0, drop_thr, keep_scale, window, softcap, 2,
+                                  MASK_KIND, CAUSAL, BLOCK_M, BLOCK_N, HEAD_D, BLOCK_D, HEAD_DV, BLOCK_DV, UPCAST,
+                                  DOT_PREC, FOLD, DROPOUT, WINDOWED, SOFTCAP)
         else:
             h_lo = q_lo
             h_full = q_full
@@ -872,50 +883,51 @@ def _bwd_dkdv_kernel(
                                                   B4D_SPAN > 0, BLOCK_N // 16, 16)
                 h_lo = tl.maximum(q_lo, r_first // BLOCK_M * BLOCK_M)
                 h_full = tl.maximum(tl.minimum(q_full, r_end), h_lo)
-            dk, dv = _dkdv_blocks(dk, dv, k, v, q_base, do_base, lse_base, delta_base, mask_base, cols, offs_m, offs_d,
-                                  stride_qm, stride_qd, stride_dom, stride_dod, stride_mm, stride_mk, stride_lp,
-                                  h_lo, h_full, 0, 0, start, end, has_holes, Q_LEN, K_LEN, qk_scale, threshold,
-                                  seed, b * H + h, n0, drop_thr, keep_scale, window, softcap,
-                                  True, MASK_KIND, CAUSAL, BLOCK_M, BLOCK_N, HEAD_D, BLOCK_D, UPCAST, DOT_PREC, FOLD,
-                                  DROPOUT, WINDOWED, SOFTCAP)
-            dk, dv = _dkdv_blocks(dk, dv, k, v, q_base, do_base, lse_base, delta_base, mask_base, cols, offs_m, offs_d,
-                                  stride_qm, stride_qd, stride_dom, stride_dod, stride_mm, stride_mk, stride_lp,
-                                  q_full, q_wfull, 0, 0, start, end, has_holes, Q_LEN, K_LEN, qk_scale, threshold,
-                                  seed, b * H + h, n0, drop_thr, keep_scale, window, softcap,
-                                  False, MASK_KIND, CAUSAL, BLOCK_M, BLOCK_N, HEAD_D, BLOCK_D, UPCAST, DOT_PREC, FOLD,
-                                  DROPOUT, WINDOWED, SOFTCAP)
+            dk, dv = _dkdv_blocks(dk, dv, k, v, q_base, do_base, lse_base, delta_base, mask_base, cols, offs_m,
+                                  offs_d, offs_dv, stride_qm, stride_qd, stride_dom, stride_dod, stride_mm, stride_mk,
+                                  stride_lp, h_lo, h_full, 0, 0, start, end, has_holes, Q_LEN, K_LEN, qk_scale,
+                                  threshold, seed, b * H + h, n0, drop_thr, keep_scale, window, softcap, True,
+                                  MASK_KIND, CAUSAL, BLOCK_M, BLOCK_N, HEAD_D, BLOCK_D, HEAD_DV, BLOCK_DV, UPCAST,
+                                  DOT_PREC, FOLD, DROPOUT, WINDOWED, SOFTCAP)
+            dk, dv = _dkdv_blocks(dk, dv, k, v, q_base, do_base, lse_base, delta_base, mask_base, cols, offs_m,
+                                  offs_d, offs_dv, stride_qm, stride_qd, stride_dom, stride_dod, stride_mm, stride_mk,
+                                  stride_lp, q_full, q_wfull, 0, 0, start, end, has_holes, Q_LEN, K_LEN, qk_scale,
+                                  threshold, seed, b * H + h, n0, drop_thr, keep_scale, window, softcap, False,
+                                  MASK_KIND, CAUSAL, BLOCK_M, BLOCK_N, HEAD_D, BLOCK_D, HEAD_DV, BLOCK_DV, UPCAST,
+                                  DOT_PREC, FOLD, DROPOUT, WINDOWED, SOFTCAP)
             if WINDOWED:
                 dk, dv = _dkdv_blocks(dk, dv, k, v, q_base, do_base, lse_base, delta_base, mask_base, cols, offs_m,
-                                      offs_d, stride_qm, stride_qd, stride_dom, stride_dod, stride_mm, stride_mk,
-                                      stride_lp, q_wfull, q_hi, 0, 0, start, end, has_holes, Q_LEN, K_LEN,
+                                      offs_d, offs_dv, stride_qm, stride_qd, stride_dom, stride_dod, stride_mm,
+                                      stride_mk, stride_lp, q_wfull, q_hi, 0, 0, start, end, has_holes, Q_LEN, K_LEN,
                                       qk_scale, threshold, seed, b * H + h, n0, drop_thr, keep_scale, window, softcap,
-                                      True, MASK_KIND, CAUSAL, BLOCK_M, BLOCK_N, HEAD_D, BLOCK_D, UPCAST, DOT_PREC,
-                                      FOLD, DROPOUT, WINDOWED, SOFTCAP)
+                                      True, MASK_KIND, CAUSAL, BLOCK_M, BLOCK_N, HEAD_D, BLOCK_D, HEAD_DV, BLOCK_DV,
+                                      UPCAST, DOT_PREC, FOLD, DROPOUT, WINDOWED, SOFTCAP)
     dk = dk * sm_scale
     ok = col_ok[:, None] & d_ok[None, :]
     tl.store(dk_ptr + b * stride_dkb + hk * stride_dkh + cols[:, None] * stride_dkn + offs_d[None, :] * stride_dkd,
              dk.to(dk_ptr.dtype.element_ty), mask=ok)
-    tl.store(dv_ptr + b * stride_dvb + hk * stride_dvh + cols[:, None] * stride_dvn + offs_d[None, :] * stride_dvd,
-             dv.to(dv_ptr.dtype.element_ty), mask=ok)
+    tl.store(dv_ptr + b * stride_dvb + hk * stride_dvh + cols[:, None] * stride_dvn + offs_dv[None, :] * stride_dvd,
+             dv.to(dv_ptr.dtype.element_ty), mask=col_ok[:, None] & dv_ok[None, :])
 
 
 @triton.jit
-def _dq_blocks(dq, q, do, lse, res, delta, k_base, v_base, mask_base, rows, offs_n, offs_d,
+def _dq_blocks(dq, q, do, lse, res, delta, k_base, v_base, mask_base, rows, offs_n, offs_d, offs_dv,
                stride_kn, stride_kd, stride_vn, stride_vd, stride_mm, stride_mk,
                lo, hi, start, end, has_holes, Q_LEN, K_LEN, qk_scale, threshold, seed, bh, drop_thr, keep_scale,
                window, softcap, MASKED: tl.constexpr, MASK_KIND: tl.constexpr, CAUSAL: tl.constexpr,
-               BLOCK_N: tl.constexpr, HEAD_D: tl.constexpr, BLOCK_D: tl.constexpr, UPCAST: tl.constexpr,
-               DOT_PREC: tl.constexpr, FOLD: tl.constexpr, DROPOUT: tl.constexpr, WINDOWED: tl.constexpr,
-               SOFTCAP: tl.constexpr):
+               BLOCK_N: tl.constexpr, HEAD_D: tl.constexpr, BLOCK_D: tl.constexpr, HEAD_DV: tl.constexpr,
+               BLOCK_DV: tl.constexpr, UPCAST: tl.constexpr, DOT_PREC: tl.constexpr, FOLD: tl.constexpr,
+               DROPOUT: tl.constexpr, WINDOWED: tl.constexpr, SOFTCAP: tl.constexpr):
     """Accumulate ``dq`` of one query block over key blocks ``[lo, hi)``."""
     d_ok = offs_d < HEAD_D
+    dv_ok = offs_dv < HEAD_DV
     for n0 in range(lo, hi, BLOCK_N):
         cols = n0 + offs_n
         col_ok = cols < K_LEN
         kt = _load_2d(k_base + offs_d[:, None] * stride_kd + cols[None, :] * stride_kn, d_ok, col_ok,
                       BLOCK_D != HEAD_D, MASKED)
-        vt = _load_2d(v_base + offs_d[:, None] * stride_vd + cols[None, :] * stride_vn, d_ok, col_ok,
-                      BLOCK_D != HEAD_D, MASKED)
+        vt = _load_2d(v_base + offs_dv[:, None] * stride_vd + cols[None, :] * stride_vn, dv_ok, col_ok,
+                      BLOCK_DV != HEAD_DV, MASKED)
         if UPCAST:
             kt = kt.to(tl.float32)
             vt = vt.to(tl.float32)
@@ -957,8 +969,9 @@ def _bwd_dq_kernel(
     stride_lp,
     H, GROUP, Q_LEN, K_LEN, sm_scale, qk_scale, threshold, drop_thr, keep_scale, window, softcap,
     MASK_KIND: tl.constexpr, CAUSAL: tl.constexpr, BH_FIRST: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_D: tl.constexpr, BLOCK_D: tl.constexpr,
-    UPCAST: tl.constexpr, DOT_PREC: tl.constexpr, WIDE: tl.constexpr, FOLD: tl.constexpr, DROPOUT: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_D: tl.constexpr, BLOCK_D: tl.constexpr, HEAD_DV: tl.constexpr,
+    BLOCK_DV: tl.constexpr, UPCAST: tl.constexpr, DOT_PREC: tl.constexpr, WIDE: tl.constexpr, FOLD: tl.constexpr,
+    DROPOUT: tl.constexpr,
     WINDOWED: tl.constexpr, SOFTCAP: tl.constexpr,
     B4D: tl.constexpr, B4D_PER_B: tl.constexpr, B4D_PER_H: tl.constexpr, B4D_SPAN: tl.constexpr,
 ):
@@ -981,6 +994,8 @@ def _bwd_dq_kernel(
     offs_d = tl.arange(0, BLOCK_D)
     row_ok = rows < Q_LEN
     d_ok = offs_d < HEAD_D
+    offs_dv = tl.arange(0, BLOCK_DV)
+    dv_ok = offs_dv < HEAD_DV
 
     mask_base = mask_ptr + b * stride_mb + h * stride_mh
     start, end, has_holes = _key_range(ranges_ptr, b, K_LEN, MASK_KIND)
@@ -996,7 +1011,7 @@ def _bwd_dq_kernel(
     q = _load_2d(q_ptr + b * stride_qb + h * stride_qh + rows[:, None] * stride_qm + offs_d[None, :] * stride_qd,
                  row_ok, d_ok, True, BLOCK_D != HEAD_D)
     do = _load_2d(do_ptr + b * stride_dob + h * stride_doh + rows[:, None] * stride_dom
-                  + offs_d[None, :] * stride_dod, row_ok, d_ok, True, BLOCK_D != HEAD_D)
+                  + offs_dv[None, :] * stride_dod, row_ok, dv_ok, True, BLOCK_DV != HEAD_DV)
     if UPCAST:
         q = q.to(tl.float32)
         do = do.to(tl.float32)
@@ -1014,21 +1029,21 @@ def _bwd_dq_kernel(
         seed = tl.load(seed_ptr)
 
     dq = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
-    dq = _dq_blocks(dq, q, do, lse, res, delta, k_base, v_base, mask_base, rows, offs_n, offs_d,
-                    stride_kn, stride_kd, stride_vn, stride_vd, stride_mm, stride_mk,
-                    s_lo, tl.minimum(full_lo, s_hi), start, end, has_holes, Q_LEN, K_LEN, qk_scale, threshold,
-                    seed, bh, drop_thr, keep_scale, window, softcap, True, MASK_KIND, CAUSAL, BLOCK_N, HEAD_D, BLOCK_D,
-                    UPCAST, DOT_PREC, FOLD, DROPOUT, WINDOWED, SOFTCAP)
-    dq = _dq_blocks(dq, q, do, lse, res, delta, k_base, v_base, mask_base, rows, offs_n, offs_d,
-                    stride_kn, stride_kd, stride_vn, stride_vd, stride_mm, stride_mk,
-                    full_lo, full_hi, start, end, has_holes, Q_LEN, K_LEN, qk_scale, threshold,
-                    seed, bh, drop_thr, keep_scale, window, softcap, False, MASK_KIND, CAUSAL, BLOCK_N, HEAD_D, BLOCK_D,
-                    UPCAST, DOT_PREC, FOLD, DROPOUT, WINDOWED, SOFTCAP)
-    dq = _dq_blocks(dq, q, do, lse, res, delta, k_base, v_base, mask_base, rows, offs_n, offs_d,
-                    stride_kn, stride_kd, stride_vn, stride_vd, stride_mm, stride_mk,
-                    tl.maximum(full_lo, full_hi), s_hi, start, end, has_holes, Q_LEN, K_LEN, qk_scale, threshold,
-                    seed, bh, drop_thr, keep_scale, window, softcap, True, MASK_KIND, CAUSAL, BLOCK_N, HEAD_D, BLOCK_D,
-                    UPCAST, DOT_PREC, FOLD, DROPOUT, WINDOWED, SOFTCAP)
+    dq = _dq_blocks(dq, q, do, lse, res, delta, k_base, v_base, mask_base, rows, offs_n, offs_d, offs_dv, stride_kn,
+                    stride_kd, stride_vn, stride_vd, stride_mm, stride_mk, s_lo, tl.minimum(full_lo, s_hi), start,
+                    end, has_holes, Q_LEN, K_LEN, qk_scale, threshold, seed, bh, drop_thr, keep_scale, window,
+                    softcap, True, MASK_KIND, CAUSAL, BLOCK_N, HEAD_D, BLOCK_D, HEAD_DV, BLOCK_DV, UPCAST, DOT_PREC,
+                    FOLD, DROPOUT, WINDOWED, SOFTCAP)
+    dq = _dq_blocks(dq, q, do, lse, res, delta, k_base, v_base, mask_base, rows, offs_n, offs_d, offs_dv, stride_kn,
+                    stride_kd, stride_vn, stride_vd, stride_mm, stride_mk, full_lo, full_hi, start, end, has_holes,
+                    Q_LEN, K_LEN, qk_scale, threshold, seed, bh, drop_thr, keep_scale, window, softcap, False,
+                    MASK_KIND, CAUSAL, BLOCK_N, HEAD_D, BLOCK_D, HEAD_DV, BLOCK_DV, UPCAST, DOT_PREC, FOLD, DROPOUT,
+                    WINDOWED, SOFTCAP)
+    dq = _dq_blocks(dq, q, do, lse, res, delta, k_base, v_base, mask_base, rows, offs_n, offs_d, offs_dv, stride_kn,
+                    stride_kd, stride_vn, stride_vd, stride_mm, stride_mk, tl.maximum(full_lo, full_hi), s_hi, start,
+                    end, has_holes, Q_LEN, K_LEN, qk_scale, threshold, seed, bh, drop_thr, keep_scale, window,
+                    softcap, True, MASK_KIND, CAUSAL, BLOCK_N, HEAD_D, BLOCK_D, HEAD_DV, BLOCK_DV, UPCAST, DOT_PREC,
+                    FOLD, DROPOUT, WINDOWED, SOFTCAP)
     dq = dq * sm_scale
     tl.store(dq_ptr + b * stride_dqb + h * stride_dqh + rows[:, None] * stride_dqm + offs_d[None, :] * stride_dqd,
              dq.to(dq_ptr.dtype.element_ty), mask=row_ok[:, None] & d_ok[None, :])
@@ -1355,9 +1370,10 @@ class _ForwardPlan:
                  bounded=False, softcap=0.0, sinks=False):
         causal, window = _kernel_window(causal, window)
         B, H, Q, D = q.shape
-        Hkv, K = k.shape[1], k.shape[2]
+        Hkv, K, Dv = k.shape[1], k.shape[2], v.shape[3]  # Dv: D but where the values are narrower (MLA)
         decode = _is_decode(Q)
-        block_m, block_n, warps, stages = _fwd_config(D, Q, q.dtype, decode, causal, drop_thr > 0,
+        Dt = max(D, Dv)  # the widest tile picks the launch settings
+        block_m, block_n, warps, stages = _fwd_config(Dt, Q, q.dtype, decode, causal, drop_thr > 0,
                                                       _smem_optin(q.device))
         # a window: each row reads at most `window` keys (the splits divide its own range, see _block_key_bounds)
         split_k = min(K, window + block_m) if window else K
@@ -1370,18 +1386,18 @@ class _ForwardPlan:
         prog_heads, prog_rows = (Hkv, group * Q) if pack else (H, Q)
         self.splits = num_splits = (_num_splits(B, prog_heads, prog_rows, split_k, block_m, block_n, q.device)
                                     if decode else 1)
-        self.out_shape, self.lse_shape = (B, Q, H, D), (2, B, H, Q)
-        self.empty = B * Q * H * D == 0
+        self.out_shape, self.lse_shape = (B, Q, H, Dv), (2, B, H, Q)
+        self.empty = B * Q * H * D * Dv == 0
         self.dtype, self.device = q.dtype, q.device
         self.uses_mask = kind in (_K_RANGE, _K_BOOL, _K_ADD, _K_SEG)
         self.need_lse = need_lse  # inference does not keep the log-sum-exp: neither allocated nor stored
-        # the strides of the tensors this plan allocates: out is [B, H, Q, D] over [B, Q, H, D] memory
-        out_strides = (Q * H * D, D, H * D, 1)
+        # the strides of the tensors this plan allocates: out is [B, H, Q, Dv] over [B, Q, H, Dv] memory
+        out_strides = (Q * H * Dv, Dv, H * Dv, 1)
         if num_splits == 1:
             ostr, lstr = (0,) + out_strides, 0
         else:
-            self.part_shapes = ((num_splits, B, H, Q, D), (num_splits, 2, B, H, Q))
-            ostr, lstr = (B * H * Q * D, H * Q * D, Q * D, D, 1), 2 * B * H * Q
+            self.part_shapes = ((num_splits, B, H, Q, Dv), (num_splits, 2, B, H, Q))
+            ostr, lstr = (B * H * Q * Dv, H * Q * Dv, Q * Dv, Dv, 1), 2 * B * H * Q
         mstr = _mask_args(kind, mask_t, q)[1]
         upcast = _INTERPRET and q.dtype == torch.bfloat16
         prec = "ieee" if (q.dtype == torch.float32 or upcast) else "tf32"
@@ -1389,25 +1405,26 @@ class _ForwardPlan:
         grid = ((B * prog_heads, _cdiv(prog_rows, block_m), num_splits) if bh_first
                 else (_cdiv(prog_rows, block_m), B * prog_heads, num_splits))
         # what this plan allocates is contiguous: its largest offset is its size minus one
-        wide = _wide(q, k, v, mask_t) or num_splits * B * H * Q * D >= 2**31
+        wide = _wide(q, k, v, mask_t) or num_splits * B * H * Q * Dv >= 2**31
         self.dropout = drop_thr > 0
         qk_scale, cap = _score_scales(scale, softcap)
         scalars = (*q.stride(), *k.stride(), *v.stride(), *ostr, lstr, B * H * Q, *mstr,
                    H, H // Hkv, Q, K, num_splits, qk_scale, threshold, drop_thr, _keep_scale(drop_thr), window, cap)
         constexprs = dict(
             MASK_KIND=kind, CAUSAL=causal, BH_FIRST=bh_first, BLOCK_M=block_m, BLOCK_N=block_n, HEAD_D=D,
-            BLOCK_D=_block_d(D), UPCAST=upcast, DOT_PREC=prec, WIDE=wide, FOLD=not softcap and _fold(kind, scale),
+            BLOCK_D=_block_d(D), HEAD_DV=Dv, BLOCK_DV=_block_d(Dv), UPCAST=upcast, DOT_PREC=prec, WIDE=wide,
+            FOLD=not softcap and _fold(kind, scale),
             MERGE_TAIL=FWD_MERGE_TAIL, STORE_LSE=need_lse or num_splits > 1, DROPOUT=self.dropout,
             WINDOWED=window > 0, PACK=pack, SOFTCAP=softcap > 0, SINK=sinks and num_splits == 1,
             **_bounds_constexprs(mask_t if bounded else None, block_m),
             num_warps=warps, num_stages=stages,
             # dropout's random numbers need more registers than the caps leave (ptxas spills under them)
-            **({} if self.dropout else _fwd_maxnreg(D, q.dtype, decode, causal, block_m, warps)),
+            **({} if self.dropout else _fwd_maxnreg(Dt, q.dtype, decode, causal, block_m, warps)),
         )
         self.launch = bind(_attn_fwd_kernel, grid, scalars, constexprs)
         # inference on an H100 / H200 (when it applies: see _hopper): the Gluon kernel instead
         self.hopper = None
-        if (not (window or softcap or (sinks and not _hopper.SINKS_OK))
+        if (not (window or softcap or (sinks and not _hopper.SINKS_OK) or Dv != D)
                 and _hopper.usable(q, k, v, kind, causal, _fold(kind, scale), need_lse, drop_thr, num_splits,
                                    _sm_count(q.device))):
             self.hopper = _hopper.HopperForward(q, k, v, kind, causal, scale, _sm_count(q.device), sinks=sinks)
@@ -1415,7 +1432,7 @@ class _ForwardPlan:
             self.combine = bind(
                 _split_combine_kernel, (B * H, Q),
                 (ostr[0], lstr, B * H * Q, *out_strides, H, Q, num_splits),
-                dict(HEAD_D=D, BLOCK_D=_block_d(D), BLOCK_S=max(2, _next_pow2(num_splits)), STORE_LSE=need_lse,
+                dict(HEAD_D=Dv, BLOCK_D=_block_d(Dv), BLOCK_S=max(2, _next_pow2(num_splits)), STORE_LSE=need_lse,
                      SINK=sinks, num_warps=1),
             )
 
@@ -1482,21 +1499,22 @@ class _BackwardPlan:
         self.empty = q.numel() == 0 or K == 0  # nothing was attended to: every gradient is zero
         if self.empty:
             return
-        bd = _block_d(D)
-        kv_cfg, q_cfg = _bwd_config(D, q.dtype, causal, drop_thr > 0, _smem_optin(q.device))
+        Dv = v.shape[3]  # D but where the values are narrower (MLA)
+        bd, bdv = _block_d(D), _block_d(Dv)
+        kv_cfg, q_cfg = _bwd_config(max(D, Dv), q.dtype, causal, drop_thr > 0, _smem_optin(q.device))
         self.uses_mask = kind in (_K_RANGE, _K_BOOL, _K_ADD, _K_SEG)
         delta_first = _bh_first(False, B * H, _cdiv(Q, 64))
         self.delta = bind(_bwd_delta_kernel, (B * H, _cdiv(Q, 64)) if delta_first else (_cdiv(Q, 64), B * H),
-                          (*out.stride(), *do.stride(), H, Q), dict(BH_FIRST=delta_first, BLOCK_M=64, HEAD_D=D,
-                                                                    BLOCK_D=bd))
+                          (*out.stride(), *do.stride(), H, Q), dict(BH_FIRST=delta_first, BLOCK_M=64, HEAD_D=Dv,
+                                                                    BLOCK_D=bdv))
         # the gradients are allocated like q, k, v (empty_like keeps a dense tensor's strides)
         dq, dk, dv = (torch.empty_like(t, device="meta") for t in (q, k, v))
         mstr = _mask_args(kind, mask_t, q)[1]
         upcast = _INTERPRET and q.dtype == torch.bfloat16
         prec = "ieee" if (q.dtype == torch.float32 or upcast) else "tf32"
         self.dropout = drop_thr > 0
-        common = dict(MASK_KIND=kind, CAUSAL=causal, HEAD_D=D, BLOCK_D=bd, UPCAST=upcast, DOT_PREC=prec,
-                      WIDE=_wide(q, k, v, do, mask_t), FOLD=not softcap and _fold(kind, scale),
+        common = dict(MASK_KIND=kind, CAUSAL=causal, HEAD_D=D, BLOCK_D=bd, HEAD_DV=Dv, BLOCK_DV=bdv, UPCAST=upcast,
+                      DOT_PREC=prec, WIDE=_wide(q, k, v, do, mask_t), FOLD=not softcap and _fold(kind, scale),
                       DROPOUT=self.dropout, WINDOWED=window > 0, SOFTCAP=softcap > 0)
         qk_scale, cap = _score_scales(scale, softcap)
         drop = (drop_thr, _keep_scale(drop_thr), window, cap)
@@ -1638,8 +1656,9 @@ def real_number(value, name: str) -> float:
     return float(value)
 
 
-def _validate(q, k, v, dropout_p=0.0):
-    """The checks of q, k, v and dropout_p (``scale`` is masked_softmax's ``validate_scale``)."""
+def _validate(q, k, v, dropout_p=0.0, any_value_dim=False):
+    """The checks of q, k, v and dropout_p (``scale`` is masked_softmax's ``validate_scale``). ``any_value_dim``: v may
+    have a head dim of its own (see ``ops.attention``)."""
     for name, t in (("q", q), ("k", k), ("v", v)):
         if not isinstance(t, torch.Tensor):
             raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
@@ -1652,7 +1671,13 @@ def _validate(q, k, v, dropout_p=0.0):
         raise TypeError(f"q, k and v must share one dtype, got q {q.dtype}, k {k.dtype}, v {v.dtype}")
     if k.device != q.device or v.device != q.device:
         raise ValueError(f"q, k and v must be on one device, got q {q.device}, k {k.device}, v {v.device}")
-    if k.shape != v.shape:
+    if any_value_dim:
+        if k.shape[:3] != v.shape[:3]:
+            raise ValueError(f"k and v must have the same batch, heads and length, got k {list(k.shape)} and "
+                             f"v {list(v.shape)}")
+        if not 1 <= v.shape[3] <= 256:
+            raise ValueError(f"v's head_dim must be in [1, 256], got v of shape {list(v.shape)}")
+    elif k.shape != v.shape:
         raise ValueError(f"k and v must have the same shape, got k {list(k.shape)} and v {list(v.shape)}")
     B, H, Q, D = q.shape
     if k.shape[0] != B:

@@ -307,22 +307,6 @@ def _windowed_mask(attention_mask, q_len: int, k_len: int, window: int, causal: 
                             window=window)
 
 
-def _one_head_dim(query, key, value):
-    """Queries, keys and values at one head dim, for the fused kernel (whose values are as wide as its keys).
-
-    Multi-head latent attention (DeepSeek-V2/V3 and their kin) hands over 192-wide queries and keys with 128-wide
-    values. The narrower side gets zero columns: zeros in q and k add nothing to any score, zero value columns give
-    output columns that the caller drops, so every score, probability and kept output element is unchanged. The cost
-    is one padded copy (of the values, for those models). Plain attention is returned as it came."""
-    extra = key.shape[-1] - value.shape[-1]
-    if extra > 0:
-        value = torch.nn.functional.pad(value, (0, extra))
-    elif extra < 0:
-        query = torch.nn.functional.pad(query, (0, -extra))
-        key = torch.nn.functional.pad(key, (0, -extra))
-    return query, key, value
-
-
 def _attention_forward(
     module: torch.nn.Module,
     query: torch.Tensor,
@@ -335,7 +319,8 @@ def _attention_forward(
     **kwargs,
 ):
     """``AttentionInterface`` entry: ``query [B, H, Q, D]``, ``key [B, Hkv, K, D]``, ``value [B, Hkv, K, Dv]`` ->
-    (``[B, Q, H, Dv]``, probs); ``Dv`` is ``D`` but for multi-head latent attention (see ``_one_head_dim``).
+    (``[B, Q, H, Dv]``, probs); ``Dv`` is ``D`` but for multi-head latent attention (DeepSeek-V2/V3 and their
+    kin: 192-wide queries and keys, 128-wide values), which the kernels take as it is.
 
     ``attention_mask`` is what the mask function below produced (``None`` or ``[B, K]`` bool) or a 4D bool / additive
     mask. Returns the probabilities ``[B, H, Q, K]`` in softmax mode, ``None`` in fused mode.
@@ -357,13 +342,10 @@ def _attention_forward(
     segments = getattr(attention_mask, _SEGMENTS_TAG, None) if attention_mask is not None else None
 
     if mode == "fused" and query.dtype != torch.float64:
-        value_dim = value.shape[-1]
-        query, key, value = _one_head_dim(query, key, value)
         out = attention(query, key, value, None if segments is not None else attention_mask, causal=causal,
                         scale=scaling, dropout_p=float(dropout), window=window,
-                        softcap=None if softcap is None else float(softcap), sinks=sinks, segments=segments)
-        if out.shape[-1] != value_dim:
-            out = out[..., :value_dim]
+                        softcap=None if softcap is None else float(softcap), sinks=sinks, segments=segments,
+                        _any_value_dim=True)
         return out.transpose(1, 2).contiguous(), None
     if segments is not None:  # the softmax kernel has no segments: a 4D mask with them (and any window)
         shape = (query.shape[0], 1, query.shape[-2], key.shape[-2])

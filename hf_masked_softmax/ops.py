@@ -310,9 +310,9 @@ def attention_op(
 
 @attention_op.register_fake
 def _(q, k, v, mask, mask_kind, threshold, causal, scale, drop_thr=0, seed=None, window=0, softcap=0.0, sinks=None):
-    B, H, Q, D = q.shape
-    # [B, H, Q, D] laid out as [B, Q, H, D], exactly as the kernel writes it
-    out = q.new_empty((B, Q, H, D)).transpose(1, 2)
+    B, H, Q, _ = q.shape
+    # [B, H, Q, Dv] laid out as [B, Q, H, Dv], exactly as the kernel writes it (Dv: v's head dim)
+    out = q.new_empty((B, Q, H, v.shape[-1])).transpose(1, 2)
     lse = q.new_empty((2, B, H, Q), dtype=torch.float32)  # each row's lse and its rounding residual (attention.py)
     return out, lse
 
@@ -402,8 +402,8 @@ def attention_inference_op(
 
 @attention_inference_op.register_fake
 def _(q, k, v, mask, mask_kind, threshold, causal, scale, window=0, softcap=0.0, sinks=None):
-    B, H, Q, D = q.shape
-    return q.new_empty((B, Q, H, D)).transpose(1, 2)  # the kernel's layout, as attention_forward's
+    B, H, Q, _ = q.shape
+    return q.new_empty((B, Q, H, v.shape[-1])).transpose(1, 2)  # the kernel's layout, as attention_forward's
 
 
 # Signatures of eager calls already validated (no mask or a 2D padding mask) -> (kernel kind, scale, drop_thr, window,
@@ -472,13 +472,19 @@ def attention(
     softcap: Optional[float] = None,
     sinks: Optional[torch.Tensor] = None,
     segments: Optional[torch.Tensor] = None,
+    _any_value_dim: bool = False,
 ) -> torch.Tensor:
-    """:func:`hf_masked_softmax.attention` through the custom operator (same arguments, same contract)."""
+    """:func:`hf_masked_softmax.attention` through the custom operator (same arguments, same contract).
+
+    ``_any_value_dim`` (private, for :mod:`hf_masked_softmax.hf`): ``v`` may have a head dim of its own, ``[B, Hkv, K,
+    Dv]`` with ``1 <= Dv <= 256``, and the result is ``[B, H, Q, Dv]`` (multi-head latent attention: DeepSeek-V2/V3's
+    values are 128 wide against 192-wide queries and keys). The kernels read and write ``Dv`` columns of values,
+    outputs and their gradients. The public function keeps one head dim, as DESIGN.md specifies."""
     if type(q) is torch.Tensor and q.device.type in _AUTOCAST_DEVICES and torch.is_autocast_enabled(q.device.type):
         q, k, v = _autocast_inputs(q, k, v)
     if sinks is not None:  # fp32 [H] (checked here: the shortcut below skips the other checks)
         if not isinstance(q, torch.Tensor) or q.dim() != 4:
-            _attn._validate(q, k, v, dropout_p)
+            _attn._validate(q, k, v, dropout_p, _any_value_dim)
         sinks = _ms.sinks_tensor(sinks, q.shape[1], q.device)
         path = call_path(q, k, v, sinks)
     else:
@@ -487,6 +493,8 @@ def attention(
     # eager: a signature validated before skips the checks (a model calls one per layer; not for packed sequences)
     if path != "op" and segments is None:
         sig = _eager_signature(q, k, v, attention_mask, causal, scale, dropout_p, window, softcap, sinks)
+        if sig is not None and _any_value_dim:
+            sig = sig + ("any value dim",)  # validated under the looser check: never a hit for a public call
         hit = _VALIDATED.get(sig) if sig is not None else None
         if hit is not None:
             kind, scale, drop_thr, win, cap = hit
@@ -496,7 +504,7 @@ def attention(
                 ranges = _masks.pad_ranges(mask_t, attention_mask)
             return _eager(path, q, k, v, kind, mask_t, ranges, 0.0, causal, scale, (path, sig), drop_thr, win, cap,
                           sinks)
-    _attn._validate(q, k, v, dropout_p)
+    _attn._validate(q, k, v, dropout_p, _any_value_dim)
     drop_thr = _attn.dropout_threshold(float(dropout_p))[0]
     B, H, Q, D = q.shape
     K = k.shape[2]

@@ -97,7 +97,7 @@ SPECS = (
     decoder_spec("solar_open", "SolarOpenAttention"),
     decoder_spec("minimax_m2", "MiniMaxM2Attention"),  # MiniMax-M2: q/k norms over all heads
     # multi-head latent attention: queries and keys of qk_nope_head_dim + qk_rope_head_dim (192 in DeepSeek-V3),
-    # values of v_head_dim (128), one head of each per query head; the fused mode pads the values (hf._one_head_dim)
+    # values of v_head_dim (128), one head of each per query head; the fused kernel takes them as they are
     decoder_spec("deepseek_v2", "DeepseekV2Attention"),  # DeepSeek-V2 / V2-Lite
     decoder_spec("deepseek_v3", "DeepseekV3Attention"),  # DeepSeek-V3 / R1, Kimi K2 (their latents cached, 5.25)
     decoder_spec("glm4_moe_lite", "Glm4MoeLiteAttention"),  # GLM-4.7-Flash

@@ -999,3 +999,85 @@ def test_gqa_packing_is_on_by_default_and_switched_off_by_the_environment():
             env["HF_MASKED_SOFTMAX_GQA_PACK"] = value
         out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
         assert out.stdout.strip() == expected
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Values of a head dim of their own (private: the HF backend's multi-head latent attention)
+# ---------------------------------------------------------------------------------------------------------------
+
+def _mla_case(case, value_dim, dtype, device):
+    """q, k, v with 24-wide queries and keys and ``value_dim``-wide values (GQA 4 -> 2), a mask and causality."""
+    g = torch.Generator().manual_seed(value_dim)
+    B, H, Hkv, Q, K = 3, 4, 2, 9, 13
+    if case == "decode-splits":
+        Q, K = 1, 40
+    q = torch.randn(B, H, Q, 24, generator=g).to(device, dtype)
+    k = torch.randn(B, Hkv, K, 24, generator=g).to(device, dtype)
+    v = torch.randn(B, K, Hkv, value_dim, generator=g).to(device, dtype).transpose(1, 2)  # HF's layout
+    if case == "bool4d":
+        mask = (torch.rand(B, 1, Q, K, generator=g) < 0.6).to(device)
+        mask[1, :, 2] = False  # a row with nothing kept
+    else:
+        mask = _pad_mask([K, 7, 2], K, "left", device)
+    return q, k, v, mask, case != "bool4d"
+
+
+@pytest.mark.parametrize("case", ["pad2d-causal", "bool4d", "decode-splits"])
+@pytest.mark.parametrize("value_dim", [8, 24, 40])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_values_of_their_own_head_dim(device, case, value_dim, dtype):
+    # v [B, Hkv, K, Dv] with Dv narrower than, equal to and wider than the queries' and keys' 24: the kernels read
+    # and write Dv columns of values, outputs and value gradients (no padding); output and gradients of q, k, v
+    # against the fp64 reference; the decode case forces three key splits and their combine
+    from hf_masked_softmax import ops
+
+    q, k, v, mask, causal = _mla_case(case, value_dim, dtype, device)
+    q, k, v = (t.requires_grad_(case != "decode-splits") for t in (q, k, v))
+    with contextlib.ExitStack() as stack:
+        if case == "decode-splits":
+            stack.enter_context(mock.patch.object(attn_mod, "_is_decode", lambda Q: True))
+            stack.enter_context(mock.patch.object(attn_mod, "_num_splits", lambda *a: 3))
+        out = ops.attention(q, k, v, mask, causal=causal, scale=24 ** -0.5, _any_value_dim=True)
+    assert out.shape == (*q.shape[:3], value_dim) and out.dtype == dtype
+    assert out.transpose(1, 2).is_contiguous()  # the kernel's [B, Q, H, Dv] layout, as with one head dim
+    assert torch.isfinite(out).all()
+    if case == "decode-splits":
+        ref, _ = _ref(q, k, v, mask, causal, 24 ** -0.5)
+        assert_close(out, ref, scale=OUT_SCALE[dtype])
+    else:
+        _assert_matches_reference(out, q, k, v, mask, causal, scale=24 ** -0.5)
+
+
+def test_values_of_their_own_head_dim_with_dropout_sinks_window_and_softcap(device):
+    # the other kernel features along the narrower values: dropout's mask is the same as at one head dim for the
+    # same seed (the kept probabilities do not depend on the values' width: the first 8 columns of a call on values
+    # padded to 24 wide are the narrow call's), sinks, a window and a soft-cap against the reference
+    from hf_masked_softmax import ops
+
+    q, k, v, mask, causal = _mla_case("pad2d-causal", 8, torch.float32, device)
+    sinks = torch.randn(4, generator=torch.Generator().manual_seed(1)).to(device)
+    out = ops.attention(q, k, v, mask, causal=True, window=5, softcap=3.0, sinks=sinks, _any_value_dim=True)
+    ref, _ = _ref(q, k, v, mask, True, window=5, softcap=3.0, sinks=sinks)
+    assert_close(out, ref, scale=OUT_SCALE[torch.float32])
+    wide_v = torch.nn.functional.pad(v, (0, 16))
+    torch.manual_seed(5)
+    narrow = ops.attention(q, k, v, mask, causal=True, dropout_p=0.3, _any_value_dim=True)
+    torch.manual_seed(5)
+    wide = ops.attention(q, k, wide_v, mask, causal=True, dropout_p=0.3)
+    assert (narrow != 0).any() and not torch.equal(narrow, out)
+    torch.testing.assert_close(narrow, wide[..., :8], atol=1e-6, rtol=1e-5)
+
+
+def test_public_attention_keeps_one_head_dim(device):
+    # the public function still refuses values of another width, also after the private entry validated (and
+    # cached) a call with the same shapes
+    from hf_masked_softmax import ops
+
+    q, k, v, mask, _ = _mla_case("pad2d-causal", 8, torch.float32, device)
+    ops.attention(q, k, v, mask, causal=True, _any_value_dim=True)
+    with pytest.raises(ValueError, match="k and v must have the same shape"):
+        hf_masked_softmax.attention(q, k, v, mask, causal=True)
+    with pytest.raises(ValueError, match="same batch, heads and length"):
+        ops.attention(q, k, v[:, :, :5], mask, causal=True, _any_value_dim=True)
+    with pytest.raises(ValueError, match=r"v's head_dim must be in \[1, 256\]"):
+        ops.attention(q, k, torch.zeros(*v.shape[:3], 0, device=device), mask, _any_value_dim=True)

@@ -145,8 +145,8 @@ ARCHS = {
                                                            "experts_implementation": "eager"}),
 }
 # Multi-head latent attention: queries and keys 24 wide (16 without rotary + 8 with), values 16 wide (the fused
-# mode pads them, hf._one_head_dim), one key/value head per query head; "youtu-wide-values" has 32-wide values (the
-# fused mode pads the queries and keys instead)
+# kernel reads and writes 16 columns of them), one key/value head per query head; "youtu-wide-values" has 32-wide
+# values
 MLA = dict(num_key_value_heads=4, qk_nope_head_dim=16, qk_rope_head_dim=8, head_dim=8, v_head_dim=16,
            kv_lora_rank=32, q_lora_rank=None)  # head_dim: the rotary width, as these configs set it
 MLA_MOE = dict(MLA, n_routed_experts=2, num_experts_per_tok=2, moe_intermediate_size=32, n_group=1, topk_group=1,
@@ -367,23 +367,27 @@ def test_fused_kernel_gets_grouped_kv_heads_and_compact_mask(device, monkeypatch
         model(ids, attention_mask=mask)
     assert [c[:5] for c in calls] == [(4, 2, 2, torch.bool, (3, 12))] * 2
     assert all(c[5] == {"causal": True, "scale": pytest.approx(16 ** -0.5), "dropout_p": 0.0,
-                          "window": None, "softcap": None, "sinks": None, "segments": None} for c in calls)
+                          "window": None, "softcap": None, "sinks": None, "segments": None,
+                          "_any_value_dim": True} for c in calls)
 
 
 @pytest.mark.parametrize("arch", list(ARCHS))
 def test_every_layer_reaches_the_fused_kernel_causal_with_the_compact_mask(device, monkeypatch, arch):
     # a listed type runs its attention through the interface: one fused call per attention module (one per layer,
-    # LongCat-Flash's two, the hybrids' one attention layer of two), causal, the [B, K] mask, queries, keys and values of one head dim
+    # LongCat-Flash's two, the hybrids' one attention layer of two), causal, the [B, K] mask, queries and keys of one
+    # head dim, values of the model's (v_head_dim for multi-head latent attention, unpadded)
     calls = spy_fused(monkeypatch, lambda q, k, v, attention_mask=None, **kwargs: (
         None if attention_mask is None else tuple(attention_mask.shape), kwargs["causal"],
-        q.shape[-1] == k.shape[-1] == v.shape[-1]))
+        q.shape[-1] == k.shape[-1], v.shape[-1]))
     model = decoder(arch, device)
+    value_dim = getattr(model.config, "v_head_dim", None) or getattr(model.config, "head_dim", None) \
+        or model.config.hidden_size // model.config.num_attention_heads
     ids, mask = left_padded(device)
     with patched(model, mode="fused"):
         model(ids, attention_mask=mask)
     modules = [m for m in model.modules() if type(m).__name__ in REGISTRY[model.config.model_type].attention_classes]
     assert len(modules) == (1 if arch in HYBRIDS else model.config.num_hidden_layers)
-    assert calls == [((3, 12), True, True)] * len(modules)
+    assert calls == [((3, 12), True, True, value_dim)] * len(modules)
 
 
 # Sliding windows: (arch, config overrides). Qwen2/Qwen3 put the window on the layers below max_window_layers only.
@@ -716,18 +720,24 @@ def test_autocast_bf16_matches_sdpa(device, mode):
 @pytest.mark.parametrize("value_dim", [8, 24, 40])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
 def test_values_of_another_head_dim_through_the_fused_kernel(device, value_dim, dtype):
-    # hf._one_head_dim's padding (of the values when narrower, of the queries and keys when wider) and the kept output
-    # columns against the fp64 reference on the unpadded tensors: output and the gradients of q, k and v, GQA and
-    # left padding; 24 wide queries and keys as the MLA tests' (value_dim 24: nothing padded)
-    from test_attention import _assert_matches_reference, _pad_mask
+    # the attention interface's entry hands the kernels values of their own width (no padding) and returns
+    # [B, Q, H, Dv]: against the fp64 reference, output and the gradients of q, k and v, GQA and left padding; 24 wide
+    # queries and keys as the MLA tests'
+    from test_attention import _pad_mask, _ref
 
     g = torch.Generator().manual_seed(value_dim)
     q = torch.randn(3, 4, 9, 24, generator=g).to(device, dtype).requires_grad_(True)
     k = torch.randn(3, 2, 13, 24, generator=g).to(device, dtype).requires_grad_(True)
     v = torch.randn(3, 2, 13, value_dim, generator=g).to(device, dtype).requires_grad_(True)
     mask = _pad_mask([13, 7, 2], 13, "left", device)
-    qq, kk, vv = hf._one_head_dim(q, k, v)
-    assert qq.shape[-1] == kk.shape[-1] == vv.shape[-1] == max(24, value_dim)
-    out = hf.attention(qq, kk, vv, mask, causal=True, scale=24 ** -0.5)[..., :value_dim]
-    assert out.shape == (3, 4, 9, value_dim)
-    _assert_matches_reference(out, q, k, v, mask, True)
+    module = torch.nn.Module()  # an attention module patched in fused mode, causal
+    module.is_causal = True
+    module.__dict__[hf.MODE_ATTR] = "fused"
+    out, probs = hf._attention_forward(module, q, k, v, mask, scaling=24 ** -0.5)
+    assert probs is None and out.shape == (3, 9, 4, value_dim)
+    do = torch.randn(out.shape, generator=torch.Generator().manual_seed(7)).to(device, dtype)
+    grads = torch.autograd.grad(out, (q, k, v), do)
+    ref, ref_grads = _ref(q, k, v, mask, True, 24 ** -0.5, do.transpose(1, 2))
+    assert_close(out.transpose(1, 2), ref, scale=4.0)
+    for got, want in zip(grads, ref_grads):
+        assert_close(got, want, dtype, scale=10.0)
