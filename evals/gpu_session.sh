@@ -1204,10 +1204,12 @@ case "${1:-}" in
       | grep -v -i warn | grep -E "forward|backward|fastest|error|unavailable" | cut -c1-200
     ;;
   mla42b)
-    # end to end (speed.py's DeepSeek-V2-Lite rows) and the kernel rows against old_tree/
-    timeout 200 python -u evals/speed.py --only deepseek --impls eager,sdpa,softmax,fused --no-plot \
+    # the attention kernels' GPU tests again with more time (mla42's 150 s ran out after 43 of them, all passed), end
+    # to end (speed.py's DeepSeek-V2-Lite rows) and the kernel rows against old_tree/ (one round)
+    pytest_summary tests_attention42b 240 -m gpu tests/test_attention.py tests/test_window.py
+    timeout 170 python -u evals/speed.py --only deepseek --impls eager,sdpa,softmax,fused --no-plot \
       --out "$OUT/speed_mla42" 2>&1 | tee "$OUT/speed_mla42.log" | grep -v -i warn | tail -6 | cut -c1-220
-    ROUNDS=2 against_old ab42 80 "^\[|^  (ours|sdpa-default-nomask) " evals/bench_attention.py \
+    ROUNDS=1 against_old ab42 60 "^\[|^  (ours|sdpa-default-nomask) " evals/bench_attention.py \
       --providers ours,sdpa-default-nomask --shapes gpt2-pad-right,bert,decode
     ;;
   *)
