@@ -187,6 +187,38 @@ def test_compiled_attention_fullgraph_forward_backward(form, device):
         torch.testing.assert_close(gc, ge, atol=0, rtol=0)
 
 
+@pytest.mark.parametrize("value_dim", [8, 40])
+def test_values_of_their_own_head_dim_compile_and_pass_opcheck(device, value_dim):
+    # multi-head latent attention's values (the HF backend's private entry): the operators' fake implementations give
+    # the output [B, H, Q, Dv] in the kernel's layout (opcheck compares them with the real ones), and a compiled call
+    # equals the eager one, forward and gradients, with no graph break
+    B, H, Hkv, Q, K, D = 2, 4, 2, 5, 18, 16
+    g = torch.Generator().manual_seed(value_dim)
+    q = torch.randn(B, H, Q, D, generator=g).to(device)
+    k = torch.randn(B, Hkv, K, D, generator=g).to(device)
+    v = torch.randn(B, Hkv, K, value_dim, generator=g).to(device)
+    mask = _mask("pad2d", B, H, Q, K, device)
+    spec = prepare_mask(mask, (B, H, Q, K), q.device)
+    args = (q, k, v, mask, spec.kind, spec.threshold, True, 0.25)
+    torch.library.opcheck(ops.attention_op, tuple(t.requires_grad_(True) if isinstance(t, torch.Tensor) and
+                                                  t.is_floating_point() else t for t in args))
+    torch.library.opcheck(ops.attention_inference_op, tuple(t.detach() if isinstance(t, torch.Tensor) else t
+                                                            for t in args))
+
+    def fn(q, k, v, m):
+        return ops.attention(q, k, v, m, causal=True, _any_value_dim=True)
+
+    compiled = torch.compile(fn, backend=BACKEND, fullgraph=True)
+    a = [t.detach().clone().requires_grad_(True) for t in (q, k, v)]
+    b = [t.detach().clone().requires_grad_(True) for t in (q, k, v)]
+    out_c, out_e = compiled(*a, mask), fn(*b, mask)
+    assert out_c.shape == (B, H, Q, value_dim)
+    torch.testing.assert_close(out_c, out_e, atol=0, rtol=0)
+    do = torch.randn(out_c.shape, generator=g).to(device)
+    for gc, ge in zip(torch.autograd.grad(out_c, a, do), torch.autograd.grad(out_e, b, do)):
+        torch.testing.assert_close(gc, ge, atol=0, rtol=0)
+
+
 def test_explain_counts_zero_graph_breaks(device):
     q = torch.randn(2, 4, 6, 16, device=device)
     kv = torch.randn(2, 2, 6, 16, device=device)
