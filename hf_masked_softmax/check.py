@@ -262,6 +262,11 @@ def _fuzz_attention_case(rng, cuda):
     # attention sinks on a quarter of the cases (one logit per head: N(mean, 2)), a generator of their own likewise
     srng = torch.Generator().manual_seed(rng.initial_seed() ^ 0x51C)
     case["sinks"] = _pick(srng, (None, None, None, -2.0, 0.0, 3.0, None, None, None, None, None, None))
+    # values of a head dim of their own on a fifth of the cases (multi-head latent attention; the HF backend's private
+    # entry), a generator of their own likewise
+    vrng = torch.Generator().manual_seed(rng.initial_seed() ^ 0xD7)
+    widths = (8, 64, 96, 128, 192) if cuda else (4, 8, 16, 24)
+    case["Dv"] = _pick(vrng, widths) if bool(torch.rand(1, generator=vrng) < 0.2) else D
     return case
 
 
@@ -312,12 +317,13 @@ def _leaf(shape, rng, device, dtype, layout):
 
 
 def _fuzz_attention(case, rng, device):
-    from . import attention
+    from . import attention, ops
     from .reference import attention_reference
 
     B, H, Hkv, Q, K, D, dtype = (case[n] for n in ("B", "H", "Hkv", "Q", "K", "D", "dtype"))
+    Dv = case.get("Dv", D)
     leaves, views = zip(*(_leaf(s, rng, device, dtype, case["layout"]) for s in
-                          ((B, H, Q, D), (B, Hkv, K, D), (B, Hkv, K, D))))
+                          ((B, H, Q, D), (B, Hkv, K, D), (B, Hkv, K, Dv))))
     if case["nan"]:
         with torch.no_grad():
             leaves[0].view(-1)[int(torch.randint(0, leaves[0].numel(), (1,), generator=rng))] = float("nan")
@@ -328,15 +334,17 @@ def _fuzz_attention(case, rng, device):
     if case.get("sinks") is not None:
         sinks = (torch.randn(H, generator=rng) * 2 + case["sinks"]).to(device).requires_grad_(grad)
         ref_sinks = sinks.detach().double().requires_grad_(grad)
+    own_width = {} if Dv == D else dict(_any_value_dim=True)  # (the public function takes one head dim)
     with torch.set_grad_enabled(grad):
-        out = attention(q, k, v, mask, causal=case["causal"], scale=case["scale"], window=case["window"],
-                        softcap=case["softcap"], sinks=sinks)
+        out = (ops.attention if own_width else attention)(q, k, v, mask, causal=case["causal"], scale=case["scale"],
+                                                          window=case["window"], softcap=case["softcap"],
+                                                          sinks=sinks, **own_width)
     ref_leaves = [t.detach().double().requires_grad_(grad) for t in leaves]
     ref = attention_reference(*(f(t) for f, t in zip(views, ref_leaves)), mask, causal=case["causal"],
                               scale=case["scale"], compute_dtype=torch.float64, window=case["window"],
                               softcap=case["softcap"], sinks=ref_sinks)
     worst = _nan_aware_violation(out, ref, dtype, WIDEN["attention"] * _logit_widening(case["scale"], D))
-    if out.shape != q.shape or out.dtype != dtype:
+    if out.shape != (B, H, Q, Dv) or out.dtype != dtype:
         worst = float("inf")
     if grad:
         do = torch.randn(out.shape, generator=rng).to(device, dtype)
@@ -414,6 +422,8 @@ def _describe(case):
     sizes = "x".join(str(case[n]) for n in ("B", "H", "Q", "K"))
     if "D" in case:
         sizes = f"{case['B']}x{case['H']}/{case['Hkv']}x{case['Q']}x{case['K']}x{case['D']} {case['regime']}"
+        if case.get("Dv", case["D"]) != case["D"]:
+            sizes += f" v{case['Dv']}"
     flags = [case["layout"], f"scale={case['scale']}"] + [n for n in ("causal", "grad", "nan") if case[n]]
     if case.get("window") is not None:
         flags.append(f"window={case['window']}")

@@ -89,6 +89,28 @@ def test_fuzz_reports_a_broken_kernel(monkeypatch, capsys):
     assert "FAIL  attention #0" in capsys.readouterr().out
 
 
+def test_fuzz_draws_values_of_their_own_head_dim(tmp_path, monkeypatch, capsys):
+    # a fifth of the attention cases give the values a head dim of their own (seed 0: case 4 has D 4 and values 16
+    # wide, case 18 D 16 and values 4 wide, case 20 the split decode path with values 24 wide); they go through the
+    # HF backend's private entry, and a broken one fails them
+    from hf_masked_softmax import ops
+
+    for i, width in ((4, "v16"), (18, "v4"), (20, "v24")):
+        path = tmp_path / f"{i}.json"
+        assert check.main(["--no-bench", "--fuzz-case", str(i), "--json", str(path)]) == 0
+        (row,) = json.loads(path.read_text())["checks"]
+        assert row["ok"] and row["shape"].endswith(width), row
+    real = ops.attention
+
+    def off_by_a_bit(*args, **kw):
+        return real(*args, **kw) + 0.5
+
+    monkeypatch.setattr(ops, "attention", off_by_a_bit)
+    capsys.readouterr()
+    assert check.main(["--no-bench", "--fuzz-case", "4"]) == 1
+    assert "FAIL  attention #4" in capsys.readouterr().out
+
+
 def test_fuzz_rejects_negative_counts():
     for argv in (["--fuzz", "-1"], ["--fuzz-case", "-2"]):
         try:
