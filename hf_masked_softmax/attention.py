@@ -9,6 +9,11 @@ For ``q [B, H, Q, D]`` and ``k, v [B, Hkv, K, D]`` (``H % Hkv == 0``; query head
 Masks and causality are exactly those of :mod:`hf_masked_softmax.reference` (causal is bottom-right: query ``i``
 sees key ``j`` iff ``j <= i + K - Q``).
 
+The kernels also take values of a head dim of their own, ``v [B, Hkv, K, Dv]`` (``HEAD_DV`` / ``BLOCK_DV`` beside
+``HEAD_D`` / ``BLOCK_D``): multi-head latent attention (DeepSeek-V2 / V3) has 192-wide queries and keys and 128-wide
+values. Outputs, ``dO`` and ``dv`` are then ``Dv`` wide; ``attention()`` keeps one head dim (DESIGN.md), and the HF
+backend reaches this through ``ops.attention(..., _any_value_dim=True)``.
+
 How the forward kernel works: one program per (query block, batch x head) walks the key blocks with an online
 softmax in fp32 (running max ``m``, running sum ``l``, base-2 exponentials) and keeps ``O`` in registers. What it
 walks depends on the mask:
