@@ -95,7 +95,7 @@ def main(argv=None):
     print(f"triton {triton.__version__}, sm_{args.arch}, {args.dtype}, head dim {args.head_dim}{aligned}, kernels of "
           f"{os.path.abspath(args.tree)}")
     d = args.head_dim
-    common = dict(HEAD_D=d, BLOCK_D=d, UPCAST=False,
+    common = dict(HEAD_D=d, BLOCK_D=d, HEAD_DV=d, BLOCK_DV=d, UPCAST=False,
                   DOT_PREC="ieee" if args.dtype == "fp32" else "tf32", WIDE=False, DROPOUT=False, WINDOWED=False,
                   SOFTCAP=False, CAUSAL=True, BH_FIRST=True)
     no_bounds = dict(B4D=False, B4D_PER_B=False, B4D_PER_H=False, B4D_SPAN=0)  # no 4D mask's key bounds
