@@ -52,13 +52,15 @@ def compile_forward(causal, config, fold, merge, arch, dtype="fp16", head_d=64, 
     block_m, block_n, warps, stages = config
     fn = _jit_fn(attn._attn_fwd_kernel)
     b4d = dict(B4D=False, B4D_PER_B=False, B4D_PER_H=False, B4D_SPAN=0)
+    # the head dim's tiles as the launcher picks them (an older tree without the split: one tile)
+    split = attn._split_d(head_d) if hasattr(attn, "_split_d") else (attn._block_d(head_d), 0)
     if mask_kind == attn._K_RANGE:
         mask_kind = None
     if bounds:
         b4d = dict(B4D=True, B4D_PER_B=True, B4D_PER_H=False, B4D_SPAN=max(1, block_m // 16))
     consts = dict(MASK_KIND=mask_kind or attn._K_RANGE, CAUSAL=causal, BH_FIRST=causal,
-                  BLOCK_M=block_m, BLOCK_N=block_n, HEAD_D=head_d, BLOCK_D=attn._block_d(head_d),
-                  HEAD_DV=head_d, BLOCK_DV=attn._block_d(head_d), UPCAST=False,
+                  BLOCK_M=block_m, BLOCK_N=block_n, HEAD_D=head_d, BLOCK_D=split[0], D_TAIL=split[1],
+                  HEAD_DV=head_d, BLOCK_DV=split[0], DV_TAIL=split[1], UPCAST=False,
                   DOT_PREC="ieee" if dtype == "fp32" else "tf32", WIDE=False, FOLD=fold, MERGE_TAIL=merge,
                   STORE_LSE=True, DROPOUT=dropout, WINDOWED=False, PACK=False, SOFTCAP=False, SINK=False, **b4d,
                   **{name: 1 for name in UNIT_STRIDES})

@@ -112,7 +112,8 @@ def main(argv=None):
                                           B4D_SPAN=max(1, q_cfg[0] // 16), **bounds, **common), *q_cfg[2:],
                 "dq, bool 4D bounds")
     compile_one(attn._attn_fwd_kernel, dict(MASK_KIND=attn._K_RANGE, BLOCK_M=64, BLOCK_N=64, FOLD=True,
-                                            MERGE_TAIL=True, STORE_LSE=True, PACK=False, SINK=False, **no_bounds,
+                                            MERGE_TAIL=True, STORE_LSE=True, PACK=False, SINK=False, D_TAIL=0,
+                                            DV_TAIL=0, **no_bounds,
                                             **common), 4, 3,
                 "forward, 2D mask")
     compile_one(attn._split_combine_kernel, dict(HEAD_D=d, BLOCK_D=d, BLOCK_S=4, STORE_LSE=True, SINK=False), 1, 1,

@@ -263,33 +263,47 @@ def _tanh(x):
 
 
 @triton.jit
-def _fwd_blocks(acc, l_i, m_i, q, k_base, v_base, mask_base, rows, offs_n, offs_d, offs_dv,
+def _fwd_blocks(acc, acc2, l_i, m_i, q, q2, k_base, v_base, mask_base, rows, offs_n, offs_d, offs_d2, offs_dv,
+                offs_dv2,
                 stride_kn, stride_kd, stride_vn, stride_vd, stride_mm, stride_mk,
                 lo, hi, mask_from, start, end, has_holes, Q_LEN, K_LEN, qk_scale, threshold, seed, bh, drop_thr,
                 window, softcap, MASKED: tl.constexpr, MASK_KIND: tl.constexpr, CAUSAL: tl.constexpr,
                 BLOCK_N: tl.constexpr, HEAD_D: tl.constexpr, BLOCK_D: tl.constexpr, HEAD_DV: tl.constexpr,
                 BLOCK_DV: tl.constexpr, UPCAST: tl.constexpr, DOT_PREC: tl.constexpr, FOLD: tl.constexpr,
-                DROPOUT: tl.constexpr, WINDOWED: tl.constexpr, SOFTCAP: tl.constexpr):
+                DROPOUT: tl.constexpr, WINDOWED: tl.constexpr, SOFTCAP: tl.constexpr, D_TAIL: tl.constexpr,
+                DV_TAIL: tl.constexpr):
     """Online softmax over key blocks ``[lo, hi)``. ``MASKED``: 0 for blocks every row fully sees (no mask, no
     bounds checks), 1 to evaluate the mask on every block, 2 on the blocks from ``mask_from`` on (one loop, one
     software pipeline, for the interior blocks and the trailing ones at the range's end and the diagonal).
     ``FOLD`` (a positive finite scale, no additive mask): the scale is applied inside the exponent's FMA,
     ``exp2(s * qk_scale - m)``, instead of by its own multiply of the score tile (the row max is scaled once).
-    ``DROPOUT``: the row sums count every probability, ``P v`` only the kept ones (the caller scales the result)."""
+    ``DROPOUT``: the row sums count every probability, ``P v`` only the kept ones (the caller scales the result).
+    ``D_TAIL`` / ``DV_TAIL`` (a head dim split in two tiles, see ``_split_d``): the keys' / values' columns
+    ``offs_d2`` / ``offs_dv2`` past the first ``BLOCK_D`` / ``BLOCK_DV``, ``q2`` and ``acc2`` their queries and
+    output columns."""
     d_ok = offs_d < HEAD_D
     dv_ok = offs_dv < HEAD_DV
+    d2_ok = offs_d2 < HEAD_D
+    dv2_ok = offs_dv2 < HEAD_DV
     for n0 in range(lo, hi, BLOCK_N):
         cols = n0 + offs_n
         col_ok = cols < K_LEN
         k = _load_2d(k_base + offs_d[:, None] * stride_kd + cols[None, :] * stride_kn, d_ok, col_ok,
-                     BLOCK_D != HEAD_D, MASKED != 0)
+                     BLOCK_D > HEAD_D, MASKED != 0)
         if UPCAST:
             k = k.to(tl.float32)
+        if D_TAIL > 0:
+            k2 = _load_2d(k_base + offs_d2[:, None] * stride_kd + cols[None, :] * stride_kn, d2_ok, col_ok,
+                          BLOCK_D + D_TAIL != HEAD_D, MASKED != 0)
+            if UPCAST:
+                k2 = k2.to(tl.float32)
         if MASKED != 0 and (MASK_KIND == 2 or MASK_KIND == 3):
             # a 4D mask's tile: loaded before the product, added to the scores as f32 (see _mask_tile)
             tile = _mask_tile(rows[:, None], cols[None, :], mask_base, stride_mm, stride_mk, Q_LEN, K_LEN, threshold,
                               MASK_KIND)
         s = tl.dot(q, k, input_precision=DOT_PREC)
+        if D_TAIL > 0:
+            s = tl.dot(q2, k2, s, input_precision=DOT_PREC)
         if SOFTCAP:
             s = _tanh(s * qk_scale) * softcap
         elif not FOLD:
@@ -325,12 +339,19 @@ def _fwd_blocks(acc, l_i, m_i, q, k_base, v_base, mask_base, rows, offs_n, offs_
             p = tl.where(_dropout_keep(seed, bh, rows, n0, drop_thr, BLOCK_N), p, 0.0)
         acc = acc * alpha[:, None]
         v = _load_2d(v_base + cols[:, None] * stride_vn + offs_dv[None, :] * stride_vd, col_ok, dv_ok,
-                     MASKED != 0, BLOCK_DV != HEAD_DV)
+                     MASKED != 0, BLOCK_DV > HEAD_DV)
         if UPCAST:
             v = v.to(tl.float32)
         acc = tl.dot(p.to(v.dtype), v, acc, input_precision=DOT_PREC)
+        if DV_TAIL > 0:
+            acc2 = acc2 * alpha[:, None]
+            v2 = _load_2d(v_base + cols[:, None] * stride_vn + offs_dv2[None, :] * stride_vd, col_ok, dv2_ok,
+                          MASKED != 0, BLOCK_DV + DV_TAIL != HEAD_DV)
+            if UPCAST:
+                v2 = v2.to(tl.float32)
+            acc2 = tl.dot(p.to(v2.dtype), v2, acc2, input_precision=DOT_PREC)
         m_i = m_new
-    return acc, l_i, m_i
+    return acc, acc2, l_i, m_i
 
 
 @triton.jit
@@ -469,6 +490,7 @@ def _attn_fwd_kernel(
     MERGE_TAIL: tl.constexpr,
     STORE_LSE: tl.constexpr, DROPOUT: tl.constexpr, WINDOWED: tl.constexpr, PACK: tl.constexpr, SOFTCAP: tl.constexpr,
     B4D: tl.constexpr, B4D_PER_B: tl.constexpr, B4D_PER_H: tl.constexpr, B4D_SPAN: tl.constexpr, SINK: tl.constexpr,
+    D_TAIL: tl.constexpr, DV_TAIL: tl.constexpr,
 ):
     if BH_FIRST:
         # causal: (batch x head) fastest and query blocks in reverse, so the longest rows start first and the
@@ -500,6 +522,15 @@ def _attn_fwd_kernel(
     d_ok = offs_d < HEAD_D
     offs_dv = tl.arange(0, BLOCK_DV)  # the values' and the output's columns (HEAD_DV: HEAD_D but for MLA)
     dv_ok = offs_dv < HEAD_DV
+    # a head dim split in two tiles (see _split_d): the columns past BLOCK_D / BLOCK_DV (unused without one)
+    if D_TAIL > 0:
+        offs_d2 = BLOCK_D + tl.arange(0, D_TAIL)
+    else:
+        offs_d2 = offs_d
+    if DV_TAIL > 0:
+        offs_dv2 = BLOCK_DV + tl.arange(0, DV_TAIL)
+    else:
+        offs_dv2 = offs_dv
     if PACK:
         qrows = rows % Q_LEN  # each row's query index (what masking and causality see)
         row_ok = rows < GROUP * Q_LEN
@@ -525,10 +556,16 @@ def _attn_fwd_kernel(
                                                       Q_LEN, K_LEN, window, MASK_KIND, CAUSAL, WINDOWED,
                                                       BLOCK_M, BLOCK_N)
 
-    q = _load_2d(q_ptr + b * stride_qb + h * stride_qh + q_off[:, None] + offs_d[None, :] * stride_qd,
-                 row_ok, d_ok, True, BLOCK_D != HEAD_D)
+    q_base = q_ptr + b * stride_qb + h * stride_qh + q_off[:, None]
+    q = _load_2d(q_base + offs_d[None, :] * stride_qd, row_ok, d_ok, True, BLOCK_D > HEAD_D)
     if UPCAST:
         q = q.to(tl.float32)
+    q2 = q  # (unused without a split of the head dim)
+    if D_TAIL > 0:
+        q2 = _load_2d(q_base + offs_d2[None, :] * stride_qd, row_ok, offs_d2 < HEAD_D, True,
+                      BLOCK_D + D_TAIL != HEAD_D)
+        if UPCAST:
+            q2 = q2.to(tl.float32)
     k_base = k_ptr + b * stride_kb + hk * stride_kh
     v_base = v_ptr + b * stride_vb + hk * stride_vh
 
@@ -539,42 +576,50 @@ def _attn_fwd_kernel(
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     acc = tl.zeros([BLOCK_M, BLOCK_DV], dtype=tl.float32)
+    acc2 = acc  # (untouched without a split of the values' head dim)
+    if DV_TAIL > 0:
+        acc2 = tl.zeros([BLOCK_M, DV_TAIL], dtype=tl.float32)
 
     # leading partial block (left padding), interior blocks unmasked, trailing blocks (right edge, diagonal)
-    acc, l_i, m_i = _fwd_blocks(acc, l_i, m_i, q, k_base, v_base, mask_base, qrows, offs_n, offs_d, offs_dv,
-                                stride_kn, stride_kd, stride_vn, stride_vd, stride_mm, stride_mk, s_lo,
-                                tl.minimum(full_lo, s_hi), s_lo, start, end, has_holes, Q_LEN, K_LEN, qk_scale,
-                                threshold, seed, bh, drop_thr, window, softcap, 1, MASK_KIND, CAUSAL, BLOCK_N, HEAD_D,
-                                BLOCK_D, HEAD_DV, BLOCK_DV, UPCAST, DOT_PREC, FOLD, DROPOUT, WINDOWED, SOFTCAP)
+    acc, acc2, l_i, m_i = _fwd_blocks(acc, acc2, l_i, m_i, q, q2, k_base, v_base, mask_base, qrows, offs_n, offs_d,
+                                      offs_d2, offs_dv, offs_dv2, stride_kn, stride_kd, stride_vn, stride_vd,
+                                      stride_mm, stride_mk, s_lo, tl.minimum(full_lo, s_hi), s_lo, start, end,
+                                      has_holes, Q_LEN, K_LEN, qk_scale, threshold, seed, bh, drop_thr, window,
+                                      softcap, 1, MASK_KIND, CAUSAL, BLOCK_N, HEAD_D, BLOCK_D, HEAD_DV, BLOCK_DV,
+                                      UPCAST, DOT_PREC, FOLD, DROPOUT, WINDOWED, SOFTCAP, D_TAIL, DV_TAIL)
     if MASK_KIND == 2 or MASK_KIND == 3:
         # a 4D mask: every block evaluates it, with no per-block branch on `mask_from` (a loaded value once the
         # mask's key bounds set it). The bounded blocks' extra cost (4-5x the unbounded ones') came from the mask
         # tile's layout and the loop start's hidden alignment (see _mask_tile, _block_key_bounds): an H100 at
         # e2c1a93 runs a block in the same time with bounds as without (NOTES.md, thirty-second session)
-        acc, l_i, m_i = _fwd_blocks(acc, l_i, m_i, q, k_base, v_base, mask_base, qrows, offs_n, offs_d, offs_dv,
-                                    stride_kn, stride_kd, stride_vn, stride_vd, stride_mm, stride_mk, s_lo, s_hi,
-                                    s_lo, start, end, has_holes, Q_LEN, K_LEN, qk_scale, threshold, seed, bh,
-                                    drop_thr, window, softcap, 1, MASK_KIND, CAUSAL, BLOCK_N, HEAD_D, BLOCK_D,
-                                    HEAD_DV, BLOCK_DV, UPCAST, DOT_PREC, FOLD, DROPOUT, WINDOWED, SOFTCAP)
+        acc, acc2, l_i, m_i = _fwd_blocks(acc, acc2, l_i, m_i, q, q2, k_base, v_base, mask_base, qrows, offs_n,
+                                          offs_d, offs_d2, offs_dv, offs_dv2, stride_kn, stride_kd, stride_vn,
+                                          stride_vd, stride_mm, stride_mk, s_lo, s_hi, s_lo, start, end, has_holes,
+                                          Q_LEN, K_LEN, qk_scale, threshold, seed, bh, drop_thr, window, softcap, 1,
+                                          MASK_KIND, CAUSAL, BLOCK_N, HEAD_D, BLOCK_D, HEAD_DV, BLOCK_DV, UPCAST,
+                                          DOT_PREC, FOLD, DROPOUT, WINDOWED, SOFTCAP, D_TAIL, DV_TAIL)
     elif MERGE_TAIL:
-        acc, l_i, m_i = _fwd_blocks(acc, l_i, m_i, q, k_base, v_base, mask_base, qrows, offs_n, offs_d, offs_dv,
-                                    stride_kn, stride_kd, stride_vn, stride_vd, stride_mm, stride_mk,
-                                    tl.minimum(full_lo, s_hi), s_hi, full_hi, start, end, has_holes, Q_LEN, K_LEN,
-                                    qk_scale, threshold, seed, bh, drop_thr, window, softcap, 2, MASK_KIND, CAUSAL,
-                                    BLOCK_N, HEAD_D, BLOCK_D, HEAD_DV, BLOCK_DV, UPCAST, DOT_PREC, FOLD, DROPOUT,
-                                    WINDOWED, SOFTCAP)
+        acc, acc2, l_i, m_i = _fwd_blocks(acc, acc2, l_i, m_i, q, q2, k_base, v_base, mask_base, qrows, offs_n,
+                                          offs_d, offs_d2, offs_dv, offs_dv2, stride_kn, stride_kd, stride_vn,
+                                          stride_vd, stride_mm, stride_mk, tl.minimum(full_lo, s_hi), s_hi, full_hi,
+                                          start, end, has_holes, Q_LEN, K_LEN, qk_scale, threshold, seed, bh,
+                                          drop_thr, window, softcap, 2, MASK_KIND, CAUSAL, BLOCK_N, HEAD_D, BLOCK_D,
+                                          HEAD_DV, BLOCK_DV, UPCAST, DOT_PREC, FOLD, DROPOUT, WINDOWED, SOFTCAP,
+                                          D_TAIL, DV_TAIL)
     else:
-        acc, l_i, m_i = _fwd_blocks(acc, l_i, m_i, q, k_base, v_base, mask_base, qrows, offs_n, offs_d, offs_dv,
-                                    stride_kn, stride_kd, stride_vn, stride_vd, stride_mm, stride_mk, full_lo,
-                                    full_hi, full_hi, start, end, has_holes, Q_LEN, K_LEN, qk_scale, threshold, seed,
-                                    bh, drop_thr, window, softcap, 0, MASK_KIND, CAUSAL, BLOCK_N, HEAD_D, BLOCK_D,
-                                    HEAD_DV, BLOCK_DV, UPCAST, DOT_PREC, FOLD, DROPOUT, WINDOWED, SOFTCAP)
-        acc, l_i, m_i = _fwd_blocks(acc, l_i, m_i, q, k_base, v_base, mask_base, qrows, offs_n, offs_d, offs_dv,
-                                    stride_kn, stride_kd, stride_vn, stride_vd, stride_mm, stride_mk,
-                                    tl.maximum(full_lo, full_hi), s_hi, s_lo, start, end, has_holes, Q_LEN, K_LEN,
-                                    qk_scale, threshold, seed, bh, drop_thr, window, softcap, 1, MASK_KIND, CAUSAL,
-                                    BLOCK_N, HEAD_D, BLOCK_D, HEAD_DV, BLOCK_DV, UPCAST, DOT_PREC, FOLD, DROPOUT,
-                                    WINDOWED, SOFTCAP)
+        acc, acc2, l_i, m_i = _fwd_blocks(acc, acc2, l_i, m_i, q, q2, k_base, v_base, mask_base, qrows, offs_n,
+                                          offs_d, offs_d2, offs_dv, offs_dv2, stride_kn, stride_kd, stride_vn,
+                                          stride_vd, stride_mm, stride_mk, full_lo, full_hi, full_hi, start, end,
+                                          has_holes, Q_LEN, K_LEN, qk_scale, threshold, seed, bh, drop_thr, window,
+                                          softcap, 0, MASK_KIND, CAUSAL, BLOCK_N, HEAD_D, BLOCK_D, HEAD_DV, BLOCK_DV,
+                                          UPCAST, DOT_PREC, FOLD, DROPOUT, WINDOWED, SOFTCAP, D_TAIL, DV_TAIL)
+        acc, acc2, l_i, m_i = _fwd_blocks(acc, acc2, l_i, m_i, q, q2, k_base, v_base, mask_base, qrows, offs_n,
+                                          offs_d, offs_d2, offs_dv, offs_dv2, stride_kn, stride_kd, stride_vn,
+                                          stride_vd, stride_mm, stride_mk, tl.maximum(full_lo, full_hi), s_hi, s_lo,
+                                          start, end, has_holes, Q_LEN, K_LEN, qk_scale, threshold, seed, bh,
+                                          drop_thr, window, softcap, 1, MASK_KIND, CAUSAL, BLOCK_N, HEAD_D, BLOCK_D,
+                                          HEAD_DV, BLOCK_DV, UPCAST, DOT_PREC, FOLD, DROPOUT, WINDOWED, SOFTCAP,
+                                          D_TAIL, DV_TAIL)
 
     empty = l_i == 0.0
     if SINK:
@@ -590,16 +635,25 @@ def _attn_fwd_kernel(
         alpha = tl.math.exp2(m_i - m_use)
         l_i = l_i * alpha + tl.math.exp2(sink - m_use)
         acc = acc * alpha[:, None]
+        if DV_TAIL > 0:
+            acc2 = acc2 * alpha[:, None]
         m_i = m_new
-    out = acc / tl.where(l_i == 0.0, 1.0, l_i)[:, None]
+    l_div = tl.where(l_i == 0.0, 1.0, l_i)
+    out = acc / l_div[:, None]
     if DROPOUT:
         out = out * keep_scale
-    o_ptrs = (o_ptr + split * stride_os + b * stride_ob + h * stride_oh + o_off[:, None]
-              + offs_dv[None, :] * stride_od)
-    if BLOCK_DV == HEAD_DV:
-        tl.store(o_ptrs, out.to(o_ptr.dtype.element_ty), mask=row_ok[:, None])
+    o_base = o_ptr + split * stride_os + b * stride_ob + h * stride_oh + o_off[:, None]
+    if BLOCK_DV > HEAD_DV:
+        tl.store(o_base + offs_dv[None, :] * stride_od, out.to(o_ptr.dtype.element_ty),
+                 mask=row_ok[:, None] & dv_ok[None, :])
     else:
-        tl.store(o_ptrs, out.to(o_ptr.dtype.element_ty), mask=row_ok[:, None] & dv_ok[None, :])
+        tl.store(o_base + offs_dv[None, :] * stride_od, out.to(o_ptr.dtype.element_ty), mask=row_ok[:, None])
+    if DV_TAIL > 0:
+        out2 = acc2 / l_div[:, None]
+        if DROPOUT:
+            out2 = out2 * keep_scale
+        tl.store(o_base + offs_dv2[None, :] * stride_od, out2.to(o_ptr.dtype.element_ty),
+                 mask=row_ok[:, None] & (offs_dv2 < HEAD_DV)[None, :])
     if STORE_LSE:
         lse, res = _lse_and_residual(m_i, l_i, empty)
         # packed, row r of the tile is row r of the group's [GROUP, Q_LEN] block of rows, from its first head h
@@ -1069,6 +1123,9 @@ GQA_PACK = os.environ.get("HF_MASKED_SOFTMAX_GQA_PACK", "1") != "0"
 # HF_MASKED_SOFTMAX_MASK4D_BOUNDS=0 turns that off (every block then reads its mask tile)
 MASK4D_BOUNDS = os.environ.get("HF_MASKED_SOFTMAX_MASK4D_BOUNDS", "1") != "0"
 FWD_MAXNREG = None  # forward register cap per thread: None = _fwd_maxnreg's rule, 0 = none, N = cap at N
+# the forward kernel runs a head dim that is no power of two (80, 96, 192 ...) as two tiles (see _split_d);
+# HF_MASKED_SOFTMAX_SPLIT_HEAD_DIM=0 runs it as one tile padded to the next power of two, as before
+SPLIT_HEAD_DIM = os.environ.get("HF_MASKED_SOFTMAX_SPLIT_HEAD_DIM", "1") != "0"
 FOLD_MAX_SCALE = 1.0  # the largest scale applied inside the exponent (see _fold); HF's scales are D**-0.5 or 1
 
 
@@ -1131,6 +1188,20 @@ def _fitting(settings, smem: int, unknown):
 
 def _block_d(D: int) -> int:
     return max(16, _next_pow2(D))
+
+
+def _split_d(D: int) -> tuple[int, int]:
+    """The forward kernel's tiles over a head dim of ``D`` columns: ``(BLOCK_D, D_TAIL)``. ``D_TAIL`` 0: one tile of
+    ``_block_d(D)`` columns, its columns past ``D`` masked. Otherwise (``SPLIT_HEAD_DIM``, when two power-of-two tiles
+    are narrower than that one) the largest power of two below ``D``, all of them valid, and a second tile of at least
+    16 for the rest: 80 as 64 + 16, 96 as 64 + 32, 192 as 128 + 64 (multi-head latent attention's queries and keys),
+    where one tile did 128, 128 and 256 columns of products."""
+    whole = _block_d(D)
+    if not SPLIT_HEAD_DIM or whole == D or D <= 16:
+        return whole, 0
+    head = whole // 2
+    tail = _block_d(D - head)
+    return (head, tail) if head + tail < whole else (whole, 0)
 
 
 def _fwd_config(D: int, Q: int, dtype: torch.dtype, decode: bool, causal: bool, dropout: bool = False,
@@ -1325,7 +1396,7 @@ def _policy():
     changing one (the tuning scripts and tests do, to force a path) gets a new plan. Held by the key, so a replaced
     function's id cannot be reused while its plans exist."""
     return (_fwd_config, _fwd_maxnreg, _num_splits, _is_decode, _wide, _fold, _bh_first, _block_d, _sm_count,
-            _bwd_config, FWD_MERGE_TAIL, FWD_MAXNREG, GQA_PACK, MASK4D_BOUNDS, SPLIT_MIN_K, FOLD_MAX_SCALE, GRID_YZ_MAX,
+            _bwd_config, _split_d, FWD_MERGE_TAIL, FWD_MAXNREG, SPLIT_HEAD_DIM, GQA_PACK, MASK4D_BOUNDS, SPLIT_MIN_K, FOLD_MAX_SCALE, GRID_YZ_MAX,
             _attn_fwd_kernel,
             _split_combine_kernel, _bwd_delta_kernel, _bwd_dkdv_kernel, _bwd_dq_kernel, _hopper.ENABLED,
             _hopper.CURSOR_REGS, _hopper.CAUSAL_OK, _hopper.SPLIT_LOOP, _hopper.BLOCK_M, _hopper.BLOCK_N,
@@ -1413,11 +1484,13 @@ class _ForwardPlan:
         wide = _wide(q, k, v, mask_t) or num_splits * B * H * Q * Dv >= 2**31
         self.dropout = drop_thr > 0
         qk_scale, cap = _score_scales(scale, softcap)
+        (bd, d_tail), (bdv, dv_tail) = _split_d(D), _split_d(Dv)
         scalars = (*q.stride(), *k.stride(), *v.stride(), *ostr, lstr, B * H * Q, *mstr,
                    H, H // Hkv, Q, K, num_splits, qk_scale, threshold, drop_thr, _keep_scale(drop_thr), window, cap)
         constexprs = dict(
             MASK_KIND=kind, CAUSAL=causal, BH_FIRST=bh_first, BLOCK_M=block_m, BLOCK_N=block_n, HEAD_D=D,
-            BLOCK_D=_block_d(D), HEAD_DV=Dv, BLOCK_DV=_block_d(Dv), UPCAST=upcast, DOT_PREC=prec, WIDE=wide,
+            BLOCK_D=bd, D_TAIL=d_tail, HEAD_DV=Dv, BLOCK_DV=bdv, DV_TAIL=dv_tail, UPCAST=upcast, DOT_PREC=prec,
+            WIDE=wide,
             FOLD=not softcap and _fold(kind, scale),
             MERGE_TAIL=FWD_MERGE_TAIL, STORE_LSE=need_lse or num_splits > 1, DROPOUT=self.dropout,
             WINDOWED=window > 0, PACK=pack, SOFTCAP=softcap > 0, SINK=sinks and num_splits == 1,

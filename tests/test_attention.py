@@ -1068,6 +1068,110 @@ def test_values_of_their_own_head_dim_with_dropout_sinks_window_and_softcap(devi
     torch.testing.assert_close(narrow, wide[..., :8], atol=1e-6, rtol=1e-5)
 
 
+def test_head_dim_split_into_two_tiles():
+    # the forward's tiles over a head dim: a power of two as it is; otherwise two power-of-two tiles (the first all
+    # valid) where they are narrower than one padded tile, else that one tile; the policy switch turns it off
+    split = attn_mod._split_d
+    assert [split(d) for d in (8, 16, 24, 32, 40, 64, 80, 96, 100, 112, 144, 160, 192, 256)] == [
+        (16, 0), (16, 0), (32, 0), (32, 0), (32, 16), (64, 0), (64, 16), (64, 32), (128, 0), (128, 0), (128, 16),
+        (128, 32), (128, 64), (256, 0)]
+    with mock.patch.object(attn_mod, "SPLIT_HEAD_DIM", False):
+        assert [split(d) for d in (40, 80, 96, 192)] == [(64, 0), (128, 0), (128, 0), (256, 0)]
+
+
+class _ForwardTiles:
+    """Stands in for the forward kernel: records each launch's ``(BLOCK_D, D_TAIL, BLOCK_DV, DV_TAIL)``, then runs
+    the kernel."""
+
+    def __init__(self, kernel):
+        self.kernel, self.tiles = kernel, []
+
+    def __getitem__(self, grid):
+        def launch(*args, **kw):
+            self.tiles.append((kw["BLOCK_D"], kw["D_TAIL"], kw["BLOCK_DV"], kw["DV_TAIL"]))
+            return self.kernel[grid](*args, **kw)
+        return launch
+
+
+def _split_case(case, dtype, device):
+    """q, k, v, mask, causal and the call's keywords of each head-dim split case (GQA 4 -> 2)."""
+    D, Dv = {"pad2d-causal": (80, 80), "bool4d": (96, 96), "add4d-mla": (48, 40), "decode-splits": (80, 80),
+             "decode-pack": (40, 24)}[case]
+    g = torch.Generator().manual_seed(D + Dv)
+    B, H, Hkv, Q, K = 3, 4, 2, 9, 21
+    if case.startswith("decode"):
+        Q, K = 1, 40
+    q = torch.randn(B, H, Q, D, generator=g).to(device, dtype)
+    k = torch.randn(B, Hkv, K, D, generator=g).to(device, dtype)
+    v = torch.randn(B, K, Hkv, Dv, generator=g).to(device, dtype).transpose(1, 2)  # HF's layout
+    if case == "bool4d":
+        mask = (torch.rand(B, 1, Q, K, generator=g) < 0.6).to(device)
+        mask[1, :, 2] = False  # a row with nothing kept
+    elif case == "add4d-mla":
+        mask = torch.randn(B, 1, Q, K, generator=g).masked_fill(torch.rand(B, 1, Q, K, generator=g) < 0.3,
+                                                                  float("-inf")).to(device)
+    else:
+        mask = _pad_mask([K, 7, 2], K, "left", device)
+    return q, k, v, mask, case not in ("bool4d", "add4d-mla")
+
+
+@pytest.mark.parametrize("case", ["pad2d-causal", "bool4d", "add4d-mla", "decode-splits", "decode-pack"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_head_dim_split_into_two_tiles_matches_the_reference(device, case, dtype, monkeypatch):
+    # head dims of no power of two (80, 96, 48 with 40-wide values, 40 with 24-wide ones) through the forward's two
+    # tiles, on every mask path, the decode splits and grouped-query packing: output and gradients against the fp64
+    # reference, and the one padded tile's output within the table's row (the columns' sums are ordered otherwise,
+    # and in fp16 a probability rounded on the other side moves an output by an ulp)
+    from hf_masked_softmax import ops
+
+    spy = _ForwardTiles(attn_mod._attn_fwd_kernel)
+    monkeypatch.setattr(attn_mod, "_attn_fwd_kernel", spy)
+    q, k, v, mask, causal = _split_case(case, dtype, device)
+    grad = not case.startswith("decode")
+    q, k, v = (t.requires_grad_(grad) for t in (q, k, v))
+    with contextlib.ExitStack() as stack:
+        if case == "decode-splits":
+            stack.enter_context(mock.patch.object(attn_mod, "_num_splits", lambda *a: 3))
+        if case == "decode-pack":
+            stack.enter_context(mock.patch.object(attn_mod, "GQA_PACK", True))
+        out = ops.attention(q, k, v, mask, causal=causal, _any_value_dim=True)
+        with mock.patch.object(attn_mod, "SPLIT_HEAD_DIM", False):
+            one_tile = ops.attention(q, k, v, mask, causal=causal, _any_value_dim=True)
+    D, Dv = q.shape[-1], v.shape[-1]
+    assert spy.tiles == [attn_mod._split_d(D) + attn_mod._split_d(Dv),
+                         (attn_mod._block_d(D), 0, attn_mod._block_d(Dv), 0)]
+    assert spy.tiles[0][1] > 0  # the first call took two tiles
+    assert out.shape == (*q.shape[:3], Dv) and torch.isfinite(out).all()
+    if case == "bool4d":
+        assert torch.equal(out[1, :, 2], torch.zeros_like(out[1, :, 2]))
+    assert_close(out, one_tile, scale=OUT_SCALE[dtype])
+    if grad:
+        _assert_matches_reference(out, q, k, v, mask, causal)
+    else:
+        ref, _ = _ref(q, k, v, mask, causal)
+        assert_close(out, ref, scale=OUT_SCALE[dtype])
+
+
+def test_head_dim_split_with_dropout_sinks_window_and_softcap(device, monkeypatch):
+    # the kernel's other features along two tiles: sinks, a window and a soft-cap against the reference (with the
+    # sinks' gradient), and dropout's kept probabilities the same as the one padded tile's for the same seed
+    spy = _ForwardTiles(attn_mod._attn_fwd_kernel)
+    monkeypatch.setattr(attn_mod, "_attn_fwd_kernel", spy)
+    q, k, v = _qkv(2, 4, 2, 11, 23, 40, torch.float32, device, grad=True)
+    mask = _pad_mask([23, 9], 23, "left", device)
+    sinks = torch.randn(4, generator=torch.Generator().manual_seed(1)).to(device).requires_grad_(True)
+    _check(q, k, v, mask, True, window=6, softcap=3.0, sinks=sinks, grad=True)
+    assert spy.tiles[-1] == (32, 16, 32, 16)
+    torch.manual_seed(5)
+    split = attention_fn(q, k, v, mask, causal=True, dropout_p=0.3)
+    with mock.patch.object(attn_mod, "SPLIT_HEAD_DIM", False):
+        torch.manual_seed(5)
+        one_tile = attention_fn(q, k, v, mask, causal=True, dropout_p=0.3)
+    assert spy.tiles[-2:] == [(32, 16, 32, 16), (64, 0, 64, 0)]
+    assert (split != 0).any()
+    torch.testing.assert_close(split, one_tile, atol=1e-6, rtol=1e-5)
+
+
 def test_public_attention_keeps_one_head_dim(device):
     # the public function still refuses values of another width, also after the private entry validated (and
     # cached) a call with the same shapes
