@@ -1,9 +1,9 @@
-"""Head dims that are no power of two on the GPU: the forward kernel's two tiles against one padded tile.
+"""Head dims that are no power of two on the GPU: the kernels' two tiles against one padded tile.
 
 Phi-2 has heads of 80, Phi-3-mini of 96, and multi-head latent attention (DeepSeek-V2 / V3) queries and keys of 192
-with values of 128. The forward kernel runs such a head dim as two power-of-two tiles (80 as 64 + 16, 96 as 64 + 32,
-192 as 128 + 64: ``attention._split_d``) where it ran one tile padded to the next power of two (128, 128, 256), a
-quarter to a third of its products on zero columns. This script times both on the same fp16 inputs (left-padded
+with values of 128. The forward and backward kernels run such a head dim as two power-of-two tiles (80 as 64 + 16, 96
+as 64 + 32, 192 as 128 + 64: ``attention._split_d``) where they ran one tile padded to the next power of two (128,
+128, 256), a quarter to a third of their products on zero columns. This script times both on the same fp16 inputs (left-padded
 batches, causal, HF's ``[B, T, H, D]`` layout):
 
 * ``fused``: the library's default (two tiles);
@@ -12,11 +12,12 @@ batches, causal, HF's ``[B, T, H, D]`` layout):
 * ``sdpa-nomask``: SDPA's default dispatch on the whole rectangle, causal, no padding (another result: not compared);
 * ``flex``: FlexAttention (torch.compile'd) with a block mask of padding and causality.
 
-The forward only, as medians of CUDA-graph replays: the backward kernels keep one padded tile (the split is the
-forward's). ``vs_fused_one_tile`` is the one tile's time over the provider's. The outputs are checked against
+Forward (medians of CUDA-graph replays) and, for the prefill shapes, backward (``dq, dk, dv`` of a fixed forward,
+plain calls). ``vs_fused_one_tile`` is the one tile's time over the provider's. The outputs are checked against
 ``fused``'s on the rows with a key to attend.
 
-    python evals/bench_head_dims.py [--shapes phi3-prefill,...] [--providers fused-one-tile,sdpa-4d] [--out DIR]
+    python evals/bench_head_dims.py [--shapes phi3-prefill,...] [--providers fused-one-tile,sdpa-4d] [--no-backward]
+        [--out DIR]
 
 Writes ``bench_head_dims.json`` and ``bench_head_dims.png`` under ``--out`` / $OUT.
 """
@@ -91,7 +92,7 @@ def providers(inp, only=None):
 
 
 def plot(rows, path: Path) -> None:
-    title = f"head dims of no power of two, fp16 forward, {benchutil.environment()['gpu']}"
+    title = f"head dims of no power of two, fp16, {benchutil.environment()['gpu']}"
     benchutil.shape_pass_bars(rows, SHAPES, "fused", title, path)
 
 
@@ -106,9 +107,10 @@ def main(argv=None):
         print(f"{name}: B{B} H{H} Q{Q} K{K} q/k {Dqk} v {Dv}, key lengths in [{lo}, {K}]; tiles (first, second) "
               f"q/k {tiles[0]}, v {tiles[1]}", flush=True)
         provs = providers(inp, only)
+        passes = ["forward"] + ([] if args.no_backward or Q == 1 else ["backward"])
         rows += benchutil.compared_shape_rows(
-            name, provs, PROVIDERS, "fused", COMPARED, benchutil.rows_with_keys(inp), ["forward"],
-            lambda fn, pas, inp=inp: time_provider(fn, inp, False, graph=True),
+            name, provs, PROVIDERS, "fused", COMPARED, benchutil.rows_with_keys(inp), passes,
+            lambda fn, pas, inp=inp: time_provider(fn, inp, pas == "backward", graph=pas == "forward"),
             "the head dim in two tiles", baseline="fused-one-tile" if "fused-one-tile" in provs else "fused")
         del inp, provs
         torch.cuda.empty_cache()

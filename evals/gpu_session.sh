@@ -1213,12 +1213,12 @@ case "${1:-}" in
       --providers ours,sdpa-default-nomask --shapes gpt2-pad-right,bert,decode
     ;;
   split43)
-    # the forty-third session: the forward kernel runs head dims of no power of two as two tiles (80 as 64 + 16, 96 as
+    # the forty-third session: the kernels run head dims of no power of two as two tiles (80 as 64 + 16, 96 as
     # 64 + 32, 192 as 128 + 64): the split tests and every head-dim and MLA test on CUDA, bench_head_dims.py (two
     # tiles against one padded tile, SDPA alongside) and bench_mla.py
     pytest_summary tests_split43 200 tests/test_attention.py tests/test_window.py \
       -k "split or head_dim or wide_heads or own_head_dim or another_head_dim or decode"
-    timeout 120 python -u evals/bench_head_dims.py --providers fused-one-tile,sdpa-4d,sdpa-nomask \
+    timeout 150 python -u evals/bench_head_dims.py --providers fused-one-tile,sdpa-4d,sdpa-nomask \
       --out "$OUT/bench_head_dims43" 2>&1 | tee "$OUT/bench_head_dims43.log" | grep -v -i warn \
       | grep -E "^[a-z0-9-]+:|forward|error" | cut -c1-200
     timeout 150 python -u evals/bench_mla.py --out "$OUT/bench_mla43" 2>&1 | tee "$OUT/bench_mla43.log" \
