@@ -1,23 +1,23 @@
-"""Head dims that are no power of two on the GPU: the kernels' two tiles against one padded tile.
+"""Head dims that are no power of two on the GPU: the forward kernel's two tiles against one padded tile.
 
 Phi-2 has heads of 80, Phi-3-mini of 96, and multi-head latent attention (DeepSeek-V2 / V3) queries and keys of 192
-with values of 128. The forward and backward kernels run such a head dim as two power-of-two tiles (80 as 64 + 16, 96
-as 64 + 32, 192 as 128 + 64: ``attention._split_d``) where they ran one tile padded to the next power of two (128,
-128, 256), a quarter to a third of their products on zero columns. This script times both on the same fp16 inputs (left-padded
+with values of 128. The forward kernel runs such a head dim as two power-of-two tiles (80 as 64 + 16, 96 as 64 + 32,
+192 as 128 + 64: ``attention._split_d``) where it ran one tile padded to the next power of two (128, 128, 256), a
+quarter to a third of its products on zero columns. This script times both on the same fp16 inputs (left-padded
 batches, causal, HF's ``[B, T, H, D]`` layout):
 
 * ``fused``: the library's default (two tiles);
 * ``fused-one-tile``: the same call with ``attention.SPLIT_HEAD_DIM`` off (one padded tile, the path before);
+* ``fused-keys-split``: the queries' and keys' head dim in two tiles, the values' in one padded tile;
 * ``sdpa-4d``: SDPA with the 4D bool mask, as transformers' sdpa runs a padded batch;
 * ``sdpa-nomask``: SDPA's default dispatch on the whole rectangle, causal, no padding (another result: not compared);
 * ``flex``: FlexAttention (torch.compile'd) with a block mask of padding and causality.
 
-Forward (medians of CUDA-graph replays) and, for the prefill shapes, backward (``dq, dk, dv`` of a fixed forward,
-plain calls). ``vs_fused_one_tile`` is the one tile's time over the provider's. The outputs are checked against
+The forward only, as medians of CUDA-graph replays: the backward kernels keep one padded tile (the split is the
+forward's). ``vs_fused_one_tile`` is the one tile's time over the provider's. The outputs are checked against
 ``fused``'s on the rows with a key to attend.
 
-    python evals/bench_head_dims.py [--shapes phi3-prefill,...] [--providers fused-one-tile,sdpa-4d] [--no-backward]
-        [--out DIR]
+    python evals/bench_head_dims.py [--shapes phi3-prefill,...] [--providers fused-one-tile,sdpa-4d] [--out DIR]
 
 Writes ``bench_head_dims.json`` and ``bench_head_dims.png`` under ``--out`` / $OUT.
 """
@@ -41,8 +41,8 @@ SHAPES = {
     "mla-prefill": (8, 16, 1024, 1024, 192, 128, 512),
     "mla-decode": (32, 16, 1, 2048, 192, 128, 1024),
 }
-PROVIDERS = ("fused", "fused-one-tile", "sdpa-4d", "sdpa-nomask", "flex")
-COMPARED = ("fused", "fused-one-tile", "sdpa-4d", "flex")
+PROVIDERS = ("fused", "fused-one-tile", "fused-keys-split", "sdpa-4d", "sdpa-nomask", "flex")
+COMPARED = ("fused", "fused-one-tile", "fused-keys-split", "sdpa-4d", "flex")
 
 
 def make_inputs(B, H, Q, K, Dqk, Dv, lo, seed=0):
@@ -73,9 +73,19 @@ def providers(inp, only=None):
         finally:
             attn_mod.SPLIT_HEAD_DIM = before
 
+    def keys_split():
+        split_d = attn_mod._split_d
+        attn_mod._split_d = lambda D, values=False, decode=False: (
+            (attn_mod._block_d(D), 0) if values else split_d(D, values, decode))
+        try:
+            return fused()
+        finally:
+            attn_mod._split_d = split_d
+
     out = {
         "fused": fused,
         "fused-one-tile": one_tile,
+        "fused-keys-split": keys_split,
         "sdpa-4d": lambda: sdpa(q, k, v, attn_mask=mask4d, scale=scale),
         "sdpa-nomask": lambda: sdpa(q, k, v, is_causal=inp["Q"] > 1, scale=scale),
     }
@@ -92,7 +102,7 @@ def providers(inp, only=None):
 
 
 def plot(rows, path: Path) -> None:
-    title = f"head dims of no power of two, fp16, {benchutil.environment()['gpu']}"
+    title = f"head dims of no power of two, fp16 forward, {benchutil.environment()['gpu']}"
     benchutil.shape_pass_bars(rows, SHAPES, "fused", title, path)
 
 
@@ -103,14 +113,13 @@ def main(argv=None):
     for name in names:
         B, H, Q, K, Dqk, Dv, lo = SHAPES[name]
         inp = make_inputs(B, H, Q, K, Dqk, Dv, lo)
-        tiles = attn_mod._split_d(Dqk), attn_mod._split_d(Dv)
+        tiles = attn_mod._split_d(Dqk, False, Q == 1), attn_mod._split_d(Dv, True, Q == 1)
         print(f"{name}: B{B} H{H} Q{Q} K{K} q/k {Dqk} v {Dv}, key lengths in [{lo}, {K}]; tiles (first, second) "
               f"q/k {tiles[0]}, v {tiles[1]}", flush=True)
         provs = providers(inp, only)
-        passes = ["forward"] + ([] if args.no_backward or Q == 1 else ["backward"])
         rows += benchutil.compared_shape_rows(
-            name, provs, PROVIDERS, "fused", COMPARED, benchutil.rows_with_keys(inp), passes,
-            lambda fn, pas, inp=inp: time_provider(fn, inp, pas == "backward", graph=pas == "forward"),
+            name, provs, PROVIDERS, "fused", COMPARED, benchutil.rows_with_keys(inp), ["forward"],
+            lambda fn, pas, inp=inp: time_provider(fn, inp, False, graph=True),
             "the head dim in two tiles", baseline="fused-one-tile" if "fused-one-tile" in provs else "fused")
         del inp, provs
         torch.cuda.empty_cache()

@@ -1213,19 +1213,30 @@ case "${1:-}" in
       --providers ours,sdpa-default-nomask --shapes gpt2-pad-right,bert,decode
     ;;
   split43)
-    # the forty-third session: the kernels run head dims of no power of two as two tiles (80 as 64 + 16, 96 as
+    # the forty-third session: the forward kernel runs head dims of no power of two as two tiles (80 as 64 + 16, 96 as
     # 64 + 32, 192 as 128 + 64): the split tests and every head-dim and MLA test on CUDA, bench_head_dims.py (two
     # tiles against one padded tile, SDPA alongside) and bench_mla.py
     pytest_summary tests_split43 200 tests/test_attention.py tests/test_window.py \
       -k "split or head_dim or wide_heads or own_head_dim or another_head_dim or decode"
-    timeout 150 python -u evals/bench_head_dims.py --providers fused-one-tile,sdpa-4d,sdpa-nomask \
+    timeout 120 python -u evals/bench_head_dims.py --providers fused-one-tile,sdpa-4d,sdpa-nomask \
       --out "$OUT/bench_head_dims43" 2>&1 | tee "$OUT/bench_head_dims43.log" | grep -v -i warn \
       | grep -E "^[a-z0-9-]+:|forward|error" | cut -c1-200
     timeout 150 python -u evals/bench_mla.py --out "$OUT/bench_mla43" 2>&1 | tee "$OUT/bench_mla43.log" \
       | grep -v -i warn | grep -E "forward|backward|fastest|error|unavailable" | cut -c1-200
     ;;
+  split43b)
+    # the forward's two tiles: its GPU tests, the values' split alone (fused-keys-split) and the forward's launch
+    # settings at head dim 96 with two tiles (tune_attention.py, three stages)
+    pytest_summary tests_split43b 150 tests/test_attention.py -k "split"
+    timeout 100 python -u evals/bench_head_dims.py --providers fused-one-tile,fused-keys-split \
+      --shapes phi2-prefill,phi3-prefill,phi3-decode,mla-decode --out "$OUT/bench_head_dims43b" 2>&1 \
+      | tee "$OUT/bench_head_dims43b.log" | grep -v -i warn | grep -E "forward|error" | cut -c1-200
+    timeout 200 python -u evals/tune_attention.py --head-dim 96 --what fwd --stages 3 --shapes gpt2-pad-right,bert \
+      --out "$OUT/tune43b" 2>&1 | tee "$OUT/tune43b.log" | grep -v -i warn | grep -E " fwd |forward best|: sdpa" \
+      | cut -c1-200 | tail -40
+    ;;
   *)
-    echo "usage: bash evals/gpu_session.sh tests|kernels|e2e|check|followup|recheck|verify|measure|final|stream|last|tune|host|fast|fastcheck|closing|fold|fold2|fold3|e2e3|bert4|bert5|check4|lengths|ncu|bwd|suite|suite2|final6|plans|hostplans|genab|fuzz|bwdplan|trainab|final8|nosync|drop9a|drop9b|drop9d|audit10|bench10|final10|ws11|audit11|fuzz11|host11b|decode12|stats12|stats12b|stats12c|final13|fix13|final13b|final14|suite14|suite15|final15|causal18|final18|prefetch18|cross18|tile19|final19|small19|launch20|tests20|gen20|counts20b|counts20c|final20|ablate22|models25|decode26|models26|compile26|speed26a|speed26b|window28|final28|pack28|pack29|pack30|bounds30|static30|bounds31|ncu31|gpu32a|gpu33a|tune33|wide34|tune34|bwd34|d256_34|softcap35|gemma35|sinks36|tests36|bench36|hopper37|ab37|pending38|packed38|packed38b|segfull39|segfinal39|mbert40|flex40|mla41|mla41b|mla41c|mla42|mla42b|split43" >&2
+    echo "usage: bash evals/gpu_session.sh tests|kernels|e2e|check|followup|recheck|verify|measure|final|stream|last|tune|host|fast|fastcheck|closing|fold|fold2|fold3|e2e3|bert4|bert5|check4|lengths|ncu|bwd|suite|suite2|final6|plans|hostplans|genab|fuzz|bwdplan|trainab|final8|nosync|drop9a|drop9b|drop9d|audit10|bench10|final10|ws11|audit11|fuzz11|host11b|decode12|stats12|stats12b|stats12c|final13|fix13|final13b|final14|suite14|suite15|final15|causal18|final18|prefetch18|cross18|tile19|final19|small19|launch20|tests20|gen20|counts20b|counts20c|final20|ablate22|models25|decode26|models26|compile26|speed26a|speed26b|window28|final28|pack28|pack29|pack30|bounds30|static30|bounds31|ncu31|gpu32a|gpu33a|tune33|wide34|tune34|bwd34|d256_34|softcap35|gemma35|sinks36|tests36|bench36|hopper37|ab37|pending38|packed38|packed38b|segfull39|segfinal39|mbert40|flex40|mla41|mla41b|mla41c|mla42|mla42b|split43|split43b" >&2
     exit 2
     ;;
 esac

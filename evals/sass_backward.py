@@ -95,7 +95,7 @@ def main(argv=None):
     print(f"triton {triton.__version__}, sm_{args.arch}, {args.dtype}, head dim {args.head_dim}{aligned}, kernels of "
           f"{os.path.abspath(args.tree)}")
     d = args.head_dim
-    common = dict(HEAD_D=d, BLOCK_D=d, D_TAIL=0, HEAD_DV=d, BLOCK_DV=d, DV_TAIL=0, UPCAST=False,
+    common = dict(HEAD_D=d, BLOCK_D=d, HEAD_DV=d, BLOCK_DV=d, UPCAST=False,
                   DOT_PREC="ieee" if args.dtype == "fp32" else "tf32", WIDE=False, DROPOUT=False, WINDOWED=False,
                   SOFTCAP=False, CAUSAL=True, BH_FIRST=True)
     no_bounds = dict(B4D=False, B4D_PER_B=False, B4D_PER_H=False, B4D_SPAN=0)  # no 4D mask's key bounds
@@ -112,7 +112,8 @@ def main(argv=None):
                                           B4D_SPAN=max(1, q_cfg[0] // 16), **bounds, **common), *q_cfg[2:],
                 "dq, bool 4D bounds")
     compile_one(attn._attn_fwd_kernel, dict(MASK_KIND=attn._K_RANGE, BLOCK_M=64, BLOCK_N=64, FOLD=True,
-                                            MERGE_TAIL=True, STORE_LSE=True, PACK=False, SINK=False, **no_bounds,
+                                            MERGE_TAIL=True, STORE_LSE=True, PACK=False, SINK=False, D_TAIL=0,
+                                            DV_TAIL=0, **no_bounds,
                                             **common), 4, 3,
                 "forward, 2D mask")
     compile_one(attn._split_combine_kernel, dict(HEAD_D=d, BLOCK_D=d, BLOCK_S=4, STORE_LSE=True, SINK=False), 1, 1,

@@ -14,10 +14,11 @@ The kernels also take values of a head dim of their own, ``v [B, Hkv, K, Dv]`` (
 values. Outputs, ``dO`` and ``dv`` are then ``Dv`` wide; ``attention()`` keeps one head dim (DESIGN.md), and the HF
 backend reaches this through ``ops.attention(..., _any_value_dim=True)``.
 
-A head dim of no power of two runs as two power-of-two tiles where they are narrower than one padded tile
-(``_split_d``: 80 as 64 + 16, 96 as 64 + 32, 192 as 128 + 64; ``D_TAIL`` / ``DV_TAIL`` the second tiles' widths, 0
-for none): each product over the head dim is two ``tl.dot`` calls (the second accumulating onto the first), and
-each output over it two accumulators.
+The forward kernel runs a head dim of no power of two as two power-of-two tiles where they are narrower than one
+padded tile (``_split_d``: 80 as 64 + 16, 96 as 64 + 32, 192 as 128 + 64; ``D_TAIL`` / ``DV_TAIL`` the second tiles'
+widths, 0 for none): ``q k^T`` is two ``tl.dot`` calls (the second accumulating onto the first), and the output two
+accumulators. The backward kernels keep one padded tile: two tiles there were no faster on an H100 (NOTES.md,
+forty-third session).
 
 How the forward kernel works: one program per (query block, batch x head) walks the key blocks with an online
 softmax in fp32 (running max ``m``, running sum ``l``, base-2 exponentials) and keeps ``O`` in registers. What it
@@ -265,20 +266,6 @@ def _tanh(x):
     series = x + x * x2 * (-0.3333333333333333 + x2 * (0.13333333333333333 + x2 * (-0.05396825396825397
                                                                                    + x2 * 0.021869488536155203)))
     return tl.where(tl.abs(x) < 0.3, series, tl.where(x < 0, -t, t))
-
-
-@triton.jit
-def _tail_columns(offs_d, offs_dv, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr, D_TAIL: tl.constexpr,
-                  DV_TAIL: tl.constexpr):
-    """The columns of a head dim's second tile past ``BLOCK_D`` / ``BLOCK_DV`` (see ``_split_d``); without one, the
-    first tile's (an unused name)."""
-    offs_d2 = offs_d
-    offs_dv2 = offs_dv
-    if D_TAIL > 0:
-        offs_d2 = BLOCK_D + tl.arange(0, D_TAIL)
-    if DV_TAIL > 0:
-        offs_dv2 = BLOCK_DV + tl.arange(0, DV_TAIL)
-    return offs_d2, offs_dv2
 
 
 @triton.jit
@@ -541,7 +528,15 @@ def _attn_fwd_kernel(
     d_ok = offs_d < HEAD_D
     offs_dv = tl.arange(0, BLOCK_DV)  # the values' and the output's columns (HEAD_DV: HEAD_D but for MLA)
     dv_ok = offs_dv < HEAD_DV
-    offs_d2, offs_dv2 = _tail_columns(offs_d, offs_dv, BLOCK_D, BLOCK_DV, D_TAIL, DV_TAIL)
+    # a head dim split in two tiles (see _split_d): the columns past BLOCK_D / BLOCK_DV (unused without one)
+    if D_TAIL > 0:
+        offs_d2 = BLOCK_D + tl.arange(0, D_TAIL)
+    else:
+        offs_d2 = offs_d
+    if DV_TAIL > 0:
+        offs_dv2 = BLOCK_DV + tl.arange(0, DV_TAIL)
+    else:
+        offs_dv2 = offs_dv
     if PACK:
         qrows = rows % Q_LEN  # each row's query index (what masking and causality see)
         row_ok = rows < GROUP * Q_LEN
@@ -756,31 +751,26 @@ def _bwd_delta_kernel(o_ptr, do_ptr, delta_ptr,
 
 
 @triton.jit
-def _dkdv_blocks(dk, dk2, dv, dv2, k, k2, v, v2, q_base, do_base, lse_base, delta_base, mask_base, cols, offs_m,
-                 offs_d, offs_d2, offs_dv, offs_dv2, stride_qm, stride_qd, stride_dom, stride_dod, stride_mm, stride_mk, stride_lp,
+def _dkdv_blocks(dk, dv, k, v, q_base, do_base, lse_base, delta_base, mask_base, cols, offs_m, offs_d, offs_dv,
+                 stride_qm, stride_qd, stride_dom, stride_dod, stride_mm, stride_mk, stride_lp,
                  lo, hi, full_from, full_to, start, end, has_holes, Q_LEN, K_LEN, qk_scale, threshold, seed, bh, n0,
                  drop_thr, keep_scale, window, softcap, MASKED: tl.constexpr, MASK_KIND: tl.constexpr,
                  CAUSAL: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_D: tl.constexpr,
                  BLOCK_D: tl.constexpr, HEAD_DV: tl.constexpr, BLOCK_DV: tl.constexpr, UPCAST: tl.constexpr,
                  DOT_PREC: tl.constexpr, FOLD: tl.constexpr, DROPOUT: tl.constexpr, WINDOWED: tl.constexpr,
-                 SOFTCAP: tl.constexpr, D_TAIL: tl.constexpr, DV_TAIL: tl.constexpr):
+                 SOFTCAP: tl.constexpr):
     """Accumulate ``dk, dv`` of one key block over query blocks ``[lo, hi)`` of one query head. Works on the
     transposed tiles ``S^T = k q^T [BLOCK_N, BLOCK_M]`` so that no register tile needs transposing (but dropout's
     mask, drawn in the forward's orientation). With dropout ``Z`` (kept / (1 - p), else 0): ``dv += (P Z)^T dO`` and
     ``dP = Z (dO v^T)``. ``MASKED``: 0 for blocks every row sees whole, 1 to mask every block, 2 to mask the blocks
-    outside ``[full_from, full_to)`` (one loop, one software pipeline: packed sequences). ``D_TAIL`` / ``DV_TAIL``: a
-    head dim in two tiles (see ``_split_d``), the second ones' columns ``offs_d2`` / ``offs_dv2``, their keys, values
-    and sums ``k2``, ``v2``, ``dk2``, ``dv2``."""
+    outside ``[full_from, full_to)`` (one loop, one software pipeline: packed sequences)."""
     d_ok = offs_d < HEAD_D
     dv_ok = offs_dv < HEAD_DV
     for m0 in range(lo, hi, BLOCK_M):
         rows = m0 + offs_m
         row_ok = rows < Q_LEN
         qt = _load_2d(q_base + offs_d[:, None] * stride_qd + rows[None, :] * stride_qm, d_ok, row_ok,
-                      BLOCK_D > HEAD_D, True)
-        if D_TAIL > 0:
-            qt2 = _load_2d(q_base + offs_d2[:, None] * stride_qd + rows[None, :] * stride_qm, offs_d2 < HEAD_D,
-                           row_ok, BLOCK_D + D_TAIL != HEAD_D, True)
+                      BLOCK_D != HEAD_D, True)
         # Only a masked block can meet a row with nothing kept: its output is zero whatever dO holds, so its dO is
         # read as 0 and a NaN or inf there never reaches dk or dv. With a 2D mask (or none) those are exactly the
         # causal rows before the first kept key (the load's own predicate); with a 4D mask or a window (rows past a
@@ -789,30 +779,19 @@ def _dkdv_blocks(dk, dk2, dv, dv2, k, k2, v, v2, q_base, do_base, lse_base, delt
         if MASKED and MASK_KIND <= 1 and CAUSAL:
             do_ok = row_ok & (rows + _diag(Q_LEN, K_LEN, window, CAUSAL) >= start)
         do = _load_2d(do_base + rows[:, None] * stride_dom + offs_dv[None, :] * stride_dod, do_ok, dv_ok,
-                      True, BLOCK_DV > HEAD_DV)
-        if DV_TAIL > 0:
-            do2 = _load_2d(do_base + rows[:, None] * stride_dom + offs_dv2[None, :] * stride_dod, do_ok,
-                           offs_dv2 < HEAD_DV, True, BLOCK_DV + DV_TAIL != HEAD_DV)
+                      True, BLOCK_DV != HEAD_DV)
         if UPCAST:
             qt = qt.to(tl.float32)
             do = do.to(tl.float32)
-            if D_TAIL > 0:
-                qt2 = qt2.to(tl.float32)
-            if DV_TAIL > 0:
-                do2 = do2.to(tl.float32)
         lse = tl.load(lse_base + rows, mask=row_ok, other=float("inf"))
         if MASK_KIND == 3:
             res = tl.load(lse_base + stride_lp + rows, mask=row_ok, other=0.0)
         if MASKED and (MASK_KIND >= 2 or WINDOWED):
             do = tl.where((lse != float("-inf"))[:, None], do, 0.0)
-            if DV_TAIL > 0:
-                do2 = tl.where((lse != float("-inf"))[:, None], do2, 0.0)
         # a row with nothing kept has all-zero probabilities: lse = +inf gives exp2(s - lse) = 0
         lse = tl.where(lse == float("-inf"), float("inf"), lse)
         delta = tl.load(delta_base + rows, mask=row_ok, other=0.0)
         st = tl.dot(k, qt, input_precision=DOT_PREC)
-        if D_TAIL > 0:
-            st = tl.dot(k2, qt2, st, input_precision=DOT_PREC)
         if SOFTCAP:
             tt = _tanh(st * qk_scale)
             st = tt * softcap
@@ -833,23 +812,17 @@ def _dkdv_blocks(dk, dk2, dv, dv2, k, k2, v, v2, q_base, do_base, lse_base, delt
             pt = tl.math.exp2(st - lse[None, :])
         if DROPOUT:
             keep = tl.trans(_dropout_keep(seed, bh, rows, n0, drop_thr, BLOCK_N))
-            ptz = tl.where(keep, pt * keep_scale, 0.0).to(do.dtype)
-        else:
-            ptz = pt.to(do.dtype)
-        dv = tl.dot(ptz, do, dv, input_precision=DOT_PREC)
-        dpt = tl.dot(v, tl.trans(do), input_precision=DOT_PREC)
-        if DV_TAIL > 0:
-            dv2 = tl.dot(ptz, do2, dv2, input_precision=DOT_PREC)
-            dpt = tl.dot(v2, tl.trans(do2), dpt, input_precision=DOT_PREC)
-        if DROPOUT:
+            dv = tl.dot(tl.where(keep, pt * keep_scale, 0.0).to(do.dtype), do, dv, input_precision=DOT_PREC)
+            dpt = tl.dot(v, tl.trans(do), input_precision=DOT_PREC)
             dpt = tl.where(keep, dpt * keep_scale, 0.0)
+        else:
+            dv = tl.dot(pt.to(do.dtype), do, dv, input_precision=DOT_PREC)
+            dpt = tl.dot(v, tl.trans(do), input_precision=DOT_PREC)
         dst = pt * (dpt - delta[None, :])
         if SOFTCAP:  # through the cap: d(c tanh(x / c)) / dx = 1 - tanh(x / c)**2
             dst = dst * (1.0 - tt * tt)
         dk = tl.dot(dst.to(qt.dtype), tl.trans(qt), dk, input_precision=DOT_PREC)
-        if D_TAIL > 0:
-            dk2 = tl.dot(dst.to(qt2.dtype), tl.trans(qt2), dk2, input_precision=DOT_PREC)
-    return dk, dk2, dv, dv2
+    return dk, dv
 
 
 @fast_launch
@@ -871,7 +844,6 @@ def _bwd_dkdv_kernel(
     DROPOUT: tl.constexpr,
     WINDOWED: tl.constexpr, SOFTCAP: tl.constexpr,
     B4D: tl.constexpr, B4D_PER_B: tl.constexpr, B4D_PER_H: tl.constexpr, B4D_SPAN: tl.constexpr,
-    D_TAIL: tl.constexpr, DV_TAIL: tl.constexpr,
 ):
     """One key block of one key/value head; sums over the query heads of its GQA group (no atomics). ``B4D``: a 4D
     mask's row bounds (``masks.mask_bounds``) limit each head's query blocks to those that keep a key of the block."""
@@ -894,7 +866,6 @@ def _bwd_dkdv_kernel(
     d_ok = offs_d < HEAD_D
     offs_dv = tl.arange(0, BLOCK_DV)
     dv_ok = offs_dv < HEAD_DV
-    offs_d2, offs_dv2 = _tail_columns(offs_d, offs_dv, BLOCK_D, BLOCK_DV, D_TAIL, DV_TAIL)
 
     start, end, has_holes = _key_range(ranges_ptr, b, K_LEN, MASK_KIND)
     diag = _diag(Q_LEN, K_LEN, window, CAUSAL)
@@ -944,36 +915,18 @@ def _bwd_dkdv_kernel(
         q_full = tl.minimum(tl.maximum(full_from, q_lo), q_hi)
         q_wfull = tl.minimum(tl.maximum(full_to, q_full), q_hi)
 
-    k_rows = k_ptr + b * stride_kb + hk * stride_kh + cols[:, None] * stride_kn
-    v_rows = v_ptr + b * stride_vb + hk * stride_vh + cols[:, None] * stride_vn
-    k = _load_2d(k_rows + offs_d[None, :] * stride_kd, col_ok, d_ok, True, BLOCK_D > HEAD_D)
-    v = _load_2d(v_rows + offs_dv[None, :] * stride_vd, col_ok, dv_ok, True, BLOCK_DV > HEAD_DV)
+    k = _load_2d(k_ptr + b * stride_kb + hk * stride_kh + cols[:, None] * stride_kn + offs_d[None, :] * stride_kd,
+                 col_ok, d_ok, True, BLOCK_D != HEAD_D)
+    v = _load_2d(v_ptr + b * stride_vb + hk * stride_vh + cols[:, None] * stride_vn + offs_dv[None, :] * stride_vd,
+                 col_ok, dv_ok, True, BLOCK_DV != HEAD_DV)
     if UPCAST:
         k = k.to(tl.float32)
         v = v.to(tl.float32)
-    k2 = k  # the second tiles (unused without a split of that head dim)
-    v2 = v
-    if D_TAIL > 0:
-        k2 = _load_2d(k_rows + offs_d2[None, :] * stride_kd, col_ok, offs_d2 < HEAD_D, True,
-                      BLOCK_D + D_TAIL != HEAD_D)
-        if UPCAST:
-            k2 = k2.to(tl.float32)
-    if DV_TAIL > 0:
-        v2 = _load_2d(v_rows + offs_dv2[None, :] * stride_vd, col_ok, offs_dv2 < HEAD_DV, True,
-                      BLOCK_DV + DV_TAIL != HEAD_DV)
-        if UPCAST:
-            v2 = v2.to(tl.float32)
     seed = start * 0
     if DROPOUT:
         seed = tl.load(seed_ptr)
     dk = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
     dv = tl.zeros([BLOCK_N, BLOCK_DV], dtype=tl.float32)
-    dk2 = dk
-    dv2 = dv
-    if D_TAIL > 0:
-        dk2 = tl.zeros([BLOCK_N, D_TAIL], dtype=tl.float32)
-    if DV_TAIL > 0:
-        dv2 = tl.zeros([BLOCK_N, DV_TAIL], dtype=tl.float32)
     for h in range(hk * GROUP, hk * GROUP + GROUP):
         q_base = q_ptr + b * stride_qb + h * stride_qh
         do_base = do_ptr + b * stride_dob + h * stride_doh
@@ -981,12 +934,12 @@ def _bwd_dkdv_kernel(
         delta_base = delta_ptr + (b * H + h) * Q_LEN
         mask_base = mask_ptr + b * stride_mb + h * stride_mh
         if MASK_KIND == 4:  # one loop, masking the blocks outside [q_full, q_wfull)
-            dk, dk2, dv, dv2 = _dkdv_blocks(dk, dk2, dv, dv2, k, k2, v, v2, q_base, do_base, lse_base, delta_base,
-                                            mask_base, cols, offs_m, offs_d, offs_d2, offs_dv, offs_dv2, stride_qm, stride_qd, stride_dom, stride_dod, stride_mm, stride_mk,
+            dk, dv = _dkdv_blocks(dk, dv, k, v, q_base, do_base, lse_base, delta_base, mask_base, cols, offs_m,
+                                  offs_d, offs_dv, stride_qm, stride_qd, stride_dom, stride_dod, stride_mm, stride_mk,
                                   stride_lp, q_lo, q_hi, q_full, q_wfull, start, end, has_holes, Q_LEN, K_LEN,
                                   qk_scale, threshold, seed, b * H + h, n0, drop_thr, keep_scale, window, softcap, 2,
                                   MASK_KIND, CAUSAL, BLOCK_M, BLOCK_N, HEAD_D, BLOCK_D, HEAD_DV, BLOCK_DV, UPCAST,
-                                  DOT_PREC, FOLD, DROPOUT, WINDOWED, SOFTCAP, D_TAIL, DV_TAIL)
+                                  DOT_PREC, FOLD, DROPOUT, WINDOWED, SOFTCAP)
         else:
             h_lo = q_lo
             h_full = q_full
@@ -995,78 +948,55 @@ def _bwd_dkdv_kernel(
                                                   B4D_SPAN > 0, BLOCK_N // 16, 16)
                 h_lo = tl.maximum(q_lo, r_first // BLOCK_M * BLOCK_M)
                 h_full = tl.maximum(tl.minimum(q_full, r_end), h_lo)
-            dk, dk2, dv, dv2 = _dkdv_blocks(dk, dk2, dv, dv2, k, k2, v, v2, q_base, do_base, lse_base, delta_base,
-                                            mask_base, cols, offs_m, offs_d, offs_d2, offs_dv, offs_dv2, stride_qm, stride_qd, stride_dom, stride_dod, stride_mm, stride_mk,
+            dk, dv = _dkdv_blocks(dk, dv, k, v, q_base, do_base, lse_base, delta_base, mask_base, cols, offs_m,
+                                  offs_d, offs_dv, stride_qm, stride_qd, stride_dom, stride_dod, stride_mm, stride_mk,
                                   stride_lp, h_lo, h_full, 0, 0, start, end, has_holes, Q_LEN, K_LEN, qk_scale,
                                   threshold, seed, b * H + h, n0, drop_thr, keep_scale, window, softcap, True,
                                   MASK_KIND, CAUSAL, BLOCK_M, BLOCK_N, HEAD_D, BLOCK_D, HEAD_DV, BLOCK_DV, UPCAST,
-                                  DOT_PREC, FOLD, DROPOUT, WINDOWED, SOFTCAP, D_TAIL, DV_TAIL)
-            dk, dk2, dv, dv2 = _dkdv_blocks(dk, dk2, dv, dv2, k, k2, v, v2, q_base, do_base, lse_base, delta_base,
-                                            mask_base, cols, offs_m, offs_d, offs_d2, offs_dv, offs_dv2, stride_qm, stride_qd, stride_dom, stride_dod, stride_mm, stride_mk,
+                                  DOT_PREC, FOLD, DROPOUT, WINDOWED, SOFTCAP)
+            dk, dv = _dkdv_blocks(dk, dv, k, v, q_base, do_base, lse_base, delta_base, mask_base, cols, offs_m,
+                                  offs_d, offs_dv, stride_qm, stride_qd, stride_dom, stride_dod, stride_mm, stride_mk,
                                   stride_lp, q_full, q_wfull, 0, 0, start, end, has_holes, Q_LEN, K_LEN, qk_scale,
                                   threshold, seed, b * H + h, n0, drop_thr, keep_scale, window, softcap, False,
                                   MASK_KIND, CAUSAL, BLOCK_M, BLOCK_N, HEAD_D, BLOCK_D, HEAD_DV, BLOCK_DV, UPCAST,
-                                  DOT_PREC, FOLD, DROPOUT, WINDOWED, SOFTCAP, D_TAIL, DV_TAIL)
+                                  DOT_PREC, FOLD, DROPOUT, WINDOWED, SOFTCAP)
             if WINDOWED:
-                dk, dk2, dv, dv2 = _dkdv_blocks(dk, dk2, dv, dv2, k, k2, v, v2, q_base, do_base, lse_base,
-                                                delta_base, mask_base, cols, offs_m, offs_d, offs_d2, offs_dv,
-                                                offs_dv2, stride_qm, stride_qd, stride_dom, stride_dod, stride_mm,
+                dk, dv = _dkdv_blocks(dk, dv, k, v, q_base, do_base, lse_base, delta_base, mask_base, cols, offs_m,
+                                      offs_d, offs_dv, stride_qm, stride_qd, stride_dom, stride_dod, stride_mm,
                                       stride_mk, stride_lp, q_wfull, q_hi, 0, 0, start, end, has_holes, Q_LEN, K_LEN,
                                       qk_scale, threshold, seed, b * H + h, n0, drop_thr, keep_scale, window, softcap,
                                       True, MASK_KIND, CAUSAL, BLOCK_M, BLOCK_N, HEAD_D, BLOCK_D, HEAD_DV, BLOCK_DV,
-                                      UPCAST, DOT_PREC, FOLD, DROPOUT, WINDOWED, SOFTCAP, D_TAIL, DV_TAIL)
+                                      UPCAST, DOT_PREC, FOLD, DROPOUT, WINDOWED, SOFTCAP)
     dk = dk * sm_scale
-    dk_rows = dk_ptr + b * stride_dkb + hk * stride_dkh + cols[:, None] * stride_dkn
-    dv_rows = dv_ptr + b * stride_dvb + hk * stride_dvh + cols[:, None] * stride_dvn
-    tl.store(dk_rows + offs_d[None, :] * stride_dkd, dk.to(dk_ptr.dtype.element_ty),
-             mask=col_ok[:, None] & d_ok[None, :])
-    tl.store(dv_rows + offs_dv[None, :] * stride_dvd, dv.to(dv_ptr.dtype.element_ty),
-             mask=col_ok[:, None] & dv_ok[None, :])
-    if D_TAIL > 0:
-        dk2 = dk2 * sm_scale
-        tl.store(dk_rows + offs_d2[None, :] * stride_dkd, dk2.to(dk_ptr.dtype.element_ty),
-                 mask=col_ok[:, None] & (offs_d2 < HEAD_D)[None, :])
-    if DV_TAIL > 0:
-        tl.store(dv_rows + offs_dv2[None, :] * stride_dvd, dv2.to(dv_ptr.dtype.element_ty),
-                 mask=col_ok[:, None] & (offs_dv2 < HEAD_DV)[None, :])
+    ok = col_ok[:, None] & d_ok[None, :]
+    tl.store(dk_ptr + b * stride_dkb + hk * stride_dkh + cols[:, None] * stride_dkn + offs_d[None, :] * stride_dkd,
+             dk.to(dk_ptr.dtype.element_ty), mask=ok)
+    tl.store(dv_ptr + b * stride_dvb + hk * stride_dvh + cols[:, None] * stride_dvn + offs_dv[None, :] * stride_dvd,
+             dv.to(dv_ptr.dtype.element_ty), mask=col_ok[:, None] & dv_ok[None, :])
 
 
 @triton.jit
-def _dq_blocks(dq, dq2, q, q2, do, do2, lse, res, delta, k_base, v_base, mask_base, rows, offs_n, offs_d, offs_d2,
-               offs_dv, offs_dv2, stride_kn, stride_kd, stride_vn, stride_vd, stride_mm, stride_mk,
+def _dq_blocks(dq, q, do, lse, res, delta, k_base, v_base, mask_base, rows, offs_n, offs_d, offs_dv,
+               stride_kn, stride_kd, stride_vn, stride_vd, stride_mm, stride_mk,
                lo, hi, start, end, has_holes, Q_LEN, K_LEN, qk_scale, threshold, seed, bh, drop_thr, keep_scale,
                window, softcap, MASKED: tl.constexpr, MASK_KIND: tl.constexpr, CAUSAL: tl.constexpr,
                BLOCK_N: tl.constexpr, HEAD_D: tl.constexpr, BLOCK_D: tl.constexpr, HEAD_DV: tl.constexpr,
                BLOCK_DV: tl.constexpr, UPCAST: tl.constexpr, DOT_PREC: tl.constexpr, FOLD: tl.constexpr,
-               DROPOUT: tl.constexpr, WINDOWED: tl.constexpr, SOFTCAP: tl.constexpr, D_TAIL: tl.constexpr,
-               DV_TAIL: tl.constexpr):
-    """Accumulate ``dq`` of one query block over key blocks ``[lo, hi)``. ``D_TAIL`` / ``DV_TAIL``: a head dim in
-    two tiles (see ``_split_d``): ``q2``, ``do2`` and ``dq2`` the second ones, columns ``offs_d2`` / ``offs_dv2``."""
+               DROPOUT: tl.constexpr, WINDOWED: tl.constexpr, SOFTCAP: tl.constexpr):
+    """Accumulate ``dq`` of one query block over key blocks ``[lo, hi)``."""
     d_ok = offs_d < HEAD_D
     dv_ok = offs_dv < HEAD_DV
     for n0 in range(lo, hi, BLOCK_N):
         cols = n0 + offs_n
         col_ok = cols < K_LEN
         kt = _load_2d(k_base + offs_d[:, None] * stride_kd + cols[None, :] * stride_kn, d_ok, col_ok,
-                      BLOCK_D > HEAD_D, MASKED)
+                      BLOCK_D != HEAD_D, MASKED)
         vt = _load_2d(v_base + offs_dv[:, None] * stride_vd + cols[None, :] * stride_vn, dv_ok, col_ok,
-                      BLOCK_DV > HEAD_DV, MASKED)
+                      BLOCK_DV != HEAD_DV, MASKED)
         if UPCAST:
             kt = kt.to(tl.float32)
             vt = vt.to(tl.float32)
-        if D_TAIL > 0:
-            kt2 = _load_2d(k_base + offs_d2[:, None] * stride_kd + cols[None, :] * stride_kn, offs_d2 < HEAD_D,
-                           col_ok, BLOCK_D + D_TAIL != HEAD_D, MASKED)
-            if UPCAST:
-                kt2 = kt2.to(tl.float32)
-        if DV_TAIL > 0:
-            vt2 = _load_2d(v_base + offs_dv2[:, None] * stride_vd + cols[None, :] * stride_vn, offs_dv2 < HEAD_DV,
-                           col_ok, BLOCK_DV + DV_TAIL != HEAD_DV, MASKED)
-            if UPCAST:
-                vt2 = vt2.to(tl.float32)
         s = tl.dot(q, kt, input_precision=DOT_PREC)
-        if D_TAIL > 0:
-            s = tl.dot(q2, kt2, s, input_precision=DOT_PREC)
         if SOFTCAP:
             t = _tanh(s * qk_scale)
             s = t * softcap
@@ -1082,17 +1012,13 @@ def _dq_blocks(dq, dq2, q, q2, do, do2, lse, res, delta, k_base, v_base, mask_ba
         else:
             p = tl.math.exp2(s - lse[:, None])
         dp = tl.dot(do, vt, input_precision=DOT_PREC)
-        if DV_TAIL > 0:
-            dp = tl.dot(do2, vt2, dp, input_precision=DOT_PREC)
         if DROPOUT:
             dp = tl.where(_dropout_keep(seed, bh, rows, n0, drop_thr, BLOCK_N), dp * keep_scale, 0.0)
         ds = p * (dp - delta[:, None])
         if SOFTCAP:
             ds = ds * (1.0 - t * t)
         dq = tl.dot(ds.to(kt.dtype), tl.trans(kt), dq, input_precision=DOT_PREC)
-        if D_TAIL > 0:
-            dq2 = tl.dot(ds.to(kt2.dtype), tl.trans(kt2), dq2, input_precision=DOT_PREC)
-    return dq, dq2
+    return dq
 
 
 @fast_launch
@@ -1113,7 +1039,6 @@ def _bwd_dq_kernel(
     DROPOUT: tl.constexpr,
     WINDOWED: tl.constexpr, SOFTCAP: tl.constexpr,
     B4D: tl.constexpr, B4D_PER_B: tl.constexpr, B4D_PER_H: tl.constexpr, B4D_SPAN: tl.constexpr,
-    D_TAIL: tl.constexpr, DV_TAIL: tl.constexpr,
 ):
     """One query block of one head; visits the same key blocks as the forward (``B4D``: within a 4D mask's key
     bounds, as the forward)."""
@@ -1136,7 +1061,6 @@ def _bwd_dq_kernel(
     d_ok = offs_d < HEAD_D
     offs_dv = tl.arange(0, BLOCK_DV)
     dv_ok = offs_dv < HEAD_DV
-    offs_d2, offs_dv2 = _tail_columns(offs_d, offs_dv, BLOCK_D, BLOCK_DV, D_TAIL, DV_TAIL)
 
     mask_base = mask_ptr + b * stride_mb + h * stride_mh
     start, end, has_holes = _key_range(ranges_ptr, b, K_LEN, MASK_KIND)
@@ -1149,32 +1073,18 @@ def _bwd_dq_kernel(
     s_lo, s_hi, full_lo, full_hi = _block_key_bounds(start, end, has_holes, pid_m * BLOCK_M, 0, 1,
                                                       Q_LEN, K_LEN, window, MASK_KIND, CAUSAL, WINDOWED,
                                                       BLOCK_M, BLOCK_N)
-    q_rows = q_ptr + b * stride_qb + h * stride_qh + rows[:, None] * stride_qm
-    do_rows = do_ptr + b * stride_dob + h * stride_doh + rows[:, None] * stride_dom
-    q = _load_2d(q_rows + offs_d[None, :] * stride_qd, row_ok, d_ok, True, BLOCK_D > HEAD_D)
-    do = _load_2d(do_rows + offs_dv[None, :] * stride_dod, row_ok, dv_ok, True, BLOCK_DV > HEAD_DV)
+    q = _load_2d(q_ptr + b * stride_qb + h * stride_qh + rows[:, None] * stride_qm + offs_d[None, :] * stride_qd,
+                 row_ok, d_ok, True, BLOCK_D != HEAD_D)
+    do = _load_2d(do_ptr + b * stride_dob + h * stride_doh + rows[:, None] * stride_dom
+                  + offs_dv[None, :] * stride_dod, row_ok, dv_ok, True, BLOCK_DV != HEAD_DV)
     if UPCAST:
         q = q.to(tl.float32)
         do = do.to(tl.float32)
-    q2 = q  # the second tiles (unused without a split of that head dim)
-    do2 = do
-    if D_TAIL > 0:
-        q2 = _load_2d(q_rows + offs_d2[None, :] * stride_qd, row_ok, offs_d2 < HEAD_D, True,
-                      BLOCK_D + D_TAIL != HEAD_D)
-        if UPCAST:
-            q2 = q2.to(tl.float32)
-    if DV_TAIL > 0:
-        do2 = _load_2d(do_rows + offs_dv2[None, :] * stride_dod, row_ok, offs_dv2 < HEAD_DV, True,
-                       BLOCK_DV + DV_TAIL != HEAD_DV)
-        if UPCAST:
-            do2 = do2.to(tl.float32)
     lse = tl.load(lse_ptr + bh * Q_LEN + rows, mask=row_ok, other=float("inf"))
     res = lse  # the residual, read with an additive mask only
     if MASK_KIND == 3:
         res = tl.load(lse_ptr + stride_lp + bh * Q_LEN + rows, mask=row_ok, other=0.0)
     do = tl.where((lse != float("-inf"))[:, None], do, 0.0)  # a row with nothing kept: see _dkdv_blocks
-    if DV_TAIL > 0:
-        do2 = tl.where((lse != float("-inf"))[:, None], do2, 0.0)
     lse = tl.where(lse == float("-inf"), float("inf"), lse)  # nothing kept: zero probabilities (see _dkdv_blocks)
     delta = tl.load(delta_ptr + bh * Q_LEN + rows, mask=row_ok, other=0.0)
     k_base = k_ptr + b * stride_kb + hk * stride_kh
@@ -1184,34 +1094,24 @@ def _bwd_dq_kernel(
         seed = tl.load(seed_ptr)
 
     dq = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
-    dq2 = dq
-    if D_TAIL > 0:
-        dq2 = tl.zeros([BLOCK_M, D_TAIL], dtype=tl.float32)
-    dq, dq2 = _dq_blocks(dq, dq2, q, q2, do, do2, lse, res, delta, k_base, v_base, mask_base, rows, offs_n, offs_d,
-                         offs_d2, offs_dv, offs_dv2, stride_kn, stride_kd, stride_vn, stride_vd, stride_mm, stride_mk,
-                         s_lo, tl.minimum(full_lo, s_hi), start, end, has_holes, Q_LEN, K_LEN, qk_scale, threshold,
-                         seed, bh, drop_thr, keep_scale, window, softcap, True, MASK_KIND, CAUSAL, BLOCK_N, HEAD_D,
-                         BLOCK_D, HEAD_DV, BLOCK_DV, UPCAST, DOT_PREC, FOLD, DROPOUT, WINDOWED, SOFTCAP, D_TAIL,
-                         DV_TAIL)
-    dq, dq2 = _dq_blocks(dq, dq2, q, q2, do, do2, lse, res, delta, k_base, v_base, mask_base, rows, offs_n, offs_d,
-                         offs_d2, offs_dv, offs_dv2, stride_kn, stride_kd, stride_vn, stride_vd, stride_mm, stride_mk,
-                         full_lo, full_hi, start, end, has_holes, Q_LEN, K_LEN, qk_scale, threshold, seed, bh,
-                         drop_thr, keep_scale, window, softcap, False, MASK_KIND, CAUSAL, BLOCK_N, HEAD_D, BLOCK_D,
-                         HEAD_DV, BLOCK_DV, UPCAST, DOT_PREC, FOLD, DROPOUT, WINDOWED, SOFTCAP, D_TAIL, DV_TAIL)
-    dq, dq2 = _dq_blocks(dq, dq2, q, q2, do, do2, lse, res, delta, k_base, v_base, mask_base, rows, offs_n, offs_d,
-                         offs_d2, offs_dv, offs_dv2, stride_kn, stride_kd, stride_vn, stride_vd, stride_mm, stride_mk,
-                         tl.maximum(full_lo, full_hi), s_hi, start, end, has_holes, Q_LEN, K_LEN, qk_scale, threshold,
-                         seed, bh, drop_thr, keep_scale, window, softcap, True, MASK_KIND, CAUSAL, BLOCK_N, HEAD_D,
-                         BLOCK_D, HEAD_DV, BLOCK_DV, UPCAST, DOT_PREC, FOLD, DROPOUT, WINDOWED, SOFTCAP, D_TAIL,
-                         DV_TAIL)
+    dq = _dq_blocks(dq, q, do, lse, res, delta, k_base, v_base, mask_base, rows, offs_n, offs_d, offs_dv, stride_kn,
+                    stride_kd, stride_vn, stride_vd, stride_mm, stride_mk, s_lo, tl.minimum(full_lo, s_hi), start,
+                    end, has_holes, Q_LEN, K_LEN, qk_scale, threshold, seed, bh, drop_thr, keep_scale, window,
+                    softcap, True, MASK_KIND, CAUSAL, BLOCK_N, HEAD_D, BLOCK_D, HEAD_DV, BLOCK_DV, UPCAST, DOT_PREC,
+                    FOLD, DROPOUT, WINDOWED, SOFTCAP)
+    dq = _dq_blocks(dq, q, do, lse, res, delta, k_base, v_base, mask_base, rows, offs_n, offs_d, offs_dv, stride_kn,
+                    stride_kd, stride_vn, stride_vd, stride_mm, stride_mk, full_lo, full_hi, start, end, has_holes,
+                    Q_LEN, K_LEN, qk_scale, threshold, seed, bh, drop_thr, keep_scale, window, softcap, False,
+                    MASK_KIND, CAUSAL, BLOCK_N, HEAD_D, BLOCK_D, HEAD_DV, BLOCK_DV, UPCAST, DOT_PREC, FOLD, DROPOUT,
+                    WINDOWED, SOFTCAP)
+    dq = _dq_blocks(dq, q, do, lse, res, delta, k_base, v_base, mask_base, rows, offs_n, offs_d, offs_dv, stride_kn,
+                    stride_kd, stride_vn, stride_vd, stride_mm, stride_mk, tl.maximum(full_lo, full_hi), s_hi, start,
+                    end, has_holes, Q_LEN, K_LEN, qk_scale, threshold, seed, bh, drop_thr, keep_scale, window,
+                    softcap, True, MASK_KIND, CAUSAL, BLOCK_N, HEAD_D, BLOCK_D, HEAD_DV, BLOCK_DV, UPCAST, DOT_PREC,
+                    FOLD, DROPOUT, WINDOWED, SOFTCAP)
     dq = dq * sm_scale
-    dq_rows = dq_ptr + b * stride_dqb + h * stride_dqh + rows[:, None] * stride_dqm
-    tl.store(dq_rows + offs_d[None, :] * stride_dqd, dq.to(dq_ptr.dtype.element_ty),
-             mask=row_ok[:, None] & d_ok[None, :])
-    if D_TAIL > 0:
-        dq2 = dq2 * sm_scale
-        tl.store(dq_rows + offs_d2[None, :] * stride_dqd, dq2.to(dq_ptr.dtype.element_ty),
-                 mask=row_ok[:, None] & (offs_d2 < HEAD_D)[None, :])
+    tl.store(dq_ptr + b * stride_dqb + h * stride_dqh + rows[:, None] * stride_dqm + offs_d[None, :] * stride_dqd,
+             dq.to(dq_ptr.dtype.element_ty), mask=row_ok[:, None] & d_ok[None, :])
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -1229,7 +1129,7 @@ GQA_PACK = os.environ.get("HF_MASKED_SOFTMAX_GQA_PACK", "1") != "0"
 # HF_MASKED_SOFTMAX_MASK4D_BOUNDS=0 turns that off (every block then reads its mask tile)
 MASK4D_BOUNDS = os.environ.get("HF_MASKED_SOFTMAX_MASK4D_BOUNDS", "1") != "0"
 FWD_MAXNREG = None  # forward register cap per thread: None = _fwd_maxnreg's rule, 0 = none, N = cap at N
-# the kernels run a head dim that is no power of two (80, 96, 192 ...) as two tiles (see _split_d);
+# the forward kernel runs a head dim that is no power of two (80, 96, 192 ...) as two tiles (see _split_d);
 # HF_MASKED_SOFTMAX_SPLIT_HEAD_DIM=0 runs it as one tile padded to the next power of two, as before
 SPLIT_HEAD_DIM = os.environ.get("HF_MASKED_SOFTMAX_SPLIT_HEAD_DIM", "1") != "0"
 FOLD_MAX_SCALE = 1.0  # the largest scale applied inside the exponent (see _fold); HF's scales are D**-0.5 or 1
@@ -1296,13 +1196,13 @@ def _block_d(D: int) -> int:
     return max(16, _next_pow2(D))
 
 
-def _split_d(D: int) -> tuple[int, int]:
-    """The attention kernels' tiles over a head dim of ``D`` columns: ``(BLOCK_D, D_TAIL)`` (the backward's delta
-    kernel, a row sum, keeps one tile). ``D_TAIL`` 0: one tile of
+def _split_d(D: int, values: bool = False, decode: bool = False) -> tuple[int, int]:
+    """The forward kernel's tiles over a head dim of ``D`` columns: ``(BLOCK_D, D_TAIL)``. ``D_TAIL`` 0: one tile of
     ``_block_d(D)`` columns, its columns past ``D`` masked. Otherwise (``SPLIT_HEAD_DIM``, when two power-of-two tiles
     are narrower than that one) the largest power of two below ``D``, all of them valid, and a second tile of at least
     16 for the rest: 80 as 64 + 16, 96 as 64 + 32, 192 as 128 + 64 (multi-head latent attention's queries and keys),
-    where one tile did 128, 128 and 256 columns of products."""
+    where one tile did 128, 128 and 256 columns of products. ``values``: the values' and output's head dim (else the
+    queries' and keys'); ``decode``: for a decode step's plan (the same rule for all four)."""
     whole = _block_d(D)
     if not SPLIT_HEAD_DIM or whole == D or D <= 16:
         return whole, 0
@@ -1503,8 +1403,8 @@ def _policy():
     changing one (the tuning scripts and tests do, to force a path) gets a new plan. Held by the key, so a replaced
     function's id cannot be reused while its plans exist."""
     return (_fwd_config, _fwd_maxnreg, _num_splits, _is_decode, _wide, _fold, _bh_first, _block_d, _sm_count,
-            _bwd_config, _split_d, FWD_MERGE_TAIL, FWD_MAXNREG, SPLIT_HEAD_DIM, GQA_PACK, MASK4D_BOUNDS, SPLIT_MIN_K, FOLD_MAX_SCALE, GRID_YZ_MAX,
-            _attn_fwd_kernel,
+            _bwd_config, _split_d, FWD_MERGE_TAIL, FWD_MAXNREG, SPLIT_HEAD_DIM, GQA_PACK, MASK4D_BOUNDS, SPLIT_MIN_K,
+            FOLD_MAX_SCALE, GRID_YZ_MAX, _attn_fwd_kernel,
             _split_combine_kernel, _bwd_delta_kernel, _bwd_dkdv_kernel, _bwd_dq_kernel, _hopper.ENABLED,
             _hopper.CURSOR_REGS, _hopper.CAUSAL_OK, _hopper.SPLIT_LOOP, _hopper.BLOCK_M, _hopper.BLOCK_N,
             _hopper.WARPS, _hopper.PER_SM, _hopper.FINE_BLOCK_M, _hopper.FINE_PER_SM, _hopper.STAGES,
@@ -1591,7 +1491,7 @@ class _ForwardPlan:
         wide = _wide(q, k, v, mask_t) or num_splits * B * H * Q * Dv >= 2**31
         self.dropout = drop_thr > 0
         qk_scale, cap = _score_scales(scale, softcap)
-        (bd, d_tail), (bdv, dv_tail) = _split_d(D), _split_d(Dv)
+        (bd, d_tail), (bdv, dv_tail) = _split_d(D, False, decode), _split_d(Dv, True, decode)
         scalars = (*q.stride(), *k.stride(), *v.stride(), *ostr, lstr, B * H * Q, *mstr,
                    H, H // Hkv, Q, K, num_splits, qk_scale, threshold, drop_thr, _keep_scale(drop_thr), window, cap)
         constexprs = dict(
@@ -1685,23 +1585,22 @@ class _BackwardPlan:
         if self.empty:
             return
         Dv = v.shape[3]  # D but where the values are narrower (MLA)
-        (bd, d_tail), (bdv, dv_tail) = _split_d(D), _split_d(Dv)
+        bd, bdv = _block_d(D), _block_d(Dv)
         kv_cfg, q_cfg = _bwd_config(max(D, Dv), q.dtype, causal, drop_thr > 0, _smem_optin(q.device))
         self.uses_mask = kind in (_K_RANGE, _K_BOOL, _K_ADD, _K_SEG)
         delta_first = _bh_first(False, B * H, _cdiv(Q, 64))
         self.delta = bind(_bwd_delta_kernel, (B * H, _cdiv(Q, 64)) if delta_first else (_cdiv(Q, 64), B * H),
                           (*out.stride(), *do.stride(), H, Q), dict(BH_FIRST=delta_first, BLOCK_M=64, HEAD_D=Dv,
-                                                                    BLOCK_D=_block_d(Dv)))
+                                                                    BLOCK_D=bdv))
         # the gradients are allocated like q, k, v (empty_like keeps a dense tensor's strides)
         dq, dk, dv = (torch.empty_like(t, device="meta") for t in (q, k, v))
         mstr = _mask_args(kind, mask_t, q)[1]
         upcast = _INTERPRET and q.dtype == torch.bfloat16
         prec = "ieee" if (q.dtype == torch.float32 or upcast) else "tf32"
         self.dropout = drop_thr > 0
-        common = dict(MASK_KIND=kind, CAUSAL=causal, HEAD_D=D, BLOCK_D=bd, D_TAIL=d_tail, HEAD_DV=Dv, BLOCK_DV=bdv,
-                      DV_TAIL=dv_tail, UPCAST=upcast, DOT_PREC=prec, WIDE=_wide(q, k, v, do, mask_t),
-                      FOLD=not softcap and _fold(kind, scale), DROPOUT=self.dropout, WINDOWED=window > 0,
-                      SOFTCAP=softcap > 0)
+        common = dict(MASK_KIND=kind, CAUSAL=causal, HEAD_D=D, BLOCK_D=bd, HEAD_DV=Dv, BLOCK_DV=bdv, UPCAST=upcast,
+                      DOT_PREC=prec, WIDE=_wide(q, k, v, do, mask_t), FOLD=not softcap and _fold(kind, scale),
+                      DROPOUT=self.dropout, WINDOWED=window > 0, SOFTCAP=softcap > 0)
         qk_scale, cap = _score_scales(scale, softcap)
         drop = (drop_thr, _keep_scale(drop_thr), window, cap)
         qkv_strides = (*q.stride(), *k.stride(), *v.stride(), *do.stride())
