@@ -1227,11 +1227,11 @@ case "${1:-}" in
   split43b)
     # the forward's two tiles: its GPU tests, the values' split alone (fused-keys-split) and the forward's launch
     # settings at head dim 96 with two tiles (tune_attention.py, three stages)
-    pytest_summary tests_split43b 150 tests/test_attention.py -k "split"
+    pytest_summary tests_split43b 120 tests/test_attention.py -k "split"
     timeout 100 python -u evals/bench_head_dims.py --providers fused-one-tile,fused-keys-split \
       --shapes phi2-prefill,phi3-prefill,phi3-decode,mla-decode --out "$OUT/bench_head_dims43b" 2>&1 \
       | tee "$OUT/bench_head_dims43b.log" | grep -v -i warn | grep -E "forward|error" | cut -c1-200
-    timeout 200 python -u evals/tune_attention.py --head-dim 96 --what fwd --stages 3 --shapes gpt2-pad-right,bert \
+    timeout 170 python -u evals/tune_attention.py --head-dim 96 --what fwd --stages 3 --shapes gpt2-pad-right,bert \
       --out "$OUT/tune43b" 2>&1 | tee "$OUT/tune43b.log" | grep -v -i warn | grep -E " fwd |forward best|: sdpa" \
       | cut -c1-200 | tail -40
     ;;
