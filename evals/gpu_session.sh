@@ -1235,8 +1235,15 @@ case "${1:-}" in
       --out "$OUT/tune43b" 2>&1 | tee "$OUT/tune43b.log" | grep -v -i warn | grep -E " fwd |forward best|: sdpa" \
       | cut -c1-200 | tail -40
     ;;
+  split43c)
+    # the decode rule (values in one tile): bench_head_dims.py's rows once more, two tiles against one
+    timeout 150 python -u evals/bench_head_dims.py --providers fused-one-tile \
+      --out "$OUT/bench_head_dims43c" 2>&1 | tee "$OUT/bench_head_dims43c.log" | grep -v -i warn \
+      | grep -E "forward|backward|error" | cut -c1-200
+    pytest_summary tests_split43c 100 tests/test_attention.py -k "split"
+    ;;
   *)
-    echo "usage: bash evals/gpu_session.sh tests|kernels|e2e|check|followup|recheck|verify|measure|final|stream|last|tune|host|fast|fastcheck|closing|fold|fold2|fold3|e2e3|bert4|bert5|check4|lengths|ncu|bwd|suite|suite2|final6|plans|hostplans|genab|fuzz|bwdplan|trainab|final8|nosync|drop9a|drop9b|drop9d|audit10|bench10|final10|ws11|audit11|fuzz11|host11b|decode12|stats12|stats12b|stats12c|final13|fix13|final13b|final14|suite14|suite15|final15|causal18|final18|prefetch18|cross18|tile19|final19|small19|launch20|tests20|gen20|counts20b|counts20c|final20|ablate22|models25|decode26|models26|compile26|speed26a|speed26b|window28|final28|pack28|pack29|pack30|bounds30|static30|bounds31|ncu31|gpu32a|gpu33a|tune33|wide34|tune34|bwd34|d256_34|softcap35|gemma35|sinks36|tests36|bench36|hopper37|ab37|pending38|packed38|packed38b|segfull39|segfinal39|mbert40|flex40|mla41|mla41b|mla41c|mla42|mla42b|split43|split43b" >&2
+    echo "usage: bash evals/gpu_session.sh tests|kernels|e2e|check|followup|recheck|verify|measure|final|stream|last|tune|host|fast|fastcheck|closing|fold|fold2|fold3|e2e3|bert4|bert5|check4|lengths|ncu|bwd|suite|suite2|final6|plans|hostplans|genab|fuzz|bwdplan|trainab|final8|nosync|drop9a|drop9b|drop9d|audit10|bench10|final10|ws11|audit11|fuzz11|host11b|decode12|stats12|stats12b|stats12c|final13|fix13|final13b|final14|suite14|suite15|final15|causal18|final18|prefetch18|cross18|tile19|final19|small19|launch20|tests20|gen20|counts20b|counts20c|final20|ablate22|models25|decode26|models26|compile26|speed26a|speed26b|window28|final28|pack28|pack29|pack30|bounds30|static30|bounds31|ncu31|gpu32a|gpu33a|tune33|wide34|tune34|bwd34|d256_34|softcap35|gemma35|sinks36|tests36|bench36|hopper37|ab37|pending38|packed38|packed38b|segfull39|segfinal39|mbert40|flex40|mla41|mla41b|mla41c|mla42|mla42b|split43|split43b|split43c" >&2
     exit 2
     ;;
 esac

@@ -1202,9 +1202,12 @@ def _split_d(D: int, values: bool = False, decode: bool = False) -> tuple[int, i
     are narrower than that one) the largest power of two below ``D``, all of them valid, and a second tile of at least
     16 for the rest: 80 as 64 + 16, 96 as 64 + 32, 192 as 128 + 64 (multi-head latent attention's queries and keys),
     where one tile did 128, 128 and 256 columns of products. ``values``: the values' and output's head dim (else the
-    queries' and keys'); ``decode``: for a decode step's plan (the same rule for all four)."""
+    queries' and keys'); ``decode``: for a decode step. A decode step keeps the values in one tile: on an H100
+    (``evals/bench_head_dims.py``, 6be88ff) Phi-3's decode step took 0.2184 ms with both head dims in two tiles,
+    0.2070 with the keys' alone and 0.2052 with neither, while DeepSeek-V2-Lite's (keys 192, values 128) took 0.1707
+    with the keys in two tiles against 0.1836."""
     whole = _block_d(D)
-    if not SPLIT_HEAD_DIM or whole == D or D <= 16:
+    if not SPLIT_HEAD_DIM or whole == D or D <= 16 or (values and decode):
         return whole, 0
     head = whole // 2
     tail = _block_d(D - head)

@@ -1075,6 +1075,10 @@ def test_head_dim_split_into_two_tiles():
     assert [split(d) for d in (8, 16, 24, 32, 40, 64, 80, 96, 100, 112, 144, 160, 192, 256)] == [
         (16, 0), (16, 0), (32, 0), (32, 0), (32, 16), (64, 0), (64, 16), (64, 32), (128, 0), (128, 0), (128, 16),
         (128, 32), (128, 64), (256, 0)]
+    assert [split(d, values=True) for d in (80, 96, 192)] == [(64, 16), (64, 32), (128, 64)]
+    # a decode step: the queries' and keys' head dim in two tiles, the values' in one
+    assert [split(d, False, True) for d in (80, 96, 192)] == [(64, 16), (64, 32), (128, 64)]
+    assert [split(d, True, True) for d in (80, 96, 192)] == [(128, 0), (128, 0), (256, 0)]
     with mock.patch.object(attn_mod, "SPLIT_HEAD_DIM", False):
         assert [split(d) for d in (40, 80, 96, 192)] == [(64, 0), (128, 0), (128, 0), (256, 0)]
 
@@ -1098,7 +1102,7 @@ def _split_case(case, dtype, device):
     D, Dv = {"pad2d-causal": (80, 80), "bool4d": (96, 96), "add4d-mla": (48, 40), "decode-splits": (80, 80),
              "decode-pack": (40, 24)}[case]
     g = torch.Generator().manual_seed(D + Dv)
-    B, H, Hkv, Q, K = 3, 4, 2, 9, 21
+    B, H, Hkv, Q, K = 3, 4, 2, 19, 21  # (up to 16 queries are a decode step's plan: values in one tile)
     if case.startswith("decode"):
         Q, K = 1, 40
     q = torch.randn(B, H, Q, D, generator=g).to(device, dtype)
@@ -1137,9 +1141,10 @@ def test_head_dim_split_into_two_tiles_matches_the_reference(device, case, dtype
         out = ops.attention(q, k, v, mask, causal=causal, _any_value_dim=True)
         with mock.patch.object(attn_mod, "SPLIT_HEAD_DIM", False):
             one_tile = ops.attention(q, k, v, mask, causal=causal, _any_value_dim=True)
-    D, Dv = q.shape[-1], v.shape[-1]
-    assert spy.tiles == [attn_mod._split_d(D) + attn_mod._split_d(Dv),
+    D, Dv, decode = q.shape[-1], v.shape[-1], attn_mod._is_decode(q.shape[2])
+    assert spy.tiles == [attn_mod._split_d(D, False, decode) + attn_mod._split_d(Dv, True, decode),
                          (attn_mod._block_d(D), 0, attn_mod._block_d(Dv), 0)]
+    assert decode == case.startswith("decode")
     assert spy.tiles[0][1] > 0  # the first call took two tiles
     assert out.shape == (*q.shape[:3], Dv) and torch.isfinite(out).all()
     if case == "bool4d":
@@ -1157,7 +1162,7 @@ def test_head_dim_split_with_dropout_sinks_window_and_softcap(device, monkeypatc
     # sinks' gradient), and dropout's kept probabilities the same as the one padded tile's for the same seed
     spy = _ForwardTiles(attn_mod._attn_fwd_kernel)
     monkeypatch.setattr(attn_mod, "_attn_fwd_kernel", spy)
-    q, k, v = _qkv(2, 4, 2, 11, 23, 40, torch.float32, device, grad=True)
+    q, k, v = _qkv(2, 4, 2, 17, 23, 40, torch.float32, device, grad=True)
     mask = _pad_mask([23, 9], 23, "left", device)
     sinks = torch.randn(4, generator=torch.Generator().manual_seed(1)).to(device).requires_grad_(True)
     _check(q, k, v, mask, True, window=6, softcap=3.0, sinks=sinks, grad=True)
