@@ -1211,7 +1211,11 @@ def _split_d(D: int, values: bool = False, decode: bool = False) -> tuple[int, i
         return whole, 0
     head = whole // 2
     tail = _block_d(D - head)
-    return (head, tail) if head + tail < whole else (whole, 0)
+    # only where the second tile is all valid columns too (D the sum of two powers of two, 16 or more each): on an
+    # H100 head dim 48 with 40-wide values (the values' second tile 8 of 16 columns valid, 128-row blocks of 8 warps)
+    # gave NaN columns and an illegal memory access (evals/probe_split_d.py, 0e0f39d), while 48, 80, 96, 144, 160
+    # and 192 matched the fp64 reference on every mask path
+    return (head, tail) if head + tail == D else (whole, 0)
 
 
 def _fwd_config(D: int, Q: int, dtype: torch.dtype, decode: bool, causal: bool, dropout: bool = False,
