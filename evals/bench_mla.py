@@ -79,12 +79,7 @@ def providers(inp, only=None):
         "sdpa-4d": lambda: sdpa(q, k, v, attn_mask=mask4d, scale=scale),
     }
     if only is None or "flex" in only:
-        offset = inp["K"] - inp["Q"]
-
-        def mask_mod(b, h, qi, kj):
-            return pad[b, kj] & (kj <= qi + offset)
-
-        flex = benchutil.compiled_flex("flex", q, k, v, mask_mod, inp["Q"], inp["K"], scale=scale)
+        flex = benchutil.padded_causal_flex(inp, scale=scale)
         if flex is not None:
             out["flex"] = flex
     return {p: fn for p, fn in out.items() if only is None or p in only or p == "fused"}

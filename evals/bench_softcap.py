@@ -76,17 +76,11 @@ def providers(inp, only=None):
 
 
 def flex_provider(inp):
-    q, k, v, pad = inp["q"], inp["k"], inp["v"], inp["pad"]
-    offset = inp["K"] - inp["Q"]
-
-    def mask_mod(b, h, qi, kj):
-        return pad[b, kj] & (kj <= qi + offset)
-
     def score_mod(score, b, h, qi, kj):
         return torch.tanh(score / CAP) * CAP
 
-    return benchutil.compiled_flex("flex-softcap", q, k, v, mask_mod, inp["Q"], inp["K"], score_mod=score_mod,
-                                   scale=SCALE, enable_gqa=inp["H"] != inp["Hkv"])
+    return benchutil.padded_causal_flex(inp, "flex-softcap", score_mod=score_mod, scale=SCALE,
+                                        enable_gqa=inp["H"] != inp["Hkv"])
 
 
 def cap_effect(inp) -> float:

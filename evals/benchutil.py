@@ -235,6 +235,18 @@ def compiled_flex(name: str, q, k, v, mask_mod, Q: int, K: int, **kwargs):
     return lambda: compiled(q, k, v, block_mask=block_mask, **kw)
 
 
+def padded_causal_flex(inp: dict, name: str = "flex", **kwargs):
+    """:func:`compiled_flex` over a provider benchmark's inputs (``q``, ``k``, ``v``, ``Q``, ``K`` and the ``pad
+    [B, K]`` of :func:`left_padded_causal`): the padding's kept keys with bottom-right causality. ``kwargs`` as
+    there."""
+    pad, offset = inp["pad"], inp["K"] - inp["Q"]
+
+    def mask_mod(b, h, qi, kj):
+        return pad[b, kj] & (kj <= qi + offset)
+
+    return compiled_flex(name, inp["q"], inp["k"], inp["v"], mask_mod, inp["Q"], inp["K"], **kwargs)
+
+
 def time_each(provs: dict, order, time_one, label: str) -> dict:
     """``{provider: ms}`` of ``time_one(fn)`` for each provider of ``order`` in ``provs``; one that fails is reported
     (with ``label``) and left out, so that it does not lose the others."""
