@@ -111,6 +111,25 @@ def test_fuzz_draws_values_of_their_own_head_dim(tmp_path, monkeypatch, capsys):
     assert "FAIL  attention #4" in capsys.readouterr().out
 
 
+def test_fuzz_draws_head_dims_in_two_tiles(tmp_path, monkeypatch, capsys):
+    # on the CPU a tenth of the attention cases take head dim 48, which the forward runs as two tiles (seed 0: case 2
+    # a prefill with values in two tiles too, case 16 a decode step with gradients); a tiling that drops the second
+    # tile's columns fails them
+    import importlib
+
+    attn_mod = importlib.import_module("hf_masked_softmax.attention")
+    for i in (2, 16):
+        path = tmp_path / f"{i}.json"
+        assert check.main(["--no-bench", "--fuzz-case", str(i), "--json", str(path)]) == 0
+        (row,) = json.loads(path.read_text())["checks"]
+        assert row["ok"] and "x48 " in row["shape"], row
+    split_d = attn_mod._split_d
+    monkeypatch.setattr(attn_mod, "_split_d", lambda D, *a: (32, 0) if split_d(D, *a)[1] else split_d(D, *a))
+    capsys.readouterr()
+    assert check.main(["--no-bench", "--fuzz-case", "2"]) == 1
+    assert "FAIL  attention #2" in capsys.readouterr().out
+
+
 def test_fuzz_rejects_negative_counts():
     for argv in (["--fuzz", "-1"], ["--fuzz-case", "-2"]):
         try:
