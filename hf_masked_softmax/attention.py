@@ -14,9 +14,9 @@ The kernels also take values of a head dim of their own, ``v [B, Hkv, K, Dv]`` (
 values. Outputs, ``dO`` and ``dv`` are then ``Dv`` wide; ``attention()`` keeps one head dim (DESIGN.md), and the HF
 backend reaches this through ``ops.attention(..., _any_value_dim=True)``.
 
-The forward kernel runs a head dim of no power of two as two power-of-two tiles where they are narrower than one
-padded tile (``_split_d``: 80 as 64 + 16, 96 as 64 + 32, 192 as 128 + 64; ``D_TAIL`` / ``DV_TAIL`` the second tiles'
-widths, 0 for none): ``q k^T`` is two ``tl.dot`` calls (the second accumulating onto the first), and the output two
+The forward kernel runs a head dim that is the sum of two powers of two (each 16 or more) as those two tiles instead
+of one padded to the next power of two (``_split_d``: 80 as 64 + 16, 96 as 64 + 32, 192 as 128 + 64; ``D_TAIL`` /
+``DV_TAIL`` the second tiles' widths, 0 for none): ``q k^T`` is two ``tl.dot`` calls (the second accumulating onto the first), and the output two
 accumulators. The backward kernels keep one padded tile: two tiles there were no faster on an H100 (NOTES.md,
 forty-third session).
 
@@ -1198,10 +1198,10 @@ def _block_d(D: int) -> int:
 
 def _split_d(D: int, values: bool = False, decode: bool = False) -> tuple[int, int]:
     """The forward kernel's tiles over a head dim of ``D`` columns: ``(BLOCK_D, D_TAIL)``. ``D_TAIL`` 0: one tile of
-    ``_block_d(D)`` columns, its columns past ``D`` masked. Otherwise (``SPLIT_HEAD_DIM``, when two power-of-two tiles
-    are narrower than that one) the largest power of two below ``D``, all of them valid, and a second tile of at least
-    16 for the rest: 80 as 64 + 16, 96 as 64 + 32, 192 as 128 + 64 (multi-head latent attention's queries and keys),
-    where one tile did 128, 128 and 256 columns of products. ``values``: the values' and output's head dim (else the
+    ``_block_d(D)`` columns, its columns past ``D`` masked. Otherwise (``SPLIT_HEAD_DIM``, ``D`` the sum of two powers
+    of two of at least 16) those two tiles, every column of both valid: 48 as 32 + 16, 80 as 64 + 16, 96 as 64 + 32,
+    144, 160, 192 as 128 + 64 (multi-head latent attention's queries and keys), where one tile did 64, 128, 128, 256,
+    256 and 256 columns of products. ``values``: the values' and output's head dim (else the
     queries' and keys'); ``decode``: for a decode step. A decode step keeps the values in one tile: on an H100
     (``evals/bench_head_dims.py``, 6be88ff) Phi-3's decode step took 0.2184 ms with both head dims in two tiles,
     0.2070 with the keys' alone and 0.2052 with neither, while DeepSeek-V2-Lite's (keys 192, values 128) took 0.1707
