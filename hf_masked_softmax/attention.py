@@ -16,8 +16,8 @@ backend reaches this through ``ops.attention(..., _any_value_dim=True)``.
 
 The forward kernel runs a head dim that is the sum of two powers of two (each 16 or more) as those two tiles instead
 of one padded to the next power of two (``_split_d``: 80 as 64 + 16, 96 as 64 + 32, 192 as 128 + 64; ``D_TAIL`` /
-``DV_TAIL`` the second tiles' widths, 0 for none): ``q k^T`` is two ``tl.dot`` calls (the second accumulating onto the first), and the output two
-accumulators. The backward kernels keep one padded tile: two tiles there were no faster on an H100 (NOTES.md,
+``DV_TAIL`` the second tiles' widths, 0 for none): ``q k^T`` is two ``tl.dot`` calls (the second accumulating onto
+the first), and the output two accumulators. The backward kernels keep one padded tile: two tiles there were no faster on an H100 (NOTES.md,
 forty-third session).
 
 How the forward kernel works: one program per (query block, batch x head) walks the key blocks with an online

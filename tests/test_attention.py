@@ -1124,9 +1124,9 @@ def _split_case(case, dtype, device):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
 def test_head_dim_split_into_two_tiles_matches_the_reference(device, case, dtype, monkeypatch):
     # head dims of no power of two (80, 96, 48 with 40-wide values in one tile, 48 with 24-wide ones) through the
-    # forward's two tiles, on every mask path, the decode splits and grouped-query packing: output and gradients against the fp64
-    # reference, and the one padded tile's output within the table's row (the columns' sums are ordered otherwise,
-    # and in fp16 a probability rounded on the other side moves an output by an ulp)
+    # forward's two tiles, on every mask path, the decode splits and grouped-query packing: output and gradients
+    # against the fp64 reference, and the one padded tile's output within the table's row (the columns' sums are
+    # ordered otherwise, and in fp16 a probability rounded on the other side moves an output by an ulp)
     from hf_masked_softmax import ops
 
     spy = _ForwardTiles(attn_mod._attn_fwd_kernel)
