@@ -7,13 +7,18 @@ tiles only where the second one is all valid columns. Each case here: fp16, GQA 
 padding mask, and the padding mask with causality, against the reference; the launcher's register cap and none.
 
     python evals/probe_split_d.py [--cases 48/40,80/80,...]    # query-key / value head dims
+    python evals/probe_split_d.py --masked-tails --configs 128/64/8/3,64/64/4/3 --isolate --cases 48/40
 
-A failed case can leave the CUDA context unusable (every later case then fails too): run suspects on their own.
+``--masked-tails`` takes the rule of before c95bac8 (a second tile with masked columns too, as for 40, 72 or 48 /
+40); ``--configs`` forces the forward's launch settings (BLOCK_M/BLOCK_N/warps/stages, each in turn); ``--isolate``
+runs each case in a process of its own, so that a fault (which leaves the CUDA context unusable, every later case
+then failing too) is reported and the next case still runs.
 """
 from __future__ import annotations
 
 import argparse
 import importlib
+import subprocess
 import sys
 
 import torch
@@ -34,11 +39,40 @@ def _cases(text: str):
     return out
 
 
-def run_case(D, Dv, mask_kind, causal, Q=200, K=333, B=2, H=4):
+def _configs(text: str):
+    out = []
+    for item in text.split(","):
+        try:
+            cfg = tuple(int(x) for x in item.split("/"))
+        except ValueError:
+            cfg = ()
+        if len(cfg) != 4 or min(cfg) < 1:
+            raise argparse.ArgumentTypeError(f"--configs wants BLOCK_M/BLOCK_N/warps/stages like 128/64/8/3, "
+                                             f"got {item!r}")
+        out.append(cfg)
+    return out
+
+
+def _masked_tail_rule(attn):
+    """``attention._split_d`` as before c95bac8: the two tiles of half the padded width and the rest, the second
+    one's columns past the head dim masked."""
+    def split_d(D, values=False, decode=False):
+        whole = attn._block_d(D)
+        if not attn.SPLIT_HEAD_DIM or whole == D or D <= 16 or (values and decode):
+            return whole, 0
+        return whole // 2, attn._block_d(D - whole // 2)
+    return split_d
+
+
+def run_case(D, Dv, mask_kind, causal, Q=200, K=333, B=2, H=4, config=None, masked_tails=False):
     from hf_masked_softmax import ops
     from hf_masked_softmax.reference import attention_reference
 
     attn = importlib.import_module("hf_masked_softmax.attention")
+    if masked_tails:
+        attn._split_d = _masked_tail_rule(attn)
+    if config is not None:
+        attn._fwd_config = lambda *a, cfg=tuple(config): cfg
     g = torch.Generator().manual_seed(D * 1000 + Dv)
     q = torch.randn(B, H, Q, D, generator=g).cuda().half()
     k = torch.randn(B, 2, K, D, generator=g).cuda().half()
@@ -59,8 +93,9 @@ def run_case(D, Dv, mask_kind, causal, Q=200, K=333, B=2, H=4):
             out[label] = (bool(torch.isnan(o).any()), float((o.double() - ref).abs().nan_to_num(1e9).max()))
     finally:
         attn.FWD_MAXNREG = None
+    cfg = "" if config is None else " config " + "/".join(map(str, config))
     print(f"D {D:3d} Dv {Dv:3d} {mask_kind:4s} causal {int(causal)} tiles {attn._split_d(D)} "
-          f"{attn._split_d(Dv, True)}: " + ", ".join(f"{k} nan={n} err={e:.3g}" for k, (n, e) in out.items()),
+          f"{attn._split_d(Dv, True)}{cfg}: " + ", ".join(f"{k} nan={n} err={e:.3g}" for k, (n, e) in out.items()),
           flush=True)
 
 
@@ -68,16 +103,51 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--cases", type=_cases, default=_cases(DEFAULT_CASES),
                     help=f"comma-separated D/Dv pairs (default {DEFAULT_CASES})")
+    ap.add_argument("--configs", type=_configs, default=[None],
+                    help="comma-separated forward launch settings BLOCK_M/BLOCK_N/warps/stages to force, each in "
+                         "turn (default: the launcher's own)")
+    ap.add_argument("--masked-tails", action="store_true",
+                    help="split head dims whose second tile has masked columns too (the rule before c95bac8)")
+    ap.add_argument("--masks", default="add,pad,pad-causal",
+                    help="comma-separated mask paths out of add, pad, pad-causal (default all three)")
+    ap.add_argument("--isolate", action="store_true", help="each case in a process of its own")
+    ap.add_argument("--_one", nargs=5, help=argparse.SUPPRESS)  # D Dv mask causal config: one case (for --isolate)
     args = ap.parse_args(argv)
+    paths = {"add": ("add", False), "pad": ("pad", False), "pad-causal": ("pad", True)}
+    masks = [m.strip() for m in args.masks.split(",")]
+    bad = [m for m in masks if m not in paths]
+    if bad:
+        ap.error(f"--masks: unknown {bad}; choose from {sorted(paths)}")
     if not torch.cuda.is_available():
         ap.error("needs a CUDA GPU")
+    if args._one:
+        D, Dv, mask_kind, causal, cfg = args._one
+        run_case(int(D), int(Dv), mask_kind, causal == "1", config=None if cfg == "-" else _configs(cfg)[0],
+                 masked_tails=args.masked_tails)
+        torch.cuda.synchronize()
+        return
     for D, Dv in args.cases:
-        for mask_kind, causal in (("add", False), ("pad", False), ("pad", True)):
-            try:
-                run_case(D, Dv, mask_kind, causal)
-            except Exception as exc:  # noqa: BLE001 - a failing case is the finding, reported and the next one run
-                print(f"D {D} Dv {Dv} {mask_kind} causal {int(causal)}: {type(exc).__name__}: {str(exc)[:100]}",
-                      file=sys.stderr, flush=True)
+        for config in args.configs:
+            for mask_kind, causal in (paths[m] for m in masks):
+                label = f"D {D} Dv {Dv} {mask_kind} causal {int(causal)} config {config}"
+                if args.isolate:
+                    cmd = [sys.executable, __file__, "--_one", str(D), str(Dv), mask_kind, str(int(causal)),
+                           "-" if config is None else "/".join(map(str, config))]
+                    if args.masked_tails:
+                        cmd.append("--masked-tails")
+                    try:
+                        done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+                    except subprocess.TimeoutExpired:
+                        print(f"{label}: timed out", flush=True)
+                        continue
+                    err = (done.stderr.strip().splitlines() or [""])[-1][:160]
+                    status = "" if done.returncode == 0 else f" [exit {done.returncode}: {err}]"
+                    print(f"{done.stdout.strip() or label + ':'}{status}", flush=True)
+                    continue
+                try:
+                    run_case(D, Dv, mask_kind, causal, config=config, masked_tails=args.masked_tails)
+                except Exception as exc:  # noqa: BLE001 - a failing case is the finding, reported, the next one run
+                    print(f"{label}: {type(exc).__name__}: {str(exc)[:100]}", file=sys.stderr, flush=True)
 
 
 if __name__ == "__main__":

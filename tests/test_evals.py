@@ -502,6 +502,8 @@ def test_every_eval_script_shows_its_options(script, capsys):
     ("bench_head_dims.py", ["--shapes", "phi3-prefill,nosuch"], "unknown shape 'nosuch'"),
     ("probe_split_d.py", ["--cases", "48-40"], "--cases wants D/Dv pairs"),
     ("probe_split_d.py", ["--cases", "300/40"], "head dims must be in 1..256"),
+    ("probe_split_d.py", ["--configs", "128/64/8"], "--configs wants BLOCK_M/BLOCK_N/warps/stages"),
+    ("probe_split_d.py", ["--masks", "add,nosuch"], "--masks: unknown ['nosuch']"),
     ("bench_head_dims.py", ["--providers", "fused-one-tile,flash"], "unknown provider 'flash'"),
     ("bench_packed.py", ["--shapes", "llama-8k,nosuch"], "unknown shape 'nosuch'"),
     ("bench_packed.py", ["--providers", "fused-4d,flash"], "unknown provider 'flash'"),
