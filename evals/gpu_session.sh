@@ -1242,6 +1242,15 @@ case "${1:-}" in
       | grep -E "forward|backward|error" | cut -c1-200
     pytest_summary tests_split43c 100 tests/test_attention.py -k "split"
     ;;
+  probe44b)
+    # the masked second tile's fault narrowed: which heads, rows and columns go wrong, and under which launch settings
+    # (fewer pipeline stages, 32-key blocks, the 64-row settings of the causal path)
+    timeout 250 python -u evals/probe_split_d.py --masked-tails --isolate --masks add --cases 48/40 \
+      --configs 128/64/8/3,128/64/8/1,128/64/8/2,128/32/8/3,64/32/4/3,64/64/4/1,64/64/8/3 2>&1 \
+      | tee "$OUT/probe44b.log" | cut -c1-300
+    timeout 60 python -u evals/probe_split_d.py --masked-tails --isolate --masks add,pad-causal --cases 56/56 2>&1 \
+      | tee "$OUT/probe44b2.log" | cut -c1-300
+    ;;
   probe44)
     # the forty-fourth session: where a second tile with masked columns fails (probe_split_d.py with the rule of before
     # c95bac8, forced launch settings, each case in a process of its own; then compute-sanitizer on 48 / 40), the
@@ -1258,7 +1267,7 @@ case "${1:-}" in
       | tee "$OUT/bench_head_dims44.log" | grep -v -i warn | grep -E "forward|error|unavailable" | cut -c1-200
     ;;
   *)
-    echo "usage: bash evals/gpu_session.sh tests|kernels|e2e|check|followup|recheck|verify|measure|final|stream|last|tune|host|fast|fastcheck|closing|fold|fold2|fold3|e2e3|bert4|bert5|check4|lengths|ncu|bwd|suite|suite2|final6|plans|hostplans|genab|fuzz|bwdplan|trainab|final8|nosync|drop9a|drop9b|drop9d|audit10|bench10|final10|ws11|audit11|fuzz11|host11b|decode12|stats12|stats12b|stats12c|final13|fix13|final13b|final14|suite14|suite15|final15|causal18|final18|prefetch18|cross18|tile19|final19|small19|launch20|tests20|gen20|counts20b|counts20c|final20|ablate22|models25|decode26|models26|compile26|speed26a|speed26b|window28|final28|pack28|pack29|pack30|bounds30|static30|bounds31|ncu31|gpu32a|gpu33a|tune33|wide34|tune34|bwd34|d256_34|softcap35|gemma35|sinks36|tests36|bench36|hopper37|ab37|pending38|packed38|packed38b|segfull39|segfinal39|mbert40|flex40|mla41|mla41b|mla41c|mla42|mla42b|split43|split43b|split43c|probe44" >&2
+    echo "usage: bash evals/gpu_session.sh tests|kernels|e2e|check|followup|recheck|verify|measure|final|stream|last|tune|host|fast|fastcheck|closing|fold|fold2|fold3|e2e3|bert4|bert5|check4|lengths|ncu|bwd|suite|suite2|final6|plans|hostplans|genab|fuzz|bwdplan|trainab|final8|nosync|drop9a|drop9b|drop9d|audit10|bench10|final10|ws11|audit11|fuzz11|host11b|decode12|stats12|stats12b|stats12c|final13|fix13|final13b|final14|suite14|suite15|final15|causal18|final18|prefetch18|cross18|tile19|final19|small19|launch20|tests20|gen20|counts20b|counts20c|final20|ablate22|models25|decode26|models26|compile26|speed26a|speed26b|window28|final28|pack28|pack29|pack30|bounds30|static30|bounds31|ncu31|gpu32a|gpu33a|tune33|wide34|tune34|bwd34|d256_34|softcap35|gemma35|sinks36|tests36|bench36|hopper37|ab37|pending38|packed38|packed38b|segfull39|segfinal39|mbert40|flex40|mla41|mla41b|mla41c|mla42|mla42b|split43|split43b|split43c|probe44|probe44b" >&2
     exit 2
     ;;
 esac

@@ -91,12 +91,35 @@ def run_case(D, Dv, mask_kind, causal, Q=200, K=333, B=2, H=4, config=None, mask
             attn.FWD_MAXNREG = cap
             o = ops.attention(q, k, v, mask, causal=causal, _any_value_dim=True)
             out[label] = (bool(torch.isnan(o).any()), float((o.double() - ref).abs().nan_to_num(1e9).max()))
+            if label == "default":
+                bad = _bad_places(o, ref)
     finally:
         attn.FWD_MAXNREG = None
     cfg = "" if config is None else " config " + "/".join(map(str, config))
     print(f"D {D:3d} Dv {Dv:3d} {mask_kind:4s} causal {int(causal)} tiles {attn._split_d(D)} "
-          f"{attn._split_d(Dv, True)}{cfg}: " + ", ".join(f"{k} nan={n} err={e:.3g}" for k, (n, e) in out.items()),
-          flush=True)
+          f"{attn._split_d(Dv, True)}{cfg}: " + ", ".join(f"{k} nan={n} err={e:.3g}" for k, (n, e) in out.items())
+          + (f"; wrong (default): {bad}" if bad else ""), flush=True)
+
+
+def _spans(values) -> str:
+    """Sorted integers as runs: ``0-7,32-39``."""
+    values, runs = sorted(values), []
+    for x in values:
+        if runs and x == runs[-1][1] + 1:
+            runs[-1][1] = x
+        else:
+            runs.append([x, x])
+    return ",".join(f"{a}-{b}" if b > a else f"{a}" for a, b in runs)
+
+
+def _bad_places(o, ref, tol=1e-2) -> str:
+    """Where ``o`` (``[B, H, Q, Dv]``) is NaN or off the reference by more than ``tol``: its heads, columns and
+    query rows, as runs (which tile, which rows of a block)."""
+    wrong = ((o.double() - ref).abs() > tol) | torch.isnan(o)
+    if not wrong.any():
+        return ""
+    _, h, r, c = wrong.nonzero(as_tuple=True)
+    return f"heads {_spans(set(h.tolist()))} rows {_spans(set(r.tolist()))} columns {_spans(set(c.tolist()))}"
 
 
 def main(argv=None):
