@@ -504,6 +504,8 @@ def test_every_eval_script_shows_its_options(script, capsys):
     ("probe_split_d.py", ["--cases", "300/40"], "head dims must be in 1..256"),
     ("probe_split_d.py", ["--configs", "128/64/8"], "--configs wants BLOCK_M/BLOCK_N/warps/stages"),
     ("probe_split_d.py", ["--masks", "add,nosuch"], "--masks: unknown ['nosuch']"),
+    ("repro_masked_dot.py", ["--head-dims", "40,30"], "--head-dims must be in 33..48"),
+    ("repro_masked_dot.py", ["--configs", "128/64"], "--configs wants BLOCK_M/BLOCK_N/warps/stages"),
     ("bench_head_dims.py", ["--providers", "fused-one-tile,flash"], "unknown provider 'flash'"),
     ("bench_packed.py", ["--shapes", "llama-8k,nosuch"], "unknown shape 'nosuch'"),
     ("bench_packed.py", ["--providers", "fused-4d,flash"], "unknown provider 'flash'"),
