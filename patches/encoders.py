@@ -1,13 +1,14 @@
 """BERT's relatives: encoders whose attention layers are BERT's, one spec shape, a list of model types.
 
-RoBERTa, XLM-RoBERTa, CamemBERT, ELECTRA, ERNIE, Data2Vec-Text, RoBERTa-PreLayerNorm and XLM-RoBERTa-XL copy BERT's
-attention modules (self-attention with ``is_causal = config.is_decoder``, cross-attention with ``is_causal=False``,
-``scaling = head_size ** -0.5``), so they also run as decoders with a KV cache (``...ForCausalLM``) and inside an
-``EncoderDecoderModel``. DistilBERT and ALBERT have only a bidirectional self-attention module
-(``DistilBertSelfAttention``, ``AlbertAttention``). All of them build their masks with transformers'
-``create_bidirectional_mask`` / ``create_causal_mask``, which the backend's mask function answers with the compact
-``[B, K]`` padding mask, and hand the AttentionInterface nothing but that mask, the dropout and the scale (checked
-for transformers 5.4, 5.17 and 5.25).
+RoBERTa, XLM-RoBERTa, CamemBERT, ELECTRA, ERNIE, Data2Vec-Text, RoBERTa-PreLayerNorm, XLM-RoBERTa-XL, RoCBert, X-MOD
+and BertGeneration (``BertGenerationEncoder`` / ``BertGenerationDecoder``) copy BERT's attention modules
+(self-attention with ``is_causal = config.is_decoder``, cross-attention with ``is_causal=False``,
+``scaling = head_size ** -0.5``), so they also run as decoders with a KV cache (``...ForCausalLM``,
+``BertGenerationDecoder``) and inside an ``EncoderDecoderModel``. DistilBERT and ALBERT have only a bidirectional
+self-attention module (``DistilBertSelfAttention``, ``AlbertAttention``). All of them build their masks with
+transformers' ``create_bidirectional_mask`` / ``create_causal_mask``, which the backend's mask function answers with
+the compact ``[B, K]`` padding mask, and hand the AttentionInterface nothing but that mask, the dropout and the scale
+(checked for transformers 5.4, 5.17 and 5.25).
 
 Only model types listed in ``SPECS`` are accepted, each covered by tests/test_patch_encoders.py. To add a type, append
 a line below and a case to that test.
@@ -33,6 +34,11 @@ SPECS = (
     encoder_spec("data2vec-text", "Data2VecText"),
     encoder_spec("roberta-prelayernorm", "RobertaPreLayerNorm"),
     encoder_spec("xlm-roberta-xl", "XLMRobertaXL"),
+    # (these three: BERT's eager function and attention classes line for line, comments aside, in transformers 5.4,
+    # 5.17 and 5.25)
+    encoder_spec("roc_bert", "RoCBert"),
+    encoder_spec("xmod", "Xmod"),
+    encoder_spec("bert-generation", "BertGeneration"),
     encoder_spec("distilbert", "DistilBert", cross_attention=False),
     ModelSpec(model_type="albert", attention_classes=("AlbertAttention",)),
     # ModernBERT: rotary, a fused QKV projection, and a bidirectional window (query i sees |i - j| <= local_attention

@@ -24,7 +24,8 @@ def test_registered_under_one_name():
     assert ALL_ATTENTION_FUNCTIONS[hf.NAME] is hf.attention_forward
     assert ALL_MASK_ATTENTION_FUNCTIONS[hf.NAME] is hf.mask_function
     assert sorted(REGISTRY) == [
-        "afmoe", "albert", "apertus", "arcee", "bamba", "bart", "bert", "bitnet", "blenderbot", "camembert",
+        "afmoe", "albert", "apertus", "arcee", "bamba", "bart", "bert", "bert-generation", "bitnet", "blenderbot",
+        "camembert",
         "cohere", "cohere2", "cwm", "data2vec-text", "deepseek_v2", "deepseek_v3", "distilbert", "dots1",
         "electra", "ernie", "ernie4_5", "ernie4_5_moe", "eurobert", "exaone4", "exaone_moe", "falcon_h1",
         "flex_olmo", "gemma", "gemma2", "gemma3_text", "glm", "glm4", "glm4_moe", "glm4_moe_lite", "gpt2",
@@ -33,8 +34,8 @@ def test_registered_under_one_name():
         "longcat_flash", "m2m_100", "marian", "mbart", "minimax_m2", "ministral", "mistral", "mixtral",
         "modernbert", "nanochat", "nemotron_h", "olmo2", "olmo3", "olmo_hybrid", "olmoe", "opt", "pegasus",
         "phi", "phi3", "phimoe", "qwen2", "qwen2_moe", "qwen3", "qwen3_moe", "qwen3_next", "roberta",
-        "roberta-prelayernorm", "seed_oss", "smollm3", "solar_open", "stablelm", "starcoder2", "vaultgemma",
-        "whisper", "xlm-roberta", "xlm-roberta-xl", "youtu",
+        "roberta-prelayernorm", "roc_bert", "seed_oss", "smollm3", "solar_open", "stablelm", "starcoder2",
+        "vaultgemma", "whisper", "xlm-roberta", "xlm-roberta-xl", "xmod", "youtu",
     ]
 
 

@@ -1,5 +1,6 @@
 """BERT's relatives (patches/encoders.py) patched vs eager on tiny random models: RoBERTa, XLM-RoBERTa, CamemBERT,
-ELECTRA, ERNIE, Data2Vec-Text, RoBERTa-PreLayerNorm, XLM-RoBERTa-XL, DistilBERT, ALBERT.
+ELECTRA, ERNIE, Data2Vec-Text, RoBERTa-PreLayerNorm, XLM-RoBERTa-XL, RoCBert, X-MOD, BertGeneration, DistilBERT,
+ALBERT.
 
 Every config: 2 layers, hidden 32, 4 heads (head size 8), vocabulary 64, padding id 0. On CPU the kernels run in
 Triton's interpreter (tests/conftest.py).
@@ -32,12 +33,22 @@ ARCHS = {
     "data2vec-text": ("Data2VecText", {}, True),
     "roberta-prelayernorm": ("RobertaPreLayerNorm", {}, True),
     "xlm-roberta-xl": ("XLMRobertaXL", {}, True),
+    # RoCBert's pronunciation and glyph-shape embeddings (ids optional, as here), small
+    "roc_bert": ("RoCBert", {"pronunciation_vocab_size": 16, "shape_vocab_size": 16, "pronunciation_embed_dim": 8,
+                             "shape_embed_dim": 8}, True),
+    # X-MOD's per-language adapters: without lang_ids every row takes the default language's
+    "xmod": ("Xmod", {"languages": ("en_XX", "de_DE"), "default_language": "en_XX"}, True),
+    "bert-generation": ("BertGeneration", {}, True),
     "distilbert": ("DistilBert", {"n_layers": 2, "n_heads": 4, "dim": 32, "hidden_dim": 64, "dropout": 0.0,
                                   "attention_dropout": 0.0}, False),
     "albert": ("Albert", {"embedding_size": 16, "num_hidden_groups": 1}, False),  # one layer's weights, run twice
 }
 DECODERS = [a for a, (_, _, dec) in ARCHS.items() if dec]
 MODES = ["softmax", "fused"]
+# the classes of the model types whose heads are named otherwise (BertGeneration: an encoder and a decoder only)
+CLASSES = {("bert-generation", "Model"): "BertGenerationEncoder",
+           ("bert-generation", "ForCausalLM"): "BertGenerationDecoder"}
+CLASSIFIERS = [a for a in ARCHS if a != "bert-generation"]
 
 
 def config(arch, **overrides):
@@ -50,7 +61,7 @@ def config(arch, **overrides):
 
 def model(arch, device, head="Model", seed=0, **overrides):
     torch.manual_seed(seed)
-    cls = getattr(transformers, f"{ARCHS[arch][0]}{head}")
+    cls = getattr(transformers, CLASSES.get((arch, head), f"{ARCHS[arch][0]}{head}"))
     return cls(config(arch, **overrides)).to(device).eval()
 
 
@@ -78,10 +89,15 @@ def test_encoder_padded(device, arch, mode, side, monkeypatch):
 @pytest.mark.parametrize("arch", list(ARCHS))
 def test_sequence_classification_and_probabilities(device, arch):
     # "auto": the fused kernel for the logits; softmax mode where the caller asks for the probabilities
-    m = model(arch, device, head="ForSequenceClassification", seed=1)
+    # (BertGeneration has no classifier: its encoder's hidden states)
+    head = "ForSequenceClassification" if arch in CLASSIFIERS else "Model"
+    m = model(arch, device, head=head, seed=1)
     ids, mask = padded_batch(device, lengths=(9, 4), total=9, side="right", seed=1)
     ref, out = eager_and_patched(m, lambda m: m(ids, attention_mask=mask, output_attentions=True), "auto")
-    assert_close(out.logits, ref.logits)
+    if head == "Model":
+        assert_valid_close(out.last_hidden_state, ref.last_hidden_state, mask.bool())
+    else:
+        assert_close(out.logits, ref.logits)
     assert len(out.attentions) == len(ref.attentions) == 2
     for o, r in zip(out.attentions, ref.attentions):
         assert_probs_close(o, r, mask.bool())
@@ -102,7 +118,7 @@ def test_decoder_generate_with_cache(device, arch):
     assert torch.equal(out, ref)
 
 
-@pytest.mark.parametrize("arch", ["roberta", "electra"])
+@pytest.mark.parametrize("arch", ["roberta", "electra", "bert-generation"])
 def test_encoder_decoder_cross_attention(device, arch):
     # roberta2roberta-style EncoderDecoderModel: the decoder's cross-attention modules ({prefix}CrossAttention)
     encoder = model(arch, device, seed=3)
