@@ -74,6 +74,10 @@ SPECS = (
     decoder_spec("olmo3", "Olmo3Attention"),  # OLMo 3: q/k norms before the call, windows on three layers of four
     decoder_spec("smollm3", "SmolLM3Attention"),  # SmolLM3: no rotary on every fourth layer (before the call)
     decoder_spec("ministral", "MinistralAttention"),  # Ministral: windows on the "sliding_attention" layers
+    # Ministral 3 (the forty-fourth session; Llama's attention function in 5.4, 5.17 and 5.25): Mistral's window on
+    # every layer when sliding_window is set, queries scaled by position (Llama 4's rule) before the call; 5.25 also
+    # passes position_ids, which the call does not read
+    decoder_spec("ministral3", "Ministral3Attention"),
     decoder_spec("glm4", "Glm4Attention"),  # GLM-4: partial rotary, extra norms around the blocks
     decoder_spec("exaone4", "Exaone4Attention"),  # EXAONE 4: q/k norms, windows on three layers of four
     decoder_spec("granitemoe", "GraniteMoeAttention"),  # Granite's scaling with a mixture of experts

@@ -18,8 +18,8 @@ from transformers import (
 )
 from transformers import (
     Exaone4Config, Exaone4ForCausalLM, Glm4Config, Glm4ForCausalLM, GraniteMoeConfig, GraniteMoeForCausalLM,
-    HeliumConfig, HeliumForCausalLM, MinistralConfig, MinistralForCausalLM, Olmo3Config, Olmo3ForCausalLM,
-    SeedOssConfig, SeedOssForCausalLM, SmolLM3Config, SmolLM3ForCausalLM,
+    HeliumConfig, HeliumForCausalLM, Ministral3Config, Ministral3ForCausalLM, MinistralConfig, MinistralForCausalLM,
+    Olmo3Config, Olmo3ForCausalLM, SeedOssConfig, SeedOssForCausalLM, SmolLM3Config, SmolLM3ForCausalLM,
 )
 from transformers import (
     ApertusConfig, ApertusForCausalLM, ArceeConfig, ArceeForCausalLM, BitNetConfig, BitNetForCausalLM,
@@ -108,6 +108,11 @@ ARCHS = {
     "olmo3": (Olmo3ForCausalLM, Olmo3Config, {}),
     "smollm3": (SmolLM3ForCausalLM, SmolLM3Config, {}),
     "ministral": (MinistralForCausalLM, MinistralConfig, {}),
+    # Ministral 3: the queries scaled by position before the call (Llama 4's rule; beta 0.5 over 8 positions here, so
+    # these rows' positions take scales other than 1)
+    "ministral3": (Ministral3ForCausalLM, Ministral3Config, {"rope_parameters": {
+        "rope_type": "default", "rope_theta": 10000.0, "llama_4_scaling_beta": 0.5,
+        "original_max_position_embeddings": 8}}),
     "glm4": (Glm4ForCausalLM, Glm4Config, {}),
     "exaone4": (Exaone4ForCausalLM, Exaone4Config, {}),
     "granitemoe": (GraniteMoeForCausalLM, GraniteMoeConfig, {"num_local_experts": 2, "num_experts_per_tok": 2,
@@ -407,6 +412,7 @@ WINDOWED = [
     ("gpt_oss", {"sliding_window": 4}),  # the first of its two layers
     ("olmo3", {"sliding_window": 4}),
     ("ministral", {"sliding_window": 4}),
+    ("ministral3", {"sliding_window": 4}),
     ("exaone4", {"sliding_window": 4}),
     ("exaone_moe", {"sliding_window": 4}),
     ("afmoe", {"sliding_window": 4}),
