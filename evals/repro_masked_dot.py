@@ -28,7 +28,8 @@ DEFAULT_CONFIGS = "128/64/8/3,64/64/4/3,64/64/8/3,128/32/8/3,64/32/4/3"
 
 @triton.jit
 def _masked_dot_kernel(s_ptr, v_ptr, o_ptr, M, K, stride_sm, stride_vn, stride_om, HEAD_DV: tl.constexpr,
-                       BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_DV: tl.constexpr, DV_TAIL: tl.constexpr):
+                       BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_DV: tl.constexpr, DV_TAIL: tl.constexpr,
+                       P_IN_REGISTERS: tl.constexpr, FIRST_TILE: tl.constexpr):
     rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     row_ok = rows < M
     offs_dv = tl.arange(0, BLOCK_DV)
@@ -39,11 +40,15 @@ def _masked_dot_kernel(s_ptr, v_ptr, o_ptr, M, K, stride_sm, stride_vn, stride_o
     for n0 in range(0, K, BLOCK_N):
         cols = n0 + tl.arange(0, BLOCK_N)
         col_ok = cols < K
-        s = tl.load(s_ptr + rows[:, None] * stride_sm + cols[None, :], mask=row_ok[:, None] & col_ok[None, :],
-                    other=float("-inf"))
-        p = tl.exp(s.to(tl.float32))  # made in registers, as the forward's probabilities are
-        v = tl.load(v_ptr + cols[:, None] * stride_vn + offs_dv[None, :], mask=col_ok[:, None], other=0.0)
-        acc = tl.dot(p.to(v.dtype), v, acc)
+        tile = s_ptr + rows[:, None] * stride_sm + cols[None, :]
+        if P_IN_REGISTERS:  # made in registers, as the forward's probabilities are
+            s = tl.load(tile, mask=row_ok[:, None] & col_ok[None, :], other=float("-inf"))
+            p = tl.exp(s.to(tl.float32)).to(s.dtype)
+        else:  # the probabilities themselves (made on the host): the product's operand straight from memory
+            p = tl.load(tile, mask=row_ok[:, None] & col_ok[None, :], other=0.0)
+        if FIRST_TILE:
+            v = tl.load(v_ptr + cols[:, None] * stride_vn + offs_dv[None, :], mask=col_ok[:, None], other=0.0)
+            acc = tl.dot(p.to(v.dtype), v, acc)
         v2 = tl.load(v_ptr + cols[:, None] * stride_vn + offs_dv2[None, :], mask=col_ok[:, None] & dv2_ok[None, :],
                      other=0.0)
         acc2 = tl.dot(p.to(v2.dtype), v2, acc2)
@@ -52,18 +57,24 @@ def _masked_dot_kernel(s_ptr, v_ptr, o_ptr, M, K, stride_sm, stride_vn, stride_o
     tl.store(o + offs_dv2[None, :], acc2, mask=row_ok[:, None] & dv2_ok[None, :])
 
 
-def run(config, head_dv, M=200, K=333, device="cuda"):
+def run(config, head_dv, M=200, K=333, device="cuda", p_in_registers=True, first_tile=True):
     """The kernel's output error against fp64 for one launch setting and values' head dim (32 < head_dv <= 48):
-    ``(max |error| over columns [0, 32), over [32, head_dv), any NaN)``."""
+    ``(max |error| over columns [0, 32), over [32, head_dv), any NaN)``. ``p_in_registers``: the probabilities made
+    in the kernel (else loaded, made on the host); ``first_tile``: the product over columns [0, 32) too (else only
+    the second tile's; the first columns' error is then reported as 0)."""
     block_m, block_n, warps, stages = config
     g = torch.Generator().manual_seed(head_dv)
     s = (torch.randn(M, K, generator=g) - 3.0).to(device, torch.float16)
     v = torch.randn(K, head_dv, generator=g).to(device, torch.float16)
-    out = torch.empty(M, head_dv, device=device, dtype=torch.float32)
-    _masked_dot_kernel[(triton.cdiv(M, block_m),)](s, v, out, M, K, s.stride(0), v.stride(0), out.stride(0),
-                                                   HEAD_DV=head_dv, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_DV=32,
-                                                   DV_TAIL=16, num_warps=warps, num_stages=stages)
-    ref = torch.exp(s.double()).to(torch.float16).double() @ v.double()
+    p = torch.exp(s.double()).to(torch.float16)
+    out = torch.zeros(M, head_dv, device=device, dtype=torch.float32)
+    _masked_dot_kernel[(triton.cdiv(M, block_m),)](s if p_in_registers else p, v, out, M, K, s.stride(0), v.stride(0),
+                                                   out.stride(0), HEAD_DV=head_dv, BLOCK_M=block_m, BLOCK_N=block_n,
+                                                   BLOCK_DV=32, DV_TAIL=16, P_IN_REGISTERS=p_in_registers,
+                                                   FIRST_TILE=first_tile, num_warps=warps, num_stages=stages)
+    ref = p.double() @ v.double()
+    if not first_tile:
+        ref[:, :32] = 0.0
     err = (out.double() - ref).abs().nan_to_num(float("inf"))
     return float(err[:, :32].max()), float(err[:, 32:].max()), bool(torch.isnan(out).any())
 
@@ -90,6 +101,9 @@ def main(argv=None):
                     help="the values' head dims, each in 33..48 (default 40,48: 8 and 16 valid columns in the "
                          "second tile)")
     ap.add_argument("--keys", type=int, default=333, help="key length (default 333)")
+    ap.add_argument("--p-from-memory", action="store_true",
+                    help="load the probabilities (made on the host) instead of making them in the kernel")
+    ap.add_argument("--second-tile-only", action="store_true", help="leave out the product over columns [0, 32)")
     args = ap.parse_args(argv)
     bad = [d for d in args.head_dims if not 32 < d <= 48]
     if bad:
@@ -105,7 +119,8 @@ def main(argv=None):
     for config in args.configs:
         for head_dv in args.head_dims:
             try:
-                lo, hi, nan = run(config, head_dv, K=args.keys, device=device)
+                lo, hi, nan = run(config, head_dv, K=args.keys, device=device,
+                                  p_in_registers=not args.p_from_memory, first_tile=not args.second_tile_only)
             except Exception as exc:  # noqa: BLE001 - a failing launch is the finding: reported, then stop
                 print(f"config {'/'.join(map(str, config))} head dim {head_dv}: {type(exc).__name__}: "
                       f"{str(exc)[:120]}", flush=True)
