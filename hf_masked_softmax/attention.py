@@ -17,8 +17,8 @@ backend reaches this through ``ops.attention(..., _any_value_dim=True)``.
 The forward kernel runs a head dim that is the sum of two powers of two (each 16 or more) as those two tiles instead
 of one padded to the next power of two (``_split_d``: 80 as 64 + 16, 96 as 64 + 32, 192 as 128 + 64; ``D_TAIL`` /
 ``DV_TAIL`` the second tiles' widths, 0 for none): ``q k^T`` is two ``tl.dot`` calls (the second accumulating onto
-the first), and the output two accumulators. The backward kernels keep one padded tile: two tiles there were no faster on an H100 (NOTES.md,
-forty-third session).
+the first), and the output two accumulators. The backward kernels keep one padded tile: two tiles there were no
+faster on an H100 (NOTES.md, forty-third session).
 
 How the forward kernel works: one program per (query block, batch x head) walks the key blocks with an online
 softmax in fp32 (running max ``m``, running sum ``l``, base-2 exponentials) and keeps ``O`` in registers. What it
@@ -387,10 +387,10 @@ def _bounds_entry(b, h, H, PER_B: tl.constexpr, PER_H: tl.constexpr):
 @triton.jit
 def _chunk_bounds(at, c, n, SPAN: tl.constexpr):
     """The maxima of the ``(from_end, end)`` pairs at ``at`` (chunk ``c``) and the ``SPAN - 1`` after it (none for
-    ``SPAN`` 0 or 1) that are below chunk ``n``. Scalar loads of uniform addresses, not a vector load and a reduction: the compiler then knows
-    the bounds, and so the kernels' loop counts, are the same in every thread (from a reduction it moved the forward
-    loop's wgmma descriptors into uniform registers on every key block: 25 R2UR, a SHFL, a WARPSYNC; Triton 3.6,
-    sm_90)."""
+    ``SPAN`` 0 or 1) that are below chunk ``n``. Scalar loads of uniform addresses, not a vector load and a
+    reduction: the compiler then knows the bounds, and so the kernels' loop counts, are the same in every thread (from
+    a reduction it moved the forward loop's wgmma descriptors into uniform registers on every key block: 25 R2UR, a
+    SHFL, a WARPSYNC; Triton 3.6, sm_90)."""
     from_end = tl.load(at)
     end = tl.load(at + 1)
     for j in tl.static_range(1, SPAN):
@@ -1211,10 +1211,12 @@ def _split_d(D: int, values: bool = False, decode: bool = False) -> tuple[int, i
         return whole, 0
     head = whole // 2
     tail = _block_d(D - head)
-    # only where the second tile is all valid columns too (D the sum of two powers of two, 16 or more each): on an
-    # H100 head dim 48 with 40-wide values (the values' second tile 8 of 16 columns valid, 128-row blocks of 8 warps)
-    # gave NaN columns and an illegal memory access (evals/probe_split_d.py, 0e0f39d), while 48, 80, 96, 144, 160
-    # and 192 matched the fp64 reference on every mask path
+    # only where the second tile is all valid columns too (D the sum of two powers of two, 16 or more each): with
+    # Triton 3.6 on an H100, a 16-column second value tile with masked columns (48 with 40-wide values, 40) gave NaN
+    # or wrong values in its valid columns with 64-key blocks (the launcher's settings at these head dims), and an
+    # illegal memory access with fewer pipeline stages; evals/probe_split_d.py --masked-tails, and a small kernel
+    # alone, evals/repro_masked_dot.py (NOTES.md, forty-third and forty-fourth sessions). 48, 80, 96, 144, 160 and
+    # 192 matched the fp64 reference on every mask path
     return (head, tail) if head + tail == D else (whole, 0)
 
 
