@@ -105,6 +105,9 @@ SPECS = (
     decoder_spec("deepseek_v2", "DeepseekV2Attention"),  # DeepSeek-V2 / V2-Lite
     decoder_spec("deepseek_v3", "DeepseekV3Attention"),  # DeepSeek-V3 / R1, Kimi K2 (their latents cached, 5.25)
     decoder_spec("glm4_moe_lite", "Glm4MoeLiteAttention"),  # GLM-4.7-Flash
+    # Mistral 4 (the forty-fourth session; Llama's attention function in 5.4, 5.17, 5.25): queries scaled by position
+    # before the call (Llama 4's rule); 5.25 also passes position_ids, which the call does not read
+    decoder_spec("mistral4", "Mistral4Attention"),
     decoder_spec("youtu", "YoutuAttention"),  # Youtu-LLM: dense, MLA
     decoder_spec("longcat_flash", "LongcatFlashMLA"),  # LongCat-Flash: two MLA calls per layer
     # the forty-first session's, also Llama's attention function and call in 5.4 and 5.25: mixtures of experts and

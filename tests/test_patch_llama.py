@@ -31,7 +31,8 @@ from transformers import (
 )
 from transformers import (
     DeepseekV2Config, DeepseekV2ForCausalLM, DeepseekV3Config, DeepseekV3ForCausalLM, Glm4MoeLiteConfig,
-    Glm4MoeLiteForCausalLM, LongcatFlashConfig, LongcatFlashForCausalLM, YoutuConfig, YoutuForCausalLM,
+    Glm4MoeLiteForCausalLM, LongcatFlashConfig, LongcatFlashForCausalLM, Mistral4Config, Mistral4ForCausalLM,
+    YoutuConfig, YoutuForCausalLM,
 )
 from transformers import (
     AfmoeConfig, AfmoeForCausalLM, BambaConfig, BambaForCausalLM, CwmConfig, CwmForCausalLM, Dots1Config,
@@ -160,6 +161,11 @@ ARCHS.update({
     "deepseek_v2": (DeepseekV2ForCausalLM, DeepseekV2Config, MLA_MOE),
     "deepseek_v3": (DeepseekV3ForCausalLM, DeepseekV3Config, MLA_MOE),
     "glm4_moe_lite": (Glm4MoeLiteForCausalLM, Glm4MoeLiteConfig, MLA_MOE),
+    # Mistral 4: DeepSeek-V2's latent attention with Llama 4's query scale by position (beta 0.5 over 8 positions
+    # here, so that these rows' positions take scales other than 1) and its default yarn rotary over half of
+    # head_dim (partial_rotary_factor 0.5: head_dim twice the rotary width)
+    "mistral4": (Mistral4ForCausalLM, Mistral4Config, dict(MLA_MOE, q_lora_rank=16, head_dim=16, rope_parameters={
+        **Mistral4Config().rope_parameters, "llama_4_scaling_beta": 0.5, "original_max_position_embeddings": 8})),
     # Youtu's default initializer_range is 2 / sqrt(5 * hidden), 0.11 here: weights that large amplify fp32 rounding
     # past the table's tolerance in eager as in a patched model, so the usual 0.02
     "youtu": (YoutuForCausalLM, YoutuConfig, dict(MLA, initializer_range=0.02)),
