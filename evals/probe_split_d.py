@@ -22,6 +22,7 @@ import subprocess
 import sys
 
 import torch
+from repro_masked_dot import launch_settings
 
 DEFAULT_CASES = "48/40,48/48,40/40,80/80,96/96,144/144,160/160,192/128,192/192"
 
@@ -36,20 +37,6 @@ def _cases(text: str):
         if not (1 <= d <= 256 and 1 <= dv <= 256):
             raise argparse.ArgumentTypeError(f"head dims must be in 1..256, got {item!r}")
         out.append((d, dv))
-    return out
-
-
-def _configs(text: str):
-    out = []
-    for item in text.split(","):
-        try:
-            cfg = tuple(int(x) for x in item.split("/"))
-        except ValueError:
-            cfg = ()
-        if len(cfg) != 4 or min(cfg) < 1:
-            raise argparse.ArgumentTypeError(f"--configs wants BLOCK_M/BLOCK_N/warps/stages like 128/64/8/3, "
-                                             f"got {item!r}")
-        out.append(cfg)
     return out
 
 
@@ -126,7 +113,7 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--cases", type=_cases, default=_cases(DEFAULT_CASES),
                     help=f"comma-separated D/Dv pairs (default {DEFAULT_CASES})")
-    ap.add_argument("--configs", type=_configs, default=[None],
+    ap.add_argument("--configs", type=launch_settings, default=[None],
                     help="comma-separated forward launch settings BLOCK_M/BLOCK_N/warps/stages to force, each in "
                          "turn (default: the launcher's own)")
     ap.add_argument("--masked-tails", action="store_true",
@@ -145,7 +132,7 @@ def main(argv=None):
         ap.error("needs a CUDA GPU")
     if args._one:
         D, Dv, mask_kind, causal, cfg = args._one
-        run_case(int(D), int(Dv), mask_kind, causal == "1", config=None if cfg == "-" else _configs(cfg)[0],
+        run_case(int(D), int(Dv), mask_kind, causal == "1", config=None if cfg == "-" else launch_settings(cfg)[0],
                  masked_tails=args.masked_tails)
         torch.cuda.synchronize()
         return

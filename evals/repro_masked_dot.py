@@ -92,10 +92,14 @@ def _ints(text, n, what):
     return out
 
 
+def launch_settings(text):
+    """``--configs``' value: comma-separated ``BLOCK_M/BLOCK_N/warps/stages`` (also ``probe_split_d.py``'s)."""
+    return _ints(text, 4, "--configs wants BLOCK_M/BLOCK_N/warps/stages like 128/64/8/3")
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--configs", default=DEFAULT_CONFIGS,
-                    type=lambda t: _ints(t, 4, "--configs wants BLOCK_M/BLOCK_N/warps/stages like 128/64/8/3"),
+    ap.add_argument("--configs", default=DEFAULT_CONFIGS, type=launch_settings,
                     help=f"launch settings, each in turn (default {DEFAULT_CONFIGS})")
     ap.add_argument("--head-dims", default="40,48", type=lambda t: _ints(t, 1, "--head-dims wants integers"),
                     help="the values' head dims, each in 33..48 (default 40,48: 8 and 16 valid columns in the "
