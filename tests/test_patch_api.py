@@ -29,12 +29,12 @@ def test_registered_under_one_name():
         "electra", "ernie", "ernie4_5", "ernie4_5_moe", "eurobert", "exaone4", "exaone_moe", "falcon_h1", "flex_olmo",
         "gemma", "gemma2", "gemma3_text", "glm", "glm4", "glm4_moe", "glm4_moe_lite", "gpt2", "gpt_bigcode", "gpt_neox",
         "gpt_oss", "granite", "granitemoe", "granitemoehybrid", "granitemoeshared", "helium", "hunyuan_v1_dense",
-        "hunyuan_v1_moe", "jais2", "jamba", "jetmoe", "lfm2", "lfm2_moe", "llama", "longcat_flash", "m2m_100", "marian",
-        "mbart", "minimax_m2", "ministral", "ministral3", "mistral", "mistral4", "mixtral", "modernbert", "nanochat",
-        "nemotron_h", "olmo2", "olmo3", "olmo_hybrid", "olmoe", "opt", "pegasus", "phi", "phi3", "phimoe", "qwen2",
-        "qwen2_moe", "qwen3", "qwen3_moe", "qwen3_next", "roberta", "roberta-prelayernorm", "roc_bert", "seed_oss",
-        "smollm3", "solar_open", "stablelm", "starcoder2", "vaultgemma", "whisper", "xlm-roberta", "xlm-roberta-xl",
-        "xmod", "youtu",
+        "hunyuan_v1_moe", "jais2", "jamba", "jetmoe", "layoutlm", "lfm2", "lfm2_moe", "llama", "longcat_flash",
+        "m2m_100", "marian", "mbart", "minimax_m2", "ministral", "ministral3", "mistral", "mistral4", "mixtral",
+        "modernbert", "nanochat", "nemotron_h", "olmo2", "olmo3", "olmo_hybrid", "olmoe", "opt", "pegasus", "phi",
+        "phi3", "phimoe", "qwen2", "qwen2_moe", "qwen3", "qwen3_moe", "qwen3_next", "roberta", "roberta-prelayernorm",
+        "roc_bert", "seed_oss", "smollm3", "solar_open", "stablelm", "starcoder2", "vaultgemma", "whisper",
+        "xlm-roberta", "xlm-roberta-xl", "xmod", "youtu",
     ]
 
 

@@ -1,6 +1,6 @@
 """BERT's relatives (patches/encoders.py) patched vs eager on tiny random models: RoBERTa, XLM-RoBERTa, CamemBERT,
-ELECTRA, ERNIE, Data2Vec-Text, RoBERTa-PreLayerNorm, XLM-RoBERTa-XL, RoCBert, X-MOD, BertGeneration, DistilBERT,
-ALBERT.
+ELECTRA, ERNIE, Data2Vec-Text, RoBERTa-PreLayerNorm, XLM-RoBERTa-XL, RoCBert, X-MOD, BertGeneration, LayoutLM
+(its own additive 4D mask), DistilBERT, ALBERT.
 
 Every config: 2 layers, hidden 32, 4 heads (head size 8), vocabulary 64, padding id 0. On CPU the kernels run in
 Triton's interpreter (tests/conftest.py).
@@ -39,6 +39,7 @@ ARCHS = {
     # X-MOD's per-language adapters: without lang_ids every row takes the default language's
     "xmod": ("Xmod", {"languages": ("en_XX", "de_DE"), "default_language": "en_XX"}, True),
     "bert-generation": ("BertGeneration", {}, True),
+    "layoutlm": ("LayoutLM", {}, False),  # (no bounding boxes passed: all zeros)
     "distilbert": ("DistilBert", {"n_layers": 2, "n_heads": 4, "dim": 32, "hidden_dim": 64, "dropout": 0.0,
                                   "attention_dropout": 0.0}, False),
     "albert": ("Albert", {"embedding_size": 16, "num_hidden_groups": 1}, False),  # one layer's weights, run twice
