@@ -56,10 +56,6 @@ def run_case(D, Dv, mask_kind, causal, Q=200, K=333, B=2, H=4, config=None, mask
     from hf_masked_softmax.reference import attention_reference
 
     attn = importlib.import_module("hf_masked_softmax.attention")
-    if masked_tails:
-        attn._split_d = _masked_tail_rule(attn)
-    if config is not None:
-        attn._fwd_config = lambda *a, cfg=tuple(config): cfg
     g = torch.Generator().manual_seed(D * 1000 + Dv)
     q = torch.randn(B, H, Q, D, generator=g).cuda().half()
     k = torch.randn(B, 2, K, D, generator=g).cuda().half()
@@ -73,18 +69,25 @@ def run_case(D, Dv, mask_kind, causal, Q=200, K=333, B=2, H=4, config=None, mask
     mask = mask.cuda()
     ref = attention_reference(q.double(), k.double(), v.double(), mask, causal=causal, compute_dtype=torch.float64)
     out = {}
+    split_d, fwd_config = attn._split_d, attn._fwd_config
     try:
+        if masked_tails:
+            attn._split_d = _masked_tail_rule(attn)
+        if config is not None:
+            attn._fwd_config = lambda *a, cfg=tuple(config): cfg
         for label, cap in (("default", None), ("nocap", 0)):
             attn.FWD_MAXNREG = cap
             o = ops.attention(q, k, v, mask, causal=causal, _any_value_dim=True)
             out[label] = (bool(torch.isnan(o).any()), float((o.double() - ref).abs().nan_to_num(1e9).max()))
             if label == "default":
                 bad = _bad_places(o, ref)
+        tiles = attn._split_d(D), attn._split_d(Dv, True)
     finally:
         attn.FWD_MAXNREG = None
+        attn._split_d, attn._fwd_config = split_d, fwd_config
     cfg = "" if config is None else " config " + "/".join(map(str, config))
-    print(f"D {D:3d} Dv {Dv:3d} {mask_kind:4s} causal {int(causal)} tiles {attn._split_d(D)} "
-          f"{attn._split_d(Dv, True)}{cfg}: " + ", ".join(f"{k} nan={n} err={e:.3g}" for k, (n, e) in out.items())
+    print(f"D {D:3d} Dv {Dv:3d} {mask_kind:4s} causal {int(causal)} tiles {tiles[0]} {tiles[1]}{cfg}: "
+          + ", ".join(f"{k} nan={n} err={e:.3g}" for k, (n, e) in out.items())
           + (f"; wrong (default): {bad}" if bad else ""), flush=True)
 
 

@@ -4,11 +4,11 @@ RoBERTa, XLM-RoBERTa, CamemBERT, ELECTRA, ERNIE, Data2Vec-Text, RoBERTa-PreLayer
 and BertGeneration (``BertGenerationEncoder`` / ``BertGenerationDecoder``) copy BERT's attention modules
 (self-attention with ``is_causal = config.is_decoder``, cross-attention with ``is_causal=False``,
 ``scaling = head_size ** -0.5``), so they also run as decoders with a KV cache (``...ForCausalLM``,
-``BertGenerationDecoder``) and inside an ``EncoderDecoderModel``. DistilBERT, ALBERT and LayoutLM have only a bidirectional self-attention module
-(``DistilBertSelfAttention``, ``AlbertAttention``, ``LayoutLMSelfAttention``). All of them but LayoutLM build their
-masks with transformers' ``create_bidirectional_mask`` / ``create_causal_mask``, which the backend's mask function
-answers with the compact ``[B, K]`` padding mask, and hand the AttentionInterface nothing but that mask, the dropout
-and the scale (checked for transformers 5.4, 5.17 and 5.25).
+``BertGenerationDecoder``) and inside an ``EncoderDecoderModel``. DistilBERT, ALBERT and LayoutLM have only a
+bidirectional self-attention module (``DistilBertSelfAttention``, ``AlbertAttention``, ``LayoutLMSelfAttention``).
+All of them but LayoutLM build their masks with transformers' ``create_bidirectional_mask`` / ``create_causal_mask``,
+which the backend's mask function answers with the compact ``[B, K]`` padding mask, and hand the AttentionInterface
+nothing but that mask, the dropout and the scale (checked for transformers 5.4, 5.17 and 5.25).
 
 Only model types listed in ``SPECS`` are accepted, each covered by tests/test_patch_encoders.py. To add a type, append
 a line below and a case to that test.
