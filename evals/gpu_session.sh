@@ -1261,7 +1261,7 @@ case "${1:-}" in
     ;;
   probe44d)
     # repro_masked_dot.py's variants (probabilities from memory, the second tile alone), then the patcher's new types
-    # (ministral3, roc_bert, xmod, bert-generation) on CUDA
+    # (ministral3, mistral4, roc_bert, xmod, bert-generation, layoutlm) on CUDA
     for flags in "" "--p-from-memory" "--second-tile-only" "--p-from-memory --second-tile-only"; do
       echo "flags: ${flags:-none}"
       # shellcheck disable=SC2086
@@ -1269,7 +1269,7 @@ case "${1:-}" in
         | tee -a "$OUT/repro44d.log" | grep -E "config|Error" | cut -c1-240
     done
     pytest_summary tests_types44 150 tests/test_patch_llama.py tests/test_patch_encoders.py \
-      -k "ministral3 or roc_bert or xmod or bert-generation"
+      -k "ministral3 or mistral4 or roc_bert or xmod or bert-generation or layoutlm"
     ;;
   probe44)
     # the forty-fourth session: where a second tile with masked columns fails (probe_split_d.py with the rule of before
