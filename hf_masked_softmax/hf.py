@@ -124,6 +124,13 @@ BIDIRECTIONAL_CONFLICT = (
     "causal); hf_masked_softmax does not pick one. Run it with attn_implementation='eager' or 'sdpa'"
 )
 
+# Model types whose own code asks the mask function for a mask it then uses outside the AttentionInterface, where
+# only HF's 4D mask is understood: SigLIP 2's vision pooling head in transformers 5.4-5.17 builds its probe's cross
+# mask with create_bidirectional_mask and hands it, repeated over heads, to nn.MultiheadAttention (5.25 passes the 2D
+# mask as key_padding_mask instead and asks for nothing). Its towers' own calls are self-attention (queries = keys);
+# a call with fewer queries than keys gets HF's 4D mask.
+_MASK_READ_OUTSIDE = frozenset({"siglip2_vision_model"})
+
 _SUPPORTED_TYPES: frozenset = frozenset()  # the patcher's registry: set_supported_types, when patches is imported
 
 
@@ -444,6 +451,8 @@ def _mask_function(
     # a window that cuts keys off this call (kv_length > window) stays with the compact mask: the attention function
     # reads it from the mask's tag and the fused kernel skips the key blocks left of each query block's windows
     cut = window is not None and _window_cuts(window, causal, q_length, kv_length)
+    if getattr(config, "model_type", None) in _MASK_READ_OUTSIDE and q_length != kv_length:
+        plain = False  # (see _MASK_READ_OUTSIDE: HF's 4D mask)
     if not isinstance(kv_offset, torch.Tensor) and kv_offset > 0 and kwargs.get("allow_is_causal_skip") is False:
         # Keys that start past position 0 (a sliding layer's) in a static cache (transformers turns the skip off for
         # those): generate() builds the step's masks before the forward, which may be compiled, and a compiled

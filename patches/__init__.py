@@ -8,8 +8,9 @@ the meantime) so the model runs exactly as before. The mode is stored on the sam
 function reads it.
 
 Registry: ``config.model_type`` -> ``ModelSpec`` (``patches/gpt2.py``, ``patches/bert.py``, BERT's relatives listed
-in ``patches/encoders.py``, the Llama-style decoders listed in ``patches/decoders.py`` and the BART-style
-encoder-decoders listed in ``patches/seq2seq.py``). Composite wrappers without attention of their own
+in ``patches/encoders.py``, the Llama-style decoders listed in ``patches/decoders.py``, the BART-style
+encoder-decoders listed in ``patches/seq2seq.py`` and the vision, image-text and speech encoders listed in
+``patches/vision.py``). Composite wrappers without attention of their own
 (``EncoderDecoderModel``) are accepted when all their parts are supported.
 """
 from __future__ import annotations
@@ -22,9 +23,10 @@ import transformers
 from transformers import PretrainedConfig
 
 from .. import hf
-from . import bert, decoders, encoders, gpt2, seq2seq
+from . import bert, decoders, encoders, gpt2, seq2seq, vision
 
-REGISTRY = {spec.model_type: spec for spec in (gpt2.SPEC, bert.SPEC, *encoders.SPECS, *decoders.SPECS, *seq2seq.SPECS)}
+REGISTRY = {spec.model_type: spec for spec in (gpt2.SPEC, bert.SPEC, *encoders.SPECS, *decoders.SPECS, *seq2seq.SPECS,
+                                               *vision.SPECS)}
 CONTAINERS = ("encoder-decoder",)
 hf.set_supported_types(REGISTRY)
 _STATE_ATTR = "_hf_masked_softmax_patch"

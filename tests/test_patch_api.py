@@ -24,17 +24,20 @@ def test_registered_under_one_name():
     assert ALL_ATTENTION_FUNCTIONS[hf.NAME] is hf.attention_forward
     assert ALL_MASK_ATTENTION_FUNCTIONS[hf.NAME] is hf.mask_function
     assert sorted(REGISTRY) == [
-        "afmoe", "albert", "apertus", "arcee", "bamba", "bart", "bert", "bert-generation", "bitnet", "blenderbot",
-        "camembert", "cohere", "cohere2", "cwm", "data2vec-text", "deepseek_v2", "deepseek_v3", "distilbert", "dots1",
-        "electra", "ernie", "ernie4_5", "ernie4_5_moe", "eurobert", "exaone4", "exaone_moe", "falcon_h1", "flex_olmo",
-        "gemma", "gemma2", "gemma3_text", "glm", "glm4", "glm4_moe", "glm4_moe_lite", "gpt2", "gpt_bigcode", "gpt_neox",
-        "gpt_oss", "granite", "granitemoe", "granitemoehybrid", "granitemoeshared", "helium", "hunyuan_v1_dense",
-        "hunyuan_v1_moe", "jais2", "jamba", "jetmoe", "layoutlm", "lfm2", "lfm2_moe", "llama", "longcat_flash",
-        "m2m_100", "marian", "mbart", "minimax_m2", "ministral", "ministral3", "mistral", "mistral4", "mixtral",
-        "modernbert", "nanochat", "nemotron_h", "olmo2", "olmo3", "olmo_hybrid", "olmoe", "opt", "pegasus", "phi",
-        "phi3", "phimoe", "qwen2", "qwen2_moe", "qwen3", "qwen3_moe", "qwen3_next", "roberta", "roberta-prelayernorm",
-        "roc_bert", "seed_oss", "smollm3", "solar_open", "stablelm", "starcoder2", "vaultgemma", "whisper",
-        "xlm-roberta", "xlm-roberta-xl", "xmod", "youtu",
+        "afmoe", "albert", "apertus", "arcee", "audio-spectrogram-transformer", "bamba", "bart", "bert",
+        "bert-generation", "bitnet", "blenderbot", "camembert", "clip", "clip_text_model", "clip_vision_model",
+        "cohere", "cohere2", "cwm", "data2vec-audio", "data2vec-text", "deepseek_v2", "deepseek_v3", "deit", "dinov2",
+        "dinov2_with_registers", "distilbert", "dots1", "electra", "ernie", "ernie4_5", "ernie4_5_moe", "eurobert",
+        "exaone4", "exaone_moe", "falcon_h1", "flex_olmo", "gemma", "gemma2", "gemma3_text", "glm", "glm4", "glm4_moe",
+        "glm4_moe_lite", "gpt2", "gpt_bigcode", "gpt_neox", "gpt_oss", "granite", "granitemoe", "granitemoehybrid",
+        "granitemoeshared", "helium", "hubert", "hunyuan_v1_dense", "hunyuan_v1_moe", "ijepa", "jais2", "jamba",
+        "jetmoe", "layoutlm", "lfm2", "lfm2_moe", "llama", "longcat_flash", "m2m_100", "marian", "mbart", "minimax_m2",
+        "ministral", "ministral3", "mistral", "mistral4", "mixtral", "modernbert", "nanochat", "nemotron_h", "olmo2",
+        "olmo3", "olmo_hybrid", "olmoe", "opt", "pegasus", "phi", "phi3", "phimoe", "qwen2", "qwen2_moe", "qwen3",
+        "qwen3_moe", "qwen3_next", "roberta", "roberta-prelayernorm", "roc_bert", "seed_oss", "sew", "siglip",
+        "siglip2", "siglip2_text_model", "siglip2_vision_model", "siglip_text_model", "siglip_vision_model", "smollm3",
+        "solar_open", "stablelm", "starcoder2", "unispeech", "unispeech-sat", "vaultgemma", "videomae", "vit",
+        "vit_mae", "vit_msn", "vivit", "wav2vec2", "whisper", "xlm-roberta", "xlm-roberta-xl", "xmod", "yolos", "youtu",
     ]
 
 
