@@ -1259,6 +1259,21 @@ case "${1:-}" in
         | grep -E "config|Error" | cut -c1-240
     done
     ;;
+  vision45)
+    # the forty-fifth session: the vision, image-text and speech encoders' tests on CUDA, the forty-fourth session's
+    # new types' tests, bench_encoders.py, then repro_masked_dot.py's variants (probe44d's)
+    pytest_summary tests_vision45 150 tests/test_patch_vision.py
+    pytest_summary tests_types44 120 tests/test_patch_llama.py tests/test_patch_encoders.py \
+      -k "ministral3 or mistral4 or roc_bert or xmod or bert-generation or layoutlm"
+    timeout 200 python -u evals/bench_encoders.py --out "$OUT/bench_encoders45" 2>&1 \
+      | tee "$OUT/bench_encoders45.log" | grep -v -i warn | tail -30 | cut -c1-200
+    for flags in "" "--p-from-memory" "--second-tile-only"; do
+      echo "flags: ${flags:-none}"
+      # shellcheck disable=SC2086
+      timeout 30 python -u evals/repro_masked_dot.py --configs 128/64/8/3,64/64/4/3,128/64/8/1 $flags 2>&1 \
+        | tee -a "$OUT/repro45.log" | grep -E "config|Error" | cut -c1-240
+    done
+    ;;
   probe44d)
     # repro_masked_dot.py's variants (probabilities from memory, the second tile alone), then the patcher's new types
     # (ministral3, mistral4, roc_bert, xmod, bert-generation, layoutlm) on CUDA
@@ -1287,7 +1302,7 @@ case "${1:-}" in
       | tee "$OUT/bench_head_dims44.log" | grep -v -i warn | grep -E "forward|error|unavailable" | cut -c1-200
     ;;
   *)
-    echo "usage: bash evals/gpu_session.sh tests|kernels|e2e|check|followup|recheck|verify|measure|final|stream|last|tune|host|fast|fastcheck|closing|fold|fold2|fold3|e2e3|bert4|bert5|check4|lengths|ncu|bwd|suite|suite2|final6|plans|hostplans|genab|fuzz|bwdplan|trainab|final8|nosync|drop9a|drop9b|drop9d|audit10|bench10|final10|ws11|audit11|fuzz11|host11b|decode12|stats12|stats12b|stats12c|final13|fix13|final13b|final14|suite14|suite15|final15|causal18|final18|prefetch18|cross18|tile19|final19|small19|launch20|tests20|gen20|counts20b|counts20c|final20|ablate22|models25|decode26|models26|compile26|speed26a|speed26b|window28|final28|pack28|pack29|pack30|bounds30|static30|bounds31|ncu31|gpu32a|gpu33a|tune33|wide34|tune34|bwd34|d256_34|softcap35|gemma35|sinks36|tests36|bench36|hopper37|ab37|pending38|packed38|packed38b|segfull39|segfinal39|mbert40|flex40|mla41|mla41b|mla41c|mla42|mla42b|split43|split43b|split43c|probe44|probe44b|probe44c|probe44d" >&2
+    echo "usage: bash evals/gpu_session.sh tests|kernels|e2e|check|followup|recheck|verify|measure|final|stream|last|tune|host|fast|fastcheck|closing|fold|fold2|fold3|e2e3|bert4|bert5|check4|lengths|ncu|bwd|suite|suite2|final6|plans|hostplans|genab|fuzz|bwdplan|trainab|final8|nosync|drop9a|drop9b|drop9d|audit10|bench10|final10|ws11|audit11|fuzz11|host11b|decode12|stats12|stats12b|stats12c|final13|fix13|final13b|final14|suite14|suite15|final15|causal18|final18|prefetch18|cross18|tile19|final19|small19|launch20|tests20|gen20|counts20b|counts20c|final20|ablate22|models25|decode26|models26|compile26|speed26a|speed26b|window28|final28|pack28|pack29|pack30|bounds30|static30|bounds31|ncu31|gpu32a|gpu33a|tune33|wide34|tune34|bwd34|d256_34|softcap35|gemma35|sinks36|tests36|bench36|hopper37|ab37|pending38|packed38|packed38b|segfull39|segfinal39|mbert40|flex40|mla41|mla41b|mla41c|mla42|mla42b|split43|split43b|split43c|probe44|probe44b|probe44c|probe44d|vision45" >&2
     exit 2
     ;;
 esac

@@ -512,6 +512,8 @@ def test_every_eval_script_shows_its_options(script, capsys):
     ("probe_packed.py", ["--shapes", "gpt2-4k,nosuch"], "unknown shape 'nosuch'"),
     ("probe_packed.py", ["--calls", "0"], "--rounds and --calls must be at least 1"),
     ("bench_hopper.py", ["--ab", "wide"], "give --head-dim 128"),
+    ("bench_encoders.py", ["--models", "vit-base,nosuch"], "unknown model 'nosuch'"),
+    ("bench_encoders.py", ["--providers", ","], "--providers is empty"),
     ("probe_decode.py", ["--rounds", "0"], "--rounds must be at least 1"),
     ("probe_decode.py", ["--plot-from", "/nonexistent/probe.json"], "no such file"),
 ])
