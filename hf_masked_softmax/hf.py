@@ -42,6 +42,11 @@ Modes, read per call from the attention module's ``_hf_masked_softmax_mode`` (se
   (a forward inside the backward pass) repeats the choice of the module's last forward, which is the pass it
   recomputes unless several forwards ran before one backward and asked for probabilities differently.
 
+T5 and its copies pass a relative ``position_bias`` (``[1, H, Q, K]``) to add to the scores: fused mode folds it and the
+mask into one additive 4D mask (made once per stack and forward, see ``_biased_mask``), softmax mode adds it to the
+scores before the kernel; a bias that needs a gradient runs softmax mode's math in fused mode too (the fused kernel's
+backward gives a mask no gradient), returning no probabilities.
+
 Models that reach this backend by name (``from_pretrained(..., attn_implementation=NAME)``) rather than through
 ``patch_model`` are checked against the patcher's registry on every call: another model type gets a
 ``ValueError`` naming the supported ones. float64 models run the plain-PyTorch reference (no kernel takes float64).
@@ -195,12 +200,33 @@ def _pick_mode(module, kwargs, attention_mask=None) -> str:
     return choice
 
 
-def _check_unsupported_features(kwargs) -> None:
-    # Score modifiers that some AttentionInterface models pass and neither kernel implements (Gemma 2's `softcap` and
-    # GPT-OSS's sinks, `s_aux`, which they do implement, are applied in _attention_forward).
-    for key, feature in (("position_bias", "additive position bias"),):
-        if kwargs.get(key) is not None:
-            raise ValueError(f"{NAME} does not support {feature} (`{key}`); use attn_implementation='eager' or 'sdpa'")
+# The attribute of a position bias that keeps its last _biased_mask: (the mask, the bias's version, the result)
+_BIASED_TAG = "_hf_masked_softmax_biased"
+
+
+def _biased_mask(bias: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
+    """T5's additive position bias (``[1 or B, H, Q, K]``) with ``attention_mask`` folded in: one additive 4D mask for
+    the fused kernel. The bias alone where there is no mask (broadcast over the batch as it is, nothing copied); a
+    compact ``[B, K]`` mask or a 4D bool one fills the masked entries with the dtype's minimum (a ``[B, H, Q, K]``
+    tensor, as transformers' eager and sdpa build); a 4D additive mask is added, as eager adds it.
+
+    T5 hands one bias tensor and one mask to every layer of a stack, so the result is kept on the bias (and freed with
+    it, after the forward) and made once per stack and forward."""
+    if attention_mask is None:
+        return bias
+    tracing = torch.compiler.is_compiling()
+    if not tracing:
+        kept = getattr(bias, _BIASED_TAG, None)
+        if kept is not None and kept[0] is attention_mask and kept[1] == bias._version:
+            return kept[2]
+    mask = attention_mask[:, None, None, :] if attention_mask.dim() == 2 else attention_mask
+    if mask.dtype == torch.bool:
+        combined = bias.masked_fill(~mask, torch.finfo(bias.dtype).min)
+    else:
+        combined = bias + mask
+    if not tracing:
+        setattr(bias, _BIASED_TAG, (attention_mask, bias._version, combined))
+    return combined
 
 
 def _closure_of(fn) -> dict:
@@ -332,10 +358,15 @@ def _attention_forward(
     ``attention_mask`` is what the mask function below produced (``None`` or ``[B, K]`` bool) or a 4D bool / additive
     mask. Returns the probabilities ``[B, H, Q, K]`` in softmax mode, ``None`` in fused mode.
     """
-    _check_unsupported_features(kwargs)
     if scaling is None:
         scaling = query.shape[-1] ** -0.5
     causal = _causal_for(module, attention_mask, is_causal)
+    # T5's (and its copies') relative position bias, added to the scaled scores before the mask: folded into an
+    # additive 4D mask for the fused kernel, added to the scores in softmax mode. The fused kernel's backward gives no
+    # gradient for a mask, so a bias that needs one (a training step of the layer that owns the bias's embedding, or
+    # any layer under activation checkpointing, which marks T5's zero bias as needing one) runs in softmax mode, where
+    # autograd carries it.
+    bias = kwargs.get("position_bias")
     window = None
     if attention_mask is None or attention_mask.dim() == 2:
         # A 4D mask already holds any window, as eager and sdpa assume; a compact one leaves it to the kernels.
@@ -343,12 +374,16 @@ def _attention_forward(
         if window is not None and not _window_cuts(window, causal, query.shape[-2], key.shape[-2]):
             window = None  # no key falls out of any query's window
     mode = _pick_mode(module, kwargs, attention_mask)
+    if bias is not None and mode == "fused" and bias.requires_grad and torch.is_grad_enabled():
+        mode = "softmax-no-probs"  # (softmax mode's math; no probabilities returned, as fused mode returns none)
     softcap = kwargs.get("softcap")
     sinks = kwargs.get("s_aux")  # GPT-OSS: one logit per query head in every row's softmax, attending to nothing
     # packed sequences: the mask function's all-true compact mask carries their ids (see _packed_pattern)
     segments = getattr(attention_mask, _SEGMENTS_TAG, None) if attention_mask is not None else None
 
     if mode == "fused" and query.dtype != torch.float64:
+        if bias is not None:
+            attention_mask = _biased_mask(bias, attention_mask)
         out = attention(query, key, value, None if segments is not None else attention_mask, causal=causal,
                         scale=scaling, dropout_p=float(dropout), window=window,
                         softcap=None if softcap is None else float(softcap), sinks=sinks, segments=segments,
@@ -379,6 +414,9 @@ def _attention_forward(
         # scale 1 for the mask and the softmax
         scores = torch.tanh(scores * scaling / softcap) * softcap
         scaling = 1.0
+    if bias is not None:  # T5's eager: scores * scaling + position_bias in the scores' dtype, then the mask
+        scores = scores * scaling + bias if scaling != 1.0 else scores + bias
+        scaling = 1.0
     if wide:
         # No kernel takes float64 (a model in double precision, for gradcheck or numerical comparisons): the
         # plain-PyTorch reference with the same semantics, in float64, differentiated by autograd.
@@ -392,7 +430,8 @@ def _attention_forward(
     if dropout > 0.0:
         probs = torch.nn.functional.dropout(probs, p=dropout, training=True)
     out = torch.matmul(probs, value)
-    return out.transpose(1, 2).contiguous(), (None if mode == "fused" else probs)  # fused: float64 comes here too
+    # fused: float64 comes here too, and a fused call whose position bias needs a gradient
+    return out.transpose(1, 2).contiguous(), (None if mode in ("fused", "softmax-no-probs") else probs)
 
 
 def _mask_function(

@@ -9,8 +9,8 @@ function reads it.
 
 Registry: ``config.model_type`` -> ``ModelSpec`` (``patches/gpt2.py``, ``patches/bert.py``, BERT's relatives listed
 in ``patches/encoders.py``, the Llama-style decoders listed in ``patches/decoders.py``, the BART-style
-encoder-decoders listed in ``patches/seq2seq.py`` and the vision, image-text and speech encoders listed in
-``patches/vision.py``). Composite wrappers without attention of their own
+encoder-decoders listed in ``patches/seq2seq.py``, T5 and its copies in ``patches/t5.py``, and the vision, image-text
+and speech encoders listed in ``patches/vision.py``). Composite wrappers without attention of their own
 (``EncoderDecoderModel``) are accepted when all their parts are supported.
 """
 from __future__ import annotations
@@ -23,10 +23,10 @@ import transformers
 from transformers import PretrainedConfig
 
 from .. import hf
-from . import bert, decoders, encoders, gpt2, seq2seq, vision
+from . import bert, decoders, encoders, gpt2, seq2seq, t5, vision
 
 REGISTRY = {spec.model_type: spec for spec in (gpt2.SPEC, bert.SPEC, *encoders.SPECS, *decoders.SPECS, *seq2seq.SPECS,
-                                               *vision.SPECS)}
+                                               *t5.SPECS, *vision.SPECS)}
 CONTAINERS = ("encoder-decoder",)
 hf.set_supported_types(REGISTRY)
 _STATE_ATTR = "_hf_masked_softmax_patch"

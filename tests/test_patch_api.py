@@ -32,12 +32,13 @@ def test_registered_under_one_name():
         "glm4_moe_lite", "gpt2", "gpt_bigcode", "gpt_neox", "gpt_oss", "granite", "granitemoe", "granitemoehybrid",
         "granitemoeshared", "helium", "hubert", "hunyuan_v1_dense", "hunyuan_v1_moe", "ijepa", "jais2", "jamba",
         "jetmoe", "layoutlm", "lfm2", "lfm2_moe", "llama", "longcat_flash", "m2m_100", "marian", "mbart", "minimax_m2",
-        "ministral", "ministral3", "mistral", "mistral4", "mixtral", "modernbert", "nanochat", "nemotron_h", "olmo2",
-        "olmo3", "olmo_hybrid", "olmoe", "opt", "pegasus", "phi", "phi3", "phimoe", "qwen2", "qwen2_moe", "qwen3",
-        "qwen3_moe", "qwen3_next", "roberta", "roberta-prelayernorm", "roc_bert", "seed_oss", "sew", "siglip",
+        "ministral", "ministral3", "mistral", "mistral4", "mixtral", "modernbert", "mt5", "nanochat", "nemotron_h",
+        "olmo2", "olmo3", "olmo_hybrid", "olmoe", "opt", "pegasus", "phi", "phi3", "phimoe", "qwen2", "qwen2_moe",
+        "qwen3", "qwen3_moe", "qwen3_next", "roberta", "roberta-prelayernorm", "roc_bert", "seed_oss", "sew", "siglip",
         "siglip2", "siglip2_text_model", "siglip2_vision_model", "siglip_text_model", "siglip_vision_model", "smollm3",
-        "solar_open", "stablelm", "starcoder2", "unispeech", "unispeech-sat", "vaultgemma", "videomae", "vit",
-        "vit_mae", "vit_msn", "vivit", "wav2vec2", "whisper", "xlm-roberta", "xlm-roberta-xl", "xmod", "yolos", "youtu",
+        "solar_open", "stablelm", "starcoder2", "switch_transformers", "t5", "umt5", "unispeech", "unispeech-sat",
+        "vaultgemma", "videomae", "vit", "vit_mae", "vit_msn", "vivit", "wav2vec2", "whisper", "xlm-roberta",
+        "xlm-roberta-xl", "xmod", "yolos", "youtu",
     ]
 
 
