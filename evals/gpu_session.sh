@@ -1260,9 +1260,9 @@ case "${1:-}" in
     done
     ;;
   vision45)
-    # the forty-fifth session: the vision, image-text and speech encoders' tests on CUDA, the forty-fourth session's
-    # new types' tests, bench_encoders.py, then repro_masked_dot.py's variants (probe44d's)
-    pytest_summary tests_vision45 150 tests/test_patch_vision.py
+    # the forty-fifth session: the vision, image-text and speech encoders' and T5's tests on CUDA, the forty-fourth
+    # session's new types' tests, bench_encoders.py, then repro_masked_dot.py's variants (probe44d's)
+    pytest_summary tests_vision45 150 tests/test_patch_vision.py tests/test_patch_t5.py
     pytest_summary tests_types44 120 tests/test_patch_llama.py tests/test_patch_encoders.py \
       -k "ministral3 or mistral4 or roc_bert or xmod or bert-generation or layoutlm"
     timeout 200 python -u evals/bench_encoders.py --out "$OUT/bench_encoders45" 2>&1 \
