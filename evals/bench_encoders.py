@@ -1,4 +1,4 @@
-"""Vision and speech encoders end to end on the GPU: a whole forward, patched against transformers' own attention.
+"""Vision and speech encoders (and T5) end to end on the GPU: a whole forward, patched against transformers' own attention.
 
 Models (random init, fp16, inference), at their base sizes (the library's defaults for each config):
 
@@ -8,6 +8,8 @@ Models (random init, fp16, inference), at their base sizes (the library's defaul
 * ``siglip2-naflex``: SigLIP 2's base vision tower with NaFlex inputs: batch 16, each image 256 to 1024 patches of
   16x16 (32 rows of patches, 8 to 32 columns), padded to 1024; the padding is the model's ``pixel_attention_mask``.
 * ``wav2vec2-base``: wav2vec 2.0 base, batch 8 of 8 to 16 s of 16 kHz audio (the longest 799 frames), padded.
+* ``t5-small``: T5 at t5-small's size (6 + 6 layers of 8 heads, d_model 512), batch 32 of 256 to 512 source tokens
+  (right-padded to 512) and 128 decoder tokens; the decoder's last hidden state is compared.
 
 Providers: ``eager`` and ``sdpa`` (transformers' own, ``set_attn_implementation``), ``fused`` (``patch_model(model,
 mode="fused")``) and ``softmax`` (``mode="softmax"``). Each time is the median of a whole forward (CUDA events,
@@ -15,8 +17,8 @@ triton's ``do_bench``). Errors: each provider's largest difference from an fp32 
 real (unpadded) positions of the last hidden state; flash-attn's rule for fp16 is that a patched model's error be at
 most twice eager's.
 
-    python evals/bench_encoders.py [--models vit-base,clip-base,siglip2-naflex,wav2vec2-base] [--providers ...]
-        [--out DIR]
+    python evals/bench_encoders.py [--models vit-base,clip-base,siglip2-naflex,wav2vec2-base,t5-small]
+        [--providers eager,sdpa,fused,softmax] [--out DIR]
 
 Writes ``bench_encoders.json`` and ``bench_encoders.png`` under ``--out`` / $OUT.
 """
@@ -35,7 +37,7 @@ import benchutil  # noqa: E402
 
 _common.ensure_repo_on_path()
 
-MODELS = ("vit-base", "clip-base", "siglip2-naflex", "wav2vec2-base")
+MODELS = ("vit-base", "clip-base", "siglip2-naflex", "wav2vec2-base", "t5-small")
 PROVIDERS = ("eager", "sdpa", "fused", "softmax")
 
 
@@ -78,6 +80,14 @@ def build(name: str, g: torch.Generator):
             return o.last_hidden_state, model._get_feature_vector_attention_mask(frames, inp["attention_mask"]).bool()
 
         return model, inputs, output
+    if name == "t5-small":
+        model = T.T5Model(T.T5Config())
+        B, S, D = 32, 512, 128
+        lengths = torch.randint(256, S + 1, (B,), generator=g)
+        mask = (torch.arange(S)[None] < lengths[:, None]).long()
+        inputs = {"input_ids": torch.randint(2, 32000, (B, S), generator=g) * mask, "attention_mask": mask,
+                  "decoder_input_ids": torch.randint(2, 32000, (B, D), generator=g)}
+        return model, inputs, lambda o, inp: (o.last_hidden_state, None)
     raise ValueError(name)
 
 
