@@ -65,6 +65,8 @@ SPECS = (
     decoder_spec("phi", "PhiAttention"),  # Phi-1, 1.5 and 2 (partial rotary before the call)
     decoder_spec("gpt_neox", "GPTNeoXAttention"),  # Pythia, GPT-NeoX-20B (partial rotary before the call)
     decoder_spec("opt", "OPTAttention"),  # queries scaled by the projection: scaling=1.0
+    decoder_spec("biogpt", "BioGptAttention"),  # BART's attention class as a decoder (the forty-fifth session)
+    decoder_spec("persimmon", "PersimmonAttention"),  # partial rotary, optional q/k layer norms before the call
     decoder_spec("gpt_bigcode", "GPTBigCodeAttention"),  # StarCoder, SantaCoder: multi-query, one key/value head
     decoder_spec("phi3", "Phi3Attention"),  # Phi-3 / 3.5 (fused qkv projection; 4k checkpoints slide 2047 tokens)
     decoder_spec("starcoder2", "Starcoder2Attention"),  # projections with bias; a window when sliding_window is set

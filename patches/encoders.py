@@ -4,8 +4,9 @@ RoBERTa, XLM-RoBERTa, CamemBERT, ELECTRA, ERNIE, Data2Vec-Text, RoBERTa-PreLayer
 and BertGeneration (``BertGenerationEncoder`` / ``BertGenerationDecoder``) copy BERT's attention modules
 (self-attention with ``is_causal = config.is_decoder``, cross-attention with ``is_causal=False``,
 ``scaling = head_size ** -0.5``), so they also run as decoders with a KV cache (``...ForCausalLM``,
-``BertGenerationDecoder``) and inside an ``EncoderDecoderModel``. DistilBERT, ALBERT and LayoutLM have only a
-bidirectional self-attention module (``DistilBertSelfAttention``, ``AlbertAttention``, ``LayoutLMSelfAttention``).
+``BertGenerationDecoder``) and inside an ``EncoderDecoderModel``. DistilBERT, ALBERT, LayoutLM, MobileBERT and ESM
+are patched as encoders (``DistilBertSelfAttention``, ``AlbertAttention``, ``LayoutLMSelfAttention``,
+``MobileBertSelfAttention``, ``EsmSelfAttention``).
 All of them but LayoutLM build their masks with transformers' ``create_bidirectional_mask`` / ``create_causal_mask``,
 which the backend's mask function answers with the compact ``[B, K]`` padding mask, and hand the AttentionInterface
 nothing but that mask, the dropout and the scale (checked for transformers 5.4, 5.17 and 5.25).
@@ -45,6 +46,11 @@ SPECS = (
     encoder_spec("layoutlm", "LayoutLM", cross_attention=False),
     encoder_spec("distilbert", "DistilBert", cross_attention=False),
     ModelSpec(model_type="albert", attention_classes=("AlbertAttention",)),
+    # MobileBERT (its attention inside a bottleneck) and ESM (rotary embeddings before the call): the plain eager
+    # function, masks from create_bidirectional_mask, the same classes in 5.4, 5.17 and 5.25 (ESM's rotary moved from
+    # a module inside the class to the model's embeddings; the interface's arguments are the same)
+    ModelSpec(model_type="mobilebert", attention_classes=("MobileBertSelfAttention",)),
+    ModelSpec(model_type="esm", attention_classes=("EsmSelfAttention",)),
     # ModernBERT: rotary, a fused QKV projection, and a bidirectional window (query i sees |i - j| <= local_attention
     # // 2) on two layers of three; its global layers as BERT's. The window's mask function is recognised
     # (hf._window_pattern) and the window goes to the kernels (attention(..., window=W) without causality)

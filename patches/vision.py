@@ -11,10 +11,10 @@ hints, docstrings and comments aside.
   ``YOLOS``, ``VideoMAE``, ``ViViT``, the Audio Spectrogram Transformer): no mask, ``is_causal = False``. Their
   attention class was ``{prefix}SelfAttention`` up to 5.4 and is ``{prefix}Attention`` since (DINOv2: since 5.25;
   YOLOS and VideoMAE kept the old name), so both names are listed.
-* CLIP and SigLIP / SigLIP 2, whole or one tower (``clip_text_model`` / ``clip_vision_model`` and the like: the
-  towers of a ``CLIPModel`` are models of those types): the text towers build their masks with
-  ``create_causal_mask`` (CLIP, which also passes ``is_causal=True``) or ``create_bidirectional_mask`` (SigLIP),
-  answered with the compact ``[B, K]`` mask; SigLIP 2's vision tower masks padded patches the same way.
+* CLIP, MetaCLIP 2, OWL-ViT and SigLIP / SigLIP 2, whole or one tower (``clip_text_model`` / ``clip_vision_model``
+  and the like: the towers of a ``CLIPModel`` are models of those types): the text towers build their masks with
+  ``create_causal_mask`` (CLIP and its copies, which also pass ``is_causal=True``) or ``create_bidirectional_mask``
+  (SigLIP), answered with the compact ``[B, K]`` mask; SigLIP 2's vision tower masks padded patches the same way.
 * Speech encoders (wav2vec 2.0, HuBERT, UniSpeech, UniSpeech-SAT, Data2Vec-Audio, SEW): BART's attention class used
   as an encoder, the frames' padding mask from ``create_bidirectional_mask`` (SEW in 5.4: its own additive
   ``[B, 1, T, T]`` mask, which the kernels take on their 4D path).
@@ -51,6 +51,8 @@ SPECS = (
     *one_class(("clip", "clip_text_model", "clip_vision_model"), "CLIPAttention"),
     *one_class(("siglip", "siglip_text_model", "siglip_vision_model"), "SiglipAttention"),
     *one_class(("siglip2", "siglip2_text_model", "siglip2_vision_model"), "Siglip2Attention"),
+    *one_class(("metaclip_2", "metaclip_2_text_model", "metaclip_2_vision_model"), "MetaClip2Attention"),
+    *one_class(("owlvit", "owlvit_text_model", "owlvit_vision_model"), "OwlViTAttention"),
     *one_class(("wav2vec2",), "Wav2Vec2Attention"),
     *one_class(("hubert",), "HubertAttention"),
     *one_class(("unispeech",), "UniSpeechAttention"),

@@ -1,6 +1,6 @@
 """BERT's relatives (patches/encoders.py) patched vs eager on tiny random models: RoBERTa, XLM-RoBERTa, CamemBERT,
 ELECTRA, ERNIE, Data2Vec-Text, RoBERTa-PreLayerNorm, XLM-RoBERTa-XL, RoCBert, X-MOD, BertGeneration, LayoutLM
-(its own additive 4D mask), DistilBERT, ALBERT.
+(its own additive 4D mask), DistilBERT, ALBERT, MobileBERT, ESM.
 
 Every config: 2 layers, hidden 32, 4 heads (head size 8), vocabulary 64, padding id 0. On CPU the kernels run in
 Triton's interpreter (tests/conftest.py).
@@ -43,6 +43,11 @@ ARCHS = {
     "distilbert": ("DistilBert", {"n_layers": 2, "n_heads": 4, "dim": 32, "hidden_dim": 64, "dropout": 0.0,
                                   "attention_dropout": 0.0}, False),
     "albert": ("Albert", {"embedding_size": 16, "num_hidden_groups": 1}, False),  # one layer's weights, run twice
+    # MobileBERT: attention inside a bottleneck (queries and keys from the narrow hidden state, values from the wide)
+    "mobilebert": ("MobileBert", {"embedding_size": 16, "intra_bottleneck_size": 32, "true_hidden_size": 32,
+                                  "num_feedforward_networks": 2}, False),
+    # ESM (protein language models): rotary embeddings applied before the call
+    "esm": ("Esm", {"mask_token_id": 3, "position_embedding_type": "rotary", "token_dropout": False}, False),
 }
 DECODERS = [a for a, (_, _, dec) in ARCHS.items() if dec]
 MODES = ["softmax", "fused"]

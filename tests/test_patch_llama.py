@@ -42,6 +42,7 @@ from transformers import (
     NemotronHForCausalLM, OlmoeConfig, OlmoeForCausalLM, OlmoHybridConfig, OlmoHybridForCausalLM, Qwen3NextConfig,
     Qwen3NextForCausalLM,
 )
+from transformers import BioGptConfig, BioGptForCausalLM, PersimmonConfig, PersimmonForCausalLM
 
 from hf_masked_softmax import hf, patch_model, patched, unpatch_model
 from hf_masked_softmax.patches import REGISTRY
@@ -81,6 +82,11 @@ ARCHS = {
     "phi": (PhiForCausalLM, PhiConfig, {"partial_rotary_factor": 0.5}),
     "gpt_neox": (GPTNeoXForCausalLM, GPTNeoXConfig, {"rotary_pct": 0.25}),
     "opt": (OPTForCausalLM, OPTConfig, {"ffn_dim": 128, "word_embed_proj_dim": 64, "dropout": 0.0}),
+    # BioGPT: BART's attention class as a decoder (no grouped-query heads); Persimmon: partial rotary, q/k norms
+    "biogpt": (BioGptForCausalLM, BioGptConfig, {"hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0,
+                                                 "layerdrop": 0.0}),
+    "persimmon": (PersimmonForCausalLM, PersimmonConfig, {"qk_layernorm": True, "partial_rotary_factor": 0.5,
+                                                          "hidden_dropout": 0.0, "attention_dropout": 0.0}),
     "gpt_bigcode": (GPTBigCodeForCausalLM, GPTBigCodeConfig, {"n_embd": 64, "n_layer": 2, "n_head": 4,
                                                               "n_positions": 64, "multi_query": True, "attn_pdrop": 0.0,
                                                               "resid_pdrop": 0.0, "embd_pdrop": 0.0}),

@@ -1,5 +1,5 @@
 """BART-style encoder-decoders (patches/seq2seq.py) patched vs eager on tiny random models: BART, mBART, Marian,
-Pegasus, M2M100, Blenderbot, Whisper.
+Pegasus, M2M100, Blenderbot, Whisper, PLBART, Blenderbot-small.
 
 Every config: 2 encoder and 2 decoder layers, d_model 32, 4 heads (head size 8), vocabulary 64, padding id 0, every
 dropout 0; Whisper takes 8 mel bins over 32 frames (16 encoder positions). On CPU the kernels run in Triton's
@@ -32,6 +32,9 @@ ARCHS = {
     "blenderbot": ("BlenderbotConfig", "BlenderbotForConditionalGeneration", {"max_position_embeddings": 64}),
     "whisper": ("WhisperConfig", "WhisperForConditionalGeneration",
                 {"num_mel_bins": 8, "max_source_positions": 16, "max_target_positions": 32}),
+    "plbart": ("PLBartConfig", "PLBartForConditionalGeneration", {"max_position_embeddings": 64}),
+    "blenderbot-small": ("BlenderbotSmallConfig", "BlenderbotSmallForConditionalGeneration",
+                         {"max_position_embeddings": 64}),
 }
 MODES = ["softmax", "fused"]
 SRC = (10, 6, 2)  # source lengths (right-padded to 10)

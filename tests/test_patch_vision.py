@@ -83,7 +83,7 @@ def _text_case(config, cls, device, seed):
 def _dual_case(prefix, device, seed):
     # the whole model: a padded text batch, two images; every layer of both towers
     config = _config(f"{prefix}Config", text_config=dict(TEXT), vision_config=dict(ENC, **IMAGE),
-                     **({"projection_dim": 16} if prefix == "CLIP" else {}))
+                     **({"projection_dim": 16} if prefix in ("CLIP", "MetaClip2", "OwlViT") else {}))
     model = _build(f"{prefix}Model", config, device, seed)
     ids, mask = _text_inputs(device, seed)
     return Case(model, {"input_ids": ids, "attention_mask": mask, "pixel_values": _randn(device, 2, 3, 32, 32,
@@ -153,6 +153,12 @@ CASES = {
     "clip": lambda d, s: _dual_case("CLIP", d, s),
     "clip_text_model": lambda d, s: _text_case("CLIPTextConfig", "CLIPTextModel", d, s),
     "clip_vision_model": lambda d, s: _image_case("CLIPVision", d, s),
+    "metaclip_2": lambda d, s: _dual_case("MetaClip2", d, s),
+    "metaclip_2_text_model": lambda d, s: _text_case("MetaClip2TextConfig", "MetaClip2TextModel", d, s),
+    "metaclip_2_vision_model": lambda d, s: _image_case("MetaClip2Vision", d, s),
+    "owlvit": lambda d, s: _dual_case("OwlViT", d, s),
+    "owlvit_text_model": lambda d, s: _text_case("OwlViTTextConfig", "OwlViTTextModel", d, s),
+    "owlvit_vision_model": lambda d, s: _image_case("OwlViTVision", d, s),
     "siglip": lambda d, s: _dual_case("Siglip", d, s),
     "siglip_text_model": lambda d, s: _text_case("SiglipTextConfig", "SiglipTextModel", d, s),
     "siglip_vision_model": lambda d, s: _image_case("SiglipVision", d, s),
@@ -201,7 +207,7 @@ def test_every_listed_type_is_registered_and_tested(device):
     assert {s.model_type for s in vision.SPECS} == set(CASES)
     assert all(REGISTRY[s.model_type] is s for s in vision.SPECS)
     for arch, make in CASES.items():
-        if arch in ("clip", "siglip", "siglip2"):
+        if arch in ("clip", "metaclip_2", "owlvit", "siglip", "siglip2"):
             continue  # (their builds run in the tests below; their towers are listed types of their own)
         assert make(device, 0).model.config.model_type == arch
 
