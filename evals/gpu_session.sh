@@ -1260,11 +1260,12 @@ case "${1:-}" in
     done
     ;;
   vision45)
-    # the forty-fifth session: the vision, image-text and speech encoders' and T5's tests on CUDA, the forty-fourth
-    # session's new types' tests, bench_encoders.py, then repro_masked_dot.py's variants (probe44d's)
+    # the forty-fifth session: the vision, image-text and speech encoders' and T5's tests on CUDA, the other new
+    # types' tests (this session's and the forty-fourth's), bench_encoders.py, then repro_masked_dot.py's variants (probe44d's)
     pytest_summary tests_vision45 150 tests/test_patch_vision.py tests/test_patch_t5.py
-    pytest_summary tests_types44 120 tests/test_patch_llama.py tests/test_patch_encoders.py \
-      -k "ministral3 or mistral4 or roc_bert or xmod or bert-generation or layoutlm"
+    pytest_summary tests_types44 150 tests/test_patch_llama.py tests/test_patch_encoders.py tests/test_patch_seq2seq.py \
+      -k "ministral3 or mistral4 or roc_bert or xmod or bert-generation or layoutlm or biogpt or persimmon or plbart \
+          or blenderbot-small or mobilebert or esm"
     timeout 200 python -u evals/bench_encoders.py --out "$OUT/bench_encoders45" 2>&1 \
       | tee "$OUT/bench_encoders45.log" | grep -v -i warn | tail -30 | cut -c1-200
     for flags in "" "--p-from-memory" "--second-tile-only"; do
