@@ -209,3 +209,20 @@ def test_biased_mask_folds_padding_and_additive_masks():
     assert torch.equal(hf._biased_mask(bias, additive), bias + additive)
     bias.add_(1.0)  # changed in place: made again
     assert torch.equal(hf._biased_mask(bias, pad)[..., 0], bias[..., 0])
+
+
+@needs_interface
+@pytest.mark.parametrize("mode", MODES)
+def test_compiled_encoder_has_no_graph_break(device, mode):
+    # torch.compile (aot_eager on CPU, see test_compile.py): the bias folded or added inside the graph, one graph
+    m = model("t5", device, seed=7, cls="T5EncoderModel")
+    ids, mask = padded_batch(device, seed=14)
+    with torch.no_grad():
+        ref = m(ids, attention_mask=mask).last_hidden_state
+        with patched(m, mode=mode):
+            explanation = torch._dynamo.explain(m)(ids, attention_mask=mask)
+            out = torch.compile(m, backend="aot_eager", fullgraph=True)(ids, attention_mask=mask).last_hidden_state
+    assert explanation.graph_break_count == 0, explanation.break_reasons
+    op = "hf_masked_softmax.attention" if mode == "fused" else "hf_masked_softmax.masked_softmax"
+    assert op in explanation.graphs[0].code
+    assert_valid_close(out, ref, mask.bool())
