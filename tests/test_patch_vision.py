@@ -137,6 +137,15 @@ def _audio_case(prefix, device, seed, **extra):
     return Case(model, {"input_values": audio, "attention_mask": mask}, outputs, masked=True)
 
 
+def _image_text_family(model_type, prefix):
+    """A contrastive image-text model whole and its two towers, each a model type of its own."""
+    return {
+        model_type: lambda d, s: _dual_case(prefix, d, s),
+        f"{model_type}_text_model": lambda d, s: _text_case(f"{prefix}TextConfig", f"{prefix}TextModel", d, s),
+        f"{model_type}_vision_model": lambda d, s: _image_case(f"{prefix}Vision", d, s),
+    }
+
+
 CASES = {
     "vit": lambda d, s: _image_case("ViT", d, s),
     "deit": lambda d, s: _image_case("DeiT", d, s),  # a class token and a distillation token
@@ -150,18 +159,10 @@ CASES = {
     "videomae": lambda d, s: _video_case("VideoMAE", d, s, patch_size=8, tubelet_size=2),
     "vivit": lambda d, s: _video_case("Vivit", d, s, tubelet_size=[2, 8, 8]),
     "audio-spectrogram-transformer": lambda d, s: _spectrogram_case(d, s),
-    "clip": lambda d, s: _dual_case("CLIP", d, s),
-    "clip_text_model": lambda d, s: _text_case("CLIPTextConfig", "CLIPTextModel", d, s),
-    "clip_vision_model": lambda d, s: _image_case("CLIPVision", d, s),
-    "metaclip_2": lambda d, s: _dual_case("MetaClip2", d, s),
-    "metaclip_2_text_model": lambda d, s: _text_case("MetaClip2TextConfig", "MetaClip2TextModel", d, s),
-    "metaclip_2_vision_model": lambda d, s: _image_case("MetaClip2Vision", d, s),
-    "owlvit": lambda d, s: _dual_case("OwlViT", d, s),
-    "owlvit_text_model": lambda d, s: _text_case("OwlViTTextConfig", "OwlViTTextModel", d, s),
-    "owlvit_vision_model": lambda d, s: _image_case("OwlViTVision", d, s),
-    "siglip": lambda d, s: _dual_case("Siglip", d, s),
-    "siglip_text_model": lambda d, s: _text_case("SiglipTextConfig", "SiglipTextModel", d, s),
-    "siglip_vision_model": lambda d, s: _image_case("SiglipVision", d, s),
+    **_image_text_family("clip", "CLIP"),
+    **_image_text_family("metaclip_2", "MetaClip2"),
+    **_image_text_family("owlvit", "OwlViT"),
+    **_image_text_family("siglip", "Siglip"),
     "siglip2": lambda d, s: _siglip2_case(d, s),
     "siglip2_text_model": lambda d, s: _text_case("Siglip2TextConfig", "Siglip2TextModel", d, s),
     "siglip2_vision_model": lambda d, s: _siglip2_vision_case(d, s),
