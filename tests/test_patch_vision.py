@@ -5,7 +5,7 @@ batch of token ids; SigLIP 2's vision tower a batch whose second image has half 
 padding); the speech encoders 400 samples of audio, the second of 250 (39 frames, 24 of them real). Every model: 2
 layers, hidden 32, 4 heads (head size 8). On CPU the kernels run in Triton's interpreter (tests/conftest.py).
 """
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import pytest
 import torch
@@ -36,9 +36,8 @@ class Case:
     model: torch.nn.Module
     inputs: dict
     outputs: object
-    masked: bool
+    masked: bool | str
     calls: int = 2
-    extra: dict = field(default_factory=dict)
 
 
 def _randn(device, *shape, seed=0):
