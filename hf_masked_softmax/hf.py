@@ -374,14 +374,15 @@ def _attention_forward(
         if window is not None and not _window_cuts(window, causal, query.shape[-2], key.shape[-2]):
             window = None  # no key falls out of any query's window
     mode = _pick_mode(module, kwargs, attention_mask)
-    if bias is not None and mode == "fused" and bias.requires_grad and torch.is_grad_enabled():
-        mode = "softmax-no-probs"  # (softmax mode's math; no probabilities returned, as fused mode returns none)
+    # (a bias that needs a gradient: softmax mode's math, still no probabilities returned in fused mode)
+    fused = (mode == "fused" and query.dtype != torch.float64
+             and not (bias is not None and bias.requires_grad and torch.is_grad_enabled()))
     softcap = kwargs.get("softcap")
     sinks = kwargs.get("s_aux")  # GPT-OSS: one logit per query head in every row's softmax, attending to nothing
     # packed sequences: the mask function's all-true compact mask carries their ids (see _packed_pattern)
     segments = getattr(attention_mask, _SEGMENTS_TAG, None) if attention_mask is not None else None
 
-    if mode == "fused" and query.dtype != torch.float64:
+    if fused:
         if bias is not None:
             attention_mask = _biased_mask(bias, attention_mask)
         out = attention(query, key, value, None if segments is not None else attention_mask, causal=causal,
@@ -415,7 +416,7 @@ def _attention_forward(
         scores = torch.tanh(scores * scaling / softcap) * softcap
         scaling = 1.0
     if bias is not None:  # T5's eager: scores * scaling + position_bias in the scores' dtype, then the mask
-        scores = scores * scaling + bias if scaling != 1.0 else scores + bias
+        scores = scores * scaling + bias
         scaling = 1.0
     if wide:
         # No kernel takes float64 (a model in double precision, for gradcheck or numerical comparisons): the
@@ -430,8 +431,8 @@ def _attention_forward(
     if dropout > 0.0:
         probs = torch.nn.functional.dropout(probs, p=dropout, training=True)
     out = torch.matmul(probs, value)
-    # fused: float64 comes here too, and a fused call whose position bias needs a gradient
-    return out.transpose(1, 2).contiguous(), (None if mode in ("fused", "softmax-no-probs") else probs)
+    # fused mode: float64 comes here too, and a call whose position bias needs a gradient
+    return out.transpose(1, 2).contiguous(), (None if mode == "fused" else probs)
 
 
 def _mask_function(
